@@ -1,0 +1,2 @@
+//! strata-builder: Buildfile text -> AST -> typed instructions -> stage graph -> steps.
+#![forbid(unsafe_code)]
