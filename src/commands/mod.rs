@@ -1,9 +1,36 @@
-//! One module per verb; `run` dispatches on the parsed command line.
+//! One module per verb; `run` dispatches on the parsed command line. Each verb's module
+//! is thin glue over the library crates.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+/// What every verb may need besides its own arguments.
+pub struct Globals {
+    /// The store root, resolved as ARCHITECTURE.md says: --root, $STRATA_ROOT,
+    /// /var/lib/strata for root, else $XDG_DATA_HOME/strata.
+    pub root: PathBuf,
+}
+
+impl Globals {
+    fn new(root: Option<PathBuf>) -> Globals {
+        let root = root.unwrap_or_else(|| {
+            if nix::unistd::geteuid().is_root() {
+                PathBuf::from("/var/lib/strata")
+            } else {
+                let data = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".local/share")
+                });
+                data.join("strata")
+            }
+        });
+        Globals { root }
+    }
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let globals = Globals::new(cli.root);
+    let _ = &globals;
     match cli.command {}
 }
