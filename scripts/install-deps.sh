@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# install-deps.sh — everything strata's build, tests and benchmarks need on a fresh
+# Debian 12 machine, as root. Idempotent: quick when all is installed already.
+set -euo pipefail
+
+packages=(
+  build-essential pkg-config       # crates that build C (zstd-sys)
+  fuse3 attr                       # /dev/fuse users, getfattr/setfattr for debugging
+  busybox-static                   # the offline base image (scripts/busybox-rootfs.sh)
+  zstd xz-utils bzip2 gzip tar     # archive formats ADD and import accept
+  skopeo umoci oci-image-tool      # other tools must read our images (tests)
+  docker-registry apache2-utils    # a real registry + htpasswd for auth tests
+  iproute2 procps psmisc time      # ip, ps; /usr/bin/time for benchmarks
+  fuse-overlayfs unionfs-fuse buildah crun runc hyperfine bubblewrap   # bench anchors
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Debian's docker-registry package starts a service on :5000 where systemd runs; the
+# tests start their own registries on free ports and do not need it.
+command -v cargo >/dev/null || { echo "install-deps: cargo not found (install Rust with rustup)" >&2; exit 1; }
+[ -c /dev/fuse ] || { echo "install-deps: /dev/fuse missing (fix: modprobe fuse)" >&2; exit 1; }
+echo "install-deps: ok"
