@@ -12,6 +12,15 @@ pub enum Error {
     InvalidDigest(String),
     #[error("blob {expected} is corrupt: content hashes to {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    // distribution (registry client, archives, transfers)
+    #[error("invalid image reference {reference:?}: {reason}")]
+    InvalidReference { reference: String, reason: &'static str },
+    #[error("registry {url}: {message}")]
+    Registry { url: String, message: String },
+    #[error("credentials {path}: {message}")]
+    Credentials { path: PathBuf, message: String },
+    #[error("{what}: {message}")]
+    Distribution { what: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
