@@ -12,6 +12,13 @@ pub enum Error {
     InvalidDigest(String),
     #[error("blob {expected} is corrupt: content hashes to {actual}")]
     DigestMismatch { expected: Digest, actual: Digest },
+    // layer (tar entries while unpacking; the entry path as the archive names it)
+    #[error("entry {entry:?} {reason}")]
+    LayerEntry { entry: String, reason: String },
+    #[error("entry {entry:?}: {context}: {source}")]
+    LayerEntryIo { entry: String, context: &'static str, #[source] source: std::io::Error },
+    #[error("failed to read the layer stream: {0}")]
+    LayerStream(#[source] std::io::Error),
     // distribution (registry client, archives, transfers)
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: &'static str },

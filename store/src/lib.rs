@@ -13,6 +13,7 @@
 
 pub mod digest;
 pub mod error;
+pub mod layer;
 pub mod registry;
 
 pub use digest::Digest;

@@ -1,0 +1,171 @@
+//! Compression around the layer tar: a writer for zstd (multithreaded), gzip or nothing,
+//! a reader that picks the decompressor from the stream's magic bytes, and a reader that
+//! hashes what passes through it (for the diff_id while unpacking).
+
+use std::io::{self, Read, Write};
+
+use sha2::{Digest as _, Sha256};
+
+use super::Compression;
+use crate::Digest;
+
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Compresses into `W`.
+pub(crate) enum Encoder<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Gzip(flate2::write::GzEncoder<W>),
+    None(W),
+}
+
+impl<W: Write> Encoder<W> {
+    pub fn new(compression: Compression, level: Option<i32>, out: W) -> io::Result<Self> {
+        Self::with_workers(compression, level, out, zstd_workers())
+    }
+
+    /// zstd with `workers` >= 1 threads. zstd's multithreaded format cuts jobs by window
+    /// size, not by thread count, so the bytes are the same for any `workers` >= 1 (but
+    /// differ from single-threaded mode, which is never used).
+    pub fn with_workers(compression: Compression, level: Option<i32>, out: W, workers: u32) -> io::Result<Self> {
+        Ok(match compression {
+            Compression::Zstd => {
+                let mut encoder = zstd::stream::write::Encoder::new(out, level.unwrap_or(3))?;
+                encoder.multithread(workers.max(1))?;
+                Encoder::Zstd(encoder)
+            }
+            Compression::Gzip => {
+                let level = level.map_or(6, |l| l.clamp(0, 9) as u32);
+                // GzBuilder writes mtime 0 and no file name: the same bytes on every machine.
+                Encoder::Gzip(flate2::GzBuilder::new().write(out, flate2::Compression::new(level)))
+            }
+            Compression::None => Encoder::None(out),
+        })
+    }
+
+    /// Ends the stream and returns the inner writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            Encoder::Zstd(encoder) => encoder.finish(),
+            Encoder::Gzip(encoder) => encoder.finish(),
+            Encoder::None(out) => Ok(out),
+        }
+    }
+}
+
+fn zstd_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32).clamp(1, 16)
+}
+
+impl<W: Write> Write for Encoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Encoder::Zstd(encoder) => encoder.write(buf),
+            Encoder::Gzip(encoder) => encoder.write(buf),
+            Encoder::None(out) => out.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Encoder::Zstd(encoder) => encoder.write_all(buf),
+            Encoder::Gzip(encoder) => encoder.write_all(buf),
+            Encoder::None(out) => out.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Zstd(encoder) => encoder.flush(),
+            Encoder::Gzip(encoder) => encoder.flush(),
+            Encoder::None(out) => out.flush(),
+        }
+    }
+}
+
+/// Returns a reader of the uncompressed tar, choosing zstd, gzip or plain by the first
+/// bytes of `input` (the layer's media type may be missing or wrong, as with `docker save`).
+pub(crate) fn decoder<'a, R: Read + 'a>(mut input: R) -> io::Result<Box<dyn Read + 'a>> {
+    let mut magic = [0u8; 4];
+    let mut filled = 0;
+    while filled < magic.len() {
+        match input.read(&mut magic[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let head = io::Cursor::new(magic[..filled].to_vec());
+    let stream = head.chain(input);
+    Ok(if magic[..filled] == ZSTD_MAGIC {
+        Box::new(zstd::stream::read::Decoder::new(stream)?)
+    } else if filled >= 2 && magic[..2] == GZIP_MAGIC {
+        Box::new(flate2::read::MultiGzDecoder::new(stream))
+    } else {
+        Box::new(stream)
+    })
+}
+
+/// Hashes and counts every byte read through it.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader { inner, hasher: Sha256::new(), len: 0 }
+    }
+
+    pub fn finish(self) -> (Digest, u64) {
+        (Digest::from_bytes(self.hasher.finalize().into()), self.len)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compress(compression: Compression, data: &[u8], workers: u32) -> Vec<u8> {
+        let mut encoder = Encoder::with_workers(compression, None, Vec::new(), workers).unwrap();
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn sample() -> Vec<u8> {
+        (0..3_000_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn zstd_bytes_do_not_depend_on_thread_count() {
+        let data = sample();
+        let one = compress(Compression::Zstd, &data, 1);
+        assert_eq!(one, compress(Compression::Zstd, &data, 2));
+        assert_eq!(one, compress(Compression::Zstd, &data, 5));
+    }
+
+    #[test]
+    fn decoder_detects_each_compression_by_magic() {
+        let data = sample();
+        for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+            let blob = compress(compression, &data, 2);
+            let mut out = Vec::new();
+            decoder(&blob[..]).unwrap().read_to_end(&mut out).unwrap();
+            assert_eq!(out, data, "{compression:?}");
+        }
+        let mut out = Vec::new();
+        decoder(&b"ab"[..]).unwrap().read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"ab");
+    }
+}
