@@ -19,6 +19,29 @@ pub enum Error {
     LayerEntryIo { entry: String, context: &'static str, #[source] source: std::io::Error },
     #[error("failed to read the layer stream: {0}")]
     LayerStream(#[source] std::io::Error),
+    // store (blobs, images, refs, containers, cache)
+    #[error("blob {0} not found in the store")]
+    BlobNotFound(Digest),
+    #[error("{what} is not valid json: {source}")]
+    Json { what: String, #[source] source: serde_json::Error },
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    #[error("no such image: {0}")]
+    ImageNotFound(String),
+    #[error("image reference {reference:?} is ambiguous: it matches {count} images")]
+    AmbiguousImage { reference: String, count: usize },
+    #[error("image {image} is used by container {container}; remove the container first")]
+    ImageInUse { image: String, container: String },
+    #[error("no such container: {0}")]
+    ContainerNotFound(String),
+    #[error("container reference {reference:?} is ambiguous: it matches {count} containers")]
+    AmbiguousContainer { reference: String, count: usize },
+    #[error("container name {0:?} is already in use")]
+    ContainerNameInUse(String),
+    #[error("container {id} is still mounted at {path}; unmount it first")]
+    ContainerMounted { id: String, path: PathBuf },
+    #[error("layer {digest} unpacks to diff_id {actual}, but the image config says {expected}")]
+    DiffIdMismatch { digest: Digest, expected: Digest, actual: Digest },
     // distribution (registry client, archives, transfers)
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: &'static str },

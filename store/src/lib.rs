@@ -8,13 +8,29 @@
 //!   cache/               build cache index
 //!   tmp/                 staging for atomic writes; swept by gc
 //!   lock                 flock: shared for normal work, exclusive for gc
+//!   refs.lock            flock held while index.json or container names change
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod blob;
+pub mod cache;
+pub mod container;
+pub mod diff;
 pub mod digest;
 pub mod error;
-pub mod layer;
+pub mod image;
+pub mod json;
+pub mod layout;
+pub mod lock;
+pub mod refs;
+pub mod time;
 pub mod registry;
 
+pub use blob::{BlobReader, BlobWriter};
+pub use cache::CacheEntry;
+pub use container::{Container, ContainerState, Status};
 pub use digest::Digest;
 pub use error::{Error, Result};
+pub use image::{Image, LayerBlob, Removal};
+pub use layout::Store;
+pub use oci_spec::image as oci;

@@ -1,0 +1,265 @@
+//! Containers' directories: `containers/<id>/{state.json, upper/, work/, rootfs/}`.
+//!
+//! A container directory is assembled in `tmp/` and renamed into place whole, so a crash
+//! never leaves a container without its state. `state.json` is rewritten atomically by
+//! `Container::save`. Names are unique; the check and the rename happen under `refs.lock`.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::layout::{Store, rename_durable};
+use crate::{Digest, json, time};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+/// What `state.json` holds. The runtime fills `pid`, `status`, `exit_code`, `driver`, ...
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    pub name: String,
+    pub image: Option<String>,
+    pub image_id: Option<Digest>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    pub status: Status,
+    pub exit_code: Option<i32>,
+    /// RFC 3339, UTC.
+    pub created: String,
+    pub pid: Option<i32>,
+    pub driver: Option<String>,
+    pub mounted_at: Option<PathBuf>,
+    /// Run options, as the runtime chooses to record them.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// A container directory and its state.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub id: String,
+    pub dir: PathBuf,
+    pub state: ContainerState,
+}
+
+impl Container {
+    pub fn upper_dir(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn rootfs_dir(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("container.log")
+    }
+    fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    /// Rewrites `state.json` atomically (tmp file in the container dir, fsync, rename).
+    pub fn save(&self) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&self.state)
+            .map_err(|source| Error::Json { what: format!("container {} state", self.id), source })?;
+        let tmp = self.dir.join(".state.json.tmp");
+        write_synced(&tmp, &bytes)?;
+        rename_durable(&tmp, &self.state_path())
+    }
+
+    fn load(dir: &Path) -> Result<Container> {
+        let path = dir.join("state.json");
+        let bytes = fs::read(&path).map_err(|e| Error::io("failed to read container state", &path, e))?;
+        let state: ContainerState = json::parse(&bytes, || path.display().to_string())?;
+        Ok(Container { id: state.id.clone(), dir: dir.to_path_buf(), state })
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut file = fs::File::create(path).map_err(|e| Error::io("failed to create", path, e))?;
+    file.write_all(bytes).map_err(|e| Error::io("failed to write", path, e))?;
+    file.sync_all().map_err(|e| Error::io("failed to fsync", path, e))
+}
+
+impl Store {
+    /// Creates a container directory from `image` (or none: an empty rootfs). Without a
+    /// name one is generated; a taken name is refused.
+    pub fn create_container(&self, image: Option<&Image>, name: Option<&str>) -> Result<Container> {
+        let id = random_id()?;
+        if let Some(name) = name {
+            let valid = !name.is_empty()
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && name.as_bytes()[0].is_ascii_alphanumeric();
+            if !valid {
+                return Err(Error::Invalid {
+                    what: format!("container name {name:?}"),
+                    message: "use [a-zA-Z0-9][a-zA-Z0-9_.-]*".into(),
+                });
+            }
+        }
+        let staging = self.tmp_dir_create("container")?;
+        let result = (|| {
+            for sub in ["upper", "work", "rootfs"] {
+                let path = staging.join(sub);
+                fs::create_dir(&path).map_err(|e| Error::io("failed to create directory", &path, e))?;
+            }
+            let _guard = self.refs_lock()?;
+            let taken: Vec<String> = self.containers()?.into_iter().map(|c| c.state.name).collect();
+            let name = match name {
+                Some(name) if taken.iter().any(|t| t == name) => return Err(Error::ContainerNameInUse(name.to_string())),
+                Some(name) => name.to_string(),
+                None => generate_name(&id, &taken),
+            };
+            let state = ContainerState {
+                id: id.clone(),
+                name,
+                image: image.map(|i| i.names.first().cloned().unwrap_or_else(|| i.id.to_string())),
+                image_id: image.map(|i| i.id),
+                command: Vec::new(),
+                status: Status::Created,
+                exit_code: None,
+                created: time::format_rfc3339(time::now()),
+                pid: None,
+                driver: None,
+                mounted_at: None,
+                config: serde_json::Value::Null,
+            };
+            let staged = Container { id: id.clone(), dir: staging.clone(), state };
+            staged.save()?;
+            let dir = self.containers_dir().join(&id);
+            rename_durable(&staging, &dir)?;
+            Ok(Container { dir, ..staged })
+        })();
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        result
+    }
+
+    /// Finds a container by full id, name, or unique id prefix.
+    pub fn container(&self, reference: &str) -> Result<Container> {
+        let all = self.containers()?;
+        if let Some(found) = all.iter().find(|c| c.id == reference || c.state.name == reference) {
+            return Ok(found.clone());
+        }
+        let hits: Vec<&Container> = all.iter().filter(|c| !reference.is_empty() && c.id.starts_with(reference)).collect();
+        match hits.len() {
+            0 => Err(Error::ContainerNotFound(reference.to_string())),
+            1 => Ok(hits[0].clone()),
+            count => Err(Error::AmbiguousContainer { reference: reference.to_string(), count }),
+        }
+    }
+
+    /// Every container, oldest first.
+    pub fn containers(&self) -> Result<Vec<Container>> {
+        let dir = self.containers_dir();
+        let entries = fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("failed to list", &dir, e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
+                out.push(Container::load(&entry.path())?);
+            }
+        }
+        out.sort_by(|a, b| a.state.created.cmp(&b.state.created).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Removes a container's directory. Refused while its rootfs is still a mount point.
+    pub fn remove_container(&self, container: &Container) -> Result<()> {
+        let rootfs = container.rootfs_dir();
+        if is_mount_point(&rootfs) {
+            return Err(Error::ContainerMounted { id: container.id.clone(), path: rootfs });
+        }
+        // Rename out of containers/ first so a half-deleted container is never listed.
+        let doomed = self.tmp_path("removed-container");
+        rename_durable(&container.dir, &doomed)?;
+        fs::remove_dir_all(&doomed).map_err(|e| Error::io("failed to remove", &doomed, e))
+    }
+}
+
+/// True when `path` appears as a mount point in /proc/self/mountinfo.
+pub(crate) fn is_mount_point(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(path) = path.canonicalize() else { return false };
+    info.lines().any(|line| line.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(path.as_os_str().to_str().unwrap_or("")))
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal (`\040`).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// 64 hex characters from the kernel's random pool.
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("failed to read", "/dev/urandom", e))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A docker-style `adjective_noun` name derived from the id, unique among `taken`.
+fn generate_name(id: &str, taken: &[String]) -> String {
+    const ADJECTIVES: [&str; 16] = [
+        "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud",
+        "quirky", "silly", "tender", "witty",
+    ];
+    const NOUNS: [&str; 16] = [
+        "babbage", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kepler", "lovelace", "noether", "pascal",
+        "ritchie", "shannon", "tesla", "turing", "wozniak",
+    ];
+    let bytes = hex::decode(&id[..4]).unwrap_or_else(|_| vec![0, 0]);
+    let base = format!("{}_{}", ADJECTIVES[(bytes[0] & 15) as usize], NOUNS[(bytes[1] & 15) as usize]);
+    let mut name = base.clone();
+    let mut n = 2;
+    while taken.contains(&name) {
+        name = format!("{base}{n}");
+        n += 1;
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_octal_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\134c"), r"/a b\c");
+    }
+
+    #[test]
+    fn generated_names_do_not_collide() {
+        let id = "00".repeat(32);
+        let first = generate_name(&id, &[]);
+        let second = generate_name(&id, std::slice::from_ref(&first));
+        assert_ne!(first, second);
+    }
+}

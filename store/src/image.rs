@@ -1,0 +1,265 @@
+//! Images: a config blob and a manifest blob (image-spec `config.md`, `manifest.md`) built
+//! with oci-spec and written as canonical JSON, so the same config and layers always give
+//! the same manifest digest; plus naming, lookup and removal over `oci/index.json`.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+use crate::layout::Store;
+use crate::refs::{self, descriptor_digest, entry_name, index_entry, normalize_name, oci_digest};
+use crate::{Digest, json, oci};
+
+/// An image in the store. `id` is the config digest (as docker shows it).
+#[derive(Clone, Debug)]
+pub struct Image {
+    pub id: Digest,
+    pub manifest_digest: Digest,
+    pub manifest: oci::ImageManifest,
+    pub config: oci::ImageConfiguration,
+    /// `name:tag` names, sorted.
+    pub names: Vec<String>,
+}
+
+impl Image {
+    /// Sum of the (compressed) layer sizes plus the config, as stored.
+    pub fn size(&self) -> u64 {
+        self.manifest.layers().iter().map(|layer| layer.size()).sum::<u64>() + self.manifest.config().size()
+    }
+
+    /// The config's diff_ids, bottom layer first.
+    pub fn diff_ids(&self) -> Result<Vec<Digest>> {
+        self.config.rootfs().diff_ids().iter().map(|d| d.parse()).collect()
+    }
+}
+
+/// A layer blob in the store: its descriptor (compressed digest, size, media type) and
+/// the diff_id (sha256 of the uncompressed tar) the image config lists.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LayerBlob {
+    pub descriptor: oci::Descriptor,
+    pub diff_id: Digest,
+}
+
+/// What `remove_image` did.
+#[derive(Clone, Debug, Default)]
+pub struct Removal {
+    pub untagged: Vec<String>,
+    /// Set when the image lost its last index entry (gc frees its blobs).
+    pub deleted: Option<Digest>,
+}
+
+impl Store {
+    /// Writes the config and a manifest over `layers` (bottom first; their blobs must be in
+    /// the store) and gives the image `names` (none: kept as an unnamed image).
+    pub fn put_image(&self, config: &oci::ImageConfiguration, layers: &[oci::Descriptor], names: &[String]) -> Result<Image> {
+        if config.rootfs().diff_ids().len() != layers.len() {
+            return Err(Error::Invalid {
+                what: "image config".into(),
+                message: format!("{} diff_ids for {} layers", config.rootfs().diff_ids().len(), layers.len()),
+            });
+        }
+        for layer in layers {
+            let digest = descriptor_digest(layer)?;
+            if !self.has_blob(&digest) {
+                return Err(Error::BlobNotFound(digest));
+            }
+        }
+        let config_bytes = json::to_canonical(config, "image config")?;
+        let (config_digest, config_size) = self.put_blob(&config_bytes)?;
+        let manifest = oci::ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(oci::MediaType::ImageManifest)
+            .config(oci::Descriptor::new(oci::MediaType::ImageConfig, config_size, oci_digest(&config_digest)))
+            .layers(layers.to_vec())
+            .build()
+            .map_err(|e| Error::Invalid { what: "image manifest".into(), message: e.to_string() })?;
+        let manifest_bytes = json::to_canonical(&manifest, "image manifest")?;
+        self.put_manifest_raw(&manifest_bytes, names)
+    }
+
+    /// Stores a manifest exactly as given (a pulled manifest keeps its bytes and digest) and
+    /// names it. Its config and layer blobs must already be in the store.
+    pub fn put_manifest_raw(&self, manifest_bytes: &[u8], names: &[String]) -> Result<Image> {
+        let manifest: oci::ImageManifest = json::parse(manifest_bytes, || "image manifest".into())?;
+        let config_digest = descriptor_digest(manifest.config())?;
+        self.read_blob(&config_digest)?;
+        for layer in manifest.layers() {
+            let digest = descriptor_digest(layer)?;
+            if !self.has_blob(&digest) {
+                return Err(Error::BlobNotFound(digest));
+            }
+        }
+        let (digest, size) = self.put_blob(manifest_bytes)?;
+        let media_type = manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
+        let names = names.iter().map(|name| normalize_name(name)).collect::<Result<Vec<_>>>()?;
+        self.update_index(|entries| {
+            if names.is_empty() {
+                let present = entries.iter().any(|e| descriptor_digest(e).ok() == Some(digest));
+                if !present {
+                    entries.push(index_entry(&digest, size, media_type.clone(), None));
+                }
+            }
+            for name in &names {
+                set_name(entries, &digest, size, media_type.clone(), name);
+            }
+            Ok(())
+        })?;
+        self.image_by_manifest(&digest)
+    }
+
+    /// Loads the image whose manifest is `manifest_digest`, with its current names.
+    pub fn image_by_manifest(&self, manifest_digest: &Digest) -> Result<Image> {
+        let entries = self.index_entries()?;
+        let mut names: Vec<String> = entries
+            .iter()
+            .filter(|e| descriptor_digest(e).ok() == Some(*manifest_digest))
+            .filter_map(|e| entry_name(e).map(String::from))
+            .collect();
+        names.sort();
+        self.load_image(manifest_digest, names)
+    }
+
+    fn load_image(&self, manifest_digest: &Digest, names: Vec<String>) -> Result<Image> {
+        let bytes = self.read_blob(manifest_digest)?;
+        let manifest: oci::ImageManifest = json::parse(&bytes, || format!("manifest {manifest_digest}"))?;
+        let id = descriptor_digest(manifest.config())?;
+        let config_bytes = self.read_blob(&id)?;
+        let config: oci::ImageConfiguration = json::parse(&config_bytes, || format!("image config {id}"))?;
+        Ok(Image { id, manifest_digest: *manifest_digest, manifest, config, names })
+    }
+
+    /// Every image in index.json (one per manifest), in index order. Entries that are not
+    /// image manifests (e.g. nested indexes) are skipped.
+    pub fn images(&self) -> Result<Vec<Image>> {
+        let mut order = Vec::new();
+        let mut names: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        for entry in self.index_entries()? {
+            if *entry.media_type() == oci::MediaType::ImageIndex {
+                continue;
+            }
+            let digest = descriptor_digest(&entry)?;
+            let list = names.entry(digest).or_insert_with(|| {
+                order.push(digest);
+                Vec::new()
+            });
+            if let Some(name) = entry_name(&entry) {
+                list.push(name.to_string());
+            }
+        }
+        order
+            .into_iter()
+            .map(|digest| {
+                let mut list = names.remove(&digest).unwrap_or_default();
+                list.sort();
+                self.load_image(&digest, list)
+            })
+            .collect()
+    }
+
+    /// Finds an image by `name[:tag]`, full or short image id (`sha256:` optional), or
+    /// `sha256:` manifest digest.
+    pub fn resolve(&self, reference: &str) -> Result<Image> {
+        let not_found = || Error::ImageNotFound(reference.to_string());
+        if let Ok(name) = normalize_name(reference) {
+            let hit = self.index_entries()?.into_iter().find(|e| entry_name(e) == Some(name.as_str()));
+            if let Some(entry) = hit {
+                return self.image_by_manifest(&descriptor_digest(&entry)?);
+            }
+        }
+        let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
+        if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(not_found());
+        }
+        let images = self.images()?;
+        if let Some(image) = images.iter().find(|i| i.manifest_digest.hex() == hex) {
+            return Ok(image.clone());
+        }
+        let mut hits: Vec<&Image> = images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
+        hits.dedup_by_key(|i| i.id);
+        match hits.len() {
+            0 => Err(not_found()),
+            1 => Ok(hits[0].clone()),
+            count => Err(Error::AmbiguousImage { reference: reference.to_string(), count }),
+        }
+    }
+
+    /// Gives `image` the name `name` (`:latest` added), moving the name if another image had it.
+    pub fn tag(&self, image: &Image, name: &str) -> Result<()> {
+        let name = normalize_name(name)?;
+        let size = self.blob_path(&image.manifest_digest).metadata().map(|m| m.len()).unwrap_or(0);
+        let media_type = image.manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
+        self.update_index(|entries| {
+            set_name(entries, &image.manifest_digest, size, media_type, &name);
+            Ok(())
+        })
+    }
+
+    /// Removes the name `name`. An image left without names is gone (gc frees it).
+    pub fn untag(&self, name: &str) -> Result<()> {
+        let name = normalize_name(name)?;
+        let image = self.resolve(&name)?;
+        self.check_unused_after(&image, 1)?;
+        self.update_index(|entries| {
+            entries.retain(|e| entry_name(e) != Some(name.as_str()));
+            Ok(())
+        })
+    }
+
+    /// `rmi`: a name removes that name; an id or digest removes every name of the image.
+    pub fn remove_image(&self, reference: &str) -> Result<()> {
+        self.remove_image_report(reference).map(|_| ())
+    }
+
+    /// Like `remove_image`, and says what was untagged and whether the image is gone.
+    pub fn remove_image_report(&self, reference: &str) -> Result<Removal> {
+        let image = self.resolve(reference)?;
+        let by_name = normalize_name(reference).ok().filter(|name| image.names.contains(name));
+        let untagged = match &by_name {
+            Some(name) => vec![name.clone()],
+            None => image.names.clone(),
+        };
+        let last = by_name.is_none() || image.names.len() <= 1;
+        if last {
+            self.check_unused_after(&image, image.names.len())?;
+        }
+        let manifest = image.manifest_digest;
+        self.update_index(|entries| {
+            match &by_name {
+                Some(name) if !last => entries.retain(|e| entry_name(e) != Some(name.as_str())),
+                _ => entries.retain(|e| descriptor_digest(e).ok() != Some(manifest)),
+            }
+            Ok(())
+        })?;
+        Ok(Removal { untagged, deleted: last.then_some(image.id) })
+    }
+
+    /// Refuses when removing `removed` names would leave `image` unnamed while a container
+    /// still runs from it.
+    fn check_unused_after(&self, image: &Image, removed: usize) -> Result<()> {
+        if image.names.len() > removed {
+            return Ok(());
+        }
+        for container in self.containers()? {
+            if container.state.image_id == Some(image.id) {
+                return Err(Error::ImageInUse {
+                    image: image.names.first().cloned().unwrap_or_else(|| image.id.short()),
+                    container: container.id[..12].to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Points `name` at `digest`: drops the entry that had the name and an unnamed entry of
+/// the same manifest, then adds the named entry.
+fn set_name(entries: &mut Vec<oci::Descriptor>, digest: &Digest, size: u64, media_type: oci::MediaType, name: &str) {
+    entries.retain(|e| {
+        let same_manifest = descriptor_digest(e).ok() == Some(*digest);
+        match entry_name(e) {
+            Some(existing) => existing != name,
+            None => !same_manifest,
+        }
+    });
+    entries.push(refs::index_entry(digest, size, media_type, Some(name)));
+}

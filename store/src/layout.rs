@@ -1,0 +1,217 @@
+//! The `Store` handle: opening a root, the directory layout below it, and the one way
+//! anything is written there (stage in `tmp/`, fsync, rename, fsync the directory).
+//!
+//! ```text
+//! <root>/
+//!   oci/                 OCI image layout v1.1 (image-spec `image-layout.md`):
+//!     oci-layout         {"imageLayoutVersion":"1.0.0"}
+//!     index.json         one manifest descriptor per image name, annotated with
+//!                        org.opencontainers.image.ref.name = "name:tag"; an image stored
+//!                        without a name has one entry without that annotation
+//!     blobs/sha256/<hex> manifests, configs, layers; the file name is the content's sha256
+//!   layers/<diffid-hex>/ one unpacked layer in overlay on-disk form, renamed into place whole
+//!   containers/<id>/     state.json, upper/, work/, rootfs/
+//!   cache/<key-hex>.json build cache entries
+//!   tmp/                 staging for atomic writes; emptied by gc
+//!   lock                 flock: shared while a Store is open, exclusive for gc
+//!   refs.lock            flock held while index.json or container names change
+//! ```
+//!
+//! A crash at any instant leaves either the old or the new file: the rename is the commit
+//! point, and the fsync of the directory makes it durable.
+
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, Result};
+use crate::lock::{FileLock, LockMode};
+
+/// `oci-layout` file content (image-spec `image-layout.md#oci-layout-file`).
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+const EMPTY_INDEX: &[u8] =
+    br#"{"manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#;
+
+/// An open store. Holds the shared store lock (exclusive for `open_exclusive`) until dropped.
+#[derive(Debug)]
+pub struct Store {
+    root: PathBuf,
+    lock: Mutex<FileLock>,
+}
+
+impl Store {
+    /// Opens the store at `root`, creating the layout if needed, and takes the shared lock.
+    pub fn open(root: &Path) -> Result<Store> {
+        Store::open_mode(root, LockMode::Shared)
+    }
+
+    /// Opens the store holding the lock exclusively (waits for every other user to finish).
+    pub fn open_exclusive(root: &Path) -> Result<Store> {
+        Store::open_mode(root, LockMode::Exclusive)
+    }
+
+    fn open_mode(root: &Path, mode: LockMode) -> Result<Store> {
+        fs::create_dir_all(root).map_err(|e| Error::io("failed to create store root", root, e))?;
+        let root = root.canonicalize().map_err(|e| Error::io("failed to resolve store root", root, e))?;
+        let lock = FileLock::acquire(&root.join("lock"), mode)?;
+        let store = Store { root, lock: Mutex::new(lock) };
+        store.init_layout()?;
+        Ok(store)
+    }
+
+    fn init_layout(&self) -> Result<()> {
+        for dir in [self.blobs_dir(), self.layers_dir(), self.containers_dir(), self.cache_dir(), self.tmp_dir()] {
+            fs::create_dir_all(&dir).map_err(|e| Error::io("failed to create directory", &dir, e))?;
+        }
+        let layout = self.oci_dir().join("oci-layout");
+        if !layout.exists() {
+            self.write_atomic(&layout, OCI_LAYOUT)?;
+        }
+        let index = self.index_path();
+        if !index.exists() {
+            self.write_atomic(&index, EMPTY_INDEX)?;
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The OCI image layout directory (`oci:<this>:name:tag` for skopeo).
+    pub fn oci_dir(&self) -> PathBuf {
+        self.root.join("oci")
+    }
+
+    pub fn blobs_dir(&self) -> PathBuf {
+        self.root.join("oci/blobs/sha256")
+    }
+
+    pub fn index_path(&self) -> PathBuf {
+        self.root.join("oci/index.json")
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    pub fn containers_dir(&self) -> PathBuf {
+        self.root.join("containers")
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.root.join("cache")
+    }
+
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Waits until this handle holds the store lock exclusively (for gc), or shared again.
+    pub(crate) fn set_lock_mode(&self, mode: LockMode) -> Result<()> {
+        let path = self.root.join("lock");
+        let mut lock = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        lock.convert(mode, &path)
+    }
+
+    pub(crate) fn lock_mode(&self) -> LockMode {
+        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).mode()
+    }
+
+    /// Takes `refs.lock` for a read-modify-write of index.json or container names.
+    pub(crate) fn refs_lock(&self) -> Result<FileLock> {
+        FileLock::acquire(&self.root.join("refs.lock"), LockMode::Exclusive)
+    }
+
+    /// A fresh, unused path in `tmp/` (not created). `kind` shows up in the name to make
+    /// leftovers of a crash recognisable.
+    pub fn tmp_path(&self, kind: &str) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.tmp_dir().join(format!("{kind}-{}-{n}-{nanos:08x}", std::process::id()))
+    }
+
+    /// Creates a fresh empty directory in `tmp/` (for unpacking or building a container).
+    pub fn tmp_dir_create(&self, kind: &str) -> Result<PathBuf> {
+        let path = self.tmp_path(kind);
+        fs::create_dir(&path).map_err(|e| Error::io("failed to create directory", &path, e))?;
+        Ok(path)
+    }
+
+    /// Writes `bytes` to `dest` atomically: tmp file, fsync, rename, fsync of the directory.
+    pub fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
+        let tmp = self.tmp_path("write");
+        let result = (|| {
+            let mut file = File::create_new(&tmp).map_err(|e| Error::io("failed to create", &tmp, e))?;
+            file.write_all(bytes).map_err(|e| Error::io("failed to write", &tmp, e))?;
+            file.sync_all().map_err(|e| Error::io("failed to fsync", &tmp, e))?;
+            rename_durable(&tmp, dest)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+/// Renames `from` to `to` and fsyncs `to`'s directory so the rename survives a crash.
+pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
+    fs::rename(from, to).map_err(|e| Error::io("failed to rename into place", to, e))?;
+    sync_parent(to)
+}
+
+/// fsyncs the directory holding `path`.
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
+    let parent = path.parent().unwrap_or(Path::new("/"));
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io("failed to fsync directory", parent, e))
+}
+
+/// Size in bytes of a file or of everything below a directory (not following symlinks).
+pub(crate) fn disk_size(path: &Path) -> u64 {
+    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    let mut total = 0;
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            total += disk_size(&entry.path());
+        }
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_creates_an_oci_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let layout = fs::read(store.oci_dir().join("oci-layout")).unwrap();
+        assert_eq!(layout, OCI_LAYOUT);
+        assert!(store.blobs_dir().is_dir());
+        assert!(store.index_path().is_file());
+        // opening again keeps everything and works alongside the first handle
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.root(), store.root());
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_tmp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dest = store.root().join("cache/x.json");
+        store.write_atomic(&dest, b"one").unwrap();
+        store.write_atomic(&dest, b"two").unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"two");
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,127 @@
+//! Image names: parsing `name[:tag]`, and the entries of `oci/index.json` that carry them.
+//!
+//! Each name is one index entry annotated `org.opencontainers.image.ref.name = "name:tag"`
+//! (image-spec `annotations.md`), which is what `skopeo ... oci:<root>/oci:name:tag` and
+//! `umoci --image <root>/oci:name:tag` look up. An image stored without a name keeps one
+//! entry without the annotation so it stays reachable (docker's `<none>:<none>`); removing
+//! an image's last name removes its last entry, and gc then frees its blobs.
+
+use std::collections::HashMap;
+use std::fs;
+
+use crate::error::{Error, Result};
+use crate::layout::Store;
+use crate::{Digest, json, oci};
+
+/// The annotation that names an index entry.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Parses `name[:tag]` into `name:tag` (`:latest` when no tag is given). The tag is what
+/// follows the last `:` after the last `/`, so `localhost:5000/app` has no tag.
+pub fn normalize_name(text: &str) -> Result<String> {
+    let bad = |reason: &'static str| Error::InvalidReference { reference: text.to_string(), reason };
+    let (repo, tag) = split_name(text);
+    if repo.is_empty() {
+        return Err(bad("empty name"));
+    }
+    if text.contains('@') {
+        return Err(bad("digests are not names; use the image id"));
+    }
+    let repo_ok = repo.split('/').all(|part| {
+        !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b))
+    });
+    if !repo_ok {
+        return Err(bad("names use lowercase letters, digits, '.', '_', '-' and '/' separators"));
+    }
+    if repo.len() == 64 && repo.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad("a 64-hex name would shadow image ids"));
+    }
+    let tag = tag.unwrap_or("latest");
+    let tag_ok = !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !tag_ok {
+        return Err(bad("tags are 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"));
+    }
+    Ok(format!("{repo}:{tag}"))
+}
+
+/// Splits `name[:tag]` into repository and tag.
+pub fn split_name(text: &str) -> (&str, Option<&str>) {
+    let slash = text.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match text[slash..].rfind(':') {
+        Some(colon) => (&text[..slash + colon], Some(&text[slash + colon + 1..])),
+        None => (text, None),
+    }
+}
+
+/// The name an index entry carries, if any.
+pub fn entry_name(entry: &oci::Descriptor) -> Option<&str> {
+    entry.annotations().as_ref()?.get(REF_NAME).map(String::as_str)
+}
+
+/// The store digest of a descriptor (sha256 only).
+pub fn descriptor_digest(descriptor: &oci::Descriptor) -> Result<Digest> {
+    descriptor.digest().to_string().parse()
+}
+
+/// An oci-spec digest from ours.
+pub fn oci_digest(digest: &Digest) -> oci::Digest {
+    // Our Display is always a valid sha256 digest string, which oci-spec accepts.
+    digest.to_string().parse().unwrap_or_else(|_| unreachable!("sha256 digests always parse"))
+}
+
+/// A manifest descriptor for index.json, named when `name` is given.
+pub fn index_entry(digest: &Digest, size: u64, media_type: oci::MediaType, name: Option<&str>) -> oci::Descriptor {
+    let mut entry = oci::Descriptor::new(media_type, size, oci_digest(digest));
+    if let Some(name) = name {
+        entry.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), name.to_string())])));
+    }
+    entry
+}
+
+impl Store {
+    /// The entries of `oci/index.json`.
+    pub fn index_entries(&self) -> Result<Vec<oci::Descriptor>> {
+        let path = self.index_path();
+        let bytes = fs::read(&path).map_err(|e| Error::io("failed to read", &path, e))?;
+        let index: oci::ImageIndex = json::parse(&bytes, || path.display().to_string())?;
+        Ok(index.manifests().clone())
+    }
+
+    /// Read-modify-write of index.json under `refs.lock`; written atomically.
+    pub(crate) fn update_index<T>(&self, change: impl FnOnce(&mut Vec<oci::Descriptor>) -> Result<T>) -> Result<T> {
+        let _guard = self.refs_lock()?;
+        let mut entries = self.index_entries()?;
+        let out = change(&mut entries)?;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        });
+        let bytes = json::to_canonical(&index, "index.json")?;
+        self.write_atomic(&self.index_path(), &bytes)?;
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_get_latest_and_keep_registry_ports() {
+        assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
+        assert_eq!(normalize_name("busybox:1.36").unwrap(), "busybox:1.36");
+        assert_eq!(normalize_name("localhost:5000/app").unwrap(), "localhost:5000/app:latest");
+        assert_eq!(normalize_name("localhost:5000/app:v1").unwrap(), "localhost:5000/app:v1");
+    }
+
+    #[test]
+    fn bad_names_are_refused() {
+        for bad in ["", "Busybox", "a b", "x:", "x:-y", "a//b", "app@sha256:00", &"a".repeat(64)] {
+            assert!(normalize_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
