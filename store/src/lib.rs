@@ -20,6 +20,7 @@ pub mod digest;
 pub mod error;
 pub mod image;
 pub mod json;
+pub mod layer;
 pub mod layout;
 pub mod lock;
 pub mod refs;
