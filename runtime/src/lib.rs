@@ -1,1 +1,103 @@
-//! strata-runtime: runs a command in fresh namespaces on a prepared root, under cgroup limits.
+//! strata-runtime: runs a command in fresh namespaces on a prepared root, under cgroup
+//! limits, and returns its exit status (ARCHITECTURE.md "Runtime").
+//!
+//! Flow: `spawn` creates the cgroup, forks an intermediate process that unshares the
+//! namespaces and forks the container's pid 1 (process.rs); pid 1 builds its filesystem
+//! view (rootfs.rs), takes its identity (container.rs: user.rs, caps.rs) and execs. `run`
+//! adds signal forwarding (signals.rs) and waits. Only sys.rs contains `unsafe`.
+
+mod caps;
+pub mod cgroup;
+mod container;
+mod error;
+mod init;
+mod process;
+mod rootfs;
+mod signals;
+mod sys;
+mod syscall;
+mod tty;
+mod user;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+pub use error::{Error, Result};
+pub use process::{Child, USERNS_HOST_START, USERNS_SIZE};
+pub use user::{ExecUser, resolve as resolve_user};
+
+/// The container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// A private network namespace with only the loopback interface, up.
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// cgroup limits; `None` leaves the resource unlimited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (no swap on top).
+    pub memory: Option<u64>,
+    /// CPUs as a CFS quota (`1.5` = 150 ms per 100 ms).
+    pub cpus: Option<f64>,
+    /// Maximum number of tasks.
+    pub pids: Option<u64>,
+    /// cpuset.cpus, e.g. "0-1".
+    pub cpuset_cpus: Option<String>,
+    /// Block I/O weight 10-1000 (dropped with a warning when the kernel has no weights).
+    pub blkio_weight: Option<u16>,
+}
+
+/// One container to run.
+#[derive(Debug, Default)]
+pub struct Spec {
+    /// The already-mounted root (the union mount point).
+    pub rootfs: PathBuf,
+    pub args: Vec<String>,
+    /// `K=V` pairs; PATH, HOME and HOSTNAME are added when missing, as docker does.
+    pub env: Vec<String>,
+    /// Working directory inside the container ("" = /); created when missing.
+    pub cwd: String,
+    /// "", name, uid, uid:gid, name:group; resolved in the rootfs's /etc/passwd and /etc/group.
+    pub user: String,
+    pub hostname: Option<String>,
+    pub network: Network,
+    /// Map container root to host ids USERNS_HOST_START.. (USERNS_SIZE ids).
+    pub userns: bool,
+    pub limits: Limits,
+    /// The cgroup's name (e.g. "strata-<id>"); "" = no cgroup.
+    pub cgroup_name: String,
+    pub tty: bool,
+    pub interactive: bool,
+    pub init: bool,
+    /// None = inherit strata's.
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// Runs the container to completion: forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT (and window
+/// size changes) to it and returns its exit code (128+N for signal N, 137 for an OOM kill,
+/// 126/127 when the command cannot be executed). `Err` means strata failed before the
+/// command started (the caller exits 125).
+pub fn run(spec: Spec) -> Result<i32> {
+    let child = spawn(spec)?;
+    let forwarding = signals::forward_to(child.pid, child.pty_master())
+        .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let code = child.wait();
+    drop(forwarding);
+    code
+}
+
+/// Starts the container and returns once its command has been exec'd (or failed to).
+pub fn spawn(spec: Spec) -> Result<Child> {
+    process::spawn(spec)
+}
+
+/// Removes cgroup `name` from every hierarchy (killing what is left in it).
+pub fn remove_cgroup(name: &str) -> Result<()> {
+    cgroup::remove(name)
+}

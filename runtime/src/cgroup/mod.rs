@@ -1,0 +1,269 @@
+//! cgroups v2 and v1 behind one API (youki `libcgroups`): the layout is detected once from
+//! /proc/self/mountinfo (unified, v1, or hybrid = v1 controllers with a v2 mount beside
+//! them, as on this project's CI machine); each controller is one small file implementing
+//! `Controller`. A container's cgroup is `<hierarchy>/strata/<name>` in every hierarchy it
+//! uses; it survives the container's exit (so OOM kills can be read) until `remove`.
+
+mod blkio;
+mod cpu;
+mod cpuset;
+mod memory;
+mod pids;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::Limits;
+use crate::error::{Error, Result};
+
+/// Where the cgroup hierarchies are mounted.
+#[derive(Debug, Clone)]
+pub enum Layout {
+    /// cgroup2 only: one hierarchy.
+    Unified(PathBuf),
+    /// v1 controllers, each at its mount point; `unified` is the v2 mount of a hybrid setup
+    /// (it holds no controllers we can use, so limits go to v1).
+    V1 { mounts: Vec<(String, PathBuf)>, unified: Option<PathBuf> },
+}
+
+impl Layout {
+    /// The layout of this machine, read once.
+    pub fn get() -> &'static Layout {
+        static LAYOUT: OnceLock<Layout> = OnceLock::new();
+        LAYOUT.get_or_init(|| {
+            let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            Layout::parse(&text)
+        })
+    }
+
+    /// Parses /proc/self/mountinfo: `... mountpoint ... - fstype source superoptions`.
+    pub fn parse(mountinfo: &str) -> Layout {
+        let mut mounts = Vec::new();
+        let mut unified = None;
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let Some(mount_point) = left.split(' ').nth(4) else { continue };
+            let mut right = right.split(' ');
+            let (fstype, _source, options) = (right.next(), right.next(), right.next().unwrap_or(""));
+            match fstype {
+                Some("cgroup2") => unified = unified.or(Some(PathBuf::from(mount_point))),
+                Some("cgroup") => {
+                    for option in options.split(',') {
+                        if CONTROLLERS.iter().any(|controller| controller.name() == option)
+                            || option == "cpuacct"
+                            || option == "freezer"
+                        {
+                            mounts.push((option.to_string(), PathBuf::from(mount_point)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        match (mounts.is_empty(), unified) {
+            (true, Some(root)) => Layout::Unified(root),
+            (_, unified) => Layout::V1 { mounts, unified },
+        }
+    }
+
+    fn is_unified(&self) -> bool {
+        matches!(self, Layout::Unified(_))
+    }
+
+    /// The directories of cgroup `name`, one per hierarchy we use (deduplicated: cpu and
+    /// cpuacct are often co-mounted).
+    fn dirs(&self, name: &str) -> Vec<PathBuf> {
+        match self {
+            Layout::Unified(root) => vec![root.join("strata").join(name)],
+            Layout::V1 { mounts, .. } => {
+                let mut dirs: Vec<PathBuf> = mounts.iter().map(|(_, mount)| mount.join("strata").join(name)).collect();
+                dirs.dedup();
+                dirs
+            }
+        }
+    }
+
+    fn controller_dir(&self, controller: &str, name: &str) -> Option<PathBuf> {
+        match self {
+            Layout::Unified(root) => Some(root.join("strata").join(name)),
+            Layout::V1 { mounts, .. } => {
+                mounts.iter().find(|(c, _)| c == controller).map(|(_, mount)| mount.join("strata").join(name))
+            }
+        }
+    }
+}
+
+/// One resource controller: applies its part of `Limits` to a cgroup directory.
+pub trait Controller: Sync {
+    /// The v1 controller name (subsystem), e.g. "memory".
+    fn name(&self) -> &'static str;
+    /// Does `limits` ask anything of this controller?
+    fn wanted(&self, limits: &Limits) -> bool;
+    /// Writes the limits into `dir` (the v1 controller dir or the v2 cgroup dir).
+    fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()>;
+}
+
+static CONTROLLERS: [&dyn Controller; 5] =
+    [&memory::Memory, &cpu::Cpu, &pids::Pids, &cpuset::Cpuset, &blkio::Blkio];
+
+/// A container's cgroup, in every hierarchy.
+#[derive(Debug)]
+pub struct Cgroup {
+    name: String,
+    dirs: Vec<PathBuf>,
+}
+
+pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
+    let path = dir.join(file);
+    std::fs::write(&path, value).map_err(|source| Error::io("failed to write", path, source))
+}
+
+fn read(dir: &Path, file: &str) -> Option<String> {
+    std::fs::read_to_string(dir.join(file)).ok()
+}
+
+impl Cgroup {
+    /// Creates (or reuses) cgroup `name` and applies `limits`.
+    pub fn create(name: &str, limits: &Limits) -> Result<Cgroup> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(Error::Spec(format!("bad cgroup name {name:?}")));
+        }
+        let layout = Layout::get();
+        let unified = layout.is_unified();
+        if let Layout::Unified(root) = layout {
+            // Controllers must be enabled top-down for the leaf to get their files.
+            let wanted = "+memory +cpu +pids +cpuset +io";
+            let parent = root.join("strata");
+            mkdir(&parent)?;
+            for dir in [root.as_path(), parent.as_path()] {
+                for controller in wanted.split(' ') {
+                    let _ = std::fs::write(dir.join("cgroup.subtree_control"), controller);
+                }
+            }
+        }
+        let dirs = layout.dirs(name);
+        for dir in &dirs {
+            if let Some(parent) = dir.parent() {
+                mkdir(parent)?;
+                cpuset::inherit(parent, unified)?;
+            }
+            mkdir(dir)?;
+            cpuset::inherit(dir, unified)?;
+        }
+        for controller in CONTROLLERS {
+            if !controller.wanted(limits) {
+                continue;
+            }
+            let dir = layout.controller_dir(controller.name(), name).ok_or_else(|| Error::Cgroup {
+                name: name.to_string(),
+                message: format!("controller {} is not mounted", controller.name()),
+            })?;
+            controller.apply(&dir, limits, unified)?;
+        }
+        Ok(Cgroup { name: name.to_string(), dirs })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Moves `pid` into the cgroup in every hierarchy.
+    pub fn add(&self, pid: i32) -> Result<()> {
+        for dir in &self.dirs {
+            write(dir, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Did the kernel OOM-kill a process of this cgroup?
+    pub fn oom_killed(&self) -> bool {
+        oom_kills(&self.name) > 0
+    }
+}
+
+/// The number of OOM kills in cgroup `name` (v2 memory.events, v1 memory.oom_control).
+pub fn oom_kills(name: &str) -> u64 {
+    let layout = Layout::get();
+    let Some(dir) = layout.controller_dir("memory", name) else { return 0 };
+    let file = if layout.is_unified() { "memory.events" } else { "memory.oom_control" };
+    memory::oom_kill_count(&read(&dir, file).unwrap_or_default())
+}
+
+fn mkdir(dir: &Path) -> Result<()> {
+    match std::fs::create_dir(dir) {
+        Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(Error::io("failed to create cgroup", dir, err))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes cgroup `name` from every hierarchy. Processes still inside are killed first
+/// (v2 cgroup.kill, v1 SIGKILL to each listed pid); a missing cgroup is not an error.
+pub fn remove(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
+    }
+    for dir in Layout::get().dirs(name) {
+        let mut attempt = 0;
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => break,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
+                Err(err) if attempt < 50 => {
+                    let _ = err;
+                    if attempt == 0 {
+                        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                        for pid in read(&dir, "cgroup.procs").unwrap_or_default().lines() {
+                            if let Ok(pid) = pid.trim().parse::<i32>() {
+                                crate::sys::kill_raw(pid, libc::SIGKILL);
+                            }
+                        }
+                    }
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(err) => return Err(Error::io("failed to remove cgroup", dir, err)),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 25 0:26 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+31 30 0:27 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+32 30 0:28 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+33 30 0:29 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+34 30 0:30 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+35 30 0:31 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+";
+
+    #[test]
+    fn hybrid_layout_uses_v1_controllers() {
+        let Layout::V1 { mounts, unified } = Layout::parse(HYBRID) else { panic!("expected v1") };
+        assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["cpu", "memory", "pids"]);
+    }
+
+    #[test]
+    fn unified_layout() {
+        let text = "25 20 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let layout = Layout::parse(text);
+        assert!(matches!(&layout, Layout::Unified(root) if root == Path::new("/sys/fs/cgroup")));
+        assert_eq!(layout.dirs("c1"), [PathBuf::from("/sys/fs/cgroup/strata/c1")]);
+    }
+
+    #[test]
+    fn comounted_controllers_share_one_dir() {
+        let text = "31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let layout = Layout::parse(text);
+        assert_eq!(layout.dirs("c"), [PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/strata/c")]);
+    }
+}

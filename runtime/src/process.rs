@@ -1,0 +1,353 @@
+//! The process tree of one container and the parent/child protocol.
+//!
+//! ```text
+//! strata (parent) --fork--> intermediate --unshare(user?, then pid mnt uts ipc net)--fork--> container (pid 1)
+//!        <-- 'U' (user namespace made)   --> 'A' (id maps written)
+//!        <-- 'P' + pid (container's host pid)  [parent moves it into the cgroup]
+//!        --> 'G' (go)                          [container sets up rootfs, ids, caps]
+//!        <-- 'E' + message | EOF (the socket is close-on-exec: EOF = exec happened)
+//! ```
+//! The intermediate process stays to wait for pid 1 and exits with its status (128+N for
+//! a signal), so the parent needs no subreaper. Every process closes the socket ends and
+//! pty descriptors it does not use, or the parent would never see EOF.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use crate::container::{self, Setup};
+use crate::error::{Error, Result};
+use crate::init;
+use crate::rootfs::Rootfs;
+use crate::syscall::{Linux, Syscall};
+use crate::sys::{self, ForkResult};
+use crate::{Network, Spec, cgroup, tty};
+
+/// The host id range container root maps to with `userns` (docker's userns-remap default
+/// size: 65536 ids).
+pub const USERNS_HOST_START: u32 = 100_000;
+pub const USERNS_SIZE: u32 = 65_536;
+
+/// A started container.
+pub struct Child {
+    /// The container's pid 1, as seen from the host.
+    pub pid: i32,
+    intermediate: Pid,
+    cgroup: Option<String>,
+    tty: Option<tty::Session>,
+}
+
+/// What the container process needs besides `Setup`.
+struct Launch {
+    args: Vec<String>,
+    init: bool,
+    tty: bool,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    pty_slave: Option<OwnedFd>,
+}
+
+fn send(sock: &mut UnixStream, bytes: &[u8]) {
+    let _ = sock.write_all(bytes);
+}
+
+/// Reports a setup failure to the parent and leaves (125: strata's own failure).
+fn fail(sock: &mut UnixStream, message: &str) -> ! {
+    let mut bytes = b"E".to_vec();
+    bytes.extend_from_slice(message.as_bytes());
+    send(sock, &bytes);
+    sys::exit_now(125)
+}
+
+pub fn spawn(spec: Spec) -> Result<Child> {
+    if spec.args.is_empty() {
+        return Err(Error::Spec("no command given".into()));
+    }
+    if !spec.rootfs.is_dir() {
+        return Err(Error::Spec(format!("rootfs {} is not a directory", spec.rootfs.display())));
+    }
+    let cgroup = if spec.cgroup_name.is_empty() {
+        None
+    } else {
+        Some(cgroup::Cgroup::create(&spec.cgroup_name, &spec.limits)?)
+    };
+    let pty = if spec.tty { Some(tty::Pty::open()?) } else { None };
+    let rootfs = std::fs::canonicalize(&spec.rootfs).map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
+    let setup = Setup {
+        rootfs: Rootfs {
+            root: rootfs,
+            userns: spec.userns,
+            private_network: spec.network == Network::None,
+            console: pty.as_ref().map(|pty| pty.slave_path.clone()),
+        },
+        hostname: spec.hostname.clone(),
+        loopback: spec.network == Network::None,
+        user: spec.user.clone(),
+        cwd: spec.cwd.clone(),
+        env: spec.env.clone(),
+        tty: spec.tty,
+        last_cap: crate::caps::last_cap(),
+    };
+    let (pty_master, pty_slave) = match pty {
+        Some(pty) => (Some(pty.master), Some(pty.slave)),
+        None => (None, None),
+    };
+    let launch = Launch {
+        args: spec.args.clone(),
+        init: spec.init,
+        tty: spec.tty,
+        stdin: spec.stdin,
+        stdout: spec.stdout,
+        stderr: spec.stderr,
+        pty_slave,
+    };
+    let (mut parent_sock, child_sock) =
+        UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
+
+    let intermediate = match sys::fork().map_err(|err| Error::sys("fork", err))? {
+        ForkResult::Child => {
+            drop(parent_sock);
+            drop(pty_master);
+            intermediate_main(child_sock, spec.userns, spec.network, setup, launch)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    // Close our copies: the container's stdio and the socket's other end live in the children.
+    drop(child_sock);
+    drop(launch);
+
+    let abort = |message: String| -> Error {
+        let _ = nix::sys::signal::kill(intermediate, Signal::SIGKILL);
+        let _ = waitpid(intermediate, None);
+        Error::Setup(message)
+    };
+
+    let mut tag = [0u8; 1];
+    let read_tag = |sock: &mut UnixStream, tag: &mut [u8; 1]| sock.read_exact(tag).map(|()| tag[0]);
+    let mut next = read_tag(&mut parent_sock, &mut tag);
+    if spec.userns {
+        if next.as_ref().ok() == Some(&b'U') {
+            write_id_maps(intermediate).map_err(|err| abort(err.to_string()))?;
+            send(&mut parent_sock, b"A");
+            next = read_tag(&mut parent_sock, &mut tag);
+        }
+    }
+    let pid = match next {
+        Ok(b'P') => {
+            let mut bytes = [0u8; 4];
+            parent_sock.read_exact(&mut bytes).map_err(|err| abort(format!("read container pid: {err}")))?;
+            i32::from_le_bytes(bytes)
+        }
+        Ok(b'E') => {
+            let mut message = String::new();
+            let _ = parent_sock.read_to_string(&mut message);
+            return Err(abort(message));
+        }
+        Ok(other) => return Err(abort(format!("unexpected sync message {other:?}"))),
+        Err(err) => return Err(abort(format!("container process exited early: {err}"))),
+    };
+    if let Some(cgroup) = &cgroup {
+        cgroup.add(pid).map_err(|err| abort(err.to_string()))?;
+    }
+    send(&mut parent_sock, b"G");
+    let mut rest = Vec::new();
+    let _ = parent_sock.read_to_end(&mut rest);
+    if let Some(message) = rest.strip_prefix(b"E") {
+        return Err(abort(String::from_utf8_lossy(message).into_owned()));
+    }
+    let tty = match pty_master {
+        Some(master) => Some(tty::Session::start(master, spec.interactive, None)?),
+        None => None,
+    };
+    Ok(Child { pid, intermediate, cgroup: cgroup.map(|c| c.name().to_string()), tty })
+}
+
+/// runc's order: pid, mount, uts, ipc, net, in one unshare (the pid namespace applies to
+/// the next child; the user namespace, when asked for, was made first so it owns them).
+pub fn namespace_flags(network: Network) -> CloneFlags {
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    flags
+}
+
+fn write_id_maps(intermediate: Pid) -> Result<()> {
+    let map = format!("0 {USERNS_HOST_START} {USERNS_SIZE}\n");
+    for file in ["uid_map", "gid_map"] {
+        let path = format!("/proc/{intermediate}/{file}");
+        std::fs::write(&path, &map).map_err(|err| Error::io("failed to write", path, err))?;
+    }
+    Ok(())
+}
+
+/// The intermediate process: namespaces, then fork pid 1 and wait for it.
+fn intermediate_main(mut sock: UnixStream, userns: bool, network: Network, setup: Setup, launch: Launch) -> ! {
+    // Terminal signals reach the whole foreground process group; only the container may
+    // decide what to do with them (the parent forwards them).
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        let _ = sys::set_disposition(signal, true);
+    }
+    if userns {
+        if let Err(err) = nix::sched::unshare(CloneFlags::CLONE_NEWUSER) {
+            fail(&mut sock, &format!("unshare user namespace: {err}"));
+        }
+        send(&mut sock, b"U");
+        let mut ack = [0u8; 1];
+        if sock.read_exact(&mut ack).is_err() {
+            sys::exit_now(125);
+        }
+        // Become root of the new namespace now that the maps exist.
+        if let Err(err) = nix::unistd::setresgid(0.into(), 0.into(), 0.into())
+            .and_then(|()| nix::unistd::setresuid(0.into(), 0.into(), 0.into()))
+        {
+            fail(&mut sock, &format!("become root in the user namespace: {err}"));
+        }
+    }
+    let flags = namespace_flags(network);
+    if let Err(err) = Linux.unshare(flags) {
+        fail(&mut sock, &format!("unshare namespaces {flags:?}: {err}"));
+    }
+    let child = match sys::fork() {
+        Ok(ForkResult::Child) => container_main(sock, setup, launch),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(err) => fail(&mut sock, &format!("fork into the pid namespace: {err}")),
+    };
+    drop(launch);
+    let mut message = b"P".to_vec();
+    message.extend_from_slice(&child.as_raw().to_le_bytes());
+    send(&mut sock, &message);
+    drop(sock);
+    loop {
+        match waitpid(child, None) {
+            Ok(status) => {
+                if let Some(code) = init::exit_code(status) {
+                    sys::exit_now(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => sys::exit_now(125),
+        }
+    }
+}
+
+/// pid 1 of the container: wait for the go, set everything up, exec.
+fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+        let _ = sys::set_disposition(signal, false);
+    }
+    let mut go = [0u8; 1];
+    if sock.read_exact(&mut go).is_err() || go[0] != b'G' {
+        sys::exit_now(125);
+    }
+    if let Err(err) = nix::unistd::setsid() {
+        fail(&mut sock, &format!("setsid: {err}"));
+    }
+    let stdio = if let Some(slave) = &launch.pty_slave {
+        if let Err(err) = sys::set_controlling_tty(slave.as_fd()) {
+            fail(&mut sock, &format!("set controlling terminal: {err}"));
+        }
+        (Some(slave.as_fd()), Some(slave.as_fd()), Some(slave.as_fd()))
+    } else {
+        (
+            launch.stdin.as_ref().map(|fd| fd.as_fd()),
+            launch.stdout.as_ref().map(|fd| fd.as_fd()),
+            launch.stderr.as_ref().map(|fd| fd.as_fd()),
+        )
+    };
+    let dup = (
+        stdio.0.map(nix::unistd::dup2_stdin).transpose(),
+        stdio.1.map(nix::unistd::dup2_stdout).transpose(),
+        stdio.2.map(nix::unistd::dup2_stderr).transpose(),
+    );
+    if let (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) = dup {
+        fail(&mut sock, &format!("set up stdio: {err}"));
+    }
+    let _ = sys::cloexec_from(3);
+
+    let env = match container::setup(&Linux, &setup) {
+        Ok(env) => env,
+        Err(message) => fail(&mut sock, &message),
+    };
+    if launch.init {
+        match sys::fork() {
+            Ok(ForkResult::Child) => {
+                let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+                if launch.tty {
+                    let _ = sys::set_disposition(Signal::SIGTTOU, true);
+                    let _ = nix::unistd::tcsetpgrp(std::io::stdin().as_fd(), nix::unistd::getpid());
+                    let _ = sys::set_disposition(Signal::SIGTTOU, false);
+                }
+                exec_or_exit(&launch.args, &env)
+            }
+            Ok(ForkResult::Parent { child }) => {
+                drop(sock);
+                init::reap(child)
+            }
+            Err(err) => fail(&mut sock, &format!("fork the init's command: {err}")),
+        }
+    }
+    exec_or_exit(&launch.args, &env)
+}
+
+fn exec_or_exit(args: &[String], env: &[String]) -> ! {
+    let failure = container::exec(args, env);
+    let _ = writeln!(std::io::stderr(), "strata: {}", failure.message);
+    sys::exit_now(failure.code)
+}
+
+impl Child {
+    /// The intermediate process's pid (the parent of pid 1).
+    pub fn monitor_pid(&self) -> i32 {
+        self.intermediate.as_raw()
+    }
+
+    /// The pty master, when the container has a terminal.
+    pub fn pty_master(&self) -> Option<std::os::fd::RawFd> {
+        self.tty.as_ref().map(|tty| tty.master())
+    }
+
+    /// Sends `signal` to the container's pid 1.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        nix::sys::signal::kill(Pid::from_raw(self.pid), signal).map_err(|err| Error::sys(format!("kill {} {signal}", self.pid), err))
+    }
+
+    /// Waits for the container to exit: its exit code, 128+N for signal N, 137 when the
+    /// cgroup saw an OOM kill and the command died of a signal.
+    pub fn wait(mut self) -> Result<i32> {
+        let code = loop {
+            match waitpid(self.intermediate, None) {
+                Ok(status) => {
+                    if let Some(code) = init::exit_code(status) {
+                        break code;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => return Err(Error::sys(format!("waitpid {}", self.intermediate), err)),
+            }
+        };
+        if let Some(tty) = self.tty.take() {
+            tty.finish();
+        }
+        let oom = self.cgroup.as_deref().is_some_and(|name| cgroup::oom_kills(name) > 0);
+        Ok(if oom && code > 128 { 137 } else { code })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_none_adds_a_network_namespace() {
+        let all = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        assert_eq!(namespace_flags(Network::Host), all);
+        assert_eq!(namespace_flags(Network::None), all | CloneFlags::CLONE_NEWNET);
+    }
+}

@@ -1,0 +1,101 @@
+//! Signal forwarding for `run`: while a container runs, SIGINT, SIGTERM, SIGHUP and
+//! SIGQUIT sent to strata go to the container's process, and SIGWINCH copies strata's
+//! terminal size to the container's pty. The handler only writes the signal number to a
+//! self-pipe (async-signal-safe); one thread reads it and does the work. Handlers are
+//! installed while at least one container is registered and restored afterwards, so a
+//! library user's own dispositions come back.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::sys::signal::{SigAction, Signal};
+
+use crate::sys;
+
+pub const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+
+static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+
+struct Entry {
+    id: u64,
+    pid: i32,
+    pty_master: Option<RawFd>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    entries: Vec<Entry>,
+    saved: Vec<(Signal, SigAction)>,
+    thread_started: bool,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { next_id: 0, entries: Vec::new(), saved: Vec::new(), thread_started: false });
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        sys::write_raw(fd, &[signal as u8]);
+    }
+}
+
+/// Unregisters the container when dropped.
+pub struct Forwarding {
+    id: u64,
+}
+
+/// Starts forwarding to `pid` (and window sizes to `pty_master`).
+pub fn forward_to(pid: i32, pty_master: Option<RawFd>) -> std::io::Result<Forwarding> {
+    let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
+    if !registry.thread_started {
+        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        PIPE_WRITE.store(write_end.as_raw_fd(), Ordering::Relaxed);
+        std::mem::forget(write_end); // lives as long as the process, like the thread
+        std::thread::Builder::new().name("strata-signals".into()).spawn(move || pump(read_end))?;
+        registry.thread_started = true;
+    }
+    if registry.entries.is_empty() {
+        let mut saved = Vec::new();
+        for signal in FORWARDED.iter().chain([Signal::SIGWINCH].iter()) {
+            let previous = sys::set_handler(*signal, on_signal).map_err(std::io::Error::from)?;
+            saved.push((*signal, previous));
+        }
+        registry.saved = saved;
+    }
+    registry.next_id += 1;
+    let id = registry.next_id;
+    registry.entries.push(Entry { id, pid, pty_master });
+    Ok(Forwarding { id })
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
+        registry.entries.retain(|entry| entry.id != self.id);
+        if registry.entries.is_empty() {
+            for (signal, action) in std::mem::take(&mut registry.saved) {
+                let _ = sys::restore_action(signal, &action);
+            }
+        }
+    }
+}
+
+fn pump(read_end: OwnedFd) {
+    let mut file = std::fs::File::from(read_end);
+    let mut byte = [0u8; 1];
+    while file.read_exact(&mut byte).is_ok() {
+        let signal = libc::c_int::from(byte[0]);
+        let registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
+        for entry in &registry.entries {
+            if signal == libc::SIGWINCH {
+                if let (Some(master), Ok(size)) = (entry.pty_master, sys::window_size(libc::STDIN_FILENO)) {
+                    let _ = sys::set_window_size(master, &size);
+                }
+            } else {
+                sys::kill_raw(entry.pid, signal);
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The syscalls of container setup behind one trait (youki's `Syscall`), so the exact
+//! sequence run inside the new namespaces can be unit-tested without root: `Linux` makes
+//! the calls, `Recorder` (tests) writes them down and answers file reads from a map.
+
+use std::path::Path;
+#[cfg(test)]
+use std::path::PathBuf;
+
+use nix::mount::{MntFlags, MsFlags};
+use nix::sched::CloneFlags;
+
+/// What a path is, for masking: directories get a read-only tmpfs, files /dev/null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+pub trait Syscall {
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()>;
+    fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
+    -> nix::Result<()>;
+    fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
+    fn chdir(&self, path: &Path) -> nix::Result<()>;
+    fn mkdir_all(&self, path: &Path) -> std::io::Result<()>;
+    /// Creates an empty regular file (a bind-mount target) if nothing is there.
+    fn touch(&self, path: &Path) -> std::io::Result<()>;
+    fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()>;
+    fn kind(&self, path: &Path) -> Option<Kind>;
+    fn read_file(&self, path: &Path) -> std::io::Result<String>;
+    fn sethostname(&self, name: &str) -> nix::Result<()>;
+    fn loopback_up(&self) -> nix::Result<()>;
+    fn setgroups(&self, groups: &[u32]) -> nix::Result<()>;
+    fn setresgid(&self, gid: u32) -> nix::Result<()>;
+    fn setresuid(&self, uid: u32) -> nix::Result<()>;
+    fn drop_bounding_cap(&self, cap: u32) -> nix::Result<()>;
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()>;
+    fn clear_ambient_caps(&self) -> nix::Result<()>;
+    fn set_no_new_privs(&self) -> nix::Result<()>;
+}
+
+/// The real thing.
+pub struct Linux;
+
+impl Syscall for Linux {
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+        nix::sched::unshare(flags)
+    }
+
+    fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
+    -> nix::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data)
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        nix::mount::umount2(target, flags)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old)
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        nix::unistd::chdir(path)
+    }
+
+    fn mkdir_all(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn touch(&self, path: &Path) -> std::io::Result<()> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Ok(());
+        }
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map(drop)
+    }
+
+    fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()> {
+        match std::os::unix::fs::symlink(target, link) {
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            other => other,
+        }
+    }
+
+    fn kind(&self, path: &Path) -> Option<Kind> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(if meta.is_dir() { Kind::Dir } else { Kind::File })
+    }
+
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn sethostname(&self, name: &str) -> nix::Result<()> {
+        nix::unistd::sethostname(name)
+    }
+
+    fn loopback_up(&self) -> nix::Result<()> {
+        crate::sys::set_loopback_up()
+    }
+
+    fn setgroups(&self, groups: &[u32]) -> nix::Result<()> {
+        let groups: Vec<nix::unistd::Gid> = groups.iter().map(|gid| nix::unistd::Gid::from_raw(*gid)).collect();
+        nix::unistd::setgroups(&groups)
+    }
+
+    fn setresgid(&self, gid: u32) -> nix::Result<()> {
+        let gid = nix::unistd::Gid::from_raw(gid);
+        nix::unistd::setresgid(gid, gid, gid)
+    }
+
+    fn setresuid(&self, uid: u32) -> nix::Result<()> {
+        let uid = nix::unistd::Uid::from_raw(uid);
+        nix::unistd::setresuid(uid, uid, uid)
+    }
+
+    fn drop_bounding_cap(&self, cap: u32) -> nix::Result<()> {
+        crate::sys::drop_bounding_cap(cap)
+    }
+
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
+        crate::sys::capset(effective, permitted, inheritable)
+    }
+
+    fn clear_ambient_caps(&self) -> nix::Result<()> {
+        crate::sys::clear_ambient_caps()
+    }
+
+    fn set_no_new_privs(&self) -> nix::Result<()> {
+        nix::sys::prctl::set_no_new_privs()
+    }
+}
+
+/// Test double: records every call as one line and serves `read_file` from `files`.
+#[cfg(test)]
+#[derive(Default)]
+pub struct Recorder {
+    pub calls: std::cell::RefCell<Vec<String>>,
+    pub files: std::collections::HashMap<PathBuf, String>,
+    pub dirs: Vec<PathBuf>,
+}
+
+#[cfg(test)]
+impl Recorder {
+    fn log(&self, line: String) {
+        self.calls.borrow_mut().push(line);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.borrow().clone()
+    }
+}
+
+/// Flag names joined with `|`, in bit order.
+#[cfg(test)]
+fn names<T>(flags: impl Iterator<Item = (&'static str, T)>) -> String {
+    let names: Vec<&str> = flags.map(|(name, _)| name).collect();
+    if names.is_empty() { "0".into() } else { names.join("|") }
+}
+
+#[cfg(test)]
+impl Syscall for Recorder {
+    fn unshare(&self, flags: CloneFlags) -> nix::Result<()> {
+        self.log(format!("unshare {}", names(flags.iter_names())));
+        Ok(())
+    }
+
+    fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
+    -> nix::Result<()> {
+        let source = source.map(|s| s.display().to_string()).unwrap_or_else(|| "none".into());
+        self.log(format!(
+            "mount {source} {} {} {} {}",
+            target.display(),
+            fstype.unwrap_or("-"),
+            names(flags.iter_names()),
+            data.unwrap_or("-")
+        ));
+        Ok(())
+    }
+
+    fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
+        self.log(format!("umount {} {}", target.display(), names(flags.iter_names())));
+        Ok(())
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
+        self.log(format!("pivot_root {} {}", new_root.display(), put_old.display()));
+        Ok(())
+    }
+
+    fn chdir(&self, path: &Path) -> nix::Result<()> {
+        self.log(format!("chdir {}", path.display()));
+        Ok(())
+    }
+
+    fn mkdir_all(&self, path: &Path) -> std::io::Result<()> {
+        self.log(format!("mkdir {}", path.display()));
+        Ok(())
+    }
+
+    fn touch(&self, path: &Path) -> std::io::Result<()> {
+        self.log(format!("touch {}", path.display()));
+        Ok(())
+    }
+
+    fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()> {
+        self.log(format!("symlink {target} {}", link.display()));
+        Ok(())
+    }
+
+    fn kind(&self, path: &Path) -> Option<Kind> {
+        if self.dirs.iter().any(|dir| dir == path) {
+            Some(Kind::Dir)
+        } else if self.files.contains_key(path) {
+            Some(Kind::File)
+        } else {
+            None
+        }
+    }
+
+    fn read_file(&self, path: &Path) -> std::io::Result<String> {
+        self.files.get(path).cloned().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+    }
+
+    fn sethostname(&self, name: &str) -> nix::Result<()> {
+        self.log(format!("sethostname {name}"));
+        Ok(())
+    }
+
+    fn loopback_up(&self) -> nix::Result<()> {
+        self.log("loopback_up".into());
+        Ok(())
+    }
+
+    fn setgroups(&self, groups: &[u32]) -> nix::Result<()> {
+        self.log(format!("setgroups {groups:?}"));
+        Ok(())
+    }
+
+    fn setresgid(&self, gid: u32) -> nix::Result<()> {
+        self.log(format!("setresgid {gid}"));
+        Ok(())
+    }
+
+    fn setresuid(&self, uid: u32) -> nix::Result<()> {
+        self.log(format!("setresuid {uid}"));
+        Ok(())
+    }
+
+    fn drop_bounding_cap(&self, cap: u32) -> nix::Result<()> {
+        self.log(format!("drop_bounding_cap {cap}"));
+        Ok(())
+    }
+
+    fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
+        self.log(format!("capset {effective:#x} {permitted:#x} {inheritable:#x}"));
+        Ok(())
+    }
+
+    fn clear_ambient_caps(&self) -> nix::Result<()> {
+        self.log("clear_ambient_caps".into());
+        Ok(())
+    }
+
+    fn set_no_new_privs(&self) -> nix::Result<()> {
+        self.log("set_no_new_privs".into());
+        Ok(())
+    }
+}
+
