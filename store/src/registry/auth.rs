@@ -75,9 +75,8 @@ pub fn lookup_in(path: &Path, registry: &str) -> Result<Option<Credentials>> {
     for key in keys_for(registry) {
         let Some(entry) = auths.get(&key) else { continue };
         if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
-            let decoded = STANDARD
-                .decode(auth.trim())
-                .map_err(|e| bad(format!("auths.{key:?}.auth is not base64: {e}")))?;
+            let decoded =
+                STANDARD.decode(auth.trim()).map_err(|e| bad(format!("auths.{key:?}.auth is not base64: {e}")))?;
             let decoded = String::from_utf8(decoded).map_err(|_| bad(format!("auths.{key:?}.auth is not UTF-8")))?;
             let (username, password) = decoded
                 .split_once(':')
@@ -137,7 +136,11 @@ fn write_atomic(path: &Path, config: &serde_json::Value) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io("failed to create", dir, e))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("auth"), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("auth"),
+        std::process::id()
+    ));
     let mut bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
     bytes.push(b'\n');
     let write = || -> std::io::Result<()> {

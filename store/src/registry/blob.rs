@@ -99,7 +99,10 @@ impl Client {
                     std::thread::sleep(self.backoff(attempt));
                 }
                 Some(e) => {
-                    return Err(Error::Registry { url, message: format!("GET blob interrupted after {written} bytes: {e}") });
+                    return Err(Error::Registry {
+                        url,
+                        message: format!("GET blob interrupted after {written} bytes: {e}"),
+                    });
                 }
             }
         }
@@ -193,7 +196,9 @@ impl Client {
                 let response = self.send(&request).map_err(UploadError::Transient)?;
                 match response.status() {
                     StatusCode::ACCEPTED | StatusCode::NO_CONTENT => {}
-                    StatusCode::RANGE_NOT_SATISFIABLE | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED => {
+                    StatusCode::RANGE_NOT_SATISFIABLE
+                    | StatusCode::METHOD_NOT_ALLOWED
+                    | StatusCode::NOT_IMPLEMENTED => {
                         return Err(UploadError::ChunksRefused);
                     }
                     _ => return Err(fail(&location, "PATCH blob chunk", response)),

@@ -53,7 +53,12 @@ pub(crate) enum Payload<'a> {
     Empty,
     Bytes(&'a [u8]),
     /// `len` bytes of a file from `offset`, streamed (memory stays flat in the blob size).
-    File { path: &'a Path, offset: u64, len: u64, progress: Option<&'a (dyn Fn(u64) + Sync)> },
+    File {
+        path: &'a Path,
+        offset: u64,
+        len: u64,
+        progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    },
 }
 
 pub(crate) struct Request<'a> {
@@ -343,7 +348,10 @@ impl Client {
                 std::thread::sleep(self.backoff(attempt + 1));
             }
         }
-        Err(Error::Registry { url: realm.clone(), message: format!("token request failed: {}", last.unwrap_or_default()) })
+        Err(Error::Registry {
+            url: realm.clone(),
+            message: format!("token request failed: {}", last.unwrap_or_default()),
+        })
     }
 }
 

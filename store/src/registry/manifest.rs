@@ -26,19 +26,23 @@ impl Client {
     /// Digest, media type and size of a manifest, or `None` if the registry lacks it.
     pub fn manifest_exists(&self, repository: &str, reference: &str) -> Result<Option<(Digest, String, u64)>> {
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let request = Request::new("HEAD", url.clone(), pull_scope(repository)).header("accept", media::ACCEPT_MANIFESTS);
+        let request =
+            Request::new("HEAD", url.clone(), pull_scope(repository)).header("accept", media::ACCEPT_MANIFESTS);
         let response = self.send(&request)?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+                let header =
+                    |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
                 let digest = match header("docker-content-digest").and_then(|d| d.parse::<Digest>().ok()) {
                     Some(d) => d,
                     // Without the header only a GET can tell the digest.
-                    None => return Ok(Some(self.fetch_manifest(repository, reference)?).map(|m| {
-                        let size = m.bytes.len() as u64;
-                        (m.digest, m.media_type, size)
-                    })),
+                    None => {
+                        return Ok(Some(self.fetch_manifest(repository, reference)?).map(|m| {
+                            let size = m.bytes.len() as u64;
+                            (m.digest, m.media_type, size)
+                        }));
+                    }
                 };
                 let size = super::blob::content_length(&response).unwrap_or(0);
                 Ok(Some((digest, header("content-type").unwrap_or_default(), size)))
@@ -50,7 +54,8 @@ impl Client {
     /// Fetches a manifest or index by tag or digest, verifying its digest.
     pub fn fetch_manifest(&self, repository: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let request = Request::new("GET", url.clone(), pull_scope(repository)).header("accept", media::ACCEPT_MANIFESTS);
+        let request =
+            Request::new("GET", url.clone(), pull_scope(repository)).header("accept", media::ACCEPT_MANIFESTS);
         let mut response = self.send(&request)?;
         if !response.status().is_success() {
             return Err(error_from(&url, "GET manifest", response));
@@ -58,10 +63,12 @@ impl Client {
         let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let announced = header("docker-content-digest");
         let content_type = header("content-type");
-        let bytes = response.body_mut().with_config().limit(MAX_MANIFEST).read_to_vec().map_err(|e| Error::Registry {
-            url: url.clone(),
-            message: format!("reading manifest failed: {e}"),
-        })?;
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_MANIFEST)
+            .read_to_vec()
+            .map_err(|e| Error::Registry { url: url.clone(), message: format!("reading manifest failed: {e}") })?;
         let digest = Digest::of(&bytes);
         let expected = match reference.parse::<Digest>() {
             Ok(d) => Some(d),

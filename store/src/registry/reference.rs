@@ -63,7 +63,9 @@ impl Reference {
             repository
         };
         if !repository.split('/').all(valid_path_component) {
-            return Err(bad("repository must be lowercase [a-z0-9] components separated by '/', '.', '_', '__' or '-'"));
+            return Err(bad(
+                "repository must be lowercase [a-z0-9] components separated by '/', '.', '_', '__' or '-'",
+            ));
         }
         if repository.len() > 255 {
             return Err(bad("repository name longer than 255 characters"));
@@ -205,7 +207,9 @@ mod tests {
 
     #[test]
     fn rejects_bad_references() {
-        for bad in ["", "Upper/Case", "host:5000/app:", "app:-tag", "a//b", "a/b-", "x@sha256:abc", "a/b@md5:00", "x.io/a..b"] {
+        for bad in
+            ["", "Upper/Case", "host:5000/app:", "app:-tag", "a//b", "a/b-", "x@sha256:abc", "a/b@md5:00", "x.io/a..b"]
+        {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let e = Reference::parse("app:t@sha256:zz").unwrap_err().to_string();

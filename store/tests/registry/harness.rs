@@ -1,0 +1,268 @@
+//! Test fixtures for the registry tests: a real Debian `docker-registry` (optionally behind
+//! htpasswd basic auth) on a free 127.0.0.1 port, started and killed by PID; an HTTP proxy
+//! in front of it that counts requests and can drop an upload mid-body; and a tiny fake
+//! registry that serves wrong bytes.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A `docker-registry serve` process with its own storage; killed (by PID) on drop.
+pub struct Registry {
+    child: Child,
+    pub host: String,
+    pub dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        Registry::start_with_auth(None)
+    }
+
+    /// With `Some((user, password))` the registry requires htpasswd basic auth.
+    pub fn start_with_auth(user: Option<(&str, &str)>) -> Registry {
+        assert!(
+            Path::new(REGISTRY_BIN).exists(),
+            "{REGISTRY_BIN} is missing: run `apt-get install -y docker-registry apache2-utils`"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut auth = String::new();
+        if let Some((name, password)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", name, password])
+                .output()
+                .unwrap_or_else(|e| panic!("htpasswd failed ({e}): run `apt-get install -y apache2-utils`"));
+            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+            auth = format!(
+                "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            );
+        }
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn docker-registry");
+        let registry = Registry { child, host: format!("127.0.0.1:{port}"), dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&registry.host).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start: {}", registry.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        registry
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+
+    /// Paths of the blobs the registry holds.
+    pub fn stored_blobs(&self) -> Vec<PathBuf> {
+        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
+        let mut out = Vec::new();
+        for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            for blob in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
+                out.push(blob.path());
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One request seen by the proxy: method and path.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+}
+
+/// A forwarding proxy (one request per connection) that records requests and can cut the
+/// first upload (PATCH/PUT with a body) after `drop_after` body bytes.
+pub struct Proxy {
+    pub host: String,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start(upstream: &str, drop_after: Option<u64>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let dropped = Arc::new(AtomicBool::new(drop_after.is_none()));
+        let (seen2, stop2, upstream) = (seen.clone(), stop.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (seen, upstream, dropped) = (seen2.clone(), upstream.clone(), dropped.clone());
+                std::thread::spawn(move || {
+                    let _ = forward(conn, &upstream, &seen, &dropped, drop_after);
+                });
+            }
+        });
+        Proxy { host, seen, stop }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(&self.host);
+    }
+}
+
+fn forward(
+    client: TcpStream,
+    upstream: &str,
+    seen: &Mutex<Vec<Seen>>,
+    dropped: &AtomicBool,
+    drop_after: Option<u64>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(client.try_clone()?);
+    let mut head = Vec::new();
+    let mut length = 0u64;
+    let mut first = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if first.is_empty() {
+            first = line.clone();
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") {
+            continue;
+        }
+        if line == "\r\n" {
+            head.extend_from_slice(b"Connection: close\r\n\r\n");
+            break;
+        }
+        head.extend_from_slice(line.as_bytes());
+    }
+    let mut parts = first.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("").to_string();
+    seen.lock().unwrap().push(Seen { method: method.clone(), path });
+    let mut up = TcpStream::connect(upstream)?;
+    up.write_all(&head)?;
+    let cut = matches!(method.as_str(), "PATCH" | "PUT")
+        && drop_after.is_some_and(|n| length > n)
+        && !dropped.swap(true, Ordering::SeqCst);
+    if cut {
+        let n = drop_after.unwrap_or(0);
+        std::io::copy(&mut (&mut reader).take(n), &mut up)?;
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = up.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    std::io::copy(&mut (&mut reader).take(length), &mut up)?;
+    let mut client = client;
+    std::io::copy(&mut up, &mut client)?;
+    let _ = client.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// A fake registry answering every blob GET with `body` whatever the digest asked for,
+/// and manifests with `manifest` (content type OCI manifest).
+pub struct WrongBytesServer {
+    pub host: String,
+}
+
+impl WrongBytesServer {
+    pub fn start(manifest: Vec<u8>, body: Vec<u8>) -> WrongBytesServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    continue;
+                }
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                }
+                let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+                let head_only = first.starts_with("HEAD");
+                let (status, kind, payload) = if path == "/v2/" {
+                    ("200 OK", "application/json", b"{}".to_vec())
+                } else if path.contains("/manifests/") {
+                    ("200 OK", "application/vnd.oci.image.manifest.v1+json", manifest.clone())
+                } else if path.contains("/blobs/") {
+                    ("200 OK", "application/octet-stream", body.clone())
+                } else {
+                    ("404 Not Found", "text/plain", b"no".to_vec())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    payload.len()
+                );
+                if !head_only {
+                    let _ = conn.write_all(&payload);
+                }
+            }
+        });
+        WrongBytesServer { host }
+    }
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
