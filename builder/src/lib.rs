@@ -1,2 +1,13 @@
-//! strata-builder: Buildfile text -> AST -> typed instructions -> stage graph -> steps.
+//! strata-builder: Buildfile text -> AST (`parser`) -> typed instructions
+//! (`instructions`) -> stage graph (`stages`) -> steps run by the build driver, with
+//! variable expansion (`expand`), the build context and its ignore file (`context`) and
+//! content-addressed cache keys.
 #![forbid(unsafe_code)]
+
+pub mod error;
+pub mod expand;
+pub mod instructions;
+pub mod parser;
+pub mod stages;
+
+pub use error::{Error, Result};
