@@ -32,6 +32,8 @@ impl<W: Write> Encoder<W> {
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(out, level.unwrap_or(3))?;
                 encoder.multithread(workers.max(1))?;
+                // As the zstd CLI does: a flipped byte fails decompression, not just the digest.
+                encoder.include_checksum(true)?;
                 Encoder::Zstd(encoder)
             }
             Compression::Gzip => {

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::Digest;
 
 const BUFFER: usize = 1 << 20;
+const AUFS_META_PREFIX: &str = ".wh..wh.";
 
 /// Unpacks the layer read from `input` into `target` (an existing, empty directory) and
 /// returns its diff_id, the sha256 of the whole uncompressed tar stream.
@@ -91,6 +92,11 @@ impl Unpacker {
             self.dir_times.insert(Vec::new(), meta.mtime);
             return Ok(());
         }
+        if rel.starts_with(AUFS_META_PREFIX.as_bytes()) {
+            // AUFS metadata at the root (`.wh..wh.plnk/`, `.wh..wh.aufs`, `.wh..wh.orph/`):
+            // not part of the layer's content; docker skips it too.
+            return Ok(());
+        }
         let split = rel.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
         let parent = rel[..split.saturating_sub(1)].to_vec();
         let name = rel[split..].to_vec();
@@ -102,9 +108,7 @@ impl Unpacker {
                     .map_err(|e| io_error("failed to mark the directory opaque", e));
             }
             if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
-                // Other AUFS metadata (`.wh..wh.plnk`, `.wh..wh.aufs`): not part of a layer's
-                // content; docker skips it too.
-                return Ok(());
+                return Ok(()); // other AUFS metadata, as above
             }
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(refuse("is a whiteout that names no file"));

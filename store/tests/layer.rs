@@ -1,0 +1,449 @@
+//! Integration tests of `strata_store::layer`: trees in overlay on-disk form -> layer blobs
+//! -> unpacked trees, compared metadata by metadata; determinism; hostile archives built
+//! header by header with the tar crate's raw API. Needs root (devices, chown, trusted.*
+//! xattrs), as the whole project's test suite does.
+
+#[path = "layer/support.rs"]
+mod support;
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+use support::*;
+use strata_store::layer::{unpack_layer, write_layer, Compression, WriteOptions};
+use rustix::fs::FileType;
+use strata_store::Digest;
+
+#[test]
+fn round_trip_preserves_every_file_type_and_metadata() {
+    require_root();
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        rich_tree(&src);
+        let opts = WriteOptions { compression, ..Default::default() };
+        let mut blob = Vec::new();
+        let info = write_layer(&src, &opts, &mut blob).unwrap();
+        assert_eq!(info.digest, Digest::of(&blob), "{compression:?}");
+        assert_eq!(info.size, blob.len() as u64);
+        assert_eq!(info.media_type, compression.media_type());
+        assert_eq!(info.diff_id, Digest::of(&decompress(&blob)));
+        if compression == Compression::None {
+            assert_eq!(info.digest, info.diff_id);
+        }
+
+        let dst = tmp.path().join("dst");
+        fs::create_dir(&dst).unwrap();
+        let diff_id = unpack_layer(&blob[..], &dst).unwrap();
+        assert_eq!(diff_id, info.diff_id);
+        assert_trees_equal(&src, &dst);
+    }
+}
+
+#[test]
+fn hard_links_are_stored_once_as_typeflag_1() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let tar = layer_tar(&src, &WriteOptions::default());
+    let entries = list(&tar);
+    let data: Vec<_> = entries.iter().filter(|e| ["links/a", "links/b", "links/c"].contains(&e.name.as_str())).collect();
+    assert_eq!(data.len(), 3, "{data:?}");
+    assert_eq!((data[0].name.as_str(), data[0].kind, data[0].size), ("links/a", b'0', 70_000));
+    for later in &data[1..] {
+        assert_eq!((later.kind, later.size, later.link.as_str()), (b'1', 0, "links/a"));
+    }
+}
+
+#[test]
+fn entries_are_sorted_parents_first_with_numeric_ids_and_no_names() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    let entries = list(&layer_tar(&src, &WriteOptions::default()));
+    let names: Vec<Vec<u8>> = entries.iter().map(|e| e.raw_name.strip_suffix(b"/").unwrap_or(&e.raw_name).to_vec()).collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    for entry in &entries {
+        assert!(entry.uname.is_empty() && entry.gname.is_empty(), "{entry:?}");
+        if let Some(slash) = entry.raw_name.strip_suffix(b"/").unwrap_or(&entry.raw_name).iter().rposition(|&b| b == b'/') {
+            let parent = &entry.raw_name[..=slash];
+            assert!(entries.iter().any(|e| e.raw_name == parent), "parent of {:?} missing", entry.name);
+        }
+    }
+    let long = entries.iter().filter(|e| e.name.starts_with("long/")).last().unwrap();
+    assert!(long.name.len() > 230 && long.name.ends_with("fff"), "PAX path for long names: {long:?}");
+    let long_link = entries.iter().find(|e| e.name == "links/longtarget").unwrap();
+    assert!(long_link.link.len() > 150, "PAX linkpath for long targets: {long_link:?}");
+    let big_ids = entries.iter().find(|e| e.name == "files/bigid").unwrap();
+    assert_eq!((big_ids.uid, big_ids.gid), (3_000_000, 4_000_000));
+    let xattr = entries.iter().find(|e| e.name == "files/xattrs").unwrap();
+    assert!(xattr.xattrs.iter().any(|(k, v)| k == "user.color" && v == b"blue"), "{xattr:?}");
+}
+
+#[test]
+fn whiteouts_and_opaque_dirs_become_oci_entries_and_back() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let upper = tmp.path().join("upper");
+    fs::create_dir_all(upper.join("etc/opaque/kept")).unwrap();
+    fs::write(upper.join("etc/opaque/kept/file"), "x").unwrap();
+    mknod(&upper.join("etc/deleted"), FileType::CharacterDevice, 0o644, 0);
+    mknod(&upper.join("gone"), FileType::CharacterDevice, 0, 0);
+    set_xattr(&upper.join("etc/opaque"), "trusted.overlay.opaque", b"y");
+    set_xattr(&upper.join("etc/opaque"), "trusted.overlay.origin", b"junk");
+
+    let tar = layer_tar(&upper, &WriteOptions::default());
+    let entries = list(&tar);
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["etc/", "etc/.wh.deleted", "etc/opaque/", "etc/opaque/.wh..wh..opq", "etc/opaque/kept/", "etc/opaque/kept/file", ".wh.gone"]
+            .iter()
+            .copied()
+            .collect::<Vec<_>>()
+            .tap_sort()
+    );
+    for entry in &entries {
+        assert!(entry.xattrs.iter().all(|(k, _)| !k.starts_with("trusted.overlay.")), "{entry:?}");
+        if entry.name.contains(".wh.") {
+            assert_eq!((entry.kind, entry.size), (b'0', 0));
+        }
+    }
+
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    unpack_layer(&tar[..], &dst).unwrap();
+    assert_trees_equal(&upper_without_origin(&upper), &dst);
+    assert_eq!(get_xattr(&dst.join("etc/opaque"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert!(is_whiteout(&dst.join("gone")) && is_whiteout(&dst.join("etc/deleted")));
+}
+
+#[test]
+fn unpack_converts_foreign_whiteouts_and_skips_aufs_metadata() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.dir("a/", 0o755);
+    tar.file(".wh.hidden", b"", 0o600);
+    tar.file("a/.wh.x", b"", 0o600);
+    tar.file("a/.wh..wh..opq", b"", 0o600);
+    tar.file(".wh..wh.plnk/123.456", b"", 0o600);
+    tar.file(".wh..wh.aufs", b"", 0o600);
+    let tmp = tempfile::tempdir().unwrap();
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    unpack_layer(&tar.finish()[..], &dst).unwrap();
+    assert!(is_whiteout(&dst.join("hidden")));
+    assert!(is_whiteout(&dst.join("a/x")));
+    assert_eq!(get_xattr(&dst.join("a"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    let mut names: Vec<_> = fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "hidden"]);
+}
+
+#[test]
+fn same_tree_built_in_different_orders_gives_identical_blobs() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let second = tmp.path().join("second");
+    rich_tree(&first);
+    rich_tree_reversed(&second);
+    assert_trees_equal(&first, &second);
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let opts = WriteOptions { compression, ..Default::default() };
+        let a = write_layer(&first, &opts, std::io::sink()).unwrap();
+        let b = write_layer(&second, &opts, std::io::sink()).unwrap();
+        assert_eq!(a, b, "{compression:?}");
+    }
+}
+
+#[test]
+fn source_date_epoch_clamps_mtimes() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tmp.path().join("first");
+    let second = tmp.path().join("second");
+    for (root, future) in [(&first, 2_000_000_000), (&second, 2_100_000_000)] {
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/new"), "new").unwrap();
+        fs::write(root.join("old"), "old").unwrap();
+        set_mtime(&root.join("d/new"), future);
+        set_mtime(&root.join("old"), 1_000);
+        set_mtime(&root.join("d"), future);
+    }
+    let opts = WriteOptions { source_date_epoch: Some(1_500_000_000), ..Default::default() };
+    let a = write_layer(&first, &opts, std::io::sink()).unwrap();
+    let b = write_layer(&second, &opts, std::io::sink()).unwrap();
+    assert_eq!(a, b);
+    let entries = list(&layer_tar(&first, &opts));
+    let mtimes: Vec<(&str, u64)> = entries.iter().map(|e| (e.name.as_str(), e.mtime)).collect();
+    assert_eq!(mtimes, [("d/", 1_500_000_000), ("d/new", 1_500_000_000), ("old", 1_000)]);
+    let unclamped = write_layer(&first, &WriteOptions::default(), std::io::sink()).unwrap();
+    assert_ne!(unclamped.diff_id, a.diff_id);
+}
+
+#[test]
+fn gnu_tar_reads_our_layer_and_we_read_gnu_tar() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    plain_tree(&src);
+    // strata -> GNU tar
+    let ours = layer_tar(&src, &WriteOptions { compression: Compression::None, ..Default::default() });
+    let layer = tmp.path().join("layer.tar");
+    fs::write(&layer, &ours).unwrap();
+    let by_gnu = tmp.path().join("by-gnu");
+    fs::create_dir(&by_gnu).unwrap();
+    run(std::process::Command::new("tar")
+        .args(["-x", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-p", "-f"])
+        .arg(&layer)
+        .arg("-C")
+        .arg(&by_gnu));
+    assert_trees_equal(&src, &by_gnu);
+    // GNU tar -> strata
+    let gnu_tar = tmp.path().join("gnu.tar.gz");
+    run(std::process::Command::new("tar")
+        .args(["-c", "-z", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--format=posix", "-f"])
+        .arg(&gnu_tar)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    let by_us = tmp.path().join("by-us");
+    fs::create_dir(&by_us).unwrap();
+    unpack_layer(fs::File::open(&gnu_tar).unwrap(), &by_us).unwrap();
+    assert_trees_equal(&src, &by_us);
+}
+
+#[test]
+fn corrupted_streams_give_errors_not_panics() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        let mut blob = Vec::new();
+        write_layer(&src, &WriteOptions { compression, ..Default::default() }, &mut blob).unwrap();
+        // A plain tar has checksums only in its headers: flip one there (the caller's diff_id
+        // check catches flipped data). zstd (content checksum) and gzip (crc32) catch any flip.
+        let at = if compression == Compression::None { 100 } else { blob.len() / 2 };
+        for (what, bad) in [("flipped", flip(&blob, at)), ("truncated", blob[..blob.len() / 3].to_vec())] {
+            let dst = tmp.path().join(format!("dst-{compression:?}-{what}"));
+            fs::create_dir(&dst).unwrap();
+            let result = unpack_layer(&bad[..], &dst);
+            assert!(result.is_err(), "{compression:?} {what}: {result:?}");
+        }
+    }
+    let dst = tmp.path().join("garbage");
+    fs::create_dir(&dst).unwrap();
+    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+    let error = unpack_layer(&garbage[..], &dst).unwrap_err().to_string();
+    assert!(error.contains("layer stream"), "{error}");
+}
+
+fn flip(blob: &[u8], at: usize) -> Vec<u8> {
+    let mut bad = blob.to_vec();
+    bad[at] ^= 0x55;
+    bad
+}
+
+fn upper_without_origin(upper: &Path) -> std::path::PathBuf {
+    remove_xattr(&upper.join("etc/opaque"), "trusted.overlay.origin");
+    upper.to_path_buf()
+}
+
+// ---------------------------------------------------------------- hostile archives
+
+/// Unpacks `tar` into `<tmp>/root` beside `<tmp>/sentinel` and checks that the sentinel
+/// and the rest of `<tmp>` are exactly as before. Returns the unpack error text.
+fn hostile(build: impl FnOnce(&Path, &mut RawTar)) -> String {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    let sentinel = tmp.path().join("sentinel");
+    fs::create_dir(&root).unwrap();
+    fs::create_dir(&sentinel).unwrap();
+    fs::write(sentinel.join("secret"), "untouched").unwrap();
+    let before = snapshot(tmp.path());
+    let mut tar = RawTar::default();
+    build(&sentinel, &mut tar);
+    let result = unpack_layer(&tar.finish()[..], &root);
+    let after = snapshot(tmp.path());
+    let outside = |s: &std::collections::BTreeMap<String, Summary>| {
+        s.iter().filter(|(k, _)| !k.starts_with("root/") && k.as_str() != "root").map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(outside(&before), outside(&after), "something outside the target changed");
+    assert_eq!(fs::read_to_string(sentinel.join("secret")).unwrap(), "untouched");
+    match result {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn unpack_rejects_dotdot_escape() {
+    let error = hostile(|_, tar| tar.file("../sentinel/secret", b"pwned", 0o644));
+    assert_eq!(error, r#"entry "../sentinel/secret" escapes the layer root"#);
+    let error = hostile(|_, tar| tar.file("a/../../sentinel/new", b"pwned", 0o644));
+    assert!(error.contains("escapes the layer root"), "{error}");
+}
+
+#[test]
+fn unpack_strips_leading_slash_of_absolute_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let mut tar = RawTar::default();
+    tar.file("/abs/file", b"inside", 0o644);
+    unpack_layer(&tar.finish()[..], &root).unwrap();
+    assert_eq!(fs::read_to_string(root.join("abs/file")).unwrap(), "inside");
+}
+
+#[test]
+fn unpack_rejects_symlink_escape() {
+    let error = hostile(|sentinel, tar| {
+        tar.symlink("evil", sentinel.to_str().unwrap());
+        tar.file("evil/secret", b"pwned", 0o644);
+    });
+    assert!(error.contains(r#"entry "evil/secret" escapes the layer root through a symlink"#), "{error}");
+    let error = hostile(|_, tar| {
+        tar.symlink("evil", "../sentinel");
+        tar.file("evil/new", b"pwned", 0o644);
+    });
+    assert!(error.contains("escapes the layer root through a symlink"), "{error}");
+    let error = hostile(|_, tar| {
+        tar.symlink("proc", "/proc/self/root");
+        tar.file("proc/tmp/pwned", b"pwned", 0o644);
+    });
+    assert!(error.contains("escapes the layer root"), "{error}");
+}
+
+#[test]
+fn unpack_replaces_a_symlink_instead_of_writing_through_it() {
+    let error = hostile(|sentinel, tar| {
+        tar.symlink("link", sentinel.join("secret").to_str().unwrap());
+        tar.file("link", b"pwned", 0o644);
+    });
+    assert_eq!(error, "");
+}
+
+#[test]
+fn unpack_rejects_dir_replaced_by_symlink_then_written_beneath() {
+    let error = hostile(|sentinel, tar| {
+        tar.dir("d/", 0o755);
+        tar.file("d/inside", b"ok", 0o644);
+        tar.symlink("d", sentinel.to_str().unwrap());
+        tar.file("d/secret", b"pwned", 0o644);
+    });
+    assert!(error.contains(r#"entry "d/secret" escapes the layer root through a symlink"#), "{error}");
+}
+
+#[test]
+fn unpack_rejects_hard_link_escape() {
+    let error = hostile(|_, tar| tar.hard_link("stolen", "../sentinel/secret"));
+    assert!(error.contains(r#"entry "stolen" is a hard link to "../sentinel/secret", outside the layer root"#), "{error}");
+    let error = hostile(|sentinel, tar| {
+        tar.symlink("s", sentinel.to_str().unwrap());
+        tar.hard_link("stolen", "s/secret");
+    });
+    assert!(error.contains(r#"entry "stolen" escapes the layer root through a symlink"#), "{error}");
+    let error = hostile(|_, tar| tar.hard_link("dangling", "nothere"));
+    assert!(error.contains(r#"is a hard link to "nothere", which does not exist"#), "{error}");
+}
+
+#[test]
+fn unpack_hard_link_to_symlink_links_the_symlink_itself() {
+    let error = hostile(|sentinel, tar| {
+        tar.symlink("s", sentinel.join("secret").to_str().unwrap());
+        tar.hard_link("h", "s");
+        tar.file("h", b"pwned", 0o644);
+    });
+    assert_eq!(error, "");
+}
+
+#[test]
+fn unpack_rejects_bad_whiteouts_and_unknown_types() {
+    let error = hostile(|_, tar| tar.file("a/.wh...", b"", 0o644));
+    assert!(error.contains("whiteout that names no file"), "{error}");
+    let error = hostile(|_, tar| tar.raw("weird", b'Z', b"", b""));
+    assert!(error.contains(r#"entry "weird" has unsupported tar type 'Z'"#), "{error}");
+    let error = hostile(|_, tar| tar.raw("", b'0', b"", b"x"));
+    assert!(error.contains("names the layer root"), "{error}");
+}
+
+#[test]
+fn unpack_later_entries_replace_earlier_ones() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.dir("x/", 0o755);
+    tar.file("x/child", b"c", 0o644);
+    tar.file("x", b"now a file", 0o600);
+    tar.file("y", b"first", 0o644);
+    tar.dir("y/", 0o700);
+    tar.dir("z/", 0o755);
+    tar.file("z/keep", b"k", 0o644);
+    tar.dir("z/", 0o711);
+    let tmp = tempfile::tempdir().unwrap();
+    unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
+    assert_eq!(fs::read_to_string(tmp.path().join("x")).unwrap(), "now a file");
+    assert!(tmp.path().join("y").is_dir());
+    assert_eq!(fs::metadata(tmp.path().join("z")).unwrap().permissions().mode() & 0o7777, 0o711);
+    assert_eq!(fs::read_to_string(tmp.path().join("z/keep")).unwrap(), "k");
+}
+
+#[test]
+fn unpack_creates_missing_parents_and_sets_dir_times_last() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.mtime = 1_234_567;
+    tar.dir("d/", 0o755);
+    tar.file("d/e/f", b"deep", 0o644);
+    let tmp = tempfile::tempdir().unwrap();
+    unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
+    assert_eq!(fs::read(tmp.path().join("d/e/f")).unwrap(), b"deep");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(fs::metadata(tmp.path().join("d")).unwrap().mtime(), 1_234_567);
+}
+
+#[test]
+fn unpack_refuses_names_with_nul_bytes_or_non_utf8_cleanly() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.raw_name(b"caf\xe9", b'0', b"latin-1");
+    let tmp = tempfile::tempdir().unwrap();
+    unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
+    let mut content = String::new();
+    fs::File::open(tmp.path().join(name)).unwrap().read_to_string(&mut content).unwrap();
+    assert_eq!(content, "latin-1");
+}
+
+#[test]
+fn symlink_targets_are_stored_verbatim() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    symlink("../../../../etc/shadow", src.join("up")).unwrap();
+    let blob = layer_tar(&src, &WriteOptions::default());
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    unpack_layer(&blob[..], &dst).unwrap();
+    assert_eq!(fs::read_link(dst.join("up")).unwrap(), Path::new("../../../../etc/shadow"));
+}
+
+trait TapSort {
+    fn tap_sort(self) -> Self;
+}
+impl TapSort for Vec<&str> {
+    fn tap_sort(mut self) -> Self {
+        self.sort_by(|a, b| a.trim_end_matches('/').cmp(b.trim_end_matches('/')));
+        self
+    }
+}
