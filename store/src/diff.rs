@@ -15,6 +15,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::layout::Store;
 
 /// What happened to a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -192,6 +194,11 @@ pub fn tree_changes(from: &[PathBuf], to: &[PathBuf]) -> Result<Vec<Change>> {
     let mut changes: Vec<Change> = kinds.into_iter().map(|(path, kind)| change(kind, &path)).collect();
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)
+}
+
+/// Changes from image `a` to image `b` (e.g. a base and an image built on it), sorted.
+pub fn image_changes(store: &Store, a: &Image, b: &Image) -> Result<Vec<Change>> {
+    tree_changes(&store.layer_dirs(a)?, &store.layer_dirs(b)?)
 }
 
 /// What makes two versions of a path "the same" (docker compares the same fields).

@@ -1,0 +1,177 @@
+//! Images, names, layers and verification.
+
+use std::fs;
+use std::io::Read;
+
+use strata_store::{Error, Store, refs::REF_NAME};
+
+use super::fixtures::{image_of, make_tree, opts, scratch, store, tarball};
+
+#[test]
+fn same_tree_into_two_fresh_stores_gives_identical_manifest_digests() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_a_dir, a) = store();
+    let (_b_dir, b) = store();
+    let image_a = image_of(&a, &[tree.path()], "app:1");
+    let image_b = image_of(&b, &[tree.path()], "app:1");
+    assert_eq!(image_a.manifest_digest, image_b.manifest_digest);
+    assert_eq!(image_a.id, image_b.id);
+
+    // import with SOURCE_DATE_EPOCH is reproducible too
+    let tar = tarball(tree.path(), &tree.path().with_extension("tar"), false);
+    let one = a.import(fs::File::open(&tar).unwrap(), &["imp".into()], Some(1_700_000_000)).unwrap();
+    let two = b.import(fs::File::open(&tar).unwrap(), &["imp".into()], Some(1_700_000_000)).unwrap();
+    assert_eq!(one.manifest_digest, two.manifest_digest);
+    fs::remove_file(tar).unwrap();
+}
+
+#[test]
+fn index_entries_carry_the_ref_name_annotation() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "busybox");
+    assert_eq!(image.names, vec!["busybox:latest".to_string()]);
+    let index: serde_json::Value = serde_json::from_slice(&fs::read(store.index_path()).unwrap()).unwrap();
+    assert_eq!(index["schemaVersion"], 2);
+    assert_eq!(index["manifests"][0]["annotations"][REF_NAME], "busybox:latest");
+    assert_eq!(index["manifests"][0]["digest"], image.manifest_digest.to_string());
+}
+
+#[test]
+fn resolve_by_name_short_id_and_digest_then_tag_and_untag() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app:v1");
+    assert_eq!(store.resolve("app:v1").unwrap().id, image.id);
+    assert_eq!(store.resolve(&image.id.short()).unwrap().id, image.id);
+    assert_eq!(store.resolve(&image.id.to_string()).unwrap().id, image.id);
+    assert_eq!(store.resolve(&image.manifest_digest.to_string()).unwrap().id, image.id);
+    assert!(matches!(store.resolve("app"), Err(Error::ImageNotFound(_))));
+
+    store.tag(&image, "app").unwrap();
+    assert_eq!(store.resolve("app:latest").unwrap().names, vec!["app:latest".to_string(), "app:v1".to_string()]);
+    assert_eq!(store.images().unwrap().len(), 1);
+    store.untag("app:v1").unwrap();
+    assert_eq!(store.resolve("app").unwrap().names, vec!["app:latest".to_string()]);
+    store.remove_image("app").unwrap();
+    assert!(store.images().unwrap().is_empty());
+}
+
+#[test]
+fn unnamed_images_stay_listed_until_removed() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let layer = store.create_layer(tree.path(), &opts()).unwrap();
+    let config = super::fixtures::config_for(&[&layer]);
+    let image = store.put_image(&config, &[layer.descriptor.clone()], &[]).unwrap();
+    assert!(image.names.is_empty());
+    assert_eq!(store.images().unwrap().len(), 1);
+    store.tag(&image, "named").unwrap();
+    // naming it replaces the unnamed entry
+    assert_eq!(store.index_entries().unwrap().len(), 1);
+    store.remove_image(&image.id.short()).unwrap();
+    assert!(store.images().unwrap().is_empty());
+}
+
+#[test]
+fn unpacked_layers_come_back_top_first_and_identical() {
+    let base = scratch();
+    make_tree(base.path());
+    let top = scratch();
+    fs::create_dir(top.path().join("etc")).unwrap();
+    fs::write(top.path().join("etc/motd"), "changed\n").unwrap();
+    let (_dir, store) = store();
+    let image = image_of(&store, &[base.path(), top.path()], "two:layers");
+    let dirs = store.layer_dirs(&image).unwrap();
+    assert_eq!(dirs.len(), 2);
+    assert_eq!(fs::read_to_string(dirs[0].join("etc/motd")).unwrap(), "changed\n");
+    assert_eq!(fs::read(dirs[1].join("var/lib/app/data")).unwrap(), vec![7u8; 100_000]);
+    assert_eq!(fs::read_link(dirs[1].join("bin/alias")).unwrap().to_str(), Some("tool"));
+    // a second call reuses the same dirs
+    assert_eq!(store.layer_dirs(&image).unwrap(), dirs);
+    assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "tmp/ left behind");
+}
+
+#[test]
+fn concurrent_unpacks_of_one_layer_both_succeed() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "race");
+    let root = dir.path().join("root");
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let root = root.clone();
+            let image = image.clone();
+            std::thread::spawn(move || Store::open(&root).unwrap().layer_dirs(&image).unwrap())
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(results.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(fs::read_to_string(results[0][0].join("etc/hostname")).unwrap(), "strata\n");
+    assert!(store.fsck().unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_imports_of_one_tarball_both_succeed() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let tar = tarball(tree.path(), &tree.path().with_extension("tar.gz"), true);
+    let (dir, store) = store();
+    let root = dir.path().join("root");
+    let handles: Vec<_> = ["one", "two", "one"]
+        .into_iter()
+        .map(|name| {
+            let (root, tar) = (root.clone(), tar.clone());
+            std::thread::spawn(move || {
+                let store = Store::open(&root).unwrap();
+                store.import(fs::File::open(&tar).unwrap(), &[name.to_string()], None).unwrap()
+            })
+        })
+        .collect();
+    let images: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(images[0].manifest.layers(), images[1].manifest.layers());
+    assert_eq!(store.images().unwrap().iter().flat_map(|i| i.names.clone()).count(), 2);
+    assert_eq!(store.fsck().unwrap(), vec![]);
+    fs::remove_file(tar).unwrap();
+}
+
+#[test]
+fn flipped_byte_is_reported_by_fsck_and_refused_on_read() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "victim");
+    assert_eq!(store.fsck().unwrap(), vec![]);
+    let layer: strata_store::Digest = image.manifest.layers()[0].digest().to_string().parse().unwrap();
+    let path = store.blob_path(&layer);
+    let mut bytes = fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    fs::write(&path, &bytes).unwrap();
+
+    let problems = store.fsck().unwrap();
+    assert!(problems.iter().any(|p| p.subject == layer.to_string() && p.message.contains("corrupt")), "{problems:?}");
+    assert!(matches!(store.read_blob(&layer), Err(Error::DigestMismatch { .. })));
+    let mut sink = Vec::new();
+    assert!(store.open_blob(&layer).unwrap().read_to_end(&mut sink).is_err());
+    // and unpacking refuses it, leaving no layer dir behind
+    assert!(store.layer_dirs(&image).is_err());
+    assert!(fs::read_dir(store.layers_dir()).unwrap().next().is_none());
+}
+
+#[test]
+fn put_image_refuses_missing_layer_blobs() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let layer = store.create_layer(tree.path(), &opts()).unwrap();
+    let digest: strata_store::Digest = layer.descriptor.digest().to_string().parse().unwrap();
+    fs::remove_file(store.blob_path(&digest)).unwrap();
+    let config = super::fixtures::config_for(&[&layer]);
+    assert!(matches!(store.put_image(&config, &[layer.descriptor.clone()], &["x".into()]), Err(Error::BlobNotFound(_))));
+}

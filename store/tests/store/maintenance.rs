@@ -1,0 +1,105 @@
+//! gc, fsck, containers and the build cache.
+
+use std::fs;
+
+use strata_store::{CacheEntry, Digest, Error, Status};
+
+use super::fixtures::{image_of, make_tree, scratch, store};
+
+#[test]
+fn gc_frees_after_rmi_and_fsck_stays_clean() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "doomed");
+    store.layer_dirs(&image).unwrap();
+    fs::write(store.tmp_dir().join("leftover"), b"crash debris").unwrap();
+
+    let nothing = store.gc().unwrap();
+    assert_eq!((nothing.blobs, nothing.layers, nothing.tmp), (0, 0, 1));
+    assert_eq!(store.fsck().unwrap(), vec![]);
+
+    store.remove_image("doomed").unwrap();
+    assert_eq!(store.fsck().unwrap(), vec![]);
+    let report = store.gc().unwrap();
+    assert_eq!(report.blobs, 3, "manifest, config and layer");
+    assert_eq!(report.layers, 1);
+    assert!(report.freed_bytes > 100, "{report:?}");
+    assert!(fs::read_dir(store.blobs_dir()).unwrap().next().is_none());
+    assert_eq!(store.fsck().unwrap(), vec![]);
+}
+
+#[test]
+fn gc_keeps_what_a_container_still_uses() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "base");
+    let dirs = store.layer_dirs(&image).unwrap();
+    let container = store.create_container(Some(&image), Some("web")).unwrap();
+    assert!(matches!(store.remove_image("base"), Err(Error::ImageInUse { .. })));
+    store.tag(&image, "other").unwrap();
+    store.remove_image("base").unwrap();
+    store.remove_image("other").unwrap_err();
+    assert_eq!(store.gc().unwrap().blobs, 0);
+    assert!(dirs[0].is_dir());
+    store.remove_container(&container).unwrap();
+    store.remove_image("other").unwrap();
+    assert_eq!(store.gc().unwrap().blobs, 3);
+    assert_eq!(store.fsck().unwrap(), vec![]);
+}
+
+#[test]
+fn fsck_reports_a_dangling_reference_and_a_stray_layer_dir() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app");
+    fs::remove_file(store.blob_path(&image.id)).unwrap();
+    fs::create_dir(store.layers_dir().join(Digest::of(b"nothing").hex())).unwrap();
+    let problems = store.fsck().unwrap();
+    assert!(problems.iter().any(|p| p.message.contains(&format!("missing blob {}", image.id))), "{problems:?}");
+    assert!(problems.iter().any(|p| p.message.contains("not a diff_id of any image config")), "{problems:?}");
+}
+
+#[test]
+fn containers_are_created_listed_found_and_removed() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app");
+    let first = store.create_container(Some(&image), Some("first")).unwrap();
+    let second = store.create_container(None, None).unwrap();
+    assert!(first.upper_dir().is_dir() && first.work_dir().is_dir() && first.rootfs_dir().is_dir());
+    assert_eq!(first.state.status, Status::Created);
+    assert_eq!(first.state.image_id, Some(image.id));
+    assert!(!second.state.name.is_empty());
+    assert!(matches!(store.create_container(None, Some("first")), Err(Error::ContainerNameInUse(_))));
+
+    assert_eq!(store.containers().unwrap().len(), 2);
+    assert_eq!(store.container("first").unwrap().id, first.id);
+    assert_eq!(store.container(&second.id[..10]).unwrap().id, second.id);
+
+    let mut running = store.container(&first.id).unwrap();
+    running.state.status = Status::Exited;
+    running.state.exit_code = Some(3);
+    running.save().unwrap();
+    assert_eq!(store.container("first").unwrap().state.exit_code, Some(3));
+
+    store.remove_container(&running).unwrap();
+    assert!(matches!(store.container("first"), Err(Error::ContainerNotFound(_))));
+    assert_eq!(store.containers().unwrap().len(), 1);
+    assert_eq!(store.fsck().unwrap(), vec![]);
+}
+
+#[test]
+fn cache_entries_survive_reopening_the_store() {
+    let (dir, store) = store();
+    let key = Digest::of(b"step");
+    let entry = CacheEntry { layer: None, data: serde_json::json!({"cmd": ["sh"]}) };
+    store.cache_put(&key, &entry).unwrap();
+    drop(store);
+    let store = strata_store::Store::open(&dir.path().join("root")).unwrap();
+    assert_eq!(store.cache_get(&key).unwrap(), Some(entry));
+    assert_eq!(store.cache_entries().unwrap().len(), 1);
+}
