@@ -1,2 +1,25 @@
 //! strata-unionfs: a union of read-only branches under one writable upper, mounted by our
 //! FUSE filesystem or by kernel overlayfs, behind one `mount(spec, driver) -> guard` API.
+//! Both drivers read and write the kernel overlayfs on-disk form (whiteouts are char
+//! devices 0/0, opaque directories carry `trusted.overlay.opaque=y`), so a container made
+//! under one driver mounts with the other.
+//!
+//! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union` + `modify`
+//! (the filesystem logic, no FUSE types), `copyup`, `fuse` (fuser callbacks), `mount`
+//! (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
+
+mod copyup;
+mod error;
+mod fuse;
+mod inode;
+mod layer;
+mod modify;
+mod mount;
+mod sys;
+mod union;
+
+pub use error::{Error, Result};
+pub use layer::{Kind, Meta};
+pub use modify::{SetAttr, SetTime};
+pub use mount::{Driver, MountGuard, MountSpec, fuse_available, mount, mount_detached, serve_daemon, sweep_stale, unmount};
+pub use union::{Caller, DirEntry, Entry, Union};

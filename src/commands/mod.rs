@@ -6,6 +6,9 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+mod mount;
+mod umount;
+
 /// What every verb may need besides its own arguments.
 pub struct Globals {
     /// The store root, resolved as ARCHITECTURE.md says: --root, $STRATA_ROOT,
@@ -32,5 +35,8 @@ impl Globals {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals::new(cli.root);
     let _ = &globals;
-    match cli.command {}
+    match cli.command {
+        Command::Mount(args) => mount::run(&globals, args),
+        Command::Umount(args) => umount::run(&globals, args),
+    }
 }

@@ -1,0 +1,188 @@
+//! Copy-up: makes the upper branch hold a copy of an entry that so far lives only in a
+//! lower branch, before anything modifies it. The copy is built in the work dir (data by
+//! FICLONE, else copy_file_range, else read/write; then xattrs, owner, mode, times, fsync)
+//! and renamed into place, so the upper dir never shows a half-made file
+//! (overlayfs.rst "Non-directories": copy up is atomic through the workdir).
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
+use rustix::io::Errno;
+
+use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
+
+/// Copies `rel` from `src_layer` into the upper branch; its parent must already be there.
+/// Returns Ok if the upper entry exists afterwards (also when a racing copy-up won).
+pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta> {
+    let meta = layers.stat(src_layer, rel)?;
+    let tmp = layers.tmp_name();
+    let built = build(layers, src_layer, rel, &meta, &tmp).and_then(|()| {
+        rustix::fs::renameat_with(layers.work(), &tmp, layers.fd(UPPER), rel, RenameFlags::NOREPLACE)
+    });
+    match built {
+        Ok(()) => Ok(meta),
+        Err(err) => {
+            remove_tmp(layers, &tmp, meta.kind());
+            if err == Errno::EXIST { Ok(meta) } else { Err(err) }
+        }
+    }
+}
+
+fn remove_tmp(layers: &Layers, tmp: &Path, kind: Kind) {
+    let flags = if kind == Kind::Dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+    let _ = rustix::fs::unlinkat(layers.work(), tmp, flags);
+}
+
+/// Builds the copy of `rel` at `tmp` in the work dir.
+fn build(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, tmp: &Path) -> Res<()> {
+    let work = layers.work();
+    let perm = Mode::from_raw_mode(meta.mode & 0o7777);
+    match meta.kind() {
+        Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
+        Kind::File => {
+            let src = rustix::fs::openat(
+                layers.fd(src_layer),
+                arg(rel),
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let dst = rustix::fs::openat(
+                work,
+                tmp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            copy_data(src.as_fd(), dst.as_fd(), meta.size)?;
+            // Kernel overlayfs syncs the copy before it becomes visible (ovl_copy_up_file).
+            rustix::fs::fsync(&dst)?;
+        }
+        Kind::Symlink => {
+            let target = rustix::fs::readlinkat(layers.fd(src_layer), arg(rel), Vec::new())?;
+            rustix::fs::symlinkat(target.as_bytes(), work, tmp)?;
+        }
+        kind => rustix::fs::mknodat(work, tmp, kind.file_type(), perm, meta.rdev)?,
+    }
+    copy_xattrs(&layers.abs(src_layer, rel), &layers.work_abs(tmp), meta.kind())?;
+    set_owner_mode_times(work, tmp, meta)
+}
+
+/// Owner, then mode (chown clears set-id bits), then times, as the source had them.
+pub(crate) fn set_owner_mode_times(dir: BorrowedFd<'_>, name: &Path, meta: &Meta) -> Res<()> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(rustix::fs::Uid::from_raw(meta.uid)),
+        Some(rustix::fs::Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if meta.kind() != Kind::Symlink {
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())?;
+    }
+    let times = Timestamps { last_access: timespec(meta.atime), last_modification: timespec(meta.mtime) };
+    rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+pub(crate) fn timespec(t: std::time::SystemTime) -> Timespec {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) },
+        Err(e) => {
+            let d = e.duration();
+            Timespec { tv_sec: -(d.as_secs() as i64), tv_nsec: 0 }
+        }
+    }
+}
+
+/// Data: a reflink when the filesystem shares extents, else an in-kernel copy, else a loop.
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
+    if size == 0 || rustix::fs::ioctl_ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut copied = 0u64;
+    loop {
+        let chunk = (size.saturating_sub(copied)).clamp(1 << 20, 1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => copied += n as u64,
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if copied == 0 => break,
+            Err(Errno::INTR) => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    let mut reader = std::fs::File::from(src.try_clone_to_owned().map_err(|e| io_errno(&e))?);
+    let mut writer = std::fs::File::from(dst.try_clone_to_owned().map_err(|e| io_errno(&e))?);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| io_errno(&e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).map_err(|e| io_errno(&e))?;
+    }
+}
+
+pub(crate) fn io_errno(err: &std::io::Error) -> Errno {
+    Errno::from_io_error(err).unwrap_or(Errno::IO)
+}
+
+/// All xattrs but overlay's private ones. user.* cannot live on symlinks (xattr(7)).
+pub(crate) fn copy_xattrs(src: &Path, dst: &Path, kind: Kind) -> Res<()> {
+    for name in list_xattrs(src)? {
+        if is_private_xattr(&name) {
+            continue;
+        }
+        let value = match get_xattr(src, &name) {
+            Ok(v) => v,
+            Err(Errno::NODATA) => continue,
+            Err(e) => return Err(e),
+        };
+        match rustix::fs::lsetxattr(dst, name.as_os_str(), &value, rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::PERM | Errno::OPNOTSUPP) if kind == Kind::Symlink => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn list_xattrs(path: &Path) -> Res<Vec<OsString>> {
+    let mut buf = Vec::new();
+    loop {
+        let size = rustix::fs::llistxattr_query(path)?;
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        buf.resize(size, 0);
+        match rustix::fs::llistxattr(path, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                break;
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(buf
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| std::ffi::OsStr::from_bytes(s).to_os_string())
+        .collect())
+}
+
+pub(crate) fn get_xattr(path: &Path, name: &std::ffi::OsStr) -> Res<Vec<u8>> {
+    loop {
+        let size = rustix::fs::lgetxattr_query(path, name)?;
+        let mut buf = vec![0u8; size];
+        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The fuser 0.18 callbacks: each translates one request into a call on [`Union`] and
+//! sends one reply. Kernel caching is decided here: long TTLs for entries that only live
+//! in lower branches (they change only through this mount), FOPEN_KEEP_CACHE, cached
+//! directory listings, readdirplus, and FUSE passthrough for open files (one BackingId per
+//! inode, shared by all its opens) with writeback caching as the fallback when the kernel
+//! refuses passthrough (the two exclude each other, fs/fuse/inode.c process_init_reply).
+//! A passthrough open carries no other FOPEN flags (FOPEN_PASSTHROUGH_MASK, fs/fuse/iomode.c).
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+use crate::layer::Kind;
+use crate::modify::{SetAttr, SetTime};
+use crate::union::{Caller, Entry, OpenFile, Union};
+
+/// Lower-only entries change only through this mount: the kernel may keep them long.
+const LOWER_TTL: Duration = Duration::from_secs(86_400);
+/// Upper entries: short, as fuse-overlayfs and libfuse default to.
+const UPPER_TTL: Duration = Duration::from_secs(1);
+/// Names that do not exist: cached until this mount creates them.
+const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+
+fn errno(err: rustix::io::Errno) -> Errno {
+    Errno::from_i32(err.raw_os_error())
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDevice => FileType::CharDevice,
+        Kind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+fn attr(entry: &Entry) -> FileAttr {
+    let meta = &entry.meta;
+    FileAttr {
+        ino: INodeNo(entry.ino),
+        size: meta.size,
+        blocks: meta.blocks,
+        atime: meta.atime,
+        mtime: meta.mtime,
+        ctime: meta.ctime,
+        crtime: meta.ctime,
+        kind: file_type(meta.kind()),
+        perm: (meta.mode & 0o7777) as u16,
+        nlink: meta.nlink.min(u64::from(u32::MAX)) as u32,
+        uid: meta.uid,
+        gid: meta.gid,
+        rdev: rustix::fs::makedev(rustix::fs::major(meta.rdev), rustix::fs::minor(meta.rdev)) as u32,
+        blksize: meta.blksize,
+        flags: 0,
+    }
+}
+
+fn ttl(entry: &Entry) -> Duration {
+    if entry.upper { UPPER_TTL } else { LOWER_TTL }
+}
+
+fn time(t: TimeOrNow) -> SetTime {
+    match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(t),
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+struct Backing {
+    id: BackingId,
+    upper: bool,
+    opens: usize,
+}
+
+#[derive(Default)]
+struct Backings {
+    by_ino: HashMap<u64, Backing>,
+    /// Handles counted in `by_ino` (released with their inode's backing).
+    handles: HashSet<u64>,
+}
+
+/// The fuser filesystem over one [`Union`].
+pub(crate) struct Fs {
+    union: Arc<Union>,
+    passthrough: AtomicBool,
+    backings: Mutex<Backings>,
+}
+
+impl Fs {
+    pub(crate) fn new(union: Arc<Union>, passthrough: bool) -> Fs {
+        Fs { union, passthrough: AtomicBool::new(passthrough), backings: Mutex::default() }
+    }
+
+    fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
+        match result {
+            Ok(entry) => reply.entry(&ttl(&entry), &attr(&entry), Generation(0)),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    /// Picks passthrough (sharing the inode's BackingId) or a cached open.
+    fn open_mode(&self, fh: u64, file: &OpenFile, open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>) -> Option<u64> {
+        if !self.passthrough.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(backing) = backings.by_ino.get_mut(&file.ino) {
+            if backing.upper != file.upper {
+                return None;
+            }
+            backing.opens += 1;
+            backings.handles.insert(fh);
+            return Some(file.ino);
+        }
+        match open_backing(file) {
+            Ok(id) => {
+                backings.by_ino.insert(file.ino, Backing { id, upper: file.upper, opens: 1 });
+                backings.handles.insert(fh);
+                Some(file.ino)
+            }
+            Err(err) => {
+                if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL)) {
+                    tracing::debug!("passthrough refused ({err}); serving reads and writes ourselves");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
+
+    fn with_backing(&self, ino: u64, f: impl FnOnce(&BackingId)) -> bool {
+        let backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        match backings.by_ino.get(&ino) {
+            Some(backing) => {
+                f(&backing.id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn release_backing(&self, fh: u64, ino: u64) {
+        let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
+        if !backings.handles.remove(&fh) {
+            return;
+        }
+        if let Some(backing) = backings.by_ino.get_mut(&ino) {
+            backing.opens -= 1;
+            if backing.opens == 0 {
+                backings.by_ino.remove(&ino);
+            }
+        }
+    }
+}
+
+impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let caps = config.capabilities();
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+        ] {
+            if caps.contains(flag) {
+                let _ = config.add_capabilities(flag);
+            }
+        }
+        let mut passthrough = self.passthrough.load(Ordering::Relaxed) && caps.contains(InitFlags::FUSE_PASSTHROUGH);
+        if passthrough {
+            passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+        }
+        if !passthrough && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
+            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+        }
+        self.passthrough.store(passthrough, Ordering::Relaxed);
+        let _ = config.set_max_readahead(1 << 20).or_else(|max| config.set_max_readahead(max));
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.union.lookup(parent.0, name) {
+            Err(rustix::io::Errno::NOENT) => {
+                let mut negative = attr(&Entry { ino: 0, meta: self.union.root_meta(), upper: false });
+                negative.ino = INodeNo(0);
+                reply.entry(&NEGATIVE_TTL, &negative, Generation(0));
+            }
+            result => self.reply_entry(result, reply),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.union.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.union.getattr(ino.0, fh.map(|f| f.0)) {
+            Ok(entry) => reply.attr(&ttl(&entry), &attr(&entry)),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time), mtime: mtime.map(time) };
+        match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
+            Ok(entry) => reply.attr(&ttl(&entry), &attr(&entry)),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.union.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        self.reply_entry(self.union.mknod(parent.0, name, mode, u64::from(rdev), caller(req)), reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        self.reply_entry(self.union.mkdir(parent.0, name, mode, caller(req)), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        self.reply_entry(self.union.symlink(parent.0, link_name, target, caller(req)), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.union.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        self.reply_entry(self.union.link(ino.0, newparent.0, newname), reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        match self.union.open(ino.0, write) {
+            Ok((fh, file)) => {
+                let cache = FopenFlags::FOPEN_KEEP_CACHE;
+                match self.open_mode(fh, &file, |f| reply.open_backing(&f.fd)) {
+                    Some(ino) => {
+                        let mut reply = Some(reply);
+                        self.with_backing(ino, |id| {
+                            if let Some(reply) = reply.take() {
+                                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+                            }
+                        });
+                        if let Some(reply) = reply {
+                            reply.opened(FileHandle(fh), cache);
+                        }
+                    }
+                    None => reply.opened(FileHandle(fh), cache),
+                }
+            }
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.union.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.union.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.release_backing(fh.0, ino.0);
+        self.union.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        match self.union.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.union.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.union.dir_entries(fh.0) {
+            Ok(entries) => entries,
+            Err(err) => return reply.error(errno(err)),
+        };
+        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(entry.ino), i as u64 + 1, file_type(entry.kind), &entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let entries = match self.union.dir_entries(fh.0) {
+            Ok(entries) => entries,
+            Err(err) => return reply.error(errno(err)),
+        };
+        for (i, dirent) in entries.iter().enumerate().skip(offset as usize) {
+            let next = i as u64 + 1;
+            if dirent.name == "." || dirent.name == ".." {
+                // The kernel takes no lookup for these (fuse_direntplus_link): attrs unused.
+                let meta = self.union.root_meta();
+                let entry = Entry { ino: dirent.ino, meta, upper: true };
+                if reply.add(INodeNo(dirent.ino), next, &dirent.name, &Duration::ZERO, &attr(&entry), Generation(0)) {
+                    break;
+                }
+                continue;
+            }
+            let Ok(entry) = self.union.lookup(ino.0, &dirent.name) else { continue };
+            if reply.add(INodeNo(entry.ino), next, &dirent.name, &ttl(&entry), &attr(&entry), Generation(0)) {
+                self.union.forget(entry.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.union.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.union.fsyncdir(ino.0) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.union.statfs() {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                st.f_namemax as u32,
+                st.f_frsize as u32,
+            ),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        match self.union.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.union.getxattr(ino.0, name), size, reply);
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(self.union.listxattr(ino.0), size, reply);
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.union.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+        match self.union.create(parent.0, name, mode, caller(req)) {
+            Ok((entry, fh, file)) => {
+                let cache = FopenFlags::FOPEN_KEEP_CACHE;
+                let (ttl, attr) = (ttl(&entry), attr(&entry));
+                match self.open_mode(fh, &file, |f| reply.open_backing(&f.fd)) {
+                    Some(ino) => {
+                        let mut reply = Some(reply);
+                        self.with_backing(ino, |id| {
+                            if let Some(reply) = reply.take() {
+                                reply.created_passthrough(&ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty(), id);
+                            }
+                        });
+                        if let Some(reply) = reply {
+                            reply.created(&ttl, &attr, Generation(0), FileHandle(fh), cache);
+                        }
+                    }
+                    None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), cache),
+                }
+            }
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        match self.union.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+}
+
+fn reply_xattr(result: rustix::io::Result<Vec<u8>>, size: u32, reply: ReplyXattr) {
+    match result {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if value.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(err) => reply.error(errno(err)),
+    }
+}

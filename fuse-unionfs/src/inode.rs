@@ -1,0 +1,225 @@
+//! The inode table: FUSE inode numbers for merged entries, stable for the life of the
+//! mount. A number is handed out per real file (device, inode) the first time it is seen and
+//! never reused; a copy-up registers the new upper file under the same number, so a file
+//! keeps its st_ino when it moves up, and hard links (one real inode) share one number.
+//! Live nodes (those the kernel holds a lookup count on) remember where their entry is:
+//! the (parent, name) links, the topmost branch and, for directories, the branches merged.
+//! The maps are sharded so lookups on different inodes never contend.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+pub(crate) const ROOT: u64 = 1;
+const SHARDS: usize = 64;
+
+/// Where a live node's entry is, guarded by the node's lock.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeState {
+    /// (parent inode, name) of every known name; the first reachable one is used.
+    pub links: Vec<(u64, OsString)>,
+    /// The topmost branch holding the entry (0 = upper).
+    pub layer: usize,
+    /// Directories: the branches merged into it, top first, cut after an opaque one.
+    pub dir_layers: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub ino: u64,
+    pub is_dir: bool,
+    pub state: RwLock<NodeState>,
+    /// Kernel lookup count (FUSE forget protocol).
+    lookups: AtomicU64,
+    /// Serialises copy-up of this node only: other nodes proceed meanwhile.
+    pub copy_lock: Mutex<()>,
+}
+
+impl Node {
+    pub(crate) fn state(&self) -> RwLockReadGuard<'_, NodeState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn state_mut(&self) -> RwLockWriteGuard<'_, NodeState> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+type Shard<K, V> = RwLock<HashMap<K, V, BuildHasherDefault<DefaultHasher>>>;
+
+pub(crate) struct Table {
+    nodes: Vec<Shard<u64, Arc<Node>>>,
+    inos: Vec<Shard<(u64, u64), u64>>,
+    next: AtomicU64,
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Table {
+    pub(crate) fn new() -> Table {
+        Table {
+            nodes: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            inos: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            next: AtomicU64::new(ROOT + 1),
+        }
+    }
+
+    fn node_shard(&self, ino: u64) -> &Shard<u64, Arc<Node>> {
+        &self.nodes[(ino as usize) % SHARDS]
+    }
+
+    fn key_shard(&self, key: (u64, u64)) -> &Shard<(u64, u64), u64> {
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        &self.inos[(hash as usize) % SHARDS]
+    }
+
+    /// The inode number of a real file, allocated on first sight.
+    pub(crate) fn ino_for(&self, key: (u64, u64)) -> u64 {
+        let shard = self.key_shard(key);
+        if let Some(&ino) = read(shard).get(&key) {
+            return ino;
+        }
+        *write(shard).entry(key).or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn existing_ino(&self, key: (u64, u64)) -> Option<u64> {
+        read(self.key_shard(key)).get(&key).copied()
+    }
+
+    /// Makes `key` (a copied-up file) answer with `ino`.
+    pub(crate) fn alias(&self, key: (u64, u64), ino: u64) {
+        write(self.key_shard(key)).insert(key, ino);
+    }
+
+    /// Forgets a real file that no longer exists, so a recycled inode gets a fresh number.
+    pub(crate) fn unalias(&self, key: (u64, u64)) {
+        write(self.key_shard(key)).remove(&key);
+    }
+
+    pub(crate) fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        read(self.node_shard(ino)).get(&ino).cloned()
+    }
+
+    /// Returns the live node for `ino` with one more lookup, creating it from `state` if it
+    /// is not live; a known node gains the (parent, name) link if it is new.
+    pub(crate) fn lookup(&self, ino: u64, is_dir: bool, state: NodeState) -> Arc<Node> {
+        {
+            let shard = read(self.node_shard(ino));
+            if let Some(node) = shard.get(&ino) {
+                node.lookups.fetch_add(1, Ordering::Relaxed);
+                let node = node.clone();
+                drop(shard);
+                add_links(&node, &state.links);
+                return node;
+            }
+        }
+        let mut shard = write(self.node_shard(ino));
+        let node = shard
+            .entry(ino)
+            .or_insert_with(|| {
+                Arc::new(Node {
+                    ino,
+                    is_dir,
+                    state: RwLock::new(NodeState { links: Vec::new(), ..state.clone() }),
+                    lookups: AtomicU64::new(0),
+                    copy_lock: Mutex::new(()),
+                })
+            })
+            .clone();
+        node.lookups.fetch_add(1, Ordering::Relaxed);
+        drop(shard);
+        add_links(&node, &state.links);
+        node
+    }
+
+    /// Adds the root node (never forgotten).
+    pub(crate) fn insert_root(&self, state: NodeState) {
+        let node = Arc::new(Node {
+            ino: ROOT,
+            is_dir: true,
+            state: RwLock::new(state),
+            lookups: AtomicU64::new(1 << 40),
+            copy_lock: Mutex::new(()),
+        });
+        write(self.node_shard(ROOT)).insert(ROOT, node);
+    }
+
+    /// FUSE forget: drops `count` lookups; the node goes when none are left.
+    pub(crate) fn forget(&self, ino: u64, count: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let mut shard = write(self.node_shard(ino));
+        if let Some(node) = shard.get(&ino) {
+            let before = node.lookups.fetch_sub(count.min(node.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            if before <= count {
+                shard.remove(&ino);
+            }
+        }
+    }
+
+    /// Every live node (for the rare sweep after a directory rename).
+    pub(crate) fn all(&self) -> Vec<Arc<Node>> {
+        self.nodes.iter().flat_map(|shard| read(shard).values().cloned().collect::<Vec<_>>()).collect()
+    }
+
+    pub(crate) fn live_count(&self) -> usize {
+        self.nodes.iter().map(|shard| read(shard).len()).sum()
+    }
+}
+
+fn add_links(node: &Node, links: &[(u64, OsString)]) {
+    if links.is_empty() {
+        return;
+    }
+    if links.iter().all(|l| node.state().links.contains(l)) {
+        return;
+    }
+    let mut state = node.state_mut();
+    for link in links {
+        if !state.links.contains(link) {
+            state.links.insert(0, link.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> NodeState {
+        NodeState { links: vec![(ROOT, "a".into())], layer: 0, dir_layers: vec![] }
+    }
+
+    #[test]
+    fn inode_numbers_are_stable_and_shared_by_aliases() {
+        let table = Table::new();
+        let a = table.ino_for((1, 10));
+        assert_eq!(table.ino_for((1, 10)), a);
+        table.alias((1, 99), a);
+        assert_eq!(table.ino_for((1, 99)), a);
+        assert_ne!(table.ino_for((1, 11)), a);
+        table.unalias((1, 10));
+        assert_ne!(table.ino_for((1, 10)), a);
+    }
+
+    #[test]
+    fn forget_drops_node_after_last_lookup() {
+        let table = Table::new();
+        let node = table.lookup(5, false, state());
+        table.lookup(5, false, NodeState { links: vec![(ROOT, "b".into())], ..state() });
+        assert_eq!(node.state().links.len(), 2);
+        table.forget(5, 1);
+        assert!(table.get(5).is_some());
+        table.forget(5, 1);
+        assert!(table.get(5).is_none());
+    }
+}

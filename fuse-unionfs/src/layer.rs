@@ -1,0 +1,225 @@
+//! The branches of one union: the writable upper (index 0), the read-only lowers (top
+//! first, index 1..) and the work dir, each held open as a directory fd so every request
+//! resolves names relative to its branch. Also the on-disk overlay form both drivers share:
+//! a whiteout is a char device 0/0, an opaque directory carries `trusted.overlay.opaque=y`.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+
+/// Index of the upper branch in [`Layers`].
+pub(crate) const UPPER: usize = 0;
+/// The xattr kernel overlayfs uses for opaque directories (Documentation/filesystems/overlayfs.rst).
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// Private overlay xattrs, hidden from users of the mount.
+pub(crate) const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// Our scratch directory inside the work dir (kernel overlayfs owns `work/work` and `work/index`).
+const WORK_SUBDIR: &str = "strata";
+
+/// Per-request results: an errno the FUSE layer replies with.
+pub type Res<T> = std::result::Result<T, Errno>;
+
+/// What kind of file an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    pub(crate) fn from_file_type(file_type: FileType) -> Option<Kind> {
+        Some(match file_type {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::Fifo => Kind::Fifo,
+            FileType::Socket => Kind::Socket,
+            FileType::CharacterDevice => Kind::CharDevice,
+            FileType::BlockDevice => Kind::BlockDevice,
+            FileType::Unknown => return None,
+        })
+    }
+
+    pub(crate) fn file_type(self) -> FileType {
+        match self {
+            Kind::File => FileType::RegularFile,
+            Kind::Dir => FileType::Directory,
+            Kind::Symlink => FileType::Symlink,
+            Kind::Fifo => FileType::Fifo,
+            Kind::Socket => FileType::Socket,
+            Kind::CharDevice => FileType::CharacterDevice,
+            Kind::BlockDevice => FileType::BlockDevice,
+        }
+    }
+}
+
+/// The metadata of one real file in one branch.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    let nsec = nsec.clamp(0, 999_999_999) as u32;
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(u64::from(nsec))
+    }
+}
+
+impl Meta {
+    #[allow(clippy::unnecessary_cast)]
+    pub(crate) fn from_stat(st: &rustix::fs::Stat) -> Meta {
+        Meta {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            mode: st.st_mode as u32,
+            nlink: st.st_nlink as u64,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u64,
+            size: st.st_size.max(0) as u64,
+            blocks: st.st_blocks.max(0) as u64,
+            blksize: st.st_blksize as u32,
+            atime: time(st.st_atime as i64, st.st_atime_nsec as i64),
+            mtime: time(st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: time(st.st_ctime as i64, st.st_ctime_nsec as i64),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        Kind::from_file_type(FileType::from_raw_mode(self.mode)).unwrap_or(Kind::File)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind() == Kind::Dir
+    }
+
+    /// A whiteout: char device 0/0 (overlayfs.rst "whiteouts and opaque directories").
+    pub fn is_whiteout(&self) -> bool {
+        self.kind() == Kind::CharDevice && self.rdev == 0
+    }
+
+    pub(crate) fn key(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+}
+
+/// `rel` as a path argument: the branch root itself is ".".
+pub(crate) fn arg(rel: &Path) -> &Path {
+    if rel.as_os_str().is_empty() { Path::new(".") } else { rel }
+}
+
+/// The open branches of one union.
+pub(crate) struct Layers {
+    fds: Vec<OwnedFd>,
+    roots: Vec<PathBuf>,
+    work: OwnedFd,
+    work_path: PathBuf,
+    tmp_counter: AtomicU64,
+}
+
+fn open_dir(path: &Path) -> Result<OwnedFd> {
+    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| Error::io("open directory", path, e))
+}
+
+impl Layers {
+    pub(crate) fn open(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<Layers> {
+        let mut fds = Vec::with_capacity(lowers.len() + 1);
+        let mut roots = Vec::with_capacity(lowers.len() + 1);
+        for path in std::iter::once(upper).chain(lowers.iter().map(PathBuf::as_path)) {
+            fds.push(open_dir(path)?);
+            roots.push(path.to_path_buf());
+        }
+        let work_path = work.join(WORK_SUBDIR);
+        // Leftovers of a crash are only ever half-made copies: start from an empty dir.
+        if work_path.exists() {
+            std::fs::remove_dir_all(&work_path).map_err(|e| Error::io("clean work dir", &work_path, e))?;
+        }
+        std::fs::create_dir_all(&work_path).map_err(|e| Error::io("create work dir", &work_path, e))?;
+        let work = open_dir(&work_path)?;
+        Ok(Layers { fds, roots, work, work_path, tmp_counter: AtomicU64::new(0) })
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.fds.len()
+    }
+
+    pub(crate) fn fd(&self, layer: usize) -> BorrowedFd<'_> {
+        self.fds[layer].as_fd()
+    }
+
+    pub(crate) fn work(&self) -> BorrowedFd<'_> {
+        self.work.as_fd()
+    }
+
+    /// Absolute path of `rel` in `layer` (xattr calls have no *at form).
+    pub(crate) fn abs(&self, layer: usize, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() { self.roots[layer].clone() } else { self.roots[layer].join(rel) }
+    }
+
+    pub(crate) fn work_abs(&self, name: &Path) -> PathBuf {
+        self.work_path.join(name)
+    }
+
+    /// A fresh name in the work dir, for building an entry before renaming it into place.
+    pub(crate) fn tmp_name(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        PathBuf::from(format!("tmp-{}-{n}", std::process::id()))
+    }
+
+    pub(crate) fn stat(&self, layer: usize, rel: &Path) -> Res<Meta> {
+        rustix::fs::statat(self.fd(layer), arg(rel), AtFlags::SYMLINK_NOFOLLOW).map(|st| Meta::from_stat(&st))
+    }
+
+    pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {
+        let mut buf = [0u8; 4];
+        matches!(rustix::fs::lgetxattr(self.abs(layer, rel), OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'y')
+    }
+
+    pub(crate) fn set_opaque_at(&self, path: &Path) -> Res<()> {
+        rustix::fs::lsetxattr(path, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
+    }
+
+    /// Makes a whiteout at `name` below `dir`.
+    pub(crate) fn whiteout(&self, dir: BorrowedFd<'_>, name: &Path) -> Res<()> {
+        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+    }
+
+    /// Removes a tree inside the work dir (a replaced directory full of whiteouts).
+    pub(crate) fn remove_work_tree(&self, name: &Path) {
+        let path = self.work_abs(name);
+        let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+    }
+}
+
+pub(crate) fn is_private_xattr(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(PRIVATE_XATTR_PREFIX)
+}

@@ -1,0 +1,580 @@
+//! Changes to the union: copy-up of nodes (parents first), creating entries (over a
+//! whiteout through the work dir, directories then opaque), removing them (whiteouts when
+//! a lower branch still has the name), rename (a directory with lower parts is copied up
+//! whole, so rename(2) succeeds where overlayfs with redirect_dir=off says EXDEV), hard
+//! links, setattr and xattr changes. All writes land in the upper branch only.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::io::Errno;
+
+use crate::copyup::{copy_up, timespec};
+use crate::inode::{Node, NodeState, ROOT};
+use crate::layer::{Kind, Res, UPPER, arg};
+use crate::union::{Caller, Entry, OpenFile, Union};
+
+/// A time to set: the given one or now.
+#[derive(Clone, Copy, Debug)]
+pub enum SetTime {
+    Now,
+    At(SystemTime),
+}
+
+/// The changes of one setattr request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+fn ts(t: Option<SetTime>) -> Timespec {
+    match t {
+        None => Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
+        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: UTIME_NOW },
+        Some(SetTime::At(t)) => timespec(t),
+    }
+}
+
+/// What to create in `make`.
+enum New<'a> {
+    Dir(u32),
+    File(u32),
+    Node(u32, u64),
+    Symlink(&'a Path),
+    Link(&'a Path),
+}
+
+impl Union {
+    /// Makes a live node's entry exist in the upper branch, parents first; returns its path.
+    pub(crate) fn copy_up_node(&self, node: &Arc<Node>) -> Res<PathBuf> {
+        let path = self.path(node.ino)?;
+        if node.state().layer == UPPER {
+            return Ok(path);
+        }
+        let parent = node.state().links.iter().find_map(|(p, _)| self.table.get(*p)).ok_or(Errno::STALE)?;
+        self.copy_up_node(&parent)?;
+        let _copying = node.copy_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let layer = node.state().layer;
+        if layer == UPPER {
+            return Ok(path);
+        }
+        copy_up(&self.layers, layer, &path)?;
+        let upper = self.layers.stat(UPPER, &path)?;
+        self.table.alias(upper.key(), node.ino);
+        let mut state = node.state_mut();
+        state.layer = UPPER;
+        if node.is_dir {
+            state.dir_layers.insert(0, UPPER);
+        }
+        Ok(path)
+    }
+
+    fn copy_up_dir(&self, ino: u64) -> Res<(Arc<Node>, PathBuf, Vec<usize>)> {
+        let (node, _, _) = self.dir_state(ino)?;
+        let path = self.copy_up_node(&node)?;
+        let layers = node.state().dir_layers.clone();
+        Ok((node, path, layers))
+    }
+
+    /// Creates `name` in `parent` (copied up first). Over a whiteout the entry is built in
+    /// the work dir and renamed into place; a directory made there is opaque, so the lower
+    /// directory it replaces stays hidden (overlayfs.rst "whiteouts and opaque directories").
+    fn make(&self, parent: u64, name: &OsStr, new: New<'_>, caller: Caller) -> Res<(Entry, Option<OwnedFd>)> {
+        let (pnode, ppath, _) = self.copy_up_dir(parent)?;
+        let rel = ppath.join(name);
+        let parent_meta = self.layers.stat(UPPER, &ppath)?;
+        // setgid directories hand their group down (inode_init_owner).
+        let setgid = parent_meta.mode & 0o2000 != 0;
+        let gid = if setgid { parent_meta.gid } else { caller.gid };
+        let over_whiteout = match self.layers.stat(UPPER, &rel) {
+            Ok(meta) if meta.is_whiteout() => true,
+            Ok(_) => return Err(Errno::EXIST),
+            Err(Errno::NOENT) => false,
+            Err(err) => return Err(err),
+        };
+        let tmp = self.layers.tmp_name();
+        let (dir, at): (BorrowedFd<'_>, &Path) = if over_whiteout { (self.layers.work(), &tmp) } else { (self.upper_fd(), &rel) };
+        let fd = self.create_at(dir, at, &new, setgid)?;
+        let finish = || -> Res<()> {
+            if !matches!(new, New::Link(_)) {
+                rustix::fs::chownat(
+                    dir,
+                    at,
+                    Some(rustix::fs::Uid::from_raw(caller.uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+                if let New::Dir(mode) | New::File(mode) | New::Node(mode, _) = new {
+                    let mut mode = mode & 0o7777;
+                    if setgid && matches!(new, New::Dir(_)) {
+                        mode |= 0o2000;
+                    }
+                    // chown clears set-id bits and our umask may have masked some: set exactly.
+                    if mode & (0o7000 | self.umask) != 0 || self.umask != 0 {
+                        rustix::fs::chmodat(dir, at, Mode::from_raw_mode(mode), AtFlags::empty())?;
+                    }
+                }
+            }
+            if over_whiteout {
+                if let New::Dir(_) = new {
+                    self.layers.set_opaque_at(&self.layers.work_abs(&tmp))?;
+                    rustix::fs::renameat_with(self.layers.work(), &tmp, self.upper_fd(), &rel, RenameFlags::EXCHANGE)?;
+                    let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
+                } else {
+                    rustix::fs::renameat(self.layers.work(), &tmp, self.upper_fd(), &rel)?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(err) = finish() {
+            let flags = if matches!(new, New::Dir(_)) { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+            let _ = rustix::fs::unlinkat(dir, at, flags);
+            return Err(err);
+        }
+        let meta = self.layers.stat(UPPER, &rel)?;
+        let ino = self.table.ino_for(meta.key());
+        let state = NodeState {
+            links: vec![(pnode.ino, name.to_os_string())],
+            layer: UPPER,
+            dir_layers: if meta.is_dir() { vec![UPPER] } else { Vec::new() },
+        };
+        self.table.lookup(ino, meta.is_dir(), state);
+        Ok((Entry { ino, meta, upper: true }, fd))
+    }
+
+    fn create_at(&self, dir: BorrowedFd<'_>, at: &Path, new: &New<'_>, setgid: bool) -> Res<Option<OwnedFd>> {
+        let _ = setgid;
+        match *new {
+            New::Dir(mode) => rustix::fs::mkdirat(dir, at, Mode::from_raw_mode(mode & 0o7777)).map(|()| None),
+            New::File(mode) => rustix::fs::openat(
+                dir,
+                at,
+                OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+                Mode::from_raw_mode(mode & 0o7777),
+            )
+            .map(Some),
+            New::Node(mode, rdev) => {
+                let kind = FileType::from_raw_mode(mode);
+                if kind == FileType::Unknown || kind == FileType::Directory || kind == FileType::Symlink {
+                    return Err(Errno::INVAL);
+                }
+                rustix::fs::mknodat(dir, at, kind, Mode::from_raw_mode(mode & 0o7777), rdev).map(|()| None)
+            }
+            New::Symlink(target) => rustix::fs::symlinkat(target, dir, at).map(|()| None),
+            New::Link(source) => {
+                rustix::fs::linkat(self.upper_fd(), source, dir, at, AtFlags::empty()).map(|()| None)
+            }
+        }
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Res<Entry> {
+        let _shared = self.shared();
+        Ok(self.make(parent, name, New::Dir(mode), caller)?.0)
+    }
+
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Res<Entry> {
+        let _shared = self.shared();
+        let new = if FileType::from_raw_mode(mode) == FileType::RegularFile { New::File(mode) } else { New::Node(mode, rdev) };
+        Ok(self.make(parent, name, new, caller)?.0)
+    }
+
+    pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, caller: Caller) -> Res<Entry> {
+        let _shared = self.shared();
+        Ok(self.make(parent, name, New::Symlink(target), caller)?.0)
+    }
+
+    /// create + open: the new file is in the upper branch, open read-write.
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Res<(Entry, u64, Arc<OpenFile>)> {
+        let _shared = self.shared();
+        let (entry, fd) = self.make(parent, name, New::File(mode), caller)?;
+        let fd = fd.ok_or(Errno::IO)?;
+        let (fh, file) = self.files.insert(OpenFile { fd, ino: entry.ino, upper: true });
+        Ok((entry, fh, file))
+    }
+
+    /// A hard link: the source is copied up, then linked in the upper branch, so both names
+    /// show one inode number and the real link count.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<Entry> {
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        if node.is_dir {
+            return Err(Errno::PERM);
+        }
+        let source = self.copy_up_node(&node)?;
+        let caller = Caller { uid: 0, gid: 0 };
+        let (mut entry, _) = self.make(newparent, newname, New::Link(&source), caller)?;
+        // `make` registered the new name on the node the upper inode maps to: the same one.
+        entry.ino = node.ino;
+        Ok(entry)
+    }
+
+    /// Drops the (parent, name) link of whatever live node had it; forgets the real file's
+    /// number if no name of it is left, so a recycled inode gets a new one.
+    fn unlinked(&self, parent: u64, name: &OsStr, key: (u64, u64), last: bool) {
+        if let Some(ino) = self.table.existing_ino(key) {
+            if let Some(node) = self.table.get(ino) {
+                node.state_mut().links.retain(|(p, n)| !(*p == parent && n == name));
+            }
+        }
+        if last {
+            self.table.unalias(key);
+        }
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Res<()> {
+        let _shared = self.shared();
+        let (_, ppath, players) = self.dir_state(parent)?;
+        let rel = ppath.join(name);
+        let found = self.resolve(&players, &rel)?;
+        if found.meta.is_dir() {
+            return Err(Errno::ISDIR);
+        }
+        let lower = self.lower_has(&players, &rel)?;
+        self.copy_up_dir(parent)?;
+        if found.layer == UPPER {
+            if lower {
+                // Replace the upper file by a whiteout in one rename.
+                let tmp = self.layers.tmp_name();
+                self.layers.whiteout(self.layers.work(), &tmp)?;
+                if let Err(err) = rustix::fs::renameat(self.layers.work(), &tmp, self.upper_fd(), &rel) {
+                    let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
+                    return Err(err);
+                }
+            } else {
+                rustix::fs::unlinkat(self.upper_fd(), &rel, AtFlags::empty())?;
+            }
+        } else {
+            self.layers.whiteout(self.upper_fd(), &rel)?;
+        }
+        self.unlinked(parent, name, found.meta.key(), found.meta.nlink <= 1);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Res<()> {
+        let _shared = self.shared();
+        let (_, ppath, players) = self.dir_state(parent)?;
+        let rel = ppath.join(name);
+        let found = self.resolve(&players, &rel)?;
+        if !found.meta.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        if !self.list(&found.dir_layers, &rel)?.is_empty() {
+            return Err(Errno::NOTEMPTY);
+        }
+        let lower = self.lower_has(&players, &rel)?;
+        self.copy_up_dir(parent)?;
+        self.remove_upper_dir(&rel, found.layer == UPPER, lower)?;
+        self.unlinked(parent, name, found.meta.key(), true);
+        Ok(())
+    }
+
+    /// Removes a (merged-empty) directory: the upper part, which may hold whiteouts, moves
+    /// to the work dir in one rename (exchanged with a whiteout if lowers have the name).
+    fn remove_upper_dir(&self, rel: &Path, in_upper: bool, lower: bool) -> Res<()> {
+        if !in_upper {
+            return if lower { self.layers.whiteout(self.upper_fd(), rel) } else { Ok(()) };
+        }
+        let tmp = self.layers.tmp_name();
+        if lower {
+            self.layers.whiteout(self.layers.work(), &tmp)?;
+            if let Err(err) = rustix::fs::renameat_with(self.layers.work(), &tmp, self.upper_fd(), rel, RenameFlags::EXCHANGE) {
+                let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
+                return Err(err);
+            }
+        } else {
+            rustix::fs::renameat(self.upper_fd(), rel, self.layers.work(), &tmp)?;
+        }
+        self.layers.remove_work_tree(&tmp);
+        Ok(())
+    }
+
+    /// Copies a whole merged directory tree into the upper branch (for a directory rename),
+    /// keeping hard links within it; returns (lower file, upper copy) pairs so inode
+    /// numbers follow the files.
+    fn copy_up_tree(&self, rel: &Path, found_layer: usize, dir_layers: &[usize], links: &mut HashMap<(u64, u64), PathBuf>, moved: &mut Vec<((u64, u64), (u64, u64))>) -> Res<()> {
+        if found_layer != UPPER {
+            let lower = copy_up(&self.layers, found_layer, rel)?;
+            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
+        }
+        for (name, _, _) in self.list(dir_layers, rel)? {
+            let child = rel.join(&name);
+            let found = self.resolve(dir_layers, &child)?;
+            if found.meta.is_dir() {
+                self.copy_up_tree(&child, found.layer, &found.dir_layers, links, moved)?;
+            } else if found.layer != UPPER {
+                let key = found.meta.key();
+                match links.get(&key) {
+                    Some(first) => rustix::fs::linkat(self.upper_fd(), first, self.upper_fd(), &child, AtFlags::empty())?,
+                    None => {
+                        copy_up(&self.layers, found.layer, &child)?;
+                        if found.meta.nlink > 1 {
+                            links.insert(key, child.clone());
+                        }
+                    }
+                }
+                moved.push((key, self.layers.stat(UPPER, &child)?.key()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Res<()> {
+        let _exclusive = self.exclusive();
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
+        if flags.contains(RenameFlags::WHITEOUT) {
+            return Err(Errno::INVAL);
+        }
+        let (_, ppath, players) = self.dir_state(parent)?;
+        let (_, npath, nplayers) = self.dir_state(newparent)?;
+        let rel = ppath.join(name);
+        let nrel = npath.join(newname);
+        let src = self.resolve(&players, &rel)?;
+        let dst = match self.resolve(&nplayers, &nrel) {
+            Ok(found) => Some(found),
+            Err(Errno::NOENT) => None,
+            Err(err) => return Err(err),
+        };
+        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if flags.contains(RenameFlags::EXCHANGE) && dst.is_none() {
+            return Err(Errno::NOENT);
+        }
+        if let Some(dst) = &dst {
+            if src.meta.key() == dst.meta.key() {
+                return Ok(());
+            }
+            if dst.meta.is_dir() && !flags.contains(RenameFlags::EXCHANGE) && !self.list(&dst.dir_layers, &nrel)?.is_empty() {
+                return Err(Errno::NOTEMPTY);
+            }
+        }
+        self.copy_up_dir(parent)?;
+        self.copy_up_dir(newparent)?;
+        let src_lower = self.lower_has(&players, &rel)?;
+        let dst_lower = self.lower_has(&nplayers, &nrel)?;
+        let mut moved = Vec::new();
+        self.materialize(&rel, &src, &mut moved)?;
+        if flags.contains(RenameFlags::EXCHANGE) {
+            let dst = dst.as_ref().ok_or(Errno::NOENT)?;
+            self.materialize(&nrel, dst, &mut moved)?;
+            rustix::fs::renameat_with(self.upper_fd(), &rel, self.upper_fd(), &nrel, RenameFlags::EXCHANGE)?;
+            for (path, found) in [(&rel, dst), (&nrel, &src)] {
+                if found.meta.is_dir() {
+                    self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
+                }
+            }
+        } else {
+            if let Some(dst) = &dst {
+                if dst.meta.is_dir() {
+                    self.remove_upper_dir(&nrel, dst.layer == UPPER, false)?;
+                } else if dst.layer != UPPER && src.meta.is_dir() {
+                    // nothing in upper to replace: the lower file is hidden by the opaque dir below
+                } else if src.meta.is_dir() {
+                    rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
+                }
+            }
+            if src.meta.is_dir() {
+                // A whiteout left at the new name cannot be replaced by a directory.
+                if let Ok(meta) = self.layers.stat(UPPER, &nrel) {
+                    if meta.is_whiteout() {
+                        rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
+                    }
+                }
+            }
+            self.rename_upper(&rel, &nrel, src_lower)?;
+            if src.meta.is_dir() && (dst_lower || src.dir_layers.iter().any(|&l| l != UPPER)) {
+                self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
+            }
+            if let Some(dst) = &dst {
+                self.unlinked(newparent, newname, dst.meta.key(), dst.meta.is_dir() || dst.meta.nlink <= 1);
+            }
+        }
+        self.after_rename(parent, name, newparent, newname, &src, dst.as_ref(), flags, &moved);
+        Ok(())
+    }
+
+    /// Brings a rename source (or exchange target) wholly into the upper branch.
+    fn materialize(&self, rel: &Path, found: &crate::union::Found, moved: &mut Vec<((u64, u64), (u64, u64))>) -> Res<()> {
+        if found.meta.is_dir() {
+            if found.dir_layers.iter().any(|&l| l != UPPER) {
+                self.copy_up_tree(rel, found.layer, &found.dir_layers, &mut HashMap::new(), moved)?;
+            }
+        } else if found.layer != UPPER {
+            let lower = copy_up(&self.layers, found.layer, rel)?;
+            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
+        }
+        Ok(())
+    }
+
+    /// rename(2) inside upper, leaving a whiteout at the old name if a lower has it.
+    fn rename_upper(&self, rel: &Path, nrel: &Path, whiteout: bool) -> Res<()> {
+        let upper = self.upper_fd();
+        if !whiteout {
+            return rustix::fs::renameat(upper, rel, upper, nrel);
+        }
+        match rustix::fs::renameat_with(upper, rel, upper, nrel, RenameFlags::WHITEOUT) {
+            Err(Errno::INVAL | Errno::NOSYS) => {
+                rustix::fs::renameat(upper, rel, upper, nrel)?;
+                self.layers.whiteout(upper, rel)
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn after_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        src: &crate::union::Found,
+        dst: Option<&crate::union::Found>,
+        flags: RenameFlags,
+        moved: &[((u64, u64), (u64, u64))],
+    ) {
+        for (lower, upper) in moved {
+            if let Some(ino) = self.table.existing_ino(*lower) {
+                self.table.alias(*upper, ino);
+            }
+        }
+        let old = (parent, name.to_os_string());
+        let new = (newparent, newname.to_os_string());
+        let src_ino = self.table.existing_ino(src.meta.key());
+        let dst_ino = dst.and_then(|d| self.table.existing_ino(d.meta.key()));
+        let relink = |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
+            if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
+                let mut state = node.state_mut();
+                for link in state.links.iter_mut() {
+                    if link == from {
+                        *link = to.clone();
+                    }
+                }
+                state.layer = UPPER;
+                if node.is_dir {
+                    state.dir_layers = vec![UPPER];
+                }
+            }
+        };
+        relink(src_ino, &old, &new);
+        if flags.contains(RenameFlags::EXCHANGE) {
+            relink(dst_ino, &new, &old);
+        }
+        // Everything below a moved directory now lives in the upper branch only.
+        let roots: Vec<u64> = [src_ino, if flags.contains(RenameFlags::EXCHANGE) { dst_ino } else { None }]
+            .into_iter()
+            .flatten()
+            .collect();
+        if !moved.is_empty() && roots.iter().any(|&ino| self.table.get(ino).is_some_and(|n| n.is_dir)) {
+            for node in self.table.all() {
+                if self.below(node.ino, &roots) {
+                    let mut state = node.state_mut();
+                    state.layer = UPPER;
+                    if node.is_dir {
+                        state.dir_layers = vec![UPPER];
+                    }
+                }
+            }
+        }
+    }
+
+    fn below(&self, ino: u64, roots: &[u64]) -> bool {
+        let mut current = ino;
+        for _ in 0..4096 {
+            if current == ROOT {
+                return false;
+            }
+            let Some(node) = self.table.get(current) else { return false };
+            let Some(parent) = node.state().links.first().map(|(p, _)| *p) else { return false };
+            if roots.contains(&parent) {
+                return true;
+            }
+            current = parent;
+        }
+        false
+    }
+
+    /// setattr: any change copies up first (chmod, chown, truncate, utimens).
+    pub fn setattr(&self, ino: u64, set: &SetAttr, fh: Option<u64>) -> Res<Entry> {
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let open = fh.and_then(|fh| self.files.get(fh).ok()).filter(|f| f.upper);
+        let path = if open.is_some() && self.path(ino).is_err() { None } else { Some(self.copy_up_node(&node)?) };
+        let upper = self.upper_fd();
+        if let Some(path) = &path {
+            if set.uid.is_some() || set.gid.is_some() {
+                rustix::fs::chownat(
+                    upper,
+                    arg(path),
+                    set.uid.map(rustix::fs::Uid::from_raw),
+                    set.gid.map(rustix::fs::Gid::from_raw),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
+            }
+            if let Some(mode) = set.mode {
+                rustix::fs::chmodat(upper, arg(path), Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())?;
+            }
+        }
+        if let Some(size) = set.size {
+            match (&open, &path) {
+                (Some(file), _) => rustix::fs::ftruncate(&file.fd, size)?,
+                (None, Some(path)) => {
+                    let fd = rustix::fs::openat(upper, arg(path), OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())?;
+                    rustix::fs::ftruncate(&fd, size)?;
+                }
+                (None, None) => return Err(Errno::STALE),
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let times = Timestamps { last_access: ts(set.atime), last_modification: ts(set.mtime) };
+            match (&path, &open) {
+                (Some(path), _) => rustix::fs::utimensat(upper, arg(path), &times, AtFlags::SYMLINK_NOFOLLOW)?,
+                (None, Some(file)) => rustix::fs::futimens(&file.fd, &times)?,
+                (None, None) => return Err(Errno::STALE),
+            }
+        }
+        match (&path, &open) {
+            (None, Some(file)) => {
+                let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&file.fd)?);
+                Ok(Entry { ino, meta, upper: true })
+            }
+            _ => self.attr(&node),
+        }
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
+        if crate::layer::is_private_xattr(name) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = self.copy_up_node(&node)?;
+        let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
+        rustix::fs::lsetxattr(self.layers.abs(UPPER, &path), name, value, flags)
+    }
+
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
+        if crate::layer::is_private_xattr(name) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = self.copy_up_node(&node)?;
+        rustix::fs::lremovexattr(self.layers.abs(UPPER, &path), name)
+    }
+
+    /// Kind of a live node (for replies that need it).
+    pub fn kind_of(&self, meta: &crate::layer::Meta) -> Kind {
+        meta.kind()
+    }
+}

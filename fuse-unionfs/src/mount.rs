@@ -1,0 +1,392 @@
+//! The mount API: one spec, two drivers. `fuse` runs our filesystem (in-process worker
+//! threads for [`mount`], a forked daemon for [`serve_daemon`]); `overlay` asks the kernel
+//! for overlayfs with the same branches. The guard unmounts on drop with a deadline: a
+//! hung FUSE server gets its connection aborted and a lazy unmount instead of a hang.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
+use rustix::mount::UnmountFlags;
+
+use crate::error::{Error, Result};
+use crate::fuse::Fs;
+use crate::sys::{self, Forked};
+use crate::union::Union;
+
+/// How long a guard waits for a clean unmount before aborting the FUSE connection.
+const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What to mount: lower dirs (top first), the writable upper, its work dir, the mount point.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSpec {
+    pub lowers: Vec<PathBuf>,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub target: PathBuf,
+}
+
+/// The union driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Driver {
+    Fuse,
+    Overlay,
+    /// fuse when /dev/fuse can be opened, else overlay.
+    #[default]
+    Auto,
+}
+
+impl FromStr for Driver {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Driver> {
+        match s {
+            "fuse" => Ok(Driver::Fuse),
+            "overlay" => Ok(Driver::Overlay),
+            "auto" => Ok(Driver::Auto),
+            other => Err(Error::UnknownDriver(other.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Driver::Fuse => "fuse",
+            Driver::Overlay => "overlay",
+            Driver::Auto => "auto",
+        })
+    }
+}
+
+impl Driver {
+    /// Auto resolved to a concrete driver.
+    pub fn resolve(self) -> Driver {
+        match self {
+            Driver::Auto if fuse_available() => Driver::Fuse,
+            Driver::Auto => Driver::Overlay,
+            other => other,
+        }
+    }
+}
+
+/// Whether /dev/fuse can be opened (the `auto` driver's test).
+pub fn fuse_available() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
+}
+
+impl MountSpec {
+    /// Checks the branches and makes every path absolute (a daemon changes directory).
+    fn checked(&self) -> Result<MountSpec> {
+        if self.lowers.is_empty() {
+            return Err(Error::Spec("at least one lower dir is needed".into()));
+        }
+        let abs = |p: &Path| -> Result<PathBuf> {
+            let path = std::fs::canonicalize(p).map_err(|e| Error::io("resolve", p, e))?;
+            if !path.is_dir() {
+                return Err(Error::Spec(format!("{} is not a directory", p.display())));
+            }
+            Ok(path)
+        };
+        Ok(MountSpec {
+            lowers: self.lowers.iter().map(|p| abs(p)).collect::<Result<_>>()?,
+            upper: abs(&self.upper)?,
+            work: abs(&self.work)?,
+            target: abs(&self.target)?,
+        })
+    }
+}
+
+/// A live union mount; unmounts when dropped.
+pub struct MountGuard {
+    target: PathBuf,
+    driver: Driver,
+    fuse: Option<FuseMount>,
+}
+
+struct FuseMount {
+    session: BackgroundSession,
+    /// /sys/fs/fuse/connections/<id>: lets a hung server be aborted.
+    connection: Option<u32>,
+}
+
+impl fmt::Debug for MountGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MountGuard").field("target", &self.target).field("driver", &self.driver).finish()
+    }
+}
+
+impl MountGuard {
+    /// The driver that made the mount (never Auto).
+    pub fn driver(&self) -> Driver {
+        self.driver
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts now, reporting failures (drop does the same silently).
+    pub fn unmount(mut self) -> Result<()> {
+        self.unmount_inner()
+    }
+
+    fn unmount_inner(&mut self) -> Result<()> {
+        let target = self.target.clone();
+        match self.fuse.take() {
+            None if self.driver == Driver::Overlay => {
+                self.driver = Driver::Auto;
+                unmount(&target)
+            }
+            None => Ok(()),
+            Some(FuseMount { session, connection }) => {
+                let (done_tx, done_rx) = mpsc::channel();
+                let worker_target = target.clone();
+                std::thread::spawn(move || {
+                    let unmounted = unmount(&worker_target);
+                    let joined = session.join();
+                    let _ = done_tx.send((unmounted, joined));
+                });
+                match done_rx.recv_timeout(UNMOUNT_TIMEOUT) {
+                    Ok((unmounted, _)) => unmounted,
+                    Err(_) => {
+                        tracing::warn!("FUSE server for {} did not stop in time; aborting it", target.display());
+                        if let Some(id) = connection {
+                            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
+                        }
+                        let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
+                        let _ = done_rx.recv_timeout(Duration::from_secs(5));
+                        Err(Error::Unmount {
+                            target,
+                            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "FUSE server hung; connection aborted"),
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Err(err) = self.unmount_inner() {
+            tracing::warn!("{err}");
+        }
+    }
+}
+
+/// Mounts `spec` with `driver`; the guard unmounts on drop.
+pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
+    let spec = spec.checked()?;
+    match driver.resolve() {
+        Driver::Overlay => {
+            mount_overlay(&spec)?;
+            Ok(MountGuard { target: spec.target, driver: Driver::Overlay, fuse: None })
+        }
+        _ => {
+            let session = fuse_session(&spec)?;
+            let session = session.spawn().map_err(|e| mount_error("fuse", &spec.target, e))?;
+            let connection = connection_id(&spec.target);
+            Ok(MountGuard { target: spec.target, driver: Driver::Fuse, fuse: Some(FuseMount { session, connection }) })
+        }
+    }
+}
+
+fn mount_error(driver: &'static str, target: &Path, source: std::io::Error) -> Error {
+    Error::Mount { driver, target: target.to_path_buf(), source }
+}
+
+fn connection_id(target: &Path) -> Option<u32> {
+    rustix::fs::stat(target).ok().map(|st| rustix::fs::minor(st.st_dev))
+}
+
+fn fuse_config() -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("strata".into()),
+        MountOption::Subtype("strata".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    // Containers run as any user: everyone may use the mount, the kernel checks modes.
+    config.acl = SessionACL::All;
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    config.n_threads = Some((cpus * 2).clamp(4, 16));
+    config.clone_fd = true;
+    config
+}
+
+/// Mounts and completes the FUSE handshake: when this returns the mount is live.
+fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
+    let union = Arc::new(Union::new(&spec.upper, &spec.lowers, &spec.work)?);
+    // STRATA_FUSE_PASSTHROUGH=0 turns passthrough off (to compare, or to work around a kernel).
+    let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
+    let fs = Fs::new(union, passthrough);
+    Session::new(fs, &spec.target, &fuse_config()).map_err(|e| mount_error("fuse", &spec.target, e))
+}
+
+/// overlayfs option values escape ',' ':' and '\' with a backslash (fs/overlayfs/params.c).
+fn escape(path: &Path) -> String {
+    let mut out = String::new();
+    for ch in path.to_string_lossy().chars() {
+        if matches!(ch, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Kernel overlayfs, with index and redirects off (the defaults here): a lower directory
+/// renamed through it gives EXDEV, which the FUSE driver deliberately does better.
+fn mount_overlay(spec: &MountSpec) -> Result<()> {
+    let lowers: Vec<String> = spec.lowers.iter().map(|p| escape(p)).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
+        lowers.join(":"),
+        escape(&spec.upper),
+        escape(&spec.work)
+    );
+    let data = std::ffi::CString::new(data).map_err(|e| mount_error("overlay", &spec.target, std::io::Error::other(e)))?;
+    rustix::mount::mount("overlay", &spec.target, "overlay", rustix::mount::MountFlags::empty(), Some(data.as_c_str()))
+        .map_err(|e| mount_error("overlay", &spec.target, e.into()))
+}
+
+/// Mounts without a guard, for a command whose mount outlives it: overlay is a kernel
+/// mount, fuse gets a daemon ([`serve_daemon`]). Returns the driver used.
+pub fn mount_detached(spec: &MountSpec, driver: Driver) -> Result<Driver> {
+    match driver.resolve() {
+        Driver::Overlay => {
+            mount_overlay(&spec.checked()?)?;
+            Ok(Driver::Overlay)
+        }
+        _ => {
+            serve_daemon(spec)?;
+            Ok(Driver::Fuse)
+        }
+    }
+}
+
+/// For `strata mount`: forks a daemon that serves the FUSE mount until it is unmounted.
+/// Returns in the parent once the mount is live (or with the daemon's error).
+pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
+    let spec = spec.checked()?;
+    let (read_end, write_end) = std::io::pipe().map_err(|e| Error::io("create pipe", &spec.target, e))?;
+    match sys::fork().map_err(|e| mount_error("fuse", &spec.target, e))? {
+        Forked::Parent(child) => {
+            drop(write_end);
+            let mut message = String::new();
+            let _ = { read_end }.read_to_string(&mut message);
+            if message == "ok" {
+                return Ok(());
+            }
+            let _ = nix::sys::wait::waitpid(child, None);
+            let message = if message.is_empty() { "exited before mounting".to_string() } else { message };
+            Err(Error::Daemon { target: spec.target, message })
+        }
+        Forked::Child => {
+            drop(read_end);
+            let mut write_end = write_end;
+            let _ = rustix::process::setsid();
+            let session = match fuse_session(&spec) {
+                Ok(session) => session,
+                Err(err) => {
+                    let _ = write!(write_end, "{err}");
+                    std::process::exit(1);
+                }
+            };
+            let _ = std::env::set_current_dir("/");
+            rustix::process::umask(rustix::fs::Mode::empty());
+            let _ = sys::detach_stdio();
+            let _ = write_end.write_all(b"ok");
+            drop(write_end);
+            let code = match session.run() {
+                Ok(()) => 0,
+                Err(_) => 1,
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Unmounts a union (either driver); a dead FUSE mount (ENOTCONN) is detached.
+pub fn unmount(target: &Path) -> Result<()> {
+    match rustix::mount::unmount(target, UnmountFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOTCONN) => rustix::mount::unmount(target, UnmountFlags::DETACH)
+            .map_err(|e| Error::Unmount { target: target.to_path_buf(), source: e.into() }),
+        Err(e) => Err(Error::Unmount { target: target.to_path_buf(), source: e.into() }),
+    }
+}
+
+/// Detaches FUSE mounts below `dir` whose server is gone (they answer ENOTCONN), as a
+/// crash leaves them. Returns how many were swept.
+pub fn sweep_stale(dir: &Path) -> Result<usize> {
+    let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let mut swept = 0;
+    for line in mountinfo.split(|&b| b == b'\n') {
+        let line = String::from_utf8_lossy(line);
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
+        let (Some(point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
+        if !fstype.starts_with("fuse") {
+            continue;
+        }
+        let point = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point)));
+        if !point.starts_with(dir) {
+            continue;
+        }
+        if let Err(rustix::io::Errno::NOTCONN) = rustix::fs::stat(&point) {
+            if rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok() {
+                swept += 1;
+            }
+        }
+    }
+    Ok(swept)
+}
+
+/// mountinfo escapes space, tab, newline and backslash as \ooo.
+fn unescape(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn driver_parses_and_prints() {
+        for name in ["fuse", "overlay", "auto"] {
+            assert_eq!(name.parse::<Driver>().unwrap().to_string(), name);
+        }
+        assert!("zfs".parse::<Driver>().is_err());
+    }
+
+    #[test]
+    fn overlay_options_escape_separators() {
+        assert_eq!(escape(Path::new("/a:b,c\\d")), "/a\\:b\\,c\\\\d");
+    }
+
+    #[test]
+    fn mountinfo_unescapes_octal() {
+        assert_eq!(unescape("/mnt/a\\040b"), b"/mnt/a b");
+    }
+}

@@ -1,0 +1,498 @@
+//! The union filesystem's logic, free of FUSE types so it can be tested without the
+//! kernel: lookup top-down through the branches (stopping at whiteouts, non-directories
+//! and opaque directories), merged directory listings, attributes, open files and xattr
+//! reads. Changes (create, remove, rename, copy-up) are in `modify`. Every public method
+//! answers one request and returns an errno on failure; `fuse.rs` only translates.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasherDefault, DefaultHasher};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::copyup::{get_xattr, list_xattrs};
+use crate::error::Result;
+use crate::inode::{Node, NodeState, ROOT, Table};
+use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
+
+/// The credentials of the process making a request (new entries belong to it).
+#[derive(Clone, Copy, Debug)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A looked-up entry: its inode number and the attributes of its topmost real file.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    pub ino: u64,
+    pub meta: Meta,
+    /// The entry lives in the upper branch (may change); lower-only entries never do
+    /// unless through this mount, so the kernel may cache them for long.
+    pub upper: bool,
+}
+
+/// One name in a merged directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub kind: Kind,
+}
+
+/// An open regular file: the real file in its branch (upper: read-write; lower: read-only).
+#[derive(Debug)]
+pub struct OpenFile {
+    pub fd: OwnedFd,
+    pub ino: u64,
+    pub upper: bool,
+}
+
+/// Topmost real file of a name plus the branches merged for a directory.
+pub(crate) struct Found {
+    pub meta: Meta,
+    pub layer: usize,
+    pub dir_layers: Vec<usize>,
+}
+
+/// A table of open handles, sharded so opens and reads on different files do not contend.
+pub(crate) struct Handles<T> {
+    shards: Vec<Mutex<HashMap<u64, Arc<T>, BuildHasherDefault<DefaultHasher>>>>,
+    next: AtomicU64,
+}
+
+impl<T> Handles<T> {
+    fn new() -> Handles<T> {
+        Handles { shards: (0..32).map(|_| Mutex::default()).collect(), next: AtomicU64::new(1) }
+    }
+
+    fn shard(&self, fh: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>, BuildHasherDefault<DefaultHasher>>> {
+        self.shards[(fh as usize) % self.shards.len()].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn insert(&self, value: T) -> (u64, Arc<T>) {
+        let fh = self.next.fetch_add(1, Ordering::Relaxed);
+        let value = Arc::new(value);
+        self.shard(fh).insert(fh, value.clone());
+        (fh, value)
+    }
+
+    pub(crate) fn get(&self, fh: u64) -> Res<Arc<T>> {
+        self.shard(fh).get(&fh).cloned().ok_or(Errno::BADF)
+    }
+
+    pub(crate) fn remove(&self, fh: u64) -> Option<Arc<T>> {
+        self.shard(fh).remove(&fh)
+    }
+}
+
+/// One mounted union: branches, inode table, open handles.
+pub struct Union {
+    pub(crate) layers: Layers,
+    pub(crate) table: Table,
+    /// Renames move whole subtrees, so they exclude path resolution; everything else
+    /// shares this lock (never nested) and runs in parallel.
+    rename_lock: RwLock<()>,
+    pub(crate) files: Handles<OpenFile>,
+    pub(crate) dirs: Handles<Vec<DirEntry>>,
+    /// This process's umask: new entries get exactly the mode the kernel asked for.
+    pub(crate) umask: u32,
+}
+
+impl Union {
+    /// Opens the branches; `lowers` are top first.
+    pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<Union> {
+        let layers = Layers::open(upper, lowers, work)?;
+        let table = Table::new();
+        let mut dir_layers = Vec::new();
+        for layer in 0..layers.count() {
+            if let Ok(meta) = layers.stat(layer, Path::new("")) {
+                table.alias(meta.key(), ROOT);
+                dir_layers.push(layer);
+                if layers.is_opaque(layer, Path::new("")) {
+                    break;
+                }
+            }
+        }
+        table.insert_root(NodeState { links: Vec::new(), layer: UPPER, dir_layers });
+        let umask = rustix::process::umask(Mode::empty());
+        rustix::process::umask(umask);
+        Ok(Union {
+            layers,
+            table,
+            rename_lock: RwLock::new(()),
+            files: Handles::new(),
+            dirs: Handles::new(),
+            umask: umask.bits(),
+        })
+    }
+
+    pub(crate) fn shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.rename_lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.rename_lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> Res<Arc<Node>> {
+        self.table.get(ino).ok_or(Errno::STALE)
+    }
+
+    /// The path of a live node relative to the branch roots ("" for the root).
+    pub(crate) fn path(&self, ino: u64) -> Res<PathBuf> {
+        let mut names: Vec<OsString> = Vec::new();
+        let mut current = ino;
+        while current != ROOT {
+            if names.len() > 4096 {
+                return Err(Errno::LOOP);
+            }
+            let node = self.node(current)?;
+            let state = node.state();
+            let (parent, name) = state
+                .links
+                .iter()
+                .find(|(parent, _)| *parent == ROOT || self.table.get(*parent).is_some())
+                .cloned()
+                .ok_or(Errno::STALE)?;
+            drop(state);
+            names.push(name);
+            current = parent;
+        }
+        Ok(names.iter().rev().collect())
+    }
+
+    /// Resolves `rel` through `parent_layers` (the parent's merged branches), top-down.
+    pub(crate) fn resolve(&self, parent_layers: &[usize], rel: &Path) -> Res<Found> {
+        let mut top: Option<(Meta, usize)> = None;
+        let mut dirs = Vec::new();
+        for &layer in parent_layers {
+            let meta = match self.layers.stat(layer, rel) {
+                Ok(meta) => meta,
+                Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                Err(err) => return Err(err),
+            };
+            if meta.is_whiteout() {
+                break;
+            }
+            if top.is_none() {
+                top = Some((meta, layer));
+            }
+            if !meta.is_dir() {
+                break;
+            }
+            dirs.push(layer);
+            if self.layers.is_opaque(layer, rel) {
+                break;
+            }
+        }
+        let (mut meta, layer) = top.ok_or(Errno::NOENT)?;
+        if dirs.len() > 1 {
+            // A merged directory reports nlink 1, like overlayfs (ovl_getattr).
+            meta.nlink = 1;
+        }
+        Ok(Found { meta, layer, dir_layers: dirs })
+    }
+
+    /// Whether a lower branch (below upper) shows something at `rel` in a directory merged
+    /// from `parent_layers`: then removing or renaming `rel` needs a whiteout.
+    pub(crate) fn lower_has(&self, parent_layers: &[usize], rel: &Path) -> Res<bool> {
+        for &layer in parent_layers.iter().filter(|&&l| l != UPPER) {
+            match self.layers.stat(layer, rel) {
+                Ok(meta) => return Ok(!meta.is_whiteout()),
+                Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(false)
+    }
+
+    pub(crate) fn dir_state(&self, ino: u64) -> Res<(Arc<Node>, PathBuf, Vec<usize>)> {
+        let node = self.node(ino)?;
+        if !node.is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        let path = self.path(ino)?;
+        let layers = node.state().dir_layers.clone();
+        Ok((node, path, layers))
+    }
+
+    /// Registers a found entry as a live node with one more kernel lookup.
+    pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
+        let ino = self.table.ino_for(found.meta.key());
+        let is_dir = found.meta.is_dir();
+        let state = NodeState { links: vec![(parent, name.to_os_string())], layer: found.layer, dir_layers: found.dir_layers };
+        let node = self.table.lookup(ino, is_dir, state);
+        let upper = node.state().layer == UPPER;
+        Entry { ino, meta: found.meta, upper }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Res<Entry> {
+        let _shared = self.shared();
+        let (_, path, layers) = self.dir_state(parent)?;
+        let found = self.resolve(&layers, &path.join(name))?;
+        Ok(self.enter(parent, name, found))
+    }
+
+    pub fn forget(&self, ino: u64, count: u64) {
+        self.table.forget(ino, count);
+    }
+
+    pub(crate) fn attr(&self, node: &Node) -> Res<Entry> {
+        let path = self.path(node.ino)?;
+        let (layer, merged) = {
+            let state = node.state();
+            (state.layer, state.dir_layers.len() > 1)
+        };
+        let mut meta = self.layers.stat(layer, &path)?;
+        if merged {
+            meta.nlink = 1;
+        }
+        Ok(Entry { ino: node.ino, meta, upper: layer == UPPER })
+    }
+
+    /// getattr; with an open handle, from the open file (it may be unlinked).
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Res<Entry> {
+        let _shared = self.shared();
+        if let Some(file) = fh.and_then(|fh| self.files.get(fh).ok()) {
+            let meta = Meta::from_stat(&rustix::fs::fstat(&file.fd)?);
+            if meta.nlink == 0 || self.path(ino).is_err() {
+                return Ok(Entry { ino, meta, upper: file.upper });
+            }
+        }
+        let node = self.node(ino)?;
+        self.attr(&node)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Res<Vec<u8>> {
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = self.path(ino)?;
+        let layer = node.state().layer;
+        Ok(rustix::fs::readlinkat(self.layers.fd(layer), arg(&path), Vec::new())?.into_bytes())
+    }
+
+    /// The merged listing of a directory: upper entries hide lower ones of the same name,
+    /// whiteouts hide and are not shown, nothing below an opaque directory.
+    pub(crate) fn list(&self, dir_layers: &[usize], rel: &Path) -> Res<Vec<(OsString, Kind, (u64, u64))>> {
+        let mut seen: HashSet<OsString> = HashSet::new();
+        let mut out = Vec::new();
+        for &layer in dir_layers {
+            let fd = match rustix::fs::openat(
+                self.layers.fd(layer),
+                arg(rel),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT | Errno::NOTDIR) => continue,
+                Err(err) => return Err(err),
+            };
+            let dev = Meta::from_stat(&rustix::fs::fstat(&fd)?).dev;
+            let mut dir = rustix::fs::Dir::new(fd)?;
+            while let Some(entry) = dir.read() {
+                let entry = entry?;
+                let bytes = entry.file_name().to_bytes();
+                if bytes == b"." || bytes == b".." {
+                    continue;
+                }
+                let name = OsStr::from_bytes(bytes).to_os_string();
+                if seen.contains(&name) {
+                    continue;
+                }
+                let mut kind = Kind::from_file_type(entry.file_type());
+                let mut ino = entry.ino();
+                if matches!(kind, None | Some(Kind::CharDevice)) {
+                    let meta = self.layers.stat(layer, &rel.join(&name))?;
+                    if meta.is_whiteout() {
+                        seen.insert(name);
+                        continue;
+                    }
+                    kind = Some(meta.kind());
+                    ino = meta.ino;
+                }
+                seen.insert(name.clone());
+                out.push((name, kind.unwrap_or(Kind::File), (dev, ino)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Snapshots the merged listing (with "." and "..") into a directory handle.
+    pub fn opendir(&self, ino: u64) -> Res<u64> {
+        let _shared = self.shared();
+        let (node, path, layers) = self.dir_state(ino)?;
+        let parent = node.state().links.first().map_or(ROOT, |(p, _)| *p);
+        let mut entries = vec![
+            DirEntry { name: ".".into(), ino, kind: Kind::Dir },
+            DirEntry { name: "..".into(), ino: parent, kind: Kind::Dir },
+        ];
+        for (name, kind, key) in self.list(&layers, &path)? {
+            entries.push(DirEntry { name, ino: self.table.ino_for(key), kind });
+        }
+        Ok(self.dirs.insert(entries).0)
+    }
+
+    pub fn dir_entries(&self, fh: u64) -> Res<Arc<Vec<DirEntry>>> {
+        self.dirs.get(fh)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(fh);
+    }
+
+    /// Opens a regular file; `write` copies it up first.
+    pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = if write { self.copy_up_node(&node)? } else { self.path(ino)? };
+        let layer = node.state().layer;
+        let fd = self.open_real(layer, &path, write)?;
+        Ok(self.files.insert(OpenFile { fd, ino, upper: layer == UPPER }))
+    }
+
+    /// Upper files open read-write whatever the request (one backing file serves every
+    /// open of an inode under passthrough); lower files read-only.
+    pub(crate) fn open_real(&self, layer: usize, path: &Path, write: bool) -> Res<OwnedFd> {
+        let flags = OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        if layer == UPPER {
+            match rustix::fs::openat(self.layers.fd(layer), arg(path), flags | OFlags::RDWR, Mode::empty()) {
+                Err(Errno::ACCESS | Errno::PERM | Errno::ROFS | Errno::TXTBSY) if !write => {}
+                other => return other,
+            }
+        }
+        rustix::fs::openat(self.layers.fd(layer), arg(path), flags | OFlags::RDONLY, Mode::empty())
+    }
+
+    pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
+        self.files.get(fh)
+    }
+
+    pub fn release(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        self.files.remove(fh)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+        let file = self.files.get(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match rustix::io::pread(&file.fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<u32> {
+        let file = self.files.get(fh)?;
+        if !file.upper {
+            return Err(Errno::BADF);
+        }
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(done as u32)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
+        let file = self.files.get(fh)?;
+        if datasync { rustix::fs::fdatasync(&file.fd) } else { rustix::fs::fsync(&file.fd) }
+    }
+
+    pub fn fsyncdir(&self, ino: u64) -> Res<()> {
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        if node.state().layer != UPPER {
+            return Ok(());
+        }
+        let path = self.path(ino)?;
+        let fd = rustix::fs::openat(self.layers.fd(UPPER), arg(&path), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        rustix::fs::fsync(&fd)
+    }
+
+    pub fn statfs(&self) -> Res<rustix::fs::StatVfs> {
+        rustix::fs::fstatvfs(self.layers.fd(UPPER))
+    }
+
+    /// getxattr; overlay's private attributes do not exist for users of the mount.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Res<Vec<u8>> {
+        if is_private_xattr(name) {
+            return Err(Errno::OPNOTSUPP);
+        }
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = self.path(ino)?;
+        let layer = node.state().layer;
+        get_xattr(&self.layers.abs(layer, &path), name)
+    }
+
+    /// listxattr as the NUL-separated list the syscall returns, private names removed.
+    pub fn listxattr(&self, ino: u64) -> Res<Vec<u8>> {
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = self.path(ino)?;
+        let layer = node.state().layer;
+        let mut out = Vec::new();
+        for name in list_xattrs(&self.layers.abs(layer, &path))? {
+            if !is_private_xattr(&name) {
+                out.extend_from_slice(name.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live nodes (for tests and diagnostics).
+    pub fn live_nodes(&self) -> usize {
+        self.table.live_count()
+    }
+
+    pub(crate) fn upper_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.layers.fd(UPPER)
+    }
+}
+
+impl Union {
+    /// Attributes of the root (placeholder attrs for replies that need some).
+    pub fn root_meta(&self) -> Meta {
+        self.layers.stat(UPPER, Path::new("")).unwrap_or(Meta {
+            dev: 0,
+            ino: 0,
+            mode: 0o40755,
+            nlink: 1,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            blksize: 4096,
+            atime: std::time::UNIX_EPOCH,
+            mtime: std::time::UNIX_EPOCH,
+            ctime: std::time::UNIX_EPOCH,
+        })
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Res<()> {
+        let file = self.files.get(fh)?;
+        if !file.upper {
+            return Err(Errno::BADF);
+        }
+        rustix::fs::fallocate(&file.fd, rustix::fs::FallocateFlags::from_bits_retain(mode as u32), offset, len)
+    }
+}

@@ -1,0 +1,48 @@
+//! `strata mount`: mounts raw branches (`--lower/--upper/--work`, like `mount -t overlay`),
+//! or an image (a new container takes the writes) or a container, at DIR. The mount
+//! outlives the command: overlay is a kernel mount, fuse a daemon that exits on umount.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use strata_unionfs::{Driver, MountSpec};
+
+use crate::cli::MountArgs;
+use crate::commands::Globals;
+
+pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
+    let driver: Driver = args.driver.parse()?;
+    match (args.lower, args.args.as_slice()) {
+        (Some(lower), [target]) => {
+            let (Some(upper), Some(work)) = (args.upper, args.work) else {
+                bail!("--lower needs --upper and --work");
+            };
+            let spec = MountSpec {
+                lowers: lower.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+                upper,
+                work,
+                target: PathBuf::from(target),
+            };
+            mount(&spec, driver)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(_), _) => bail!("with --lower give only the mount point"),
+        (None, [reference, target]) => {
+            mount_store(globals, reference, &PathBuf::from(target), driver)
+        }
+        (None, _) => bail!("usage: strata mount [--driver D] IMAGE|CONTAINER DIR, or --lower DIR[:DIR...] --upper DIR --work DIR MNT"),
+    }
+}
+
+/// Sweeps a dead mount left at the target by a crash, then mounts.
+pub(crate) fn mount(spec: &MountSpec, driver: Driver) -> anyhow::Result<Driver> {
+    strata_unionfs::sweep_stale(&spec.target)?;
+    strata_unionfs::mount_detached(spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))
+}
+
+/// An image gets a new container whose upper takes the writes; a container is mounted
+/// over its own upper. Prints the container id.
+fn mount_store(_globals: &Globals, reference: &str, _target: &std::path::Path, _driver: Driver) -> anyhow::Result<ExitCode> {
+    bail!("mounting {reference}: images and containers are not wired yet")
+}
