@@ -4,10 +4,12 @@
 //! content-addressed cache keys.
 #![forbid(unsafe_code)]
 
+pub mod context;
 pub mod error;
 pub mod expand;
 pub mod instructions;
 pub mod parser;
 pub mod stages;
+pub mod tree;
 
 pub use error::{Error, Result};
