@@ -6,7 +6,15 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+mod fsck;
+mod gc;
+mod history;
+mod images;
+mod import;
+mod inspect;
 mod mount;
+mod rmi;
+mod tag;
 mod umount;
 
 /// What every verb may need besides its own arguments.
@@ -36,6 +44,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals::new(cli.root);
     let _ = &globals;
     match cli.command {
+        Command::Import(args) => import::run(&globals, args),
+        Command::Images(args) => images::run(&globals, args),
+        Command::Inspect(args) => inspect::run(&globals, args),
+        Command::History(args) => history::run(&globals, args),
+        Command::Tag(args) => tag::run(&globals, args),
+        Command::Rmi(args) => rmi::run(&globals, args),
+        Command::Gc(args) => gc::run(&globals, args),
+        Command::Fsck(args) => fsck::run(&globals, args),
         Command::Mount(args) => mount::run(&globals, args),
         Command::Umount(args) => umount::run(&globals, args),
     }

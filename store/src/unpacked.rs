@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::image::{Image, LayerBlob};
-use crate::layer::{self, Compression, WriteOptions};
+use crate::layer::{self, WriteOptions};
 use crate::layout::{Store, sync_parent};
 use crate::refs::{descriptor_digest, oci_digest};
 use crate::{Digest, oci, time};
@@ -79,14 +79,14 @@ impl Store {
     }
 
     /// `strata import`: a rootfs tarball (plain, gzip or zstd) becomes a one-layer image.
-    /// `created` is `source_date_epoch` when given, else now; the layer is written the
-    /// canonical way (sorted, zstd), so the same tree gives the same image id anywhere.
-    pub fn import(&self, input: impl Read, names: &[String], source_date_epoch: Option<i64>) -> Result<Image> {
+    /// `created` is `opts.source_date_epoch` when given, else now; the layer is written
+    /// the canonical way (sorted entries), so the same tree gives the same image anywhere.
+    pub fn import(&self, input: impl Read, names: &[String], opts: &WriteOptions) -> Result<Image> {
+        let source_date_epoch = opts.source_date_epoch;
         let staging = self.tmp_dir_create("import")?;
         let result = (|| {
             layer::unpack_layer(input, &staging)?;
-            let opts = WriteOptions { compression: Compression::Zstd, source_date_epoch, level: None };
-            let layer = self.create_layer(&staging, &opts)?;
+            let layer = self.create_layer(&staging, opts)?;
             let created = time::format_rfc3339(source_date_epoch.unwrap_or_else(time::now));
             let config = import_config(&created, &layer.diff_id)?;
             let image = self.put_image(&config, std::slice::from_ref(&layer.descriptor), names)?;

@@ -20,8 +20,8 @@ fn same_tree_into_two_fresh_stores_gives_identical_manifest_digests() {
 
     // import with SOURCE_DATE_EPOCH is reproducible too
     let tar = tarball(tree.path(), &tree.path().with_extension("tar"), false);
-    let one = a.import(fs::File::open(&tar).unwrap(), &["imp".into()], Some(1_700_000_000)).unwrap();
-    let two = b.import(fs::File::open(&tar).unwrap(), &["imp".into()], Some(1_700_000_000)).unwrap();
+    let one = a.import(fs::File::open(&tar).unwrap(), &["imp".into()], &opts()).unwrap();
+    let two = b.import(fs::File::open(&tar).unwrap(), &["imp".into()], &opts()).unwrap();
     assert_eq!(one.manifest_digest, two.manifest_digest);
     fs::remove_file(tar).unwrap();
 }
@@ -129,7 +129,7 @@ fn concurrent_imports_of_one_tarball_both_succeed() {
             let (root, tar) = (root.clone(), tar.clone());
             std::thread::spawn(move || {
                 let store = Store::open(&root).unwrap();
-                store.import(fs::File::open(&tar).unwrap(), &[name.to_string()], None).unwrap()
+                store.import(fs::File::open(&tar).unwrap(), &[name.to_string()], &Default::default()).unwrap()
             })
         })
         .collect();

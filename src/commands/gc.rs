@@ -1,0 +1,26 @@
+//! `strata gc`: frees unreferenced blobs, unpacked layers and tmp files, and says how much.
+
+use std::process::ExitCode;
+
+use strata_store::Store;
+
+use super::Globals;
+use super::images::human_size;
+use crate::cli::GcArgs;
+
+pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let report = store.gc()?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "freed {}: {} blobs, {} unpacked layers, {} tmp entries",
+            human_size(report.freed_bytes),
+            report.blobs,
+            report.layers,
+            report.tmp
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

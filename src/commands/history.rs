@@ -1,0 +1,49 @@
+//! `strata history IMAGE`: the config's history, newest first, with each layer's size
+//! (IMAGE CREATED CREATED BY SIZE COMMENT, like `docker history`).
+
+use std::process::ExitCode;
+
+use strata_store::{Store, time};
+
+use super::Globals;
+use super::images::{human_size, print_table};
+use crate::cli::HistoryArgs;
+
+pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let image = store.resolve(&args.image)?;
+    let history = image.config.history().clone().unwrap_or_default();
+    let mut layer_sizes = image.manifest.layers().iter().map(|l| l.size());
+    let mut rows = Vec::new();
+    for entry in &history {
+        let size = if entry.empty_layer() == Some(true) { 0 } else { layer_sizes.next().unwrap_or(0) };
+        rows.push((entry, size));
+    }
+    if args.json {
+        let list: Vec<serde_json::Value> = rows
+            .iter()
+            .rev()
+            .map(|(entry, size)| {
+                serde_json::json!({
+                    "Created": entry.created(), "CreatedBy": entry.created_by(), "Comment": entry.comment(),
+                    "EmptyLayer": entry.empty_layer().unwrap_or(false), "Size": size,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = time::now();
+    let mut table = vec![["IMAGE".to_string(), "CREATED".into(), "CREATED BY".into(), "SIZE".into(), "COMMENT".into()]];
+    for (i, (entry, size)) in rows.iter().rev().enumerate() {
+        let id = if i == 0 { image.id.short() } else { "<missing>".into() };
+        let created = entry.created().as_deref().and_then(time::parse_rfc3339).map(|t| time::ago(t, now)).unwrap_or_default();
+        let mut created_by = entry.created_by().clone().unwrap_or_default().replace('\n', " ");
+        if created_by.chars().count() > 45 && !args.no_trunc {
+            created_by = created_by.chars().take(44).collect::<String>() + "…";
+        }
+        table.push([id, created, created_by, human_size(*size), entry.comment().clone().unwrap_or_default()]);
+    }
+    print_table(&table);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,107 @@
+//! `strata images [--json]`: one row per name (REPOSITORY TAG IMAGE ID CREATED SIZE),
+//! unnamed images as `<none>`, like `docker images`.
+
+use std::process::ExitCode;
+
+use strata_store::{Image, Store, refs, time};
+
+use super::Globals;
+use crate::cli::ImagesArgs;
+
+pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let images = store.images()?;
+    if args.json {
+        let list: Vec<serde_json::Value> = images.iter().map(summary).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = time::now();
+    let mut rows = vec![["REPOSITORY".to_string(), "TAG".into(), "IMAGE ID".into(), "CREATED".into(), "SIZE".into()]];
+    for image in &images {
+        let created = created(image).map(|t| time::ago(t, now)).unwrap_or_else(|| "N/A".into());
+        let names: Vec<(String, String)> = if image.names.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            image
+                .names
+                .iter()
+                .map(|n| {
+                    let (repo, tag) = refs::split_name(n);
+                    (repo.to_string(), tag.unwrap_or("latest").to_string())
+                })
+                .collect()
+        };
+        for (repo, tag) in names {
+            rows.push([repo, tag, image.id.short(), created.clone(), human_size(image.size())]);
+        }
+    }
+    print_table(&rows);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `--json` form of one image.
+pub fn summary(image: &Image) -> serde_json::Value {
+    serde_json::json!({
+        "Id": image.id,
+        "ManifestDigest": image.manifest_digest,
+        "RepoTags": image.names,
+        "Created": image.config.created(),
+        "Size": image.size(),
+    })
+}
+
+/// The image's creation time, in epoch seconds.
+pub fn created(image: &Image) -> Option<i64> {
+    image.config.created().as_deref().and_then(time::parse_rfc3339)
+}
+
+/// Sizes the way docker prints them: decimal units, three significant digits.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let digits = if unit == 0 || value >= 100.0 { 0 } else if value >= 10.0 { 1 } else { 2 };
+    let text = format!("{value:.digits$}");
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text };
+    format!("{text}{}", UNITS[unit])
+}
+
+/// Left-aligned columns separated by three spaces (docker's tabwriter look).
+pub fn print_table<const N: usize>(rows: &[[String; N]]) {
+    let mut widths = [0usize; N];
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == N {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}   ", width = widths[i]));
+            }
+        }
+        println!("{}", line.trim_end());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_size;
+
+    #[test]
+    fn sizes_read_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(999), "999B");
+        assert_eq!(human_size(4_260_000), "4.26MB");
+        assert_eq!(human_size(42_600_000), "42.6MB");
+        assert_eq!(human_size(1_000_000), "1MB");
+    }
+}

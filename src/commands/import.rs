@@ -1,0 +1,72 @@
+//! `strata import TAR|- NAME[:TAG]`: a rootfs tarball (plain, gzip or zstd) becomes a
+//! one-layer image. Prints the new image id, like `docker import`.
+
+use std::fs::File;
+use std::io::{self, IsTerminal, Read};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use strata_store::layer::{Compression, WriteOptions};
+use strata_store::{Store, time};
+
+use super::Globals;
+use crate::cli::ImportArgs;
+
+pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let (input, total): (Box<dyn Read>, Option<u64>) = if args.source == "-" {
+        (Box::new(io::stdin().lock()), None)
+    } else {
+        let file = File::open(&args.source).with_context(|| format!("failed to open {}", args.source))?;
+        let size = file.metadata().ok().map(|m| m.len());
+        (Box::new(file), size)
+    };
+    let compression = match args.compression.as_str() {
+        "zstd" => Compression::Zstd,
+        "gzip" => Compression::Gzip,
+        "none" => Compression::None,
+        other => anyhow::bail!("unknown compression {other:?}: use zstd, gzip or none"),
+    };
+    let opts = WriteOptions { compression, source_date_epoch: time::source_date_epoch(), level: None };
+    let progress = io::stderr().is_terminal().then(|| progress_bar(total));
+    let input = Progress { inner: input, bar: progress.clone() };
+    let image = store
+        .import(input, &[args.name.clone()], &opts)
+        .with_context(|| format!("failed to import {} as {}", args.source, args.name))?;
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    println!("{}", image.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total).with_style(
+            indicatif::ProgressStyle::with_template("importing {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("importing {spinner} {bytes} {bytes_per_sec}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    };
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+    bar
+}
+
+/// Counts bytes read into the progress bar, when there is one.
+struct Progress<R> {
+    inner: R,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<R: Read> Read for Progress<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,32 @@
+//! `strata rmi [-f] IMAGE...`: removes a name, or by id every name of an image (with -f
+//! when it has several, like docker). Blobs are freed by `strata gc`.
+
+use std::process::ExitCode;
+
+use strata_store::{Store, refs};
+
+use super::Globals;
+use crate::cli::RmiArgs;
+
+pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    for reference in &args.images {
+        let image = store.resolve(reference)?;
+        let by_name = refs::normalize_name(reference).is_ok_and(|name| image.names.contains(&name));
+        if !by_name && image.names.len() > 1 && !args.force {
+            anyhow::bail!(
+                "image {} is named {}; remove the names one by one, or use -f",
+                image.id.short(),
+                image.names.join(", ")
+            );
+        }
+        let removal = store.remove_image_report(reference)?;
+        for name in removal.untagged {
+            println!("Untagged: {name}");
+        }
+        if let Some(id) = removal.deleted {
+            println!("Deleted: {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
