@@ -29,6 +29,8 @@ pub mod refs;
 pub mod time;
 pub mod unpacked;
 pub mod registry;
+pub mod archive;
+pub mod transfer;
 
 pub use blob::{BlobReader, BlobWriter};
 pub use cache::CacheEntry;

@@ -4,6 +4,8 @@
 
 #[path = "registry/harness.rs"]
 mod harness;
+#[path = "registry/transfer.rs"]
+mod transfer;
 
 use std::io::Write;
 use std::path::Path;

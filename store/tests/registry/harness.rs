@@ -76,18 +76,6 @@ impl Registry {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
-
-    /// Paths of the blobs the registry holds.
-    pub fn stored_blobs(&self) -> Vec<PathBuf> {
-        let root = self.dir.path().join("data/docker/registry/v2/blobs/sha256");
-        let mut out = Vec::new();
-        for prefix in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-            for blob in std::fs::read_dir(prefix.path()).into_iter().flatten().flatten() {
-                out.push(blob.path());
-            }
-        }
-        out
-    }
 }
 
 impl Drop for Registry {

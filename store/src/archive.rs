@@ -1,0 +1,237 @@
+//! Image archives: `save` writes an OCI archive (a tar of an OCI image layout: `oci-layout`,
+//! `index.json`, `blobs/sha256/<hex>`) that `skopeo inspect oci-archive:FILE` and
+//! `podman load` read, plus a docker-archive `manifest.json` naming the same blob files so
+//! `docker load` (which decompresses gzip and, since docker 23, zstd layers) reads it too.
+//! Layers are written as they are stored, not recompressed. `load` reads both forms,
+//! including the older docker-archive layout (`<id>/layer.tar`, `<config>.json`), and
+//! verifies every blob before it enters the store.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::Path;
+
+use crate::Digest;
+use crate::error::{Error, Result};
+use crate::image::Image;
+use crate::layout::Store;
+use crate::transfer::{Descriptor, LocalImage, ManifestDoc, Platform, select_platform};
+use crate::{oci, refs};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
+/// index.json, manifest.json and friends are small; anything bigger is not one of them.
+const MAX_METADATA: u64 = 16 << 20;
+
+/// Writes `images` (each with the names to give it) as an OCI archive at `out`, atomically;
+/// with `docker_manifest` also a docker-archive `manifest.json`.
+pub fn write_archive(images: &[(&LocalImage, Vec<String>)], out: &Path, docker_manifest: bool) -> Result<()> {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("archive");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = write_archive_to(images, &tmp, docker_manifest)
+        .and_then(|()| fs::rename(&tmp, out).map_err(|e| Error::io("failed to rename into place", out, e)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_archive_to(images: &[(&LocalImage, Vec<String>)], path: &Path, docker_manifest: bool) -> Result<()> {
+    let file = File::create(path).map_err(|e| Error::io("failed to create", path, e))?;
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
+    let io_err = |e: io::Error| Error::io("failed to write archive", path, e);
+    let mut index = Vec::new();
+    let mut docker = Vec::new();
+    let mut blobs: BTreeMap<Digest, std::path::PathBuf> = BTreeMap::new();
+    for (image, names) in images {
+        let entry = |name: Option<&str>| {
+            let mut e = serde_json::json!({
+                "mediaType": image.media_type,
+                "digest": image.manifest_digest.to_string(),
+                "size": image.manifest.len(),
+            });
+            if let Some(name) = name {
+                e["annotations"] = serde_json::json!({ REF_NAME: name, CONTAINERD_NAME: name });
+            }
+            e
+        };
+        if names.is_empty() {
+            index.push(entry(None));
+        }
+        for name in names {
+            index.push(entry(Some(name)));
+        }
+        let blob_name = |d: &Digest| format!("blobs/sha256/{}", d.hex());
+        let config = image.doc.config.as_ref().map(|c| blob_name(&c.digest)).unwrap_or_default();
+        docker.push(serde_json::json!({
+            "Config": config,
+            "RepoTags": names,
+            "Layers": image.doc.layers.iter().map(|l| blob_name(&l.digest)).collect::<Vec<_>>(),
+        }));
+        for blob in image.doc.blobs() {
+            blobs.insert(blob.digest, image.blob_path(&blob.digest));
+        }
+    }
+    let index =
+        serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::media::OCI_INDEX, "manifests": index});
+    append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err)?;
+    append_bytes(&mut tar, "index.json", &serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err)?;
+    if docker_manifest {
+        append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&docker).unwrap_or_default()).map_err(io_err)?;
+    }
+    append_dir(&mut tar, "blobs/").map_err(io_err)?;
+    append_dir(&mut tar, "blobs/sha256/").map_err(io_err)?;
+    for (image, _) in images {
+        append_bytes(&mut tar, &format!("blobs/sha256/{}", image.manifest_digest.hex()), &image.manifest)
+            .map_err(io_err)?;
+        blobs.remove(&image.manifest_digest);
+    }
+    for (digest, source) in blobs {
+        let file = File::open(&source).map_err(|e| Error::io("failed to open blob", &source, e))?;
+        let size = file.metadata().map_err(|e| Error::io("failed to stat blob", &source, e))?.len();
+        let mut header = header(size, tar::EntryType::Regular);
+        tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), file).map_err(io_err)?;
+    }
+    let writer = tar.into_inner().map_err(io_err)?;
+    let file = writer.into_inner().map_err(|e| io_err(e.into_error()))?;
+    file.sync_all().map_err(io_err)
+}
+
+fn header(size: u64, kind: tar::EntryType) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(if kind.is_dir() { 0o755 } else { 0o644 });
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
+fn append_bytes<W: Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let mut header = header(bytes.len() as u64, tar::EntryType::Regular);
+    tar.append_data(&mut header, name, bytes)
+}
+
+fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: &str) -> io::Result<()> {
+    let mut header = header(0, tar::EntryType::Directory);
+    tar.append_data(&mut header, name, io::empty())
+}
+
+/// `strata save`: the named store images as one archive (OCI layout + docker manifest.json).
+pub fn save(store: &Store, references: &[String], out: &Path) -> Result<()> {
+    let mut images = Vec::new();
+    for reference in references {
+        let image = store.resolve(reference)?;
+        let local = LocalImage::from_store_image(store, &image, Some(reference))?;
+        // Name it as asked when a name was given, else by all its names.
+        let names = match refs::normalize_name(reference) {
+            Ok(name) if image.names.contains(&name) => vec![name],
+            _ => image.names.clone(),
+        };
+        images.push((local, names));
+    }
+    let borrowed: Vec<(&LocalImage, Vec<String>)> = images.iter().map(|(l, n)| (l, n.clone())).collect();
+    write_archive(&borrowed, out, true)
+}
+
+/// `strata load`: reads an OCI archive or a docker archive into the store.
+pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
+    let file = File::open(input).map_err(|e| Error::io("failed to open archive", input, e))?;
+    let read_err = |e: io::Error| Error::io("failed to read archive", input, e);
+    let bad = |message: String| Error::Distribution { what: input.display().to_string(), message };
+    let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
+    let mut metadata: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    // Blob files by their path in the archive (docker archives name layers by path).
+    let mut by_path: BTreeMap<String, Digest> = BTreeMap::new();
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry.path().map_err(read_err)?.to_string_lossy().trim_start_matches("./").to_string();
+        if matches!(path.as_str(), "index.json" | "manifest.json" | "oci-layout" | "repositories") {
+            let mut bytes = Vec::new();
+            (&mut entry).take(MAX_METADATA).read_to_end(&mut bytes).map_err(read_err)?;
+            metadata.insert(path, bytes);
+            continue;
+        }
+        let expected = path.strip_prefix("blobs/sha256/").and_then(|hex| Digest::from_hex(hex).ok());
+        if let Some(digest) = expected
+            && store.has_blob(&digest)
+        {
+            by_path.insert(path, digest);
+            continue;
+        }
+        let mut writer = store.blob_writer()?;
+        io::copy(&mut entry, &mut writer).map_err(read_err)?;
+        let (digest, _) = writer.commit(expected.as_ref())?;
+        by_path.insert(path, digest);
+    }
+    let mut images = Vec::new();
+    if let Some(index) = metadata.get("index.json") {
+        let index = ManifestDoc::parse(index, &format!("{} index.json", input.display()))?;
+        for entry in &index.manifests {
+            let name = entry.annotations.get(CONTAINERD_NAME).or_else(|| entry.annotations.get(REF_NAME));
+            let names: Vec<String> = name.into_iter().cloned().collect();
+            images.push(load_manifest(store, entry, &names)?);
+        }
+    } else if let Some(manifest) = metadata.get("manifest.json") {
+        let entries: Vec<DockerEntry> =
+            serde_json::from_slice(manifest).map_err(|e| bad(format!("invalid manifest.json: {e}")))?;
+        for entry in entries {
+            let lookup = |path: &str| {
+                by_path.get(path.trim_start_matches("./")).copied().ok_or_else(|| bad(format!("{path} is missing")))
+            };
+            let config_digest = lookup(&entry.config)?;
+            let config_bytes = store.read_blob(&config_digest)?;
+            let config: oci::ImageConfiguration =
+                serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config {}: {e}", entry.config)))?;
+            let mut layers = Vec::new();
+            for layer in &entry.layers {
+                let digest = lookup(layer)?;
+                let size = fs::metadata(store.blob_path(&digest)).map(|m| m.len()).unwrap_or(0);
+                let media_type = sniff_layer(&store.blob_path(&digest));
+                layers.push(oci::Descriptor::new(media_type, size, refs::oci_digest(&digest)));
+            }
+            images.push(store.put_image(&config, &layers, &entry.repo_tags)?);
+        }
+    } else {
+        return Err(bad("neither index.json nor manifest.json: not an OCI or docker archive".into()));
+    }
+    Ok(images)
+}
+
+/// An entry of a docker-archive `manifest.json`.
+#[derive(serde::Deserialize)]
+struct DockerEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Vec<String>,
+    #[serde(rename = "Layers", default)]
+    layers: Vec<String>,
+}
+
+fn load_manifest(store: &Store, entry: &Descriptor, names: &[String]) -> Result<Image> {
+    let bytes = store.read_blob(&entry.digest)?;
+    let media_type = crate::registry::media::sniff(&bytes).unwrap_or_default();
+    if crate::registry::media::is_index(&media_type) {
+        let nested = ManifestDoc::parse(&bytes, &entry.digest.to_string())?;
+        let chosen = select_platform(&nested, &Platform::default(), &entry.digest.to_string())?;
+        return load_manifest(store, &chosen, names);
+    }
+    store.put_manifest_raw(&bytes, names)
+}
+
+/// The layer media type by magic bytes: gzip, zstd, else a plain tar.
+fn sniff_layer(path: &Path) -> oci::MediaType {
+    let mut magic = [0u8; 4];
+    let n = File::open(path).and_then(|mut f| f.read(&mut magic)).unwrap_or(0);
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => oci::MediaType::ImageLayerGzip,
+        [0x28, 0xb5, 0x2f, 0xfd] => oci::MediaType::ImageLayerZstd,
+        _ => oci::MediaType::ImageLayer,
+    }
+}
