@@ -212,7 +212,20 @@ impl Store {
 
     /// Like `remove_image`, and says what was untagged and whether the image is gone.
     pub fn remove_image_report(&self, reference: &str) -> Result<Removal> {
-        let image = self.resolve(reference)?;
+        let image = match self.resolve(reference) {
+            Ok(image) => image,
+            // A name whose blobs are damaged or gone can still be removed.
+            Err(err @ (Error::DigestMismatch { .. } | Error::BlobNotFound(_) | Error::Json { .. })) => {
+                let Ok(name) = normalize_name(reference) else { return Err(err) };
+                let removed = self.update_index(|entries| {
+                    let before = entries.len();
+                    entries.retain(|e| entry_name(e) != Some(name.as_str()));
+                    Ok(before != entries.len())
+                })?;
+                return if removed { Ok(Removal { untagged: vec![name], deleted: None }) } else { Err(err) };
+            }
+            Err(err) => return Err(err),
+        };
         let by_name = normalize_name(reference).ok().filter(|name| image.names.contains(name));
         let untagged = match &by_name {
             Some(name) => vec![name.clone()],

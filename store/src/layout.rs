@@ -72,7 +72,12 @@ impl Store {
         }
         let index = self.index_path();
         if !index.exists() {
-            self.write_atomic(&index, EMPTY_INDEX)?;
+            // Under refs.lock: a second process must not overwrite an index the first has
+            // already created and added to.
+            let _guard = self.refs_lock()?;
+            if !index.exists() {
+                self.write_atomic(&index, EMPTY_INDEX)?;
+            }
         }
         Ok(())
     }

@@ -103,3 +103,17 @@ fn cache_entries_survive_reopening_the_store() {
     assert_eq!(store.cache_get(&key).unwrap(), Some(entry));
     assert_eq!(store.cache_entries().unwrap().len(), 1);
 }
+
+#[test]
+fn a_damaged_image_can_still_be_removed_by_name() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "broken");
+    fs::write(store.blob_path(&image.id), b"{}").unwrap();
+    assert!(matches!(store.resolve("broken"), Err(Error::DigestMismatch { .. })));
+    assert!(!store.fsck().unwrap().is_empty());
+    store.remove_image("broken").unwrap();
+    store.gc().unwrap();
+    assert_eq!(store.fsck().unwrap(), vec![]);
+}
