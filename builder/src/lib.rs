@@ -4,12 +4,17 @@
 //! content-addressed cache keys.
 #![forbid(unsafe_code)]
 
+pub mod build;
+pub mod cache;
 pub mod context;
 pub mod error;
+pub mod executor;
 pub mod expand;
 pub mod instructions;
 pub mod parser;
+pub mod progress;
 pub mod stages;
 pub mod tree;
 
 pub use error::{Error, Result};
+pub use build::{BuildOptions, build};

@@ -1,0 +1,172 @@
+//! ADD's extras: local tar archives are unpacked (plain, gzip, bzip2, xz, zstd, told
+//! apart by their first bytes, not their names), and http(s) URLs are downloaded into the
+//! store's tmp/ and checked against `--checksum`.
+
+use std::fs;
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest as _, Sha256};
+use strata_store::Store;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Format {
+    Tar,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+fn compression(head: &[u8]) -> Option<Format> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        Some(Format::Gzip)
+    } else if head.starts_with(b"BZh") {
+        Some(Format::Bzip2)
+    } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        Some(Format::Xz)
+    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Some(Format::Zstd)
+    } else {
+        None
+    }
+}
+
+fn is_tar_header(block: &[u8]) -> bool {
+    block.len() >= 512 && (&block[257..262] == b"ustar")
+}
+
+fn decoder(format: Format, file: fs::File) -> io::Result<Box<dyn Read>> {
+    let reader = BufReader::new(file);
+    Ok(match format {
+        Format::Tar => Box::new(reader),
+        Format::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Format::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(reader)),
+        Format::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        Format::Xz => {
+            // lzma-rs decodes into a writer: decode to memory, then read from it
+            let mut reader = reader;
+            let mut out = Vec::new();
+            lzma_rs::xz_decompress(&mut reader, &mut out).map_err(|e| io::Error::other(format!("xz: {e}")))?;
+            Box::new(io::Cursor::new(out))
+        }
+    })
+}
+
+/// The archive format of `path` if it is a (possibly compressed) tar.
+pub(crate) fn detect(path: &Path) -> Option<Format> {
+    let mut head = [0u8; 6];
+    let mut file = fs::File::open(path).ok()?;
+    let read = file.read(&mut head).ok()?;
+    let format = compression(&head[..read]).unwrap_or(Format::Tar);
+    let mut stream = decoder(format, fs::File::open(path).ok()?).ok()?;
+    let mut block = vec![0u8; 512];
+    stream.read_exact(&mut block).ok()?;
+    is_tar_header(&block).then_some(format)
+}
+
+/// Unpacks archive `path` into directory `target` (merging with what is there).
+pub(crate) fn extract(store: &Store, path: &Path, target: &Path) -> Result<(), String> {
+    let format = detect(path).ok_or("not a tar archive")?;
+    let stream = decoder(format, fs::File::open(path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    let staging = store.tmp_dir_create("add-extract").map_err(|e| e.to_string())?;
+    let result = strata_store::layer::unpack_layer(stream, &staging)
+        .map_err(|e| e.to_string())
+        .and_then(|_| merge(&staging, target).map_err(|e| e.to_string()));
+    let _ = fs::remove_dir_all(&staging);
+    result
+}
+
+/// Moves everything in `from` into `to`, merging directories.
+fn merge(from: &Path, to: &Path) -> io::Result<()> {
+    for item in fs::read_dir(from)? {
+        let item = item?;
+        let dest = to.join(item.file_name());
+        let source_is_dir = item.file_type()?.is_dir();
+        match fs::symlink_metadata(&dest) {
+            Ok(meta) if meta.is_dir() && source_is_dir => merge(&item.path(), &dest)?,
+            Ok(meta) if meta.is_dir() => {
+                fs::remove_dir_all(&dest)?;
+                fs::rename(item.path(), &dest)?;
+            }
+            Ok(_) => {
+                fs::remove_file(&dest)?;
+                fs::rename(item.path(), &dest)?;
+            }
+            Err(_) => fs::rename(item.path(), &dest)?,
+        }
+    }
+    Ok(())
+}
+
+/// Downloads `url` into the store's tmp/; returns the file and its sha256 (hex), after
+/// checking `checksum` (`sha256:<hex>`) when given.
+pub(crate) fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<(PathBuf, String), String> {
+    let expected = match checksum {
+        None => None,
+        Some(text) => Some(text.strip_prefix("sha256:").ok_or_else(|| format!("unsupported --checksum {text:?}: use sha256:<hex>"))?.to_ascii_lowercase()),
+    };
+    let mut response = ureq::get(url).call().map_err(|e| format!("download failed: {e}"))?;
+    let path = store.tmp_path("add-download");
+    let mut file = fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut hasher = Sha256::new();
+    let mut reader = response.body_mut().as_reader();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = reader.read(&mut buffer).map_err(|e| format!("download failed: {e}"))?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+        file.write_all(&buffer[..read]).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let actual = hex::encode(hasher.finalize());
+    if let Some(expected) = expected {
+        if expected != actual {
+            let _ = fs::remove_file(&path);
+            return Err(format!("checksum mismatch: expected sha256:{expected}, got sha256:{actual}"));
+        }
+    }
+    Ok((path, actual))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_compressed_tars_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_ustar();
+        header.set_size(2);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, "a.txt", &b"hi"[..]).unwrap();
+        let tar_bytes = builder.into_inner().unwrap();
+        let plain = dir.path().join("x.bin");
+        fs::write(&plain, &tar_bytes).unwrap();
+        assert_eq!(detect(&plain), Some(Format::Tar));
+        let gz = dir.path().join("noext");
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&tar_bytes).unwrap();
+        fs::write(&gz, encoder.finish().unwrap()).unwrap();
+        assert_eq!(detect(&gz), Some(Format::Gzip));
+        let bz = dir.path().join("b");
+        let mut encoder = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::default());
+        encoder.write_all(&tar_bytes).unwrap();
+        fs::write(&bz, encoder.finish().unwrap()).unwrap();
+        assert_eq!(detect(&bz), Some(Format::Bzip2));
+        let xz = dir.path().join("c");
+        let mut out = Vec::new();
+        lzma_rs::xz_compress(&mut &tar_bytes[..], &mut out).unwrap();
+        fs::write(&xz, out).unwrap();
+        assert_eq!(detect(&xz), Some(Format::Xz));
+        let zst = dir.path().join("d");
+        fs::write(&zst, zstd::encode_all(&tar_bytes[..], 3).unwrap()).unwrap();
+        assert_eq!(detect(&zst), Some(Format::Zstd));
+        let text = dir.path().join("t.tar");
+        fs::write(&text, "not a tar at all").unwrap();
+        assert_eq!(detect(&text), None);
+    }
+}

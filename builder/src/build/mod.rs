@@ -1,0 +1,133 @@
+//! The build driver: Buildfile -> stages reachable from the target -> steps, each looked
+//! up in the cache by key and executed only on a miss -> an image in the store.
+//!
+//! Stages run in dependency waves: every stage whose dependencies are built runs at the
+//! same time as the others of its wave, on its own thread.
+
+mod archive;
+mod copy;
+mod state;
+mod step;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use strata_store::{Image, Store};
+
+pub use state::{HealthConfig, ImageState, RunConfig};
+
+use crate::cache::{CacheSink, CacheSource};
+use crate::context::{Context, Ignore};
+use crate::error::{Error, Result};
+use crate::executor::Executor;
+use crate::progress::{Progress, Silent};
+use crate::stages::{self, Buildfile, Scope};
+
+/// What to build and how.
+#[derive(Clone)]
+pub struct BuildOptions {
+    /// The Buildfile (`-f`); errors name it as given.
+    pub buildfile: PathBuf,
+    /// The build context directory.
+    pub context: PathBuf,
+    /// `-t NAME[:TAG]`, repeatable.
+    pub tags: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    /// Timestamps of executed steps (else the clock); cached steps keep theirs.
+    pub source_date_epoch: Option<i64>,
+    pub progress: Arc<dyn Progress>,
+    /// `--cache-from`: consulted on a local miss.
+    pub cache_from: Vec<Arc<dyn CacheSource>>,
+    /// `--cache-to`: told about every entry of the build.
+    pub cache_to: Vec<Arc<dyn CacheSink>>,
+}
+
+impl BuildOptions {
+    pub fn new(context: impl Into<PathBuf>, buildfile: impl Into<PathBuf>) -> BuildOptions {
+        BuildOptions {
+            buildfile: buildfile.into(),
+            context: context.into(),
+            tags: Vec::new(),
+            build_args: BTreeMap::new(),
+            target: None,
+            no_cache: false,
+            source_date_epoch: None,
+            progress: Arc::new(Silent),
+            cache_from: Vec::new(),
+            cache_to: Vec::new(),
+        }
+    }
+}
+
+/// Everything the steps of every stage share.
+pub(crate) struct BuildCx<'a> {
+    pub store: &'a Store,
+    pub executor: &'a dyn Executor,
+    pub opts: &'a BuildOptions,
+    pub buildfile: &'a Buildfile,
+    pub meta: Scope,
+    pub context: Context,
+}
+
+/// Builds the image and names it with `opts.tags`.
+pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Result<Image> {
+    let text = std::fs::read_to_string(&opts.buildfile).map_err(|e| Error::io("failed to read Buildfile", &opts.buildfile, e))?;
+    let file = opts.buildfile.display().to_string();
+    let buildfile = stages::load(&text, &file)?;
+    let meta = buildfile.meta_scope(&opts.build_args)?;
+    let target = buildfile.target(opts.target.as_deref())?;
+    let order = buildfile.reachable(target, &meta, &opts.build_args)?;
+    let ignore = Ignore::load(&opts.context, &opts.buildfile)?;
+    let context = Context::scan(&opts.context, ignore)?;
+    let cx = BuildCx { store, executor, opts, buildfile: &buildfile, meta, context };
+
+    let mut deps: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for &index in &order {
+        deps.insert(index, buildfile.dependencies(&buildfile.stages[index], &cx.meta, &opts.build_args)?);
+    }
+    let mut done: Vec<Option<ImageState>> = vec![None; buildfile.stages.len()];
+    let mut remaining = order;
+    while !remaining.is_empty() {
+        let ready: Vec<usize> = remaining.iter().copied().filter(|i| deps[i].iter().all(|d| done[*d].is_some())).collect();
+        if ready.is_empty() {
+            return Err(Error::Other(format!("{file}: stages {remaining:?} depend on each other")));
+        }
+        let built: Vec<(usize, Result<ImageState>)> = if ready.len() == 1 {
+            vec![(ready[0], step::build_stage(&cx, ready[0], &done))]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = ready
+                    .iter()
+                    .map(|&index| {
+                        let cx = &cx;
+                        let done = &done;
+                        (index, scope.spawn(move || step::build_stage(cx, index, done)))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(index, handle)| (index, handle.join().unwrap_or_else(|_| Err(Error::Other(format!("stage {index} panicked"))))))
+                    .collect()
+            })
+        };
+        for (index, result) in built {
+            done[index] = Some(result?);
+        }
+        remaining.retain(|i| !ready.contains(i));
+    }
+    let final_state = done[target].take().ok_or_else(|| Error::Other("target stage was not built".into()))?;
+    opts.progress.note("writing image");
+    final_state.commit(store, &opts.tags)
+}
+
+/// Where `RUN --mount=type=cache` directories live: `<root>/cache/mounts/<id-hash>`.
+pub fn cache_mount_dir(store: &Store, id: &str) -> PathBuf {
+    store.root().join("cache").join("mounts").join(&strata_store::Digest::of(id.as_bytes()).hex()[..32])
+}
+
+pub(crate) fn is_url(text: &str) -> bool {
+    text.starts_with("http://") || text.starts_with("https://")
+}
