@@ -38,6 +38,18 @@ pub enum Command {
     Mount(MountArgs),
     /// Unmount a union mounted by `strata mount`
     Umount(UmountArgs),
+    /// Push an image to a registry, oci:DIR[:TAG] or oci-archive:FILE[:TAG]
+    Push(PushArgs),
+    /// Pull an image from a registry, oci:DIR[:TAG] or oci-archive:FILE[:TAG]
+    Pull(PullArgs),
+    /// Write images to an OCI archive (with a docker-archive manifest.json)
+    Save(SaveArgs),
+    /// Load images from an OCI or docker archive
+    Load(LoadArgs),
+    /// Store credentials for a registry
+    Login(LoginArgs),
+    /// Remove stored credentials for a registry
+    Logout(LogoutArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -138,4 +150,111 @@ pub struct FsckArgs {
     /// Print the problems as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// Image name, id or digest in the store, or oci:DIR[:TAG] / oci-archive:FILE[:TAG]
+    pub image: String,
+    /// Destination: HOST[:PORT]/REPO[:TAG], oci:DIR[:TAG] or oci-archive:FILE[:TAG] (default: IMAGE's name)
+    #[arg(value_name = "REF")]
+    pub destination: Option<String>,
+    /// Plain HTTP for a registry other than localhost
+    #[arg(long)]
+    pub insecure: bool,
+    /// Blobs uploaded at the same time
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PullArgs {
+    /// HOST[:PORT]/REPO[:TAG][@sha256:..], oci:DIR[:TAG] or oci-archive:FILE[:TAG]
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// Platform to pick from a multi-platform index (OS/ARCH[/VARIANT])
+    #[arg(long, value_name = "OS/ARCH")]
+    pub platform: Option<String>,
+    /// Plain HTTP for a registry other than localhost
+    #[arg(long)]
+    pub insecure: bool,
+    /// Blobs downloaded at the same time
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SaveArgs {
+    /// Images (names, ids or digests)
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<String>,
+    /// The archive to write
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// The archive to read (OCI archive or docker archive)
+    #[arg(short, long, value_name = "FILE")]
+    pub input: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// HOST[:PORT]
+    pub registry: String,
+    #[arg(short, long)]
+    pub username: String,
+    /// The password (prefer --password-stdin: arguments are visible to other users)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Plain HTTP for a registry other than localhost
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogoutArgs {
+    /// HOST[:PORT]
+    pub registry: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Name the image NAME[:TAG] (repeatable)
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tag: Vec<String>,
+    /// The Buildfile (default: CONTEXT/Buildfile, else Dockerfile, else Containerfile)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Set a build argument (KEY=VALUE; KEY alone takes it from the environment)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_arg: Vec<String>,
+    /// Build up to this stage
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Do not use the build cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Union driver for RUN: fuse, overlay or auto
+    #[arg(long, default_value = "auto")]
+    pub driver: String,
+    /// Progress output: auto, plain or tty
+    #[arg(long, default_value = "auto")]
+    pub progress: String,
+    /// Print only the image id
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// The build context directory
+    pub context: PathBuf,
 }

@@ -16,6 +16,13 @@ mod mount;
 mod rmi;
 mod tag;
 mod umount;
+mod push;
+mod pull;
+mod save;
+mod load;
+mod login;
+mod logout;
+mod transfer;
 
 /// What every verb may need besides its own arguments.
 pub struct Globals {
@@ -54,5 +61,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck(args) => fsck::run(&globals, args),
         Command::Mount(args) => mount::run(&globals, args),
         Command::Umount(args) => umount::run(&globals, args),
+        Command::Push(args) => push::run(&globals, args),
+        Command::Pull(args) => pull::run(&globals, args),
+        Command::Save(args) => save::run(&globals, args),
+        Command::Load(args) => load::run(&globals, args),
+        Command::Login(args) => login::run(&globals, args),
+        Command::Logout(args) => logout::run(&globals, args),
     }
 }

@@ -50,9 +50,10 @@ pub fn auth_file() -> PathBuf {
 /// and sometimes a scheme in front of other hosts.
 fn keys_for(registry: &str) -> Vec<String> {
     let mut keys = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
-    if registry == super::reference::DOCKER_HUB {
+    if matches!(registry, super::reference::DOCKER_HUB | "registry-1.docker.io" | "index.docker.io") {
         keys.push("https://index.docker.io/v1/".to_string());
         keys.push("index.docker.io".to_string());
+        keys.push(super::reference::DOCKER_HUB.to_string());
     }
     keys
 }

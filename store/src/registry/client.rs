@@ -190,7 +190,7 @@ impl Client {
             if let Ok(response) = &result {
                 if response.status() == http::StatusCode::UNAUTHORIZED && auth_rounds < 2 {
                     auth_rounds += 1;
-                    if self.answer_challenge(response, &request.scopes)? {
+                    if self.answer_challenge(response, &request.scopes, authorization.as_deref())? {
                         continue;
                     }
                 }
@@ -267,15 +267,18 @@ impl Client {
     }
 
     /// Records what a 401 asks for; true when the request should be sent again.
-    fn answer_challenge(&self, response: &Response<Body>, scopes: &[String]) -> Result<bool> {
+    /// `sent` is the `Authorization` the refused request carried: when another thread has
+    /// meanwhile authenticated, the request is simply sent again with the newer value.
+    fn answer_challenge(&self, response: &Response<Body>, scopes: &[String], sent: Option<&str>) -> Result<bool> {
         let challenges = response.headers().get_all("www-authenticate");
         let challenge = challenges.iter().filter_map(|v| v.to_str().ok()).find_map(Challenge::parse);
         let Some(challenge) = challenge else { return Ok(false) };
         let mut state = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         match challenge.scheme.as_str() {
-            "basic" if self.credentials.is_some() && !state.basic => {
+            "basic" => {
+                let Some(credentials) = &self.credentials else { return Ok(false) };
                 state.basic = true;
-                Ok(true)
+                Ok(sent != Some(credentials.basic_header().as_str()))
             }
             "bearer" => {
                 let mut wanted: BTreeSet<String> = state.scopes.clone();
@@ -283,9 +286,11 @@ impl Client {
                 if let Some(scope) = challenge.params.get("scope") {
                     wanted.extend(scope.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
                 }
-                // A second 401 with the same token and scopes would loop: give up then.
-                if state.bearer.as_ref() == Some(&challenge) && state.token.is_some() && wanted == state.scopes {
-                    return Ok(false);
+                let current = state.token.as_ref().map(|t| format!("Bearer {t}"));
+                if state.bearer.as_ref() == Some(&challenge) && current.is_some() && wanted == state.scopes {
+                    // Another thread got a token meanwhile: use it. The same token refused
+                    // twice for the same scopes would loop: give up then.
+                    return Ok(current.as_deref() != sent);
                 }
                 let all: Vec<String> = wanted.iter().cloned().collect();
                 let token = self.fetch_token(&challenge, &all)?;

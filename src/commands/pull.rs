@@ -1,0 +1,34 @@
+//! `strata pull REF`: a registry image (or `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`)
+//! into the store, for `--platform` (default linux/amd64) when REF is an index. Prints
+//! the image id.
+
+use std::process::ExitCode;
+
+use strata_store::Store;
+use strata_store::transfer::{self, Platform, TransferOptions};
+
+use super::Globals;
+use super::transfer::{Reporter, client_options};
+use crate::cli::PullArgs;
+
+pub fn run(globals: &Globals, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let reporter = Reporter::new(args.quiet);
+    let platform = match &args.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::default(),
+    };
+    let opts = TransferOptions {
+        client: client_options(args.insecure),
+        platform,
+        jobs: args.jobs.max(1),
+        progress: &reporter,
+    };
+    let image = transfer::pull(&store, &args.reference, &opts)?;
+    if !args.quiet {
+        let name = image.names.first().cloned().unwrap_or_else(|| image.manifest_digest.to_string());
+        eprintln!("pulled {name}");
+    }
+    println!("{}", image.id);
+    Ok(ExitCode::SUCCESS)
+}
