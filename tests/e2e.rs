@@ -5,3 +5,5 @@
 mod common;
 #[path = "e2e/distribution.rs"]
 mod distribution;
+#[path = "e2e/store.rs"]
+mod store;

@@ -9,7 +9,8 @@ use super::images::human_size;
 use crate::cli::GcArgs;
 
 pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&globals.root)?;
+    // Exclusive from the start: waits until no other strata process uses the store.
+    let store = Store::open_exclusive(&globals.root)?;
     let report = store.gc()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
