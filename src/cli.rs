@@ -18,6 +18,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Build an image from a Buildfile (Dockerfile syntax)
+    Build(BuildArgs),
     /// Import a rootfs tarball (plain, gzip or zstd; - for stdin) as a one-layer image
     Import(ImportArgs),
     /// List images

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+mod build;
 mod fsck;
 mod gc;
 mod history;
@@ -51,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals::new(cli.root);
     let _ = &globals;
     match cli.command {
+        Command::Build(args) => build::run(&globals, args),
         Command::Import(args) => import::run(&globals, args),
         Command::Images(args) => images::run(&globals, args),
         Command::Inspect(args) => inspect::run(&globals, args),

@@ -47,7 +47,8 @@ fn decoder(format: Format, file: fs::File) -> io::Result<Box<dyn Read>> {
             // lzma-rs decodes into a writer: decode to memory, then read from it
             let mut reader = reader;
             let mut out = Vec::new();
-            lzma_rs::xz_decompress(&mut reader, &mut out).map_err(|e| io::Error::other(format!("xz: {e}")))?;
+            lzma_rs::xz_decompress(&mut reader, &mut out)
+                .map_err(|e| io::Error::other(format!("xz: {e}")))?;
             Box::new(io::Cursor::new(out))
         }
     })
@@ -68,8 +69,11 @@ pub(crate) fn detect(path: &Path) -> Option<Format> {
 /// Unpacks archive `path` into directory `target` (merging with what is there).
 pub(crate) fn extract(store: &Store, path: &Path, target: &Path) -> Result<(), String> {
     let format = detect(path).ok_or("not a tar archive")?;
-    let stream = decoder(format, fs::File::open(path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    let staging = store.tmp_dir_create("add-extract").map_err(|e| e.to_string())?;
+    let stream = decoder(format, fs::File::open(path).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let staging = store
+        .tmp_dir_create("add-extract")
+        .map_err(|e| e.to_string())?;
     let result = strata_store::layer::unpack_layer(stream, &staging)
         .map_err(|e| e.to_string())
         .and_then(|_| merge(&staging, target).map_err(|e| e.to_string()));
@@ -101,30 +105,45 @@ fn merge(from: &Path, to: &Path) -> io::Result<()> {
 
 /// Downloads `url` into the store's tmp/; returns the file and its sha256 (hex), after
 /// checking `checksum` (`sha256:<hex>`) when given.
-pub(crate) fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<(PathBuf, String), String> {
+pub(crate) fn fetch(
+    store: &Store,
+    url: &str,
+    checksum: Option<&str>,
+) -> Result<(PathBuf, String), String> {
     let expected = match checksum {
         None => None,
-        Some(text) => Some(text.strip_prefix("sha256:").ok_or_else(|| format!("unsupported --checksum {text:?}: use sha256:<hex>"))?.to_ascii_lowercase()),
+        Some(text) => Some(
+            text.strip_prefix("sha256:")
+                .ok_or_else(|| format!("unsupported --checksum {text:?}: use sha256:<hex>"))?
+                .to_ascii_lowercase(),
+        ),
     };
-    let mut response = ureq::get(url).call().map_err(|e| format!("download failed: {e}"))?;
+    let mut response = ureq::get(url)
+        .call()
+        .map_err(|e| format!("download failed: {e}"))?;
     let path = store.tmp_path("add-download");
     let mut file = fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = Sha256::new();
     let mut reader = response.body_mut().as_reader();
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
-        let read = reader.read(&mut buffer).map_err(|e| format!("download failed: {e}"))?;
+        let read = reader
+            .read(&mut buffer)
+            .map_err(|e| format!("download failed: {e}"))?;
         if read == 0 {
             break;
         }
         hasher.update(&buffer[..read]);
-        file.write_all(&buffer[..read]).map_err(|e| format!("{}: {e}", path.display()))?;
+        file.write_all(&buffer[..read])
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let actual = hex::encode(hasher.finalize());
     if let Some(expected) = expected {
         if expected != actual {
             let _ = fs::remove_file(&path);
-            return Err(format!("checksum mismatch: expected sha256:{expected}, got sha256:{actual}"));
+            return Err(format!(
+                "checksum mismatch: expected sha256:{expected}, got sha256:{actual}"
+            ));
         }
     }
     Ok((path, actual))
@@ -142,7 +161,9 @@ mod tests {
         header.set_size(2);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, "a.txt", &b"hi"[..]).unwrap();
+        builder
+            .append_data(&mut header, "a.txt", &b"hi"[..])
+            .unwrap();
         let tar_bytes = builder.into_inner().unwrap();
         let plain = dir.path().join("x.bin");
         fs::write(&plain, &tar_bytes).unwrap();

@@ -38,7 +38,12 @@ pub(crate) struct Item {
 #[derive(Debug, Clone)]
 pub(crate) enum Resolved {
     /// A matched file or directory; `items[0]` is the match itself.
-    Path { name: String, items: Vec<Item>, from_context: bool, archive: bool },
+    Path {
+        name: String,
+        items: Vec<Item>,
+        from_context: bool,
+        archive: bool,
+    },
     Heredoc(Heredoc),
 }
 
@@ -47,12 +52,25 @@ fn has_glob(text: &str) -> bool {
 }
 
 /// Resolves every source of a COPY/ADD (URLs are downloaded, so ADD's key covers bytes).
-pub(crate) fn resolve(run: &mut StageRun<'_, '_>, step: &Step, copy: &Copy, add: bool) -> Result<Vec<Resolved>> {
+pub(crate) fn resolve(
+    run: &mut StageRun<'_, '_>,
+    step: &Step,
+    copy: &Copy,
+    add: bool,
+) -> Result<Vec<Resolved>> {
     let file = run.cx.buildfile.file.clone();
     let excludes = copy
         .excludes
         .iter()
-        .map(|pattern| glob(&context::clean(pattern)).map_err(|e| Error::syntax(&file, step.pos_of(pattern), format!("invalid --exclude pattern {pattern:?}: {}", e.kind()))))
+        .map(|pattern| {
+            glob(&context::clean(pattern)).map_err(|e| {
+                Error::syntax(
+                    &file,
+                    step.pos_of(pattern),
+                    format!("invalid --exclude pattern {pattern:?}: {}", e.kind()),
+                )
+            })
+        })
         .collect::<Result<Vec<_>>>()?;
     let tree = match &copy.from {
         Some(from) => Some(Tree::new(run.from_lowers(step, from)?)),
@@ -69,17 +87,49 @@ pub(crate) fn resolve(run: &mut StageRun<'_, '_>, step: &Step, copy: &Copy, add:
         };
         if super::is_url(pattern) {
             if !add {
-                return Err(Error::syntax(&file, step.pos_of(pattern), format!("COPY cannot fetch URLs ({pattern}); use ADD")));
+                return Err(Error::syntax(
+                    &file,
+                    step.pos_of(pattern),
+                    format!("COPY cannot fetch URLs ({pattern}); use ADD"),
+                ));
             }
             let (path, hash) = archive::fetch(run.cx.store, pattern, copy.checksum.as_deref())
-                .map_err(|e| Error::step(&file, step.pos_of(pattern), format!("ADD {pattern}: {e}")))?;
-            let name = pattern.trim_end_matches('/').rsplit('/').next().unwrap_or("download").split(['?', '#']).next().unwrap_or("download").to_string();
-            let item = Item { rel: String::new(), real: path, kind: Kind::File, mode: 0o600, uid: 0, gid: 0, link: None, hash };
-            out.push(Resolved::Path { name, items: vec![item], from_context: false, archive: false });
+                .map_err(|e| {
+                    Error::step(&file, step.pos_of(pattern), format!("ADD {pattern}: {e}"))
+                })?;
+            let name = pattern
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or("download")
+                .split(['?', '#'])
+                .next()
+                .unwrap_or("download")
+                .to_string();
+            let item = Item {
+                rel: String::new(),
+                real: path,
+                kind: Kind::File,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                link: None,
+                hash,
+            };
+            out.push(Resolved::Path {
+                name,
+                items: vec![item],
+                from_context: false,
+                archive: false,
+            });
             continue;
         }
         if copy.checksum.is_some() {
-            return Err(Error::syntax(&file, step.pos, "ADD --checksum only works with http(s) URLs"));
+            return Err(Error::syntax(
+                &file,
+                step.pos,
+                "ADD --checksum only works with http(s) URLs",
+            ));
         }
         let clean = context::clean(pattern);
         let matches = match &tree {
@@ -87,16 +137,45 @@ pub(crate) fn resolve(run: &mut StageRun<'_, '_>, step: &Step, copy: &Copy, add:
             Some(tree) => tree_matches(tree, &clean),
         };
         if matches.is_empty() {
-            let place = if copy.from.is_some() { format!("in {}", copy.from.as_deref().unwrap_or("")) } else { "in the build context".to_string() };
-            let why = if copy.from.is_none() && run.cx.context.ignore.excluded(&clean) { " (excluded by .dockerignore)" } else { "" };
-            return Err(Error::step(&file, step.pos_of(pattern), format!("{} source {pattern:?} not found {place}{why}", if add { "ADD" } else { "COPY" })));
+            let place = if copy.from.is_some() {
+                format!("in {}", copy.from.as_deref().unwrap_or(""))
+            } else {
+                "in the build context".to_string()
+            };
+            let why = if copy.from.is_none() && run.cx.context.ignore.excluded(&clean) {
+                " (excluded by .dockerignore)"
+            } else {
+                ""
+            };
+            return Err(Error::step(
+                &file,
+                step.pos_of(pattern),
+                format!(
+                    "{} source {pattern:?} not found {place}{why}",
+                    if add { "ADD" } else { "COPY" }
+                ),
+            ));
         }
         for (rel, mut items) in matches {
-            items.retain(|item| item.rel.is_empty() || !excludes.iter().any(|g| excluded(g, &item.rel) || excluded(g, &join(&rel, &item.rel))));
+            items.retain(|item| {
+                item.rel.is_empty()
+                    || !excludes
+                        .iter()
+                        .any(|g| excluded(g, &item.rel) || excluded(g, &join(&rel, &item.rel)))
+            });
             hash_items(&mut items)?;
             let name = rel.rsplit('/').next().unwrap_or("").to_string();
-            let archive = add && tree.is_none() && items.len() == 1 && items[0].kind == Kind::File && archive::detect(&items[0].real).is_some();
-            out.push(Resolved::Path { name, items, from_context: tree.is_none(), archive });
+            let archive = add
+                && tree.is_none()
+                && items.len() == 1
+                && items[0].kind == Kind::File
+                && archive::detect(&items[0].real).is_some();
+            out.push(Resolved::Path {
+                name,
+                items,
+                from_context: tree.is_none(),
+                archive,
+            });
         }
     }
     Ok(out)
@@ -129,7 +208,12 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Vec<(String, Vec<Item
     let ctx = &run.cx.context;
     let roots: Vec<String> = if has_glob(clean) {
         match glob(clean) {
-            Ok(matcher) => ctx.entries.keys().filter(|k| !k.is_empty() && matcher.is_match(k.as_str())).cloned().collect(),
+            Ok(matcher) => ctx
+                .entries
+                .keys()
+                .filter(|k| !k.is_empty() && matcher.is_match(k.as_str()))
+                .cloned()
+                .collect(),
             Err(_) => Vec::new(),
         }
     } else if ctx.entries.contains_key(clean) {
@@ -143,7 +227,11 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Vec<(String, Vec<Item
             let items = ctx
                 .subtree(&root)
                 .map(|(key, entry)| {
-                    let rel = if key == &root { String::new() } else { key[if root.is_empty() { 0 } else { root.len() + 1 }..].to_string() };
+                    let rel = if key == &root {
+                        String::new()
+                    } else {
+                        key[if root.is_empty() { 0 } else { root.len() + 1 }..].to_string()
+                    };
                     Item {
                         rel,
                         real: ctx.root.join(key),
@@ -167,14 +255,27 @@ fn tree_matches(tree: &Tree, clean: &str) -> Vec<(String, Vec<Item>)> {
     let parent = tree.resolve(parent);
     let roots: Vec<String> = if has_glob(last) {
         match glob(last) {
-            Ok(matcher) => tree.read_dir(&parent).keys().filter(|name| matcher.is_match(name.as_str())).map(|name| join(&parent, name)).collect(),
+            Ok(matcher) => tree
+                .read_dir(&parent)
+                .keys()
+                .filter(|name| matcher.is_match(name.as_str()))
+                .map(|name| join(&parent, name))
+                .collect(),
             Err(_) => Vec::new(),
         }
     } else {
         let full = join(&parent, last);
         // a final symlink is followed, as Docker does for COPY --from sources
-        let resolved = if full.is_empty() { full } else { tree.resolve(&full) };
-        if resolved.is_empty() || tree.lookup(&resolved).is_some() { vec![resolved] } else { Vec::new() }
+        let resolved = if full.is_empty() {
+            full
+        } else {
+            tree.resolve(&full)
+        };
+        if resolved.is_empty() || tree.lookup(&resolved).is_some() {
+            vec![resolved]
+        } else {
+            Vec::new()
+        }
     };
     roots
         .into_iter()
@@ -201,14 +302,30 @@ fn walk_tree(tree: &Tree, root: &str, rel: &str, items: &mut Vec<Item>) {
 
 fn tree_item(rel: String, real: PathBuf, meta: &fs::Metadata) -> Item {
     let kind = kind_of(meta);
-    let link = if kind == Kind::Symlink { fs::read_link(&real).ok().map(|t| t.to_string_lossy().into_owned()) } else { None };
-    Item { rel, real, kind, mode: meta.mode() & 0o7777, uid: meta.uid(), gid: meta.gid(), link, hash: String::new() }
+    let link = if kind == Kind::Symlink {
+        fs::read_link(&real)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    Item {
+        rel,
+        real,
+        kind,
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        link,
+        hash: String::new(),
+    }
 }
 
 fn hash_items(items: &mut [Item]) -> Result<()> {
     items.par_iter_mut().try_for_each(|item| {
         if item.kind == Kind::File && item.hash.is_empty() {
-            item.hash = hash_file(&item.real).map_err(|e| Error::io("failed to hash", &item.real, e))?;
+            item.hash =
+                hash_file(&item.real).map_err(|e| Error::io("failed to hash", &item.real, e))?;
         }
         Ok(())
     })
@@ -219,8 +336,15 @@ pub(crate) fn key_text(resolved: &[Resolved]) -> String {
     let mut text = String::new();
     for source in resolved {
         match source {
-            Resolved::Heredoc(doc) => text.push_str(&format!("heredoc {} {}\n", doc.name, doc.content.len())),
-            Resolved::Path { name, items, archive, .. } => {
+            Resolved::Heredoc(doc) => {
+                text.push_str(&format!("heredoc {} {}\n", doc.name, doc.content.len()))
+            }
+            Resolved::Path {
+                name,
+                items,
+                archive,
+                ..
+            } => {
                 text.push_str(&format!("source {name} archive={archive}\n"));
                 for item in items {
                     text.push_str(&format!(
@@ -248,55 +372,121 @@ fn owner(spec: &str, tree: &Tree) -> std::result::Result<(u32, u32), String> {
     };
     let (uid, primary) = match user.parse::<u32>() {
         Ok(uid) => (uid, uid),
-        Err(_) => tree.user(user).ok_or_else(|| format!("unknown user {user:?} in /etc/passwd of the image"))?,
+        Err(_) => tree
+            .user(user)
+            .ok_or_else(|| format!("unknown user {user:?} in /etc/passwd of the image"))?,
     };
     let gid = match group {
-        None => if user.parse::<u32>().is_ok() { uid } else { primary },
+        None => {
+            if user.parse::<u32>().is_ok() {
+                uid
+            } else {
+                primary
+            }
+        }
         Some(group) => match group.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => tree.group(group).ok_or_else(|| format!("unknown group {group:?} in /etc/group of the image"))?,
+            Err(_) => tree
+                .group(group)
+                .ok_or_else(|| format!("unknown group {group:?} in /etc/group of the image"))?,
         },
     };
     Ok((uid, gid))
 }
 
 /// Writes the resolved sources into `upper`.
-pub(crate) fn execute(run: &mut StageRun<'_, '_>, step: &Step, copy: &Copy, resolved: &[Resolved], upper: &Path) -> Result<()> {
+pub(crate) fn execute(
+    run: &mut StageRun<'_, '_>,
+    step: &Step,
+    copy: &Copy,
+    resolved: &[Resolved],
+    upper: &Path,
+) -> Result<()> {
     let file = run.cx.buildfile.file.clone();
     let tree = Tree::new(run.state.lowers(run.cx.store)?);
-    let owner = match &copy.chown {
-        Some(spec) => Some(owner(spec, &tree).map_err(|e| Error::step(&file, step.pos_of(spec), format!("--chown={spec}: {e}")))?),
-        None => None,
-    };
+    let owner =
+        match &copy.chown {
+            Some(spec) => Some(owner(spec, &tree).map_err(|e| {
+                Error::step(&file, step.pos_of(spec), format!("--chown={spec}: {e}"))
+            })?),
+            None => None,
+        };
     let chmod = match &copy.chmod {
-        Some(mode) => Some(u32::from_str_radix(mode, 8).map_err(|_| Error::step(&file, step.pos_of(mode), format!("invalid --chmod {mode:?}")))?),
+        Some(mode) => Some(u32::from_str_radix(mode, 8).map_err(|_| {
+            Error::step(
+                &file,
+                step.pos_of(mode),
+                format!("invalid --chmod {mode:?}"),
+            )
+        })?),
         None => None,
     };
-    let workdir = if run.state.config.working_dir.is_empty() { "/".to_string() } else { run.state.config.working_dir.clone() };
-    let dest_abs = if copy.dest.starts_with('/') { copy.dest.clone() } else { format!("{workdir}/{}", copy.dest) };
+    let workdir = if run.state.config.working_dir.is_empty() {
+        "/".to_string()
+    } else {
+        run.state.config.working_dir.clone()
+    };
+    let dest_abs = if copy.dest.starts_with('/') {
+        copy.dest.clone()
+    } else {
+        format!("{workdir}/{}", copy.dest)
+    };
     let dest = context::clean(&dest_abs);
     let count: usize = resolved.len();
-    let dest_exists_as_dir = tree.lookup(&tree.resolve(&dest)).is_some_and(|(_, meta)| meta.is_dir());
-    let dir_dest = copy.dest.ends_with('/') || copy.dest.ends_with("/.") || copy.dest == "." || dest.is_empty() || dest_exists_as_dir;
+    let dest_exists_as_dir = tree
+        .lookup(&tree.resolve(&dest))
+        .is_some_and(|(_, meta)| meta.is_dir());
+    let dir_dest = copy.dest.ends_with('/')
+        || copy.dest.ends_with("/.")
+        || copy.dest == "."
+        || dest.is_empty()
+        || dest_exists_as_dir;
     if count > 1 && !dir_dest {
-        return Err(Error::step(&file, step.pos_of(&copy.dest), format!("when copying more than one source the destination must be a directory ending in /, found {:?}", copy.dest)));
+        return Err(Error::step(
+            &file,
+            step.pos_of(&copy.dest),
+            format!(
+                "when copying more than one source the destination must be a directory ending in /, found {:?}",
+                copy.dest
+            ),
+        ));
     }
     for source in resolved {
         match source {
             Resolved::Heredoc(doc) => {
-                let target = if dir_dest { join(&dest, &doc.name) } else { dest.clone() };
+                let target = if dir_dest {
+                    join(&dest, &doc.name)
+                } else {
+                    dest.clone()
+                };
                 make_parents(&tree, upper, &target)?;
                 let path = upper.join(&target);
                 replace(&path)?;
-                fs::write(&path, &doc.content).map_err(|e| Error::io("failed to write", &path, e))?;
+                fs::write(&path, &doc.content)
+                    .map_err(|e| Error::io("failed to write", &path, e))?;
                 set_meta(&path, chmod.unwrap_or(0o644), owner.unwrap_or((0, 0)))?;
             }
-            Resolved::Path { name, items, from_context, archive: is_archive } => {
+            Resolved::Path {
+                name,
+                items,
+                from_context,
+                archive: is_archive,
+            } => {
                 let root = &items[0];
                 if *is_archive {
                     make_dirs(&tree, upper, &dest, None)?;
-                    archive::extract(run.cx.store, &root.real, &upper.join(&dest))
-                        .map_err(|e| Error::step(&file, step.pos, format!("ADD {}: failed to extract archive: {e}", root.real.display())))?;
+                    archive::extract(run.cx.store, &root.real, &upper.join(&dest)).map_err(
+                        |e| {
+                            Error::step(
+                                &file,
+                                step.pos,
+                                format!(
+                                    "ADD {}: failed to extract archive: {e}",
+                                    root.real.display()
+                                ),
+                            )
+                        },
+                    )?;
                     continue;
                 }
                 let base = if root.kind == Kind::Dir {
@@ -315,7 +505,11 @@ pub(crate) fn execute(run: &mut StageRun<'_, '_>, step: &Step, copy: &Copy, reso
                         continue;
                     }
                     let target = upper.join(join(&base, &item.rel));
-                    let item_owner = owner.unwrap_or(if *from_context { (0, 0) } else { (item.uid, item.gid) });
+                    let item_owner = owner.unwrap_or(if *from_context {
+                        (0, 0)
+                    } else {
+                        (item.uid, item.gid)
+                    });
                     let mode = chmod.unwrap_or(item.mode);
                     copy_item(item, &target, mode, item_owner)?;
                     if item.kind == Kind::Dir {
@@ -334,7 +528,9 @@ pub(crate) fn execute(run: &mut StageRun<'_, '_>, step: &Step, copy: &Copy, reso
 
 fn replace(path: &Path) -> Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path).map_err(|e| Error::io("failed to replace", path, e)),
+        Ok(meta) if meta.is_dir() => {
+            fs::remove_dir_all(path).map_err(|e| Error::io("failed to replace", path, e))
+        }
         Ok(_) => fs::remove_file(path).map_err(|e| Error::io("failed to replace", path, e)),
         Err(_) => Ok(()),
     }
@@ -347,9 +543,11 @@ fn copy_item(item: &Item, target: &Path, mode: u32, owner: (u32, u32)) -> Result
                 Ok(meta) if meta.is_dir() => {}
                 Ok(_) => {
                     replace(target)?;
-                    fs::create_dir(target).map_err(|e| Error::io("failed to create directory", target, e))?;
+                    fs::create_dir(target)
+                        .map_err(|e| Error::io("failed to create directory", target, e))?;
                 }
-                Err(_) => fs::create_dir(target).map_err(|e| Error::io("failed to create directory", target, e))?,
+                Err(_) => fs::create_dir(target)
+                    .map_err(|e| Error::io("failed to create directory", target, e))?,
             }
             set_meta(target, mode, owner)
         }
@@ -362,13 +560,21 @@ fn copy_item(item: &Item, target: &Path, mode: u32, owner: (u32, u32)) -> Result
         }
         Kind::Symlink => {
             replace(target)?;
-            symlink(item.link.as_deref().unwrap_or(""), target).map_err(|e| Error::io("failed to create symlink", target, e))?;
-            lchown(target, Some(owner.0), Some(owner.1)).map_err(|e| Error::io("failed to chown", target, e))
+            symlink(item.link.as_deref().unwrap_or(""), target)
+                .map_err(|e| Error::io("failed to create symlink", target, e))?;
+            lchown(target, Some(owner.0), Some(owner.1))
+                .map_err(|e| Error::io("failed to chown", target, e))
         }
         Kind::Fifo => {
             replace(target)?;
-            rustix::fs::mknodat(rustix::fs::CWD, target, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(mode), 0)
-                .map_err(|e| Error::io("failed to create fifo", target, e.into()))?;
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                target,
+                rustix::fs::FileType::Fifo,
+                rustix::fs::Mode::from_raw_mode(mode),
+                0,
+            )
+            .map_err(|e| Error::io("failed to create fifo", target, e.into()))?;
             set_meta(target, mode, owner)
         }
         // sockets and devices are not copied (as Docker)
@@ -377,13 +583,19 @@ fn copy_item(item: &Item, target: &Path, mode: u32, owner: (u32, u32)) -> Result
 }
 
 fn set_meta(path: &Path, mode: u32, owner: (u32, u32)) -> Result<()> {
-    lchown(path, Some(owner.0), Some(owner.1)).map_err(|e| Error::io("failed to chown", path, e))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("failed to chmod", path, e))
+    lchown(path, Some(owner.0), Some(owner.1))
+        .map_err(|e| Error::io("failed to chown", path, e))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io("failed to chmod", path, e))
 }
 
 fn copy_mtime(from: &Path, to: &Path) {
-    let Ok(meta) = fs::symlink_metadata(from) else { return };
-    let Ok(modified) = meta.modified() else { return };
+    let Ok(meta) = fs::symlink_metadata(from) else {
+        return;
+    };
+    let Ok(modified) = meta.modified() else {
+        return;
+    };
     if let Ok(file) = fs::File::open(to) {
         let _ = file.set_times(fs::FileTimes::new().set_modified(modified));
     }
@@ -399,7 +611,12 @@ fn make_parents(tree: &Tree, upper: &Path, rel: &str) -> Result<()> {
 /// Creates `rel` and its parents in `upper`. Directories that exist in the image are
 /// recreated with their metadata (so the layer does not change them); new ones are
 /// 0755, owned by `owner` (the last one) or root.
-pub(crate) fn make_dirs(tree: &Tree, upper: &Path, rel: &str, owner: Option<(u32, u32)>) -> Result<()> {
+pub(crate) fn make_dirs(
+    tree: &Tree,
+    upper: &Path,
+    rel: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     let mut current = String::new();
     let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
     for (index, part) in parts.iter().enumerate() {
@@ -417,7 +634,15 @@ pub(crate) fn make_dirs(tree: &Tree, upper: &Path, rel: &str, owner: Option<(u32
             }
             _ => {
                 let last = index + 1 == parts.len();
-                set_meta(&path, 0o755, if last { owner.unwrap_or((0, 0)) } else { (0, 0) })?;
+                set_meta(
+                    &path,
+                    0o755,
+                    if last {
+                        owner.unwrap_or((0, 0))
+                    } else {
+                        (0, 0)
+                    },
+                )?;
             }
         }
     }

@@ -74,7 +74,8 @@ pub(crate) struct BuildCx<'a> {
 
 /// Builds the image and names it with `opts.tags`.
 pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Result<Image> {
-    let text = std::fs::read_to_string(&opts.buildfile).map_err(|e| Error::io("failed to read Buildfile", &opts.buildfile, e))?;
+    let text = std::fs::read_to_string(&opts.buildfile)
+        .map_err(|e| Error::io("failed to read Buildfile", &opts.buildfile, e))?;
     let file = opts.buildfile.display().to_string();
     let buildfile = stages::load(&text, &file)?;
     let meta = buildfile.meta_scope(&opts.build_args)?;
@@ -82,18 +83,34 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
     let order = buildfile.reachable(target, &meta, &opts.build_args)?;
     let ignore = Ignore::load(&opts.context, &opts.buildfile)?;
     let context = Context::scan(&opts.context, ignore)?;
-    let cx = BuildCx { store, executor, opts, buildfile: &buildfile, meta, context };
+    let cx = BuildCx {
+        store,
+        executor,
+        opts,
+        buildfile: &buildfile,
+        meta,
+        context,
+    };
 
     let mut deps: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for &index in &order {
-        deps.insert(index, buildfile.dependencies(&buildfile.stages[index], &cx.meta, &opts.build_args)?);
+        deps.insert(
+            index,
+            buildfile.dependencies(&buildfile.stages[index], &cx.meta, &opts.build_args)?,
+        );
     }
     let mut done: Vec<Option<ImageState>> = vec![None; buildfile.stages.len()];
     let mut remaining = order;
     while !remaining.is_empty() {
-        let ready: Vec<usize> = remaining.iter().copied().filter(|i| deps[i].iter().all(|d| done[*d].is_some())).collect();
+        let ready: Vec<usize> = remaining
+            .iter()
+            .copied()
+            .filter(|i| deps[i].iter().all(|d| done[*d].is_some()))
+            .collect();
         if ready.is_empty() {
-            return Err(Error::Other(format!("{file}: stages {remaining:?} depend on each other")));
+            return Err(Error::Other(format!(
+                "{file}: stages {remaining:?} depend on each other"
+            )));
         }
         let built: Vec<(usize, Result<ImageState>)> = if ready.len() == 1 {
             vec![(ready[0], step::build_stage(&cx, ready[0], &done))]
@@ -104,12 +121,22 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
                     .map(|&index| {
                         let cx = &cx;
                         let done = &done;
-                        (index, scope.spawn(move || step::build_stage(cx, index, done)))
+                        (
+                            index,
+                            scope.spawn(move || step::build_stage(cx, index, done)),
+                        )
                     })
                     .collect();
                 handles
                     .into_iter()
-                    .map(|(index, handle)| (index, handle.join().unwrap_or_else(|_| Err(Error::Other(format!("stage {index} panicked"))))))
+                    .map(|(index, handle)| {
+                        (
+                            index,
+                            handle.join().unwrap_or_else(|_| {
+                                Err(Error::Other(format!("stage {index} panicked")))
+                            }),
+                        )
+                    })
                     .collect()
             })
         };
@@ -118,14 +145,20 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         }
         remaining.retain(|i| !ready.contains(i));
     }
-    let final_state = done[target].take().ok_or_else(|| Error::Other("target stage was not built".into()))?;
+    let final_state = done[target]
+        .take()
+        .ok_or_else(|| Error::Other("target stage was not built".into()))?;
     opts.progress.note("writing image");
     final_state.commit(store, &opts.tags)
 }
 
 /// Where `RUN --mount=type=cache` directories live: `<root>/cache/mounts/<id-hash>`.
 pub fn cache_mount_dir(store: &Store, id: &str) -> PathBuf {
-    store.root().join("cache").join("mounts").join(&strata_store::Digest::of(id.as_bytes()).hex()[..32])
+    store
+        .root()
+        .join("cache")
+        .join("mounts")
+        .join(&strata_store::Digest::of(id.as_bytes()).hex()[..32])
 }
 
 pub(crate) fn is_url(text: &str) -> bool {

@@ -66,7 +66,11 @@ pub struct RunConfig {
 impl RunConfig {
     pub fn set_env(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
-        match self.env.iter_mut().find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+        match self
+            .env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
             Some(existing) => *existing = entry,
             None => self.env.push(entry),
         }
@@ -84,7 +88,11 @@ impl RunConfig {
 
     /// The shell for shell-form commands (SHELL, else `/bin/sh -c`).
     pub fn shell(&self) -> Vec<String> {
-        if self.shell.is_empty() { vec!["/bin/sh".into(), "-c".into()] } else { self.shell.clone() }
+        if self.shell.is_empty() {
+            vec!["/bin/sh".into(), "-c".into()]
+        } else {
+            self.shell.clone()
+        }
     }
 }
 
@@ -110,24 +118,39 @@ impl ImageState {
         let mut base = serde_json::Map::new();
         base.insert("architecture".into(), json!(host_arch()));
         base.insert("os".into(), json!("linux"));
-        ImageState { layers: Vec::new(), dirs: Vec::new(), config: RunConfig::default(), history: Vec::new(), base, key, created: 0 }
+        ImageState {
+            layers: Vec::new(),
+            dirs: Vec::new(),
+            config: RunConfig::default(),
+            history: Vec::new(),
+            base,
+            key,
+            created: 0,
+        }
     }
 
     /// Starts from an image of the store, reading its config blob as written (so fields
     /// the OCI struct does not know, like Healthcheck, survive).
     pub fn from_image(store: &Store, image: &Image, key: Digest) -> Result<ImageState> {
         let bytes = store.read_blob(&image.id)?;
-        let mut raw: serde_json::Map<String, Value> = serde_json::from_slice(&bytes)
-            .map_err(|e| Error::Other(format!("image config {} is not valid JSON: {e}", image.id)))?;
+        let mut raw: serde_json::Map<String, Value> =
+            serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Other(format!("image config {} is not valid JSON: {e}", image.id))
+            })?;
         let config: RunConfig = match raw.remove("config") {
             Some(Value::Null) | None => RunConfig::default(),
-            Some(value) => serde_json::from_value(value).map_err(|e| Error::Other(format!("image config {}: {e}", image.id)))?,
+            Some(value) => serde_json::from_value(value)
+                .map_err(|e| Error::Other(format!("image config {}: {e}", image.id)))?,
         };
         let history = match raw.remove("history") {
             Some(Value::Array(items)) => items,
             _ => Vec::new(),
         };
-        let created = raw.get("created").and_then(Value::as_str).and_then(time::parse_rfc3339).unwrap_or(0);
+        let created = raw
+            .get("created")
+            .and_then(Value::as_str)
+            .and_then(time::parse_rfc3339)
+            .unwrap_or(0);
         raw.remove("rootfs");
         raw.remove("created");
         let layers: Vec<LayerBlob> = image
@@ -135,10 +158,21 @@ impl ImageState {
             .layers()
             .iter()
             .zip(image.diff_ids()?)
-            .map(|(descriptor, diff_id)| LayerBlob { descriptor: descriptor.clone(), diff_id })
+            .map(|(descriptor, diff_id)| LayerBlob {
+                descriptor: descriptor.clone(),
+                diff_id,
+            })
             .collect();
         let dirs = vec![None; layers.len()];
-        Ok(ImageState { layers, dirs, config, history, base: raw, key, created })
+        Ok(ImageState {
+            layers,
+            dirs,
+            config,
+            history,
+            base: raw,
+            key,
+            created,
+        })
     }
 
     /// Unpacked layer dirs, top first (mount order), unpacking what is not yet.
@@ -167,13 +201,24 @@ impl ImageState {
     pub fn commit(&self, store: &Store, names: &[String]) -> Result<Image> {
         let mut config = self.base.clone();
         config.insert("created".into(), json!(time::format_rfc3339(self.created)));
-        config.insert("config".into(), serde_json::to_value(&self.config).map_err(|e| Error::Other(e.to_string()))?);
+        config.insert(
+            "config".into(),
+            serde_json::to_value(&self.config).map_err(|e| Error::Other(e.to_string()))?,
+        );
         let diff_ids: Vec<String> = self.layers.iter().map(|l| l.diff_id.to_string()).collect();
-        config.insert("rootfs".into(), json!({"type": "layers", "diff_ids": diff_ids}));
+        config.insert(
+            "rootfs".into(),
+            json!({"type": "layers", "diff_ids": diff_ids}),
+        );
         config.insert("history".into(), Value::Array(self.history.clone()));
-        let config_bytes = strata_store::json::to_canonical(&Value::Object(config), "image config")?;
+        let config_bytes =
+            strata_store::json::to_canonical(&Value::Object(config), "image config")?;
         let (config_digest, config_size) = store.put_blob(&config_bytes)?;
-        let layers: Vec<Value> = self.layers.iter().map(|l| serde_json::to_value(&l.descriptor).unwrap_or(Value::Null)).collect();
+        let layers: Vec<Value> = self
+            .layers
+            .iter()
+            .map(|l| serde_json::to_value(&l.descriptor).unwrap_or(Value::Null))
+            .collect();
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",

@@ -37,29 +37,60 @@ pub(crate) struct StageRun<'a, 'c> {
     pub scope: Scope,
 }
 
-pub(crate) fn build_stage(cx: &BuildCx<'_>, index: usize, done: &[Option<ImageState>]) -> Result<ImageState> {
+pub(crate) fn build_stage(
+    cx: &BuildCx<'_>,
+    index: usize,
+    done: &[Option<ImageState>],
+) -> Result<ImageState> {
     let buildfile = cx.buildfile;
     let stage = &buildfile.stages[index];
     let label = stage.name.clone().unwrap_or_else(|| index.to_string());
     let total = stage.steps.len() + 1;
     let (base, platform) = buildfile.base(stage, &cx.meta)?;
-    let info = StepInfo { stage: label.clone(), number: 1, total, text: format!("FROM {}", stage.from_step.original[4..].trim()) };
+    let info = StepInfo {
+        stage: label.clone(),
+        number: 1,
+        total,
+        text: format!("FROM {}", stage.from_step.original[4..].trim()),
+    };
     cx.opts.progress.step_started(&info);
     let started = Instant::now();
     let state = match &base {
-        Base::Scratch => ImageState::scratch(root_key(&format!("scratch {}", platform.unwrap_or_default()))),
-        Base::Stage(dep) => done[*dep].clone().ok_or_else(|| Error::Other(format!("stage {dep} was not built")))?,
+        Base::Scratch => ImageState::scratch(root_key(&format!(
+            "scratch {}",
+            platform.unwrap_or_default()
+        ))),
+        Base::Stage(dep) => done[*dep]
+            .clone()
+            .ok_or_else(|| Error::Other(format!("stage {dep} was not built")))?,
         Base::Image(reference) => {
             let image = cx.store.resolve(reference).map_err(|e| {
                 Error::step(&buildfile.file, stage.from_step.pos_of(&stage.from.image), format!("base image {reference:?} not found in the store ({e}); import or pull it first"))
             })?;
-            ImageState::from_image(cx.store, &image, root_key(&format!("image {} {}", image.id, image.manifest_digest)))?
+            ImageState::from_image(
+                cx.store,
+                &image,
+                root_key(&format!("image {} {}", image.id, image.manifest_digest)),
+            )?
         }
     };
-    cx.opts.progress.step_finished(&info, if matches!(base, Base::Stage(_)) { Outcome::Cached } else { Outcome::Done(started.elapsed()) });
+    cx.opts.progress.step_finished(
+        &info,
+        if matches!(base, Base::Stage(_)) {
+            Outcome::Cached
+        } else {
+            Outcome::Done(started.elapsed())
+        },
+    );
     let mut scope = Scope::default();
     scope.env = state.config.env_pairs();
-    let mut run = StageRun { cx, index, done, state, scope };
+    let mut run = StageRun {
+        cx,
+        index,
+        done,
+        state,
+        scope,
+    };
     for (number, step) in stage.steps.iter().enumerate() {
         run.step(step, &label, number + 2, total)?;
     }
@@ -73,12 +104,20 @@ impl StageRun<'_, '_> {
 
     fn step(&mut self, step: &Step, label: &str, number: usize, total: usize) -> Result<()> {
         let cx = self.cx;
-        let instruction = cx.buildfile.expand_step(step, &mut self.scope, &cx.meta, &cx.opts.build_args)?;
-        let info = StepInfo { stage: label.to_string(), number, total, text: step.original.clone() };
+        let instruction =
+            cx.buildfile
+                .expand_step(step, &mut self.scope, &cx.meta, &cx.opts.build_args)?;
+        let info = StepInfo {
+            stage: label.to_string(),
+            number,
+            total,
+            text: step.original.clone(),
+        };
         cx.opts.progress.step_started(&info);
         let started = Instant::now();
         let parent = self.state.key;
-        let instruction_json = serde_json::to_vec(&instruction).map_err(|e| Error::Other(e.to_string()))?;
+        let instruction_json =
+            serde_json::to_vec(&instruction).map_err(|e| Error::Other(e.to_string()))?;
         let mut key = KeyBuilder::new(&parent).part("instruction", &instruction_json);
         let mut resolved = None;
         match &instruction {
@@ -91,25 +130,41 @@ impl StageRun<'_, '_> {
             Instruction::Run(_) => {
                 let mut env = self.scope.run_env();
                 env.sort();
-                key = key.part("env", env.join("\0").as_bytes()).part("config", &config_key(&self.state)?);
+                key = key
+                    .part("env", env.join("\0").as_bytes())
+                    .part("config", &config_key(&self.state)?);
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let add = matches!(instruction, Instruction::Add(_));
                 let sources = copy::resolve(self, step, copy, add)?;
-                key = key.part("sources", copy::key_text(&sources).as_bytes()).part("workdir", self.state.config.working_dir.as_bytes());
+                key = key
+                    .part("sources", copy::key_text(&sources).as_bytes())
+                    .part("workdir", self.state.config.working_dir.as_bytes());
                 if copy.chown.is_some() {
                     key = key.part("user-db", &self.user_db());
                 }
                 resolved = Some(sources);
             }
-            Instruction::Workdir(_) => key = key.part("workdir", self.state.config.working_dir.as_bytes()),
+            Instruction::Workdir(_) => {
+                key = key.part("workdir", self.state.config.working_dir.as_bytes())
+            }
             _ => {}
         }
         let key = key.finish();
         let created_by = created_by(&instruction, &step.original, &self.state);
         if let Some(entry) = self.lookup(&key)? {
-            let created = entry.data.get("created").and_then(|v| v.as_i64()).unwrap_or(0);
-            self.apply(&instruction, entry.layer.clone(), None, created, &created_by);
+            let created = entry
+                .data
+                .get("created")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            self.apply(
+                &instruction,
+                entry.layer.clone(),
+                None,
+                created,
+                &created_by,
+            );
             self.export(&key, &entry);
             self.state.key = key;
             cx.opts.progress.step_finished(&info, Outcome::Cached);
@@ -123,7 +178,8 @@ impl StageRun<'_, '_> {
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let sources = resolved.take().unwrap_or_default();
-                let (layer, dir) = self.in_upper(|run, upper| copy::execute(run, step, copy, &sources, upper))?;
+                let (layer, dir) =
+                    self.in_upper(|run, upper| copy::execute(run, step, copy, &sources, upper))?;
                 (Some(layer), dir)
             }
             Instruction::Workdir(dir) => {
@@ -133,18 +189,25 @@ impl StageRun<'_, '_> {
                 if rel.is_empty() || Tree::new(lowers).lookup(&rel).is_some() {
                     (None, None)
                 } else {
-                    let (layer, dir) = self.in_upper(|_, upper| copy::make_dirs(&Tree::default(), upper, &rel, None))?;
+                    let (layer, dir) = self.in_upper(|_, upper| {
+                        copy::make_dirs(&Tree::default(), upper, &rel, None)
+                    })?;
                     (Some(layer), dir)
                 }
             }
             _ => (None, None),
         };
-        let entry = CacheEntry { layer: layer.clone(), data: json!({ "created": created }) };
+        let entry = CacheEntry {
+            layer: layer.clone(),
+            data: json!({ "created": created }),
+        };
         cx.store.cache_put(&key, &entry)?;
         self.export(&key, &entry);
         self.apply(&instruction, layer, dir, created, &created_by);
         self.state.key = key;
-        cx.opts.progress.step_finished(&info, Outcome::Done(started.elapsed()));
+        cx.opts
+            .progress
+            .step_finished(&info, Outcome::Done(started.elapsed()));
         Ok(())
     }
 
@@ -174,7 +237,9 @@ impl StageRun<'_, '_> {
 
     /// /etc/passwd and /etc/group of the image so far (names in --chown resolve there).
     fn user_db(&mut self) -> Vec<u8> {
-        let Ok(lowers) = self.state.lowers(self.cx.store) else { return Vec::new() };
+        let Ok(lowers) = self.state.lowers(self.cx.store) else {
+            return Vec::new();
+        };
         let tree = Tree::new(lowers);
         let mut bytes = tree.read("etc/passwd").unwrap_or_default();
         bytes.extend(tree.read("etc/group").unwrap_or_default());
@@ -182,7 +247,14 @@ impl StageRun<'_, '_> {
     }
 
     /// Applies a step's effect on the image (config, layer, history).
-    fn apply(&mut self, instruction: &Instruction, layer: Option<LayerBlob>, dir: Option<PathBuf>, created: i64, created_by: &str) {
+    fn apply(
+        &mut self,
+        instruction: &Instruction,
+        layer: Option<LayerBlob>,
+        dir: Option<PathBuf>,
+        created: i64,
+        created_by: &str,
+    ) {
         let config = &mut self.state.config;
         match instruction {
             Instruction::Env(pairs) => {
@@ -200,7 +272,11 @@ impl StageRun<'_, '_> {
             }
             Instruction::Expose(ports) => {
                 for port in ports {
-                    let port = if port.contains('/') { port.clone() } else { format!("{port}/tcp") };
+                    let port = if port.contains('/') {
+                        port.clone()
+                    } else {
+                        format!("{port}/tcp")
+                    };
                     config.exposed_ports.insert(port, Default::default());
                 }
             }
@@ -210,7 +286,9 @@ impl StageRun<'_, '_> {
                 }
             }
             Instruction::User(user) => config.user = user.clone(),
-            Instruction::Workdir(dir) => config.working_dir = workdir_path(&config.working_dir, dir),
+            Instruction::Workdir(dir) => {
+                config.working_dir = workdir_path(&config.working_dir, dir)
+            }
             Instruction::StopSignal(signal) => config.stop_signal = Some(signal.clone()),
             Instruction::Shell(shell) => config.shell = shell.clone(),
             Instruction::Onbuild(trigger) => config.on_build.push(trigger.clone()),
@@ -222,10 +300,22 @@ impl StageRun<'_, '_> {
             }
             Instruction::Healthcheck(check) => {
                 config.healthcheck = Some(match check {
-                    Healthcheck::None => HealthConfig { test: vec!["NONE".into()], ..Default::default() },
-                    Healthcheck::Check { test, interval, timeout, start_period, start_interval, retries } => HealthConfig {
+                    Healthcheck::None => HealthConfig {
+                        test: vec!["NONE".into()],
+                        ..Default::default()
+                    },
+                    Healthcheck::Check {
+                        test,
+                        interval,
+                        timeout,
+                        start_period,
+                        start_interval,
+                        retries,
+                    } => HealthConfig {
                         test: match test {
-                            Command::Exec(args) => std::iter::once("CMD".to_string()).chain(args.iter().cloned()).collect(),
+                            Command::Exec(args) => std::iter::once("CMD".to_string())
+                                .chain(args.iter().cloned())
+                                .collect(),
                             Command::Shell(text) => vec!["CMD-SHELL".into(), text.clone()],
                         },
                         interval: *interval,
@@ -250,7 +340,10 @@ impl StageRun<'_, '_> {
     }
 
     /// Runs `fill` on a fresh upper dir and turns the result into a layer.
-    fn in_upper(&mut self, fill: impl FnOnce(&mut Self, &Path) -> Result<()>) -> Result<(LayerBlob, Option<PathBuf>)> {
+    fn in_upper(
+        &mut self,
+        fill: impl FnOnce(&mut Self, &Path) -> Result<()>,
+    ) -> Result<(LayerBlob, Option<PathBuf>)> {
         let upper = self.cx.store.tmp_dir_create("build-upper")?;
         let result = fill(self, &upper).and_then(|()| self.finish_layer(&upper));
         if upper.exists() {
@@ -263,7 +356,11 @@ impl StageRun<'_, '_> {
     /// tree, so the dir itself becomes the unpacked layer (no unpacking later).
     fn finish_layer(&self, upper: &Path) -> Result<(LayerBlob, Option<PathBuf>)> {
         let store = self.cx.store;
-        let opts = WriteOptions { compression: Compression::Zstd, source_date_epoch: self.cx.opts.source_date_epoch, level: None };
+        let opts = WriteOptions {
+            compression: Compression::Zstd,
+            source_date_epoch: self.cx.opts.source_date_epoch,
+            level: None,
+        };
         let layer = store.create_layer(upper, &opts)?;
         if self.cx.opts.source_date_epoch.is_some() {
             return Ok((layer, None));
@@ -280,13 +377,25 @@ impl StageRun<'_, '_> {
     }
 
     /// Executes a RUN through the executor.
-    fn run(&mut self, step: &Step, run: &Run, info: &StepInfo) -> Result<(LayerBlob, Option<PathBuf>)> {
+    fn run(
+        &mut self,
+        step: &Step,
+        run: &Run,
+        info: &StepInfo,
+    ) -> Result<(LayerBlob, Option<PathBuf>)> {
         let cx = self.cx;
         let shell = self.state.config.shell();
         let args = match (&run.command, run.heredocs.as_slice()) {
             (Command::Exec(args), _) => args.clone(),
             (Command::Shell(text), []) => shell.iter().cloned().chain([text.clone()]).collect(),
-            (Command::Shell(text), [doc]) if text.trim().trim_start_matches("<<").trim_start_matches('-').trim_matches(['"', '\'']) == doc.name => {
+            (Command::Shell(text), [doc])
+                if text
+                    .trim()
+                    .trim_start_matches("<<")
+                    .trim_start_matches('-')
+                    .trim_matches(['"', '\''])
+                    == doc.name =>
+            {
                 shell.iter().cloned().chain([doc.content.clone()]).collect()
             }
             (Command::Shell(text), docs) => {
@@ -308,38 +417,62 @@ impl StageRun<'_, '_> {
         let mut locks = Vec::new();
         for mount in &run.mounts {
             mounts.push(match mount.kind {
-                MountKind::Tmpfs => RunMount::Tmpfs { target: mount.target.clone(), size: mount.size },
+                MountKind::Tmpfs => RunMount::Tmpfs {
+                    target: mount.target.clone(),
+                    size: mount.size,
+                },
                 MountKind::Cache => {
                     let id = mount.id.clone().unwrap_or_else(|| mount.target.clone());
                     let dir = super::cache_mount_dir(cx.store, &id);
                     if !dir.exists() {
-                        fs::create_dir_all(&dir).map_err(|e| Error::io("failed to create cache mount", &dir, e))?;
+                        fs::create_dir_all(&dir)
+                            .map_err(|e| Error::io("failed to create cache mount", &dir, e))?;
                         let mode = mount.mode.unwrap_or(0o755);
-                        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(|e| Error::io("failed to chmod", &dir, e))?;
-                        chown(&dir, Some(mount.uid.unwrap_or(0)), Some(mount.gid.unwrap_or(0))).map_err(|e| Error::io("failed to chown", &dir, e))?;
+                        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                            .map_err(|e| Error::io("failed to chmod", &dir, e))?;
+                        chown(
+                            &dir,
+                            Some(mount.uid.unwrap_or(0)),
+                            Some(mount.gid.unwrap_or(0)),
+                        )
+                        .map_err(|e| Error::io("failed to chown", &dir, e))?;
                     }
                     if mount.sharing == Sharing::Locked {
                         let lock_path = dir.with_extension("lock");
-                        let file = fs::File::create(&lock_path).map_err(|e| Error::io("failed to create", &lock_path, e))?;
-                        file.lock().map_err(|e| Error::io("failed to lock", &lock_path, e))?;
+                        let file = fs::File::create(&lock_path)
+                            .map_err(|e| Error::io("failed to create", &lock_path, e))?;
+                        file.lock()
+                            .map_err(|e| Error::io("failed to lock", &lock_path, e))?;
                         locks.push(file);
                     }
-                    RunMount::Bind { source: MountSource::Host(dir), target: mount.target.clone(), readonly: mount.readonly }
+                    RunMount::Bind {
+                        source: MountSource::Host(dir),
+                        target: mount.target.clone(),
+                        readonly: mount.readonly,
+                    }
                 }
                 MountKind::Bind => {
                     let path = crate::context::clean(mount.source.as_deref().unwrap_or(""));
                     let source = match &mount.from {
                         None => MountSource::Host(cx.context.root.join(&path)),
-                        Some(from) => MountSource::Layers { lowers: self.from_lowers(step, from)?, path },
+                        Some(from) => MountSource::Layers {
+                            lowers: self.from_lowers(step, from)?,
+                            path,
+                        },
                     };
-                    RunMount::Bind { source, target: mount.target.clone(), readonly: mount.readonly }
+                    RunMount::Bind {
+                        source,
+                        target: mount.target.clone(),
+                        readonly: mount.readonly,
+                    }
                 }
             });
         }
         let upper = cx.store.tmp_dir_create("build-upper")?;
         let work = cx.store.tmp_dir_create("build-work")?;
         let result = (|| {
-            let (reader, writer) = std::io::pipe().map_err(|e| Error::io("failed to create pipe", "RUN output", e))?;
+            let (reader, writer) =
+                std::io::pipe().map_err(|e| Error::io("failed to create pipe", "RUN output", e))?;
             let output: OwnedFd = writer.into();
             let progress = cx.opts.progress.clone();
             let reader_info = info.clone();
@@ -347,7 +480,9 @@ impl StageRun<'_, '_> {
                 let mut tail: VecDeque<String> = VecDeque::new();
                 for line in BufReader::new(reader).split(b'\n') {
                     let Ok(line) = line else { break };
-                    let line = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                    let line = String::from_utf8_lossy(&line)
+                        .trim_end_matches('\r')
+                        .to_string();
                     progress.step_output(&reader_info, &line);
                     if tail.len() == TAIL_LINES {
                         tail.pop_front();
@@ -358,13 +493,21 @@ impl StageRun<'_, '_> {
             });
             static RUNS: AtomicU64 = AtomicU64::new(0);
             let request = RunRequest {
-                id: format!("build-{}-{}", std::process::id(), RUNS.fetch_add(1, Ordering::Relaxed)),
+                id: format!(
+                    "build-{}-{}",
+                    std::process::id(),
+                    RUNS.fetch_add(1, Ordering::Relaxed)
+                ),
                 lowers: &lowers,
                 upper: &upper,
                 work: &work,
                 args: args.clone(),
                 env,
-                cwd: if self.state.config.working_dir.is_empty() { "/".into() } else { self.state.config.working_dir.clone() },
+                cwd: if self.state.config.working_dir.is_empty() {
+                    "/".into()
+                } else {
+                    self.state.config.working_dir.clone()
+                },
                 user: self.state.config.user.clone(),
                 network: run.network,
                 mounts,
@@ -372,10 +515,15 @@ impl StageRun<'_, '_> {
             };
             let code = cx.executor.run(request);
             let tail = collector.join().unwrap_or_default();
-            let code = code.map_err(|e| Error::step(self.file(), step.pos, format!("RUN could not start: {e}")))?;
+            let code = code.map_err(|e| {
+                Error::step(self.file(), step.pos, format!("RUN could not start: {e}"))
+            })?;
             if code != 0 {
                 return Err(Error::RunFailed {
-                    location: crate::error::Location { file: self.file().to_string(), pos: step.pos },
+                    location: crate::error::Location {
+                        file: self.file().to_string(),
+                        pos: step.pos,
+                    },
                     command: step.original.clone(),
                     code,
                     tail: tail.into_iter().collect(),
@@ -397,12 +545,18 @@ impl StageRun<'_, '_> {
         let cx = self.cx;
         match cx.buildfile.stage_ref(step, self.index, from)? {
             Base::Stage(index) => {
-                let mut state = self.done[index].clone().ok_or_else(|| Error::Other(format!("stage {index} was not built")))?;
+                let mut state = self.done[index]
+                    .clone()
+                    .ok_or_else(|| Error::Other(format!("stage {index} was not built")))?;
                 state.lowers(cx.store)
             }
             Base::Image(reference) => {
                 let image = cx.store.resolve(&reference).map_err(|e| {
-                    Error::step(self.file(), step.pos_of(from), format!("--from={from}: no stage or image named {reference:?} ({e})"))
+                    Error::step(
+                        self.file(),
+                        step.pos_of(from),
+                        format!("--from={from}: no stage or image named {reference:?} ({e})"),
+                    )
                 })?;
                 Ok(cx.store.layer_dirs(&image)?)
             }
@@ -429,14 +583,21 @@ fn command_args(command: &Command, shell: &[String]) -> Vec<String> {
 
 /// The config fields a RUN depends on besides env (user, workdir, shell).
 fn config_key(state: &ImageState) -> Result<Vec<u8>> {
-    serde_json::to_vec(&(&state.config.user, &state.config.working_dir, &state.config.shell)).map_err(|e| Error::Other(e.to_string()))
+    serde_json::to_vec(&(
+        &state.config.user,
+        &state.config.working_dir,
+        &state.config.shell,
+    ))
+    .map_err(|e| Error::Other(e.to_string()))
 }
 
 /// The history line of a step, buildkit style.
 fn created_by(instruction: &Instruction, original: &str, state: &ImageState) -> String {
     match instruction {
         Instruction::Run(run) => match &run.command {
-            Command::Exec(args) => format!("RUN {}", serde_json::to_string(args).unwrap_or_default()),
+            Command::Exec(args) => {
+                format!("RUN {}", serde_json::to_string(args).unwrap_or_default())
+            }
             Command::Shell(text) => format!("RUN {} {text}", state.config.shell().join(" ")),
         },
         _ => original.to_string(),

@@ -1,0 +1,392 @@
+//! `strata build`: builds a Buildfile with strata-builder. RUN steps execute on a union
+//! mount (strata-unionfs, `--driver`) through strata-runtime; progress is one line per
+//! step (CACHED or its duration), with spinners when stderr is a terminal.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, IsTerminal};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::bail;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use nix::mount::{MntFlags, MsFlags};
+use strata_builder::executor::{Executor, MountSource, Network, RunMount, RunRequest};
+use strata_builder::progress::{Outcome, Progress, Silent, StepInfo};
+use strata_builder::{BuildOptions, build};
+use strata_store::{Store, time};
+use strata_unionfs::{Driver, MountSpec};
+
+use super::Globals;
+use crate::cli::BuildArgs;
+
+pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let driver: Driver = args.driver.parse()?;
+    let store = Store::open(&globals.root)?;
+    let context = args.context.clone();
+    let buildfile = match &args.file {
+        Some(file) => file.clone(),
+        None => ["Buildfile", "Dockerfile", "Containerfile"]
+            .iter()
+            .map(|name| context.join(name))
+            .find(|path| path.is_file())
+            .unwrap_or_else(|| context.join("Buildfile")),
+    };
+    let mut build_args = BTreeMap::new();
+    for pair in &args.build_arg {
+        match pair.split_once('=') {
+            Some((key, value)) => build_args.insert(key.to_string(), value.to_string()),
+            // `--build-arg NAME` takes the value from the environment, as docker does
+            None => match std::env::var(pair) {
+                Ok(value) => build_args.insert(pair.clone(), value),
+                Err(_) => continue,
+            },
+        };
+    }
+    let mode = match (args.quiet, args.progress.as_str()) {
+        (true, _) => Mode::Quiet,
+        (false, "plain") => Mode::Plain,
+        (false, "tty") => Mode::Tty,
+        (false, "auto") if io::stderr().is_terminal() => Mode::Tty,
+        (false, "auto") => Mode::Plain,
+        (false, other) => bail!("unknown --progress {other:?}: use auto, plain or tty"),
+    };
+    let progress: Arc<dyn Progress> = match mode {
+        Mode::Quiet => Arc::new(Silent),
+        Mode::Plain => Arc::new(Plain),
+        Mode::Tty => Arc::new(Tty::new()),
+    };
+    let mut opts = BuildOptions::new(&context, &buildfile);
+    opts.tags = args.tag.clone();
+    opts.build_args = build_args;
+    opts.target = args.target.clone();
+    opts.no_cache = args.no_cache;
+    opts.source_date_epoch = time::source_date_epoch();
+    opts.progress = progress;
+    let executor = UnionExecutor { driver };
+    let started = std::time::Instant::now();
+    let image = build(&store, &executor, &opts)?;
+    if mode != Mode::Quiet {
+        for name in &image.names {
+            eprintln!("tagged {name}");
+        }
+        eprintln!(
+            "built {} in {:.2}s",
+            image.id.short(),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    println!("{}", image.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Quiet,
+    Plain,
+    Tty,
+}
+
+fn step_label(step: &StepInfo) -> String {
+    format!(
+        "[{} {}/{}] {}",
+        step.stage, step.number, step.total, step.text
+    )
+}
+
+fn outcome_text(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Cached => "CACHED".to_string(),
+        Outcome::Done(duration) => format!("{:.2}s", duration.as_secs_f64()),
+    }
+}
+
+/// `--progress plain`: one line per finished step, RUN output prefixed by its stage.
+struct Plain;
+
+impl Progress for Plain {
+    fn step_output(&self, step: &StepInfo, line: &str) {
+        eprintln!("[{} {}/{}] | {line}", step.stage, step.number, step.total);
+    }
+
+    fn step_finished(&self, step: &StepInfo, outcome: Outcome) {
+        eprintln!("{} {}", step_label(step), outcome_text(outcome));
+    }
+
+    fn note(&self, text: &str) {
+        eprintln!("{text}");
+    }
+}
+
+/// A spinner per running step; finished steps stay as plain lines above them.
+struct Tty {
+    bars: MultiProgress,
+    running: Mutex<BTreeMap<(String, usize), ProgressBar>>,
+}
+
+impl Tty {
+    fn new() -> Tty {
+        Tty {
+            bars: MultiProgress::new(),
+            running: Mutex::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl Progress for Tty {
+    fn step_started(&self, step: &StepInfo) {
+        let bar = self.bars.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(step_label(step));
+        bar.enable_steady_tick(Duration::from_millis(100));
+        if let Ok(mut running) = self.running.lock() {
+            running.insert((step.stage.clone(), step.number), bar);
+        }
+    }
+
+    fn step_output(&self, step: &StepInfo, line: &str) {
+        if let Ok(running) = self.running.lock() {
+            if let Some(bar) = running.get(&(step.stage.clone(), step.number)) {
+                bar.set_message(format!("{}  | {line}", step_label(step)));
+            }
+        }
+    }
+
+    fn step_finished(&self, step: &StepInfo, outcome: Outcome) {
+        let bar = self
+            .running
+            .lock()
+            .ok()
+            .and_then(|mut running| running.remove(&(step.stage.clone(), step.number)));
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+            self.bars.remove(&bar);
+        }
+        let _ = self
+            .bars
+            .println(format!("{} {}", step_label(step), outcome_text(outcome)));
+    }
+
+    fn note(&self, text: &str) {
+        let _ = self.bars.println(text);
+    }
+}
+
+/// RUN on a union mount of the image's layers, through the runtime.
+struct UnionExecutor {
+    driver: Driver,
+}
+
+/// Undoes the extra mounts of one RUN, innermost first, on every exit path.
+struct ExtraMounts {
+    mounted: Vec<PathBuf>,
+    created: Vec<PathBuf>,
+    unions: Vec<(strata_unionfs::MountGuard, PathBuf)>,
+}
+
+impl Drop for ExtraMounts {
+    fn drop(&mut self) {
+        for target in self.mounted.iter().rev() {
+            let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        }
+        // mount points we made inside the union must not end up in the layer
+        for dir in self.created.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+        for (guard, scratch) in self.unions.drain(..) {
+            drop(guard);
+            let _ = fs::remove_dir_all(scratch);
+        }
+    }
+}
+
+fn builder_error(context: &str, error: impl std::fmt::Display) -> strata_builder::Error {
+    strata_builder::Error::Other(format!("{context}: {error}"))
+}
+
+/// Creates `path` below `root` (a directory or, for a file source, an empty file),
+/// remembering what it created.
+fn mount_point(
+    root: &Path,
+    target: &str,
+    is_file: bool,
+    created: &mut Vec<PathBuf>,
+) -> strata_builder::Result<PathBuf> {
+    let mut current = root.to_path_buf();
+    let parts: Vec<&str> = target
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
+        .collect();
+    for (index, part) in parts.iter().enumerate() {
+        current.push(part);
+        if fs::symlink_metadata(&current).is_ok() {
+            continue;
+        }
+        if is_file && index + 1 == parts.len() {
+            fs::File::create(&current).map_err(|e| {
+                builder_error(
+                    &format!("failed to create mount point {}", current.display()),
+                    e,
+                )
+            })?;
+        } else {
+            fs::create_dir(&current).map_err(|e| {
+                builder_error(
+                    &format!("failed to create mount point {}", current.display()),
+                    e,
+                )
+            })?;
+        }
+        created.push(current.clone());
+    }
+    Ok(current)
+}
+
+impl Executor for UnionExecutor {
+    fn run(&self, request: RunRequest<'_>) -> strata_builder::Result<i32> {
+        let target = request.upper.with_extension("rootfs");
+        fs::create_dir_all(&target)
+            .map_err(|e| builder_error(&format!("failed to create {}", target.display()), e))?;
+        let spec = MountSpec {
+            lowers: request.lowers.to_vec(),
+            upper: request.upper.to_path_buf(),
+            work: request.work.to_path_buf(),
+            target: target.clone(),
+        };
+        let guard = strata_unionfs::mount(&spec, self.driver)
+            .map_err(|e| builder_error("failed to mount the build root", e))?;
+        let mut extra = ExtraMounts {
+            mounted: Vec::new(),
+            created: Vec::new(),
+            unions: Vec::new(),
+        };
+        let result = (|| {
+            for mount in &request.mounts {
+                match mount {
+                    RunMount::Tmpfs { target: path, size } => {
+                        let point = mount_point(&target, path, false, &mut extra.created)?;
+                        let data = size.map(|s| format!("size={s}"));
+                        nix::mount::mount(
+                            Some("tmpfs"),
+                            &point,
+                            Some("tmpfs"),
+                            MsFlags::empty(),
+                            data.as_deref(),
+                        )
+                        .map_err(|e| {
+                            builder_error(&format!("failed to mount tmpfs at {path}"), e)
+                        })?;
+                        extra.mounted.push(point);
+                    }
+                    RunMount::Bind {
+                        source,
+                        target: path,
+                        readonly,
+                    } => {
+                        let host = match source {
+                            MountSource::Host(dir) => dir.clone(),
+                            MountSource::Layers {
+                                lowers,
+                                path: inner,
+                            } => {
+                                let scratch = request
+                                    .upper
+                                    .with_extension(format!("bind{}", extra.unions.len()));
+                                let (upper, work, point) = (
+                                    scratch.join("upper"),
+                                    scratch.join("work"),
+                                    scratch.join("root"),
+                                );
+                                for dir in [&upper, &work, &point] {
+                                    fs::create_dir_all(dir).map_err(|e| {
+                                        builder_error(
+                                            &format!("failed to create {}", dir.display()),
+                                            e,
+                                        )
+                                    })?;
+                                }
+                                let spec = MountSpec {
+                                    lowers: lowers.clone(),
+                                    upper,
+                                    work,
+                                    target: point.clone(),
+                                };
+                                let union =
+                                    strata_unionfs::mount(&spec, self.driver).map_err(|e| {
+                                        builder_error("failed to mount --mount from=", e)
+                                    })?;
+                                extra.unions.push((union, scratch));
+                                point.join(inner)
+                            }
+                        };
+                        let meta = fs::metadata(&host).map_err(|e| {
+                            builder_error(&format!("bind mount source {}", host.display()), e)
+                        })?;
+                        let point = mount_point(&target, path, !meta.is_dir(), &mut extra.created)?;
+                        nix::mount::mount(
+                            Some(&host),
+                            &point,
+                            None::<&str>,
+                            MsFlags::MS_BIND | MsFlags::MS_REC,
+                            None::<&str>,
+                        )
+                        .map_err(|e| {
+                            builder_error(
+                                &format!("failed to bind {} at {path}", host.display()),
+                                e,
+                            )
+                        })?;
+                        extra.mounted.push(point.clone());
+                        if *readonly {
+                            nix::mount::mount(
+                                None::<&str>,
+                                &point,
+                                None::<&str>,
+                                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                                None::<&str>,
+                            )
+                            .map_err(|e| {
+                                builder_error(&format!("failed to make {path} read-only"), e)
+                            })?;
+                        }
+                    }
+                }
+            }
+            let stderr: OwnedFd = request
+                .output
+                .try_clone()
+                .map_err(|e| builder_error("failed to duplicate the output pipe", e))?;
+            let stdin: Option<OwnedFd> = fs::File::open("/dev/null").ok().map(OwnedFd::from);
+            let spec = strata_runtime::Spec {
+                rootfs: target.clone(),
+                args: request.args.clone(),
+                env: request.env.clone(),
+                cwd: request.cwd.clone(),
+                user: request.user.clone(),
+                hostname: None,
+                // "default" keeps the host's network so package managers reach a mirror
+                network: match request.network {
+                    Network::None => strata_runtime::Network::None,
+                    Network::Default | Network::Host => strata_runtime::Network::Host,
+                },
+                cgroup_name: format!("strata-{}", request.id),
+                stdin,
+                stdout: Some(request.output),
+                stderr: Some(stderr),
+                ..Default::default()
+            };
+            strata_runtime::run(spec)
+                .map_err(|e| builder_error("failed to start the RUN command", e))
+        })();
+        drop(extra);
+        drop(guard);
+        let _ = fs::remove_dir(&target);
+        result
+    }
+}
