@@ -194,3 +194,35 @@ fn basic_auth_registry_needs_and_takes_credentials() {
     let (manifest_digest, _) = push_image(&client, "private/app", "1", &path, diff_id);
     assert_eq!(client.fetch_manifest("private/app", "1").unwrap().digest, manifest_digest);
 }
+
+#[test]
+fn bearer_token_flow_fetches_tokens_with_the_scopes_needed() {
+    let registry = Registry::start();
+    let (proxy, gate) = Proxy::start_with_tokens(&registry.host, "bob", "builder");
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, diff_id) = layer(&[("t", b"token protected")]);
+    let path = dir.path().join("l");
+    std::fs::write(&path, &bytes).unwrap();
+
+    let anonymous = client(&proxy.host, options());
+    let err = anonymous.fetch_manifest("locked/app", "1").unwrap_err().to_string();
+    assert!(err.contains("401"), "an anonymous token request is refused: {err}");
+
+    let bob = Credentials { username: "bob".into(), password: "builder".into() };
+    let client = client(&proxy.host, ClientOptions { credentials: Some(bob), ..options() });
+    let (manifest_digest, layer_digest) = push_image(&client, "locked/app", "1", &path, diff_id);
+    assert_eq!(client.fetch_manifest("locked/app", "1").unwrap().digest, manifest_digest);
+    assert!(client.mount_blob("locked/copy", &layer_digest, "locked/app").unwrap());
+    let requests = gate.token_requests.lock().unwrap().clone();
+    assert!(requests.iter().all(|q| q.contains("service=strata-test")), "{requests:?}");
+    assert!(requests.iter().any(|q| q.contains("scope=repository:locked/app:pull,push")), "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .any(|q| q.contains("scope=repository:locked/copy:pull,push")
+                && q.contains("scope=repository:locked/app:pull")),
+        "the mount asks for push on the target and pull on the source: {requests:?}"
+    );
+    // Tokens are reused: far fewer token requests than registry requests.
+    assert!(requests.len() <= 4, "{requests:?}");
+}

@@ -102,8 +102,29 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: &str, drop_after: Option<u64>) -> Proxy {
+        Proxy::start_inner(upstream, drop_after, None)
+    }
+
+    /// A proxy that demands bearer tokens (distribution token auth) from its own `/token`
+    /// endpoint, which hands them out for `user:password` with the scopes asked for.
+    pub fn start_with_tokens(upstream: &str, user: &str, password: &str) -> (Proxy, Arc<TokenGate>) {
+        use base64::Engine as _;
+        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let gate = Arc::new(TokenGate {
+            basic,
+            host: Default::default(),
+            issued: Mutex::new(Vec::new()),
+            token_requests: Mutex::new(Vec::new()),
+        });
+        (Proxy::start_inner(upstream, None, Some(gate.clone())), gate)
+    }
+
+    fn start_inner(upstream: &str, drop_after: Option<u64>, gate: Option<Arc<TokenGate>>) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
+        if let Some(gate) = &gate {
+            let _ = gate.host.set(host.clone());
+        }
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let dropped = Arc::new(AtomicBool::new(drop_after.is_none()));
@@ -114,9 +135,9 @@ impl Proxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (seen, upstream, dropped) = (seen2.clone(), upstream.clone(), dropped.clone());
+                let (seen, upstream, dropped, gate) = (seen2.clone(), upstream.clone(), dropped.clone(), gate.clone());
                 std::thread::spawn(move || {
-                    let _ = forward(conn, &upstream, &seen, &dropped, drop_after);
+                    let _ = forward(conn, &upstream, &seen, &dropped, drop_after, gate.as_deref());
                 });
             }
         });
@@ -145,15 +166,20 @@ fn forward(
     seen: &Mutex<Vec<Seen>>,
     dropped: &AtomicBool,
     drop_after: Option<u64>,
+    gate: Option<&TokenGate>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
     let mut length = 0u64;
     let mut first = String::new();
+    let mut authorization = String::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
+        }
+        if line.to_ascii_lowercase().starts_with("authorization:") {
+            authorization = line["authorization:".len()..].trim().to_string();
         }
         if first.is_empty() {
             first = line.clone();
@@ -174,7 +200,15 @@ fn forward(
     let mut parts = first.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
-    seen.lock().unwrap().push(Seen { method: method.clone(), path });
+    seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone() });
+    if let Some(gate) = gate {
+        if let Some(response) = gate.check(&method, &path, &authorization) {
+            let mut client = client;
+            client.write_all(response.as_bytes())?;
+            let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
     let cut = matches!(method.as_str(), "PATCH" | "PUT")
@@ -192,6 +226,84 @@ fn forward(
     std::io::copy(&mut up, &mut client)?;
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// Token issuer and checker for `Proxy::start_with_tokens`.
+pub struct TokenGate {
+    basic: String,
+    host: std::sync::OnceLock<String>,
+    /// (token, scopes granted)
+    issued: Mutex<Vec<(String, Vec<String>)>>,
+    /// Query strings of the token requests, decoded.
+    pub token_requests: Mutex<Vec<String>>,
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl TokenGate {
+    /// `None` lets the request through to the registry; `Some(response)` answers it here.
+    fn check(&self, method: &str, path: &str, authorization: &str) -> Option<String> {
+        let reply = |status: &str, extra: &str, body: &str| {
+            format!(
+                "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        if let Some(query) = path.strip_prefix("/token") {
+            let query = percent_decode(query.trim_start_matches('?'));
+            self.token_requests.lock().unwrap().push(query.clone());
+            if authorization != self.basic {
+                return Some(reply("401 Unauthorized", "", r#"{"details":"bad credentials"}"#));
+            }
+            let scopes: Vec<String> =
+                query.split('&').filter_map(|kv| kv.strip_prefix("scope=")).map(String::from).collect();
+            let mut issued = self.issued.lock().unwrap();
+            let token = format!("token{}", issued.len());
+            issued.push((token.clone(), scopes));
+            return Some(reply("200 OK", "", &format!(r#"{{"token":"{token}"}}"#)));
+        }
+        let rest = path.strip_prefix("/v2/").unwrap_or("");
+        let repo = ["/blobs/", "/manifests/"].iter().find_map(|m| rest.split_once(m).map(|(r, _)| r.to_string()));
+        let action = if matches!(method, "GET" | "HEAD") { "pull" } else { "push" };
+        let granted = authorization.strip_prefix("Bearer ").is_some_and(|token| {
+            let issued = self.issued.lock().unwrap();
+            issued.iter().any(|(t, scopes)| {
+                t == token
+                    && match &repo {
+                        None => true,
+                        Some(repo) => scopes.iter().any(|s| {
+                            s.strip_prefix(&format!("repository:{repo}:"))
+                                .is_some_and(|actions| actions.split(',').any(|a| a == action))
+                        }),
+                    }
+            })
+        });
+        if granted {
+            return None;
+        }
+        let scope = repo.map(|r| format!(r#",scope="repository:{r}:{action}""#)).unwrap_or_default();
+        let challenge = format!(
+            "WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"strata-test\"{scope}\r\n",
+            self.host.get().map_or("", String::as_str)
+        );
+        Some(reply("401 Unauthorized", &challenge, r#"{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}"#))
+    }
 }
 
 /// A fake registry answering every blob GET with `body` whatever the digest asked for,
