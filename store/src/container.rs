@@ -162,8 +162,18 @@ impl Store {
         }
     }
 
-    /// Every container, oldest first.
+    /// Every container, oldest first. A container whose state.json cannot be read is
+    /// skipped with a warning (fsck reports it) so one damaged container blocks nothing.
     pub fn containers(&self) -> Result<Vec<Container>> {
+        self.list_containers(false)
+    }
+
+    /// Like `containers`, but a damaged container is an error (gc must not guess).
+    pub(crate) fn containers_strict(&self) -> Result<Vec<Container>> {
+        self.list_containers(true)
+    }
+
+    fn list_containers(&self, strict: bool) -> Result<Vec<Container>> {
         let dir = self.containers_dir();
         let entries = fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))?;
         let mut out = Vec::new();
@@ -172,7 +182,11 @@ impl Store {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
-                out.push(Container::load(&entry.path())?);
+                match Container::load(&entry.path()) {
+                    Ok(container) => out.push(container),
+                    Err(err) if !strict => tracing::warn!("skipping container {name}: {err}"),
+                    Err(err) => return Err(err),
+                }
             }
         }
         out.sort_by(|a, b| a.state.created.cmp(&b.state.created).then_with(|| a.id.cmp(&b.id)));

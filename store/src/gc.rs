@@ -91,7 +91,7 @@ impl Store {
             self.mark_descriptor(&entry, &mut keep)?;
         }
         let mut orphan_configs = HashSet::new();
-        for container in self.containers()? {
+        for container in self.containers_strict()? {
             if let Some(id) = container.state.image_id
                 && !keep.blobs.contains(&id)
                 && self.has_blob(&id)

@@ -117,3 +117,16 @@ fn a_damaged_image_can_still_be_removed_by_name() {
     store.gc().unwrap();
     assert_eq!(store.fsck().unwrap(), vec![]);
 }
+
+#[test]
+fn a_damaged_container_is_skipped_by_lists_reported_by_fsck_and_stops_gc() {
+    let (_dir, store) = store();
+    let good = store.create_container(None, Some("good")).unwrap();
+    let bad = store.create_container(None, Some("bad")).unwrap();
+    fs::write(bad.dir.join("state.json"), b"{ truncated").unwrap();
+    let listed: Vec<String> = store.containers().unwrap().into_iter().map(|c| c.id).collect();
+    assert_eq!(listed, vec![good.id.clone()]);
+    let problems = store.fsck().unwrap();
+    assert!(problems.iter().any(|p| p.subject.contains(&bad.id)), "{problems:?}");
+    assert!(store.gc().is_err(), "gc must not guess which image a damaged container uses");
+}
