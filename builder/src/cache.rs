@@ -21,7 +21,8 @@ impl KeyBuilder {
     /// Adds a labelled part (length-prefixed so parts cannot run into each other).
     pub fn part(mut self, label: &str, bytes: &[u8]) -> KeyBuilder {
         self.text.extend_from_slice(label.as_bytes());
-        self.text.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.text
+            .extend_from_slice(&(bytes.len() as u64).to_le_bytes());
         self.text.extend_from_slice(bytes);
         self
     }

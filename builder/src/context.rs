@@ -205,9 +205,6 @@ impl Context {
                     .map_err(|e| Error::io("failed to stat", &path, e))?;
                 let excluded = ignore.excluded(&child_rel);
                 if meta.is_dir() {
-                    if excluded && prune {
-                        continue;
-                    }
                     stack.push((path.clone(), child_rel.clone()));
                 }
                 if !excluded {

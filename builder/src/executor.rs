@@ -20,8 +20,15 @@ pub enum MountSource {
 /// An extra mount for one RUN (`RUN --mount=...`); `target` is absolute in the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunMount {
-    Bind { source: MountSource, target: String, readonly: bool },
-    Tmpfs { target: String, size: Option<u64> },
+    Bind {
+        source: MountSource,
+        target: String,
+        readonly: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
 }
 
 /// One RUN to execute.

@@ -51,7 +51,15 @@ pub(crate) fn build_stage(
         stage: label.clone(),
         number: 1,
         total,
-        text: format!("FROM {}", stage.from_step.original[4..].trim()),
+        text: format!(
+            "FROM {}{}",
+            base_text(buildfile, &base),
+            stage
+                .name
+                .as_ref()
+                .map(|name| format!(" AS {name}"))
+                .unwrap_or_default()
+        ),
     };
     cx.opts.progress.step_started(&info);
     let started = Instant::now();
@@ -562,6 +570,18 @@ impl StageRun<'_, '_> {
             }
             Base::Scratch => Ok(Vec::new()),
         }
+    }
+}
+
+/// What a stage starts from, for progress lines.
+fn base_text(buildfile: &crate::stages::Buildfile, base: &Base) -> String {
+    match base {
+        Base::Scratch => "scratch".to_string(),
+        Base::Stage(dep) => buildfile.stages[*dep]
+            .name
+            .clone()
+            .unwrap_or_else(|| dep.to_string()),
+        Base::Image(reference) => reference.clone(),
     }
 }
 
