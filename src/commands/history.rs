@@ -37,7 +37,8 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let mut table = vec![["IMAGE".to_string(), "CREATED".into(), "CREATED BY".into(), "SIZE".into(), "COMMENT".into()]];
     for (i, (entry, size)) in rows.iter().rev().enumerate() {
         let id = if i == 0 { image.id.short() } else { "<missing>".into() };
-        let created = entry.created().as_deref().and_then(time::parse_rfc3339).map(|t| time::ago(t, now)).unwrap_or_default();
+        let created =
+            entry.created().as_deref().and_then(time::parse_rfc3339).map(|t| time::ago(t, now)).unwrap_or_default();
         let mut created_by = entry.created_by().clone().unwrap_or_default().replace('\n', " ");
         if created_by.chars().count() > 45 && !args.no_trunc {
             created_by = created_by.chars().take(44).collect::<String>() + "…";

@@ -31,7 +31,7 @@ pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let progress = io::stderr().is_terminal().then(|| progress_bar(total));
     let input = Progress { inner: input, bar: progress.clone() };
     let image = store
-        .import(input, &[args.name.clone()], &opts)
+        .import(input, std::slice::from_ref(&args.name), &opts)
         .with_context(|| format!("failed to import {} as {}", args.source, args.name))?;
     if let Some(bar) = progress {
         bar.finish_and_clear();

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 
 use sha2::{Digest as _, Sha256};
 
+use crate::Digest;
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
 use crate::layout::{Store, rename_durable};
-use crate::Digest;
 
 impl Store {
     /// Where the blob with `digest` lives (whether or not it exists).
@@ -39,7 +39,11 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let tmp = self.tmp_path("blob");
         let file = File::create_new(&tmp).map_err(|e| Error::io("failed to create", &tmp, e))?;
-        Ok(BlobWriter { inner: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))), tmp, blobs: self.blobs_dir() })
+        Ok(BlobWriter {
+            inner: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))),
+            tmp,
+            blobs: self.blobs_dir(),
+        })
     }
 
     /// Opens a blob for streaming. The reader fails at end of file if the content does
@@ -80,7 +84,10 @@ impl BlobWriter {
     /// digest is refused with `Error::DigestMismatch` and nothing is stored.
     pub fn commit(mut self, expected: Option<&Digest>) -> Result<(Digest, u64)> {
         let Some(writer) = self.inner.take() else {
-            return Err(Error::Invalid { what: self.tmp.display().to_string(), message: "blob writer already used".into() });
+            return Err(Error::Invalid {
+                what: self.tmp.display().to_string(),
+                message: "blob writer already used".into(),
+            });
         };
         let (buffered, digest, size) = writer.finish();
         let file = buffered.into_inner().map_err(|e| Error::io("failed to write", &self.tmp, e.into_error()))?;

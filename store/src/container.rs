@@ -118,7 +118,9 @@ impl Store {
             let _guard = self.refs_lock()?;
             let taken: Vec<String> = self.containers()?.into_iter().map(|c| c.state.name).collect();
             let name = match name {
-                Some(name) if taken.iter().any(|t| t == name) => return Err(Error::ContainerNameInUse(name.to_string())),
+                Some(name) if taken.iter().any(|t| t == name) => {
+                    return Err(Error::ContainerNameInUse(name.to_string()));
+                }
                 Some(name) => name.to_string(),
                 None => generate_name(&id, &taken),
             };
@@ -154,7 +156,8 @@ impl Store {
         if let Some(found) = all.iter().find(|c| c.id == reference || c.state.name == reference) {
             return Ok(found.clone());
         }
-        let hits: Vec<&Container> = all.iter().filter(|c| !reference.is_empty() && c.id.starts_with(reference)).collect();
+        let hits: Vec<&Container> =
+            all.iter().filter(|c| !reference.is_empty() && c.id.starts_with(reference)).collect();
         match hits.len() {
             0 => Err(Error::ContainerNotFound(reference.to_string())),
             1 => Ok(hits[0].clone()),
@@ -210,7 +213,9 @@ impl Store {
 pub(crate) fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
     let Ok(path) = path.canonicalize() else { return false };
-    info.lines().any(|line| line.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(path.as_os_str().to_str().unwrap_or("")))
+    info.lines().any(|line| {
+        line.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(path.as_os_str().to_str().unwrap_or(""))
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal (`\040`).

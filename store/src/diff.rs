@@ -142,7 +142,11 @@ fn apply_layer(layer: &Path, rel: &Path, tree: &mut BTreeMap<PathBuf, Summary>) 
         let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
         let replaces_children = is_whiteout(&meta) || !meta.is_dir() || is_opaque(&path);
         if replaces_children {
-            let doomed: Vec<PathBuf> = tree.range(child_rel.clone()..).map(|(p, _)| p.clone()).take_while(|p| p.starts_with(&child_rel)).collect();
+            let doomed: Vec<PathBuf> = tree
+                .range(child_rel.clone()..)
+                .map(|(p, _)| p.clone())
+                .take_while(|p| p.starts_with(&child_rel))
+                .collect();
             for path in doomed {
                 if path != child_rel || is_whiteout(&meta) {
                     tree.remove(&path);

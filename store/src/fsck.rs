@@ -141,8 +141,10 @@ impl Store {
             return None;
         }
         let media_type = descriptor.media_type();
-        let is_json = matches!(media_type, oci::MediaType::ImageManifest | oci::MediaType::ImageIndex | oci::MediaType::ImageConfig)
-            || media_type.to_string().ends_with("+json");
+        let is_json = matches!(
+            media_type,
+            oci::MediaType::ImageManifest | oci::MediaType::ImageIndex | oci::MediaType::ImageConfig
+        ) || media_type.to_string().ends_with("+json");
         if !is_json {
             return None;
         }
@@ -182,7 +184,14 @@ impl Store {
         if let Ok(config) = serde_json::from_slice::<oci::ImageConfiguration>(&config_bytes)
             && config.rootfs().diff_ids().len() != manifest.layers().len()
         {
-            found.add(&from, format!("{} layers but the config lists {} diff_ids", manifest.layers().len(), config.rootfs().diff_ids().len()));
+            found.add(
+                &from,
+                format!(
+                    "{} layers but the config lists {} diff_ids",
+                    manifest.layers().len(),
+                    config.rootfs().diff_ids().len()
+                ),
+            );
         }
     }
 

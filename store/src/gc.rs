@@ -51,7 +51,11 @@ impl Store {
         let blobs_dir = self.blobs_dir();
         for entry in fs::read_dir(&blobs_dir).map_err(|e| Error::io("failed to list", &blobs_dir, e))? {
             let entry = entry.map_err(|e| Error::io("failed to list", &blobs_dir, e))?;
-            let keep_it = entry.file_name().to_str().and_then(|name| Digest::from_hex(name).ok()).is_some_and(|d| keep.blobs.contains(&d));
+            let keep_it = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| Digest::from_hex(name).ok())
+                .is_some_and(|d| keep.blobs.contains(&d));
             if !keep_it {
                 report.freed_bytes += disk_size(&entry.path());
                 remove_any(&entry.path())?;
@@ -62,7 +66,11 @@ impl Store {
         let layers_dir = self.layers_dir();
         for entry in fs::read_dir(&layers_dir).map_err(|e| Error::io("failed to list", &layers_dir, e))? {
             let entry = entry.map_err(|e| Error::io("failed to list", &layers_dir, e))?;
-            let keep_it = entry.file_name().to_str().and_then(|name| Digest::from_hex(name).ok()).is_some_and(|d| keep.diff_ids.contains(&d));
+            let keep_it = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| Digest::from_hex(name).ok())
+                .is_some_and(|d| keep.diff_ids.contains(&d));
             if !keep_it {
                 // Move out first, so a crash mid-delete never leaves a half layer in layers/.
                 let doomed = self.tmp_path("gc-layer");

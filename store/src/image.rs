@@ -51,7 +51,12 @@ pub struct Removal {
 impl Store {
     /// Writes the config and a manifest over `layers` (bottom first; their blobs must be in
     /// the store) and gives the image `names` (none: kept as an unnamed image).
-    pub fn put_image(&self, config: &oci::ImageConfiguration, layers: &[oci::Descriptor], names: &[String]) -> Result<Image> {
+    pub fn put_image(
+        &self,
+        config: &oci::ImageConfiguration,
+        layers: &[oci::Descriptor],
+        names: &[String],
+    ) -> Result<Image> {
         if config.rootfs().diff_ids().len() != layers.len() {
             return Err(Error::Invalid {
                 what: "image config".into(),

@@ -172,9 +172,7 @@ pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
 /// fsyncs the directory holding `path`.
 pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
-    File::open(parent)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| Error::io("failed to fsync directory", parent, e))
+    File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| Error::io("failed to fsync directory", parent, e))
 }
 
 /// Size in bytes of a file or of everything below a directory (not following symlinks).

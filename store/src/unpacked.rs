@@ -58,7 +58,9 @@ impl Store {
     fn place_layer_dir(&self, staging: &Path, target: &Path) -> Result<()> {
         match fs::rename(staging, target) {
             Ok(()) => sync_parent(target),
-            Err(e) if target.is_dir() && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => Ok(()),
+            Err(e) if target.is_dir() && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                Ok(())
+            }
             Err(e) => Err(Error::io("failed to rename into place", target, e)),
         }
     }
@@ -73,7 +75,11 @@ impl Store {
                 message: format!("{} diff_ids for {} layers", diff_ids.len(), layers.len()),
             });
         }
-        let mut dirs = layers.iter().zip(&diff_ids).map(|(layer, diff_id)| self.unpacked_layer(layer, diff_id)).collect::<Result<Vec<_>>>()?;
+        let mut dirs = layers
+            .iter()
+            .zip(&diff_ids)
+            .map(|(layer, diff_id)| self.unpacked_layer(layer, diff_id))
+            .collect::<Result<Vec<_>>>()?;
         dirs.reverse();
         Ok(dirs)
     }

@@ -2,8 +2,8 @@
 //! verification, gc, fsck, concurrency, containers, cache and diff.
 
 mod store {
-    pub mod fixtures;
     mod diff;
+    pub mod fixtures;
     mod images;
     mod maintenance;
 }

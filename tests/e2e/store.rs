@@ -99,7 +99,10 @@ fn same_tree_into_two_fresh_stores_gives_identical_manifest_digests() {
         .map(|_| {
             let store = TestStore::new();
             let mut cmd = Command::new(strata_bin());
-            cmd.arg("--root").arg(store.root()).args(["import", tar.to_str().unwrap(), "bb"]).env("SOURCE_DATE_EPOCH", "1700000000");
+            cmd.arg("--root")
+                .arg(store.root())
+                .args(["import", tar.to_str().unwrap(), "bb"])
+                .env("SOURCE_DATE_EPOCH", "1700000000");
             assert_success(&run_with_timeout(cmd, Duration::from_secs(120)), &["import"]);
             inspect(&store, "bb")["ManifestDigest"].clone()
         })

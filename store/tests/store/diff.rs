@@ -28,7 +28,16 @@ fn added_changed_and_deleted_paths_with_parents_as_changed() {
     let changes = upper_changes(u, &[lower.path().to_path_buf()]).unwrap();
     assert_eq!(
         listed(&changes),
-        ["D /bin", "C /etc", "D /etc/hostname", "C /etc/motd", "A /etc/new.conf", "A /srv", "A /srv/www", "A /srv/www/index.html"]
+        [
+            "D /bin",
+            "C /etc",
+            "D /etc/hostname",
+            "C /etc/motd",
+            "A /etc/new.conf",
+            "A /srv",
+            "A /srv/www",
+            "A /srv/www/index.html"
+        ]
     );
 }
 

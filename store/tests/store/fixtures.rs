@@ -46,7 +46,13 @@ pub fn config_for(layers: &[&LayerBlob]) -> oci::ImageConfiguration {
         .unwrap();
     let history: Vec<oci::History> = layers
         .iter()
-        .map(|_| oci::HistoryBuilder::default().created("2023-11-14T22:13:20Z".to_string()).created_by("test".to_string()).build().unwrap())
+        .map(|_| {
+            oci::HistoryBuilder::default()
+                .created("2023-11-14T22:13:20Z".to_string())
+                .created_by("test".to_string())
+                .build()
+                .unwrap()
+        })
         .collect();
     oci::ImageConfigurationBuilder::default()
         .created("2023-11-14T22:13:20Z".to_string())
@@ -69,15 +75,28 @@ pub fn image_of(store: &Store, dirs: &[&Path], name: &str) -> Image {
 /// `tar -c` of `dir` into `out` (gzip when `gzip`), as a user would make a rootfs tarball.
 pub fn tarball(dir: &Path, out: &Path, gzip: bool) -> PathBuf {
     let flags = if gzip { "-czf" } else { "-cf" };
-    let status = Command::new("tar").arg("-C").arg(dir).arg(flags).arg(out).arg(".").status().expect("run tar (fix: apt-get install -y tar)");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg(flags)
+        .arg(out)
+        .arg(".")
+        .status()
+        .expect("run tar (fix: apt-get install -y tar)");
     assert!(status.success(), "tar failed");
     out.to_path_buf()
 }
 
 /// A char 0/0 device: the overlay whiteout.
 pub fn whiteout(path: &Path) {
-    rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o644), 0)
-        .expect("mknod a whiteout (tests run as root)");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mknod a whiteout (tests run as root)");
 }
 
 /// Marks a directory opaque the overlayfs way.

@@ -67,7 +67,7 @@ fn unnamed_images_stay_listed_until_removed() {
     let (_dir, store) = store();
     let layer = store.create_layer(tree.path(), &opts()).unwrap();
     let config = super::fixtures::config_for(&[&layer]);
-    let image = store.put_image(&config, &[layer.descriptor.clone()], &[]).unwrap();
+    let image = store.put_image(&config, std::slice::from_ref(&layer.descriptor), &[]).unwrap();
     assert!(image.names.is_empty());
     assert_eq!(store.images().unwrap().len(), 1);
     store.tag(&image, "named").unwrap();
@@ -173,5 +173,8 @@ fn put_image_refuses_missing_layer_blobs() {
     let digest: strata_store::Digest = layer.descriptor.digest().to_string().parse().unwrap();
     fs::remove_file(store.blob_path(&digest)).unwrap();
     let config = super::fixtures::config_for(&[&layer]);
-    assert!(matches!(store.put_image(&config, &[layer.descriptor.clone()], &["x".into()]), Err(Error::BlobNotFound(_))));
+    assert!(matches!(
+        store.put_image(&config, std::slice::from_ref(&layer.descriptor), &["x".into()]),
+        Err(Error::BlobNotFound(_))
+    ));
 }
