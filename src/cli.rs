@@ -257,6 +257,15 @@ pub struct BuildArgs {
     /// Print only the image id
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Import build cache: type=local,src=DIR or type=registry,ref=REF (repeatable)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
+    /// Export build cache: type=local,dest=DIR or type=registry,ref=REF, [,mode=min|max] (repeatable)
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Plain HTTP for cache registries other than localhost
+    #[arg(long)]
+    pub insecure: bool,
     /// The build context directory
     pub context: PathBuf,
 }

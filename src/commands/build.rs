@@ -66,9 +66,18 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.no_cache = args.no_cache;
     opts.source_date_epoch = time::source_date_epoch();
     opts.progress = progress;
+    opts.cache_from = super::cache::sources(&store, &args.cache_from, args.insecure)?;
+    let cache_to = super::cache::sinks(&args.cache_to, args.insecure)?;
+    opts.cache_to = cache_to.iter().map(|s| s.clone() as Arc<dyn strata_builder::cache::CacheSink>).collect();
     let executor = UnionExecutor { driver };
     let started = std::time::Instant::now();
     let image = build(&store, &executor, &opts)?;
+    for sink in &cache_to {
+        let count = sink.finish(&store, &image)?;
+        if mode != Mode::Quiet {
+            eprintln!("exported {count} cache entries");
+        }
+    }
     if mode != Mode::Quiet {
         for name in &image.names {
             eprintln!("tagged {name}");

@@ -24,6 +24,7 @@ mod load;
 mod login;
 mod logout;
 mod transfer;
+mod cache;
 
 /// What every verb may need besides its own arguments.
 pub struct Globals {

@@ -117,3 +117,63 @@ fn save_load_round_trip_readable_by_skopeo() {
     again.ok(&["pull", "-q", &format!("oci:{}:bb", layout.display())]);
     assert!(again.ok(&["images"]).contains("bb"));
 }
+
+/// Builds the same Buildfile in a fresh store from a `--cache-from` export: every step is
+/// served from the cache (no RUN executes) and the image id is the same.
+fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
+    let base = format!("{}/ci/busybox:base", registry.host);
+    let first = TestStore::new();
+    first.import_busybox("busybox:1");
+    first.ok(&["push", "-q", "busybox:1", &base]);
+    first.ok(&["pull", "-q", &base]);
+    let context = tempfile::tempdir().unwrap();
+    std::fs::write(context.path().join("data.txt"), "context file\n").unwrap();
+    std::fs::write(
+        context.path().join("Buildfile"),
+        format!(
+            "FROM {base}\nRUN echo step-one-ran && echo one > /one\nCOPY data.txt /data.txt\nENV GREETING=hi\nRUN echo step-two-ran && cat /one /data.txt > /two\n"
+        ),
+    )
+    .unwrap();
+    let ctx = context.path().to_str().unwrap();
+    let build = |store: &TestStore, cache: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain", "-t", "app:ci"];
+        args.extend_from_slice(cache);
+        args.push(ctx);
+        let out = store.strata(&args);
+        assert_success(&out, &args);
+        (String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (id, log) = build(&first, &["--cache-to", to]);
+    assert!(log.contains("| step-one-ran"), "the first build runs its steps: {log}");
+
+    // A fresh machine: only the base is pulled (the builder needs it by digest), the rest
+    // comes from the cache without running a step.
+    let second = TestStore::new();
+    second.ok(&["pull", "-q", &base]);
+    let (again, log) = build(&second, &["--cache-from", from]);
+    assert_eq!(again, id, "same image id from the cache:\n{log}");
+    assert!(!log.contains("| step-one-ran") && !log.contains("| step-two-ran"), "no RUN executed:\n{log}");
+    assert_eq!(log.matches(" CACHED").count(), 4, "every step after FROM is a cache hit:\n{log}");
+}
+
+#[test]
+fn ci_cache_round_trip_through_a_local_directory() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache = cache.to_str().unwrap();
+    ci_cache_round_trip(&registry, &format!("type=local,dest={cache},mode=max"), &format!("type=local,src={cache}"));
+    skopeo(&["inspect", "--raw", &format!("oci:{cache}:cache")]);
+}
+
+#[test]
+fn ci_cache_round_trip_through_a_registry() {
+    let registry = Registry::start();
+    let reference = format!("{}/ci/cache:buildcache", registry.host);
+    ci_cache_round_trip(
+        &registry,
+        &format!("type=registry,ref={reference},mode=max"),
+        &format!("type=registry,ref={reference}"),
+    );
+}

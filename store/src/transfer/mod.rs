@@ -253,6 +253,28 @@ pub fn pull(store: &Store, source: &str, opts: &TransferOptions<'_>) -> Result<I
     }
 }
 
+/// The image a Buildfile's `FROM` names: from the store if it is there (as written, or by
+/// its full registry name, `busybox` = `docker.io/library/busybox:latest`), else pulled.
+/// The builder's pull-on-FROM hook.
+pub fn resolve_or_pull(store: &Store, reference: &str, opts: &TransferOptions<'_>) -> Result<Image> {
+    match store.resolve(reference) {
+        Ok(image) => return Ok(image),
+        Err(Error::ImageNotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    if !Location::is_transport(reference) {
+        let parsed = Reference::parse(reference)?;
+        if parsed.digest.is_none() {
+            match store.resolve(&parsed.name()) {
+                Ok(image) => return Ok(image),
+                Err(Error::ImageNotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    pull(store, reference, opts)
+}
+
 /// Pushes `image` (a store reference, or `oci:`/`oci-archive:` source) to `dest`
 /// (registry reference, `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`); `dest` defaults to the
 /// image's own name. Returns the digest of the manifest pushed.

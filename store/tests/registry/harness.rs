@@ -108,8 +108,9 @@ impl Proxy {
     /// A proxy that demands bearer tokens (distribution token auth) from its own `/token`
     /// endpoint, which hands them out for `user:password` with the scopes asked for.
     pub fn start_with_tokens(upstream: &str, user: &str, password: &str) -> (Proxy, Arc<TokenGate>) {
-        use base64::Engine as _;
-        let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let credentials =
+            strata_store::registry::Credentials { username: user.to_string(), password: password.to_string() };
+        let basic = credentials.basic_header();
         let gate = Arc::new(TokenGate {
             basic,
             host: Default::default(),
