@@ -198,9 +198,9 @@ impl Store {
 
     /// Removes a container's directory. Refused while its rootfs is still a mount point.
     pub fn remove_container(&self, container: &Container) -> Result<()> {
-        let rootfs = container.rootfs_dir();
-        if is_mount_point(&rootfs) {
-            return Err(Error::ContainerMounted { id: container.id.clone(), path: rootfs });
+        let mounts = [Some(container.rootfs_dir()), container.state.mounted_at.clone()];
+        if let Some(path) = mounts.into_iter().flatten().find(|path| is_mount_point(path)) {
+            return Err(Error::ContainerMounted { id: container.id.clone(), path });
         }
         // Rename out of containers/ first so a half-deleted container is never listed.
         let doomed = self.tmp_path("removed-container");

@@ -130,3 +130,27 @@ fn a_damaged_container_is_skipped_by_lists_reported_by_fsck_and_stops_gc() {
     assert!(problems.iter().any(|p| p.subject.contains(&bad.id)), "{problems:?}");
     assert!(store.gc().is_err(), "gc must not guess which image a damaged container uses");
 }
+
+/// Unmounts on drop, so a failing assertion never leaves a mount behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_mounted_container_is_not_removed() {
+    let (_dir, store) = store();
+    let container = store.create_container(None, Some("busy")).unwrap();
+    let rootfs = container.rootfs_dir();
+    nix::mount::mount(Some("tmpfs"), &rootfs, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .expect("mount a tmpfs (tests run as root)");
+    let guard = Unmount(rootfs.clone());
+    assert!(matches!(store.remove_container(&container), Err(Error::ContainerMounted { .. })));
+    assert!(container.dir.join("state.json").is_file());
+    drop(guard);
+    store.remove_container(&container).unwrap();
+    assert!(!container.dir.exists());
+}
