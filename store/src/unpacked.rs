@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::image::{Image, LayerBlob};
 use crate::layer::{self, WriteOptions};
 use crate::layout::{Store, sync_parent};
-use crate::refs::{descriptor_digest, oci_digest};
+use crate::refs::{descriptor_digest, normalize_name, oci_digest};
 use crate::{Digest, oci, time};
 
 /// Who made an imported image, as history shows it.
@@ -89,6 +89,10 @@ impl Store {
     /// the canonical way (sorted entries), so the same tree gives the same image anywhere.
     pub fn import(&self, input: impl Read, names: &[String], opts: &WriteOptions) -> Result<Image> {
         let source_date_epoch = opts.source_date_epoch;
+        // Refuse a bad name before doing the work.
+        for name in names {
+            normalize_name(name)?;
+        }
         let staging = self.tmp_dir_create("import")?;
         let result = (|| {
             layer::unpack_layer(input, &staging)?;
