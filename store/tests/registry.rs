@@ -226,3 +226,25 @@ fn bearer_token_flow_fetches_tokens_with_the_scopes_needed() {
     // Tokens are reused: far fewer token requests than registry requests.
     assert!(requests.len() <= 4, "{requests:?}");
 }
+
+#[test]
+fn server_errors_are_retried_and_refused_chunks_fall_back_to_one_put() {
+    let registry = Registry::start();
+    let flaky = Proxy::start_faulty(&registry.host, 3, false);
+    let client_ = client(&flaky.host, options());
+    client_.ping().unwrap();
+    assert_eq!(flaky.requests().len(), 4, "three 503s, then the answer");
+
+    let no_chunks = Proxy::start_faulty(&registry.host, 0, true);
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, _) = layer(&[("big", &noise(3 << 20, 9))]);
+    let path = dir.path().join("l");
+    std::fs::write(&path, &bytes).unwrap();
+    let digest = Digest::of(&bytes);
+    let small_chunks = ClientOptions { monolithic_limit: 1 << 20, chunk_size: 1 << 20, ..options() };
+    let client_ = client(&no_chunks.host, small_chunks);
+    client_.upload_blob("fallback", &digest, bytes.len() as u64, BlobSource::File(&path), None).unwrap();
+    let methods: Vec<String> = no_chunks.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["POST", "PATCH", "POST", "PUT"], "one refused PATCH, then a monolithic upload");
+    assert_eq!(client_.blob_exists("fallback", &digest).unwrap(), Some(bytes.len() as u64));
+}

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,7 +102,14 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn start(upstream: &str, drop_after: Option<u64>) -> Proxy {
-        Proxy::start_inner(upstream, drop_after, None)
+        Proxy::start_inner(upstream, drop_after, None, Arc::new(Faults::default()))
+    }
+
+    /// A proxy that answers the first `fail_first` requests with 503 and, with
+    /// `refuse_patch`, every PATCH with 416 (a registry without chunked uploads).
+    pub fn start_faulty(upstream: &str, fail_first: usize, refuse_patch: bool) -> Proxy {
+        let faults = Faults { fail_first: AtomicUsize::new(fail_first), refuse_patch };
+        Proxy::start_inner(upstream, None, None, Arc::new(faults))
     }
 
     /// A proxy that demands bearer tokens (distribution token auth) from its own `/token`
@@ -117,10 +124,15 @@ impl Proxy {
             issued: Mutex::new(Vec::new()),
             token_requests: Mutex::new(Vec::new()),
         });
-        (Proxy::start_inner(upstream, None, Some(gate.clone())), gate)
+        (Proxy::start_inner(upstream, None, Some(gate.clone()), Arc::new(Faults::default())), gate)
     }
 
-    fn start_inner(upstream: &str, drop_after: Option<u64>, gate: Option<Arc<TokenGate>>) -> Proxy {
+    fn start_inner(
+        upstream: &str,
+        drop_after: Option<u64>,
+        gate: Option<Arc<TokenGate>>,
+        faults: Arc<Faults>,
+    ) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let host = listener.local_addr().unwrap().to_string();
         if let Some(gate) = &gate {
@@ -137,8 +149,9 @@ impl Proxy {
                 }
                 let Ok(conn) = conn else { continue };
                 let (seen, upstream, dropped, gate) = (seen2.clone(), upstream.clone(), dropped.clone(), gate.clone());
+                let faults = faults.clone();
                 std::thread::spawn(move || {
-                    let _ = forward(conn, &upstream, &seen, &dropped, drop_after, gate.as_deref());
+                    let _ = forward(conn, &upstream, &seen, &dropped, drop_after, gate.as_deref(), &faults);
                 });
             }
         });
@@ -168,6 +181,7 @@ fn forward(
     dropped: &AtomicBool,
     drop_after: Option<u64>,
     gate: Option<&TokenGate>,
+    faults: &Faults,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(client.try_clone()?);
     let mut head = Vec::new();
@@ -202,6 +216,17 @@ fn forward(
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
     seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone() });
+    let fail = faults.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let refuse = faults.refuse_patch && method == "PATCH";
+    if fail || refuse {
+        // Drain the body first so the client reads our answer instead of a broken pipe.
+        std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
+        let status = if fail { "503 Service Unavailable" } else { "416 Range Not Satisfiable" };
+        let mut client = client;
+        write!(client, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     if let Some(gate) = gate {
         if let Some(response) = gate.check(&method, &path, &authorization) {
             let mut client = client;
@@ -227,6 +252,13 @@ fn forward(
     std::io::copy(&mut up, &mut client)?;
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
+}
+
+/// Failures a proxy injects.
+#[derive(Default)]
+pub struct Faults {
+    fail_first: AtomicUsize,
+    refuse_patch: bool,
 }
 
 /// Token issuer and checker for `Proxy::start_with_tokens`.
