@@ -119,7 +119,12 @@ impl StageRun<'_, '_> {
             stage: label.to_string(),
             number,
             total,
-            text: step.original.clone(),
+            // continuation lines joined: one line per step in the progress output
+            text: step
+                .original
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         };
         cx.opts.progress.step_started(&info);
         let started = Instant::now();

@@ -1,0 +1,590 @@
+//! `strata build` end to end: every instruction and its effect on the image config, stage
+//! concurrency, the build cache (no-op, touch, content change, ARG change), .dockerignore,
+//! ADD archives, cache mounts, and error messages with their Buildfile locations.
+//! Build-time checks (`RUN test ...`) prove what is in the filesystem.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::common::TestStore;
+
+/// A build context with `files` (path, content); the Buildfile is `Buildfile`.
+fn context(store: &TestStore, files: &[(&str, &str)]) -> PathBuf {
+    let dir = store.root().with_extension(format!("ctx{}", files.len()));
+    let dir = tempfile::Builder::new()
+        .prefix("ctx-")
+        .tempdir_in(dir.parent().unwrap())
+        .unwrap()
+        .keep();
+    for (path, content) in files {
+        let path = dir.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+    dir
+}
+
+struct Built {
+    id: String,
+    stderr: String,
+}
+
+fn build(store: &TestStore, ctx: &Path, extra: &[&str]) -> Built {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    let ctx = ctx.to_str().unwrap();
+    args.push(ctx);
+    let out = store.strata(&args);
+    crate::common::assert_success(&out, &args);
+    Built {
+        id: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn build_fails(store: &TestStore, ctx: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    let out = store.strata(&args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "strata {} should fail:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The progress line of the step whose text starts with `prefix`.
+fn step_line<'a>(stderr: &'a str, prefix: &str) -> &'a str {
+    stderr
+        .lines()
+        .find(|l| {
+            l.split("] ")
+                .nth(1)
+                .is_some_and(|rest| rest.starts_with(prefix))
+                && !l.contains("] | ")
+        })
+        .unwrap_or_else(|| panic!("no step line for {prefix:?} in:\n{stderr}"))
+}
+
+fn cached(stderr: &str, prefix: &str) -> bool {
+    step_line(stderr, prefix).ends_with(" CACHED")
+}
+
+fn inspect(store: &TestStore, reference: &str) -> serde_json::Value {
+    let text = store.ok(&["inspect", "--json", reference]);
+    let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value.as_array().map(|a| a[0].clone()).unwrap_or(value)
+}
+
+/// The image config blob exactly as stored (fields the OCI struct lacks, e.g. Healthcheck).
+fn raw_config(store: &TestStore, id: &str) -> serde_json::Value {
+    let hex = id.trim_start_matches("sha256:");
+    serde_json::from_slice(&fs::read(store.root().join("oci/blobs/sha256").join(hex)).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn build_every_instruction_shows_in_inspect() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[("run.sh", "#!/bin/sh\necho run\n"), ("sub/a.txt", "a\n")],
+    );
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(6);
+    header.set_mode(0o640);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "from-tar.txt", &b"inside"[..])
+        .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar.into_inner().unwrap()).unwrap();
+    fs::write(ctx.join("files.tgz"), gz.finish().unwrap()).unwrap();
+    fs::write(
+        ctx.join("Buildfile"),
+        r#"# syntax=docker/dockerfile:1
+ARG BASE=busybox
+FROM $BASE AS base
+ARG VERSION=1.0
+LABEL version=$VERSION "with space"="a b"
+MAINTAINER strata team <team@example.invalid>
+ENV APP=/app PATH=/app/bin:/usr/bin:/bin
+WORKDIR $APP
+COPY --chmod=755 run.sh bin/
+COPY --chown=12:34 sub/ /data/sub/
+ADD files.tgz /opt/
+RUN --mount=type=cache,target=/cache echo built > /built && test "$VERSION" = 1.0
+EXPOSE 8080 53/udp
+VOLUME /data
+USER 1000:1000
+SHELL ["/bin/sh", "-ec"]
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=5s --retries=2 CMD true
+ONBUILD RUN echo child
+ENTRYPOINT ["/bin/sh", "-c"]
+CMD ["run.sh"]
+
+FROM base AS check
+USER root
+RUN test "$(stat -c %a /app/bin/run.sh)" = 755 \
+ && test "$(stat -c %u:%g /data/sub/a.txt)" = 12:34 \
+ && test "$(cat /opt/from-tar.txt)" = inside \
+ && test "$(cat /built)" = built \
+ && test "$PWD" = /app && test "$APP" = /app \
+ && test ! -e /cache/anything
+"#,
+    )
+    .unwrap();
+    build(&store, &ctx, &["--target", "check"]);
+    let built = build(&store, &ctx, &["-t", "every:1", "--target", "base"]);
+    let image = inspect(&store, "every:1");
+    let config = &image["Config"];
+    assert_eq!(
+        config["Env"],
+        serde_json::json!(["PATH=/app/bin:/usr/bin:/bin", "APP=/app"])
+    );
+    assert_eq!(config["Cmd"], serde_json::json!(["run.sh"]));
+    assert_eq!(config["Entrypoint"], serde_json::json!(["/bin/sh", "-c"]));
+    assert_eq!(config["WorkingDir"], "/app");
+    assert_eq!(config["User"], "1000:1000");
+    assert_eq!(config["StopSignal"], "SIGINT");
+    assert!(
+        config["ExposedPorts"].get("8080/tcp").is_some()
+            && config["ExposedPorts"].get("53/udp").is_some(),
+        "{config}"
+    );
+    assert!(config["Volumes"].get("/data").is_some(), "{config}");
+    assert_eq!(config["Labels"]["version"], "1.0");
+    assert_eq!(config["Labels"]["with space"], "a b");
+    assert_eq!(
+        config["Labels"]["maintainer"],
+        "strata team <team@example.invalid>"
+    );
+    let raw = raw_config(&store, &built.id);
+    let raw_config = &raw["config"];
+    assert_eq!(
+        raw_config["Healthcheck"]["Test"],
+        serde_json::json!(["CMD-SHELL", "true"])
+    );
+    assert_eq!(raw_config["Healthcheck"]["Interval"], 5_000_000_000u64);
+    assert_eq!(raw_config["Healthcheck"]["Retries"], 2);
+    assert_eq!(raw_config["OnBuild"], serde_json::json!(["RUN echo child"]));
+    assert_eq!(raw_config["Shell"], serde_json::json!(["/bin/sh", "-ec"]));
+    // history: one entry per instruction but ARG; config-only ones are empty layers
+    let history = raw["history"].as_array().unwrap();
+    let built_by: Vec<&str> = history
+        .iter()
+        .map(|h| h["created_by"].as_str().unwrap())
+        .collect();
+    assert!(
+        built_by.iter().any(|c| c.starts_with("RUN /bin/sh -c")),
+        "{built_by:?}"
+    );
+    let empty = history.iter().filter(|h| h["empty_layer"] == true).count();
+    let layers = raw["rootfs"]["diff_ids"].as_array().unwrap().len();
+    assert_eq!(
+        history.len() - empty,
+        layers,
+        "non-empty history entries = layers"
+    );
+    // WORKDIR /app (new dir), 2 COPY, ADD, RUN on top of busybox's one layer
+    assert_eq!(layers, 6, "{built_by:?}");
+}
+
+#[test]
+fn build_independent_stages_run_concurrently() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    // Each stage waits for the other's marker in a shared cache mount: the build only
+    // succeeds when both RUNs are alive at the same time.
+    let wait = |me: &str, other: &str| {
+        format!(
+            "RUN --mount=type=cache,target=/sync,id=sync touch /sync/{me} && i=0; \
+             while [ ! -e /sync/{other} ]; do i=$((i+1)); [ $i -gt 300 ] && exit 9; sleep 0.1; done; echo {me} > /{me}"
+        )
+    };
+    let buildfile = format!(
+        "FROM busybox AS left\n{}\nFROM busybox AS right\n{}\nFROM busybox AS unused\nRUN exit 42\nFROM busybox\nCOPY --from=left /left /\nCOPY --from=right /right /\nRUN test \"$(cat /left /right)\" = \"$(printf 'left\\nright')\"\n",
+        wait("left", "right"),
+        wait("right", "left")
+    );
+    let ctx = context(&store, &[("Buildfile", &buildfile)]);
+    let built = build(&store, &ctx, &[]);
+    assert!(
+        !built.stderr.contains("exit 42"),
+        "unreachable stage must not run:\n{}",
+        built.stderr
+    );
+    assert!(!built.stderr.contains("[unused"), "{}", built.stderr);
+}
+
+#[test]
+fn build_noop_rebuild_same_id_without_running() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            (
+                "Buildfile",
+                "FROM busybox\nCOPY . /ctx\nRUN cat /proc/sys/kernel/random/uuid > /id\nENV A=1\nCMD [\"cat\", \"/id\"]\n",
+            ),
+            ("f", "x"),
+        ],
+    );
+    let first = build(&store, &ctx, &["-t", "noop"]);
+    let second = build(&store, &ctx, &["-t", "noop"]);
+    assert_eq!(
+        first.id, second.id,
+        "a fully cached build must give the same image id"
+    );
+    for step in ["COPY", "RUN", "ENV", "CMD"] {
+        assert!(
+            cached(&second.stderr, step),
+            "{step} not cached:\n{}",
+            second.stderr
+        );
+    }
+    // --no-cache runs the RUN again: new randomness, new id
+    let fresh = build(&store, &ctx, &["--no-cache"]);
+    assert!(!cached(&fresh.stderr, "RUN"), "{}", fresh.stderr);
+    assert_ne!(fresh.id, first.id);
+}
+
+#[test]
+fn build_touch_hits_content_change_misses_from_that_step() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            (
+                "Buildfile",
+                "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /proc/sys/kernel/random/uuid > /1\nCOPY b.txt /b.txt\nRUN cat /proc/sys/kernel/random/uuid > /2\n",
+            ),
+            ("a.txt", "a"),
+            ("b.txt", "b"),
+        ],
+    );
+    let first = build(&store, &ctx, &[]);
+    // mtime only: fully cached
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(ctx.join("a.txt"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let touched = build(&store, &ctx, &[]);
+    assert_eq!(
+        touched.id, first.id,
+        "touch must not invalidate:\n{}",
+        touched.stderr
+    );
+    // b.txt changes: the steps before it hit, it and everything after miss
+    fs::write(ctx.join("b.txt"), "b2").unwrap();
+    let changed = build(&store, &ctx, &[]);
+    assert!(cached(&changed.stderr, "COPY a.txt"), "{}", changed.stderr);
+    assert!(
+        cached(&changed.stderr, "RUN cat /proc/sys/kernel/random/uuid > /1"),
+        "{}",
+        changed.stderr
+    );
+    assert!(!cached(&changed.stderr, "COPY b.txt"), "{}", changed.stderr);
+    assert!(
+        !cached(&changed.stderr, "RUN cat /proc/sys/kernel/random/uuid > /2"),
+        "{}",
+        changed.stderr
+    );
+    // a mode change is a content change too
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(ctx.join("a.txt"), fs::Permissions::from_mode(0o600)).unwrap();
+    let chmodded = build(&store, &ctx, &[]);
+    assert!(
+        !cached(&chmodded.stderr, "COPY a.txt"),
+        "{}",
+        chmodded.stderr
+    );
+}
+
+#[test]
+fn build_changed_arg_misses_where_used() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nARG FLAVOR=plain\nRUN cat /proc/sys/kernel/random/uuid > /before\nENV UNRELATED=1\nFROM busybox\nARG FLAVOR=plain\nCOPY Buildfile /Buildfile\nRUN echo $FLAVOR > /flavor\n",
+        )],
+    );
+    build(&store, &ctx, &[]);
+    let same = build(&store, &ctx, &["--build-arg", "FLAVOR=plain"]);
+    assert!(cached(&same.stderr, "RUN echo $FLAVOR"), "{}", same.stderr);
+    let spicy = build(&store, &ctx, &["--build-arg", "FLAVOR=spicy", "-t", "arg"]);
+    assert!(
+        cached(&spicy.stderr, "COPY Buildfile"),
+        "the ARG is not used before the RUN:\n{}",
+        spicy.stderr
+    );
+    assert!(
+        !cached(&spicy.stderr, "RUN echo $FLAVOR"),
+        "{}",
+        spicy.stderr
+    );
+    // and the value reached the RUN
+    let ctx2 = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM arg\nRUN test \"$(cat /flavor)\" = spicy\n",
+        )],
+    );
+    build(&store, &ctx2, &[]);
+}
+
+#[test]
+fn build_dockerignore_exceptions() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            (
+                "Buildfile",
+                "FROM busybox\nCOPY . /ctx\nRUN cd /ctx && find . | sort > /list && cat /list\n",
+            ),
+            (
+                ".dockerignore",
+                "# logs but one\n*.log\n!keep.log\nsecret/\ndocs\n!docs/README.md\n**/*.tmp\n",
+            ),
+            ("a.log", "x"),
+            ("keep.log", "x"),
+            ("sub/nested.log", "kept: * does not cross /"),
+            ("secret/key", "x"),
+            ("docs/guide.md", "x"),
+            ("docs/README.md", "x"),
+            ("deep/er/x.tmp", "x"),
+            ("src/main.rs", "x"),
+        ],
+    );
+    let first = build(&store, &ctx, &[]);
+    let listed: Vec<&str> = first
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("] | ").nth(1))
+        .collect();
+    for present in [
+        "./keep.log",
+        "./sub/nested.log",
+        "./docs/README.md",
+        "./src/main.rs",
+        "./Buildfile",
+        "./.dockerignore",
+    ] {
+        assert!(listed.contains(&present), "{present} missing: {listed:?}");
+    }
+    for absent in [
+        "./a.log",
+        "./secret",
+        "./secret/key",
+        "./docs/guide.md",
+        "./deep/er/x.tmp",
+    ] {
+        assert!(!listed.contains(&absent), "{absent} copied: {listed:?}");
+    }
+    // changing an ignored file does not invalidate the COPY
+    fs::write(ctx.join("secret/key"), "changed").unwrap();
+    let again = build(&store, &ctx, &[]);
+    assert!(cached(&again.stderr, "COPY . /ctx"), "{}", again.stderr);
+    // <Buildfile>.dockerignore wins over .dockerignore
+    fs::write(ctx.join("Buildfile.dockerignore"), "*\n!Buildfile\n").unwrap();
+    let own = context(&store, &[]);
+    let _ = own;
+    let out = build(
+        &store,
+        &ctx,
+        &["-f", ctx.join("Buildfile").to_str().unwrap()],
+    );
+    let listed: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter_map(|l| l.split("] | ").nth(1))
+        .collect();
+    assert_eq!(listed, vec![".", "./Buildfile"], "{}", out.stderr);
+}
+
+#[test]
+fn build_cache_mount_persists_between_builds() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nARG N\nRUN --mount=type=cache,target=/var/cache/x echo $N >> /var/cache/x/log && cat /var/cache/x/log | wc -l > /count\n",
+        )],
+    );
+    build(&store, &ctx, &["--build-arg", "N=1"]);
+    build(&store, &ctx, &["--build-arg", "N=2", "-t", "cm"]);
+    let check = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM cm\nRUN test \"$(cat /count)\" = 2 && test ! -e /var/cache/x/log\n",
+        )],
+    );
+    build(&store, &check, &[]);
+}
+
+#[test]
+fn build_add_extracts_archives_by_content() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(&store, &[]);
+    let mut tar = tar::Builder::new(Vec::new());
+    for name in ["one.txt", "dir/two.txt"] {
+        let mut header = tar::Header::new_ustar();
+        header.set_size(3);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_cksum();
+        tar.append_data(&mut header, name, &b"abc"[..]).unwrap();
+    }
+    let tar = tar.into_inner().unwrap();
+    fs::write(ctx.join("plain.bin"), &tar).unwrap();
+    fs::write(ctx.join("zst.data"), zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    fs::write(ctx.join("archive.tar.gz"), gz.finish().unwrap()).unwrap();
+    fs::write(ctx.join("notatar.gz"), "just text").unwrap();
+    fs::write(
+        ctx.join("Buildfile"),
+        "FROM busybox\nADD plain.bin /p/\nADD zst.data /z/\nADD archive.tar.gz /g\nADD notatar.gz /n/\n\
+         RUN test \"$(cat /p/one.txt /z/dir/two.txt /g/one.txt)\" = abcabcabc && test \"$(cat /n/notatar.gz)\" = 'just text'\n",
+    )
+    .unwrap();
+    build(&store, &ctx, &[]);
+}
+
+#[test]
+fn build_errors_name_their_location() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let cases: &[(&str, &str)] = &[
+        (
+            "FROM busybox\nRUNN echo typo\n",
+            "Buildfile:2:1: unknown instruction \"RUNN\"",
+        ),
+        (
+            "FROM busybox\nCOPY --chmod=755 --frm=x a b\n",
+            "Buildfile:2:18: unknown flag --frm for COPY",
+        ),
+        (
+            "FROM busybox\nRUN cat <<EOF\nno end\n",
+            "Buildfile:2:9: unterminated heredoc <<EOF",
+        ),
+        (
+            "FROM busybox\nENV A=\"open\n",
+            "Buildfile:2:7: unterminated quote",
+        ),
+        (
+            "FROM busybox\nCOPY --from=2 /a /b\n",
+            "Buildfile:2:13: --from=2: unknown stage \"2\"",
+        ),
+        (
+            "FROM busybox\n\nCOPY missing.txt /\n",
+            "Buildfile:3:6: COPY source \"missing.txt\" not found in the build context",
+        ),
+        (
+            "FROM nosuchimage:1\n",
+            "Buildfile:1:6: base image \"nosuchimage:1\" not found in the store",
+        ),
+        (
+            "FROM busybox\nRUN echo first line; echo to stderr >&2; exit 3\n",
+            "Buildfile:2:1: RUN exited with code 3",
+        ),
+    ];
+    for (text, expected) in cases {
+        let ctx = context(&store, &[("Buildfile", text)]);
+        let stderr = build_fails(&store, &ctx, &[]);
+        let location = format!("{}/{}", ctx.display(), expected);
+        assert!(
+            stderr.contains(&location),
+            "expected {location:?} in:\n{stderr}"
+        );
+        assert!(
+            stderr.starts_with("error: ") || stderr.contains("\nerror: "),
+            "{stderr}"
+        );
+    }
+    // RUN failure shows the last lines of output
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nRUN echo first line; echo to stderr >&2; exit 3\n",
+        )],
+    );
+    let stderr = build_fails(&store, &ctx, &["-q"]);
+    assert!(
+        stderr.contains("first line") && stderr.contains("to stderr"),
+        "{stderr}"
+    );
+    // unknown --target
+    let ctx = context(&store, &[("Buildfile", "FROM busybox AS one\n")]);
+    let stderr = build_fails(&store, &ctx, &["--target", "two"]);
+    assert!(
+        stderr.contains("target stage \"two\" could not be found"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn build_quiet_prints_only_the_id_and_example_builds() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = repo.join("Buildfile.example");
+    let ctx = context(&store, &[]);
+    let out = store.strata(&[
+        "build",
+        "-q",
+        "-t",
+        "hello",
+        "-f",
+        example.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
+    crate::common::assert_success(&out, &["build", "Buildfile.example"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.trim().starts_with("sha256:") && stdout.lines().count() == 1,
+        "{stdout}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "-q prints nothing else: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = inspect(&store, "hello");
+    assert_eq!(image["Config"]["Entrypoint"], serde_json::json!(["greet"]));
+    let check = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM hello\nRUN test \"$(greet tester)\" = 'hello, tester! (strata example v1.0)'\n",
+        )],
+    );
+    build(&store, &check, &[]);
+}
