@@ -10,7 +10,13 @@ use crate::cli::GcArgs;
 
 pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     // Exclusive from the start: waits until no other strata process uses the store.
-    let store = Store::open_exclusive(&globals.root)?;
+    let store = match Store::try_open_exclusive(&globals.root)? {
+        Some(store) => store,
+        None => {
+            eprintln!("waiting for other strata processes using {} to finish...", globals.root.display());
+            Store::open_exclusive(&globals.root)?
+        }
+    };
     let report = store.gc()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -53,10 +53,25 @@ impl Store {
         Store::open_mode(root, LockMode::Exclusive)
     }
 
+    /// Like `open_exclusive`, but `Ok(None)` instead of waiting when others use the store.
+    pub fn try_open_exclusive(root: &Path) -> Result<Option<Store>> {
+        let root = Store::prepare_root(root)?;
+        let Some(lock) = FileLock::try_acquire(&root.join("lock"), LockMode::Exclusive)? else { return Ok(None) };
+        Store::finish_open(root, lock).map(Some)
+    }
+
     fn open_mode(root: &Path, mode: LockMode) -> Result<Store> {
-        fs::create_dir_all(root).map_err(|e| Error::io("failed to create store root", root, e))?;
-        let root = root.canonicalize().map_err(|e| Error::io("failed to resolve store root", root, e))?;
+        let root = Store::prepare_root(root)?;
         let lock = FileLock::acquire(&root.join("lock"), mode)?;
+        Store::finish_open(root, lock)
+    }
+
+    fn prepare_root(root: &Path) -> Result<PathBuf> {
+        fs::create_dir_all(root).map_err(|e| Error::io("failed to create store root", root, e))?;
+        root.canonicalize().map_err(|e| Error::io("failed to resolve store root", root, e))
+    }
+
+    fn finish_open(root: PathBuf, lock: FileLock) -> Result<Store> {
         let store = Store { root, lock: Mutex::new(lock) };
         store.init_layout()?;
         Ok(store)
