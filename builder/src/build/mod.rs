@@ -145,9 +145,13 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         }
         remaining.retain(|i| !ready.contains(i));
     }
-    let final_state = done[target]
+    let mut final_state = done[target]
         .take()
         .ok_or_else(|| Error::Other("target stage was not built".into()))?;
+    if let Some(epoch) = opts.source_date_epoch {
+        // reproducible-builds.org: the image is dated SOURCE_DATE_EPOCH, whatever the base
+        final_state.created = epoch;
+    }
     opts.progress.note("writing image");
     final_state.commit(store, &opts.tags)
 }

@@ -1,0 +1,288 @@
+//! The build driver against a real store: COPY/ADD semantics (destinations, wildcards,
+//! owners by name, --exclude, heredocs, --from keeping owners), cache keys (no mtimes,
+//! modes count), reproducible ids. These Buildfiles have no RUN: the executor refuses to
+//! run anything, which also proves cache hits never execute.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use strata_builder::executor::{Executor, RunRequest};
+use strata_builder::{BuildOptions, build};
+use strata_store::layer::WriteOptions;
+use strata_store::{Image, Store};
+
+struct NoRun;
+
+impl Executor for NoRun {
+    fn run(&self, request: RunRequest<'_>) -> strata_builder::Result<i32> {
+        Err(strata_builder::Error::Other(format!(
+            "unexpected RUN {:?}",
+            request.args
+        )))
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Store,
+    context: PathBuf,
+}
+
+/// A store holding `base:latest` (an /etc/passwd with user `app` 1000:1001, group `staff`
+/// 50, a /srv dir with mode 0750) and an empty context dir.
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let store = Store::open(&dir.path().join("store")).unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, mode: u32, body: Option<&str>| {
+        let mut header = tar::Header::new_ustar();
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_000_000);
+        match body {
+            Some(text) => {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(text.len() as u64);
+                header.set_cksum();
+                tar.append_data(&mut header, path, text.as_bytes()).unwrap();
+            }
+            None => {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                header.set_cksum();
+                tar.append_data(&mut header, path, &[][..]).unwrap();
+            }
+        }
+    };
+    add("etc/", 0o755, None);
+    add(
+        "etc/passwd",
+        0o644,
+        Some("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n"),
+    );
+    add("etc/group", 0o644, Some("root:x:0:\nstaff:x:50:\n"));
+    add("srv/", 0o750, None);
+    let bytes = tar.into_inner().unwrap();
+    store
+        .import(
+            &bytes[..],
+            &["base:latest".to_string()],
+            &WriteOptions::default(),
+        )
+        .unwrap();
+    let context = dir.path().join("context");
+    fs::create_dir(&context).unwrap();
+    Fixture {
+        _dir: dir,
+        store,
+        context,
+    }
+}
+
+impl Fixture {
+    fn write(&self, path: &str, content: &str) {
+        let path = self.context.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, content).unwrap();
+    }
+
+    fn options(&self) -> BuildOptions {
+        BuildOptions::new(&self.context, self.context.join("Buildfile"))
+    }
+
+    fn build(&self, buildfile: &str) -> strata_builder::Result<Image> {
+        self.write("Buildfile", buildfile);
+        build(&self.store, &NoRun, &self.options())
+    }
+
+    /// The top layer of `image`, unpacked.
+    fn top(&self, image: &Image) -> PathBuf {
+        self.store.layer_dirs(image).unwrap().remove(0)
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().mode() & 0o7777
+}
+
+fn owner(path: &Path) -> (u32, u32) {
+    let meta = fs::symlink_metadata(path).unwrap();
+    (meta.uid(), meta.gid())
+}
+
+#[test]
+fn copy_destination_rules_follow_docker() {
+    let fx = fixture();
+    fx.write("a.txt", "a");
+    fx.write("b.txt", "b");
+    fx.write("dir/x/y.txt", "y");
+    fx.write("dir/z.md", "z");
+    let image = fx
+        .build("FROM base\nWORKDIR /work\nCOPY a.txt ./\nCOPY a.txt renamed\nCOPY dir /copied\nCOPY *.txt /many/\n")
+        .unwrap();
+    let dirs = fx.store.layer_dirs(&image).unwrap();
+    let tree = strata_builder::tree::Tree::new(dirs);
+    assert_eq!(
+        tree.read("work/a.txt").unwrap(),
+        b"a",
+        "relative dest is under WORKDIR"
+    );
+    assert_eq!(
+        tree.read("work/renamed").unwrap(),
+        b"a",
+        "no trailing slash: the file is named dest"
+    );
+    assert_eq!(
+        tree.read("copied/x/y.txt").unwrap(),
+        b"y",
+        "a directory copies its content"
+    );
+    assert!(tree.lookup("copied/dir").is_none());
+    assert_eq!(tree.read("many/b.txt").unwrap(), b"b");
+    let error = fx
+        .build("FROM base\nCOPY a.txt b.txt /notadir\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Buildfile:2:") && error.contains("must be a directory ending in /"),
+        "{error}"
+    );
+}
+
+#[test]
+fn copy_owners_modes_and_parent_dirs() {
+    let fx = fixture();
+    fx.write("f", "f");
+    fs::set_permissions(fx.context.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    let image = fx
+        .build("FROM base\nCOPY --chown=app:staff f /srv/deep/f\nCOPY --chmod=700 f /plain\n")
+        .unwrap();
+    let dirs = fx.store.layer_dirs(&image).unwrap();
+    let (upper_copy, lower_copy) = (&dirs[0], &dirs[1]);
+    assert_eq!(
+        owner(&upper_copy.join("plain")),
+        (0, 0),
+        "context files belong to root"
+    );
+    assert_eq!(mode(&upper_copy.join("plain")), 0o700);
+    assert_eq!(
+        owner(&lower_copy.join("srv/deep/f")),
+        (1000, 50),
+        "names resolve in the image"
+    );
+    assert_eq!(
+        mode(&lower_copy.join("srv/deep/f")),
+        0o640,
+        "mode kept without --chmod"
+    );
+    assert_eq!(
+        mode(&lower_copy.join("srv")),
+        0o750,
+        "an existing parent keeps its metadata in the layer"
+    );
+}
+
+#[test]
+fn copy_from_stage_keeps_owners_and_excludes() {
+    let fx = fixture();
+    fx.write("keep.txt", "k");
+    fx.write("skip.log", "s");
+    let image = fx
+        .build(
+            "FROM base AS one\nCOPY --chown=1000 --exclude=*.log . /stuff/\nFROM base\nCOPY --from=one /stuff /got\nCOPY --from=one /etc/passwd /p\n",
+        )
+        .unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let (path, _) = tree.lookup("got/keep.txt").unwrap();
+    assert_eq!(
+        owner(&path),
+        (1000, 1000),
+        "COPY --from keeps owners; --chown=UID means gid=UID"
+    );
+    assert!(tree.lookup("got/skip.log").is_none(), "--exclude");
+    assert!(tree.read("p").unwrap().starts_with(b"root:"));
+}
+
+#[test]
+fn copy_heredoc_expands_unless_quoted() {
+    let fx = fixture();
+    let image = fx.build("FROM base\nARG WHO=world\nCOPY <<EOF /hello\nhello $WHO\nEOF\nCOPY <<'EOF' /raw\nhello $WHO\nEOF\n").unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    assert_eq!(tree.read("hello").unwrap(), b"hello world\n");
+    assert_eq!(tree.read("raw").unwrap(), b"hello $WHO\n");
+    let _ = fx.top(&image);
+}
+
+#[test]
+fn cache_keys_ignore_mtimes_but_not_modes() {
+    let fx = fixture();
+    fx.write("f", "same");
+    let buildfile = "FROM base\nCOPY f /f\nENV X=1\n";
+    let first = fx.build(buildfile).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(7200);
+    fs::File::options()
+        .write(true)
+        .open(fx.context.join("f"))
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let touched = fx.build(buildfile).unwrap();
+    assert_eq!(first.id, touched.id);
+    fs::set_permissions(fx.context.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    let chmodded = fx.build(buildfile).unwrap();
+    assert_ne!(first.id, chmodded.id);
+}
+
+#[test]
+fn source_date_epoch_makes_uncached_builds_reproducible() {
+    let fx = fixture();
+    fx.write("f", "content");
+    fx.write("Buildfile", "FROM base\nCOPY f /f\nLABEL a=b\n");
+    let mut opts = fx.options();
+    opts.source_date_epoch = Some(1_700_000_000);
+    opts.no_cache = true;
+    let first = build(&fx.store, &NoRun, &opts).unwrap();
+    let second = build(&fx.store, &NoRun, &opts).unwrap();
+    assert_eq!(
+        first.id, second.id,
+        "same inputs and SOURCE_DATE_EPOCH: same image, even without cache"
+    );
+    assert_eq!(
+        first.config.created().as_deref(),
+        Some("2023-11-14T22:13:20Z")
+    );
+}
+
+#[test]
+fn build_args_reach_from_and_unknown_target_fails() {
+    let fx = fixture();
+    fx.write(
+        "Buildfile",
+        "ARG IMAGE=nothing\nFROM $IMAGE AS only\nLABEL from=$IMAGE\n",
+    );
+    let mut opts = fx.options();
+    opts.build_args = BTreeMap::from([("IMAGE".to_string(), "base".to_string())]);
+    let image = build(&fx.store, &NoRun, &opts).unwrap();
+    assert!(
+        image
+            .config
+            .config()
+            .as_ref()
+            .unwrap()
+            .labels()
+            .as_ref()
+            .unwrap()
+            .get("from")
+            .is_some_and(|v| v.is_empty()),
+        "meta ARGs are not visible inside a stage"
+    );
+    opts.target = Some("other".into());
+    let error = build(&fx.store, &NoRun, &opts).unwrap_err().to_string();
+    assert!(
+        error.contains("target stage \"other\" could not be found"),
+        "{error}"
+    );
+}
