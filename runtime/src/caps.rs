@@ -38,12 +38,17 @@ pub const DOCKER_DEFAULT: [u32; 14] = [
 
 /// The default set as a 64-bit mask.
 pub fn default_mask() -> u64 {
-    DOCKER_DEFAULT.iter().fold(0, |mask, cap| mask | (1u64 << cap))
+    DOCKER_DEFAULT
+        .iter()
+        .fold(0, |mask, cap| mask | (1u64 << cap))
 }
 
 /// The highest capability number the running kernel knows (/proc/sys/kernel/cap_last_cap).
 pub fn last_cap() -> u32 {
-    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(40)
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
 }
 
 #[cfg(test)]

@@ -31,17 +31,20 @@ pub struct Setup {
 pub type Env = Vec<String>;
 
 fn has_key(env: &[String], key: &str) -> bool {
-    env.iter().any(|pair| pair.split_once('=').map(|(k, _)| k) == Some(key))
+    env.iter()
+        .any(|pair| pair.split_once('=').map(|(k, _)| k) == Some(key))
 }
 
 /// Runs the whole setup; the error is a message for strata's stderr (exit 125).
 pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Env, String> {
     rootfs::prepare(sys, &spec.rootfs)?;
     if let Some(hostname) = &spec.hostname {
-        sys.sethostname(hostname).map_err(|err| format!("sethostname {hostname:?}: {err}"))?;
+        sys.sethostname(hostname)
+            .map_err(|err| format!("sethostname {hostname:?}: {err}"))?;
     }
     if spec.loopback {
-        sys.loopback_up().map_err(|err| format!("bring up loopback: {err}"))?;
+        sys.loopback_up()
+            .map_err(|err| format!("bring up loopback: {err}"))?;
     }
 
     let passwd = sys.read_file(Path::new("/etc/passwd")).unwrap_or_default();
@@ -64,29 +67,42 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Env, String> {
         env.push("TERM=xterm".into());
     }
 
-    let cwd = if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() };
+    let cwd = if spec.cwd.is_empty() {
+        "/"
+    } else {
+        spec.cwd.as_str()
+    };
     if !cwd.starts_with('/') {
         return Err(format!("working directory {cwd:?} is not absolute"));
     }
     // docker creates a missing workdir (as root, before the user switch).
-    sys.mkdir_all(Path::new(cwd)).map_err(|err| format!("create working directory {cwd}: {err}"))?;
+    sys.mkdir_all(Path::new(cwd))
+        .map_err(|err| format!("create working directory {cwd}: {err}"))?;
 
     let keep = caps::default_mask();
     for cap in 0..=spec.last_cap {
         if keep & (1u64 << cap) == 0 {
-            sys.drop_bounding_cap(cap).map_err(|err| format!("drop capability {cap} from the bounding set: {err}"))?;
+            sys.drop_bounding_cap(cap)
+                .map_err(|err| format!("drop capability {cap} from the bounding set: {err}"))?;
         }
     }
-    sys.clear_ambient_caps().map_err(|err| format!("clear ambient capabilities: {err}"))?;
-    sys.setgroups(&exec_user.groups).map_err(|err| format!("setgroups {:?}: {err}", exec_user.groups))?;
-    sys.setresgid(exec_user.gid).map_err(|err| format!("setresgid {}: {err}", exec_user.gid))?;
-    sys.setresuid(exec_user.uid).map_err(|err| format!("setresuid {}: {err}", exec_user.uid))?;
+    sys.clear_ambient_caps()
+        .map_err(|err| format!("clear ambient capabilities: {err}"))?;
+    sys.setgroups(&exec_user.groups)
+        .map_err(|err| format!("setgroups {:?}: {err}", exec_user.groups))?;
+    sys.setresgid(exec_user.gid)
+        .map_err(|err| format!("setresgid {}: {err}", exec_user.gid))?;
+    sys.setresuid(exec_user.uid)
+        .map_err(|err| format!("setresuid {}: {err}", exec_user.uid))?;
     // Root keeps docker's set; any other user keeps none (the kernel already cleared them
     // on the uid change; say so explicitly). Inheritable stays empty (CVE-2022-24769).
     let mask = if exec_user.uid == 0 { keep } else { 0 };
-    sys.capset(mask, mask, 0).map_err(|err| format!("capset: {err}"))?;
-    sys.chdir(Path::new(cwd)).map_err(|err| format!("chdir to working directory {cwd}: {err}"))?;
-    sys.set_no_new_privs().map_err(|err| format!("set no_new_privs: {err}"))?;
+    sys.capset(mask, mask, 0)
+        .map_err(|err| format!("capset: {err}"))?;
+    sys.chdir(Path::new(cwd))
+        .map_err(|err| format!("chdir to working directory {cwd}: {err}"))?;
+    sys.set_no_new_privs()
+        .map_err(|err| format!("set no_new_privs: {err}"))?;
     Ok(env)
 }
 
@@ -97,7 +113,9 @@ pub struct ExecFailure {
 }
 
 fn path_of(env: &[String]) -> &str {
-    env.iter().find_map(|pair| pair.strip_prefix("PATH=")).unwrap_or(DEFAULT_PATH)
+    env.iter()
+        .find_map(|pair| pair.strip_prefix("PATH="))
+        .unwrap_or(DEFAULT_PATH)
 }
 
 /// Finds `program` like execvp, with the container's PATH: Err(127) when nothing is
@@ -111,34 +129,53 @@ pub fn find_program(program: &str, env: &[String]) -> Result<std::path::PathBuf,
     for dir in path_of(env).split(':') {
         let dir = if dir.is_empty() { "." } else { dir };
         let candidate = Path::new(dir).join(program);
-        let Ok(meta) = std::fs::metadata(&candidate) else { continue };
+        let Ok(meta) = std::fs::metadata(&candidate) else {
+            continue;
+        };
         if meta.is_file() && access(&candidate, AccessFlags::X_OK).is_ok() {
             return Ok(candidate);
         }
         denied.get_or_insert(candidate);
     }
     Err(match denied {
-        Some(path) => ExecFailure { code: 126, message: format!("exec: {:?}: permission denied", path.display().to_string()) },
-        None => ExecFailure { code: 127, message: format!("exec: {program:?}: executable file not found in $PATH") },
+        Some(path) => ExecFailure {
+            code: 126,
+            message: format!("exec: {:?}: permission denied", path.display().to_string()),
+        },
+        None => ExecFailure {
+            code: 127,
+            message: format!("exec: {program:?}: executable file not found in $PATH"),
+        },
     })
 }
 
 /// execve, or the failure to report: ENOENT -> 127, EACCES/ENOEXEC/EISDIR -> 126.
 pub fn exec(args: &[String], env: &[String]) -> ExecFailure {
     let Some(program) = args.first() else {
-        return ExecFailure { code: 125, message: "no command given".into() };
+        return ExecFailure {
+            code: 125,
+            message: "no command given".into(),
+        };
     };
     let path = match find_program(program, env) {
         Ok(path) => path,
         Err(failure) => return failure,
     };
-    let to_c = |s: &str| CString::new(s).map_err(|_| ExecFailure { code: 125, message: format!("{s:?} contains a NUL byte") });
+    let to_c = |s: &str| {
+        CString::new(s).map_err(|_| ExecFailure {
+            code: 125,
+            message: format!("{s:?} contains a NUL byte"),
+        })
+    };
     let (Ok(path_c), Ok(argv), Ok(envp)) = (
         to_c(&path.to_string_lossy()),
         args.iter().map(|a| to_c(a)).collect::<Result<Vec<_>, _>>(),
         env.iter().map(|e| to_c(e)).collect::<Result<Vec<_>, _>>(),
     ) else {
-        return ExecFailure { code: 125, message: "argument or environment contains a NUL byte".into() };
+        return ExecFailure {
+            code: 125,
+            message: "argument or environment contains a NUL byte".into(),
+        };
     };
     let err = match nix::unistd::execve(&path_c, &argv, &envp) {
         Err(err) => err,
@@ -148,7 +185,10 @@ pub fn exec(args: &[String], env: &[String]) -> ExecFailure {
         nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => 127,
         _ => 126,
     };
-    ExecFailure { code, message: format!("exec {:?}: {err}", path.display().to_string()) }
+    ExecFailure {
+        code,
+        message: format!("exec {:?}: {err}", path.display().to_string()),
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +200,12 @@ mod tests {
 
     fn setup_spec(userns: bool) -> Setup {
         Setup {
-            rootfs: Rootfs { root: "/r".into(), userns, private_network: true, console: None },
+            rootfs: Rootfs {
+                root: "/r".into(),
+                userns,
+                private_network: true,
+                console: None,
+            },
             hostname: Some("box".into()),
             loopback: true,
             user: "app".into(),
@@ -173,16 +218,27 @@ mod tests {
 
     fn recorder() -> Recorder {
         let mut recorder = Recorder::default();
-        recorder.files.insert(PathBuf::from("/etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into());
-        recorder.files.insert(PathBuf::from("/etc/group"), "app:x:1000:\nextra:x:2000:app\n".into());
-        recorder.files.insert(PathBuf::from("/proc/kcore"), String::new());
+        recorder.files.insert(
+            PathBuf::from("/etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n".into(),
+        );
+        recorder.files.insert(
+            PathBuf::from("/etc/group"),
+            "app:x:1000:\nextra:x:2000:app\n".into(),
+        );
+        recorder
+            .files
+            .insert(PathBuf::from("/proc/kcore"), String::new());
         recorder.dirs.push(PathBuf::from("/proc/sys"));
         recorder.dirs.push(PathBuf::from("/sys/firmware"));
         recorder
     }
 
     fn position(calls: &[String], prefix: &str) -> usize {
-        calls.iter().position(|call| call == prefix || call.starts_with(&format!("{prefix} "))).unwrap_or_else(|| panic!("no call {prefix:?} in {calls:#?}"))
+        calls
+            .iter()
+            .position(|call| call == prefix || call.starts_with(&format!("{prefix} ")))
+            .unwrap_or_else(|| panic!("no call {prefix:?} in {calls:#?}"))
     }
 
     #[test]
@@ -220,14 +276,31 @@ mod tests {
             "chdir /work",
             "set_no_new_privs",
         ];
-        let positions: Vec<usize> = order.iter().map(|prefix| position(&calls, prefix)).collect();
-        assert!(positions.windows(2).all(|pair| pair[0] < pair[1]), "out of order: {positions:?}\n{calls:#?}");
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|prefix| position(&calls, prefix))
+            .collect();
+        assert!(
+            positions.windows(2).all(|pair| pair[0] < pair[1]),
+            "out of order: {positions:?}\n{calls:#?}"
+        );
         assert_eq!(calls.last().unwrap(), "set_no_new_privs");
         // Only the docker default caps survive in the bounding set.
-        let dropped: Vec<&String> = calls.iter().filter(|c| c.starts_with("drop_bounding_cap")).collect();
+        let dropped: Vec<&String> = calls
+            .iter()
+            .filter(|c| c.starts_with("drop_bounding_cap"))
+            .collect();
         assert_eq!(dropped.len(), 41 - caps::DOCKER_DEFAULT.len());
         assert!(!calls.contains(&"drop_bounding_cap 0".to_string()));
-        assert_eq!(env, ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "A=1", "HOSTNAME=box", "HOME=/home/app"]);
+        assert_eq!(
+            env,
+            [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "A=1",
+                "HOSTNAME=box",
+                "HOME=/home/app"
+            ]
+        );
     }
 
     #[test]
@@ -236,7 +309,11 @@ mod tests {
         let mut spec = setup_spec(false);
         spec.user = String::new();
         setup(&recorder, &spec).unwrap();
-        assert!(recorder.calls().contains(&"capset 0xa80425fb 0xa80425fb 0x0".to_string()));
+        assert!(
+            recorder
+                .calls()
+                .contains(&"capset 0xa80425fb 0xa80425fb 0x0".to_string())
+        );
     }
 
     #[test]
@@ -244,9 +321,18 @@ mod tests {
         let recorder = recorder();
         setup(&recorder, &setup_spec(true)).unwrap();
         let calls = recorder.calls();
-        assert!(calls.iter().any(|c| c == "mount /sys /r/sys - MS_BIND|MS_REC -"), "{calls:#?}");
+        assert!(
+            calls
+                .iter()
+                .any(|c| c == "mount /sys /r/sys - MS_BIND|MS_REC -"),
+            "{calls:#?}"
+        );
         assert!(!calls.iter().any(|c| c.contains("sysfs")));
-        assert!(calls.iter().any(|c| c.contains("newinstance,ptmxmode=0666,mode=0620") && !c.contains("gid=5")));
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.contains("newinstance,ptmxmode=0666,mode=0620") && !c.contains("gid=5"))
+        );
     }
 
     #[test]
@@ -255,15 +341,26 @@ mod tests {
         let mut spec = setup_spec(false);
         spec.user = "ghost".into();
         let err = setup(&recorder, &spec).unwrap_err();
-        assert_eq!(err, "unable to find user ghost: no matching entries in /etc/passwd");
+        assert_eq!(
+            err,
+            "unable to find user ghost: no matching entries in /etc/passwd"
+        );
         assert!(!recorder.calls().iter().any(|c| c.starts_with("setres")));
         let _ = Kind::Dir;
     }
 
     #[test]
     fn missing_program_is_127() {
-        let failure = find_program("surely-not-a-program-xyz", &["PATH=/nonexistent:/bin".into()]).unwrap_err();
+        let failure = find_program(
+            "surely-not-a-program-xyz",
+            &["PATH=/nonexistent:/bin".into()],
+        )
+        .unwrap_err();
         assert_eq!(failure.code, 127);
-        assert!(failure.message.contains("executable file not found in $PATH"));
+        assert!(
+            failure
+                .message
+                .contains("executable file not found in $PATH")
+        );
     }
 }

@@ -13,7 +13,11 @@ pub enum Error {
 
     /// A file the runtime reads or writes (cgroup files, id maps, /etc/passwd).
     #[error("{op} {}: {source}", path.display())]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     /// The spec cannot be run as given.
     #[error("invalid container spec: {0}")]
@@ -21,7 +25,11 @@ pub enum Error {
 
     /// The user or group could not be resolved in the container's /etc/passwd or /etc/group.
     #[error("unable to find {kind} {name}: no matching entries in {file}")]
-    UnknownId { kind: &'static str, name: String, file: &'static str },
+    UnknownId {
+        kind: &'static str,
+        name: String,
+        file: &'static str,
+    },
 
     /// A failure inside the container before exec, reported over the sync socket.
     #[error("container setup failed: {0}")]
@@ -34,10 +42,17 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn sys(op: impl Into<String>, source: nix::Error) -> Error {
-        Error::Sys { op: op.into(), source }
+        Error::Sys {
+            op: op.into(),
+            source,
+        }
     }
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

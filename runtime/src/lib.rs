@@ -84,9 +84,11 @@ pub struct Spec {
 /// 126/127 when the command cannot be executed). `Err` means strata failed before the
 /// command started (the caller exits 125).
 pub fn run(spec: Spec) -> Result<i32> {
+    // Catch before the container starts: it may be signalled as soon as it runs.
+    let forwarding =
+        signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
     let child = spawn(spec)?;
-    let forwarding = signals::forward_to(child.pid, child.pty_master())
-        .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    forwarding.attach(child.pid, child.pty_master());
     let code = child.wait();
     drop(forwarding);
     code

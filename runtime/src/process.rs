@@ -24,8 +24,8 @@ use crate::container::{self, Setup};
 use crate::error::{Error, Result};
 use crate::init;
 use crate::rootfs::Rootfs;
-use crate::syscall::{Linux, Syscall};
 use crate::sys::{self, ForkResult};
+use crate::syscall::{Linux, Syscall};
 use crate::{Network, Spec, cgroup, tty};
 
 /// The host id range container root maps to with `userns` (docker's userns-remap default
@@ -70,15 +70,23 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         return Err(Error::Spec("no command given".into()));
     }
     if !spec.rootfs.is_dir() {
-        return Err(Error::Spec(format!("rootfs {} is not a directory", spec.rootfs.display())));
+        return Err(Error::Spec(format!(
+            "rootfs {} is not a directory",
+            spec.rootfs.display()
+        )));
     }
     let cgroup = if spec.cgroup_name.is_empty() {
         None
     } else {
         Some(cgroup::Cgroup::create(&spec.cgroup_name, &spec.limits)?)
     };
-    let pty = if spec.tty { Some(tty::Pty::open()?) } else { None };
-    let rootfs = std::fs::canonicalize(&spec.rootfs).map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
+    let pty = if spec.tty {
+        Some(tty::Pty::open()?)
+    } else {
+        None
+    };
+    let rootfs = std::fs::canonicalize(&spec.rootfs)
+        .map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
     let setup = Setup {
         rootfs: Rootfs {
             root: rootfs,
@@ -98,12 +106,19 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         Some(pty) => (Some(pty.master), Some(pty.slave)),
         None => (None, None),
     };
+    // With a terminal, the container's stdio is the pty and `stdout` receives what the
+    // pty master reads (so a detached `-t` container still has a log).
+    let (stdout, tty_sink) = if spec.tty {
+        (None, spec.stdout)
+    } else {
+        (spec.stdout, None)
+    };
     let launch = Launch {
         args: spec.args.clone(),
         init: spec.init,
         tty: spec.tty,
         stdin: spec.stdin,
-        stdout: spec.stdout,
+        stdout,
         stderr: spec.stderr,
         pty_slave,
     };
@@ -141,7 +156,9 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let pid = match next {
         Ok(b'P') => {
             let mut bytes = [0u8; 4];
-            parent_sock.read_exact(&mut bytes).map_err(|err| abort(format!("read container pid: {err}")))?;
+            parent_sock
+                .read_exact(&mut bytes)
+                .map_err(|err| abort(format!("read container pid: {err}")))?;
             i32::from_le_bytes(bytes)
         }
         Ok(b'E') => {
@@ -162,16 +179,24 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         return Err(abort(String::from_utf8_lossy(message).into_owned()));
     }
     let tty = match pty_master {
-        Some(master) => Some(tty::Session::start(master, spec.interactive, None)?),
+        Some(master) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
         None => None,
     };
-    Ok(Child { pid, intermediate, cgroup: cgroup.map(|c| c.name().to_string()), tty })
+    Ok(Child {
+        pid,
+        intermediate,
+        cgroup: cgroup.map(|c| c.name().to_string()),
+        tty,
+    })
 }
 
 /// runc's order: pid, mount, uts, ipc, net, in one unshare (the pid namespace applies to
 /// the next child; the user namespace, when asked for, was made first so it owns them).
 pub fn namespace_flags(network: Network) -> CloneFlags {
-    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    let mut flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
     if network == Network::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -188,10 +213,21 @@ fn write_id_maps(intermediate: Pid) -> Result<()> {
 }
 
 /// The intermediate process: namespaces, then fork pid 1 and wait for it.
-fn intermediate_main(mut sock: UnixStream, userns: bool, network: Network, setup: Setup, launch: Launch) -> ! {
+fn intermediate_main(
+    mut sock: UnixStream,
+    userns: bool,
+    network: Network,
+    setup: Setup,
+    launch: Launch,
+) -> ! {
     // Terminal signals reach the whole foreground process group; only the container may
     // decide what to do with them (the parent forwards them).
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         let _ = sys::set_disposition(signal, true);
     }
     if userns {
@@ -207,7 +243,10 @@ fn intermediate_main(mut sock: UnixStream, userns: bool, network: Network, setup
         if let Err(err) = nix::unistd::setresgid(0.into(), 0.into(), 0.into())
             .and_then(|()| nix::unistd::setresuid(0.into(), 0.into(), 0.into()))
         {
-            fail(&mut sock, &format!("become root in the user namespace: {err}"));
+            fail(
+                &mut sock,
+                &format!("become root in the user namespace: {err}"),
+            );
         }
     }
     let flags = namespace_flags(network);
@@ -239,7 +278,12 @@ fn intermediate_main(mut sock: UnixStream, userns: bool, network: Network, setup
 
 /// pid 1 of the container: wait for the go, set everything up, exec.
 fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         let _ = sys::set_disposition(signal, false);
     }
     let mut go = [0u8; 1];
@@ -253,7 +297,11 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
         if let Err(err) = sys::set_controlling_tty(slave.as_fd()) {
             fail(&mut sock, &format!("set controlling terminal: {err}"));
         }
-        (Some(slave.as_fd()), Some(slave.as_fd()), Some(slave.as_fd()))
+        (
+            Some(slave.as_fd()),
+            Some(slave.as_fd()),
+            Some(slave.as_fd()),
+        )
     } else {
         (
             launch.stdin.as_ref().map(|fd| fd.as_fd()),
@@ -315,7 +363,8 @@ impl Child {
 
     /// Sends `signal` to the container's pid 1.
     pub fn signal(&self, signal: Signal) -> Result<()> {
-        nix::sys::signal::kill(Pid::from_raw(self.pid), signal).map_err(|err| Error::sys(format!("kill {} {signal}", self.pid), err))
+        nix::sys::signal::kill(Pid::from_raw(self.pid), signal)
+            .map_err(|err| Error::sys(format!("kill {} {signal}", self.pid), err))
     }
 
     /// Waits for the container to exit: its exit code, 128+N for signal N, 137 when the
@@ -335,7 +384,10 @@ impl Child {
         if let Some(tty) = self.tty.take() {
             tty.finish();
         }
-        let oom = self.cgroup.as_deref().is_some_and(|name| cgroup::oom_kills(name) > 0);
+        let oom = self
+            .cgroup
+            .as_deref()
+            .is_some_and(|name| cgroup::oom_kills(name) > 0);
         Ok(if oom && code > 128 { 137 } else { code })
     }
 }
@@ -346,8 +398,14 @@ mod tests {
 
     #[test]
     fn network_none_adds_a_network_namespace() {
-        let all = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+        let all = CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC;
         assert_eq!(namespace_flags(Network::Host), all);
-        assert_eq!(namespace_flags(Network::None), all | CloneFlags::CLONE_NEWNET);
+        assert_eq!(
+            namespace_flags(Network::None),
+            all | CloneFlags::CLONE_NEWNET
+        );
     }
 }

@@ -40,7 +40,13 @@ pub const MASKED_PATHS: [&str; 11] = [
 ];
 
 /// runc's default read-only paths.
-pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Device nodes bound from the host's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -63,28 +69,54 @@ fn mount(
     flags: MsFlags,
     data: Option<&str>,
 ) -> Step {
-    sys.mount(source, target, fstype, flags, data).map_err(sys_err(format!(
-        "mount {} on {}",
-        fstype.map(str::to_string).or_else(|| source.map(|s| s.display().to_string())).unwrap_or_default(),
-        target.display()
-    )))
+    sys.mount(source, target, fstype, flags, data)
+        .map_err(sys_err(format!(
+            "mount {} on {}",
+            fstype
+                .map(str::to_string)
+                .or_else(|| source.map(|s| s.display().to_string()))
+                .unwrap_or_default(),
+            target.display()
+        )))
 }
 
 fn mkdir(sys: &dyn Syscall, path: &Path) -> Step {
-    sys.mkdir_all(path).map_err(io_err(format!("mkdir {}", path.display())))
+    sys.mkdir_all(path)
+        .map_err(io_err(format!("mkdir {}", path.display())))
 }
 
 /// Everything up to and including the pivot into the new root.
 pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     let root = spec.root.as_path();
     // Nothing we mount may propagate back to the host (and pivot_root refuses shared mounts).
-    mount(sys, None, Path::new("/"), None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
-    mount(sys, Some(root), root, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
+    mount(
+        sys,
+        None,
+        Path::new("/"),
+        None,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None,
+    )?;
+    mount(
+        sys,
+        Some(root),
+        root,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )?;
 
     let proc_dir = root.join("proc");
     mkdir(sys, &proc_dir)?;
     let nosuid_noexec_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
-    mount(sys, Some(Path::new("proc")), &proc_dir, Some("proc"), nosuid_noexec_nodev, None)?;
+    mount(
+        sys,
+        Some(Path::new("proc")),
+        &proc_dir,
+        Some("proc"),
+        nosuid_noexec_nodev,
+        None,
+    )?;
 
     dev(sys, spec)?;
 
@@ -92,24 +124,50 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     mkdir(sys, &sys_dir)?;
     let ro = nosuid_noexec_nodev | MsFlags::MS_RDONLY;
     let fresh = if spec.private_network && !spec.userns {
-        sys.mount(Some(Path::new("sysfs")), &sys_dir, Some("sysfs"), ro, None).is_ok()
+        sys.mount(Some(Path::new("sysfs")), &sys_dir, Some("sysfs"), ro, None)
+            .is_ok()
     } else {
         false
     };
     if !fresh {
         // sysfs belongs to the network namespace's owner: without one of our own, bind the
         // host's and make the bind read-only (runc does the same for rootless containers).
-        mount(sys, Some(Path::new("/sys")), &sys_dir, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        mount(sys, None, &sys_dir, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro, None)?;
+        mount(
+            sys,
+            Some(Path::new("/sys")),
+            &sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mount(
+            sys,
+            None,
+            &sys_dir,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+            None,
+        )?;
     }
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only
     // the container's tree (pivot_root(2), "NOTES": new_root and put_old may be the same).
-    sys.chdir(root).map_err(sys_err(format!("chdir {}", root.display())))?;
-    sys.pivot_root(Path::new("."), Path::new(".")).map_err(sys_err(format!("pivot_root {}", root.display())))?;
-    mount(sys, None, Path::new("."), None, MsFlags::MS_SLAVE | MsFlags::MS_REC, None)?;
-    sys.umount(Path::new("."), MntFlags::MNT_DETACH).map_err(sys_err("detach old root".into()))?;
-    sys.chdir(Path::new("/")).map_err(sys_err("chdir /".into()))?;
+    sys.chdir(root)
+        .map_err(sys_err(format!("chdir {}", root.display())))?;
+    sys.pivot_root(Path::new("."), Path::new("."))
+        .map_err(sys_err(format!("pivot_root {}", root.display())))?;
+    mount(
+        sys,
+        None,
+        Path::new("."),
+        None,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None,
+    )?;
+    sys.umount(Path::new("."), MntFlags::MNT_DETACH)
+        .map_err(sys_err("detach old root".into()))?;
+    sys.chdir(Path::new("/"))
+        .map_err(sys_err("chdir /".into()))?;
 
     mask(sys)
 }
@@ -129,19 +187,25 @@ fn dev(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     )?;
     for name in DEVICES {
         let target = dev.join(name);
-        sys.touch(&target).map_err(io_err(format!("create {}", target.display())))?;
+        sys.touch(&target)
+            .map_err(io_err(format!("create {}", target.display())))?;
         let host = Path::new("/dev").join(name);
         mount(sys, Some(&host), &target, None, MsFlags::MS_BIND, None)?;
     }
     if let Some(console) = &spec.console {
         let target = dev.join("console");
-        sys.touch(&target).map_err(io_err(format!("create {}", target.display())))?;
+        sys.touch(&target)
+            .map_err(io_err(format!("create {}", target.display())))?;
         mount(sys, Some(console), &target, None, MsFlags::MS_BIND, None)?;
     }
     let pts = dev.join("pts");
     mkdir(sys, &pts)?;
     // gid=5 (tty) is only valid where it is mapped; leave it out in a user namespace.
-    let pts_options = if spec.userns { "newinstance,ptmxmode=0666,mode=0620" } else { "newinstance,ptmxmode=0666,mode=0620,gid=5" };
+    let pts_options = if spec.userns {
+        "newinstance,ptmxmode=0666,mode=0620"
+    } else {
+        "newinstance,ptmxmode=0666,mode=0620,gid=5"
+    };
     mount(
         sys,
         Some(Path::new("devpts")),
@@ -169,7 +233,8 @@ fn dev(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         ("/proc/kcore", "core"),
     ] {
         let link = dev.join(link);
-        sys.symlink(target, &link).map_err(io_err(format!("symlink {}", link.display())))?;
+        sys.symlink(target, &link)
+            .map_err(io_err(format!("symlink {}", link.display())))?;
     }
     Ok(())
 }
@@ -178,8 +243,22 @@ fn dev(sys: &dyn Syscall, spec: &Rootfs) -> Step {
 fn mask(sys: &dyn Syscall) -> Step {
     for path in MASKED_PATHS.iter().map(Path::new) {
         match sys.kind(path) {
-            Some(Kind::Dir) => mount(sys, Some(Path::new("tmpfs")), path, Some("tmpfs"), MsFlags::MS_RDONLY, None)?,
-            Some(Kind::File) => mount(sys, Some(Path::new("/dev/null")), path, None, MsFlags::MS_BIND, None)?,
+            Some(Kind::Dir) => mount(
+                sys,
+                Some(Path::new("tmpfs")),
+                path,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+            )?,
+            Some(Kind::File) => mount(
+                sys,
+                Some(Path::new("/dev/null")),
+                path,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )?,
             None => {}
         }
     }
@@ -188,8 +267,22 @@ fn mask(sys: &dyn Syscall) -> Step {
         if sys.kind(path).is_none() {
             continue;
         }
-        mount(sys, Some(path), path, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-        mount(sys, Some(path), path, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked, None)?;
+        mount(
+            sys,
+            Some(path),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+        )?;
+        mount(
+            sys,
+            Some(path),
+            path,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
+            None,
+        )?;
     }
     Ok(())
 }

@@ -14,13 +14,21 @@ use nix::sys::signal::{SigAction, Signal};
 
 use crate::sys;
 
-pub const FORWARDED: [Signal; 4] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT];
+pub const FORWARDED: [Signal; 4] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+];
 
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
 struct Entry {
     id: u64,
-    pid: i32,
+    /// None until the container has started; signals that arrive before are kept in
+    /// `pending` and delivered then (so none is lost to a start-up race).
+    pid: Option<i32>,
+    pending: Vec<libc::c_int>,
     pty_master: Option<RawFd>,
 }
 
@@ -32,7 +40,12 @@ struct Registry {
     thread_started: bool,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { next_id: 0, entries: Vec::new(), saved: Vec::new(), thread_started: false });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    next_id: 0,
+    entries: Vec::new(),
+    saved: Vec::new(),
+    thread_started: false,
+});
 
 extern "C" fn on_signal(signal: libc::c_int) {
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
@@ -46,14 +59,18 @@ pub struct Forwarding {
     id: u64,
 }
 
-/// Starts forwarding to `pid` (and window sizes to `pty_master`).
-pub fn forward_to(pid: i32, pty_master: Option<RawFd>) -> std::io::Result<Forwarding> {
+/// Starts catching the forwarded signals for a container about to start; `Forwarding::
+/// attach` names its process.
+pub fn catch() -> std::io::Result<Forwarding> {
     let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
     if !registry.thread_started {
-        let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let (read_end, write_end) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
         PIPE_WRITE.store(write_end.as_raw_fd(), Ordering::Relaxed);
         std::mem::forget(write_end); // lives as long as the process, like the thread
-        std::thread::Builder::new().name("strata-signals".into()).spawn(move || pump(read_end))?;
+        std::thread::Builder::new()
+            .name("strata-signals".into())
+            .spawn(move || pump(read_end))?;
         registry.thread_started = true;
     }
     if registry.entries.is_empty() {
@@ -66,8 +83,31 @@ pub fn forward_to(pid: i32, pty_master: Option<RawFd>) -> std::io::Result<Forwar
     }
     registry.next_id += 1;
     let id = registry.next_id;
-    registry.entries.push(Entry { id, pid, pty_master });
+    registry.entries.push(Entry {
+        id,
+        pid: None,
+        pending: Vec::new(),
+        pty_master: None,
+    });
     Ok(Forwarding { id })
+}
+
+impl Forwarding {
+    /// The container runs as `pid`: deliver what was caught so far, then forward.
+    pub fn attach(&self, pid: i32, pty_master: Option<RawFd>) {
+        let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some(entry) = registry
+            .entries
+            .iter_mut()
+            .find(|entry| entry.id == self.id)
+        {
+            entry.pid = Some(pid);
+            entry.pty_master = pty_master;
+            for signal in std::mem::take(&mut entry.pending) {
+                sys::kill_raw(pid, signal);
+            }
+        }
+    }
 }
 
 impl Drop for Forwarding {
@@ -87,14 +127,18 @@ fn pump(read_end: OwnedFd) {
     let mut byte = [0u8; 1];
     while file.read_exact(&mut byte).is_ok() {
         let signal = libc::c_int::from(byte[0]);
-        let registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
-        for entry in &registry.entries {
+        let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
+        for entry in &mut registry.entries {
             if signal == libc::SIGWINCH {
-                if let (Some(master), Ok(size)) = (entry.pty_master, sys::window_size(libc::STDIN_FILENO)) {
+                if let (Some(master), Ok(size)) =
+                    (entry.pty_master, sys::window_size(libc::STDIN_FILENO))
+                {
                     let _ = sys::set_window_size(master, &size);
                 }
+            } else if let Some(pid) = entry.pid {
+                sys::kill_raw(pid, signal);
             } else {
-                sys::kill_raw(entry.pid, signal);
+                entry.pending.push(signal);
             }
         }
     }

@@ -44,9 +44,16 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// capset(2) of the calling thread: effective, permitted and inheritable as 64-bit masks.
 pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
-    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     let data = [
-        CapData { effective: effective as u32, permitted: permitted as u32, inheritable: inheritable as u32 },
+        CapData {
+            effective: effective as u32,
+            permitted: permitted as u32,
+            inheritable: inheritable as u32,
+        },
         CapData {
             effective: (effective >> 32) as u32,
             permitted: (permitted >> 32) as u32,
@@ -55,7 +62,13 @@ pub fn capset(effective: u64, permitted: u64, inheritable: u64) -> nix::Result<(
     ];
     // SAFETY: header and data are valid, properly sized (version 3 takes two CapData) and
     // live across the call.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
     Errno::result(rc).map(drop)
 }
 
@@ -69,7 +82,15 @@ pub fn drop_bounding_cap(cap: u32) -> nix::Result<()> {
 /// prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL).
 pub fn clear_ambient_caps() -> nix::Result<()> {
     // SAFETY: prctl with integer arguments only.
-    let rc = unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) };
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
     Errno::result(rc).map(drop)
 }
 
@@ -77,7 +98,12 @@ pub fn clear_ambient_caps() -> nix::Result<()> {
 /// (SIOCGIFFLAGS / SIOCSIFFLAGS on a datagram socket, as `ip link set lo up` does).
 pub fn set_loopback_up() -> nix::Result<()> {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: ifreq is plain old data; all-zero is a valid value.
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
@@ -99,7 +125,12 @@ pub fn set_controlling_tty(fd: BorrowedFd<'_>) -> nix::Result<()> {
 
 /// ioctl(TIOCGWINSZ).
 pub fn window_size(fd: RawFd) -> nix::Result<Winsize> {
-    let mut size = Winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut size = Winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one winsize into `size`; a bad fd only gives an errno.
     Errno::result(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) })?;
     Ok(size)
@@ -114,7 +145,11 @@ pub fn set_window_size(fd: RawFd, size: &Winsize) -> nix::Result<()> {
 /// Installs `handler` (which must be async-signal-safe) for `signal` and returns the
 /// previous action so it can be restored.
 pub fn set_handler(signal: Signal, handler: extern "C" fn(libc::c_int)) -> nix::Result<SigAction> {
-    let action = SigAction::new(SigHandler::Handler(handler), SaFlags::SA_RESTART, SigSet::empty());
+    let action = SigAction::new(
+        SigHandler::Handler(handler),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
     // SAFETY: callers pass handlers that only make async-signal-safe calls (write, kill).
     unsafe { nix::sys::signal::sigaction(signal, &action) }
 }
@@ -128,7 +163,11 @@ pub fn restore_action(signal: Signal, action: &SigAction) -> nix::Result<()> {
 /// Sets `signal` to SIG_DFL or SIG_IGN (exec keeps ignored dispositions, so the
 /// container process resets what the intermediate process ignored).
 pub fn set_disposition(signal: Signal, ignore: bool) -> nix::Result<()> {
-    let handler = if ignore { SigHandler::SigIgn } else { SigHandler::SigDfl };
+    let handler = if ignore {
+        SigHandler::SigIgn
+    } else {
+        SigHandler::SigDfl
+    };
     let action = SigAction::new(handler, SaFlags::empty(), SigSet::empty());
     // SAFETY: SIG_DFL / SIG_IGN install no code.
     unsafe { nix::sys::signal::sigaction(signal, &action) }.map(drop)
@@ -150,7 +189,14 @@ pub fn kill_raw(pid: i32, signal: libc::c_int) {
 /// device, sockets) leaks into the container past exec.
 pub fn cloexec_from(first: u32) -> nix::Result<()> {
     // SAFETY: close_range with the CLOEXEC flag only sets a flag on descriptors.
-    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     Errno::result(rc).map(drop)
 }
 

@@ -18,8 +18,14 @@ pub enum Kind {
 
 pub trait Syscall {
     fn unshare(&self, flags: CloneFlags) -> nix::Result<()>;
-    fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
-    -> nix::Result<()>;
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()>;
     fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()>;
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()>;
     fn chdir(&self, path: &Path) -> nix::Result<()>;
@@ -48,8 +54,14 @@ impl Syscall for Linux {
         nix::sched::unshare(flags)
     }
 
-    fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
-    -> nix::Result<()> {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
         nix::mount::mount(source, target, fstype, flags, data)
     }
 
@@ -73,7 +85,12 @@ impl Syscall for Linux {
         if std::fs::symlink_metadata(path).is_ok() {
             return Ok(());
         }
-        std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(path).map(drop)
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map(drop)
     }
 
     fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()> {
@@ -101,7 +118,10 @@ impl Syscall for Linux {
     }
 
     fn setgroups(&self, groups: &[u32]) -> nix::Result<()> {
-        let groups: Vec<nix::unistd::Gid> = groups.iter().map(|gid| nix::unistd::Gid::from_raw(*gid)).collect();
+        let groups: Vec<nix::unistd::Gid> = groups
+            .iter()
+            .map(|gid| nix::unistd::Gid::from_raw(*gid))
+            .collect();
         nix::unistd::setgroups(&groups)
     }
 
@@ -156,7 +176,11 @@ impl Recorder {
 #[cfg(test)]
 fn names<T>(flags: impl Iterator<Item = (&'static str, T)>) -> String {
     let names: Vec<&str> = flags.map(|(name, _)| name).collect();
-    if names.is_empty() { "0".into() } else { names.join("|") }
+    if names.is_empty() {
+        "0".into()
+    } else {
+        names.join("|")
+    }
 }
 
 #[cfg(test)]
@@ -166,9 +190,17 @@ impl Syscall for Recorder {
         Ok(())
     }
 
-    fn mount(&self, source: Option<&Path>, target: &Path, fstype: Option<&str>, flags: MsFlags, data: Option<&str>)
-    -> nix::Result<()> {
-        let source = source.map(|s| s.display().to_string()).unwrap_or_else(|| "none".into());
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> nix::Result<()> {
+        let source = source
+            .map(|s| s.display().to_string())
+            .unwrap_or_else(|| "none".into());
         self.log(format!(
             "mount {source} {} {} {} {}",
             target.display(),
@@ -180,12 +212,20 @@ impl Syscall for Recorder {
     }
 
     fn umount(&self, target: &Path, flags: MntFlags) -> nix::Result<()> {
-        self.log(format!("umount {} {}", target.display(), names(flags.iter_names())));
+        self.log(format!(
+            "umount {} {}",
+            target.display(),
+            names(flags.iter_names())
+        ));
         Ok(())
     }
 
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> nix::Result<()> {
-        self.log(format!("pivot_root {} {}", new_root.display(), put_old.display()));
+        self.log(format!(
+            "pivot_root {} {}",
+            new_root.display(),
+            put_old.display()
+        ));
         Ok(())
     }
 
@@ -220,7 +260,10 @@ impl Syscall for Recorder {
     }
 
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
-        self.files.get(path).cloned().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
     }
 
     fn sethostname(&self, name: &str) -> nix::Result<()> {
@@ -254,7 +297,9 @@ impl Syscall for Recorder {
     }
 
     fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()> {
-        self.log(format!("capset {effective:#x} {permitted:#x} {inheritable:#x}"));
+        self.log(format!(
+            "capset {effective:#x} {permitted:#x} {inheritable:#x}"
+        ));
         Ok(())
     }
 
@@ -268,4 +313,3 @@ impl Syscall for Recorder {
         Ok(())
     }
 }
-

@@ -25,13 +25,20 @@ pub struct Pty {
 impl Pty {
     pub fn open() -> Result<Pty> {
         let size = sys::window_size(libc::STDIN_FILENO).ok();
-        let pty = nix::pty::openpty(size.as_ref(), None).map_err(|err| Error::sys("openpty", err))?;
+        let pty =
+            nix::pty::openpty(size.as_ref(), None).map_err(|err| Error::sys("openpty", err))?;
         // The master must not reach the container; the slave is dup'ed onto its stdio.
         for fd in [&pty.master, &pty.slave] {
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|err| Error::sys("fcntl FD_CLOEXEC", err))?;
+            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+                .map_err(|err| Error::sys("fcntl FD_CLOEXEC", err))?;
         }
-        let slave_path = nix::unistd::ttyname(&pty.slave).map_err(|err| Error::sys("ttyname", err))?;
-        Ok(Pty { master: pty.master, slave: pty.slave, slave_path })
+        let slave_path =
+            nix::unistd::ttyname(&pty.slave).map_err(|err| Error::sys("ttyname", err))?;
+        Ok(Pty {
+            master: pty.master,
+            slave: pty.slave,
+            slave_path,
+        })
     }
 }
 
@@ -56,12 +63,15 @@ impl Session {
             Ok(original) if interactive => {
                 let mut raw = original.clone();
                 cfmakeraw(&mut raw);
-                tcsetattr(stdin_fd(), SetArg::TCSANOW, &raw).map_err(|err| Error::sys("tcsetattr raw", err))?;
+                tcsetattr(stdin_fd(), SetArg::TCSANOW, &raw)
+                    .map_err(|err| Error::sys("tcsetattr raw", err))?;
                 Some(original)
             }
             _ => None,
         };
-        let master_in = master.try_clone().map_err(|err| Error::io("failed to dup", "pty master", err))?;
+        let master_in = master
+            .try_clone()
+            .map_err(|err| Error::io("failed to dup", "pty master", err))?;
         let output = std::thread::Builder::new()
             .name("strata-tty-out".into())
             .spawn(move || {
@@ -73,13 +83,18 @@ impl Session {
                 let mut buffer = [0u8; 8192];
                 // EIO once the last slave descriptor closes: the container is gone.
                 while let Ok(n @ 1..) = master.read(&mut buffer) {
-                    if sink.write_all(&buffer[..n]).and_then(|()| sink.flush()).is_err() {
+                    if sink
+                        .write_all(&buffer[..n])
+                        .and_then(|()| sink.flush())
+                        .is_err()
+                    {
                         break;
                     }
                 }
             })
             .map_err(|err| Error::io("failed to spawn", "tty output thread", err))?;
-        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|err| Error::sys("pipe2", err))?;
+        let (stop_read, stop_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|err| Error::sys("pipe2", err))?;
         let input = if interactive {
             Some(
                 std::thread::Builder::new()
@@ -90,7 +105,13 @@ impl Session {
         } else {
             None
         };
-        Ok(Session { master: master_raw, saved, stop_write: Some(stop_write), output: Some(output), input })
+        Ok(Session {
+            master: master_raw,
+            saved,
+            stop_write: Some(stop_write),
+            output: Some(output),
+            input,
+        })
     }
 
     pub fn master(&self) -> RawFd {
@@ -128,7 +149,10 @@ fn copy_input(master: OwnedFd, stop: OwnedFd) {
     let mut master = std::fs::File::from(master);
     let mut buffer = [0u8; 4096];
     loop {
-        let mut fds = [PollFd::new(stdin_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [
+            PollFd::new(stdin_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -137,7 +161,9 @@ fn copy_input(master: OwnedFd, stop: OwnedFd) {
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             return;
         }
-        let Some(revents) = fds[0].revents() else { return };
+        let Some(revents) = fds[0].revents() else {
+            return;
+        };
         if revents.is_empty() {
             continue;
         }

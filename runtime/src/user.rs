@@ -28,29 +28,40 @@ struct GroupEntry<'a> {
 }
 
 fn passwd_entries(text: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
-    text.lines().filter(|line| !line.trim().is_empty() && !line.starts_with('#')).filter_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.len() < 4 {
-            return None;
-        }
-        Some(PasswdEntry {
-            name: fields[0],
-            uid: fields[2].parse().ok()?,
-            gid: fields[3].parse().ok()?,
-            home: fields.get(5).copied().unwrap_or("/"),
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() < 4 {
+                return None;
+            }
+            Some(PasswdEntry {
+                name: fields[0],
+                uid: fields[2].parse().ok()?,
+                gid: fields[3].parse().ok()?,
+                home: fields.get(5).copied().unwrap_or("/"),
+            })
         })
-    })
 }
 
 fn group_entries(text: &str) -> impl Iterator<Item = GroupEntry<'_>> {
-    text.lines().filter(|line| !line.trim().is_empty() && !line.starts_with('#')).filter_map(|line| {
-        let fields: Vec<&str> = line.split(':').collect();
-        if fields.len() < 3 {
-            return None;
-        }
-        let members = fields.get(3).map(|m| m.split(',').filter(|s| !s.is_empty()).collect()).unwrap_or_default();
-        Some(GroupEntry { name: fields[0], gid: fields[2].parse().ok()?, members })
-    })
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            if fields.len() < 3 {
+                return None;
+            }
+            let members = fields
+                .get(3)
+                .map(|m| m.split(',').filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default();
+            Some(GroupEntry {
+                name: fields[0],
+                gid: fields[2].parse().ok()?,
+                members,
+            })
+        })
 }
 
 /// Resolves `spec` given the contents of /etc/passwd and /etc/group (empty when absent).
@@ -63,12 +74,23 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ExecUser> {
 
     let entry = match user_part.parse::<u32>() {
         Ok(uid) => passwd_entries(passwd).find(|entry| entry.uid == uid),
-        Err(_) => Some(passwd_entries(passwd).find(|entry| entry.name == user_part).ok_or_else(|| {
-            Error::UnknownId { kind: "user", name: user_part.to_string(), file: "/etc/passwd" }
-        })?),
+        Err(_) => Some(
+            passwd_entries(passwd)
+                .find(|entry| entry.name == user_part)
+                .ok_or_else(|| Error::UnknownId {
+                    kind: "user",
+                    name: user_part.to_string(),
+                    file: "/etc/passwd",
+                })?,
+        ),
     };
     let (uid, mut gid, name, home) = match (&entry, user_part.parse::<u32>()) {
-        (Some(entry), _) => (entry.uid, entry.gid, Some(entry.name), entry.home.to_string()),
+        (Some(entry), _) => (
+            entry.uid,
+            entry.gid,
+            Some(entry.name),
+            entry.home.to_string(),
+        ),
         (None, Ok(uid)) => (uid, 0, None, "/".to_string()),
         (None, Err(_)) => unreachable!("a named user was found above"),
     };
@@ -78,9 +100,14 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ExecUser> {
         Some(group_spec) if !group_spec.is_empty() => {
             gid = match group_spec.parse::<u32>() {
                 Ok(gid) => gid,
-                Err(_) => group_entries(group).find(|entry| entry.name == group_spec).map(|entry| entry.gid).ok_or_else(
-                    || Error::UnknownId { kind: "group", name: group_spec.to_string(), file: "/etc/group" },
-                )?,
+                Err(_) => group_entries(group)
+                    .find(|entry| entry.name == group_spec)
+                    .map(|entry| entry.gid)
+                    .ok_or_else(|| Error::UnknownId {
+                        kind: "group",
+                        name: group_spec.to_string(),
+                        file: "/etc/group",
+                    })?,
             };
         }
         _ => {
@@ -94,37 +121,70 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ExecUser> {
     }
     groups.insert(0, gid);
     groups.dedup();
-    Ok(ExecUser { uid, gid, groups, home })
+    Ok(ExecUser {
+        uid,
+        gid,
+        groups,
+        home,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n# comment\n";
+    const PASSWD: &str =
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n# comment\n";
     const GROUP: &str = "root:x:0:\napp:x:1000:\nextra:x:2000:app,other\nwheel:x:10:root\n";
 
     #[test]
     fn empty_user_is_root_with_its_groups() {
         let user = resolve("", PASSWD, GROUP).unwrap();
-        assert_eq!(user, ExecUser { uid: 0, gid: 0, groups: vec![0, 10], home: "/root".into() });
+        assert_eq!(
+            user,
+            ExecUser {
+                uid: 0,
+                gid: 0,
+                groups: vec![0, 10],
+                home: "/root".into()
+            }
+        );
     }
 
     #[test]
     fn name_gives_primary_and_supplementary_groups() {
         let user = resolve("app", PASSWD, GROUP).unwrap();
-        assert_eq!(user, ExecUser { uid: 1000, gid: 1000, groups: vec![1000, 2000], home: "/home/app".into() });
+        assert_eq!(
+            user,
+            ExecUser {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000, 2000],
+                home: "/home/app".into()
+            }
+        );
     }
 
     #[test]
     fn numeric_uid_absent_from_passwd_is_allowed() {
         let user = resolve("4242", PASSWD, GROUP).unwrap();
-        assert_eq!(user, ExecUser { uid: 4242, gid: 0, groups: vec![0], home: "/".into() });
+        assert_eq!(
+            user,
+            ExecUser {
+                uid: 4242,
+                gid: 0,
+                groups: vec![0],
+                home: "/".into()
+            }
+        );
     }
 
     #[test]
     fn explicit_group_by_name_or_number() {
-        assert_eq!(resolve("app:extra", PASSWD, GROUP).unwrap().groups, vec![2000]);
+        assert_eq!(
+            resolve("app:extra", PASSWD, GROUP).unwrap().groups,
+            vec![2000]
+        );
         let user = resolve("1000:77", PASSWD, GROUP).unwrap();
         assert_eq!((user.uid, user.gid, user.groups), (1000, 77, vec![77]));
     }
@@ -132,8 +192,16 @@ mod tests {
     #[test]
     fn unknown_names_are_errors_naming_the_file() {
         let err = resolve("ghost", PASSWD, GROUP).unwrap_err().to_string();
-        assert_eq!(err, "unable to find user ghost: no matching entries in /etc/passwd");
-        let err = resolve("app:ghosts", PASSWD, GROUP).unwrap_err().to_string();
-        assert_eq!(err, "unable to find group ghosts: no matching entries in /etc/group");
+        assert_eq!(
+            err,
+            "unable to find user ghost: no matching entries in /etc/passwd"
+        );
+        let err = resolve("app:ghosts", PASSWD, GROUP)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "unable to find group ghosts: no matching entries in /etc/group"
+        );
     }
 }

@@ -21,21 +21,35 @@ impl Controller for Blkio {
     }
 
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()> {
-        let Some(weight) = limits.blkio_weight else { return Ok(()) };
+        let Some(weight) = limits.blkio_weight else {
+            return Ok(());
+        };
         if !(10..=1000).contains(&weight) {
-            return Err(Error::Spec(format!("--blkio-weight must be in 10..=1000, got {weight}")));
+            return Err(Error::Spec(format!(
+                "--blkio-weight must be in 10..=1000, got {weight}"
+            )));
         }
         let candidates: [(&str, String); 2] = if unified {
-            [("io.weight", format!("default {weight}")), ("io.bfq.weight", format!("default {weight}"))]
+            [
+                ("io.weight", format!("default {weight}")),
+                ("io.bfq.weight", format!("default {weight}")),
+            ]
         } else {
-            [("blkio.weight", weight.to_string()), ("blkio.bfq.weight", weight.to_string())]
+            [
+                ("blkio.weight", weight.to_string()),
+                ("blkio.bfq.weight", weight.to_string()),
+            ]
         };
         for (file, value) in &candidates {
             if dir.join(file).exists() {
                 return write(dir, file, value);
             }
         }
-        tracing::warn!("kernel does not support block I/O weight (no {} in {}): weight discarded", candidates[0].0, dir.display());
+        tracing::warn!(
+            "kernel does not support block I/O weight (no {} in {}): weight discarded",
+            candidates[0].0,
+            dir.display()
+        );
         Ok(())
     }
 }

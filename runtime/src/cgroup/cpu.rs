@@ -26,9 +26,13 @@ impl Controller for Cpu {
     }
 
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()> {
-        let Some(cpus) = limits.cpus else { return Ok(()) };
+        let Some(cpus) = limits.cpus else {
+            return Ok(());
+        };
         if !(cpus.is_finite() && cpus > 0.0) {
-            return Err(Error::Spec(format!("--cpus must be a positive number, got {cpus}")));
+            return Err(Error::Spec(format!(
+                "--cpus must be a positive number, got {cpus}"
+            )));
         }
         let quota = quota_us(cpus).max(1000);
         if unified {

@@ -32,9 +32,13 @@ pub fn inherit(dir: &Path, unified: bool) -> Result<()> {
     if unified {
         return Ok(());
     }
-    let Some(parent) = dir.parent() else { return Ok(()) };
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
     for file in ["cpuset.cpus", "cpuset.mems"] {
-        let Ok(current) = std::fs::read_to_string(dir.join(file)) else { continue };
+        let Ok(current) = std::fs::read_to_string(dir.join(file)) else {
+            continue;
+        };
         if current.trim().is_empty() {
             let value = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
             write(dir, file, value.trim())?;

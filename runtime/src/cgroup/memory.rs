@@ -21,7 +21,9 @@ impl Controller for Memory {
     }
 
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()> {
-        let Some(bytes) = limits.memory else { return Ok(()) };
+        let Some(bytes) = limits.memory else {
+            return Ok(());
+        };
         let bytes = bytes.to_string();
         if unified {
             write(dir, "memory.max", &bytes)?;
@@ -54,8 +56,14 @@ mod tests {
 
     #[test]
     fn reads_oom_kill_from_v1_and_v2() {
-        assert_eq!(oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"), 2);
-        assert_eq!(oom_kill_count("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n"), 1);
+        assert_eq!(
+            oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+            2
+        );
+        assert_eq!(
+            oom_kill_count("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\noom_group_kill 0\n"),
+            1
+        );
         assert_eq!(oom_kill_count(""), 0);
     }
 }

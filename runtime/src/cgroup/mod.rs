@@ -24,7 +24,10 @@ pub enum Layout {
     Unified(PathBuf),
     /// v1 controllers, each at its mount point; `unified` is the v2 mount of a hybrid setup
     /// (it holds no controllers we can use, so limits go to v1).
-    V1 { mounts: Vec<(String, PathBuf)>, unified: Option<PathBuf> },
+    V1 {
+        mounts: Vec<(String, PathBuf)>,
+        unified: Option<PathBuf>,
+    },
 }
 
 impl Layout {
@@ -42,15 +45,22 @@ impl Layout {
         let mut mounts = Vec::new();
         let mut unified = None;
         for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let Some(mount_point) = left.split(' ').nth(4) else { continue };
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mount_point) = left.split(' ').nth(4) else {
+                continue;
+            };
             let mut right = right.split(' ');
-            let (fstype, _source, options) = (right.next(), right.next(), right.next().unwrap_or(""));
+            let (fstype, _source, options) =
+                (right.next(), right.next(), right.next().unwrap_or(""));
             match fstype {
                 Some("cgroup2") => unified = unified.or(Some(PathBuf::from(mount_point))),
                 Some("cgroup") => {
                     for option in options.split(',') {
-                        if CONTROLLERS.iter().any(|controller| controller.name() == option)
+                        if CONTROLLERS
+                            .iter()
+                            .any(|controller| controller.name() == option)
                             || option == "cpuacct"
                             || option == "freezer"
                         {
@@ -77,7 +87,10 @@ impl Layout {
         match self {
             Layout::Unified(root) => vec![root.join("strata").join(name)],
             Layout::V1 { mounts, .. } => {
-                let mut dirs: Vec<PathBuf> = mounts.iter().map(|(_, mount)| mount.join("strata").join(name)).collect();
+                let mut dirs: Vec<PathBuf> = mounts
+                    .iter()
+                    .map(|(_, mount)| mount.join("strata").join(name))
+                    .collect();
                 dirs.dedup();
                 dirs
             }
@@ -87,9 +100,10 @@ impl Layout {
     fn controller_dir(&self, controller: &str, name: &str) -> Option<PathBuf> {
         match self {
             Layout::Unified(root) => Some(root.join("strata").join(name)),
-            Layout::V1 { mounts, .. } => {
-                mounts.iter().find(|(c, _)| c == controller).map(|(_, mount)| mount.join("strata").join(name))
-            }
+            Layout::V1 { mounts, .. } => mounts
+                .iter()
+                .find(|(c, _)| c == controller)
+                .map(|(_, mount)| mount.join("strata").join(name)),
         }
     }
 }
@@ -104,8 +118,13 @@ pub trait Controller: Sync {
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()>;
 }
 
-static CONTROLLERS: [&dyn Controller; 5] =
-    [&memory::Memory, &cpu::Cpu, &pids::Pids, &cpuset::Cpuset, &blkio::Blkio];
+static CONTROLLERS: [&dyn Controller; 5] = [
+    &memory::Memory,
+    &cpu::Cpu,
+    &pids::Pids,
+    &cpuset::Cpuset,
+    &blkio::Blkio,
+];
 
 /// A container's cgroup, in every hierarchy.
 #[derive(Debug)]
@@ -155,13 +174,18 @@ impl Cgroup {
             if !controller.wanted(limits) {
                 continue;
             }
-            let dir = layout.controller_dir(controller.name(), name).ok_or_else(|| Error::Cgroup {
-                name: name.to_string(),
-                message: format!("controller {} is not mounted", controller.name()),
-            })?;
+            let dir = layout
+                .controller_dir(controller.name(), name)
+                .ok_or_else(|| Error::Cgroup {
+                    name: name.to_string(),
+                    message: format!("controller {} is not mounted", controller.name()),
+                })?;
             controller.apply(&dir, limits, unified)?;
         }
-        Ok(Cgroup { name: name.to_string(), dirs })
+        Ok(Cgroup {
+            name: name.to_string(),
+            dirs,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -185,8 +209,14 @@ impl Cgroup {
 /// The number of OOM kills in cgroup `name` (v2 memory.events, v1 memory.oom_control).
 pub fn oom_kills(name: &str) -> u64 {
     let layout = Layout::get();
-    let Some(dir) = layout.controller_dir("memory", name) else { return 0 };
-    let file = if layout.is_unified() { "memory.events" } else { "memory.oom_control" };
+    let Some(dir) = layout.controller_dir("memory", name) else {
+        return 0;
+    };
+    let file = if layout.is_unified() {
+        "memory.events"
+    } else {
+        "memory.oom_control"
+    };
     memory::oom_kill_count(&read(&dir, file).unwrap_or_default())
 }
 
@@ -246,7 +276,9 @@ mod tests {
 
     #[test]
     fn hybrid_layout_uses_v1_controllers() {
-        let Layout::V1 { mounts, unified } = Layout::parse(HYBRID) else { panic!("expected v1") };
+        let Layout::V1 { mounts, unified } = Layout::parse(HYBRID) else {
+            panic!("expected v1")
+        };
         assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["cpu", "memory", "pids"]);
@@ -257,13 +289,19 @@ mod tests {
         let text = "25 20 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         let layout = Layout::parse(text);
         assert!(matches!(&layout, Layout::Unified(root) if root == Path::new("/sys/fs/cgroup")));
-        assert_eq!(layout.dirs("c1"), [PathBuf::from("/sys/fs/cgroup/strata/c1")]);
+        assert_eq!(
+            layout.dirs("c1"),
+            [PathBuf::from("/sys/fs/cgroup/strata/c1")]
+        );
     }
 
     #[test]
     fn comounted_controllers_share_one_dir() {
         let text = "31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
         let layout = Layout::parse(text);
-        assert_eq!(layout.dirs("c"), [PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/strata/c")]);
+        assert_eq!(
+            layout.dirs("c"),
+            [PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/strata/c")]
+        );
     }
 }
