@@ -54,7 +54,8 @@ impl Client {
         progress: Option<&(dyn Fn(u64) + Sync)>,
     ) -> Result<u64> {
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
-        let mut out = HashingWriter::new(out);
+        // Hash here only when the writer does not verify by itself (the store's does).
+        let mut out = if verify { Sink::Hashing(HashingWriter::new(out)) } else { Sink::Plain(out) };
         let mut written = 0u64;
         let mut attempt = 0;
         loop {
@@ -106,11 +107,13 @@ impl Client {
                 }
             }
         }
-        let (_, actual, size) = out.finish();
-        if verify && actual != *digest {
-            return Err(Error::DigestMismatch { expected: *digest, actual });
+        if let Sink::Hashing(hashing) = out {
+            let (_, actual, _) = hashing.finish();
+            if actual != *digest {
+                return Err(Error::DigestMismatch { expected: *digest, actual });
+            }
         }
-        Ok(size)
+        Ok(written)
     }
 
     /// Reads a small blob (a config) into memory, verified.
@@ -230,6 +233,20 @@ impl Client {
                 url: url.to_string(),
                 message: "upload response has no Location header".into(),
             })),
+        }
+    }
+}
+
+enum Sink<'a> {
+    Hashing(HashingWriter<&'a mut dyn Write>),
+    Plain(&'a mut dyn Write),
+}
+
+impl Sink<'_> {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Hashing(w) => w.write_all(bytes),
+            Sink::Plain(w) => w.write_all(bytes),
         }
     }
 }
