@@ -248,3 +248,22 @@ fn server_errors_are_retried_and_refused_chunks_fall_back_to_one_put() {
     assert_eq!(methods, ["POST", "PATCH", "POST", "PUT"], "one refused PATCH, then a monolithic upload");
     assert_eq!(client_.blob_exists("fallback", &digest).unwrap(), Some(bytes.len() as u64));
 }
+
+#[test]
+fn a_download_cut_mid_blob_resumes_and_verifies() {
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, _) = layer(&[("big", &noise(1 << 20, 11))]);
+    let path = dir.path().join("l");
+    std::fs::write(&path, &bytes).unwrap();
+    let digest = Digest::of(&bytes);
+    client(&registry.host, options())
+        .upload_blob("resume", &digest, bytes.len() as u64, BlobSource::File(&path), None)
+        .unwrap();
+    let cutting = Proxy::start_cutting_download(&registry.host, 300_000);
+    let mut back = Vec::new();
+    client(&cutting.host, options()).fetch_blob("resume", &digest, &mut back, true, None).unwrap();
+    assert_eq!(back, bytes);
+    let gets = cutting.requests().iter().filter(|r| r.method == "GET").count();
+    assert_eq!(gets, 2, "one cut download, one ranged resume: {:?}", cutting.requests());
+}

@@ -105,10 +105,16 @@ impl Proxy {
         Proxy::start_inner(upstream, drop_after, None, Arc::new(Faults::default()))
     }
 
+    /// A proxy that cuts the first blob download after `after` bytes of its response.
+    pub fn start_cutting_download(upstream: &str, after: usize) -> Proxy {
+        let faults = Faults { cut_download_after: AtomicUsize::new(after), ..Faults::default() };
+        Proxy::start_inner(upstream, None, None, Arc::new(faults))
+    }
+
     /// A proxy that answers the first `fail_first` requests with 503 and, with
     /// `refuse_patch`, every PATCH with 416 (a registry without chunked uploads).
     pub fn start_faulty(upstream: &str, fail_first: usize, refuse_patch: bool) -> Proxy {
-        let faults = Faults { fail_first: AtomicUsize::new(fail_first), refuse_patch };
+        let faults = Faults { fail_first: AtomicUsize::new(fail_first), refuse_patch, ..Faults::default() };
         Proxy::start_inner(upstream, None, None, Arc::new(faults))
     }
 
@@ -249,6 +255,16 @@ fn forward(
     }
     std::io::copy(&mut (&mut reader).take(length), &mut up)?;
     let mut client = client;
+    let cut = if method == "GET" && path.contains("/blobs/") {
+        faults.cut_download_after.swap(0, Ordering::SeqCst)
+    } else {
+        0
+    };
+    if cut > 0 {
+        std::io::copy(&mut (&mut up).take(cut as u64), &mut client)?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
     std::io::copy(&mut up, &mut client)?;
     let _ = client.shutdown(Shutdown::Both);
     Ok(())
@@ -259,6 +275,8 @@ fn forward(
 pub struct Faults {
     fail_first: AtomicUsize,
     refuse_patch: bool,
+    /// Cut the first blob download after this many response bytes (0: never).
+    cut_download_after: AtomicUsize,
 }
 
 /// Token issuer and checker for `Proxy::start_with_tokens`.
