@@ -268,3 +268,34 @@ fn kill_9_during_import_never_breaks_the_store() {
     store.ok(&["fsck"]);
     assert!(fs::read_dir(store.root().join("tmp")).unwrap().next().is_none());
 }
+
+#[test]
+fn gc_waits_for_other_users_of_the_store() {
+    let store = TestStore::new();
+    store.ok(&["images"]);
+    let lock = File::open(store.root().join("lock")).unwrap();
+    lock.lock_shared().unwrap();
+    let mut child = Command::new(strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .arg("gc")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let still_running = child.try_wait().unwrap().is_none();
+    lock.unlock().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("gc did not finish after the lock was released");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(still_running, "gc ran while another process held the store");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for other strata processes"));
+}
