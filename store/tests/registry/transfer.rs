@@ -200,7 +200,7 @@ fn oci_layout_and_archive_transports_round_trip_through_skopeo() {
 #[test]
 fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
     let root = tempfile::tempdir().unwrap();
-    let (store, image) = store_with_image(root.path(), "saved:1", Compression::Zstd, 7);
+    let (store, image) = store_with_image(root.path(), "saved:1", Compression::Gzip, 7);
     let out = tempfile::tempdir().unwrap();
     let file = out.path().join("saved.tar");
     strata_store::archive::save(&store, &["saved:1".to_string()], &file).unwrap();
@@ -220,6 +220,22 @@ fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
     assert_eq!(loaded.len(), 1);
     assert_eq!((loaded[0].id, loaded[0].manifest_digest), (image.id, image.manifest_digest));
     assert_eq!(fresh.resolve("saved:1").unwrap().id, image.id);
+
+    // The classic docker-archive layout (`<hex>.tar` layers, `<config>.json`) as skopeo
+    // writes it for `docker load`: loads to the same image id.
+    let classic = out.path().join("classic.tar");
+    run(Command::new("skopeo").args([
+        "copy",
+        "--quiet",
+        &format!("oci-archive:{}", file.display()),
+        &format!("docker-archive:{}:classic/app:1", classic.display()),
+    ]));
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Store::open(other_dir.path()).unwrap();
+    let loaded = strata_store::archive::load(&other, &classic).unwrap();
+    assert_eq!(loaded[0].id, image.id);
+    assert_eq!(loaded[0].names, vec!["docker.io/classic/app:1".to_string()], "RepoTags as skopeo wrote them");
+    assert!(other.layer_dirs(&loaded[0]).unwrap().iter().any(|d| d.join("etc/file1").exists()));
 }
 
 #[test]
