@@ -408,7 +408,10 @@ impl WrongBytesServer {
 
 /// Runs a command, panicking with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| {
+        let tool = cmd.get_program().to_string_lossy().into_owned();
+        panic!("{cmd:?}: {e} (fix: apt-get install -y {tool})")
+    });
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}{}",
