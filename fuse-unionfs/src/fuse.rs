@@ -70,7 +70,9 @@ fn attr(entry: &Entry) -> FileAttr {
 }
 
 fn ttl(entry: &Entry) -> Duration {
-    if entry.upper { UPPER_TTL } else { LOWER_TTL }
+    // A lower file with several names may be split by a copy-up of one of them.
+    let linked = entry.meta.nlink > 1 && !entry.meta.is_dir();
+    if entry.upper || linked { UPPER_TTL } else { LOWER_TTL }
 }
 
 fn time(t: TimeOrNow) -> SetTime {

@@ -68,15 +68,43 @@ impl Union {
         if layer == UPPER {
             return Ok(path);
         }
-        copy_up(&self.layers, layer, &path)?;
+        let lower = copy_up(&self.layers, layer, &path)?;
         let upper = self.layers.stat(UPPER, &path)?;
         self.table.alias(upper.key(), node.ino);
+        if !node.is_dir && lower.nlink > 1 {
+            self.link_up_aliases(node, &path, lower.key());
+        }
         let mut state = node.state_mut();
         state.layer = UPPER;
         if node.is_dir {
             state.dir_layers.insert(0, UPPER);
         }
         Ok(path)
+    }
+
+    /// A lower file with several names: the names this mount knows are linked to the copy
+    /// too, so they stay one file (POSIX link semantics; kernel overlayfs needs index=on for
+    /// this). Names not yet looked up keep showing the lower file, under a new inode number.
+    fn link_up_aliases(&self, node: &Arc<Node>, copied: &Path, lower_key: (u64, u64)) {
+        self.table.unalias(lower_key);
+        let links = node.state().links.clone();
+        let mut kept = Vec::new();
+        for (parent, name) in links {
+            let Ok((pnode, ppath, players)) = self.dir_state(parent) else { continue };
+            let alias = ppath.join(&name);
+            if alias == copied {
+                kept.push((parent, name));
+                continue;
+            }
+            let same = matches!(self.resolve(&players, &alias), Ok(found) if found.meta.key() == lower_key);
+            if same
+                && self.copy_up_node(&pnode).is_ok()
+                && rustix::fs::linkat(self.upper_fd(), copied, self.upper_fd(), &alias, AtFlags::empty()).is_ok()
+            {
+                kept.push((parent, name));
+            }
+        }
+        node.state_mut().links = kept;
     }
 
     fn copy_up_dir(&self, ino: u64) -> Res<(Arc<Node>, PathBuf, Vec<usize>)> {
