@@ -43,6 +43,26 @@ pub struct BuildOptions {
     pub cache_from: Vec<Arc<dyn CacheSource>>,
     /// `--cache-to`: told about every entry of the build.
     pub cache_to: Vec<Arc<dyn CacheSink>>,
+    /// Finds the images FROM, `COPY --from` and `RUN --mount=from=` name (the binary
+    /// pulls what the store lacks); `None` = the store only.
+    pub images: Option<Arc<dyn ImageSource>>,
+}
+
+/// Where images named in a Buildfile come from.
+pub trait ImageSource: Send + Sync {
+    fn image(&self, store: &Store, reference: &str) -> strata_store::Result<Image>;
+}
+
+/// Resolves `reference` through `opts.images`, else the store.
+pub(crate) fn find_image(
+    store: &Store,
+    opts: &BuildOptions,
+    reference: &str,
+) -> strata_store::Result<Image> {
+    match &opts.images {
+        Some(source) => source.image(store, reference),
+        None => store.resolve(reference),
+    }
 }
 
 impl BuildOptions {
@@ -58,6 +78,7 @@ impl BuildOptions {
             progress: Arc::new(Silent),
             cache_from: Vec::new(),
             cache_to: Vec::new(),
+            images: None,
         }
     }
 }

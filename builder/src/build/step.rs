@@ -72,8 +72,12 @@ pub(crate) fn build_stage(
             .clone()
             .ok_or_else(|| Error::Other(format!("stage {dep} was not built")))?,
         Base::Image(reference) => {
-            let image = cx.store.resolve(reference).map_err(|e| {
-                Error::step(&buildfile.file, stage.from_step.pos_of(&stage.from.image), format!("base image {reference:?} not found in the store ({e}); import or pull it first"))
+            let image = super::find_image(cx.store, cx.opts, reference).map_err(|e| {
+                Error::step(
+                    &buildfile.file,
+                    stage.from_step.pos_of(&stage.from.image),
+                    format!("base image {reference:?} not found: {e}"),
+                )
             })?;
             ImageState::from_image(
                 cx.store,
@@ -99,7 +103,27 @@ pub(crate) fn build_stage(
         state,
         scope,
     };
-    for (number, step) in stage.steps.iter().enumerate() {
+    // Docker runs the base image's ONBUILD triggers first, then drops them from the config.
+    let mut triggers = Vec::new();
+    if matches!(base, Base::Image(_)) {
+        let origin = format!(
+            "{} (ONBUILD trigger of {})",
+            buildfile.file,
+            base_text(buildfile, &base)
+        );
+        for trigger in std::mem::take(&mut run.state.config.on_build) {
+            let ast = crate::parser::parse(&trigger, &origin)?;
+            for node in &ast.nodes {
+                triggers.push(crate::instructions::instruction(
+                    node,
+                    &origin,
+                    buildfile.escape,
+                )?);
+            }
+        }
+    }
+    let total = total + triggers.len();
+    for (number, step) in triggers.iter().chain(&stage.steps).enumerate() {
         run.step(step, &label, number + 2, total)?;
     }
     Ok(run.state)
@@ -564,7 +588,7 @@ impl StageRun<'_, '_> {
                 state.lowers(cx.store)
             }
             Base::Image(reference) => {
-                let image = cx.store.resolve(&reference).map_err(|e| {
+                let image = super::find_image(cx.store, cx.opts, &reference).map_err(|e| {
                     Error::step(
                         self.file(),
                         step.pos_of(from),

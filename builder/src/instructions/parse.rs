@@ -422,7 +422,6 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
             ("link", false),
             ("exclude", true),
             ("checksum", true),
-            ("keep-git-dir", false),
         ])?;
     } else {
         cx.check_flags(&[
@@ -431,7 +430,6 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
             ("chmod", true),
             ("link", false),
             ("exclude", true),
-            ("parents", false),
         ])?;
     }
     cx.require_args()?;

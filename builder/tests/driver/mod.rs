@@ -286,3 +286,75 @@ fn build_args_reach_from_and_unknown_target_fails() {
         "{error}"
     );
 }
+
+#[test]
+fn onbuild_triggers_run_in_the_child_and_are_dropped() {
+    let fx = fixture();
+    fx.write("f", "from the child's context");
+    fx.build("FROM base\nONBUILD COPY f /from-trigger\nONBUILD LABEL triggered=yes\n")
+        .unwrap();
+    let parent = fx
+        .store
+        .images()
+        .unwrap()
+        .into_iter()
+        .find(|i| i.names.is_empty())
+        .unwrap();
+    fx.store.tag(&parent, "parent:latest").unwrap();
+    let child = fx.build("FROM parent\nLABEL child=1\n").unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&child).unwrap());
+    assert_eq!(
+        tree.read("from-trigger").unwrap(),
+        b"from the child's context"
+    );
+    let raw: serde_json::Value =
+        serde_json::from_slice(&fx.store.read_blob(&child.id).unwrap()).unwrap();
+    assert_eq!(raw["config"]["Labels"]["triggered"], "yes");
+    assert!(raw["config"].get("OnBuild").is_none(), "{raw}");
+}
+
+/// Serves `body` once per connection on 127.0.0.1 (a real HTTP server, minimal).
+fn serve(body: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(body);
+        }
+    });
+    format!("http://127.0.0.1:{port}")
+}
+
+#[test]
+fn add_url_checks_its_checksum() {
+    let fx = fixture();
+    let url = serve(b"downloaded bytes\n");
+    let sum = strata_store::Digest::of(b"downloaded bytes\n");
+    let image = fx
+        .build(&format!(
+            "FROM base\nADD --checksum={sum} {url}/files/data.txt /opt/\n"
+        ))
+        .unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let (path, _) = tree.lookup("opt/data.txt").unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"downloaded bytes\n");
+    assert_eq!(mode(&path), 0o600, "downloads are 0600, as Docker");
+    let wrong = strata_store::Digest::of(b"other");
+    let error = fx
+        .build(&format!("FROM base\n\nADD --checksum={wrong} {url}/x /x\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Buildfile:3:") && error.contains("checksum mismatch"),
+        "{error}"
+    );
+}
