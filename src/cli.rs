@@ -52,6 +52,25 @@ pub enum Command {
     Login(LoginArgs),
     /// Remove stored credentials for a registry
     Logout(LogoutArgs),
+    /// Run a command in a new container
+    Run(RunArgs),
+    /// List containers
+    Ps(PsArgs),
+    /// Remove containers
+    Rm(RmArgs),
+    /// Show the output of a detached container
+    Logs(LogsArgs),
+    /// Stop a running container (SIGTERM, then SIGKILL after a grace period)
+    Stop(StopArgs),
+    /// Send a signal to a running container
+    Kill(KillArgs),
+    /// List the files a container changed, or the differences between two images
+    Diff(DiffArgs),
+    /// Make a new image from a container's changes
+    Commit(CommitArgs),
+    /// Internal: keeps a detached container's mount alive and records its exit
+    #[command(name = "run-monitor", hide = true)]
+    RunMonitor(RunMonitorArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -268,4 +287,137 @@ pub struct BuildArgs {
     pub insecure: bool,
     /// The build context directory
     pub context: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits
+    #[arg(long)]
+    pub rm: bool,
+    /// Name the container
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Run in the background and print the container id
+    #[arg(short = 'd', long)]
+    pub detach: bool,
+    /// Keep stdin open
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the container a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable (K=V, or K to copy it from here)
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the container
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: name, uid, uid:gid or name:group
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Hostname (default: the short container id)
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// none (own namespace, loopback only) or host
+    #[arg(long, default_value = "none")]
+    pub network: String,
+    /// private: map container root to unprivileged host ids 100000-165535
+    #[arg(long)]
+    pub userns: Option<String>,
+    /// Memory limit, e.g. 256m, 1g
+    #[arg(short = 'm', long)]
+    pub memory: Option<String>,
+    /// CPU quota in CPUs, e.g. 1.5
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes
+    #[arg(long)]
+    pub pids_limit: Option<u64>,
+    /// CPUs the container may use, e.g. 0-1
+    #[arg(long)]
+    pub cpuset_cpus: Option<String>,
+    /// Block I/O weight, 10-1000
+    #[arg(long)]
+    pub blkio_weight: Option<u16>,
+    /// Run a tiny init as pid 1 that forwards signals and reaps zombies
+    #[arg(long)]
+    pub init: bool,
+    /// Union driver: fuse, overlay or auto
+    #[arg(long, default_value = "auto")]
+    pub driver: String,
+    /// The image
+    pub image: String,
+    /// The command and its arguments (default: the image's entrypoint and cmd)
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunMonitorArgs {
+    pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    /// Show all containers (default: running ones)
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RmArgs {
+    /// Kill a running container first
+    #[arg(short = 'f', long)]
+    pub force: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    pub container: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait after SIGTERM before SIGKILL
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    pub time: u64,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct KillArgs {
+    /// Signal name or number
+    #[arg(short = 's', long, default_value = "KILL")]
+    pub signal: String,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// CONTAINER, or IMAGE IMAGE
+    #[arg(num_args = 1..=2, required = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CommitArgs {
+    /// Commit message (the history entry's comment)
+    #[arg(short = 'm', long)]
+    pub message: Option<String>,
+    /// Apply a Dockerfile instruction: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, STOPSIGNAL
+    #[arg(short = 'c', long = "change")]
+    pub changes: Vec<String>,
+    pub container: String,
+    /// NAME[:TAG] for the new image
+    pub name: Option<String>,
 }

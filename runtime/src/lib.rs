@@ -84,11 +84,17 @@ pub struct Spec {
 /// 126/127 when the command cannot be executed). `Err` means strata failed before the
 /// command started (the caller exits 125).
 pub fn run(spec: Spec) -> Result<i32> {
+    run_observed(spec, |_| {})
+}
+
+/// `run`, calling `started` once the command runs (e.g. to record its pid).
+pub fn run_observed(spec: Spec, started: impl FnOnce(&Child)) -> Result<i32> {
     // Catch before the container starts: it may be signalled as soon as it runs.
-    let forwarding =
-        signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let forwarding = signals::catch()
+        .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
     let child = spawn(spec)?;
     forwarding.attach(child.pid, child.pty_master());
+    started(&child);
     let code = child.wait();
     drop(forwarding);
     code

@@ -23,6 +23,14 @@ mod save;
 mod load;
 mod login;
 mod logout;
+mod run;
+mod ps;
+mod rm;
+mod logs;
+mod stop;
+mod kill;
+mod diff;
+mod commit;
 mod transfer;
 mod cache;
 
@@ -70,5 +78,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Load(args) => load::run(&globals, args),
         Command::Login(args) => login::run(&globals, args),
         Command::Logout(args) => logout::run(&globals, args),
+        Command::Run(args) => run::run(&globals, args),
+        Command::RunMonitor(args) => run::monitor(&globals, args),
+        Command::Ps(args) => ps::run(&globals, args),
+        Command::Rm(args) => rm::run(&globals, args),
+        Command::Logs(args) => logs::run(&globals, args),
+        Command::Stop(args) => stop::run(&globals, args),
+        Command::Kill(args) => kill::run(&globals, args),
+        Command::Diff(args) => diff::run(&globals, args),
+        Command::Commit(args) => commit::run(&globals, args),
     }
 }

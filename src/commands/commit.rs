@@ -1,0 +1,193 @@
+//! `strata commit [-m MSG] [--change INSTR]... CONTAINER [NAME[:TAG]]`: a new image =
+//! the container's image layers + one layer made from its upper (whiteouts become `.wh.`
+//! entries, opaque dirs `.wh..wh..opq`), the config changed by `--change` (Dockerfile
+//! syntax), and a history entry. A container without changes (and no --change or -m)
+//! adds nothing: the result is its image itself.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use strata_store::layer::WriteOptions;
+use strata_store::{Store, oci, time};
+
+use crate::cli::CommitArgs;
+use crate::commands::Globals;
+use crate::commands::diff::container_changes;
+
+/// `name` with `:latest` when it has no tag.
+fn full_name(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if last.contains(':') || name.contains('@') { name.to_string() } else { format!("{name}:latest") }
+}
+
+/// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
+fn command_form(text: &str) -> Vec<String> {
+    let text = text.trim();
+    if text.starts_with('[') {
+        if let Ok(list) = serde_json::from_str::<Vec<String>>(text) {
+            return list;
+        }
+    }
+    vec!["/bin/sh".into(), "-c".into(), text.to_string()]
+}
+
+/// `K=V K2="V 2"` or the legacy `K V` form.
+fn key_values(text: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let text = text.trim();
+    if !text.split_whitespace().next().is_some_and(|word| word.contains('=')) {
+        let (key, value) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+        return Ok(vec![(key.to_string(), value.trim().to_string())]);
+    }
+    let mut pairs = Vec::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        let mut quote = None;
+        while let Some(&c) = chars.peek() {
+            match (quote, c) {
+                (None, '"' | '\'') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => break,
+                (_, '\\') => {
+                    chars.next();
+                    if let Some(escaped) = chars.peek() {
+                        value.push(*escaped);
+                    }
+                }
+                (_, c) => value.push(c),
+            }
+            chars.next();
+        }
+        pairs.push((key, value));
+    }
+    Ok(pairs)
+}
+
+/// Applies one `--change` instruction to the runtime config.
+fn apply_change(config: &mut oci::Config, change: &str) -> anyhow::Result<String> {
+    let change = change.trim();
+    let (instruction, rest) = change.split_once(char::is_whitespace).unwrap_or((change, ""));
+    let rest = rest.trim();
+    match instruction.to_ascii_uppercase().as_str() {
+        "CMD" => config.set_cmd(Some(command_form(rest))),
+        "ENTRYPOINT" => config.set_entrypoint(Some(command_form(rest))),
+        "ENV" => {
+            let mut env = config.env().clone().unwrap_or_default();
+            for (key, value) in key_values(rest)? {
+                env.retain(|pair| pair.split('=').next() != Some(key.as_str()));
+                env.push(format!("{key}={value}"));
+            }
+            config.set_env(Some(env))
+        }
+        "LABEL" => {
+            let mut labels = config.labels().clone().unwrap_or_default();
+            labels.extend(key_values(rest)?);
+            config.set_labels(Some(labels))
+        }
+        "WORKDIR" => config.set_working_dir(Some(rest.to_string())),
+        "USER" => config.set_user(Some(rest.to_string())),
+        "STOPSIGNAL" => config.set_stop_signal(Some(rest.to_string())),
+        "EXPOSE" => {
+            let mut ports = config.exposed_ports().clone().unwrap_or_default();
+            for port in rest.split_whitespace() {
+                let port = if port.contains('/') { port.to_string() } else { format!("{port}/tcp") };
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+            config.set_exposed_ports(Some(ports))
+        }
+        other => bail!("--change {change:?}: unsupported instruction {other} (use CMD, ENTRYPOINT, ENV, LABEL, WORKDIR, USER, STOPSIGNAL, EXPOSE)"),
+    };
+    Ok(format!("{} {rest}", instruction.to_ascii_uppercase()))
+}
+
+pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let container = store.container(&args.container)?;
+    let image_id = container.state.image_id.context("container has no image to commit onto")?;
+    let image = store.resolve(&image_id.to_string())?;
+    let names: Vec<String> = args.name.iter().map(|name| full_name(name)).collect();
+    let changes = container_changes(&store, &container.id)?;
+
+    if changes.is_empty() && args.changes.is_empty() && args.message.is_none() {
+        for name in &names {
+            store.tag(&image, name)?;
+        }
+        println!("{}", image.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut config = image.config.clone();
+    let mut layers = image.manifest.layers().clone();
+    if !changes.is_empty() {
+        let blob = store
+            .create_layer(&container.upper_dir(), &WriteOptions::default())
+            .with_context(|| format!("failed to make a layer from {}", container.upper_dir().display()))?;
+        layers.push(blob.descriptor.clone());
+        config.rootfs_mut().diff_ids_mut().push(blob.diff_id.to_string());
+    }
+    let mut runtime_config = config.config().clone().unwrap_or_default();
+    let mut applied = Vec::new();
+    for change in &args.changes {
+        applied.push(apply_change(&mut runtime_config, change)?);
+    }
+    config.set_config(Some(runtime_config));
+
+    let now = time::format_rfc3339(time::now());
+    let mut created_by = format!("strata commit {}", container.state.name);
+    if !applied.is_empty() {
+        created_by.push_str(&format!(" --change {}", applied.join(" --change ")));
+    }
+    let mut history = oci::HistoryBuilder::default().created(now.clone()).created_by(created_by);
+    if let Some(message) = &args.message {
+        history = history.comment(message.clone());
+    }
+    if changes.is_empty() {
+        history = history.empty_layer(true);
+    }
+    let history = history.build().context("failed to build the history entry")?;
+    config.history_mut().get_or_insert_with(Vec::new).push(history);
+    config.set_created(Some(now));
+
+    let committed = store.put_image(&config, &layers, &names)?;
+    println!("{}", committed.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_follow_dockerfile_syntax() {
+        let mut config = oci::Config::default();
+        apply_change(&mut config, r#"CMD ["echo", "hi"]"#).unwrap();
+        apply_change(&mut config, "ENTRYPOINT echo hello").unwrap();
+        apply_change(&mut config, r#"ENV A=1 B="two words""#).unwrap();
+        apply_change(&mut config, "ENV C 3").unwrap();
+        apply_change(&mut config, "WORKDIR /srv").unwrap();
+        apply_change(&mut config, "EXPOSE 80 53/udp").unwrap();
+        assert_eq!(config.cmd().clone().unwrap(), ["echo", "hi"]);
+        assert_eq!(config.entrypoint().clone().unwrap(), ["/bin/sh", "-c", "echo hello"]);
+        assert_eq!(config.env().clone().unwrap(), ["A=1", "B=two words", "C=3"]);
+        assert_eq!(config.working_dir().as_deref(), Some("/srv"));
+        assert_eq!(config.exposed_ports().clone().unwrap(), ["80/tcp", "53/udp"]);
+        assert!(apply_change(&mut config, "RUN rm -rf /").is_err());
+    }
+
+    #[test]
+    fn names_get_latest() {
+        assert_eq!(full_name("app"), "app:latest");
+        assert_eq!(full_name("localhost:5000/app"), "localhost:5000/app:latest");
+        assert_eq!(full_name("app:v2"), "app:v2");
+    }
+}

@@ -1,0 +1,49 @@
+//! `strata diff CONTAINER` lists what a container changed (its upper against its image's
+//! layers); `strata diff IMAGE IMAGE` compares two images. Docker's `A|C|D /path` lines,
+//! sorted, or `--json`.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use strata_store::diff::{self, Change};
+use strata_store::Store;
+
+use crate::cli::DiffArgs;
+use crate::commands::Globals;
+
+/// A container's changes against its image.
+pub fn container_changes(store: &Store, reference: &str) -> anyhow::Result<Vec<Change>> {
+    let container = store.container(reference)?;
+    let lowers = match container.state.image_id {
+        Some(id) => store.layer_dirs(&store.resolve(&id.to_string())?)?,
+        None => Vec::new(),
+    };
+    diff::upper_changes(&container.upper_dir(), &lowers)
+        .with_context(|| format!("failed to diff container {}", container.state.name))
+}
+
+pub fn run(globals: &Globals, args: DiffArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    let changes = match args.args.as_slice() {
+        [container] => container_changes(&store, container)?,
+        [a, b] => diff::image_changes(&store, &store.resolve(a)?, &store.resolve(b)?)?,
+        _ => anyhow::bail!("usage: strata diff CONTAINER | strata diff IMAGE IMAGE"),
+    };
+    if args.json {
+        let list: Vec<serde_json::Value> = changes
+            .iter()
+            .map(|c| serde_json::json!({"kind": c.kind.letter().to_string(), "path": c.path}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        let mut out = String::new();
+        for change in &changes {
+            out.push(change.kind.letter());
+            out.push(' ');
+            out.push_str(&change.path);
+            out.push('\n');
+        }
+        print!("{out}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,44 @@
+//! `strata rm [-f] CONTAINER...`: removes exited containers (with -f, kills running ones
+//! first), their union mount if a crash left one, their cgroup and their directory.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::Signal;
+use strata_store::Store;
+
+use crate::cli::RmArgs;
+use crate::commands::Globals;
+use crate::commands::run::{cgroup_name, is_running};
+use crate::commands::stop::wait_exited;
+
+pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::open(&globals.root)?;
+    for reference in &args.containers {
+        let container = store.container(reference)?;
+        if is_running(&container) {
+            if !args.force {
+                bail!("container {} is running: stop it first or use rm -f", container.state.name);
+            }
+            crate::commands::kill::signal(&container, Signal::SIGKILL)?;
+            wait_exited(&store, &container.id, Duration::from_secs(10));
+        }
+        let Ok(container) = store.container(&container.id) else {
+            println!("{reference}"); // removed by its own --rm meanwhile
+            continue;
+        };
+        let rootfs = container.rootfs_dir();
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .any(|line| line.split(' ').nth(4).map(std::path::Path::new) == Some(rootfs.as_path()));
+        if mounted {
+            strata_unionfs::unmount(&rootfs).with_context(|| format!("failed to unmount {}", rootfs.display()))?;
+        }
+        strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
+        store.remove_container(&container)?;
+        println!("{reference}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

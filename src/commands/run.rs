@@ -1,0 +1,334 @@
+//! `strata run`: image -> container dir -> union mount on containers/<id>/rootfs ->
+//! strata-runtime -> exit code, with state.json following along (running, pid, exited +
+//! code). `-d` hands the container to a detached `strata run-monitor <id>` process that
+//! keeps the mount alive, sends the output to the container's log and records the exit.
+//! Failures before the command starts exit 125 (docker's convention).
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use strata_store::{Container, Status, Store};
+use strata_unionfs::{Driver, MountSpec};
+
+use crate::cli::{RunArgs, RunMonitorArgs};
+use crate::commands::Globals;
+
+/// The run options, recorded in state.json's `config` so the monitor (and `inspect`)
+/// see exactly what was asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub hostname: String,
+    pub network: String,
+    pub userns: bool,
+    pub memory: Option<u64>,
+    pub cpus: Option<f64>,
+    pub pids_limit: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub blkio_weight: Option<u16>,
+    pub init: bool,
+    pub tty: bool,
+    pub interactive: bool,
+    pub driver: String,
+    pub rm: bool,
+}
+
+/// The cgroup of a container.
+pub fn cgroup_name(id: &str) -> String {
+    format!("strata-{id}")
+}
+
+/// "256m", "1g", "512k", "100" (bytes), as docker parses --memory.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let lower = text.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower);
+    let (number, unit) = match lower.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&lower[..i], c),
+        _ => (lower, ' '),
+    };
+    let shift = match unit {
+        ' ' => 0,
+        'k' => 10,
+        'm' => 20,
+        'g' => 30,
+        't' => 40,
+        other => bail!("invalid size {text:?}: unknown unit {other:?}"),
+    };
+    let value: f64 = number.parse().with_context(|| format!("invalid size {text:?}"))?;
+    if !(value.is_finite() && value > 0.0) {
+        bail!("invalid size {text:?}");
+    }
+    Ok((value * (1u64 << shift) as f64) as u64)
+}
+
+fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
+    let mut env: Vec<String> = base.to_vec();
+    for pair in overrides {
+        let pair = if pair.contains('=') {
+            pair.clone()
+        } else {
+            // docker: `-e K` copies K from strata's environment, or drops it when unset.
+            match std::env::var(pair) {
+                Ok(value) => format!("{pair}={value}"),
+                Err(_) => continue,
+            }
+        };
+        let key = pair.split('=').next().unwrap_or_default().to_string();
+        env.retain(|existing| existing.split('=').next() != Some(key.as_str()));
+        env.push(pair);
+    }
+    env
+}
+
+fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::Result<RunConfig> {
+    let image_config = image.config.config().clone().unwrap_or_default();
+    let entrypoint = image_config.entrypoint().clone().unwrap_or_default();
+    let command = if args.command.is_empty() { image_config.cmd().clone().unwrap_or_default() } else { args.command.clone() };
+    let full: Vec<String> = entrypoint.into_iter().chain(command).collect();
+    if full.is_empty() {
+        bail!("no command specified: image {} has no entrypoint or cmd", args.image);
+    }
+    let network = match args.network.as_str() {
+        "none" | "host" => args.network.clone(),
+        other => bail!("unknown network {other:?}: use none or host"),
+    };
+    let userns = match args.userns.as_deref() {
+        None | Some("host") | Some("") => false,
+        Some("private") => true,
+        Some(other) => bail!("unknown --userns {other:?}: use private or host"),
+    };
+    args.driver.parse::<Driver>()?;
+    Ok(RunConfig {
+        args: full,
+        env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.env),
+        cwd: args.workdir.clone().or_else(|| image_config.working_dir().clone()).unwrap_or_default(),
+        user: args.user.clone().or_else(|| image_config.user().clone()).unwrap_or_default(),
+        hostname: args.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        network,
+        userns,
+        memory: args.memory.as_deref().map(parse_size).transpose()?,
+        cpus: args.cpus,
+        pids_limit: args.pids_limit,
+        cpuset_cpus: args.cpuset_cpus.clone(),
+        blkio_weight: args.blkio_weight,
+        init: args.init,
+        tty: args.tty,
+        interactive: args.interactive,
+        driver: args.driver.clone(),
+        rm: args.rm,
+    })
+}
+
+/// Prints the error and exits 125: strata failed before the command started.
+fn setup_failure(err: anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(125)
+}
+
+pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let prepared = (|| -> anyhow::Result<(Container, RunConfig)> {
+        let store = Store::open(&globals.root)?;
+        let image = store.resolve(&args.image)?;
+        let mut container = store.create_container(Some(&image), args.name.as_deref())?;
+        let config = config_for(&image, &container.id, &args).inspect_err(|_| {
+            let _ = store.remove_container(&container);
+        })?;
+        container.state.command = config.args.clone();
+        container.state.config = serde_json::to_value(&config)?;
+        container.save()?;
+        Ok((container, config))
+    })();
+    let (container, config) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return Ok(setup_failure(err)),
+    };
+    if args.detach {
+        return match detach(globals, &container) {
+            Ok(()) => {
+                println!("{}", container.id);
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => Ok(setup_failure(err)),
+        };
+    }
+    let stdin: Option<OwnedFd> = if config.interactive { None } else { std::fs::File::open("/dev/null").ok().map(OwnedFd::from) };
+    match start(globals, container, &config, stdin, None) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(err) => Ok(setup_failure(err)),
+    }
+}
+
+/// Starts `strata run-monitor <id>` in its own session with its output going to the
+/// container's log, and waits until the container runs (or failed to start).
+fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(container.log_path())
+        .with_context(|| format!("failed to open {}", container.log_path().display()))?;
+    let exe = std::env::current_exe().context("failed to find the strata binary")?;
+    let mut monitor = std::process::Command::new(exe)
+        .arg("--root")
+        .arg(&globals.root)
+        .arg("run-monitor")
+        .arg(&container.id)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("failed to start the container monitor")?;
+    let state_path = container.dir.join("state.json");
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = monitor.try_wait() {
+            if !status.success() {
+                let log = std::fs::read_to_string(container.log_path()).unwrap_or_default();
+                bail!("container {} failed to start: {}", container.id, log.trim());
+            }
+        }
+        let state: Option<strata_store::ContainerState> =
+            std::fs::read(&state_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        match state {
+            Some(state) if state.status == Status::Running && state.pid.is_some() => return Ok(()),
+            Some(state) if state.status == Status::Exited => return Ok(()),
+            None if !container.dir.exists() => return Ok(()), // --rm and already gone
+            _ => {}
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("container {} did not start within 60 s", container.id);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The detached side of `run -d`.
+pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCode> {
+    let container = Store::open(&globals.root)?.container(&args.id)?;
+    let config: RunConfig =
+        serde_json::from_value(container.state.config.clone()).context("container has no run configuration")?;
+    let log: OwnedFd = std::fs::OpenOptions::new().append(true).open(container.log_path())?.into();
+    let stdin: Option<OwnedFd> = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+    match start(globals, container, &config, stdin, Some(log)) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(err) => Ok(setup_failure(err)),
+    }
+}
+
+/// Mounts, runs and records one container; returns the command's exit code.
+fn start(
+    globals: &Globals,
+    mut container: Container,
+    config: &RunConfig,
+    stdin: Option<OwnedFd>,
+    output: Option<OwnedFd>,
+) -> anyhow::Result<i32> {
+    let driver: Driver = config.driver.parse()?;
+    let lowers = {
+        let store = Store::open(&globals.root)?;
+        let image_id = container.state.image_id.context("container has no image")?;
+        let image = store.resolve(&image_id.to_string())?;
+        store.layer_dirs(&image)?
+    }; // the store lock is not held while the container runs
+    let spec = MountSpec {
+        lowers,
+        upper: container.upper_dir(),
+        work: container.work_dir(),
+        target: container.rootfs_dir(),
+    };
+    strata_unionfs::sweep_stale(&spec.target)?;
+    let guard = strata_unionfs::mount(&spec, driver)
+        .with_context(|| format!("failed to mount {}", spec.target.display()))?;
+    container.state.driver = Some(guard.driver().to_string());
+    container.state.mounted_at = Some(spec.target.clone());
+    container.state.status = Status::Running;
+    container.state.exit_code = None;
+    container.save()?;
+
+    let stderr = match &output {
+        Some(fd) => Some(fd.try_clone()?),
+        None => None,
+    };
+    let runtime_spec = strata_runtime::Spec {
+        rootfs: spec.target.clone(),
+        args: config.args.clone(),
+        env: config.env.clone(),
+        cwd: config.cwd.clone(),
+        user: config.user.clone(),
+        hostname: Some(config.hostname.clone()),
+        network: if config.network == "host" { strata_runtime::Network::Host } else { strata_runtime::Network::None },
+        userns: config.userns,
+        limits: strata_runtime::Limits {
+            memory: config.memory,
+            cpus: config.cpus,
+            pids: config.pids_limit,
+            cpuset_cpus: config.cpuset_cpus.clone(),
+            blkio_weight: config.blkio_weight,
+        },
+        cgroup_name: cgroup_name(&container.id),
+        tty: config.tty,
+        interactive: config.interactive,
+        init: config.init,
+        stdin,
+        stdout: output,
+        stderr,
+    };
+    let mut save_error = None;
+    let result = strata_runtime::run_observed(runtime_spec, |child| {
+        container.state.pid = Some(child.pid);
+        if let Err(err) = container.save() {
+            save_error = Some(err);
+        }
+    });
+    drop(guard);
+    container.state.pid = None;
+    container.state.mounted_at = None;
+    container.state.status = Status::Exited;
+    container.state.exit_code = Some(*result.as_ref().unwrap_or(&125));
+    container.save()?;
+    if let Some(err) = save_error {
+        eprintln!("warning: failed to record the container's pid: {err}");
+    }
+    if config.rm {
+        strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
+        let store = Store::open(&globals.root)?;
+        store.remove_container(&container)?;
+    }
+    Ok(result?)
+}
+
+/// Is the container's process still there? (state.json says running, but a killed
+/// `strata run` cannot update it.)
+pub fn is_running(container: &Container) -> bool {
+    container.state.status == Status::Running
+        && container.state.pid.is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_docker() {
+        assert_eq!(parse_size("64m").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512K").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
+        assert!(parse_size("12x").is_err());
+    }
+
+    #[test]
+    fn env_overrides_by_key() {
+        let merged = merge_env(&["PATH=/bin".into(), "A=1".into()], &["A=2".into(), "B=3".into()]);
+        assert_eq!(merged, ["PATH=/bin", "A=2", "B=3"]);
+    }
+}
