@@ -68,7 +68,13 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.progress = progress;
     opts.cache_from = super::cache::sources(&store, &args.cache_from, args.insecure)?;
     let cache_to = super::cache::sinks(&args.cache_to, args.insecure)?;
-    opts.cache_to = cache_to.iter().map(|s| s.clone() as Arc<dyn strata_builder::cache::CacheSink>).collect();
+    opts.cache_to = cache_to
+        .iter()
+        .map(|s| s.clone() as Arc<dyn strata_builder::cache::CacheSink>)
+        .collect();
+    opts.images = Some(Arc::new(PullingImages {
+        insecure: args.insecure,
+    }));
     let executor = UnionExecutor { driver };
     let started = std::time::Instant::now();
     let image = build(&store, &executor, &opts)?;
@@ -184,6 +190,21 @@ impl Progress for Tty {
 
     fn note(&self, text: &str) {
         let _ = self.bars.println(text);
+    }
+}
+
+/// FROM, `COPY --from` and `RUN --mount=from=` images: the store, else pulled.
+struct PullingImages {
+    insecure: bool,
+}
+
+impl strata_builder::ImageSource for PullingImages {
+    fn image(&self, store: &Store, reference: &str) -> strata_store::Result<strata_store::Image> {
+        let opts = strata_store::transfer::TransferOptions {
+            client: super::transfer::client_options(self.insecure),
+            ..Default::default()
+        };
+        strata_store::transfer::resolve_or_pull(store, reference, &opts)
     }
 }
 

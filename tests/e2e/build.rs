@@ -507,8 +507,8 @@ fn build_errors_name_their_location() {
             "Buildfile:3:6: COPY source \"missing.txt\" not found in the build context",
         ),
         (
-            "FROM nosuchimage:1\n",
-            "Buildfile:1:6: base image \"nosuchimage:1\" not found in the store",
+            "FROM localhost:1/nosuch:1\n",
+            "Buildfile:1:6: base image \"localhost:1/nosuch:1\" not found",
         ),
         (
             "FROM busybox\nRUN echo first line; echo to stderr >&2; exit 3\n",
