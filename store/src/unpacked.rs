@@ -56,6 +56,10 @@ impl Store {
 
     /// Renames a finished layer dir into `layers/`; losing a race to an equal one is fine.
     fn place_layer_dir(&self, staging: &Path, target: &Path) -> Result<()> {
+        // The unpacker writes without fsync; one syncfs makes every file of the layer
+        // durable before the rename publishes it (a power cut must not leave empty files).
+        let dir = fs::File::open(staging).map_err(|e| Error::io("failed to open", staging, e))?;
+        rustix::fs::syncfs(&dir).map_err(|e| Error::io("failed to sync the filesystem of", staging, e.into()))?;
         match fs::rename(staging, target) {
             Ok(()) => sync_parent(target),
             Err(e) if target.is_dir() && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
