@@ -247,6 +247,31 @@ fn corrupted_streams_give_errors_not_panics() {
     assert!(error.contains("layer stream"), "{error}");
 }
 
+#[test]
+fn unpack_reports_an_entry_cut_short() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.file("big", &vec![b'x'; 10_000], 0o644);
+    let tar = tar.finish();
+    let tmp = tempfile::tempdir().unwrap();
+    let error = unpack_layer(&tar[..5_000], tmp.path()).unwrap_err().to_string();
+    assert!(error.contains(r#"entry "big" is cut short (5512 of 10000 bytes missing)"#), "{error}");
+}
+
+#[test]
+fn write_layer_skips_sockets_and_refuses_a_non_directory() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("file"), "x").unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(src.join("socket")).unwrap();
+    let names: Vec<String> = list(&layer_tar(&src, &WriteOptions::default())).into_iter().map(|e| e.name).collect();
+    assert_eq!(names, ["file"]);
+    let error = write_layer(&src.join("file"), &WriteOptions::default(), std::io::sink()).unwrap_err().to_string();
+    assert!(error.starts_with("failed to write a layer from ") && error.contains("src/file"), "{error}");
+}
+
 fn flip(blob: &[u8], at: usize) -> Vec<u8> {
     let mut bad = blob.to_vec();
     bad[at] ^= 0x55;

@@ -186,13 +186,22 @@ impl Unpacker {
         let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
             .map_err(|e| io_entry(display, "failed to create file", e))?;
         let mut file = File::from(fd);
+        let mut written = 0u64;
         loop {
             let n = match entry.read(&mut self.buffer) {
+                Ok(0) if written < entry.size() => {
+                    let missing = entry.size() - written;
+                    return Err(Error::LayerStream(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("entry {display:?} is cut short ({missing} of {} bytes missing)", entry.size()),
+                    )));
+                }
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::LayerStream(e)),
             };
+            written += n as u64;
             file.write_all(&self.buffer[..n])
                 .map_err(|e| Error::LayerEntryIo { entry: display.to_string(), context: "failed to write file", source: e })?;
         }

@@ -58,11 +58,7 @@ pub(crate) struct Node {
 pub(crate) fn walk(root: &Path) -> Result<Vec<Node>> {
     let metadata = fs::symlink_metadata(root).map_err(|e| Error::io("failed to stat layer directory", root, e))?;
     if !metadata.is_dir() {
-        return Err(Error::io(
-            "layer source is not a directory:",
-            root,
-            io::Error::from(io::ErrorKind::NotADirectory),
-        ));
+        return Err(Error::io("failed to write a layer from", root, io::Error::from(io::ErrorKind::NotADirectory)));
     }
     let mut nodes = walk_dir(root, &[])?;
     nodes.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
