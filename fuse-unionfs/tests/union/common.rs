@@ -140,6 +140,7 @@ impl Fixture {
         write(&top.join("opt/old/c"), b"top c\n");
         set_xattr(&top.join("opt/old"), "trusted.overlay.opaque", b"y");
         write(&top.join("etc/top"), b"top\n");
+        set_xattr(&top.join("etc"), "user.dir", b"top etc");
         write(&top.join("usr/share/doc/readme"), b"readme\n");
         Fixture { dir, lowers: vec![top, mid, bottom] }
     }
