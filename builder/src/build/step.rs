@@ -209,10 +209,7 @@ impl StageRun<'_, '_> {
         }
         let created = cx.opts.source_date_epoch.unwrap_or_else(time::now);
         let (layer, dir) = match &instruction {
-            Instruction::Run(run) => {
-                let (layer, dir) = self.run(step, run, &info)?;
-                (Some(layer), dir)
-            }
+            Instruction::Run(run) => self.run(step, run, &info)?,
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let sources = resolved.take().unwrap_or_default();
                 let (layer, dir) =
@@ -419,7 +416,7 @@ impl StageRun<'_, '_> {
         step: &Step,
         run: &Run,
         info: &StepInfo,
-    ) -> Result<(LayerBlob, Option<PathBuf>)> {
+    ) -> Result<(Option<LayerBlob>, Option<PathBuf>)> {
         let cx = self.cx;
         let shell = self.state.config.shell();
         let args = match (&run.command, run.heredocs.as_slice()) {
@@ -566,7 +563,16 @@ impl StageRun<'_, '_> {
                     tail: tail.into_iter().collect(),
                 });
             }
-            self.finish_layer(&upper)
+            // a RUN that changed nothing adds no layer (`empty_layer`, as buildkit)
+            if fs::read_dir(&upper)
+                .map_err(|e| Error::io("failed to list", &upper, e))?
+                .next()
+                .is_none()
+            {
+                return Ok((None, None));
+            }
+            let (layer, dir) = self.finish_layer(&upper)?;
+            Ok((Some(layer), dir))
         })();
         drop(locks);
         for dir in [&upper, &work] {
