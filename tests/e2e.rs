@@ -9,3 +9,7 @@ mod common;
 mod distribution;
 #[path = "e2e/store.rs"]
 mod store;
+#[path = "e2e/mount.rs"]
+mod mount;
+#[path = "e2e/run.rs"]
+mod run;

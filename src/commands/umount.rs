@@ -6,7 +6,18 @@ use std::process::ExitCode;
 use crate::cli::UmountArgs;
 use crate::commands::Globals;
 
-pub fn run(_globals: &Globals, args: UmountArgs) -> anyhow::Result<ExitCode> {
-    strata_unionfs::unmount(&args.dir)?;
+pub fn run(globals: &Globals, args: UmountArgs) -> anyhow::Result<ExitCode> {
+    let dir = std::fs::canonicalize(&args.dir).unwrap_or_else(|_| args.dir.clone());
+    strata_unionfs::unmount(&dir)?;
+    // A container mounted by `strata mount IMAGE|CONTAINER` no longer is.
+    if globals.root.join("containers").is_dir() {
+        let store = strata_store::Store::open(&globals.root)?;
+        for mut container in store.containers()? {
+            if container.state.mounted_at.as_deref() == Some(dir.as_path()) {
+                container.state.mounted_at = None;
+                container.save()?;
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

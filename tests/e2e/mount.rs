@@ -1,0 +1,203 @@
+//! `strata mount` / `strata umount` end to end: raw branches with both drivers (the FUSE
+//! server outlives the command and exits on umount), images and containers from the
+//! store, a container moving between drivers, and a crashed daemon's mount swept on the
+//! next mount. Everything touching a mount runs under a deadline.
+
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::common::TestStore;
+
+/// Runs `f` on a thread; fails the test if it takes longer than 60 s (a hung mount).
+fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!("{what} hung for 60 s"),
+    }
+}
+
+fn mount_type(target: &Path) -> Option<String> {
+    let target = fs::canonicalize(target).ok()?;
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let sep = fields.iter().position(|f| *f == "-")?;
+        (Path::new(fields[4]) == target).then(|| fields[sep + 1].to_string())
+    })
+}
+
+/// The PIDs of processes whose command line mentions `needle` (the FUSE daemon).
+fn daemons(needle: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("strata") && cmdline.contains(needle) && pid != std::process::id() as i32 {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Branches {
+    lower: String,
+    upper: PathBuf,
+    work: PathBuf,
+    mnt: PathBuf,
+}
+
+fn branches(root: &Path, name: &str) -> Branches {
+    let base = root.join(name);
+    let (l1, l2) = (base.join("l1"), base.join("l2"));
+    for d in ["l1", "l2", "upper", "work", "mnt"] {
+        fs::create_dir_all(base.join(d)).unwrap();
+    }
+    fs::write(l1.join("bottom"), b"bottom\n").unwrap();
+    fs::write(l1.join("gone"), b"hidden\n").unwrap();
+    fs::create_dir(l1.join("dir")).unwrap();
+    fs::write(l1.join("dir/a"), b"a\n").unwrap();
+    fs::write(l2.join("top"), b"top\n").unwrap();
+    nix::sys::stat::mknod(&l2.join("gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).unwrap();
+    Branches {
+        lower: format!("{}:{}", l2.display(), l1.display()),
+        upper: base.join("upper"),
+        work: base.join("work"),
+        mnt: base.join("mnt"),
+    }
+}
+
+fn raw_mount(store: &TestStore, b: &Branches, driver: &str) {
+    store.ok(&[
+        "mount",
+        "--driver",
+        driver,
+        "--lower",
+        &b.lower,
+        "--upper",
+        b.upper.to_str().unwrap(),
+        "--work",
+        b.work.to_str().unwrap(),
+        b.mnt.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn mount_raw_branches_with_each_driver_then_umount() {
+    let store = TestStore::new();
+    for (driver, fstype) in [("fuse", "fuse"), ("overlay", "overlay")] {
+        let b = branches(store.root(), driver);
+        raw_mount(&store, &b, driver);
+        // The command returned: the mount must already be live.
+        assert_eq!(mount_type(&b.mnt).as_deref(), Some(fstype));
+        let mnt = b.mnt.clone();
+        within("reading and writing the mount", move || {
+            assert_eq!(fs::read(mnt.join("top")).unwrap(), b"top\n");
+            assert_eq!(fs::read(mnt.join("bottom")).unwrap(), b"bottom\n");
+            assert!(!mnt.join("gone").exists());
+            fs::write(mnt.join("new"), b"new\n").unwrap();
+            fs::remove_file(mnt.join("bottom")).unwrap();
+            fs::rename(mnt.join("dir"), mnt.join("dir2")).or_else(|e| {
+                // kernel overlayfs (redirect_dir=off) refuses to rename a lower directory
+                assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+                Ok::<(), std::io::Error>(())
+            }).unwrap();
+        });
+        if driver == "fuse" {
+            assert_eq!(daemons(b.mnt.to_str().unwrap()).len(), 1, "one daemon serves the mount");
+        }
+        store.ok(&["umount", b.mnt.to_str().unwrap()]);
+        assert_eq!(mount_type(&b.mnt), None);
+        assert_eq!(fs::read(b.upper.join("new")).unwrap(), b"new\n");
+        let whiteout = fs::symlink_metadata(b.upper.join("bottom")).unwrap();
+        assert!(whiteout.file_type().is_char_device(), "{driver}: unlink of a lower file leaves a whiteout");
+        if driver == "fuse" {
+            wait_until("the daemon exits after umount", || daemons(b.mnt.to_str().unwrap()).is_empty());
+            assert!(b.upper.join("dir2/a").is_file(), "strata renames lower directories");
+        }
+    }
+}
+
+#[test]
+fn mount_image_makes_a_container_that_moves_between_drivers() {
+    let store = TestStore::new();
+    store.import_busybox("busybox");
+    let mnt = store.root().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let id = store.ok(&["mount", "--driver", "fuse", "busybox", mnt.to_str().unwrap()]).trim().to_string();
+    assert_eq!(id.len(), 64, "prints the new container's id: {id}");
+    assert_eq!(mount_type(&mnt).as_deref(), Some("fuse"));
+    let inner = mnt.clone();
+    within("writing into the image mount", move || {
+        assert!(inner.join("bin/busybox").is_file());
+        fs::write(inner.join("hello"), b"from fuse\n").unwrap();
+        fs::remove_dir_all(inner.join("etc")).ok();
+    });
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap()).unwrap();
+    assert_eq!(state["driver"], "fuse");
+    store.ok(&["umount", mnt.to_str().unwrap()]);
+    // The same container under kernel overlayfs shows what the FUSE mount wrote.
+    let again = store.ok(&["mount", "--driver", "overlay", &id[..12], mnt.to_str().unwrap()]);
+    assert_eq!(again.trim(), id);
+    let inner = mnt.clone();
+    within("reading the container under overlay", move || {
+        assert_eq!(fs::read(inner.join("hello")).unwrap(), b"from fuse\n");
+        assert!(!inner.join("etc").exists());
+        assert!(inner.join("bin/busybox").is_file());
+    });
+    store.ok(&["umount", mnt.to_str().unwrap()]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap()).unwrap();
+    assert!(state["mounted_at"].is_null());
+}
+
+#[test]
+fn crashed_daemon_mount_is_swept_on_next_mount() {
+    let store = TestStore::new();
+    let b = branches(store.root(), "crash");
+    raw_mount(&store, &b, "fuse");
+    let pids = daemons(b.mnt.to_str().unwrap());
+    assert_eq!(pids.len(), 1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let mnt = b.mnt.clone();
+    wait_until("the dead mount answers ENOTCONN", move || {
+        matches!(fs::metadata(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
+    });
+    raw_mount(&store, &b, "fuse");
+    let mnt = b.mnt.clone();
+    within("reading the new mount", move || assert_eq!(fs::read(mnt.join("top")).unwrap(), b"top\n"));
+    store.ok(&["umount", b.mnt.to_str().unwrap()]);
+}
+
+#[test]
+fn mount_errors_name_the_problem() {
+    let store = TestStore::new();
+    let b = branches(store.root(), "errors");
+    let out = store.strata(&["mount", "--driver", "zfs", "--lower", &b.lower, "--upper", "u", "--work", "w", "m"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown union driver \"zfs\""));
+    let out = store.strata(&["mount", "--lower", "/nonexistent", "--upper", b.upper.to_str().unwrap(), "--work", b.work.to_str().unwrap(), b.mnt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = store.strata(&["umount", b.mnt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to unmount"));
+}
