@@ -11,3 +11,5 @@ mod distribution;
 mod store;
 #[path = "e2e/mount.rs"]
 mod mount;
+#[path = "e2e/run.rs"]
+mod run;

@@ -17,7 +17,11 @@ use crate::commands::diff::container_changes;
 /// `name` with `:latest` when it has no tag.
 fn full_name(name: &str) -> String {
     let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') || name.contains('@') { name.to_string() } else { format!("{name}:latest") }
+    if last.contains(':') || name.contains('@') {
+        name.to_string()
+    } else {
+        format!("{name}:latest")
+    }
 }
 
 /// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
@@ -97,14 +101,20 @@ fn apply_change(config: &mut oci::Config, change: &str) -> anyhow::Result<String
         "EXPOSE" => {
             let mut ports = config.exposed_ports().clone().unwrap_or_default();
             for port in rest.split_whitespace() {
-                let port = if port.contains('/') { port.to_string() } else { format!("{port}/tcp") };
+                let port = if port.contains('/') {
+                    port.to_string()
+                } else {
+                    format!("{port}/tcp")
+                };
                 if !ports.contains(&port) {
                     ports.push(port);
                 }
             }
             config.set_exposed_ports(Some(ports))
         }
-        other => bail!("--change {change:?}: unsupported instruction {other} (use CMD, ENTRYPOINT, ENV, LABEL, WORKDIR, USER, STOPSIGNAL, EXPOSE)"),
+        other => bail!(
+            "--change {change:?}: unsupported instruction {other} (use CMD, ENTRYPOINT, ENV, LABEL, WORKDIR, USER, STOPSIGNAL, EXPOSE)"
+        ),
     };
     Ok(format!("{} {rest}", instruction.to_ascii_uppercase()))
 }
@@ -112,7 +122,10 @@ fn apply_change(config: &mut oci::Config, change: &str) -> anyhow::Result<String
 pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     let container = store.container(&args.container)?;
-    let image_id = container.state.image_id.context("container has no image to commit onto")?;
+    let image_id = container
+        .state
+        .image_id
+        .context("container has no image to commit onto")?;
     let image = store.resolve(&image_id.to_string())?;
     let names: Vec<String> = args.name.iter().map(|name| full_name(name)).collect();
     let changes = container_changes(&store, &container.id)?;
@@ -146,7 +159,9 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     if !applied.is_empty() {
         created_by.push_str(&format!(" --change {}", applied.join(" --change ")));
     }
-    let mut history = oci::HistoryBuilder::default().created(now.clone()).created_by(created_by);
+    let mut history = oci::HistoryBuilder::default()
+        .created(now.clone())
+        .created_by(created_by);
     if let Some(message) = &args.message {
         history = history.comment(message.clone());
     }
@@ -161,7 +176,6 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     println!("{}", committed.id);
     Ok(ExitCode::SUCCESS)
 }
-
 
 #[cfg(test)]
 mod tests {

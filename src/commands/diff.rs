@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use strata_store::diff::{self, Change};
 use strata_store::Store;
+use strata_store::diff::{self, Change};
 
 use crate::cli::DiffArgs;
 use crate::commands::Globals;

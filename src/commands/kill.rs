@@ -17,7 +17,11 @@ pub fn parse_signal(text: &str) -> anyhow::Result<Signal> {
         return Signal::try_from(number).with_context(|| format!("unknown signal {text}"));
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     name.parse::<Signal>().with_context(|| format!("unknown signal {text}"))
 }
 

@@ -30,8 +30,11 @@ fn status_word(container: &Container) -> &'static str {
 
 pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    let mut containers: Vec<Container> =
-        store.containers()?.into_iter().filter(|c| args.all || is_running(c)).collect();
+    let mut containers: Vec<Container> = store
+        .containers()?
+        .into_iter()
+        .filter(|c| args.all || is_running(c))
+        .collect();
     containers.sort_by(|a, b| b.state.created.cmp(&a.state.created).then(a.id.cmp(&b.id)));
     if args.json {
         let list: Vec<serde_json::Value> = containers
@@ -53,15 +56,20 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = time::now();
-    println!("{:<14}{:<24}{:<24}{:<18}{:<20}NAMES", "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS");
+    println!(
+        "{:<14}{:<24}{:<24}{:<24}{:<20}NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
+    );
     for c in &containers {
         let mut command = format!("\"{}\"", c.state.command.join(" "));
         if command.chars().count() > 22 {
             command = format!("{}…\"", command.chars().take(20).collect::<String>());
         }
-        let created = time::parse_rfc3339(&c.state.created).map(|t| time::ago(t, now)).unwrap_or_default();
+        let created = time::parse_rfc3339(&c.state.created)
+            .map(|t| time::ago(t, now))
+            .unwrap_or_default();
         println!(
-            "{:<14}{:<24}{:<24}{:<18}{:<20}{}",
+            "{:<14}{:<24}{:<24}{:<24}{:<20}{}",
             &c.id[..12],
             c.state.image.as_deref().unwrap_or("-"),
             command,

@@ -19,7 +19,10 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
         let container = store.container(reference)?;
         if is_running(&container) {
             if !args.force {
-                bail!("container {} is running: stop it first or use rm -f", container.state.name);
+                bail!(
+                    "container {} is running: stop it first or use rm -f",
+                    container.state.name
+                );
             }
             crate::commands::kill::signal(&container, Signal::SIGKILL)?;
             wait_exited(&store, &container.id, Duration::from_secs(10));

@@ -90,7 +90,11 @@ fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::Result<RunConfig> {
     let image_config = image.config.config().clone().unwrap_or_default();
     let entrypoint = image_config.entrypoint().clone().unwrap_or_default();
-    let command = if args.command.is_empty() { image_config.cmd().clone().unwrap_or_default() } else { args.command.clone() };
+    let command = if args.command.is_empty() {
+        image_config.cmd().clone().unwrap_or_default()
+    } else {
+        args.command.clone()
+    };
     let full: Vec<String> = entrypoint.into_iter().chain(command).collect();
     if full.is_empty() {
         bail!("no command specified: image {} has no entrypoint or cmd", args.image);
@@ -108,8 +112,16 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
     Ok(RunConfig {
         args: full,
         env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.env),
-        cwd: args.workdir.clone().or_else(|| image_config.working_dir().clone()).unwrap_or_default(),
-        user: args.user.clone().or_else(|| image_config.user().clone()).unwrap_or_default(),
+        cwd: args
+            .workdir
+            .clone()
+            .or_else(|| image_config.working_dir().clone())
+            .unwrap_or_default(),
+        user: args
+            .user
+            .clone()
+            .or_else(|| image_config.user().clone())
+            .unwrap_or_default(),
         hostname: args.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
         network,
         userns,
@@ -158,7 +170,11 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(err) => Ok(setup_failure(err)),
         };
     }
-    let stdin: Option<OwnedFd> = if config.interactive { None } else { std::fs::File::open("/dev/null").ok().map(OwnedFd::from) };
+    let stdin: Option<OwnedFd> = if config.interactive {
+        None
+    } else {
+        std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+    };
     match start(globals, container, &config, stdin, None) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(err) => Ok(setup_failure(err)),
@@ -195,8 +211,9 @@ fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
                 bail!("container {} failed to start: {}", container.id, log.trim());
             }
         }
-        let state: Option<strata_store::ContainerState> =
-            std::fs::read(&state_path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        let state: Option<strata_store::ContainerState> = std::fs::read(&state_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         match state {
             Some(state) if state.status == Status::Running && state.pid.is_some() => return Ok(()),
             Some(state) if state.status == Status::Exited => return Ok(()),
@@ -215,7 +232,10 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
     let container = Store::open(&globals.root)?.container(&args.id)?;
     let config: RunConfig =
         serde_json::from_value(container.state.config.clone()).context("container has no run configuration")?;
-    let log: OwnedFd = std::fs::OpenOptions::new().append(true).open(container.log_path())?.into();
+    let log: OwnedFd = std::fs::OpenOptions::new()
+        .append(true)
+        .open(container.log_path())?
+        .into();
     let stdin: Option<OwnedFd> = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
     match start(globals, container, &config, stdin, Some(log)) {
         Ok(_) => Ok(ExitCode::SUCCESS),
@@ -245,8 +265,8 @@ fn start(
         target: container.rootfs_dir(),
     };
     strata_unionfs::sweep_stale(&spec.target)?;
-    let guard = strata_unionfs::mount(&spec, driver)
-        .with_context(|| format!("failed to mount {}", spec.target.display()))?;
+    let guard =
+        strata_unionfs::mount(&spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))?;
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());
     container.state.status = Status::Running;
@@ -264,7 +284,11 @@ fn start(
         cwd: config.cwd.clone(),
         user: config.user.clone(),
         hostname: Some(config.hostname.clone()),
-        network: if config.network == "host" { strata_runtime::Network::Host } else { strata_runtime::Network::None },
+        network: if config.network == "host" {
+            strata_runtime::Network::Host
+        } else {
+            strata_runtime::Network::None
+        },
         userns: config.userns,
         limits: strata_runtime::Limits {
             memory: config.memory,
@@ -309,7 +333,10 @@ fn start(
 /// `strata run` cannot update it.)
 pub fn is_running(container: &Container) -> bool {
     container.state.status == Status::Running
-        && container.state.pid.is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists())
+        && container
+            .state
+            .pid
+            .is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists())
 }
 
 #[cfg(test)]

@@ -1,0 +1,336 @@
+//! `strata run ps rm logs stop kill diff commit` end to end, on both union drivers:
+//! exit codes, detached containers, signal forwarding, limits, diff and commit.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{TestStore, strata_bin};
+
+const DRIVERS: [&str; 2] = ["fuse", "overlay"];
+
+fn store_with_busybox() -> TestStore {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    store
+}
+
+fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ps_json(store: &TestStore) -> Vec<serde_json::Value> {
+    serde_json::from_str::<serde_json::Value>(&store.ok(&["ps", "-a", "--json"]))
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn container_status(store: &TestStore, name: &str) -> serde_json::Value {
+    ps_json(store)
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// Waits until `name` exists with `status` (and, for "exited", a recorded exit code).
+fn wait_status(store: &TestStore, name: &str, status: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let container = ps_json(store)
+            .into_iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_default();
+        if container["status"] == status && (status != "exited" || !container["exit_code"].is_null()) {
+            return container;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} never became {status}: {container}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn run_returns_the_commands_exit_code_on_both_drivers() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let out = store.strata(&[
+            "run",
+            "--rm",
+            "--driver",
+            driver,
+            "busybox",
+            "sh",
+            "-c",
+            "echo hi $$; exit 3",
+        ]);
+        assert_eq!(code(&out), 3, "{driver}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), "hi 1\n", "{driver}");
+    }
+    assert!(ps_json(&store).is_empty(), "--rm left containers behind");
+}
+
+#[test]
+fn run_failures_use_docker_exit_codes() {
+    let store = store_with_busybox();
+    let out = store.strata(&["run", "--rm", "no-such-image"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).starts_with("error: "), "{}", text(&out.stderr));
+    let out = store.strata(&["run", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(code(&out), 127);
+    assert!(
+        text(&out.stderr).contains("executable file not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = store.strata(&["run", "--rm", "busybox", "/etc/passwd"]);
+    assert_eq!(code(&out), 126);
+    let out = store.strata(&["run", "--rm", "-u", "ghost", "busybox", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(
+        text(&out.stderr).contains("unable to find user ghost"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn env_user_workdir_from_flags_and_image() {
+    let store = store_with_busybox();
+    store.ok(&["run", "--name", "base", "busybox", "true"]);
+    store.ok(&[
+        "commit",
+        "--change",
+        "ENV GREETING=hello",
+        "--change",
+        "WORKDIR /srv/app",
+        "--change",
+        "USER nobody",
+        "base",
+        "configured:1",
+    ]);
+    let out = store.ok(&["run", "--rm", "configured:1", "sh", "-c", "echo $GREETING; pwd; id -u"]);
+    assert_eq!(out, "hello\n/srv/app\n65534\n");
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=bye",
+        "-w",
+        "/tmp",
+        "-u",
+        "daemon",
+        "configured:1",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; id -u",
+    ]);
+    assert_eq!(out, "bye\n/tmp\n1\n");
+}
+
+#[test]
+fn detached_container_is_logged_stopped_and_removed() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let name = format!("web-{driver}");
+        let id = store.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--driver",
+            driver,
+            "busybox",
+            "sh",
+            "-c",
+            "echo started; trap 'echo stopping; exit 7' TERM; while :; do sleep 0.05; done",
+        ]);
+        assert_eq!(id.trim().len(), 64, "{id}");
+        let running = wait_status(&store, &name, "running");
+        assert!(running["pid"].as_i64().is_some());
+        assert!(store.ok(&["ps"]).contains(&name));
+        let out = store.strata(&["rm", &name]);
+        assert_ne!(code(&out), 0, "rm of a running container must fail");
+        store.ok(&["stop", "-t", "5", &name]);
+        let exited = container_status(&store, &name);
+        assert_eq!(
+            (exited["status"].as_str(), exited["exit_code"].as_i64()),
+            (Some("exited"), Some(7)),
+            "{exited}"
+        );
+        assert_eq!(store.ok(&["logs", &name]), "started\nstopping\n");
+        assert!(!store.ok(&["ps"]).contains(&name));
+        store.ok(&["rm", &name]);
+        assert!(ps_json(&store).iter().all(|c| c["name"] != name.as_str()));
+    }
+}
+
+#[test]
+fn kill_and_force_remove() {
+    let store = store_with_busybox();
+    store.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "60"]);
+    wait_status(&store, "sleeper", "running");
+    store.ok(&["kill", "sleeper"]);
+    let exited = wait_status(&store, "sleeper", "exited");
+    assert_eq!(exited["exit_code"], 137);
+    store.ok(&["run", "-d", "--name", "sleeper2", "busybox", "sleep", "60"]);
+    wait_status(&store, "sleeper2", "running");
+    store.ok(&["rm", "-f", "sleeper2"]);
+    assert!(ps_json(&store).iter().all(|c| c["name"] != "sleeper2"));
+}
+
+#[test]
+fn signals_to_strata_run_reach_the_container() {
+    let store = store_with_busybox();
+    let mut child = Command::new(strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args([
+            "run",
+            "--name",
+            "trapper",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while :; do sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_status(&store, "trapper", "running");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("strata run did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.code(), Some(42));
+    assert_eq!(container_status(&store, "trapper")["exit_code"], 42);
+}
+
+#[test]
+fn memory_limit_oom_kills_and_exits_137() {
+    let store = store_with_busybox();
+    let out = store.strata(&["run", "--rm", "--memory", "64m", "busybox", "tail", "/dev/zero"]);
+    assert_eq!(code(&out), 137, "{}", text(&out.stderr));
+    let out = store.strata(&[
+        "run",
+        "--rm",
+        "--pids-limit",
+        "16",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 64 ]; do sleep 5 & i=$((i+1)); done; echo survived",
+    ]);
+    assert!(text(&out.stderr).contains("can't fork"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn network_none_and_host() {
+    let store = store_with_busybox();
+    assert_eq!(store.ok(&["run", "--rm", "busybox", "ls", "/sys/class/net"]), "lo\n");
+    let host = std::fs::read_dir("/sys/class/net").unwrap().count();
+    let inside = store.ok(&["run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net"]);
+    assert_eq!(inside.lines().count(), host);
+}
+
+#[test]
+fn diff_lists_adds_changes_and_deletes_on_both_drivers() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let name = format!("changer-{driver}");
+        store.ok(&[
+            "run",
+            "--name",
+            &name,
+            "--driver",
+            driver,
+            "busybox",
+            "sh",
+            "-c",
+            "echo new > /newfile; echo x >> /etc/hosts; rm /etc/hostname; mkdir -p /var/lib/app",
+        ]);
+        let diff = store.ok(&["diff", &name]);
+        assert_eq!(
+            diff, "C /etc\nD /etc/hostname\nC /etc/hosts\nA /newfile\nC /var\nA /var/lib\nA /var/lib/app\n",
+            "{driver}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&store.ok(&["diff", "--json", &name])).unwrap();
+        assert_eq!(json[1], serde_json::json!({"kind": "D", "path": "/etc/hostname"}));
+    }
+}
+
+#[test]
+fn commit_then_run_shows_the_change_and_the_deletion() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let name = format!("committer-{driver}");
+        let tag = format!("committed:{driver}");
+        store.ok(&[
+            "run",
+            "--name",
+            &name,
+            "--driver",
+            driver,
+            "busybox",
+            "sh",
+            "-c",
+            "echo data > /data; rm /etc/hostname; rm -r /home; mkdir /home; touch /home/only",
+        ]);
+        let id = store.ok(&[
+            "commit",
+            "-m",
+            "add data",
+            "--change",
+            "CMD [\"cat\", \"/data\"]",
+            &name,
+            &tag,
+        ]);
+        assert!(id.trim().starts_with("sha256:"));
+        for run_driver in DRIVERS {
+            assert_eq!(store.ok(&["run", "--rm", "--driver", run_driver, &tag]), "data\n");
+            let out = store.ok(&[
+                "run",
+                "--rm",
+                "--driver",
+                run_driver,
+                &tag,
+                "sh",
+                "-c",
+                "ls /etc/hostname 2>&1; ls -A /home",
+            ]);
+            assert_eq!(
+                out, "ls: /etc/hostname: No such file or directory\nonly\n",
+                "made on {driver}, run on {run_driver}"
+            );
+        }
+        let history = store.ok(&["history", &tag]);
+        assert!(history.contains("add data"), "{history}");
+        assert_eq!(store.ok(&["diff", "busybox", &tag]), store.ok(&["diff", &name]));
+
+        // A container of the new image that changes nothing commits to the same image.
+        let idle = format!("idle-{driver}");
+        store.ok(&["run", "--name", &idle, "--driver", driver, &tag, "true"]);
+        assert_eq!(store.ok(&["diff", &idle]), "");
+        assert_eq!(store.ok(&["commit", &idle, &format!("again:{driver}")]), id);
+    }
+}
