@@ -132,7 +132,7 @@ impl Store {
                 command: Vec::new(),
                 status: Status::Created,
                 exit_code: None,
-                created: time::format_rfc3339(time::now()),
+                created: time::now_rfc3339_nanos(),
                 pid: None,
                 driver: None,
                 mounted_at: None,

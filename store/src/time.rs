@@ -21,6 +21,14 @@ pub fn format_rfc3339(secs: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `1970-01-01T00:00:00.000000000Z` form of the current instant (orders events that
+/// happen within one second, e.g. containers created back to back).
+pub fn now_rfc3339_nanos() -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = format_rfc3339(now.as_secs() as i64);
+    format!("{}.{:09}Z", seconds.trim_end_matches('Z'), now.subsec_nanos())
+}
+
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into epoch seconds.
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let b = text.as_bytes();
@@ -108,6 +116,14 @@ mod tests {
         for secs in (-100_000_000..4_000_000_000i64).step_by(7_777_777) {
             assert_eq!(parse_rfc3339(&format_rfc3339(secs)), Some(secs));
         }
+    }
+
+    #[test]
+    fn nanosecond_stamps_parse_and_sort() {
+        let a = now_rfc3339_nanos();
+        let b = now_rfc3339_nanos();
+        assert!(a <= b);
+        assert!(parse_rfc3339(&a).is_some(), "{a}");
     }
 
     #[test]
