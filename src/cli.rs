@@ -113,6 +113,9 @@ pub struct ImportArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
+    /// Only images of this repository (and tag, when given)
+    #[arg(value_name = "REPOSITORY[:TAG]")]
+    pub filter: Option<String>,
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,

@@ -10,7 +10,18 @@ use crate::cli::ImagesArgs;
 
 pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    let images = store.images()?;
+    let mut images = store.images()?;
+    if let Some(filter) = &args.filter {
+        // `busybox` matches every tag of busybox; `busybox:1.36` only that name.
+        let (repo, tag) = refs::split_name(filter);
+        images.retain_mut(|image| {
+            image.names.retain(|name| {
+                let (r, t) = refs::split_name(name);
+                r == repo && tag.is_none_or(|tag| Some(tag) == t)
+            });
+            !image.names.is_empty()
+        });
+    }
     if args.json {
         let list: Vec<serde_json::Value> = images.iter().map(summary).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);

@@ -37,6 +37,9 @@ fn import_then_list_inspect_history_tag_and_rmi() {
 
     store.ok(&["tag", "busybox", "tools:1.0"]);
     assert_eq!(inspect(&store, "tools:1.0")["Id"], id.trim());
+    let only_tools = store.ok(&["images", "tools"]);
+    assert_eq!(only_tools.lines().count(), 2, "{only_tools}");
+    assert!(only_tools.contains("1.0") && !only_tools.contains("busybox"), "{only_tools}");
     // by id with two names needs -f, like docker
     assert!(!store.strata(&["rmi", &id.trim()[7..19]]).status.success());
     let out = store.ok(&["rmi", "tools:1.0"]);
