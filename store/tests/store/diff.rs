@@ -96,3 +96,57 @@ fn image_changes_compare_merged_trees() {
     );
     assert!(image_changes(&store, &a, &a).unwrap().is_empty());
 }
+
+/// Unmounts on drop, so a failing assertion never leaves a mount behind.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The upper dir the kernel's overlayfs writes is read the way docker would list it.
+#[test]
+fn kernel_overlay_upper_lists_like_docker() {
+    let lower = scratch();
+    make_tree(lower.path());
+    let area = scratch();
+    let (upper, work, merged) = (area.path().join("upper"), area.path().join("work"), area.path().join("merged"));
+    for dir in [&upper, &work, &merged] {
+        fs::create_dir(dir).unwrap();
+    }
+    let options =
+        format!("lowerdir={},upperdir={},workdir={}", lower.path().display(), upper.display(), work.display());
+    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
+        .expect("mount overlayfs (tests run as root; fix: modprobe overlay)");
+    let guard = Mounted(merged.clone());
+
+    fs::write(merged.join("etc/motd"), "edited\n").unwrap();
+    fs::remove_file(merged.join("etc/hostname")).unwrap();
+    fs::create_dir(merged.join("srv")).unwrap();
+    fs::write(merged.join("srv/a"), "a").unwrap();
+    fs::remove_dir_all(merged.join("var/lib")).unwrap();
+    fs::create_dir(merged.join("var/lib")).unwrap();
+    fs::write(merged.join("var/lib/new"), "n").unwrap();
+    fs::remove_file(merged.join("bin/alias")).unwrap();
+    drop(guard);
+
+    let changes = upper_changes(&upper, &[lower.path().to_path_buf()]).unwrap();
+    assert_eq!(
+        listed(&changes),
+        [
+            "C /bin",
+            "D /bin/alias",
+            "C /etc",
+            "D /etc/hostname",
+            "C /etc/motd",
+            "A /srv",
+            "A /srv/a",
+            "C /var",
+            "C /var/lib",
+            "D /var/lib/app",
+            "A /var/lib/new"
+        ]
+    );
+}
