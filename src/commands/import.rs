@@ -15,6 +15,12 @@ use crate::cli::ImportArgs;
 pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     let (input, total): (Box<dyn Read>, Option<u64>) = if args.source == "-" {
+        if io::stdin().is_terminal() {
+            anyhow::bail!(
+                "refusing to read a tarball from a terminal: pipe one in, e.g. `strata import - {} < rootfs.tar`",
+                args.name
+            );
+        }
         (Box::new(io::stdin().lock()), None)
     } else {
         let file = File::open(&args.source).with_context(|| format!("failed to open {}", args.source))?;
