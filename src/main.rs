@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod report;
 
 use std::process::ExitCode;
 
@@ -12,7 +13,7 @@ fn main() -> ExitCode {
     match commands::run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            report::print_error(&err);
             ExitCode::from(1)
         }
     }

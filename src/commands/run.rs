@@ -140,7 +140,7 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
 
 /// Prints the error and exits 125: strata failed before the command started.
 fn setup_failure(err: anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
+    crate::report::print_error(&err);
     ExitCode::from(125)
 }
 

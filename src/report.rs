@@ -1,0 +1,51 @@
+//! How errors reach the user: `error: <message>: <cause>: <cause>` on stderr.
+//!
+//! Some library errors already spell their cause in their own message (thiserror's
+//! `{source}` in the format string) and also expose it as `source()`. Printing the chain
+//! naively would say the cause twice, so a cause whose text the message already ends
+//! with is skipped.
+
+/// The one-line form of an error and its cause chain.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Prints `error: ...` to stderr.
+pub fn print_error(err: &anyhow::Error) {
+    eprintln!("error: {}", error_line(err));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("reading config.json: {source}")]
+    struct Repeats {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_not_repeated() {
+        let err = anyhow::Error::new(Repeats { source: std::io::Error::other("disk full") }).context("importing busybox:latest");
+        assert_eq!(error_line(&err), "importing busybox:latest: reading config.json: disk full");
+    }
+
+    #[test]
+    fn distinct_causes_are_all_shown() {
+        let err = anyhow::anyhow!("disk full").context("writing blob").context("importing x");
+        assert_eq!(error_line(&err), "importing x: writing blob: disk full");
+    }
+}
