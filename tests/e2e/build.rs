@@ -133,6 +133,9 @@ ENTRYPOINT ["/bin/sh", "-c"]
 CMD ["run.sh"]
 
 FROM base AS check
+RUN test "$(id -u):$(id -g)" = 1000:1000 && test "$PWD" = /app && case $- in *e*) ;; *) exit 7;; esac
+RUN --network=none test "$(ls /sys/class/net)" = lo
+RUN test "$(ls /sys/class/net | wc -l)" -gt 1
 USER root
 RUN test "$(stat -c %a /app/bin/run.sh)" = 755 \
  && test "$(stat -c %u:%g /data/sub/a.txt)" = 12:34 \
@@ -240,7 +243,12 @@ fn build_noop_rebuild_same_id_without_running() {
             ("f", "x"),
         ],
     );
-    let first = build(&store, &ctx, &["-t", "noop"]);
+    let first = build(&store, &ctx, &["-t", "noop", "-t", "noop:two"]);
+    assert_eq!(
+        inspect(&store, "noop:two")["Id"],
+        first.id.as_str(),
+        "-t is repeatable"
+    );
     let second = build(&store, &ctx, &["-t", "noop"]);
     assert_eq!(
         first.id, second.id,

@@ -166,6 +166,35 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         }
         remaining.retain(|i| !ready.contains(i));
     }
+    let declared: Vec<&str> = buildfile
+        .meta_args
+        .iter()
+        .map(|(_, decl)| decl.name.as_str())
+        .chain(
+            buildfile
+                .stages
+                .iter()
+                .flat_map(|stage| stage.steps.iter())
+                .flat_map(|step| match &step.instruction {
+                    crate::instructions::Instruction::Arg(decls) => {
+                        decls.iter().map(|d| d.name.as_str()).collect()
+                    }
+                    _ => Vec::new(),
+                }),
+        )
+        .collect();
+    let unused: Vec<&str> = opts
+        .build_args
+        .keys()
+        .map(String::as_str)
+        .filter(|key| !declared.contains(key) && !step::PROXY_ARGS.contains(key))
+        .collect();
+    if !unused.is_empty() {
+        opts.progress.note(&format!(
+            "warning: build args not consumed by {file}: {}",
+            unused.join(", ")
+        ));
+    }
     let mut final_state = done[target]
         .take()
         .ok_or_else(|| Error::Other("target stage was not built".into()))?;

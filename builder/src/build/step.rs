@@ -26,6 +26,20 @@ use crate::progress::{Outcome, StepInfo};
 use crate::stages::{Base, Scope};
 use crate::tree::Tree;
 
+/// Build args every RUN sees without declaring them (Docker's predefined ARGs).
+pub(crate) const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
 /// How many lines of a failed RUN's output the error shows.
 const TAIL_LINES: usize = 15;
 
@@ -443,6 +457,17 @@ impl StageRun<'_, '_> {
             }
         };
         let mut env = self.scope.run_env();
+        // Docker's predefined proxy args reach RUN without an ARG line and stay out of the
+        // cache key (they say where to fetch from, not what is built).
+        for (key, value) in &cx.opts.build_args {
+            if PROXY_ARGS.contains(&key.as_str())
+                && !env
+                    .iter()
+                    .any(|e| e.split('=').next() == Some(key.as_str()))
+            {
+                env.push(format!("{key}={value}"));
+            }
+        }
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }

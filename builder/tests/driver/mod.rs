@@ -192,7 +192,7 @@ fn copy_from_stage_keeps_owners_and_excludes() {
     fx.write("skip.log", "s");
     let image = fx
         .build(
-            "FROM base AS one\nCOPY --chown=1000 --exclude=*.log . /stuff/\nFROM base\nCOPY --from=one /stuff /got\nCOPY --from=one /etc/passwd /p\n",
+            "FROM base AS one\nCOPY --chown=1000 --exclude=*.log . /stuff/\nFROM base\nCOPY --from=one /stuff /got\nCOPY --from=one /etc/passwd /p\nCOPY --from=base:latest /etc/group /g\n",
         )
         .unwrap();
     let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
@@ -204,6 +204,10 @@ fn copy_from_stage_keeps_owners_and_excludes() {
     );
     assert!(tree.lookup("got/skip.log").is_none(), "--exclude");
     assert!(tree.read("p").unwrap().starts_with(b"root:"));
+    assert!(
+        tree.read("g").unwrap().starts_with(b"root:x:0:"),
+        "COPY --from=<image>"
+    );
 }
 
 #[test]
