@@ -145,7 +145,7 @@ fn setup_failure(err: anyhow::Error) -> ExitCode {
 }
 
 pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let prepared = (|| -> anyhow::Result<(Container, RunConfig)> {
+    let prepared = (|| -> anyhow::Result<(Container, RunConfig, Vec<PathBuf>)> {
         let store = Store::open(&globals.root)?;
         let image = store.resolve(&args.image)?;
         let mut container = store.create_container(Some(&image), args.name.as_deref())?;
@@ -155,9 +155,15 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         container.state.command = config.args.clone();
         container.state.config = serde_json::to_value(&config)?;
         container.save()?;
-        Ok((container, config))
+        let lowers = if args.detach {
+            Vec::new()
+        } else {
+            store.layer_dirs(&image)?
+        };
+        Ok((container, config, lowers))
     })();
-    let (container, config) = match prepared {
+    // The store lock is not held while the container runs.
+    let (container, config, lowers) = match prepared {
         Ok(prepared) => prepared,
         Err(err) => return Ok(setup_failure(err)),
     };
@@ -175,7 +181,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
     };
-    match start(globals, container, &config, stdin, None) {
+    match start(globals, container, &config, lowers, stdin, None) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(err) => Ok(setup_failure(err)),
     }
@@ -229,7 +235,13 @@ fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
 
 /// The detached side of `run -d`.
 pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCode> {
-    let container = Store::open(&globals.root)?.container(&args.id)?;
+    let (container, lowers) = {
+        let store = Store::open(&globals.root)?;
+        let container = store.container(&args.id)?;
+        let image_id = container.state.image_id.context("container has no image")?;
+        let lowers = store.layer_dirs(&store.resolve(&image_id.to_string())?)?;
+        (container, lowers)
+    };
     let config: RunConfig =
         serde_json::from_value(container.state.config.clone()).context("container has no run configuration")?;
     let log: OwnedFd = std::fs::OpenOptions::new()
@@ -237,7 +249,7 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
         .open(container.log_path())?
         .into();
     let stdin: Option<OwnedFd> = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
-    match start(globals, container, &config, stdin, Some(log)) {
+    match start(globals, container, &config, lowers, stdin, Some(log)) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(err) => Ok(setup_failure(err)),
     }
@@ -248,30 +260,23 @@ fn start(
     globals: &Globals,
     mut container: Container,
     config: &RunConfig,
+    lowers: Vec<PathBuf>,
     stdin: Option<OwnedFd>,
     output: Option<OwnedFd>,
 ) -> anyhow::Result<i32> {
     let driver: Driver = config.driver.parse()?;
-    let lowers = {
-        let store = Store::open(&globals.root)?;
-        let image_id = container.state.image_id.context("container has no image")?;
-        let image = store.resolve(&image_id.to_string())?;
-        store.layer_dirs(&image)?
-    }; // the store lock is not held while the container runs
     let spec = MountSpec {
         lowers,
         upper: container.upper_dir(),
         work: container.work_dir(),
         target: container.rootfs_dir(),
     };
-    strata_unionfs::sweep_stale(&spec.target)?;
     let guard =
         strata_unionfs::mount(&spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))?;
+    // Recorded once the command runs (one atomic save instead of two).
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());
-    container.state.status = Status::Running;
     container.state.exit_code = None;
-    container.save()?;
 
     let stderr = match &output {
         Some(fd) => Some(fd.try_clone()?),
@@ -308,6 +313,7 @@ fn start(
     let mut save_error = None;
     let result = strata_runtime::run_observed(runtime_spec, |child| {
         container.state.pid = Some(child.pid);
+        container.state.status = Status::Running;
         if let Err(err) = container.save() {
             save_error = Some(err);
         }
@@ -317,7 +323,9 @@ fn start(
     container.state.mounted_at = None;
     container.state.status = Status::Exited;
     container.state.exit_code = Some(*result.as_ref().unwrap_or(&125));
-    container.save()?;
+    if !config.rm {
+        container.save()?;
+    }
     if let Some(err) = save_error {
         eprintln!("warning: failed to record the container's pid: {err}");
     }

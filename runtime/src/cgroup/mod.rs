@@ -161,7 +161,17 @@ impl Cgroup {
                 }
             }
         }
-        let dirs = layout.dirs(name);
+        // v1: join memory (OOM accounting) and the hierarchies that carry a limit; every
+        // mkdir/rmdir in cgroupfs costs, and an unlimited controller adds nothing.
+        let mut dirs: Vec<PathBuf> = match layout {
+            Layout::Unified(_) => layout.dirs(name),
+            Layout::V1 { .. } => CONTROLLERS
+                .iter()
+                .filter(|c| c.name() == "memory" || c.wanted(limits))
+                .filter_map(|c| layout.controller_dir(c.name(), name))
+                .collect(),
+        };
+        dirs.dedup();
         for dir in &dirs {
             if let Some(parent) = dir.parent() {
                 mkdir(parent)?;
