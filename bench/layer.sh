@@ -4,6 +4,7 @@
 #
 #   bench/layer.sh            # tree in $BENCH_DATA (default /work/bench-data/layer), kept
 #   BENCH_RUNS=3 bench/layer.sh
+#   BENCH_NICE=-10 bench/layer.sh   # both sides at a higher priority, on a busy machine
 #
 # Writes:  strata  = walk + tar + sha256(tar) + zstd -3 (all cores) + sha256(blob) -> file
 #          baseline = tar -c --sort=name | zstd -T0 -3 | tee file | sha256sum  (one sha256 only)
@@ -16,6 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${BENCH_DATA:-/work/bench-data/layer}
 RUNS=${BENCH_RUNS:-3}
+NICE=${BENCH_NICE:-0}
 TREE=$DATA/tree
 WORK=$DATA/work
 command -v /usr/bin/time >/dev/null || { echo "missing /usr/bin/time: apt-get install -y time" >&2; exit 1; }
@@ -41,7 +43,7 @@ tar -c -C "$TREE" . >/dev/null; tar -c -C "$DATA/half" . >/dev/null   # warm the
 run() {
     local label=$1; shift
     sync
-    /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >/dev/null
+    nice -n "$NICE" /usr/bin/time -f "%e %M %U %S" -o "$WORK/time" "$@" >/dev/null
     echo "$label $(cat "$WORK/time")" >>"$WORK/results"
 }
 fresh() { rm -rf "$1"; mkdir -p "$1"; }

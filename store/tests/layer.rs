@@ -272,6 +272,39 @@ fn write_layer_skips_sockets_and_refuses_a_non_directory() {
     assert!(error.starts_with("failed to write a layer from ") && error.contains("src/file"), "{error}");
 }
 
+/// A writer that fails once `limit` bytes went through.
+struct FailingWriter {
+    limit: usize,
+}
+
+impl std::io::Write for FailingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.limit {
+            return Err(std::io::Error::other("disk full"));
+        }
+        self.limit -= buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn write_layer_reports_output_errors_without_hanging() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    rich_tree(&src);
+    for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
+        for limit in [0, 1000, 20_000] {
+            let opts = WriteOptions { compression, ..Default::default() };
+            let error = write_layer(&src, &opts, FailingWriter { limit }).unwrap_err().to_string();
+            assert!(error.starts_with("failed to write the layer blob of") && error.ends_with("disk full"), "{error}");
+        }
+    }
+}
+
 fn flip(blob: &[u8], at: usize) -> Vec<u8> {
     let mut bad = blob.to_vec();
     bad[at] ^= 0x55;

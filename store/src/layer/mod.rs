@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! write_layer:  dir --walk (parallel stat)--> sorted entries --tar--> sha256 (diff_id)
-//!                   --zstd/gzip/none--> sha256 (digest) --> out          (one pass, streamed)
+//!                   ==1 MiB chunks==> zstd/gzip/none --> sha256 (digest) --> out
+//!               (one pass, streamed; tar + reads on one thread, compression on the caller's)
 //! unpack_layer: in --magic bytes--> zstd/gzip/plain --> sha256 (diff_id) --tar parse-->
 //!                   extract under a dirfd with openat2(RESOLVE_BENEATH)  (hostile-input safe)
 //! ```
@@ -13,6 +14,7 @@
 
 mod compress;
 mod pax;
+mod pipe;
 mod root;
 mod unpack;
 mod walk;

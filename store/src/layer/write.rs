@@ -9,18 +9,20 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
+use std::io::{self, Write};
+use std::sync::mpsc;
 use std::path::Path;
 
 use super::compress::Encoder;
+use super::pipe::{self, ChunkWriter};
 use super::pax::{Records, XATTR_PREFIX};
 use super::walk::{self, Kind, Node};
 use super::{LayerInfo, WriteOptions};
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
+use crate::Digest;
 
 const BLOCK: usize = 512;
-const READ_BUFFER: usize = 1 << 20;
 /// Largest value of the 8-byte octal uid/gid fields and the 12-byte size field.
 const MAX_ID: u64 = 0o7777777;
 const MAX_SIZE: u64 = 0o77777777777;
@@ -31,18 +33,31 @@ pub fn write_layer(dir: &Path, opts: &WriteOptions, out: impl Write) -> Result<L
     let out_error = |e| Error::io("failed to write the layer blob of", dir, e);
 
     let blob = HashingWriter::new(out);
-    let encoder = Encoder::new(opts.compression, opts.level, blob).map_err(out_error)?;
-    let mut tar = BufWriter::with_capacity(256 << 10, HashingWriter::new(encoder));
+    let mut encoder = Encoder::new(opts.compression, opts.level, blob).map_err(out_error)?;
+    let (to_consumer, from_producer) = mpsc::sync_channel(pipe::IN_FLIGHT);
+    let (recycle, recycled) = mpsc::sync_channel(pipe::IN_FLIGHT + 2);
 
-    let mut writer = TarWriter { opts, buffer: vec![0u8; READ_BUFFER], first_links: HashMap::new() };
-    for node in &nodes {
-        writer.entry(&mut tar, node)?;
-    }
-    // End of archive: two zero blocks (POSIX.1-1988 ustar).
-    tar.write_all(&[0u8; 2 * BLOCK]).map_err(out_error)?;
-
-    let tar = tar.into_inner().map_err(|e| out_error(e.into_error()))?;
-    let (encoder, diff_id, _) = tar.finish();
+    // Producer thread: tar + file reads + diff_id. This thread: compression + digest.
+    let (produced, drained) = std::thread::scope(|scope| {
+        let producer = scope.spawn(|| -> Result<Digest> {
+            let mut tar = ChunkWriter::new(to_consumer, recycled);
+            let mut writer = TarWriter { opts, first_links: HashMap::new() };
+            for node in &nodes {
+                writer.entry(&mut tar, node)?;
+            }
+            // End of archive: two zero blocks (POSIX.1-1988 ustar).
+            tar.write_all(&[0u8; 2 * BLOCK]).map_err(out_error)?;
+            tar.finish().map_err(out_error)
+        });
+        let drained = pipe::drain(from_producer, recycle, &mut encoder);
+        (producer.join(), drained)
+    });
+    let diff_id = match (produced, drained) {
+        // An output error stops the producer with a broken pipe: report the output's.
+        (_, Err(e)) => return Err(out_error(e)),
+        (Ok(result), Ok(())) => result?,
+        (Err(panic), Ok(())) => std::panic::resume_unwind(panic),
+    };
     let blob = encoder.finish().map_err(out_error)?;
     let (mut out, digest, size) = blob.finish();
     out.flush().map_err(out_error)?;
@@ -51,13 +66,12 @@ pub fn write_layer(dir: &Path, opts: &WriteOptions, out: impl Write) -> Result<L
 
 struct TarWriter<'a> {
     opts: &'a WriteOptions,
-    buffer: Vec<u8>,
     /// (dev, ino) of multiply-linked files -> the tar name they were first stored under.
     first_links: HashMap<(u64, u64), Vec<u8>>,
 }
 
 impl TarWriter<'_> {
-    fn entry<W: Write>(&mut self, tar: &mut W, node: &Node) -> Result<()> {
+    fn entry(&mut self, tar: &mut ChunkWriter, node: &Node) -> Result<()> {
         let out_error = |e| Error::io("failed to write the layer entry for", &node.source, e);
         let hard_link = node.nlink > 1
             && !matches!(node.kind, Kind::Dir | Kind::Whiteout | Kind::OpaqueMarker)
@@ -127,26 +141,15 @@ impl TarWriter<'_> {
 
     /// Streams exactly `node.size` bytes of the file; a file that changed size since the
     /// walk is an error rather than a silently inconsistent layer.
-    fn copy_file<W: Write>(&mut self, tar: &mut W, node: &Node) -> Result<()> {
+    fn copy_file(&mut self, tar: &mut ChunkWriter, node: &Node) -> Result<()> {
         let read_error = |e| Error::io("failed to read", &node.source, e);
         let mut file = File::open(&node.source).map_err(read_error)?;
-        let mut left = node.size;
-        while left > 0 {
-            let want = left.min(self.buffer.len() as u64) as usize;
-            let n = match file.read(&mut self.buffer[..want]) {
-                Ok(0) => {
-                    return Err(read_error(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("file shrank while being archived ({left} of {} bytes missing)", node.size),
-                    )));
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(read_error(e)),
-            };
-            tar.write_all(&self.buffer[..n])
-                .map_err(|e| Error::io("failed to write the layer entry for", &node.source, e))?;
-            left -= n as u64;
+        let read = tar.read_from(&mut file, node.size).map_err(read_error)?;
+        if read < node.size {
+            return Err(read_error(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("file shrank while being archived ({} of {} bytes missing)", node.size - read, node.size),
+            )));
         }
         Ok(())
     }
