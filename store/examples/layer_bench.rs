@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use strata_store::layer::{unpack_layer, write_layer, Compression, WriteOptions};
+use strata_store::layer::{Compression, WriteOptions, unpack_layer, write_layer};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,15 +40,28 @@ fn write(dir: &str, out: &str, compression: &str) -> Result<(), Box<dyn std::err
     };
     let start = Instant::now();
     let file = BufWriter::with_capacity(1 << 20, File::create(out)?);
-    let info = write_layer(Path::new(dir), &WriteOptions { compression, ..Default::default() }, file)?;
+    let info = write_layer(
+        Path::new(dir),
+        &WriteOptions {
+            compression,
+            ..Default::default()
+        },
+        file,
+    )?;
     let seconds = start.elapsed().as_secs_f64();
-    println!("digest {}\ndiff_id {}\nblob_bytes {}\nseconds {seconds:.3}", info.digest, info.diff_id, info.size);
+    println!(
+        "digest {}\ndiff_id {}\nblob_bytes {}\nseconds {seconds:.3}",
+        info.digest, info.diff_id, info.size
+    );
     Ok(())
 }
 
 fn unpack(blob: &str, dir: &str) -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
-    let diff_id = unpack_layer(BufReader::with_capacity(1 << 20, File::open(blob)?), Path::new(dir))?;
+    let diff_id = unpack_layer(
+        BufReader::with_capacity(1 << 20, File::open(blob)?),
+        Path::new(dir),
+    )?;
     let seconds = start.elapsed().as_secs_f64();
     println!("diff_id {diff_id}\nseconds {seconds:.3}");
     Ok(())

@@ -9,13 +9,13 @@ mod support;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::Path;
 
-use support::*;
-use strata_store::layer::{unpack_layer, write_layer, Compression, WriteOptions};
 use rustix::fs::FileType;
 use strata_store::Digest;
+use strata_store::layer::{Compression, WriteOptions, unpack_layer, write_layer};
+use support::*;
 
 #[test]
 fn round_trip_preserves_every_file_type_and_metadata() {
@@ -24,7 +24,10 @@ fn round_trip_preserves_every_file_type_and_metadata() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("src");
         rich_tree(&src);
-        let opts = WriteOptions { compression, ..Default::default() };
+        let opts = WriteOptions {
+            compression,
+            ..Default::default()
+        };
         let mut blob = Vec::new();
         let info = write_layer(&src, &opts, &mut blob).unwrap();
         assert_eq!(info.digest, Digest::of(&blob), "{compression:?}");
@@ -51,11 +54,20 @@ fn hard_links_are_stored_once_as_typeflag_1() {
     rich_tree(&src);
     let tar = layer_tar(&src, &WriteOptions::default());
     let entries = list(&tar);
-    let data: Vec<_> = entries.iter().filter(|e| ["links/a", "links/b", "links/c"].contains(&e.name.as_str())).collect();
+    let data: Vec<_> = entries
+        .iter()
+        .filter(|e| ["links/a", "links/b", "links/c"].contains(&e.name.as_str()))
+        .collect();
     assert_eq!(data.len(), 3, "{data:?}");
-    assert_eq!((data[0].name.as_str(), data[0].kind, data[0].size), ("links/a", b'0', 70_000));
+    assert_eq!(
+        (data[0].name.as_str(), data[0].kind, data[0].size),
+        ("links/a", b'0', 70_000)
+    );
     for later in &data[1..] {
-        assert_eq!((later.kind, later.size, later.link.as_str()), (b'1', 0, "links/a"));
+        assert_eq!(
+            (later.kind, later.size, later.link.as_str()),
+            (b'1', 0, "links/a")
+        );
     }
 }
 
@@ -66,25 +78,64 @@ fn entries_are_sorted_parents_first_with_numeric_ids_and_no_names() {
     let src = tmp.path().join("src");
     rich_tree(&src);
     let entries = list(&layer_tar(&src, &WriteOptions::default()));
-    let names: Vec<Vec<u8>> = entries.iter().map(|e| e.raw_name.strip_suffix(b"/").unwrap_or(&e.raw_name).to_vec()).collect();
+    let names: Vec<Vec<u8>> = entries
+        .iter()
+        .map(|e| {
+            e.raw_name
+                .strip_suffix(b"/")
+                .unwrap_or(&e.raw_name)
+                .to_vec()
+        })
+        .collect();
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
     for entry in &entries {
-        assert!(entry.uname.is_empty() && entry.gname.is_empty(), "{entry:?}");
-        if let Some(slash) = entry.raw_name.strip_suffix(b"/").unwrap_or(&entry.raw_name).iter().rposition(|&b| b == b'/') {
+        assert!(
+            entry.uname.is_empty() && entry.gname.is_empty(),
+            "{entry:?}"
+        );
+        if let Some(slash) = entry
+            .raw_name
+            .strip_suffix(b"/")
+            .unwrap_or(&entry.raw_name)
+            .iter()
+            .rposition(|&b| b == b'/')
+        {
             let parent = &entry.raw_name[..=slash];
-            assert!(entries.iter().any(|e| e.raw_name == parent), "parent of {:?} missing", entry.name);
+            assert!(
+                entries.iter().any(|e| e.raw_name == parent),
+                "parent of {:?} missing",
+                entry.name
+            );
         }
     }
-    let long = entries.iter().filter(|e| e.name.starts_with("long/")).last().unwrap();
-    assert!(long.name.len() > 230 && long.name.ends_with("fff"), "PAX path for long names: {long:?}");
-    let long_link = entries.iter().find(|e| e.name == "links/longtarget").unwrap();
-    assert!(long_link.link.len() > 150, "PAX linkpath for long targets: {long_link:?}");
+    let long = entries
+        .iter()
+        .rfind(|e| e.name.starts_with("long/"))
+        .unwrap();
+    assert!(
+        long.name.len() > 230 && long.name.ends_with("fff"),
+        "PAX path for long names: {long:?}"
+    );
+    let long_link = entries
+        .iter()
+        .find(|e| e.name == "links/longtarget")
+        .unwrap();
+    assert!(
+        long_link.link.len() > 150,
+        "PAX linkpath for long targets: {long_link:?}"
+    );
     let big_ids = entries.iter().find(|e| e.name == "files/bigid").unwrap();
     assert_eq!((big_ids.uid, big_ids.gid), (3_000_000, 4_000_000));
     let xattr = entries.iter().find(|e| e.name == "files/xattrs").unwrap();
-    assert!(xattr.xattrs.iter().any(|(k, v)| k == "user.color" && v == b"blue"), "{xattr:?}");
+    assert!(
+        xattr
+            .xattrs
+            .iter()
+            .any(|(k, v)| k == "user.color" && v == b"blue"),
+        "{xattr:?}"
+    );
 }
 
 #[test]
@@ -94,7 +145,12 @@ fn whiteouts_and_opaque_dirs_become_oci_entries_and_back() {
     let upper = tmp.path().join("upper");
     fs::create_dir_all(upper.join("etc/opaque/kept")).unwrap();
     fs::write(upper.join("etc/opaque/kept/file"), "x").unwrap();
-    mknod(&upper.join("etc/deleted"), FileType::CharacterDevice, 0o644, 0);
+    mknod(
+        &upper.join("etc/deleted"),
+        FileType::CharacterDevice,
+        0o644,
+        0,
+    );
     mknod(&upper.join("gone"), FileType::CharacterDevice, 0, 0);
     set_xattr(&upper.join("etc/opaque"), "trusted.overlay.opaque", b"y");
     set_xattr(&upper.join("etc/opaque"), "trusted.overlay.origin", b"junk");
@@ -104,14 +160,26 @@ fn whiteouts_and_opaque_dirs_become_oci_entries_and_back() {
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
-        ["etc/", "etc/.wh.deleted", "etc/opaque/", "etc/opaque/.wh..wh..opq", "etc/opaque/kept/", "etc/opaque/kept/file", ".wh.gone"]
-            .iter()
-            .copied()
-            .collect::<Vec<_>>()
-            .tap_sort()
+        [
+            "etc/",
+            "etc/.wh.deleted",
+            "etc/opaque/",
+            "etc/opaque/.wh..wh..opq",
+            "etc/opaque/kept/",
+            "etc/opaque/kept/file",
+            ".wh.gone"
+        ]
+        .to_vec()
+        .tap_sort()
     );
     for entry in &entries {
-        assert!(entry.xattrs.iter().all(|(k, _)| !k.starts_with("trusted.overlay.")), "{entry:?}");
+        assert!(
+            entry
+                .xattrs
+                .iter()
+                .all(|(k, _)| !k.starts_with("trusted.overlay.")),
+            "{entry:?}"
+        );
         if entry.name.contains(".wh.") {
             assert_eq!((entry.kind, entry.size), (b'0', 0));
         }
@@ -121,7 +189,10 @@ fn whiteouts_and_opaque_dirs_become_oci_entries_and_back() {
     fs::create_dir(&dst).unwrap();
     unpack_layer(&tar[..], &dst).unwrap();
     assert_trees_equal(&upper_without_origin(&upper), &dst);
-    assert_eq!(get_xattr(&dst.join("etc/opaque"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(
+        get_xattr(&dst.join("etc/opaque"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
     assert!(is_whiteout(&dst.join("gone")) && is_whiteout(&dst.join("etc/deleted")));
 }
 
@@ -141,8 +212,14 @@ fn unpack_converts_foreign_whiteouts_and_skips_aufs_metadata() {
     unpack_layer(&tar.finish()[..], &dst).unwrap();
     assert!(is_whiteout(&dst.join("hidden")));
     assert!(is_whiteout(&dst.join("a/x")));
-    assert_eq!(get_xattr(&dst.join("a"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
-    let mut names: Vec<_> = fs::read_dir(&dst).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        get_xattr(&dst.join("a"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    let mut names: Vec<_> = fs::read_dir(&dst)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert_eq!(names, ["a", "hidden"]);
 }
@@ -157,7 +234,10 @@ fn same_tree_built_in_different_orders_gives_identical_blobs() {
     rich_tree_reversed(&second);
     assert_trees_equal(&first, &second);
     for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
-        let opts = WriteOptions { compression, ..Default::default() };
+        let opts = WriteOptions {
+            compression,
+            ..Default::default()
+        };
         let a = write_layer(&first, &opts, std::io::sink()).unwrap();
         let b = write_layer(&second, &opts, std::io::sink()).unwrap();
         assert_eq!(a, b, "{compression:?}");
@@ -178,13 +258,23 @@ fn source_date_epoch_clamps_mtimes() {
         set_mtime(&root.join("old"), 1_000);
         set_mtime(&root.join("d"), future);
     }
-    let opts = WriteOptions { source_date_epoch: Some(1_500_000_000), ..Default::default() };
+    let opts = WriteOptions {
+        source_date_epoch: Some(1_500_000_000),
+        ..Default::default()
+    };
     let a = write_layer(&first, &opts, std::io::sink()).unwrap();
     let b = write_layer(&second, &opts, std::io::sink()).unwrap();
     assert_eq!(a, b);
     let entries = list(&layer_tar(&first, &opts));
     let mtimes: Vec<(&str, u64)> = entries.iter().map(|e| (e.name.as_str(), e.mtime)).collect();
-    assert_eq!(mtimes, [("d/", 1_500_000_000), ("d/new", 1_500_000_000), ("old", 1_000)]);
+    assert_eq!(
+        mtimes,
+        [
+            ("d/", 1_500_000_000),
+            ("d/new", 1_500_000_000),
+            ("old", 1_000)
+        ]
+    );
     let unclamped = write_layer(&first, &WriteOptions::default(), std::io::sink()).unwrap();
     assert_ne!(unclamped.diff_id, a.diff_id);
 }
@@ -196,13 +286,26 @@ fn gnu_tar_reads_our_layer_and_we_read_gnu_tar() {
     let src = tmp.path().join("src");
     plain_tree(&src);
     // strata -> GNU tar
-    let ours = layer_tar(&src, &WriteOptions { compression: Compression::None, ..Default::default() });
+    let ours = layer_tar(
+        &src,
+        &WriteOptions {
+            compression: Compression::None,
+            ..Default::default()
+        },
+    );
     let layer = tmp.path().join("layer.tar");
     fs::write(&layer, &ours).unwrap();
     let by_gnu = tmp.path().join("by-gnu");
     fs::create_dir(&by_gnu).unwrap();
     run(std::process::Command::new("tar")
-        .args(["-x", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-p", "-f"])
+        .args([
+            "-x",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "-p",
+            "-f",
+        ])
         .arg(&layer)
         .arg("-C")
         .arg(&by_gnu));
@@ -210,7 +313,15 @@ fn gnu_tar_reads_our_layer_and_we_read_gnu_tar() {
     // GNU tar -> strata
     let gnu_tar = tmp.path().join("gnu.tar.gz");
     run(std::process::Command::new("tar")
-        .args(["-c", "-z", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--format=posix", "-f"])
+        .args([
+            "-c",
+            "-z",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--numeric-owner",
+            "--format=posix",
+            "-f",
+        ])
         .arg(&gnu_tar)
         .arg("-C")
         .arg(&src)
@@ -229,11 +340,26 @@ fn corrupted_streams_give_errors_not_panics() {
     rich_tree(&src);
     for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
         let mut blob = Vec::new();
-        write_layer(&src, &WriteOptions { compression, ..Default::default() }, &mut blob).unwrap();
+        write_layer(
+            &src,
+            &WriteOptions {
+                compression,
+                ..Default::default()
+            },
+            &mut blob,
+        )
+        .unwrap();
         // A plain tar has checksums only in its headers: flip one there (the caller's diff_id
         // check catches flipped data). zstd (content checksum) and gzip (crc32) catch any flip.
-        let at = if compression == Compression::None { 100 } else { blob.len() / 2 };
-        for (what, bad) in [("flipped", flip(&blob, at)), ("truncated", blob[..blob.len() / 3].to_vec())] {
+        let at = if compression == Compression::None {
+            100
+        } else {
+            blob.len() / 2
+        };
+        for (what, bad) in [
+            ("flipped", flip(&blob, at)),
+            ("truncated", blob[..blob.len() / 3].to_vec()),
+        ] {
             let dst = tmp.path().join(format!("dst-{compression:?}-{what}"));
             fs::create_dir(&dst).unwrap();
             let result = unpack_layer(&bad[..], &dst);
@@ -254,8 +380,13 @@ fn unpack_reports_an_entry_cut_short() {
     tar.file("big", &vec![b'x'; 10_000], 0o644);
     let tar = tar.finish();
     let tmp = tempfile::tempdir().unwrap();
-    let error = unpack_layer(&tar[..5_000], tmp.path()).unwrap_err().to_string();
-    assert!(error.contains(r#"entry "big" is cut short (5512 of 10000 bytes missing)"#), "{error}");
+    let error = unpack_layer(&tar[..5_000], tmp.path())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains(r#"entry "big" is cut short (5512 of 10000 bytes missing)"#),
+        "{error}"
+    );
 }
 
 #[test]
@@ -266,10 +397,18 @@ fn write_layer_skips_sockets_and_refuses_a_non_directory() {
     fs::create_dir(&src).unwrap();
     fs::write(src.join("file"), "x").unwrap();
     let _socket = std::os::unix::net::UnixListener::bind(src.join("socket")).unwrap();
-    let names: Vec<String> = list(&layer_tar(&src, &WriteOptions::default())).into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = list(&layer_tar(&src, &WriteOptions::default()))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, ["file"]);
-    let error = write_layer(&src.join("file"), &WriteOptions::default(), std::io::sink()).unwrap_err().to_string();
-    assert!(error.starts_with("failed to write a layer from ") && error.contains("src/file"), "{error}");
+    let error = write_layer(&src.join("file"), &WriteOptions::default(), std::io::sink())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("failed to write a layer from ") && error.contains("src/file"),
+        "{error}"
+    );
 }
 
 /// A writer that fails once `limit` bytes went through.
@@ -298,9 +437,18 @@ fn write_layer_reports_output_errors_without_hanging() {
     rich_tree(&src);
     for compression in [Compression::Zstd, Compression::Gzip, Compression::None] {
         for limit in [0, 1000, 20_000] {
-            let opts = WriteOptions { compression, ..Default::default() };
-            let error = write_layer(&src, &opts, FailingWriter { limit }).unwrap_err().to_string();
-            assert!(error.starts_with("failed to write the layer blob of") && error.ends_with("disk full"), "{error}");
+            let opts = WriteOptions {
+                compression,
+                ..Default::default()
+            };
+            let error = write_layer(&src, &opts, FailingWriter { limit })
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("failed to write the layer blob of")
+                    && error.ends_with("disk full"),
+                "{error}"
+            );
         }
     }
 }
@@ -334,10 +482,20 @@ fn hostile(build: impl FnOnce(&Path, &mut RawTar)) -> String {
     let result = unpack_layer(&tar.finish()[..], &root);
     let after = snapshot(tmp.path());
     let outside = |s: &std::collections::BTreeMap<String, Summary>| {
-        s.iter().filter(|(k, _)| !k.starts_with("root/") && k.as_str() != "root").map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>()
+        s.iter()
+            .filter(|(k, _)| !k.starts_with("root/") && k.as_str() != "root")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
     };
-    assert_eq!(outside(&before), outside(&after), "something outside the target changed");
-    assert_eq!(fs::read_to_string(sentinel.join("secret")).unwrap(), "untouched");
+    assert_eq!(
+        outside(&before),
+        outside(&after),
+        "something outside the target changed"
+    );
+    assert_eq!(
+        fs::read_to_string(sentinel.join("secret")).unwrap(),
+        "untouched"
+    );
     match result {
         Ok(_) => String::new(),
         Err(e) => e.to_string(),
@@ -347,7 +505,10 @@ fn hostile(build: impl FnOnce(&Path, &mut RawTar)) -> String {
 #[test]
 fn unpack_rejects_dotdot_escape() {
     let error = hostile(|_, tar| tar.file("../sentinel/secret", b"pwned", 0o644));
-    assert_eq!(error, r#"entry "../sentinel/secret" escapes the layer root"#);
+    assert_eq!(
+        error,
+        r#"entry "../sentinel/secret" escapes the layer root"#
+    );
     let error = hostile(|_, tar| tar.file("a/../../sentinel/new", b"pwned", 0o644));
     assert!(error.contains("escapes the layer root"), "{error}");
 }
@@ -369,12 +530,18 @@ fn unpack_rejects_symlink_escape() {
         tar.symlink("evil", sentinel.to_str().unwrap());
         tar.file("evil/secret", b"pwned", 0o644);
     });
-    assert!(error.contains(r#"entry "evil/secret" escapes the layer root through a symlink"#), "{error}");
+    assert!(
+        error.contains(r#"entry "evil/secret" escapes the layer root through a symlink"#),
+        "{error}"
+    );
     let error = hostile(|_, tar| {
         tar.symlink("evil", "../sentinel");
         tar.file("evil/new", b"pwned", 0o644);
     });
-    assert!(error.contains("escapes the layer root through a symlink"), "{error}");
+    assert!(
+        error.contains("escapes the layer root through a symlink"),
+        "{error}"
+    );
     let error = hostile(|_, tar| {
         tar.symlink("proc", "/proc/self/root");
         tar.file("proc/tmp/pwned", b"pwned", 0o644);
@@ -399,20 +566,34 @@ fn unpack_rejects_dir_replaced_by_symlink_then_written_beneath() {
         tar.symlink("d", sentinel.to_str().unwrap());
         tar.file("d/secret", b"pwned", 0o644);
     });
-    assert!(error.contains(r#"entry "d/secret" escapes the layer root through a symlink"#), "{error}");
+    assert!(
+        error.contains(r#"entry "d/secret" escapes the layer root through a symlink"#),
+        "{error}"
+    );
 }
 
 #[test]
 fn unpack_rejects_hard_link_escape() {
     let error = hostile(|_, tar| tar.hard_link("stolen", "../sentinel/secret"));
-    assert!(error.contains(r#"entry "stolen" is a hard link to "../sentinel/secret", outside the layer root"#), "{error}");
+    assert!(
+        error.contains(
+            r#"entry "stolen" is a hard link to "../sentinel/secret", outside the layer root"#
+        ),
+        "{error}"
+    );
     let error = hostile(|sentinel, tar| {
         tar.symlink("s", sentinel.to_str().unwrap());
         tar.hard_link("stolen", "s/secret");
     });
-    assert!(error.contains(r#"entry "stolen" escapes the layer root through a symlink"#), "{error}");
+    assert!(
+        error.contains(r#"entry "stolen" escapes the layer root through a symlink"#),
+        "{error}"
+    );
     let error = hostile(|_, tar| tar.hard_link("dangling", "nothere"));
-    assert!(error.contains(r#"is a hard link to "nothere", which does not exist"#), "{error}");
+    assert!(
+        error.contains(r#"is a hard link to "nothere", which does not exist"#),
+        "{error}"
+    );
 }
 
 #[test]
@@ -430,7 +611,10 @@ fn unpack_rejects_bad_whiteouts_and_unknown_types() {
     let error = hostile(|_, tar| tar.file("a/.wh...", b"", 0o644));
     assert!(error.contains("whiteout that names no file"), "{error}");
     let error = hostile(|_, tar| tar.raw("weird", b'Z', b"", b""));
-    assert!(error.contains(r#"entry "weird" has unsupported tar type 'Z'"#), "{error}");
+    assert!(
+        error.contains(r#"entry "weird" has unsupported tar type 'Z'"#),
+        "{error}"
+    );
     let error = hostile(|_, tar| tar.raw("", b'0', b"", b"x"));
     assert!(error.contains("names the layer root"), "{error}");
 }
@@ -449,9 +633,19 @@ fn unpack_later_entries_replace_earlier_ones() {
     tar.dir("z/", 0o711);
     let tmp = tempfile::tempdir().unwrap();
     unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
-    assert_eq!(fs::read_to_string(tmp.path().join("x")).unwrap(), "now a file");
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("x")).unwrap(),
+        "now a file"
+    );
     assert!(tmp.path().join("y").is_dir());
-    assert_eq!(fs::metadata(tmp.path().join("z")).unwrap().permissions().mode() & 0o7777, 0o711);
+    assert_eq!(
+        fs::metadata(tmp.path().join("z"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o711
+    );
     assert_eq!(fs::read_to_string(tmp.path().join("z/keep")).unwrap(), "k");
 }
 
@@ -466,7 +660,10 @@ fn unpack_creates_missing_parents_and_sets_dir_times_last() {
     unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
     assert_eq!(fs::read(tmp.path().join("d/e/f")).unwrap(), b"deep");
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(fs::metadata(tmp.path().join("d")).unwrap().mtime(), 1_234_567);
+    assert_eq!(
+        fs::metadata(tmp.path().join("d")).unwrap().mtime(),
+        1_234_567
+    );
 }
 
 #[test]
@@ -478,7 +675,10 @@ fn unpack_refuses_names_with_nul_bytes_or_non_utf8_cleanly() {
     unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
     let name = std::ffi::OsStr::from_bytes(b"caf\xe9");
     let mut content = String::new();
-    fs::File::open(tmp.path().join(name)).unwrap().read_to_string(&mut content).unwrap();
+    fs::File::open(tmp.path().join(name))
+        .unwrap()
+        .read_to_string(&mut content)
+        .unwrap();
     assert_eq!(content, "latin-1");
 }
 
@@ -493,7 +693,10 @@ fn symlink_targets_are_stored_verbatim() {
     let dst = tmp.path().join("dst");
     fs::create_dir(&dst).unwrap();
     unpack_layer(&blob[..], &dst).unwrap();
-    assert_eq!(fs::read_link(dst.join("up")).unwrap(), Path::new("../../../../etc/shadow"));
+    assert_eq!(
+        fs::read_link(dst.join("up")).unwrap(),
+        Path::new("../../../../etc/shadow")
+    );
 }
 
 trait TapSort {

@@ -27,7 +27,12 @@ impl<W: Write> Encoder<W> {
     /// zstd with `workers` >= 1 threads. zstd's multithreaded format cuts jobs by window
     /// size, not by thread count, so the bytes are the same for any `workers` >= 1 (but
     /// differ from single-threaded mode, which is never used).
-    pub fn with_workers(compression: Compression, level: Option<i32>, out: W, workers: u32) -> io::Result<Self> {
+    pub fn with_workers(
+        compression: Compression,
+        level: Option<i32>,
+        out: W,
+        workers: u32,
+    ) -> io::Result<Self> {
         Ok(match compression {
             Compression::Zstd => {
                 let mut encoder = zstd::stream::write::Encoder::new(out, level.unwrap_or(3))?;
@@ -56,7 +61,9 @@ impl<W: Write> Encoder<W> {
 }
 
 fn zstd_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32).clamp(1, 16)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get() as u32)
+        .clamp(1, 16)
 }
 
 impl<W: Write> Write for Encoder<W> {
@@ -118,7 +125,11 @@ pub(crate) struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), len: 0 }
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
 
     pub fn finish(self) -> (Digest, u64) {
@@ -146,7 +157,9 @@ mod tests {
     }
 
     fn sample() -> Vec<u8> {
-        (0..3_000_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..3_000_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     #[test]

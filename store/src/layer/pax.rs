@@ -59,12 +59,15 @@ pub(crate) struct Extensions {
 impl Extensions {
     pub fn read<R: io::Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Extensions> {
         let mut out = Extensions::default();
-        let Some(records) = entry.pax_extensions()? else { return Ok(out) };
+        let Some(records) = entry.pax_extensions()? else {
+            return Ok(out);
+        };
         for record in records {
             let record = record?;
             let key = record.key_bytes();
             if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
-                out.xattrs.push((name.to_vec(), record.value_bytes().to_vec()));
+                out.xattrs
+                    .push((name.to_vec(), record.value_bytes().to_vec()));
             } else if key == b"mtime" {
                 out.mtime = record.value().ok().and_then(parse_time);
             }

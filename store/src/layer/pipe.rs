@@ -31,7 +31,13 @@ pub(crate) struct ChunkWriter {
 
 impl ChunkWriter {
     pub fn new(to_consumer: SyncSender<Chunk>, recycled: Receiver<Vec<u8>>) -> Self {
-        ChunkWriter { buffer: vec![0u8; CHUNK], filled: 0, hasher: Sha256::new(), to_consumer, recycled }
+        ChunkWriter {
+            buffer: vec![0u8; CHUNK],
+            filled: 0,
+            hasher: Sha256::new(),
+            to_consumer,
+            recycled,
+        }
     }
 
     fn ship(&mut self) -> io::Result<()> {
@@ -40,7 +46,10 @@ impl ChunkWriter {
         }
         self.hasher.update(&self.buffer[..self.filled]);
         // Buffers keep their full length, so reuse costs no zeroing.
-        let next = self.recycled.try_recv().unwrap_or_else(|_| vec![0u8; CHUNK]);
+        let next = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| vec![0u8; CHUNK]);
         let full = std::mem::replace(&mut self.buffer, next);
         let filled = std::mem::take(&mut self.filled);
         self.to_consumer
@@ -94,7 +103,11 @@ impl Write for ChunkWriter {
 
 /// The consumer's loop: writes every chunk to `out`, returning buffers for reuse, until
 /// the producer hangs up.
-pub(crate) fn drain(from_producer: Receiver<Chunk>, recycle: SyncSender<Vec<u8>>, out: &mut impl Write) -> io::Result<()> {
+pub(crate) fn drain(
+    from_producer: Receiver<Chunk>,
+    recycle: SyncSender<Vec<u8>>,
+    out: &mut impl Write,
+) -> io::Result<()> {
     for (buffer, filled) in from_producer {
         out.write_all(&buffer[..filled])?;
         // The producer may have finished already; then the buffer is simply dropped.

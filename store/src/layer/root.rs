@@ -20,7 +20,9 @@ pub(crate) struct Root {
     cached: Option<(Vec<u8>, OwnedFd)>,
 }
 
-const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::CLOEXEC);
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
 
 impl Root {
     pub fn open(target: &Path) -> Result<Root, Errno> {

@@ -23,12 +23,12 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use super::compress::{decoder, HashingReader};
+use super::compress::{HashingReader, decoder};
 use super::pax::Extensions;
-use super::root::{remove_all, Root};
+use super::root::{Root, remove_all};
 use super::{OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
-use crate::error::{Error, Result};
 use crate::Digest;
+use crate::error::{Error, Result};
 
 const BUFFER: usize = 1 << 20;
 const AUFS_META_PREFIX: &str = ".wh..wh.";
@@ -37,9 +37,17 @@ const AUFS_META_PREFIX: &str = ".wh..wh.";
 /// returns its diff_id, the sha256 of the whole uncompressed tar stream.
 pub fn unpack_layer(input: impl Read, target: &Path) -> Result<Digest> {
     let decompressed = decoder(input).map_err(Error::LayerStream)?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(256 << 10, HashingReader::new(decompressed)));
-    let root = Root::open(target).map_err(|e| Error::io("failed to open unpack target", target, e.into()))?;
-    let mut unpacker = Unpacker { root, dir_times: BTreeMap::new(), buffer: vec![0u8; BUFFER] };
+    let mut archive = tar::Archive::new(BufReader::with_capacity(
+        256 << 10,
+        HashingReader::new(decompressed),
+    ));
+    let root = Root::open(target)
+        .map_err(|e| Error::io("failed to open unpack target", target, e.into()))?;
+    let mut unpacker = Unpacker {
+        root,
+        dir_times: BTreeMap::new(),
+        buffer: vec![0u8; BUFFER],
+    };
     for entry in archive.entries().map_err(Error::LayerStream)? {
         let mut entry = entry.map_err(Error::LayerStream)?;
         unpacker.entry(&mut entry)?;
@@ -78,8 +86,15 @@ impl Unpacker {
         if entry_type.is_pax_global_extensions() {
             return Ok(());
         }
-        let refuse = |reason: &str| Error::LayerEntry { entry: display.clone(), reason: reason.to_string() };
-        let io_error = |context: &'static str, e: io::Error| Error::LayerEntryIo { entry: display.clone(), context, source: e };
+        let refuse = |reason: &str| Error::LayerEntry {
+            entry: display.clone(),
+            reason: reason.to_string(),
+        };
+        let io_error = |context: &'static str, e: io::Error| Error::LayerEntryIo {
+            entry: display.clone(),
+            context,
+            source: e,
+        };
         let meta = read_meta(entry).map_err(|e| io_error("failed to read header", e))?;
         let rel = clean(&raw_name).ok_or_else(|| refuse("escapes the layer root"))?;
         if rel.is_empty() {
@@ -87,7 +102,10 @@ impl Unpacker {
             if !entry_type.is_dir() {
                 return Err(refuse("names the layer root but is not a directory"));
             }
-            let fd = self.root.open_dir(b"").map_err(|e| io_error("failed to open the layer root", e.into()))?;
+            let fd = self
+                .root
+                .open_dir(b"")
+                .map_err(|e| io_error("failed to open the layer root", e.into()))?;
             apply_to_fd(&fd, &meta).map_err(|(context, e)| io_error(context, e))?;
             self.dir_times.insert(Vec::new(), meta.mtime);
             return Ok(());
@@ -113,76 +131,128 @@ impl Unpacker {
             if hidden.is_empty() || hidden == b"." || hidden == b".." {
                 return Err(refuse("is a whiteout that names no file"));
             }
-            let whiteout = Meta { mode: meta.mode, uid: meta.uid, gid: meta.gid, mtime: meta.mtime, xattrs: Vec::new() };
-            return self.make_node(&parent, hidden, FileType::CharacterDevice, 0, &whiteout, &display);
+            let whiteout = Meta {
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+                mtime: meta.mtime,
+                xattrs: Vec::new(),
+            };
+            return self.make_node(
+                &parent,
+                hidden,
+                FileType::CharacterDevice,
+                0,
+                &whiteout,
+                &display,
+            );
         }
 
         use tar::EntryType as T;
         match entry_type {
             T::Directory => self.make_dir(&rel, &parent, &name, &meta, &display),
-            T::Regular | T::Continuous | T::GNUSparse => self.make_file(entry, &parent, &name, &meta, &display),
+            T::Regular | T::Continuous | T::GNUSparse => {
+                self.make_file(entry, &parent, &name, &meta, &display)
+            }
             T::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| refuse("is a symlink without a target"))?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("is a symlink without a target"))?;
                 let target = target.into_owned();
                 self.make_symlink(&parent, &name, &target, &meta, &display)
             }
             T::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| refuse("is a hard link without a target"))?;
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("is a hard link without a target"))?;
                 let target = target.into_owned();
                 self.make_hard_link(&parent, &name, &target, &display)
             }
             T::Char | T::Block => {
-                let file_type = if entry_type == T::Char { FileType::CharacterDevice } else { FileType::BlockDevice };
+                let file_type = if entry_type == T::Char {
+                    FileType::CharacterDevice
+                } else {
+                    FileType::BlockDevice
+                };
                 let major = entry.header().device_major().ok().flatten().unwrap_or(0);
                 let minor = entry.header().device_minor().ok().flatten().unwrap_or(0);
                 let rdev = rustix::fs::makedev(major, minor);
                 self.make_node(&parent, &name, file_type, rdev, &meta, &display)
             }
             T::Fifo => self.make_node(&parent, &name, FileType::Fifo, 0, &meta, &display),
-            other => Err(refuse(&format!("has unsupported tar type {:?}", other.as_byte() as char))),
+            other => Err(refuse(&format!(
+                "has unsupported tar type {:?}",
+                other.as_byte() as char
+            ))),
         }
     }
 
     /// The parent directory of an entry, resolved beneath the root (created if missing).
     fn parent(&mut self, parent: &[u8], display: &str) -> Result<BorrowedFd<'_>> {
-        self.root.parent(parent).map_err(|e| resolve_error(display, e))
+        self.root
+            .parent(parent)
+            .map_err(|e| resolve_error(display, e))
     }
 
     /// Removes whatever is at `name` in the parent (unless `keep_dir` and it is a directory).
     fn clear(&mut self, parent: &[u8], name: &[u8], keep_dir: bool, display: &str) -> Result<()> {
         let dir = self.parent(parent, display)?;
-        if keep_dir {
-            if let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-                if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
-                    return Ok(());
-                }
-            }
+        if keep_dir
+            && let Ok(stat) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            && FileType::from_raw_mode(stat.st_mode) == FileType::Directory
+        {
+            return Ok(());
         }
-        let removed = remove_all(dir, name).map_err(|e| io_entry(display, "failed to replace the existing file", e))?;
+        let removed = remove_all(dir, name)
+            .map_err(|e| io_entry(display, "failed to replace the existing file", e))?;
         if removed {
             self.root.invalidate();
         }
         Ok(())
     }
 
-    fn make_dir(&mut self, rel: &[u8], parent: &[u8], name: &[u8], meta: &Meta, display: &str) -> Result<()> {
+    fn make_dir(
+        &mut self,
+        rel: &[u8],
+        parent: &[u8],
+        name: &[u8],
+        meta: &Meta,
+        display: &str,
+    ) -> Result<()> {
         self.clear(parent, name, true, display)?;
         let dir = self.parent(parent, display)?;
         match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => return Err(io_entry(display, "failed to create directory", e)),
         }
-        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| io_entry(display, "failed to open directory", e))?;
-        apply_to_fd(&fd, meta).map_err(|(context, e)| Error::LayerEntryIo { entry: display.to_string(), context, source: e })?;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_entry(display, "failed to open directory", e))?;
+        apply_to_fd(&fd, meta).map_err(|(context, e)| Error::LayerEntryIo {
+            entry: display.to_string(),
+            context,
+            source: e,
+        })?;
         self.dir_times.insert(rel.to_vec(), meta.mtime);
         Ok(())
     }
 
-    fn make_file<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, parent: &[u8], name: &[u8], meta: &Meta, display: &str) -> Result<()> {
+    fn make_file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        parent: &[u8],
+        name: &[u8],
+        meta: &Meta,
+        display: &str,
+    ) -> Result<()> {
         self.clear(parent, name, false, display)?;
         let dir = self.parent(parent, display)?;
-        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
             .map_err(|e| io_entry(display, "failed to create file", e))?;
         let mut file = File::from(fd);
@@ -193,7 +263,10 @@ impl Unpacker {
                     let missing = entry.size() - written;
                     return Err(Error::LayerStream(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("entry {display:?} is cut short ({missing} of {} bytes missing)", entry.size()),
+                        format!(
+                            "entry {display:?} is cut short ({missing} of {} bytes missing)",
+                            entry.size()
+                        ),
                     )));
                 }
                 Ok(0) => break,
@@ -203,35 +276,77 @@ impl Unpacker {
             };
             written += n as u64;
             file.write_all(&self.buffer[..n])
-                .map_err(|e| Error::LayerEntryIo { entry: display.to_string(), context: "failed to write file", source: e })?;
+                .map_err(|e| Error::LayerEntryIo {
+                    entry: display.to_string(),
+                    context: "failed to write file",
+                    source: e,
+                })?;
         }
-        apply_to_fd(&file, meta).map_err(|(context, e)| Error::LayerEntryIo { entry: display.to_string(), context, source: e })?;
-        rustix::fs::futimens(&file, &times(meta.mtime)).map_err(|e| io_entry(display, "failed to set times", e))
+        apply_to_fd(&file, meta).map_err(|(context, e)| Error::LayerEntryIo {
+            entry: display.to_string(),
+            context,
+            source: e,
+        })?;
+        rustix::fs::futimens(&file, &times(meta.mtime))
+            .map_err(|e| io_entry(display, "failed to set times", e))
     }
 
-    fn make_symlink(&mut self, parent: &[u8], name: &[u8], target: &[u8], meta: &Meta, display: &str) -> Result<()> {
+    fn make_symlink(
+        &mut self,
+        parent: &[u8],
+        name: &[u8],
+        target: &[u8],
+        meta: &Meta,
+        display: &str,
+    ) -> Result<()> {
         self.clear(parent, name, false, display)?;
         let dir = self.parent(parent, display)?;
         // The target is stored as is: it is only ever resolved beneath a root (by this
         // unpacker or inside a container), never on the host.
-        rustix::fs::symlinkat(target, dir, name).map_err(|e| io_entry(display, "failed to create symlink", e))?;
+        rustix::fs::symlinkat(target, dir, name)
+            .map_err(|e| io_entry(display, "failed to create symlink", e))?;
         finish_at(dir, name, meta, false).map_err(|(context, e)| io_entry(display, context, e))
     }
 
-    fn make_node(&mut self, parent: &[u8], name: &[u8], file_type: FileType, rdev: u64, meta: &Meta, display: &str) -> Result<()> {
+    fn make_node(
+        &mut self,
+        parent: &[u8],
+        name: &[u8],
+        file_type: FileType,
+        rdev: u64,
+        meta: &Meta,
+        display: &str,
+    ) -> Result<()> {
         self.clear(parent, name, false, display)?;
         let dir = self.parent(parent, display)?;
-        rustix::fs::mknodat(dir, name, file_type, Mode::from_raw_mode(meta.mode & 0o777), rdev)
-            .map_err(|e| io_entry(display, "failed to create device node", e))?;
+        rustix::fs::mknodat(
+            dir,
+            name,
+            file_type,
+            Mode::from_raw_mode(meta.mode & 0o777),
+            rdev,
+        )
+        .map_err(|e| io_entry(display, "failed to create device node", e))?;
         finish_at(dir, name, meta, true).map_err(|(context, e)| io_entry(display, context, e))
     }
 
-    fn make_hard_link(&mut self, parent: &[u8], name: &[u8], target: &[u8], display: &str) -> Result<()> {
-        let refuse = |reason: String| Error::LayerEntry { entry: display.to_string(), reason };
+    fn make_hard_link(
+        &mut self,
+        parent: &[u8],
+        name: &[u8],
+        target: &[u8],
+        display: &str,
+    ) -> Result<()> {
+        let refuse = |reason: String| Error::LayerEntry {
+            entry: display.to_string(),
+            reason,
+        };
         let target_display = String::from_utf8_lossy(target);
-        let source = clean(target)
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| refuse(format!("is a hard link to {target_display:?}, outside the layer root")))?;
+        let source = clean(target).filter(|s| !s.is_empty()).ok_or_else(|| {
+            refuse(format!(
+                "is a hard link to {target_display:?}, outside the layer root"
+            ))
+        })?;
         let split = source.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
         let (source_parent, source_name) = (&source[..split.saturating_sub(1)], &source[split..]);
         if source_parent == parent && source_name == name {
@@ -240,17 +355,31 @@ impl Unpacker {
         let source_dir = match self.root.open_dir(source_parent) {
             Ok(fd) => fd,
             Err(Errno::NOENT | Errno::NOTDIR) => {
-                return Err(refuse(format!("is a hard link to {target_display:?}, which does not exist")));
+                return Err(refuse(format!(
+                    "is a hard link to {target_display:?}, which does not exist"
+                )));
             }
             Err(e) => return Err(resolve_error(display, e)),
         };
         match rustix::fs::statat(&source_dir, source_name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {
-                return Err(refuse(format!("is a hard link to {target_display:?}, a directory")));
+                return Err(refuse(format!(
+                    "is a hard link to {target_display:?}, a directory"
+                )));
             }
             Ok(_) => {}
-            Err(Errno::NOENT) => return Err(refuse(format!("is a hard link to {target_display:?}, which does not exist"))),
-            Err(e) => return Err(io_entry(display, "failed to look up the hard link target", e)),
+            Err(Errno::NOENT) => {
+                return Err(refuse(format!(
+                    "is a hard link to {target_display:?}, which does not exist"
+                )));
+            }
+            Err(e) => {
+                return Err(io_entry(
+                    display,
+                    "failed to look up the hard link target",
+                    e,
+                ));
+            }
         }
         self.clear(parent, name, false, display)?;
         let dir = self.parent(parent, display)?;
@@ -269,12 +398,22 @@ impl Unpacker {
             } else {
                 // A later entry may have replaced the directory; then its time is not ours.
                 match self.root.open_dir(&rel[..split.saturating_sub(1)]) {
-                    Ok(parent) => match rustix::fs::statat(&parent, &rel[split..], AtFlags::SYMLINK_NOFOLLOW) {
-                        Ok(stat) if FileType::from_raw_mode(stat.st_mode) == FileType::Directory => {
-                            rustix::fs::utimensat(&parent, &rel[split..], &times(*mtime), AtFlags::SYMLINK_NOFOLLOW)
+                    Ok(parent) => {
+                        match rustix::fs::statat(&parent, &rel[split..], AtFlags::SYMLINK_NOFOLLOW)
+                        {
+                            Ok(stat)
+                                if FileType::from_raw_mode(stat.st_mode) == FileType::Directory =>
+                            {
+                                rustix::fs::utimensat(
+                                    &parent,
+                                    &rel[split..],
+                                    &times(*mtime),
+                                    AtFlags::SYMLINK_NOFOLLOW,
+                                )
+                            }
+                            _ => Ok(()),
                         }
-                        _ => Ok(()),
-                    },
+                    }
                     Err(Errno::NOENT | Errno::NOTDIR) => Ok(()),
                     Err(e) => Err(e),
                 }
@@ -303,10 +442,17 @@ fn clean(name: &[u8]) -> Option<Vec<u8>> {
 
 fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     let header = entry.header();
-    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what} out of range"));
+    let invalid =
+        |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{what} out of range"));
     let mode = header.mode()? & 0o7777;
-    let uid = u32::try_from(header.uid()?).ok().filter(|&id| id != u32::MAX).ok_or_else(|| invalid("uid"))?;
-    let gid = u32::try_from(header.gid()?).ok().filter(|&id| id != u32::MAX).ok_or_else(|| invalid("gid"))?;
+    let uid = u32::try_from(header.uid()?)
+        .ok()
+        .filter(|&id| id != u32::MAX)
+        .ok_or_else(|| invalid("uid"))?;
+    let gid = u32::try_from(header.gid()?)
+        .ok()
+        .filter(|&id| id != u32::MAX)
+        .ok_or_else(|| invalid("gid"))?;
     let header_mtime = i64::try_from(header.mtime()?).map_err(|_| invalid("mtime"))?;
     let extensions = Extensions::read(entry)?;
     let (secs, nanos) = extensions.mtime.unwrap_or((header_mtime, 0));
@@ -315,19 +461,36 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
         .into_iter()
         .filter(|(name, _)| !name.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()))
         .collect();
-    Ok(Meta { mode, uid, gid, mtime: Timespec { tv_sec: secs, tv_nsec: nanos.into() }, xattrs })
+    Ok(Meta {
+        mode,
+        uid,
+        gid,
+        mtime: Timespec {
+            tv_sec: secs,
+            tv_nsec: nanos.into(),
+        },
+        xattrs,
+    })
 }
 
 fn times(mtime: Timespec) -> Timestamps {
-    Timestamps { last_access: mtime, last_modification: mtime }
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
 }
 
 /// Owner, then mode (chown clears setuid/setgid), then xattrs, on an open file or directory.
 fn apply_to_fd(fd: impl AsFd, meta: &Meta) -> Result<(), (&'static str, io::Error)> {
     let fd = fd.as_fd();
-    rustix::fs::fchown(fd, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)))
-        .map_err(|e| ("failed to set owner", e.into()))?;
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode)).map_err(|e| ("failed to set mode", e.into()))?;
+    rustix::fs::fchown(
+        fd,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+    )
+    .map_err(|e| ("failed to set owner", e.into()))?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(meta.mode))
+        .map_err(|e| ("failed to set mode", e.into()))?;
     for (name, value) in &meta.xattrs {
         set_xattr_fd(fd, name, value).map_err(|e| ("failed to set xattr", e))?;
     }
@@ -335,28 +498,44 @@ fn apply_to_fd(fd: impl AsFd, meta: &Meta) -> Result<(), (&'static str, io::Erro
 }
 
 /// Owner, mode (not for symlinks), xattrs and times of `name` in `dir`, not following it.
-fn finish_at(dir: BorrowedFd<'_>, name: &[u8], meta: &Meta, chmod: bool) -> Result<(), (&'static str, Errno)> {
-    rustix::fs::chownat(dir, name, Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)), AtFlags::SYMLINK_NOFOLLOW)
-        .map_err(|e| ("failed to set owner", e))?;
+fn finish_at(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    meta: &Meta,
+    chmod: bool,
+) -> Result<(), (&'static str, Errno)> {
+    rustix::fs::chownat(
+        dir,
+        name,
+        Some(Uid::from_raw(meta.uid)),
+        Some(Gid::from_raw(meta.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| ("failed to set owner", e))?;
     if chmod {
         // A device or fifo just made by mknodat in a directory only this unpacker writes.
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty()).map_err(|e| ("failed to set mode", e))?;
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode), AtFlags::empty())
+            .map_err(|e| ("failed to set mode", e))?;
     }
     if !meta.xattrs.is_empty() {
         // lsetxattr on the path through our own fd of the parent: the last component is
         // not followed, and the parent is the directory already resolved beneath the root.
-        let mut path = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
+        let mut path =
+            format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir)).into_bytes();
         path.extend_from_slice(name);
         let path = OsStr::from_bytes(&path);
         for (key, value) in &meta.xattrs {
             match rustix::fs::lsetxattr(path, OsStr::from_bytes(key), value, XattrFlags::empty()) {
                 Ok(()) => {}
-                Err(Errno::NOTSUP) => tracing::warn!(xattr = %String::from_utf8_lossy(key), "filesystem does not support xattr, skipped"),
+                Err(Errno::NOTSUP) => {
+                    tracing::warn!(xattr = %String::from_utf8_lossy(key), "filesystem does not support xattr, skipped")
+                }
                 Err(e) => return Err(("failed to set xattr", e)),
             }
         }
     }
-    rustix::fs::utimensat(dir, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| ("failed to set times", e))
+    rustix::fs::utimensat(dir, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| ("failed to set times", e))
 }
 
 fn set_xattr_fd(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()> {
@@ -371,7 +550,11 @@ fn set_xattr_fd(fd: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> io::Result<()>
 }
 
 fn io_entry(display: &str, context: &'static str, e: Errno) -> Error {
-    Error::LayerEntryIo { entry: display.to_string(), context, source: e.into() }
+    Error::LayerEntryIo {
+        entry: display.to_string(),
+        context,
+        source: e.into(),
+    }
 }
 
 /// Maps a failed lookup beneath the root to the reason an expert wants to read.
@@ -382,7 +565,10 @@ fn resolve_error(display: &str, e: Errno) -> Error {
         Errno::NOTDIR => "has a parent that is not a directory",
         _ => return io_entry(display, "failed to open the parent directory", e),
     };
-    Error::LayerEntry { entry: display.to_string(), reason: reason.to_string() }
+    Error::LayerEntry {
+        entry: display.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -56,9 +56,14 @@ pub(crate) struct Node {
 
 /// Walks `root` (not included itself) and returns its entries in layer order.
 pub(crate) fn walk(root: &Path) -> Result<Vec<Node>> {
-    let metadata = fs::symlink_metadata(root).map_err(|e| Error::io("failed to stat layer directory", root, e))?;
+    let metadata = fs::symlink_metadata(root)
+        .map_err(|e| Error::io("failed to stat layer directory", root, e))?;
     if !metadata.is_dir() {
-        return Err(Error::io("failed to write a layer from", root, io::Error::from(io::ErrorKind::NotADirectory)));
+        return Err(Error::io(
+            "failed to write a layer from",
+            root,
+            io::Error::from(io::ErrorKind::NotADirectory),
+        ));
     }
     let mut nodes = walk_dir(root, &[])?;
     nodes.par_sort_unstable_by(|a, b| a.name.cmp(&b.name));
@@ -80,7 +85,9 @@ fn walk_dir(dir: &Path, prefix: &[u8]) -> Result<Vec<Node>> {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.as_bytes());
-            let Some(node) = stat(source, rel)? else { return Ok(Vec::new()) };
+            let Some(node) = stat(source, rel)? else {
+                return Ok(Vec::new());
+            };
             let mut out = Vec::new();
             if node.kind == Kind::Dir {
                 let opaque = lgetxattr(&node.source, OPAQUE_XATTR)?.is_some_and(|v| v == b"y");
@@ -109,7 +116,8 @@ fn stat(source: PathBuf, rel: Vec<u8>) -> Result<Option<Node>> {
     } else if file_type.is_file() {
         Kind::File
     } else if file_type.is_symlink() {
-        let target = fs::read_link(&source).map_err(|e| Error::io("failed to read symlink", &source, e))?;
+        let target =
+            fs::read_link(&source).map_err(|e| Error::io("failed to read symlink", &source, e))?;
         Kind::Symlink(target.into_os_string().into_vec())
     } else if file_type.is_fifo() {
         Kind::Fifo
@@ -125,7 +133,11 @@ fn stat(source: PathBuf, rel: Vec<u8>) -> Result<Option<Node>> {
         tracing::warn!(path = %source.display(), "skipping socket: a layer cannot hold it");
         return Ok(None);
     };
-    let xattrs = if kind == Kind::Whiteout { Vec::new() } else { xattrs(&source)? };
+    let xattrs = if kind == Kind::Whiteout {
+        Vec::new()
+    } else {
+        xattrs(&source)?
+    };
     Ok(Some(Node {
         name,
         kind,

@@ -10,17 +10,17 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::sync::mpsc;
 use std::path::Path;
+use std::sync::mpsc;
 
 use super::compress::Encoder;
-use super::pipe::{self, ChunkWriter};
 use super::pax::{Records, XATTR_PREFIX};
+use super::pipe::{self, ChunkWriter};
 use super::walk::{self, Kind, Node};
 use super::{LayerInfo, WriteOptions};
+use crate::Digest;
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
-use crate::Digest;
 
 const BLOCK: usize = 512;
 /// Largest value of the 8-byte octal uid/gid fields and the 12-byte size field.
@@ -41,7 +41,10 @@ pub fn write_layer(dir: &Path, opts: &WriteOptions, out: impl Write) -> Result<L
     let (produced, drained) = std::thread::scope(|scope| {
         let producer = scope.spawn(|| -> Result<Digest> {
             let mut tar = ChunkWriter::new(to_consumer, recycled);
-            let mut writer = TarWriter { opts, first_links: HashMap::new() };
+            let mut writer = TarWriter {
+                opts,
+                first_links: HashMap::new(),
+            };
             for node in &nodes {
                 writer.entry(&mut tar, node)?;
             }
@@ -61,7 +64,12 @@ pub fn write_layer(dir: &Path, opts: &WriteOptions, out: impl Write) -> Result<L
     let blob = encoder.finish().map_err(out_error)?;
     let (mut out, digest, size) = blob.finish();
     out.flush().map_err(out_error)?;
-    Ok(LayerInfo { digest, diff_id, size, media_type: opts.compression.media_type() })
+    Ok(LayerInfo {
+        digest,
+        diff_id,
+        size,
+        media_type: opts.compression.media_type(),
+    })
 }
 
 struct TarWriter<'a> {
@@ -76,11 +84,18 @@ impl TarWriter<'_> {
         let hard_link = node.nlink > 1
             && !matches!(node.kind, Kind::Dir | Kind::Whiteout | Kind::OpaqueMarker)
             && {
-                let first = self.first_links.entry((node.dev, node.ino)).or_insert_with(|| node.name.clone());
+                let first = self
+                    .first_links
+                    .entry((node.dev, node.ino))
+                    .or_insert_with(|| node.name.clone());
                 *first != node.name
             };
         let (entry_type, size, link): (tar::EntryType, u64, Option<&[u8]>) = if hard_link {
-            (tar::EntryType::Link, 0, Some(self.first_links[&(node.dev, node.ino)].as_slice()))
+            (
+                tar::EntryType::Link,
+                0,
+                Some(self.first_links[&(node.dev, node.ino)].as_slice()),
+            )
         } else {
             match &node.kind {
                 Kind::File => (tar::EntryType::Regular, node.size, None),
@@ -104,22 +119,56 @@ impl TarWriter<'_> {
             Some(epoch) => node.mtime.min(epoch),
             None => node.mtime,
         };
-        let xattrs = if matches!(node.kind, Kind::Whiteout | Kind::OpaqueMarker) { &[][..] } else { &node.xattrs[..] };
+        let xattrs = if matches!(node.kind, Kind::Whiteout | Kind::OpaqueMarker) {
+            &[][..]
+        } else {
+            &node.xattrs[..]
+        };
 
         let mut header = tar::Header::new_ustar();
         let mut records = Records::default();
         set_bytes(&mut header.as_old_mut().name, &name, b"path", &mut records);
         if let Some(link) = link {
-            set_bytes(&mut header.as_old_mut().linkname, link, b"linkpath", &mut records);
+            set_bytes(
+                &mut header.as_old_mut().linkname,
+                link,
+                b"linkpath",
+                &mut records,
+            );
         }
         header.set_entry_type(entry_type);
         header.set_mode(node.mode);
         header.set_mtime(mtime.max(0) as u64);
-        set_number(&mut header, u64::from(node.uid), MAX_ID, b"uid", &mut records, tar::Header::set_uid);
-        set_number(&mut header, u64::from(node.gid), MAX_ID, b"gid", &mut records, tar::Header::set_gid);
-        set_number(&mut header, size, MAX_SIZE, b"size", &mut records, tar::Header::set_size);
-        header.set_device_major(rustix::fs::major(rdev)).map_err(out_error)?;
-        header.set_device_minor(rustix::fs::minor(rdev)).map_err(out_error)?;
+        set_number(
+            &mut header,
+            u64::from(node.uid),
+            MAX_ID,
+            b"uid",
+            &mut records,
+            tar::Header::set_uid,
+        );
+        set_number(
+            &mut header,
+            u64::from(node.gid),
+            MAX_ID,
+            b"gid",
+            &mut records,
+            tar::Header::set_gid,
+        );
+        set_number(
+            &mut header,
+            size,
+            MAX_SIZE,
+            b"size",
+            &mut records,
+            tar::Header::set_size,
+        );
+        header
+            .set_device_major(rustix::fs::major(rdev))
+            .map_err(out_error)?;
+        header
+            .set_device_minor(rustix::fs::minor(rdev))
+            .map_err(out_error)?;
         for (key, value) in xattrs {
             let mut full_key = XATTR_PREFIX.to_vec();
             full_key.extend_from_slice(key);
@@ -148,7 +197,11 @@ impl TarWriter<'_> {
         if read < node.size {
             return Err(read_error(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("file shrank while being archived ({} of {} bytes missing)", node.size - read, node.size),
+                format!(
+                    "file shrank while being archived ({} of {} bytes missing)",
+                    node.size - read,
+                    node.size
+                ),
             )));
         }
         Ok(())
@@ -186,7 +239,12 @@ fn set_number(
 fn write_pax<W: Write>(tar: &mut W, records: &Records) -> io::Result<()> {
     let data = records.as_bytes();
     let mut header = tar::Header::new_ustar();
-    set_bytes(&mut header.as_old_mut().name, b"PaxHeader", b"", &mut Records::default());
+    set_bytes(
+        &mut header.as_old_mut().name,
+        b"PaxHeader",
+        b"",
+        &mut Records::default(),
+    );
     header.set_entry_type(tar::EntryType::XHeader);
     header.set_mode(0o644);
     header.set_uid(0);

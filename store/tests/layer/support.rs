@@ -13,9 +13,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use rustix::fs::{AtFlags, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags, CWD};
+use rustix::fs::{AtFlags, CWD, FileType, Gid, Mode, Timespec, Timestamps, Uid, XattrFlags};
 use sha2::{Digest as _, Sha256};
-use strata_store::layer::{write_layer, WriteOptions};
+use strata_store::layer::{WriteOptions, write_layer};
 
 pub fn require_root() {
     assert!(
@@ -25,8 +25,14 @@ pub fn require_root() {
 }
 
 pub fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
-    assert!(output.status.success(), "{command:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 // ---------------------------------------------------------------- building trees
@@ -42,8 +48,11 @@ enum Item {
 fn items(overlay: bool) -> Vec<Item> {
     use Item::*;
     let long_dir: &'static str = Box::leak(format!("long/{}", "d".repeat(110)).into_boxed_str());
-    let long_file: &'static str = Box::leak(format!("{long_dir}/{}", "f".repeat(120)).into_boxed_str());
-    let big: Vec<u8> = (0..1_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let long_file: &'static str =
+        Box::leak(format!("{long_dir}/{}", "f".repeat(120)).into_boxed_str());
+    let big: Vec<u8> = (0..1_500_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut items = vec![
         Dir("files", 0o755),
         Dir("links", 0o750),
@@ -72,8 +81,18 @@ fn items(overlay: bool) -> Vec<Item> {
         Symlink("links/dangling", "nowhere".to_string()),
         Symlink("links/longtarget", format!("{}/target", "t".repeat(150))),
         Node("special/fifo", FileType::Fifo, 0o640, 0),
-        Node("special/null", FileType::CharacterDevice, 0o666, rustix::fs::makedev(1, 3)),
-        Node("special/loop", FileType::BlockDevice, 0o660, rustix::fs::makedev(7, 200)),
+        Node(
+            "special/null",
+            FileType::CharacterDevice,
+            0o666,
+            rustix::fs::makedev(1, 3),
+        ),
+        Node(
+            "special/loop",
+            FileType::BlockDevice,
+            0o660,
+            rustix::fs::makedev(7, 200),
+        ),
     ];
     if overlay {
         items.push(Dir("opaque", 0o755));
@@ -103,7 +122,8 @@ fn build(root: &Path, reversed: bool, overlay: bool) {
     let mut items = items(overlay);
     let non_utf8 = root.join("files").join(OsStr::from_bytes(b"caf\xe9"));
     // Directories first (parents before children), then everything else in either order.
-    let (dirs, mut rest): (Vec<Item>, Vec<Item>) = items.drain(..).partition(|i| matches!(i, Item::Dir(..)));
+    let (dirs, mut rest): (Vec<Item>, Vec<Item>) =
+        items.drain(..).partition(|i| matches!(i, Item::Dir(..)));
     for item in &dirs {
         if let Item::Dir(path, _) = item {
             fs::create_dir_all(root.join(path)).unwrap();
@@ -115,7 +135,9 @@ fn build(root: &Path, reversed: bool, overlay: bool) {
     for item in &rest {
         match item {
             Item::File(path, data, _) => fs::write(root.join(path), data).unwrap(),
-            Item::Symlink(path, target) => std::os::unix::fs::symlink(target, root.join(path)).unwrap(),
+            Item::Symlink(path, target) => {
+                std::os::unix::fs::symlink(target, root.join(path)).unwrap()
+            }
             Item::HardLinks(paths, size) => {
                 let mut order: Vec<&str> = paths.to_vec();
                 if reversed {
@@ -138,7 +160,11 @@ fn build(root: &Path, reversed: bool, overlay: bool) {
     chown(&root.join("perm/closed"), 1000, 1000);
     chown(&root.join("links/dangling"), 42, 43);
     set_xattr(&root.join("files/xattrs"), "user.color", b"blue");
-    set_xattr(&root.join("files/xattrs"), "trusted.binary", b"\x00\x01\xff");
+    set_xattr(
+        &root.join("files/xattrs"),
+        "trusted.binary",
+        b"\x00\x01\xff",
+    );
     set_xattr(&root.join("perm/setgid"), "user.dir", b"yes");
     set_xattr(&root.join("links/rel"), "trusted.on-symlink", b"1");
     if overlay {
@@ -176,7 +202,14 @@ pub fn mknod(path: &Path, file_type: FileType, mode: u32, dev: u64) {
 }
 
 pub fn chown(path: &Path, uid: u32, gid: u32) {
-    rustix::fs::chownat(CWD, path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)), AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::chownat(
+        CWD,
+        path,
+        Some(Uid::from_raw(uid)),
+        Some(Gid::from_raw(gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) {
@@ -195,9 +228,20 @@ pub fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 pub fn set_mtime(path: &Path, secs: i64) {
-    let t = Timespec { tv_sec: secs, tv_nsec: 0 };
-    rustix::fs::utimensat(CWD, path, &Timestamps { last_access: t, last_modification: t }, AtFlags::SYMLINK_NOFOLLOW)
-        .unwrap();
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    rustix::fs::utimensat(
+        CWD,
+        path,
+        &Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 pub fn is_whiteout(path: &Path) -> bool {
@@ -235,7 +279,8 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Summary> {
     for path in paths {
         use std::os::unix::fs::FileTypeExt;
         let md = fs::symlink_metadata(&path).unwrap();
-        let rel = String::from_utf8_lossy(path.strip_prefix(root).unwrap().as_os_str().as_bytes()).into_owned();
+        let rel = String::from_utf8_lossy(path.strip_prefix(root).unwrap().as_os_str().as_bytes())
+            .into_owned();
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             'd'
@@ -265,8 +310,12 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Summary> {
         } else {
             String::new()
         };
-        let hard_link_of = (md.nlink() > 1 && !ft.is_dir())
-            .then(|| first_of_inode.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone()).clone());
+        let hard_link_of = (md.nlink() > 1 && !ft.is_dir()).then(|| {
+            first_of_inode
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.clone())
+                .clone()
+        });
         out.insert(
             rel,
             Summary {
@@ -314,14 +363,22 @@ pub fn assert_trees_equal(expected: &Path, actual: &Path) {
     for (path, summary) in &a {
         match b.get(path) {
             None => problems.push(format!("missing {path}")),
-            Some(other) if other != summary => problems.push(format!("{path}:\n  want {summary:?}\n  got  {other:?}")),
+            Some(other) if other != summary => {
+                problems.push(format!("{path}:\n  want {summary:?}\n  got  {other:?}"))
+            }
             Some(_) => {}
         }
     }
     for path in b.keys().filter(|p| !a.contains_key(*p)) {
         problems.push(format!("extra {path}"));
     }
-    assert!(problems.is_empty(), "trees differ ({} vs {}):\n{}", expected.display(), actual.display(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "trees differ ({} vs {}):\n{}",
+        expected.display(),
+        actual.display(),
+        problems.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------- tars
@@ -336,9 +393,14 @@ pub fn layer_tar(dir: &Path, opts: &WriteOptions) -> Vec<u8> {
 pub fn decompress(blob: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     if blob.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        zstd::stream::read::Decoder::new(blob).unwrap().read_to_end(&mut out).unwrap();
+        zstd::stream::read::Decoder::new(blob)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
     } else if blob.starts_with(&[0x1f, 0x8b]) {
-        flate2::read::GzDecoder::new(blob).read_to_end(&mut out).unwrap();
+        flate2::read::GzDecoder::new(blob)
+            .read_to_end(&mut out)
+            .unwrap();
     } else {
         out = blob.to_vec();
     }
@@ -382,7 +444,10 @@ pub fn list(blob: &[u8]) -> Vec<Listed> {
             raw_name: entry.path_bytes().into_owned(),
             kind: header.entry_type().as_byte(),
             size: entry.size(),
-            link: entry.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default(),
+            link: entry
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_default(),
             mtime: header.mtime().unwrap(),
             uid: header.uid().unwrap(),
             gid: header.gid().unwrap(),
@@ -403,7 +468,10 @@ pub struct RawTar {
 
 impl Default for RawTar {
     fn default() -> Self {
-        RawTar { data: Vec::new(), mtime: 1_000_000 }
+        RawTar {
+            data: Vec::new(),
+            mtime: 1_000_000,
+        }
     }
 }
 
