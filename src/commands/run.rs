@@ -154,7 +154,9 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         })?;
         container.state.command = config.args.clone();
         container.state.config = serde_json::to_value(&config)?;
-        container.save()?;
+        if args.detach {
+            container.save()?; // the monitor reads the config from state.json
+        } // else saved with the pid once the command runs: one fsync'd write fewer
         let lowers = if args.detach {
             Vec::new()
         } else {

@@ -334,3 +334,26 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
         assert_eq!(store.ok(&["commit", &idle, &format!("again:{driver}")]), id);
     }
 }
+
+#[test]
+fn tty_gets_the_window_size_and_the_terminal_is_restored() {
+    crate::common::require_tool("script", "apt-get install -y util-linux");
+    let store = store_with_busybox();
+    let strata = format!("{} --root {}", strata_bin().display(), store.root().display());
+    // script(1) gives strata a terminal; strata must copy its size into the container's
+    // pty, put it in raw mode while the container runs, and restore it afterwards.
+    let shell = format!(
+        "stty rows 40 cols 100; {strata} run --rm -i -t busybox sh -c 'stty size; test -t 0 && echo tty-ok; exit 5'; \
+         echo rc=$?; stty -a | grep -o -- ' -*icanon' | tr -d ' '"
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &shell, "/dev/null"]);
+    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout).replace('\r', "");
+    assert!(stdout.contains("40 100\ntty-ok\n"), "{stdout}");
+    assert!(stdout.contains("rc=5\n"), "{stdout}");
+    assert!(
+        stdout.trim_end().ends_with("\nicanon"),
+        "terminal left in raw mode: {stdout}"
+    );
+}
