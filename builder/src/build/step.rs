@@ -188,8 +188,9 @@ impl StageRun<'_, '_> {
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let add = matches!(instruction, Instruction::Add(_));
                 let sources = copy::resolve(self, step, copy, add)?;
+                let text = copy::key_text(&sources);
                 key = key
-                    .part("sources", copy::key_text(&sources).as_bytes())
+                    .part("sources", text.as_bytes())
                     .part("workdir", self.state.config.working_dir.as_bytes());
                 if copy.chown.is_some() {
                     key = key.part("user-db", &self.user_db());
