@@ -563,3 +563,22 @@ fn init_runs_the_command_as_pid_2_and_reaps() {
     assert_eq!(out.lines().nth(1), Some("0"), "zombies left: {out}");
     assert_eq!(code, 1); // grep -c found nothing
 }
+
+#[test]
+fn block_devices_cannot_be_opened() {
+    let rootfs = Rootfs::new();
+    // CAP_MKNOD is in docker's set: the node can be made, the devices cgroup refuses it.
+    let (_, out, err) = run(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "mknod /dev/blk b 7 0 && echo made; head -c1 /dev/blk; head -c1 /dev/zero | wc -c",
+        ],
+        |spec| spec.cgroup_name = cgroup_name("devices"),
+    );
+    assert_eq!(out, "made\n1\n");
+    if !unified() {
+        assert!(err.contains("Operation not permitted"), "{err}");
+    }
+}

@@ -7,6 +7,7 @@
 mod blkio;
 mod cpu;
 mod cpuset;
+mod devices;
 mod memory;
 mod pids;
 
@@ -118,12 +119,13 @@ pub trait Controller: Sync {
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()>;
 }
 
-static CONTROLLERS: [&dyn Controller; 5] = [
+static CONTROLLERS: [&dyn Controller; 6] = [
     &memory::Memory,
     &cpu::Cpu,
     &pids::Pids,
     &cpuset::Cpuset,
     &blkio::Blkio,
+    &devices::Devices,
 ];
 
 /// A container's cgroup, in every hierarchy.
