@@ -5,7 +5,10 @@
 //! execve with docker's 126/127 conventions.
 
 use std::ffi::CString;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+
+use nix::mount::MsFlags;
 
 use crate::rootfs::{self, Rootfs};
 use crate::syscall::Syscall;
@@ -36,8 +39,36 @@ fn has_key(env: &[String], key: &str) -> bool {
 }
 
 /// Runs the whole setup; the error is a message for strata's stderr (exit 125).
-pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Env, String> {
+/// The container's terminal: a pty of its own devpts (so `tty` says /dev/pts/0, as
+/// under runc), the slave also bound to /dev/console. The master goes to strata.
+#[derive(Debug)]
+pub struct Console {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// What `setup` leaves for the exec.
+#[derive(Debug)]
+pub struct Prepared {
+    pub env: Env,
+    pub console: Option<Console>,
+}
+
+pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
     rootfs::prepare(sys, &spec.rootfs)?;
+    let console = if spec.tty {
+        let (master, slave, path) = sys
+            .open_pty()
+            .map_err(|err| format!("open a pty on the container's devpts: {err}"))?;
+        let target = Path::new("/dev/console");
+        sys.touch(target)
+            .map_err(|err| format!("create /dev/console: {err}"))?;
+        sys.mount(Some(&path), target, None, MsFlags::MS_BIND, None)
+            .map_err(|err| format!("bind {} on /dev/console: {err}", path.display()))?;
+        Some(Console { master, slave })
+    } else {
+        None
+    };
     if let Some(hostname) = &spec.hostname {
         sys.sethostname(hostname)
             .map_err(|err| format!("sethostname {hostname:?}: {err}"))?;
@@ -103,7 +134,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Env, String> {
         .map_err(|err| format!("chdir to working directory {cwd}: {err}"))?;
     sys.set_no_new_privs()
         .map_err(|err| format!("set no_new_privs: {err}"))?;
-    Ok(env)
+    Ok(Prepared { env, console })
 }
 
 /// How an exec attempt ended: the exit code and the message docker would print.
@@ -204,7 +235,6 @@ mod tests {
                 root: "/r".into(),
                 userns,
                 private_network: true,
-                console: None,
             },
             hostname: Some("box".into()),
             loopback: true,
@@ -244,7 +274,7 @@ mod tests {
     #[test]
     fn setup_follows_runc_order() {
         let recorder = recorder();
-        let env = setup(&recorder, &setup_spec(false)).unwrap();
+        let env = setup(&recorder, &setup_spec(false)).unwrap().env;
         let calls = recorder.calls();
         assert_eq!(calls[0], "mount none / - MS_REC|MS_PRIVATE -");
         assert_eq!(calls[1], "mount /r /r - MS_BIND|MS_REC -");
@@ -301,6 +331,21 @@ mod tests {
                 "HOME=/home/app"
             ]
         );
+    }
+
+    #[test]
+    fn tty_opens_the_pty_inside_and_binds_the_console() {
+        let recorder = recorder();
+        let mut spec = setup_spec(false);
+        spec.tty = true;
+        let prepared = setup(&recorder, &spec).unwrap();
+        assert!(prepared.console.is_some());
+        assert!(prepared.env.contains(&"TERM=xterm".to_string()));
+        let calls = recorder.calls();
+        let open = position(&calls, "open_pty");
+        assert!(position(&calls, "pivot_root . .") < open);
+        assert_eq!(calls[open + 2], "mount /dev/pts/0 /dev/console - MS_BIND -");
+        assert!(open < position(&calls, "setresuid 1000"));
     }
 
     #[test]

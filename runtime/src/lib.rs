@@ -90,8 +90,8 @@ pub fn run(spec: Spec) -> Result<i32> {
 /// `run`, calling `started` once the command runs (e.g. to record its pid).
 pub fn run_observed(spec: Spec, started: impl FnOnce(&Child)) -> Result<i32> {
     // Catch before the container starts: it may be signalled as soon as it runs.
-    let forwarding = signals::catch()
-        .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let forwarding =
+        signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
     let child = spawn(spec)?;
     forwarding.attach(child.pid, child.pty_master());
     started(&child);

@@ -5,6 +5,7 @@
 //!        <-- 'U' (user namespace made)   --> 'A' (id maps written)
 //!        <-- 'P' + pid (container's host pid)  [parent moves it into the cgroup]
 //!        --> 'G' (go)                          [container sets up rootfs, ids, caps]
+//!        <-- 'T' + pty master (SCM_RIGHTS), with a terminal: a pty of the container's devpts
 //!        <-- 'E' + message | EOF (the socket is close-on-exec: EOF = exec happened)
 //! ```
 //! The intermediate process stays to wait for pid 1 and exits with its status (128+N for
@@ -12,7 +13,7 @@
 //! pty descriptors it does not use, or the parent would never see EOF.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use nix::sched::CloneFlags;
@@ -50,7 +51,6 @@ struct Launch {
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
-    pty_slave: Option<OwnedFd>,
 }
 
 fn send(sock: &mut UnixStream, bytes: &[u8]) {
@@ -80,11 +80,6 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     } else {
         Some(cgroup::Cgroup::create(&spec.cgroup_name, &spec.limits)?)
     };
-    let pty = if spec.tty {
-        Some(tty::Pty::open()?)
-    } else {
-        None
-    };
     let rootfs = std::fs::canonicalize(&spec.rootfs)
         .map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
     let setup = Setup {
@@ -92,7 +87,6 @@ pub fn spawn(spec: Spec) -> Result<Child> {
             root: rootfs,
             userns: spec.userns,
             private_network: spec.network == Network::None,
-            console: pty.as_ref().map(|pty| pty.slave_path.clone()),
         },
         hostname: spec.hostname.clone(),
         loopback: spec.network == Network::None,
@@ -101,10 +95,6 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         env: spec.env.clone(),
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
-    };
-    let (pty_master, pty_slave) = match pty {
-        Some(pty) => (Some(pty.master), Some(pty.slave)),
-        None => (None, None),
     };
     // With a terminal, the container's stdio is the pty and `stdout` receives what the
     // pty master reads (so a detached `-t` container still has a log).
@@ -120,7 +110,6 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         stdin: spec.stdin,
         stdout,
         stderr: spec.stderr,
-        pty_slave,
     };
     let (mut parent_sock, child_sock) =
         UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
@@ -128,7 +117,6 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let intermediate = match sys::fork().map_err(|err| Error::sys("fork", err))? {
         ForkResult::Child => {
             drop(parent_sock);
-            drop(pty_master);
             intermediate_main(child_sock, spec.userns, spec.network, setup, launch)
         }
         ForkResult::Parent { child } => child,
@@ -173,14 +161,33 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         cgroup.add(pid).map_err(|err| abort(err.to_string()))?;
     }
     send(&mut parent_sock, b"G");
-    let mut rest = Vec::new();
-    let _ = parent_sock.read_to_end(&mut rest);
-    if let Some(message) = rest.strip_prefix(b"E") {
-        return Err(abort(String::from_utf8_lossy(message).into_owned()));
+    // Then: 'T' with the pty master attached (with a terminal), and EOF at exec or 'E'.
+    let mut pty_master = None;
+    loop {
+        match sys::recv_fd(parent_sock.as_fd()) {
+            Ok(Some((b'T', Some(master)))) => pty_master = Some(master),
+            Ok(Some((b'E', _))) => {
+                let mut message = String::new();
+                let _ = parent_sock.read_to_string(&mut message);
+                return Err(abort(message));
+            }
+            Ok(Some((other, _))) => {
+                return Err(abort(format!("unexpected sync message {other:?}")));
+            }
+            Ok(None) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(abort(format!("read from the container process: {err}"))),
+        }
     }
-    let tty = match pty_master {
-        Some(master) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
-        None => None,
+    let tty = match (spec.tty, pty_master) {
+        (true, Some(master)) => {
+            if let Ok(size) = sys::window_size(libc::STDIN_FILENO) {
+                let _ = sys::set_window_size(master.as_raw_fd(), &size);
+            }
+            Some(tty::Session::start(master, spec.interactive, tty_sink)?)
+        }
+        (true, None) => return Err(abort("the container sent no terminal".into())),
+        (false, _) => None,
     };
     Ok(Child {
         pid,
@@ -293,36 +300,29 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
     if let Err(err) = nix::unistd::setsid() {
         fail(&mut sock, &format!("setsid: {err}"));
     }
-    let stdio = if let Some(slave) = &launch.pty_slave {
-        if let Err(err) = sys::set_controlling_tty(slave.as_fd()) {
-            fail(&mut sock, &format!("set controlling terminal: {err}"));
-        }
-        (
-            Some(slave.as_fd()),
-            Some(slave.as_fd()),
-            Some(slave.as_fd()),
-        )
-    } else {
-        (
-            launch.stdin.as_ref().map(|fd| fd.as_fd()),
-            launch.stdout.as_ref().map(|fd| fd.as_fd()),
-            launch.stderr.as_ref().map(|fd| fd.as_fd()),
-        )
-    };
-    let dup = (
-        stdio.0.map(nix::unistd::dup2_stdin).transpose(),
-        stdio.1.map(nix::unistd::dup2_stdout).transpose(),
-        stdio.2.map(nix::unistd::dup2_stderr).transpose(),
+    let stdio = (
+        launch.stdin.as_ref().map(|fd| fd.as_fd()),
+        launch.stdout.as_ref().map(|fd| fd.as_fd()),
+        launch.stderr.as_ref().map(|fd| fd.as_fd()),
     );
-    if let (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) = dup {
-        fail(&mut sock, &format!("set up stdio: {err}"));
-    }
+    dup_stdio(&mut sock, stdio);
     let _ = sys::cloexec_from(3);
 
-    let env = match container::setup(&Linux, &setup) {
-        Ok(env) => env,
+    let prepared = match container::setup(&Linux, &setup) {
+        Ok(prepared) => prepared,
         Err(message) => fail(&mut sock, &message),
     };
+    let env = prepared.env;
+    if let Some(console) = prepared.console {
+        if let Err(err) = sys::set_controlling_tty(console.slave.as_fd()) {
+            fail(&mut sock, &format!("set controlling terminal: {err}"));
+        }
+        let slave = Some(console.slave.as_fd());
+        dup_stdio(&mut sock, (slave, slave, slave));
+        if let Err(err) = sys::send_fd(sock.as_fd(), b'T', console.master.as_fd()) {
+            fail(&mut sock, &format!("send the pty to strata: {err}"));
+        }
+    }
     if launch.init {
         match sys::fork() {
             Ok(ForkResult::Child) => {
@@ -342,6 +342,24 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
         }
     }
     exec_or_exit(&launch.args, &env)
+}
+
+fn dup_stdio(
+    sock: &mut UnixStream,
+    stdio: (
+        Option<BorrowedFd<'_>>,
+        Option<BorrowedFd<'_>>,
+        Option<BorrowedFd<'_>>,
+    ),
+) {
+    let dup = (
+        stdio.0.map(nix::unistd::dup2_stdin).transpose(),
+        stdio.1.map(nix::unistd::dup2_stdout).transpose(),
+        stdio.2.map(nix::unistd::dup2_stderr).transpose(),
+    );
+    if let (Err(err), _, _) | (_, Err(err), _) | (_, _, Err(err)) = dup {
+        fail(sock, &format!("set up stdio: {err}"));
+    }
 }
 
 fn exec_or_exit(args: &[String], env: &[String]) -> ! {

@@ -20,8 +20,6 @@ pub struct Rootfs {
     pub userns: bool,
     /// A private network namespace (fresh sysfs allowed outside a user namespace).
     pub private_network: bool,
-    /// The pty slave's path on the host, bound to /dev/console.
-    pub console: Option<PathBuf>,
 }
 
 /// runc's default masked paths (libcontainer/specconv/example.go).
@@ -191,12 +189,6 @@ fn dev(sys: &dyn Syscall, spec: &Rootfs) -> Step {
             .map_err(io_err(format!("create {}", target.display())))?;
         let host = Path::new("/dev").join(name);
         mount(sys, Some(&host), &target, None, MsFlags::MS_BIND, None)?;
-    }
-    if let Some(console) = &spec.console {
-        let target = dev.join("console");
-        sys.touch(&target)
-            .map_err(io_err(format!("create {}", target.display())))?;
-        mount(sys, Some(console), &target, None, MsFlags::MS_BIND, None)?;
     }
     let pts = dev.join("pts");
     mkdir(sys, &pts)?;

@@ -205,3 +205,50 @@ pub fn stdin() -> BorrowedFd<'static> {
     // SAFETY: descriptor 0 stays open for the life of the process (strata never closes it).
     unsafe { BorrowedFd::borrow_raw(libc::STDIN_FILENO) }
 }
+
+/// Sends one tag byte with `fd` attached (SCM_RIGHTS) over a unix stream socket.
+pub fn send_fd(socket: BorrowedFd<'_>, tag: u8, fd: BorrowedFd<'_>) -> nix::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let fds = [fd.as_raw_fd()];
+    let buffer = [tag];
+    let iov = [std::io::IoSlice::new(&buffer)];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one byte and the descriptor attached to it, if any. `Ok(None)` at EOF.
+pub fn recv_fd(socket: BorrowedFd<'_>) -> nix::Result<Option<(u8, Option<std::os::fd::OwnedFd>)>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let mut buffer = [0u8; 1];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [std::io::IoSliceMut::new(&mut buffer)];
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    if message.bytes == 0 {
+        return Ok(None);
+    }
+    let mut received = None;
+    for control in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = control {
+            for fd in fds {
+                // SAFETY: the kernel just installed `fd` in this process for us; nothing
+                // else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    Ok(Some((buffer[0], received)))
+}

@@ -2,9 +2,8 @@
 //! sequence run inside the new namespaces can be unit-tested without root: `Linux` makes
 //! the calls, `Recorder` (tests) writes them down and answers file reads from a map.
 
-use std::path::Path;
-#[cfg(test)]
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
@@ -44,6 +43,8 @@ pub trait Syscall {
     fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()>;
     fn clear_ambient_caps(&self) -> nix::Result<()>;
     fn set_no_new_privs(&self) -> nix::Result<()>;
+    /// Opens a pty pair on the container's own devpts: (master, slave, slave path).
+    fn open_pty(&self) -> nix::Result<(OwnedFd, OwnedFd, PathBuf)>;
 }
 
 /// The real thing.
@@ -149,6 +150,20 @@ impl Syscall for Linux {
 
     fn set_no_new_privs(&self) -> nix::Result<()> {
         nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn open_pty(&self) -> nix::Result<(OwnedFd, OwnedFd, PathBuf)> {
+        use nix::fcntl::OFlag;
+        let master = nix::pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+        nix::pty::grantpt(&master)?;
+        nix::pty::unlockpt(&master)?;
+        let path = PathBuf::from(nix::pty::ptsname_r(&master)?);
+        let slave = nix::fcntl::open(
+            &path,
+            OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        Ok((master.into(), slave, path))
     }
 }
 
@@ -311,5 +326,15 @@ impl Syscall for Recorder {
     fn set_no_new_privs(&self) -> nix::Result<()> {
         self.log("set_no_new_privs".into());
         Ok(())
+    }
+
+    fn open_pty(&self) -> nix::Result<(OwnedFd, OwnedFd, PathBuf)> {
+        self.log("open_pty".into());
+        let null = || {
+            std::fs::File::open("/dev/null")
+                .map(OwnedFd::from)
+                .map_err(|_| nix::errno::Errno::EIO)
+        };
+        Ok((null()?, null()?, PathBuf::from("/dev/pts/0")))
     }
 }

@@ -5,42 +5,13 @@
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::thread::JoinHandle;
 
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{SetArg, Termios, cfmakeraw, tcgetattr, tcsetattr};
 
 use crate::error::{Error, Result};
 use crate::sys;
-
-/// A pty pair before the container starts.
-pub struct Pty {
-    pub master: OwnedFd,
-    pub slave: OwnedFd,
-    pub slave_path: PathBuf,
-}
-
-impl Pty {
-    pub fn open() -> Result<Pty> {
-        let size = sys::window_size(libc::STDIN_FILENO).ok();
-        let pty =
-            nix::pty::openpty(size.as_ref(), None).map_err(|err| Error::sys("openpty", err))?;
-        // The master must not reach the container; the slave is dup'ed onto its stdio.
-        for fd in [&pty.master, &pty.slave] {
-            fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-                .map_err(|err| Error::sys("fcntl FD_CLOEXEC", err))?;
-        }
-        let slave_path =
-            nix::unistd::ttyname(&pty.slave).map_err(|err| Error::sys("ttyname", err))?;
-        Ok(Pty {
-            master: pty.master,
-            slave: pty.slave,
-            slave_path,
-        })
-    }
-}
 
 /// strata's side of a running tty container.
 pub struct Session {

@@ -543,8 +543,8 @@ fn tty_gives_a_terminal() {
         |spec| spec.tty = true,
     );
     assert_eq!(code, 0);
-    // The pty comes from the host's devpts; inside it is bound to /dev/console.
-    assert_eq!(out.replace('\r', ""), "/dev/console\nis-a-tty\nxterm\n");
+    // The pty belongs to the container's own devpts (and is bound to /dev/console).
+    assert_eq!(out.replace('\r', ""), "/dev/pts/0\nis-a-tty\nxterm\n");
 }
 
 #[test]

@@ -357,3 +357,27 @@ fn tty_gets_the_window_size_and_the_terminal_is_restored() {
         "terminal left in raw mode: {stdout}"
     );
 }
+
+#[test]
+fn userns_private_maps_root_to_unprivileged_ids() {
+    let store = store_with_busybox();
+    // The mapped root (host uid 100000) must be able to reach the container's rootfs, as
+    // it can under /var/lib/strata; the temp store dir is 0700.
+    std::fs::set_permissions(store.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for driver in DRIVERS {
+        let out = store.ok(&[
+            "run",
+            "--rm",
+            "--userns",
+            "private",
+            "--driver",
+            driver,
+            "busybox",
+            "sh",
+            "-c",
+            "id -u; cat /proc/self/uid_map",
+        ]);
+        let words: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(words, ["0", "0", "100000", "65536"], "{driver}");
+    }
+}
