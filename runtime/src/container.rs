@@ -86,10 +86,10 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
     if !has_key(&env, "PATH") {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
-    if !has_key(&env, "HOSTNAME") {
-        if let Some(hostname) = &spec.hostname {
-            env.push(format!("HOSTNAME={hostname}"));
-        }
+    if let Some(hostname) = &spec.hostname
+        && !has_key(&env, "HOSTNAME")
+    {
+        env.push(format!("HOSTNAME={hostname}"));
     }
     if !has_key(&env, "HOME") {
         env.push(format!("HOME={}", exec_user.home));

@@ -41,10 +41,10 @@ pub fn reap(command: Pid) -> ! {
     loop {
         match waitpid(None, None) {
             Ok(status) => {
-                if status.pid() == Some(command) {
-                    if let Some(code) = exit_code(status) {
-                        sys::exit_now(code);
-                    }
+                if status.pid() == Some(command)
+                    && let Some(code) = exit_code(status)
+                {
+                    sys::exit_now(code);
                 }
             }
             Err(nix::errno::Errno::EINTR) => continue,

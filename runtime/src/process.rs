@@ -134,12 +134,10 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let mut tag = [0u8; 1];
     let read_tag = |sock: &mut UnixStream, tag: &mut [u8; 1]| sock.read_exact(tag).map(|()| tag[0]);
     let mut next = read_tag(&mut parent_sock, &mut tag);
-    if spec.userns {
-        if next.as_ref().ok() == Some(&b'U') {
-            write_id_maps(intermediate).map_err(|err| abort(err.to_string()))?;
-            send(&mut parent_sock, b"A");
-            next = read_tag(&mut parent_sock, &mut tag);
-        }
+    if spec.userns && next.as_ref().ok() == Some(&b'U') {
+        write_id_maps(intermediate).map_err(|err| abort(err.to_string()))?;
+        send(&mut parent_sock, b"A");
+        next = read_tag(&mut parent_sock, &mut tag);
     }
     let pid = match next {
         Ok(b'P') => {

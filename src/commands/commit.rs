@@ -27,10 +27,10 @@ fn full_name(name: &str) -> String {
 /// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
 fn command_form(text: &str) -> Vec<String> {
     let text = text.trim();
-    if text.starts_with('[') {
-        if let Ok(list) = serde_json::from_str::<Vec<String>>(text) {
-            return list;
-        }
+    if text.starts_with('[')
+        && let Ok(list) = serde_json::from_str::<Vec<String>>(text)
+    {
+        return list;
     }
     vec!["/bin/sh".into(), "-c".into(), text.to_string()]
 }

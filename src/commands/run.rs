@@ -213,11 +213,11 @@ fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
     let state_path = container.dir.join("state.json");
     let start = Instant::now();
     loop {
-        if let Ok(Some(status)) = monitor.try_wait() {
-            if !status.success() {
-                let log = std::fs::read_to_string(container.log_path()).unwrap_or_default();
-                bail!("container {} failed to start: {}", container.id, log.trim());
-            }
+        if let Ok(Some(status)) = monitor.try_wait()
+            && !status.success()
+        {
+            let log = std::fs::read_to_string(container.log_path()).unwrap_or_default();
+            bail!("container {} failed to start: {}", container.id, log.trim());
         }
         let state: Option<strata_store::ContainerState> = std::fs::read(&state_path)
             .ok()
