@@ -1,13 +1,9 @@
 //! Compression around the layer tar: a writer for zstd (multithreaded), gzip or nothing,
-//! a reader that picks the decompressor from the stream's magic bytes, and a reader that
-//! hashes what passes through it (for the diff_id while unpacking).
+//! and a reader that picks the decompressor from the stream's magic bytes.
 
 use std::io::{self, Read, Write};
 
-use sha2::{Digest as _, Sha256};
-
 use super::Compression;
-use crate::Digest;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
@@ -114,36 +110,6 @@ pub(crate) fn decoder<'a, R: Read + 'a>(mut input: R) -> io::Result<Box<dyn Read
     } else {
         Box::new(stream)
     })
-}
-
-/// Hashes and counts every byte read through it.
-pub(crate) struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Sha256::new(),
-            len: 0,
-        }
-    }
-
-    pub fn finish(self) -> (Digest, u64) {
-        (Digest::from_bytes(self.hasher.finalize().into()), self.len)
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
-//! The hand-off between the two threads of `write_layer`: the tar producer (walk order,
-//! headers, file reads, sha256 of the tar) fills fixed 1 MiB chunks and sends them to the
-//! consumer (compression, sha256 of the blob, output), which sends them back for reuse.
+//! The hand-off between the two threads of `write_layer` and of `unpack_layer`, in fixed
+//! 1 MiB chunks that travel back for reuse.
+//!
+//! write: the tar producer (walk order, headers, file reads, sha256 of the tar) fills
+//! chunks for the consumer (compression, sha256 of the blob, output).
+//! unpack: the caller's thread decompresses and hashes (diff_id) and feeds chunks to the
+//! extracting thread, which parses the tar from them.
 //!
 //! A small, fixed number of chunks is in flight, so memory does not depend on the layer's
-//! size, and reading the next files overlaps with compressing the previous ones.
+//! size, and the CPU-heavy half (compression, hashing) overlaps with the file I/O half.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 use sha2::{Digest as _, Sha256};
@@ -114,4 +119,92 @@ pub(crate) fn drain(
         let _ = recycle.try_send(buffer);
     }
     Ok(())
+}
+
+/// The extracting thread's end of `unpack_layer`: a `Read` over the chunks that the
+/// decompressing thread sends.
+pub(crate) struct ChunkReader {
+    from_producer: Receiver<Chunk>,
+    recycle: SyncSender<Vec<u8>>,
+    current: Vec<u8>,
+    filled: usize,
+    position: usize,
+}
+
+impl ChunkReader {
+    pub fn new(from_producer: Receiver<Chunk>, recycle: SyncSender<Vec<u8>>) -> Self {
+        ChunkReader {
+            from_producer,
+            recycle,
+            current: Vec::new(),
+            filled: 0,
+            position: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.filled {
+            let used = std::mem::take(&mut self.current);
+            if !used.is_empty() {
+                let _ = self.recycle.try_send(used);
+            }
+            match self.from_producer.recv() {
+                Ok((buffer, filled)) => {
+                    (self.current, self.filled, self.position) = (buffer, filled, 0)
+                }
+                Err(_) => return Ok(0), // the producer reached the end of its input
+            }
+        }
+        let n = buf.len().min(self.filled - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+/// The decompressing thread's loop of `unpack_layer`: reads `input` to its end, hashes
+/// all of it and sends it on for as long as the consumer listens (the tar parser stops at
+/// the end-of-archive blocks; what follows still counts for the diff_id). Returns `None`
+/// when `abort` was raised because the consumer failed.
+pub(crate) fn feed(
+    input: &mut impl Read,
+    to_consumer: SyncSender<Chunk>,
+    recycled: Receiver<Vec<u8>>,
+    abort: &AtomicBool,
+) -> io::Result<Option<Digest>> {
+    let mut hasher = Sha256::new();
+    let mut listening = true;
+    let mut spare: Option<Vec<u8>> = None;
+    loop {
+        if abort.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let mut buffer = spare
+            .take()
+            .or_else(|| recycled.try_recv().ok())
+            .unwrap_or_else(|| vec![0u8; CHUNK]);
+        let mut filled = 0;
+        while filled < CHUNK {
+            match input.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            return Ok(Some(Digest::from_bytes(hasher.finalize().into())));
+        }
+        hasher.update(&buffer[..filled]);
+        if listening {
+            if let Err(returned) = to_consumer.send((buffer, filled)) {
+                listening = false;
+                spare = Some(returned.0.0);
+            }
+        } else {
+            spare = Some(buffer);
+        }
+    }
 }

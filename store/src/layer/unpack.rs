@@ -15,16 +15,19 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 
-use super::compress::{HashingReader, decoder};
+use super::compress::decoder;
 use super::pax::Extensions;
+use super::pipe::{self, ChunkReader};
 use super::root::{Root, remove_all};
 use super::{OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
 use crate::Digest;
@@ -36,13 +39,37 @@ const AUFS_META_PREFIX: &str = ".wh..wh.";
 /// Unpacks the layer read from `input` into `target` (an existing, empty directory) and
 /// returns its diff_id, the sha256 of the whole uncompressed tar stream.
 pub fn unpack_layer(input: impl Read, target: &Path) -> Result<Digest> {
-    let decompressed = decoder(input).map_err(Error::LayerStream)?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(
-        256 << 10,
-        HashingReader::new(decompressed),
-    ));
     let root = Root::open(target)
         .map_err(|e| Error::io("failed to open unpack target", target, e.into()))?;
+    let mut decompressed = decoder(input).map_err(Error::LayerStream)?;
+    let (to_extractor, from_feeder) = mpsc::sync_channel(pipe::IN_FLIGHT);
+    let (recycle, recycled) = mpsc::sync_channel(pipe::IN_FLIGHT + 2);
+    let abort = AtomicBool::new(false);
+
+    // This thread: decompression + diff_id. Extracting thread: tar parsing + file system.
+    let (extracted, fed) = std::thread::scope(|scope| {
+        let extractor = scope.spawn(|| {
+            let result = extract(ChunkReader::new(from_feeder, recycle), root);
+            if result.is_err() {
+                abort.store(true, Ordering::Release);
+            }
+            result
+        });
+        let fed = pipe::feed(&mut decompressed, to_extractor, recycled, &abort);
+        (extractor.join(), fed)
+    });
+    let extracted = extracted.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    match (extracted, fed) {
+        // A broken stream also makes the parser fail; the stream's error says why.
+        (_, Err(e)) => Err(Error::LayerStream(e)),
+        (Err(e), _) => Err(e),
+        (Ok(()), Ok(Some(diff_id))) => Ok(diff_id),
+        (Ok(()), Ok(None)) => Err(Error::LayerStream(io::Error::other("unpack aborted"))),
+    }
+}
+
+fn extract(stream: ChunkReader, root: Root) -> Result<()> {
+    let mut archive = tar::Archive::new(stream);
     let mut unpacker = Unpacker {
         root,
         dir_times: BTreeMap::new(),
@@ -52,13 +79,7 @@ pub fn unpack_layer(input: impl Read, target: &Path) -> Result<Digest> {
         let mut entry = entry.map_err(Error::LayerStream)?;
         unpacker.entry(&mut entry)?;
     }
-    unpacker.set_dir_times()?;
-    // The diff_id covers the whole stream, including the end-of-archive blocks and any
-    // padding after them, exactly as `sha256sum` of the decompressed blob would.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(Error::LayerStream)?;
-    let (diff_id, _) = rest.into_inner().finish();
-    Ok(diff_id)
+    unpacker.set_dir_times()
 }
 
 struct Unpacker {

@@ -56,8 +56,8 @@ pub(crate) struct Node {
 
 /// Walks `root` (not included itself) and returns its entries in layer order.
 pub(crate) fn walk(root: &Path) -> Result<Vec<Node>> {
-    let metadata = fs::metadata(root)
-        .map_err(|e| Error::io("failed to stat layer directory", root, e))?;
+    let metadata =
+        fs::metadata(root).map_err(|e| Error::io("failed to stat layer directory", root, e))?;
     if !metadata.is_dir() {
         return Err(Error::io(
             "failed to write a layer from",
