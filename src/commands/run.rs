@@ -331,8 +331,12 @@ fn start(
     if let Some(err) = save_error {
         eprintln!("warning: failed to record the container's pid: {err}");
     }
+    // The exit status (and any OOM kill) has been read: like runc's delete, drop the
+    // cgroup now instead of leaving one per exited container (`rm` removes it too).
+    if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name(&container.id)) {
+        eprintln!("warning: {err}");
+    }
     if config.rm {
-        strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
         let store = Store::open(&globals.root)?;
         store.remove_container(&container)?;
     }
