@@ -1,4 +1,5 @@
-//! Registry transfers. Push: HEAD each blob, mount it from another repository of the same
+//! Registry transfers. Push: HEAD the manifest (the same one already there: done), HEAD
+//! each blob, mount it from another repository of the same
 //! registry that we know holds it (`sources.json`), upload only what is still missing,
 //! then PUT the manifest bytes with their own media type. Pull: fetch the manifest (or the
 //! index, then the manifest for the platform), download the missing blobs in parallel
@@ -112,6 +113,20 @@ pub(crate) fn push_with_client(
     }
     let sources = BlobSources::load(store);
     let blobs: Vec<&Descriptor> = image.doc.blobs().collect();
+    let target = match (&reference.tag, &reference.digest) {
+        (None, Some(d)) => d.to_string(),
+        _ => reference.reference(),
+    };
+    // A registry only accepts a manifest whose blobs it holds, so the same manifest already
+    // under this tag means there is nothing to do: one HEAD instead of one per blob.
+    if let Some((digest, _, _)) = client.manifest_exists(repo, &target)?
+        && digest == image.manifest_digest
+    {
+        for blob in &blobs {
+            opts.progress.end(&blob.digest, "exists");
+        }
+        return Ok(image.manifest_digest);
+    }
     parallel(&blobs, opts.jobs, |blob| {
         let digest = &blob.digest;
         if client.blob_exists(repo, digest)?.is_some() {
@@ -132,10 +147,6 @@ pub(crate) fn push_with_client(
         opts.progress.end(digest, "done");
         Ok(())
     })?;
-    let target = match (&reference.tag, &reference.digest) {
-        (None, Some(d)) => d.to_string(),
-        _ => reference.reference(),
-    };
     client.put_manifest(repo, &target, &image.manifest, &image.media_type)?;
     sources.record(blobs.iter().map(|b| b.digest), &reference.registry, repo);
     sources.save(store)?;

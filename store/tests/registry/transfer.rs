@@ -69,6 +69,13 @@ fn push_is_read_by_skopeo_and_a_re_push_uploads_no_blob() {
     proxy.clear();
     transfer::push(&store, "app:v1", Some(&dest), &opts()).unwrap();
     let seen = proxy.requests();
+    assert_eq!(seen.len(), 1, "one HEAD of the manifest, no blob request: {seen:?}");
+    assert_eq!(count(&proxy, "HEAD", "/manifests/v1"), 1);
+
+    // Under a new tag the blobs are checked (HEAD) but none is uploaded.
+    proxy.clear();
+    transfer::push(&store, "app:v1", Some(&format!("{}/team/app:v2", proxy.host)), &opts()).unwrap();
+    let seen = proxy.requests();
     assert!(
         seen.iter().all(|r| r.method == "HEAD" || (r.method == "PUT" && r.path.contains("/manifests/"))),
         "{seen:?}"
