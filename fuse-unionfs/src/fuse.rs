@@ -1,6 +1,6 @@
 //! The fuser 0.18 callbacks: each translates one request into a call on [`Union`] and
-//! sends one reply. Kernel caching is decided here: long TTLs for entries that only live
-//! in lower branches (they change only through this mount), FOPEN_KEEP_CACHE, cached
+//! sends one reply. Kernel caching is decided here: long TTLs (everything changes only
+//! through this mount), negative entries, FOPEN_KEEP_CACHE and FOPEN_NOFLUSH, cached
 //! directory listings, readdirplus, and FUSE passthrough for open files (one BackingId per
 //! inode, shared by all its opens) with writeback caching as the fallback when the kernel
 //! refuses passthrough (the two exclude each other, fs/fuse/inode.c process_init_reply).
@@ -25,12 +25,15 @@ use crate::layer::Kind;
 use crate::modify::{SetAttr, SetTime};
 use crate::union::{Caller, Entry, OpenFile, Union};
 
-/// Lower-only entries change only through this mount: the kernel may keep them long.
-const LOWER_TTL: Duration = Duration::from_secs(86_400);
-/// Upper entries: short, as fuse-overlayfs and libfuse default to.
-const UPPER_TTL: Duration = Duration::from_secs(1);
+/// Entries change only through this mount (the branches must not be modified behind its
+/// back, as for overlayfs), and the kernel updates its caches on every change it makes
+/// (create, unlink, rename, setattr, writes): so it may keep them long.
+const ENTRY_TTL: Duration = Duration::from_secs(86_400);
+/// A lower file with several names may be split by a copy-up of one name (inode numbers
+/// then change under the kernel): those are revalidated quickly.
+const SHORT_TTL: Duration = Duration::from_secs(1);
 /// Names that do not exist: cached until this mount creates them.
-const NEGATIVE_TTL: Duration = Duration::from_secs(60);
+const NEGATIVE_TTL: Duration = ENTRY_TTL;
 
 fn errno(err: rustix::io::Errno) -> Errno {
     Errno::from_i32(err.raw_os_error())
@@ -70,9 +73,8 @@ fn attr(entry: &Entry) -> FileAttr {
 }
 
 fn ttl(entry: &Entry) -> Duration {
-    // A lower file with several names may be split by a copy-up of one of them.
     let linked = entry.meta.nlink > 1 && !entry.meta.is_dir();
-    if entry.upper || linked { UPPER_TTL } else { LOWER_TTL }
+    if linked && !entry.upper { SHORT_TTL } else { ENTRY_TTL }
 }
 
 fn time(t: TimeOrNow) -> SetTime {
@@ -86,29 +88,48 @@ fn caller(req: &Request) -> Caller {
     Caller { uid: req.uid(), gid: req.gid() }
 }
 
-struct Backing {
-    id: BackingId,
-    upper: bool,
-    opens: usize,
+/// Files at least this big are read through passthrough; smaller ones through the page
+/// cache, which keeps their attributes cached (a passthrough read invalidates atime, so
+/// every later stat(2) would cost a GETATTR round trip).
+const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
+
+/// How the open handles of one inode do I/O: the kernel forbids mixing the two modes, and
+/// passthrough opens of one inode share one BackingId (fs/fuse/iomode.c).
+enum Mode {
+    Passthrough { id: BackingId, upper: bool },
+    Cached,
+}
+
+struct Opened {
+    mode: Mode,
+    count: usize,
 }
 
 #[derive(Default)]
-struct Backings {
-    by_ino: HashMap<u64, Backing>,
-    /// Handles counted in `by_ino` (released with their inode's backing).
-    handles: HashSet<u64>,
+struct OpenTable {
+    by_ino: HashMap<u64, Opened>,
+    /// Counted handles and their inode.
+    handles: HashMap<u64, u64>,
+    /// Inodes written through passthrough since their page cache was last dropped.
+    written: HashSet<u64>,
+}
+
+/// What an open reply says.
+enum Reply {
+    Passthrough,
+    Cached { keep_cache: bool },
 }
 
 /// The fuser filesystem over one [`Union`].
 pub(crate) struct Fs {
     union: Arc<Union>,
     passthrough: AtomicBool,
-    backings: Mutex<Backings>,
+    opens: Mutex<OpenTable>,
 }
 
 impl Fs {
     pub(crate) fn new(union: Arc<Union>, passthrough: bool) -> Fs {
-        Fs { union, passthrough: AtomicBool::new(passthrough), backings: Mutex::default() }
+        Fs { union, passthrough: AtomicBool::new(passthrough), opens: Mutex::default() }
     }
 
     fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
@@ -118,56 +139,87 @@ impl Fs {
         }
     }
 
-    /// Picks passthrough (sharing the inode's BackingId) or a cached open.
-    fn open_mode(&self, fh: u64, file: &OpenFile, open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>) -> Option<u64> {
-        if !self.passthrough.load(Ordering::Relaxed) {
-            return None;
+    /// Picks the I/O mode of a new handle: the mode of the inode's other open handles, else
+    /// passthrough for writers and big files (when the kernel allows it), else cached.
+    fn open_mode(&self, fh: u64, file: &OpenFile, writer: bool, open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>) -> Reply {
+        let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(opened) = table.by_ino.get_mut(&file.ino) {
+            let reply = match &opened.mode {
+                Mode::Passthrough { upper, .. } if *upper == file.upper => Reply::Passthrough,
+                // A lower backing file is open while this handle needs the copied-up one:
+                // the kernel allows one backing file per inode; the open falls back.
+                Mode::Passthrough { .. } => return Reply::Cached { keep_cache: false },
+                Mode::Cached => Reply::Cached { keep_cache: true },
+            };
+            opened.count += 1;
+            table.handles.insert(fh, file.ino);
+            return reply;
         }
-        let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(backing) = backings.by_ino.get_mut(&file.ino) {
-            if backing.upper != file.upper {
-                return None;
-            }
-            backing.opens += 1;
-            backings.handles.insert(fh);
-            return Some(file.ino);
-        }
-        match open_backing(file) {
-            Ok(id) => {
-                backings.by_ino.insert(file.ino, Backing { id, upper: file.upper, opens: 1 });
-                backings.handles.insert(fh);
-                Some(file.ino)
-            }
-            Err(err) => {
-                if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL)) {
-                    tracing::debug!("passthrough refused ({err}); serving reads and writes ourselves");
-                    self.passthrough.store(false, Ordering::Relaxed);
+        let big = || rustix::fs::fstat(&file.fd).is_ok_and(|st| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE);
+        let mut mode = Mode::Cached;
+        if self.passthrough.load(Ordering::Relaxed) && (writer || big()) {
+            match open_backing(file) {
+                Ok(id) => mode = Mode::Passthrough { id, upper: file.upper },
+                Err(err) => {
+                    if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL)) {
+                        tracing::debug!("passthrough refused ({err}); serving reads and writes ourselves");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
                 }
-                None
             }
         }
+        let reply = match mode {
+            Mode::Passthrough { .. } => Reply::Passthrough,
+            // Pages cached before a passthrough writer changed the file are stale.
+            Mode::Cached => Reply::Cached { keep_cache: !table.written.remove(&file.ino) },
+        };
+        table.by_ino.insert(file.ino, Opened { mode, count: 1 });
+        table.handles.insert(fh, file.ino);
+        reply
     }
 
     fn with_backing(&self, ino: u64, f: impl FnOnce(&BackingId)) -> bool {
-        let backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-        match backings.by_ino.get(&ino) {
-            Some(backing) => {
-                f(&backing.id);
+        let table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        match table.by_ino.get(&ino) {
+            Some(Opened { mode: Mode::Passthrough { id, .. }, .. }) => {
+                f(id);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    fn release_backing(&self, fh: u64, ino: u64) {
-        let mut backings = self.backings.lock().unwrap_or_else(|e| e.into_inner());
-        if !backings.handles.remove(&fh) {
-            return;
+    fn release_mode(&self, fh: u64) {
+        let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(ino) = table.handles.remove(&fh) else { return };
+        let Some(opened) = table.by_ino.get_mut(&ino) else { return };
+        opened.count -= 1;
+        if opened.count == 0 {
+            if let Some(Opened { mode: Mode::Passthrough { upper: true, .. }, .. }) = table.by_ino.remove(&ino) {
+                table.written.insert(ino);
+            }
         }
-        if let Some(backing) = backings.by_ino.get_mut(&ino) {
-            backing.opens -= 1;
-            if backing.opens == 0 {
-                backings.by_ino.remove(&ino);
+    }
+
+    /// Sends an open reply in the chosen mode.
+    fn reply_open(&self, fh: u64, ino: u64, reply: Reply, send: impl FnOnce(FopenFlags, Option<&BackingId>)) {
+        match reply {
+            Reply::Passthrough => {
+                let mut send = Some(send);
+                self.with_backing(ino, |id| {
+                    if let Some(send) = send.take() {
+                        send(FopenFlags::FOPEN_NOFLUSH, Some(id));
+                    }
+                });
+                if let Some(send) = send {
+                    send(FopenFlags::FOPEN_NOFLUSH, None);
+                }
+            }
+            Reply::Cached { keep_cache } => {
+                let _ = fh;
+                // FLUSH does nothing here: NOFLUSH saves a round trip on every close(2).
+                let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH } else { FopenFlags::FOPEN_NOFLUSH };
+                send(flags, None);
             }
         }
     }
@@ -303,21 +355,11 @@ impl Filesystem for Fs {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.union.open(ino.0, write) {
             Ok((fh, file)) => {
-                let cache = FopenFlags::FOPEN_KEEP_CACHE;
-                match self.open_mode(fh, &file, |f| reply.open_backing(&f.fd)) {
-                    Some(ino) => {
-                        let mut reply = Some(reply);
-                        self.with_backing(ino, |id| {
-                            if let Some(reply) = reply.take() {
-                                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
-                            }
-                        });
-                        if let Some(reply) = reply {
-                            reply.opened(FileHandle(fh), cache);
-                        }
-                    }
-                    None => reply.opened(FileHandle(fh), cache),
-                }
+                let mode = self.open_mode(fh, &file, write, |f| reply.open_backing(&f.fd));
+                self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
+                    Some(id) => reply.opened_passthrough(FileHandle(fh), flags, id),
+                    None => reply.opened(FileHandle(fh), flags),
+                });
             }
             Err(err) => reply.error(errno(err)),
         }
@@ -372,7 +414,8 @@ impl Filesystem for Fs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.release_backing(fh.0, ino.0);
+        let _ = ino;
+        self.release_mode(fh.0);
         self.union.release(fh.0);
         reply.ok();
     }
@@ -482,22 +525,12 @@ impl Filesystem for Fs {
     fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
         match self.union.create(parent.0, name, mode, caller(req)) {
             Ok((entry, fh, file)) => {
-                let cache = FopenFlags::FOPEN_KEEP_CACHE;
                 let (ttl, attr) = (ttl(&entry), attr(&entry));
-                match self.open_mode(fh, &file, |f| reply.open_backing(&f.fd)) {
-                    Some(ino) => {
-                        let mut reply = Some(reply);
-                        self.with_backing(ino, |id| {
-                            if let Some(reply) = reply.take() {
-                                reply.created_passthrough(&ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty(), id);
-                            }
-                        });
-                        if let Some(reply) = reply {
-                            reply.created(&ttl, &attr, Generation(0), FileHandle(fh), cache);
-                        }
-                    }
-                    None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), cache),
-                }
+                let mode = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd));
+                self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
+                    Some(id) => reply.created_passthrough(&ttl, &attr, Generation(0), FileHandle(fh), flags, id),
+                    None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags),
+                });
             }
             Err(err) => reply.error(errno(err)),
         }

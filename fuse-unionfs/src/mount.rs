@@ -216,8 +216,11 @@ fn fuse_config() -> Config {
     ];
     // Containers run as any user: everyone may use the mount, the kernel checks modes.
     config.acl = SessionACL::All;
+    // Worker threads: STRATA_FUSE_THREADS, else one per CPU (at least 2, so a long
+    // copy-up never blocks every request).
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    config.n_threads = Some((cpus * 2).clamp(4, 16));
+    let threads = std::env::var("STRATA_FUSE_THREADS").ok().and_then(|v| v.parse().ok());
+    config.n_threads = Some(threads.unwrap_or(cpus).clamp(1, 64).max(if threads.is_some() { 1 } else { 2 }));
     config.clone_fd = true;
     config
 }
