@@ -4,6 +4,7 @@
 //! ```text
 //! layer_bench write DIR OUT [zstd|gzip|none]   # prints digest, diff_id, bytes in/out, seconds
 //! layer_bench unpack BLOB DIR                  # DIR must exist and be empty
+//! layer_bench zstd FILE OUT                    # the zstd library alone, strata's settings
 //! ```
 
 use std::fs::File;
@@ -20,6 +21,7 @@ fn main() -> ExitCode {
         ["write", dir, out] => write(dir, out, "zstd"),
         ["write", dir, out, compression] => write(dir, out, compression),
         ["unpack", blob, dir] => unpack(blob, dir),
+        ["zstd", file, out] => zstd_only(file, out),
         _ => Err("usage: layer_bench write DIR OUT [zstd|gzip|none] | unpack BLOB DIR".into()),
     };
     match result {
@@ -53,6 +55,22 @@ fn write(dir: &str, out: &str, compression: &str) -> Result<(), Box<dyn std::err
         "digest {}\ndiff_id {}\nblob_bytes {}\nseconds {seconds:.3}",
         info.digest, info.diff_id, info.size
     );
+    Ok(())
+}
+
+/// zstd -3 with strata's settings on a plain file: separates the compressor's speed from
+/// the rest of the pipeline (compare with `zstd -T2 -3`).
+fn zstd_only(file: &str, out: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    let mut encoder = zstd::stream::write::Encoder::new(BufWriter::new(File::create(out)?), 3)?;
+    encoder.multithread(std::thread::available_parallelism()?.get() as u32)?;
+    encoder.include_checksum(true)?;
+    std::io::copy(
+        &mut BufReader::with_capacity(1 << 20, File::open(file)?),
+        &mut encoder,
+    )?;
+    encoder.finish()?;
+    println!("seconds {:.3}", start.elapsed().as_secs_f64());
     Ok(())
 }
 
