@@ -18,9 +18,15 @@ use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
 /// Copies `rel` from `src_layer` into the upper branch; its parent must already be there.
 /// Returns Ok if the upper entry exists afterwards (also when a racing copy-up won).
 pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta> {
+    copy_up_with(layers, src_layer, rel, true)
+}
+
+/// `sync: false` leaves the data unsynced, for a caller that copies many files and
+/// syncs the filesystem once before making them visible (a directory rename).
+pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: bool) -> Res<Meta> {
     let meta = layers.stat(src_layer, rel)?;
     let tmp = layers.tmp_name();
-    let built = build(layers, src_layer, rel, &meta, &tmp).and_then(|()| {
+    let built = build(layers, src_layer, rel, &meta, &tmp, sync).and_then(|()| {
         rustix::fs::renameat_with(layers.work(), &tmp, layers.fd(UPPER), rel, RenameFlags::NOREPLACE)
     });
     match built {
@@ -38,7 +44,7 @@ fn remove_tmp(layers: &Layers, tmp: &Path, kind: Kind) {
 }
 
 /// Builds the copy of `rel` at `tmp` in the work dir.
-fn build(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, tmp: &Path) -> Res<()> {
+fn build(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, tmp: &Path, sync: bool) -> Res<()> {
     let work = layers.work();
     let perm = Mode::from_raw_mode(meta.mode & 0o7777);
     match meta.kind() {
@@ -58,7 +64,9 @@ fn build(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, tmp: &Path)
             )?;
             copy_data(src.as_fd(), dst.as_fd(), meta.size)?;
             // Kernel overlayfs syncs the copy before it becomes visible (ovl_copy_up_file).
-            rustix::fs::fsync(&dst)?;
+            if sync {
+                rustix::fs::fsync(&dst)?;
+            }
         }
         Kind::Symlink => {
             let target = rustix::fs::readlinkat(layers.fd(src_layer), arg(rel), Vec::new())?;

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
 use rustix::io::Errno;
 
-use crate::copyup::{copy_up, timespec};
+use crate::copyup::{copy_up, copy_up_with, timespec};
 use crate::inode::{Node, NodeState, ROOT};
 use crate::layer::{Kind, Res, UPPER, arg};
 use crate::union::{Caller, Entry, OpenFile, Union};
@@ -331,7 +331,7 @@ impl Union {
     /// numbers follow the files.
     fn copy_up_tree(&self, rel: &Path, found_layer: usize, dir_layers: &[usize], links: &mut HashMap<(u64, u64), PathBuf>, moved: &mut Vec<((u64, u64), (u64, u64))>) -> Res<()> {
         if found_layer != UPPER {
-            let lower = copy_up(&self.layers, found_layer, rel)?;
+            let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
             moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
         }
         for (name, _, _) in self.list(dir_layers, rel)? {
@@ -344,7 +344,7 @@ impl Union {
                 match links.get(&key) {
                     Some(first) => rustix::fs::linkat(self.upper_fd(), first, self.upper_fd(), &child, AtFlags::empty())?,
                     None => {
-                        copy_up(&self.layers, found.layer, &child)?;
+                        copy_up_with(&self.layers, found.layer, &child, false)?;
                         if found.meta.nlink > 1 {
                             links.insert(key, child.clone());
                         }
@@ -395,6 +395,13 @@ impl Union {
         if flags.contains(RenameFlags::EXCHANGE) {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             self.materialize(&nrel, dst, &mut moved)?;
+        }
+        if !moved.is_empty() {
+            // The tree copy skipped per-file fsync: one syncfs before the rename shows it.
+            rustix::fs::syncfs(self.upper_fd())?;
+        }
+        if flags.contains(RenameFlags::EXCHANGE) {
+            let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             rustix::fs::renameat_with(self.upper_fd(), &rel, self.upper_fd(), &nrel, RenameFlags::EXCHANGE)?;
             for (path, found) in [(&rel, dst), (&nrel, &src)] {
                 if found.meta.is_dir() {
