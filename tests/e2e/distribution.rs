@@ -45,6 +45,10 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     let images = fresh.ok(&["images", "--json"]);
     assert!(images.contains(&dest) && images.contains(&pulled_id), "{images}");
     assert_eq!(original[0]["Id"].as_str(), Some(pulled_id.as_str()), "same image id after the round trip");
+    // The pulled image runs.
+    let out = fresh.strata(&["run", "--rm", &dest, "sh", "-c", "echo pulled-and-ran"]);
+    assert_success(&out, &["run", "--rm", &dest]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled-and-ran\n");
     // By digest too, and a second pull is a no-op.
     fresh.ok(&["pull", &format!("{}/e2e/busybox@{digest}", registry.host)]);
     // Errors name the thing: an unknown tag.
