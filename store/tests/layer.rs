@@ -620,6 +620,49 @@ fn unpack_rejects_bad_whiteouts_and_unknown_types() {
 }
 
 #[test]
+fn unpack_keeps_layer_xattrs_and_drops_overlay_and_selinux_ones() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.pax(&[
+        ("SCHILY.xattr.user.kept", b"1"),
+        ("SCHILY.xattr.trusted.overlay.redirect", b"/etc"),
+        ("SCHILY.xattr.trusted.overlay.opaque", b"y"),
+        (
+            "SCHILY.xattr.security.selinux",
+            b"system_u:object_r:etc_t:s0",
+        ),
+        ("mtime", b"1700000000.25"),
+    ]);
+    tar.dir("d/", 0o755);
+    let tmp = tempfile::tempdir().unwrap();
+    unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
+    let d = tmp.path().join("d");
+    assert_eq!(get_xattr(&d, "user.kept").as_deref(), Some(&b"1"[..]));
+    for dropped in [
+        "trusted.overlay.redirect",
+        "trusted.overlay.opaque",
+        "security.selinux",
+    ] {
+        assert_eq!(get_xattr(&d, dropped), None, "{dropped}");
+    }
+    use std::os::unix::fs::MetadataExt;
+    let md = fs::metadata(&d).unwrap();
+    assert_eq!((md.mtime(), md.mtime_nsec()), (1_700_000_000, 250_000_000));
+}
+
+#[test]
+fn unpack_rejects_a_parent_that_is_a_file() {
+    let error = hostile(|_, tar| {
+        tar.file("f", b"file", 0o644);
+        tar.file("f/child", b"x", 0o644);
+    });
+    assert_eq!(
+        error,
+        r#"entry "f/child" has a parent that is not a directory"#
+    );
+}
+
+#[test]
 fn unpack_later_entries_replace_earlier_ones() {
     require_root();
     let mut tar = RawTar::default();

@@ -34,6 +34,13 @@ pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Xattrs under this prefix are overlayfs bookkeeping and never go into a layer.
 pub const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
 
+/// Whether an xattr belongs in a layer (both ways): not overlayfs' own, and not the
+/// SELinux label, which is the host's policy rather than the image's content (as
+/// containers/storage ignores it), and would make the same tree differ between machines.
+pub(crate) fn is_layer_xattr(name: &[u8]) -> bool {
+    !name.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) && name != b"security.selinux"
+}
+
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {

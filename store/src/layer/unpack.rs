@@ -29,7 +29,7 @@ use super::compress::decoder;
 use super::pax::Extensions;
 use super::pipe::{self, ChunkReader};
 use super::root::{Root, remove_all};
-use super::{OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
+use super::{OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, is_layer_xattr};
 use crate::Digest;
 use crate::error::{Error, Result};
 
@@ -480,7 +480,7 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
     let xattrs = extensions
         .xattrs
         .into_iter()
-        .filter(|(name, _)| !name.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()))
+        .filter(|(name, _)| is_layer_xattr(name))
         .collect();
     Ok(Meta {
         mode,

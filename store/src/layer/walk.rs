@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{OPAQUE_MARKER, OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
+use super::{OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, is_layer_xattr};
 use crate::error::{Error, Result};
 
 /// What kind of tar entry a path becomes.
@@ -50,7 +50,7 @@ pub(crate) struct Node {
     pub dev: u64,
     pub ino: u64,
     pub nlink: u64,
-    /// Sorted by name; `trusted.overlay.*` left out.
+    /// Sorted by name; `trusted.overlay.*` and `security.selinux` left out.
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -176,7 +176,7 @@ fn opaque_marker(dir: &Node) -> Node {
     }
 }
 
-/// All xattrs of `path` (not following a symlink) except overlayfs' own, sorted by name.
+/// The xattrs of `path` that belong in a layer (not following a symlink), sorted by name.
 fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let error = |e: rustix::io::Errno| Error::io("failed to list xattrs of", path, e.into());
     let mut list = vec![0u8; 256];
@@ -193,7 +193,7 @@ fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for name in list[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) {
+        if !is_layer_xattr(name) {
             continue;
         }
         let name_str = std::ffi::OsStr::from_bytes(name);

@@ -516,6 +516,20 @@ impl RawTar {
         self.raw_entry(name.as_bytes(), b'1', target.as_bytes(), b"", 0o644);
     }
 
+    /// A PAX extended header (typeflag `x`) for the next entry.
+    pub fn pax(&mut self, records: &[(&str, &[u8])]) {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            let base = key.len() + value.len() + 3;
+            let mut len = base + base.to_string().len();
+            len = base + len.to_string().len();
+            data.extend_from_slice(format!("{len} {key}=").as_bytes());
+            data.extend_from_slice(value);
+            data.push(b'\n');
+        }
+        self.raw_entry(b"PaxHeader", b'x', b"", &data, 0o644);
+    }
+
     pub fn finish(mut self) -> Vec<u8> {
         self.data.extend_from_slice(&[0u8; 1024]);
         self.data
