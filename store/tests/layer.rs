@@ -651,6 +651,20 @@ fn unpack_keeps_layer_xattrs_and_drops_overlay_and_selinux_ones() {
 }
 
 #[test]
+fn unpack_reads_v7_directories_marked_by_a_trailing_slash() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.raw_entry(b"old/", 0, b"", b"", 0o750);
+    tar.raw_entry(b"old/file", 0, b"", b"v7", 0o644);
+    let tmp = tempfile::tempdir().unwrap();
+    unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
+    let md = fs::metadata(tmp.path().join("old")).unwrap();
+    assert!(md.is_dir());
+    assert_eq!(md.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(fs::read(tmp.path().join("old/file")).unwrap(), b"v7");
+}
+
+#[test]
 fn unpack_rejects_a_parent_that_is_a_file() {
     let error = hostile(|_, tar| {
         tar.file("f", b"file", 0o644);

@@ -172,6 +172,10 @@ impl Unpacker {
         use tar::EntryType as T;
         match entry_type {
             T::Directory => self.make_dir(&rel, &parent, &name, &meta, &display),
+            // Pre-POSIX (v7) archives mark directories only by a trailing slash.
+            T::Regular if raw_name.ends_with(b"/") => {
+                self.make_dir(&rel, &parent, &name, &meta, &display)
+            }
             T::Regular | T::Continuous | T::GNUSparse => {
                 self.make_file(entry, &parent, &name, &meta, &display)
             }
