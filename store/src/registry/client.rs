@@ -187,12 +187,13 @@ impl Client {
                 Err(_) => true,
                 Ok(r) => r.status().is_server_error() || r.status() == http::StatusCode::TOO_MANY_REQUESTS,
             };
-            if let Ok(response) = &result {
-                if response.status() == http::StatusCode::UNAUTHORIZED && auth_rounds < 2 {
-                    auth_rounds += 1;
-                    if self.answer_challenge(response, &request.scopes, authorization.as_deref())? {
-                        continue;
-                    }
+            if let Ok(response) = &result
+                && response.status() == http::StatusCode::UNAUTHORIZED
+                && auth_rounds < 2
+            {
+                auth_rounds += 1;
+                if self.answer_challenge(response, &request.scopes, authorization.as_deref())? {
+                    continue;
                 }
             }
             if transient && request.replayable && attempt < self.options.retries {

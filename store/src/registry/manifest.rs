@@ -74,10 +74,10 @@ impl Client {
             Ok(d) => Some(d),
             Err(_) => announced.as_deref().filter(|d| d.starts_with("sha256:")).and_then(|d| d.parse().ok()),
         };
-        if let Some(expected) = expected {
-            if expected != digest {
-                return Err(Error::DigestMismatch { expected, actual: digest });
-            }
+        if let Some(expected) = expected
+            && expected != digest
+        {
+            return Err(Error::DigestMismatch { expected, actual: digest });
         }
         let media_type = media::sniff(&bytes)
             .or_else(|| content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_string()))

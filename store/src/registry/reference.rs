@@ -43,10 +43,10 @@ impl Reference {
             Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
             None => (rest, None),
         };
-        if let Some(tag) = tag {
-            if !valid_tag(tag) {
-                return Err(bad("tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
-            }
+        if let Some(tag) = tag
+            && !valid_tag(tag)
+        {
+            return Err(bad("tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"));
         }
         let (registry, repository) = match name.split_once('/') {
             Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => {

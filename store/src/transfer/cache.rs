@@ -139,7 +139,7 @@ pub fn export(
 
 enum Origin {
     Local(PathBuf),
-    Registry { client: Client, repository: String },
+    Registry { client: Box<Client>, repository: String },
 }
 
 /// Cache entries imported from `--cache-from`; layers are fetched on a hit.
@@ -177,7 +177,7 @@ impl CacheImport {
                     let doc = super::ManifestDoc::parse(&raw.bytes, &reference.to_string())?;
                     entries = config_of(&doc.config, |d| client_.fetch_blob_bytes(&repository, d))?;
                 }
-                Ok(CacheImport { entries, origin: Origin::Registry { client: client_, repository } })
+                Ok(CacheImport { entries, origin: Origin::Registry { client: Box::new(client_), repository } })
             }
         }
     }

@@ -233,13 +233,13 @@ fn forward(
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
-    if let Some(gate) = gate {
-        if let Some(response) = gate.check(&method, &path, &authorization) {
-            let mut client = client;
-            client.write_all(response.as_bytes())?;
-            let _ = client.shutdown(Shutdown::Both);
-            return Ok(());
-        }
+    if let Some(gate) = gate
+        && let Some(response) = gate.check(&method, &path, &authorization)
+    {
+        let mut client = client;
+        client.write_all(response.as_bytes())?;
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
     }
     let mut up = TcpStream::connect(upstream)?;
     up.write_all(&head)?;
@@ -294,12 +294,13 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
