@@ -267,3 +267,19 @@ fn a_download_cut_mid_blob_resumes_and_verifies() {
     let gets = cutting.requests().iter().filter(|r| r.method == "GET").count();
     assert_eq!(gets, 2, "one cut download, one ranged resume: {:?}", cutting.requests());
 }
+
+#[test]
+fn a_tls_registry_on_localhost_is_reached_over_https_without_verification() {
+    let registry = Registry::start_tls();
+    let client = client(&registry.host, options());
+    assert!(client.base().starts_with("https://"), "{}", client.base());
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, diff_id) = layer(&[("tls", b"over https")]);
+    let path = dir.path().join("l");
+    std::fs::write(&path, &bytes).unwrap();
+    let (manifest_digest, _) = push_image(&client, "secure/app", "1", &path, diff_id);
+    assert_eq!(client.fetch_manifest("secure/app", "1").unwrap().digest, manifest_digest);
+    // A plain registry on localhost stays plain HTTP.
+    let plain = Registry::start();
+    assert!(Client::new(&plain.host, options()).unwrap().base().starts_with("http://"));
+}

@@ -22,7 +22,8 @@ use crate::error::{Error, Result};
 /// How to reach a registry.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// Plain HTTP for hosts other than localhost / 127.0.0.1 / ::1 (which always use it).
+    /// Treat the host as localhost is treated: HTTPS without certificate verification if
+    /// it speaks HTTPS, else plain HTTP (docker's "insecure registry").
     pub insecure: bool,
     /// Credentials; `None` looks the registry up in the credentials file.
     pub credentials: Option<Credentials>,
@@ -101,7 +102,7 @@ pub struct Client {
     requests: AtomicU64,
 }
 
-/// Hosts spoken to over plain HTTP without `--insecure`.
+/// Hosts treated as insecure registries without `--insecure` (as docker does).
 pub fn is_local(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
@@ -110,15 +111,36 @@ pub fn is_local(host: &str) -> bool {
     matches!(name, "localhost" | "127.0.0.1" | "::1") || name.starts_with("127.")
 }
 
+/// Verified HTTPS for registries on the network. Local and `--insecure` hosts get HTTPS
+/// without certificate verification when they answer it, else plain HTTP (docker's rule
+/// for insecure registries): one probe request when the client is made.
+fn choose_scheme(host: &str, insecure: bool) -> (&'static str, bool) {
+    if !insecure && !is_local(host) {
+        return ("https", false);
+    }
+    let config = ureq::Agent::config_builder()
+        .tls_config(ureq::tls::TlsConfig::builder().disable_verification(true).build())
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build();
+    let probe = ureq::Agent::new_with_config(config).get(format!("https://{host}/v2/")).call();
+    match probe {
+        Ok(_) => ("https", true),
+        Err(_) => ("http", false),
+    }
+}
+
 impl Client {
     /// A client for `host` (`host[:port]`, the API host of a reference).
     pub fn new(host: &str, options: ClientOptions) -> Result<Client> {
-        let scheme = if options.insecure || is_local(host) { "http" } else { "https" };
+        let (scheme, skip_verify) = choose_scheme(host, options.insecure);
         let credentials = match &options.credentials {
             Some(c) => Some(c.clone()),
             None => auth::lookup(host)?,
         };
+        let tls = ureq::tls::TlsConfig::builder().disable_verification(skip_verify).build();
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(600)))
@@ -426,7 +448,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn local_hosts_use_plain_http() {
+    fn local_hosts_are_insecure_registries() {
         for host in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "127.0.0.2"] {
             assert!(is_local(host), "{host}");
         }
@@ -435,11 +457,8 @@ mod tests {
         }
         let client = Client::new("127.0.0.1:1", ClientOptions { credentials: None, ..Default::default() }).unwrap();
         assert_eq!(client.base(), "http://127.0.0.1:1");
-        let client = Client::new("example.com", ClientOptions::default()).unwrap();
-        assert_eq!(client.base(), "https://example.com");
-        let client = Client::new("example.com", ClientOptions { insecure: true, ..Default::default() }).unwrap();
-        assert_eq!(client.base(), "http://example.com");
-        assert_eq!(client.resolve_location("/v2/x/blobs/uploads/1?a=b"), "http://example.com/v2/x/blobs/uploads/1?a=b");
+        assert_eq!(choose_scheme("example.com", false), ("https", false));
+        assert_eq!(client.resolve_location("/v2/x/blobs/uploads/1?a=b"), "http://127.0.0.1:1/v2/x/blobs/uploads/1?a=b");
     }
 
     #[test]

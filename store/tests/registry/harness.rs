@@ -31,6 +31,15 @@ impl Registry {
 
     /// With `Some((user, password))` the registry requires htpasswd basic auth.
     pub fn start_with_auth(user: Option<(&str, &str)>) -> Registry {
+        Registry::start_full(user, false)
+    }
+
+    /// Serving HTTPS with a fresh self-signed certificate (openssl).
+    pub fn start_tls() -> Registry {
+        Registry::start_full(None, true)
+    }
+
+    fn start_full(user: Option<(&str, &str)>, tls: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: run `apt-get install -y docker-registry apache2-utils`"
@@ -50,8 +59,19 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             );
         }
+        let mut tls_config = String::new();
+        if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            run(Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert));
+            tls_config = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+        }
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_config}{auth}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
