@@ -183,7 +183,7 @@ pub struct PushArgs {
     /// Destination: HOST[:PORT]/REPO[:TAG], oci:DIR[:TAG] or oci-archive:FILE[:TAG] (default: IMAGE's name)
     #[arg(value_name = "REF")]
     pub destination: Option<String>,
-    /// Plain HTTP for a registry other than localhost
+    /// Insecure registry: HTTPS without certificate checks if offered, else plain HTTP (always so for localhost)
     #[arg(long)]
     pub insecure: bool,
     /// Blobs uploaded at the same time
@@ -202,7 +202,7 @@ pub struct PullArgs {
     /// Platform to pick from a multi-platform index (OS/ARCH[/VARIANT])
     #[arg(long, value_name = "OS/ARCH")]
     pub platform: Option<String>,
-    /// Plain HTTP for a registry other than localhost
+    /// Insecure registry: HTTPS without certificate checks if offered, else plain HTTP (always so for localhost)
     #[arg(long)]
     pub insecure: bool,
     /// Blobs downloaded at the same time
@@ -242,7 +242,7 @@ pub struct LoginArgs {
     /// Read the password from stdin
     #[arg(long)]
     pub password_stdin: bool,
-    /// Plain HTTP for a registry other than localhost
+    /// Insecure registry: HTTPS without certificate checks if offered, else plain HTTP (always so for localhost)
     #[arg(long)]
     pub insecure: bool,
 }
@@ -285,7 +285,7 @@ pub struct BuildArgs {
     /// Export build cache: type=local,dest=DIR or type=registry,ref=REF, [,mode=min|max] (repeatable)
     #[arg(long = "cache-to", value_name = "SPEC")]
     pub cache_to: Vec<String>,
-    /// Plain HTTP for cache registries other than localhost
+    /// Insecure cache registry: HTTPS without certificate checks if offered, else plain HTTP
     #[arg(long)]
     pub insecure: bool,
     /// The build context directory
