@@ -613,3 +613,114 @@ impl Union {
         meta.kind()
     }
 }
+
+/// The union logic without the kernel: requests are method calls on [`Union`] over real
+/// branch dirs (as root: whiteouts are device nodes, opaque markers trusted xattrs).
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::fs;
+    use std::path::Path;
+
+    use super::*;
+    use crate::inode::ROOT;
+
+    const ME: Caller = Caller { uid: 0, gid: 0 };
+
+    fn setup() -> (tempfile::TempDir, Union) {
+        fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
+        let dir = tempfile::tempdir_in("/var/tmp/strata-unionfs-tests").unwrap();
+        let p = |s: &str| dir.path().join(s);
+        for d in ["upper", "work", "top", "bottom/d", "bottom/gone"] {
+            fs::create_dir_all(p(d)).unwrap();
+        }
+        fs::write(p("bottom/d/a"), b"a").unwrap();
+        fs::write(p("bottom/file"), b"bottom").unwrap();
+        fs::write(p("top/file"), b"top").unwrap();
+        fs::create_dir(p("top/d")).unwrap();
+        fs::write(p("top/d/b"), b"b").unwrap();
+        rustix::fs::mknodat(rustix::fs::CWD, &p("top/gone"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0).unwrap();
+        let union = Union::new(&p("upper"), &[p("top"), p("bottom")], &p("work")).unwrap();
+        (dir, union)
+    }
+
+    fn names(union: &Union, ino: u64) -> Vec<String> {
+        let fh = union.opendir(ino).unwrap();
+        let mut v: Vec<String> = union.dir_entries(fh).unwrap().iter().map(|e| e.name.to_string_lossy().into()).collect();
+        union.releasedir(fh);
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn lookup_takes_the_top_branch_and_stops_at_whiteouts() {
+        let (_dir, union) = setup();
+        let file = union.lookup(ROOT, OsStr::new("file")).unwrap();
+        assert_eq!(file.meta.size, 3);
+        assert!(!file.upper);
+        assert_eq!(union.lookup(ROOT, OsStr::new("gone")).unwrap_err(), Errno::NOENT);
+        let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
+        assert_eq!(d.meta.nlink, 1, "a merged dir reports nlink 1 like overlayfs");
+        assert_eq!(names(&union, d.ino), [".", "..", "a", "b"]);
+        assert_eq!(names(&union, ROOT), [".", "..", "d", "file"]);
+    }
+
+    #[test]
+    fn unlink_of_lower_file_writes_whiteout_and_recreate_replaces_it() {
+        let (dir, union) = setup();
+        union.lookup(ROOT, OsStr::new("file")).unwrap();
+        union.unlink(ROOT, OsStr::new("file")).unwrap();
+        let upper = dir.path().join("upper/file");
+        assert!(crate::layer::Meta::from_stat(&rustix::fs::lstat(&upper).unwrap()).is_whiteout());
+        assert_eq!(union.lookup(ROOT, OsStr::new("file")).unwrap_err(), Errno::NOENT);
+        let (entry, _, _) = union.create(ROOT, OsStr::new("file"), 0o100644, ME).unwrap();
+        assert!(entry.upper);
+        assert_eq!(fs::read(&upper).unwrap(), b"");
+    }
+
+    #[test]
+    fn rmdir_then_mkdir_gives_an_opaque_directory() {
+        let (dir, union) = setup();
+        let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
+        assert_eq!(union.rmdir(ROOT, OsStr::new("d")).unwrap_err(), Errno::NOTEMPTY);
+        for name in ["a", "b"] {
+            union.lookup(d.ino, OsStr::new(name)).unwrap();
+            union.unlink(d.ino, OsStr::new(name)).unwrap();
+        }
+        union.rmdir(ROOT, OsStr::new("d")).unwrap();
+        let again = union.mkdir(ROOT, OsStr::new("d"), 0o40755, ME).unwrap();
+        assert_eq!(names(&union, again.ino), [".", ".."]);
+        assert!(union.layers.is_opaque(UPPER, Path::new("d")));
+        assert!(dir.path().join("upper/d").is_dir());
+    }
+
+    #[test]
+    fn setattr_copies_up_and_keeps_the_inode_number() {
+        let (dir, union) = setup();
+        let file = union.lookup(ROOT, OsStr::new("file")).unwrap();
+        let set = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+        let after = union.setattr(file.ino, &set, None).unwrap();
+        assert_eq!(after.ino, file.ino);
+        assert!(after.upper);
+        assert_eq!(after.meta.mode & 0o777, 0o600);
+        assert_eq!(fs::read(dir.path().join("upper/file")).unwrap(), b"top");
+    }
+
+    #[test]
+    fn renaming_a_merged_directory_moves_all_of_it() {
+        let (dir, union) = setup();
+        let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
+        union.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0).unwrap();
+        assert_eq!(names(&union, d.ino), [".", "..", "a", "b"]);
+        assert_eq!(union.lookup(ROOT, OsStr::new("d")).unwrap_err(), Errno::NOENT);
+        assert_eq!(fs::read(dir.path().join("upper/e/a")).unwrap(), b"a");
+        assert!(union.layers.is_opaque(UPPER, Path::new("e")));
+    }
+
+    #[test]
+    fn private_xattrs_are_refused() {
+        let (_dir, union) = setup();
+        assert_eq!(union.getxattr(ROOT, OsStr::new("trusted.overlay.opaque")).unwrap_err(), Errno::OPNOTSUPP);
+        assert_eq!(union.setxattr(ROOT, OsStr::new("trusted.overlay.opaque"), b"y", 0).unwrap_err(), Errno::OPNOTSUPP);
+    }
+}
