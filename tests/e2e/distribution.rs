@@ -155,10 +155,22 @@ fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
     // comes from the cache without running a step.
     let second = TestStore::new();
     second.ok(&["pull", "-q", &base]);
-    let (again, log) = build(&second, &["--cache-from", from]);
+    // As a CI job does: read the cache and write it back to the same place.
+    let (again, log) = build(&second, &["--cache-from", from, "--cache-to", to]);
     assert_eq!(again, id, "same image id from the cache:\n{log}");
     assert!(!log.contains("| step-one-ran") && !log.contains("| step-two-ran"), "no RUN executed:\n{log}");
     assert_eq!(log.matches(" CACHED").count(), 4, "every step after FROM is a cache hit:\n{log}");
+
+    // The next job changes a file: the steps before the COPY still come from the cache.
+    std::fs::write(context.path().join("data.txt"), "changed\n").unwrap();
+    let third = TestStore::new();
+    third.ok(&["pull", "-q", &base]);
+    let (changed, log) = build(&third, &["--cache-from", from]);
+    assert_ne!(changed, id);
+    assert!(
+        !log.contains("| step-one-ran") && log.contains("| step-two-ran"),
+        "only the steps after the change run:\n{log}"
+    );
 }
 
 #[test]
