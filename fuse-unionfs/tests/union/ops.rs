@@ -364,3 +364,22 @@ fn concurrent_readers_and_writers() {
         }
     });
 }
+
+#[test]
+fn rename_exchange_and_noreplace() {
+    with_fuse(|m| {
+        let swap = |a: &str, b: &str, flags| {
+            rustix::fs::renameat_with(rustix::fs::CWD, &m.path(a), rustix::fs::CWD, &m.path(b), flags)
+        };
+        swap("etc/conf0", "etc/top", rustix::fs::RenameFlags::EXCHANGE).unwrap();
+        assert_eq!(fs::read(m.path("etc/conf0")).unwrap(), b"top\n");
+        assert_eq!(fs::read(m.path("etc/top")).unwrap(), b"middle conf 0\n");
+        // a lower directory with a file
+        swap("var/log/d2", "etc/conf1", rustix::fs::RenameFlags::EXCHANGE).unwrap();
+        assert_eq!(fs::read(m.path("var/log/d2")).unwrap(), b"bottom conf 1\n");
+        assert_eq!(names(&m.path("etc/conf1")), ["log"]);
+        assert_eq!(swap("etc/conf2", "etc/conf4", rustix::fs::RenameFlags::NOREPLACE).unwrap_err(), rustix::io::Errno::EXIST);
+        swap("etc/conf2", "etc/conf9", rustix::fs::RenameFlags::NOREPLACE).unwrap();
+        assert!(!m.path("etc/conf2").exists());
+    });
+}
