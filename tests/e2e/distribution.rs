@@ -95,7 +95,7 @@ fn login_logout_against_a_basic_auth_registry() {
 }
 
 #[test]
-fn save_load_round_trip_readable_by_skopeo() {
+fn save_load_round_trip_readable_by_skopeo_and_podman() {
     let store = TestStore::new();
     store.import_busybox("busybox:1");
     store.ok(&["tag", "busybox:1", "other:2"]);
@@ -105,6 +105,19 @@ fn save_load_round_trip_readable_by_skopeo() {
     store.ok(&["save", "busybox:1", "-o", file_s]);
     skopeo(&["inspect", &format!("oci-archive:{file_s}")]);
     skopeo(&["inspect", &format!("docker-archive:{file_s}")]);
+    // podman loads it too (private vfs storage in a temp dir).
+    require_tool("podman", "apt-get install -y podman");
+    let podman_dir = tempfile::tempdir().unwrap();
+    let mut podman = Command::new("podman");
+    podman
+        .arg("--root")
+        .arg(podman_dir.path().join("root"))
+        .arg("--runroot")
+        .arg(podman_dir.path().join("run"))
+        .args(["--storage-driver", "vfs", "load", "-i", file_s]);
+    let out = run_with_timeout(podman, Duration::from_secs(120));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("busybox:1"), "podman load: {text}");
     store.ok(&["save", "busybox:1", "other:2", "-o", file_s]);
 
     let fresh = TestStore::new();
