@@ -9,6 +9,7 @@
 //!   tmp/                 staging for atomic writes; swept by gc
 //!   lock                 flock: shared for normal work, exclusive for gc
 //!   refs.lock            flock held while index.json or container names change
+//!   sources.json         registry repositories known to hold each blob (hints for cross-repo mounts)
 //! ```
 #![forbid(unsafe_code)]
 
