@@ -7,6 +7,7 @@ use super::Compression;
 
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_OUT_BUFFER: usize = 1 << 20;
 
 /// Compresses into `W`.
 pub(crate) enum Encoder<W: Write> {
@@ -31,7 +32,13 @@ impl<W: Write> Encoder<W> {
     ) -> io::Result<Self> {
         Ok(match compression {
             Compression::Zstd => {
-                let mut encoder = zstd::stream::write::Encoder::new(out, level.unwrap_or(3))?;
+                // An output buffer as large as the input chunks (the default is 32 KiB): the
+                // multithreaded compressor hands out finished jobs only as fast as the caller
+                // drains them, and a small buffer leaves workers waiting for free job slots.
+                let raw = zstd::stream::raw::Encoder::new(level.unwrap_or(3))?;
+                let writer =
+                    zstd::stream::zio::Writer::new_with_capacity(out, raw, ZSTD_OUT_BUFFER);
+                let mut encoder = zstd::stream::write::Encoder::with_writer(writer);
                 encoder.multithread(workers.max(1))?;
                 // As the zstd CLI does: a flipped byte fails decompression, not just the digest.
                 encoder.include_checksum(true)?;
