@@ -64,6 +64,7 @@ fn hard_links_are_stored_once_as_typeflag_1() {
         ("links/a", b'0', 70_000)
     );
     for later in &data[1..] {
+        assert!(later.xattrs.is_empty(), "{later:?}");
         assert_eq!(
             (later.kind, later.size, later.link.as_str()),
             (b'1', 0, "links/a")

@@ -119,7 +119,8 @@ impl TarWriter<'_> {
             Some(epoch) => node.mtime.min(epoch),
             None => node.mtime,
         };
-        let xattrs = if matches!(node.kind, Kind::Whiteout | Kind::OpaqueMarker) {
+        // A hard link shares its inode's xattrs, stored once with the data.
+        let xattrs = if hard_link || matches!(node.kind, Kind::Whiteout | Kind::OpaqueMarker) {
             &[][..]
         } else {
             &node.xattrs[..]

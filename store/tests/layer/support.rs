@@ -161,6 +161,11 @@ fn build(root: &Path, reversed: bool, overlay: bool) {
     chown(&root.join("links/dangling"), 42, 43);
     set_xattr(&root.join("files/xattrs"), "user.color", b"blue");
     set_xattr(
+        &root.join("links/b"),
+        "user.linked",
+        b"shared by a, b and c",
+    );
+    set_xattr(
         &root.join("files/xattrs"),
         "trusted.binary",
         b"\x00\x01\xff",
