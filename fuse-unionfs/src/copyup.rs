@@ -27,24 +27,45 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
     let meta = layers.stat(src_layer, rel)?;
     let tmp = layers.tmp_name();
     let built = build(layers, src_layer, rel, &meta, &tmp, sync).and_then(|()| {
-        rustix::fs::renameat_with(layers.work(), &tmp, layers.fd(UPPER), rel, RenameFlags::NOREPLACE)
+        rustix::fs::renameat_with(
+            layers.work(),
+            &tmp,
+            layers.fd(UPPER),
+            rel,
+            RenameFlags::NOREPLACE,
+        )
     });
     match built {
         Ok(()) => Ok(meta),
         Err(err) => {
             remove_tmp(layers, &tmp, meta.kind());
-            if err == Errno::EXIST { Ok(meta) } else { Err(err) }
+            if err == Errno::EXIST {
+                Ok(meta)
+            } else {
+                Err(err)
+            }
         }
     }
 }
 
 fn remove_tmp(layers: &Layers, tmp: &Path, kind: Kind) {
-    let flags = if kind == Kind::Dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+    let flags = if kind == Kind::Dir {
+        AtFlags::REMOVEDIR
+    } else {
+        AtFlags::empty()
+    };
     let _ = rustix::fs::unlinkat(layers.work(), tmp, flags);
 }
 
 /// Builds the copy of `rel` at `tmp` in the work dir.
-fn build(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, tmp: &Path, sync: bool) -> Res<()> {
+fn build(
+    layers: &Layers,
+    src_layer: usize,
+    rel: &Path,
+    meta: &Meta,
+    tmp: &Path,
+    sync: bool,
+) -> Res<()> {
     let work = layers.work();
     let perm = Mode::from_raw_mode(meta.mode & 0o7777);
     match meta.kind() {
@@ -74,7 +95,11 @@ fn build(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, tmp: &Path,
         }
         kind => rustix::fs::mknodat(work, tmp, kind.file_type(), perm, meta.rdev)?,
     }
-    copy_xattrs(&layers.abs(src_layer, rel), &layers.work_abs(tmp), meta.kind())?;
+    copy_xattrs(
+        &layers.abs(src_layer, rel),
+        &layers.work_abs(tmp),
+        meta.kind(),
+    )?;
     set_owner_mode_times(work, tmp, meta)
 }
 
@@ -88,18 +113,32 @@ pub(crate) fn set_owner_mode_times(dir: BorrowedFd<'_>, name: &Path, meta: &Meta
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
     if meta.kind() != Kind::Symlink {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(meta.mode & 0o7777), AtFlags::empty())?;
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(meta.mode & 0o7777),
+            AtFlags::empty(),
+        )?;
     }
-    let times = Timestamps { last_access: timespec(meta.atime), last_modification: timespec(meta.mtime) };
+    let times = Timestamps {
+        last_access: timespec(meta.atime),
+        last_modification: timespec(meta.mtime),
+    };
     rustix::fs::utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
 }
 
 pub(crate) fn timespec(t: std::time::SystemTime) -> Timespec {
     match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => Timespec { tv_sec: d.as_secs() as i64, tv_nsec: i64::from(d.subsec_nanos()) },
+        Ok(d) => Timespec {
+            tv_sec: d.as_secs() as i64,
+            tv_nsec: i64::from(d.subsec_nanos()),
+        },
         Err(e) => {
             let d = e.duration();
-            Timespec { tv_sec: -(d.as_secs() as i64), tv_nsec: 0 }
+            Timespec {
+                tv_sec: -(d.as_secs() as i64),
+                tv_nsec: 0,
+            }
         }
     }
 }
@@ -115,7 +154,9 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
         match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
             Ok(0) => return Ok(()),
             Ok(n) => copied += n as u64,
-            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if copied == 0 => break,
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if copied == 0 => {
+                break;
+            }
             Err(Errno::INTR) => continue,
             Err(err) => return Err(err),
         }
@@ -147,7 +188,12 @@ pub(crate) fn copy_xattrs(src: &Path, dst: &Path, kind: Kind) -> Res<()> {
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
         };
-        match rustix::fs::lsetxattr(dst, name.as_os_str(), &value, rustix::fs::XattrFlags::empty()) {
+        match rustix::fs::lsetxattr(
+            dst,
+            name.as_os_str(),
+            &value,
+            rustix::fs::XattrFlags::empty(),
+        ) {
             Ok(()) => {}
             Err(Errno::PERM | Errno::OPNOTSUPP) if kind == Kind::Symlink => {}
             Err(e) => return Err(e),

@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::layer::Kind;
@@ -66,7 +66,8 @@ fn attr(entry: &Entry) -> FileAttr {
         nlink: meta.nlink.min(u64::from(u32::MAX)) as u32,
         uid: meta.uid,
         gid: meta.gid,
-        rdev: rustix::fs::makedev(rustix::fs::major(meta.rdev), rustix::fs::minor(meta.rdev)) as u32,
+        rdev: rustix::fs::makedev(rustix::fs::major(meta.rdev), rustix::fs::minor(meta.rdev))
+            as u32,
         blksize: meta.blksize,
         flags: 0,
     }
@@ -74,7 +75,11 @@ fn attr(entry: &Entry) -> FileAttr {
 
 fn ttl(entry: &Entry) -> Duration {
     let linked = entry.meta.nlink > 1 && !entry.meta.is_dir();
-    if linked && !entry.upper { SHORT_TTL } else { ENTRY_TTL }
+    if linked && !entry.upper {
+        SHORT_TTL
+    } else {
+        ENTRY_TTL
+    }
 }
 
 fn time(t: TimeOrNow) -> SetTime {
@@ -85,7 +90,10 @@ fn time(t: TimeOrNow) -> SetTime {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 /// Files at least this big are read through passthrough; smaller ones through the page
@@ -129,7 +137,11 @@ pub(crate) struct Fs {
 
 impl Fs {
     pub(crate) fn new(union: Arc<Union>, passthrough: bool) -> Fs {
-        Fs { union, passthrough: AtomicBool::new(passthrough), opens: Mutex::default() }
+        Fs {
+            union,
+            passthrough: AtomicBool::new(passthrough),
+            opens: Mutex::default(),
+        }
     }
 
     fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
@@ -141,7 +153,13 @@ impl Fs {
 
     /// Picks the I/O mode of a new handle: the mode of the inode's other open handles, else
     /// passthrough for writers and big files (when the kernel allows it), else cached.
-    fn open_mode(&self, fh: u64, file: &OpenFile, writer: bool, open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>) -> Reply {
+    fn open_mode(
+        &self,
+        fh: u64,
+        file: &OpenFile,
+        writer: bool,
+        open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>,
+    ) -> Reply {
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(opened) = table.by_ino.get_mut(&file.ino) {
             let reply = match &opened.mode {
@@ -155,14 +173,26 @@ impl Fs {
             table.handles.insert(fh, file.ino);
             return reply;
         }
-        let big = || rustix::fs::fstat(&file.fd).is_ok_and(|st| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE);
+        let big = || {
+            rustix::fs::fstat(&file.fd).is_ok_and(|st| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE)
+        };
         let mut mode = Mode::Cached;
         if self.passthrough.load(Ordering::Relaxed) && (writer || big()) {
             match open_backing(file) {
-                Ok(id) => mode = Mode::Passthrough { id, upper: file.upper },
+                Ok(id) => {
+                    mode = Mode::Passthrough {
+                        id,
+                        upper: file.upper,
+                    }
+                }
                 Err(err) => {
-                    if matches!(err.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL)) {
-                        tracing::debug!("passthrough refused ({err}); serving reads and writes ourselves");
+                    if matches!(
+                        err.raw_os_error(),
+                        Some(libc::EPERM | libc::EOPNOTSUPP | libc::ENOTTY | libc::EINVAL)
+                    ) {
+                        tracing::debug!(
+                            "passthrough refused ({err}); serving reads and writes ourselves"
+                        );
                         self.passthrough.store(false, Ordering::Relaxed);
                     }
                 }
@@ -171,7 +201,9 @@ impl Fs {
         let reply = match mode {
             Mode::Passthrough { .. } => Reply::Passthrough,
             // Pages cached before a passthrough writer changed the file are stale.
-            Mode::Cached => Reply::Cached { keep_cache: !table.written.remove(&file.ino) },
+            Mode::Cached => Reply::Cached {
+                keep_cache: !table.written.remove(&file.ino),
+            },
         };
         table.by_ino.insert(file.ino, Opened { mode, count: 1 });
         table.handles.insert(fh, file.ino);
@@ -181,7 +213,10 @@ impl Fs {
     fn with_backing(&self, ino: u64, f: impl FnOnce(&BackingId)) -> bool {
         let table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
         match table.by_ino.get(&ino) {
-            Some(Opened { mode: Mode::Passthrough { id, .. }, .. }) => {
+            Some(Opened {
+                mode: Mode::Passthrough { id, .. },
+                ..
+            }) => {
                 f(id);
                 true
             }
@@ -191,18 +226,31 @@ impl Fs {
 
     fn release_mode(&self, fh: u64) {
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ino) = table.handles.remove(&fh) else { return };
-        let Some(opened) = table.by_ino.get_mut(&ino) else { return };
+        let Some(ino) = table.handles.remove(&fh) else {
+            return;
+        };
+        let Some(opened) = table.by_ino.get_mut(&ino) else {
+            return;
+        };
         opened.count -= 1;
-        if opened.count == 0 {
-            if let Some(Opened { mode: Mode::Passthrough { upper: true, .. }, .. }) = table.by_ino.remove(&ino) {
-                table.written.insert(ino);
-            }
+        if opened.count == 0
+            && let Some(Opened {
+                mode: Mode::Passthrough { upper: true, .. },
+                ..
+            }) = table.by_ino.remove(&ino)
+        {
+            table.written.insert(ino);
         }
     }
 
     /// Sends an open reply in the chosen mode.
-    fn reply_open(&self, fh: u64, ino: u64, reply: Reply, send: impl FnOnce(FopenFlags, Option<&BackingId>)) {
+    fn reply_open(
+        &self,
+        fh: u64,
+        ino: u64,
+        reply: Reply,
+        send: impl FnOnce(FopenFlags, Option<&BackingId>),
+    ) {
         match reply {
             Reply::Passthrough => {
                 let mut send = Some(send);
@@ -218,7 +266,11 @@ impl Fs {
             Reply::Cached { keep_cache } => {
                 let _ = fh;
                 // FLUSH does nothing here: NOFLUSH saves a round trip on every close(2).
-                let flags = if keep_cache { FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH } else { FopenFlags::FOPEN_NOFLUSH };
+                let flags = if keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
+                } else {
+                    FopenFlags::FOPEN_NOFLUSH
+                };
                 send(flags, None);
             }
         }
@@ -238,15 +290,19 @@ impl Filesystem for Fs {
                 let _ = config.add_capabilities(flag);
             }
         }
-        let mut passthrough = self.passthrough.load(Ordering::Relaxed) && caps.contains(InitFlags::FUSE_PASSTHROUGH);
+        let mut passthrough =
+            self.passthrough.load(Ordering::Relaxed) && caps.contains(InitFlags::FUSE_PASSTHROUGH);
         if passthrough {
-            passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() && config.set_max_stack_depth(1).is_ok();
+            passthrough = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
         }
         if !passthrough && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         }
         self.passthrough.store(passthrough, Ordering::Relaxed);
-        let _ = config.set_max_readahead(1 << 20).or_else(|max| config.set_max_readahead(max));
+        let _ = config
+            .set_max_readahead(1 << 20)
+            .or_else(|max| config.set_max_readahead(max));
         let _ = config.set_max_background(64);
         Ok(())
     }
@@ -254,7 +310,11 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
             Err(rustix::io::Errno::NOENT) => {
-                let mut negative = attr(&Entry { ino: 0, meta: self.union.root_meta(), upper: false });
+                let mut negative = attr(&Entry {
+                    ino: 0,
+                    meta: self.union.root_meta(),
+                    upper: false,
+                });
                 negative.ino = INodeNo(0);
                 reply.entry(&NEGATIVE_TTL, &negative, Generation(0));
             }
@@ -291,7 +351,14 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: atime.map(time), mtime: mtime.map(time) };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => reply.attr(&ttl(&entry), &attr(&entry)),
             Err(err) => reply.error(errno(err)),
@@ -305,11 +372,32 @@ impl Filesystem for Fs {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.reply_entry(self.union.mknod(parent.0, name, mode, u64::from(rdev), caller(req)), reply);
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.union
+                .mknod(parent.0, name, mode, u64::from(rdev), caller(req)),
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         self.reply_entry(self.union.mkdir(parent.0, name, mode, caller(req)), reply);
     }
 
@@ -327,8 +415,18 @@ impl Filesystem for Fs {
         }
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.reply_entry(self.union.symlink(parent.0, link_name, target, caller(req)), reply);
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.reply_entry(
+            self.union.symlink(parent.0, link_name, target, caller(req)),
+            reply,
+        );
     }
 
     fn rename(
@@ -341,13 +439,23 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.union.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+        match self
+            .union
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
         }
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.reply_entry(self.union.link(ino.0, newparent.0, newname), reply);
     }
 
@@ -400,7 +508,14 @@ impl Filesystem for Fs {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -420,7 +535,14 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.union.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
@@ -429,25 +551,47 @@ impl Filesystem for Fs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(err) => reply.error(errno(err)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let entries = match self.union.dir_entries(fh.0) {
             Ok(entries) => entries,
             Err(err) => return reply.error(errno(err)),
         };
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(entry.ino), i as u64 + 1, file_type(entry.kind), &entry.name) {
+            if reply.add(
+                INodeNo(entry.ino),
+                i as u64 + 1,
+                file_type(entry.kind),
+                &entry.name,
+            ) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let entries = match self.union.dir_entries(fh.0) {
             Ok(entries) => entries,
             Err(err) => return reply.error(errno(err)),
@@ -457,14 +601,34 @@ impl Filesystem for Fs {
             if dirent.name == "." || dirent.name == ".." {
                 // The kernel takes no lookup for these (fuse_direntplus_link): attrs unused.
                 let meta = self.union.root_meta();
-                let entry = Entry { ino: dirent.ino, meta, upper: true };
-                if reply.add(INodeNo(dirent.ino), next, &dirent.name, &Duration::ZERO, &attr(&entry), Generation(0)) {
+                let entry = Entry {
+                    ino: dirent.ino,
+                    meta,
+                    upper: true,
+                };
+                if reply.add(
+                    INodeNo(dirent.ino),
+                    next,
+                    &dirent.name,
+                    &Duration::ZERO,
+                    &attr(&entry),
+                    Generation(0),
+                ) {
                     break;
                 }
                 continue;
             }
-            let Ok(entry) = self.union.lookup(ino.0, &dirent.name) else { continue };
-            if reply.add(INodeNo(entry.ino), next, &dirent.name, &ttl(&entry), &attr(&entry), Generation(0)) {
+            let Ok(entry) = self.union.lookup(ino.0, &dirent.name) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(entry.ino),
+                next,
+                &dirent.name,
+                &ttl(&entry),
+                &attr(&entry),
+                Generation(0),
+            ) {
                 self.union.forget(entry.ino, 1);
                 break;
             }
@@ -472,12 +636,26 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.union.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.union.fsyncdir(ino.0) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
@@ -500,7 +678,16 @@ impl Filesystem for Fs {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         match self.union.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
@@ -522,13 +709,29 @@ impl Filesystem for Fs {
         }
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         match self.union.create(parent.0, name, mode, caller(req)) {
             Ok((entry, fh, file)) => {
                 let (ttl, attr) = (ttl(&entry), attr(&entry));
                 let mode = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd));
                 self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
-                    Some(id) => reply.created_passthrough(&ttl, &attr, Generation(0), FileHandle(fh), flags, id),
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        flags,
+                        id,
+                    ),
                     None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags),
                 });
             }
@@ -536,7 +739,16 @@ impl Filesystem for Fs {
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         match self.union.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),

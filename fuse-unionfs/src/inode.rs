@@ -87,7 +87,9 @@ impl Table {
         if let Some(&ino) = read(shard).get(&key) {
             return ino;
         }
-        *write(shard).entry(key).or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+        *write(shard)
+            .entry(key)
+            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
     }
 
     pub(crate) fn existing_ino(&self, key: (u64, u64)) -> Option<u64> {
@@ -128,7 +130,10 @@ impl Table {
                 Arc::new(Node {
                     ino,
                     is_dir,
-                    state: RwLock::new(NodeState { links: Vec::new(), ..state.clone() }),
+                    state: RwLock::new(NodeState {
+                        links: Vec::new(),
+                        ..state.clone()
+                    }),
                     lookups: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
                 })
@@ -159,7 +164,10 @@ impl Table {
         }
         let mut shard = write(self.node_shard(ino));
         if let Some(node) = shard.get(&ino) {
-            let before = node.lookups.fetch_sub(count.min(node.lookups.load(Ordering::Relaxed)), Ordering::Relaxed);
+            let before = node.lookups.fetch_sub(
+                count.min(node.lookups.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
             if before <= count {
                 shard.remove(&ino);
             }
@@ -168,7 +176,10 @@ impl Table {
 
     /// Every live node (for the rare sweep after a directory rename).
     pub(crate) fn all(&self) -> Vec<Arc<Node>> {
-        self.nodes.iter().flat_map(|shard| read(shard).values().cloned().collect::<Vec<_>>()).collect()
+        self.nodes
+            .iter()
+            .flat_map(|shard| read(shard).values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     pub(crate) fn live_count(&self) -> usize {
@@ -196,7 +207,11 @@ mod tests {
     use super::*;
 
     fn state() -> NodeState {
-        NodeState { links: vec![(ROOT, "a".into())], layer: 0, dir_layers: vec![] }
+        NodeState {
+            links: vec![(ROOT, "a".into())],
+            layer: 0,
+            dir_layers: vec![],
+        }
     }
 
     #[test]
@@ -215,7 +230,14 @@ mod tests {
     fn forget_drops_node_after_last_lookup() {
         let table = Table::new();
         let node = table.lookup(5, false, state());
-        table.lookup(5, false, NodeState { links: vec![(ROOT, "b".into())], ..state() });
+        table.lookup(
+            5,
+            false,
+            NodeState {
+                links: vec![(ROOT, "b".into())],
+                ..state()
+            },
+        );
         assert_eq!(node.state().links.len(), 2);
         table.forget(5, 1);
         assert!(table.get(5).is_some());

@@ -133,7 +133,11 @@ impl Meta {
 
 /// `rel` as a path argument: the branch root itself is ".".
 pub(crate) fn arg(rel: &Path) -> &Path {
-    if rel.as_os_str().is_empty() { Path::new(".") } else { rel }
+    if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    }
 }
 
 /// The open branches of one union.
@@ -146,8 +150,12 @@ pub(crate) struct Layers {
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd> {
-    rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("open directory", path, e))
+    rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("open directory", path, e))
 }
 
 impl Layers {
@@ -161,11 +169,19 @@ impl Layers {
         let work_path = work.join(WORK_SUBDIR);
         // Leftovers of a crash are only ever half-made copies: start from an empty dir.
         if work_path.exists() {
-            std::fs::remove_dir_all(&work_path).map_err(|e| Error::io("clean work dir", &work_path, e))?;
+            std::fs::remove_dir_all(&work_path)
+                .map_err(|e| Error::io("clean work dir", &work_path, e))?;
         }
-        std::fs::create_dir_all(&work_path).map_err(|e| Error::io("create work dir", &work_path, e))?;
+        std::fs::create_dir_all(&work_path)
+            .map_err(|e| Error::io("create work dir", &work_path, e))?;
         let work = open_dir(&work_path)?;
-        Ok(Layers { fds, roots, work, work_path, tmp_counter: AtomicU64::new(0) })
+        Ok(Layers {
+            fds,
+            roots,
+            work,
+            work_path,
+            tmp_counter: AtomicU64::new(0),
+        })
     }
 
     pub(crate) fn count(&self) -> usize {
@@ -182,7 +198,11 @@ impl Layers {
 
     /// Absolute path of `rel` in `layer` (xattr calls have no *at form).
     pub(crate) fn abs(&self, layer: usize, rel: &Path) -> PathBuf {
-        if rel.as_os_str().is_empty() { self.roots[layer].clone() } else { self.roots[layer].join(rel) }
+        if rel.as_os_str().is_empty() {
+            self.roots[layer].clone()
+        } else {
+            self.roots[layer].join(rel)
+        }
     }
 
     pub(crate) fn work_abs(&self, name: &Path) -> PathBuf {
@@ -196,7 +216,8 @@ impl Layers {
     }
 
     pub(crate) fn stat(&self, layer: usize, rel: &Path) -> Res<Meta> {
-        rustix::fs::statat(self.fd(layer), arg(rel), AtFlags::SYMLINK_NOFOLLOW).map(|st| Meta::from_stat(&st))
+        rustix::fs::statat(self.fd(layer), arg(rel), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| Meta::from_stat(&st))
     }
 
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {

@@ -21,5 +21,8 @@ mod union;
 pub use error::{Error, Result};
 pub use layer::{Kind, Meta};
 pub use modify::{SetAttr, SetTime};
-pub use mount::{Driver, MountGuard, MountSpec, fuse_available, mount, mount_detached, serve_daemon, sweep_stale, unmount};
+pub use mount::{
+    Driver, MountGuard, MountSpec, fuse_available, mount, mount_detached, serve_daemon,
+    sweep_stale, unmount,
+};
 pub use union::{Caller, DirEntry, Entry, Union};

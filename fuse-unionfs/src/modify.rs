@@ -11,13 +11,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
+use rustix::fs::{
+    AtFlags, FileType, Mode, OFlags, RenameFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
+};
 use rustix::io::Errno;
 
 use crate::copyup::{copy_up, copy_up_with, timespec};
 use crate::inode::{Node, NodeState, ROOT};
 use crate::layer::{Kind, Res, UPPER, arg};
 use crate::union::{Caller, Entry, OpenFile, Union};
+
+/// A real file (device, inode).
+type Key = (u64, u64);
+/// Files a directory rename copied up: (lower file, its upper copy).
+type Moved = Vec<(Key, Key)>;
 
 /// A time to set: the given one or now.
 #[derive(Clone, Copy, Debug)]
@@ -39,8 +46,14 @@ pub struct SetAttr {
 
 fn ts(t: Option<SetTime>) -> Timespec {
     match t {
-        None => Timespec { tv_sec: 0, tv_nsec: UTIME_OMIT },
-        Some(SetTime::Now) => Timespec { tv_sec: 0, tv_nsec: UTIME_NOW },
+        None => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        Some(SetTime::Now) => Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
         Some(SetTime::At(t)) => timespec(t),
     }
 }
@@ -61,7 +74,12 @@ impl Union {
         if node.state().layer == UPPER {
             return Ok(path);
         }
-        let parent = node.state().links.iter().find_map(|(p, _)| self.table.get(*p)).ok_or(Errno::STALE)?;
+        let parent = node
+            .state()
+            .links
+            .iter()
+            .find_map(|(p, _)| self.table.get(*p))
+            .ok_or(Errno::STALE)?;
         self.copy_up_node(&parent)?;
         let _copying = node.copy_lock.lock().unwrap_or_else(|e| e.into_inner());
         let layer = node.state().layer;
@@ -90,7 +108,9 @@ impl Union {
         let links = node.state().links.clone();
         let mut kept = Vec::new();
         for (parent, name) in links {
-            let Ok((pnode, ppath, players)) = self.dir_state(parent) else { continue };
+            let Ok((pnode, ppath, players)) = self.dir_state(parent) else {
+                continue;
+            };
             let alias = ppath.join(&name);
             if alias == copied {
                 kept.push((parent, name));
@@ -99,7 +119,14 @@ impl Union {
             let same = matches!(self.resolve(&players, &alias), Ok(found) if found.meta.key() == lower_key);
             if same
                 && self.copy_up_node(&pnode).is_ok()
-                && rustix::fs::linkat(self.upper_fd(), copied, self.upper_fd(), &alias, AtFlags::empty()).is_ok()
+                && rustix::fs::linkat(
+                    self.upper_fd(),
+                    copied,
+                    self.upper_fd(),
+                    &alias,
+                    AtFlags::empty(),
+                )
+                .is_ok()
             {
                 kept.push((parent, name));
             }
@@ -117,7 +144,13 @@ impl Union {
     /// Creates `name` in `parent` (copied up first). Over a whiteout the entry is built in
     /// the work dir and renamed into place; a directory made there is opaque, so the lower
     /// directory it replaces stays hidden (overlayfs.rst "whiteouts and opaque directories").
-    fn make(&self, parent: u64, name: &OsStr, new: New<'_>, caller: Caller) -> Res<(Entry, Option<OwnedFd>)> {
+    fn make(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new: New<'_>,
+        caller: Caller,
+    ) -> Res<(Entry, Option<OwnedFd>)> {
         let (pnode, ppath, _) = self.copy_up_dir(parent)?;
         let rel = ppath.join(name);
         let parent_meta = self.layers.stat(UPPER, &ppath)?;
@@ -131,7 +164,11 @@ impl Union {
             Err(err) => return Err(err),
         };
         let tmp = self.layers.tmp_name();
-        let (dir, at): (BorrowedFd<'_>, &Path) = if over_whiteout { (self.layers.work(), &tmp) } else { (self.upper_fd(), &rel) };
+        let (dir, at): (BorrowedFd<'_>, &Path) = if over_whiteout {
+            (self.layers.work(), &tmp)
+        } else {
+            (self.upper_fd(), &rel)
+        };
         let fd = self.create_at(dir, at, &new, setgid)?;
         let finish = || -> Res<()> {
             if !matches!(new, New::Link(_)) {
@@ -156,7 +193,13 @@ impl Union {
             if over_whiteout {
                 if let New::Dir(_) = new {
                     self.layers.set_opaque_at(&self.layers.work_abs(&tmp))?;
-                    rustix::fs::renameat_with(self.layers.work(), &tmp, self.upper_fd(), &rel, RenameFlags::EXCHANGE)?;
+                    rustix::fs::renameat_with(
+                        self.layers.work(),
+                        &tmp,
+                        self.upper_fd(),
+                        &rel,
+                        RenameFlags::EXCHANGE,
+                    )?;
                     let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
                 } else {
                     rustix::fs::renameat(self.layers.work(), &tmp, self.upper_fd(), &rel)?;
@@ -165,7 +208,11 @@ impl Union {
             Ok(())
         };
         if let Err(err) = finish() {
-            let flags = if matches!(new, New::Dir(_)) { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+            let flags = if matches!(new, New::Dir(_)) {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
             let _ = rustix::fs::unlinkat(dir, at, flags);
             return Err(err);
         }
@@ -174,16 +221,35 @@ impl Union {
         let state = NodeState {
             links: vec![(pnode.ino, name.to_os_string())],
             layer: UPPER,
-            dir_layers: if meta.is_dir() { vec![UPPER] } else { Vec::new() },
+            dir_layers: if meta.is_dir() {
+                vec![UPPER]
+            } else {
+                Vec::new()
+            },
         };
         self.table.lookup(ino, meta.is_dir(), state);
-        Ok((Entry { ino, meta, upper: true }, fd))
+        Ok((
+            Entry {
+                ino,
+                meta,
+                upper: true,
+            },
+            fd,
+        ))
     }
 
-    fn create_at(&self, dir: BorrowedFd<'_>, at: &Path, new: &New<'_>, setgid: bool) -> Res<Option<OwnedFd>> {
+    fn create_at(
+        &self,
+        dir: BorrowedFd<'_>,
+        at: &Path,
+        new: &New<'_>,
+        setgid: bool,
+    ) -> Res<Option<OwnedFd>> {
         let _ = setgid;
         match *new {
-            New::Dir(mode) => rustix::fs::mkdirat(dir, at, Mode::from_raw_mode(mode & 0o7777)).map(|()| None),
+            New::Dir(mode) => {
+                rustix::fs::mkdirat(dir, at, Mode::from_raw_mode(mode & 0o7777)).map(|()| None)
+            }
             New::File(mode) => rustix::fs::openat(
                 dir,
                 at,
@@ -193,14 +259,19 @@ impl Union {
             .map(Some),
             New::Node(mode, rdev) => {
                 let kind = FileType::from_raw_mode(mode);
-                if kind == FileType::Unknown || kind == FileType::Directory || kind == FileType::Symlink {
+                if kind == FileType::Unknown
+                    || kind == FileType::Directory
+                    || kind == FileType::Symlink
+                {
                     return Err(Errno::INVAL);
                 }
-                rustix::fs::mknodat(dir, at, kind, Mode::from_raw_mode(mode & 0o7777), rdev).map(|()| None)
+                rustix::fs::mknodat(dir, at, kind, Mode::from_raw_mode(mode & 0o7777), rdev)
+                    .map(|()| None)
             }
             New::Symlink(target) => rustix::fs::symlinkat(target, dir, at).map(|()| None),
             New::Link(source) => {
-                rustix::fs::linkat(self.upper_fd(), source, dir, at, AtFlags::empty()).map(|()| None)
+                rustix::fs::linkat(self.upper_fd(), source, dir, at, AtFlags::empty())
+                    .map(|()| None)
             }
         }
     }
@@ -210,9 +281,20 @@ impl Union {
         Ok(self.make(parent, name, New::Dir(mode), caller)?.0)
     }
 
-    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u64, caller: Caller) -> Res<Entry> {
+    pub fn mknod(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        caller: Caller,
+    ) -> Res<Entry> {
         let _shared = self.shared();
-        let new = if FileType::from_raw_mode(mode) == FileType::RegularFile { New::File(mode) } else { New::Node(mode, rdev) };
+        let new = if FileType::from_raw_mode(mode) == FileType::RegularFile {
+            New::File(mode)
+        } else {
+            New::Node(mode, rdev)
+        };
         Ok(self.make(parent, name, new, caller)?.0)
     }
 
@@ -222,11 +304,21 @@ impl Union {
     }
 
     /// create + open: the new file is in the upper branch, open read-write.
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Res<(Entry, u64, Arc<OpenFile>)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        caller: Caller,
+    ) -> Res<(Entry, u64, Arc<OpenFile>)> {
         let _shared = self.shared();
         let (entry, fd) = self.make(parent, name, New::File(mode), caller)?;
         let fd = fd.ok_or(Errno::IO)?;
-        let (fh, file) = self.files.insert(OpenFile { fd, ino: entry.ino, upper: true });
+        let (fh, file) = self.files.insert(OpenFile {
+            fd,
+            ino: entry.ino,
+            upper: true,
+        });
         Ok((entry, fh, file))
     }
 
@@ -249,10 +341,12 @@ impl Union {
     /// Drops the (parent, name) link of whatever live node had it; forgets the real file's
     /// number if no name of it is left, so a recycled inode gets a new one.
     fn unlinked(&self, parent: u64, name: &OsStr, key: (u64, u64), last: bool) {
-        if let Some(ino) = self.table.existing_ino(key) {
-            if let Some(node) = self.table.get(ino) {
-                node.state_mut().links.retain(|(p, n)| !(*p == parent && n == name));
-            }
+        if let Some(ino) = self.table.existing_ino(key)
+            && let Some(node) = self.table.get(ino)
+        {
+            node.state_mut()
+                .links
+                .retain(|(p, n)| !(*p == parent && n == name));
         }
         if last {
             self.table.unalias(key);
@@ -274,7 +368,9 @@ impl Union {
                 // Replace the upper file by a whiteout in one rename.
                 let tmp = self.layers.tmp_name();
                 self.layers.whiteout(self.layers.work(), &tmp)?;
-                if let Err(err) = rustix::fs::renameat(self.layers.work(), &tmp, self.upper_fd(), &rel) {
+                if let Err(err) =
+                    rustix::fs::renameat(self.layers.work(), &tmp, self.upper_fd(), &rel)
+                {
                     let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
                     return Err(err);
                 }
@@ -310,12 +406,22 @@ impl Union {
     /// to the work dir in one rename (exchanged with a whiteout if lowers have the name).
     fn remove_upper_dir(&self, rel: &Path, in_upper: bool, lower: bool) -> Res<()> {
         if !in_upper {
-            return if lower { self.layers.whiteout(self.upper_fd(), rel) } else { Ok(()) };
+            return if lower {
+                self.layers.whiteout(self.upper_fd(), rel)
+            } else {
+                Ok(())
+            };
         }
         let tmp = self.layers.tmp_name();
         if lower {
             self.layers.whiteout(self.layers.work(), &tmp)?;
-            if let Err(err) = rustix::fs::renameat_with(self.layers.work(), &tmp, self.upper_fd(), rel, RenameFlags::EXCHANGE) {
+            if let Err(err) = rustix::fs::renameat_with(
+                self.layers.work(),
+                &tmp,
+                self.upper_fd(),
+                rel,
+                RenameFlags::EXCHANGE,
+            ) {
                 let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
                 return Err(err);
             }
@@ -329,7 +435,14 @@ impl Union {
     /// Copies a whole merged directory tree into the upper branch (for a directory rename),
     /// keeping hard links within it; returns (lower file, upper copy) pairs so inode
     /// numbers follow the files.
-    fn copy_up_tree(&self, rel: &Path, found_layer: usize, dir_layers: &[usize], links: &mut HashMap<(u64, u64), PathBuf>, moved: &mut Vec<((u64, u64), (u64, u64))>) -> Res<()> {
+    fn copy_up_tree(
+        &self,
+        rel: &Path,
+        found_layer: usize,
+        dir_layers: &[usize],
+        links: &mut HashMap<Key, PathBuf>,
+        moved: &mut Moved,
+    ) -> Res<()> {
         if found_layer != UPPER {
             let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
             moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
@@ -342,7 +455,13 @@ impl Union {
             } else if found.layer != UPPER {
                 let key = found.meta.key();
                 match links.get(&key) {
-                    Some(first) => rustix::fs::linkat(self.upper_fd(), first, self.upper_fd(), &child, AtFlags::empty())?,
+                    Some(first) => rustix::fs::linkat(
+                        self.upper_fd(),
+                        first,
+                        self.upper_fd(),
+                        &child,
+                        AtFlags::empty(),
+                    )?,
                     None => {
                         copy_up_with(&self.layers, found.layer, &child, false)?;
                         if found.meta.nlink > 1 {
@@ -356,7 +475,14 @@ impl Union {
         Ok(())
     }
 
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> Res<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
         let _exclusive = self.exclusive();
         let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
         if flags.contains(RenameFlags::WHITEOUT) {
@@ -382,7 +508,10 @@ impl Union {
             if src.meta.key() == dst.meta.key() {
                 return Ok(());
             }
-            if dst.meta.is_dir() && !flags.contains(RenameFlags::EXCHANGE) && !self.list(&dst.dir_layers, &nrel)?.is_empty() {
+            if dst.meta.is_dir()
+                && !flags.contains(RenameFlags::EXCHANGE)
+                && !self.list(&dst.dir_layers, &nrel)?.is_empty()
+            {
                 return Err(Errno::NOTEMPTY);
             }
         }
@@ -402,7 +531,13 @@ impl Union {
         }
         if flags.contains(RenameFlags::EXCHANGE) {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
-            rustix::fs::renameat_with(self.upper_fd(), &rel, self.upper_fd(), &nrel, RenameFlags::EXCHANGE)?;
+            rustix::fs::renameat_with(
+                self.upper_fd(),
+                &rel,
+                self.upper_fd(),
+                &nrel,
+                RenameFlags::EXCHANGE,
+            )?;
             for (path, found) in [(&rel, dst), (&nrel, &src)] {
                 if found.meta.is_dir() {
                     self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
@@ -420,10 +555,10 @@ impl Union {
             }
             if src.meta.is_dir() {
                 // A whiteout left at the new name cannot be replaced by a directory.
-                if let Ok(meta) = self.layers.stat(UPPER, &nrel) {
-                    if meta.is_whiteout() {
-                        rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
-                    }
+                if let Ok(meta) = self.layers.stat(UPPER, &nrel)
+                    && meta.is_whiteout()
+                {
+                    rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
                 }
             }
             self.rename_upper(&rel, &nrel, src_lower)?;
@@ -431,18 +566,38 @@ impl Union {
                 self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
             }
             if let Some(dst) = &dst {
-                self.unlinked(newparent, newname, dst.meta.key(), dst.meta.is_dir() || dst.meta.nlink <= 1);
+                self.unlinked(
+                    newparent,
+                    newname,
+                    dst.meta.key(),
+                    dst.meta.is_dir() || dst.meta.nlink <= 1,
+                );
             }
         }
-        self.after_rename(parent, name, newparent, newname, &src, dst.as_ref(), flags, &moved);
+        self.after_rename(
+            parent,
+            name,
+            newparent,
+            newname,
+            &src,
+            dst.as_ref(),
+            flags,
+            &moved,
+        );
         Ok(())
     }
 
     /// Brings a rename source (or exchange target) wholly into the upper branch.
-    fn materialize(&self, rel: &Path, found: &crate::union::Found, moved: &mut Vec<((u64, u64), (u64, u64))>) -> Res<()> {
+    fn materialize(&self, rel: &Path, found: &crate::union::Found, moved: &mut Moved) -> Res<()> {
         if found.meta.is_dir() {
             if found.dir_layers.iter().any(|&l| l != UPPER) {
-                self.copy_up_tree(rel, found.layer, &found.dir_layers, &mut HashMap::new(), moved)?;
+                self.copy_up_tree(
+                    rel,
+                    found.layer,
+                    &found.dir_layers,
+                    &mut HashMap::new(),
+                    moved,
+                )?;
             }
         } else if found.layer != UPPER {
             let lower = copy_up(&self.layers, found.layer, rel)?;
@@ -476,7 +631,7 @@ impl Union {
         src: &crate::union::Found,
         dst: Option<&crate::union::Found>,
         flags: RenameFlags,
-        moved: &[((u64, u64), (u64, u64))],
+        moved: &[(Key, Key)],
     ) {
         for (lower, upper) in moved {
             if let Some(ino) = self.table.existing_ino(*lower) {
@@ -487,30 +642,42 @@ impl Union {
         let new = (newparent, newname.to_os_string());
         let src_ino = self.table.existing_ino(src.meta.key());
         let dst_ino = dst.and_then(|d| self.table.existing_ino(d.meta.key()));
-        let relink = |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
-            if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
-                let mut state = node.state_mut();
-                for link in state.links.iter_mut() {
-                    if link == from {
-                        *link = to.clone();
+        let relink =
+            |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
+                if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
+                    let mut state = node.state_mut();
+                    for link in state.links.iter_mut() {
+                        if link == from {
+                            *link = to.clone();
+                        }
+                    }
+                    state.layer = UPPER;
+                    if node.is_dir {
+                        state.dir_layers = vec![UPPER];
                     }
                 }
-                state.layer = UPPER;
-                if node.is_dir {
-                    state.dir_layers = vec![UPPER];
-                }
-            }
-        };
+            };
         relink(src_ino, &old, &new);
         if flags.contains(RenameFlags::EXCHANGE) {
             relink(dst_ino, &new, &old);
         }
         // Everything below a moved directory now lives in the upper branch only.
-        let roots: Vec<u64> = [src_ino, if flags.contains(RenameFlags::EXCHANGE) { dst_ino } else { None }]
-            .into_iter()
-            .flatten()
-            .collect();
-        if !moved.is_empty() && roots.iter().any(|&ino| self.table.get(ino).is_some_and(|n| n.is_dir)) {
+        let roots: Vec<u64> = [
+            src_ino,
+            if flags.contains(RenameFlags::EXCHANGE) {
+                dst_ino
+            } else {
+                None
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !moved.is_empty()
+            && roots
+                .iter()
+                .any(|&ino| self.table.get(ino).is_some_and(|n| n.is_dir))
+        {
             for node in self.table.all() {
                 if self.below(node.ino, &roots) {
                     let mut state = node.state_mut();
@@ -529,8 +696,12 @@ impl Union {
             if current == ROOT {
                 return false;
             }
-            let Some(node) = self.table.get(current) else { return false };
-            let Some(parent) = node.state().links.first().map(|(p, _)| *p) else { return false };
+            let Some(node) = self.table.get(current) else {
+                return false;
+            };
+            let Some(parent) = node.state().links.first().map(|(p, _)| *p) else {
+                return false;
+            };
             if roots.contains(&parent) {
                 return true;
             }
@@ -543,8 +714,14 @@ impl Union {
     pub fn setattr(&self, ino: u64, set: &SetAttr, fh: Option<u64>) -> Res<Entry> {
         let _shared = self.shared();
         let node = self.node(ino)?;
-        let open = fh.and_then(|fh| self.files.get(fh).ok()).filter(|f| f.upper);
-        let path = if open.is_some() && self.path(ino).is_err() { None } else { Some(self.copy_up_node(&node)?) };
+        let open = fh
+            .and_then(|fh| self.files.get(fh).ok())
+            .filter(|f| f.upper);
+        let path = if open.is_some() && self.path(ino).is_err() {
+            None
+        } else {
+            Some(self.copy_up_node(&node)?)
+        };
         let upper = self.upper_fd();
         if let Some(path) = &path {
             if set.uid.is_some() || set.gid.is_some() {
@@ -557,23 +734,38 @@ impl Union {
                 )?;
             }
             if let Some(mode) = set.mode {
-                rustix::fs::chmodat(upper, arg(path), Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())?;
+                rustix::fs::chmodat(
+                    upper,
+                    arg(path),
+                    Mode::from_raw_mode(mode & 0o7777),
+                    AtFlags::empty(),
+                )?;
             }
         }
         if let Some(size) = set.size {
             match (&open, &path) {
                 (Some(file), _) => rustix::fs::ftruncate(&file.fd, size)?,
                 (None, Some(path)) => {
-                    let fd = rustix::fs::openat(upper, arg(path), OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())?;
+                    let fd = rustix::fs::openat(
+                        upper,
+                        arg(path),
+                        OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                        Mode::empty(),
+                    )?;
                     rustix::fs::ftruncate(&fd, size)?;
                 }
                 (None, None) => return Err(Errno::STALE),
             }
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let times = Timestamps { last_access: ts(set.atime), last_modification: ts(set.mtime) };
+            let times = Timestamps {
+                last_access: ts(set.atime),
+                last_modification: ts(set.mtime),
+            };
             match (&path, &open) {
-                (Some(path), _) => rustix::fs::utimensat(upper, arg(path), &times, AtFlags::SYMLINK_NOFOLLOW)?,
+                (Some(path), _) => {
+                    rustix::fs::utimensat(upper, arg(path), &times, AtFlags::SYMLINK_NOFOLLOW)?
+                }
                 (None, Some(file)) => rustix::fs::futimens(&file.fd, &times)?,
                 (None, None) => return Err(Errno::STALE),
             }
@@ -581,7 +773,11 @@ impl Union {
         match (&path, &open) {
             (None, Some(file)) => {
                 let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&file.fd)?);
-                Ok(Entry { ino, meta, upper: true })
+                Ok(Entry {
+                    ino,
+                    meta,
+                    upper: true,
+                })
             }
             _ => self.attr(&node),
         }
@@ -639,14 +835,26 @@ mod tests {
         fs::write(p("top/file"), b"top").unwrap();
         fs::create_dir(p("top/d")).unwrap();
         fs::write(p("top/d/b"), b"b").unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &p("top/gone"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            p("top/gone"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .unwrap();
         let union = Union::new(&p("upper"), &[p("top"), p("bottom")], &p("work")).unwrap();
         (dir, union)
     }
 
     fn names(union: &Union, ino: u64) -> Vec<String> {
         let fh = union.opendir(ino).unwrap();
-        let mut v: Vec<String> = union.dir_entries(fh).unwrap().iter().map(|e| e.name.to_string_lossy().into()).collect();
+        let mut v: Vec<String> = union
+            .dir_entries(fh)
+            .unwrap()
+            .iter()
+            .map(|e| e.name.to_string_lossy().into())
+            .collect();
         union.releasedir(fh);
         v.sort();
         v
@@ -658,9 +866,15 @@ mod tests {
         let file = union.lookup(ROOT, OsStr::new("file")).unwrap();
         assert_eq!(file.meta.size, 3);
         assert!(!file.upper);
-        assert_eq!(union.lookup(ROOT, OsStr::new("gone")).unwrap_err(), Errno::NOENT);
+        assert_eq!(
+            union.lookup(ROOT, OsStr::new("gone")).unwrap_err(),
+            Errno::NOENT
+        );
         let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
-        assert_eq!(d.meta.nlink, 1, "a merged dir reports nlink 1 like overlayfs");
+        assert_eq!(
+            d.meta.nlink, 1,
+            "a merged dir reports nlink 1 like overlayfs"
+        );
         assert_eq!(names(&union, d.ino), [".", "..", "a", "b"]);
         assert_eq!(names(&union, ROOT), [".", "..", "d", "file"]);
     }
@@ -672,8 +886,13 @@ mod tests {
         union.unlink(ROOT, OsStr::new("file")).unwrap();
         let upper = dir.path().join("upper/file");
         assert!(crate::layer::Meta::from_stat(&rustix::fs::lstat(&upper).unwrap()).is_whiteout());
-        assert_eq!(union.lookup(ROOT, OsStr::new("file")).unwrap_err(), Errno::NOENT);
-        let (entry, _, _) = union.create(ROOT, OsStr::new("file"), 0o100644, ME).unwrap();
+        assert_eq!(
+            union.lookup(ROOT, OsStr::new("file")).unwrap_err(),
+            Errno::NOENT
+        );
+        let (entry, _, _) = union
+            .create(ROOT, OsStr::new("file"), 0o100644, ME)
+            .unwrap();
         assert!(entry.upper);
         assert_eq!(fs::read(&upper).unwrap(), b"");
     }
@@ -682,7 +901,10 @@ mod tests {
     fn rmdir_then_mkdir_gives_an_opaque_directory() {
         let (dir, union) = setup();
         let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
-        assert_eq!(union.rmdir(ROOT, OsStr::new("d")).unwrap_err(), Errno::NOTEMPTY);
+        assert_eq!(
+            union.rmdir(ROOT, OsStr::new("d")).unwrap_err(),
+            Errno::NOTEMPTY
+        );
         for name in ["a", "b"] {
             union.lookup(d.ino, OsStr::new(name)).unwrap();
             union.unlink(d.ino, OsStr::new(name)).unwrap();
@@ -698,7 +920,10 @@ mod tests {
     fn setattr_copies_up_and_keeps_the_inode_number() {
         let (dir, union) = setup();
         let file = union.lookup(ROOT, OsStr::new("file")).unwrap();
-        let set = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+        let set = SetAttr {
+            mode: Some(0o600),
+            ..SetAttr::default()
+        };
         let after = union.setattr(file.ino, &set, None).unwrap();
         assert_eq!(after.ino, file.ino);
         assert!(after.upper);
@@ -710,9 +935,14 @@ mod tests {
     fn renaming_a_merged_directory_moves_all_of_it() {
         let (dir, union) = setup();
         let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
-        union.rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0).unwrap();
+        union
+            .rename(ROOT, OsStr::new("d"), ROOT, OsStr::new("e"), 0)
+            .unwrap();
         assert_eq!(names(&union, d.ino), [".", "..", "a", "b"]);
-        assert_eq!(union.lookup(ROOT, OsStr::new("d")).unwrap_err(), Errno::NOENT);
+        assert_eq!(
+            union.lookup(ROOT, OsStr::new("d")).unwrap_err(),
+            Errno::NOENT
+        );
         assert_eq!(fs::read(dir.path().join("upper/e/a")).unwrap(), b"a");
         assert!(union.layers.is_opaque(UPPER, Path::new("e")));
     }
@@ -720,7 +950,17 @@ mod tests {
     #[test]
     fn private_xattrs_are_refused() {
         let (_dir, union) = setup();
-        assert_eq!(union.getxattr(ROOT, OsStr::new("trusted.overlay.opaque")).unwrap_err(), Errno::OPNOTSUPP);
-        assert_eq!(union.setxattr(ROOT, OsStr::new("trusted.overlay.opaque"), b"y", 0).unwrap_err(), Errno::OPNOTSUPP);
+        assert_eq!(
+            union
+                .getxattr(ROOT, OsStr::new("trusted.overlay.opaque"))
+                .unwrap_err(),
+            Errno::OPNOTSUPP
+        );
+        assert_eq!(
+            union
+                .setxattr(ROOT, OsStr::new("trusted.overlay.opaque"), b"y", 0)
+                .unwrap_err(),
+            Errno::OPNOTSUPP
+        );
     }
 }

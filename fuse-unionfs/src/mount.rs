@@ -77,7 +77,11 @@ impl Driver {
 
 /// Whether /dev/fuse can be opened (the `auto` driver's test).
 pub fn fuse_available() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
 }
 
 impl MountSpec {
@@ -117,7 +121,10 @@ struct FuseMount {
 
 impl fmt::Debug for MountGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MountGuard").field("target", &self.target).field("driver", &self.driver).finish()
+        f.debug_struct("MountGuard")
+            .field("target", &self.target)
+            .field("driver", &self.driver)
+            .finish()
     }
 }
 
@@ -144,7 +151,10 @@ impl MountGuard {
                 unmount(&target)
             }
             None => Ok(()),
-            Some(FuseMount { session, connection }) => {
+            Some(FuseMount {
+                session,
+                connection,
+            }) => {
                 let (done_tx, done_rx) = mpsc::channel();
                 let worker_target = target.clone();
                 std::thread::spawn(move || {
@@ -155,15 +165,22 @@ impl MountGuard {
                 match done_rx.recv_timeout(UNMOUNT_TIMEOUT) {
                     Ok((unmounted, _)) => unmounted,
                     Err(_) => {
-                        tracing::warn!("FUSE server for {} did not stop in time; aborting it", target.display());
+                        tracing::warn!(
+                            "FUSE server for {} did not stop in time; aborting it",
+                            target.display()
+                        );
                         if let Some(id) = connection {
-                            let _ = std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
+                            let _ =
+                                std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
                         }
                         let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
                         let _ = done_rx.recv_timeout(Duration::from_secs(5));
                         Err(Error::Unmount {
                             target,
-                            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "FUSE server hung; connection aborted"),
+                            source: std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "FUSE server hung; connection aborted",
+                            ),
                         })
                     }
                 }
@@ -186,23 +203,42 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
     match driver.resolve() {
         Driver::Overlay => {
             mount_overlay(&spec)?;
-            Ok(MountGuard { target: spec.target, driver: Driver::Overlay, fuse: None })
+            Ok(MountGuard {
+                target: spec.target,
+                driver: Driver::Overlay,
+                fuse: None,
+            })
         }
         _ => {
             let session = fuse_session(&spec)?;
-            let session = session.spawn().map_err(|e| mount_error("fuse", &spec.target, e))?;
+            let session = session
+                .spawn()
+                .map_err(|e| mount_error("fuse", &spec.target, e))?;
             let connection = connection_id(&spec.target);
-            Ok(MountGuard { target: spec.target, driver: Driver::Fuse, fuse: Some(FuseMount { session, connection }) })
+            Ok(MountGuard {
+                target: spec.target,
+                driver: Driver::Fuse,
+                fuse: Some(FuseMount {
+                    session,
+                    connection,
+                }),
+            })
         }
     }
 }
 
 fn mount_error(driver: &'static str, target: &Path, source: std::io::Error) -> Error {
-    Error::Mount { driver, target: target.to_path_buf(), source }
+    Error::Mount {
+        driver,
+        target: target.to_path_buf(),
+        source,
+    }
 }
 
 fn connection_id(target: &Path) -> Option<u32> {
-    rustix::fs::stat(target).ok().map(|st| rustix::fs::minor(st.st_dev))
+    rustix::fs::stat(target)
+        .ok()
+        .map(|st| rustix::fs::minor(st.st_dev))
 }
 
 fn fuse_config() -> Config {
@@ -219,8 +255,15 @@ fn fuse_config() -> Config {
     // Worker threads: STRATA_FUSE_THREADS, else one per CPU (at least 2, so a long
     // copy-up never blocks every request).
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let threads = std::env::var("STRATA_FUSE_THREADS").ok().and_then(|v| v.parse().ok());
-    config.n_threads = Some(threads.unwrap_or(cpus).clamp(1, 64).max(if threads.is_some() { 1 } else { 2 }));
+    let threads = std::env::var("STRATA_FUSE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    config.n_threads = Some(
+        threads
+            .unwrap_or(cpus)
+            .clamp(1, 64)
+            .max(if threads.is_some() { 1 } else { 2 }),
+    );
     config.clone_fd = true;
     config
 }
@@ -256,9 +299,16 @@ fn mount_overlay(spec: &MountSpec) -> Result<()> {
         escape(&spec.upper),
         escape(&spec.work)
     );
-    let data = std::ffi::CString::new(data).map_err(|e| mount_error("overlay", &spec.target, std::io::Error::other(e)))?;
-    rustix::mount::mount("overlay", &spec.target, "overlay", rustix::mount::MountFlags::empty(), Some(data.as_c_str()))
-        .map_err(|e| mount_error("overlay", &spec.target, e.into()))
+    let data = std::ffi::CString::new(data)
+        .map_err(|e| mount_error("overlay", &spec.target, std::io::Error::other(e)))?;
+    rustix::mount::mount(
+        "overlay",
+        &spec.target,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(data.as_c_str()),
+    )
+    .map_err(|e| mount_error("overlay", &spec.target, e.into()))
 }
 
 /// Mounts without a guard, for a command whose mount outlives it: overlay is a kernel
@@ -280,7 +330,8 @@ pub fn mount_detached(spec: &MountSpec, driver: Driver) -> Result<Driver> {
 /// Returns in the parent once the mount is live (or with the daemon's error).
 pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
     let spec = spec.checked()?;
-    let (read_end, write_end) = std::io::pipe().map_err(|e| Error::io("create pipe", &spec.target, e))?;
+    let (read_end, write_end) =
+        std::io::pipe().map_err(|e| Error::io("create pipe", &spec.target, e))?;
     match sys::fork().map_err(|e| mount_error("fuse", &spec.target, e))? {
         Forked::Parent(child) => {
             drop(write_end);
@@ -290,8 +341,15 @@ pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
                 return Ok(());
             }
             let _ = nix::sys::wait::waitpid(child, None);
-            let message = if message.is_empty() { "exited before mounting".to_string() } else { message };
-            Err(Error::Daemon { target: spec.target, message })
+            let message = if message.is_empty() {
+                "exited before mounting".to_string()
+            } else {
+                message
+            };
+            Err(Error::Daemon {
+                target: spec.target,
+                message,
+            })
         }
         Forked::Child => {
             drop(read_end);
@@ -323,21 +381,32 @@ pub fn unmount(target: &Path) -> Result<()> {
     match rustix::mount::unmount(target, UnmountFlags::empty()) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::NOTCONN) => rustix::mount::unmount(target, UnmountFlags::DETACH)
-            .map_err(|e| Error::Unmount { target: target.to_path_buf(), source: e.into() }),
-        Err(e) => Err(Error::Unmount { target: target.to_path_buf(), source: e.into() }),
+            .map_err(|e| Error::Unmount {
+                target: target.to_path_buf(),
+                source: e.into(),
+            }),
+        Err(e) => Err(Error::Unmount {
+            target: target.to_path_buf(),
+            source: e.into(),
+        }),
     }
 }
 
 /// Detaches FUSE mounts below `dir` whose server is gone (they answer ENOTCONN), as a
 /// crash leaves them. Returns how many were swept.
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
-    let mountinfo = std::fs::read("/proc/self/mountinfo").map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+    let mountinfo = std::fs::read("/proc/self/mountinfo")
+        .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
     let mut swept = 0;
     for line in mountinfo.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(line);
         let fields: Vec<&str> = line.split(' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == "-") else { continue };
-        let (Some(point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else { continue };
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (Some(point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
+            continue;
+        };
         if !fstype.starts_with("fuse") {
             continue;
         }
@@ -345,10 +414,10 @@ pub fn sweep_stale(dir: &Path) -> Result<usize> {
         if !point.starts_with(dir) {
             continue;
         }
-        if let Err(rustix::io::Errno::NOTCONN) = rustix::fs::stat(&point) {
-            if rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok() {
-                swept += 1;
-            }
+        if let Err(rustix::io::Errno::NOTCONN) = rustix::fs::stat(&point)
+            && rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok()
+        {
+            swept += 1;
         }
     }
     Ok(swept)
@@ -360,8 +429,15 @@ fn unescape(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);

@@ -22,7 +22,10 @@ pub(crate) fn fork() -> std::io::Result<Forked> {
 /// Points stdin, stdout and stderr at /dev/null, so a daemon does not hold its caller's
 /// pipes open (a `$(strata mount ...)` would otherwise wait for it forever).
 pub(crate) fn detach_stdio() -> std::io::Result<()> {
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     for target in 0..3 {
         // SAFETY: dup2 onto the standard descriptors; `null` is a valid open fd for the
         // whole call and no Rust object owns fds 0-2 in a way that this invalidates.

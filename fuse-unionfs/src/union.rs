@@ -62,18 +62,28 @@ pub(crate) struct Found {
 }
 
 /// A table of open handles, sharded so opens and reads on different files do not contend.
+type Shard<T> = Mutex<HashMap<u64, Arc<T>, BuildHasherDefault<DefaultHasher>>>;
+
 pub(crate) struct Handles<T> {
-    shards: Vec<Mutex<HashMap<u64, Arc<T>, BuildHasherDefault<DefaultHasher>>>>,
+    shards: Vec<Shard<T>>,
     next: AtomicU64,
 }
 
 impl<T> Handles<T> {
     fn new() -> Handles<T> {
-        Handles { shards: (0..32).map(|_| Mutex::default()).collect(), next: AtomicU64::new(1) }
+        Handles {
+            shards: (0..32).map(|_| Mutex::default()).collect(),
+            next: AtomicU64::new(1),
+        }
     }
 
-    fn shard(&self, fh: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>, BuildHasherDefault<DefaultHasher>>> {
-        self.shards[(fh as usize) % self.shards.len()].lock().unwrap_or_else(|e| e.into_inner())
+    fn shard(
+        &self,
+        fh: u64,
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<T>, BuildHasherDefault<DefaultHasher>>> {
+        self.shards[(fh as usize) % self.shards.len()]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn insert(&self, value: T) -> (u64, Arc<T>) {
@@ -91,6 +101,9 @@ impl<T> Handles<T> {
         self.shard(fh).remove(&fh)
     }
 }
+
+/// A merged listing entry: name, kind and the real file (device, inode) it shows.
+pub(crate) type Listed = (OsString, Kind, (u64, u64));
 
 /// One mounted union: branches, inode table, open handles.
 pub struct Union {
@@ -120,7 +133,11 @@ impl Union {
                 }
             }
         }
-        table.insert_root(NodeState { links: Vec::new(), layer: UPPER, dir_layers });
+        table.insert_root(NodeState {
+            links: Vec::new(),
+            layer: UPPER,
+            dir_layers,
+        });
         let umask = rustix::process::umask(Mode::empty());
         rustix::process::umask(umask);
         Ok(Union {
@@ -197,7 +214,11 @@ impl Union {
             // A merged directory reports nlink 1, like overlayfs (ovl_getattr).
             meta.nlink = 1;
         }
-        Ok(Found { meta, layer, dir_layers: dirs })
+        Ok(Found {
+            meta,
+            layer,
+            dir_layers: dirs,
+        })
     }
 
     /// Whether a lower branch (below upper) shows something at `rel` in a directory merged
@@ -227,10 +248,18 @@ impl Union {
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
         let ino = self.table.ino_for(found.meta.key());
         let is_dir = found.meta.is_dir();
-        let state = NodeState { links: vec![(parent, name.to_os_string())], layer: found.layer, dir_layers: found.dir_layers };
+        let state = NodeState {
+            links: vec![(parent, name.to_os_string())],
+            layer: found.layer,
+            dir_layers: found.dir_layers,
+        };
         let node = self.table.lookup(ino, is_dir, state);
         let upper = node.state().layer == UPPER;
-        Entry { ino, meta: found.meta, upper }
+        Entry {
+            ino,
+            meta: found.meta,
+            upper,
+        }
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Res<Entry> {
@@ -254,7 +283,11 @@ impl Union {
         if merged {
             meta.nlink = 1;
         }
-        Ok(Entry { ino: node.ino, meta, upper: layer == UPPER })
+        Ok(Entry {
+            ino: node.ino,
+            meta,
+            upper: layer == UPPER,
+        })
     }
 
     /// getattr; with an open handle, from the open file (it may be unlinked).
@@ -263,7 +296,11 @@ impl Union {
         if let Some(file) = fh.and_then(|fh| self.files.get(fh).ok()) {
             let meta = Meta::from_stat(&rustix::fs::fstat(&file.fd)?);
             if meta.nlink == 0 || self.path(ino).is_err() {
-                return Ok(Entry { ino, meta, upper: file.upper });
+                return Ok(Entry {
+                    ino,
+                    meta,
+                    upper: file.upper,
+                });
             }
         }
         let node = self.node(ino)?;
@@ -280,7 +317,7 @@ impl Union {
 
     /// The merged listing of a directory: upper entries hide lower ones of the same name,
     /// whiteouts hide and are not shown, nothing below an opaque directory.
-    pub(crate) fn list(&self, dir_layers: &[usize], rel: &Path) -> Res<Vec<(OsString, Kind, (u64, u64))>> {
+    pub(crate) fn list(&self, dir_layers: &[usize], rel: &Path) -> Res<Vec<Listed>> {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         for &layer in dir_layers {
@@ -330,11 +367,23 @@ impl Union {
         let (node, path, layers) = self.dir_state(ino)?;
         let parent = node.state().links.first().map_or(ROOT, |(p, _)| *p);
         let mut entries = vec![
-            DirEntry { name: ".".into(), ino, kind: Kind::Dir },
-            DirEntry { name: "..".into(), ino: parent, kind: Kind::Dir },
+            DirEntry {
+                name: ".".into(),
+                ino,
+                kind: Kind::Dir,
+            },
+            DirEntry {
+                name: "..".into(),
+                ino: parent,
+                kind: Kind::Dir,
+            },
         ];
         for (name, kind, key) in self.list(&layers, &path)? {
-            entries.push(DirEntry { name, ino: self.table.ino_for(key), kind });
+            entries.push(DirEntry {
+                name,
+                ino: self.table.ino_for(key),
+                kind,
+            });
         }
         Ok(self.dirs.insert(entries).0)
     }
@@ -351,10 +400,18 @@ impl Union {
     pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
         let _shared = self.shared();
         let node = self.node(ino)?;
-        let path = if write { self.copy_up_node(&node)? } else { self.path(ino)? };
+        let path = if write {
+            self.copy_up_node(&node)?
+        } else {
+            self.path(ino)?
+        };
         let layer = node.state().layer;
         let fd = self.open_real(layer, &path, write)?;
-        Ok(self.files.insert(OpenFile { fd, ino, upper: layer == UPPER }))
+        Ok(self.files.insert(OpenFile {
+            fd,
+            ino,
+            upper: layer == UPPER,
+        }))
     }
 
     /// Upper files open read-write whatever the request (one backing file serves every
@@ -362,12 +419,22 @@ impl Union {
     pub(crate) fn open_real(&self, layer: usize, path: &Path, write: bool) -> Res<OwnedFd> {
         let flags = OFlags::CLOEXEC | OFlags::NOFOLLOW;
         if layer == UPPER {
-            match rustix::fs::openat(self.layers.fd(layer), arg(path), flags | OFlags::RDWR, Mode::empty()) {
+            match rustix::fs::openat(
+                self.layers.fd(layer),
+                arg(path),
+                flags | OFlags::RDWR,
+                Mode::empty(),
+            ) {
                 Err(Errno::ACCESS | Errno::PERM | Errno::ROFS | Errno::TXTBSY) if !write => {}
                 other => return other,
             }
         }
-        rustix::fs::openat(self.layers.fd(layer), arg(path), flags | OFlags::RDONLY, Mode::empty())
+        rustix::fs::openat(
+            self.layers.fd(layer),
+            arg(path),
+            flags | OFlags::RDONLY,
+            Mode::empty(),
+        )
     }
 
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
@@ -412,7 +479,11 @@ impl Union {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
-        if datasync { rustix::fs::fdatasync(&file.fd) } else { rustix::fs::fsync(&file.fd) }
+        if datasync {
+            rustix::fs::fdatasync(&file.fd)
+        } else {
+            rustix::fs::fsync(&file.fd)
+        }
     }
 
     pub fn fsyncdir(&self, ino: u64) -> Res<()> {
@@ -422,7 +493,12 @@ impl Union {
             return Ok(());
         }
         let path = self.path(ino)?;
-        let fd = rustix::fs::openat(self.layers.fd(UPPER), arg(&path), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        let fd = rustix::fs::openat(
+            self.layers.fd(UPPER),
+            arg(&path),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
         rustix::fs::fsync(&fd)
     }
 
@@ -493,6 +569,11 @@ impl Union {
         if !file.upper {
             return Err(Errno::BADF);
         }
-        rustix::fs::fallocate(&file.fd, rustix::fs::FallocateFlags::from_bits_retain(mode as u32), offset, len)
+        rustix::fs::fallocate(
+            &file.fd,
+            rustix::fs::FallocateFlags::from_bits_retain(mode as u32),
+            offset,
+            len,
+        )
     }
 }

@@ -38,10 +38,15 @@ fn mount_type(target: &Path) -> Option<String> {
 fn daemons(needle: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("strata") && cmdline.contains(needle) && pid != std::process::id() as i32 {
+            if cmdline.contains("strata")
+                && cmdline.contains(needle)
+                && pid != std::process::id() as i32
+            {
                 pids.push(pid);
             }
         }
@@ -52,7 +57,10 @@ fn daemons(needle: &str) -> Vec<i32> {
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting until {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -75,7 +83,13 @@ fn branches(root: &Path, name: &str) -> Branches {
     fs::create_dir(l1.join("dir")).unwrap();
     fs::write(l1.join("dir/a"), b"a\n").unwrap();
     fs::write(l2.join("top"), b"top\n").unwrap();
-    nix::sys::stat::mknod(&l2.join("gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0).unwrap();
+    nix::sys::stat::mknod(
+        &l2.join("gone"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        0,
+    )
+    .unwrap();
     Branches {
         lower: format!("{}:{}", l2.display(), l1.display()),
         upper: base.join("upper"),
@@ -114,23 +128,37 @@ fn mount_raw_branches_with_each_driver_then_umount() {
             assert!(!mnt.join("gone").exists());
             fs::write(mnt.join("new"), b"new\n").unwrap();
             fs::remove_file(mnt.join("bottom")).unwrap();
-            fs::rename(mnt.join("dir"), mnt.join("dir2")).or_else(|e| {
-                // kernel overlayfs (redirect_dir=off) refuses to rename a lower directory
-                assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
-                Ok::<(), std::io::Error>(())
-            }).unwrap();
+            fs::rename(mnt.join("dir"), mnt.join("dir2"))
+                .or_else(|e| {
+                    // kernel overlayfs (redirect_dir=off) refuses to rename a lower directory
+                    assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+                    Ok::<(), std::io::Error>(())
+                })
+                .unwrap();
         });
         if driver == "fuse" {
-            assert_eq!(daemons(b.mnt.to_str().unwrap()).len(), 1, "one daemon serves the mount");
+            assert_eq!(
+                daemons(b.mnt.to_str().unwrap()).len(),
+                1,
+                "one daemon serves the mount"
+            );
         }
         store.ok(&["umount", b.mnt.to_str().unwrap()]);
         assert_eq!(mount_type(&b.mnt), None);
         assert_eq!(fs::read(b.upper.join("new")).unwrap(), b"new\n");
         let whiteout = fs::symlink_metadata(b.upper.join("bottom")).unwrap();
-        assert!(whiteout.file_type().is_char_device(), "{driver}: unlink of a lower file leaves a whiteout");
+        assert!(
+            whiteout.file_type().is_char_device(),
+            "{driver}: unlink of a lower file leaves a whiteout"
+        );
         if driver == "fuse" {
-            wait_until("the daemon exits after umount", || daemons(b.mnt.to_str().unwrap()).is_empty());
-            assert!(b.upper.join("dir2/a").is_file(), "strata renames lower directories");
+            wait_until("the daemon exits after umount", || {
+                daemons(b.mnt.to_str().unwrap()).is_empty()
+            });
+            assert!(
+                b.upper.join("dir2/a").is_file(),
+                "strata renames lower directories"
+            );
         }
     }
 }
@@ -141,7 +169,16 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
     store.import_busybox("busybox");
     let mnt = store.root().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let id = store.ok(&["mount", "--driver", "fuse", "busybox", mnt.to_str().unwrap()]).trim().to_string();
+    let id = store
+        .ok(&[
+            "mount",
+            "--driver",
+            "fuse",
+            "busybox",
+            mnt.to_str().unwrap(),
+        ])
+        .trim()
+        .to_string();
     assert_eq!(id.len(), 64, "prints the new container's id: {id}");
     assert_eq!(mount_type(&mnt).as_deref(), Some("fuse"));
     let inner = mnt.clone();
@@ -150,12 +187,20 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
         fs::write(inner.join("hello"), b"from fuse\n").unwrap();
         fs::remove_dir_all(inner.join("etc")).ok();
     });
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(state["driver"], "fuse");
     store.ok(&["umount", mnt.to_str().unwrap()]);
     // The same container under kernel overlayfs shows what the FUSE mount wrote.
-    let again = store.ok(&["mount", "--driver", "overlay", &id[..12], mnt.to_str().unwrap()]);
+    let again = store.ok(&[
+        "mount",
+        "--driver",
+        "overlay",
+        &id[..12],
+        mnt.to_str().unwrap(),
+    ]);
     assert_eq!(again.trim(), id);
     let inner = mnt.clone();
     within("reading the container under overlay", move || {
@@ -164,8 +209,10 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
         assert!(inner.join("bin/busybox").is_file());
     });
     store.ok(&["umount", mnt.to_str().unwrap()]);
-    let state: serde_json::Value =
-        serde_json::from_slice(&fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap()).unwrap();
+    let state: serde_json::Value = serde_json::from_slice(
+        &fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap(),
+    )
+    .unwrap();
     assert!(state["mounted_at"].is_null());
 }
 
@@ -176,14 +223,21 @@ fn crashed_daemon_mount_is_swept_on_next_mount() {
     raw_mount(&store, &b, "fuse");
     let pids = daemons(b.mnt.to_str().unwrap());
     assert_eq!(pids.len(), 1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0]), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let mnt = b.mnt.clone();
-    wait_until("the dead mount answers ENOTCONN", move || {
-        matches!(fs::metadata(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN))
-    });
+    wait_until(
+        "the dead mount answers ENOTCONN",
+        move || matches!(fs::metadata(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
+    );
     raw_mount(&store, &b, "fuse");
     let mnt = b.mnt.clone();
-    within("reading the new mount", move || assert_eq!(fs::read(mnt.join("top")).unwrap(), b"top\n"));
+    within("reading the new mount", move || {
+        assert_eq!(fs::read(mnt.join("top")).unwrap(), b"top\n")
+    });
     store.ok(&["umount", b.mnt.to_str().unwrap()]);
 }
 
@@ -191,12 +245,27 @@ fn crashed_daemon_mount_is_swept_on_next_mount() {
 fn mount_errors_name_the_problem() {
     let store = TestStore::new();
     let b = branches(store.root(), "errors");
-    let out = store.strata(&["mount", "--driver", "zfs", "--lower", &b.lower, "--upper", "u", "--work", "w", "m"]);
+    let out = store.strata(&[
+        "mount", "--driver", "zfs", "--lower", &b.lower, "--upper", "u", "--work", "w", "m",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown union driver \"zfs\""));
-    let out = store.strata(&["mount", "--lower", "/nonexistent", "--upper", b.upper.to_str().unwrap(), "--work", b.work.to_str().unwrap(), b.mnt.to_str().unwrap()]);
+    let out = store.strata(&[
+        "mount",
+        "--lower",
+        "/nonexistent",
+        "--upper",
+        b.upper.to_str().unwrap(),
+        "--work",
+        b.work.to_str().unwrap(),
+        b.mnt.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = store.strata(&["umount", b.mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("failed to unmount"));

@@ -4,9 +4,7 @@
 //! snapshots of a merged view or an upper dir for comparison.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -16,17 +14,27 @@ use strata_unionfs::{Driver, MountGuard, MountSpec};
 
 /// Fails with the fix when a prerequisite is missing (tests never skip).
 pub fn require_root_and_fuse() {
-    assert!(rustix::process::geteuid().is_root(), "these tests mount filesystems: run them as root (sudo -E cargo test)");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests mount filesystems: run them as root (sudo -E cargo test)"
+    );
     assert!(
         strata_unionfs::fuse_available(),
         "/dev/fuse cannot be opened: `modprobe fuse` (and in a container: --device /dev/fuse)"
     );
     let filesystems = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    assert!(filesystems.contains("overlay"), "kernel overlayfs missing: `modprobe overlay`");
+    assert!(
+        filesystems.contains("overlay"),
+        "kernel overlayfs missing: `modprobe overlay`"
+    );
 }
 
 /// Runs `f` on another thread and fails the test if it takes longer than `secs`.
-pub fn deadline<T: Send + 'static>(secs: u64, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn deadline<T: Send + 'static>(
+    secs: u64,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
@@ -80,8 +88,14 @@ fn set_xattr(path: &Path, name: &str, value: &[u8]) {
 
 fn whiteout(path: &Path) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, path, rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::empty(), 0)
-        .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::empty(),
+        0,
+    )
+    .unwrap();
 }
 
 impl Fixture {
@@ -98,7 +112,10 @@ impl Fixture {
         require_root_and_fuse();
         // Not /tmp: it may be tmpfs, where trusted xattrs and RENAME_WHITEOUT differ.
         fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
-        let dir = tempfile::Builder::new().prefix("union-").tempdir_in("/var/tmp/strata-unionfs-tests").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("union-")
+            .tempdir_in("/var/tmp/strata-unionfs-tests")
+            .unwrap();
         let l = |n: usize| dir.path().join(format!("lower{n}"));
         let (top, mid, bottom) = (l(0), l(1), l(2));
         for d in [&top, &mid, &bottom] {
@@ -106,8 +123,14 @@ impl Fixture {
         }
         // bottom: a tree of plain entries
         for i in 0..6 {
-            write(&bottom.join(format!("etc/conf{i}")), format!("bottom conf {i}\n").as_bytes());
-            write(&bottom.join(format!("usr/lib/lib{i}.so")), &vec![i as u8; 1000 + i * 4096]);
+            write(
+                &bottom.join(format!("etc/conf{i}")),
+                format!("bottom conf {i}\n").as_bytes(),
+            );
+            write(
+                &bottom.join(format!("usr/lib/lib{i}.so")),
+                &vec![i as u8; 1000 + i * 4096],
+            );
             write(&bottom.join(format!("var/log/d{i}/log")), b"log\n");
         }
         write(&bottom.join("bin/tool"), b"#!/bin/sh\necho tool\n");
@@ -119,13 +142,37 @@ impl Fixture {
         if with_lower_links {
             fs::hard_link(bottom.join("etc/conf1"), bottom.join("etc/conf1.hard")).unwrap();
         }
-        rustix::fs::mknodat(rustix::fs::CWD, &bottom.join("etc/fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o644), 0).unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &bottom.join("etc/null"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            bottom.join("etc/fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            bottom.join("etc/null"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 3),
+        )
+        .unwrap();
         set_xattr(&bottom.join("etc/conf2"), "user.origin", b"bottom");
         set_xattr(&bottom.join("etc"), "user.dir", b"etc");
         write(&bottom.join("home/user/.profile"), b"export A=1\n");
-        rustix::fs::chown(bottom.join("home/user"), Some(rustix::fs::Uid::from_raw(1000)), Some(rustix::fs::Gid::from_raw(1000))).unwrap();
-        rustix::fs::chown(bottom.join("home/user/.profile"), Some(rustix::fs::Uid::from_raw(1000)), Some(rustix::fs::Gid::from_raw(1000))).unwrap();
+        rustix::fs::chown(
+            bottom.join("home/user"),
+            Some(rustix::fs::Uid::from_raw(1000)),
+            Some(rustix::fs::Gid::from_raw(1000)),
+        )
+        .unwrap();
+        rustix::fs::chown(
+            bottom.join("home/user/.profile"),
+            Some(rustix::fs::Uid::from_raw(1000)),
+            Some(rustix::fs::Gid::from_raw(1000)),
+        )
+        .unwrap();
         write(&bottom.join("opt/old/a"), b"hidden by opaque\n");
         write(&bottom.join("srv/gone/x"), b"whited out dir\n");
         write(&bottom.join("srv/keep"), b"keep\n");
@@ -142,7 +189,10 @@ impl Fixture {
         write(&top.join("etc/top"), b"top\n");
         set_xattr(&top.join("etc"), "user.dir", b"top etc");
         write(&top.join("usr/share/doc/readme"), b"readme\n");
-        Fixture { dir, lowers: vec![top, mid, bottom] }
+        Fixture {
+            dir,
+            lowers: vec![top, mid, bottom],
+        }
     }
 
     /// Mounts the lowers with a fresh upper named `name`.
@@ -156,10 +206,28 @@ impl Fixture {
     }
 
     pub fn mount_at(&self, upper: &Path, work: &Path, mnt: &Path, driver: Driver) -> Mounted {
-        let spec = MountSpec { lowers: self.lowers.clone(), upper: upper.into(), work: work.into(), target: mnt.into() };
-        let guard = deadline(30, "mount", move || strata_unionfs::mount(&spec, driver)).expect("mount");
-        assert_eq!(guard.driver(), if driver == Driver::Overlay { Driver::Overlay } else { Driver::Fuse });
-        Mounted { guard: Some(guard), mnt: mnt.into(), upper: upper.into(), work: work.into() }
+        let spec = MountSpec {
+            lowers: self.lowers.clone(),
+            upper: upper.into(),
+            work: work.into(),
+            target: mnt.into(),
+        };
+        let guard =
+            deadline(30, "mount", move || strata_unionfs::mount(&spec, driver)).expect("mount");
+        assert_eq!(
+            guard.driver(),
+            if driver == Driver::Overlay {
+                Driver::Overlay
+            } else {
+                Driver::Fuse
+            }
+        );
+        Mounted {
+            guard: Some(guard),
+            mnt: mnt.into(),
+            upper: upper.into(),
+            work: work.into(),
+        }
     }
 }
 
@@ -181,7 +249,21 @@ pub struct Desc {
 
 fn kind_char(ft: fs::FileType) -> char {
     use std::os::unix::fs::FileTypeExt;
-    if ft.is_dir() { 'd' } else if ft.is_file() { 'f' } else if ft.is_symlink() { 'l' } else if ft.is_fifo() { 'p' } else if ft.is_char_device() { 'c' } else if ft.is_block_device() { 'b' } else { 's' }
+    if ft.is_dir() {
+        'd'
+    } else if ft.is_file() {
+        'f'
+    } else if ft.is_symlink() {
+        'l'
+    } else if ft.is_fifo() {
+        'p'
+    } else if ft.is_char_device() {
+        'c'
+    } else if ft.is_block_device() {
+        'b'
+    } else {
+        's'
+    }
 }
 
 fn xattrs(path: &Path, upper: bool) -> (BTreeMap<String, Vec<u8>>, bool) {
@@ -199,7 +281,10 @@ fn xattrs(path: &Path, upper: bool) -> (BTreeMap<String, Vec<u8>>, bool) {
         } else if name.starts_with("user.") {
             out.insert(name, value);
         } else if !upper {
-            panic!("{}: unexpected xattr {name} visible through the mount", path.display());
+            panic!(
+                "{}: unexpected xattr {name} visible through the mount",
+                path.display()
+            );
         }
     }
     (out, opaque)
@@ -215,25 +300,36 @@ pub fn snapshot(root: &Path, upper: bool) -> BTreeMap<PathBuf, Desc> {
 
 fn walk(root: &Path, rel: &Path, upper: bool, out: &mut BTreeMap<PathBuf, Desc>) {
     let dir = root.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&dir).unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display())).map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     for name in names {
         let rel = rel.join(&name);
         let path = root.join(&rel);
-        let meta = fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
+        let meta =
+            fs::symlink_metadata(&path).unwrap_or_else(|e| panic!("lstat {}: {e}", path.display()));
         let kind = kind_char(meta.file_type());
-        let (xattrs, opaque) = if kind == 'l' { (BTreeMap::new(), false) } else { xattrs(&path, upper) };
+        let (xattrs, opaque) = if kind == 'l' {
+            (BTreeMap::new(), false)
+        } else {
+            xattrs(&path, upper)
+        };
         let desc = Desc {
             kind,
             mode: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
             size: (kind == 'f' || kind == 'l').then(|| meta.size()),
-            content: (kind == 'f').then(|| fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))),
+            content: (kind == 'f').then(|| {
+                fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            }),
             target: (kind == 'l').then(|| fs::read_link(&path).unwrap()),
             // The kernel links its whiteouts to one shared inode (ovl_whiteout): their link
             // count says nothing about the tree.
-            nlink: (kind != 'd' && !(upper && kind == 'c' && meta.rdev() == 0)).then(|| meta.nlink()),
+            nlink: (kind != 'd' && !(upper && kind == 'c' && meta.rdev() == 0))
+                .then(|| meta.nlink()),
             rdev: (kind == 'c' || kind == 'b').then(|| meta.rdev()),
             xattrs,
             opaque,
@@ -254,10 +350,14 @@ pub fn link_groups(root: &Path) -> BTreeSet<Vec<PathBuf>> {
             by_ino.entry(ino).or_default().push(rel);
         }
     }
-    by_ino.into_values().filter(|g| g.len() > 1).map(|mut g| {
-        g.sort();
-        g
-    }).collect()
+    by_ino
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect()
 }
 
 /// Panics with the first differences between two snapshots.
@@ -266,7 +366,9 @@ pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, Desc>, b: &BTreeMap<PathBuf
     for (path, da) in a {
         match b.get(path) {
             None => diffs.push(format!("{}: only in the first: {da:?}", path.display())),
-            Some(db) if da != db => diffs.push(format!("{}:\n   {da:?}\n   {db:?}", path.display())),
+            Some(db) if da != db => {
+                diffs.push(format!("{}:\n   {da:?}\n   {db:?}", path.display()))
+            }
             _ => {}
         }
     }
@@ -275,9 +377,15 @@ pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, Desc>, b: &BTreeMap<PathBuf
             diffs.push(format!("{}: only in the second: {db:?}", path.display()));
         }
     }
-    assert!(diffs.is_empty(), "{what}: {} difference(s):\n{}", diffs.len(), diffs.iter().take(15).cloned().collect::<Vec<_>>().join("\n"));
-}
-
-pub fn name_bytes(name: &OsStr) -> &[u8] {
-    name.as_bytes()
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} difference(s):\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(15)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

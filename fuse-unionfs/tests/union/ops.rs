@@ -13,7 +13,9 @@ use crate::common::{Fixture, Mounted, deadline};
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
-    rustix::fs::lgetxattr(path, name, &mut buf[..]).ok().map(|n| buf[..n].to_vec())
+    rustix::fs::lgetxattr(path, name, &mut buf[..])
+        .ok()
+        .map(|n| buf[..n].to_vec())
 }
 
 fn is_whiteout(path: &Path) -> bool {
@@ -22,7 +24,10 @@ fn is_whiteout(path: &Path) -> bool {
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into())
+        .collect();
     v.sort();
     v
 }
@@ -40,12 +45,29 @@ fn with_fuse(f: impl FnOnce(&Mounted) + Send + 'static) {
 #[test]
 fn lookup_stops_at_whiteouts_and_opaque_dirs() {
     with_fuse(|m| {
-        assert!(!m.path("etc/conf3").exists(), "file whiteout in the middle branch hides the bottom file");
-        assert!(!m.path("srv/gone").exists(), "directory whiteout hides the bottom dir");
+        assert!(
+            !m.path("etc/conf3").exists(),
+            "file whiteout in the middle branch hides the bottom file"
+        );
+        assert!(
+            !m.path("srv/gone").exists(),
+            "directory whiteout hides the bottom dir"
+        );
         assert_eq!(fs::read(m.path("srv/keep")).unwrap(), b"keep\n");
-        assert_eq!(names(&m.path("opt/old")), ["c"], "opaque dir hides lower entries");
-        assert_eq!(fs::read(m.path("etc/conf0")).unwrap(), b"middle conf 0\n", "upper-most branch wins");
-        assert_eq!(fs::read_link(m.path("bin/conf-link")).unwrap(), Path::new("../etc/conf0"));
+        assert_eq!(
+            names(&m.path("opt/old")),
+            ["c"],
+            "opaque dir hides lower entries"
+        );
+        assert_eq!(
+            fs::read(m.path("etc/conf0")).unwrap(),
+            b"middle conf 0\n",
+            "upper-most branch wins"
+        );
+        assert_eq!(
+            fs::read_link(m.path("bin/conf-link")).unwrap(),
+            Path::new("../etc/conf0")
+        );
     });
 }
 
@@ -53,7 +75,9 @@ fn lookup_stops_at_whiteouts_and_opaque_dirs() {
 fn readdir_merges_without_duplicates_or_whiteouts() {
     with_fuse(|m| {
         let etc = names(&m.path("etc"));
-        let expected = ["conf0", "conf1", "conf2", "conf4", "conf5", "extra", "fifo", "null", "top"];
+        let expected = [
+            "conf0", "conf1", "conf2", "conf4", "conf5", "extra", "fifo", "null", "top",
+        ];
         assert_eq!(etc, expected);
         // "." and ".." are listed, with the right inode numbers.
         let dir = fs::File::open(m.path("etc")).unwrap();
@@ -77,48 +101,141 @@ fn readdir_merges_without_duplicates_or_whiteouts() {
 fn copy_up_preserves_data_metadata_and_xattrs() {
     with_fuse(|m| {
         let before = fs::symlink_metadata(m.path("home/user/.profile")).unwrap();
-        fs::OpenOptions::new().append(true).open(m.path("home/user/.profile")).unwrap().write_all(b"export B=2\n").unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.path("home/user/.profile"))
+            .unwrap()
+            .write_all(b"export B=2\n")
+            .unwrap();
         let upper = m.upper.join("home/user/.profile");
         assert_eq!(fs::read(&upper).unwrap(), b"export A=1\nexport B=2\n");
         let meta = fs::symlink_metadata(&upper).unwrap();
-        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (1000, 1000, before.mode() & 0o7777));
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+            (1000, 1000, before.mode() & 0o7777)
+        );
         let dir = fs::symlink_metadata(m.upper.join("home/user")).unwrap();
-        assert_eq!((dir.uid(), dir.gid()), (1000, 1000), "parents are copied up with their owner");
+        assert_eq!(
+            (dir.uid(), dir.gid()),
+            (1000, 1000),
+            "parents are copied up with their owner"
+        );
         // xattrs of the file and of its parent directory come along
-        fs::OpenOptions::new().write(true).open(m.path("etc/conf2")).unwrap().write_all(b"X").unwrap();
-        assert_eq!(xattr(&m.upper.join("etc/conf2"), "user.origin").as_deref(), Some(&b"bottom"[..]));
-        assert_eq!(xattr(&m.upper.join("etc"), "user.dir").as_deref(), Some(&b"top etc"[..]));
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("etc/conf2"))
+            .unwrap()
+            .write_all(b"X")
+            .unwrap();
+        assert_eq!(
+            xattr(&m.upper.join("etc/conf2"), "user.origin").as_deref(),
+            Some(&b"bottom"[..])
+        );
+        assert_eq!(
+            xattr(&m.upper.join("etc"), "user.dir").as_deref(),
+            Some(&b"top etc"[..])
+        );
         // a big file: data intact, set-uid bit kept
-        fs::OpenOptions::new().append(true).open(m.path("bin/tool")).unwrap().write_all(b"#\n").unwrap();
-        assert_eq!(fs::read(m.path("bin/tool")).unwrap(), b"#!/bin/sh\necho tool\n#\n");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.path("bin/tool"))
+            .unwrap()
+            .write_all(b"#\n")
+            .unwrap();
+        assert_eq!(
+            fs::read(m.path("bin/tool")).unwrap(),
+            b"#!/bin/sh\necho tool\n#\n"
+        );
         let lib = fs::read(m.path("usr/lib/lib5.so")).unwrap();
-        fs::OpenOptions::new().write(true).open(m.path("usr/lib/lib5.so")).unwrap().write_all(b"\x09").unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("usr/lib/lib5.so"))
+            .unwrap()
+            .write_all(b"\x09")
+            .unwrap();
         let mut expected = lib.clone();
         expected[0] = 9;
         assert_eq!(fs::read(m.path("usr/lib/lib5.so")).unwrap(), expected);
-        assert!(fs::read_dir(m.work.join("strata")).unwrap().next().is_none(), "no leftovers in the work dir");
+        assert!(
+            fs::read_dir(m.work.join("strata"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "no leftovers in the work dir"
+        );
     });
 }
 
 #[test]
 fn every_modification_copies_up() {
     with_fuse(|m| {
-        let cases: Vec<(&str, Box<dyn Fn(&Path)>)> = vec![
-            ("etc/conf0", Box::new(|p| { fs::OpenOptions::new().write(true).open(p).unwrap(); })),
-            ("etc/conf1", Box::new(|p| fs::OpenOptions::new().write(true).open(p).unwrap().set_len(3).unwrap())),
-            ("etc/conf2", Box::new(|p| fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap())),
-            ("etc/conf4", Box::new(|p| rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(7)), None).unwrap())),
-            ("etc/conf5", Box::new(|p| {
-                let t = rustix::fs::Timespec { tv_sec: 5, tv_nsec: 0 };
-                rustix::fs::utimensat(rustix::fs::CWD, p, &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::empty()).unwrap();
-            })),
-            ("etc/extra", Box::new(|p| rustix::fs::setxattr(p, "user.k", b"v", rustix::fs::XattrFlags::empty()).unwrap())),
-            ("usr/lib/lib1.so", Box::new(|p| fs::hard_link(p, p.with_file_name("lib1.link")).unwrap())),
+        type Op = Box<dyn Fn(&Path)>;
+        let cases: Vec<(&str, Op)> = vec![
+            (
+                "etc/conf0",
+                Box::new(|p| {
+                    fs::OpenOptions::new().write(true).open(p).unwrap();
+                }),
+            ),
+            (
+                "etc/conf1",
+                Box::new(|p| {
+                    fs::OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .unwrap()
+                        .set_len(3)
+                        .unwrap()
+                }),
+            ),
+            (
+                "etc/conf2",
+                Box::new(|p| fs::set_permissions(p, fs::Permissions::from_mode(0o600)).unwrap()),
+            ),
+            (
+                "etc/conf4",
+                Box::new(|p| {
+                    rustix::fs::chown(p, Some(rustix::fs::Uid::from_raw(7)), None).unwrap()
+                }),
+            ),
+            (
+                "etc/conf5",
+                Box::new(|p| {
+                    let t = rustix::fs::Timespec {
+                        tv_sec: 5,
+                        tv_nsec: 0,
+                    };
+                    rustix::fs::utimensat(
+                        rustix::fs::CWD,
+                        p,
+                        &rustix::fs::Timestamps {
+                            last_access: t,
+                            last_modification: t,
+                        },
+                        rustix::fs::AtFlags::empty(),
+                    )
+                    .unwrap();
+                }),
+            ),
+            (
+                "etc/extra",
+                Box::new(|p| {
+                    rustix::fs::setxattr(p, "user.k", b"v", rustix::fs::XattrFlags::empty())
+                        .unwrap()
+                }),
+            ),
+            (
+                "usr/lib/lib1.so",
+                Box::new(|p| fs::hard_link(p, p.with_file_name("lib1.link")).unwrap()),
+            ),
         ];
         for (rel, op) in &cases {
             assert!(!m.upper.join(rel).exists());
             op(&m.path(rel));
-            assert!(fs::symlink_metadata(m.upper.join(rel)).is_ok(), "{rel} was not copied up");
+            assert!(
+                fs::symlink_metadata(m.upper.join(rel)).is_ok(),
+                "{rel} was not copied up"
+            );
         }
         assert_eq!(fs::metadata(m.path("etc/conf1")).unwrap().len(), 3);
         assert_eq!(fs::metadata(m.path("etc/conf5")).unwrap().mtime(), 5);
@@ -147,8 +264,16 @@ fn unlink_and_rmdir_of_lower_entries_write_whiteouts() {
         fs::write(m.path("etc/conf5"), b"changed").unwrap();
         fs::remove_file(m.path("etc/conf5")).unwrap();
         assert!(is_whiteout(&m.upper.join("etc/conf5")));
-        assert_eq!(fs::remove_dir(m.path("usr/lib")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
-        assert_eq!(fs::remove_file(m.path("usr")).unwrap_err().raw_os_error(), Some(libc::EISDIR));
+        assert_eq!(
+            fs::remove_dir(m.path("usr/lib"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOTEMPTY)
+        );
+        assert_eq!(
+            fs::remove_file(m.path("usr")).unwrap_err().raw_os_error(),
+            Some(libc::EISDIR)
+        );
     });
 }
 
@@ -157,13 +282,22 @@ fn mkdir_over_whiteout_is_opaque() {
     with_fuse(|m| {
         fs::remove_dir_all(m.path("var/log/d1")).unwrap();
         fs::create_dir(m.path("var/log/d1")).unwrap();
-        assert!(names(&m.path("var/log/d1")).is_empty(), "old contents stay hidden");
-        assert_eq!(xattr(&m.upper.join("var/log/d1"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+        assert!(
+            names(&m.path("var/log/d1")).is_empty(),
+            "old contents stay hidden"
+        );
+        assert_eq!(
+            xattr(&m.upper.join("var/log/d1"), "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..])
+        );
         // and a file over a whiteout is a plain file
         fs::remove_file(m.path("etc/conf2")).unwrap();
         fs::write(m.path("etc/conf2"), b"again").unwrap();
         assert_eq!(fs::read(m.upper.join("etc/conf2")).unwrap(), b"again");
-        assert_eq!(fs::create_dir(m.path("etc")).unwrap_err().raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(
+            fs::create_dir(m.path("etc")).unwrap_err().raw_os_error(),
+            Some(libc::EEXIST)
+        );
     });
 }
 
@@ -176,9 +310,16 @@ fn rename_of_lower_directory_succeeds() {
         fs::rename(m.path("usr"), m.path("usr2")).unwrap();
         assert!(!m.path("usr").exists());
         assert!(is_whiteout(&m.upper.join("usr")));
-        assert_eq!(xattr(&m.upper.join("usr2"), "trusted.overlay.opaque").as_deref(), Some(&b"y"[..]));
+        assert_eq!(
+            xattr(&m.upper.join("usr2"), "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..])
+        );
         assert_eq!(fs::read(m.path("usr2/lib/lib3.so")).unwrap(), content);
-        assert_eq!(fs::metadata(m.path("usr2/lib/lib3.so")).unwrap().ino(), ino, "inode numbers follow the rename");
+        assert_eq!(
+            fs::metadata(m.path("usr2/lib/lib3.so")).unwrap().ino(),
+            ino,
+            "inode numbers follow the rename"
+        );
         assert_eq!(names(&m.path("usr2")), ["lib", "share"]);
         // merged directory (parts in two branches) into another directory, and back
         fs::rename(m.path("var/log"), m.path("etc/log")).unwrap();
@@ -201,7 +342,10 @@ fn hard_links_share_inode_and_link_count() {
     with_fuse(|m| {
         fs::write(m.path("etc/a"), b"one").unwrap();
         fs::hard_link(m.path("etc/a"), m.path("srv/b")).unwrap();
-        let (a, b) = (fs::metadata(m.path("etc/a")).unwrap(), fs::metadata(m.path("srv/b")).unwrap());
+        let (a, b) = (
+            fs::metadata(m.path("etc/a")).unwrap(),
+            fs::metadata(m.path("srv/b")).unwrap(),
+        );
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
         fs::write(m.path("srv/b"), b"two").unwrap();
         assert_eq!(fs::read(m.path("etc/a")).unwrap(), b"two");
@@ -209,7 +353,10 @@ fn hard_links_share_inode_and_link_count() {
         assert_eq!(fs::metadata(m.path("srv/b")).unwrap().nlink(), 1);
         // linking a lower file copies it up first
         fs::hard_link(m.path("etc/top"), m.path("etc/top2")).unwrap();
-        assert_eq!(fs::metadata(m.path("etc/top")).unwrap().ino(), fs::metadata(m.path("etc/top2")).unwrap().ino());
+        assert_eq!(
+            fs::metadata(m.path("etc/top")).unwrap().ino(),
+            fs::metadata(m.path("etc/top2")).unwrap().ino()
+        );
     });
 }
 
@@ -220,11 +367,21 @@ fn lower_hard_links_stay_one_file_after_copy_up() {
     let inner = m.clone();
     deadline(60, "lower hard links", move || {
         let m = inner;
-        let (a, b) = (fs::metadata(m.path("etc/conf1")).unwrap(), fs::metadata(m.path("etc/conf1.hard")).unwrap());
+        let (a, b) = (
+            fs::metadata(m.path("etc/conf1")).unwrap(),
+            fs::metadata(m.path("etc/conf1.hard")).unwrap(),
+        );
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
         fs::write(m.path("etc/conf1.hard"), b"changed").unwrap();
-        assert_eq!(fs::read(m.path("etc/conf1")).unwrap(), b"changed", "kernel overlayfs with index=off splits them");
-        let (a, b) = (fs::metadata(m.upper.join("etc/conf1")).unwrap(), fs::metadata(m.upper.join("etc/conf1.hard")).unwrap());
+        assert_eq!(
+            fs::read(m.path("etc/conf1")).unwrap(),
+            b"changed",
+            "kernel overlayfs with index=off splits them"
+        );
+        let (a, b) = (
+            fs::metadata(m.upper.join("etc/conf1")).unwrap(),
+            fs::metadata(m.upper.join("etc/conf1.hard")).unwrap(),
+        );
         assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
     });
 }
@@ -233,23 +390,59 @@ fn lower_hard_links_stay_one_file_after_copy_up() {
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
-        assert_eq!(fs::read_link(m.path("bin/top-link")).unwrap(), Path::new("../etc/top"));
+        assert_eq!(
+            fs::read_link(m.path("bin/top-link")).unwrap(),
+            Path::new("../etc/top")
+        );
         assert_eq!(fs::read(m.path("bin/top-link")).unwrap(), b"top\n");
-        assert_eq!(fs::read(m.path("bin/tool-link")).unwrap(), b"#!/bin/sh\necho tool\n");
-        rustix::fs::mknodat(rustix::fs::CWD, &m.path("etc/fifo2"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+        assert_eq!(
+            fs::read(m.path("bin/tool-link")).unwrap(),
+            b"#!/bin/sh\necho tool\n"
+        );
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            m.path("etc/fifo2"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
         let fifo = m.path("etc/fifo2");
-        let writer = std::thread::spawn(move || fs::OpenOptions::new().write(true).open(&fifo).unwrap().write_all(b"through the fifo").unwrap());
+        let writer = std::thread::spawn(move || {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&fifo)
+                .unwrap()
+                .write_all(b"through the fifo")
+                .unwrap()
+        });
         let mut got = String::new();
-        fs::File::open(m.path("etc/fifo2")).unwrap().read_to_string(&mut got).unwrap();
+        fs::File::open(m.path("etc/fifo2"))
+            .unwrap()
+            .read_to_string(&mut got)
+            .unwrap();
         writer.join().unwrap();
         assert_eq!(got, "through the fifo");
         // a device node from a lower branch and a new one both work (mounted with dev)
         fs::write(m.path("etc/null"), b"discarded").unwrap();
-        rustix::fs::mknodat(rustix::fs::CWD, &m.path("etc/zero"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 5)).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            m.path("etc/zero"),
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(1, 5),
+        )
+        .unwrap();
         let mut buf = [1u8; 8];
-        fs::File::open(m.path("etc/zero")).unwrap().read_exact(&mut buf).unwrap();
+        fs::File::open(m.path("etc/zero"))
+            .unwrap()
+            .read_exact(&mut buf)
+            .unwrap();
         assert_eq!(buf, [0; 8]);
-        assert_eq!(fs::symlink_metadata(m.path("etc/zero")).unwrap().rdev(), rustix::fs::makedev(1, 5));
+        assert_eq!(
+            fs::symlink_metadata(m.path("etc/zero")).unwrap().rdev(),
+            rustix::fs::makedev(1, 5)
+        );
     });
 }
 
@@ -259,23 +452,54 @@ fn xattrs_work_and_private_ones_are_hidden() {
         let opaque = m.path("opt/old");
         let mut list = vec![0u8; 4096];
         let n = rustix::fs::llistxattr(&opaque, &mut list[..]).unwrap();
-        assert!(!String::from_utf8_lossy(&list[..n]).contains("overlay"), "trusted.overlay.* is hidden");
+        assert!(
+            !String::from_utf8_lossy(&list[..n]).contains("overlay"),
+            "trusted.overlay.* is hidden"
+        );
         assert!(xattr(&opaque, "trusted.overlay.opaque").is_none());
-        assert_eq!(xattr(&m.path("etc/conf2"), "user.origin").as_deref(), Some(&b"bottom"[..]));
-        rustix::fs::setxattr(m.path("etc/conf2"), "user.new", b"1", rustix::fs::XattrFlags::empty()).unwrap();
+        assert_eq!(
+            xattr(&m.path("etc/conf2"), "user.origin").as_deref(),
+            Some(&b"bottom"[..])
+        );
+        rustix::fs::setxattr(
+            m.path("etc/conf2"),
+            "user.new",
+            b"1",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
         rustix::fs::removexattr(m.path("etc/conf2"), "user.origin").unwrap();
         assert!(xattr(&m.path("etc/conf2"), "user.origin").is_none());
-        assert_eq!(xattr(&m.path("etc/conf2"), "user.new").as_deref(), Some(&b"1"[..]));
-        assert!(rustix::fs::setxattr(m.path("etc"), "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty()).is_err());
+        assert_eq!(
+            xattr(&m.path("etc/conf2"), "user.new").as_deref(),
+            Some(&b"1"[..])
+        );
+        assert!(
+            rustix::fs::setxattr(
+                m.path("etc"),
+                "trusted.overlay.opaque",
+                b"y",
+                rustix::fs::XattrFlags::empty()
+            )
+            .is_err()
+        );
     });
 }
 
 #[test]
 fn statfs_fsync_and_flock() {
     with_fuse(|m| {
-        let (mnt, upper) = (rustix::fs::statvfs(&m.mnt).unwrap(), rustix::fs::statvfs(&m.upper).unwrap());
+        let (mnt, upper) = (
+            rustix::fs::statvfs(&m.mnt).unwrap(),
+            rustix::fs::statvfs(&m.upper).unwrap(),
+        );
         assert_eq!((mnt.f_blocks, mnt.f_bsize), (upper.f_blocks, upper.f_bsize));
-        let mut file = fs::OpenOptions::new().create(true).truncate(true).write(true).open(m.path("etc/synced")).unwrap();
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(m.path("etc/synced"))
+            .unwrap();
         file.write_all(b"durable").unwrap();
         file.sync_all().unwrap();
         file.sync_data().unwrap();
@@ -284,11 +508,19 @@ fn statfs_fsync_and_flock() {
         let second = fs::File::open(m.path("etc/conf0")).unwrap();
         rustix::fs::flock(&first, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
         assert_eq!(
-            rustix::fs::flock(&second, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap_err(),
+            rustix::fs::flock(
+                &second,
+                rustix::fs::FlockOperation::NonBlockingLockExclusive
+            )
+            .unwrap_err(),
             rustix::io::Errno::WOULDBLOCK
         );
         rustix::fs::flock(&first, rustix::fs::FlockOperation::Unlock).unwrap();
-        rustix::fs::flock(&second, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
+        rustix::fs::flock(
+            &second,
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        )
+        .unwrap();
     });
 }
 
@@ -296,12 +528,18 @@ fn statfs_fsync_and_flock() {
 fn inode_numbers_are_stable() {
     with_fuse(|m| {
         let paths = ["etc/conf0", "usr/lib", "var/log/d2/log", "bin/tool-link"];
-        let before: Vec<u64> = paths.iter().map(|p| fs::symlink_metadata(m.path(p)).unwrap().ino()).collect();
+        let before: Vec<u64> = paths
+            .iter()
+            .map(|p| fs::symlink_metadata(m.path(p)).unwrap().ino())
+            .collect();
         fs::set_permissions(m.path("etc/conf0"), fs::Permissions::from_mode(0o600)).unwrap();
         fs::write(m.path("usr/lib/new"), b"x").unwrap();
         // make the kernel forget what it cached, so the numbers come from us again
         fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
-        let after: Vec<u64> = paths.iter().map(|p| fs::symlink_metadata(m.path(p)).unwrap().ino()).collect();
+        let after: Vec<u64> = paths
+            .iter()
+            .map(|p| fs::symlink_metadata(m.path(p)).unwrap().ino())
+            .collect();
         assert_eq!(before, after);
     });
 }
@@ -312,16 +550,30 @@ fn permissions_are_checked() {
         fs::write(m.path("etc/secret"), b"root only").unwrap();
         fs::set_permissions(m.path("etc/secret"), fs::Permissions::from_mode(0o600)).unwrap();
         let as_nobody = |args: &[&str]| {
-            std::process::Command::new(args[0]).args(&args[1..]).uid(65534).gid(65534).output().unwrap()
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .uid(65534)
+                .gid(65534)
+                .output()
+                .unwrap()
         };
         let secret = m.path("etc/secret");
         let out = as_nobody(&["cat", secret.to_str().unwrap()]);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
         let readable = m.path("etc/conf0");
-        assert!(as_nobody(&["cat", readable.to_str().unwrap()]).status.success());
+        assert!(
+            as_nobody(&["cat", readable.to_str().unwrap()])
+                .status
+                .success()
+        );
         let target = m.path("etc/by-nobody");
-        assert!(!as_nobody(&["touch", target.to_str().unwrap()]).status.success(), "etc is not writable for nobody");
+        assert!(
+            !as_nobody(&["touch", target.to_str().unwrap()])
+                .status
+                .success(),
+            "etc is not writable for nobody"
+        );
     });
 }
 
@@ -336,7 +588,12 @@ fn concurrent_readers_and_writers() {
                 for i in 0..150 {
                     let dir = mnt.join(format!("var/log/d{}", t));
                     fs::write(dir.join(format!("w{i}")), format!("{t}-{i}")).unwrap();
-                    fs::OpenOptions::new().append(true).open(dir.join("log")).unwrap().write_all(b"+").unwrap();
+                    fs::OpenOptions::new()
+                        .append(true)
+                        .open(dir.join("log"))
+                        .unwrap()
+                        .write_all(b"+")
+                        .unwrap();
                     if i % 10 == 0 {
                         fs::rename(dir.join(format!("w{i}")), dir.join(format!("r{i}"))).unwrap();
                     }
@@ -359,8 +616,18 @@ fn concurrent_readers_and_writers() {
             t.join().unwrap();
         }
         for t in 0..4 {
-            assert_eq!(fs::read(mnt.join(format!("var/log/d{t}/log"))).unwrap().len(), 4 + 150);
-            assert_eq!(fs::read_dir(mnt.join(format!("var/log/d{t}"))).unwrap().count(), 151 + usize::from(t == 0));
+            assert_eq!(
+                fs::read(mnt.join(format!("var/log/d{t}/log")))
+                    .unwrap()
+                    .len(),
+                4 + 150
+            );
+            assert_eq!(
+                fs::read_dir(mnt.join(format!("var/log/d{t}")))
+                    .unwrap()
+                    .count(),
+                151 + usize::from(t == 0)
+            );
         }
     });
 }
@@ -369,7 +636,13 @@ fn concurrent_readers_and_writers() {
 fn rename_exchange_and_noreplace() {
     with_fuse(|m| {
         let swap = |a: &str, b: &str, flags| {
-            rustix::fs::renameat_with(rustix::fs::CWD, &m.path(a), rustix::fs::CWD, &m.path(b), flags)
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                m.path(a),
+                rustix::fs::CWD,
+                m.path(b),
+                flags,
+            )
         };
         swap("etc/conf0", "etc/top", rustix::fs::RenameFlags::EXCHANGE).unwrap();
         assert_eq!(fs::read(m.path("etc/conf0")).unwrap(), b"top\n");
@@ -378,7 +651,10 @@ fn rename_exchange_and_noreplace() {
         swap("var/log/d2", "etc/conf1", rustix::fs::RenameFlags::EXCHANGE).unwrap();
         assert_eq!(fs::read(m.path("var/log/d2")).unwrap(), b"bottom conf 1\n");
         assert_eq!(names(&m.path("etc/conf1")), ["log"]);
-        assert_eq!(swap("etc/conf2", "etc/conf4", rustix::fs::RenameFlags::NOREPLACE).unwrap_err(), rustix::io::Errno::EXIST);
+        assert_eq!(
+            swap("etc/conf2", "etc/conf4", rustix::fs::RenameFlags::NOREPLACE).unwrap_err(),
+            rustix::io::Errno::EXIST
+        );
         swap("etc/conf2", "etc/conf9", rustix::fs::RenameFlags::NOREPLACE).unwrap();
         assert!(!m.path("etc/conf2").exists());
     });

@@ -39,7 +39,9 @@ const NAMES: [&str; 8] = ["n0", "n1", "n2", "conf0", "conf3", "gone", "old", "d0
 
 impl Gen {
     pub fn new(seed: u64) -> Gen {
-        Gen { rng: StdRng::seed_from_u64(seed) }
+        Gen {
+            rng: StdRng::seed_from_u64(seed),
+        }
     }
 
     fn data(&mut self) -> Vec<u8> {
@@ -58,11 +60,23 @@ impl Gen {
 
     /// Next operation, given the entries (path, kind) of the reference tree.
     pub fn next(&mut self, entries: &[(PathBuf, char)]) -> Op {
-        let mut dirs: Vec<PathBuf> = entries.iter().filter(|(_, k)| *k == 'd').map(|(p, _)| p.clone()).collect();
+        let mut dirs: Vec<PathBuf> = entries
+            .iter()
+            .filter(|(_, k)| *k == 'd')
+            .map(|(p, _)| p.clone())
+            .collect();
         dirs.push(PathBuf::new());
-        let files: Vec<PathBuf> = entries.iter().filter(|(_, k)| *k == 'f').map(|(p, _)| p.clone()).collect();
+        let files: Vec<PathBuf> = entries
+            .iter()
+            .filter(|(_, k)| *k == 'f')
+            .map(|(p, _)| p.clone())
+            .collect();
         let any: Vec<PathBuf> = entries.iter().map(|(p, _)| p.clone()).collect();
-        let non_links: Vec<PathBuf> = entries.iter().filter(|(_, k)| *k != 'l').map(|(p, _)| p.clone()).collect();
+        let non_links: Vec<PathBuf> = entries
+            .iter()
+            .filter(|(_, k)| *k != 'l')
+            .map(|(p, _)| p.clone())
+            .collect();
         let kind = self.rng.random_range(0..21);
         if files.is_empty() || any.is_empty() {
             let path = self.new_path(&dirs);
@@ -87,7 +101,10 @@ impl Gen {
             }
             5 => {
                 let path = self.pick(&non_links).clone();
-                Op::Chmod(path, *self.pick(&[0o644, 0o600, 0o755, 0o4755, 0o700, 0o1777, 0o2755]))
+                Op::Chmod(
+                    path,
+                    *self.pick(&[0o644, 0o600, 0o755, 0o4755, 0o700, 0o1777, 0o2755]),
+                )
             }
             6 => {
                 let path = self.pick(&any).clone();
@@ -100,15 +117,26 @@ impl Gen {
                 let name = format!("user.k{}", self.rng.random_range(0..3));
                 Op::SetXattr(path, name, self.data().into_iter().take(50).collect())
             }
-            9 => Op::RemoveXattr(self.pick(&non_links).clone(), format!("user.k{}", self.rng.random_range(0..3))),
+            9 => Op::RemoveXattr(
+                self.pick(&non_links).clone(),
+                format!("user.k{}", self.rng.random_range(0..3)),
+            ),
             10 | 11 => Op::Unlink(self.pick(&any).clone()),
             12 | 13 => {
-                let real: Vec<PathBuf> = dirs.iter().filter(|d| !d.as_os_str().is_empty()).cloned().collect();
+                let real: Vec<PathBuf> = dirs
+                    .iter()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .cloned()
+                    .collect();
                 if real.is_empty() {
                     return Op::Mkdir(self.new_path(&dirs), 0o755);
                 }
                 let dir = self.pick(&real).clone();
-                if kind == 12 { Op::Rmdir(dir) } else { Op::RemoveTree(dir) }
+                if kind == 12 {
+                    Op::Rmdir(dir)
+                } else {
+                    Op::RemoveTree(dir)
+                }
             }
             14 | 15 => {
                 let path = self.new_path(&dirs);
@@ -124,7 +152,11 @@ impl Gen {
             }
             18 | 19 => {
                 let source = self.pick(&any).clone();
-                let target = if self.rng.random_bool(0.3) { self.pick(&any).clone() } else { self.new_path(&dirs) };
+                let target = if self.rng.random_bool(0.3) {
+                    self.pick(&any).clone()
+                } else {
+                    self.new_path(&dirs)
+                };
                 Op::Rename(source, target)
             }
             _ => Op::Mkfifo(self.new_path(&dirs)),
@@ -145,36 +177,66 @@ pub fn apply(root: &Path, op: &Op) -> Result<(), i32> {
     let p = |rel: &Path| root.join(rel);
     match op {
         Op::Create(path, data) => {
-            let mut file = fs::OpenOptions::new().write(true).create_new(true).open(p(path)).map_err(errno)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p(path))
+                .map_err(errno)?;
             file.write_all(data).map_err(errno)
         }
         Op::Write(path, data) => fs::write(p(path), data).map_err(errno),
         Op::Append(path, data) => {
-            let mut file = fs::OpenOptions::new().append(true).open(p(path)).map_err(errno)?;
+            let mut file = fs::OpenOptions::new()
+                .append(true)
+                .open(p(path))
+                .map_err(errno)?;
             file.write_all(data).map_err(errno)
         }
         Op::Truncate(path, size) => {
-            let file = fs::OpenOptions::new().write(true).open(p(path)).map_err(errno)?;
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(p(path))
+                .map_err(errno)?;
             file.set_len(*size).map_err(errno)
         }
-        Op::Chmod(path, mode) => fs::set_permissions(p(path), fs::Permissions::from_mode(*mode)).map_err(errno),
+        Op::Chmod(path, mode) => {
+            fs::set_permissions(p(path), fs::Permissions::from_mode(*mode)).map_err(errno)
+        }
         Op::Chown(path, uid, gid) => rustix::fs::chownat(
             rustix::fs::CWD,
-            &p(path),
+            p(path),
             Some(rustix::fs::Uid::from_raw(*uid)),
             Some(rustix::fs::Gid::from_raw(*gid)),
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(rustix_errno),
         Op::Utime(path) => {
-            let t = rustix::fs::Timespec { tv_sec: 1_000_000_000, tv_nsec: 0 };
-            let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
-            rustix::fs::utimensat(rustix::fs::CWD, &p(path), &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).map_err(rustix_errno)
+            let t = rustix::fs::Timespec {
+                tv_sec: 1_000_000_000,
+                tv_nsec: 0,
+            };
+            let times = rustix::fs::Timestamps {
+                last_access: t,
+                last_modification: t,
+            };
+            rustix::fs::utimensat(
+                rustix::fs::CWD,
+                p(path),
+                &times,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(rustix_errno)
         }
-        Op::SetXattr(path, name, value) => {
-            rustix::fs::lsetxattr(p(path), name.as_str(), value, rustix::fs::XattrFlags::empty()).map_err(rustix_errno)
+        Op::SetXattr(path, name, value) => rustix::fs::lsetxattr(
+            p(path),
+            name.as_str(),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(rustix_errno),
+        Op::RemoveXattr(path, name) => {
+            rustix::fs::lremovexattr(p(path), name.as_str()).map_err(rustix_errno)
         }
-        Op::RemoveXattr(path, name) => rustix::fs::lremovexattr(p(path), name.as_str()).map_err(rustix_errno),
         Op::Unlink(path) => fs::remove_file(p(path)).map_err(errno),
         Op::Rmdir(path) => fs::remove_dir(p(path)).map_err(errno),
         Op::RemoveTree(path) => fs::remove_dir_all(p(path)).map_err(errno),
@@ -186,7 +248,7 @@ pub fn apply(root: &Path, op: &Op) -> Result<(), i32> {
         Op::Rename(source, target) => fs::rename(p(source), p(target)).map_err(errno),
         Op::Mkfifo(path) => rustix::fs::mknodat(
             rustix::fs::CWD,
-            &p(path),
+            p(path),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o640),
             0,
@@ -201,20 +263,41 @@ pub fn copy_then_remove(root: &Path, source: &Path, target: &Path) -> Result<(),
     if target.is_dir() {
         fs::remove_dir(&target).map_err(errno)?;
     }
-    let status = std::process::Command::new("cp").arg("-a").arg(&source).arg(&target).status().map_err(errno)?;
-    assert!(status.success(), "cp -a {} {} failed", source.display(), target.display());
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&source)
+        .arg(&target)
+        .status()
+        .map_err(errno)?;
+    assert!(
+        status.success(),
+        "cp -a {} {} failed",
+        source.display(),
+        target.display()
+    );
     fs::remove_dir_all(&source).map_err(errno)
 }
 
 /// The entries of a tree (path, kind), sorted.
 pub fn entries(root: &Path) -> Vec<(PathBuf, char)> {
     fn walk(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, char)>) {
-        let mut names: Vec<_> = fs::read_dir(root.join(rel)).unwrap().map(|e| e.unwrap()).collect();
+        let mut names: Vec<_> = fs::read_dir(root.join(rel))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
         names.sort_by_key(|e| e.file_name());
         for entry in names {
             let rel = rel.join(entry.file_name());
             let ft = entry.file_type().unwrap();
-            let kind = if ft.is_dir() { 'd' } else if ft.is_file() { 'f' } else if ft.is_symlink() { 'l' } else { 'o' };
+            let kind = if ft.is_dir() {
+                'd'
+            } else if ft.is_file() {
+                'f'
+            } else if ft.is_symlink() {
+                'l'
+            } else {
+                'o'
+            };
             out.push((rel.clone(), kind));
             if kind == 'd' {
                 walk(root, &rel, out);
