@@ -120,7 +120,7 @@ impl Unpacker {
         let rel = clean(&raw_name).ok_or_else(|| refuse("escapes the layer root"))?;
         if rel.is_empty() {
             // The root itself ("./"): only a directory may describe it.
-            if !entry_type.is_dir() {
+            if !entry_type.is_dir() && !raw_name.ends_with(b"/") {
                 return Err(refuse("names the layer root but is not a directory"));
             }
             let fd = self
