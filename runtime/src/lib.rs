@@ -73,7 +73,9 @@ pub struct Spec {
     pub tty: bool,
     pub interactive: bool,
     pub init: bool,
-    /// None = inherit strata's.
+    /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`
+    /// then receives what the pty prints (strata's stdout when None) and `stdin`/`stderr`
+    /// are unused (input comes from strata's stdin with `interactive`).
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
