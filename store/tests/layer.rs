@@ -3,6 +3,8 @@
 //! header by header with the tar crate's raw API. Needs root (devices, chown, trusted.*
 //! xattrs), as the whole project's test suite does.
 
+#[path = "layer/properties.rs"]
+mod properties;
 #[path = "layer/support.rs"]
 mod support;
 
