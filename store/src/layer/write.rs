@@ -260,3 +260,60 @@ fn write_pax<W: Write>(tar: &mut W, records: &Records) -> io::Result<()> {
     let pad = (BLOCK - data.len() % BLOCK) % BLOCK;
     tar.write_all(&[0u8; BLOCK][..pad])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes of 8 GiB and more and ids past 2097151 do not fit ustar's octal fields: they
+    /// go to PAX records, which readers (the tar crate here) prefer to the header.
+    #[test]
+    fn oversized_numbers_go_to_pax_records() {
+        let mut header = tar::Header::new_ustar();
+        let mut records = Records::default();
+        let size = 9 << 30;
+        set_number(
+            &mut header,
+            size,
+            MAX_SIZE,
+            b"size",
+            &mut records,
+            tar::Header::set_size,
+        );
+        set_number(
+            &mut header,
+            3_000_000,
+            MAX_ID,
+            b"uid",
+            &mut records,
+            tar::Header::set_uid,
+        );
+        set_number(
+            &mut header,
+            42,
+            MAX_ID,
+            b"gid",
+            &mut records,
+            tar::Header::set_gid,
+        );
+        set_bytes(
+            &mut header.as_old_mut().name,
+            b"huge",
+            b"path",
+            &mut records,
+        );
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_cksum();
+        assert_eq!(header.size().unwrap(), 0);
+
+        let mut tar = Vec::new();
+        write_pax(&mut tar, &records).unwrap();
+        tar.extend_from_slice(header.as_bytes());
+        let mut archive = tar::Archive::new(&tar[..]);
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.size(), size);
+        assert_eq!(entry.header().uid().unwrap(), 3_000_000);
+        assert_eq!(entry.header().gid().unwrap(), 42);
+        assert_eq!(&*entry.path_bytes(), b"huge");
+    }
+}
