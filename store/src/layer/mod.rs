@@ -4,9 +4,16 @@
 //! write_layer:  dir --walk (parallel stat)--> sorted entries --tar--> sha256 (diff_id)
 //!                   ==1 MiB chunks==> zstd/gzip/none --> sha256 (digest) --> out
 //!               (one pass, streamed; tar + reads on one thread, compression on the caller's)
-//! unpack_layer: in --magic bytes--> zstd/gzip/plain --> sha256 (diff_id) --tar parse-->
-//!                   extract under a dirfd with openat2(RESOLVE_BENEATH)  (hostile-input safe)
+//! unpack_layer: in --magic bytes--> zstd/gzip/plain --> sha256 (diff_id)   (caller's thread)
+//!                   ==1 MiB chunks==> tar parse --> extract under a dirfd with
+//!                   openat2(RESOLVE_BENEATH)               (extracting thread; hostile-safe)
 //! ```
+//!
+//! Unpacking refuses (rather than re-roots, as `RESOLVE_IN_ROOT` would) any entry whose
+//! path leads out of the target: a `..` that climbs above it, a symlink on the way that
+//! points out, a hard link to outside or to nothing. Absolute names lose their leading `/`
+//! as docker does. Symlink targets themselves are stored verbatim: they are only ever
+//! resolved inside a root.
 //!
 //! On disk (uppers and unpacked layers) a deletion is a char device 0/0 and an opaque
 //! directory carries the xattr `trusted.overlay.opaque="y"` (kernel overlayfs form); in the
