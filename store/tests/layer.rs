@@ -456,6 +456,24 @@ fn write_layer_reports_output_errors_without_hanging() {
     }
 }
 
+#[test]
+fn write_layer_refuses_overlay_redirects_and_metacopy() {
+    require_root();
+    for xattr in ["trusted.overlay.redirect", "trusted.overlay.metacopy"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("upper");
+        fs::create_dir_all(upper.join("moved")).unwrap();
+        set_xattr(&upper.join("moved"), xattr, b"/orig");
+        let error = write_layer(&upper, &WriteOptions::default(), std::io::sink())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("redirect_dir=off,metacopy=off") && error.contains(xattr),
+            "{error}"
+        );
+    }
+}
+
 fn flip(blob: &[u8], at: usize) -> Vec<u8> {
     let mut bad = blob.to_vec();
     bad[at] ^= 0x55;

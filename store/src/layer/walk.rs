@@ -18,6 +18,10 @@ use rayon::prelude::*;
 use super::{OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, is_layer_xattr};
 use crate::error::{Error, Result};
 
+/// Overlayfs xattrs that make an upper entry depend on lower layers in ways an OCI layer
+/// cannot carry (overlayfs.rst, "Redirect dir" and "Metadata only copy up").
+const UNEXPRESSIBLE_XATTRS: [&[u8]; 2] = [b"trusted.overlay.redirect", b"trusted.overlay.metacopy"];
+
 /// What kind of tar entry a path becomes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -193,6 +197,16 @@ fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for name in list[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if UNEXPRESSIBLE_XATTRS.contains(&name) {
+            // A renamed-in-place directory or a metadata-only copy-up points into the
+            // lower layers; a layer tar has no way to say so, and would silently lose data.
+            return Err(Error::io(
+                "cannot write a layer from an overlay upper with redirect_dir or metacopy entries \
+                 (mount with redirect_dir=off,metacopy=off):",
+                path,
+                io::Error::other(format!("has xattr {}", String::from_utf8_lossy(name))),
+            ));
+        }
         if !is_layer_xattr(name) {
             continue;
         }
