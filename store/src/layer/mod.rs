@@ -20,6 +20,7 @@
 //! tar they are `.wh.NAME` and `DIR/.wh..wh..opq` (image-spec `layer.md#whiteouts`).
 
 mod compress;
+mod guard;
 mod pax;
 mod pipe;
 mod root;

@@ -26,6 +26,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid
 use rustix::io::Errno;
 
 use super::compress::decoder;
+use super::guard::Guard;
 use super::pax::Extensions;
 use super::pipe::{self, ChunkReader};
 use super::root::{Root, remove_all};
@@ -69,7 +70,7 @@ pub fn unpack_layer(input: impl Read, target: &Path) -> Result<Digest> {
 }
 
 fn extract(stream: ChunkReader, root: Root) -> Result<()> {
-    let mut archive = tar::Archive::new(stream);
+    let mut archive = tar::Archive::new(Guard::new(stream));
     let mut unpacker = Unpacker {
         root,
         dir_times: BTreeMap::new(),

@@ -497,6 +497,23 @@ impl RawTar {
         self.data.resize(self.data.len().div_ceil(512) * 512, 0);
     }
 
+    /// A header whose size field says `header_size`, followed by `data` (which may be
+    /// shorter or longer: for PAX size overrides and lying headers).
+    pub fn sized(&mut self, name: &str, typeflag: u8, header_size: u64, data: &[u8]) {
+        let mut header = tar::Header::new_ustar();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(tar::EntryType::new(typeflag));
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(self.mtime);
+        header.set_size(header_size);
+        header.set_cksum();
+        self.data.write_all(header.as_bytes()).unwrap();
+        self.data.write_all(data).unwrap();
+        self.data.resize(self.data.len().div_ceil(512) * 512, 0);
+    }
+
     pub fn raw(&mut self, name: &str, typeflag: u8, link: &[u8], data: &[u8]) {
         self.raw_entry(name.as_bytes(), typeflag, link, data, 0o644);
     }

@@ -301,3 +301,70 @@ fn symlink_targets_are_stored_verbatim() {
         Path::new("../../../../etc/shadow")
     );
 }
+
+#[test]
+fn unpack_refuses_huge_extension_headers_without_reading_them() {
+    for typeflag in [b'x', b'g', b'L', b'K'] {
+        let error = hostile(|_, tar| tar.sized("PaxHeader", typeflag, 4 << 30, b"9 path=a\n"));
+        assert!(error.contains("exceeds the 1 MiB limit"), "{error}");
+    }
+}
+
+#[test]
+fn unpack_follows_pax_size_overrides() {
+    require_root();
+    let mut tar = RawTar::default();
+    tar.pax(&[("size", b"1000")]);
+    tar.sized("big", b'0', 0, &[b'z'; 1000]);
+    tar.file("after", b"still framed", 0o644);
+    let tmp = tempfile::tempdir().unwrap();
+    unpack_layer(&tar.finish()[..], tmp.path()).unwrap();
+    assert_eq!(fs::read(tmp.path().join("big")).unwrap(), vec![b'z'; 1000]);
+    assert_eq!(fs::read(tmp.path().join("after")).unwrap(), b"still framed");
+}
+
+#[test]
+fn unpack_reads_gnu_sparse_files() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let sparse = fs::File::create(src.join("sparse")).unwrap();
+    sparse.set_len(10 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    for (i, offset) in [
+        0u64,
+        1 << 20,
+        3 << 20,
+        5 << 20,
+        7 << 20,
+        9 << 20,
+        (10 << 20) - 5,
+    ]
+    .iter()
+    .enumerate()
+    {
+        sparse
+            .write_at(format!("part{i}").as_bytes(), *offset)
+            .unwrap();
+    }
+    fs::write(src.join("after"), "after the sparse file").unwrap();
+    let archive = tmp.path().join("sparse.tar");
+    run(std::process::Command::new("tar")
+        .args(["-c", "-S", "--format=gnu", "-f"])
+        .arg(&archive)
+        .arg("-C")
+        .arg(&src)
+        .args(["sparse", "after"]));
+    let dst = tmp.path().join("dst");
+    fs::create_dir(&dst).unwrap();
+    unpack_layer(fs::File::open(&archive).unwrap(), &dst).unwrap();
+    assert_eq!(
+        fs::read(dst.join("sparse")).unwrap(),
+        fs::read(src.join("sparse")).unwrap()
+    );
+    assert_eq!(
+        fs::read(dst.join("after")).unwrap(),
+        b"after the sparse file"
+    );
+}
