@@ -393,6 +393,7 @@ impl Executor for UnionExecutor {
                 .try_clone()
                 .map_err(|e| builder_error("failed to duplicate the output pipe", e))?;
             let stdin: Option<OwnedFd> = fs::File::open("/dev/null").ok().map(OwnedFd::from);
+            let cgroup_name = format!("strata-{}", request.id);
             let spec = strata_runtime::Spec {
                 rootfs: target.clone(),
                 args: request.args.clone(),
@@ -405,14 +406,19 @@ impl Executor for UnionExecutor {
                     Network::None => strata_runtime::Network::None,
                     Network::Default | Network::Host => strata_runtime::Network::Host,
                 },
-                cgroup_name: format!("strata-{}", request.id),
+                cgroup_name: cgroup_name.clone(),
                 stdin,
                 stdout: Some(request.output),
                 stderr: Some(stderr),
                 ..Default::default()
             };
-            strata_runtime::run(spec)
-                .map_err(|e| builder_error("failed to start the RUN command", e))
+            let status = strata_runtime::run(spec)
+                .map_err(|e| builder_error("failed to start the RUN command", e));
+            // The step's cgroup has served its purpose once the command has exited.
+            if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name) {
+                tracing::warn!("failed to remove cgroup {cgroup_name}: {err}");
+            }
+            status
         })();
         drop(extra);
         drop(guard);
