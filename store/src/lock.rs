@@ -28,13 +28,7 @@ pub struct FileLock {
 impl FileLock {
     /// Opens (creating) `path` and locks it in `mode`, waiting for conflicting holders.
     pub fn acquire(path: &Path, mode: LockMode) -> Result<FileLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io("failed to open lock file", path, e))?;
+        let file = open_lock_file(path)?;
         let locked = match mode {
             LockMode::Shared => file.lock_shared(),
             LockMode::Exclusive => file.lock(),
@@ -45,13 +39,7 @@ impl FileLock {
 
     /// Like `acquire`, but returns `Ok(None)` instead of waiting when someone else holds it.
     pub fn try_acquire(path: &Path, mode: LockMode) -> Result<Option<FileLock>> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| Error::io("failed to open lock file", path, e))?;
+        let file = open_lock_file(path)?;
         let locked = match mode {
             LockMode::Shared => file.try_lock_shared(),
             LockMode::Exclusive => file.try_lock(),
@@ -81,6 +69,17 @@ impl FileLock {
         self.mode = mode;
         Ok(())
     }
+}
+
+/// Opens (creating, never truncating) the file a lock is taken on.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io("failed to open lock file", path, e))
 }
 
 #[cfg(test)]
