@@ -14,12 +14,11 @@ use std::path::Path;
 use crate::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::layout::Store;
+use crate::layout::{OCI_LAYOUT, Store};
+use crate::refs::{CONTAINERD_NAME, REF_NAME};
 use crate::transfer::{Descriptor, LocalImage, ManifestDoc, Platform, select_platform};
 use crate::{oci, refs};
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// index.json, manifest.json and friends are small; anything bigger is not one of them.
 const MAX_METADATA: u64 = 16 << 20;
 
@@ -75,7 +74,7 @@ fn write_archive_to(images: &[(&LocalImage, Vec<String>)], path: &Path, docker_m
     }
     let index =
         serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::media::OCI_INDEX, "manifests": index});
-    append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err)?;
+    append_bytes(&mut tar, "oci-layout", OCI_LAYOUT).map_err(io_err)?;
     append_bytes(&mut tar, "index.json", &serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err)?;
     if docker_manifest {
         append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&docker).unwrap_or_default()).map_err(io_err)?;

@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::lock::{FileLock, LockMode};
 
 /// `oci-layout` file content (image-spec `image-layout.md#oci-layout-file`).
-const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+pub(crate) const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const EMPTY_INDEX: &[u8] =
     br#"{"manifests":[],"mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#;
 

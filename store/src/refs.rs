@@ -11,10 +11,13 @@ use std::fs;
 
 use crate::error::{Error, Result};
 use crate::layout::Store;
+use crate::registry::media;
 use crate::{Digest, json, oci};
 
 /// The annotation that names an index entry.
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation containerd (and `docker save`) put the full image name in.
+pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Parses `name[:tag]` into `name:tag` (`:latest` when no tag is given). The tag is what
 /// follows the last `:` after the last `/`, so `localhost:5000/app` has no tag.
@@ -97,7 +100,7 @@ impl Store {
         let out = change(&mut entries)?;
         let index = serde_json::json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "mediaType": media::OCI_INDEX,
             "manifests": entries,
         });
         let bytes = json::to_canonical(&index, "index.json")?;

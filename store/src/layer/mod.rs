@@ -32,6 +32,7 @@ pub use unpack::unpack_layer;
 pub use write::write_layer;
 
 use crate::Digest;
+use crate::registry::media;
 
 /// Prefix of a whiteout entry in a layer tar (image-spec `layer.md#whiteouts`).
 pub const WHITEOUT_PREFIX: &str = ".wh.";
@@ -65,9 +66,9 @@ impl Compression {
     /// The OCI media type of a layer compressed this way.
     pub fn media_type(self) -> &'static str {
         match self {
-            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+            Compression::Zstd => media::OCI_LAYER_ZSTD,
+            Compression::Gzip => media::OCI_LAYER_GZIP,
+            Compression::None => media::OCI_LAYER_TAR,
         }
     }
 }

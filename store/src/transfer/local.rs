@@ -12,11 +12,10 @@ use super::{Descriptor, Location, ManifestDoc, Platform, TransferOptions, select
 use crate::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::layout::Store;
+use crate::layout::{OCI_LAYOUT, Store};
+use crate::refs::{CONTAINERD_NAME, REF_NAME};
 use crate::registry::media;
 
-const REF_NAME: &str = "org.opencontainers.image.ref.name";
-const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// An image whose blobs are files in `blobs_dir` (named by hex digest).
 pub struct LocalImage {
@@ -224,7 +223,7 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
     fs::create_dir_all(&blobs).map_err(|e| Error::io("failed to create", &blobs, e))?;
     let layout = dir.join("oci-layout");
     if !layout.exists() {
-        write_file_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        write_file_atomic(&layout, OCI_LAYOUT)?;
     }
     for blob in image.doc.blobs() {
         let dest = blobs.join(blob.digest.hex());
@@ -272,7 +271,7 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
         });
     };
     manifests.retain(|m| match tag {
-        Some(tag) => m.pointer("/annotations/org.opencontainers.image.ref.name").and_then(|v| v.as_str()) != Some(tag),
+        Some(tag) => m.get("annotations").and_then(|a| a.get(REF_NAME)).and_then(|v| v.as_str()) != Some(tag),
         None => m.get("digest") != entry.get("digest"),
     });
     manifests.push(entry);

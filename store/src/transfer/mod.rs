@@ -178,8 +178,8 @@ impl ManifestDoc {
             media::OCI_LAYER_GZIP,
             media::OCI_LAYER_ZSTD,
             media::DOCKER_LAYER_GZIP,
-            "application/vnd.docker.image.rootfs.diff.tar",
-            "application/vnd.docker.image.rootfs.diff.tar.zstd",
+            media::DOCKER_LAYER_TAR,
+            media::DOCKER_LAYER_ZSTD,
         ];
         for layer in &self.layers {
             if !KNOWN.contains(&layer.media_type.as_str()) {
