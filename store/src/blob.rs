@@ -64,10 +64,7 @@ impl Store {
             io::ErrorKind::NotFound => Error::BlobNotFound(*digest),
             _ => Error::io("failed to read blob", &path, e),
         })?;
-        let actual = Digest::of(&bytes);
-        if actual != *digest {
-            return Err(Error::DigestMismatch { expected: *digest, actual });
-        }
+        digest.verify(&bytes)?;
         Ok(bytes)
     }
 }

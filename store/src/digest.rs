@@ -2,7 +2,7 @@
 //! writer that computes one while bytes stream through it.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -16,6 +16,22 @@ pub struct Digest([u8; 32]);
 impl Digest {
     pub fn of(bytes: &[u8]) -> Digest {
         Digest(Sha256::digest(bytes).into())
+    }
+
+    /// The digest of everything `reader` yields (for blobs too large to read at once).
+    pub fn of_reader(reader: &mut impl Read) -> io::Result<Digest> {
+        let mut writer = HashingWriter::new(io::sink());
+        io::copy(reader, &mut writer)?;
+        Ok(writer.finish().1)
+    }
+
+    /// Checks that `bytes` hash to this digest: `Error::DigestMismatch` when they do not.
+    pub fn verify(&self, bytes: &[u8]) -> Result<()> {
+        let actual = Digest::of(bytes);
+        if actual != *self {
+            return Err(Error::DigestMismatch { expected: *self, actual });
+        }
+        Ok(())
     }
 
     pub fn from_bytes(bytes: [u8; 32]) -> Digest {

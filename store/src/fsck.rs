@@ -7,7 +7,6 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
 
 use crate::error::{Error, Result};
 use crate::layout::Store;
@@ -91,7 +90,7 @@ impl Store {
                 actual
             } else {
                 let mut file = File::open(&path).map_err(|e| Error::io("failed to open", &path, e))?;
-                file.hash_to_end().map_err(|e| Error::io("failed to read", &path, e))?
+                Digest::of_reader(&mut file).map_err(|e| Error::io("failed to read", &path, e))?
             };
             if actual != expected {
                 found.add(expected, format!("blob is corrupt: content hashes to {actual}"));
@@ -232,18 +231,5 @@ impl Store {
             }
         }
         Ok(())
-    }
-}
-
-/// Hashing a whole stream (for blobs too large to read at once).
-pub(crate) trait HashToEnd {
-    fn hash_to_end(&mut self) -> io::Result<Digest>;
-}
-
-impl<R: io::Read> HashToEnd for R {
-    fn hash_to_end(&mut self) -> io::Result<Digest> {
-        let mut writer = crate::digest::HashingWriter::new(io::sink());
-        io::copy(self, &mut writer)?;
-        Ok(writer.finish().1)
     }
 }

@@ -163,7 +163,8 @@ impl CacheImport {
                 let config = config_of(&image.doc.config, |d| {
                     let path = image.blob_path(d);
                     let bytes = std::fs::read(&path).map_err(|e| Error::io("failed to read", &path, e))?;
-                    verify(d, bytes)
+                    d.verify(&bytes)?;
+                    Ok(bytes)
                 })?;
                 Ok(CacheImport { entries: config, origin })
             }
@@ -220,14 +221,6 @@ impl CacheImport {
         store.cache_put(key, entry)?;
         Ok(Some(entry.clone()))
     }
-}
-
-fn verify(digest: &Digest, bytes: Vec<u8>) -> Result<Vec<u8>> {
-    let actual = Digest::of(&bytes);
-    if actual != *digest {
-        return Err(Error::DigestMismatch { expected: *digest, actual });
-    }
-    Ok(bytes)
 }
 
 fn config_of(

@@ -97,10 +97,7 @@ impl LocalImage {
 
 fn read_verified(path: &Path, digest: &Digest) -> Result<Vec<u8>> {
     let bytes = fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
-    let actual = Digest::of(&bytes);
-    if actual != *digest {
-        return Err(Error::DigestMismatch { expected: *digest, actual });
-    }
+    digest.verify(&bytes)?;
     Ok(bytes)
 }
 
