@@ -235,6 +235,7 @@ mod tests {
                 root: "/r".into(),
                 userns,
                 private_network: true,
+                files: vec![("/c/resolv.conf".into(), "/etc/resolv.conf".into())],
             },
             hostname: Some("box".into()),
             loopback: true,
@@ -346,6 +347,23 @@ mod tests {
         assert!(position(&calls, "pivot_root . .") < open);
         assert_eq!(calls[open + 2], "mount /dev/pts/0 /dev/console - MS_BIND -");
         assert!(open < position(&calls, "setresuid 1000"));
+    }
+
+    #[test]
+    fn etc_files_are_bound_before_the_pivot() {
+        let recorder = recorder();
+        setup(&recorder, &setup_spec(false)).unwrap();
+        let calls = recorder.calls();
+        let touch = position(&calls, "touch /r/etc/resolv.conf");
+        let bind = position(
+            &calls,
+            "mount /c/resolv.conf /r/etc/resolv.conf - MS_BIND -",
+        );
+        assert!(position(&calls, "mkdir /r/etc") < touch, "{calls:#?}");
+        assert!(
+            touch < bind && bind < position(&calls, "pivot_root . ."),
+            "{calls:#?}"
+        );
     }
 
     #[test]

@@ -65,6 +65,11 @@ pub struct Spec {
     pub user: String,
     pub hostname: Option<String>,
     pub network: Network,
+    /// Host files bound onto container paths (`(host file, "/etc/resolv.conf")`), in
+    /// order, before the pivot. Docker-style per-container copies of /etc/resolv.conf,
+    /// /etc/hosts and /etc/hostname go here; writes to them reach the host file, never
+    /// the rootfs. A missing target is created empty in the rootfs (see `rootfs.rs`).
+    pub etc_files: Vec<(PathBuf, String)>,
     /// Map container root to host ids USERNS_HOST_START.. (USERNS_SIZE ids).
     pub userns: bool,
     pub limits: Limits,

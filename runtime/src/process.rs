@@ -15,6 +15,7 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
@@ -87,6 +88,11 @@ pub fn spawn(spec: Spec) -> Result<Child> {
             root: rootfs,
             userns: spec.userns,
             private_network: spec.network == Network::None,
+            files: spec
+                .etc_files
+                .iter()
+                .map(|(host, inside)| (host.clone(), PathBuf::from(inside)))
+                .collect(),
         },
         hostname: spec.hostname.clone(),
         loopback: spec.network == Network::None,

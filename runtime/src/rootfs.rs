@@ -20,6 +20,9 @@ pub struct Rootfs {
     pub userns: bool,
     /// A private network namespace (fresh sysfs allowed outside a user namespace).
     pub private_network: bool,
+    /// Host files bound onto container paths (absolute inside the container), e.g. the
+    /// container's own /etc/resolv.conf, /etc/hosts and /etc/hostname.
+    pub files: Vec<(PathBuf, PathBuf)>,
 }
 
 /// runc's default masked paths (libcontainer/specconv/example.go).
@@ -148,6 +151,8 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         )?;
     }
 
+    bind_files(sys, spec)?;
+
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only
     // the container's tree (pivot_root(2), "NOTES": new_root and put_old may be the same).
     sys.chdir(root)
@@ -168,6 +173,36 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         .map_err(sys_err("chdir /".into()))?;
 
     mask(sys)
+}
+
+/// Binds the given host files onto their container paths, before the pivot (while the
+/// host's side is reachable). Like runc, a missing target is created as an empty file:
+/// that lands in the upper, so a caller that must keep it out of the container's changes
+/// (docker's "init layer") provides the mount points in a lower layer.
+fn bind_files(sys: &dyn Syscall, spec: &Rootfs) -> Step {
+    for (host, inside) in &spec.files {
+        let relative = inside.strip_prefix("/").unwrap_or(inside);
+        let target = spec.root.join(relative);
+        match sys.kind(&target) {
+            Some(Kind::Dir) => {
+                return Err(format!(
+                    "bind {} on {}: the target is a directory",
+                    host.display(),
+                    inside.display()
+                ));
+            }
+            Some(Kind::File) => {}
+            None => {
+                if let Some(parent) = target.parent() {
+                    mkdir(sys, parent)?;
+                }
+                sys.touch(&target)
+                    .map_err(io_err(format!("create {}", target.display())))?;
+            }
+        }
+        mount(sys, Some(host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    Ok(())
 }
 
 /// /dev: a small tmpfs with the host's device nodes bound in, a private devpts, /dev/shm

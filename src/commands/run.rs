@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use strata_store::{Container, Status, Store};
 use strata_unionfs::{Driver, MountSpec};
 
+mod etc;
+
 use crate::cli::{RunArgs, RunMonitorArgs};
 use crate::commands::Globals;
 
@@ -262,11 +264,13 @@ fn start(
     globals: &Globals,
     mut container: Container,
     config: &RunConfig,
-    lowers: Vec<PathBuf>,
+    mut lowers: Vec<PathBuf>,
     stdin: Option<OwnedFd>,
     output: Option<OwnedFd>,
 ) -> anyhow::Result<i32> {
     let driver: Driver = config.driver.parse()?;
+    let (etc_files, init_layer) = etc::prepare(&container.dir, &lowers, &config.network, &config.hostname)?;
+    lowers.insert(0, init_layer);
     let spec = MountSpec {
         lowers,
         upper: container.upper_dir(),
@@ -296,6 +300,7 @@ fn start(
         } else {
             strata_runtime::Network::None
         },
+        etc_files,
         userns: config.userns,
         limits: strata_runtime::Limits {
             memory: config.memory,

@@ -267,15 +267,16 @@ fn diff_lists_adds_changes_and_deletes_on_both_drivers() {
             "busybox",
             "sh",
             "-c",
-            "echo new > /newfile; echo x >> /etc/hosts; rm /etc/hostname; mkdir -p /var/lib/app",
+            // /etc/hosts and /etc/hostname are the container's own binds (docker's): not changes
+            "echo new > /newfile; echo x >> /etc/passwd; rm /etc/group; mkdir -p /var/lib/app",
         ]);
         let diff = store.ok(&["diff", &name]);
         assert_eq!(
-            diff, "C /etc\nD /etc/hostname\nC /etc/hosts\nA /newfile\nC /var\nA /var/lib\nA /var/lib/app\n",
+            diff, "C /etc\nD /etc/group\nC /etc/passwd\nA /newfile\nC /var\nA /var/lib\nA /var/lib/app\n",
             "{driver}"
         );
         let json: serde_json::Value = serde_json::from_str(&store.ok(&["diff", "--json", &name])).unwrap();
-        assert_eq!(json[1], serde_json::json!({"kind": "D", "path": "/etc/hostname"}));
+        assert_eq!(json[1], serde_json::json!({"kind": "D", "path": "/etc/group"}));
     }
 }
 
@@ -294,7 +295,7 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
             "busybox",
             "sh",
             "-c",
-            "echo data > /data; rm /etc/hostname; rm -r /home; mkdir /home; touch /home/only",
+            "echo data > /data; rm /etc/group; rm -r /home; mkdir /home; touch /home/only",
         ]);
         let id = store.ok(&[
             "commit",
@@ -316,10 +317,10 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
                 &tag,
                 "sh",
                 "-c",
-                "ls /etc/hostname 2>&1; ls -A /home",
+                "ls /etc/group 2>&1; ls -A /home",
             ]);
             assert_eq!(
-                out, "ls: /etc/hostname: No such file or directory\nonly\n",
+                out, "ls: /etc/group: No such file or directory\nonly\n",
                 "made on {driver}, run on {run_driver}"
             );
         }
@@ -379,5 +380,55 @@ fn userns_private_maps_root_to_unprivileged_ids() {
         ]);
         let words: Vec<&str> = out.split_whitespace().collect();
         assert_eq!(words, ["0", "0", "100000", "65536"], "{driver}");
+    }
+}
+
+#[test]
+fn etc_files_are_per_container_binds_outside_the_upper_on_both_drivers() {
+    let store = store_with_busybox();
+    let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    // busybox has no /etc/resolv.conf, /etc/hosts or /etc/hostname: the init layer
+    // provides the mount points, so nothing is created in the upper.
+    for driver in DRIVERS {
+        let name = format!("dns-{driver}");
+        let out = store.ok(&[
+            "run",
+            "--name",
+            &name,
+            "--driver",
+            driver,
+            "--network",
+            "host",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /etc/resolv.conf; echo ---; cat /etc/hostname; echo '10.9.9.9 edited' >> /etc/hosts",
+        ]);
+        let id = container_status(&store, &name)["id"].as_str().unwrap().to_string();
+        assert_eq!(out, format!("{host_resolv}---\n{}\n", &id[..12]), "{driver}");
+        assert_eq!(store.ok(&["diff", &name]), "", "{driver}: the etc files leaked into the upper");
+        let upper = store.root().join("containers").join(&id).join("upper");
+        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0, "{driver}: upper not empty");
+        // The edit went to the container's own copy.
+        let hosts = std::fs::read_to_string(store.root().join("containers").join(&id).join("hosts")).unwrap();
+        assert!(hosts.ends_with("10.9.9.9 edited\n"), "{driver}: {hosts}");
+
+        let out = store.ok(&[
+            "run",
+            "--rm",
+            "--driver",
+            driver,
+            "--network",
+            "none",
+            "--hostname",
+            "box",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /etc/hosts /etc/hostname; ls -ld /etc | cut -c1-10",
+        ]);
+        assert!(out.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost"), "{driver}: {out}");
+        assert!(out.contains("127.0.0.1\tbox\nbox\n"), "{driver}: {out}");
+        assert!(out.ends_with("drwxr-xr-x\n"), "{driver}: {out}");
     }
 }
