@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::layout::{OCI_LAYOUT, Store};
+use crate::layout::{OCI_LAYOUT, Store, replace_file};
 use crate::refs::{CONTAINERD_NAME, REF_NAME};
 use crate::transfer::{Descriptor, LocalImage, ManifestDoc, Platform, select_platform};
 use crate::{oci, refs};
@@ -25,19 +25,16 @@ const MAX_METADATA: u64 = 16 << 20;
 /// Writes `images` (each with the names to give it) as an OCI archive at `out`, atomically;
 /// with `docker_manifest` also a docker-archive `manifest.json`.
 pub fn write_archive(images: &[(&LocalImage, Vec<String>)], out: &Path, docker_manifest: bool) -> Result<()> {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = out.file_name().and_then(|n| n.to_str()).unwrap_or("archive");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = write_archive_to(images, &tmp, docker_manifest)
-        .and_then(|()| fs::rename(&tmp, out).map_err(|e| Error::io("failed to rename into place", out, e)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    replace_file(out, 0o666, |file| write_archive_to(images, file, out, docker_manifest))
 }
 
-fn write_archive_to(images: &[(&LocalImage, Vec<String>)], path: &Path, docker_manifest: bool) -> Result<()> {
-    let file = File::create(path).map_err(|e| Error::io("failed to create", path, e))?;
+/// Writes the archive into `file`; `path` (where it will be) names it in errors.
+fn write_archive_to(
+    images: &[(&LocalImage, Vec<String>)],
+    file: &mut File,
+    path: &Path,
+    docker_manifest: bool,
+) -> Result<()> {
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
     let io_err = |e: io::Error| Error::io("failed to write archive", path, e);
     let mut index = Vec::new();
@@ -92,9 +89,8 @@ fn write_archive_to(images: &[(&LocalImage, Vec<String>)], path: &Path, docker_m
         let mut header = header(size, tar::EntryType::Regular);
         tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), file).map_err(io_err)?;
     }
-    let writer = tar.into_inner().map_err(io_err)?;
-    let file = writer.into_inner().map_err(|e| io_err(e.into_error()))?;
-    file.sync_all().map_err(io_err)
+    let mut writer = tar.into_inner().map_err(io_err)?;
+    writer.flush().map_err(io_err)
 }
 
 fn header(size: u64, kind: tar::EntryType) -> tar::Header {

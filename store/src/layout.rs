@@ -20,8 +20,9 @@
 //! A crash at any instant leaves either the old or the new file: the rename is the commit
 //! point, and the fsync of the directory makes it durable.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,6 +183,32 @@ impl Store {
 pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     fs::rename(from, to).map_err(|e| Error::io("failed to rename into place", to, e))?;
     sync_parent(to)
+}
+
+/// Replaces `path`, a file outside the store (credentials, an OCI layout's files, an
+/// archive), atomically: `fill` writes a hidden tmp file beside it, created with `mode`,
+/// which is fsynced and renamed over `path`, and the directory is fsynced. On error the
+/// tmp file is removed and `path` is left as it was.
+pub(crate) fn replace_file(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| Error::io("failed to create", &tmp, e))?;
+        fill(&mut file)?;
+        file.sync_all().map_err(|e| Error::io("failed to fsync", &tmp, e))?;
+        rename_durable(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// fsyncs the directory holding `path`.

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::error::{Error, Result};
+use crate::layout::replace_file;
 
 /// A user name and password (or identity token) for one registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -133,27 +134,14 @@ pub fn remove_in(path: &Path, registry: &str) -> Result<bool> {
     Ok(removed)
 }
 
+/// Rewrites the credentials file atomically, readable by its owner only.
 fn write_atomic(path: &Path, config: &serde_json::Value) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| Error::io("failed to create", dir, e))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("auth"),
-        std::process::id()
-    ));
     let mut bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
     bytes.push(b'\n');
-    let write = || -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        file.write_all(&bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("failed to write credentials", path, e)
+    replace_file(path, 0o600, |file| {
+        file.write_all(&bytes).map_err(|e| Error::io("failed to write credentials", path, e))
     })
 }
 

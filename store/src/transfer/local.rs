@@ -12,7 +12,7 @@ use super::{Descriptor, Location, ManifestDoc, Platform, TransferOptions, select
 use crate::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::layout::{OCI_LAYOUT, Store};
+use crate::layout::{OCI_LAYOUT, Store, replace_file};
 use crate::refs::{CONTAINERD_NAME, REF_NAME};
 use crate::registry::media;
 
@@ -277,19 +277,7 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
     Ok(image.manifest_digest)
 }
 
-/// tmp file beside `path`, fsync, rename.
-pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let write = || -> io::Result<()> {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("failed to write", path, e)
-    })
+/// `bytes` as the new content of `path`, atomically.
+fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    replace_file(path, 0o666, |file| file.write_all(bytes).map_err(|e| Error::io("failed to write", path, e)))
 }
