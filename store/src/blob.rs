@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
@@ -33,6 +33,16 @@ impl Store {
             self.write_atomic(&self.blob_path(&digest), bytes)?;
         }
         Ok((digest, bytes.len() as u64))
+    }
+
+    /// Copies the file at `path` in as the blob `digest`; a file with other content is
+    /// refused with `Error::DigestMismatch` and nothing is stored.
+    pub fn put_blob_file(&self, path: &Path, digest: &Digest) -> Result<()> {
+        let mut input = File::open(path).map_err(|e| Error::io("failed to open blob", path, e))?;
+        let mut writer = self.blob_writer()?;
+        io::copy(&mut input, &mut writer).map_err(|e| Error::io("failed to copy blob", path, e))?;
+        writer.commit(Some(digest))?;
+        Ok(())
     }
 
     /// A writer that streams a blob into `tmp/`; nothing is stored until `commit`.

@@ -10,7 +10,6 @@
 //! `mode=min` exports the entries of the final stage, `mode=max` those of every stage.
 
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -204,12 +203,7 @@ impl CacheImport {
             if !store.has_blob(&descriptor.digest) {
                 match &self.origin {
                     Origin::Local(blobs) => {
-                        let path = blobs.join(descriptor.digest.hex());
-                        let mut input =
-                            std::fs::File::open(&path).map_err(|e| Error::io("failed to open", &path, e))?;
-                        let mut writer = store.blob_writer()?;
-                        io::copy(&mut input, &mut writer).map_err(|e| Error::io("failed to copy", &path, e))?;
-                        writer.commit(Some(&descriptor.digest))?;
+                        store.put_blob_file(&blobs.join(descriptor.digest.hex()), &descriptor.digest)?;
                     }
                     Origin::Registry { client, repository } => {
                         let opts = TransferOptions { progress: &Quiet, ..TransferOptions::default() };

@@ -203,11 +203,7 @@ pub(crate) fn copy_into_store(
             continue;
         }
         opts.progress.begin(&blob.digest, blob.size, "copy");
-        let path = image.blob_path(&blob.digest);
-        let mut input = File::open(&path).map_err(|e| Error::io("failed to open blob", &path, e))?;
-        let mut writer = store.blob_writer()?;
-        io::copy(&mut input, &mut writer).map_err(|e| Error::io("failed to copy blob", &path, e))?;
-        writer.commit(Some(&blob.digest))?;
+        store.put_blob_file(&image.blob_path(&blob.digest), &blob.digest)?;
         opts.progress.end(&blob.digest, "done");
     }
     store.put_manifest_raw(&image.manifest, names)
