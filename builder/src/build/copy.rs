@@ -499,23 +499,32 @@ pub(crate) fn execute(
                     make_parents(&tree, upper, &dest)?;
                     dest.clone()
                 };
-                let mut dirs = Vec::new();
-                for item in items {
-                    if root.kind == Kind::Dir && item.rel.is_empty() {
-                        continue;
-                    }
+                let target_of = |item: &Item| {
                     let target = upper.join(join(&base, &item.rel));
                     let item_owner = owner.unwrap_or(if *from_context {
                         (0, 0)
                     } else {
                         (item.uid, item.gid)
                     });
-                    let mode = chmod.unwrap_or(item.mode);
+                    (target, chmod.unwrap_or(item.mode), item_owner)
+                };
+                let wanted = |item: &&Item| !(root.kind == Kind::Dir && item.rel.is_empty());
+                // Directories first, in path order (parents before children); then every
+                // other entry in parallel: they only need their parent to exist.
+                let mut dirs = Vec::new();
+                for item in items.iter().filter(wanted).filter(|i| i.kind == Kind::Dir) {
+                    let (target, mode, item_owner) = target_of(item);
                     copy_item(item, &target, mode, item_owner)?;
-                    if item.kind == Kind::Dir {
-                        dirs.push((item, target));
-                    }
+                    dirs.push((item, target));
                 }
+                items
+                    .par_iter()
+                    .filter(wanted)
+                    .filter(|i| i.kind != Kind::Dir)
+                    .try_for_each(|item| {
+                        let (target, mode, item_owner) = target_of(item);
+                        copy_item(item, &target, mode, item_owner)
+                    })?;
                 // directory times last: creating entries inside changes them
                 for (item, target) in dirs.iter().rev() {
                     copy_mtime(&item.real, target);
