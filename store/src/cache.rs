@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::image::LayerBlob;
-use crate::layout::Store;
+use crate::layout::{Store, list_dir};
 use crate::refs::descriptor_digest;
 use crate::{Digest, json};
 
@@ -48,10 +48,8 @@ impl Store {
 
     /// Every readable entry, sorted by key. Unreadable files are skipped (fsck reports them).
     pub fn cache_entries(&self) -> Result<Vec<(Digest, CacheEntry)>> {
-        let dir = self.cache_dir();
         let mut out = Vec::new();
-        for item in fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))? {
-            let item = item.map_err(|e| Error::io("failed to list", &dir, e))?;
+        for item in list_dir(&self.cache_dir())? {
             let name = item.file_name();
             let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|h| Digest::from_hex(h).ok())
             else {

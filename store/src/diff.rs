@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::layout::Store;
+use crate::layout::{Store, list_dir};
 
 /// What happened to a path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
@@ -238,11 +238,7 @@ fn change(kind: ChangeKind, rel: &Path) -> Change {
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io("failed to list", dir, e))?;
-    let mut names = Vec::new();
-    for entry in entries {
-        names.push(entry.map_err(|e| Error::io("failed to list", dir, e))?.file_name());
-    }
+    let mut names: Vec<OsString> = list_dir(dir)?.iter().map(fs::DirEntry::file_name).collect();
     names.sort();
     Ok(names)
 }

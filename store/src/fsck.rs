@@ -9,7 +9,7 @@ use std::fmt;
 use std::fs::{self, File};
 
 use crate::error::{Error, Result};
-use crate::layout::Store;
+use crate::layout::{Store, entry_digest, list_dir};
 use crate::refs::{descriptor_digest, entry_name};
 use crate::{Digest, json, oci};
 
@@ -65,11 +65,9 @@ impl Store {
 
     /// Re-hashes every blob; remembers corrupt ones and the diff_ids of every config.
     fn check_blobs(&self, found: &mut Findings) -> Result<()> {
-        let dir = self.blobs_dir();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &dir, e))?;
+        for entry in list_dir(&self.blobs_dir())? {
             let path = entry.path();
-            let Some(expected) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) else {
+            let Some(expected) = entry_digest(&entry) else {
                 found.add(path.display(), "not a sha256 blob name");
                 continue;
             };
@@ -195,11 +193,9 @@ impl Store {
     }
 
     fn check_layers(&self, found: &mut Findings) -> Result<()> {
-        let dir = self.layers_dir();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &dir, e))?;
+        for entry in list_dir(&self.layers_dir())? {
             let path = entry.path();
-            match entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+            match entry_digest(&entry) {
                 None => found.add(path.display(), "unpacked layer name is not a diff_id"),
                 Some(diff_id) if !found.diff_ids.contains(&diff_id) => {
                     found.add(path.display(), format!("unpacked layer {diff_id} is not a diff_id of any image config"))
@@ -212,9 +208,7 @@ impl Store {
     }
 
     fn check_containers(&self, found: &mut Findings) -> Result<()> {
-        let dir = self.containers_dir();
-        for entry in fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &dir, e))?;
+        for entry in list_dir(&self.containers_dir())? {
             let state_path = entry.path().join("state.json");
             let state = fs::read(&state_path)
                 .map_err(|e| e.to_string())

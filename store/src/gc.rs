@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fs;
 
 use crate::error::{Error, Result};
-use crate::layout::{Store, disk_size};
+use crate::layout::{Store, disk_size, entry_digest, list_dir};
 use crate::lock::LockMode;
 use crate::refs::descriptor_digest;
 use crate::{Digest, json, oci};
@@ -48,30 +48,16 @@ impl Store {
         let keep = self.reachable()?;
         let mut report = GcReport::default();
 
-        let blobs_dir = self.blobs_dir();
-        for entry in fs::read_dir(&blobs_dir).map_err(|e| Error::io("failed to list", &blobs_dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &blobs_dir, e))?;
-            let keep_it = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| Digest::from_hex(name).ok())
-                .is_some_and(|d| keep.blobs.contains(&d));
-            if !keep_it {
+        for entry in list_dir(&self.blobs_dir())? {
+            if !entry_digest(&entry).is_some_and(|d| keep.blobs.contains(&d)) {
                 report.freed_bytes += disk_size(&entry.path());
                 remove_any(&entry.path())?;
                 report.blobs += 1;
             }
         }
 
-        let layers_dir = self.layers_dir();
-        for entry in fs::read_dir(&layers_dir).map_err(|e| Error::io("failed to list", &layers_dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &layers_dir, e))?;
-            let keep_it = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| Digest::from_hex(name).ok())
-                .is_some_and(|d| keep.diff_ids.contains(&d));
-            if !keep_it {
+        for entry in list_dir(&self.layers_dir())? {
+            if !entry_digest(&entry).is_some_and(|d| keep.diff_ids.contains(&d)) {
                 // Move out first, so a crash mid-delete never leaves a half layer in layers/.
                 let doomed = self.tmp_path("gc-layer");
                 report.freed_bytes += disk_size(&entry.path());
@@ -81,9 +67,7 @@ impl Store {
             }
         }
 
-        let tmp_dir = self.tmp_dir();
-        for entry in fs::read_dir(&tmp_dir).map_err(|e| Error::io("failed to list", &tmp_dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &tmp_dir, e))?;
+        for entry in list_dir(&self.tmp_dir())? {
             report.freed_bytes += disk_size(&entry.path());
             remove_any(&entry.path())?;
             report.tmp += 1;
@@ -162,11 +146,9 @@ impl Store {
 
     /// Keeps manifests (and their layers) whose config is one of `configs`.
     fn mark_manifests_of(&self, configs: &HashSet<Digest>, keep: &mut Reachable) -> Result<()> {
-        let blobs_dir = self.blobs_dir();
-        for entry in fs::read_dir(&blobs_dir).map_err(|e| Error::io("failed to list", &blobs_dir, e))? {
-            let entry = entry.map_err(|e| Error::io("failed to list", &blobs_dir, e))?;
+        for entry in list_dir(&self.blobs_dir())? {
             let small = entry.metadata().is_ok_and(|m| m.len() < 4 << 20);
-            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) else { continue };
+            let Some(digest) = entry_digest(&entry) else { continue };
             if !small || keep.blobs.contains(&digest) {
                 continue;
             }

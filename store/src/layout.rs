@@ -28,6 +28,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::Digest;
 use crate::error::{Error, Result};
 use crate::lock::{FileLock, LockMode};
 
@@ -215,6 +216,17 @@ pub(crate) fn replace_file(path: &Path, mode: u32, fill: impl FnOnce(&mut File) 
 pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     let parent = path.parent().unwrap_or(Path::new("/"));
     File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| Error::io("failed to fsync directory", parent, e))
+}
+
+/// The entries of `dir`, in no particular order.
+pub(crate) fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("failed to list", dir, e))?;
+    entries.map(|entry| entry.map_err(|e| Error::io("failed to list", dir, e))).collect()
+}
+
+/// The digest a directory entry's name spells in hex (blobs, unpacked layers), if any.
+pub(crate) fn entry_digest(entry: &fs::DirEntry) -> Option<Digest> {
+    entry.file_name().to_str().and_then(|name| Digest::from_hex(name).ok())
 }
 
 /// Size in bytes of a file or of everything below a directory (not following symlinks).
