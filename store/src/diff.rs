@@ -11,11 +11,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::fs::{self, Metadata};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::layer::{is_opaque, is_whiteout};
 use crate::layout::{Store, list_dir};
 
 /// What happened to a path.
@@ -241,17 +242,6 @@ fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
     let mut names: Vec<OsString> = list_dir(dir)?.iter().map(fs::DirEntry::file_name).collect();
     names.sort();
     Ok(names)
-}
-
-/// An overlay whiteout: a character device with device number 0/0.
-pub fn is_whiteout(meta: &Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-/// An overlay opaque directory: `trusted.overlay.opaque = "y"`.
-pub fn is_opaque(path: &Path) -> bool {
-    let mut value = [0u8; 4];
-    matches!(rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut value), Ok(1) if value[0] == b'y')
 }
 
 #[cfg(test)]

@@ -50,6 +50,19 @@ pub(crate) fn is_layer_xattr(name: &[u8]) -> bool {
     !name.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) && name != b"security.selinux"
 }
 
+/// An overlay whiteout on disk: a character device with device number 0/0.
+pub fn is_whiteout(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+/// An overlay opaque directory on disk: `trusted.overlay.opaque = "y"` (read errors count
+/// as not opaque).
+pub fn is_opaque(path: &std::path::Path) -> bool {
+    let mut value = [0u8; 4];
+    matches!(rustix::fs::lgetxattr(path, OPAQUE_XATTR, &mut value), Ok(1) if value[0] == b'y')
+}
+
 /// How a layer blob is compressed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Compression {

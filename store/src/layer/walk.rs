@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
-use super::{OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, is_layer_xattr};
+use super::{OPAQUE_MARKER, OPAQUE_XATTR, WHITEOUT_PREFIX, is_layer_xattr, is_whiteout};
 use crate::error::{Error, Result};
 
 /// Overlayfs xattrs that make an upper entry depend on lower layers in ways an OCI layer
@@ -125,7 +125,7 @@ fn stat(source: PathBuf, rel: Vec<u8>) -> Result<Option<Node>> {
         Kind::Symlink(target.into_os_string().into_vec())
     } else if file_type.is_fifo() {
         Kind::Fifo
-    } else if file_type.is_char_device() && md.rdev() == 0 {
+    } else if is_whiteout(&md) {
         let base = name.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
         name.splice(base..base, WHITEOUT_PREFIX.bytes());
         Kind::Whiteout
