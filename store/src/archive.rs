@@ -14,6 +14,7 @@ use std::path::Path;
 use crate::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
+use crate::layer::Compression;
 use crate::layout::{OCI_LAYOUT, Store, replace_file};
 use crate::refs::{CONTAINERD_NAME, REF_NAME};
 use crate::transfer::{Descriptor, LocalImage, ManifestDoc, Platform, select_platform};
@@ -224,9 +225,5 @@ fn load_manifest(store: &Store, entry: &Descriptor, names: &[String]) -> Result<
 fn sniff_layer(path: &Path) -> oci::MediaType {
     let mut magic = [0u8; 4];
     let n = File::open(path).and_then(|mut f| f.read(&mut magic)).unwrap_or(0);
-    match &magic[..n] {
-        [0x1f, 0x8b, ..] => oci::MediaType::ImageLayerGzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => oci::MediaType::ImageLayerZstd,
-        _ => oci::MediaType::ImageLayer,
-    }
+    oci::MediaType::from(Compression::sniff(&magic[..n]).media_type())
 }

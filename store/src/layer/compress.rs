@@ -9,6 +9,20 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZSTD_OUT_BUFFER: usize = 1 << 20;
 
+impl Compression {
+    /// How a stream that starts with `head` (its first four bytes, or fewer) is compressed,
+    /// by its magic bytes.
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&ZSTD_MAGIC) {
+            Compression::Zstd
+        } else if head.starts_with(&GZIP_MAGIC) {
+            Compression::Gzip
+        } else {
+            Compression::None
+        }
+    }
+}
+
 /// Compresses into `W`.
 pub(crate) enum Encoder<W: Write> {
     Zstd(zstd::stream::write::Encoder<'static, W>),
@@ -110,12 +124,10 @@ pub(crate) fn decoder<'a, R: Read + 'a>(mut input: R) -> io::Result<Box<dyn Read
     }
     let head = io::Cursor::new(magic[..filled].to_vec());
     let stream = head.chain(input);
-    Ok(if magic[..filled] == ZSTD_MAGIC {
-        Box::new(zstd::stream::read::Decoder::new(stream)?)
-    } else if filled >= 2 && magic[..2] == GZIP_MAGIC {
-        Box::new(flate2::read::MultiGzDecoder::new(stream))
-    } else {
-        Box::new(stream)
+    Ok(match Compression::sniff(&magic[..filled]) {
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(stream)?),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(stream)),
+        Compression::None => Box::new(stream),
     })
 }
 
