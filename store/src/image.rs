@@ -97,7 +97,7 @@ impl Store {
         let (digest, size) = self.put_blob(manifest_bytes)?;
         let media_type = manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
         let names = names.iter().map(|name| normalize_name(name)).collect::<Result<Vec<_>>>()?;
-        self.update_index(|entries| {
+        let names = self.update_index(|entries| {
             if names.is_empty() {
                 let present = entries.iter().any(|e| descriptor_digest(e).ok() == Some(digest));
                 if !present {
@@ -107,21 +107,15 @@ impl Store {
             for name in &names {
                 set_name(entries, &digest, size, media_type.clone(), name);
             }
-            Ok(())
+            Ok(names_of(entries, &digest))
         })?;
-        self.image_by_manifest(&digest)
+        self.load_image(&digest, names)
     }
 
     /// Loads the image whose manifest is `manifest_digest`, with its current names.
     pub fn image_by_manifest(&self, manifest_digest: &Digest) -> Result<Image> {
         let entries = self.index_entries()?;
-        let mut names: Vec<String> = entries
-            .iter()
-            .filter(|e| descriptor_digest(e).ok() == Some(*manifest_digest))
-            .filter_map(|e| entry_name(e).map(String::from))
-            .collect();
-        names.sort();
-        self.load_image(manifest_digest, names)
+        self.load_image(manifest_digest, names_of(&entries, manifest_digest))
     }
 
     fn load_image(&self, manifest_digest: &Digest, names: Vec<String>) -> Result<Image> {
@@ -166,9 +160,10 @@ impl Store {
     pub fn resolve(&self, reference: &str) -> Result<Image> {
         let not_found = || Error::ImageNotFound(reference.to_string());
         if let Ok(name) = normalize_name(reference) {
-            let hit = self.index_entries()?.into_iter().find(|e| entry_name(e) == Some(name.as_str()));
-            if let Some(entry) = hit {
-                return self.image_by_manifest(&descriptor_digest(&entry)?);
+            let entries = self.index_entries()?;
+            if let Some(entry) = entries.iter().find(|e| entry_name(e) == Some(name.as_str())) {
+                let digest = descriptor_digest(entry)?;
+                return self.load_image(&digest, names_of(&entries, &digest));
             }
         }
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
@@ -267,6 +262,17 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// The names the index `entries` give the manifest `digest`, sorted.
+fn names_of(entries: &[oci::Descriptor], digest: &Digest) -> Vec<String> {
+    let mut names: Vec<String> = entries
+        .iter()
+        .filter(|e| descriptor_digest(e).ok() == Some(*digest))
+        .filter_map(|e| entry_name(e).map(String::from))
+        .collect();
+    names.sort();
+    names
 }
 
 /// Points `name` at `digest`: drops the entry that had the name and an unnamed entry of
