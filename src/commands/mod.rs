@@ -59,7 +59,6 @@ impl Globals {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let globals = Globals::new(cli.root);
-    let _ = &globals;
     match cli.command {
         Command::Build(args) => build::run(&globals, args),
         Command::Import(args) => import::run(&globals, args),

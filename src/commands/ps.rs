@@ -10,8 +10,7 @@ use crate::cli::PsArgs;
 use crate::commands::Globals;
 use crate::commands::run::is_running;
 
-fn status_text(container: &Container, now: i64) -> String {
-    let _ = now;
+fn status_text(container: &Container) -> String {
     match container.state.status {
         Status::Created => "Created".to_string(),
         Status::Running if is_running(container) => "Up".to_string(),
@@ -74,7 +73,7 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
             c.state.image.as_deref().unwrap_or("-"),
             command,
             created,
-            status_text(c, now),
+            status_text(c),
             c.state.name
         );
     }
