@@ -36,13 +36,7 @@ pub fn run(globals: &Globals, args: DiffArgs) -> anyhow::Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
-        let mut out = String::new();
-        for change in &changes {
-            out.push(change.kind.letter());
-            out.push(' ');
-            out.push_str(&change.path);
-            out.push('\n');
-        }
+        let out: String = changes.iter().map(|change| format!("{change}\n")).collect();
         print!("{out}");
     }
     Ok(ExitCode::SUCCESS)
