@@ -12,6 +12,8 @@ use strata_store::Digest;
 use strata_store::registry::ClientOptions;
 use strata_store::transfer::Progress;
 
+use super::images::human_size;
+
 pub fn client_options(insecure: bool) -> ClientOptions {
     ClientOptions { insecure, ..ClientOptions::default() }
 }
@@ -28,16 +30,6 @@ impl Reporter {
         let bars = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
         Reporter { bars, active: Mutex::new(HashMap::new()), quiet }
-    }
-}
-
-fn human(bytes: u64) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..1_000 => format!("{bytes} B"),
-        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
-        _ => format!("{:.2} GB", b / 1e9),
     }
 }
 
@@ -76,7 +68,7 @@ impl Progress for Reporter {
         }
         let entry = self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
         let line = match &entry {
-            Some((_, action, size)) => format!("{action} {} {outcome} ({})", digest.short(), human(*size)),
+            Some((_, action, size)) => format!("{action} {} {outcome} ({})", digest.short(), human_size(*size)),
             None => format!("{} {outcome}", digest.short()),
         };
         match (&self.bars, entry) {
