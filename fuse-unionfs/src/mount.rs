@@ -355,6 +355,8 @@ pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
             drop(read_end);
             let mut write_end = write_end;
             let _ = rustix::process::setsid();
+            // Entries get exactly the mode the kernel sends (it applied the caller's umask).
+            rustix::process::umask(rustix::fs::Mode::empty());
             let session = match fuse_session(&spec) {
                 Ok(session) => session,
                 Err(err) => {
@@ -363,7 +365,6 @@ pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
                 }
             };
             let _ = std::env::set_current_dir("/");
-            rustix::process::umask(rustix::fs::Mode::empty());
             let _ = sys::detach_stdio();
             let _ = write_end.write_all(b"ok");
             drop(write_end);

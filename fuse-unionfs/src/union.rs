@@ -138,15 +138,14 @@ impl Union {
             layer: UPPER,
             dir_layers,
         });
-        let umask = rustix::process::umask(Mode::empty());
-        rustix::process::umask(umask);
+        let umask = current_umask();
         Ok(Union {
             layers,
             table,
             rename_lock: RwLock::new(()),
             files: Handles::new(),
             dirs: Handles::new(),
-            umask: umask.bits(),
+            umask,
         })
     }
 
@@ -542,6 +541,18 @@ impl Union {
     pub(crate) fn upper_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.layers.fd(UPPER)
     }
+}
+
+/// The process umask, read without changing it (setting and restoring it would race with
+/// other threads creating files): /proc/self/status has it since Linux 4.7.
+fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+        })
+        .unwrap_or(0o022)
 }
 
 impl Union {
