@@ -14,16 +14,6 @@ use crate::cli::CommitArgs;
 use crate::commands::Globals;
 use crate::commands::diff::container_changes;
 
-/// `name` with `:latest` when it has no tag.
-fn full_name(name: &str) -> String {
-    let last = name.rsplit('/').next().unwrap_or(name);
-    if last.contains(':') || name.contains('@') {
-        name.to_string()
-    } else {
-        format!("{name}:latest")
-    }
-}
-
 /// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
 fn command_form(text: &str) -> Vec<String> {
     let text = text.trim();
@@ -127,7 +117,8 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
         .image_id
         .context("container has no image to commit onto")?;
     let image = store.resolve(&image_id.to_string())?;
-    let names: Vec<String> = args.name.iter().map(|name| full_name(name)).collect();
+    // The store adds `:latest` to a name without a tag (and refuses a bad name).
+    let names: Vec<String> = args.name.iter().cloned().collect();
     let changes = container_changes(&store, &container.id)?;
 
     if changes.is_empty() && args.changes.is_empty() && args.message.is_none() {
@@ -200,6 +191,7 @@ mod tests {
 
     #[test]
     fn names_get_latest() {
+        let full_name = |name| strata_store::refs::normalize_name(name).unwrap();
         assert_eq!(full_name("app"), "app:latest");
         assert_eq!(full_name("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(full_name("app:v2"), "app:v2");
