@@ -112,12 +112,6 @@ impl Store {
         self.load_image(&digest, names)
     }
 
-    /// Loads the image whose manifest is `manifest_digest`, with its current names.
-    pub fn image_by_manifest(&self, manifest_digest: &Digest) -> Result<Image> {
-        let entries = self.index_entries()?;
-        self.load_image(manifest_digest, names_of(&entries, manifest_digest))
-    }
-
     fn load_image(&self, manifest_digest: &Digest, names: Vec<String>) -> Result<Image> {
         let bytes = self.read_blob(manifest_digest)?;
         let manifest: oci::ImageManifest = json::parse(&bytes, || format!("manifest {manifest_digest}"))?;

@@ -10,7 +10,6 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ureq::Body;
@@ -99,7 +98,6 @@ pub struct Client {
     pub(crate) options: ClientOptions,
     credentials: Option<Credentials>,
     auth: Mutex<AuthState>,
-    requests: AtomicU64,
 }
 
 /// Hosts treated as insecure registries without `--insecure` (as docker does).
@@ -153,7 +151,6 @@ impl Client {
             options,
             credentials,
             auth: Mutex::new(AuthState::default()),
-            requests: AtomicU64::new(0),
         })
     }
 
@@ -164,11 +161,6 @@ impl Client {
 
     pub fn registry(&self) -> &str {
         &self.registry
-    }
-
-    /// HTTP requests sent so far (token requests and retries included).
-    pub fn request_count(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -236,7 +228,6 @@ impl Client {
     }
 
     fn send_once(&self, request: &Request<'_>, authorization: Option<&str>) -> io::Result<Response<Body>> {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut builder = http::Request::builder().method(request.method).uri(&request.url);
         for (name, value) in &request.headers {
             builder = builder.header(*name, value);

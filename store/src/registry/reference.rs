@@ -87,11 +87,6 @@ impl Reference {
         if self.registry == DOCKER_HUB { DOCKER_HUB_API } else { &self.registry }
     }
 
-    /// The same repository with another tag (and no digest).
-    pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference { tag: Some(tag.to_string()), digest: None, ..self.clone() }
-    }
-
     /// `registry/repository:tag` (the tag defaulting to `latest`), the name a pulled image
     /// is stored under; a digest-only reference gives `registry/repository@sha256:..`.
     pub fn name(&self) -> String {

@@ -10,7 +10,7 @@
 //! `mode=min` exports the entries of the final stage, `mode=max` those of every stage.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -231,11 +231,6 @@ fn config_of(
     let bytes = read(&config.digest)?;
     let parsed: CacheConfig = json::parse(&bytes, || format!("cache config {}", config.digest))?;
     Ok(parsed.entries.into_iter().map(|e| (e.key, e.entry)).collect())
-}
-
-/// Whether `dir` holds a cache export (for messages).
-pub fn local_exists(dir: &Path) -> bool {
-    dir.join("index.json").exists()
 }
 
 #[cfg(test)]
