@@ -150,7 +150,12 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
     let prepared = (|| -> anyhow::Result<(Container, RunConfig, Vec<PathBuf>)> {
         let store = Store::open(&globals.root)?;
         let image = store.resolve(&args.image)?;
-        let mut container = store.create_container(Some(&image), args.name.as_deref())?;
+        // A --rm container never outlives its command: its state needs no fsync.
+        let mut container = if args.rm {
+            store.create_volatile_container(Some(&image), args.name.as_deref())?
+        } else {
+            store.create_container(Some(&image), args.name.as_deref())?
+        };
         let config = config_for(&image, &container.id, &args).inspect_err(|_| {
             let _ = store.remove_container(&container);
         })?;
@@ -158,7 +163,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         container.state.config = serde_json::to_value(&config)?;
         if args.detach {
             container.save()?; // the monitor reads the config from state.json
-        } // else saved with the pid once the command runs: one fsync'd write fewer
+        } // else saved with the pid once the command runs: one write fewer
         let lowers = if args.detach {
             Vec::new()
         } else {

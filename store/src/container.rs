@@ -3,6 +3,25 @@
 //! A container directory is assembled in `tmp/` and renamed into place whole, so a crash
 //! never leaves a container without its state. `state.json` is rewritten atomically by
 //! `Container::save`. Names are unique; the check and the rename happen under `refs.lock`.
+//!
+//! Durability. A container's state is not image data: a lost `state.json` loses no layer,
+//! blob or name. Ordinary containers are still written durably (tmp + fsync + rename +
+//! fsync of the directory) because `rm`, `commit` and `gc` must find them after a crash.
+//! A *volatile* container (`run --rm`: removed as soon as its command exits, like podman's
+//! volatile --rm containers) is written atomically but without any fsync. Its directory
+//! holds an empty `volatile` file, created before the directory is renamed into
+//! `containers/`: a directory entry is metadata, which the journal orders before the
+//! rename, so after a crash a volatile container whose `state.json` did not reach the disk
+//! is recognised as the leftover it is and moved to `tmp/` (swept by gc) by the next
+//! listing, instead of being a damaged container. Every write stays atomic for readers.
+//!
+//! ```text
+//! containers/<id>/
+//!   state.json      ContainerState (JSON)
+//!   volatile        present only for volatile containers (empty)
+//!   upper/ work/    the union mount's writable layer and overlayfs work dir
+//!   rootfs/         the mount point
+//! ```
 
 use std::fs;
 use std::io::Read;
@@ -13,6 +32,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::layout::{Store, rename_durable};
+
+/// The marker file of a volatile container (see the module docs).
+const VOLATILE_MARKER: &str = "volatile";
 use crate::{Digest, json, time};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +72,8 @@ pub struct Container {
     pub id: String,
     pub dir: PathBuf,
     pub state: ContainerState,
+    /// Written without fsync (`Store::create_volatile_container`).
+    volatile: bool,
 }
 
 impl Container {
@@ -69,34 +93,61 @@ impl Container {
         self.dir.join("state.json")
     }
 
-    /// Rewrites `state.json` atomically (tmp file in the container dir, fsync, rename).
+    /// True for a container made by `Store::create_volatile_container`.
+    pub fn is_volatile(&self) -> bool {
+        self.volatile
+    }
+
+    /// Rewrites `state.json` atomically (tmp file in the container dir, rename); durably
+    /// (fsync of the file before and of the directory after the rename) unless the
+    /// container is volatile.
     pub fn save(&self) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(&self.state)
             .map_err(|source| Error::Json { what: format!("container {} state", self.id), source })?;
         let tmp = self.dir.join(".state.json.tmp");
-        write_synced(&tmp, &bytes)?;
-        rename_durable(&tmp, &self.state_path())
+        write_file(&tmp, &bytes, !self.volatile)?;
+        if self.volatile {
+            fs::rename(&tmp, self.state_path())
+                .map_err(|e| Error::io("failed to rename into place", self.state_path(), e))
+        } else {
+            rename_durable(&tmp, &self.state_path())
+        }
     }
 
     fn load(dir: &Path) -> Result<Container> {
         let path = dir.join("state.json");
         let bytes = fs::read(&path).map_err(|e| Error::io("failed to read container state", &path, e))?;
         let state: ContainerState = json::parse(&bytes, || path.display().to_string())?;
-        Ok(Container { id: state.id.clone(), dir: dir.to_path_buf(), state })
+        let volatile = dir.join(VOLATILE_MARKER).exists();
+        Ok(Container { id: state.id.clone(), dir: dir.to_path_buf(), state, volatile })
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     use std::io::Write;
     let mut file = fs::File::create(path).map_err(|e| Error::io("failed to create", path, e))?;
     file.write_all(bytes).map_err(|e| Error::io("failed to write", path, e))?;
-    file.sync_all().map_err(|e| Error::io("failed to fsync", path, e))
+    if sync {
+        file.sync_all().map_err(|e| Error::io("failed to fsync", path, e))?;
+    }
+    Ok(())
 }
 
 impl Store {
     /// Creates a container directory from `image` (or none: an empty rootfs). Without a
-    /// name one is generated; a taken name is refused.
+    /// name one is generated; a taken name is refused. Its state is written durably.
     pub fn create_container(&self, image: Option<&Image>, name: Option<&str>) -> Result<Container> {
+        self.new_container(image, name, false)
+    }
+
+    /// `create_container` for a container that will not outlive its command (`run --rm`):
+    /// its state is written atomically but never fsync'd (see the module docs), saving
+    /// every fsync of the create, save and remove path.
+    pub fn create_volatile_container(&self, image: Option<&Image>, name: Option<&str>) -> Result<Container> {
+        self.new_container(image, name, true)
+    }
+
+    fn new_container(&self, image: Option<&Image>, name: Option<&str>, volatile: bool) -> Result<Container> {
         let id = random_id()?;
         if let Some(name) = name {
             let valid = !name.is_empty()
@@ -114,6 +165,10 @@ impl Store {
             for sub in ["upper", "work", "rootfs"] {
                 let path = staging.join(sub);
                 fs::create_dir(&path).map_err(|e| Error::io("failed to create directory", &path, e))?;
+            }
+            if volatile {
+                let marker = staging.join(VOLATILE_MARKER);
+                fs::File::create(&marker).map_err(|e| Error::io("failed to create", &marker, e))?;
             }
             let _guard = self.refs_lock()?;
             let taken: Vec<String> = self.containers()?.into_iter().map(|c| c.state.name).collect();
@@ -138,10 +193,14 @@ impl Store {
                 mounted_at: None,
                 config: serde_json::Value::Null,
             };
-            let staged = Container { id: id.clone(), dir: staging.clone(), state };
+            let staged = Container { id: id.clone(), dir: staging.clone(), state, volatile };
             staged.save()?;
             let dir = self.containers_dir().join(&id);
-            rename_durable(&staging, &dir)?;
+            if volatile {
+                fs::rename(&staging, &dir).map_err(|e| Error::io("failed to rename into place", &dir, e))?;
+            } else {
+                rename_durable(&staging, &dir)?;
+            }
             Ok(Container { dir, ..staged })
         })();
         if result.is_err() {
@@ -187,6 +246,15 @@ impl Store {
             if name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()) {
                 match Container::load(&entry.path()) {
                     Ok(container) => out.push(container),
+                    // state.json is only ever replaced by rename: unreadable means a crash
+                    // lost a volatile container's unsynced state. It is garbage: hand it to gc.
+                    Err(_) if entry.path().join(VOLATILE_MARKER).exists() => {
+                        let doomed = self.tmp_path("crashed-container");
+                        match fs::rename(entry.path(), &doomed) {
+                            Ok(()) => tracing::warn!("moved crashed volatile container {name} to {}", doomed.display()),
+                            Err(err) => tracing::warn!("skipping crashed volatile container {name}: {err}"),
+                        }
+                    }
                     Err(err) if !strict => tracing::warn!("skipping container {name}: {err}"),
                     Err(err) => return Err(err),
                 }
@@ -204,7 +272,11 @@ impl Store {
         }
         // Rename out of containers/ first so a half-deleted container is never listed.
         let doomed = self.tmp_path("removed-container");
-        rename_durable(&container.dir, &doomed)?;
+        if container.volatile {
+            fs::rename(&container.dir, &doomed).map_err(|e| Error::io("failed to rename into place", &doomed, e))?;
+        } else {
+            rename_durable(&container.dir, &doomed)?;
+        }
         fs::remove_dir_all(&doomed).map_err(|e| Error::io("failed to remove", &doomed, e))
     }
 }
@@ -268,6 +340,43 @@ fn generate_name(id: &str, taken: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn volatile_containers_are_marked_saved_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut container = store.create_volatile_container(None, Some("quick")).unwrap();
+        assert!(container.is_volatile());
+        assert!(container.dir.join(VOLATILE_MARKER).is_file());
+        container.state.status = Status::Running;
+        container.save().unwrap();
+        assert!(!container.dir.join(".state.json.tmp").exists());
+        let found = store.container("quick").unwrap();
+        assert!(found.is_volatile());
+        assert_eq!(found.state.status, Status::Running);
+        let durable = store.create_container(None, Some("kept")).unwrap();
+        assert!(!durable.is_volatile() && !durable.dir.join(VOLATILE_MARKER).exists());
+        store.remove_container(&found).unwrap();
+        assert!(matches!(store.container("quick"), Err(Error::ContainerNotFound(_))));
+    }
+
+    #[test]
+    fn crashed_volatile_container_goes_to_tmp_but_damaged_durable_one_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let volatile = store.create_volatile_container(None, Some("lost")).unwrap();
+        let durable = store.create_container(None, Some("damaged")).unwrap();
+        // What a crash can leave of an unsynced write: the name, but no data.
+        fs::write(volatile.dir.join("state.json"), b"").unwrap();
+        fs::write(durable.dir.join("state.json"), b"").unwrap();
+        assert!(store.containers().unwrap().is_empty());
+        assert!(!volatile.dir.exists(), "the crashed volatile container stayed in containers/");
+        let in_tmp = fs::read_dir(dir.path().join("tmp")).unwrap().filter_map(|e| e.ok());
+        assert!(in_tmp.into_iter().any(|e| e.file_name().to_string_lossy().starts_with("crashed-container")));
+        // A durable container is never guessed away: gc refuses, fsck reports it.
+        assert!(durable.dir.exists());
+        assert!(store.containers_strict().is_err());
+    }
 
     #[test]
     fn mountinfo_octal_escapes_are_decoded() {

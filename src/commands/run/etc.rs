@@ -15,11 +15,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 /// The files bound into every container (container path, file name in the container dir).
-const FILES: [(&str, &str); 3] = [
-    ("/etc/resolv.conf", "resolv.conf"),
-    ("/etc/hosts", "hosts"),
-    ("/etc/hostname", "hostname"),
-];
+const FILES: [(&str, &str); 3] =
+    [("/etc/resolv.conf", "resolv.conf"), ("/etc/hosts", "hosts"), ("/etc/hostname", "hostname")];
 
 /// docker's /etc/hosts for a container without a network of the host's
 /// (libnetwork/etchosts `Build`'s default records).
@@ -73,9 +70,8 @@ pub fn prepare(
     fs::create_dir_all(&etc).with_context(|| format!("failed to create {}", etc.display()))?;
     // The init layer's /etc shadows the image's attributes (the top layer's directory wins
     // in a union): give it the image's mode and owner.
-    if let Some(meta) = lowers
-        .iter()
-        .find_map(|lower| fs::symlink_metadata(lower.join("etc")).ok().filter(|m| m.is_dir()))
+    if let Some(meta) =
+        lowers.iter().find_map(|lower| fs::symlink_metadata(lower.join("etc")).ok().filter(|m| m.is_dir()))
     {
         fs::set_permissions(&etc, fs::Permissions::from_mode(meta.mode() & 0o7777))
             .with_context(|| format!("failed to chmod {}", etc.display()))?;
