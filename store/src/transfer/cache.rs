@@ -18,6 +18,7 @@ use super::{Descriptor, LocalImage, Location, Platform, Quiet, TransferOptions, 
 use crate::cache::CacheEntry;
 use crate::error::{Error, Result};
 use crate::layout::Store;
+use crate::refs::descriptor_digest;
 use crate::registry::{Client, ClientOptions, Reference, media};
 use crate::{Digest, json};
 
@@ -195,17 +196,18 @@ impl CacheImport {
     pub fn get(&self, store: &Store, key: &Digest) -> Result<Option<CacheEntry>> {
         let Some(entry) = self.entries.get(key) else { return Ok(None) };
         if let Some(layer) = &entry.layer {
-            let descriptor: Descriptor = serde_json::from_value(
-                serde_json::to_value(&layer.descriptor)
-                    .map_err(|source| Error::Json { what: "cache layer descriptor".into(), source })?,
-            )
-            .map_err(|source| Error::Json { what: "cache layer descriptor".into(), source })?;
-            if !store.has_blob(&descriptor.digest) {
+            let digest = descriptor_digest(&layer.descriptor)?;
+            if !store.has_blob(&digest) {
                 match &self.origin {
-                    Origin::Local(blobs) => {
-                        store.put_blob_file(&blobs.join(descriptor.digest.hex()), &descriptor.digest)?;
-                    }
+                    Origin::Local(blobs) => store.put_blob_file(&blobs.join(digest.hex()), &digest)?,
                     Origin::Registry { client, repository } => {
+                        let descriptor = Descriptor {
+                            media_type: layer.descriptor.media_type().to_string(),
+                            digest,
+                            size: layer.descriptor.size(),
+                            platform: None,
+                            annotations: BTreeMap::new(),
+                        };
                         let opts = TransferOptions { progress: &Quiet, ..TransferOptions::default() };
                         remote::fetch_blobs(store, client, repository, &[&descriptor], &opts)?;
                     }
