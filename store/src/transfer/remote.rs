@@ -113,10 +113,7 @@ pub(crate) fn push_with_client(
     }
     let sources = BlobSources::load(store);
     let blobs: Vec<&Descriptor> = image.doc.blobs().collect();
-    let target = match (&reference.tag, &reference.digest) {
-        (None, Some(d)) => d.to_string(),
-        _ => reference.reference(),
-    };
+    let target = reference.reference();
     // A registry only accepts a manifest whose blobs it holds, so the same manifest already
     // under this tag means there is nothing to do: one HEAD instead of one per blob.
     if let Some((digest, _, _)) = client.manifest_exists(repo, &target)?
