@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ureq::http::StatusCode;
 
-use super::client::{Client, Payload, Request, error_from, percent_encode};
+use super::client::{Client, Payload, Request, error_from, header, percent_encode};
 use crate::Digest;
 use crate::digest::HashingWriter;
 use crate::error::{Error, Result};
@@ -226,8 +226,7 @@ impl Client {
     }
 
     fn location(&self, response: &ureq::http::Response<ureq::Body>, url: &str) -> Result<String, UploadError> {
-        let location = response.headers().get("location").and_then(|v| v.to_str().ok());
-        match location {
+        match header(response, "location") {
             Some(l) => Ok(self.resolve_location(l)),
             None => Err(UploadError::Fatal(Error::Registry {
                 url: url.to_string(),
@@ -272,5 +271,5 @@ fn fail(url: &str, what: &str, response: ureq::http::Response<ureq::Body>) -> Up
 }
 
 pub(crate) fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {
-    response.headers().get("content-length")?.to_str().ok()?.parse().ok()
+    header(response, "content-length")?.parse().ok()
 }

@@ -390,6 +390,11 @@ impl<R: Read> Read for Progress<'_, R> {
     }
 }
 
+/// A response header's value, when present and valid text.
+pub(crate) fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    response.headers().get(name)?.to_str().ok()
+}
+
 /// Turns an error response into an `Error`, quoting the registry's error codes
 /// (distribution-spec "Error Codes") and pointing at `strata login` on 401.
 pub(crate) fn error_from(url: &str, what: &str, mut response: Response<Body>) -> Error {

@@ -6,7 +6,7 @@
 use ureq::http::StatusCode;
 
 use super::blob::{pull_scope, push_scope};
-use super::client::{Client, Payload, Request, error_from};
+use super::client::{Client, Payload, Request, error_from, header};
 use super::media;
 use crate::Digest;
 use crate::error::{Error, Result};
@@ -32,9 +32,7 @@ impl Client {
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let header =
-                    |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-                let digest = match header("docker-content-digest").and_then(|d| d.parse::<Digest>().ok()) {
+                let digest = match header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok()) {
                     Some(d) => d,
                     // Without the header only a GET can tell the digest.
                     None => {
@@ -45,7 +43,8 @@ impl Client {
                     }
                 };
                 let size = super::blob::content_length(&response).unwrap_or(0);
-                Ok(Some((digest, header("content-type").unwrap_or_default(), size)))
+                let media_type = header(&response, "content-type").unwrap_or_default().to_string();
+                Ok(Some((digest, media_type, size)))
             }
             _ => Err(error_from(&url, "HEAD manifest", response)),
         }
@@ -60,9 +59,8 @@ impl Client {
         if !response.status().is_success() {
             return Err(error_from(&url, "GET manifest", response));
         }
-        let header = |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let announced = header("docker-content-digest");
-        let content_type = header("content-type");
+        let announced = header(&response, "docker-content-digest").map(str::to_string);
+        let content_type = header(&response, "content-type").map(str::to_string);
         let bytes = response
             .body_mut()
             .with_config()
