@@ -421,8 +421,8 @@ pub(crate) fn error_from(url: &str, what: &str, mut response: Response<Body>) ->
     Error::Registry { url: url.to_string(), message }
 }
 
-/// Percent-encodes a query value (RFC 3986 unreserved characters pass through).
-pub(crate) fn built<T>(request: std::result::Result<http::Request<T>, http::Error>) -> io::Result<http::Request<T>> {
+/// A built `http::Request`, its builder's error as an `io::Error` like the agent's own.
+fn built<T>(request: std::result::Result<http::Request<T>, http::Error>) -> io::Result<http::Request<T>> {
     request.map_err(io::Error::other)
 }
 
