@@ -432,3 +432,30 @@ fn etc_files_are_per_container_binds_outside_the_upper_on_both_drivers() {
         assert!(out.ends_with("drwxr-xr-x\n"), "{driver}: {out}");
     }
 }
+
+#[test]
+fn tty_window_size_changes_reach_the_running_container() {
+    crate::common::require_tool("script", "apt-get install -y util-linux");
+    let store = store_with_busybox();
+    let strata = format!("{} --root {}", strata_bin().display(), store.root().display());
+    // The container prints its start size, creates /ready (seen on the host in its upper)
+    // and waits for a new size. The host side resizes strata's terminal once /ready exists:
+    // the kernel sends SIGWINCH to strata, which must copy the size into the container's pty
+    // (whose kernel then signals the container's shell).
+    let inner = "stty size; touch /ready; i=0; \
+                 while [ \"$(stty size)\" = \"40 100\" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; \
+                 echo now $(stty size)";
+    let shell = format!(
+        "stty rows 40 cols 100; \
+         (i=0; until ls {root}/containers/*/upper/ready >/dev/null 2>&1 || [ $i -ge 600 ]; do sleep 0.05; i=$((i+1)); done; \
+          stty rows 50 cols 120 </dev/tty) & \
+         {strata} run --rm -i -t busybox sh -c '{inner}'; echo rc=$?; wait",
+        root = store.root().display()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &shell, "/dev/null"]);
+    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    let stdout = text(&out.stdout).replace('\r', "");
+    assert!(stdout.contains("40 100\nnow 50 120\n"), "{stdout}");
+    assert!(stdout.contains("rc=0\n"), "{stdout}");
+}
