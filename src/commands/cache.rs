@@ -4,10 +4,12 @@
 //! read eagerly, layers fetched on a hit); sinks collect the keys of the build and write
 //! the export once it is done (`finish`).
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use strata_builder::cache::{CacheSink, CacheSource};
+use strata_store::refs::descriptor_digest;
 use strata_store::transfer::cache::{self, CacheImport, CacheSpec};
 use strata_store::{CacheEntry, Digest, Image, Store};
 
@@ -31,7 +33,7 @@ pub struct CacheTo {
 
 impl CacheSink for CacheTo {
     fn export(&self, _store: &Store, key: &Digest, entry: &CacheEntry) -> strata_store::Result<()> {
-        let layer = entry.layer.as_ref().and_then(|l| l.descriptor.digest().to_string().parse().ok());
+        let layer = entry.layer.as_ref().and_then(|l| descriptor_digest(&l.descriptor).ok());
         self.seen.lock().unwrap_or_else(|p| p.into_inner()).push((*key, layer));
         Ok(())
     }
@@ -42,11 +44,12 @@ impl CacheTo {
     /// (and those without a layer); `mode=max` keeps every stage's.
     pub fn finish(&self, store: &Store, image: &Image) -> anyhow::Result<usize> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let layers: Vec<String> = image.manifest.layers().iter().map(|l| l.digest().to_string()).collect();
+        let layers: HashSet<Digest> =
+            image.manifest.layers().iter().filter_map(|l| descriptor_digest(l).ok()).collect();
         let all: Vec<Digest> = seen.iter().map(|(k, _)| *k).collect();
         let final_keys: Vec<Digest> = seen
             .iter()
-            .filter(|(_, layer)| layer.is_none_or(|d: Digest| layers.contains(&d.to_string())))
+            .filter(|(_, layer)| layer.is_none_or(|d| layers.contains(&d)))
             .map(|(k, _)| *k)
             .collect();
         let count = cache::export(store, &self.spec, &all, &final_keys, &client_options(self.insecure))
