@@ -63,12 +63,7 @@ impl Store {
                 message: format!("{} diff_ids for {} layers", config.rootfs().diff_ids().len(), layers.len()),
             });
         }
-        for layer in layers {
-            let digest = descriptor_digest(layer)?;
-            if !self.has_blob(&digest) {
-                return Err(Error::BlobNotFound(digest));
-            }
-        }
+        self.check_blobs_present(layers)?;
         let config_bytes = json::to_canonical(config, "image config")?;
         let (config_digest, config_size) = self.put_blob(&config_bytes)?;
         let manifest = oci::ImageManifestBuilder::default()
@@ -88,12 +83,7 @@ impl Store {
         let manifest: oci::ImageManifest = json::parse(manifest_bytes, || "image manifest".into())?;
         let config_digest = descriptor_digest(manifest.config())?;
         self.read_blob(&config_digest)?;
-        for layer in manifest.layers() {
-            let digest = descriptor_digest(layer)?;
-            if !self.has_blob(&digest) {
-                return Err(Error::BlobNotFound(digest));
-            }
-        }
+        self.check_blobs_present(manifest.layers())?;
         let (digest, size) = self.put_blob(manifest_bytes)?;
         let media_type = manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
         let names = names.iter().map(|name| normalize_name(name)).collect::<Result<Vec<_>>>()?;
@@ -110,6 +100,17 @@ impl Store {
             Ok(names_of(entries, &digest))
         })?;
         self.load_image(&digest, names)
+    }
+
+    /// `Error::BlobNotFound` for the first of `layers` whose blob is not in the store.
+    fn check_blobs_present(&self, layers: &[oci::Descriptor]) -> Result<()> {
+        for layer in layers {
+            let digest = descriptor_digest(layer)?;
+            if !self.has_blob(&digest) {
+                return Err(Error::BlobNotFound(digest));
+            }
+        }
+        Ok(())
     }
 
     fn load_image(&self, manifest_digest: &Digest, names: Vec<String>) -> Result<Image> {
