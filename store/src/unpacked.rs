@@ -37,21 +37,28 @@ impl Store {
             return Ok(target);
         }
         let digest = descriptor_digest(descriptor)?;
-        let staging = self.tmp_dir_create("unpack")?;
-        let result = (|| {
+        self.in_staging("unpack", |staging| {
             let mut reader = self.open_blob(&digest)?;
-            let actual = layer::unpack_layer(&mut reader, &staging)?;
+            let actual = layer::unpack_layer(&mut reader, staging)?;
             // The unpacker may stop at the tar end marker; the digest is checked at EOF.
             reader.verify_rest()?;
             if actual != *diff_id {
                 return Err(Error::DiffIdMismatch { digest, expected: *diff_id, actual });
             }
-            self.place_layer_dir(&staging, &target)
-        })();
+            self.place_layer_dir(staging, &target)
+        })?;
+        Ok(target)
+    }
+
+    /// Runs `work` on a fresh directory in `tmp/`, which is removed afterwards unless
+    /// `work` renamed it into place.
+    fn in_staging<T>(&self, kind: &str, work: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let staging = self.tmp_dir_create(kind)?;
+        let result = work(&staging);
         if staging.exists() {
             let _ = fs::remove_dir_all(&staging);
         }
-        result.map(|()| target)
+        result
     }
 
     /// Renames a finished layer dir into `layers/`; losing a race to an equal one is fine.
@@ -97,24 +104,19 @@ impl Store {
         for name in names {
             normalize_name(name)?;
         }
-        let staging = self.tmp_dir_create("import")?;
-        let result = (|| {
-            layer::unpack_layer(input, &staging)?;
-            let layer = self.create_layer(&staging, opts)?;
+        self.in_staging("import", |staging| {
+            layer::unpack_layer(input, staging)?;
+            let layer = self.create_layer(staging, opts)?;
             let created = time::format_rfc3339(source_date_epoch.unwrap_or_else(time::now));
             let config = import_config(&created, &layer.diff_id)?;
             let image = self.put_image(&config, std::slice::from_ref(&layer.descriptor), names)?;
             if source_date_epoch.is_none() {
                 // Without clamping the blob is exactly this tree: keep it as the unpacked
                 // layer. Placed after the config exists, so fsck always knows its diff_id.
-                self.place_layer_dir(&staging, &self.layers_dir().join(layer.diff_id.hex()))?;
+                self.place_layer_dir(staging, &self.layers_dir().join(layer.diff_id.hex()))?;
             }
             Ok(image)
-        })();
-        if staging.exists() {
-            let _ = fs::remove_dir_all(&staging);
-        }
-        result
+        })
     }
 }
 
