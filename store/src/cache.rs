@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,9 +24,14 @@ pub struct CacheEntry {
 }
 
 impl Store {
+    /// Where the entry for `key` lives: `cache/<key-hex>.json`.
+    fn cache_path(&self, key: &Digest) -> PathBuf {
+        self.cache_dir().join(format!("{}.json", key.hex()))
+    }
+
     /// The entry for `key`, or `None` (also when its layer blob is no longer in the store).
     pub fn cache_get(&self, key: &Digest) -> Result<Option<CacheEntry>> {
-        let path = self.cache_dir().join(format!("{}.json", key.hex()));
+        let path = self.cache_path(key);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -41,9 +47,8 @@ impl Store {
     }
 
     pub fn cache_put(&self, key: &Digest, entry: &CacheEntry) -> Result<()> {
-        let path = self.cache_dir().join(format!("{}.json", key.hex()));
         let bytes = json::to_canonical(entry, "cache entry")?;
-        self.write_atomic(&path, &bytes)
+        self.write_atomic(&self.cache_path(key), &bytes)
     }
 
     /// Every readable entry, sorted by key. Unreadable files are skipped (fsck reports them).
