@@ -92,16 +92,6 @@ pub fn push_to_registry(
     opts: &TransferOptions<'_>,
 ) -> Result<Digest> {
     let client = Client::new(reference.api_host(), opts.client.clone())?;
-    push_with_client(store, &client, image, reference, opts)
-}
-
-pub(crate) fn push_with_client(
-    store: &Store,
-    client: &Client,
-    image: &LocalImage,
-    reference: &Reference,
-    opts: &TransferOptions<'_>,
-) -> Result<Digest> {
     let repo = reference.repository.as_str();
     if let Some(digest) = reference.digest
         && digest != image.manifest_digest
@@ -153,15 +143,6 @@ pub(crate) fn push_with_client(
 /// Pulls `reference` into the store.
 pub(crate) fn pull_from_registry(store: &Store, reference: &Reference, opts: &TransferOptions<'_>) -> Result<Image> {
     let client = Client::new(reference.api_host(), opts.client.clone())?;
-    pull_with_client(store, &client, reference, opts)
-}
-
-pub(crate) fn pull_with_client(
-    store: &Store,
-    client: &Client,
-    reference: &Reference,
-    opts: &TransferOptions<'_>,
-) -> Result<Image> {
     let repo = reference.repository.as_str();
     let what = reference.to_string();
     let mut raw = client.fetch_manifest(repo, &reference.reference())?;
@@ -178,7 +159,7 @@ pub(crate) fn pull_with_client(
         });
     }
     doc.check_layers(&what)?;
-    fetch_blobs(store, client, repo, &doc.blobs().collect::<Vec<_>>(), opts)?;
+    fetch_blobs(store, &client, repo, &doc.blobs().collect::<Vec<_>>(), opts)?;
     let sources = BlobSources::load(store);
     sources.record(doc.blobs().map(|b| b.digest), &reference.registry, repo);
     sources.save(store)?;
