@@ -336,6 +336,19 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
     }
 }
 
+/// script(1) running `shell` on a terminal. Its stdin is a FIFO opened read-write, which
+/// never reaches EOF: on EOF of a non-terminal stdin, script types the terminal's EOF
+/// character into the session, and while strata holds it in raw mode that arrives in the
+/// container as a stray byte (echoed `^@`) at a time that depends on the machine's load.
+fn script(store: &TestStore, shell: &str) -> Command {
+    let fifo = store.root().join("script-stdin");
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "mkfifo \"$1\" && exec script -qec \"$0\" /dev/null 0<>\"$1\""])
+        .arg(shell)
+        .arg(&fifo);
+    cmd
+}
+
 #[test]
 fn tty_gets_the_window_size_and_the_terminal_is_restored() {
     crate::common::require_tool("script", "apt-get install -y util-linux");
@@ -347,9 +360,7 @@ fn tty_gets_the_window_size_and_the_terminal_is_restored() {
         "stty rows 40 cols 100; {strata} run --rm -i -t busybox sh -c 'stty size; test -t 0 && echo tty-ok; exit 5'; \
          echo rc=$?; stty -a | grep -o -- ' -*icanon' | tr -d ' '"
     );
-    let mut cmd = Command::new("script");
-    cmd.args(["-qec", &shell, "/dev/null"]);
-    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    let out = crate::common::run_with_timeout(script(&store, &shell), Duration::from_secs(60));
     let stdout = text(&out.stdout).replace('\r', "");
     assert!(stdout.contains("40 100\ntty-ok\n"), "{stdout}");
     assert!(stdout.contains("rc=5\n"), "{stdout}");
@@ -452,9 +463,7 @@ fn tty_window_size_changes_reach_the_running_container() {
          {strata} run --rm -i -t busybox sh -c '{inner}'; echo rc=$?; wait",
         root = store.root().display()
     );
-    let mut cmd = Command::new("script");
-    cmd.args(["-qec", &shell, "/dev/null"]);
-    let out = crate::common::run_with_timeout(cmd, Duration::from_secs(60));
+    let out = crate::common::run_with_timeout(script(&store, &shell), Duration::from_secs(60));
     let stdout = text(&out.stdout).replace('\r', "");
     assert!(stdout.contains("40 100\nnow 50 120\n"), "{stdout}");
     assert!(stdout.contains("rc=0\n"), "{stdout}");
