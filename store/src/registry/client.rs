@@ -252,11 +252,10 @@ impl Client {
             Payload::File { path, offset, len, progress } => {
                 let mut file = File::open(path)?;
                 file.seek(SeekFrom::Start(*offset))?;
-                let reader = Progress { inner: file.take(*len), report: *progress };
-                let req = builder.header("content-length", len.to_string());
-                let mut reader = reader;
+                let mut reader = Progress { inner: file.take(*len), report: *progress };
                 let body = ureq::SendBody::from_reader(&mut reader);
-                self.agent.run(built(req.body(body))?).map_err(to_io)
+                let req = builder.header("content-length", len.to_string()).body(body);
+                self.agent.run(built(req)?).map_err(to_io)
             }
         }
     }
