@@ -34,14 +34,12 @@ pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("unknown compression {other:?}: use zstd, gzip or none"),
     };
     let opts = WriteOptions { compression, source_date_epoch: time::source_date_epoch(), level: None };
-    let progress = io::stderr().is_terminal().then(|| progress_bar(total));
-    let input = Progress { inner: input, bar: progress.clone() };
+    // A bar on a terminal; a hidden one (which counts and draws nothing) otherwise.
+    let bar = if io::stderr().is_terminal() { progress_bar(total) } else { indicatif::ProgressBar::hidden() };
     let image = store
-        .import(input, std::slice::from_ref(&args.name), &opts)
+        .import(bar.wrap_read(input), std::slice::from_ref(&args.name), &opts)
         .with_context(|| format!("failed to import {} as {}", args.source, args.name))?;
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
+    bar.finish_and_clear();
     println!("{}", image.id);
     Ok(ExitCode::SUCCESS)
 }
@@ -59,20 +57,4 @@ fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     };
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     bar
-}
-
-/// Counts bytes read into the progress bar, when there is one.
-struct Progress<R> {
-    inner: R,
-    bar: Option<indicatif::ProgressBar>,
-}
-
-impl<R: Read> Read for Progress<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(bar) = &self.bar {
-            bar.inc(n as u64);
-        }
-        Ok(n)
-    }
 }
