@@ -4,9 +4,9 @@
 //! devices 0/0, opaque directories carry `trusted.overlay.opaque=y`), so a container made
 //! under one driver mounts with the other.
 //!
-//! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union` + `modify`
-//! (the filesystem logic, no FUSE types), `copyup`, `fuse` (fuser callbacks), `mount`
-//! (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
+//! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
+//! `rename` (the filesystem logic, no FUSE types), `copyup`, `fuse` (fuser callbacks),
+//! `mount` (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
 
 mod copyup;
 mod error;
@@ -15,6 +15,7 @@ mod inode;
 mod layer;
 mod modify;
 mod mount;
+mod rename;
 mod sys;
 mod union;
 

@@ -1,10 +1,8 @@
 //! Changes to the union: copy-up of nodes (parents first), creating entries (over a
 //! whiteout through the work dir, directories then opaque), removing them (whiteouts when
-//! a lower branch still has the name), rename (a directory with lower parts is copied up
-//! whole, so rename(2) succeeds where overlayfs with redirect_dir=off says EXDEV), hard
-//! links, setattr and xattr changes. All writes land in the upper branch only.
+//! a lower branch still has the name), hard links, setattr and xattr changes (rename is in
+//! `rename`). All writes land in the upper branch only.
 
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -16,15 +14,15 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use crate::copyup::{copy_up, copy_up_with, timespec};
-use crate::inode::{Node, NodeState, ROOT};
+use crate::copyup::{copy_up, timespec};
+use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
 use crate::union::{Caller, Entry, OpenFile, Union};
 
 /// A real file (device, inode).
-type Key = (u64, u64);
+pub(crate) type Key = (u64, u64);
 /// Files a directory rename copied up: (lower file, its upper copy).
-type Moved = Vec<(Key, Key)>;
+pub(crate) type Moved = Vec<(Key, Key)>;
 
 /// A time to set: the given one or now.
 #[derive(Clone, Copy, Debug)]
@@ -134,7 +132,7 @@ impl Union {
         node.state_mut().links = kept;
     }
 
-    fn copy_up_dir(&self, ino: u64) -> Res<(Arc<Node>, PathBuf, Vec<usize>)> {
+    pub(crate) fn copy_up_dir(&self, ino: u64) -> Res<(Arc<Node>, PathBuf, Vec<usize>)> {
         let (node, _, _) = self.dir_state(ino)?;
         let path = self.copy_up_node(&node)?;
         let layers = node.state().dir_layers.clone();
@@ -340,7 +338,7 @@ impl Union {
 
     /// Drops the (parent, name) link of whatever live node had it; forgets the real file's
     /// number if no name of it is left, so a recycled inode gets a new one.
-    fn unlinked(&self, parent: u64, name: &OsStr, key: (u64, u64), last: bool) {
+    pub(crate) fn unlinked(&self, parent: u64, name: &OsStr, key: (u64, u64), last: bool) {
         if let Some(ino) = self.table.existing_ino(key)
             && let Some(node) = self.table.get(ino)
         {
@@ -404,7 +402,7 @@ impl Union {
 
     /// Removes a (merged-empty) directory: the upper part, which may hold whiteouts, moves
     /// to the work dir in one rename (exchanged with a whiteout if lowers have the name).
-    fn remove_upper_dir(&self, rel: &Path, in_upper: bool, lower: bool) -> Res<()> {
+    pub(crate) fn remove_upper_dir(&self, rel: &Path, in_upper: bool, lower: bool) -> Res<()> {
         if !in_upper {
             return if lower {
                 self.layers.whiteout(self.upper_fd(), rel)
@@ -430,284 +428,6 @@ impl Union {
         }
         self.layers.remove_work_tree(&tmp);
         Ok(())
-    }
-
-    /// Copies a whole merged directory tree into the upper branch (for a directory rename),
-    /// keeping hard links within it; returns (lower file, upper copy) pairs so inode
-    /// numbers follow the files.
-    fn copy_up_tree(
-        &self,
-        rel: &Path,
-        found_layer: usize,
-        dir_layers: &[usize],
-        links: &mut HashMap<Key, PathBuf>,
-        moved: &mut Moved,
-    ) -> Res<()> {
-        if found_layer != UPPER {
-            let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
-            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
-        }
-        for (name, _, _) in self.list(dir_layers, rel)? {
-            let child = rel.join(&name);
-            let found = self.resolve(dir_layers, &child)?;
-            if found.meta.is_dir() {
-                self.copy_up_tree(&child, found.layer, &found.dir_layers, links, moved)?;
-            } else if found.layer != UPPER {
-                let key = found.meta.key();
-                match links.get(&key) {
-                    Some(first) => rustix::fs::linkat(
-                        self.upper_fd(),
-                        first,
-                        self.upper_fd(),
-                        &child,
-                        AtFlags::empty(),
-                    )?,
-                    None => {
-                        copy_up_with(&self.layers, found.layer, &child, false)?;
-                        if found.meta.nlink > 1 {
-                            links.insert(key, child.clone());
-                        }
-                    }
-                }
-                moved.push((key, self.layers.stat(UPPER, &child)?.key()));
-            }
-        }
-        Ok(())
-    }
-
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> Res<()> {
-        let _exclusive = self.exclusive();
-        let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
-        if flags.contains(RenameFlags::WHITEOUT) {
-            return Err(Errno::INVAL);
-        }
-        let (_, ppath, players) = self.dir_state(parent)?;
-        let (_, npath, nplayers) = self.dir_state(newparent)?;
-        let rel = ppath.join(name);
-        let nrel = npath.join(newname);
-        let src = self.resolve(&players, &rel)?;
-        let dst = match self.resolve(&nplayers, &nrel) {
-            Ok(found) => Some(found),
-            Err(Errno::NOENT) => None,
-            Err(err) => return Err(err),
-        };
-        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
-            return Err(Errno::EXIST);
-        }
-        if flags.contains(RenameFlags::EXCHANGE) && dst.is_none() {
-            return Err(Errno::NOENT);
-        }
-        if let Some(dst) = &dst {
-            if src.meta.key() == dst.meta.key() {
-                return Ok(());
-            }
-            if dst.meta.is_dir()
-                && !flags.contains(RenameFlags::EXCHANGE)
-                && !self.list(&dst.dir_layers, &nrel)?.is_empty()
-            {
-                return Err(Errno::NOTEMPTY);
-            }
-        }
-        self.copy_up_dir(parent)?;
-        self.copy_up_dir(newparent)?;
-        let src_lower = self.lower_has(&players, &rel)?;
-        let dst_lower = self.lower_has(&nplayers, &nrel)?;
-        let mut moved = Vec::new();
-        self.materialize(&rel, &src, &mut moved)?;
-        if flags.contains(RenameFlags::EXCHANGE) {
-            let dst = dst.as_ref().ok_or(Errno::NOENT)?;
-            self.materialize(&nrel, dst, &mut moved)?;
-        }
-        if !moved.is_empty() {
-            // The tree copy skipped per-file fsync: one syncfs before the rename shows it.
-            rustix::fs::syncfs(self.upper_fd())?;
-        }
-        if flags.contains(RenameFlags::EXCHANGE) {
-            let dst = dst.as_ref().ok_or(Errno::NOENT)?;
-            rustix::fs::renameat_with(
-                self.upper_fd(),
-                &rel,
-                self.upper_fd(),
-                &nrel,
-                RenameFlags::EXCHANGE,
-            )?;
-            for (path, found) in [(&rel, dst), (&nrel, &src)] {
-                if found.meta.is_dir() {
-                    self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
-                }
-            }
-        } else {
-            if let Some(dst) = &dst {
-                if dst.meta.is_dir() {
-                    self.remove_upper_dir(&nrel, dst.layer == UPPER, false)?;
-                } else if dst.layer != UPPER && src.meta.is_dir() {
-                    // nothing in upper to replace: the lower file is hidden by the opaque dir below
-                } else if src.meta.is_dir() {
-                    rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
-                }
-            }
-            if src.meta.is_dir() {
-                // A whiteout left at the new name cannot be replaced by a directory.
-                if let Ok(meta) = self.layers.stat(UPPER, &nrel)
-                    && meta.is_whiteout()
-                {
-                    rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
-                }
-            }
-            self.rename_upper(&rel, &nrel, src_lower)?;
-            if src.meta.is_dir() && (dst_lower || src.dir_layers.iter().any(|&l| l != UPPER)) {
-                self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
-            }
-            if let Some(dst) = &dst {
-                self.unlinked(
-                    newparent,
-                    newname,
-                    dst.meta.key(),
-                    dst.meta.is_dir() || dst.meta.nlink <= 1,
-                );
-            }
-        }
-        self.after_rename(
-            parent,
-            name,
-            newparent,
-            newname,
-            &src,
-            dst.as_ref(),
-            flags,
-            &moved,
-        );
-        Ok(())
-    }
-
-    /// Brings a rename source (or exchange target) wholly into the upper branch.
-    fn materialize(&self, rel: &Path, found: &crate::union::Found, moved: &mut Moved) -> Res<()> {
-        if found.meta.is_dir() {
-            if found.dir_layers.iter().any(|&l| l != UPPER) {
-                self.copy_up_tree(
-                    rel,
-                    found.layer,
-                    &found.dir_layers,
-                    &mut HashMap::new(),
-                    moved,
-                )?;
-            }
-        } else if found.layer != UPPER {
-            let lower = copy_up(&self.layers, found.layer, rel)?;
-            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
-        }
-        Ok(())
-    }
-
-    /// rename(2) inside upper, leaving a whiteout at the old name if a lower has it.
-    fn rename_upper(&self, rel: &Path, nrel: &Path, whiteout: bool) -> Res<()> {
-        let upper = self.upper_fd();
-        if !whiteout {
-            return rustix::fs::renameat(upper, rel, upper, nrel);
-        }
-        match rustix::fs::renameat_with(upper, rel, upper, nrel, RenameFlags::WHITEOUT) {
-            Err(Errno::INVAL | Errno::NOSYS) => {
-                rustix::fs::renameat(upper, rel, upper, nrel)?;
-                self.layers.whiteout(upper, rel)
-            }
-            other => other,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn after_rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        src: &crate::union::Found,
-        dst: Option<&crate::union::Found>,
-        flags: RenameFlags,
-        moved: &[(Key, Key)],
-    ) {
-        for (lower, upper) in moved {
-            if let Some(ino) = self.table.existing_ino(*lower) {
-                self.table.alias(*upper, ino);
-            }
-        }
-        let old = (parent, name.to_os_string());
-        let new = (newparent, newname.to_os_string());
-        let src_ino = self.table.existing_ino(src.meta.key());
-        let dst_ino = dst.and_then(|d| self.table.existing_ino(d.meta.key()));
-        let relink =
-            |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
-                if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
-                    let mut state = node.state_mut();
-                    for link in state.links.iter_mut() {
-                        if link == from {
-                            *link = to.clone();
-                        }
-                    }
-                    state.layer = UPPER;
-                    if node.is_dir {
-                        state.dir_layers = vec![UPPER];
-                    }
-                }
-            };
-        relink(src_ino, &old, &new);
-        if flags.contains(RenameFlags::EXCHANGE) {
-            relink(dst_ino, &new, &old);
-        }
-        // Everything below a moved directory now lives in the upper branch only.
-        let roots: Vec<u64> = [
-            src_ino,
-            if flags.contains(RenameFlags::EXCHANGE) {
-                dst_ino
-            } else {
-                None
-            },
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if !moved.is_empty()
-            && roots
-                .iter()
-                .any(|&ino| self.table.get(ino).is_some_and(|n| n.is_dir))
-        {
-            for node in self.table.all() {
-                if self.below(node.ino, &roots) {
-                    let mut state = node.state_mut();
-                    state.layer = UPPER;
-                    if node.is_dir {
-                        state.dir_layers = vec![UPPER];
-                    }
-                }
-            }
-        }
-    }
-
-    fn below(&self, ino: u64, roots: &[u64]) -> bool {
-        let mut current = ino;
-        for _ in 0..4096 {
-            if current == ROOT {
-                return false;
-            }
-            let Some(node) = self.table.get(current) else {
-                return false;
-            };
-            let Some(parent) = node.state().links.first().map(|(p, _)| *p) else {
-                return false;
-            };
-            if roots.contains(&parent) {
-                return true;
-            }
-            current = parent;
-        }
-        false
     }
 
     /// setattr: any change copies up first (chmod, chown, truncate, utimens).

@@ -1,0 +1,299 @@
+//! Rename: files move within the upper branch (a whiteout stays at the old name when a
+//! lower branch still has it, via RENAME_WHITEOUT); a directory with parts in lower
+//! branches is first copied up whole (hard links inside it kept, one syncfs instead of a
+//! fsync per file), made opaque and then renamed, so rename(2) succeeds where kernel
+//! overlayfs with redirect_dir=off and fuse-overlayfs answer EXDEV. Live nodes below a moved
+//! directory are then pointed at the upper branch, keeping their inode numbers.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, RenameFlags};
+use rustix::io::Errno;
+
+use crate::copyup::{copy_up, copy_up_with};
+use crate::inode::ROOT;
+use crate::layer::{Res, UPPER};
+use crate::modify::{Key, Moved};
+use crate::union::Union;
+
+impl Union {
+    /// Copies a whole merged directory tree into the upper branch (for a directory rename),
+    /// keeping hard links within it; returns (lower file, upper copy) pairs so inode
+    /// numbers follow the files.
+    fn copy_up_tree(
+        &self,
+        rel: &Path,
+        found_layer: usize,
+        dir_layers: &[usize],
+        links: &mut HashMap<Key, PathBuf>,
+        moved: &mut Moved,
+    ) -> Res<()> {
+        if found_layer != UPPER {
+            let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
+            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
+        }
+        for (name, _, _) in self.list(dir_layers, rel)? {
+            let child = rel.join(&name);
+            let found = self.resolve(dir_layers, &child)?;
+            if found.meta.is_dir() {
+                self.copy_up_tree(&child, found.layer, &found.dir_layers, links, moved)?;
+            } else if found.layer != UPPER {
+                let key = found.meta.key();
+                match links.get(&key) {
+                    Some(first) => rustix::fs::linkat(
+                        self.upper_fd(),
+                        first,
+                        self.upper_fd(),
+                        &child,
+                        AtFlags::empty(),
+                    )?,
+                    None => {
+                        copy_up_with(&self.layers, found.layer, &child, false)?;
+                        if found.meta.nlink > 1 {
+                            links.insert(key, child.clone());
+                        }
+                    }
+                }
+                moved.push((key, self.layers.stat(UPPER, &child)?.key()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> Res<()> {
+        let _exclusive = self.exclusive();
+        let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
+        if flags.contains(RenameFlags::WHITEOUT) {
+            return Err(Errno::INVAL);
+        }
+        let (_, ppath, players) = self.dir_state(parent)?;
+        let (_, npath, nplayers) = self.dir_state(newparent)?;
+        let rel = ppath.join(name);
+        let nrel = npath.join(newname);
+        let src = self.resolve(&players, &rel)?;
+        let dst = match self.resolve(&nplayers, &nrel) {
+            Ok(found) => Some(found),
+            Err(Errno::NOENT) => None,
+            Err(err) => return Err(err),
+        };
+        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if flags.contains(RenameFlags::EXCHANGE) && dst.is_none() {
+            return Err(Errno::NOENT);
+        }
+        if let Some(dst) = &dst {
+            if src.meta.key() == dst.meta.key() {
+                return Ok(());
+            }
+            if dst.meta.is_dir()
+                && !flags.contains(RenameFlags::EXCHANGE)
+                && !self.list(&dst.dir_layers, &nrel)?.is_empty()
+            {
+                return Err(Errno::NOTEMPTY);
+            }
+        }
+        self.copy_up_dir(parent)?;
+        self.copy_up_dir(newparent)?;
+        let src_lower = self.lower_has(&players, &rel)?;
+        let dst_lower = self.lower_has(&nplayers, &nrel)?;
+        let mut moved = Vec::new();
+        self.materialize(&rel, &src, &mut moved)?;
+        if flags.contains(RenameFlags::EXCHANGE) {
+            let dst = dst.as_ref().ok_or(Errno::NOENT)?;
+            self.materialize(&nrel, dst, &mut moved)?;
+        }
+        if !moved.is_empty() {
+            // The tree copy skipped per-file fsync: one syncfs before the rename shows it.
+            rustix::fs::syncfs(self.upper_fd())?;
+        }
+        if flags.contains(RenameFlags::EXCHANGE) {
+            let dst = dst.as_ref().ok_or(Errno::NOENT)?;
+            rustix::fs::renameat_with(
+                self.upper_fd(),
+                &rel,
+                self.upper_fd(),
+                &nrel,
+                RenameFlags::EXCHANGE,
+            )?;
+            for (path, found) in [(&rel, dst), (&nrel, &src)] {
+                if found.meta.is_dir() {
+                    self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
+                }
+            }
+        } else {
+            if let Some(dst) = &dst {
+                if dst.meta.is_dir() {
+                    self.remove_upper_dir(&nrel, dst.layer == UPPER, false)?;
+                } else if dst.layer != UPPER && src.meta.is_dir() {
+                    // nothing in upper to replace: the lower file is hidden by the opaque dir below
+                } else if src.meta.is_dir() {
+                    rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
+                }
+            }
+            if src.meta.is_dir() {
+                // A whiteout left at the new name cannot be replaced by a directory.
+                if let Ok(meta) = self.layers.stat(UPPER, &nrel)
+                    && meta.is_whiteout()
+                {
+                    rustix::fs::unlinkat(self.upper_fd(), &nrel, AtFlags::empty())?;
+                }
+            }
+            self.rename_upper(&rel, &nrel, src_lower)?;
+            if src.meta.is_dir() && (dst_lower || src.dir_layers.iter().any(|&l| l != UPPER)) {
+                self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
+            }
+            if let Some(dst) = &dst {
+                self.unlinked(
+                    newparent,
+                    newname,
+                    dst.meta.key(),
+                    dst.meta.is_dir() || dst.meta.nlink <= 1,
+                );
+            }
+        }
+        self.after_rename(
+            parent,
+            name,
+            newparent,
+            newname,
+            &src,
+            dst.as_ref(),
+            flags,
+            &moved,
+        );
+        Ok(())
+    }
+
+    /// Brings a rename source (or exchange target) wholly into the upper branch.
+    fn materialize(&self, rel: &Path, found: &crate::union::Found, moved: &mut Moved) -> Res<()> {
+        if found.meta.is_dir() {
+            if found.dir_layers.iter().any(|&l| l != UPPER) {
+                self.copy_up_tree(
+                    rel,
+                    found.layer,
+                    &found.dir_layers,
+                    &mut HashMap::new(),
+                    moved,
+                )?;
+            }
+        } else if found.layer != UPPER {
+            let lower = copy_up(&self.layers, found.layer, rel)?;
+            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
+        }
+        Ok(())
+    }
+
+    /// rename(2) inside upper, leaving a whiteout at the old name if a lower has it.
+    fn rename_upper(&self, rel: &Path, nrel: &Path, whiteout: bool) -> Res<()> {
+        let upper = self.upper_fd();
+        if !whiteout {
+            return rustix::fs::renameat(upper, rel, upper, nrel);
+        }
+        match rustix::fs::renameat_with(upper, rel, upper, nrel, RenameFlags::WHITEOUT) {
+            Err(Errno::INVAL | Errno::NOSYS) => {
+                rustix::fs::renameat(upper, rel, upper, nrel)?;
+                self.layers.whiteout(upper, rel)
+            }
+            other => other,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn after_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        src: &crate::union::Found,
+        dst: Option<&crate::union::Found>,
+        flags: RenameFlags,
+        moved: &[(Key, Key)],
+    ) {
+        for (lower, upper) in moved {
+            if let Some(ino) = self.table.existing_ino(*lower) {
+                self.table.alias(*upper, ino);
+            }
+        }
+        let old = (parent, name.to_os_string());
+        let new = (newparent, newname.to_os_string());
+        let src_ino = self.table.existing_ino(src.meta.key());
+        let dst_ino = dst.and_then(|d| self.table.existing_ino(d.meta.key()));
+        let relink =
+            |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
+                if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
+                    let mut state = node.state_mut();
+                    for link in state.links.iter_mut() {
+                        if link == from {
+                            *link = to.clone();
+                        }
+                    }
+                    state.layer = UPPER;
+                    if node.is_dir {
+                        state.dir_layers = vec![UPPER];
+                    }
+                }
+            };
+        relink(src_ino, &old, &new);
+        if flags.contains(RenameFlags::EXCHANGE) {
+            relink(dst_ino, &new, &old);
+        }
+        // Everything below a moved directory now lives in the upper branch only.
+        let roots: Vec<u64> = [
+            src_ino,
+            if flags.contains(RenameFlags::EXCHANGE) {
+                dst_ino
+            } else {
+                None
+            },
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !moved.is_empty()
+            && roots
+                .iter()
+                .any(|&ino| self.table.get(ino).is_some_and(|n| n.is_dir))
+        {
+            for node in self.table.all() {
+                if self.below(node.ino, &roots) {
+                    let mut state = node.state_mut();
+                    state.layer = UPPER;
+                    if node.is_dir {
+                        state.dir_layers = vec![UPPER];
+                    }
+                }
+            }
+        }
+    }
+
+    fn below(&self, ino: u64, roots: &[u64]) -> bool {
+        let mut current = ino;
+        for _ in 0..4096 {
+            if current == ROOT {
+                return false;
+            }
+            let Some(node) = self.table.get(current) else {
+                return false;
+            };
+            let Some(parent) = node.state().links.first().map(|(p, _)| *p) else {
+                return false;
+            };
+            if roots.contains(&parent) {
+                return true;
+            }
+            current = parent;
+        }
+        false
+    }
+}
