@@ -46,6 +46,16 @@ impl LocalImage {
     /// An image made of `manifest` over blobs in `blobs_dir` (the build cache export).
     pub(crate) fn from_parts(manifest: Vec<u8>, blobs_dir: PathBuf, name: Option<String>) -> Result<LocalImage> {
         let manifest_digest = Digest::of(&manifest);
+        LocalImage::with_digest(manifest, manifest_digest, blobs_dir, name)
+    }
+
+    /// `from_parts` for a manifest whose digest is already known.
+    fn with_digest(
+        manifest: Vec<u8>,
+        manifest_digest: Digest,
+        blobs_dir: PathBuf,
+        name: Option<String>,
+    ) -> Result<LocalImage> {
         let doc = ManifestDoc::parse(&manifest, &format!("manifest {manifest_digest}"))?;
         let media_type = media::sniff(&manifest).unwrap_or_else(|| media::OCI_MANIFEST.to_string());
         Ok(LocalImage { manifest, media_type, manifest_digest, doc, blobs_dir, name, _extracted: None })
@@ -59,22 +69,11 @@ impl LocalImage {
 
     pub fn from_store_image(store: &Store, image: &Image, reference: Option<&str>) -> Result<LocalImage> {
         let manifest = store.read_blob(&image.manifest_digest)?;
-        let what = format!("manifest {}", image.manifest_digest);
-        let doc = ManifestDoc::parse(&manifest, &what)?;
-        let media_type = media::sniff(&manifest).unwrap_or_else(|| media::OCI_MANIFEST.to_string());
         let name = reference
             .filter(|r| image.names.iter().any(|n| n == r || n.strip_suffix(":latest") == Some(r)))
             .map(str::to_string)
             .or_else(|| image.names.first().cloned());
-        Ok(LocalImage {
-            manifest,
-            media_type,
-            manifest_digest: image.manifest_digest,
-            doc,
-            blobs_dir: store.blobs_dir(),
-            name,
-            _extracted: None,
-        })
+        LocalImage::with_digest(manifest, image.manifest_digest, store.blobs_dir(), name)
     }
 
     /// An image in an OCI layout or archive. `platform` picks from a multi-platform index.
