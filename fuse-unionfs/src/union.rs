@@ -54,6 +54,12 @@ pub struct OpenFile {
     pub upper: bool,
 }
 
+/// An open directory: its listing is made on first use.
+pub(crate) struct DirHandle {
+    ino: u64,
+    entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
 /// Topmost real file of a name plus the branches merged for a directory.
 pub(crate) struct Found {
     pub meta: Meta,
@@ -113,7 +119,7 @@ pub struct Union {
     /// shares this lock (never nested) and runs in parallel.
     rename_lock: RwLock<()>,
     pub(crate) files: Handles<OpenFile>,
-    pub(crate) dirs: Handles<Vec<DirEntry>>,
+    pub(crate) dirs: Handles<DirHandle>,
     /// This process's umask: new entries get exactly the mode the kernel asked for.
     pub(crate) umask: u32,
 }
@@ -360,8 +366,35 @@ impl Union {
         Ok(out)
     }
 
-    /// Snapshots the merged listing (with "." and "..") into a directory handle.
+    /// Opens a directory handle. The listing is made at the first readdir, not here: with
+    /// cached listings (FOPEN_CACHE_DIR) a warm `find` only opens directories.
     pub fn opendir(&self, ino: u64) -> Res<u64> {
+        let node = self.node(ino)?;
+        if !node.is_dir {
+            return Err(Errno::NOTDIR);
+        }
+        Ok(self
+            .dirs
+            .insert(DirHandle {
+                ino,
+                entries: Mutex::new(None),
+            })
+            .0)
+    }
+
+    /// The merged listing (with "." and ".."), snapshotted at the first call per handle.
+    pub fn dir_entries(&self, fh: u64) -> Res<Arc<Vec<DirEntry>>> {
+        let handle = self.dirs.get(fh)?;
+        let mut entries = handle.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entries) = entries.as_ref() {
+            return Ok(entries.clone());
+        }
+        let listing = Arc::new(self.listing(handle.ino)?);
+        *entries = Some(listing.clone());
+        Ok(listing)
+    }
+
+    fn listing(&self, ino: u64) -> Res<Vec<DirEntry>> {
         let _shared = self.shared();
         let (node, path, layers) = self.dir_state(ino)?;
         let parent = node.state().links.first().map_or(ROOT, |(p, _)| *p);
@@ -384,11 +417,7 @@ impl Union {
                 kind,
             });
         }
-        Ok(self.dirs.insert(entries).0)
-    }
-
-    pub fn dir_entries(&self, fh: u64) -> Res<Arc<Vec<DirEntry>>> {
-        self.dirs.get(fh)
+        Ok(entries)
     }
 
     pub fn releasedir(&self, fh: u64) {
