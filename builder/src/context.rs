@@ -107,7 +107,7 @@ impl Ignore {
     pub fn excluded(&self, rel: &str) -> bool {
         let mut excluded = false;
         for rule in &self.rules {
-            if excluded == !rule.exception {
+            if excluded != rule.exception {
                 // this rule cannot change the outcome
                 continue;
             }

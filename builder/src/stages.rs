@@ -50,14 +50,14 @@ pub fn load(text: &str, file: &str) -> Result<Buildfile> {
     for step in steps {
         match &step.instruction {
             Instruction::From(from) => {
-                if let Some(name) = &from.alias {
-                    if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
-                        return Err(Error::syntax(
-                            file,
-                            step.pos_of(name),
-                            format!("duplicate stage name {name:?}"),
-                        ));
-                    }
+                if let Some(name) = &from.alias
+                    && stages.iter().any(|s| s.name.as_deref() == Some(name))
+                {
+                    return Err(Error::syntax(
+                        file,
+                        step.pos_of(name),
+                        format!("duplicate stage name {name:?}"),
+                    ));
                 }
                 stages.push(Stage {
                     index: stages.len(),
@@ -130,10 +130,10 @@ impl Scope {
     pub fn run_env(&self) -> Vec<String> {
         let mut out: Vec<String> = self.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         for (key, value) in &self.args {
-            if let Some(value) = value {
-                if !self.env.iter().any(|(k, _)| k == key) {
-                    out.push(format!("{key}={value}"));
-                }
+            if let Some(value) = value
+                && !self.env.iter().any(|(k, _)| k == key)
+            {
+                out.push(format!("{key}={value}"));
             }
         }
         out

@@ -146,20 +146,21 @@ impl Tree {
             }
             resolved.push(part);
             let current = resolved.join("/");
-            if let Some((path, meta)) = self.lookup(&current) {
-                if meta.file_type().is_symlink() && hops < 40 {
-                    hops += 1;
-                    let Ok(target) = fs::read_link(&path) else {
-                        continue;
-                    };
-                    let target = target.to_string_lossy().into_owned();
-                    resolved.pop();
-                    if target.starts_with('/') {
-                        resolved.clear();
-                    }
-                    for piece in target.split('/').filter(|p| !p.is_empty()).rev() {
-                        pending.push(piece.to_string());
-                    }
+            if let Some((path, meta)) = self.lookup(&current)
+                && meta.file_type().is_symlink()
+                && hops < 40
+            {
+                hops += 1;
+                let Ok(target) = fs::read_link(&path) else {
+                    continue;
+                };
+                let target = target.to_string_lossy().into_owned();
+                resolved.pop();
+                if target.starts_with('/') {
+                    resolved.clear();
+                }
+                for piece in target.split('/').filter(|p| !p.is_empty()).rev() {
+                    pending.push(piece.to_string());
                 }
             }
         }

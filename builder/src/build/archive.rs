@@ -138,13 +138,13 @@ pub(crate) fn fetch(
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
     let actual = hex::encode(hasher.finalize());
-    if let Some(expected) = expected {
-        if expected != actual {
-            let _ = fs::remove_file(&path);
-            return Err(format!(
-                "checksum mismatch: expected sha256:{expected}, got sha256:{actual}"
-            ));
-        }
+    if let Some(expected) = expected
+        && expected != actual
+    {
+        let _ = fs::remove_file(&path);
+        return Err(format!(
+            "checksum mismatch: expected sha256:{expected}, got sha256:{actual}"
+        ));
     }
     Ok((path, actual))
 }

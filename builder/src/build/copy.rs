@@ -73,7 +73,7 @@ pub(crate) fn resolve(
         })
         .collect::<Result<Vec<_>>>()?;
     let tree = match &copy.from {
-        Some(from) => Some(Tree::new(run.from_lowers(step, from)?)),
+        Some(from) => Some(Tree::new(run.source_lowers(step, from)?)),
         None => None,
     };
     let mut out = Vec::new();

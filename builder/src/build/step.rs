@@ -108,8 +108,10 @@ pub(crate) fn build_stage(
             Outcome::Done(started.elapsed())
         },
     );
-    let mut scope = Scope::default();
-    scope.env = state.config.env_pairs();
+    let scope = Scope {
+        env: state.config.env_pairs(),
+        ..Scope::default()
+    };
     let mut run = StageRun {
         cx,
         index,
@@ -516,7 +518,7 @@ impl StageRun<'_, '_> {
                     let source = match &mount.from {
                         None => MountSource::Host(cx.context.root.join(&path)),
                         Some(from) => MountSource::Layers {
-                            lowers: self.from_lowers(step, from)?,
+                            lowers: self.source_lowers(step, from)?,
                             path,
                         },
                     };
@@ -610,7 +612,7 @@ impl StageRun<'_, '_> {
     }
 
     /// Lower dirs of a `--from` stage or image.
-    pub(crate) fn from_lowers(&mut self, step: &Step, from: &str) -> Result<Vec<PathBuf>> {
+    pub(crate) fn source_lowers(&mut self, step: &Step, from: &str) -> Result<Vec<PathBuf>> {
         let cx = self.cx;
         match cx.buildfile.stage_ref(step, self.index, from)? {
             Base::Stage(index) => {

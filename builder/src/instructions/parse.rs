@@ -288,16 +288,16 @@ fn run(cx: &Cx<'_>) -> Result<Instruction> {
             }
         },
     };
-    if let Some(flag) = cx.node.flags.iter().find(|f| f.name == "security") {
-        if flag.value.as_deref() != Some("sandbox") {
-            return Err(cx.flag_error(
-                flag,
-                format!(
-                    "--security={} is not supported (only sandbox)",
-                    flag.value.as_deref().unwrap_or("")
-                ),
-            ));
-        }
+    if let Some(flag) = cx.node.flags.iter().find(|f| f.name == "security")
+        && flag.value.as_deref() != Some("sandbox")
+    {
+        return Err(cx.flag_error(
+            flag,
+            format!(
+                "--security={} is not supported (only sandbox)",
+                flag.value.as_deref().unwrap_or("")
+            ),
+        ));
     }
     let mut mounts = Vec::new();
     for flag in cx.flags("mount") {
@@ -450,11 +450,11 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
     let mut heredocs = cx.node.heredocs.iter();
     let mut sources = Vec::new();
     for word in &words[..words.len() - 1] {
-        if word.starts_with("<<") {
-            if let Some(doc) = heredocs.next() {
-                sources.push(Source::Heredoc(doc.clone()));
-                continue;
-            }
+        if word.starts_with("<<")
+            && let Some(doc) = heredocs.next()
+        {
+            sources.push(Source::Heredoc(doc.clone()));
+            continue;
         }
         sources.push(Source::Path(word.clone()));
     }
