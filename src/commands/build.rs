@@ -166,10 +166,10 @@ impl Progress for Tty {
     }
 
     fn step_output(&self, step: &StepInfo, line: &str) {
-        if let Ok(running) = self.running.lock() {
-            if let Some(bar) = running.get(&(step.stage.clone(), step.number)) {
-                bar.set_message(format!("{}  | {line}", step_label(step)));
-            }
+        if let Ok(running) = self.running.lock()
+            && let Some(bar) = running.get(&(step.stage.clone(), step.number))
+        {
+            bar.set_message(format!("{}  | {line}", step_label(step)));
         }
     }
 
