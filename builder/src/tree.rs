@@ -6,22 +6,14 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use strata_store::layer::{is_opaque, is_whiteout};
 
 /// The merged view of `lowers` (top first).
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
     pub lowers: Vec<PathBuf>,
-}
-
-fn is_whiteout(meta: &fs::Metadata) -> bool {
-    meta.file_type().is_char_device() && meta.rdev() == 0
-}
-
-fn is_opaque(path: &Path) -> bool {
-    let mut buffer = [0u8; 4];
-    matches!(rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut buffer), Ok(1) if buffer[0] == b'y')
 }
 
 impl Tree {

@@ -25,7 +25,10 @@ pub fn run(globals: &Globals, args: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn image_json(store: &Store, image: &Image) -> anyhow::Result<serde_json::Value> {
-    let config = serde_json::to_value(&image.config)?;
+    // The config blob as stored: oci-spec's types drop fields docker images carry
+    // (Healthcheck, OnBuild, Shell), and inspect must show what the image really says.
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.id)?)
+        .map_err(|e| anyhow::anyhow!("config blob {} is not valid json: {e}", image.id))?;
     Ok(serde_json::json!({
         "Id": image.id,
         "RepoTags": image.names,
