@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use strata_store::{Container, Status, Store};
 use strata_unionfs::{Driver, MountSpec};
 
-mod etc;
+pub(crate) mod etc;
 
 use crate::cli::{RunArgs, RunMonitorArgs};
 use crate::commands::Globals;
