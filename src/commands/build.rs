@@ -226,8 +226,11 @@ impl Drop for ExtraMounts {
             let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
         }
         // mount points we made inside the union must not end up in the layer
-        for dir in self.created.iter().rev() {
-            let _ = fs::remove_dir(dir);
+        for path in self.created.iter().rev() {
+            let _ = match fs::symlink_metadata(path) {
+                Ok(meta) if meta.is_dir() => fs::remove_dir(path),
+                _ => fs::remove_file(path),
+            };
         }
         for (guard, scratch) in self.unions.drain(..) {
             drop(guard);

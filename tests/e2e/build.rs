@@ -596,3 +596,23 @@ fn build_quiet_prints_only_the_id_and_example_builds() {
     );
     build(&store, &check, &[]);
 }
+
+#[test]
+fn build_heredoc_with_shebang_runs_as_its_own_program() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    // Through /bin/sh the awk program would be a syntax error; run as its own program
+    // (as buildkit does) awk reads it. The script itself must not land in the layer.
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nRUN <<EOF\n#!/usr/bin/awk -f\nBEGIN { print \"awk ran\" > \"/shebang\" }\nEOF\nRUN <<EOF\necho sh ran > /plain\nEOF\nRUN test \"$(cat /shebang)\" = \"awk ran\" && test \"$(cat /plain)\" = \"sh ran\" && ! test -e /.strata-heredoc-EOF\n",
+        )],
+    );
+    let built = build(&store, &ctx, &["-t", "shebang"]);
+    let diff = store.ok(&["diff", "busybox:latest", "shebang"]);
+    assert!(diff.lines().any(|l| l == "A /shebang"), "{diff}");
+    assert!(!diff.contains("strata-heredoc"), "the heredoc script leaked into a layer:\n{diff}");
+    assert!(!built.id.is_empty());
+}

@@ -436,18 +436,20 @@ impl StageRun<'_, '_> {
     ) -> Result<(Option<LayerBlob>, Option<PathBuf>)> {
         let cx = self.cx;
         let shell = self.state.config.shell();
+        // A bare heredoc that starts with a shebang runs as its own program, as buildkit
+        // does: its text is bound read-only into the container and executed directly.
+        let mut shebang_script = None;
         let args = match (&run.command, run.heredocs.as_slice()) {
             (Command::Exec(args), _) => args.clone(),
             (Command::Shell(text), []) => shell.iter().cloned().chain([text.clone()]).collect(),
-            (Command::Shell(text), [doc])
-                if text
-                    .trim()
-                    .trim_start_matches("<<")
-                    .trim_start_matches('-')
-                    .trim_matches(['"', '\''])
-                    == doc.name =>
-            {
-                shell.iter().cloned().chain([doc.content.clone()]).collect()
+            (Command::Shell(text), [doc]) if is_bare_heredoc(text, &doc.name) => {
+                if doc.content.starts_with("#!") {
+                    let target = format!("/.strata-heredoc-{}", sanitize_name(&doc.name));
+                    shebang_script = Some((doc.content.clone(), target.clone()));
+                    vec![target]
+                } else {
+                    shell.iter().cloned().chain([doc.content.clone()]).collect()
+                }
             }
             (Command::Shell(text), docs) => {
                 let mut script = text.clone();
@@ -530,6 +532,21 @@ impl StageRun<'_, '_> {
                 }
             });
         }
+        let script_file = match shebang_script {
+            Some((content, target)) => {
+                let path = cx.store.tmp_path("heredoc");
+                fs::write(&path, content).map_err(|e| Error::io("failed to write heredoc", &path, e))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| Error::io("failed to chmod", &path, e))?;
+                mounts.push(RunMount::Bind {
+                    source: MountSource::Host(path.clone()),
+                    target,
+                    readonly: true,
+                });
+                Some(path)
+            }
+            None => None,
+        };
         let upper = cx.store.tmp_dir_create("build-upper")?;
         let work = cx.store.tmp_dir_create("build-work")?;
         let result = (|| {
@@ -608,6 +625,9 @@ impl StageRun<'_, '_> {
                 let _ = fs::remove_dir_all(dir);
             }
         }
+        if let Some(path) = script_file {
+            let _ = fs::remove_file(path);
+        }
         result
     }
 
@@ -634,6 +654,16 @@ impl StageRun<'_, '_> {
             Base::Scratch => Ok(Vec::new()),
         }
     }
+}
+
+/// Whether a shell-form RUN is nothing but `<<NAME` (or `<<-NAME`, quoted or not).
+fn is_bare_heredoc(text: &str, name: &str) -> bool {
+    text.trim().trim_start_matches("<<").trim_start_matches('-').trim_matches(['"', '\'']) == name
+}
+
+/// A heredoc name made safe for a file name inside the container.
+fn sanitize_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
 }
 
 /// What a stage starts from, for progress lines.
