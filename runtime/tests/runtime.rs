@@ -266,6 +266,48 @@ fn network_host_sees_host_interfaces() {
 }
 
 #[test]
+fn etc_files_are_bound_from_the_host_and_writes_reach_the_host_copy() {
+    let rootfs = Rootfs::new();
+    let outside = tempfile::tempdir().unwrap();
+    let resolv = outside.path().join("resolv.conf");
+    let hosts = outside.path().join("hosts");
+    std::fs::write(&resolv, "nameserver 192.0.2.53\n").unwrap();
+    std::fs::write(&hosts, "127.0.0.1\tlocalhost\n").unwrap();
+    std::fs::write(rootfs.path().join("etc/hosts"), "image's own\n").unwrap();
+    let (code, out, err) = run(
+        &rootfs,
+        &[
+            "sh",
+            "-c",
+            "cat /etc/resolv.conf /etc/hosts; echo '10.0.0.9 added' >> /etc/hosts",
+        ],
+        |spec| {
+            spec.network = Network::Host;
+            spec.etc_files = vec![
+                (resolv.clone(), "/etc/resolv.conf".into()),
+                (hosts.clone(), "/etc/hosts".into()),
+            ];
+        },
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "nameserver 192.0.2.53\n127.0.0.1\tlocalhost\n");
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "127.0.0.1\tlocalhost\n10.0.0.9 added\n"
+    );
+    // The rootfs file under the bind is untouched; a missing target was created empty
+    // (runc's behaviour: callers that must keep it out of an upper provide it in a lower).
+    assert_eq!(
+        std::fs::read_to_string(rootfs.path().join("etc/hosts")).unwrap(),
+        "image's own\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.path().join("etc/resolv.conf")).unwrap(),
+        ""
+    );
+}
+
+#[test]
 fn exit_codes_follow_docker() {
     let rootfs = Rootfs::new();
     assert_eq!(run(&rootfs, &["true"], |_| {}).0, 0);
