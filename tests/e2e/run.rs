@@ -468,3 +468,23 @@ fn tty_window_size_changes_reach_the_running_container() {
     assert!(stdout.contains("40 100\nnow 50 120\n"), "{stdout}");
     assert!(stdout.contains("rc=0\n"), "{stdout}");
 }
+
+#[test]
+fn rm_containers_are_volatile_and_others_durable() {
+    let store = store_with_busybox();
+    let marker = |id: &str| store.root().join("containers").join(id).join("volatile");
+    let quick = store.ok(&["run", "-d", "--rm", "--name", "quick", "busybox", "sleep", "60"]);
+    let kept = store.ok(&["run", "-d", "--name", "kept", "busybox", "sleep", "60"]);
+    wait_status(&store, "quick", "running");
+    wait_status(&store, "kept", "running");
+    // --rm: state.json is written without fsync, and the marker says so after a crash.
+    assert!(marker(quick.trim()).is_file());
+    assert!(!marker(kept.trim()).exists());
+    store.ok(&["kill", "quick"]);
+    store.ok(&["rm", "-f", "kept"]);
+    let start = Instant::now();
+    while ps_json(&store).iter().any(|c| c["name"] == "quick") {
+        assert!(start.elapsed() < Duration::from_secs(20), "--rm container never went away");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
