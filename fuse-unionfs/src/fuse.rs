@@ -1,7 +1,7 @@
 //! The fuser 0.18 callbacks: each translates one request into a call on [`Union`] and
 //! sends one reply. Kernel caching is decided here: long TTLs (everything changes only
 //! through this mount), negative entries, FOPEN_KEEP_CACHE and FOPEN_NOFLUSH, cached
-//! directory listings, readdirplus, and FUSE passthrough for open files (one BackingId per
+//! directory listings, readdirplus, and FUSE passthrough for open upper files (one BackingId per
 //! inode, shared by all its opens) with writeback caching as the fallback when the kernel
 //! refuses passthrough (the two exclude each other, fs/fuse/inode.c process_init_reply).
 //! A passthrough open carries no other FOPEN flags (FOPEN_PASSTHROUGH_MASK, fs/fuse/iomode.c).
@@ -177,7 +177,11 @@ impl Fs {
             rustix::fs::fstat(&file.fd).is_ok_and(|st| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE)
         };
         let mut mode = Mode::Cached;
-        if self.passthrough.load(Ordering::Relaxed) && (writer || big()) {
+        // Only upper files get passthrough. The kernel allows one backing file per inode
+        // and fails (EIO) any non-passthrough open beside it (fs/fuse/iomode.c), so a
+        // lower backing file held by a reader would make a later write-open, which needs
+        // the copied-up file, fail. Lower files are read through the page cache instead.
+        if self.passthrough.load(Ordering::Relaxed) && file.upper && (writer || big()) {
             match open_backing(file) {
                 Ok(id) => {
                     mode = Mode::Passthrough {

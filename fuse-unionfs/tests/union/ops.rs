@@ -659,3 +659,34 @@ fn rename_exchange_and_noreplace() {
         assert!(!m.path("etc/conf2").exists());
     });
 }
+
+#[test]
+fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
+    // The reader's open takes the inode's one passthrough BackingId on the lower file;
+    // the writer's copy-up needs the upper file, so its handle must use direct I/O
+    // rather than fail with EIO (fs/fuse/iomode.c forbids mixing cached and passthrough).
+    let fixture = Fixture::new();
+    fs::write(fixture.lowers[0].join("big.bin"), vec![b'a'; 2 << 20]).unwrap();
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(120, "write-open beside a passthrough reader", move || {
+        let mut reader = fs::File::open(m.path("big.bin")).unwrap();
+        let mut head = [0u8; 4];
+        reader.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"aaaa");
+        let mut writer = fs::OpenOptions::new()
+            .write(true)
+            .open(m.path("big.bin"))
+            .expect("write-open while a reader holds the lower file");
+        writer.write_all(b"bbbb").unwrap();
+        drop(writer);
+        let mut fresh = [0u8; 4];
+        fs::File::open(m.path("big.bin")).unwrap().read_exact(&mut fresh).unwrap();
+        assert_eq!(&fresh, b"bbbb", "a new open sees the copied-up file");
+        assert_eq!(&fs::read(m.upper.join("big.bin")).unwrap()[..4], b"bbbb");
+        assert_eq!(fs::metadata(m.path("big.bin")).unwrap().len(), 2 << 20);
+        drop(reader);
+    });
+    drop(mounted);
+    drop(fixture);
+}
