@@ -281,13 +281,21 @@ fn mount_point(
     Ok(current)
 }
 
+/// The hostname RUN steps see (buildkit's, so scripts that check it behave the same).
+const RUN_HOSTNAME: &str = "buildkitsandbox";
+
 impl Executor for UnionExecutor {
     fn run(&self, request: RunRequest<'_>) -> strata_builder::Result<i32> {
         let target = request.upper.with_extension("rootfs");
         fs::create_dir_all(&target)
             .map_err(|e| builder_error(&format!("failed to create {}", target.display()), e))?;
+        // resolv.conf, hosts and hostname as `run` gives them (docker's init layer and
+        // binds), so RUN reaches a package mirror and none of them lands in the layer.
+        let etc_dir = request.upper.with_extension("etc");
+        let (etc_files, init_layer) = super::run::etc::prepare(&etc_dir, request.lowers, "host", RUN_HOSTNAME)
+            .map_err(|e| builder_error("failed to prepare /etc files for RUN", format!("{e:#}")))?;
         let spec = MountSpec {
-            lowers: request.lowers.to_vec(),
+            lowers: std::iter::once(init_layer).chain(request.lowers.iter().cloned()).collect(),
             upper: request.upper.to_path_buf(),
             work: request.work.to_path_buf(),
             target: target.clone(),
@@ -403,13 +411,14 @@ impl Executor for UnionExecutor {
                 env: request.env.clone(),
                 cwd: request.cwd.clone(),
                 user: request.user.clone(),
-                hostname: None,
+                hostname: Some(RUN_HOSTNAME.to_string()),
                 // "default" keeps the host's network so package managers reach a mirror
                 network: match request.network {
                     Network::None => strata_runtime::Network::None,
                     Network::Default | Network::Host => strata_runtime::Network::Host,
                 },
                 cgroup_name: cgroup_name.clone(),
+                etc_files: etc_files.clone(),
                 stdin,
                 stdout: Some(request.output),
                 stderr: Some(stderr),
@@ -426,6 +435,7 @@ impl Executor for UnionExecutor {
         drop(extra);
         drop(guard);
         let _ = fs::remove_dir(&target);
+        let _ = fs::remove_dir_all(&etc_dir);
         result
     }
 }

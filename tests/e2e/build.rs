@@ -616,3 +616,23 @@ fn build_heredoc_with_shebang_runs_as_its_own_program() {
     assert!(!diff.contains("strata-heredoc"), "the heredoc script leaked into a layer:\n{diff}");
     assert!(!built.id.is_empty());
 }
+
+#[test]
+fn build_run_gets_resolv_conf_and_hosts_that_stay_out_of_the_layer() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    // busybox has no /etc/resolv.conf: RUN sees the host's, bound in, and the layer
+    // holds only what the command wrote.
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nRUN cat /etc/resolv.conf > /resolv.seen && grep -q localhost /etc/hosts && test \"$(hostname)\" = buildkitsandbox\n",
+        )],
+    );
+    build(&store, &ctx, &["-t", "etc"]);
+    let diff = store.ok(&["diff", "busybox:latest", "etc"]);
+    assert_eq!(diff.trim(), "A /resolv.seen", "only the command's own file is in the layer");
+    let seen = store.ok(&["run", "--rm", "etc", "cat", "/resolv.seen"]);
+    assert_eq!(seen, std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+}
