@@ -315,6 +315,9 @@ pub struct RunArgs {
     /// Working directory inside the container
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Replace the image's entrypoint ("" removes it); the image's default command is dropped
+    #[arg(long, value_name = "CMD")]
+    pub entrypoint: Option<String>,
     /// User: name, uid, uid:gid or name:group
     #[arg(short = 'u', long)]
     pub user: Option<String>,

@@ -91,12 +91,17 @@ fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 
 fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::Result<RunConfig> {
     let image_config = image.config.config().clone().unwrap_or_default();
-    let entrypoint = image_config.entrypoint().clone().unwrap_or_default();
-    let command = if args.command.is_empty() {
-        image_config.cmd().clone().unwrap_or_default()
-    } else {
-        args.command.clone()
+    // docker: --entrypoint replaces the image's entrypoint ("" removes it) and clears its
+    // default command, so only the command given here follows it.
+    let (entrypoint, default_command) = match &args.entrypoint {
+        Some(given) if given.is_empty() => (Vec::new(), Vec::new()),
+        Some(given) => (vec![given.clone()], Vec::new()),
+        None => (
+            image_config.entrypoint().clone().unwrap_or_default(),
+            image_config.cmd().clone().unwrap_or_default(),
+        ),
     };
+    let command = if args.command.is_empty() { default_command } else { args.command.clone() };
     let full: Vec<String> = entrypoint.into_iter().chain(command).collect();
     if full.is_empty() {
         bail!("no command specified: image {} has no entrypoint or cmd", args.image);

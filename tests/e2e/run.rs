@@ -488,3 +488,16 @@ fn rm_containers_are_volatile_and_others_durable() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn entrypoint_flag_replaces_the_images_entrypoint_and_default_command() {
+    let store = store_with_busybox();
+    store.ok(&["run", "--name", "base", "busybox", "true"]);
+    store.ok(&["commit", "--change", r#"ENTRYPOINT ["echo", "from-image"]"#, "--change", r#"CMD ["default"]"#, "base", "ep:1"]);
+    assert_eq!(store.ok(&["run", "--rm", "ep:1"]), "from-image default\n");
+    assert_eq!(store.ok(&["run", "--rm", "ep:1", "given"]), "from-image given\n");
+    // --entrypoint drops the image's CMD as docker does; "" removes the entrypoint
+    assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1"]), "\n");
+    assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1", "x"]), "x\n");
+    assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "", "ep:1", "echo", "plain"]), "plain\n");
+}
