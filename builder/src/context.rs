@@ -123,7 +123,9 @@ impl Ignore {
     }
 }
 
-fn matches_or_parent(matcher: &GlobMatcher, rel: &str) -> bool {
+/// Whether `rel` or one of its parent directories matches (an excluded directory
+/// excludes everything below it).
+pub(crate) fn matches_or_parent(matcher: &GlobMatcher, rel: &str) -> bool {
     if matcher.is_match(rel) {
         return true;
     }

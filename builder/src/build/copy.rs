@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use super::archive;
 use super::step::StageRun;
-use crate::context::{self, Kind, glob, hash_file, kind_of};
+use crate::context::{self, Kind, glob, hash_file, kind_of, matches_or_parent};
 use crate::error::{Error, Result};
 use crate::instructions::{Copy, Source, Step};
 use crate::parser::Heredoc;
@@ -161,7 +161,7 @@ pub(crate) fn resolve(
                 item.rel.is_empty()
                     || !excludes
                         .iter()
-                        .any(|g| excluded(g, &item.rel) || excluded(g, &join(&rel, &item.rel)))
+                        .any(|g| matches_or_parent(g, &item.rel) || matches_or_parent(g, &join(&rel, &item.rel)))
             });
             hash_items(&mut items)?;
             let name = rel.rsplit('/').next().unwrap_or("").to_string();
@@ -179,20 +179,6 @@ pub(crate) fn resolve(
         }
     }
     Ok(out)
-}
-
-fn excluded(matcher: &globset::GlobMatcher, rel: &str) -> bool {
-    if matcher.is_match(rel) {
-        return true;
-    }
-    let mut end = rel.len();
-    while let Some(slash) = rel[..end].rfind('/') {
-        if matcher.is_match(&rel[..slash]) {
-            return true;
-        }
-        end = slash;
-    }
-    false
 }
 
 fn join(base: &str, rel: &str) -> String {
