@@ -8,10 +8,11 @@ packages=(
   fuse3 attr                       # /dev/fuse users, getfattr/setfattr for debugging
   busybox-static                   # the offline base image (scripts/busybox-rootfs.sh)
   zstd xz-utils bzip2 gzip tar     # archive formats ADD and import accept
-  skopeo umoci oci-image-tool      # other tools must read our images (tests)
-  docker-registry apache2-utils    # a real registry + htpasswd for auth tests
+  skopeo umoci oci-image-tool podman   # other tools must read our images (tests)
+  docker-registry apache2-utils openssl # a real registry, htpasswd and a TLS cert for auth tests
+  bsdutils                         # script(1): the -it tests drive a real terminal
   iproute2 procps psmisc time      # ip, ps; /usr/bin/time for benchmarks
-  fuse-overlayfs unionfs-fuse buildah crun runc hyperfine bubblewrap   # bench anchors
+  fuse-overlayfs unionfs-fuse buildah crun runc hyperfine bubblewrap fio   # bench anchors
 )
 
 missing=()
