@@ -32,11 +32,10 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
             continue;
         };
         let rootfs = container.rootfs_dir();
-        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap_or_default()
-            .lines()
-            .any(|line| line.split(' ').nth(4).map(std::path::Path::new) == Some(rootfs.as_path()));
-        if mounted {
+        // A FUSE mount whose server died with a crashed strata answers ENOTCONN to
+        // everything, and would make the container impossible to remove: detach it first.
+        strata_unionfs::sweep_stale(&rootfs)?;
+        if strata_store::container::is_mount_point(&rootfs) {
             strata_unionfs::unmount(&rootfs).with_context(|| format!("failed to unmount {}", rootfs.display()))?;
         }
         strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;

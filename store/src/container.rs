@@ -282,7 +282,7 @@ impl Store {
 }
 
 /// True when `path` appears as a mount point in /proc/self/mountinfo.
-pub(crate) fn is_mount_point(path: &Path) -> bool {
+pub fn is_mount_point(path: &Path) -> bool {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
     let Ok(path) = path.canonicalize() else { return false };
     info.lines().any(|line| {
