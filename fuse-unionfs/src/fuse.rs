@@ -553,37 +553,39 @@ impl Filesystem for Fs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.union.opendir(ino.0) {
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
-            ),
-            Err(err) => reply.error(errno(err)),
-        }
+    /// Refused, so the kernel stops sending OPENDIR and RELEASEDIR (FUSE_NO_OPENDIR_SUPPORT)
+    /// and caches every listing as if opened with FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR
+    /// (fuse_do_open): a warm `find` then costs no round trip at all.
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.dir_entries(fh.0) {
+        let entries = match self.union.dir_entries(ino.0, offset) {
             Ok(entries) => entries,
             Err(err) => return reply.error(errno(err)),
         };
+        let mut full = false;
         for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(
+            full = reply.add(
                 INodeNo(entry.ino),
                 i as u64 + 1,
                 file_type(entry.kind),
                 &entry.name,
-            ) {
+            );
+            if full {
                 break;
             }
+        }
+        if !full {
+            self.union.dir_entries_done(ino.0);
         }
         reply.ok();
     }
@@ -592,14 +594,15 @@ impl Filesystem for Fs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.dir_entries(fh.0) {
+        let entries = match self.union.dir_entries(ino.0, offset) {
             Ok(entries) => entries,
             Err(err) => return reply.error(errno(err)),
         };
+        let mut full = false;
         for (i, dirent) in entries.iter().enumerate().skip(offset as usize) {
             let next = i as u64 + 1;
             if dirent.name == "." || dirent.name == ".." {
@@ -618,6 +621,7 @@ impl Filesystem for Fs {
                     &attr(&entry),
                     Generation(0),
                 ) {
+                    full = true;
                     break;
                 }
                 continue;
@@ -634,21 +638,13 @@ impl Filesystem for Fs {
                 Generation(0),
             ) {
                 self.union.forget(entry.ino, 1);
+                full = true;
                 break;
             }
         }
-        reply.ok();
-    }
-
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.union.releasedir(fh.0);
+        if !full {
+            self.union.dir_entries_done(ino.0);
+        }
         reply.ok();
     }
 

@@ -568,14 +568,13 @@ mod tests {
     }
 
     fn names(union: &Union, ino: u64) -> Vec<String> {
-        let fh = union.opendir(ino).unwrap();
         let mut v: Vec<String> = union
-            .dir_entries(fh)
+            .dir_entries(ino, 0)
             .unwrap()
             .iter()
             .map(|e| e.name.to_string_lossy().into())
             .collect();
-        union.releasedir(fh);
+        union.dir_entries_done(ino);
         v.sort();
         v
     }

@@ -54,11 +54,18 @@ pub struct OpenFile {
     pub upper: bool,
 }
 
-/// An open directory: its listing is made on first use.
-pub(crate) struct DirHandle {
-    ino: u64,
-    entries: Mutex<Option<Arc<Vec<DirEntry>>>>,
+/// Listings being read: the kernel reads a directory in chunks (one READDIR per page of
+/// entries), and each chunk must come from the same snapshot. There are no directory
+/// handles (OPENDIR is refused, see `fuse.rs`), so snapshots are kept by inode: made at
+/// offset 0, dropped when their last chunk has been sent.
+#[derive(Default)]
+struct Listings {
+    by_ino: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
 }
+
+/// Readers that stop half-way (a program closing a directory early) leave a snapshot
+/// behind; past this many the lot is dropped and later chunks are listed afresh.
+const MAX_LISTINGS: usize = 256;
 
 /// Topmost real file of a name plus the branches merged for a directory.
 pub(crate) struct Found {
@@ -119,7 +126,7 @@ pub struct Union {
     /// shares this lock (never nested) and runs in parallel.
     rename_lock: RwLock<()>,
     pub(crate) files: Handles<OpenFile>,
-    pub(crate) dirs: Handles<DirHandle>,
+    listings: Listings,
     /// This process's umask: new entries get exactly the mode the kernel asked for.
     pub(crate) umask: u32,
 }
@@ -150,7 +157,7 @@ impl Union {
             table,
             rename_lock: RwLock::new(()),
             files: Handles::new(),
-            dirs: Handles::new(),
+            listings: Listings::default(),
             umask,
         })
     }
@@ -366,32 +373,40 @@ impl Union {
         Ok(out)
     }
 
-    /// Opens a directory handle. The listing is made at the first readdir, not here: with
-    /// cached listings (FOPEN_CACHE_DIR) a warm `find` only opens directories.
-    pub fn opendir(&self, ino: u64) -> Res<u64> {
-        let node = self.node(ino)?;
-        if !node.is_dir {
-            return Err(Errno::NOTDIR);
-        }
-        Ok(self
-            .dirs
-            .insert(DirHandle {
-                ino,
-                entries: Mutex::new(None),
-            })
-            .0)
-    }
-
-    /// The merged listing (with "." and ".."), snapshotted at the first call per handle.
-    pub fn dir_entries(&self, fh: u64) -> Res<Arc<Vec<DirEntry>>> {
-        let handle = self.dirs.get(fh)?;
-        let mut entries = handle.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entries) = entries.as_ref() {
+    /// The merged listing of directory `ino` (with "." and ".."), for a READDIR at
+    /// `offset`: a fresh snapshot at offset 0, else the one that reader started with.
+    pub fn dir_entries(&self, ino: u64, offset: u64) -> Res<Arc<Vec<DirEntry>>> {
+        let mut by_ino = self
+            .listings
+            .by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if offset > 0
+            && let Some(entries) = by_ino.get(&ino)
+        {
             return Ok(entries.clone());
         }
-        let listing = Arc::new(self.listing(handle.ino)?);
-        *entries = Some(listing.clone());
+        drop(by_ino);
+        let listing = Arc::new(self.listing(ino)?);
+        by_ino = self
+            .listings
+            .by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if by_ino.len() >= MAX_LISTINGS {
+            by_ino.clear();
+        }
+        by_ino.insert(ino, listing.clone());
         Ok(listing)
+    }
+
+    /// The reader of `ino`'s listing got its last chunk.
+    pub fn dir_entries_done(&self, ino: u64) {
+        self.listings
+            .by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ino);
     }
 
     fn listing(&self, ino: u64) -> Res<Vec<DirEntry>> {
@@ -418,10 +433,6 @@ impl Union {
             });
         }
         Ok(entries)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(fh);
     }
 
     /// Opens a regular file; `write` copies it up first.

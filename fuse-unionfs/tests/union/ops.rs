@@ -98,6 +98,44 @@ fn readdir_merges_without_duplicates_or_whiteouts() {
 }
 
 #[test]
+fn big_directories_list_whole_while_read_by_several_at_once() {
+    // Thousands of names take many READDIR chunks; each reader must get every name once
+    // although there are no directory handles and other readers list the same directory.
+    let fixture = Fixture::new();
+    let big = fixture.lowers[2].join("big");
+    fs::create_dir(&big).unwrap();
+    for i in 0..3000 {
+        fs::write(big.join(format!("lower-file-with-a-long-name-{i:05}")), b"").unwrap();
+    }
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(120, "listing a big directory", move || {
+        let dir = m.path("big");
+        let readers: Vec<_> = (0..3)
+            .map(|_| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    // Fresh opens read from the server until the kernel has cached the listing.
+                    (0..5).map(|_| names(&dir)).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for listing in readers.into_iter().flat_map(|r| r.join().unwrap()) {
+            assert_eq!(listing.len(), 3000);
+            assert!(listing.windows(2).all(|w| w[0] < w[1]), "a name came twice");
+        }
+        fs::write(dir.join("new"), b"").unwrap();
+        fs::remove_file(dir.join("lower-file-with-a-long-name-00007")).unwrap();
+        let after = names(&dir);
+        assert_eq!(after.len(), 3000, "one created, one removed");
+        assert!(after.contains(&"new".to_string()));
+        assert!(!after.contains(&"lower-file-with-a-long-name-00007".to_string()));
+    });
+    drop(mounted);
+    drop(fixture);
+}
+
+#[test]
 fn copy_up_preserves_data_metadata_and_xattrs() {
     with_fuse(|m| {
         let before = fs::symlink_metadata(m.path("home/user/.profile")).unwrap();
@@ -681,7 +719,10 @@ fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
         writer.write_all(b"bbbb").unwrap();
         drop(writer);
         let mut fresh = [0u8; 4];
-        fs::File::open(m.path("big.bin")).unwrap().read_exact(&mut fresh).unwrap();
+        fs::File::open(m.path("big.bin"))
+            .unwrap()
+            .read_exact(&mut fresh)
+            .unwrap();
         assert_eq!(&fresh, b"bbbb", "a new open sees the copied-up file");
         assert_eq!(&fs::read(m.upper.join("big.bin")).unwrap()[..4], b"bbbb");
         assert_eq!(fs::metadata(m.path("big.bin")).unwrap().len(), 2 << 20);
