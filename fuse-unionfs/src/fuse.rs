@@ -1,10 +1,18 @@
 //! The fuser 0.18 callbacks: each translates one request into a call on [`Union`] and
 //! sends one reply. Kernel caching is decided here: long TTLs (everything changes only
 //! through this mount), negative entries, FOPEN_KEEP_CACHE and FOPEN_NOFLUSH, cached
-//! directory listings, readdirplus, and FUSE passthrough for open upper files (one BackingId per
-//! inode, shared by all its opens) with writeback caching as the fallback when the kernel
-//! refuses passthrough (the two exclude each other, fs/fuse/inode.c process_init_reply).
-//! A passthrough open carries no other FOPEN flags (FOPEN_PASSTHROUGH_MASK, fs/fuse/iomode.c).
+//! directory listings without OPENDIR round trips, readdirplus, and FUSE passthrough for
+//! writers and big files (one BackingId per inode, shared by all its opens) with writeback
+//! caching as the fallback when the kernel refuses passthrough (the two exclude each other,
+//! fs/fuse/inode.c process_init_reply). A passthrough open carries no other FOPEN flags
+//! (FOPEN_PASSTHROUGH_MASK, fs/fuse/iomode.c).
+//!
+//! The kernel allows one backing file per inode while any of its files is open. A big
+//! lower file read through passthrough and then copied up (a write-open, a truncate)
+//! cannot switch its backing file to the copy while readers hold it, so the copy gets a
+//! new inode number and the open that needs it fails with ESTALE; the kernel then looks
+//! the name up again (do_filp_open retries with LOOKUP_REVAL), finds the new number and
+//! opens that. Readers keep the lower file, as they would under kernel overlayfs.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -98,7 +106,8 @@ fn caller(req: &Request) -> Caller {
 
 /// Files at least this big are read through passthrough; smaller ones through the page
 /// cache, which keeps their attributes cached (a passthrough read invalidates atime, so
-/// every later stat(2) would cost a GETATTR round trip).
+/// every later stat(2) would cost a GETATTR round trip). Reading a lower file through
+/// the page cache also caches it twice (the FUSE inode's pages and the branch file's).
 const PASSTHROUGH_MIN_SIZE: u64 = 1 << 20;
 
 /// How the open handles of one inode do I/O: the kernel forbids mixing the two modes, and
@@ -125,7 +134,11 @@ struct OpenTable {
 /// What an open reply says.
 enum Reply {
     Passthrough,
-    Cached { keep_cache: bool },
+    Cached {
+        keep_cache: bool,
+    },
+    /// The inode's backing file is a lower file, copied up since: see the module doc.
+    Stale,
 }
 
 /// The fuser filesystem over one [`Union`].
@@ -164,24 +177,24 @@ impl Fs {
         if let Some(opened) = table.by_ino.get_mut(&file.ino) {
             let reply = match &opened.mode {
                 Mode::Passthrough { upper, .. } if *upper == file.upper => Reply::Passthrough,
-                // A lower backing file is open while this handle needs the copied-up one:
-                // the kernel allows one backing file per inode; the open falls back.
-                Mode::Passthrough { .. } => return Reply::Cached { keep_cache: false },
+                Mode::Passthrough { .. } => return Reply::Stale,
                 Mode::Cached => Reply::Cached { keep_cache: true },
             };
             opened.count += 1;
             table.handles.insert(fh, file.ino);
             return reply;
         }
-        let big = || {
-            rustix::fs::fstat(&file.fd).is_ok_and(|st| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE)
+        let stat = || rustix::fs::fstat(&file.fd).ok();
+        let big = |st: &rustix::fs::Stat| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE;
+        let wanted = if file.upper {
+            writer || stat().is_some_and(|st| big(&st))
+        } else {
+            // A lower file with several names is copied up with all of them (modify.rs),
+            // which a new inode number for one name would split: those stay cached.
+            stat().is_some_and(|st| big(&st) && st.st_nlink == 1)
         };
         let mut mode = Mode::Cached;
-        // Only upper files get passthrough. The kernel allows one backing file per inode
-        // and fails (EIO) any non-passthrough open beside it (fs/fuse/iomode.c), so a
-        // lower backing file held by a reader would make a later write-open, which needs
-        // the copied-up file, fail. Lower files are read through the page cache instead.
-        if self.passthrough.load(Ordering::Relaxed) && file.upper && (writer || big()) {
+        if self.passthrough.load(Ordering::Relaxed) && wanted {
             match open_backing(file) {
                 Ok(id) => {
                     mode = Mode::Passthrough {
@@ -247,6 +260,16 @@ impl Fs {
         }
     }
 
+    /// Answers an open that found the inode's backing file superseded: the copied-up
+    /// file gets a new inode number and the kernel, told ESTALE, looks the name up again.
+    fn refuse_stale(&self, fh: u64, ino: u64) -> Errno {
+        self.union.release(fh);
+        match self.union.supersede(ino) {
+            Ok(()) => Errno::ESTALE,
+            Err(err) => errno(err),
+        }
+    }
+
     /// Sends an open reply in the chosen mode.
     fn reply_open(
         &self,
@@ -267,6 +290,7 @@ impl Fs {
                     send(FopenFlags::FOPEN_NOFLUSH, None);
                 }
             }
+            Reply::Stale => unreachable!("stale opens are answered by `refuse_stale`"),
             Reply::Cached { keep_cache } => {
                 let _ = fh;
                 // FLUSH does nothing here: NOFLUSH saves a round trip on every close(2).
@@ -468,6 +492,9 @@ impl Filesystem for Fs {
         match self.union.open(ino.0, write) {
             Ok((fh, file)) => {
                 let mode = self.open_mode(fh, &file, write, |f| reply.open_backing(&f.fd));
+                if let Reply::Stale = mode {
+                    return reply.error(self.refuse_stale(fh, file.ino));
+                }
                 self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), flags, id),
                     None => reply.opened(FileHandle(fh), flags),
@@ -723,6 +750,9 @@ impl Filesystem for Fs {
             Ok((entry, fh, file)) => {
                 let (ttl, attr) = (ttl(&entry), attr(&entry));
                 let mode = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd));
+                if let Reply::Stale = mode {
+                    return reply.error(self.refuse_stale(fh, file.ino));
+                }
                 self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
                     Some(id) => reply.created_passthrough(
                         &ttl,

@@ -92,6 +92,13 @@ impl Table {
             .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// Gives `key` a number never used before (see `Union::supersede`).
+    pub(crate) fn renumber(&self, key: (u64, u64)) -> u64 {
+        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        write(self.key_shard(key)).insert(key, ino);
+        ino
+    }
+
     pub(crate) fn existing_ino(&self, key: (u64, u64)) -> Option<u64> {
         read(self.key_shard(key)).get(&key).copied()
     }

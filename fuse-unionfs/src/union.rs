@@ -476,6 +476,27 @@ impl Union {
         )
     }
 
+    /// Gives the copied-up file of `ino` a new inode number, leaving `ino` to the open
+    /// files that still read the lower file (`fuse.rs` says why). The old node keeps its
+    /// names, so requests on those open files (fstat, fchmod) reach the copy.
+    pub fn supersede(&self, ino: u64) -> Res<()> {
+        let _shared = self.shared();
+        let path = self.path(ino)?;
+        let node = self.node(ino)?;
+        if node.state().layer != UPPER {
+            return Err(Errno::IO);
+        }
+        let key = self.layers.stat(UPPER, &path)?.key();
+        if self.table.existing_ino(key) == Some(ino) {
+            let new = self.table.renumber(key);
+            tracing::debug!(
+                "{}: copied up under readers, inode {ino} is now {new}",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
         self.files.get(fh)
     }

@@ -700,33 +700,61 @@ fn rename_exchange_and_noreplace() {
 
 #[test]
 fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
-    // The reader's open takes the inode's one passthrough BackingId on the lower file;
-    // the writer's copy-up needs the upper file, so its handle must use direct I/O
-    // rather than fail with EIO (fs/fuse/iomode.c forbids mixing cached and passthrough).
+    // The reader's open makes the lower file the inode's one passthrough backing file; the
+    // writer needs the copy, so the copy gets a new inode number and the kernel retries
+    // the open on it (ESTALE) instead of failing it with EIO (fs/fuse/iomode.c).
     let fixture = Fixture::new();
     fs::write(fixture.lowers[0].join("big.bin"), vec![b'a'; 2 << 20]).unwrap();
+    fs::write(fixture.lowers[0].join("big2.bin"), vec![b'c'; 2 << 20]).unwrap();
     let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
     let m = mounted.clone();
     deadline(120, "write-open beside a passthrough reader", move || {
-        let mut reader = fs::File::open(m.path("big.bin")).unwrap();
-        let mut head = [0u8; 4];
-        reader.read_exact(&mut head).unwrap();
-        assert_eq!(&head, b"aaaa");
+        let read_at = |file: &fs::File, at: u64| {
+            let mut buf = [0u8; 4];
+            std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, at).unwrap();
+            buf
+        };
+        let reader = fs::File::open(m.path("big.bin")).unwrap();
+        assert_eq!(&read_at(&reader, 0), b"aaaa");
         let mut writer = fs::OpenOptions::new()
             .write(true)
             .open(m.path("big.bin"))
             .expect("write-open while a reader holds the lower file");
         writer.write_all(b"bbbb").unwrap();
         drop(writer);
-        let mut fresh = [0u8; 4];
-        fs::File::open(m.path("big.bin"))
-            .unwrap()
-            .read_exact(&mut fresh)
-            .unwrap();
-        assert_eq!(&fresh, b"bbbb", "a new open sees the copied-up file");
+        let fresh = fs::File::open(m.path("big.bin")).unwrap();
+        assert_eq!(
+            &read_at(&fresh, 0),
+            b"bbbb",
+            "a new open sees the copied-up file"
+        );
+        assert_eq!(
+            &read_at(&reader, 0),
+            b"aaaa",
+            "the earlier reader keeps the lower file, as under overlayfs"
+        );
+        assert_eq!(&read_at(&reader, (2 << 20) - 4), b"aaaa");
         assert_eq!(&fs::read(m.upper.join("big.bin")).unwrap()[..4], b"bbbb");
         assert_eq!(fs::metadata(m.path("big.bin")).unwrap().len(), 2 << 20);
         drop(reader);
+        drop(fresh);
+
+        // A truncate copies up without an open; the next open, a reader's, needs the copy.
+        let reader = fs::File::open(m.path("big2.bin")).unwrap();
+        assert_eq!(&read_at(&reader, 4096), b"cccc");
+        let path = std::ffi::CString::new(m.path("big2.bin").into_os_string().into_encoded_bytes())
+            .unwrap();
+        // SAFETY: a valid NUL-terminated path; truncate(2) keeps no pointer.
+        assert_eq!(
+            unsafe { libc::truncate(path.as_ptr(), 8192) },
+            0,
+            "truncate(2)"
+        );
+        let fresh = fs::File::open(m.path("big2.bin")).expect("open after the truncate");
+        assert_eq!(fresh.metadata().unwrap().len(), 8192);
+        assert_eq!(&read_at(&fresh, 4096), b"cccc");
+        assert_eq!(&read_at(&reader, (2 << 20) - 4), b"cccc");
+        assert_eq!(fs::metadata(m.upper.join("big2.bin")).unwrap().len(), 8192);
     });
     drop(mounted);
     drop(fixture);
