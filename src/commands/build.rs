@@ -26,6 +26,8 @@ use crate::cli::BuildArgs;
 pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let driver: Driver = args.driver.parse()?;
     let store = Store::open(&globals.root)?;
+    // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
+    strata_unionfs::sweep_stale(store.root())?;
     let context = args.context.clone();
     let buildfile = match &args.file {
         Some(file) => file.clone(),

@@ -17,6 +17,8 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
             Store::open_exclusive(&globals.root)?
         }
     };
+    // A stale FUSE mount (its daemon crashed) would keep gc from removing what is below it.
+    strata_unionfs::sweep_stale(store.root())?;
     let report = store.gc()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -154,6 +154,8 @@ fn setup_failure(err: anyhow::Error) -> ExitCode {
 pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
     let prepared = (|| -> anyhow::Result<(Container, RunConfig, Vec<PathBuf>)> {
         let store = Store::open(&globals.root)?;
+        // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
+        strata_unionfs::sweep_stale(store.root())?;
         let image = store.resolve(&args.image)?;
         // A --rm container never outlives its command: its state needs no fsync.
         let mut container = if args.rm {

@@ -242,6 +242,32 @@ fn crashed_daemon_mount_is_swept_on_next_mount() {
 }
 
 #[test]
+fn crashed_daemon_mount_is_swept_by_gc() {
+    let store = TestStore::new();
+    let b = branches(store.root(), "crash-gc");
+    raw_mount(&store, &b, "fuse");
+    let pids = daemons(b.mnt.to_str().unwrap());
+    assert_eq!(pids.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mnt = b.mnt.clone();
+    wait_until(
+        "the dead mount answers ENOTCONN",
+        move || matches!(fs::metadata(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
+    );
+    store.ok(&["gc"]);
+    assert!(b.mnt.is_dir(), "the mount point is a plain directory again");
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(b.mnt.to_str().unwrap()),
+        "the dead mount is detached"
+    );
+}
+
+#[test]
 fn mount_errors_name_the_problem() {
     let store = TestStore::new();
     let b = branches(store.root(), "errors");
