@@ -4,6 +4,11 @@
 //! fsync per file), made opaque and then renamed, so rename(2) succeeds where kernel
 //! overlayfs with redirect_dir=off and fuse-overlayfs answer EXDEV. Live nodes below a moved
 //! directory are then pointed at the upper branch, keeping their inode numbers.
+//!
+//! Renames exclude every other request (they move whole subtrees under path resolution),
+//! so the tree copy, which may take seconds, is done before that, in place and beside
+//! other requests: a copy-up changes nothing anyone sees. The exclusive part then only
+//! walks the copied tree for what changed meanwhile and renames.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -32,11 +37,16 @@ impl Union {
     ) -> Res<()> {
         if found_layer != UPPER {
             let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
-            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
+            self.moved(moved, lower.key(), self.layers.stat(UPPER, rel)?.key());
         }
         for (name, _, _) in self.list(dir_layers, rel)? {
             let child = rel.join(&name);
-            let found = self.resolve(dir_layers, &child)?;
+            let found = match self.resolve(dir_layers, &child) {
+                Ok(found) => found,
+                // Removed since the listing, by a request running beside the copy.
+                Err(Errno::NOENT) => continue,
+                Err(err) => return Err(err),
+            };
             if found.meta.is_dir() {
                 self.copy_up_tree(&child, found.layer, &found.dir_layers, links, moved)?;
             } else if found.layer != UPPER {
@@ -56,8 +66,41 @@ impl Union {
                         }
                     }
                 }
-                moved.push((key, self.layers.stat(UPPER, &child)?.key()));
+                self.moved(moved, key, self.layers.stat(UPPER, &child)?.key());
             }
+        }
+        Ok(())
+    }
+
+    /// Records a copied file; the copy answers with the inode number the kernel knows.
+    fn moved(&self, moved: &mut Moved, lower: Key, upper: Key) {
+        if let Some(ino) = self.table.existing_ino(lower) {
+            self.table.alias(upper, ino);
+        }
+        moved.push((lower, upper));
+    }
+
+    /// The slow part of a directory rename, beside other requests: copies the source
+    /// directory (and, for an exchange, the target) into the upper branch in place and
+    /// syncs the copies once.
+    fn copy_up_before_rename(&self, sides: &[(u64, &OsStr)], moved: &mut Moved) -> Res<()> {
+        let _shared = self.shared();
+        let before = moved.len();
+        for &(parent, name) in sides {
+            let (_, path, layers) = self.dir_state(parent)?;
+            let rel = path.join(name);
+            let found = match self.resolve(&layers, &rel) {
+                Ok(found) => found,
+                Err(Errno::NOENT) => continue,
+                Err(err) => return Err(err),
+            };
+            if found.meta.is_dir() && found.dir_layers.iter().any(|&l| l != UPPER) {
+                self.copy_up_dir(parent)?;
+                self.materialize(&rel, &found, moved)?;
+            }
+        }
+        if moved.len() > before {
+            rustix::fs::syncfs(self.upper_fd())?;
         }
         Ok(())
     }
@@ -70,11 +113,17 @@ impl Union {
         newname: &OsStr,
         flags: u32,
     ) -> Res<()> {
-        let _exclusive = self.exclusive();
         let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
         if flags.contains(RenameFlags::WHITEOUT) {
             return Err(Errno::INVAL);
         }
+        let mut copied = Vec::new();
+        let mut sides = vec![(parent, name)];
+        if flags.contains(RenameFlags::EXCHANGE) {
+            sides.push((newparent, newname));
+        }
+        self.copy_up_before_rename(&sides, &mut copied)?;
+        let _exclusive = self.exclusive();
         let (_, ppath, players) = self.dir_state(parent)?;
         let (_, npath, nplayers) = self.dir_state(newparent)?;
         let rel = ppath.join(name);
@@ -116,6 +165,7 @@ impl Union {
             // The tree copy skipped per-file fsync: one syncfs before the rename shows it.
             rustix::fs::syncfs(self.upper_fd())?;
         }
+        moved.extend(copied);
         if flags.contains(RenameFlags::EXCHANGE) {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             rustix::fs::renameat_with(
@@ -188,7 +238,7 @@ impl Union {
             }
         } else if found.layer != UPPER {
             let lower = copy_up(&self.layers, found.layer, rel)?;
-            moved.push((lower.key(), self.layers.stat(UPPER, rel)?.key()));
+            self.moved(moved, lower.key(), self.layers.stat(UPPER, rel)?.key());
         }
         Ok(())
     }

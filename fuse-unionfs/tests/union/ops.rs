@@ -376,6 +376,51 @@ fn rename_of_lower_directory_succeeds() {
 }
 
 #[test]
+fn directory_rename_copies_up_beside_other_requests() {
+    // The tree copy of a big lower directory takes a while; requests elsewhere (here a
+    // create, which always reaches the server) must not wait for it.
+    let fixture = Fixture::new();
+    let tree = fixture.lowers[2].join("tree");
+    for i in 0..128 {
+        let dir = tree.join(format!("d{}", i % 8));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("f{i}")), vec![i as u8; 2 << 20]).unwrap();
+    }
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(300, "a directory rename beside a create", move || {
+        let copying = m.upper.join("tree");
+        let (mnt, upper) = (m.mnt.clone(), m.upper.clone());
+        // Looked up now: the kernel locks the rename's parent (here the root) meanwhile.
+        assert!(m.path("etc").is_dir());
+        let other = std::thread::spawn(move || {
+            while !copying.exists() {
+                std::thread::yield_now();
+            }
+            fs::write(mnt.join("etc/made-during-rename"), b"x").unwrap();
+            let done = std::time::Instant::now();
+            // The copy was still going: the rename had not happened yet.
+            let renamed = upper.join("moved").exists();
+            (done, renamed)
+        });
+        fs::rename(m.path("tree"), m.path("moved")).unwrap();
+        let rename_done = std::time::Instant::now();
+        let (create_done, renamed_before) = other.join().unwrap();
+        assert!(
+            create_done < rename_done && !renamed_before,
+            "the create waited for the whole tree copy ({:?} after the rename, renamed before: {renamed_before})",
+            create_done.saturating_duration_since(rename_done)
+        );
+        assert_eq!(fs::read(m.path("moved/d3/f3")).unwrap(), vec![3u8; 2 << 20]);
+        assert_eq!(fs::read_dir(m.path("moved")).unwrap().count(), 8);
+        assert!(!m.path("tree").exists());
+        assert_eq!(fs::read(m.path("etc/made-during-rename")).unwrap(), b"x");
+    });
+    drop(mounted);
+    drop(fixture);
+}
+
+#[test]
 fn hard_links_share_inode_and_link_count() {
     with_fuse(|m| {
         fs::write(m.path("etc/a"), b"one").unwrap();
