@@ -2,6 +2,9 @@
 //! mount. A number is handed out per real file (device, inode) the first time it is seen and
 //! never reused; a copy-up registers the new upper file under the same number, so a file
 //! keeps its st_ino when it moves up, and hard links (one real inode) share one number.
+//! One exception: a big file copied up while readers hold the lower file through FUSE
+//! passthrough gets a new number (`renumber`; `fuse.rs` says why), as the readers keep
+//! the old file.
 //! Live nodes (those the kernel holds a lookup count on) remember where their entry is:
 //! the (parent, name) links, the topmost branch and, for directories, the branches merged.
 //! The maps are sharded so lookups on different inodes never contend.
