@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fuser::{BackgroundSession, Config, MountOption, Session, SessionACL};
+use fuser::{BackgroundSession, Config, Session, SessionACL};
 use rustix::mount::UnmountFlags;
 
 use crate::error::{Error, Result};
@@ -243,13 +243,6 @@ fn connection_id(target: &Path) -> Option<u32> {
 
 fn fuse_config() -> Config {
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("strata".into()),
-        MountOption::Subtype("strata".into()),
-        MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
-    ];
     // Containers run as any user: everyone may use the mount, the kernel checks modes.
     config.acl = SessionACL::All;
     // Worker threads: STRATA_FUSE_THREADS, else one per CPU (at least 2, so a long
@@ -274,7 +267,44 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     // STRATA_FUSE_PASSTHROUGH=0 turns passthrough off (to compare, or to work around a kernel).
     let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
     let fs = Fs::new(union, passthrough);
-    Session::new(fs, &spec.target, &fuse_config()).map_err(|e| mount_error("fuse", &spec.target, e))
+    let device = mount_fuse(&spec.target)?;
+    Session::from_fd(fs, device, SessionACL::All, fuse_config()).map_err(|e| {
+        // The kernel mount exists but nobody will serve it.
+        let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
+        mount_error("fuse", &spec.target, e)
+    })
+}
+
+/// Mounts a FUSE filesystem of type `fuse.strata` at `target` and returns the /dev/fuse
+/// descriptor that serves it. fuser's own mount passes no subtype to the kernel, so its
+/// mounts show as plain `fuse`; tools (findmnt -t, mount) tell ours apart by the type.
+fn mount_fuse(target: &Path) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let fail = |e: rustix::io::Errno| mount_error("fuse", target, e.into());
+    let device = rustix::fs::open(
+        "/dev/fuse",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(fail)?;
+    let root_type = rustix::fs::stat(target).map_err(fail)?.st_mode & libc::S_IFMT;
+    // Anyone may use the mount (containers run as any user); the kernel checks modes.
+    let data = std::ffi::CString::new(format!(
+        "fd={},rootmode={root_type:o},user_id={},group_id={},default_permissions,allow_other",
+        device.as_raw_fd(),
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    ))
+    .map_err(|_| fail(rustix::io::Errno::INVAL))?;
+    rustix::mount::mount(
+        "strata",
+        target,
+        "fuse.strata",
+        rustix::mount::MountFlags::empty(),
+        data.as_c_str(),
+    )
+    .map_err(fail)?;
+    Ok(device)
 }
 
 /// overlayfs option values escape ',' ':' and '\' with a backslash (fs/overlayfs/params.c).

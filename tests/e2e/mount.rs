@@ -116,7 +116,7 @@ fn raw_mount(store: &TestStore, b: &Branches, driver: &str) {
 #[test]
 fn mount_raw_branches_with_each_driver_then_umount() {
     let store = TestStore::new();
-    for (driver, fstype) in [("fuse", "fuse"), ("overlay", "overlay")] {
+    for (driver, fstype) in [("fuse", "fuse.strata"), ("overlay", "overlay")] {
         let b = branches(store.root(), driver);
         raw_mount(&store, &b, driver);
         // The command returned: the mount must already be live.
@@ -180,7 +180,7 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
         .trim()
         .to_string();
     assert_eq!(id.len(), 64, "prints the new container's id: {id}");
-    assert_eq!(mount_type(&mnt).as_deref(), Some("fuse"));
+    assert_eq!(mount_type(&mnt).as_deref(), Some("fuse.strata"));
     let inner = mnt.clone();
     within("writing into the image mount", move || {
         assert!(inner.join("bin/busybox").is_file());
@@ -216,11 +216,9 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
     assert!(state["mounted_at"].is_null());
 }
 
-#[test]
-fn crashed_daemon_mount_is_swept_on_next_mount() {
-    let store = TestStore::new();
-    let b = branches(store.root(), "crash");
-    raw_mount(&store, &b, "fuse");
+/// A FUSE mount of `b` whose daemon is killed, as a crash leaves it.
+fn mount_then_kill_the_daemon(store: &TestStore, b: &Branches) {
+    raw_mount(store, b, "fuse");
     let pids = daemons(b.mnt.to_str().unwrap());
     assert_eq!(pids.len(), 1);
     nix::sys::signal::kill(
@@ -233,6 +231,13 @@ fn crashed_daemon_mount_is_swept_on_next_mount() {
         "the dead mount answers ENOTCONN",
         move || matches!(fs::metadata(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
     );
+}
+
+#[test]
+fn crashed_daemon_mount_is_swept_on_next_mount() {
+    let store = TestStore::new();
+    let b = branches(store.root(), "crash");
+    mount_then_kill_the_daemon(&store, &b);
     raw_mount(&store, &b, "fuse");
     let mnt = b.mnt.clone();
     within("reading the new mount", move || {
@@ -245,19 +250,7 @@ fn crashed_daemon_mount_is_swept_on_next_mount() {
 fn crashed_daemon_mount_is_swept_by_gc() {
     let store = TestStore::new();
     let b = branches(store.root(), "crash-gc");
-    raw_mount(&store, &b, "fuse");
-    let pids = daemons(b.mnt.to_str().unwrap());
-    assert_eq!(pids.len(), 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pids[0]),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let mnt = b.mnt.clone();
-    wait_until(
-        "the dead mount answers ENOTCONN",
-        move || matches!(fs::metadata(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
-    );
+    mount_then_kill_the_daemon(&store, &b);
     store.ok(&["gc"]);
     assert!(b.mnt.is_dir(), "the mount point is a plain directory again");
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
