@@ -595,15 +595,15 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.union.dir_entries(ino.0, offset) {
-            Ok(entries) => entries,
+        let listing = match self.union.dir_entries(ino.0, offset) {
+            Ok(listing) => listing,
             Err(err) => return reply.error(errno(err)),
         };
         let mut full = false;
-        for (i, entry) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, entry) in listing.entries.iter().enumerate().skip(listing.start) {
             full = reply.add(
                 INodeNo(entry.ino),
-                i as u64 + 1,
+                listing.offset(i),
                 file_type(entry.kind),
                 &entry.name,
             );
@@ -612,7 +612,7 @@ impl Filesystem for Fs {
             }
         }
         if !full {
-            self.union.dir_entries_done(ino.0);
+            self.union.dir_entries_done(&listing);
         }
         reply.ok();
     }
@@ -625,13 +625,13 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.union.dir_entries(ino.0, offset) {
-            Ok(entries) => entries,
+        let listing = match self.union.dir_entries(ino.0, offset) {
+            Ok(listing) => listing,
             Err(err) => return reply.error(errno(err)),
         };
         let mut full = false;
-        for (i, dirent) in entries.iter().enumerate().skip(offset as usize) {
-            let next = i as u64 + 1;
+        for (i, dirent) in listing.entries.iter().enumerate().skip(listing.start) {
+            let next = listing.offset(i);
             if dirent.name == "." || dirent.name == ".." {
                 // The kernel takes no lookup for these (fuse_direntplus_link): attrs unused.
                 let meta = self.union.root_meta();
@@ -670,7 +670,7 @@ impl Filesystem for Fs {
             }
         }
         if !full {
-            self.union.dir_entries_done(ino.0);
+            self.union.dir_entries_done(&listing);
         }
         reply.ok();
     }

@@ -26,4 +26,4 @@ pub use mount::{
     Driver, MountGuard, MountSpec, fuse_available, mount, mount_detached, serve_daemon,
     sweep_stale, unmount,
 };
-pub use union::{Caller, DirEntry, Entry, Union};
+pub use union::{Caller, DirEntry, Entry, Listing, Union};

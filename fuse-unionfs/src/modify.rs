@@ -568,15 +568,41 @@ mod tests {
     }
 
     fn names(union: &Union, ino: u64) -> Vec<String> {
-        let mut v: Vec<String> = union
-            .dir_entries(ino, 0)
-            .unwrap()
+        let listing = union.dir_entries(ino, 0).unwrap();
+        let mut v: Vec<String> = listing
+            .entries
             .iter()
             .map(|e| e.name.to_string_lossy().into())
             .collect();
-        union.dir_entries_done(ino);
+        union.dir_entries_done(&listing);
         v.sort();
         v
+    }
+
+    #[test]
+    fn each_reader_of_a_directory_keeps_its_own_snapshot() {
+        let (_dir, union) = setup();
+        let first = union.dir_entries(ROOT, 0).unwrap();
+        assert!(first.entries.len() > 2);
+        // The first reader took two entries; then the directory changes and a second
+        // reader starts; the first goes on from where it was, in its own snapshot.
+        let resume = first.offset(1);
+        union
+            .create(ROOT, OsStr::new("made-between"), 0o100644, ME)
+            .unwrap();
+        let second = union.dir_entries(ROOT, 0).unwrap();
+        assert_eq!(second.entries.len(), first.entries.len() + 1);
+        let rest = union.dir_entries(ROOT, resume).unwrap();
+        assert_eq!(rest.start, 2);
+        let names = |l: &crate::union::Listing, from: usize| -> Vec<std::ffi::OsString> {
+            l.entries[from..].iter().map(|e| e.name.clone()).collect()
+        };
+        assert_eq!(names(&rest, rest.start), names(&first, 2));
+        assert_ne!(first.offset(0) >> 32, second.offset(0) >> 32);
+        // A snapshot dropped meanwhile is listed afresh.
+        union.dir_entries_done(&first);
+        let again = union.dir_entries(ROOT, resume).unwrap();
+        assert_eq!(again.entries.len(), second.entries.len());
     }
 
     #[test]

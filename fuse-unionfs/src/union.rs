@@ -54,13 +54,31 @@ pub struct OpenFile {
     pub upper: bool,
 }
 
-/// Listings being read: the kernel reads a directory in chunks (one READDIR per page of
+/// Listings being read. The kernel reads a directory in chunks (one READDIR per page of
 /// entries), and each chunk must come from the same snapshot. There are no directory
-/// handles (OPENDIR is refused, see `fuse.rs`), so snapshots are kept by inode: made at
-/// offset 0, dropped when their last chunk has been sent.
+/// handles (OPENDIR is refused, see `fuse.rs`), so the snapshot travels in the offsets
+/// instead: an entry's offset is `(snapshot id << 32) | (index + 1)`, and the kernel hands
+/// back the offset of the last entry it took. Readers of one directory at the same time
+/// thus each keep their own snapshot. A snapshot is made at offset 0 and dropped after its
+/// last chunk.
 #[derive(Default)]
 struct Listings {
-    by_ino: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    by_id: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    next: AtomicU64,
+}
+
+/// A listing snapshot and where in it a READDIR continues.
+pub struct Listing {
+    pub entries: Arc<Vec<DirEntry>>,
+    id: u64,
+    pub start: usize,
+}
+
+impl Listing {
+    /// The offset of entry `index`: where the reader continues after taking it.
+    pub fn offset(&self, index: usize) -> u64 {
+        (self.id << 32) | (index as u64 + 1)
+    }
 }
 
 /// Readers that stop half-way (a program closing a directory early) leave a snapshot
@@ -375,38 +393,38 @@ impl Union {
 
     /// The merged listing of directory `ino` (with "." and ".."), for a READDIR at
     /// `offset`: a fresh snapshot at offset 0, else the one that reader started with.
-    pub fn dir_entries(&self, ino: u64, offset: u64) -> Res<Arc<Vec<DirEntry>>> {
-        let mut by_ino = self
-            .listings
-            .by_ino
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+    pub fn dir_entries(&self, ino: u64, offset: u64) -> Res<Listing> {
+        let (id, start) = (offset >> 32, (offset & 0xffff_ffff) as usize);
         if offset > 0
-            && let Some(entries) = by_ino.get(&ino)
+            && let Some(entries) = self.listings().get(&id)
         {
-            return Ok(entries.clone());
+            return Ok(Listing {
+                entries: entries.clone(),
+                id,
+                start,
+            });
         }
-        drop(by_ino);
-        let listing = Arc::new(self.listing(ino)?);
-        by_ino = self
-            .listings
-            .by_ino
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if by_ino.len() >= MAX_LISTINGS {
-            by_ino.clear();
+        let entries = Arc::new(self.listing(ino)?);
+        // Ids stay below 2^31, so offsets stay positive as a signed loff_t.
+        let id = self.listings.next.fetch_add(1, Ordering::Relaxed) % (1 << 31) + 1;
+        let mut by_id = self.listings();
+        if by_id.len() >= MAX_LISTINGS {
+            by_id.clear();
         }
-        by_ino.insert(ino, listing.clone());
-        Ok(listing)
+        by_id.insert(id, entries.clone());
+        Ok(Listing { entries, id, start })
     }
 
-    /// The reader of `ino`'s listing got its last chunk.
-    pub fn dir_entries_done(&self, ino: u64) {
+    /// The reader of `listing` got its last chunk.
+    pub fn dir_entries_done(&self, listing: &Listing) {
+        self.listings().remove(&listing.id);
+    }
+
+    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<DirEntry>>>> {
         self.listings
-            .by_ino
+            .by_id
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&ino);
     }
 
     fn listing(&self, ino: u64) -> Res<Vec<DirEntry>> {
