@@ -598,7 +598,16 @@ mod tests {
             l.entries[from..].iter().map(|e| e.name.clone()).collect()
         };
         assert_eq!(names(&rest, rest.start), names(&first, 2));
-        assert_ne!(first.offset(0) >> 32, second.offset(0) >> 32);
+        assert_ne!(first.offset(0), second.offset(0));
+        assert!(
+            first.offset(first.entries.len()) < 1 << 31,
+            "32-bit programs take it"
+        );
+        // Another directory's reader never gets this snapshot.
+        let other = union.lookup(ROOT, OsStr::new("d")).unwrap().ino;
+        let mixed = union.dir_entries(other, resume).unwrap();
+        assert!(mixed.entries.iter().any(|e| e.name == "a"));
+        assert!(mixed.entries.iter().all(|e| e.name != "file"));
         // A snapshot dropped meanwhile is listed afresh.
         union.dir_entries_done(&first);
         let again = union.dir_entries(ROOT, resume).unwrap();

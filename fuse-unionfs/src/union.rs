@@ -57,27 +57,40 @@ pub struct OpenFile {
 /// Listings being read. The kernel reads a directory in chunks (one READDIR per page of
 /// entries), and each chunk must come from the same snapshot. There are no directory
 /// handles (OPENDIR is refused, see `fuse.rs`), so the snapshot travels in the offsets
-/// instead: an entry's offset is `(snapshot id << 32) | (index + 1)`, and the kernel hands
-/// back the offset of the last entry it took. Readers of one directory at the same time
-/// thus each keep their own snapshot. A snapshot is made at offset 0 and dropped after its
-/// last chunk.
+/// instead, and readers of one directory at the same time each keep their own. A
+/// snapshot is made at offset 0 and dropped after its last chunk.
+///
+/// Offsets stay below 2^31, as 32-bit programs need (their readdir fails with EOVERFLOW
+/// on a bigger d_off): `SNAPSHOT | id << INDEX_BITS | index + 1` for listings of fewer
+/// than 2^19 entries, else the plain `index + 1`, listed afresh for each chunk.
 #[derive(Default)]
 struct Listings {
-    by_id: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    by_id: Mutex<HashMap<u64, (u64, Arc<Vec<DirEntry>>)>>,
     next: AtomicU64,
 }
+
+const SNAPSHOT: u64 = 1 << 30;
+const INDEX_BITS: u32 = 19;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+/// Ids are reused after this many listings; a snapshot found under a reused id for
+/// another directory is ignored.
+const IDS: u64 = 1 << (30 - INDEX_BITS);
 
 /// A listing snapshot and where in it a READDIR continues.
 pub struct Listing {
     pub entries: Arc<Vec<DirEntry>>,
-    id: u64,
+    /// None: too big for a snapshot id in its offsets.
+    id: Option<u64>,
     pub start: usize,
 }
 
 impl Listing {
     /// The offset of entry `index`: where the reader continues after taking it.
     pub fn offset(&self, index: usize) -> u64 {
-        (self.id << 32) | (index as u64 + 1)
+        match self.id {
+            Some(id) => SNAPSHOT | id << INDEX_BITS | (index as u64 + 1),
+            None => index as u64 + 1,
+        }
     }
 }
 
@@ -394,33 +407,51 @@ impl Union {
     /// The merged listing of directory `ino` (with "." and ".."), for a READDIR at
     /// `offset`: a fresh snapshot at offset 0, else the one that reader started with.
     pub fn dir_entries(&self, ino: u64, offset: u64) -> Res<Listing> {
-        let (id, start) = (offset >> 32, (offset & 0xffff_ffff) as usize);
-        if offset > 0
-            && let Some(entries) = self.listings().get(&id)
+        let (id, start) = if offset & SNAPSHOT != 0 {
+            (Some(offset >> INDEX_BITS & (IDS - 1)), offset & INDEX_MASK)
+        } else {
+            (None, offset)
+        };
+        let start = start as usize;
+        if let Some(id) = id
+            && let Some((of, entries)) = self.listings().get(&id)
+            && *of == ino
         {
             return Ok(Listing {
                 entries: entries.clone(),
-                id,
+                id: Some(id),
                 start,
             });
         }
         let entries = Arc::new(self.listing(ino)?);
-        // Ids stay below 2^31, so offsets stay positive as a signed loff_t.
-        let id = self.listings.next.fetch_add(1, Ordering::Relaxed) % (1 << 31) + 1;
+        if entries.len() as u64 >= INDEX_MASK {
+            return Ok(Listing {
+                entries,
+                id: None,
+                start,
+            });
+        }
+        let id = self.listings.next.fetch_add(1, Ordering::Relaxed) % IDS;
         let mut by_id = self.listings();
         if by_id.len() >= MAX_LISTINGS {
             by_id.clear();
         }
-        by_id.insert(id, entries.clone());
-        Ok(Listing { entries, id, start })
+        by_id.insert(id, (ino, entries.clone()));
+        Ok(Listing {
+            entries,
+            id: Some(id),
+            start,
+        })
     }
 
     /// The reader of `listing` got its last chunk.
     pub fn dir_entries_done(&self, listing: &Listing) {
-        self.listings().remove(&listing.id);
+        if let Some(id) = listing.id {
+            self.listings().remove(&id);
+        }
     }
 
-    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Vec<DirEntry>>>> {
+    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, Arc<Vec<DirEntry>>)>> {
         self.listings
             .by_id
             .lock()
