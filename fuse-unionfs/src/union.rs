@@ -65,9 +65,12 @@ pub struct OpenFile {
 /// than 2^19 entries, else the plain `index + 1`, listed afresh for each chunk.
 #[derive(Default)]
 struct Listings {
-    by_id: Mutex<HashMap<u64, (u64, Arc<Vec<DirEntry>>)>>,
+    by_id: Mutex<Snapshots>,
     next: AtomicU64,
 }
+
+/// Listing snapshots by id, each with the directory it lists.
+type Snapshots = HashMap<u64, (u64, Arc<Vec<DirEntry>>)>;
 
 const SNAPSHOT: u64 = 1 << 30;
 const INDEX_BITS: u32 = 19;
@@ -451,7 +454,7 @@ impl Union {
         }
     }
 
-    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (u64, Arc<Vec<DirEntry>>)>> {
+    fn listings(&self) -> std::sync::MutexGuard<'_, Snapshots> {
         self.listings
             .by_id
             .lock()
