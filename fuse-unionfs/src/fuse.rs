@@ -134,12 +134,12 @@ struct OpenTable {
 /// What an open reply says.
 enum Reply {
     Passthrough,
-    Cached {
-        keep_cache: bool,
-    },
-    /// The inode's backing file is a lower file, copied up since: see the module doc.
-    Stale,
+    Cached { keep_cache: bool },
 }
+
+/// An open that finds the inode's backing file to be a lower file copied up since: see
+/// the module doc.
+struct Stale;
 
 /// The fuser filesystem over one [`Union`].
 pub(crate) struct Fs {
@@ -165,24 +165,25 @@ impl Fs {
     }
 
     /// Picks the I/O mode of a new handle: the mode of the inode's other open handles, else
-    /// passthrough for writers and big files (when the kernel allows it), else cached.
+    /// passthrough for writers and big files (when the kernel allows it), else cached; Stale
+    /// when the inode's lower backing file is held open but the file is now the copy.
     fn open_mode(
         &self,
         fh: u64,
         file: &OpenFile,
         writer: bool,
         open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>,
-    ) -> Reply {
+    ) -> Result<Reply, Stale> {
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(opened) = table.by_ino.get_mut(&file.ino) {
             let reply = match &opened.mode {
                 Mode::Passthrough { upper, .. } if *upper == file.upper => Reply::Passthrough,
-                Mode::Passthrough { .. } => return Reply::Stale,
+                Mode::Passthrough { .. } => return Err(Stale),
                 Mode::Cached => Reply::Cached { keep_cache: true },
             };
             opened.count += 1;
             table.handles.insert(fh, file.ino);
-            return reply;
+            return Ok(reply);
         }
         let stat = || rustix::fs::fstat(&file.fd).ok();
         let big = |st: &rustix::fs::Stat| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE;
@@ -224,7 +225,7 @@ impl Fs {
         };
         table.by_ino.insert(file.ino, Opened { mode, count: 1 });
         table.handles.insert(fh, file.ino);
-        reply
+        Ok(reply)
     }
 
     fn with_backing(&self, ino: u64, f: impl FnOnce(&BackingId)) -> bool {
@@ -290,7 +291,6 @@ impl Fs {
                     send(FopenFlags::FOPEN_NOFLUSH, None);
                 }
             }
-            Reply::Stale => unreachable!("stale opens are answered by `refuse_stale`"),
             Reply::Cached { keep_cache } => {
                 let _ = fh;
                 // FLUSH does nothing here: NOFLUSH saves a round trip on every close(2).
@@ -491,10 +491,10 @@ impl Filesystem for Fs {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.union.open(ino.0, write) {
             Ok((fh, file)) => {
-                let mode = self.open_mode(fh, &file, write, |f| reply.open_backing(&f.fd));
-                if let Reply::Stale = mode {
+                let Ok(mode) = self.open_mode(fh, &file, write, |f| reply.open_backing(&f.fd))
+                else {
                     return reply.error(self.refuse_stale(fh, file.ino));
-                }
+                };
                 self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), flags, id),
                     None => reply.opened(FileHandle(fh), flags),
@@ -749,10 +749,10 @@ impl Filesystem for Fs {
         match self.union.create(parent.0, name, mode, caller(req)) {
             Ok((entry, fh, file)) => {
                 let (ttl, attr) = (ttl(&entry), attr(&entry));
-                let mode = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd));
-                if let Reply::Stale = mode {
+                let Ok(mode) = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd))
+                else {
                     return reply.error(self.refuse_stale(fh, file.ino));
-                }
+                };
                 self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
                     Some(id) => reply.created_passthrough(
                         &ttl,
