@@ -21,7 +21,7 @@ use crate::copyup::{copy_up, copy_up_with};
 use crate::inode::ROOT;
 use crate::layer::{Res, UPPER};
 use crate::modify::{Key, Moved};
-use crate::union::Union;
+use crate::union::{Found, Union};
 
 impl Union {
     /// Copies a whole merged directory tree into the upper branch (for a directory rename),
@@ -80,23 +80,73 @@ impl Union {
         moved.push((lower, upper));
     }
 
-    /// The slow part of a directory rename, beside other requests: copies the source
-    /// directory (and, for an exchange, the target) into the upper branch in place and
-    /// syncs the copies once.
-    fn copy_up_before_rename(&self, sides: &[(u64, &OsStr)], moved: &mut Moved) -> Res<()> {
+    /// What a rename moves: the source and the entry it replaces or swaps with, after
+    /// the checks rename(2) makes before changing anything. None: both names are one
+    /// file already (hard links), nothing to do.
+    fn rename_sides(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Res<Option<(Found, Option<Found>)>> {
+        let (_, ppath, players) = self.dir_state(parent)?;
+        let (_, npath, nplayers) = self.dir_state(newparent)?;
+        let nrel = npath.join(newname);
+        let src = self.resolve(&players, &ppath.join(name))?;
+        let dst = match self.resolve(&nplayers, &nrel) {
+            Ok(found) => Some(found),
+            Err(Errno::NOENT) => None,
+            Err(err) => return Err(err),
+        };
+        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
+            return Err(Errno::EXIST);
+        }
+        if flags.contains(RenameFlags::EXCHANGE) && dst.is_none() {
+            return Err(Errno::NOENT);
+        }
+        if let Some(dst) = &dst {
+            if src.meta.key() == dst.meta.key() {
+                return Ok(None);
+            }
+            if dst.meta.is_dir()
+                && !flags.contains(RenameFlags::EXCHANGE)
+                && !self.list(&dst.dir_layers, &nrel)?.is_empty()
+            {
+                return Err(Errno::NOTEMPTY);
+            }
+        }
+        Ok(Some((src, dst)))
+    }
+
+    /// The slow part of a directory rename, beside other requests: once rename(2)'s checks
+    /// pass, copies the source directory (and, for an exchange, the target) into the upper
+    /// branch in place and syncs the copies once.
+    fn copy_up_before_rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: RenameFlags,
+        moved: &mut Moved,
+    ) -> Res<()> {
         let _shared = self.shared();
+        let Some((src, dst)) = self.rename_sides(parent, name, newparent, newname, flags)? else {
+            return Ok(());
+        };
+        let mut sides = vec![(parent, name, src)];
+        if flags.contains(RenameFlags::EXCHANGE)
+            && let Some(dst) = dst
+        {
+            sides.push((newparent, newname, dst));
+        }
         let before = moved.len();
-        for &(parent, name) in sides {
-            let (_, path, layers) = self.dir_state(parent)?;
-            let rel = path.join(name);
-            let found = match self.resolve(&layers, &rel) {
-                Ok(found) => found,
-                Err(Errno::NOENT) => continue,
-                Err(err) => return Err(err),
-            };
+        for (parent, name, found) in sides {
             if found.meta.is_dir() && found.dir_layers.iter().any(|&l| l != UPPER) {
-                self.copy_up_dir(parent)?;
-                self.materialize(&rel, &found, moved)?;
+                let (_, path, _) = self.copy_up_dir(parent)?;
+                self.materialize(&path.join(name), &found, moved)?;
             }
         }
         if moved.len() > before {
@@ -118,39 +168,14 @@ impl Union {
             return Err(Errno::INVAL);
         }
         let mut copied = Vec::new();
-        let mut sides = vec![(parent, name)];
-        if flags.contains(RenameFlags::EXCHANGE) {
-            sides.push((newparent, newname));
-        }
-        self.copy_up_before_rename(&sides, &mut copied)?;
+        self.copy_up_before_rename(parent, name, newparent, newname, flags, &mut copied)?;
         let _exclusive = self.exclusive();
+        let Some((src, dst)) = self.rename_sides(parent, name, newparent, newname, flags)? else {
+            return Ok(());
+        };
         let (_, ppath, players) = self.dir_state(parent)?;
         let (_, npath, nplayers) = self.dir_state(newparent)?;
-        let rel = ppath.join(name);
-        let nrel = npath.join(newname);
-        let src = self.resolve(&players, &rel)?;
-        let dst = match self.resolve(&nplayers, &nrel) {
-            Ok(found) => Some(found),
-            Err(Errno::NOENT) => None,
-            Err(err) => return Err(err),
-        };
-        if flags.contains(RenameFlags::NOREPLACE) && dst.is_some() {
-            return Err(Errno::EXIST);
-        }
-        if flags.contains(RenameFlags::EXCHANGE) && dst.is_none() {
-            return Err(Errno::NOENT);
-        }
-        if let Some(dst) = &dst {
-            if src.meta.key() == dst.meta.key() {
-                return Ok(());
-            }
-            if dst.meta.is_dir()
-                && !flags.contains(RenameFlags::EXCHANGE)
-                && !self.list(&dst.dir_layers, &nrel)?.is_empty()
-            {
-                return Err(Errno::NOTEMPTY);
-            }
-        }
+        let (rel, nrel) = (ppath.join(name), npath.join(newname));
         self.copy_up_dir(parent)?;
         self.copy_up_dir(newparent)?;
         let src_lower = self.lower_has(&players, &rel)?;
@@ -225,7 +250,7 @@ impl Union {
     }
 
     /// Brings a rename source (or exchange target) wholly into the upper branch.
-    fn materialize(&self, rel: &Path, found: &crate::union::Found, moved: &mut Moved) -> Res<()> {
+    fn materialize(&self, rel: &Path, found: &Found, moved: &mut Moved) -> Res<()> {
         if found.meta.is_dir() {
             if found.dir_layers.iter().any(|&l| l != UPPER) {
                 self.copy_up_tree(
@@ -265,8 +290,8 @@ impl Union {
         name: &OsStr,
         newparent: u64,
         newname: &OsStr,
-        src: &crate::union::Found,
-        dst: Option<&crate::union::Found>,
+        src: &Found,
+        dst: Option<&Found>,
         flags: RenameFlags,
         moved: &[(Key, Key)],
     ) {

@@ -421,6 +421,34 @@ fn directory_rename_copies_up_beside_other_requests() {
 }
 
 #[test]
+fn refused_directory_rename_copies_nothing_up() {
+    with_fuse(|m| {
+        let refused = |flags| {
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                m.path("var/log/d1"),
+                rustix::fs::CWD,
+                m.path("var/log/d2"),
+                flags,
+            )
+            .unwrap_err()
+        };
+        assert_eq!(
+            refused(rustix::fs::RenameFlags::empty()),
+            rustix::io::Errno::NOTEMPTY
+        );
+        assert_eq!(
+            refused(rustix::fs::RenameFlags::NOREPLACE),
+            rustix::io::Errno::EXIST
+        );
+        assert!(
+            !m.upper.join("var/log/d1").exists(),
+            "a rename that fails leaves the upper branch alone"
+        );
+    });
+}
+
+#[test]
 fn hard_links_share_inode_and_link_count() {
     with_fuse(|m| {
         fs::write(m.path("etc/a"), b"one").unwrap();
