@@ -313,6 +313,12 @@ impl Filesystem for Fs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // The kernel enforces POSIX ACLs (as overlayfs does through the real files)
+            // and caches them per inode; without it every `ls -l` asks for
+            // system.posix_acl_access once per file. The umask stays the kernel's to
+            // apply (no FUSE_DONT_MASK), also below a default ACL, where overlayfs would
+            // not apply it: the one difference.
+            InitFlags::FUSE_POSIX_ACL,
         ] {
             if caps.contains(flag) {
                 let _ = config.add_capabilities(flag);

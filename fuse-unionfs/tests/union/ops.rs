@@ -688,6 +688,77 @@ fn permissions_are_checked() {
     });
 }
 
+/// A POSIX access ACL in the kernel's xattr form: owner rw, user `uid` r, group and
+/// others nothing, mask r.
+fn acl_granting_read_to(uid: u32) -> Vec<u8> {
+    const ANY: u32 = u32::MAX;
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, ANY),
+        (0x02, 4, uid),
+        (0x04, 0, ANY),
+        (0x10, 4, ANY),
+        (0x20, 0, ANY),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    acl
+}
+
+#[test]
+fn posix_acls_are_enforced_as_overlayfs_does() {
+    let fixture = Fixture::new();
+    let lower = fixture.lowers[2].join("etc/acl-file");
+    fs::write(&lower, b"for 1000 only\n").unwrap();
+    fs::set_permissions(&lower, fs::Permissions::from_mode(0o640)).unwrap();
+    let acl = acl_granting_read_to(1000);
+    rustix::fs::setxattr(
+        &lower,
+        "system.posix_acl_access",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(120, "reading through an ACL", move || {
+        let cat_as = |uid: u32| {
+            std::process::Command::new("cat")
+                .arg(m.path("etc/acl-file"))
+                .uid(uid)
+                .gid(uid)
+                .output()
+                .unwrap()
+        };
+        let granted = cat_as(1000);
+        assert!(
+            granted.status.success(),
+            "the ACL lets uid 1000 read: {}",
+            String::from_utf8_lossy(&granted.stderr)
+        );
+        assert_eq!(granted.stdout, b"for 1000 only\n");
+        assert!(!cat_as(1001).status.success(), "others may not");
+        assert_eq!(
+            xattr(&m.path("etc/acl-file"), "system.posix_acl_access"),
+            Some(acl)
+        );
+        // A chmod copies the file up and keeps the ACL, narrowed by the new mode.
+        fs::set_permissions(m.path("etc/acl-file"), fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(
+            !cat_as(1000).status.success(),
+            "the mask no longer allows it"
+        );
+        assert!(
+            xattr(&m.upper.join("etc/acl-file"), "system.posix_acl_access").is_some(),
+            "the copy keeps its ACL"
+        );
+    });
+    drop(mounted);
+    drop(fixture);
+}
+
 #[test]
 fn concurrent_readers_and_writers() {
     with_fuse(|m| {
