@@ -23,6 +23,16 @@ use crate::layer::{Res, UPPER};
 use crate::modify::{Key, Moved};
 use crate::union::{Found, Union};
 
+/// The names and flags of one rename request.
+#[derive(Clone, Copy)]
+struct Request<'a> {
+    parent: u64,
+    name: &'a OsStr,
+    newparent: u64,
+    newname: &'a OsStr,
+    flags: RenameFlags,
+}
+
 impl Union {
     /// Copies a whole merged directory tree into the upper branch (for a directory rename),
     /// keeping hard links within it; returns (lower file, upper copy) pairs so inode
@@ -83,14 +93,14 @@ impl Union {
     /// What a rename moves: the source and the entry it replaces or swaps with, after
     /// the checks rename(2) makes before changing anything. None: both names are one
     /// file already (hard links), nothing to do.
-    fn rename_sides(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: RenameFlags,
-    ) -> Res<Option<(Found, Option<Found>)>> {
+    fn rename_sides(&self, request: &Request<'_>) -> Res<Option<(Found, Option<Found>)>> {
+        let Request {
+            parent,
+            name,
+            newparent,
+            newname,
+            flags,
+        } = *request;
         let (_, ppath, players) = self.dir_state(parent)?;
         let (_, npath, nplayers) = self.dir_state(newparent)?;
         let nrel = npath.join(newname);
@@ -123,24 +133,16 @@ impl Union {
     /// The slow part of a directory rename, beside other requests: once rename(2)'s checks
     /// pass, copies the source directory (and, for an exchange, the target) into the upper
     /// branch in place and syncs the copies once.
-    fn copy_up_before_rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: RenameFlags,
-        moved: &mut Moved,
-    ) -> Res<()> {
+    fn copy_up_before_rename(&self, request: &Request<'_>, moved: &mut Moved) -> Res<()> {
         let _shared = self.shared();
-        let Some((src, dst)) = self.rename_sides(parent, name, newparent, newname, flags)? else {
+        let Some((src, dst)) = self.rename_sides(request)? else {
             return Ok(());
         };
-        let mut sides = vec![(parent, name, src)];
-        if flags.contains(RenameFlags::EXCHANGE)
+        let mut sides = vec![(request.parent, request.name, src)];
+        if request.flags.contains(RenameFlags::EXCHANGE)
             && let Some(dst) = dst
         {
-            sides.push((newparent, newname, dst));
+            sides.push((request.newparent, request.newname, dst));
         }
         let before = moved.len();
         for (parent, name, found) in sides {
@@ -167,10 +169,17 @@ impl Union {
         if flags.contains(RenameFlags::WHITEOUT) {
             return Err(Errno::INVAL);
         }
+        let request = Request {
+            parent,
+            name,
+            newparent,
+            newname,
+            flags,
+        };
         let mut copied = Vec::new();
-        self.copy_up_before_rename(parent, name, newparent, newname, flags, &mut copied)?;
+        self.copy_up_before_rename(&request, &mut copied)?;
         let _exclusive = self.exclusive();
-        let Some((src, dst)) = self.rename_sides(parent, name, newparent, newname, flags)? else {
+        let Some((src, dst)) = self.rename_sides(&request)? else {
             return Ok(());
         };
         let (_, ppath, players) = self.dir_state(parent)?;
