@@ -304,11 +304,7 @@ impl Union {
         flags: RenameFlags,
         moved: &[(Key, Key)],
     ) {
-        for (lower, upper) in moved {
-            if let Some(ino) = self.table.existing_ino(*lower) {
-                self.table.alias(*upper, ino);
-            }
-        }
+        // Each copied file already answers with its old inode number (`moved`).
         let old = (parent, name.to_os_string());
         let new = (newparent, newname.to_os_string());
         let src_ino = self.table.existing_ino(src.meta.key());
