@@ -30,4 +30,13 @@ fi
 # tests start their own registries on free ports and do not need it.
 command -v cargo >/dev/null || { echo "install-deps: cargo not found (install Rust with rustup)" >&2; exit 1; }
 [ -c /dev/fuse ] || { echo "install-deps: /dev/fuse missing (fix: modprobe fuse)" >&2; exit 1; }
+# FUSE over io_uring (Linux 6.14+) is off by default; strata's FUSE server uses it when
+# it is on: each request is served on the CPU that sent it.
+uring=/sys/module/fuse/parameters/enable_uring
+if [ -w "$uring" ]; then
+  echo Y > "$uring"
+else
+  # strata falls back to /dev/fuse reads; only the io_uring test will fail.
+  echo "install-deps: warning: $uring missing: no FUSE over io_uring in this kernel (6.14+)" >&2
+fi
 echo "install-deps: ok"

@@ -145,14 +145,17 @@ struct Stale;
 pub(crate) struct Fs {
     union: Arc<Union>,
     passthrough: AtomicBool,
+    /// Ask for FUSE over io_uring when the kernel offers it (see `init`).
+    io_uring: bool,
     opens: Mutex<OpenTable>,
 }
 
 impl Fs {
-    pub(crate) fn new(union: Arc<Union>, passthrough: bool) -> Fs {
+    pub(crate) fn new(union: Arc<Union>, passthrough: bool, io_uring: bool) -> Fs {
         Fs {
             union,
             passthrough: AtomicBool::new(passthrough),
+            io_uring,
             opens: Mutex::default(),
         }
     }
@@ -334,6 +337,16 @@ impl Filesystem for Fs {
             let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
         }
         self.passthrough.store(passthrough, Ordering::Relaxed);
+        // Requests over io_uring are served on the CPU that sent them, by a thread pinned
+        // there: a round trip without the cross-CPU wakeups that make up most of its cost
+        // (about 150 µs against 15 µs on this kind of VM). The kernel offers it when
+        // /sys/module/fuse/parameters/enable_uring is Y.
+        if self.io_uring && caps.contains(InitFlags::FUSE_OVER_IO_URING) {
+            let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
+        }
+        // The kernel sends at most max_pages (256 by default) per WRITE anyway; a smaller
+        // max_write keeps each ring entry's payload buffer at 1 MiB rather than 16.
+        let _ = config.set_max_write(1 << 20);
         let _ = config
             .set_max_readahead(1 << 20)
             .or_else(|max| config.set_max_readahead(max));

@@ -115,6 +115,8 @@ pub struct MountGuard {
 
 struct FuseMount {
     session: BackgroundSession,
+    /// Requests come over io_uring rather than /dev/fuse reads.
+    io_uring: bool,
     /// /sys/fs/fuse/connections/<id>: lets a hung server be aborted.
     connection: Option<u32>,
 }
@@ -138,6 +140,11 @@ impl MountGuard {
         &self.target
     }
 
+    /// Whether the FUSE server takes requests over io_uring (see `fuse_session`).
+    pub fn io_uring(&self) -> bool {
+        self.fuse.as_ref().is_some_and(|f| f.io_uring)
+    }
+
     /// Unmounts now, reporting failures (drop does the same silently).
     pub fn unmount(mut self) -> Result<()> {
         self.unmount_inner()
@@ -154,6 +161,7 @@ impl MountGuard {
             Some(FuseMount {
                 session,
                 connection,
+                ..
             }) => {
                 let (done_tx, done_rx) = mpsc::channel();
                 let worker_target = target.clone();
@@ -211,6 +219,7 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
         }
         _ => {
             let session = fuse_session(&spec)?;
+            let io_uring = session.io_uring();
             let session = session
                 .spawn()
                 .map_err(|e| mount_error("fuse", &spec.target, e))?;
@@ -220,6 +229,7 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
                 driver: Driver::Fuse,
                 fuse: Some(FuseMount {
                     session,
+                    io_uring,
                     connection,
                 }),
             })
@@ -266,7 +276,9 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     let union = Arc::new(Union::new(&spec.upper, &spec.lowers, &spec.work)?);
     // STRATA_FUSE_PASSTHROUGH=0 turns passthrough off (to compare, or to work around a kernel).
     let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
-    let fs = Fs::new(union, passthrough);
+    // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.
+    let io_uring = std::env::var_os("STRATA_FUSE_URING").is_none_or(|v| v != "0");
+    let fs = Fs::new(union, passthrough, io_uring);
     let device = mount_fuse(&spec.target)?;
     Session::from_fd(fs, device, SessionACL::All, fuse_config()).map_err(|e| {
         // The kernel mount exists but nobody will serve it.

@@ -7,6 +7,7 @@ use nix::errno::Errno;
 
 use crate::dev_fuse::DevFuse;
 use crate::passthrough::BackingId;
+use crate::uring::RingReply;
 
 /// A raw communication channel to the FUSE kernel driver
 #[derive(Debug, Clone)]
@@ -24,6 +25,10 @@ impl Channel {
     /// the given path to the channel.
     pub(crate) fn new(device: Arc<DevFuse>) -> Self {
         Self(device)
+    }
+
+    pub(crate) fn device(&self) -> &Arc<DevFuse> {
+        &self.0
     }
 
     /// Receives data up to the capacity of the given buffer (can block).
@@ -53,7 +58,10 @@ impl Channel {
     pub(crate) fn sender(&self) -> ChannelSender {
         // Since write/writev syscalls are threadsafe, we can simply create
         // a sender by using the same file and use it in other threads.
-        ChannelSender(self.0.clone())
+        ChannelSender {
+            dev: self.0.clone(),
+            ring: None,
+        }
     }
 
     /// Clone the FUSE device fd using FUSE_DEV_IOC_CLONE ioctl.
@@ -80,11 +88,30 @@ impl Channel {
 }
 
 #[derive(Clone, Debug)]
-pub(crate) struct ChannelSender(Arc<DevFuse>);
+pub(crate) struct ChannelSender {
+    dev: Arc<DevFuse>,
+    /// Set for a request that came over io_uring: its reply goes back through the ring
+    /// entry it came in on. Notifications still go to /dev/fuse.
+    ring: Option<Arc<RingReply>>,
+}
 
 impl ChannelSender {
+    /// A sender whose reply to the request `ring` holds goes back over io_uring.
+    pub(crate) fn for_ring(dev: Arc<DevFuse>, ring: Arc<RingReply>) -> Self {
+        ChannelSender {
+            dev,
+            ring: Some(ring),
+        }
+    }
+
     pub(crate) fn send(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<()> {
-        let rc = nix::sys::uio::writev(&self.0, bufs)?;
+        if let Some(ring) = &self.ring {
+            if ring.is_reply(bufs) {
+                ring.store(bufs);
+                return Ok(());
+            }
+        }
+        let rc = nix::sys::uio::writev(&self.dev, bufs)?;
         // writev is atomic, so do not need to check how many bytes are written.
         // libfuse does not do it either
         // https://github.com/libfuse/libfuse/blob/6278995cca991978abd25ebb2c20ebd3fc9e8a13/lib/fuse_lowlevel.c#L267
@@ -93,10 +120,10 @@ impl ChannelSender {
     }
 
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
-        BackingId::create(&self.0, fd)
+        BackingId::create(&self.dev, fd)
     }
 
     pub(crate) unsafe fn wrap_backing(&self, id: u32) -> BackingId {
-        unsafe { BackingId::wrap_raw(&self.0, id) }
+        unsafe { BackingId::wrap_raw(&self.dev, id) }
     }
 }

@@ -101,6 +101,8 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+#[cfg(target_os = "linux")]
+mod uring;
 
 /// We generally support async reads
 #[cfg(not(target_os = "macos"))]
@@ -383,6 +385,15 @@ impl KernelConfig {
             None => (u32::from(self.max_background) * 3 / 4) as u16,
             Some(value) => min(value, self.max_background),
         }
+    }
+
+    /// The largest request or reply the kernel can send or take: the size of a ring entry's
+    /// payload buffer.
+    pub(crate) fn max_payload(&self) -> usize {
+        let page = page_size::get();
+        (self.max_write as usize)
+            .max(usize::from(self.max_pages()) * page)
+            .max(8192)
     }
 
     fn max_pages(&self) -> u16 {

@@ -139,6 +139,9 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// Set when FUSE over io_uring was negotiated at INIT.
+    #[cfg(target_os = "linux")]
+    rings: Option<crate::uring::Rings>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -186,6 +189,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
+            #[cfg(target_os = "linux")]
+            rings: None,
         };
 
         session.handshake()?;
@@ -214,6 +219,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
+            #[cfg(target_os = "linux")]
+            rings: None,
         };
 
         session.handshake()?;
@@ -252,6 +259,8 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            #[cfg(target_os = "linux")]
+            rings,
         } = self;
 
         let n_threads = config.n_threads.unwrap_or(1);
@@ -286,6 +295,8 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        #[cfg(target_os = "linux")]
+        let device = ch.device().clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -304,6 +315,17 @@ impl<FS: Filesystem> Session<FS> {
                     .name(thread_name)
                     .spawn(move || event_loop.event_loop())?,
             );
+        }
+
+        #[cfg(target_os = "linux")]
+        if let Some(rings) = rings {
+            threads.extend(rings.spawn(&device, |thread_name| SessionEventLoop {
+                thread_name,
+                filesystem: filesystem.clone(),
+                ch: Channel::new(device.clone()),
+                allowed,
+                session_owner,
+            })?);
         }
 
         let mut reply: io::Result<()> = Ok(());
@@ -429,6 +451,22 @@ impl<FS: Filesystem> Session<FS> {
                 return Err(error);
             }
 
+            // Once io_uring is promised, the kernel holds every request until each CPU's
+            // queue has a ring entry: make the rings now, and promise only if that worked.
+            #[cfg(target_os = "linux")]
+            if config.requested.contains(InitFlags::FUSE_OVER_IO_URING)
+                && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING)
+            {
+                let threads = self.config.io_uring_threads.unwrap_or(2);
+                match crate::uring::Rings::new(threads, config.max_payload()) {
+                    Ok(rings) => self.rings = Some(rings),
+                    Err(err) => {
+                        warn!("FUSE over io_uring is offered but no ring can be made: {err}");
+                        config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+                    }
+                }
+            }
+
             // Remember the ABI version supported by kernel and mark the session initialized.
             self.proto_version = Some(v);
 
@@ -475,6 +513,14 @@ impl<FS: Filesystem> Session<FS> {
 
             return Ok(());
         }
+    }
+
+    /// Whether requests come over io_uring (negotiated at INIT) rather than /dev/fuse reads.
+    pub fn io_uring(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        return self.rings.is_some();
+        #[cfg(not(target_os = "linux"))]
+        return false;
     }
 
     /// Unmount the filesystem

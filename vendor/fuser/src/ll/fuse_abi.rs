@@ -658,6 +658,30 @@ pub(crate) struct fuse_out_header {
     pub(crate) unique: u64,
 }
 
+impl fuse_out_header {
+    /// A reply with no data: success.
+    pub(crate) fn empty(unique: u64) -> Self {
+        Self::error(unique, 0)
+    }
+
+    pub(crate) fn eio(unique: u64) -> Self {
+        Self::error(unique, -libc::EIO)
+    }
+
+    fn error(unique: u64, error: i32) -> Self {
+        fuse_out_header {
+            len: size_of::<fuse_out_header>() as u32,
+            error,
+            unique,
+        }
+    }
+}
+
+/// The `unique` of the out-header at the start of `bytes`.
+pub(crate) fn fuse_out_header_unique(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_ne_bytes(bytes.get(8..16)?.try_into().ok()?))
+}
+
 #[repr(C)]
 #[derive(Debug, IntoBytes, KnownLayout, Immutable)]
 pub(crate) struct fuse_dirent {
@@ -759,4 +783,47 @@ pub(crate) struct fuse_copy_file_range_in {
     pub(crate) off_out: i64,
     pub(crate) len: u64,
     pub(crate) flags: u64,
+}
+
+// FUSE over io_uring (ABI 7.42, Linux 6.14). Each ring entry owns a header buffer laid out
+// as `fuse_uring_req_header` and a payload buffer; the daemon hands both to the kernel with
+// a REGISTER command and answers each request with COMMIT_AND_FETCH.
+
+/// Bytes reserved for `fuse_in_header` (on fetch) or `fuse_out_header` (on commit).
+pub(crate) const FUSE_URING_IN_OUT_HEADER_SZ: usize = 128;
+/// Bytes reserved for the request's fixed per-opcode struct (its first in-argument).
+pub(crate) const FUSE_URING_OP_IN_OUT_SZ: usize = 128;
+
+/// `io_uring_sqe.cmd_op` of an `IORING_OP_URING_CMD` on /dev/fuse.
+pub(crate) const FUSE_IO_URING_CMD_REGISTER: u32 = 1;
+pub(crate) const FUSE_IO_URING_CMD_COMMIT_AND_FETCH: u32 = 2;
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(crate) struct fuse_uring_ent_in_out {
+    pub(crate) flags: u64,
+    /// The request's `unique`, to be echoed in `fuse_uring_cmd_req.commit_id`.
+    pub(crate) commit_id: u64,
+    /// Bytes of the payload buffer in use, in either direction.
+    pub(crate) payload_sz: u32,
+    pub(crate) padding: u32,
+    pub(crate) reserved: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(crate) struct fuse_uring_req_header {
+    pub(crate) in_out: [u8; FUSE_URING_IN_OUT_HEADER_SZ],
+    pub(crate) op_in: [u8; FUSE_URING_OP_IN_OUT_SZ],
+    pub(crate) ring_ent_in_out: fuse_uring_ent_in_out,
+}
+
+/// Carried in the 80-byte command area of a 128-byte SQE.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+pub(crate) struct fuse_uring_cmd_req {
+    pub(crate) flags: u64,
+    pub(crate) commit_id: u64,
+    pub(crate) qid: u16,
+    pub(crate) padding: [u8; 6],
 }

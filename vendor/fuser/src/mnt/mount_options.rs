@@ -18,6 +18,9 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Threads serving each CPU's queue when FUSE over io_uring is in use, which the
+    /// filesystem asks for by adding `InitFlags::FUSE_OVER_IO_URING` in `init`. Default 2.
+    pub io_uring_threads: Option<usize>,
 }
 
 /// Mount options accepted by the FUSE filesystem type

@@ -1,0 +1,459 @@
+//! FUSE over io_uring (Linux 6.14 and later, when `/sys/module/fuse/parameters/enable_uring`
+//! is `Y`).
+//!
+//! The kernel keeps one request queue per possible CPU and puts each request on the queue of
+//! the CPU its caller runs on. Here every queue is served by a few threads pinned to that
+//! CPU, each with its own ring and one registered entry. A request is then read, served and
+//! answered on the CPU that sent it: no cross-CPU wakeup in either direction, which is most
+//! of a FUSE round trip's cost on a virtual machine. A thread busy with a slow request (a big
+//! copy-up) holds only its own entry; the queue's other threads take the next requests.
+//!
+//! Requests arrive split in three: the `fuse_in_header`, the opcode's fixed struct and the
+//! rest (names, write data). They are laid back together in front of the payload, without
+//! copying it, and parsed by the same code as requests read from /dev/fuse. FORGET and
+//! INTERRUPT still come through /dev/fuse, where the ordinary event loops read them.
+
+use std::io;
+use std::mem::size_of;
+use std::os::fd::AsRawFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::Condvar;
+use std::sync::Mutex;
+use std::thread;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use io_uring::IoUring;
+use io_uring::cqueue;
+use io_uring::opcode;
+use io_uring::squeue;
+use io_uring::types;
+use log::debug;
+use log::error;
+use log::warn;
+use zerocopy::FromBytes;
+use zerocopy::FromZeros;
+use zerocopy::IntoBytes;
+
+use crate::Filesystem;
+use crate::channel::ChannelSender;
+use crate::dev_fuse::DevFuse;
+use crate::ll::fuse_abi as abi;
+use crate::request::RequestWithSender;
+use crate::session::SessionEventLoop;
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// Room in front of the payload for the in-header and the opcode's struct.
+const GAP: usize = 256;
+const _: () =
+    assert!(size_of::<abi::fuse_in_header>() + abi::FUSE_URING_OP_IN_OUT_SZ <= GAP && GAP % 8 == 0);
+
+/// Opcodes the kernel expects no reply to.
+const NO_REPLY: [u32; 4] = [
+    2,  // FORGET
+    36, // INTERRUPT
+    41, // NOTIFY_REPLY
+    42, // BATCH_FORGET
+];
+
+/// The rings of every queue, made before the INIT reply promises io_uring to the kernel:
+/// once promised, the kernel holds every request until each queue has an entry, so a ring
+/// that cannot be made must be found out before, not after.
+pub(crate) struct Rings {
+    rings: Vec<(u16, Ring)>,
+    payload_size: usize,
+}
+
+impl std::fmt::Debug for Rings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rings")
+            .field("rings", &self.rings.len())
+            .field("payload_size", &self.payload_size)
+            .finish()
+    }
+}
+
+impl Rings {
+    /// `threads_per_queue` rings for each possible CPU, with entries able to carry
+    /// `payload_size` bytes (the kernel wants at least its largest request or reply).
+    pub(crate) fn new(threads_per_queue: usize, payload_size: usize) -> io::Result<Rings> {
+        let queues = possible_cpus()?;
+        let qid_max = u16::try_from(queues).map_err(|_| io::Error::other("too many CPUs"))?;
+        let mut rings = Vec::with_capacity(queues * threads_per_queue);
+        for qid in 0..qid_max {
+            for _ in 0..threads_per_queue.max(1) {
+                rings.push((qid, Ring::builder().build(4)?));
+            }
+        }
+        Ok(Rings {
+            rings,
+            payload_size,
+        })
+    }
+
+    /// Starts one thread per ring; each serves requests until the connection ends.
+    pub(crate) fn spawn<FS: Filesystem>(
+        self,
+        dev: &Arc<DevFuse>,
+        event_loop: impl Fn(String) -> SessionEventLoop<FS>,
+    ) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
+        let mut threads = Vec::with_capacity(self.rings.len());
+        for (i, (qid, ring)) in self.rings.into_iter().enumerate() {
+            let name = format!("fuser-uring-{qid}.{i}");
+            let server = Server {
+                qid,
+                ring,
+                dev: dev.clone(),
+                entry: Entry::new(self.payload_size),
+                session: event_loop(name.clone()),
+            };
+            threads.push(
+                thread::Builder::new()
+                    .name(name)
+                    .spawn(move || server.serve())?,
+            );
+        }
+        Ok(threads)
+    }
+}
+
+/// The number of possible CPUs, which is the number of queues the kernel makes.
+fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    // A list of ranges such as "0-3" or "0,2-5"; queues are indexed by CPU number.
+    let last = text
+        .trim()
+        .rsplit([',', '-'])
+        .next()
+        .and_then(|n| n.parse::<usize>().ok())
+        .ok_or_else(|| io::Error::other(format!("cannot parse possible CPUs {text:?}")))?;
+    Ok(last + 1)
+}
+
+/// The reply to one request that came over the ring. Replies are stored here rather than
+/// in the entry's payload, because the request being served borrows the payload until
+/// its handler returns; and a handler may reply from another thread, later.
+#[derive(Debug)]
+pub(crate) struct RingReply {
+    unique: u64,
+    reply: Mutex<Option<Vec<u8>>>,
+    done: Condvar,
+}
+
+impl RingReply {
+    fn new(unique: u64) -> Self {
+        RingReply {
+            unique,
+            reply: Mutex::new(None),
+            done: Condvar::new(),
+        }
+    }
+
+    /// Whether `bufs` (out-header first) answers this request, rather than being a
+    /// notification, which must go to /dev/fuse.
+    pub(crate) fn is_reply(&self, bufs: &[io::IoSlice<'_>]) -> bool {
+        bufs.first()
+            .and_then(|b| abi::fuse_out_header_unique(b))
+            .is_some_and(|unique| unique == self.unique)
+    }
+
+    pub(crate) fn store(&self, bufs: &[io::IoSlice<'_>]) {
+        let reply: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+        *self.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
+        self.done.notify_all();
+    }
+
+    fn take(&self) -> Option<Vec<u8>> {
+        self.reply.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+
+    fn wait(&self) -> Vec<u8> {
+        let mut reply = self.reply.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(reply) = reply.take() {
+                return reply;
+            }
+            reply = self.done.wait(reply).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// One registered entry: the header buffer and the payload buffer the kernel reads requests
+/// into and replies out of. Both are raw allocations because the kernel writes them while
+/// the entry is registered; we touch them only between a completion and the next commit.
+#[derive(Debug)]
+struct Entry {
+    header: NonNull<abi::fuse_uring_req_header>,
+    /// `GAP` bytes, then the payload. 8-byte words, so parsed headers are aligned.
+    buf: NonNull<[u64]>,
+    payload_size: usize,
+}
+
+// The buffers are owned by the entry and only used by the thread serving it.
+unsafe impl Send for Entry {}
+
+impl Entry {
+    fn new(payload_size: usize) -> Self {
+        let header = Box::new(abi::fuse_uring_req_header::new_zeroed());
+        let words = (GAP + payload_size).div_ceil(8);
+        let buf: Box<[u64]> = vec![0u64; words].into_boxed_slice();
+        Entry {
+            header: NonNull::from(Box::leak(header)),
+            buf: NonNull::from(Box::leak(buf)),
+            payload_size,
+        }
+    }
+
+    fn iovecs(&self) -> [libc::iovec; 2] {
+        [
+            libc::iovec {
+                iov_base: self.header.as_ptr().cast(),
+                iov_len: size_of::<abi::fuse_uring_req_header>(),
+            },
+            libc::iovec {
+                // SAFETY: GAP is inside the allocation, which is GAP + payload_size long.
+                iov_base: unsafe { self.buf.cast::<u8>().as_ptr().add(GAP) }.cast(),
+                iov_len: self.payload_size,
+            },
+        ]
+    }
+
+    /// The header and the bytes buffer. Only between a completion and the next submit.
+    fn parts(&mut self) -> (&mut abi::fuse_uring_req_header, &mut [u8]) {
+        // SAFETY: both allocations are ours and live; the kernel does not touch them while
+        // the entry is with userspace, which is the only time this is called.
+        unsafe { (self.header.as_mut(), self.buf.as_mut().as_mut_bytes()) }
+    }
+
+    /// The request the kernel just delivered, laid out as /dev/fuse would give it.
+    fn request<'a>(&'a mut self, scratch: &'a mut Vec<u64>) -> io::Result<(u64, u32, &'a [u8])> {
+        let payload_size = self.payload_size;
+        let (header, buf) = self.parts();
+        let (in_header, _) = abi::fuse_in_header::read_from_prefix(&header.in_out)
+            .map_err(|_| io::Error::other("short in-header"))?;
+        let payload = header.ring_ent_in_out.payload_sz as usize;
+        let head = size_of::<abi::fuse_in_header>();
+        let op = (in_header.len as usize)
+            .checked_sub(head + payload)
+            .filter(|&op| op <= abi::FUSE_URING_OP_IN_OUT_SZ && payload <= payload_size)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "malformed ring request: len {} with payload {payload}",
+                    in_header.len
+                ))
+            })?;
+        let start = GAP - op - head;
+        buf[start..start + head].copy_from_slice(&header.in_out[..head]);
+        buf[GAP - op..GAP].copy_from_slice(&header.op_in[..op]);
+        let request = &buf[start..GAP + payload];
+        let (unique, opcode) = (in_header.unique, in_header.opcode);
+        if start % 8 == 0 {
+            return Ok((unique, opcode, request));
+        }
+        // An opcode struct whose size is not a multiple of 8 would leave the in-header
+        // misaligned; no such struct exists today, but copy rather than misparse.
+        scratch.clear();
+        scratch.resize(request.len().div_ceil(8), 0);
+        let bytes = &mut scratch.as_mut_bytes()[..request.len()];
+        bytes.copy_from_slice(request);
+        Ok((unique, opcode, bytes))
+    }
+
+    /// Puts `reply` (out-header, then data) where the kernel reads it on commit.
+    fn set_reply(&mut self, unique: u64, reply: &[u8]) {
+        let payload_size = self.payload_size;
+        let (header, buf) = self.parts();
+        let head = size_of::<abi::fuse_out_header>();
+        let (out, data) = match reply.split_at_checked(head) {
+            Some((out, data)) if data.len() <= payload_size => (out, data),
+            _ => {
+                error!("reply to request {unique} does not fit the ring entry; answering EIO");
+                header.in_out[..head].copy_from_slice(abi::fuse_out_header::eio(unique).as_bytes());
+                header.ring_ent_in_out.payload_sz = 0;
+                return;
+            }
+        };
+        header.in_out[..head].copy_from_slice(out);
+        buf[GAP..GAP + data.len()].copy_from_slice(data);
+        header.ring_ent_in_out.payload_sz = data.len() as u32;
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // SAFETY: made by Box::leak in `new`, dropped once.
+        unsafe {
+            drop(Box::from_raw(self.header.as_ptr()));
+            drop(Box::from_raw(self.buf.as_ptr()));
+        }
+    }
+}
+
+/// One thread's ring and entry.
+struct Server<FS: Filesystem> {
+    qid: u16,
+    ring: Ring,
+    dev: Arc<DevFuse>,
+    entry: Entry,
+    session: SessionEventLoop<FS>,
+}
+
+impl<FS: Filesystem> Server<FS> {
+    fn serve(mut self) -> io::Result<()> {
+        pin_to_cpu(self.qid);
+        let iov = self.entry.iovecs();
+        self.register(&iov)?;
+        let mut scratch = Vec::new();
+        loop {
+            match self.next_completion()? {
+                0 => {}
+                e if e == -libc::EAGAIN => {
+                    // The kernel had not finished INIT yet; it will have in a moment.
+                    thread::sleep(Duration::from_millis(1));
+                    self.register(&iov)?;
+                    continue;
+                }
+                e if [
+                    libc::ENOTCONN,
+                    libc::ECONNABORTED,
+                    libc::ENODEV,
+                    libc::ECANCELED,
+                ]
+                .contains(&-e) =>
+                {
+                    debug!(
+                        "ring {} ends: {}",
+                        self.session.thread_name,
+                        io::Error::from_raw_os_error(-e)
+                    );
+                    return Ok(());
+                }
+                e => {
+                    let err = io::Error::from_raw_os_error(-e);
+                    error!("ring {}: {err}", self.session.thread_name);
+                    // The kernel may still own the entry's buffers: keep them.
+                    std::mem::forget(self.entry);
+                    return Err(err);
+                }
+            }
+            let unique = self.serve_one(&mut scratch);
+            self.commit(unique)?;
+        }
+    }
+
+    /// Serves the request in the entry and leaves its reply there; returns its unique.
+    fn serve_one(&mut self, scratch: &mut Vec<u64>) -> u64 {
+        let (unique, opcode, data) = match self.entry.request(scratch) {
+            Ok(request) => request,
+            Err(err) => {
+                // Answer what we can read of it, so the caller is not left waiting.
+                error!("{err}");
+                let (header, _) = self.entry.parts();
+                let unique = abi::fuse_in_header::read_from_prefix(&header.in_out)
+                    .map_or(0, |(h, _)| h.unique);
+                self.entry
+                    .set_reply(unique, abi::fuse_out_header::eio(unique).as_bytes());
+                return unique;
+            }
+        };
+        let reply = Arc::new(RingReply::new(unique));
+        let sender = ChannelSender::for_ring(self.dev.clone(), reply.clone());
+        match RequestWithSender::new(sender, data) {
+            Some(request) => request.dispatch(&self.session),
+            None => reply.store(&[io::IoSlice::new(
+                abi::fuse_out_header::eio(unique).as_bytes(),
+            )]),
+        }
+        let reply = match reply.take() {
+            Some(reply) => reply,
+            // Nothing is owed; the entry still has to be committed to be reused.
+            None if NO_REPLY.contains(&opcode) => {
+                abi::fuse_out_header::empty(unique).as_bytes().to_vec()
+            }
+            // The handler kept its reply object to answer later, from another thread.
+            None => reply.wait(),
+        };
+        self.entry.set_reply(unique, &reply);
+        unique
+    }
+
+    fn register(&mut self, iov: &[libc::iovec; 2]) -> io::Result<()> {
+        let sqe = opcode::UringCmd80::new(
+            types::Fd(self.dev.as_raw_fd()),
+            abi::FUSE_IO_URING_CMD_REGISTER,
+        )
+        .cmd(self.cmd(0))
+        .addr(Some(iov.as_ptr() as u64))
+        .build();
+        self.submit(with_len(sqe, iov.len() as u32))
+    }
+
+    fn commit(&mut self, unique: u64) -> io::Result<()> {
+        let sqe = opcode::UringCmd80::new(
+            types::Fd(self.dev.as_raw_fd()),
+            abi::FUSE_IO_URING_CMD_COMMIT_AND_FETCH,
+        )
+        .cmd(self.cmd(unique))
+        .build();
+        self.submit(sqe)
+    }
+
+    fn cmd(&self, commit_id: u64) -> [u8; 80] {
+        let req = abi::fuse_uring_cmd_req {
+            flags: 0,
+            commit_id,
+            qid: self.qid,
+            padding: [0; 6],
+        };
+        let mut cmd = [0u8; 80];
+        cmd[..size_of::<abi::fuse_uring_cmd_req>()].copy_from_slice(req.as_bytes());
+        cmd
+    }
+
+    fn submit(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
+        // SAFETY: the buffers the command points at (the entry, and for REGISTER the iovec
+        // array, read during submission) outlive it.
+        unsafe { self.ring.submission().push(&sqe) }
+            .map_err(|_| io::Error::other("ring submission queue full"))?;
+        Ok(())
+    }
+
+    /// Submits what is queued and waits for the entry's command to complete; its result.
+    fn next_completion(&mut self) -> io::Result<i32> {
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                Err(e) => return Err(e),
+            }
+            if let Some(cqe) = self.ring.completion().next() {
+                return Ok(cqe.result());
+            }
+        }
+    }
+}
+
+/// Sets an SQE's `len` field, which `UringCmd80` has no setter for; REGISTER passes the
+/// number of iovecs there.
+fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
+    /// Offset of `len` in `struct io_uring_sqe` (uapi, fixed).
+    const LEN: usize = 24;
+    // SAFETY: Entry128 is repr(C): the 64-byte io_uring_sqe, then 64 bytes of command; any
+    // bytes are a valid value of it.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute(sqe) };
+    raw[LEN..LEN + 4].copy_from_slice(&len.to_ne_bytes());
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+fn pin_to_cpu(cpu: u16) {
+    let mut set = nix::sched::CpuSet::new();
+    let pinned = set
+        .set(usize::from(cpu))
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    if let Err(err) = pinned {
+        // An offline CPU gets no requests; its queue still needs an entry to be ready.
+        warn!("cannot pin ring thread to CPU {cpu}: {err}");
+    }
+}
