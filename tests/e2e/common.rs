@@ -15,7 +15,10 @@ pub struct TestStore {
 
 impl TestStore {
     pub fn new() -> TestStore {
-        let dir = tempfile::Builder::new().prefix("strata-e2e-").tempdir_in(scratch_dir()).expect("create temp store");
+        let dir = tempfile::Builder::new()
+            .prefix("strata-e2e-")
+            .tempdir_in(scratch_dir())
+            .expect("create temp store");
         TestStore { dir }
     }
 
@@ -30,12 +33,26 @@ impl TestStore {
 
     /// Like `strata`, but run in `cwd`.
     pub fn strata_in(&self, args: &[&str], cwd: Option<&Path>) -> Output {
-        let mut cmd = Command::new(strata_bin());
-        cmd.arg("--root").arg(self.root()).args(args);
+        let mut cmd = self.command(args);
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
         run_with_timeout(cmd, Duration::from_secs(120))
+    }
+
+    /// Like `ok`, with extra environment variables.
+    pub fn ok_env(&self, args: &[&str], env: &[(&str, &str)]) -> String {
+        let mut cmd = self.command(args);
+        cmd.envs(env.iter().copied());
+        let out = run_with_timeout(cmd, Duration::from_secs(120));
+        assert_success(&out, args);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(strata_bin());
+        cmd.arg("--root").arg(self.root()).args(args);
+        cmd
     }
 
     /// Runs strata and panics with its output unless it exits 0; returns stdout.
@@ -57,7 +74,9 @@ impl Drop for TestStore {
         // Unmount anything a failed test left mounted below the root, deepest first, so
         // removing the temp dir never walks into a live mount.
         let root = self.root().to_path_buf();
-        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+        let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
         let mut mounts: Vec<PathBuf> = mountinfo
             .lines()
             .filter_map(|l| l.split(' ').nth(4))
@@ -96,8 +115,12 @@ pub fn assert_success(out: &Output, args: &[&str]) {
 
 /// Runs a command, killing it (by its PID) if it outlives `limit`, so no test can hang CI.
 pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
     let out_thread = std::thread::spawn(move || read_all(stdout));
@@ -114,7 +137,11 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output { status, stdout: out_thread.join().unwrap(), stderr: err_thread.join().unwrap() }
+    Output {
+        status,
+        stdout: out_thread.join().unwrap(),
+        stderr: err_thread.join().unwrap(),
+    }
 }
 
 fn read_all(mut r: impl std::io::Read) -> Vec<u8> {
@@ -129,8 +156,15 @@ pub fn busybox_rootfs_tar() -> PathBuf {
     TAR.get_or_init(|| {
         let out = scratch_dir().join(format!("busybox-rootfs-{}.tar", std::process::id()));
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-rootfs.sh");
-        let status = Command::new("bash").arg(&script).arg(&out).status().expect("run busybox-rootfs.sh");
-        assert!(status.success(), "scripts/busybox-rootfs.sh failed (fix: apt-get install -y busybox-static)");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(&out)
+            .status()
+            .expect("run busybox-rootfs.sh");
+        assert!(
+            status.success(),
+            "scripts/busybox-rootfs.sh failed (fix: apt-get install -y busybox-static)"
+        );
         out
     })
     .clone()

@@ -99,18 +99,25 @@ fn branches(root: &Path, name: &str) -> Branches {
 }
 
 fn raw_mount(store: &TestStore, b: &Branches, driver: &str) {
-    store.ok(&[
-        "mount",
-        "--driver",
-        driver,
-        "--lower",
-        &b.lower,
-        "--upper",
-        b.upper.to_str().unwrap(),
-        "--work",
-        b.work.to_str().unwrap(),
-        b.mnt.to_str().unwrap(),
-    ]);
+    raw_mount_env(store, b, driver, &[]);
+}
+
+fn raw_mount_env(store: &TestStore, b: &Branches, driver: &str, env: &[(&str, &str)]) {
+    store.ok_env(
+        &[
+            "mount",
+            "--driver",
+            driver,
+            "--lower",
+            &b.lower,
+            "--upper",
+            b.upper.to_str().unwrap(),
+            "--work",
+            b.work.to_str().unwrap(),
+            b.mnt.to_str().unwrap(),
+        ],
+        env,
+    );
 }
 
 #[test]
@@ -288,4 +295,169 @@ fn mount_errors_name_the_problem() {
     let out = store.strata(&["umount", b.mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("failed to unmount"));
+}
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// A FUSE daemon thread: its name, voluntary context switches and allowed CPUs.
+struct DaemonThread {
+    name: String,
+    switches: u64,
+    cpus: String,
+}
+
+fn daemon_threads(pid: i32) -> Vec<DaemonThread> {
+    let mut threads = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        threads.push(DaemonThread {
+            name: field("Name:"),
+            switches: field("voluntary_ctxt_switches:").parse().unwrap_or(0),
+            cpus: field("Cpus_allowed_list:"),
+        });
+    }
+    threads
+}
+
+/// The io_uring queue a ring thread serves, from its name `fuser-uring-QUEUE.N`.
+fn ring_queue(thread: &DaemonThread) -> Option<usize> {
+    thread
+        .name
+        .strip_prefix("fuser-uring-")?
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Voluntary context switches of each queue's ring threads, by queue.
+fn switches_by_queue(pid: i32, queues: usize) -> Vec<u64> {
+    let mut by_queue = vec![0; queues];
+    for t in daemon_threads(pid) {
+        if let Some(q) = ring_queue(&t) {
+            by_queue[q] += t.switches;
+        }
+    }
+    by_queue
+}
+
+fn possible_cpus() -> usize {
+    let text = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    text.trim()
+        .rsplit([',', '-'])
+        .next()
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        + 1
+}
+
+/// Opens, reads and closes `path` `times` times from a thread pinned to CPU 0.
+fn read_from_cpu0(path: PathBuf, times: usize) {
+    within("reading from CPU 0", move || {
+        let mut cpu0 = nix::sched::CpuSet::new();
+        cpu0.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpu0).unwrap();
+        for _ in 0..times {
+            assert_eq!(fs::read(&path).unwrap(), b"top\n");
+        }
+    });
+}
+
+#[test]
+fn fuse_requests_are_served_over_io_uring_on_the_callers_cpu() {
+    let enabled = fs::read_to_string(ENABLE_URING).unwrap_or_else(|_| {
+        panic!(
+            "{ENABLE_URING} is missing: FUSE over io_uring needs Linux 6.14+ (CONFIG_FUSE_IO_URING)"
+        )
+    });
+    assert_eq!(
+        enabled.trim(),
+        "Y",
+        "FUSE over io_uring is off (fix: echo Y > {ENABLE_URING}; scripts/install-deps.sh does it)"
+    );
+    let store = TestStore::new();
+    let b = branches(store.root(), "uring");
+    raw_mount(&store, &b, "fuse");
+    let pid = daemons(b.mnt.to_str().unwrap())[0];
+
+    // Every possible CPU has a queue, served by threads pinned to that CPU.
+    let queues = possible_cpus();
+    let rings: Vec<DaemonThread> = daemon_threads(pid)
+        .into_iter()
+        .filter(|t| ring_queue(t).is_some())
+        .collect();
+    for q in 0..queues {
+        let serving: Vec<&DaemonThread> =
+            rings.iter().filter(|t| ring_queue(t) == Some(q)).collect();
+        assert!(
+            !serving.is_empty(),
+            "no ring thread serves CPU {q}: {:?}",
+            rings.iter().map(|t| &t.name).collect::<Vec<_>>()
+        );
+        for t in serving {
+            assert_eq!(t.cpus, q.to_string(), "{} is pinned to CPU {q}", t.name);
+        }
+    }
+
+    // Requests from CPU 0 wake CPU 0's ring threads (one OPEN and one RELEASE per read;
+    // the data is cached), and no other queue's.
+    const READS: usize = 400;
+    let before = switches_by_queue(pid, queues);
+    read_from_cpu0(b.mnt.join("top"), READS);
+    let after = switches_by_queue(pid, queues);
+    let woken: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert!(
+        woken[0] >= READS as u64,
+        "CPU 0's rings woke {} times for {READS} opens: {woken:?}",
+        woken[0]
+    );
+    for (q, &n) in woken.iter().enumerate().skip(1) {
+        assert!(
+            n < READS as u64 / 4,
+            "CPU {q}'s rings served requests sent from CPU 0: {woken:?}"
+        );
+    }
+    store.ok(&["umount", b.mnt.to_str().unwrap()]);
+    wait_until("the daemon exits after umount", || {
+        daemons(b.mnt.to_str().unwrap()).is_empty()
+    });
+}
+
+#[test]
+fn fuse_requests_are_served_from_dev_fuse_with_io_uring_turned_off() {
+    let store = TestStore::new();
+    let b = branches(store.root(), "no-uring");
+    raw_mount_env(&store, &b, "fuse", &[("STRATA_FUSE_URING", "0")]);
+    let pid = daemons(b.mnt.to_str().unwrap())[0];
+    let mnt = b.mnt.clone();
+    within("using the mount", move || {
+        assert_eq!(fs::read(mnt.join("bottom")).unwrap(), b"bottom\n");
+        fs::write(mnt.join("dir/a"), b"changed\n").unwrap();
+        fs::rename(mnt.join("dir"), mnt.join("moved")).unwrap();
+        assert_eq!(fs::read(mnt.join("moved/a")).unwrap(), b"changed\n");
+        fs::remove_file(mnt.join("top")).unwrap();
+        let mut names: Vec<String> = fs::read_dir(&mnt)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["bottom", "moved"]);
+    });
+    let threads = daemon_threads(pid);
+    assert!(
+        threads.iter().all(|t| ring_queue(t).is_none()),
+        "no ring threads when STRATA_FUSE_URING=0: {:?}",
+        threads.iter().map(|t| &t.name).collect::<Vec<_>>()
+    );
+    store.ok(&["umount", b.mnt.to_str().unwrap()]);
 }
