@@ -101,7 +101,6 @@ mod request;
 mod request_param;
 mod session;
 mod time;
-#[cfg(target_os = "linux")]
 mod uring;
 
 /// We generally support async reads

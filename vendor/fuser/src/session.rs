@@ -140,7 +140,6 @@ pub struct Session<FS: Filesystem> {
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
     /// Set when FUSE over io_uring was negotiated at INIT.
-    #[cfg(target_os = "linux")]
     rings: Option<crate::uring::Rings>,
 }
 
@@ -189,7 +188,6 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config: options.clone(),
-            #[cfg(target_os = "linux")]
             rings: None,
         };
 
@@ -219,7 +217,6 @@ impl<FS: Filesystem> Session<FS> {
             session_owner: geteuid(),
             proto_version: None,
             config,
-            #[cfg(target_os = "linux")]
             rings: None,
         };
 
@@ -259,7 +256,6 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
-            #[cfg(target_os = "linux")]
             rings,
         } = self;
 
@@ -295,7 +291,6 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
-        #[cfg(target_os = "linux")]
         let device = ch.device().clone();
         channels.push(ch);
 
@@ -317,7 +312,6 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
-        #[cfg(target_os = "linux")]
         if let Some(rings) = rings {
             threads.extend(rings.spawn(&device, |thread_name| SessionEventLoop {
                 thread_name,
@@ -453,7 +447,6 @@ impl<FS: Filesystem> Session<FS> {
 
             // Once io_uring is promised, the kernel holds every request until each CPU's
             // queue has a ring entry: make the rings now, and promise only if that worked.
-            #[cfg(target_os = "linux")]
             if config.requested.contains(InitFlags::FUSE_OVER_IO_URING)
                 && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING)
             {
@@ -517,10 +510,7 @@ impl<FS: Filesystem> Session<FS> {
 
     /// Whether requests come over io_uring (negotiated at INIT) rather than /dev/fuse reads.
     pub fn io_uring(&self) -> bool {
-        #[cfg(target_os = "linux")]
-        return self.rings.is_some();
-        #[cfg(not(target_os = "linux"))]
-        return false;
+        self.rings.is_some()
     }
 
     /// Unmount the filesystem
