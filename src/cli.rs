@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "strata", version, about = "Build, store, mount, run and ship container images")]
+#[command(
+    name = "strata",
+    version,
+    about = "Build, store, mount, run and ship container images"
+)]
 pub struct Cli {
     /// Store root (default: $STRATA_ROOT, else /var/lib/strata as root, else $XDG_DATA_HOME/strata)
     #[arg(long, global = true, env = "STRATA_ROOT")]
@@ -87,6 +91,10 @@ pub struct MountArgs {
     /// Union driver: fuse, overlay or auto
     #[arg(long, default_value = "auto")]
     pub driver: String,
+    /// Serve the FUSE mount from this process until it is unmounted (or SIGINT/SIGTERM),
+    /// instead of a background daemon; like fuse-overlayfs -f
+    #[arg(short, long)]
+    pub foreground: bool,
     /// IMAGE|CONTAINER DIR, or only the mount point with --lower
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
     pub args: Vec<String>,

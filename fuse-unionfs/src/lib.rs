@@ -24,6 +24,6 @@ pub use layer::{Kind, Meta};
 pub use modify::{SetAttr, SetTime};
 pub use mount::{
     Driver, MountGuard, MountSpec, fuse_available, mount, mount_detached, serve_daemon,
-    sweep_stale, unmount,
+    serve_foreground, sweep_stale, unmount,
 };
 pub use union::{Caller, DirEntry, Entry, Listing, Union};

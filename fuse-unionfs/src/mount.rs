@@ -419,6 +419,44 @@ pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
     }
 }
 
+/// For `strata mount --foreground`: serves the FUSE mount in this process until it is
+/// unmounted, like `fuse-overlayfs -f`. SIGINT and SIGTERM unmount it (lazily, so open
+/// files keep working until closed) and end the serving. `mounted` runs once the mount
+/// is live; its error unmounts and is returned.
+pub fn serve_foreground(
+    spec: &MountSpec,
+    mounted: impl FnOnce() -> std::result::Result<(), String>,
+) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let spec = spec.checked()?;
+    // Blocked here, before the session's threads exist, so only the waiter below takes them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| Error::io("block signals", &spec.target, e))?;
+    rustix::process::umask(rustix::fs::Mode::empty());
+    let session = fuse_session(&spec)?;
+    if let Err(message) = mounted() {
+        let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
+        return Err(Error::Daemon {
+            target: spec.target,
+            message,
+        });
+    }
+    let target = spec.target.clone();
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            tracing::info!("{signal}: unmounting {}", target.display());
+            let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
+        }
+    });
+    session
+        .run()
+        .map_err(|e| Error::io("serve the FUSE mount", &spec.target, e))
+}
+
 /// Unmounts a union (either driver); a dead FUSE mount (ENOTCONN) is detached.
 pub fn unmount(target: &Path) -> Result<()> {
     match rustix::mount::unmount(target, UnmountFlags::empty()) {

@@ -1,6 +1,7 @@
 //! `strata mount`: mounts raw branches (`--lower/--upper/--work`, like `mount -t overlay`),
 //! or an image (a new container takes the writes) or a container, at DIR. The mount
 //! outlives the command: overlay is a kernel mount, fuse a daemon that exits on umount.
+//! With `--foreground` the command itself serves the FUSE mount until it is unmounted.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +14,14 @@ use crate::commands::Globals;
 
 pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
     let driver: Driver = args.driver.parse()?;
+    let how = if args.foreground {
+        if driver.resolve() == Driver::Overlay {
+            bail!("--foreground serves a FUSE mount; the overlay driver has no server");
+        }
+        How::Foreground
+    } else {
+        How::Detached(driver)
+    };
     match (args.lower, args.args.as_slice()) {
         (Some(lower), [target]) => {
             let (Some(upper), Some(work)) = (args.upper, args.work) else {
@@ -28,24 +37,44 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
                 work,
                 target: PathBuf::from(target),
             };
-            mount(&spec, driver)?;
+            mount(&spec, how, |_| Ok(()))?;
             Ok(ExitCode::SUCCESS)
         }
         (Some(_), _) => bail!("with --lower give only the mount point"),
-        (None, [reference, target]) => {
-            mount_store(globals, reference, &PathBuf::from(target), driver)
-        }
+        (None, [reference, target]) => mount_store(globals, reference, &PathBuf::from(target), how),
         (None, _) => bail!(
             "usage: strata mount [--driver D] IMAGE|CONTAINER DIR, or --lower DIR[:DIR...] --upper DIR --work DIR MNT"
         ),
     }
 }
 
-/// Sweeps a dead mount left at the target by a crash, then mounts.
-pub(crate) fn mount(spec: &MountSpec, driver: Driver) -> anyhow::Result<Driver> {
+/// How `strata mount` keeps the mount: detached (a kernel mount, or a FUSE daemon), or
+/// served by this process until it is unmounted.
+#[derive(Clone, Copy)]
+pub(crate) enum How {
+    Detached(Driver),
+    Foreground,
+}
+
+/// Sweeps a dead mount left at the target by a crash, then mounts; `mounted` runs once
+/// the mount is live. In the foreground this returns when the mount is gone.
+pub(crate) fn mount(
+    spec: &MountSpec,
+    how: How,
+    mounted: impl FnOnce(Driver) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     strata_unionfs::sweep_stale(&spec.target)?;
-    strata_unionfs::mount_detached(spec, driver)
-        .with_context(|| format!("failed to mount {}", spec.target.display()))
+    let context = || format!("failed to mount {}", spec.target.display());
+    match how {
+        How::Detached(driver) => {
+            let used = strata_unionfs::mount_detached(spec, driver).with_context(context)?;
+            mounted(used)
+        }
+        How::Foreground => strata_unionfs::serve_foreground(spec, || {
+            mounted(Driver::Fuse).map_err(|e| format!("{e:#}"))
+        })
+        .with_context(context),
+    }
 }
 
 /// An image gets a new container whose upper takes the writes; a container is mounted
@@ -54,7 +83,7 @@ fn mount_store(
     globals: &Globals,
     reference: &str,
     target: &Path,
-    driver: Driver,
+    how: How,
 ) -> anyhow::Result<ExitCode> {
     let store = strata_store::Store::open(&globals.root)?;
     strata_unionfs::sweep_stale(&store.root().join("containers"))?;
@@ -84,11 +113,13 @@ fn mount_store(
     };
     // The FUSE daemon must not inherit the store's lock: close the store first.
     drop(store);
-    let used = mount(&spec, driver)?;
-    container.state.driver = Some(used.to_string());
-    container.state.mounted_at =
-        Some(std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()));
-    container.save()?;
-    println!("{}", container.id);
+    mount(&spec, how, |used| {
+        container.state.driver = Some(used.to_string());
+        container.state.mounted_at =
+            Some(std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()));
+        container.save()?;
+        println!("{}", container.id);
+        Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

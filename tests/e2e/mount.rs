@@ -461,3 +461,83 @@ fn fuse_requests_are_served_from_dev_fuse_with_io_uring_turned_off() {
     );
     store.ok(&["umount", b.mnt.to_str().unwrap()]);
 }
+
+/// Starts `strata mount --foreground` with raw branches; returns once the mount is live.
+fn foreground_mount(store: &TestStore, b: &Branches) -> std::process::Child {
+    let child = std::process::Command::new(crate::common::strata_bin())
+        .args([
+            "--root",
+            store.root().to_str().unwrap(),
+            "mount",
+            "--foreground",
+        ])
+        .args(["--driver", "fuse", "--lower", &b.lower])
+        .args(["--upper", b.upper.to_str().unwrap()])
+        .args(["--work", b.work.to_str().unwrap(), b.mnt.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    wait_until("the foreground mount is live", || {
+        mount_type(&b.mnt).as_deref() == Some("fuse.strata")
+    });
+    child
+}
+
+/// Waits (under a deadline) for the foreground server to exit; its exit code.
+fn exit_code(mut child: std::process::Child) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("strata mount --foreground did not exit after its mount went away");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn foreground_mount_serves_until_unmounted_or_signalled() {
+    let store = TestStore::new();
+    let b = branches(store.root(), "foreground");
+
+    // Ended by umount from elsewhere.
+    let server = foreground_mount(&store, &b);
+    let mnt = b.mnt.clone();
+    within("using the foreground mount", move || {
+        assert_eq!(fs::read(mnt.join("top")).unwrap(), b"top\n");
+        fs::write(mnt.join("new"), b"new\n").unwrap();
+    });
+    assert!(daemons(b.mnt.to_str().unwrap()).contains(&(server.id() as i32)));
+    store.ok(&["umount", b.mnt.to_str().unwrap()]);
+    assert_eq!(exit_code(server), Some(0));
+    assert_eq!(fs::read(b.upper.join("new")).unwrap(), b"new\n");
+
+    // Ended by SIGTERM: the server unmounts and exits cleanly.
+    let server = foreground_mount(&store, &b);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(exit_code(server), Some(0));
+    assert_eq!(mount_type(&b.mnt), None, "SIGTERM unmounts");
+
+    // The overlay driver has no server to keep in the foreground.
+    let out = store.strata(&[
+        "mount",
+        "--foreground",
+        "--driver",
+        "overlay",
+        "--lower",
+        &b.lower,
+        "--upper",
+        b.upper.to_str().unwrap(),
+        "--work",
+        b.work.to_str().unwrap(),
+        b.mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overlay driver has no server"));
+}
