@@ -387,11 +387,12 @@ impl KernelConfig {
     }
 
     /// The largest request or reply the kernel can send or take: the size of a ring entry's
-    /// payload buffer.
+    /// payload buffer. 32 pages is the kernel's request size without FUSE_MAX_PAGES.
     pub(crate) fn max_payload(&self) -> usize {
         let page = page_size::get();
         (self.max_write as usize)
             .max(usize::from(self.max_pages()) * page)
+            .max(32 * page)
             .max(8192)
     }
 

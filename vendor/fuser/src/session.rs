@@ -274,6 +274,12 @@ impl<FS: Filesystem> Session<FS> {
 
         let mut filesystem = Arc::new(filesystem);
 
+        // With rings, the /dev/fuse threads only see FORGET and INTERRUPT: one is enough.
+        let n_threads_minus_one = if rings.is_some() {
+            0
+        } else {
+            n_threads_minus_one
+        };
         let mut channels = Vec::with_capacity(n_threads);
 
         for _ in 0..n_threads_minus_one {
@@ -294,7 +300,21 @@ impl<FS: Filesystem> Session<FS> {
         let device = ch.device().clone();
         channels.push(ch);
 
+        let (ended, ends) = std::sync::mpsc::channel();
+        let ended = Ended(ended);
         let mut threads = Vec::with_capacity(n_threads);
+
+        // Ring threads first: until every queue has an entry the kernel holds all requests.
+        if let Some(rings) = rings {
+            let event_loop = |thread_name| SessionEventLoop {
+                thread_name,
+                filesystem: filesystem.clone(),
+                ch: Channel::new(device.clone()),
+                allowed,
+                session_owner,
+            };
+            threads.extend(rings.spawn(&device, event_loop, &ended)?);
+        }
 
         for (i, ch) in channels.into_iter().enumerate() {
             let thread_name = format!("fuser-{i}");
@@ -305,36 +325,28 @@ impl<FS: Filesystem> Session<FS> {
                 allowed,
                 session_owner,
             };
-            threads.push(
-                thread::Builder::new()
-                    .name(thread_name)
-                    .spawn(move || event_loop.event_loop())?,
-            );
-        }
-
-        if let Some(rings) = rings {
-            threads.extend(rings.spawn(&device, |thread_name| SessionEventLoop {
+            threads.push(spawn_reporting(
                 thread_name,
-                filesystem: filesystem.clone(),
-                ch: Channel::new(device.clone()),
-                allowed,
-                session_owner,
-            })?);
+                Role::DevFuse,
+                &ended,
+                move || event_loop.event_loop(),
+            )?);
         }
+        drop(ended);
 
+        // Each thread reports its end; the channel closes when all have.
         let mut reply: io::Result<()> = Ok(());
-        for thread in threads {
-            let res = match thread.join() {
-                Ok(res) => res,
-                Err(_) => {
-                    return Err(io::Error::other("event loop thread panicked"));
-                }
-            };
-            if let Err(e) = res {
-                if reply.is_ok() {
-                    reply = Err(e);
-                }
+        for (role, res) in ends {
+            match res {
+                // A queue that lost its server holds its CPU's requests forever: end the
+                // session now (a daemon exits, which aborts the connection) rather than hang.
+                Err(e) if role == Role::Ring => return Err(e),
+                Err(e) if reply.is_ok() => reply = Err(e),
+                _ => {}
             }
+        }
+        for thread in threads {
+            let _ = thread.join();
         }
 
         let Some(filesystem) = Arc::get_mut(&mut filesystem) else {
@@ -545,6 +557,34 @@ impl SessionUnmounter {
         }
         Ok(())
     }
+}
+
+/// What a session thread serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Reads requests from /dev/fuse.
+    DevFuse,
+    /// Serves one io_uring entry of one CPU's queue.
+    Ring,
+}
+
+/// Where a session's threads report how they ended.
+#[derive(Clone, Debug)]
+pub(crate) struct Ended(std::sync::mpsc::Sender<(Role, io::Result<()>)>);
+
+/// Spawns a session thread that reports its end to `ended`, also when `body` panics.
+pub(crate) fn spawn_reporting(
+    name: String,
+    role: Role,
+    ended: &Ended,
+    body: impl FnOnce() -> io::Result<()> + Send + 'static,
+) -> io::Result<JoinHandle<()>> {
+    let ended = ended.clone();
+    thread::Builder::new().name(name).spawn(move || {
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body))
+            .unwrap_or_else(|_| Err(io::Error::other("event loop thread panicked")));
+        let _ = ended.0.send((role, res));
+    })
 }
 
 pub(crate) struct SessionEventLoop<FS: Filesystem> {

@@ -41,7 +41,10 @@ use crate::channel::ChannelSender;
 use crate::dev_fuse::DevFuse;
 use crate::ll::fuse_abi as abi;
 use crate::request::RequestWithSender;
+use crate::session::Ended;
+use crate::session::Role;
 use crate::session::SessionEventLoop;
+use crate::session::spawn_reporting;
 
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
@@ -50,12 +53,20 @@ const GAP: usize = 256;
 const _: () =
     assert!(size_of::<abi::fuse_in_header>() + abi::FUSE_URING_OP_IN_OUT_SZ <= GAP && GAP % 8 == 0);
 
-/// Opcodes the kernel expects no reply to.
-const NO_REPLY: [u32; 4] = [
-    2,  // FORGET
-    36, // INTERRUPT
-    41, // NOTIFY_REPLY
-    42, // BATCH_FORGET
+/// Opcodes the kernel expects no reply to (it sends most of them to /dev/fuse anyway).
+const NO_REPLY: [abi::fuse_opcode; 4] = [
+    abi::fuse_opcode::FUSE_FORGET,
+    abi::fuse_opcode::FUSE_INTERRUPT,
+    abi::fuse_opcode::FUSE_NOTIFY_REPLY,
+    abi::fuse_opcode::FUSE_BATCH_FORGET,
+];
+
+/// Completion results that mean the connection is gone: the thread's work is done.
+const ENDED: [i32; 4] = [
+    libc::ENOTCONN,
+    libc::ECONNABORTED,
+    libc::ENODEV,
+    libc::ECANCELED,
 ];
 
 /// The rings of every queue, made before the INIT reply promises io_uring to the kernel:
@@ -93,15 +104,21 @@ impl Rings {
         })
     }
 
-    /// Starts one thread per ring; each serves requests until the connection ends.
+    /// Starts one thread per ring, named `fuser-uring-QUEUE.N`; each serves requests until
+    /// the connection ends and reports how it ended to `ended`.
     pub(crate) fn spawn<FS: Filesystem>(
         self,
         dev: &Arc<DevFuse>,
         event_loop: impl Fn(String) -> SessionEventLoop<FS>,
-    ) -> io::Result<Vec<JoinHandle<io::Result<()>>>> {
+        ended: &Ended,
+    ) -> io::Result<Vec<JoinHandle<()>>> {
         let mut threads = Vec::with_capacity(self.rings.len());
-        for (i, (qid, ring)) in self.rings.into_iter().enumerate() {
-            let name = format!("fuser-uring-{qid}.{i}");
+        let mut previous = None;
+        let mut n = 0;
+        for (qid, ring) in self.rings {
+            n = if previous == Some(qid) { n + 1 } else { 0 };
+            previous = Some(qid);
+            let name = format!("fuser-uring-{qid}.{n}");
             let server = Server {
                 qid,
                 ring,
@@ -109,27 +126,28 @@ impl Rings {
                 entry: Entry::new(self.payload_size),
                 session: event_loop(name.clone()),
             };
-            threads.push(
-                thread::Builder::new()
-                    .name(name)
-                    .spawn(move || server.serve())?,
-            );
+            threads.push(spawn_reporting(name, Role::Ring, ended, move || {
+                server.serve()
+            })?);
         }
         Ok(threads)
     }
 }
 
-/// The number of possible CPUs, which is the number of queues the kernel makes.
+/// The number of possible CPUs (`num_possible_cpus()`), which is the number of queues the
+/// kernel makes; queue N takes the requests of CPU N.
 fn possible_cpus() -> io::Result<usize> {
     let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    // A list of ranges such as "0-3" or "0,2-5"; queues are indexed by CPU number.
-    let last = text
-        .trim()
-        .rsplit([',', '-'])
-        .next()
-        .and_then(|n| n.parse::<usize>().ok())
-        .ok_or_else(|| io::Error::other(format!("cannot parse possible CPUs {text:?}")))?;
-    Ok(last + 1)
+    let bad = || io::Error::other(format!("cannot parse possible CPUs {text:?}"));
+    // A list of ranges such as "0-3" or "0,2-5".
+    let mut count = 0;
+    for range in text.trim().split(',') {
+        let (first, last) = range.split_once('-').unwrap_or((range, range));
+        let first: usize = first.parse().map_err(|_| bad())?;
+        let last: usize = last.parse().map_err(|_| bad())?;
+        count += last.checked_sub(first).ok_or_else(bad)? + 1;
+    }
+    Ok(count)
 }
 
 /// The reply to one request that came over the ring. Replies are stored here rather than
@@ -301,40 +319,48 @@ struct Server<FS: Filesystem> {
 }
 
 impl<FS: Filesystem> Server<FS> {
+    /// Serves until the connection ends (Ok), the kernel refuses the entry and falls back
+    /// to /dev/fuse (Ok), or the ring fails (Err: the queue has lost a server).
     fn serve(mut self) -> io::Result<()> {
         pin_to_cpu(self.qid);
         let iov = self.entry.iovecs();
-        self.register(&iov)?;
+        let result = self.serve_entry(&iov);
+        if result.is_err() {
+            // A command may still be in flight, and the kernel write into the buffers.
+            std::mem::forget(self.entry);
+        }
+        result
+    }
+
+    fn serve_entry(&mut self, iov: &[libc::iovec; 2]) -> io::Result<()> {
+        self.register(iov)?;
+        // The kernel accepted the entry: it has delivered a request through it.
+        let mut accepted = false;
         let mut scratch = Vec::new();
         loop {
             match self.next_completion()? {
-                0 => {}
-                e if e == -libc::EAGAIN => {
+                0 => accepted = true,
+                e if e == -libc::EAGAIN && !accepted => {
                     // The kernel had not finished INIT yet; it will have in a moment.
                     thread::sleep(Duration::from_millis(1));
-                    self.register(&iov)?;
+                    self.register(iov)?;
                     continue;
                 }
-                e if [
-                    libc::ENOTCONN,
-                    libc::ECONNABORTED,
-                    libc::ENODEV,
-                    libc::ECANCELED,
-                ]
-                .contains(&-e) =>
-                {
-                    debug!(
-                        "ring {} ends: {}",
-                        self.session.thread_name,
-                        io::Error::from_raw_os_error(-e)
-                    );
+                e if ENDED.contains(&-e) => {
+                    let why = io::Error::from_raw_os_error(-e);
+                    debug!("{} ends: {why}", self.session.thread_name);
+                    return Ok(());
+                }
+                e if !accepted => {
+                    // A refused REGISTER turns io_uring off for the connection: requests
+                    // go on through /dev/fuse.
+                    let why = io::Error::from_raw_os_error(-e);
+                    warn!("FUSE over io_uring refused ({why}); serving from /dev/fuse");
                     return Ok(());
                 }
                 e => {
                     let err = io::Error::from_raw_os_error(-e);
-                    error!("ring {}: {err}", self.session.thread_name);
-                    // The kernel may still own the entry's buffers: keep them.
-                    std::mem::forget(self.entry);
+                    error!("{}: {err}", self.session.thread_name);
                     return Err(err);
                 }
             }
@@ -358,10 +384,26 @@ impl<FS: Filesystem> Server<FS> {
                 return unique;
             }
         };
+        let opcode = abi::fuse_opcode::try_from(opcode).ok();
         let reply = Arc::new(RingReply::new(unique));
         let sender = ChannelSender::for_ring(self.dev.clone(), reply.clone());
         match RequestWithSender::new(sender, data) {
-            Some(request) => request.dispatch(&self.session),
+            // As the /dev/fuse loop does; the session calls `destroy` when its threads end.
+            _ if opcode == Some(abi::fuse_opcode::FUSE_DESTROY) => {
+                reply.store(&[io::IoSlice::new(
+                    abi::fuse_out_header::empty(unique).as_bytes(),
+                )]);
+            }
+            Some(request) => {
+                // A panicking handler drops its reply object, which answers EIO; without
+                // the catch the entry would be lost with its caller waiting.
+                let dispatched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    request.dispatch(&self.session)
+                }));
+                if dispatched.is_err() {
+                    error!("{}: request {unique} panicked", self.session.thread_name);
+                }
+            }
             None => reply.store(&[io::IoSlice::new(
                 abi::fuse_out_header::eio(unique).as_bytes(),
             )]),
@@ -369,7 +411,7 @@ impl<FS: Filesystem> Server<FS> {
         let reply = match reply.take() {
             Some(reply) => reply,
             // Nothing is owed; the entry still has to be committed to be reused.
-            None if NO_REPLY.contains(&opcode) => {
+            None if opcode.is_some_and(|op| NO_REPLY.contains(&op)) => {
                 abi::fuse_out_header::empty(unique).as_bytes().to_vec()
             }
             // The handler kept its reply object to answer later, from another thread.
@@ -413,8 +455,9 @@ impl<FS: Filesystem> Server<FS> {
     }
 
     fn submit(&mut self, sqe: squeue::Entry128) -> io::Result<()> {
-        // SAFETY: the buffers the command points at (the entry, and for REGISTER the iovec
-        // array, read during submission) outlive it.
+        // SAFETY: the buffers the command points at outlive it: the entry lives as long as
+        // the thread (or is leaked), and REGISTER's iovec array lives on `serve`'s stack
+        // until the thread ends, in case the kernel reads it after submission.
         unsafe { self.ring.submission().push(&sqe) }
             .map_err(|_| io::Error::other("ring submission queue full"))?;
         Ok(())

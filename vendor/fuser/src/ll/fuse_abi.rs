@@ -113,7 +113,7 @@ pub mod consts {
 }
 
 #[repr(u32)]
-#[derive(Debug, TryFromPrimitive)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, TryFromPrimitive)]
 #[allow(non_camel_case_types)]
 pub(crate) enum fuse_opcode {
     FUSE_LOOKUP = 1,
