@@ -103,21 +103,24 @@ fn raw_mount(store: &TestStore, b: &Branches, driver: &str) {
 }
 
 fn raw_mount_env(store: &TestStore, b: &Branches, driver: &str, env: &[(&str, &str)]) {
-    store.ok_env(
-        &[
-            "mount",
-            "--driver",
-            driver,
-            "--lower",
-            &b.lower,
-            "--upper",
-            b.upper.to_str().unwrap(),
-            "--work",
-            b.work.to_str().unwrap(),
-            b.mnt.to_str().unwrap(),
-        ],
-        env,
-    );
+    let mut args = vec!["mount"];
+    args.extend(branch_args(b, driver));
+    store.ok_env(&args, env);
+}
+
+/// `--driver D --lower .. --upper .. --work .. MNT` for `strata mount`.
+fn branch_args<'a>(b: &'a Branches, driver: &'a str) -> [&'a str; 9] {
+    [
+        "--driver",
+        driver,
+        "--lower",
+        &b.lower,
+        "--upper",
+        b.upper.to_str().unwrap(),
+        "--work",
+        b.work.to_str().unwrap(),
+        b.mnt.to_str().unwrap(),
+    ]
 }
 
 #[test]
@@ -525,19 +528,9 @@ fn foreground_mount_serves_until_unmounted_or_signalled() {
     assert_eq!(mount_type(&b.mnt), None, "SIGTERM unmounts");
 
     // The overlay driver has no server to keep in the foreground.
-    let out = store.strata(&[
-        "mount",
-        "--foreground",
-        "--driver",
-        "overlay",
-        "--lower",
-        &b.lower,
-        "--upper",
-        b.upper.to_str().unwrap(),
-        "--work",
-        b.work.to_str().unwrap(),
-        b.mnt.to_str().unwrap(),
-    ]);
+    let mut args = vec!["mount", "--foreground"];
+    args.extend(branch_args(&b, "overlay"));
+    let out = store.strata(&args);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("overlay driver has no server"));
 }
