@@ -1,5 +1,7 @@
 //! Variable expansion by Docker's rules (moby `frontend/dockerfile/shell/lex.go`):
-//! `$V`, `${V}`, `${V:-w}`, `${V-w}`, `${V:+w}`, `${V+w}`, `${V:?msg}`, `${V?msg}`;
+//! `$V`, `${V}`, `${V:-w}`, `${V-w}`, `${V:+w}`, `${V+w}`, `${V:?msg}`, `${V?msg}`, and
+//! the pattern forms `${V#p}`, `${V##p}`, `${V%p}`, `${V%%p}`, `${V/p/r}`, `${V//p/r}`
+//! (shell patterns: `*`, `?`, `[...]`; quoted or escaped characters are literal);
 //! single quotes are literal, double quotes expand, the escape character makes the next
 //! character literal; quotes are removed from the result. Which instructions expand, and
 //! with which variables, is decided by `stages`.
@@ -223,6 +225,35 @@ impl Scan<'_, '_> {
                     )),
                 }
             }
+            Some(side @ ('#' | '%')) => {
+                let longest = self.peek() == Some(side);
+                if longest {
+                    self.next();
+                }
+                let (pattern, _) = self.pattern(&['}'])?;
+                let pattern = Pattern::new(&pattern);
+                let value = value.unwrap_or_default();
+                Ok(if side == '#' {
+                    pattern.trim_prefix(&value, longest)
+                } else {
+                    pattern.trim_suffix(&value, longest)
+                })
+            }
+            Some('/') => {
+                let all = self.peek() == Some('/');
+                if all {
+                    self.next();
+                }
+                let (pattern, stop) = self.pattern(&['/', '}'])?;
+                // `${V/p}` deletes, as in sh.
+                let replacement = if stop == '/' {
+                    self.process(Some('}'))?
+                } else {
+                    String::new()
+                };
+                let value = value.unwrap_or_default();
+                Ok(Pattern::new(&pattern).replace(&value, &replacement, all))
+            }
             Some(modifier @ ('-' | '+' | '?')) => {
                 let word = self.process(Some('}'))?;
                 match modifier {
@@ -237,6 +268,206 @@ impl Scan<'_, '_> {
             )),
             None => Err(self.error(start, "missing '}'")),
         }
+    }
+}
+
+impl Scan<'_, '_> {
+    /// Scans a pattern up to one of `stops` (consumed, and returned): variables expand
+    /// (unquoted, their values are patterns, as in sh); quoted and escaped characters are
+    /// made literal with `\`.
+    fn pattern(&mut self, stops: &[char]) -> Result<(String, char), ExpandError> {
+        let start = self.offset();
+        let mut out = String::new();
+        while let Some(c) = self.peek() {
+            if stops.contains(&c) {
+                self.next();
+                return Ok((out, c));
+            }
+            match c {
+                '\'' => push_literal(&mut out, &self.single_quote()?),
+                '"' => push_literal(&mut out, &self.double_quote()?),
+                '$' => out.push_str(&self.dollar()?),
+                _ => {
+                    self.next();
+                    if c != self.escape {
+                        out.push(c);
+                    } else if let Some(escaped) = self.next() {
+                        push_literal(&mut out, &escaped.to_string());
+                    }
+                }
+            }
+        }
+        Err(self.error(start, "missing '}'"))
+    }
+}
+
+fn push_literal(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+/// A shell pattern (`*`, `?`, `[...]` with `!` or `^`, `\x` literal) as in `${V#p}`.
+#[derive(Debug, PartialEq)]
+enum Token {
+    Char(char),
+    One,
+    Any,
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+struct Pattern(Vec<Token>);
+
+impl Pattern {
+    fn new(text: &str) -> Pattern {
+        let chars: Vec<char> = text.chars().collect();
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            i += 1;
+            match c {
+                '\\' => {
+                    tokens.push(Token::Char(chars.get(i).copied().unwrap_or('\\')));
+                    i += 1;
+                }
+                '*' if tokens.last() == Some(&Token::Any) => {}
+                '*' => tokens.push(Token::Any),
+                '?' => tokens.push(Token::One),
+                '[' => match Pattern::class(&chars[i..]) {
+                    Some((class, used)) => {
+                        tokens.push(class);
+                        i += used;
+                    }
+                    None => tokens.push(Token::Char('[')),
+                },
+                _ => tokens.push(Token::Char(c)),
+            }
+        }
+        Pattern(tokens)
+    }
+
+    /// The class after a `[`, and how many characters it took (with the `]`); None when
+    /// there is no closing `]`, and the `[` is literal.
+    fn class(chars: &[char]) -> Option<(Token, usize)> {
+        let negated = matches!(chars.first(), Some('!' | '^'));
+        let mut i = usize::from(negated);
+        let mut ranges = Vec::new();
+        // A `]` first in the class is a member.
+        let mut first = true;
+        loop {
+            let mut c = *chars.get(i)?;
+            if c == ']' && !first {
+                return Some((Token::Class { negated, ranges }, i + 1));
+            }
+            first = false;
+            if c == '\\' {
+                i += 1;
+                c = *chars.get(i)?;
+            }
+            i += 1;
+            if chars.get(i) == Some(&'-') && chars.get(i + 1).is_some_and(|&e| e != ']') {
+                ranges.push((c, chars[i + 1]));
+                i += 2;
+            } else {
+                ranges.push((c, c));
+            }
+        }
+    }
+
+    /// Whether the pattern matches all of `text`.
+    fn matches(&self, text: &[char]) -> bool {
+        let one = |token: &Token, c: char| match token {
+            Token::Char(p) => *p == c,
+            Token::One => true,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&c)) != *negated
+            }
+            Token::Any => false,
+        };
+        let p = &self.0;
+        let (mut pi, mut ti) = (0, 0);
+        // The last `*` seen and where in the text it was tried: backtrack there.
+        let mut star: Option<(usize, usize)> = None;
+        while ti < text.len() {
+            if p.get(pi) == Some(&Token::Any) {
+                star = Some((pi, ti));
+                pi += 1;
+            } else if p.get(pi).is_some_and(|t| one(t, text[ti])) {
+                pi += 1;
+                ti += 1;
+            } else if let Some((sp, st)) = star {
+                star = Some((sp, st + 1));
+                pi = sp + 1;
+                ti = st + 1;
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|t| *t == Token::Any)
+    }
+
+    /// `${V#p}` (shortest) and `${V##p}` (longest).
+    fn trim_prefix(&self, value: &str, longest: bool) -> String {
+        let chars: Vec<char> = value.chars().collect();
+        let mut ends: Vec<usize> = (0..=chars.len()).collect();
+        if longest {
+            ends.reverse();
+        }
+        match ends.into_iter().find(|&end| self.matches(&chars[..end])) {
+            Some(end) => chars[end..].iter().collect(),
+            None => value.to_string(),
+        }
+    }
+
+    /// `${V%p}` (shortest) and `${V%%p}` (longest).
+    fn trim_suffix(&self, value: &str, longest: bool) -> String {
+        let chars: Vec<char> = value.chars().collect();
+        let mut starts: Vec<usize> = (0..=chars.len()).collect();
+        if !longest {
+            starts.reverse();
+        }
+        match starts
+            .into_iter()
+            .find(|&start| self.matches(&chars[start..]))
+        {
+            Some(start) => chars[..start].iter().collect(),
+            None => value.to_string(),
+        }
+    }
+
+    /// `${V/p/r}` (the first match) and `${V//p/r}` (every match): at each position the
+    /// longest non-empty match is replaced.
+    fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
+        let chars: Vec<char> = value.chars().collect();
+        let mut out = String::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let end = (i + 1..=chars.len())
+                .rev()
+                .find(|&end| self.matches(&chars[i..end]));
+            match end {
+                Some(end) => {
+                    out.push_str(replacement);
+                    i = end;
+                    if !all {
+                        break;
+                    }
+                }
+                None => {
+                    out.push(chars[i]);
+                    i += 1;
+                }
+            }
+        }
+        out.extend(&chars[i..]);
+        out
     }
 }
 
@@ -286,6 +517,51 @@ mod tests {
         assert_eq!(expand("$ $1x").unwrap(), "$ x");
         assert!(expand("'open").is_err());
         assert!(expand("${A").is_err());
+    }
+
+    fn with(text: &str, name: &str, value: &str) -> String {
+        let env = |n: &str| (n == name).then(|| value.to_string());
+        Lexer::new('\\').word(text, &env).unwrap()
+    }
+
+    #[test]
+    fn prefix_and_suffix_removal() {
+        let p = "usr/local/bin";
+        assert_eq!(with("${P#*/}", "P", p), "local/bin");
+        assert_eq!(with("${P##*/}", "P", p), "bin");
+        assert_eq!(with("${P%/*}", "P", p), "usr/local");
+        assert_eq!(with("${P%%/*}", "P", p), "usr");
+        assert_eq!(with("${P#x*}", "P", p), p, "no match leaves the value");
+        assert_eq!(with("${P#*}|${P##*}", "P", p), "usr/local/bin|");
+        assert_eq!(with("${P%.tar.*}", "P", "app.tar.gz"), "app");
+        assert_eq!(with("${U#x}", "P", p), "", "unset is empty");
+    }
+
+    #[test]
+    fn pattern_classes_quotes_and_escapes() {
+        assert_eq!(with("${V#[a-c]}", "V", "banana"), "anana");
+        assert_eq!(with("${V#[!b]}", "V", "banana"), "banana");
+        assert_eq!(with("${V#?a}", "V", "banana"), "nana");
+        assert_eq!(with(r"${S#\*}", "S", "*x"), "x", "an escaped * is literal");
+        assert_eq!(with("${S#'*'}", "S", "*x"), "x", "a quoted * is literal");
+        assert_eq!(with(r#"${S#"?"}"#, "S", "?x"), "x");
+        assert_eq!(with("${S#[}", "S", "[x"), "x", "an unclosed [ is literal");
+        assert_eq!(
+            with("${V#${V%a}}", "V", "banana"),
+            "a",
+            "patterns expand variables"
+        );
+    }
+
+    #[test]
+    fn replacement() {
+        assert_eq!(with("${V/a/o}", "V", "banana"), "bonana");
+        assert_eq!(with("${V//a/o}", "V", "banana"), "bonono");
+        assert_eq!(with("${V//an}", "V", "banana"), "ba");
+        assert_eq!(with("${V//a*/-}", "V", "banana"), "b-", "longest match");
+        assert_eq!(with("${V/x/y}", "V", "banana"), "banana");
+        assert_eq!(with("${V//[an]/$V}", "V", "ba"), "bba");
+        assert!(expand("${A/a").is_err());
     }
 
     #[test]
