@@ -272,6 +272,10 @@ pub struct BuildArgs {
     /// Set a build argument (KEY=VALUE; KEY alone takes it from the environment)
     #[arg(long = "build-arg", value_name = "KEY=VALUE")]
     pub build_arg: Vec<String>,
+    /// A secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR; never stored
+    /// in the image or the cache (repeatable)
+    #[arg(long, value_name = "id=ID,src=FILE")]
+    pub secret: Vec<String>,
     /// Build up to this stage
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,

@@ -16,5 +16,5 @@ pub mod progress;
 pub mod stages;
 pub mod tree;
 
-pub use build::{BuildOptions, ImageSource, build};
+pub use build::{BuildOptions, ImageSource, Secret, build};
 pub use error::{Error, Result};

@@ -11,12 +11,12 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use nix::mount::{MntFlags, MsFlags};
 use strata_builder::executor::{Executor, MountSource, Network, RunMount, RunRequest};
 use strata_builder::progress::{Outcome, Progress, Silent, StepInfo};
-use strata_builder::{BuildOptions, build};
+use strata_builder::{BuildOptions, Secret, build};
 use strata_store::{Store, time};
 use strata_unionfs::{Driver, MountSpec};
 
@@ -48,6 +48,11 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
             },
         };
     }
+    let mut secrets = BTreeMap::new();
+    for spec in &args.secret {
+        let (id, secret) = parse_secret(spec)?;
+        secrets.insert(id, secret);
+    }
     let mode = match (args.quiet, args.progress.as_str()) {
         (true, _) => Mode::Quiet,
         (false, "plain") => Mode::Plain,
@@ -64,6 +69,7 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let mut opts = BuildOptions::new(&context, &buildfile);
     opts.tags = args.tag.clone();
     opts.build_args = build_args;
+    opts.secrets = secrets;
     opts.target = args.target.clone();
     opts.no_cache = args.no_cache;
     opts.source_date_epoch = time::source_date_epoch();
@@ -294,10 +300,14 @@ impl Executor for UnionExecutor {
         // resolv.conf, hosts and hostname as `run` gives them (docker's init layer and
         // binds), so RUN reaches a package mirror and none of them lands in the layer.
         let etc_dir = request.upper.with_extension("etc");
-        let (etc_files, init_layer) = super::run::etc::prepare(&etc_dir, request.lowers, "host", RUN_HOSTNAME)
-            .map_err(|e| builder_error("failed to prepare /etc files for RUN", format!("{e:#}")))?;
+        let (etc_files, init_layer) =
+            super::run::etc::prepare(&etc_dir, request.lowers, "host", RUN_HOSTNAME).map_err(
+                |e| builder_error("failed to prepare /etc files for RUN", format!("{e:#}")),
+            )?;
         let spec = MountSpec {
-            lowers: std::iter::once(init_layer).chain(request.lowers.iter().cloned()).collect(),
+            lowers: std::iter::once(init_layer)
+                .chain(request.lowers.iter().cloned())
+                .collect(),
             upper: request.upper.to_path_buf(),
             work: request.work.to_path_buf(),
             target: target.clone(),
@@ -440,4 +450,42 @@ impl Executor for UnionExecutor {
         let _ = fs::remove_dir_all(&etc_dir);
         result
     }
+}
+
+/// `--secret id=ID[,type=file|env][,src=FILE|,env=VAR]`, as `docker build --secret`. With
+/// no source, the value comes from the environment variable named ID.
+fn parse_secret(spec: &str) -> anyhow::Result<(String, Secret)> {
+    let (mut id, mut src, mut env, mut kind) = (None, None, None, None);
+    for field in spec.split(',') {
+        let (key, value) = field
+            .split_once('=')
+            .with_context(|| format!("--secret {spec:?}: {field:?} is not KEY=VALUE"))?;
+        match key {
+            "id" => id = Some(value.to_string()),
+            "src" | "source" => src = Some(PathBuf::from(value)),
+            "env" => env = Some(value.to_string()),
+            "type" => kind = Some(value.to_string()),
+            other => bail!("--secret {spec:?}: unknown field {other:?} (use id, src, env, type)"),
+        }
+    }
+    let id = id.with_context(|| format!("--secret {spec:?} needs id=ID"))?;
+    let secret = match (kind.as_deref(), src, env) {
+        (Some("env"), Some(_), _) | (Some("file"), _, Some(_)) | (_, Some(_), Some(_)) => {
+            bail!("--secret {spec:?}: give either src= or env=")
+        }
+        (None | Some("file"), Some(src), None) => {
+            if !src.is_file() {
+                bail!(
+                    "--secret {spec:?}: {} is not a readable file",
+                    src.display()
+                );
+            }
+            Secret::File(src)
+        }
+        (None | Some("env"), None, Some(env)) => Secret::Env(env),
+        (Some("env") | None, None, None) => Secret::Env(id.clone()),
+        (Some("file"), None, None) => Secret::File(PathBuf::from(&id)),
+        (Some(other), _, _) => bail!("--secret {spec:?}: unknown type {other:?} (file or env)"),
+    };
+    Ok((id, secret))
 }

@@ -636,3 +636,59 @@ fn build_run_gets_resolv_conf_and_hosts_that_stay_out_of_the_layer() {
     let seen = store.ok(&["run", "--rm", "etc", "cat", "/resolv.seen"]);
     assert_eq!(seen, std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
 }
+
+#[test]
+fn build_secrets_reach_run_but_never_the_image_or_the_cache_key() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let token = store.root().with_extension("token");
+    fs::write(&token, "s3cret").unwrap();
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            concat!(
+                "FROM busybox\n",
+                // md5 of "s3cret", so the value itself appears nowhere in the Buildfile
+                "RUN --mount=type=secret,id=tok md5sum /run/secrets/tok | grep -q ^33e1b232a4e6fa0028a6670753749a17 && test \"$(stat -c %a /run/secrets/tok)\" = 400 && touch /file-ok\n",
+                "RUN --mount=type=secret,id=tok,target=/etc/app/token,uid=1000,mode=0440 test \"$(stat -c %u:%a /etc/app/token)\" = 1000:440 && touch /target-ok\n",
+                "RUN --mount=type=secret,id=tok,env=TOKEN echo -n \"$TOKEN\" | md5sum | grep -q ^33e1b232a4e6fa0028a6670753749a17 && touch /env-ok\n",
+                "RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && touch /optional-ok\n",
+            ),
+        )],
+    );
+    let secret = format!("id=tok,src={}", token.display());
+    build(&store, &ctx, &["--secret", &secret, "-t", "sec"]);
+    let diff = store.ok(&["diff", "busybox:latest", "sec"]);
+    let mut added: Vec<&str> = diff.lines().collect();
+    added.sort();
+    assert_eq!(
+        added,
+        ["A /env-ok", "A /file-ok", "A /optional-ok", "A /target-ok"],
+        "neither the secrets nor their mount points are in the layers"
+    );
+    let config = inspect(&store, "sec").to_string();
+    assert!(!config.contains("s3cret"), "the value is not in the config: {config}");
+
+    // The value is not part of the cache key: with another value every step is cached
+    // (run again, the checks above would fail).
+    fs::write(&token, "rotated").unwrap();
+    let again = build(&store, &ctx, &["--secret", &secret]);
+    assert!(cached(&again.stderr, "RUN --mount=type=secret,id=tok,env"), "{}", again.stderr);
+
+    // A required secret that is not given fails the step, naming it and the fix.
+    let ctx = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nRUN --mount=type=secret,id=must,required true\n",
+        )],
+    );
+    let err = build_fails(&store, &ctx, &[]);
+    assert!(
+        err.contains("Buildfile:2") && err.contains("\"must\"") && err.contains("--secret id=must"),
+        "{err}"
+    );
+    let err = build_fails(&store, &ctx, &["--secret", "id=must,src=/nonexistent/file"]);
+    assert!(err.contains("/nonexistent/file"), "{err}");
+}

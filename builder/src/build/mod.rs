@@ -46,6 +46,31 @@ pub struct BuildOptions {
     /// Finds the images FROM, `COPY --from` and `RUN --mount=from=` name (the binary
     /// pulls what the store lacks); `None` = the store only.
     pub images: Option<Arc<dyn ImageSource>>,
+    /// `--secret id=ID,...`: what `RUN --mount=type=secret,id=ID` gets.
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// Where a build secret's value comes from; read when a RUN needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    pub fn value(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Secret::File(path) => std::fs::read(path),
+            Secret::Env(name) => std::env::var_os(name)
+                .map(std::os::unix::ffi::OsStringExt::into_vec)
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("environment variable {name} is not set"),
+                    )
+                }),
+        }
+    }
 }
 
 /// Where images named in a Buildfile come from.
@@ -72,6 +97,7 @@ impl BuildOptions {
             context: context.into(),
             tags: Vec::new(),
             build_args: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             target: None,
             no_cache: false,
             source_date_epoch: None,

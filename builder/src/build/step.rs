@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -479,8 +479,56 @@ impl StageRun<'_, '_> {
         let lowers = self.state.lowers(cx.store)?;
         let mut mounts = Vec::new();
         let mut locks = Vec::new();
+        // Secret files, written for this RUN only and removed after it.
+        let mut secret_files = Vec::new();
         for mount in &run.mounts {
             mounts.push(match mount.kind {
+                MountKind::Secret => {
+                    let id = mount.id.as_deref().unwrap_or_default();
+                    let value = match cx.opts.secrets.get(id) {
+                        Some(secret) => secret.value().map_err(|e| {
+                            Error::step(self.file(), step.pos, format!("secret {id:?}: {e}"))
+                        })?,
+                        None if mount.required => {
+                            return Err(Error::step(
+                                self.file(),
+                                step.pos,
+                                format!(
+                                    "RUN needs secret {id:?}: give it with --secret id={id},src=FILE or id={id},env=VAR"
+                                ),
+                            ));
+                        }
+                        None => continue,
+                    };
+                    if let Some(var) = &mount.env {
+                        env.retain(|e| e.split('=').next() != Some(var.as_str()));
+                        env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                    }
+                    if mount.target.is_empty() {
+                        continue;
+                    }
+                    let path = cx.store.tmp_path("secret");
+                    let written = (|| {
+                        let mut file = fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(&path)?;
+                        secret_files.push(path.clone());
+                        std::io::Write::write_all(&mut file, &value)?;
+                        fs::set_permissions(
+                            &path,
+                            fs::Permissions::from_mode(mount.mode.unwrap_or(0o400)),
+                        )?;
+                        chown(&path, Some(mount.uid.unwrap_or(0)), Some(mount.gid.unwrap_or(0)))
+                    })();
+                    written.map_err(|e| Error::io("failed to write secret", &path, e))?;
+                    RunMount::Bind {
+                        source: MountSource::Host(path),
+                        target: mount.target.clone(),
+                        readonly: true,
+                    }
+                }
                 MountKind::Tmpfs => RunMount::Tmpfs {
                     target: mount.target.clone(),
                     size: mount.size,
@@ -535,7 +583,8 @@ impl StageRun<'_, '_> {
         let script_file = match shebang_script {
             Some((content, target)) => {
                 let path = cx.store.tmp_path("heredoc");
-                fs::write(&path, content).map_err(|e| Error::io("failed to write heredoc", &path, e))?;
+                fs::write(&path, content)
+                    .map_err(|e| Error::io("failed to write heredoc", &path, e))?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
                     .map_err(|e| Error::io("failed to chmod", &path, e))?;
                 mounts.push(RunMount::Bind {
@@ -628,6 +677,9 @@ impl StageRun<'_, '_> {
         if let Some(path) = script_file {
             let _ = fs::remove_file(path);
         }
+        for path in secret_files {
+            let _ = fs::remove_file(path);
+        }
         result
     }
 
@@ -658,12 +710,24 @@ impl StageRun<'_, '_> {
 
 /// Whether a shell-form RUN is nothing but `<<NAME` (or `<<-NAME`, quoted or not).
 fn is_bare_heredoc(text: &str, name: &str) -> bool {
-    text.trim().trim_start_matches("<<").trim_start_matches('-').trim_matches(['"', '\'']) == name
+    text.trim()
+        .trim_start_matches("<<")
+        .trim_start_matches('-')
+        .trim_matches(['"', '\''])
+        == name
 }
 
 /// A heredoc name made safe for a file name inside the container.
 fn sanitize_name(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// What a stage starts from, for progress lines.

@@ -134,6 +134,9 @@ pub enum MountKind {
     Bind,
     Cache,
     Tmpfs,
+    /// A build secret (`strata build --secret`): a read-only file, or an env variable,
+    /// for one RUN; never in the layer or the cache key.
+    Secret,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -166,6 +169,12 @@ pub struct Mount {
     pub gid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
+    /// Secrets: fail the RUN when the secret is not given (else it runs without).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub required: bool,
+    /// Secrets: put the value in this environment variable instead of a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// One source of COPY or ADD.

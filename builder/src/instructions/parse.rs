@@ -332,6 +332,8 @@ fn mount(cx: &Cx<'_>, flag: &Flag) -> Result<Mount> {
         uid: None,
         gid: None,
         size: None,
+        required: false,
+        env: None,
     };
     let mut readonly: Option<bool> = None;
     for field in text.split(',') {
@@ -365,10 +367,13 @@ fn mount(cx: &Cx<'_>, flag: &Flag) -> Result<Mount> {
                     "bind" => MountKind::Bind,
                     "cache" => MountKind::Cache,
                     "tmpfs" => MountKind::Tmpfs,
+                    "secret" => MountKind::Secret,
                     other => {
                         return Err(cx.flag_error(
                             flag,
-                            format!("unsupported --mount type {other:?}: use bind, cache or tmpfs"),
+                            format!(
+                                "unsupported --mount type {other:?}: use bind, cache, tmpfs or secret"
+                            ),
                         ));
                     }
                 }
@@ -397,6 +402,8 @@ fn mount(cx: &Cx<'_>, flag: &Flag) -> Result<Mount> {
             "uid" => mount.uid = Some(number(value, 10)? as u32),
             "gid" => mount.gid = Some(number(value, 10)? as u32),
             "size" => mount.size = Some(number(value, 10)?),
+            "required" => mount.required = value.as_deref() != Some("false"),
+            "env" => mount.env = Some(need(value)?),
             _ => {
                 return Err(
                     cx.flag_error(flag, format!("unknown --mount field {key:?} in {text:?}"))
@@ -405,6 +412,24 @@ fn mount(cx: &Cx<'_>, flag: &Flag) -> Result<Mount> {
         }
     }
     mount.kind = kind;
+    if kind == MountKind::Secret {
+        // BuildKit's defaults: the id is the target's file name, the file goes to
+        // /run/secrets/<id> unless the secret is wanted in an env variable only.
+        if mount.id.is_none() {
+            let name = mount.target.rsplit('/').next().unwrap_or_default();
+            if name.is_empty() {
+                return Err(
+                    cx.flag_error(flag, format!("--mount=type=secret needs id= in {text:?}"))
+                );
+            }
+            mount.id = Some(name.to_string());
+        }
+        if mount.target.is_empty() && mount.env.is_none() {
+            mount.target = format!("/run/secrets/{}", mount.id.as_deref().unwrap_or_default());
+        }
+        mount.readonly = true;
+        return Ok(mount);
+    }
     if mount.target.is_empty() {
         return Err(cx.flag_error(flag, format!("--mount needs target=PATH in {text:?}")));
     }
