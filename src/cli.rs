@@ -276,6 +276,10 @@ pub struct BuildArgs {
     /// in the image or the cache (repeatable)
     #[arg(long, value_name = "id=ID,src=FILE")]
     pub secret: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: ID=SOCKET, or ID alone for $SSH_AUTH_SOCK
+    /// (`default` is the id mounts use when they name none) (repeatable)
+    #[arg(long, value_name = "ID[=SOCKET]")]
+    pub ssh: Vec<String>,
     /// Build up to this stage
     #[arg(long, value_name = "STAGE")]
     pub target: Option<String>,

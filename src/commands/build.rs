@@ -70,6 +70,10 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.tags = args.tag.clone();
     opts.build_args = build_args;
     opts.secrets = secrets;
+    for spec in &args.ssh {
+        let (id, socket) = parse_ssh(spec)?;
+        opts.ssh.insert(id, socket);
+    }
     opts.target = args.target.clone();
     opts.no_cache = args.no_cache;
     opts.source_date_epoch = time::source_date_epoch();
@@ -488,4 +492,29 @@ fn parse_secret(spec: &str) -> anyhow::Result<(String, Secret)> {
         (Some(other), _, _) => bail!("--secret {spec:?}: unknown type {other:?} (file or env)"),
     };
     Ok((id, secret))
+}
+
+/// `--ssh ID[=SOCKET]`, as `docker build --ssh`: an agent socket (not key files, which
+/// would need an agent of our own). `ID` alone means `$SSH_AUTH_SOCK`.
+fn parse_ssh(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+    let (id, socket) = match spec.split_once('=') {
+        Some((id, socket)) => (id, PathBuf::from(socket)),
+        None => {
+            let socket = std::env::var_os("SSH_AUTH_SOCK").with_context(|| {
+                format!(
+                    "--ssh {spec}: SSH_AUTH_SOCK is not set (run ssh-agent, or give {spec}=SOCKET)"
+                )
+            })?;
+            (spec, PathBuf::from(socket))
+        }
+    };
+    let meta = std::fs::metadata(&socket)
+        .with_context(|| format!("--ssh {spec}: cannot use {}", socket.display()))?;
+    if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        bail!(
+            "--ssh {spec}: {} is not an agent socket (key files are not supported: load them into ssh-agent)",
+            socket.display()
+        );
+    }
+    Ok((id.to_string(), socket))
 }

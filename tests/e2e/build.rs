@@ -24,6 +24,19 @@ fn context(store: &TestStore, files: &[(&str, &str)]) -> PathBuf {
     dir
 }
 
+/// A build context holding only a Buildfile.
+fn buildfile(store: &TestStore, text: &str) -> PathBuf {
+    context(store, &[("Buildfile", text)])
+}
+
+/// What `image` changed over busybox, one sorted `strata diff` line each.
+fn changes_over_busybox(store: &TestStore, image: &str) -> Vec<String> {
+    let diff = store.ok(&["diff", "busybox:latest", image]);
+    let mut lines: Vec<String> = diff.lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
 struct Built {
     id: String,
     stderr: String,
@@ -613,7 +626,10 @@ fn build_heredoc_with_shebang_runs_as_its_own_program() {
     let built = build(&store, &ctx, &["-t", "shebang"]);
     let diff = store.ok(&["diff", "busybox:latest", "shebang"]);
     assert!(diff.lines().any(|l| l == "A /shebang"), "{diff}");
-    assert!(!diff.contains("strata-heredoc"), "the heredoc script leaked into a layer:\n{diff}");
+    assert!(
+        !diff.contains("strata-heredoc"),
+        "the heredoc script leaked into a layer:\n{diff}"
+    );
     assert!(!built.id.is_empty());
 }
 
@@ -632,9 +648,16 @@ fn build_run_gets_resolv_conf_and_hosts_that_stay_out_of_the_layer() {
     );
     build(&store, &ctx, &["-t", "etc"]);
     let diff = store.ok(&["diff", "busybox:latest", "etc"]);
-    assert_eq!(diff.trim(), "A /resolv.seen", "only the command's own file is in the layer");
+    assert_eq!(
+        diff.trim(),
+        "A /resolv.seen",
+        "only the command's own file is in the layer"
+    );
     let seen = store.ok(&["run", "--rm", "etc", "cat", "/resolv.seen"]);
-    assert_eq!(seen, std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    assert_eq!(
+        seen,
+        std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()
+    );
 }
 
 #[test]
@@ -643,46 +666,44 @@ fn build_secrets_reach_run_but_never_the_image_or_the_cache_key() {
     store.import_busybox("busybox:latest");
     let token = store.root().with_extension("token");
     fs::write(&token, "s3cret").unwrap();
-    let ctx = context(
+    let ctx = buildfile(
         &store,
-        &[(
-            "Buildfile",
-            concat!(
-                "FROM busybox\n",
-                // md5 of "s3cret", so the value itself appears nowhere in the Buildfile
-                "RUN --mount=type=secret,id=tok md5sum /run/secrets/tok | grep -q ^33e1b232a4e6fa0028a6670753749a17 && test \"$(stat -c %a /run/secrets/tok)\" = 400 && touch /file-ok\n",
-                "RUN --mount=type=secret,id=tok,target=/etc/app/token,uid=1000,mode=0440 test \"$(stat -c %u:%a /etc/app/token)\" = 1000:440 && touch /target-ok\n",
-                "RUN --mount=type=secret,id=tok,env=TOKEN echo -n \"$TOKEN\" | md5sum | grep -q ^33e1b232a4e6fa0028a6670753749a17 && touch /env-ok\n",
-                "RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && touch /optional-ok\n",
-            ),
-        )],
+        concat!(
+            "FROM busybox\n",
+            // md5 of "s3cret", so the value itself appears nowhere in the Buildfile
+            "RUN --mount=type=secret,id=tok md5sum /run/secrets/tok | grep -q ^33e1b232a4e6fa0028a6670753749a17 && test \"$(stat -c %a /run/secrets/tok)\" = 400 && touch /file-ok\n",
+            "RUN --mount=type=secret,id=tok,target=/etc/app/token,uid=1000,mode=0440 test \"$(stat -c %u:%a /etc/app/token)\" = 1000:440 && touch /target-ok\n",
+            "RUN --mount=type=secret,id=tok,env=TOKEN echo -n \"$TOKEN\" | md5sum | grep -q ^33e1b232a4e6fa0028a6670753749a17 && touch /env-ok\n",
+            "RUN --mount=type=secret,id=absent test ! -e /run/secrets/absent && touch /optional-ok\n",
+        ),
     );
     let secret = format!("id=tok,src={}", token.display());
     build(&store, &ctx, &["--secret", &secret, "-t", "sec"]);
-    let diff = store.ok(&["diff", "busybox:latest", "sec"]);
-    let mut added: Vec<&str> = diff.lines().collect();
-    added.sort();
     assert_eq!(
-        added,
+        changes_over_busybox(&store, "sec"),
         ["A /env-ok", "A /file-ok", "A /optional-ok", "A /target-ok"],
         "neither the secrets nor their mount points are in the layers"
     );
     let config = inspect(&store, "sec").to_string();
-    assert!(!config.contains("s3cret"), "the value is not in the config: {config}");
+    assert!(
+        !config.contains("s3cret"),
+        "the value is not in the config: {config}"
+    );
 
     // The value is not part of the cache key: with another value every step is cached
     // (run again, the checks above would fail).
     fs::write(&token, "rotated").unwrap();
     let again = build(&store, &ctx, &["--secret", &secret]);
-    assert!(cached(&again.stderr, "RUN --mount=type=secret,id=tok,env"), "{}", again.stderr);
+    assert!(
+        cached(&again.stderr, "RUN --mount=type=secret,id=tok,env"),
+        "{}",
+        again.stderr
+    );
 
     // A required secret that is not given fails the step, naming it and the fix.
-    let ctx = context(
+    let ctx = buildfile(
         &store,
-        &[(
-            "Buildfile",
-            "FROM busybox\nRUN --mount=type=secret,id=must,required true\n",
-        )],
+        "FROM busybox\nRUN --mount=type=secret,id=must,required true\n",
     );
     let err = build_fails(&store, &ctx, &[]);
     assert!(
@@ -691,4 +712,48 @@ fn build_secrets_reach_run_but_never_the_image_or_the_cache_key() {
     );
     let err = build_fails(&store, &ctx, &["--secret", "id=must,src=/nonexistent/file"]);
     assert!(err.contains("/nonexistent/file"), "{err}");
+}
+
+#[test]
+fn build_ssh_agent_sockets_reach_run_but_not_the_layer() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let socket = store.root().with_extension("agent.sock");
+    let _agent = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let ctx = buildfile(
+        &store,
+        concat!(
+            "FROM busybox\n",
+            "RUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && test \"$SSH_AUTH_SOCK\" = /run/buildkit/ssh_agent.0 && touch /agent-ok\n",
+            "RUN --mount=type=ssh,id=work,target=/root/work.sock test -S /root/work.sock && test \"$SSH_AUTH_SOCK\" = /root/work.sock && touch /work-ok\n",
+            "RUN --mount=type=ssh,id=absent test -z \"$SSH_AUTH_SOCK\" && touch /optional-ok\n",
+        ),
+    );
+    let default = format!("default={}", socket.display());
+    let work = format!("work={}", socket.display());
+    build(
+        &store,
+        &ctx,
+        &["--ssh", &default, "--ssh", &work, "-t", "ssh"],
+    );
+    assert_eq!(
+        changes_over_busybox(&store, "ssh"),
+        ["A /agent-ok", "A /optional-ok", "A /work-ok"],
+        "the sockets and their mount points stay out of the layers"
+    );
+
+    let ctx = buildfile(&store, "FROM busybox\nRUN --mount=type=ssh,required true\n");
+    let err = build_fails(&store, &ctx, &[]);
+    assert!(
+        err.contains("Buildfile:2") && err.contains("--ssh default"),
+        "{err}"
+    );
+    let key = store.root().with_extension("id_ed25519");
+    fs::write(&key, "not a socket").unwrap();
+    let err = build_fails(
+        &store,
+        &ctx,
+        &["--ssh", &format!("default={}", key.display())],
+    );
+    assert!(err.contains("not an agent socket"), "{err}");
 }

@@ -48,6 +48,8 @@ pub struct BuildOptions {
     pub images: Option<Arc<dyn ImageSource>>,
     /// `--secret id=ID,...`: what `RUN --mount=type=secret,id=ID` gets.
     pub secrets: BTreeMap<String, Secret>,
+    /// `--ssh ID=SOCKET`: the SSH agent sockets `RUN --mount=type=ssh,id=ID` gets.
+    pub ssh: BTreeMap<String, PathBuf>,
 }
 
 /// Where a build secret's value comes from; read when a RUN needs it.
@@ -98,6 +100,7 @@ impl BuildOptions {
             tags: Vec::new(),
             build_args: BTreeMap::new(),
             secrets: BTreeMap::new(),
+            ssh: BTreeMap::new(),
             target: None,
             no_cache: false,
             source_date_epoch: None,

@@ -483,6 +483,31 @@ impl StageRun<'_, '_> {
         let mut secret_files = Vec::new();
         for mount in &run.mounts {
             mounts.push(match mount.kind {
+                MountKind::Ssh => {
+                    let id = mount.id.as_deref().unwrap_or("default");
+                    let Some(socket) = cx.opts.ssh.get(id) else {
+                        if mount.required {
+                            return Err(Error::step(
+                                self.file(),
+                                step.pos,
+                                format!(
+                                    "RUN needs ssh agent {id:?}: give it with --ssh {id}=SOCKET (or --ssh {id} for $SSH_AUTH_SOCK)"
+                                ),
+                            ));
+                        }
+                        continue;
+                    };
+                    // The first agent is the one ssh clients use.
+                    if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                        env.push(format!("SSH_AUTH_SOCK={}", mount.target));
+                    }
+                    // Read-write: talking to the agent is a connect(2) to the socket.
+                    RunMount::Bind {
+                        source: MountSource::Host(socket.clone()),
+                        target: mount.target.clone(),
+                        readonly: false,
+                    }
+                }
                 MountKind::Secret => {
                     let id = mount.id.as_deref().unwrap_or_default();
                     let value = match cx.opts.secrets.get(id) {

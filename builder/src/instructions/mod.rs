@@ -137,6 +137,8 @@ pub enum MountKind {
     /// A build secret (`strata build --secret`): a read-only file, or an env variable,
     /// for one RUN; never in the layer or the cache key.
     Secret,
+    /// An SSH agent socket (`strata build --ssh`), with SSH_AUTH_SOCK pointing at it.
+    Ssh,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -169,7 +171,7 @@ pub struct Mount {
     pub gid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
-    /// Secrets: fail the RUN when the secret is not given (else it runs without).
+    /// Secrets and ssh: fail the RUN when it is not given (else it runs without).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub required: bool,
     /// Secrets: put the value in this environment variable instead of a file.

@@ -300,8 +300,17 @@ fn run(cx: &Cx<'_>) -> Result<Instruction> {
         ));
     }
     let mut mounts = Vec::new();
+    let mut agents = 0;
     for flag in cx.flags("mount") {
-        mounts.push(mount(cx, flag)?);
+        let mut mount = mount(cx, flag)?;
+        if mount.kind == MountKind::Ssh {
+            // BuildKit's default: the Nth ssh mount of a RUN goes to ssh_agent.N.
+            if mount.target.is_empty() {
+                mount.target = format!("/run/buildkit/ssh_agent.{agents}");
+            }
+            agents += 1;
+        }
+        mounts.push(mount);
     }
     let command = if cx.node.heredocs.is_empty() {
         cx.command()
@@ -368,11 +377,12 @@ fn mount(cx: &Cx<'_>, flag: &Flag) -> Result<Mount> {
                     "cache" => MountKind::Cache,
                     "tmpfs" => MountKind::Tmpfs,
                     "secret" => MountKind::Secret,
+                    "ssh" => MountKind::Ssh,
                     other => {
                         return Err(cx.flag_error(
                             flag,
                             format!(
-                                "unsupported --mount type {other:?}: use bind, cache, tmpfs or secret"
+                                "unsupported --mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
                             ),
                         ));
                     }
@@ -428,6 +438,11 @@ fn mount(cx: &Cx<'_>, flag: &Flag) -> Result<Mount> {
             mount.target = format!("/run/secrets/{}", mount.id.as_deref().unwrap_or_default());
         }
         mount.readonly = true;
+        return Ok(mount);
+    }
+    if kind == MountKind::Ssh {
+        // The target defaults per RUN (the caller numbers the agents).
+        mount.id.get_or_insert_with(|| "default".to_string());
         return Ok(mount);
     }
     if mount.target.is_empty() {
