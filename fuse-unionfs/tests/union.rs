@@ -59,7 +59,10 @@ fn differential(
     let fuse = fixture.mount("fuse", Driver::Fuse);
     let kernel = fixture.mount("kernel", Driver::Overlay);
     let (fuse_mnt, kernel_mnt) = (fuse.mnt.clone(), kernel.mnt.clone());
-    let renamed = deadline(600, "differential operations", move || {
+    // The snapshots every 250 steps grow with the tree, so a run's time is about
+    // quadratic in its length: 600 s covers CI's 2,000 ops many times over.
+    let secs = 600 + (count as u64 / 1000).pow(2) * 5;
+    let renamed = deadline(secs, "differential operations", move || {
         let mut generator = Gen::new(seed);
         let mut renamed = 0;
         for step in 0..count {
