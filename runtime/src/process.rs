@@ -169,7 +169,15 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let mut pty_master = None;
     loop {
         match sys::recv_fd(parent_sock.as_fd()) {
-            Ok(Some((b'T', Some(master)))) => pty_master = Some(master),
+            Ok(Some((b'T', Some(master)))) => {
+                // The size goes on before the command runs ('W' lets it exec): a shell
+                // that asks for its size at once must not see 0x0.
+                if let Ok(size) = sys::window_size(libc::STDIN_FILENO) {
+                    let _ = sys::set_window_size(master.as_raw_fd(), &size);
+                }
+                send(&mut parent_sock, b"W");
+                pty_master = Some(master);
+            }
             Ok(Some((b'E', _))) => {
                 let mut message = String::new();
                 let _ = parent_sock.read_to_string(&mut message);
@@ -184,12 +192,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         }
     }
     let tty = match (spec.tty, pty_master) {
-        (true, Some(master)) => {
-            if let Ok(size) = sys::window_size(libc::STDIN_FILENO) {
-                let _ = sys::set_window_size(master.as_raw_fd(), &size);
-            }
-            Some(tty::Session::start(master, spec.interactive, tty_sink)?)
-        }
+        (true, Some(master)) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
         (true, None) => return Err(abort("the container sent no terminal".into())),
         (false, _) => None,
     };
@@ -326,6 +329,12 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
         if let Err(err) = sys::send_fd(sock.as_fd(), b'T', console.master.as_fd()) {
             fail(&mut sock, &format!("send the pty to strata: {err}"));
         }
+        // Wait until strata has given the pty its window size.
+        let mut sized = [0u8; 1];
+        if sock.read_exact(&mut sized).is_err() || sized[0] != b'W' {
+            sys::exit_now(125);
+        }
+        drop(console.master);
     }
     if launch.init {
         match sys::fork() {
