@@ -393,12 +393,20 @@ fn fuse_requests_are_served_over_io_uring_on_the_callers_cpu() {
     raw_mount(&store, &b, "fuse");
     let pid = daemons(b.mnt.to_str().unwrap())[0];
 
-    // Every possible CPU has a queue, served by threads pinned to that CPU.
+    // Every possible CPU has a queue, served by threads pinned to that CPU. The daemon
+    // starts them once it has answered INIT, which may be after `strata mount` returns.
     let queues = possible_cpus();
-    let rings: Vec<DaemonThread> = daemon_threads(pid)
-        .into_iter()
-        .filter(|t| ring_queue(t).is_some())
-        .collect();
+    let ring_threads = || -> Vec<DaemonThread> {
+        daemon_threads(pid)
+            .into_iter()
+            .filter(|t| ring_queue(t).is_some())
+            .collect()
+    };
+    wait_until("every possible CPU has a ring thread", || {
+        let rings = ring_threads();
+        (0..queues).all(|q| rings.iter().any(|t| ring_queue(t) == Some(q)))
+    });
+    let rings = ring_threads();
     for q in 0..queues {
         let serving: Vec<&DaemonThread> =
             rings.iter().filter(|t| ring_queue(t) == Some(q)).collect();

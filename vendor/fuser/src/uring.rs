@@ -115,6 +115,10 @@ impl Rings {
         let mut threads = Vec::with_capacity(self.rings.len());
         let mut previous = None;
         let mut n = 0;
+        // A thread starts with its creator's CPU mask, so each is made while this thread
+        // is pinned to the queue's CPU: pinned from its first instruction, not some time
+        // after the queue is already serving.
+        let own_cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0));
         for (qid, ring) in self.rings {
             n = if previous == Some(qid) { n + 1 } else { 0 };
             previous = Some(qid);
@@ -126,9 +130,16 @@ impl Rings {
                 entry: Entry::new(self.payload_size),
                 session: event_loop(name.clone()),
             };
-            threads.push(spawn_reporting(name, Role::Ring, ended, move || {
-                server.serve()
-            })?);
+            if !pin_to_cpu(qid) {
+                if let Ok(cpus) = &own_cpus {
+                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus);
+                }
+            }
+            let spawned = spawn_reporting(name, Role::Ring, ended, move || server.serve());
+            threads.push(spawned?);
+        }
+        if let Ok(cpus) = own_cpus {
+            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus);
         }
         Ok(threads)
     }
@@ -322,7 +333,6 @@ impl<FS: Filesystem> Server<FS> {
     /// Serves until the connection ends (Ok), the kernel refuses the entry and falls back
     /// to /dev/fuse (Ok), or the ring fails (Err: the queue has lost a server).
     fn serve(mut self) -> io::Result<()> {
-        pin_to_cpu(self.qid);
         let iov = self.entry.iovecs();
         let result = self.serve_entry(&iov);
         if result.is_err() {
@@ -490,13 +500,15 @@ fn with_len(sqe: squeue::Entry128, len: u32) -> squeue::Entry128 {
     unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
 }
 
-fn pin_to_cpu(cpu: u16) {
+/// Pins the calling thread to `cpu`; false (with a warning) when it cannot be.
+fn pin_to_cpu(cpu: u16) -> bool {
     let mut set = nix::sched::CpuSet::new();
     let pinned = set
         .set(usize::from(cpu))
         .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
-    if let Err(err) = pinned {
+    if let Err(err) = &pinned {
         // An offline CPU gets no requests; its queue still needs an entry to be ready.
-        warn!("cannot pin ring thread to CPU {cpu}: {err}");
+        warn!("cannot pin the ring threads of CPU {cpu}: {err}");
     }
+    pinned.is_ok()
 }
