@@ -20,6 +20,8 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::Condvar;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -128,6 +130,7 @@ impl Rings {
                 ring,
                 dev: dev.clone(),
                 entry: Entry::new(self.payload_size),
+                reply: None,
                 session: event_loop(name.clone()),
             };
             if !pin_to_cpu(qid) {
@@ -161,51 +164,68 @@ fn possible_cpus() -> io::Result<usize> {
     Ok(count)
 }
 
-/// The reply to one request that came over the ring. Replies are stored here rather than
+/// The reply to the request a ring thread is serving. Replies are stored here rather than
 /// in the entry's payload, because the request being served borrows the payload until
-/// its handler returns; and a handler may reply from another thread, later.
+/// its handler returns; and a handler may reply from another thread, later. A thread
+/// reuses its `RingReply` (and its buffer) for the next request unless a handler still
+/// holds it.
 #[derive(Debug)]
 pub(crate) struct RingReply {
-    unique: u64,
-    reply: Mutex<Option<Vec<u8>>>,
+    unique: AtomicU64,
+    slot: Mutex<Slot>,
     done: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    bytes: Vec<u8>,
+    ready: bool,
 }
 
 impl RingReply {
     fn new(unique: u64) -> Self {
         RingReply {
-            unique,
-            reply: Mutex::new(None),
+            unique: AtomicU64::new(unique),
+            slot: Mutex::default(),
             done: Condvar::new(),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether `bufs` (out-header first) answers this request, rather than being a
     /// notification, which must go to /dev/fuse.
     pub(crate) fn is_reply(&self, bufs: &[io::IoSlice<'_>]) -> bool {
+        let unique = self.unique.load(Ordering::Relaxed);
         bufs.first()
             .and_then(|b| abi::fuse_out_header_unique(b))
-            .is_some_and(|unique| unique == self.unique)
+            .is_some_and(|u| u == unique)
     }
 
     pub(crate) fn store(&self, bufs: &[io::IoSlice<'_>]) {
-        let reply: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
-        *self.reply.lock().unwrap_or_else(|e| e.into_inner()) = Some(reply);
+        let mut slot = self.lock();
+        slot.bytes.clear();
+        for buf in bufs {
+            slot.bytes.extend_from_slice(buf);
+        }
+        slot.ready = true;
+        drop(slot);
         self.done.notify_all();
     }
 
-    fn take(&self) -> Option<Vec<u8>> {
-        self.reply.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-
-    fn wait(&self) -> Vec<u8> {
-        let mut reply = self.reply.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(reply) = reply.take() {
-                return reply;
+    /// The stored reply, waiting for it unless `wait` is false; None when none came.
+    fn take(&self, wait: bool) -> Option<std::sync::MutexGuard<'_, Slot>> {
+        let mut slot = self.lock();
+        while !slot.ready {
+            if !wait {
+                return None;
             }
-            reply = self.done.wait(reply).unwrap_or_else(|e| e.into_inner());
+            slot = self.done.wait(slot).unwrap_or_else(|e| e.into_inner());
         }
+        slot.ready = false;
+        Some(slot)
     }
 }
 
@@ -326,6 +346,8 @@ struct Server<FS: Filesystem> {
     ring: Ring,
     dev: Arc<DevFuse>,
     entry: Entry,
+    /// Where the request being served is answered; see [`RingReply`].
+    reply: Option<Arc<RingReply>>,
     session: SessionEventLoop<FS>,
 }
 
@@ -395,7 +417,15 @@ impl<FS: Filesystem> Server<FS> {
             }
         };
         let opcode = abi::fuse_opcode::try_from(opcode).ok();
-        let reply = Arc::new(RingReply::new(unique));
+        let reply = match &self.reply {
+            // Only this thread holds it: no handler can still answer an old request.
+            Some(reply) if Arc::strong_count(reply) == 1 => {
+                reply.unique.store(unique, Ordering::Relaxed);
+                reply.clone()
+            }
+            _ => Arc::new(RingReply::new(unique)),
+        };
+        self.reply = Some(reply.clone());
         let sender = ChannelSender::for_ring(self.dev.clone(), reply.clone());
         match RequestWithSender::new(sender, data) {
             // As the /dev/fuse loop does; the session calls `destroy` when its threads end.
@@ -418,16 +448,16 @@ impl<FS: Filesystem> Server<FS> {
                 abi::fuse_out_header::eio(unique).as_bytes(),
             )]),
         }
-        let reply = match reply.take() {
-            Some(reply) => reply,
-            // Nothing is owed; the entry still has to be committed to be reused.
-            None if opcode.is_some_and(|op| NO_REPLY.contains(&op)) => {
-                abi::fuse_out_header::empty(unique).as_bytes().to_vec()
-            }
-            // The handler kept its reply object to answer later, from another thread.
-            None => reply.wait(),
-        };
-        self.entry.set_reply(unique, &reply);
+        // Nothing is owed for some requests; the entry still has to be committed to be
+        // reused. Otherwise a handler that kept its reply object answers later, from
+        // another thread: wait for it.
+        let owed = !opcode.is_some_and(|op| NO_REPLY.contains(&op));
+        match reply.take(owed) {
+            Some(slot) => self.entry.set_reply(unique, &slot.bytes),
+            None => self
+                .entry
+                .set_reply(unique, abi::fuse_out_header::empty(unique).as_bytes()),
+        }
         unique
     }
 
