@@ -712,6 +712,20 @@ fn build_secrets_reach_run_but_never_the_image_or_the_cache_key() {
     );
     let err = build_fails(&store, &ctx, &["--secret", "id=must,src=/nonexistent/file"]);
     assert!(err.contains("/nonexistent/file"), "{err}");
+
+    // A RUN whose setup fails after its secret file was written leaves no copy behind.
+    let ctx = buildfile(
+        &store,
+        "FROM busybox\nRUN --mount=type=secret,id=tok --mount=type=ssh,required true\n",
+    );
+    let err = build_fails(&store, &ctx, &["--secret", &secret]);
+    assert!(err.contains("--ssh default"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(store.root().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with("secret"))
+        .collect();
+    assert!(left.is_empty(), "secret files left in the store: {left:?}");
 }
 
 #[test]

@@ -21,7 +21,9 @@ use super::state::{HealthConfig, ImageState};
 use crate::cache::{KeyBuilder, root_key};
 use crate::error::{Error, Result};
 use crate::executor::{MountSource, RunMount, RunRequest};
-use crate::instructions::{Command, Healthcheck, Instruction, MountKind, Run, Sharing, Step};
+use crate::instructions::{
+    Command, Healthcheck, Instruction, Mount, MountKind, Run, Sharing, Step,
+};
 use crate::progress::{Outcome, StepInfo};
 use crate::stages::{Base, Scope};
 use crate::tree::Tree;
@@ -42,6 +44,29 @@ pub(crate) const PROXY_ARGS: &[&str] = &[
 
 /// How many lines of a failed RUN's output the error shows.
 const TAIL_LINES: usize = 15;
+
+/// What a RUN's mounts need, held until it ends.
+#[derive(Default)]
+struct RunMounts {
+    mounts: Vec<RunMount>,
+    /// Locks of `sharing=locked` cache mounts.
+    locks: Vec<fs::File>,
+    /// Files written for this RUN only (secrets, a shebang heredoc).
+    files: TempFiles,
+}
+
+/// Files removed when dropped, also when the RUN fails half way through its setup: a
+/// secret never stays behind in the store.
+#[derive(Default)]
+struct TempFiles(Vec<PathBuf>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
 
 pub(crate) struct StageRun<'a, 'c> {
     pub cx: &'a BuildCx<'c>,
@@ -477,150 +502,24 @@ impl StageRun<'_, '_> {
             env.push("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         }
         let lowers = self.state.lowers(cx.store)?;
-        let mut mounts = Vec::new();
-        let mut locks = Vec::new();
-        // Secret files, written for this RUN only and removed after it.
-        let mut secret_files = Vec::new();
-        for mount in &run.mounts {
-            mounts.push(match mount.kind {
-                MountKind::Ssh => {
-                    let id = mount.id.as_deref().unwrap_or("default");
-                    let Some(socket) = cx.opts.ssh.get(id) else {
-                        if mount.required {
-                            return Err(Error::step(
-                                self.file(),
-                                step.pos,
-                                format!(
-                                    "RUN needs ssh agent {id:?}: give it with --ssh {id}=SOCKET (or --ssh {id} for $SSH_AUTH_SOCK)"
-                                ),
-                            ));
-                        }
-                        continue;
-                    };
-                    // The first agent is the one ssh clients use.
-                    if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
-                        env.push(format!("SSH_AUTH_SOCK={}", mount.target));
-                    }
-                    // Read-write: talking to the agent is a connect(2) to the socket.
-                    RunMount::Bind {
-                        source: MountSource::Host(socket.clone()),
-                        target: mount.target.clone(),
-                        readonly: false,
-                    }
-                }
-                MountKind::Secret => {
-                    let id = mount.id.as_deref().unwrap_or_default();
-                    let value = match cx.opts.secrets.get(id) {
-                        Some(secret) => secret.value().map_err(|e| {
-                            Error::step(self.file(), step.pos, format!("secret {id:?}: {e}"))
-                        })?,
-                        None if mount.required => {
-                            return Err(Error::step(
-                                self.file(),
-                                step.pos,
-                                format!(
-                                    "RUN needs secret {id:?}: give it with --secret id={id},src=FILE or id={id},env=VAR"
-                                ),
-                            ));
-                        }
-                        None => continue,
-                    };
-                    if let Some(var) = &mount.env {
-                        env.retain(|e| e.split('=').next() != Some(var.as_str()));
-                        env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
-                    }
-                    if mount.target.is_empty() {
-                        continue;
-                    }
-                    let path = cx.store.tmp_path("secret");
-                    let written = (|| {
-                        let mut file = fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .mode(0o600)
-                            .open(&path)?;
-                        secret_files.push(path.clone());
-                        std::io::Write::write_all(&mut file, &value)?;
-                        fs::set_permissions(
-                            &path,
-                            fs::Permissions::from_mode(mount.mode.unwrap_or(0o400)),
-                        )?;
-                        chown(&path, Some(mount.uid.unwrap_or(0)), Some(mount.gid.unwrap_or(0)))
-                    })();
-                    written.map_err(|e| Error::io("failed to write secret", &path, e))?;
-                    RunMount::Bind {
-                        source: MountSource::Host(path),
-                        target: mount.target.clone(),
-                        readonly: true,
-                    }
-                }
-                MountKind::Tmpfs => RunMount::Tmpfs {
-                    target: mount.target.clone(),
-                    size: mount.size,
-                },
-                MountKind::Cache => {
-                    let id = mount.id.clone().unwrap_or_else(|| mount.target.clone());
-                    let dir = super::cache_mount_dir(cx.store, &id);
-                    if !dir.exists() {
-                        fs::create_dir_all(&dir)
-                            .map_err(|e| Error::io("failed to create cache mount", &dir, e))?;
-                        let mode = mount.mode.unwrap_or(0o755);
-                        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
-                            .map_err(|e| Error::io("failed to chmod", &dir, e))?;
-                        chown(
-                            &dir,
-                            Some(mount.uid.unwrap_or(0)),
-                            Some(mount.gid.unwrap_or(0)),
-                        )
-                        .map_err(|e| Error::io("failed to chown", &dir, e))?;
-                    }
-                    if mount.sharing == Sharing::Locked {
-                        let lock_path = dir.with_extension("lock");
-                        let file = fs::File::create(&lock_path)
-                            .map_err(|e| Error::io("failed to create", &lock_path, e))?;
-                        file.lock()
-                            .map_err(|e| Error::io("failed to lock", &lock_path, e))?;
-                        locks.push(file);
-                    }
-                    RunMount::Bind {
-                        source: MountSource::Host(dir),
-                        target: mount.target.clone(),
-                        readonly: mount.readonly,
-                    }
-                }
-                MountKind::Bind => {
-                    let path = crate::context::clean(mount.source.as_deref().unwrap_or(""));
-                    let source = match &mount.from {
-                        None => MountSource::Host(cx.context.root.join(&path)),
-                        Some(from) => MountSource::Layers {
-                            lowers: self.source_lowers(step, from)?,
-                            path,
-                        },
-                    };
-                    RunMount::Bind {
-                        source,
-                        target: mount.target.clone(),
-                        readonly: mount.readonly,
-                    }
-                }
+        let RunMounts {
+            mut mounts,
+            locks,
+            mut files,
+        } = self.run_mounts(step, run, &mut env)?;
+        if let Some((content, target)) = shebang_script {
+            let path = cx.store.tmp_path("heredoc");
+            files.0.push(path.clone());
+            fs::write(&path, content)
+                .map_err(|e| Error::io("failed to write heredoc", &path, e))?;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io("failed to chmod", &path, e))?;
+            mounts.push(RunMount::Bind {
+                source: MountSource::Host(path),
+                target,
+                readonly: true,
             });
         }
-        let script_file = match shebang_script {
-            Some((content, target)) => {
-                let path = cx.store.tmp_path("heredoc");
-                fs::write(&path, content)
-                    .map_err(|e| Error::io("failed to write heredoc", &path, e))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
-                    .map_err(|e| Error::io("failed to chmod", &path, e))?;
-                mounts.push(RunMount::Bind {
-                    source: MountSource::Host(path.clone()),
-                    target,
-                    readonly: true,
-                });
-                Some(path)
-            }
-            None => None,
-        };
         let upper = cx.store.tmp_dir_create("build-upper")?;
         let work = cx.store.tmp_dir_create("build-work")?;
         let result = (|| {
@@ -693,19 +592,172 @@ impl StageRun<'_, '_> {
             let (layer, dir) = self.finish_layer(&upper)?;
             Ok((Some(layer), dir))
         })();
-        drop(locks);
+        drop((locks, files));
         for dir in [&upper, &work] {
             if dir.exists() {
                 let _ = fs::remove_dir_all(dir);
             }
         }
-        if let Some(path) = script_file {
-            let _ = fs::remove_file(path);
-        }
-        for path in secret_files {
-            let _ = fs::remove_file(path);
-        }
         result
+    }
+
+    /// What a RUN's `--mount` flags become. Secrets and ssh agents that were not given
+    /// are left out, unless `required`; a secret's `env=` and the first agent's
+    /// SSH_AUTH_SOCK go into `env`.
+    fn run_mounts(&mut self, step: &Step, run: &Run, env: &mut Vec<String>) -> Result<RunMounts> {
+        let mut out = RunMounts::default();
+        for mount in &run.mounts {
+            let made = match mount.kind {
+                MountKind::Ssh => self.ssh_mount(step, mount, env)?,
+                MountKind::Secret => self.secret_mount(step, mount, env, &mut out.files)?,
+                MountKind::Tmpfs => Some(RunMount::Tmpfs {
+                    target: mount.target.clone(),
+                    size: mount.size,
+                }),
+                MountKind::Cache => Some(self.cache_mount(mount, &mut out.locks)?),
+                MountKind::Bind => {
+                    let path = crate::context::clean(mount.source.as_deref().unwrap_or(""));
+                    let source = match &mount.from {
+                        None => MountSource::Host(self.cx.context.root.join(&path)),
+                        Some(from) => MountSource::Layers {
+                            lowers: self.source_lowers(step, from)?,
+                            path,
+                        },
+                    };
+                    Some(RunMount::Bind {
+                        source,
+                        target: mount.target.clone(),
+                        readonly: mount.readonly,
+                    })
+                }
+            };
+            out.mounts.extend(made);
+        }
+        Ok(out)
+    }
+
+    /// `type=ssh`: the agent socket given with `--ssh ID=SOCKET`, bound at the target.
+    fn ssh_mount(
+        &self,
+        step: &Step,
+        mount: &Mount,
+        env: &mut Vec<String>,
+    ) -> Result<Option<RunMount>> {
+        let id = mount.id.as_deref().unwrap_or("default");
+        let Some(socket) = self.cx.opts.ssh.get(id) else {
+            if mount.required {
+                return Err(Error::step(
+                    self.file(),
+                    step.pos,
+                    format!(
+                        "RUN needs ssh agent {id:?}: give it with --ssh {id}=SOCKET (or --ssh {id} for $SSH_AUTH_SOCK)"
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        // The first agent is the one ssh clients use.
+        if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+            env.push(format!("SSH_AUTH_SOCK={}", mount.target));
+        }
+        // Read-write: talking to the agent is a connect(2) to the socket.
+        Ok(Some(RunMount::Bind {
+            source: MountSource::Host(socket.clone()),
+            target: mount.target.clone(),
+            readonly: false,
+        }))
+    }
+
+    /// `type=secret`: the value given with `--secret`, in `env=` and/or a read-only file
+    /// at the target (written to the store's tmp, listed in `files` to be removed).
+    fn secret_mount(
+        &self,
+        step: &Step,
+        mount: &Mount,
+        env: &mut Vec<String>,
+        files: &mut TempFiles,
+    ) -> Result<Option<RunMount>> {
+        let id = mount.id.as_deref().unwrap_or_default();
+        let value = match self.cx.opts.secrets.get(id) {
+            Some(secret) => secret
+                .value()
+                .map_err(|e| Error::step(self.file(), step.pos, format!("secret {id:?}: {e}")))?,
+            None if mount.required => {
+                return Err(Error::step(
+                    self.file(),
+                    step.pos,
+                    format!(
+                        "RUN needs secret {id:?}: give it with --secret id={id},src=FILE or id={id},env=VAR"
+                    ),
+                ));
+            }
+            None => return Ok(None),
+        };
+        if let Some(var) = &mount.env {
+            env.retain(|e| e.split('=').next() != Some(var.as_str()));
+            env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+        }
+        if mount.target.is_empty() {
+            return Ok(None);
+        }
+        let path = self.cx.store.tmp_path("secret");
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            files.0.push(path.clone());
+            std::io::Write::write_all(&mut file, &value)?;
+            fs::set_permissions(
+                &path,
+                fs::Permissions::from_mode(mount.mode.unwrap_or(0o400)),
+            )?;
+            chown(
+                &path,
+                Some(mount.uid.unwrap_or(0)),
+                Some(mount.gid.unwrap_or(0)),
+            )
+        })();
+        written.map_err(|e| Error::io("failed to write secret", &path, e))?;
+        Ok(Some(RunMount::Bind {
+            source: MountSource::Host(path),
+            target: mount.target.clone(),
+            readonly: true,
+        }))
+    }
+
+    /// `type=cache`: a directory in the store that outlives builds, made with the mount's
+    /// mode and owner; `sharing=locked` holds its lock (in `locks`) for the RUN.
+    fn cache_mount(&self, mount: &Mount, locks: &mut Vec<fs::File>) -> Result<RunMount> {
+        let id = mount.id.clone().unwrap_or_else(|| mount.target.clone());
+        let dir = super::cache_mount_dir(self.cx.store, &id);
+        if !dir.exists() {
+            fs::create_dir_all(&dir)
+                .map_err(|e| Error::io("failed to create cache mount", &dir, e))?;
+            let mode = mount.mode.unwrap_or(0o755);
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .map_err(|e| Error::io("failed to chmod", &dir, e))?;
+            chown(
+                &dir,
+                Some(mount.uid.unwrap_or(0)),
+                Some(mount.gid.unwrap_or(0)),
+            )
+            .map_err(|e| Error::io("failed to chown", &dir, e))?;
+        }
+        if mount.sharing == Sharing::Locked {
+            let lock_path = dir.with_extension("lock");
+            let file = fs::File::create(&lock_path)
+                .map_err(|e| Error::io("failed to create", &lock_path, e))?;
+            file.lock()
+                .map_err(|e| Error::io("failed to lock", &lock_path, e))?;
+            locks.push(file);
+        }
+        Ok(RunMount::Bind {
+            source: MountSource::Host(dir),
+            target: mount.target.clone(),
+            readonly: mount.readonly,
+        })
     }
 
     /// Lower dirs of a `--from` stage or image.
