@@ -354,14 +354,15 @@ fn switches_by_queue(pid: i32, queues: usize) -> Vec<u64> {
 }
 
 fn possible_cpus() -> usize {
+    // The kernel makes num_possible_cpus() queues: count the ranges ("0-3", "0,2-5").
     let text = fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
     text.trim()
-        .rsplit([',', '-'])
-        .next()
-        .unwrap()
-        .parse::<usize>()
-        .unwrap()
-        + 1
+        .split(',')
+        .map(|range| {
+            let (first, last) = range.split_once('-').unwrap_or((range, range));
+            last.parse::<usize>().unwrap() - first.parse::<usize>().unwrap() + 1
+        })
+        .sum()
 }
 
 /// Opens, reads and closes `path` `times` times from a thread pinned to CPU 0.
