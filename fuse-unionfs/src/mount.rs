@@ -145,61 +145,93 @@ impl MountGuard {
         self.fuse.as_ref().is_some_and(|f| f.io_uring)
     }
 
-    /// Unmounts now, reporting failures (drop does the same silently).
+    /// Unmounts now, reporting failures. A mount still in use is reported (EBUSY, as
+    /// umount(8) says), then detached lazily as the drop does, so nothing outlives the
+    /// guard.
     pub fn unmount(mut self) -> Result<()> {
-        self.unmount_inner()
+        self.unmount_inner(WhenBusy::Fail)
     }
 
-    fn unmount_inner(&mut self) -> Result<()> {
+    fn unmount_inner(&mut self, busy: WhenBusy) -> Result<()> {
         let target = self.target.clone();
-        match self.fuse.take() {
-            None if self.driver == Driver::Overlay => {
-                self.driver = Driver::Auto;
-                unmount(&target)
+        let Some(fuse) = self.fuse.take() else {
+            if self.driver != Driver::Overlay {
+                return Ok(());
             }
-            None => Ok(()),
-            Some(FuseMount {
-                session,
-                connection,
-                ..
-            }) => {
-                let (done_tx, done_rx) = mpsc::channel();
-                let worker_target = target.clone();
-                std::thread::spawn(move || {
-                    let unmounted = unmount(&worker_target);
-                    let joined = session.join();
-                    let _ = done_tx.send((unmounted, joined));
+            unmount_when(&target, busy)?;
+            self.driver = Driver::Auto;
+            return Ok(());
+        };
+        let FuseMount {
+            session,
+            io_uring,
+            connection,
+        } = fuse;
+        // The server ends once the kernel lets go of the mount; a server that hangs is
+        // aborted after UNMOUNT_TIMEOUT rather than hanging its caller.
+        let (done_tx, done_rx) = mpsc::channel();
+        let worker_target = target.clone();
+        std::thread::spawn(move || match unmount_when(&worker_target, busy) {
+            Ok(Unmounted::Gone) => {
+                let _ = session.join();
+                let _ = done_tx.send(Ok(()));
+            }
+            Ok(Unmounted::Detached) => {
+                // Its users still reach it through open files: the server serves them
+                // until the last is closed, then its threads end on their own.
+                drop(session);
+                let _ = done_tx.send(Ok(()));
+            }
+            Err(err) => {
+                let _ = done_tx.send(Err((err, session)));
+            }
+        });
+        match done_rx.recv_timeout(UNMOUNT_TIMEOUT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err((err, session))) => {
+                // Still mounted and served: keep it, for a later try or the drop.
+                self.fuse = Some(FuseMount {
+                    session,
+                    io_uring,
+                    connection,
                 });
-                match done_rx.recv_timeout(UNMOUNT_TIMEOUT) {
-                    Ok((unmounted, _)) => unmounted,
-                    Err(_) => {
-                        tracing::warn!(
-                            "FUSE server for {} did not stop in time; aborting it",
-                            target.display()
-                        );
-                        if let Some(id) = connection {
-                            let _ =
-                                std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
-                        }
-                        let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
-                        let _ = done_rx.recv_timeout(Duration::from_secs(5));
-                        Err(Error::Unmount {
-                            target,
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::TimedOut,
-                                "FUSE server hung; connection aborted",
-                            ),
-                        })
-                    }
+                Err(err)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    "FUSE server for {} did not stop in time; aborting it",
+                    target.display()
+                );
+                if let Some(id) = connection {
+                    let _ = std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
                 }
+                let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
+                let _ = done_rx.recv_timeout(Duration::from_secs(5));
+                Err(Error::Unmount {
+                    target,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "FUSE server hung; connection aborted",
+                    ),
+                })
             }
         }
     }
 }
 
+/// What unmounting does with a mount that is still in use.
+#[derive(Clone, Copy, PartialEq)]
+enum WhenBusy {
+    /// Leave it and say EBUSY.
+    Fail,
+    /// Detach it lazily: it goes from the namespace now and away once the last user
+    /// lets go (what a guard does on drop, so nothing outlives it).
+    Detach,
+}
+
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if let Err(err) = self.unmount_inner() {
+        if let Err(err) = self.unmount_inner(WhenBusy::Detach) {
             tracing::warn!("{err}");
         }
     }
@@ -459,17 +491,31 @@ pub fn serve_foreground(
 
 /// Unmounts a union (either driver); a dead FUSE mount (ENOTCONN) is detached.
 pub fn unmount(target: &Path) -> Result<()> {
+    unmount_when(target, WhenBusy::Fail).map(drop)
+}
+
+/// How a mount went.
+enum Unmounted {
+    /// Unmounted (or a dead FUSE mount detached): nothing uses it any more.
+    Gone,
+    /// Detached while in use.
+    Detached,
+}
+
+fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
+    let fail = |e: rustix::io::Errno| Error::Unmount {
+        target: target.to_path_buf(),
+        source: e.into(),
+    };
+    let detach = || rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(fail);
     match rustix::mount::unmount(target, UnmountFlags::empty()) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::NOTCONN) => rustix::mount::unmount(target, UnmountFlags::DETACH)
-            .map_err(|e| Error::Unmount {
-                target: target.to_path_buf(),
-                source: e.into(),
-            }),
-        Err(e) => Err(Error::Unmount {
-            target: target.to_path_buf(),
-            source: e.into(),
-        }),
+        Ok(()) => Ok(Unmounted::Gone),
+        Err(rustix::io::Errno::NOTCONN) => detach().map(|()| Unmounted::Gone),
+        Err(rustix::io::Errno::BUSY) if busy == WhenBusy::Detach => {
+            tracing::warn!("{} is busy; detaching it lazily", target.display());
+            detach().map(|()| Unmounted::Detached)
+        }
+        Err(e) => Err(fail(e)),
     }
 }
 

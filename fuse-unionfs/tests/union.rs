@@ -202,3 +202,40 @@ fn container_moves_between_drivers() {
         &snapshot(&kernel_under_fuse.mnt, false),
     );
 }
+
+/// A guard never leaves its mount behind: unmounting a mount in use reports EBUSY (as
+/// umount(8) does), then the guard detaches it lazily. Files open on it keep working (FUSE:
+/// the server serves them) until closed, and then the FUSE server ends.
+#[test]
+fn a_busy_mount_is_reported_then_detached_by_its_guard() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    for driver in [Driver::Fuse, Driver::Overlay] {
+        let fixture = Fixture::new();
+        let mut mounted = fixture.mount("busy", driver);
+        let mnt = mounted.mnt.clone();
+        let device = std::fs::metadata(&mnt).unwrap().dev();
+        let mut open = std::fs::File::open(mounted.path("srv/keep")).unwrap();
+        let guard = mounted.guard.take().unwrap();
+        let err = deadline(60, "unmounting a busy mount", move || guard.unmount())
+            .expect_err("a mount with an open file cannot be unmounted");
+        assert!(err.to_string().contains("busy"), "{driver}: {err}");
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mountinfo.contains(&format!(" {} ", mnt.display())),
+            "{driver}: the busy mount was left at {}",
+            mnt.display()
+        );
+        let mut text = String::new();
+        open.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "keep\n", "{driver}: the open file after the detach");
+        drop(open);
+        if driver == Driver::Fuse {
+            // FUSE connections are named by the mount's device minor.
+            let connection = format!("/sys/fs/fuse/connections/{}", rustix::fs::minor(device));
+            common::wait_until("the FUSE server ends once its last file is closed", || {
+                !std::path::Path::new(&connection).exists()
+            });
+        }
+    }
+}

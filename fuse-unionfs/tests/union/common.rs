@@ -46,6 +46,18 @@ pub fn deadline<T: Send + 'static>(
     }
 }
 
+/// Polls `done` until it holds; fails the test after 20 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting until {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A scratch dir with lowers, and per-mount upper/work/mnt dirs.
 pub struct Fixture {
     pub dir: tempfile::TempDir,
