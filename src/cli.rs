@@ -304,8 +304,10 @@ pub struct BuildArgs {
     /// Insecure cache registry: HTTPS without certificate checks if offered, else plain HTTP
     #[arg(long)]
     pub insecure: bool,
-    /// The build context directory
-    pub context: PathBuf,
+    /// The build context: a directory; a git repository (URL.git#REF:SUBDIR, git://,
+    /// ssh://, git@HOST:REPO, github.com/OWNER/REPO); an http(s) URL of a tar archive or a
+    /// Buildfile; or - to read either from stdin
+    pub context: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -13,6 +13,7 @@ pub mod expand;
 pub mod instructions;
 pub mod parser;
 pub mod progress;
+pub mod remote;
 pub mod stages;
 pub mod tree;
 

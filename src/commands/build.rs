@@ -16,6 +16,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use nix::mount::{MntFlags, MsFlags};
 use strata_builder::executor::{Executor, MountSource, Network, RunMount, RunRequest};
 use strata_builder::progress::{Outcome, Progress, Silent, StepInfo};
+use strata_builder::remote::{self, Source};
 use strata_builder::{BuildOptions, Secret, build};
 use strata_store::{Store, time};
 use strata_unionfs::{Driver, MountSpec};
@@ -28,10 +29,24 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
     strata_unionfs::sweep_stale(store.root())?;
-    let context = args.context.clone();
-    let buildfile = match &args.file {
-        Some(file) => file.clone(),
-        None => ["Buildfile", "Dockerfile", "Containerfile"]
+    // A git repository, an archive URL or stdin is fetched into the store's tmp/ for the
+    // length of the build.
+    let source = Source::parse(&args.context);
+    let fetched = match &source {
+        Source::Dir(_) => None,
+        remote => Some(remote::fetch(&store, remote, io::stdin().lock())?),
+    };
+    let (context, fetched_buildfile) = match (&source, &fetched) {
+        (Source::Dir(dir), _) => (dir.clone(), None),
+        (_, Some(fetched)) => (fetched.context.clone(), fetched.buildfile.clone()),
+        (_, None) => unreachable!("remote contexts are fetched"),
+    };
+    let buildfile = match (&args.file, fetched_buildfile) {
+        // In a fetched context, -f names a file inside it (as docker reads it).
+        (Some(file), _) if fetched.is_some() && file.is_relative() => context.join(file),
+        (Some(file), _) => file.clone(),
+        (None, Some(file)) => file,
+        (None, None) => ["Buildfile", "Dockerfile", "Containerfile"]
             .iter()
             .map(|name| context.join(name))
             .find(|path| path.is_file())

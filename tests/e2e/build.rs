@@ -771,3 +771,191 @@ fn build_ssh_agent_sockets_reach_run_but_not_the_layer() {
     );
     assert!(err.contains("not an agent socket"), "{err}");
 }
+
+/// A server process for a test (git daemon, an http server), killed by its PID on drop.
+struct Served(std::process::Child);
+
+impl Served {
+    /// Starts `cmd` and waits until `port` on 127.0.0.1 takes connections.
+    fn start(mut cmd: std::process::Command, port: u16) -> Served {
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let served = Served(cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}")));
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed().as_secs() < 20,
+                "{cmd:?} never listened on {port}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        served
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn sh(script: &str) -> String {
+    let out = crate::common::run_with_timeout(
+        {
+            let mut cmd = std::process::Command::new("sh");
+            cmd.args(["-ec", script]);
+            cmd
+        },
+        std::time::Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn build_contexts_from_git_urls_archive_urls_and_stdin() {
+    crate::common::require_tool("git", "apt-get install -y git");
+    crate::common::require_tool("python3", "apt-get install -y python3");
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let read = |image: &str, file: &str| store.ok(&["run", "--rm", image, "cat", file]);
+
+    // A repository with the context in app/: v1 (tagged), then v2 on main.
+    let base = tempfile::tempdir().unwrap();
+    let repo = base.path().join("repo");
+    let commit = |version: &str| {
+        fs::write(repo.join("app/version.txt"), version).unwrap();
+        sh(&format!(
+            "cd {} && git add -A && git -c user.name=t -c user.email=t@t commit -qm {version} && git rev-parse HEAD",
+            repo.display()
+        ))
+    };
+    fs::create_dir_all(repo.join("app")).unwrap();
+    sh(&format!("git init -q -b main {}", repo.display()));
+    fs::write(
+        repo.join("app/Buildfile"),
+        "FROM busybox\nCOPY . /ctx\nRUN test ! -e /ctx/.git\n",
+    )
+    .unwrap();
+    let v1 = commit("v1");
+    sh(&format!("cd {} && git tag v1", repo.display()));
+    commit("v2");
+    let port = free_port();
+    let mut daemon = std::process::Command::new("git");
+    daemon
+        .args([
+            "daemon",
+            "--reuseaddr",
+            "--export-all",
+            "--listen=127.0.0.1",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={}", base.path().display()))
+        .arg(base.path());
+    let _git = Served::start(daemon, port);
+    let url = format!("git://127.0.0.1:{port}/repo");
+
+    // A tag, the remote HEAD and a commit, each with the app/ subdirectory.
+    let built = |context: String, tag: &str| {
+        store.ok(&["build", "-q", "-t", tag, &context]);
+    };
+    built(format!("{url}#v1:app"), "g-tag");
+    assert_eq!(read("g-tag", "/ctx/version.txt"), "v1");
+    built(format!("{url}#:app"), "g-head");
+    assert_eq!(read("g-head", "/ctx/version.txt"), "v2");
+    built(format!("{url}#{v1}:app"), "g-commit");
+    assert_eq!(read("g-commit", "/ctx/version.txt"), "v1");
+    // -f names a file inside the fetched context.
+    let root = format!("{url}#v1");
+    store.ok(&["build", "-q", "-t", "g-f", "-f", "app/Buildfile", &root]);
+    // The context is the repository's root: app/ is inside it.
+    assert_eq!(read("g-f", "/ctx/app/version.txt"), "v1");
+
+    let err = build_fails(&store, Path::new(&format!("{url}#nosuch")), &[]);
+    assert!(err.contains(&url) && err.contains("nosuch"), "{err}");
+    let err = build_fails(&store, Path::new(&format!("{url}#v1:../etc")), &[]);
+    assert!(err.contains("bad subdirectory"), "{err}");
+    let err = build_fails(&store, Path::new(&format!("{url}#v1:missing")), &[]);
+    assert!(err.contains("no directory \"missing\""), "{err}");
+
+    // An http URL of a gzipped tar, and of a lone Buildfile (an empty context).
+    let www = base.path().join("www");
+    let ctx = context(
+        &store,
+        &[
+            ("Buildfile", "FROM busybox\nCOPY msg /msg\n"),
+            ("msg", "from a tarball"),
+        ],
+    );
+    fs::create_dir(&www).unwrap();
+    sh(&format!(
+        "tar -czf {}/ctx.tgz -C {} . && tar -cf {}/ctx.tar -C {} .",
+        www.display(),
+        ctx.display(),
+        www.display(),
+        ctx.display()
+    ));
+    fs::write(
+        www.join("Buildfile"),
+        "FROM busybox\nRUN echo lone > /lone\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut http = std::process::Command::new("python3");
+    http.args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg("--directory")
+        .arg(&www)
+        .arg(port.to_string());
+    let _http = Served::start(http, port);
+    built(format!("http://127.0.0.1:{port}/ctx.tgz"), "u-tar");
+    assert_eq!(read("u-tar", "/msg"), "from a tarball");
+    built(format!("http://127.0.0.1:{port}/Buildfile"), "u-lone");
+    assert_eq!(read("u-lone", "/lone"), "lone\n");
+    let err = build_fails(
+        &store,
+        Path::new(&format!("http://127.0.0.1:{port}/absent.tgz")),
+        &[],
+    );
+    assert!(err.contains("absent.tgz"), "{err}");
+
+    // stdin: a tar archive, or a Buildfile alone.
+    let strata = format!(
+        "{} --root {}",
+        crate::common::strata_bin().display(),
+        store.root().display()
+    );
+    sh(&format!(
+        "{strata} build -q -t s-tar - < {}/ctx.tar",
+        www.display()
+    ));
+    assert_eq!(read("s-tar", "/msg"), "from a tarball");
+    sh(&format!(
+        "{strata} build -q -t s-lone - < {}/Buildfile",
+        www.display()
+    ));
+    assert_eq!(read("s-lone", "/lone"), "lone\n");
+
+    // Nothing fetched stays in the store.
+    let left: Vec<_> = fs::read_dir(store.root().join("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|name| name.to_string_lossy().starts_with("context"))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "fetched contexts left in the store: {left:?}"
+    );
+}

@@ -4,7 +4,7 @@
 //! Stages run in dependency waves: every stage whose dependencies are built runs at the
 //! same time as the others of its wave, on its own thread.
 
-mod archive;
+pub(crate) mod archive;
 mod copy;
 mod state;
 mod step;
