@@ -29,6 +29,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use crate::idshift::{self, IdShift};
 use crate::layer::Kind;
 use crate::modify::{SetAttr, SetTime};
 use crate::union::{Caller, Entry, OpenFile, Union};
@@ -147,22 +148,61 @@ pub(crate) struct Fs {
     passthrough: AtomicBool,
     /// Ask for FUSE over io_uring when the kernel offers it (see `init`).
     io_uring: bool,
+    /// Owners as a user namespace sees them (see [`IdShift`]).
+    shift: Option<IdShift>,
     opens: Mutex<OpenTable>,
 }
 
 impl Fs {
-    pub(crate) fn new(union: Arc<Union>, passthrough: bool, io_uring: bool) -> Fs {
+    pub(crate) fn new(
+        union: Arc<Union>,
+        passthrough: bool,
+        io_uring: bool,
+        shift: Option<IdShift>,
+    ) -> Fs {
         Fs {
             union,
             passthrough: AtomicBool::new(passthrough),
             io_uring,
+            shift,
             opens: Mutex::default(),
+        }
+    }
+
+    /// An entry's attributes as the kernel sees them.
+    fn attr(&self, entry: &Entry) -> FileAttr {
+        let mut attr = attr(entry);
+        if let Some(shift) = self.shift {
+            attr.uid = shift.to_host(attr.uid);
+            attr.gid = shift.to_host(attr.gid);
+        }
+        attr
+    }
+
+    /// Who makes a new entry, in the branches' ids.
+    fn caller(&self, req: &Request) -> Caller {
+        let Caller { uid, gid } = caller(req);
+        match self.shift {
+            Some(shift) => Caller {
+                uid: shift.from_host(uid),
+                gid: shift.from_host(gid),
+            },
+            None => Caller { uid, gid },
+        }
+    }
+
+    /// A POSIX ACL's ids on their way in (`IdShift::from_host`) or out (`to_host`).
+    fn map_acl(&self, name: &OsStr, value: &mut [u8], map: fn(IdShift, u32) -> u32) {
+        if let Some(shift) = self.shift
+            && idshift::is_acl(name)
+        {
+            shift.map_acl(value, map);
         }
     }
 
     fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
         match result {
-            Ok(entry) => reply.entry(&ttl(&entry), &attr(&entry), Generation(0)),
+            Ok(entry) => reply.entry(&ttl(&entry), &self.attr(&entry), Generation(0)),
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -375,7 +415,7 @@ impl Filesystem for Fs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.union.getattr(ino.0, fh.map(|f| f.0)) {
-            Ok(entry) => reply.attr(&ttl(&entry), &attr(&entry)),
+            Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -398,16 +438,17 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let inward = |id: u32| self.shift.map_or(id, |shift| shift.from_host(id));
         let set = SetAttr {
             mode,
-            uid,
-            gid,
+            uid: uid.map(inward),
+            gid: gid.map(inward),
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
         };
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
-            Ok(entry) => reply.attr(&ttl(&entry), &attr(&entry)),
+            Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -431,7 +472,7 @@ impl Filesystem for Fs {
     ) {
         self.reply_entry(
             self.union
-                .mknod(parent.0, name, mode, u64::from(rdev), caller(req)),
+                .mknod(parent.0, name, mode, u64::from(rdev), self.caller(req)),
             reply,
         );
     }
@@ -445,7 +486,10 @@ impl Filesystem for Fs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(self.union.mkdir(parent.0, name, mode, caller(req)), reply);
+        self.reply_entry(
+            self.union.mkdir(parent.0, name, mode, self.caller(req)),
+            reply,
+        );
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -471,7 +515,8 @@ impl Filesystem for Fs {
         reply: ReplyEntry,
     ) {
         self.reply_entry(
-            self.union.symlink(parent.0, link_name, target, caller(req)),
+            self.union
+                .symlink(parent.0, link_name, target, self.caller(req)),
             reply,
         );
     }
@@ -664,7 +709,7 @@ impl Filesystem for Fs {
                     next,
                     &dirent.name,
                     &Duration::ZERO,
-                    &attr(&entry),
+                    &self.attr(&entry),
                     Generation(0),
                 ) {
                     full = true;
@@ -680,7 +725,7 @@ impl Filesystem for Fs {
                 next,
                 &dirent.name,
                 &ttl(&entry),
-                &attr(&entry),
+                &self.attr(&entry),
                 Generation(0),
             ) {
                 self.union.forget(entry.ino, 1);
@@ -734,14 +779,20 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.union.setxattr(ino.0, name, value, flags) {
+        let mut value = value.to_vec();
+        self.map_acl(name, &mut value, IdShift::from_host);
+        match self.union.setxattr(ino.0, name, &value, flags) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(self.union.getxattr(ino.0, name), size, reply);
+        let value = self.union.getxattr(ino.0, name).map(|mut value| {
+            self.map_acl(name, &mut value, IdShift::to_host);
+            value
+        });
+        reply_xattr(value, size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -765,9 +816,9 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(parent.0, name, mode, caller(req)) {
+        match self.union.create(parent.0, name, mode, self.caller(req)) {
             Ok((entry, fh, file)) => {
-                let (ttl, attr) = (ttl(&entry), attr(&entry));
+                let (ttl, attr) = (ttl(&entry), self.attr(&entry));
                 let Ok(mode) = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd))
                 else {
                     return reply.error(self.refuse_stale(fh, file.ino));

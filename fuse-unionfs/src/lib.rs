@@ -5,12 +5,13 @@
 //! under one driver mounts with the other.
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
-//! `rename` (the filesystem logic, no FUSE types), `copyup`, `fuse` (fuser callbacks),
+//! `rename` (the filesystem logic, no FUSE types), `copyup`, `fuse` (fuser callbacks), `idshift` (owners seen from a user namespace),
 //! `mount` (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
 
 mod copyup;
 mod error;
 mod fuse;
+mod idshift;
 mod inode;
 mod layer;
 mod modify;
@@ -20,6 +21,7 @@ mod sys;
 mod union;
 
 pub use error::{Error, Result};
+pub use idshift::IdShift;
 pub use layer::{Kind, Meta};
 pub use modify::{SetAttr, SetTime};
 pub use mount::{

@@ -17,6 +17,7 @@ use rustix::mount::UnmountFlags;
 
 use crate::error::{Error, Result};
 use crate::fuse::Fs;
+use crate::idshift::IdShift;
 use crate::sys::{self, Forked};
 use crate::union::Union;
 
@@ -30,6 +31,8 @@ pub struct MountSpec {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub target: PathBuf,
+    /// Owners shifted for a user namespace (FUSE driver only; see [`IdShift`]).
+    pub id_shift: Option<IdShift>,
 }
 
 /// The union driver.
@@ -102,6 +105,7 @@ impl MountSpec {
             upper: abs(&self.upper)?,
             work: abs(&self.work)?,
             target: abs(&self.target)?,
+            id_shift: self.id_shift,
         })
     }
 }
@@ -310,7 +314,7 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
     // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.
     let io_uring = std::env::var_os("STRATA_FUSE_URING").is_none_or(|v| v != "0");
-    let fs = Fs::new(union, passthrough, io_uring);
+    let fs = Fs::new(union, passthrough, io_uring, spec.id_shift);
     let device = mount_fuse(&spec.target)?;
     Session::from_fd(fs, device, SessionACL::All, fuse_config()).map_err(|e| {
         // The kernel mount exists but nobody will serve it.
@@ -366,6 +370,12 @@ fn escape(path: &Path) -> String {
 /// Kernel overlayfs, with index and redirects off (the defaults here): a lower directory
 /// renamed through it gives EXDEV, which the FUSE driver deliberately does better.
 fn mount_overlay(spec: &MountSpec) -> Result<()> {
+    if spec.id_shift.is_some() {
+        return Err(Error::Spec(
+            "shifted owners (a user namespace) need the fuse driver: kernel overlayfs here does not shift ids"
+                .into(),
+        ));
+    }
     let lowers: Vec<String> = spec.lowers.iter().map(|p| escape(p)).collect();
     let data = format!(
         "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",

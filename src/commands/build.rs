@@ -330,6 +330,7 @@ impl Executor for UnionExecutor {
             upper: request.upper.to_path_buf(),
             work: request.work.to_path_buf(),
             target: target.clone(),
+            id_shift: None,
         };
         let guard = strata_unionfs::mount(&spec, self.driver)
             .map_err(|e| builder_error("failed to mount the build root", e))?;
@@ -388,6 +389,7 @@ impl Executor for UnionExecutor {
                                     upper,
                                     work,
                                     target: point.clone(),
+                                    id_shift: None,
                                 };
                                 let union =
                                     strata_unionfs::mount(&spec, self.driver).map_err(|e| {

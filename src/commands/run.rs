@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use strata_store::{Container, Status, Store};
-use strata_unionfs::{Driver, MountSpec};
+use strata_unionfs::{Driver, IdShift, MountSpec};
 
 pub(crate) mod etc;
 
@@ -288,6 +288,12 @@ fn start(
         upper: container.upper_dir(),
         work: container.work_dir(),
         target: container.rootfs_dir(),
+        // In a user namespace the container's root is host uid USERNS_HOST_START: the FUSE
+        // server shows it the image's owners shifted there.
+        id_shift: config.userns.then_some(IdShift {
+            host_start: strata_runtime::USERNS_HOST_START,
+            size: strata_runtime::USERNS_SIZE,
+        }),
     };
     let guard =
         strata_unionfs::mount(&spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))?;

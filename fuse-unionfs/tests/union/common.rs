@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use strata_unionfs::{Driver, MountGuard, MountSpec};
+use strata_unionfs::{Driver, IdShift, MountGuard, MountSpec};
 
 /// Fails with the fix when a prerequisite is missing (tests never skip).
 pub fn require_root_and_fuse() {
@@ -209,20 +209,37 @@ impl Fixture {
 
     /// Mounts the lowers with a fresh upper named `name`.
     pub fn mount(&self, name: &str, driver: Driver) -> Mounted {
+        self.mount_shifted(name, driver, None)
+    }
+
+    /// Like `mount`, with owners shifted for a user namespace.
+    pub fn mount_shifted(&self, name: &str, driver: Driver, shift: Option<IdShift>) -> Mounted {
         let base = self.dir.path().join(name);
         let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
         for d in [&upper, &work, &mnt] {
             fs::create_dir_all(d).unwrap();
         }
-        self.mount_at(&upper, &work, &mnt, driver)
+        self.mount_with(&upper, &work, &mnt, driver, shift)
     }
 
     pub fn mount_at(&self, upper: &Path, work: &Path, mnt: &Path, driver: Driver) -> Mounted {
+        self.mount_with(upper, work, mnt, driver, None)
+    }
+
+    fn mount_with(
+        &self,
+        upper: &Path,
+        work: &Path,
+        mnt: &Path,
+        driver: Driver,
+        id_shift: Option<IdShift>,
+    ) -> Mounted {
         let spec = MountSpec {
             lowers: self.lowers.clone(),
             upper: upper.into(),
             work: work.into(),
             target: mnt.into(),
+            id_shift,
         };
         let guard =
             deadline(30, "mount", move || strata_unionfs::mount(&spec, driver)).expect("mount");

@@ -904,3 +904,111 @@ fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
     drop(mounted);
     drop(fixture);
 }
+
+/// For a user namespace mapping container ids 0.. to host ids 100000..: the kernel sees
+/// every owner 100000 higher, while the upper dir keeps the image's own ids, for new
+/// entries, chown and POSIX ACLs alike; lower entries an ACL grants to container uid
+/// 1000 are readable by host uid 101000 and no one else.
+#[test]
+fn owners_are_shifted_for_a_user_namespace() {
+    use strata_unionfs::IdShift;
+    const START: u32 = 100_000;
+    let shift = IdShift {
+        host_start: START,
+        size: 65_536,
+    };
+    let fixture = Fixture::new();
+    let lower = fixture.lowers[2].join("etc/acl-file");
+    fs::write(&lower, b"for 1000 only\n").unwrap();
+    fs::set_permissions(&lower, fs::Permissions::from_mode(0o640)).unwrap();
+    let acl = acl_granting_read_to(1000);
+    rustix::fs::setxattr(
+        &lower,
+        "system.posix_acl_access",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    let refused =
+        std::panic::catch_unwind(|| fixture.mount_shifted("kernel", Driver::Overlay, Some(shift)));
+    assert!(refused.is_err(), "kernel overlayfs cannot shift owners");
+
+    let mounted = std::sync::Arc::new(fixture.mount_shifted("fuse", Driver::Fuse, Some(shift)));
+    let m = mounted.clone();
+    deadline(120, "operations with shifted owners", move || {
+        let owner = |path: &Path| {
+            let meta = fs::symlink_metadata(path).unwrap();
+            (meta.uid(), meta.gid())
+        };
+        assert_eq!(
+            owner(&m.path("srv/keep")),
+            (START, START),
+            "a lower file of root"
+        );
+        assert_eq!(owner(&m.path("etc")), (START, START));
+
+        // Host root (strata itself) creates as the container's root.
+        fs::write(m.path("by-root"), b"x").unwrap();
+        assert_eq!(owner(&m.path("by-root")), (START, START));
+        assert_eq!(owner(&m.upper.join("by-root")), (0, 0));
+
+        // chown to container 1000:50.
+        rustix::fs::chown(
+            m.path("by-root"),
+            Some(rustix::fs::Uid::from_raw(START + 1000)),
+            Some(rustix::fs::Gid::from_raw(START + 50)),
+        )
+        .unwrap();
+        assert_eq!(owner(&m.path("by-root")), (START + 1000, START + 50));
+        assert_eq!(owner(&m.upper.join("by-root")), (1000, 50));
+
+        // A process of container uid 7 makes a directory; it is 7's on disk.
+        fs::create_dir(m.path("shared")).unwrap();
+        fs::set_permissions(m.path("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+        let made = std::process::Command::new("mkdir")
+            .arg(m.path("shared/seven"))
+            .uid(START + 7)
+            .gid(START + 7)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert_eq!(owner(&m.path("shared/seven")), (START + 7, START + 7));
+        assert_eq!(owner(&m.upper.join("shared/seven")), (7, 7));
+
+        // The lower ACL names container uid 1000: host 101000 reads, host 1000 does not.
+        let cat_as = |uid: u32| {
+            std::process::Command::new("cat")
+                .arg(m.path("etc/acl-file"))
+                .uid(uid)
+                .gid(uid)
+                .output()
+                .unwrap()
+        };
+        assert!(
+            cat_as(START + 1000).status.success(),
+            "the ACL's user, shifted"
+        );
+        assert!(
+            !cat_as(1000).status.success(),
+            "an unshifted uid is a stranger"
+        );
+        assert_eq!(
+            xattr(&m.path("etc/acl-file"), "system.posix_acl_access"),
+            Some(acl_granting_read_to(START + 1000))
+        );
+        // An ACL set through the mount is stored in container ids.
+        rustix::fs::setxattr(
+            m.path("by-root"),
+            "system.posix_acl_access",
+            &acl_granting_read_to(START + 33),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+        assert_eq!(
+            xattr(&m.upper.join("by-root"), "system.posix_acl_access"),
+            Some(acl_granting_read_to(33))
+        );
+    });
+    drop(mounted);
+    drop(fixture);
+}
