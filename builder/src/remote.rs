@@ -116,6 +116,16 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
                             "{url}: no directory {subdir:?} in the checkout"
                         )));
                     }
+                    // Symlinks in the repository must not lead the context out of it.
+                    let real = |p: &Path| {
+                        fs::canonicalize(p).map_err(|e| Error::io("failed to resolve", p, e))
+                    };
+                    let dir = real(&dir)?;
+                    if !dir.starts_with(real(&checkout)?) {
+                        return Err(Error::Other(format!(
+                            "{url}: subdirectory {subdir:?} leads out of the repository"
+                        )));
+                    }
                     dir
                 }
             };
@@ -124,7 +134,10 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
             let (download, _) = archive::fetch(store, url, None)
                 .map_err(|e| Error::Other(format!("build context {url}: {e}")))?;
             let file = fetched.root.join("download");
-            fs::rename(&download, &file).map_err(|e| Error::io("failed to move", &download, e))?;
+            fs::rename(&download, &file).map_err(|e| {
+                let _ = fs::remove_file(&download);
+                Error::io("failed to move", &download, e)
+            })?;
             unpack_or_buildfile(store, &mut fetched, file, url)?;
         }
         Source::Stdin => {
@@ -172,15 +185,29 @@ fn git_checkout(url: &str, reference: Option<&str>, dir: &Path) -> Result<()> {
     let git = |args: &[&str]| run_git(url, dir, args);
     fs::create_dir(dir).map_err(|e| Error::io("failed to create", dir, e))?;
     git(&["init", "-q"])?;
-    git(&["remote", "add", "origin", url])?;
+    git(&["remote", "add", "--", "origin", url])?;
     let wanted = reference.unwrap_or("HEAD");
-    if let Err(shallow) = git(&["fetch", "-q", "--depth", "1", "--no-tags", "origin", wanted]) {
+    if wanted.starts_with('-') {
+        // git would take it for an option.
+        return Err(Error::Other(format!("{url}: bad git reference {wanted:?}")));
+    }
+    let shallow = git(&[
+        "fetch",
+        "-q",
+        "--depth",
+        "1",
+        "--no-tags",
+        "--",
+        "origin",
+        wanted,
+    ]);
+    if let Err(shallow) = shallow {
         // A commit the server will not hand out by itself: fetch everything, then pick it.
         let is_commit = wanted.len() >= 7 && wanted.bytes().all(|b| b.is_ascii_hexdigit());
         if !is_commit {
             return Err(shallow);
         }
-        git(&["fetch", "-q", "origin"])?;
+        git(&["fetch", "-q", "--", "origin"])?;
         git(&["checkout", "-q", wanted])?;
     } else {
         git(&["checkout", "-q", "FETCH_HEAD"])?;

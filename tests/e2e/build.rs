@@ -464,6 +464,12 @@ fn build_cache_mount_persists_between_builds() {
         )],
     );
     build(&store, &check, &[]);
+    // One cache, locked, at two targets of one RUN: locked once, not waiting on itself.
+    let twice = buildfile(
+        &store,
+        "FROM busybox\nRUN --mount=type=cache,id=c,target=/a,sharing=locked --mount=type=cache,id=c,target=/b,sharing=locked touch /a/f && test -e /b/f\n",
+    );
+    build(&store, &twice, &[]);
 }
 
 #[test]
@@ -850,6 +856,7 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         "FROM busybox\nCOPY . /ctx\nRUN test ! -e /ctx/.git\n",
     )
     .unwrap();
+    std::os::unix::fs::symlink("/", repo.join("escape")).unwrap();
     let v1 = commit("v1");
     sh(&format!("cd {} && git tag v1", repo.display()));
     commit("v2");
@@ -886,8 +893,16 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
 
     let err = build_fails(&store, Path::new(&format!("{url}#nosuch")), &[]);
     assert!(err.contains(&url) && err.contains("nosuch"), "{err}");
+    let err = build_fails(
+        &store,
+        Path::new(&format!("{url}#--upload-pack=touch /x")),
+        &[],
+    );
+    assert!(err.contains("bad git reference"), "{err}");
     let err = build_fails(&store, Path::new(&format!("{url}#v1:../etc")), &[]);
     assert!(err.contains("bad subdirectory"), "{err}");
+    let err = build_fails(&store, Path::new(&format!("{url}#v1:escape/etc")), &[]);
+    assert!(err.contains("leads out of the repository"), "{err}");
     let err = build_fails(&store, Path::new(&format!("{url}#v1:missing")), &[]);
     assert!(err.contains("no directory \"missing\""), "{err}");
 

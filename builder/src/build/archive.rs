@@ -122,20 +122,27 @@ pub(crate) fn fetch(
         .call()
         .map_err(|e| format!("download failed: {e}"))?;
     let path = store.tmp_path("add-download");
-    let mut file = fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut hasher = Sha256::new();
-    let mut reader = response.body_mut().as_reader();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let read = reader
-            .read(&mut buffer)
-            .map_err(|e| format!("download failed: {e}"))?;
-        if read == 0 {
-            break;
+    let copied = (|| {
+        let mut file = fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut reader = response.body_mut().as_reader();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = reader
+                .read(&mut buffer)
+                .map_err(|e| format!("download failed: {e}"))?;
+            if read == 0 {
+                return Ok(());
+            }
+            hasher.update(&buffer[..read]);
+            file.write_all(&buffer[..read])
+                .map_err(|e| format!("{}: {e}", path.display()))?;
         }
-        hasher.update(&buffer[..read]);
-        file.write_all(&buffer[..read])
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+    })();
+    if let Err(err) = copied {
+        // A cut download leaves nothing behind.
+        let _ = fs::remove_file(&path);
+        return Err(err);
     }
     let actual = hex::encode(hasher.finalize());
     if let Some(expected) = expected
