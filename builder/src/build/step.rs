@@ -521,7 +521,9 @@ impl StageRun<'_, '_> {
             });
         }
         let upper = cx.store.tmp_dir_create("build-upper")?;
-        let work = cx.store.tmp_dir_create("build-work")?;
+        let work = cx.store.tmp_dir_create("build-work").inspect_err(|_| {
+            let _ = fs::remove_dir_all(&upper);
+        })?;
         let result = (|| {
             let (reader, writer) =
                 std::io::pipe().map_err(|e| Error::io("failed to create pipe", "RUN output", e))?;
@@ -606,6 +608,7 @@ impl StageRun<'_, '_> {
     /// SSH_AUTH_SOCK go into `env`.
     fn run_mounts(&mut self, step: &Step, run: &Run, env: &mut Vec<String>) -> Result<RunMounts> {
         let mut out = RunMounts::default();
+        let mut lock_paths = Vec::new();
         for mount in &run.mounts {
             let made = match mount.kind {
                 MountKind::Ssh => self.ssh_mount(step, mount, env)?,
@@ -614,7 +617,7 @@ impl StageRun<'_, '_> {
                     target: mount.target.clone(),
                     size: mount.size,
                 }),
-                MountKind::Cache => Some(self.cache_mount(mount, &mut out.locks)?),
+                MountKind::Cache => Some(self.cache_mount(mount, &mut lock_paths)?),
                 MountKind::Bind => {
                     let path = crate::context::clean(mount.source.as_deref().unwrap_or(""));
                     let source = match &mount.from {
@@ -632,6 +635,17 @@ impl StageRun<'_, '_> {
                 }
             };
             out.mounts.extend(made);
+        }
+        // Each lock once (flock(2) on a second open of the same file would wait for
+        // ourselves), and in one order for every RUN, so two stages never wait on each other.
+        lock_paths.sort();
+        lock_paths.dedup();
+        for path in lock_paths {
+            let file =
+                fs::File::create(&path).map_err(|e| Error::io("failed to create", &path, e))?;
+            file.lock()
+                .map_err(|e| Error::io("failed to lock", &path, e))?;
+            out.locks.push(file);
         }
         Ok(out)
     }
@@ -728,8 +742,8 @@ impl StageRun<'_, '_> {
     }
 
     /// `type=cache`: a directory in the store that outlives builds, made with the mount's
-    /// mode and owner; `sharing=locked` holds its lock (in `locks`) for the RUN.
-    fn cache_mount(&self, mount: &Mount, locks: &mut Vec<fs::File>) -> Result<RunMount> {
+    /// mode and owner; `sharing=locked` adds its lock file to `locks`.
+    fn cache_mount(&self, mount: &Mount, locks: &mut Vec<PathBuf>) -> Result<RunMount> {
         let id = mount.id.clone().unwrap_or_else(|| mount.target.clone());
         let dir = super::cache_mount_dir(self.cx.store, &id);
         if !dir.exists() {
@@ -746,12 +760,7 @@ impl StageRun<'_, '_> {
             .map_err(|e| Error::io("failed to chown", &dir, e))?;
         }
         if mount.sharing == Sharing::Locked {
-            let lock_path = dir.with_extension("lock");
-            let file = fs::File::create(&lock_path)
-                .map_err(|e| Error::io("failed to create", &lock_path, e))?;
-            file.lock()
-                .map_err(|e| Error::io("failed to lock", &lock_path, e))?;
-            locks.push(file);
+            locks.push(dir.with_extension("lock"));
         }
         Ok(RunMount::Bind {
             source: MountSource::Host(dir),
