@@ -29,7 +29,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::idshift::{self, IdShift};
+use crate::idshift::IdShift;
 use crate::layer::Kind;
 use crate::modify::{SetAttr, SetTime};
 use crate::union::{Caller, Entry, OpenFile, Union};
@@ -188,15 +188,6 @@ impl Fs {
                 gid: shift.from_host(gid),
             },
             None => Caller { uid, gid },
-        }
-    }
-
-    /// A POSIX ACL's ids on their way in (`IdShift::from_host`) or out (`to_host`).
-    fn map_acl(&self, name: &OsStr, value: &mut [u8], map: fn(IdShift, u32) -> u32) {
-        if let Some(shift) = self.shift
-            && idshift::is_acl(name)
-        {
-            shift.map_acl(value, map);
         }
     }
 
@@ -780,7 +771,9 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let mut value = value.to_vec();
-        self.map_acl(name, &mut value, IdShift::from_host);
+        if let Some(shift) = self.shift {
+            shift.xattr_in(name, &mut value);
+        }
         match self.union.setxattr(ino.0, name, &value, flags) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
@@ -789,7 +782,9 @@ impl Filesystem for Fs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let value = self.union.getxattr(ino.0, name).map(|mut value| {
-            self.map_acl(name, &mut value, IdShift::to_host);
+            if let Some(shift) = self.shift {
+                shift.xattr_out(name, &mut value);
+            }
             value
         });
         reply_xattr(value, size, reply);

@@ -5,6 +5,8 @@
 //! Ids the container creates (owners, chown, POSIX ACL entries) go the other way, so the
 //! upper dir stays in the image's ids and commits as it would without the namespace.
 
+use std::ffi::OsStr;
+
 /// What the kernel shows for an id outside the shifted range (the kernel's overflow id).
 const NOBODY: u32 = 65_534;
 
@@ -15,10 +17,17 @@ const ACL_GROUP: u16 = 0x08;
 const ACL_HEADER: usize = 4;
 const ACL_ENTRY: usize = 8;
 
-/// Names of the xattrs that hold POSIX ACLs.
-pub(crate) fn is_acl(name: &std::ffi::OsStr) -> bool {
-    name == "system.posix_acl_access" || name == "system.posix_acl_default"
-}
+/// File capabilities (linux/capability.h): v2 has no owner (it is the filesystem's root's),
+/// v3 adds the uid of the root they belong to.
+const CAPS_REVISION_MASK: u32 = 0xff00_0000;
+const CAPS_REVISION_2: u32 = 0x0200_0000;
+const CAPS_REVISION_3: u32 = 0x0300_0000;
+const CAPS_V2_SIZE: usize = 20;
+const CAPS_V3_SIZE: usize = 24;
+
+/// The xattrs that hold ids: POSIX ACLs and file capabilities.
+const ACLS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
+const CAPS: &str = "security.capability";
 
 /// Container ids `0..size` are host ids `host_start..host_start + size`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,8 +56,50 @@ impl IdShift {
         }
     }
 
+    /// An xattr value set through the mount, in the kernel's ids, into the image's.
+    pub(crate) fn xattr_in(self, name: &OsStr, value: &mut Vec<u8>) {
+        if ACLS.iter().any(|acl| name == *acl) {
+            self.map_acl(value, IdShift::from_host);
+        } else if name == CAPS {
+            self.caps_in(value);
+        }
+    }
+
+    /// An xattr value read through the mount, in the image's ids, into the kernel's.
+    pub(crate) fn xattr_out(self, name: &OsStr, value: &mut [u8]) {
+        if ACLS.iter().any(|acl| name == *acl) {
+            self.map_acl(value, IdShift::to_host);
+        } else if name == CAPS {
+            self.caps_out(value);
+        }
+    }
+
+    /// File capabilities on their way in. Set from inside the namespace, the kernel makes
+    /// them v3, owned by the namespace's root (host `host_start`): they are stored as v2,
+    /// the image's root's, as a layer carries them; another owner is stored in image ids.
+    fn caps_in(self, value: &mut Vec<u8>) {
+        if let Some(rootid) = caps_v3_rootid(value) {
+            let inside = self.from_host(rootid);
+            if inside == 0 {
+                let magic = u32::from_le_bytes([value[0], value[1], value[2], value[3]]);
+                let magic = (magic & !CAPS_REVISION_MASK) | CAPS_REVISION_2;
+                value[..4].copy_from_slice(&magic.to_le_bytes());
+                value.truncate(CAPS_V2_SIZE);
+            } else {
+                value[CAPS_V2_SIZE..].copy_from_slice(&inside.to_le_bytes());
+            }
+        }
+    }
+
+    /// File capabilities on their way out: a v3 owner is shown as the kernel sees it.
+    fn caps_out(self, value: &mut [u8]) {
+        if let Some(rootid) = caps_v3_rootid(value) {
+            value[CAPS_V2_SIZE..].copy_from_slice(&self.to_host(rootid).to_le_bytes());
+        }
+    }
+
     /// The ids of a POSIX ACL xattr value, mapped with `map`; other values unchanged.
-    pub(crate) fn map_acl(self, value: &mut [u8], map: impl Fn(Self, u32) -> u32) {
+    fn map_acl(self, value: &mut [u8], map: impl Fn(Self, u32) -> u32) {
         if value.len() < ACL_HEADER || (value.len() - ACL_HEADER) % ACL_ENTRY != 0 {
             return;
         }
@@ -60,6 +111,18 @@ impl IdShift {
             }
         }
     }
+}
+
+/// The owner of v3 file capabilities; None for v2 or a malformed value.
+fn caps_v3_rootid(value: &[u8]) -> Option<u32> {
+    if value.len() != CAPS_V3_SIZE {
+        return None;
+    }
+    let magic = u32::from_le_bytes([value[0], value[1], value[2], value[3]]);
+    (magic & CAPS_REVISION_MASK == CAPS_REVISION_3).then(|| {
+        let id = &value[CAPS_V2_SIZE..];
+        u32::from_le_bytes([id[0], id[1], id[2], id[3]])
+    })
 }
 
 #[cfg(test)]
@@ -111,5 +174,29 @@ mod tests {
         let mut odd = vec![2, 0, 0, 0, 1];
         SHIFT.map_acl(&mut odd, IdShift::to_host);
         assert_eq!(odd, [2, 0, 0, 0, 1], "a malformed value is left alone");
+    }
+
+    #[test]
+    fn file_capabilities_of_the_namespace_root_are_stored_as_v2() {
+        let caps = |revision: u32, rootid: Option<u32>| {
+            let mut v = (revision | 1).to_le_bytes().to_vec(); // effective
+            v.extend([0x00, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]); // net_bind_service
+            if let Some(id) = rootid {
+                v.extend(id.to_le_bytes());
+            }
+            v
+        };
+        let mut value = caps(CAPS_REVISION_3, Some(100_000));
+        SHIFT.caps_in(&mut value);
+        assert_eq!(value, caps(CAPS_REVISION_2, None));
+        let mut value = caps(CAPS_REVISION_3, Some(101_000));
+        SHIFT.caps_in(&mut value);
+        assert_eq!(value, caps(CAPS_REVISION_3, Some(1000)));
+        SHIFT.caps_out(&mut value);
+        assert_eq!(value, caps(CAPS_REVISION_3, Some(101_000)));
+        let mut v2 = caps(CAPS_REVISION_2, None);
+        SHIFT.caps_in(&mut v2);
+        SHIFT.caps_out(&mut v2);
+        assert_eq!(v2, caps(CAPS_REVISION_2, None), "v2 has no owner to shift");
     }
 }
