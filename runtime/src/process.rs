@@ -172,7 +172,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
             Ok(Some((b'T', Some(master)))) => {
                 // The size goes on before the command runs ('W' lets it exec): a shell
                 // that asks for its size at once must not see 0x0.
-                if let Ok(size) = sys::window_size(libc::STDIN_FILENO) {
+                if let Some(size) = sys::terminal_size() {
                     let _ = sys::set_window_size(master.as_raw_fd(), &size);
                 }
                 send(&mut parent_sock, b"W");

@@ -130,9 +130,7 @@ fn pump(read_end: OwnedFd) {
         let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
         for entry in &mut registry.entries {
             if signal == libc::SIGWINCH {
-                if let (Some(master), Ok(size)) =
-                    (entry.pty_master, sys::window_size(libc::STDIN_FILENO))
-                {
+                if let (Some(master), Some(size)) = (entry.pty_master, sys::terminal_size()) {
                     let _ = sys::set_window_size(master, &size);
                 }
             } else if let Some(pid) = entry.pid {

@@ -136,6 +136,14 @@ pub fn window_size(fd: RawFd) -> nix::Result<Winsize> {
     Ok(size)
 }
 
+/// The size of strata's terminal: of stdin, else stdout, else stderr (as docker reads it,
+/// so `strata run -t ... < file` still sizes the container's terminal).
+pub fn terminal_size() -> Option<Winsize> {
+    [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO]
+        .into_iter()
+        .find_map(|fd| window_size(fd).ok())
+}
+
 /// ioctl(TIOCSWINSZ).
 pub fn set_window_size(fd: RawFd, size: &Winsize) -> nix::Result<()> {
     // SAFETY: TIOCSWINSZ reads one winsize; a bad fd only gives an errno.
