@@ -119,32 +119,45 @@ impl Rings {
         let mut n = 0;
         // A thread starts with its creator's CPU mask, so each is made while this thread
         // is pinned to the queue's CPU: pinned from its first instruction, not some time
-        // after the queue is already serving.
-        let own_cpus = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0));
+        // after the queue is already serving. Without our own mask, nothing is pinned.
+        let own = match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+            Ok(cpus) => Some(RestoreAffinity(cpus)),
+            Err(err) => {
+                warn!("cannot read this thread's CPU mask ({err}); ring threads are not pinned");
+                None
+            }
+        };
         for (qid, ring) in self.rings {
             n = if previous == Some(qid) { n + 1 } else { 0 };
             previous = Some(qid);
             let name = format!("fuser-uring-{qid}.{n}");
-            let server = Server {
-                qid,
-                ring,
-                dev: dev.clone(),
-                entry: Entry::new(self.payload_size),
-                reply: None,
-                session: event_loop(name.clone()),
-            };
-            if !pin_to_cpu(qid) {
-                if let Ok(cpus) = &own_cpus {
-                    let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), cpus);
-                }
+            let server = Server::new(qid, ring, dev, self.payload_size, event_loop(name.clone()));
+            if let Some(own) = &own
+                && !pin_to_cpu(qid)
+            {
+                own.restore();
             }
-            let spawned = spawn_reporting(name, Role::Ring, ended, move || server.serve());
-            threads.push(spawned?);
+            threads.push(spawn_reporting(name, Role::Ring, ended, move || {
+                server.serve()
+            })?);
         }
-        if let Ok(cpus) = own_cpus {
-            let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus);
-        }
+        drop(own);
         Ok(threads)
+    }
+}
+
+/// Gives the calling thread its CPU mask back when dropped (also on an early return).
+struct RestoreAffinity(nix::sched::CpuSet);
+
+impl RestoreAffinity {
+    fn restore(&self) {
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &self.0);
+    }
+}
+
+impl Drop for RestoreAffinity {
+    fn drop(&mut self) {
+        self.restore();
     }
 }
 
@@ -352,6 +365,23 @@ struct Server<FS: Filesystem> {
 }
 
 impl<FS: Filesystem> Server<FS> {
+    fn new(
+        qid: u16,
+        ring: Ring,
+        dev: &Arc<DevFuse>,
+        payload_size: usize,
+        session: SessionEventLoop<FS>,
+    ) -> Self {
+        Server {
+            qid,
+            ring,
+            dev: dev.clone(),
+            entry: Entry::new(payload_size),
+            reply: None,
+            session,
+        }
+    }
+
     /// Serves until the connection ends (Ok), the kernel refuses the entry and falls back
     /// to /dev/fuse (Ok), or the ring fails (Err: the queue has lost a server).
     fn serve(mut self) -> io::Result<()> {
