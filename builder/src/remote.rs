@@ -35,11 +35,15 @@ pub enum Source {
 }
 
 impl Source {
-    /// Tells the kinds apart as docker does: git by scheme or prefix, or an http(s) URL
-    /// whose path ends in `.git`; any other http(s) URL is an archive or Buildfile.
+    /// Tells the kinds apart as docker does: an existing directory is one (even if named
+    /// like `github.com/o/r`); git by scheme or prefix, or an http(s) URL whose path ends
+    /// in `.git`; any other http(s) URL is an archive or Buildfile.
     pub fn parse(arg: &str) -> Source {
         if arg == "-" {
             return Source::Stdin;
+        }
+        if Path::new(arg).is_dir() {
+            return Source::Dir(PathBuf::from(arg));
         }
         let http = arg.starts_with("http://") || arg.starts_with("https://");
         let (base, fragment) = arg.split_once('#').unwrap_or((arg, ""));
