@@ -963,6 +963,17 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
     ));
     assert_eq!(read("s-lone", "/lone"), "lone\n");
 
+    // A local directory wins over a git URL of the same spelling.
+    let cwd = tempfile::tempdir().unwrap();
+    let local = cwd.path().join("github.com/o/r");
+    fs::create_dir_all(&local).unwrap();
+    fs::write(local.join("Buildfile"), "FROM busybox\nRUN touch /local\n").unwrap();
+    let out = store.strata_in(
+        &["build", "-q", "-t", "local", "github.com/o/r"],
+        Some(cwd.path()),
+    );
+    crate::common::assert_success(&out, &["build", "github.com/o/r"]);
+
     // Nothing fetched stays in the store.
     let left: Vec<_> = fs::read_dir(store.root().join("tmp"))
         .unwrap()
