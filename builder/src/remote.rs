@@ -225,8 +225,31 @@ fn git_checkout(url: &str, reference: Option<&str>, dir: &Path) -> Result<()> {
         "--depth",
         "1",
     ])?;
-    let dot_git = dir.join(".git");
-    fs::remove_dir_all(&dot_git).map_err(|e| Error::io("failed to remove", &dot_git, e))
+    remove_dot_git(dir)
+}
+
+/// Removes `.git` (the repository's directory, and each submodule's `.git` file) from the
+/// checkout; git never tracks an entry of that name, so nothing of the tree goes.
+fn remove_dot_git(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io("failed to list", dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("failed to list", dir, e))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| Error::io("failed to stat", &path, e))?;
+        if entry.file_name() == ".git" {
+            let removed = if kind.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io("failed to remove", &path, e))?;
+        } else if kind.is_dir() {
+            remove_dot_git(&path)?;
+        }
+    }
+    Ok(())
 }
 
 fn run_git(url: &str, dir: &Path, args: &[&str]) -> Result<()> {

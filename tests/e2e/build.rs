@@ -839,27 +839,8 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
     store.import_busybox("busybox:latest");
     let read = |image: &str, file: &str| store.ok(&["run", "--rm", image, "cat", file]);
 
-    // A repository with the context in app/: v1 (tagged), then v2 on main.
+    // A git daemon serving the repositories made below.
     let base = tempfile::tempdir().unwrap();
-    let repo = base.path().join("repo");
-    let commit = |version: &str| {
-        fs::write(repo.join("app/version.txt"), version).unwrap();
-        sh(&format!(
-            "cd {} && git add -A && git -c user.name=t -c user.email=t@t commit -qm {version} && git rev-parse HEAD",
-            repo.display()
-        ))
-    };
-    fs::create_dir_all(repo.join("app")).unwrap();
-    sh(&format!("git init -q -b main {}", repo.display()));
-    fs::write(
-        repo.join("app/Buildfile"),
-        "FROM busybox\nCOPY . /ctx\nRUN test ! -e /ctx/.git\n",
-    )
-    .unwrap();
-    std::os::unix::fs::symlink("/", repo.join("escape")).unwrap();
-    let v1 = commit("v1");
-    sh(&format!("cd {} && git tag v1", repo.display()));
-    commit("v2");
     let port = free_port();
     let mut daemon = std::process::Command::new("git");
     daemon
@@ -874,6 +855,49 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         .arg(base.path());
     let _git = Served::start(daemon, port);
     let url = format!("git://127.0.0.1:{port}/repo");
+    let git = |dir: &Path, args: &str| {
+        sh(&format!(
+            "cd {} && git -c user.name=t -c user.email=t@t -c protocol.file.allow=never {args}",
+            dir.display()
+        ))
+    };
+
+    // A library repository, a submodule at app/lib of the main one.
+    let lib = base.path().join("lib");
+    fs::create_dir_all(&lib).unwrap();
+    git(&lib, "init -q -b main");
+    fs::write(lib.join("lib.txt"), "lib").unwrap();
+    git(
+        &lib,
+        "add -A && git -c user.name=t -c user.email=t@t commit -qm lib",
+    );
+
+    // The main repository, with the context in app/: v1 (tagged), then v2 on main.
+    let repo = base.path().join("repo");
+    fs::create_dir_all(repo.join("app")).unwrap();
+    git(&repo, "init -q -b main");
+    fs::write(
+        repo.join("app/Buildfile"),
+        "FROM busybox\nCOPY . /ctx\nRUN test -z \"$(find /ctx -name .git)\" && test -n \"$(find /ctx -name lib.txt)\"\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("/", repo.join("escape")).unwrap();
+    git(
+        &repo,
+        &format!("submodule add -q git://127.0.0.1:{port}/lib app/lib"),
+    );
+    let commit = |version: &str| {
+        fs::write(repo.join("app/version.txt"), version).unwrap();
+        git(
+            &repo,
+            &format!(
+                "add -A && git -c user.name=t -c user.email=t@t commit -qm {version} && git rev-parse HEAD"
+            ),
+        )
+    };
+    let v1 = commit("v1");
+    git(&repo, "tag v1");
+    commit("v2");
 
     // A tag, the remote HEAD and a commit, each with the app/ subdirectory.
     let built = |context: String, tag: &str| {
