@@ -708,8 +708,9 @@ fn acl_granting_read_to(uid: u32) -> Vec<u8> {
     acl
 }
 
-#[test]
-fn posix_acls_are_enforced_as_overlayfs_does() {
+/// The fixture with a lower file `etc/acl-file` (0640) whose access ACL lets uid 1000
+/// read it; and that ACL.
+fn fixture_with_acl_file() -> (Fixture, Vec<u8>) {
     let fixture = Fixture::new();
     let lower = fixture.lowers[2].join("etc/acl-file");
     fs::write(&lower, b"for 1000 only\n").unwrap();
@@ -722,17 +723,26 @@ fn posix_acls_are_enforced_as_overlayfs_does() {
         rustix::fs::XattrFlags::empty(),
     )
     .unwrap();
+    (fixture, acl)
+}
+
+/// `cat PATH` as `uid` (and the same gid).
+fn cat_as(path: &Path, uid: u32) -> std::process::Output {
+    std::process::Command::new("cat")
+        .arg(path)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn posix_acls_are_enforced_as_overlayfs_does() {
+    let (fixture, acl) = fixture_with_acl_file();
     let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
     let m = mounted.clone();
     deadline(120, "reading through an ACL", move || {
-        let cat_as = |uid: u32| {
-            std::process::Command::new("cat")
-                .arg(m.path("etc/acl-file"))
-                .uid(uid)
-                .gid(uid)
-                .output()
-                .unwrap()
-        };
+        let cat_as = |uid: u32| cat_as(&m.path("etc/acl-file"), uid);
         let granted = cat_as(1000);
         assert!(
             granted.status.success(),
@@ -917,18 +927,7 @@ fn owners_are_shifted_for_a_user_namespace() {
         host_start: START,
         size: 65_536,
     };
-    let fixture = Fixture::new();
-    let lower = fixture.lowers[2].join("etc/acl-file");
-    fs::write(&lower, b"for 1000 only\n").unwrap();
-    fs::set_permissions(&lower, fs::Permissions::from_mode(0o640)).unwrap();
-    let acl = acl_granting_read_to(1000);
-    rustix::fs::setxattr(
-        &lower,
-        "system.posix_acl_access",
-        &acl,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    let (fixture, _) = fixture_with_acl_file();
     let base = fixture.dir.path().join("refused");
     let spec = strata_unionfs::MountSpec {
         lowers: fixture.lowers.clone(),
@@ -986,14 +985,7 @@ fn owners_are_shifted_for_a_user_namespace() {
         assert_eq!(owner(&m.upper.join("shared/seven")), (7, 7));
 
         // The lower ACL names container uid 1000: host 101000 reads, host 1000 does not.
-        let cat_as = |uid: u32| {
-            std::process::Command::new("cat")
-                .arg(m.path("etc/acl-file"))
-                .uid(uid)
-                .gid(uid)
-                .output()
-                .unwrap()
-        };
+        let cat_as = |uid: u32| cat_as(&m.path("etc/acl-file"), uid);
         assert!(
             cat_as(START + 1000).status.success(),
             "the ACL's user, shifted"
