@@ -257,7 +257,9 @@ pub fn apply(root: &Path, op: &Op) -> Result<(), i32> {
     }
 }
 
-/// What `mv` does when rename(2) says EXDEV: copy the tree, then remove the source.
+/// What `mv` does where rename(2) says EXDEV: copy (`cp -a`), then delete. Except that a
+/// file also linked from outside `source` keeps its inode (it is linked, not copied, into
+/// the target), since strata's rename, like rename(2) anywhere, keeps those links.
 pub fn copy_then_remove(root: &Path, source: &Path, target: &Path) -> Result<(), i32> {
     let (source, target) = (root.join(source), root.join(target));
     if target.is_dir() {
@@ -275,7 +277,32 @@ pub fn copy_then_remove(root: &Path, source: &Path, target: &Path) -> Result<(),
         source.display(),
         target.display()
     );
+    let mut files = Vec::new();
+    regular_files(&source, Path::new(""), &mut files);
+    let inside = |ino: u64| files.iter().filter(|(_, i, _)| *i == ino).count() as u64;
+    for (rel, ino, nlink) in &files {
+        if *nlink > inside(*ino) {
+            let copy = target.join(rel);
+            fs::remove_file(&copy).map_err(errno)?;
+            fs::hard_link(source.join(rel), &copy).map_err(errno)?;
+        }
+    }
     fs::remove_dir_all(&source).map_err(errno)
+}
+
+/// The regular files below `root/rel`: (path from `root`, inode, link count).
+fn regular_files(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, u64, u64)>) {
+    use std::os::unix::fs::MetadataExt;
+    for entry in fs::read_dir(root.join(rel)).unwrap() {
+        let entry = entry.unwrap();
+        let rel = rel.join(entry.file_name());
+        let meta = fs::symlink_metadata(root.join(&rel)).unwrap();
+        if meta.is_dir() {
+            regular_files(root, &rel, out);
+        } else if meta.is_file() {
+            out.push((rel, meta.ino(), meta.nlink()));
+        }
+    }
 }
 
 /// The entries of a tree (path, kind), sorted.
