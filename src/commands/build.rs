@@ -31,16 +31,14 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     strata_unionfs::sweep_stale(store.root())?;
     // A git repository, an archive URL or stdin is fetched into the store's tmp/ for the
     // length of the build.
-    let source = Source::parse(&args.context);
-    let fetched = match &source {
-        Source::Dir(_) => None,
-        remote => Some(remote::fetch(&store, remote, io::stdin().lock())?),
+    let (context, fetched) = match Source::parse(&args.context) {
+        Source::Dir(dir) => (dir, None),
+        remote => {
+            let fetched = remote::fetch(&store, &remote, io::stdin().lock())?;
+            (fetched.context.clone(), Some(fetched))
+        }
     };
-    let (context, fetched_buildfile) = match (&source, &fetched) {
-        (Source::Dir(dir), _) => (dir.clone(), None),
-        (_, Some(fetched)) => (fetched.context.clone(), fetched.buildfile.clone()),
-        (_, None) => unreachable!("remote contexts are fetched"),
-    };
+    let fetched_buildfile = fetched.as_ref().and_then(|f| f.buildfile.clone());
     let buildfile = match (&args.file, fetched_buildfile) {
         // In a fetched context, -f names a file inside it (as docker reads it).
         (Some(file), _) if fetched.is_some() && file.is_relative() => context.join(file),
