@@ -770,10 +770,10 @@ impl Filesystem for Fs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        let mut value = value.to_vec();
-        if let Some(shift) = self.shift {
-            shift.xattr_in(name, &mut value);
-        }
+        let value = match self.shift {
+            Some(shift) => shift.xattr_in(name, value),
+            None => std::borrow::Cow::Borrowed(value),
+        };
         match self.union.setxattr(ino.0, name, &value, flags) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),

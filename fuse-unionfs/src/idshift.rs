@@ -5,6 +5,7 @@
 //! Ids the container creates (owners, chown, POSIX ACL entries) go the other way, so the
 //! upper dir stays in the image's ids and commits as it would without the namespace.
 
+use std::borrow::Cow;
 use std::ffi::OsStr;
 
 /// What the kernel shows for an id outside the shifted range (the kernel's overflow id).
@@ -57,11 +58,18 @@ impl IdShift {
     }
 
     /// An xattr value set through the mount, in the kernel's ids, into the image's.
-    pub(crate) fn xattr_in(self, name: &OsStr, value: &mut Vec<u8>) {
+    /// Only values that hold ids are copied.
+    pub(crate) fn xattr_in<'v>(self, name: &OsStr, value: &'v [u8]) -> Cow<'v, [u8]> {
         if ACLS.iter().any(|acl| name == *acl) {
-            self.map_acl(value, IdShift::from_host);
+            let mut value = value.to_vec();
+            self.map_acl(&mut value, IdShift::from_host);
+            Cow::Owned(value)
         } else if name == CAPS {
-            self.caps_in(value);
+            let mut value = value.to_vec();
+            self.caps_in(&mut value);
+            Cow::Owned(value)
+        } else {
+            Cow::Borrowed(value)
         }
     }
 
