@@ -193,6 +193,9 @@ pub(crate) struct RingReply {
 struct Slot {
     bytes: Vec<u8>,
     ready: bool,
+    /// The ring thread waits for a late reply: only then does `store` wake it (a futex
+    /// call on every reply otherwise).
+    waiting: bool,
 }
 
 impl RingReply {
@@ -224,8 +227,11 @@ impl RingReply {
             slot.bytes.extend_from_slice(buf);
         }
         slot.ready = true;
+        let waiting = slot.waiting;
         drop(slot);
-        self.done.notify_all();
+        if waiting {
+            self.done.notify_all();
+        }
     }
 
     /// The stored reply, waiting for it unless `wait` is false; None when none came.
@@ -235,8 +241,10 @@ impl RingReply {
             if !wait {
                 return None;
             }
+            slot.waiting = true;
             slot = self.done.wait(slot).unwrap_or_else(|e| e.into_inner());
         }
+        slot.waiting = false;
         slot.ready = false;
         Some(slot)
     }
