@@ -108,7 +108,7 @@ impl IdShift {
 
     /// The ids of a POSIX ACL xattr value, mapped with `map`; other values unchanged.
     fn map_acl(self, value: &mut [u8], map: impl Fn(Self, u32) -> u32) {
-        if value.len() < ACL_HEADER || (value.len() - ACL_HEADER) % ACL_ENTRY != 0 {
+        if value.len() < ACL_HEADER || !(value.len() - ACL_HEADER).is_multiple_of(ACL_ENTRY) {
             return;
         }
         for entry in value[ACL_HEADER..].chunks_exact_mut(ACL_ENTRY) {
