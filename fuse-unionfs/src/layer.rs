@@ -2,8 +2,11 @@
 //! first, index 1..) and the work dir, each held open as a directory fd so every request
 //! resolves names relative to its branch. Also the on-disk overlay form both drivers share:
 //! a whiteout is a char device 0/0, an opaque directory carries `trusted.overlay.opaque=y`.
+//! Lower branches may also hold the AUFS form (`.wh.NAME`, `.wh..wh..opq`), which this
+//! server reads but never writes: containers/storage unpacks layers that way when a mount
+//! program (fuse-overlayfs, or strata-unionfs) serves them, as docker's aufs driver did.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -21,6 +24,11 @@ pub(crate) const UPPER: usize = 0;
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Private overlay xattrs, hidden from users of the mount.
 pub(crate) const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// AUFS markers: `.wh.NAME` hides NAME in the branches below, `.wh..wh..opq` makes its
+/// directory opaque, other `.wh..wh.*` names are aufs's own. None of them is shown.
+const AUFS_PREFIX: &[u8] = b".wh.";
+const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
+const AUFS_OPAQUE: &str = ".wh..wh..opq";
 /// Our scratch directory inside the work dir (kernel overlayfs owns `work/work` and `work/index`).
 const WORK_SUBDIR: &str = "strata";
 
@@ -223,6 +231,25 @@ impl Layers {
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {
         let mut buf = [0u8; 4];
         matches!(rustix::fs::lgetxattr(self.abs(layer, rel), OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'y')
+            || (layer != UPPER && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
+    }
+
+    /// Whether lower `layer` hides `rel` (which it does not hold) with an AUFS `.wh.` file.
+    pub(crate) fn aufs_whiteout(&self, layer: usize, rel: &Path) -> bool {
+        let Some(name) = rel.file_name().filter(|_| layer != UPPER) else {
+            return false;
+        };
+        let mut marker = OsString::from(".wh.");
+        marker.push(name);
+        self.stat(layer, &rel.with_file_name(marker)).is_ok()
+    }
+
+    /// Whether `rel`, in `layer`, is an AUFS marker rather than an entry.
+    pub(crate) fn is_aufs_marker(&self, layer: usize, rel: &Path) -> bool {
+        layer != UPPER
+            && rel
+                .file_name()
+                .is_some_and(|n| n.as_bytes().starts_with(AUFS_PREFIX))
     }
 
     pub(crate) fn set_opaque_at(&self, path: &Path) -> Res<()> {
@@ -239,6 +266,18 @@ impl Layers {
         let path = self.work_abs(name);
         let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
     }
+}
+
+/// What an AUFS marker name in a lower directory listing means: None for an entry, else
+/// Some(the name it hides, if any).
+pub(crate) fn aufs_marker(name: &[u8]) -> Option<Option<&OsStr>> {
+    if !name.starts_with(AUFS_PREFIX) {
+        return None;
+    }
+    if name.starts_with(AUFS_META_PREFIX) {
+        return Some(None);
+    }
+    Some(Some(OsStr::from_bytes(&name[AUFS_PREFIX.len()..])))
 }
 
 pub(crate) fn is_private_xattr(name: &OsStr) -> bool {

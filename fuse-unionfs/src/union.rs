@@ -19,7 +19,7 @@ use rustix::io::Errno;
 use crate::copyup::{get_xattr, list_xattrs};
 use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
-use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
+use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, is_private_xattr};
 
 /// The credentials of the process making a request (new entries belong to it).
 #[derive(Clone, Copy, Debug)]
@@ -237,7 +237,9 @@ impl Union {
         let mut dirs = Vec::new();
         for &layer in parent_layers {
             let meta = match self.layers.stat(layer, rel) {
+                Ok(_) if self.layers.is_aufs_marker(layer, rel) => continue,
                 Ok(meta) => meta,
+                Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => break,
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
                 Err(err) => return Err(err),
             };
@@ -272,7 +274,11 @@ impl Union {
     pub(crate) fn lower_has(&self, parent_layers: &[usize], rel: &Path) -> Res<bool> {
         for &layer in parent_layers.iter().filter(|&&l| l != UPPER) {
             match self.layers.stat(layer, rel) {
+                Ok(_) if self.layers.is_aufs_marker(layer, rel) => continue,
                 Ok(meta) => return Ok(!meta.is_whiteout()),
+                Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => {
+                    return Ok(false);
+                }
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
                 Err(err) => return Err(err),
             }
@@ -379,10 +385,18 @@ impl Union {
             };
             let dev = Meta::from_stat(&rustix::fs::fstat(&fd)?).dev;
             let mut dir = rustix::fs::Dir::new(fd)?;
+            // Names an AUFS marker hides, from the branches below this one only.
+            let mut hidden = Vec::new();
             while let Some(entry) = dir.read() {
                 let entry = entry?;
                 let bytes = entry.file_name().to_bytes();
                 if bytes == b"." || bytes == b".." {
+                    continue;
+                }
+                if layer != UPPER
+                    && let Some(hides) = aufs_marker(bytes)
+                {
+                    hidden.extend(hides.map(OsStr::to_os_string));
                     continue;
                 }
                 let name = OsStr::from_bytes(bytes).to_os_string();
@@ -403,6 +417,7 @@ impl Union {
                 seen.insert(name.clone());
                 out.push((name, kind.unwrap_or(Kind::File), (dev, ino)));
             }
+            seen.extend(hidden);
         }
         Ok(out)
     }

@@ -1033,3 +1033,64 @@ fn owners_are_shifted_for_a_user_namespace() {
     drop(mounted);
     drop(fixture);
 }
+
+/// Lower branches in the AUFS form (as containers/storage unpacks layers for a mount
+/// program): `.wh.NAME` hides NAME below, `.wh..wh..opq` makes a directory opaque, and no
+/// marker is ever shown. Changes on top are written in the overlay form.
+#[test]
+fn aufs_markers_in_lower_branches_are_honoured() {
+    let fixture = Fixture::new();
+    let (top, bottom) = (&fixture.lowers[0], &fixture.lowers[2]);
+    let put = |root: &Path, rel: &str, data: &str| {
+        let path = root.join("aufs").join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    };
+    for rel in ["a/keep", "a/gone", "d/x", "e/old"] {
+        put(bottom, rel, "bottom\n");
+    }
+    put(top, "a/.wh.gone", "");
+    put(top, "d/.wh..wh..opq", "");
+    put(top, "d/new", "top\n");
+    put(top, "e/.wh.old", "");
+    put(top, "e/old", "top again\n");
+    fs::create_dir_all(top.join("aufs/.wh..wh.plnk")).unwrap();
+    let mounted = std::sync::Arc::new(fixture.mount("aufs", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(60, "operations over AUFS markers", move || {
+        let aufs = m.path("aufs");
+        assert_eq!(names(&aufs), ["a", "d", "e"]);
+        assert_eq!(names(&aufs.join("a")), ["keep"]);
+        assert_eq!(names(&aufs.join("d")), ["new"]);
+        assert_eq!(names(&aufs.join("e")), ["old"]);
+        assert_eq!(
+            fs::read_to_string(aufs.join("e/old")).unwrap(),
+            "top again\n"
+        );
+        for hidden in [
+            "a/gone",
+            "a/.wh.gone",
+            "d/x",
+            "d/.wh..wh..opq",
+            ".wh..wh.plnk",
+        ] {
+            assert!(
+                fs::symlink_metadata(aufs.join(hidden)).is_err(),
+                "{hidden} shows"
+            );
+        }
+        // A hidden name is free: creating it needs no whiteout, and shows the new file.
+        fs::write(aufs.join("a/gone"), "new\n").unwrap();
+        assert_eq!(fs::read_to_string(aufs.join("a/gone")).unwrap(), "new\n");
+        assert!(!is_whiteout(&m.upper.join("aufs/a/gone")));
+        // Removing what the markers left visible writes overlay whiteouts.
+        fs::remove_file(aufs.join("a/keep")).unwrap();
+        fs::remove_file(aufs.join("d/new")).unwrap();
+        fs::remove_dir(aufs.join("d")).unwrap();
+        assert!(is_whiteout(&m.upper.join("aufs/a/keep")));
+        assert!(is_whiteout(&m.upper.join("aufs/d")));
+        assert_eq!(names(&aufs), ["a", "e"]);
+        fs::create_dir(aufs.join("d")).unwrap();
+        assert!(names(&aufs.join("d")).is_empty());
+    });
+}
