@@ -11,6 +11,8 @@ mod common;
 mod ops;
 #[path = "union/random.rs"]
 mod random;
+#[path = "union/standalone.rs"]
+mod standalone;
 
 use std::path::PathBuf;
 
@@ -238,113 +240,4 @@ fn a_busy_mount_is_reported_then_detached_by_its_guard() {
             });
         }
     }
-}
-
-/// The standalone server takes fuse-overlayfs's command line: forked into the background
-/// it serves the same tree as kernel overlayfs over the same branches, and exits on
-/// umount; with -f it serves until SIGTERM, which unmounts; bad input fails before
-/// anything is mounted, naming the option or the path.
-#[test]
-fn the_standalone_server_stands_in_for_fuse_overlayfs() {
-    use std::os::unix::fs::MetadataExt;
-    use std::process::{Command, Stdio};
-    let fixture = Fixture::new();
-    let kernel = fixture.mount("kernel", Driver::Overlay);
-    let base = fixture.dir.path().join("standalone");
-    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
-    for d in [&upper, &work, &mnt] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let lowers: Vec<String> = fixture
-        .lowers
-        .iter()
-        .map(|l| l.display().to_string())
-        .collect();
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={},nodev,fsync=0",
-        lowers.join(":"),
-        upper.display(),
-        work.display()
-    );
-    let server = || Command::new(env!("CARGO_BIN_EXE_strata-unionfs"));
-    let fuse_type = |mnt: &std::path::Path| {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        info.lines()
-            .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
-            .and_then(|l| l.split(" - ").nth(1))
-            .map(|rest| rest.split(' ').next().unwrap().to_string())
-    };
-
-    // In the background: the command returns once the mount is live.
-    let out = server().args(["-o", &options]).arg(&mnt).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(fuse_type(&mnt).as_deref(), Some("fuse.strata"));
-    let device = std::fs::metadata(&mnt).unwrap().dev();
-    let view = {
-        let mnt = mnt.clone();
-        deadline(60, "reading the standalone mount", move || {
-            snapshot(&mnt, false)
-        })
-    };
-    assert_same(
-        "standalone server against overlayfs",
-        &snapshot(&kernel.mnt, false),
-        &view,
-    );
-    std::fs::write(mnt.join("etc/conf0"), b"changed\n").unwrap();
-    let umount = Command::new("umount").arg(&mnt).status().unwrap();
-    assert!(umount.success());
-    let connection = format!("/sys/fs/fuse/connections/{}", rustix::fs::minor(device));
-    common::wait_until("the server exits after umount", || {
-        !std::path::Path::new(&connection).exists()
-    });
-    assert_eq!(
-        std::fs::read(upper.join("etc/conf0")).unwrap(),
-        b"changed\n"
-    );
-
-    // In the foreground (-f): SIGTERM unmounts and ends the server cleanly.
-    let mut child = server()
-        .args(["-f", "-o", &options])
-        .arg(&mnt)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::wait_until("the foreground server mounts", || fuse_type(&mnt).is_some());
-    assert_eq!(std::fs::read(mnt.join("etc/conf0")).unwrap(), b"changed\n");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = deadline(30, "the foreground server's exit", move || {
-        child.wait().unwrap()
-    });
-    assert_eq!(status.code(), Some(0));
-    assert_eq!(fuse_type(&mnt), None, "SIGTERM unmounts");
-
-    // Bad input: usage errors exit 2, mount errors 1, and nothing is mounted.
-    let fails = |args: &[&str], code: i32, needle: &str| {
-        let out = server().args(args).arg(&mnt).output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains(needle),
-            "{args:?}: {stderr:?} lacks {needle:?}"
-        );
-        assert_eq!(fuse_type(&mnt), None, "{args:?} mounted");
-    };
-    fails(
-        &["-o", &format!("{options},squash_to_root")],
-        2,
-        "unknown option squash_to_root",
-    );
-    fails(&["-o", "upperdir=/u,workdir=/w"], 2, "lowerdir");
-    let missing = fixture.dir.path().join("no-such-lower");
-    let bad_lower = options.replacen(&lowers[0], missing.to_str().unwrap(), 1);
-    fails(&["-o", &bad_lower], 1, missing.to_str().unwrap());
 }

@@ -23,7 +23,9 @@ const USAGE: &str =
     "usage: strata-unionfs [-f] -o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR MOUNTPOINT";
 
 /// Options that change nothing here, accepted because mount helpers pass them: the
-/// generic mount flags, and fuse-overlayfs's tuning and SELinux-label options.
+/// generic mount flags, fuse-overlayfs's tuning and SELinux-label options, and kernel
+/// overlayfs features this server does its own way or needs not (`volatile` skips
+/// syncs, which this server keeps).
 const IGNORED: &[&str] = &[
     "rw",
     "dev",
@@ -47,12 +49,21 @@ const IGNORED: &[&str] = &[
     "threaded",
     "fast_ino",
     "static_nlink",
+    "volatile",
+    "index",
+    "redirect_dir",
+    "metacopy",
+    "xino",
 ];
 
 #[derive(Debug, PartialEq)]
 struct Args {
     foreground: bool,
-    spec: MountSpec,
+    lowers: Vec<PathBuf>,
+    /// The upper and work dirs; None for a read-only mount of the lowers.
+    upper: Option<(PathBuf, PathBuf)>,
+    read_only: bool,
+    target: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -64,20 +75,92 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let spec = &args.spec;
-    let result = strata_unionfs::sweep_stale(&spec.target).and_then(|_| {
-        if args.foreground {
-            strata_unionfs::serve_foreground(spec, || Ok(()))
-        } else {
-            strata_unionfs::serve_daemon(spec)
-        }
-    });
-    match result {
+    match serve(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("strata-unionfs: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Mounts and serves (in the foreground, or from a forked daemon). A read-only mount
+/// without an upper gets an empty one of its own, removed once the mount is live (the
+/// server keeps it open; nothing is ever written to it).
+fn serve(args: &Args) -> strata_unionfs::Result<()> {
+    let scratch = match &args.upper {
+        Some(_) => None,
+        None => Some(Scratch::new()?),
+    };
+    let (upper, work) = match (&args.upper, &scratch) {
+        (Some((upper, work)), _) => (upper.clone(), work.clone()),
+        (None, Some(scratch)) => (scratch.0.join("upper"), scratch.0.join("work")),
+        (None, None) => unreachable!("a scratch upper is made when none is given"),
+    };
+    let spec = MountSpec {
+        lowers: args.lowers.clone(),
+        upper,
+        work,
+        target: args.target.clone(),
+        id_shift: None,
+    };
+    strata_unionfs::sweep_stale(&spec.target)?;
+    // Made read-only before anyone but our caller, who waits for us, knows of it.
+    let read_only = || {
+        if !args.read_only {
+            return Ok(());
+        }
+        use rustix::mount::MountFlags;
+        rustix::mount::mount_remount(&spec.target, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| io_error("make read-only", &spec.target, e))
+    };
+    if args.foreground {
+        strata_unionfs::serve_foreground(&spec, || {
+            read_only().map_err(|e| e.to_string())?;
+            drop(scratch);
+            Ok(())
+        })
+    } else {
+        strata_unionfs::serve_daemon(&spec)?;
+        if let Err(err) = read_only() {
+            let _ = strata_unionfs::unmount(&spec.target);
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+fn io_error(
+    op: &'static str,
+    path: &std::path::Path,
+    source: impl Into<std::io::Error>,
+) -> strata_unionfs::Error {
+    strata_unionfs::Error::Io {
+        op,
+        path: path.to_path_buf(),
+        source: source.into(),
+    }
+}
+
+/// A private empty upper and work dir, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> strata_unionfs::Result<Scratch> {
+        let base = std::env::temp_dir().join("strata-unionfs-ro.XXXXXX");
+        let dir = nix::unistd::mkdtemp(&base).map_err(|e| io_error("create", &base, e))?;
+        let scratch = Scratch(dir);
+        for sub in ["upper", "work"] {
+            let path = scratch.0.join(sub);
+            std::fs::create_dir(&path).map_err(|e| io_error("create", &path, e))?;
+        }
+        Ok(scratch)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -106,8 +189,10 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
     }
     let [target] = <[PathBuf; 1]>::try_from(positional)
         .map_err(|p| format!("expected one mount point, got {}", p.len()))?;
-    let (mut lowers, mut upper, mut work) = (None, None, None);
-    for option in options.iter().flat_map(|o| split(o.as_bytes(), b',')) {
+    let (mut lowers, mut upper, mut work, mut read_only) = (None, None, None, false);
+    // Empty options (`a,,b`, a trailing comma, as podman passes) are skipped.
+    let options = options.iter().flat_map(|o| split(o.as_bytes(), b','));
+    for option in options.filter(|o| !o.is_empty()) {
         let (key, value) = match option.iter().position(|&b| b == b'=') {
             Some(i) => (&option[..i], Some(&option[i + 1..])),
             None => (&option[..], None),
@@ -133,22 +218,25 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
             }
             b"upperdir" => upper = Some(path("upperdir")?),
             b"workdir" => work = Some(path("workdir")?),
-            b"ro" => return Err("read-only mounts (ro) are not supported: give an upperdir".into()),
+            b"ro" => read_only = true,
             key if IGNORED.iter().any(|k| k.as_bytes() == key) => {}
             key => {
                 return Err(format!("unknown option {}", String::from_utf8_lossy(key)));
             }
         }
     }
+    let upper = match (upper, work) {
+        (Some(upper), Some(work)) => Some((upper, work)),
+        (None, None) => None,
+        (Some(_), None) => return Err("upperdir needs a workdir".into()),
+        (None, Some(_)) => return Err("workdir without an upperdir".into()),
+    };
     Ok(Some(Args {
         foreground,
-        spec: MountSpec {
-            lowers: lowers.ok_or("-o lowerdir=... is required")?,
-            upper: upper.ok_or("-o upperdir=... is required")?,
-            work: work.ok_or("-o workdir=... is required")?,
-            target,
-            id_shift: None,
-        },
+        lowers: lowers.ok_or("-o lowerdir=... is required")?,
+        read_only: read_only || upper.is_none(),
+        upper,
+        target,
     }))
 }
 
@@ -198,20 +286,17 @@ mod tests {
         let args = parsed(&[
             "-o",
             "lowerdir=/l/a:/l/b,upperdir=/u",
-            "-oworkdir=/w,nodev,fsync=0,context=\"system_u:object_r:container_file_t:s0\"",
+            "-oworkdir=/w,nodev,,fsync=0,context=\"system_u:object_r:container_file_t:s0\",",
             "-f",
             "/mnt",
         ])
         .unwrap()
         .unwrap();
         assert!(args.foreground);
-        assert_eq!(
-            args.spec.lowers,
-            [PathBuf::from("/l/a"), PathBuf::from("/l/b")]
-        );
-        assert_eq!(args.spec.upper, PathBuf::from("/u"));
-        assert_eq!(args.spec.work, PathBuf::from("/w"));
-        assert_eq!(args.spec.target, PathBuf::from("/mnt"));
+        assert_eq!(args.lowers, [PathBuf::from("/l/a"), PathBuf::from("/l/b")]);
+        assert_eq!(args.upper, Some((PathBuf::from("/u"), PathBuf::from("/w"))));
+        assert_eq!(args.target, PathBuf::from("/mnt"));
+        assert!(!args.read_only);
     }
 
     #[test]
@@ -224,11 +309,25 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(
-            args.spec.lowers,
+            args.lowers,
             [PathBuf::from("/l/a:b"), PathBuf::from("/l/c,d")]
         );
-        assert_eq!(args.spec.upper, PathBuf::from(r"/u\x"));
+        assert_eq!(args.upper.unwrap().0, PathBuf::from(r"/u\x"));
         assert!(!args.foreground);
+    }
+
+    #[test]
+    fn without_an_upper_or_with_ro_the_mount_is_read_only() {
+        let args = parsed(&["-o", "lowerdir=/l/a:/l/b,ro", "/m"])
+            .unwrap()
+            .unwrap();
+        assert!(args.read_only && args.upper.is_none());
+        let args = parsed(&["-o", "lowerdir=/l", "/m"]).unwrap().unwrap();
+        assert!(args.read_only && args.upper.is_none());
+        let args = parsed(&["-o", "lowerdir=/l,upperdir=/u,workdir=/w,ro", "/m"])
+            .unwrap()
+            .unwrap();
+        assert!(args.read_only && args.upper.is_some());
     }
 
     #[test]
@@ -239,7 +338,7 @@ mod tests {
         assert!(err(&["-o", "lowerdir=/l,upperdir=/u", "/m"]).contains("workdir"));
         assert!(err(&["-o", "lowerdir=,upperdir=/u,workdir=/w", "/m"]).contains("lowerdir"));
         assert!(err(&["-o", &format!("{all},squash_to_root"), "/m"]).contains("squash_to_root"));
-        assert!(err(&["-o", &format!("{all},ro"), "/m"]).contains("ro"));
+        assert!(err(&["-o", "lowerdir=/l,workdir=/w", "/m"]).contains("upperdir"));
         assert!(err(&["-x", "/m"]).contains("-x"));
     }
 }

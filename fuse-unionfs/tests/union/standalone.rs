@@ -1,0 +1,243 @@
+//! `strata-unionfs`, the standalone server, run as fuse-overlayfs would be: by hand, and
+//! by podman as its overlay `mount_program`.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use strata_unionfs::Driver;
+
+use crate::common::{self, Fixture, assert_same, deadline, snapshot};
+
+fn server() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_strata-unionfs"))
+}
+
+/// The filesystem type mounted at `mnt`, if anything is.
+fn mount_type(mnt: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .and_then(|l| l.split(" - ").nth(1))
+        .map(|rest| rest.split(' ').next().unwrap().to_string())
+}
+
+/// The standalone server takes fuse-overlayfs's command line: forked into the background
+/// it serves the same tree as kernel overlayfs over the same branches, and exits on
+/// umount; with -f it serves until SIGTERM, which unmounts; bad input fails before
+/// anything is mounted, naming the option or the path.
+#[test]
+fn the_standalone_server_stands_in_for_fuse_overlayfs() {
+    let fixture = Fixture::new();
+    let kernel = fixture.mount("kernel", Driver::Overlay);
+    let base = fixture.dir.path().join("standalone");
+    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let lowers: Vec<String> = fixture
+        .lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},nodev,fsync=0",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    );
+
+    // In the background: the command returns once the mount is live.
+    let out = server().args(["-o", &options]).arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(mount_type(&mnt).as_deref(), Some("fuse.strata"));
+    let device = std::fs::metadata(&mnt).unwrap().dev();
+    let view = {
+        let mnt = mnt.clone();
+        deadline(60, "reading the standalone mount", move || {
+            snapshot(&mnt, false)
+        })
+    };
+    assert_same(
+        "standalone server against overlayfs",
+        &snapshot(&kernel.mnt, false),
+        &view,
+    );
+    std::fs::write(mnt.join("etc/conf0"), b"changed\n").unwrap();
+    let umount = Command::new("umount").arg(&mnt).status().unwrap();
+    assert!(umount.success());
+    let connection = format!("/sys/fs/fuse/connections/{}", rustix::fs::minor(device));
+    common::wait_until("the server exits after umount", || {
+        !std::path::Path::new(&connection).exists()
+    });
+    assert_eq!(
+        std::fs::read(upper.join("etc/conf0")).unwrap(),
+        b"changed\n"
+    );
+
+    // In the foreground (-f): SIGTERM unmounts and ends the server cleanly.
+    let mut child = server()
+        .args(["-f", "-o", &options])
+        .arg(&mnt)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until("the foreground server mounts", || {
+        mount_type(&mnt).is_some()
+    });
+    assert_eq!(std::fs::read(mnt.join("etc/conf0")).unwrap(), b"changed\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = deadline(30, "the foreground server's exit", move || {
+        child.wait().unwrap()
+    });
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(mount_type(&mnt), None, "SIGTERM unmounts");
+
+    // Bad input: usage errors exit 2, mount errors 1, and nothing is mounted.
+    let fails = |args: &[&str], code: i32, needle: &str| {
+        let out = server().args(args).arg(&mnt).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: {stderr:?} lacks {needle:?}"
+        );
+        assert_eq!(mount_type(&mnt), None, "{args:?} mounted");
+    };
+    fails(
+        &["-o", &format!("{options},squash_to_root")],
+        2,
+        "unknown option squash_to_root",
+    );
+    fails(&["-o", "upperdir=/u,workdir=/w"], 2, "lowerdir");
+    let missing = fixture.dir.path().join("no-such-lower");
+    let bad_lower = options.replacen(&lowers[0], missing.to_str().unwrap(), 1);
+    fails(&["-o", &bad_lower], 1, missing.to_str().unwrap());
+}
+
+/// podman with strata-unionfs as its overlay `mount_program`, as it runs fuse-overlayfs:
+/// a container's root is our mount, its writes and deletes are committed as a layer, and
+/// a container of that image (two lowers, one with a whiteout) sees them.
+#[test]
+fn podman_runs_containers_on_it_as_its_mount_program() {
+    common::require_root_and_fuse();
+    let version = Command::new("podman").arg("--version").output();
+    assert!(
+        version.is_ok_and(|o| o.status.success()),
+        "podman is missing: apt-get install -y podman crun"
+    );
+    // Short: podman refuses a runroot path longer than 50 characters.
+    let dir = tempfile::Builder::new()
+        .prefix("strata-podman-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let rootfs = dir.path().join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+        .expect("/bin/busybox: apt-get install -y busybox-static");
+    for applet in ["sh", "cat", "ls", "rm", "grep", "echo"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+    }
+    let tar = dir.path().join("rootfs.tar");
+    let packed = Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(packed.success());
+
+    let storage = dir.path().join("storage");
+    let podman = |args: &[&str]| -> String {
+        let out = Command::new("timeout")
+            .args(["180", "podman", "--root"])
+            .arg(storage.join("root"))
+            .arg("--runroot")
+            .arg(storage.join("run"))
+            .args(["--storage-driver", "overlay", "--storage-opt"])
+            .arg(format!(
+                "overlay.mount_program={}",
+                env!("CARGO_BIN_EXE_strata-unionfs")
+            ))
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        podman_ok(args, &out)
+    };
+    let cleanup = Cleanup(storage.clone());
+    podman(&["import", tar.to_str().unwrap(), "localhost/bb:1"]);
+    // `podman mount` mounts a container's root with the storage driver, here through the
+    // mount program (running a container would add nothing: the same mount, then crun).
+    podman(&["create", "--name", "c1", "localhost/bb:1", "sh"]);
+    let root = PathBuf::from(podman(&["mount", "c1"]).trim());
+    assert_eq!(
+        mount_type(&root).as_deref(),
+        Some("fuse.strata"),
+        "{}",
+        root.display()
+    );
+    std::fs::write(root.join("new"), b"new\n").unwrap();
+    std::fs::remove_file(root.join("bin/echo")).unwrap();
+    podman(&["umount", "c1"]);
+    assert_eq!(
+        mount_type(&root),
+        None,
+        "podman umount leaves {}",
+        root.display()
+    );
+    podman(&["commit", "c1", "localhost/bb:2"]);
+    podman(&["create", "--name", "c2", "localhost/bb:2", "sh"]);
+    let root = PathBuf::from(podman(&["mount", "c2"]).trim());
+    assert_eq!(mount_type(&root).as_deref(), Some("fuse.strata"));
+    assert_eq!(std::fs::read(root.join("new")).unwrap(), b"new\n");
+    assert!(root.join("bin/cat").exists());
+    assert!(
+        !root.join("bin/echo").exists(),
+        "the committed whiteout is lost"
+    );
+    podman(&["umount", "c2"]);
+    podman(&["rm", "c1", "c2"]);
+    drop(cleanup);
+}
+
+fn podman_ok(args: &[&str], out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "podman {args:?} failed ({}):\n{stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Unmounts what podman's overlay driver leaves mounted in its storage (its own dir,
+/// made a private mount, and any container root still mounted), also when a test fails.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut mounts: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| Path::new(m).starts_with(&self.0))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mnt in mounts {
+            let _ = rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::DETACH);
+        }
+    }
+}
