@@ -2,9 +2,10 @@
 //! first, index 1..) and the work dir, each held open as a directory fd so every request
 //! resolves names relative to its branch. Also the on-disk overlay form both drivers share:
 //! a whiteout is a char device 0/0, an opaque directory carries `trusted.overlay.opaque=y`.
-//! Lower branches may also hold the AUFS form (`.wh.NAME`, `.wh..wh..opq`), which this
-//! server reads but never writes: containers/storage unpacks layers that way when a mount
-//! program (fuse-overlayfs, or strata-unionfs) serves them, as docker's aufs driver did.
+//! Lower branches may also hold the AUFS form (`.wh.NAME`, `.wh..wh..opq`), which the FUSE
+//! server reads when the mount says so (`MountSpec::aufs_markers`) but never writes:
+//! containers/storage unpacks layers that way when a mount program (fuse-overlayfs, or
+//! strata-unionfs) serves them, as docker's aufs driver did.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -155,6 +156,8 @@ pub(crate) struct Layers {
     work: OwnedFd,
     work_path: PathBuf,
     tmp_counter: AtomicU64,
+    /// Lowers may hold AUFS markers (see the module doc): read them.
+    pub(crate) aufs: bool,
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd> {
@@ -167,7 +170,12 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
 }
 
 impl Layers {
-    pub(crate) fn open(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<Layers> {
+    pub(crate) fn open(
+        upper: &Path,
+        lowers: &[PathBuf],
+        work: &Path,
+        aufs: bool,
+    ) -> Result<Layers> {
         let mut fds = Vec::with_capacity(lowers.len() + 1);
         let mut roots = Vec::with_capacity(lowers.len() + 1);
         for path in std::iter::once(upper).chain(lowers.iter().map(PathBuf::as_path)) {
@@ -189,6 +197,7 @@ impl Layers {
             work,
             work_path,
             tmp_counter: AtomicU64::new(0),
+            aufs,
         })
     }
 
@@ -231,12 +240,12 @@ impl Layers {
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {
         let mut buf = [0u8; 4];
         matches!(rustix::fs::lgetxattr(self.abs(layer, rel), OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'y')
-            || (layer != UPPER && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
+            || (self.aufs && layer != UPPER && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
     }
 
     /// Whether lower `layer` hides `rel` (which it does not hold) with an AUFS `.wh.` file.
     pub(crate) fn aufs_whiteout(&self, layer: usize, rel: &Path) -> bool {
-        let Some(name) = rel.file_name().filter(|_| layer != UPPER) else {
+        let Some(name) = rel.file_name().filter(|_| self.aufs && layer != UPPER) else {
             return false;
         };
         let mut marker = OsString::from(".wh.");
@@ -246,7 +255,8 @@ impl Layers {
 
     /// Whether `rel`, in `layer`, is an AUFS marker rather than an entry.
     pub(crate) fn is_aufs_marker(&self, layer: usize, rel: &Path) -> bool {
-        layer != UPPER
+        self.aufs
+            && layer != UPPER
             && rel
                 .file_name()
                 .is_some_and(|n| n.as_bytes().starts_with(AUFS_PREFIX))

@@ -563,7 +563,7 @@ mod tests {
             0,
         )
         .unwrap();
-        let union = Union::new(&p("upper"), &[p("top"), p("bottom")], &p("work")).unwrap();
+        let union = Union::new(&p("upper"), &[p("top"), p("bottom")], &p("work"), false).unwrap();
         (dir, union)
     }
 

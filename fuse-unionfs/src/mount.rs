@@ -33,6 +33,10 @@ pub struct MountSpec {
     pub target: PathBuf,
     /// Owners shifted for a user namespace (FUSE driver only; see [`IdShift`]).
     pub id_shift: Option<IdShift>,
+    /// The lowers may hold AUFS markers (`.wh.NAME`, `.wh..wh..opq`), as layers unpacked by
+    /// containers/storage for a mount program do (FUSE driver only; strata's store never
+    /// makes them, and looking for them costs a lookup per name a lower lacks).
+    pub aufs_markers: bool,
 }
 
 /// The union driver.
@@ -106,6 +110,7 @@ impl MountSpec {
             work: abs(&self.work)?,
             target: abs(&self.target)?,
             id_shift: self.id_shift,
+            aufs_markers: self.aufs_markers,
         })
     }
 }
@@ -309,7 +314,12 @@ fn fuse_config() -> Config {
 
 /// Mounts and completes the FUSE handshake: when this returns the mount is live.
 fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
-    let union = Arc::new(Union::new(&spec.upper, &spec.lowers, &spec.work)?);
+    let union = Arc::new(Union::new(
+        &spec.upper,
+        &spec.lowers,
+        &spec.work,
+        spec.aufs_markers,
+    )?);
     // STRATA_FUSE_PASSTHROUGH=0 turns passthrough off (to compare, or to work around a kernel).
     let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
     // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.

@@ -166,9 +166,10 @@ pub struct Union {
 }
 
 impl Union {
-    /// Opens the branches; `lowers` are top first.
-    pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path) -> Result<Union> {
-        let layers = Layers::open(upper, lowers, work)?;
+    /// Opens the branches; `lowers` are top first. `aufs_markers`: see
+    /// [`MountSpec`](crate::MountSpec).
+    pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path, aufs_markers: bool) -> Result<Union> {
+        let layers = Layers::open(upper, lowers, work, aufs_markers)?;
         let table = Table::new();
         let mut dir_layers = Vec::new();
         for layer in 0..layers.count() {
@@ -394,6 +395,7 @@ impl Union {
                     continue;
                 }
                 if layer != UPPER
+                    && self.layers.aufs
                     && let Some(hides) = aufs_marker(bytes)
                 {
                     hidden.extend(hides.map(OsStr::to_os_string));

@@ -328,6 +328,7 @@ impl Executor for UnionExecutor {
             upper: request.upper.to_path_buf(),
             work: request.work.to_path_buf(),
             target: target.clone(),
+            aufs_markers: false,
             id_shift: None,
         };
         let guard = strata_unionfs::mount(&spec, self.driver)
@@ -387,6 +388,7 @@ impl Executor for UnionExecutor {
                                     upper,
                                     work,
                                     target: point.clone(),
+                                    aufs_markers: false,
                                     id_shift: None,
                                 };
                                 let union =

@@ -36,6 +36,7 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
                 upper,
                 work,
                 target: PathBuf::from(target),
+                aufs_markers: false,
                 id_shift: None,
             };
             mount(&spec, how, |_| Ok(()))?;
@@ -111,6 +112,7 @@ fn mount_store(
         upper: container.upper_dir(),
         work: container.work_dir(),
         target: target.to_path_buf(),
+        aufs_markers: false,
         id_shift: None,
     };
     // The FUSE daemon must not inherit the store's lock: close the store first.

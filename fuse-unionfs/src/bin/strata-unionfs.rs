@@ -6,11 +6,14 @@
 //! strata-unionfs [-f] -o lowerdir=L1:L2,upperdir=U,workdir=W MOUNTPOINT
 //! ```
 //!
-//! Lower dirs are top first, as for `mount -t overlay`. Without `-f` the server forks
+//! Lower dirs are top first, as for `mount -t overlay`, and may hold whiteouts in either
+//! form: overlay's (char 0/0, `trusted.overlay.opaque`) or AUFS's (`.wh.NAME`,
+//! `.wh..wh..opq`, as podman unpacks layers for a mount program). Without an upperdir
+//! (or with `ro`) the mount is read-only. Without `-f` the server forks
 //! into the background and the command returns once the mount is live; with `-f` it
-//! serves until unmounted (SIGINT and SIGTERM unmount). `strata mount --lower` does the
-//! same, but this program loads in a fraction of the time: it links only the union
-//! filesystem, not the image builder, store and registry client.
+//! serves until unmounted (SIGINT and SIGTERM unmount). `strata mount --lower` serves the
+//! same filesystem (reading only overlay's markers), but this program loads in a fraction
+//! of the time: it links only the union filesystem, not the builder, store and registry.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -102,6 +105,7 @@ fn serve(args: &Args) -> strata_unionfs::Result<()> {
         upper,
         work,
         target: args.target.clone(),
+        aufs_markers: true,
         id_shift: None,
     };
     strata_unionfs::sweep_stale(&spec.target)?;

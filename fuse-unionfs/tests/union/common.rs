@@ -214,16 +214,31 @@ impl Fixture {
 
     /// Like `mount`, with owners shifted for a user namespace.
     pub fn mount_shifted(&self, name: &str, driver: Driver, shift: Option<IdShift>) -> Mounted {
+        self.mount_fresh(name, driver, shift, false)
+    }
+
+    /// Like `mount`, reading AUFS markers in the lowers (FUSE).
+    pub fn mount_aufs(&self, name: &str) -> Mounted {
+        self.mount_fresh(name, Driver::Fuse, None, true)
+    }
+
+    fn mount_fresh(
+        &self,
+        name: &str,
+        driver: Driver,
+        shift: Option<IdShift>,
+        aufs_markers: bool,
+    ) -> Mounted {
         let base = self.dir.path().join(name);
         let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
         for d in [&upper, &work, &mnt] {
             fs::create_dir_all(d).unwrap();
         }
-        self.mount_with(&upper, &work, &mnt, driver, shift)
+        self.mount_with(&upper, &work, &mnt, driver, shift, aufs_markers)
     }
 
     pub fn mount_at(&self, upper: &Path, work: &Path, mnt: &Path, driver: Driver) -> Mounted {
-        self.mount_with(upper, work, mnt, driver, None)
+        self.mount_with(upper, work, mnt, driver, None, false)
     }
 
     fn mount_with(
@@ -233,12 +248,14 @@ impl Fixture {
         mnt: &Path,
         driver: Driver,
         id_shift: Option<IdShift>,
+        aufs_markers: bool,
     ) -> Mounted {
         let spec = MountSpec {
             lowers: self.lowers.clone(),
             upper: upper.into(),
             work: work.into(),
             target: mnt.into(),
+            aufs_markers,
             id_shift,
         };
         let guard =

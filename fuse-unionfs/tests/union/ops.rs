@@ -934,6 +934,7 @@ fn owners_are_shifted_for_a_user_namespace() {
         upper: base.join("upper"),
         work: base.join("work"),
         target: base.join("mnt"),
+        aufs_markers: false,
         id_shift: Some(shift),
     };
     for dir in [&spec.upper, &spec.work, &spec.target] {
@@ -1055,7 +1056,7 @@ fn aufs_markers_in_lower_branches_are_honoured() {
     put(top, "e/.wh.old", "");
     put(top, "e/old", "top again\n");
     fs::create_dir_all(top.join("aufs/.wh..wh.plnk")).unwrap();
-    let mounted = std::sync::Arc::new(fixture.mount("aufs", Driver::Fuse));
+    let mounted = std::sync::Arc::new(fixture.mount_aufs("aufs"));
     let m = mounted.clone();
     deadline(60, "operations over AUFS markers", move || {
         let aufs = m.path("aufs");
@@ -1093,4 +1094,7 @@ fn aufs_markers_in_lower_branches_are_honoured() {
         fs::create_dir(aufs.join("d")).unwrap();
         assert!(names(&aufs.join("d")).is_empty());
     });
+    // Mounts that do not ask for them (strata's own) take the markers for plain files.
+    let plain = fixture.mount("plain", Driver::Fuse);
+    assert_eq!(names(&plain.path("aufs/a")), [".wh.gone", "gone", "keep"]);
 }
