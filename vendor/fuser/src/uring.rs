@@ -455,15 +455,12 @@ impl<FS: Filesystem> Server<FS> {
             }
         };
         let opcode = abi::fuse_opcode::try_from(opcode).ok();
-        let reply = match &self.reply {
+        match self.reply.as_mut().and_then(Arc::get_mut) {
             // Only this thread holds it: no handler can still answer an old request.
-            Some(reply) if Arc::strong_count(reply) == 1 => {
-                reply.unique.store(unique, Ordering::Relaxed);
-                reply.clone()
-            }
-            _ => Arc::new(RingReply::new(unique)),
-        };
-        self.reply = Some(reply.clone());
+            Some(reply) => *reply.unique.get_mut() = unique,
+            None => self.reply = Some(Arc::new(RingReply::new(unique))),
+        }
+        let reply = self.reply.clone().expect("set above");
         let sender = ChannelSender::for_ring(self.dev.clone(), reply.clone());
         match RequestWithSender::new(sender, data) {
             // As the /dev/fuse loop does; the session calls `destroy` when its threads end.
