@@ -37,7 +37,7 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(
+    pub fn io(
         op: &'static str,
         path: impl Into<PathBuf>,
         source: impl Into<std::io::Error>,

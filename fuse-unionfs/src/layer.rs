@@ -2,10 +2,11 @@
 //! first, index 1..) and the work dir, each held open as a directory fd so every request
 //! resolves names relative to its branch. Also the on-disk overlay form both drivers share:
 //! a whiteout is a char device 0/0, an opaque directory carries `trusted.overlay.opaque=y`.
-//! Lower branches may also hold the AUFS form (`.wh.NAME`, `.wh..wh..opq`), which the FUSE
-//! server reads when the mount says so (`MountSpec::aufs_markers`) but never writes:
-//! containers/storage unpacks layers that way when a mount program (fuse-overlayfs, or
-//! strata-unionfs) serves them, as docker's aufs driver did.
+//! Branches may also hold the AUFS form (`.wh.NAME`, `.wh..wh..opq`), which the FUSE server
+//! reads, in every branch, when the mount says so (`MountSpec::aufs_markers`) but never
+//! writes: containers/storage unpacks layers that way when a mount program (fuse-overlayfs,
+//! or strata-unionfs) serves them, as docker's aufs driver did, and fuse-overlayfs writes
+//! its whiteouts that way where it cannot make device nodes.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -25,8 +26,9 @@ pub(crate) const UPPER: usize = 0;
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Private overlay xattrs, hidden from users of the mount.
 pub(crate) const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
-/// AUFS markers: `.wh.NAME` hides NAME in the branches below, `.wh..wh..opq` makes its
-/// directory opaque, other `.wh..wh.*` names are aufs's own. None of them is shown.
+/// AUFS markers: `.wh.NAME` hides NAME in the branches below (a directory NAME beside it,
+/// in the same branch, is opaque), `.wh..wh..opq` makes its directory opaque, other
+/// `.wh..wh.*` names are aufs's own. None of them is shown.
 const AUFS_PREFIX: &[u8] = b".wh.";
 const AUFS_META_PREFIX: &[u8] = b".wh..wh.";
 const AUFS_OPAQUE: &str = ".wh..wh..opq";
@@ -156,7 +158,7 @@ pub(crate) struct Layers {
     work: OwnedFd,
     work_path: PathBuf,
     tmp_counter: AtomicU64,
-    /// Lowers may hold AUFS markers (see the module doc): read them.
+    /// Branches may hold AUFS markers (see the module doc): read them.
     pub(crate) aufs: bool,
 }
 
@@ -240,26 +242,25 @@ impl Layers {
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {
         let mut buf = [0u8; 4];
         matches!(rustix::fs::lgetxattr(self.abs(layer, rel), OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'y')
-            || (self.aufs && layer != UPPER && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
+            || (self.aufs && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
     }
 
-    /// Whether lower `layer` hides `rel` (which it does not hold) with an AUFS `.wh.` file.
+    /// Whether `layer` holds an AUFS `.wh.` file for `rel`.
     pub(crate) fn aufs_whiteout(&self, layer: usize, rel: &Path) -> bool {
-        let Some(name) = rel.file_name().filter(|_| self.aufs && layer != UPPER) else {
+        let Some(name) = rel.file_name().filter(|_| self.aufs) else {
             return false;
         };
-        let mut marker = OsString::from(".wh.");
+        let mut marker = OsString::from(OsStr::from_bytes(AUFS_PREFIX));
         marker.push(name);
         self.stat(layer, &rel.with_file_name(marker)).is_ok()
     }
 
-    /// Whether `rel`, in `layer`, is an AUFS marker rather than an entry.
-    pub(crate) fn is_aufs_marker(&self, layer: usize, rel: &Path) -> bool {
+    /// Whether `rel` names an AUFS marker rather than an entry.
+    pub(crate) fn is_aufs_marker(&self, rel: &Path) -> bool {
         self.aufs
-            && layer != UPPER
             && rel
                 .file_name()
-                .is_some_and(|n| n.as_bytes().starts_with(AUFS_PREFIX))
+                .is_some_and(|n| aufs_marker(n.as_bytes()).is_some())
     }
 
     pub(crate) fn set_opaque_at(&self, path: &Path) -> Res<()> {
@@ -278,8 +279,8 @@ impl Layers {
     }
 }
 
-/// What an AUFS marker name in a lower directory listing means: None for an entry, else
-/// Some(the name it hides, if any).
+/// What a name in a directory listing is: None for an entry, Some for an AUFS marker,
+/// with the name it hides, if any.
 pub(crate) fn aufs_marker(name: &[u8]) -> Option<Option<&OsStr>> {
     if !name.starts_with(AUFS_PREFIX) {
         return None;

@@ -37,6 +37,32 @@ pub struct MountSpec {
     /// containers/storage for a mount program do (FUSE driver only; strata's store never
     /// makes them, and looking for them costs a lookup per name a lower lacks).
     pub aufs_markers: bool,
+    /// mount(8)'s `ro`, `nodev`, `nosuid`, `noexec`, set when the mount is made.
+    pub flags: Flags,
+}
+
+/// Flags of the mount itself (not of the union's branches).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    pub read_only: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub noexec: bool,
+}
+
+impl Flags {
+    fn mount_flags(self) -> rustix::mount::MountFlags {
+        use rustix::mount::MountFlags;
+        [
+            (self.read_only, MountFlags::RDONLY),
+            (self.nodev, MountFlags::NODEV),
+            (self.nosuid, MountFlags::NOSUID),
+            (self.noexec, MountFlags::NOEXEC),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(MountFlags::empty(), |all, (_, flag)| all | flag)
+    }
 }
 
 /// The union driver.
@@ -94,7 +120,9 @@ pub fn fuse_available() -> bool {
 impl MountSpec {
     /// Checks the branches and makes every path absolute (a daemon changes directory).
     fn checked(&self) -> Result<MountSpec> {
-        if self.lowers.is_empty() {
+        // A read-only union may be its upper alone (strata-unionfs serves a one-lower
+        // read-only mount that way).
+        if self.lowers.is_empty() && !self.flags.read_only {
             return Err(Error::Spec("at least one lower dir is needed".into()));
         }
         let abs = |p: &Path| -> Result<PathBuf> {
@@ -111,6 +139,7 @@ impl MountSpec {
             target: abs(&self.target)?,
             id_shift: self.id_shift,
             aufs_markers: self.aufs_markers,
+            flags: self.flags,
         })
     }
 }
@@ -325,7 +354,7 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.
     let io_uring = std::env::var_os("STRATA_FUSE_URING").is_none_or(|v| v != "0");
     let fs = Fs::new(union, passthrough, io_uring, spec.id_shift);
-    let device = mount_fuse(&spec.target)?;
+    let device = mount_fuse(&spec.target, spec.flags)?;
     Session::from_fd(fs, device, SessionACL::All, fuse_config()).map_err(|e| {
         // The kernel mount exists but nobody will serve it.
         let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
@@ -336,7 +365,7 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
 /// Mounts a FUSE filesystem of type `fuse.strata` at `target` and returns the /dev/fuse
 /// descriptor that serves it. fuser's own mount passes no subtype to the kernel, so its
 /// mounts show as plain `fuse`; tools (findmnt -t, mount) tell ours apart by the type.
-fn mount_fuse(target: &Path) -> Result<std::os::fd::OwnedFd> {
+fn mount_fuse(target: &Path, flags: Flags) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     let fail = |e: rustix::io::Errno| mount_error("fuse", target, e.into());
     let device = rustix::fs::open(
@@ -358,7 +387,7 @@ fn mount_fuse(target: &Path) -> Result<std::os::fd::OwnedFd> {
         "strata",
         target,
         "fuse.strata",
-        rustix::mount::MountFlags::empty(),
+        flags.mount_flags(),
         data.as_c_str(),
     )
     .map_err(fail)?;
@@ -399,7 +428,7 @@ fn mount_overlay(spec: &MountSpec) -> Result<()> {
         "overlay",
         &spec.target,
         "overlay",
-        rustix::mount::MountFlags::empty(),
+        spec.flags.mount_flags(),
         Some(data.as_c_str()),
     )
     .map_err(|e| mount_error("overlay", &spec.target, e.into()))

@@ -238,7 +238,7 @@ impl Union {
         let mut dirs = Vec::new();
         for &layer in parent_layers {
             let meta = match self.layers.stat(layer, rel) {
-                Ok(_) if self.layers.is_aufs_marker(layer, rel) => continue,
+                Ok(_) if self.layers.is_aufs_marker(rel) => continue,
                 Ok(meta) => meta,
                 Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => break,
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
@@ -254,7 +254,7 @@ impl Union {
                 break;
             }
             dirs.push(layer);
-            if self.layers.is_opaque(layer, rel) {
+            if self.layers.is_opaque(layer, rel) || self.layers.aufs_whiteout(layer, rel) {
                 break;
             }
         }
@@ -275,7 +275,7 @@ impl Union {
     pub(crate) fn lower_has(&self, parent_layers: &[usize], rel: &Path) -> Res<bool> {
         for &layer in parent_layers.iter().filter(|&&l| l != UPPER) {
             match self.layers.stat(layer, rel) {
-                Ok(_) if self.layers.is_aufs_marker(layer, rel) => continue,
+                Ok(_) if self.layers.is_aufs_marker(rel) => continue,
                 Ok(meta) => return Ok(!meta.is_whiteout()),
                 Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => {
                     return Ok(false);
@@ -394,8 +394,7 @@ impl Union {
                 if bytes == b"." || bytes == b".." {
                     continue;
                 }
-                if layer != UPPER
-                    && self.layers.aufs
+                if self.layers.aufs
                     && let Some(hides) = aufs_marker(bytes)
                 {
                     hidden.extend(hides.map(OsStr::to_os_string));

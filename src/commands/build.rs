@@ -329,6 +329,7 @@ impl Executor for UnionExecutor {
             work: request.work.to_path_buf(),
             target: target.clone(),
             aufs_markers: false,
+            flags: Default::default(),
             id_shift: None,
         };
         let guard = strata_unionfs::mount(&spec, self.driver)
@@ -389,6 +390,7 @@ impl Executor for UnionExecutor {
                                     work,
                                     target: point.clone(),
                                     aufs_markers: false,
+                                    flags: Default::default(),
                                     id_shift: None,
                                 };
                                 let union =

@@ -37,6 +37,7 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
                 work,
                 target: PathBuf::from(target),
                 aufs_markers: false,
+                flags: Default::default(),
                 id_shift: None,
             };
             mount(&spec, how, |_| Ok(()))?;
@@ -113,6 +114,7 @@ fn mount_store(
         work: container.work_dir(),
         target: target.to_path_buf(),
         aufs_markers: false,
+        flags: Default::default(),
         id_shift: None,
     };
     // The FUSE daemon must not inherit the store's lock: close the store first.

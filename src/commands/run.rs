@@ -291,6 +291,7 @@ fn start(
         // In a user namespace the container's root is host uid USERNS_HOST_START: the FUSE
         // server shows it the image's owners shifted there.
         aufs_markers: false,
+        flags: Default::default(),
         id_shift: config.userns.then_some(IdShift {
             host_start: strata_runtime::USERNS_HOST_START,
             size: strata_runtime::USERNS_SIZE,

@@ -20,23 +20,16 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use strata_unionfs::MountSpec;
+use strata_unionfs::{Flags, MountSpec};
 
 const USAGE: &str =
     "usage: strata-unionfs [-f] -o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR MOUNTPOINT";
 
-/// Options that change nothing here, accepted because mount helpers pass them: the
-/// generic mount flags, fuse-overlayfs's tuning and SELinux-label options, and kernel
+/// Options that change nothing here, accepted because mount helpers pass them: generic
+/// ones for what is fixed here, fuse-overlayfs's tuning and SELinux labels, and kernel
 /// overlayfs features this server does its own way or needs not (`volatile` skips
-/// syncs, which this server keeps).
+/// syncs, which this server keeps). `ro`, `nodev`, `nosuid`, `noexec` are honoured.
 const IGNORED: &[&str] = &[
-    "rw",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
-    "exec",
-    "noexec",
     "atime",
     "noatime",
     "relatime",
@@ -65,7 +58,7 @@ struct Args {
     lowers: Vec<PathBuf>,
     /// The upper and work dirs; None for a read-only mount of the lowers.
     upper: Option<(PathBuf, PathBuf)>,
-    read_only: bool,
+    flags: Flags,
     target: PathBuf,
 }
 
@@ -78,7 +71,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match serve(&args) {
+    match serve(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("strata-unionfs: {err}");
@@ -88,77 +81,50 @@ fn main() -> ExitCode {
 }
 
 /// Mounts and serves (in the foreground, or from a forked daemon). A read-only mount
-/// without an upper gets an empty one of its own, removed once the mount is live (the
-/// server keeps it open; nothing is ever written to it).
-fn serve(args: &Args) -> strata_unionfs::Result<()> {
-    let scratch = match &args.upper {
-        Some(_) => None,
-        None => Some(Scratch::new()?),
-    };
-    let (upper, work) = match (&args.upper, &scratch) {
-        (Some((upper, work)), _) => (upper.clone(), work.clone()),
-        (None, Some(scratch)) => (scratch.0.join("upper"), scratch.0.join("work")),
-        (None, None) => unreachable!("a scratch upper is made when none is given"),
+/// without an upper serves its top lower as the upper, as kernel overlayfs shows a
+/// lowers-only mount (the root and statfs are the top lower's); nothing can be written
+/// through it. Its work dir is a private scratch dir, removed once the mount is live.
+fn serve(args: Args) -> strata_unionfs::Result<()> {
+    let target = std::path::absolute(&args.target)
+        .map_err(|e| strata_unionfs::Error::io("resolve", &args.target, e))?;
+    let (upper, work, lowers, scratch) = match args.upper {
+        Some((upper, work)) => (upper, work, args.lowers, None),
+        None => {
+            let scratch = Scratch::new()?;
+            let mut lowers = args.lowers;
+            let top = lowers.remove(0);
+            (top, scratch.0.clone(), lowers, Some(scratch))
+        }
     };
     let spec = MountSpec {
-        lowers: args.lowers.clone(),
+        lowers,
         upper,
         work,
-        target: args.target.clone(),
-        aufs_markers: true,
+        target,
         id_shift: None,
+        aufs_markers: true,
+        flags: args.flags,
     };
     strata_unionfs::sweep_stale(&spec.target)?;
-    // Made read-only before anyone but our caller, who waits for us, knows of it.
-    let read_only = || {
-        if !args.read_only {
-            return Ok(());
-        }
-        use rustix::mount::MountFlags;
-        rustix::mount::mount_remount(&spec.target, MountFlags::BIND | MountFlags::RDONLY, "")
-            .map_err(|e| io_error("make read-only", &spec.target, e))
-    };
     if args.foreground {
         strata_unionfs::serve_foreground(&spec, || {
-            read_only().map_err(|e| e.to_string())?;
             drop(scratch);
             Ok(())
         })
     } else {
-        strata_unionfs::serve_daemon(&spec)?;
-        if let Err(err) = read_only() {
-            let _ = strata_unionfs::unmount(&spec.target);
-            return Err(err);
-        }
-        Ok(())
+        strata_unionfs::serve_daemon(&spec)
     }
 }
 
-fn io_error(
-    op: &'static str,
-    path: &std::path::Path,
-    source: impl Into<std::io::Error>,
-) -> strata_unionfs::Error {
-    strata_unionfs::Error::Io {
-        op,
-        path: path.to_path_buf(),
-        source: source.into(),
-    }
-}
-
-/// A private empty upper and work dir, removed on drop.
+/// A private empty dir, removed on drop.
 struct Scratch(PathBuf);
 
 impl Scratch {
     fn new() -> strata_unionfs::Result<Scratch> {
         let base = std::env::temp_dir().join("strata-unionfs-ro.XXXXXX");
-        let dir = nix::unistd::mkdtemp(&base).map_err(|e| io_error("create", &base, e))?;
-        let scratch = Scratch(dir);
-        for sub in ["upper", "work"] {
-            let path = scratch.0.join(sub);
-            std::fs::create_dir(&path).map_err(|e| io_error("create", &path, e))?;
-        }
-        Ok(scratch)
+        nix::unistd::mkdtemp(&base)
+            .map(Scratch)
+            .map_err(|e| strata_unionfs::Error::io("create", &base, e))
     }
 }
 
@@ -173,7 +139,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
     let mut foreground = false;
     let mut options = Vec::new();
     let mut positional = Vec::new();
-    let mut args = args.peekable();
+    let mut args = args;
     while let Some(arg) = args.next() {
         match arg.as_bytes() {
             b"-f" | b"--foreground" => foreground = true,
@@ -193,7 +159,8 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
     }
     let [target] = <[PathBuf; 1]>::try_from(positional)
         .map_err(|p| format!("expected one mount point, got {}", p.len()))?;
-    let (mut lowers, mut upper, mut work, mut read_only) = (None, None, None, false);
+    let (mut lowers, mut upper, mut work) = (None, None, None);
+    let mut flags = Flags::default();
     // Empty options (`a,,b`, a trailing comma, as podman passes) are skipped.
     let options = options.iter().flat_map(|o| split(o.as_bytes(), b','));
     for option in options.filter(|o| !o.is_empty()) {
@@ -222,7 +189,14 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
             }
             b"upperdir" => upper = Some(path("upperdir")?),
             b"workdir" => work = Some(path("workdir")?),
-            b"ro" => read_only = true,
+            b"ro" => flags.read_only = true,
+            b"rw" => flags.read_only = false,
+            b"nodev" => flags.nodev = true,
+            b"dev" => flags.nodev = false,
+            b"nosuid" => flags.nosuid = true,
+            b"suid" => flags.nosuid = false,
+            b"noexec" => flags.noexec = true,
+            b"exec" => flags.noexec = false,
             key if IGNORED.iter().any(|k| k.as_bytes() == key) => {}
             key => {
                 return Err(format!("unknown option {}", String::from_utf8_lossy(key)));
@@ -238,15 +212,20 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
     Ok(Some(Args {
         foreground,
         lowers: lowers.ok_or("-o lowerdir=... is required")?,
-        read_only: read_only || upper.is_none(),
+        flags: Flags {
+            read_only: flags.read_only || upper.is_none(),
+            ..flags
+        },
         upper,
         target,
     }))
 }
 
-/// Splits at `sep` bytes not escaped by a backslash; escapes stay for [`unescape`].
+/// Splits at `sep` bytes neither escaped by a backslash nor inside double quotes (SELinux
+/// labels: `context="u:r:t:s0:c1,c2"`); escapes and quotes stay.
 fn split(s: &[u8], sep: u8) -> Vec<Vec<u8>> {
     let mut parts = vec![Vec::new()];
+    let mut quoted = false;
     let mut bytes = s.iter();
     while let Some(&b) = bytes.next() {
         let part = parts.last_mut().expect("never empty");
@@ -257,7 +236,11 @@ fn split(s: &[u8], sep: u8) -> Vec<Vec<u8>> {
                     part.push(next);
                 }
             }
-            b if b == sep => parts.push(Vec::new()),
+            b'"' => {
+                quoted = !quoted;
+                part.push(b);
+            }
+            b if b == sep && !quoted => parts.push(Vec::new()),
             b => part.push(b),
         }
     }
@@ -290,7 +273,7 @@ mod tests {
         let args = parsed(&[
             "-o",
             "lowerdir=/l/a:/l/b,upperdir=/u",
-            "-oworkdir=/w,nodev,,fsync=0,context=\"system_u:object_r:container_file_t:s0\",",
+            "-oworkdir=/w,nodev,,fsync=0,context=\"system_u:object_r:container_file_t:s0:c1,c2\",",
             "-f",
             "/mnt",
         ])
@@ -300,7 +283,13 @@ mod tests {
         assert_eq!(args.lowers, [PathBuf::from("/l/a"), PathBuf::from("/l/b")]);
         assert_eq!(args.upper, Some((PathBuf::from("/u"), PathBuf::from("/w"))));
         assert_eq!(args.target, PathBuf::from("/mnt"));
-        assert!(!args.read_only);
+        assert_eq!(
+            args.flags,
+            Flags {
+                nodev: true,
+                ..Flags::default()
+            }
+        );
     }
 
     #[test]
@@ -325,13 +314,13 @@ mod tests {
         let args = parsed(&["-o", "lowerdir=/l/a:/l/b,ro", "/m"])
             .unwrap()
             .unwrap();
-        assert!(args.read_only && args.upper.is_none());
+        assert!(args.flags.read_only && args.upper.is_none());
         let args = parsed(&["-o", "lowerdir=/l", "/m"]).unwrap().unwrap();
-        assert!(args.read_only && args.upper.is_none());
+        assert!(args.flags.read_only && args.upper.is_none());
         let args = parsed(&["-o", "lowerdir=/l,upperdir=/u,workdir=/w,ro", "/m"])
             .unwrap()
             .unwrap();
-        assert!(args.read_only && args.upper.is_some());
+        assert!(args.flags.read_only && args.upper.is_some());
     }
 
     #[test]

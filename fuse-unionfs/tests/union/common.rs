@@ -256,6 +256,7 @@ impl Fixture {
             work: work.into(),
             target: mnt.into(),
             aufs_markers,
+            flags: Default::default(),
             id_shift,
         };
         let guard =

@@ -935,6 +935,7 @@ fn owners_are_shifted_for_a_user_namespace() {
         work: base.join("work"),
         target: base.join("mnt"),
         aufs_markers: false,
+        flags: Default::default(),
         id_shift: Some(shift),
     };
     for dir in [&spec.upper, &spec.work, &spec.target] {
@@ -1056,11 +1057,20 @@ fn aufs_markers_in_lower_branches_are_honoured() {
     put(top, "e/.wh.old", "");
     put(top, "e/old", "top again\n");
     fs::create_dir_all(top.join("aufs/.wh..wh.plnk")).unwrap();
+    // A directory beside its own marker is new in that branch: nothing below merges in.
+    put(bottom, "g/app/a.conf", "bottom\n");
+    put(top, "g/.wh.app", "");
+    put(top, "g/app/b.conf", "top\n");
+    // A marker in the upper (fuse-overlayfs writes them where it cannot mknod).
+    put(bottom, "u/k", "bottom\n");
+    put(&fixture.dir.path().join("aufs/upper"), "u/.wh.k", "");
     let mounted = std::sync::Arc::new(fixture.mount_aufs("aufs"));
     let m = mounted.clone();
     deadline(60, "operations over AUFS markers", move || {
         let aufs = m.path("aufs");
-        assert_eq!(names(&aufs), ["a", "d", "e"]);
+        assert_eq!(names(&aufs), ["a", "d", "e", "g", "u"]);
+        assert_eq!(names(&aufs.join("g/app")), ["b.conf"]);
+        assert!(names(&aufs.join("u")).is_empty());
         assert_eq!(names(&aufs.join("a")), ["keep"]);
         assert_eq!(names(&aufs.join("d")), ["new"]);
         assert_eq!(names(&aufs.join("e")), ["old"]);
@@ -1090,7 +1100,7 @@ fn aufs_markers_in_lower_branches_are_honoured() {
         fs::remove_dir(aufs.join("d")).unwrap();
         assert!(is_whiteout(&m.upper.join("aufs/a/keep")));
         assert!(is_whiteout(&m.upper.join("aufs/d")));
-        assert_eq!(names(&aufs), ["a", "e"]);
+        assert_eq!(names(&aufs), ["a", "e", "g", "u"]);
         fs::create_dir(aufs.join("d")).unwrap();
         assert!(names(&aufs.join("d")).is_empty());
     });

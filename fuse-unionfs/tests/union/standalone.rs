@@ -13,6 +13,21 @@ fn server() -> Command {
     Command::new(env!("CARGO_BIN_EXE_strata-unionfs"))
 }
 
+/// The mount options (ro, nodev, ...) of the mount at `mnt`, if anything is mounted there.
+fn mount_options(mnt: &Path) -> Option<Vec<String>> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))?;
+    Some(
+        line.split(' ')
+            .nth(5)?
+            .split(',')
+            .map(String::from)
+            .collect(),
+    )
+}
+
 /// The filesystem type mounted at `mnt`, if anything is.
 fn mount_type(mnt: &Path) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -35,6 +50,8 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     for d in [&upper, &work, &mnt] {
         std::fs::create_dir_all(d).unwrap();
     }
+    // Whatever this test leaves mounted below `base` if it fails.
+    let _cleanup = Cleanup(base.clone());
     let lowers: Vec<String> = fixture
         .lowers
         .iter()
@@ -100,6 +117,72 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     });
     assert_eq!(status.code(), Some(0));
     assert_eq!(mount_type(&mnt), None, "SIGTERM unmounts");
+
+    // Without an upperdir: read-only, like kernel overlayfs over lowers alone (its root
+    // is the top lower's), with nodev honoured; one lowerdir alone is fine too.
+    let kernel_ro = base.join("kernel-ro");
+    std::fs::create_dir_all(&kernel_ro).unwrap();
+    let lowers_only = format!("lowerdir={}", lowers.join(":"));
+    let mounted = Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &lowers_only])
+        .arg(&kernel_ro)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -t overlay -o {lowers_only}");
+    let out = server()
+        .args(["-o", &format!("{lowers_only},nodev")])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = {
+        let mnt = mnt.clone();
+        deadline(60, "reading the read-only mount", move || {
+            snapshot(&mnt, false)
+        })
+    };
+    assert_same(
+        "read-only standalone against overlayfs",
+        &snapshot(&kernel_ro, false),
+        &view,
+    );
+    let (ours, theirs) = (
+        std::fs::metadata(&mnt).unwrap(),
+        std::fs::metadata(&kernel_ro).unwrap(),
+    );
+    assert_eq!(
+        (ours.mode(), ours.uid(), ours.gid(), ours.mtime()),
+        (theirs.mode(), theirs.uid(), theirs.gid(), theirs.mtime()),
+        "the root"
+    );
+    let flags = mount_options(&mnt).unwrap();
+    assert!(
+        flags.contains(&"ro".to_string()) && flags.contains(&"nodev".to_string()),
+        "{flags:?}"
+    );
+    let write = std::fs::write(mnt.join("etc/conf0"), b"no\n").unwrap_err();
+    assert_eq!(write.raw_os_error(), Some(libc::EROFS), "{write}");
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    assert!(
+        Command::new("umount")
+            .arg(&kernel_ro)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let one = format!("lowerdir={}", lowers[2]);
+    let out = server().args(["-o", &one]).arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(mnt.join("etc/conf5").exists());
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
 
     // Bad input: usage errors exit 2, mount errors 1, and nothing is mounted.
     let fails = |args: &[&str], code: i32, needle: &str| {
@@ -203,9 +286,11 @@ fn podman_runs_containers_on_it_as_its_mount_program() {
     assert_eq!(mount_type(&root).as_deref(), Some("fuse.strata"));
     assert_eq!(std::fs::read(root.join("new")).unwrap(), b"new\n");
     assert!(root.join("bin/cat").exists());
+    let echo = std::fs::symlink_metadata(root.join("bin/echo"));
     assert!(
-        !root.join("bin/echo").exists(),
-        "the committed whiteout is lost"
+        echo.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound),
+        "the committed whiteout is lost: {echo:?}"
     );
     podman(&["umount", "c2"]);
     podman(&["rm", "c1", "c2"]);
@@ -223,8 +308,9 @@ fn podman_ok(args: &[&str], out: &Output) -> String {
     stdout
 }
 
-/// Unmounts what podman's overlay driver leaves mounted in its storage (its own dir,
-/// made a private mount, and any container root still mounted), also when a test fails.
+/// Unmounts everything below a dir on drop, also when a test fails: here, what podman's
+/// overlay driver leaves mounted in its storage (its own dir, made a private mount, and any
+/// container root still mounted).
 struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
