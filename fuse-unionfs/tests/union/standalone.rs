@@ -13,6 +13,25 @@ fn server() -> Command {
     Command::new(env!("CARGO_BIN_EXE_strata-unionfs"))
 }
 
+fn umount(mnt: &Path) {
+    let status = Command::new("umount").arg(mnt).status().unwrap();
+    assert!(status.success(), "umount {}", mnt.display());
+}
+
+/// Runs the server (which forks its daemon); fails with its stderr unless it mounts.
+fn start(args: &[&str], mnt: &Path) {
+    let out = server().args(args).arg(mnt).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "strata-unionfs {args:?}: {stderr}");
+}
+
+/// Fails unless `mnt` shows the tree kernel overlayfs shows at `kernel`.
+fn assert_same_tree(what: &str, kernel: &Path, mnt: &Path) {
+    let mnt = mnt.to_path_buf();
+    let view = deadline(60, "reading the mount", move || snapshot(&mnt, false));
+    assert_same(what, &snapshot(kernel, false), &view);
+}
+
 /// The mount options (ro, nodev, ...) of the mount at `mnt`, if anything is mounted there.
 fn mount_options(mnt: &Path) -> Option<Vec<String>> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -65,28 +84,12 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     );
 
     // In the background: the command returns once the mount is live.
-    let out = server().args(["-o", &options]).arg(&mnt).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    start(&["-o", &options], &mnt);
     assert_eq!(mount_type(&mnt).as_deref(), Some("fuse.strata"));
     let device = std::fs::metadata(&mnt).unwrap().dev();
-    let view = {
-        let mnt = mnt.clone();
-        deadline(60, "reading the standalone mount", move || {
-            snapshot(&mnt, false)
-        })
-    };
-    assert_same(
-        "standalone server against overlayfs",
-        &snapshot(&kernel.mnt, false),
-        &view,
-    );
+    assert_same_tree("standalone server against overlayfs", &kernel.mnt, &mnt);
     std::fs::write(mnt.join("etc/conf0"), b"changed\n").unwrap();
-    let umount = Command::new("umount").arg(&mnt).status().unwrap();
-    assert!(umount.success());
+    umount(&mnt);
     let connection = format!("/sys/fs/fuse/connections/{}", rustix::fs::minor(device));
     common::wait_until("the server exits after umount", || {
         !std::path::Path::new(&connection).exists()
@@ -129,27 +132,8 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
         .status()
         .unwrap();
     assert!(mounted.success(), "mount -t overlay -o {lowers_only}");
-    let out = server()
-        .args(["-o", &format!("{lowers_only},nodev")])
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let view = {
-        let mnt = mnt.clone();
-        deadline(60, "reading the read-only mount", move || {
-            snapshot(&mnt, false)
-        })
-    };
-    assert_same(
-        "read-only standalone against overlayfs",
-        &snapshot(&kernel_ro, false),
-        &view,
-    );
+    start(&["-o", &format!("{lowers_only},nodev")], &mnt);
+    assert_same_tree("read-only standalone against overlayfs", &kernel_ro, &mnt);
     let (ours, theirs) = (
         std::fs::metadata(&mnt).unwrap(),
         std::fs::metadata(&kernel_ro).unwrap(),
@@ -166,23 +150,12 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     );
     let write = std::fs::write(mnt.join("etc/conf0"), b"no\n").unwrap_err();
     assert_eq!(write.raw_os_error(), Some(libc::EROFS), "{write}");
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
-    assert!(
-        Command::new("umount")
-            .arg(&kernel_ro)
-            .status()
-            .unwrap()
-            .success()
-    );
+    umount(&mnt);
+    umount(&kernel_ro);
     let one = format!("lowerdir={}", lowers[2]);
-    let out = server().args(["-o", &one]).arg(&mnt).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    start(&["-o", &one], &mnt);
     assert!(mnt.join("etc/conf5").exists());
-    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+    umount(&mnt);
 
     // Bad input: usage errors exit 2, mount errors 1, and nothing is mounted.
     let fails = |args: &[&str], code: i32, needle: &str| {
