@@ -9,18 +9,21 @@
 //! Lower dirs are top first, as for `mount -t overlay`, and may hold whiteouts in either
 //! form: overlay's (char 0/0, `trusted.overlay.opaque`) or AUFS's (`.wh.NAME`,
 //! `.wh..wh..opq`, as podman unpacks layers for a mount program). Without an upperdir
-//! (or with `ro`) the mount is read-only. Without `-f` the server forks
-//! into the background and the command returns once the mount is live; with `-f` it
-//! serves until unmounted (SIGINT and SIGTERM unmount). `strata mount --lower` serves the
-//! same filesystem (reading only overlay's markers), but this program loads in a fraction
-//! of the time: it links only the union filesystem, not the builder, store and registry.
+//! (or with `ro`) the mount is read-only. `uidmapping=0:H:S,gidmapping=0:H:S` shows
+//! every owner H higher, for a user namespace (one range, the same for both).
+//!
+//! Without `-f` the server forks into the background and the command returns once the
+//! mount is live; with `-f` it serves until unmounted (SIGINT and SIGTERM unmount).
+//! `strata mount --lower` serves the same filesystem (reading only overlay's markers),
+//! but this program loads in a fraction of the time: it links only the union filesystem,
+//! not the builder, store and registry.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use strata_unionfs::{Flags, MountSpec};
+use strata_unionfs::{Flags, IdShift, MountSpec};
 
 const USAGE: &str =
     "usage: strata-unionfs [-f] -o lowerdir=DIR[:DIR...],upperdir=DIR,workdir=DIR MOUNTPOINT";
@@ -59,6 +62,7 @@ struct Args {
     /// The upper and work dirs; None for a read-only mount of the lowers.
     upper: Option<(PathBuf, PathBuf)>,
     flags: Flags,
+    id_shift: Option<IdShift>,
     target: PathBuf,
 }
 
@@ -101,7 +105,7 @@ fn serve(args: Args) -> strata_unionfs::Result<()> {
         upper,
         work,
         target,
-        id_shift: None,
+        id_shift: args.id_shift,
         aufs_markers: true,
         flags: args.flags,
     };
@@ -160,6 +164,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
     let [target] = <[PathBuf; 1]>::try_from(positional)
         .map_err(|p| format!("expected one mount point, got {}", p.len()))?;
     let (mut lowers, mut upper, mut work) = (None, None, None);
+    let (mut uids, mut gids) = (None, None);
     let mut flags = Flags::default();
     // Empty options (`a,,b`, a trailing comma, as podman passes) are skipped.
     let options = options.iter().flat_map(|o| split(o.as_bytes(), b','));
@@ -189,6 +194,8 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
             }
             b"upperdir" => upper = Some(path("upperdir")?),
             b"workdir" => work = Some(path("workdir")?),
+            b"uidmapping" => uids = Some(mapping(value)?),
+            b"gidmapping" => gids = Some(mapping(value)?),
             b"ro" => flags.read_only = true,
             b"rw" => flags.read_only = false,
             b"nodev" => flags.nodev = true,
@@ -209,8 +216,24 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
         (Some(_), None) => return Err("upperdir needs a workdir".into()),
         (None, Some(_)) => return Err("workdir without an upperdir".into()),
     };
+    // One range from 0, the same for users and groups: what a user namespace made by a
+    // container engine maps, and what the server shifts (IdShift).
+    let id_shift = match (uids, gids) {
+        (None, None) => None,
+        (Some([0, host_start, size]), Some(gids)) if gids == [0, host_start, size] => {
+            Some(IdShift { host_start, size })
+        }
+        _ => {
+            return Err(
+                "uidmapping and gidmapping must be given together, as one range from \
+                        0 that is the same for both (uidmapping=0:HOST:SIZE,gidmapping=0:HOST:SIZE)"
+                    .into(),
+            );
+        }
+    };
     Ok(Some(Args {
         foreground,
+        id_shift,
         lowers: lowers.ok_or("-o lowerdir=... is required")?,
         flags: Flags {
             read_only: flags.read_only || upper.is_none(),
@@ -219,6 +242,18 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
         upper,
         target,
     }))
+}
+
+/// A `uidmapping=`/`gidmapping=` value with one range: `INSIDE:HOST:SIZE`.
+fn mapping(value: Option<&[u8]>) -> Result<[u32; 3], String> {
+    let text = String::from_utf8_lossy(value.unwrap_or_default()).into_owned();
+    let numbers: Vec<u32> = text
+        .split(':')
+        .map(|n| n.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("bad id mapping {text:?}: expected INSIDE:HOST:SIZE"))?;
+    <[u32; 3]>::try_from(numbers)
+        .map_err(|_| format!("id mapping {text:?}: only one range (INSIDE:HOST:SIZE) is supported"))
 }
 
 /// Splits at `sep` bytes neither escaped by a backslash nor inside double quotes (SELinux
@@ -333,5 +368,23 @@ mod tests {
         assert!(err(&["-o", &format!("{all},squash_to_root"), "/m"]).contains("squash_to_root"));
         assert!(err(&["-o", "lowerdir=/l,workdir=/w", "/m"]).contains("upperdir"));
         assert!(err(&["-x", "/m"]).contains("-x"));
+        let mapped = |m: &str| parsed(&["-o", &format!("{all},{m}"), "/m"]);
+        assert!(
+            mapped("uidmapping=0:100000:65536")
+                .unwrap_err()
+                .contains("together")
+        );
+        let two = "uidmapping=0:1:1:1:100000:65536,gidmapping=0:1:1:1:100000:65536";
+        assert!(mapped(two).unwrap_err().contains("one range"));
+        let apart = "uidmapping=0:100000:65536,gidmapping=0:200000:65536";
+        assert!(mapped(apart).unwrap_err().contains("the same"));
+        let shift = mapped("uidmapping=0:100000:65536,gidmapping=0:100000:65536");
+        assert_eq!(
+            shift.unwrap().unwrap().id_shift,
+            Some(IdShift {
+                host_start: 100000,
+                size: 65536
+            })
+        );
     }
 }

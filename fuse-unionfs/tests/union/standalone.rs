@@ -300,3 +300,99 @@ impl Drop for Cleanup {
         }
     }
 }
+
+/// With `uidmapping=0:H:S,gidmapping=0:H:S` owners show as fuse-overlayfs shows them, each
+/// id H higher, and what the container's root (host H) creates is stored as 0:0, for both.
+#[test]
+fn id_mappings_show_owners_as_fuse_overlayfs_does() {
+    let fixture = Fixture::new();
+    let base = fixture.dir.path().join("mapped");
+    let _cleanup = Cleanup(base.clone());
+    let lowers: Vec<String> = fixture
+        .lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect();
+    let mut mounts = Vec::new();
+    for (name, program) in [
+        ("fuse-overlayfs", "fuse-overlayfs"),
+        ("strata-unionfs", env!("CARGO_BIN_EXE_strata-unionfs")),
+    ] {
+        let (upper, work, mnt) = (
+            base.join(name).join("u"),
+            base.join(name).join("w"),
+            base.join(name).join("m"),
+        );
+        for d in [&upper, &work, &mnt] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={},uidmapping=0:100000:65536,gidmapping=0:100000:65536",
+            lowers.join(":"),
+            upper.display(),
+            work.display()
+        );
+        let out = Command::new(program)
+            .args(["-o", &options])
+            .arg(&mnt)
+            .output();
+        let out =
+            out.unwrap_or_else(|e| panic!("{program}: {e} (apt-get install -y fuse-overlayfs)"));
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        mounts.push((upper, mnt));
+    }
+    let [(_, theirs), (_, ours)] = &mounts[..] else {
+        unreachable!()
+    };
+    let (want, got) = {
+        let (theirs, ours) = (theirs.clone(), ours.clone());
+        deadline(60, "reading owners", move || {
+            (owners(&theirs), owners(&ours))
+        })
+    };
+    assert!(
+        want.values().any(|&ids| ids == (100000, 100000)),
+        "{want:?}"
+    );
+    assert_eq!(want, got, "owners: fuse-overlayfs, then strata-unionfs");
+    for (upper, mnt) in &mounts {
+        let made = Command::new("setpriv")
+            .args([
+                "--reuid",
+                "100000",
+                "--regid",
+                "100000",
+                "--clear-groups",
+                "touch",
+            ])
+            .arg(mnt.join("etc/made"))
+            .status()
+            .unwrap();
+        assert!(made.success(), "{}", mnt.display());
+        let stored = std::fs::metadata(upper.join("etc/made")).unwrap();
+        assert_eq!((stored.uid(), stored.gid()), (0, 0), "{}", upper.display());
+        umount(mnt);
+    }
+}
+
+/// The owner of every entry below `root`, by path.
+fn owners(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u32)> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path.clone());
+            }
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            out.insert(rel, (meta.uid(), meta.gid()));
+        }
+    }
+    out
+}
