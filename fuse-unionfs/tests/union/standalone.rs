@@ -71,11 +71,7 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     }
     // Whatever this test leaves mounted below `base` if it fails.
     let _cleanup = Cleanup(base.clone());
-    let lowers: Vec<String> = fixture
-        .lowers
-        .iter()
-        .map(|l| l.display().to_string())
-        .collect();
+    let lowers = lower_paths(&fixture);
     let options = format!(
         "lowerdir={},upperdir={},workdir={},nodev,fsync=0",
         lowers.join(":"),
@@ -308,11 +304,7 @@ fn id_mappings_show_owners_as_fuse_overlayfs_does() {
     let fixture = Fixture::new();
     let base = fixture.dir.path().join("mapped");
     let _cleanup = Cleanup(base.clone());
-    let lowers: Vec<String> = fixture
-        .lowers
-        .iter()
-        .map(|l| l.display().to_string())
-        .collect();
+    let lowers = lower_paths(&fixture);
     let mut mounts = Vec::new();
     for (name, program) in [
         ("fuse-overlayfs", "fuse-overlayfs"),
@@ -377,6 +369,15 @@ fn id_mappings_show_owners_as_fuse_overlayfs_does() {
         assert_eq!((stored.uid(), stored.gid()), (0, 0), "{}", upper.display());
         umount(mnt);
     }
+}
+
+/// The fixture's lower dirs, top first, as option text.
+fn lower_paths(fixture: &Fixture) -> Vec<String> {
+    fixture
+        .lowers
+        .iter()
+        .map(|l| l.display().to_string())
+        .collect()
 }
 
 /// The owner of every entry below `root`, by path.
