@@ -236,9 +236,11 @@ impl Union {
     pub(crate) fn resolve(&self, parent_layers: &[usize], rel: &Path) -> Res<Found> {
         let mut top: Option<(Meta, usize)> = None;
         let mut dirs = Vec::new();
+        if self.layers.is_aufs_marker(rel) {
+            return Err(Errno::NOENT);
+        }
         for &layer in parent_layers {
             let meta = match self.layers.stat(layer, rel) {
-                Ok(_) if self.layers.is_aufs_marker(rel) => continue,
                 Ok(meta) => meta,
                 Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => break,
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
@@ -273,9 +275,11 @@ impl Union {
     /// Whether a lower branch (below upper) shows something at `rel` in a directory merged
     /// from `parent_layers`: then removing or renaming `rel` needs a whiteout.
     pub(crate) fn lower_has(&self, parent_layers: &[usize], rel: &Path) -> Res<bool> {
+        if self.layers.is_aufs_marker(rel) {
+            return Ok(false);
+        }
         for &layer in parent_layers.iter().filter(|&&l| l != UPPER) {
             match self.layers.stat(layer, rel) {
-                Ok(_) if self.layers.is_aufs_marker(rel) => continue,
                 Ok(meta) => return Ok(!meta.is_whiteout()),
                 Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => {
                     return Ok(false);
