@@ -53,15 +53,12 @@ pub struct Flags {
 impl Flags {
     fn mount_flags(self) -> rustix::mount::MountFlags {
         use rustix::mount::MountFlags;
-        [
-            (self.read_only, MountFlags::RDONLY),
-            (self.nodev, MountFlags::NODEV),
-            (self.nosuid, MountFlags::NOSUID),
-            (self.noexec, MountFlags::NOEXEC),
-        ]
-        .into_iter()
-        .filter(|(on, _)| *on)
-        .fold(MountFlags::empty(), |all, (_, flag)| all | flag)
+        let mut flags = MountFlags::empty();
+        flags.set(MountFlags::RDONLY, self.read_only);
+        flags.set(MountFlags::NODEV, self.nodev);
+        flags.set(MountFlags::NOSUID, self.nosuid);
+        flags.set(MountFlags::NOEXEC, self.noexec);
+        flags
     }
 }
 
