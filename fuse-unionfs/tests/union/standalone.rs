@@ -32,28 +32,34 @@ fn assert_same_tree(what: &str, kernel: &Path, mnt: &Path) {
     assert_same(what, &snapshot(kernel, false), &view);
 }
 
-/// The mount options (ro, nodev, ...) of the mount at `mnt`, if anything is mounted there.
-fn mount_options(mnt: &Path) -> Option<Vec<String>> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let line = info
-        .lines()
-        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))?;
-    Some(
-        line.split(' ')
-            .nth(5)?
-            .split(',')
-            .map(String::from)
-            .collect(),
-    )
+/// A line of /proc/self/mountinfo.
+struct MountLine {
+    target: PathBuf,
+    /// The mount's own options: ro, nodev, ...
+    options: Vec<String>,
+    fstype: String,
+}
+
+fn mount_table() -> Vec<MountLine> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let parse = |line: &str| {
+        let mut fields = line.split(' ').skip(4);
+        Some(MountLine {
+            target: PathBuf::from(fields.next()?),
+            options: fields.next()?.split(',').map(String::from).collect(),
+            fstype: line.split(" - ").nth(1)?.split(' ').next()?.to_string(),
+        })
+    };
+    info.lines().filter_map(parse).collect()
+}
+
+fn mounted_at(mnt: &Path) -> Option<MountLine> {
+    mount_table().into_iter().find(|m| m.target == mnt)
 }
 
 /// The filesystem type mounted at `mnt`, if anything is.
 fn mount_type(mnt: &Path) -> Option<String> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
-        .and_then(|l| l.split(" - ").nth(1))
-        .map(|rest| rest.split(' ').next().unwrap().to_string())
+    mounted_at(mnt).map(|m| m.fstype)
 }
 
 /// The standalone server takes fuse-overlayfs's command line: forked into the background
@@ -139,7 +145,7 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
         (theirs.mode(), theirs.uid(), theirs.gid(), theirs.mtime()),
         "the root"
     );
-    let flags = mount_options(&mnt).unwrap();
+    let flags = mounted_at(&mnt).unwrap().options;
     assert!(
         flags.contains(&"ro".to_string()) && flags.contains(&"nodev".to_string()),
         "{flags:?}"
@@ -284,15 +290,15 @@ struct Cleanup(std::path::PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut mounts: Vec<&str> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| Path::new(m).starts_with(&self.0))
+        let mut mounts: Vec<PathBuf> = mount_table()
+            .into_iter()
+            .map(|m| m.target)
+            .filter(|m| m.starts_with(&self.0))
             .collect();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        // Deepest first.
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
         for mnt in mounts {
-            let _ = rustix::mount::unmount(mnt, rustix::mount::UnmountFlags::DETACH);
+            let _ = rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH);
         }
     }
 }
