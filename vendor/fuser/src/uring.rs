@@ -456,8 +456,16 @@ impl<FS: Filesystem> Server<FS> {
         };
         let opcode = abi::fuse_opcode::try_from(opcode).ok();
         match self.reply.as_mut().and_then(Arc::get_mut) {
-            // Only this thread holds it: no handler can still answer an old request.
-            Some(reply) => *reply.unique.get_mut() = unique,
+            // Only this thread holds it: no handler can still answer an old request, and
+            // nothing stored for one (a reply to a request owed none) carries over.
+            Some(reply) => {
+                *reply.unique.get_mut() = unique;
+                reply
+                    .slot
+                    .get_mut()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .ready = false;
+            }
             None => self.reply = Some(Arc::new(RingReply::new(unique))),
         }
         let reply = self.reply.clone().expect("set above");
