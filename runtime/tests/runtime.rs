@@ -45,7 +45,15 @@ impl Rootfs {
         ] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
-        std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+        // Copied by cp(1), not in this process: a container another test forks meanwhile
+        // would inherit our write descriptor to the binary, and exec it with ETXTBSY
+        // (exit 126; killed_container_exits_137 failed so about once in ten runs).
+        let copied = std::process::Command::new("cp")
+            .arg(BUSYBOX)
+            .arg(root.join("bin/busybox"))
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp {BUSYBOX}");
         let list = std::process::Command::new(BUSYBOX)
             .arg("--list-full")
             .output()
