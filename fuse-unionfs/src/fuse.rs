@@ -30,7 +30,7 @@ use fuser::{
 };
 
 use crate::idshift::IdShift;
-use crate::layer::Kind;
+use crate::layer::{Kind, Meta};
 use crate::modify::{SetAttr, SetTime};
 use crate::union::{Caller, Entry, OpenFile, Union};
 
@@ -388,12 +388,12 @@ impl Filesystem for Fs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.union.lookup(parent.0, name) {
             Err(rustix::io::Errno::NOENT) => {
-                let mut negative = attr(&Entry {
+                // Node id 0: a cached negative entry; the kernel reads no attributes.
+                let negative = attr(&Entry {
                     ino: 0,
-                    meta: self.union.root_meta(),
+                    meta: Meta::PLACEHOLDER,
                     upper: false,
                 });
-                negative.ino = INodeNo(0);
                 reply.entry(&NEGATIVE_TTL, &negative, Generation(0));
             }
             result => self.reply_entry(result, reply),
@@ -689,10 +689,9 @@ impl Filesystem for Fs {
             let next = listing.offset(i);
             if dirent.name == "." || dirent.name == ".." {
                 // The kernel takes no lookup for these (fuse_direntplus_link): attrs unused.
-                let meta = self.union.root_meta();
                 let entry = Entry {
                     ino: dirent.ino,
-                    meta,
+                    meta: Meta::PLACEHOLDER,
                     upper: true,
                 };
                 if reply.add(

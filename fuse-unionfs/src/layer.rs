@@ -105,6 +105,24 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 }
 
 impl Meta {
+    /// Attributes for a reply the kernel reads no attributes from (a negative entry, "."
+    /// and ".." in a readdirplus listing): a directory owned by root, at the epoch.
+    pub const PLACEHOLDER: Meta = Meta {
+        dev: 0,
+        ino: 0,
+        mode: 0o40755,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size: 0,
+        blocks: 0,
+        blksize: 4096,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+    };
+
     #[allow(clippy::unnecessary_cast)]
     pub(crate) fn from_stat(st: &rustix::fs::Stat) -> Meta {
         Meta {

@@ -161,13 +161,17 @@ impl Union {
             Err(Errno::NOENT) => false,
             Err(err) => return Err(err),
         };
-        let tmp = self.layers.tmp_name();
+        let tmp = if over_whiteout {
+            self.layers.tmp_name()
+        } else {
+            PathBuf::new()
+        };
         let (dir, at): (BorrowedFd<'_>, &Path) = if over_whiteout {
             (self.layers.work(), &tmp)
         } else {
             (self.upper_fd(), &rel)
         };
-        let fd = self.create_at(dir, at, &new, setgid)?;
+        let fd = self.create_at(dir, at, &new)?;
         let finish = || -> Res<()> {
             if !matches!(new, New::Link(_)) {
                 rustix::fs::chownat(
@@ -236,14 +240,7 @@ impl Union {
         ))
     }
 
-    fn create_at(
-        &self,
-        dir: BorrowedFd<'_>,
-        at: &Path,
-        new: &New<'_>,
-        setgid: bool,
-    ) -> Res<Option<OwnedFd>> {
-        let _ = setgid;
+    fn create_at(&self, dir: BorrowedFd<'_>, at: &Path, new: &New<'_>) -> Res<Option<OwnedFd>> {
         match *new {
             New::Dir(mode) => {
                 rustix::fs::mkdirat(dir, at, Mode::from_raw_mode(mode & 0o7777)).map(|()| None)

@@ -689,25 +689,6 @@ fn current_umask() -> u32 {
 }
 
 impl Union {
-    /// Attributes of the root (placeholder attrs for replies that need some).
-    pub fn root_meta(&self) -> Meta {
-        self.layers.stat(UPPER, Path::new("")).unwrap_or(Meta {
-            dev: 0,
-            ino: 0,
-            mode: 0o40755,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            size: 0,
-            blocks: 0,
-            blksize: 4096,
-            atime: std::time::UNIX_EPOCH,
-            mtime: std::time::UNIX_EPOCH,
-            ctime: std::time::UNIX_EPOCH,
-        })
-    }
-
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Res<()> {
         let file = self.files.get(fh)?;
         if !file.upper {
