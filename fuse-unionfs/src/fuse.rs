@@ -32,7 +32,7 @@ use fuser::{
 use crate::idshift::IdShift;
 use crate::layer::{Kind, Meta};
 use crate::modify::{SetAttr, SetTime};
-use crate::union::{Caller, Entry, OpenFile, Union};
+use crate::union::{Caller, DirEntry, Entry, OpenFile, Union};
 
 /// Entries change only through this mount (the branches must not be modified behind its
 /// back, as for overlayfs), and the kernel updates its caches on every change it makes
@@ -293,6 +293,24 @@ impl Fs {
         {
             table.written.insert(ino);
         }
+    }
+
+    /// Fills a READDIR or READDIRPLUS reply from `offset` with `add`, which adds one entry
+    /// (given the offset of the next) and says whether the reply is full. A listing read to
+    /// its end is dropped; one cut short stays for the next request.
+    fn fill_dir(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntry, u64) -> bool,
+    ) -> Result<(), Errno> {
+        let listing = self.union.dir_entries(ino, offset).map_err(errno)?;
+        let full = (listing.start..listing.entries.len())
+            .any(|i| add(&listing.entries[i], listing.offset(i)));
+        if !full {
+            self.union.dir_entries_done(&listing);
+        }
+        Ok(())
     }
 
     /// Answers an open that found the inode's backing file superseded: the copied-up
@@ -650,26 +668,13 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listing = match self.union.dir_entries(ino.0, offset) {
-            Ok(listing) => listing,
-            Err(err) => return reply.error(errno(err)),
-        };
-        let mut full = false;
-        for (i, entry) in listing.entries.iter().enumerate().skip(listing.start) {
-            full = reply.add(
-                INodeNo(entry.ino),
-                listing.offset(i),
-                file_type(entry.kind),
-                &entry.name,
-            );
-            if full {
-                break;
-            }
+        let filled = self.fill_dir(ino.0, offset, |entry, next| {
+            reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(err),
         }
-        if !full {
-            self.union.dir_entries_done(&listing);
-        }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -680,13 +685,7 @@ impl Filesystem for Fs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let listing = match self.union.dir_entries(ino.0, offset) {
-            Ok(listing) => listing,
-            Err(err) => return reply.error(errno(err)),
-        };
-        let mut full = false;
-        for (i, dirent) in listing.entries.iter().enumerate().skip(listing.start) {
-            let next = listing.offset(i);
+        let filled = self.fill_dir(ino.0, offset, |dirent, next| {
             if dirent.name == "." || dirent.name == ".." {
                 // The kernel takes no lookup for these (fuse_direntplus_link): attrs unused.
                 let entry = Entry {
@@ -694,39 +693,37 @@ impl Filesystem for Fs {
                     meta: Meta::PLACEHOLDER,
                     upper: true,
                 };
-                if reply.add(
+                let attr = self.attr(&entry);
+                return reply.add(
                     INodeNo(dirent.ino),
                     next,
                     &dirent.name,
                     &Duration::ZERO,
-                    &self.attr(&entry),
+                    &attr,
                     Generation(0),
-                ) {
-                    full = true;
-                    break;
-                }
-                continue;
+                );
             }
             let Ok(entry) = self.union.lookup(ino.0, &dirent.name) else {
-                continue;
+                return false;
             };
-            if reply.add(
+            let full = reply.add(
                 INodeNo(entry.ino),
                 next,
                 &dirent.name,
                 &ttl(&entry),
                 &self.attr(&entry),
                 Generation(0),
-            ) {
+            );
+            if full {
+                // Not sent: the kernel will not count this lookup.
                 self.union.forget(entry.ino, 1);
-                full = true;
-                break;
             }
+            full
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(err),
         }
-        if !full {
-            self.union.dir_entries_done(&listing);
-        }
-        reply.ok();
     }
 
     fn fsyncdir(
