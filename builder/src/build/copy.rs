@@ -159,9 +159,10 @@ pub(crate) fn resolve(
         for (rel, mut items) in matches {
             items.retain(|item| {
                 item.rel.is_empty()
-                    || !excludes
-                        .iter()
-                        .any(|g| matches_or_parent(g, &item.rel) || matches_or_parent(g, &join(&rel, &item.rel)))
+                    || !excludes.iter().any(|g| {
+                        matches_or_parent(g, &item.rel)
+                            || matches_or_parent(g, &join(&rel, &item.rel))
+                    })
             });
             hash_items(&mut items)?;
             let name = rel.rsplit('/').next().unwrap_or("").to_string();
@@ -351,7 +352,7 @@ pub(crate) fn key_text(resolved: &[Resolved]) -> String {
 }
 
 /// Parses `--chown=user[:group]` (names looked up in the image).
-fn owner(spec: &str, tree: &Tree) -> std::result::Result<(u32, u32), String> {
+pub(crate) fn owner(spec: &str, tree: &Tree) -> std::result::Result<(u32, u32), String> {
     let (user, group) = match spec.split_once(':') {
         Some((user, group)) => (user, Some(group)),
         None => (spec, None),
@@ -417,11 +418,11 @@ pub(crate) fn execute(
     } else {
         format!("{workdir}/{}", copy.dest)
     };
-    let dest = context::clean(&dest_abs);
+    // Symlinks on the way are followed inside the image, as Docker and BuildKit resolve
+    // the destination (a link to usr/lib stays a link; the file lands in usr/lib).
+    let dest = tree.resolve(&context::clean(&dest_abs));
     let count: usize = resolved.len();
-    let dest_exists_as_dir = tree
-        .lookup(&tree.resolve(&dest))
-        .is_some_and(|(_, meta)| meta.is_dir());
+    let dest_exists_as_dir = tree.lookup(&dest).is_some_and(|(_, meta)| meta.is_dir());
     let dir_dest = copy.dest.ends_with('/')
         || copy.dest.ends_with("/.")
         || copy.dest == "."
@@ -445,7 +446,7 @@ pub(crate) fn execute(
                 } else {
                     dest.clone()
                 };
-                make_parents(&tree, upper, &target)?;
+                make_parents(&tree, upper, &target, owner)?;
                 let path = upper.join(&target);
                 replace(&path)?;
                 fs::write(&path, &doc.content)
@@ -482,7 +483,7 @@ pub(crate) fn execute(
                     make_dirs(&tree, upper, &dest, owner)?;
                     join(&dest, name)
                 } else {
-                    make_parents(&tree, upper, &dest)?;
+                    make_parents(&tree, upper, &dest, owner)?;
                     dest.clone()
                 };
                 let target_of = |item: &Item| {
@@ -596,16 +597,17 @@ fn copy_mtime(from: &Path, to: &Path) {
     }
 }
 
-fn make_parents(tree: &Tree, upper: &Path, rel: &str) -> Result<()> {
+fn make_parents(tree: &Tree, upper: &Path, rel: &str, owner: Option<(u32, u32)>) -> Result<()> {
     match rel.rsplit_once('/') {
-        Some((parent, _)) => make_dirs(tree, upper, parent, None),
+        Some((parent, _)) => make_dirs(tree, upper, parent, owner),
         None => Ok(()),
     }
 }
 
 /// Creates `rel` and its parents in `upper`. Directories that exist in the image are
 /// recreated with their metadata (so the layer does not change them); new ones are
-/// 0755, owned by `owner` (the last one) or root.
+/// 0755, owned by `owner` or root (BuildKit chowns every directory it makes for a
+/// `--chown` COPY or a WORKDIR under USER).
 pub(crate) fn make_dirs(
     tree: &Tree,
     upper: &Path,
@@ -613,32 +615,27 @@ pub(crate) fn make_dirs(
     owner: Option<(u32, u32)>,
 ) -> Result<()> {
     let mut current = String::new();
-    let parts: Vec<&str> = rel.split('/').filter(|p| !p.is_empty()).collect();
-    for (index, part) in parts.iter().enumerate() {
+    for part in rel.split('/').filter(|p| !p.is_empty()) {
         current = join(&current, part);
         let path = upper.join(&current);
         if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             continue;
         }
+        let in_image = tree.lookup(&current);
+        if in_image.as_ref().is_some_and(|(_, meta)| !meta.is_dir()) {
+            // mkdir -p fails here too: a file is not replaced by a directory on the way
+            return Err(Error::Other(format!(
+                "/{current} exists in the image and is not a directory"
+            )));
+        }
         replace(&path)?;
         fs::create_dir(&path).map_err(|e| Error::io("failed to create directory", &path, e))?;
-        match tree.lookup(&current) {
+        match in_image {
             Some((real, meta)) if meta.is_dir() => {
                 set_meta(&path, meta.mode() & 0o7777, (meta.uid(), meta.gid()))?;
                 copy_mtime(&real, &path);
             }
-            _ => {
-                let last = index + 1 == parts.len();
-                set_meta(
-                    &path,
-                    0o755,
-                    if last {
-                        owner.unwrap_or((0, 0))
-                    } else {
-                        (0, 0)
-                    },
-                )?;
-            }
+            _ => set_meta(&path, 0o755, owner.unwrap_or((0, 0)))?,
         }
     }
     Ok(())

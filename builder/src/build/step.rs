@@ -225,7 +225,11 @@ impl StageRun<'_, '_> {
                 resolved = Some(sources);
             }
             Instruction::Workdir(_) => {
-                key = key.part("workdir", self.state.config.working_dir.as_bytes())
+                key = key.part("workdir", self.state.config.working_dir.as_bytes());
+                if !self.state.config.user.is_empty() {
+                    // a new directory belongs to USER, looked up in the image
+                    key = key.part("user-db", &self.user_db());
+                }
             }
             _ => {}
         }
@@ -254,21 +258,45 @@ impl StageRun<'_, '_> {
             Instruction::Run(run) => self.run(step, run, &info)?,
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let sources = resolved.take().unwrap_or_default();
-                let (layer, dir) =
-                    self.in_upper(|run, upper| copy::execute(run, step, copy, &sources, upper))?;
+                let (layer, dir) = self
+                    .in_upper(|run, upper| copy::execute(run, step, copy, &sources, upper))
+                    .map_err(|err| at_step(err, &cx.buildfile.file, step))?;
                 (Some(layer), dir)
             }
             Instruction::Workdir(dir) => {
                 let path = workdir_path(&self.state.config.working_dir, dir);
-                let lowers = self.state.lowers(cx.store)?;
-                let rel = crate::context::clean(&path);
-                if rel.is_empty() || Tree::new(lowers).lookup(&rel).is_some() {
-                    (None, None)
-                } else {
-                    let (layer, dir) = self.in_upper(|_, upper| {
-                        copy::make_dirs(&Tree::default(), upper, &rel, None)
-                    })?;
-                    (Some(layer), dir)
+                let tree = Tree::new(self.state.lowers(cx.store)?);
+                // Through symlinks inside the image, as mkdir -p would go.
+                let rel = tree.resolve(&crate::context::clean(&path));
+                match tree.lookup(&rel) {
+                    _ if rel.is_empty() => (None, None),
+                    Some((_, meta)) if meta.is_dir() => (None, None),
+                    Some(_) => {
+                        return Err(Error::step(
+                            &cx.buildfile.file,
+                            step.pos,
+                            format!("WORKDIR {path}: /{rel} exists and is not a directory"),
+                        ));
+                    }
+                    None => {
+                        // New directories belong to USER, as BuildKit makes them.
+                        let user = &self.state.config.user;
+                        let owner = if user.is_empty() {
+                            None
+                        } else {
+                            Some(copy::owner(user, &tree).map_err(|e| {
+                                Error::step(
+                                    &cx.buildfile.file,
+                                    step.pos,
+                                    format!("WORKDIR {path}: USER {user}: {e}"),
+                                )
+                            })?)
+                        };
+                        let (layer, dir) = self
+                            .in_upper(|_, upper| copy::make_dirs(&tree, upper, &rel, owner))
+                            .map_err(|err| at_step(err, &cx.buildfile.file, step))?;
+                        (Some(layer), dir)
+                    }
                 }
             }
             _ => (None, None),
@@ -829,6 +857,15 @@ fn base_text(buildfile: &crate::stages::Buildfile, base: &Base) -> String {
 }
 
 /// WORKDIR relative to the previous one.
+/// An error of a step's own work, located at its instruction (errors that already name
+/// a place in the Buildfile, and the store's, are kept as they are).
+fn at_step(err: Error, file: &str, step: &Step) -> Error {
+    match err {
+        Error::Io { .. } | Error::Other(_) => Error::step(file, step.pos, err.to_string()),
+        err => err,
+    }
+}
+
 fn workdir_path(current: &str, dir: &str) -> String {
     if dir.starts_with('/') {
         return format!("/{}", crate::context::clean(dir));

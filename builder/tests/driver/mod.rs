@@ -31,7 +31,8 @@ struct Fixture {
 }
 
 /// A store holding `base:latest` (an /etc/passwd with user `app` 1000:1001, group `staff`
-/// 50, a /srv dir with mode 0750) and an empty context dir.
+/// 50, a /srv dir with mode 0750, /usr/lib/app/data with links to /usr/lib: `lib2`
+/// relative, `abs` absolute, and `up` climbing above the root) and an empty context dir.
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
@@ -65,6 +66,20 @@ fn fixture() -> Fixture {
     );
     add("etc/group", 0o644, Some("root:x:0:\nstaff:x:50:\n"));
     add("srv/", 0o750, None);
+    add("usr/", 0o755, None);
+    add("usr/lib/", 0o755, None);
+    add("usr/lib/app/", 0o755, None);
+    add("usr/lib/app/data", 0o644, Some("data"));
+    for (name, target) in [("lib2", "usr/lib"), ("abs", "/usr/lib"), ("up", "../../..")] {
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_mode(0o777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_000_000);
+        header.set_size(0);
+        tar.append_link(&mut header, name, target).unwrap();
+    }
     let bytes = tar.into_inner().unwrap();
     store
         .import(
@@ -148,6 +163,93 @@ fn copy_destination_rules_follow_docker() {
         .to_string();
     assert!(
         error.contains("Buildfile:2:") && error.contains("must be a directory ending in /"),
+        "{error}"
+    );
+}
+
+#[test]
+fn destinations_follow_symlinks_inside_the_image() {
+    let fx = fixture();
+    fx.write("tool", "t");
+    let image = fx
+        .build(
+            "FROM base\nCOPY tool /lib2/\nCOPY tool /abs/app/tool2\nCOPY tool /up/escape\nWORKDIR /lib2/work\n",
+        )
+        .unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    for link in ["lib2", "abs", "up"] {
+        let (_, meta) = tree.lookup(link).unwrap();
+        assert!(meta.file_type().is_symlink(), "/{link} stays a symlink");
+    }
+    assert_eq!(tree.read("usr/lib/tool").unwrap(), b"t", "COPY into /lib2/");
+    assert_eq!(
+        tree.read("usr/lib/app/tool2").unwrap(),
+        b"t",
+        "through /abs"
+    );
+    assert_eq!(
+        tree.read("usr/lib/app/data").unwrap(),
+        b"data",
+        "the linked directory keeps its content"
+    );
+    assert_eq!(
+        tree.read("escape").unwrap(),
+        b"t",
+        "a link above the root stops at the root"
+    );
+    assert!(
+        tree.lookup("usr/lib/work").unwrap().1.is_dir(),
+        "WORKDIR made through the link"
+    );
+    let config = image.config.config().clone().unwrap();
+    assert_eq!(
+        config.working_dir().as_deref(),
+        Some("/lib2/work"),
+        "as written"
+    );
+}
+
+#[test]
+fn workdir_belongs_to_user_and_never_replaces_a_file() {
+    let fx = fixture();
+    let image = fx
+        .build("FROM base\nUSER app\nWORKDIR /srv/a/b\nUSER 7:8\nWORKDIR /srv/c\n")
+        .unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let owner_of = |rel: &str| owner(&tree.lookup(rel).unwrap().0);
+    assert_eq!(owner_of("srv/a"), (1000, 1001), "new dirs belong to USER");
+    assert_eq!(owner_of("srv/a/b"), (1000, 1001));
+    assert_eq!(owner_of("srv/c"), (7, 8));
+    assert_eq!(
+        owner_of("srv"),
+        (0, 0),
+        "an existing parent keeps its owner"
+    );
+    assert_eq!(mode(&tree.lookup("srv").unwrap().0), 0o750);
+
+    let error = fx
+        .build("FROM base\nWORKDIR /etc/passwd/x\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Buildfile:2:")
+            && error.contains("/etc/passwd exists in the image and is not a directory"),
+        "{error}"
+    );
+    let error = fx
+        .build("FROM base\nCOPY Buildfile /etc/passwd/\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Buildfile:2:") && error.contains("not a directory"),
+        "{error}"
+    );
+    let error = fx
+        .build("FROM base\nUSER nobody\nWORKDIR /new\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Buildfile:3:") && error.contains("unknown user \"nobody\""),
         "{error}"
     );
 }
