@@ -90,15 +90,39 @@ fn mount_store(
 ) -> anyhow::Result<ExitCode> {
     let store = strata_store::Store::open(&globals.root)?;
     strata_unionfs::sweep_stale(&store.root().join("containers"))?;
-    let mut container = match store.container(reference) {
-        Ok(container) => container,
+    let (container, created) = match store.container(reference) {
+        Ok(container) => (container, false),
         Err(_) => {
             let image = store
                 .resolve(reference)
                 .with_context(|| format!("no container or image named {reference}"))?;
-            store.create_container(Some(&image), None)?
+            (store.create_container(Some(&image), None)?, true)
         }
     };
+    let id = container.id.clone();
+    let mut live = false;
+    let result = mount_container(store, container, target, how, &mut live);
+    // A container made for this mount that never got mounted holds nothing: not kept.
+    if result.is_err()
+        && created
+        && !live
+        && let Ok(store) = strata_store::Store::open(&globals.root)
+        && let Ok(container) = store.container(&id)
+    {
+        let _ = store.remove_container(&container);
+    }
+    result.map(|()| ExitCode::SUCCESS)
+}
+
+/// Mounts `container` (its image's layers under its upper) at `target`; `live` is set
+/// once the mount is up.
+fn mount_container(
+    store: strata_store::Store,
+    mut container: strata_store::Container,
+    target: &Path,
+    how: How,
+    live: &mut bool,
+) -> anyhow::Result<()> {
     let image_id = container
         .state
         .image_id
@@ -120,12 +144,12 @@ fn mount_store(
     // The FUSE daemon must not inherit the store's lock: close the store first.
     drop(store);
     mount(&spec, how, |used| {
+        *live = true;
         container.state.driver = Some(used.to_string());
         container.state.mounted_at =
             Some(std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()));
         container.save()?;
         println!("{}", container.id);
         Ok(())
-    })?;
-    Ok(ExitCode::SUCCESS)
+    })
 }

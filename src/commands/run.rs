@@ -163,20 +163,28 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             store.create_container(Some(&image), args.name.as_deref())?
         };
-        let config = config_for(&image, &container.id, &args).inspect_err(|_| {
-            let _ = store.remove_container(&container);
-        })?;
-        container.state.command = config.args.clone();
-        container.state.config = serde_json::to_value(&config)?;
-        if args.detach {
-            container.save()?; // the monitor reads the config from state.json
-        } // else saved with the pid once the command runs: one write fewer
-        let lowers = if args.detach {
-            Vec::new()
-        } else {
-            store.layer_dirs(&image)?
-        };
-        Ok((container, config, lowers))
+        // Nothing has run in it yet: a container that cannot be set up is not kept.
+        let setup = (|| -> anyhow::Result<(RunConfig, Vec<PathBuf>)> {
+            let config = config_for(&image, &container.id, &args)?;
+            container.state.command = config.args.clone();
+            container.state.config = serde_json::to_value(&config)?;
+            if args.detach {
+                container.save()?; // the monitor reads the config from state.json
+            } // else saved with the pid once the command runs: one write fewer
+            let lowers = if args.detach {
+                Vec::new()
+            } else {
+                store.layer_dirs(&image)?
+            };
+            Ok((config, lowers))
+        })();
+        match setup {
+            Ok((config, lowers)) => Ok((container, config, lowers)),
+            Err(err) => {
+                let _ = store.remove_container(&container);
+                Err(err)
+            }
+        }
     })();
     // The store lock is not held while the container runs.
     let (container, config, lowers) = match prepared {
@@ -271,8 +279,30 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
     }
 }
 
-/// Mounts, runs and records one container; returns the command's exit code.
+/// Mounts, runs and records one container; returns the command's exit code. A `--rm`
+/// container is removed however this ends (a mount that fails, a command that cannot
+/// start).
 fn start(
+    globals: &Globals,
+    container: Container,
+    config: &RunConfig,
+    lowers: Vec<PathBuf>,
+    stdin: Option<OwnedFd>,
+    output: Option<OwnedFd>,
+) -> anyhow::Result<i32> {
+    let id = container.id.clone();
+    let result = mount_and_run(globals, container, config, lowers, stdin, output);
+    if result.is_err()
+        && config.rm
+        && let Ok(store) = Store::open(&globals.root)
+        && let Ok(container) = store.container(&id)
+    {
+        let _ = store.remove_container(&container);
+    }
+    result
+}
+
+fn mount_and_run(
     globals: &Globals,
     mut container: Container,
     config: &RunConfig,

@@ -98,6 +98,16 @@ fn run_failures_use_docker_exit_codes() {
         "{}",
         text(&out.stderr)
     );
+    // Refused at the mount, before anything runs.
+    let out = store.strata(&[
+        "run", "--rm", "--userns", "private", "--driver", "overlay", "busybox", "true",
+    ]);
+    assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+    // A mount that fails keeps no container made for it.
+    let out = store.strata(&["mount", "busybox", "/nonexistent/dir"]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    let left = ps_json(&store);
+    assert!(left.is_empty(), "failed runs and mounts left containers: {left:?}");
 }
 
 #[test]
