@@ -12,6 +12,7 @@ use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 
 use crate::Digest;
+use crate::blob::{BlobReader, blob_error};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::layer::Compression;
@@ -85,10 +86,12 @@ fn write_archive_to(
         blobs.remove(&image.manifest_digest);
     }
     for (digest, source) in blobs {
-        let file = File::open(&source).map_err(|e| Error::io("failed to open blob", &source, e))?;
-        let size = file.metadata().map_err(|e| Error::io("failed to stat blob", &source, e))?.len();
+        let size = fs::metadata(&source).map_err(|e| Error::io("failed to stat blob", &source, e))?.len();
         let mut header = header(size, tar::EntryType::Regular);
-        tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), file).map_err(io_err)?;
+        // Checked as it is copied: a corrupt blob fails the archive, naming its digest.
+        let blob = BlobReader::open(&source, &digest)?;
+        tar.append_data(&mut header, format!("blobs/sha256/{}", digest.hex()), blob)
+            .map_err(|e| blob_error(e, io_err))?;
     }
     let mut writer = tar.into_inner().map_err(io_err)?;
     writer.flush().map_err(io_err)

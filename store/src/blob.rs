@@ -59,12 +59,7 @@ impl Store {
     /// Opens a blob for streaming. The reader fails at end of file if the content does
     /// not hash to `digest`; callers must read to the end before trusting what they read.
     pub fn open_blob(&self, digest: &Digest) -> Result<BlobReader> {
-        let path = self.blob_path(digest);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::BlobNotFound(*digest),
-            _ => Error::io("failed to open blob", &path, e),
-        })?;
-        Ok(BlobReader { file, hasher: Sha256::new(), expected: *digest, done: false })
+        BlobReader::open(&self.blob_path(digest), digest)
     }
 
     /// Reads a whole blob, verified against its digest.
@@ -142,13 +137,32 @@ pub struct BlobReader {
 }
 
 impl BlobReader {
+    /// Opens the blob file at `path` (in a store or any OCI layout), checked against
+    /// `digest` as it is read.
+    pub fn open(path: &Path, digest: &Digest) -> Result<BlobReader> {
+        let file = File::open(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::BlobNotFound(*digest),
+            _ => Error::io("failed to open blob", path, e),
+        })?;
+        Ok(BlobReader { file, hasher: Sha256::new(), expected: *digest, done: false })
+    }
+
     /// Reads whatever is left (discarding it) so the digest check runs.
     pub fn verify_rest(&mut self) -> Result<()> {
-        io::copy(self, &mut io::sink()).map_err(|e| match e.downcast::<Error>() {
-            Ok(err) => err,
-            Err(e) => Error::io("failed to read blob", format!("sha256:{}", self.expected.hex()), e),
+        let digest = self.expected;
+        io::copy(self, &mut io::sink()).map_err(|e| {
+            blob_error(e, |e| Error::io("failed to read blob", format!("sha256:{}", digest.hex()), e))
         })?;
         Ok(())
+    }
+}
+
+/// An I/O error met while a [`BlobReader`] was read: the blob's own error (its digest
+/// mismatch) as it is, any other through `other`.
+pub(crate) fn blob_error(err: io::Error, other: impl FnOnce(io::Error) -> Error) -> Error {
+    match err.downcast::<Error>() {
+        Ok(err) => err,
+        Err(err) => other(err),
     }
 }
 

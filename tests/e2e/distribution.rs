@@ -130,6 +130,15 @@ fn save_load_round_trip_readable_by_skopeo_and_podman() {
     let layout = out_dir.path().join("layout");
     store.ok(&["push", "-q", "busybox:1", &format!("oci:{}:bb", layout.display())]);
     skopeo(&["inspect", &format!("oci:{}:bb", layout.display())]);
+    // The layout's blobs are copies: changing them cannot change the store's.
+    for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
+        let entry = entry.unwrap();
+        let stored = store.root().join("oci/blobs/sha256").join(entry.file_name());
+        if let Ok(stored) = std::fs::metadata(stored) {
+            use std::os::unix::fs::MetadataExt;
+            assert_ne!(entry.metadata().unwrap().ino(), stored.ino(), "{:?} is shared", entry.file_name());
+        }
+    }
     let again = TestStore::new();
     again.ok(&["pull", "-q", &format!("oci:{}:bb", layout.display())]);
     assert!(again.ok(&["images"]).contains("bb"));

@@ -175,6 +175,24 @@ fn flipped_byte_is_reported_by_fsck_and_refused_on_read() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&layer) && stdout.contains("corrupt"), "{stdout}");
 
+    // Nothing exports it: an archive or a layout with a corrupt blob is never written.
+    let out_dir = tempfile::tempdir().unwrap();
+    let archive = out_dir.path().join("busybox.tar");
+    let layout = out_dir.path().join("layout");
+    for args in [
+        vec!["save", "busybox", "-o", archive.to_str().unwrap()],
+        vec!["push", "-q", "busybox", &format!("oci:{}:bb", layout.display())],
+        vec!["push", "-q", "busybox", &format!("oci-archive:{}", archive.display())],
+    ] {
+        let out = store.strata(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&layer) && stderr.contains("corrupt"), "{args:?}: {stderr}");
+    }
+    assert!(!archive.exists(), "no archive is left by a failed save");
+    let copied = layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    assert!(!copied.exists(), "the corrupt blob was exported");
+
     flip_byte(&blob_path(store.root(), &config));
     let out = store.strata(&["inspect", "busybox"]);
     assert!(!out.status.success());

@@ -10,6 +10,7 @@ use std::path::{Component, Path, PathBuf};
 
 use super::{Descriptor, Location, ManifestDoc, Platform, TransferOptions, select_platform};
 use crate::Digest;
+use crate::blob::{BlobReader, blob_error};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::layout::{OCI_LAYOUT, Store, replace_file};
@@ -208,8 +209,9 @@ pub(crate) fn copy_into_store(
     store.put_manifest_raw(&image.manifest, names)
 }
 
-/// Writes `image` into the OCI layout `dir` (created if needed), tagged `tag`; blobs are
-/// hard-linked when on the same file system, else copied, always through a tmp name.
+/// Writes `image` into the OCI layout `dir` (created if needed), tagged `tag`. Blobs are
+/// copied (not linked: the layout must not share files with the store), checked against
+/// their digests on the way, through a tmp name.
 pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Result<Digest> {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).map_err(|e| Error::io("failed to create", &blobs, e))?;
@@ -225,16 +227,15 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
         let src = image.blob_path(&blob.digest);
         let tmp = blobs.join(format!(".tmp-{}-{}", std::process::id(), blob.digest.hex()));
         let _ = fs::remove_file(&tmp);
-        if fs::hard_link(&src, &tmp).is_err() {
-            let copy = || -> io::Result<()> {
-                let mut out = File::create_new(&tmp)?;
-                io::copy(&mut File::open(&src)?, &mut out)?;
-                out.sync_all()
-            };
-            copy().map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                Error::io("failed to copy blob", &src, e)
-            })?;
+        let mut blob = BlobReader::open(&src, &blob.digest)?;
+        let mut copy = || -> io::Result<()> {
+            let mut out = File::create_new(&tmp)?;
+            io::copy(&mut blob, &mut out)?;
+            out.sync_all()
+        };
+        if let Err(err) = copy() {
+            let _ = fs::remove_file(&tmp);
+            return Err(blob_error(err, |e| Error::io("failed to copy blob", &src, e)));
         }
         fs::rename(&tmp, &dest).map_err(|e| Error::io("failed to rename into place", &dest, e))?;
     }
