@@ -193,13 +193,18 @@ impl Store {
     }
 
     fn check_layers(&self, found: &mut Findings) -> Result<()> {
+        // A build step's layer is unpacked as it is made: a build that fails later leaves
+        // layers only its cache entries name (gc drops them; the next build reuses them).
+        let cached: HashSet<Digest> =
+            self.cache_entries()?.into_iter().filter_map(|(_, entry)| entry.layer.map(|l| l.diff_id)).collect();
         for entry in list_dir(&self.layers_dir())? {
             let path = entry.path();
             match entry_digest(&entry) {
                 None => found.add(path.display(), "unpacked layer name is not a diff_id"),
-                Some(diff_id) if !found.diff_ids.contains(&diff_id) => {
-                    found.add(path.display(), format!("unpacked layer {diff_id} is not a diff_id of any image config"))
-                }
+                Some(diff_id) if !found.diff_ids.contains(&diff_id) && !cached.contains(&diff_id) => found.add(
+                    path.display(),
+                    format!("unpacked layer {diff_id} is not a diff_id of any image config or build cache entry"),
+                ),
                 Some(_) if !path.is_dir() => found.add(path.display(), "unpacked layer is not a directory"),
                 Some(_) => {}
             }

@@ -320,3 +320,24 @@ fn gc_waits_for_other_users_of_the_store() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("waiting for other strata processes"));
 }
+
+#[test]
+fn fsck_accepts_the_layers_a_failed_build_keeps_for_its_cache() {
+    let store = TestStore::new();
+    store.import_busybox("busybox");
+    let context = tempfile::tempdir().unwrap();
+    fs::write(context.path().join("f"), "x").unwrap();
+    fs::write(context.path().join("Buildfile"), "FROM busybox\nCOPY f /f\nRUN false\n").unwrap();
+    let out = store.strata(&["build", "-t", "broken", context.path().to_str().unwrap()]);
+    assert!(!out.status.success(), "RUN false must fail the build");
+    let out = store.strata(&["fsck"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the COPY step's layer is the cache's: {said}");
+    // An unpacked layer that nothing names is still reported.
+    let stray = store.root().join("layers").join("ab".repeat(32));
+    fs::create_dir(&stray).unwrap();
+    let out = store.strata(&["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&"ab".repeat(32)) && stdout.contains("not a diff_id of any image config"), "{stdout}");
+}
