@@ -156,6 +156,20 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
     Ok(fetched)
 }
 
+/// `-f -`: a Buildfile read from `stdin`, for a context given apart (`Fetched::buildfile`).
+pub fn fetch_buildfile(store: &Store, stdin: impl Read) -> Result<Fetched> {
+    let root = store.tmp_dir_create("buildfile")?;
+    let file = root.join("stdin");
+    let fetched = Fetched {
+        context: root.clone(),
+        buildfile: Some(file.clone()),
+        root,
+    };
+    let mut out = fs::File::create(&file).map_err(|e| Error::io("failed to create", &file, e))?;
+    io::copy(&mut { stdin }, &mut out).map_err(|e| Error::io("failed to read", "stdin", e))?;
+    Ok(fetched)
+}
+
 /// A tar archive becomes the context; anything else is the Buildfile of an empty context.
 fn unpack_or_buildfile(
     store: &Store,

@@ -29,6 +29,12 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
     strata_unionfs::sweep_stale(store.root())?;
+    // `-f -`: the Buildfile from stdin, the context from the command line (docker build -f-).
+    let stdin_context = matches!(Source::parse(&args.context), Source::Stdin);
+    let stdin_file = args.file.as_deref() == Some(Path::new("-"));
+    if stdin_file && stdin_context {
+        bail!("-f - and the context - cannot both be read from stdin");
+    }
     // A git repository, an archive URL or stdin is fetched into the store's tmp/ for the
     // length of the build.
     let (context, fetched) = match Source::parse(&args.context) {
@@ -38,8 +44,18 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
             (fetched.context.clone(), Some(fetched))
         }
     };
-    let fetched_buildfile = fetched.as_ref().and_then(|f| f.buildfile.clone());
+    let stdin_buildfile = match stdin_file {
+        true => Some(remote::fetch_buildfile(&store, io::stdin().lock())?),
+        false => None,
+    };
+    let fetched_buildfile = stdin_buildfile
+        .as_ref()
+        .or(fetched.as_ref())
+        .and_then(|f| f.buildfile.clone());
+    // Errors name a Buildfile read from stdin "stdin", not its file in the store's tmp/.
+    let named_stdin = stdin_file || (stdin_context && fetched_buildfile.is_some());
     let buildfile = match (&args.file, fetched_buildfile) {
+        (Some(_), Some(file)) if stdin_file => file,
         // In a fetched context, -f names a file inside it (as docker reads it).
         (Some(file), _) if fetched.is_some() && file.is_relative() => context.join(file),
         (Some(file), _) => file.clone(),
@@ -80,6 +96,9 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
         Mode::Tty => Arc::new(Tty::new()),
     };
     let mut opts = BuildOptions::new(&context, &buildfile);
+    if named_stdin {
+        opts.buildfile_name = Some("stdin".into());
+    }
     opts.tags = args.tag.clone();
     opts.build_args = build_args;
     opts.secrets = secrets;

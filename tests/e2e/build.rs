@@ -814,6 +814,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs `script`, which must fail; its stderr.
+fn sh_fails(script: &str) -> String {
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", script]);
+    let out = crate::common::run_with_timeout(cmd, std::time::Duration::from_secs(120));
+    assert!(!out.status.success(), "{script} succeeded");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn sh(script: &str) -> String {
     let out = crate::common::run_with_timeout(
         {
@@ -986,6 +995,22 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         www.display()
     ));
     assert_eq!(read("s-lone", "/lone"), "lone\n");
+    // -f -: the Buildfile from stdin, the context a directory (docker build -f- DIR).
+    sh(&format!(
+        "printf 'FROM busybox\\nCOPY msg /from-stdin\\n' | {strata} build -q -t s-file -f - {}",
+        ctx.display()
+    ));
+    assert_eq!(read("s-file", "/from-stdin"), "from a tarball");
+    // Errors in a Buildfile read from stdin name it "stdin", not a file in the store.
+    let out = sh_fails(&format!(
+        "printf 'FROM busybox\\nFROB x\\n' | {strata} build -f - {}",
+        ctx.display()
+    ));
+    assert!(out.contains("stdin:2:"), "{out}");
+    let out = sh_fails(&format!(
+        "printf 'FROM busybox\\nFROB x\\n' | {strata} build -"
+    ));
+    assert!(out.contains("stdin:2:") && !out.contains("/tmp/"), "{out}");
 
     // A local directory wins over a git URL of the same spelling.
     let cwd = tempfile::tempdir().unwrap();

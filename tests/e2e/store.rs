@@ -341,3 +341,19 @@ fn fsck_accepts_the_layers_a_failed_build_keeps_for_its_cache() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(&"ab".repeat(32)) && stdout.contains("not a diff_id of any image config"), "{stdout}");
 }
+
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let store = TestStore::new();
+    store.import_busybox("busybox");
+    // `strata inspect busybox | head -c 0`: the reader is gone before anything is written.
+    let mut cmd = Command::new(strata_bin());
+    cmd.arg("--root").arg(store.root()).args(["inspect", "busybox"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "as a SIGPIPE death: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

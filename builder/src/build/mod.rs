@@ -29,6 +29,8 @@ use crate::stages::{self, Buildfile, Scope};
 pub struct BuildOptions {
     /// The Buildfile (`-f`); errors name it as given.
     pub buildfile: PathBuf,
+    /// What errors call the Buildfile instead of its path (`stdin` for one read from it).
+    pub buildfile_name: Option<String>,
     /// The build context directory.
     pub context: PathBuf,
     /// `-t NAME[:TAG]`, repeatable.
@@ -96,6 +98,7 @@ impl BuildOptions {
     pub fn new(context: impl Into<PathBuf>, buildfile: impl Into<PathBuf>) -> BuildOptions {
         BuildOptions {
             buildfile: buildfile.into(),
+            buildfile_name: None,
             context: context.into(),
             tags: Vec::new(),
             build_args: BTreeMap::new(),
@@ -126,7 +129,7 @@ pub(crate) struct BuildCx<'a> {
 pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Result<Image> {
     let text = std::fs::read_to_string(&opts.buildfile)
         .map_err(|e| Error::io("failed to read Buildfile", &opts.buildfile, e))?;
-    let file = opts.buildfile.display().to_string();
+    let file = opts.buildfile_name.clone().unwrap_or_else(|| opts.buildfile.display().to_string());
     let buildfile = stages::load(&text, &file)?;
     let meta = buildfile.meta_scope(&opts.build_args)?;
     let target = buildfile.target(opts.target.as_deref())?;
