@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use crate::error::{Error, Result};
 use crate::layout::Store;
 use crate::refs::{self, descriptor_digest, entry_name, index_entry, normalize_name, oci_digest};
+use crate::registry::media;
 use crate::{Digest, json, oci};
 
 /// An image in the store. `id` is the config digest (as docker shows it).
@@ -64,13 +65,14 @@ impl Store {
             });
         }
         self.check_blobs_present(layers)?;
+        let layers: Vec<oci::Descriptor> = layers.iter().map(oci_layer).collect();
         let config_bytes = json::to_canonical(config, "image config")?;
         let (config_digest, config_size) = self.put_blob(&config_bytes)?;
         let manifest = oci::ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(oci::MediaType::ImageManifest)
             .config(oci::Descriptor::new(oci::MediaType::ImageConfig, config_size, oci_digest(&config_digest)))
-            .layers(layers.to_vec())
+            .layers(layers)
             .build()
             .map_err(|e| Error::Invalid { what: "image manifest".into(), message: e.to_string() })?;
         let manifest_bytes = json::to_canonical(&manifest, "image manifest")?;
@@ -281,4 +283,19 @@ fn set_name(entries: &mut Vec<oci::Descriptor>, digest: &Digest, size: u64, medi
         }
     });
     entries.push(refs::index_entry(digest, size, media_type, Some(name)));
+}
+
+/// A layer as an OCI manifest lists it: docker's media types for the same bytes become
+/// OCI's (an image built on a pulled docker v2s2 base is not a mix of the two; BuildKit
+/// converts them too).
+fn oci_layer(layer: &oci::Descriptor) -> oci::Descriptor {
+    let oci_type = match layer.media_type().to_string().as_str() {
+        media::DOCKER_LAYER_GZIP => oci::MediaType::ImageLayerGzip,
+        media::DOCKER_LAYER_TAR => oci::MediaType::ImageLayer,
+        media::DOCKER_LAYER_ZSTD => oci::MediaType::ImageLayerZstd,
+        _ => return layer.clone(),
+    };
+    let mut layer = layer.clone();
+    layer.set_media_type(oci_type);
+    layer
 }

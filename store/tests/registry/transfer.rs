@@ -108,6 +108,18 @@ fn pull_of_a_docker_schema2_image_pushed_by_skopeo_into_a_fresh_store() {
     assert_eq!(pulled.id, image.id, "the config travels unchanged");
     let manifest = fresh.read_blob(&pulled.manifest_digest).unwrap();
     assert_eq!(media::sniff(&manifest).as_deref(), Some(media::DOCKER_MANIFEST));
+    // An image made over it (as a build does) is plain OCI: docker's layer types become
+    // OCI's for the same bytes.
+    let docker: oci::ImageManifest = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(docker.layers()[0].media_type().to_string(), media::DOCKER_LAYER_GZIP);
+    let derived = fresh.put_image(&pulled.config, docker.layers(), &["derived:1".into()]).unwrap();
+    let derived: oci::ImageManifest =
+        serde_json::from_slice(&fresh.read_blob(&derived.manifest_digest).unwrap()).unwrap();
+    assert!(
+        derived.layers().iter().all(|l| *l.media_type() == oci::MediaType::ImageLayerGzip),
+        "{:?}",
+        derived.layers()
+    );
     // Layers unpack and match the diff_ids of the config.
     let dirs = fresh.layer_dirs(&pulled).unwrap();
     assert!(dirs.iter().any(|d| d.join("etc/file0").exists()));
