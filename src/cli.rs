@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use strata_store::layer::Compression;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -115,8 +116,18 @@ pub struct ImportArgs {
     #[arg(value_name = "NAME[:TAG]")]
     pub name: String,
     /// Layer compression: zstd, or gzip for older tools (umoci 0.4, oci-image-tool)
-    #[arg(long, default_value = "zstd", value_name = "zstd|gzip|none")]
-    pub compression: String,
+    #[arg(long, default_value = "zstd", value_name = "zstd|gzip|none", value_parser = compression)]
+    pub compression: Compression,
+}
+
+/// `zstd`, `gzip` or `none`.
+fn compression(name: &str) -> Result<Compression, String> {
+    match name {
+        "zstd" => Ok(Compression::Zstd),
+        "gzip" => Ok(Compression::Gzip),
+        "none" => Ok(Compression::None),
+        other => Err(format!("unknown compression {other:?}: use zstd, gzip or none")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -197,6 +208,10 @@ pub struct PushArgs {
     /// Blobs uploaded at the same time
     #[arg(long, default_value_t = 4)]
     pub jobs: usize,
+    /// Recompress the layers first (podman's flag): gzip for tools that do not read zstd
+    /// (umoci 0.4, docker before 23, skopeo --format v2s2)
+    #[arg(long, value_name = "zstd|gzip|none", value_parser = compression)]
+    pub compression_format: Option<Compression>,
     /// No progress output
     #[arg(short, long)]
     pub quiet: bool,

@@ -6,7 +6,7 @@ use std::io::{self, IsTerminal, Read};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use strata_store::layer::{Compression, WriteOptions};
+use strata_store::layer::WriteOptions;
 use strata_store::{Store, time};
 
 use super::Globals;
@@ -27,13 +27,7 @@ pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
         let size = file.metadata().ok().map(|m| m.len());
         (Box::new(file), size)
     };
-    let compression = match args.compression.as_str() {
-        "zstd" => Compression::Zstd,
-        "gzip" => Compression::Gzip,
-        "none" => Compression::None,
-        other => anyhow::bail!("unknown compression {other:?}: use zstd, gzip or none"),
-    };
-    let opts = WriteOptions { compression, source_date_epoch: time::source_date_epoch(), level: None };
+    let opts = WriteOptions { compression: args.compression, source_date_epoch: time::source_date_epoch(), level: None };
     // A bar on a terminal; a hidden one (which counts and draws nothing) otherwise.
     let bar = if io::stderr().is_terminal() { progress_bar(total) } else { indicatif::ProgressBar::hidden() };
     let image = store

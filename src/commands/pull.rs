@@ -23,6 +23,7 @@ pub fn run(globals: &Globals, args: PullArgs) -> anyhow::Result<ExitCode> {
         platform,
         jobs: args.jobs.max(1),
         progress: &reporter,
+        ..TransferOptions::default()
     };
     let image = transfer::pull(&store, &args.reference, &opts)?;
     if !args.quiet {

@@ -18,6 +18,7 @@ pub fn run(globals: &Globals, args: PushArgs) -> anyhow::Result<ExitCode> {
         client: client_options(args.insecure),
         jobs: args.jobs.max(1),
         progress: &reporter,
+        compression: args.compression_format,
         ..TransferOptions::default()
     };
     let dest = args.destination.as_deref().unwrap_or(&args.image);

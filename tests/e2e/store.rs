@@ -141,10 +141,31 @@ fn skopeo_umoci_and_oci_image_tool_read_an_imported_image() {
     tool("umoci", &["unpack", "--image", &format!("{layout}:busybox:gzip"), bundle.to_str().unwrap()]);
     assert!(bundle.join("rootfs/bin/busybox").is_file());
     assert!(bundle.join("config.json").is_file());
-    fs::remove_dir_all(bundle).unwrap();
+    fs::remove_dir_all(&bundle).unwrap();
 
     let out = tool("oci-image-tool", &["validate", "--type", "image", "--ref", "name=busybox:gzip", layout]);
     assert!(String::from_utf8_lossy(&out).contains("Validation succeeded"), "{}", String::from_utf8_lossy(&out));
+
+    // A zstd image pushed with --compression-format gzip: umoci unpacks it, skopeo turns
+    // it into a docker v2s2 image, and pulled back it is the same image (same config).
+    let export = store.root().with_extension("export");
+    let target = format!("oci:{}:bb", export.display());
+    store.ok(&["push", "-q", "--compression-format", "gzip", "busybox:zstd", &target]);
+    let manifest = tool("skopeo", &["inspect", "--raw", &target]);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
+    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+    tool("umoci", &["unpack", "--image", &format!("{}:bb", export.display()), bundle.to_str().unwrap()]);
+    assert!(bundle.join("rootfs/bin/busybox").is_file());
+    let v2s2 = store.root().with_extension("v2s2");
+    tool("skopeo", &["copy", "--format", "v2s2", &target, &format!("dir:{}", v2s2.display())]);
+    let fresh = TestStore::new();
+    fresh.ok(&["pull", "-q", &target]);
+    assert_eq!(inspect(&fresh, "bb")["Id"], inspect(&store, "busybox:zstd")["Id"]);
+    let out = store.strata(&["push", "--compression-format", "lz4", "busybox:zstd", &target]);
+    assert_eq!(out.status.code(), Some(2), "an unknown compression is a usage error");
+    for dir in [bundle, export, v2s2] {
+        fs::remove_dir_all(dir).unwrap();
+    }
 }
 
 /// Runs a host tool and returns its stdout + stderr, failing the test with both on error.

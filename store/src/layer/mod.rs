@@ -19,7 +19,7 @@
 //! directory carries the xattr `trusted.overlay.opaque="y"` (kernel overlayfs form); in the
 //! tar they are `.wh.NAME` and `DIR/.wh..wh..opq` (image-spec `layer.md#whiteouts`).
 
-mod compress;
+pub(crate) mod compress;
 mod guard;
 mod pax;
 mod pipe;

@@ -51,7 +51,7 @@ impl LocalImage {
     }
 
     /// `from_parts` for a manifest whose digest is already known.
-    fn with_digest(
+    pub(super) fn with_digest(
         manifest: Vec<u8>,
         manifest_digest: Digest,
         blobs_dir: PathBuf,
@@ -95,7 +95,7 @@ impl LocalImage {
     }
 }
 
-fn read_verified(path: &Path, digest: &Digest) -> Result<Vec<u8>> {
+pub(super) fn read_verified(path: &Path, digest: &Digest) -> Result<Vec<u8>> {
     let bytes = fs::read(path).map_err(|e| Error::io("failed to read", path, e))?;
     digest.verify(&bytes)?;
     Ok(bytes)

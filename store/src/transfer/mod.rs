@@ -13,6 +13,7 @@
 //! nothing unverified is ever stored; manifests are kept as the exact bytes received.
 
 pub mod cache;
+mod convert;
 mod local;
 mod remote;
 
@@ -28,6 +29,7 @@ use crate::image::Image;
 use crate::layout::Store;
 use crate::registry::{ClientOptions, Reference, media};
 
+pub use convert::recompress;
 pub use local::{LocalImage, write_oci_dir};
 pub use remote::{BlobSources, push_to_registry};
 
@@ -231,11 +233,19 @@ pub struct TransferOptions<'a> {
     /// Parallel blob transfers.
     pub jobs: usize,
     pub progress: &'a dyn Progress,
+    /// `push --compression-format`: layers are recompressed so before they leave.
+    pub compression: Option<crate::layer::Compression>,
 }
 
 impl Default for TransferOptions<'_> {
     fn default() -> Self {
-        TransferOptions { client: ClientOptions::default(), platform: Platform::default(), jobs: 4, progress: &Quiet }
+        TransferOptions {
+            client: ClientOptions::default(),
+            platform: Platform::default(),
+            jobs: 4,
+            progress: &Quiet,
+            compression: None,
+        }
     }
 }
 
@@ -283,6 +293,10 @@ pub fn push(store: &Store, image: &str, dest: Option<&str>, opts: &TransferOptio
         LocalImage::open(store, &Location::parse(image)?, &opts.platform)?
     } else {
         LocalImage::from_store(store, image)?
+    };
+    let source = match opts.compression {
+        Some(compression) => recompress(store, &source, compression, opts.progress)?,
+        None => source,
     };
     let dest = match dest {
         Some(d) => d.to_string(),
