@@ -407,7 +407,21 @@ impl Buildfile {
                 Instruction::Label(self.expand_pairs(step, pairs, &before)?)
             }
             Instruction::Expose(ports) => {
-                Instruction::Expose(ports.iter().map(|p| word(p)).collect::<Result<_>>()?)
+                let mut out = Vec::new();
+                for port in ports {
+                    let expanded = word(port)?;
+                    if !valid_port(&expanded) {
+                        return Err(Error::syntax(
+                            &self.file,
+                            step.pos_of(port),
+                            format!(
+                                "invalid port {expanded:?}: PORT[-PORT][/tcp|/udp|/sctp], as EXPOSE 80 53/udp 8000-8010"
+                            ),
+                        ));
+                    }
+                    out.push(expanded);
+                }
+                Instruction::Expose(out)
             }
             Instruction::Volume(paths) => {
                 Instruction::Volume(paths.iter().map(|p| word(p)).collect::<Result<_>>()?)
@@ -540,4 +554,21 @@ pub fn dump(buildfile: &Buildfile, build_args: &BTreeMap<String, String>) -> Res
         envs.push(scope);
     }
     Ok(out)
+}
+
+/// An EXPOSE word: `PORT`, `PORT-PORT`, each with an optional `/tcp`, `/udp` or `/sctp`.
+fn valid_port(text: &str) -> bool {
+    let (range, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
+    let port = |p: &str| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok();
+    let ports_ok = match range.split_once('-') {
+        Some((low, high)) => {
+            port(low) && port(high) && low.parse::<u16>().ok() <= high.parse::<u16>().ok()
+        }
+        None => port(range),
+    };
+    ports_ok
+        && matches!(
+            protocol.to_ascii_lowercase().as_str(),
+            "tcp" | "udp" | "sctp"
+        )
 }

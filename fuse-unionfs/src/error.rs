@@ -30,6 +30,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to unmount {0}: nothing is mounted there")]
+    NotMounted(PathBuf),
     #[error("fuse daemon for {target} failed: {message}")]
     Daemon { target: PathBuf, message: String },
 }

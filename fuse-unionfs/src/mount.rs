@@ -561,6 +561,8 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
             tracing::warn!("{} is busy; detaching it lazily", target.display());
             detach().map(|()| Unmounted::Detached)
         }
+        // umount(2): "target is not a mount point"
+        Err(rustix::io::Errno::INVAL) => Err(Error::NotMounted(target.to_path_buf())),
         Err(e) => Err(fail(e)),
     }
 }

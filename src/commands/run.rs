@@ -56,17 +56,17 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         _ => (lower, ' '),
     };
     let shift = match unit {
-        ' ' => 0,
-        'k' => 10,
-        'm' => 20,
-        'g' => 30,
-        't' => 40,
-        other => bail!("invalid size {text:?}: unknown unit {other:?}"),
+        ' ' => Some(0),
+        'k' => Some(10),
+        'm' => Some(20),
+        'g' => Some(30),
+        't' => Some(40),
+        _ => None,
     };
-    let value: f64 = number.parse().with_context(|| format!("invalid size {text:?}"))?;
-    if !(value.is_finite() && value > 0.0) {
-        bail!("invalid size {text:?}");
-    }
+    let value = number.parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0);
+    let (Some(shift), Some(value)) = (shift, value) else {
+        bail!("invalid size {text:?}: a positive number with an optional unit b, k, m, g or t");
+    };
     Ok((value * (1u64 << shift) as f64) as u64)
 }
 
@@ -420,6 +420,8 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
         assert!(parse_size("12x").is_err());
+        let error = parse_size("abc").unwrap_err().to_string();
+        assert!(error.contains("\"abc\": a positive number with an optional unit"), "{error}");
     }
 
     #[test]

@@ -297,7 +297,8 @@ fn mount_errors_name_the_problem() {
     );
     let out = store.strata(&["umount", b.mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("failed to unmount"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("failed to unmount") && stderr.contains("nothing is mounted there"), "{stderr}");
 }
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";

@@ -255,6 +255,28 @@ fn workdir_belongs_to_user_and_never_replaces_a_file() {
 }
 
 #[test]
+fn expose_takes_ports_and_ranges_only() {
+    let fx = fixture();
+    let image = fx
+        .build("FROM base\nARG P=8080\nEXPOSE 80 53/udp 8000-8010/tcp $P\n")
+        .unwrap();
+    let config = image.config.config().clone().unwrap();
+    let mut exposed = config.exposed_ports().clone().unwrap_or_default();
+    exposed.sort();
+    assert_eq!(exposed, ["53/udp", "80/tcp", "8000-8010/tcp", "8080/tcp"]);
+    for bad in ["abc", "80/xyz", "70000", "90-80", "-1"] {
+        let error = fx
+            .build(&format!("FROM base\nEXPOSE 80 {bad}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("Buildfile:2:") && error.contains(&format!("invalid port {bad:?}")),
+            "{bad}: {error}"
+        );
+    }
+}
+
+#[test]
 fn copy_owners_modes_and_parent_dirs() {
     let fx = fixture();
     fx.write("f", "f");
