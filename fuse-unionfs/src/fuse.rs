@@ -184,8 +184,8 @@ impl Fs {
         let Caller { uid, gid } = caller(req);
         match self.shift {
             Some(shift) => Caller {
-                uid: shift.from_host(uid),
-                gid: shift.from_host(gid),
+                uid: shift.to_image(uid),
+                gid: shift.to_image(gid),
             },
             None => Caller { uid, gid },
         }
@@ -447,7 +447,7 @@ impl Filesystem for Fs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let inward = |id: u32| self.shift.map_or(id, |shift| shift.from_host(id));
+        let inward = |id: u32| self.shift.map_or(id, |shift| shift.to_image(id));
         let set = SetAttr {
             mode,
             uid: uid.map(inward),

@@ -49,7 +49,7 @@ impl IdShift {
 
     /// The id stored for `id` from the kernel: the container's id; host root acting on the
     /// mount (strata itself) counts as the container's root; any other is nobody.
-    pub(crate) fn from_host(self, id: u32) -> u32 {
+    pub(crate) fn to_image(self, id: u32) -> u32 {
         match id.checked_sub(self.host_start) {
             Some(inside) if inside < self.size => inside,
             _ if id == 0 => 0,
@@ -62,7 +62,7 @@ impl IdShift {
     pub(crate) fn xattr_in<'v>(self, name: &OsStr, value: &'v [u8]) -> Cow<'v, [u8]> {
         if ACLS.iter().any(|acl| name == *acl) {
             let mut value = value.to_vec();
-            self.map_acl(&mut value, IdShift::from_host);
+            self.map_acl(&mut value, IdShift::to_image);
             Cow::Owned(value)
         } else if name == CAPS {
             let mut value = value.to_vec();
@@ -87,7 +87,7 @@ impl IdShift {
     /// the image's root's, as a layer carries them; another owner is stored in image ids.
     fn caps_in(self, value: &mut Vec<u8>) {
         if let Some(rootid) = caps_v3_rootid(value) {
-            let inside = self.from_host(rootid);
+            let inside = self.to_image(rootid);
             if inside == 0 {
                 let magic = u32::from_le_bytes([value[0], value[1], value[2], value[3]]);
                 let magic = (magic & !CAPS_REVISION_MASK) | CAPS_REVISION_2;
@@ -147,13 +147,13 @@ mod tests {
         assert_eq!(SHIFT.to_host(0), 100_000);
         assert_eq!(SHIFT.to_host(1000), 101_000);
         assert_eq!(SHIFT.to_host(70_000), NOBODY);
-        assert_eq!(SHIFT.from_host(100_000), 0);
-        assert_eq!(SHIFT.from_host(165_535), 65_535);
-        assert_eq!(SHIFT.from_host(165_536), NOBODY);
-        assert_eq!(SHIFT.from_host(1000), NOBODY);
-        assert_eq!(SHIFT.from_host(0), 0);
+        assert_eq!(SHIFT.to_image(100_000), 0);
+        assert_eq!(SHIFT.to_image(165_535), 65_535);
+        assert_eq!(SHIFT.to_image(165_536), NOBODY);
+        assert_eq!(SHIFT.to_image(1000), NOBODY);
+        assert_eq!(SHIFT.to_image(0), 0);
         for id in [0, 1, 1000, 65_535] {
-            assert_eq!(SHIFT.from_host(SHIFT.to_host(id)), id);
+            assert_eq!(SHIFT.to_image(SHIFT.to_host(id)), id);
         }
     }
 
@@ -177,7 +177,7 @@ mod tests {
         let mut value = acl(1000, 50);
         SHIFT.map_acl(&mut value, IdShift::to_host);
         assert_eq!(value, acl(101_000, 100_050));
-        SHIFT.map_acl(&mut value, IdShift::from_host);
+        SHIFT.map_acl(&mut value, IdShift::to_image);
         assert_eq!(value, acl(1000, 50));
         let mut odd = vec![2, 0, 0, 0, 1];
         SHIFT.map_acl(&mut odd, IdShift::to_host);
