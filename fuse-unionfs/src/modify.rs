@@ -517,6 +517,12 @@ impl Union {
         }
         let _shared = self.shared();
         let node = self.node(ino)?;
+        let layer = node.state().layer;
+        if layer != UPPER {
+            // Nothing to remove is not a change: no copy-up (ovl_xattr_set does the same).
+            let lower = self.layers.abs(layer, &self.path(ino)?);
+            rustix::fs::lgetxattr(lower, name, &mut [0u8; 0][..])?;
+        }
         let path = self.copy_up_node(&node)?;
         rustix::fs::lremovexattr(self.layers.abs(UPPER, &path), name)
     }

@@ -188,7 +188,6 @@ impl Union {
         self.copy_up_dir(parent)?;
         self.copy_up_dir(newparent)?;
         let src_lower = self.lower_has(&players, &rel)?;
-        let dst_lower = self.lower_has(&nplayers, &nrel)?;
         let mut moved = Vec::new();
         self.materialize(&rel, &src, &mut moved)?;
         if flags.contains(RenameFlags::EXCHANGE) {
@@ -209,8 +208,8 @@ impl Union {
                 &nrel,
                 RenameFlags::EXCHANGE,
             )?;
-            for (path, found) in [(&rel, dst), (&nrel, &src)] {
-                if found.meta.is_dir() {
+            for (path, found, into) in [(&rel, dst, &players), (&nrel, &src, &nplayers)] {
+                if moved_dir_is_opaque(found, into) {
                     self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
                 }
             }
@@ -233,7 +232,7 @@ impl Union {
                 }
             }
             self.rename_upper(&rel, &nrel, src_lower)?;
-            if src.meta.is_dir() && (dst_lower || src.dir_layers.iter().any(|&l| l != UPPER)) {
+            if moved_dir_is_opaque(&src, &nplayers) {
                 self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
             }
             if let Some(dst) = &dst {
@@ -376,4 +375,13 @@ impl Union {
         }
         false
     }
+}
+
+/// Whether a directory renamed into a directory merged from `into` is opaque there, as
+/// ovl_rename makes it: one with lower branches was copied up whole (its lower names must
+/// not show through at the new place); one only in upper is opaque when it lands in a
+/// directory with lower branches, whether or not they have its name.
+fn moved_dir_is_opaque(found: &Found, into: &[usize]) -> bool {
+    let lower = |layers: &[usize]| layers.iter().any(|&l| l != UPPER);
+    found.meta.is_dir() && (lower(&found.dir_layers) || lower(into))
 }

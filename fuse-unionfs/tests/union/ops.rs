@@ -368,6 +368,25 @@ fn rename_of_lower_directory_succeeds() {
         fs::create_dir(m.path("fresh")).unwrap();
         fs::rename(m.path("fresh"), m.path("srv/gone")).unwrap();
         assert!(names(&m.path("srv/gone")).is_empty());
+        // one made in upper moving into a directory with lower branches is opaque there
+        // even where no lower has its name, as ovl_rename makes it; into one only in
+        // upper, it is not
+        fs::create_dir_all(m.path("fresh/a")).unwrap();
+        fs::create_dir_all(m.path("new-top")).unwrap();
+        fs::rename(m.path("fresh/a"), m.path("etc/a")).unwrap();
+        fs::rename(m.path("etc/a"), m.path("new-top/a")).unwrap();
+        fs::create_dir(m.path("fresh/b")).unwrap();
+        fs::rename(m.path("fresh/b"), m.path("etc/b")).unwrap();
+        let opaque = |rel: &str| xattr(&m.upper.join(rel), "trusted.overlay.opaque");
+        assert_eq!(opaque("etc/b").as_deref(), Some(&b"y"[..]));
+        assert_eq!(
+            opaque("new-top/a").as_deref(),
+            Some(&b"y"[..]),
+            "kept when moved on"
+        );
+        fs::create_dir(m.path("fresh/c")).unwrap();
+        fs::rename(m.path("fresh/c"), m.path("new-top/c")).unwrap();
+        assert_eq!(opaque("new-top/c"), None);
         // files: lower file over lower file
         fs::rename(m.path("etc/conf0"), m.path("etc/conf1")).unwrap();
         assert_eq!(fs::read(m.path("etc/conf1")).unwrap(), b"middle conf 0\n");
@@ -580,6 +599,15 @@ fn xattrs_work_and_private_ones_are_hidden() {
             rustix::fs::XattrFlags::empty(),
         )
         .unwrap();
+        // Removing what a lower file lacks fails and changes nothing: no copy-up.
+        assert_eq!(
+            rustix::fs::removexattr(m.path("var/log/d2/log"), "user.none"),
+            Err(rustix::io::Errno::NODATA)
+        );
+        assert!(
+            !m.upper.join("var/log/d2").exists(),
+            "copied up for nothing"
+        );
         rustix::fs::removexattr(m.path("etc/conf2"), "user.origin").unwrap();
         assert!(xattr(&m.path("etc/conf2"), "user.origin").is_none());
         assert_eq!(
