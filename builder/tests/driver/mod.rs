@@ -113,6 +113,16 @@ impl Fixture {
         build(&self.store, &NoRun, &self.options())
     }
 
+    /// Builds `buildfile`, which must fail with an error at `at` (`Buildfile:LINE:`) that
+    /// says `says`.
+    fn fails(&self, buildfile: &str, at: &str, says: &str) {
+        let error = self.build(buildfile).unwrap_err().to_string();
+        assert!(
+            error.contains(at) && error.contains(says),
+            "{buildfile:?}: {error}"
+        );
+    }
+
     /// The top layer of `image`, unpacked.
     fn top(&self, image: &Image) -> PathBuf {
         self.store.layer_dirs(image).unwrap().remove(0)
@@ -157,13 +167,10 @@ fn copy_destination_rules_follow_docker() {
     );
     assert!(tree.lookup("copied/dir").is_none());
     assert_eq!(tree.read("many/b.txt").unwrap(), b"b");
-    let error = fx
-        .build("FROM base\nCOPY a.txt b.txt /notadir\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("Buildfile:2:") && error.contains("must be a directory ending in /"),
-        "{error}"
+    fx.fails(
+        "FROM base\nCOPY a.txt b.txt /notadir\n",
+        "Buildfile:2:",
+        "must be a directory ending in /",
     );
 }
 
@@ -227,30 +234,20 @@ fn workdir_belongs_to_user_and_never_replaces_a_file() {
     );
     assert_eq!(mode(&tree.lookup("srv").unwrap().0), 0o750);
 
-    let error = fx
-        .build("FROM base\nWORKDIR /etc/passwd/x\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("Buildfile:2:")
-            && error.contains("/etc/passwd exists in the image and is not a directory"),
-        "{error}"
+    fx.fails(
+        "FROM base\nWORKDIR /etc/passwd/x\n",
+        "Buildfile:2:",
+        "/etc/passwd exists in the image and is not a directory",
     );
-    let error = fx
-        .build("FROM base\nCOPY Buildfile /etc/passwd/\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("Buildfile:2:") && error.contains("not a directory"),
-        "{error}"
+    fx.fails(
+        "FROM base\nCOPY Buildfile /etc/passwd/\n",
+        "Buildfile:2:",
+        "not a directory",
     );
-    let error = fx
-        .build("FROM base\nUSER nobody\nWORKDIR /new\n")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("Buildfile:3:") && error.contains("unknown user \"nobody\""),
-        "{error}"
+    fx.fails(
+        "FROM base\nUSER nobody\nWORKDIR /new\n",
+        "Buildfile:3:",
+        "unknown user \"nobody\"",
     );
 }
 
@@ -265,13 +262,10 @@ fn expose_takes_ports_and_ranges_only() {
     exposed.sort();
     assert_eq!(exposed, ["53/udp", "80/tcp", "8000-8010/tcp", "8080/tcp"]);
     for bad in ["abc", "80/xyz", "70000", "90-80", "-1"] {
-        let error = fx
-            .build(&format!("FROM base\nEXPOSE 80 {bad}\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains("Buildfile:2:") && error.contains(&format!("invalid port {bad:?}")),
-            "{bad}: {error}"
+        fx.fails(
+            &format!("FROM base\nEXPOSE 80 {bad}\n"),
+            "Buildfile:2:",
+            &format!("invalid port {bad:?}"),
         );
     }
 }
@@ -477,12 +471,9 @@ fn add_url_checks_its_checksum() {
     assert_eq!(fs::read(&path).unwrap(), b"downloaded bytes\n");
     assert_eq!(mode(&path), 0o600, "downloads are 0600, as Docker");
     let wrong = strata_store::Digest::of(b"other");
-    let error = fx
-        .build(&format!("FROM base\n\nADD --checksum={wrong} {url}/x /x\n"))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        error.contains("Buildfile:3:") && error.contains("checksum mismatch"),
-        "{error}"
+    fx.fails(
+        &format!("FROM base\n\nADD --checksum={wrong} {url}/x /x\n"),
+        "Buildfile:3:",
+        "checksum mismatch",
     );
 }
