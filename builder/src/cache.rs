@@ -13,7 +13,10 @@ pub struct KeyBuilder {
 
 impl KeyBuilder {
     pub fn new(parent: &Digest) -> KeyBuilder {
-        let mut text = b"strata-build-cache-v1\0".to_vec();
+        // The version changes when the same step starts to make a different layer, so
+        // entries of an older strata are not served for it: v2, COPY and WORKDIR follow
+        // the image's symlinks and chown the directories they make.
+        let mut text = b"strata-build-cache-v2\0".to_vec();
         text.extend_from_slice(parent.to_string().as_bytes());
         KeyBuilder { text }
     }

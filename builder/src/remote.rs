@@ -180,8 +180,14 @@ fn unpack_or_buildfile(
     fs::create_dir(&fetched.context)
         .map_err(|e| Error::io("failed to create", &fetched.context, e))?;
     if archive::detect(&file).is_some() {
-        archive::extract(store, &file, &fetched.context)
-            .map_err(|e| Error::Other(format!("build context from {from}: {e}")))?;
+        archive::extract(
+            store,
+            &file,
+            &crate::tree::Tree::default(),
+            &fetched.context,
+            "",
+        )
+        .map_err(|e| Error::Other(format!("build context from {from}: {e}")))?;
         let _ = fs::remove_file(&file);
     } else {
         fetched.buildfile = Some(file);

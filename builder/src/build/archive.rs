@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use strata_store::Store;
 
+use super::copy::link_to_dir;
+use crate::tree::Tree;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
     Tar,
@@ -67,7 +70,15 @@ pub(crate) fn detect(path: &Path) -> Option<Format> {
 }
 
 /// Unpacks archive `path` into directory `target` (merging with what is there).
-pub(crate) fn extract(store: &Store, path: &Path, target: &Path) -> Result<(), String> {
+/// Unpacks the archive at `path` into `upper` at `dest` (relative), merged with what is
+/// there; its directories follow the image's symlinks as COPY's do.
+pub(crate) fn extract(
+    store: &Store,
+    path: &Path,
+    tree: &Tree,
+    upper: &Path,
+    dest: &str,
+) -> Result<(), String> {
     let format = detect(path).ok_or("not a tar archive")?;
     let stream = decoder(format, fs::File::open(path).map_err(|e| e.to_string())?)
         .map_err(|e| e.to_string())?;
@@ -76,28 +87,38 @@ pub(crate) fn extract(store: &Store, path: &Path, target: &Path) -> Result<(), S
         .map_err(|e| e.to_string())?;
     let result = strata_store::layer::unpack_layer(stream, &staging)
         .map_err(|e| e.to_string())
-        .and_then(|_| merge(&staging, target).map_err(|e| e.to_string()));
+        .and_then(|_| merge(&staging, tree, upper, dest));
     let _ = fs::remove_dir_all(&staging);
     result
 }
 
-/// Moves everything in `from` into `to`, merging directories.
-fn merge(from: &Path, to: &Path) -> io::Result<()> {
-    for item in fs::read_dir(from)? {
-        let item = item?;
-        let dest = to.join(item.file_name());
-        let source_is_dir = item.file_type()?.is_dir();
+/// Moves everything in `from` into `upper` at `rel`, merging directories.
+fn merge(from: &Path, tree: &Tree, upper: &Path, rel: &str) -> Result<(), String> {
+    let io = |e: io::Error| e.to_string();
+    for item in fs::read_dir(from).map_err(io)? {
+        let item = item.map_err(io)?;
+        let name = item.file_name();
+        let mut item_rel = Path::new(rel).join(&name).to_string_lossy().into_owned();
+        let source_is_dir = item.file_type().map_err(io)?.is_dir();
+        if source_is_dir
+            && let Some(to) = link_to_dir(tree, upper, &item_rel).map_err(|e| e.to_string())?
+        {
+            item_rel = to;
+        }
+        let dest = upper.join(&item_rel);
         match fs::symlink_metadata(&dest) {
-            Ok(meta) if meta.is_dir() && source_is_dir => merge(&item.path(), &dest)?,
+            Ok(meta) if meta.is_dir() && source_is_dir => {
+                merge(&item.path(), tree, upper, &item_rel)?
+            }
             Ok(meta) if meta.is_dir() => {
-                fs::remove_dir_all(&dest)?;
-                fs::rename(item.path(), &dest)?;
+                fs::remove_dir_all(&dest).map_err(io)?;
+                fs::rename(item.path(), &dest).map_err(io)?;
             }
             Ok(_) => {
-                fs::remove_file(&dest)?;
-                fs::rename(item.path(), &dest)?;
+                fs::remove_file(&dest).map_err(io)?;
+                fs::rename(item.path(), &dest).map_err(io)?;
             }
-            Err(_) => fs::rename(item.path(), &dest)?,
+            Err(_) => fs::rename(item.path(), &dest).map_err(io)?,
         }
     }
     Ok(())

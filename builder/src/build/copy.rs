@@ -462,7 +462,7 @@ pub(crate) fn execute(
                 let root = &items[0];
                 if *is_archive {
                     make_dirs(&tree, upper, &dest, None)?;
-                    archive::extract(run.cx.store, &root.real, &upper.join(&dest)).map_err(
+                    archive::extract(run.cx.store, &root.real, &tree, upper, &dest).map_err(
                         |e| {
                             Error::step(
                                 &file,
@@ -486,21 +486,28 @@ pub(crate) fn execute(
                     make_parents(&tree, upper, &dest, owner)?;
                     dest.clone()
                 };
-                let target_of = |item: &Item| {
-                    let target = upper.join(join(&base, &item.rel));
+                let meta_of = |item: &Item| {
                     let item_owner = owner.unwrap_or(if *from_context {
                         (0, 0)
                     } else {
                         (item.uid, item.gid)
                     });
-                    (target, chmod.unwrap_or(item.mode), item_owner)
+                    (chmod.unwrap_or(item.mode), item_owner)
                 };
                 let wanted = |item: &&Item| !(root.kind == Kind::Dir && item.rel.is_empty());
-                // Directories first, in path order (parents before children); then every
-                // other entry in parallel: they only need their parent to exist.
+                // Directories first, in path order (parents before children): each lands
+                // where the image's symlinks lead (`COPY rootfs/ /` onto /lib -> usr/lib
+                // writes into usr/lib). Then every other entry in parallel, below them.
+                let mut links = Links::default();
                 let mut dirs = Vec::new();
                 for item in items.iter().filter(wanted).filter(|i| i.kind == Kind::Dir) {
-                    let (target, mode, item_owner) = target_of(item);
+                    let mut rel = links.place(&join(&base, &item.rel));
+                    if let Some(to) = link_to_dir(&tree, upper, &rel)? {
+                        links.0.push((rel, to.clone()));
+                        rel = to;
+                    }
+                    let target = upper.join(&rel);
+                    let (mode, item_owner) = meta_of(item);
                     copy_item(item, &target, mode, item_owner)?;
                     dirs.push((item, target));
                 }
@@ -509,7 +516,8 @@ pub(crate) fn execute(
                     .filter(wanted)
                     .filter(|i| i.kind != Kind::Dir)
                     .try_for_each(|item| {
-                        let (target, mode, item_owner) = target_of(item);
+                        let target = upper.join(links.place(&join(&base, &item.rel)));
+                        let (mode, item_owner) = meta_of(item);
                         copy_item(item, &target, mode, item_owner)
                     })?;
                 // directory times last: creating entries inside changes them
@@ -520,6 +528,47 @@ pub(crate) fn execute(
         }
     }
     Ok(())
+}
+
+/// Directories of the image that a copied tree reached through a symlink: what is
+/// below the link's name goes below where it leads.
+#[derive(Default)]
+struct Links(Vec<(String, String)>);
+
+impl Links {
+    /// Where `rel` (a clean relative path) lands, through the links met so far.
+    fn place(&self, rel: &str) -> String {
+        for (link, to) in self.0.iter().rev() {
+            if let Some(rest) = rel.strip_prefix(link.as_str())
+                && (rest.is_empty() || rest.starts_with('/'))
+            {
+                return format!("{to}{rest}");
+            }
+        }
+        rel.to_string()
+    }
+}
+
+/// Where a directory copied onto `rel` goes when the image has a symlink there (and this
+/// step has not written `rel` yet): the directory it leads to, inside the image, with its
+/// parents made in `upper`. A link to something that is not a directory is refused, as
+/// BuildKit refuses it.
+pub(crate) fn link_to_dir(tree: &Tree, upper: &Path, rel: &str) -> Result<Option<String>> {
+    let is_link = fs::symlink_metadata(upper.join(rel)).is_err()
+        && tree
+            .lookup(rel)
+            .is_some_and(|(_, meta)| meta.file_type().is_symlink());
+    if !is_link {
+        return Ok(None);
+    }
+    let to = tree.resolve(rel);
+    if tree.lookup(&to).is_some_and(|(_, meta)| !meta.is_dir()) {
+        return Err(Error::Other(format!(
+            "cannot copy a directory to /{rel}: it is a symlink to /{to}, not a directory"
+        )));
+    }
+    make_parents(tree, upper, &to, None)?;
+    Ok(Some(to))
 }
 
 fn replace(path: &Path) -> Result<()> {

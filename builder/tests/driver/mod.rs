@@ -32,7 +32,8 @@ struct Fixture {
 
 /// A store holding `base:latest` (an /etc/passwd with user `app` 1000:1001, group `staff`
 /// 50, a /srv dir with mode 0750, /usr/lib/app/data with links to /usr/lib: `lib2`
-/// relative, `abs` absolute, and `up` climbing above the root) and an empty context dir.
+/// relative, `abs` absolute, `up` climbing above the root, and `plink` to /etc/passwd)
+/// and an empty context dir.
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let store = Store::open(&dir.path().join("store")).unwrap();
@@ -70,7 +71,12 @@ fn fixture() -> Fixture {
     add("usr/lib/", 0o755, None);
     add("usr/lib/app/", 0o755, None);
     add("usr/lib/app/data", 0o644, Some("data"));
-    for (name, target) in [("lib2", "usr/lib"), ("abs", "/usr/lib"), ("up", "../../..")] {
+    for (name, target) in [
+        ("lib2", "usr/lib"),
+        ("abs", "/usr/lib"),
+        ("up", "../../.."),
+        ("plink", "etc/passwd"),
+    ] {
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(tar::EntryType::Symlink);
         header.set_mode(0o777);
@@ -213,6 +219,35 @@ fn destinations_follow_symlinks_inside_the_image() {
         config.working_dir().as_deref(),
         Some("/lib2/work"),
         "as written"
+    );
+
+    // A copied tree and an unpacked archive go through the links too: `COPY rootfs/ /`
+    // onto a usr-merged base writes into usr/lib and keeps /lib2 a link.
+    fx.write("rootfs/lib2/x.so", "x");
+    fx.write("rootfs/lib2/sub/y", "y");
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_ustar();
+    header.set_size(1);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "lib2/z", &b"z"[..]).unwrap();
+    fs::write(fx.context.join("t.tar"), tar.into_inner().unwrap()).unwrap();
+    let image = fx
+        .build("FROM base\nCOPY rootfs/ /\nADD t.tar /\n")
+        .unwrap();
+    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    assert!(tree.lookup("lib2").unwrap().1.file_type().is_symlink());
+    assert_eq!(tree.read("usr/lib/x.so").unwrap(), b"x");
+    assert_eq!(tree.read("usr/lib/sub/y").unwrap(), b"y");
+    assert_eq!(tree.read("usr/lib/z").unwrap(), b"z", "ADD of an archive");
+    assert_eq!(tree.read("usr/lib/app/data").unwrap(), b"data");
+    fx.write("other/plink/w", "w");
+    fx.fails(
+        "FROM base\nCOPY other/ /\n",
+        "Buildfile:2:",
+        "cannot copy a directory to /plink: it is a symlink to /etc/passwd",
     );
 }
 
