@@ -192,7 +192,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(err) => return Ok(setup_failure(err)),
     };
     if args.detach {
-        return match detach(globals, &container) {
+        return match detach(globals, &container, config.rm) {
             Ok(()) => {
                 println!("{}", container.id);
                 Ok(ExitCode::SUCCESS)
@@ -212,8 +212,9 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts `strata run-monitor <id>` in its own session with its output going to the
-/// container's log, and waits until the container runs (or failed to start).
-fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
+/// container's log, and waits until the container runs (or failed to start: then a `--rm`
+/// container is removed here, once its log has been read).
+fn detach(globals: &Globals, container: &Container, rm: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -239,6 +240,12 @@ fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
             && !status.success()
         {
             let log = std::fs::read_to_string(container.log_path()).unwrap_or_default();
+            if rm
+                && let Ok(store) = Store::open(&globals.root)
+                && let Ok(container) = store.container(&container.id)
+            {
+                let _ = store.remove_container(&container);
+            }
             bail!("container {} failed to start: {}", container.id, log.trim());
         }
         let state: Option<strata_store::ContainerState> = std::fs::read(&state_path)
@@ -247,7 +254,8 @@ fn detach(globals: &Globals, container: &Container) -> anyhow::Result<()> {
         match state {
             Some(state) if state.status == Status::Running && state.pid.is_some() => return Ok(()),
             Some(state) if state.status == Status::Exited => return Ok(()),
-            None if !container.dir.exists() => return Ok(()), // --rm and already gone
+            // --rm, ran and already gone (the monitor removes nothing when it fails)
+            None if !container.dir.exists() => return Ok(()),
             _ => {}
         }
         if start.elapsed() > Duration::from_secs(60) {
@@ -273,15 +281,16 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
         .open(container.log_path())?
         .into();
     let stdin: Option<OwnedFd> = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
-    match start(globals, container, &config, lowers, stdin, Some(log)) {
+    // Not `start`: a container that fails to start is kept for `detach` to read its log.
+    match mount_and_run(globals, container, &config, lowers, stdin, Some(log)) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(err) => Ok(setup_failure(err)),
     }
 }
 
-/// Mounts, runs and records one container; returns the command's exit code. A `--rm`
-/// container is removed however this ends (a mount that fails, a command that cannot
-/// start).
+/// Mounts, runs and records one container in the foreground; returns the command's exit
+/// code. A `--rm` container is removed however this ends (a mount that fails, a command
+/// that cannot start).
 fn start(
     globals: &Globals,
     container: Container,
@@ -302,6 +311,7 @@ fn start(
     result
 }
 
+/// Mounts, runs and records one container; returns the command's exit code.
 fn mount_and_run(
     globals: &Globals,
     mut container: Container,

@@ -103,6 +103,12 @@ fn run_failures_use_docker_exit_codes() {
         "run", "--rm", "--userns", "private", "--driver", "overlay", "busybox", "true",
     ]);
     assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+    // Detached, the reason still comes back, and nothing is left either.
+    let out = store.strata(&[
+        "run", "-d", "--rm", "--userns", "private", "--driver", "overlay", "busybox", "true",
+    ]);
+    assert_eq!(code(&out), 125, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("fuse driver"), "{}", text(&out.stderr));
     // A mount that fails keeps no container made for it.
     let out = store.strata(&["mount", "busybox", "/nonexistent/dir"]);
     assert_eq!(code(&out), 1, "{}", text(&out.stderr));
