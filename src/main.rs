@@ -4,40 +4,51 @@ mod cli;
 mod commands;
 mod report;
 
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
 use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The status a shell gives a death by SIGPIPE (128 + 13).
+const CLOSED_STDOUT: u8 = 141;
+
 fn main() -> ExitCode {
-    quiet_on_closed_stdout();
+    silence_closed_stdout();
     let cli = cli::Cli::parse();
-    match commands::run(cli) {
-        Ok(code) => code,
-        Err(err) => {
+    // `strata inspect x | head`: output to a closed pipe ends the program quietly with
+    // SIGPIPE's status, as it ends C tools. Rust ignores SIGPIPE, so `println!` panics
+    // instead; the signal stays ignored because the FUSE server and the registry client
+    // must see EPIPE as an error, not die of it. The panic unwinds to here, so what is
+    // mounted or staged on the way is dropped (unmounted, removed) first.
+    match panic::catch_unwind(AssertUnwindSafe(|| commands::run(cli))) {
+        Ok(Ok(code)) => code,
+        Ok(Err(err)) => {
             report::print_error(&err);
             ExitCode::from(1)
         }
+        Err(payload) if is_closed_stdout(payload.as_ref()) => ExitCode::from(CLOSED_STDOUT),
+        Err(payload) => panic::resume_unwind(payload),
     }
 }
 
-/// `strata inspect x | head`: output to a closed pipe ends the program quietly with the
-/// status a shell gives a SIGPIPE death (128 + 13), as it ends C tools. Rust ignores
-/// SIGPIPE, so `println!` panics instead; the signal stays ignored because the FUSE
-/// server and the registry client must see EPIPE as an error, not die of it.
-fn quiet_on_closed_stdout() {
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or("");
-        if message.starts_with("failed printing to stdout")
-            && message.ends_with(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
-        {
-            std::process::exit(141);
+/// Keeps the panic hook from printing a closed stdout's panic; any other is printed.
+fn silence_closed_stdout() {
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if !is_closed_stdout(info.payload()) {
+            default_hook(info);
         }
-        default_hook(info);
     }));
+}
+
+/// Is this the panic of `println!` writing to a closed pipe?
+fn is_closed_stdout(payload: &(dyn Any + Send)) -> bool {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    message.starts_with("failed printing to stdout")
+        && message.ends_with(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
 }
