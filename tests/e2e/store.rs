@@ -161,6 +161,10 @@ fn skopeo_umoci_and_oci_image_tool_read_an_imported_image() {
     let fresh = TestStore::new();
     fresh.ok(&["pull", "-q", &target]);
     assert_eq!(inspect(&fresh, "bb")["Id"], inspect(&store, "busybox:zstd")["Id"]);
+    // An image already gzip goes out as it is: same manifest, same digest.
+    let same = format!("oci:{}:same", export.display());
+    let pushed = store.ok(&["push", "-q", "--compression-format", "gzip", "busybox:gzip", &same]);
+    assert_eq!(pushed.trim(), inspect(&store, "busybox:gzip")["ManifestDigest"].as_str().unwrap());
     let out = store.strata(&["push", "--compression-format", "lz4", "busybox:zstd", &target]);
     assert_eq!(out.status.code(), Some(2), "an unknown compression is a usage error");
     for dir in [bundle, export, v2s2] {

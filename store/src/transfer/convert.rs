@@ -17,10 +17,12 @@ use crate::registry::media;
 use crate::{Digest, oci};
 
 /// `image` with every layer compressed as `compression`; its new blobs and manifest are
-/// put in `store` (gc removes them once nothing names them).
+/// put in `store` (gc removes them once nothing names them). What a layer is compressed
+/// with is read from its bytes, not its media type. An image already so is returned as
+/// it is (its manifest keeps its bytes and digest); foreign layers are left alone.
 pub fn recompress(
     store: &Store,
-    image: &LocalImage,
+    image: LocalImage,
     compression: Compression,
     progress: &dyn Progress,
 ) -> Result<LocalImage> {
@@ -30,6 +32,23 @@ pub fn recompress(
         what: what(),
         message: "a docker v2s2 manifest cannot carry zstd layers: push it as gzip".into(),
     })?;
+    // What each layer needs: nothing, a media type, or new bytes.
+    let mut plan = Vec::with_capacity(image.doc.layers.len());
+    for layer in &image.doc.layers {
+        let step = if is_foreign(&layer.media_type) {
+            Step::Keep
+        } else if sniff(&image.blob_path(&layer.digest), &layer.digest)? != compression {
+            Step::Recompress
+        } else if layer.media_type != wanted {
+            Step::Relabel
+        } else {
+            Step::Keep
+        };
+        plan.push(step);
+    }
+    if plan.iter().all(|step| *step == Step::Keep) {
+        return Ok(image);
+    }
     let config = image.doc.config.as_ref().ok_or_else(|| Error::Distribution {
         what: what(),
         message: "not an image manifest (no config)".into(),
@@ -51,30 +70,77 @@ pub fn recompress(
         return Err(Error::Distribution { what: what(), message: "no layers array".into() });
     };
     // The new manifest's blobs are all read from the store: the config and the layers
-    // kept as they are come along from an OCI layout or archive.
+    // whose bytes stay come along from an OCI layout or archive.
     let config_digest = image.doc.config.as_ref().map(|c| c.digest);
-    let kept = image.doc.layers.iter().filter(|l| l.media_type == wanted).map(|l| l.digest);
-    for digest in config_digest.into_iter().chain(kept) {
+    let kept = image.doc.layers.iter().zip(&plan).filter(|(_, step)| **step != Step::Recompress);
+    for digest in config_digest.into_iter().chain(kept.map(|(layer, _)| layer.digest)) {
         if !store.has_blob(&digest) {
             store.put_blob_file(&image.blob_path(&digest), &digest)?;
         }
     }
-    for ((layer, json), diff_id) in image.doc.layers.iter().zip(layers.iter_mut()).zip(diff_ids) {
-        if layer.media_type == wanted {
-            continue;
+    for (((layer, json), diff_id), step) in image.doc.layers.iter().zip(layers.iter_mut()).zip(diff_ids).zip(&plan) {
+        match step {
+            Step::Keep => continue,
+            Step::Relabel => json["mediaType"] = wanted.into(),
+            Step::Recompress => {
+                let diff_id: Digest = diff_id.parse()?;
+                progress.begin(&layer.digest, layer.size, "convert");
+                let path = image.blob_path(&layer.digest);
+                let (digest, size) = recompress_layer(store, &path, &layer.digest, &diff_id, compression)?;
+                progress.end(&layer.digest, &format!("as {digest}"));
+                json["mediaType"] = wanted.into();
+                json["digest"] = digest.to_string().into();
+                json["size"] = size.into();
+                forget_old_bytes(json);
+            }
         }
-        let diff_id: Digest = diff_id.parse()?;
-        progress.begin(&layer.digest, layer.size, "convert");
-        let (digest, size) = recompress_layer(store, &image.blob_path(&layer.digest), &layer.digest, &diff_id, compression)?;
-        progress.end(&layer.digest, &format!("as {digest}"));
-        json["mediaType"] = wanted.into();
-        json["digest"] = digest.to_string().into();
-        json["size"] = size.into();
     }
     let bytes = serde_json::to_vec(&manifest)
         .map_err(|e| Error::Distribution { what: what(), message: format!("cannot serialize: {e}") })?;
     let (digest, _) = store.put_blob(&bytes)?;
     LocalImage::with_digest(bytes, digest, store.blobs_dir(), image.name.clone())
+}
+
+/// What a layer of the manifest needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Keep,
+    /// Its bytes are compressed as wanted; only its media type says otherwise.
+    Relabel,
+    Recompress,
+}
+
+/// Layers that are not stored with the image (docker foreign, OCI non-distributable):
+/// neither read nor rewritten.
+fn is_foreign(media_type: &str) -> bool {
+    media_type.contains("foreign") || media_type.contains("nondistributable")
+}
+
+/// How the blob at `path` is compressed, from its first bytes.
+fn sniff(path: &std::path::Path, digest: &Digest) -> Result<Compression> {
+    let mut head = [0u8; 4];
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => Error::BlobNotFound(*digest),
+        _ => Error::io("failed to open blob", path, e),
+    })?;
+    let n = io::Read::read(&mut file, &mut head).map_err(|e| Error::io("failed to read blob", path, e))?;
+    Ok(Compression::sniff(&head[..n]))
+}
+
+/// Drops what a descriptor says about the bytes it no longer names: an embedded copy
+/// (`data`) and the tables of contents of zstd:chunked and eStargz, which a puller
+/// would otherwise use to fetch parts of the new blob at the old offsets.
+fn forget_old_bytes(descriptor: &mut serde_json::Value) {
+    let Some(fields) = descriptor.as_object_mut() else { return };
+    fields.remove("data");
+    if let Some(annotations) = fields.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+        annotations.retain(|key, _| {
+            !key.starts_with("io.github.containers.zstd-chunked.") && !key.starts_with("containerd.io/snapshot/stargz/")
+        });
+        if annotations.is_empty() {
+            fields.remove("annotations");
+        }
+    }
 }
 
 /// The media type of a layer compressed as `compression` in an OCI or a docker manifest.
@@ -111,4 +177,37 @@ fn recompress_layer(
     }
     let writer = encoder.finish().map_err(read_error)?;
     writer.commit(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_converted_descriptor_forgets_its_old_bytes() {
+        let mut descriptor = serde_json::json!({
+            "mediaType": media::OCI_LAYER_ZSTD,
+            "digest": "sha256:00",
+            "size": 1,
+            "data": "AA==",
+            "annotations": {
+                "io.github.containers.zstd-chunked.manifest-checksum": "sha256:11",
+                "containerd.io/snapshot/stargz/toc.digest": "sha256:22",
+                "org.opencontainers.image.title": "kept",
+            },
+        });
+        forget_old_bytes(&mut descriptor);
+        assert_eq!(descriptor.get("data"), None);
+        assert_eq!(descriptor["annotations"], serde_json::json!({"org.opencontainers.image.title": "kept"}));
+        let mut bare = serde_json::json!({"annotations": {"containerd.io/snapshot/stargz/toc.digest": "x"}});
+        forget_old_bytes(&mut bare);
+        assert_eq!(bare, serde_json::json!({}), "an emptied annotations map goes");
+    }
+
+    #[test]
+    fn foreign_layers_are_left_alone() {
+        assert!(is_foreign("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"));
+        assert!(is_foreign("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"));
+        assert!(!is_foreign(media::OCI_LAYER_GZIP) && !is_foreign(media::DOCKER_LAYER_GZIP));
+    }
 }

@@ -295,7 +295,7 @@ pub fn push(store: &Store, image: &str, dest: Option<&str>, opts: &TransferOptio
         LocalImage::from_store(store, image)?
     };
     let source = match opts.compression {
-        Some(compression) => recompress(store, &source, compression, opts.progress)?,
+        Some(compression) => recompress(store, source, compression, opts.progress)?,
         None => source,
     };
     let dest = match dest {
