@@ -407,19 +407,22 @@ impl Buildfile {
                 Instruction::Label(self.expand_pairs(step, pairs, &before)?)
             }
             Instruction::Expose(ports) => {
+                // Each word may expand to several (`ARG PORTS="80 443"`), a range to one
+                // port each, as Docker stores them.
                 let mut out = Vec::new();
                 for port in ports {
-                    let expanded = word(port)?;
-                    if !valid_port(&expanded) {
-                        return Err(Error::syntax(
-                            &self.file,
-                            step.pos_of(port),
-                            format!(
-                                "invalid port {expanded:?}: PORT[-PORT][/tcp|/udp|/sctp], as EXPOSE 80 53/udp 8000-8010"
-                            ),
-                        ));
+                    for expanded in word(port)?.split_whitespace() {
+                        let keys = port_keys(expanded).ok_or_else(|| {
+                            Error::syntax(
+                                &self.file,
+                                step.pos_of(port),
+                                format!(
+                                    "invalid port {expanded:?}: PORT[-PORT][/tcp|/udp|/sctp], as EXPOSE 80 53/udp 8000-8010"
+                                ),
+                            )
+                        })?;
+                        out.extend(keys);
                     }
-                    out.push(expanded);
                 }
                 Instruction::Expose(out)
             }
@@ -556,19 +559,22 @@ pub fn dump(buildfile: &Buildfile, build_args: &BTreeMap<String, String>) -> Res
     Ok(out)
 }
 
-/// An EXPOSE word: `PORT`, `PORT-PORT`, each with an optional `/tcp`, `/udp` or `/sctp`.
-fn valid_port(text: &str) -> bool {
+/// The `PORT/PROTOCOL` keys of an EXPOSE word (`PORT` or `PORT-PORT`, with `/tcp`,
+/// `/udp` or `/sctp`, tcp when none); None when it is not one.
+fn port_keys(text: &str) -> Option<Vec<String>> {
     let (range, protocol) = text.split_once('/').unwrap_or((text, "tcp"));
-    let port = |p: &str| !p.is_empty() && p.len() <= 5 && p.parse::<u16>().is_ok();
-    let ports_ok = match range.split_once('-') {
-        Some((low, high)) => {
-            port(low) && port(high) && low.parse::<u16>().ok() <= high.parse::<u16>().ok()
-        }
-        None => port(range),
+    let protocol = protocol.to_ascii_lowercase();
+    if !matches!(protocol.as_str(), "tcp" | "udp" | "sctp") {
+        return None;
+    }
+    let port = |p: &str| {
+        (!p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| p.parse::<u16>().ok())
+            .flatten()
     };
-    ports_ok
-        && matches!(
-            protocol.to_ascii_lowercase().as_str(),
-            "tcp" | "udp" | "sctp"
-        )
+    let (low, high) = match range.split_once('-') {
+        Some((low, high)) => (port(low)?, port(high)?),
+        None => (port(range)?, port(range)?),
+    };
+    (low <= high).then(|| (low..=high).map(|p| format!("{p}/{protocol}")).collect())
 }

@@ -290,13 +290,19 @@ fn workdir_belongs_to_user_and_never_replaces_a_file() {
 fn expose_takes_ports_and_ranges_only() {
     let fx = fixture();
     let image = fx
-        .build("FROM base\nARG P=8080\nEXPOSE 80 53/udp 8000-8010/tcp $P\n")
+        .build("FROM base\nARG P=\"8080 9090/UDP\"\nEXPOSE 80 53/udp 8000-8002/tcp $P\n")
         .unwrap();
     let config = image.config.config().clone().unwrap();
     let mut exposed = config.exposed_ports().clone().unwrap_or_default();
     exposed.sort();
-    assert_eq!(exposed, ["53/udp", "80/tcp", "8000-8010/tcp", "8080/tcp"]);
-    for bad in ["abc", "80/xyz", "70000", "90-80", "-1"] {
+    assert_eq!(
+        exposed,
+        [
+            "53/udp", "80/tcp", "8000/tcp", "8001/tcp", "8002/tcp", "8080/tcp", "9090/udp"
+        ],
+        "a range is one port each, an expanded word splits, protocols are lowercase"
+    );
+    for bad in ["abc", "80/xyz", "70000", "90-80", "-1", "+80"] {
         fx.fails(
             &format!("FROM base\nEXPOSE 80 {bad}\n"),
             "Buildfile:2:",
