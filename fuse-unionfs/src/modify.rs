@@ -161,15 +161,11 @@ impl Union {
             Err(Errno::NOENT) => false,
             Err(err) => return Err(err),
         };
-        let tmp = if over_whiteout {
-            self.layers.tmp_name()
-        } else {
-            PathBuf::new()
-        };
-        let (dir, at): (BorrowedFd<'_>, &Path) = if over_whiteout {
-            (self.layers.work(), &tmp)
-        } else {
-            (self.upper_fd(), &rel)
+        // Over a whiteout, built under a fresh name in the work dir first.
+        let tmp = over_whiteout.then(|| self.layers.tmp_name());
+        let (dir, at): (BorrowedFd<'_>, &Path) = match &tmp {
+            Some(tmp) => (self.layers.work(), tmp),
+            None => (self.upper_fd(), &rel),
         };
         let fd = self.create_at(dir, at, &new)?;
         let finish = || -> Res<()> {
@@ -192,19 +188,19 @@ impl Union {
                     }
                 }
             }
-            if over_whiteout {
+            if let Some(tmp) = &tmp {
                 if let New::Dir(_) = new {
-                    self.layers.set_opaque_at(&self.layers.work_abs(&tmp))?;
+                    self.layers.set_opaque_at(&self.layers.work_abs(tmp))?;
                     rustix::fs::renameat_with(
                         self.layers.work(),
-                        &tmp,
+                        tmp,
                         self.upper_fd(),
                         &rel,
                         RenameFlags::EXCHANGE,
                     )?;
-                    let _ = rustix::fs::unlinkat(self.layers.work(), &tmp, AtFlags::empty());
+                    let _ = rustix::fs::unlinkat(self.layers.work(), tmp, AtFlags::empty());
                 } else {
-                    rustix::fs::renameat(self.layers.work(), &tmp, self.upper_fd(), &rel)?;
+                    rustix::fs::renameat(self.layers.work(), tmp, self.upper_fd(), &rel)?;
                 }
             }
             Ok(())

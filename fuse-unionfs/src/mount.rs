@@ -561,8 +561,10 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
             tracing::warn!("{} is busy; detaching it lazily", target.display());
             detach().map(|()| Unmounted::Detached)
         }
-        // umount(2): "target is not a mount point"
-        Err(rustix::io::Errno::INVAL) => Err(Error::NotMounted(target.to_path_buf())),
+        // umount(2) says EINVAL for "not a mount point", and for a locked mount
+        Err(rustix::io::Errno::INVAL) if !mount_table()?.iter().any(|(p, _)| p == target) => {
+            Err(Error::NotMounted(target.to_path_buf()))
+        }
         Err(e) => Err(fail(e)),
     }
 }
@@ -570,9 +572,25 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
 /// Detaches FUSE mounts below `dir` whose server is gone (they answer ENOTCONN), as a
 /// crash leaves them. Returns how many were swept.
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
+    let mut swept = 0;
+    for (point, fstype) in mount_table()? {
+        if fstype.starts_with("fuse")
+            && point.starts_with(dir)
+            && let Err(rustix::io::Errno::NOTCONN) = rustix::fs::stat(&point)
+            && rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok()
+        {
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
+/// Every mount point of this mount namespace with its file system type, from
+/// /proc/self/mountinfo.
+fn mount_table() -> Result<Vec<(PathBuf, String)>> {
     let mountinfo = std::fs::read("/proc/self/mountinfo")
         .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
-    let mut swept = 0;
+    let mut table = Vec::new();
     for line in mountinfo.split(|&b| b == b'\n') {
         let line = String::from_utf8_lossy(line);
         let fields: Vec<&str> = line.split(' ').collect();
@@ -582,20 +600,10 @@ pub fn sweep_stale(dir: &Path) -> Result<usize> {
         let (Some(point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
             continue;
         };
-        if !fstype.starts_with("fuse") {
-            continue;
-        }
         let point = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point)));
-        if !point.starts_with(dir) {
-            continue;
-        }
-        if let Err(rustix::io::Errno::NOTCONN) = rustix::fs::stat(&point)
-            && rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok()
-        {
-            swept += 1;
-        }
+        table.push((point, fstype.to_string()));
     }
-    Ok(swept)
+    Ok(table)
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.

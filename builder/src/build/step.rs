@@ -856,7 +856,6 @@ fn base_text(buildfile: &crate::stages::Buildfile, base: &Base) -> String {
     }
 }
 
-/// WORKDIR relative to the previous one.
 /// An error of a step's own work, located at its instruction (errors that already name
 /// a place in the Buildfile, and the store's, are kept as they are).
 fn at_step(err: Error, file: &str, step: &Step) -> Error {
@@ -866,6 +865,7 @@ fn at_step(err: Error, file: &str, step: &Step) -> Error {
     }
 }
 
+/// WORKDIR relative to the previous one.
 fn workdir_path(current: &str, dir: &str) -> String {
     if dir.starts_with('/') {
         return format!("/{}", crate::context::clean(dir));

@@ -227,10 +227,10 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
         let src = image.blob_path(&blob.digest);
         let tmp = blobs.join(format!(".tmp-{}-{}", std::process::id(), blob.digest.hex()));
         let _ = fs::remove_file(&tmp);
-        let mut blob = BlobReader::open(&src, &blob.digest)?;
+        let mut reader = BlobReader::open(&src, &blob.digest)?;
         let mut copy = || -> io::Result<()> {
             let mut out = File::create_new(&tmp)?;
-            io::copy(&mut blob, &mut out)?;
+            io::copy(&mut reader, &mut out)?;
             out.sync_all()
         };
         if let Err(err) = copy() {
