@@ -8,14 +8,31 @@ use strata_store::{Container, Status, Store, time};
 
 use crate::cli::PsArgs;
 use crate::commands::Globals;
+use crate::commands::images::print_table;
 use crate::commands::run::is_running;
 
-fn status_text(container: &Container) -> String {
-    match container.state.status {
+/// docker's STATUS column: "Up 5 minutes", "Exited (0) 2 hours ago".
+fn status_text(container: &Container, now: i64) -> String {
+    let since = |when: &Option<String>| {
+        when.as_deref()
+            .and_then(time::parse_rfc3339)
+            .map(|t| time::duration(now - t))
+    };
+    let state = &container.state;
+    match state.status {
         Status::Created => "Created".to_string(),
-        Status::Running if is_running(container) => "Up".to_string(),
+        Status::Running if is_running(container) => match since(&state.started) {
+            Some(up) => format!("Up {up}"),
+            None => "Up".to_string(),
+        },
         Status::Running => "Exited (unknown)".to_string(),
-        Status::Exited => format!("Exited ({})", container.state.exit_code.unwrap_or(-1)),
+        Status::Exited => {
+            let code = state.exit_code.unwrap_or(-1);
+            match since(&state.finished) {
+                Some(ago) => format!("Exited ({code}) {ago} ago"),
+                None => format!("Exited ({code})"),
+            }
+        }
     }
 }
 
@@ -55,10 +72,7 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = time::now();
-    println!(
-        "{:<14}{:<24}{:<24}{:<24}{:<20}NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
-    );
+    let mut rows = vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
     for c in &containers {
         let mut command = format!("\"{}\"", c.state.command.join(" "));
         if command.chars().count() > 22 {
@@ -67,15 +81,15 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         let created = time::parse_rfc3339(&c.state.created)
             .map(|t| time::ago(t, now))
             .unwrap_or_default();
-        println!(
-            "{:<14}{:<24}{:<24}{:<24}{:<20}{}",
-            &c.id[..12],
-            c.state.image.as_deref().unwrap_or("-"),
+        rows.push([
+            c.id[..12].to_string(),
+            c.state.image.clone().unwrap_or_else(|| "-".into()),
             command,
             created,
-            status_text(c),
-            c.state.name
-        );
+            status_text(c, now),
+            c.state.name.clone(),
+        ]);
     }
+    print_table(&rows);
     Ok(ExitCode::SUCCESS)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use strata_store::{Container, Status, Store};
+use strata_store::{Container, Status, Store, time};
 use strata_unionfs::{Driver, IdShift, MountSpec};
 
 pub(crate) mod etc;
@@ -381,6 +381,8 @@ fn mount_and_run(
     let result = strata_runtime::run_observed(runtime_spec, |child| {
         container.state.pid = Some(child.pid);
         container.state.status = Status::Running;
+        container.state.started = Some(time::now_rfc3339_nanos());
+        container.state.finished = None;
         if let Err(err) = container.save() {
             save_error = Some(err);
         }
@@ -389,6 +391,7 @@ fn mount_and_run(
     container.state.pid = None;
     container.state.mounted_at = None;
     container.state.status = Status::Exited;
+    container.state.finished = Some(time::now_rfc3339_nanos());
     container.state.exit_code = Some(*result.as_ref().unwrap_or(&125));
     if !config.rm {
         container.save()?;

@@ -58,6 +58,11 @@ pub struct ContainerState {
     pub exit_code: Option<i32>,
     /// RFC 3339, UTC.
     pub created: String,
+    /// When its command last started and ended (RFC 3339, UTC), for `ps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
     pub pid: Option<i32>,
     pub driver: Option<String>,
     pub mounted_at: Option<PathBuf>,
@@ -188,6 +193,8 @@ impl Store {
                 status: Status::Created,
                 exit_code: None,
                 created: time::now_rfc3339_nanos(),
+                started: None,
+                finished: None,
                 pid: None,
                 driver: None,
                 mounted_at: None,

@@ -74,6 +74,26 @@ pub fn ago(then: i64, now: i64) -> String {
     }
 }
 
+/// A duration as docker's `ps` words it ("Up 3 seconds", "Up About a minute",
+/// "Exited (0) 2 hours ago"): `secs` in seconds.
+pub fn duration(secs: i64) -> String {
+    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
+    let minutes = secs / 60;
+    let hours = (secs + 1800) / 3600;
+    match secs.max(0) {
+        0 => "Less than a second".to_string(),
+        1..60 => plural(secs, "second"),
+        60..120 => "About a minute".to_string(),
+        120..3600 => plural(minutes, "minute"),
+        _ if hours == 1 => "About an hour".to_string(),
+        _ if hours < 48 => plural(hours, "hour"),
+        _ if hours < 24 * 7 * 2 => plural(hours / 24, "day"),
+        _ if hours < 24 * 30 * 2 => plural(hours / 24 / 7, "week"),
+        _ if hours < 24 * 365 * 2 => plural(hours / 24 / 30, "month"),
+        _ => plural(hours / 24 / 365, "year"),
+    }
+}
+
 // Howard Hinnant's civil calendar algorithms (http://howardhinnant.github.io/date_algorithms.html).
 fn civil_from_days(z: i64) -> (i64, i64, i64) {
     let z = z + 719_468;
@@ -100,6 +120,26 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_like_docker_ps() {
+        let cases = [
+            (0, "Less than a second"),
+            (1, "1 second"),
+            (59, "59 seconds"),
+            (90, "About a minute"),
+            (150, "2 minutes"),
+            (3600, "About an hour"),
+            (5 * 3600, "5 hours"),
+            (3 * 86_400, "3 days"),
+            (20 * 86_400, "2 weeks"),
+            (90 * 86_400, "3 months"),
+            (800 * 86_400, "2 years"),
+        ];
+        for (secs, text) in cases {
+            assert_eq!(duration(secs), text, "{secs} s");
+        }
+    }
 
     #[test]
     fn formats_and_parses_known_instants() {

@@ -170,7 +170,9 @@ fn detached_container_is_logged_stopped_and_removed() {
         assert_eq!(id.trim().len(), 64, "{id}");
         let running = wait_status(&store, &name, "running");
         assert!(running["pid"].as_i64().is_some());
-        assert!(store.ok(&["ps"]).contains(&name));
+        let line = |listing: String| listing.lines().find(|l| l.ends_with(&name)).map(str::to_string);
+        let up = line(store.ok(&["ps"])).expect("running containers are listed");
+        assert!(up.contains("   Up ") && up.contains("second"), "docker's 'Up N seconds': {up}");
         let out = store.strata(&["rm", &name]);
         assert_ne!(code(&out), 0, "rm of a running container must fail");
         store.ok(&["stop", "-t", "5", &name]);
@@ -182,6 +184,8 @@ fn detached_container_is_logged_stopped_and_removed() {
         );
         assert_eq!(store.ok(&["logs", &name]), "started\nstopping\n");
         assert!(!store.ok(&["ps"]).contains(&name));
+        let gone = line(store.ok(&["ps", "-a"])).expect("ps -a lists exited containers");
+        assert!(gone.contains("Exited (7) ") && gone.contains(" ago"), "{gone}");
         store.ok(&["rm", &name]);
         assert!(ps_json(&store).iter().all(|c| c["name"] != name.as_str()));
     }
