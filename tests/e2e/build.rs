@@ -267,6 +267,11 @@ fn build_noop_rebuild_same_id_without_running() {
         first.id, second.id,
         "a fully cached build must give the same image id"
     );
+    assert!(
+        second.stderr.contains("[stage-0 2/"),
+        "an unnamed stage is stage-N, as BuildKit names it:\n{}",
+        second.stderr
+    );
     for step in ["COPY", "RUN", "ENV", "CMD"] {
         assert!(
             cached(&second.stderr, step),

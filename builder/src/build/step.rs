@@ -83,7 +83,8 @@ pub(crate) fn build_stage(
 ) -> Result<ImageState> {
     let buildfile = cx.buildfile;
     let stage = &buildfile.stages[index];
-    let label = stage.name.clone().unwrap_or_else(|| index.to_string());
+    // BuildKit calls an unnamed stage stage-N in its progress.
+    let label = stage.name.clone().unwrap_or_else(|| format!("stage-{index}"));
     let total = stage.steps.len() + 1;
     let (base, platform) = buildfile.base(stage, &cx.meta)?;
     let info = StepInfo {
