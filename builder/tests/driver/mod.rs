@@ -129,6 +129,11 @@ impl Fixture {
         );
     }
 
+    /// The merged view of `image`'s layers.
+    fn tree(&self, image: &Image) -> strata_builder::tree::Tree {
+        strata_builder::tree::Tree::new(self.store.layer_dirs(image).unwrap())
+    }
+
     /// The top layer of `image`, unpacked.
     fn top(&self, image: &Image) -> PathBuf {
         self.store.layer_dirs(image).unwrap().remove(0)
@@ -189,7 +194,7 @@ fn destinations_follow_symlinks_inside_the_image() {
             "FROM base\nCOPY tool /lib2/\nCOPY tool /abs/app/tool2\nCOPY tool /up/escape\nWORKDIR /lib2/work\n",
         )
         .unwrap();
-    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let tree = fx.tree(&image);
     for link in ["lib2", "abs", "up"] {
         let (_, meta) = tree.lookup(link).unwrap();
         assert!(meta.file_type().is_symlink(), "/{link} stays a symlink");
@@ -237,7 +242,7 @@ fn destinations_follow_symlinks_inside_the_image() {
     let image = fx
         .build("FROM base\nCOPY rootfs/ /\nADD t.tar /\n")
         .unwrap();
-    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let tree = fx.tree(&image);
     assert!(tree.lookup("lib2").unwrap().1.file_type().is_symlink());
     assert_eq!(tree.read("usr/lib/x.so").unwrap(), b"x");
     assert_eq!(tree.read("usr/lib/sub/y").unwrap(), b"y");
@@ -257,7 +262,7 @@ fn workdir_belongs_to_user_and_never_replaces_a_file() {
     let image = fx
         .build("FROM base\nUSER app\nWORKDIR /srv/a/b\nUSER 7:8\nWORKDIR /srv/c\n")
         .unwrap();
-    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let tree = fx.tree(&image);
     let owner_of = |rel: &str| owner(&tree.lookup(rel).unwrap().0);
     assert_eq!(owner_of("srv/a"), (1000, 1001), "new dirs belong to USER");
     assert_eq!(owner_of("srv/a/b"), (1000, 1001));
@@ -354,7 +359,7 @@ fn copy_from_stage_keeps_owners_and_excludes() {
             "FROM base AS one\nCOPY --chown=1000 --exclude=*.log . /stuff/\nFROM base\nCOPY --from=one /stuff /got\nCOPY --from=one /etc/passwd /p\nCOPY --from=base:latest /etc/group /g\n",
         )
         .unwrap();
-    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let tree = fx.tree(&image);
     let (path, _) = tree.lookup("got/keep.txt").unwrap();
     assert_eq!(
         owner(&path),
@@ -373,7 +378,7 @@ fn copy_from_stage_keeps_owners_and_excludes() {
 fn copy_heredoc_expands_unless_quoted() {
     let fx = fixture();
     let image = fx.build("FROM base\nARG WHO=world\nCOPY <<EOF /hello\nhello $WHO\nEOF\nCOPY <<'EOF' /raw\nhello $WHO\nEOF\n").unwrap();
-    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let tree = fx.tree(&image);
     assert_eq!(tree.read("hello").unwrap(), b"hello world\n");
     assert_eq!(tree.read("raw").unwrap(), b"hello $WHO\n");
     let _ = fx.top(&image);
@@ -507,7 +512,7 @@ fn add_url_checks_its_checksum() {
             "FROM base\nADD --checksum={sum} {url}/files/data.txt /opt/\n"
         ))
         .unwrap();
-    let tree = strata_builder::tree::Tree::new(fx.store.layer_dirs(&image).unwrap());
+    let tree = fx.tree(&image);
     let (path, _) = tree.lookup("opt/data.txt").unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"downloaded bytes\n");
     assert_eq!(mode(&path), 0o600, "downloads are 0600, as Docker");

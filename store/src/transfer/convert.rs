@@ -119,11 +119,8 @@ fn is_foreign(media_type: &str) -> bool {
 /// How the blob at `path` is compressed, from its first bytes.
 fn sniff(path: &std::path::Path, digest: &Digest) -> Result<Compression> {
     let mut head = [0u8; 4];
-    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => Error::BlobNotFound(*digest),
-        _ => Error::io("failed to open blob", path, e),
-    })?;
-    let n = io::Read::read(&mut file, &mut head).map_err(|e| Error::io("failed to read blob", path, e))?;
+    let n = io::Read::read(&mut BlobReader::open(path, digest)?, &mut head)
+        .map_err(|e| Error::io("failed to read blob", path, e))?;
     Ok(Compression::sniff(&head[..n]))
 }
 
