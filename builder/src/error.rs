@@ -76,6 +76,12 @@ fn tail_text(tail: &[String]) -> String {
     text
 }
 
+impl From<crate::tree::SymlinkLoop> for Error {
+    fn from(err: crate::tree::SymlinkLoop) -> Self {
+        Error::Other(err.to_string())
+    }
+}
+
 impl Error {
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

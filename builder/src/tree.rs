@@ -10,6 +10,14 @@ use std::path::PathBuf;
 
 use strata_store::layer::{is_opaque, is_whiteout};
 
+/// Symlinks followed in one path before giving up, as Linux does (MAXSYMLINKS).
+const MAX_HOPS: usize = 40;
+
+/// A path that leads through more than [`MAX_HOPS`] symlinks: a loop (ELOOP).
+#[derive(Debug, thiserror::Error)]
+#[error("/{0}: too many levels of symbolic links")]
+pub struct SymlinkLoop(pub String);
+
 /// The merged view of `lowers` (top first).
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
@@ -118,7 +126,7 @@ impl Tree {
 
     /// Resolves symlinks in `rel` inside the view (a link never leaves the root); returns
     /// the clean path it leads to.
-    pub fn resolve(&self, rel: &str) -> String {
+    pub fn resolve(&self, rel: &str) -> Result<String, SymlinkLoop> {
         let mut resolved: Vec<String> = Vec::new();
         let mut pending: Vec<String> = rel
             .split('/')
@@ -140,9 +148,11 @@ impl Tree {
             let current = resolved.join("/");
             if let Some((path, meta)) = self.lookup(&current)
                 && meta.file_type().is_symlink()
-                && hops < 40
             {
                 hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(SymlinkLoop(rel.to_string()));
+                }
                 let Ok(target) = fs::read_link(&path) else {
                     continue;
                 };
@@ -156,12 +166,12 @@ impl Tree {
                 }
             }
         }
-        resolved.join("/")
+        Ok(resolved.join("/"))
     }
 
     /// Reads a whole file of the view (following symlinks inside it).
     pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
-        let (path, meta) = self.lookup(&self.resolve(rel))?;
+        let (path, meta) = self.lookup(&self.resolve(rel).ok()?)?;
         if meta.is_file() {
             fs::read(path).ok()
         } else {

@@ -134,7 +134,7 @@ pub(crate) fn resolve(
         let clean = context::clean(pattern);
         let matches = match &tree {
             None => context_matches(run, &clean),
-            Some(tree) => tree_matches(tree, &clean),
+            Some(tree) => tree_matches(tree, &clean)?,
         };
         if matches.is_empty() {
             let place = if copy.from.is_some() {
@@ -237,9 +237,9 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Vec<(String, Vec<Item
 }
 
 /// Matches in another stage or image (globs in the last path component).
-fn tree_matches(tree: &Tree, clean: &str) -> Vec<(String, Vec<Item>)> {
+fn tree_matches(tree: &Tree, clean: &str) -> Result<Vec<(String, Vec<Item>)>> {
     let (parent, last) = clean.rsplit_once('/').unwrap_or(("", clean));
-    let parent = tree.resolve(parent);
+    let parent = tree.resolve(parent)?;
     let roots: Vec<String> = if has_glob(last) {
         match glob(last) {
             Ok(matcher) => tree
@@ -256,7 +256,7 @@ fn tree_matches(tree: &Tree, clean: &str) -> Vec<(String, Vec<Item>)> {
         let resolved = if full.is_empty() {
             full
         } else {
-            tree.resolve(&full)
+            tree.resolve(&full)?
         };
         if resolved.is_empty() || tree.lookup(&resolved).is_some() {
             vec![resolved]
@@ -264,7 +264,7 @@ fn tree_matches(tree: &Tree, clean: &str) -> Vec<(String, Vec<Item>)> {
             Vec::new()
         }
     };
-    roots
+    Ok(roots
         .into_iter()
         .filter_map(|root| {
             let (real, meta) = tree.lookup(&root)?;
@@ -274,7 +274,7 @@ fn tree_matches(tree: &Tree, clean: &str) -> Vec<(String, Vec<Item>)> {
             }
             Some((root, items))
         })
-        .collect()
+        .collect())
 }
 
 fn walk_tree(tree: &Tree, root: &str, rel: &str, items: &mut Vec<Item>) {
@@ -420,7 +420,7 @@ pub(crate) fn execute(
     };
     // Symlinks on the way are followed inside the image, as Docker and BuildKit resolve
     // the destination (a link to usr/lib stays a link; the file lands in usr/lib).
-    let dest = tree.resolve(&context::clean(&dest_abs));
+    let dest = tree.resolve(&context::clean(&dest_abs))?;
     let count: usize = resolved.len();
     let dest_exists_as_dir = tree.lookup(&dest).is_some_and(|(_, meta)| meta.is_dir());
     let dir_dest = copy.dest.ends_with('/')
@@ -561,7 +561,7 @@ pub(crate) fn link_to_dir(tree: &Tree, upper: &Path, rel: &str) -> Result<Option
     if !is_link {
         return Ok(None);
     }
-    let to = tree.resolve(rel);
+    let to = tree.resolve(rel)?;
     if tree.lookup(&to).is_some_and(|(_, meta)| !meta.is_dir()) {
         return Err(Error::Other(format!(
             "cannot copy a directory to /{rel}: it is a symlink to /{to}, not a directory"

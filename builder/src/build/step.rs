@@ -84,7 +84,10 @@ pub(crate) fn build_stage(
     let buildfile = cx.buildfile;
     let stage = &buildfile.stages[index];
     // BuildKit calls an unnamed stage stage-N in its progress.
-    let label = stage.name.clone().unwrap_or_else(|| format!("stage-{index}"));
+    let label = stage
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("stage-{index}"));
     let total = stage.steps.len() + 1;
     let (base, platform) = buildfile.base(stage, &cx.meta)?;
     let info = StepInfo {
@@ -215,7 +218,8 @@ impl StageRun<'_, '_> {
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let add = matches!(instruction, Instruction::Add(_));
-                let sources = copy::resolve(self, step, copy, add)?;
+                let sources = copy::resolve(self, step, copy, add)
+                    .map_err(|err| at_step(err, &cx.buildfile.file, step))?;
                 let text = copy::key_text(&sources);
                 key = key
                     .part("sources", text.as_bytes())
@@ -268,7 +272,13 @@ impl StageRun<'_, '_> {
                 let path = workdir_path(&self.state.config.working_dir, dir);
                 let tree = Tree::new(self.state.lowers(cx.store)?);
                 // Through symlinks inside the image, as mkdir -p would go.
-                let rel = tree.resolve(&crate::context::clean(&path));
+                let rel = tree.resolve(&crate::context::clean(&path)).map_err(|err| {
+                    Error::step(
+                        &cx.buildfile.file,
+                        step.pos,
+                        format!("WORKDIR {path}: {err}"),
+                    )
+                })?;
                 match tree.lookup(&rel) {
                     _ if rel.is_empty() => (None, None),
                     Some((_, meta)) if meta.is_dir() => (None, None),

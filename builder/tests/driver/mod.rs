@@ -76,6 +76,8 @@ fn fixture() -> Fixture {
         ("abs", "/usr/lib"),
         ("up", "../../.."),
         ("plink", "etc/passwd"),
+        ("loop1", "loop2/x"),
+        ("loop2", "/loop1"),
     ] {
         let mut header = tar::Header::new_ustar();
         header.set_entry_type(tar::EntryType::Symlink);
@@ -254,6 +256,15 @@ fn destinations_follow_symlinks_inside_the_image() {
         "Buildfile:2:",
         "cannot copy a directory to /plink: it is a symlink to /etc/passwd",
     );
+
+    // A loop of links is ELOOP at the instruction, never a path through half of it.
+    for buildfile in [
+        "FROM base\nCOPY tool /loop1/\n",
+        "FROM base\nWORKDIR /loop2/w\n",
+        "FROM base\nCOPY --from=base /loop1/y /y\n",
+    ] {
+        fx.fails(buildfile, "Buildfile:2:", "too many levels of symbolic links");
+    }
 }
 
 #[test]
