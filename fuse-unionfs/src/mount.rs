@@ -585,6 +585,16 @@ pub fn sweep_stale(dir: &Path) -> Result<usize> {
     Ok(swept)
 }
 
+/// The file system type mounted at `target` (the topmost, if several are stacked there),
+/// or None when `target` is not a mount point.
+pub fn mount_type(target: &Path) -> Result<Option<String>> {
+    Ok(mount_table()?
+        .into_iter()
+        .rev()
+        .find(|(point, _)| point == target)
+        .map(|(_, fstype)| fstype))
+}
+
 /// Every mount point of this mount namespace with its file system type, from
 /// /proc/self/mountinfo.
 fn mount_table() -> Result<Vec<(PathBuf, String)>> {

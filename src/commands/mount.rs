@@ -67,6 +67,16 @@ pub(crate) fn mount(
     mounted: impl FnOnce(Driver) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     strata_unionfs::sweep_stale(&spec.target)?;
+    // A union stacked on a union hides the first, whose writes then go nowhere visible.
+    let target = std::fs::canonicalize(&spec.target).unwrap_or_else(|_| spec.target.clone());
+    if let Some(fstype) = strata_unionfs::mount_type(&target)?
+        && (fstype == "overlay" || fstype.starts_with("fuse"))
+    {
+        bail!(
+            "{} is already a union mount ({fstype}); unmount it first (strata umount {0})",
+            target.display()
+        );
+    }
     let context = || format!("failed to mount {}", spec.target.display());
     match how {
         How::Detached(driver) => {
@@ -127,6 +137,16 @@ fn mount_container(
         .state
         .image_id
         .with_context(|| format!("container {} has no image to mount", container.id))?;
+    // Two mounts over one upper would each cache what the other changes under it.
+    if let Some(at) = &container.state.mounted_at
+        && strata_unionfs::mount_type(at)?.is_some()
+    {
+        bail!(
+            "container {} is already mounted at {}; unmount it first",
+            container.id,
+            at.display()
+        );
+    }
     let image = store.resolve(&image_id.to_string())?;
     let lowers = store.layer_dirs(&image)?;
     if lowers.is_empty() {
