@@ -52,26 +52,31 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         .filter(|c| args.all || is_running(c))
         .collect();
     containers.sort_by(|a, b| b.state.created.cmp(&a.state.created).then(a.id.cmp(&b.id)));
+    let now = time::now();
     if args.json {
         let list: Vec<serde_json::Value> = containers
             .iter()
             .map(|c| {
+                // podman's `ps --format json` keys, CamelCase as `images --json` has them.
                 serde_json::json!({
-                    "id": c.id,
-                    "name": c.state.name,
-                    "image": c.state.image,
-                    "command": c.state.command,
-                    "status": status_word(c),
-                    "exit_code": c.state.exit_code,
-                    "created": c.state.created,
-                    "pid": if is_running(c) { c.state.pid } else { None },
+                    "Id": c.id,
+                    "Names": [c.state.name],
+                    "Image": c.state.image,
+                    "ImageID": c.state.image_id,
+                    "Command": c.state.command,
+                    "Created": c.state.created,
+                    "State": status_word(c),
+                    "Status": status_text(c, now),
+                    "ExitCode": c.state.exit_code,
+                    "Pid": if is_running(c) { c.state.pid } else { None },
+                    "StartedAt": c.state.started,
+                    "ExitedAt": c.state.finished,
                 })
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let now = time::now();
     let mut rows = vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
     for c in &containers {
         let mut command = format!("\"{}\"", c.state.command.join(" "));

@@ -33,7 +33,7 @@ fn ps_json(store: &TestStore) -> Vec<serde_json::Value> {
 fn container_status(store: &TestStore, name: &str) -> serde_json::Value {
     ps_json(store)
         .into_iter()
-        .find(|c| c["name"] == name)
+        .find(|c| c["Names"][0] == name)
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
@@ -43,9 +43,9 @@ fn wait_status(store: &TestStore, name: &str, status: &str) -> serde_json::Value
     loop {
         let container = ps_json(store)
             .into_iter()
-            .find(|c| c["name"] == name)
+            .find(|c| c["Names"][0] == name)
             .unwrap_or_default();
-        if container["status"] == status && (status != "exited" || !container["exit_code"].is_null()) {
+        if container["State"] == status && (status != "exited" || !container["ExitCode"].is_null()) {
             return container;
         }
         assert!(
@@ -169,7 +169,7 @@ fn detached_container_is_logged_stopped_and_removed() {
         ]);
         assert_eq!(id.trim().len(), 64, "{id}");
         let running = wait_status(&store, &name, "running");
-        assert!(running["pid"].as_i64().is_some());
+        assert!(running["Pid"].as_i64().is_some());
         let line = |listing: String| listing.lines().find(|l| l.ends_with(&name)).map(str::to_string);
         let up = line(store.ok(&["ps"])).expect("running containers are listed");
         assert!(up.contains("   Up ") && up.contains("second"), "docker's 'Up N seconds': {up}");
@@ -178,7 +178,7 @@ fn detached_container_is_logged_stopped_and_removed() {
         store.ok(&["stop", "-t", "5", &name]);
         let exited = container_status(&store, &name);
         assert_eq!(
-            (exited["status"].as_str(), exited["exit_code"].as_i64()),
+            (exited["State"].as_str(), exited["ExitCode"].as_i64()),
             (Some("exited"), Some(7)),
             "{exited}"
         );
@@ -187,7 +187,7 @@ fn detached_container_is_logged_stopped_and_removed() {
         let gone = line(store.ok(&["ps", "-a"])).expect("ps -a lists exited containers");
         assert!(gone.contains("Exited (7) ") && gone.contains(" ago"), "{gone}");
         store.ok(&["rm", &name]);
-        assert!(ps_json(&store).iter().all(|c| c["name"] != name.as_str()));
+        assert!(ps_json(&store).iter().all(|c| c["Names"][0] != name.as_str()));
     }
 }
 
@@ -198,11 +198,11 @@ fn kill_and_force_remove() {
     wait_status(&store, "sleeper", "running");
     store.ok(&["kill", "sleeper"]);
     let exited = wait_status(&store, "sleeper", "exited");
-    assert_eq!(exited["exit_code"], 137);
+    assert_eq!(exited["ExitCode"], 137);
     store.ok(&["run", "-d", "--name", "sleeper2", "busybox", "sleep", "60"]);
     wait_status(&store, "sleeper2", "running");
     store.ok(&["rm", "-f", "sleeper2"]);
-    assert!(ps_json(&store).iter().all(|c| c["name"] != "sleeper2"));
+    assert!(ps_json(&store).iter().all(|c| c["Names"][0] != "sleeper2"));
 }
 
 #[test]
@@ -243,7 +243,7 @@ fn signals_to_strata_run_reach_the_container() {
         std::thread::sleep(Duration::from_millis(10));
     };
     assert_eq!(status.code(), Some(42));
-    assert_eq!(container_status(&store, "trapper")["exit_code"], 42);
+    assert_eq!(container_status(&store, "trapper")["ExitCode"], 42);
 }
 
 #[test]
@@ -453,7 +453,7 @@ fn etc_files_are_per_container_binds_outside_the_upper_on_both_drivers() {
             "-c",
             "cat /etc/resolv.conf; echo ---; cat /etc/hostname; echo '10.9.9.9 edited' >> /etc/hosts",
         ]);
-        let id = container_status(&store, &name)["id"].as_str().unwrap().to_string();
+        let id = container_status(&store, &name)["Id"].as_str().unwrap().to_string();
         assert_eq!(out, format!("{host_resolv}---\n{}\n", &id[..12]), "{driver}");
         assert_eq!(store.ok(&["diff", &name]), "", "{driver}: the etc files leaked into the upper");
         let upper = store.root().join("containers").join(&id).join("upper");
@@ -521,7 +521,7 @@ fn rm_containers_are_volatile_and_others_durable() {
     store.ok(&["kill", "quick"]);
     store.ok(&["rm", "-f", "kept"]);
     let start = Instant::now();
-    while ps_json(&store).iter().any(|c| c["name"] == "quick") {
+    while ps_json(&store).iter().any(|c| c["Names"][0] == "quick") {
         assert!(start.elapsed() < Duration::from_secs(20), "--rm container never went away");
         std::thread::sleep(Duration::from_millis(20));
     }
