@@ -204,6 +204,14 @@ RUN test "$(stat -c %a /app/bin/run.sh)" = 755 \
         built_by.iter().any(|c| c.starts_with("RUN /bin/sh -c")),
         "{built_by:?}"
     );
+    // config instructions with their values expanded, as BuildKit records them
+    for line in [
+        "LABEL version=1.0 \"with space\"=\"a b\"",
+        "ENV APP=/app PATH=/app/bin:/usr/bin:/bin",
+        "WORKDIR /app",
+    ] {
+        assert!(built_by.contains(&line), "{line:?} in {built_by:?}");
+    }
     let empty = history.iter().filter(|h| h["empty_layer"] == true).count();
     let layers = raw["rootfs"]["diff_ids"].as_array().unwrap().len();
     assert_eq!(

@@ -911,6 +911,43 @@ fn created_by(instruction: &Instruction, original: &str, state: &ImageState) -> 
             }
             Command::Shell(text) => format!("RUN {} {text}", state.config.shell().join(" ")),
         },
+        // Config instructions show their values expanded, as BuildKit's history does.
+        Instruction::Env(pairs) | Instruction::Label(pairs) => {
+            let mut line = instruction.keyword().to_string();
+            for pair in pairs {
+                line.push(' ');
+                line.push_str(&word(&pair.key));
+                line.push('=');
+                line.push_str(&word(&pair.value));
+            }
+            line
+        }
+        Instruction::User(value) | Instruction::Workdir(value) | Instruction::StopSignal(value) => {
+            format!("{} {value}", instruction.keyword())
+        }
+        Instruction::Expose(ports) => format!("EXPOSE {}", ports.join(" ")),
+        Instruction::Volume(paths) => {
+            format!(
+                "VOLUME {}",
+                serde_json::to_string(paths).unwrap_or_default()
+            )
+        }
         _ => original.to_string(),
     }
+}
+
+/// `text` as one Buildfile word: double-quoted when it is empty or holds blanks or quotes.
+fn word(text: &str) -> String {
+    if !text.is_empty() && !text.contains(|c: char| c.is_whitespace() || c == '"' || c == '\\') {
+        return text.to_string();
+    }
+    let mut quoted = String::from("\"");
+    for c in text.chars() {
+        if matches!(c, '"' | '\\') {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
 }
