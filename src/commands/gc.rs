@@ -19,6 +19,7 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     };
     // A stale FUSE mount (its daemon crashed) would keep gc from removing what is below it.
     strata_unionfs::sweep_stale(store.root())?;
+    crate::commands::run::sweep_abandoned(&store);
     let report = store.gc()?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -46,6 +46,7 @@ fn status_word(container: &Container) -> &'static str {
 
 pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
+    crate::commands::run::sweep_abandoned(&store);
     let mut containers: Vec<Container> = store
         .containers()?
         .into_iter()

@@ -10,6 +10,8 @@ use crate::cli::RmiArgs;
 
 pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
+    // A `run --rm` container whose runner was killed no longer holds its image.
+    crate::commands::run::sweep_abandoned(&store);
     for reference in &args.images {
         let image = store.resolve(reference)?;
         let by_name = refs::normalize_name(reference).is_ok_and(|name| image.names.contains(&name));

@@ -156,6 +156,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         let store = Store::open(&globals.root)?;
         // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
         strata_unionfs::sweep_stale(store.root())?;
+        sweep_abandoned(&store);
         let image = store.resolve(&args.image)?;
         // A --rm container never outlives its command: its state needs no fsync.
         let mut container = if args.rm {
@@ -380,6 +381,7 @@ fn mount_and_run(
     let mut save_error = None;
     let result = strata_runtime::run_observed(runtime_spec, |child| {
         container.state.pid = Some(child.pid);
+        container.state.runner = Some(std::process::id() as i32);
         container.state.status = Status::Running;
         container.state.started = Some(time::now_rfc3339_nanos());
         container.state.finished = None;
@@ -389,6 +391,7 @@ fn mount_and_run(
     });
     drop(guard);
     container.state.pid = None;
+    container.state.runner = None;
     container.state.mounted_at = None;
     container.state.status = Status::Exited;
     container.state.finished = Some(time::now_rfc3339_nanos());
@@ -411,14 +414,48 @@ fn mount_and_run(
     Ok(result?)
 }
 
+/// Removes the `--rm` containers whose `strata run` was killed: their command has ended
+/// and the process that was to remove them is gone. (docker's daemon removes them when
+/// they exit; strata has no daemon, so the next command that lists containers does.)
+pub fn sweep_abandoned(store: &Store) {
+    let Ok(containers) = store.containers() else { return };
+    for container in containers {
+        let state = &container.state;
+        let rm = state.config.get("rm").and_then(serde_json::Value::as_bool) == Some(true);
+        if !rm || state.status != Status::Running || is_running(&container) || state.runner.is_some_and(alive) {
+            continue;
+        }
+        // Its union may still be mounted: a kernel overlay, or a FUSE mount whose server
+        // died with the runner.
+        let unmounted = [Some(container.rootfs_dir()), state.mounted_at.clone()]
+            .into_iter()
+            .flatten()
+            .all(|dir| match strata_unionfs::unmount(&dir) {
+                Ok(()) | Err(strata_unionfs::Error::NotMounted(_)) => true,
+                Err(err) => {
+                    eprintln!("warning: container {} (run --rm) was left behind: {err}", container.id);
+                    false
+                }
+            });
+        if unmounted && let Err(err) = store.remove_container(&container) {
+            eprintln!("warning: failed to remove container {} (run --rm, left behind): {err}", container.id);
+        }
+    }
+}
+
 /// Is the container's process still there? (state.json says running, but a killed
 /// `strata run` cannot update it.)
 pub fn is_running(container: &Container) -> bool {
-    container.state.status == Status::Running
-        && container
-            .state
-            .pid
-            .is_some_and(|pid| PathBuf::from(format!("/proc/{pid}")).exists())
+    container.state.status == Status::Running && container.state.pid.is_some_and(alive)
+}
+
+/// A process that has not ended: a zombie (whose parent has not reaped it yet) has.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // the state follows the command name, which is in parentheses and may hold any byte
+        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+        !matches!(state, Some('Z' | 'X') | None)
+    })
 }
 
 #[cfg(test)]

@@ -64,6 +64,10 @@ pub struct ContainerState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
     pub pid: Option<i32>,
+    /// The strata process that runs it (a foreground `run`, or the monitor of `run -d`):
+    /// once both it and `pid` are gone, nobody is left to clean up after the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<i32>,
     pub driver: Option<String>,
     pub mounted_at: Option<PathBuf>,
     /// Run options, as the runtime chooses to record them.
@@ -196,6 +200,7 @@ impl Store {
                 started: None,
                 finished: None,
                 pid: None,
+                runner: None,
                 driver: None,
                 mounted_at: None,
                 config: serde_json::Value::Null,

@@ -246,6 +246,43 @@ fn signals_to_strata_run_reach_the_container() {
     assert_eq!(container_status(&store, "trapper")["ExitCode"], 42);
 }
 
+/// `run --rm` whose strata process is SIGKILLed: once the command has ended too, the next
+/// command that looks at containers removes it, as docker's daemon would have.
+#[test]
+fn a_killed_run_rm_leaves_no_container() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let name = format!("abandoned-{driver}");
+        let mut child = Command::new(strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["run", "--rm", "--name", &name, "--driver", driver, "busybox", "sleep", "300"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let running = wait_status(&store, &name, "running");
+        let id = running["Id"].as_str().unwrap().to_string();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The command outlives its runner (no daemon kills it); while it runs it is listed.
+        assert_eq!(container_status(&store, &name)["State"], "running");
+        let pid = nix::unistd::Pid::from_raw(running["Pid"].as_i64().unwrap() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        let start = Instant::now();
+        while ps_json(&store).iter().any(|c| c["Names"][0] == name.as_str()) {
+            assert!(start.elapsed() < Duration::from_secs(20), "{name} was never removed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!store.root().join("containers").join(&id).exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&id), "its union is unmounted: {mounts}");
+    }
+    // and the image it held can go
+    store.ok(&["rmi", "busybox"]);
+}
+
 #[test]
 fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();
