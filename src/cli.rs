@@ -348,6 +348,9 @@ pub struct RunArgs {
     /// Working directory inside the container
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
+    /// Bind a host path (HOST-PATH:DIR[:ro]), or give DIR a volume of the container's own
+    #[arg(short = 'v', long = "volume", value_name = "HOST-PATH:DIR[:OPTS]")]
+    pub volume: Vec<String>,
     /// Replace the image's entrypoint ("" removes it); the image's default command is dropped
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,

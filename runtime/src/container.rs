@@ -236,6 +236,7 @@ mod tests {
                 userns,
                 private_network: true,
                 files: vec![("/c/resolv.conf".into(), "/etc/resolv.conf".into())],
+                binds: Vec::new(),
             },
             hostname: Some("box".into()),
             loopback: true,

@@ -24,6 +24,13 @@ use std::path::PathBuf;
 
 pub use error::{Error, Result};
 pub use process::{Child, USERNS_HOST_START, USERNS_SIZE};
+pub use rootfs::Bind;
+
+/// The host path of container path `inside` of the root `root`, with symlinks followed as
+/// the container sees them (never outside `root`); the missing tail is kept as given.
+pub fn resolve_in_root(root: &std::path::Path, inside: &std::path::Path) -> Result<PathBuf> {
+    rootfs::resolve_in_root(&syscall::Linux, root, inside).map_err(Error::Spec)
+}
 pub use user::{ExecUser, resolve as resolve_user};
 
 /// The container's network.
@@ -70,6 +77,8 @@ pub struct Spec {
     /// /etc/hosts and /etc/hostname go here; writes to them reach the host file, never
     /// the rootfs. A missing target is created empty in the rootfs (see `rootfs.rs`).
     pub etc_files: Vec<(PathBuf, String)>,
+    /// Host paths bound onto container paths after `etc_files` (`run -v`, volumes).
+    pub binds: Vec<Bind>,
     /// Map container root to host ids USERNS_HOST_START.. (USERNS_SIZE ids).
     pub userns: bool,
     pub limits: Limits,

@@ -93,6 +93,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
                 .iter()
                 .map(|(host, inside)| (host.clone(), PathBuf::from(inside)))
                 .collect(),
+            binds: spec.binds.clone(),
         },
         hostname: spec.hostname.clone(),
         loopback: spec.network == Network::None,

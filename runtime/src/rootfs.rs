@@ -23,6 +23,63 @@ pub struct Rootfs {
     /// Host files bound onto container paths (absolute inside the container), e.g. the
     /// container's own /etc/resolv.conf, /etc/hosts and /etc/hostname.
     pub files: Vec<(PathBuf, PathBuf)>,
+    /// Host directories and files bound onto container paths (`run -v`, volumes).
+    pub binds: Vec<Bind>,
+}
+
+/// A host path bound onto a container path, as `docker run -v SRC:DST[:ro]` binds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: PathBuf,
+    /// Absolute, inside the container.
+    pub target: PathBuf,
+    pub readonly: bool,
+}
+
+/// Symlinks followed in one path before ELOOP, as Linux does (MAXSYMLINKS).
+const MAX_HOPS: usize = 40;
+
+/// The host path of container path `inside`, its symlinks followed as they read inside
+/// the container: an absolute link starts again at `root` and `..` stops there, so nothing
+/// mounted on the result can land outside the container (what runc's securejoin does).
+/// The missing tail of the path is kept as given, to be created.
+pub fn resolve_in_root(sys: &dyn Syscall, root: &Path, inside: &Path) -> Result<PathBuf, String> {
+    use std::path::Component;
+    let push_parts = |pending: &mut Vec<std::ffi::OsString>, path: &Path| {
+        for part in path.components().rev() {
+            match part {
+                Component::Normal(name) => pending.push(name.to_os_string()),
+                Component::ParentDir => pending.push("..".into()),
+                Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    let mut pending = Vec::new();
+    push_parts(&mut pending, inside);
+    let mut resolved = PathBuf::new();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        resolved.push(&part);
+        if let Some(target) = sys.read_link(&root.join(&resolved)) {
+            hops += 1;
+            if hops > MAX_HOPS {
+                return Err(format!(
+                    "{}: too many levels of symbolic links",
+                    inside.display()
+                ));
+            }
+            resolved.pop();
+            if target.is_absolute() {
+                resolved.clear();
+            }
+            push_parts(&mut pending, &target);
+        }
+    }
+    Ok(root.join(resolved))
 }
 
 /// runc's default masked paths (libcontainer/specconv/example.go).
@@ -152,6 +209,7 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     }
 
     bind_files(sys, spec)?;
+    bind_volumes(sys, spec)?;
 
     // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only
     // the container's tree (pivot_root(2), "NOTES": new_root and put_old may be the same).
@@ -181,8 +239,7 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
 /// (docker's "init layer") provides the mount points in a lower layer.
 fn bind_files(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     for (host, inside) in &spec.files {
-        let relative = inside.strip_prefix("/").unwrap_or(inside);
-        let target = spec.root.join(relative);
+        let target = resolve_in_root(sys, &spec.root, inside)?;
         match sys.kind(&target) {
             Some(Kind::Dir) => {
                 return Err(format!(
@@ -201,6 +258,55 @@ fn bind_files(sys: &dyn Syscall, spec: &Rootfs) -> Step {
             }
         }
         mount(sys, Some(host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    Ok(())
+}
+
+/// Binds host directories and files onto their container paths (`run -v`), creating the
+/// mount point when the image lacks it, as docker does; read-only ones are remounted so.
+fn bind_volumes(sys: &dyn Syscall, spec: &Rootfs) -> Step {
+    for bind in &spec.binds {
+        let what = || {
+            format!(
+                "bind {} on {}",
+                bind.source.display(),
+                bind.target.display()
+            )
+        };
+        let target = resolve_in_root(sys, &spec.root, &bind.target)?;
+        let Some(kind) = sys.kind(&bind.source) else {
+            return Err(format!("{}: the source does not exist", what()));
+        };
+        match (sys.kind(&target), kind) {
+            (None, Kind::Dir) => mkdir(sys, &target)?,
+            (None, Kind::File) => {
+                if let Some(parent) = target.parent() {
+                    mkdir(sys, parent)?;
+                }
+                sys.touch(&target)
+                    .map_err(io_err(format!("create {}", target.display())))?;
+            }
+            (Some(Kind::Dir), Kind::File) => {
+                return Err(format!("{}: a file onto a directory", what()));
+            }
+            (Some(Kind::File), Kind::Dir) => {
+                return Err(format!("{}: a directory onto a file", what()));
+            }
+            _ => {}
+        }
+        let bind_flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+        mount(sys, Some(&bind.source), &target, None, bind_flags, None)?;
+        if bind.readonly {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(
+                sys,
+                None,
+                &target,
+                None,
+                flags | sys.locked_flags(&target),
+                None,
+            )?;
+        }
     }
     Ok(())
 }
@@ -312,4 +418,94 @@ fn mask(sys: &dyn Syscall) -> Step {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::syscall::Recorder;
+
+    fn recorder(links: &[(&str, &str)]) -> Recorder {
+        Recorder {
+            links: links
+                .iter()
+                .map(|(link, target)| (PathBuf::from(link), PathBuf::from(target)))
+                .collect(),
+            ..Recorder::default()
+        }
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let sys = recorder(&[
+            ("/r/abs", "/etc"),
+            ("/r/rel", "usr/lib"),
+            ("/r/usr/lib/up", "../../../../.."),
+            ("/r/loop", "/loop"),
+        ]);
+        let resolve = |inside: &str| resolve_in_root(&sys, Path::new("/r"), Path::new(inside));
+        assert_eq!(resolve("/abs/x").unwrap(), Path::new("/r/etc/x"));
+        assert_eq!(
+            resolve("/rel/app/data").unwrap(),
+            Path::new("/r/usr/lib/app/data")
+        );
+        assert_eq!(
+            resolve("/rel/up/tmp").unwrap(),
+            Path::new("/r/tmp"),
+            "never above the root"
+        );
+        assert_eq!(resolve("/../../x/./y/..").unwrap(), Path::new("/r/x"));
+        let err = resolve("/loop/x").unwrap_err();
+        assert!(err.contains("too many levels of symbolic links"), "{err}");
+    }
+
+    #[test]
+    fn binds_follow_links_inside_and_read_only_ones_keep_locked_flags() {
+        let mut sys = recorder(&[("/r/data", "/srv/data")]);
+        sys.dirs.push("/host/dir".into());
+        sys.files.insert("/host/file".into(), String::new());
+        let spec = Rootfs {
+            root: "/r".into(),
+            userns: false,
+            private_network: true,
+            files: Vec::new(),
+            binds: vec![
+                Bind {
+                    source: "/host/dir".into(),
+                    target: "/data".into(),
+                    readonly: true,
+                },
+                Bind {
+                    source: "/host/file".into(),
+                    target: "/etc/app.conf".into(),
+                    readonly: false,
+                },
+            ],
+        };
+        bind_volumes(&sys, &spec).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [
+                "mkdir /r/srv/data",
+                "mount /host/dir /r/srv/data - MS_BIND|MS_REC -",
+                "mount none /r/srv/data - MS_RDONLY|MS_NOSUID|MS_REMOUNT|MS_BIND -",
+                "mkdir /r/etc",
+                "touch /r/etc/app.conf",
+                "mount /host/file /r/etc/app.conf - MS_BIND|MS_REC -",
+            ]
+        );
+        let missing = Rootfs {
+            binds: vec![Bind {
+                source: "/nope".into(),
+                target: "/x".into(),
+                readonly: false,
+            }],
+            ..spec
+        };
+        let err = bind_volumes(&sys, &missing).unwrap_err();
+        assert!(
+            err.contains("/nope") && err.contains("does not exist"),
+            "{err}"
+        );
+    }
 }

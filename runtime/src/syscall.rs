@@ -33,6 +33,11 @@ pub trait Syscall {
     fn touch(&self, path: &Path) -> std::io::Result<()>;
     fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()>;
     fn kind(&self, path: &Path) -> Option<Kind>;
+    /// The target of `path` when it is a symlink.
+    fn read_link(&self, path: &Path) -> Option<PathBuf>;
+    /// The flags of the mount holding `path` that a user namespace locks (a bind's
+    /// remount must keep them: mount(2), EPERM).
+    fn locked_flags(&self, path: &Path) -> MsFlags;
     fn read_file(&self, path: &Path) -> std::io::Result<String>;
     fn sethostname(&self, name: &str) -> nix::Result<()>;
     fn loopback_up(&self) -> nix::Result<()>;
@@ -106,6 +111,31 @@ impl Syscall for Linux {
         Some(if meta.is_dir() { Kind::Dir } else { Kind::File })
     }
 
+    fn read_link(&self, path: &Path) -> Option<PathBuf> {
+        std::fs::read_link(path).ok()
+    }
+
+    fn locked_flags(&self, path: &Path) -> MsFlags {
+        use nix::sys::statvfs::FsFlags;
+        let Ok(stat) = nix::sys::statvfs::statvfs(path) else {
+            return MsFlags::empty();
+        };
+        let mut flags = MsFlags::empty();
+        for (fs, ms) in [
+            (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+            (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+            (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+            (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+            (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+            (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        ] {
+            if stat.flags().contains(fs) {
+                flags |= ms;
+            }
+        }
+        flags
+    }
+
     fn read_file(&self, path: &Path) -> std::io::Result<String> {
         std::fs::read_to_string(path)
     }
@@ -174,6 +204,7 @@ pub struct Recorder {
     pub calls: std::cell::RefCell<Vec<String>>,
     pub files: std::collections::HashMap<PathBuf, String>,
     pub dirs: Vec<PathBuf>,
+    pub links: std::collections::HashMap<PathBuf, PathBuf>,
 }
 
 #[cfg(test)]
@@ -272,6 +303,14 @@ impl Syscall for Recorder {
         } else {
             None
         }
+    }
+
+    fn read_link(&self, path: &Path) -> Option<PathBuf> {
+        self.links.get(path).cloned()
+    }
+
+    fn locked_flags(&self, _path: &Path) -> MsFlags {
+        MsFlags::MS_NOSUID
     }
 
     fn read_file(&self, path: &Path) -> std::io::Result<String> {

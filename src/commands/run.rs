@@ -15,6 +15,7 @@ use strata_store::{Container, Status, Store, time};
 use strata_unionfs::{Driver, IdShift, MountSpec};
 
 pub(crate) mod etc;
+pub(crate) mod volumes;
 
 use crate::cli::{RunArgs, RunMonitorArgs};
 use crate::commands::Globals;
@@ -40,6 +41,9 @@ pub struct RunConfig {
     pub interactive: bool,
     pub driver: String,
     pub rm: bool,
+    /// `-v` mounts and the image's VOLUMEs.
+    #[serde(default)]
+    pub volumes: Vec<volumes::Volume>,
 }
 
 /// The cgroup of a container.
@@ -116,6 +120,9 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         Some(other) => bail!("unknown --userns {other:?}: use private or host"),
     };
     args.driver.parse::<Driver>()?;
+    let cwd = std::env::current_dir().context("failed to read the current directory")?;
+    let image_volumes = image_config.volumes().clone().unwrap_or_default();
+    let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
     Ok(RunConfig {
         args: full,
         env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.env),
@@ -142,6 +149,7 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         interactive: args.interactive,
         driver: args.driver.clone(),
         rm: args.rm,
+        volumes,
     })
 }
 
@@ -340,6 +348,7 @@ fn mount_and_run(
     };
     let guard =
         strata_unionfs::mount(&spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))?;
+    let binds = volumes::binds(&container.dir, &spec.target, &config.volumes)?;
     // Recorded once the command runs (one atomic save instead of two).
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());
@@ -362,6 +371,7 @@ fn mount_and_run(
             strata_runtime::Network::None
         },
         etc_files,
+        binds,
         userns: config.userns,
         limits: strata_runtime::Limits {
             memory: config.memory,

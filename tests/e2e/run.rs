@@ -283,6 +283,67 @@ fn a_killed_run_rm_leaves_no_container() {
     store.ok(&["rmi", "busybox"]);
 }
 
+/// `-v HOST:DIR[:ro]` binds host paths; the image's VOLUMEs get volumes of the container's
+/// own, filled from the image (content, owner, mode) and kept out of its upper; a link in
+/// the image never takes a mount point outside the container.
+#[test]
+fn volumes_bind_host_paths_and_start_from_the_image() {
+    let store = store_with_busybox();
+    let ctx = store.root().join("ctx");
+    let escape = store.root().join("escape");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::create_dir_all(&escape).unwrap();
+    std::fs::write(
+        ctx.join("Buildfile"),
+        format!(
+            "FROM busybox\nRUN mkdir /data && echo seed > /data/seed && chown -R 7:8 /data && chmod 750 /data\n\
+             RUN ln -s {} /evil\nVOLUME /data\n",
+            escape.display()
+        ),
+    )
+    .unwrap();
+    store.ok(&["build", "-t", "vol", ctx.to_str().unwrap()]);
+    let host = store.root().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("in"), "from host\n").unwrap();
+    for driver in DRIVERS {
+        let script = format!(
+            "cat /data/seed; stat -c %u:%g:%a /data /data/seed; cat /mnt/h/in; echo out > /mnt/h/out-{driver}; \
+             cat /etc/in.conf; (echo x > /etc/in.conf) 2>/dev/null || echo read-only"
+        );
+        let out = store.ok(&[
+            "run",
+            "--rm",
+            "--driver",
+            driver,
+            "-v",
+            &format!("{}:/mnt/h", host.display()),
+            "-v",
+            &format!("{}/in:/etc/in.conf:ro", host.display()),
+            "-v",
+            &format!("{}:/evil/sub", host.display()),
+            "vol",
+            "sh",
+            "-c",
+            &script,
+        ]);
+        assert_eq!(out, "seed\n7:8:750\n7:8:644\nfrom host\nfrom host\nread-only\n", "{driver}");
+        assert_eq!(std::fs::read_to_string(host.join(format!("out-{driver}"))).unwrap(), "out\n");
+        assert!(!escape.join("sub").exists(), "a mount point followed /evil out of the container");
+    }
+    // Writes to a volume bypass the upper: commit leaves them out, as docker's does.
+    store.ok(&["run", "--name", "keep", "vol", "sh", "-c", "echo new > /data/new; echo up > /up"]);
+    let upper = store.root().join("containers").join(container_status(&store, "keep")["Id"].as_str().unwrap());
+    assert_eq!(std::fs::read_to_string(upper.join("volumes/0/new")).unwrap(), "new\n");
+    store.ok(&["commit", "keep", "kept"]);
+    let out = store.ok(&["run", "--rm", "kept", "sh", "-c", "cat /up; ls /data"]);
+    assert_eq!(out, "up\nseed\n");
+    // bad -v arguments fail before anything runs, with docker's exit code
+    let out = store.strata(&["run", "--rm", "-v", "/nonexistent-strata:/x", "vol", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("/nonexistent-strata"), "{}", text(&out.stderr));
+}
+
 #[test]
 fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();

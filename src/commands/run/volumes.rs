@@ -1,0 +1,250 @@
+//! `run -v` and the image's VOLUMEs: host paths bound into the container, and volumes of
+//! the container's own, as docker makes them.
+//!
+//! - `-v /host/path:/dir[:ro]` binds a host directory or file (it must exist: podman's rule,
+//!   not docker's silent mkdir on the host).
+//! - `-v /dir` and every `VOLUME` of the image not bound by `-v` get a volume of the
+//!   container's own, in its directory (`volumes/N`, removed with it, so `--rm` leaves
+//!   nothing). Like a new docker volume it starts as a copy of what the image has at
+//!   that path (content, owners, modes), unless `nocopy` is given. Writes there bypass the
+//!   container's upper, so `commit` does not take them, as with docker.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// One mount of `run -v` or of an image VOLUME.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    /// A host path to bind, or None: a volume of the container's own.
+    pub source: Option<PathBuf>,
+    /// Absolute and clean, inside the container.
+    pub target: String,
+    #[serde(default)]
+    pub readonly: bool,
+    /// Fill a new volume from the image (docker's default; `nocopy` turns it off).
+    #[serde(default = "yes")]
+    pub copy: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parses `-v` arguments (relative host paths are taken from `cwd`), then adds the image's
+/// VOLUMEs that no `-v` covers.
+pub fn parse(
+    specs: &[String],
+    image_volumes: &[String],
+    cwd: &Path,
+) -> anyhow::Result<Vec<Volume>> {
+    let mut volumes: Vec<Volume> = Vec::new();
+    for spec in specs {
+        let volume = parse_one(spec, cwd).with_context(|| format!("invalid volume {spec:?}"))?;
+        if volumes.iter().any(|v| v.target == volume.target) {
+            bail!(
+                "invalid volume {spec:?}: duplicate mount point {}",
+                volume.target
+            );
+        }
+        volumes.push(volume);
+    }
+    let mut from_image: Vec<String> = image_volumes
+        .iter()
+        .filter_map(|path| clean_target(path).ok())
+        .collect();
+    from_image.sort();
+    from_image.dedup();
+    for target in from_image {
+        if !volumes.iter().any(|v| v.target == target) {
+            volumes.push(Volume {
+                source: None,
+                target,
+                readonly: false,
+                copy: true,
+            });
+        }
+    }
+    Ok(volumes)
+}
+
+fn parse_one(spec: &str, cwd: &Path) -> anyhow::Result<Volume> {
+    let parts: Vec<&str> = spec.split(':').collect();
+    let (source, target, options) = match parts.as_slice() {
+        [target] => (None, *target, ""),
+        [source, target] => (Some(*source), *target, ""),
+        [source, target, options] => (Some(*source), *target, *options),
+        _ => bail!("use HOST-PATH:DIR[:OPTIONS] or DIR"),
+    };
+    let mut volume = Volume {
+        source: None,
+        target: clean_target(target)?,
+        readonly: false,
+        copy: true,
+    };
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "ro" | "readonly" => volume.readonly = true,
+            "rw" => volume.readonly = false,
+            "nocopy" => volume.copy = false,
+            // SELinux relabelling: there is no SELinux policy to label for here
+            "z" | "Z" => {}
+            other => bail!("unknown option {other:?} (ro, rw, nocopy, z, Z)"),
+        }
+    }
+    if let Some(source) = source {
+        if !(source.starts_with('/') || source.starts_with('.')) {
+            bail!(
+                "named volumes are not supported: give a host path (/path or ./path) or only DIR for a volume of the container's own"
+            );
+        }
+        let path =
+            std::path::absolute(cwd.join(source)).with_context(|| format!("bad path {source}"))?;
+        let path = std::fs::canonicalize(&path)
+            .with_context(|| format!("host path {}", path.display()))?;
+        volume.source = Some(path);
+    }
+    Ok(volume)
+}
+
+/// `target` as an absolute clean container path; "/" cannot be mounted over.
+fn clean_target(target: &str) -> anyhow::Result<String> {
+    if !target.starts_with('/') {
+        bail!("the mount point {target:?} is not an absolute path");
+    }
+    let mut parts: Vec<&str> = Vec::new();
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            part => parts.push(part),
+        }
+    }
+    if parts.is_empty() {
+        bail!("cannot mount over /");
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// What the runtime binds for `volumes`. A volume of the container's own is made the first
+/// time (filled from `rootfs`, the container's mounted union, unless `nocopy`).
+pub fn binds(
+    container_dir: &Path,
+    rootfs: &Path,
+    volumes: &[Volume],
+) -> anyhow::Result<Vec<strata_runtime::Bind>> {
+    let mut binds = Vec::with_capacity(volumes.len());
+    for (index, volume) in volumes.iter().enumerate() {
+        let source = match &volume.source {
+            Some(path) => path.clone(),
+            None => {
+                let dir = container_dir.join("volumes").join(index.to_string());
+                if !dir.exists() {
+                    create(&dir, rootfs, volume).with_context(|| {
+                        format!("failed to create the volume for {}", volume.target)
+                    })?;
+                }
+                dir
+            }
+        };
+        binds.push(strata_runtime::Bind {
+            source,
+            target: PathBuf::from(&volume.target),
+            readonly: volume.readonly,
+        });
+    }
+    Ok(binds)
+}
+
+/// Makes the volume at `dir` (staged beside it, then renamed into place).
+fn create(dir: &Path, rootfs: &Path, volume: &Volume) -> anyhow::Result<()> {
+    let staging = dir.with_extension("new");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("failed to remove {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("failed to create {}", staging.display()))?;
+    let in_image = strata_runtime::resolve_in_root(rootfs, Path::new(&volume.target))?;
+    if volume.copy && in_image.is_dir() {
+        // `cp -a` keeps what docker keeps when it fills a volume: owners, modes, times,
+        // xattrs, hard links, special files, and the directory's own owner and mode.
+        let out = std::process::Command::new("cp")
+            .arg("-a")
+            .arg("--")
+            .arg(in_image.join("."))
+            .arg(&staging)
+            .output()
+            .context("failed to run cp")?;
+        if !out.status.success() {
+            bail!(
+                "cp -a {}: {}",
+                volume.target,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    std::fs::rename(&staging, dir)
+        .with_context(|| format!("failed to rename into {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_arguments_parse_like_docker() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("h");
+        std::fs::create_dir(&host).unwrap();
+        let parse = |specs: &[&str], image: &[&str]| {
+            let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+            let image: Vec<String> = image.iter().map(|s| s.to_string()).collect();
+            parse(&specs, &image, dir.path())
+        };
+        let volumes = parse(
+            &["./h:/data/:ro,z", "/cache/../tmp"],
+            &["/data", "/logs", "/logs/"],
+        )
+        .unwrap();
+        let host = std::fs::canonicalize(&host).unwrap();
+        assert_eq!(
+            volumes,
+            [
+                Volume {
+                    source: Some(host),
+                    target: "/data".into(),
+                    readonly: true,
+                    copy: true
+                },
+                Volume {
+                    source: None,
+                    target: "/tmp".into(),
+                    readonly: false,
+                    copy: true
+                },
+                Volume {
+                    source: None,
+                    target: "/logs".into(),
+                    readonly: false,
+                    copy: true
+                },
+            ]
+        );
+        for (specs, says) in [
+            (&["data:/x"][..], "named volumes are not supported"),
+            (&["/nonexistent-strata:/x"][..], "/nonexistent-strata"),
+            (&["./h:rel"][..], "not an absolute path"),
+            (&["./h:/"][..], "cannot mount over /"),
+            (&["./h:/x:bogus"][..], "unknown option \"bogus\""),
+            (&["./h:/x", "/x"][..], "duplicate mount point /x"),
+            (&["a:b:c:d"][..], "HOST-PATH:DIR"),
+        ] {
+            let err = format!("{:#}", parse(specs, &[]).unwrap_err());
+            assert!(err.contains(says), "{specs:?}: {err}");
+        }
+    }
+}
