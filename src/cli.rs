@@ -387,11 +387,20 @@ pub struct RunArgs {
     /// Union driver: fuse, overlay or auto
     #[arg(long, default_value = "auto")]
     pub driver: String,
-    /// The image
-    pub image: String,
-    /// The command and its arguments (default: the image's entrypoint and cmd)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub command: Vec<String>,
+    /// The image, then the command and its arguments (default: the image's entrypoint and
+    /// cmd). Options end at the image, as with docker: what follows goes to the container.
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_name = "IMAGE [COMMAND [ARG...]]")]
+    pub image_and_command: Vec<String>,
+}
+
+impl RunArgs {
+    pub fn image(&self) -> &str {
+        &self.image_and_command[0]
+    }
+
+    pub fn command(&self) -> &[String] {
+        &self.image_and_command[1..]
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -105,10 +105,10 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
             image_config.cmd().clone().unwrap_or_default(),
         ),
     };
-    let command = if args.command.is_empty() { default_command } else { args.command.clone() };
+    let command = if args.command().is_empty() { default_command } else { args.command().to_vec() };
     let full: Vec<String> = entrypoint.into_iter().chain(command).collect();
     if full.is_empty() {
-        bail!("no command specified: image {} has no entrypoint or cmd", args.image);
+        bail!("no command specified: image {} has no entrypoint or cmd", args.image());
     }
     let network = match args.network.as_str() {
         "none" | "host" => args.network.clone(),
@@ -165,7 +165,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
         strata_unionfs::sweep_stale(store.root())?;
         sweep_abandoned(&store);
-        let image = store.resolve(&args.image)?;
+        let image = store.resolve(args.image())?;
         // A --rm container never outlives its command: its state needs no fsync.
         let mut container = if args.rm {
             store.create_volatile_container(Some(&image), args.name.as_deref())?

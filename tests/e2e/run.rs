@@ -344,6 +344,16 @@ fn volumes_bind_host_paths_and_start_from_the_image() {
     assert!(text(&out.stderr).contains("/nonexistent-strata"), "{}", text(&out.stderr));
 }
 
+/// Options end at the image, as with docker: `run IMAGE -d --rm x` passes `-d --rm x` on.
+#[test]
+fn arguments_after_the_image_go_to_the_container() {
+    let store = store_with_busybox();
+    let out = store.ok(&["run", "--rm", "busybox", "sh", "-c", "echo \"$*\"", "sh", "-d", "--rm", "-e", "X=1", "--", "x"]);
+    assert_eq!(out, "-d --rm -e X=1 -- x\n");
+    let out = store.ok(&["run", "--rm", "--entrypoint", "/bin/ls", "busybox", "-d", "/"]);
+    assert_eq!(out, "/\n");
+}
+
 #[test]
 fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();
