@@ -212,9 +212,13 @@ pub(crate) fn replace_file(path: &Path, mode: u32, fill: impl FnOnce(&mut File) 
     result
 }
 
-/// fsyncs the directory holding `path`.
+/// fsyncs the directory holding `path` (`.` for a bare file name).
 pub(crate) fn sync_parent(path: &Path) -> Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("/"));
+    let parent = match path.parent() {
+        Some(parent) if parent.as_os_str().is_empty() => Path::new("."),
+        Some(parent) => parent,
+        None => Path::new("/"),
+    };
     File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| Error::io("failed to fsync directory", parent, e))
 }
 

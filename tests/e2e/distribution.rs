@@ -118,7 +118,9 @@ fn save_load_round_trip_readable_by_skopeo_and_podman() {
     let out = run_with_timeout(podman, Duration::from_secs(120));
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && text.contains("busybox:1"), "podman load: {text}");
-    store.ok(&["save", "busybox:1", "other:2", "-o", file_s]);
+    // a bare file name, as `docker save -o x.tar` is mostly used
+    let out = store.strata_in(&["save", "busybox:1", "other:2", "-o", "images.tar"], Some(out_dir.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let fresh = TestStore::new();
     let loaded = fresh.ok(&["load", "-i", file_s]);
