@@ -1,5 +1,5 @@
-//! Signal forwarding for `run`: while a container runs, SIGINT, SIGTERM, SIGHUP and
-//! SIGQUIT sent to strata go to the container's process, and SIGWINCH copies strata's
+//! Signal forwarding for `run`: while a container runs, the signals docker's sig-proxy
+//! forwards ([`FORWARDED`]) go from strata to the container's process, and SIGWINCH copies strata's
 //! terminal size to the container's pty. The handler only writes the signal number to a
 //! self-pipe (async-signal-safe); one thread reads it and does the work. Handlers are
 //! installed while at least one container is registered and restored afterwards, so a
@@ -14,11 +14,22 @@ use nix::sys::signal::{SigAction, Signal};
 
 use crate::sys;
 
-pub const FORWARDED: [Signal; 4] = [
+/// Every catchable signal a user or a supervisor sends, as docker's sig-proxy forwards
+/// them (USR1/USR2 reopen logs or reload in many servers). Not caught: the faults (SEGV,
+/// BUS, ...) and resource limits (XCPU, XFSZ) of strata itself, CHLD, PIPE (ignored),
+/// URG, and the terminal's job control (TTIN, TTOU, TSTP).
+pub const FORWARDED: [Signal; 11] = [
     Signal::SIGINT,
     Signal::SIGTERM,
     Signal::SIGHUP,
     Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGIO,
+    Signal::SIGPWR,
 ];
 
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);

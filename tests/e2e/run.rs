@@ -207,47 +207,46 @@ fn kill_and_force_remove() {
 
 #[test]
 fn signals_to_strata_run_reach_the_container() {
+    use nix::sys::signal::Signal;
     let store = store_with_busybox();
-    let mut child = Command::new(strata_bin())
-        .arg("--root")
-        .arg(store.root())
-        .args([
-            "run",
-            "--name",
-            "trapper",
-            "busybox",
-            "sh",
-            "-c",
-            "trap 'exit 42' TERM; while :; do sleep 0.05; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_status(&store, "trapper", "running");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            panic!("strata run did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    assert_eq!(status.code(), Some(42));
-    assert_eq!(container_status(&store, "trapper")["ExitCode"], 42);
+    // TERM, and USR1 as servers use it to reopen logs: docker's sig-proxy forwards both
+    for (signal, trap, code) in [(Signal::SIGTERM, "TERM", 42), (Signal::SIGUSR1, "USR1", 43)] {
+        let name = format!("trapper-{trap}");
+        let mut child = Command::new(strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args([
+                "run",
+                "--name",
+                &name,
+                "busybox",
+                "sh",
+                "-c",
+                &format!("trap 'exit {code}' {trap}; while :; do sleep 0.05; done"),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_status(&store, &name, "running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("strata run did not exit after {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(code), "{signal}");
+        assert_eq!(container_status(&store, &name)["ExitCode"], code);
+    }
 }
 
-/// `run --rm` whose strata process is SIGKILLed: once the command has ended too, the next
-/// command that looks at containers removes it, as docker's daemon would have.
 #[test]
 fn a_killed_run_rm_leaves_no_container() {
     let store = store_with_busybox();
