@@ -387,6 +387,9 @@ pub struct RunArgs {
     /// Union driver: fuse, overlay or auto
     #[arg(long, default_value = "auto")]
     pub driver: String,
+    /// The signal `stop` sends first (default: the image's STOPSIGNAL, else SIGTERM)
+    #[arg(long, value_name = "SIGNAL")]
+    pub stop_signal: Option<String>,
     /// The image, then the command and its arguments (default: the image's entrypoint and
     /// cmd). Options end at the image, as with docker: what follows goes to the container.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_name = "IMAGE [COMMAND [ARG...]]")]
@@ -434,7 +437,7 @@ pub struct LogsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
-    /// Seconds to wait after SIGTERM before SIGKILL
+    /// Seconds to wait after the stop signal (the image's STOPSIGNAL, else SIGTERM) before SIGKILL
     #[arg(short = 't', long = "time", default_value_t = 10)]
     pub time: u64,
     #[arg(required = true)]

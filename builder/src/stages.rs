@@ -431,7 +431,19 @@ impl Buildfile {
             }
             Instruction::User(user) => Instruction::User(word(user)?),
             Instruction::Workdir(dir) => Instruction::Workdir(word(dir)?),
-            Instruction::StopSignal(signal) => Instruction::StopSignal(word(signal)?),
+            Instruction::StopSignal(signal) => {
+                let expanded = word(signal)?;
+                if !is_signal(&expanded) {
+                    return Err(Error::syntax(
+                        &self.file,
+                        step.pos_of(signal),
+                        format!(
+                            "invalid signal {expanded:?}: a name such as SIGTERM or TERM, or a number"
+                        ),
+                    ));
+                }
+                Instruction::StopSignal(expanded)
+            }
             other => other.clone(),
         };
         Ok(instruction)
@@ -560,6 +572,31 @@ pub fn dump(buildfile: &Buildfile, build_args: &BTreeMap<String, String>) -> Res
 }
 
 /// The `PORT/PROTOCOL` keys of an EXPOSE word (`PORT` or `PORT-PORT`, with `/tcp`,
+
+/// A Linux signal as STOPSIGNAL takes it (BuildKit's signal.ParseSignal): a name with or
+/// without SIG, any case, RTMIN+N / RTMAX-N, or a number from 1 to 64.
+fn is_signal(text: &str) -> bool {
+    const NAMES: [&str; 32] = [
+        "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "IOT", "BUS", "FPE", "KILL", "USR1", "SEGV",
+        "USR2", "PIPE", "ALRM", "TERM", "STKFLT", "CHLD", "CONT", "STOP", "TSTP", "TTIN", "TTOU",
+        "URG", "XCPU", "XFSZ", "VTALRM", "PROF", "WINCH", "IO", "POLL", "PWR",
+    ];
+    if let Ok(number) = text.parse::<u32>() {
+        return (1..=64).contains(&number);
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let realtime = |base: &str, sign: char| {
+        name.strip_prefix(base).is_some_and(|rest| {
+            rest.is_empty()
+                || rest
+                    .strip_prefix(sign)
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n <= 30))
+        })
+    };
+    NAMES.contains(&name) || name == "SYS" || realtime("RTMIN", '+') || realtime("RTMAX", '-')
+}
+
 /// `/udp` or `/sctp`, tcp when none); None when it is not one.
 fn port_keys(text: &str) -> Option<Vec<String>> {
     let (range, protocol) = text.split_once('/').unwrap_or((text, "tcp"));

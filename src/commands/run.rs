@@ -44,6 +44,9 @@ pub struct RunConfig {
     /// `-v` mounts and the image's VOLUMEs.
     #[serde(default)]
     pub volumes: Vec<volumes::Volume>,
+    /// What `stop` sends first: `--stop-signal`, else the image's STOPSIGNAL (else SIGTERM).
+    #[serde(default)]
+    pub stop_signal: Option<String>,
 }
 
 /// The cgroup of a container.
@@ -123,6 +126,10 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
     let cwd = std::env::current_dir().context("failed to read the current directory")?;
     let image_volumes = image_config.volumes().clone().unwrap_or_default();
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
+    let stop_signal = args.stop_signal.clone().or_else(|| image_config.stop_signal().clone());
+    if let Some(signal) = &stop_signal {
+        crate::commands::kill::parse_signal(signal).context("bad stop signal")?;
+    }
     Ok(RunConfig {
         args: full,
         env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.env),
@@ -150,6 +157,7 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         driver: args.driver.clone(),
         rm: args.rm,
         volumes,
+        stop_signal,
     })
 }
 

@@ -1,5 +1,5 @@
-//! `strata stop [-t SECS] CONTAINER...`: SIGTERM, then SIGKILL once the grace period is
-//! over; returns when the container's state says exited (its monitor or `strata run`
+//! `strata stop [-t SECS] CONTAINER...`: the container's stop signal (`run --stop-signal`,
+//! else the image's STOPSIGNAL, else SIGTERM), then SIGKILL once the grace period is over; returns when the container's state says exited (its monitor or `strata run`
 //! records the exit and unmounts).
 
 use std::process::ExitCode;
@@ -10,7 +10,7 @@ use strata_store::{Container, Status, Store};
 
 use crate::cli::StopArgs;
 use crate::commands::Globals;
-use crate::commands::kill::signal;
+use crate::commands::kill::{parse_signal, signal};
 use crate::commands::run::is_running;
 
 /// Waits up to `limit` for the container to be recorded as exited (or vanish, for --rm).
@@ -35,7 +35,14 @@ pub fn stop(store: &Store, container: &Container, grace: Duration) -> anyhow::Re
     if !is_running(container) {
         return Ok(());
     }
-    signal(container, Signal::SIGTERM)?;
+    let first = container
+        .state
+        .config
+        .get("stop_signal")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|name| parse_signal(name).ok())
+        .unwrap_or(Signal::SIGTERM);
+    signal(container, first)?;
     if !wait_exited(store, &container.id, grace) {
         let _ = signal(container, Signal::SIGKILL);
         if !wait_exited(store, &container.id, Duration::from_secs(10)) {

@@ -353,6 +353,29 @@ fn arguments_after_the_image_go_to_the_container() {
     assert_eq!(out, "/\n");
 }
 
+/// `stop` sends the image's STOPSIGNAL (or `run --stop-signal`) first, as docker does.
+#[test]
+fn stop_sends_the_stop_signal() {
+    let store = store_with_busybox();
+    let ctx = store.root().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Buildfile"),
+        "FROM busybox\nSTOPSIGNAL SIGUSR1\nCMD trap 'exit 3' USR1; trap 'exit 4' HUP; while :; do sleep 0.05; done\n",
+    )
+    .unwrap();
+    store.ok(&["build", "-t", "ss", ctx.to_str().unwrap()]);
+    for (name, extra, code) in [("usr1", None, 3), ("hup", Some("--stop-signal=HUP"), 4)] {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(extra);
+        args.push("ss");
+        store.ok(&args);
+        wait_status(&store, name, "running");
+        store.ok(&["stop", "-t", "60", name]);
+        assert_eq!(container_status(&store, name)["ExitCode"], code, "{name}");
+    }
+}
+
 #[test]
 fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();

@@ -328,6 +328,25 @@ fn expose_takes_ports_and_ranges_only() {
 }
 
 #[test]
+fn stopsignal_takes_signals_only() {
+    let fx = fixture();
+    for good in ["SIGUSR1", "quit", "9", "SIGRTMIN+3", "$S"] {
+        let image = fx
+            .build(&format!("FROM base\nARG S=TERM\nSTOPSIGNAL {good}\n"))
+            .unwrap();
+        let config = image.config.config().clone().unwrap();
+        assert!(config.stop_signal().is_some(), "{good}");
+    }
+    for bad in ["SIGFOO", "0", "65", "RTMIN+31"] {
+        fx.fails(
+            &format!("FROM base\nSTOPSIGNAL {bad}\n"),
+            "Buildfile:2:",
+            &format!("invalid signal {bad:?}"),
+        );
+    }
+}
+
+#[test]
 fn copy_owners_modes_and_parent_dirs() {
     let fx = fixture();
     fx.write("f", "f");
