@@ -106,7 +106,9 @@ fn mount_store(
             let image = store
                 .resolve(reference)
                 .with_context(|| format!("no container or image named {reference}"))?;
-            (store.create_container(Some(&image), None)?, true)
+            let mut container = store.create_container(Some(&image), None)?;
+            container.state.image = Some(crate::commands::run::image_label(&image, reference));
+            (container, true)
         }
     };
     let id = container.id.clone();

@@ -180,6 +180,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             store.create_container(Some(&image), args.name.as_deref())?
         };
+        container.state.image = Some(image_label(&image, args.image()));
         // Nothing has run in it yet: a container that cannot be set up is not kept.
         let setup = (|| -> anyhow::Result<(RunConfig, Vec<PathBuf>)> {
             let config = config_for(&image, &container.id, &args)?;
@@ -430,6 +431,15 @@ fn mount_and_run(
         store.remove_container(&container)?;
     }
     Ok(result?)
+}
+
+/// The image as `ps` shows it: the name the user gave (normalized, `app` -> `app:latest`),
+/// or what they typed when it was an id or a digest, as docker shows it.
+pub(crate) fn image_label(image: &strata_store::Image, reference: &str) -> String {
+    match strata_store::refs::normalize_name(reference) {
+        Ok(name) if image.names.contains(&name) => name,
+        _ => reference.to_string(),
+    }
 }
 
 /// Removes the `--rm` containers whose `strata run` was killed: their command has ended

@@ -194,8 +194,10 @@ fn detached_container_is_logged_stopped_and_removed() {
 #[test]
 fn kill_and_force_remove() {
     let store = store_with_busybox();
+    store.ok(&["tag", "busybox", "0first:1"]);
     store.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "60"]);
-    wait_status(&store, "sleeper", "running");
+    let running = wait_status(&store, "sleeper", "running");
+    assert_eq!(running["Image"], "busybox:latest", "the name given, not another of the image's");
     store.ok(&["kill", "sleeper"]);
     let exited = wait_status(&store, "sleeper", "exited");
     assert_eq!(exited["ExitCode"], 137);
