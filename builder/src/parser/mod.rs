@@ -82,6 +82,8 @@ const HEREDOC_KEYWORDS: &[&str] = &["run", "copy", "add"];
 
 /// Parses a Buildfile; `file` names it in error messages.
 pub fn parse(text: &str, file: &str) -> Result<Ast> {
+    // A byte order mark, as editors on Windows write one, is not text (BuildKit drops it).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text
         .split('\n')
         .map(|l| l.strip_suffix('\r').unwrap_or(l))
@@ -337,6 +339,13 @@ mod tests {
         assert_eq!(run.args, "echo   b");
         assert_eq!(run.pos_at(0), Pos { line: 2, column: 5 });
         assert_eq!(run.pos_at(7).line, 3);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped() {
+        let ast = parse("\u{feff}# escape=`\nFROM a\n", "Buildfile").unwrap();
+        assert_eq!(ast.nodes[0].keyword, "from");
+        assert_eq!(ast.nodes[0].pos_at(0), Pos { line: 2, column: 6 });
     }
 
     #[test]
