@@ -30,11 +30,36 @@ pub fn normalize_name(text: &str) -> Result<String> {
     if text.contains('@') {
         return Err(bad("digests are not names; use the image id"));
     }
-    let repo_ok = repo.split('/').all(|part| {
-        !part.is_empty() && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:".contains(&b))
+    // The distribution spec's grammar: [HOST[:PORT]/]PATH, the host only before the first '/'.
+    let (host, path) = match repo.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), rest),
+        _ => (None, repo),
+    };
+    if let Some(host) = host {
+        let (name, port) = match host.split_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        };
+        let name_ok = name.split('.').all(|part| {
+            part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && part.ends_with(|c: char| c.is_ascii_alphanumeric())
+        });
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        if !name_ok || !port_ok {
+            return Err(bad("a registry is HOST[:PORT] before the first '/', the port a number"));
+        }
+    }
+    let path_ok = path.split('/').all(|part| {
+        part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && !part.contains("..")
     });
-    if !repo_ok {
-        return Err(bad("names use lowercase letters, digits, '.', '_', '-' and '/' separators"));
+    if !path_ok {
+        return Err(bad(
+            "names use lowercase letters and digits, '.', '_' or '-' between them, and '/' separators",
+        ));
     }
     if repo.len() == 64 && repo.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(bad("a 64-hex name would shadow image ids"));
@@ -119,11 +144,29 @@ mod tests {
         assert_eq!(normalize_name("busybox:1.36").unwrap(), "busybox:1.36");
         assert_eq!(normalize_name("localhost:5000/app").unwrap(), "localhost:5000/app:latest");
         assert_eq!(normalize_name("localhost:5000/app:v1").unwrap(), "localhost:5000/app:v1");
+        assert_eq!(normalize_name("127.0.0.1:5000/a/b-c__d.e:1").unwrap(), "127.0.0.1:5000/a/b-c__d.e:1");
+        assert_eq!(normalize_name("Registry.example.com/app").unwrap(), "Registry.example.com/app:latest");
     }
 
     #[test]
     fn bad_names_are_refused() {
-        for bad in ["", "Busybox", "a b", "x:", "x:-y", "a//b", "app@sha256:00", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "Busybox",
+            "a b",
+            "x:",
+            "x:-y",
+            "a//b",
+            "app@sha256:00",
+            &"a".repeat(64),
+            "a:b:c:d",
+            "host:notaport/x",
+            "host:/x",
+            "-a",
+            "a_",
+            "a..b",
+            "bad_host.com/x",
+        ] {
             assert!(normalize_name(bad).is_err(), "{bad:?} accepted");
         }
     }
