@@ -58,13 +58,24 @@ impl CacheTo {
     }
 }
 
-/// Opens every `--cache-from` (a cache that does not exist yet counts as empty).
+/// Opens every `--cache-from`. As with BuildKit a cache is best effort: one that cannot be
+/// read (a registry that is down) is skipped with a warning, and an empty or missing one
+/// is said so, so that a mistyped reference does not go unnoticed. A malformed spec is an
+/// error.
 pub fn sources(store: &Store, specs: &[String], insecure: bool) -> anyhow::Result<Vec<Arc<dyn CacheSource>>> {
     let mut out: Vec<Arc<dyn CacheSource>> = Vec::new();
     for text in specs {
         let spec = CacheSpec::parse(text)?;
-        let import = CacheImport::open(store, &spec, &client_options(insecure))
-            .with_context(|| format!("--cache-from {text}"))?;
+        let import = match CacheImport::open(store, &spec, &client_options(insecure)) {
+            Ok(import) => import,
+            Err(err) => {
+                eprintln!("warning: --cache-from {text}: {err}; building without it");
+                continue;
+            }
+        };
+        if import.len() == 0 {
+            eprintln!("note: --cache-from {text}: no cache there yet");
+        }
         tracing::info!(entries = import.len(), "cache import from {text}");
         out.push(Arc::new(CacheFrom(import)));
     }

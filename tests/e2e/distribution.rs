@@ -195,6 +195,14 @@ fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
         !log.contains("| step-one-ran") && log.contains("| step-two-ran"),
         "only the steps after the change run:\n{log}"
     );
+
+    // A cache is best effort, as with BuildKit: one that is down or missing is reported
+    // and the build goes on without it.
+    let (_, log) = build(&third, &["--cache-from", "type=registry,ref=127.0.0.1:1/ci/cache:x"]);
+    assert!(log.contains("warning: --cache-from type=registry,ref=127.0.0.1:1/ci/cache:x"), "{log}");
+    let missing = format!("type=local,src={}/none", context.path().display());
+    let (_, log) = build(&third, &["--cache-from", &missing]);
+    assert!(log.contains("no cache there yet"), "{log}");
 }
 
 #[test]

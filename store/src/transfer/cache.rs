@@ -64,7 +64,8 @@ impl CacheSpec {
                 let reference = fields.get("ref").ok_or_else(|| bad("needs ref=REF".into()))?;
                 Ok(CacheSpec::Registry { reference: Reference::parse(reference)?, mode })
             }
-            other => Err(bad(format!("type must be local or registry, not {other:?}"))),
+            Some(other) => Err(bad(format!("type must be local or registry, not {other:?}"))),
+            None => Err(bad("needs type=local or type=registry".into())),
         }
     }
 
