@@ -133,7 +133,7 @@ pub(crate) fn resolve(
         }
         let clean = context::clean(pattern);
         let matches = match &tree {
-            None => context_matches(run, &clean),
+            None => context_matches(run, &clean)?,
             Some(tree) => tree_matches(tree, &clean)?,
         };
         if matches.is_empty() {
@@ -190,8 +190,10 @@ fn join(base: &str, rel: &str) -> String {
     }
 }
 
-/// Matches in the build context: (matched path, its items).
-fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Vec<(String, Vec<Item>)> {
+/// Matches in the build context: (matched path, its items). A matched symlink is followed
+/// inside the context, as BuildKit follows a COPY source (FollowSymlinks): `COPY link /d`
+/// copies what the link points to, named `link`; links below a copied directory stay links.
+fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Result<Vec<(String, Vec<Item>)>> {
     let ctx = &run.cx.context;
     let roots: Vec<String> = if has_glob(clean) {
         match glob(clean) {
@@ -208,32 +210,52 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Vec<(String, Vec<Item
     } else {
         Vec::new()
     };
-    roots
-        .into_iter()
-        .map(|root| {
-            let items = ctx
-                .subtree(&root)
-                .map(|(key, entry)| {
-                    let rel = if key == &root {
-                        String::new()
+    let mut matches = Vec::with_capacity(roots.len());
+    for root in roots {
+        let source = match ctx.entries[&root].link.as_deref() {
+            Some(target) => match ctx.resolve(&root) {
+                Some(to) if ctx.entries.contains_key(&to) => to,
+                Some(to) => {
+                    return Err(Error::Other(format!(
+                        "{root} is a symlink to {target}, and /{to} is not in the build context"
+                    )));
+                }
+                None => {
+                    return Err(Error::Other(format!(
+                        "{root}: too many levels of symbolic links"
+                    )));
+                }
+            },
+            None => root.clone(),
+        };
+        let items = ctx
+            .subtree(&source)
+            .map(|(key, entry)| {
+                let rel = if key == &source {
+                    String::new()
+                } else {
+                    key[if source.is_empty() {
+                        0
                     } else {
-                        key[if root.is_empty() { 0 } else { root.len() + 1 }..].to_string()
-                    };
-                    Item {
-                        rel,
-                        real: ctx.root.join(key),
-                        kind: entry.kind,
-                        mode: entry.mode,
-                        uid: entry.uid,
-                        gid: entry.gid,
-                        link: entry.link.clone(),
-                        hash: String::new(),
-                    }
-                })
-                .collect();
-            (root, items)
-        })
-        .collect()
+                        source.len() + 1
+                    }..]
+                        .to_string()
+                };
+                Item {
+                    rel,
+                    real: ctx.root.join(key),
+                    kind: entry.kind,
+                    mode: entry.mode,
+                    uid: entry.uid,
+                    gid: entry.gid,
+                    link: entry.link.clone(),
+                    hash: String::new(),
+                }
+            })
+            .collect();
+        matches.push((root, items));
+    }
+    Ok(matches)
 }
 
 /// Matches in another stage or image (globs in the last path component).

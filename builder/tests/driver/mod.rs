@@ -328,6 +328,34 @@ fn expose_takes_ports_and_ranges_only() {
 }
 
 #[test]
+fn a_context_symlink_named_by_copy_is_followed() {
+    let fx = fixture();
+    fx.write("src/a.txt", "a");
+    std::os::unix::fs::symlink("a.txt", fx.context.join("src/inner")).unwrap();
+    std::os::unix::fs::symlink("src/a.txt", fx.context.join("goodlink")).unwrap();
+    std::os::unix::fs::symlink("./src", fx.context.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink("/src/inner", fx.context.join("abslink")).unwrap();
+    let image = fx
+        .build("FROM base\nCOPY goodlink /goodlink\nCOPY dirlink /d/\nCOPY abslink /srv/\n")
+        .unwrap();
+    let tree = fx.tree(&image);
+    let (real, meta) = tree.lookup("goodlink").unwrap();
+    assert!(meta.is_file(), "the link's target is copied, named after the link");
+    assert_eq!(fs::read(real).unwrap(), b"a");
+    assert_eq!(tree.read("d/a.txt").unwrap(), b"a", "a linked directory's content");
+    let (_, inner) = tree.lookup("d/inner").unwrap();
+    assert!(inner.file_type().is_symlink(), "links inside a copied directory stay links");
+    assert_eq!(tree.read("srv/abslink").unwrap(), b"a", "an absolute link starts at the context root");
+
+    std::os::unix::fs::symlink("/etc/passwd", fx.context.join("leak")).unwrap();
+    fx.fails(
+        "FROM base\nCOPY leak /x\n",
+        "Buildfile:2:",
+        "leak is a symlink to /etc/passwd, and /etc/passwd is not in the build context",
+    );
+}
+
+#[test]
 fn stopsignal_takes_signals_only() {
     let fx = fixture();
     for good in ["SIGUSR1", "quit", "9", "SIGRTMIN+3", "$S"] {
