@@ -138,6 +138,9 @@ pub struct ImagesArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
+    /// Print only the image ids
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -22,6 +22,14 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             !image.names.is_empty()
         });
     }
+    if args.quiet {
+        let mut ids: Vec<String> = images.iter().map(|image| image.id.short()).collect();
+        ids.dedup();
+        for id in ids {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         let list: Vec<serde_json::Value> = images.iter().map(summary).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -39,7 +47,8 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|n| {
                     let (repo, tag) = refs::split_name(n);
-                    (repo.to_string(), tag.unwrap_or("latest").to_string())
+                    // an image pulled by digest is named repo@sha256:..: no tag
+                    (repo.to_string(), tag.unwrap_or("<none>").to_string())
                 })
                 .collect()
         };
@@ -56,7 +65,8 @@ pub fn summary(image: &Image) -> serde_json::Value {
     serde_json::json!({
         "Id": image.id,
         "ManifestDigest": image.manifest_digest,
-        "RepoTags": image.names,
+        "RepoTags": image.names.iter().filter(|n| !n.contains('@')).collect::<Vec<_>>(),
+        "RepoDigests": image.names.iter().filter(|n| n.contains('@')).collect::<Vec<_>>(),
         "Created": image.config.created(),
         "Size": image.size(),
     })

@@ -31,7 +31,8 @@ fn image_json(store: &Store, image: &Image) -> anyhow::Result<serde_json::Value>
         .map_err(|e| anyhow::anyhow!("config blob {} is not valid json: {e}", image.id))?;
     Ok(serde_json::json!({
         "Id": image.id,
-        "RepoTags": image.names,
+        "RepoTags": image.names.iter().filter(|n| !n.contains('@')).collect::<Vec<_>>(),
+        "RepoDigests": image.names.iter().filter(|n| n.contains('@')).collect::<Vec<_>>(),
         "ManifestDigest": image.manifest_digest,
         "Created": config.get("created"),
         "Architecture": config.get("architecture"),

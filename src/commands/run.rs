@@ -436,7 +436,7 @@ fn mount_and_run(
 /// The image as `ps` shows it: the name the user gave (normalized, `app` -> `app:latest`),
 /// or what they typed when it was an id or a digest, as docker shows it.
 pub(crate) fn image_label(image: &strata_store::Image, reference: &str) -> String {
-    match strata_store::refs::normalize_name(reference) {
+    match strata_store::refs::normalize_ref(reference) {
         Ok(name) if image.names.contains(&name) => name,
         _ => reference.to_string(),
     }

@@ -125,9 +125,10 @@ pub fn save(store: &Store, references: &[String], out: &Path) -> Result<()> {
         let image = store.resolve(reference)?;
         let local = LocalImage::from_store_image(store, &image, Some(reference))?;
         // Name it as asked when a name was given, else by all its names.
+        // (a docker archive's RepoTags are tags: a name@digest is left out)
         let names = match refs::normalize_name(reference) {
             Ok(name) if image.names.contains(&name) => vec![name],
-            _ => image.names.clone(),
+            _ => image.names.iter().filter(|name| !name.contains('@')).cloned().collect(),
         };
         images.push((local, names));
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::layout::Store;
-use crate::refs::{self, descriptor_digest, entry_name, index_entry, normalize_name, oci_digest};
+use crate::refs::{self, descriptor_digest, entry_name, index_entry, normalize_name, normalize_ref, oci_digest};
 use crate::registry::media;
 use crate::{Digest, json, oci};
 
@@ -88,7 +88,7 @@ impl Store {
         self.check_blobs_present(manifest.layers())?;
         let (digest, size) = self.put_blob(manifest_bytes)?;
         let media_type = manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
-        let names = names.iter().map(|name| normalize_name(name)).collect::<Result<Vec<_>>>()?;
+        let names = names.iter().map(|name| normalize_ref(name)).collect::<Result<Vec<_>>>()?;
         let names = self.update_index(|entries| {
             if names.is_empty() {
                 let present = entries.iter().any(|e| descriptor_digest(e).ok() == Some(digest));
@@ -156,13 +156,18 @@ impl Store {
     /// `sha256:` manifest digest.
     pub fn resolve(&self, reference: &str) -> Result<Image> {
         let not_found = || Error::ImageNotFound(reference.to_string());
-        if let Ok(name) = normalize_name(reference) {
+        if let Ok(name) = normalize_ref(reference) {
             let entries = self.index_entries()?;
             if let Some(entry) = entries.iter().find(|e| entry_name(e) == Some(name.as_str())) {
                 let digest = descriptor_digest(entry)?;
                 return self.load_image(&digest, names_of(&entries, &digest));
             }
         }
+        // `repo@sha256:D` of an image the store has under another name: the digest decides.
+        let reference = match reference.split_once('@') {
+            Some((_, digest)) if normalize_ref(reference).is_ok() => digest,
+            _ => reference,
+        };
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
         if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(not_found());
@@ -213,7 +218,7 @@ impl Store {
             Ok(image) => image,
             // A name whose blobs are damaged or gone can still be removed.
             Err(err @ (Error::DigestMismatch { .. } | Error::BlobNotFound(_) | Error::Json { .. })) => {
-                let Ok(name) = normalize_name(reference) else { return Err(err) };
+                let Ok(name) = normalize_ref(reference) else { return Err(err) };
                 let removed = self.update_index(|entries| {
                     let before = entries.len();
                     entries.retain(|e| entry_name(e) != Some(name.as_str()));
@@ -223,7 +228,7 @@ impl Store {
             }
             Err(err) => return Err(err),
         };
-        let by_name = normalize_name(reference).ok().filter(|name| image.names.contains(name));
+        let by_name = normalize_ref(reference).ok().filter(|name| image.names.contains(name));
         let untagged = match &by_name {
             Some(name) => vec![name.clone()],
             None => image.names.clone(),

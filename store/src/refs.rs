@@ -75,8 +75,28 @@ pub fn normalize_name(text: &str) -> Result<String> {
     Ok(format!("{repo}:{tag}"))
 }
 
-/// Splits `name[:tag]` into repository and tag.
+/// A name an image may carry in the index: `name[:tag]` (normalized, as `normalize_name`),
+/// or `name@sha256:HEX`, the name of an image pulled by digest (a tag beside the digest is
+/// dropped, as docker drops it).
+pub fn normalize_ref(text: &str) -> Result<String> {
+    let Some((name, digest)) = text.split_once('@') else {
+        return normalize_name(text);
+    };
+    let bad = |reason: &'static str| Error::InvalidReference { reference: text.to_string(), reason };
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .ok_or_else(|| bad("a digest is sha256: and 64 lowercase hex digits"))?;
+    let repo = normalize_name(name)?;
+    let (repo, _) = split_name(&repo);
+    Ok(format!("{repo}@sha256:{hex}"))
+}
+
+/// Splits `name[:tag]` into repository and tag; `name@sha256:HEX` has no tag.
 pub fn split_name(text: &str) -> (&str, Option<&str>) {
+    if let Some((repo, _)) = text.split_once('@') {
+        return (repo, None);
+    }
     let slash = text.rfind('/').map(|i| i + 1).unwrap_or(0);
     match text[slash..].rfind(':') {
         Some(colon) => (&text[..slash + colon], Some(&text[slash + colon + 1..])),
@@ -146,6 +166,18 @@ mod tests {
         assert_eq!(normalize_name("localhost:5000/app:v1").unwrap(), "localhost:5000/app:v1");
         assert_eq!(normalize_name("127.0.0.1:5000/a/b-c__d.e:1").unwrap(), "127.0.0.1:5000/a/b-c__d.e:1");
         assert_eq!(normalize_name("Registry.example.com/app").unwrap(), "Registry.example.com/app:latest");
+    }
+
+    #[test]
+    fn digest_references_name_the_repository() {
+        let hex = "ab".repeat(32);
+        assert_eq!(normalize_ref(&format!("r:5/app@sha256:{hex}")).unwrap(), format!("r:5/app@sha256:{hex}"));
+        assert_eq!(normalize_ref(&format!("app:v1@sha256:{hex}")).unwrap(), format!("app@sha256:{hex}"));
+        assert_eq!(normalize_ref("app").unwrap(), "app:latest");
+        assert_eq!(split_name(&format!("r:5/app@sha256:{hex}")), ("r:5/app", None));
+        for bad in ["app@sha256:12", "app@md5:00", &format!("App@sha256:{hex}"), &format!("@sha256:{hex}")] {
+            assert!(normalize_ref(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

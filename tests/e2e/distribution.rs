@@ -50,7 +50,21 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     assert_success(&out, &["run", "--rm", &dest]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled-and-ran\n");
     // By digest too, and a second pull is a no-op.
-    fresh.ok(&["pull", &format!("{}/e2e/busybox@{digest}", registry.host)]);
+    let by_digest = format!("{}/e2e/busybox@{digest}", registry.host);
+    fresh.ok(&["pull", &by_digest]);
+    // Pulled by digest into a store without the tag, the image is named repo@digest, as
+    // docker records a repo digest: it survives gc and `run`/`rmi` find it by that name.
+    let pinned = TestStore::new();
+    pinned.ok(&["pull", &by_digest]);
+    pinned.ok(&["gc"]);
+    let listed: serde_json::Value = serde_json::from_str(&pinned.ok(&["images", "--json"])).unwrap();
+    assert_eq!(listed[0]["RepoDigests"][0], by_digest.as_str(), "{listed}");
+    assert_eq!(listed[0]["RepoTags"].as_array().map(Vec::len), Some(0), "{listed}");
+    let table = pinned.ok(&["images"]);
+    assert!(table.contains(&format!("{}/e2e/busybox   <none>", registry.host)), "{table}");
+    assert_eq!(pinned.ok(&["run", "--rm", &by_digest, "echo", "pinned"]), "pinned\n");
+    pinned.ok(&["rmi", &by_digest]);
+    assert_eq!(pinned.ok(&["images", "-q"]).trim(), "", "rmi by the digest name removes it");
     // Errors name the thing: an unknown tag.
     let out = fresh.strata(&["pull", &format!("{}/e2e/busybox:nope", registry.host)]);
     assert!(!out.status.success());

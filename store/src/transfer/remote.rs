@@ -163,8 +163,8 @@ pub(crate) fn pull_from_registry(store: &Store, reference: &Reference, opts: &Tr
     let sources = BlobSources::load(store);
     sources.record(doc.blobs().map(|b| b.digest), &reference.registry, repo);
     sources.save(store)?;
-    let names: Vec<String> =
-        if reference.tag.is_some() || reference.digest.is_none() { vec![reference.name()] } else { Vec::new() };
+    // Pulled by digest, the image is named `repo@sha256:..`, as docker records a repo digest.
+    let names = vec![reference.name()];
     store.put_manifest_raw(&raw.bytes, &names)
 }
 
