@@ -435,6 +435,12 @@ pub struct RmArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
+    /// Keep printing what the container writes until it exits
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Start at the last N lines
+    #[arg(short = 'n', long = "tail", value_name = "N")]
+    pub tail: Option<usize>,
     pub container: String,
 }
 

@@ -1,23 +1,121 @@
-//! `strata logs CONTAINER`: what a detached container wrote (stdout and stderr, in order).
+//! `strata logs [-f] [-n N] CONTAINER`: what a detached container wrote (stdout and stderr,
+//! in order, as one stream). `-f` keeps printing what it writes until it exits; `-n`/`--tail`
+//! starts at its last N lines.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use strata_store::Store;
 
 use crate::cli::LogsArgs;
 use crate::commands::Globals;
+use crate::commands::run::is_running;
 
 pub fn run(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let container = Store::open(&globals.root)?.container(&args.container)?;
+    let store = Store::open(&globals.root)?;
+    let container = store.container(&args.container)?;
     let path = container.log_path();
-    match std::fs::File::open(&path) {
-        Ok(mut file) => {
-            std::io::copy(&mut file, &mut std::io::stdout().lock())
-                .with_context(|| format!("failed to read {}", path.display()))?;
+    let mut file = match File::open(&path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            // Only `run -d` keeps a log; a foreground run's output went to its terminal.
+            if !args.follow {
+                eprintln!("note: container {} ran in the foreground: it has no log", container.state.name);
+            }
+            return Ok(ExitCode::SUCCESS);
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {} // never detached: no log
         Err(err) => return Err(err).with_context(|| format!("failed to open {}", path.display())),
+    };
+    let read_err = || format!("failed to read {}", path.display());
+    if let Some(lines) = args.tail {
+        let start = tail_offset(&mut file, lines).with_context(read_err)?;
+        file.seek(SeekFrom::Start(start)).with_context(read_err)?;
+    }
+    let mut out = std::io::stdout().lock();
+    std::io::copy(&mut file, &mut out).with_context(read_err)?;
+    if args.follow {
+        // The store lock is not held while following (gc must not wait on a `logs -f`).
+        drop(store);
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            let running = Store::open(&globals.root)
+                .and_then(|store| store.container(&container.id))
+                .is_ok_and(|c| is_running(&c));
+            // Drain after seeing it stopped, so the last lines are not lost.
+            loop {
+                let n = file.read(&mut buf).with_context(read_err)?;
+                if n == 0 {
+                    break;
+                }
+                out.write_all(&buf[..n])?;
+            }
+            out.flush()?;
+            if !running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The offset where the last `lines` lines of `file` begin (a final newline ends the last
+/// line, it does not start another).
+fn tail_offset(file: &mut File, lines: usize) -> std::io::Result<u64> {
+    let len = file.seek(SeekFrom::End(0))?;
+    if lines == 0 {
+        return Ok(len);
+    }
+    let mut end = len;
+    let mut newlines = 0;
+    let mut buf = vec![0; 8192];
+    // Skip a trailing newline: it ends the last line.
+    let mut skip_last = true;
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        for (i, &byte) in chunk.iter().enumerate().rev() {
+            if byte != b'\n' {
+                skip_last = false;
+                continue;
+            }
+            if skip_last && start + i as u64 == len - 1 {
+                skip_last = false;
+                continue;
+            }
+            newlines += 1;
+            if newlines == lines {
+                return Ok(start + i as u64 + 1);
+            }
+        }
+        end = start;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_finds_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let text = "one\ntwo\nthree\n";
+        std::fs::write(&path, text).unwrap();
+        let mut file = File::open(&path).unwrap();
+        let from = |file: &mut File, n| text[tail_offset(file, n).unwrap() as usize..].to_string();
+        assert_eq!(from(&mut file, 1), "three\n");
+        assert_eq!(from(&mut file, 2), "two\nthree\n");
+        assert_eq!(from(&mut file, 5), text);
+        assert_eq!(from(&mut file, 0), "");
+        std::fs::write(&path, "a\nno newline").unwrap();
+        let mut file = File::open(&path).unwrap();
+        assert_eq!(tail_offset(&mut file, 1).unwrap(), 2);
+    }
 }

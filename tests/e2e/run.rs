@@ -379,6 +379,20 @@ fn stop_sends_the_stop_signal() {
 }
 
 #[test]
+fn logs_follow_and_tail() {
+    let store = store_with_busybox();
+    store.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", "echo a; echo b; sleep 1; echo c"]);
+    // -f returns once the container has exited, with everything it wrote
+    assert_eq!(store.ok(&["logs", "-f", "talker"]), "a\nb\nc\n");
+    assert_eq!(store.ok(&["logs", "--tail", "2", "talker"]), "b\nc\n");
+    assert_eq!(store.ok(&["logs", "-n", "0", "talker"]), "");
+    store.ok(&["run", "--name", "fg", "busybox", "true"]);
+    let out = store.strata(&["logs", "fg"]);
+    assert_eq!(code(&out), 0);
+    assert!(text(&out.stderr).contains("ran in the foreground"), "{}", text(&out.stderr));
+}
+
+#[test]
 fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();
     let out = store.strata(&["run", "--rm", "--memory", "64m", "busybox", "tail", "/dev/zero"]);
