@@ -285,9 +285,15 @@ impl Layers {
         rustix::fs::lsetxattr(path, OPAQUE_XATTR, b"y", rustix::fs::XattrFlags::empty())
     }
 
-    /// Makes a whiteout at `name` below `dir`.
+    /// Makes a whiteout at `name` below `dir`, in the server's group as the kernel's are in
+    /// the mounter's: a set-group-ID `dir` would otherwise give the whiteout its own group.
     pub(crate) fn whiteout(&self, dir: BorrowedFd<'_>, name: &Path) -> Res<()> {
-        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)
+        rustix::fs::mknodat(dir, name, FileType::CharacterDevice, Mode::empty(), 0)?;
+        let gid = rustix::process::getegid();
+        if rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?.st_gid != gid.as_raw() {
+            rustix::fs::chownat(dir, name, None, Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Ok(())
     }
 
     /// Removes a tree inside the work dir (a replaced directory full of whiteouts).

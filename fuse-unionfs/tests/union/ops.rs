@@ -312,6 +312,16 @@ fn unlink_and_rmdir_of_lower_entries_write_whiteouts() {
             fs::remove_file(m.path("usr")).unwrap_err().raw_os_error(),
             Some(libc::EISDIR)
         );
+        // In a set-group-ID directory a whiteout still belongs to the mounter's group, as
+        // the kernel's do (it makes them in the work dir): not to the directory's.
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        fs::set_permissions(m.path("var/log/d2"), fs::Permissions::from_mode(0o2755)).unwrap();
+        std::os::unix::fs::chown(m.path("var/log/d2"), None, Some(65534)).unwrap();
+        fs::remove_file(m.path("var/log/d2/log")).unwrap();
+        let whiteout = m.upper.join("var/log/d2/log");
+        assert!(is_whiteout(&whiteout));
+        let meta = fs::symlink_metadata(&whiteout).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
     });
 }
 

@@ -33,6 +33,8 @@ pub enum Op {
 
 pub struct Gen {
     rng: StdRng,
+    /// Half the renames move a directory (most of them come from the lowers at first).
+    dir_renames: bool,
 }
 
 const NAMES: [&str; 8] = ["n0", "n1", "n2", "conf0", "conf3", "gone", "old", "d0"];
@@ -41,6 +43,15 @@ impl Gen {
     pub fn new(seed: u64) -> Gen {
         Gen {
             rng: StdRng::seed_from_u64(seed),
+            dir_renames: false,
+        }
+    }
+
+    /// A generator whose renames move directories half of the time.
+    pub fn with_dir_renames(seed: u64) -> Gen {
+        Gen {
+            dir_renames: true,
+            ..Gen::new(seed)
         }
     }
 
@@ -79,8 +90,13 @@ impl Gen {
             .collect();
         let kind = self.rng.random_range(0..21);
         if files.is_empty() || any.is_empty() {
+            // Files as well as directories: with Mkdir alone a tree without files stays so.
             let path = self.new_path(&dirs);
-            return Op::Mkdir(path, 0o755);
+            return if self.rng.random_bool(0.5) {
+                Op::Create(path, self.data())
+            } else {
+                Op::Mkdir(path, 0o755)
+            };
         }
         match kind {
             0 | 1 => {
@@ -151,7 +167,17 @@ impl Gen {
                 Op::Link(source, self.new_path(&dirs))
             }
             18 | 19 => {
-                let source = self.pick(&any).clone();
+                let real_dirs: Vec<PathBuf> = dirs
+                    .iter()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .cloned()
+                    .collect();
+                let source =
+                    if self.dir_renames && !real_dirs.is_empty() && self.rng.random_bool(0.5) {
+                        self.pick(&real_dirs).clone()
+                    } else {
+                        self.pick(&any).clone()
+                    };
                 let target = if self.rng.random_bool(0.3) {
                     self.pick(&any).clone()
                 } else {
@@ -277,6 +303,9 @@ pub fn copy_then_remove(root: &Path, source: &Path, target: &Path) -> Result<(),
         source.display(),
         target.display()
     );
+    // GNU cp keeps the set-group-ID bit a directory inherits from a set-group-ID parent
+    // even with -a; rename(2) changes no mode, so the copies get exactly the sources'.
+    set_dir_modes(&source, &target);
     let mut files = Vec::new();
     regular_files(&source, Path::new(""), &mut files);
     let inside = |ino: u64| files.iter().filter(|(_, i, _)| *i == ino).count() as u64;
@@ -288,6 +317,24 @@ pub fn copy_then_remove(root: &Path, source: &Path, target: &Path) -> Result<(),
         }
     }
     fs::remove_dir_all(&source).map_err(errno)
+}
+
+/// Gives every directory of the copy `target` exactly the mode of its `source`.
+fn set_dir_modes(source: &Path, target: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::symlink_metadata(source).unwrap();
+    if !meta.is_dir() {
+        return;
+    }
+    fs::set_permissions(
+        target,
+        fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+    )
+    .unwrap();
+    for entry in fs::read_dir(source).unwrap() {
+        let name = entry.unwrap().file_name();
+        set_dir_modes(&source.join(&name), &target.join(&name));
+    }
 }
 
 /// The regular files below `root/rel`: (path from `root`, inode, link count).
