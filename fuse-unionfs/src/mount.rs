@@ -414,11 +414,24 @@ fn mount_overlay(spec: &MountSpec) -> Result<()> {
     }
     let lowers: Vec<String> = spec.lowers.iter().map(|p| escape(p)).collect();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
+        "lowerdir={},upperdir={},workdir={},{OVERLAY_OPTIONS}",
         lowers.join(":"),
         escape(&spec.upper),
         escape(&spec.work)
     );
+    let fail = |e: rustix::io::Errno| mount_error("overlay", &spec.target, e.into());
+    // mount(2) copies one page of options: many layers (about 40 store paths) do not fit,
+    // and the kernel would report the cut lower as missing. The mount API takes them one
+    // by one (lowerdir+, Linux 6.8).
+    if data.len() >= 4096 {
+        return mount_overlay_by_layer(spec).map_err(|e| match e {
+            rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS => Error::Spec(format!(
+                "{} layers are too many for this kernel's overlayfs options (one page): use the fuse driver",
+                spec.lowers.len()
+            )),
+            e => fail(e),
+        });
+    }
     let data = std::ffi::CString::new(data)
         .map_err(|e| mount_error("overlay", &spec.target, std::io::Error::other(e)))?;
     rustix::mount::mount(
@@ -428,7 +441,42 @@ fn mount_overlay(spec: &MountSpec) -> Result<()> {
         spec.flags.mount_flags(),
         Some(data.as_c_str()),
     )
-    .map_err(|e| mount_error("overlay", &spec.target, e.into()))
+    .map_err(fail)
+}
+
+const OVERLAY_OPTIONS: &str = "index=off,redirect_dir=off,metacopy=off";
+
+/// Kernel overlayfs through the mount API (fsopen, fsconfig, fsmount, move_mount), one
+/// lower at a time.
+fn mount_overlay_by_layer(spec: &MountSpec) -> rustix::io::Result<()> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    for lower in &spec.lowers {
+        fsconfig_set_string(&fs, "lowerdir+", lower)?;
+    }
+    fsconfig_set_string(&fs, "upperdir", &spec.upper)?;
+    fsconfig_set_string(&fs, "workdir", &spec.work)?;
+    for option in OVERLAY_OPTIONS.split(',') {
+        let (key, value) = option.split_once('=').unwrap_or((option, ""));
+        fsconfig_set_string(&fs, key, value)?;
+    }
+    fsconfig_create(&fs)?;
+    let mut attrs = MountAttrFlags::empty();
+    attrs.set(MountAttrFlags::MOUNT_ATTR_RDONLY, spec.flags.read_only);
+    attrs.set(MountAttrFlags::MOUNT_ATTR_NODEV, spec.flags.nodev);
+    attrs.set(MountAttrFlags::MOUNT_ATTR_NOSUID, spec.flags.nosuid);
+    attrs.set(MountAttrFlags::MOUNT_ATTR_NOEXEC, spec.flags.noexec);
+    let mount = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)?;
+    move_mount(
+        &mount,
+        "",
+        rustix::fs::CWD,
+        &spec.target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
 }
 
 /// Mounts without a guard, for a command whose mount outlives it: overlay is a kernel

@@ -1146,3 +1146,45 @@ fn aufs_markers_in_lower_branches_are_honoured() {
     let plain = fixture.mount("plain", Driver::Fuse);
     assert_eq!(names(&plain.path("aufs/a")), [".wh.gone", "gone", "keep"]);
 }
+
+/// Eighty layers with long paths: more than one page of overlayfs options, which mount(2)
+/// cuts; the overlay driver then adds the lowers one by one, and both drivers show all.
+#[test]
+fn many_layers_mount_with_either_driver() {
+    fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("many-")
+        .tempdir_in("/var/tmp/strata-unionfs-tests")
+        .unwrap();
+    let lowers: Vec<_> = (0..80)
+        .map(|n| {
+            let lower = dir.path().join(format!("layer-{n:02}-{}", "x".repeat(64)));
+            fs::create_dir(&lower).unwrap();
+            fs::write(lower.join(format!("f{n}")), n.to_string()).unwrap();
+            fs::write(lower.join("shared"), n.to_string()).unwrap();
+            lower
+        })
+        .collect();
+    let length: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
+    assert!(length > 4096, "the lowers fill more than a page: {length}");
+    let fixture = Fixture { dir, lowers };
+    for (name, driver) in [("kernel", Driver::Overlay), ("fuse", Driver::Fuse)] {
+        let mounted = fixture.mount(name, driver);
+        let mnt = mounted.mnt.clone();
+        deadline(60, "reading eighty layers", move || {
+            for n in 0..80 {
+                assert_eq!(
+                    fs::read_to_string(mnt.join(format!("f{n}"))).unwrap(),
+                    n.to_string()
+                );
+            }
+            assert_eq!(
+                fs::read_to_string(mnt.join("shared")).unwrap(),
+                "0",
+                "the top layer wins"
+            );
+            fs::write(mnt.join("new"), b"w").unwrap();
+        });
+        assert_eq!(fs::read(mounted.upper.join("new")).unwrap(), b"w");
+    }
+}
