@@ -6,6 +6,7 @@
 //! `--chown` (sources from another stage keep their owners), `--chmod` sets every mode,
 //! parent directories that exist in the image keep their metadata in the upper.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
@@ -533,15 +534,26 @@ pub(crate) fn execute(
                     copy_item(item, &target, mode, item_owner)?;
                     dirs.push((item, target));
                 }
+                let target_of = |item: &Item| upper.join(links.place(&join(&base, &item.rel)));
+                // Hard links among the copied files stay links, as BuildKit keeps them:
+                // the first name of an inode is copied, the others are linked to it.
+                let second_names = hard_links(items, wanted);
                 items
                     .par_iter()
-                    .filter(wanted)
-                    .filter(|i| i.kind != Kind::Dir)
-                    .try_for_each(|item| {
-                        let target = upper.join(links.place(&join(&base, &item.rel)));
+                    .enumerate()
+                    .filter(|(i, item)| {
+                        wanted(item) && item.kind != Kind::Dir && !second_names.contains_key(i)
+                    })
+                    .try_for_each(|(_, item)| {
                         let (mode, item_owner) = meta_of(item);
-                        copy_item(item, &target, mode, item_owner)
+                        copy_item(item, &target_of(item), mode, item_owner)
                     })?;
+                for (&second, &first) in &second_names {
+                    let (target, first) = (target_of(&items[second]), target_of(&items[first]));
+                    replace(&target)?;
+                    fs::hard_link(&first, &target)
+                        .map_err(|e| Error::io("failed to link", &target, e))?;
+                }
                 // directory times last: creating entries inside changes them
                 for (item, target) in dirs.iter().rev() {
                     copy_mtime(&item.real, target);
@@ -550,6 +562,29 @@ pub(crate) fn execute(
         }
     }
     Ok(())
+}
+
+/// The regular files among the `wanted` `items` that are another name of an earlier one's
+/// inode: index -> index of that earlier item.
+fn hard_links(items: &[Item], wanted: impl Fn(&&Item) -> bool) -> HashMap<usize, usize> {
+    use std::os::unix::fs::MetadataExt;
+    let mut first: HashMap<(u64, u64), usize> = HashMap::new();
+    let mut seconds = HashMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if item.kind != Kind::File || !wanted(&item) {
+            continue;
+        }
+        let Ok(meta) = fs::symlink_metadata(&item.real) else {
+            continue;
+        };
+        if meta.nlink() > 1 {
+            let earlier = *first.entry((meta.dev(), meta.ino())).or_insert(index);
+            if earlier != index {
+                seconds.insert(index, earlier);
+            }
+        }
+    }
+    seconds
 }
 
 /// Directories of the image that a copied tree reached through a symlink: what is

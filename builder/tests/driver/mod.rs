@@ -356,6 +356,27 @@ fn a_context_symlink_named_by_copy_is_followed() {
 }
 
 #[test]
+fn copy_keeps_hard_links() {
+    use std::os::unix::fs::MetadataExt;
+    let fx = fixture();
+    fx.write("ctx/f", "data");
+    fs::hard_link(fx.context.join("ctx/f"), fx.context.join("ctx/hl")).unwrap();
+    fx.write("ctx/other", "data");
+    let image = fx
+        .build("FROM base AS a\nCOPY ctx /o\nFROM base\nCOPY --from=a /o /p\n")
+        .unwrap();
+    let tree = fx.tree(&image);
+    let ino = |rel: &str| fs::metadata(tree.lookup(rel).unwrap().0).unwrap().ino();
+    assert_eq!(ino("p/f"), ino("p/hl"), "one file under two names, from stage to stage");
+    assert_ne!(ino("p/f"), ino("p/other"));
+    let image = fx.build("FROM base\nCOPY ctx /ctx\n").unwrap();
+    let tree = fx.tree(&image);
+    let ino = |rel: &str| fs::metadata(tree.lookup(rel).unwrap().0).unwrap().ino();
+    assert_eq!(ino("ctx/f"), ino("ctx/hl"), "from the context");
+    assert_eq!(fs::metadata(tree.lookup("ctx/f").unwrap().0).unwrap().nlink(), 2);
+}
+
+#[test]
 fn stopsignal_takes_signals_only() {
     let fx = fixture();
     for good in ["SIGUSR1", "quit", "9", "SIGRTMIN+3", "$S"] {
