@@ -123,6 +123,10 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         Some(other) => bail!("unknown --userns {other:?}: use private or host"),
     };
     args.driver.parse::<Driver>()?;
+    // docker's rule: a terminal that forwards input needs a terminal to read it from
+    if args.tty && args.interactive && !args.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
+    }
     let cwd = std::env::current_dir().context("failed to read the current directory")?;
     let image_volumes = image_config.volumes().clone().unwrap_or_default();
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;

@@ -353,6 +353,10 @@ fn arguments_after_the_image_go_to_the_container() {
     assert_eq!(out, "-d --rm -e X=1 -- x\n");
     let out = store.ok(&["run", "--rm", "--entrypoint", "/bin/ls", "busybox", "-d", "/"]);
     assert_eq!(out, "/\n");
+    // -it needs a terminal to read from, as docker says (stdin is not one here)
+    let out = store.strata(&["run", "--rm", "-it", "busybox", "cat"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("the input device is not a TTY"), "{}", text(&out.stderr));
 }
 
 /// `stop` sends the image's STOPSIGNAL (or `run --stop-signal`) first, as docker does.
