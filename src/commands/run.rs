@@ -77,6 +77,53 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     Ok((value * (1u64 << shift) as f64) as u64)
 }
 
+/// docker's floor for `-m`: below it a container is OOM-killed before its command runs.
+fn check_memory(bytes: u64) -> anyhow::Result<u64> {
+    const MIN: u64 = 6 << 20;
+    if bytes < MIN {
+        bail!("minimum memory limit allowed is 6MB (asked for {bytes} bytes)");
+    }
+    Ok(bytes)
+}
+
+/// `--cpus` between 0.01 and the CPUs this machine has, as docker checks it.
+fn check_cpus(cpus: f64) -> anyhow::Result<f64> {
+    let available = std::thread::available_parallelism().map_or(1, usize::from);
+    if !(0.01..=available as f64).contains(&cpus) {
+        bail!("--cpus {cpus}: the range of CPUs is from 0.01 to {available}.00, as there are only {available} CPUs available");
+    }
+    Ok(cpus)
+}
+
+/// `--cpuset-cpus` (`0-1,3`): well formed, and only CPUs that are online.
+fn check_cpuset(list: &str) -> anyhow::Result<String> {
+    let online_text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    let online = cpu_list(online_text.trim());
+    let asked = cpu_list(list).filter(|cpus| !cpus.is_empty()).with_context(|| {
+        format!("invalid --cpuset-cpus {list:?}: a list of CPUs and ranges, as 0-1,3")
+    })?;
+    if let Some(online) = online
+        && let Some(missing) = asked.iter().find(|cpu| !online.contains(cpu))
+    {
+        bail!("requested CPUs are not available - requested {missing}, available: {}", online_text.trim());
+    }
+    Ok(list.to_string())
+}
+
+/// The CPUs of a kernel CPU list (`0-3,8`); None when it is malformed.
+fn cpu_list(text: &str) -> Option<Vec<u32>> {
+    let mut cpus = Vec::new();
+    for part in text.split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let (first, last) = (first.trim().parse::<u32>().ok()?, last.trim().parse::<u32>().ok()?);
+        if first > last || last > 4095 {
+            return None;
+        }
+        cpus.extend(first..=last);
+    }
+    Some(cpus)
+}
+
 fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     let mut env: Vec<String> = base.to_vec();
     for pair in overrides {
@@ -150,10 +197,10 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         hostname: args.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
         network,
         userns,
-        memory: args.memory.as_deref().map(parse_size).transpose()?,
-        cpus: args.cpus,
+        memory: args.memory.as_deref().map(parse_size).transpose()?.map(check_memory).transpose()?,
+        cpus: args.cpus.map(check_cpus).transpose()?,
         pids_limit: args.pids_limit,
-        cpuset_cpus: args.cpuset_cpus.clone(),
+        cpuset_cpus: args.cpuset_cpus.as_deref().map(check_cpuset).transpose()?,
         blkio_weight: args.blkio_weight,
         init: args.init,
         tty: args.tty,
@@ -493,6 +540,21 @@ fn alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_limits_are_checked_like_docker() {
+        assert!(check_memory(1 << 10).unwrap_err().to_string().contains("minimum memory limit allowed is 6MB"));
+        assert_eq!(check_memory(6 << 20).unwrap(), 6 << 20);
+        assert!(check_cpus(0.001).is_err() && check_cpus(4096.0).is_err());
+        assert_eq!(check_cpus(0.5).unwrap(), 0.5);
+        assert_eq!(cpu_list("0-2,5"), Some(vec![0, 1, 2, 5]));
+        assert_eq!(cpu_list("2-1"), None);
+        assert_eq!(cpu_list("a"), None);
+        assert!(check_cpuset("0").is_ok());
+        let err = check_cpuset("4000").unwrap_err().to_string();
+        assert!(err.contains("requested CPUs are not available - requested 4000"), "{err}");
+        assert!(check_cpuset("x").unwrap_err().to_string().contains("invalid --cpuset-cpus"));
+    }
 
     #[test]
     fn sizes_parse_like_docker() {
