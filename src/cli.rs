@@ -244,16 +244,16 @@ pub struct SaveArgs {
     /// Images (names, ids or digests)
     #[arg(value_name = "IMAGE", required = true)]
     pub images: Vec<String>,
-    /// The archive to write
+    /// The archive to write (default, or "-": standard output, unless it is a terminal)
     #[arg(short, long, value_name = "FILE")]
-    pub output: PathBuf,
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// The archive to read (OCI archive or docker archive)
+    /// The archive to read, OCI or docker (default, or "-": standard input)
     #[arg(short, long, value_name = "FILE")]
-    pub input: PathBuf,
+    pub input: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

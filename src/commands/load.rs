@@ -1,5 +1,7 @@
-//! `strata load -i FILE`: an OCI or docker archive into the store; prints what it loaded.
+//! `strata load [-i FILE]`: an OCI or docker archive into the store, from FILE or from
+//! standard input; prints what it loaded.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use strata_store::Store;
@@ -9,7 +11,11 @@ use crate::cli::LoadArgs;
 
 pub fn run(globals: &Globals, args: LoadArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    for image in strata_store::archive::load(&store, &args.input)? {
+    let images = match args.input.as_deref() {
+        Some(path) if path != Path::new("-") => strata_store::archive::load(&store, path)?,
+        _ => strata_store::archive::load_from(&store, std::io::stdin().lock(), Path::new("stdin"))?,
+    };
+    for image in images {
         match image.names.is_empty() {
             true => println!("Loaded image: {}", image.id),
             false => println!("Loaded image: {} ({})", image.names.join(", "), image.id.short()),

@@ -120,6 +120,20 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: &str) -> io::Result<()>
 
 /// `strata save`: the named store images as one archive (OCI layout + docker manifest.json).
 pub fn save(store: &Store, references: &[String], out: &Path) -> Result<()> {
+    let images = save_images(store, references)?;
+    let borrowed: Vec<(&LocalImage, Vec<String>)> = images.iter().map(|(l, n)| (l, n.clone())).collect();
+    write_archive(&borrowed, out, true)
+}
+
+/// `strata save` to an open file (stdout); `name` says what it is in errors.
+pub fn save_into(store: &Store, references: &[String], file: &mut File, name: &Path) -> Result<()> {
+    let images = save_images(store, references)?;
+    let borrowed: Vec<(&LocalImage, Vec<String>)> = images.iter().map(|(l, n)| (l, n.clone())).collect();
+    write_archive_to(&borrowed, file, name, true)
+}
+
+/// The images `save` writes, each with the names it gets in the archive.
+fn save_images(store: &Store, references: &[String]) -> Result<Vec<(LocalImage, Vec<String>)>> {
     let mut images = Vec::new();
     for reference in references {
         let image = store.resolve(reference)?;
@@ -132,13 +146,18 @@ pub fn save(store: &Store, references: &[String], out: &Path) -> Result<()> {
         };
         images.push((local, names));
     }
-    let borrowed: Vec<(&LocalImage, Vec<String>)> = images.iter().map(|(l, n)| (l, n.clone())).collect();
-    write_archive(&borrowed, out, true)
+    Ok(images)
 }
 
 /// `strata load`: reads an OCI archive or a docker archive into the store.
 pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
     let file = File::open(input).map_err(|e| Error::io("failed to open archive", input, e))?;
+    load_from(store, file, input)
+}
+
+/// `strata load` from a stream (stdin), read once from start to end; `input` names it in
+/// errors.
+pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Image>> {
     let read_err = |e: io::Error| Error::io("failed to read archive", input, e);
     let bad = |message: String| Error::Distribution { what: input.display().to_string(), message };
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));

@@ -136,6 +136,26 @@ fn save_load_round_trip_readable_by_skopeo_and_podman() {
     let out = store.strata_in(&["save", "busybox:1", "other:2", "-o", "images.tar"], Some(out_dir.path()));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
+    // through a pipe, as `docker save img | ssh host docker load` is used
+    let piped = out_dir.path().join("piped.tar");
+    let status = Command::new(crate::common::strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args(["save", "busybox:1"])
+        .stdout(std::fs::File::create(&piped).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let from_stdin = TestStore::new();
+    let out = Command::new(crate::common::strata_bin())
+        .arg("--root")
+        .arg(from_stdin.root())
+        .arg("load")
+        .stdin(std::fs::File::open(&piped).unwrap())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("busybox:1"), "{out:?}");
+
     let fresh = TestStore::new();
     let loaded = fresh.ok(&["load", "-i", file_s]);
     assert!(loaded.contains("busybox:1") && loaded.contains("other:2"), "{loaded}");
