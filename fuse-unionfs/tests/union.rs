@@ -61,12 +61,18 @@ fn differential(
     let fuse = fixture.mount("fuse", Driver::Fuse);
     let kernel = fixture.mount("kernel", Driver::Overlay);
     let (fuse_mnt, kernel_mnt) = (fuse.mnt.clone(), kernel.mnt.clone());
+    // what the kernel view starts with is all from the lowers
+    let lower_dirs: Vec<PathBuf> = entries(&kernel_mnt)
+        .into_iter()
+        .filter(|(_, kind)| *kind == 'd')
+        .map(|(path, _)| path)
+        .collect();
     // The snapshots every 250 steps grow with the tree, so a run's time is about
     // quadratic in its length: 600 s covers CI's 2,000 ops many times over.
     let secs = 600 + (count as u64 / 1000).pow(2) * 5;
     let renamed = deadline(secs, "differential operations", move || {
         let mut generator = if dir_renames {
-            Gen::with_dir_renames(seed)
+            Gen::with_dir_renames(seed, lower_dirs)
         } else {
             Gen::new(seed)
         };

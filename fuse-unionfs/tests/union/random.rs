@@ -33,8 +33,8 @@ pub enum Op {
 
 pub struct Gen {
     rng: StdRng,
-    /// Half the renames move a directory (most of them come from the lowers at first).
-    dir_renames: bool,
+    /// Directories of the lowers: half the renames move one of them while any is left.
+    lower_dirs: Vec<PathBuf>,
 }
 
 const NAMES: [&str; 8] = ["n0", "n1", "n2", "conf0", "conf3", "gone", "old", "d0"];
@@ -43,14 +43,15 @@ impl Gen {
     pub fn new(seed: u64) -> Gen {
         Gen {
             rng: StdRng::seed_from_u64(seed),
-            dir_renames: false,
+            lower_dirs: Vec::new(),
         }
     }
 
-    /// A generator whose renames move directories half of the time.
-    pub fn with_dir_renames(seed: u64) -> Gen {
+    /// A generator whose renames move one of `lower_dirs` (paths in the merged view) half
+    /// of the time, while one is left.
+    pub fn with_dir_renames(seed: u64, lower_dirs: Vec<PathBuf>) -> Gen {
         Gen {
-            dir_renames: true,
+            lower_dirs,
             ..Gen::new(seed)
         }
     }
@@ -167,17 +168,22 @@ impl Gen {
                 Op::Link(source, self.new_path(&dirs))
             }
             18 | 19 => {
-                let real_dirs: Vec<PathBuf> = dirs
+                let lower_dirs: Vec<PathBuf> = dirs
                     .iter()
-                    .filter(|d| !d.as_os_str().is_empty())
+                    .filter(|d| self.lower_dirs.contains(d))
                     .cloned()
                     .collect();
-                let source =
-                    if self.dir_renames && !real_dirs.is_empty() && self.rng.random_bool(0.5) {
-                        self.pick(&real_dirs).clone()
-                    } else {
-                        self.pick(&any).clone()
-                    };
+                if !lower_dirs.is_empty() && self.rng.random_bool(0.5) {
+                    // to a new name, not one of the names the other renames aim at
+                    let source = self.pick(&lower_dirs).clone();
+                    let outside: Vec<PathBuf> = dirs
+                        .iter()
+                        .filter(|d| !d.starts_with(&source))
+                        .cloned()
+                        .collect();
+                    return Op::Rename(source, self.new_path(&outside));
+                }
+                let source = self.pick(&any).clone();
                 let target = if self.rng.random_bool(0.3) {
                     self.pick(&any).clone()
                 } else {
