@@ -419,6 +419,9 @@ pub struct PsArgs {
     /// Show all containers (default: running ones)
     #[arg(short = 'a', long)]
     pub all: bool,
+    /// Print only the container ids
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
     /// Print JSON
     #[arg(long)]
     pub json: bool,

@@ -129,8 +129,9 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if mode != Mode::Quiet {
-        for name in &image.names {
-            eprintln!("tagged {name}");
+        // the names asked for; the image may have others from before
+        for name in &args.tag {
+            eprintln!("tagged {}", strata_store::refs::normalize_name(name).unwrap_or_else(|_| name.clone()));
         }
         eprintln!(
             "built {} in {:.2}s",

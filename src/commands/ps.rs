@@ -54,6 +54,12 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     containers.sort_by(|a, b| b.state.created.cmp(&a.state.created).then(a.id.cmp(&b.id)));
     let now = time::now();
+    if args.quiet {
+        for c in &containers {
+            println!("{}", &c.id[..12]);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         let list: Vec<serde_json::Value> = containers
             .iter()

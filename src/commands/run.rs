@@ -194,7 +194,15 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
             .clone()
             .or_else(|| image_config.user().clone())
             .unwrap_or_default(),
-        hostname: args.hostname.clone().unwrap_or_else(|| id[..12].to_string()),
+        // docker: the host's name with the host's network, else the short id
+        hostname: match (&args.hostname, network.as_str()) {
+            (Some(name), _) => name.clone(),
+            (None, "host") => nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+                .unwrap_or_else(|| id[..12].to_string()),
+            (None, _) => id[..12].to_string(),
+        },
         network,
         userns,
         memory: args.memory.as_deref().map(parse_size).transpose()?.map(check_memory).transpose()?,
@@ -224,7 +232,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         // FUSE mounts a crashed strata left behind (their daemon is gone) are detached first.
         strata_unionfs::sweep_stale(store.root())?;
         sweep_abandoned(&store);
-        let image = store.resolve(args.image())?;
+        let image = resolve_or_pull(&store, args.image())?;
         // A --rm container never outlives its command: its state needs no fsync.
         let mut container = if args.rm {
             store.create_volatile_container(Some(&image), args.name.as_deref())?
@@ -482,6 +490,24 @@ fn mount_and_run(
         store.remove_container(&container)?;
     }
     Ok(result?)
+}
+
+/// The image to run: from the store, else pulled from its registry, as `docker run` does.
+fn resolve_or_pull(store: &Store, reference: &str) -> anyhow::Result<strata_store::Image> {
+    match store.resolve(reference) {
+        Err(strata_store::Error::ImageNotFound(_))
+            if !reference.starts_with("sha256:") && !reference.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            eprintln!("Unable to find image '{reference}' locally");
+            let opts = strata_store::transfer::TransferOptions {
+                client: crate::commands::transfer::client_options(false),
+                ..Default::default()
+            };
+            strata_store::transfer::resolve_or_pull(store, reference, &opts)
+                .with_context(|| format!("no such image: {reference}, and pulling it failed"))
+        }
+        other => Ok(other?),
+    }
 }
 
 /// The image as `ps` shows it: the name the user gave (normalized, `app` -> `app:latest`),

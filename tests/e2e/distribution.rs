@@ -64,6 +64,12 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     assert!(table.contains(&format!("{}/e2e/busybox   <none>", registry.host)), "{table}");
     assert_eq!(pinned.ok(&["run", "--rm", &by_digest, "echo", "pinned"]), "pinned\n");
     pinned.ok(&["rmi", &by_digest]);
+    // run pulls an image it does not have, as docker run does
+    let unpulled = TestStore::new();
+    let out = unpulled.strata(&["run", "--rm", &dest, "echo", "auto-pulled"]);
+    assert_success(&out, &["run", "--rm", &dest]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "auto-pulled\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unable to find image"));
     assert_eq!(pinned.ok(&["images", "-q"]).trim(), "", "rmi by the digest name removes it");
     // Errors name the thing: an unknown tag.
     let out = fresh.strata(&["pull", &format!("{}/e2e/busybox:nope", registry.host)]);

@@ -198,6 +198,8 @@ fn kill_and_force_remove() {
     store.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "60"]);
     let running = wait_status(&store, "sleeper", "running");
     assert_eq!(running["Image"], "busybox:latest", "the name given, not another of the image's");
+    let id = running["Id"].as_str().unwrap();
+    assert_eq!(store.ok(&["ps", "-q"]), format!("{}\n", &id[..12]));
     store.ok(&["kill", "sleeper"]);
     let exited = wait_status(&store, "sleeper", "exited");
     assert_eq!(exited["ExitCode"], 137);
@@ -353,6 +355,9 @@ fn arguments_after_the_image_go_to_the_container() {
     assert_eq!(out, "-d --rm -e X=1 -- x\n");
     let out = store.ok(&["run", "--rm", "--entrypoint", "/bin/ls", "busybox", "-d", "/"]);
     assert_eq!(out, "/\n");
+    // with the host's network, the host's name (docker's rule); else the short id
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(store.ok(&["run", "--rm", "--network", "host", "busybox", "hostname"]), format!("{host}\n"));
     // -it needs a terminal to read from, as docker says (stdin is not one here)
     let out = store.strata(&["run", "--rm", "-it", "busybox", "cat"]);
     assert_eq!(code(&out), 125);
