@@ -108,7 +108,13 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     opts.target = args.target.clone();
     opts.no_cache = args.no_cache;
-    opts.source_date_epoch = time::source_date_epoch();
+    // `--build-arg SOURCE_DATE_EPOCH=N` (BuildKit's way) or the environment variable
+    opts.source_date_epoch = match opts.build_args.get("SOURCE_DATE_EPOCH") {
+        Some(value) => Some(value.trim().parse::<i64>().ok().filter(|t| *t >= 0).with_context(|| {
+            format!("--build-arg SOURCE_DATE_EPOCH={value}: seconds since 1970 expected")
+        })?),
+        None => time::source_date_epoch(),
+    };
     opts.progress = progress;
     opts.cache_from = super::cache::sources(&store, &args.cache_from, args.insecure)?;
     let cache_to = super::cache::sinks(&args.cache_to, args.insecure)?;

@@ -1047,3 +1047,26 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         "fetched contexts left in the store: {left:?}"
     );
 }
+
+/// `--build-arg SOURCE_DATE_EPOCH=N`, BuildKit's way to a reproducible image: built again
+/// later without the cache, the same image id, dated N.
+#[test]
+fn source_date_epoch_build_arg_makes_builds_reproducible() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[("x", "x\n"), ("Buildfile", "FROM busybox\nCOPY x /x\nRUN echo deterministic > /d\n")],
+    );
+    let mut ids = Vec::new();
+    for tag in ["r1", "r2"] {
+        let built = build(&store, &ctx, &["--no-cache", "--build-arg", "SOURCE_DATE_EPOCH=1000000000", "-t", tag]);
+        assert!(!built.stderr.contains("not consumed"), "{}", built.stderr);
+        assert_eq!(inspect(&store, tag)["Created"], "2001-09-09T01:46:40Z");
+        ids.push(built.id);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(ids[0], ids[1]);
+    let err = build_fails(&store, &ctx, &["--build-arg", "SOURCE_DATE_EPOCH=soon"]);
+    assert!(err.contains("SOURCE_DATE_EPOCH=soon"), "{err}");
+}

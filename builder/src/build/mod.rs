@@ -219,7 +219,8 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         .build_args
         .keys()
         .map(String::as_str)
-        .filter(|key| !declared.contains(key) && !step::PROXY_ARGS.contains(key))
+        // SOURCE_DATE_EPOCH is the builder's own (BuildKit's), consumed by dating the image
+        .filter(|key| !declared.contains(key) && !step::PROXY_ARGS.contains(key) && *key != "SOURCE_DATE_EPOCH")
         .collect();
     if !unused.is_empty() {
         opts.progress.note(&format!(
