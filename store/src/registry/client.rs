@@ -141,7 +141,10 @@ impl Client {
             .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(600)))
+            // A registry answers in seconds, even after a big upload (it hashes as the
+            // bytes arrive); one that accepted the connection and went quiet is reported
+            // after two minutes rather than ten.
+            .timeout_recv_response(Some(Duration::from_secs(120)))
             .user_agent(concat!("strata/", env!("CARGO_PKG_VERSION")))
             .build();
         Ok(Client {
