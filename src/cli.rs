@@ -59,6 +59,8 @@ pub enum Command {
     Logout(LogoutArgs),
     /// Run a command in a new container
     Run(RunArgs),
+    /// Run one more command in a running container
+    Exec(ExecArgs),
     /// List containers
     Ps(PsArgs),
     /// Remove containers
@@ -395,7 +397,7 @@ pub struct RunArgs {
     pub stop_signal: Option<String>,
     /// The image, then the command and its arguments (default: the image's entrypoint and
     /// cmd). Options end at the image, as with docker: what follows goes to the container.
-    #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_name = "IMAGE [COMMAND [ARG...]]")]
+    #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_names = ["IMAGE", "COMMAND"])]
     pub image_and_command: Vec<String>,
 }
 
@@ -407,6 +409,28 @@ impl RunArgs {
     pub fn command(&self) -> &[String] {
         &self.image_and_command[1..]
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    /// Keep stdin open
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Give the command a terminal
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Set an environment variable (K=V, or K to copy it from here)
+    #[arg(short = 'e', long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory inside the container (default: the container's)
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User: name, uid, uid:gid or name:group (default: the container's)
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// The container, then the command and its arguments; options end at the container
+    #[arg(required = true, num_args = 2.., trailing_var_arg = true, value_names = ["CONTAINER", "COMMAND"])]
+    pub container_and_command: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

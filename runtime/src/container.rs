@@ -78,15 +78,48 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
             .map_err(|err| format!("bring up loopback: {err}"))?;
     }
 
+    let env = identity(
+        sys,
+        &Identity {
+            user: &spec.user,
+            cwd: &spec.cwd,
+            env: &spec.env,
+            hostname: spec.hostname.as_deref(),
+            tty: spec.tty,
+            last_cap: spec.last_cap,
+            create_cwd: true,
+        },
+    )?;
+    Ok(Prepared { env, console })
+}
+
+/// Who the command runs as and where: `run`'s container process and `exec`'s both take
+/// this identity, in runc's finalizeNamespace order.
+pub struct Identity<'a> {
+    pub user: &'a str,
+    pub cwd: &'a str,
+    pub env: &'a [String],
+    pub hostname: Option<&'a str>,
+    pub tty: bool,
+    pub last_cap: u32,
+    /// `run` makes a missing working directory; `exec` reports it.
+    pub create_cwd: bool,
+}
+
+/// Resolves the user in the container's /etc/passwd and /etc/group, completes the
+/// environment (PATH, HOSTNAME, HOME, TERM), then drops the bounding set, switches ids,
+/// sets capabilities, enters the working directory and sets no_new_privs. Returns the
+/// environment to exec with.
+pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
     let passwd = sys.read_file(Path::new("/etc/passwd")).unwrap_or_default();
     let group = sys.read_file(Path::new("/etc/group")).unwrap_or_default();
-    let exec_user = user::resolve(&spec.user, &passwd, &group).map_err(|err| err.to_string())?;
+    let exec_user = user::resolve(&id.user, &passwd, &group).map_err(|err| err.to_string())?;
 
-    let mut env = spec.env.clone();
+    let mut env = id.env.to_vec();
     if !has_key(&env, "PATH") {
         env.insert(0, format!("PATH={DEFAULT_PATH}"));
     }
-    if let Some(hostname) = &spec.hostname
+    if let Some(hostname) = id.hostname
         && !has_key(&env, "HOSTNAME")
     {
         env.push(format!("HOSTNAME={hostname}"));
@@ -94,24 +127,22 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
     if !has_key(&env, "HOME") {
         env.push(format!("HOME={}", exec_user.home));
     }
-    if spec.tty && !has_key(&env, "TERM") {
+    if id.tty && !has_key(&env, "TERM") {
         env.push("TERM=xterm".into());
     }
 
-    let cwd = if spec.cwd.is_empty() {
-        "/"
-    } else {
-        spec.cwd.as_str()
-    };
+    let cwd = if id.cwd.is_empty() { "/" } else { id.cwd };
     if !cwd.starts_with('/') {
         return Err(format!("working directory {cwd:?} is not absolute"));
     }
-    // docker creates a missing workdir (as root, before the user switch).
-    sys.mkdir_all(Path::new(cwd))
-        .map_err(|err| format!("create working directory {cwd}: {err}"))?;
+    // docker creates a missing workdir (as root, before the user switch) for run, not exec.
+    if id.create_cwd {
+        sys.mkdir_all(Path::new(cwd))
+            .map_err(|err| format!("create working directory {cwd}: {err}"))?;
+    }
 
     let keep = caps::default_mask();
-    for cap in 0..=spec.last_cap {
+    for cap in 0..=id.last_cap {
         if keep & (1u64 << cap) == 0 {
             sys.drop_bounding_cap(cap)
                 .map_err(|err| format!("drop capability {cap} from the bounding set: {err}"))?;
@@ -134,7 +165,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
         .map_err(|err| format!("chdir to working directory {cwd}: {err}"))?;
     sys.set_no_new_privs()
         .map_err(|err| format!("set no_new_privs: {err}"))?;
-    Ok(Prepared { env, console })
+    Ok(env)
 }
 
 /// How an exec attempt ended: the exit code and the message docker would print.

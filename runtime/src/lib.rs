@@ -10,6 +10,7 @@ mod caps;
 pub mod cgroup;
 mod container;
 mod error;
+mod exec;
 mod init;
 mod process;
 mod rootfs;
@@ -23,6 +24,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 pub use error::{Error, Result};
+pub use exec::ExecSpec;
 pub use process::{Child, USERNS_HOST_START, USERNS_SIZE};
 pub use rootfs::Bind;
 
@@ -111,6 +113,18 @@ pub fn run_observed(spec: Spec, started: impl FnOnce(&Child)) -> Result<i32> {
     let child = spawn(spec)?;
     forwarding.attach(child.pid, child.pty_master());
     started(&child);
+    let code = child.wait();
+    drop(forwarding);
+    code
+}
+
+/// Runs one more command in a running container (`exec`) to completion, forwarding
+/// signals as `run` does; returns its exit code (126/127 when it cannot be executed).
+pub fn exec(spec: ExecSpec) -> Result<i32> {
+    let forwarding =
+        signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let child = exec::spawn(spec)?;
+    forwarding.attach(child.pid, child.pty_master());
     let code = child.wait();
     drop(forwarding);
     code

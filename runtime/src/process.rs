@@ -54,12 +54,12 @@ struct Launch {
     stderr: Option<OwnedFd>,
 }
 
-fn send(sock: &mut UnixStream, bytes: &[u8]) {
+pub(crate) fn send(sock: &mut UnixStream, bytes: &[u8]) {
     let _ = sock.write_all(bytes);
 }
 
 /// Reports a setup failure to the parent and leaves (125: strata's own failure).
-fn fail(sock: &mut UnixStream, message: &str) -> ! {
+pub(crate) fn fail(sock: &mut UnixStream, message: &str) -> ! {
     let mut bytes = b"E".to_vec();
     bytes.extend_from_slice(message.as_bytes());
     send(sock, &bytes);
@@ -358,7 +358,7 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
     exec_or_exit(&launch.args, &env)
 }
 
-fn dup_stdio(
+pub(crate) fn dup_stdio(
     sock: &mut UnixStream,
     stdio: (
         Option<BorrowedFd<'_>>,
@@ -376,13 +376,29 @@ fn dup_stdio(
     }
 }
 
-fn exec_or_exit(args: &[String], env: &[String]) -> ! {
+pub(crate) fn exec_or_exit(args: &[String], env: &[String]) -> ! {
     let failure = container::exec(args, env);
     let _ = writeln!(std::io::stderr(), "strata: {}", failure.message);
     sys::exit_now(failure.code)
 }
 
 impl Child {
+    /// A started process: `pid` on the host, waited for through `waiter` (which exits with
+    /// its status).
+    pub(crate) fn new(
+        pid: i32,
+        waiter: Pid,
+        cgroup: Option<String>,
+        tty: Option<tty::Session>,
+    ) -> Child {
+        Child {
+            pid,
+            intermediate: waiter,
+            cgroup,
+            tty,
+        }
+    }
+
     /// The intermediate process's pid (the parent of pid 1).
     pub fn monitor_pid(&self) -> i32 {
         self.intermediate.as_raw()

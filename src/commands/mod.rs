@@ -28,6 +28,7 @@ mod ps;
 mod rm;
 mod logs;
 mod stop;
+mod exec;
 mod kill;
 mod diff;
 mod commit;
@@ -84,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Logs(args) => logs::run(&globals, args),
         Command::Stop(args) => stop::run(&globals, args),
         Command::Kill(args) => kill::run(&globals, args),
+        Command::Exec(args) => exec::run(&globals, args),
         Command::Diff(args) => diff::run(&globals, args),
         Command::Commit(args) => commit::run(&globals, args),
     }

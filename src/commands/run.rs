@@ -124,7 +124,7 @@ fn cpu_list(text: &str) -> Option<Vec<u32>> {
     Some(cpus)
 }
 
-fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
+pub(crate) fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     let mut env: Vec<String> = base.to_vec();
     for pair in overrides {
         let pair = if pair.contains('=') {

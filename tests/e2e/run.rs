@@ -694,3 +694,41 @@ fn entrypoint_flag_replaces_the_images_entrypoint_and_default_command() {
     assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1", "x"]), "x\n");
     assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "", "ep:1", "echo", "plain"]), "plain\n");
 }
+
+/// `exec`: one more process in a running container, in its namespaces (pid, mount, uts,
+/// user) and cgroup, with its environment, user and working directory unless told.
+#[test]
+fn exec_runs_in_the_running_container() {
+    let store = store_with_busybox();
+    for (name, extra) in [("ex-plain", None), ("ex-userns", Some("--userns=private"))] {
+        let mut args = vec!["run", "-d", "--name", name, "-m", "32m", "-e", "FROM_RUN=1", "-w", "/srv"];
+        args.extend(extra);
+        args.extend(["busybox", "sh", "-c", "echo $$ > /tmp/pid1; exec sleep 60"]);
+        store.ok(&args);
+        let running = wait_status(&store, name, "running");
+        let id = running["Id"].as_str().unwrap();
+        let out = store.ok(&[
+            "exec", "-e", "X=2", name, "sh", "-c", "cat /tmp/pid1; echo $FROM_RUN $X; pwd; hostname; id -u; ps -o pid,comm | grep -c sleep",
+        ]);
+        assert_eq!(out, format!("1\n1 2\n/srv\n{}\n0\n1\n", &id[..12]), "{name}");
+        store.ok(&["exec", name, "touch", "/srv/made-by-exec"]);
+        assert_eq!(store.ok(&["exec", "-u", "nobody", "-w", "/", name, "sh", "-c", "id -u; pwd; ls /srv"]), "65534\n/\nmade-by-exec\n");
+        assert_eq!(code(&store.strata(&["exec", name, "sh", "-c", "exit 7"])), 7);
+        let missing = store.strata(&["exec", name, "no-such-command"]);
+        assert_eq!(code(&missing), 127, "{}", text(&missing.stderr));
+        let input = Command::new(strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["exec", "-i", name, "tr", "a-z", "A-Z"])
+            .stdin(std::fs::File::open(store.root().join("containers").join(id).join("state.json")).unwrap())
+            .output()
+            .unwrap();
+        assert!(text(&input.stdout).contains("\"STATUS\": \"RUNNING\""), "{}", text(&input.stderr));
+        // in the container's cgroup: its 32m limit kills what grows past it
+        let big = store.strata(&["exec", name, "sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}"]);
+        assert_eq!(code(&big), 137, "{}", text(&big.stdout));
+        store.ok(&["rm", "-f", name]);
+        let out = store.strata(&["exec", name, "true"]);
+        assert_eq!(code(&out), 125);
+    }
+}

@@ -218,6 +218,20 @@ impl Cgroup {
     }
 }
 
+/// Moves `pid` into the existing cgroup `name` in every hierarchy that has it (`exec`
+/// joins the container's).
+pub fn join(name: &str, pid: i32) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
+    }
+    for dir in Layout::get().dirs(name) {
+        if dir.is_dir() {
+            write(&dir, "cgroup.procs", &pid.to_string())?;
+        }
+    }
+    Ok(())
+}
+
 /// The number of OOM kills in cgroup `name` (v2 memory.events, v1 memory.oom_control).
 pub fn oom_kills(name: &str) -> u64 {
     let layout = Layout::get();

@@ -1,0 +1,306 @@
+//! `exec`: one more process in a running container, as `docker exec` / `runc exec` start
+//! it. It joins the container's cgroup and namespaces, takes the same identity setup as
+//! the container's command (user, capabilities, no_new_privs) and execs.
+//!
+//! ```text
+//! strata (parent) --fork--> joiner: cgroup, setns(user? ipc uts net cgroup pid mnt) --fork--> process
+//!        <-- 'P' + pid (the process's host pid)
+//!        <-- 'T' + pty master (SCM_RIGHTS), with a terminal    --> 'W' (window size set)
+//!        <-- 'E' + message | EOF (the socket is close-on-exec: EOF = exec happened)
+//! ```
+//! The joiner stays to wait for the process and exits with its status, as the
+//! intermediate process of `run` does.
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::waitpid;
+
+use crate::container::{self, Identity};
+use crate::error::{Error, Result};
+use crate::process::{Child, dup_stdio, exec_or_exit, fail, send};
+use crate::sys::{self, ForkResult};
+use crate::syscall::{Linux, Syscall};
+use crate::{cgroup, init, tty};
+
+/// What `exec` runs, and in which container.
+pub struct ExecSpec {
+    /// The container's pid 1, as the host sees it.
+    pub pid: i32,
+    pub args: Vec<String>,
+    /// The environment (the container's, with `exec -e` on top).
+    pub env: Vec<String>,
+    /// Working directory inside the container ("" = /); it must exist.
+    pub cwd: String,
+    /// As `run`'s: name, uid, uid:gid or name:group, in the container's /etc/passwd.
+    pub user: String,
+    pub hostname: Option<String>,
+    /// The container's cgroup ("" = none).
+    pub cgroup_name: String,
+    pub tty: bool,
+    pub interactive: bool,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// The namespaces joined, in this order (the user namespace first, so that it owns the
+/// rest; the mount namespace last, as it changes the root).
+const NAMESPACES: [(&str, CloneFlags); 7] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("mnt", CloneFlags::CLONE_NEWNS),
+];
+
+/// The container's namespaces that differ from this process's (joining one's own user
+/// namespace is EINVAL; the others it shares, e.g. the host network, need no joining).
+fn namespaces_of(pid: i32) -> Result<Vec<(&'static str, CloneFlags, OwnedFd)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for (name, flag) in NAMESPACES {
+        let theirs = format!("/proc/{pid}/ns/{name}");
+        let same = match (
+            std::fs::metadata(&theirs),
+            std::fs::metadata(format!("/proc/self/ns/{name}")),
+        ) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            (Err(err), _) => return Err(Error::io("failed to open", theirs, err)),
+            (_, Err(_)) => false,
+        };
+        if !same {
+            let file = std::fs::File::open(&theirs)
+                .map_err(|err| Error::io("failed to open", theirs, err))?;
+            out.push((name, flag, OwnedFd::from(file)));
+        }
+    }
+    Ok(out)
+}
+
+/// Starts `spec.args` in the container; returns once it has been exec'd (or failed to).
+pub fn spawn(spec: ExecSpec) -> Result<Child> {
+    if spec.args.is_empty() {
+        return Err(Error::Spec("no command given".into()));
+    }
+    let namespaces = namespaces_of(spec.pid)?;
+    let (stdout, tty_sink) = if spec.tty {
+        (None, spec.stdout)
+    } else {
+        (spec.stdout, None)
+    };
+    let stdio = (spec.stdin, stdout, spec.stderr);
+    let (mut parent_sock, child_sock) =
+        UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
+    let identity = (
+        spec.user,
+        spec.cwd,
+        spec.env,
+        spec.hostname,
+        spec.tty,
+        crate::caps::last_cap(),
+    );
+    let joiner = match sys::fork().map_err(|err| Error::sys("fork", err))? {
+        ForkResult::Child => {
+            drop(parent_sock);
+            joiner_main(
+                child_sock,
+                &spec.cgroup_name,
+                namespaces,
+                identity,
+                spec.args,
+                stdio,
+            )
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(child_sock);
+    drop(stdio);
+    let abort = |message: String| -> Error {
+        let _ = nix::sys::signal::kill(joiner, Signal::SIGKILL);
+        let _ = waitpid(joiner, None);
+        Error::Setup(message)
+    };
+    let mut tag = [0u8; 1];
+    let pid = match parent_sock.read_exact(&mut tag).map(|()| tag[0]) {
+        Ok(b'P') => {
+            let mut bytes = [0u8; 4];
+            parent_sock
+                .read_exact(&mut bytes)
+                .map_err(|err| abort(format!("read the process's pid: {err}")))?;
+            i32::from_le_bytes(bytes)
+        }
+        Ok(b'E') => {
+            let mut message = String::new();
+            let _ = parent_sock.read_to_string(&mut message);
+            return Err(abort(message));
+        }
+        Ok(other) => return Err(abort(format!("unexpected sync message {other:?}"))),
+        Err(err) => return Err(abort(format!("the exec process exited early: {err}"))),
+    };
+    let mut pty_master = None;
+    loop {
+        match sys::recv_fd(parent_sock.as_fd()) {
+            Ok(Some((b'T', Some(master)))) => {
+                if let Some(size) = sys::terminal_size() {
+                    let _ = sys::set_window_size(master.as_raw_fd(), &size);
+                }
+                send(&mut parent_sock, b"W");
+                pty_master = Some(master);
+            }
+            Ok(Some((b'E', _))) => {
+                let mut message = String::new();
+                let _ = parent_sock.read_to_string(&mut message);
+                return Err(abort(message));
+            }
+            Ok(Some((other, _))) => {
+                return Err(abort(format!("unexpected sync message {other:?}")));
+            }
+            Ok(None) => break,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(abort(format!("read from the exec process: {err}"))),
+        }
+    }
+    let tty = match (spec.tty, pty_master) {
+        (true, Some(master)) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
+        (true, None) => return Err(abort("the exec process sent no terminal".into())),
+        (false, _) => None,
+    };
+    let cgroup = (!spec.cgroup_name.is_empty()).then_some(spec.cgroup_name);
+    Ok(Child::new(pid, joiner, cgroup, tty))
+}
+
+type IdentityParts = (String, String, Vec<String>, Option<String>, bool, u32);
+type Stdio = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>);
+
+/// The joiner: the container's cgroup, then its namespaces, then fork the process into
+/// its pid namespace and wait for it.
+fn joiner_main(
+    mut sock: UnixStream,
+    cgroup_name: &str,
+    namespaces: Vec<(&'static str, CloneFlags, OwnedFd)>,
+    identity: IdentityParts,
+    args: Vec<String>,
+    stdio: Stdio,
+) -> ! {
+    // The parent forwards terminal signals to the process; the joiner only waits.
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let _ = sys::set_disposition(signal, true);
+    }
+    // Before the mount namespace hides the host's cgroupfs.
+    if !cgroup_name.is_empty()
+        && let Err(err) = cgroup::join(cgroup_name, nix::unistd::getpid().as_raw())
+    {
+        fail(&mut sock, &format!("join the container's cgroup: {err}"));
+    }
+    for (name, flag, fd) in &namespaces {
+        if let Err(err) = nix::sched::setns(fd.as_fd(), *flag) {
+            fail(
+                &mut sock,
+                &format!("enter the container's {name} namespace: {err}"),
+            );
+        }
+    }
+    drop(namespaces);
+    let child = match sys::fork() {
+        Ok(ForkResult::Child) => process_main(sock, identity, args, stdio),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(err) => fail(
+            &mut sock,
+            &format!("fork into the container's pid namespace: {err}"),
+        ),
+    };
+    drop(stdio);
+    let mut message = b"P".to_vec();
+    message.extend_from_slice(&child.as_raw().to_le_bytes());
+    send(&mut sock, &message);
+    drop(sock);
+    loop {
+        match waitpid(child, None) {
+            Ok(status) => {
+                if let Some(code) = init::exit_code(status) {
+                    sys::exit_now(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => sys::exit_now(125),
+        }
+    }
+}
+
+/// The process: its own session, the terminal or the given stdio, the identity, exec.
+fn process_main(
+    mut sock: UnixStream,
+    identity: IdentityParts,
+    args: Vec<String>,
+    stdio: Stdio,
+) -> ! {
+    for signal in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
+        let _ = sys::set_disposition(signal, false);
+    }
+    if let Err(err) = nix::unistd::setsid() {
+        fail(&mut sock, &format!("setsid: {err}"));
+    }
+    let (user, cwd, env, hostname, tty, last_cap) = identity;
+    if tty {
+        let (master, slave, _) = match Linux.open_pty() {
+            Ok(pty) => pty,
+            Err(err) => fail(
+                &mut sock,
+                &format!("open a pty on the container's devpts: {err}"),
+            ),
+        };
+        if let Err(err) = sys::set_controlling_tty(slave.as_fd()) {
+            fail(&mut sock, &format!("set controlling terminal: {err}"));
+        }
+        let slave = Some(slave.as_fd());
+        dup_stdio(&mut sock, (slave, slave, slave));
+        if let Err(err) = sys::send_fd(sock.as_fd(), b'T', master.as_fd()) {
+            fail(&mut sock, &format!("send the pty to strata: {err}"));
+        }
+        let mut sized = [0u8; 1];
+        if sock.read_exact(&mut sized).is_err() || sized[0] != b'W' {
+            sys::exit_now(125);
+        }
+    } else {
+        dup_stdio(
+            &mut sock,
+            (
+                stdio.0.as_ref().map(|fd| fd.as_fd()),
+                stdio.1.as_ref().map(|fd| fd.as_fd()),
+                stdio.2.as_ref().map(|fd| fd.as_fd()),
+            ),
+        );
+    }
+    drop(stdio);
+    let _ = sys::cloexec_from(3);
+    let id = Identity {
+        user: &user,
+        cwd: &cwd,
+        env: &env,
+        hostname: hostname.as_deref(),
+        tty,
+        last_cap,
+        create_cwd: false,
+    };
+    let env = match container::identity(&Linux, &id) {
+        Ok(env) => env,
+        Err(message) => fail(&mut sock, &message),
+    };
+    exec_or_exit(&args, &env)
+}

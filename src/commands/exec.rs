@@ -1,0 +1,70 @@
+//! `strata exec [-i] [-t] [-e K=V] [-w DIR] [-u USER] CONTAINER COMMAND [ARG...]`: one more
+//! process in a running container, in its namespaces and cgroup, with its environment,
+//! user and working directory unless told otherwise, as `docker exec` runs it. The exit
+//! code is the command's (126/127 when it cannot be executed, 125 when strata fails).
+
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use strata_store::Store;
+
+use crate::cli::ExecArgs;
+use crate::commands::Globals;
+use crate::commands::run::{RunConfig, cgroup_name, is_running, merge_env};
+
+pub fn run(globals: &Globals, args: ExecArgs) -> anyhow::Result<ExitCode> {
+    match start(globals, &args) {
+        Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(err) => {
+            crate::report::print_error(&err);
+            Ok(ExitCode::from(125))
+        }
+    }
+}
+
+fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
+    let (reference, command) = args
+        .container_and_command
+        .split_first()
+        .context("no container given")?;
+    let container = Store::open(&globals.root)?.container(reference)?;
+    let (Some(pid), true) = (container.state.pid, is_running(&container)) else {
+        bail!("container {} is not running", container.state.name);
+    };
+    let config: RunConfig =
+        serde_json::from_value(container.state.config.clone()).with_context(|| {
+            format!(
+                "container {} has no run configuration",
+                container.state.name
+            )
+        })?;
+    if args.tty && args.interactive && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
+    }
+    // Without -i the command reads nothing, as with docker exec.
+    let stdin: Option<OwnedFd> = if args.interactive {
+        None
+    } else {
+        Some(
+            std::fs::File::open("/dev/null")
+                .context("failed to open /dev/null")?
+                .into(),
+        )
+    };
+    let spec = strata_runtime::ExecSpec {
+        pid,
+        args: command.to_vec(),
+        env: merge_env(&config.env, &args.env),
+        cwd: args.workdir.clone().unwrap_or(config.cwd),
+        user: args.user.clone().unwrap_or(config.user),
+        hostname: Some(config.hostname),
+        cgroup_name: cgroup_name(&container.id),
+        tty: args.tty,
+        interactive: args.interactive,
+        stdin,
+        stdout: None,
+        stderr: None,
+    };
+    Ok(strata_runtime::exec(spec)?)
+}
