@@ -289,6 +289,78 @@ impl Context {
         Some(resolved.join("/"))
     }
 
+    /// What a bind mount of `rel` sees, as text for a cache key: the key line of every
+    /// entry at or below it.
+    pub fn subtree_key(&self, rel: &str) -> Result<String> {
+        let mut text = String::new();
+        for (key, entry) in self.subtree(rel) {
+            text.push_str(&entry.key_line(key, &self.root.join(key))?);
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
+    /// Fills the empty directory `mask` so that a union of `mask` over the context
+    /// directory shows what COPY sees: a whiteout for each top-most entry the ignore file
+    /// leaves out, and the directories above them with the context's own metadata.
+    pub fn write_mask(&self, mask: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let copy_meta = |from: &Path, to: &Path| -> Result<()> {
+            let meta =
+                fs::symlink_metadata(from).map_err(|e| Error::io("failed to stat", from, e))?;
+            std::os::unix::fs::lchown(to, Some(meta.uid()), Some(meta.gid()))
+                .map_err(|e| Error::io("failed to chown", to, e))?;
+            fs::set_permissions(to, meta.permissions())
+                .map_err(|e| Error::io("failed to chmod", to, e))
+        };
+        copy_meta(&self.root, mask)?;
+        let mut stack = vec![String::new()];
+        while let Some(rel) = stack.pop() {
+            let dir = self.root.join(&rel);
+            for item in fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))? {
+                let item = item.map_err(|e| Error::io("failed to list", &dir, e))?;
+                let name = item.file_name();
+                let name = name.to_string_lossy();
+                let child = if rel.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{rel}/{name}")
+                };
+                match self.entries.get(&child) {
+                    Some(entry) if entry.kind == Kind::Dir => {
+                        // the directory exists in the mask only if something below is hidden
+                        stack.push(child);
+                    }
+                    Some(_) => {}
+                    None => {
+                        let path = mask.join(&child);
+                        let mut made = PathBuf::from(mask);
+                        for part in Path::new(&rel).components() {
+                            made.push(part);
+                            if !made.exists() {
+                                fs::create_dir(&made)
+                                    .map_err(|e| Error::io("failed to create", &made, e))?;
+                                copy_meta(
+                                    &self.root.join(made.strip_prefix(mask).unwrap_or(&made)),
+                                    &made,
+                                )?;
+                            }
+                        }
+                        rustix::fs::mknodat(
+                            rustix::fs::CWD,
+                            &path,
+                            rustix::fs::FileType::CharacterDevice,
+                            rustix::fs::Mode::empty(),
+                            0,
+                        )
+                        .map_err(|e| Error::io("failed to create a whiteout", &path, e.into()))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The entries at or below `rel` (clean; "" = everything), in path order.
     pub fn subtree<'a>(
         &'a self,

@@ -302,11 +302,13 @@ fn mount_point(
     is_file: bool,
     created: &mut Vec<PathBuf>,
 ) -> strata_builder::Result<PathBuf> {
+    // Symlinks on the way are followed inside the build root, never out of it: a link in
+    // the image must not put a mount point (and the mount) on the host.
+    let point = strata_runtime::resolve_in_root(root, Path::new(target))
+        .map_err(|e| builder_error(&format!("mount point {target}"), e))?;
+    let rel = point.strip_prefix(root).unwrap_or(Path::new("")).to_path_buf();
+    let parts: Vec<_> = rel.components().collect();
     let mut current = root.to_path_buf();
-    let parts: Vec<&str> = target
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != "." && *p != "..")
-        .collect();
     for (index, part) in parts.iter().enumerate() {
         current.push(part);
         if fs::symlink_metadata(&current).is_ok() {
@@ -424,7 +426,10 @@ impl Executor for UnionExecutor {
                                         builder_error("failed to mount --mount from=", e)
                                     })?;
                                 extra.unions.push((union, scratch));
-                                point.join(inner)
+                                // inside the union: a symlink there must not lead to the host
+                                strata_runtime::resolve_in_root(&point, Path::new(inner)).map_err(|e| {
+                                    builder_error(&format!("bind mount source {inner}"), e)
+                                })?
                             }
                         };
                         let meta = fs::metadata(&host).map_err(|e| {

@@ -1070,3 +1070,64 @@ fn source_date_epoch_build_arg_makes_builds_reproducible() {
     let err = build_fails(&store, &ctx, &["--build-arg", "SOURCE_DATE_EPOCH=soon"]);
     assert!(err.contains("SOURCE_DATE_EPOCH=soon"), "{err}");
 }
+
+/// `RUN --mount=type=bind`: the context as COPY sees it (.dockerignore applies), writes
+/// (rw) land in a scratch layer and never in the context, symlinks in a source or on the
+/// way to a mount point resolve inside their root, never on the host, and what a bind
+/// shows is part of the step's cache key.
+#[test]
+fn bind_mounts_stay_inside_the_build() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let host = tempfile::tempdir().unwrap();
+    let victim = host.path().join("victim.txt");
+    fs::write(&victim, "host secret\n").unwrap();
+    let ctx = context(
+        &store,
+        &[("data.txt", "v1\n"), ("secret.env", "s\n"), (".dockerignore", "*.env\n")],
+    );
+    std::os::unix::fs::symlink(&victim, ctx.join("ctxlink")).unwrap();
+    let write = |text: &str| fs::write(ctx.join("Buildfile"), text).unwrap();
+
+    write(
+        "FROM busybox\n\
+         RUN --mount=type=bind,target=/ctx ls -A /ctx | tr '\\n' ' ' > /listing\n\
+         RUN --mount=type=bind,source=data.txt,target=/d cp /d /copied\n\
+         RUN --mount=type=bind,target=/ctx,rw sh -c 'echo x > /ctx/newfile; echo mod >> /ctx/data.txt; cat /ctx/data.txt > /seen'\n",
+    );
+    build(&store, &ctx, &["-t", "b1"]);
+    let listing = store.ok(&["run", "--rm", "b1", "cat", "/listing"]);
+    assert!(listing.contains("data.txt") && !listing.contains("secret.env"), "{listing}");
+    assert_eq!(store.ok(&["run", "--rm", "b1", "cat", "/seen"]), "v1\nmod\n", "rw: writable in the step");
+    assert!(!ctx.join("newfile").exists(), "rw writes stay out of the context");
+    assert_eq!(fs::read_to_string(ctx.join("data.txt")).unwrap(), "v1\n");
+    write("FROM busybox\nRUN --mount=type=bind,source=secret.env,target=/s cat /s\n");
+    let err = build_fails(&store, &ctx, &["-t", "b2"]);
+    assert!(err.contains("secret.env"), "an ignored file is not in the context: {err}");
+
+    // the content behind a bind is part of the key: a change reruns the step
+    write("FROM busybox\nRUN --mount=type=bind,source=data.txt,target=/d cp /d /copied\n");
+    build(&store, &ctx, &["-t", "b3"]);
+    fs::write(ctx.join("data.txt"), "v2\n").unwrap();
+    build(&store, &ctx, &["-t", "b3"]);
+    assert_eq!(store.ok(&["run", "--rm", "b3", "cat", "/copied"]), "v2\n");
+
+    // symlinks: one in the context and one in a stage lead to host paths
+    write("FROM busybox\nRUN --mount=type=bind,source=ctxlink,target=/x,rw sh -c 'cat /x; echo PWNED > /x'\n");
+    let out = store.strata(&["build", "--progress", "plain", "-t", "b4", ctx.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("host secret"));
+    write(&format!(
+        "FROM busybox AS a\nRUN ln -s {} /v\nFROM busybox\nRUN --mount=type=bind,from=a,source=/v,target=/x,rw sh -c 'cat /x; echo PWNED > /x'\n",
+        victim.display()
+    ));
+    let out = store.strata(&["build", "--progress", "plain", "-t", "b5", ctx.to_str().unwrap()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("host secret"));
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "host secret\n", "the host file is untouched");
+    // a link in the image on the way to a mount point
+    write(&format!(
+        "FROM busybox\nRUN ln -s {} /evil\nRUN --mount=type=tmpfs,target=/evil/made-by-build true\n",
+        host.path().display()
+    ));
+    let _ = store.strata(&["build", "--progress", "plain", "-t", "b6", ctx.to_str().unwrap()]);
+    assert!(!host.path().join("made-by-build").exists(), "a mount point was made on the host");
+}

@@ -53,6 +53,20 @@ struct RunMounts {
     locks: Vec<fs::File>,
     /// Files written for this RUN only (secrets, a shebang heredoc).
     files: TempFiles,
+    /// Directories made for this RUN only (the masks of context binds).
+    dirs: TempDirs,
+}
+
+/// Directories removed when dropped.
+#[derive(Default)]
+struct TempDirs(Vec<PathBuf>);
+
+impl Drop for TempDirs {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// Files removed when dropped, also when the RUN fails half way through its setup: a
@@ -209,12 +223,13 @@ impl StageRun<'_, '_> {
                 let names: Vec<&str> = decls.iter().map(|d| d.name.as_str()).collect();
                 key = KeyBuilder::new(&parent).part("arg", names.join(" ").as_bytes());
             }
-            Instruction::Run(_) => {
+            Instruction::Run(run) => {
                 let mut env = self.scope.run_env();
                 env.sort();
                 key = key
                     .part("env", env.join("\0").as_bytes())
-                    .part("config", &config_key(&self.state)?);
+                    .part("config", &config_key(&self.state)?)
+                    .part("binds", self.binds_key(step, run)?.as_bytes());
             }
             Instruction::Copy(copy) | Instruction::Add(copy) => {
                 let add = matches!(instruction, Instruction::Add(_));
@@ -545,6 +560,7 @@ impl StageRun<'_, '_> {
             mut mounts,
             locks,
             mut files,
+            dirs,
         } = self.run_mounts(step, run, &mut env)?;
         if let Some((content, target)) = shebang_script {
             let path = cx.store.tmp_path("heredoc");
@@ -633,7 +649,7 @@ impl StageRun<'_, '_> {
             let (layer, dir) = self.finish_layer(&upper)?;
             Ok((Some(layer), dir))
         })();
-        drop((locks, files));
+        drop((locks, files, dirs));
         for dir in [&upper, &work] {
             if dir.exists() {
                 let _ = fs::remove_dir_all(dir);
@@ -660,7 +676,20 @@ impl StageRun<'_, '_> {
                 MountKind::Bind => {
                     let path = crate::context::clean(mount.source.as_deref().unwrap_or(""));
                     let source = match &mount.from {
-                        None => MountSource::Host(self.cx.context.root.join(&path)),
+                        // What COPY sees of the context: a union of a mask (whiteouts for
+                        // what .dockerignore leaves out) over the context directory, whose
+                        // writes (rw) go to a scratch upper, never into the context.
+                        None => {
+                            let mask = self.cx.store.tmp_path("context-mask");
+                            fs::create_dir(&mask)
+                                .map_err(|e| Error::io("failed to create", &mask, e))?;
+                            out.dirs.0.push(mask.clone());
+                            self.cx.context.write_mask(&mask)?;
+                            MountSource::Layers {
+                                lowers: vec![mask, self.cx.context.root.clone()],
+                                path,
+                            }
+                        }
                         Some(from) => MountSource::Layers {
                             lowers: self.source_lowers(step, from)?,
                             path,
@@ -809,6 +838,32 @@ impl StageRun<'_, '_> {
     }
 
     /// Lower dirs of a `--from` stage or image.
+    /// What a RUN's bind mounts show, for its cache key (BuildKit keys an ExecOp by its
+    /// mounts' inputs): the content below a context path, the layers of a stage or image.
+    fn binds_key(&mut self, step: &Step, run: &Run) -> Result<String> {
+        let mut text = String::new();
+        for mount in run.mounts.iter().filter(|m| m.kind == MountKind::Bind) {
+            let path = crate::context::clean(mount.source.as_deref().unwrap_or(""));
+            match &mount.from {
+                None => {
+                    let context = &self.cx.context;
+                    let at = context.resolve(&path).unwrap_or(path);
+                    text.push_str(&format!("context {at}\n"));
+                    text.push_str(&context.subtree_key(&at)?);
+                }
+                Some(from) => {
+                    text.push_str(&format!("from {from} {path}\n"));
+                    // unpacked layers are named by their diff_id: the stage's content
+                    for lower in self.source_lowers(step, from)? {
+                        text.push_str(&lower.to_string_lossy());
+                        text.push('\n');
+                    }
+                }
+            }
+        }
+        Ok(text)
+    }
+
     pub(crate) fn source_lowers(&mut self, step: &Step, from: &str) -> Result<Vec<PathBuf>> {
         let cx = self.cx;
         match cx.buildfile.stage_ref(step, self.index, from)? {
