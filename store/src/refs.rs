@@ -6,7 +6,7 @@
 //! entry without the annotation so it stays reachable (docker's `<none>:<none>`); removing
 //! an image's last name removes its last entry, and gc then frees its blobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 
 use crate::error::{Error, Result};
@@ -142,7 +142,9 @@ impl Store {
     pub(crate) fn update_index<T>(&self, change: impl FnOnce(&mut Vec<oci::Descriptor>) -> Result<T>) -> Result<T> {
         let _guard = self.refs_lock()?;
         let mut entries = self.index_entries()?;
+        let before: Vec<oci::Descriptor> = entries.clone();
         let out = change(&mut entries)?;
+        self.keep_images_of_containers(&before, &mut entries)?;
         let index = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": media::OCI_INDEX,
@@ -151,6 +153,43 @@ impl Store {
         let bytes = json::to_canonical(&index, "index.json")?;
         self.write_atomic(&self.index_path(), &bytes)?;
         Ok(out)
+    }
+}
+
+impl Store {
+    /// An image a container was made from stays listed when it loses its last name (a
+    /// rebuilt or re-pulled tag, `rmi -f`), nameless, as docker keeps it as `<none>`:
+    /// the container's diff, mount and commit need it, and gc keeps what is listed.
+    fn keep_images_of_containers(&self, before: &[oci::Descriptor], after: &mut Vec<oci::Descriptor>) -> Result<()> {
+        let listed: HashSet<Digest> = after.iter().filter_map(|e| descriptor_digest(e).ok()).collect();
+        let mut dropped: Vec<&oci::Descriptor> = Vec::new();
+        for entry in before {
+            if let Ok(digest) = descriptor_digest(entry)
+                && !listed.contains(&digest)
+                && !dropped.iter().any(|d| descriptor_digest(d).ok() == Some(digest))
+            {
+                dropped.push(entry);
+            }
+        }
+        if dropped.is_empty() || !self.containers_dir().is_dir() {
+            return Ok(());
+        }
+        let used: HashSet<Digest> =
+            self.containers()?.into_iter().filter_map(|c| c.state.image_id).collect();
+        if used.is_empty() {
+            return Ok(());
+        }
+        for entry in dropped {
+            let digest = descriptor_digest(entry)?;
+            let Ok(bytes) = self.read_blob(&digest) else { continue };
+            let Ok(manifest) = serde_json::from_slice::<oci::ImageManifest>(&bytes) else { continue };
+            if descriptor_digest(manifest.config()).is_ok_and(|config| used.contains(&config)) {
+                let mut kept = entry.clone();
+                kept.set_annotations(None);
+                after.push(kept);
+            }
+        }
+        Ok(())
     }
 }
 

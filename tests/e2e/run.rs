@@ -732,3 +732,26 @@ fn exec_runs_in_the_running_container() {
         assert_eq!(code(&out), 125);
     }
 }
+
+/// A container's image that lost its name (the tag was rebuilt) stays, nameless, through
+/// gc: the container can still be diffed, mounted and committed, as with docker.
+#[test]
+fn gc_keeps_the_image_of_a_container_whose_tag_moved() {
+    let store = store_with_busybox();
+    let ctx = store.root().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Buildfile"), "FROM busybox\nRUN echo v1 > /v\n").unwrap();
+    store.ok(&["build", "-t", "moving", ctx.to_str().unwrap()]);
+    store.ok(&["run", "--name", "user", "moving", "sh", "-c", "echo changed > /c"]);
+    std::fs::write(ctx.join("Buildfile"), "FROM busybox\nRUN echo v2 > /v\n").unwrap();
+    store.ok(&["build", "-t", "moving", ctx.to_str().unwrap()]);
+    store.ok(&["gc"]);
+    assert!(store.ok(&["images"]).contains("<none>"), "kept as a dangling image");
+    assert!(store.ok(&["diff", "user"]).contains("/c"));
+    store.ok(&["commit", "user", "saved"]);
+    assert_eq!(store.ok(&["run", "--rm", "saved", "cat", "/v", "/c"]), "v1\nchanged\n");
+    store.ok(&["fsck"]);
+    // once the container is gone, the image is garbage
+    store.ok(&["rm", "user"]);
+    store.ok(&["rmi", "saved"]);
+}
