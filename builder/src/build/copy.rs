@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
 use std::path::{Path, PathBuf};
 
@@ -651,12 +652,15 @@ fn copy_item(item: &Item, target: &Path, mode: u32, owner: (u32, u32)) -> Result
                 Err(_) => fs::create_dir(target)
                     .map_err(|e| Error::io("failed to create directory", target, e))?,
             }
-            set_meta(target, mode, owner)
+            set_meta(target, mode, owner)?;
+            copy_xattrs(&item.real, target)
         }
         Kind::File => {
             replace(target)?;
             fs::copy(&item.real, target).map_err(|e| Error::io("failed to copy to", target, e))?;
             set_meta(target, mode, owner)?;
+            // after the chown, which clears file capabilities
+            copy_xattrs(&item.real, target)?;
             copy_mtime(&item.real, target);
             Ok(())
         }
@@ -682,6 +686,37 @@ fn copy_item(item: &Item, target: &Path, mode: u32, owner: (u32, u32)) -> Result
         // sockets and devices are not copied (as Docker)
         Kind::Socket | Kind::Device => Ok(()),
     }
+}
+
+/// Copies the extended attributes BuildKit carries over: `user.*` and file capabilities
+/// (`security.capability`). Not SELinux labels, ACLs or `trusted.*` (an unpacked layer's
+/// overlay markers live there).
+fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
+    let wanted = |name: &[u8]| name.starts_with(b"user.") || name == b"security.capability";
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        match rustix::fs::llistxattr(from, &mut names[..]) {
+            Ok(len) => break len,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            // a file system without xattrs has none to copy
+            Err(rustix::io::Errno::NOTSUP) => return Ok(()),
+            Err(e) => return Err(Error::io("failed to list the xattrs of", from, e.into())),
+        }
+    };
+    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty() && wanted(n)) {
+        let name = std::ffi::OsStr::from_bytes(name);
+        let mut value = vec![0u8; 256];
+        let size = loop {
+            match rustix::fs::lgetxattr(from, name, &mut value[..]) {
+                Ok(size) => break size,
+                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                Err(e) => return Err(Error::io("failed to read an xattr of", from, e.into())),
+            }
+        };
+        rustix::fs::lsetxattr(to, name, &value[..size], rustix::fs::XattrFlags::empty())
+            .map_err(|e| Error::io("failed to set an xattr on", to, e.into()))?;
+    }
+    Ok(())
 }
 
 fn set_meta(path: &Path, mode: u32, owner: (u32, u32)) -> Result<()> {

@@ -377,6 +377,29 @@ fn copy_keeps_hard_links() {
 }
 
 #[test]
+fn copy_keeps_user_xattrs_and_file_capabilities() {
+    let fx = fixture();
+    fx.write("tool", "t");
+    let path = fx.context.join("tool");
+    // cap_net_raw+ep, as `setcap cap_net_raw+ep tool` writes it (VFS_CAP_REVISION_2)
+    let cap: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    rustix::fs::lsetxattr(&path, "security.capability", &cap, rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::lsetxattr(&path, "user.note", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
+    let image = fx
+        .build("FROM base AS a\nCOPY --chown=7:7 tool /a/tool\nFROM base\nCOPY --from=a /a/tool /b/tool\n")
+        .unwrap();
+    let tree = fx.tree(&image);
+    let real = tree.lookup("b/tool").unwrap().0;
+    let get = |name: &str| {
+        let mut buf = vec![0u8; 64];
+        let n = rustix::fs::lgetxattr(&real, name, &mut buf[..]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        buf[..n].to_vec()
+    };
+    assert_eq!(get("user.note"), b"hello");
+    assert_eq!(get("security.capability"), cap, "capabilities survive the --chown and the stage copy");
+}
+
+#[test]
 fn stopsignal_takes_signals_only() {
     let fx = fixture();
     for good in ["SIGUSR1", "quit", "9", "SIGRTMIN+3", "$S"] {
