@@ -703,7 +703,10 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
             Err(e) => return Err(Error::io("failed to list the xattrs of", from, e.into())),
         }
     };
-    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty() && wanted(n)) {
+    for name in names[..len]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty() && wanted(n))
+    {
         let name = std::ffi::OsStr::from_bytes(name);
         let mut value = vec![0u8; 256];
         let size = loop {
