@@ -618,13 +618,15 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
 }
 
 /// Detaches FUSE mounts below `dir` whose server is gone (they answer ENOTCONN), as a
-/// crash leaves them. Returns how many were swept.
+/// crash leaves them. Returns how many were swept. statfs asks the server every time;
+/// a stat may be answered from the kernel's attribute cache.
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
     let mut swept = 0;
     for (point, fstype) in mount_table()? {
         if fstype.starts_with("fuse")
             && point.starts_with(dir)
-            && let Err(rustix::io::Errno::NOTCONN) = rustix::fs::stat(&point)
+            && let Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED) =
+                rustix::fs::statfs(&point)
             && rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok()
         {
             swept += 1;

@@ -89,6 +89,9 @@ pub struct Spec {
     pub tty: bool,
     pub interactive: bool,
     pub init: bool,
+    /// The container dies with the process that started it (PR_SET_PDEATHSIG down the
+    /// chain): a build's RUN must not outlive a killed build.
+    pub die_with_parent: bool,
     /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`
     /// then receives what the pty prints (strata's stdout when None) and `stdin`/`stderr`
     /// are unused (input comes from strata's stdin with `interactive`).

@@ -48,10 +48,21 @@ pub struct Child {
 struct Launch {
     args: Vec<String>,
     init: bool,
+    die_with_parent: bool,
     tty: bool,
     stdin: Option<OwnedFd>,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
+}
+
+/// SIGKILL when `parent` goes; gone already (between fork and here), exit now. (A pid
+/// namespace's first process sees its parent as pid 0.)
+fn die_with_parent(parent: Pid) {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let now = nix::unistd::getppid();
+    if now != parent && now.as_raw() != 0 {
+        sys::exit_now(125);
+    }
 }
 
 pub(crate) fn send(sock: &mut UnixStream, bytes: &[u8]) {
@@ -113,6 +124,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let launch = Launch {
         args: spec.args.clone(),
         init: spec.init,
+        die_with_parent: spec.die_with_parent,
         tty: spec.tty,
         stdin: spec.stdin,
         stdout,
@@ -121,9 +133,13 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let (mut parent_sock, child_sock) =
         UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
 
+    let parent = nix::unistd::getpid();
     let intermediate = match sys::fork().map_err(|err| Error::sys("fork", err))? {
         ForkResult::Child => {
             drop(parent_sock);
+            if launch.die_with_parent {
+                die_with_parent(parent);
+            }
             intermediate_main(child_sock, spec.userns, spec.network, setup, launch)
         }
         ForkResult::Parent { child } => child,
@@ -268,8 +284,15 @@ fn intermediate_main(
     if let Err(err) = Linux.unshare(flags) {
         fail(&mut sock, &format!("unshare namespaces {flags:?}: {err}"));
     }
+    let intermediate = nix::unistd::getpid();
     let child = match sys::fork() {
-        Ok(ForkResult::Child) => container_main(sock, setup, launch),
+        Ok(ForkResult::Child) => {
+            if launch.die_with_parent {
+                // pid 1: when it dies the kernel kills the whole pid namespace
+                die_with_parent(intermediate);
+            }
+            container_main(sock, setup, launch)
+        }
         Ok(ForkResult::Parent { child }) => child,
         Err(err) => fail(&mut sock, &format!("fork into the pid namespace: {err}")),
     };

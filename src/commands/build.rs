@@ -488,6 +488,8 @@ impl Executor for UnionExecutor {
                 stdin,
                 stdout: Some(request.output),
                 stderr: Some(stderr),
+                // a killed build takes its RUN with it
+                die_with_parent: true,
                 ..Default::default()
             };
             let status = strata_runtime::run(spec)

@@ -452,6 +452,8 @@ fn mount_and_run(
         tty: config.tty,
         interactive: config.interactive,
         init: config.init,
+        // docker's: a container outlives a killed client (`ps` and the --rm sweep follow it)
+        die_with_parent: false,
         stdin,
         stdout: output,
         stderr,

@@ -1131,3 +1131,48 @@ fn bind_mounts_stay_inside_the_build() {
     let _ = store.strata(&["build", "--progress", "plain", "-t", "b6", ctx.to_str().unwrap()]);
     assert!(!host.path().join("made-by-build").exists(), "a mount point was made on the host");
 }
+
+/// A build killed with SIGKILL (OOM killer, CI timeout) takes its RUN with it, and the
+/// next gc sweeps the dead FUSE mount it left.
+#[test]
+fn a_killed_build_leaves_no_process_and_gc_sweeps_its_mount() {
+    use std::process::{Command, Stdio};
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = buildfile(&store, "FROM busybox\nRUN echo started; sleep 37\n");
+    let log = store.root().join("build.log");
+    let mut build = Command::new(crate::common::strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args(["build", "--no-cache", "--progress", "plain", "--driver", "fuse", ctx.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !fs::read_to_string(&log).unwrap_or_default().contains("| started") {
+        assert!(start.elapsed().as_secs() < 60, "the RUN never started: {}", fs::read_to_string(&log).unwrap_or_default());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    build.kill().unwrap();
+    build.wait().unwrap();
+    // live processes running the step (a zombie waiting for the host's init is dead)
+    let step_alive = || {
+        fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            let dir = entry.path();
+            let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+            let state = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+            let zombie = state.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            !zombie && String::from_utf8_lossy(&cmdline).contains("sleep 37")
+        })
+    };
+    let start = std::time::Instant::now();
+    while step_alive() {
+        assert!(start.elapsed().as_secs() < 10, "the RUN outlived the killed build");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    store.ok(&["gc"]);
+    let root = store.root().to_string_lossy().into_owned();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root), "gc swept the dead mount: {mounts}");
+}
