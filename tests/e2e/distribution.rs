@@ -265,3 +265,29 @@ fn ci_cache_round_trip_through_a_registry() {
         &format!("type=registry,ref={reference}"),
     );
 }
+
+/// A registry whose certificate comes from a private CA: trusted through the system's
+/// bundle (SSL_CERT_FILE here) as docker trusts it, refused with a hint otherwise.
+#[test]
+fn a_registry_with_a_private_ca_is_verified_against_the_trusted_roots() {
+    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let ip = listing
+        .split_whitespace()
+        .skip_while(|word| *word != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_else(|| panic!("needs a non-loopback IPv4 address (clients skip verification on loopback): {listing}"))
+        .to_string();
+    let (registry, ca) = Registry::start_tls_with_ca(&ip);
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let dest = format!("{}/ca/busybox:1", registry.host);
+    let out = store.strata(&["push", "busybox:1", &dest]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unknown CA must be refused");
+    assert!(stderr.contains("certificate is not trusted") && stderr.contains("certs.d"), "{stderr}");
+    store.ok_env(&["push", "busybox:1", &dest], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let fresh = TestStore::new();
+    fresh.ok_env(&["pull", &dest], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+}

@@ -128,6 +128,44 @@ fn choose_scheme(host: &str, insecure: bool) -> (&'static str, bool) {
     }
 }
 
+/// The roots a registry's certificate may chain to, as docker trusts them: the system's
+/// bundle (`SSL_CERT_FILE`, else Debian's /etc/ssl/certs/ca-certificates.crt) and the
+/// per-registry CAs of docker and podman (`/etc/docker/certs.d/HOST[:PORT]/*.crt`,
+/// `/etc/containers/certs.d/...`). With neither, the compiled-in Mozilla roots.
+fn root_certs(host: &str) -> ureq::tls::RootCerts {
+    let system = std::env::var_os("SSL_CERT_FILE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+    let mut files = Vec::new();
+    if system.is_file() {
+        files.push(system);
+    }
+    for base in ["/etc/docker/certs.d", "/etc/containers/certs.d"] {
+        if let Ok(dir) = std::fs::read_dir(Path::new(base).join(host)) {
+            let mut cas: Vec<_> = dir
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "crt"))
+                .collect();
+            cas.sort();
+            files.extend(cas);
+        }
+    }
+    let mut certs = Vec::new();
+    for file in &files {
+        let Ok(bytes) = std::fs::read(file) else { continue };
+        for item in ureq::tls::parse_pem(&bytes).flatten() {
+            if let ureq::tls::PemItem::Certificate(cert) = item {
+                certs.push(cert);
+            }
+        }
+    }
+    if certs.is_empty() {
+        return ureq::tls::RootCerts::WebPki;
+    }
+    ureq::tls::RootCerts::new_with_certs(&certs)
+}
+
 impl Client {
     /// A client for `host` (`host[:port]`, the API host of a reference).
     pub fn new(host: &str, options: ClientOptions) -> Result<Client> {
@@ -136,7 +174,10 @@ impl Client {
             Some(c) => Some(c.clone()),
             None => auth::lookup(host)?,
         };
-        let tls = ureq::tls::TlsConfig::builder().disable_verification(skip_verify).build();
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(root_certs(host))
+            .disable_verification(skip_verify)
+            .build();
         let config = ureq::Agent::config_builder()
             .tls_config(tls)
             .http_status_as_error(false)
@@ -219,9 +260,16 @@ impl Client {
                 std::thread::sleep(self.backoff(attempt));
                 continue;
             }
-            return result.map_err(|e| Error::Registry {
-                url: request.url.clone(),
-                message: format!("{} failed: {e}", request.method),
+            return result.map_err(|e| {
+                let hint = match e.to_string().contains("certificate") {
+                    true => format!(
+                        " (the registry's certificate is not trusted: add its CA to the system store, or to \
+                         /etc/docker/certs.d/{}/ca.crt; or use --insecure)",
+                        self.registry
+                    ),
+                    false => String::new(),
+                };
+                Error::Registry { url: request.url.clone(), message: format!("{} failed: {e}{hint}", request.method) }
             });
         }
     }

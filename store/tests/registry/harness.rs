@@ -39,13 +39,52 @@ impl Registry {
         Registry::start_full(None, true)
     }
 
+    /// Serving HTTPS on `ip` (not a loopback address, where clients skip verification)
+    /// with a certificate signed by a fresh CA; returns the CA's PEM file too.
+    pub fn start_tls_with_ca(ip: &str) -> (Registry, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=strata test CA"])
+            .arg("-keyout")
+            .arg(p("ca.key"))
+            .arg("-out")
+            .arg(p("ca.pem")));
+        run(Command::new("openssl")
+            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={ip}")])
+            .arg("-keyout")
+            .arg(p("key.pem"))
+            .arg("-out")
+            .arg(p("leaf.csr")));
+        std::fs::write(
+            p("ext.cnf"),
+            format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+        )
+        .unwrap();
+        run(Command::new("openssl")
+            .args(["x509", "-req", "-days", "1", "-CAcreateserial"])
+            .arg("-in")
+            .arg(p("leaf.csr"))
+            .arg("-CA")
+            .arg(p("ca.pem"))
+            .arg("-CAkey")
+            .arg(p("ca.key"))
+            .arg("-extfile")
+            .arg(p("ext.cnf"))
+            .arg("-out")
+            .arg(p("cert.pem")));
+        let tls = format!("  tls:\n    certificate: {}\n    key: {}\n", p("cert.pem").display(), p("key.pem").display());
+        let ca = p("ca.pem");
+        let registry = Registry::serve(dir, ip, &tls, "");
+        (registry, ca)
+    }
+
     fn start_full(user: Option<(&str, &str)>, tls: bool) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).exists(),
             "{REGISTRY_BIN} is missing: run `apt-get install -y docker-registry apache2-utils`"
         );
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mut auth = String::new();
         if let Some((name, password)) = user {
             let out = Command::new("htpasswd")
@@ -70,8 +109,14 @@ impl Registry {
                 .arg(&cert));
             tls_config = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
         }
+        Registry::serve(dir, "127.0.0.1", &tls_config, &auth)
+    }
+
+    /// Starts `docker-registry` on `ip` with storage in `dir` and the given config parts.
+    fn serve(dir: tempfile::TempDir, ip: &str, tls_config: &str, auth: &str) -> Registry {
+        let port = free_port();
         let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{tls_config}{auth}",
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {ip}:{port}\n{tls_config}{auth}",
             dir.path().join("data").display()
         );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
@@ -84,7 +129,7 @@ impl Registry {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn docker-registry");
-        let registry = Registry { child, host: format!("127.0.0.1:{port}"), dir };
+        let registry = Registry { child, host: format!("{ip}:{port}"), dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&registry.host).is_err() {
             assert!(Instant::now() < deadline, "docker-registry did not start: {}", registry.log());
