@@ -14,7 +14,9 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
     crate::commands::run::sweep_abandoned(&store);
     for reference in &args.images {
         let image = store.resolve(reference)?;
-        let by_name = refs::normalize_ref(reference).is_ok_and(|name| image.names.contains(&name));
+        let by_name = refs::normalize_ref(reference).is_ok_and(|name| {
+            image.names.iter().any(|n| *n == name || refs::familiar(n) == refs::familiar(&name))
+        });
         if !by_name && image.names.len() > 1 && !args.force {
             anyhow::bail!(
                 "image {} is named {}; remove the names one by one, or use -f",

@@ -158,7 +158,13 @@ impl Store {
         let not_found = || Error::ImageNotFound(reference.to_string());
         if let Ok(name) = normalize_ref(reference) {
             let entries = self.index_entries()?;
-            if let Some(entry) = entries.iter().find(|e| entry_name(e) == Some(name.as_str())) {
+            // as written, else as docker equates Docker Hub names (busybox = library/busybox
+            // = docker.io/library/busybox)
+            let exact = entries.iter().find(|e| entry_name(e) == Some(name.as_str()));
+            let familiar = || {
+                entries.iter().find(|e| entry_name(e).is_some_and(|n| refs::familiar(n) == refs::familiar(&name)))
+            };
+            if let Some(entry) = exact.or_else(familiar) {
                 let digest = descriptor_digest(entry)?;
                 return self.load_image(&digest, names_of(&entries, &digest));
             }
@@ -228,7 +234,9 @@ impl Store {
             }
             Err(err) => return Err(err),
         };
-        let by_name = normalize_ref(reference).ok().filter(|name| image.names.contains(name));
+        let by_name = normalize_ref(reference).ok().and_then(|name| {
+            image.names.iter().find(|n| **n == name || refs::familiar(n) == refs::familiar(&name)).cloned()
+        });
         let untagged = match &by_name {
             Some(name) => vec![name.clone()],
             None => image.names.clone(),

@@ -92,6 +92,20 @@ pub fn normalize_ref(text: &str) -> Result<String> {
     Ok(format!("{repo}@sha256:{hex}"))
 }
 
+/// A normalized name as docker shows it: Docker Hub's host and its `library/` prefix
+/// dropped (`docker.io/library/busybox:latest` -> `busybox:latest`), so that the names
+/// docker treats as one image match here too.
+pub fn familiar(name: &str) -> &str {
+    let short = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
+        .iter()
+        .find_map(|host| name.strip_prefix(host))
+        .unwrap_or(name);
+    match short.strip_prefix("library/") {
+        Some(rest) if !split_name(rest).0.contains('/') => rest,
+        _ => short,
+    }
+}
+
 /// Splits `name[:tag]` into repository and tag; `name@sha256:HEX` has no tag.
 pub fn split_name(text: &str) -> (&str, Option<&str>) {
     if let Some((repo, _)) = text.split_once('@') {
@@ -205,6 +219,15 @@ mod tests {
         assert_eq!(normalize_name("localhost:5000/app:v1").unwrap(), "localhost:5000/app:v1");
         assert_eq!(normalize_name("127.0.0.1:5000/a/b-c__d.e:1").unwrap(), "127.0.0.1:5000/a/b-c__d.e:1");
         assert_eq!(normalize_name("Registry.example.com/app").unwrap(), "Registry.example.com/app:latest");
+    }
+
+    #[test]
+    fn docker_hub_names_have_a_familiar_form() {
+        assert_eq!(familiar("docker.io/library/busybox:latest"), "busybox:latest");
+        assert_eq!(familiar("library/busybox:1"), "busybox:1");
+        assert_eq!(familiar("index.docker.io/legacy/img:v1"), "legacy/img:v1");
+        assert_eq!(familiar("127.0.0.1:5000/library/x:1"), "127.0.0.1:5000/library/x:1");
+        assert_eq!(familiar("busybox:latest"), "busybox:latest");
     }
 
     #[test]

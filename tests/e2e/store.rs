@@ -382,3 +382,21 @@ fn output_to_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.code(), Some(141), "as a SIGPIPE death: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// Docker Hub names are one image however they are spelled, as with docker:
+/// `busybox`, `library/busybox` and `docker.io/library/busybox`.
+#[test]
+fn docker_hub_names_resolve_however_spelled() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    store.ok(&["tag", "busybox", "keep:1"]);
+    for name in ["library/busybox", "docker.io/library/busybox:latest", "index.docker.io/library/busybox"] {
+        assert_eq!(store.ok(&["run", "--rm", name, "echo", "ok"]), "ok\n", "{name}");
+    }
+    store.ok(&["tag", "busybox", "docker.io/legacy/img:v1"]);
+    assert_eq!(store.ok(&["run", "--rm", "legacy/img:v1", "echo", "ok"]), "ok\n");
+    // rmi by another spelling removes that one name, not every name of the image
+    store.ok(&["rmi", "docker.io/legacy/img:v1"]);
+    let images = store.ok(&["images"]);
+    assert!(images.contains("keep") && images.contains("busybox") && !images.contains("legacy"), "{images}");
+}
