@@ -25,7 +25,8 @@ fn command_form(text: &str) -> Vec<String> {
     vec!["/bin/sh".into(), "-c".into(), text.to_string()]
 }
 
-/// `K=V K2="V 2"` or the legacy `K V` form.
+/// `K=V K2="V 2"` or the legacy `K V` form: keys, and values as written (quotes and
+/// escapes are the expansion's to undo).
 fn key_values(text: &str) -> anyhow::Result<Vec<(String, String)>> {
     let text = text.trim();
     if !text.split_whitespace().next().is_some_and(|word| word.contains('=')) {
@@ -50,13 +51,17 @@ fn key_values(text: &str) -> anyhow::Result<Vec<(String, String)>> {
                 (Some(q), c) if c == q => quote = None,
                 (None, c) if c.is_whitespace() => break,
                 (_, '\\') => {
+                    value.push(c);
                     chars.next();
-                    if let Some(escaped) = chars.peek() {
-                        value.push(*escaped);
+                    if let Some(&escaped) = chars.peek() {
+                        value.push(escaped);
                     }
+                    chars.next();
+                    continue;
                 }
-                (_, c) => value.push(c),
+                _ => {}
             }
+            value.push(c);
             chars.next();
         }
         pairs.push((key, value));
@@ -64,17 +69,32 @@ fn key_values(text: &str) -> anyhow::Result<Vec<(String, String)>> {
     Ok(pairs)
 }
 
+/// `text` with quotes and escapes undone and `$VAR` replaced from the image's
+/// environment, as `docker commit --change` runs its instructions through the
+/// Dockerfile dispatcher (`ENV PATH=$PATH:/extra` appends).
+fn expand(text: &str, env: &[String]) -> anyhow::Result<String> {
+    let lookup = |name: &str| {
+        env.iter().find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')).map(str::to_string))
+    };
+    strata_builder::expand::Lexer::new('\\')
+        .word(text, &lookup)
+        .map_err(|e| anyhow::anyhow!("{text:?}: {}", e.message))
+}
+
 /// Applies one `--change` instruction to the runtime config.
 fn apply_change(config: &mut oci::Config, change: &str) -> anyhow::Result<String> {
     let change = change.trim();
     let (instruction, rest) = change.split_once(char::is_whitespace).unwrap_or((change, ""));
     let rest = rest.trim();
+    let before = config.env().clone().unwrap_or_default();
+    let word = |text: &str| expand(text, &before).with_context(|| format!("--change {change:?}"));
     match instruction.to_ascii_uppercase().as_str() {
         "CMD" => config.set_cmd(Some(command_form(rest))),
         "ENTRYPOINT" => config.set_entrypoint(Some(command_form(rest))),
         "ENV" => {
-            let mut env = config.env().clone().unwrap_or_default();
+            let mut env = before.clone();
             for (key, value) in key_values(rest)? {
+                let value = word(&value)?;
                 env.retain(|pair| pair.split('=').next() != Some(key.as_str()));
                 env.push(format!("{key}={value}"));
             }
@@ -82,15 +102,17 @@ fn apply_change(config: &mut oci::Config, change: &str) -> anyhow::Result<String
         }
         "LABEL" => {
             let mut labels = config.labels().clone().unwrap_or_default();
-            labels.extend(key_values(rest)?);
+            for (key, value) in key_values(rest)? {
+                labels.insert(word(&key)?, word(&value)?);
+            }
             config.set_labels(Some(labels))
         }
-        "WORKDIR" => config.set_working_dir(Some(rest.to_string())),
-        "USER" => config.set_user(Some(rest.to_string())),
-        "STOPSIGNAL" => config.set_stop_signal(Some(rest.to_string())),
+        "WORKDIR" => config.set_working_dir(Some(word(rest)?)),
+        "USER" => config.set_user(Some(word(rest)?)),
+        "STOPSIGNAL" => config.set_stop_signal(Some(word(rest)?)),
         "EXPOSE" => {
             let mut ports = config.exposed_ports().clone().unwrap_or_default();
-            for port in rest.split_whitespace() {
+            for port in word(rest)?.split_whitespace() {
                 let port = if port.contains('/') {
                     port.to_string()
                 } else {
@@ -187,6 +209,12 @@ mod tests {
         assert_eq!(config.working_dir().as_deref(), Some("/srv"));
         assert_eq!(config.exposed_ports().clone().unwrap(), ["80/tcp", "53/udp"]);
         assert!(apply_change(&mut config, "RUN rm -rf /").is_err());
+        // variables expand from the image's environment, as docker commit --change does
+        config.set_env(Some(vec!["PATH=/usr/bin:/bin".into()]));
+        apply_change(&mut config, "ENV PATH=$PATH:/extra KEEP='$PATH' ESC=a\\ b").unwrap();
+        apply_change(&mut config, "WORKDIR ${HOME:-/home}/app").unwrap();
+        assert_eq!(config.env().clone().unwrap(), ["PATH=/usr/bin:/bin:/extra", "KEEP=$PATH", "ESC=a b"]);
+        assert_eq!(config.working_dir().as_deref(), Some("/home/app"));
     }
 
     #[test]
