@@ -38,10 +38,10 @@ pub fn signal(container: &Container, signal: Signal) -> anyhow::Result<()> {
 pub fn run(globals: &Globals, args: KillArgs) -> anyhow::Result<ExitCode> {
     let sig = parse_signal(&args.signal)?;
     let store = Store::open(&globals.root)?;
-    for reference in &args.containers {
+    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
         let container = store.container(reference)?;
         signal(&container, sig)?;
         println!("{reference}");
-    }
-    Ok(ExitCode::SUCCESS)
+        Ok(())
+    }))
 }

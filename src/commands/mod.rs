@@ -6,6 +6,19 @@ use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
 
+/// Runs `act` on every argument, as docker does for rm, rmi, stop and kill: a failure is
+/// reported and the rest still go; the exit status is 1 if any failed.
+pub(crate) fn for_each_arg(args: &[String], mut act: impl FnMut(&str) -> anyhow::Result<()>) -> ExitCode {
+    let mut failed = false;
+    for arg in args {
+        if let Err(err) = act(arg) {
+            crate::report::print_error(&err);
+            failed = true;
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
 mod build;
 mod fsck;
 mod gc;

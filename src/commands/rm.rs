@@ -15,7 +15,7 @@ use crate::commands::stop::wait_exited;
 
 pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    for reference in &args.containers {
+    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
         let container = store.container(reference)?;
         if is_running(&container) {
             if !args.force {
@@ -29,7 +29,7 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
         }
         let Ok(container) = store.container(&container.id) else {
             println!("{reference}"); // removed by its own --rm meanwhile
-            continue;
+            return Ok(());
         };
         let rootfs = container.rootfs_dir();
         // A FUSE mount whose server died with a crashed strata answers ENOTCONN to
@@ -41,6 +41,6 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
         strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
         store.remove_container(&container)?;
         println!("{reference}");
-    }
-    Ok(ExitCode::SUCCESS)
+        Ok(())
+    }))
 }

@@ -12,7 +12,7 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     // A `run --rm` container whose runner was killed no longer holds its image.
     crate::commands::run::sweep_abandoned(&store);
-    for reference in &args.images {
+    Ok(crate::commands::for_each_arg(&args.images, |reference| {
         let image = store.resolve(reference)?;
         let by_name = refs::normalize_ref(reference).is_ok_and(|name| {
             image.names.iter().any(|n| *n == name || refs::familiar(n) == refs::familiar(&name))
@@ -31,6 +31,6 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
         if let Some(id) = removal.deleted {
             println!("Deleted: {id}");
         }
-    }
-    Ok(ExitCode::SUCCESS)
+        Ok(())
+    }))
 }

@@ -54,10 +54,10 @@ pub fn stop(store: &Store, container: &Container, grace: Duration) -> anyhow::Re
 
 pub fn run(globals: &Globals, args: StopArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    for reference in &args.containers {
+    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
         let container = store.container(reference)?;
         stop(&store, &container, Duration::from_secs(args.time))?;
         println!("{reference}");
-    }
-    Ok(ExitCode::SUCCESS)
+        Ok(())
+    }))
 }
