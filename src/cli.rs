@@ -395,6 +395,9 @@ pub struct RunArgs {
     /// The signal `stop` sends first (default: the image's STOPSIGNAL, else SIGTERM)
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
+    /// Security options; `no-new-privileges` keeps setuid binaries from elevating
+    #[arg(long = "security-opt", value_name = "OPT")]
+    pub security_opt: Vec<String>,
     /// The image, then the command and its arguments (default: the image's entrypoint and
     /// cmd). Options end at the image, as with docker: what follows goes to the container.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_names = ["IMAGE", "COMMAND"])]

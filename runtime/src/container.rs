@@ -28,6 +28,8 @@ pub struct Setup {
     pub env: Vec<String>,
     pub tty: bool,
     pub last_cap: u32,
+    /// `--security-opt no-new-privileges`: setuid binaries no longer elevate.
+    pub no_new_privileges: bool,
 }
 
 /// The environment to exec with.
@@ -88,6 +90,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
             tty: spec.tty,
             last_cap: spec.last_cap,
             create_cwd: true,
+            no_new_privileges: spec.no_new_privileges,
         },
     )?;
     Ok(Prepared { env, console })
@@ -104,6 +107,8 @@ pub struct Identity<'a> {
     pub last_cap: u32,
     /// `run` makes a missing working directory; `exec` reports it.
     pub create_cwd: bool,
+    /// Off by default, as docker's: a setuid `sudo` or `ping` must work for a non-root USER.
+    pub no_new_privileges: bool,
 }
 
 /// Resolves the user in the container's /etc/passwd and /etc/group, completes the
@@ -163,8 +168,10 @@ pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
         .map_err(|err| format!("capset: {err}"))?;
     sys.chdir(Path::new(cwd))
         .map_err(|err| format!("chdir to working directory {cwd}: {err}"))?;
-    sys.set_no_new_privs()
-        .map_err(|err| format!("set no_new_privs: {err}"))?;
+    if id.no_new_privileges {
+        sys.set_no_new_privs()
+            .map_err(|err| format!("set no_new_privs: {err}"))?;
+    }
     Ok(env)
 }
 
@@ -276,6 +283,7 @@ mod tests {
             env: vec!["A=1".into()],
             tty: false,
             last_cap: 40,
+            no_new_privileges: true,
         }
     }
 

@@ -42,6 +42,8 @@ pub struct ExecSpec {
     pub cgroup_name: String,
     pub tty: bool,
     pub interactive: bool,
+    /// As the container was started (`exec` does not change it).
+    pub no_new_privileges: bool,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -97,14 +99,15 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
     let stdio = (spec.stdin, stdout, spec.stderr);
     let (mut parent_sock, child_sock) =
         UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
-    let identity = (
-        spec.user,
-        spec.cwd,
-        spec.env,
-        spec.hostname,
-        spec.tty,
-        crate::caps::last_cap(),
-    );
+    let identity = Who {
+        user: spec.user,
+        cwd: spec.cwd,
+        env: spec.env,
+        hostname: spec.hostname,
+        tty: spec.tty,
+        last_cap: crate::caps::last_cap(),
+        no_new_privileges: spec.no_new_privileges,
+    };
     let joiner = match sys::fork().map_err(|err| Error::sys("fork", err))? {
         ForkResult::Child => {
             drop(parent_sock);
@@ -175,7 +178,16 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
     Ok(Child::new(pid, joiner, cgroup, tty))
 }
 
-type IdentityParts = (String, String, Vec<String>, Option<String>, bool, u32);
+/// The process's identity, owned (it crosses the forks); see `container::Identity`.
+struct Who {
+    user: String,
+    cwd: String,
+    env: Vec<String>,
+    hostname: Option<String>,
+    tty: bool,
+    last_cap: u32,
+    no_new_privileges: bool,
+}
 type Stdio = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>);
 
 /// The joiner: the container's cgroup, then its namespaces, then fork the process into
@@ -184,7 +196,7 @@ fn joiner_main(
     mut sock: UnixStream,
     cgroup_name: &str,
     namespaces: Vec<(&'static str, CloneFlags, OwnedFd)>,
-    identity: IdentityParts,
+    identity: Who,
     args: Vec<String>,
     stdio: Stdio,
 ) -> ! {
@@ -239,12 +251,7 @@ fn joiner_main(
 }
 
 /// The process: its own session, the terminal or the given stdio, the identity, exec.
-fn process_main(
-    mut sock: UnixStream,
-    identity: IdentityParts,
-    args: Vec<String>,
-    stdio: Stdio,
-) -> ! {
+fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: Stdio) -> ! {
     for signal in [
         Signal::SIGINT,
         Signal::SIGTERM,
@@ -256,8 +263,7 @@ fn process_main(
     if let Err(err) = nix::unistd::setsid() {
         fail(&mut sock, &format!("setsid: {err}"));
     }
-    let (user, cwd, env, hostname, tty, last_cap) = identity;
-    if tty {
+    if identity.tty {
         let (master, slave, _) = match Linux.open_pty() {
             Ok(pty) => pty,
             Err(err) => fail(
@@ -290,13 +296,14 @@ fn process_main(
     drop(stdio);
     let _ = sys::cloexec_from(3);
     let id = Identity {
-        user: &user,
-        cwd: &cwd,
-        env: &env,
-        hostname: hostname.as_deref(),
-        tty,
-        last_cap,
+        user: &identity.user,
+        cwd: &identity.cwd,
+        env: &identity.env,
+        hostname: identity.hostname.as_deref(),
+        tty: identity.tty,
+        last_cap: identity.last_cap,
         create_cwd: false,
+        no_new_privileges: identity.no_new_privileges,
     };
     let env = match container::identity(&Linux, &id) {
         Ok(env) => env,

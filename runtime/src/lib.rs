@@ -92,6 +92,8 @@ pub struct Spec {
     /// The container dies with the process that started it (PR_SET_PDEATHSIG down the
     /// chain): a build's RUN must not outlive a killed build.
     pub die_with_parent: bool,
+    /// Set no_new_privs (docker's `--security-opt no-new-privileges`); off by default.
+    pub no_new_privileges: bool,
     /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`
     /// then receives what the pty prints (strata's stdout when None) and `stdin`/`stderr`
     /// are unused (input comes from strata's stdin with `interactive`).

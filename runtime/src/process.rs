@@ -113,6 +113,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         env: spec.env.clone(),
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
+        no_new_privileges: spec.no_new_privileges,
     };
     // With a terminal, the container's stdio is the pty and `stdout` receives what the
     // pty master reads (so a detached `-t` container still has a log).

@@ -62,6 +62,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         cgroup_name: cgroup_name(&container.id),
         tty: args.tty,
         interactive: args.interactive,
+        no_new_privileges: config.no_new_privileges,
         stdin,
         stdout: None,
         stderr: None,

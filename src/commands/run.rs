@@ -47,6 +47,9 @@ pub struct RunConfig {
     /// What `stop` sends first: `--stop-signal`, else the image's STOPSIGNAL (else SIGTERM).
     #[serde(default)]
     pub stop_signal: Option<String>,
+    /// `--security-opt no-new-privileges` (off by default, as docker's).
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 /// The cgroup of a container.
@@ -177,6 +180,15 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
     let cwd = std::env::current_dir().context("failed to read the current directory")?;
     let image_volumes = image_config.volumes().clone().unwrap_or_default();
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
+    let mut no_new_privileges = false;
+    for option in &args.security_opt {
+        // docker writes both `no-new-privileges` and `no-new-privileges:true`
+        no_new_privileges = match option.replace('=', ":").as_str() {
+            "no-new-privileges" | "no-new-privileges:true" => true,
+            "no-new-privileges:false" => false,
+            other => bail!("unsupported --security-opt {other:?}: strata knows no-new-privileges[:true|false]"),
+        };
+    }
     let stop_signal = args.stop_signal.clone().or_else(|| image_config.stop_signal().clone());
     if let Some(signal) = &stop_signal {
         crate::commands::kill::parse_signal(signal).context("bad stop signal")?;
@@ -217,6 +229,7 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         rm: args.rm,
         volumes,
         stop_signal,
+        no_new_privileges,
     })
 }
 
@@ -454,6 +467,7 @@ fn mount_and_run(
         init: config.init,
         // docker's: a container outlives a killed client (`ps` and the --rm sweep follow it)
         die_with_parent: false,
+        no_new_privileges: config.no_new_privileges,
         stdin,
         stdout: output,
         stderr,

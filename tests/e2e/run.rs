@@ -765,3 +765,20 @@ fn gc_keeps_the_image_of_a_container_whose_tag_moved() {
     store.ok(&["rm", "user"]);
     store.ok(&["rmi", "saved"]);
 }
+
+/// no_new_privs is off unless asked for, as with docker (a setuid sudo or ping must
+/// elevate for a non-root USER), and `exec` takes the container's setting.
+#[test]
+fn no_new_privileges_only_when_asked() {
+    let store = store_with_busybox();
+    let nnp = "grep NoNewPrivs /proc/self/status | tr -d '\\t '";
+    assert_eq!(store.ok(&["run", "--rm", "busybox", "sh", "-c", nnp]), "NoNewPrivs:0\n");
+    let out = store.ok(&["run", "--rm", "--security-opt", "no-new-privileges", "busybox", "sh", "-c", nnp]);
+    assert_eq!(out, "NoNewPrivs:1\n");
+    store.ok(&["run", "-d", "--name", "nnp", "--security-opt", "no-new-privileges:true", "busybox", "sleep", "60"]);
+    wait_status(&store, "nnp", "running");
+    assert_eq!(store.ok(&["exec", "nnp", "sh", "-c", nnp]), "NoNewPrivs:1\n");
+    store.ok(&["rm", "-f", "nnp"]);
+    let out = store.strata(&["run", "--rm", "--security-opt", "seccomp=x", "busybox", "true"]);
+    assert_eq!(code(&out), 125);
+}
