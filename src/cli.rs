@@ -191,6 +191,10 @@ pub struct GcArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// Also forget the build cache (entries older than AGE, e.g. 24h or 7d; all without
+    /// AGE), so that its layers can go too, as `docker builder prune`
+    #[arg(long, value_name = "AGE", num_args = 0..=1, default_missing_value = "0s")]
+    pub cache: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

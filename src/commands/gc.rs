@@ -8,6 +8,23 @@ use super::Globals;
 use super::images::human_size;
 use crate::cli::GcArgs;
 
+/// `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+fn parse_age(text: &str) -> anyhow::Result<std::time::Duration> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => 0,
+    };
+    match number.parse::<u64>() {
+        Ok(n) if seconds > 0 => Ok(std::time::Duration::from_secs(n * seconds)),
+        _ => anyhow::bail!("invalid age {text:?}: a number with s, m, h or d, as 24h"),
+    }
+}
+
 pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     // Exclusive from the start: waits until no other strata process uses the store.
     let store = match Store::try_open_exclusive(&globals.root)? {
@@ -20,12 +37,18 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     // A stale FUSE mount (its daemon crashed) would keep gc from removing what is below it.
     strata_unionfs::sweep_stale(store.root())?;
     crate::commands::run::sweep_abandoned(&store);
+    let forgotten = match &args.cache {
+        Some(age) => store.cache_prune(parse_age(age)?)?,
+        None => 0,
+    };
     let report = store.gc()?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let mut value = serde_json::to_value(&report)?;
+        value["cache_entries"] = forgotten.into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         println!(
-            "freed {}: {} blobs, {} unpacked layers, {} tmp entries",
+            "freed {}: {} blobs, {} unpacked layers, {} tmp entries, {forgotten} cache entries",
             human_size(report.freed_bytes),
             report.blobs,
             report.layers,

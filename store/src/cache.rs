@@ -51,6 +51,27 @@ impl Store {
         self.write_atomic(&self.cache_path(key), &bytes)
     }
 
+    /// Forgets the cache entries written more than `age` ago (all of them with zero), so
+    /// that the next gc can free their layers (`docker builder prune`). Returns how many.
+    pub fn cache_prune(&self, age: std::time::Duration) -> Result<usize> {
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for item in list_dir(&self.cache_dir())? {
+            let old = item
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|written| now.duration_since(written).unwrap_or_default() >= age);
+            if old {
+                match fs::remove_file(item.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("failed to remove cache entry", item.path(), e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// Every readable entry, sorted by key. Unreadable files are skipped (fsck reports them).
     pub fn cache_entries(&self) -> Result<Vec<(Digest, CacheEntry)>> {
         let mut out = Vec::new();

@@ -400,3 +400,27 @@ fn docker_hub_names_resolve_however_spelled() {
     let images = store.ok(&["images"]);
     assert!(images.contains("keep") && images.contains("busybox") && !images.contains("legacy"), "{images}");
 }
+
+/// The build cache keeps a removed image's layers until `gc --cache` forgets it, as
+/// `docker builder prune` does; an age keeps the recent entries.
+#[test]
+fn gc_cache_forgets_the_build_cache() {
+    let store = TestStore::new();
+    store.import_busybox("busybox");
+    let ctx = tempfile::tempdir().unwrap();
+    fs::write(ctx.path().join("Buildfile"), "FROM busybox\nRUN head -c 100000 /dev/urandom > /blob\n").unwrap();
+    store.ok(&["build", "-t", "big", ctx.path().to_str().unwrap()]);
+    store.ok(&["rmi", "big"]);
+    let kept = store.ok(&["gc"]);
+    let blobs = || fs::read_dir(store.root().join("oci/blobs/sha256")).unwrap().count();
+    let with_cache = blobs();
+    assert!(kept.contains("0 cache entries"), "{kept}");
+    let recent = store.ok(&["gc", "--cache", "1d"]);
+    assert!(recent.contains(" 0 cache entries"), "a day's entries stay: {recent}");
+    assert_eq!(blobs(), with_cache);
+    let pruned = store.ok(&["gc", "--cache"]);
+    assert!(!pruned.contains(" 0 cache entries"), "{pruned}");
+    assert!(blobs() < with_cache, "the cached layer went: {pruned}");
+    store.ok(&["fsck"]);
+    assert!(!store.strata(&["gc", "--cache", "soon"]).status.success());
+}
