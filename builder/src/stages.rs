@@ -140,13 +140,23 @@ impl Scope {
     }
 }
 
-/// Automatic platform args (BuildKit's), available when declared.
-fn automatic_arg(name: &str) -> Option<String> {
-    let arch = match std::env::consts::ARCH {
+/// This machine's architecture as OCI names it.
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
-    };
+    }
+}
+
+/// This machine's platform, `linux/amd64`: what images are pulled and built for.
+pub fn host_platform() -> String {
+    format!("linux/{}", host_arch())
+}
+
+/// Automatic platform args (BuildKit's), available when declared.
+fn automatic_arg(name: &str) -> Option<String> {
+    let arch = host_arch();
     match name {
         "TARGETPLATFORM" | "BUILDPLATFORM" => Some(format!("linux/{arch}")),
         "TARGETOS" | "BUILDOS" => Some("linux".into()),

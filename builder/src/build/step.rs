@@ -104,6 +104,19 @@ pub(crate) fn build_stage(
         .unwrap_or_else(|| format!("stage-{index}"));
     let total = stage.steps.len() + 1;
     let (base, platform) = buildfile.base(stage, &cx.meta)?;
+    // Images are pulled and RUN executed for this machine: another platform is refused
+    // rather than built silently for the host (BuildKit fails the same way without
+    // emulation).
+    if let Some(wanted) = &platform {
+        let host = crate::stages::host_platform();
+        if wanted.trim_end_matches('/') != host && !wanted.starts_with(&format!("{host}/")) {
+            return Err(Error::step(
+                &buildfile.file,
+                stage.from_step.pos,
+                format!("FROM --platform={wanted}: strata builds for this machine's platform, {host}, only"),
+            ));
+        }
+    }
     let info = StepInfo {
         stage: label.clone(),
         number: 1,

@@ -400,6 +400,17 @@ fn copy_keeps_user_xattrs_and_file_capabilities() {
 }
 
 #[test]
+fn from_platform_must_be_this_machines() {
+    let fx = fixture();
+    fx.build("ARG BUILDPLATFORM\nFROM --platform=$BUILDPLATFORM base\n").unwrap();
+    fx.fails(
+        "FROM --platform=linux/s390x base\n",
+        "Buildfile:1:",
+        "FROM --platform=linux/s390x: strata builds for this machine's platform",
+    );
+}
+
+#[test]
 fn stopsignal_takes_signals_only() {
     let fx = fixture();
     for good in ["SIGUSR1", "quit", "9", "SIGRTMIN+3", "$S"] {
