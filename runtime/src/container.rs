@@ -275,6 +275,7 @@ mod tests {
                 private_network: true,
                 files: vec![("/c/resolv.conf".into(), "/etc/resolv.conf".into())],
                 binds: Vec::new(),
+                cgroups: Vec::new(),
             },
             hostname: Some("box".into()),
             loopback: true,

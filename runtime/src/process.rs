@@ -105,6 +105,11 @@ pub fn spawn(spec: Spec) -> Result<Child> {
                 .map(|(host, inside)| (host.clone(), PathBuf::from(inside)))
                 .collect(),
             binds: spec.binds.clone(),
+            cgroups: if spec.cgroup_name.is_empty() {
+                Vec::new()
+            } else {
+                cgroup::view(&spec.limits)
+            },
         },
         hostname: spec.hostname.clone(),
         loopback: spec.network == Network::None,
@@ -340,6 +345,13 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
     dup_stdio(&mut sock, stdio);
     let _ = sys::cloexec_from(3);
 
+    // Placed in its cgroup by now ('G'): a cgroup namespace of its own makes that cgroup
+    // its root, in /proc/self/cgroup and in the view mounted at /sys/fs/cgroup.
+    if !setup.rootfs.cgroups.is_empty()
+        && let Err(err) = nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+    {
+        fail(&mut sock, &format!("unshare cgroup namespace: {err}"));
+    }
     let prepared = match container::setup(&Linux, &setup) {
         Ok(prepared) => prepared,
         Err(message) => fail(&mut sock, &message),

@@ -25,6 +25,9 @@ pub struct Rootfs {
     pub files: Vec<(PathBuf, PathBuf)>,
     /// Host directories and files bound onto container paths (`run -v`, volumes).
     pub binds: Vec<Bind>,
+    /// The cgroup hierarchies to show read-only at /sys/fs/cgroup (the process is in
+    /// its own cgroup namespace by then, so each shows the container's cgroup as root).
+    pub cgroups: Vec<crate::cgroup::ViewMount>,
 }
 
 /// A host path bound onto a container path, as `docker run -v SRC:DST[:ro]` binds it.
@@ -208,6 +211,7 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         )?;
     }
 
+    cgroup_view(sys, spec);
     bind_files(sys, spec)?;
     bind_volumes(sys, spec)?;
 
@@ -231,6 +235,65 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         .map_err(sys_err("chdir /".into()))?;
 
     mask(sys)
+}
+
+/// Mounts the container's cgroup hierarchies read-only at /sys/fs/cgroup: cgroup2 there,
+/// or a tmpfs holding one mount per v1 hierarchy (and `cpu`, `cpuacct` links to a
+/// co-mounted `cpu,cpuacct`), as docker shows them. Best effort: a container whose
+/// kernel refuses (v1 inside some user namespaces) runs without the view.
+fn cgroup_view(sys: &dyn Syscall, spec: &Rootfs) {
+    if spec.cgroups.is_empty() {
+        return;
+    }
+    let base = spec.root.join("sys/fs/cgroup");
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    if let [only] = spec.cgroups.as_slice()
+        && only.dir.is_empty()
+    {
+        let _ = mount(
+            sys,
+            Some(Path::new("cgroup2")),
+            &base,
+            Some(only.fstype),
+            flags,
+            None,
+        );
+        return;
+    }
+    let writable = flags - MsFlags::MS_RDONLY;
+    if mount(
+        sys,
+        Some(Path::new("tmpfs")),
+        &base,
+        Some("tmpfs"),
+        writable,
+        Some("mode=755"),
+    )
+    .is_err()
+    {
+        return;
+    }
+    for hierarchy in &spec.cgroups {
+        let target = base.join(&hierarchy.dir);
+        if mkdir(sys, &target).is_err() {
+            continue;
+        }
+        let options = Some(hierarchy.options.as_str());
+        let _ = mount(
+            sys,
+            Some(Path::new("cgroup")),
+            &target,
+            Some(hierarchy.fstype),
+            flags,
+            options,
+        );
+        if hierarchy.dir.contains(',') {
+            for controller in hierarchy.dir.split(',') {
+                let _ = sys.symlink(&hierarchy.dir, &base.join(controller));
+            }
+        }
+    }
+    let _ = mount(sys, None, &base, None, MsFlags::MS_REMOUNT | flags, None);
 }
 
 /// Binds the given host files onto their container paths, before the pivot (while the
@@ -481,6 +544,7 @@ mod tests {
                     readonly: false,
                 },
             ],
+            cgroups: Vec::new(),
         };
         bind_volumes(&sys, &spec).unwrap();
         assert_eq!(
@@ -506,6 +570,65 @@ mod tests {
         assert!(
             err.contains("/nope") && err.contains("does not exist"),
             "{err}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod cgroup_view_tests {
+    use super::*;
+    use crate::cgroup::ViewMount;
+    use crate::syscall::Recorder;
+
+    fn spec(cgroups: Vec<ViewMount>) -> Rootfs {
+        Rootfs {
+            root: "/r".into(),
+            userns: false,
+            private_network: true,
+            files: Vec::new(),
+            binds: Vec::new(),
+            cgroups,
+        }
+    }
+
+    #[test]
+    fn v1_hierarchies_under_a_read_only_tmpfs() {
+        let sys = Recorder::default();
+        let v1 = |dir: &str| ViewMount {
+            dir: dir.into(),
+            fstype: "cgroup",
+            options: dir.into(),
+        };
+        cgroup_view(&sys, &spec(vec![v1("memory"), v1("cpu,cpuacct")]));
+        assert_eq!(
+            sys.calls(),
+            [
+                "mount tmpfs /r/sys/fs/cgroup tmpfs MS_NOSUID|MS_NODEV|MS_NOEXEC mode=755",
+                "mkdir /r/sys/fs/cgroup/memory",
+                "mount cgroup /r/sys/fs/cgroup/memory cgroup MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC memory",
+                "mkdir /r/sys/fs/cgroup/cpu,cpuacct",
+                "mount cgroup /r/sys/fs/cgroup/cpu,cpuacct cgroup MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC cpu,cpuacct",
+                "symlink cpu,cpuacct /r/sys/fs/cgroup/cpu",
+                "symlink cpu,cpuacct /r/sys/fs/cgroup/cpuacct",
+                "mount none /r/sys/fs/cgroup - MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC|MS_REMOUNT -",
+            ]
+        );
+    }
+
+    #[test]
+    fn cgroup2_at_the_top() {
+        let sys = Recorder::default();
+        cgroup_view(
+            &sys,
+            &spec(vec![ViewMount {
+                dir: String::new(),
+                fstype: "cgroup2",
+                options: String::new(),
+            }]),
+        );
+        assert_eq!(
+            sys.calls(),
+            ["mount cgroup2 /r/sys/fs/cgroup cgroup2 MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC -"]
         );
     }
 }

@@ -782,3 +782,24 @@ fn no_new_privileges_only_when_asked() {
     let out = store.strata(&["run", "--rm", "--security-opt", "seccomp=x", "busybox", "true"]);
     assert_eq!(code(&out), 125);
 }
+
+/// A container sees its own limits, read-only, where the JVM, Go and Node look for them
+/// (/sys/fs/cgroup), and its cgroup as the root of its cgroup namespace, as with docker.
+#[test]
+fn containers_see_their_own_cgroup_limits() {
+    let store = store_with_busybox();
+    let script = "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us; \
+                  grep -c ':/$' /proc/self/cgroup >/dev/null && grep memory /proc/self/cgroup | cut -d: -f3; \
+                  touch /sys/fs/cgroup/memory/x 2>/dev/null || echo read-only";
+    for extra in [None, Some("--userns=private")] {
+        let mut args = vec!["run", "--rm", "-m", "64m", "--cpus", "0.5"];
+        args.extend(extra);
+        args.extend(["busybox", "sh", "-c", script]);
+        let out = store.ok(&args);
+        if extra.is_none() {
+            assert_eq!(out, "67108864\n50000\n/\nread-only\n", "{extra:?}");
+        } else {
+            assert!(out.starts_with("67108864\n"), "{extra:?}: {out}");
+        }
+    }
+}

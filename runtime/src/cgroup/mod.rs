@@ -109,6 +109,49 @@ impl Layout {
     }
 }
 
+/// A hierarchy the container sees at /sys/fs/cgroup: `dir` below it ("" for a cgroup2
+/// at /sys/fs/cgroup itself), the file system type and its mount options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewMount {
+    pub dir: String,
+    pub fstype: &'static str,
+    pub options: String,
+}
+
+/// The hierarchies a container with `limits` is placed in (`Cgroup::create`'s choice),
+/// to mount read-only inside it as docker does: the JVM, Go and Node read their memory
+/// and CPU limits there.
+pub fn view(limits: &Limits) -> Vec<ViewMount> {
+    match Layout::get() {
+        Layout::Unified(_) => vec![ViewMount {
+            dir: String::new(),
+            fstype: "cgroup2",
+            options: String::new(),
+        }],
+        Layout::V1 { mounts, .. } => {
+            let mut out: Vec<ViewMount> = Vec::new();
+            for (controller, point) in mounts {
+                let joined = controller == "memory"
+                    || CONTROLLERS
+                        .iter()
+                        .any(|c| c.name() == controller && c.wanted(limits));
+                let Some(dir) = point.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                if joined && !out.iter().any(|m| m.dir == dir) {
+                    // a co-mounted hierarchy is named by its controllers: "cpu,cpuacct"
+                    out.push(ViewMount {
+                        dir: dir.to_string(),
+                        fstype: "cgroup",
+                        options: dir.to_string(),
+                    });
+                }
+            }
+            out
+        }
+    }
+}
+
 /// One resource controller: applies its part of `Limits` to a cgroup directory.
 pub trait Controller: Sync {
     /// The v1 controller name (subsystem), e.g. "memory".
