@@ -382,8 +382,8 @@ pub struct RunArgs {
     #[arg(long)]
     pub cpus: Option<f64>,
     /// Maximum number of processes
-    #[arg(long)]
-    pub pids_limit: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
     /// CPUs the container may use, e.g. 0-1
     #[arg(long)]
     pub cpuset_cpus: Option<String>,

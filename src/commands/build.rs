@@ -99,6 +99,10 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     if named_stdin {
         opts.buildfile_name = Some("stdin".into());
     }
+    // a bad name fails now, not after the whole build
+    for tag in &args.tag {
+        strata_store::refs::normalize_name(tag)?;
+    }
     opts.tags = args.tag.clone();
     opts.build_args = build_args;
     opts.secrets = secrets;

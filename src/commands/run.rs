@@ -80,6 +80,21 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     Ok((value * (1u64 << shift) as f64) as u64)
 }
 
+/// A hostname the kernel takes and resolvers accept: 1-63 letters, digits and '-' per
+/// dot-separated label, 253 in all.
+fn check_hostname(name: &str) -> anyhow::Result<()> {
+    let label_ok = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+        bail!("invalid hostname {name:?}: labels of 1-63 letters, digits and '-', joined by dots");
+    }
+    Ok(())
+}
+
 /// docker's floor for `-m`: below it a container is OOM-killed before its command runs.
 fn check_memory(bytes: u64) -> anyhow::Result<u64> {
     const MIN: u64 = 6 << 20;
@@ -177,6 +192,12 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
     if args.tty && args.interactive && !args.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
     }
+    if let Some(bad) = args.env.iter().find(|pair| pair.is_empty() || pair.starts_with('=')) {
+        bail!("invalid environment variable {bad:?}: K=V or K");
+    }
+    if let Some(name) = &args.hostname {
+        check_hostname(name)?;
+    }
     let cwd = std::env::current_dir().context("failed to read the current directory")?;
     let image_volumes = image_config.volumes().clone().unwrap_or_default();
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
@@ -219,7 +240,12 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         userns,
         memory: args.memory.as_deref().map(parse_size).transpose()?.map(check_memory).transpose()?,
         cpus: args.cpus.map(check_cpus).transpose()?,
-        pids_limit: args.pids_limit,
+        // docker: 0 or -1 is unlimited
+        pids_limit: match args.pids_limit {
+            Some(n) if n > 0 => Some(n as u64),
+            Some(0 | -1) | None => None,
+            Some(n) => bail!("--pids-limit {n}: a positive number, or -1 for no limit"),
+        },
         cpuset_cpus: args.cpuset_cpus.as_deref().map(check_cpuset).transpose()?,
         blkio_weight: args.blkio_weight,
         init: args.init,
@@ -582,6 +608,14 @@ fn alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostnames_are_checked() {
+        assert!(check_hostname("web-1.example").is_ok());
+        for bad in ["", "a b", "-a", &"x".repeat(64), "a..b"] {
+            assert!(check_hostname(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn resource_limits_are_checked_like_docker() {

@@ -84,6 +84,16 @@ fn run_failures_use_docker_exit_codes() {
     // docker's two lines: not here, then why the pull failed
     let stderr = text(&out.stderr);
     assert!(stderr.starts_with("Unable to find image 'no-such-image' locally\nerror: no such image"), "{stderr}");
+    // bad options fail before anything runs, as docker checks them
+    for args in [
+        &["run", "--rm", "--hostname", "a b", "busybox", "true"][..],
+        &["run", "--rm", "--hostname", "", "busybox", "true"],
+        &["run", "--rm", "-e", "=x", "busybox", "true"],
+        &["run", "--rm", "--pids-limit", "-5", "busybox", "true"],
+    ] {
+        assert_eq!(code(&store.strata(args)), 125, "{args:?}");
+    }
+    store.ok(&["run", "--rm", "--pids-limit", "-1", "busybox", "true"]);
     let out = store.strata(&["run", "--rm", "busybox", "no-such-command"]);
     assert_eq!(code(&out), 127);
     assert!(
