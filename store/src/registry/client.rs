@@ -466,7 +466,7 @@ pub(crate) fn error_from(url: &str, what: &str, mut response: Response<Body>) ->
         message.push_str(&format!(" {}", body.trim().chars().take(200).collect::<String>()));
     }
     if status == http::StatusCode::UNAUTHORIZED {
-        message.push_str(" (authentication required: run `strata login` for this registry)");
+        message.push_str(" (authentication required: `strata login` with a user and password this registry accepts)");
     }
     Error::Registry { url: url.to_string(), message }
 }

@@ -41,6 +41,11 @@ pub enum Location {
     OciArchive { file: PathBuf, tag: Option<String> },
 }
 
+/// The reason for an `oci:` or `oci-archive:` location without its path.
+fn what_reason(what: &str) -> &'static str {
+    if what == "dir" { "oci: needs a directory, as oci:DIR[:TAG]" } else { "oci-archive: needs a file, as oci-archive:FILE[:TAG]" }
+}
+
 impl Location {
     /// Parses `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker://REF` or a plain registry
     /// reference.
@@ -53,12 +58,19 @@ impl Location {
                 _ => (PathBuf::from(rest), None),
             }
         };
+        let empty = |what: &str| Error::InvalidReference { reference: text.to_string(), reason: what_reason(what) };
         if let Some(rest) = text.strip_prefix("oci:") {
             let (dir, tag) = split(rest);
+            if dir.as_os_str().is_empty() {
+                return Err(empty("dir"));
+            }
             return Ok(Location::OciDir { dir, tag });
         }
         if let Some(rest) = text.strip_prefix("oci-archive:") {
             let (file, tag) = split(rest);
+            if file.as_os_str().is_empty() {
+                return Err(empty("file"));
+            }
             return Ok(Location::OciArchive { file, tag });
         }
         let text = text.strip_prefix("docker://").unwrap_or(text);
@@ -337,6 +349,7 @@ mod tests {
         let Location::Registry(r) = Location::parse("docker://127.0.0.1:5000/a:b").unwrap() else { panic!() };
         assert_eq!(r.to_string(), "127.0.0.1:5000/a:b");
         assert!(Location::is_transport("oci:x") && !Location::is_transport("app:1"));
+        assert!(Location::parse("oci:").is_err() && Location::parse("oci-archive:").is_err());
     }
 
     #[test]
