@@ -496,23 +496,17 @@ fn env_user_and_workdir() {
 }
 
 #[test]
-fn capabilities_are_dockers_and_no_new_privs_is_set() {
+fn capabilities_are_dockers_and_no_new_privs_only_when_asked() {
     let rootfs = Rootfs::new();
-    let (code, out, _) = run(
-        &rootfs,
-        &[
-            "grep",
-            "-E",
-            "^(CapEff|CapBnd|CapInh|NoNewPrivs)",
-            "/proc/self/status",
-        ],
-        |_| {},
-    );
+    let status = ["grep", "-E", "^(CapEff|CapBnd|CapInh|NoNewPrivs)", "/proc/self/status"];
+    let (code, out, _) = run(&rootfs, &status, |_| {});
     assert_eq!(code, 0);
     assert_eq!(
         out,
-        "CapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nNoNewPrivs:\t1\n"
+        "CapInh:\t0000000000000000\nCapEff:\t00000000a80425fb\nCapBnd:\t00000000a80425fb\nNoNewPrivs:\t0\n"
     );
+    let (_, out, _) = run(&rootfs, &status, |spec| spec.no_new_privileges = true);
+    assert!(out.ends_with("NoNewPrivs:\t1\n"), "{out}");
     let (_, out, _) = run(&rootfs, &["grep", "^CapEff", "/proc/self/status"], |spec| {
         spec.user = "app".into()
     });
