@@ -635,6 +635,27 @@ pub fn sweep_stale(dir: &Path) -> Result<usize> {
     Ok(swept)
 }
 
+/// Detaches every mount below `dir` (any type), deepest first: what a killed build left
+/// in the store's tmp/ (its union, a bind of a cache directory) before tmp/ is emptied,
+/// which would otherwise delete through a bind or fail on a busy mount point. Returns how
+/// many were detached.
+pub fn detach_all_below(dir: &Path) -> Result<usize> {
+    let mut points: Vec<PathBuf> = mount_table()?
+        .into_iter()
+        .map(|(point, _)| point)
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
+    points.dedup();
+    let mut detached = 0;
+    for point in points {
+        if rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok() {
+            detached += 1;
+        }
+    }
+    Ok(detached)
+}
+
 /// The file system type mounted at `target` (the topmost, if several are stacked there),
 /// or None when `target` is not a mount point.
 pub fn mount_type(target: &Path) -> Result<Option<String>> {

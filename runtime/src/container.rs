@@ -30,6 +30,8 @@ pub struct Setup {
     pub last_cap: u32,
     /// `--security-opt no-new-privileges`: setuid binaries no longer elevate.
     pub no_new_privileges: bool,
+    /// The process dies with its parent (a build's RUN).
+    pub die_with_parent: bool,
 }
 
 /// The environment to exec with.
@@ -91,6 +93,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
             last_cap: spec.last_cap,
             create_cwd: true,
             no_new_privileges: spec.no_new_privileges,
+            die_with_parent: spec.die_with_parent,
         },
     )?;
     Ok(Prepared { env, console })
@@ -109,6 +112,9 @@ pub struct Identity<'a> {
     pub create_cwd: bool,
     /// Off by default, as docker's: a setuid `sudo` or `ping` must work for a non-root USER.
     pub no_new_privileges: bool,
+    /// Set the parent-death signal again after the id switch, which clears it
+    /// (commit_creds): a build's RUN as a non-root USER must die with the build too.
+    pub die_with_parent: bool,
 }
 
 /// Resolves the user in the container's /etc/passwd and /etc/group, completes the
@@ -161,6 +167,10 @@ pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
         .map_err(|err| format!("setresgid {}: {err}", exec_user.gid))?;
     sys.setresuid(exec_user.uid)
         .map_err(|err| format!("setresuid {}: {err}", exec_user.uid))?;
+    if id.die_with_parent {
+        sys.set_parent_death_kill()
+            .map_err(|err| format!("set the parent-death signal: {err}"))?;
+    }
     // Root keeps docker's set; any other user keeps none (the kernel already cleared them
     // on the uid change; say so explicitly). Inheritable stays empty (CVE-2022-24769).
     let mask = if exec_user.uid == 0 { keep } else { 0 };
@@ -272,7 +282,6 @@ mod tests {
             rootfs: Rootfs {
                 root: "/r".into(),
                 userns,
-                private_network: true,
                 files: vec![("/c/resolv.conf".into(), "/etc/resolv.conf".into())],
                 binds: Vec::new(),
                 cgroups: Vec::new(),
@@ -285,6 +294,7 @@ mod tests {
             tty: false,
             last_cap: 40,
             no_new_privileges: true,
+            die_with_parent: false,
         }
     }
 

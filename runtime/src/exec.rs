@@ -80,6 +80,12 @@ fn namespaces_of(pid: i32) -> Result<Vec<(&'static str, CloneFlags, OwnedFd)>> {
             let file = std::fs::File::open(&theirs)
                 .map_err(|err| Error::io("failed to open", theirs, err))?;
             out.push((name, flag, OwnedFd::from(file)));
+        } else if name == "mnt" {
+            // Every container has a mount namespace of its own: a process in ours is not
+            // the container's (its pid was reused), and joining it would run on the host.
+            return Err(Error::Spec(format!(
+                "pid {pid} is not the container's process (it shares strata's mount namespace): the container is gone"
+            )));
         }
     }
     Ok(out)
@@ -200,6 +206,16 @@ fn joiner_main(
     args: Vec<String>,
     stdio: Stdio,
 ) -> ! {
+    // Not dumpable from here to the command's execve (which makes it dumpable again): a
+    // process of the container must not open /proc/N/exe, the host's strata binary
+    // (runc's CVE-2019-5736).
+    let _ = nix::sys::prctl::set_dumpable(false);
+    // The process waits for this pipe until the pid message is on the socket, so that
+    // the parent reads 'P' before the process's own messages.
+    let (go_read, go_write) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pipe) => pipe,
+        Err(err) => fail(&mut sock, &format!("pipe: {err}")),
+    };
     // The parent forwards terminal signals to the process; the joiner only waits.
     for signal in [
         Signal::SIGINT,
@@ -225,7 +241,14 @@ fn joiner_main(
     }
     drop(namespaces);
     let child = match sys::fork() {
-        Ok(ForkResult::Child) => process_main(sock, identity, args, stdio),
+        Ok(ForkResult::Child) => {
+            drop(go_write);
+            let mut go = [0u8; 1];
+            if std::fs::File::from(go_read).read_exact(&mut go).is_err() {
+                sys::exit_now(125);
+            }
+            process_main(sock, identity, args, stdio)
+        }
         Ok(ForkResult::Parent { child }) => child,
         Err(err) => fail(
             &mut sock,
@@ -233,10 +256,12 @@ fn joiner_main(
         ),
     };
     drop(stdio);
+    drop(go_read);
     let mut message = b"P".to_vec();
     message.extend_from_slice(&child.as_raw().to_le_bytes());
     send(&mut sock, &message);
     drop(sock);
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(go_write), b"G");
     loop {
         match waitpid(child, None) {
             Ok(status) => {
@@ -304,6 +329,7 @@ fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: S
         last_cap: identity.last_cap,
         create_cwd: false,
         no_new_privileges: identity.no_new_privileges,
+        die_with_parent: false,
     };
     let env = match container::identity(&Linux, &id) {
         Ok(env) => env,

@@ -98,7 +98,6 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         rootfs: Rootfs {
             root: rootfs,
             userns: spec.userns,
-            private_network: spec.network == Network::None,
             files: spec
                 .etc_files
                 .iter()
@@ -119,6 +118,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
         no_new_privileges: spec.no_new_privileges,
+        die_with_parent: spec.die_with_parent,
     };
     // With a terminal, the container's stdio is the pty and `stdout` receives what the
     // pty master reads (so a detached `-t` container still has a log).
@@ -330,6 +330,9 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
     ] {
         let _ = sys::set_disposition(signal, false);
     }
+    // Not dumpable until the command's execve: the container's other processes (an
+    // `--init`'s child, later ones) must not open /proc/1/exe, the host's strata binary.
+    let _ = nix::sys::prctl::set_dumpable(false);
     let mut go = [0u8; 1];
     if sock.read_exact(&mut go).is_err() || go[0] != b'G' {
         sys::exit_now(125);

@@ -18,8 +18,6 @@ pub struct Rootfs {
     /// In a user namespace: devices are bind-mounted (mknod is not allowed there) and a
     /// sysfs may have to be bound from the host.
     pub userns: bool,
-    /// A private network namespace (fresh sysfs allowed outside a user namespace).
-    pub private_network: bool,
     /// Host files bound onto container paths (absolute inside the container), e.g. the
     /// container's own /etc/resolv.conf, /etc/hosts and /etc/hostname.
     pub files: Vec<(PathBuf, PathBuf)>,
@@ -184,7 +182,9 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     let sys_dir = root.join("sys");
     mkdir(sys, &sys_dir)?;
     let ro = nosuid_noexec_nodev | MsFlags::MS_RDONLY;
-    let fresh = if spec.private_network && !spec.userns {
+    // A fresh sysfs, also with the host's network (root may mount it there): a bind of
+    // the host's /sys would bring its submounts (tracefs, debugfs, bpf...) writable.
+    let fresh = if !spec.userns {
         sys.mount(Some(Path::new("sysfs")), &sys_dir, Some("sysfs"), ro, None)
             .is_ok()
     } else {
@@ -530,7 +530,6 @@ mod tests {
         let spec = Rootfs {
             root: "/r".into(),
             userns: false,
-            private_network: true,
             files: Vec::new(),
             binds: vec![
                 Bind {
@@ -584,7 +583,6 @@ mod cgroup_view_tests {
         Rootfs {
             root: "/r".into(),
             userns: false,
-            private_network: true,
             files: Vec::new(),
             binds: Vec::new(),
             cgroups,

@@ -48,6 +48,8 @@ pub trait Syscall {
     fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()>;
     fn clear_ambient_caps(&self) -> nix::Result<()>;
     fn set_no_new_privs(&self) -> nix::Result<()>;
+    /// SIGKILL when the parent dies (set again after an id change, which clears it).
+    fn set_parent_death_kill(&self) -> nix::Result<()>;
     /// Opens a pty pair on the container's own devpts: (master, slave, slave path).
     fn open_pty(&self) -> nix::Result<(OwnedFd, OwnedFd, PathBuf)>;
 }
@@ -176,6 +178,10 @@ impl Syscall for Linux {
 
     fn clear_ambient_caps(&self) -> nix::Result<()> {
         crate::sys::clear_ambient_caps()
+    }
+
+    fn set_parent_death_kill(&self) -> nix::Result<()> {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
     }
 
     fn set_no_new_privs(&self) -> nix::Result<()> {
@@ -359,6 +365,11 @@ impl Syscall for Recorder {
 
     fn clear_ambient_caps(&self) -> nix::Result<()> {
         self.log("clear_ambient_caps".into());
+        Ok(())
+    }
+
+    fn set_parent_death_kill(&self) -> nix::Result<()> {
+        self.log("set_parent_death_kill".into());
         Ok(())
     }
 

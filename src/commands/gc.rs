@@ -36,6 +36,9 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     };
     // A stale FUSE mount (its daemon crashed) would keep gc from removing what is below it.
     strata_unionfs::sweep_stale(store.root())?;
+    // Nothing runs in tmp/ while gc holds the store: a mount there was left by a killed
+    // build, and emptying tmp/ must not delete through it (a bound cache directory).
+    strata_unionfs::detach_all_below(&store.root().join("tmp"))?;
     crate::commands::run::sweep_abandoned(&store);
     let forgotten = match &args.cache {
         Some(age) => store.cache_prune(parse_age(age)?)?,

@@ -5,7 +5,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use nix::sys::signal::Signal;
 use strata_store::Store;
 
 use crate::cli::RmArgs;
@@ -24,7 +23,7 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
                     container.state.name
                 );
             }
-            crate::commands::kill::signal(&container, Signal::SIGKILL)?;
+            crate::commands::kill::signal(&container, libc::SIGKILL)?;
             wait_exited(&store, &container.id, Duration::from_secs(10));
         }
         let Ok(container) = store.container(&container.id) else {

@@ -238,8 +238,16 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         },
         network,
         userns,
-        memory: args.memory.as_deref().map(parse_size).transpose()?.map(check_memory).transpose()?,
-        cpus: args.cpus.map(check_cpus).transpose()?,
+        // docker: 0 is no limit
+        memory: args
+            .memory
+            .as_deref()
+            .filter(|m| m.trim() != "0")
+            .map(parse_size)
+            .transpose()?
+            .map(check_memory)
+            .transpose()?,
+        cpus: args.cpus.filter(|c| *c != 0.0).map(check_cpus).transpose()?,
         // docker: 0 or -1 is unlimited
         pids_limit: match args.pids_limit {
             Some(n) if n > 0 => Some(n as u64),
@@ -455,7 +463,12 @@ fn mount_and_run(
     };
     let guard =
         strata_unionfs::mount(&spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))?;
-    let binds = volumes::binds(&container.dir, &spec.target, &config.volumes)?;
+    let root = if config.userns {
+        (strata_runtime::USERNS_HOST_START, strata_runtime::USERNS_HOST_START)
+    } else {
+        (0, 0)
+    };
+    let binds = volumes::binds(&container.dir, &spec.target, &config.volumes, root)?;
     // Recorded once the command runs (one atomic save instead of two).
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());
@@ -501,6 +514,7 @@ fn mount_and_run(
     let mut save_error = None;
     let result = strata_runtime::run_observed(runtime_spec, |child| {
         container.state.pid = Some(child.pid);
+        container.state.pid_start = start_time(child.pid);
         container.state.runner = Some(std::process::id() as i32);
         container.state.status = Status::Running;
         container.state.started = Some(time::now_rfc3339_nanos());
@@ -511,6 +525,7 @@ fn mount_and_run(
     });
     drop(guard);
     container.state.pid = None;
+    container.state.pid_start = None;
     container.state.runner = None;
     container.state.mounted_at = None;
     container.state.status = Status::Exited;
@@ -593,7 +608,20 @@ pub fn sweep_abandoned(store: &Store) {
 /// Is the container's process still there? (state.json says running, but a killed
 /// `strata run` cannot update it.)
 pub fn is_running(container: &Container) -> bool {
-    container.state.status == Status::Running && container.state.pid.is_some_and(alive)
+    let state = &container.state;
+    state.status == Status::Running
+        && state.pid.is_some_and(|pid| {
+            // the same process, not another that got its pid after a reboot or a crash
+            alive(pid) && state.pid_start.is_none_or(|start| start_time(pid) == Some(start))
+        })
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // fields after the command name, which is in parentheses and may hold anything
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A process that has not ended: a zombie (whose parent has not reaped it yet) has.

@@ -5,7 +5,6 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use strata_store::{Container, Status, Store};
 
 use crate::cli::StopArgs;
@@ -41,10 +40,10 @@ pub fn stop(store: &Store, container: &Container, grace: Duration) -> anyhow::Re
         .get("stop_signal")
         .and_then(serde_json::Value::as_str)
         .and_then(|name| parse_signal(name).ok())
-        .unwrap_or(Signal::SIGTERM);
+        .unwrap_or(libc::SIGTERM);
     signal(container, first)?;
     if !wait_exited(store, &container.id, grace) {
-        let _ = signal(container, Signal::SIGKILL);
+        let _ = signal(container, libc::SIGKILL);
         if !wait_exited(store, &container.id, Duration::from_secs(10)) {
             anyhow::bail!("container {} did not stop", container.state.name);
         }

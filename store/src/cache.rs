@@ -57,6 +57,10 @@ impl Store {
         let now = std::time::SystemTime::now();
         let mut removed = 0;
         for item in list_dir(&self.cache_dir())? {
+            // entries only: cache/ also holds the directories of RUN --mount=type=cache
+            if !item.file_name().to_string_lossy().ends_with(".json") {
+                continue;
+            }
             let old = item
                 .metadata()
                 .and_then(|m| m.modified())

@@ -68,6 +68,10 @@ pub struct ContainerState {
     /// once both it and `pid` are gone, nobody is left to clean up after the container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runner: Option<i32>,
+    /// When `pid` started (field 22 of /proc/PID/stat, clock ticks since boot): a pid
+    /// reused by another process after a reboot or a crash does not match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
     pub driver: Option<String>,
     pub mounted_at: Option<PathBuf>,
     /// Run options, as the runtime chooses to record them.
@@ -201,6 +205,7 @@ impl Store {
                 finished: None,
                 pid: None,
                 runner: None,
+                pid_start: None,
                 driver: None,
                 mounted_at: None,
                 config: serde_json::Value::Null,

@@ -291,7 +291,9 @@ fn set_name(entries: &mut Vec<oci::Descriptor>, digest: &Digest, size: u64, medi
     entries.retain(|e| {
         let same_manifest = descriptor_digest(e).ok() == Some(*digest);
         match entry_name(e) {
-            Some(existing) => existing != name,
+            // one name per image however spelled: busybox:latest replaces
+            // docker.io/library/busybox:latest, as docker treats them as one
+            Some(existing) => existing != name && refs::familiar(existing) != refs::familiar(name),
             None => !same_manifest,
         }
     });

@@ -1058,9 +1058,15 @@ fn source_date_epoch_build_arg_makes_builds_reproducible() {
         &store,
         &[("x", "x\n"), ("Buildfile", "FROM busybox\nCOPY x /x\nRUN echo deterministic > /d\n")],
     );
+    // a cache filled without it must not serve the dated build
+    build(&store, &ctx, &["-t", "undated"]);
     let mut ids = Vec::new();
-    for tag in ["r1", "r2"] {
-        let built = build(&store, &ctx, &["--no-cache", "--build-arg", "SOURCE_DATE_EPOCH=1000000000", "-t", tag]);
+    for (tag, no_cache) in [("r1", true), ("r2", false)] {
+        let mut args = vec!["--build-arg", "SOURCE_DATE_EPOCH=1000000000", "-t", tag];
+        if no_cache {
+            args.push("--no-cache");
+        }
+        let built = build(&store, &ctx, &args);
         assert!(!built.stderr.contains("not consumed"), "{}", built.stderr);
         assert_eq!(inspect(&store, tag)["Created"], "2001-09-09T01:46:40Z");
         ids.push(built.id);
@@ -1132,47 +1138,75 @@ fn bind_mounts_stay_inside_the_build() {
     assert!(!host.path().join("made-by-build").exists(), "a mount point was made on the host");
 }
 
-/// A build killed with SIGKILL (OOM killer, CI timeout) takes its RUN with it, and the
-/// next gc sweeps the dead FUSE mount it left.
+/// A build killed with SIGKILL (OOM killer, CI timeout) takes its RUN with it, also one
+/// running as a non-root USER (the id switch clears the parent-death signal), and the
+/// next gc sweeps the mounts it left without deleting through them (a cache mount's
+/// content survives), with either driver.
 #[test]
 fn a_killed_build_leaves_no_process_and_gc_sweeps_its_mount() {
     use std::process::{Command, Stdio};
     let store = TestStore::new();
     store.import_busybox("busybox:latest");
-    let ctx = buildfile(&store, "FROM busybox\nRUN echo started; sleep 37\n");
-    let log = store.root().join("build.log");
-    let mut build = Command::new(crate::common::strata_bin())
-        .arg("--root")
-        .arg(store.root())
-        .args(["build", "--no-cache", "--progress", "plain", "--driver", "fuse", ctx.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !fs::read_to_string(&log).unwrap_or_default().contains("| started") {
-        assert!(start.elapsed().as_secs() < 60, "the RUN never started: {}", fs::read_to_string(&log).unwrap_or_default());
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    for driver in ["fuse", "overlay"] {
+        let ctx = buildfile(
+            &store,
+            "FROM busybox\nRUN --mount=type=cache,id=keep,target=/c echo kept > /c/f\n\
+             USER nobody\nRUN --mount=type=cache,id=keep,target=/c echo started; sleep 37\n",
+        );
+        let log = store.root().join(format!("build-{driver}.log"));
+        let mut build = Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["build", "--no-cache", "--progress", "plain", "--driver", driver, ctx.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !fs::read_to_string(&log).unwrap_or_default().contains("| started") {
+            assert!(
+                start.elapsed().as_secs() < 60,
+                "the RUN never started: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        build.kill().unwrap();
+        build.wait().unwrap();
+        // live processes running the step (a zombie waiting for the host's init is dead)
+        let step_alive = || {
+            fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+                let dir = entry.path();
+                let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
+                let state = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+                let zombie = state.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                !zombie && String::from_utf8_lossy(&cmdline).contains("sleep 37")
+            })
+        };
+        let start = std::time::Instant::now();
+        while step_alive() {
+            assert!(start.elapsed().as_secs() < 10, "{driver}: the RUN outlived the killed build");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        store.ok(&["gc"]);
+        let root = store.root().to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&root), "{driver}: gc swept the dead mounts: {mounts}");
+        let ctx = buildfile(&store, "FROM busybox\nRUN --mount=type=cache,id=keep,target=/c cat /c/f\n");
+        let out = store.strata(&["build", "--no-cache", "--progress", "plain", ctx.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("| kept"), "{driver}: the cache lost its content");
     }
-    build.kill().unwrap();
-    build.wait().unwrap();
-    // live processes running the step (a zombie waiting for the host's init is dead)
-    let step_alive = || {
-        fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-            let dir = entry.path();
-            let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
-            let state = fs::read_to_string(dir.join("stat")).unwrap_or_default();
-            let zombie = state.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie && String::from_utf8_lossy(&cmdline).contains("sleep 37")
-        })
-    };
-    let start = std::time::Instant::now();
-    while step_alive() {
-        assert!(start.elapsed().as_secs() < 10, "the RUN outlived the killed build");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    store.ok(&["gc"]);
-    let root = store.root().to_string_lossy().into_owned();
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(&root), "gc swept the dead mount: {mounts}");
+}
+
+/// A RUN (host network) gets a fresh read-only sysfs, not the host's /sys with its
+/// submounts (tracefs, debugfs, bpf) writable.
+#[test]
+fn run_steps_see_no_host_sys_submounts() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = buildfile(
+        &store,
+        "FROM busybox\nRUN ! grep -E ' /sys/(kernel|fs/bpf|fs/fuse)' /proc/self/mountinfo && ! touch /sys/x 2>/dev/null\n",
+    );
+    build(&store, &ctx, &["--no-cache"]);
 }

@@ -327,6 +327,11 @@ fn volumes_bind_host_paths_and_start_from_the_image() {
     let host = store.root().join("host");
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("in"), "from host\n").unwrap();
+    // a -v below an image VOLUME goes on top of it, whatever the order
+    let out = store.ok(&["run", "--rm", "-v", &format!("{}:/data/sub", host.display()), "vol", "cat", "/data/sub/in", "/data/seed"]);
+    assert_eq!(out, "from host\nseed\n");
+    // in a user namespace an empty volume belongs to container root
+    store.ok(&["run", "--rm", "--userns", "private", "-v", "/scratch", "vol", "touch", "/scratch/x"]);
     for driver in DRIVERS {
         let script = format!(
             "cat /data/seed; stat -c %u:%g:%a /data /data/seed; cat /mnt/h/in; echo out > /mnt/h/out-{driver}; \
@@ -812,4 +817,49 @@ fn containers_see_their_own_cgroup_limits() {
             assert!(out.starts_with("67108864\n"), "{extra:?}: {out}");
         }
     }
+}
+
+/// A container whose recorded pid now belongs to another process (a reboot, a crash)
+/// is not running: exec refuses it rather than running on the host.
+#[test]
+fn a_reused_pid_is_not_the_container() {
+    let store = store_with_busybox();
+    store.ok(&["run", "--name", "gone", "busybox", "true"]);
+    let id = container_status(&store, "gone")["Id"].as_str().unwrap().to_string();
+    let path = store.root().join("containers").join(&id).join("state.json");
+    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    // this test process stands for whatever got the pid
+    state["status"] = "running".into();
+    state["pid"] = (std::process::id() as i64).into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = store.strata(&["exec", "gone", "true"]);
+    assert_eq!(code(&out), 125);
+    assert!(text(&out.stderr).contains("not the container's process"), "{}", text(&out.stderr));
+    // with a start time recorded, the stranger does not even count as running
+    state["pid_start"] = 1.into();
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let out = store.strata(&["exec", "gone", "true"]);
+    assert!(text(&out.stderr).contains("is not running"), "{}", text(&out.stderr));
+    // docker: 0 is no limit
+    store.ok(&["run", "--rm", "-m", "0", "--cpus", "0", "busybox", "true"]);
+}
+
+/// `exec -it` gets a terminal of the container's devpts.
+#[test]
+fn exec_with_a_terminal() {
+    let store = store_with_busybox();
+    store.ok(&["run", "-d", "--name", "term", "busybox", "sleep", "60"]);
+    wait_status(&store, "term", "running");
+    let strata = strata_bin();
+    let root = store.root().display().to_string();
+    for _ in 0..3 {
+        let out = Command::new("script")
+            .args(["-qec", &format!("{} --root {root} exec -it term sh -c 'tty; exit 3'; echo rc=$?", strata.display()), "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = text(&out.stdout);
+        assert!(stdout.contains("/dev/pts/") && stdout.contains("rc=3"), "{stdout}{}", text(&out.stderr));
+    }
+    store.ok(&["rm", "-f", "term"]);
 }

@@ -393,6 +393,11 @@ fn docker_hub_names_resolve_however_spelled() {
     for name in ["library/busybox", "docker.io/library/busybox:latest", "index.docker.io/library/busybox"] {
         assert_eq!(store.ok(&["run", "--rm", name, "echo", "ok"]), "ok\n", "{name}");
     }
+    // one entry per name however spelled: the full spelling replaces the short one
+    store.ok(&["tag", "busybox", "docker.io/library/busybox:latest"]);
+    let listed: serde_json::Value = serde_json::from_str(&store.ok(&["images", "--json"])).unwrap();
+    let names: Vec<&str> = listed[0]["RepoTags"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with("busybox:latest")).count(), 1, "{names:?}");
     store.ok(&["tag", "busybox", "docker.io/legacy/img:v1"]);
     assert_eq!(store.ok(&["run", "--rm", "legacy/img:v1", "echo", "ok"]), "ok\n");
     // rmi by another spelling removes that one name, not every name of the image
@@ -408,7 +413,11 @@ fn gc_cache_forgets_the_build_cache() {
     let store = TestStore::new();
     store.import_busybox("busybox");
     let ctx = tempfile::tempdir().unwrap();
-    fs::write(ctx.path().join("Buildfile"), "FROM busybox\nRUN head -c 100000 /dev/urandom > /blob\n").unwrap();
+    fs::write(
+        ctx.path().join("Buildfile"),
+        "FROM busybox\nRUN --mount=type=cache,target=/c head -c 100000 /dev/urandom > /blob\n",
+    )
+    .unwrap();
     store.ok(&["build", "-t", "big", ctx.path().to_str().unwrap()]);
     store.ok(&["rmi", "big"]);
     let kept = store.ok(&["gc"]);

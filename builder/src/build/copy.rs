@@ -716,8 +716,17 @@ fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
                 Err(e) => return Err(Error::io("failed to read an xattr of", from, e.into())),
             }
         };
-        rustix::fs::lsetxattr(to, name, &value[..size], rustix::fs::XattrFlags::empty())
-            .map_err(|e| Error::io("failed to set an xattr on", to, e.into()))?;
+        match rustix::fs::lsetxattr(to, name, &value[..size], rustix::fs::XattrFlags::empty()) {
+            Ok(()) => {}
+            // a store on a file system without user xattrs (tmpfs before 6.6) keeps none
+            Err(rustix::io::Errno::NOTSUP) => {
+                tracing::warn!(
+                    "{}: the store's file system takes no {name:?}",
+                    to.display()
+                );
+            }
+            Err(e) => return Err(Error::io("failed to set an xattr on", to, e.into())),
+        }
     }
     Ok(())
 }

@@ -133,9 +133,16 @@ pub(crate) fn build_stage(
     };
     cx.opts.progress.step_started(&info);
     let started = Instant::now();
+    // SOURCE_DATE_EPOCH changes every layer's times: layers made with another (or none)
+    // are other layers, and a warm cache must not hand them out.
+    let epoch = cx
+        .opts
+        .source_date_epoch
+        .map(|t| format!(" source-date-epoch {t}"))
+        .unwrap_or_default();
     let state = match &base {
         Base::Scratch => ImageState::scratch(root_key(&format!(
-            "scratch {}",
+            "scratch {}{epoch}",
             platform.unwrap_or_default()
         ))),
         Base::Stage(dep) => done[*dep]
@@ -152,7 +159,7 @@ pub(crate) fn build_stage(
             ImageState::from_image(
                 cx.store,
                 &image,
-                root_key(&format!("image {} {}", image.id, image.manifest_digest)),
+                root_key(&format!("image {} {}{epoch}", image.id, image.manifest_digest)),
             )?
         }
     };

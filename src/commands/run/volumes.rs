@@ -135,6 +135,7 @@ pub fn binds(
     container_dir: &Path,
     rootfs: &Path,
     volumes: &[Volume],
+    root: (u32, u32),
 ) -> anyhow::Result<Vec<strata_runtime::Bind>> {
     let mut binds = Vec::with_capacity(volumes.len());
     for (index, volume) in volumes.iter().enumerate() {
@@ -143,7 +144,7 @@ pub fn binds(
             None => {
                 let dir = container_dir.join("volumes").join(index.to_string());
                 if !dir.exists() {
-                    create(&dir, rootfs, volume).with_context(|| {
+                    create(&dir, rootfs, volume, root).with_context(|| {
                         format!("failed to create the volume for {}", volume.target)
                     })?;
                 }
@@ -156,11 +157,15 @@ pub fn binds(
             readonly: volume.readonly,
         });
     }
+    // parents first: a -v below an image VOLUME goes on top of it, not under it
+    binds.sort_by_key(|bind| bind.target.components().count());
     Ok(binds)
 }
 
 /// Makes the volume at `dir` (staged beside it, then renamed into place).
-fn create(dir: &Path, rootfs: &Path, volume: &Volume) -> anyhow::Result<()> {
+/// `root` owns a volume the image does not fill (the host ids of container root: in a
+/// user namespace, not host root, or the container could not write to it).
+fn create(dir: &Path, rootfs: &Path, volume: &Volume, root: (u32, u32)) -> anyhow::Result<()> {
     let staging = dir.with_extension("new");
     if staging.exists() {
         std::fs::remove_dir_all(&staging)
@@ -168,6 +173,8 @@ fn create(dir: &Path, rootfs: &Path, volume: &Volume) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&staging)
         .with_context(|| format!("failed to create {}", staging.display()))?;
+    std::os::unix::fs::chown(&staging, Some(root.0), Some(root.1))
+        .with_context(|| format!("failed to chown {}", staging.display()))?;
     let in_image = strata_runtime::resolve_in_root(rootfs, Path::new(&volume.target))?;
     if volume.copy && in_image.is_dir() {
         // `cp -a` keeps what docker keeps when it fills a volume: owners, modes, times,
