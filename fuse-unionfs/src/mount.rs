@@ -426,7 +426,7 @@ fn mount_overlay(spec: &MountSpec) -> Result<()> {
     if data.len() >= 4096 {
         return mount_overlay_by_layer(spec).map_err(|e| match e {
             rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS => Error::Spec(format!(
-                "{} layers are too many for this kernel's overlayfs options (one page): use the fuse driver",
+                "kernel overlayfs refused {} layers one by one (lowerdir+ needs Linux 6.8 and paths under 256 bytes): use the fuse driver",
                 spec.lowers.len()
             )),
             e => fail(e),

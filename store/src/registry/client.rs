@@ -129,15 +129,24 @@ fn choose_scheme(host: &str, insecure: bool) -> (&'static str, bool) {
 }
 
 /// The roots a registry's certificate may chain to, as docker trusts them: the system's
-/// bundle (`SSL_CERT_FILE`, else Debian's /etc/ssl/certs/ca-certificates.crt) and the
+/// bundle (`SSL_CERT_FILE`, else the distribution's) and the
 /// per-registry CAs of docker and podman (`/etc/docker/certs.d/HOST[:PORT]/*.crt`,
 /// `/etc/containers/certs.d/...`). With neither, the compiled-in Mozilla roots.
 fn root_certs(host: &str) -> ureq::tls::RootCerts {
-    let system = std::env::var_os("SSL_CERT_FILE")
+    // SSL_CERT_FILE, else the bundle of Debian, Fedora, Alpine or SUSE
+    let system = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from).or_else(|| {
+        [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+            "/etc/ssl/cert.pem",
+            "/etc/ssl/ca-bundle.pem",
+        ]
+        .iter()
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/etc/ssl/certs/ca-certificates.crt".into());
+        .find(|path| path.is_file())
+    });
     let mut files = Vec::new();
-    if system.is_file() {
+    if let Some(system) = system.filter(|path| path.is_file()) {
         files.push(system);
     }
     for base in ["/etc/docker/certs.d", "/etc/containers/certs.d"] {
