@@ -345,27 +345,14 @@ pub struct RunArgs {
     /// Run in the background and print the container id
     #[arg(short = 'd', long)]
     pub detach: bool,
-    /// Keep stdin open
-    #[arg(short = 'i', long)]
-    pub interactive: bool,
-    /// Give the container a terminal
-    #[arg(short = 't', long)]
-    pub tty: bool,
-    /// Set an environment variable (K=V, or K to copy it from here)
-    #[arg(short = 'e', long = "env", value_name = "K=V")]
-    pub env: Vec<String>,
-    /// Working directory inside the container
-    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-    pub workdir: Option<String>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// Bind a host path (HOST-PATH:DIR[:ro]), or give DIR a volume of the container's own
     #[arg(short = 'v', long = "volume", value_name = "HOST-PATH:DIR[:OPTS]")]
     pub volume: Vec<String>,
     /// Replace the image's entrypoint ("" removes it); the image's default command is dropped
     #[arg(long, value_name = "CMD")]
     pub entrypoint: Option<String>,
-    /// User: name, uid, uid:gid or name:group
-    #[arg(short = 'u', long)]
-    pub user: Option<String>,
     /// Hostname (default: the short container id)
     #[arg(long)]
     pub hostname: Option<String>,
@@ -418,23 +405,30 @@ impl RunArgs {
     }
 }
 
+/// The options `run` and `exec` share: how the process runs.
 #[derive(Debug, clap::Args)]
-pub struct ExecArgs {
+pub struct ProcessArgs {
     /// Keep stdin open
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Give the command a terminal
+    /// Give the process a terminal
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Set an environment variable (K=V, or K to copy it from here)
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
-    /// Working directory inside the container (default: the container's)
+    /// Working directory inside the container (exec: default the container's)
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,
-    /// User: name, uid, uid:gid or name:group (default: the container's)
+    /// User: name, uid, uid:gid or name:group (exec: default the container's)
     #[arg(short = 'u', long)]
     pub user: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs,
     /// The container, then the command and its arguments; options end at the container
     #[arg(required = true, num_args = 2.., trailing_var_arg = true, value_names = ["CONTAINER", "COMMAND"])]
     pub container_and_command: Vec<String>,

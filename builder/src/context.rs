@@ -246,47 +246,14 @@ impl Context {
     /// Where `rel` (clean) leads with its symlinks followed inside the context: an absolute
     /// link starts again at the context root, `..` stops there. None for a loop.
     pub fn resolve(&self, rel: &str) -> Option<String> {
-        let mut resolved: Vec<String> = Vec::new();
-        let mut pending: Vec<String> = rel
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .rev()
-            .map(String::from)
-            .collect();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            match part.as_str() {
-                "." => continue,
-                ".." => {
-                    resolved.pop();
-                    continue;
-                }
-                _ => resolved.push(part),
-            }
-            if let Some(Entry {
+        crate::tree::resolve_links(rel, |path| match self.entries.get(path) {
+            Some(Entry {
                 kind: Kind::Symlink,
                 link: Some(target),
                 ..
-            }) = self.entries.get(&resolved.join("/"))
-            {
-                hops += 1;
-                if hops > 40 {
-                    return None;
-                }
-                resolved.pop();
-                if target.starts_with('/') {
-                    resolved.clear();
-                }
-                pending.extend(
-                    target
-                        .split('/')
-                        .filter(|p| !p.is_empty())
-                        .rev()
-                        .map(String::from),
-                );
-            }
-        }
-        Some(resolved.join("/"))
+            }) => Some(target.clone()),
+            _ => None,
+        })
     }
 
     /// What a bind mount of `rel` sees, as text for a cache key: the key line of every

@@ -13,6 +13,49 @@ use strata_store::layer::{is_opaque, is_whiteout};
 /// Symlinks followed in one path before giving up, as Linux does (MAXSYMLINKS).
 const MAX_HOPS: usize = 40;
 
+/// Resolves the symlinks in `rel` (clean, relative) inside a root where `link` gives the
+/// target of a path that is a symlink: an absolute target starts again at the root and
+/// `..` stops there, so a link never leads out. Returns the clean path it leads to, or
+/// None after [`MAX_HOPS`] links (ELOOP). Image views and the build context share it.
+pub fn resolve_links(rel: &str, link: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut resolved: Vec<String> = Vec::new();
+    let mut pending: Vec<String> = rel
+        .split('/')
+        .filter(|p| !p.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
+    let mut hops = 0;
+    while let Some(part) = pending.pop() {
+        match part.as_str() {
+            "." => continue,
+            ".." => {
+                resolved.pop();
+                continue;
+            }
+            _ => resolved.push(part),
+        }
+        if let Some(target) = link(&resolved.join("/")) {
+            hops += 1;
+            if hops > MAX_HOPS {
+                return None;
+            }
+            resolved.pop();
+            if target.starts_with('/') {
+                resolved.clear();
+            }
+            pending.extend(
+                target
+                    .split('/')
+                    .filter(|p| !p.is_empty())
+                    .rev()
+                    .map(String::from),
+            );
+        }
+    }
+    Some(resolved.join("/"))
+}
+
 /// A path that leads through more than [`MAX_HOPS`] symlinks: a loop (ELOOP).
 #[derive(Debug, thiserror::Error)]
 #[error("/{0}: too many levels of symbolic links")]
@@ -127,46 +170,15 @@ impl Tree {
     /// Resolves symlinks in `rel` inside the view (a link never leaves the root); returns
     /// the clean path it leads to.
     pub fn resolve(&self, rel: &str) -> Result<String, SymlinkLoop> {
-        let mut resolved: Vec<String> = Vec::new();
-        let mut pending: Vec<String> = rel
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .rev()
-            .collect();
-        let mut hops = 0;
-        while let Some(part) = pending.pop() {
-            match part.as_str() {
-                "." => continue,
-                ".." => {
-                    resolved.pop();
-                    continue;
-                }
-                _ => {}
-            }
-            resolved.push(part);
-            let current = resolved.join("/");
-            if let Some((path, meta)) = self.lookup(&current)
-                && meta.file_type().is_symlink()
-            {
-                hops += 1;
-                if hops > MAX_HOPS {
-                    return Err(SymlinkLoop(rel.to_string()));
-                }
-                let Ok(target) = fs::read_link(&path) else {
-                    continue;
-                };
-                let target = target.to_string_lossy().into_owned();
-                resolved.pop();
-                if target.starts_with('/') {
-                    resolved.clear();
-                }
-                for piece in target.split('/').filter(|p| !p.is_empty()).rev() {
-                    pending.push(piece.to_string());
-                }
-            }
-        }
-        Ok(resolved.join("/"))
+        resolve_links(rel, |path| {
+            let (real, meta) = self.lookup(path)?;
+            meta.file_type()
+                .is_symlink()
+                .then(|| fs::read_link(real).ok())
+                .flatten()
+                .map(|target| target.to_string_lossy().into_owned())
+        })
+        .ok_or_else(|| SymlinkLoop(rel.to_string()))
     }
 
     /// Reads a whole file of the view (following symlinks inside it).

@@ -12,7 +12,7 @@
 //! intermediate process of `run` does.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
 use nix::sched::CloneFlags;
@@ -21,10 +21,13 @@ use nix::sys::wait::waitpid;
 
 use crate::container::{self, Identity};
 use crate::error::{Error, Result};
-use crate::process::{Child, dup_stdio, exec_or_exit, fail, send};
+use crate::process::{
+    Child, dup_stdio, exec_or_exit, fail, hand_over_terminal, pid_message, send,
+    terminal_then_exec, wait_and_exit,
+};
 use crate::sys::{self, ForkResult};
 use crate::syscall::{Linux, Syscall};
-use crate::{cgroup, init, tty};
+use crate::{cgroup, tty};
 
 /// What `exec` runs, and in which container.
 pub struct ExecSpec {
@@ -136,45 +139,9 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
         Error::Setup(message)
     };
     let mut tag = [0u8; 1];
-    let pid = match parent_sock.read_exact(&mut tag).map(|()| tag[0]) {
-        Ok(b'P') => {
-            let mut bytes = [0u8; 4];
-            parent_sock
-                .read_exact(&mut bytes)
-                .map_err(|err| abort(format!("read the process's pid: {err}")))?;
-            i32::from_le_bytes(bytes)
-        }
-        Ok(b'E') => {
-            let mut message = String::new();
-            let _ = parent_sock.read_to_string(&mut message);
-            return Err(abort(message));
-        }
-        Ok(other) => return Err(abort(format!("unexpected sync message {other:?}"))),
-        Err(err) => return Err(abort(format!("the exec process exited early: {err}"))),
-    };
-    let mut pty_master = None;
-    loop {
-        match sys::recv_fd(parent_sock.as_fd()) {
-            Ok(Some((b'T', Some(master)))) => {
-                if let Some(size) = sys::terminal_size() {
-                    let _ = sys::set_window_size(master.as_raw_fd(), &size);
-                }
-                send(&mut parent_sock, b"W");
-                pty_master = Some(master);
-            }
-            Ok(Some((b'E', _))) => {
-                let mut message = String::new();
-                let _ = parent_sock.read_to_string(&mut message);
-                return Err(abort(message));
-            }
-            Ok(Some((other, _))) => {
-                return Err(abort(format!("unexpected sync message {other:?}")));
-            }
-            Ok(None) => break,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => return Err(abort(format!("read from the exec process: {err}"))),
-        }
-    }
+    let next = parent_sock.read_exact(&mut tag).map(|()| tag[0]);
+    let pid = pid_message(&mut parent_sock, next, "the exec process").map_err(abort)?;
+    let pty_master = terminal_then_exec(&mut parent_sock, "the exec process").map_err(abort)?;
     let tty = match (spec.tty, pty_master) {
         (true, Some(master)) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
         (true, None) => return Err(abort("the exec process sent no terminal".into())),
@@ -262,17 +229,7 @@ fn joiner_main(
     send(&mut sock, &message);
     drop(sock);
     let _ = std::io::Write::write_all(&mut std::fs::File::from(go_write), b"G");
-    loop {
-        match waitpid(child, None) {
-            Ok(status) => {
-                if let Some(code) = init::exit_code(status) {
-                    sys::exit_now(code);
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => sys::exit_now(125),
-        }
-    }
+    wait_and_exit(child)
 }
 
 /// The process: its own session, the terminal or the given stdio, the identity, exec.
@@ -296,18 +253,7 @@ fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: S
                 &format!("open a pty on the container's devpts: {err}"),
             ),
         };
-        if let Err(err) = sys::set_controlling_tty(slave.as_fd()) {
-            fail(&mut sock, &format!("set controlling terminal: {err}"));
-        }
-        let slave = Some(slave.as_fd());
-        dup_stdio(&mut sock, (slave, slave, slave));
-        if let Err(err) = sys::send_fd(sock.as_fd(), b'T', master.as_fd()) {
-            fail(&mut sock, &format!("send the pty to strata: {err}"));
-        }
-        let mut sized = [0u8; 1];
-        if sock.read_exact(&mut sized).is_err() || sized[0] != b'W' {
-            sys::exit_now(125);
-        }
+        hand_over_terminal(&mut sock, master, &slave);
     } else {
         dup_stdio(
             &mut sock,

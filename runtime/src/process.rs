@@ -65,6 +65,93 @@ fn die_with_parent(parent: Pid) {
     }
 }
 
+/// The parent's side of a 'P' message (a host pid) whose tag read gave `tag`; 'E'
+/// carries the child's own error. Errors are messages for `Error::Setup`.
+pub(crate) fn pid_message(
+    sock: &mut UnixStream,
+    tag: std::io::Result<u8>,
+    who: &str,
+) -> std::result::Result<i32, String> {
+    match tag {
+        Ok(b'P') => {
+            let mut bytes = [0u8; 4];
+            sock.read_exact(&mut bytes)
+                .map_err(|err| format!("read the pid of {who}: {err}"))?;
+            Ok(i32::from_le_bytes(bytes))
+        }
+        Ok(b'E') => {
+            let mut message = String::new();
+            let _ = sock.read_to_string(&mut message);
+            Err(message)
+        }
+        Ok(other) => Err(format!("unexpected sync message {other:?}")),
+        Err(err) => Err(format!("{who} exited early: {err}")),
+    }
+}
+
+/// The parent reads on until EOF (the socket is close-on-exec: the exec happened) or an
+/// 'E' message; with a terminal, 'T' brings the pty master first, which gets strata's
+/// window size before 'W' lets the command run (a shell that asks at once must not see
+/// 0x0).
+pub(crate) fn terminal_then_exec(
+    sock: &mut UnixStream,
+    who: &str,
+) -> std::result::Result<Option<OwnedFd>, String> {
+    let mut pty_master = None;
+    loop {
+        match sys::recv_fd(sock.as_fd()) {
+            Ok(Some((b'T', Some(master)))) => {
+                if let Some(size) = sys::terminal_size() {
+                    let _ = sys::set_window_size(master.as_raw_fd(), &size);
+                }
+                send(sock, b"W");
+                pty_master = Some(master);
+            }
+            Ok(Some((b'E', _))) => {
+                let mut message = String::new();
+                let _ = sock.read_to_string(&mut message);
+                return Err(message);
+            }
+            Ok(Some((other, _))) => return Err(format!("unexpected sync message {other:?}")),
+            Ok(None) => return Ok(pty_master),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(err) => return Err(format!("read from {who}: {err}")),
+        }
+    }
+}
+
+/// The process's side of a terminal: `slave` becomes its controlling terminal and stdio,
+/// `master` goes to strata, and the process waits until strata has sized it ('W').
+pub(crate) fn hand_over_terminal(sock: &mut UnixStream, master: OwnedFd, slave: &OwnedFd) {
+    if let Err(err) = sys::set_controlling_tty(slave.as_fd()) {
+        fail(sock, &format!("set controlling terminal: {err}"));
+    }
+    let slave = Some(slave.as_fd());
+    dup_stdio(sock, (slave, slave, slave));
+    if let Err(err) = sys::send_fd(sock.as_fd(), b'T', master.as_fd()) {
+        fail(sock, &format!("send the pty to strata: {err}"));
+    }
+    let mut sized = [0u8; 1];
+    if sock.read_exact(&mut sized).is_err() || sized[0] != b'W' {
+        sys::exit_now(125);
+    }
+}
+
+/// Waits for `child` and leaves with its status (128+N for signal N).
+pub(crate) fn wait_and_exit(child: Pid) -> ! {
+    loop {
+        match waitpid(child, None) {
+            Ok(status) => {
+                if let Some(code) = init::exit_code(status) {
+                    sys::exit_now(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => sys::exit_now(125),
+        }
+    }
+}
+
 pub(crate) fn send(sock: &mut UnixStream, bytes: &[u8]) {
     let _ = sock.write_all(bytes);
 }
@@ -168,52 +255,14 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         send(&mut parent_sock, b"A");
         next = read_tag(&mut parent_sock, &mut tag);
     }
-    let pid = match next {
-        Ok(b'P') => {
-            let mut bytes = [0u8; 4];
-            parent_sock
-                .read_exact(&mut bytes)
-                .map_err(|err| abort(format!("read container pid: {err}")))?;
-            i32::from_le_bytes(bytes)
-        }
-        Ok(b'E') => {
-            let mut message = String::new();
-            let _ = parent_sock.read_to_string(&mut message);
-            return Err(abort(message));
-        }
-        Ok(other) => return Err(abort(format!("unexpected sync message {other:?}"))),
-        Err(err) => return Err(abort(format!("container process exited early: {err}"))),
-    };
+    let pid = pid_message(&mut parent_sock, next, "the container process").map_err(abort)?;
     if let Some(cgroup) = &cgroup {
         cgroup.add(pid).map_err(|err| abort(err.to_string()))?;
     }
     send(&mut parent_sock, b"G");
     // Then: 'T' with the pty master attached (with a terminal), and EOF at exec or 'E'.
-    let mut pty_master = None;
-    loop {
-        match sys::recv_fd(parent_sock.as_fd()) {
-            Ok(Some((b'T', Some(master)))) => {
-                // The size goes on before the command runs ('W' lets it exec): a shell
-                // that asks for its size at once must not see 0x0.
-                if let Some(size) = sys::terminal_size() {
-                    let _ = sys::set_window_size(master.as_raw_fd(), &size);
-                }
-                send(&mut parent_sock, b"W");
-                pty_master = Some(master);
-            }
-            Ok(Some((b'E', _))) => {
-                let mut message = String::new();
-                let _ = parent_sock.read_to_string(&mut message);
-                return Err(abort(message));
-            }
-            Ok(Some((other, _))) => {
-                return Err(abort(format!("unexpected sync message {other:?}")));
-            }
-            Ok(None) => break,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(err) => return Err(abort(format!("read from the container process: {err}"))),
-        }
-    }
+    let pty_master =
+        terminal_then_exec(&mut parent_sock, "the container process").map_err(abort)?;
     let tty = match (spec.tty, pty_master) {
         (true, Some(master)) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
         (true, None) => return Err(abort("the container sent no terminal".into())),
@@ -307,17 +356,7 @@ fn intermediate_main(
     message.extend_from_slice(&child.as_raw().to_le_bytes());
     send(&mut sock, &message);
     drop(sock);
-    loop {
-        match waitpid(child, None) {
-            Ok(status) => {
-                if let Some(code) = init::exit_code(status) {
-                    sys::exit_now(code);
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => sys::exit_now(125),
-        }
-    }
+    wait_and_exit(child)
 }
 
 /// pid 1 of the container: wait for the go, set everything up, exec.
@@ -361,20 +400,7 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
     };
     let env = prepared.env;
     if let Some(console) = prepared.console {
-        if let Err(err) = sys::set_controlling_tty(console.slave.as_fd()) {
-            fail(&mut sock, &format!("set controlling terminal: {err}"));
-        }
-        let slave = Some(console.slave.as_fd());
-        dup_stdio(&mut sock, (slave, slave, slave));
-        if let Err(err) = sys::send_fd(sock.as_fd(), b'T', console.master.as_fd()) {
-            fail(&mut sock, &format!("send the pty to strata: {err}"));
-        }
-        // Wait until strata has given the pty its window size.
-        let mut sized = [0u8; 1];
-        if sock.read_exact(&mut sized).is_err() || sized[0] != b'W' {
-            sys::exit_now(125);
-        }
-        drop(console.master);
+        hand_over_terminal(&mut sock, console.master, &console.slave);
     }
     if launch.init {
         match sys::fork() {

@@ -39,11 +39,11 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
                 container.state.name
             )
         })?;
-    if args.tty && args.interactive && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    if args.process.tty && args.process.interactive && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
     }
     // Without -i the command reads nothing, as with docker exec.
-    let stdin: Option<OwnedFd> = if args.interactive {
+    let stdin: Option<OwnedFd> = if args.process.interactive {
         None
     } else {
         Some(
@@ -55,13 +55,13 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
     let spec = strata_runtime::ExecSpec {
         pid,
         args: command.to_vec(),
-        env: merge_env(&config.env, &args.env),
-        cwd: args.workdir.clone().unwrap_or(config.cwd),
-        user: args.user.clone().unwrap_or(config.user),
+        env: merge_env(&config.env, &args.process.env),
+        cwd: args.process.workdir.clone().unwrap_or(config.cwd),
+        user: args.process.user.clone().unwrap_or(config.user),
         hostname: Some(config.hostname),
         cgroup_name: cgroup_name(&container.id),
-        tty: args.tty,
-        interactive: args.interactive,
+        tty: args.process.tty,
+        interactive: args.process.interactive,
         no_new_privileges: config.no_new_privileges,
         stdin,
         stdout: None,

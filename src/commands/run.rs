@@ -189,10 +189,10 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
     };
     args.driver.parse::<Driver>()?;
     // docker's rule: a terminal that forwards input needs a terminal to read it from
-    if args.tty && args.interactive && !args.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+    if args.process.tty && args.process.interactive && !args.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
     }
-    if let Some(bad) = args.env.iter().find(|pair| pair.is_empty() || pair.starts_with('=')) {
+    if let Some(bad) = args.process.env.iter().find(|pair| pair.is_empty() || pair.starts_with('=')) {
         bail!("invalid environment variable {bad:?}: K=V or K");
     }
     if let Some(name) = &args.hostname {
@@ -216,13 +216,15 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
     }
     Ok(RunConfig {
         args: full,
-        env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.env),
+        env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.process.env),
         cwd: args
+            .process
             .workdir
             .clone()
             .or_else(|| image_config.working_dir().clone())
             .unwrap_or_default(),
         user: args
+            .process
             .user
             .clone()
             .or_else(|| image_config.user().clone())
@@ -257,8 +259,8 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         cpuset_cpus: args.cpuset_cpus.as_deref().map(check_cpuset).transpose()?,
         blkio_weight: args.blkio_weight,
         init: args.init,
-        tty: args.tty,
-        interactive: args.interactive,
+        tty: args.process.tty,
+        interactive: args.process.interactive,
         driver: args.driver.clone(),
         rm: args.rm,
         volumes,

@@ -51,33 +51,20 @@ struct RunMounts {
     mounts: Vec<RunMount>,
     /// Locks of `sharing=locked` cache mounts.
     locks: Vec<fs::File>,
-    /// Files written for this RUN only (secrets, a shebang heredoc).
-    files: TempFiles,
-    /// Directories made for this RUN only (the masks of context binds).
-    dirs: TempDirs,
+    /// Files and directories made for this RUN only (secrets, a shebang heredoc, the
+    /// masks of context binds).
+    files: TempPaths,
 }
 
-/// Directories removed when dropped.
+/// Paths removed when dropped, also when the RUN fails half way through its setup: a
+/// secret or a context mask never stays behind in the store.
 #[derive(Default)]
-struct TempDirs(Vec<PathBuf>);
+struct TempPaths(Vec<PathBuf>);
 
-impl Drop for TempDirs {
+impl Drop for TempPaths {
     fn drop(&mut self) {
         for path in &self.0 {
-            let _ = fs::remove_dir_all(path);
-        }
-    }
-}
-
-/// Files removed when dropped, also when the RUN fails half way through its setup: a
-/// secret never stays behind in the store.
-#[derive(Default)]
-struct TempFiles(Vec<PathBuf>);
-
-impl Drop for TempFiles {
-    fn drop(&mut self) {
-        for path in &self.0 {
-            let _ = fs::remove_file(path);
+            let _ = fs::remove_file(path).or_else(|_| fs::remove_dir_all(path));
         }
     }
 }
@@ -113,7 +100,9 @@ pub(crate) fn build_stage(
             return Err(Error::step(
                 &buildfile.file,
                 stage.from_step.pos,
-                format!("FROM --platform={wanted}: strata builds for this machine's platform, {host}, only"),
+                format!(
+                    "FROM --platform={wanted}: strata builds for this machine's platform, {host}, only"
+                ),
             ));
         }
     }
@@ -159,7 +148,10 @@ pub(crate) fn build_stage(
             ImageState::from_image(
                 cx.store,
                 &image,
-                root_key(&format!("image {} {}{epoch}", image.id, image.manifest_digest)),
+                root_key(&format!(
+                    "image {} {}{epoch}",
+                    image.id, image.manifest_digest
+                )),
             )?
         }
     };
@@ -580,7 +572,6 @@ impl StageRun<'_, '_> {
             mut mounts,
             locks,
             mut files,
-            dirs,
         } = self.run_mounts(step, run, &mut env)?;
         if let Some((content, target)) = shebang_script {
             let path = cx.store.tmp_path("heredoc");
@@ -669,7 +660,7 @@ impl StageRun<'_, '_> {
             let (layer, dir) = self.finish_layer(&upper)?;
             Ok((Some(layer), dir))
         })();
-        drop((locks, files, dirs));
+        drop((locks, files));
         for dir in [&upper, &work] {
             if dir.exists() {
                 let _ = fs::remove_dir_all(dir);
@@ -703,7 +694,7 @@ impl StageRun<'_, '_> {
                             let mask = self.cx.store.tmp_path("context-mask");
                             fs::create_dir(&mask)
                                 .map_err(|e| Error::io("failed to create", &mask, e))?;
-                            out.dirs.0.push(mask.clone());
+                            out.files.0.push(mask.clone());
                             self.cx.context.write_mask(&mask)?;
                             MountSource::Layers {
                                 lowers: vec![mask, self.cx.context.root.clone()],
@@ -777,7 +768,7 @@ impl StageRun<'_, '_> {
         step: &Step,
         mount: &Mount,
         env: &mut Vec<String>,
-        files: &mut TempFiles,
+        files: &mut TempPaths,
     ) -> Result<Option<RunMount>> {
         let id = mount.id.as_deref().unwrap_or_default();
         let value = match self.cx.opts.secrets.get(id) {
