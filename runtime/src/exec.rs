@@ -184,12 +184,7 @@ fn joiner_main(
         Err(err) => fail(&mut sock, &format!("pipe: {err}")),
     };
     // The parent forwards terminal signals to the process; the joiner only waits.
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
+    for signal in crate::signals::FORWARDED {
         let _ = sys::set_disposition(signal, true);
     }
     // Before the mount namespace hides the host's cgroupfs.
@@ -234,12 +229,7 @@ fn joiner_main(
 
 /// The process: its own session, the terminal or the given stdio, the identity, exec.
 fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: Stdio) -> ! {
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
+    for signal in crate::signals::FORWARDED {
         let _ = sys::set_disposition(signal, false);
     }
     if let Err(err) = nix::unistd::setsid() {

@@ -308,12 +308,7 @@ fn intermediate_main(
 ) -> ! {
     // Terminal signals reach the whole foreground process group; only the container may
     // decide what to do with them (the parent forwards them).
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
+    for signal in crate::signals::FORWARDED {
         let _ = sys::set_disposition(signal, true);
     }
     if userns {
@@ -361,12 +356,7 @@ fn intermediate_main(
 
 /// pid 1 of the container: wait for the go, set everything up, exec.
 fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
-    for signal in [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-    ] {
+    for signal in crate::signals::FORWARDED {
         let _ = sys::set_disposition(signal, false);
     }
     // Not dumpable until the command's execve: the container's other processes (an
