@@ -581,8 +581,6 @@ pub fn dump(buildfile: &Buildfile, build_args: &BTreeMap<String, String>) -> Res
     Ok(out)
 }
 
-/// The `PORT/PROTOCOL` keys of an EXPOSE word (`PORT` or `PORT-PORT`, with `/tcp`,
-
 /// A Linux signal as STOPSIGNAL takes it (BuildKit's signal.ParseSignal): a name with or
 /// without SIG, any case, RTMIN+N / RTMAX-N, or a number from 1 to 64.
 fn is_signal(text: &str) -> bool {
@@ -607,6 +605,7 @@ fn is_signal(text: &str) -> bool {
     NAMES.contains(&name) || name == "SYS" || realtime("RTMIN", '+') || realtime("RTMAX", '-')
 }
 
+/// The `PORT/PROTOCOL` keys of an EXPOSE word (`PORT` or `PORT-PORT`, with `/tcp`,
 /// `/udp` or `/sctp`, tcp when none); None when it is not one.
 fn port_keys(text: &str) -> Option<Vec<String>> {
     let (range, protocol) = text.split_once('/').unwrap_or((text, "tcp"));

@@ -124,7 +124,7 @@ pub struct Identity<'a> {
 pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
     let passwd = sys.read_file(Path::new("/etc/passwd")).unwrap_or_default();
     let group = sys.read_file(Path::new("/etc/group")).unwrap_or_default();
-    let exec_user = user::resolve(&id.user, &passwd, &group).map_err(|err| err.to_string())?;
+    let exec_user = user::resolve(id.user, &passwd, &group).map_err(|err| err.to_string())?;
 
     let mut env = id.env.to_vec();
     if !has_key(&env, "PATH") {

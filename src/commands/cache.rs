@@ -73,7 +73,7 @@ pub fn sources(store: &Store, specs: &[String], insecure: bool) -> anyhow::Resul
                 continue;
             }
         };
-        if import.len() == 0 {
+        if import.is_empty() {
             eprintln!("note: --cache-from {text}: no cache there yet");
         }
         tracing::info!(entries = import.len(), "cache import from {text}");

@@ -391,8 +391,9 @@ fn copy_keeps_user_xattrs_and_file_capabilities() {
     let tree = fx.tree(&image);
     let real = tree.lookup("b/tool").unwrap().0;
     let get = |name: &str| {
-        let mut buf = vec![0u8; 64];
-        let n = rustix::fs::lgetxattr(&real, name, &mut buf[..]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut buf = [0u8; 64];
+        let n = rustix::fs::lgetxattr(&real, name, &mut buf[..])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         buf[..n].to_vec()
     };
     assert_eq!(get("user.note"), b"hello");

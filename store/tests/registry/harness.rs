@@ -41,6 +41,7 @@ impl Registry {
 
     /// Serving HTTPS on `ip` (not a loopback address, where clients skip verification)
     /// with a certificate signed by a fresh CA; returns the CA's PEM file too.
+    #[allow(dead_code)] // the e2e tests use it
     pub fn start_tls_with_ca(ip: &str) -> (Registry, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name);
