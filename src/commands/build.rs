@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, IsTerminal};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -338,6 +338,20 @@ fn mount_point(
     Ok(current)
 }
 
+/// `rel` below `root`, opened (O_PATH) with its symlinks resolved as inside `root`
+/// (RESOLVE_IN_ROOT: an absolute link starts at `root`, `..` stops there) and no magic
+/// links followed.
+fn open_in_root(root: &Path, rel: &str) -> nix::Result<OwnedFd> {
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+    use nix::sys::stat::Mode;
+    let dir = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+    let rel = if rel.trim_matches('/').is_empty() { "." } else { rel.trim_start_matches('/') };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    nix::fcntl::openat2(&dir, rel, how)
+}
+
 /// The hostname RUN steps see (buildkit's, so scripts that check it behave the same).
 const RUN_HOSTNAME: &str = "buildkitsandbox";
 
@@ -394,6 +408,9 @@ impl Executor for UnionExecutor {
                         target: path,
                         readonly,
                     } => {
+                        // Held until the bind is made: the source as opened, not as a path
+                        // someone could swap for a symlink in between.
+                        let mut opened = None;
                         let host = match source {
                             MountSource::Host(dir) => dir.clone(),
                             MountSource::Layers {
@@ -430,10 +447,17 @@ impl Executor for UnionExecutor {
                                         builder_error("failed to mount --mount from=", e)
                                     })?;
                                 extra.unions.push((union, scratch));
-                                // inside the union: a symlink there must not lead to the host
-                                strata_runtime::resolve_in_root(&point, Path::new(inner)).map_err(|e| {
+                                // Inside the union: a symlink there must not lead to the host,
+                                // also not one that a writer of the context puts there between
+                                // this check and the bind. openat2(RESOLVE_IN_ROOT) resolves as
+                                // the container would see it, and the bind takes the opened
+                                // object through /proc/self/fd (as runc does).
+                                let fd = open_in_root(&point, inner).map_err(|e| {
                                     builder_error(&format!("bind mount source {inner}"), e)
-                                })?
+                                })?;
+                                let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                                opened = Some(fd);
+                                via
                             }
                         };
                         let meta = fs::metadata(&host).map_err(|e| {
@@ -453,6 +477,7 @@ impl Executor for UnionExecutor {
                                 e,
                             )
                         })?;
+                        drop(opened);
                         extra.mounted.push(point.clone());
                         if *readonly {
                             nix::mount::mount(
