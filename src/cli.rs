@@ -386,6 +386,9 @@ pub struct RunArgs {
     /// The signal `stop` sends first (default: the image's STOPSIGNAL, else SIGTERM)
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
+    /// Mount the container's root read-only (its volumes, /dev, /proc and /etc files stay as they are)
+    #[arg(long)]
+    pub read_only: bool,
     /// Security options; `no-new-privileges` keeps setuid binaries from elevating
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,

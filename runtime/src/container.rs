@@ -285,6 +285,7 @@ mod tests {
                 files: vec![("/c/resolv.conf".into(), "/etc/resolv.conf".into())],
                 binds: Vec::new(),
                 cgroups: Vec::new(),
+                read_only: false,
             },
             hostname: Some("box".into()),
             loopback: true,

@@ -94,6 +94,8 @@ pub struct Spec {
     pub die_with_parent: bool,
     /// Set no_new_privs (docker's `--security-opt no-new-privileges`); off by default.
     pub no_new_privileges: bool,
+    /// The root is read-only (`run --read-only`); mounts on it keep their own flags.
+    pub read_only: bool,
     /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`
     /// then receives what the pty prints (strata's stdout when None) and `stdin`/`stderr`
     /// are unused (input comes from strata's stdin with `interactive`).

@@ -191,6 +191,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
                 .map(|(host, inside)| (host.clone(), PathBuf::from(inside)))
                 .collect(),
             binds: spec.binds.clone(),
+            read_only: spec.read_only,
             cgroups: if spec.cgroup_name.is_empty() {
                 Vec::new()
             } else {

@@ -26,6 +26,9 @@ pub struct Rootfs {
     /// The cgroup hierarchies to show read-only at /sys/fs/cgroup (the process is in
     /// its own cgroup namespace by then, so each shows the container's cgroup as root).
     pub cgroups: Vec<crate::cgroup::ViewMount>,
+    /// `run --read-only`: the root is remounted read-only once everything is mounted on it
+    /// (its /dev, /proc, volumes and /etc files keep their own flags).
+    pub read_only: bool,
 }
 
 /// A host path bound onto a container path, as `docker run -v SRC:DST[:ro]` binds it.
@@ -234,7 +237,19 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     sys.chdir(Path::new("/"))
         .map_err(sys_err("chdir /".into()))?;
 
-    mask(sys)
+    mask(sys)?;
+    if spec.read_only {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(
+            sys,
+            None,
+            Path::new("/"),
+            None,
+            flags | sys.locked_flags(Path::new("/")),
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 /// Mounts the container's cgroup hierarchies read-only at /sys/fs/cgroup: cgroup2 there,
@@ -544,6 +559,7 @@ mod tests {
                 },
             ],
             cgroups: Vec::new(),
+            read_only: false,
         };
         bind_volumes(&sys, &spec).unwrap();
         assert_eq!(
@@ -586,6 +602,7 @@ mod cgroup_view_tests {
             files: Vec::new(),
             binds: Vec::new(),
             cgroups,
+            read_only: false,
         }
     }
 

@@ -50,6 +50,9 @@ pub struct RunConfig {
     /// `--security-opt no-new-privileges` (off by default, as docker's).
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// `--read-only`.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// The cgroup of a container.
@@ -266,6 +269,7 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         volumes,
         stop_signal,
         no_new_privileges,
+        read_only: args.read_only,
     })
 }
 
@@ -509,6 +513,7 @@ fn mount_and_run(
         // docker's: a container outlives a killed client (`ps` and the --rm sweep follow it)
         die_with_parent: false,
         no_new_privileges: config.no_new_privileges,
+        read_only: config.read_only,
         stdin,
         stdout: output,
         stderr,

@@ -867,3 +867,18 @@ fn exec_with_a_terminal() {
     }
     store.ok(&["rm", "-f", "term"]);
 }
+
+/// `--read-only`: the root is read-only, its volumes, /dev/shm and /etc files are not, as
+/// with docker.
+#[test]
+fn read_only_root() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let out = store.ok(&[
+            "run", "--rm", "--read-only", "--driver", driver, "-v", "/vol", "busybox", "sh", "-c",
+            "touch /x 2>/dev/null || echo root-ro; touch /vol/y && echo vol-rw; \
+             echo 1.2.3.4 x >> /etc/hosts && echo hosts-rw; touch /dev/shm/z && echo shm-rw",
+        ]);
+        assert_eq!(out, "root-ro\nvol-rw\nhosts-rw\nshm-rw\n", "{driver}");
+    }
+}
