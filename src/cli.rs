@@ -61,6 +61,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run one more command in a running container
     Exec(ExecArgs),
+    /// Run an exited container's command again
+    Start(StartArgs),
     /// List containers
     Ps(PsArgs),
     /// Remove containers
@@ -406,6 +408,15 @@ impl RunArgs {
     pub fn command(&self) -> &[String] {
         &self.image_and_command[1..]
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Stay attached: the command's output here, its exit code as strata's
+    #[arg(short = 'a', long)]
+    pub attach: bool,
+    #[arg(required = true)]
+    pub containers: Vec<String>,
 }
 
 /// The options `run` and `exec` share: how the process runs.

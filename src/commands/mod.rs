@@ -42,6 +42,7 @@ mod rm;
 mod logs;
 mod stop;
 mod exec;
+mod start;
 mod kill;
 mod diff;
 mod commit;
@@ -99,6 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop(args) => stop::run(&globals, args),
         Command::Kill(args) => kill::run(&globals, args),
         Command::Exec(args) => exec::run(&globals, args),
+        Command::Start(args) => start::run(&globals, args),
         Command::Diff(args) => diff::run(&globals, args),
         Command::Commit(args) => commit::run(&globals, args),
     }

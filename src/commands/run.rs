@@ -344,7 +344,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
 /// Starts `strata run-monitor <id>` in its own session with its output going to the
 /// container's log, and waits until the container runs (or failed to start: then a `--rm`
 /// container is removed here, once its log has been read).
-fn detach(globals: &Globals, container: &Container, rm: bool) -> anyhow::Result<()> {
+pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -421,7 +421,7 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
 /// Mounts, runs and records one container in the foreground; returns the command's exit
 /// code. A `--rm` container is removed however this ends (a mount that fails, a command
 /// that cannot start).
-fn start(
+pub(crate) fn start(
     globals: &Globals,
     container: Container,
     config: &RunConfig,

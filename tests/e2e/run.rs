@@ -882,3 +882,23 @@ fn read_only_root() {
         assert_eq!(out, "root-ro\nvol-rw\nhosts-rw\nshm-rw\n", "{driver}");
     }
 }
+
+/// `start` runs an exited container's command again on its upper and volumes, attached
+/// (`-a`, the command's exit code) or in the background, as docker start does.
+#[test]
+fn start_runs_an_exited_container_again() {
+    let store = store_with_busybox();
+    let script = "echo run >> /vol/log; echo up >> /up; cat /vol/log /up | wc -l; exit 3";
+    let out = store.strata(&["run", "--name", "again", "-v", "/vol", "busybox", "sh", "-c", script]);
+    assert_eq!((code(&out), text(&out.stdout)), (3, "2\n".to_string()));
+    let out = store.strata(&["start", "-a", "again"]);
+    assert_eq!((code(&out), text(&out.stdout)), (3, "4\n".to_string()), "upper and volume kept");
+    assert_eq!(store.ok(&["start", "again"]), "again\n");
+    let exited = wait_status(&store, "again", "exited");
+    assert_eq!(exited["ExitCode"], 3);
+    assert_eq!(store.ok(&["logs", "again"]), "6\n");
+    store.ok(&["run", "-d", "--name", "busy", "busybox", "sleep", "60"]);
+    wait_status(&store, "busy", "running");
+    assert_eq!(code(&store.strata(&["start", "busy"])), 1, "already running");
+    store.ok(&["rm", "-f", "busy", "again"]);
+}

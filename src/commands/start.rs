@@ -1,0 +1,77 @@
+//! `strata start [-a] CONTAINER...`: runs an exited container's command again with the
+//! options it was made with, on its upper and volumes as they were, as `docker start`
+//! does: in the background, or attached with `-a` (then the exit code is the command's).
+
+use std::os::fd::OwnedFd;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use strata_store::{Status, Store};
+
+use crate::cli::StartArgs;
+use crate::commands::Globals;
+use crate::commands::run::{RunConfig, detach, is_running, start};
+
+pub fn run(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
+    if args.attach {
+        let [reference] = args.containers.as_slice() else {
+            bail!("start -a takes one container");
+        };
+        return Ok(match start_one(globals, reference, true) {
+            Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+            Err(err) => {
+                crate::report::print_error(&err);
+                ExitCode::from(125)
+            }
+        });
+    }
+    Ok(crate::commands::for_each_arg(
+        &args.containers,
+        |reference| {
+            start_one(globals, reference, false)?;
+            println!("{reference}");
+            Ok(())
+        },
+    ))
+}
+
+/// Starts one container; attached, returns the command's exit code.
+fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result<i32> {
+    let store = Store::open(&globals.root)?;
+    let mut container = store.container(reference)?;
+    if is_running(&container) {
+        bail!("container {} is already running", container.state.name);
+    }
+    let config: RunConfig =
+        serde_json::from_value(container.state.config.clone()).with_context(|| {
+            format!(
+                "container {} was made by mount, not run: it has no command to start",
+                container.state.name
+            )
+        })?;
+    let image_id = container
+        .state
+        .image_id
+        .with_context(|| format!("container {} has no image", container.id))?;
+    let lowers = store.layer_dirs(&store.resolve(&image_id.to_string())?)?;
+    // A fresh state to start from: `detach` waits for this one to become running.
+    container.state.status = Status::Created;
+    container.state.exit_code = None;
+    container.state.pid = None;
+    container.save()?;
+    drop(store);
+    if !attach {
+        detach(globals, &container, false)?;
+        return Ok(0);
+    }
+    let stdin: Option<OwnedFd> = if config.interactive {
+        None
+    } else {
+        Some(
+            std::fs::File::open("/dev/null")
+                .context("failed to open /dev/null")?
+                .into(),
+        )
+    };
+    start(globals, container, &config, lowers, stdin, None)
+}
