@@ -149,12 +149,16 @@ pub struct ImagesArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
-    /// Image name, id or digest, or container id or name
-    #[arg(value_name = "IMAGE|CONTAINER")]
-    pub target: String,
-    /// Print JSON (the only format; accepted for symmetry with the lists)
+    /// Image names, ids or digests, or container ids or names
+    #[arg(value_name = "IMAGE|CONTAINER", required = true)]
+    pub targets: Vec<String>,
+    /// Print JSON (the default; accepted for symmetry with the lists)
     #[arg(long)]
     pub json: bool,
+    /// One line per target from a template of `{{.Path.To.Field}}` and `{{json .Path}}`
+    /// (the part of docker's Go templates scripts use)
+    #[arg(short = 'f', long, value_name = "TEMPLATE")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -37,6 +37,11 @@ fn import_then_list_inspect_history_tag_and_rmi() {
 
     store.ok(&["tag", "busybox", "tools:1.0"]);
     assert_eq!(inspect(&store, "tools:1.0")["Id"], id.trim());
+    // several at once, and docker's template for scripts
+    let both: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", "busybox", "tools:1.0"])).unwrap();
+    assert_eq!(both.as_array().map(Vec::len), Some(2));
+    let line = store.ok(&["inspect", "-f", "{{.Id}} {{json .Config.Cmd}}", "tools:1.0"]);
+    assert_eq!(line.split(' ').next(), Some(id.trim()), "{line}");
     let only_tools = store.ok(&["images", "tools"]);
     assert_eq!(only_tools.lines().count(), 2, "{only_tools}");
     assert!(only_tools.contains("1.0") && !only_tools.contains("busybox"), "{only_tools}");
