@@ -1210,3 +1210,25 @@ fn run_steps_see_no_host_sys_submounts() {
     );
     build(&store, &ctx, &["--no-cache"]);
 }
+
+/// A changed LABEL, CMD or EXPOSE changes the image's config, not what a later RUN sees:
+/// the RUN stays cached, as with BuildKit; a changed ENV reruns it.
+#[test]
+fn config_only_changes_keep_later_steps_cached() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let write = |label: &str, env: &str| {
+        buildfile(
+            &store,
+            &format!("FROM busybox\nLABEL version={label}\nENV E={env}\nEXPOSE 80\nCMD [\"a\"]\nRUN echo ran-the-step > /s\n"),
+        )
+    };
+    let first = build(&store, &write("1", "x"), &["-t", "c1"]);
+    assert!(first.stderr.contains("| ran") || !cached(&first.stderr, "RUN echo"), "{}", first.stderr);
+    let relabelled = build(&store, &write("2", "x"), &["-t", "c2"]);
+    assert!(cached(&relabelled.stderr, "RUN echo"), "{}", relabelled.stderr);
+    assert_ne!(relabelled.id, first.id, "the config still differs");
+    assert_eq!(inspect(&store, "c2")["Config"]["Labels"]["version"], "2");
+    let new_env = build(&store, &write("2", "y"), &["-t", "c3"]);
+    assert!(!cached(&new_env.stderr, "RUN echo"), "{}", new_env.stderr);
+}

@@ -281,7 +281,9 @@ impl StageRun<'_, '_> {
                 &created_by,
             );
             self.export(&key, &entry);
-            self.state.key = key;
+            if !config_only(&instruction) {
+                self.state.key = key;
+            }
             cx.opts.progress.step_finished(&info, Outcome::Cached);
             return Ok(());
         }
@@ -346,7 +348,11 @@ impl StageRun<'_, '_> {
         cx.store.cache_put(&key, &entry)?;
         self.export(&key, &entry);
         self.apply(&instruction, layer, dir, created, &created_by);
-        self.state.key = key;
+        // A config-only step leaves the key of what follows alone, as BuildKit's graph
+        // has no node for it: a new LABEL or CMD does not rerun the RUN after it.
+        if !config_only(&instruction) {
+            self.state.key = key;
+        }
         cx.opts
             .progress
             .step_finished(&info, Outcome::Done(started.elapsed()));
@@ -966,6 +972,23 @@ fn config_key(state: &ImageState) -> Result<Vec<u8>> {
         &state.config.shell,
     ))
     .map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Instructions that change only the image's config, which no later step can see (RUN
+/// sees ENV, ARG, USER, WORKDIR and SHELL, which stay in the chain of keys).
+fn config_only(instruction: &Instruction) -> bool {
+    matches!(
+        instruction,
+        Instruction::Label(_)
+            | Instruction::Cmd(_)
+            | Instruction::Entrypoint(_)
+            | Instruction::Expose(_)
+            | Instruction::StopSignal(_)
+            | Instruction::Healthcheck(_)
+            | Instruction::Maintainer(_)
+            | Instruction::Onbuild(_)
+            | Instruction::Volume(_)
+    )
 }
 
 /// The history line of a step, buildkit style.
