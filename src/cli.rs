@@ -63,6 +63,8 @@ pub enum Command {
     Exec(ExecArgs),
     /// Run an exited container's command again
     Start(StartArgs),
+    /// Named volumes (run -v NAME:/dir): ls, create, rm
+    Volume(VolumeArgs),
     /// List containers
     Ps(PsArgs),
     /// Remove containers
@@ -412,6 +414,32 @@ impl RunArgs {
     pub fn command(&self) -> &[String] {
         &self.image_and_command[1..]
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct VolumeArgs {
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum VolumeCommand {
+    /// List the named volumes
+    Ls {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make empty named volumes
+    Create {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove named volumes no container uses
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, clap::Args)]

@@ -43,6 +43,7 @@ mod logs;
 mod stop;
 mod exec;
 mod start;
+mod volume;
 mod kill;
 mod diff;
 mod commit;
@@ -101,6 +102,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Kill(args) => kill::run(&globals, args),
         Command::Exec(args) => exec::run(&globals, args),
         Command::Start(args) => start::run(&globals, args),
+        Command::Volume(args) => volume::run(&globals, args),
         Command::Diff(args) => diff::run(&globals, args),
         Command::Commit(args) => commit::run(&globals, args),
     }

@@ -474,7 +474,7 @@ fn mount_and_run(
     } else {
         (0, 0)
     };
-    let binds = volumes::binds(&container.dir, &spec.target, &config.volumes, root)?;
+    let binds = volumes::binds(&container.dir, &globals.root.join("volumes"), &spec.target, &config.volumes, root)?;
     // Recorded once the command runs (one atomic save instead of two).
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());

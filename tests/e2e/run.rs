@@ -902,3 +902,29 @@ fn start_runs_an_exited_container_again() {
     assert_eq!(code(&store.strata(&["start", "busy"])), 1, "already running");
     store.ok(&["rm", "-f", "busy", "again"]);
 }
+
+/// Named volumes (`-v NAME:/dir`) outlive their containers, start as a copy of the image
+/// (also one made empty by `volume create`), and cannot be removed while a container uses
+/// them, as docker's.
+#[test]
+fn named_volumes_outlive_containers() {
+    let store = store_with_busybox();
+    let count = "echo x >> /etc/data/log; wc -l < /etc/data/log; ls /etc/data | grep -c passwd; true";
+    // /etc holds passwd in busybox: a new volume at /etc/data starts empty, one at /etc from it
+    store.ok(&["run", "--rm", "-v", "etcvol:/etc", "busybox", "true"]);
+    assert_eq!(store.ok(&["run", "--rm", "-v", "etcvol:/mnt", "busybox", "ls", "/mnt/passwd"]), "/mnt/passwd\n");
+    for expected in ["1\n0\n", "2\n0\n"] {
+        assert_eq!(store.ok(&["run", "--rm", "-v", "data:/etc/data", "busybox", "sh", "-c", count]), expected);
+    }
+    store.ok(&["volume", "create", "empty"]);
+    assert_eq!(store.ok(&["run", "--rm", "-v", "empty:/etc", "busybox", "ls", "/etc/passwd"]), "/etc/passwd\n");
+    let listed = store.ok(&["volume", "ls"]);
+    assert!(listed.contains("data") && listed.contains("empty") && listed.contains("etcvol"), "{listed}");
+    store.ok(&["run", "--name", "user", "-v", "data:/d", "busybox", "true"]);
+    let out = store.strata(&["volume", "rm", "data"]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("in use by container user"), "{}", text(&out.stderr));
+    store.ok(&["rm", "user"]);
+    store.ok(&["volume", "rm", "data", "empty", "etcvol"]);
+    assert_eq!(store.ok(&["volume", "ls", "--json"]).trim(), "[]");
+}

@@ -3,6 +3,9 @@
 //!
 //! - `-v /host/path:/dir[:ro]` binds a host directory or file (it must exist: podman's rule,
 //!   not docker's silent mkdir on the host).
+//! - `-v NAME:/dir` mounts the named volume `<root>/volumes/NAME`, made (and filled from
+//!   the image, as docker fills a new one) the first time; it outlives containers
+//!   (`strata volume ls|create|rm`).
 //! - `-v /dir` and every `VOLUME` of the image not bound by `-v` get a volume of the
 //!   container's own, in its directory (`volumes/N`, removed with it, so `--rm` leaves
 //!   nothing). Like a new docker volume it starts as a copy of what the image has at
@@ -17,8 +20,11 @@ use serde::{Deserialize, Serialize};
 /// One mount of `run -v` or of an image VOLUME.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Volume {
-    /// A host path to bind, or None: a volume of the container's own.
+    /// A host path to bind, or None: a volume (named, or the container's own).
     pub source: Option<PathBuf>,
+    /// A named volume (`-v NAME:/dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Absolute and clean, inside the container.
     pub target: String,
     #[serde(default)]
@@ -60,6 +66,7 @@ pub fn parse(
         if !volumes.iter().any(|v| v.target == target) {
             volumes.push(Volume {
                 source: None,
+                name: None,
                 target,
                 readonly: false,
                 copy: true,
@@ -79,6 +86,7 @@ fn parse_one(spec: &str, cwd: &Path) -> anyhow::Result<Volume> {
     };
     let mut volume = Volume {
         source: None,
+        name: None,
         target: clean_target(target)?,
         readonly: false,
         copy: true,
@@ -95,9 +103,9 @@ fn parse_one(spec: &str, cwd: &Path) -> anyhow::Result<Volume> {
     }
     if let Some(source) = source {
         if !(source.starts_with('/') || source.starts_with('.')) {
-            bail!(
-                "named volumes are not supported: give a host path (/path or ./path) or only DIR for a volume of the container's own"
-            );
+            check_name(source)?;
+            volume.name = Some(source.to_string());
+            return Ok(volume);
         }
         let path =
             std::path::absolute(cwd.join(source)).with_context(|| format!("bad path {source}"))?;
@@ -106,6 +114,16 @@ fn parse_one(spec: &str, cwd: &Path) -> anyhow::Result<Volume> {
         volume.source = Some(path);
     }
     Ok(volume)
+}
+
+/// A volume name as docker takes it: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+    if !ok {
+        bail!("invalid volume name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit");
+    }
+    Ok(())
 }
 
 /// `target` as an absolute clean container path; "/" cannot be mounted over.
@@ -133,15 +151,29 @@ fn clean_target(target: &str) -> anyhow::Result<String> {
 /// time (filled from `rootfs`, the container's mounted union, unless `nocopy`).
 pub fn binds(
     container_dir: &Path,
+    named: &Path,
     rootfs: &Path,
     volumes: &[Volume],
     root: (u32, u32),
 ) -> anyhow::Result<Vec<strata_runtime::Bind>> {
     let mut binds = Vec::with_capacity(volumes.len());
     for (index, volume) in volumes.iter().enumerate() {
-        let source = match &volume.source {
-            Some(path) => path.clone(),
-            None => {
+        let source = match (&volume.source, &volume.name) {
+            (Some(path), _) => path.clone(),
+            (None, Some(name)) => {
+                let dir = named.join(name);
+                if !dir.exists() {
+                    std::fs::create_dir_all(named)
+                        .with_context(|| format!("failed to create {}", named.display()))?;
+                    create(&dir, rootfs, volume, root)
+                        .with_context(|| format!("failed to create volume {name}"))?;
+                } else if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none()) {
+                    // an empty volume (`volume create`) is filled at its first use, as docker's
+                    fill(&dir, rootfs, volume).with_context(|| format!("failed to fill volume {name}"))?;
+                }
+                dir
+            }
+            (None, None) => {
                 let dir = container_dir.join("volumes").join(index.to_string());
                 if !dir.exists() {
                     create(&dir, rootfs, volume, root).with_context(|| {
@@ -162,19 +194,8 @@ pub fn binds(
     Ok(binds)
 }
 
-/// Makes the volume at `dir` (staged beside it, then renamed into place).
-/// `root` owns a volume the image does not fill (the host ids of container root: in a
-/// user namespace, not host root, or the container could not write to it).
-fn create(dir: &Path, rootfs: &Path, volume: &Volume, root: (u32, u32)) -> anyhow::Result<()> {
-    let staging = dir.with_extension("new");
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging)
-            .with_context(|| format!("failed to remove {}", staging.display()))?;
-    }
-    std::fs::create_dir_all(&staging)
-        .with_context(|| format!("failed to create {}", staging.display()))?;
-    std::os::unix::fs::chown(&staging, Some(root.0), Some(root.1))
-        .with_context(|| format!("failed to chown {}", staging.display()))?;
+/// Copies what the image has at the volume's target into `dir` (unless `nocopy`).
+fn fill(dir: &Path, rootfs: &Path, volume: &Volume) -> anyhow::Result<()> {
     let in_image = strata_runtime::resolve_in_root(rootfs, Path::new(&volume.target))?;
     if volume.copy && in_image.is_dir() {
         // `cp -a` keeps what docker keeps when it fills a volume: owners, modes, times,
@@ -183,19 +204,40 @@ fn create(dir: &Path, rootfs: &Path, volume: &Volume, root: (u32, u32)) -> anyho
             .arg("-a")
             .arg("--")
             .arg(in_image.join("."))
-            .arg(&staging)
+            .arg(dir)
             .output()
             .context("failed to run cp")?;
         if !out.status.success() {
-            bail!(
-                "cp -a {}: {}",
-                volume.target,
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("cp -a {}: {}", volume.target, String::from_utf8_lossy(&out.stderr).trim());
         }
     }
-    std::fs::rename(&staging, dir)
-        .with_context(|| format!("failed to rename into {}", dir.display()))
+    Ok(())
+}
+
+/// Makes the volume at `dir` (staged beside it, then renamed into place).
+/// `root` owns a volume the image does not fill (the host ids of container root: in a
+/// user namespace, not host root, or the container could not write to it).
+fn create(dir: &Path, rootfs: &Path, volume: &Volume, root: (u32, u32)) -> anyhow::Result<()> {
+    // one staging directory per process: two containers may make one named volume at once
+    let staging = dir.with_extension(format!("new-{}", std::process::id()));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)
+            .with_context(|| format!("failed to remove {}", staging.display()))?;
+    }
+    std::fs::create_dir_all(&staging)
+        .with_context(|| format!("failed to create {}", staging.display()))?;
+    std::os::unix::fs::chown(&staging, Some(root.0), Some(root.1))
+        .with_context(|| format!("failed to chown {}", staging.display()))?;
+    fill(&staging, rootfs, volume)?;
+    match std::fs::rename(&staging, dir) {
+        Ok(()) => Ok(()),
+        // another container made it meanwhile: theirs stands
+        Err(_) if dir.is_dir() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("failed to rename into {}", dir.display())),
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +255,7 @@ mod tests {
             parse(&specs, &image, dir.path())
         };
         let volumes = parse(
-            &["./h:/data/:ro,z", "/cache/../tmp"],
+            &["./h:/data/:ro,z", "/cache/../tmp", "pgdata:/var/lib/db"],
             &["/data", "/logs", "/logs/"],
         )
         .unwrap();
@@ -223,18 +265,28 @@ mod tests {
             [
                 Volume {
                     source: Some(host),
+                    name: None,
                     target: "/data".into(),
                     readonly: true,
                     copy: true
                 },
                 Volume {
                     source: None,
+                    name: None,
                     target: "/tmp".into(),
                     readonly: false,
                     copy: true
                 },
                 Volume {
                     source: None,
+                    name: Some("pgdata".into()),
+                    target: "/var/lib/db".into(),
+                    readonly: false,
+                    copy: true
+                },
+                Volume {
+                    source: None,
+                    name: None,
                     target: "/logs".into(),
                     readonly: false,
                     copy: true
@@ -242,7 +294,7 @@ mod tests {
             ]
         );
         for (specs, says) in [
-            (&["data:/x"][..], "named volumes are not supported"),
+            (&["-bad:/x"][..], "invalid volume name"),
             (&["/nonexistent-strata:/x"][..], "/nonexistent-strata"),
             (&["./h:rel"][..], "not an absolute path"),
             (&["./h:/"][..], "cannot mount over /"),
