@@ -65,6 +65,8 @@ pub enum Command {
     Start(StartArgs),
     /// Named volumes (run -v NAME:/dir): ls, create, rm
     Volume(VolumeArgs),
+    /// Copy files between a container and the host (CONTAINER:PATH on one side)
+    Cp(CpArgs),
     /// List containers
     Ps(PsArgs),
     /// Remove containers
@@ -414,6 +416,14 @@ impl RunArgs {
     pub fn command(&self) -> &[String] {
         &self.image_and_command[1..]
     }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CpArgs {
+    /// CONTAINER:PATH or a host path
+    pub source: String,
+    /// CONTAINER:PATH or a host path
+    pub dest: String,
 }
 
 #[derive(Debug, clap::Args)]

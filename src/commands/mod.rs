@@ -44,6 +44,7 @@ mod stop;
 mod exec;
 mod start;
 mod volume;
+mod cp;
 mod kill;
 mod diff;
 mod commit;
@@ -103,6 +104,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => exec::run(&globals, args),
         Command::Start(args) => start::run(&globals, args),
         Command::Volume(args) => volume::run(&globals, args),
+        Command::Cp(args) => cp::run(&globals, args),
         Command::Diff(args) => diff::run(&globals, args),
         Command::Commit(args) => commit::run(&globals, args),
     }

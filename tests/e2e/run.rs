@@ -928,3 +928,32 @@ fn named_volumes_outlive_containers() {
     store.ok(&["volume", "rm", "data", "empty", "etcvol"]);
     assert_eq!(store.ok(&["volume", "ls", "--json"]).trim(), "[]");
 }
+
+/// `cp` between the host and a container, stopped (its union mounted for the copy) or
+/// running, with container paths resolved inside the container.
+#[test]
+fn cp_between_host_and_containers() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    std::fs::create_dir_all(host.join("dir/sub")).unwrap();
+    std::fs::write(host.join("dir/sub/f"), "a\n").unwrap();
+    store.ok(&["run", "--name", "stopped", "busybox", "sh", "-c", "mkdir /data && echo inside > /data/x && ln -s /etc /esc"]);
+    store.ok(&["cp", "stopped:/data", host.join("out").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.join("out/x")).unwrap(), "inside\n");
+    store.ok(&["cp", host.join("dir").to_str().unwrap(), "stopped:/data/"]);
+    // a link in the container leads inside it, not to the host's /etc
+    store.ok(&["cp", host.join("dir/sub/f").to_str().unwrap(), "stopped:/esc/from-host"]);
+    assert!(!std::path::Path::new("/etc/from-host").exists());
+    let diff = store.ok(&["diff", "stopped"]);
+    assert!(diff.contains("A /data/dir/sub/f") && diff.contains("A /etc/from-host"), "{diff}");
+    store.ok(&["run", "-d", "--name", "live", "busybox", "sleep", "60"]);
+    wait_status(&store, "live", "running");
+    store.ok(&["cp", host.join("dir/sub/f").to_str().unwrap(), "live:/tmp/"]);
+    assert_eq!(store.ok(&["exec", "live", "cat", "/tmp/f"]), "a\n");
+    let out = store.strata(&["cp", "live:/nope", host.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("live:/nope: no such file"), "{}", text(&out.stderr));
+    store.ok(&["rm", "-f", "live", "stopped"]);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(store.root().to_str().unwrap()), "the copy's mount is gone");
+}

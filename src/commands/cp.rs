@@ -1,0 +1,137 @@
+//! `strata cp CONTAINER:SRC DEST` and `strata cp SRC CONTAINER:DEST`: files between a
+//! container (running or not) and the host, as `docker cp` copies them: directories
+//! recursively with modes and times, owned by whoever runs strata (root), `SRC/.` for
+//! a directory's content. Container paths resolve their symlinks inside the container.
+//! A stopped container's union is mounted for the copy and unmounted after; what is
+//! copied in lands in its upper.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use strata_store::{Container, Store};
+use strata_unionfs::{Driver, MountSpec};
+
+use crate::cli::CpArgs;
+use crate::commands::Globals;
+use crate::commands::run::is_running;
+
+pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
+    let (from, to) = (split(&args.source), split(&args.dest));
+    let (reference, inside, host, into) = match (from, to) {
+        (Some((c, path)), None) => (c, path, PathBuf::from(&args.dest), false),
+        (None, Some((c, path))) => (c, path, PathBuf::from(&args.source), true),
+        _ => bail!("one of the two paths is CONTAINER:PATH, the other a host path"),
+    };
+    let store = Store::open(&globals.root)?;
+    let container = store.container(reference)?;
+    // A running container's union is mounted at its rootfs; else mount it for the copy.
+    let (root, _guard) = if is_running(&container) {
+        (container.rootfs_dir(), None)
+    } else {
+        let (point, guard) = mount(&store, &container)?;
+        (point, Some(guard))
+    };
+    drop(store);
+    let (src, dest) = if into {
+        (host, in_container(&root, inside)?)
+    } else {
+        (in_container(&root, inside)?, host)
+    };
+    if std::fs::symlink_metadata(&src).is_err() {
+        let named = if into {
+            args.source.clone()
+        } else {
+            format!("{reference}:{inside}")
+        };
+        bail!("{named}: no such file or directory");
+    }
+    copy(&src, &dest)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `CONTAINER:PATH` -> (container, path); a host path (absolute or relative, with no ':'
+/// before its first '/') -> None.
+fn split(arg: &str) -> Option<(&str, &str)> {
+    let (container, path) = arg.split_once(':')?;
+    (!container.is_empty() && !container.contains('/')).then_some((container, path))
+}
+
+/// The host path of container path `inside`, its directories resolved inside the
+/// container (the last name is kept, as `docker cp` copies a link as a link).
+fn in_container(root: &Path, inside: &str) -> anyhow::Result<PathBuf> {
+    if !inside.starts_with('/') {
+        bail!("container path {inside:?} is not absolute");
+    }
+    let trimmed = inside.trim_end_matches('/');
+    let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+    let parent = strata_runtime::resolve_in_root(
+        root,
+        Path::new(if parent.is_empty() { "/" } else { parent }),
+    )?;
+    // "DIR/." (its content) and a trailing '/' keep their meaning for cp
+    let mut path = if name.is_empty() {
+        parent
+    } else {
+        parent.join(name)
+    };
+    if inside.ends_with("/.") {
+        path.push(".");
+    }
+    Ok(path)
+}
+
+/// Mounts a stopped container's union in the store's tmp/ (unmounted when the guard goes).
+fn mount(
+    store: &Store,
+    container: &Container,
+) -> anyhow::Result<(PathBuf, strata_unionfs::MountGuard)> {
+    let image_id = container
+        .state
+        .image_id
+        .with_context(|| format!("container {} has no image", container.id))?;
+    let mut lowers = store.layer_dirs(&store.resolve(&image_id.to_string())?)?;
+    let init = container.dir.join("init");
+    if init.is_dir() {
+        lowers.insert(0, init);
+    }
+    let point = store.tmp_path("cp");
+    std::fs::create_dir_all(&point)
+        .with_context(|| format!("failed to create {}", point.display()))?;
+    let spec = MountSpec {
+        lowers,
+        upper: container.upper_dir(),
+        work: container.work_dir(),
+        target: point.clone(),
+        aufs_markers: false,
+        flags: Default::default(),
+        id_shift: None,
+    };
+    let guard = strata_unionfs::mount(&spec, Driver::Auto)
+        .with_context(|| format!("failed to mount container {}", container.id))?;
+    Ok((point, guard))
+}
+
+/// `cp -R` keeping modes, times, links and xattrs; owners become the caller's (root).
+fn copy(src: &Path, dest: &Path) -> anyhow::Result<()> {
+    let out = std::process::Command::new("cp")
+        .args([
+            "-R",
+            "--no-dereference",
+            "--preserve=mode,timestamps,links,xattr",
+            "--",
+        ])
+        .arg(src)
+        .arg(dest)
+        .output()
+        .context("failed to run cp")?;
+    if !out.status.success() {
+        bail!(
+            "cp {} {}: {}",
+            src.display(),
+            dest.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
