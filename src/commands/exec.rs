@@ -11,7 +11,7 @@ use strata_store::Store;
 
 use crate::cli::ExecArgs;
 use crate::commands::Globals;
-use crate::commands::run::{RunConfig, cgroup_name, is_running, merge_env};
+use crate::commands::run::{RunConfig, cgroup_name, is_running, merge_env, require_terminal};
 
 pub fn run(globals: &Globals, args: ExecArgs) -> anyhow::Result<ExitCode> {
     match start(globals, &args) {
@@ -32,16 +32,8 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
     let (Some(pid), true) = (container.state.pid, is_running(&container)) else {
         bail!("container {} is not running", container.state.name);
     };
-    let config: RunConfig =
-        serde_json::from_value(container.state.config.clone()).with_context(|| {
-            format!(
-                "container {} has no run configuration",
-                container.state.name
-            )
-        })?;
-    if args.process.tty && args.process.interactive && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
-    }
+    let config = RunConfig::of(&container)?;
+    require_terminal(&args.process)?;
     // Without -i the command reads nothing, as with docker exec.
     let stdin: Option<OwnedFd> = if args.process.interactive {
         None

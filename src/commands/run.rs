@@ -55,6 +55,23 @@ pub struct RunConfig {
     pub read_only: bool,
 }
 
+impl RunConfig {
+    /// The run options `container` was made with (`run` records them; `mount` does not).
+    pub fn of(container: &Container) -> anyhow::Result<RunConfig> {
+        serde_json::from_value(container.state.config.clone()).with_context(|| {
+            format!("container {} was made by mount, not run: it has no run options", container.state.name)
+        })
+    }
+}
+
+/// docker's rule for `-it`: a terminal that forwards input needs a terminal to read it from.
+pub(crate) fn require_terminal(process: &crate::cli::ProcessArgs) -> anyhow::Result<()> {
+    if process.tty && process.interactive && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
+    }
+    Ok(())
+}
+
 /// The cgroup of a container.
 pub fn cgroup_name(id: &str) -> String {
     format!("strata-{id}")
@@ -191,9 +208,8 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         Some(other) => bail!("unknown --userns {other:?}: use private or host"),
     };
     args.driver.parse::<Driver>()?;
-    // docker's rule: a terminal that forwards input needs a terminal to read it from
-    if args.process.tty && args.process.interactive && !args.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-        bail!("the input device is not a TTY: drop -t to pipe input, or run from a terminal");
+    if !args.detach {
+        require_terminal(&args.process)?;
     }
     if let Some(bad) = args.process.env.iter().find(|pair| pair.is_empty() || pair.starts_with('=')) {
         bail!("invalid environment variable {bad:?}: K=V or K");
@@ -404,8 +420,7 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
         let lowers = store.layer_dirs(&store.resolve(&image_id.to_string())?)?;
         (container, lowers)
     };
-    let config: RunConfig =
-        serde_json::from_value(container.state.config.clone()).context("container has no run configuration")?;
+    let config = RunConfig::of(&container)?;
     let log: OwnedFd = std::fs::OpenOptions::new()
         .append(true)
         .open(container.log_path())?

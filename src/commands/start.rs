@@ -42,13 +42,7 @@ fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result
     if is_running(&container) {
         bail!("container {} is already running", container.state.name);
     }
-    let config: RunConfig =
-        serde_json::from_value(container.state.config.clone()).with_context(|| {
-            format!(
-                "container {} was made by mount, not run: it has no command to start",
-                container.state.name
-            )
-        })?;
+    let config = RunConfig::of(&container)?;
     let image_id = container
         .state
         .image_id

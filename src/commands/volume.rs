@@ -62,14 +62,12 @@ pub fn run(globals: &Globals, args: VolumeArgs) -> anyhow::Result<ExitCode> {
                 let users: Vec<&str> = containers
                     .iter()
                     .filter(|c| {
-                        serde_json::from_value::<RunConfig>(c.state.config.clone()).is_ok_and(
-                            |config| {
-                                config
-                                    .volumes
-                                    .iter()
-                                    .any(|v| v.name.as_deref() == Some(name))
-                            },
-                        )
+                        RunConfig::of(c).is_ok_and(|config| {
+                            config
+                                .volumes
+                                .iter()
+                                .any(|v| v.name.as_deref() == Some(name))
+                        })
                     })
                     .map(|c| c.state.name.as_str())
                     .collect();
