@@ -3,7 +3,6 @@
 //! user and working directory unless told otherwise, as `docker exec` runs it. The exit
 //! code is the command's (126/127 when it cannot be executed, 125 when strata fails).
 
-use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -11,7 +10,9 @@ use strata_store::Store;
 
 use crate::cli::ExecArgs;
 use crate::commands::Globals;
-use crate::commands::run::{RunConfig, cgroup_name, is_running, merge_env, require_terminal};
+use crate::commands::run::{
+    RunConfig, cgroup_name, is_running, merge_env, require_terminal, stdin_for,
+};
 
 pub fn run(globals: &Globals, args: ExecArgs) -> anyhow::Result<ExitCode> {
     match start(globals, &args) {
@@ -35,15 +36,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
     let config = RunConfig::of(&container)?;
     require_terminal(&args.process)?;
     // Without -i the command reads nothing, as with docker exec.
-    let stdin: Option<OwnedFd> = if args.process.interactive {
-        None
-    } else {
-        Some(
-            std::fs::File::open("/dev/null")
-                .context("failed to open /dev/null")?
-                .into(),
-        )
-    };
+    let stdin = stdin_for(args.process.interactive)?;
     let spec = strata_runtime::ExecSpec {
         pid,
         args: command.to_vec(),

@@ -64,6 +64,15 @@ impl RunConfig {
     }
 }
 
+/// The command's stdin: strata's own with `-i`, else /dev/null (it reads nothing), as
+/// docker gives it.
+pub(crate) fn stdin_for(interactive: bool) -> anyhow::Result<Option<OwnedFd>> {
+    if interactive {
+        return Ok(None);
+    }
+    Ok(Some(std::fs::File::open("/dev/null").context("failed to open /dev/null")?.into()))
+}
+
 /// docker's rule for `-it`: a terminal that forwards input needs a terminal to read it from.
 pub(crate) fn require_terminal(process: &crate::cli::ProcessArgs) -> anyhow::Result<()> {
     if process.tty && process.interactive && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
@@ -346,11 +355,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(err) => Ok(setup_failure(err)),
         };
     }
-    let stdin: Option<OwnedFd> = if config.interactive {
-        None
-    } else {
-        std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
-    };
+    let stdin = stdin_for(config.interactive)?;
     match start(globals, container, &config, lowers, stdin, None) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(err) => Ok(setup_failure(err)),

@@ -2,7 +2,6 @@
 //! options it was made with, on its upper and volumes as they were, as `docker start`
 //! does: in the background, or attached with `-a` (then the exit code is the command's).
 
-use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -10,7 +9,7 @@ use strata_store::{Status, Store};
 
 use crate::cli::StartArgs;
 use crate::commands::Globals;
-use crate::commands::run::{RunConfig, detach, is_running, start};
+use crate::commands::run::{RunConfig, detach, is_running, start, stdin_for};
 
 pub fn run(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
     if args.attach {
@@ -58,14 +57,6 @@ fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result
         detach(globals, &container, false)?;
         return Ok(0);
     }
-    let stdin: Option<OwnedFd> = if config.interactive {
-        None
-    } else {
-        Some(
-            std::fs::File::open("/dev/null")
-                .context("failed to open /dev/null")?
-                .into(),
-        )
-    };
+    let stdin = stdin_for(config.interactive)?;
     start(globals, container, &config, lowers, stdin, None)
 }
