@@ -637,27 +637,31 @@ pub fn sweep_abandoned(store: &Store) {
 pub fn is_running(container: &Container) -> bool {
     let state = &container.state;
     state.status == Status::Running
-        && state.pid.is_some_and(|pid| {
+        && state.pid.and_then(process).is_some_and(|(ended, started)| {
             // the same process, not another that got its pid after a reboot or a crash
-            alive(pid) && state.pid_start.is_none_or(|start| start_time(pid) == Some(start))
+            !ended && state.pid_start.is_none_or(|start| start == started)
         })
 }
 
 /// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // fields after the command name, which is in parentheses and may hold anything
-    let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    process(pid).map(|(_, started)| started)
 }
 
 /// A process that has not ended: a zombie (whose parent has not reaped it yet) has.
 fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        // the state follows the command name, which is in parentheses and may hold any byte
-        let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-        !matches!(state, Some('Z' | 'X') | None)
-    })
+    process(pid).is_some_and(|(ended, _)| !ended)
+}
+
+/// From one read of /proc/PID/stat: whether the process has ended (a zombie), and when
+/// it started. None when there is no such process.
+fn process(pid: i32) -> Option<(bool, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // the fields after the command name, which is in parentheses and may hold anything
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let ended = matches!(fields.next()?, "Z" | "X");
+    Some((ended, fields.nth(18)?.parse().ok()?))
 }
 
 #[cfg(test)]
