@@ -219,14 +219,21 @@ impl Fs {
             table.handles.insert(fh, file.ino);
             return Ok(reply);
         }
-        let stat = || rustix::fs::fstat(&file.fd).ok();
-        let big = |st: &rustix::fs::Stat| st.st_size as u64 >= PASSTHROUGH_MIN_SIZE;
+        // (size, nlink): a lower file not opened yet has them from its lookup.
+        let stat = || {
+            file.lower_size_nlink().or_else(|| {
+                let fd = self.union.fd(file).ok()?;
+                let st = rustix::fs::fstat(fd).ok()?;
+                Some((st.st_size as u64, st.st_nlink))
+            })
+        };
+        let big = |size: u64| size >= PASSTHROUGH_MIN_SIZE;
         let wanted = if file.upper {
-            writer || stat().is_some_and(|st| big(&st))
+            writer || stat().is_some_and(|(size, _)| big(size))
         } else {
             // A lower file with several names is copied up with all of them (modify.rs),
             // which a new inode number for one name would split: those stay cached.
-            stat().is_some_and(|st| big(&st) && st.st_nlink == 1)
+            stat().is_some_and(|(size, nlink)| big(size) && nlink == 1)
         };
         let mut mode = Mode::Cached;
         if self.passthrough.load(Ordering::Relaxed) && wanted {
@@ -564,7 +571,8 @@ impl Filesystem for Fs {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self.union.open(ino.0, write) {
             Ok((fh, file)) => {
-                let Ok(mode) = self.open_mode(fh, &file, write, |f| reply.open_backing(&f.fd))
+                let Ok(mode) =
+                    self.open_mode(fh, &file, write, |f| reply.open_backing(self.union.fd(f)?))
                 else {
                     return reply.error(self.refuse_stale(fh, file.ino));
                 };
@@ -810,7 +818,8 @@ impl Filesystem for Fs {
         match self.union.create(parent.0, name, mode, self.caller(req)) {
             Ok((entry, fh, file)) => {
                 let (ttl, attr) = (ttl(&entry), self.attr(&entry));
-                let Ok(mode) = self.open_mode(fh, &file, true, |f| reply.open_backing(&f.fd))
+                let Ok(mode) =
+                    self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
                 else {
                     return reply.error(self.refuse_stale(fh, file.ino));
                 };

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub(crate) const ROOT: u64 = 1;
 const SHARDS: usize = 64;
@@ -38,6 +38,9 @@ pub(crate) struct Node {
     lookups: AtomicU64,
     /// Serialises copy-up of this node only: other nodes proceed meanwhile.
     pub copy_lock: Mutex<()>,
+    /// (size, nlink) of the node's lower file, as a lookup saw it: branches below the
+    /// upper never change, so an open can decide how to serve the file without a stat.
+    pub lower_file: OnceLock<(u64, u64)>,
 }
 
 impl Node {
@@ -146,6 +149,7 @@ impl Table {
                     }),
                     lookups: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
+                    lower_file: OnceLock::new(),
                 })
             })
             .clone();
@@ -163,6 +167,7 @@ impl Table {
             state: RwLock::new(state),
             lookups: AtomicU64::new(1 << 40),
             copy_lock: Mutex::new(()),
+            lower_file: OnceLock::new(),
         });
         write(self.node_shard(ROOT)).insert(ROOT, node);
     }

@@ -305,11 +305,7 @@ impl Union {
         let _shared = self.shared();
         let (entry, fd) = self.make(parent, name, New::File(mode), caller)?;
         let fd = fd.ok_or(Errno::IO)?;
-        let (fh, file) = self.files.insert(OpenFile {
-            fd,
-            ino: entry.ino,
-            upper: true,
-        });
+        let (fh, file) = self.files.insert(OpenFile::new(fd, entry.ino, true));
         Ok((entry, fh, file))
     }
 
@@ -457,7 +453,7 @@ impl Union {
         }
         if let Some(size) = set.size {
             match (&open, &path) {
-                (Some(file), _) => rustix::fs::ftruncate(&file.fd, size)?,
+                (Some(file), _) => rustix::fs::ftruncate(self.fd(file)?, size)?,
                 (None, Some(path)) => {
                     let fd = rustix::fs::openat(
                         upper,
@@ -479,13 +475,13 @@ impl Union {
                 (Some(path), _) => {
                     rustix::fs::utimensat(upper, arg(path), &times, AtFlags::SYMLINK_NOFOLLOW)?
                 }
-                (None, Some(file)) => rustix::fs::futimens(&file.fd, &times)?,
+                (None, Some(file)) => rustix::fs::futimens(self.fd(file)?, &times)?,
                 (None, None) => return Err(Errno::STALE),
             }
         }
         match (&path, &open) {
             (None, Some(file)) => {
-                let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&file.fd)?);
+                let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(self.fd(file)?)?);
                 Ok(Entry {
                     ino,
                     meta,

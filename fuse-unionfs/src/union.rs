@@ -7,11 +7,11 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasherDefault, DefaultHasher};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
@@ -47,11 +47,45 @@ pub struct DirEntry {
 }
 
 /// An open regular file: the real file in its branch (upper: read-write; lower: read-only).
+///
+/// A lower file opened for reading gets its real file on first use ([`Union::fd`]): the
+/// kernel serves most reads of a file it has read before from its page cache, and such an
+/// open then costs no open(2), fstat(2) and close(2) here. Branches below the upper never
+/// change, so the (branch, path) noted at open names the same file later, whiteouts and
+/// copy-ups notwithstanding.
 #[derive(Debug)]
 pub struct OpenFile {
-    pub fd: OwnedFd,
+    fd: OnceLock<OwnedFd>,
+    lower: Option<LowerFile>,
     pub ino: u64,
     pub upper: bool,
+}
+
+#[derive(Debug)]
+struct LowerFile {
+    layer: usize,
+    path: PathBuf,
+    /// (size, nlink), from the lookup.
+    size_nlink: (u64, u64),
+}
+
+impl OpenFile {
+    pub(crate) fn new(fd: OwnedFd, ino: u64, upper: bool) -> OpenFile {
+        OpenFile {
+            fd: OnceLock::from(fd),
+            lower: None,
+            ino,
+            upper,
+        }
+    }
+
+    /// (size, nlink) of a lower file not opened yet; None once it has its real file.
+    pub fn lower_size_nlink(&self) -> Option<(u64, u64)> {
+        match self.fd.get() {
+            Some(_) => None,
+            None => self.lower.as_ref().map(|l| l.size_nlink),
+        }
+    }
 }
 
 /// Listings being read. The kernel reads a directory in chunks (one READDIR per page of
@@ -146,6 +180,14 @@ impl<T> Handles<T> {
 
     pub(crate) fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.shard(fh).remove(&fh)
+    }
+
+    /// Any handle that `pred` accepts (a scan of every shard: for rare requests only).
+    pub(crate) fn find(&self, pred: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        self.shards.iter().find_map(|shard| {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.values().find(|v| pred(v)).cloned()
+        })
     }
 }
 
@@ -311,6 +353,9 @@ impl Union {
             dir_layers: found.dir_layers,
         };
         let node = self.table.lookup(ino, is_dir, state);
+        if found.layer != UPPER && found.meta.kind() == Kind::File {
+            let _ = node.lower_file.set((found.meta.size, found.meta.nlink));
+        }
         let upper = node.state().layer == UPPER;
         Entry {
             ino,
@@ -351,7 +396,7 @@ impl Union {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Res<Entry> {
         let _shared = self.shared();
         if let Some(file) = fh.and_then(|fh| self.files.get(fh).ok()) {
-            let meta = Meta::from_stat(&rustix::fs::fstat(&file.fd)?);
+            let meta = Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?);
             if meta.nlink == 0 || self.path(ino).is_err() {
                 return Ok(Entry {
                     ino,
@@ -361,7 +406,19 @@ impl Union {
             }
         }
         let node = self.node(ino)?;
-        self.attr(&node)
+        match self.attr(&node) {
+            // fstat(2) of a file whose every name is gone comes without its handle
+            // (vfs_getattr has no file): answer from any open file of the inode.
+            Err(Errno::STALE) => {
+                let file = self.files.find(|f| f.ino == ino).ok_or(Errno::STALE)?;
+                Ok(Entry {
+                    ino,
+                    meta: Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?),
+                    upper: file.upper,
+                })
+            }
+            attr => attr,
+        }
     }
 
     pub fn readlink(&self, ino: u64) -> Res<Vec<u8>> {
@@ -517,12 +574,34 @@ impl Union {
             self.path(ino)?
         };
         let layer = node.state().layer;
+        if layer != UPPER
+            && let Some(&size_nlink) = node.lower_file.get()
+        {
+            return Ok(self.files.insert(OpenFile {
+                fd: OnceLock::new(),
+                lower: Some(LowerFile {
+                    layer,
+                    path,
+                    size_nlink,
+                }),
+                ino,
+                upper: false,
+            }));
+        }
         let fd = self.open_real(layer, &path, write)?;
-        Ok(self.files.insert(OpenFile {
-            fd,
-            ino,
-            upper: layer == UPPER,
-        }))
+        Ok(self.files.insert(OpenFile::new(fd, ino, layer == UPPER)))
+    }
+
+    /// The real file of an open file, opened now if it was not yet (see [`OpenFile`]).
+    pub fn fd<'a>(&self, file: &'a OpenFile) -> Res<BorrowedFd<'a>> {
+        if let Some(fd) = file.fd.get() {
+            return Ok(fd.as_fd());
+        }
+        let lower = file.lower.as_ref().ok_or(Errno::BADF)?;
+        let fd = self.open_real(lower.layer, &lower.path, false)?;
+        // Two first uses at once each open it; one keeps its descriptor.
+        let _ = file.fd.set(fd);
+        Ok(file.fd.get().ok_or(Errno::BADF)?.as_fd())
     }
 
     /// Upper files open read-write whatever the request (one backing file serves every
@@ -579,10 +658,11 @@ impl Union {
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
         let file = self.files.get(fh)?;
+        let fd = self.fd(&file)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
-            match rustix::io::pread(&file.fd, &mut buf[done..], offset + done as u64) {
+            match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(Errno::INTR) => continue,
@@ -600,7 +680,7 @@ impl Union {
         }
         let mut done = 0;
         while done < data.len() {
-            match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {
+            match rustix::io::pwrite(self.fd(&file)?, &data[done..], offset + done as u64) {
                 Ok(n) => done += n,
                 Err(Errno::INTR) => continue,
                 Err(err) => return Err(err),
@@ -612,9 +692,9 @@ impl Union {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
         if datasync {
-            rustix::fs::fdatasync(&file.fd)
+            rustix::fs::fdatasync(self.fd(&file)?)
         } else {
-            rustix::fs::fsync(&file.fd)
+            rustix::fs::fsync(self.fd(&file)?)
         }
     }
 
@@ -695,7 +775,7 @@ impl Union {
             return Err(Errno::BADF);
         }
         rustix::fs::fallocate(
-            &file.fd,
+            self.fd(&file)?,
             rustix::fs::FallocateFlags::from_bits_retain(mode as u32),
             offset,
             len,

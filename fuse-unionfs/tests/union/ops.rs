@@ -326,6 +326,31 @@ fn unlink_and_rmdir_of_lower_entries_write_whiteouts() {
 }
 
 #[test]
+fn a_lower_file_open_for_reading_keeps_its_content_when_its_name_changes() {
+    // Such an open gets its real file only at the first read (union.rs OpenFile): the
+    // handle must still read the lower file after the name is whited out and reused, or
+    // after the directory above is renamed (copied up). Nothing reads them before, so the
+    // reads below cannot come from the page cache.
+    with_fuse(|m| {
+        let removed = fs::File::open(m.path("etc/conf4")).unwrap();
+        let moved = fs::File::open(m.path("var/log/d1/log")).unwrap();
+        fs::remove_file(m.path("etc/conf4")).unwrap();
+        fs::write(m.path("etc/conf4"), b"another file\n").unwrap();
+        fs::rename(m.path("var/log/d1"), m.path("var/log/moved")).unwrap();
+        let read = |mut f: &fs::File| {
+            let mut v = Vec::new();
+            f.read_to_end(&mut v).unwrap();
+            v
+        };
+        assert_eq!(removed.metadata().unwrap().len(), 14);
+        assert_eq!(read(&removed), b"bottom conf 4\n");
+        assert_eq!(read(&moved), b"log\n");
+        assert_eq!(fs::read(m.path("etc/conf4")).unwrap(), b"another file\n");
+        assert_eq!(fs::read(m.path("var/log/moved/log")).unwrap(), b"log\n");
+    });
+}
+
+#[test]
 fn mkdir_over_whiteout_is_opaque() {
     with_fuse(|m| {
         fs::remove_dir_all(m.path("var/log/d1")).unwrap();
