@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{BackgroundSession, Config, Session, SessionACL};
 use rustix::mount::UnmountFlags;
@@ -617,19 +617,51 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
     }
 }
 
+/// How long the sweep waits for a FUSE server's answer before it leaves the mount alone.
+const SWEEP_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Detaches FUSE mounts below `dir` whose server is gone (they answer ENOTCONN), as a
 /// crash leaves them. Returns how many were swept. statfs asks the server every time;
 /// a stat may be answered from the kernel's attribute cache.
+///
+/// A server that is alive but does not answer (stopped, or stuck) would hold statfs, and
+/// the command sweeping, forever: each mount is asked from its own thread, and one with no
+/// answer within [`SWEEP_ANSWER_TIMEOUT`] is left mounted with a warning. Its thread
+/// stays blocked until the server answers or this process exits (the wait is killable).
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
+    let asked: Vec<_> = mount_table()?
+        .into_iter()
+        .filter(|(point, fstype)| fstype.starts_with("fuse") && point.starts_with(dir))
+        .map(|(point, _)| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let asking = point.clone();
+            let spawned = std::thread::Builder::new()
+                .name("strata-sweep".into())
+                .spawn(move || {
+                    let _ = tx.send(rustix::fs::statfs(&asking).map(drop));
+                });
+            (point, spawned.map(|_| rx))
+        })
+        .collect();
+    let deadline = Instant::now() + SWEEP_ANSWER_TIMEOUT;
     let mut swept = 0;
-    for (point, fstype) in mount_table()? {
-        if fstype.starts_with("fuse")
-            && point.starts_with(dir)
-            && let Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED) =
-                rustix::fs::statfs(&point)
-            && rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok()
-        {
-            swept += 1;
+    for (point, rx) in asked {
+        let answer = match rx {
+            Ok(rx) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            // No thread for it: ask here, as before.
+            Err(_) => Ok(rustix::fs::statfs(&point).map(drop)),
+        };
+        match answer {
+            Ok(Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED)) => {
+                if rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok() {
+                    swept += 1;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => tracing::warn!(
+                "{}: its FUSE server does not answer (stopped?); left mounted",
+                point.display()
+            ),
         }
     }
     Ok(swept)

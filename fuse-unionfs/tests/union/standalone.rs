@@ -403,3 +403,67 @@ fn owners(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u32)> {
     }
     out
 }
+
+/// A stopped server holds every request to its mount, so the sweep of stale mounts (run
+/// by most strata commands) waited for it forever. It must pass such a mount over, and
+/// still detach one whose server is dead.
+#[test]
+fn the_sweep_passes_over_a_stopped_server_and_detaches_a_dead_ones_mount() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    /// Lets a stopped server go on and end (unmounting), whatever the test did.
+    struct Server(std::process::Child);
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let pid = Pid::from_raw(self.0.id() as i32);
+            let _ = kill(pid, Signal::SIGCONT);
+            let _ = kill(pid, Signal::SIGTERM);
+            let _ = self.0.wait();
+        }
+    }
+
+    let fixture = Fixture::new();
+    let lowers = lower_paths(&fixture).join(":");
+    let dir = fixture.dir.path().join("sweep");
+    let start_one = |name: &str| {
+        let (upper, work, mnt) = (
+            dir.join(format!("{name}-upper")),
+            dir.join(format!("{name}-work")),
+            dir.join(name),
+        );
+        for d in [&upper, &work, &mnt] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={lowers},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        let child = server()
+            .args(["-f", "-o", &options])
+            .arg(&mnt)
+            .spawn()
+            .unwrap();
+        common::wait_until("the server mounts", || mount_type(&mnt).is_some());
+        (Server(child), mnt)
+    };
+    let (stopped, stopped_mnt) = start_one("stopped");
+    let (mut dead, dead_mnt) = start_one("dead");
+    kill(Pid::from_raw(stopped.0.id() as i32), Signal::SIGSTOP).unwrap();
+    dead.0.kill().unwrap();
+    dead.0.wait().unwrap();
+
+    let sweeping = dir.clone();
+    let swept = deadline(30, "a sweep beside a stopped server", move || {
+        strata_unionfs::sweep_stale(&sweeping).unwrap()
+    });
+    assert_eq!(swept, 1, "the dead server's mount is swept");
+    assert_eq!(mount_type(&dead_mnt), None);
+    assert!(
+        mount_type(&stopped_mnt).is_some_and(|t| t.starts_with("fuse")),
+        "the stopped server's mount stays"
+    );
+    drop(stopped);
+    assert_eq!(mount_type(&stopped_mnt), None, "SIGTERM unmounts");
+}
