@@ -406,6 +406,10 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(sock);
+                // pid 1 never execs, so close-on-exec does not clean it: without this it
+                // kept strata's descriptors (the FUSE device, host directories of the
+                // upper and the layers) for the life of the container.
+                let _ = sys::close_from(3);
                 init::reap(child)
             }
             Err(err) => fail(&mut sock, &format!("fork the init's command: {err}")),

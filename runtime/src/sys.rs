@@ -208,6 +208,13 @@ pub fn cloexec_from(first: u32) -> nix::Result<()> {
     Errno::result(rc).map(drop)
 }
 
+/// close_range(first, ~0, 0): closes every descriptor from `first` up.
+pub fn close_from(first: u32) -> nix::Result<()> {
+    // SAFETY: the caller owns no descriptor at or above `first` that it uses later.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0) };
+    Errno::result(rc).map(drop)
+}
+
 /// Descriptor 0 as a borrowed fd for termios and poll calls.
 pub fn stdin() -> BorrowedFd<'static> {
     // SAFETY: descriptor 0 stays open for the life of the process (strata never closes it).

@@ -606,6 +606,11 @@ fn init_runs_the_command_as_pid_2_and_reaps() {
     assert_eq!(out.lines().next(), Some("2"), "{out}");
     assert_eq!(out.lines().nth(1), Some("0"), "zombies left: {out}");
     assert_eq!(code, 1); // grep -c found nothing
+
+    // pid 1 holds its stdio and nothing of strata's (it never execs, so close-on-exec
+    // descriptors stayed open in it).
+    let (code, out, err) = run(&rootfs, &["ls", "/proc/1/fd"], |spec| spec.init = true);
+    assert_eq!((code, out.as_str()), (0, "0\n1\n2\n"), "{err}");
 }
 
 #[test]
