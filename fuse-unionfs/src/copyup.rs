@@ -17,6 +17,9 @@ use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
 
 /// Copies `rel` from `src_layer` into the upper branch; its parent must already be there.
 /// Returns Ok if the upper entry exists afterwards (also when a racing copy-up won).
+/// Copies of files this big run as `fuser::blocking` sections.
+const BIG_COPY: u64 = 1 << 20;
+
 pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta> {
     copy_up_with(layers, src_layer, rel, true)
 }
@@ -26,7 +29,14 @@ pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta
 pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: bool) -> Res<Meta> {
     let meta = layers.stat(src_layer, rel)?;
     let tmp = layers.tmp_name();
-    let built = build(layers, src_layer, rel, &meta, &tmp, sync).and_then(|()| {
+    let copy = || build(layers, src_layer, rel, &meta, &tmp, sync);
+    // A big copy takes long enough to hold up the requests queued behind it.
+    let built = if meta.kind() == Kind::File && meta.size >= BIG_COPY {
+        fuser::blocking(copy)
+    } else {
+        copy()
+    };
+    let built = built.and_then(|()| {
         rustix::fs::renameat_with(
             layers.work(),
             &tmp,

@@ -261,13 +261,16 @@ impl Union {
     fn materialize(&self, rel: &Path, found: &Found, moved: &mut Moved) -> Res<()> {
         if found.meta.is_dir() {
             if found.dir_layers.iter().any(|&l| l != UPPER) {
-                self.copy_up_tree(
-                    rel,
-                    found.layer,
-                    &found.dir_layers,
-                    &mut HashMap::new(),
-                    moved,
-                )?;
+                // A whole tree: long, like a big file's copy.
+                fuser::blocking(|| {
+                    self.copy_up_tree(
+                        rel,
+                        found.layer,
+                        &found.dir_layers,
+                        &mut HashMap::new(),
+                        moved,
+                    )
+                })?;
             }
         } else if found.layer != UPPER {
             let lower = copy_up(&self.layers, found.layer, rel)?;

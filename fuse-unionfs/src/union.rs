@@ -691,11 +691,14 @@ impl Union {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
-        if datasync {
-            rustix::fs::fdatasync(self.fd(&file)?)
-        } else {
-            rustix::fs::fsync(self.fd(&file)?)
-        }
+        let fd = self.fd(&file)?;
+        fuser::blocking(|| {
+            if datasync {
+                rustix::fs::fdatasync(fd)
+            } else {
+                rustix::fs::fsync(fd)
+            }
+        })
     }
 
     pub fn fsyncdir(&self, ino: u64) -> Res<()> {
@@ -711,7 +714,7 @@ impl Union {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        rustix::fs::fsync(&fd)
+        fuser::blocking(|| rustix::fs::fsync(&fd))
     }
 
     pub fn statfs(&self) -> Res<rustix::fs::StatVfs> {

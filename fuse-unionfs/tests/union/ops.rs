@@ -888,6 +888,72 @@ fn concurrent_readers_and_writers() {
     });
 }
 
+/// Each CPU's request queue starts with one thread (vendor/fuser uring.rs). A big copy-up
+/// runs as a `fuser::blocking` section, so the queue gets another thread and the CPU's
+/// other callers are not held behind the copy.
+#[test]
+fn a_big_copy_up_does_not_hold_up_requests_from_the_same_cpu() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let pin_to_cpu0 = || {
+        let mut set = nix::sched::CpuSet::new();
+        set.set(0).unwrap();
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).unwrap();
+    };
+    let fixture = Fixture::new();
+    fs::write(fixture.lowers[0].join("huge.bin"), vec![7u8; 384 << 20]).unwrap();
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    assert!(
+        mounted.guard.as_ref().unwrap().io_uring(),
+        "FUSE over io_uring is off: echo Y > /sys/module/fuse/parameters/enable_uring"
+    );
+    let m = mounted.clone();
+    deadline(120, "lookups beside a big copy-up on one CPU", move || {
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (done, huge) = (done.clone(), m.path("huge.bin"));
+            std::thread::spawn(move || {
+                pin_to_cpu0();
+                let start = Instant::now();
+                // The write-open copies the file up before it returns.
+                let file = fs::OpenOptions::new().write(true).open(huge).unwrap();
+                done.store(true, Ordering::SeqCst);
+                drop(file);
+                start.elapsed()
+            })
+        };
+        pin_to_cpu0();
+        std::thread::sleep(Duration::from_millis(50));
+        let mut during = 0;
+        for i in 0.. {
+            if done.load(Ordering::SeqCst) {
+                break;
+            }
+            // A new name each time: a LOOKUP request, never the kernel's cache.
+            let _ = fs::symlink_metadata(m.path(&format!("etc/missing{i}")));
+            if !done.load(Ordering::SeqCst) {
+                during += 1;
+            }
+        }
+        let took = writer.join().unwrap();
+        assert!(
+            took > Duration::from_millis(150),
+            "the copy-up took {took:?}, too quick to test (a reflinking filesystem?)"
+        );
+        assert!(
+            during > 0,
+            "no lookup from CPU 0 finished during the {took:?} copy-up"
+        );
+        assert_eq!(
+            fs::metadata(m.upper.join("huge.bin")).unwrap().len(),
+            384 << 20
+        );
+    });
+    drop(mounted);
+    drop(fixture);
+}
+
 #[test]
 fn rename_exchange_and_noreplace() {
     with_fuse(|m| {

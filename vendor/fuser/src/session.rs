@@ -306,10 +306,11 @@ impl<FS: Filesystem> Session<FS> {
 
         // Ring threads first: until every queue has an entry the kernel holds all requests.
         if let Some(rings) = rings {
-            let event_loop = |thread_name| SessionEventLoop {
+            let (filesystem, ring_device) = (filesystem.clone(), device.clone());
+            let event_loop = move |thread_name| SessionEventLoop {
                 thread_name,
                 filesystem: filesystem.clone(),
-                ch: Channel::new(device.clone()),
+                ch: Channel::new(ring_device.clone()),
                 allowed,
                 session_owner,
             };
@@ -462,7 +463,7 @@ impl<FS: Filesystem> Session<FS> {
             if config.requested.contains(InitFlags::FUSE_OVER_IO_URING)
                 && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING)
             {
-                let threads = self.config.io_uring_threads.unwrap_or(2);
+                let threads = self.config.io_uring_threads.unwrap_or(1);
                 match crate::uring::Rings::new(threads, config.max_payload()) {
                     Ok(rings) => self.rings = Some(rings),
                     Err(err) => {

@@ -2,11 +2,19 @@
 //! is `Y`).
 //!
 //! The kernel keeps one request queue per possible CPU and puts each request on the queue of
-//! the CPU its caller runs on. Here every queue is served by a few threads pinned to that
-//! CPU, each with its own ring and one registered entry. A request is then read, served and
+//! the CPU its caller runs on. Here every queue is served by threads pinned to that CPU,
+//! each with its own ring and one registered entry. A request is then read, served and
 //! answered on the CPU that sent it: no cross-CPU wakeup in either direction, which is most
-//! of a FUSE round trip's cost on a virtual machine. A thread busy with a slow request (a big
-//! copy-up) holds only its own entry; the queue's other threads take the next requests.
+//! of a FUSE round trip's cost on a virtual machine.
+//!
+//! A queue starts with one thread (`Config::io_uring_threads`), as libfuse's io_uring
+//! queues do, and its threads run under SCHED_BATCH, which does not preempt the task that
+//! woke them. A caller's asynchronous requests (RELEASE after close(2), writeback) then wait
+//! until it blocks on its next synchronous one, and the thread serves both in one wakeup:
+//! the commit of the first fetches the second. With a second thread, or with preemption,
+//! every such pair cost two more context switches. A handler about to take long (a big
+//! copy-up, an fsync) says so with [`blocking`]: when every thread of its queue is inside
+//! such a section, the queue gets one more thread first, so the CPU's other callers go on.
 //!
 //! Requests arrive split in three: the `fuse_in_header`, the opcode's fixed struct and the
 //! rest (names, write data). They are laid back together in front of the payload, without
@@ -97,7 +105,7 @@ impl Rings {
         let mut rings = Vec::with_capacity(queues * threads_per_queue);
         for qid in 0..qid_max {
             for _ in 0..threads_per_queue.max(1) {
-                rings.push((qid, Ring::builder().build(4)?));
+                rings.push((qid, new_ring()?));
             }
         }
         Ok(Rings {
@@ -111,12 +119,44 @@ impl Rings {
     pub(crate) fn spawn<FS: Filesystem>(
         self,
         dev: &Arc<DevFuse>,
-        event_loop: impl Fn(String) -> SessionEventLoop<FS>,
+        event_loop: impl Fn(String) -> SessionEventLoop<FS> + Send + Sync + 'static,
         ended: &Ended,
     ) -> io::Result<Vec<JoinHandle<()>>> {
         let mut threads = Vec::with_capacity(self.rings.len());
         let mut previous = None;
         let mut n = 0;
+        let queues = self
+            .rings
+            .iter()
+            .map(|(qid, _)| *qid)
+            .max()
+            .map_or(0, |q| q + 1);
+        let mut counts: Vec<QueueCount> = (0..queues).map(|_| QueueCount::default()).collect();
+        for (qid, _) in &self.rings {
+            counts[usize::from(*qid)].threads += 1;
+        }
+        let event_loop = Arc::new(event_loop);
+        let grow = Arc::new(Grow {
+            counts: counts.into_iter().map(Mutex::new).collect(),
+            spawn: {
+                let (dev, ended, event_loop) = (dev.clone(), ended.clone(), event_loop.clone());
+                let payload_size = self.payload_size;
+                Box::new(move |qid, n, grow: Arc<Grow>| {
+                    // Made on a thread of the queue: it inherits the CPU mask and policy.
+                    let name = format!("fuser-uring-{qid}.{n}");
+                    let ring = new_ring()?;
+                    let server = Server::new(
+                        qid,
+                        ring,
+                        &dev,
+                        payload_size,
+                        event_loop(name.clone()),
+                        grow,
+                    );
+                    spawn_reporting(name, Role::Ring, &ended, move || server.serve()).map(drop)
+                })
+            },
+        });
         // A thread starts with its creator's CPU mask, so each is made while this thread
         // is pinned to the queue's CPU: pinned from its first instruction, not some time
         // after the queue is already serving. Without our own mask, nothing is pinned.
@@ -131,7 +171,14 @@ impl Rings {
             n = if previous == Some(qid) { n + 1 } else { 0 };
             previous = Some(qid);
             let name = format!("fuser-uring-{qid}.{n}");
-            let server = Server::new(qid, ring, dev, self.payload_size, event_loop(name.clone()));
+            let server = Server::new(
+                qid,
+                ring,
+                dev,
+                self.payload_size,
+                event_loop(name.clone()),
+                grow.clone(),
+            );
             if let Some(own) = &own
                 && !pin_to_cpu(qid)
             {
@@ -144,6 +191,80 @@ impl Rings {
         drop(own);
         Ok(threads)
     }
+}
+
+fn new_ring() -> io::Result<Ring> {
+    Ring::builder().build(4)
+}
+
+/// The most threads a queue grows to; past them a queue's callers wait as before.
+const MAX_THREADS_PER_QUEUE: usize = 8;
+
+#[derive(Default)]
+struct QueueCount {
+    threads: usize,
+    /// Threads inside a [`blocking`] section.
+    blocked: usize,
+}
+
+/// Threads per queue, and how to start one more (see [`blocking`]).
+struct Grow {
+    counts: Vec<Mutex<QueueCount>>,
+    #[allow(clippy::type_complexity)]
+    spawn: Box<dyn Fn(u16, usize, Arc<Grow>) -> io::Result<()> + Send + Sync>,
+}
+
+impl Grow {
+    fn count(&self, qid: u16) -> std::sync::MutexGuard<'_, QueueCount> {
+        self.counts[usize::from(qid)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn enter(self: &Arc<Self>, qid: u16) {
+        let mut count = self.count(qid);
+        count.blocked += 1;
+        if count.blocked < count.threads || count.threads >= MAX_THREADS_PER_QUEUE {
+            return;
+        }
+        let n = count.threads;
+        count.threads += 1;
+        drop(count);
+        if let Err(err) = (self.spawn)(qid, n, self.clone()) {
+            warn!("cannot start another thread for queue {qid}: {err}");
+            self.count(qid).threads -= 1;
+        }
+    }
+
+    fn leave(&self, qid: u16) {
+        self.count(qid).blocked -= 1;
+    }
+}
+
+std::thread_local! {
+    /// The queue a ring thread serves, for [`blocking`].
+    static QUEUE: std::cell::RefCell<Option<(Arc<Grow>, u16)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, which may take long (a big copy, an fsync). On a ring thread whose queue's
+/// threads are all inside such a section, the queue first gets one more thread, so the
+/// requests of the CPU's other callers are not held behind `f`. Elsewhere it just runs `f`.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    struct Leave(Option<(Arc<Grow>, u16)>);
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            if let Some((grow, qid)) = &self.0 {
+                grow.leave(*qid);
+            }
+        }
+    }
+    let queue = QUEUE.with(|q| q.borrow().clone());
+    if let Some((grow, qid)) = &queue {
+        grow.enter(*qid);
+    }
+    let _leave = Leave(queue);
+    f()
 }
 
 /// Gives the calling thread its CPU mask back when dropped (also on an early return).
@@ -370,6 +491,7 @@ struct Server<FS: Filesystem> {
     /// Where the request being served is answered; see [`RingReply`].
     reply: Option<Arc<RingReply>>,
     session: SessionEventLoop<FS>,
+    grow: Arc<Grow>,
 }
 
 impl<FS: Filesystem> Server<FS> {
@@ -379,6 +501,7 @@ impl<FS: Filesystem> Server<FS> {
         dev: &Arc<DevFuse>,
         payload_size: usize,
         session: SessionEventLoop<FS>,
+        grow: Arc<Grow>,
     ) -> Self {
         Server {
             qid,
@@ -387,14 +510,22 @@ impl<FS: Filesystem> Server<FS> {
             entry: Entry::new(payload_size),
             reply: None,
             session,
+            grow,
         }
     }
 
     /// Serves until the connection ends (Ok), the kernel refuses the entry and falls back
     /// to /dev/fuse (Ok), or the ring fails (Err: the queue has lost a server).
     fn serve(mut self) -> io::Result<()> {
+        QUEUE.with(|q| *q.borrow_mut() = Some((self.grow.clone(), self.qid)));
+        // SAFETY: sched_setscheduler with a valid param struct; failure changes nothing.
+        let param = libc::sched_param { sched_priority: 0 };
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+            debug!("SCHED_BATCH refused: {}", io::Error::last_os_error());
+        }
         let iov = self.entry.iovecs();
         let result = self.serve_entry(&iov);
+        QUEUE.with(|q| q.borrow_mut().take());
         if result.is_err() {
             // A command may still be in flight, and the kernel write into the buffers.
             std::mem::forget(self.entry);

@@ -19,7 +19,8 @@ pub struct Config {
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
     /// Threads serving each CPU's queue when FUSE over io_uring is in use, which the
-    /// filesystem asks for by adding `InitFlags::FUSE_OVER_IO_URING` in `init`. Default 2.
+    /// filesystem asks for by adding `InitFlags::FUSE_OVER_IO_URING` in `init`. Default 1; a queue grows when its
+    /// threads are all inside `fuser::blocking` sections.
     pub io_uring_threads: Option<usize>,
 }
 
