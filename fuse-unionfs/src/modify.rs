@@ -79,7 +79,14 @@ impl Union {
             .find_map(|(p, _)| self.table.get(*p))
             .ok_or(Errno::STALE)?;
         self.copy_up_node(&parent)?;
-        let _copying = node.copy_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Another request may be copying this node (a long copy): wait as a blocking section.
+        let _copying = match node.copy_lock.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                fuser::blocking(|| node.copy_lock.lock().unwrap_or_else(|e| e.into_inner()))
+            }
+        };
         let layer = node.state().layer;
         if layer == UPPER {
             return Ok(path);

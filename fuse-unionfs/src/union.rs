@@ -239,12 +239,27 @@ impl Union {
         })
     }
 
+    // A lock another request holds may be held through a long copy: the wait is then a
+    // `fuser::blocking` section too, so the caller's CPU queue gets another thread.
+
     pub(crate) fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.rename_lock.read().unwrap_or_else(|e| e.into_inner())
+        match self.rename_lock.try_read() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                fuser::blocking(|| self.rename_lock.read().unwrap_or_else(|e| e.into_inner()))
+            }
+        }
     }
 
     pub(crate) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        self.rename_lock.write().unwrap_or_else(|e| e.into_inner())
+        match self.rename_lock.try_write() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                fuser::blocking(|| self.rename_lock.write().unwrap_or_else(|e| e.into_inner()))
+            }
+        }
     }
 
     pub(crate) fn node(&self, ino: u64) -> Res<Arc<Node>> {

@@ -925,6 +925,16 @@ fn a_big_copy_up_does_not_hold_up_requests_from_the_same_cpu() {
         };
         pin_to_cpu0();
         std::thread::sleep(Duration::from_millis(50));
+        // A second writer waits for the first one's copy: that wait must not hold the
+        // queue either.
+        let second = {
+            let huge = m.path("huge.bin");
+            std::thread::spawn(move || {
+                pin_to_cpu0();
+                fs::OpenOptions::new().write(true).open(huge).unwrap();
+            })
+        };
+        std::thread::sleep(Duration::from_millis(20));
         let mut during = 0;
         for i in 0.. {
             if done.load(Ordering::SeqCst) {
@@ -937,6 +947,7 @@ fn a_big_copy_up_does_not_hold_up_requests_from_the_same_cpu() {
             }
         }
         let took = writer.join().unwrap();
+        second.join().unwrap();
         assert!(
             took > Duration::from_millis(150),
             "the copy-up took {took:?}, too quick to test (a reflinking filesystem?)"
