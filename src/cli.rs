@@ -420,9 +420,9 @@ impl RunArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CpArgs {
-    /// CONTAINER:PATH or a host path
+    /// CONTAINER:PATH, a host path, or - (a tar read from stdin)
     pub source: String,
-    /// CONTAINER:PATH or a host path
+    /// CONTAINER:PATH, a host path, or - (a tar written to stdout)
     pub dest: String,
 }
 

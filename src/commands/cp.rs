@@ -4,6 +4,11 @@
 //! a directory's content. Container paths resolve their symlinks inside the container.
 //! A stopped container's union is mounted for the copy and unmounted after; what is
 //! copied in lands in its upper.
+//!
+//! `-` stands for a tar stream, as in docker: `cp CONTAINER:SRC -` writes SRC as a tar
+//! to stdout (owners and modes as in the container), `cp - CONTAINER:DIR` unpacks a tar
+//! from stdin into a directory of the container (no entry may leave it: `..`, absolute
+//! names and links out of it are refused, naming the entry).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,8 +26,9 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     let (reference, inside, host, into) = match (from, to) {
         (Some((c, path)), None) => (c, path, PathBuf::from(&args.dest), false),
         (None, Some((c, path))) => (c, path, PathBuf::from(&args.source), true),
-        _ => bail!("one of the two paths is CONTAINER:PATH, the other a host path"),
+        _ => bail!("one of the two paths is CONTAINER:PATH, the other a host path or -"),
     };
+    let stream = host.as_os_str() == "-";
     let store = Store::open(&globals.root)?;
     let container = store.container(reference)?;
     // A running container's union is mounted at its rootfs; else mount it for the copy.
@@ -38,6 +44,13 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     } else {
         (in_container(&root, inside)?, host)
     };
+    if stream && into {
+        if !dest.is_dir() {
+            bail!("{reference}:{inside}: not a directory (a tar is unpacked into one)");
+        }
+        unpack(std::io::stdin().lock(), &dest).context("failed to unpack the tar from stdin")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if std::fs::symlink_metadata(&src).is_err() {
         let named = if into {
             args.source.clone()
@@ -46,8 +59,56 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         };
         bail!("{named}: no such file or directory");
     }
+    if stream {
+        // "DIR/." packs the directory's content; else entries start with SRC's name.
+        let name = match Path::new(inside.trim_end_matches('/')).file_name() {
+            Some(name) if !inside.ends_with("/.") => PathBuf::from(name),
+            _ => PathBuf::from("."),
+        };
+        pack(&src, &name, std::io::stdout().lock())
+            .with_context(|| format!("failed to write {reference}:{inside} as a tar"))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     copy(&src, &dest)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes `src` (a file, a link, or a directory and all below it) as a tar whose top entry
+/// is `name` ("." for a directory's content). Links are stored as links.
+fn pack(src: &Path, name: &Path, out: impl std::io::Write) -> anyhow::Result<()> {
+    let mut tar = tar::Builder::new(out);
+    tar.follow_symlinks(false);
+    let meta = std::fs::symlink_metadata(src)?;
+    if meta.is_dir() {
+        tar.append_dir_all(name, src)?;
+    } else {
+        tar.append_path_with_name(src, name)?;
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// Unpacks a tar into `dir`, keeping modes and times; owners are the caller's (root), as
+/// docker's. The tar crate refuses entries that would land outside `dir`.
+fn unpack(input: impl std::io::Read, dir: &Path) -> anyhow::Result<()> {
+    let mut archive = tar::Archive::new(input);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry.path()?.into_owned();
+        let inside = entry
+            .unpack_in(dir)
+            .with_context(|| format!("entry {}", name.display()))?;
+        if !inside {
+            bail!(
+                "entry {}: outside the destination directory",
+                name.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `CONTAINER:PATH` -> (container, path); a host path (absolute or relative, with no ':'

@@ -953,6 +953,74 @@ fn cp_between_host_and_containers() {
     let out = store.strata(&["cp", "live:/nope", host.to_str().unwrap()]);
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("live:/nope: no such file"), "{}", text(&out.stderr));
+
+    // `-`: SRC as a tar on stdout; a tar from stdin unpacked into a directory
+    let cp = |args: &[&str], stdin: std::process::Stdio, stdout: std::process::Stdio| {
+        std::process::Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .arg("cp")
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let packed = host.join("data.tar");
+    let out = cp(&["stopped:/data", "-"], std::process::Stdio::null(), std::fs::File::create(&packed).unwrap().into());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = std::process::Command::new("tar").arg("tf").arg(&packed).output().unwrap();
+    let listing = text(&listing.stdout);
+    assert!(listing.contains("data/x") && listing.contains("data/dir/sub/f"), "{listing}");
+    let out = cp(&["stopped:/data/.", "-"], std::process::Stdio::null(), std::fs::File::create(&packed).unwrap().into());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = std::process::Command::new("tar").arg("tf").arg(&packed).output().unwrap();
+    let listing = text(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "x") && !listing.contains("data"), "DIR/. packs the content: {listing}");
+    let tar_of = |entries: &[(&str, tar::EntryType, &str, &[u8])]| {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, kind, link, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            // raw name bytes: the tar crate's set_path refuses ".." (a hostile tar has them)
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            if !link.is_empty() {
+                header.set_link_name(link).unwrap();
+            }
+            header.set_cksum();
+            tar.append(&header, *data).unwrap();
+        }
+        let file = host.join("in.tar");
+        std::fs::write(&file, tar.into_inner().unwrap()).unwrap();
+        std::fs::File::open(file).unwrap()
+    };
+    let good = tar_of(&[("new/", tar::EntryType::Directory, "", b""), ("new/f", tar::EntryType::Regular, "", b"from a tar\n")]);
+    let out = cp(&["-", "stopped:/data"], good.into(), std::process::Stdio::null());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out_of_root = tar_of(&[("../../../../../../../tmp/strata-cp-escape", tar::EntryType::Regular, "", b"x")]);
+    let out = cp(&["-", "stopped:/data"], out_of_root.into(), std::process::Stdio::null());
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("strata-cp-escape"), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/tmp/strata-cp-escape").exists());
+    let through_link = tar_of(&[
+        ("up", tar::EntryType::Symlink, "/etc", b""),
+        ("up/strata-cp-escape", tar::EntryType::Regular, "", b"x"),
+    ]);
+    let out = cp(&["-", "stopped:/data"], through_link.into(), std::process::Stdio::null());
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("up/strata-cp-escape"), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/etc/strata-cp-escape").exists());
+    let out = cp(&["-", "stopped:/data/x"], std::fs::File::open(&packed).unwrap().into(), std::process::Stdio::null());
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("not a directory"), "{}", text(&out.stderr));
+    store.ok(&["cp", "stopped:/data/new/f", host.join("unpacked").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.join("unpacked")).unwrap(), "from a tar\n");
+    let diff = store.ok(&["diff", "stopped"]);
+    assert!(diff.contains("A /data/new/f") && !diff.contains("escape"), "{diff}");
+
     store.ok(&["rm", "-f", "live", "stopped"]);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(store.root().to_str().unwrap()), "the copy's mount is gone");
