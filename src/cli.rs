@@ -525,6 +525,9 @@ pub struct LogsArgs {
     /// Start at the last N lines
     #[arg(short = 'n', long = "tail", value_name = "N")]
     pub tail: Option<usize>,
+    /// Put the time each line was written in front of it
+    #[arg(short = 't', long)]
+    pub timestamps: bool,
     pub container: String,
 }
 

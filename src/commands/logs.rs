@@ -1,6 +1,7 @@
-//! `strata logs [-f] [-n N] CONTAINER`: what a detached container wrote (stdout and stderr,
-//! in order, as one stream). `-f` keeps printing what it writes until it exits; `-n`/`--tail`
-//! starts at its last N lines.
+//! `strata logs [-f] [-n N] [-t] CONTAINER`: what a container wrote, its stdout to stdout
+//! and its stderr to stderr, in the order it was written (the log's records, see
+//! `run/logging.rs`). `-f` keeps printing what it writes until it exits; `-n`/`--tail`
+//! starts at its last N lines; `-t` puts each line's time in front of it.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -13,6 +14,7 @@ use strata_store::Store;
 use crate::cli::LogsArgs;
 use crate::commands::Globals;
 use crate::commands::run::is_running;
+use crate::commands::run::logging::{self, Line};
 
 pub fn run(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
@@ -20,13 +22,8 @@ pub fn run(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let path = container.log_path();
     let mut file = match File::open(&path) {
         Ok(file) => file,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            // Only `run -d` keeps a log; a foreground run's output went to its terminal.
-            if !args.follow {
-                eprintln!("note: container {} ran in the foreground: it has no log", container.state.name);
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
+        // Never started (created by a failed run), or made before runs kept a log.
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(ExitCode::SUCCESS),
         Err(err) => return Err(err).with_context(|| format!("failed to open {}", path.display())),
     };
     let read_err = || format!("failed to read {}", path.display());
@@ -34,32 +31,93 @@ pub fn run(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
         let start = tail_offset(&mut file, lines).with_context(read_err)?;
         file.seek(SeekFrom::Start(start)).with_context(read_err)?;
     }
-    let mut out = std::io::stdout().lock();
-    std::io::copy(&mut file, &mut out).with_context(read_err)?;
+    let mut printer = Printer {
+        partial: Vec::new(),
+        timestamps: args.timestamps,
+    };
+    let mut buf = vec![0; 64 << 10];
+    let mut drain = |file: &mut File, printer: &mut Printer| -> anyhow::Result<()> {
+        loop {
+            let n = file.read(&mut buf).with_context(read_err)?;
+            if n == 0 {
+                return Ok(());
+            }
+            printer.feed(&buf[..n])?;
+        }
+    };
+    drain(&mut file, &mut printer)?;
     if args.follow {
         // The store lock is not held while following (gc must not wait on a `logs -f`).
         drop(store);
-        let mut buf = vec![0; 64 << 10];
         loop {
             let running = Store::open(&globals.root)
                 .and_then(|store| store.container(&container.id))
                 .is_ok_and(|c| is_running(&c));
             // Drain after seeing it stopped, so the last lines are not lost.
-            loop {
-                let n = file.read(&mut buf).with_context(read_err)?;
-                if n == 0 {
-                    break;
-                }
-                out.write_all(&buf[..n])?;
-            }
-            out.flush()?;
+            drain(&mut file, &mut printer)?;
             if !running {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    printer.end()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the log's lines as they come in, a record's text to its stream.
+struct Printer {
+    /// The start of a line not complete yet.
+    partial: Vec<u8>,
+    timestamps: bool,
+}
+
+impl Printer {
+    fn feed(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.partial.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(end) = self.partial[start..].iter().position(|&b| b == b'\n') {
+            let line = self.partial[start..start + end].to_vec();
+            self.print(&line)?;
+            start += end + 1;
+        }
+        self.partial.drain(..start);
+        Ok(())
+    }
+
+    /// A last line without its newline (a log cut short).
+    fn end(&mut self) -> std::io::Result<()> {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.print(&line)?;
+        }
+        Ok(())
+    }
+
+    fn print(&self, line: &[u8]) -> std::io::Result<()> {
+        match logging::parse(line) {
+            Line::Record(record) => {
+                let text = if self.timestamps {
+                    format!("{} {}", record.time, record.log)
+                } else {
+                    record.log
+                };
+                if record.stream == "stderr" {
+                    std::io::stderr().lock().write_all(text.as_bytes())
+                } else {
+                    let mut out = std::io::stdout().lock();
+                    out.write_all(text.as_bytes())?;
+                    out.flush()
+                }
+            }
+            Line::Text(text) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(text)?;
+                out.write_all(b"\n")?;
+                out.flush()
+            }
+        }
+    }
 }
 
 /// The offset where the last `lines` lines of `file` begin (a final newline ends the last

@@ -1,7 +1,8 @@
 //! `strata run`: image -> container dir -> union mount on containers/<id>/rootfs ->
 //! strata-runtime -> exit code, with state.json following along (running, pid, exited +
 //! code). `-d` hands the container to a detached `strata run-monitor <id>` process that
-//! keeps the mount alive, sends the output to the container's log and records the exit.
+//! keeps the mount alive and records the exit. Either way the output goes to the
+//! container's log (`logging.rs`), and in the foreground to strata's stdout and stderr too.
 //! Failures before the command starts exit 125 (docker's convention).
 
 use std::os::fd::OwnedFd;
@@ -15,6 +16,7 @@ use strata_store::{Container, Status, Store, time};
 use strata_unionfs::{Driver, IdShift, MountSpec};
 
 pub(crate) mod etc;
+pub(crate) mod logging;
 pub(crate) mod volumes;
 
 use crate::cli::{RunArgs, RunMonitorArgs};
@@ -356,22 +358,20 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         };
     }
     let stdin = stdin_for(config.interactive)?;
-    match start(globals, container, &config, lowers, stdin, None) {
+    match start(globals, container, &config, lowers, stdin) {
         Ok(code) => Ok(ExitCode::from(code.clamp(0, 255) as u8)),
         Err(err) => Ok(setup_failure(err)),
     }
 }
 
-/// Starts `strata run-monitor <id>` in its own session with its output going to the
-/// container's log, and waits until the container runs (or failed to start: then a `--rm`
-/// container is removed here, once its log has been read).
+/// Starts `strata run-monitor <id>` in its own session with its own output going to the
+/// container's monitor.log, and waits until the container runs (or failed to start: then a
+/// `--rm` container is removed here, once that log has been read).
 pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyhow::Result<()> {
     use std::os::unix::process::CommandExt;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(container.log_path())
-        .with_context(|| format!("failed to open {}", container.log_path().display()))?;
+    let monitor_log = container.dir.join("monitor.log");
+    let log = std::fs::File::create(&monitor_log)
+        .with_context(|| format!("failed to create {}", monitor_log.display()))?;
     let exe = std::env::current_exe().context("failed to find the strata binary")?;
     let mut monitor = std::process::Command::new(exe)
         .arg("--root")
@@ -390,7 +390,7 @@ pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyh
         if let Ok(Some(status)) = monitor.try_wait()
             && !status.success()
         {
-            let log = std::fs::read_to_string(container.log_path()).unwrap_or_default();
+            let log = std::fs::read_to_string(&monitor_log).unwrap_or_default();
             if rm
                 && let Ok(store) = Store::open(&globals.root)
                 && let Ok(container) = store.container(&container.id)
@@ -426,13 +426,9 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
         (container, lowers)
     };
     let config = RunConfig::of(&container)?;
-    let log: OwnedFd = std::fs::OpenOptions::new()
-        .append(true)
-        .open(container.log_path())?
-        .into();
     let stdin: Option<OwnedFd> = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
     // Not `start`: a container that fails to start is kept for `detach` to read its log.
-    match mount_and_run(globals, container, &config, lowers, stdin, Some(log)) {
+    match mount_and_run(globals, container, &config, lowers, stdin, false) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(err) => Ok(setup_failure(err)),
     }
@@ -447,10 +443,9 @@ pub(crate) fn start(
     config: &RunConfig,
     lowers: Vec<PathBuf>,
     stdin: Option<OwnedFd>,
-    output: Option<OwnedFd>,
 ) -> anyhow::Result<i32> {
     let id = container.id.clone();
-    let result = mount_and_run(globals, container, config, lowers, stdin, output);
+    let result = mount_and_run(globals, container, config, lowers, stdin, true);
     if result.is_err()
         && config.rm
         && let Ok(store) = Store::open(&globals.root)
@@ -461,14 +456,15 @@ pub(crate) fn start(
     result
 }
 
-/// Mounts, runs and records one container; returns the command's exit code.
+/// Mounts, runs and records one container; returns the command's exit code. Its output
+/// goes to its log, and with `echo` (the foreground) to strata's stdout and stderr too.
 fn mount_and_run(
     globals: &Globals,
     mut container: Container,
     config: &RunConfig,
     mut lowers: Vec<PathBuf>,
     stdin: Option<OwnedFd>,
-    output: Option<OwnedFd>,
+    echo: bool,
 ) -> anyhow::Result<i32> {
     let driver: Driver = config.driver.parse()?;
     let (etc_files, init_layer) = etc::prepare(&container.dir, &lowers, &config.network, &config.hostname)?;
@@ -500,10 +496,9 @@ fn mount_and_run(
     container.state.mounted_at = Some(spec.target.clone());
     container.state.exit_code = None;
 
-    let stderr = match &output {
-        Some(fd) => Some(fd.try_clone()?),
-        None => None,
-    };
+    let log = container.log_path();
+    let (capture, output) = logging::Capture::start(&log, echo)
+        .with_context(|| format!("failed to open {}", log.display()))?;
     let runtime_spec = strata_runtime::Spec {
         rootfs: spec.target.clone(),
         args: config.args.clone(),
@@ -535,8 +530,8 @@ fn mount_and_run(
         no_new_privileges: config.no_new_privileges,
         read_only: config.read_only,
         stdin,
-        stdout: output,
-        stderr,
+        stdout: Some(output.stdout),
+        stderr: Some(output.stderr),
     };
     let mut save_error = None;
     let result = strata_runtime::run_observed(runtime_spec, |child| {
@@ -550,6 +545,11 @@ fn mount_and_run(
             save_error = Some(err);
         }
     });
+    // All of the output is in the log before the container is recorded as exited (which
+    // is when `logs -f` stops).
+    if let Err(err) = capture.finish() {
+        eprintln!("warning: the container's log is incomplete: {}: {err}", log.display());
+    }
     drop(guard);
     container.state.pid = None;
     container.state.pid_start = None;

@@ -58,5 +58,5 @@ fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result
         return Ok(0);
     }
     let stdin = stdin_for(config.interactive)?;
-    start(globals, container, &config, lowers, stdin, None)
+    start(globals, container, &config, lowers, stdin)
 }

@@ -413,15 +413,26 @@ fn stop_sends_the_stop_signal() {
 #[test]
 fn logs_follow_and_tail() {
     let store = store_with_busybox();
-    store.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", "echo a; echo b; sleep 1; echo c"]);
-    // -f returns once the container has exited, with everything it wrote
-    assert_eq!(store.ok(&["logs", "-f", "talker"]), "a\nb\nc\n");
-    assert_eq!(store.ok(&["logs", "--tail", "2", "talker"]), "b\nc\n");
+    store.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", "echo a; echo b >&2; sleep 1; echo c"]);
+    // -f returns once the container has exited, with everything it wrote; each stream
+    // goes back to its own descriptor
+    let out = store.strata(&["logs", "-f", "talker"]);
+    assert_eq!((text(&out.stdout), text(&out.stderr)), ("a\nc\n".into(), "b\n".into()));
+    // (the order across the two streams is the order strata read them in, as docker's)
+    let out = store.strata(&["logs", "--tail", "1", "talker"]);
+    assert_eq!((text(&out.stdout), text(&out.stderr)), ("c\n".into(), "".into()));
     assert_eq!(store.ok(&["logs", "-n", "0", "talker"]), "");
-    store.ok(&["run", "--name", "fg", "busybox", "true"]);
-    let out = store.strata(&["logs", "fg"]);
+    // a run in the foreground prints its output and logs it, as docker's does
+    let script = "echo out1; echo err1 >&2; echo out2; printf 'no newline'";
+    let out = store.strata(&["run", "--name", "fg", "busybox", "sh", "-c", script]);
     assert_eq!(code(&out), 0);
-    assert!(text(&out.stderr).contains("ran in the foreground"), "{}", text(&out.stderr));
+    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out1\nout2\nno newline".into(), "err1\n".into()));
+    let out = store.strata(&["logs", "fg"]);
+    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out1\nout2\nno newline".into(), "err1\n".into()));
+    let stamped = store.ok(&["logs", "-t", "fg"]);
+    let first = stamped.lines().next().unwrap();
+    let (time, line) = first.split_once(' ').unwrap();
+    assert!(time.ends_with('Z') && time.contains('T') && line == "out1", "{stamped}");
 }
 
 #[test]
@@ -896,7 +907,8 @@ fn start_runs_an_exited_container_again() {
     assert_eq!(store.ok(&["start", "again"]), "again\n");
     let exited = wait_status(&store, "again", "exited");
     assert_eq!(exited["ExitCode"], 3);
-    assert_eq!(store.ok(&["logs", "again"]), "6\n");
+    // every run is logged, the foreground ones too (docker keeps one log across starts)
+    assert_eq!(store.ok(&["logs", "again"]), "2\n4\n6\n");
     store.ok(&["run", "-d", "--name", "busy", "busybox", "sleep", "60"]);
     wait_status(&store, "busy", "running");
     assert_eq!(code(&store.strata(&["start", "busy"])), 1, "already running");
