@@ -84,6 +84,9 @@ pub enum Command {
     /// Internal: keeps a detached container's mount alive and records its exit
     #[command(name = "run-monitor", hide = true)]
     RunMonitor(RunMonitorArgs),
+    /// Internal: copies a container's output (stdin: its stdout, fd 3: its stderr) to its log
+    #[command(name = "log-copier", hide = true)]
+    LogCopier(LogCopierArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -493,6 +496,14 @@ pub struct ExecArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunMonitorArgs {
     pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogCopierArgs {
+    pub log: std::path::PathBuf,
+    /// Also write the output to this process's stdout and stderr
+    #[arg(long)]
+    pub echo: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -352,6 +352,10 @@ fn intermediate_main(
     message.extend_from_slice(&child.as_raw().to_le_bytes());
     send(&mut sock, &message);
     drop(sock);
+    // It only waits now. A fork of strata, it held strata's descriptors, the FUSE device
+    // among them: with the server gone (strata killed), the connection then stayed open
+    // with no one to answer, and every file access of the container hung.
+    let _ = sys::close_from(3);
     wait_and_exit(child)
 }
 

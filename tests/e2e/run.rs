@@ -304,6 +304,53 @@ fn a_killed_run_rm_leaves_no_container() {
     store.ok(&["rmi", "busybox"]);
 }
 
+/// The container outlives a killed `strata run` (docker's client) and so does its output:
+/// the log copier is a process of its own, so what the container writes later is logged,
+/// not a SIGPIPE that kills it. On the fuse driver the killed run was the file system's
+/// server: the container's file accesses then fail (ENOTCONN) rather than hang.
+#[test]
+fn a_killed_run_keeps_the_containers_output_in_its_log() {
+    let store = store_with_busybox();
+    for driver in DRIVERS {
+        let name = format!("talkative-{driver}");
+        let echoed = store.root().join(format!("echoed-{driver}"));
+        let mut child = Command::new(strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["run", "--name", &name, "--driver", driver, "busybox", "sh", "-c"])
+            .arg("echo before; while [ ! -f /tmp/go ]; do sleep 0.05; done; echo after")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&echoed).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_status(&store, &name, "running");
+        let start = Instant::now();
+        while std::fs::read_to_string(&echoed).unwrap_or_default() != "before\n" {
+            assert!(start.elapsed() < Duration::from_secs(20), "{driver}: no output reached strata's stdout");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let out = store.strata(&["exec", &name, "touch", "/tmp/go"]);
+        if driver == "fuse" {
+            assert_ne!(code(&out), 0, "fuse: the file system died with its server");
+        } else {
+            assert_eq!(code(&out), 0, "{}", text(&out.stderr));
+            let start = Instant::now();
+            while store.ok(&["logs", &name]) != "before\nafter\n" {
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "{driver}: the log stops at {:?}",
+                    store.ok(&["logs", &name])
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        store.ok(&["rm", "-f", &name]);
+    }
+}
+
 /// `-v HOST:DIR[:ro]` binds host paths; the image's VOLUMEs get volumes of the container's
 /// own, filled from the image (content, owner, mode) and kept out of its upper; a link in
 /// the image never takes a mount point outside the container.

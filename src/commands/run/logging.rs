@@ -2,16 +2,18 @@
 //! `{"log":"...","stream":"stdout"|"stderr","time":"RFC 3339, nanoseconds"}`, so `logs`
 //! can give each stream back to its own descriptor, in the order it was written.
 //!
-//! The container writes into two pipes; a thread per pipe cuts what comes through into
-//! lines, appends a record per line to the log and, for a run in the foreground, echoes
-//! the bytes to strata's own stdout or stderr (docker's attached client). A line longer
-//! than [`MAX_RECORD`] is cut into several records, as docker does at 16 KiB. Whatever
-//! goes wrong with the log (a full disk) does not stop the echo: the first error is kept
-//! and reported when the container ends.
+//! The container writes into two pipes, read by `strata log-copier`, a process of its own
+//! (docker's conmon): a container outlives a killed `strata run` (docker's client), and
+//! its output must still have somewhere to go. In it a thread per pipe cuts what comes
+//! through into lines, appends a record per line to the log and, for a run in the
+//! foreground, echoes the bytes to the stdout or stderr it shares with strata (docker's
+//! attached client). A line longer than [`MAX_RECORD`] is cut into several records, as
+//! docker does at 16 KiB. Whatever goes wrong with the log (a full disk) does not stop the
+//! echo: the first error is reported when the container ends.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -69,9 +71,9 @@ impl Stream {
     }
 }
 
-/// The threads copying a running container's output; [`Capture::finish`] waits for them.
+/// The copier of a running container's output; [`Capture::finish`] waits for it.
 pub struct Capture {
-    threads: Vec<JoinHandle<io::Result<()>>>,
+    copier: std::process::Child,
 }
 
 /// The write ends a container gets as its stdout and stderr.
@@ -80,45 +82,112 @@ pub struct Pipes {
     pub stderr: OwnedFd,
 }
 
+/// The copier reads the container's stderr from this descriptor (its stdout from stdin).
+const STDERR_FD: i32 = 3;
+
 impl Capture {
-    /// Opens (appends to) the log at `path` and starts copying; `echo`: a foreground run,
-    /// whose output also goes to strata's stdout and stderr.
+    /// Starts `strata log-copier`, appending to the log at `path`; `echo`: a foreground
+    /// run, whose output also goes to strata's stdout and stderr.
     pub fn start(path: &Path, echo: bool) -> io::Result<(Capture, Pipes)> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        let log = Arc::new(Mutex::new(log));
-        let mut threads = Vec::new();
-        let mut ends = Vec::new();
-        for stream in [Stream::Stdout, Stream::Stderr] {
-            let (read, write) = io::pipe()?;
-            let log = log.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("log-{}", stream.name()))
-                    .spawn(move || copy(read, stream, &log, echo))?,
-            );
-            ends.push(OwnedFd::from(write));
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (out_read, out_write) = io::pipe()?;
+        let (err_read, err_write) = io::pipe()?;
+        let mut command = std::process::Command::new(std::env::current_exe()?);
+        command.arg("log-copier").arg(path);
+        if echo {
+            command.arg("--echo");
         }
-        let stderr = ends.pop().expect("two pipes");
-        let stdout = ends.pop().expect("two pipes");
-        Ok((Capture { threads }, Pipes { stdout, stderr }))
+        command.stdin(out_read);
+        let err_fd = err_read.as_raw_fd();
+        // SAFETY: between fork and exec only dup2 and fcntl, which are async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let moved = if err_fd == STDERR_FD {
+                    libc::fcntl(err_fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(err_fd, STDERR_FD)
+                };
+                if moved < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let copier = command.spawn()?;
+        drop(err_read);
+        Ok((
+            Capture { copier },
+            Pipes {
+                stdout: out_write.into(),
+                stderr: err_write.into(),
+            },
+        ))
     }
 
     /// Waits until every writer of the pipes is gone (the container and all its
-    /// processes) and everything is in the log; the first error writing it.
-    pub fn finish(self) -> io::Result<()> {
-        let mut result = Ok(());
-        for thread in self.threads {
-            let copied = thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("log thread panicked")));
-            if result.is_ok() {
-                result = copied;
-            }
+    /// processes) and everything is in the log.
+    pub fn finish(mut self) -> io::Result<()> {
+        let status = self.copier.wait()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "the log copier ended with {status}"
+            )))
         }
-        result
+    }
+}
+
+/// `strata log-copier LOG [--echo]`: copies stdin (the container's stdout) and descriptor
+/// 3 (its stderr) to the log until both end. Signals meant for the foreground run (^C,
+/// a closed terminal) or for strata are not for it: it ends when the container does.
+pub fn copier(args: crate::cli::LogCopierArgs) -> anyhow::Result<std::process::ExitCode> {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    use std::os::fd::FromRawFd;
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGPIPE,
+        Signal::SIGTSTP,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&args.log)?;
+    let log = Arc::new(Mutex::new(log));
+    // SAFETY: descriptor 3 is the stderr pipe `Capture::start` gave this process; only
+    // this File owns it.
+    let stderr_pipe = unsafe { File::from_raw_fd(STDERR_FD) };
+    let stdout_pipe = File::from(OwnedFd::from(io::stdin().as_fd().try_clone_to_owned()?));
+    let threads: Vec<JoinHandle<io::Result<()>>> =
+        [(stdout_pipe, Stream::Stdout), (stderr_pipe, Stream::Stderr)]
+            .into_iter()
+            .map(|(pipe, stream)| {
+                let log = log.clone();
+                std::thread::spawn(move || copy(pipe, stream, &log, args.echo))
+            })
+            .collect();
+    let mut failed = None;
+    for thread in threads {
+        let copied = thread
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("log thread panicked")));
+        if failed.is_none() {
+            failed = copied.err();
+        }
+    }
+    match failed {
+        None => Ok(std::process::ExitCode::SUCCESS),
+        Some(err) => {
+            eprintln!("strata: {}: {err}", args.log.display());
+            Ok(std::process::ExitCode::FAILURE)
+        }
     }
 }
 
@@ -197,16 +266,25 @@ mod tests {
     fn lines_become_records_of_their_stream_long_ones_cut_and_a_last_partial_kept() {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("log");
-        let (capture, pipes) = Capture::start(&log, false).unwrap();
-        let mut out = File::from(pipes.stdout);
-        let mut err = File::from(pipes.stderr);
+        let (out_read, mut out) = io::pipe().unwrap();
+        let (err_read, mut err) = io::pipe().unwrap();
+        let file = Arc::new(Mutex::new(File::create(&log).unwrap()));
+        let copiers: Vec<_> = [(out_read, Stream::Stdout), (err_read, Stream::Stderr)]
+            .into_iter()
+            .map(|(pipe, stream)| {
+                let file = file.clone();
+                std::thread::spawn(move || copy(pipe, stream, &file, false))
+            })
+            .collect();
         out.write_all(b"one\ntwo").unwrap();
         out.write_all(b" halves\n").unwrap();
         err.write_all(b"oops\n").unwrap();
         out.write_all(&vec![b'x'; MAX_RECORD + 10]).unwrap();
         out.write_all(b"\nno newline").unwrap();
         drop((out, err));
-        capture.finish().unwrap();
+        for copier in copiers {
+            copier.join().unwrap().unwrap();
+        }
         let got = records(&log);
         let of = |stream: &str| -> Vec<String> {
             got.iter()
