@@ -1,0 +1,41 @@
+#!/bin/bash
+# bench/ab-tar.sh A B: warm `tar cf - MNT | wc -c` alternating between two mounts of the
+# layers ../shared/bench/unionfs.sh leaves in $LAYERS (default
+# /var/tmp/bench-unionfs/layers). A and B: a strata-unionfs binary (or any program taking
+# fuse-overlayfs's command line), or "kernel" for overlayfs. REPS rounds (default 5);
+# POL_A / POL_B (e.g. -b) chrt the servers' threads. Both sides share one machine state,
+# so a difference of a few percent shows through the noise separate runs have.
+set -u
+L=${LAYERS:-/var/tmp/bench-unionfs/layers}
+W=$(mktemp -d /var/tmp/ab-tar.XXXXXX)
+declare -a PID=("" "")
+for i in 0 1; do
+  b=$([ $i = 0 ] && echo "$1" || echo "$2")
+  mkdir -p "$W/$i/u" "$W/$i/w" "$W/m$i"
+  opts="lowerdir=$L/l3:$L/l2:$L/l1,upperdir=$W/$i/u,workdir=$W/$i/w"
+  if [ "$b" = kernel ]; then
+    mount -t overlay overlay -o "$opts" "$W/m$i"
+  else
+    "$b" -f -o "$opts" "$W/m$i" &
+    PID[$i]=$!
+  fi
+done
+for i in 0 1; do
+  for _ in $(seq 50); do mountpoint -q "$W/m$i" && break; sleep 0.1; done
+  tar cf - -C "$W/m$i" . | wc -c > /dev/null # the cold pass
+done
+for i in 0 1; do
+  pol=$([ $i = 0 ] && echo "${POL_A:-}" || echo "${POL_B:-}")
+  if [ -n "$pol" ] && [ -n "${PID[$i]}" ]; then
+    for t in /proc/"${PID[$i]}"/task/*; do chrt "$pol" -p 0 "${t##*/}"; done
+  fi
+done
+for _ in $(seq "${REPS:-5}"); do
+  for i in 0 1; do
+    t0=$(date +%s.%N); tar cf - -C "$W/m$i" . | wc -c > /dev/null; t1=$(date +%s.%N)
+    echo "$i $(echo "$t1 - $t0" | bc)"
+  done
+done | awk '{a[$1] = a[$1] " " substr($2, 1, 5)} END {print "A:" a[0]; print "B:" a[1]}'
+umount "$W/m0" "$W/m1"
+wait
+rm -rf "$W"
