@@ -17,8 +17,8 @@ use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
 
 /// Copies `rel` from `src_layer` into the upper branch; its parent must already be there.
 /// Returns Ok if the upper entry exists afterwards (also when a racing copy-up won).
-/// Copies of files this big run as `fuser::blocking` sections.
-const BIG_COPY: u64 = 1 << 20;
+/// Copies of files this big (about 15 ms and up here) run as `fuser::blocking` sections.
+const BIG_COPY: u64 = 16 << 20;
 
 pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta> {
     copy_up_with(layers, src_layer, rel, true)

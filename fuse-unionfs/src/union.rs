@@ -239,27 +239,12 @@ impl Union {
         })
     }
 
-    // A lock another request holds may be held through a long copy: the wait is then a
-    // `fuser::blocking` section too, so the caller's CPU queue gets another thread.
-
     pub(crate) fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        match self.rename_lock.try_read() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                fuser::blocking(|| self.rename_lock.read().unwrap_or_else(|e| e.into_inner()))
-            }
-        }
+        self.rename_lock.read().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        match self.rename_lock.try_write() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                fuser::blocking(|| self.rename_lock.write().unwrap_or_else(|e| e.into_inner()))
-            }
-        }
+        self.rename_lock.write().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn node(&self, ino: u64) -> Res<Arc<Node>> {
@@ -707,13 +692,11 @@ impl Union {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
         let fd = self.fd(&file)?;
-        fuser::blocking(|| {
-            if datasync {
-                rustix::fs::fdatasync(fd)
-            } else {
-                rustix::fs::fsync(fd)
-            }
-        })
+        if datasync {
+            rustix::fs::fdatasync(fd)
+        } else {
+            rustix::fs::fsync(fd)
+        }
     }
 
     pub fn fsyncdir(&self, ino: u64) -> Res<()> {
@@ -729,7 +712,7 @@ impl Union {
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
-        fuser::blocking(|| rustix::fs::fsync(&fd))
+        rustix::fs::fsync(&fd)
     }
 
     pub fn statfs(&self) -> Res<rustix::fs::StatVfs> {

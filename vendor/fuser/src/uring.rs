@@ -245,21 +245,38 @@ std::thread_local! {
     /// The queue a ring thread serves, for [`blocking`].
     static QUEUE: std::cell::RefCell<Option<(Arc<Grow>, u16)>> =
         const { std::cell::RefCell::new(None) };
+    /// How deep in [`blocking`] sections this thread is: only the outermost counts.
+    static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Runs `f`, which may take long (a big copy, an fsync). On a ring thread whose queue's
-/// threads are all inside such a section, the queue first gets one more thread, so the
-/// requests of the CPU's other callers are not held behind `f`. Elsewhere it just runs `f`.
+/// Runs `f`, which takes long (a big copy: seconds, not the milliseconds of most fsyncs).
+/// On a ring thread whose queue's threads are all inside such a section, the queue first
+/// gets one more thread, so the requests of the CPU's other callers are not held behind
+/// `f`. Elsewhere it just runs `f`.
+///
+/// The thread is made before anything can queue behind `f`: the kernel hands a newly
+/// registered entry new requests only, not those already waiting. It then serves for the
+/// life of the mount (an entry cannot be taken back), and a queue of two threads costs
+/// each close(2) a wakeup of its own: mark only what is really long.
 pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     struct Leave(Option<(Arc<Grow>, u16)>);
     impl Drop for Leave {
         fn drop(&mut self) {
+            DEPTH.with(|d| d.set(d.get() - 1));
             if let Some((grow, qid)) = &self.0 {
                 grow.leave(*qid);
             }
         }
     }
-    let queue = QUEUE.with(|q| q.borrow().clone());
+    let outermost = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get() == 1
+    });
+    let queue = if outermost {
+        QUEUE.with(|q| q.borrow().clone())
+    } else {
+        None
+    };
     if let Some((grow, qid)) = &queue {
         grow.enter(*qid);
     }
