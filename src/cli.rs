@@ -87,6 +87,9 @@ pub enum Command {
     /// Internal: copies a container's output (stdin: its stdout, fd 3: its stderr) to its log
     #[command(name = "log-copier", hide = true)]
     LogCopier(LogCopierArgs),
+    /// Internal: `cp -` inside a container's root (chrooted)
+    #[command(name = "cp-tar", hide = true)]
+    CpTar(CpTarArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -496,6 +499,14 @@ pub struct ExecArgs {
 #[derive(Debug, clap::Args)]
 pub struct RunMonitorArgs {
     pub id: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CpTarArgs {
+    pub root: std::path::PathBuf,
+    /// pack (PATH to a tar on stdout) or unpack (a tar on stdin into PATH)
+    pub mode: String,
+    pub path: String,
 }
 
 #[derive(Debug, clap::Args)]

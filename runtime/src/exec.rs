@@ -232,6 +232,8 @@ fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: S
     for signal in crate::signals::FORWARDED {
         let _ = sys::set_disposition(signal, false);
     }
+    // As for the container's command (process.rs): SIGPIPE back to its default.
+    let _ = sys::set_disposition(nix::sys::signal::Signal::SIGPIPE, false);
     if let Err(err) = nix::unistd::setsid() {
         fail(&mut sock, &format!("setsid: {err}"));
     }

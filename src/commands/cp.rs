@@ -6,9 +6,11 @@
 //! copied in lands in its upper.
 //!
 //! `-` stands for a tar stream, as in docker: `cp CONTAINER:SRC -` writes SRC as a tar
-//! to stdout (owners and modes as in the container), `cp - CONTAINER:DIR` unpacks a tar
-//! from stdin into a directory of the container (no entry may leave it: `..`, absolute
-//! names and links out of it are refused, naming the entry).
+//! to stdout (owners and modes as in the container; sockets are left out, as docker's),
+//! `cp - CONTAINER:DIR` unpacks a tar from stdin into a directory of the container. Both
+//! run in `strata cp-tar`, a process chrooted into the container's root (docker's
+//! chrootarchive): every path, DIR itself and the links a running container may swap in
+//! meanwhile, resolves inside the container. An entry with `..` is refused by name.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,18 +41,14 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         (point, Some(guard))
     };
     drop(store);
+    if stream {
+        return tar_in_root(&root, if into { "unpack" } else { "pack" }, inside);
+    }
     let (src, dest) = if into {
         (host, in_container(&root, inside)?)
     } else {
         (in_container(&root, inside)?, host)
     };
-    if stream && into {
-        if !dest.is_dir() {
-            bail!("{reference}:{inside}: not a directory (a tar is unpacked into one)");
-        }
-        unpack(std::io::stdin().lock(), &dest).context("failed to unpack the tar from stdin")?;
-        return Ok(ExitCode::SUCCESS);
-    }
     if std::fs::symlink_metadata(&src).is_err() {
         let named = if into {
             args.source.clone()
@@ -59,17 +57,56 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         };
         bail!("{named}: no such file or directory");
     }
-    if stream {
-        // "DIR/." packs the directory's content; else entries start with SRC's name.
-        let name = match Path::new(inside.trim_end_matches('/')).file_name() {
-            Some(name) if !inside.ends_with("/.") => PathBuf::from(name),
-            _ => PathBuf::from("."),
-        };
-        pack(&src, &name, std::io::stdout().lock())
-            .with_context(|| format!("failed to write {reference}:{inside} as a tar"))?;
+    copy(&src, &dest)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `strata cp-tar ROOT pack|unpack PATH` with strata's stdin and stdout; its exit code.
+fn tar_in_root(root: &Path, mode: &str, inside: &str) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().context("failed to find the strata binary")?;
+    let status = std::process::Command::new(exe)
+        .arg("cp-tar")
+        .arg(root)
+        .arg(mode)
+        .arg(inside)
+        .status()
+        .context("failed to start strata cp-tar")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `strata cp-tar ROOT pack|unpack PATH`: chroots into ROOT, then writes PATH as a tar to
+/// stdout, or unpacks the tar on stdin into directory PATH.
+pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
+    nix::unistd::chroot(&args.root)
+        .with_context(|| format!("failed to chroot into {}", args.root.display()))?;
+    std::env::set_current_dir("/").context("failed to enter the container's root")?;
+    let inside = args.path.as_str();
+    if !inside.starts_with('/') {
+        bail!("container path {inside:?} is not absolute");
+    }
+    if args.mode == "unpack" {
+        if !Path::new(inside).is_dir() {
+            bail!("{inside}: not a directory (a tar is unpacked into one)");
+        }
+        unpack(std::io::stdin().lock(), Path::new(inside))
+            .context("failed to unpack the tar from stdin")?;
         return Ok(ExitCode::SUCCESS);
     }
-    copy(&src, &dest)?;
+    let src = Path::new(inside);
+    if std::fs::symlink_metadata(src).is_err() {
+        bail!("{inside}: no such file or directory");
+    }
+    // "DIR/." packs the directory's content; else entries start with SRC's name.
+    let name = match Path::new(inside.trim_end_matches('/')).file_name() {
+        Some(name) if !inside.ends_with("/.") => PathBuf::from(name),
+        _ => PathBuf::from("."),
+    };
+    pack(src, &name, std::io::stdout().lock())
+        .with_context(|| format!("failed to write {inside} as a tar"))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -78,13 +115,33 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
 fn pack(src: &Path, name: &Path, out: impl std::io::Write) -> anyhow::Result<()> {
     let mut tar = tar::Builder::new(out);
     tar.follow_symlinks(false);
-    let meta = std::fs::symlink_metadata(src)?;
-    if meta.is_dir() {
-        tar.append_dir_all(name, src)?;
-    } else {
-        tar.append_path_with_name(src, name)?;
-    }
+    append(&mut tar, src, name)?;
     tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// Appends `path` as `name`, and a directory's entries below it; sockets are skipped with
+/// a warning (a tar cannot hold them; docker skips them too).
+fn append<W: std::io::Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = std::fs::symlink_metadata(path)?.file_type();
+    if kind.is_socket() {
+        eprintln!("warning: {}: a socket, left out", path.display());
+        return Ok(());
+    }
+    tar.append_path_with_name(path, name)
+        .with_context(|| format!("failed to add {}", path.display()))?;
+    if kind.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            append(tar, &entry.path(), &name.join(entry.file_name()))?;
+        }
+    }
     Ok(())
 }
 

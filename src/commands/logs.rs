@@ -9,12 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use strata_store::Store;
+use strata_store::{Status, Store};
 
 use crate::cli::LogsArgs;
 use crate::commands::Globals;
-use crate::commands::run::is_running;
 use crate::commands::run::logging::{self, Line};
+use crate::commands::run::{alive, is_running};
 
 pub fn run(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
@@ -50,9 +50,14 @@ pub fn run(globals: &Globals, args: LogsArgs) -> anyhow::Result<ExitCode> {
         // The store lock is not held while following (gc must not wait on a `logs -f`).
         drop(store);
         loop {
+            // Its runner records the exit once the log copier has written everything:
+            // until then (or while the command runs, if the runner was killed) more may come.
             let running = Store::open(&globals.root)
                 .and_then(|store| store.container(&container.id))
-                .is_ok_and(|c| is_running(&c));
+                .is_ok_and(|c| {
+                    c.state.status == Status::Running
+                        && (is_running(&c) || c.state.runner.is_some_and(alive))
+                });
             // Drain after seeing it stopped, so the last lines are not lost.
             drain(&mut file, &mut printer)?;
             if !running {
@@ -85,13 +90,15 @@ impl Printer {
         Ok(())
     }
 
-    /// A last line without its newline (a log cut short).
+    /// A last line without its newline: plain text cut short is printed; a record being
+    /// written as this reads is not (half of one is not text of the container's).
     fn end(&mut self) -> std::io::Result<()> {
-        if !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.print(&line)?;
+        let line = std::mem::take(&mut self.partial);
+        match logging::parse(&line) {
+            _ if line.is_empty() => Ok(()),
+            Line::Text(text) if text.starts_with(b"{") => Ok(()),
+            _ => self.print(&line),
         }
-        Ok(())
     }
 
     fn print(&self, line: &[u8]) -> std::io::Result<()> {

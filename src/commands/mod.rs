@@ -97,6 +97,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(&globals, args),
         Command::RunMonitor(args) => run::monitor(&globals, args),
         Command::LogCopier(args) => run::logging::copier(args),
+        Command::CpTar(args) => cp::cp_tar(args),
         Command::Ps(args) => ps::run(&globals, args),
         Command::Rm(args) => rm::run(&globals, args),
         Command::Logs(args) => logs::run(&globals, args),

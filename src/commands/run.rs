@@ -649,7 +649,7 @@ fn start_time(pid: i32) -> Option<u64> {
 }
 
 /// A process that has not ended: a zombie (whose parent has not reaped it yet) has.
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     process(pid).is_some_and(|(ended, _)| !ended)
 }
 

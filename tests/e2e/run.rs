@@ -476,6 +476,15 @@ fn logs_follow_and_tail() {
     assert_eq!((text(&out.stdout), text(&out.stderr)), ("out1\nout2\nno newline".into(), "err1\n".into()));
     let out = store.strata(&["logs", "fg"]);
     assert_eq!((text(&out.stdout), text(&out.stderr)), ("out1\nout2\nno newline".into(), "err1\n".into()));
+    // a reader that goes away ends the command, as when it wrote to that pipe itself
+    let mut piped = Command::new("sh");
+    piped.arg("-c").arg(format!(
+        "{} --root {} run --rm busybox yes | head -1",
+        crate::common::strata_bin().display(),
+        store.root().display()
+    ));
+    let out = crate::common::run_with_timeout(piped, Duration::from_secs(60));
+    assert_eq!(text(&out.stdout), "y\n", "{}", text(&out.stderr));
     let stamped = store.ok(&["logs", "-t", "fg"]);
     let first = stamped.lines().next().unwrap();
     let (time, line) = first.split_once(' ').unwrap();
@@ -1072,6 +1081,13 @@ fn cp_between_host_and_containers() {
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("up/strata-cp-escape"), "{}", text(&out.stderr));
     assert!(!std::path::Path::new("/etc/strata-cp-escape").exists());
+    // a destination that is a link resolves inside the container (/esc -> /etc is the
+    // container's /etc), never on the host
+    let good = tar_of(&[("strata-cp-linked", tar::EntryType::Regular, "", b"in the container\n")]);
+    let out = cp(&["-", "stopped:/esc"], good.into(), std::process::Stdio::null());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/etc/strata-cp-linked").exists());
+    assert!(store.ok(&["diff", "stopped"]).contains("A /etc/strata-cp-linked"));
     let out = cp(&["-", "stopped:/data/x"], std::fs::File::open(&packed).unwrap().into(), std::process::Stdio::null());
     assert_eq!(code(&out), 1);
     assert!(text(&out.stderr).contains("not a directory"), "{}", text(&out.stderr));

@@ -13,7 +13,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -164,7 +164,9 @@ pub fn copier(args: crate::cli::LogCopierArgs) -> anyhow::Result<std::process::E
     // SAFETY: descriptor 3 is the stderr pipe `Capture::start` gave this process; only
     // this File owns it.
     let stderr_pipe = unsafe { File::from_raw_fd(STDERR_FD) };
-    let stdout_pipe = File::from(OwnedFd::from(io::stdin().as_fd().try_clone_to_owned()?));
+    // SAFETY: descriptor 0 is the stdout pipe, owned by this File alone from here: when
+    // its thread stops reading (see `copy`), the pipe has no reader left.
+    let stdout_pipe = unsafe { File::from_raw_fd(0) };
     let threads: Vec<JoinHandle<io::Result<()>>> =
         [(stdout_pipe, Stream::Stdout), (stderr_pipe, Stream::Stderr)]
             .into_iter()
@@ -221,10 +223,6 @@ fn copy(mut from: impl Read, stream: Stream, log: &Mutex<File>, echo: bool) -> i
             Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
             Err(err) => return Err(err),
         };
-        if echo {
-            // The terminal or file strata writes to may be gone; the log goes on.
-            let _ = stream.echo(&buf[..n]);
-        }
         line.extend_from_slice(&buf[..n]);
         let mut start = 0;
         while let Some(end) = line[start..].iter().position(|&b| b == b'\n') {
@@ -238,6 +236,15 @@ fn copy(mut from: impl Read, stream: Stream, log: &Mutex<File>, echo: bool) -> i
         while line.len() >= MAX_RECORD {
             record(&line[..MAX_RECORD], &mut failed);
             line.drain(..MAX_RECORD);
+        }
+        // A reader that went away (`strata run IMG yes | head -1`): stop reading, so the
+        // container's next write fails (SIGPIPE) as it did writing to that pipe itself.
+        // Any other failure to echo (a terminal gone) leaves the log going.
+        if echo
+            && let Err(err) = stream.echo(&buf[..n])
+            && err.kind() == io::ErrorKind::BrokenPipe
+        {
+            break;
         }
     }
     if !line.is_empty() {
