@@ -395,7 +395,11 @@ impl Union {
     /// getattr; with an open handle, from the open file (it may be unlinked).
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Res<Entry> {
         let _shared = self.shared();
-        if let Some(file) = fh.and_then(|fh| self.files.get(fh).ok()) {
+        // A lower file not opened yet has a name while its node has a path (lower files
+        // never go away): the node's attributes serve, without opening it.
+        if let Some(file) = fh.and_then(|fh| self.files.get(fh).ok())
+            && (file.lower_size_nlink().is_none() || self.path(ino).is_err())
+        {
             let meta = Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?);
             if meta.nlink == 0 || self.path(ino).is_err() {
                 return Ok(Entry {
@@ -409,11 +413,19 @@ impl Union {
         match self.attr(&node) {
             // fstat(2) of a file whose every name is gone comes without its handle
             // (vfs_getattr has no file): answer from any open file of the inode.
+            // An upper handle is the file itself; a lower one shows what it reads, with
+            // nlink 0, as every name is gone.
             Err(Errno::STALE) => {
-                let file = self.files.find(|f| f.ino == ino).ok_or(Errno::STALE)?;
+                let file = self
+                    .files
+                    .find(|f| f.ino == ino && f.upper)
+                    .or_else(|| self.files.find(|f| f.ino == ino))
+                    .ok_or(Errno::STALE)?;
+                let mut meta = Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?);
+                meta.nlink = 0;
                 Ok(Entry {
                     ino,
-                    meta: Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?),
+                    meta,
                     upper: file.upper,
                 })
             }
@@ -691,6 +703,10 @@ impl Union {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
+        if file.lower_size_nlink().is_some() {
+            // A lower file, read only and not even opened yet: nothing to write out.
+            return Ok(());
+        }
         let fd = self.fd(&file)?;
         if datasync {
             rustix::fs::fdatasync(fd)
