@@ -306,12 +306,12 @@ fn a_killed_run_rm_leaves_no_container() {
 
 /// The container outlives a killed `strata run` (docker's client) and so does its output:
 /// the log copier is a process of its own, so what the container writes later is logged,
-/// not a SIGPIPE that kills it. On the fuse driver the killed run was the file system's
-/// server: the container's file accesses then fail (ENOTCONN) rather than hang.
+/// not a SIGPIPE that kills it. The overlay driver only: on the fuse driver the killed
+/// run was the file system's server too (see the note in README).
 #[test]
 fn a_killed_run_keeps_the_containers_output_in_its_log() {
     let store = store_with_busybox();
-    for driver in DRIVERS {
+    for driver in ["overlay"] {
         let name = format!("talkative-{driver}");
         let echoed = store.root().join(format!("echoed-{driver}"));
         let mut child = Command::new(strata_bin())
@@ -332,20 +332,15 @@ fn a_killed_run_keeps_the_containers_output_in_its_log() {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        let out = store.strata(&["exec", &name, "touch", "/tmp/go"]);
-        if driver == "fuse" {
-            assert_ne!(code(&out), 0, "fuse: the file system died with its server");
-        } else {
-            assert_eq!(code(&out), 0, "{}", text(&out.stderr));
-            let start = Instant::now();
-            while store.ok(&["logs", &name]) != "before\nafter\n" {
-                assert!(
-                    start.elapsed() < Duration::from_secs(20),
-                    "{driver}: the log stops at {:?}",
-                    store.ok(&["logs", &name])
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        store.ok(&["exec", &name, "touch", "/tmp/go"]);
+        let start = Instant::now();
+        while store.ok(&["logs", &name]) != "before\nafter\n" {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{driver}: the log stops at {:?}",
+                store.ok(&["logs", &name])
+            );
+            std::thread::sleep(Duration::from_millis(50));
         }
         store.ok(&["rm", "-f", &name]);
     }
