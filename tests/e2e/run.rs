@@ -342,6 +342,8 @@ fn a_killed_run_keeps_the_containers_output_in_its_log() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // strata's stdout had the echo while strata lived, not after
+        assert_eq!(std::fs::read_to_string(&echoed).unwrap(), "before\n");
         store.ok(&["rm", "-f", &name]);
     }
 }

@@ -156,6 +156,18 @@ pub fn copier(args: crate::cli::LogCopierArgs) -> anyhow::Result<std::process::E
         // SAFETY: SIG_IGN installs no handler code.
         let _ = unsafe { signal(sig, SigHandler::SigIgn) };
     }
+    // The echo is the attached client's output: once strata is gone (killed), the shell has
+    // its terminal back, and the container's output goes to the log only.
+    extern "C" fn client_gone(_: libc::c_int) {
+        ECHO_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    let parent = nix::unistd::getppid();
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    let _ = unsafe { signal(Signal::SIGUSR1, SigHandler::Handler(client_gone)) };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGUSR1);
+    if nix::unistd::getppid() != parent || parent.as_raw() == 1 {
+        ECHO_OFF.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -192,6 +204,9 @@ pub fn copier(args: crate::cli::LogCopierArgs) -> anyhow::Result<std::process::E
         }
     }
 }
+
+/// Set in the log copier when strata, its parent, has died: no more echo.
+static ECHO_OFF: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 fn copy(mut from: impl Read, stream: Stream, log: &Mutex<File>, echo: bool) -> io::Result<()> {
     let mut buf = vec![0u8; 64 << 10];
@@ -241,6 +256,7 @@ fn copy(mut from: impl Read, stream: Stream, log: &Mutex<File>, echo: bool) -> i
         // container's next write fails (SIGPIPE) as it did writing to that pipe itself.
         // Any other failure to echo (a terminal gone) leaves the log going.
         if echo
+            && !ECHO_OFF.load(std::sync::atomic::Ordering::Relaxed)
             && let Err(err) = stream.echo(&buf[..n])
             && err.kind() == io::ErrorKind::BrokenPipe
         {
