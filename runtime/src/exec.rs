@@ -229,11 +229,7 @@ fn joiner_main(
 
 /// The process: its own session, the terminal or the given stdio, the identity, exec.
 fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: Stdio) -> ! {
-    for signal in crate::signals::FORWARDED {
-        let _ = sys::set_disposition(signal, false);
-    }
-    // As for the container's command (process.rs): SIGPIPE back to its default.
-    let _ = sys::set_disposition(nix::sys::signal::Signal::SIGPIPE, false);
+    crate::signals::restore_defaults();
     if let Err(err) = nix::unistd::setsid() {
         fail(&mut sock, &format!("setsid: {err}"));
     }

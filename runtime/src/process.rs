@@ -361,12 +361,7 @@ fn intermediate_main(
 
 /// pid 1 of the container: wait for the go, set everything up, exec.
 fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
-    for signal in crate::signals::FORWARDED {
-        let _ = sys::set_disposition(signal, false);
-    }
-    // Rust ignores SIGPIPE and an ignored signal stays ignored across execve: the command
-    // gets it back, as under docker (`yes | head -1` ends `yes`).
-    let _ = sys::set_disposition(Signal::SIGPIPE, false);
+    crate::signals::restore_defaults();
     // Not dumpable until the command's execve: the container's other processes (an
     // `--init`'s child, later ones) must not open /proc/1/exe, the host's strata binary.
     let _ = nix::sys::prctl::set_dumpable(false);

@@ -32,6 +32,16 @@ pub const FORWARDED: [Signal; 11] = [
     Signal::SIGPWR,
 ];
 
+/// Gives a process about to exec a container's command the dispositions it would have
+/// under docker: the forwarded signals (ignored by strata's intermediate processes) and
+/// SIGPIPE (ignored by Rust; an ignored signal stays ignored across execve, and `yes |
+/// head -1` would not end `yes`) back to their defaults.
+pub(crate) fn restore_defaults() {
+    for signal in FORWARDED.into_iter().chain([Signal::SIGPIPE]) {
+        let _ = sys::set_disposition(signal, false);
+    }
+}
+
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
 struct Entry {

@@ -82,8 +82,7 @@ impl Printer {
         self.partial.extend_from_slice(bytes);
         let mut start = 0;
         while let Some(end) = self.partial[start..].iter().position(|&b| b == b'\n') {
-            let line = self.partial[start..start + end].to_vec();
-            self.print(&line)?;
+            self.print(&self.partial[start..start + end])?;
             start += end + 1;
         }
         self.partial.drain(..start);
