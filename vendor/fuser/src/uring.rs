@@ -145,7 +145,7 @@ impl Rings {
                     // Made on a thread of the queue: it inherits the CPU mask and policy.
                     let name = format!("fuser-uring-{qid}.{n}");
                     let ring = new_ring()?;
-                    let server = Server::new(
+                    let mut server = Server::new(
                         qid,
                         ring,
                         &dev,
@@ -153,7 +153,22 @@ impl Rings {
                         event_loop(name.clone()),
                         grow,
                     );
-                    spawn_reporting(name, Role::Ring, &ended, move || server.serve()).map(drop)
+                    let (registered, waiting) = std::sync::mpsc::sync_channel(1);
+                    server.registered = Some(registered);
+                    spawn_reporting(name.clone(), Role::Ring, &ended, move || server.serve())?;
+                    // Back only once its entry takes requests: one sent before would queue
+                    // behind the caller's long section all the same (see `blocking`).
+                    match waiting.recv_timeout(REGISTER_TIMEOUT) {
+                        Ok(()) => Ok(()),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            warn!("{name} has not registered within {REGISTER_TIMEOUT:?}");
+                            Ok(())
+                        }
+                        // It ended before registering (and said why): no thread was added.
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(
+                            io::Error::other(format!("{name} ended before registering")),
+                        ),
+                    }
                 })
             },
         });
@@ -199,6 +214,9 @@ fn new_ring() -> io::Result<Ring> {
 
 /// The most threads a queue grows to; past them a queue's callers wait as before.
 const MAX_THREADS_PER_QUEUE: usize = 8;
+
+/// How long [`blocking`] waits for a new thread's entry to be registered before it goes on.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct QueueCount {
@@ -509,6 +527,8 @@ struct Server<FS: Filesystem> {
     reply: Option<Arc<RingReply>>,
     session: SessionEventLoop<FS>,
     grow: Arc<Grow>,
+    /// Told once the entry is registered, for a thread [`blocking`] waits for.
+    registered: Option<std::sync::mpsc::SyncSender<()>>,
 }
 
 impl<FS: Filesystem> Server<FS> {
@@ -528,6 +548,7 @@ impl<FS: Filesystem> Server<FS> {
             reply: None,
             session,
             grow,
+            registered: None,
         }
     }
 
@@ -552,6 +573,11 @@ impl<FS: Filesystem> Server<FS> {
 
     fn serve_entry(&mut self, iov: &[libc::iovec; 2]) -> io::Result<()> {
         self.register(iov)?;
+        if let Some(registered) = self.registered.take() {
+            // The kernel adds the entry to the queue while it takes the submission.
+            self.ring.submit()?;
+            let _ = registered.send(());
+        }
         // The kernel accepted the entry: it has delivered a request through it.
         let mut accepted = false;
         let mut scratch = Vec::new();
