@@ -602,7 +602,18 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
         source: e.into(),
     };
     let detach = || rustix::mount::unmount(target, UnmountFlags::DETACH).map_err(fail);
-    match rustix::mount::unmount(target, UnmountFlags::empty()) {
+    let busy_until = Instant::now() + BUSY_PATIENCE;
+    let unmounted = loop {
+        match rustix::mount::unmount(target, UnmountFlags::empty()) {
+            Err(rustix::io::Errno::BUSY)
+                if busy == WhenBusy::Fail && Instant::now() < busy_until =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other,
+        }
+    };
+    match unmounted {
         Ok(()) => Ok(Unmounted::Gone),
         Err(rustix::io::Errno::NOTCONN) => detach().map(|()| Unmounted::Gone),
         Err(rustix::io::Errno::BUSY) if busy == WhenBusy::Detach => {
@@ -617,8 +628,16 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
     }
 }
 
+/// How long an unmount that must not detach retries a busy mount. A mount is busy for a
+/// moment with nobody using it while a fork of any thread of this process (a build step,
+/// a helper) holds copies of its open files until the child execs.
+const BUSY_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How long the sweep waits for a FUSE server's answer before it leaves the mount alone.
 const SWEEP_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the sweep waits for the second answer of a mount that gave none.
+const SWEEP_REASK_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Detaches FUSE mounts below `dir` whose server is gone (they answer ENOTCONN), as a
 /// crash leaves them. Returns how many were swept. statfs asks the server every time;
@@ -626,13 +645,49 @@ const SWEEP_ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 ///
 /// A server that is alive but does not answer (stopped, or stuck) would hold statfs, and
 /// the command sweeping, forever: each mount is asked from its own thread, and one with no
-/// answer within [`SWEEP_ANSWER_TIMEOUT`] is left mounted with a warning. Its thread
-/// stays blocked until the server answers or this process exits (the wait is killable).
+/// answer within [`SWEEP_ANSWER_TIMEOUT`] is asked once more and then left mounted with a
+/// warning. The second question is for a server killed a moment ago: a request sent while
+/// the kernel still tears down its io_uring queues can wait there for seconds, while one
+/// sent after is told ENOTCONN at once. A thread with no answer stays blocked until the
+/// server answers or this process exits (the wait is killable).
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
-    let asked: Vec<_> = mount_table()?
+    let points: Vec<PathBuf> = mount_table()?
         .into_iter()
         .filter(|(point, fstype)| fstype.starts_with("fuse") && point.starts_with(dir))
-        .map(|(point, _)| {
+        .map(|(point, _)| point)
+        .collect();
+    let first = ask_statfs(&points, SWEEP_ANSWER_TIMEOUT);
+    let silent: Vec<PathBuf> = points
+        .iter()
+        .zip(&first)
+        .filter(|(_, answer)| answer.is_none())
+        .map(|(point, _)| point.clone())
+        .collect();
+    let mut second = ask_statfs(&silent, SWEEP_REASK_TIMEOUT).into_iter();
+    let mut swept = 0;
+    for (point, answer) in points.iter().zip(first) {
+        match answer.or_else(|| second.next().flatten()) {
+            Some(Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED)) => {
+                if rustix::mount::unmount(point, UnmountFlags::DETACH).is_ok() {
+                    swept += 1;
+                }
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                "{}: its FUSE server does not answer (stopped?); left mounted",
+                point.display()
+            ),
+        }
+    }
+    Ok(swept)
+}
+
+/// statfs of each of `points`, all asked at once, each from its own thread: the answers
+/// in order, None for one that gave none within `timeout`.
+fn ask_statfs(points: &[PathBuf], timeout: Duration) -> Vec<Option<rustix::io::Result<()>>> {
+    let asked: Vec<_> = points
+        .iter()
+        .map(|point| {
             let (tx, rx) = std::sync::mpsc::channel();
             let asking = point.clone();
             let spawned = std::thread::Builder::new()
@@ -643,28 +698,17 @@ pub fn sweep_stale(dir: &Path) -> Result<usize> {
             (point, spawned.map(|_| rx))
         })
         .collect();
-    let deadline = Instant::now() + SWEEP_ANSWER_TIMEOUT;
-    let mut swept = 0;
-    for (point, rx) in asked {
-        let answer = match rx {
-            Ok(rx) => rx.recv_timeout(deadline.saturating_duration_since(Instant::now())),
-            // No thread for it: ask here, as before.
-            Err(_) => Ok(rustix::fs::statfs(&point).map(drop)),
-        };
-        match answer {
-            Ok(Err(rustix::io::Errno::NOTCONN | rustix::io::Errno::CONNABORTED)) => {
-                if rustix::mount::unmount(&point, UnmountFlags::DETACH).is_ok() {
-                    swept += 1;
-                }
-            }
-            Ok(_) => {}
-            Err(_) => tracing::warn!(
-                "{}: its FUSE server does not answer (stopped?); left mounted",
-                point.display()
-            ),
-        }
-    }
-    Ok(swept)
+    let deadline = Instant::now() + timeout;
+    asked
+        .into_iter()
+        .map(|(point, rx)| match rx {
+            Ok(rx) => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok(),
+            // No thread for it: ask here.
+            Err(_) => Some(rustix::fs::statfs(point).map(drop)),
+        })
+        .collect()
 }
 
 /// Detaches every mount below `dir` (any type), deepest first: what a killed build left
