@@ -503,10 +503,17 @@ pub struct RunMonitorArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct CpTarArgs {
-    pub root: std::path::PathBuf,
-    /// pack (PATH to a tar on stdout) or unpack (a tar on stdin into PATH)
+    /// The container's root: a directory, or `pid:N` for the root and mount namespace of
+    /// process N (a running container, its volumes included)
+    #[arg(value_name = "ROOT")]
+    pub container_root: String,
+    /// pack (PATH to a tar on stdout), unpack (a tar on stdin into directory PATH) or
+    /// place (a tar on stdin to PATH as `cp -R` places its source)
     pub mode: String,
     pub path: String,
+    /// CONTAINER, as the user named it: errors say CONTAINER:PATH
+    #[arg(long)]
+    pub container: String,
 }
 
 #[derive(Debug, clap::Args)]

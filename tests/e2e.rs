@@ -5,6 +5,8 @@
 mod build;
 #[path = "e2e/common.rs"]
 mod common;
+#[path = "e2e/cp.rs"]
+mod cp;
 #[path = "e2e/distribution.rs"]
 mod distribution;
 #[path = "e2e/store.rs"]

@@ -1,19 +1,28 @@
 //! `strata cp CONTAINER:SRC DEST` and `strata cp SRC CONTAINER:DEST`: files between a
 //! container (running or not) and the host, as `docker cp` copies them: directories
-//! recursively with modes and times, owned by whoever runs strata (root), `SRC/.` for
-//! a directory's content. Container paths resolve their symlinks inside the container.
-//! A stopped container's union is mounted for the copy and unmounted after; what is
-//! copied in lands in its upper.
+//! recursively with modes, times, links, hard links and xattrs, owned by whoever runs
+//! strata (root), `SRC/.` for a directory's content. DEST follows `cp -R`'s rules: into
+//! DEST when it is a directory, else as DEST itself.
 //!
 //! `-` stands for a tar stream, as in docker: `cp CONTAINER:SRC -` writes SRC as a tar
 //! to stdout (owners and modes as in the container; sockets are left out, as docker's),
-//! `cp - CONTAINER:DIR` unpacks a tar from stdin into a directory of the container. Both
-//! run in `strata cp-tar`, a process chrooted into the container's root (docker's
-//! chrootarchive): every path, DIR itself and the links a running container may swap in
-//! meanwhile, resolves inside the container. An entry with `..` is refused by name.
+//! `cp - CONTAINER:DIR` unpacks one from stdin into a directory of the container.
+//!
+//! Every container path is handled by `strata cp-tar`, a process chrooted into the
+//! container's root (docker's chrootarchive), and a copy between the host and a container
+//! is a tar stream between it and strata: container paths, and the links a running
+//! container may swap in meanwhile, resolve inside the container, never on the host. A
+//! running container is entered by its mount namespace, so its volumes are copied to and
+//! from as it sees them; a stopped container's union is mounted for the copy. A copy that
+//! does not go into an existing directory is unpacked beside its destination and renamed
+//! into place when complete: a failed copy leaves nothing half-written there.
 
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 use strata_store::{Container, Store};
@@ -23,6 +32,9 @@ use crate::cli::CpArgs;
 use crate::commands::Globals;
 use crate::commands::run::is_running;
 
+/// The status `cp-tar` ends with when the reader of its tar went away: the reader says why.
+const READER_GONE: i32 = 141;
+
 pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     let (from, to) = (split(&args.source), split(&args.dest));
     let (reference, inside, host, into) = match (from, to) {
@@ -30,142 +42,503 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         (None, Some((c, path))) => (c, path, PathBuf::from(&args.source), true),
         _ => bail!("one of the two paths is CONTAINER:PATH, the other a host path or -"),
     };
-    let stream = host.as_os_str() == "-";
-    let store = Store::open(&globals.root)?;
-    let container = store.container(reference)?;
-    // A running container's union is mounted at its rootfs; else mount it for the copy.
-    let (root, _guard) = if is_running(&container) {
-        (container.rootfs_dir(), None)
-    } else {
-        let (point, guard) = mount(&store, &container)?;
-        (point, Some(guard))
-    };
-    drop(store);
-    if stream {
-        return tar_in_root(&root, if into { "unpack" } else { "pack" }, inside);
-    }
-    let (src, dest) = if into {
-        (host, in_container(&root, inside)?)
-    } else {
-        (in_container(&root, inside)?, host)
-    };
-    if std::fs::symlink_metadata(&src).is_err() {
-        let named = if into {
-            args.source.clone()
-        } else {
-            format!("{reference}:{inside}")
-        };
-        bail!("{named}: no such file or directory");
-    }
-    copy(&src, &dest)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `strata cp-tar ROOT pack|unpack PATH` with strata's stdin and stdout; its exit code.
-fn tar_in_root(root: &Path, mode: &str, inside: &str) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().context("failed to find the strata binary")?;
-    let status = std::process::Command::new(exe)
-        .arg("cp-tar")
-        .arg(root)
-        .arg(mode)
-        .arg(inside)
-        .status()
-        .context("failed to start strata cp-tar")?;
-    Ok(if status.success() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// `strata cp-tar ROOT pack|unpack PATH`: chroots into ROOT, then writes PATH as a tar to
-/// stdout, or unpacks the tar on stdin into directory PATH.
-pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
-    nix::unistd::chroot(&args.root)
-        .with_context(|| format!("failed to chroot into {}", args.root.display()))?;
-    std::env::set_current_dir("/").context("failed to enter the container's root")?;
-    let inside = args.path.as_str();
     if !inside.starts_with('/') {
         bail!("container path {inside:?} is not absolute");
     }
-    if args.mode == "unpack" {
-        if !Path::new(inside).is_dir() {
-            bail!("{inside}: not a directory (a tar is unpacked into one)");
-        }
-        unpack(std::io::stdin().lock(), Path::new(inside))
-            .context("failed to unpack the tar from stdin")?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let src = Path::new(inside);
-    if std::fs::symlink_metadata(src).is_err() {
-        bail!("{inside}: no such file or directory");
-    }
-    // "DIR/." packs the directory's content; else entries start with SRC's name.
-    let name = match Path::new(inside.trim_end_matches('/')).file_name() {
-        Some(name) if !inside.ends_with("/.") => PathBuf::from(name),
-        _ => PathBuf::from("."),
+    let store = Store::open(&globals.root)?;
+    let container = store.container(reference)?;
+    let (root, _guard) = if is_running(&container)
+        && let Some(pid) = container.state.pid
+    {
+        (format!("pid:{pid}"), None)
+    } else {
+        let (point, guard) = mount(&store, &container)?;
+        (point.to_string_lossy().into_owned(), Some(guard))
     };
-    pack(src, &name, std::io::stdout().lock())
-        .with_context(|| format!("failed to write {inside} as a tar"))?;
+    drop(store);
+    let helper = |mode: &str| {
+        let exe = std::env::current_exe().context("failed to find the strata binary")?;
+        let mut command = Command::new(exe);
+        command
+            .args(["cp-tar", "--container", reference, &root, mode, inside])
+            .stdin(Stdio::null());
+        anyhow::Ok(command)
+    };
+    if host.as_os_str() == "-" {
+        let mode = if into { "unpack" } else { "pack" };
+        let status = helper(mode)?.stdin(Stdio::inherit()).status();
+        let code = status.context("failed to start strata cp-tar")?.code();
+        return Ok(ExitCode::from(code.map_or(1, |c| c as u8)));
+    }
+    if into {
+        if std::fs::symlink_metadata(&host).is_err() {
+            bail!("{}: no such file or directory", host.display());
+        }
+        let mut child = helper("place")?
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("failed to start strata cp-tar")?;
+        let packed = pack(&host, child.stdin.take().expect("piped"));
+        let status = child.wait()?;
+        match packed {
+            // The helper stopped reading: it failed, and said why.
+            Err(err) if is_broken_pipe(&err) => {}
+            // The tar has no end, so the helper placed nothing.
+            Err(err) => return Err(err),
+            Ok(()) => {}
+        }
+        return Ok(if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let mut child = helper("pack")?
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("failed to start strata cp-tar")?;
+    let staged = stage(child.stdout.take().expect("piped"), &host, None);
+    let status = child.wait()?;
+    if !status.success() && status.code() != Some(READER_GONE) {
+        // It said why; nothing is placed.
+        return Ok(ExitCode::FAILURE);
+    }
+    staged?.commit()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `src` (a file, a link, or a directory and all below it) as a tar whose top entry
-/// is `name` ("." for a directory's content). Links are stored as links.
-fn pack(src: &Path, name: &Path, out: impl std::io::Write) -> anyhow::Result<()> {
-    let mut tar = tar::Builder::new(out);
+/// `strata cp-tar ROOT pack|unpack|place PATH`: enters the container's root, then writes
+/// PATH as a tar to stdout, unpacks the tar on stdin into directory PATH, or places it at
+/// PATH (see [`stage`]).
+pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
+    enter(&args.container_root)?;
+    let inside = args.path.as_str();
+    let named = format!("{}:{inside}", args.container);
+    let path = Path::new(inside);
+    match args.mode.as_str() {
+        "pack" => {
+            if std::fs::symlink_metadata(path).is_err() {
+                bail!("{named}: no such file or directory");
+            }
+            match pack(path, std::io::stdout().lock()) {
+                Err(err) if is_broken_pipe(&err) => Ok(ExitCode::from(READER_GONE as u8)),
+                packed => packed
+                    .with_context(|| format!("failed to write {named} as a tar"))
+                    .map(|()| ExitCode::SUCCESS),
+            }
+        }
+        "unpack" => {
+            if !path.is_dir() {
+                bail!("{named}: not a directory (a tar is unpacked into one)");
+            }
+            unpack(std::io::stdin().lock(), path).context("failed to unpack the tar from stdin")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        "place" => {
+            stage(std::io::stdin().lock(), path, Some(&named))?.commit()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        mode => bail!("unknown cp-tar mode {mode:?}"),
+    }
+}
+
+/// Makes `root` this process's root: a directory, or `pid:N`, the root of process N in its
+/// mount namespace (entered first, as `nsenter --mount --root` does). Called while the
+/// process is single-threaded, as setns(CLONE_NEWNS) wants.
+fn enter(root: &str) -> anyhow::Result<()> {
+    // Not dumpable: nothing of the container may open this process's /proc files.
+    let _ = nix::sys::prctl::set_dumpable(false);
+    if let Some(pid) = root.strip_prefix("pid:") {
+        let open = |what: &str| {
+            let path = format!("/proc/{pid}/{what}");
+            std::fs::File::open(&path).with_context(|| format!("failed to open {path}"))
+        };
+        let (namespace, dir) = (open("ns/mnt")?, open("root")?);
+        nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS)
+            .context("failed to enter the container's mount namespace")?;
+        nix::unistd::fchdir(&dir).context("failed to enter the container's root")?;
+        nix::unistd::chroot(".").context("failed to chroot into the container's root")?;
+    } else {
+        nix::unistd::chroot(root).with_context(|| format!("failed to chroot into {root}"))?;
+    }
+    std::env::set_current_dir("/").context("failed to enter the container's root")
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The name `src` has at the top of its tar: its last name, or "." for `DIR/.` (and `/`),
+/// whose content is copied.
+fn top_name(src: &Path) -> PathBuf {
+    match src.components().next_back() {
+        Some(Component::Normal(name)) if !src.as_os_str().as_bytes().ends_with(b"/.") => {
+            PathBuf::from(name)
+        }
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes `src` (a file, a link, a special file, or a directory and all below it) as a tar
+/// whose top entry is its [`top_name`]. Links are stored as links, a file's further names
+/// as hard links to the first, xattrs as PAX `SCHILY.xattr.` records.
+///
+/// A tar that fails half-way gets no end-of-archive blocks, so that its reader cannot take
+/// it for complete ([`unpack`] checks).
+fn pack(src: &Path, out: impl Write) -> anyhow::Result<()> {
+    let mut tar = tar::Builder::new(Ending { out, failed: false });
     tar.follow_symlinks(false);
-    append(&mut tar, src, name)?;
-    tar.into_inner()?.flush()?;
+    let appended = append(&mut tar, src, &top_name(src), &mut HashMap::new());
+    if appended.is_err() {
+        // The builder's drop writes the end: make that fail.
+        tar.get_mut().failed = true;
+    }
+    appended?;
+    tar.into_inner()?.out.flush()?;
     Ok(())
 }
 
+/// A writer that refuses all writes once `failed` is set.
+struct Ending<W> {
+    out: W,
+    failed: bool,
+}
+
+impl<W: Write> Write for Ending<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.failed {
+            return Err(std::io::Error::other("the copy failed"));
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// Appends `path` as `name`, and a directory's entries below it; sockets are skipped with
-/// a warning (a tar cannot hold them; docker skips them too).
-fn append<W: std::io::Write>(
+/// a warning (a tar cannot hold them; docker skips them too). `seen` maps the (device,
+/// inode) of files with several names to the name written first.
+fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &Path,
     name: &Path,
+    seen: &mut HashMap<(u64, u64), PathBuf>,
 ) -> anyhow::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = std::fs::symlink_metadata(path)?.file_type();
+    let meta = std::fs::symlink_metadata(path)
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    let kind = meta.file_type();
     if kind.is_socket() {
         eprintln!("warning: {}: a socket, left out", path.display());
         return Ok(());
     }
-    tar.append_path_with_name(path, name)
-        .with_context(|| format!("failed to add {}", path.display()))?;
+    let xattrs =
+        xattrs(path).with_context(|| format!("failed to list the xattrs of {}", path.display()))?;
+    if !xattrs.is_empty() {
+        tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
+    }
+    if kind.is_file() && meta.nlink() > 1 {
+        if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
+            let mut header = tar::Header::new_gnu();
+            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+            header.set_entry_type(tar::EntryType::Link);
+            header.set_size(0);
+            tar.append_link(&mut header, name, first)
+                .with_context(|| format!("failed to add {}", path.display()))?;
+            return Ok(());
+        }
+        seen.insert((meta.dev(), meta.ino()), name.to_path_buf());
+    }
+    if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
+        // (The tar crate names these by their path, not `name`.)
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        header.set_size(0);
+        header.set_device_major(rustix::fs::major(meta.rdev()))?;
+        header.set_device_minor(rustix::fs::minor(meta.rdev()))?;
+        tar.append_data(&mut header, name, std::io::empty())
+    } else {
+        tar.append_path_with_name(path, name)
+    }
+    .with_context(|| format!("failed to add {}", path.display()))?;
     if kind.is_dir() {
         let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            append(tar, &entry.path(), &name.join(entry.file_name()))?;
+            append(tar, &entry.path(), &name.join(entry.file_name()), seen)?;
         }
     }
     Ok(())
 }
 
-/// Unpacks a tar into `dir`, keeping modes and times; owners are the caller's (root), as
-/// docker's. The tar crate refuses entries that would land outside `dir`.
-fn unpack(input: impl std::io::Read, dir: &Path) -> anyhow::Result<()> {
+/// The xattrs of `path` (not followed) as PAX records.
+fn xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut names = vec![0u8; 4096];
+    let listed = loop {
+        match rustix::fs::llistxattr(path, &mut names[..]) {
+            Ok(n) => break n,
+            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
+            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(err) => return Err(err.into()),
+        }
+    };
+    let mut records = Vec::new();
+    for name in names[..listed].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let name = std::str::from_utf8(name).map_err(std::io::Error::other)?;
+        let mut value = vec![0u8; 256];
+        let got = loop {
+            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
+                Ok(n) => break Some(n),
+                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
+                // gone meanwhile
+                Err(rustix::io::Errno::NODATA) => break None,
+                Err(err) => return Err(err.into()),
+            }
+        };
+        if let Some(n) = got {
+            value.truncate(n);
+            records.push((format!("SCHILY.xattr.{name}"), value));
+        }
+    }
+    Ok(records)
+}
+
+/// What a tar held at its top.
+enum Top {
+    Empty,
+    /// One name (a `pack`ed SRC), or several.
+    Name(PathBuf),
+    Several,
+    /// "." (a directory's content), with the directory's mode and mtime.
+    Content {
+        mode: u32,
+        mtime: u64,
+    },
+}
+
+/// Unpacks a tar into `dir`, keeping modes, times, xattrs and special files; owners are
+/// the caller's (root), as docker's. The tar crate refuses entries that would land
+/// outside `dir`, through a `..` or a link. Returns what was at the top.
+fn unpack(input: impl Read, dir: &Path) -> anyhow::Result<Top> {
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
     archive.set_overwrite(true);
+    let mut top = Top::Empty;
+    // Directory times are set last: the entries made in them change them.
+    let mut dir_times = Vec::new();
     for entry in archive.entries()? {
         let mut entry = entry?;
         let name = entry.path()?.into_owned();
-        let inside = entry
-            .unpack_in(dir)
-            .with_context(|| format!("entry {}", name.display()))?;
-        if !inside {
+        let failed = || format!("entry {}", name.display());
+        let relative: PathBuf = name
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_) | Component::ParentDir))
+            .collect();
+        let header = entry.header();
+        let (kind, mode, mtime) = (header.entry_type(), header.mode()?, header.mtime()?);
+        top = match (top, relative.components().next()) {
+            (Top::Empty, None) => Top::Content { mode, mtime },
+            (Top::Empty, Some(first)) => Top::Name(PathBuf::from(first.as_os_str())),
+            (Top::Name(was), Some(first)) if was.as_os_str() != first.as_os_str() => Top::Several,
+            (top, _) => top,
+        };
+        if !entry.unpack_in(dir).with_context(failed)? {
             bail!(
                 "entry {}: outside the destination directory",
                 name.display()
             );
         }
+        if relative.as_os_str().is_empty() {
+            continue;
+        }
+        let target = dir.join(&relative);
+        if matches!(
+            kind,
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
+            // The tar crate made an empty file in its place (a checked parent): make the node.
+            make_node(&target, kind, mode, &entry).with_context(failed)?;
+            set_mtime(&target, mtime)?;
+        }
+        set_xattrs(&target, &mut entry).with_context(failed)?;
+        if kind == tar::EntryType::Directory {
+            dir_times.push((target, mtime));
+        }
+    }
+    for (path, mtime) in dir_times.into_iter().rev() {
+        set_mtime(&path, mtime)?;
+    }
+    // The entries stop at the first zero block, and at the end of the stream too: a whole
+    // tar has a second zero block, one whose writer failed has none.
+    let mut rest = archive.into_inner();
+    let mut end = [0u8; 512];
+    if rest.read_exact(&mut end).is_err() || end.iter().any(|&b| b != 0) {
+        bail!("the tar ends early, without its end-of-archive blocks");
+    }
+    std::io::copy(&mut rest, &mut std::io::sink())?;
+    Ok(top)
+}
+
+fn make_node(
+    target: &Path,
+    kind: tar::EntryType,
+    mode: u32,
+    entry: &tar::Entry<impl Read>,
+) -> anyhow::Result<()> {
+    use rustix::fs::{FileType, Mode};
+    let file_type = match kind {
+        tar::EntryType::Char => FileType::CharacterDevice,
+        tar::EntryType::Block => FileType::BlockDevice,
+        _ => FileType::Fifo,
+    };
+    let header = entry.header();
+    let dev = rustix::fs::makedev(
+        header.device_major()?.unwrap_or(0),
+        header.device_minor()?.unwrap_or(0),
+    );
+    std::fs::remove_file(target)?;
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        target,
+        file_type,
+        Mode::from_raw_mode(mode & 0o7777),
+        dev,
+    )?;
+    rustix::fs::chmod(target, Mode::from_raw_mode(mode & 0o7777))?;
+    Ok(())
+}
+
+/// Sets the xattrs of the entry's PAX `SCHILY.xattr.` records on `target`; as docker, one
+/// the file system does not take (ENOTSUP, EPERM) is left out.
+fn set_xattrs(target: &Path, entry: &mut tar::Entry<impl Read>) -> anyhow::Result<()> {
+    let Some(records) = entry.pax_extensions()? else {
+        return Ok(());
+    };
+    for record in records {
+        let record = record?;
+        let Some(name) = record.key_bytes().strip_prefix(b"SCHILY.xattr.") else {
+            continue;
+        };
+        let name = std::ffi::OsStr::from_bytes(name);
+        match rustix::fs::lsetxattr(
+            target,
+            name,
+            record.value_bytes(),
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            Ok(()) | Err(rustix::io::Errno::NOTSUP | rustix::io::Errno::PERM) => {}
+            Err(err) => {
+                return Err(err)
+                    .with_context(|| format!("failed to set xattr {}", name.to_string_lossy()));
+            }
+        }
     }
     Ok(())
+}
+
+fn set_mtime(path: &Path, mtime: u64) -> anyhow::Result<()> {
+    let time = rustix::fs::Timespec {
+        tv_sec: mtime as i64,
+        tv_nsec: 0,
+    };
+    let times = rustix::fs::Timestamps {
+        last_access: time,
+        last_modification: time,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        path,
+        &times,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .with_context(|| format!("failed to set the times of {}", path.display()))
+}
+
+/// A copy unpacked beside its destination, to be renamed into place.
+struct Staged {
+    /// None when it went straight into an existing directory.
+    staging: Option<tempfile::TempDir>,
+    from: PathBuf,
+    dest: PathBuf,
+    named: String,
+}
+
+/// Unpacks the tar on `input`, a `pack`ed SRC, for DEST as `cp -R SRC DEST` places SRC
+/// (docker cp's rules): into DEST when it is a directory (or a link to one), at once; else
+/// as DEST itself, replacing it when it is a file, with DEST's parent to exist: that copy
+/// is unpacked in a staging directory beside DEST, and [`Staged::commit`] renames it into
+/// place. `named` is DEST as errors name it (`CONTAINER:PATH`), if not its path.
+fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<Staged> {
+    let named = named.map_or_else(|| dest.display().to_string(), str::to_string);
+    let failed = || format!("failed to copy to {named}");
+    if dest.is_dir() {
+        unpack(input, dest).with_context(failed)?;
+        return Ok(Staged {
+            staging: None,
+            from: dest.to_path_buf(),
+            dest: dest.to_path_buf(),
+            named,
+        });
+    }
+    if !matches!(dest.components().next_back(), Some(Component::Normal(_))) {
+        bail!("{named}: not a name to copy to");
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        bail!("{named}: its directory does not exist");
+    }
+    let staging = tempfile::Builder::new()
+        .prefix(".strata-cp-")
+        .tempdir_in(parent)
+        .with_context(|| format!("failed to make a staging directory beside {named}"))?;
+    let from = match unpack(input, staging.path()).with_context(failed)? {
+        Top::Name(top) => staging.path().join(top),
+        Top::Content { mode, mtime } => {
+            let dir = staging.path();
+            rustix::fs::chmod(dir, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
+            set_mtime(dir, mtime)?;
+            dir.to_path_buf()
+        }
+        Top::Empty => bail!("nothing to copy to {named}"),
+        Top::Several => bail!("the copy to {named} has several top entries"),
+    };
+    let is_dir = std::fs::symlink_metadata(&from)?.is_dir();
+    if is_dir && std::fs::symlink_metadata(dest).is_ok() {
+        bail!("cannot copy a directory to {named}: not a directory");
+    }
+    if !is_dir && dest.as_os_str().as_bytes().ends_with(b"/") {
+        bail!("{named}: no such directory");
+    }
+    Ok(Staged {
+        staging: Some(staging),
+        from,
+        dest: dest.to_path_buf(),
+        named,
+    })
+}
+
+impl Staged {
+    fn commit(self) -> anyhow::Result<()> {
+        let Some(staging) = self.staging else {
+            return Ok(());
+        };
+        std::fs::rename(&self.from, &self.dest)
+            .with_context(|| format!("failed to move the copy to {}", self.named))?;
+        if self.from == staging.path() {
+            // Renamed away: nothing is left to remove.
+            let _ = staging.keep();
+        }
+        Ok(())
+    }
 }
 
 /// `CONTAINER:PATH` -> (container, path); a host path (absolute or relative, with no ':'
@@ -173,30 +546,6 @@ fn unpack(input: impl std::io::Read, dir: &Path) -> anyhow::Result<()> {
 fn split(arg: &str) -> Option<(&str, &str)> {
     let (container, path) = arg.split_once(':')?;
     (!container.is_empty() && !container.contains('/')).then_some((container, path))
-}
-
-/// The host path of container path `inside`, its directories resolved inside the
-/// container (the last name is kept, as `docker cp` copies a link as a link).
-fn in_container(root: &Path, inside: &str) -> anyhow::Result<PathBuf> {
-    if !inside.starts_with('/') {
-        bail!("container path {inside:?} is not absolute");
-    }
-    let trimmed = inside.trim_end_matches('/');
-    let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
-    let parent = strata_runtime::resolve_in_root(
-        root,
-        Path::new(if parent.is_empty() { "/" } else { parent }),
-    )?;
-    // "DIR/." (its content) and a trailing '/' keep their meaning for cp
-    let mut path = if name.is_empty() {
-        parent
-    } else {
-        parent.join(name)
-    };
-    if inside.ends_with("/.") {
-        path.push(".");
-    }
-    Ok(path)
 }
 
 /// Mounts a stopped container's union in the store's tmp/ (unmounted when the guard goes).
@@ -228,28 +577,4 @@ fn mount(
     let guard = strata_unionfs::mount(&spec, Driver::Auto)
         .with_context(|| format!("failed to mount container {}", container.id))?;
     Ok((point, guard))
-}
-
-/// `cp -R` keeping modes, times, links and xattrs; owners become the caller's (root).
-fn copy(src: &Path, dest: &Path) -> anyhow::Result<()> {
-    let out = std::process::Command::new("cp")
-        .args([
-            "-R",
-            "--no-dereference",
-            "--preserve=mode,timestamps,links,xattr",
-            "--",
-        ])
-        .arg(src)
-        .arg(dest)
-        .output()
-        .context("failed to run cp")?;
-    if !out.status.success() {
-        bail!(
-            "cp {} {}: {}",
-            src.display(),
-            dest.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }

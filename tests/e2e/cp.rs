@@ -1,0 +1,233 @@
+//! `strata cp` end to end: docker cp's rules for where a copy lands, what it keeps (modes,
+//! times, links, hard links, special files, xattrs), container paths resolved inside the
+//! container, a running container's volumes, and failures that leave nothing behind.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use crate::run::{code, store_with_busybox, text, wait_status};
+
+/// `cp` between the host and a container, stopped (its union mounted for the copy) or
+/// running, with container paths resolved inside the container.
+#[test]
+fn cp_between_host_and_containers() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    std::fs::create_dir_all(host.join("dir/sub")).unwrap();
+    std::fs::write(host.join("dir/sub/f"), "a\n").unwrap();
+    store.ok(&["run", "--name", "stopped", "busybox", "sh", "-c", "mkdir /data && echo inside > /data/x && ln -s /etc /esc"]);
+    store.ok(&["cp", "stopped:/data", host.join("out").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.join("out/x")).unwrap(), "inside\n");
+    store.ok(&["cp", host.join("dir").to_str().unwrap(), "stopped:/data/"]);
+    // a link in the container leads inside it, not to the host's /etc
+    store.ok(&["cp", host.join("dir/sub/f").to_str().unwrap(), "stopped:/esc/from-host"]);
+    assert!(!std::path::Path::new("/etc/from-host").exists());
+    let diff = store.ok(&["diff", "stopped"]);
+    assert!(diff.contains("A /data/dir/sub/f") && diff.contains("A /etc/from-host"), "{diff}");
+    store.ok(&["run", "-d", "--name", "live", "busybox", "sleep", "60"]);
+    wait_status(&store, "live", "running");
+    store.ok(&["cp", host.join("dir/sub/f").to_str().unwrap(), "live:/tmp/"]);
+    assert_eq!(store.ok(&["exec", "live", "cat", "/tmp/f"]), "a\n");
+    let out = store.strata(&["cp", "live:/nope", host.to_str().unwrap()]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("live:/nope: no such file"), "{}", text(&out.stderr));
+
+    // `-`: SRC as a tar on stdout; a tar from stdin unpacked into a directory
+    let cp = |args: &[&str], stdin: std::process::Stdio, stdout: std::process::Stdio| {
+        std::process::Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .arg("cp")
+            .args(args)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let packed = host.join("data.tar");
+    let out = cp(&["stopped:/data", "-"], std::process::Stdio::null(), std::fs::File::create(&packed).unwrap().into());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = std::process::Command::new("tar").arg("tf").arg(&packed).output().unwrap();
+    let listing = text(&listing.stdout);
+    assert!(listing.contains("data/x") && listing.contains("data/dir/sub/f"), "{listing}");
+    let out = cp(&["stopped:/data/.", "-"], std::process::Stdio::null(), std::fs::File::create(&packed).unwrap().into());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = std::process::Command::new("tar").arg("tf").arg(&packed).output().unwrap();
+    let listing = text(&listing.stdout);
+    assert!(listing.lines().any(|l| l == "x") && !listing.contains("data"), "DIR/. packs the content: {listing}");
+    let tar_of = |entries: &[(&str, tar::EntryType, &str, &[u8])]| {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, kind, link, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            // raw name bytes: the tar crate's set_path refuses ".." (a hostile tar has them)
+            header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            header.set_entry_type(*kind);
+            header.set_mode(0o644);
+            header.set_size(data.len() as u64);
+            if !link.is_empty() {
+                header.set_link_name(link).unwrap();
+            }
+            header.set_cksum();
+            tar.append(&header, *data).unwrap();
+        }
+        let file = host.join("in.tar");
+        std::fs::write(&file, tar.into_inner().unwrap()).unwrap();
+        std::fs::File::open(file).unwrap()
+    };
+    let good = tar_of(&[("new/", tar::EntryType::Directory, "", b""), ("new/f", tar::EntryType::Regular, "", b"from a tar\n")]);
+    let out = cp(&["-", "stopped:/data"], good.into(), std::process::Stdio::null());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out_of_root = tar_of(&[("../../../../../../../tmp/strata-cp-escape", tar::EntryType::Regular, "", b"x")]);
+    let out = cp(&["-", "stopped:/data"], out_of_root.into(), std::process::Stdio::null());
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("strata-cp-escape"), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/tmp/strata-cp-escape").exists());
+    let through_link = tar_of(&[
+        ("up", tar::EntryType::Symlink, "/etc", b""),
+        ("up/strata-cp-escape", tar::EntryType::Regular, "", b"x"),
+    ]);
+    let out = cp(&["-", "stopped:/data"], through_link.into(), std::process::Stdio::null());
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("up/strata-cp-escape"), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/etc/strata-cp-escape").exists());
+    // a destination that is a link resolves inside the container (/esc -> /etc is the
+    // container's /etc), never on the host
+    let good = tar_of(&[("strata-cp-linked", tar::EntryType::Regular, "", b"in the container\n")]);
+    let out = cp(&["-", "stopped:/esc"], good.into(), std::process::Stdio::null());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!std::path::Path::new("/etc/strata-cp-linked").exists());
+    assert!(store.ok(&["diff", "stopped"]).contains("A /etc/strata-cp-linked"));
+    let out = cp(&["-", "stopped:/data/x"], std::fs::File::open(&packed).unwrap().into(), std::process::Stdio::null());
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("not a directory"), "{}", text(&out.stderr));
+    store.ok(&["cp", "stopped:/data/new/f", host.join("unpacked").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.join("unpacked")).unwrap(), "from a tar\n");
+    let diff = store.ok(&["diff", "stopped"]);
+    assert!(diff.contains("A /data/new/f") && !diff.contains("escape"), "{diff}");
+
+    store.ok(&["rm", "-f", "live", "stopped"]);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(store.root().to_str().unwrap()), "the copy's mount is gone");
+}
+
+/// What a copy keeps, both ways: modes, times, links, hard links, a fifo, xattrs.
+#[test]
+fn cp_keeps_what_cp_a_keeps_both_ways() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    let src = host.join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("f"), "a\n").unwrap();
+    std::fs::hard_link(src.join("f"), src.join("hard")).unwrap();
+    std::os::unix::fs::symlink("f", src.join("link")).unwrap();
+    nix::unistd::mkfifo(&src.join("fifo"), nix::sys::stat::Mode::from_bits_truncate(0o640)).unwrap();
+    rustix::fs::setxattr(src.join("f"), "user.kept", b"yes", rustix::fs::XattrFlags::empty()).unwrap();
+    std::fs::set_permissions(src.join("sub"), std::os::unix::fs::PermissionsExt::from_mode(0o750)).unwrap();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_500_000_000);
+    std::fs::File::open(src.join("sub")).unwrap().set_modified(old).unwrap();
+
+    store.ok(&["run", "--name", "c", "busybox", "true"]);
+    store.ok(&["cp", src.to_str().unwrap(), "c:/data"]);
+    let back = host.join("back");
+    store.ok(&["cp", "c:/data", back.to_str().unwrap()]);
+    let meta = |p: &Path| std::fs::symlink_metadata(p).unwrap();
+    let (f, hard) = (meta(&back.join("f")), meta(&back.join("hard")));
+    assert_eq!((f.ino(), f.nlink()), (hard.ino(), 2), "hard links stay one file");
+    assert_eq!(std::fs::read_link(back.join("link")).unwrap(), Path::new("f"));
+    let fifo = meta(&back.join("fifo"));
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!(fifo.mode() & 0o7777, 0o640);
+    let sub = meta(&back.join("sub"));
+    assert_eq!(sub.mode() & 0o7777, 0o750);
+    assert_eq!(sub.modified().unwrap(), old, "a directory's time is set after its entries");
+    let mut value = [0u8; 8];
+    let n = rustix::fs::getxattr(back.join("f"), "user.kept", &mut value).unwrap();
+    assert_eq!(&value[..n], b"yes");
+    assert_eq!(f.uid(), 0);
+}
+
+/// Where a copy lands (docker cp's, and `cp -R`'s, rules), and what a refused or failed
+/// copy leaves: nothing, on either side.
+#[test]
+fn cp_places_by_cp_r_rules_and_a_failed_copy_leaves_nothing() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    std::fs::create_dir_all(host.join("dir/sub")).unwrap();
+    std::fs::write(host.join("dir/sub/f"), "a\n").unwrap();
+    std::fs::write(host.join("file"), "new\n").unwrap();
+    let h = |rel: &str| host.join(rel).to_str().unwrap().to_string();
+    store.ok(&["run", "--name", "c", "busybox", "sh", "-c", "mkdir /into && echo old > /into/file"]);
+    store.ok(&["cp", &h("dir"), "c:/into"]); // into an existing directory
+    store.ok(&["cp", &h("dir"), "c:/renamed"]); // as a new name
+    store.ok(&["cp", &h("dir/."), "c:/content"]); // a directory's content
+    store.ok(&["cp", &h("file"), "c:/into/file"]); // a file replaces a file
+    let diff = store.ok(&["diff", "c"]);
+    for line in ["A /into/dir/sub/f", "A /renamed/sub/f", "A /content/sub/f", "A /into/file"] {
+        assert!(diff.lines().any(|l| l == line), "{line} in\n{diff}");
+    }
+    assert!(!diff.contains("/content/dir"), "{diff}");
+    store.ok(&["cp", "c:/into/file", &h("out-file")]);
+    assert_eq!(std::fs::read_to_string(host.join("out-file")).unwrap(), "new\n");
+
+    let refused = |args: &[&str], says: &str| {
+        let out = store.strata(args);
+        assert_eq!(code(&out), 1, "{args:?}");
+        assert!(text(&out.stderr).contains(says), "{args:?}: {}", text(&out.stderr));
+    };
+    refused(&["cp", &h("dir"), "c:/into/file"], "cannot copy a directory to c:/into/file");
+    refused(&["cp", &h("file"), "c:/missing/"], "c:/missing/: no such directory");
+    refused(&["cp", &h("file"), "c:/no/such/dir/x"], "its directory does not exist");
+    refused(&["cp", "c:/renamed", &h("file")], "cannot copy a directory to");
+    assert_eq!(std::fs::read_to_string(host.join("file")).unwrap(), "new\n");
+
+    // A copy whose reading fails half-way (files of /proc that cannot be read) is not
+    // renamed into place: neither on the host nor in the container.
+    store.ok(&["run", "-d", "--name", "live", "busybox", "sleep", "60"]);
+    wait_status(&store, "live", "running");
+    let out = store.strata(&["cp", "live:/proc/1", &h("proc")]);
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("failed to add /proc/1/"), "{}", text(&out.stderr));
+    let mut sleeper = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    let out = store.strata(&["cp", &format!("/proc/{}", sleeper.id()), "live:/proc-copy"]);
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+    assert_eq!(code(&out), 1, "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("failed to add /proc/"), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("ends early"), "{}", text(&out.stderr));
+    let left: Vec<_> = std::fs::read_dir(&host).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n == "proc" || n.to_string_lossy().starts_with(".strata-cp")), "{left:?}");
+    let root = store.ok(&["exec", "live", "ls", "-a", "/"]);
+    assert!(!root.contains("proc-copy") && !root.contains(".strata-cp"), "{root}");
+    let diff = store.ok(&["diff", "c"]);
+    assert!(!diff.contains(".strata-cp") && !diff.contains("/missing") && !diff.contains("/no"), "{diff}");
+    store.ok(&["rm", "-f", "live", "c"]);
+}
+
+/// A running container is copied to and from as it sees itself: its volumes too, and
+/// with its own links, which never lead to the host.
+#[test]
+fn cp_sees_a_running_containers_volumes_and_links() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    let volume = host.join("vol");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(host.join("f"), "from the host\n").unwrap();
+    let mount = format!("{}:/vol", volume.display());
+    store.ok(&["run", "-d", "--name", "live", "-v", &mount, "busybox", "sh", "-c", "ln -s / /up && echo made > /vol/made && sleep 60"]);
+    wait_status(&store, "live", "running");
+    let start = std::time::Instant::now();
+    while !volume.join("made").exists() {
+        assert!(start.elapsed().as_secs() < 20, "the container never wrote /vol/made");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    store.ok(&["cp", host.join("f").to_str().unwrap(), "live:/vol/"]);
+    assert_eq!(std::fs::read_to_string(volume.join("f")).unwrap(), "from the host\n");
+    store.ok(&["cp", "live:/vol/made", host.join("made").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.join("made")).unwrap(), "made\n");
+    // /up -> / is the container's root
+    store.ok(&["cp", host.join("f").to_str().unwrap(), "live:/up/etc/strata-cp-through-link"]);
+    assert!(!Path::new("/etc/strata-cp-through-link").exists());
+    assert_eq!(store.ok(&["exec", "live", "cat", "/etc/strata-cp-through-link"]), "from the host\n");
+    store.ok(&["rm", "-f", "live"]);
+}
