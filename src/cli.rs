@@ -110,6 +110,14 @@ pub struct MountArgs {
     /// instead of a background daemon; like fuse-overlayfs -f
     #[arg(short, long)]
     pub foreground: bool,
+    /// With --foreground: write "ready" and a newline to stdout once mounted (for a
+    /// process that waits on it: `strata run` serves its containers so)
+    #[arg(long, hide = true, requires = "foreground")]
+    pub ready: bool,
+    /// Raw branches: show owners shifted up by START, for SIZE ids (a user namespace's
+    /// root at host uid START)
+    #[arg(long, hide = true, value_name = "START:SIZE", requires = "lower")]
+    pub id_shift: Option<String>,
     /// IMAGE|CONTAINER DIR, or only the mount point with --lower
     #[arg(value_name = "ARGS", num_args = 1..=2, required = true)]
     pub args: Vec<String>,

@@ -146,6 +146,8 @@ pub struct MountGuard {
     target: PathBuf,
     driver: Driver,
     fuse: Option<FuseMount>,
+    /// The process serving a FUSE mount of [`mount_served`].
+    server: Option<std::process::Child>,
 }
 
 struct FuseMount {
@@ -189,6 +191,21 @@ impl MountGuard {
 
     fn unmount_inner(&mut self, busy: WhenBusy) -> Result<()> {
         let target = self.target.clone();
+        if let Some(server) = self.server.take() {
+            return match unmount_when(&target, busy) {
+                Ok(Unmounted::Gone) => {
+                    end_server(server, &target);
+                    Ok(())
+                }
+                // Its users still reach it through open files: the server serves them
+                // until the last is closed, then ends on its own.
+                Ok(Unmounted::Detached) => Ok(()),
+                Err(err) => {
+                    self.server = Some(server);
+                    Err(err)
+                }
+            };
+        }
         let Some(fuse) = self.fuse.take() else {
             if self.driver != Driver::Overlay {
                 return Ok(());
@@ -282,6 +299,7 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
                 target: spec.target,
                 driver: Driver::Overlay,
                 fuse: None,
+                server: None,
             })
         }
         _ => {
@@ -299,9 +317,101 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
                     io_uring,
                     connection,
                 }),
+                server: None,
             })
         }
     }
+}
+
+/// How long [`mount_served`] waits for its server to mount.
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Mounts `spec` as [`mount`] does, but a FUSE mount gets a server process of its own, so
+/// the mount outlives this process: what runs on it goes on if this process is killed.
+/// `server` is the command that serves it: it mounts the union given to it, serves it in
+/// the foreground and writes `ready` and a newline to its stdout once it is mounted (as
+/// `strata mount -f --ready` does). It is started in a session of its own (a terminal's
+/// signals are not for it), with its stderr appended to `log`. The guard unmounts on drop,
+/// and the server then ends.
+pub fn mount_served(
+    spec: &MountSpec,
+    driver: Driver,
+    mut server: std::process::Command,
+    log: &Path,
+) -> Result<MountGuard> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    if driver.resolve() == Driver::Overlay {
+        return mount(spec, Driver::Overlay);
+    }
+    let spec = spec.checked()?;
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::io("open", log, e))?;
+    let logged_from = log_file.metadata().map_or(0, |m| m.len());
+    // SAFETY: setsid is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        server.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = server
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| mount_error("fuse", &spec.target, e))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    match rx.recv_timeout(SERVER_START_TIMEOUT) {
+        Ok(line) if line == "ready\n" => Ok(MountGuard {
+            target: spec.target,
+            driver: Driver::Fuse,
+            fuse: None,
+            server: Some(child),
+        }),
+        answer => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let said = std::fs::read(log)
+                .ok()
+                .and_then(|text| text.get(logged_from as usize..).map(<[u8]>::to_vec))
+                .map(|text| String::from_utf8_lossy(&text).trim().to_string())
+                .unwrap_or_default();
+            let message = match (answer, said.is_empty()) {
+                (Err(_), _) => format!("the server did not mount within {SERVER_START_TIMEOUT:?}"),
+                (Ok(_), false) => said,
+                (Ok(_), true) => "the server exited before mounting".to_string(),
+            };
+            Err(Error::Daemon {
+                target: spec.target,
+                message,
+            })
+        }
+    }
+}
+
+/// Waits for the server of a mount just unmounted to end; kills one that does not within
+/// [`UNMOUNT_TIMEOUT`].
+fn end_server(mut server: std::process::Child, target: &Path) {
+    let deadline = Instant::now() + UNMOUNT_TIMEOUT;
+    while Instant::now() < deadline {
+        if !matches!(server.try_wait(), Ok(None)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    tracing::warn!(
+        "the FUSE server of {} did not end after the unmount; killing it",
+        target.display()
+    );
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 fn mount_error(driver: &'static str, target: &Path, source: std::io::Error) -> Error {

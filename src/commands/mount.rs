@@ -27,6 +27,7 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
             let (Some(upper), Some(work)) = (args.upper, args.work) else {
                 bail!("--lower needs --upper and --work");
             };
+            let id_shift = args.id_shift.as_deref().map(parse_id_shift).transpose()?;
             let spec = MountSpec {
                 lowers: lower
                     .split(':')
@@ -38,9 +39,13 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
                 target: PathBuf::from(target),
                 aufs_markers: false,
                 flags: Default::default(),
-                id_shift: None,
+                id_shift,
             };
-            mount(&spec, how, |_| Ok(()))?;
+            mount(
+                &spec,
+                how,
+                |_| if args.ready { say_ready() } else { Ok(()) },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         (Some(_), _) => bail!("with --lower give only the mount point"),
@@ -49,6 +54,29 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
             "usage: strata mount [--driver D] IMAGE|CONTAINER DIR, or --lower DIR[:DIR...] --upper DIR --work DIR MNT"
         ),
     }
+}
+
+/// `--id-shift START:SIZE`.
+fn parse_id_shift(text: &str) -> anyhow::Result<strata_unionfs::IdShift> {
+    let parsed = text
+        .split_once(':')
+        .and_then(|(start, size)| Some((start.parse().ok()?, size.parse().ok()?)));
+    let Some((host_start, size)) = parsed else {
+        bail!("--id-shift {text:?}: expected START:SIZE");
+    };
+    Ok(strata_unionfs::IdShift { host_start, size })
+}
+
+/// `--ready`: tells the waiting process that the mount is live, then gives stdout up (to
+/// /dev/null), so that nothing later writes into its pipe.
+fn say_ready() -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(b"ready\n")?;
+    stdout.flush()?;
+    let null = std::fs::File::options().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&null)?;
+    Ok(())
 }
 
 /// How `strata mount` keeps the mount: detached (a kernel mount, or a FUSE daemon), or

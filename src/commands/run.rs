@@ -456,6 +456,25 @@ pub(crate) fn start(
     result
 }
 
+/// `strata mount -f --ready` of `spec`'s branches: the server of a container's FUSE union.
+fn union_server(spec: &MountSpec) -> anyhow::Result<std::process::Command> {
+    let exe = std::env::current_exe().context("failed to find the strata binary")?;
+    let lowers = std::env::join_paths(&spec.lowers).context("a lower dir's path has a ':'")?;
+    let mut server = std::process::Command::new(exe);
+    server
+        .args(["mount", "--foreground", "--ready", "--driver", "fuse", "--lower"])
+        .arg(lowers)
+        .arg("--upper")
+        .arg(&spec.upper)
+        .arg("--work")
+        .arg(&spec.work);
+    if let Some(shift) = spec.id_shift {
+        server.arg(format!("--id-shift={}:{}", shift.host_start, shift.size));
+    }
+    server.arg(&spec.target);
+    Ok(server)
+}
+
 /// Mounts, runs and records one container; returns the command's exit code. Its output
 /// goes to its log, and with `echo` (the foreground) to strata's stdout and stderr too.
 fn mount_and_run(
@@ -483,8 +502,10 @@ fn mount_and_run(
             size: strata_runtime::USERNS_SIZE,
         }),
     };
-    let guard =
-        strata_unionfs::mount(&spec, driver).with_context(|| format!("failed to mount {}", spec.target.display()))?;
+    // A FUSE union is served by a process of its own, as the kernel serves an overlay
+    // one: the container keeps its files if this process is killed.
+    let guard = strata_unionfs::mount_served(&spec, driver, union_server(&spec)?, &container.dir.join("union.log"))
+        .with_context(|| format!("failed to mount {}", spec.target.display()))?;
     let root = if config.userns {
         (strata_runtime::USERNS_HOST_START, strata_runtime::USERNS_HOST_START)
     } else {

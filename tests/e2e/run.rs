@@ -304,14 +304,14 @@ fn a_killed_run_rm_leaves_no_container() {
     store.ok(&["rmi", "busybox"]);
 }
 
-/// The container outlives a killed `strata run` (docker's client) and so does its output:
-/// the log copier is a process of its own, so what the container writes later is logged,
-/// not a SIGPIPE that kills it. The overlay driver only: on the fuse driver the killed
-/// run was the file system's server too (see the note in README).
+/// The container outlives a killed `strata run` (docker's client) and so do its files
+/// and its output: a FUSE union has a server process of its own, as an overlay one has the
+/// kernel, and the log copier is a process of its own, so what the container writes later
+/// is logged, not a SIGPIPE that kills it.
 #[test]
-fn a_killed_run_keeps_the_containers_output_in_its_log() {
+fn a_killed_run_keeps_the_containers_files_and_output() {
     let store = store_with_busybox();
-    for driver in ["overlay"] {
+    for driver in DRIVERS {
         let name = format!("talkative-{driver}");
         let echoed = store.root().join(format!("echoed-{driver}"));
         let mut child = Command::new(strata_bin())
