@@ -58,7 +58,7 @@ pub enum Command {
     /// Remove stored credentials for a registry
     Logout(LogoutArgs),
     /// Run a command in a new container
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run one more command in a running container
     Exec(ExecArgs),
     /// Run an exited container's command again
@@ -410,6 +410,8 @@ pub struct RunArgs {
     /// The signal `stop` sends first (default: the image's STOPSIGNAL, else SIGTERM)
     #[arg(long, value_name = "SIGNAL")]
     pub stop_signal: Option<String>,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Mount the container's root read-only (its volumes, /dev, /proc and /etc files stay as they are)
     #[arg(long)]
     pub read_only: bool,
@@ -430,6 +432,32 @@ impl RunArgs {
     pub fn command(&self) -> &[String] {
         &self.image_and_command[1..]
     }
+}
+
+/// `run`'s health check flags, over the image's HEALTHCHECK (docker's).
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// Command that checks the container's health (run by /bin/sh -c in the container)
+    #[arg(long, value_name = "COMMAND")]
+    pub health_cmd: Option<String>,
+    /// Time between checks (e.g. 30s, 1m30s, 500ms)
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// How long a check may take before it counts as failed
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Time to start in, during which failed checks do not count
+    #[arg(long, value_name = "DURATION")]
+    pub health_start_period: Option<String>,
+    /// Time between checks during the start period
+    #[arg(long, value_name = "DURATION")]
+    pub health_start_interval: Option<String>,
+    /// Failures in a row that make the container unhealthy
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Run no health check, not even the image's
+    #[arg(long)]
+    pub no_healthcheck: bool,
 }
 
 #[derive(Debug, clap::Args)]

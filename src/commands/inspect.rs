@@ -36,7 +36,13 @@ fn describe(store: &Store, target: &str) -> anyhow::Result<serde_json::Value> {
     match store.resolve(target) {
         Ok(image) => image_json(store, &image),
         Err(Error::ImageNotFound(_)) => match store.container(target) {
-            Ok(container) => Ok(serde_json::to_value(&container.state)?),
+            Ok(container) => {
+                let mut state = serde_json::to_value(&container.state)?;
+                if let Some(health) = crate::commands::run::health::read(&container.dir) {
+                    state["Health"] = serde_json::to_value(health)?;
+                }
+                Ok(state)
+            }
             Err(Error::ContainerNotFound(_)) => bail!("no such image or container: {target}"),
             Err(e) => Err(e.into()),
         },

@@ -94,7 +94,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Load(args) => load::run(&globals, args),
         Command::Login(args) => login::run(&globals, args),
         Command::Logout(args) => logout::run(&globals, args),
-        Command::Run(args) => run::run(&globals, args),
+        Command::Run(args) => run::run(&globals, *args),
         Command::RunMonitor(args) => run::monitor(&globals, args),
         Command::LogCopier(args) => run::logging::copier(args),
         Command::CpTar(args) => cp::cp_tar(args),

@@ -21,10 +21,17 @@ fn status_text(container: &Container, now: i64) -> String {
     let state = &container.state;
     match state.status {
         Status::Created => "Created".to_string(),
-        Status::Running if is_running(container) => match since(&state.started) {
-            Some(up) => format!("Up {up}"),
-            None => "Up".to_string(),
-        },
+        Status::Running if is_running(container) => {
+            let up = match since(&state.started) {
+                Some(up) => format!("Up {up}"),
+                None => "Up".to_string(),
+            };
+            match crate::commands::run::health::read(&container.dir) {
+                Some(health) if health.status == "starting" => format!("{up} (health: starting)"),
+                Some(health) => format!("{up} ({})", health.status),
+                None => up,
+            }
+        }
         Status::Running => "Exited (unknown)".to_string(),
         Status::Exited => {
             let code = state.exit_code.unwrap_or(-1);

@@ -16,6 +16,7 @@ use strata_store::{Container, Status, Store, time};
 use strata_unionfs::{Driver, IdShift, MountSpec};
 
 pub(crate) mod etc;
+pub(crate) mod health;
 pub(crate) mod logging;
 pub(crate) mod volumes;
 
@@ -55,6 +56,9 @@ pub struct RunConfig {
     /// `--read-only`.
     #[serde(default)]
     pub read_only: bool,
+    /// The image's HEALTHCHECK with the `--health-*` flags over it.
+    #[serde(default)]
+    pub healthcheck: Option<health::Check>,
 }
 
 impl RunConfig {
@@ -192,7 +196,24 @@ pub(crate) fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     env
 }
 
-fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::Result<RunConfig> {
+/// The image's HEALTHCHECK, from its config blob (oci-spec's config type has no field for it).
+fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Result<Option<health::Check>> {
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.id)?)
+        .with_context(|| format!("config blob {} is not valid json", image.id))?;
+    match config.pointer("/config/Healthcheck") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(check) => serde_json::from_value(check.clone())
+            .map(Some)
+            .with_context(|| format!("image {}: bad Healthcheck {check}", image.id)),
+    }
+}
+
+fn config_for(
+    image: &strata_store::Image,
+    image_check: Option<health::Check>,
+    id: &str,
+    args: &RunArgs,
+) -> anyhow::Result<RunConfig> {
     let image_config = image.config.config().clone().unwrap_or_default();
     // docker: --entrypoint replaces the image's entrypoint ("" removes it) and clears its
     // default command, so only the command given here follows it.
@@ -297,6 +318,7 @@ fn config_for(image: &strata_store::Image, id: &str, args: &RunArgs) -> anyhow::
         stop_signal,
         no_new_privileges,
         read_only: args.read_only,
+        healthcheck: health::resolve(image_check, args)?,
     })
 }
 
@@ -322,7 +344,7 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         container.state.image = Some(image_label(&image, args.image()));
         // Nothing has run in it yet: a container that cannot be set up is not kept.
         let setup = (|| -> anyhow::Result<(RunConfig, Vec<PathBuf>)> {
-            let config = config_for(&image, &container.id, &args)?;
+            let config = config_for(&image, image_healthcheck(&store, &image)?, &container.id, &args)?;
             container.state.command = config.args.clone();
             container.state.config = serde_json::to_value(&config)?;
             if args.detach {
@@ -555,6 +577,7 @@ fn mount_and_run(
         stderr: Some(output.stderr),
     };
     let mut save_error = None;
+    let mut watcher = None;
     let result = strata_runtime::run_observed(runtime_spec, |child| {
         container.state.pid = Some(child.pid);
         container.state.pid_start = start_time(child.pid);
@@ -564,8 +587,16 @@ fn mount_and_run(
         container.state.finished = None;
         if let Err(err) = container.save() {
             save_error = Some(err);
+        } else if let Some(check) = &config.healthcheck {
+            // (Probes exec into the container, which needs its recorded pid.)
+            watcher = health::watch(globals.root.clone(), container.id.clone(), container.dir.clone(), check.clone())
+                .map_err(|err| eprintln!("warning: no health checks: {err:#}"))
+                .ok();
         }
     });
+    if let Some(watcher) = watcher {
+        watcher.stop();
+    }
     // All of the output is in the log before the container is recorded as exited (which
     // is when `logs -f` stops).
     if let Err(err) = capture.finish() {

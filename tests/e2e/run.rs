@@ -993,3 +993,76 @@ fn named_volumes_outlive_containers() {
     store.ok(&["volume", "rm", "data", "empty", "etcvol"]);
     assert_eq!(store.ok(&["volume", "ls", "--json"]).trim(), "[]");
 }
+
+/// The container's health as `inspect` shows it: (status, failing streak, exit codes of
+/// the logged probes).
+fn health_of(store: &TestStore, name: &str) -> (String, u64, Vec<i64>) {
+    let inspected: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", name])).unwrap();
+    let health = &inspected[0]["Health"];
+    let codes = health["Log"].as_array().map(|log| log.iter().map(|p| p["ExitCode"].as_i64().unwrap()).collect());
+    (
+        health["Status"].as_str().unwrap_or("none").to_string(),
+        health["FailingStreak"].as_u64().unwrap_or(0),
+        codes.unwrap_or_default(),
+    )
+}
+
+/// Polls `name`'s health until it is `status`; fails after 20 s.
+fn wait_health(store: &TestStore, name: &str, status: &str) -> (String, u64, Vec<i64>) {
+    let start = Instant::now();
+    loop {
+        let health = health_of(store, name);
+        if health.0 == status {
+            return health;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{name} never became {status}: {health:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An image's HEALTHCHECK runs while the container runs, as docker's daemon runs it:
+/// starting, unhealthy after `retries` failures, healthy on a success; `ps` shows it; the
+/// `--health-*` flags override it and `--no-healthcheck` drops it; a probe past its
+/// timeout is ended and fails.
+#[test]
+fn healthchecks_run_while_the_container_runs() {
+    let store = store_with_busybox();
+    let ctx = store.root().join("hc-ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Buildfile"),
+        "FROM busybox\nHEALTHCHECK --interval=200ms --retries=2 CMD test -f /tmp/ok\n",
+    )
+    .unwrap();
+    store.ok(&["build", "-t", "hc", ctx.to_str().unwrap()]);
+
+    store.ok(&["run", "-d", "--name", "checked", "hc", "sleep", "60"]);
+    let (_, streak, codes) = wait_health(&store, "checked", "unhealthy");
+    assert!(streak >= 2 && codes.iter().all(|&c| c == 1), "{streak} {codes:?}");
+    assert!(store.ok(&["ps"]).contains("(unhealthy)"));
+    store.ok(&["exec", "checked", "touch", "/tmp/ok"]);
+    let (_, streak, codes) = wait_health(&store, "checked", "healthy");
+    assert_eq!((streak, codes.last()), (0, Some(&0)));
+    assert!(store.ok(&["ps"]).contains("(healthy)"));
+
+    // the flags over the image's: a test that outlives its timeout
+    store.ok(&["run", "-d", "--name", "slow", "--health-cmd", "sleep 30", "--health-timeout", "200ms", "--health-interval", "100ms", "--health-retries", "1", "hc", "sleep", "60"]);
+    let (_, _, codes) = wait_health(&store, "slow", "unhealthy");
+    assert_eq!(codes.first(), Some(&-1));
+    let inspected = store.ok(&["inspect", "slow"]);
+    assert!(inspected.contains("exceeded timeout"), "{inspected}");
+    // ... and ended: no probe's sleep is left in the container (a few probes later)
+    std::thread::sleep(Duration::from_secs(1));
+    let left = store.ok(&["exec", "slow", "ps"]);
+    assert!(left.lines().filter(|l| l.contains("sleep 30")).count() <= 1, "{left}");
+
+    store.ok(&["run", "-d", "--name", "unchecked", "--no-healthcheck", "hc", "sleep", "60"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(health_of(&store, "unchecked").0, "none");
+
+    // a foreground run with a check ends with its command
+    let start = Instant::now();
+    store.ok(&["run", "--rm", "--health-cmd", "true", "--health-interval", "100ms", "hc", "sleep", "0.5"]);
+    assert!(start.elapsed() < Duration::from_secs(10), "the run waited {:?}", start.elapsed());
+    store.ok(&["rm", "-f", "checked", "slow", "unchecked"]);
+}
