@@ -75,6 +75,12 @@ pub enum Command {
     Logs(LogsArgs),
     /// Stop a running container (SIGTERM, then SIGKILL after a grace period)
     Stop(StopArgs),
+    /// Stop a container, then start it again in the background
+    Restart(StopArgs),
+    /// Block until containers exit, then print their exit codes
+    Wait(WaitArgs),
+    /// Write a container's file system, flattened, as a tar
+    Export(ExportArgs),
     /// Send a signal to a running container
     Kill(KillArgs),
     /// List the files a container changed, or the differences between two images
@@ -603,6 +609,20 @@ pub struct StopArgs {
     pub time: u64,
     #[arg(required = true)]
     pub containers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WaitArgs {
+    #[arg(required = true)]
+    pub containers: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The tar to write (default, or "-": standard output, unless it is a terminal)
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    pub container: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -56,14 +56,7 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         (point.to_string_lossy().into_owned(), Some(guard))
     };
     drop(store);
-    let helper = |mode: &str| {
-        let exe = std::env::current_exe().context("failed to find the strata binary")?;
-        let mut command = Command::new(exe);
-        command
-            .args(["cp-tar", "--container", reference, &root, mode, inside])
-            .stdin(Stdio::null());
-        anyhow::Ok(command)
-    };
+    let helper = |mode: &str| cp_tar_command(&root, reference, mode, inside);
     if host.as_os_str() == "-" {
         let mode = if into { "unpack" } else { "pack" };
         let status = helper(mode)?.stdin(Stdio::inherit()).status();
@@ -105,6 +98,36 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     }
     staged?.commit()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `strata cp-tar --container NAME ROOT MODE PATH`, its stdin /dev/null.
+fn cp_tar_command(root: &str, container: &str, mode: &str, path: &str) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("failed to find the strata binary")?;
+    let mut command = Command::new(exe);
+    command
+        .args(["cp-tar", "--container", container, root, mode, path])
+        .stdin(Stdio::null());
+    Ok(command)
+}
+
+/// `strata export CONTAINER`: the container's file system (its union: not its volumes nor
+/// what is mounted in it, as docker's) as a tar on `out`. Returns whether it was whole;
+/// a failure was reported.
+pub(crate) fn export(globals: &Globals, reference: &str, out: Stdio) -> anyhow::Result<bool> {
+    let store = Store::open(&globals.root)?;
+    let container = store.container(reference)?;
+    let (root, _guard) = if is_running(&container) {
+        (container.rootfs_dir(), None)
+    } else {
+        let (point, guard) = mount(&store, &container)?;
+        (point, Some(guard))
+    };
+    drop(store);
+    let status = cp_tar_command(&root.to_string_lossy(), reference, "pack", "/.")?
+        .stdout(out)
+        .status()
+        .context("failed to start strata cp-tar")?;
+    Ok(status.success())
 }
 
 /// `strata cp-tar ROOT pack|unpack|place PATH`: enters the container's root, then writes

@@ -41,10 +41,13 @@ mod ps;
 mod rm;
 mod logs;
 mod stop;
+mod restart;
+mod wait;
 mod exec;
 mod start;
 mod volume;
 mod cp;
+mod export;
 mod kill;
 mod diff;
 mod commit;
@@ -102,6 +105,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rm(args) => rm::run(&globals, args),
         Command::Logs(args) => logs::run(&globals, args),
         Command::Stop(args) => stop::run(&globals, args),
+        Command::Restart(args) => restart::run(&globals, args),
+        Command::Wait(args) => wait::run(&globals, args),
+        Command::Export(args) => export::run(&globals, args),
         Command::Kill(args) => kill::run(&globals, args),
         Command::Exec(args) => exec::run(&globals, args),
         Command::Start(args) => start::run(&globals, args),

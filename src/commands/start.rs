@@ -35,7 +35,7 @@ pub fn run(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts one container; attached, returns the command's exit code.
-fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result<i32> {
+pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result<i32> {
     let store = Store::open(&globals.root)?;
     let mut container = store.container(reference)?;
     if is_running(&container) {

@@ -1066,3 +1066,62 @@ fn healthchecks_run_while_the_container_runs() {
     assert!(start.elapsed() < Duration::from_secs(10), "the run waited {:?}", start.elapsed());
     store.ok(&["rm", "-f", "checked", "slow", "unchecked"]);
 }
+
+/// `wait` prints a container's exit code once it exits (at once if it has); `restart`
+/// stops a running container and starts it again on the same upper; `export` writes the
+/// container's file system (its union, not its volumes) as a tar, whole or not at all.
+#[test]
+fn wait_restart_and_export() {
+    let store = store_with_busybox();
+    let volume = store.root().join("vol");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("in-volume"), "v\n").unwrap();
+    let mount = format!("{}:/vol", volume.display());
+    store.ok(&["run", "-d", "--name", "w", "-v", &mount, "busybox", "sh", "-c", "echo run >> /runs; while [ ! -f /tmp/go ]; do sleep 0.05; done; exit 7"]);
+    wait_status(&store, "w", "running");
+    let waiter = Command::new(strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args(["wait", "w"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut waiter = waiter;
+    assert!(waiter.try_wait().unwrap().is_none(), "wait returned while the container ran");
+    store.ok(&["exec", "w", "touch", "/tmp/go"]);
+    let out = waiter.wait_with_output().unwrap();
+    assert_eq!(text(&out.stdout), "7\n");
+    assert_eq!(store.ok(&["wait", "w"]), "7\n");
+
+    // an exited container is just started; the command runs again on its upper
+    store.ok(&["restart", "w"]);
+    assert_eq!(store.ok(&["wait", "w"]), "7\n");
+    let tar = store.root().join("w.tar");
+    store.ok(&["export", "-o", tar.to_str().unwrap(), "w"]);
+    let mut archive = tar::Archive::new(std::fs::File::open(&tar).unwrap());
+    let mut names = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name == "runs" {
+            let mut runs = String::new();
+            std::io::Read::read_to_string(&mut entry, &mut runs).unwrap();
+            assert_eq!(runs, "run\nrun\n");
+        }
+        names.push(name);
+    }
+    assert!(names.iter().any(|n| n == "runs") && names.iter().any(|n| n == "bin/busybox"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("in-volume")), "volumes are not exported: {names:?}");
+    let out = store.strata(&["export", "-o", store.root().join("none.tar").to_str().unwrap(), "nosuch"]);
+    assert_eq!(code(&out), 1);
+    assert!(!store.root().join("none.tar").exists());
+
+    // a running container is stopped and started again: a new process
+    store.ok(&["run", "-d", "--name", "r", "busybox", "sleep", "60"]);
+    let before = wait_status(&store, "r", "running")["Pid"].clone();
+    store.ok(&["restart", "-t", "1", "r"]);
+    let after = wait_status(&store, "r", "running")["Pid"].clone();
+    assert_ne!(before, after);
+    store.ok(&["rm", "-f", "w", "r"]);
+}
