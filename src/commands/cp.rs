@@ -42,15 +42,22 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         (None, Some((c, path))) => (c, path, PathBuf::from(&args.source), true),
         _ => bail!("one of the two paths is CONTAINER:PATH, the other a host path or -"),
     };
-    if !inside.starts_with('/') {
-        bail!("container path {inside:?} is not absolute");
-    }
+    // docker: a relative container path is relative to the container's root
+    let inside = &if inside.starts_with('/') {
+        inside.to_string()
+    } else {
+        format!("/{inside}")
+    };
     let store = Store::open(&globals.root)?;
     let container = store.container(reference)?;
     let (root, _guard) = if is_running(&container)
         && let Some(pid) = container.state.pid
     {
-        (format!("pid:{pid}"), None)
+        // (with its start time: the helper makes sure pid N is still the container)
+        (
+            format!("pid:{pid}:{}", container.state.pid_start.unwrap_or(0)),
+            None,
+        )
     } else {
         let (point, guard) = mount(&store, &container)?;
         (point.to_string_lossy().into_owned(), Some(guard))
@@ -93,7 +100,10 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     let staged = stage(child.stdout.take().expect("piped"), &host, None);
     let status = child.wait()?;
     if !status.success() && status.code() != Some(READER_GONE) {
-        // It said why; nothing is placed.
+        // It said why (unless a signal ended it); nothing is placed.
+        if let Some(signal) = std::os::unix::process::ExitStatusExt::signal(&status) {
+            bail!("strata cp-tar was ended by signal {signal}");
+        }
         return Ok(ExitCode::FAILURE);
     }
     staged?.commit()?;
@@ -140,8 +150,8 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
     let path = Path::new(inside);
     match args.mode.as_str() {
         "pack" => {
-            if std::fs::symlink_metadata(path).is_err() {
-                bail!("{named}: no such file or directory");
+            if let Err(err) = std::fs::symlink_metadata(path) {
+                bail!("{named}: {}", io_reason(&err));
             }
             match pack(path, std::io::stdout().lock()) {
                 Err(err) if is_broken_pipe(&err) => Ok(ExitCode::from(READER_GONE as u8)),
@@ -154,7 +164,8 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
             if !path.is_dir() {
                 bail!("{named}: not a directory (a tar is unpacked into one)");
             }
-            unpack(std::io::stdin().lock(), path).context("failed to unpack the tar from stdin")?;
+            unpack(std::io::stdin().lock(), path, false)
+                .context("failed to unpack the tar from stdin")?;
             Ok(ExitCode::SUCCESS)
         }
         "place" => {
@@ -165,26 +176,70 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Makes `root` this process's root: a directory, or `pid:N`, the root of process N in its
-/// mount namespace (entered first, as `nsenter --mount --root` does). Called while the
-/// process is single-threaded, as setns(CLONE_NEWNS) wants.
+/// Makes `root` this process's root: a directory, or `pid:N:START`, the root of process N
+/// (which started at START, in clock ticks since boot; 0: unchecked) in its mount
+/// namespace, entered first as `nsenter --mount --root` does. Called while the process is
+/// single-threaded, as setns(CLONE_NEWNS) wants.
 fn enter(root: &str) -> anyhow::Result<()> {
+    use rustix::fs::{Mode, OFlags};
     // Not dumpable: nothing of the container may open this process's /proc files.
     let _ = nix::sys::prctl::set_dumpable(false);
-    if let Some(pid) = root.strip_prefix("pid:") {
-        let open = |what: &str| {
-            let path = format!("/proc/{pid}/{what}");
-            std::fs::File::open(&path).with_context(|| format!("failed to open {path}"))
+    // A ^C ends strata, whose end of the pipe then closes: this process sees that and
+    // cleans up (its staging directory) rather than dying with it.
+    for signal in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGQUIT,
+    ] {
+        // SAFETY: SIG_IGN installs no handler.
+        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
+    }
+    if let Some(process) = root.strip_prefix("pid:") {
+        let (pid, start) = process.split_once(':').unwrap_or((process, "0"));
+        let gone = || anyhow::anyhow!("the container has stopped");
+        // Everything is opened through /proc/N as it is now: once that process is gone
+        // the directory answers ESRCH, even if N is reused meanwhile.
+        let dir = rustix::fs::open(
+            format!("/proc/{pid}"),
+            OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|_| gone())?;
+        let at = |what: &str, flags: OFlags| {
+            rustix::fs::openat(&dir, what, flags | OFlags::CLOEXEC, Mode::empty())
         };
-        let (namespace, dir) = (open("ns/mnt")?, open("root")?);
+        let stat = at("stat", OFlags::RDONLY).map_err(|_| gone())?;
+        let mut text = String::new();
+        std::fs::File::from(stat)
+            .read_to_string(&mut text)
+            .map_err(|_| gone())?;
+        // field 22, counted after the command's ")"
+        let started = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19));
+        if start != "0" && started != Some(start) {
+            return Err(gone());
+        }
+        let namespace = at("ns/mnt", OFlags::RDONLY).map_err(|_| gone())?;
+        let container_root = at("root", OFlags::DIRECTORY | OFlags::RDONLY).map_err(|_| gone())?;
         nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS)
             .context("failed to enter the container's mount namespace")?;
-        nix::unistd::fchdir(&dir).context("failed to enter the container's root")?;
+        nix::unistd::fchdir(&container_root).context("failed to enter the container's root")?;
         nix::unistd::chroot(".").context("failed to chroot into the container's root")?;
     } else {
         nix::unistd::chroot(root).with_context(|| format!("failed to chroot into {root}"))?;
     }
     std::env::set_current_dir("/").context("failed to enter the container's root")
+}
+
+/// An I/O error as `ls` says it ("no such file or directory").
+fn io_reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    let text = text.split(" (os error").next().unwrap_or(&text);
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_lowercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -247,56 +302,123 @@ impl<W: Write> Write for Ending<W> {
 /// Appends `path` as `name`, and a directory's entries below it; sockets are skipped with
 /// a warning (a tar cannot hold them; docker skips them too). `seen` maps the (device,
 /// inode) of files with several names to the name written first.
+///
+/// The tree may be a running container's, changing meanwhile: a regular file is opened
+/// without following a link (nor waiting on a fifo swapped in) and must be the file just
+/// listed; its header comes from the open file, and exactly its size is written, so a file
+/// that grows is cut and one that shrinks is padded (GNU tar's "file changed as we read
+/// it"), and the stream stays a tar whatever the file does.
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &Path,
     name: &Path,
     seen: &mut HashMap<(u64, u64), PathBuf>,
 ) -> anyhow::Result<()> {
-    let meta = std::fs::symlink_metadata(path)
-        .with_context(|| format!("failed to read {}", path.display()))?;
-    let kind = meta.file_type();
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = || format!("failed to add {}", path.display());
+    let listed = std::fs::symlink_metadata(path).with_context(failed)?;
+    let kind = listed.file_type();
     if kind.is_socket() {
         eprintln!("warning: {}: a socket, left out", path.display());
         return Ok(());
     }
+    let (meta, file) = if kind.is_file() {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .with_context(failed)?;
+        let opened = file.metadata().with_context(failed)?;
+        if !opened.is_file() || (opened.dev(), opened.ino()) != (listed.dev(), listed.ino()) {
+            bail!("{}: replaced while it was copied", path.display());
+        }
+        (opened, Some(file))
+    } else {
+        (listed, None)
+    };
     let xattrs =
         xattrs(path).with_context(|| format!("failed to list the xattrs of {}", path.display()))?;
     if !xattrs.is_empty() {
         tar.append_pax_extensions(xattrs.iter().map(|(k, v)| (k.as_str(), v.as_slice())))?;
     }
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
     if kind.is_file() && meta.nlink() > 1 {
         if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
-            let mut header = tar::Header::new_gnu();
-            header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
             header.set_entry_type(tar::EntryType::Link);
             header.set_size(0);
-            tar.append_link(&mut header, name, first)
-                .with_context(|| format!("failed to add {}", path.display()))?;
-            return Ok(());
+            return tar
+                .append_link(&mut header, name, first)
+                .with_context(failed);
         }
         seen.insert((meta.dev(), meta.ino()), name.to_path_buf());
     }
-    if kind.is_fifo() || kind.is_char_device() || kind.is_block_device() {
-        // (The tar crate names these by their path, not `name`.)
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-        header.set_size(0);
-        header.set_device_major(rustix::fs::major(meta.rdev()))?;
-        header.set_device_minor(rustix::fs::minor(meta.rdev()))?;
-        tar.append_data(&mut header, name, std::io::empty())
-    } else {
-        tar.append_path_with_name(path, name)
+    if let Some(file) = file {
+        let mut data = Exactly {
+            file,
+            left: meta.len(),
+            short: false,
+        };
+        tar.append_data(&mut header, name, &mut data)
+            .with_context(failed)?;
+        if data.short {
+            eprintln!(
+                "warning: {}: shrank while it was copied; the rest is zeros",
+                path.display()
+            );
+        }
+        return Ok(());
     }
-    .with_context(|| format!("failed to add {}", path.display()))?;
-    if kind.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
+    header.set_size(0);
+    if kind.is_symlink() {
+        let target = std::fs::read_link(path).with_context(failed)?;
+        tar.append_link(&mut header, name, target)
+            .with_context(failed)?;
+    } else if kind.is_dir() {
+        tar.append_data(&mut header, name, std::io::empty())
+            .with_context(failed)?;
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .and_then(|dir| dir.collect::<Result<_, _>>())
+            .with_context(|| format!("failed to list {}", path.display()))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             append(tar, &entry.path(), &name.join(entry.file_name()), seen)?;
         }
+    } else {
+        // fifos and devices: their numbers, no data
+        header.set_device_major(rustix::fs::major(meta.rdev()))?;
+        header.set_device_minor(rustix::fs::minor(meta.rdev()))?;
+        tar.append_data(&mut header, name, std::io::empty())
+            .with_context(failed)?;
     }
     Ok(())
+}
+
+/// Reads exactly `left` bytes of `file`: what is past them is not read, and zeros stand
+/// for what is missing (`short` is then set).
+struct Exactly {
+    file: std::fs::File,
+    left: u64,
+    short: bool,
+}
+
+impl Read for Exactly {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        if want == 0 {
+            return Ok(0);
+        }
+        let mut got = self.file.read(&mut buf[..want])?;
+        if got == 0 {
+            self.short = true;
+            buf[..want].fill(0);
+            got = want;
+        }
+        self.left -= got as u64;
+        Ok(got)
+    }
 }
 
 /// The xattrs of `path` (not followed) as PAX records.
@@ -347,7 +469,10 @@ enum Top {
 /// Unpacks a tar into `dir`, keeping modes, times, xattrs and special files; owners are
 /// the caller's (root), as docker's. The tar crate refuses entries that would land
 /// outside `dir`, through a `..` or a link. Returns what was at the top.
-fn unpack(input: impl Read, dir: &Path) -> anyhow::Result<Top> {
+///
+/// `whole`: the tar must end with its two zero blocks, as one whose writer failed half-way
+/// does not (see [`pack`]); else its end may be missing, as GNU tar allows.
+fn unpack(input: impl Read, dir: &Path, whole: bool) -> anyhow::Result<Top> {
     let mut archive = tar::Archive::new(input);
     archive.set_preserve_permissions(true);
     archive.set_preserve_mtime(true);
@@ -401,10 +526,11 @@ fn unpack(input: impl Read, dir: &Path) -> anyhow::Result<Top> {
     // tar has a second zero block, one whose writer failed has none.
     let mut rest = archive.into_inner();
     let mut end = [0u8; 512];
-    if rest.read_exact(&mut end).is_err() || end.iter().any(|&b| b != 0) {
+    if whole && (rest.read_exact(&mut end).is_err() || end.iter().any(|&b| b != 0)) {
         bail!("the tar ends early, without its end-of-archive blocks");
     }
-    std::io::copy(&mut rest, &mut std::io::sink())?;
+    // The record's padding; a writer going on past it is not waited for.
+    std::io::copy(&mut rest.take(1 << 20), &mut std::io::sink())?;
     Ok(top)
 }
 
@@ -483,38 +609,36 @@ fn set_mtime(path: &Path, mtime: u64) -> anyhow::Result<()> {
     .with_context(|| format!("failed to set the times of {}", path.display()))
 }
 
-/// A copy unpacked beside its destination, to be renamed into place.
+/// A copy unpacked in a staging directory, to be moved into place once it is whole.
 struct Staged {
-    /// None when it went straight into an existing directory.
-    staging: Option<tempfile::TempDir>,
+    staging: tempfile::TempDir,
+    /// What the tar held: a name in `staging`, or `staging` itself (a directory's content).
     from: PathBuf,
-    dest: PathBuf,
-    named: String,
+    /// Where it goes.
+    to: PathBuf,
+    /// `to` is a directory already: `from`'s entries are moved into it, as `cp -R` merges.
+    merge: bool,
 }
 
 /// Unpacks the tar on `input`, a `pack`ed SRC, for DEST as `cp -R SRC DEST` places SRC
-/// (docker cp's rules): into DEST when it is a directory (or a link to one), at once; else
-/// as DEST itself, replacing it when it is a file, with DEST's parent to exist: that copy
-/// is unpacked in a staging directory beside DEST, and [`Staged::commit`] renames it into
-/// place. `named` is DEST as errors name it (`CONTAINER:PATH`), if not its path.
+/// (docker cp's rules): into DEST when it is a directory (or a link to one), merging with
+/// what is there; else as DEST itself, replacing it when it is a file, with DEST's parent to
+/// exist. The entries go to a staging directory there first; [`Staged::commit`] moves them
+/// into place once the tar is whole, so a failed copy changes nothing. `named` is DEST as
+/// errors name it (`CONTAINER:PATH`), if not its path.
 fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<Staged> {
     let named = named.map_or_else(|| dest.display().to_string(), str::to_string);
-    let failed = || format!("failed to copy to {named}");
-    if dest.is_dir() {
-        unpack(input, dest).with_context(failed)?;
-        return Ok(Staged {
-            staging: None,
-            from: dest.to_path_buf(),
-            dest: dest.to_path_buf(),
-            named,
-        });
-    }
-    if !matches!(dest.components().next_back(), Some(Component::Normal(_))) {
-        bail!("{named}: not a name to copy to");
-    }
-    let parent = match dest.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
+    let into = dest.is_dir();
+    let parent = if into {
+        dest
+    } else {
+        if !matches!(dest.components().next_back(), Some(Component::Normal(_))) {
+            bail!("{named}: not a name to copy to");
+        }
+        match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
     };
     if !parent.is_dir() {
         bail!("{named}: its directory does not exist");
@@ -522,46 +646,98 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
     let staging = tempfile::Builder::new()
         .prefix(".strata-cp-")
         .tempdir_in(parent)
-        .with_context(|| format!("failed to make a staging directory beside {named}"))?;
-    let from = match unpack(input, staging.path()).with_context(failed)? {
-        Top::Name(top) => staging.path().join(top),
+        .with_context(|| format!("failed to make a staging directory in {}", parent.display()))?;
+    let top = unpack(input, staging.path(), true)
+        .with_context(|| format!("failed to copy to {named}"))?;
+    let (from, to) = match top {
+        Top::Name(top) => (
+            staging.path().join(&top),
+            if into {
+                dest.join(top)
+            } else {
+                dest.to_path_buf()
+            },
+        ),
         Top::Content { mode, mtime } => {
-            let dir = staging.path();
-            rustix::fs::chmod(dir, rustix::fs::Mode::from_raw_mode(mode & 0o7777))?;
-            set_mtime(dir, mtime)?;
-            dir.to_path_buf()
+            if !into {
+                // The staging directory becomes DEST: it takes SRC's mode and time.
+                rustix::fs::chmod(
+                    staging.path(),
+                    rustix::fs::Mode::from_raw_mode(mode & 0o7777),
+                )?;
+                set_mtime(staging.path(), mtime)?;
+            }
+            (staging.path().to_path_buf(), dest.to_path_buf())
         }
         Top::Empty => bail!("nothing to copy to {named}"),
         Top::Several => bail!("the copy to {named} has several top entries"),
     };
     let is_dir = std::fs::symlink_metadata(&from)?.is_dir();
-    if is_dir && std::fs::symlink_metadata(dest).is_ok() {
+    let there = std::fs::symlink_metadata(&to).ok();
+    if !into && is_dir && there.is_some() {
         bail!("cannot copy a directory to {named}: not a directory");
     }
-    if !is_dir && dest.as_os_str().as_bytes().ends_with(b"/") {
+    if !is_dir && dest.as_os_str().as_bytes().ends_with(b"/") && !into {
         bail!("{named}: no such directory");
     }
+    let merge = is_dir && there.as_ref().is_some_and(|m| m.is_dir());
+    if !is_dir && there.as_ref().is_some_and(|m| m.is_dir()) {
+        bail!(
+            "cannot overwrite directory {} with a non-directory",
+            to.display()
+        );
+    }
     Ok(Staged {
-        staging: Some(staging),
+        staging,
         from,
-        dest: dest.to_path_buf(),
-        named,
+        to,
+        merge,
     })
 }
 
 impl Staged {
     fn commit(self) -> anyhow::Result<()> {
-        let Some(staging) = self.staging else {
-            return Ok(());
-        };
-        std::fs::rename(&self.from, &self.dest)
-            .with_context(|| format!("failed to move the copy to {}", self.named))?;
-        if self.from == staging.path() {
-            // Renamed away: nothing is left to remove.
-            let _ = staging.keep();
+        if self.merge {
+            merge(&self.from, &self.to)?;
+        } else {
+            std::fs::rename(&self.from, &self.to)
+                .with_context(|| format!("failed to move the copy to {}", self.to.display()))?;
+            if self.from == self.staging.path() {
+                // Renamed away: nothing is left to remove.
+                let _ = self.staging.keep();
+            }
         }
         Ok(())
     }
+}
+
+/// Moves the entries of directory `from` into directory `to`: a directory into one of its
+/// name, merged; anything else in place of what has its name (which must not be a
+/// directory, nor a file where a directory goes), as `cp -R` does.
+fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
+    let entries =
+        std::fs::read_dir(from).with_context(|| format!("failed to list {}", from.display()))?;
+    for entry in entries {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let is_dir = entry.file_type()?.is_dir();
+        match std::fs::symlink_metadata(&dst) {
+            Ok(there) if there.is_dir() && is_dir => merge(&src, &dst)?,
+            Ok(there) if there.is_dir() => {
+                bail!(
+                    "cannot overwrite directory {} with a non-directory",
+                    dst.display()
+                )
+            }
+            Ok(_) if is_dir => bail!(
+                "cannot overwrite non-directory {} with a directory",
+                dst.display()
+            ),
+            _ => std::fs::rename(&src, &dst)
+                .with_context(|| format!("failed to move the copy to {}", dst.display()))?,
+        }
+    }
+    Ok(())
 }
 
 /// `CONTAINER:PATH` -> (container, path); a host path (absolute or relative, with no ':'
