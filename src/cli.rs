@@ -118,7 +118,7 @@ pub struct MountArgs {
     pub foreground: bool,
     /// With --foreground: write "ready" and a newline to stdout once mounted (for a
     /// process that waits on it: `strata run` serves its containers so)
-    #[arg(long, hide = true, requires = "foreground")]
+    #[arg(long, hide = true, requires_all = ["foreground", "lower"])]
     pub ready: bool,
     /// Raw branches: show owners shifted up by START, for SIZE ids (a user namespace's
     /// root at host uid START)

@@ -186,7 +186,7 @@ impl MountGuard {
     /// umount(8) says), then detached lazily as the drop does, so nothing outlives the
     /// guard.
     pub fn unmount(mut self) -> Result<()> {
-        self.unmount_inner(WhenBusy::Fail)
+        self.unmount_inner(WhenBusy::Retry)
     }
 
     fn unmount_inner(&mut self, busy: WhenBusy) -> Result<()> {
@@ -276,6 +276,9 @@ impl MountGuard {
 enum WhenBusy {
     /// Leave it and say EBUSY.
     Fail,
+    /// Try again for [`BUSY_PATIENCE`], then fail: for a guard's own unmount, where the
+    /// mount may be busy only with a fork of this process.
+    Retry,
     /// Detach it lazily: it goes from the namespace now and away once the last user
     /// lets go (what a guard does on drop, so nothing outlives it).
     Detach,
@@ -351,11 +354,19 @@ pub fn mount_served(
         .open(log)
         .map_err(|e| Error::io("open", log, e))?;
     let logged_from = log_file.metadata().map_or(0, |m| m.len());
-    // SAFETY: setsid is async-signal-safe, as code between fork and exec must be.
+    // SAFETY: setsid and close_range are async-signal-safe, as code between fork and exec
+    // must be. The server keeps no descriptor of ours but its stdio (it outlives us).
     unsafe {
-        server.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+        server.pre_exec(|| {
+            rustix::process::setsid()?;
+            if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
     let mut child = server
+        .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log_file)
@@ -716,7 +727,7 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
     let unmounted = loop {
         match rustix::mount::unmount(target, UnmountFlags::empty()) {
             Err(rustix::io::Errno::BUSY)
-                if busy == WhenBusy::Fail && Instant::now() < busy_until =>
+                if busy == WhenBusy::Retry && Instant::now() < busy_until =>
             {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -738,9 +749,9 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
     }
 }
 
-/// How long an unmount that must not detach retries a busy mount. A mount is busy for a
-/// moment with nobody using it while a fork of any thread of this process (a build step,
-/// a helper) holds copies of its open files until the child execs.
+/// How long a guard's unmount retries a busy mount. A mount is busy for a moment with
+/// nobody using it while a fork of any thread of this process (a build step, a helper)
+/// holds copies of its open files until the child execs.
 const BUSY_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long the sweep waits for a FUSE server's answer before it leaves the mount alone.

@@ -480,6 +480,9 @@ pub(crate) fn start(
 
 /// `strata mount -f --ready` of `spec`'s branches: the server of a container's FUSE union.
 fn union_server(spec: &MountSpec) -> anyhow::Result<std::process::Command> {
+    if spec.flags != strata_unionfs::Flags::default() || spec.aufs_markers {
+        bail!("a served union takes no mount flags nor aufs markers");
+    }
     let exe = std::env::current_exe().context("failed to find the strata binary")?;
     let lowers = std::env::join_paths(&spec.lowers).context("a lower dir's path has a ':'")?;
     let mut server = std::process::Command::new(exe);
@@ -524,6 +527,12 @@ fn mount_and_run(
             size: strata_runtime::USERNS_SIZE,
         }),
     };
+    // A union a killed run left mounted (its server still serving) goes first.
+    if strata_unionfs::mount_type(&spec.target)?.is_some()
+        && let Err(err) = strata_unionfs::unmount(&spec.target)
+    {
+        eprintln!("warning: {err}");
+    }
     // A FUSE union is served by a process of its own, as the kernel serves an overlay
     // one: the container keeps its files if this process is killed.
     let guard = strata_unionfs::mount_served(&spec, driver, union_server(&spec)?, &container.dir.join("union.log"))

@@ -318,7 +318,7 @@ fn a_killed_run_keeps_the_containers_files_and_output() {
             .arg("--root")
             .arg(store.root())
             .args(["run", "--name", &name, "--driver", driver, "busybox", "sh", "-c"])
-            .arg("echo before; while [ ! -f /tmp/go ]; do sleep 0.05; done; echo after")
+            .arg("echo before; for i in $(seq 1200); do [ -f /tmp/go ] && break; sleep 0.05; done; echo after")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&echoed).unwrap())
             .stderr(Stdio::null())
@@ -344,6 +344,13 @@ fn a_killed_run_keeps_the_containers_files_and_output() {
         }
         // strata's stdout had the echo while strata lived, not after
         assert_eq!(std::fs::read_to_string(&echoed).unwrap(), "before\n");
+        // it starts again: the union the killed run left mounted is replaced
+        let start = Instant::now();
+        while container_status(&store, &name)["State"] != "exited" {
+            assert!(start.elapsed() < Duration::from_secs(20), "{driver}: the container never ended");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(store.ok(&["start", "-a", &name]), "before\nafter\n");
         store.ok(&["rm", "-f", &name]);
     }
 }
@@ -1077,7 +1084,7 @@ fn wait_restart_and_export() {
     std::fs::create_dir_all(&volume).unwrap();
     std::fs::write(volume.join("in-volume"), "v\n").unwrap();
     let mount = format!("{}:/vol", volume.display());
-    store.ok(&["run", "-d", "--name", "w", "-v", &mount, "busybox", "sh", "-c", "echo run >> /runs; while [ ! -f /tmp/go ]; do sleep 0.05; done; exit 7"]);
+    store.ok(&["run", "-d", "--name", "w", "-v", &mount, "busybox", "sh", "-c", "echo run >> /runs; for i in $(seq 1200); do [ -f /tmp/go ] && break; sleep 0.05; done; exit 7"]);
     wait_status(&store, "w", "running");
     let waiter = Command::new(strata_bin())
         .arg("--root")

@@ -575,7 +575,12 @@ impl<FS: Filesystem> Server<FS> {
         self.register(iov)?;
         if let Some(registered) = self.registered.take() {
             // The kernel adds the entry to the queue while it takes the submission.
-            self.ring.submit()?;
+            loop {
+                match self.ring.submit() {
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    submitted => break submitted.map(drop)?,
+                }
+            }
             let _ = registered.send(());
         }
         // The kernel accepted the entry: it has delivered a request through it.
