@@ -15,6 +15,7 @@ const CLOSED_STDOUT: u8 = 141;
 
 fn main() -> ExitCode {
     silence_closed_stdout();
+    log_warnings();
     let cli = cli::Cli::parse();
     // `strata inspect x | head`: output to a closed pipe ends the program quietly with
     // SIGPIPE's status, as it ends C tools. Rust ignores SIGPIPE, so `println!` panics
@@ -30,6 +31,18 @@ fn main() -> ExitCode {
         Err(payload) if is_closed_stdout(payload.as_ref()) => ExitCode::from(CLOSED_STDOUT),
         Err(payload) => panic::resume_unwind(payload),
     }
+}
+
+/// The libraries' warnings (and fuser's `log` records) go to stderr as `warning: ...`
+/// lines; `STRATA_LOG` (an env filter, e.g. `debug` or `strata_unionfs=debug`) asks for more.
+fn log_warnings() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .event_format(report::Plain)
+        .try_init();
 }
 
 /// Keeps the panic hook from printing a closed stdout's panic; any other is printed.
