@@ -410,19 +410,21 @@ pub fn mount_served(
 /// Waits for the server of a mount just unmounted to end; kills one that does not within
 /// [`UNMOUNT_TIMEOUT`].
 fn end_server(mut server: std::process::Child, target: &Path) {
-    let deadline = Instant::now() + UNMOUNT_TIMEOUT;
-    while Instant::now() < deadline {
-        if !matches!(server.try_wait(), Ok(None)) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    let (done, ended) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let _ = server.wait();
+        let _ = done.send(());
+    });
+    if ended.recv_timeout(UNMOUNT_TIMEOUT).is_err() {
+        tracing::warn!(
+            "the FUSE server of {} did not end after the unmount; killing it",
+            target.display()
+        );
+        // (Not reaped yet, so the pid is still the server's.)
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
-    tracing::warn!(
-        "the FUSE server of {} did not end after the unmount; killing it",
-        target.display()
-    );
-    let _ = server.kill();
-    let _ = server.wait();
+    let _ = waiter.join();
 }
 
 fn mount_error(driver: &'static str, target: &Path, source: std::io::Error) -> Error {
