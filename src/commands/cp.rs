@@ -30,7 +30,7 @@ use strata_unionfs::{Driver, MountSpec};
 
 use crate::cli::CpArgs;
 use crate::commands::Globals;
-use crate::commands::run::is_running;
+use crate::commands::run::{RunConfig, is_running};
 
 /// The status `cp-tar` ends with when the reader of its tar went away: the reader says why.
 const READER_GONE: i32 = 141;
@@ -54,8 +54,10 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         && let Some(pid) = container.state.pid
     {
         // (with its start time: the helper makes sure pid N is still the container)
+        let start = container.state.pid_start.unwrap_or(0);
+        let userns = RunConfig::of(&container).is_ok_and(|config| config.userns);
         (
-            format!("pid:{pid}:{}", container.state.pid_start.unwrap_or(0)),
+            format!("pid:{pid}:{start}{}", if userns { ":user" } else { "" }),
             None,
         )
     } else {
@@ -176,10 +178,12 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Makes `root` this process's root: a directory, or `pid:N:START`, the root of process N
-/// (which started at START, in clock ticks since boot; 0: unchecked) in its mount
-/// namespace, entered first as `nsenter --mount --root` does. Called while the process is
-/// single-threaded, as setns(CLONE_NEWNS) wants.
+/// Makes `root` this process's root: a directory, or `pid:N:START[:user]`, the root of
+/// process N (which started at START, in clock ticks since boot; 0: unchecked) in its mount
+/// namespace, entered first as `nsenter --mount --root` does; with `user`, in its user
+/// namespace too, as its root: what is copied in belongs to the container's root, and
+/// owners are seen as the container sees them. Called while the process is
+/// single-threaded, as setns wants.
 fn enter(root: &str) -> anyhow::Result<()> {
     use rustix::fs::{Mode, OFlags};
     // Not dumpable: nothing of the container may open this process's /proc files.
@@ -194,7 +198,9 @@ fn enter(root: &str) -> anyhow::Result<()> {
         let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
     }
     if let Some(process) = root.strip_prefix("pid:") {
-        let (pid, start) = process.split_once(':').unwrap_or((process, "0"));
+        let mut fields = process.split(':');
+        let (pid, start) = (fields.next().unwrap_or(""), fields.next().unwrap_or("0"));
+        let userns = fields.next() == Some("user");
         let gone = || anyhow::anyhow!("the container has stopped");
         // Everything is opened through /proc/N as it is now: once that process is gone
         // the directory answers ESRCH, even if N is reused meanwhile.
@@ -221,6 +227,18 @@ fn enter(root: &str) -> anyhow::Result<()> {
         }
         let namespace = at("ns/mnt", OFlags::RDONLY).map_err(|_| gone())?;
         let container_root = at("root", OFlags::DIRECTORY | OFlags::RDONLY).map_err(|_| gone())?;
+        if userns {
+            let users = at("ns/user", OFlags::RDONLY).map_err(|_| gone())?;
+            nix::sched::setns(&users, nix::sched::CloneFlags::CLONE_NEWUSER)
+                .context("failed to enter the container's user namespace")?;
+            let (uid, gid) = (nix::unistd::Uid::from_raw(0), nix::unistd::Gid::from_raw(0));
+            nix::unistd::setgroups(&[])
+                .context("failed to drop the groups in the container's user namespace")?;
+            nix::unistd::setresgid(gid, gid, gid)
+                .context("failed to become the container's root group")?;
+            nix::unistd::setresuid(uid, uid, uid)
+                .context("failed to become the container's root")?;
+        }
         nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNS)
             .context("failed to enter the container's mount namespace")?;
         nix::unistd::fchdir(&container_root).context("failed to enter the container's root")?;

@@ -268,3 +268,35 @@ fn cp_sees_a_running_containers_volumes_and_links() {
     assert_eq!(store.ok(&["exec", "live", "cat", "/etc/strata-cp-through-link"]), "from the host\n");
     store.ok(&["rm", "-f", "live"]);
 }
+
+/// With `--userns private`, what is copied in belongs to the container's root (host uid
+/// 100000), in its union and in its volumes, and a tar out shows owners as the container
+/// sees them: the helper joins its user namespace, as its root.
+#[test]
+fn cp_into_a_user_namespace_belongs_to_its_root() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    let volume = host.join("vol");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::os::unix::fs::chown(&volume, Some(100_000), Some(100_000)).unwrap();
+    std::fs::write(host.join("f"), "data\n").unwrap();
+    let mount = format!("{}:/vol", volume.display());
+    store.ok(&["run", "-d", "--name", "u", "--userns", "private", "-v", &mount, "busybox", "sleep", "60"]);
+    wait_status(&store, "u", "running");
+    store.ok(&["cp", host.join("f").to_str().unwrap(), "u:/vol/"]);
+    store.ok(&["cp", host.join("f").to_str().unwrap(), "u:/tmp/"]);
+    assert_eq!(store.ok(&["exec", "u", "stat", "-c", "%u:%g", "/vol/f", "/tmp/f"]), "0:0\n0:0\n");
+    let on_host = std::fs::metadata(volume.join("f")).unwrap();
+    assert_eq!((on_host.uid(), on_host.gid()), (100_000, 100_000));
+    let out = std::process::Command::new(crate::common::strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args(["cp", "u:/tmp/f", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mut archive = tar::Archive::new(&out.stdout[..]);
+    let entry = archive.entries().unwrap().next().unwrap().unwrap();
+    assert_eq!((entry.header().uid().unwrap(), entry.header().gid().unwrap()), (0, 0));
+    store.ok(&["rm", "-f", "u"]);
+}
