@@ -533,6 +533,10 @@ pub struct ProcessArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub process: ProcessArgs,
+    /// Forward signals to the command's process group, not the command alone (health
+    /// probes: a timeout ends what the test started too)
+    #[arg(long, hide = true)]
+    pub signal_group: bool,
     /// The container, then the command and its arguments; options end at the container
     #[arg(required = true, num_args = 2.., trailing_var_arg = true, value_names = ["CONTAINER", "COMMAND"])]
     pub container_and_command: Vec<String>,
@@ -556,6 +560,13 @@ pub struct CpTarArgs {
     /// CONTAINER, as the user named it: errors say CONTAINER:PATH
     #[arg(long)]
     pub container: String,
+    /// strata holds the other end of the tar's pipe: a ^C is for strata, whose going
+    /// this process sees on the pipe (and cleans up after)
+    #[arg(long)]
+    pub piped: bool,
+    /// pack: owners in [START, START+SIZE) are written less START
+    #[arg(long, value_name = "START:SIZE")]
+    pub id_shift: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

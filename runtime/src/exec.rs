@@ -50,6 +50,9 @@ pub struct ExecSpec {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// Forwarded signals go to the process's group (it leads a session of its own: what
+    /// it started too, as a shell's `cmd || exit 1` runs cmd), not to it alone.
+    pub signal_group: bool,
 }
 
 /// The namespaces joined, in this order (the user namespace first, so that it owns the

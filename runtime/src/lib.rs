@@ -130,8 +130,10 @@ pub fn run_observed(spec: Spec, started: impl FnOnce(&Child)) -> Result<i32> {
 pub fn exec(spec: ExecSpec) -> Result<i32> {
     let forwarding =
         signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let group = spec.signal_group;
     let child = exec::spawn(spec)?;
-    forwarding.attach(child.pid, child.pty_master());
+    // (kill(2) of a negative pid signals that process group.)
+    forwarding.attach(if group { -child.pid } else { child.pid }, child.pty_master());
     let code = child.wait();
     drop(forwarding);
     code

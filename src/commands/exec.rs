@@ -51,6 +51,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         stdin,
         stdout: None,
         stderr: None,
+        signal_group: args.signal_group,
     };
     Ok(strata_runtime::exec(spec)?)
 }

@@ -38,8 +38,9 @@ fn describe(store: &Store, target: &str) -> anyhow::Result<serde_json::Value> {
         Err(Error::ImageNotFound(_)) => match store.container(target) {
             Ok(container) => {
                 let mut state = serde_json::to_value(&container.state)?;
+                // where docker has it: `-f '{{.State.Health.Status}}'`
                 if let Some(health) = crate::commands::run::health::read(&container.dir) {
-                    state["Health"] = serde_json::to_value(health)?;
+                    state["State"] = serde_json::json!({ "Health": health });
                 }
                 Ok(state)
             }

@@ -26,7 +26,10 @@ fn status_text(container: &Container, now: i64) -> String {
                 Some(up) => format!("Up {up}"),
                 None => "Up".to_string(),
             };
+            // (Probed by its runner: with the runner killed, nobody knows.)
+            let probed = state.runner.is_some_and(crate::commands::run::alive);
             match crate::commands::run::health::read(&container.dir) {
+                Some(_) if !probed => format!("{up} (health: unknown)"),
                 Some(health) if health.status == "starting" => format!("{up} (health: starting)"),
                 Some(health) => format!("{up} ({})", health.status),
                 None => up,

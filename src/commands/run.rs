@@ -200,12 +200,21 @@ pub(crate) fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Result<Option<health::Check>> {
     let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.id)?)
         .with_context(|| format!("config blob {} is not valid json", image.id))?;
-    match config.pointer("/config/Healthcheck") {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(check) => serde_json::from_value(check.clone())
-            .map(Some)
-            .with_context(|| format!("image {}: bad Healthcheck {check}", image.id)),
+    let check = match config.pointer("/config/Healthcheck") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(check) => check,
+    };
+    // An image's check that cannot run is reported and left out, not a failed run.
+    let runnable = |c: &health::Check| match c.test.first().map(String::as_str) {
+        Some("NONE") => true,
+        Some("CMD" | "CMD-SHELL") => c.test.len() > 1,
+        _ => false,
+    };
+    let parsed = serde_json::from_value::<health::Check>(check.clone()).ok().filter(runnable);
+    if parsed.is_none() {
+        eprintln!("warning: image {}: its Healthcheck {check} cannot run; no health checks", image.id);
     }
+    Ok(parsed)
 }
 
 fn config_for(
@@ -528,10 +537,16 @@ fn mount_and_run(
         }),
     };
     // A union a killed run left mounted (its server still serving) goes first.
-    if strata_unionfs::mount_type(&spec.target)?.is_some()
-        && let Err(err) = strata_unionfs::unmount(&spec.target)
-    {
-        eprintln!("warning: {err}");
+    if strata_unionfs::mount_type(&spec.target)?.is_some() {
+        // (busy for a moment while the killed container's last processes go)
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while let Err(err) = strata_unionfs::unmount(&spec.target) {
+            if Instant::now() > give_up {
+                eprintln!("warning: {err}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     // A FUSE union is served by a process of its own, as the kernel serves an overlay
     // one: the container keeps its files if this process is killed.
@@ -619,16 +634,17 @@ fn mount_and_run(
     container.state.status = Status::Exited;
     container.state.finished = Some(time::now_rfc3339_nanos());
     container.state.exit_code = Some(*result.as_ref().unwrap_or(&125));
+    // The exit status (and any OOM kill) has been read: like runc's delete, drop the
+    // cgroup now instead of leaving one per exited container (`rm` removes it too). Before
+    // the exit is recorded: a `start` that follows it makes a cgroup of the same name.
+    if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name(&container.id)) {
+        eprintln!("warning: {err}");
+    }
     if !config.rm {
         container.save()?;
     }
     if let Some(err) = save_error {
         eprintln!("warning: failed to record the container's pid: {err}");
-    }
-    // The exit status (and any OOM kill) has been read: like runc's delete, drop the
-    // cgroup now instead of leaving one per exited container (`rm` removes it too).
-    if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name(&container.id)) {
-        eprintln!("warning: {err}");
     }
     if config.rm {
         let store = Store::open(&globals.root)?;

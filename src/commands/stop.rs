@@ -18,8 +18,14 @@ pub fn wait_exited(store: &Store, id: &str, limit: Duration) -> bool {
     loop {
         match store.container(id) {
             Ok(c) if c.state.status != Status::Running => return true,
-            // The process is gone but nobody recorded it (its `strata run` was killed).
-            Ok(c) if !is_running(&c) && start.elapsed() > Duration::from_secs(2) => return true,
+            // The process is gone but nobody recorded it (its `strata run` was killed; one
+            // still alive is still recording it).
+            Ok(c) if !is_running(&c)
+                && !c.state.runner.is_some_and(crate::commands::run::alive)
+                && start.elapsed() > Duration::from_secs(2) =>
+            {
+                return true;
+            }
             Err(_) => return true,
             _ => {}
         }

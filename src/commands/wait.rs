@@ -9,28 +9,30 @@ use strata_store::{Status, Store};
 
 use crate::cli::WaitArgs;
 use crate::commands::Globals;
-use crate::commands::run::is_running;
+use crate::commands::run::{alive, is_running};
 
 pub fn run(globals: &Globals, args: WaitArgs) -> anyhow::Result<ExitCode> {
-    let store = Store::open(&globals.root)?;
     Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let id = store.container(reference)?.id;
-        println!("{}", wait_for_exit(&store, &id, reference)?);
+        let id = Store::open(&globals.root)?.container(reference)?.id;
+        println!("{}", wait_for_exit(globals, &id, reference)?);
         Ok(())
     }))
 }
 
-/// The exit code of container `id` once it has exited (a created one is waited for to
-/// run and exit too); read from the state seen exited, which a `start` may reset.
-fn wait_for_exit(store: &Store, id: &str, reference: &str) -> anyhow::Result<i32> {
+/// The exit code of container `id` once it is not running, as docker's default condition
+/// (a container never started gives 0); read from the state seen so, which a `start` may
+/// reset. The store is opened for each look, so a long wait does not hold `gc` back.
+fn wait_for_exit(globals: &Globals, id: &str, reference: &str) -> anyhow::Result<i32> {
     let mut vanished: Option<Instant> = None;
     loop {
-        let Ok(container) = store.container(id) else {
-            bail!("container {reference} was removed before its exit code could be read");
+        let Ok(container) = Store::open(&globals.root)?.container(id) else {
+            bail!("container {reference} was removed before its exit code could be read (a --rm container?)");
         };
-        match (container.state.status, container.state.exit_code) {
+        let state = &container.state;
+        match (state.status, state.exit_code) {
             (Status::Exited, Some(code)) => return Ok(code),
-            (Status::Running, _) if !is_running(&container) => {
+            (Status::Created, code) => return Ok(code.unwrap_or(0)),
+            (Status::Running, _) if !is_running(&container) && !state.runner.is_some_and(alive) => {
                 // Its `strata run` was killed: nobody records the exit (after a moment
                 // to let a runner that is just ending write it).
                 let since = *vanished.get_or_insert_with(Instant::now);

@@ -71,6 +71,17 @@ impl TestStore {
 
 impl Drop for TestStore {
     fn drop(&mut self) {
+        // Containers a failed test left running (with their monitors and union servers)
+        // end with it.
+        if self.root().join("containers").is_dir() {
+            let listed = self.strata(&["ps", "-aq"]);
+            let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout).split_whitespace().map(String::from).collect();
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                let _ = self.strata(&args);
+            }
+        }
         // Unmount anything a failed test left mounted below the root, deepest first, so
         // removing the temp dir never walks into a live mount.
         let root = self.root().to_path_buf();

@@ -1005,7 +1005,7 @@ fn named_volumes_outlive_containers() {
 /// the logged probes).
 fn health_of(store: &TestStore, name: &str) -> (String, u64, Vec<i64>) {
     let inspected: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", name])).unwrap();
-    let health = &inspected[0]["Health"];
+    let health = &inspected[0]["State"]["Health"];
     let codes = health["Log"].as_array().map(|log| log.iter().map(|p| p["ExitCode"].as_i64().unwrap()).collect());
     (
         health["Status"].as_str().unwrap_or("none").to_string(),
@@ -1053,7 +1053,9 @@ fn healthchecks_run_while_the_container_runs() {
     assert!(store.ok(&["ps"]).contains("(healthy)"));
 
     // the flags over the image's: a test that outlives its timeout
-    store.ok(&["run", "-d", "--name", "slow", "--health-cmd", "sleep 30", "--health-timeout", "200ms", "--health-interval", "100ms", "--health-retries", "1", "hc", "sleep", "60"]);
+    // (`;`: the shell forks sleep, which the timeout must end too, or its pipe would hold
+    // the prober)
+    store.ok(&["run", "-d", "--name", "slow", "--health-cmd", "sleep 30; exit 0", "--health-timeout", "200ms", "--health-interval", "100ms", "--health-retries", "1", "hc", "sleep", "60"]);
     let (_, _, codes) = wait_health(&store, "slow", "unhealthy");
     assert_eq!(codes.first(), Some(&-1));
     let inspected = store.ok(&["inspect", "slow"]);
@@ -1061,7 +1063,9 @@ fn healthchecks_run_while_the_container_runs() {
     // ... and ended: no probe's sleep is left in the container (a few probes later)
     std::thread::sleep(Duration::from_secs(1));
     let left = store.ok(&["exec", "slow", "ps"]);
-    assert!(left.lines().filter(|l| l.contains("sleep 30")).count() <= 1, "{left}");
+    // (at most the probe in flight: its shell and its sleep; the ended ones' sleeps are
+    // zombies of the container's pid 1, `sleep 60`, which reaps nothing)
+    assert!(left.lines().filter(|l| l.contains("sleep 30")).count() <= 2, "{left}");
 
     store.ok(&["run", "-d", "--name", "unchecked", "--no-healthcheck", "hc", "sleep", "60"]);
     std::thread::sleep(Duration::from_millis(500));
@@ -1097,6 +1101,11 @@ fn wait_restart_and_export() {
     let mut waiter = waiter;
     assert!(waiter.try_wait().unwrap().is_none(), "wait returned while the container ran");
     store.ok(&["exec", "w", "touch", "/tmp/go"]);
+    let start = Instant::now();
+    while waiter.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(20), "wait never returned");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "7\n");
     assert_eq!(store.ok(&["wait", "w"]), "7\n");

@@ -93,8 +93,14 @@ impl Check {
 pub fn resolve(image: Option<Check>, args: &RunArgs) -> anyhow::Result<Option<Check>> {
     let flags = &args.health;
     if flags.no_healthcheck {
-        if flags.health_cmd.is_some() {
-            bail!("--no-healthcheck conflicts with --health-cmd");
+        let others = flags.health_cmd.is_some()
+            || flags.health_interval.is_some()
+            || flags.health_timeout.is_some()
+            || flags.health_start_period.is_some()
+            || flags.health_start_interval.is_some()
+            || flags.health_retries.is_some();
+        if others {
+            bail!("--no-healthcheck conflicts with the other --health-* options");
         }
         return Ok(None);
     }
@@ -127,6 +133,7 @@ pub fn resolve(image: Option<Check>, args: &RunArgs) -> anyhow::Result<Option<Ch
     Ok(match check.test.first().map(String::as_str) {
         None | Some("NONE") => None,
         Some("CMD" | "CMD-SHELL") if check.test.len() > 1 => Some(check),
+        Some("CMD" | "CMD-SHELL") => bail!("healthcheck test {:?} has no command", check.test),
         Some(other) => bail!("healthcheck test {other:?}: expected CMD, CMD-SHELL or NONE"),
     })
 }
@@ -157,8 +164,15 @@ fn parse_duration(text: &str) -> anyhow::Result<Duration> {
             "h" => 3600.0,
             _ => bail!("unknown unit {unit:?} (use ns, us, ms, s, m or h)"),
         };
-        total += Duration::from_secs_f64(number * seconds);
+        total = Duration::try_from_secs_f64(number * seconds)
+            .ok()
+            .and_then(|part| total.checked_add(part))
+            .context("too long")?;
         rest = tail;
+    }
+    // docker's floor: a check every nanosecond would be all the machine does
+    if total < Duration::from_millis(1) {
+        bail!("shorter than 1ms");
     }
     Ok(total)
 }
@@ -222,9 +236,9 @@ pub fn watch(root: PathBuf, id: String, dir: PathBuf, check: Check) -> anyhow::R
         .spawn(move || {
             let started = Instant::now();
             let start_period = Duration::from_nanos(check.start_period);
+            let mut warned = false;
             loop {
-                let starting = started.elapsed() < start_period;
-                let wait = if starting && health.status == "starting" {
+                let wait = if started.elapsed() < start_period && health.status == "starting" {
                     check.start_interval()
                 } else {
                     check.interval()
@@ -232,9 +246,14 @@ pub fn watch(root: PathBuf, id: String, dir: PathBuf, check: Check) -> anyhow::R
                 if !matches!(stopped.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout)) {
                     return;
                 }
+                // (The start period is judged at the probe's start, as docker's.)
+                let starting = started.elapsed() < start_period;
                 let Some(probe) = probe(&root, &id, &check, &stopped) else {
                     return; // stopped meanwhile: the container is gone, not unhealthy
                 };
+                if !matches!(stopped.try_recv(), Err(mpsc::TryRecvError::Empty)) {
+                    return; // it ended while the probe ran: its failure says nothing
+                }
                 if probe.exit_code == 0 {
                     health.status = "healthy".into();
                     health.failing_streak = 0;
@@ -248,8 +267,10 @@ pub fn watch(root: PathBuf, id: String, dir: PathBuf, check: Check) -> anyhow::R
                 health.log.push(probe);
                 let excess = health.log.len().saturating_sub(LOG_ENTRIES);
                 health.log.drain(..excess);
-                if let Err(err) = write(&dir, &health) {
-                    eprintln!("warning: {err:#}");
+                if let Err(err) = write(&dir, &health)
+                    && !std::mem::replace(&mut warned, true)
+                {
+                    eprintln!("warning: {err:#} (said once)");
                 }
             }
         })
@@ -258,8 +279,14 @@ pub fn watch(root: PathBuf, id: String, dir: PathBuf, check: Check) -> anyhow::R
 }
 
 /// Runs one probe: `strata exec` of the test, its output (stdout and stderr, in order)
-/// cut to [`OUTPUT_BYTES`], killed past the timeout. None if told to stop meanwhile.
+/// cut to [`OUTPUT_BYTES`], ended past the timeout. None if told to stop meanwhile.
+///
+/// The probe runs in a process group of its own (a terminal's ^C to `strata run` is not
+/// for it), and its test gets the timeout's signal with all it started. Its output is
+/// read until the probe has ended and a moment more: a process the test left behind
+/// holding the pipe does not hold the prober.
 fn probe(root: &Path, id: &str, check: &Check, stopped: &mpsc::Receiver<()>) -> Option<Probe> {
+    use std::os::unix::process::CommandExt;
     let start = time::now_rfc3339_nanos();
     let failed = |output: String| Probe {
         start: start.clone(),
@@ -267,44 +294,62 @@ fn probe(root: &Path, id: &str, check: &Check, stopped: &mpsc::Receiver<()>) -> 
         exit_code: -1,
         output,
     };
-    let (reader, writer) = match std::io::pipe() {
+    let (mut reader, writer) = match std::io::pipe() {
         Ok(pipe) => pipe,
         Err(err) => return Some(failed(format!("cannot make a pipe: {err}"))),
     };
-    let exe = match std::env::current_exe() {
-        Ok(exe) => exe,
-        Err(err) => return Some(failed(format!("cannot find the strata binary: {err}"))),
-    };
+    if let Err(err) = rustix::io::ioctl_fionbio(&reader, true) {
+        return Some(failed(format!("cannot make a pipe: {err}")));
+    }
+    // /proc/self/exe: the binary this process runs, even after an upgrade replaced it
     let spawned = writer.try_clone().and_then(|second| {
-        std::process::Command::new(exe)
+        std::process::Command::new("/proc/self/exe")
             .arg("--root")
             .arg(root)
-            .arg("exec")
-            .arg(id)
+            .args(["exec", "--signal-group", id])
             .args(check.command())
             .stdin(std::process::Stdio::null())
             .stdout(writer)
             .stderr(second)
+            .process_group(0)
             .spawn()
     });
     let mut child = match spawned {
         Ok(child) => child,
         Err(err) => return Some(failed(format!("cannot start the probe: {err}"))),
     };
-    let output = std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut reader = reader;
-        let _ = (&mut reader).take(OUTPUT_BYTES as u64).read_to_end(&mut kept);
-        let _ = std::io::copy(&mut reader, &mut std::io::sink());
-        String::from_utf8_lossy(&kept).into_owned()
-    });
     let deadline = Instant::now() + check.timeout();
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => {}
-            Err(_) => break None,
+    let mut kept = Vec::new();
+    let mut ended: Option<(std::process::ExitStatus, Instant)> = None;
+    loop {
+        let mut buf = [0u8; 4096];
+        let closed = loop {
+            match reader.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => kept.extend_from_slice(&buf[..n.min(OUTPUT_BYTES.saturating_sub(kept.len()))]),
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(_) => break true,
+            }
+        };
+        if ended.is_none()
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            ended = Some((status, Instant::now()));
+        }
+        match ended {
+            Some((status, at)) if closed || at.elapsed() > Duration::from_millis(100) => {
+                return Some(Probe {
+                    start,
+                    end: time::now_rfc3339_nanos(),
+                    exit_code: status.code().unwrap_or(-1),
+                    output: String::from_utf8_lossy(&kept).into_owned(),
+                });
+            }
+            None if Instant::now() >= deadline => {
+                end(&mut child);
+                return Some(failed(format!("Health check exceeded timeout ({:?})", check.timeout())));
+            }
+            _ => {}
         }
         if !matches!(
             stopped.recv_timeout(Duration::from_millis(10)),
@@ -313,22 +358,11 @@ fn probe(root: &Path, id: &str, check: &Check, stopped: &mpsc::Receiver<()>) -> 
             end(&mut child);
             return None;
         }
-    };
-    let Some(status) = status else {
-        end(&mut child);
-        let _ = output.join();
-        return Some(failed(format!("Health check exceeded timeout ({:?})", check.timeout())));
-    };
-    let output = output.join().unwrap_or_default();
-    Some(Probe {
-        start,
-        end: time::now_rfc3339_nanos(),
-        exit_code: status.code().unwrap_or(-1),
-        output,
-    })
+    }
 }
 
-/// Ends a probe: SIGTERM, which `strata exec` passes to the test, then SIGKILL.
+/// Ends a probe: SIGTERM, which `strata exec --signal-group` passes to the test and all it
+/// started, then SIGKILL.
 fn end(child: &mut std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
