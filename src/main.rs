@@ -35,11 +35,23 @@ fn main() -> ExitCode {
 
 /// The libraries' warnings (and fuser's `log` records) go to stderr as `warning: ...`
 /// lines; `STRATA_LOG` (an env filter, e.g. `debug` or `strata_unionfs=debug`) asks for more.
+///
+/// fuser is left out unless asked for: it logs each request it has no handler for (an
+/// ioctl on every file a shell opens), which would flood a build's output and a union
+/// server's log.
 fn log_warnings() {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("STRATA_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let filter = match std::env::var("STRATA_LOG") {
+        Ok(asked) => EnvFilter::try_new(&asked).unwrap_or_else(|err| {
+            eprintln!("warning: STRATA_LOG={asked:?}: {err}; using warn");
+            EnvFilter::new("warn,fuser=off")
+        }),
+        Err(_) => EnvFilter::new("warn,fuser=off"),
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .event_format(report::Plain)
         .try_init();

@@ -354,13 +354,26 @@ pub fn mount_served(
         .open(log)
         .map_err(|e| Error::io("open", log, e))?;
     let logged_from = log_file.metadata().map_or(0, |m| m.len());
-    // SAFETY: setsid and close_range are async-signal-safe, as code between fork and exec
-    // must be. The server keeps no descriptor of ours but its stdio (it outlives us).
+    // The server keeps no descriptor of ours but its stdio (it outlives us): all are marked
+    // close-on-exec, by close_range (Linux 5.11), else one by one up to the limit.
+    let open_max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .map_or(1 << 16, |n| n.min(1 << 20) as i32);
+    // SAFETY: setsid, close_range and fcntl are async-signal-safe, as code between fork and
+    // exec must be.
     unsafe {
-        server.pre_exec(|| {
+        server.pre_exec(move || {
             rustix::process::setsid()?;
-            if libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as i32) != 0 {
-                return Err(std::io::Error::last_os_error());
+            let all = libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if all != 0 {
+                for fd in 3..open_max {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
             }
             Ok(())
         });
@@ -740,7 +753,7 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
         Ok(()) => Ok(Unmounted::Gone),
         Err(rustix::io::Errno::NOTCONN) => detach().map(|()| Unmounted::Gone),
         Err(rustix::io::Errno::BUSY) if busy == WhenBusy::Detach => {
-            tracing::warn!("{} is busy; detaching it lazily", target.display());
+            tracing::debug!("{} is busy; detaching it lazily", target.display());
             detach().map(|()| Unmounted::Detached)
         }
         // umount(2) says EINVAL for "not a mount point", and for a locked mount

@@ -13,9 +13,10 @@
 //! is a tar stream between it and strata: container paths, and the links a running
 //! container may swap in meanwhile, resolve inside the container, never on the host. A
 //! running container is entered by its mount namespace, so its volumes are copied to and
-//! from as it sees them; a stopped container's union is mounted for the copy. A copy that
-//! does not go into an existing directory is unpacked beside its destination and renamed
-//! into place when complete: a failed copy leaves nothing half-written there.
+//! from as it sees them; a stopped container's union is mounted for the copy. Every copy
+//! is unpacked in a staging directory (`.strata-cp-*`, beside its destination, or in the
+//! directory it goes into) and moved into place once the tar is whole: a failed copy
+//! leaves its destination as it was.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -66,6 +67,11 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     };
     drop(store);
     let helper = |mode: &str| cp_tar_command(&root, reference, mode, inside);
+    let piped = |mode: &str| {
+        let mut command = helper(mode)?;
+        command.arg("--piped");
+        anyhow::Ok(command)
+    };
     if host.as_os_str() == "-" {
         let mode = if into { "unpack" } else { "pack" };
         let status = helper(mode)?.stdin(Stdio::inherit()).status();
@@ -76,11 +82,11 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         if std::fs::symlink_metadata(&host).is_err() {
             bail!("{}: no such file or directory", host.display());
         }
-        let mut child = helper("place")?
+        let mut child = piped("place")?
             .stdin(Stdio::piped())
             .spawn()
             .context("failed to start strata cp-tar")?;
-        let packed = pack(&host, child.stdin.take().expect("piped"));
+        let packed = pack(&host, child.stdin.take().expect("piped"), None);
         let status = child.wait()?;
         match packed {
             // The helper stopped reading: it failed, and said why.
@@ -95,7 +101,7 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
             ExitCode::FAILURE
         });
     }
-    let mut child = helper("pack")?
+    let mut child = piped("pack")?
         .stdout(Stdio::piped())
         .spawn()
         .context("failed to start strata cp-tar")?;
@@ -135,7 +141,16 @@ pub(crate) fn export(globals: &Globals, reference: &str, out: Stdio) -> anyhow::
         (point, Some(guard))
     };
     drop(store);
-    let status = cp_tar_command(&root.to_string_lossy(), reference, "pack", "/.")?
+    let mut helper = cp_tar_command(&root.to_string_lossy(), reference, "pack", "/.")?;
+    if RunConfig::of(&container).is_ok_and(|config| config.userns) {
+        // its owners as the container sees them
+        helper.arg(format!(
+            "--id-shift={}:{}",
+            strata_runtime::USERNS_HOST_START,
+            strata_runtime::USERNS_SIZE
+        ));
+    }
+    let status = helper
         .stdout(out)
         .status()
         .context("failed to start strata cp-tar")?;
@@ -146,6 +161,18 @@ pub(crate) fn export(globals: &Globals, reference: &str, out: Stdio) -> anyhow::
 /// PATH as a tar to stdout, unpacks the tar on stdin into directory PATH, or places it at
 /// PATH (see [`stage`]).
 pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
+    if args.piped {
+        // A ^C ends strata, whose end of the pipe then closes: this process sees that and
+        // cleans up (its staging directory) rather than dying with it.
+        for signal in [
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::Signal::SIGQUIT,
+        ] {
+            // SAFETY: SIG_IGN installs no handler.
+            let _ =
+                unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
+        }
+    }
     enter(&args.container_root)?;
     let inside = args.path.as_str();
     let named = format!("{}:{inside}", args.container);
@@ -155,7 +182,8 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
             if let Err(err) = std::fs::symlink_metadata(path) {
                 bail!("{named}: {}", io_reason(&err));
             }
-            match pack(path, std::io::stdout().lock()) {
+            let shift = args.id_shift.as_deref().map(parse_shift).transpose()?;
+            match pack(path, std::io::stdout().lock(), shift) {
                 Err(err) if is_broken_pipe(&err) => Ok(ExitCode::from(READER_GONE as u8)),
                 packed => packed
                     .with_context(|| format!("failed to write {named} as a tar"))
@@ -188,15 +216,6 @@ fn enter(root: &str) -> anyhow::Result<()> {
     use rustix::fs::{Mode, OFlags};
     // Not dumpable: nothing of the container may open this process's /proc files.
     let _ = nix::sys::prctl::set_dumpable(false);
-    // A ^C ends strata, whose end of the pipe then closes: this process sees that and
-    // cleans up (its staging directory) rather than dying with it.
-    for signal in [
-        nix::sys::signal::Signal::SIGINT,
-        nix::sys::signal::Signal::SIGQUIT,
-    ] {
-        // SAFETY: SIG_IGN installs no handler.
-        let _ = unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
-    }
     if let Some(process) = root.strip_prefix("pid:") {
         let mut fields = process.split(':');
         let (pid, start) = (fields.next().unwrap_or(""), fields.next().unwrap_or("0"));
@@ -249,6 +268,13 @@ fn enter(root: &str) -> anyhow::Result<()> {
     std::env::set_current_dir("/").context("failed to enter the container's root")
 }
 
+/// `--id-shift START:SIZE`.
+fn parse_shift(text: &str) -> anyhow::Result<(u64, u64)> {
+    text.split_once(':')
+        .and_then(|(start, size)| Some((start.parse().ok()?, size.parse().ok()?)))
+        .with_context(|| format!("--id-shift {text:?}: expected START:SIZE"))
+}
+
 /// An I/O error as `ls` says it ("no such file or directory").
 fn io_reason(err: &std::io::Error) -> String {
     let text = err.to_string();
@@ -285,10 +311,17 @@ fn top_name(src: &Path) -> PathBuf {
 ///
 /// A tar that fails half-way gets no end-of-archive blocks, so that its reader cannot take
 /// it for complete ([`unpack`] checks).
-fn pack(src: &Path, out: impl Write) -> anyhow::Result<()> {
+///
+/// `shift` (start, size): owners in [start, start + size) are written less start, as the
+/// user namespace of a `--userns private` container sees them.
+fn pack(src: &Path, out: impl Write, shift: Option<(u64, u64)>) -> anyhow::Result<()> {
     let mut tar = tar::Builder::new(Ending { out, failed: false });
     tar.follow_symlinks(false);
-    let appended = append(&mut tar, src, &top_name(src), &mut HashMap::new());
+    let mut packing = Packing {
+        seen: HashMap::new(),
+        shift,
+    };
+    let appended = append(&mut tar, src, &top_name(src), &mut packing);
     if appended.is_err() {
         // The builder's drop writes the end: make that fail.
         tar.get_mut().failed = true;
@@ -326,29 +359,51 @@ impl<W: Write> Write for Ending<W> {
 /// listed; its header comes from the open file, and exactly its size is written, so a file
 /// that grows is cut and one that shrinks is padded (GNU tar's "file changed as we read
 /// it"), and the stream stays a tar whatever the file does.
+///
+/// An entry that goes or is replaced meanwhile (a log rotated, a file renamed over) is left
+/// out with a warning, as GNU tar and docker do, rather than failing the copy.
 fn append<W: Write>(
     tar: &mut tar::Builder<W>,
     path: &Path,
     name: &Path,
-    seen: &mut HashMap<(u64, u64), PathBuf>,
+    packing: &mut Packing,
 ) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let failed = || format!("failed to add {}", path.display());
-    let listed = std::fs::symlink_metadata(path).with_context(failed)?;
+    let changed = || {
+        eprintln!(
+            "warning: {}: removed or replaced while it was copied, left out",
+            path.display()
+        );
+        Ok(())
+    };
+    let listed = match std::fs::symlink_metadata(path) {
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return changed(),
+        listed => listed.with_context(failed)?,
+    };
     let kind = listed.file_type();
     if kind.is_socket() {
         eprintln!("warning: {}: a socket, left out", path.display());
         return Ok(());
     }
     let (meta, file) = if kind.is_file() {
-        let file = std::fs::OpenOptions::new()
+        let opened = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(path)
-            .with_context(failed)?;
+            .open(path);
+        let file = match opened {
+            // (ELOOP: a link now stands there)
+            Err(err)
+                if err.kind() == std::io::ErrorKind::NotFound
+                    || err.raw_os_error() == Some(libc::ELOOP) =>
+            {
+                return changed();
+            }
+            opened => opened.with_context(failed)?,
+        };
         let opened = file.metadata().with_context(failed)?;
         if !opened.is_file() || (opened.dev(), opened.ino()) != (listed.dev(), listed.ino()) {
-            bail!("{}: replaced while it was copied", path.display());
+            return changed();
         }
         (opened, Some(file))
     } else {
@@ -361,6 +416,18 @@ fn append<W: Write>(
     }
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    if let Some((start, size)) = packing.shift {
+        let unshift = |id: u64| {
+            if (start..start + size).contains(&id) {
+                id - start
+            } else {
+                id
+            }
+        };
+        header.set_uid(unshift(meta.uid().into()));
+        header.set_gid(unshift(meta.gid().into()));
+    }
+    let seen = &mut packing.seen;
     if kind.is_file() && meta.nlink() > 1 {
         if let Some(first) = seen.get(&(meta.dev(), meta.ino())) {
             header.set_entry_type(tar::EntryType::Link);
@@ -400,7 +467,7 @@ fn append<W: Write>(
             .with_context(|| format!("failed to list {}", path.display()))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
-            append(tar, &entry.path(), &name.join(entry.file_name()), seen)?;
+            append(tar, &entry.path(), &name.join(entry.file_name()), packing)?;
         }
     } else {
         // fifos and devices: their numbers, no data
@@ -410,6 +477,13 @@ fn append<W: Write>(
             .with_context(failed)?;
     }
     Ok(())
+}
+
+/// What [`append`] carries along a tree.
+struct Packing {
+    /// The (device, inode) of files with several names, and the name written first.
+    seen: HashMap<(u64, u64), PathBuf>,
+    shift: Option<(u64, u64)>,
 }
 
 /// Reads exactly `left` bytes of `file`: what is past them is not read, and zeros stand
@@ -716,7 +790,9 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
 impl Staged {
     fn commit(self) -> anyhow::Result<()> {
         if self.merge {
-            merge(&self.from, &self.to)?;
+            // Every conflict first, so that one deep in the tree leaves nothing half-merged.
+            merge(&self.from, &self.to, false)?;
+            merge(&self.from, &self.to, true)?;
         } else {
             std::fs::rename(&self.from, &self.to)
                 .with_context(|| format!("failed to move the copy to {}", self.to.display()))?;
@@ -731,8 +807,9 @@ impl Staged {
 
 /// Moves the entries of directory `from` into directory `to`: a directory into one of its
 /// name, merged; anything else in place of what has its name (which must not be a
-/// directory, nor a file where a directory goes), as `cp -R` does.
-fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
+/// directory, nor a file where a directory goes), as `cp -R` does. Without `moving`, only
+/// checks that it can.
+fn merge(from: &Path, to: &Path, moving: bool) -> anyhow::Result<()> {
     let entries =
         std::fs::read_dir(from).with_context(|| format!("failed to list {}", from.display()))?;
     for entry in entries {
@@ -740,7 +817,7 @@ fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
         let (src, dst) = (entry.path(), to.join(entry.file_name()));
         let is_dir = entry.file_type()?.is_dir();
         match std::fs::symlink_metadata(&dst) {
-            Ok(there) if there.is_dir() && is_dir => merge(&src, &dst)?,
+            Ok(there) if there.is_dir() && is_dir => merge(&src, &dst, moving)?,
             Ok(there) if there.is_dir() => {
                 bail!(
                     "cannot overwrite directory {} with a non-directory",
@@ -751,8 +828,9 @@ fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
                 "cannot overwrite non-directory {} with a directory",
                 dst.display()
             ),
-            _ => std::fs::rename(&src, &dst)
+            _ if moving => std::fs::rename(&src, &dst)
                 .with_context(|| format!("failed to move the copy to {}", dst.display()))?,
+            _ => {}
         }
     }
     Ok(())

@@ -33,6 +33,11 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .context("failed to duplicate the output file")?;
             let whole = cp::export(globals, &args.container, out.into())?;
             if whole {
+                // as a file created by the user would be (tempfile's are 0600)
+                let umask = rustix::process::umask(rustix::fs::Mode::empty());
+                rustix::process::umask(umask);
+                rustix::fs::fchmod(tmp.as_file(), rustix::fs::Mode::from_raw_mode(0o666) & !umask)
+                    .with_context(|| format!("failed to write {}", path.display()))?;
                 tmp.as_file()
                     .sync_all()
                     .with_context(|| format!("failed to write {}", path.display()))?;
