@@ -487,6 +487,10 @@ pub(crate) fn start(
     result
 }
 
+/// In a container's directory: held shared by `strata wait`, so that a `--rm` container is
+/// removed only after its waiters have read its exit code.
+pub(crate) const WAIT_LOCK: &str = "wait.lock";
+
 /// `strata mount -f --ready` of `spec`'s branches: the server of a container's FUSE union.
 fn union_server(spec: &MountSpec) -> anyhow::Result<std::process::Command> {
     if spec.flags != strata_unionfs::Flags::default() || spec.aufs_markers {
@@ -640,13 +644,19 @@ fn mount_and_run(
     if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name(&container.id)) {
         eprintln!("warning: {err}");
     }
-    if !config.rm {
-        container.save()?;
-    }
+    container.save()?;
     if let Some(err) = save_error {
         eprintln!("warning: failed to record the container's pid: {err}");
     }
     if config.rm {
+        // `strata wait`s that came before hold WAIT_LOCK shared until they have read the
+        // exit just saved; the container goes once they have (or after a while).
+        if let Ok(waiters) = std::fs::File::open(container.dir.join(WAIT_LOCK)) {
+            let give_up = Instant::now() + Duration::from_secs(5);
+            while waiters.try_lock().is_err() && Instant::now() < give_up {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let store = Store::open(&globals.root)?;
         store.remove_container(&container)?;
     }

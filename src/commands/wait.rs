@@ -9,12 +9,24 @@ use strata_store::{Status, Store};
 
 use crate::cli::WaitArgs;
 use crate::commands::Globals;
-use crate::commands::run::{alive, is_running};
+use crate::commands::run::{WAIT_LOCK, alive, is_running};
 
 pub fn run(globals: &Globals, args: WaitArgs) -> anyhow::Result<ExitCode> {
     Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let id = Store::open(&globals.root)?.container(reference)?.id;
-        println!("{}", wait_for_exit(globals, &id, reference)?);
+        let container = Store::open(&globals.root)?.container(reference)?;
+        // Held until the exit code is read: a --rm container's runner waits for it before
+        // removing the container (and its recorded exit).
+        let waiting = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(container.dir.join(WAIT_LOCK))
+            .and_then(|file| file.lock_shared().map(|()| file));
+        let code = match waiting {
+            Ok(_held) => wait_for_exit(globals, &container.id, reference)?,
+            Err(_) => bail!("container {reference} was removed before its exit code could be read"),
+        };
+        println!("{code}");
         Ok(())
     }))
 }
@@ -26,7 +38,7 @@ fn wait_for_exit(globals: &Globals, id: &str, reference: &str) -> anyhow::Result
     let mut vanished: Option<Instant> = None;
     loop {
         let Ok(container) = Store::open(&globals.root)?.container(id) else {
-            bail!("container {reference} was removed before its exit code could be read (a --rm container?)");
+            bail!("container {reference} was removed before its exit code could be read");
         };
         let state = &container.state;
         match (state.status, state.exit_code) {

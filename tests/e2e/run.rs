@@ -1109,6 +1109,14 @@ fn wait_restart_and_export() {
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "7\n");
     assert_eq!(store.ok(&["wait", "w"]), "7\n");
+    // a --rm container is removed only once its waiters have its exit code
+    let id = store.ok(&["run", "-d", "--rm", "busybox", "sh", "-c", "sleep 0.5; exit 3"]);
+    assert_eq!(store.ok(&["wait", id.trim()]), "3\n");
+    let start = Instant::now();
+    while store.root().join("containers").join(id.trim()).exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "the --rm container was never removed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     // an exited container is just started; the command runs again on its upper
     store.ok(&["restart", "w"]);
