@@ -196,12 +196,17 @@ pub(crate) fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     env
 }
 
-/// The image's HEALTHCHECK, from its config blob (oci-spec's config type has no field for it).
-fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Result<Option<health::Check>> {
+/// The image's HEALTHCHECK and SHELL (which runs a `CMD-SHELL` test), from its config blob
+/// (oci-spec's config type has no field for them).
+fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Result<(Option<health::Check>, Vec<String>)> {
     let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.id)?)
         .with_context(|| format!("config blob {} is not valid json", image.id))?;
+    let shell = config
+        .pointer("/config/Shell")
+        .and_then(|shell| serde_json::from_value::<Vec<String>>(shell.clone()).ok())
+        .unwrap_or_default();
     let check = match config.pointer("/config/Healthcheck") {
-        None | Some(serde_json::Value::Null) => return Ok(None),
+        None | Some(serde_json::Value::Null) => return Ok((None, shell)),
         Some(check) => check,
     };
     // An image's check that cannot run is reported and left out, not a failed run.
@@ -214,12 +219,12 @@ fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Resu
     if parsed.is_none() {
         eprintln!("warning: image {}: its Healthcheck {check} cannot run; no health checks", image.id);
     }
-    Ok(parsed)
+    Ok((parsed, shell))
 }
 
 fn config_for(
     image: &strata_store::Image,
-    image_check: Option<health::Check>,
+    (image_check, shell): (Option<health::Check>, Vec<String>),
     id: &str,
     args: &RunArgs,
 ) -> anyhow::Result<RunConfig> {
@@ -327,7 +332,7 @@ fn config_for(
         stop_signal,
         no_new_privileges,
         read_only: args.read_only,
-        healthcheck: health::resolve(image_check, args)?,
+        healthcheck: health::resolve(image_check, args)?.map(|check| health::Check { shell, ..check }),
     })
 }
 

@@ -1067,6 +1067,17 @@ fn healthchecks_run_while_the_container_runs() {
     // zombies of the container's pid 1, `sleep 60`, which reaps nothing)
     assert!(left.lines().filter(|l| l.contains("sleep 30")).count() <= 2, "{left}");
 
+    // a shell-form test runs in the image's SHELL, as docker's
+    std::fs::write(
+        ctx.join("Buildfile"),
+        "FROM busybox\nSHELL [\"/bin/echo\", \"shell:\"]\nHEALTHCHECK --interval=200ms --retries=1 CMD exit 1\n",
+    )
+    .unwrap();
+    store.ok(&["build", "-t", "hcshell", ctx.to_str().unwrap()]);
+    store.ok(&["run", "-d", "--name", "shelled", "hcshell", "sleep", "60"]);
+    wait_health(&store, "shelled", "healthy");
+    assert!(store.ok(&["inspect", "shelled"]).contains("shell: exit 1"));
+
     store.ok(&["run", "-d", "--name", "unchecked", "--no-healthcheck", "hc", "sleep", "60"]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(health_of(&store, "unchecked").0, "none");
@@ -1075,7 +1086,7 @@ fn healthchecks_run_while_the_container_runs() {
     let start = Instant::now();
     store.ok(&["run", "--rm", "--health-cmd", "true", "--health-interval", "100ms", "hc", "sleep", "0.5"]);
     assert!(start.elapsed() < Duration::from_secs(10), "the run waited {:?}", start.elapsed());
-    store.ok(&["rm", "-f", "checked", "slow", "unchecked"]);
+    store.ok(&["rm", "-f", "checked", "slow", "shelled", "unchecked"]);
 }
 
 /// `wait` prints a container's exit code once it exits (at once if it has); `restart`

@@ -44,6 +44,9 @@ pub struct Check {
     pub start_interval: u64,
     #[serde(default)]
     pub retries: u32,
+    /// The image's SHELL, which runs a `CMD-SHELL` test (docker's); empty: `/bin/sh -c`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shell: Vec<String>,
 }
 
 impl Check {
@@ -51,7 +54,12 @@ impl Check {
     fn command(&self) -> Vec<String> {
         match self.test.split_first() {
             Some((kind, rest)) if kind == "CMD-SHELL" => {
-                vec!["/bin/sh".into(), "-c".into(), rest.join(" ")]
+                let shell = if self.shell.is_empty() {
+                    vec!["/bin/sh".into(), "-c".into()]
+                } else {
+                    self.shell.clone()
+                };
+                shell.into_iter().chain([rest.join(" ")]).collect()
             }
             Some((_, rest)) => rest.to_vec(),
             None => Vec::new(),
@@ -399,6 +407,11 @@ mod tests {
             ..Check::default()
         };
         assert_eq!(check.command(), ["/bin/sh", "-c", "test -f /ok"]);
+        let check = Check {
+            shell: vec!["/bin/bash".into(), "-ec".into()],
+            ..check
+        };
+        assert_eq!(check.command(), ["/bin/bash", "-ec", "test -f /ok"]);
         let check = Check {
             test: vec!["CMD".into(), "true".into()],
             ..Check::default()
