@@ -567,6 +567,10 @@ pub struct CpTarArgs {
     /// pack: owners in [START, START+SIZE) are written less START
     #[arg(long, value_name = "START:SIZE")]
     pub id_shift: Option<String>,
+    /// A directory ROOT: bind SOURCE at TARGET inside it (ro or rw) first, in a mount
+    /// namespace of this process's own (a stopped container's volumes)
+    #[arg(long, num_args = 3, value_names = ["SOURCE", "TARGET", "MODE"])]
+    pub bind: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -13,10 +13,11 @@
 //! is a tar stream between it and strata: container paths, and the links a running
 //! container may swap in meanwhile, resolve inside the container, never on the host. A
 //! running container is entered by its mount namespace, so its volumes are copied to and
-//! from as it sees them; a stopped container's union is mounted for the copy. Every copy
-//! is unpacked in a staging directory (`.strata-cp-*`, beside its destination, or in the
-//! directory it goes into) and moved into place once the tar is whole: a failed copy
-//! leaves its destination as it was.
+//! from as it sees them; a stopped container's union is mounted for the copy, and its
+//! volumes bound in it, in the helper's own mount namespace. Every copy is unpacked in a
+//! staging directory (`.strata-cp-*`, beside its destination, or in the directory it goes
+//! into) and moved into place once the tar is whole: a failed copy leaves its destination
+//! as it was.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -65,8 +66,25 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         let (point, guard) = mount(&store, &container)?;
         (point.to_string_lossy().into_owned(), Some(guard))
     };
+    // A stopped container's volumes, which the helper binds where the container has them
+    // (docker mounts them for a copy too).
+    let binds = if root.starts_with("pid:") {
+        Vec::new()
+    } else {
+        volume_binds(globals, &container, Path::new(&root))?
+    };
     drop(store);
-    let helper = |mode: &str| cp_tar_command(&root, reference, mode, inside);
+    let helper = |mode: &str| {
+        let mut command = cp_tar_command(&root, reference, mode, inside)?;
+        for bind in &binds {
+            command
+                .arg("--bind")
+                .arg(&bind.source)
+                .arg(&bind.target)
+                .arg(if bind.readonly { "ro" } else { "rw" });
+        }
+        anyhow::Ok(command)
+    };
     let piped = |mode: &str| {
         let mut command = helper(mode)?;
         command.arg("--piped");
@@ -116,6 +134,32 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
     }
     staged?.commit()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The volumes of a container made by `run`, as its runs bind them.
+fn volume_binds(
+    globals: &Globals,
+    container: &Container,
+    rootfs: &Path,
+) -> anyhow::Result<Vec<strata_runtime::Bind>> {
+    let Ok(config) = RunConfig::of(container) else {
+        return Ok(Vec::new()); // made by `mount`: it has none
+    };
+    let root = if config.userns {
+        (
+            strata_runtime::USERNS_HOST_START,
+            strata_runtime::USERNS_HOST_START,
+        )
+    } else {
+        (0, 0)
+    };
+    crate::commands::run::volumes::binds(
+        &container.dir,
+        &globals.root.join("volumes"),
+        rootfs,
+        &config.volumes,
+        root,
+    )
 }
 
 /// `strata cp-tar --container NAME ROOT MODE PATH`, its stdin /dev/null.
@@ -173,6 +217,9 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
                 unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
         }
     }
+    if !args.bind.is_empty() {
+        bind_volumes(Path::new(&args.container_root), &args.bind)?;
+    }
     enter(&args.container_root)?;
     let inside = args.path.as_str();
     let named = format!("{}:{inside}", args.container);
@@ -204,6 +251,37 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
         }
         mode => bail!("unknown cp-tar mode {mode:?}"),
     }
+}
+
+/// Binds `binds` (SOURCE, TARGET, ro|rw triples) at their TARGETs inside the directory
+/// `root`, in a mount namespace of this process's own: they go when it ends, and the host's
+/// mounts never see them. A TARGET resolves inside `root`; one that is missing there is
+/// left out (the container never ran with it).
+fn bind_volumes(root: &Path, binds: &[String]) -> anyhow::Result<()> {
+    use rustix::mount::{MountFlags, MountPropagationFlags};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("failed to make a mount namespace for the container's volumes")?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .context("failed to make the mounts private")?;
+    for bind in binds.chunks(3) {
+        let [source, target, mode] = bind else {
+            bail!("--bind takes SOURCE TARGET MODE");
+        };
+        let at = strata_runtime::resolve_in_root(root, Path::new(target))?;
+        if std::fs::symlink_metadata(&at).is_err() {
+            continue;
+        }
+        rustix::mount::mount_bind_recursive(source.as_str(), &at)
+            .with_context(|| format!("failed to bind the volume {source} at {target}"))?;
+        if mode == "ro" {
+            rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY, "")
+                .with_context(|| format!("failed to make the volume at {target} read-only"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes `root` this process's root: a directory, or `pid:N:START[:user]`, the root of

@@ -300,3 +300,29 @@ fn cp_into_a_user_namespace_belongs_to_its_root() {
     assert_eq!((entry.header().uid().unwrap(), entry.header().gid().unwrap()), (0, 0));
     store.ok(&["rm", "-f", "u"]);
 }
+
+/// A stopped container's volumes are bound for a copy where the container has them (as
+/// docker mounts them), read-only ones read-only, and only for that copy.
+#[test]
+fn cp_reaches_a_stopped_containers_volumes() {
+    let store = store_with_busybox();
+    let host = store.root().join("host");
+    let (volume, readonly) = (host.join("vol"), host.join("ro"));
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::create_dir_all(&readonly).unwrap();
+    std::fs::write(readonly.join("x"), "in the volume\n").unwrap();
+    std::fs::write(host.join("f"), "data\n").unwrap();
+    let (rw, ro) = (format!("{}:/vol", volume.display()), format!("{}:/ro:ro", readonly.display()));
+    store.ok(&["run", "--name", "s", "-v", &rw, "-v", &ro, "busybox", "true"]);
+    store.ok(&["cp", host.join("f").to_str().unwrap(), "s:/vol/"]);
+    assert_eq!(std::fs::read_to_string(volume.join("f")).unwrap(), "data\n");
+    assert!(!store.ok(&["diff", "s"]).contains("/vol/f"), "not in its upper");
+    let out = store.strata(&["cp", host.join("f").to_str().unwrap(), "s:/ro/"]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out.stderr).contains("Read-only file system"), "{}", text(&out.stderr));
+    store.ok(&["cp", "s:/ro/x", host.join("x").to_str().unwrap()]);
+    assert_eq!(std::fs::read_to_string(host.join("x")).unwrap(), "in the volume\n");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(store.root().to_str().unwrap()), "the binds went with the copy");
+    store.ok(&["rm", "s"]);
+}
