@@ -453,6 +453,10 @@ fn the_sweep_passes_over_a_stopped_server_and_detaches_a_dead_ones_mount() {
     kill(Pid::from_raw(stopped.0.id() as i32), Signal::SIGSTOP).unwrap();
     dead.0.kill().unwrap();
     dead.0.wait().unwrap();
+    // A sweep comes at a later command's start, not in the moment the kernel tears the
+    // killed server's io_uring queues down: a request sent then can wait there for
+    // seconds (and hold the teardown up), where one sent after is told ENOTCONN at once.
+    std::thread::sleep(std::time::Duration::from_secs(1));
 
     let sweeping = dir.clone();
     let started = std::time::Instant::now();
