@@ -28,7 +28,7 @@ use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 use strata_store::{Container, Store};
-use strata_unionfs::{Driver, MountSpec};
+use strata_unionfs::{Driver, IdShift, MountSpec};
 
 use crate::cli::CpArgs;
 use crate::commands::Globals;
@@ -229,7 +229,11 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
             if let Err(err) = std::fs::symlink_metadata(path) {
                 bail!("{named}: {}", io_reason(&err));
             }
-            let shift = args.id_shift.as_deref().map(parse_shift).transpose()?;
+            let shift = args
+                .id_shift
+                .as_deref()
+                .map(crate::commands::mount::parse_id_shift)
+                .transpose()?;
             match pack(path, std::io::stdout().lock(), shift) {
                 Err(err) if is_broken_pipe(&err) => Ok(ExitCode::from(READER_GONE as u8)),
                 packed => packed
@@ -346,13 +350,6 @@ fn enter(root: &str) -> anyhow::Result<()> {
     std::env::set_current_dir("/").context("failed to enter the container's root")
 }
 
-/// `--id-shift START:SIZE`.
-fn parse_shift(text: &str) -> anyhow::Result<(u64, u64)> {
-    text.split_once(':')
-        .and_then(|(start, size)| Some((start.parse().ok()?, size.parse().ok()?)))
-        .with_context(|| format!("--id-shift {text:?}: expected START:SIZE"))
-}
-
 /// An I/O error as `ls` says it ("no such file or directory").
 fn io_reason(err: &std::io::Error) -> String {
     let text = err.to_string();
@@ -390,9 +387,9 @@ fn top_name(src: &Path) -> PathBuf {
 /// A tar that fails half-way gets no end-of-archive blocks, so that its reader cannot take
 /// it for complete ([`unpack`] checks).
 ///
-/// `shift` (start, size): owners in [start, start + size) are written less start, as the
+/// `shift`: owners in [host_start, host_start + size) are written less host_start, as the
 /// user namespace of a `--userns private` container sees them.
-fn pack(src: &Path, out: impl Write, shift: Option<(u64, u64)>) -> anyhow::Result<()> {
+fn pack(src: &Path, out: impl Write, shift: Option<IdShift>) -> anyhow::Result<()> {
     let mut tar = tar::Builder::new(Ending { out, failed: false });
     tar.follow_symlinks(false);
     let mut packing = Packing {
@@ -494,16 +491,14 @@ fn append<W: Write>(
     }
     let mut header = tar::Header::new_gnu();
     header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-    if let Some((start, size)) = packing.shift {
-        let unshift = |id: u64| {
-            if (start..start + size).contains(&id) {
-                id - start
-            } else {
-                id
-            }
+    if let Some(shift) = packing.shift {
+        // (ids outside the range stay as they are: not IdShift's mapping to nobody)
+        let unshift = |id: u32| match id.checked_sub(shift.host_start) {
+            Some(inside) if inside < shift.size => inside,
+            _ => id,
         };
-        header.set_uid(unshift(meta.uid().into()));
-        header.set_gid(unshift(meta.gid().into()));
+        header.set_uid(unshift(meta.uid()).into());
+        header.set_gid(unshift(meta.gid()).into());
     }
     let seen = &mut packing.seen;
     if kind.is_file() && meta.nlink() > 1 {
@@ -561,7 +556,7 @@ fn append<W: Write>(
 struct Packing {
     /// The (device, inode) of files with several names, and the name written first.
     seen: HashMap<(u64, u64), PathBuf>,
-    shift: Option<(u64, u64)>,
+    shift: Option<IdShift>,
 }
 
 /// Reads exactly `left` bytes of `file`: what is past them is not read, and zeros stand

@@ -57,7 +57,7 @@ pub fn run(globals: &Globals, args: MountArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--id-shift START:SIZE`.
-fn parse_id_shift(text: &str) -> anyhow::Result<strata_unionfs::IdShift> {
+pub(crate) fn parse_id_shift(text: &str) -> anyhow::Result<strata_unionfs::IdShift> {
     let parsed = text
         .split_once(':')
         .and_then(|(start, size)| Some((start.parse().ok()?, size.parse().ok()?)));
