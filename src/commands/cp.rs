@@ -319,11 +319,9 @@ fn enter(root: &str) -> anyhow::Result<()> {
         std::fs::File::from(stat)
             .read_to_string(&mut text)
             .map_err(|_| gone())?;
-        // field 22, counted after the command's ")"
-        let started = text
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(19));
-        if start != "0" && started != Some(start) {
+        let started =
+            crate::commands::run::parse_stat(&text).map(|(_, started)| started.to_string());
+        if start != "0" && started.as_deref() != Some(start) {
             return Err(gone());
         }
         let namespace = at("ns/mnt", OFlags::RDONLY).map_err(|_| gone())?;

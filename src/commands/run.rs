@@ -748,7 +748,11 @@ pub(crate) fn alive(pid: i32) -> bool {
 /// From one read of /proc/PID/stat: whether the process has ended (a zombie), and when
 /// it started. None when there is no such process.
 fn process(pid: i32) -> Option<(bool, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`process`]'s answer from the text of a /proc/PID/stat.
+pub(crate) fn parse_stat(stat: &str) -> Option<(bool, u64)> {
     // the fields after the command name, which is in parentheses and may hold anything
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_whitespace();
