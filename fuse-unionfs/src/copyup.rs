@@ -7,7 +7,6 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, Timespec, Timestamps};
@@ -213,40 +212,12 @@ pub(crate) fn copy_xattrs(src: &Path, dst: &Path, kind: Kind) -> Res<()> {
 }
 
 pub(crate) fn list_xattrs(path: &Path) -> Res<Vec<OsString>> {
-    let mut buf = Vec::new();
-    loop {
-        let size = rustix::fs::llistxattr_query(path)?;
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        buf.resize(size, 0);
-        match rustix::fs::llistxattr(path, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                break;
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(buf
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| std::ffi::OsStr::from_bytes(s).to_os_string())
-        .collect())
+    Ok(xattr::list(path).map_err(|e| io_errno(&e))?.collect())
 }
 
+/// One xattr (not following a symlink); ENODATA when absent.
 pub(crate) fn get_xattr(path: &Path, name: &std::ffi::OsStr) -> Res<Vec<u8>> {
-    loop {
-        let size = rustix::fs::lgetxattr_query(path, name)?;
-        let mut buf = vec![0u8; size];
-        match rustix::fs::lgetxattr(path, name, &mut buf[..]) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    xattr::get(path, name)
+        .map_err(|e| io_errno(&e))?
+        .ok_or(Errno::NODATA)
 }

@@ -586,30 +586,18 @@ impl Read for Exactly {
 
 /// The xattrs of `path` (not followed) as PAX records.
 fn xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
-    let mut names = vec![0u8; 4096];
-    let listed = loop {
-        match rustix::fs::llistxattr(path, &mut names[..]) {
-            Ok(n) => break n,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(err) => return Err(err.into()),
-        }
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
     };
     let mut records = Vec::new();
-    for name in names[..listed].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        let name = std::str::from_utf8(name).map_err(std::io::Error::other)?;
-        let mut value = vec![0u8; 256];
-        let got = loop {
-            match rustix::fs::lgetxattr(path, name, &mut value[..]) {
-                Ok(n) => break Some(n),
-                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                // gone meanwhile
-                Err(rustix::io::Errno::NODATA) => break None,
-                Err(err) => return Err(err.into()),
-            }
-        };
-        if let Some(n) = got {
-            value.truncate(n);
+    for name in names {
+        let name = name.into_string().map_err(|name| {
+            std::io::Error::other(format!("xattr name {name:?} is not UTF-8, as PAX needs"))
+        })?;
+        // None: gone meanwhile
+        if let Some(value) = xattr::get(path, &name)? {
             records.push((format!("SCHILY.xattr.{name}"), value));
         }
     }

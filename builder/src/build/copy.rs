@@ -693,39 +693,31 @@ fn copy_item(item: &Item, target: &Path, mode: u32, owner: (u32, u32)) -> Result
 /// overlay markers live there).
 fn copy_xattrs(from: &Path, to: &Path) -> Result<()> {
     let wanted = |name: &[u8]| name.starts_with(b"user.") || name == b"security.capability";
-    let mut names = vec![0u8; 1024];
-    let len = loop {
-        match rustix::fs::llistxattr(from, &mut names[..]) {
-            Ok(len) => break len,
-            Err(rustix::io::Errno::RANGE) => names.resize(names.len() * 4, 0),
-            // a file system without xattrs has none to copy
-            Err(rustix::io::Errno::NOTSUP) => return Ok(()),
-            Err(e) => return Err(Error::io("failed to list the xattrs of", from, e.into())),
+    let names = match xattr::list(from) {
+        Ok(names) => names,
+        // a file system without xattrs has none to copy
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error()) => {
+            return Ok(());
         }
+        Err(e) => return Err(Error::io("failed to list the xattrs of", from, e)),
     };
-    for name in names[..len]
-        .split(|&b| b == 0)
-        .filter(|n| !n.is_empty() && wanted(n))
-    {
-        let name = std::ffi::OsStr::from_bytes(name);
-        let mut value = vec![0u8; 256];
-        let size = loop {
-            match rustix::fs::lgetxattr(from, name, &mut value[..]) {
-                Ok(size) => break size,
-                Err(rustix::io::Errno::RANGE) => value.resize(value.len() * 4, 0),
-                Err(e) => return Err(Error::io("failed to read an xattr of", from, e.into())),
-            }
+    for name in names.filter(|n| wanted(n.as_bytes())) {
+        let value = match xattr::get(from, &name) {
+            Ok(Some(value)) => value,
+            // removed meanwhile
+            Ok(None) => continue,
+            Err(e) => return Err(Error::io("failed to read an xattr of", from, e)),
         };
-        match rustix::fs::lsetxattr(to, name, &value[..size], rustix::fs::XattrFlags::empty()) {
+        match xattr::set(to, &name, &value) {
             Ok(()) => {}
             // a store on a file system without user xattrs (tmpfs before 6.6) keeps none
-            Err(rustix::io::Errno::NOTSUP) => {
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTSUP.raw_os_error()) => {
                 tracing::warn!(
                     "{}: the store's file system takes no {name:?}",
                     to.display()
                 );
             }
-            Err(e) => return Err(Error::io("failed to set an xattr on", to, e.into())),
+            Err(e) => return Err(Error::io("failed to set an xattr on", to, e)),
         }
     }
     Ok(())

@@ -182,21 +182,14 @@ fn opaque_marker(dir: &Node) -> Node {
 
 /// The xattrs of `path` that belong in a layer (not following a symlink), sorted by name.
 fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let error = |e: rustix::io::Errno| Error::io("failed to list xattrs of", path, e.into());
-    let mut list = vec![0u8; 256];
-    let len = loop {
-        match rustix::fs::llistxattr(path, &mut list[..]) {
-            Ok(len) => break len,
-            Err(rustix::io::Errno::RANGE) => {
-                let needed = rustix::fs::llistxattr_query(path).map_err(error)?;
-                list.resize(needed.max(list.len() * 2), 0);
-            }
-            Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(error(e)),
-        }
+    let names = match xattr::list(path) {
+        Ok(names) => names,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("failed to list xattrs of", path, e)),
     };
     let mut out = Vec::new();
-    for name in list[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names {
+        let name = name.as_bytes();
         if UNEXPRESSIBLE_XATTRS.contains(&name) {
             // A renamed-in-place directory or a metadata-only copy-up points into the
             // lower layers; a layer tar has no way to say so, and would silently lose data.
@@ -210,8 +203,7 @@ fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if !is_layer_xattr(name) {
             continue;
         }
-        let name_str = std::ffi::OsStr::from_bytes(name);
-        if let Some(value) = lgetxattr(path, name_str)? {
+        if let Some(value) = lgetxattr(path, std::ffi::OsStr::from_bytes(name))? {
             out.push((name.to_vec(), value));
         }
     }
@@ -221,21 +213,8 @@ fn xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 
 /// One xattr of `path` (not following a symlink); `None` when it is absent.
 fn lgetxattr(path: &Path, name: impl AsRef<std::ffi::OsStr>) -> Result<Option<Vec<u8>>> {
-    let name = name.as_ref();
-    let error = |e: rustix::io::Errno| Error::io("failed to read xattr of", path, e.into());
-    let mut value = vec![0u8; 256];
-    loop {
-        match rustix::fs::lgetxattr(path, name, &mut value[..]) {
-            Ok(len) => {
-                value.truncate(len);
-                return Ok(Some(value));
-            }
-            Err(rustix::io::Errno::RANGE) => {
-                let needed = rustix::fs::lgetxattr_query(path, name).map_err(error)?;
-                value.resize(needed.max(value.len() * 2), 0);
-            }
-            Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => return Ok(None),
-            Err(e) => return Err(error(e)),
-        }
+    match xattr::get(path, name) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(None),
+        got => got.map_err(|e| Error::io("failed to read xattr of", path, e)),
     }
 }
