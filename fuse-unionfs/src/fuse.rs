@@ -146,6 +146,8 @@ struct Stale;
 pub(crate) struct Fs {
     union: Arc<Union>,
     passthrough: AtomicBool,
+    /// FUSE_HANDLE_KILLPRIV_V2 was agreed (see `init`).
+    killpriv: AtomicBool,
     /// Ask for FUSE over io_uring when the kernel offers it (see `init`).
     io_uring: bool,
     /// Owners as a user namespace sees them (see [`IdShift`]).
@@ -163,6 +165,7 @@ impl Fs {
         Fs {
             union,
             passthrough: AtomicBool::new(passthrough),
+            killpriv: AtomicBool::new(false),
             io_uring,
             shift,
             opens: Mutex::default(),
@@ -189,6 +192,16 @@ impl Fs {
             },
             None => Caller { uid, gid },
         }
+    }
+
+    /// Whether a caller may keep a file's set-ID bits when it truncates the file: root, or
+    /// the root of the user namespace the owners are shifted for. The kernel asks for
+    /// CAP_FSETID, which the request does not carry; root is who has it in a container.
+    fn may_keep_setid(&self, req: &Request) -> bool {
+        req.uid() == 0
+            || self
+                .shift
+                .is_some_and(|shift| shift.to_image(req.uid()) == 0)
     }
 
     fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
@@ -229,7 +242,19 @@ impl Fs {
         };
         let big = |size: u64| size >= PASSTHROUGH_MIN_SIZE;
         let wanted = if file.upper {
-            writer || stat().is_some_and(|(size, _)| big(size))
+            // A passthrough write reaches the file as this server (root), which keeps
+            // set-ID bits: the writes to a set-ID file come here, where the kernel says
+            // whether to drop them (see `init`). A file made set-ID while open through
+            // passthrough keeps its bits against writes until its last open is closed.
+            let st = self
+                .union
+                .fd(file)
+                .ok()
+                .and_then(|fd| rustix::fs::fstat(fd).ok());
+            st.is_some_and(|st| {
+                let setid = st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0;
+                !setid && (writer || big(st.st_size as u64))
+            })
         } else {
             // A lower file with several names is copied up with all of them (modify.rs),
             // which a new inode number for one name would split: those stay cached.
@@ -383,6 +408,20 @@ impl Filesystem for Fs {
                 let _ = config.add_capabilities(flag);
             }
         }
+        // Without it every write(2) costs a GETXATTR round trip: before each write the
+        // kernel asks for security.capability (file_remove_privs) unless the inode is marked
+        // S_NOSEC, which it is only on a superblock with SB_NOSEC, set for a server that
+        // drops set-ID bits itself. This one does: on a WRITE with FUSE_WRITE_KILL_SUIDGID,
+        // on a truncate by a caller that may not keep them (`setattr`), and by never passing
+        // the writes to a set-ID file through (`open_mode`). Capabilities are still removed
+        // by the kernel (a REMOVEXATTR), or under passthrough by the branch's file system.
+        if caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+            && config
+                .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
+                .is_ok()
+        {
+            self.killpriv.store(true, Ordering::Relaxed);
+        }
         let mut passthrough =
             self.passthrough.load(Ordering::Relaxed) && caps.contains(InitFlags::FUSE_PASSTHROUGH);
         if passthrough {
@@ -438,7 +477,7 @@ impl Filesystem for Fs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -462,6 +501,12 @@ impl Filesystem for Fs {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
+            // The kernel says so in FATTR_KILL_SUIDGID, which fuser does not pass on:
+            // decided here by the caller's uid (see `may_keep_setid`).
+            drop_setid: (size.is_some()
+                && self.killpriv.load(Ordering::Relaxed)
+                && !self.may_keep_setid(req))
+            .then(|| self.caller(req).gid),
         };
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
@@ -604,17 +649,22 @@ impl Filesystem for Fs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.union.write(fh.0, offset, data) {
+        // Set only under FUSE_HANDLE_KILLPRIV_V2, by the kernel, for a caller without
+        // CAP_FSETID.
+        let drop_setid = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| self.caller(req).gid);
+        match self.union.write(fh.0, offset, data, drop_setid) {
             Ok(n) => reply.written(n),
             Err(err) => reply.error(errno(err)),
         }

@@ -4,7 +4,7 @@
 //! `rename`). All writes land in the upper branch only.
 
 use std::ffi::OsStr;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use crate::copyup::{copy_up, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
-use crate::union::{Caller, Entry, OpenFile, Union};
+use crate::union::{Caller, Entry, OpenFile, Union, drop_setid};
 
 /// A real file (device, inode).
 pub(crate) type Key = (u64, u64);
@@ -40,6 +40,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
+    /// For a truncate by a caller that may not keep the file's set-ID bits, its gid (in the
+    /// branches' ids): see [`drop_setid`].
+    pub drop_setid: Option<u32>,
 }
 
 fn ts(t: Option<SetTime>) -> Timespec {
@@ -460,7 +463,13 @@ impl Union {
         }
         if let Some(size) = set.size {
             match (&open, &path) {
-                (Some(file), _) => rustix::fs::ftruncate(self.fd(file)?, size)?,
+                (Some(file), _) => {
+                    let fd = self.fd(file)?;
+                    rustix::fs::ftruncate(fd, size)?;
+                    if let Some(gid) = set.drop_setid {
+                        drop_setid(fd, gid)?;
+                    }
+                }
                 (None, Some(path)) => {
                     let fd = rustix::fs::openat(
                         upper,
@@ -469,6 +478,9 @@ impl Union {
                         Mode::empty(),
                     )?;
                     rustix::fs::ftruncate(&fd, size)?;
+                    if let Some(gid) = set.drop_setid {
+                        drop_setid(fd.as_fd(), gid)?;
+                    }
                 }
                 (None, None) => return Err(Errno::STALE),
             }

@@ -685,18 +685,24 @@ impl Union {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Res<u32> {
+    /// A write; `drop_setid`, the gid of a caller that may not keep the file's set-ID bits,
+    /// clears them as a write through the kernel would (see [`drop_setid`]).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: Option<u32>) -> Res<u32> {
         let file = self.files.get(fh)?;
         if !file.upper {
             return Err(Errno::BADF);
         }
+        let fd = self.fd(&file)?;
         let mut done = 0;
         while done < data.len() {
-            match rustix::io::pwrite(self.fd(&file)?, &data[done..], offset + done as u64) {
+            match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
                 Ok(n) => done += n,
                 Err(Errno::INTR) => continue,
                 Err(err) => return Err(err),
             }
+        }
+        if let Some(gid) = drop_setid {
+            self::drop_setid(fd, gid)?;
         }
         Ok(done as u32)
     }
@@ -775,6 +781,24 @@ impl Union {
 
 /// The process umask, read without changing it (setting and restoring it would race with
 /// other threads creating files): /proc/self/status has it since Linux 4.7.
+/// Clears a file's set-ID bits as the kernel does when a caller without CAP_FSETID writes
+/// or truncates it (`setattr_should_drop_suidgid`): set-user-ID always, set-group-ID when
+/// the file is group-executable or the caller is not in its group (`caller_gid`, in the
+/// branches' ids; the request carries no supplementary groups). This server writes as root,
+/// whose writes keep both, so it drops them itself for the callers that may not keep them
+/// (FUSE_HANDLE_KILLPRIV_V2, see `fuse.rs`).
+pub(crate) fn drop_setid(fd: BorrowedFd<'_>, caller_gid: u32) -> Res<()> {
+    let st = rustix::fs::fstat(fd)?;
+    let mut drop = libc::S_ISUID;
+    if st.st_mode & libc::S_IXGRP != 0 || st.st_gid != caller_gid {
+        drop |= libc::S_ISGID;
+    }
+    if st.st_mode & drop != 0 {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777 & !drop))?;
+    }
+    Ok(())
+}
+
 fn current_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -753,6 +753,85 @@ fn permissions_are_checked() {
     });
 }
 
+/// Writes and truncates by a caller without CAP_FSETID drop set-ID bits as they do under
+/// overlayfs, though the FUSE server writes as root (FUSE_HANDLE_KILLPRIV_V2, which spares
+/// every write(2) a GETXATTR round trip): set-user-ID always, set-group-ID when the file is
+/// group-executable or the caller is not in its group. Root keeps both. Files made by
+/// root and then written by nobody: their writes must not go through passthrough.
+#[test]
+fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
+    let fixture = Fixture::new();
+    let fuse = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let overlay = fixture.mount("overlay", Driver::Overlay);
+    let run = |m: &Mounted| {
+        fs::create_dir(m.path("w")).unwrap();
+        fs::set_permissions(m.path("w"), fs::Permissions::from_mode(0o777)).unwrap();
+        let modes = [
+            ("a", 0o4777),
+            ("b", 0o2777),
+            ("c", 0o2766),
+            ("d", 0o4777),
+            ("e", 0o4777),
+        ];
+        for (name, mode) in modes {
+            fs::write(m.path(&format!("w/{name}")), b"x\n").unwrap();
+            fs::set_permissions(
+                m.path(&format!("w/{name}")),
+                fs::Permissions::from_mode(mode),
+            )
+            .unwrap();
+        }
+        let script = "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d";
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+                script,
+            ])
+            .current_dir(m.path("w"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        fs::OpenOptions::new()
+            .append(true)
+            .open(m.path("w/e"))
+            .unwrap()
+            .write_all(b"by root\n")
+            .unwrap();
+        modes.map(|(name, _)| {
+            let meta = fs::metadata(m.path(&format!("w/{name}"))).unwrap();
+            (name, meta.mode() & 0o7777, meta.len())
+        })
+    };
+    let theirs = run(&overlay);
+    let m = fuse.clone();
+    let ours = deadline(120, "writes by nobody", move || run(&m));
+    assert_eq!(
+        theirs,
+        [
+            ("a", 0o777, 7),
+            ("b", 0o777, 7),
+            ("c", 0o766, 7),
+            ("d", 0o777, 1),
+            ("e", 0o4777, 10)
+        ],
+        "overlayfs"
+    );
+    assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
+    drop(fuse);
+    drop(overlay);
+    drop(fixture);
+}
+
 /// A POSIX access ACL in the kernel's xattr form: owner rw, user `uid` r, group and
 /// others nothing, mask r.
 fn acl_granting_read_to(uid: u32) -> Vec<u8> {
