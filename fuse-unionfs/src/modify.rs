@@ -161,25 +161,34 @@ impl Union {
     ) -> Res<(Entry, Option<OwnedFd>)> {
         let (pnode, ppath, _) = self.copy_up_dir(parent)?;
         let rel = ppath.join(name);
-        let parent_meta = self.layers.stat(UPPER, &ppath)?;
-        // setgid directories hand their group down (inode_init_owner).
-        let setgid = parent_meta.mode & 0o2000 != 0;
-        let gid = if setgid { parent_meta.gid } else { caller.gid };
-        let over_whiteout = match self.layers.stat(UPPER, &rel) {
-            Ok(meta) if meta.is_whiteout() => true,
-            Ok(_) => return Err(Errno::EXIST),
-            Err(Errno::NOENT) => false,
-            Err(err) => return Err(err),
+        // An entry this process makes for its own ids already has the owner, the group (a
+        // setgid parent's) and the mode the kernel asked for (our umask is 0): then no
+        // chown, no chmod, no stat of the parent. Root in a container is that case.
+        let as_made = caller == self.maker && self.umask == 0;
+        // Made in place; over a whiteout, built under a fresh name in the work dir first.
+        let mut tmp = None;
+        let fd = match self.create_at(self.upper_fd(), &rel, &new) {
+            Err(Errno::EXIST) => {
+                if !self.layers.stat(UPPER, &rel)?.is_whiteout() {
+                    return Err(Errno::EXIST);
+                }
+                let name = self.layers.tmp_name();
+                let fd = self.create_at(self.layers.work(), &name, &new)?;
+                tmp = Some(name);
+                fd
+            }
+            made => made?,
         };
-        // Over a whiteout, built under a fresh name in the work dir first.
-        let tmp = over_whiteout.then(|| self.layers.tmp_name());
         let (dir, at): (BorrowedFd<'_>, &Path) = match &tmp {
             Some(tmp) => (self.layers.work(), tmp),
             None => (self.upper_fd(), &rel),
         };
-        let fd = self.create_at(dir, at, &new)?;
         let finish = || -> Res<()> {
-            if !matches!(new, New::Link(_)) {
+            if !as_made && !matches!(new, New::Link(_)) {
+                let parent_meta = self.layers.stat(UPPER, &ppath)?;
+                // setgid directories hand their group down (inode_init_owner).
+                let setgid = parent_meta.mode & 0o2000 != 0;
+                let gid = if setgid { parent_meta.gid } else { caller.gid };
                 rustix::fs::chownat(
                     dir,
                     at,
@@ -224,7 +233,11 @@ impl Union {
             let _ = rustix::fs::unlinkat(dir, at, flags);
             return Err(err);
         }
-        let meta = self.layers.stat(UPPER, &rel)?;
+        // A new file's descriptor saves a walk of its path.
+        let meta = match &fd {
+            Some(fd) => crate::layer::Meta::from_stat(&rustix::fs::fstat(fd)?),
+            None => self.layers.stat(UPPER, &rel)?,
+        };
         let ino = self.table.ino_for(meta.key());
         let state = NodeState {
             links: vec![(pnode.ino, name.to_os_string())],

@@ -22,7 +22,7 @@ use crate::inode::{Node, NodeState, ROOT, Table};
 use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, is_private_xattr};
 
 /// The credentials of the process making a request (new entries belong to it).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
@@ -205,6 +205,8 @@ pub struct Union {
     listings: Listings,
     /// This process's umask: new entries get exactly the mode the kernel asked for.
     pub(crate) umask: u32,
+    /// Who this process makes new entries as (its effective ids).
+    pub(crate) maker: Caller,
 }
 
 impl Union {
@@ -236,6 +238,10 @@ impl Union {
             files: Handles::new(),
             listings: Listings::default(),
             umask,
+            maker: Caller {
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            },
         })
     }
 
@@ -779,8 +785,6 @@ impl Union {
     }
 }
 
-/// The process umask, read without changing it (setting and restoring it would race with
-/// other threads creating files): /proc/self/status has it since Linux 4.7.
 /// Clears a file's set-ID bits as the kernel does when a caller without CAP_FSETID writes
 /// or truncates it (`setattr_should_drop_suidgid`): set-user-ID always, set-group-ID when
 /// the file is group-executable or the caller is not in its group (`caller_gid`, in the
@@ -799,6 +803,8 @@ pub(crate) fn drop_setid(fd: BorrowedFd<'_>, caller_gid: u32) -> Res<()> {
     Ok(())
 }
 
+/// The process umask, read without changing it (setting and restoring it would race with
+/// other threads creating files): /proc/self/status has it since Linux 4.7.
 fn current_umask() -> u32 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

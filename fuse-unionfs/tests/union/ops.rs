@@ -757,7 +757,8 @@ fn permissions_are_checked() {
 /// overlayfs, though the FUSE server writes as root (FUSE_HANDLE_KILLPRIV_V2, which spares
 /// every write(2) a GETXATTR round trip): set-user-ID always, set-group-ID when the file is
 /// group-executable or the caller is not in its group. Root keeps both. Files made by
-/// root and then written by nobody: their writes must not go through passthrough.
+/// root and then written by nobody: their writes must not go through passthrough. What
+/// nobody makes belongs to nobody.
 #[test]
 fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
     let fixture = Fixture::new();
@@ -781,7 +782,8 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             )
             .unwrap();
         }
-        let script = "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d";
+        let script = "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d \
+                      && echo new > made && mkdir made-dir";
         let out = std::process::Command::new("setpriv")
             .args([
                 "--reuid",
@@ -807,6 +809,15 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             .unwrap()
             .write_all(b"by root\n")
             .unwrap();
+        for made in ["made", "made-dir"] {
+            let meta = fs::metadata(m.upper.join("w").join(made)).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (65534, 65534),
+                "{made} in {}",
+                m.upper.display()
+            );
+        }
         modes.map(|(name, _)| {
             let meta = fs::metadata(m.path(&format!("w/{name}"))).unwrap();
             (name, meta.mode() & 0o7777, meta.len())
