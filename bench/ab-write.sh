@@ -1,0 +1,36 @@
+#!/bin/bash
+# bench/ab-write.sh A B: `dd bs=4k` of a new 200 MB file, alternating between two mounts of
+# the layers ../shared/bench/unionfs.sh leaves in $LAYERS (default
+# /var/tmp/bench-unionfs/layers). A and B: a strata-unionfs binary (or any program taking
+# fuse-overlayfs's command line), or "kernel" for overlayfs. REPS rounds (default 3).
+# Many small writes to one file: each write(2) that costs the FUSE server a round trip
+# shows here (before FUSE_HANDLE_KILLPRIV_V2 every one asked for security.capability).
+set -u
+L=${LAYERS:-/var/tmp/bench-unionfs/layers}
+W=$(mktemp -d /var/tmp/ab-write.XXXXXX)
+declare -a PID=("" "")
+for i in 0 1; do
+  b=$([ $i = 0 ] && echo "$1" || echo "$2")
+  mkdir -p "$W/$i/u" "$W/$i/w" "$W/m$i"
+  opts="lowerdir=$L/l3:$L/l2:$L/l1,upperdir=$W/$i/u,workdir=$W/$i/w"
+  if [ "$b" = kernel ]; then
+    mount -t overlay overlay -o "$opts" "$W/m$i"
+  else
+    "$b" -f -o "$opts" "$W/m$i" &
+    PID[$i]=$!
+  fi
+done
+for i in 0 1; do
+  for _ in $(seq 50); do mountpoint -q "$W/m$i" && break; sleep 0.1; done
+done
+for _ in $(seq "${REPS:-3}"); do
+  for i in 0 1; do
+    sync
+    mbs=$(dd if=/dev/zero of="$W/m$i/new" bs=4k count=50000 2>&1 | awk '/copied/ {print $(NF-1) $NF}')
+    rm "$W/m$i/new"
+    echo "$i $mbs"
+  done
+done | awk '{a[$1] = a[$1] " " $2} END {print "A:" a[0]; print "B:" a[1]}'
+umount "$W/m0" "$W/m1"
+wait
+rm -rf "$W"
