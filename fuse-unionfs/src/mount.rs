@@ -423,7 +423,11 @@ pub fn mount_served(
 /// Waits for the server of a mount just unmounted to end; kills one that does not within
 /// [`UNMOUNT_TIMEOUT`].
 fn end_server(mut server: std::process::Child, target: &Path) {
-    let pid = nix::unistd::Pid::from_raw(server.id() as i32);
+    // Taken before the waiter may reap it: the descriptor keeps naming the server, where
+    // its pid could name another process once reaped.
+    let pidfd = rustix::process::Pid::from_raw(server.id() as i32).and_then(|pid| {
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+    });
     let (done, ended) = mpsc::channel();
     let waiter = std::thread::spawn(move || {
         let _ = server.wait();
@@ -434,8 +438,9 @@ fn end_server(mut server: std::process::Child, target: &Path) {
             "the FUSE server of {} did not end after the unmount; killing it",
             target.display()
         );
-        // (Not reaped yet, so the pid is still the server's.)
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        if let Some(pidfd) = &pidfd {
+            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+        }
     }
     let _ = waiter.join();
 }

@@ -483,3 +483,75 @@ fn the_sweep_passes_over_a_stopped_server_and_detaches_a_dead_ones_mount() {
     drop(stopped);
     assert_eq!(mount_type(&stopped_mnt), None, "SIGTERM unmounts");
 }
+
+/// A served mount's server that does not end after the unmount is killed once the wait
+/// for it runs out (through a pidfd taken before it could be reaped, so never another
+/// process that got its pid), and the unmount returns. The server here is a shell that
+/// runs strata-unionfs and then turns into a `sleep` that would outlive the mount.
+#[test]
+fn a_served_mounts_server_that_outlives_the_unmount_is_killed() {
+    let fixture = Fixture::new();
+    let base = fixture.dir.path().join("served");
+    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let lowers: Vec<String> = lower_paths(&fixture);
+    // A sleep no other process runs: how the test finds it again.
+    let marker = format!("1000.{}", std::process::id());
+    let script = format!(
+        "\"$0\" -f -o lowerdir={},upperdir={},workdir={} {} & \
+         until mountpoint -q {}; do sleep 0.05; done; echo ready; wait; exec sleep {marker}",
+        lowers.join(":"),
+        upper.display(),
+        work.display(),
+        mnt.display(),
+        mnt.display(),
+    );
+    let mut command = Command::new("sh");
+    command.args(["-c", &script, env!("CARGO_BIN_EXE_strata-unionfs")]);
+    let spec = strata_unionfs::MountSpec {
+        lowers: fixture.lowers.clone(),
+        upper,
+        work,
+        target: mnt.clone(),
+        aufs_markers: false,
+        flags: Default::default(),
+        id_shift: None,
+    };
+    let log = base.join("server.log");
+    let guard = strata_unionfs::mount_served(&spec, Driver::Fuse, command, &log).unwrap();
+    assert!(mnt.join("etc").is_dir(), "the served mount shows the union");
+    let sleeping = move || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == marker.as_bytes()))
+        })
+    };
+    let seen = std::thread::spawn({
+        let sleeping = sleeping.clone();
+        move || {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(8);
+            while std::time::Instant::now() < until {
+                if sleeping() {
+                    return true;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            false
+        }
+    });
+    let started = std::time::Instant::now();
+    deadline(60, "the unmount", move || guard.unmount()).unwrap();
+    let took = started.elapsed();
+    assert!(mounted_at(&mnt).is_none(), "unmounted");
+    assert!(
+        seen.join().unwrap(),
+        "the server outlived the mount, as a sleep"
+    );
+    assert!(
+        took >= std::time::Duration::from_secs(9),
+        "the unmount waited for the server before killing it (took {took:?})"
+    );
+    assert!(!sleeping(), "the server that outlived its mount was killed");
+}
