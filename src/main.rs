@@ -2,6 +2,7 @@
 
 mod cli;
 mod commands;
+mod interrupt;
 mod report;
 
 use std::any::Any;

@@ -763,6 +763,8 @@ fn set_mtime(path: &Path, mtime: u64) -> anyhow::Result<()> {
 /// A copy unpacked in a staging directory, to be moved into place once it is whole.
 struct Staged {
     staging: tempfile::TempDir,
+    /// Off the list of what a signal removes once the copy is in place or gone.
+    _removed: crate::interrupt::Removed,
     /// What the tar held: a name in `staging`, or `staging` itself (a directory's content).
     from: PathBuf,
     /// Where it goes.
@@ -798,6 +800,7 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
         .prefix(".strata-cp-")
         .tempdir_in(parent)
         .with_context(|| format!("failed to make a staging directory in {}", parent.display()))?;
+    let removed = crate::interrupt::remove_on_signal(staging.path());
     let top = unpack(input, staging.path(), true)
         .with_context(|| format!("failed to copy to {named}"))?;
     let (from, to) = match top {
@@ -840,6 +843,7 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
     }
     Ok(Staged {
         staging,
+        _removed: removed,
         from,
         to,
         merge,

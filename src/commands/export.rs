@@ -27,6 +27,7 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .prefix(".strata-export-")
                 .tempfile_in(dir)
                 .with_context(|| format!("failed to create a file beside {}", path.display()))?;
+            let _removed = crate::interrupt::remove_on_signal(tmp.path());
             let out = tmp
                 .as_file()
                 .try_clone()

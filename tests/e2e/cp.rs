@@ -326,3 +326,77 @@ fn cp_reaches_a_stopped_containers_volumes() {
     assert!(!mounts.contains(store.root().to_str().unwrap()), "the binds went with the copy");
     store.ok(&["rm", "s"]);
 }
+
+/// The pid of a child of `parent` whose command line holds `word`, once there is one.
+fn child_running(parent: u32, word: &str) -> u32 {
+    let start = std::time::Instant::now();
+    loop {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // pid (comm) state ppid ...
+            let Some(after) = stat.rfind(')').map(|at| &stat[at + 2..]) else { continue };
+            let ppid: Option<u32> = after.split(' ').nth(1).and_then(|p| p.parse().ok());
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if ppid == Some(parent) && cmdline.split(|&b| b == 0).any(|arg| arg == word.as_bytes()) {
+                return entry.file_name().to_string_lossy().parse().unwrap();
+            }
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "no {word} child of {parent}");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+fn temp_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(".strata-"))
+        .collect()
+}
+
+/// A ^C while `export -o` or a `cp` to the host is under way ends strata as SIGINT does and
+/// takes its temp file or staging directory with it. The copy's helper is stopped while
+/// strata is interrupted, so the signal always comes mid-copy.
+#[test]
+fn an_interrupted_export_or_copy_leaves_no_temp_files() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let store = store_with_busybox();
+    store.ok(&["run", "--name", "big", "busybox", "sh", "-c", "mkdir /data && dd if=/dev/zero of=/data/zeros bs=1M count=64 2>/dev/null"]);
+    let host = store.root().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    let out = host.join("big.tar");
+    let copies: [&[&str]; 2] = [
+        &["export", "-o", out.to_str().unwrap(), "big"],
+        &["cp", "big:/data", host.to_str().unwrap()],
+    ];
+    for args in copies {
+        let mut strata = std::process::Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(args)
+            .spawn()
+            .unwrap();
+        let helper = child_running(strata.id(), "cp-tar");
+        kill(Pid::from_raw(helper as i32), Signal::SIGSTOP).unwrap();
+        let start = std::time::Instant::now();
+        while temp_entries(&host).is_empty() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "{args:?}: no temp entry in {}", host.display());
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        kill(Pid::from_raw(strata.id() as i32), Signal::SIGINT).unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = strata.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "{args:?}: strata went on after ^C");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let _ = kill(Pid::from_raw(helper as i32), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(helper as i32), Signal::SIGCONT);
+        assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGINT), "{args:?}");
+        assert_eq!(temp_entries(&host), Vec::<String>::new(), "{args:?}");
+        assert!(!out.exists() && !host.join("data").exists(), "{args:?}: nothing arrived");
+    }
+}
