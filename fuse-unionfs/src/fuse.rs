@@ -194,14 +194,14 @@ impl Fs {
         }
     }
 
-    /// Whether a caller may keep a file's set-ID bits when it truncates the file: root, or
-    /// the root of the user namespace the owners are shifted for. The kernel asks for
-    /// CAP_FSETID, which the request does not carry; root is who has it in a container.
-    fn may_keep_setid(&self, req: &Request) -> bool {
-        req.uid() == 0
-            || self
-                .shift
-                .is_some_and(|shift| shift.to_image(req.uid()) == 0)
+    /// For a caller that may not keep a file's set-ID bits when it truncates or fallocates
+    /// the file, its gid in the branches' ids (see [`drop_setid`](crate::union::drop_setid)).
+    /// The kernel asks for CAP_FSETID in the initial user namespace, which the request does
+    /// not carry: host root is who has it, as for the WRITEs it marks (the root of a
+    /// `--userns private` container is not). Only under FUSE_HANDLE_KILLPRIV_V2; without
+    /// it the kernel drops the bits itself.
+    fn setid_dropper(&self, req: &Request) -> Option<u32> {
+        (self.killpriv.load(Ordering::Relaxed) && req.uid() != 0).then(|| self.caller(req).gid)
     }
 
     fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
@@ -502,11 +502,8 @@ impl Filesystem for Fs {
             atime: atime.map(time),
             mtime: mtime.map(time),
             // The kernel says so in FATTR_KILL_SUIDGID, which fuser does not pass on:
-            // decided here by the caller's uid (see `may_keep_setid`).
-            drop_setid: (size.is_some()
-                && self.killpriv.load(Ordering::Relaxed)
-                && !self.may_keep_setid(req))
-            .then(|| self.caller(req).gid),
+            // decided here by the caller's uid (see `setid_dropper`).
+            drop_setid: size.and_then(|_| self.setid_dropper(req)),
         };
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
@@ -659,8 +656,7 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        // Set only under FUSE_HANDLE_KILLPRIV_V2, by the kernel, for a caller without
-        // CAP_FSETID.
+        // Set by the kernel for a caller without CAP_FSETID (see `init`).
         let drop_setid = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
             .then(|| self.caller(req).gid);
@@ -909,7 +905,7 @@ impl Filesystem for Fs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -917,7 +913,9 @@ impl Filesystem for Fs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        match self.union.fallocate(fh.0, offset, length, mode) {
+        // FUSE_FALLOCATE carries no kill flag; overlayfs drops the bits (file_remove_privs).
+        let drop_setid = self.setid_dropper(req);
+        match self.union.fallocate(fh.0, offset, length, mode, drop_setid) {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(errno(err)),
         }

@@ -161,10 +161,6 @@ impl Union {
     ) -> Res<(Entry, Option<OwnedFd>)> {
         let (pnode, ppath, _) = self.copy_up_dir(parent)?;
         let rel = ppath.join(name);
-        // An entry this process makes for its own ids already has the owner, the group (a
-        // setgid parent's) and the mode the kernel asked for (our umask is 0): then no
-        // chown, no chmod, no stat of the parent. Root in a container is that case.
-        let as_made = caller == self.maker && self.umask == 0;
         // Made in place; over a whiteout, built under a fresh name in the work dir first.
         let mut tmp = None;
         let fd = match self.create_at(self.upper_fd(), &rel, &new) {
@@ -183,6 +179,11 @@ impl Union {
             Some(tmp) => (self.layers.work(), tmp),
             None => (self.upper_fd(), &rel),
         };
+        // An entry this process made in place for its own ids already has the owner, the
+        // group (a setgid parent's) and the mode the kernel asked for (our umask is 0): then
+        // no chown, no chmod, no stat of the parent. Root in a container is that case. One
+        // made in the work dir has the work dir's group and no inherited setgid bit.
+        let as_made = tmp.is_none() && caller == self.maker && self.umask == 0;
         let finish = || -> Res<()> {
             if !as_made && !matches!(new, New::Link(_)) {
                 let parent_meta = self.layers.stat(UPPER, &ppath)?;
@@ -478,10 +479,10 @@ impl Union {
             match (&open, &path) {
                 (Some(file), _) => {
                     let fd = self.fd(file)?;
-                    rustix::fs::ftruncate(fd, size)?;
                     if let Some(gid) = set.drop_setid {
                         drop_setid(fd, gid)?;
                     }
+                    rustix::fs::ftruncate(fd, size)?;
                 }
                 (None, Some(path)) => {
                     let fd = rustix::fs::openat(
@@ -490,10 +491,10 @@ impl Union {
                         OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                         Mode::empty(),
                     )?;
-                    rustix::fs::ftruncate(&fd, size)?;
                     if let Some(gid) = set.drop_setid {
                         drop_setid(fd.as_fd(), gid)?;
                     }
+                    rustix::fs::ftruncate(&fd, size)?;
                 }
                 (None, None) => return Err(Errno::STALE),
             }

@@ -425,7 +425,8 @@ pub fn mount_served(
 fn end_server(mut server: std::process::Child, target: &Path) {
     // Taken before the waiter may reap it: the descriptor keeps naming the server, where
     // its pid could name another process once reaped.
-    let pidfd = rustix::process::Pid::from_raw(server.id() as i32).and_then(|pid| {
+    let pid = server.id();
+    let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|pid| {
         rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
     });
     let (done, ended) = mpsc::channel();
@@ -438,8 +439,15 @@ fn end_server(mut server: std::process::Child, target: &Path) {
             "the FUSE server of {} did not end after the unmount; killing it",
             target.display()
         );
-        if let Some(pidfd) = &pidfd {
-            let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+        match &pidfd {
+            Some(pidfd) => {
+                let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+            }
+            // No pidfd (before Linux 5.3): by pid, in the moment before the waiter reaps it.
+            None => {
+                let pid = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
     let _ = waiter.join();

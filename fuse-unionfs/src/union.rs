@@ -692,13 +692,17 @@ impl Union {
     }
 
     /// A write; `drop_setid`, the gid of a caller that may not keep the file's set-ID bits,
-    /// clears them as a write through the kernel would (see [`drop_setid`]).
+    /// clears them first, as a write through the kernel does (see [`drop_setid`]): never is
+    /// the new content there under the old bits.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: Option<u32>) -> Res<u32> {
         let file = self.files.get(fh)?;
         if !file.upper {
             return Err(Errno::BADF);
         }
         let fd = self.fd(&file)?;
+        if let Some(gid) = drop_setid {
+            self::drop_setid(fd, gid)?;
+        }
         let mut done = 0;
         while done < data.len() {
             match rustix::io::pwrite(fd, &data[done..], offset + done as u64) {
@@ -706,9 +710,6 @@ impl Union {
                 Err(Errno::INTR) => continue,
                 Err(err) => return Err(err),
             }
-        }
-        if let Some(gid) = drop_setid {
-            self::drop_setid(fd, gid)?;
         }
         Ok(done as u32)
     }
@@ -816,10 +817,21 @@ fn current_umask() -> u32 {
 }
 
 impl Union {
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Res<()> {
+    /// fallocate; `drop_setid` as for [`Union::write`].
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        drop_setid: Option<u32>,
+    ) -> Res<()> {
         let file = self.files.get(fh)?;
         if !file.upper {
             return Err(Errno::BADF);
+        }
+        if let Some(gid) = drop_setid {
+            self::drop_setid(self.fd(&file)?, gid)?;
         }
         rustix::fs::fallocate(
             self.fd(&file)?,

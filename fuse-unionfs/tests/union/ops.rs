@@ -756,9 +756,9 @@ fn permissions_are_checked() {
 /// Writes and truncates by a caller without CAP_FSETID drop set-ID bits as they do under
 /// overlayfs, though the FUSE server writes as root (FUSE_HANDLE_KILLPRIV_V2, which spares
 /// every write(2) a GETXATTR round trip): set-user-ID always, set-group-ID when the file is
-/// group-executable or the caller is not in its group. Root keeps both. Files made by
-/// root and then written by nobody: their writes must not go through passthrough. What
-/// nobody makes belongs to nobody.
+/// group-executable or the caller is not in its group; fallocate too. Root keeps both.
+/// Files made by root and then written by nobody: their writes must not go through
+/// passthrough. What nobody makes belongs to nobody.
 #[test]
 fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
     let fixture = Fixture::new();
@@ -768,6 +768,7 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
         fs::create_dir(m.path("w")).unwrap();
         fs::set_permissions(m.path("w"), fs::Permissions::from_mode(0o777)).unwrap();
         let modes = [
+            ("g", 0o4777),
             ("a", 0o4777),
             ("b", 0o2777),
             ("c", 0o2766),
@@ -783,7 +784,7 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             .unwrap();
         }
         let script = "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d \
-                      && echo new > made && mkdir made-dir";
+                      && echo new > made && mkdir made-dir && fallocate -l 8192 g";
         let out = std::process::Command::new("setpriv")
             .args([
                 "--reuid",
@@ -829,6 +830,7 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
     assert_eq!(
         theirs,
         [
+            ("g", 0o777, 8192),
             ("a", 0o777, 7),
             ("b", 0o777, 7),
             ("c", 0o766, 7),

@@ -555,3 +555,57 @@ fn a_served_mounts_server_that_outlives_the_unmount_is_killed() {
     );
     assert!(!sleeping(), "the server that outlived its mount was killed");
 }
+
+/// Made over a whiteout (built in the work dir, then renamed into place), an entry in a
+/// setgid directory still takes the directory's group, and a directory its setgid bit, as
+/// under overlayfs. Through the server binary, whose umask is 0 as `strata run`'s server's
+/// is: root's creates then skip the chown, which an entry made in the work dir needs.
+#[test]
+fn entries_made_over_whiteouts_in_a_setgid_directory_take_its_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    let shared = fixture.lowers[2].join("shared");
+    std::fs::create_dir_all(shared.join("d")).unwrap();
+    std::fs::write(shared.join("f"), b"old").unwrap();
+    for path in [&shared, &shared.join("d"), &shared.join("f")] {
+        std::os::unix::fs::chown(path, Some(0), Some(50)).unwrap();
+    }
+    for path in [&shared, &shared.join("d")] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o2775)).unwrap();
+    }
+    let kernel = fixture.mount("kernel", Driver::Overlay);
+    let base = fixture.dir.path().join("standalone");
+    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let _cleanup = Cleanup(base.clone());
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_paths(&fixture).join(":"),
+        upper.display(),
+        work.display()
+    );
+    start(&["-o", &options], &mnt);
+    let run = |mnt: &Path, upper: &Path| {
+        std::fs::remove_dir(mnt.join("shared/d")).unwrap();
+        std::fs::create_dir(mnt.join("shared/d")).unwrap();
+        std::fs::remove_file(mnt.join("shared/f")).unwrap();
+        std::fs::write(mnt.join("shared/f"), b"new").unwrap();
+        ["d", "f"].map(|name| {
+            let meta = std::fs::metadata(upper.join("shared").join(name)).unwrap();
+            (name, meta.uid(), meta.gid(), meta.mode() & 0o7777)
+        })
+    };
+    let theirs = run(&kernel.mnt, &kernel.upper);
+    let (m, u) = (mnt.clone(), upper.clone());
+    let ours = deadline(60, "making entries over whiteouts", move || run(&m, &u));
+    umount(&mnt);
+    assert_eq!(
+        (theirs[0].2, theirs[1].2),
+        (50, 50),
+        "overlayfs: {theirs:?}"
+    );
+    assert!(theirs[0].3 & 0o2000 != 0, "overlayfs: {theirs:?}");
+    assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
+}
