@@ -2,28 +2,56 @@
 //! a closed terminal). `tempfile` removes them when they are dropped, which a signal's
 //! default action never reaches: without this, an interrupted `export -o` or `cp` to the host
 //! left a `.strata-*` entry beside its destination.
+//!
+//! A thread takes the signals. It waits for a copy being moved into place to finish
+//! ([`Removed::settle`]), removes what is still pending (again while the main thread, not yet
+//! aware, adds to it), and ends strata as the signal would have. The main thread, once it
+//! fails for lack of its files, waits for that end rather than exiting with a status of its
+//! own ([`wait_if_interrupted`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, Once};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-/// The paths to remove if a signal comes now.
+/// The paths to remove if a signal comes now. Held while a copy is moved into place.
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// Keeps `path` on the list to remove until it is dropped.
+/// A signal came: strata is about to end by it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Keeps a path on the list to remove until it is dropped or settled.
 pub struct Removed {
     path: PathBuf,
 }
 
-/// Removes `path` (a file, or a directory with all it holds) if SIGINT, SIGTERM or SIGHUP
-/// ends strata before the returned guard is dropped; strata then ends as the signal would
-/// have ended it.
-pub fn remove_on_signal(path: &Path) -> Removed {
+/// Makes a temp file or directory with `make` (its path: `path`), to be removed, with all
+/// it holds, if SIGINT, SIGTERM or SIGHUP ends strata before the returned guard is dropped;
+/// strata then ends as the signal would have ended it. No signal can come between its
+/// making and its listing.
+pub fn removed_on_signal<T>(
+    make: impl FnOnce() -> std::io::Result<T>,
+    path: impl FnOnce(&T) -> &Path,
+) -> std::io::Result<(T, Removed)> {
     handle_signals();
-    pending().push(path.to_path_buf());
-    Removed {
-        path: path.to_path_buf(),
+    let mut pending = pending();
+    let made = make()?;
+    let path = path(&made).to_path_buf();
+    pending.push(path.clone());
+    Ok((made, Removed { path }))
+}
+
+impl Removed {
+    /// Runs `f`, which moves the path's content into place, with no removal under way or
+    /// starting meanwhile; the path is then off the list. A signal during `f` ends strata
+    /// once `f` is done.
+    pub fn settle<T>(self, f: impl FnOnce() -> T) -> T {
+        let mut pending = pending();
+        let done = f();
+        pending.retain(|p| *p != self.path);
+        done
     }
 }
 
@@ -36,7 +64,15 @@ impl Drop for Removed {
     }
 }
 
-fn pending() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+/// When a signal is ending strata, waits for that (its temp paths are being removed): the
+/// error the main thread met meanwhile is a consequence, not news.
+pub fn wait_if_interrupted() {
+    while INTERRUPTED.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+}
+
+fn pending() -> MutexGuard<'static, Vec<PathBuf>> {
     PENDING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -50,30 +86,51 @@ fn handle_signals() {
         let wanted = [SIGINT, SIGTERM, SIGHUP]
             .into_iter()
             .filter(|&s| !ignored(s));
-        let mut signals = match signal_hook::iterator::Signals::new(wanted) {
-            Ok(signals) => signals,
-            Err(err) => {
-                tracing::warn!("temp files will stay if a signal ends strata: {err}");
-                return;
-            }
-        };
-        std::thread::spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                for path in pending().drain(..) {
-                    let removed = match std::fs::symlink_metadata(&path) {
-                        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
-                        Ok(_) => std::fs::remove_file(&path),
-                        Err(_) => Ok(()),
-                    };
-                    if let Err(err) = removed {
-                        eprintln!("strata: failed to remove {}: {err}", path.display());
+        let spawned = signal_hook::iterator::Signals::new(wanted).and_then(|mut signals| {
+            std::thread::Builder::new()
+                .name("signals".into())
+                .spawn(move || {
+                    if let Some(signal) = signals.forever().next() {
+                        end_by(signal);
                     }
-                }
-                let _ = signal_hook::low_level::emulate_default_handler(signal);
-                std::process::exit(128 + signal);
-            }
+                })
         });
+        if let Err(err) = spawned {
+            tracing::warn!("temp files will stay if a signal ends strata: {err}");
+        }
     });
+}
+
+fn end_by(signal: i32) -> ! {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    let mut pending = pending();
+    for path in pending.drain(..) {
+        if let Err(err) = remove(&path) {
+            eprintln!("strata: failed to remove {}: {err}", path.display());
+        }
+    }
+    let _ = signal_hook::low_level::emulate_default_handler(signal);
+    std::process::exit(128 + signal);
+}
+
+/// Removes a file or a tree that the main thread may still be adding to, until it is gone
+/// (the main thread stops at its first entry whose directory is gone) or 2 s have passed.
+fn remove(path: &Path) -> std::io::Result<()> {
+    let until = Instant::now() + Duration::from_secs(2);
+    loop {
+        let removed = match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+            Ok(_) => std::fs::remove_file(path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) => Err(err),
+        };
+        match removed {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(err) if Instant::now() >= until => return Err(err),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
 }
 
 /// Whether `signal` is ignored now.

@@ -23,7 +23,10 @@ fn main() -> ExitCode {
     // instead; the signal stays ignored because the FUSE server and the registry client
     // must see EPIPE as an error, not die of it. The panic unwinds to here, so what is
     // mounted or staged on the way is dropped (unmounted, removed) first.
-    match panic::catch_unwind(AssertUnwindSafe(|| commands::run(cli))) {
+    let ran = panic::catch_unwind(AssertUnwindSafe(|| commands::run(cli)));
+    // A signal is ending strata: what failed meanwhile failed because of it.
+    interrupt::wait_if_interrupted();
+    match ran {
         Ok(Ok(code)) => code,
         Ok(Err(err)) => {
             report::print_error(&err);

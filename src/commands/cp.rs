@@ -763,8 +763,8 @@ fn set_mtime(path: &Path, mtime: u64) -> anyhow::Result<()> {
 /// A copy unpacked in a staging directory, to be moved into place once it is whole.
 struct Staged {
     staging: tempfile::TempDir,
-    /// Off the list of what a signal removes once the copy is in place or gone.
-    _removed: crate::interrupt::Removed,
+    /// On the list of what a signal removes until the copy is in place or gone.
+    removed: crate::interrupt::Removed,
     /// What the tar held: a name in `staging`, or `staging` itself (a directory's content).
     from: PathBuf,
     /// Where it goes.
@@ -796,11 +796,11 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
     if !parent.is_dir() {
         bail!("{named}: its directory does not exist");
     }
-    let staging = tempfile::Builder::new()
-        .prefix(".strata-cp-")
-        .tempdir_in(parent)
-        .with_context(|| format!("failed to make a staging directory in {}", parent.display()))?;
-    let removed = crate::interrupt::remove_on_signal(staging.path());
+    let (staging, removed) = crate::interrupt::removed_on_signal(
+        || tempfile::Builder::new().prefix(".strata-cp-").tempdir_in(parent),
+        |staging| staging.path(),
+    )
+    .with_context(|| format!("failed to make a staging directory in {}", parent.display()))?;
     let top = unpack(input, staging.path(), true)
         .with_context(|| format!("failed to copy to {named}"))?;
     let (from, to) = match top {
@@ -843,7 +843,7 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
     }
     Ok(Staged {
         staging,
-        _removed: removed,
+        removed,
         from,
         to,
         merge,
@@ -852,19 +852,32 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
 
 impl Staged {
     fn commit(self) -> anyhow::Result<()> {
-        if self.merge {
-            // Every conflict first, so that one deep in the tree leaves nothing half-merged.
-            merge(&self.from, &self.to, false)?;
-            merge(&self.from, &self.to, true)?;
-        } else {
-            std::fs::rename(&self.from, &self.to)
-                .with_context(|| format!("failed to move the copy to {}", self.to.display()))?;
-            if self.from == self.staging.path() {
-                // Renamed away: nothing is left to remove.
-                let _ = self.staging.keep();
+        let Staged {
+            staging,
+            removed,
+            from,
+            to,
+            merge: merging,
+        } = self;
+        // A signal meanwhile ends strata once the copy is in place.
+        removed.settle(move || {
+            if merging {
+                // Every conflict first, so that one deep in the tree leaves nothing half-merged.
+                merge(&from, &to, false)?;
+                merge(&from, &to, true)?;
+            } else {
+                std::fs::rename(&from, &to)
+                    .with_context(|| format!("failed to move the copy to {}", to.display()))?;
+                if from == staging.path() {
+                    // Renamed away: nothing is left to remove.
+                    let _ = staging.keep();
+                    return Ok(());
+                }
             }
-        }
-        Ok(())
+            // What is left of the staging directory goes before a signal could end strata.
+            drop(staging);
+            Ok(())
+        })
     }
 }
 

@@ -23,11 +23,11 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
-            let tmp = tempfile::Builder::new()
-                .prefix(".strata-export-")
-                .tempfile_in(dir)
-                .with_context(|| format!("failed to create a file beside {}", path.display()))?;
-            let _removed = crate::interrupt::remove_on_signal(tmp.path());
+            let (tmp, removed) = crate::interrupt::removed_on_signal(
+                || tempfile::Builder::new().prefix(".strata-export-").tempfile_in(dir),
+                |tmp| tmp.path(),
+            )
+            .with_context(|| format!("failed to create a file beside {}", path.display()))?;
             let out = tmp
                 .as_file()
                 .try_clone()
@@ -42,7 +42,8 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 tmp.as_file()
                     .sync_all()
                     .with_context(|| format!("failed to write {}", path.display()))?;
-                tmp.persist(path)
+                removed
+                    .settle(|| tmp.persist(path))
                     .with_context(|| format!("failed to write {}", path.display()))?;
             }
             whole

@@ -3,6 +3,7 @@
 //! container, a running container's volumes, and failures that leave nothing behind.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 
 use crate::run::{code, store_with_busybox, text, wait_status};
@@ -362,7 +363,7 @@ fn an_interrupted_export_or_copy_leaves_no_temp_files() {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
     let store = store_with_busybox();
-    store.ok(&["run", "--name", "big", "busybox", "sh", "-c", "mkdir /data && dd if=/dev/zero of=/data/zeros bs=1M count=64 2>/dev/null"]);
+    store.ok(&["run", "--name", "big", "busybox", "sh", "-c", "mkdir /data && dd if=/dev/zero of=/data/zeros bs=1M count=128 2>/dev/null"]);
     let host = store.root().join("host");
     std::fs::create_dir_all(&host).unwrap();
     let out = host.join("big.tar");
@@ -399,4 +400,36 @@ fn an_interrupted_export_or_copy_leaves_no_temp_files() {
         assert_eq!(temp_entries(&host), Vec::<String>::new(), "{args:?}");
         assert!(!out.exists() && !host.join("data").exists(), "{args:?}: nothing arrived");
     }
+
+    // A ^C as a terminal sends it, to the whole process group: the helper (which ignores
+    // it while strata reads its pipe) keeps streaming, strata keeps unpacking until its
+    // staging directory is gone under it, and it still ends by SIGINT with nothing left.
+    // A copy that was done before the signal came is tried again.
+    let mut interrupted = 0;
+    for _ in 0..5 {
+        let mut strata = std::process::Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["cp", "big:/data", host.to_str().unwrap()])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while temp_entries(&host).is_empty() && strata.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < std::time::Duration::from_secs(20), "no staging directory in {}", host.display());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let _ = nix::sys::signal::killpg(Pid::from_raw(strata.id() as i32), Signal::SIGINT);
+        let status = strata.wait().unwrap();
+        assert_eq!(temp_entries(&host), Vec::<String>::new(), "{status:?}");
+        if std::os::unix::process::ExitStatusExt::signal(&status) == Some(libc::SIGINT) {
+            interrupted += 1;
+        } else {
+            // done first: whole
+            assert!(status.success(), "{status:?}");
+            assert_eq!(std::fs::metadata(host.join("data/zeros")).unwrap().len(), 128 << 20);
+        }
+        let _ = std::fs::remove_dir_all(host.join("data"));
+    }
+    assert!(interrupted > 0, "no copy was under way when its ^C came");
 }
