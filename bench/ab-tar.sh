@@ -6,22 +6,9 @@
 # POL_A / POL_B (e.g. -b) chrt the servers' threads. Both sides share one machine state,
 # so a difference of a few percent shows through the noise separate runs have.
 set -u
-L=${LAYERS:-/var/tmp/bench-unionfs/layers}
-W=$(mktemp -d /var/tmp/ab-tar.XXXXXX)
-declare -a PID=("" "")
+. "$(dirname "$0")/ab-lib.sh"
+ab_mount "$1" "$2"
 for i in 0 1; do
-  b=$([ $i = 0 ] && echo "$1" || echo "$2")
-  mkdir -p "$W/$i/u" "$W/$i/w" "$W/m$i"
-  opts="lowerdir=$L/l3:$L/l2:$L/l1,upperdir=$W/$i/u,workdir=$W/$i/w"
-  if [ "$b" = kernel ]; then
-    mount -t overlay overlay -o "$opts" "$W/m$i"
-  else
-    "$b" -f -o "$opts" "$W/m$i" &
-    PID[$i]=$!
-  fi
-done
-for i in 0 1; do
-  for _ in $(seq 50); do mountpoint -q "$W/m$i" && break; sleep 0.1; done
   tar cf - -C "$W/m$i" . | wc -c > /dev/null # the cold pass
 done
 for i in 0 1; do
@@ -36,6 +23,4 @@ for _ in $(seq "${REPS:-5}"); do
     echo "$i $(echo "$t1 - $t0" | bc)"
   done
 done | awk '{a[$1] = a[$1] " " substr($2, 1, 5)} END {print "A:" a[0]; print "B:" a[1]}'
-umount "$W/m0" "$W/m1"
-wait
-rm -rf "$W"
+ab_umount

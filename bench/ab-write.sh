@@ -6,23 +6,8 @@
 # Many small writes to one file: each write(2) that costs the FUSE server a round trip
 # shows here (before FUSE_HANDLE_KILLPRIV_V2 every one asked for security.capability).
 set -u
-L=${LAYERS:-/var/tmp/bench-unionfs/layers}
-W=$(mktemp -d /var/tmp/ab-write.XXXXXX)
-declare -a PID=("" "")
-for i in 0 1; do
-  b=$([ $i = 0 ] && echo "$1" || echo "$2")
-  mkdir -p "$W/$i/u" "$W/$i/w" "$W/m$i"
-  opts="lowerdir=$L/l3:$L/l2:$L/l1,upperdir=$W/$i/u,workdir=$W/$i/w"
-  if [ "$b" = kernel ]; then
-    mount -t overlay overlay -o "$opts" "$W/m$i"
-  else
-    "$b" -f -o "$opts" "$W/m$i" &
-    PID[$i]=$!
-  fi
-done
-for i in 0 1; do
-  for _ in $(seq 50); do mountpoint -q "$W/m$i" && break; sleep 0.1; done
-done
+. "$(dirname "$0")/ab-lib.sh"
+ab_mount "$1" "$2"
 for _ in $(seq "${REPS:-3}"); do
   for i in 0 1; do
     sync
@@ -31,6 +16,4 @@ for _ in $(seq "${REPS:-3}"); do
     echo "$i $mbs"
   done
 done | awk '{a[$1] = a[$1] " " $2} END {print "A:" a[0]; print "B:" a[1]}'
-umount "$W/m0" "$W/m1"
-wait
-rm -rf "$W"
+ab_umount

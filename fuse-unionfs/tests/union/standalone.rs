@@ -70,13 +70,7 @@ fn mount_type(mnt: &Path) -> Option<String> {
 fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     let fixture = Fixture::new();
     let kernel = fixture.mount("kernel", Driver::Overlay);
-    let base = fixture.dir.path().join("standalone");
-    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
-    for d in [&upper, &work, &mnt] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    // Whatever this test leaves mounted below `base` if it fails.
-    let _cleanup = Cleanup(base.clone());
+    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "standalone");
     let lowers = lower_paths(&fixture);
     let options = format!(
         "lowerdir={},upperdir={},workdir={},nodev,fsync=0",
@@ -125,7 +119,7 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
 
     // Without an upperdir: read-only, like kernel overlayfs over lowers alone (its root
     // is the top lower's), with nodev honoured; one lowerdir alone is fine too.
-    let kernel_ro = base.join("kernel-ro");
+    let kernel_ro = fixture.dir.path().join("standalone/kernel-ro");
     std::fs::create_dir_all(&kernel_ro).unwrap();
     let lowers_only = format!("lowerdir={}", lowers.join(":"));
     let mounted = Command::new("mount")
@@ -281,6 +275,17 @@ fn podman_ok(args: &[&str], out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
+}
+
+/// Fresh `upper`, `work` and `mnt` dirs in `name` below the fixture, and a [`Cleanup`] of
+/// whatever a failing test leaves mounted there.
+fn branch_dirs(fixture: &Fixture, name: &str) -> (PathBuf, PathBuf, PathBuf, Cleanup) {
+    let base = fixture.dir.path().join(name);
+    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    (upper, work, mnt, Cleanup(base))
 }
 
 /// Unmounts everything below a dir on drop, also when a test fails: here, what podman's
@@ -491,11 +496,7 @@ fn the_sweep_passes_over_a_stopped_server_and_detaches_a_dead_ones_mount() {
 #[test]
 fn a_served_mounts_server_that_outlives_the_unmount_is_killed() {
     let fixture = Fixture::new();
-    let base = fixture.dir.path().join("served");
-    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
-    for d in [&upper, &work, &mnt] {
-        std::fs::create_dir_all(d).unwrap();
-    }
+    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "served");
     let lowers: Vec<String> = lower_paths(&fixture);
     // A sleep no other process runs: how the test finds it again.
     let marker = format!("1000.{}", std::process::id());
@@ -519,7 +520,7 @@ fn a_served_mounts_server_that_outlives_the_unmount_is_killed() {
         flags: Default::default(),
         id_shift: None,
     };
-    let log = base.join("server.log");
+    let log = fixture.dir.path().join("served/server.log");
     let guard = strata_unionfs::mount_served(&spec, Driver::Fuse, command, &log).unwrap();
     assert!(mnt.join("etc").is_dir(), "the served mount shows the union");
     let sleeping = move || {
@@ -574,12 +575,7 @@ fn entries_made_over_whiteouts_in_a_setgid_directory_take_its_group() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o2775)).unwrap();
     }
     let kernel = fixture.mount("kernel", Driver::Overlay);
-    let base = fixture.dir.path().join("standalone");
-    let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
-    for d in [&upper, &work, &mnt] {
-        std::fs::create_dir_all(d).unwrap();
-    }
-    let _cleanup = Cleanup(base.clone());
+    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "standalone");
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower_paths(&fixture).join(":"),
