@@ -32,7 +32,7 @@ use fuser::{
 use crate::idshift::IdShift;
 use crate::layer::{Kind, Meta};
 use crate::modify::{SetAttr, SetTime};
-use crate::union::{Caller, DirEntry, Entry, OpenFile, Union};
+use crate::union::{Caller, DirEntry, Entry, OpenFile, Union, Unprivileged};
 
 /// Entries change only through this mount (the branches must not be modified behind its
 /// back, as for overlayfs), and the kernel updates its caches on every change it makes
@@ -194,14 +194,22 @@ impl Fs {
         }
     }
 
-    /// For a caller that may not keep a file's set-ID bits when it truncates or fallocates
-    /// the file, its gid in the branches' ids (see [`drop_setid`](crate::union::drop_setid)).
+    /// A caller that may not keep a file's set-ID bits when it truncates or fallocates the
+    /// file (see [`drop_setid`](crate::union::drop_setid)).
     /// The kernel asks for CAP_FSETID in the initial user namespace, which the request does
     /// not carry: host root is who has it, as for the WRITEs it marks (the root of a
     /// `--userns private` container is not). Only under FUSE_HANDLE_KILLPRIV_V2; without
     /// it the kernel drops the bits itself.
-    fn setid_dropper(&self, req: &Request) -> Option<u32> {
-        (self.killpriv.load(Ordering::Relaxed) && req.uid() != 0).then(|| self.caller(req).gid)
+    fn setid_dropper(&self, req: &Request) -> Option<Unprivileged> {
+        (self.killpriv.load(Ordering::Relaxed) && req.uid() != 0).then(|| self.unprivileged(req))
+    }
+
+    fn unprivileged(&self, req: &Request) -> Unprivileged {
+        Unprivileged {
+            gid: self.caller(req).gid,
+            pid: req.pid(),
+            shift: self.shift,
+        }
     }
 
     fn reply_entry(&self, result: rustix::io::Result<Entry>, reply: ReplyEntry) {
@@ -659,7 +667,7 @@ impl Filesystem for Fs {
         // Set by the kernel for a caller without CAP_FSETID (see `init`).
         let drop_setid = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            .then(|| self.caller(req).gid);
+            .then(|| self.unprivileged(req));
         match self.union.write(fh.0, offset, data, drop_setid) {
             Ok(n) => reply.written(n),
             Err(err) => reply.error(errno(err)),

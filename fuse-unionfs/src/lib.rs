@@ -28,4 +28,4 @@ pub use mount::{
     Driver, Flags, MountGuard, MountSpec, detach_all_below, fuse_available, mount, mount_detached,
     mount_served, mount_type, serve_daemon, serve_foreground, sweep_stale, unmount,
 };
-pub use union::{Caller, DirEntry, Entry, Listing, Union};
+pub use union::{Caller, DirEntry, Entry, Listing, Union, Unprivileged};

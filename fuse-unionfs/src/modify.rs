@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use crate::copyup::{copy_up, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
-use crate::union::{Caller, Entry, OpenFile, Union, drop_setid};
+use crate::union::{Caller, Entry, OpenFile, Union, Unprivileged, drop_setid};
 
 /// A real file (device, inode).
 pub(crate) type Key = (u64, u64);
@@ -40,9 +40,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
-    /// For a truncate by a caller that may not keep the file's set-ID bits, its gid (in the
-    /// branches' ids): see [`drop_setid`].
-    pub drop_setid: Option<u32>,
+    /// For a truncate by a caller that may not keep the file's set-ID bits: see
+    /// [`drop_setid`].
+    pub drop_setid: Option<Unprivileged>,
 }
 
 fn ts(t: Option<SetTime>) -> Timespec {
@@ -479,8 +479,8 @@ impl Union {
             match (&open, &path) {
                 (Some(file), _) => {
                     let fd = self.fd(file)?;
-                    if let Some(gid) = set.drop_setid {
-                        drop_setid(fd, gid)?;
+                    if let Some(caller) = &set.drop_setid {
+                        drop_setid(fd, caller)?;
                     }
                     rustix::fs::ftruncate(fd, size)?;
                 }
@@ -491,8 +491,8 @@ impl Union {
                         OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                         Mode::empty(),
                     )?;
-                    if let Some(gid) = set.drop_setid {
-                        drop_setid(fd.as_fd(), gid)?;
+                    if let Some(caller) = &set.drop_setid {
+                        drop_setid(fd.as_fd(), caller)?;
                     }
                     rustix::fs::ftruncate(&fd, size)?;
                 }

@@ -691,17 +691,23 @@ impl Union {
         Ok(buf)
     }
 
-    /// A write; `drop_setid`, the gid of a caller that may not keep the file's set-ID bits,
-    /// clears them first, as a write through the kernel does (see [`drop_setid`]): never is
-    /// the new content there under the old bits.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], drop_setid: Option<u32>) -> Res<u32> {
+    /// A write; `drop_setid`, a caller that may not keep the file's set-ID bits, clears
+    /// them first, as a write through the kernel does (see [`drop_setid`]): never is the
+    /// new content there under the old bits.
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        drop_setid: Option<Unprivileged>,
+    ) -> Res<u32> {
         let file = self.files.get(fh)?;
         if !file.upper {
             return Err(Errno::BADF);
         }
         let fd = self.fd(&file)?;
-        if let Some(gid) = drop_setid {
-            self::drop_setid(fd, gid)?;
+        if let Some(caller) = &drop_setid {
+            self::drop_setid(fd, caller)?;
         }
         let mut done = 0;
         while done < data.len() {
@@ -786,16 +792,46 @@ impl Union {
     }
 }
 
+/// A caller that may not keep the set-ID bits of the files it writes (one without
+/// CAP_FSETID): its gid in the branches' ids, and its pid, for its supplementary groups.
+#[derive(Clone, Copy, Debug)]
+pub struct Unprivileged {
+    pub gid: u32,
+    pub pid: u32,
+    pub shift: Option<crate::IdShift>,
+}
+
+impl Unprivileged {
+    /// Whether the caller is in group `gid` (branch ids): its own, or one of its
+    /// supplementary groups, which the request does not carry: read from /proc.
+    fn in_group(&self, gid: u32) -> bool {
+        gid == self.gid
+            || std::fs::read_to_string(format!("/proc/{}/status", self.pid)).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Groups:"))
+                    .is_some_and(|groups| {
+                        groups
+                            .split_whitespace()
+                            .filter_map(|g| g.parse().ok())
+                            .map(|g| self.shift.map_or(g, |shift| shift.to_image(g)))
+                            .any(|g| g == gid)
+                    })
+            })
+    }
+}
+
 /// Clears a file's set-ID bits as the kernel does when a caller without CAP_FSETID writes
 /// or truncates it (`setattr_should_drop_suidgid`): set-user-ID always, set-group-ID when
-/// the file is group-executable or the caller is not in its group (`caller_gid`, in the
-/// branches' ids; the request carries no supplementary groups). This server writes as root,
-/// whose writes keep both, so it drops them itself for the callers that may not keep them
-/// (FUSE_HANDLE_KILLPRIV_V2, see `fuse.rs`).
-pub(crate) fn drop_setid(fd: BorrowedFd<'_>, caller_gid: u32) -> Res<()> {
+/// the file is group-executable or the caller is not in its group. This server writes as
+/// root, whose writes keep both, so it drops them itself for the callers that may not keep
+/// them (FUSE_HANDLE_KILLPRIV_V2, see `fuse.rs`).
+pub(crate) fn drop_setid(fd: BorrowedFd<'_>, caller: &Unprivileged) -> Res<()> {
     let st = rustix::fs::fstat(fd)?;
     let mut drop = libc::S_ISUID;
-    if st.st_mode & libc::S_IXGRP != 0 || st.st_gid != caller_gid {
+    if st.st_mode & libc::S_ISGID != 0
+        && (st.st_mode & libc::S_IXGRP != 0 || !caller.in_group(st.st_gid))
+    {
         drop |= libc::S_ISGID;
     }
     if st.st_mode & drop != 0 {
@@ -824,14 +860,14 @@ impl Union {
         offset: u64,
         len: u64,
         mode: i32,
-        drop_setid: Option<u32>,
+        drop_setid: Option<Unprivileged>,
     ) -> Res<()> {
         let file = self.files.get(fh)?;
         if !file.upper {
             return Err(Errno::BADF);
         }
-        if let Some(gid) = drop_setid {
-            self::drop_setid(self.fd(&file)?, gid)?;
+        if let Some(caller) = &drop_setid {
+            self::drop_setid(self.fd(&file)?, caller)?;
         }
         rustix::fs::fallocate(
             self.fd(&file)?,

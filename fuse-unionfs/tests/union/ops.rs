@@ -756,7 +756,8 @@ fn permissions_are_checked() {
 /// Writes and truncates by a caller without CAP_FSETID drop set-ID bits as they do under
 /// overlayfs, though the FUSE server writes as root (FUSE_HANDLE_KILLPRIV_V2, which spares
 /// every write(2) a GETXATTR round trip): set-user-ID always, set-group-ID when the file is
-/// group-executable or the caller is not in its group; fallocate too. Root keeps both.
+/// group-executable or the caller is not in its group (its supplementary groups count);
+/// fallocate too. Root keeps both.
 /// Files made by root and then written by nobody: their writes must not go through
 /// passthrough. What nobody makes belongs to nobody.
 #[test]
@@ -774,6 +775,7 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("c", 0o2766),
             ("d", 0o4777),
             ("e", 0o4777),
+            ("h", 0o2766),
         ];
         for (name, mode) in modes {
             fs::write(m.path(&format!("w/{name}")), b"x\n").unwrap();
@@ -783,6 +785,22 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             )
             .unwrap();
         }
+        // In the file's group through a supplementary group: set-group-ID stays.
+        std::os::unix::fs::chown(m.path("w/h"), None, Some(50)).unwrap();
+        fs::set_permissions(m.path("w/h"), fs::Permissions::from_mode(0o2766)).unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid", "65534", "--regid", "65534", "--groups", "50", "sh", "-c",
+            ])
+            .arg("echo more >> h")
+            .current_dir(m.path("w"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let script = "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d \
                       && echo new > made && mkdir made-dir && fallocate -l 8192 g";
         let out = std::process::Command::new("setpriv")
@@ -835,7 +853,8 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("b", 0o777, 7),
             ("c", 0o766, 7),
             ("d", 0o777, 1),
-            ("e", 0o4777, 10)
+            ("e", 0o4777, 10),
+            ("h", 0o2766, 7)
         ],
         "overlayfs"
     );
