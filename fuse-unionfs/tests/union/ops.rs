@@ -788,39 +788,26 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
         // In the file's group through a supplementary group: set-group-ID stays.
         std::os::unix::fs::chown(m.path("w/h"), None, Some(50)).unwrap();
         fs::set_permissions(m.path("w/h"), fs::Permissions::from_mode(0o2766)).unwrap();
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid", "65534", "--regid", "65534", "--groups", "50", "sh", "-c",
-            ])
-            .arg("echo more >> h")
-            .current_dir(m.path("w"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let script = "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d \
-                      && echo new > made && mkdir made-dir && fallocate -l 8192 g";
-        let out = std::process::Command::new("setpriv")
-            .args([
-                "--reuid",
-                "65534",
-                "--regid",
-                "65534",
-                "--clear-groups",
-                "sh",
-                "-c",
-                script,
-            ])
-            .current_dir(m.path("w"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        // `script` in w/ as nobody, with `groups` ("--clear-groups" or "--groups=N").
+        let as_nobody = |groups: &str, script: &str| {
+            let out = std::process::Command::new("setpriv")
+                .args([
+                    "--reuid", "65534", "--regid", "65534", groups, "sh", "-c", script,
+                ])
+                .current_dir(m.path("w"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{script}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        as_nobody("--groups=50", "echo more >> h");
+        as_nobody(
+            "--clear-groups",
+            "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d \
+             && echo new > made && mkdir made-dir && fallocate -l 8192 g",
         );
         fs::OpenOptions::new()
             .append(true)
