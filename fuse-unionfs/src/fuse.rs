@@ -420,7 +420,7 @@ impl Filesystem for Fs {
         // kernel asks for security.capability (file_remove_privs) unless the inode is marked
         // S_NOSEC, which it is only on a superblock with SB_NOSEC, set for a server that
         // drops set-ID bits itself. This one does: on a WRITE with FUSE_WRITE_KILL_SUIDGID,
-        // on a truncate by a caller that may not keep them (`setattr`), and by never passing
+        // on a truncate or fallocate by a caller that may not keep them, and by never passing
         // the writes to a set-ID file through (`open_mode`). Capabilities are still removed
         // by the kernel (a REMOVEXATTR), or under passthrough by the branch's file system.
         if caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
