@@ -194,8 +194,8 @@ impl Fs {
         }
     }
 
-    /// A caller that may not keep a file's set-ID bits when it truncates or fallocates the
-    /// file (see [`drop_setid`](crate::union::drop_setid)).
+    /// A caller that may not keep a file's set-ID bits when it truncates, fallocates or
+    /// chowns the file (see [`drop_setid`](crate::union::drop_setid)).
     /// The kernel asks for CAP_FSETID in the initial user namespace, which the request does
     /// not carry: host root is who has it, as for the WRITEs it marks (the root of a
     /// `--userns private` container is not). Only under FUSE_HANDLE_KILLPRIV_V2; without
@@ -251,18 +251,9 @@ impl Fs {
         let big = |size: u64| size >= PASSTHROUGH_MIN_SIZE;
         let wanted = if file.upper {
             // A passthrough write reaches the file as this server (root), which keeps
-            // set-ID bits: the writes to a set-ID file come here, where the kernel says
-            // whether to drop them (see `init`). A file made set-ID while open through
-            // passthrough keeps its bits against writes until its last open is closed.
-            let st = self
-                .union
-                .fd(file)
-                .ok()
-                .and_then(|fd| rustix::fs::fstat(fd).ok());
-            st.is_some_and(|st| {
-                let setid = st.st_mode & (libc::S_ISUID | libc::S_ISGID) != 0;
-                !setid && (writer || big(st.st_size as u64))
-            })
+            // set-ID bits; but the kernel first asks this server to drop them when the
+            // caller may not keep them (an empty SETATTR, see `setattr`).
+            writer || stat().is_some_and(|(size, _)| big(size))
         } else {
             // A lower file with several names is copied up with all of them (modify.rs),
             // which a new inode number for one name would split: those stay cached.
@@ -420,9 +411,10 @@ impl Filesystem for Fs {
         // kernel asks for security.capability (file_remove_privs) unless the inode is marked
         // S_NOSEC, which it is only on a superblock with SB_NOSEC, set for a server that
         // drops set-ID bits itself. This one does: on a WRITE with FUSE_WRITE_KILL_SUIDGID,
-        // on a truncate or fallocate by a caller that may not keep them, and by never passing
-        // the writes to a set-ID file through (`open_mode`). Capabilities are still removed
-        // by the kernel (a REMOVEXATTR), or under passthrough by the branch's file system.
+        // on a truncate, fallocate or chown by a caller that may not keep them, and on the
+        // empty SETATTR the kernel sends before such a caller's write passes through
+        // (`setattr`). Capabilities are still removed by the kernel (a REMOVEXATTR), or
+        // under passthrough by the branch's file system.
         if caps.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
             && config
                 .add_capabilities(InitFlags::FUSE_HANDLE_KILLPRIV_V2)
@@ -502,6 +494,13 @@ impl Filesystem for Fs {
         reply: ReplyAttr,
     ) {
         let inward = |id: u32| self.shift.map_or(id, |shift| shift.to_image(id));
+        let chown = uid.is_some() || gid.is_some();
+        // Under FUSE_HANDLE_KILLPRIV_V2 the kernel leaves set-ID bits to this server on a
+        // truncate, a chown, and when a write it passes through or a `chown(f, -1, -1)`
+        // should drop them: it then sends a SETATTR that changes nothing (it takes the mode
+        // out of the kernel's own change).
+        let nothing =
+            mode.is_none() && !chown && size.is_none() && atime.is_none() && mtime.is_none();
         let set = SetAttr {
             mode,
             uid: uid.map(inward),
@@ -509,9 +508,14 @@ impl Filesystem for Fs {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
-            // The kernel says so in FATTR_KILL_SUIDGID, which fuser does not pass on:
-            // decided here by the caller's uid (see `setid_dropper`).
-            drop_setid: size.and_then(|_| self.setid_dropper(req)),
+            // The kernel says so in FATTR_KILL_SUIDGID for a truncate and a chown, but
+            // fuser does not pass it on: decided here by the caller's uid (see
+            // `setid_dropper`).
+            drop_setid: if size.is_some() || chown || nothing {
+                self.setid_dropper(req)
+            } else {
+                None
+            },
         };
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),

@@ -4,7 +4,7 @@
 //! `rename`). All writes land in the upper branch only.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use crate::copyup::{copy_up, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
-use crate::union::{Caller, Entry, OpenFile, Union, Unprivileged, drop_setid};
+use crate::union::{Caller, Entry, OpenFile, Union, Unprivileged, drop_setid, drop_setid_at};
 
 /// A real file (device, inode).
 pub(crate) type Key = (u64, u64);
@@ -40,8 +40,10 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<SetTime>,
     pub mtime: Option<SetTime>,
-    /// For a truncate by a caller that may not keep the file's set-ID bits: see
-    /// [`drop_setid`].
+    /// A caller that may not keep the file's set-ID bits (see [`drop_setid`]), for a
+    /// truncate, a chown, or a request that changes nothing: the kernel's way of saying
+    /// that a write it passes through, or a `chown(f, -1, -1)`, drops them. They go
+    /// before anything else changes.
     pub drop_setid: Option<Unprivileged>,
 }
 
@@ -456,6 +458,13 @@ impl Union {
             Some(self.copy_up_node(&node)?)
         };
         let upper = self.upper_fd();
+        if let Some(caller) = &set.drop_setid {
+            match (&open, &path) {
+                (Some(file), _) => drop_setid(self.fd(file)?, caller)?,
+                (None, Some(path)) => drop_setid_at(upper, path, caller)?,
+                (None, None) => return Err(Errno::STALE),
+            }
+        }
         if let Some(path) = &path {
             if set.uid.is_some() || set.gid.is_some() {
                 rustix::fs::chownat(
@@ -477,13 +486,7 @@ impl Union {
         }
         if let Some(size) = set.size {
             match (&open, &path) {
-                (Some(file), _) => {
-                    let fd = self.fd(file)?;
-                    if let Some(caller) = &set.drop_setid {
-                        drop_setid(fd, caller)?;
-                    }
-                    rustix::fs::ftruncate(fd, size)?;
-                }
+                (Some(file), _) => rustix::fs::ftruncate(self.fd(file)?, size)?,
                 (None, Some(path)) => {
                     let fd = rustix::fs::openat(
                         upper,
@@ -491,9 +494,6 @@ impl Union {
                         OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
                         Mode::empty(),
                     )?;
-                    if let Some(caller) = &set.drop_setid {
-                        drop_setid(fd.as_fd(), caller)?;
-                    }
                     rustix::fs::ftruncate(&fd, size)?;
                 }
                 (None, None) => return Err(Errno::STALE),

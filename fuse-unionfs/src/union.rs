@@ -821,23 +821,40 @@ impl Unprivileged {
     }
 }
 
-/// Clears a file's set-ID bits as the kernel does when a caller without CAP_FSETID writes
-/// or truncates it (`setattr_should_drop_suidgid`): set-user-ID always, set-group-ID when
-/// the file is group-executable or the caller is not in its group. This server writes as
-/// root, whose writes keep both, so it drops them itself for the callers that may not keep
-/// them (FUSE_HANDLE_KILLPRIV_V2, see `fuse.rs`).
+/// Clears a file's set-ID bits as the kernel does when a caller without CAP_FSETID writes,
+/// truncates or chowns it (`setattr_should_drop_suidgid`): set-user-ID always, set-group-ID
+/// when the file is group-executable or the caller is not in its group; only on regular
+/// files. This server works as root, whose changes keep both, so it drops them itself for
+/// the callers that may not keep them (FUSE_HANDLE_KILLPRIV_V2, see `fuse.rs`).
 pub(crate) fn drop_setid(fd: BorrowedFd<'_>, caller: &Unprivileged) -> Res<()> {
-    let st = rustix::fs::fstat(fd)?;
+    if let Some(mode) = without_setid(&rustix::fs::fstat(fd)?, caller) {
+        rustix::fs::fchmod(fd, mode)?;
+    }
+    Ok(())
+}
+
+/// [`drop_setid`] for the file at `path` under `dir` (not followed if a link).
+pub(crate) fn drop_setid_at(dir: BorrowedFd<'_>, path: &Path, caller: &Unprivileged) -> Res<()> {
+    let st = rustix::fs::statat(dir, arg(path), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    if let Some(mode) = without_setid(&st, caller) {
+        // A regular file: chmodat follows no link.
+        rustix::fs::chmodat(dir, arg(path), mode, rustix::fs::AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// The mode `st` is left with by [`drop_setid`], or None if it keeps its bits.
+fn without_setid(st: &rustix::fs::Stat, caller: &Unprivileged) -> Option<Mode> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return None;
+    }
     let mut drop = libc::S_ISUID;
     if st.st_mode & libc::S_ISGID != 0
         && (st.st_mode & libc::S_IXGRP != 0 || !caller.in_group(st.st_gid))
     {
         drop |= libc::S_ISGID;
     }
-    if st.st_mode & drop != 0 {
-        rustix::fs::fchmod(fd, Mode::from_raw_mode(st.st_mode & 0o7777 & !drop))?;
-    }
-    Ok(())
+    (st.st_mode & drop != 0).then(|| Mode::from_raw_mode(st.st_mode & 0o7777 & !drop))
 }
 
 /// The process umask, read without changing it (setting and restoring it would race with

@@ -758,8 +758,11 @@ fn permissions_are_checked() {
 /// every write(2) a GETXATTR round trip): set-user-ID always, set-group-ID when the file is
 /// group-executable or the caller is not in its group (its supplementary groups count);
 /// fallocate too. Root keeps both.
-/// Files made by root and then written by nobody: their writes must not go through
-/// passthrough. What nobody makes belongs to nobody.
+/// Files made by root and then written by nobody, whose writes pass through to the upper
+/// file as the server (root): the kernel asks the server first, in an empty SETATTR, to
+/// drop the bits. Also a file made set-user-ID while open for writing, a chgrp by an owner
+/// not in the file's group, and a chown that changes nothing, as overlayfs has them. What
+/// nobody makes belongs to nobody.
 #[test]
 fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
     let fixture = Fixture::new();
@@ -776,6 +779,9 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("d", 0o4777),
             ("e", 0o4777),
             ("h", 0o2766),
+            ("i", 0o777),
+            ("j", 0o2744),
+            ("k", 0o4777),
         ];
         for (name, mode) in modes {
             fs::write(m.path(&format!("w/{name}")), b"x\n").unwrap();
@@ -788,6 +794,11 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
         // In the file's group through a supplementary group: set-group-ID stays.
         std::os::unix::fs::chown(m.path("w/h"), None, Some(50)).unwrap();
         fs::set_permissions(m.path("w/h"), fs::Permissions::from_mode(0o2766)).unwrap();
+        // Nobody's own files: "j" in a group nobody is not in.
+        for (name, gid) in [("i", 65534), ("j", 50), ("k", 65534)] {
+            std::os::unix::fs::chown(m.path(&format!("w/{name}")), Some(65534), Some(gid)).unwrap();
+        }
+        fs::set_permissions(m.path("w/j"), fs::Permissions::from_mode(0o2744)).unwrap();
         // `script` in w/ as nobody, with `groups` ("--clear-groups" or "--groups=N").
         let as_nobody = |groups: &str, script: &str| {
             let out = std::process::Command::new("setpriv")
@@ -808,6 +819,14 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             "--clear-groups",
             "echo more >> a && echo more >> b && echo more >> c && truncate -s 1 d \
              && echo new > made && mkdir made-dir && fallocate -l 8192 g",
+        );
+        // Made set-user-ID while open for writing, then written: the write drops the bit.
+        // A chgrp by the owner drops set-group-ID when it is not in the file's group, and
+        // so does a chown that changes nothing, which also drops set-user-ID.
+        as_nobody(
+            "--clear-groups",
+            "exec 3>> i && chmod 4777 i && echo more >&3 && chgrp 65534 j \
+             && python3 -c 'import os; os.chown(\"k\", -1, -1)'",
         );
         fs::OpenOptions::new()
             .append(true)
@@ -841,7 +860,10 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("c", 0o766, 7),
             ("d", 0o777, 1),
             ("e", 0o4777, 10),
-            ("h", 0o2766, 7)
+            ("h", 0o2766, 7),
+            ("i", 0o777, 7),
+            ("j", 0o744, 2),
+            ("k", 0o777, 2)
         ],
         "overlayfs"
     );
