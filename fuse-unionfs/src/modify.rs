@@ -452,10 +452,13 @@ impl Union {
         let open = fh
             .and_then(|fh| self.files.get(fh).ok())
             .filter(|f| f.upper);
-        let path = if open.is_some() && self.path(ino).is_err() {
-            None
+        let (open, path) = if self.path(ino).is_err() {
+            // Every name is gone: the file is changed through an open upper file of it.
+            // Only ftruncate(2) names its handle; fchmod, fchown and futimens do not.
+            let open = open.map_or_else(|| self.unlinked_open(ino, true), Ok)?;
+            (Some(open), None)
         } else {
-            Some(self.copy_up_node(&node)?)
+            (open, Some(self.copy_up_node(&node)?))
         };
         let upper = self.upper_fd();
         if let Some(caller) = &set.drop_setid {
@@ -465,23 +468,23 @@ impl Union {
                 (None, None) => return Err(Errno::STALE),
             }
         }
-        if let Some(path) = &path {
-            if set.uid.is_some() || set.gid.is_some() {
-                rustix::fs::chownat(
-                    upper,
-                    arg(path),
-                    set.uid.map(rustix::fs::Uid::from_raw),
-                    set.gid.map(rustix::fs::Gid::from_raw),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )?;
+        if set.uid.is_some() || set.gid.is_some() {
+            let uid = set.uid.map(rustix::fs::Uid::from_raw);
+            let gid = set.gid.map(rustix::fs::Gid::from_raw);
+            match (&path, &open) {
+                (Some(path), _) => {
+                    rustix::fs::chownat(upper, arg(path), uid, gid, AtFlags::SYMLINK_NOFOLLOW)?
+                }
+                (None, Some(file)) => rustix::fs::fchown(self.fd(file)?, uid, gid)?,
+                (None, None) => return Err(Errno::STALE),
             }
-            if let Some(mode) = set.mode {
-                rustix::fs::chmodat(
-                    upper,
-                    arg(path),
-                    Mode::from_raw_mode(mode & 0o7777),
-                    AtFlags::empty(),
-                )?;
+        }
+        if let Some(mode) = set.mode {
+            let mode = Mode::from_raw_mode(mode & 0o7777);
+            match (&path, &open) {
+                (Some(path), _) => rustix::fs::chmodat(upper, arg(path), mode, AtFlags::empty())?,
+                (None, Some(file)) => rustix::fs::fchmod(self.fd(file)?, mode)?,
+                (None, None) => return Err(Errno::STALE),
             }
         }
         if let Some(size) = set.size {
@@ -531,8 +534,11 @@ impl Union {
         }
         let _shared = self.shared();
         let node = self.node(ino)?;
-        let path = self.copy_up_node(&node)?;
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
+        if self.path(ino) == Err(Errno::STALE) {
+            return rustix::fs::fsetxattr(self.unlinked_file(ino, true)?, name, value, flags);
+        }
+        let path = self.copy_up_node(&node)?;
         rustix::fs::lsetxattr(self.layers.abs(UPPER, &path), name, value, flags)
     }
 
@@ -542,6 +548,9 @@ impl Union {
         }
         let _shared = self.shared();
         let node = self.node(ino)?;
+        if self.path(ino) == Err(Errno::STALE) {
+            return rustix::fs::fremovexattr(self.unlinked_file(ino, true)?, name);
+        }
         let layer = node.state().layer;
         if layer != UPPER {
             // Nothing to remove is not a change: no copy-up (ovl_xattr_set does the same).

@@ -15,8 +15,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard}
 
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
+use xattr::FileExt;
 
-use crate::copyup::{get_xattr, list_xattrs};
+use crate::copyup::{get_xattr, io_errno, list_xattrs};
 use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
 use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, is_private_xattr};
@@ -422,11 +423,7 @@ impl Union {
             // An upper handle is the file itself; a lower one shows what it reads, with
             // nlink 0, as every name is gone.
             Err(Errno::STALE) => {
-                let file = self
-                    .files
-                    .find(|f| f.ino == ino && f.upper)
-                    .or_else(|| self.files.find(|f| f.ino == ino))
-                    .ok_or(Errno::STALE)?;
+                let file = self.unlinked_open(ino, false)?;
                 let mut meta = Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?);
                 meta.nlink = 0;
                 Ok(Entry {
@@ -761,19 +758,54 @@ impl Union {
         }
         let _shared = self.shared();
         let node = self.node(ino)?;
-        let path = self.path(ino)?;
+        let path = match self.path(ino) {
+            Err(Errno::STALE) => {
+                let file = self.unlinked_file(ino, false)?;
+                return file
+                    .get_xattr(name)
+                    .map_err(|e| io_errno(&e))?
+                    .ok_or(Errno::NODATA);
+            }
+            path => path?,
+        };
         let layer = node.state().layer;
         get_xattr(&self.layers.abs(layer, &path), name)
+    }
+
+    /// An open file of `ino` whose every name is gone, for the requests that come
+    /// without a handle (fstat, fchmod, fgetxattr and the like): an upper one if there is
+    /// one, else a lower one unless `upper`; STALE if none. Rare: a scan of the handles.
+    pub(crate) fn unlinked_open(&self, ino: u64, upper: bool) -> Res<Arc<OpenFile>> {
+        self.files
+            .find(|f| f.ino == ino && f.upper)
+            .or_else(|| {
+                (!upper)
+                    .then(|| self.files.find(|f| f.ino == ino))
+                    .flatten()
+            })
+            .ok_or(Errno::STALE)
+    }
+
+    /// [`Union::unlinked_open`] as a `File` (a dup of its descriptor), for the xattr crate.
+    pub(crate) fn unlinked_file(&self, ino: u64, upper: bool) -> Res<std::fs::File> {
+        let file = self.unlinked_open(ino, upper)?;
+        let fd = self.fd(&file)?.try_clone_to_owned();
+        Ok(std::fs::File::from(fd.map_err(|e| io_errno(&e))?))
     }
 
     /// listxattr as the NUL-separated list the syscall returns, private names removed.
     pub fn listxattr(&self, ino: u64) -> Res<Vec<u8>> {
         let _shared = self.shared();
         let node = self.node(ino)?;
-        let path = self.path(ino)?;
-        let layer = node.state().layer;
+        let names = match self.path(ino) {
+            Err(Errno::STALE) => {
+                let file = self.unlinked_file(ino, false)?;
+                file.list_xattr().map_err(|e| io_errno(&e))?.collect()
+            }
+            path => list_xattrs(&self.layers.abs(node.state().layer, &path?))?,
+        };
         let mut out = Vec::new();
-        for name in list_xattrs(&self.layers.abs(layer, &path))? {
+        for name in names {
             if !is_private_xattr(&name) {
                 out.extend_from_slice(name.as_bytes());
                 out.push(0);

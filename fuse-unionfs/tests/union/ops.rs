@@ -873,6 +873,98 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
     drop(fixture);
 }
 
+/// A file open for writing stays changeable after its every name is gone, as under
+/// overlayfs: fchmod, fchown, ftruncate, fsetxattr and futimens (only ftruncate comes with
+/// the file's handle), on a lower file copied up by the open and on a file made in the upper.
+#[test]
+fn an_open_file_whose_names_are_gone_can_still_be_changed() {
+    use std::os::fd::AsFd;
+    let fixture = Fixture::new();
+    let fuse = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let overlay = fixture.mount("overlay", Driver::Overlay);
+    let run = |m: &Mounted| {
+        fs::write(m.path("etc/made"), b"made\n").unwrap();
+        ["etc/conf4", "etc/made"].map(|name| {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(m.path(name))
+                .unwrap();
+            fs::remove_file(m.path(name)).unwrap();
+            let fd = file.as_fd();
+            let results = [
+                rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(0o4711)),
+                rustix::fs::fchown(
+                    fd,
+                    Some(rustix::fs::Uid::from_raw(7)),
+                    Some(rustix::fs::Gid::from_raw(8)),
+                ),
+                rustix::fs::ftruncate(fd, 2),
+                rustix::fs::fsetxattr(fd, "user.gone", b"yes", rustix::fs::XattrFlags::empty()),
+                rustix::fs::futimens(
+                    fd,
+                    &rustix::fs::Timestamps {
+                        last_access: rustix::fs::Timespec {
+                            tv_sec: 5,
+                            tv_nsec: 0,
+                        },
+                        last_modification: rustix::fs::Timespec {
+                            tv_sec: 6,
+                            tv_nsec: 0,
+                        },
+                    },
+                ),
+            ];
+            let st = rustix::fs::fstat(fd).unwrap();
+            let mut value = [0u8; 8];
+            let got =
+                rustix::fs::fgetxattr(fd, "user.gone", &mut value).map(|n| value[..n].to_vec());
+            let mut list = [0u8; 256];
+            let listed = rustix::fs::flistxattr(fd, &mut list).map(|n| {
+                let names = list[..n]
+                    .split(|b| *b == 0)
+                    .filter(|n| n.starts_with(b"user."));
+                names
+                    .map(|n| String::from_utf8_lossy(n).into_owned())
+                    .collect::<Vec<_>>()
+            });
+            (
+                name,
+                results,
+                st.st_mode & 0o7777,
+                (st.st_uid, st.st_gid),
+                (st.st_atime, st.st_mtime),
+                st.st_size,
+                st.st_nlink,
+                got,
+                listed,
+            )
+        })
+    };
+    let theirs = run(&overlay);
+    let m = fuse.clone();
+    let ours = deadline(60, "changes to unlinked open files", move || run(&m));
+    assert_eq!(
+        theirs[0],
+        (
+            "etc/conf4",
+            [Ok(()), Ok(()), Ok(()), Ok(()), Ok(())],
+            0o711,
+            (7, 8),
+            (5, 6),
+            2,
+            0,
+            Ok(b"yes".to_vec()),
+            Ok(vec!["user.gone".to_string()])
+        ),
+        "overlayfs"
+    );
+    assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
+    drop(fuse);
+    drop(overlay);
+    drop(fixture);
+}
+
 /// A POSIX access ACL in the kernel's xattr form: owner rw, user `uid` r, group and
 /// others nothing, mask r.
 fn acl_granting_read_to(uid: u32) -> Vec<u8> {
