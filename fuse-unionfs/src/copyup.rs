@@ -1,11 +1,11 @@
 //! Copy-up: makes the upper branch hold a copy of an entry that so far lives only in a
 //! lower branch, before anything modifies it. The copy is built in the work dir (data by
-//! FICLONE, else copy_file_range, else read/write; then xattrs, owner, mode, times, fsync)
-//! and renamed into place, so the upper dir never shows a half-made file
-//! (overlayfs.rst "Non-directories": copy up is atomic through the workdir).
+//! FICLONE, else copy_file_range of each data extent, holes kept, else read/write; then
+//! xattrs, owner, mode, times, fsync) and renamed into place, so the upper dir never shows
+//! a half-made file (overlayfs.rst "Non-directories": copy up is atomic through the
+//! workdir).
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
@@ -152,33 +152,92 @@ pub(crate) fn timespec(t: std::time::SystemTime) -> Timespec {
     }
 }
 
-/// Data: a reflink when the filesystem shares extents, else an in-kernel copy, else a loop.
+/// Data: a reflink when the filesystem shares extents, else each data extent by an
+/// in-kernel copy, else by a loop; holes stay holes.
 fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
     if size == 0 || rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }
-    let mut copied = 0u64;
-    loop {
-        let chunk = (size.saturating_sub(copied)).clamp(1 << 20, 1 << 30) as usize;
-        match rustix::fs::copy_file_range(src, None, dst, None, chunk) {
-            Ok(0) => return Ok(()),
-            Ok(n) => copied += n as u64,
-            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if copied == 0 => {
-                break;
-            }
-            Err(Errno::INTR) => continue,
+    // Data extent by extent: holes stay holes, as overlayfs keeps them. A file system
+    // without SEEK_DATA answers as if the whole file were data.
+    let mut copier = Copier {
+        src,
+        dst,
+        by_range: true,
+        ranged: 0,
+    };
+    let mut pos = 0;
+    while pos < size {
+        let start = match rustix::fs::seek(src, rustix::fs::SeekFrom::Data(pos)) {
+            Ok(start) => start,
+            Err(Errno::NXIO) => break,
             Err(err) => return Err(err),
-        }
+        };
+        let end = rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(start))?.min(size);
+        copier.copy(start, end)?;
+        pos = end;
     }
-    let mut reader = std::fs::File::from(src.try_clone_to_owned().map_err(|e| io_errno(&e))?);
-    let mut writer = std::fs::File::from(dst.try_clone_to_owned().map_err(|e| io_errno(&e))?);
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader.read(&mut buf).map_err(|e| io_errno(&e))?;
-        if n == 0 {
-            return Ok(());
+    // A trailing hole.
+    rustix::fs::ftruncate(dst, size)
+}
+
+/// Copies byte ranges at the same offsets: copy_file_range, else read and write.
+struct Copier<'a> {
+    src: BorrowedFd<'a>,
+    dst: BorrowedFd<'a>,
+    /// copy_file_range works (until it fails before copying anything)...
+    by_range: bool,
+    /// ...and has copied this much.
+    ranged: u64,
+}
+
+impl Copier<'_> {
+    fn copy(&mut self, mut pos: u64, end: u64) -> Res<()> {
+        while self.by_range && pos < end {
+            let chunk = (end - pos).min(1 << 30) as usize;
+            let (mut from, mut to) = (pos, pos);
+            match rustix::fs::copy_file_range(
+                self.src,
+                Some(&mut from),
+                self.dst,
+                Some(&mut to),
+                chunk,
+            ) {
+                // The source ends before its size: it changed under the copy.
+                Ok(0) => return Err(Errno::IO),
+                Ok(n) => {
+                    pos += n as u64;
+                    self.ranged += n as u64;
+                }
+                Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP)
+                    if self.ranged == 0 =>
+                {
+                    self.by_range = false;
+                }
+                Err(Errno::INTR) => {}
+                Err(err) => return Err(err),
+            }
         }
-        writer.write_all(&buf[..n]).map_err(|e| io_errno(&e))?;
+        let mut buf = vec![0u8; (end - pos).min(1 << 20) as usize];
+        while pos < end {
+            let want = buf.len().min((end - pos) as usize);
+            let n = match rustix::io::pread(self.src, &mut buf[..want], pos) {
+                Ok(0) => return Err(Errno::IO),
+                Ok(n) => n,
+                Err(Errno::INTR) => continue,
+                Err(err) => return Err(err),
+            };
+            let mut done = 0;
+            while done < n {
+                match rustix::io::pwrite(self.dst, &buf[done..n], pos + done as u64) {
+                    Ok(w) => done += w,
+                    Err(Errno::INTR) => {}
+                    Err(err) => return Err(err),
+                }
+            }
+            pos += n as u64;
+        }
+        Ok(())
     }
 }
 

@@ -306,6 +306,10 @@ impl Union {
         rdev: u64,
         caller: Caller,
     ) -> Res<Entry> {
+        // A character device 0/0 is a whiteout: overlayfs refuses to make one too.
+        if FileType::from_raw_mode(mode) == FileType::CharacterDevice && rdev == 0 {
+            return Err(Errno::PERM);
+        }
         let _shared = self.shared();
         let new = if FileType::from_raw_mode(mode) == FileType::RegularFile {
             New::File(mode)

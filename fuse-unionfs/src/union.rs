@@ -902,6 +902,20 @@ fn current_umask() -> u32 {
 }
 
 impl Union {
+    /// lseek with SEEK_DATA or SEEK_HOLE, answered by the real file: the kernel does the
+    /// other kinds itself, and without this would take a whole file for data.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Res<i64> {
+        let file = self.files.get(fh)?;
+        let offset = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
+        let to = match whence {
+            libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),
+            libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset),
+            _ => return Err(Errno::INVAL),
+        };
+        // The handle's own offset moves, but reads and writes give theirs.
+        Ok(rustix::fs::seek(self.fd(&file)?, to)? as i64)
+    }
+
     /// fallocate; `drop_setid` as for [`Union::write`].
     pub fn fallocate(
         &self,

@@ -610,7 +610,75 @@ fn symlinks_fifos_and_devices() {
             fs::symlink_metadata(m.path("etc/zero")).unwrap().rdev(),
             rustix::fs::makedev(1, 5)
         );
+        // A device 0/0 would be a whiteout in the upper: refused, as overlayfs does.
+        assert_eq!(
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                m.path("etc/whiteout"),
+                rustix::fs::FileType::CharacterDevice,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                0,
+            ),
+            Err(rustix::io::Errno::PERM)
+        );
+        assert!(!m.upper.join("etc/whiteout").exists());
     });
+}
+
+/// SEEK_DATA and SEEK_HOLE find a sparse file's data and holes, as under overlayfs, in a
+/// lower file and in its copy-up: without the server's answer the kernel took the whole
+/// file for data, and the copy-up filled the holes.
+#[test]
+fn sparse_files_show_their_holes() {
+    let fixture = Fixture::new();
+    let lower = fixture.lowers[2].join("etc/sparse");
+    let file = fs::File::create(&lower).unwrap();
+    file.set_len(8 << 20).unwrap();
+    rustix::io::pwrite(&file, b"data", 4 << 20).unwrap();
+    drop(file);
+    let fuse = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let overlay = fixture.mount("overlay", Driver::Overlay);
+    let run = |m: &Mounted| {
+        let seeks = |file: &fs::File| {
+            [
+                rustix::fs::seek(file, rustix::fs::SeekFrom::Data(0)),
+                rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(0)),
+                rustix::fs::seek(file, rustix::fs::SeekFrom::Hole(4 << 20)),
+                rustix::fs::seek(file, rustix::fs::SeekFrom::Data(5 << 20)),
+            ]
+        };
+        let lower = seeks(&fs::File::open(m.path("etc/sparse")).unwrap());
+        let copy = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path("etc/sparse"))
+            .unwrap();
+        (lower, seeks(&copy))
+    };
+    let theirs = run(&overlay);
+    let m = fuse.clone();
+    let ours = deadline(60, "seeks in a sparse file", move || run(&m));
+    // The data ends at a block boundary, and in a copy at most at the end of overlayfs's
+    // copy chunk (1 MiB); the rest is as in the lower file.
+    let shape = |seeks: [rustix::io::Result<u64>; 4]| {
+        let hole_after_data = *seeks[2].as_ref().unwrap();
+        assert!(
+            hole_after_data > 4 << 20 && hole_after_data <= 5 << 20,
+            "{seeks:?}"
+        );
+        [seeks[0], seeks[1], seeks[3]]
+    };
+    let sparse = [Ok(4 << 20), Ok(0), Err(rustix::io::Errno::NXIO)];
+    assert_eq!(
+        (shape(theirs.0), shape(theirs.1)),
+        (sparse, sparse),
+        "overlayfs"
+    );
+    assert_eq!(ours.0, theirs.0, "strata-unionfs, then overlayfs");
+    assert_eq!(shape(ours.1), sparse, "strata-unionfs's copy");
+    drop(fuse);
+    drop(overlay);
+    drop(fixture);
 }
 
 #[test]
