@@ -915,6 +915,39 @@ impl Filesystem for Fs {
         }
     }
 
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.union.tmpfile(parent.0, mode, self.caller(req)) {
+            Ok((entry, fh, file)) => {
+                let (ttl, attr) = (ttl(&entry), self.attr(&entry));
+                let Ok(mode) =
+                    self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
+                else {
+                    return reply.error(self.refuse_stale(fh, file.ino));
+                };
+                self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
+                    Some(id) => reply.created_passthrough(
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        flags,
+                        id,
+                    ),
+                    None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags),
+                });
+            }
+            Err(err) => reply.error(errno(err)),
+        }
+    }
+
     fn lseek(
         &self,
         _req: &Request,

@@ -68,6 +68,8 @@ enum New<'a> {
     Node(u32, u64),
     Symlink(&'a Path),
     Link(&'a Path),
+    /// A link to an open upper file that has no name (an O_TMPFILE, or every name gone).
+    LinkFd(BorrowedFd<'a>),
 }
 
 impl Union {
@@ -187,11 +189,8 @@ impl Union {
         // made in the work dir has the work dir's group and no inherited setgid bit.
         let as_made = tmp.is_none() && caller == self.maker && self.umask == 0;
         let finish = || -> Res<()> {
-            if !as_made && !matches!(new, New::Link(_)) {
-                let parent_meta = self.layers.stat(UPPER, &ppath)?;
-                // setgid directories hand their group down (inode_init_owner).
-                let setgid = parent_meta.mode & 0o2000 != 0;
-                let gid = if setgid { parent_meta.gid } else { caller.gid };
+            if !as_made && !matches!(new, New::Link(_) | New::LinkFd(_)) {
+                let (gid, setgid) = self.new_group(&ppath, caller)?;
                 rustix::fs::chownat(
                     dir,
                     at,
@@ -262,6 +261,15 @@ impl Union {
         ))
     }
 
+    /// The group of a new entry in upper directory `ppath`, and whether that directory is
+    /// set-group-ID: then it hands its own group down (inode_init_owner), else the
+    /// caller's group is taken.
+    fn new_group(&self, ppath: &Path, caller: Caller) -> Res<(u32, bool)> {
+        let parent = self.layers.stat(UPPER, ppath)?;
+        let setgid = parent.mode & 0o2000 != 0;
+        Ok((if setgid { parent.gid } else { caller.gid }, setgid))
+    }
+
     fn create_at(&self, dir: BorrowedFd<'_>, at: &Path, new: &New<'_>) -> Res<Option<OwnedFd>> {
         match *new {
             New::Dir(mode) => {
@@ -289,6 +297,9 @@ impl Union {
             New::Link(source) => {
                 rustix::fs::linkat(self.upper_fd(), source, dir, at, AtFlags::empty())
                     .map(|()| None)
+            }
+            New::LinkFd(fd) => {
+                rustix::fs::linkat(fd, "", dir, at, AtFlags::EMPTY_PATH).map(|()| None)
             }
         }
     }
@@ -339,6 +350,48 @@ impl Union {
         Ok((entry, fh, file))
     }
 
+    /// open(2) with O_TMPFILE: an unnamed file in the upper copy of directory `parent`,
+    /// open read-write, which `link` may name later (as overlayfs makes it: ovl_tmpfile).
+    pub fn tmpfile(
+        &self,
+        parent: u64,
+        mode: u32,
+        caller: Caller,
+    ) -> Res<(Entry, u64, Arc<OpenFile>)> {
+        let _shared = self.shared();
+        let (_, ppath, _) = self.copy_up_dir(parent)?;
+        let fd = rustix::fs::openat(
+            self.upper_fd(),
+            arg(&ppath),
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode & 0o7777),
+        )?;
+        // Owner and group as `make` gives them; then the mode exactly (chown clears set-ID
+        // bits, and this process's umask may have masked some).
+        let (gid, _) = self.new_group(&ppath, caller)?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(caller.uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
+        let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&fd)?);
+        let ino = self.table.ino_for(meta.key());
+        let state = NodeState {
+            links: Vec::new(),
+            layer: UPPER,
+            dir_layers: Vec::new(),
+        };
+        self.table.lookup(ino, false, state);
+        let (fh, file) = self.files.insert(OpenFile::new(fd, ino, true));
+        let entry = Entry {
+            ino,
+            meta,
+            upper: true,
+        };
+        Ok((entry, fh, file))
+    }
+
     /// A hard link: the source is copied up, then linked in the upper branch, so both names
     /// show one inode number and the real link count.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<Entry> {
@@ -347,9 +400,15 @@ impl Union {
         if node.is_dir {
             return Err(Errno::PERM);
         }
-        let source = self.copy_up_node(&node)?;
         let caller = Caller { uid: 0, gid: 0 };
-        let (mut entry, _) = self.make(newparent, newname, New::Link(&source), caller)?;
+        let (mut entry, _) = if self.path(ino) == Err(Errno::STALE) {
+            // No name: an O_TMPFILE (the kernel refuses to link other files with none).
+            let file = self.unlinked_open(ino, true)?;
+            self.make(newparent, newname, New::LinkFd(self.fd(&file)?), caller)?
+        } else {
+            let source = self.copy_up_node(&node)?;
+            self.make(newparent, newname, New::Link(&source), caller)?
+        };
         // `make` registered the new name on the node the upper inode maps to: the same one.
         entry.ino = node.ino;
         Ok(entry)

@@ -625,6 +625,92 @@ fn symlinks_fifos_and_devices() {
     });
 }
 
+/// How many entries other than directories are under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// open(2) with O_TMPFILE makes an unnamed file, as under overlayfs, in a lower directory
+/// (copied up first): it reads back, has no link, shows in no listing, and linkat(2) names
+/// it, also over a whiteout; with O_EXCL it can never be named. Unnamed ones leave nothing.
+#[test]
+fn o_tmpfile_makes_an_unnamed_file_that_link_can_name() {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+    let fixture = Fixture::new();
+    let fuse = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let overlay = fixture.mount("overlay", Driver::Overlay);
+    let run = |m: &Mounted| {
+        let tmpfile = |flags: OFlags| {
+            rustix::fs::openat(
+                CWD,
+                m.path("etc"),
+                OFlags::TMPFILE | OFlags::RDWR | flags,
+                Mode::from_raw_mode(0o640),
+            )
+            .unwrap()
+        };
+        let listing = names(&m.path("etc"));
+        let named = tmpfile(OFlags::empty());
+        rustix::io::write(&named, b"unnamed so far\n").unwrap();
+        rustix::fs::fchmod(&named, Mode::from_raw_mode(0o604)).unwrap();
+        let st = rustix::fs::fstat(&named).unwrap();
+        let before = (st.st_mode & 0o7777, st.st_nlink, st.st_size);
+        let listed_unnamed = names(&m.path("etc")) == listing;
+        let link = |fd: &std::os::fd::OwnedFd, name: &str| {
+            rustix::fs::linkat(fd, "", CWD, m.path(name), AtFlags::EMPTY_PATH)
+        };
+        let linked = (link(&named, "etc/named"), link(&named, "etc/conf3"));
+        let st = rustix::fs::fstat(&named).unwrap();
+        let excl = tmpfile(OFlags::EXCL);
+        let refused = link(&excl, "etc/never");
+        drop((named, excl, tmpfile(OFlags::empty())));
+        let meta = fs::metadata(m.path("etc/named")).unwrap();
+        (
+            before,
+            listed_unnamed,
+            linked,
+            st.st_nlink,
+            refused,
+            fs::read(m.path("etc/named")).unwrap(),
+            fs::read(m.path("etc/conf3")).unwrap(),
+            (meta.mode() & 0o7777, meta.nlink()),
+            names(&m.path("etc")).len() - listing.len(),
+            names(&m.upper.join("etc")),
+            files_under(&m.work),
+        )
+    };
+    let theirs = run(&overlay);
+    let m = fuse.clone();
+    let ours = deadline(60, "O_TMPFILE", move || run(&m));
+    assert_eq!(
+        (&theirs.0, theirs.1, &theirs.2, theirs.3, &theirs.4),
+        (
+            &(0o604, 0, 15),
+            true,
+            &(Ok(()), Ok(())),
+            2,
+            &Err(rustix::io::Errno::NOENT)
+        ),
+        "overlayfs"
+    );
+    assert_eq!(theirs.9, ["conf3", "named"], "overlayfs's upper");
+    assert_eq!(theirs.10, 0, "files left in overlayfs's work dir");
+    assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
+    drop(fuse);
+    drop(overlay);
+    drop(fixture);
+}
+
 /// SEEK_DATA and SEEK_HOLE find a sparse file's data and holes, as under overlayfs, in a
 /// lower file and in its copy-up: without the server's answer the kernel took the whole
 /// file for data, and the copy-up filled the holes.
