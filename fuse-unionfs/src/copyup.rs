@@ -158,8 +158,9 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
     if size == 0 || rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }
-    // Data extent by extent: holes stay holes, as overlayfs keeps them. A file system
-    // without SEEK_DATA answers as if the whole file were data.
+    // Data extent by extent: holes stay holes, as overlayfs keeps them. Where lseek gives
+    // no answer, or one that makes no sense (a file system that ignores SEEK_DATA), the
+    // rest is copied as data.
     let mut copier = Copier {
         src,
         dst,
@@ -168,12 +169,18 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
     };
     let mut pos = 0;
     while pos < size {
-        let start = match rustix::fs::seek(src, rustix::fs::SeekFrom::Data(pos)) {
-            Ok(start) => start,
+        let (start, end) = match rustix::fs::seek(src, rustix::fs::SeekFrom::Data(pos)) {
+            // Only a hole is left (or data past the size, which the file did not have).
             Err(Errno::NXIO) => break,
-            Err(err) => return Err(err),
+            Ok(start) if start >= size => break,
+            Ok(start) if start >= pos => {
+                match rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(start)) {
+                    Ok(end) if end > start => (start, end.min(size)),
+                    _ => (start, size),
+                }
+            }
+            _ => (pos, size),
         };
-        let end = rustix::fs::seek(src, rustix::fs::SeekFrom::Hole(start))?.min(size);
         copier.copy(start, end)?;
         pos = end;
     }
@@ -203,8 +210,8 @@ impl Copier<'_> {
                 Some(&mut to),
                 chunk,
             ) {
-                // The source ends before its size: it changed under the copy.
-                Ok(0) => return Err(Errno::IO),
+                // The source ends before its size: the loop below says so.
+                Ok(0) => self.by_range = false,
                 Ok(n) => {
                     pos += n as u64;
                     self.ranged += n as u64;
@@ -222,6 +229,7 @@ impl Copier<'_> {
         while pos < end {
             let want = buf.len().min((end - pos) as usize);
             let n = match rustix::io::pread(self.src, &mut buf[..want], pos) {
+                // The source is shorter than its size: it changed under the copy.
                 Ok(0) => return Err(Errno::IO),
                 Ok(n) => n,
                 Err(Errno::INTR) => continue,
@@ -230,6 +238,7 @@ impl Copier<'_> {
             let mut done = 0;
             while done < n {
                 match rustix::io::pwrite(self.dst, &buf[done..n], pos + done as u64) {
+                    Ok(0) => return Err(Errno::IO),
                     Ok(w) => done += w,
                     Err(Errno::INTR) => {}
                     Err(err) => return Err(err),
@@ -279,4 +288,48 @@ pub(crate) fn get_xattr(path: &Path, name: &std::ffi::OsStr) -> Res<Vec<u8>> {
     xattr::get(path, name)
         .map_err(|e| io_errno(&e))?
         .ok_or(Errno::NODATA)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    /// A 16 MiB file with 8 KiB of data at 4 MiB and 8 bytes at 12 MiB, in `dir`.
+    fn sparse_file(dir: &Path) -> (std::fs::File, Vec<u8>) {
+        let path = dir.join("sparse");
+        let file = std::fs::File::create_new(&path).unwrap();
+        file.set_len(16 << 20).unwrap();
+        let mut want = vec![0u8; 16 << 20];
+        for (at, data) in [(4 << 20, vec![7u8; 8192]), (12 << 20, b"the end!".to_vec())] {
+            rustix::io::pwrite(&file, &data, at as u64).unwrap();
+            want[at..at + data.len()].copy_from_slice(&data);
+        }
+        (std::fs::File::open(&path).unwrap(), want)
+    }
+
+    /// Copies from `src_dir` to /var/tmp: the same bytes, the holes left as holes.
+    fn copies_sparse(src_dir: &Path) {
+        let src = tempfile::tempdir_in(src_dir).unwrap();
+        let (file, want) = sparse_file(src.path());
+        let dst_dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        let dst_path = dst_dir.path().join("copy");
+        let dst = std::fs::File::create_new(&dst_path).unwrap();
+        copy_data(file.as_fd(), dst.as_fd(), 16 << 20).unwrap();
+        assert_eq!(std::fs::read(&dst_path).unwrap(), want);
+        let allocated = std::fs::metadata(&dst_path).unwrap().blocks() * 512;
+        assert!(allocated <= 1 << 20, "{allocated} bytes allocated");
+    }
+
+    #[test]
+    fn copy_file_range_copies_the_data_and_keeps_the_holes() {
+        copies_sparse(Path::new("/var/tmp"));
+    }
+
+    /// tmpfs to ext4: copy_file_range refuses (EXDEV), read and write do the copy.
+    #[test]
+    fn the_read_write_copy_keeps_the_holes_too() {
+        copies_sparse(Path::new("/dev/shm"));
+    }
 }

@@ -121,13 +121,15 @@ enum Mode {
 struct Opened {
     mode: Mode,
     count: usize,
+    /// Of those, the handles open for writing.
+    writers: usize,
 }
 
 #[derive(Default)]
 struct OpenTable {
     by_ino: HashMap<u64, Opened>,
-    /// Counted handles and their inode.
-    handles: HashMap<u64, u64>,
+    /// Counted handles: their inode, and whether they write.
+    handles: HashMap<u64, (u64, bool)>,
     /// Inodes written through passthrough since their page cache was last dropped.
     written: HashSet<u64>,
 }
@@ -148,6 +150,8 @@ pub(crate) struct Fs {
     passthrough: AtomicBool,
     /// FUSE_HANDLE_KILLPRIV_V2 was agreed (see `init`).
     killpriv: AtomicBool,
+    /// FUSE_WRITEBACK_CACHE was agreed: written data may still be in the kernel's cache.
+    writeback: AtomicBool,
     /// Ask for FUSE over io_uring when the kernel offers it (see `init`).
     io_uring: bool,
     /// Owners as a user namespace sees them (see [`IdShift`]).
@@ -166,6 +170,7 @@ impl Fs {
             union,
             passthrough: AtomicBool::new(passthrough),
             killpriv: AtomicBool::new(false),
+            writeback: AtomicBool::new(false),
             io_uring,
             shift,
             opens: Mutex::default(),
@@ -205,8 +210,10 @@ impl Fs {
     }
 
     fn unprivileged(&self, req: &Request) -> Unprivileged {
+        let caller = self.caller(req);
         Unprivileged {
-            gid: self.caller(req).gid,
+            uid: caller.uid,
+            gid: caller.gid,
             pid: req.pid(),
             shift: self.shift,
         }
@@ -237,7 +244,8 @@ impl Fs {
                 Mode::Cached => Reply::Cached { keep_cache: true },
             };
             opened.count += 1;
-            table.handles.insert(fh, file.ino);
+            opened.writers += usize::from(writer);
+            table.handles.insert(fh, (file.ino, writer));
             return Ok(reply);
         }
         // (size, nlink): a lower file not opened yet has them from its lookup.
@@ -288,9 +296,26 @@ impl Fs {
                 keep_cache: !table.written.remove(&file.ino),
             },
         };
-        table.by_ino.insert(file.ino, Opened { mode, count: 1 });
-        table.handles.insert(fh, file.ino);
+        let writers = usize::from(writer);
+        table.by_ino.insert(
+            file.ino,
+            Opened {
+                mode,
+                count: 1,
+                writers,
+            },
+        );
+        table.handles.insert(fh, (file.ino, writer));
         Ok(reply)
+    }
+
+    /// Whether a handle of the inode is open for writing.
+    fn written_to(&self, ino: u64) -> bool {
+        let table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        table
+            .by_ino
+            .get(&ino)
+            .is_some_and(|opened| opened.writers > 0)
     }
 
     fn with_backing(&self, ino: u64, f: impl FnOnce(&BackingId)) -> bool {
@@ -309,13 +334,14 @@ impl Fs {
 
     fn release_mode(&self, fh: u64) {
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(ino) = table.handles.remove(&fh) else {
+        let Some((ino, writer)) = table.handles.remove(&fh) else {
             return;
         };
         let Some(opened) = table.by_ino.get_mut(&ino) else {
             return;
         };
         opened.count -= 1;
+        opened.writers -= usize::from(writer);
         if opened.count == 0
             && let Some(Opened {
                 mode: Mode::Passthrough { upper: true, .. },
@@ -429,7 +455,10 @@ impl Filesystem for Fs {
                 && config.set_max_stack_depth(1).is_ok();
         }
         if !passthrough && caps.contains(InitFlags::FUSE_WRITEBACK_CACHE) {
-            let _ = config.add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE);
+            let agreed = config
+                .add_capabilities(InitFlags::FUSE_WRITEBACK_CACHE)
+                .is_ok();
+            self.writeback.store(agreed, Ordering::Relaxed);
         }
         self.passthrough.store(passthrough, Ordering::Relaxed);
         // Requests over io_uring are served on the CPU that sent them, by a thread pinned
@@ -501,6 +530,20 @@ impl Filesystem for Fs {
         // out of the kernel's own change).
         let nothing =
             mode.is_none() && !chown && size.is_none() && atime.is_none() && mtime.is_none();
+        // The kernel says so in FATTR_KILL_SUIDGID for a truncate and a chown, but fuser
+        // does not pass it on: decided here by the caller's uid (see `setid_dropper`).
+        let mut drop_setid = if size.is_some() || chown || nothing {
+            self.setid_dropper(req)
+        } else {
+            None
+        };
+        // An empty SETATTR for an inode that no handle writes is a `chown(f, -1, -1)`: it
+        // drops set-user-ID even for root, and only for the file's owner (others get
+        // EPERM, the answer to their chmod); a passthrough write needs a writing handle.
+        let chown_nothing = nothing && !self.written_to(ino.0);
+        if chown_nothing && self.killpriv.load(Ordering::Relaxed) {
+            drop_setid = Some(self.unprivileged(req));
+        }
         let set = SetAttr {
             mode,
             uid: uid.map(inward),
@@ -508,14 +551,8 @@ impl Filesystem for Fs {
             size,
             atime: atime.map(time),
             mtime: mtime.map(time),
-            // The kernel says so in FATTR_KILL_SUIDGID for a truncate and a chown, but
-            // fuser does not pass it on: decided here by the caller's uid (see
-            // `setid_dropper`).
-            drop_setid: if size.is_some() || chown || nothing {
-                self.setid_dropper(req)
-            } else {
-                None
-            },
+            drop_setid,
+            owner_only: chown_nothing,
         };
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
@@ -957,6 +994,12 @@ impl Filesystem for Fs {
         whence: i32,
         reply: ReplyLseek,
     ) {
+        // Under the writeback cache the real file may lack data the kernel holds (it asks
+        // without flushing): ENOSYS leaves SEEK_DATA and SEEK_HOLE to the kernel, which
+        // takes the whole file for data, for good.
+        if self.writeback.load(Ordering::Relaxed) {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.union.lseek(fh.0, offset, whence) {
             Ok(offset) => reply.offset(offset),
             Err(err) => reply.error(errno(err)),

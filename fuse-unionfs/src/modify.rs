@@ -17,7 +17,9 @@ use rustix::io::Errno;
 use crate::copyup::{copy_up, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
-use crate::union::{Caller, Entry, OpenFile, Union, Unprivileged, drop_setid, drop_setid_at};
+use crate::union::{
+    Caller, Entry, OpenFile, Union, Unprivileged, drop_setid, drop_setid_at, without_setid,
+};
 
 /// A real file (device, inode).
 pub(crate) type Key = (u64, u64);
@@ -45,6 +47,9 @@ pub struct SetAttr {
     /// that a write it passes through, or a `chown(f, -1, -1)`, drops them. They go
     /// before anything else changes.
     pub drop_setid: Option<Unprivileged>,
+    /// With `drop_setid`: only the file's owner may drop them; anyone else gets EPERM,
+    /// and nothing is copied up (a `chown(f, -1, -1)`, which the kernel checks as a chmod).
+    pub owner_only: bool,
 }
 
 fn ts(t: Option<SetTime>) -> Timespec {
@@ -512,6 +517,20 @@ impl Union {
     pub fn setattr(&self, ino: u64, set: &SetAttr, fh: Option<u64>) -> Res<Entry> {
         let _shared = self.shared();
         let node = self.node(ino)?;
+        if set.owner_only
+            && let Some(caller) = &set.drop_setid
+        {
+            let meta = match self.attr(&node) {
+                Err(Errno::STALE) => {
+                    let file = self.unlinked_open(ino, false)?;
+                    crate::layer::Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?)
+                }
+                attr => attr?.meta,
+            };
+            if meta.uid != caller.uid && without_setid(meta.mode, meta.gid, caller).is_some() {
+                return Err(Errno::PERM);
+            }
+        }
         let open = fh
             .and_then(|fh| self.files.get(fh).ok())
             .filter(|f| f.upper);

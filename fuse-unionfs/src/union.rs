@@ -828,6 +828,7 @@ impl Union {
 /// CAP_FSETID): its gid in the branches' ids, and its pid, for its supplementary groups.
 #[derive(Clone, Copy, Debug)]
 pub struct Unprivileged {
+    pub uid: u32,
     pub gid: u32,
     pub pid: u32,
     pub shift: Option<crate::IdShift>,
@@ -835,9 +836,13 @@ pub struct Unprivileged {
 
 impl Unprivileged {
     /// Whether the caller is in group `gid` (branch ids): its own, or one of its
-    /// supplementary groups, which the request does not carry: read from /proc.
+    /// supplementary groups, which the request does not carry: read from /proc. Root in
+    /// the branches' ids counts as in every group: host root, or the root of a
+    /// `--userns private` container, which holds CAP_FSETID over the files its namespace
+    /// maps (`in_group_or_capable`).
     fn in_group(&self, gid: u32) -> bool {
-        gid == self.gid
+        self.uid == 0
+            || gid == self.gid
             || std::fs::read_to_string(format!("/proc/{}/status", self.pid)).is_ok_and(|status| {
                 status
                     .lines()
@@ -859,34 +864,36 @@ impl Unprivileged {
 /// files. This server works as root, whose changes keep both, so it drops them itself for
 /// the callers that may not keep them (FUSE_HANDLE_KILLPRIV_V2, see `fuse.rs`).
 pub(crate) fn drop_setid(fd: BorrowedFd<'_>, caller: &Unprivileged) -> Res<()> {
-    if let Some(mode) = without_setid(&rustix::fs::fstat(fd)?, caller) {
-        rustix::fs::fchmod(fd, mode)?;
+    let st = rustix::fs::fstat(fd)?;
+    if let Some(mode) = without_setid(st.st_mode, st.st_gid, caller) {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
     }
     Ok(())
 }
 
-/// [`drop_setid`] for the file at `path` under `dir` (not followed if a link).
+/// [`drop_setid`] for the file at `path` under `dir`, if it is a regular file (opened
+/// without following a link).
 pub(crate) fn drop_setid_at(dir: BorrowedFd<'_>, path: &Path, caller: &Unprivileged) -> Res<()> {
     let st = rustix::fs::statat(dir, arg(path), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
-    if let Some(mode) = without_setid(&st, caller) {
-        // A regular file: chmodat follows no link.
-        rustix::fs::chmodat(dir, arg(path), mode, rustix::fs::AtFlags::empty())?;
+    if without_setid(st.st_mode, st.st_gid, caller).is_some() {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let fd = rustix::fs::openat(dir, arg(path), flags | OFlags::CLOEXEC, Mode::empty())?;
+        drop_setid(fd.as_fd(), caller)?;
     }
     Ok(())
 }
 
-/// The mode `st` is left with by [`drop_setid`], or None if it keeps its bits.
-fn without_setid(st: &rustix::fs::Stat, caller: &Unprivileged) -> Option<Mode> {
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+/// The permission bits a file of `mode` and group `gid` is left with by [`drop_setid`],
+/// or None if it keeps them.
+pub(crate) fn without_setid(mode: u32, gid: u32, caller: &Unprivileged) -> Option<u32> {
+    if mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
     let mut drop = libc::S_ISUID;
-    if st.st_mode & libc::S_ISGID != 0
-        && (st.st_mode & libc::S_IXGRP != 0 || !caller.in_group(st.st_gid))
-    {
+    if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller.in_group(gid)) {
         drop |= libc::S_ISGID;
     }
-    (st.st_mode & drop != 0).then(|| Mode::from_raw_mode(st.st_mode & 0o7777 & !drop))
+    (mode & drop != 0).then_some(mode & 0o7777 & !drop)
 }
 
 /// The process umask, read without changing it (setting and restoring it would race with

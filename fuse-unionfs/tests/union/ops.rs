@@ -739,7 +739,8 @@ fn sparse_files_show_their_holes() {
             .write(true)
             .open(m.path("etc/sparse"))
             .unwrap();
-        (lower, seeks(&copy))
+        let copied = (seeks(&copy), fs::read(m.path("etc/sparse")).unwrap());
+        (lower, copied.0, copied.1)
     };
     let theirs = run(&overlay);
     let m = fuse.clone();
@@ -760,8 +761,20 @@ fn sparse_files_show_their_holes() {
         (sparse, sparse),
         "overlayfs"
     );
+    let mut bytes = vec![0u8; 8 << 20];
+    bytes[4 << 20..(4 << 20) + 4].copy_from_slice(b"data");
+    assert!(theirs.2 == bytes, "overlayfs's copy");
     assert_eq!(ours.0, theirs.0, "strata-unionfs, then overlayfs");
     assert_eq!(shape(ours.1), sparse, "strata-unionfs's copy");
+    assert!(ours.2 == bytes, "strata-unionfs's copy: its bytes");
+    let allocated = fs::metadata(fuse.upper.join("etc/sparse"))
+        .unwrap()
+        .blocks()
+        * 512;
+    assert!(
+        allocated <= 1 << 20,
+        "strata-unionfs's copy: {allocated} bytes on disk"
+    );
     drop(fuse);
     drop(overlay);
     drop(fixture);
@@ -936,6 +949,8 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("i", 0o777),
             ("j", 0o2744),
             ("k", 0o4777),
+            ("l", 0o4755),
+            ("m", 0o6755),
         ];
         for (name, mode) in modes {
             fs::write(m.path(&format!("w/{name}")), b"x\n").unwrap();
@@ -982,6 +997,15 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             "exec 3>> i && chmod 4777 i && echo more >&3 && chgrp 65534 j \
              && python3 -c 'import os; os.chown(\"k\", -1, -1)'",
         );
+        // Not the owner: refused, as the chmod it would be (a write would drop the bits).
+        as_nobody(
+            "--clear-groups",
+            "python3 -c 'import os\ntry: os.chown(\"l\", -1, -1)\n\
+             except PermissionError: pass\nelse: raise SystemExit(\"chown of l worked\")'",
+        );
+        // Root's chown that changes nothing drops set-user-ID, and group-executable
+        // set-group-ID.
+        std::os::unix::fs::chown(m.path("w/m"), None, None).unwrap();
         fs::OpenOptions::new()
             .append(true)
             .open(m.path("w/e"))
@@ -1017,7 +1041,9 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("h", 0o2766, 7),
             ("i", 0o777, 7),
             ("j", 0o744, 2),
-            ("k", 0o777, 2)
+            ("k", 0o777, 2),
+            ("l", 0o4755, 2),
+            ("m", 0o755, 2)
         ],
         "overlayfs"
     );
@@ -1028,8 +1054,9 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
 }
 
 /// A file open for writing stays changeable after its every name is gone, as under
-/// overlayfs: fchmod, fchown, ftruncate, fsetxattr and futimens (only ftruncate comes with
-/// the file's handle), on a lower file copied up by the open and on a file made in the upper.
+/// overlayfs: fchmod, fchown, ftruncate, fsetxattr, fremovexattr and futimens (only
+/// ftruncate comes with the file's handle), on a lower file copied up by the open and on a
+/// file made in the upper.
 #[test]
 fn an_open_file_whose_names_are_gone_can_still_be_changed() {
     use std::os::fd::AsFd;
@@ -1055,6 +1082,8 @@ fn an_open_file_whose_names_are_gone_can_still_be_changed() {
                 ),
                 rustix::fs::ftruncate(fd, 2),
                 rustix::fs::fsetxattr(fd, "user.gone", b"yes", rustix::fs::XattrFlags::empty()),
+                rustix::fs::fsetxattr(fd, "user.removed", b"", rustix::fs::XattrFlags::empty())
+                    .and_then(|()| rustix::fs::fremovexattr(fd, "user.removed")),
                 rustix::fs::futimens(
                     fd,
                     &rustix::fs::Timestamps {
@@ -1102,7 +1131,7 @@ fn an_open_file_whose_names_are_gone_can_still_be_changed() {
         theirs[0],
         (
             "etc/conf4",
-            [Ok(()), Ok(()), Ok(()), Ok(()), Ok(())],
+            [Ok(()), Ok(()), Ok(()), Ok(()), Ok(()), Ok(())],
             0o711,
             (7, 8),
             (5, 6),

@@ -20,7 +20,17 @@ fn umount(mnt: &Path) {
 
 /// Runs the server (which forks its daemon); fails with its stderr unless it mounts.
 fn start(args: &[&str], mnt: &Path) {
-    let out = server().args(args).arg(mnt).output().unwrap();
+    start_with(&[], args, mnt);
+}
+
+/// `start`, with more environment variables.
+fn start_with(env: &[(&str, &str)], args: &[&str], mnt: &Path) {
+    let out = server()
+        .envs(env.iter().copied())
+        .args(args)
+        .arg(mnt)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "strata-unionfs {args:?}: {stderr}");
 }
@@ -604,4 +614,33 @@ fn entries_made_over_whiteouts_in_a_setgid_directory_take_its_group() {
     );
     assert!(theirs[0].3 & 0o2000 != 0, "overlayfs: {theirs:?}");
     assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
+}
+
+/// With passthrough off, written data may still be in the kernel's writeback cache, not in
+/// the upper file: SEEK_DATA and SEEK_HOLE must see it all the same. The server leaves them
+/// to the kernel then (answering from the upper file, it found no data in a file just
+/// written).
+#[test]
+fn seeks_under_the_writeback_cache_see_data_not_written_back_yet() {
+    use std::io::Write;
+    let fixture = Fixture::new();
+    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "writeback");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_paths(&fixture).join(":"),
+        upper.display(),
+        work.display()
+    );
+    start_with(&[("STRATA_FUSE_PASSTHROUGH", "0")], &["-o", &options], &mnt);
+    let m = mnt.clone();
+    let seeks = deadline(60, "seeks in a file just written", move || {
+        let mut file = std::fs::File::create(m.join("written")).unwrap();
+        file.write_all(&vec![1u8; 8 << 20]).unwrap();
+        [
+            rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(0)),
+            rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(0)),
+        ]
+    });
+    umount(&mnt);
+    assert_eq!(seeks, [Ok(0), Ok(8 << 20)]);
 }
