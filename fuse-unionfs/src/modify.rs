@@ -407,9 +407,14 @@ impl Union {
         }
         let caller = Caller { uid: 0, gid: 0 };
         let (mut entry, _) = if self.path(ino) == Err(Errno::STALE) {
-            // No name: an O_TMPFILE (the kernel refuses to link other files with none).
+            // No name: an O_TMPFILE (the kernel refuses to link other files with none). Its
+            // real inode answers with this node's number again, should the release of
+            // another of its handles have forgotten it.
             let file = self.unlinked_open(ino, true)?;
-            self.make(newparent, newname, New::LinkFd(self.fd(&file)?), caller)?
+            let fd = self.fd(&file)?;
+            let key = crate::layer::Meta::from_stat(&rustix::fs::fstat(fd)?).key();
+            self.table.alias(key, node.ino);
+            self.make(newparent, newname, New::LinkFd(fd), caller)?
         } else {
             let source = self.copy_up_node(&node)?;
             self.make(newparent, newname, New::Link(&source), caller)?
@@ -787,6 +792,34 @@ mod tests {
         assert_eq!(names(&union, again.ino), [".", ".."]);
         assert!(union.layers.is_opaque(UPPER, Path::new("d")));
         assert!(dir.path().join("upper/d").is_dir());
+    }
+
+    /// An O_TMPFILE never linked frees its real inode when its last handle goes; ext4 may
+    /// then give that inode to a new directory, which must not take the file's number
+    /// (and its node, a file's, while the kernel may still hold it). One linked keeps its.
+    #[test]
+    fn a_nameless_file_forgets_its_number_when_its_last_handle_goes() {
+        let (_dir, union) = setup();
+        let key = |file: &OpenFile| {
+            let st = rustix::fs::fstat(union.fd(file).unwrap()).unwrap();
+            crate::layer::Meta::from_stat(&st).key()
+        };
+        let (unnamed, fh, file) = union.tmpfile(ROOT, 0o100600, ME).unwrap();
+        let unnamed_key = key(&file);
+        assert_eq!(union.table.existing_ino(unnamed_key), Some(unnamed.ino));
+        drop(file);
+        union.release(fh);
+        assert_eq!(union.table.existing_ino(unnamed_key), None);
+
+        let (named, fh, file) = union.tmpfile(ROOT, 0o100600, ME).unwrap();
+        let linked = union.link(named.ino, ROOT, OsStr::new("named")).unwrap();
+        assert_eq!(linked.ino, named.ino);
+        let named_key = key(&file);
+        drop(file);
+        union.release(fh);
+        assert_eq!(union.table.existing_ino(named_key), Some(named.ino));
+        let found = union.lookup(ROOT, OsStr::new("named")).unwrap();
+        assert_eq!(found.ino, named.ino);
     }
 
     #[test]

@@ -668,7 +668,27 @@ impl Union {
     }
 
     pub fn release(&self, fh: u64) -> Option<Arc<OpenFile>> {
-        self.files.remove(fh)
+        let file = self.files.remove(fh)?;
+        // An upper file with no name left (an O_TMPFILE never linked, or one unlinked
+        // while it had other names) is freed once its last descriptor closes, and its
+        // inode may then be recycled: forget its number first, or a new file or directory
+        // with the recycled inode would take this node (and its kind).
+        let nameless = file.upper
+            && self
+                .table
+                .get(file.ino)
+                .is_none_or(|node| node.state().links.is_empty());
+        if nameless
+            && let Some(fd) = file.fd.get()
+            && let Ok(st) = rustix::fs::fstat(fd)
+            && st.st_nlink == 0
+        {
+            let key = Meta::from_stat(&st).key();
+            if self.table.existing_ino(key) == Some(file.ino) {
+                self.table.unalias(key);
+            }
+        }
+        Some(file)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {

@@ -29,6 +29,10 @@ pub enum Op {
     Link(PathBuf, PathBuf),
     Rename(PathBuf, PathBuf),
     Mkfifo(PathBuf),
+    /// open(2) with O_TMPFILE in the path's directory, a write, then linkat(2) to the path.
+    TmpfileLink(PathBuf, Vec<u8>),
+    /// Open read-write, unlink, then fchmod, fsetxattr and ftruncate through the open file.
+    ChangeUnlinked(PathBuf, u32),
 }
 
 pub struct Gen {
@@ -89,7 +93,7 @@ impl Gen {
             .filter(|(_, k)| *k != 'l')
             .map(|(p, _)| p.clone())
             .collect();
-        let kind = self.rng.random_range(0..21);
+        let kind = self.rng.random_range(0..23);
         if files.is_empty() || any.is_empty() {
             // Files as well as directories: with Mkdir alone a tree without files stays so.
             let path = self.new_path(&dirs);
@@ -191,6 +195,14 @@ impl Gen {
                 };
                 Op::Rename(source, target)
             }
+            21 => {
+                let path = self.new_path(&dirs);
+                Op::TmpfileLink(path, self.data())
+            }
+            22 => {
+                let path = self.pick(&files).clone();
+                Op::ChangeUnlinked(path, *self.pick(&[0o600, 0o4755, 0o2750]))
+            }
             _ => Op::Mkfifo(self.new_path(&dirs)),
         }
     }
@@ -286,6 +298,39 @@ pub fn apply(root: &Path, op: &Op) -> Result<(), i32> {
             0,
         )
         .map_err(rustix_errno),
+        Op::TmpfileLink(path, data) => {
+            let dir = p(path.parent().unwrap_or(Path::new("")));
+            let fd = rustix::fs::openat(
+                rustix::fs::CWD,
+                &dir,
+                rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR,
+                rustix::fs::Mode::from_raw_mode(0o640),
+            )
+            .map_err(rustix_errno)?;
+            let mut file = fs::File::from(fd);
+            file.write_all(data).map_err(errno)?;
+            rustix::fs::linkat(
+                &file,
+                "",
+                rustix::fs::CWD,
+                p(path),
+                rustix::fs::AtFlags::EMPTY_PATH,
+            )
+            .map_err(rustix_errno)
+        }
+        Op::ChangeUnlinked(path, mode) => {
+            let file = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p(path))
+                .map_err(errno)?;
+            fs::remove_file(p(path)).map_err(errno)?;
+            rustix::fs::fchmod(&file, rustix::fs::Mode::from_raw_mode(*mode))
+                .map_err(rustix_errno)?;
+            rustix::fs::fsetxattr(&file, "user.k0", b"gone", rustix::fs::XattrFlags::empty())
+                .map_err(rustix_errno)?;
+            file.set_len(1).map_err(errno)
+        }
     }
 }
 
