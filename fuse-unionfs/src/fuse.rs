@@ -538,8 +538,9 @@ impl Filesystem for Fs {
             None
         };
         // An empty SETATTR for an inode that no handle writes is a `chown(f, -1, -1)`: it
-        // drops set-user-ID even for root, and only for the file's owner (others get
-        // EPERM, the answer to their chmod); a passthrough write needs a writing handle.
+        // drops set-user-ID even for root, and only for the file's owner or root (others
+        // get EPERM, the answer to their chmod); a passthrough write needs a writing
+        // handle. A chown(f, -1, -1) while another handle writes counts as a write.
         let chown_nothing = nothing && !self.written_to(ino.0);
         if chown_nothing && self.killpriv.load(Ordering::Relaxed) {
             drop_setid = Some(self.unprivileged(req));

@@ -407,9 +407,9 @@ impl Union {
         }
         let caller = Caller { uid: 0, gid: 0 };
         let (mut entry, _) = if self.path(ino) == Err(Errno::STALE) {
-            // No name: an O_TMPFILE (the kernel refuses to link other files with none). Its
-            // real inode answers with this node's number again, should the release of
-            // another of its handles have forgotten it.
+            // No name: an O_TMPFILE (the kernel links a file with none only if it was made
+            // so, without O_EXCL). Its real inode answers with this node's number again,
+            // should the release of another of its handles have forgotten it.
             let file = self.unlinked_open(ino, true)?;
             let fd = self.fd(&file)?;
             let key = crate::layer::Meta::from_stat(&rustix::fs::fstat(fd)?).key();
@@ -532,7 +532,10 @@ impl Union {
                 }
                 attr => attr?.meta,
             };
-            if meta.uid != caller.uid && without_setid(meta.mode, meta.gid, caller).is_some() {
+            // Root in the branches' ids holds CAP_FOWNER (a container's root over the files
+            // its namespace maps).
+            let owner = caller.uid == 0 || meta.uid == caller.uid;
+            if !owner && without_setid(meta.mode, meta.gid, caller).is_some() {
                 return Err(Errno::PERM);
             }
         }

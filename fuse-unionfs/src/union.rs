@@ -669,10 +669,11 @@ impl Union {
 
     pub fn release(&self, fh: u64) -> Option<Arc<OpenFile>> {
         let file = self.files.remove(fh)?;
-        // An upper file with no name left (an O_TMPFILE never linked, or one unlinked
+        // An upper file with no name left (an O_TMPFILE not linked yet, or one unlinked
         // while it had other names) is freed once its last descriptor closes, and its
-        // inode may then be recycled: forget its number first, or a new file or directory
-        // with the recycled inode would take this node (and its kind).
+        // inode may then be recycled: forget its number while a descriptor still holds the
+        // inode, or a new file or directory with the recycled inode would take this node
+        // (and its kind). A link of an O_TMPFILE binds it again.
         let nameless = file.upper
             && self
                 .table

@@ -951,6 +951,7 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("k", 0o4777),
             ("l", 0o4755),
             ("m", 0o6755),
+            ("n", 0o4755),
         ];
         for (name, mode) in modes {
             fs::write(m.path(&format!("w/{name}")), b"x\n").unwrap();
@@ -963,11 +964,15 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
         // In the file's group through a supplementary group: set-group-ID stays.
         std::os::unix::fs::chown(m.path("w/h"), None, Some(50)).unwrap();
         fs::set_permissions(m.path("w/h"), fs::Permissions::from_mode(0o2766)).unwrap();
-        // Nobody's own files: "j" in a group nobody is not in.
-        for (name, gid) in [("i", 65534), ("j", 50), ("k", 65534)] {
-            std::os::unix::fs::chown(m.path(&format!("w/{name}")), Some(65534), Some(gid)).unwrap();
+        // Nobody's own files: "j" in a group nobody is not in. The chown drops set-user-ID:
+        // the mode again.
+        for (name, gid) in [("i", 65534), ("j", 50), ("k", 65534), ("n", 65534)] {
+            let path = m.path(&format!("w/{name}"));
+            std::os::unix::fs::chown(&path, Some(65534), Some(gid)).unwrap();
+            let mode = modes.iter().find(|(n, _)| *n == name).unwrap().1;
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            assert_eq!(fs::metadata(&path).unwrap().mode() & 0o7777, mode, "{name}");
         }
-        fs::set_permissions(m.path("w/j"), fs::Permissions::from_mode(0o2744)).unwrap();
         // `script` in w/ as nobody, with `groups` ("--clear-groups" or "--groups=N").
         let as_nobody = |groups: &str, script: &str| {
             let out = std::process::Command::new("setpriv")
@@ -1004,8 +1009,10 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
              except PermissionError: pass\nelse: raise SystemExit(\"chown of l worked\")'",
         );
         // Root's chown that changes nothing drops set-user-ID, and group-executable
-        // set-group-ID.
-        std::os::unix::fs::chown(m.path("w/m"), None, None).unwrap();
+        // set-group-ID, also on another user's file ("n", nobody's).
+        for name in ["w/m", "w/n"] {
+            std::os::unix::fs::chown(m.path(name), None, None).unwrap();
+        }
         fs::OpenOptions::new()
             .append(true)
             .open(m.path("w/e"))
@@ -1043,7 +1050,8 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
             ("j", 0o744, 2),
             ("k", 0o777, 2),
             ("l", 0o4755, 2),
-            ("m", 0o755, 2)
+            ("m", 0o755, 2),
+            ("n", 0o755, 2)
         ],
         "overlayfs"
     );
