@@ -625,16 +625,18 @@ fn symlinks_fifos_and_devices() {
     });
 }
 
-/// How many entries other than directories are under `dir`, at any depth.
+/// How many regular files are under `dir`, at any depth (overlayfs keeps a whiteout in
+/// its work dir to link whiteouts from).
 fn files_under(dir: &Path) -> usize {
     fs::read_dir(dir)
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            if e.file_type().unwrap().is_dir() {
+            let kind = e.file_type().unwrap();
+            if kind.is_dir() {
                 files_under(&e.path())
             } else {
-                1
+                usize::from(kind.is_file())
             }
         })
         .sum()
@@ -642,7 +644,8 @@ fn files_under(dir: &Path) -> usize {
 
 /// open(2) with O_TMPFILE makes an unnamed file, as under overlayfs, in a lower directory
 /// (copied up first): it reads back, has no link, shows in no listing, and linkat(2) names
-/// it, also over a whiteout; with O_EXCL it can never be named. Unnamed ones leave nothing.
+/// it, also over whiteouts (a lower's and the upper's); with O_EXCL it can never be named.
+/// Unnamed ones leave nothing.
 #[test]
 fn o_tmpfile_makes_an_unnamed_file_that_link_can_name() {
     use rustix::fs::{AtFlags, CWD, Mode, OFlags};
@@ -669,7 +672,13 @@ fn o_tmpfile_makes_an_unnamed_file_that_link_can_name() {
         let link = |fd: &std::os::fd::OwnedFd, name: &str| {
             rustix::fs::linkat(fd, "", CWD, m.path(name), AtFlags::EMPTY_PATH)
         };
-        let linked = (link(&named, "etc/named"), link(&named, "etc/conf3"));
+        // Over a whiteout in a lower ("conf3") and over one in the upper ("conf5").
+        fs::remove_file(m.path("etc/conf5")).unwrap();
+        let linked = (
+            link(&named, "etc/named"),
+            link(&named, "etc/conf3"),
+            link(&named, "etc/conf5"),
+        );
         let st = rustix::fs::fstat(&named).unwrap();
         let excl = tmpfile(OFlags::EXCL);
         let refused = link(&excl, "etc/never");
@@ -683,6 +692,7 @@ fn o_tmpfile_makes_an_unnamed_file_that_link_can_name() {
             refused,
             fs::read(m.path("etc/named")).unwrap(),
             fs::read(m.path("etc/conf3")).unwrap(),
+            fs::read(m.path("etc/conf5")).unwrap(),
             (meta.mode() & 0o7777, meta.nlink()),
             names(&m.path("etc")).len() - listing.len(),
             names(&m.upper.join("etc")),
@@ -697,14 +707,14 @@ fn o_tmpfile_makes_an_unnamed_file_that_link_can_name() {
         (
             &(0o604, 0, 15),
             true,
-            &(Ok(()), Ok(())),
-            2,
+            &(Ok(()), Ok(()), Ok(())),
+            3,
             &Err(rustix::io::Errno::NOENT)
         ),
         "overlayfs"
     );
-    assert_eq!(theirs.9, ["conf3", "named"], "overlayfs's upper");
-    assert_eq!(theirs.10, 0, "files left in overlayfs's work dir");
+    assert_eq!(theirs.10, ["conf3", "conf5", "named"], "overlayfs's upper");
+    assert_eq!(theirs.11, 0, "files left in overlayfs's work dir");
     assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
     drop(fuse);
     drop(overlay);
