@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasherDefault, DefaultHasher};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -583,6 +583,24 @@ impl Union {
     pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
         let _shared = self.shared();
         let node = self.node(ino)?;
+        if self.path(ino) == Err(Errno::STALE) {
+            // Every name is gone: an open through /proc/PID/fd of an O_TMPFILE or of an
+            // unlinked file. Another open file of the inode is opened again through its
+            // descriptor (upper files read-write, as `open_real` opens them).
+            let other = self.unlinked_open(ino, write)?;
+            let flags = if other.upper {
+                OFlags::RDWR
+            } else {
+                OFlags::RDONLY
+            };
+            let fd = self.fd(&other)?.as_raw_fd();
+            let again = rustix::fs::open(
+                format!("/proc/self/fd/{fd}"),
+                flags | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            return Ok(self.files.insert(OpenFile::new(again, ino, other.upper)));
+        }
         let path = if write {
             self.copy_up_node(&node)?
         } else {

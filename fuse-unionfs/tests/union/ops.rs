@@ -1074,10 +1074,10 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
 /// A file open for writing stays changeable after its every name is gone, as under
 /// overlayfs: fchmod, fchown, ftruncate, fsetxattr, fremovexattr and futimens (only
 /// ftruncate comes with the file's handle), on a lower file copied up by the open and on a
-/// file made in the upper.
+/// file made in the upper; and it opens again through /proc/self/fd.
 #[test]
 fn an_open_file_whose_names_are_gone_can_still_be_changed() {
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let fixture = Fixture::new();
     let fuse = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
     let overlay = fixture.mount("overlay", Driver::Overlay);
@@ -1117,6 +1117,9 @@ fn an_open_file_whose_names_are_gone_can_still_be_changed() {
                 ),
             ];
             let st = rustix::fs::fstat(fd).unwrap();
+            // Opened again through /proc, read-only: what it reads.
+            let again = fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+            let again = again.map_err(|e| e.raw_os_error());
             let mut value = [0u8; 8];
             let got =
                 rustix::fs::fgetxattr(fd, "user.gone", &mut value).map(|n| value[..n].to_vec());
@@ -1139,6 +1142,7 @@ fn an_open_file_whose_names_are_gone_can_still_be_changed() {
                 st.st_nlink,
                 got,
                 listed,
+                again,
             )
         })
     };
@@ -1156,7 +1160,8 @@ fn an_open_file_whose_names_are_gone_can_still_be_changed() {
             2,
             0,
             Ok(b"yes".to_vec()),
-            Ok(vec!["user.gone".to_string()])
+            Ok(vec!["user.gone".to_string()]),
+            Ok(b"bo".to_vec())
         ),
         "overlayfs"
     );
