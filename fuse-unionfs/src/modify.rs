@@ -73,8 +73,8 @@ enum New<'a> {
     Node(u32, u64),
     Symlink(&'a Path),
     Link(&'a Path),
-    /// A link to an open upper file that has no name (an O_TMPFILE, or every name gone).
-    LinkFd(BorrowedFd<'a>),
+    /// A link to an open upper file that has no name (an O_TMPFILE), and its node.
+    LinkFd(BorrowedFd<'a>, u64),
 }
 
 impl Union {
@@ -194,7 +194,7 @@ impl Union {
         // made in the work dir has the work dir's group and no inherited setgid bit.
         let as_made = tmp.is_none() && caller == self.maker && self.umask == 0;
         let finish = || -> Res<()> {
-            if !as_made && !matches!(new, New::Link(_) | New::LinkFd(_)) {
+            if !as_made && !matches!(new, New::Link(_) | New::LinkFd(..)) {
                 let (gid, setgid) = self.new_group(&ppath, caller)?;
                 rustix::fs::chownat(
                     dir,
@@ -245,7 +245,15 @@ impl Union {
             Some(fd) => crate::layer::Meta::from_stat(&rustix::fs::fstat(fd)?),
             None => self.layers.stat(UPPER, &rel)?,
         };
-        let ino = self.table.ino_for(meta.key());
+        // A named O_TMPFILE keeps its node: its real inode answers with that number again,
+        // should the release of another of its handles have forgotten it.
+        let ino = match new {
+            New::LinkFd(_, ino) => {
+                self.table.alias(meta.key(), ino);
+                ino
+            }
+            _ => self.table.ino_for(meta.key()),
+        };
         let state = NodeState {
             links: vec![(pnode.ino, name.to_os_string())],
             layer: UPPER,
@@ -303,7 +311,7 @@ impl Union {
                 rustix::fs::linkat(self.upper_fd(), source, dir, at, AtFlags::empty())
                     .map(|()| None)
             }
-            New::LinkFd(fd) => {
+            New::LinkFd(fd, _) => {
                 rustix::fs::linkat(fd, "", dir, at, AtFlags::EMPTY_PATH).map(|()| None)
             }
         }
@@ -408,13 +416,14 @@ impl Union {
         let caller = Caller { uid: 0, gid: 0 };
         let (mut entry, _) = if self.path(ino) == Err(Errno::STALE) {
             // No name: an O_TMPFILE (the kernel links a file with none only if it was made
-            // so, without O_EXCL). Its real inode answers with this node's number again,
-            // should the release of another of its handles have forgotten it.
+            // so, without O_EXCL).
             let file = self.unlinked_open(ino, true)?;
-            let fd = self.fd(&file)?;
-            let key = crate::layer::Meta::from_stat(&rustix::fs::fstat(fd)?).key();
-            self.table.alias(key, node.ino);
-            self.make(newparent, newname, New::LinkFd(fd), caller)?
+            self.make(
+                newparent,
+                newname,
+                New::LinkFd(self.fd(&file)?, node.ino),
+                caller,
+            )?
         } else {
             let source = self.copy_up_node(&node)?;
             self.make(newparent, newname, New::Link(&source), caller)?
@@ -799,7 +808,8 @@ mod tests {
 
     /// An O_TMPFILE never linked frees its real inode when its last handle goes; ext4 may
     /// then give that inode to a new directory, which must not take the file's number
-    /// (and its node, a file's, while the kernel may still hold it). One linked keeps its.
+    /// (and its node, a file's, while the kernel may still hold it). One linked keeps its,
+    /// also when another handle of it went before the link.
     #[test]
     fn a_nameless_file_forgets_its_number_when_its_last_handle_goes() {
         let (_dir, union) = setup();
@@ -815,6 +825,9 @@ mod tests {
         assert_eq!(union.table.existing_ino(unnamed_key), None);
 
         let (named, fh, file) = union.tmpfile(ROOT, 0o100600, ME).unwrap();
+        // Opened again (through /proc/PID/fd), and that handle gone before the link.
+        let (again, _) = union.open(named.ino, false).unwrap();
+        union.release(again);
         let linked = union.link(named.ino, ROOT, OsStr::new("named")).unwrap();
         assert_eq!(linked.ino, named.ino);
         let named_key = key(&file);
