@@ -309,6 +309,29 @@ impl Fs {
         Ok(reply)
     }
 
+    /// Answers a CREATE or a TMPFILE with the new file, open read-write.
+    fn reply_created(
+        &self,
+        made: rustix::io::Result<(Entry, u64, Arc<OpenFile>)>,
+        reply: ReplyCreate,
+    ) {
+        let (entry, fh, file) = match made {
+            Ok(made) => made,
+            Err(err) => return reply.error(errno(err)),
+        };
+        let (ttl, attr) = (ttl(&entry), self.attr(&entry));
+        let Ok(mode) = self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
+        else {
+            return reply.error(self.refuse_stale(fh, file.ino));
+        };
+        self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
+            Some(id) => {
+                reply.created_passthrough(&ttl, &attr, Generation(0), FileHandle(fh), flags, id)
+            }
+            None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags),
+        });
+    }
+
     /// Whether a handle of the inode is open for writing.
     fn written_to(&self, ino: u64) -> bool {
         let table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
@@ -929,28 +952,10 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.create(parent.0, name, mode, self.caller(req)) {
-            Ok((entry, fh, file)) => {
-                let (ttl, attr) = (ttl(&entry), self.attr(&entry));
-                let Ok(mode) =
-                    self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
-                else {
-                    return reply.error(self.refuse_stale(fh, file.ino));
-                };
-                self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
-                    Some(id) => reply.created_passthrough(
-                        &ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        flags,
-                        id,
-                    ),
-                    None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags),
-                });
-            }
-            Err(err) => reply.error(errno(err)),
-        }
+        self.reply_created(
+            self.union.create(parent.0, name, mode, self.caller(req)),
+            reply,
+        );
     }
 
     fn tmpfile(
@@ -962,28 +967,7 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.union.tmpfile(parent.0, mode, self.caller(req)) {
-            Ok((entry, fh, file)) => {
-                let (ttl, attr) = (ttl(&entry), self.attr(&entry));
-                let Ok(mode) =
-                    self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
-                else {
-                    return reply.error(self.refuse_stale(fh, file.ino));
-                };
-                self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
-                    Some(id) => reply.created_passthrough(
-                        &ttl,
-                        &attr,
-                        Generation(0),
-                        FileHandle(fh),
-                        flags,
-                        id,
-                    ),
-                    None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), flags),
-                });
-            }
-            Err(err) => reply.error(errno(err)),
-        }
+        self.reply_created(self.union.tmpfile(parent.0, mode, self.caller(req)), reply);
     }
 
     fn lseek(
