@@ -414,19 +414,15 @@ impl Union {
             return Err(Errno::PERM);
         }
         let caller = Caller { uid: 0, gid: 0 };
-        let (mut entry, _) = if self.path(ino) == Err(Errno::STALE) {
+        let (mut entry, _) = match self.copy_up_node(&node) {
             // No name: an O_TMPFILE (the kernel links a file with none only if it was made
             // so, without O_EXCL).
-            let file = self.unlinked_open(ino, true)?;
-            self.make(
-                newparent,
-                newname,
-                New::LinkFd(self.fd(&file)?, node.ino),
-                caller,
-            )?
-        } else {
-            let source = self.copy_up_node(&node)?;
-            self.make(newparent, newname, New::Link(&source), caller)?
+            Err(Errno::STALE) => {
+                let file = self.unlinked_open(ino, true)?;
+                let fd = self.fd(&file)?;
+                self.make(newparent, newname, New::LinkFd(fd, node.ino), caller)?
+            }
+            source => self.make(newparent, newname, New::Link(&source?), caller)?,
         };
         // `make` registered the new name on the node the upper inode maps to: the same one.
         entry.ino = node.ino;
@@ -551,13 +547,14 @@ impl Union {
         let open = fh
             .and_then(|fh| self.files.get(fh).ok())
             .filter(|f| f.upper);
-        let (open, path) = if self.path(ino).is_err() {
+        let (open, path) = match self.copy_up_node(&node) {
             // Every name is gone: the file is changed through an open upper file of it.
             // Only ftruncate(2) names its handle; fchmod, fchown and futimens do not.
-            let open = open.map_or_else(|| self.unlinked_open(ino, true), Ok)?;
-            (Some(open), None)
-        } else {
-            (open, Some(self.copy_up_node(&node)?))
+            Err(Errno::STALE) => {
+                let open = open.map_or_else(|| self.unlinked_open(ino, true), Ok)?;
+                (Some(open), None)
+            }
+            path => (open, Some(path?)),
         };
         let upper = self.upper_fd();
         if let Some(caller) = &set.drop_setid {
@@ -634,10 +631,13 @@ impl Union {
         let _shared = self.shared();
         let node = self.node(ino)?;
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
-        if self.path(ino) == Err(Errno::STALE) {
-            return rustix::fs::fsetxattr(self.unlinked_file(ino, true)?, name, value, flags);
-        }
-        let path = self.copy_up_node(&node)?;
+        let path = match self.copy_up_node(&node) {
+            Err(Errno::STALE) => {
+                let file = self.unlinked_file(ino, true)?;
+                return rustix::fs::fsetxattr(file, name, value, flags);
+            }
+            path => path?,
+        };
         rustix::fs::lsetxattr(self.layers.abs(UPPER, &path), name, value, flags)
     }
 
@@ -647,13 +647,16 @@ impl Union {
         }
         let _shared = self.shared();
         let node = self.node(ino)?;
-        if self.path(ino) == Err(Errno::STALE) {
-            return rustix::fs::fremovexattr(self.unlinked_file(ino, true)?, name);
-        }
+        let path = match self.path(ino) {
+            Err(Errno::STALE) => {
+                return rustix::fs::fremovexattr(self.unlinked_file(ino, true)?, name);
+            }
+            path => path?,
+        };
         let layer = node.state().layer;
         if layer != UPPER {
             // Nothing to remove is not a change: no copy-up (ovl_xattr_set does the same).
-            let lower = self.layers.abs(layer, &self.path(ino)?);
+            let lower = self.layers.abs(layer, &path);
             rustix::fs::lgetxattr(lower, name, &mut [0u8; 0][..])?;
         }
         let path = self.copy_up_node(&node)?;

@@ -583,28 +583,14 @@ impl Union {
     pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
         let _shared = self.shared();
         let node = self.node(ino)?;
-        if self.path(ino) == Err(Errno::STALE) {
-            // Every name is gone: an open through /proc/PID/fd of an O_TMPFILE or of an
-            // unlinked file. Another open file of the inode is opened again through its
-            // descriptor (upper files read-write, as `open_real` opens them).
-            let other = self.unlinked_open(ino, write)?;
-            let flags = if other.upper {
-                OFlags::RDWR
-            } else {
-                OFlags::RDONLY
-            };
-            let fd = self.fd(&other)?.as_raw_fd();
-            let again = rustix::fs::open(
-                format!("/proc/self/fd/{fd}"),
-                flags | OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            return Ok(self.files.insert(OpenFile::new(again, ino, other.upper)));
-        }
         let path = if write {
-            self.copy_up_node(&node)?
+            self.copy_up_node(&node)
         } else {
-            self.path(ino)?
+            self.path(ino)
+        };
+        let path = match path {
+            Err(Errno::STALE) => return self.open_again(ino, write),
+            path => path?,
         };
         let layer = node.state().layer;
         if layer != UPPER
@@ -623,6 +609,25 @@ impl Union {
         }
         let fd = self.open_real(layer, &path, write)?;
         Ok(self.files.insert(OpenFile::new(fd, ino, layer == UPPER)))
+    }
+
+    /// An open of a file whose every name is gone: through /proc/PID/fd, of an O_TMPFILE or
+    /// of an unlinked file. Another open file of the inode is opened again through its
+    /// descriptor (upper files read-write, as `open_real` opens them).
+    fn open_again(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
+        let other = self.unlinked_open(ino, write)?;
+        let flags = if other.upper {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let fd = self.fd(&other)?.as_raw_fd();
+        let again = rustix::fs::open(
+            format!("/proc/self/fd/{fd}"),
+            flags | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(self.files.insert(OpenFile::new(again, ino, other.upper)))
     }
 
     /// The real file of an open file, opened now if it was not yet (see [`OpenFile`]).
