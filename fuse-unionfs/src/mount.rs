@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use fuser::{BackgroundSession, Config, Session, SessionACL};
+use fuser::{BackgroundSession, Config, KeepCallerCpu, Session, SessionACL};
 use rustix::mount::UnmountFlags;
 
 use crate::error::{Error, Result};
@@ -484,6 +484,13 @@ fn fuse_config() -> Config {
             .max(if threads.is_some() { 1 } else { 2 }),
     );
     config.clone_fd = true;
+    // STRATA_FUSE_KEEP_CPU=always|never overrides when replies keep callers on their CPU
+    // (fuser's KeepCallerCpu; `auto` by default).
+    config.io_uring_keep_caller_cpu = match std::env::var("STRATA_FUSE_KEEP_CPU").as_deref() {
+        Ok("always") => KeepCallerCpu::Always,
+        Ok("never") => KeepCallerCpu::Never,
+        _ => KeepCallerCpu::Auto,
+    };
     config
 }
 

@@ -644,3 +644,120 @@ fn seeks_under_the_writeback_cache_see_data_not_written_back_yet() {
     umount(&mnt);
     assert_eq!(seeks, [Ok(0), Ok(8 << 20)]);
 }
+
+/// The pid of the server serving `mnt` (its command line names the mount point).
+fn server_pid(mnt: &Path) -> u32 {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            cmdline.starts_with(env!("CARGO_BIN_EXE_strata-unionfs").as_bytes())
+                && cmdline.split(|&b| b == 0).any(|arg| arg == want)
+        })
+        .unwrap_or_else(|| panic!("no strata-unionfs process serves {}", mnt.display()))
+}
+
+/// Each thread of process `pid`: its name and scheduling policy (/proc/PID/task/*/stat).
+fn thread_policies(pid: u32) -> Vec<(String, i32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            // Field 41 is the policy; `rest` starts at field 3.
+            let policy = rest.split_whitespace().nth(41 - 3)?.parse().ok()?;
+            Some((name, policy))
+        })
+        .collect()
+}
+
+/// STRATA_FUSE_KEEP_CPU=always: every reply is committed under SCHED_IDLE, so that the
+/// caller wakes on the CPU that served it. With a busy task on every CPU, where a thread
+/// left under SCHED_IDLE would get almost no CPU, requests of every kind still go through,
+/// and afterwards every ring thread is back under SCHED_BATCH, with the watchdog there.
+#[test]
+fn replies_committed_under_sched_idle_leave_no_ring_thread_there() {
+    use std::os::fd::AsRawFd;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fixture = Fixture::new();
+    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "keep-cpu");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_paths(&fixture).join(":"),
+        upper.display(),
+        work.display()
+    );
+    start_with(
+        &[("STRATA_FUSE_KEEP_CPU", "always")],
+        &["-o", &options],
+        &mnt,
+    );
+    let pid = server_pid(&mnt);
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let busy: Vec<_> = (0..cpus)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let m = mnt.clone();
+    let made = deadline(120, "requests beside a busy task on every CPU", move || {
+        let workers: Vec<_> = (0..2)
+            .map(|t| {
+                let dir = m.join(format!("keep-{t}"));
+                std::thread::spawn(move || {
+                    std::fs::create_dir(&dir).unwrap();
+                    for i in 0..300 {
+                        let path = dir.join(format!("f{i}"));
+                        std::fs::write(&path, format!("{t}/{i}")).unwrap();
+                        let file = std::fs::File::open(&path).unwrap();
+                        // SAFETY: isatty on a descriptor this thread holds open.
+                        let tty = unsafe { libc::isatty(file.as_raw_fd()) };
+                        assert_eq!(tty, 0, "{}", path.display());
+                        assert_eq!(
+                            rustix::fs::fgetxattr(&file, "user.none", &mut [0u8; 8]),
+                            Err(rustix::io::Errno::NODATA)
+                        );
+                    }
+                    std::fs::read_dir(&dir).unwrap().count()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    stop.store(true, Ordering::Relaxed);
+    busy.into_iter().for_each(|b| b.join().unwrap());
+    let threads = thread_policies(pid);
+    umount(&mnt);
+    assert_eq!(made, [300, 300]);
+    let rings: Vec<_> = threads
+        .iter()
+        .filter(|(name, _)| name.starts_with("fuser-uring-"))
+        .collect();
+    assert!(
+        !rings.is_empty(),
+        "no ring threads in {threads:?}: FUSE over io_uring is off \
+         (echo Y > /sys/module/fuse/parameters/enable_uring; scripts/install-deps.sh does it)"
+    );
+    assert!(
+        threads.iter().any(|(name, _)| name == "fuser-watchdog"),
+        "no watchdog among {threads:?}"
+    );
+    for (name, policy) in rings {
+        assert_eq!(*policy, libc::SCHED_BATCH, "{name} in {threads:?}");
+    }
+}

@@ -39,6 +39,7 @@ pub use crate::ll::TimeOrNow;
 pub use crate::ll::flags::copy_file_range_flags::CopyFileRangeFlags;
 pub use crate::ll::flags::fopen_flags::FopenFlags;
 pub use crate::ll::flags::init_flags::InitFlags;
+pub use crate::uring::KeepCallerCpu;
 pub use crate::uring::blocking;
 pub use crate::ll::flags::ioctl_flags::IoctlFlags;
 pub use crate::ll::flags::poll_flags::PollFlags;

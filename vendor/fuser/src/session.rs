@@ -464,7 +464,8 @@ impl<FS: Filesystem> Session<FS> {
                 && init.capabilities().contains(InitFlags::FUSE_OVER_IO_URING)
             {
                 let threads = self.config.io_uring_threads.unwrap_or(1);
-                match crate::uring::Rings::new(threads, config.max_payload()) {
+                let keep = self.config.io_uring_keep_caller_cpu;
+                match crate::uring::Rings::new(threads, config.max_payload(), keep) {
                     Ok(rings) => self.rings = Some(rings),
                     Err(err) => {
                         warn!("FUSE over io_uring is offered but no ring can be made: {err}");

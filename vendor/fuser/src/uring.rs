@@ -4,8 +4,9 @@
 //! The kernel keeps one request queue per possible CPU and puts each request on the queue of
 //! the CPU its caller runs on. Here every queue is served by threads pinned to that CPU,
 //! each with its own ring and one registered entry. A request is then read, served and
-//! answered on the CPU that sent it: no cross-CPU wakeup in either direction, which is most
-//! of a FUSE round trip's cost on a virtual machine.
+//! answered on the CPU that sent it, with no cross-CPU wakeup, which is most of a FUSE
+//! round trip's cost on a virtual machine; [`keep_cpu`] sees that the scheduler does not
+//! move the caller to another CPU when the reply wakes it.
 //!
 //! A queue starts with one thread (`Config::io_uring_threads`), as libfuse's io_uring
 //! queues do, and its threads run under SCHED_BATCH, which does not preempt the task that
@@ -56,6 +57,11 @@ use crate::session::Role;
 use crate::session::SessionEventLoop;
 use crate::session::spawn_reporting;
 
+mod keep_cpu;
+pub use keep_cpu::KeepCallerCpu;
+use keep_cpu::KeepCpu;
+use keep_cpu::Window;
+
 type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
 
 /// Room in front of the payload for the in-header and the opcode's struct.
@@ -85,6 +91,7 @@ const ENDED: [i32; 4] = [
 pub(crate) struct Rings {
     rings: Vec<(u16, Ring)>,
     payload_size: usize,
+    keep_caller_cpu: KeepCallerCpu,
 }
 
 impl std::fmt::Debug for Rings {
@@ -92,6 +99,7 @@ impl std::fmt::Debug for Rings {
         f.debug_struct("Rings")
             .field("rings", &self.rings.len())
             .field("payload_size", &self.payload_size)
+            .field("keep_caller_cpu", &self.keep_caller_cpu)
             .finish()
     }
 }
@@ -99,7 +107,11 @@ impl std::fmt::Debug for Rings {
 impl Rings {
     /// `threads_per_queue` rings for each possible CPU, with entries able to carry
     /// `payload_size` bytes (the kernel wants at least its largest request or reply).
-    pub(crate) fn new(threads_per_queue: usize, payload_size: usize) -> io::Result<Rings> {
+    pub(crate) fn new(
+        threads_per_queue: usize,
+        payload_size: usize,
+        keep_caller_cpu: KeepCallerCpu,
+    ) -> io::Result<Rings> {
         let queues = possible_cpus()?;
         let qid_max = u16::try_from(queues).map_err(|_| io::Error::other("too many CPUs"))?;
         let mut rings = Vec::with_capacity(queues * threads_per_queue);
@@ -111,6 +123,7 @@ impl Rings {
         Ok(Rings {
             rings,
             payload_size,
+            keep_caller_cpu,
         })
     }
 
@@ -136,10 +149,12 @@ impl Rings {
             counts[usize::from(*qid)].threads += 1;
         }
         let event_loop = Arc::new(event_loop);
+        let keep = KeepCpu::new(self.keep_caller_cpu);
         let grow = Arc::new(Grow {
             counts: counts.into_iter().map(Mutex::new).collect(),
             spawn: {
                 let (dev, ended, event_loop) = (dev.clone(), ended.clone(), event_loop.clone());
+                let keep = keep.clone();
                 let payload_size = self.payload_size;
                 Box::new(move |qid, n, grow: Arc<Grow>| {
                     // Made on a thread of the queue: it inherits the CPU mask and policy.
@@ -152,6 +167,7 @@ impl Rings {
                         payload_size,
                         event_loop(name.clone()),
                         grow,
+                        keep.clone(),
                     );
                     let (registered, waiting) = std::sync::mpsc::sync_channel(1);
                     server.registered = Some(registered);
@@ -193,6 +209,7 @@ impl Rings {
                 self.payload_size,
                 event_loop(name.clone()),
                 grow.clone(),
+                keep.clone(),
             );
             if let Some(own) = &own
                 && !pin_to_cpu(qid)
@@ -454,7 +471,8 @@ impl Entry {
     }
 
     /// The request the kernel just delivered, laid out as /dev/fuse would give it.
-    fn request<'a>(&'a mut self, scratch: &'a mut Vec<u64>) -> io::Result<(u64, u32, &'a [u8])> {
+    /// Also its unique, opcode and caller.
+    fn request<'a>(&'a mut self, scratch: &'a mut Vec<u64>) -> io::Result<Delivered<'a>> {
         let payload_size = self.payload_size;
         let (header, buf) = self.parts();
         let (in_header, _) = abi::fuse_in_header::read_from_prefix(&header.in_out)
@@ -474,9 +492,9 @@ impl Entry {
         buf[start..start + head].copy_from_slice(&header.in_out[..head]);
         buf[GAP - op..GAP].copy_from_slice(&header.op_in[..op]);
         let request = &buf[start..GAP + payload];
-        let (unique, opcode) = (in_header.unique, in_header.opcode);
+        let (unique, opcode, pid) = (in_header.unique, in_header.opcode, in_header.pid);
         if start % 8 == 0 {
-            return Ok((unique, opcode, request));
+            return Ok((unique, opcode, pid, request));
         }
         // An opcode struct whose size is not a multiple of 8 would leave the in-header
         // misaligned; no such struct exists today, but copy rather than misparse.
@@ -484,7 +502,7 @@ impl Entry {
         scratch.resize(request.len().div_ceil(8), 0);
         let bytes = &mut scratch.as_mut_bytes()[..request.len()];
         bytes.copy_from_slice(request);
-        Ok((unique, opcode, bytes))
+        Ok((unique, opcode, pid, bytes))
     }
 
     /// Puts `reply` (out-header, then data) where the kernel reads it on commit.
@@ -517,6 +535,9 @@ impl Drop for Entry {
     }
 }
 
+/// A request as [`Entry::request`] gives it: unique, opcode, caller's pid, bytes.
+type Delivered<'a> = (u64, u32, u32, &'a [u8]);
+
 /// One thread's ring and entry.
 struct Server<FS: Filesystem> {
     qid: u16,
@@ -529,6 +550,9 @@ struct Server<FS: Filesystem> {
     grow: Arc<Grow>,
     /// Told once the entry is registered, for a thread [`blocking`] waits for.
     registered: Option<std::sync::mpsc::SyncSender<()>>,
+    keep: Arc<KeepCpu>,
+    /// This thread's commits under SCHED_IDLE, once it runs.
+    window: Option<Arc<Window>>,
 }
 
 impl<FS: Filesystem> Server<FS> {
@@ -539,6 +563,7 @@ impl<FS: Filesystem> Server<FS> {
         payload_size: usize,
         session: SessionEventLoop<FS>,
         grow: Arc<Grow>,
+        keep: Arc<KeepCpu>,
     ) -> Self {
         Server {
             qid,
@@ -549,6 +574,8 @@ impl<FS: Filesystem> Server<FS> {
             session,
             grow,
             registered: None,
+            keep,
+            window: None,
         }
     }
 
@@ -561,6 +588,7 @@ impl<FS: Filesystem> Server<FS> {
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
             debug!("SCHED_BATCH refused: {}", io::Error::last_os_error());
         }
+        self.window = Some(self.keep.register());
         let iov = self.entry.iovecs();
         let result = self.serve_entry(&iov);
         QUEUE.with(|q| q.borrow_mut().take());
@@ -575,12 +603,7 @@ impl<FS: Filesystem> Server<FS> {
         self.register(iov)?;
         if let Some(registered) = self.registered.take() {
             // The kernel adds the entry to the queue while it takes the submission.
-            loop {
-                match self.ring.submit() {
-                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    submitted => break submitted.map(drop)?,
-                }
-            }
+            submit_now(&mut self.ring)?;
             let _ = registered.send(());
         }
         // The kernel accepted the entry: it has delivered a request through it.
@@ -613,14 +636,19 @@ impl<FS: Filesystem> Server<FS> {
                     return Err(err);
                 }
             }
-            let unique = self.serve_one(&mut scratch);
+            let (unique, idle) = self.serve_one(&mut scratch);
             self.commit(unique)?;
+            // Committed now, under SCHED_IDLE, rather than with the wait for the next.
+            if let (true, Some(window)) = (idle, &self.window) {
+                self.keep.idle(window, || submit_now(&mut self.ring))?;
+            }
         }
     }
 
-    /// Serves the request in the entry and leaves its reply there; returns its unique.
-    fn serve_one(&mut self, scratch: &mut Vec<u64>) -> u64 {
-        let (unique, opcode, data) = match self.entry.request(scratch) {
+    /// Serves the request in the entry and leaves its reply there; returns its unique, and
+    /// whether to commit the reply under SCHED_IDLE (see [`keep_cpu`]).
+    fn serve_one(&mut self, scratch: &mut Vec<u64>) -> (u64, bool) {
+        let (unique, opcode, pid, data) = match self.entry.request(scratch) {
             Ok(request) => request,
             Err(err) => {
                 // Answer what we can read of it, so the caller is not left waiting.
@@ -630,10 +658,11 @@ impl<FS: Filesystem> Server<FS> {
                     .map_or(0, |(h, _)| h.unique);
                 self.entry
                     .set_reply(unique, abi::fuse_out_header::eio(unique).as_bytes());
-                return unique;
+                return (unique, false);
             }
         };
         let opcode = abi::fuse_opcode::try_from(opcode).ok();
+        let idle = self.keep.idle_commit(pid, self.qid, opcode);
         match self.reply.as_mut().and_then(Arc::get_mut) {
             // Only this thread holds it: no handler can still answer an old request, and
             // nothing stored for one (a reply to a request owed none) carries over.
@@ -680,7 +709,7 @@ impl<FS: Filesystem> Server<FS> {
                 .entry
                 .set_reply(unique, abi::fuse_out_header::empty(unique).as_bytes()),
         }
-        unique
+        (unique, idle && owed)
     }
 
     fn register(&mut self, iov: &[libc::iovec; 2]) -> io::Result<()> {
@@ -736,6 +765,16 @@ impl<FS: Filesystem> Server<FS> {
             if let Some(cqe) = self.ring.completion().next() {
                 return Ok(cqe.result());
             }
+        }
+    }
+}
+
+/// Submits what is queued without waiting for anything.
+fn submit_now(ring: &mut Ring) -> io::Result<()> {
+    loop {
+        match ring.submit() {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            submitted => return submitted.map(drop),
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct Config {
     /// filesystem asks for by adding `InitFlags::FUSE_OVER_IO_URING` in `init`. Default 1; a queue grows when its
     /// threads are all inside `fuser::blocking` sections.
     pub io_uring_threads: Option<usize>,
+    /// When ring threads commit replies under SCHED_IDLE, so that the scheduler wakes each
+    /// caller on the CPU that answered it rather than on an idle one (see `KeepCallerCpu`).
+    pub io_uring_keep_caller_cpu: crate::KeepCallerCpu,
 }
 
 /// Mount options accepted by the FUSE filesystem type
