@@ -489,7 +489,11 @@ fn fuse_config() -> Config {
     config.io_uring_keep_caller_cpu = match std::env::var("STRATA_FUSE_KEEP_CPU").as_deref() {
         Ok("always") => KeepCallerCpu::Always,
         Ok("never") => KeepCallerCpu::Never,
-        _ => KeepCallerCpu::Auto,
+        Ok("auto") | Err(_) => KeepCallerCpu::Auto,
+        Ok(other) => {
+            tracing::warn!("STRATA_FUSE_KEEP_CPU={other:?}: not always, never or auto; using auto");
+            KeepCallerCpu::Auto
+        }
     };
     config
 }

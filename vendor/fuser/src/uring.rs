@@ -5,8 +5,8 @@
 //! the CPU its caller runs on. Here every queue is served by threads pinned to that CPU,
 //! each with its own ring and one registered entry. A request is then read, served and
 //! answered on the CPU that sent it, with no cross-CPU wakeup, which is most of a FUSE
-//! round trip's cost on a virtual machine; [`keep_cpu`] sees that the scheduler does not
-//! move the caller to another CPU when the reply wakes it.
+//! round trip's cost on a virtual machine. When the reply wakes the caller, the scheduler
+//! would rather put it on an idle CPU; [`keep_cpu`] keeps it where it is when it can.
 //!
 //! A queue starts with one thread (`Config::io_uring_threads`), as libfuse's io_uring
 //! queues do, and its threads run under SCHED_BATCH, which does not preempt the task that
@@ -662,7 +662,8 @@ impl<FS: Filesystem> Server<FS> {
             }
         };
         let opcode = abi::fuse_opcode::try_from(opcode).ok();
-        let idle = self.keep.idle_commit(pid, self.qid, opcode);
+        let idle = (self.window.as_ref())
+            .is_some_and(|window| self.keep.idle_commit(window, pid, self.qid, opcode));
         match self.reply.as_mut().and_then(Arc::get_mut) {
             // Only this thread holds it: no handler can still answer an old request, and
             // nothing stored for one (a reply to a request owed none) carries over.

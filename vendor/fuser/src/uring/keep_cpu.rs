@@ -10,8 +10,10 @@
 //! (`sched_idle_cpu`), and wakes the caller there, on the CPU it last ran on: the one
 //! answering it, which it preempts at once. So a thread commits under SCHED_IDLE and goes
 //! back to SCHED_BATCH as soon as it runs again. A SCHED_IDLE thread gets almost no CPU
-//! beside a busy task (about 0.3%), so a watchdog puts back any thread still there after
-//! [`STUCK`]: its caller's next request may be waiting for it.
+//! beside a busy task (about 0.3%), so a watchdog (SCHED_FIFO where it may be) puts back
+//! any thread still there within two of its looks, [`STUCK`] apart: its caller's next
+//! request may be waiting for it. A thread it had to put back shares its CPU with a busy
+//! task, where the trick does not work anyway: it commits as usual for [`BACKOFF`].
 //!
 //! In `Auto` mode commits are made so only while callers are seen changing CPU: [`STREAK`]
 //! requests in a row each from the same caller as the one before, through another queue
@@ -58,6 +60,9 @@ const HOLD: Duration = Duration::from_millis(500);
 /// How many requests in a row must find their caller moved to turn it on.
 const STREAK: u32 = 3;
 
+/// How long a thread the watchdog had to put back commits as usual.
+const BACKOFF: Duration = Duration::from_secs(1);
+
 /// Requests the kernel sends in the background: nobody waits for their reply.
 const BACKGROUND: [abi::fuse_opcode; 2] = [
     abi::fuse_opcode::FUSE_RELEASE,
@@ -86,6 +91,8 @@ pub(crate) struct KeepCpu {
 pub(crate) struct Window {
     tid: libc::pid_t,
     generation: AtomicU64,
+    /// Commits as usual until then (ms since the session's start): see [`BACKOFF`].
+    backoff_until_ms: AtomicU64,
 }
 
 impl KeepCpu {
@@ -131,28 +138,42 @@ impl KeepCpu {
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
             generation: AtomicU64::new(0),
+            backoff_until_ms: AtomicU64::new(0),
         });
         lock(&self.windows).push(window.clone());
         window
     }
 
     /// Whether the reply to this request, from caller `pid` through queue `qid`, is to be
-    /// committed under SCHED_IDLE.
-    pub(crate) fn idle_commit(&self, pid: u32, qid: u16, opcode: Option<abi::fuse_opcode>) -> bool {
+    /// committed under SCHED_IDLE by the thread of `window`.
+    pub(crate) fn idle_commit(
+        &self,
+        window: &Window,
+        pid: u32,
+        qid: u16,
+        opcode: Option<abi::fuse_opcode>,
+    ) -> bool {
         if !self.watching.load(Ordering::Relaxed)
             || pid == 0
             || opcode.is_none_or(|op| BACKGROUND.contains(&op))
         {
             return false;
         }
-        if self.mode == KeepCallerCpu::Always {
-            return true;
-        }
         let now = self.now_ms();
+        let on = match self.mode {
+            KeepCallerCpu::Always => true,
+            _ => self.callers_move(now, pid, qid),
+        };
+        on && now >= window.backoff_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Notes this request of caller `pid` through queue `qid`; whether commits under
+    /// SCHED_IDLE are on.
+    fn callers_move(&self, now: u64, pid: u32, qid: u16) -> bool {
         let key = (u64::from(pid) << 16) | u64::from(qid);
         let previous = self.last.swap(key, Ordering::Relaxed);
         if previous != key && previous >> 16 == u64::from(pid) {
-            if self.streak.fetch_add(1, Ordering::Relaxed) + 1 >= STREAK {
+            if self.streak.fetch_add(1, Ordering::Relaxed) >= STREAK - 1 {
                 let until = now + HOLD.as_millis() as u64;
                 if self.until_ms.swap(until, Ordering::SeqCst) < now {
                     debug!("callers change CPU: replies keep them on theirs for {HOLD:?}");
@@ -165,8 +186,22 @@ impl KeepCpu {
     }
 
     /// Runs `commit` (the submission of a reply) under SCHED_IDLE, then goes back to
-    /// SCHED_BATCH.
+    /// SCHED_BATCH (also should `commit` panic).
     pub(crate) fn idle<T>(&self, window: &Window, commit: impl FnOnce() -> T) -> T {
+        /// Back to SCHED_BATCH, then the window closes.
+        struct Close<'a>(&'a KeepCpu, &'a Window);
+        impl Drop for Close<'_> {
+            fn drop(&mut self) {
+                if !set_policy(0, libc::SCHED_BATCH) {
+                    // Allowed at the start, refused now (RLIMIT_NICE lowered since?): this
+                    // thread stays under SCHED_IDLE, and no other commits go there.
+                    let why = std::io::Error::last_os_error();
+                    warn!("a ring thread cannot leave SCHED_IDLE ({why}); callers may change CPU");
+                    self.0.watching.store(false, Ordering::Relaxed);
+                }
+                self.1.generation.fetch_add(1, Ordering::Release);
+            }
+        }
         window.generation.fetch_add(1, Ordering::SeqCst);
         // The watchdog parks only after it saw no window open (see `watch`).
         if self.parked.load(Ordering::SeqCst)
@@ -174,11 +209,9 @@ impl KeepCpu {
         {
             watchdog.unpark();
         }
+        let _close = Close(self, window);
         set_policy(0, libc::SCHED_IDLE);
-        let result = commit();
-        set_policy(0, libc::SCHED_BATCH);
-        window.generation.fetch_add(1, Ordering::Release);
-        result
+        commit()
     }
 
     fn now_ms(&self) -> u64 {
@@ -205,8 +238,21 @@ impl Drop for KeepCpu {
 }
 
 /// Every [`STUCK`] while it has work, puts back to SCHED_BATCH a ring thread whose commit
-/// under SCHED_IDLE it already saw under way the last time; parks when it has none.
+/// under SCHED_IDLE it already saw under way the last time; parks when it has none. In
+/// `Always` mode it always has work.
 fn watch(keep: &Weak<KeepCpu>) {
+    // Not to be starved itself, whatever the session's thread runs under: SCHED_FIFO where
+    // allowed (it runs for microseconds every few milliseconds), else SCHED_OTHER at nice 0.
+    let fifo = libc::sched_param { sched_priority: 1 };
+    // SAFETY: a valid param struct; a refusal changes nothing.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &fifo) } != 0 {
+        set_policy(0, libc::SCHED_OTHER);
+        // SAFETY: setpriority on this thread; a refusal changes nothing.
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 0) };
+    }
+    let Some(start) = keep.upgrade().map(|k| k.start) else {
+        return;
+    };
     let mut seen: Vec<u64> = Vec::new();
     loop {
         let Some(state) = keep.upgrade() else { return };
@@ -235,6 +281,10 @@ fn watch(keep: &Weak<KeepCpu>) {
                     window.tid
                 );
                 set_policy(window.tid, libc::SCHED_BATCH);
+                let until = start.elapsed() + BACKOFF;
+                window
+                    .backoff_until_ms
+                    .store(until.as_millis() as u64, Ordering::Relaxed);
             }
             *seen = generation;
         }
@@ -288,36 +338,40 @@ mod tests {
     fn auto_turns_on_once_a_caller_changes_queue() {
         require_policies();
         let keep = KeepCpu::new(KeepCallerCpu::Auto);
-        assert!(!keep.idle_commit(7, 0, GETATTR));
-        assert!(!keep.idle_commit(7, 0, GETATTR), "same caller, same queue");
-        assert!(!keep.idle_commit(7, 1, GETATTR), "moved once");
-        assert!(!keep.idle_commit(7, 0, GETATTR), "moved twice");
+        let keep_w = keep.register();
+        assert!(!keep.idle_commit(&keep_w, 7, 0, GETATTR));
         assert!(
-            !keep.idle_commit(7, 0, GETATTR),
+            !keep.idle_commit(&keep_w, 7, 0, GETATTR),
+            "same caller, same queue"
+        );
+        assert!(!keep.idle_commit(&keep_w, 7, 1, GETATTR), "moved once");
+        assert!(!keep.idle_commit(&keep_w, 7, 0, GETATTR), "moved twice");
+        assert!(
+            !keep.idle_commit(&keep_w, 7, 0, GETATTR),
             "stayed: the streak starts over"
         );
-        assert!(!keep.idle_commit(8, 1, GETATTR), "another caller");
-        assert!(!keep.idle_commit(8, 0, GETATTR), "caller 8 moved");
-        assert!(!keep.idle_commit(8, 1, GETATTR), "and back");
+        assert!(!keep.idle_commit(&keep_w, 8, 1, GETATTR), "another caller");
+        assert!(!keep.idle_commit(&keep_w, 8, 0, GETATTR), "caller 8 moved");
+        assert!(!keep.idle_commit(&keep_w, 8, 1, GETATTR), "and back");
         assert!(
-            keep.idle_commit(8, 0, GETATTR),
+            keep.idle_commit(&keep_w, 8, 0, GETATTR),
             "moved on three requests in a row"
         );
         assert!(
-            keep.idle_commit(9, 1, GETATTR),
+            keep.idle_commit(&keep_w, 9, 1, GETATTR),
             "on for everyone for a while"
         );
         let release = Some(abi::fuse_opcode::FUSE_RELEASE);
         assert!(
-            !keep.idle_commit(9, 1, release),
+            !keep.idle_commit(&keep_w, 9, 1, release),
             "nobody waits for a RELEASE"
         );
         assert!(
-            !keep.idle_commit(0, 1, GETATTR),
+            !keep.idle_commit(&keep_w, 0, 1, GETATTR),
             "no caller (the kernel's own)"
         );
         assert!(
-            !keep.idle_commit(9, 1, None),
+            !keep.idle_commit(&keep_w, 9, 1, None),
             "an opcode this fuser does not know"
         );
     }
@@ -326,11 +380,13 @@ mod tests {
     fn never_and_always() {
         require_policies();
         let never = KeepCpu::new(KeepCallerCpu::Never);
-        assert!(!never.idle_commit(8, 1, GETATTR));
-        assert!(!never.idle_commit(8, 0, GETATTR));
+        let never_w = never.register();
+        assert!(!never.idle_commit(&never_w, 8, 1, GETATTR));
+        assert!(!never.idle_commit(&never_w, 8, 0, GETATTR));
         let always = KeepCpu::new(KeepCallerCpu::Always);
-        assert!(always.idle_commit(8, 0, GETATTR));
-        assert!(always.idle_commit(8, 0, GETATTR));
+        let always_w = always.register();
+        assert!(always.idle_commit(&always_w, 8, 0, GETATTR));
+        assert!(always.idle_commit(&always_w, 8, 0, GETATTR));
     }
 
     #[test]
@@ -359,6 +415,26 @@ mod tests {
             })
         });
         assert_eq!(late, libc::SCHED_BATCH, "still SCHED_IDLE: no watchdog");
+    }
+
+    #[test]
+    fn a_thread_put_back_commits_as_usual_for_a_while() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        let k = keep.clone();
+        let stuck = on_thread(move || {
+            let window = k.register();
+            k.idle(&window, || thread::sleep(STUCK * 20));
+            window
+        });
+        assert!(
+            !keep.idle_commit(&stuck, 8, 0, GETATTR),
+            "a thread the watchdog put back"
+        );
+        assert!(
+            keep.idle_commit(&keep.register(), 8, 0, GETATTR),
+            "another thread"
+        );
     }
 
     #[test]
