@@ -322,7 +322,10 @@ impl Fs {
         let (ttl, attr) = (ttl(&entry), self.attr(&entry));
         let Ok(mode) = self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
         else {
-            return reply.error(self.refuse_stale(fh, file.ino));
+            let err = self.refuse_stale(fh, file.ino);
+            // The kernel never sees the entry, so no FORGET comes for the lookup it took.
+            self.union.forget(entry.ino, 1);
+            return reply.error(err);
         };
         self.reply_open(fh, file.ino, mode, |flags, backing| match backing {
             Some(id) => {

@@ -246,13 +246,17 @@ impl Union {
             None => self.layers.stat(UPPER, &rel)?,
         };
         // A named O_TMPFILE keeps its node: its real inode answers with that number again,
-        // should the release of another of its handles have forgotten it.
+        // should the release of another of its handles have forgotten it. A hard link shares
+        // its file's number. Anything else is a new real inode, which gets a new number: the
+        // number its (device, inode) had when ext4 last used them belongs to a file gone,
+        // which an open handle may still hold.
         let ino = match new {
             New::LinkFd(_, ino) => {
                 self.table.alias(meta.key(), ino);
                 ino
             }
-            _ => self.table.ino_for(meta.key()),
+            New::Link(_) => self.table.ino_for(meta.key()),
+            _ => self.table.renumber(meta.key()),
         };
         let state = NodeState {
             links: vec![(pnode.ino, name.to_os_string())],
@@ -389,7 +393,8 @@ impl Union {
         )?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
         let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&fd)?);
-        let ino = self.table.ino_for(meta.key());
+        // A new real inode: a new number (see `make`).
+        let ino = self.table.renumber(meta.key());
         let state = NodeState {
             links: Vec::new(),
             layer: UPPER,
