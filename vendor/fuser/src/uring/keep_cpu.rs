@@ -15,11 +15,12 @@
 //! request may be waiting for it. A thread it had to put back shares its CPU with a busy
 //! task, where the trick does not work anyway: it commits as usual for [`BACKOFF`].
 //!
-//! In `Auto` mode commits are made so only while callers are seen changing CPU: [`STREAK`]
-//! requests in a row each from the same caller as the one before, through another queue
-//! than it, turn it on for [`HOLD`]. (The scheduler moves a task now and then for other
-//! reasons, which this leaves alone.) It costs two sched_setscheduler calls and one more
-//! io_uring_enter per reply, about 1 us.
+//! In `Auto` mode commits are made so only while callers are seen changing CPU: a request
+//! from the same caller as the one before, through another queue, scores [`MOVED`], one
+//! through the same queue takes a point off, and a score of [`ON`] turns it on for
+//! [`HOLD`]. A caller moved on every request, or on every other one (both happen), gets
+//! there in a few requests; the scheduler's occasional moves for other reasons do not. It
+//! costs two sched_setscheduler calls and one more io_uring_enter per reply, about 1 us.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -57,8 +58,12 @@ const STUCK: Duration = Duration::from_millis(2);
 /// How long callers seen changing CPU keep commits under SCHED_IDLE on.
 const HOLD: Duration = Duration::from_millis(500);
 
-/// How many requests in a row must find their caller moved to turn it on.
-const STREAK: u32 = 3;
+/// What a request that finds its caller moved adds to the score; one that does not takes
+/// one point off...
+const MOVED: u32 = 4;
+
+/// ...and the score that turns it on (it is kept below `2 * ON`).
+const ON: u32 = 12;
 
 /// How long a thread the watchdog had to put back commits as usual.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -77,8 +82,8 @@ pub(crate) struct KeepCpu {
     start: Instant,
     /// `tid << 16 | queue` of the last request a caller waited for...
     last: AtomicU64,
-    /// ...and how many requests in a row before it found their caller moved.
-    streak: AtomicU32,
+    /// ...and the score of callers moving (see [`MOVED`]).
+    score: AtomicU32,
     /// Commits go under SCHED_IDLE until then (ms since `start`).
     until_ms: AtomicU64,
     windows: Mutex<Vec<Arc<Window>>>,
@@ -110,7 +115,7 @@ impl KeepCpu {
             watching: AtomicBool::new(false),
             start: Instant::now(),
             last: AtomicU64::new(0),
-            streak: AtomicU32::new(0),
+            score: AtomicU32::new(0),
             until_ms: AtomicU64::new(0),
             windows: Mutex::default(),
             watchdog: Mutex::default(),
@@ -172,15 +177,21 @@ impl KeepCpu {
     fn callers_move(&self, now: u64, pid: u32, qid: u16) -> bool {
         let key = (u64::from(pid) << 16) | u64::from(qid);
         let previous = self.last.swap(key, Ordering::Relaxed);
-        if previous != key && previous >> 16 == u64::from(pid) {
-            if self.streak.fetch_add(1, Ordering::Relaxed) >= STREAK - 1 {
+        if previous >> 16 == u64::from(pid) {
+            // Racy between queues, which only blurs the score.
+            let score = self.score.load(Ordering::Relaxed);
+            let score = if previous != key {
+                (score + MOVED).min(2 * ON)
+            } else {
+                score.saturating_sub(1)
+            };
+            self.score.store(score, Ordering::Relaxed);
+            if score >= ON {
                 let until = now + HOLD.as_millis() as u64;
                 if self.until_ms.swap(until, Ordering::SeqCst) < now {
                     debug!("callers change CPU: replies keep them on theirs for {HOLD:?}");
                 }
             }
-        } else {
-            self.streak.store(0, Ordering::Relaxed);
         }
         now < self.until_ms.load(Ordering::Relaxed)
     }
@@ -339,24 +350,16 @@ mod tests {
         require_policies();
         let keep = KeepCpu::new(KeepCallerCpu::Auto);
         let keep_w = keep.register();
-        assert!(!keep.idle_commit(&keep_w, 7, 0, GETATTR));
-        assert!(
-            !keep.idle_commit(&keep_w, 7, 0, GETATTR),
-            "same caller, same queue"
-        );
-        assert!(!keep.idle_commit(&keep_w, 7, 1, GETATTR), "moved once");
-        assert!(!keep.idle_commit(&keep_w, 7, 0, GETATTR), "moved twice");
-        assert!(
-            !keep.idle_commit(&keep_w, 7, 0, GETATTR),
-            "stayed: the streak starts over"
-        );
-        assert!(!keep.idle_commit(&keep_w, 8, 1, GETATTR), "another caller");
-        assert!(!keep.idle_commit(&keep_w, 8, 0, GETATTR), "caller 8 moved");
-        assert!(!keep.idle_commit(&keep_w, 8, 1, GETATTR), "and back");
-        assert!(
-            keep.idle_commit(&keep_w, 8, 0, GETATTR),
-            "moved on three requests in a row"
-        );
+        // Caller 7 moves now and then: off.
+        for queue in [0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0] {
+            assert!(!keep.idle_commit(&keep_w, 7, queue, GETATTR), "caller 7");
+        }
+        // Caller 8 on every other request: on after a few.
+        let mut on = Vec::new();
+        for queue in [0, 0, 1, 1, 0, 0, 1, 1, 0, 0] {
+            on.push(keep.idle_commit(&keep_w, 8, queue, GETATTR));
+        }
+        assert_eq!(on.iter().position(|&on| on), Some(6), "caller 8: {on:?}");
         assert!(
             keep.idle_commit(&keep_w, 9, 1, GETATTR),
             "on for everyone for a while"
