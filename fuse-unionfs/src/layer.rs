@@ -10,7 +10,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -24,8 +24,11 @@ use crate::error::{Error, Result};
 pub(crate) const UPPER: usize = 0;
 /// The xattr kernel overlayfs uses for opaque directories (Documentation/filesystems/overlayfs.rst).
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// Private overlay xattrs, hidden from users of the mount.
+/// Private overlay xattrs, hidden from users of the mount...
 pub(crate) const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+/// ...except the escaped ones: a client's `trusted.overlay.X` is stored as
+/// `trusted.overlay.overlay.X` (see [`stored_xattr`]).
+const ESCAPED_XATTR_PREFIX: &[u8] = b"trusted.overlay.overlay.";
 /// AUFS markers: `.wh.NAME` hides NAME in the branches below (a directory NAME beside it,
 /// in the same branch, is opaque), `.wh..wh..opq` makes its directory opaque, other
 /// `.wh..wh.*` names are aufs's own. None of them is shown.
@@ -315,6 +318,34 @@ pub(crate) fn aufs_marker(name: &[u8]) -> Option<Option<&OsStr>> {
     Some(Some(OsStr::from_bytes(&name[AUFS_PREFIX.len()..])))
 }
 
+/// Whether stored xattr `name` is the union's own (an opaque mark): hidden, never copied.
 pub(crate) fn is_private_xattr(name: &OsStr) -> bool {
-    name.as_bytes().starts_with(PRIVATE_XATTR_PREFIX)
+    shown_xattr(name).is_none()
+}
+
+/// The name a client's xattr is stored under in the branches. `trusted.overlay.*` belongs
+/// to the union, so a client's `trusted.overlay.X` gets one more `overlay.`, as overlayfs
+/// escapes it since Linux 6.7. A tool that copies a tree with its xattrs (`cp -a`,
+/// `rsync -X`, `tar --xattrs`) can then copy an overlay's branch (container storage)
+/// through the mount, opaque marks included, without marking anything of the union's.
+pub(crate) fn stored_xattr(name: &OsStr) -> std::borrow::Cow<'_, OsStr> {
+    match name.as_bytes().strip_prefix(PRIVATE_XATTR_PREFIX) {
+        Some(rest) => {
+            let mut stored = ESCAPED_XATTR_PREFIX.to_vec();
+            stored.extend_from_slice(rest);
+            std::borrow::Cow::Owned(OsString::from_vec(stored))
+        }
+        None => std::borrow::Cow::Borrowed(name),
+    }
+}
+
+/// The name stored xattr `stored` has for clients; None for the union's own.
+pub(crate) fn shown_xattr(stored: &OsStr) -> Option<std::borrow::Cow<'_, OsStr>> {
+    let bytes = stored.as_bytes();
+    if let Some(rest) = bytes.strip_prefix(ESCAPED_XATTR_PREFIX) {
+        let mut shown = PRIVATE_XATTR_PREFIX.to_vec();
+        shown.extend_from_slice(rest);
+        return Some(std::borrow::Cow::Owned(OsString::from_vec(shown)));
+    }
+    (!bytes.starts_with(PRIVATE_XATTR_PREFIX)).then_some(std::borrow::Cow::Borrowed(stored))
 }

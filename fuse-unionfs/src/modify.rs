@@ -630,9 +630,7 @@ impl Union {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
-        if crate::layer::is_private_xattr(name) {
-            return Err(Errno::OPNOTSUPP);
-        }
+        let name = &*crate::layer::stored_xattr(name);
         let _shared = self.shared();
         let node = self.node(ino)?;
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
@@ -647,9 +645,7 @@ impl Union {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
-        if crate::layer::is_private_xattr(name) {
-            return Err(Errno::OPNOTSUPP);
-        }
+        let name = &*crate::layer::stored_xattr(name);
         let _shared = self.shared();
         let node = self.node(ino)?;
         let path = match self.path(ino) {
@@ -878,19 +874,25 @@ mod tests {
     }
 
     #[test]
-    fn private_xattrs_are_refused() {
-        let (_dir, union) = setup();
-        assert_eq!(
-            union
-                .getxattr(ROOT, OsStr::new("trusted.overlay.opaque"))
-                .unwrap_err(),
-            Errno::OPNOTSUPP
+    fn a_clients_overlay_xattrs_are_its_own() {
+        let (dir, union) = setup();
+        let d = union.lookup(ROOT, OsStr::new("d")).unwrap();
+        let opaque = OsStr::new("trusted.overlay.opaque");
+        assert_eq!(union.getxattr(d.ino, opaque).unwrap_err(), Errno::NODATA);
+        union.setxattr(d.ino, opaque, b"y", 0).unwrap();
+        assert_eq!(union.getxattr(d.ino, opaque).unwrap(), b"y");
+        assert!(
+            !union.layers.is_opaque(UPPER, Path::new("d")),
+            "the client's mark made the union's directory opaque"
         );
-        assert_eq!(
-            union
-                .setxattr(ROOT, OsStr::new("trusted.overlay.opaque"), b"y", 0)
-                .unwrap_err(),
-            Errno::OPNOTSUPP
-        );
+        let stored = xattr::get(dir.path().join("upper/d"), "trusted.overlay.overlay.opaque");
+        assert_eq!(stored.unwrap().as_deref(), Some(&b"y"[..]));
+        let list = union.listxattr(d.ino).unwrap();
+        assert_eq!(list, b"trusted.overlay.opaque\0");
+        union.removexattr(d.ino, opaque).unwrap();
+        assert_eq!(union.getxattr(d.ino, opaque).unwrap_err(), Errno::NODATA);
+        // The union's own marks stay hidden, and its directories stay merged.
+        assert!(union.listxattr(d.ino).unwrap().is_empty());
+        assert_eq!(names(&union, d.ino), [".", "..", "a", "b"]);
     }
 }

@@ -20,7 +20,7 @@ use xattr::FileExt;
 use crate::copyup::{get_xattr, io_errno, list_xattrs};
 use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
-use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, is_private_xattr};
+use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, shown_xattr, stored_xattr};
 
 /// The credentials of the process making a request (new entries belong to it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -795,11 +795,10 @@ impl Union {
         rustix::fs::fstatvfs(self.layers.fd(UPPER))
     }
 
-    /// getxattr; overlay's private attributes do not exist for users of the mount.
+    /// getxattr; the union's own attributes do not exist for users of the mount, whose
+    /// `trusted.overlay.*` are stored escaped (`stored_xattr`).
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Res<Vec<u8>> {
-        if is_private_xattr(name) {
-            return Err(Errno::OPNOTSUPP);
-        }
+        let name = &*stored_xattr(name);
         let _shared = self.shared();
         let node = self.node(ino)?;
         let path = match self.path(ino) {
@@ -849,11 +848,9 @@ impl Union {
             path => list_xattrs(&self.layers.abs(node.state().layer, &path?))?,
         };
         let mut out = Vec::new();
-        for name in names {
-            if !is_private_xattr(&name) {
-                out.extend_from_slice(name.as_bytes());
-                out.push(0);
-            }
+        for name in names.iter().filter_map(|name| shown_xattr(name)) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
         }
         Ok(out)
     }

@@ -827,16 +827,73 @@ fn xattrs_work_and_private_ones_are_hidden() {
             xattr(&m.path("etc/conf2"), "user.new").as_deref(),
             Some(&b"1"[..])
         );
-        assert!(
-            rustix::fs::setxattr(
-                m.path("etc"),
-                "trusted.overlay.opaque",
-                b"y",
-                rustix::fs::XattrFlags::empty()
-            )
-            .is_err()
-        );
     });
+}
+
+/// A client's `trusted.overlay.*` attributes (an overlay branch copied with its xattrs into
+/// a container, say) are its own, stored escaped as overlayfs has stored them since Linux
+/// 6.7: set, read, listed and removed as overlayfs does it, and never taken for the
+/// union's (a directory marked so stays merged). Before, they were refused (EOPNOTSUPP).
+#[test]
+fn a_clients_overlay_xattrs_are_stored_escaped_as_overlayfs_stores_them() {
+    let fixture = Fixture::new();
+    let fuse = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let overlay = fixture.mount("overlay", Driver::Overlay);
+    let run = |m: &Mounted| {
+        let set = |rel: &str, name: &str, value: &[u8]| {
+            rustix::fs::lsetxattr(m.path(rel), name, value, rustix::fs::XattrFlags::empty())
+        };
+        let list = |rel: &str| {
+            let mut buf = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(m.path(rel), &mut buf[..]).unwrap();
+            let mut names: Vec<String> = buf[..n]
+                .split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let stored = |rel: &str| {
+            let mut buf = vec![0u8; 4096];
+            let n = rustix::fs::llistxattr(m.upper.join(rel), &mut buf[..]).unwrap_or(0);
+            let mut names: Vec<String> = buf[..n]
+                .split(|&b| b == 0)
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .filter(|s| s.starts_with("trusted.overlay.overlay."))
+                .collect();
+            names.sort();
+            names
+        };
+        let before = xattr(&m.path("opt/old"), "trusted.overlay.opaque");
+        let results = [
+            set("etc/conf2", "trusted.overlay.foo", b"bar"),
+            set("etc/conf2", "trusted.overlay.overlay.x", b"1"),
+            set("etc", "trusted.overlay.opaque", b"y"),
+        ];
+        let after = (
+            xattr(&m.path("etc/conf2"), "trusted.overlay.foo"),
+            xattr(&m.path("etc/conf2"), "trusted.overlay.overlay.x"),
+            list("etc/conf2"),
+            stored("etc/conf2"),
+            stored("etc"),
+            names(&m.path("etc")),
+        );
+        let removed = rustix::fs::lremovexattr(m.path("etc/conf2"), "trusted.overlay.foo");
+        (before, results, after, removed, list("etc/conf2"))
+    };
+    let f = fuse.clone();
+    let ours = deadline(60, "trusted.overlay.* through the mount", move || run(&f));
+    let theirs = run(&overlay);
+    assert_eq!(theirs.1, [Ok(()), Ok(()), Ok(())], "overlayfs: {theirs:?}");
+    assert!(
+        theirs.2.5.len() > 1,
+        "overlayfs: etc lost its lower entries: {theirs:?}"
+    );
+    assert_eq!(ours, theirs, "strata-unionfs, then overlayfs");
+    drop(fuse);
+    drop(overlay);
+    drop(fixture);
 }
 
 #[test]
