@@ -401,6 +401,16 @@ fn lower_paths(fixture: &Fixture) -> Vec<String> {
         .collect()
 }
 
+/// `-o` options mounting the fixture's lowers under `upper`, with `work`.
+fn branch_options(fixture: &Fixture, upper: &Path, work: &Path) -> String {
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower_paths(fixture).join(":"),
+        upper.display(),
+        work.display()
+    )
+}
+
 /// The owner of every entry below `root`, by path.
 fn owners(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u32)> {
     let mut out = std::collections::BTreeMap::new();
@@ -586,12 +596,7 @@ fn entries_made_over_whiteouts_in_a_setgid_directory_take_its_group() {
     }
     let kernel = fixture.mount("kernel", Driver::Overlay);
     let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "standalone");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_paths(&fixture).join(":"),
-        upper.display(),
-        work.display()
-    );
+    let options = branch_options(&fixture, &upper, &work);
     start(&["-o", &options], &mnt);
     let run = |mnt: &Path, upper: &Path| {
         std::fs::remove_dir(mnt.join("shared/d")).unwrap();
@@ -625,12 +630,7 @@ fn seeks_under_the_writeback_cache_see_data_not_written_back_yet() {
     use std::io::Write;
     let fixture = Fixture::new();
     let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "writeback");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_paths(&fixture).join(":"),
-        upper.display(),
-        work.display()
-    );
+    let options = branch_options(&fixture, &upper, &work);
     start_with(&[("STRATA_FUSE_PASSTHROUGH", "0")], &["-o", &options], &mnt);
     let m = mnt.clone();
     let seeks = deadline(60, "seeks in a file just written", move || {
@@ -716,15 +716,6 @@ impl Drop for BusyCpus {
     }
 }
 
-/// Unmounts when dropped, also when the test fails first.
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 /// This thread's migrations between CPUs so far (/proc/thread-self/sched).
 fn migrations() -> u64 {
     let sched = std::fs::read_to_string("/proc/thread-self/sched").unwrap();
@@ -741,6 +732,21 @@ fn migrations() -> u64 {
         .expect("se.nr_migrations in /proc/thread-self/sched")
 }
 
+/// How many times a thread moved between CPUs while it made `n` getxattr requests, one
+/// after the other, on a file of the mount at `mnt`.
+fn migrations_in_getxattrs(mnt: &Path, n: usize) -> u64 {
+    let m = mnt.to_path_buf();
+    deadline(60, "getxattr after getxattr", move || {
+        let file = std::fs::File::open(m.join("etc/conf0")).unwrap();
+        let before = migrations();
+        for _ in 0..n {
+            let got = rustix::fs::fgetxattr(&file, "user.none", &mut [0u8; 8]);
+            assert_eq!(got, Err(rustix::io::Errno::NODATA));
+        }
+        migrations() - before
+    })
+}
+
 /// STRATA_FUSE_KEEP_CPU=always: every reply is committed under SCHED_IDLE, so that the
 /// caller wakes on the CPU that served it.
 /// - A caller making request after request stays on its CPU (without it, the scheduler
@@ -753,29 +759,14 @@ fn replies_committed_under_sched_idle_keep_the_caller_and_no_ring_thread_there()
     use std::os::fd::AsRawFd;
     let fixture = Fixture::new();
     let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "keep-cpu");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_paths(&fixture).join(":"),
-        upper.display(),
-        work.display()
-    );
+    let options = branch_options(&fixture, &upper, &work);
     start_with(
         &[("STRATA_FUSE_KEEP_CPU", "always")],
         &["-o", &options],
         &mnt,
     );
-    let unmount = Unmount(mnt.clone());
     let pid = server_pid(&mnt);
-    let m = mnt.clone();
-    let moved = deadline(60, "getxattr after getxattr", move || {
-        let file = std::fs::File::open(m.join("etc/conf0")).unwrap();
-        let before = migrations();
-        for _ in 0..5000 {
-            let got = rustix::fs::fgetxattr(&file, "user.none", &mut [0u8; 8]);
-            assert_eq!(got, Err(rustix::io::Errno::NODATA));
-        }
-        migrations() - before
-    });
+    let moved = migrations_in_getxattrs(&mnt, 5000);
     let busy = BusyCpus::start();
     let m = mnt.clone();
     let made = deadline(120, "requests beside a busy task on every CPU", move || {
@@ -807,7 +798,7 @@ fn replies_committed_under_sched_idle_keep_the_caller_and_no_ring_thread_there()
     });
     drop(busy);
     let threads = thread_policies(pid);
-    drop(unmount);
+    umount(&mnt);
     assert!(
         moved < 50,
         "the caller changed CPU {moved} times in 5000 requests"
@@ -840,25 +831,10 @@ fn replies_committed_under_sched_idle_keep_the_caller_and_no_ring_thread_there()
 fn by_default_a_caller_that_moves_is_kept_on_its_cpu() {
     let fixture = Fixture::new();
     let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "keep-auto");
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        lower_paths(&fixture).join(":"),
-        upper.display(),
-        work.display()
-    );
+    let options = branch_options(&fixture, &upper, &work);
     start(&["-o", &options], &mnt);
-    let unmount = Unmount(mnt.clone());
-    let m = mnt.clone();
-    let moved = deadline(60, "getxattr after getxattr", move || {
-        let file = std::fs::File::open(m.join("etc/conf0")).unwrap();
-        let before = migrations();
-        for _ in 0..5000 {
-            let got = rustix::fs::fgetxattr(&file, "user.none", &mut [0u8; 8]);
-            assert_eq!(got, Err(rustix::io::Errno::NODATA));
-        }
-        migrations() - before
-    });
-    drop(unmount);
+    let moved = migrations_in_getxattrs(&mnt, 5000);
+    umount(&mnt);
     assert!(
         moved < 100,
         "the caller changed CPU {moved} times in 5000 requests"
