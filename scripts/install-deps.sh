@@ -12,6 +12,7 @@ packages=(
   docker-registry apache2-utils openssl # a real registry, htpasswd and a TLS cert for auth tests
   bsdutils                         # script(1): the -it tests drive a real terminal
   iproute2 procps psmisc time      # ip, ps; /usr/bin/time for benchmarks
+  util-linux-extra                 # fincore(1): a test checks what a copy-up leaves cached
   git python3                      # git build contexts; the tests serve them (git daemon, http.server)
   fuse-overlayfs unionfs-fuse buildah crun runc hyperfine bubblewrap fio   # bench anchors
 )
