@@ -96,9 +96,20 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
         Mode::Tty => Arc::new(Tty::new()),
     };
     let mut opts = BuildOptions::new(&context, &buildfile);
-    if named_stdin {
-        opts.buildfile_name = Some("stdin".into());
-    }
+    // Errors name a fetched Buildfile as the user knows it, not by its file in the store's
+    // tmp/ (gone when the build ends): "stdin", the URL of a lone Buildfile, or the path
+    // inside the fetched context (as docker names it).
+    opts.buildfile_name = match &fetched {
+        _ if named_stdin => Some("stdin".into()),
+        Some(fetched) if fetched.buildfile.as_ref() == Some(&buildfile) => {
+            Some(args.context.clone())
+        }
+        Some(_) => buildfile
+            .strip_prefix(&context)
+            .ok()
+            .map(|rel| rel.display().to_string()),
+        None => None,
+    };
     // a bad name fails now, not after the whole build
     for tag in &args.tag {
         strata_store::refs::normalize_name(tag)?;

@@ -991,6 +991,14 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         &[],
     );
     assert!(err.contains("absent.tgz"), "{err}");
+    // Errors name a fetched Buildfile by its URL, not its file in the store's tmp/.
+    fs::write(www.join("broken"), "FROM busybox\nFROB x\n").unwrap();
+    let url = format!("http://127.0.0.1:{port}/broken");
+    let err = build_fails(&store, Path::new(&url), &[]);
+    assert!(
+        err.contains(&format!("{url}:2:")) && !err.contains("/tmp/"),
+        "{err}"
+    );
 
     // stdin: a tar archive, or a Buildfile alone.
     let strata = format!(
@@ -1024,6 +1032,15 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         "printf 'FROM busybox\\nFROB x\\n' | {strata} build -"
     ));
     assert!(out.contains("stdin:2:") && !out.contains("/tmp/"), "{out}");
+    // ... and one inside a fetched context by its path there.
+    let broken = tempfile::tempdir().unwrap();
+    fs::create_dir(broken.path().join("sub")).unwrap();
+    fs::write(broken.path().join("sub/Dev"), "FROM busybox\nFROB x\n").unwrap();
+    let out = sh_fails(&format!(
+        "tar -cf - -C {} . | {strata} build -f sub/Dev -",
+        broken.path().display()
+    ));
+    assert!(out.contains("sub/Dev:2:") && !out.contains("/tmp/"), "{out}");
 
     // A local directory wins over a git URL of the same spelling.
     let cwd = tempfile::tempdir().unwrap();

@@ -29,7 +29,8 @@ use crate::stages::{self, Buildfile, Scope};
 pub struct BuildOptions {
     /// The Buildfile (`-f`); errors name it as given.
     pub buildfile: PathBuf,
-    /// What errors call the Buildfile instead of its path (`stdin` for one read from it).
+    /// What errors call the Buildfile instead of its path (`stdin` for one read from it, its
+    /// path inside a fetched context).
     pub buildfile_name: Option<String>,
     /// The build context directory.
     pub context: PathBuf,
@@ -127,9 +128,9 @@ pub(crate) struct BuildCx<'a> {
 
 /// Builds the image and names it with `opts.tags`.
 pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Result<Image> {
-    let text = std::fs::read_to_string(&opts.buildfile)
-        .map_err(|e| Error::io("failed to read Buildfile", &opts.buildfile, e))?;
     let file = opts.buildfile_name.clone().unwrap_or_else(|| opts.buildfile.display().to_string());
+    let text = std::fs::read_to_string(&opts.buildfile)
+        .map_err(|e| Error::io("failed to read Buildfile", &file, e))?;
     let buildfile = stages::load(&text, &file)?;
     let meta = buildfile.meta_scope(&opts.build_args)?;
     let target = buildfile.target(opts.target.as_deref())?;
