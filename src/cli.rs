@@ -179,8 +179,9 @@ pub struct InspectArgs {
     /// Print JSON (the default; accepted for symmetry with the lists)
     #[arg(long)]
     pub json: bool,
-    /// One line per target from a template of `{{.Path.To.Field}}` and `{{json .Path}}`
-    /// (the part of docker's Go templates scripts use)
+    /// One line per target from a Go template, as docker takes it: `{{.Config.Env}}`,
+    /// `{{json .Config}}`, `{{index .Config.Labels "k"}}`, `{{range .Config.Env}}{{println
+    /// .}}{{end}}`, `if`/`with`/`else`, and join, split, len, upper, lower, eq, not, and, or
     #[arg(short = 'f', long, value_name = "TEMPLATE")]
     pub format: Option<String>,
 }

@@ -4,6 +4,7 @@ mod cli;
 mod commands;
 mod interrupt;
 mod report;
+mod template;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};

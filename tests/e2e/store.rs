@@ -42,6 +42,10 @@ fn import_then_list_inspect_history_tag_and_rmi() {
     assert_eq!(both.as_array().map(Vec::len), Some(2));
     let line = store.ok(&["inspect", "-f", "{{.Id}} {{json .Config.Cmd}}", "tools:1.0"]);
     assert_eq!(line.split(' ').next(), Some(id.trim()), "{line}");
+    let names = store.ok(&["inspect", "-f", "{{range .RepoTags}}{{println .}}{{end}}", "tools:1.0"]);
+    assert!(names.lines().any(|l| l == "tools:1.0"), "{names}");
+    let bad = store.strata(&["inspect", "-f", "{{range .RepoTags}}", "tools:1.0"]);
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("without {{end}}"));
     let only_tools = store.ok(&["images", "tools"]);
     assert_eq!(only_tools.lines().count(), 2, "{only_tools}");
     assert!(only_tools.contains("1.0") && !only_tools.contains("busybox"), "{only_tools}");
