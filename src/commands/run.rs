@@ -462,7 +462,17 @@ pub fn monitor(globals: &Globals, args: RunMonitorArgs) -> anyhow::Result<ExitCo
         (container, lowers)
     };
     let config = RunConfig::of(&container)?;
-    let stdin: Option<OwnedFd> = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+    // `-d -i` keeps stdin open, as docker does (`docker run -di IMAGE sh` stays up for
+    // `exec`): a pipe this monitor holds the write end of until the container ends, and
+    // never writes to (no `attach` yet). Otherwise stdin is /dev/null.
+    let (stdin, _held_open) = if config.interactive {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .context("failed to make the container's stdin pipe")?;
+        (Some(read), Some(write))
+    } else {
+        let null = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
+        (null, None)
+    };
     // Not `start`: a container that fails to start is kept for `detach` to read its log.
     match mount_and_run(globals, container, &config, lowers, stdin, false) {
         Ok(_) => Ok(ExitCode::SUCCESS),

@@ -203,6 +203,24 @@ fn detached_container_is_logged_stopped_and_removed() {
     }
 }
 
+/// `run -d -i` keeps stdin open (docker's `run -di IMAGE sh`, then `exec`): the shell
+/// waits on it rather than reading EOF and exiting.
+#[test]
+fn detached_interactive_container_keeps_its_stdin_open() {
+    let store = store_with_busybox();
+    store.ok(&["run", "-d", "-i", "--name", "waits", "busybox", "sh"]);
+    wait_status(&store, "waits", "running");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let state = container_status(&store, "waits");
+    assert_eq!(state["State"], "running", "sh read EOF: {state}");
+    assert_eq!(store.ok(&["exec", "waits", "echo", "hi"]), "hi\n");
+    store.ok(&["rm", "-f", "waits"]);
+    // without -i, stdin is /dev/null: the shell ends at once
+    store.ok(&["run", "-d", "--name", "ends", "busybox", "sh"]);
+    let exited = wait_status(&store, "ends", "exited");
+    assert_eq!(exited["ExitCode"], 0);
+}
+
 #[test]
 fn kill_and_force_remove() {
     let store = store_with_busybox();
