@@ -2,7 +2,8 @@
 //! fields (`.A.B`, `$.A`, `$v.A`), pipelines (`.A | json`), `range` (over lists and maps,
 //! with `$i, $v :=`), `if`/`else`/`with`, `{{-`/`-}}` trimming, string and number
 //! literals, and the functions `json`, `index`, `join`, `split`, `len`, `print`,
-//! `println`, `upper`, `lower`, `title`, `eq`, `ne`, `not`, `and`, `or`. Values print as
+//! `println`, `printf` (%s %v %d %q %t, widths), `upper`, `lower`, `title`, `eq`, `ne`, `lt`,
+//! `le`, `gt`, `ge`, `not`, `and`, `or` (which stop at the deciding operand). Values print as
 //! Go prints them: `[a b]` for a list, `map[k:v]` for a map, `<no value>` for a missing
 //! field.
 //!
@@ -100,18 +101,18 @@ fn split(text: &str) -> anyhow::Result<Vec<Piece>> {
     while let Some(open) = rest.find("{{") {
         let mut before = &rest[..open];
         if trim_next {
-            before = before.trim_start();
+            before = before.trim_start_matches(is_space);
         }
         let mut action = &rest[open + 2..];
-        if let Some(a) = action.strip_prefix("- ") {
-            before = before.trim_end();
+        if let Some(a) = action.strip_prefix('-').filter(|a| a.starts_with(is_space)) {
+            before = before.trim_end_matches(is_space);
             action = a;
         }
         pieces.push(Piece::Text(before.to_string()));
         let close = find_close(action).ok_or_else(|| anyhow!("{{{{ without }}}}"))?;
         let mut inner = &action[..close];
         trim_next = false;
-        if let Some(a) = inner.strip_suffix(" -") {
+        if let Some(a) = inner.strip_suffix('-').filter(|a| a.ends_with(is_space)) {
             inner = a;
             trim_next = true;
         }
@@ -122,10 +123,15 @@ fn split(text: &str) -> anyhow::Result<Vec<Piece>> {
         rest = &action[close + 2..];
     }
     pieces.push(Piece::Text(match trim_next {
-        true => rest.trim_start().to_string(),
+        true => rest.trim_start_matches(is_space).to_string(),
         false => rest.to_string(),
     }));
     Ok(pieces)
+}
+
+/// Go trims and separates by ASCII white space only.
+fn is_space(c: char) -> bool {
+    c.is_ascii_whitespace()
 }
 
 /// Where `}}` closes an action, skipping quoted strings.
@@ -160,9 +166,7 @@ fn parse_nodes(pieces: &mut Pieces) -> anyhow::Result<(Vec<Node>, Option<String>
             }
             Piece::Action(action) => action,
         };
-        let (word, rest) = action
-            .split_once(char::is_whitespace)
-            .unwrap_or((&action, ""));
+        let (word, rest) = action.split_once(is_space).unwrap_or((&action, ""));
         let kind = match word {
             "end" | "else" => return Ok((nodes, Some(action))),
             "range" => Block::Range,
@@ -199,8 +203,9 @@ fn parse_block(
     let (body, end) = parse_nodes(pieces)?;
     let (otherwise, end) = match end.as_deref() {
         Some("else") => parse_nodes(pieces)?,
-        Some(e) if e.starts_with("else if ") => {
-            let pipe = parse_pipeline(&e["else if ".len()..])?;
+        Some(e) if e.split(is_space).filter(|w| !w.is_empty()).nth(1) == Some("if") => {
+            let rest = e.trim_start_matches("else").trim_start_matches(is_space);
+            let pipe = parse_pipeline(&rest["if".len()..])?;
             let (node, end) = parse_block(Block::If, pipe, pieces)?;
             (vec![node], end)
         }
@@ -297,8 +302,8 @@ fn parse_commands<'t>(
 }
 
 const FUNCTIONS: &[&str] = &[
-    "json", "index", "join", "split", "len", "print", "println", "upper", "lower", "title", "eq",
-    "ne", "not", "and", "or",
+    "json", "index", "join", "split", "len", "print", "println", "printf", "upper", "lower",
+    "title", "eq", "ne", "lt", "le", "gt", "ge", "not", "and", "or",
 ];
 
 fn fields(path: &str) -> Vec<String> {
@@ -343,7 +348,12 @@ fn lex(text: &str) -> anyhow::Result<Vec<String>> {
     let mut chars = text.char_indices().peekable();
     while let Some(&(start, c)) = chars.peek() {
         match c {
-            c if c.is_whitespace() => {
+            c if is_space(c) => {
+                chars.next();
+            }
+            ':' if text[start..].starts_with(":=") => {
+                tokens.push(":=".into());
+                chars.next();
                 chars.next();
             }
             '(' | ')' | '|' | ',' => {
@@ -367,7 +377,7 @@ fn lex(text: &str) -> anyhow::Result<Vec<String>> {
             _ => {
                 let mut end = text.len();
                 while let Some(&(i, d)) = chars.peek() {
-                    if d.is_whitespace() || "()|,".contains(d) {
+                    if is_space(d) || "()|,".contains(d) || text[i..].starts_with(":=") {
                         end = i;
                         break;
                     }
@@ -487,6 +497,24 @@ fn eval(commands: &[Command], dot: &Value, scope: &Scope<'_>) -> anyhow::Result<
                 }
                 term_value(term, dot, scope)?
             }
+            // Go's and/or stop at the deciding operand, unevaluated after it.
+            Command::Call(name, terms) if name == "and" || name == "or" => {
+                let mut last = None;
+                for term in terms {
+                    let value = term_value(term, dot, scope)?;
+                    let decides = truthy(&value) == (name == "or");
+                    last = Some(value);
+                    if decides {
+                        break;
+                    }
+                }
+                match (last, piped.take()) {
+                    (Some(v), _) if truthy(&v) == (name == "or") => v,
+                    (_, Some(p)) => p,
+                    (Some(v), None) => v,
+                    (None, None) => bail!("{name} takes at least 1 argument"),
+                }
+            }
             Command::Call(name, terms) => {
                 let mut args = terms
                     .iter()
@@ -561,6 +589,51 @@ fn show(value: &Val) -> String {
     }
 }
 
+/// Go's printf for the verbs scripts use: %s %v %d %q %t %%, with a width (`%-20s`).
+fn printf(format: &str, args: &[Val]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let mut args = args.iter();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut spec = String::new();
+        while let Some(&d) = chars.peek() {
+            if d == '-' || d.is_ascii_digit() {
+                spec.push(d);
+                chars.next();
+            } else {
+                break;
+            }
+        }
+        let verb = chars
+            .next()
+            .ok_or_else(|| anyhow!("printf {format:?}: % at the end"))?;
+        if verb == '%' {
+            out.push('%');
+            continue;
+        }
+        let Some(arg) = args.next() else {
+            out.push_str(&format!("%!{verb}(MISSING)"));
+            continue;
+        };
+        let text = match verb {
+            's' | 'v' | 'd' | 't' => show(arg),
+            'q' => serde_json::to_string(&show(arg))?,
+            other => bail!("printf {format:?}: %{other} is not supported"),
+        };
+        let width: usize = spec.trim_start_matches('-').parse().unwrap_or(0);
+        let pad = " ".repeat(width.saturating_sub(text.chars().count()));
+        match spec.starts_with('-') {
+            true => out.push_str(&(text + &pad)),
+            false => out.push_str(&(pad + &text)),
+        }
+    }
+    Ok(out)
+}
+
 fn string_arg(name: &str, value: &Val) -> anyhow::Result<String> {
     match value {
         Some(Value::String(s)) => Ok(s.clone()),
@@ -590,7 +663,16 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
             let mut value = args[0].clone();
             for key in &args[1..] {
                 value = match (&value, key) {
-                    (Some(Value::Object(map)), Some(Value::String(k))) => map.get(k).cloned(),
+                    // docker's maps are typed (labels: string to string): a missing key
+                    // gives the empty string, not Go's <no value> of untyped data.
+                    (Some(Value::Object(map)), Some(Value::String(k))) => Some(
+                        map.get(k)
+                            .cloned()
+                            .unwrap_or_else(|| Value::String(String::new())),
+                    ),
+                    (None | Some(Value::Null), Some(Value::String(_))) => {
+                        Some(Value::String(String::new()))
+                    }
                     (Some(Value::Array(list)), Some(Value::Number(i))) => {
                         let i = i.as_u64().and_then(|i| usize::try_from(i).ok());
                         match i.and_then(|i| list.get(i)) {
@@ -634,6 +716,7 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
                 Some(Value::Array(a)) => a.len(),
                 Some(Value::Object(o)) => o.len(),
                 Some(Value::String(s)) => s.len(),
+                None | Some(Value::Null) => 0,
                 other => bail!("len of {}", text(other)),
             })
         }
@@ -680,22 +763,29 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
             want(1)?;
             Value::Bool(!truthy(&args[0]))
         }
-        // Go's and/or give the deciding operand, not a bool.
-        "and" => {
-            return Ok(args
-                .iter()
-                .find(|a| !truthy(a))
-                .or(args.last())
-                .cloned()
-                .flatten());
+        "lt" | "le" | "gt" | "ge" => {
+            want(2)?;
+            let order = match (&args[0], &args[1]) {
+                (Some(Value::Number(a)), Some(Value::Number(b))) => {
+                    a.as_f64().partial_cmp(&b.as_f64())
+                }
+                (Some(Value::String(a)), Some(Value::String(b))) => Some(a.cmp(b)),
+                (a, b) => bail!("{name}: cannot compare {} and {}", text(a), text(b)),
+            };
+            let order = order.ok_or_else(|| anyhow!("{name}: not comparable"))?;
+            Value::Bool(match name {
+                "lt" => order.is_lt(),
+                "le" => order.is_le(),
+                "gt" => order.is_gt(),
+                _ => order.is_ge(),
+            })
         }
-        "or" => {
-            return Ok(args
-                .iter()
-                .find(|a| truthy(a))
-                .or(args.last())
-                .cloned()
-                .flatten());
+        "printf" => {
+            let format = match args.first() {
+                Some(f) => string_arg("printf", f)?,
+                None => bail!("printf takes a format"),
+            };
+            Value::String(printf(&format, &args[1..])?)
         }
         _ => bail!("function {name:?} not defined"),
     }))
@@ -775,6 +865,44 @@ mod tests {
             "nn"
         );
         assert_eq!(render("a  {{- .Name -}}  b {{/* note */}}c", &v), "anb c");
+    }
+
+    /// Review 12: what docker users write and Go does.
+    #[test]
+    fn as_docker_and_go_do() {
+        let v = serde_json::json!({"L": {"a": "1"}, "E": [], "N": null, "S": 3, "Name": "web"});
+        // docker's label maps are typed: a missing label is empty, not <no value>
+        assert_eq!(
+            render(r#"[{{index .L "b"}}][{{index .N "b"}}]"#, &v),
+            "[][]"
+        );
+        // and/or stop at the deciding operand
+        assert_eq!(
+            render("{{if and .E (index .E 0)}}x{{else}}-{{end}}", &v),
+            "-"
+        );
+        assert_eq!(
+            render("{{or .N .Name}} {{and .S .Name}} {{.E | or .N}}", &v),
+            "web web []"
+        );
+        assert_eq!(render("a\n{{-\n.Name\t-}}\n b", &v), "awebb");
+        assert_eq!(render("{{$n:=.Name}}{{$n}}", &v), "web");
+        assert_eq!(
+            render("{{if eq .S 1}}1{{else  if  eq .S 3}}3{{end}}", &v),
+            "3"
+        );
+        assert_eq!(
+            render(r#"{{printf "%-5s|%3d|%q" .Name .S .Name}}"#, &v),
+            r#"web  |  3|"web""#
+        );
+        assert_eq!(
+            render(
+                "{{if gt .S 2}}big{{end}}{{if lt .Name \"x\"}} lt{{end}}",
+                &v
+            ),
+            "big lt"
+        );
+        assert_eq!(render("{{len .N}} {{len .E}}", &v), "0 0");
     }
 
     #[test]

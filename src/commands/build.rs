@@ -52,8 +52,6 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .or(fetched.as_ref())
         .and_then(|f| f.buildfile.clone());
-    // Errors name a Buildfile read from stdin "stdin", not its file in the store's tmp/.
-    let named_stdin = stdin_file || (stdin_context && fetched_buildfile.is_some());
     let buildfile = match (&args.file, fetched_buildfile) {
         (Some(_), Some(file)) if stdin_file => file,
         // In a fetched context, -f names a file inside it (as docker reads it).
@@ -99,16 +97,17 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     // Errors name a fetched Buildfile as the user knows it, not by its file in the store's
     // tmp/ (gone when the build ends): "stdin", the URL of a lone Buildfile, or the path
     // inside the fetched context (as docker names it).
-    opts.buildfile_name = match &fetched {
-        _ if named_stdin => Some("stdin".into()),
-        Some(fetched) if fetched.buildfile.as_ref() == Some(&buildfile) => {
-            Some(args.context.clone())
-        }
-        Some(_) => buildfile
-            .strip_prefix(&context)
-            .ok()
-            .map(|rel| rel.display().to_string()),
-        None => None,
+    let read_from = |f: &Option<remote::Fetched>| {
+        f.as_ref().and_then(|f| f.buildfile.as_ref()) == Some(&buildfile)
+    };
+    opts.buildfile_name = if read_from(&stdin_buildfile) || (stdin_context && read_from(&fetched)) {
+        Some("stdin".into())
+    } else if read_from(&fetched) {
+        Some(args.context.clone())
+    } else if fetched.is_some() {
+        buildfile.strip_prefix(&context).ok().map(|rel| rel.display().to_string())
+    } else {
+        None
     };
     // a bad name fails now, not after the whole build
     for tag in &args.tag {
