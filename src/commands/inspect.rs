@@ -36,19 +36,70 @@ fn describe(store: &Store, target: &str) -> anyhow::Result<serde_json::Value> {
     match store.resolve(target) {
         Ok(image) => image_json(store, &image),
         Err(Error::ImageNotFound(_)) => match store.container(target) {
-            Ok(container) => {
-                let mut state = serde_json::to_value(&container.state)?;
-                // where docker has it: `-f '{{.State.Health.Status}}'`
-                if let Some(health) = crate::commands::run::health::read(&container.dir) {
-                    state["State"] = serde_json::json!({ "Health": health });
-                }
-                Ok(state)
-            }
+            Ok(container) => container_json(&container),
             Err(Error::ContainerNotFound(_)) => bail!("no such image or container: {target}"),
             Err(e) => Err(e.into()),
         },
         Err(e) => Err(e.into()),
     }
+}
+
+/// A container in docker's shape, for the templates scripts use (`{{.State.Status}}`,
+/// `{{.State.Pid}}`, `{{.Name}}`, `{{.Config.Env}}`), with strata's own record under
+/// `Strata`.
+fn container_json(container: &strata_store::Container) -> anyhow::Result<serde_json::Value> {
+    let state = &container.state;
+    let raw = serde_json::to_value(state)?;
+    let config = &state.config;
+    let status = raw["status"].clone();
+    // docker's zero time for a container not started or not ended
+    let time = |t: &Option<String>| t.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into());
+    let mut json = serde_json::json!({
+        "Id": state.id,
+        "Created": state.created,
+        "Path": state.command.first(),
+        "Args": state.command.get(1..).unwrap_or_default(),
+        "State": {
+            "Status": status,
+            "Running": status == "running",
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": false,
+            "Dead": false,
+            "Pid": state.pid.unwrap_or(0),
+            "ExitCode": state.exit_code.unwrap_or(0),
+            "Error": "",
+            "StartedAt": time(&state.started),
+            "FinishedAt": time(&state.finished),
+        },
+        "Image": state.image_id.as_ref().map(|d| d.to_string()),
+        "Name": format!("/{}", state.name),
+        "Driver": state.driver,
+        "Config": {
+            "Hostname": config.get("hostname"),
+            "User": config.get("user"),
+            "Env": config.get("env"),
+            "Cmd": state.command,
+            "Image": state.image,
+            "WorkingDir": config.get("cwd"),
+            "Tty": config.get("tty"),
+            "OpenStdin": config.get("interactive"),
+        },
+        "HostConfig": {
+            "NetworkMode": config.get("network"),
+            "AutoRemove": config.get("rm"),
+            "ReadonlyRootfs": config.get("read_only"),
+            "Memory": config.get("memory"),
+            "PidsLimit": config.get("pids_limit"),
+            "Init": config.get("init"),
+        },
+        "Strata": raw,
+    });
+    // where docker has it: `-f '{{.State.Health.Status}}'`
+    if let Some(health) = crate::commands::run::health::read(&container.dir) {
+        json["State"]["Health"] = serde_json::to_value(health)?;
+    }
+    Ok(json)
 }
 
 fn image_json(store: &Store, image: &Image) -> anyhow::Result<serde_json::Value> {

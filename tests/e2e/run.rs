@@ -182,6 +182,9 @@ fn detached_container_is_logged_stopped_and_removed() {
         assert_eq!(id.trim().len(), 64, "{id}");
         let running = wait_status(&store, &name, "running");
         assert!(running["Pid"].as_i64().is_some());
+        // inspect in docker's shape, for docker's templates
+        let shown = store.ok(&["inspect", "-f", "{{.State.Status}} {{.Name}} {{.State.Running}}", &name]);
+        assert_eq!(shown, format!("running /{name} true\n"));
         let line = |listing: String| listing.lines().find(|l| l.ends_with(&name)).map(str::to_string);
         let up = line(store.ok(&["ps"])).expect("running containers are listed");
         assert!(up.contains("   Up ") && up.contains("second"), "docker's 'Up N seconds': {up}");
