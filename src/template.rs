@@ -822,87 +822,77 @@ mod tests {
         assert_eq!(render(r#"{{index (split .Id ":") 1}}"#, &v), "x");
     }
 
+    /// Each template rendered from `v` gives its expected text.
+    fn renders(v: &Value, cases: &[(&str, &str)]) {
+        for (template, want) in cases {
+            assert_eq!(render(template, v), *want, "{template}");
+        }
+    }
+
     #[test]
     fn range_if_with_and_variables() {
         let v = serde_json::json!({"Env": ["A=1", "B=2"], "Labels": {"k": "v", "a": "b"}, "On": true, "Name": "n"});
-        assert_eq!(
-            render("{{range .Env}}{{println .}}{{end}}", &v),
-            "A=1\nB=2\n"
+        renders(
+            &v,
+            &[
+                ("{{range .Env}}{{println .}}{{end}}", "A=1\nB=2\n"),
+                (
+                    "{{range $i, $e := .Env}}{{$i}}={{$e}};{{end}}",
+                    "0=A=1;1=B=2;",
+                ),
+                (
+                    "{{range $k, $v := .Labels}}{{$k}}:{{$v}} {{end}}",
+                    "a:b k:v ",
+                ),
+                ("{{range .Nope}}x{{else}}none{{end}}", "none"),
+                ("{{range .Env}}{{$.Name}}{{end}}", "nn"),
+                (
+                    "{{if .On}}yes{{else}}no{{end}} {{if not .On}}yes{{else}}no{{end}}",
+                    "yes no",
+                ),
+                (
+                    r#"{{if eq .Name "m"}}m{{else if eq .Name "n"}}n{{else}}?{{end}}"#,
+                    "n",
+                ),
+                (
+                    "{{with .Labels}}{{.k}}{{end}}{{with .Nope}}x{{else}}-{{end}}",
+                    "v-",
+                ),
+                ("{{$n := .Name}}{{range .Env}}{{$n}}{{end}}", "nn"),
+                ("a  {{- .Name -}}  b {{/* note */}}c", "anb c"),
+            ],
         );
-        assert_eq!(
-            render("{{range $i, $e := .Env}}{{$i}}={{$e}};{{end}}", &v),
-            "0=A=1;1=B=2;"
-        );
-        assert_eq!(
-            render("{{range $k, $v := .Labels}}{{$k}}:{{$v}} {{end}}", &v),
-            "a:b k:v "
-        );
-        assert_eq!(render("{{range .Nope}}x{{else}}none{{end}}", &v), "none");
-        assert_eq!(render("{{range .Env}}{{$.Name}}{{end}}", &v), "nn");
-        assert_eq!(
-            render(
-                "{{if .On}}yes{{else}}no{{end}} {{if not .On}}yes{{else}}no{{end}}",
-                &v
-            ),
-            "yes no"
-        );
-        assert_eq!(
-            render(
-                r#"{{if eq .Name "m"}}m{{else if eq .Name "n"}}n{{else}}?{{end}}"#,
-                &v
-            ),
-            "n"
-        );
-        assert_eq!(
-            render(
-                "{{with .Labels}}{{.k}}{{end}}{{with .Nope}}x{{else}}-{{end}}",
-                &v
-            ),
-            "v-"
-        );
-        assert_eq!(
-            render("{{$n := .Name}}{{range .Env}}{{$n}}{{end}}", &v),
-            "nn"
-        );
-        assert_eq!(render("a  {{- .Name -}}  b {{/* note */}}c", &v), "anb c");
     }
 
     /// Review 12: what docker users write and Go does.
     #[test]
     fn as_docker_and_go_do() {
         let v = serde_json::json!({"L": {"a": "1"}, "E": [], "N": null, "S": 3, "Name": "web"});
-        // docker's label maps are typed: a missing label is empty, not <no value>
-        assert_eq!(
-            render(r#"[{{index .L "b"}}][{{index .N "b"}}]"#, &v),
-            "[][]"
+        renders(
+            &v,
+            &[
+                // docker's label maps are typed: a missing label is empty, not <no value>
+                (r#"[{{index .L "b"}}][{{index .N "b"}}]"#, "[][]"),
+                // and/or stop at the deciding operand
+                ("{{if and .E (index .E 0)}}x{{else}}-{{end}}", "-"),
+                (
+                    "{{or .N .Name}} {{and .S .Name}} {{.E | or .N}}",
+                    "web web []",
+                ),
+                ("a\n{{-\n.Name\t-}}\n b", "awebb"),
+                ("{{$n:=.Name}}{{$n}}", "web"),
+                ("{{if eq .S 1}}1{{else  if  eq .S 3}}3{{end}}", "3"),
+                (
+                    r#"{{printf "%-5s|%3d|%q" .Name .S .Name}}"#,
+                    r#"web  |  3|"web""#,
+                ),
+                (
+                    r#"{{if gt .S 2}}big{{end}}{{if lt .Name "x"}} lt{{end}}"#,
+                    "big lt",
+                ),
+                ("{{len .N}} {{len .E}}", "0 0"),
+            ],
         );
-        // and/or stop at the deciding operand
-        assert_eq!(
-            render("{{if and .E (index .E 0)}}x{{else}}-{{end}}", &v),
-            "-"
-        );
-        assert_eq!(
-            render("{{or .N .Name}} {{and .S .Name}} {{.E | or .N}}", &v),
-            "web web []"
-        );
-        assert_eq!(render("a\n{{-\n.Name\t-}}\n b", &v), "awebb");
-        assert_eq!(render("{{$n:=.Name}}{{$n}}", &v), "web");
-        assert_eq!(
-            render("{{if eq .S 1}}1{{else  if  eq .S 3}}3{{end}}", &v),
-            "3"
-        );
-        assert_eq!(
-            render(r#"{{printf "%-5s|%3d|%q" .Name .S .Name}}"#, &v),
-            r#"web  |  3|"web""#
-        );
-        assert_eq!(
-            render(
-                "{{if gt .S 2}}big{{end}}{{if lt .Name \"x\"}} lt{{end}}",
-                &v
-            ),
-            "big lt"
-        );
-        assert_eq!(render("{{len .N}} {{len .E}}", &v), "0 0");
     }
 
     #[test]
