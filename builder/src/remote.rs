@@ -109,15 +109,16 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
         } => {
             let checkout = fetched.root.join("git");
             git_checkout(url, reference.as_deref(), &checkout)?;
+            let shown = redacted(url);
             fetched.context = match subdir {
                 None => checkout,
                 Some(subdir) => {
                     let dir = inside(&checkout, subdir).ok_or_else(|| {
-                        Error::Other(format!("{url}: bad subdirectory {subdir:?}"))
+                        Error::Other(format!("{shown}: bad subdirectory {subdir:?}"))
                     })?;
                     if !dir.is_dir() {
                         return Err(Error::Other(format!(
-                            "{url}: no directory {subdir:?} in the checkout"
+                            "{shown}: no directory {subdir:?} in the checkout"
                         )));
                     }
                     // Symlinks in the repository must not lead the context out of it.
@@ -127,7 +128,7 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
                     let dir = real(&dir)?;
                     if !dir.starts_with(real(&checkout)?) {
                         return Err(Error::Other(format!(
-                            "{url}: subdirectory {subdir:?} leads out of the repository"
+                            "{shown}: subdirectory {subdir:?} leads out of the repository"
                         )));
                     }
                     dir
@@ -136,7 +137,11 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
         }
         Source::Url(url) => {
             let (download, _) = archive::fetch(store, url, None)
-                .map_err(|e| Error::Other(format!("build context {url}: {e}")))?;
+                .map_err(|e| {
+                    let shown = redacted(url);
+                    let e = e.to_string().replace(url.as_str(), &shown);
+                    Error::Other(format!("build context {shown}: {e}"))
+                })?;
             let file = fetched.root.join("download");
             fs::rename(&download, &file).map_err(|e| {
                 let _ = fs::remove_file(&download);
@@ -213,7 +218,8 @@ fn git_checkout(url: &str, reference: Option<&str>, dir: &Path) -> Result<()> {
     let wanted = reference.unwrap_or("HEAD");
     if wanted.starts_with('-') {
         // git would take it for an option.
-        return Err(Error::Other(format!("{url}: bad git reference {wanted:?}")));
+        let shown = redacted(url);
+        return Err(Error::Other(format!("{shown}: bad git reference {wanted:?}")));
     }
     let shallow = git(&[
         "fetch",
@@ -272,7 +278,25 @@ fn remove_dot_git(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `url` as messages show it: a password or token in it masked (`https://u:***@host/r`,
+/// `https://***@host/r`).
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let Some((userinfo, host)) = rest[..end].rsplit_once('@') else {
+        return url.to_string();
+    };
+    let user = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    format!("{scheme}://{user}@{host}{}", &rest[end..])
+}
+
 fn run_git(url: &str, dir: &Path, args: &[&str]) -> Result<()> {
+    let shown = redacted(url);
     let out = Command::new("git")
         .arg("-C")
         .arg(dir)
@@ -284,15 +308,15 @@ fn run_git(url: &str, dir: &Path, args: &[&str]) -> Result<()> {
         .output()
         .map_err(|e| {
             Error::Other(format!(
-                "build context {url}: cannot run git ({e}): apt-get install -y git"
+                "build context {shown}: cannot run git ({e}): apt-get install -y git"
             ))
         })?;
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = String::from_utf8_lossy(&out.stderr).replace(url, &shown);
     Err(Error::Other(format!(
-        "build context {url}: git {} failed: {}",
+        "build context {shown}: git {} failed: {}",
         args.join(" "),
         stderr.trim()
     )))
@@ -339,6 +363,19 @@ mod tests {
             Source::parse("https://example.com/ctx.tar.gz"),
             Source::Url("https://example.com/ctx.tar.gz".into())
         );
+    }
+
+    #[test]
+    fn messages_mask_passwords_and_tokens_in_urls() {
+        for (url, shown) in [
+            ("https://u:secret@h.example/r.git#main", "https://u:***@h.example/r.git#main"),
+            ("https://ghp_token@github.com/o/r.git", "https://***@github.com/o/r.git"),
+            ("https://h.example/a@b/r.git", "https://h.example/a@b/r.git"),
+            ("git@github.com:o/r.git", "git@github.com:o/r.git"),
+            ("http://127.0.0.1:8000/ctx.tgz", "http://127.0.0.1:8000/ctx.tgz"),
+        ] {
+            assert_eq!(redacted(url), shown);
+        }
     }
 
     #[test]

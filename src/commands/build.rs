@@ -103,7 +103,7 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.buildfile_name = if read_from(&stdin_buildfile) || (stdin_context && read_from(&fetched)) {
         Some("stdin".into())
     } else if read_from(&fetched) {
-        Some(args.context.clone())
+        Some(remote::redacted(&args.context))
     } else if fetched.is_some() {
         buildfile.strip_prefix(&context).ok().map(|rel| rel.display().to_string())
     } else {
