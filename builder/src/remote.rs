@@ -136,12 +136,11 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
             };
         }
         Source::Url(url) => {
-            let (download, _) = archive::fetch(store, url, None)
-                .map_err(|e| {
-                    let shown = redacted(url);
-                    let e = e.to_string().replace(url.as_str(), &shown);
-                    Error::Other(format!("build context {shown}: {e}"))
-                })?;
+            let (download, _) = archive::fetch(store, url, None).map_err(|e| {
+                let shown = redacted(url);
+                let e = e.to_string().replace(url.as_str(), &shown);
+                Error::Other(format!("build context {shown}: {e}"))
+            })?;
             let file = fetched.root.join("download");
             fs::rename(&download, &file).map_err(|e| {
                 let _ = fs::remove_file(&download);
@@ -219,7 +218,9 @@ fn git_checkout(url: &str, reference: Option<&str>, dir: &Path) -> Result<()> {
     if wanted.starts_with('-') {
         // git would take it for an option.
         let shown = redacted(url);
-        return Err(Error::Other(format!("{shown}: bad git reference {wanted:?}")));
+        return Err(Error::Other(format!(
+            "{shown}: bad git reference {wanted:?}"
+        )));
     }
     let shallow = git(&[
         "fetch",
@@ -368,11 +369,20 @@ mod tests {
     #[test]
     fn messages_mask_passwords_and_tokens_in_urls() {
         for (url, shown) in [
-            ("https://u:secret@h.example/r.git#main", "https://u:***@h.example/r.git#main"),
-            ("https://ghp_token@github.com/o/r.git", "https://***@github.com/o/r.git"),
+            (
+                "https://u:secret@h.example/r.git#main",
+                "https://u:***@h.example/r.git#main",
+            ),
+            (
+                "https://ghp_token@github.com/o/r.git",
+                "https://***@github.com/o/r.git",
+            ),
             ("https://h.example/a@b/r.git", "https://h.example/a@b/r.git"),
             ("git@github.com:o/r.git", "git@github.com:o/r.git"),
-            ("http://127.0.0.1:8000/ctx.tgz", "http://127.0.0.1:8000/ctx.tgz"),
+            (
+                "http://127.0.0.1:8000/ctx.tgz",
+                "http://127.0.0.1:8000/ctx.tgz",
+            ),
         ] {
             assert_eq!(redacted(url), shown);
         }
