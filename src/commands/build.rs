@@ -141,7 +141,16 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }));
     let executor = UnionExecutor { driver };
     let started = std::time::Instant::now();
-    let image = build(&store, &executor, &opts)?;
+    let image = match build(&store, &executor, &opts) {
+        Ok(image) => image,
+        // A fetched context's files (its .dockerignore, say) are named by their path in
+        // it, not in the store's tmp/, which is gone when the build ends.
+        Err(err) if fetched.is_some() => {
+            let line = crate::report::error_line(&err.into());
+            bail!("{}", line.replace(&format!("{}/", context.display()), ""))
+        }
+        Err(err) => return Err(err.into()),
+    };
     for sink in &cache_to {
         let count = sink.finish(&store, &image)?;
         if mode != Mode::Quiet {

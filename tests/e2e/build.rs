@@ -1041,6 +1041,13 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         broken.path().display()
     ));
     assert!(out.contains("sub/Dev:2:") && !out.contains("/tmp/"), "{out}");
+    fs::write(broken.path().join("sub/Dev"), "FROM busybox\n").unwrap();
+    fs::write(broken.path().join(".dockerignore"), "a[\n").unwrap();
+    let out = sh_fails(&format!(
+        "tar -cf - -C {} . | {strata} build -f sub/Dev -",
+        broken.path().display()
+    ));
+    assert!(out.contains("in .dockerignore") && !out.contains("/tmp/"), "{out}");
 
     // A local directory wins over a git URL of the same spelling.
     let cwd = tempfile::tempdir().unwrap();
