@@ -68,7 +68,7 @@ enum Term {
 impl Template {
     pub fn parse(text: &str) -> anyhow::Result<Template> {
         let pieces = split(text).with_context(|| format!("template {text:?}"))?;
-        let mut pieces = pieces.into_iter().peekable();
+        let mut pieces = pieces.into_iter();
         let (nodes, end) =
             parse_nodes(&mut pieces).with_context(|| format!("template {text:?}"))?;
         if let Some(end) = end {
@@ -153,7 +153,7 @@ fn find_close(action: &str) -> Option<usize> {
     None
 }
 
-type Pieces = std::iter::Peekable<std::vec::IntoIter<Piece>>;
+type Pieces = std::vec::IntoIter<Piece>;
 
 /// Nodes up to an `else` or `end` (returned) or the end of the template (None).
 fn parse_nodes(pieces: &mut Pieces) -> anyhow::Result<(Vec<Node>, Option<String>)> {
