@@ -619,27 +619,44 @@ mod tests {
         }
     }
 
+    /// A file system mounted on a new dir under /var/tmp, unmounted when dropped.
+    struct Mounted(tempfile::TempDir);
+
+    impl Mounted {
+        /// `mount ARGS... DIR`.
+        fn new(args: &[&str]) -> Mounted {
+            let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .arg(dir.path())
+                .output();
+            let out = out.expect("mount(8) runs");
+            assert!(
+                out.status.success(),
+                "mount {args:?} (as root: sudo cargo test): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Mounted(dir)
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
+    }
+
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(self.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
     /// ramfs takes no direct I/O: the copy is buffered, and right.
     #[test]
     fn a_big_copy_where_direct_io_is_refused_is_buffered() {
-        struct Ramfs(tempfile::TempDir);
-        impl Drop for Ramfs {
-            fn drop(&mut self) {
-                let _ = nix::mount::umount2(self.0.path(), nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-        let dir = Ramfs(tempfile::tempdir_in("/var/tmp").unwrap());
-        nix::mount::mount(
-            Some("ramfs"),
-            dir.0.path(),
-            Some("ramfs"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .expect("mount -t ramfs (as root: sudo cargo test)");
+        let dir = Mounted::new(&["-t", "ramfs", "ramfs"]);
         let src = tempfile::tempdir_in("/var/tmp").unwrap();
         let (file, want) = big_file(src.path());
-        let dst_path = dir.0.path().join("copy");
+        let dst_path = dir.path().join("copy");
         let dst = std::fs::File::create_new(&dst_path).unwrap();
         assert_eq!(
             rustix::fs::fcntl_setfl(&dst, OFlags::WRONLY | OFlags::DIRECT),
@@ -650,6 +667,39 @@ mod tests {
         assert!(
             std::fs::read(&dst_path).unwrap() == want,
             "the copy differs"
+        );
+    }
+
+    /// A disk that fills up during a direct copy: ENOSPC, from whichever thread met it,
+    /// and the destination's O_DIRECT cleared.
+    #[test]
+    fn a_full_disk_fails_a_direct_copy_with_enospc() {
+        let images = tempfile::tempdir_in("/var/tmp").unwrap();
+        let image = images.path().join("small.ext4");
+        std::fs::File::create_new(&image)
+            .unwrap()
+            .set_len(12 << 20)
+            .unwrap();
+        let mkfs = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .status()
+            .expect("mkfs.ext4 runs: apt-get install e2fsprogs");
+        assert!(mkfs.success(), "mkfs.ext4 {}", image.display());
+        let disk = Mounted::new(&["-o", "loop", image.to_str().unwrap()]);
+        let src = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (file, want) = big_file(src.path());
+        let dst = std::fs::File::create_new(disk.path().join("copy")).unwrap();
+        assert!(
+            dio_align(dst.as_fd()).is_some(),
+            "no direct I/O on ext4: this test tests nothing"
+        );
+        let copied = copy_data(file.as_fd(), dst.as_fd(), want.len() as u64);
+        assert_eq!(copied, Err(Errno::NOSPC));
+        assert_eq!(
+            rustix::fs::fcntl_getfl(&dst).unwrap() & OFlags::DIRECT,
+            OFlags::empty(),
+            "O_DIRECT left on"
         );
     }
 }
