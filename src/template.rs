@@ -433,10 +433,9 @@ fn exec(
                                 .map(|(k, v)| (Value::String(k.clone()), v.clone()))
                                 .collect(),
                             None | Some(Value::Null) => Vec::new(),
-                            Some(other) => bail!(
-                                "range over {}: not a list or map",
-                                show(&Some(other.clone()))
-                            ),
+                            Some(other) => {
+                                bail!("range over {}: not a list or map", show_value(other))
+                            }
                         };
                         if items.is_empty() {
                             exec(otherwise, dot, scope, out)?;
@@ -569,24 +568,31 @@ fn truthy(value: &Val) -> bool {
     }
 }
 
-/// A value as Go's fmt prints it (`%v`).
+/// A value as Go's fmt prints it (`%v`); a missing field as `<no value>`.
 fn show(value: &Val) -> String {
+    value
+        .as_ref()
+        .map_or_else(|| "<no value>".into(), show_value)
+}
+
+fn show_value(value: &Value) -> String {
     match value {
-        None => "<no value>".into(),
-        Some(Value::Null) => "<nil>".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(list)) => {
-            let items: Vec<String> = list.iter().map(|v| show(&Some(v.clone()))).collect();
-            format!("[{}]", items.join(" "))
-        }
-        Some(Value::Object(map)) => {
+        Value::Null => "<nil>".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(list) => format!("[{}]", join(list, " ")),
+        Value::Object(map) => {
             let items: Vec<String> = sorted(map)
-                .map(|(k, v)| format!("{k}:{}", show(&Some(v.clone()))))
+                .map(|(k, v)| format!("{k}:{}", show_value(v)))
                 .collect();
             format!("map[{}]", items.join(" "))
         }
-        Some(other) => other.to_string(),
+        other => other.to_string(),
     }
+}
+
+/// The items of a list as Go prints them, with `sep` between.
+fn join(list: &[Value], sep: &str) -> String {
+    list.iter().map(show_value).collect::<Vec<_>>().join(sep)
 }
 
 /// Go's printf for the verbs scripts use: %s %v %d %q %t %%, with a width (`%-20s`).
@@ -648,7 +654,6 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
             false => bail!("{name} takes {n} argument(s), not {}", args.len()),
         }
     };
-    let text = |v: &Val| show(v);
     Ok(Some(match name {
         "json" => {
             want(1)?;
@@ -677,11 +682,11 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
                         let i = i.as_u64().and_then(|i| usize::try_from(i).ok());
                         match i.and_then(|i| list.get(i)) {
                             Some(v) => Some(v.clone()),
-                            None => bail!("index {}: out of range", text(key)),
+                            None => bail!("index {}: out of range", show(key)),
                         }
                     }
                     (None | Some(Value::Null), _) => None,
-                    (v, k) => bail!("index of {} with {}", text(v), text(k)),
+                    (v, k) => bail!("index of {} with {}", show(v), show(k)),
                 };
             }
             return Ok(value);
@@ -690,12 +695,9 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
             want(2)?;
             let sep = string_arg("join", &args[1])?;
             match &args[0] {
-                Some(Value::Array(list)) => {
-                    let items: Vec<String> = list.iter().map(|v| show(&Some(v.clone()))).collect();
-                    Value::String(items.join(&sep))
-                }
+                Some(Value::Array(list)) => Value::String(join(list, &sep)),
                 None | Some(Value::Null) => Value::String(String::new()),
-                other => bail!("join: a list expected, not {}", text(other)),
+                other => bail!("join: a list expected, not {}", show(other)),
             }
         }
         "split" => {
@@ -717,7 +719,7 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
                 Some(Value::Object(o)) => o.len(),
                 Some(Value::String(s)) => s.len(),
                 None | Some(Value::Null) => 0,
-                other => bail!("len of {}", text(other)),
+                other => bail!("len of {}", show(other)),
             })
         }
         "upper" | "lower" | "title" => {
@@ -745,7 +747,7 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
                 if i > 0 && (name == "println" || !(is_str(arg) || is_str(&args[i - 1]))) {
                     s.push(' ');
                 }
-                s.push_str(&text(arg));
+                s.push_str(&show(arg));
             }
             if name == "println" {
                 s.push('\n');
@@ -770,7 +772,7 @@ fn call(name: &str, args: &[Val]) -> anyhow::Result<Val> {
                     a.as_f64().partial_cmp(&b.as_f64())
                 }
                 (Some(Value::String(a)), Some(Value::String(b))) => Some(a.cmp(b)),
-                (a, b) => bail!("{name}: cannot compare {} and {}", text(a), text(b)),
+                (a, b) => bail!("{name}: cannot compare {} and {}", show(a), show(b)),
             };
             let order = order.ok_or_else(|| anyhow!("{name}: not comparable"))?;
             Value::Bool(match name {
