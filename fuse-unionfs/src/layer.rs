@@ -179,8 +179,25 @@ pub(crate) struct Layers {
     work: OwnedFd,
     work_path: PathBuf,
     tmp_counter: AtomicU64,
-    /// Branches may hold AUFS markers (see the module doc): read them.
+    /// Branches may hold AUFS markers (see the module doc): read them, and refuse to make
+    /// an entry whose name is one.
     pub(crate) aufs: bool,
+    /// The upper held something when the union opened it, so it may hold markers. An empty
+    /// one never does (markers are never made through the union): its lookups skip them.
+    aufs_upper: bool,
+}
+
+fn is_empty_dir(fd: &OwnedFd, path: &Path) -> Result<bool> {
+    let read = |fd: &OwnedFd| -> rustix::io::Result<bool> {
+        let mut dir = rustix::fs::Dir::read_from(fd)?;
+        while let Some(entry) = dir.read() {
+            if !matches!(entry?.file_name().to_bytes(), b"." | b"..") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    read(fd).map_err(|e| Error::io("read directory", path, e))
 }
 
 fn open_dir(path: &Path) -> Result<OwnedFd> {
@@ -214,6 +231,7 @@ impl Layers {
         std::fs::create_dir_all(&work_path)
             .map_err(|e| Error::io("create work dir", &work_path, e))?;
         let work = open_dir(&work_path)?;
+        let aufs_upper = aufs && !is_empty_dir(&fds[UPPER], upper)?;
         Ok(Layers {
             fds,
             roots,
@@ -221,6 +239,7 @@ impl Layers {
             work_path,
             tmp_counter: AtomicU64::new(0),
             aufs,
+            aufs_upper,
         })
     }
 
@@ -263,12 +282,17 @@ impl Layers {
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {
         let mut buf = [0u8; 4];
         matches!(rustix::fs::lgetxattr(self.abs(layer, rel), OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'y')
-            || (self.aufs && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
+            || (self.markers_in(layer) && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
+    }
+
+    /// Whether `layer` may hold AUFS markers.
+    pub(crate) fn markers_in(&self, layer: usize) -> bool {
+        self.aufs && (layer != UPPER || self.aufs_upper)
     }
 
     /// Whether `layer` holds an AUFS `.wh.` file for `rel`.
     pub(crate) fn aufs_whiteout(&self, layer: usize, rel: &Path) -> bool {
-        let Some(name) = rel.file_name().filter(|_| self.aufs) else {
+        let Some(name) = rel.file_name().filter(|_| self.markers_in(layer)) else {
             return false;
         };
         let mut marker = OsString::from(OsStr::from_bytes(AUFS_PREFIX));

@@ -168,6 +168,10 @@ impl Union {
         new: New<'_>,
         caller: Caller,
     ) -> Res<(Entry, Option<OwnedFd>)> {
+        // An AUFS marker's name would hide an entry, and itself (AUFS refuses them too).
+        if self.layers.is_aufs_marker(Path::new(name)) {
+            return Err(Errno::PERM);
+        }
         let (pnode, ppath, _) = self.copy_up_dir(parent)?;
         let rel = ppath.join(name);
         // Made in place; over a whiteout, built under a fresh name in the work dir first.

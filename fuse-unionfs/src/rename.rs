@@ -169,6 +169,9 @@ impl Union {
         if flags.contains(RenameFlags::WHITEOUT) {
             return Err(Errno::INVAL);
         }
+        if self.layers.is_aufs_marker(Path::new(newname)) {
+            return Err(Errno::PERM);
+        }
         let request = Request {
             parent,
             name,

@@ -470,7 +470,7 @@ impl Union {
                 if bytes == b"." || bytes == b".." {
                     continue;
                 }
-                if self.layers.aufs
+                if self.layers.markers_in(layer)
                     && let Some(hides) = aufs_marker(bytes)
                 {
                     hidden.extend(hides.map(OsStr::to_os_string));

@@ -1719,6 +1719,20 @@ fn aufs_markers_in_lower_branches_are_honoured() {
         assert_eq!(names(&aufs), ["a", "e", "g", "u"]);
         fs::create_dir(aufs.join("d")).unwrap();
         assert!(names(&aufs.join("d")).is_empty());
+        // A marker's name is refused: it would hide `e/old`, and itself.
+        let refused = |what: &str, res: std::io::Result<()>| {
+            let err = res.expect_err(what);
+            assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{what}: {err}");
+        };
+        refused("create", fs::write(aufs.join("e/.wh.old"), ""));
+        refused("mkdir", fs::create_dir(aufs.join("e/.wh.old")));
+        refused("mkdir opq", fs::create_dir(aufs.join("e/.wh..wh..opq")));
+        refused("symlink", symlink("x", aufs.join("e/.wh.old")));
+        let (old, marker) = (aufs.join("e/old"), aufs.join("e/.wh.old"));
+        refused("link", fs::hard_link(&old, &marker));
+        refused("rename", fs::rename(&old, &marker));
+        assert_eq!(names(&aufs.join("e")), ["old"]);
+        assert!(fs::symlink_metadata(m.upper.join("aufs/e/.wh.old")).is_err());
     });
     // Mounts that do not ask for them (strata's own) take the markers for plain files.
     let plain = fixture.mount("plain", Driver::Fuse);
