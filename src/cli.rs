@@ -154,7 +154,9 @@ fn compression(name: &str) -> Result<Compression, String> {
         "zstd" => Ok(Compression::Zstd),
         "gzip" => Ok(Compression::Gzip),
         "none" => Ok(Compression::None),
-        other => Err(format!("unknown compression {other:?}: use zstd, gzip or none")),
+        other => Err(format!(
+            "unknown compression {other:?}: use zstd, gzip or none"
+        )),
     }
 }
 

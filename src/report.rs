@@ -65,13 +65,21 @@ mod tests {
 
     #[test]
     fn a_cause_already_in_the_message_is_not_repeated() {
-        let err = anyhow::Error::new(Repeats { source: std::io::Error::other("disk full") }).context("importing busybox:latest");
-        assert_eq!(error_line(&err), "importing busybox:latest: reading config.json: disk full");
+        let err = anyhow::Error::new(Repeats {
+            source: std::io::Error::other("disk full"),
+        })
+        .context("importing busybox:latest");
+        assert_eq!(
+            error_line(&err),
+            "importing busybox:latest: reading config.json: disk full"
+        );
     }
 
     #[test]
     fn distinct_causes_are_all_shown() {
-        let err = anyhow::anyhow!("disk full").context("writing blob").context("importing x");
+        let err = anyhow::anyhow!("disk full")
+            .context("writing blob")
+            .context("importing x");
         assert_eq!(error_line(&err), "importing x: writing blob: disk full");
     }
 }

@@ -9,9 +9,9 @@ mod common;
 mod cp;
 #[path = "e2e/distribution.rs"]
 mod distribution;
-#[path = "e2e/store.rs"]
-mod store;
 #[path = "e2e/mount.rs"]
 mod mount;
 #[path = "e2e/run.rs"]
 mod run;
+#[path = "e2e/store.rs"]
+mod store;

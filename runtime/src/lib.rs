@@ -133,7 +133,10 @@ pub fn exec(spec: ExecSpec) -> Result<i32> {
     let group = spec.signal_group;
     let child = exec::spawn(spec)?;
     // (kill(2) of a negative pid signals that process group.)
-    forwarding.attach(if group { -child.pid } else { child.pid }, child.pty_master());
+    forwarding.attach(
+        if group { -child.pid } else { child.pid },
+        child.pty_master(),
+    );
     let code = child.wait();
     drop(forwarding);
     code

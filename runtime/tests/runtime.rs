@@ -498,7 +498,12 @@ fn env_user_and_workdir() {
 #[test]
 fn capabilities_are_dockers_and_no_new_privs_only_when_asked() {
     let rootfs = Rootfs::new();
-    let status = ["grep", "-E", "^(CapEff|CapBnd|CapInh|NoNewPrivs)", "/proc/self/status"];
+    let status = [
+        "grep",
+        "-E",
+        "^(CapEff|CapBnd|CapInh|NoNewPrivs)",
+        "/proc/self/status",
+    ];
     let (code, out, _) = run(&rootfs, &status, |_| {});
     assert_eq!(code, 0);
     assert_eq!(

@@ -105,7 +105,10 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     } else if read_from(&fetched) {
         Some(remote::redacted(&args.context))
     } else if fetched.is_some() {
-        buildfile.strip_prefix(&context).ok().map(|rel| rel.display().to_string())
+        buildfile
+            .strip_prefix(&context)
+            .ok()
+            .map(|rel| rel.display().to_string())
     } else {
         None
     };
@@ -124,9 +127,16 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.no_cache = args.no_cache;
     // `--build-arg SOURCE_DATE_EPOCH=N` (BuildKit's way) or the environment variable
     opts.source_date_epoch = match opts.build_args.get("SOURCE_DATE_EPOCH") {
-        Some(value) => Some(value.trim().parse::<i64>().ok().filter(|t| *t >= 0).with_context(|| {
-            format!("--build-arg SOURCE_DATE_EPOCH={value}: seconds since 1970 expected")
-        })?),
+        Some(value) => Some(
+            value
+                .trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|t| *t >= 0)
+                .with_context(|| {
+                    format!("--build-arg SOURCE_DATE_EPOCH={value}: seconds since 1970 expected")
+                })?,
+        ),
         None => time::source_date_epoch(),
     };
     opts.progress = progress;
@@ -160,7 +170,10 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     if mode != Mode::Quiet {
         // the names asked for; the image may have others from before
         for name in &args.tag {
-            eprintln!("tagged {}", strata_store::refs::normalize_name(name).unwrap_or_else(|_| name.clone()));
+            eprintln!(
+                "tagged {}",
+                strata_store::refs::normalize_name(name).unwrap_or_else(|_| name.clone())
+            );
         }
         eprintln!(
             "built {} in {:.2}s",
@@ -329,7 +342,10 @@ fn mount_point(
     // the image must not put a mount point (and the mount) on the host.
     let point = strata_runtime::resolve_in_root(root, Path::new(target))
         .map_err(|e| builder_error(&format!("mount point {target}"), e))?;
-    let rel = point.strip_prefix(root).unwrap_or(Path::new("")).to_path_buf();
+    let rel = point
+        .strip_prefix(root)
+        .unwrap_or(Path::new(""))
+        .to_path_buf();
     let parts: Vec<_> = rel.components().collect();
     let mut current = root.to_path_buf();
     for (index, part) in parts.iter().enumerate() {
@@ -363,8 +379,16 @@ fn mount_point(
 fn open_in_root(root: &Path, rel: &str) -> nix::Result<OwnedFd> {
     use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
     use nix::sys::stat::Mode;
-    let dir = nix::fcntl::open(root, OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
-    let rel = if rel.trim_matches('/').is_empty() { "." } else { rel.trim_start_matches('/') };
+    let dir = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let rel = if rel.trim_matches('/').is_empty() {
+        "."
+    } else {
+        rel.trim_start_matches('/')
+    };
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -474,7 +498,8 @@ impl Executor for UnionExecutor {
                                 let fd = open_in_root(&point, inner).map_err(|e| {
                                     builder_error(&format!("bind mount source {inner}"), e)
                                 })?;
-                                let via = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+                                let via =
+                                    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
                                 opened = Some(fd);
                                 via
                             }

@@ -33,8 +33,14 @@ pub struct CacheTo {
 
 impl CacheSink for CacheTo {
     fn export(&self, _store: &Store, key: &Digest, entry: &CacheEntry) -> strata_store::Result<()> {
-        let layer = entry.layer.as_ref().and_then(|l| descriptor_digest(&l.descriptor).ok());
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).push((*key, layer));
+        let layer = entry
+            .layer
+            .as_ref()
+            .and_then(|l| descriptor_digest(&l.descriptor).ok());
+        self.seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((*key, layer));
         Ok(())
     }
 }
@@ -44,16 +50,26 @@ impl CacheTo {
     /// (and those without a layer); `mode=max` keeps every stage's.
     pub fn finish(&self, store: &Store, image: &Image) -> anyhow::Result<usize> {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let layers: HashSet<Digest> =
-            image.manifest.layers().iter().filter_map(|l| descriptor_digest(l).ok()).collect();
+        let layers: HashSet<Digest> = image
+            .manifest
+            .layers()
+            .iter()
+            .filter_map(|l| descriptor_digest(l).ok())
+            .collect();
         let all: Vec<Digest> = seen.iter().map(|(k, _)| *k).collect();
         let final_keys: Vec<Digest> = seen
             .iter()
             .filter(|(_, layer)| layer.is_none_or(|d| layers.contains(&d)))
             .map(|(k, _)| *k)
             .collect();
-        let count = cache::export(store, &self.spec, &all, &final_keys, &client_options(self.insecure))
-            .with_context(|| format!("cache export to {:?} failed", self.spec))?;
+        let count = cache::export(
+            store,
+            &self.spec,
+            &all,
+            &final_keys,
+            &client_options(self.insecure),
+        )
+        .with_context(|| format!("cache export to {:?} failed", self.spec))?;
         Ok(count)
     }
 }
@@ -62,7 +78,11 @@ impl CacheTo {
 /// read (a registry that is down) is skipped with a warning, and an empty or missing one
 /// is said so, so that a mistyped reference does not go unnoticed. A malformed spec is an
 /// error.
-pub fn sources(store: &Store, specs: &[String], insecure: bool) -> anyhow::Result<Vec<Arc<dyn CacheSource>>> {
+pub fn sources(
+    store: &Store,
+    specs: &[String],
+    insecure: bool,
+) -> anyhow::Result<Vec<Arc<dyn CacheSource>>> {
     let mut out: Vec<Arc<dyn CacheSource>> = Vec::new();
     for text in specs {
         let spec = CacheSpec::parse(text)?;
@@ -88,7 +108,11 @@ pub fn sinks(specs: &[String], insecure: bool) -> anyhow::Result<Vec<Arc<CacheTo
         .iter()
         .map(|text| {
             let spec = CacheSpec::parse(text)?;
-            Ok(Arc::new(CacheTo { spec, insecure, seen: Mutex::new(Vec::new()) }))
+            Ok(Arc::new(CacheTo {
+                spec,
+                insecure,
+                seen: Mutex::new(Vec::new()),
+            }))
         })
         .collect()
 }

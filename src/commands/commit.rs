@@ -29,7 +29,11 @@ fn command_form(text: &str) -> Vec<String> {
 /// escapes are the expansion's to undo).
 fn key_values(text: &str) -> anyhow::Result<Vec<(String, String)>> {
     let text = text.trim();
-    if !text.split_whitespace().next().is_some_and(|word| word.contains('=')) {
+    if !text
+        .split_whitespace()
+        .next()
+        .is_some_and(|word| word.contains('='))
+    {
         let (key, value) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
         return Ok(vec![(key.to_string(), value.trim().to_string())]);
     }
@@ -74,7 +78,11 @@ fn key_values(text: &str) -> anyhow::Result<Vec<(String, String)>> {
 /// Dockerfile dispatcher (`ENV PATH=$PATH:/extra` appends).
 fn expand(text: &str, env: &[String]) -> anyhow::Result<String> {
     let lookup = |name: &str| {
-        env.iter().find_map(|pair| pair.strip_prefix(name).and_then(|rest| rest.strip_prefix('=')).map(str::to_string))
+        env.iter().find_map(|pair| {
+            pair.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_string)
+        })
     };
     strata_builder::expand::Lexer::new('\\')
         .word(text, &lookup)
@@ -84,7 +92,9 @@ fn expand(text: &str, env: &[String]) -> anyhow::Result<String> {
 /// Applies one `--change` instruction to the runtime config.
 fn apply_change(config: &mut oci::Config, change: &str) -> anyhow::Result<String> {
     let change = change.trim();
-    let (instruction, rest) = change.split_once(char::is_whitespace).unwrap_or((change, ""));
+    let (instruction, rest) = change
+        .split_once(char::is_whitespace)
+        .unwrap_or((change, ""));
     let rest = rest.trim();
     let before = config.env().clone().unwrap_or_default();
     let word = |text: &str| expand(text, &before).with_context(|| format!("--change {change:?}"));
@@ -156,9 +166,17 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     if !changes.is_empty() {
         let blob = store
             .create_layer(&container.upper_dir(), &WriteOptions::default())
-            .with_context(|| format!("failed to make a layer from {}", container.upper_dir().display()))?;
+            .with_context(|| {
+                format!(
+                    "failed to make a layer from {}",
+                    container.upper_dir().display()
+                )
+            })?;
         layers.push(blob.descriptor.clone());
-        config.rootfs_mut().diff_ids_mut().push(blob.diff_id.to_string());
+        config
+            .rootfs_mut()
+            .diff_ids_mut()
+            .push(blob.diff_id.to_string());
     }
     let mut runtime_config = config.config().clone().unwrap_or_default();
     let mut applied = Vec::new();
@@ -181,8 +199,13 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     if changes.is_empty() {
         history = history.empty_layer(true);
     }
-    let history = history.build().context("failed to build the history entry")?;
-    config.history_mut().get_or_insert_with(Vec::new).push(history);
+    let history = history
+        .build()
+        .context("failed to build the history entry")?;
+    config
+        .history_mut()
+        .get_or_insert_with(Vec::new)
+        .push(history);
     config.set_created(Some(now));
 
     let committed = store.put_image(&config, &layers, &names)?;
@@ -204,16 +227,25 @@ mod tests {
         apply_change(&mut config, "WORKDIR /srv").unwrap();
         apply_change(&mut config, "EXPOSE 80 53/udp").unwrap();
         assert_eq!(config.cmd().clone().unwrap(), ["echo", "hi"]);
-        assert_eq!(config.entrypoint().clone().unwrap(), ["/bin/sh", "-c", "echo hello"]);
+        assert_eq!(
+            config.entrypoint().clone().unwrap(),
+            ["/bin/sh", "-c", "echo hello"]
+        );
         assert_eq!(config.env().clone().unwrap(), ["A=1", "B=two words", "C=3"]);
         assert_eq!(config.working_dir().as_deref(), Some("/srv"));
-        assert_eq!(config.exposed_ports().clone().unwrap(), ["80/tcp", "53/udp"]);
+        assert_eq!(
+            config.exposed_ports().clone().unwrap(),
+            ["80/tcp", "53/udp"]
+        );
         assert!(apply_change(&mut config, "RUN rm -rf /").is_err());
         // variables expand from the image's environment, as docker commit --change does
         config.set_env(Some(vec!["PATH=/usr/bin:/bin".into()]));
         apply_change(&mut config, "ENV PATH=$PATH:/extra KEEP='$PATH' ESC=a\\ b").unwrap();
         apply_change(&mut config, "WORKDIR ${HOME:-/home}/app").unwrap();
-        assert_eq!(config.env().clone().unwrap(), ["PATH=/usr/bin:/bin:/extra", "KEEP=$PATH", "ESC=a b"]);
+        assert_eq!(
+            config.env().clone().unwrap(),
+            ["PATH=/usr/bin:/bin:/extra", "KEEP=$PATH", "ESC=a b"]
+        );
         assert_eq!(config.working_dir().as_deref(), Some("/home/app"));
     }
 

@@ -797,7 +797,11 @@ fn stage(input: impl Read, dest: &Path, named: Option<&str>) -> anyhow::Result<S
         bail!("{named}: its directory does not exist");
     }
     let (staging, removed) = crate::interrupt::removed_on_signal(
-        || tempfile::Builder::new().prefix(".strata-cp-").tempdir_in(parent),
+        || {
+            tempfile::Builder::new()
+                .prefix(".strata-cp-")
+                .tempdir_in(parent)
+        },
         |staging| staging.path(),
     )
     .with_context(|| format!("failed to make a staging directory in {}", parent.display()))?;

@@ -24,7 +24,11 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .filter(|p| !p.as_os_str().is_empty())
                 .unwrap_or(std::path::Path::new("."));
             let (tmp, removed) = crate::interrupt::removed_on_signal(
-                || tempfile::Builder::new().prefix(".strata-export-").tempfile_in(dir),
+                || {
+                    tempfile::Builder::new()
+                        .prefix(".strata-export-")
+                        .tempfile_in(dir)
+                },
                 |tmp| tmp.path(),
             )
             .with_context(|| format!("failed to create a file beside {}", path.display()))?;
@@ -37,8 +41,11 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
                 // as a file created by the user would be (tempfile's are 0600)
                 let umask = rustix::process::umask(rustix::fs::Mode::empty());
                 rustix::process::umask(umask);
-                rustix::fs::fchmod(tmp.as_file(), rustix::fs::Mode::from_raw_mode(0o666) & !umask)
-                    .with_context(|| format!("failed to write {}", path.display()))?;
+                rustix::fs::fchmod(
+                    tmp.as_file(),
+                    rustix::fs::Mode::from_raw_mode(0o666) & !umask,
+                )
+                .with_context(|| format!("failed to write {}", path.display()))?;
                 tmp.as_file()
                     .sync_all()
                     .with_context(|| format!("failed to write {}", path.display()))?;
@@ -49,5 +56,9 @@ pub fn run(globals: &Globals, args: ExportArgs) -> anyhow::Result<ExitCode> {
             whole
         }
     };
-    Ok(if whole { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if whole {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

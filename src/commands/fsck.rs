@@ -24,7 +24,11 @@ pub fn run(globals: &Globals, args: FsckArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: {} problem(s) found in {}", problems.len(), store.root().display());
+        eprintln!(
+            "error: {} problem(s) found in {}",
+            problems.len(),
+            store.root().display()
+        );
         Ok(ExitCode::from(1))
     }
 }

@@ -11,7 +11,10 @@ use crate::cli::GcArgs;
 /// `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
 fn parse_age(text: &str) -> anyhow::Result<std::time::Duration> {
     let text = text.trim();
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -30,7 +33,10 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     let store = match Store::try_open_exclusive(&globals.root)? {
         Some(store) => store,
         None => {
-            eprintln!("waiting for other strata processes using {} to finish...", globals.root.display());
+            eprintln!(
+                "waiting for other strata processes using {} to finish...",
+                globals.root.display()
+            );
             Store::open_exclusive(&globals.root)?
         }
     };

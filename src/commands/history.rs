@@ -16,7 +16,11 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let mut layer_sizes = image.manifest.layers().iter().map(|l| l.size());
     let mut rows = Vec::new();
     for entry in &history {
-        let size = if entry.empty_layer() == Some(true) { 0 } else { layer_sizes.next().unwrap_or(0) };
+        let size = if entry.empty_layer() == Some(true) {
+            0
+        } else {
+            layer_sizes.next().unwrap_or(0)
+        };
         rows.push((entry, size));
     }
     if args.json {
@@ -34,16 +38,40 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = time::now();
-    let mut table = vec![["IMAGE".to_string(), "CREATED".into(), "CREATED BY".into(), "SIZE".into(), "COMMENT".into()]];
+    let mut table = vec![[
+        "IMAGE".to_string(),
+        "CREATED".into(),
+        "CREATED BY".into(),
+        "SIZE".into(),
+        "COMMENT".into(),
+    ]];
     for (i, (entry, size)) in rows.iter().rev().enumerate() {
-        let id = if i == 0 { image.id.short() } else { "<missing>".into() };
-        let created =
-            entry.created().as_deref().and_then(time::parse_rfc3339).map(|t| time::ago(t, now)).unwrap_or_default();
-        let mut created_by = entry.created_by().clone().unwrap_or_default().replace('\n', " ");
+        let id = if i == 0 {
+            image.id.short()
+        } else {
+            "<missing>".into()
+        };
+        let created = entry
+            .created()
+            .as_deref()
+            .and_then(time::parse_rfc3339)
+            .map(|t| time::ago(t, now))
+            .unwrap_or_default();
+        let mut created_by = entry
+            .created_by()
+            .clone()
+            .unwrap_or_default()
+            .replace('\n', " ");
         if created_by.chars().count() > 45 && !args.no_trunc {
             created_by = created_by.chars().take(44).collect::<String>() + "…";
         }
-        table.push([id, created, created_by, human_size(*size), entry.comment().clone().unwrap_or_default()]);
+        table.push([
+            id,
+            created,
+            created_by,
+            human_size(*size),
+            entry.comment().clone().unwrap_or_default(),
+        ]);
     }
     print_table(&table);
     Ok(ExitCode::SUCCESS)

@@ -36,9 +36,17 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let now = time::now();
-    let mut rows = vec![["REPOSITORY".to_string(), "TAG".into(), "IMAGE ID".into(), "CREATED".into(), "SIZE".into()]];
+    let mut rows = vec![[
+        "REPOSITORY".to_string(),
+        "TAG".into(),
+        "IMAGE ID".into(),
+        "CREATED".into(),
+        "SIZE".into(),
+    ]];
     for image in &images {
-        let created = created(image).map(|t| time::ago(t, now)).unwrap_or_else(|| "N/A".into());
+        let created = created(image)
+            .map(|t| time::ago(t, now))
+            .unwrap_or_else(|| "N/A".into());
         let names: Vec<(String, String)> = if image.names.is_empty() {
             vec![("<none>".into(), "<none>".into())]
         } else {
@@ -53,7 +61,13 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
                 .collect()
         };
         for (repo, tag) in names {
-            rows.push([repo, tag, image.id.short(), created.clone(), human_size(image.size())]);
+            rows.push([
+                repo,
+                tag,
+                image.id.short(),
+                created.clone(),
+                human_size(image.size()),
+            ]);
         }
     }
     print_table(&rows);
@@ -74,7 +88,11 @@ pub fn summary(image: &Image) -> serde_json::Value {
 
 /// The image's creation time, in epoch seconds.
 pub fn created(image: &Image) -> Option<i64> {
-    image.config.created().as_deref().and_then(time::parse_rfc3339)
+    image
+        .config
+        .created()
+        .as_deref()
+        .and_then(time::parse_rfc3339)
 }
 
 /// Sizes the way docker prints them: decimal units, three significant digits.
@@ -94,7 +112,11 @@ pub fn human_size(bytes: u64) -> String {
         2
     };
     let text = format!("{value:.digits$}");
-    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.').to_string() } else { text };
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    };
     format!("{text}{}", UNITS[unit])
 }
 

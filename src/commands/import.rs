@@ -23,15 +23,28 @@ pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
         }
         (Box::new(io::stdin().lock()), None)
     } else {
-        let file = File::open(&args.source).with_context(|| format!("failed to open {}", args.source))?;
+        let file =
+            File::open(&args.source).with_context(|| format!("failed to open {}", args.source))?;
         let size = file.metadata().ok().map(|m| m.len());
         (Box::new(file), size)
     };
-    let opts = WriteOptions { compression: args.compression, source_date_epoch: time::source_date_epoch(), level: None };
+    let opts = WriteOptions {
+        compression: args.compression,
+        source_date_epoch: time::source_date_epoch(),
+        level: None,
+    };
     // A bar on a terminal; a hidden one (which counts and draws nothing) otherwise.
-    let bar = if io::stderr().is_terminal() { progress_bar(total) } else { indicatif::ProgressBar::hidden() };
+    let bar = if io::stderr().is_terminal() {
+        progress_bar(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     let image = store
-        .import(bar.wrap_read(input), std::slice::from_ref(&args.name), &opts)
+        .import(
+            bar.wrap_read(input),
+            std::slice::from_ref(&args.name),
+            &opts,
+        )
         .with_context(|| format!("failed to import {} as {}", args.source, args.name))?;
     bar.finish_and_clear();
     println!("{}", image.id);
@@ -41,8 +54,10 @@ pub fn run(globals: &Globals, args: ImportArgs) -> anyhow::Result<ExitCode> {
 fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
     let bar = match total {
         Some(total) => indicatif::ProgressBar::new(total).with_style(
-            indicatif::ProgressStyle::with_template("importing {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "importing {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         ),
         None => indicatif::ProgressBar::new_spinner().with_style(
             indicatif::ProgressStyle::with_template("importing {spinner} {bytes} {bytes_per_sec}")

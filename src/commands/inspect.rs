@@ -26,7 +26,10 @@ pub fn run(globals: &Globals, args: InspectArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", template.render(value)?);
             }
         }
-        None => println!("{}", serde_json::to_string_pretty(&serde_json::Value::Array(values))?),
+        None => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::Value::Array(values))?
+        ),
     }
     Ok(status)
 }

@@ -21,10 +21,17 @@ pub fn parse_signal(text: &str) -> anyhow::Result<i32> {
     let name = upper.strip_prefix("SIG").unwrap_or(&upper);
     let realtime = |base: &str, start: i32, sign: i32| {
         let rest = name.strip_prefix(base)?;
-        let offset = if rest.is_empty() { 0 } else { rest[1..].parse::<i32>().ok()? };
-        (rest.is_empty() || rest.starts_with(if sign > 0 { '+' } else { '-' })).then_some(start + sign * offset)
+        let offset = if rest.is_empty() {
+            0
+        } else {
+            rest[1..].parse::<i32>().ok()?
+        };
+        (rest.is_empty() || rest.starts_with(if sign > 0 { '+' } else { '-' }))
+            .then_some(start + sign * offset)
     };
-    if let Some(number) = realtime("RTMIN", libc::SIGRTMIN(), 1).or_else(|| realtime("RTMAX", libc::SIGRTMAX(), -1)) {
+    if let Some(number) =
+        realtime("RTMIN", libc::SIGRTMIN(), 1).or_else(|| realtime("RTMAX", libc::SIGRTMAX(), -1))
+    {
         return valid(number).with_context(|| format!("unknown signal {text}"));
     }
     format!("SIG{name}")
@@ -41,8 +48,12 @@ pub fn signal(container: &Container, signal: i32) -> anyhow::Result<()> {
     };
     // libc's kill: nix's Signal has no real-time signals
     if unsafe { libc::kill(pid, signal) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("failed to send signal {signal} to container {}", container.state.name));
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!(
+                "failed to send signal {signal} to container {}",
+                container.state.name
+            )
+        });
     }
     Ok(())
 }
@@ -50,12 +61,15 @@ pub fn signal(container: &Container, signal: i32) -> anyhow::Result<()> {
 pub fn run(globals: &Globals, args: KillArgs) -> anyhow::Result<ExitCode> {
     let sig = parse_signal(&args.signal)?;
     let store = Store::open(&globals.root)?;
-    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let container = store.container(reference)?;
-        signal(&container, sig)?;
-        println!("{reference}");
-        Ok(())
-    }))
+    Ok(crate::commands::for_each_arg(
+        &args.containers,
+        |reference| {
+            let container = store.container(reference)?;
+            signal(&container, sig)?;
+            println!("{reference}");
+            Ok(())
+        },
+    ))
 }
 
 #[cfg(test)]

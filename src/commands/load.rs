@@ -18,7 +18,11 @@ pub fn run(globals: &Globals, args: LoadArgs) -> anyhow::Result<ExitCode> {
     for image in images {
         match image.names.is_empty() {
             true => println!("Loaded image: {}", image.id),
-            false => println!("Loaded image: {} ({})", image.names.join(", "), image.id.short()),
+            false => println!(
+                "Loaded image: {} ({})",
+                image.names.join(", "),
+                image.id.short()
+            ),
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,7 +14,9 @@ use crate::cli::LoginArgs;
 
 /// `host[:port]` from what the user typed (a scheme or path is tolerated).
 pub fn registry_host(text: &str) -> String {
-    let text = text.trim_start_matches("https://").trim_start_matches("http://");
+    let text = text
+        .trim_start_matches("https://")
+        .trim_start_matches("http://");
     text.split('/').next().unwrap_or(text).to_string()
 }
 
@@ -25,17 +27,25 @@ pub fn run(_globals: &Globals, args: LoginArgs) -> anyhow::Result<ExitCode> {
         (Some(p), false) => p,
         (None, true) => {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("failed to read the password from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("failed to read the password from stdin")?;
             text.trim_end_matches(['\n', '\r']).to_string()
         }
         (None, false) => bail!("give the password with --password-stdin (or -p)"),
     };
-    let credentials = Credentials { username: args.username, password };
-    let api_host =
-        Reference::parse(&format!("{registry}/x")).map(|r| r.api_host().to_string()).unwrap_or(registry.clone());
+    let credentials = Credentials {
+        username: args.username,
+        password,
+    };
+    let api_host = Reference::parse(&format!("{registry}/x"))
+        .map(|r| r.api_host().to_string())
+        .unwrap_or(registry.clone());
     let mut options = client_options(args.insecure);
     options.credentials = Some(credentials.clone());
-    Client::new(&api_host, options)?.ping().with_context(|| format!("login to {registry} failed"))?;
+    Client::new(&api_host, options)?
+        .ping()
+        .with_context(|| format!("login to {registry} failed"))?;
     let file = auth::auth_file();
     auth::store_in(&file, &registry, &credentials)?;
     eprintln!("Login Succeeded (credentials in {})", file.display());

@@ -13,7 +13,10 @@ pub fn run(_globals: &Globals, args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let registry = registry_host(&args.registry);
     let file = auth::auth_file();
     if !auth::remove_in(&file, &registry)? {
-        bail!("not logged in to {registry} (no credentials in {})", file.display());
+        bail!(
+            "not logged in to {registry} (no credentials in {})",
+            file.display()
+        );
     }
     eprintln!("Removed login credentials for {registry}");
     Ok(ExitCode::SUCCESS)

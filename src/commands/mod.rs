@@ -8,7 +8,10 @@ use crate::cli::{Cli, Command};
 
 /// Runs `act` on every argument, as docker does for rm, rmi, stop and kill: a failure is
 /// reported and the rest still go; the exit status is 1 if any failed.
-pub(crate) fn for_each_arg(args: &[String], mut act: impl FnMut(&str) -> anyhow::Result<()>) -> ExitCode {
+pub(crate) fn for_each_arg(
+    args: &[String],
+    mut act: impl FnMut(&str) -> anyhow::Result<()>,
+) -> ExitCode {
     let mut failed = false;
     for arg in args {
         if let Err(err) = act(arg) {
@@ -16,43 +19,47 @@ pub(crate) fn for_each_arg(args: &[String], mut act: impl FnMut(&str) -> anyhow:
             failed = true;
         }
     }
-    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 mod build;
+mod cache;
+mod commit;
+mod cp;
+mod diff;
+mod exec;
+mod export;
 mod fsck;
 mod gc;
 mod history;
 mod images;
 mod import;
 mod inspect;
-mod mount;
-mod rmi;
-mod tag;
-mod umount;
-mod push;
-mod pull;
-mod save;
+mod kill;
 mod load;
 mod login;
 mod logout;
-mod run;
-mod ps;
-mod rm;
 mod logs;
-mod stop;
+mod mount;
+mod ps;
+mod pull;
+mod push;
 mod restart;
-mod wait;
-mod exec;
+mod rm;
+mod rmi;
+mod run;
+mod save;
 mod start;
-mod volume;
-mod cp;
-mod export;
-mod kill;
-mod diff;
-mod commit;
+mod stop;
+mod tag;
 mod transfer;
-mod cache;
+mod umount;
+mod volume;
+mod wait;
 
 /// What every verb may need besides its own arguments.
 pub struct Globals {
@@ -67,9 +74,12 @@ impl Globals {
             if nix::unistd::geteuid().is_root() {
                 PathBuf::from("/var/lib/strata")
             } else {
-                let data = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".local/share")
-                });
+                let data = std::env::var_os("XDG_DATA_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+                            .join(".local/share")
+                    });
                 data.join("strata")
             }
         });

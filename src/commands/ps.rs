@@ -94,7 +94,17 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let mut rows = vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
+    let mut rows = vec![
+        [
+            "CONTAINER ID",
+            "IMAGE",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+        ]
+        .map(String::from),
+    ];
     for c in &containers {
         let mut command = format!("\"{}\"", c.state.command.join(" "));
         if command.chars().count() > 22 {

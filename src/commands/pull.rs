@@ -27,7 +27,11 @@ pub fn run(globals: &Globals, args: PullArgs) -> anyhow::Result<ExitCode> {
     };
     let image = transfer::pull(&store, &args.reference, &opts)?;
     if !args.quiet {
-        let name = image.names.first().cloned().unwrap_or_else(|| image.manifest_digest.to_string());
+        let name = image
+            .names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| image.manifest_digest.to_string());
         eprintln!("pulled {name}");
     }
     println!("{}", image.id);

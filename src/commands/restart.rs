@@ -12,13 +12,16 @@ use crate::commands::start::start_one;
 use crate::commands::stop::stop;
 
 pub fn run(globals: &Globals, args: StopArgs) -> anyhow::Result<ExitCode> {
-    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let store = Store::open(&globals.root)?;
-        let container = store.container(reference)?;
-        stop(&store, &container, Duration::from_secs(args.time))?;
-        drop(store);
-        start_one(globals, reference, false)?;
-        println!("{reference}");
-        Ok(())
-    }))
+    Ok(crate::commands::for_each_arg(
+        &args.containers,
+        |reference| {
+            let store = Store::open(&globals.root)?;
+            let container = store.container(reference)?;
+            stop(&store, &container, Duration::from_secs(args.time))?;
+            drop(store);
+            start_one(globals, reference, false)?;
+            println!("{reference}");
+            Ok(())
+        },
+    ))
 }

@@ -14,32 +14,36 @@ use crate::commands::stop::wait_exited;
 
 pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let container = store.container(reference)?;
-        if is_running(&container) {
-            if !args.force {
-                bail!(
-                    "container {} is running: stop it first or use rm -f",
-                    container.state.name
-                );
+    Ok(crate::commands::for_each_arg(
+        &args.containers,
+        |reference| {
+            let container = store.container(reference)?;
+            if is_running(&container) {
+                if !args.force {
+                    bail!(
+                        "container {} is running: stop it first or use rm -f",
+                        container.state.name
+                    );
+                }
+                crate::commands::kill::signal(&container, libc::SIGKILL)?;
+                wait_exited(&store, &container.id, Duration::from_secs(10));
             }
-            crate::commands::kill::signal(&container, libc::SIGKILL)?;
-            wait_exited(&store, &container.id, Duration::from_secs(10));
-        }
-        let Ok(container) = store.container(&container.id) else {
-            println!("{reference}"); // removed by its own --rm meanwhile
-            return Ok(());
-        };
-        let rootfs = container.rootfs_dir();
-        // A FUSE mount whose server died with a crashed strata answers ENOTCONN to
-        // everything, and would make the container impossible to remove: detach it first.
-        strata_unionfs::sweep_stale(&rootfs)?;
-        if strata_store::container::is_mount_point(&rootfs) {
-            strata_unionfs::unmount(&rootfs).with_context(|| format!("failed to unmount {}", rootfs.display()))?;
-        }
-        strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
-        store.remove_container(&container)?;
-        println!("{reference}");
-        Ok(())
-    }))
+            let Ok(container) = store.container(&container.id) else {
+                println!("{reference}"); // removed by its own --rm meanwhile
+                return Ok(());
+            };
+            let rootfs = container.rootfs_dir();
+            // A FUSE mount whose server died with a crashed strata answers ENOTCONN to
+            // everything, and would make the container impossible to remove: detach it first.
+            strata_unionfs::sweep_stale(&rootfs)?;
+            if strata_store::container::is_mount_point(&rootfs) {
+                strata_unionfs::unmount(&rootfs)
+                    .with_context(|| format!("failed to unmount {}", rootfs.display()))?;
+            }
+            strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
+            store.remove_container(&container)?;
+            println!("{reference}");
+            Ok(())
+        },
+    ))
 }

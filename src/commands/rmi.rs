@@ -15,7 +15,10 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
     Ok(crate::commands::for_each_arg(&args.images, |reference| {
         let image = store.resolve(reference)?;
         let by_name = refs::normalize_ref(reference).is_ok_and(|name| {
-            image.names.iter().any(|n| *n == name || refs::familiar(n) == refs::familiar(&name))
+            image
+                .names
+                .iter()
+                .any(|n| *n == name || refs::familiar(n) == refs::familiar(&name))
         });
         if !by_name && image.names.len() > 1 && !args.force {
             anyhow::bail!(

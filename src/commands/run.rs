@@ -65,7 +65,10 @@ impl RunConfig {
     /// The run options `container` was made with (`run` records them; `mount` does not).
     pub fn of(container: &Container) -> anyhow::Result<RunConfig> {
         serde_json::from_value(container.state.config.clone()).with_context(|| {
-            format!("container {} was made by mount, not run: it has no run options", container.state.name)
+            format!(
+                "container {} was made by mount, not run: it has no run options",
+                container.state.name
+            )
         })
     }
 }
@@ -76,7 +79,11 @@ pub(crate) fn stdin_for(interactive: bool) -> anyhow::Result<Option<OwnedFd>> {
     if interactive {
         return Ok(None);
     }
-    Ok(Some(std::fs::File::open("/dev/null").context("failed to open /dev/null")?.into()))
+    Ok(Some(
+        std::fs::File::open("/dev/null")
+            .context("failed to open /dev/null")?
+            .into(),
+    ))
 }
 
 /// docker's rule for `-it`: a terminal that forwards input needs a terminal to read it from.
@@ -108,7 +115,10 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
         't' => Some(40),
         _ => None,
     };
-    let value = number.parse::<f64>().ok().filter(|v| v.is_finite() && *v > 0.0);
+    let value = number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0);
     let (Some(shift), Some(value)) = (shift, value) else {
         bail!("invalid size {text:?}: a positive number with an optional unit b, k, m, g or t");
     };
@@ -120,7 +130,9 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
 fn check_hostname(name: &str) -> anyhow::Result<()> {
     let label_ok = |label: &str| {
         (1..=63).contains(&label.len())
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
             && !label.ends_with('-')
     };
@@ -143,7 +155,9 @@ fn check_memory(bytes: u64) -> anyhow::Result<u64> {
 fn check_cpus(cpus: f64) -> anyhow::Result<f64> {
     let available = std::thread::available_parallelism().map_or(1, usize::from);
     if !(0.01..=available as f64).contains(&cpus) {
-        bail!("--cpus {cpus}: the range of CPUs is from 0.01 to {available}.00, as there are only {available} CPUs available");
+        bail!(
+            "--cpus {cpus}: the range of CPUs is from 0.01 to {available}.00, as there are only {available} CPUs available"
+        );
     }
     Ok(cpus)
 }
@@ -152,13 +166,18 @@ fn check_cpus(cpus: f64) -> anyhow::Result<f64> {
 fn check_cpuset(list: &str) -> anyhow::Result<String> {
     let online_text = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
     let online = cpu_list(online_text.trim());
-    let asked = cpu_list(list).filter(|cpus| !cpus.is_empty()).with_context(|| {
-        format!("invalid --cpuset-cpus {list:?}: a list of CPUs and ranges, as 0-1,3")
-    })?;
+    let asked = cpu_list(list)
+        .filter(|cpus| !cpus.is_empty())
+        .with_context(|| {
+            format!("invalid --cpuset-cpus {list:?}: a list of CPUs and ranges, as 0-1,3")
+        })?;
     if let Some(online) = online
         && let Some(missing) = asked.iter().find(|cpu| !online.contains(cpu))
     {
-        bail!("requested CPUs are not available - requested {missing}, available: {}", online_text.trim());
+        bail!(
+            "requested CPUs are not available - requested {missing}, available: {}",
+            online_text.trim()
+        );
     }
     Ok(list.to_string())
 }
@@ -168,7 +187,10 @@ fn cpu_list(text: &str) -> Option<Vec<u32>> {
     let mut cpus = Vec::new();
     for part in text.split(',') {
         let (first, last) = part.split_once('-').unwrap_or((part, part));
-        let (first, last) = (first.trim().parse::<u32>().ok()?, last.trim().parse::<u32>().ok()?);
+        let (first, last) = (
+            first.trim().parse::<u32>().ok()?,
+            last.trim().parse::<u32>().ok()?,
+        );
         if first > last || last > 4095 {
             return None;
         }
@@ -198,7 +220,10 @@ pub(crate) fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
 
 /// The image's HEALTHCHECK and SHELL (which runs a `CMD-SHELL` test), from its config blob
 /// (oci-spec's config type has no field for them).
-fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Result<(Option<health::Check>, Vec<String>)> {
+fn image_healthcheck(
+    store: &Store,
+    image: &strata_store::Image,
+) -> anyhow::Result<(Option<health::Check>, Vec<String>)> {
     let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.id)?)
         .with_context(|| format!("config blob {} is not valid json", image.id))?;
     let shell = config
@@ -215,9 +240,14 @@ fn image_healthcheck(store: &Store, image: &strata_store::Image) -> anyhow::Resu
         Some("CMD" | "CMD-SHELL") => c.test.len() > 1,
         _ => false,
     };
-    let parsed = serde_json::from_value::<health::Check>(check.clone()).ok().filter(runnable);
+    let parsed = serde_json::from_value::<health::Check>(check.clone())
+        .ok()
+        .filter(runnable);
     if parsed.is_none() {
-        eprintln!("warning: image {}: its Healthcheck {check} cannot run; no health checks", image.id);
+        eprintln!(
+            "warning: image {}: its Healthcheck {check} cannot run; no health checks",
+            image.id
+        );
     }
     Ok((parsed, shell))
 }
@@ -239,10 +269,17 @@ fn config_for(
             image_config.cmd().clone().unwrap_or_default(),
         ),
     };
-    let command = if args.command().is_empty() { default_command } else { args.command().to_vec() };
+    let command = if args.command().is_empty() {
+        default_command
+    } else {
+        args.command().to_vec()
+    };
     let full: Vec<String> = entrypoint.into_iter().chain(command).collect();
     if full.is_empty() {
-        bail!("no command specified: image {} has no entrypoint or cmd", args.image());
+        bail!(
+            "no command specified: image {} has no entrypoint or cmd",
+            args.image()
+        );
     }
     let network = match args.network.as_str() {
         "none" | "host" => args.network.clone(),
@@ -257,7 +294,12 @@ fn config_for(
     if !args.detach {
         require_terminal(&args.process)?;
     }
-    if let Some(bad) = args.process.env.iter().find(|pair| pair.is_empty() || pair.starts_with('=')) {
+    if let Some(bad) = args
+        .process
+        .env
+        .iter()
+        .find(|pair| pair.is_empty() || pair.starts_with('='))
+    {
         bail!("invalid environment variable {bad:?}: K=V or K");
     }
     if let Some(name) = &args.hostname {
@@ -272,16 +314,24 @@ fn config_for(
         no_new_privileges = match option.replace('=', ":").as_str() {
             "no-new-privileges" | "no-new-privileges:true" => true,
             "no-new-privileges:false" => false,
-            other => bail!("unsupported --security-opt {other:?}: strata knows no-new-privileges[:true|false]"),
+            other => bail!(
+                "unsupported --security-opt {other:?}: strata knows no-new-privileges[:true|false]"
+            ),
         };
     }
-    let stop_signal = args.stop_signal.clone().or_else(|| image_config.stop_signal().clone());
+    let stop_signal = args
+        .stop_signal
+        .clone()
+        .or_else(|| image_config.stop_signal().clone());
     if let Some(signal) = &stop_signal {
         crate::commands::kill::parse_signal(signal).context("bad stop signal")?;
     }
     Ok(RunConfig {
         args: full,
-        env: merge_env(&image_config.env().clone().unwrap_or_default(), &args.process.env),
+        env: merge_env(
+            &image_config.env().clone().unwrap_or_default(),
+            &args.process.env,
+        ),
         cwd: args
             .process
             .workdir
@@ -314,7 +364,11 @@ fn config_for(
             .transpose()?
             .map(check_memory)
             .transpose()?,
-        cpus: args.cpus.filter(|c| *c != 0.0).map(check_cpus).transpose()?,
+        cpus: args
+            .cpus
+            .filter(|c| *c != 0.0)
+            .map(check_cpus)
+            .transpose()?,
         // docker: 0 or -1 is unlimited
         pids_limit: match args.pids_limit {
             Some(n) if n > 0 => Some(n as u64),
@@ -332,7 +386,8 @@ fn config_for(
         stop_signal,
         no_new_privileges,
         read_only: args.read_only,
-        healthcheck: health::resolve(image_check, args)?.map(|check| health::Check { shell, ..check }),
+        healthcheck: health::resolve(image_check, args)?
+            .map(|check| health::Check { shell, ..check }),
     })
 }
 
@@ -358,7 +413,12 @@ pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
         container.state.image = Some(image_label(&image, args.image()));
         // Nothing has run in it yet: a container that cannot be set up is not kept.
         let setup = (|| -> anyhow::Result<(RunConfig, Vec<PathBuf>)> {
-            let config = config_for(&image, image_healthcheck(&store, &image)?, &container.id, &args)?;
+            let config = config_for(
+                &image,
+                image_healthcheck(&store, &image)?,
+                &container.id,
+                &args,
+            )?;
             container.state.command = config.args.clone();
             container.state.config = serde_json::to_value(&config)?;
             if args.detach {
@@ -515,7 +575,14 @@ fn union_server(spec: &MountSpec) -> anyhow::Result<std::process::Command> {
     let lowers = std::env::join_paths(&spec.lowers).context("a lower dir's path has a ':'")?;
     let mut server = std::process::Command::new(exe);
     server
-        .args(["mount", "--foreground", "--ready", "--driver", "fuse", "--lower"])
+        .args([
+            "mount",
+            "--foreground",
+            "--ready",
+            "--driver",
+            "fuse",
+            "--lower",
+        ])
         .arg(lowers)
         .arg("--upper")
         .arg(&spec.upper)
@@ -539,7 +606,8 @@ fn mount_and_run(
     echo: bool,
 ) -> anyhow::Result<i32> {
     let driver: Driver = config.driver.parse()?;
-    let (etc_files, init_layer) = etc::prepare(&container.dir, &lowers, &config.network, &config.hostname)?;
+    let (etc_files, init_layer) =
+        etc::prepare(&container.dir, &lowers, &config.network, &config.hostname)?;
     lowers.insert(0, init_layer);
     let spec = MountSpec {
         lowers,
@@ -569,14 +637,28 @@ fn mount_and_run(
     }
     // A FUSE union is served by a process of its own, as the kernel serves an overlay
     // one: the container keeps its files if this process is killed.
-    let guard = strata_unionfs::mount_served(&spec, driver, union_server(&spec)?, &container.dir.join("union.log"))
-        .with_context(|| format!("failed to mount {}", spec.target.display()))?;
+    let guard = strata_unionfs::mount_served(
+        &spec,
+        driver,
+        union_server(&spec)?,
+        &container.dir.join("union.log"),
+    )
+    .with_context(|| format!("failed to mount {}", spec.target.display()))?;
     let root = if config.userns {
-        (strata_runtime::USERNS_HOST_START, strata_runtime::USERNS_HOST_START)
+        (
+            strata_runtime::USERNS_HOST_START,
+            strata_runtime::USERNS_HOST_START,
+        )
     } else {
         (0, 0)
     };
-    let binds = volumes::binds(&container.dir, &globals.root.join("volumes"), &spec.target, &config.volumes, root)?;
+    let binds = volumes::binds(
+        &container.dir,
+        &globals.root.join("volumes"),
+        &spec.target,
+        &config.volumes,
+        root,
+    )?;
     // Recorded once the command runs (one atomic save instead of two).
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());
@@ -632,9 +714,14 @@ fn mount_and_run(
             save_error = Some(err);
         } else if let Some(check) = &config.healthcheck {
             // (Probes exec into the container, which needs its recorded pid.)
-            watcher = health::watch(globals.root.clone(), container.id.clone(), container.dir.clone(), check.clone())
-                .map_err(|err| eprintln!("warning: no health checks: {err:#}"))
-                .ok();
+            watcher = health::watch(
+                globals.root.clone(),
+                container.id.clone(),
+                container.dir.clone(),
+                check.clone(),
+            )
+            .map_err(|err| eprintln!("warning: no health checks: {err:#}"))
+            .ok();
         }
     });
     if let Some(watcher) = watcher {
@@ -643,7 +730,10 @@ fn mount_and_run(
     // All of the output is in the log before the container is recorded as exited (which
     // is when `logs -f` stops).
     if let Err(err) = capture.finish() {
-        eprintln!("warning: the container's log is incomplete: {}: {err}", log.display());
+        eprintln!(
+            "warning: the container's log is incomplete: {}: {err}",
+            log.display()
+        );
     }
     drop(guard);
     container.state.pid = None;
@@ -682,7 +772,8 @@ fn mount_and_run(
 fn resolve_or_pull(store: &Store, reference: &str) -> anyhow::Result<strata_store::Image> {
     match store.resolve(reference) {
         Err(strata_store::Error::ImageNotFound(_))
-            if !reference.starts_with("sha256:") && !reference.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            if !reference.starts_with("sha256:")
+                && !reference.bytes().all(|b| b.is_ascii_hexdigit()) =>
         {
             eprintln!("Unable to find image '{reference}' locally");
             let opts = strata_store::transfer::TransferOptions {
@@ -709,11 +800,17 @@ pub(crate) fn image_label(image: &strata_store::Image, reference: &str) -> Strin
 /// and the process that was to remove them is gone. (docker's daemon removes them when
 /// they exit; strata has no daemon, so the next command that lists containers does.)
 pub fn sweep_abandoned(store: &Store) {
-    let Ok(containers) = store.containers() else { return };
+    let Ok(containers) = store.containers() else {
+        return;
+    };
     for container in containers {
         let state = &container.state;
         let rm = state.config.get("rm").and_then(serde_json::Value::as_bool) == Some(true);
-        if !rm || state.status != Status::Running || is_running(&container) || state.runner.is_some_and(alive) {
+        if !rm
+            || state.status != Status::Running
+            || is_running(&container)
+            || state.runner.is_some_and(alive)
+        {
             continue;
         }
         // Its union may still be mounted: a kernel overlay, or a FUSE mount whose server
@@ -724,12 +821,18 @@ pub fn sweep_abandoned(store: &Store) {
             .all(|dir| match strata_unionfs::unmount(&dir) {
                 Ok(()) | Err(strata_unionfs::Error::NotMounted(_)) => true,
                 Err(err) => {
-                    eprintln!("warning: container {} (run --rm) was left behind: {err}", container.id);
+                    eprintln!(
+                        "warning: container {} (run --rm) was left behind: {err}",
+                        container.id
+                    );
                     false
                 }
             });
         if unmounted && let Err(err) = store.remove_container(&container) {
-            eprintln!("warning: failed to remove container {} (run --rm, left behind): {err}", container.id);
+            eprintln!(
+                "warning: failed to remove container {} (run --rm, left behind): {err}",
+                container.id
+            );
         }
     }
 }
@@ -784,7 +887,12 @@ mod tests {
 
     #[test]
     fn resource_limits_are_checked_like_docker() {
-        assert!(check_memory(1 << 10).unwrap_err().to_string().contains("minimum memory limit allowed is 6MB"));
+        assert!(
+            check_memory(1 << 10)
+                .unwrap_err()
+                .to_string()
+                .contains("minimum memory limit allowed is 6MB")
+        );
         assert_eq!(check_memory(6 << 20).unwrap(), 6 << 20);
         assert!(check_cpus(0.001).is_err() && check_cpus(4096.0).is_err());
         assert_eq!(check_cpus(0.5).unwrap(), 0.5);
@@ -793,8 +901,16 @@ mod tests {
         assert_eq!(cpu_list("a"), None);
         assert!(check_cpuset("0").is_ok());
         let err = check_cpuset("4000").unwrap_err().to_string();
-        assert!(err.contains("requested CPUs are not available - requested 4000"), "{err}");
-        assert!(check_cpuset("x").unwrap_err().to_string().contains("invalid --cpuset-cpus"));
+        assert!(
+            err.contains("requested CPUs are not available - requested 4000"),
+            "{err}"
+        );
+        assert!(
+            check_cpuset("x")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid --cpuset-cpus")
+        );
     }
 
     #[test]
@@ -806,12 +922,18 @@ mod tests {
         assert_eq!(parse_size("1.5g").unwrap(), 3 << 29);
         assert!(parse_size("12x").is_err());
         let error = parse_size("abc").unwrap_err().to_string();
-        assert!(error.contains("\"abc\": a positive number with an optional unit"), "{error}");
+        assert!(
+            error.contains("\"abc\": a positive number with an optional unit"),
+            "{error}"
+        );
     }
 
     #[test]
     fn env_overrides_by_key() {
-        let merged = merge_env(&["PATH=/bin".into(), "A=1".into()], &["A=2".into(), "B=3".into()]);
+        let merged = merge_env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+        );
         assert_eq!(merged, ["PATH=/bin", "A=2", "B=3"]);
     }
 }

@@ -20,9 +20,10 @@ pub fn wait_exited(store: &Store, id: &str, limit: Duration) -> bool {
             Ok(c) if c.state.status != Status::Running => return true,
             // The process is gone but nobody recorded it (its `strata run` was killed; one
             // still alive is still recording it).
-            Ok(c) if !is_running(&c)
-                && !c.state.runner.is_some_and(crate::commands::run::alive)
-                && start.elapsed() > Duration::from_secs(2) =>
+            Ok(c)
+                if !is_running(&c)
+                    && !c.state.runner.is_some_and(crate::commands::run::alive)
+                    && start.elapsed() > Duration::from_secs(2) =>
             {
                 return true;
             }
@@ -59,10 +60,13 @@ pub fn stop(store: &Store, container: &Container, grace: Duration) -> anyhow::Re
 
 pub fn run(globals: &Globals, args: StopArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
-    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let container = store.container(reference)?;
-        stop(&store, &container, Duration::from_secs(args.time))?;
-        println!("{reference}");
-        Ok(())
-    }))
+    Ok(crate::commands::for_each_arg(
+        &args.containers,
+        |reference| {
+            let container = store.container(reference)?;
+            stop(&store, &container, Duration::from_secs(args.time))?;
+            println!("{reference}");
+            Ok(())
+        },
+    ))
 }

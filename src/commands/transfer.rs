@@ -15,7 +15,10 @@ use strata_store::transfer::Progress;
 use super::images::human_size;
 
 pub fn client_options(insecure: bool) -> ClientOptions {
-    ClientOptions { insecure, ..ClientOptions::default() }
+    ClientOptions {
+        insecure,
+        ..ClientOptions::default()
+    }
 }
 
 /// Bars on a terminal, plain lines otherwise, nothing with `quiet`.
@@ -29,7 +32,11 @@ impl Reporter {
     pub fn new(quiet: bool) -> Reporter {
         let bars = (!quiet && std::io::stderr().is_terminal())
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)));
-        Reporter { bars, active: Mutex::new(HashMap::new()), quiet }
+        Reporter {
+            bars,
+            active: Mutex::new(HashMap::new()),
+            quiet,
+        }
     }
 }
 
@@ -41,9 +48,11 @@ impl Progress for Reporter {
         let bar = match &self.bars {
             Some(multi) => {
                 let bar = multi.add(ProgressBar::new(size));
-                let style = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar())
-                    .progress_chars("=> ");
+                let style = ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
                 bar.set_style(style);
                 bar.set_message(format!("{action} {}", digest.short()));
                 bar.enable_steady_tick(Duration::from_millis(200));
@@ -66,9 +75,17 @@ impl Progress for Reporter {
         if self.quiet {
             return;
         }
-        let entry = self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(digest);
+        let entry = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
         let line = match &entry {
-            Some((_, action, size)) => format!("{action} {} {outcome} ({})", digest.short(), human_size(*size)),
+            Some((_, action, size)) => format!(
+                "{action} {} {outcome} ({})",
+                digest.short(),
+                human_size(*size)
+            ),
             None => format!("{} {outcome}", digest.short()),
         };
         match (&self.bars, entry) {

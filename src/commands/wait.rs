@@ -12,23 +12,28 @@ use crate::commands::Globals;
 use crate::commands::run::{WAIT_LOCK, alive, is_running};
 
 pub fn run(globals: &Globals, args: WaitArgs) -> anyhow::Result<ExitCode> {
-    Ok(crate::commands::for_each_arg(&args.containers, |reference| {
-        let container = Store::open(&globals.root)?.container(reference)?;
-        // Held until the exit code is read: a --rm container's runner waits for it before
-        // removing the container (and its recorded exit).
-        let waiting = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(container.dir.join(WAIT_LOCK))
-            .and_then(|file| file.lock_shared().map(|()| file));
-        let code = match waiting {
-            Ok(_held) => wait_for_exit(globals, &container.id, reference)?,
-            Err(_) => bail!("container {reference} was removed before its exit code could be read"),
-        };
-        println!("{code}");
-        Ok(())
-    }))
+    Ok(crate::commands::for_each_arg(
+        &args.containers,
+        |reference| {
+            let container = Store::open(&globals.root)?.container(reference)?;
+            // Held until the exit code is read: a --rm container's runner waits for it before
+            // removing the container (and its recorded exit).
+            let waiting = std::fs::File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(container.dir.join(WAIT_LOCK))
+                .and_then(|file| file.lock_shared().map(|()| file));
+            let code = match waiting {
+                Ok(_held) => wait_for_exit(globals, &container.id, reference)?,
+                Err(_) => {
+                    bail!("container {reference} was removed before its exit code could be read")
+                }
+            };
+            println!("{code}");
+            Ok(())
+        },
+    ))
 }
 
 /// The exit code of container `id` once it is not running, as docker's default condition

@@ -26,8 +26,14 @@ const MAX_METADATA: u64 = 16 << 20;
 
 /// Writes `images` (each with the names to give it) as an OCI archive at `out`, atomically;
 /// with `docker_manifest` also a docker-archive `manifest.json`.
-pub fn write_archive(images: &[(&LocalImage, Vec<String>)], out: &Path, docker_manifest: bool) -> Result<()> {
-    replace_file(out, 0o666, |file| write_archive_to(images, file, out, docker_manifest))
+pub fn write_archive(
+    images: &[(&LocalImage, Vec<String>)],
+    out: &Path,
+    docker_manifest: bool,
+) -> Result<()> {
+    replace_file(out, 0o666, |file| {
+        write_archive_to(images, file, out, docker_manifest)
+    })
 }
 
 /// Writes the archive into `file`; `path` (where it will be) names it in errors.
@@ -61,7 +67,12 @@ fn write_archive_to(
             index.push(entry(Some(name)));
         }
         let blob_name = |d: &Digest| format!("blobs/sha256/{}", d.hex());
-        let config = image.doc.config.as_ref().map(|c| blob_name(&c.digest)).unwrap_or_default();
+        let config = image
+            .doc
+            .config
+            .as_ref()
+            .map(|c| blob_name(&c.digest))
+            .unwrap_or_default();
         docker.push(serde_json::json!({
             "Config": config,
             "RepoTags": names,
@@ -71,22 +82,37 @@ fn write_archive_to(
             blobs.insert(blob.digest, image.blob_path(&blob.digest));
         }
     }
-    let index =
-        serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::media::OCI_INDEX, "manifests": index});
+    let index = serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::media::OCI_INDEX, "manifests": index});
     append_bytes(&mut tar, "oci-layout", OCI_LAYOUT).map_err(io_err)?;
-    append_bytes(&mut tar, "index.json", &serde_json::to_vec(&index).unwrap_or_default()).map_err(io_err)?;
+    append_bytes(
+        &mut tar,
+        "index.json",
+        &serde_json::to_vec(&index).unwrap_or_default(),
+    )
+    .map_err(io_err)?;
     if docker_manifest {
-        append_bytes(&mut tar, "manifest.json", &serde_json::to_vec(&docker).unwrap_or_default()).map_err(io_err)?;
+        append_bytes(
+            &mut tar,
+            "manifest.json",
+            &serde_json::to_vec(&docker).unwrap_or_default(),
+        )
+        .map_err(io_err)?;
     }
     append_dir(&mut tar, "blobs/").map_err(io_err)?;
     append_dir(&mut tar, "blobs/sha256/").map_err(io_err)?;
     for (image, _) in images {
-        append_bytes(&mut tar, &format!("blobs/sha256/{}", image.manifest_digest.hex()), &image.manifest)
-            .map_err(io_err)?;
+        append_bytes(
+            &mut tar,
+            &format!("blobs/sha256/{}", image.manifest_digest.hex()),
+            &image.manifest,
+        )
+        .map_err(io_err)?;
         blobs.remove(&image.manifest_digest);
     }
     for (digest, source) in blobs {
-        let size = fs::metadata(&source).map_err(|e| Error::io("failed to stat blob", &source, e))?.len();
+        let size = fs::metadata(&source)
+            .map_err(|e| Error::io("failed to stat blob", &source, e))?
+            .len();
         let mut header = header(size, tar::EntryType::Regular);
         // Checked as it is copied: a corrupt blob fails the archive, naming its digest.
         let blob = BlobReader::open(&source, &digest)?;
@@ -121,14 +147,16 @@ fn append_dir<W: Write>(tar: &mut tar::Builder<W>, name: &str) -> io::Result<()>
 /// `strata save`: the named store images as one archive (OCI layout + docker manifest.json).
 pub fn save(store: &Store, references: &[String], out: &Path) -> Result<()> {
     let images = save_images(store, references)?;
-    let borrowed: Vec<(&LocalImage, Vec<String>)> = images.iter().map(|(l, n)| (l, n.clone())).collect();
+    let borrowed: Vec<(&LocalImage, Vec<String>)> =
+        images.iter().map(|(l, n)| (l, n.clone())).collect();
     write_archive(&borrowed, out, true)
 }
 
 /// `strata save` to an open file (stdout); `name` says what it is in errors.
 pub fn save_into(store: &Store, references: &[String], file: &mut File, name: &Path) -> Result<()> {
     let images = save_images(store, references)?;
-    let borrowed: Vec<(&LocalImage, Vec<String>)> = images.iter().map(|(l, n)| (l, n.clone())).collect();
+    let borrowed: Vec<(&LocalImage, Vec<String>)> =
+        images.iter().map(|(l, n)| (l, n.clone())).collect();
     write_archive_to(&borrowed, file, name, true)
 }
 
@@ -142,7 +170,12 @@ fn save_images(store: &Store, references: &[String]) -> Result<Vec<(LocalImage, 
         // (a docker archive's RepoTags are tags: a name@digest is left out)
         let names = match refs::normalize_name(reference) {
             Ok(name) if image.names.contains(&name) => vec![name],
-            _ => image.names.iter().filter(|name| !name.contains('@')).cloned().collect(),
+            _ => image
+                .names
+                .iter()
+                .filter(|name| !name.contains('@'))
+                .cloned()
+                .collect(),
         };
         images.push((local, names));
     }
@@ -159,7 +192,10 @@ pub fn load(store: &Store, input: &Path) -> Result<Vec<Image>> {
 /// errors.
 pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Image>> {
     let read_err = |e: io::Error| Error::io("failed to read archive", input, e);
-    let bad = |message: String| Error::Distribution { what: input.display().to_string(), message };
+    let bad = |message: String| Error::Distribution {
+        what: input.display().to_string(),
+        message,
+    };
     let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, file));
     let mut metadata: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     // Blob files by their path in the archive (docker archives name layers by path).
@@ -169,14 +205,27 @@ pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Ima
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry.path().map_err(read_err)?.to_string_lossy().trim_start_matches("./").to_string();
-        if matches!(path.as_str(), "index.json" | "manifest.json" | "oci-layout" | "repositories") {
+        let path = entry
+            .path()
+            .map_err(read_err)?
+            .to_string_lossy()
+            .trim_start_matches("./")
+            .to_string();
+        if matches!(
+            path.as_str(),
+            "index.json" | "manifest.json" | "oci-layout" | "repositories"
+        ) {
             let mut bytes = Vec::new();
-            (&mut entry).take(MAX_METADATA).read_to_end(&mut bytes).map_err(read_err)?;
+            (&mut entry)
+                .take(MAX_METADATA)
+                .read_to_end(&mut bytes)
+                .map_err(read_err)?;
             metadata.insert(path, bytes);
             continue;
         }
-        let expected = path.strip_prefix("blobs/sha256/").and_then(|hex| Digest::from_hex(hex).ok());
+        let expected = path
+            .strip_prefix("blobs/sha256/")
+            .and_then(|hex| Digest::from_hex(hex).ok());
         if let Some(digest) = expected
             && store.has_blob(&digest)
         {
@@ -192,32 +241,46 @@ pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Ima
     if let Some(index) = metadata.get("index.json") {
         let index = ManifestDoc::parse(index, &format!("{} index.json", input.display()))?;
         for entry in &index.manifests {
-            let name = entry.annotations.get(CONTAINERD_NAME).or_else(|| entry.annotations.get(REF_NAME));
+            let name = entry
+                .annotations
+                .get(CONTAINERD_NAME)
+                .or_else(|| entry.annotations.get(REF_NAME));
             let names: Vec<String> = name.into_iter().cloned().collect();
             images.push(load_manifest(store, entry, &names)?);
         }
     } else if let Some(manifest) = metadata.get("manifest.json") {
-        let entries: Vec<DockerEntry> =
-            serde_json::from_slice(manifest).map_err(|e| bad(format!("invalid manifest.json: {e}")))?;
+        let entries: Vec<DockerEntry> = serde_json::from_slice(manifest)
+            .map_err(|e| bad(format!("invalid manifest.json: {e}")))?;
         for entry in entries {
             let lookup = |path: &str| {
-                by_path.get(path.trim_start_matches("./")).copied().ok_or_else(|| bad(format!("{path} is missing")))
+                by_path
+                    .get(path.trim_start_matches("./"))
+                    .copied()
+                    .ok_or_else(|| bad(format!("{path} is missing")))
             };
             let config_digest = lookup(&entry.config)?;
             let config_bytes = store.read_blob(&config_digest)?;
-            let config: oci::ImageConfiguration =
-                serde_json::from_slice(&config_bytes).map_err(|e| bad(format!("config {}: {e}", entry.config)))?;
+            let config: oci::ImageConfiguration = serde_json::from_slice(&config_bytes)
+                .map_err(|e| bad(format!("config {}: {e}", entry.config)))?;
             let mut layers = Vec::new();
             for layer in &entry.layers {
                 let digest = lookup(layer)?;
-                let size = fs::metadata(store.blob_path(&digest)).map(|m| m.len()).unwrap_or(0);
+                let size = fs::metadata(store.blob_path(&digest))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 let media_type = sniff_layer(&store.blob_path(&digest));
-                layers.push(oci::Descriptor::new(media_type, size, refs::oci_digest(&digest)));
+                layers.push(oci::Descriptor::new(
+                    media_type,
+                    size,
+                    refs::oci_digest(&digest),
+                ));
             }
             images.push(store.put_image(&config, &layers, &entry.repo_tags)?);
         }
     } else {
-        return Err(bad("neither index.json nor manifest.json: not an OCI or docker archive".into()));
+        return Err(bad(
+            "neither index.json nor manifest.json: not an OCI or docker archive".into(),
+        ));
     }
     Ok(images)
 }
@@ -247,6 +310,8 @@ fn load_manifest(store: &Store, entry: &Descriptor, names: &[String]) -> Result<
 /// The layer media type by magic bytes: gzip, zstd, else a plain tar.
 fn sniff_layer(path: &Path) -> oci::MediaType {
     let mut magic = [0u8; 4];
-    let n = File::open(path).and_then(|mut f| f.read(&mut magic)).unwrap_or(0);
+    let n = File::open(path)
+        .and_then(|mut f| f.read(&mut magic))
+        .unwrap_or(0);
     oci::MediaType::from(Compression::sniff(&magic[..n]).media_type())
 }

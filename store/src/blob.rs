@@ -92,13 +92,19 @@ impl BlobWriter {
             });
         };
         let (buffered, digest, size) = writer.finish();
-        let file = buffered.into_inner().map_err(|e| Error::io("failed to write", &self.tmp, e.into_error()))?;
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io("failed to write", &self.tmp, e.into_error()))?;
         if let Some(expected) = expected
             && *expected != digest
         {
-            return Err(Error::DigestMismatch { expected: *expected, actual: digest });
+            return Err(Error::DigestMismatch {
+                expected: *expected,
+                actual: digest,
+            });
         }
-        file.sync_all().map_err(|e| Error::io("failed to fsync", &self.tmp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("failed to fsync", &self.tmp, e))?;
         drop(file);
         let dest = self.blobs.join(digest.hex());
         rename_durable(&self.tmp, &dest)?;
@@ -144,14 +150,21 @@ impl BlobReader {
             io::ErrorKind::NotFound => Error::BlobNotFound(*digest),
             _ => Error::io("failed to open blob", path, e),
         })?;
-        Ok(BlobReader { file, hasher: Sha256::new(), expected: *digest, done: false })
+        Ok(BlobReader {
+            file,
+            hasher: Sha256::new(),
+            expected: *digest,
+            done: false,
+        })
     }
 
     /// Reads whatever is left (discarding it) so the digest check runs.
     pub fn verify_rest(&mut self) -> Result<()> {
         let digest = self.expected;
         io::copy(self, &mut io::sink()).map_err(|e| {
-            blob_error(e, |e| Error::io("failed to read blob", format!("sha256:{}", digest.hex()), e))
+            blob_error(e, |e| {
+                Error::io("failed to read blob", format!("sha256:{}", digest.hex()), e)
+            })
         })?;
         Ok(())
     }
@@ -177,7 +190,10 @@ impl Read for BlobReader {
             if actual != self.expected {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    Error::DigestMismatch { expected: self.expected, actual },
+                    Error::DigestMismatch {
+                        expected: self.expected,
+                        actual,
+                    },
                 ));
             }
         }
@@ -197,7 +213,11 @@ mod tests {
         assert_eq!(size, 5);
         assert_eq!(store.read_blob(&digest).unwrap(), b"hello");
         let mut text = String::new();
-        store.open_blob(&digest).unwrap().read_to_string(&mut text).unwrap();
+        store
+            .open_blob(&digest)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         assert_eq!(text, "hello");
     }
 
@@ -208,7 +228,10 @@ mod tests {
         let mut writer = store.blob_writer().unwrap();
         writer.write_all(b"abc").unwrap();
         let wrong = Digest::of(b"xyz");
-        assert!(matches!(writer.commit(Some(&wrong)), Err(Error::DigestMismatch { .. })));
+        assert!(matches!(
+            writer.commit(Some(&wrong)),
+            Err(Error::DigestMismatch { .. })
+        ));
         assert!(!store.has_blob(&Digest::of(b"abc")));
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
@@ -219,9 +242,16 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (digest, _) = store.put_blob(b"payload").unwrap();
         fs::write(store.blob_path(&digest), b"paylaod").unwrap();
-        assert!(matches!(store.read_blob(&digest), Err(Error::DigestMismatch { .. })));
+        assert!(matches!(
+            store.read_blob(&digest),
+            Err(Error::DigestMismatch { .. })
+        ));
         let mut out = Vec::new();
-        let err = store.open_blob(&digest).unwrap().read_to_end(&mut out).unwrap_err();
+        let err = store
+            .open_blob(&digest)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap_err();
         assert!(err.to_string().contains("corrupt"), "{err}");
     }
 }

@@ -69,7 +69,9 @@ impl Store {
                 match fs::remove_file(item.path()) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("failed to remove cache entry", item.path(), e)),
+                    Err(e) => {
+                        return Err(Error::io("failed to remove cache entry", item.path(), e));
+                    }
                 }
             }
         }
@@ -81,11 +83,16 @@ impl Store {
         let mut out = Vec::new();
         for item in list_dir(&self.cache_dir())? {
             let name = item.file_name();
-            let Some(key) = name.to_str().and_then(|n| n.strip_suffix(".json")).and_then(|h| Digest::from_hex(h).ok())
+            let Some(key) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|h| Digest::from_hex(h).ok())
             else {
                 continue;
             };
-            let Ok(bytes) = fs::read(item.path()) else { continue };
+            let Ok(bytes) = fs::read(item.path()) else {
+                continue;
+            };
             if let Ok(entry) = serde_json::from_slice::<CacheEntry>(&bytes) {
                 out.push((key, entry));
             }
@@ -107,17 +114,27 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let key = Digest::of(b"RUN echo hi");
         assert_eq!(store.cache_get(&key).unwrap(), None);
-        let entry = CacheEntry { layer: None, data: serde_json::json!({"env": ["A=1"]}) };
+        let entry = CacheEntry {
+            layer: None,
+            data: serde_json::json!({"env": ["A=1"]}),
+        };
         store.cache_put(&key, &entry).unwrap();
         assert_eq!(store.cache_get(&key).unwrap(), Some(entry));
 
         let (blob, size) = store.put_blob(b"layer bytes").unwrap();
         let layer = LayerBlob {
-            descriptor: oci::Descriptor::new(oci::MediaType::ImageLayerZstd, size, oci_digest(&blob)),
+            descriptor: oci::Descriptor::new(
+                oci::MediaType::ImageLayerZstd,
+                size,
+                oci_digest(&blob),
+            ),
             diff_id: Digest::of(b"tar"),
         };
         let other = Digest::of(b"COPY . /");
-        let with_layer = CacheEntry { layer: Some(layer), data: serde_json::Value::Null };
+        let with_layer = CacheEntry {
+            layer: Some(layer),
+            data: serde_json::Value::Null,
+        };
         store.cache_put(&other, &with_layer).unwrap();
         assert_eq!(store.cache_get(&other).unwrap(), Some(with_layer));
         assert_eq!(store.cache_entries().unwrap().len(), 2);

@@ -115,8 +115,10 @@ impl Container {
     /// (fsync of the file before and of the directory after the rename) unless the
     /// container is volatile.
     pub fn save(&self) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&self.state)
-            .map_err(|source| Error::Json { what: format!("container {} state", self.id), source })?;
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(|source| Error::Json {
+            what: format!("container {} state", self.id),
+            source,
+        })?;
         let tmp = self.dir.join(".state.json.tmp");
         write_file(&tmp, &bytes, !self.volatile)?;
         if self.volatile {
@@ -129,19 +131,27 @@ impl Container {
 
     fn load(dir: &Path) -> Result<Container> {
         let path = dir.join("state.json");
-        let bytes = fs::read(&path).map_err(|e| Error::io("failed to read container state", &path, e))?;
+        let bytes =
+            fs::read(&path).map_err(|e| Error::io("failed to read container state", &path, e))?;
         let state: ContainerState = json::parse(&bytes, || path.display().to_string())?;
         let volatile = dir.join(VOLATILE_MARKER).exists();
-        Ok(Container { id: state.id.clone(), dir: dir.to_path_buf(), state, volatile })
+        Ok(Container {
+            id: state.id.clone(),
+            dir: dir.to_path_buf(),
+            state,
+            volatile,
+        })
     }
 }
 
 fn write_file(path: &Path, bytes: &[u8], sync: bool) -> Result<()> {
     use std::io::Write;
     let mut file = fs::File::create(path).map_err(|e| Error::io("failed to create", path, e))?;
-    file.write_all(bytes).map_err(|e| Error::io("failed to write", path, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("failed to write", path, e))?;
     if sync {
-        file.sync_all().map_err(|e| Error::io("failed to fsync", path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("failed to fsync", path, e))?;
     }
     Ok(())
 }
@@ -156,15 +166,26 @@ impl Store {
     /// `create_container` for a container that will not outlive its command (`run --rm`):
     /// its state is written atomically but never fsync'd (see the module docs), saving
     /// every fsync of the create, save and remove path.
-    pub fn create_volatile_container(&self, image: Option<&Image>, name: Option<&str>) -> Result<Container> {
+    pub fn create_volatile_container(
+        &self,
+        image: Option<&Image>,
+        name: Option<&str>,
+    ) -> Result<Container> {
         self.new_container(image, name, true)
     }
 
-    fn new_container(&self, image: Option<&Image>, name: Option<&str>, volatile: bool) -> Result<Container> {
+    fn new_container(
+        &self,
+        image: Option<&Image>,
+        name: Option<&str>,
+        volatile: bool,
+    ) -> Result<Container> {
         let id = random_id()?;
         if let Some(name) = name {
             let valid = !name.is_empty()
-                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
                 && name.as_bytes()[0].is_ascii_alphanumeric();
             if !valid {
                 return Err(Error::Invalid {
@@ -177,14 +198,19 @@ impl Store {
         let result = (|| {
             for sub in ["upper", "work", "rootfs"] {
                 let path = staging.join(sub);
-                fs::create_dir(&path).map_err(|e| Error::io("failed to create directory", &path, e))?;
+                fs::create_dir(&path)
+                    .map_err(|e| Error::io("failed to create directory", &path, e))?;
             }
             if volatile {
                 let marker = staging.join(VOLATILE_MARKER);
                 fs::File::create(&marker).map_err(|e| Error::io("failed to create", &marker, e))?;
             }
             let _guard = self.refs_lock()?;
-            let taken: Vec<String> = self.containers()?.into_iter().map(|c| c.state.name).collect();
+            let taken: Vec<String> = self
+                .containers()?
+                .into_iter()
+                .map(|c| c.state.name)
+                .collect();
             let name = match name {
                 Some(name) if taken.iter().any(|t| t == name) => {
                     return Err(Error::ContainerNameInUse(name.to_string()));
@@ -210,11 +236,17 @@ impl Store {
                 mounted_at: None,
                 config: serde_json::Value::Null,
             };
-            let staged = Container { id: id.clone(), dir: staging.clone(), state, volatile };
+            let staged = Container {
+                id: id.clone(),
+                dir: staging.clone(),
+                state,
+                volatile,
+            };
             staged.save()?;
             let dir = self.containers_dir().join(&id);
             if volatile {
-                fs::rename(&staging, &dir).map_err(|e| Error::io("failed to rename into place", &dir, e))?;
+                fs::rename(&staging, &dir)
+                    .map_err(|e| Error::io("failed to rename into place", &dir, e))?;
             } else {
                 rename_durable(&staging, &dir)?;
             }
@@ -229,15 +261,23 @@ impl Store {
     /// Finds a container by full id, name, or unique id prefix.
     pub fn container(&self, reference: &str) -> Result<Container> {
         let all = self.containers()?;
-        if let Some(found) = all.iter().find(|c| c.id == reference || c.state.name == reference) {
+        if let Some(found) = all
+            .iter()
+            .find(|c| c.id == reference || c.state.name == reference)
+        {
             return Ok(found.clone());
         }
-        let hits: Vec<&Container> =
-            all.iter().filter(|c| !reference.is_empty() && c.id.starts_with(reference)).collect();
+        let hits: Vec<&Container> = all
+            .iter()
+            .filter(|c| !reference.is_empty() && c.id.starts_with(reference))
+            .collect();
         match hits.len() {
             0 => Err(Error::ContainerNotFound(reference.to_string())),
             1 => Ok(hits[0].clone()),
-            count => Err(Error::AmbiguousContainer { reference: reference.to_string(), count }),
+            count => Err(Error::AmbiguousContainer {
+                reference: reference.to_string(),
+                count,
+            }),
         }
     }
 
@@ -268,8 +308,13 @@ impl Store {
                     Err(_) if entry.path().join(VOLATILE_MARKER).exists() => {
                         let doomed = self.tmp_path("crashed-container");
                         match fs::rename(entry.path(), &doomed) {
-                            Ok(()) => tracing::warn!("moved crashed volatile container {name} to {}", doomed.display()),
-                            Err(err) => tracing::warn!("skipping crashed volatile container {name}: {err}"),
+                            Ok(()) => tracing::warn!(
+                                "moved crashed volatile container {name} to {}",
+                                doomed.display()
+                            ),
+                            Err(err) => {
+                                tracing::warn!("skipping crashed volatile container {name}: {err}")
+                            }
                         }
                     }
                     Err(err) if !strict => tracing::warn!("skipping container {name}: {err}"),
@@ -277,20 +322,36 @@ impl Store {
                 }
             }
         }
-        out.sort_by(|a, b| a.state.created.cmp(&b.state.created).then_with(|| a.id.cmp(&b.id)));
+        out.sort_by(|a, b| {
+            a.state
+                .created
+                .cmp(&b.state.created)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         Ok(out)
     }
 
     /// Removes a container's directory. Refused while its rootfs is still a mount point.
     pub fn remove_container(&self, container: &Container) -> Result<()> {
-        let mounts = [Some(container.rootfs_dir()), container.state.mounted_at.clone()];
-        if let Some(path) = mounts.into_iter().flatten().find(|path| is_mount_point(path)) {
-            return Err(Error::ContainerMounted { id: container.id.clone(), path });
+        let mounts = [
+            Some(container.rootfs_dir()),
+            container.state.mounted_at.clone(),
+        ];
+        if let Some(path) = mounts
+            .into_iter()
+            .flatten()
+            .find(|path| is_mount_point(path))
+        {
+            return Err(Error::ContainerMounted {
+                id: container.id.clone(),
+                path,
+            });
         }
         // Rename out of containers/ first so a half-deleted container is never listed.
         let doomed = self.tmp_path("removed-container");
         if container.volatile {
-            fs::rename(&container.dir, &doomed).map_err(|e| Error::io("failed to rename into place", &doomed, e))?;
+            fs::rename(&container.dir, &doomed)
+                .map_err(|e| Error::io("failed to rename into place", &doomed, e))?;
         } else {
             rename_durable(&container.dir, &doomed)?;
         }
@@ -300,10 +361,15 @@ impl Store {
 
 /// True when `path` appears as a mount point in /proc/self/mountinfo.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let Ok(path) = path.canonicalize() else { return false };
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Ok(path) = path.canonicalize() else {
+        return false;
+    };
     info.lines().any(|line| {
-        line.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(path.as_os_str().to_str().unwrap_or(""))
+        line.split(' ').nth(4).map(unescape_mountinfo).as_deref()
+            == Some(path.as_os_str().to_str().unwrap_or(""))
     })
 }
 
@@ -313,8 +379,15 @@ fn unescape_mountinfo(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            out.push(
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'),
+            );
             i += 4;
         } else {
             out.push(bytes[i]);
@@ -336,15 +409,19 @@ fn random_id() -> Result<String> {
 /// A docker-style `adjective_noun` name derived from the id, unique among `taken`.
 fn generate_name(id: &str, taken: &[String]) -> String {
     const ADJECTIVES: [&str; 16] = [
-        "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud",
-        "quirky", "silly", "tender", "witty",
+        "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+        "nifty", "proud", "quirky", "silly", "tender", "witty",
     ];
     const NOUNS: [&str; 16] = [
-        "babbage", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kepler", "lovelace", "noether", "pascal",
-        "ritchie", "shannon", "tesla", "turing", "wozniak",
+        "babbage", "curie", "darwin", "euler", "fermi", "gauss", "hopper", "kepler", "lovelace",
+        "noether", "pascal", "ritchie", "shannon", "tesla", "turing", "wozniak",
     ];
     let bytes = hex::decode(&id[..4]).unwrap_or_else(|_| vec![0, 0]);
-    let base = format!("{}_{}", ADJECTIVES[(bytes[0] & 15) as usize], NOUNS[(bytes[1] & 15) as usize]);
+    let base = format!(
+        "{}_{}",
+        ADJECTIVES[(bytes[0] & 15) as usize],
+        NOUNS[(bytes[1] & 15) as usize]
+    );
     let mut name = base.clone();
     let mut n = 2;
     while taken.contains(&name) {
@@ -362,7 +439,9 @@ mod tests {
     fn volatile_containers_are_marked_saved_and_removed() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let mut container = store.create_volatile_container(None, Some("quick")).unwrap();
+        let mut container = store
+            .create_volatile_container(None, Some("quick"))
+            .unwrap();
         assert!(container.is_volatile());
         assert!(container.dir.join(VOLATILE_MARKER).is_file());
         container.state.status = Status::Running;
@@ -374,7 +453,10 @@ mod tests {
         let durable = store.create_container(None, Some("kept")).unwrap();
         assert!(!durable.is_volatile() && !durable.dir.join(VOLATILE_MARKER).exists());
         store.remove_container(&found).unwrap();
-        assert!(matches!(store.container("quick"), Err(Error::ContainerNotFound(_))));
+        assert!(matches!(
+            store.container("quick"),
+            Err(Error::ContainerNotFound(_))
+        ));
     }
 
     #[test]
@@ -387,9 +469,18 @@ mod tests {
         fs::write(volatile.dir.join("state.json"), b"").unwrap();
         fs::write(durable.dir.join("state.json"), b"").unwrap();
         assert!(store.containers().unwrap().is_empty());
-        assert!(!volatile.dir.exists(), "the crashed volatile container stayed in containers/");
-        let in_tmp = fs::read_dir(dir.path().join("tmp")).unwrap().filter_map(|e| e.ok());
-        assert!(in_tmp.into_iter().any(|e| e.file_name().to_string_lossy().starts_with("crashed-container")));
+        assert!(
+            !volatile.dir.exists(),
+            "the crashed volatile container stayed in containers/"
+        );
+        let in_tmp = fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .filter_map(|e| e.ok());
+        assert!(in_tmp.into_iter().any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("crashed-container")
+        }));
         // A durable container is never guessed away: gc refuses, fsck reports it.
         assert!(durable.dir.exists());
         assert!(store.containers_strict().is_err());

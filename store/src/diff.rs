@@ -20,7 +20,9 @@ use crate::layer::{is_opaque, is_whiteout};
 use crate::layout::{Store, list_dir};
 
 /// What happened to a path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum ChangeKind {
     Added,
     Changed,
@@ -38,7 +40,9 @@ impl ChangeKind {
 }
 
 /// One changed path, absolute inside the container (`/etc/hosts`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct Change {
     pub kind: ChangeKind,
     pub path: String,
@@ -63,12 +67,17 @@ fn walk_upper(upper: &Path, rel: &Path, lowers: &[PathBuf], out: &mut Vec<Change
     for name in sorted_names(&dir)? {
         let child_rel = rel.join(&name);
         let path = upper.join(&child_rel);
-        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
         if is_whiteout(&meta) {
             out.push(change(ChangeKind::Deleted, &child_rel));
             continue;
         }
-        let kind = if lower_has(lowers, &child_rel) { ChangeKind::Changed } else { ChangeKind::Added };
+        let kind = if lower_has(lowers, &child_rel) {
+            ChangeKind::Changed
+        } else {
+            ChangeKind::Added
+        };
         out.push(change(kind, &child_rel));
         if meta.is_dir() {
             if is_opaque(&path) {
@@ -94,7 +103,9 @@ fn lower_has(lowers: &[PathBuf], rel: &Path) -> bool {
         let mut opaque_above = false;
         for (i, part) in parts.iter().enumerate() {
             current.push(part);
-            let Ok(meta) = fs::symlink_metadata(&current) else { break };
+            let Ok(meta) = fs::symlink_metadata(&current) else {
+                break;
+            };
             if is_whiteout(&meta) {
                 return false;
             }
@@ -124,7 +135,10 @@ fn lower_children(lowers: &[PathBuf], rel: &Path) -> Result<BTreeSet<OsString>> 
             names.extend(sorted_names(&dir)?);
         }
     }
-    Ok(names.into_iter().filter(|name| lower_has(lowers, &rel.join(name))).collect())
+    Ok(names
+        .into_iter()
+        .filter(|name| lower_has(lowers, &rel.join(name)))
+        .collect())
 }
 
 /// The merged tree of layer dirs given top first: relative path -> metadata summary.
@@ -140,7 +154,8 @@ fn apply_layer(layer: &Path, rel: &Path, tree: &mut BTreeMap<PathBuf, Summary>) 
     for name in sorted_names(&layer.join(rel))? {
         let child_rel = rel.join(&name);
         let path = layer.join(&child_rel);
-        let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
         let replaces_children = is_whiteout(&meta) || !meta.is_dir() || is_opaque(&path);
         if replaces_children {
             let doomed: Vec<PathBuf> = tree
@@ -182,7 +197,9 @@ pub fn tree_changes(from: &[PathBuf], to: &[PathBuf]) -> Result<Vec<Change>> {
         }
     }
     for path in old.keys() {
-        let parent_kept = path.parent().is_none_or(|p| p.as_os_str().is_empty() || new.contains_key(p));
+        let parent_kept = path
+            .parent()
+            .is_none_or(|p| p.as_os_str().is_empty() || new.contains_key(p));
         if !new.contains_key(path) && parent_kept {
             kinds.insert(path.clone(), ChangeKind::Deleted);
         }
@@ -193,10 +210,15 @@ pub fn tree_changes(from: &[PathBuf], to: &[PathBuf]) -> Result<Vec<Change>> {
             if ancestor.as_os_str().is_empty() {
                 break;
             }
-            kinds.entry(ancestor.to_path_buf()).or_insert(ChangeKind::Changed);
+            kinds
+                .entry(ancestor.to_path_buf())
+                .or_insert(ChangeKind::Changed);
         }
     }
-    let mut changes: Vec<Change> = kinds.into_iter().map(|(path, kind)| change(kind, &path)).collect();
+    let mut changes: Vec<Change> = kinds
+        .into_iter()
+        .map(|(path, kind)| change(kind, &path))
+        .collect();
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)
 }
@@ -227,15 +249,25 @@ impl Summary {
             uid: meta.uid(),
             gid: meta.gid(),
             size: if dir { 0 } else { meta.size() },
-            mtime: if dir { (0, 0) } else { (meta.mtime(), meta.mtime_nsec()) },
+            mtime: if dir {
+                (0, 0)
+            } else {
+                (meta.mtime(), meta.mtime_nsec())
+            },
             rdev: meta.rdev(),
-            target: meta.file_type().is_symlink().then(|| fs::read_link(path).unwrap_or_default()),
+            target: meta
+                .file_type()
+                .is_symlink()
+                .then(|| fs::read_link(path).unwrap_or_default()),
         }
     }
 }
 
 fn change(kind: ChangeKind, rel: &Path) -> Change {
-    Change { kind, path: format!("/{}", rel.display()) }
+    Change {
+        kind,
+        path: format!("/{}", rel.display()),
+    }
 }
 
 fn sorted_names(dir: &Path) -> Result<Vec<OsString>> {
@@ -250,7 +282,10 @@ mod tests {
 
     #[test]
     fn letters_match_docker() {
-        let c = Change { kind: ChangeKind::Deleted, path: "/etc/motd".into() };
+        let c = Change {
+            kind: ChangeKind::Deleted,
+            path: "/etc/motd".into(),
+        };
         assert_eq!(c.to_string(), "D /etc/motd");
     }
 }

@@ -29,7 +29,10 @@ impl Digest {
     pub fn verify(&self, bytes: &[u8]) -> Result<()> {
         let actual = Digest::of(bytes);
         if actual != *self {
-            return Err(Error::DigestMismatch { expected: *self, actual });
+            return Err(Error::DigestMismatch {
+                expected: *self,
+                actual,
+            });
         }
         Ok(())
     }
@@ -54,11 +57,16 @@ impl Digest {
 
     /// Parses bare hex (64 characters) as a sha256 digest.
     pub fn from_hex(hex_str: &str) -> Result<Digest> {
-        if hex_str.len() != 64 || !hex_str.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if hex_str.len() != 64
+            || !hex_str
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(Error::InvalidDigest(hex_str.to_string()));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_str, &mut out).map_err(|_| Error::InvalidDigest(hex_str.to_string()))?;
+        hex::decode_to_slice(hex_str, &mut out)
+            .map_err(|_| Error::InvalidDigest(hex_str.to_string()))?;
         Ok(Digest(out))
     }
 }
@@ -67,7 +75,9 @@ impl FromStr for Digest {
     type Err = Error;
     fn from_str(s: &str) -> Result<Digest> {
         match s.strip_prefix("sha256:") {
-            Some(hex_str) => Digest::from_hex(hex_str).map_err(|_| Error::InvalidDigest(s.to_string())),
+            Some(hex_str) => {
+                Digest::from_hex(hex_str).map_err(|_| Error::InvalidDigest(s.to_string()))
+            }
             None => Err(Error::InvalidDigest(s.to_string())),
         }
     }
@@ -107,7 +117,11 @@ pub struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), len: 0 }
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            len: 0,
+        }
     }
 
     /// Returns the inner writer, the digest of all bytes written and their count.
@@ -135,7 +149,10 @@ mod tests {
     #[test]
     fn parses_and_prints_round_trip() {
         let d = Digest::of(b"");
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
     }
 
@@ -143,7 +160,11 @@ mod tests {
     fn rejects_other_algorithms_and_bad_hex() {
         assert!("sha512:00".parse::<Digest>().is_err());
         assert!("sha256:ABCDEF".parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "G".repeat(64)).parse::<Digest>().is_err());
+        assert!(
+            format!("sha256:{}", "G".repeat(64))
+                .parse::<Digest>()
+                .is_err()
+        );
     }
 
     #[test]

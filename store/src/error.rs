@@ -7,7 +7,12 @@ use crate::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{context} {path}: {source}")]
-    Io { context: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid digest {0:?}: expected sha256:<64 lowercase hex>")]
     InvalidDigest(String),
     #[error("blob {expected} is corrupt: content hashes to {actual}")]
@@ -16,14 +21,23 @@ pub enum Error {
     #[error("entry {entry:?} {reason}")]
     LayerEntry { entry: String, reason: String },
     #[error("entry {entry:?}: {context}: {source}")]
-    LayerEntryIo { entry: String, context: &'static str, #[source] source: std::io::Error },
+    LayerEntryIo {
+        entry: String,
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to read the layer stream: {0}")]
     LayerStream(#[source] std::io::Error),
     // store (blobs, images, refs, containers, cache)
     #[error("blob {0} not found in the store")]
     BlobNotFound(Digest),
     #[error("{what} is not valid json: {source}")]
-    Json { what: String, #[source] source: serde_json::Error },
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
     #[error("no such image: {0}")]
@@ -41,10 +55,17 @@ pub enum Error {
     #[error("container {id} is still mounted at {path}; unmount it first")]
     ContainerMounted { id: String, path: PathBuf },
     #[error("layer {digest} unpacks to diff_id {actual}, but the image config says {expected}")]
-    DiffIdMismatch { digest: Digest, expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        digest: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
     // distribution (registry client, archives, transfers)
     #[error("invalid image reference {reference:?}: {reason}")]
-    InvalidReference { reference: String, reason: &'static str },
+    InvalidReference {
+        reference: String,
+        reason: &'static str,
+    },
     #[error("registry {url}: {message}")]
     Registry { url: String, message: String },
     #[error("credentials {path}: {message}")]
@@ -58,6 +79,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An I/O error naming what was being done and the path it was done to.
     pub fn io(context: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { context, path: path.into(), source }
+        Error::Io {
+            context,
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -36,7 +36,10 @@ struct Findings {
 
 impl Findings {
     fn add(&mut self, subject: impl fmt::Display, message: impl Into<String>) {
-        self.problems.push(Problem { subject: subject.to_string(), message: message.into() });
+        self.problems.push(Problem {
+            subject: subject.to_string(),
+            message: message.into(),
+        });
     }
 }
 
@@ -57,7 +60,10 @@ impl Store {
         let version = fs::read(&path)
             .ok()
             .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|v| v.get("imageLayoutVersion").and_then(|v| v.as_str().map(String::from)));
+            .and_then(|v| {
+                v.get("imageLayoutVersion")
+                    .and_then(|v| v.as_str().map(String::from))
+            });
         if version.is_none() {
             found.add(path.display(), "missing or without imageLayoutVersion");
         }
@@ -71,7 +77,8 @@ impl Store {
                 found.add(path.display(), "not a sha256 blob name");
                 continue;
             };
-            let meta = fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
+            let meta =
+                fs::symlink_metadata(&path).map_err(|e| Error::io("failed to stat", &path, e))?;
             if !meta.is_file() {
                 found.add(expected, "blob is not a regular file");
                 found.corrupt.insert(expected);
@@ -83,15 +90,25 @@ impl Store {
                 if actual == expected
                     && let Ok(config) = serde_json::from_slice::<oci::ImageConfiguration>(&bytes)
                 {
-                    found.diff_ids.extend(config.rootfs().diff_ids().iter().filter_map(|d| d.parse::<Digest>().ok()));
+                    found.diff_ids.extend(
+                        config
+                            .rootfs()
+                            .diff_ids()
+                            .iter()
+                            .filter_map(|d| d.parse::<Digest>().ok()),
+                    );
                 }
                 actual
             } else {
-                let mut file = File::open(&path).map_err(|e| Error::io("failed to open", &path, e))?;
+                let mut file =
+                    File::open(&path).map_err(|e| Error::io("failed to open", &path, e))?;
                 Digest::of_reader(&mut file).map_err(|e| Error::io("failed to read", &path, e))?
             };
             if actual != expected {
-                found.add(expected, format!("blob is corrupt: content hashes to {actual}"));
+                found.add(
+                    expected,
+                    format!("blob is corrupt: content hashes to {actual}"),
+                );
                 found.corrupt.insert(expected);
             }
         }
@@ -105,11 +122,16 @@ impl Store {
         };
         let mut names = HashSet::new();
         for entry in &entries {
-            let label = entry_name(entry).map(String::from).unwrap_or_else(|| entry.digest().to_string());
+            let label = entry_name(entry)
+                .map(String::from)
+                .unwrap_or_else(|| entry.digest().to_string());
             if let Some(name) = entry_name(entry)
                 && !names.insert(name.to_string())
             {
-                found.add(format!("index.json entry {name}"), "name appears more than once");
+                found.add(
+                    format!("index.json entry {name}"),
+                    "name appears more than once",
+                );
             }
             self.check_descriptor(entry, &format!("index.json entry {label}"), found);
         }
@@ -117,7 +139,12 @@ impl Store {
 
     /// Checks that a descriptor's blob exists, is intact and has the declared size, then
     /// follows manifests and indexes down to configs and layers.
-    fn check_descriptor(&self, descriptor: &oci::Descriptor, from: &str, found: &mut Findings) -> Option<Vec<u8>> {
+    fn check_descriptor(
+        &self,
+        descriptor: &oci::Descriptor,
+        from: &str,
+        found: &mut Findings,
+    ) -> Option<Vec<u8>> {
         let digest = match descriptor_digest(descriptor) {
             Ok(digest) => digest,
             Err(e) => {
@@ -131,7 +158,14 @@ impl Store {
             return None;
         };
         if meta.len() != descriptor.size() {
-            found.add(from, format!("blob {digest} is {} bytes, descriptor says {}", meta.len(), descriptor.size()));
+            found.add(
+                from,
+                format!(
+                    "blob {digest} is {} bytes, descriptor says {}",
+                    meta.len(),
+                    descriptor.size()
+                ),
+            );
         }
         if found.corrupt.contains(&digest) {
             found.add(from, format!("refers to corrupt blob {digest}"));
@@ -140,13 +174,17 @@ impl Store {
         let media_type = descriptor.media_type();
         let is_json = matches!(
             media_type,
-            oci::MediaType::ImageManifest | oci::MediaType::ImageIndex | oci::MediaType::ImageConfig
+            oci::MediaType::ImageManifest
+                | oci::MediaType::ImageIndex
+                | oci::MediaType::ImageConfig
         ) || media_type.to_string().ends_with("+json");
         if !is_json {
             return None;
         }
         let bytes = fs::read(&path).ok()?;
-        if *media_type == oci::MediaType::ImageIndex || media_type.to_string().contains("manifest.list") {
+        if *media_type == oci::MediaType::ImageIndex
+            || media_type.to_string().contains("manifest.list")
+        {
             match json::parse::<oci::ImageIndex>(&bytes, || format!("image index {digest}")) {
                 Ok(index) => {
                     for child in index.manifests() {
@@ -157,8 +195,12 @@ impl Store {
                 }
                 Err(e) => found.add(from, e.to_string()),
             }
-        } else if *media_type == oci::MediaType::ImageConfig || media_type.to_string().contains("container.image") {
-            if let Err(e) = json::parse::<oci::ImageConfiguration>(&bytes, || format!("image config {digest}")) {
+        } else if *media_type == oci::MediaType::ImageConfig
+            || media_type.to_string().contains("container.image")
+        {
+            if let Err(e) =
+                json::parse::<oci::ImageConfiguration>(&bytes, || format!("image config {digest}"))
+            {
                 found.add(from, e.to_string());
             }
         } else {
@@ -177,7 +219,9 @@ impl Store {
         for layer in manifest.layers() {
             self.check_descriptor(layer, &from, found);
         }
-        let Some(config_bytes) = config_bytes else { return };
+        let Some(config_bytes) = config_bytes else {
+            return;
+        };
         if let Ok(config) = serde_json::from_slice::<oci::ImageConfiguration>(&config_bytes)
             && config.rootfs().diff_ids().len() != manifest.layers().len()
         {
@@ -195,8 +239,11 @@ impl Store {
     fn check_layers(&self, found: &mut Findings) -> Result<()> {
         // A build step's layer is unpacked as it is made: a build that fails later leaves
         // layers only its cache entries name (gc drops them; the next build reuses them).
-        let cached: HashSet<Digest> =
-            self.cache_entries()?.into_iter().filter_map(|(_, entry)| entry.layer.map(|l| l.diff_id)).collect();
+        let cached: HashSet<Digest> = self
+            .cache_entries()?
+            .into_iter()
+            .filter_map(|(_, entry)| entry.layer.map(|l| l.diff_id))
+            .collect();
         for entry in list_dir(&self.layers_dir())? {
             let path = entry.path();
             match entry_digest(&entry) {
@@ -217,14 +264,20 @@ impl Store {
             let state_path = entry.path().join("state.json");
             let state = fs::read(&state_path)
                 .map_err(|e| e.to_string())
-                .and_then(|bytes| serde_json::from_slice::<crate::ContainerState>(&bytes).map_err(|e| e.to_string()));
+                .and_then(|bytes| {
+                    serde_json::from_slice::<crate::ContainerState>(&bytes)
+                        .map_err(|e| e.to_string())
+                });
             match state {
                 Err(e) => found.add(state_path.display(), e),
                 Ok(state) => {
                     if let Some(id) = state.image_id
                         && !self.has_blob(&id)
                     {
-                        found.add(format!("container {}", state.name), format!("image config {id} is missing"));
+                        found.add(
+                            format!("container {}", state.name),
+                            format!("image config {id} is missing"),
+                        );
                     }
                 }
             }

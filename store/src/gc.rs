@@ -61,7 +61,8 @@ impl Store {
                 // Move out first, so a crash mid-delete never leaves a half layer in layers/.
                 let doomed = self.tmp_path("gc-layer");
                 report.freed_bytes += disk_size(&entry.path());
-                fs::rename(entry.path(), &doomed).map_err(|e| Error::io("failed to move away", entry.path(), e))?;
+                fs::rename(entry.path(), &doomed)
+                    .map_err(|e| Error::io("failed to move away", entry.path(), e))?;
                 remove_any(&doomed)?;
                 report.layers += 1;
             }
@@ -137,7 +138,8 @@ impl Store {
     fn mark_config(&self, config: &Digest, keep: &mut Reachable) -> Result<()> {
         keep.blobs.insert(*config);
         let bytes = self.read_blob(config)?;
-        let parsed: oci::ImageConfiguration = json::parse(&bytes, || format!("image config {config}"))?;
+        let parsed: oci::ImageConfiguration =
+            json::parse(&bytes, || format!("image config {config}"))?;
         for diff_id in parsed.rootfs().diff_ids() {
             keep.diff_ids.insert(diff_id.parse()?);
         }
@@ -148,12 +150,18 @@ impl Store {
     fn mark_manifests_of(&self, configs: &HashSet<Digest>, keep: &mut Reachable) -> Result<()> {
         for entry in list_dir(&self.blobs_dir())? {
             let small = entry.metadata().is_ok_and(|m| m.len() < 4 << 20);
-            let Some(digest) = entry_digest(&entry) else { continue };
+            let Some(digest) = entry_digest(&entry) else {
+                continue;
+            };
             if !small || keep.blobs.contains(&digest) {
                 continue;
             }
-            let Ok(bytes) = self.read_blob(&digest) else { continue };
-            let Ok(manifest) = serde_json::from_slice::<oci::ImageManifest>(&bytes) else { continue };
+            let Ok(bytes) = self.read_blob(&digest) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_slice::<oci::ImageManifest>(&bytes) else {
+                continue;
+            };
             if descriptor_digest(manifest.config()).is_ok_and(|c| configs.contains(&c)) {
                 keep.blobs.insert(digest);
                 self.mark_manifest(&manifest, keep)?;
@@ -165,6 +173,10 @@ impl Store {
 
 fn remove_any(path: &std::path::Path) -> Result<()> {
     let meta = fs::symlink_metadata(path).map_err(|e| Error::io("failed to stat", path, e))?;
-    let removed = if meta.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+    let removed = if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
     removed.map_err(|e| Error::io("failed to remove", path, e))
 }

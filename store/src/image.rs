@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::layout::Store;
-use crate::refs::{self, descriptor_digest, entry_name, index_entry, normalize_name, normalize_ref, oci_digest};
+use crate::refs::{
+    self, descriptor_digest, entry_name, index_entry, normalize_name, normalize_ref, oci_digest,
+};
 use crate::registry::media;
 use crate::{Digest, json, oci};
 
@@ -24,12 +26,22 @@ pub struct Image {
 impl Image {
     /// Sum of the (compressed) layer sizes plus the config, as stored.
     pub fn size(&self) -> u64 {
-        self.manifest.layers().iter().map(|layer| layer.size()).sum::<u64>() + self.manifest.config().size()
+        self.manifest
+            .layers()
+            .iter()
+            .map(|layer| layer.size())
+            .sum::<u64>()
+            + self.manifest.config().size()
     }
 
     /// The config's diff_ids, bottom layer first.
     pub fn diff_ids(&self) -> Result<Vec<Digest>> {
-        self.config.rootfs().diff_ids().iter().map(|d| d.parse()).collect()
+        self.config
+            .rootfs()
+            .diff_ids()
+            .iter()
+            .map(|d| d.parse())
+            .collect()
     }
 }
 
@@ -61,7 +73,11 @@ impl Store {
         if config.rootfs().diff_ids().len() != layers.len() {
             return Err(Error::Invalid {
                 what: "image config".into(),
-                message: format!("{} diff_ids for {} layers", config.rootfs().diff_ids().len(), layers.len()),
+                message: format!(
+                    "{} diff_ids for {} layers",
+                    config.rootfs().diff_ids().len(),
+                    layers.len()
+                ),
             });
         }
         self.check_blobs_present(layers)?;
@@ -71,10 +87,17 @@ impl Store {
         let manifest = oci::ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(oci::MediaType::ImageManifest)
-            .config(oci::Descriptor::new(oci::MediaType::ImageConfig, config_size, oci_digest(&config_digest)))
+            .config(oci::Descriptor::new(
+                oci::MediaType::ImageConfig,
+                config_size,
+                oci_digest(&config_digest),
+            ))
             .layers(layers)
             .build()
-            .map_err(|e| Error::Invalid { what: "image manifest".into(), message: e.to_string() })?;
+            .map_err(|e| Error::Invalid {
+                what: "image manifest".into(),
+                message: e.to_string(),
+            })?;
         let manifest_bytes = json::to_canonical(&manifest, "image manifest")?;
         self.put_manifest_raw(&manifest_bytes, names)
     }
@@ -87,11 +110,19 @@ impl Store {
         self.read_blob(&config_digest)?;
         self.check_blobs_present(manifest.layers())?;
         let (digest, size) = self.put_blob(manifest_bytes)?;
-        let media_type = manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
-        let names = names.iter().map(|name| normalize_ref(name)).collect::<Result<Vec<_>>>()?;
+        let media_type = manifest
+            .media_type()
+            .clone()
+            .unwrap_or(oci::MediaType::ImageManifest);
+        let names = names
+            .iter()
+            .map(|name| normalize_ref(name))
+            .collect::<Result<Vec<_>>>()?;
         let names = self.update_index(|entries| {
             if names.is_empty() {
-                let present = entries.iter().any(|e| descriptor_digest(e).ok() == Some(digest));
+                let present = entries
+                    .iter()
+                    .any(|e| descriptor_digest(e).ok() == Some(digest));
                 if !present {
                     entries.push(index_entry(&digest, size, media_type.clone(), None));
                 }
@@ -117,11 +148,19 @@ impl Store {
 
     fn load_image(&self, manifest_digest: &Digest, names: Vec<String>) -> Result<Image> {
         let bytes = self.read_blob(manifest_digest)?;
-        let manifest: oci::ImageManifest = json::parse(&bytes, || format!("manifest {manifest_digest}"))?;
+        let manifest: oci::ImageManifest =
+            json::parse(&bytes, || format!("manifest {manifest_digest}"))?;
         let id = descriptor_digest(manifest.config())?;
         let config_bytes = self.read_blob(&id)?;
-        let config: oci::ImageConfiguration = json::parse(&config_bytes, || format!("image config {id}"))?;
-        Ok(Image { id, manifest_digest: *manifest_digest, manifest, config, names })
+        let config: oci::ImageConfiguration =
+            json::parse(&config_bytes, || format!("image config {id}"))?;
+        Ok(Image {
+            id,
+            manifest_digest: *manifest_digest,
+            manifest,
+            config,
+            names,
+        })
     }
 
     /// Every image in index.json (one per manifest), in index order. Entries that are not
@@ -160,9 +199,13 @@ impl Store {
             let entries = self.index_entries()?;
             // as written, else as docker equates Docker Hub names (busybox = library/busybox
             // = docker.io/library/busybox)
-            let exact = entries.iter().find(|e| entry_name(e) == Some(name.as_str()));
+            let exact = entries
+                .iter()
+                .find(|e| entry_name(e) == Some(name.as_str()));
             let familiar = || {
-                entries.iter().find(|e| entry_name(e).is_some_and(|n| refs::familiar(n) == refs::familiar(&name)))
+                entries.iter().find(|e| {
+                    entry_name(e).is_some_and(|n| refs::familiar(n) == refs::familiar(&name))
+                })
             };
             if let Some(entry) = exact.or_else(familiar) {
                 let digest = descriptor_digest(entry)?;
@@ -175,27 +218,44 @@ impl Store {
             _ => reference,
         };
         let hex = reference.strip_prefix("sha256:").unwrap_or(reference);
-        if hex.is_empty() || hex.len() > 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        if hex.is_empty()
+            || hex.len() > 64
+            || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
             return Err(not_found());
         }
         let images = self.images()?;
         if let Some(image) = images.iter().find(|i| i.manifest_digest.hex() == hex) {
             return Ok(image.clone());
         }
-        let mut hits: Vec<&Image> = images.iter().filter(|i| i.id.hex().starts_with(hex)).collect();
+        let mut hits: Vec<&Image> = images
+            .iter()
+            .filter(|i| i.id.hex().starts_with(hex))
+            .collect();
         hits.dedup_by_key(|i| i.id);
         match hits.len() {
             0 => Err(not_found()),
             1 => Ok(hits[0].clone()),
-            count => Err(Error::AmbiguousImage { reference: reference.to_string(), count }),
+            count => Err(Error::AmbiguousImage {
+                reference: reference.to_string(),
+                count,
+            }),
         }
     }
 
     /// Gives `image` the name `name` (`:latest` added), moving the name if another image had it.
     pub fn tag(&self, image: &Image, name: &str) -> Result<()> {
         let name = normalize_name(name)?;
-        let size = self.blob_path(&image.manifest_digest).metadata().map(|m| m.len()).unwrap_or(0);
-        let media_type = image.manifest.media_type().clone().unwrap_or(oci::MediaType::ImageManifest);
+        let size = self
+            .blob_path(&image.manifest_digest)
+            .metadata()
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let media_type = image
+            .manifest
+            .media_type()
+            .clone()
+            .unwrap_or(oci::MediaType::ImageManifest);
         self.update_index(|entries| {
             set_name(entries, &image.manifest_digest, size, media_type, &name);
             Ok(())
@@ -223,19 +283,34 @@ impl Store {
         let image = match self.resolve(reference) {
             Ok(image) => image,
             // A name whose blobs are damaged or gone can still be removed.
-            Err(err @ (Error::DigestMismatch { .. } | Error::BlobNotFound(_) | Error::Json { .. })) => {
-                let Ok(name) = normalize_ref(reference) else { return Err(err) };
+            Err(
+                err @ (Error::DigestMismatch { .. } | Error::BlobNotFound(_) | Error::Json { .. }),
+            ) => {
+                let Ok(name) = normalize_ref(reference) else {
+                    return Err(err);
+                };
                 let removed = self.update_index(|entries| {
                     let before = entries.len();
                     entries.retain(|e| entry_name(e) != Some(name.as_str()));
                     Ok(before != entries.len())
                 })?;
-                return if removed { Ok(Removal { untagged: vec![name], deleted: None }) } else { Err(err) };
+                return if removed {
+                    Ok(Removal {
+                        untagged: vec![name],
+                        deleted: None,
+                    })
+                } else {
+                    Err(err)
+                };
             }
             Err(err) => return Err(err),
         };
         let by_name = normalize_ref(reference).ok().and_then(|name| {
-            image.names.iter().find(|n| **n == name || refs::familiar(n) == refs::familiar(&name)).cloned()
+            image
+                .names
+                .iter()
+                .find(|n| **n == name || refs::familiar(n) == refs::familiar(&name))
+                .cloned()
         });
         let untagged = match &by_name {
             Some(name) => vec![name.clone()],
@@ -253,7 +328,10 @@ impl Store {
             }
             Ok(())
         })?;
-        Ok(Removal { untagged, deleted: last.then_some(image.id) })
+        Ok(Removal {
+            untagged,
+            deleted: last.then_some(image.id),
+        })
     }
 
     /// Refuses when removing `removed` names would leave `image` unnamed while a container
@@ -265,7 +343,11 @@ impl Store {
         for container in self.containers()? {
             if container.state.image_id == Some(image.id) {
                 return Err(Error::ImageInUse {
-                    image: image.names.first().cloned().unwrap_or_else(|| image.id.short()),
+                    image: image
+                        .names
+                        .first()
+                        .cloned()
+                        .unwrap_or_else(|| image.id.short()),
                     container: container.id[..12].to_string(),
                 });
             }
@@ -287,7 +369,13 @@ fn names_of(entries: &[oci::Descriptor], digest: &Digest) -> Vec<String> {
 
 /// Points `name` at `digest`: drops the entry that had the name and an unnamed entry of
 /// the same manifest, then adds the named entry.
-fn set_name(entries: &mut Vec<oci::Descriptor>, digest: &Digest, size: u64, media_type: oci::MediaType, name: &str) {
+fn set_name(
+    entries: &mut Vec<oci::Descriptor>,
+    digest: &Digest,
+    size: u64,
+    media_type: oci::MediaType,
+    name: &str,
+) {
     entries.retain(|e| {
         let same_manifest = descriptor_digest(e).ok() == Some(*digest);
         match entry_name(e) {

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 
 /// Serializes `value` canonically. `what` names it in the error.
 pub fn to_canonical<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
-    let value = serde_json::to_value(value).map_err(|source| Error::Json { what: what.to_string(), source })?;
+    let value = serde_json::to_value(value).map_err(|source| Error::Json {
+        what: what.to_string(),
+        source,
+    })?;
     let mut out = Vec::with_capacity(512);
     write_value(&value, &mut out);
     Ok(out)
@@ -52,8 +55,14 @@ fn write_scalar(value: &Value, out: &mut Vec<u8>) {
 }
 
 /// Parses JSON bytes into `T`, naming `what` in the error.
-pub fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> String) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Json { what: what(), source })
+pub fn parse<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: impl FnOnce() -> String,
+) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+        what: what(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -65,10 +74,19 @@ mod tests {
     fn keys_come_out_sorted_at_every_level() {
         let mut map = HashMap::new();
         for key in ["zeta", "alpha", "mid", "Beta"] {
-            map.insert(key.to_string(), serde_json::json!({"y": 1, "x": [true, null, "s\"q"]}));
+            map.insert(
+                key.to_string(),
+                serde_json::json!({"y": 1, "x": [true, null, "s\"q"]}),
+            );
         }
         let out = String::from_utf8(to_canonical(&map, "test").unwrap()).unwrap();
-        assert!(out.starts_with(r#"{"Beta":{"x":[true,null,"s\"q"],"y":1},"alpha""#), "{out}");
-        assert!(out.ends_with(r#""zeta":{"x":[true,null,"s\"q"],"y":1}}"#), "{out}");
+        assert!(
+            out.starts_with(r#"{"Beta":{"x":[true,null,"s\"q"],"y":1},"alpha""#),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(r#""zeta":{"x":[true,null,"s\"q"],"y":1}}"#),
+            "{out}"
+        );
     }
 }

@@ -58,7 +58,9 @@ impl Store {
     /// Like `open_exclusive`, but `Ok(None)` instead of waiting when others use the store.
     pub fn try_open_exclusive(root: &Path) -> Result<Option<Store>> {
         let root = Store::prepare_root(root)?;
-        let Some(lock) = FileLock::try_acquire(&root.join("lock"), LockMode::Exclusive)? else { return Ok(None) };
+        let Some(lock) = FileLock::try_acquire(&root.join("lock"), LockMode::Exclusive)? else {
+            return Ok(None);
+        };
         Store::finish_open(root, lock).map(Some)
     }
 
@@ -70,18 +72,29 @@ impl Store {
 
     fn prepare_root(root: &Path) -> Result<PathBuf> {
         fs::create_dir_all(root).map_err(|e| Error::io("failed to create store root", root, e))?;
-        root.canonicalize().map_err(|e| Error::io("failed to resolve store root", root, e))
+        root.canonicalize()
+            .map_err(|e| Error::io("failed to resolve store root", root, e))
     }
 
     fn finish_open(root: PathBuf, lock: FileLock) -> Result<Store> {
-        let store = Store { root, lock: Mutex::new(lock) };
+        let store = Store {
+            root,
+            lock: Mutex::new(lock),
+        };
         store.init_layout()?;
         Ok(store)
     }
 
     fn init_layout(&self) -> Result<()> {
-        for dir in [self.blobs_dir(), self.layers_dir(), self.containers_dir(), self.cache_dir(), self.tmp_dir()] {
-            fs::create_dir_all(&dir).map_err(|e| Error::io("failed to create directory", &dir, e))?;
+        for dir in [
+            self.blobs_dir(),
+            self.layers_dir(),
+            self.containers_dir(),
+            self.cache_dir(),
+            self.tmp_dir(),
+        ] {
+            fs::create_dir_all(&dir)
+                .map_err(|e| Error::io("failed to create directory", &dir, e))?;
         }
         let layout = self.oci_dir().join("oci-layout");
         if !layout.exists() {
@@ -135,12 +148,18 @@ impl Store {
     /// Waits until this handle holds the store lock exclusively (for gc), or shared again.
     pub(crate) fn set_lock_mode(&self, mode: LockMode) -> Result<()> {
         let path = self.root.join("lock");
-        let mut lock = self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut lock = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         lock.convert(mode, &path)
     }
 
     pub(crate) fn lock_mode(&self) -> LockMode {
-        self.lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).mode()
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .mode()
     }
 
     /// Takes `refs.lock` for a read-modify-write of index.json or container names.
@@ -152,9 +171,13 @@ impl Store {
     /// leftovers of a crash recognisable.
     pub fn tmp_path(&self, kind: &str) -> PathBuf {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.tmp_dir().join(format!("{kind}-{}-{n}-{nanos:08x}", std::process::id()))
+        self.tmp_dir()
+            .join(format!("{kind}-{}-{n}-{nanos:08x}", std::process::id()))
     }
 
     /// Creates a fresh empty directory in `tmp/` (for unpacking or building a container).
@@ -168,9 +191,12 @@ impl Store {
     pub fn write_atomic(&self, dest: &Path, bytes: &[u8]) -> Result<()> {
         let tmp = self.tmp_path("write");
         let result = (|| {
-            let mut file = File::create_new(&tmp).map_err(|e| Error::io("failed to create", &tmp, e))?;
-            file.write_all(bytes).map_err(|e| Error::io("failed to write", &tmp, e))?;
-            file.sync_all().map_err(|e| Error::io("failed to fsync", &tmp, e))?;
+            let mut file =
+                File::create_new(&tmp).map_err(|e| Error::io("failed to create", &tmp, e))?;
+            file.write_all(bytes)
+                .map_err(|e| Error::io("failed to write", &tmp, e))?;
+            file.sync_all()
+                .map_err(|e| Error::io("failed to fsync", &tmp, e))?;
             rename_durable(&tmp, dest)
         })();
         if result.is_err() {
@@ -190,8 +216,15 @@ pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
 /// archive), atomically: `fill` writes a hidden tmp file beside it, created with `mode`,
 /// which is fsynced and renamed over `path`, and the directory is fsynced. On error the
 /// tmp file is removed and `path` is left as it was.
-pub(crate) fn replace_file(path: &Path, mode: u32, fill: impl FnOnce(&mut File) -> Result<()>) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+pub(crate) fn replace_file(
+    path: &Path,
+    mode: u32,
+    fill: impl FnOnce(&mut File) -> Result<()>,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -203,7 +236,8 @@ pub(crate) fn replace_file(path: &Path, mode: u32, fill: impl FnOnce(&mut File) 
             .open(&tmp)
             .map_err(|e| Error::io("failed to create", &tmp, e))?;
         fill(&mut file)?;
-        file.sync_all().map_err(|e| Error::io("failed to fsync", &tmp, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("failed to fsync", &tmp, e))?;
         rename_durable(&tmp, path)
     })();
     if result.is_err() {
@@ -219,23 +253,32 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
         Some(parent) => parent,
         None => Path::new("/"),
     };
-    File::open(parent).and_then(|dir| dir.sync_all()).map_err(|e| Error::io("failed to fsync directory", parent, e))
+    File::open(parent)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io("failed to fsync directory", parent, e))
 }
 
 /// The entries of `dir`, in no particular order.
 pub(crate) fn list_dir(dir: &Path) -> Result<Vec<fs::DirEntry>> {
     let entries = fs::read_dir(dir).map_err(|e| Error::io("failed to list", dir, e))?;
-    entries.map(|entry| entry.map_err(|e| Error::io("failed to list", dir, e))).collect()
+    entries
+        .map(|entry| entry.map_err(|e| Error::io("failed to list", dir, e)))
+        .collect()
 }
 
 /// The digest a directory entry's name spells in hex (blobs, unpacked layers), if any.
 pub(crate) fn entry_digest(entry: &fs::DirEntry) -> Option<Digest> {
-    entry.file_name().to_str().and_then(|name| Digest::from_hex(name).ok())
+    entry
+        .file_name()
+        .to_str()
+        .and_then(|name| Digest::from_hex(name).ok())
 }
 
 /// Size in bytes of a file or of everything below a directory (not following symlinks).
 pub(crate) fn disk_size(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return 0;
+    };
     if !meta.is_dir() {
         return meta.len();
     }

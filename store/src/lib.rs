@@ -13,6 +13,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod blob;
 pub mod cache;
 pub mod container;
@@ -27,11 +28,10 @@ pub mod layer;
 pub mod layout;
 pub mod lock;
 pub mod refs;
-pub mod time;
-pub mod unpacked;
 pub mod registry;
-pub mod archive;
+pub mod time;
 pub mod transfer;
+pub mod unpacked;
 
 pub use blob::{BlobReader, BlobWriter};
 pub use cache::CacheEntry;

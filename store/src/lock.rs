@@ -93,8 +93,16 @@ mod tests {
         let a = FileLock::acquire(&path, LockMode::Shared).unwrap();
         let b = FileLock::try_acquire(&path, LockMode::Shared).unwrap();
         assert!(b.is_some());
-        assert!(FileLock::try_acquire(&path, LockMode::Exclusive).unwrap().is_none());
+        assert!(
+            FileLock::try_acquire(&path, LockMode::Exclusive)
+                .unwrap()
+                .is_none()
+        );
         drop((a, b));
-        assert!(FileLock::try_acquire(&path, LockMode::Exclusive).unwrap().is_some());
+        assert!(
+            FileLock::try_acquire(&path, LockMode::Exclusive)
+                .unwrap()
+                .is_some()
+        );
     }
 }

@@ -22,7 +22,10 @@ pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Parses `name[:tag]` into `name:tag` (`:latest` when no tag is given). The tag is what
 /// follows the last `:` after the last `/`, so `localhost:5000/app` has no tag.
 pub fn normalize_name(text: &str) -> Result<String> {
-    let bad = |reason: &'static str| Error::InvalidReference { reference: text.to_string(), reason };
+    let bad = |reason: &'static str| Error::InvalidReference {
+        reference: text.to_string(),
+        reason,
+    };
     let (repo, tag) = split_name(text);
     if repo.is_empty() {
         return Err(bad("empty name"));
@@ -32,7 +35,9 @@ pub fn normalize_name(text: &str) -> Result<String> {
     }
     // The distribution spec's grammar: [HOST[:PORT]/]PATH, the host only before the first '/'.
     let (host, path) = match repo.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), rest),
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            (Some(first), rest)
+        }
         _ => (None, repo),
     };
     if let Some(host) = host {
@@ -45,13 +50,17 @@ pub fn normalize_name(text: &str) -> Result<String> {
                 && part.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && part.ends_with(|c: char| c.is_ascii_alphanumeric())
         });
-        let port_ok = port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+        let port_ok = port
+            .is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
         if !name_ok || !port_ok {
-            return Err(bad("a registry is HOST[:PORT] before the first '/', the port a number"));
+            return Err(bad(
+                "a registry is HOST[:PORT] before the first '/', the port a number",
+            ));
         }
     }
     let path_ok = path.split('/').all(|part| {
-        part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        part.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
             && part.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && part.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
             && !part.contains("..")
@@ -68,9 +77,13 @@ pub fn normalize_name(text: &str) -> Result<String> {
     let tag_ok = !tag.is_empty()
         && tag.len() <= 128
         && !tag.starts_with(['.', '-'])
-        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !tag_ok {
-        return Err(bad("tags are 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'"));
+        return Err(bad(
+            "tags are 1-128 of [A-Za-z0-9_.-], not starting with '.' or '-'",
+        ));
     }
     Ok(format!("{repo}:{tag}"))
 }
@@ -82,10 +95,18 @@ pub fn normalize_ref(text: &str) -> Result<String> {
     let Some((name, digest)) = text.split_once('@') else {
         return normalize_name(text);
     };
-    let bad = |reason: &'static str| Error::InvalidReference { reference: text.to_string(), reason };
+    let bad = |reason: &'static str| Error::InvalidReference {
+        reference: text.to_string(),
+        reason,
+    };
     let hex = digest
         .strip_prefix("sha256:")
-        .filter(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .filter(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
         .ok_or_else(|| bad("a digest is sha256: and 64 lowercase hex digits"))?;
     let repo = normalize_name(name)?;
     let (repo, _) = split_name(&repo);
@@ -120,7 +141,11 @@ pub fn split_name(text: &str) -> (&str, Option<&str>) {
 
 /// The name an index entry carries, if any.
 pub fn entry_name(entry: &oci::Descriptor) -> Option<&str> {
-    entry.annotations().as_ref()?.get(REF_NAME).map(String::as_str)
+    entry
+        .annotations()
+        .as_ref()?
+        .get(REF_NAME)
+        .map(String::as_str)
 }
 
 /// The store digest of a descriptor (sha256 only).
@@ -131,14 +156,25 @@ pub fn descriptor_digest(descriptor: &oci::Descriptor) -> Result<Digest> {
 /// An oci-spec digest from ours.
 pub fn oci_digest(digest: &Digest) -> oci::Digest {
     // Our Display is always a valid sha256 digest string, which oci-spec accepts.
-    digest.to_string().parse().unwrap_or_else(|_| unreachable!("sha256 digests always parse"))
+    digest
+        .to_string()
+        .parse()
+        .unwrap_or_else(|_| unreachable!("sha256 digests always parse"))
 }
 
 /// A manifest descriptor for index.json, named when `name` is given.
-pub fn index_entry(digest: &Digest, size: u64, media_type: oci::MediaType, name: Option<&str>) -> oci::Descriptor {
+pub fn index_entry(
+    digest: &Digest,
+    size: u64,
+    media_type: oci::MediaType,
+    name: Option<&str>,
+) -> oci::Descriptor {
     let mut entry = oci::Descriptor::new(media_type, size, oci_digest(digest));
     if let Some(name) = name {
-        entry.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), name.to_string())])));
+        entry.set_annotations(Some(HashMap::from([(
+            REF_NAME.to_string(),
+            name.to_string(),
+        )])));
     }
     entry
 }
@@ -153,7 +189,10 @@ impl Store {
     }
 
     /// Read-modify-write of index.json under `refs.lock`; written atomically.
-    pub(crate) fn update_index<T>(&self, change: impl FnOnce(&mut Vec<oci::Descriptor>) -> Result<T>) -> Result<T> {
+    pub(crate) fn update_index<T>(
+        &self,
+        change: impl FnOnce(&mut Vec<oci::Descriptor>) -> Result<T>,
+    ) -> Result<T> {
         let _guard = self.refs_lock()?;
         let mut entries = self.index_entries()?;
         let before: Vec<oci::Descriptor> = entries.clone();
@@ -174,13 +213,22 @@ impl Store {
     /// An image a container was made from stays listed when it loses its last name (a
     /// rebuilt or re-pulled tag, `rmi -f`), nameless, as docker keeps it as `<none>`:
     /// the container's diff, mount and commit need it, and gc keeps what is listed.
-    fn keep_images_of_containers(&self, before: &[oci::Descriptor], after: &mut Vec<oci::Descriptor>) -> Result<()> {
-        let listed: HashSet<Digest> = after.iter().filter_map(|e| descriptor_digest(e).ok()).collect();
+    fn keep_images_of_containers(
+        &self,
+        before: &[oci::Descriptor],
+        after: &mut Vec<oci::Descriptor>,
+    ) -> Result<()> {
+        let listed: HashSet<Digest> = after
+            .iter()
+            .filter_map(|e| descriptor_digest(e).ok())
+            .collect();
         let mut dropped: Vec<&oci::Descriptor> = Vec::new();
         for entry in before {
             if let Ok(digest) = descriptor_digest(entry)
                 && !listed.contains(&digest)
-                && !dropped.iter().any(|d| descriptor_digest(d).ok() == Some(digest))
+                && !dropped
+                    .iter()
+                    .any(|d| descriptor_digest(d).ok() == Some(digest))
             {
                 dropped.push(entry);
             }
@@ -188,15 +236,22 @@ impl Store {
         if dropped.is_empty() || !self.containers_dir().is_dir() {
             return Ok(());
         }
-        let used: HashSet<Digest> =
-            self.containers()?.into_iter().filter_map(|c| c.state.image_id).collect();
+        let used: HashSet<Digest> = self
+            .containers()?
+            .into_iter()
+            .filter_map(|c| c.state.image_id)
+            .collect();
         if used.is_empty() {
             return Ok(());
         }
         for entry in dropped {
             let digest = descriptor_digest(entry)?;
-            let Ok(bytes) = self.read_blob(&digest) else { continue };
-            let Ok(manifest) = serde_json::from_slice::<oci::ImageManifest>(&bytes) else { continue };
+            let Ok(bytes) = self.read_blob(&digest) else {
+                continue;
+            };
+            let Ok(manifest) = serde_json::from_slice::<oci::ImageManifest>(&bytes) else {
+                continue;
+            };
             if descriptor_digest(manifest.config()).is_ok_and(|config| used.contains(&config)) {
                 let mut kept = entry.clone();
                 kept.set_annotations(None);
@@ -215,29 +270,61 @@ mod tests {
     fn names_get_latest_and_keep_registry_ports() {
         assert_eq!(normalize_name("busybox").unwrap(), "busybox:latest");
         assert_eq!(normalize_name("busybox:1.36").unwrap(), "busybox:1.36");
-        assert_eq!(normalize_name("localhost:5000/app").unwrap(), "localhost:5000/app:latest");
-        assert_eq!(normalize_name("localhost:5000/app:v1").unwrap(), "localhost:5000/app:v1");
-        assert_eq!(normalize_name("127.0.0.1:5000/a/b-c__d.e:1").unwrap(), "127.0.0.1:5000/a/b-c__d.e:1");
-        assert_eq!(normalize_name("Registry.example.com/app").unwrap(), "Registry.example.com/app:latest");
+        assert_eq!(
+            normalize_name("localhost:5000/app").unwrap(),
+            "localhost:5000/app:latest"
+        );
+        assert_eq!(
+            normalize_name("localhost:5000/app:v1").unwrap(),
+            "localhost:5000/app:v1"
+        );
+        assert_eq!(
+            normalize_name("127.0.0.1:5000/a/b-c__d.e:1").unwrap(),
+            "127.0.0.1:5000/a/b-c__d.e:1"
+        );
+        assert_eq!(
+            normalize_name("Registry.example.com/app").unwrap(),
+            "Registry.example.com/app:latest"
+        );
     }
 
     #[test]
     fn docker_hub_names_have_a_familiar_form() {
-        assert_eq!(familiar("docker.io/library/busybox:latest"), "busybox:latest");
+        assert_eq!(
+            familiar("docker.io/library/busybox:latest"),
+            "busybox:latest"
+        );
         assert_eq!(familiar("library/busybox:1"), "busybox:1");
         assert_eq!(familiar("index.docker.io/legacy/img:v1"), "legacy/img:v1");
-        assert_eq!(familiar("127.0.0.1:5000/library/x:1"), "127.0.0.1:5000/library/x:1");
+        assert_eq!(
+            familiar("127.0.0.1:5000/library/x:1"),
+            "127.0.0.1:5000/library/x:1"
+        );
         assert_eq!(familiar("busybox:latest"), "busybox:latest");
     }
 
     #[test]
     fn digest_references_name_the_repository() {
         let hex = "ab".repeat(32);
-        assert_eq!(normalize_ref(&format!("r:5/app@sha256:{hex}")).unwrap(), format!("r:5/app@sha256:{hex}"));
-        assert_eq!(normalize_ref(&format!("app:v1@sha256:{hex}")).unwrap(), format!("app@sha256:{hex}"));
+        assert_eq!(
+            normalize_ref(&format!("r:5/app@sha256:{hex}")).unwrap(),
+            format!("r:5/app@sha256:{hex}")
+        );
+        assert_eq!(
+            normalize_ref(&format!("app:v1@sha256:{hex}")).unwrap(),
+            format!("app@sha256:{hex}")
+        );
         assert_eq!(normalize_ref("app").unwrap(), "app:latest");
-        assert_eq!(split_name(&format!("r:5/app@sha256:{hex}")), ("r:5/app", None));
-        for bad in ["app@sha256:12", "app@md5:00", &format!("App@sha256:{hex}"), &format!("@sha256:{hex}")] {
+        assert_eq!(
+            split_name(&format!("r:5/app@sha256:{hex}")),
+            ("r:5/app", None)
+        );
+        for bad in [
+            "app@sha256:12",
+            "app@md5:00",
+            &format!("App@sha256:{hex}"),
+            &format!("@sha256:{hex}"),
+        ] {
             assert!(normalize_ref(bad).is_err(), "{bad:?} accepted");
         }
     }

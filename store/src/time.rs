@@ -5,7 +5,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Seconds since the Unix epoch, now.
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// `SOURCE_DATE_EPOCH` (reproducible-builds.org/specs/source-date-epoch) when set and valid.
@@ -18,15 +21,26 @@ pub fn format_rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// `1970-01-01T00:00:00.000000000Z` form of the current instant (orders events that
 /// happen within one second, e.g. containers created back to back).
 pub fn now_rfc3339_nanos() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let seconds = format_rfc3339(now.as_secs() as i64);
-    format!("{}.{:09}Z", seconds.trim_end_matches('Z'), now.subsec_nanos())
+    format!(
+        "{}.{:09}Z",
+        seconds.trim_end_matches('Z'),
+        now.subsec_nanos()
+    )
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)` into epoch seconds.
@@ -42,7 +56,14 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
         return None;
     }
     let num = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, s) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
+    let (y, mo, d, h, mi, s) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
     let mut rest = &text[19..];
     if let Some(frac) = rest.strip_prefix('.') {
         let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
@@ -62,7 +83,13 @@ pub fn parse_rfc3339(text: &str) -> Option<i64> {
 /// "3 days ago", the way `docker images` shows ages.
 pub fn ago(then: i64, now: i64) -> String {
     let secs = (now - then).max(0);
-    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit} ago") } else { format!("{n} {unit}s ago") };
+    let plural = |n: i64, unit: &str| {
+        if n == 1 {
+            format!("1 {unit} ago")
+        } else {
+            format!("{n} {unit}s ago")
+        }
+    };
     match secs {
         0..60 => "Less than a minute ago".to_string(),
         60..3600 => plural(secs / 60, "minute"),
@@ -77,7 +104,13 @@ pub fn ago(then: i64, now: i64) -> String {
 /// A duration as docker's `ps` words it ("Up 3 seconds", "Up About a minute",
 /// "Exited (0) 2 hours ago"): `secs` in seconds.
 pub fn duration(secs: i64) -> String {
-    let plural = |n: i64, unit: &str| if n == 1 { format!("1 {unit}") } else { format!("{n} {unit}s") };
+    let plural = |n: i64, unit: &str| {
+        if n == 1 {
+            format!("1 {unit}")
+        } else {
+            format!("{n} {unit}s")
+        }
+    };
     let minutes = secs / 60;
     let hours = (secs + 1800) / 3600;
     match secs.max(0) {
@@ -147,7 +180,10 @@ mod tests {
         assert_eq!(format_rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(parse_rfc3339("2023-11-14T22:13:20Z"), Some(1_700_000_000));
-        assert_eq!(parse_rfc3339("2023-11-14T23:13:20.123456789+01:00"), Some(1_700_000_000));
+        assert_eq!(
+            parse_rfc3339("2023-11-14T23:13:20.123456789+01:00"),
+            Some(1_700_000_000)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 

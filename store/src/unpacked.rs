@@ -26,12 +26,23 @@ impl Store {
         let mut writer = self.blob_writer()?;
         let info = layer::write_layer(dir, opts, &mut writer)?;
         let (digest, size) = writer.commit(Some(&info.digest))?;
-        let descriptor = oci::Descriptor::new(oci::MediaType::from(info.media_type), size, oci_digest(&digest));
-        Ok(LayerBlob { descriptor, diff_id: info.diff_id })
+        let descriptor = oci::Descriptor::new(
+            oci::MediaType::from(info.media_type),
+            size,
+            oci_digest(&digest),
+        );
+        Ok(LayerBlob {
+            descriptor,
+            diff_id: info.diff_id,
+        })
     }
 
     /// The unpacked form of a layer, unpacking it first if no one has yet.
-    pub fn unpacked_layer(&self, descriptor: &oci::Descriptor, diff_id: &Digest) -> Result<PathBuf> {
+    pub fn unpacked_layer(
+        &self,
+        descriptor: &oci::Descriptor,
+        diff_id: &Digest,
+    ) -> Result<PathBuf> {
         let target = self.layers_dir().join(diff_id.hex());
         if target.is_dir() {
             return Ok(target);
@@ -43,7 +54,11 @@ impl Store {
             // The unpacker may stop at the tar end marker; the digest is checked at EOF.
             reader.verify_rest()?;
             if actual != *diff_id {
-                return Err(Error::DiffIdMismatch { digest, expected: *diff_id, actual });
+                return Err(Error::DiffIdMismatch {
+                    digest,
+                    expected: *diff_id,
+                    actual,
+                });
             }
             self.place_layer_dir(staging, &target)
         })?;
@@ -66,10 +81,14 @@ impl Store {
         // The unpacker writes without fsync; one syncfs makes every file of the layer
         // durable before the rename publishes it (a power cut must not leave empty files).
         let dir = fs::File::open(staging).map_err(|e| Error::io("failed to open", staging, e))?;
-        rustix::fs::syncfs(&dir).map_err(|e| Error::io("failed to sync the filesystem of", staging, e.into()))?;
+        rustix::fs::syncfs(&dir)
+            .map_err(|e| Error::io("failed to sync the filesystem of", staging, e.into()))?;
         match fs::rename(staging, target) {
             Ok(()) => sync_parent(target),
-            Err(e) if target.is_dir() && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+            Err(e)
+                if target.is_dir()
+                    && matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) =>
+            {
                 Ok(())
             }
             Err(e) => Err(Error::io("failed to rename into place", target, e)),
@@ -121,7 +140,10 @@ impl Store {
 }
 
 fn import_config(created: &str, diff_id: &Digest) -> Result<oci::ImageConfiguration> {
-    let invalid = |e: oci_spec::OciSpecError| Error::Invalid { what: "image config".into(), message: e.to_string() };
+    let invalid = |e: oci_spec::OciSpecError| Error::Invalid {
+        what: "image config".into(),
+        message: e.to_string(),
+    };
     let history = oci::HistoryBuilder::default()
         .created(created.to_string())
         .created_by(IMPORT_CREATED_BY.to_string())
@@ -133,7 +155,9 @@ fn import_config(created: &str, diff_id: &Digest) -> Result<oci::ImageConfigurat
         .build()
         .map_err(invalid)?;
     let config = oci::ConfigBuilder::default()
-        .env(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()])
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ])
         .build()
         .map_err(invalid)?;
     oci::ImageConfigurationBuilder::default()

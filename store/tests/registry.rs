@@ -17,7 +17,10 @@ use strata_store::registry::{BlobSource, Client, ClientOptions, Credentials, med
 
 /// Anonymous (credentials None also reads ~/.docker/config.json, which names no test port).
 fn options() -> ClientOptions {
-    ClientOptions { backoff: std::time::Duration::from_millis(20), ..ClientOptions::default() }
+    ClientOptions {
+        backoff: std::time::Duration::from_millis(20),
+        ..ClientOptions::default()
+    }
 }
 
 fn client(host: &str, options: ClientOptions) -> Client {
@@ -56,7 +59,13 @@ fn layer(files: &[(&str, &[u8])]) -> (Vec<u8>, Digest) {
 }
 
 /// Pushes a one-layer image with the client alone; returns (manifest digest, layer digest).
-fn push_image(client: &Client, repo: &str, tag: &str, layer_path: &Path, diff_id: Digest) -> (Digest, Digest) {
+fn push_image(
+    client: &Client,
+    repo: &str,
+    tag: &str,
+    layer_path: &Path,
+    diff_id: Digest,
+) -> (Digest, Digest) {
     let layer = std::fs::read(layer_path).unwrap();
     let layer_digest = Digest::of(&layer);
     let config = serde_json::to_vec(&serde_json::json!({
@@ -66,15 +75,33 @@ fn push_image(client: &Client, repo: &str, tag: &str, layer_path: &Path, diff_id
     }))
     .unwrap();
     let config_digest = Digest::of(&config);
-    client.upload_blob(repo, &config_digest, config.len() as u64, BlobSource::Bytes(&config), None).unwrap();
-    client.upload_blob(repo, &layer_digest, layer.len() as u64, BlobSource::File(layer_path), None).unwrap();
+    client
+        .upload_blob(
+            repo,
+            &config_digest,
+            config.len() as u64,
+            BlobSource::Bytes(&config),
+            None,
+        )
+        .unwrap();
+    client
+        .upload_blob(
+            repo,
+            &layer_digest,
+            layer.len() as u64,
+            BlobSource::File(layer_path),
+            None,
+        )
+        .unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
         "schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
         "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
         "layers": [{"mediaType": media::OCI_LAYER_GZIP, "digest": layer_digest.to_string(), "size": layer.len()}],
     }))
     .unwrap();
-    let digest = client.put_manifest(repo, tag, &manifest, media::OCI_MANIFEST).unwrap();
+    let digest = client
+        .put_manifest(repo, tag, &manifest, media::OCI_MANIFEST)
+        .unwrap();
     (digest, layer_digest)
 }
 
@@ -93,11 +120,26 @@ fn pushes_monolithic_and_chunked_blobs_that_skopeo_reads_back() {
     let path = dir.path().join("layer.tar.gz");
     std::fs::write(&path, &bytes).unwrap();
     let proxy = Proxy::start(&registry.host, None);
-    let client = client(&proxy.host, ClientOptions { monolithic_limit: 1 << 20, chunk_size: 1 << 20, ..options() });
+    let client = client(
+        &proxy.host,
+        ClientOptions {
+            monolithic_limit: 1 << 20,
+            chunk_size: 1 << 20,
+            ..options()
+        },
+    );
     client.ping().unwrap();
     let (manifest_digest, layer_digest) = push_image(&client, "team/app", "v1", &path, diff_id);
-    let patches = proxy.requests().iter().filter(|r| r.method == "PATCH").count();
-    assert_eq!(patches as u64, (bytes.len() as u64).div_ceil(1 << 20), "one PATCH per 1 MiB chunk");
+    let patches = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .count();
+    assert_eq!(
+        patches as u64,
+        (bytes.len() as u64).div_ceil(1 << 20),
+        "one PATCH per 1 MiB chunk"
+    );
 
     let inspected = skopeo_inspect(&format!("docker://{}/team/app:v1", registry.host));
     assert_eq!(inspected["Digest"], manifest_digest.to_string());
@@ -106,15 +148,39 @@ fn pushes_monolithic_and_chunked_blobs_that_skopeo_reads_back() {
     let manifest = client.fetch_manifest("team/app", "v1").unwrap();
     assert_eq!(manifest.digest, manifest_digest);
     assert_eq!(manifest.media_type, media::OCI_MANIFEST);
-    let (digest, kind, _) = client.manifest_exists("team/app", &manifest_digest.to_string()).unwrap().unwrap();
-    assert_eq!((digest, kind.as_str()), (manifest_digest, media::OCI_MANIFEST));
-    assert!(client.manifest_exists("team/app", "nope").unwrap().is_none());
+    let (digest, kind, _) = client
+        .manifest_exists("team/app", &manifest_digest.to_string())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (digest, kind.as_str()),
+        (manifest_digest, media::OCI_MANIFEST)
+    );
+    assert!(
+        client
+            .manifest_exists("team/app", "nope")
+            .unwrap()
+            .is_none()
+    );
 
     let mut back = Vec::new();
-    let size = client.fetch_blob("team/app", &layer_digest, &mut back, true, None).unwrap();
-    assert_eq!((size, back.as_slice()), (bytes.len() as u64, bytes.as_slice()));
-    assert_eq!(client.blob_exists("team/app", &layer_digest).unwrap(), Some(bytes.len() as u64));
-    assert_eq!(client.blob_exists("team/app", &Digest::of(b"absent")).unwrap(), None);
+    let size = client
+        .fetch_blob("team/app", &layer_digest, &mut back, true, None)
+        .unwrap();
+    assert_eq!(
+        (size, back.as_slice()),
+        (bytes.len() as u64, bytes.as_slice())
+    );
+    assert_eq!(
+        client.blob_exists("team/app", &layer_digest).unwrap(),
+        Some(bytes.len() as u64)
+    );
+    assert_eq!(
+        client
+            .blob_exists("team/app", &Digest::of(b"absent"))
+            .unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -130,10 +196,18 @@ fn cross_repository_mount_avoids_the_upload() {
     proxy.clear();
     assert!(client.mount_blob("two", &layer_digest, "one").unwrap());
     assert!(client.blob_exists("two", &layer_digest).unwrap().is_some());
-    let uploads: Vec<_> = proxy.requests().into_iter().filter(|r| r.method == "PUT" || r.method == "PATCH").collect();
+    let uploads: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" || r.method == "PATCH")
+        .collect();
     assert!(uploads.is_empty(), "a mount uploads nothing: {uploads:?}");
     // Mounting what the source does not have falls back to "not mounted".
-    assert!(!client.mount_blob("two", &Digest::of(b"nowhere"), "one").unwrap());
+    assert!(
+        !client
+            .mount_blob("two", &Digest::of(b"nowhere"), "one")
+            .unwrap()
+    );
 }
 
 #[test]
@@ -147,11 +221,30 @@ fn dropped_connection_mid_upload_is_retried_from_the_start() {
     std::fs::write(&path, &bytes).unwrap();
     let digest = Digest::of(&bytes);
     let client = client(&proxy.host, options());
-    client.upload_blob("retry", &digest, bytes.len() as u64, BlobSource::File(&path), None).unwrap();
-    let posts = proxy.requests().iter().filter(|r| r.method == "POST").count();
-    assert_eq!(posts, 2, "one upload session cut, one restarted: {:?}", proxy.requests());
+    client
+        .upload_blob(
+            "retry",
+            &digest,
+            bytes.len() as u64,
+            BlobSource::File(&path),
+            None,
+        )
+        .unwrap();
+    let posts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert_eq!(
+        posts,
+        2,
+        "one upload session cut, one restarted: {:?}",
+        proxy.requests()
+    );
     let mut back = Vec::new();
-    client.fetch_blob("retry", &digest, &mut back, true, None).unwrap();
+    client
+        .fetch_blob("retry", &digest, &mut back, true, None)
+        .unwrap();
     assert_eq!(back, bytes);
 }
 
@@ -159,12 +252,24 @@ fn dropped_connection_mid_upload_is_retried_from_the_start() {
 fn wrong_bytes_from_the_registry_give_a_digest_error() {
     let good = b"the real content".to_vec();
     let digest = Digest::of(&good);
-    let server = WrongBytesServer::start(b"{\"schemaVersion\":2,\"config\":{}}".to_vec(), b"evil content".to_vec());
+    let server = WrongBytesServer::start(
+        b"{\"schemaVersion\":2,\"config\":{}}".to_vec(),
+        b"evil content".to_vec(),
+    );
     let client = client(&server.host, options());
     let mut out = Vec::new();
-    let err = client.fetch_blob("x", &digest, &mut out, true, None).unwrap_err().to_string();
-    assert!(err.contains(&digest.to_string()) && err.contains("corrupt"), "{err}");
-    let err = client.fetch_manifest("x", &digest.to_string()).unwrap_err().to_string();
+    let err = client
+        .fetch_blob("x", &digest, &mut out, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&digest.to_string()) && err.contains("corrupt"),
+        "{err}"
+    );
+    let err = client
+        .fetch_manifest("x", &digest.to_string())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&digest.to_string()), "{err}");
 }
 
@@ -175,7 +280,10 @@ fn basic_auth_registry_needs_and_takes_credentials() {
     let err = anonymous.ping().unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("strata login"), "{err}");
     let wrong = ClientOptions {
-        credentials: Some(Credentials { username: "alice".into(), password: "nope".into() }),
+        credentials: Some(Credentials {
+            username: "alice".into(),
+            password: "nope".into(),
+        }),
         ..options()
     };
     assert!(client(&registry.host, wrong).ping().is_err());
@@ -183,16 +291,28 @@ fn basic_auth_registry_needs_and_takes_credentials() {
     // Credentials as `strata login` stores them, read back from that file.
     let dir = tempfile::tempdir().unwrap();
     let auth_file = dir.path().join("auth.json");
-    let alice = Credentials { username: "alice".into(), password: "wonderland".into() };
+    let alice = Credentials {
+        username: "alice".into(),
+        password: "wonderland".into(),
+    };
     strata_store::registry::auth::store_in(&auth_file, &registry.host, &alice).unwrap();
     let found = strata_store::registry::auth::lookup_in(&auth_file, &registry.host).unwrap();
-    let client = client(&registry.host, ClientOptions { credentials: found, ..options() });
+    let client = client(
+        &registry.host,
+        ClientOptions {
+            credentials: found,
+            ..options()
+        },
+    );
     client.ping().unwrap();
     let (bytes, diff_id) = layer(&[("f", b"secret")]);
     let path = dir.path().join("l");
     std::fs::write(&path, &bytes).unwrap();
     let (manifest_digest, _) = push_image(&client, "private/app", "1", &path, diff_id);
-    assert_eq!(client.fetch_manifest("private/app", "1").unwrap().digest, manifest_digest);
+    assert_eq!(
+        client.fetch_manifest("private/app", "1").unwrap().digest,
+        manifest_digest
+    );
 }
 
 #[test]
@@ -205,17 +325,47 @@ fn bearer_token_flow_fetches_tokens_with_the_scopes_needed() {
     std::fs::write(&path, &bytes).unwrap();
 
     let anonymous = client(&proxy.host, options());
-    let err = anonymous.fetch_manifest("locked/app", "1").unwrap_err().to_string();
-    assert!(err.contains("401"), "an anonymous token request is refused: {err}");
+    let err = anonymous
+        .fetch_manifest("locked/app", "1")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("401"),
+        "an anonymous token request is refused: {err}"
+    );
 
-    let bob = Credentials { username: "bob".into(), password: "builder".into() };
-    let client = client(&proxy.host, ClientOptions { credentials: Some(bob), ..options() });
+    let bob = Credentials {
+        username: "bob".into(),
+        password: "builder".into(),
+    };
+    let client = client(
+        &proxy.host,
+        ClientOptions {
+            credentials: Some(bob),
+            ..options()
+        },
+    );
     let (manifest_digest, layer_digest) = push_image(&client, "locked/app", "1", &path, diff_id);
-    assert_eq!(client.fetch_manifest("locked/app", "1").unwrap().digest, manifest_digest);
-    assert!(client.mount_blob("locked/copy", &layer_digest, "locked/app").unwrap());
+    assert_eq!(
+        client.fetch_manifest("locked/app", "1").unwrap().digest,
+        manifest_digest
+    );
+    assert!(
+        client
+            .mount_blob("locked/copy", &layer_digest, "locked/app")
+            .unwrap()
+    );
     let requests = gate.token_requests.lock().unwrap().clone();
-    assert!(requests.iter().all(|q| q.contains("service=strata-test")), "{requests:?}");
-    assert!(requests.iter().any(|q| q.contains("scope=repository:locked/app:pull,push")), "{requests:?}");
+    assert!(
+        requests.iter().all(|q| q.contains("service=strata-test")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|q| q.contains("scope=repository:locked/app:pull,push")),
+        "{requests:?}"
+    );
     assert!(
         requests
             .iter()
@@ -241,12 +391,31 @@ fn server_errors_are_retried_and_refused_chunks_fall_back_to_one_put() {
     let path = dir.path().join("l");
     std::fs::write(&path, &bytes).unwrap();
     let digest = Digest::of(&bytes);
-    let small_chunks = ClientOptions { monolithic_limit: 1 << 20, chunk_size: 1 << 20, ..options() };
+    let small_chunks = ClientOptions {
+        monolithic_limit: 1 << 20,
+        chunk_size: 1 << 20,
+        ..options()
+    };
     let client_ = client(&no_chunks.host, small_chunks);
-    client_.upload_blob("fallback", &digest, bytes.len() as u64, BlobSource::File(&path), None).unwrap();
+    client_
+        .upload_blob(
+            "fallback",
+            &digest,
+            bytes.len() as u64,
+            BlobSource::File(&path),
+            None,
+        )
+        .unwrap();
     let methods: Vec<String> = no_chunks.requests().into_iter().map(|r| r.method).collect();
-    assert_eq!(methods, ["POST", "PATCH", "POST", "PUT"], "one refused PATCH, then a monolithic upload");
-    assert_eq!(client_.blob_exists("fallback", &digest).unwrap(), Some(bytes.len() as u64));
+    assert_eq!(
+        methods,
+        ["POST", "PATCH", "POST", "PUT"],
+        "one refused PATCH, then a monolithic upload"
+    );
+    assert_eq!(
+        client_.blob_exists("fallback", &digest).unwrap(),
+        Some(bytes.len() as u64)
+    );
 }
 
 #[test]
@@ -258,14 +427,31 @@ fn a_download_cut_mid_blob_resumes_and_verifies() {
     std::fs::write(&path, &bytes).unwrap();
     let digest = Digest::of(&bytes);
     client(&registry.host, options())
-        .upload_blob("resume", &digest, bytes.len() as u64, BlobSource::File(&path), None)
+        .upload_blob(
+            "resume",
+            &digest,
+            bytes.len() as u64,
+            BlobSource::File(&path),
+            None,
+        )
         .unwrap();
     let cutting = Proxy::start_cutting_download(&registry.host, 300_000);
     let mut back = Vec::new();
-    client(&cutting.host, options()).fetch_blob("resume", &digest, &mut back, true, None).unwrap();
+    client(&cutting.host, options())
+        .fetch_blob("resume", &digest, &mut back, true, None)
+        .unwrap();
     assert_eq!(back, bytes);
-    let gets = cutting.requests().iter().filter(|r| r.method == "GET").count();
-    assert_eq!(gets, 2, "one cut download, one ranged resume: {:?}", cutting.requests());
+    let gets = cutting
+        .requests()
+        .iter()
+        .filter(|r| r.method == "GET")
+        .count();
+    assert_eq!(
+        gets,
+        2,
+        "one cut download, one ranged resume: {:?}",
+        cutting.requests()
+    );
 }
 
 #[test]
@@ -278,8 +464,16 @@ fn a_tls_registry_on_localhost_is_reached_over_https_without_verification() {
     let path = dir.path().join("l");
     std::fs::write(&path, &bytes).unwrap();
     let (manifest_digest, _) = push_image(&client, "secure/app", "1", &path, diff_id);
-    assert_eq!(client.fetch_manifest("secure/app", "1").unwrap().digest, manifest_digest);
+    assert_eq!(
+        client.fetch_manifest("secure/app", "1").unwrap().digest,
+        manifest_digest
+    );
     // A plain registry on localhost stays plain HTTP.
     let plain = Registry::start();
-    assert!(Client::new(&plain.host, options()).unwrap().base().starts_with("http://"));
+    assert!(
+        Client::new(&plain.host, options())
+            .unwrap()
+            .base()
+            .starts_with("http://")
+    );
 }

@@ -1040,14 +1040,20 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
         "tar -cf - -C {} . | {strata} build -f sub/Dev -",
         broken.path().display()
     ));
-    assert!(out.contains("sub/Dev:2:") && !out.contains("/tmp/"), "{out}");
+    assert!(
+        out.contains("sub/Dev:2:") && !out.contains("/tmp/"),
+        "{out}"
+    );
     fs::write(broken.path().join("sub/Dev"), "FROM busybox\n").unwrap();
     fs::write(broken.path().join(".dockerignore"), "a[\n").unwrap();
     let out = sh_fails(&format!(
         "tar -cf - -C {} . | {strata} build -f sub/Dev -",
         broken.path().display()
     ));
-    assert!(out.contains("in .dockerignore") && !out.contains("/tmp/"), "{out}");
+    assert!(
+        out.contains("in .dockerignore") && !out.contains("/tmp/"),
+        "{out}"
+    );
 
     // A local directory wins over a git URL of the same spelling.
     let cwd = tempfile::tempdir().unwrap();
@@ -1080,7 +1086,13 @@ fn source_date_epoch_build_arg_makes_builds_reproducible() {
     store.import_busybox("busybox:latest");
     let ctx = context(
         &store,
-        &[("x", "x\n"), ("Buildfile", "FROM busybox\nCOPY x /x\nRUN echo deterministic > /d\n")],
+        &[
+            ("x", "x\n"),
+            (
+                "Buildfile",
+                "FROM busybox\nCOPY x /x\nRUN echo deterministic > /d\n",
+            ),
+        ],
     );
     // a cache filled without it must not serve the dated build
     build(&store, &ctx, &["-t", "undated"]);
@@ -1114,7 +1126,11 @@ fn bind_mounts_stay_inside_the_build() {
     fs::write(&victim, "host secret\n").unwrap();
     let ctx = context(
         &store,
-        &[("data.txt", "v1\n"), ("secret.env", "s\n"), (".dockerignore", "*.env\n")],
+        &[
+            ("data.txt", "v1\n"),
+            ("secret.env", "s\n"),
+            (".dockerignore", "*.env\n"),
+        ],
     );
     std::os::unix::fs::symlink(&victim, ctx.join("ctxlink")).unwrap();
     let write = |text: &str| fs::write(ctx.join("Buildfile"), text).unwrap();
@@ -1127,13 +1143,26 @@ fn bind_mounts_stay_inside_the_build() {
     );
     build(&store, &ctx, &["-t", "b1"]);
     let listing = store.ok(&["run", "--rm", "b1", "cat", "/listing"]);
-    assert!(listing.contains("data.txt") && !listing.contains("secret.env"), "{listing}");
-    assert_eq!(store.ok(&["run", "--rm", "b1", "cat", "/seen"]), "v1\nmod\n", "rw: writable in the step");
-    assert!(!ctx.join("newfile").exists(), "rw writes stay out of the context");
+    assert!(
+        listing.contains("data.txt") && !listing.contains("secret.env"),
+        "{listing}"
+    );
+    assert_eq!(
+        store.ok(&["run", "--rm", "b1", "cat", "/seen"]),
+        "v1\nmod\n",
+        "rw: writable in the step"
+    );
+    assert!(
+        !ctx.join("newfile").exists(),
+        "rw writes stay out of the context"
+    );
     assert_eq!(fs::read_to_string(ctx.join("data.txt")).unwrap(), "v1\n");
     write("FROM busybox\nRUN --mount=type=bind,source=secret.env,target=/s cat /s\n");
     let err = build_fails(&store, &ctx, &["-t", "b2"]);
-    assert!(err.contains("secret.env"), "an ignored file is not in the context: {err}");
+    assert!(
+        err.contains("secret.env"),
+        "an ignored file is not in the context: {err}"
+    );
 
     // the content behind a bind is part of the key: a change reruns the step
     write("FROM busybox\nRUN --mount=type=bind,source=data.txt,target=/d cp /d /copied\n");
@@ -1143,23 +1172,53 @@ fn bind_mounts_stay_inside_the_build() {
     assert_eq!(store.ok(&["run", "--rm", "b3", "cat", "/copied"]), "v2\n");
 
     // symlinks: one in the context and one in a stage lead to host paths
-    write("FROM busybox\nRUN --mount=type=bind,source=ctxlink,target=/x,rw sh -c 'cat /x; echo PWNED > /x'\n");
-    let out = store.strata(&["build", "--progress", "plain", "-t", "b4", ctx.to_str().unwrap()]);
+    write(
+        "FROM busybox\nRUN --mount=type=bind,source=ctxlink,target=/x,rw sh -c 'cat /x; echo PWNED > /x'\n",
+    );
+    let out = store.strata(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "b4",
+        ctx.to_str().unwrap(),
+    ]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("host secret"));
     write(&format!(
         "FROM busybox AS a\nRUN ln -s {} /v\nFROM busybox\nRUN --mount=type=bind,from=a,source=/v,target=/x,rw sh -c 'cat /x; echo PWNED > /x'\n",
         victim.display()
     ));
-    let out = store.strata(&["build", "--progress", "plain", "-t", "b5", ctx.to_str().unwrap()]);
+    let out = store.strata(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "b5",
+        ctx.to_str().unwrap(),
+    ]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("host secret"));
-    assert_eq!(fs::read_to_string(&victim).unwrap(), "host secret\n", "the host file is untouched");
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "host secret\n",
+        "the host file is untouched"
+    );
     // a link in the image on the way to a mount point
     write(&format!(
         "FROM busybox\nRUN ln -s {} /evil\nRUN --mount=type=tmpfs,target=/evil/made-by-build true\n",
         host.path().display()
     ));
-    let _ = store.strata(&["build", "--progress", "plain", "-t", "b6", ctx.to_str().unwrap()]);
-    assert!(!host.path().join("made-by-build").exists(), "a mount point was made on the host");
+    let _ = store.strata(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "b6",
+        ctx.to_str().unwrap(),
+    ]);
+    assert!(
+        !host.path().join("made-by-build").exists(),
+        "a mount point was made on the host"
+    );
 }
 
 /// A build killed with SIGKILL (OOM killer, CI timeout) takes its RUN with it, also one
@@ -1181,13 +1240,24 @@ fn a_killed_build_leaves_no_process_and_gc_sweeps_its_mount() {
         let mut build = Command::new(crate::common::strata_bin())
             .arg("--root")
             .arg(store.root())
-            .args(["build", "--no-cache", "--progress", "plain", "--driver", driver, ctx.to_str().unwrap()])
+            .args([
+                "build",
+                "--no-cache",
+                "--progress",
+                "plain",
+                "--driver",
+                driver,
+                ctx.to_str().unwrap(),
+            ])
             .stdout(Stdio::null())
             .stderr(fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let start = std::time::Instant::now();
-        while !fs::read_to_string(&log).unwrap_or_default().contains("| started") {
+        while !fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("| started")
+        {
             assert!(
                 start.elapsed().as_secs() < 60,
                 "the RUN never started: {}",
@@ -1203,22 +1273,42 @@ fn a_killed_build_leaves_no_process_and_gc_sweeps_its_mount() {
                 let dir = entry.path();
                 let cmdline = fs::read(dir.join("cmdline")).unwrap_or_default();
                 let state = fs::read_to_string(dir.join("stat")).unwrap_or_default();
-                let zombie = state.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+                let zombie = state
+                    .rsplit_once(')')
+                    .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
                 !zombie && String::from_utf8_lossy(&cmdline).contains("sleep 37")
             })
         };
         let start = std::time::Instant::now();
         while step_alive() {
-            assert!(start.elapsed().as_secs() < 10, "{driver}: the RUN outlived the killed build");
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "{driver}: the RUN outlived the killed build"
+            );
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         store.ok(&["gc"]);
         let root = store.root().to_string_lossy().into_owned();
         let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(&root), "{driver}: gc swept the dead mounts: {mounts}");
-        let ctx = buildfile(&store, "FROM busybox\nRUN --mount=type=cache,id=keep,target=/c cat /c/f\n");
-        let out = store.strata(&["build", "--no-cache", "--progress", "plain", ctx.to_str().unwrap()]);
-        assert!(String::from_utf8_lossy(&out.stderr).contains("| kept"), "{driver}: the cache lost its content");
+        assert!(
+            !mounts.contains(&root),
+            "{driver}: gc swept the dead mounts: {mounts}"
+        );
+        let ctx = buildfile(
+            &store,
+            "FROM busybox\nRUN --mount=type=cache,id=keep,target=/c cat /c/f\n",
+        );
+        let out = store.strata(&[
+            "build",
+            "--no-cache",
+            "--progress",
+            "plain",
+            ctx.to_str().unwrap(),
+        ]);
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("| kept"),
+            "{driver}: the cache lost its content"
+        );
     }
 }
 
@@ -1244,13 +1334,23 @@ fn config_only_changes_keep_later_steps_cached() {
     let write = |label: &str, env: &str| {
         buildfile(
             &store,
-            &format!("FROM busybox\nLABEL version={label}\nENV E={env}\nEXPOSE 80\nCMD [\"a\"]\nRUN echo ran-the-step > /s\n"),
+            &format!(
+                "FROM busybox\nLABEL version={label}\nENV E={env}\nEXPOSE 80\nCMD [\"a\"]\nRUN echo ran-the-step > /s\n"
+            ),
         )
     };
     let first = build(&store, &write("1", "x"), &["-t", "c1"]);
-    assert!(first.stderr.contains("| ran") || !cached(&first.stderr, "RUN echo"), "{}", first.stderr);
+    assert!(
+        first.stderr.contains("| ran") || !cached(&first.stderr, "RUN echo"),
+        "{}",
+        first.stderr
+    );
     let relabelled = build(&store, &write("2", "x"), &["-t", "c2"]);
-    assert!(cached(&relabelled.stderr, "RUN echo"), "{}", relabelled.stderr);
+    assert!(
+        cached(&relabelled.stderr, "RUN echo"),
+        "{}",
+        relabelled.stderr
+    );
     assert_ne!(relabelled.id, first.id, "the config still differs");
     assert_eq!(inspect(&store, "c2")["Config"]["Labels"]["version"], "2");
     let new_env = build(&store, &write("2", "y"), &["-t", "c3"]);

@@ -75,7 +75,10 @@ impl Drop for TestStore {
         // end with it.
         if self.root().join("containers").is_dir() {
             let listed = self.strata(&["ps", "-aq"]);
-            let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout).split_whitespace().map(String::from).collect();
+            let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect();
             if !ids.is_empty() {
                 let mut args = vec!["rm", "-f"];
                 args.extend(ids.iter().map(String::as_str));

@@ -23,7 +23,10 @@ fn skopeo(args: &[&str]) -> serde_json::Value {
 /// strata with an explicit credentials file.
 fn strata_with_auth(store: &TestStore, auth_file: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(strata_bin());
-    cmd.arg("--root").arg(store.root()).args(args).env("REGISTRY_AUTH_FILE", auth_file);
+    cmd.arg("--root")
+        .arg(store.root())
+        .args(args)
+        .env("REGISTRY_AUTH_FILE", auth_file);
     run_with_timeout(cmd, Duration::from_secs(120))
 }
 
@@ -35,7 +38,10 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     let id = store.ok(&["inspect", "busybox:1"]);
     let dest = format!("{}/e2e/busybox:1", registry.host);
     let digest = store.ok(&["push", "busybox:1", &dest]).trim().to_string();
-    assert!(digest.starts_with("sha256:"), "push prints the manifest digest: {digest}");
+    assert!(
+        digest.starts_with("sha256:"),
+        "push prints the manifest digest: {digest}"
+    );
     let inspected = skopeo(&["inspect", "--tls-verify=false", &format!("docker://{dest}")]);
     assert_eq!(inspected["Digest"], digest.as_str());
 
@@ -43,8 +49,15 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     let pulled_id = fresh.ok(&["pull", &dest]).trim().to_string();
     let original: serde_json::Value = serde_json::from_str(&id).unwrap_or_default();
     let images = fresh.ok(&["images", "--json"]);
-    assert!(images.contains(&dest) && images.contains(&pulled_id), "{images}");
-    assert_eq!(original[0]["Id"].as_str(), Some(pulled_id.as_str()), "same image id after the round trip");
+    assert!(
+        images.contains(&dest) && images.contains(&pulled_id),
+        "{images}"
+    );
+    assert_eq!(
+        original[0]["Id"].as_str(),
+        Some(pulled_id.as_str()),
+        "same image id after the round trip"
+    );
     // The pulled image runs.
     let out = fresh.strata(&["run", "--rm", &dest, "sh", "-c", "echo pulled-and-ran"]);
     assert_success(&out, &["run", "--rm", &dest]);
@@ -57,12 +70,23 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     let pinned = TestStore::new();
     pinned.ok(&["pull", &by_digest]);
     pinned.ok(&["gc"]);
-    let listed: serde_json::Value = serde_json::from_str(&pinned.ok(&["images", "--json"])).unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&pinned.ok(&["images", "--json"])).unwrap();
     assert_eq!(listed[0]["RepoDigests"][0], by_digest.as_str(), "{listed}");
-    assert_eq!(listed[0]["RepoTags"].as_array().map(Vec::len), Some(0), "{listed}");
+    assert_eq!(
+        listed[0]["RepoTags"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
     let table = pinned.ok(&["images"]);
-    assert!(table.contains(&format!("{}/e2e/busybox   <none>", registry.host)), "{table}");
-    assert_eq!(pinned.ok(&["run", "--rm", &by_digest, "echo", "pinned"]), "pinned\n");
+    assert!(
+        table.contains(&format!("{}/e2e/busybox   <none>", registry.host)),
+        "{table}"
+    );
+    assert_eq!(
+        pinned.ok(&["run", "--rm", &by_digest, "echo", "pinned"]),
+        "pinned\n"
+    );
     pinned.ok(&["rmi", &by_digest]);
     // run pulls an image it does not have, as docker run does
     let unpulled = TestStore::new();
@@ -70,12 +94,19 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     assert_success(&out, &["run", "--rm", &dest]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "auto-pulled\n");
     assert!(String::from_utf8_lossy(&out.stderr).contains("Unable to find image"));
-    assert_eq!(pinned.ok(&["images", "-q"]).trim(), "", "rmi by the digest name removes it");
+    assert_eq!(
+        pinned.ok(&["images", "-q"]).trim(),
+        "",
+        "rmi by the digest name removes it"
+    );
     // Errors name the thing: an unknown tag.
     let out = fresh.strata(&["pull", &format!("{}/e2e/busybox:nope", registry.host)]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("error: ") && err.contains("MANIFEST_UNKNOWN"), "{err}");
+    assert!(
+        err.starts_with("error: ") && err.contains("MANIFEST_UNKNOWN"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -92,14 +123,22 @@ fn login_logout_against_a_basic_auth_registry() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401") && err.contains("strata login"), "{err}");
 
-    let bad = strata_with_auth(&store, &auth_file, &["login", &registry.host, "-u", "ci", "-p", "wrong"]);
+    let bad = strata_with_auth(
+        &store,
+        &auth_file,
+        &["login", &registry.host, "-u", "ci", "-p", "wrong"],
+    );
     assert!(!bad.status.success(), "a wrong password is refused");
     assert!(!auth_file.exists(), "nothing stored after a failed login");
 
     let args = ["login", &registry.host, "-u", "ci", "-p", "s3cret"];
     assert_success(&strata_with_auth(&store, &auth_file, &args), &args);
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth_file).unwrap()).unwrap();
-    assert!(saved["auths"][&registry.host]["auth"].is_string(), "{saved}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&auth_file).unwrap()).unwrap();
+    assert!(
+        saved["auths"][&registry.host]["auth"].is_string(),
+        "{saved}"
+    );
 
     let args = ["push", "-q", "busybox:1", &dest];
     assert_success(&strata_with_auth(&store, &auth_file, &args), &args);
@@ -109,9 +148,13 @@ fn login_logout_against_a_basic_auth_registry() {
 
     let args = ["logout", &registry.host];
     assert_success(&strata_with_auth(&store, &auth_file, &args), &args);
-    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth_file).unwrap()).unwrap();
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&auth_file).unwrap()).unwrap();
     assert!(saved["auths"].get(&registry.host).is_none(), "{saved}");
-    assert!(!strata_with_auth(&store, &auth_file, &args).status.success(), "second logout reports nothing to do");
+    assert!(
+        !strata_with_auth(&store, &auth_file, &args).status.success(),
+        "second logout reports nothing to do"
+    );
 }
 
 #[test]
@@ -136,11 +179,22 @@ fn save_load_round_trip_readable_by_skopeo_and_podman() {
         .arg(podman_dir.path().join("run"))
         .args(["--storage-driver", "vfs", "load", "-i", file_s]);
     let out = run_with_timeout(podman, Duration::from_secs(120));
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && text.contains("busybox:1"), "podman load: {text}");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("busybox:1"),
+        "podman load: {text}"
+    );
     // a bare file name, as `docker save -o x.tar` is mostly used
-    let out = store.strata_in(&["save", "busybox:1", "other:2", "-o", "images.tar"], Some(out_dir.path()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = store.strata_in(
+        &["save", "busybox:1", "other:2", "-o", "images.tar"],
+        Some(out_dir.path()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // through a pipe, as `docker save img | ssh host docker load` is used
     let piped = out_dir.path().join("piped.tar");
@@ -160,25 +214,47 @@ fn save_load_round_trip_readable_by_skopeo_and_podman() {
         .stdin(std::fs::File::open(&piped).unwrap())
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("busybox:1"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("busybox:1"),
+        "{out:?}"
+    );
 
     let fresh = TestStore::new();
     let loaded = fresh.ok(&["load", "-i", file_s]);
-    assert!(loaded.contains("busybox:1") && loaded.contains("other:2"), "{loaded}");
+    assert!(
+        loaded.contains("busybox:1") && loaded.contains("other:2"),
+        "{loaded}"
+    );
     let images = fresh.ok(&["images"]);
-    assert!(images.contains("busybox") && images.contains("other"), "{images}");
+    assert!(
+        images.contains("busybox") && images.contains("other"),
+        "{images}"
+    );
 
     // oci: and oci-archive: transports on both verbs.
     let layout = out_dir.path().join("layout");
-    store.ok(&["push", "-q", "busybox:1", &format!("oci:{}:bb", layout.display())]);
+    store.ok(&[
+        "push",
+        "-q",
+        "busybox:1",
+        &format!("oci:{}:bb", layout.display()),
+    ]);
     skopeo(&["inspect", &format!("oci:{}:bb", layout.display())]);
     // The layout's blobs are copies: changing them cannot change the store's.
     for entry in std::fs::read_dir(layout.join("blobs/sha256")).unwrap() {
         let entry = entry.unwrap();
-        let stored = store.root().join("oci/blobs/sha256").join(entry.file_name());
+        let stored = store
+            .root()
+            .join("oci/blobs/sha256")
+            .join(entry.file_name());
         if let Ok(stored) = std::fs::metadata(stored) {
             use std::os::unix::fs::MetadataExt;
-            assert_ne!(entry.metadata().unwrap().ino(), stored.ino(), "{:?} is shared", entry.file_name());
+            assert_ne!(
+                entry.metadata().unwrap().ino(),
+                stored.ino(),
+                "{:?} is shared",
+                entry.file_name()
+            );
         }
     }
     let again = TestStore::new();
@@ -210,10 +286,16 @@ fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
         args.push(ctx);
         let out = store.strata(&args);
         assert_success(&out, &args);
-        (String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (id, log) = build(&first, &["--cache-to", to]);
-    assert!(log.contains("| step-one-ran"), "the first build runs its steps: {log}");
+    assert!(
+        log.contains("| step-one-ran"),
+        "the first build runs its steps: {log}"
+    );
 
     // A fresh machine: only the base is pulled (the builder needs it by digest), the rest
     // comes from the cache without running a step.
@@ -222,8 +304,15 @@ fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
     // As a CI job does: read the cache and write it back to the same place.
     let (again, log) = build(&second, &["--cache-from", from, "--cache-to", to]);
     assert_eq!(again, id, "same image id from the cache:\n{log}");
-    assert!(!log.contains("| step-one-ran") && !log.contains("| step-two-ran"), "no RUN executed:\n{log}");
-    assert_eq!(log.matches(" CACHED").count(), 4, "every step after FROM is a cache hit:\n{log}");
+    assert!(
+        !log.contains("| step-one-ran") && !log.contains("| step-two-ran"),
+        "no RUN executed:\n{log}"
+    );
+    assert_eq!(
+        log.matches(" CACHED").count(),
+        4,
+        "every step after FROM is a cache hit:\n{log}"
+    );
 
     // The next job changes a file: the steps before the COPY still come from the cache.
     std::fs::write(context.path().join("data.txt"), "changed\n").unwrap();
@@ -238,8 +327,14 @@ fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
 
     // A cache is best effort, as with BuildKit: one that is down or missing is reported
     // and the build goes on without it.
-    let (_, log) = build(&third, &["--cache-from", "type=registry,ref=127.0.0.1:1/ci/cache:x"]);
-    assert!(log.contains("warning: --cache-from type=registry,ref=127.0.0.1:1/ci/cache:x"), "{log}");
+    let (_, log) = build(
+        &third,
+        &["--cache-from", "type=registry,ref=127.0.0.1:1/ci/cache:x"],
+    );
+    assert!(
+        log.contains("warning: --cache-from type=registry,ref=127.0.0.1:1/ci/cache:x"),
+        "{log}"
+    );
     let missing = format!("type=local,src={}/none", context.path().display());
     let (_, log) = build(&third, &["--cache-from", &missing]);
     assert!(log.contains("no cache there yet"), "{log}");
@@ -251,7 +346,11 @@ fn ci_cache_round_trip_through_a_local_directory() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let cache = cache.to_str().unwrap();
-    ci_cache_round_trip(&registry, &format!("type=local,dest={cache},mode=max"), &format!("type=local,src={cache}"));
+    ci_cache_round_trip(
+        &registry,
+        &format!("type=local,dest={cache},mode=max"),
+        &format!("type=local,src={cache}"),
+    );
     skopeo(&["inspect", "--raw", &format!("oci:{cache}:cache")]);
 }
 
@@ -270,7 +369,10 @@ fn ci_cache_round_trip_through_a_registry() {
 /// bundle (SSL_CERT_FILE here) as docker trusts it, refused with a hint otherwise.
 #[test]
 fn a_registry_with_a_private_ca_is_verified_against_the_trusted_roots() {
-    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().unwrap();
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .unwrap();
     let listing = String::from_utf8_lossy(&out.stdout);
     let ip = listing
         .split_whitespace()
@@ -286,8 +388,14 @@ fn a_registry_with_a_private_ca_is_verified_against_the_trusted_roots() {
     let out = store.strata(&["push", "busybox:1", &dest]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "an unknown CA must be refused");
-    assert!(stderr.contains("certificate is not trusted") && stderr.contains("certs.d"), "{stderr}");
-    store.ok_env(&["push", "busybox:1", &dest], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    assert!(
+        stderr.contains("certificate is not trusted") && stderr.contains("certs.d"),
+        "{stderr}"
+    );
+    store.ok_env(
+        &["push", "busybox:1", &dest],
+        &[("SSL_CERT_FILE", ca.to_str().unwrap())],
+    );
     let fresh = TestStore::new();
     fresh.ok_env(&["pull", &dest], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
 }

@@ -203,13 +203,24 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
     .unwrap();
     assert_eq!(state["driver"], "fuse");
     // Neither a second union on the same directory nor a second mount of the container.
-    let containers = || fs::read_dir(store.root().join("containers")).unwrap().count();
+    let containers = || {
+        fs::read_dir(store.root().join("containers"))
+            .unwrap()
+            .count()
+    };
     let before = containers();
     let out = store.strata(&["mount", "busybox", mnt.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("is already a union mount (fuse.strata)"), "{stderr}");
-    assert_eq!(containers(), before, "the refused mount leaves no container");
+    assert!(
+        stderr.contains("is already a union mount (fuse.strata)"),
+        "{stderr}"
+    );
+    assert_eq!(
+        containers(),
+        before,
+        "the refused mount leaves no container"
+    );
     let other = store.root().join("mnt2");
     fs::create_dir(&other).unwrap();
     let out = store.strata(&["mount", &id, other.to_str().unwrap()]);
@@ -313,7 +324,10 @@ fn mount_errors_name_the_problem() {
     let out = store.strata(&["umount", b.mnt.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("failed to unmount") && stderr.contains("nothing is mounted there"), "{stderr}");
+    assert!(
+        stderr.contains("failed to unmount") && stderr.contains("nothing is mounted there"),
+        "{stderr}"
+    );
 }
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";

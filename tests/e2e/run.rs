@@ -45,7 +45,8 @@ pub(crate) fn wait_status(store: &TestStore, name: &str, status: &str) -> serde_
             .into_iter()
             .find(|c| c["Names"][0] == name)
             .unwrap_or_default();
-        if container["State"] == status && (status != "exited" || !container["ExitCode"].is_null()) {
+        if container["State"] == status && (status != "exited" || !container["ExitCode"].is_null())
+        {
             return container;
         }
         assert!(
@@ -83,7 +84,10 @@ fn run_failures_use_docker_exit_codes() {
     assert_eq!(code(&out), 125);
     // docker's two lines: not here, then why the pull failed
     let stderr = text(&out.stderr);
-    assert!(stderr.starts_with("Unable to find image 'no-such-image' locally\nerror: no such image"), "{stderr}");
+    assert!(
+        stderr.starts_with("Unable to find image 'no-such-image' locally\nerror: no such image"),
+        "{stderr}"
+    );
     // bad options fail before anything runs, as docker checks them
     for args in [
         &["run", "--rm", "--hostname", "a b", "busybox", "true"][..],
@@ -120,12 +124,19 @@ fn run_failures_use_docker_exit_codes() {
         "run", "-d", "--rm", "--userns", "private", "--driver", "overlay", "busybox", "true",
     ]);
     assert_eq!(code(&out), 125, "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("fuse driver"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("fuse driver"),
+        "{}",
+        text(&out.stderr)
+    );
     // A mount that fails keeps no container made for it.
     let out = store.strata(&["mount", "busybox", "/nonexistent/dir"]);
     assert_eq!(code(&out), 1, "{}", text(&out.stderr));
     let left = ps_json(&store);
-    assert!(left.is_empty(), "failed runs and mounts left containers: {left:?}");
+    assert!(
+        left.is_empty(),
+        "failed runs and mounts left containers: {left:?}"
+    );
 }
 
 #[test]
@@ -143,7 +154,14 @@ fn env_user_workdir_from_flags_and_image() {
         "base",
         "configured:1",
     ]);
-    let out = store.ok(&["run", "--rm", "configured:1", "sh", "-c", "echo $GREETING; pwd; id -u"]);
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "configured:1",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd; id -u",
+    ]);
     assert_eq!(out, "hello\n/srv/app\n65534\n");
     let out = store.ok(&[
         "run",
@@ -183,11 +201,24 @@ fn detached_container_is_logged_stopped_and_removed() {
         let running = wait_status(&store, &name, "running");
         assert!(running["Pid"].as_i64().is_some());
         // inspect in docker's shape, for docker's templates
-        let shown = store.ok(&["inspect", "-f", "{{.State.Status}} {{.Name}} {{.State.Running}}", &name]);
+        let shown = store.ok(&[
+            "inspect",
+            "-f",
+            "{{.State.Status}} {{.Name}} {{.State.Running}}",
+            &name,
+        ]);
         assert_eq!(shown, format!("running /{name} true\n"));
-        let line = |listing: String| listing.lines().find(|l| l.ends_with(&name)).map(str::to_string);
+        let line = |listing: String| {
+            listing
+                .lines()
+                .find(|l| l.ends_with(&name))
+                .map(str::to_string)
+        };
         let up = line(store.ok(&["ps"])).expect("running containers are listed");
-        assert!(up.contains("   Up ") && up.contains("second"), "docker's 'Up N seconds': {up}");
+        assert!(
+            up.contains("   Up ") && up.contains("second"),
+            "docker's 'Up N seconds': {up}"
+        );
         let out = store.strata(&["rm", &name]);
         assert_ne!(code(&out), 0, "rm of a running container must fail");
         store.ok(&["stop", "-t", "5", &name]);
@@ -200,9 +231,16 @@ fn detached_container_is_logged_stopped_and_removed() {
         assert_eq!(store.ok(&["logs", &name]), "started\nstopping\n");
         assert!(!store.ok(&["ps"]).contains(&name));
         let gone = line(store.ok(&["ps", "-a"])).expect("ps -a lists exited containers");
-        assert!(gone.contains("Exited (7) ") && gone.contains(" ago"), "{gone}");
+        assert!(
+            gone.contains("Exited (7) ") && gone.contains(" ago"),
+            "{gone}"
+        );
         store.ok(&["rm", &name]);
-        assert!(ps_json(&store).iter().all(|c| c["Names"][0] != name.as_str()));
+        assert!(
+            ps_json(&store)
+                .iter()
+                .all(|c| c["Names"][0] != name.as_str())
+        );
     }
 }
 
@@ -230,7 +268,10 @@ fn kill_and_force_remove() {
     store.ok(&["tag", "busybox", "0first:1"]);
     store.ok(&["run", "-d", "--name", "sleeper", "busybox", "sleep", "60"]);
     let running = wait_status(&store, "sleeper", "running");
-    assert_eq!(running["Image"], "busybox:latest", "the name given, not another of the image's");
+    assert_eq!(
+        running["Image"], "busybox:latest",
+        "the name given, not another of the image's"
+    );
     let id = running["Id"].as_str().unwrap();
     assert_eq!(store.ok(&["ps", "-q"]), format!("{}\n", &id[..12]));
     store.ok(&["kill", "sleeper"]);
@@ -298,7 +339,9 @@ fn a_killed_run_rm_leaves_no_container() {
         let mut child = Command::new(strata_bin())
             .arg("--root")
             .arg(store.root())
-            .args(["run", "--rm", "--name", &name, "--driver", driver, "busybox", "sleep", "300"])
+            .args([
+                "run", "--rm", "--name", &name, "--driver", driver, "busybox", "sleep", "300",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -313,8 +356,14 @@ fn a_killed_run_rm_leaves_no_container() {
         let pid = nix::unistd::Pid::from_raw(running["Pid"].as_i64().unwrap() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
         let start = Instant::now();
-        while ps_json(&store).iter().any(|c| c["Names"][0] == name.as_str()) {
-            assert!(start.elapsed() < Duration::from_secs(20), "{name} was never removed");
+        while ps_json(&store)
+            .iter()
+            .any(|c| c["Names"][0] == name.as_str())
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name} was never removed"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!store.root().join("containers").join(&id).exists());
@@ -348,7 +397,10 @@ fn a_killed_run_keeps_the_containers_files_and_output() {
         wait_status(&store, &name, "running");
         let start = Instant::now();
         while std::fs::read_to_string(&echoed).unwrap_or_default() != "before\n" {
-            assert!(start.elapsed() < Duration::from_secs(20), "{driver}: no output reached strata's stdout");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{driver}: no output reached strata's stdout"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         child.kill().unwrap();
@@ -368,7 +420,10 @@ fn a_killed_run_keeps_the_containers_files_and_output() {
         // it starts again: the union the killed run left mounted is replaced
         let start = Instant::now();
         while container_status(&store, &name)["State"] != "exited" {
-            assert!(start.elapsed() < Duration::from_secs(20), "{driver}: the container never ended");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "{driver}: the container never ended"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(store.ok(&["start", "-a", &name]), "before\nafter\n");
@@ -400,10 +455,29 @@ fn volumes_bind_host_paths_and_start_from_the_image() {
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("in"), "from host\n").unwrap();
     // a -v below an image VOLUME goes on top of it, whatever the order
-    let out = store.ok(&["run", "--rm", "-v", &format!("{}:/data/sub", host.display()), "vol", "cat", "/data/sub/in", "/data/seed"]);
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/data/sub", host.display()),
+        "vol",
+        "cat",
+        "/data/sub/in",
+        "/data/seed",
+    ]);
     assert_eq!(out, "from host\nseed\n");
     // in a user namespace an empty volume belongs to container root
-    store.ok(&["run", "--rm", "--userns", "private", "-v", "/scratch", "vol", "touch", "/scratch/x"]);
+    store.ok(&[
+        "run",
+        "--rm",
+        "--userns",
+        "private",
+        "-v",
+        "/scratch",
+        "vol",
+        "touch",
+        "/scratch/x",
+    ]);
     for driver in DRIVERS {
         let script = format!(
             "cat /data/seed; stat -c %u:%g:%a /data /data/seed; cat /mnt/h/in; echo out > /mnt/h/out-{driver}; \
@@ -425,38 +499,94 @@ fn volumes_bind_host_paths_and_start_from_the_image() {
             "-c",
             &script,
         ]);
-        assert_eq!(out, "seed\n7:8:750\n7:8:644\nfrom host\nfrom host\nread-only\n", "{driver}");
-        assert_eq!(std::fs::read_to_string(host.join(format!("out-{driver}"))).unwrap(), "out\n");
-        assert!(!escape.join("sub").exists(), "a mount point followed /evil out of the container");
+        assert_eq!(
+            out, "seed\n7:8:750\n7:8:644\nfrom host\nfrom host\nread-only\n",
+            "{driver}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.join(format!("out-{driver}"))).unwrap(),
+            "out\n"
+        );
+        assert!(
+            !escape.join("sub").exists(),
+            "a mount point followed /evil out of the container"
+        );
     }
     // Writes to a volume bypass the upper: commit leaves them out, as docker's does.
-    store.ok(&["run", "--name", "keep", "vol", "sh", "-c", "echo new > /data/new; echo up > /up"]);
-    let upper = store.root().join("containers").join(container_status(&store, "keep")["Id"].as_str().unwrap());
-    assert_eq!(std::fs::read_to_string(upper.join("volumes/0/new")).unwrap(), "new\n");
+    store.ok(&[
+        "run",
+        "--name",
+        "keep",
+        "vol",
+        "sh",
+        "-c",
+        "echo new > /data/new; echo up > /up",
+    ]);
+    let upper = store
+        .root()
+        .join("containers")
+        .join(container_status(&store, "keep")["Id"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(upper.join("volumes/0/new")).unwrap(),
+        "new\n"
+    );
     store.ok(&["commit", "keep", "kept"]);
     let out = store.ok(&["run", "--rm", "kept", "sh", "-c", "cat /up; ls /data"]);
     assert_eq!(out, "up\nseed\n");
     // bad -v arguments fail before anything runs, with docker's exit code
     let out = store.strata(&["run", "--rm", "-v", "/nonexistent-strata:/x", "vol", "true"]);
     assert_eq!(code(&out), 125);
-    assert!(text(&out.stderr).contains("/nonexistent-strata"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent-strata"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Options end at the image, as with docker: `run IMAGE -d --rm x` passes `-d --rm x` on.
 #[test]
 fn arguments_after_the_image_go_to_the_container() {
     let store = store_with_busybox();
-    let out = store.ok(&["run", "--rm", "busybox", "sh", "-c", "echo \"$*\"", "sh", "-d", "--rm", "-e", "X=1", "--", "x"]);
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "echo \"$*\"",
+        "sh",
+        "-d",
+        "--rm",
+        "-e",
+        "X=1",
+        "--",
+        "x",
+    ]);
     assert_eq!(out, "-d --rm -e X=1 -- x\n");
-    let out = store.ok(&["run", "--rm", "--entrypoint", "/bin/ls", "busybox", "-d", "/"]);
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "/bin/ls",
+        "busybox",
+        "-d",
+        "/",
+    ]);
     assert_eq!(out, "/\n");
     // with the host's network, the host's name (docker's rule); else the short id
     let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
-    assert_eq!(store.ok(&["run", "--rm", "--network", "host", "busybox", "hostname"]), format!("{host}\n"));
+    assert_eq!(
+        store.ok(&["run", "--rm", "--network", "host", "busybox", "hostname"]),
+        format!("{host}\n")
+    );
     // -it needs a terminal to read from, as docker says (stdin is not one here)
     let out = store.strata(&["run", "--rm", "-it", "busybox", "cat"]);
     assert_eq!(code(&out), 125);
-    assert!(text(&out.stderr).contains("the input device is not a TTY"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("the input device is not a TTY"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// `stop` sends the image's STOPSIGNAL (or `run --stop-signal`) first, as docker does.
@@ -485,22 +615,43 @@ fn stop_sends_the_stop_signal() {
 #[test]
 fn logs_follow_and_tail() {
     let store = store_with_busybox();
-    store.ok(&["run", "-d", "--name", "talker", "busybox", "sh", "-c", "echo a; echo b >&2; sleep 1; echo c"]);
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "busybox",
+        "sh",
+        "-c",
+        "echo a; echo b >&2; sleep 1; echo c",
+    ]);
     // -f returns once the container has exited, with everything it wrote; each stream
     // goes back to its own descriptor
     let out = store.strata(&["logs", "-f", "talker"]);
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("a\nc\n".into(), "b\n".into()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("a\nc\n".into(), "b\n".into())
+    );
     // (the order across the two streams is the order strata read them in, as docker's)
     let out = store.strata(&["logs", "--tail", "1", "talker"]);
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("c\n".into(), "".into()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("c\n".into(), "".into())
+    );
     assert_eq!(store.ok(&["logs", "-n", "0", "talker"]), "");
     // a run in the foreground prints its output and logs it, as docker's does
     let script = "echo out1; echo err1 >&2; echo out2; printf 'no newline'";
     let out = store.strata(&["run", "--name", "fg", "busybox", "sh", "-c", script]);
     assert_eq!(code(&out), 0);
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out1\nout2\nno newline".into(), "err1\n".into()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out1\nout2\nno newline".into(), "err1\n".into())
+    );
     let out = store.strata(&["logs", "fg"]);
-    assert_eq!((text(&out.stdout), text(&out.stderr)), ("out1\nout2\nno newline".into(), "err1\n".into()));
+    assert_eq!(
+        (text(&out.stdout), text(&out.stderr)),
+        ("out1\nout2\nno newline".into(), "err1\n".into())
+    );
     // a reader that goes away ends the command, as when it wrote to that pipe itself
     let mut piped = Command::new("sh");
     piped.arg("-c").arg(format!(
@@ -513,13 +664,24 @@ fn logs_follow_and_tail() {
     let stamped = store.ok(&["logs", "-t", "fg"]);
     let first = stamped.lines().next().unwrap();
     let (time, line) = first.split_once(' ').unwrap();
-    assert!(time.ends_with('Z') && time.contains('T') && line == "out1", "{stamped}");
+    assert!(
+        time.ends_with('Z') && time.contains('T') && line == "out1",
+        "{stamped}"
+    );
 }
 
 #[test]
 fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();
-    let out = store.strata(&["run", "--rm", "--memory", "64m", "busybox", "tail", "/dev/zero"]);
+    let out = store.strata(&[
+        "run",
+        "--rm",
+        "--memory",
+        "64m",
+        "busybox",
+        "tail",
+        "/dev/zero",
+    ]);
     assert_eq!(code(&out), 137, "{}", text(&out.stderr));
     let out = store.strata(&[
         "run",
@@ -531,15 +693,30 @@ fn memory_limit_oom_kills_and_exits_137() {
         "-c",
         "i=0; while [ $i -lt 64 ]; do sleep 5 & i=$((i+1)); done; echo survived",
     ]);
-    assert!(text(&out.stderr).contains("can't fork"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("can't fork"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
 fn network_none_and_host() {
     let store = store_with_busybox();
-    assert_eq!(store.ok(&["run", "--rm", "busybox", "ls", "/sys/class/net"]), "lo\n");
+    assert_eq!(
+        store.ok(&["run", "--rm", "busybox", "ls", "/sys/class/net"]),
+        "lo\n"
+    );
     let host = std::fs::read_dir("/sys/class/net").unwrap().count();
-    let inside = store.ok(&["run", "--rm", "--network", "host", "busybox", "ls", "/sys/class/net"]);
+    let inside = store.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "host",
+        "busybox",
+        "ls",
+        "/sys/class/net",
+    ]);
     assert_eq!(inside.lines().count(), host);
 }
 
@@ -562,11 +739,16 @@ fn diff_lists_adds_changes_and_deletes_on_both_drivers() {
         ]);
         let diff = store.ok(&["diff", &name]);
         assert_eq!(
-            diff, "C /etc\nD /etc/group\nC /etc/passwd\nA /newfile\nC /var\nA /var/lib\nA /var/lib/app\n",
+            diff,
+            "C /etc\nD /etc/group\nC /etc/passwd\nA /newfile\nC /var\nA /var/lib\nA /var/lib/app\n",
             "{driver}"
         );
-        let json: serde_json::Value = serde_json::from_str(&store.ok(&["diff", "--json", &name])).unwrap();
-        assert_eq!(json[1], serde_json::json!({"kind": "D", "path": "/etc/group"}));
+        let json: serde_json::Value =
+            serde_json::from_str(&store.ok(&["diff", "--json", &name])).unwrap();
+        assert_eq!(
+            json[1],
+            serde_json::json!({"kind": "D", "path": "/etc/group"})
+        );
     }
 }
 
@@ -598,7 +780,10 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
         ]);
         assert!(id.trim().starts_with("sha256:"));
         for run_driver in DRIVERS {
-            assert_eq!(store.ok(&["run", "--rm", "--driver", run_driver, &tag]), "data\n");
+            assert_eq!(
+                store.ok(&["run", "--rm", "--driver", run_driver, &tag]),
+                "data\n"
+            );
             let out = store.ok(&[
                 "run",
                 "--rm",
@@ -616,7 +801,10 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
         }
         let history = store.ok(&["history", &tag]);
         assert!(history.contains("add data"), "{history}");
-        assert_eq!(store.ok(&["diff", "busybox", &tag]), store.ok(&["diff", &name]));
+        assert_eq!(
+            store.ok(&["diff", "busybox", &tag]),
+            store.ok(&["diff", &name])
+        );
 
         // A container of the new image that changes nothing commits to the same image.
         let idle = format!("idle-{driver}");
@@ -633,9 +821,12 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
 fn script(store: &TestStore, shell: &str) -> Command {
     let fifo = store.root().join("script-stdin");
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "mkfifo \"$1\" && exec script -qec \"$0\" /dev/null 0<>\"$1\""])
-        .arg(shell)
-        .arg(&fifo);
+    cmd.args([
+        "-c",
+        "mkfifo \"$1\" && exec script -qec \"$0\" /dev/null 0<>\"$1\"",
+    ])
+    .arg(shell)
+    .arg(&fifo);
     cmd
 }
 
@@ -643,7 +834,11 @@ fn script(store: &TestStore, shell: &str) -> Command {
 fn tty_gets_the_window_size_and_the_terminal_is_restored() {
     crate::common::require_tool("script", "apt-get install -y util-linux");
     let store = store_with_busybox();
-    let strata = format!("{} --root {}", strata_bin().display(), store.root().display());
+    let strata = format!(
+        "{} --root {}",
+        strata_bin().display(),
+        store.root().display()
+    );
     // script(1) gives strata a terminal; strata must copy its size into the container's
     // pty, put it in raw mode while the container runs, and restore it afterwards.
     let shell = format!(
@@ -668,7 +863,11 @@ fn userns_private_maps_root_to_unprivileged_ids() {
     let store = store_with_busybox();
     // The mapped root (host uid 100000) must be able to reach the container's rootfs, as
     // it can under /var/lib/strata; the temp store dir is 0700.
-    std::fs::set_permissions(store.root(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        store.root(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     // The image's files are its root's, inside; what root and uid 1000 write lands in the
     // upper with the image's ids, so a commit is what it would be without the namespace.
     let out = store.ok(&[
@@ -690,7 +889,14 @@ fn userns_private_maps_root_to_unprivileged_ids() {
     assert_eq!(words, ["0", "0", "100000", "65536", "0:0", "1000:50"]);
     store.ok(&["commit", "private", "private:1"]);
     let listed = store.ok(&[
-        "run", "--rm", "private:1", "stat", "-c", "%n %u:%g", "/data", "/data/by-root",
+        "run",
+        "--rm",
+        "private:1",
+        "stat",
+        "-c",
+        "%n %u:%g",
+        "/data",
+        "/data/by-root",
     ]);
     assert_eq!(listed, "/data 1000:1000\n/data/by-root 1000:50\n");
     // Kernel overlayfs cannot shift the owners: refused, naming the way out.
@@ -723,15 +929,28 @@ fn etc_files_are_per_container_binds_outside_the_upper_on_both_drivers() {
             "-c",
             "cat /etc/resolv.conf; echo ---; cat /etc/hostname; echo '10.9.9.9 edited' >> /etc/hosts",
         ]);
-        let id = container_status(&store, &name)["Id"].as_str().unwrap().to_string();
+        let id = container_status(&store, &name)["Id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         // with the host's network, the host's name (docker's rule)
         let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
         assert_eq!(out, format!("{host_resolv}---\n{host}\n"), "{driver}");
-        assert_eq!(store.ok(&["diff", &name]), "", "{driver}: the etc files leaked into the upper");
+        assert_eq!(
+            store.ok(&["diff", &name]),
+            "",
+            "{driver}: the etc files leaked into the upper"
+        );
         let upper = store.root().join("containers").join(&id).join("upper");
-        assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0, "{driver}: upper not empty");
+        assert_eq!(
+            std::fs::read_dir(&upper).unwrap().count(),
+            0,
+            "{driver}: upper not empty"
+        );
         // The edit went to the container's own copy.
-        let hosts = std::fs::read_to_string(store.root().join("containers").join(&id).join("hosts")).unwrap();
+        let hosts =
+            std::fs::read_to_string(store.root().join("containers").join(&id).join("hosts"))
+                .unwrap();
         assert!(hosts.ends_with("10.9.9.9 edited\n"), "{driver}: {hosts}");
 
         let out = store.ok(&[
@@ -748,7 +967,10 @@ fn etc_files_are_per_container_binds_outside_the_upper_on_both_drivers() {
             "-c",
             "cat /etc/hosts /etc/hostname; ls -ld /etc | cut -c1-10",
         ]);
-        assert!(out.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost"), "{driver}: {out}");
+        assert!(
+            out.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost"),
+            "{driver}: {out}"
+        );
         assert!(out.contains("127.0.0.1\tbox\nbox\n"), "{driver}: {out}");
         assert!(out.ends_with("drwxr-xr-x\n"), "{driver}: {out}");
     }
@@ -758,7 +980,11 @@ fn etc_files_are_per_container_binds_outside_the_upper_on_both_drivers() {
 fn tty_window_size_changes_reach_the_running_container() {
     crate::common::require_tool("script", "apt-get install -y util-linux");
     let store = store_with_busybox();
-    let strata = format!("{} --root {}", strata_bin().display(), store.root().display());
+    let strata = format!(
+        "{} --root {}",
+        strata_bin().display(),
+        store.root().display()
+    );
     // The container prints its start size, creates /ready (seen on the host in its upper)
     // and waits for a new size. The host side resizes strata's terminal once /ready exists:
     // the kernel sends SIGWINCH to strata, which must copy the size into the container's pty
@@ -783,7 +1009,9 @@ fn tty_window_size_changes_reach_the_running_container() {
 fn rm_containers_are_volatile_and_others_durable() {
     let store = store_with_busybox();
     let marker = |id: &str| store.root().join("containers").join(id).join("volatile");
-    let quick = store.ok(&["run", "-d", "--rm", "--name", "quick", "busybox", "sleep", "60"]);
+    let quick = store.ok(&[
+        "run", "-d", "--rm", "--name", "quick", "busybox", "sleep", "60",
+    ]);
     let kept = store.ok(&["run", "-d", "--name", "kept", "busybox", "sleep", "60"]);
     wait_status(&store, "quick", "running");
     wait_status(&store, "kept", "running");
@@ -794,7 +1022,10 @@ fn rm_containers_are_volatile_and_others_durable() {
     store.ok(&["rm", "-f", "kept"]);
     let start = Instant::now();
     while ps_json(&store).iter().any(|c| c["Names"][0] == "quick") {
-        assert!(start.elapsed() < Duration::from_secs(20), "--rm container never went away");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "--rm container never went away"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -803,13 +1034,33 @@ fn rm_containers_are_volatile_and_others_durable() {
 fn entrypoint_flag_replaces_the_images_entrypoint_and_default_command() {
     let store = store_with_busybox();
     store.ok(&["run", "--name", "base", "busybox", "true"]);
-    store.ok(&["commit", "--change", r#"ENTRYPOINT ["echo", "from-image"]"#, "--change", r#"CMD ["default"]"#, "base", "ep:1"]);
+    store.ok(&[
+        "commit",
+        "--change",
+        r#"ENTRYPOINT ["echo", "from-image"]"#,
+        "--change",
+        r#"CMD ["default"]"#,
+        "base",
+        "ep:1",
+    ]);
     assert_eq!(store.ok(&["run", "--rm", "ep:1"]), "from-image default\n");
-    assert_eq!(store.ok(&["run", "--rm", "ep:1", "given"]), "from-image given\n");
+    assert_eq!(
+        store.ok(&["run", "--rm", "ep:1", "given"]),
+        "from-image given\n"
+    );
     // --entrypoint drops the image's CMD as docker does; "" removes the entrypoint
-    assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1"]), "\n");
-    assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1", "x"]), "x\n");
-    assert_eq!(store.ok(&["run", "--rm", "--entrypoint", "", "ep:1", "echo", "plain"]), "plain\n");
+    assert_eq!(
+        store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1"]),
+        "\n"
+    );
+    assert_eq!(
+        store.ok(&["run", "--rm", "--entrypoint", "echo", "ep:1", "x"]),
+        "x\n"
+    );
+    assert_eq!(
+        store.ok(&["run", "--rm", "--entrypoint", "", "ep:1", "echo", "plain"]),
+        "plain\n"
+    );
 }
 
 /// `exec`: one more process in a running container, in its namespaces (pid, mount, uts,
@@ -818,7 +1069,18 @@ fn entrypoint_flag_replaces_the_images_entrypoint_and_default_command() {
 fn exec_runs_in_the_running_container() {
     let store = store_with_busybox();
     for (name, extra) in [("ex-plain", None), ("ex-userns", Some("--userns=private"))] {
-        let mut args = vec!["run", "-d", "--name", name, "-m", "32m", "-e", "FROM_RUN=1", "-w", "/srv"];
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            name,
+            "-m",
+            "32m",
+            "-e",
+            "FROM_RUN=1",
+            "-w",
+            "/srv",
+        ];
         args.extend(extra);
         args.extend(["busybox", "sh", "-c", "echo $$ > /tmp/pid1; exec sleep 60"]);
         store.ok(&args);
@@ -827,22 +1089,55 @@ fn exec_runs_in_the_running_container() {
         let out = store.ok(&[
             "exec", "-e", "X=2", name, "sh", "-c", "cat /tmp/pid1; echo $FROM_RUN $X; pwd; hostname; id -u; ps -o pid,comm | grep -c sleep",
         ]);
-        assert_eq!(out, format!("1\n1 2\n/srv\n{}\n0\n1\n", &id[..12]), "{name}");
+        assert_eq!(
+            out,
+            format!("1\n1 2\n/srv\n{}\n0\n1\n", &id[..12]),
+            "{name}"
+        );
         store.ok(&["exec", name, "touch", "/srv/made-by-exec"]);
-        assert_eq!(store.ok(&["exec", "-u", "nobody", "-w", "/", name, "sh", "-c", "id -u; pwd; ls /srv"]), "65534\n/\nmade-by-exec\n");
-        assert_eq!(code(&store.strata(&["exec", name, "sh", "-c", "exit 7"])), 7);
+        assert_eq!(
+            store.ok(&[
+                "exec",
+                "-u",
+                "nobody",
+                "-w",
+                "/",
+                name,
+                "sh",
+                "-c",
+                "id -u; pwd; ls /srv"
+            ]),
+            "65534\n/\nmade-by-exec\n"
+        );
+        assert_eq!(
+            code(&store.strata(&["exec", name, "sh", "-c", "exit 7"])),
+            7
+        );
         let missing = store.strata(&["exec", name, "no-such-command"]);
         assert_eq!(code(&missing), 127, "{}", text(&missing.stderr));
         let input = Command::new(strata_bin())
             .arg("--root")
             .arg(store.root())
             .args(["exec", "-i", name, "tr", "a-z", "A-Z"])
-            .stdin(std::fs::File::open(store.root().join("containers").join(id).join("state.json")).unwrap())
+            .stdin(
+                std::fs::File::open(store.root().join("containers").join(id).join("state.json"))
+                    .unwrap(),
+            )
             .output()
             .unwrap();
-        assert!(text(&input.stdout).contains("\"STATUS\": \"RUNNING\""), "{}", text(&input.stderr));
+        assert!(
+            text(&input.stdout).contains("\"STATUS\": \"RUNNING\""),
+            "{}",
+            text(&input.stderr)
+        );
         // in the container's cgroup: its 32m limit kills what grows past it
-        let big = store.strata(&["exec", name, "sh", "-c", "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}"]);
+        let big = store.strata(&[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        ]);
         assert_eq!(code(&big), 137, "{}", text(&big.stdout));
         store.ok(&["rm", "-f", name]);
         let out = store.strata(&["exec", name, "true"]);
@@ -859,14 +1154,28 @@ fn gc_keeps_the_image_of_a_container_whose_tag_moved() {
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("Buildfile"), "FROM busybox\nRUN echo v1 > /v\n").unwrap();
     store.ok(&["build", "-t", "moving", ctx.to_str().unwrap()]);
-    store.ok(&["run", "--name", "user", "moving", "sh", "-c", "echo changed > /c"]);
+    store.ok(&[
+        "run",
+        "--name",
+        "user",
+        "moving",
+        "sh",
+        "-c",
+        "echo changed > /c",
+    ]);
     std::fs::write(ctx.join("Buildfile"), "FROM busybox\nRUN echo v2 > /v\n").unwrap();
     store.ok(&["build", "-t", "moving", ctx.to_str().unwrap()]);
     store.ok(&["gc"]);
-    assert!(store.ok(&["images"]).contains("<none>"), "kept as a dangling image");
+    assert!(
+        store.ok(&["images"]).contains("<none>"),
+        "kept as a dangling image"
+    );
     assert!(store.ok(&["diff", "user"]).contains("/c"));
     store.ok(&["commit", "user", "saved"]);
-    assert_eq!(store.ok(&["run", "--rm", "saved", "cat", "/v", "/c"]), "v1\nchanged\n");
+    assert_eq!(
+        store.ok(&["run", "--rm", "saved", "cat", "/v", "/c"]),
+        "v1\nchanged\n"
+    );
     store.ok(&["fsck"]);
     // once the container is gone, the image is garbage
     store.ok(&["rm", "user"]);
@@ -879,14 +1188,46 @@ fn gc_keeps_the_image_of_a_container_whose_tag_moved() {
 fn no_new_privileges_only_when_asked() {
     let store = store_with_busybox();
     let nnp = "grep NoNewPrivs /proc/self/status | tr -d '\\t '";
-    assert_eq!(store.ok(&["run", "--rm", "busybox", "sh", "-c", nnp]), "NoNewPrivs:0\n");
-    let out = store.ok(&["run", "--rm", "--security-opt", "no-new-privileges", "busybox", "sh", "-c", nnp]);
+    assert_eq!(
+        store.ok(&["run", "--rm", "busybox", "sh", "-c", nnp]),
+        "NoNewPrivs:0\n"
+    );
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "no-new-privileges",
+        "busybox",
+        "sh",
+        "-c",
+        nnp,
+    ]);
     assert_eq!(out, "NoNewPrivs:1\n");
-    store.ok(&["run", "-d", "--name", "nnp", "--security-opt", "no-new-privileges:true", "busybox", "sleep", "60"]);
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "nnp",
+        "--security-opt",
+        "no-new-privileges:true",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
     wait_status(&store, "nnp", "running");
-    assert_eq!(store.ok(&["exec", "nnp", "sh", "-c", nnp]), "NoNewPrivs:1\n");
+    assert_eq!(
+        store.ok(&["exec", "nnp", "sh", "-c", nnp]),
+        "NoNewPrivs:1\n"
+    );
     store.ok(&["rm", "-f", "nnp"]);
-    let out = store.strata(&["run", "--rm", "--security-opt", "seccomp=x", "busybox", "true"]);
+    let out = store.strata(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "seccomp=x",
+        "busybox",
+        "true",
+    ]);
     assert_eq!(code(&out), 125);
 }
 
@@ -921,21 +1262,33 @@ fn containers_see_their_own_cgroup_limits() {
 fn a_reused_pid_is_not_the_container() {
     let store = store_with_busybox();
     store.ok(&["run", "--name", "gone", "busybox", "true"]);
-    let id = container_status(&store, "gone")["Id"].as_str().unwrap().to_string();
+    let id = container_status(&store, "gone")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let path = store.root().join("containers").join(&id).join("state.json");
-    let mut state: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     // this test process stands for whatever got the pid
     state["status"] = "running".into();
     state["pid"] = (std::process::id() as i64).into();
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
     let out = store.strata(&["exec", "gone", "true"]);
     assert_eq!(code(&out), 125);
-    assert!(text(&out.stderr).contains("not the container's process"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not the container's process"),
+        "{}",
+        text(&out.stderr)
+    );
     // with a start time recorded, the stranger does not even count as running
     state["pid_start"] = 1.into();
     std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
     let out = store.strata(&["exec", "gone", "true"]);
-    assert!(text(&out.stderr).contains("is not running"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is not running"),
+        "{}",
+        text(&out.stderr)
+    );
     // docker: 0 is no limit
     store.ok(&["run", "--rm", "-m", "0", "--cpus", "0", "busybox", "true"]);
 }
@@ -950,12 +1303,23 @@ fn exec_with_a_terminal() {
     let root = store.root().display().to_string();
     for _ in 0..3 {
         let out = Command::new("script")
-            .args(["-qec", &format!("{} --root {root} exec -it term sh -c 'tty; exit 3'; echo rc=$?", strata.display()), "/dev/null"])
+            .args([
+                "-qec",
+                &format!(
+                    "{} --root {root} exec -it term sh -c 'tty; exit 3'; echo rc=$?",
+                    strata.display()
+                ),
+                "/dev/null",
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
         let stdout = text(&out.stdout);
-        assert!(stdout.contains("/dev/pts/") && stdout.contains("rc=3"), "{stdout}{}", text(&out.stderr));
+        assert!(
+            stdout.contains("/dev/pts/") && stdout.contains("rc=3"),
+            "{stdout}{}",
+            text(&out.stderr)
+        );
     }
     store.ok(&["rm", "-f", "term"]);
 }
@@ -967,7 +1331,16 @@ fn read_only_root() {
     let store = store_with_busybox();
     for driver in DRIVERS {
         let out = store.ok(&[
-            "run", "--rm", "--read-only", "--driver", driver, "-v", "/vol", "busybox", "sh", "-c",
+            "run",
+            "--rm",
+            "--read-only",
+            "--driver",
+            driver,
+            "-v",
+            "/vol",
+            "busybox",
+            "sh",
+            "-c",
             "touch /x 2>/dev/null || echo root-ro; touch /vol/y && echo vol-rw; \
              echo 1.2.3.4 x >> /etc/hosts && echo hosts-rw; touch /dev/shm/z && echo shm-rw",
         ]);
@@ -981,10 +1354,16 @@ fn read_only_root() {
 fn start_runs_an_exited_container_again() {
     let store = store_with_busybox();
     let script = "echo run >> /vol/log; echo up >> /up; cat /vol/log /up | wc -l; exit 3";
-    let out = store.strata(&["run", "--name", "again", "-v", "/vol", "busybox", "sh", "-c", script]);
+    let out = store.strata(&[
+        "run", "--name", "again", "-v", "/vol", "busybox", "sh", "-c", script,
+    ]);
     assert_eq!((code(&out), text(&out.stdout)), (3, "2\n".to_string()));
     let out = store.strata(&["start", "-a", "again"]);
-    assert_eq!((code(&out), text(&out.stdout)), (3, "4\n".to_string()), "upper and volume kept");
+    assert_eq!(
+        (code(&out), text(&out.stdout)),
+        (3, "4\n".to_string()),
+        "upper and volume kept"
+    );
     assert_eq!(store.ok(&["start", "again"]), "again\n");
     let exited = wait_status(&store, "again", "exited");
     assert_eq!(exited["ExitCode"], 3);
@@ -992,7 +1371,11 @@ fn start_runs_an_exited_container_again() {
     assert_eq!(store.ok(&["logs", "again"]), "2\n4\n6\n");
     store.ok(&["run", "-d", "--name", "busy", "busybox", "sleep", "60"]);
     wait_status(&store, "busy", "running");
-    assert_eq!(code(&store.strata(&["start", "busy"])), 1, "already running");
+    assert_eq!(
+        code(&store.strata(&["start", "busy"])),
+        1,
+        "already running"
+    );
     store.ok(&["rm", "-f", "busy", "again"]);
 }
 
@@ -1002,21 +1385,63 @@ fn start_runs_an_exited_container_again() {
 #[test]
 fn named_volumes_outlive_containers() {
     let store = store_with_busybox();
-    let count = "echo x >> /etc/data/log; wc -l < /etc/data/log; ls /etc/data | grep -c passwd; true";
+    let count =
+        "echo x >> /etc/data/log; wc -l < /etc/data/log; ls /etc/data | grep -c passwd; true";
     // /etc holds passwd in busybox: a new volume at /etc/data starts empty, one at /etc from it
     store.ok(&["run", "--rm", "-v", "etcvol:/etc", "busybox", "true"]);
-    assert_eq!(store.ok(&["run", "--rm", "-v", "etcvol:/mnt", "busybox", "ls", "/mnt/passwd"]), "/mnt/passwd\n");
+    assert_eq!(
+        store.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "etcvol:/mnt",
+            "busybox",
+            "ls",
+            "/mnt/passwd"
+        ]),
+        "/mnt/passwd\n"
+    );
     for expected in ["1\n0\n", "2\n0\n"] {
-        assert_eq!(store.ok(&["run", "--rm", "-v", "data:/etc/data", "busybox", "sh", "-c", count]), expected);
+        assert_eq!(
+            store.ok(&[
+                "run",
+                "--rm",
+                "-v",
+                "data:/etc/data",
+                "busybox",
+                "sh",
+                "-c",
+                count
+            ]),
+            expected
+        );
     }
     store.ok(&["volume", "create", "empty"]);
-    assert_eq!(store.ok(&["run", "--rm", "-v", "empty:/etc", "busybox", "ls", "/etc/passwd"]), "/etc/passwd\n");
+    assert_eq!(
+        store.ok(&[
+            "run",
+            "--rm",
+            "-v",
+            "empty:/etc",
+            "busybox",
+            "ls",
+            "/etc/passwd"
+        ]),
+        "/etc/passwd\n"
+    );
     let listed = store.ok(&["volume", "ls"]);
-    assert!(listed.contains("data") && listed.contains("empty") && listed.contains("etcvol"), "{listed}");
+    assert!(
+        listed.contains("data") && listed.contains("empty") && listed.contains("etcvol"),
+        "{listed}"
+    );
     store.ok(&["run", "--name", "user", "-v", "data:/d", "busybox", "true"]);
     let out = store.strata(&["volume", "rm", "data"]);
     assert_eq!(code(&out), 1);
-    assert!(text(&out.stderr).contains("in use by container user"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("in use by container user"),
+        "{}",
+        text(&out.stderr)
+    );
     store.ok(&["rm", "user"]);
     store.ok(&["volume", "rm", "data", "empty", "etcvol"]);
     assert_eq!(store.ok(&["volume", "ls", "--json"]).trim(), "[]");
@@ -1027,7 +1452,11 @@ fn named_volumes_outlive_containers() {
 fn health_of(store: &TestStore, name: &str) -> (String, u64, Vec<i64>) {
     let inspected: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", name])).unwrap();
     let health = &inspected[0]["State"]["Health"];
-    let codes = health["Log"].as_array().map(|log| log.iter().map(|p| p["ExitCode"].as_i64().unwrap()).collect());
+    let codes = health["Log"].as_array().map(|log| {
+        log.iter()
+            .map(|p| p["ExitCode"].as_i64().unwrap())
+            .collect()
+    });
     (
         health["Status"].as_str().unwrap_or("none").to_string(),
         health["FailingStreak"].as_u64().unwrap_or(0),
@@ -1043,7 +1472,10 @@ fn wait_health(store: &TestStore, name: &str, status: &str) -> (String, u64, Vec
         if health.0 == status {
             return health;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{name} never became {status}: {health:?}");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name} never became {status}: {health:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -1066,7 +1498,10 @@ fn healthchecks_run_while_the_container_runs() {
 
     store.ok(&["run", "-d", "--name", "checked", "hc", "sleep", "60"]);
     let (_, streak, codes) = wait_health(&store, "checked", "unhealthy");
-    assert!(streak >= 2 && codes.iter().all(|&c| c == 1), "{streak} {codes:?}");
+    assert!(
+        streak >= 2 && codes.iter().all(|&c| c == 1),
+        "{streak} {codes:?}"
+    );
     assert!(store.ok(&["ps"]).contains("(unhealthy)"));
     store.ok(&["exec", "checked", "touch", "/tmp/ok"]);
     let (_, streak, codes) = wait_health(&store, "checked", "healthy");
@@ -1076,7 +1511,23 @@ fn healthchecks_run_while_the_container_runs() {
     // the flags over the image's: a test that outlives its timeout
     // (`;`: the shell forks sleep, which the timeout must end too, or its pipe would hold
     // the prober)
-    store.ok(&["run", "-d", "--name", "slow", "--health-cmd", "sleep 30; exit 0", "--health-timeout", "200ms", "--health-interval", "100ms", "--health-retries", "1", "hc", "sleep", "60"]);
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "slow",
+        "--health-cmd",
+        "sleep 30; exit 0",
+        "--health-timeout",
+        "200ms",
+        "--health-interval",
+        "100ms",
+        "--health-retries",
+        "1",
+        "hc",
+        "sleep",
+        "60",
+    ]);
     let (_, _, codes) = wait_health(&store, "slow", "unhealthy");
     assert_eq!(codes.first(), Some(&-1));
     let inspected = store.ok(&["inspect", "slow"]);
@@ -1086,7 +1537,10 @@ fn healthchecks_run_while_the_container_runs() {
     let left = store.ok(&["exec", "slow", "ps"]);
     // (at most the probe in flight: its shell and its sleep; the ended ones' sleeps are
     // zombies of the container's pid 1, `sleep 60`, which reaps nothing)
-    assert!(left.lines().filter(|l| l.contains("sleep 30")).count() <= 2, "{left}");
+    assert!(
+        left.lines().filter(|l| l.contains("sleep 30")).count() <= 2,
+        "{left}"
+    );
 
     // a shell-form test runs in the image's SHELL, as docker's
     std::fs::write(
@@ -1099,14 +1553,37 @@ fn healthchecks_run_while_the_container_runs() {
     wait_health(&store, "shelled", "healthy");
     assert!(store.ok(&["inspect", "shelled"]).contains("shell: exit 1"));
 
-    store.ok(&["run", "-d", "--name", "unchecked", "--no-healthcheck", "hc", "sleep", "60"]);
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "unchecked",
+        "--no-healthcheck",
+        "hc",
+        "sleep",
+        "60",
+    ]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(health_of(&store, "unchecked").0, "none");
 
     // a foreground run with a check ends with its command
     let start = Instant::now();
-    store.ok(&["run", "--rm", "--health-cmd", "true", "--health-interval", "100ms", "hc", "sleep", "0.5"]);
-    assert!(start.elapsed() < Duration::from_secs(10), "the run waited {:?}", start.elapsed());
+    store.ok(&[
+        "run",
+        "--rm",
+        "--health-cmd",
+        "true",
+        "--health-interval",
+        "100ms",
+        "hc",
+        "sleep",
+        "0.5",
+    ]);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "the run waited {:?}",
+        start.elapsed()
+    );
     store.ok(&["rm", "-f", "checked", "slow", "shelled", "unchecked"]);
 }
 
@@ -1131,22 +1608,39 @@ fn wait_restart_and_export() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let mut waiter = waiter;
-    assert!(waiter.try_wait().unwrap().is_none(), "wait returned while the container ran");
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "wait returned while the container ran"
+    );
     store.ok(&["exec", "w", "touch", "/tmp/go"]);
     let start = Instant::now();
     while waiter.try_wait().unwrap().is_none() {
-        assert!(start.elapsed() < Duration::from_secs(20), "wait never returned");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "wait never returned"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let out = waiter.wait_with_output().unwrap();
     assert_eq!(text(&out.stdout), "7\n");
     assert_eq!(store.ok(&["wait", "w"]), "7\n");
     // a --rm container is removed only once its waiters have its exit code
-    let id = store.ok(&["run", "-d", "--rm", "busybox", "sh", "-c", "sleep 0.5; exit 3"]);
+    let id = store.ok(&[
+        "run",
+        "-d",
+        "--rm",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.5; exit 3",
+    ]);
     assert_eq!(store.ok(&["wait", id.trim()]), "3\n");
     let start = Instant::now();
     while store.root().join("containers").join(id.trim()).exists() {
-        assert!(start.elapsed() < Duration::from_secs(20), "the --rm container was never removed");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the --rm container was never removed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 
@@ -1167,9 +1661,20 @@ fn wait_restart_and_export() {
         }
         names.push(name);
     }
-    assert!(names.iter().any(|n| n == "runs") && names.iter().any(|n| n == "bin/busybox"), "{names:?}");
-    assert!(!names.iter().any(|n| n.contains("in-volume")), "volumes are not exported: {names:?}");
-    let out = store.strata(&["export", "-o", store.root().join("none.tar").to_str().unwrap(), "nosuch"]);
+    assert!(
+        names.iter().any(|n| n == "runs") && names.iter().any(|n| n == "bin/busybox"),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("in-volume")),
+        "volumes are not exported: {names:?}"
+    );
+    let out = store.strata(&[
+        "export",
+        "-o",
+        store.root().join("none.tar").to_str().unwrap(),
+        "nosuch",
+    ]);
     assert_eq!(code(&out), 1);
     assert!(!store.root().join("none.tar").exists());
 

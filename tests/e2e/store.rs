@@ -6,10 +6,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::common::{TestStore, assert_success, busybox_rootfs_tar, require_tool, run_with_timeout, strata_bin};
+use crate::common::{
+    TestStore, assert_success, busybox_rootfs_tar, require_tool, run_with_timeout, strata_bin,
+};
 
 fn inspect(store: &TestStore, target: &str) -> serde_json::Value {
-    let out: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", target])).expect("inspect prints json");
+    let out: serde_json::Value =
+        serde_json::from_str(&store.ok(&["inspect", target])).expect("inspect prints json");
     out[0].clone()
 }
 
@@ -22,7 +25,12 @@ fn import_then_list_inspect_history_tag_and_rmi() {
 
     let table = store.ok(&["images"]);
     assert!(table.starts_with("REPOSITORY"), "{table}");
-    assert!(table.lines().any(|l| l.starts_with("busybox") && l.contains("latest")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("busybox") && l.contains("latest")),
+        "{table}"
+    );
     let list: serde_json::Value = serde_json::from_str(&store.ok(&["images", "--json"])).unwrap();
     assert_eq!(list[0]["Id"], id.trim());
     assert_eq!(list[0]["RepoTags"][0], "busybox:latest");
@@ -38,17 +46,28 @@ fn import_then_list_inspect_history_tag_and_rmi() {
     store.ok(&["tag", "busybox", "tools:1.0"]);
     assert_eq!(inspect(&store, "tools:1.0")["Id"], id.trim());
     // several at once, and docker's template for scripts
-    let both: serde_json::Value = serde_json::from_str(&store.ok(&["inspect", "busybox", "tools:1.0"])).unwrap();
+    let both: serde_json::Value =
+        serde_json::from_str(&store.ok(&["inspect", "busybox", "tools:1.0"])).unwrap();
     assert_eq!(both.as_array().map(Vec::len), Some(2));
     let line = store.ok(&["inspect", "-f", "{{.Id}} {{json .Config.Cmd}}", "tools:1.0"]);
     assert_eq!(line.split(' ').next(), Some(id.trim()), "{line}");
-    let names = store.ok(&["inspect", "-f", "{{range .RepoTags}}{{println .}}{{end}}", "tools:1.0"]);
+    let names = store.ok(&[
+        "inspect",
+        "-f",
+        "{{range .RepoTags}}{{println .}}{{end}}",
+        "tools:1.0",
+    ]);
     assert!(names.lines().any(|l| l == "tools:1.0"), "{names}");
     let bad = store.strata(&["inspect", "-f", "{{range .RepoTags}}", "tools:1.0"]);
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("without {{end}}"));
+    assert!(
+        !bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("without {{end}}")
+    );
     let only_tools = store.ok(&["images", "tools"]);
     assert_eq!(only_tools.lines().count(), 2, "{only_tools}");
-    assert!(only_tools.contains("1.0") && !only_tools.contains("busybox"), "{only_tools}");
+    assert!(
+        only_tools.contains("1.0") && !only_tools.contains("busybox"),
+        "{only_tools}"
+    );
     // by id with two names needs -f, like docker
     assert!(!store.strata(&["rmi", &id.trim()[7..19]]).status.success());
     let out = store.ok(&["rmi", "tools:1.0"]);
@@ -58,7 +77,9 @@ fn import_then_list_inspect_history_tag_and_rmi() {
     assert_eq!(store.ok(&["images"]).lines().count(), 1);
     let missing = store.strata(&["inspect", "busybox"]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such image or container: busybox"));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no such image or container: busybox")
+    );
 }
 
 #[test]
@@ -69,8 +90,16 @@ fn gc_frees_after_rmi_and_fsck_stays_clean() {
     assert!(nothing.contains("0 blobs"), "{nothing}");
     store.ok(&["rmi", "busybox"]);
     let freed = store.ok(&["gc"]);
-    assert!(freed.contains("3 blobs") && freed.contains("1 unpacked layers"), "{freed}");
-    assert!(fs::read_dir(store.root().join("oci/blobs/sha256")).unwrap().next().is_none());
+    assert!(
+        freed.contains("3 blobs") && freed.contains("1 unpacked layers"),
+        "{freed}"
+    );
+    assert!(
+        fs::read_dir(store.root().join("oci/blobs/sha256"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     store.ok(&["fsck"]);
 }
 
@@ -100,7 +129,10 @@ fn import_reads_gzip_and_zstd_from_stdin() {
         ids.push(String::from_utf8_lossy(&out.stdout).trim().to_string());
         fs::remove_file(compressed).unwrap();
     }
-    assert_eq!(ids[0], ids[1], "the same tree gives the same image id however it was compressed");
+    assert_eq!(
+        ids[0], ids[1],
+        "the same tree gives the same image id however it was compressed"
+    );
     store.ok(&["fsck"]);
 }
 
@@ -115,7 +147,10 @@ fn same_tree_into_two_fresh_stores_gives_identical_manifest_digests() {
                 .arg(store.root())
                 .args(["import", tar.to_str().unwrap(), "bb"])
                 .env("SOURCE_DATE_EPOCH", "1700000000");
-            assert_success(&run_with_timeout(cmd, Duration::from_secs(120)), &["import"]);
+            assert_success(
+                &run_with_timeout(cmd, Duration::from_secs(120)),
+                &["import"],
+            );
             inspect(&store, "bb")["ManifestDigest"].clone()
         })
         .collect();
@@ -131,7 +166,13 @@ fn skopeo_umoci_and_oci_image_tool_read_an_imported_image() {
     let tar = busybox_rootfs_tar();
     store.ok(&["import", tar.to_str().unwrap(), "busybox:zstd"]);
     // umoci 0.4 and oci-image-tool 1.0.0-rc1 predate zstd layers: give them gzip
-    store.ok(&["import", "--compression", "gzip", tar.to_str().unwrap(), "busybox:gzip"]);
+    store.ok(&[
+        "import",
+        "--compression",
+        "gzip",
+        tar.to_str().unwrap(),
+        "busybox:gzip",
+    ]);
     let layout = store.root().join("oci");
     let layout = layout.to_str().unwrap();
 
@@ -141,41 +182,122 @@ fn skopeo_umoci_and_oci_image_tool_read_an_imported_image() {
         assert_eq!(info["Os"], "linux");
         assert_eq!(info["Digest"], inspect(&store, tag)["ManifestDigest"]);
         let copy = store.root().with_extension(format!("dir-{}", &tag[8..]));
-        tool("skopeo", &["copy", &format!("oci:{layout}:{tag}"), &format!("dir:{}", copy.display())]);
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                &format!("oci:{layout}:{tag}"),
+                &format!("dir:{}", copy.display()),
+            ],
+        );
         assert!(copy.join("manifest.json").is_file());
         fs::remove_dir_all(copy).unwrap();
     }
 
     let bundle = store.root().with_extension("bundle");
-    tool("umoci", &["unpack", "--image", &format!("{layout}:busybox:gzip"), bundle.to_str().unwrap()]);
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{layout}:busybox:gzip"),
+            bundle.to_str().unwrap(),
+        ],
+    );
     assert!(bundle.join("rootfs/bin/busybox").is_file());
     assert!(bundle.join("config.json").is_file());
     fs::remove_dir_all(&bundle).unwrap();
 
-    let out = tool("oci-image-tool", &["validate", "--type", "image", "--ref", "name=busybox:gzip", layout]);
-    assert!(String::from_utf8_lossy(&out).contains("Validation succeeded"), "{}", String::from_utf8_lossy(&out));
+    let out = tool(
+        "oci-image-tool",
+        &[
+            "validate",
+            "--type",
+            "image",
+            "--ref",
+            "name=busybox:gzip",
+            layout,
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out).contains("Validation succeeded"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
 
     // A zstd image pushed with --compression-format gzip: umoci unpacks it, skopeo turns
     // it into a docker v2s2 image, and pulled back it is the same image (same config).
     let export = store.root().with_extension("export");
     let target = format!("oci:{}:bb", export.display());
-    store.ok(&["push", "-q", "--compression-format", "gzip", "busybox:zstd", &target]);
+    store.ok(&[
+        "push",
+        "-q",
+        "--compression-format",
+        "gzip",
+        "busybox:zstd",
+        &target,
+    ]);
     let manifest = tool("skopeo", &["inspect", "--raw", &target]);
     let manifest: serde_json::Value = serde_json::from_slice(&manifest).unwrap();
-    assert_eq!(manifest["layers"][0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
-    tool("umoci", &["unpack", "--image", &format!("{}:bb", export.display()), bundle.to_str().unwrap()]);
+    assert_eq!(
+        manifest["layers"][0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:bb", export.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
     assert!(bundle.join("rootfs/bin/busybox").is_file());
     let v2s2 = store.root().with_extension("v2s2");
-    tool("skopeo", &["copy", "--format", "v2s2", &target, &format!("dir:{}", v2s2.display())]);
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--format",
+            "v2s2",
+            &target,
+            &format!("dir:{}", v2s2.display()),
+        ],
+    );
     let fresh = TestStore::new();
     fresh.ok(&["pull", "-q", &target]);
-    assert_eq!(inspect(&fresh, "bb")["Id"], inspect(&store, "busybox:zstd")["Id"]);
+    assert_eq!(
+        inspect(&fresh, "bb")["Id"],
+        inspect(&store, "busybox:zstd")["Id"]
+    );
     // An image already gzip goes out as it is: same manifest, same digest.
     let same = format!("oci:{}:same", export.display());
-    let pushed = store.ok(&["push", "-q", "--compression-format", "gzip", "busybox:gzip", &same]);
-    assert_eq!(pushed.trim(), inspect(&store, "busybox:gzip")["ManifestDigest"].as_str().unwrap());
-    let out = store.strata(&["push", "--compression-format", "lz4", "busybox:zstd", &target]);
-    assert_eq!(out.status.code(), Some(2), "an unknown compression is a usage error");
+    let pushed = store.ok(&[
+        "push",
+        "-q",
+        "--compression-format",
+        "gzip",
+        "busybox:gzip",
+        &same,
+    ]);
+    assert_eq!(
+        pushed.trim(),
+        inspect(&store, "busybox:gzip")["ManifestDigest"]
+            .as_str()
+            .unwrap()
+    );
+    let out = store.strata(&[
+        "push",
+        "--compression-format",
+        "lz4",
+        "busybox:zstd",
+        &target,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown compression is a usage error"
+    );
     for dir in [bundle, export, v2s2] {
         fs::remove_dir_all(dir).unwrap();
     }
@@ -201,13 +323,19 @@ fn flipped_byte_is_reported_by_fsck_and_refused_on_read() {
     let store = TestStore::new();
     store.import_busybox("busybox");
     let image = inspect(&store, "busybox");
-    let layer = image["Manifest"]["layers"][0]["digest"].as_str().unwrap().to_string();
+    let layer = image["Manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let config = image["Id"].as_str().unwrap().to_string();
     flip_byte(&blob_path(store.root(), &layer));
     let out = store.strata(&["fsck"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&layer) && stdout.contains("corrupt"), "{stdout}");
+    assert!(
+        stdout.contains(&layer) && stdout.contains("corrupt"),
+        "{stdout}"
+    );
 
     // Nothing exports it: an archive or a layout with a corrupt blob is never written.
     let out_dir = tempfile::tempdir().unwrap();
@@ -215,27 +343,46 @@ fn flipped_byte_is_reported_by_fsck_and_refused_on_read() {
     let layout = out_dir.path().join("layout");
     for args in [
         vec!["save", "busybox", "-o", archive.to_str().unwrap()],
-        vec!["push", "-q", "busybox", &format!("oci:{}:bb", layout.display())],
-        vec!["push", "-q", "busybox", &format!("oci-archive:{}", archive.display())],
+        vec![
+            "push",
+            "-q",
+            "busybox",
+            &format!("oci:{}:bb", layout.display()),
+        ],
+        vec![
+            "push",
+            "-q",
+            "busybox",
+            &format!("oci-archive:{}", archive.display()),
+        ],
     ] {
         let out = store.strata(&args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(&layer) && stderr.contains("corrupt"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&layer) && stderr.contains("corrupt"),
+            "{args:?}: {stderr}"
+        );
     }
     assert!(!archive.exists(), "no archive is left by a failed save");
-    let copied = layout.join("blobs/sha256").join(layer.trim_start_matches("sha256:"));
+    let copied = layout
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
     assert!(!copied.exists(), "the corrupt blob was exported");
 
     flip_byte(&blob_path(store.root(), &config));
     let out = store.strata(&["inspect", "busybox"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&config) && stderr.contains("corrupt"), "{stderr}");
+    assert!(
+        stderr.contains(&config) && stderr.contains("corrupt"),
+        "{stderr}"
+    );
 }
 
 fn blob_path(root: &Path, digest: &str) -> std::path::PathBuf {
-    root.join("oci/blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    root.join("oci/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
 }
 
 fn flip_byte(path: &Path) {
@@ -264,10 +411,19 @@ fn concurrent_imports_of_one_tarball_both_succeed() {
         .collect();
     for child in children {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let list: serde_json::Value = serde_json::from_str(&store.ok(&["images", "--json"])).unwrap();
-    let names: usize = list.as_array().unwrap().iter().map(|i| i["RepoTags"].as_array().unwrap().len()).sum();
+    let names: usize = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["RepoTags"].as_array().unwrap().len())
+        .sum();
     assert_eq!(names, 3);
     store.ok(&["fsck"]);
 }
@@ -276,10 +432,17 @@ fn concurrent_imports_of_one_tarball_both_succeed() {
 /// STRATA_KILL_ITERATIONS sets the number of rounds (default 30).
 #[test]
 fn kill_9_during_import_never_breaks_the_store() {
-    let iterations: u32 = std::env::var("STRATA_KILL_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let iterations: u32 = std::env::var("STRATA_KILL_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
     let store = TestStore::new();
     let tar = busybox_rootfs_tar();
-    let mut seed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    let mut seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
     let mut killed = 0;
     for round in 0..iterations {
         // xorshift: good enough to spread the kills over the import
@@ -290,7 +453,11 @@ fn kill_9_during_import_never_breaks_the_store() {
         let mut child = Command::new(strata_bin())
             .arg("--root")
             .arg(store.root())
-            .args(["import", tar.to_str().unwrap(), &format!("round:{}", round % 3)])
+            .args([
+                "import",
+                tar.to_str().unwrap(),
+                &format!("round:{}", round % 3),
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -321,7 +488,12 @@ fn kill_9_during_import_never_breaks_the_store() {
     store.ok(&["import", tar.to_str().unwrap(), "final"]);
     store.ok(&["gc"]);
     store.ok(&["fsck"]);
-    assert!(fs::read_dir(store.root().join("tmp")).unwrap().next().is_none());
+    assert!(
+        fs::read_dir(store.root().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[test]
@@ -361,19 +533,30 @@ fn fsck_accepts_the_layers_a_failed_build_keeps_for_its_cache() {
     store.import_busybox("busybox");
     let context = tempfile::tempdir().unwrap();
     fs::write(context.path().join("f"), "x").unwrap();
-    fs::write(context.path().join("Buildfile"), "FROM busybox\nCOPY f /f\nRUN false\n").unwrap();
+    fs::write(
+        context.path().join("Buildfile"),
+        "FROM busybox\nCOPY f /f\nRUN false\n",
+    )
+    .unwrap();
     let out = store.strata(&["build", "-t", "broken", context.path().to_str().unwrap()]);
     assert!(!out.status.success(), "RUN false must fail the build");
     let out = store.strata(&["fsck"]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "the COPY step's layer is the cache's: {said}");
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the COPY step's layer is the cache's: {said}"
+    );
     // An unpacked layer that nothing names is still reported.
     let stray = store.root().join("layers").join("ab".repeat(32));
     fs::create_dir(&stray).unwrap();
     let out = store.strata(&["fsck"]);
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&"ab".repeat(32)) && stdout.contains("not a diff_id of any image config"), "{stdout}");
+    assert!(
+        stdout.contains(&"ab".repeat(32)) && stdout.contains("not a diff_id of any image config"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -382,7 +565,9 @@ fn output_to_a_closed_pipe_ends_quietly() {
     store.import_busybox("busybox");
     // `strata inspect busybox | head -c 0`: the reader is gone before anything is written.
     let mut cmd = Command::new(strata_bin());
-    cmd.arg("--root").arg(store.root()).args(["inspect", "busybox"]);
+    cmd.arg("--root")
+        .arg(store.root())
+        .args(["inspect", "busybox"]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     drop(child.stdout.take());
@@ -399,20 +584,46 @@ fn docker_hub_names_resolve_however_spelled() {
     let store = TestStore::new();
     store.import_busybox("busybox:latest");
     store.ok(&["tag", "busybox", "keep:1"]);
-    for name in ["library/busybox", "docker.io/library/busybox:latest", "index.docker.io/library/busybox"] {
-        assert_eq!(store.ok(&["run", "--rm", name, "echo", "ok"]), "ok\n", "{name}");
+    for name in [
+        "library/busybox",
+        "docker.io/library/busybox:latest",
+        "index.docker.io/library/busybox",
+    ] {
+        assert_eq!(
+            store.ok(&["run", "--rm", name, "echo", "ok"]),
+            "ok\n",
+            "{name}"
+        );
     }
     // one entry per name however spelled: the full spelling replaces the short one
     store.ok(&["tag", "busybox", "docker.io/library/busybox:latest"]);
     let listed: serde_json::Value = serde_json::from_str(&store.ok(&["images", "--json"])).unwrap();
-    let names: Vec<&str> = listed[0]["RepoTags"].as_array().unwrap().iter().filter_map(|n| n.as_str()).collect();
-    assert_eq!(names.iter().filter(|n| n.ends_with("busybox:latest")).count(), 1, "{names:?}");
+    let names: Vec<&str> = listed[0]["RepoTags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.ends_with("busybox:latest"))
+            .count(),
+        1,
+        "{names:?}"
+    );
     store.ok(&["tag", "busybox", "docker.io/legacy/img:v1"]);
-    assert_eq!(store.ok(&["run", "--rm", "legacy/img:v1", "echo", "ok"]), "ok\n");
+    assert_eq!(
+        store.ok(&["run", "--rm", "legacy/img:v1", "echo", "ok"]),
+        "ok\n"
+    );
     // rmi by another spelling removes that one name, not every name of the image
     store.ok(&["rmi", "docker.io/legacy/img:v1"]);
     let images = store.ok(&["images"]);
-    assert!(images.contains("keep") && images.contains("busybox") && !images.contains("legacy"), "{images}");
+    assert!(
+        images.contains("keep") && images.contains("busybox") && !images.contains("legacy"),
+        "{images}"
+    );
 }
 
 /// The build cache keeps a removed image's layers until `gc --cache` forgets it, as
@@ -430,11 +641,18 @@ fn gc_cache_forgets_the_build_cache() {
     store.ok(&["build", "-t", "big", ctx.path().to_str().unwrap()]);
     store.ok(&["rmi", "big"]);
     let kept = store.ok(&["gc"]);
-    let blobs = || fs::read_dir(store.root().join("oci/blobs/sha256")).unwrap().count();
+    let blobs = || {
+        fs::read_dir(store.root().join("oci/blobs/sha256"))
+            .unwrap()
+            .count()
+    };
     let with_cache = blobs();
     assert!(kept.contains("0 cache entries"), "{kept}");
     let recent = store.ok(&["gc", "--cache", "1d"]);
-    assert!(recent.contains(" 0 cache entries"), "a day's entries stay: {recent}");
+    assert!(
+        recent.contains(" 0 cache entries"),
+        "a day's entries stay: {recent}"
+    );
     assert_eq!(blobs(), with_cache);
     let pruned = store.ok(&["gc", "--cache"]);
     assert!(!pruned.contains(" 0 cache entries"), "{pruned}");

@@ -128,7 +128,10 @@ pub(crate) struct BuildCx<'a> {
 
 /// Builds the image and names it with `opts.tags`.
 pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Result<Image> {
-    let file = opts.buildfile_name.clone().unwrap_or_else(|| opts.buildfile.display().to_string());
+    let file = opts
+        .buildfile_name
+        .clone()
+        .unwrap_or_else(|| opts.buildfile.display().to_string());
     let text = std::fs::read_to_string(&opts.buildfile)
         .map_err(|e| Error::io("failed to read Buildfile", &file, e))?;
     let buildfile = stages::load(&text, &file)?;
@@ -221,7 +224,11 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         .keys()
         .map(String::as_str)
         // SOURCE_DATE_EPOCH is the builder's own (BuildKit's), consumed by dating the image
-        .filter(|key| !declared.contains(key) && !step::PROXY_ARGS.contains(key) && *key != "SOURCE_DATE_EPOCH")
+        .filter(|key| {
+            !declared.contains(key)
+                && !step::PROXY_ARGS.contains(key)
+                && *key != "SOURCE_DATE_EPOCH"
+        })
         .collect();
     if !unused.is_empty() {
         opts.progress.note(&format!(

@@ -263,7 +263,11 @@ fn destinations_follow_symlinks_inside_the_image() {
         "FROM base\nWORKDIR /loop2/w\n",
         "FROM base\nCOPY --from=base /loop1/y /y\n",
     ] {
-        fx.fails(buildfile, "Buildfile:2:", "too many levels of symbolic links");
+        fx.fails(
+            buildfile,
+            "Buildfile:2:",
+            "too many levels of symbolic links",
+        );
     }
 }
 
@@ -340,12 +344,26 @@ fn a_context_symlink_named_by_copy_is_followed() {
         .unwrap();
     let tree = fx.tree(&image);
     let (real, meta) = tree.lookup("goodlink").unwrap();
-    assert!(meta.is_file(), "the link's target is copied, named after the link");
+    assert!(
+        meta.is_file(),
+        "the link's target is copied, named after the link"
+    );
     assert_eq!(fs::read(real).unwrap(), b"a");
-    assert_eq!(tree.read("d/a.txt").unwrap(), b"a", "a linked directory's content");
+    assert_eq!(
+        tree.read("d/a.txt").unwrap(),
+        b"a",
+        "a linked directory's content"
+    );
     let (_, inner) = tree.lookup("d/inner").unwrap();
-    assert!(inner.file_type().is_symlink(), "links inside a copied directory stay links");
-    assert_eq!(tree.read("srv/abslink").unwrap(), b"a", "an absolute link starts at the context root");
+    assert!(
+        inner.file_type().is_symlink(),
+        "links inside a copied directory stay links"
+    );
+    assert_eq!(
+        tree.read("srv/abslink").unwrap(),
+        b"a",
+        "an absolute link starts at the context root"
+    );
 
     std::os::unix::fs::symlink("/etc/passwd", fx.context.join("leak")).unwrap();
     fx.fails(
@@ -367,13 +385,22 @@ fn copy_keeps_hard_links() {
         .unwrap();
     let tree = fx.tree(&image);
     let ino = |rel: &str| fs::metadata(tree.lookup(rel).unwrap().0).unwrap().ino();
-    assert_eq!(ino("p/f"), ino("p/hl"), "one file under two names, from stage to stage");
+    assert_eq!(
+        ino("p/f"),
+        ino("p/hl"),
+        "one file under two names, from stage to stage"
+    );
     assert_ne!(ino("p/f"), ino("p/other"));
     let image = fx.build("FROM base\nCOPY ctx /ctx\n").unwrap();
     let tree = fx.tree(&image);
     let ino = |rel: &str| fs::metadata(tree.lookup(rel).unwrap().0).unwrap().ino();
     assert_eq!(ino("ctx/f"), ino("ctx/hl"), "from the context");
-    assert_eq!(fs::metadata(tree.lookup("ctx/f").unwrap().0).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(tree.lookup("ctx/f").unwrap().0)
+            .unwrap()
+            .nlink(),
+        2
+    );
 }
 
 #[test]
@@ -382,9 +409,23 @@ fn copy_keeps_user_xattrs_and_file_capabilities() {
     fx.write("tool", "t");
     let path = fx.context.join("tool");
     // cap_net_raw+ep, as `setcap cap_net_raw+ep tool` writes it (VFS_CAP_REVISION_2)
-    let cap: [u8; 20] = [1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    rustix::fs::lsetxattr(&path, "security.capability", &cap, rustix::fs::XattrFlags::empty()).unwrap();
-    rustix::fs::lsetxattr(&path, "user.note", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
+    let cap: [u8; 20] = [
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    rustix::fs::lsetxattr(
+        &path,
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
+    rustix::fs::lsetxattr(
+        &path,
+        "user.note",
+        b"hello",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .unwrap();
     let image = fx
         .build("FROM base AS a\nCOPY --chown=7:7 tool /a/tool\nFROM base\nCOPY --from=a /a/tool /b/tool\n")
         .unwrap();
@@ -397,13 +438,18 @@ fn copy_keeps_user_xattrs_and_file_capabilities() {
         buf[..n].to_vec()
     };
     assert_eq!(get("user.note"), b"hello");
-    assert_eq!(get("security.capability"), cap, "capabilities survive the --chown and the stage copy");
+    assert_eq!(
+        get("security.capability"),
+        cap,
+        "capabilities survive the --chown and the stage copy"
+    );
 }
 
 #[test]
 fn from_platform_must_be_this_machines() {
     let fx = fixture();
-    fx.build("ARG BUILDPLATFORM\nFROM --platform=$BUILDPLATFORM base\n").unwrap();
+    fx.build("ARG BUILDPLATFORM\nFROM --platform=$BUILDPLATFORM base\n")
+        .unwrap();
     fx.fails(
         "FROM --platform=linux/s390x base\n",
         "Buildfile:1:",

@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 /// The files bound into every container (container path, file name in the container dir).
-const FILES: [(&str, &str); 3] =
-    [("/etc/resolv.conf", "resolv.conf"), ("/etc/hosts", "hosts"), ("/etc/hostname", "hostname")];
+const FILES: [(&str, &str); 3] = [
+    ("/etc/resolv.conf", "resolv.conf"),
+    ("/etc/hosts", "hosts"),
+    ("/etc/hostname", "hostname"),
+];
 
 /// docker's /etc/hosts for a container without a network of the host's
 /// (libnetwork/etchosts `Build`'s default records).
@@ -70,9 +73,11 @@ pub fn prepare(
     fs::create_dir_all(&etc).with_context(|| format!("failed to create {}", etc.display()))?;
     // The init layer's /etc shadows the image's attributes (the top layer's directory wins
     // in a union): give it the image's mode and owner.
-    if let Some(meta) =
-        lowers.iter().find_map(|lower| fs::symlink_metadata(lower.join("etc")).ok().filter(|m| m.is_dir()))
-    {
+    if let Some(meta) = lowers.iter().find_map(|lower| {
+        fs::symlink_metadata(lower.join("etc"))
+            .ok()
+            .filter(|m| m.is_dir())
+    }) {
         fs::set_permissions(&etc, fs::Permissions::from_mode(meta.mode() & 0o7777))
             .with_context(|| format!("failed to chmod {}", etc.display()))?;
         std::os::unix::fs::lchown(&etc, Some(meta.uid()), Some(meta.gid()))
@@ -81,7 +86,8 @@ pub fn prepare(
     let mut binds = Vec::new();
     for ((inside, name), text) in FILES.iter().zip(texts) {
         let mount_point = init.join(&inside[1..]);
-        fs::write(&mount_point, b"").with_context(|| format!("failed to create {}", mount_point.display()))?;
+        fs::write(&mount_point, b"")
+            .with_context(|| format!("failed to create {}", mount_point.display()))?;
         let copy = container_dir.join(name);
         // Container state, not image data: a plain write (the container dir is
         // per-container and rewritten on each start).
@@ -99,9 +105,12 @@ mod tests {
 
     #[test]
     fn none_network_gets_localhost_and_its_name() {
-        let [resolv, hosts, hostname] = contents("none", "abc123", "nameserver 10.0.0.1\n", "ignored");
+        let [resolv, hosts, hostname] =
+            contents("none", "abc123", "nameserver 10.0.0.1\n", "ignored");
         assert_eq!(resolv, "nameserver 10.0.0.1\n");
-        assert!(hosts.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"));
+        assert!(
+            hosts.starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        );
         assert!(hosts.ends_with("127.0.0.1\tabc123\n"));
         assert!(!hosts.contains("ignored"));
         assert_eq!(hostname, "abc123\n");
@@ -109,7 +118,12 @@ mod tests {
 
     #[test]
     fn host_network_copies_the_host_tables() {
-        let [resolv, hosts, _] = contents("host", "box", "nameserver 1.1.1.1\n", "127.0.0.1 localhost box");
+        let [resolv, hosts, _] = contents(
+            "host",
+            "box",
+            "nameserver 1.1.1.1\n",
+            "127.0.0.1 localhost box",
+        );
         assert_eq!(resolv, "nameserver 1.1.1.1\n");
         assert_eq!(hosts, "127.0.0.1 localhost box\n");
         let [_, hosts, _] = contents("host", "other", "", "127.0.0.1 localhost\n");

@@ -123,7 +123,11 @@ pub fn resolve(image: Option<Check>, args: &RunArgs) -> anyhow::Result<Option<Ch
         }
         Ok(())
     };
-    nanos("health-interval", &flags.health_interval, &mut check.interval)?;
+    nanos(
+        "health-interval",
+        &flags.health_interval,
+        &mut check.interval,
+    )?;
     nanos("health-timeout", &flags.health_timeout, &mut check.timeout)?;
     nanos(
         "health-start-period",
@@ -213,7 +217,8 @@ pub fn read(dir: &Path) -> Option<Health> {
 fn write(dir: &Path, health: &Health) -> anyhow::Result<()> {
     let path = dir.join(FILE);
     let tmp = dir.join(format!(".{FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec(health)?).with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec(health)?)
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
     std::fs::rename(&tmp, &path).with_context(|| format!("failed to write {}", path.display()))
 }
 
@@ -251,7 +256,10 @@ pub fn watch(root: PathBuf, id: String, dir: PathBuf, check: Check) -> anyhow::R
                 } else {
                     check.interval()
                 };
-                if !matches!(stopped.recv_timeout(wait), Err(mpsc::RecvTimeoutError::Timeout)) {
+                if !matches!(
+                    stopped.recv_timeout(wait),
+                    Err(mpsc::RecvTimeoutError::Timeout)
+                ) {
                     return;
                 }
                 // (The start period is judged at the probe's start, as docker's.)
@@ -334,7 +342,9 @@ fn probe(root: &Path, id: &str, check: &Check, stopped: &mpsc::Receiver<()>) -> 
         let closed = loop {
             match reader.read(&mut buf) {
                 Ok(0) => break true,
-                Ok(n) => kept.extend_from_slice(&buf[..n.min(OUTPUT_BYTES.saturating_sub(kept.len()))]),
+                Ok(n) => {
+                    kept.extend_from_slice(&buf[..n.min(OUTPUT_BYTES.saturating_sub(kept.len()))])
+                }
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break false,
                 Err(_) => break true,
             }
@@ -355,7 +365,10 @@ fn probe(root: &Path, id: &str, check: &Check, stopped: &mpsc::Receiver<()>) -> 
             }
             None if Instant::now() >= deadline => {
                 end(&mut child);
-                return Some(failed(format!("Health check exceeded timeout ({:?})", check.timeout())));
+                return Some(failed(format!(
+                    "Health check exceeded timeout ({:?})",
+                    check.timeout()
+                )));
             }
             _ => {}
         }

@@ -119,9 +119,13 @@ fn parse_one(spec: &str, cwd: &Path) -> anyhow::Result<Volume> {
 /// A volume name as docker takes it: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
 pub fn check_name(name: &str) -> anyhow::Result<()> {
     let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
     if !ok {
-        bail!("invalid volume name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit");
+        bail!(
+            "invalid volume name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit"
+        );
     }
     Ok(())
 }
@@ -167,9 +171,11 @@ pub fn binds(
                         .with_context(|| format!("failed to create {}", named.display()))?;
                     create(&dir, rootfs, volume, root)
                         .with_context(|| format!("failed to create volume {name}"))?;
-                } else if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none()) {
+                } else if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none())
+                {
                     // an empty volume (`volume create`) is filled at its first use, as docker's
-                    fill(&dir, rootfs, volume).with_context(|| format!("failed to fill volume {name}"))?;
+                    fill(&dir, rootfs, volume)
+                        .with_context(|| format!("failed to fill volume {name}"))?;
                 }
                 dir
             }
@@ -208,7 +214,11 @@ fn fill(dir: &Path, rootfs: &Path, volume: &Volume) -> anyhow::Result<()> {
             .output()
             .context("failed to run cp")?;
         if !out.status.success() {
-            bail!("cp -a {}: {}", volume.target, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "cp -a {}: {}",
+                volume.target,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
     }
     Ok(())

@@ -55,7 +55,11 @@ impl Client {
     ) -> Result<u64> {
         let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
         // Hash here only when the writer does not verify by itself (the store's does).
-        let mut out = if verify { Sink::Hashing(HashingWriter::new(out)) } else { Sink::Plain(out) };
+        let mut out = if verify {
+            Sink::Hashing(HashingWriter::new(out))
+        } else {
+            Sink::Plain(out)
+        };
         let mut written = 0u64;
         let mut attempt = 0;
         loop {
@@ -69,7 +73,11 @@ impl Client {
                 return Err(error_from(&url, "GET blob", response));
             }
             // A 200 to a range request repeats the start: skip what we already have.
-            let mut skip = if written > 0 && status != StatusCode::PARTIAL_CONTENT { written } else { 0 };
+            let mut skip = if written > 0 && status != StatusCode::PARTIAL_CONTENT {
+                written
+            } else {
+                0
+            };
             let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
             let mut buf = vec![0u8; 256 << 10];
             let failure = loop {
@@ -82,7 +90,9 @@ impl Client {
                             skip -= s as u64;
                             chunk = &chunk[s..];
                         }
-                        out.write_all(chunk).map_err(|e| Error::io("failed to write blob", digest.to_string(), e))?;
+                        out.write_all(chunk).map_err(|e| {
+                            Error::io("failed to write blob", digest.to_string(), e)
+                        })?;
                         written += chunk.len() as u64;
                         if let Some(report) = progress {
                             report(chunk.len() as u64);
@@ -110,7 +120,10 @@ impl Client {
         if let Sink::Hashing(hashing) = out {
             let (_, actual, _) = hashing.finish();
             if actual != *digest {
-                return Err(Error::DigestMismatch { expected: *digest, actual });
+                return Err(Error::DigestMismatch {
+                    expected: *digest,
+                    actual,
+                });
             }
         }
         Ok(written)
@@ -125,7 +138,11 @@ impl Client {
 
     /// Asks the registry to mount `digest` from `from` into `repository`; true if it did.
     pub fn mount_blob(&self, repository: &str, digest: &Digest, from: &str) -> Result<bool> {
-        let path = format!("/v2/{repository}/blobs/uploads/?mount={}&from={}", digest, percent_encode(from));
+        let path = format!(
+            "/v2/{repository}/blobs/uploads/?mount={}&from={}",
+            digest,
+            percent_encode(from)
+        );
         let url = self.url(&path);
         let mut request = Request::new("POST", url.clone(), push_scope(repository));
         request.scopes.push(pull_scope(from));
@@ -148,7 +165,8 @@ impl Client {
         source: BlobSource<'_>,
         progress: Option<&(dyn Fn(u64) + Sync)>,
     ) -> Result<()> {
-        let mut chunked = size > self.options.monolithic_limit && matches!(source, BlobSource::File(_));
+        let mut chunked =
+            size > self.options.monolithic_limit && matches!(source, BlobSource::File(_));
         let mut attempt = 0;
         loop {
             let result = self.upload_once(repository, digest, size, source, progress, chunked);
@@ -178,14 +196,25 @@ impl Client {
         chunked: bool,
     ) -> Result<(), UploadError> {
         let start_url = self.url(&format!("/v2/{repository}/blobs/uploads/"));
-        let response = self.send(&Request::new("POST", start_url.clone(), push_scope(repository)))?;
+        let response = self.send(&Request::new(
+            "POST",
+            start_url.clone(),
+            push_scope(repository),
+        ))?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(fail(&start_url, "POST blob upload", response));
         }
         let mut location = self.location(&response, &start_url)?;
         let payload = |offset: u64, len: u64| match source {
-            BlobSource::File(path) => Payload::File { path, offset, len, progress },
-            BlobSource::Bytes(bytes) => Payload::Bytes(&bytes[offset as usize..(offset + len) as usize]),
+            BlobSource::File(path) => Payload::File {
+                path,
+                offset,
+                len,
+                progress,
+            },
+            BlobSource::Bytes(bytes) => {
+                Payload::Bytes(&bytes[offset as usize..(offset + len) as usize])
+            }
         };
         let mut offset = 0;
         if chunked {
@@ -225,7 +254,11 @@ impl Client {
         Err(fail(&put_url, "PUT blob", response))
     }
 
-    fn location(&self, response: &ureq::http::Response<ureq::Body>, url: &str) -> Result<String, UploadError> {
+    fn location(
+        &self,
+        response: &ureq::http::Response<ureq::Body>,
+        url: &str,
+    ) -> Result<String, UploadError> {
         match header(response, "location") {
             Some(l) => Ok(self.resolve_location(l)),
             None => Err(UploadError::Fatal(Error::Registry {
@@ -267,7 +300,11 @@ impl From<Error> for UploadError {
 fn fail(url: &str, what: &str, response: ureq::http::Response<ureq::Body>) -> UploadError {
     let transient = response.status().is_server_error();
     let e = error_from(url, what, response);
-    if transient { UploadError::Transient(e) } else { UploadError::Fatal(e) }
+    if transient {
+        UploadError::Transient(e)
+    } else {
+        UploadError::Fatal(e)
+    }
 }
 
 pub(crate) fn content_length(response: &ureq::http::Response<ureq::Body>) -> Option<u64> {

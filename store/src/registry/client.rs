@@ -74,7 +74,14 @@ pub(crate) struct Request<'a> {
 
 impl<'a> Request<'a> {
     pub fn new(method: &'static str, url: String, scope: String) -> Request<'a> {
-        Request { method, url, headers: Vec::new(), body: Payload::Empty, scopes: vec![scope], replayable: true }
+        Request {
+            method,
+            url,
+            headers: Vec::new(),
+            body: Payload::Empty,
+            scopes: vec![scope],
+            replayable: true,
+        }
     }
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
@@ -104,7 +111,9 @@ pub struct Client {
 pub fn is_local(host: &str) -> bool {
     let name = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(h, port)| if port.contains(':') { host } else { h }),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(h, port)| if port.contains(':') { host } else { h }),
     };
     matches!(name, "localhost" | "127.0.0.1" | "::1") || name.starts_with("127.")
 }
@@ -117,11 +126,17 @@ fn choose_scheme(host: &str, insecure: bool) -> (&'static str, bool) {
         return ("https", false);
     }
     let config = ureq::Agent::config_builder()
-        .tls_config(ureq::tls::TlsConfig::builder().disable_verification(true).build())
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .disable_verification(true)
+                .build(),
+        )
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(5)))
         .build();
-    let probe = ureq::Agent::new_with_config(config).get(format!("https://{host}/v2/")).call();
+    let probe = ureq::Agent::new_with_config(config)
+        .get(format!("https://{host}/v2/"))
+        .call();
     match probe {
         Ok(_) => ("https", true),
         Err(_) => ("http", false),
@@ -134,17 +149,19 @@ fn choose_scheme(host: &str, insecure: bool) -> (&'static str, bool) {
 /// `/etc/containers/certs.d/...`). With neither, the compiled-in Mozilla roots.
 fn root_certs(host: &str) -> ureq::tls::RootCerts {
     // SSL_CERT_FILE, else the bundle of Debian, Fedora, Alpine or SUSE
-    let system = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from).or_else(|| {
-        [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-            "/etc/ssl/cert.pem",
-            "/etc/ssl/ca-bundle.pem",
-        ]
-        .iter()
+    let system = std::env::var_os("SSL_CERT_FILE")
         .map(std::path::PathBuf::from)
-        .find(|path| path.is_file())
-    });
+        .or_else(|| {
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+                "/etc/ssl/ca-bundle.pem",
+            ]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|path| path.is_file())
+        });
     let mut files = Vec::new();
     if let Some(system) = system.filter(|path| path.is_file()) {
         files.push(system);
@@ -162,7 +179,9 @@ fn root_certs(host: &str) -> ureq::tls::RootCerts {
     }
     let mut certs = Vec::new();
     for file in &files {
-        let Ok(bytes) = std::fs::read(file) else { continue };
+        let Ok(bytes) = std::fs::read(file) else {
+            continue;
+        };
         for item in ureq::tls::parse_pem(&bytes).flatten() {
             if let ureq::tls::PemItem::Certificate(cert) = item {
                 certs.push(cert);
@@ -252,7 +271,10 @@ impl Client {
             let result = self.send_once(request, authorization.as_deref());
             let transient = match &result {
                 Err(_) => true,
-                Ok(r) => r.status().is_server_error() || r.status() == http::StatusCode::TOO_MANY_REQUESTS,
+                Ok(r) => {
+                    r.status().is_server_error()
+                        || r.status() == http::StatusCode::TOO_MANY_REQUESTS
+                }
             };
             if let Ok(response) = &result
                 && response.status() == http::StatusCode::UNAUTHORIZED
@@ -284,11 +306,19 @@ impl Client {
     }
 
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        self.options.backoff.saturating_mul(1 << attempt.saturating_sub(1).min(6))
+        self.options
+            .backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(6))
     }
 
-    fn send_once(&self, request: &Request<'_>, authorization: Option<&str>) -> io::Result<Response<Body>> {
-        let mut builder = http::Request::builder().method(request.method).uri(&request.url);
+    fn send_once(
+        &self,
+        request: &Request<'_>,
+        authorization: Option<&str>,
+    ) -> io::Result<Response<Body>> {
+        let mut builder = http::Request::builder()
+            .method(request.method)
+            .uri(&request.url);
         for (name, value) in &request.headers {
             builder = builder.header(*name, value);
         }
@@ -306,13 +336,25 @@ impl Client {
             }
             Payload::Empty => self.agent.run(built(builder.body(()))?).map_err(to_io),
             Payload::Bytes(bytes) => {
-                let req = built(builder.header("content-length", bytes.len().to_string()).body(*bytes))?;
+                let req = built(
+                    builder
+                        .header("content-length", bytes.len().to_string())
+                        .body(*bytes),
+                )?;
                 self.agent.run(req).map_err(to_io)
             }
-            Payload::File { path, offset, len, progress } => {
+            Payload::File {
+                path,
+                offset,
+                len,
+                progress,
+            } => {
                 let mut file = File::open(path)?;
                 file.seek(SeekFrom::Start(*offset))?;
-                let mut reader = Progress { inner: file.take(*len), report: *progress };
+                let mut reader = Progress {
+                    inner: file.take(*len),
+                    report: *progress,
+                };
                 let body = ureq::SendBody::from_reader(&mut reader);
                 let req = builder.header("content-length", len.to_string()).body(body);
                 self.agent.run(built(req)?).map_err(to_io)
@@ -325,9 +367,13 @@ impl Client {
     fn authorization(&self, scopes: &[String]) -> Result<Option<String>> {
         let mut state = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(challenge) = state.bearer.clone() {
-            let missing = scopes.iter().any(|s| !s.is_empty() && !state.scopes.contains(s));
+            let missing = scopes
+                .iter()
+                .any(|s| !s.is_empty() && !state.scopes.contains(s));
             if state.token.is_none() || missing {
-                state.scopes.extend(scopes.iter().filter(|s| !s.is_empty()).cloned());
+                state
+                    .scopes
+                    .extend(scopes.iter().filter(|s| !s.is_empty()).cloned());
                 let all: Vec<String> = state.scopes.iter().cloned().collect();
                 state.token = Some(self.fetch_token(&challenge, &all)?);
             }
@@ -342,14 +388,26 @@ impl Client {
     /// Records what a 401 asks for; true when the request should be sent again.
     /// `sent` is the `Authorization` the refused request carried: when another thread has
     /// meanwhile authenticated, the request is simply sent again with the newer value.
-    fn answer_challenge(&self, response: &Response<Body>, scopes: &[String], sent: Option<&str>) -> Result<bool> {
+    fn answer_challenge(
+        &self,
+        response: &Response<Body>,
+        scopes: &[String],
+        sent: Option<&str>,
+    ) -> Result<bool> {
         let challenges = response.headers().get_all("www-authenticate");
-        let challenge = challenges.iter().filter_map(|v| v.to_str().ok()).find_map(Challenge::parse);
-        let Some(challenge) = challenge else { return Ok(false) };
+        let challenge = challenges
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(Challenge::parse);
+        let Some(challenge) = challenge else {
+            return Ok(false);
+        };
         let mut state = self.auth.lock().unwrap_or_else(|p| p.into_inner());
         match challenge.scheme.as_str() {
             "basic" => {
-                let Some(credentials) = &self.credentials else { return Ok(false) };
+                let Some(credentials) = &self.credentials else {
+                    return Ok(false);
+                };
                 state.basic = true;
                 Ok(sent != Some(credentials.basic_header().as_str()))
             }
@@ -357,10 +415,18 @@ impl Client {
                 let mut wanted: BTreeSet<String> = state.scopes.clone();
                 wanted.extend(scopes.iter().filter(|s| !s.is_empty()).cloned());
                 if let Some(scope) = challenge.params.get("scope") {
-                    wanted.extend(scope.split(' ').filter(|s| !s.is_empty()).map(str::to_string));
+                    wanted.extend(
+                        scope
+                            .split(' ')
+                            .filter(|s| !s.is_empty())
+                            .map(str::to_string),
+                    );
                 }
                 let current = state.token.as_ref().map(|t| format!("Bearer {t}"));
-                if state.bearer.as_ref() == Some(&challenge) && current.is_some() && wanted == state.scopes {
+                if state.bearer.as_ref() == Some(&challenge)
+                    && current.is_some()
+                    && wanted == state.scopes
+                {
                     // Another thread got a token meanwhile: use it. The same token refused
                     // twice for the same scopes would loop: give up then.
                     return Ok(current.as_deref() != sent);
@@ -377,10 +443,13 @@ impl Client {
     }
 
     fn fetch_token(&self, challenge: &Challenge, scopes: &[String]) -> Result<String> {
-        let realm = challenge.params.get("realm").ok_or_else(|| Error::Registry {
-            url: self.base.clone(),
-            message: "bearer challenge without a realm".into(),
-        })?;
+        let realm = challenge
+            .params
+            .get("realm")
+            .ok_or_else(|| Error::Registry {
+                url: self.base.clone(),
+                message: "bearer challenge without a realm".into(),
+            })?;
         let mut url = realm.clone();
         let mut sep = if url.contains('?') { '&' } else { '?' };
         let mut push = |k: &str, v: &str| {
@@ -399,18 +468,29 @@ impl Client {
         let mut request = Request::new("GET", url.clone(), String::new());
         request.scopes.clear();
         if let Some(credentials) = &self.credentials {
-            request.headers.push(("authorization", credentials.basic_header()));
+            request
+                .headers
+                .push(("authorization", credentials.basic_header()));
         }
         let mut last = None;
         for attempt in 0..=self.options.retries {
             match self.send_once(&request, None) {
                 Ok(mut response) if response.status().is_success() => {
-                    let body = response.body_mut().with_config().limit(1 << 20).read_to_vec().unwrap_or_default();
-                    let body: serde_json::Value = serde_json::from_slice(&body).map_err(|e| Error::Registry {
-                        url: realm.clone(),
-                        message: format!("token response is not JSON: {e}"),
-                    })?;
-                    let token = body.get("token").or_else(|| body.get("access_token")).and_then(|t| t.as_str());
+                    let body = response
+                        .body_mut()
+                        .with_config()
+                        .limit(1 << 20)
+                        .read_to_vec()
+                        .unwrap_or_default();
+                    let body: serde_json::Value =
+                        serde_json::from_slice(&body).map_err(|e| Error::Registry {
+                            url: realm.clone(),
+                            message: format!("token response is not JSON: {e}"),
+                        })?;
+                    let token = body
+                        .get("token")
+                        .or_else(|| body.get("access_token"))
+                        .and_then(|t| t.as_str());
                     return token.map(str::to_string).ok_or_else(|| Error::Registry {
                         url: realm.clone(),
                         message: "token response has no token".into(),
@@ -458,7 +538,12 @@ pub(crate) fn header<'a>(response: &'a Response<Body>, name: &str) -> Option<&'a
 /// (distribution-spec "Error Codes") and pointing at `strata login` on 401.
 pub(crate) fn error_from(url: &str, what: &str, mut response: Response<Body>) -> Error {
     let status = response.status();
-    let body = response.body_mut().with_config().limit(64 << 10).read_to_string().unwrap_or_default();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_string()
+        .unwrap_or_default();
     let mut message = format!("{what}: {status}");
     if let Ok(value) = serde_json::from_str::<serde_json::Value>(&body) {
         if let Some(errors) = value.get("errors").and_then(|e| e.as_array()) {
@@ -472,16 +557,24 @@ pub(crate) fn error_from(url: &str, what: &str, mut response: Response<Body>) ->
             }
         }
     } else if !body.trim().is_empty() {
-        message.push_str(&format!(" {}", body.trim().chars().take(200).collect::<String>()));
+        message.push_str(&format!(
+            " {}",
+            body.trim().chars().take(200).collect::<String>()
+        ));
     }
     if status == http::StatusCode::UNAUTHORIZED {
         message.push_str(" (authentication required: `strata login` with a user and password this registry accepts)");
     }
-    Error::Registry { url: url.to_string(), message }
+    Error::Registry {
+        url: url.to_string(),
+        message,
+    }
 }
 
 /// A built `http::Request`, its builder's error as an `io::Error` like the agent's own.
-fn built<T>(request: std::result::Result<http::Request<T>, http::Error>) -> io::Result<http::Request<T>> {
+fn built<T>(
+    request: std::result::Result<http::Request<T>, http::Error>,
+) -> io::Result<http::Request<T>> {
     request.map_err(io::Error::other)
 }
 
@@ -504,20 +597,44 @@ mod tests {
 
     #[test]
     fn local_hosts_are_insecure_registries() {
-        for host in ["localhost", "localhost:5000", "127.0.0.1:5000", "[::1]:5000", "127.0.0.2"] {
+        for host in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:5000",
+            "[::1]:5000",
+            "127.0.0.2",
+        ] {
             assert!(is_local(host), "{host}");
         }
-        for host in ["example.com", "example.com:5000", "10.0.0.1:5000", "localhost.example.com"] {
+        for host in [
+            "example.com",
+            "example.com:5000",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+        ] {
             assert!(!is_local(host), "{host}");
         }
-        let client = Client::new("127.0.0.1:1", ClientOptions { credentials: None, ..Default::default() }).unwrap();
+        let client = Client::new(
+            "127.0.0.1:1",
+            ClientOptions {
+                credentials: None,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(client.base(), "http://127.0.0.1:1");
         assert_eq!(choose_scheme("example.com", false), ("https", false));
-        assert_eq!(client.resolve_location("/v2/x/blobs/uploads/1?a=b"), "http://127.0.0.1:1/v2/x/blobs/uploads/1?a=b");
+        assert_eq!(
+            client.resolve_location("/v2/x/blobs/uploads/1?a=b"),
+            "http://127.0.0.1:1/v2/x/blobs/uploads/1?a=b"
+        );
     }
 
     #[test]
     fn percent_encodes_scopes() {
-        assert_eq!(percent_encode("repository:a/b:pull,push"), "repository%3Aa%2Fb%3Apull%2Cpush");
+        assert_eq!(
+            percent_encode("repository:a/b:pull,push"),
+            "repository%3Aa%2Fb%3Apull%2Cpush"
+        );
     }
 }

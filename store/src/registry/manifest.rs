@@ -24,15 +24,21 @@ pub struct RawManifest {
 
 impl Client {
     /// Digest, media type and size of a manifest, or `None` if the registry lacks it.
-    pub fn manifest_exists(&self, repository: &str, reference: &str) -> Result<Option<(Digest, String, u64)>> {
+    pub fn manifest_exists(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<(Digest, String, u64)>> {
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let request =
-            Request::new("HEAD", url.clone(), pull_scope(repository)).header("accept", media::ACCEPT_MANIFESTS);
+        let request = Request::new("HEAD", url.clone(), pull_scope(repository))
+            .header("accept", media::ACCEPT_MANIFESTS);
         let response = self.send(&request)?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let digest = match header(&response, "docker-content-digest").and_then(|d| d.parse::<Digest>().ok()) {
+                let digest = match header(&response, "docker-content-digest")
+                    .and_then(|d| d.parse::<Digest>().ok())
+                {
                     Some(d) => d,
                     // Without the header only a GET can tell the digest.
                     None => {
@@ -43,7 +49,9 @@ impl Client {
                     }
                 };
                 let size = super::blob::content_length(&response).unwrap_or(0);
-                let media_type = header(&response, "content-type").unwrap_or_default().to_string();
+                let media_type = header(&response, "content-type")
+                    .unwrap_or_default()
+                    .to_string();
                 Ok(Some((digest, media_type, size)))
             }
             _ => Err(error_from(&url, "HEAD manifest", response)),
@@ -53,8 +61,8 @@ impl Client {
     /// Fetches a manifest or index by tag or digest, verifying its digest.
     pub fn fetch_manifest(&self, repository: &str, reference: &str) -> Result<RawManifest> {
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let request =
-            Request::new("GET", url.clone(), pull_scope(repository)).header("accept", media::ACCEPT_MANIFESTS);
+        let request = Request::new("GET", url.clone(), pull_scope(repository))
+            .header("accept", media::ACCEPT_MANIFESTS);
         let mut response = self.send(&request)?;
         if !response.status().is_success() {
             return Err(error_from(&url, "GET manifest", response));
@@ -66,28 +74,51 @@ impl Client {
             .with_config()
             .limit(MAX_MANIFEST)
             .read_to_vec()
-            .map_err(|e| Error::Registry { url: url.clone(), message: format!("reading manifest failed: {e}") })?;
+            .map_err(|e| Error::Registry {
+                url: url.clone(),
+                message: format!("reading manifest failed: {e}"),
+            })?;
         let digest = Digest::of(&bytes);
         let expected = match reference.parse::<Digest>() {
             Ok(d) => Some(d),
-            Err(_) => announced.as_deref().filter(|d| d.starts_with("sha256:")).and_then(|d| d.parse().ok()),
+            Err(_) => announced
+                .as_deref()
+                .filter(|d| d.starts_with("sha256:"))
+                .and_then(|d| d.parse().ok()),
         };
         if let Some(expected) = expected
             && expected != digest
         {
-            return Err(Error::DigestMismatch { expected, actual: digest });
+            return Err(Error::DigestMismatch {
+                expected,
+                actual: digest,
+            });
         }
         let media_type = media::sniff(&bytes)
             .or_else(|| content_type.map(|t| t.split(';').next().unwrap_or("").trim().to_string()))
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::Registry { url: url.clone(), message: "manifest has no media type".into() })?;
-        Ok(RawManifest { bytes, media_type, digest })
+            .ok_or_else(|| Error::Registry {
+                url: url.clone(),
+                message: "manifest has no media type".into(),
+            })?;
+        Ok(RawManifest {
+            bytes,
+            media_type,
+            digest,
+        })
     }
 
     /// Uploads a manifest under `reference` (a tag or its digest); returns its digest.
-    pub fn put_manifest(&self, repository: &str, reference: &str, bytes: &[u8], media_type: &str) -> Result<Digest> {
+    pub fn put_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest> {
         let url = self.url(&format!("/v2/{repository}/manifests/{reference}"));
-        let mut request = Request::new("PUT", url.clone(), push_scope(repository)).header("content-type", media_type);
+        let mut request = Request::new("PUT", url.clone(), push_scope(repository))
+            .header("content-type", media_type);
         request.body = Payload::Bytes(bytes);
         let response = self.send(&request)?;
         if !response.status().is_success() {

@@ -52,10 +52,23 @@ mod tests {
 
     #[test]
     fn sniffs_declared_and_implied_types() {
-        assert_eq!(sniff(br#"{"mediaType":"x","manifests":[]}"#).as_deref(), Some("x"));
-        assert_eq!(sniff(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(), Some(OCI_INDEX));
-        assert_eq!(sniff(br#"{"schemaVersion":2,"config":{}}"#).as_deref(), Some(OCI_MANIFEST));
+        assert_eq!(
+            sniff(br#"{"mediaType":"x","manifests":[]}"#).as_deref(),
+            Some("x")
+        );
+        assert_eq!(
+            sniff(br#"{"schemaVersion":2,"manifests":[]}"#).as_deref(),
+            Some(OCI_INDEX)
+        );
+        assert_eq!(
+            sniff(br#"{"schemaVersion":2,"config":{}}"#).as_deref(),
+            Some(OCI_MANIFEST)
+        );
         assert_eq!(sniff(b"not json"), None);
-        assert!(is_index(DOCKER_MANIFEST_LIST) && is_manifest(DOCKER_MANIFEST) && !is_manifest(OCI_INDEX));
+        assert!(
+            is_index(DOCKER_MANIFEST_LIST)
+                && is_manifest(DOCKER_MANIFEST)
+                && !is_manifest(OCI_INDEX)
+        );
     }
 }

@@ -26,13 +26,18 @@ pub struct Reference {
 
 impl Reference {
     pub fn parse(text: &str) -> Result<Reference> {
-        let bad = |reason: &'static str| Error::InvalidReference { reference: text.to_string(), reason };
+        let bad = |reason: &'static str| Error::InvalidReference {
+            reference: text.to_string(),
+            reason,
+        };
         if text.is_empty() {
             return Err(bad("empty reference"));
         }
         let (rest, digest) = match text.split_once('@') {
             Some((name, digest)) => {
-                let digest = digest.parse::<Digest>().map_err(|_| bad("digest must be sha256:<64 lowercase hex>"))?;
+                let digest = digest
+                    .parse::<Digest>()
+                    .map_err(|_| bad("digest must be sha256:<64 lowercase hex>"))?;
                 (name, Some(digest))
             }
             None => (text, None),
@@ -70,7 +75,12 @@ impl Reference {
         if repository.len() > 255 {
             return Err(bad("repository name longer than 255 characters"));
         }
-        Ok(Reference { registry, repository, tag: tag.map(str::to_string), digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag: tag.map(str::to_string),
+            digest,
+        })
     }
 
     /// What goes after `/manifests/`: the digest if there is one, else the tag, else `latest`.
@@ -84,7 +94,11 @@ impl Reference {
 
     /// The host (and port) to connect to: Docker Hub's API lives on another name.
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB { DOCKER_HUB_API } else { &self.registry }
+        if self.registry == DOCKER_HUB {
+            DOCKER_HUB_API
+        } else {
+            &self.registry
+        }
     }
 
     /// `registry/repository:tag` (the tag defaulting to `latest`), the name a pulled image
@@ -92,7 +106,12 @@ impl Reference {
     pub fn name(&self) -> String {
         match (&self.tag, &self.digest) {
             (None, Some(d)) => format!("{}/{}@{}", self.registry, self.repository, d),
-            (tag, _) => format!("{}/{}:{}", self.registry, self.repository, tag.as_deref().unwrap_or("latest")),
+            (tag, _) => format!(
+                "{}/{}:{}",
+                self.registry,
+                self.repository,
+                tag.as_deref().unwrap_or("latest")
+            ),
         }
     }
 }
@@ -122,7 +141,9 @@ fn valid_tag(tag: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= 128
         && (bytes[0].is_ascii_alphanumeric() || bytes[0] == b'_')
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` (distribution `reference/regexp.go`).
@@ -193,18 +214,32 @@ mod tests {
     #[test]
     fn docker_hub_names_are_normalised() {
         let r = parse("busybox");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.api_host(), "registry-1.docker.io");
         let r = parse("user/app:1");
-        assert_eq!((r.registry.as_str(), r.repository.as_str()), ("docker.io", "user/app"));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str()),
+            ("docker.io", "user/app")
+        );
         assert_eq!(parse("localhost/app").registry, "localhost");
     }
 
     #[test]
     fn rejects_bad_references() {
-        for bad in
-            ["", "Upper/Case", "host:5000/app:", "app:-tag", "a//b", "a/b-", "x@sha256:abc", "a/b@md5:00", "x.io/a..b"]
-        {
+        for bad in [
+            "",
+            "Upper/Case",
+            "host:5000/app:",
+            "app:-tag",
+            "a//b",
+            "a/b-",
+            "x@sha256:abc",
+            "a/b@md5:00",
+            "x.io/a..b",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         let e = Reference::parse("app:t@sha256:zz").unwrap_err().to_string();

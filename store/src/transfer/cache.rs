@@ -35,16 +35,27 @@ pub enum CacheMode {
 /// `type=registry,ref=REF[,mode=..]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheSpec {
-    Local { dir: PathBuf, mode: CacheMode },
-    Registry { reference: Reference, mode: CacheMode },
+    Local {
+        dir: PathBuf,
+        mode: CacheMode,
+    },
+    Registry {
+        reference: Reference,
+        mode: CacheMode,
+    },
 }
 
 impl CacheSpec {
     pub fn parse(text: &str) -> Result<CacheSpec> {
-        let bad = |message: String| Error::Distribution { what: format!("cache spec {text:?}"), message };
+        let bad = |message: String| Error::Distribution {
+            what: format!("cache spec {text:?}"),
+            message,
+        };
         let mut fields = BTreeMap::new();
         for part in text.split(',').filter(|p| !p.is_empty()) {
-            let (key, value) = part.split_once('=').ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
             fields.insert(key.trim(), value.trim());
         }
         let mode = match fields.get("mode").copied() {
@@ -58,13 +69,23 @@ impl CacheSpec {
                     .get("dest")
                     .or_else(|| fields.get("src"))
                     .ok_or_else(|| bad("needs dest=DIR or src=DIR".into()))?;
-                Ok(CacheSpec::Local { dir: PathBuf::from(dir), mode })
+                Ok(CacheSpec::Local {
+                    dir: PathBuf::from(dir),
+                    mode,
+                })
             }
             Some("registry") => {
-                let reference = fields.get("ref").ok_or_else(|| bad("needs ref=REF".into()))?;
-                Ok(CacheSpec::Registry { reference: Reference::parse(reference)?, mode })
+                let reference = fields
+                    .get("ref")
+                    .ok_or_else(|| bad("needs ref=REF".into()))?;
+                Ok(CacheSpec::Registry {
+                    reference: Reference::parse(reference)?,
+                    mode,
+                })
             }
-            Some(other) => Err(bad(format!("type must be local or registry, not {other:?}"))),
+            Some(other) => Err(bad(format!(
+                "type must be local or registry, not {other:?}"
+            ))),
             None => Err(bad("needs type=local or type=registry".into())),
         }
     }
@@ -96,7 +117,11 @@ pub fn export(
     final_keys: &[Digest],
     client: &ClientOptions,
 ) -> Result<usize> {
-    let chosen = if spec.mode() == CacheMode::Max { keys } else { final_keys };
+    let chosen = if spec.mode() == CacheMode::Max {
+        keys
+    } else {
+        final_keys
+    };
     let mut entries = Vec::new();
     for key in chosen {
         if let Some(entry) = store.cache_get(key)? {
@@ -109,8 +134,10 @@ pub fn export(
     let mut layers: Vec<serde_json::Value> = Vec::new();
     for e in &entries {
         if let Some(layer) = &e.entry.layer {
-            let value = serde_json::to_value(&layer.descriptor)
-                .map_err(|source| Error::Json { what: "cache layer descriptor".into(), source })?;
+            let value = serde_json::to_value(&layer.descriptor).map_err(|source| Error::Json {
+                what: "cache layer descriptor".into(),
+                source,
+            })?;
             if !layers.contains(&value) {
                 layers.push(value);
             }
@@ -131,7 +158,10 @@ pub fn export(
             super::write_oci_dir(&image, dir, Some(CACHE_TAG))?;
         }
         CacheSpec::Registry { reference, .. } => {
-            let opts = TransferOptions { client: client.clone(), ..TransferOptions::default() };
+            let opts = TransferOptions {
+                client: client.clone(),
+                ..TransferOptions::default()
+            };
             super::push_to_registry(store, &image, reference, &opts)?;
         }
     }
@@ -140,7 +170,10 @@ pub fn export(
 
 enum Origin {
     Local(PathBuf),
-    Registry { client: Box<Client>, repository: String },
+    Registry {
+        client: Box<Client>,
+        repository: String,
+    },
 }
 
 /// Cache entries imported from `--cache-from`; layers are fetched on a hit.
@@ -157,17 +190,27 @@ impl CacheImport {
             CacheSpec::Local { dir, .. } => {
                 let origin = Origin::Local(dir.join("blobs/sha256"));
                 if !dir.join("index.json").exists() {
-                    return Ok(CacheImport { entries: BTreeMap::new(), origin });
+                    return Ok(CacheImport {
+                        entries: BTreeMap::new(),
+                        origin,
+                    });
                 }
-                let location = Location::OciDir { dir: dir.clone(), tag: Some(CACHE_TAG.into()) };
+                let location = Location::OciDir {
+                    dir: dir.clone(),
+                    tag: Some(CACHE_TAG.into()),
+                };
                 let image = LocalImage::open(store, &location, &Platform::default())?;
                 let config = config_of(&image.doc.config, |d| {
                     let path = image.blob_path(d);
-                    let bytes = std::fs::read(&path).map_err(|e| Error::io("failed to read", &path, e))?;
+                    let bytes =
+                        std::fs::read(&path).map_err(|e| Error::io("failed to read", &path, e))?;
                     d.verify(&bytes)?;
                     Ok(bytes)
                 })?;
-                Ok(CacheImport { entries: config, origin })
+                Ok(CacheImport {
+                    entries: config,
+                    origin,
+                })
             }
             CacheSpec::Registry { reference, .. } => {
                 let client_ = Client::new(reference.api_host(), client.clone())?;
@@ -179,7 +222,13 @@ impl CacheImport {
                     let doc = super::ManifestDoc::parse(&raw.bytes, &reference.to_string())?;
                     entries = config_of(&doc.config, |d| client_.fetch_blob_bytes(&repository, d))?;
                 }
-                Ok(CacheImport { entries, origin: Origin::Registry { client: Box::new(client_), repository } })
+                Ok(CacheImport {
+                    entries,
+                    origin: Origin::Registry {
+                        client: Box::new(client_),
+                        repository,
+                    },
+                })
             }
         }
     }
@@ -195,12 +244,16 @@ impl CacheImport {
     /// The entry for `key`, with its layer blob fetched into the store (verified) and the
     /// entry recorded in the store's own cache index.
     pub fn get(&self, store: &Store, key: &Digest) -> Result<Option<CacheEntry>> {
-        let Some(entry) = self.entries.get(key) else { return Ok(None) };
+        let Some(entry) = self.entries.get(key) else {
+            return Ok(None);
+        };
         if let Some(layer) = &entry.layer {
             let digest = descriptor_digest(&layer.descriptor)?;
             if !store.has_blob(&digest) {
                 match &self.origin {
-                    Origin::Local(blobs) => store.put_blob_file(&blobs.join(digest.hex()), &digest)?,
+                    Origin::Local(blobs) => {
+                        store.put_blob_file(&blobs.join(digest.hex()), &digest)?
+                    }
                     Origin::Registry { client, repository } => {
                         let descriptor = Descriptor {
                             media_type: layer.descriptor.media_type().to_string(),
@@ -209,7 +262,10 @@ impl CacheImport {
                             platform: None,
                             annotations: BTreeMap::new(),
                         };
-                        let opts = TransferOptions { progress: &Quiet, ..TransferOptions::default() };
+                        let opts = TransferOptions {
+                            progress: &Quiet,
+                            ..TransferOptions::default()
+                        };
                         remote::fetch_blobs(store, client, repository, &[&descriptor], &opts)?;
                     }
                 }
@@ -224,16 +280,25 @@ fn config_of(
     config: &Option<Descriptor>,
     read: impl FnOnce(&Digest) -> Result<Vec<u8>>,
 ) -> Result<BTreeMap<Digest, CacheEntry>> {
-    let Some(config) = config else { return Ok(BTreeMap::new()) };
+    let Some(config) = config else {
+        return Ok(BTreeMap::new());
+    };
     if config.media_type != media::STRATA_CACHE_CONFIG {
         return Err(Error::Distribution {
             what: format!("cache config {}", config.digest),
-            message: format!("media type {:?} is not a strata build cache", config.media_type),
+            message: format!(
+                "media type {:?} is not a strata build cache",
+                config.media_type
+            ),
         });
     }
     let bytes = read(&config.digest)?;
     let parsed: CacheConfig = json::parse(&bytes, || format!("cache config {}", config.digest))?;
-    Ok(parsed.entries.into_iter().map(|e| (e.key, e.entry)).collect())
+    Ok(parsed
+        .entries
+        .into_iter()
+        .map(|e| (e.key, e.entry))
+        .collect())
 }
 
 #[cfg(test)]
@@ -244,15 +309,27 @@ mod tests {
     fn parses_cache_specs() {
         assert_eq!(
             CacheSpec::parse("type=local,dest=/tmp/c,mode=max").unwrap(),
-            CacheSpec::Local { dir: "/tmp/c".into(), mode: CacheMode::Max }
+            CacheSpec::Local {
+                dir: "/tmp/c".into(),
+                mode: CacheMode::Max
+            }
         );
-        assert_eq!(CacheSpec::parse("type=local,src=/tmp/c").unwrap().mode(), CacheMode::Min);
-        let CacheSpec::Registry { reference, .. } = CacheSpec::parse("type=registry,ref=localhost:5000/c:b").unwrap()
+        assert_eq!(
+            CacheSpec::parse("type=local,src=/tmp/c").unwrap().mode(),
+            CacheMode::Min
+        );
+        let CacheSpec::Registry { reference, .. } =
+            CacheSpec::parse("type=registry,ref=localhost:5000/c:b").unwrap()
         else {
             panic!()
         };
         assert_eq!(reference.to_string(), "localhost:5000/c:b");
-        for bad in ["type=s3", "type=local", "type=local,dest=x,mode=all", "junk"] {
+        for bad in [
+            "type=s3",
+            "type=local",
+            "type=local,dest=x,mode=all",
+            "junk",
+        ] {
             assert!(CacheSpec::parse(bad).is_err(), "{bad}");
         }
     }

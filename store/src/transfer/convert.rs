@@ -49,10 +49,14 @@ pub fn recompress(
     if plan.iter().all(|step| *step == Step::Keep) {
         return Ok(image);
     }
-    let config = image.doc.config.as_ref().ok_or_else(|| Error::Distribution {
-        what: what(),
-        message: "not an image manifest (no config)".into(),
-    })?;
+    let config = image
+        .doc
+        .config
+        .as_ref()
+        .ok_or_else(|| Error::Distribution {
+            what: what(),
+            message: "not an image manifest (no config)".into(),
+        })?;
     let config: oci::ImageConfiguration = crate::json::parse(
         &super::local::read_verified(&image.blob_path(&config.digest), &config.digest)?,
         || format!("image config {}", config.digest),
@@ -61,24 +65,49 @@ pub fn recompress(
     if diff_ids.len() != image.doc.layers.len() {
         return Err(Error::Distribution {
             what: what(),
-            message: format!("{} layers but the config lists {} diff_ids", image.doc.layers.len(), diff_ids.len()),
+            message: format!(
+                "{} layers but the config lists {} diff_ids",
+                image.doc.layers.len(),
+                diff_ids.len()
+            ),
         });
     }
-    let mut manifest: serde_json::Value = serde_json::from_slice(&image.manifest)
-        .map_err(|e| Error::Distribution { what: what(), message: format!("invalid JSON: {e}") })?;
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&image.manifest).map_err(|e| Error::Distribution {
+            what: what(),
+            message: format!("invalid JSON: {e}"),
+        })?;
     let Some(layers) = manifest.get_mut("layers").and_then(|l| l.as_array_mut()) else {
-        return Err(Error::Distribution { what: what(), message: "no layers array".into() });
+        return Err(Error::Distribution {
+            what: what(),
+            message: "no layers array".into(),
+        });
     };
     // The new manifest's blobs are all read from the store: the config and the layers
     // whose bytes stay come along from an OCI layout or archive.
     let config_digest = image.doc.config.as_ref().map(|c| c.digest);
-    let kept = image.doc.layers.iter().zip(&plan).filter(|(_, step)| **step != Step::Recompress);
-    for digest in config_digest.into_iter().chain(kept.map(|(layer, _)| layer.digest)) {
+    let kept = image
+        .doc
+        .layers
+        .iter()
+        .zip(&plan)
+        .filter(|(_, step)| **step != Step::Recompress);
+    for digest in config_digest
+        .into_iter()
+        .chain(kept.map(|(layer, _)| layer.digest))
+    {
         if !store.has_blob(&digest) {
             store.put_blob_file(&image.blob_path(&digest), &digest)?;
         }
     }
-    for (((layer, json), diff_id), step) in image.doc.layers.iter().zip(layers.iter_mut()).zip(diff_ids).zip(&plan) {
+    for (((layer, json), diff_id), step) in image
+        .doc
+        .layers
+        .iter()
+        .zip(layers.iter_mut())
+        .zip(diff_ids)
+        .zip(&plan)
+    {
         match step {
             Step::Keep => continue,
             Step::Relabel => json["mediaType"] = wanted.into(),
@@ -86,7 +115,8 @@ pub fn recompress(
                 let diff_id: Digest = diff_id.parse()?;
                 progress.begin(&layer.digest, layer.size, "convert");
                 let path = image.blob_path(&layer.digest);
-                let (digest, size) = recompress_layer(store, &path, &layer.digest, &diff_id, compression)?;
+                let (digest, size) =
+                    recompress_layer(store, &path, &layer.digest, &diff_id, compression)?;
                 progress.end(&layer.digest, &format!("as {digest}"));
                 json["mediaType"] = wanted.into();
                 json["digest"] = digest.to_string().into();
@@ -95,8 +125,10 @@ pub fn recompress(
             }
         }
     }
-    let bytes = serde_json::to_vec(&manifest)
-        .map_err(|e| Error::Distribution { what: what(), message: format!("cannot serialize: {e}") })?;
+    let bytes = serde_json::to_vec(&manifest).map_err(|e| Error::Distribution {
+        what: what(),
+        message: format!("cannot serialize: {e}"),
+    })?;
     let (digest, _) = store.put_blob(&bytes)?;
     LocalImage::with_digest(bytes, digest, store.blobs_dir(), image.name.clone())
 }
@@ -128,11 +160,17 @@ fn sniff(path: &std::path::Path, digest: &Digest) -> Result<Compression> {
 /// (`data`) and the tables of contents of zstd:chunked and eStargz, which a puller
 /// would otherwise use to fetch parts of the new blob at the old offsets.
 fn forget_old_bytes(descriptor: &mut serde_json::Value) {
-    let Some(fields) = descriptor.as_object_mut() else { return };
+    let Some(fields) = descriptor.as_object_mut() else {
+        return;
+    };
     fields.remove("data");
-    if let Some(annotations) = fields.get_mut("annotations").and_then(|a| a.as_object_mut()) {
+    if let Some(annotations) = fields
+        .get_mut("annotations")
+        .and_then(|a| a.as_object_mut())
+    {
         annotations.retain(|key, _| {
-            !key.starts_with("io.github.containers.zstd-chunked.") && !key.starts_with("containerd.io/snapshot/stargz/")
+            !key.starts_with("io.github.containers.zstd-chunked.")
+                && !key.starts_with("containerd.io/snapshot/stargz/")
         });
         if annotations.is_empty() {
             fields.remove("annotations");
@@ -159,9 +197,15 @@ fn recompress_layer(
     diff_id: &Digest,
     compression: Compression,
 ) -> Result<(Digest, u64)> {
-    let read_error = |e: io::Error| blob_error(e, |e| Error::io("failed to decompress layer", digest.to_string(), e));
+    let read_error = |e: io::Error| {
+        blob_error(e, |e| {
+            Error::io("failed to decompress layer", digest.to_string(), e)
+        })
+    };
     let mut blob = BlobReader::open(path, digest)?;
-    let mut out = HashingWriter::new(Encoder::new(compression, None, store.blob_writer()?).map_err(read_error)?);
+    let mut out = HashingWriter::new(
+        Encoder::new(compression, None, store.blob_writer()?).map_err(read_error)?,
+    );
     io::copy(&mut decoder(&mut blob).map_err(read_error)?, &mut out).map_err(read_error)?;
     // The old blob is trusted only once read to its end (its digest check).
     blob.verify_rest()?;
@@ -195,16 +239,28 @@ mod tests {
         });
         forget_old_bytes(&mut descriptor);
         assert_eq!(descriptor.get("data"), None);
-        assert_eq!(descriptor["annotations"], serde_json::json!({"org.opencontainers.image.title": "kept"}));
-        let mut bare = serde_json::json!({"annotations": {"containerd.io/snapshot/stargz/toc.digest": "x"}});
+        assert_eq!(
+            descriptor["annotations"],
+            serde_json::json!({"org.opencontainers.image.title": "kept"})
+        );
+        let mut bare =
+            serde_json::json!({"annotations": {"containerd.io/snapshot/stargz/toc.digest": "x"}});
         forget_old_bytes(&mut bare);
-        assert_eq!(bare, serde_json::json!({}), "an emptied annotations map goes");
+        assert_eq!(
+            bare,
+            serde_json::json!({}),
+            "an emptied annotations map goes"
+        );
     }
 
     #[test]
     fn foreign_layers_are_left_alone() {
-        assert!(is_foreign("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"));
-        assert!(is_foreign("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"));
+        assert!(is_foreign(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+        assert!(is_foreign(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        ));
         assert!(!is_foreign(media::OCI_LAYER_GZIP) && !is_foreign(media::DOCKER_LAYER_GZIP));
     }
 }

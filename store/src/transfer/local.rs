@@ -17,7 +17,6 @@ use crate::layout::{OCI_LAYOUT, Store, replace_file};
 use crate::refs::{CONTAINERD_NAME, REF_NAME};
 use crate::registry::media;
 
-
 /// An image whose blobs are files in `blobs_dir` (named by hex digest).
 pub struct LocalImage {
     pub manifest: Vec<u8>,
@@ -45,7 +44,11 @@ impl LocalImage {
     }
 
     /// An image made of `manifest` over blobs in `blobs_dir` (the build cache export).
-    pub(crate) fn from_parts(manifest: Vec<u8>, blobs_dir: PathBuf, name: Option<String>) -> Result<LocalImage> {
+    pub(crate) fn from_parts(
+        manifest: Vec<u8>,
+        blobs_dir: PathBuf,
+        name: Option<String>,
+    ) -> Result<LocalImage> {
         let manifest_digest = Digest::of(&manifest);
         LocalImage::with_digest(manifest, manifest_digest, blobs_dir, name)
     }
@@ -59,7 +62,15 @@ impl LocalImage {
     ) -> Result<LocalImage> {
         let doc = ManifestDoc::parse(&manifest, &format!("manifest {manifest_digest}"))?;
         let media_type = media::sniff(&manifest).unwrap_or_else(|| media::OCI_MANIFEST.to_string());
-        Ok(LocalImage { manifest, media_type, manifest_digest, doc, blobs_dir, name, _extracted: None })
+        Ok(LocalImage {
+            manifest,
+            media_type,
+            manifest_digest,
+            doc,
+            blobs_dir,
+            name,
+            _extracted: None,
+        })
     }
 
     /// An image in the store, by name, id or manifest digest.
@@ -68,10 +79,19 @@ impl LocalImage {
         LocalImage::from_store_image(store, &image, Some(reference))
     }
 
-    pub fn from_store_image(store: &Store, image: &Image, reference: Option<&str>) -> Result<LocalImage> {
+    pub fn from_store_image(
+        store: &Store,
+        image: &Image,
+        reference: Option<&str>,
+    ) -> Result<LocalImage> {
         let manifest = store.read_blob(&image.manifest_digest)?;
         let name = reference
-            .filter(|r| image.names.iter().any(|n| n == r || n.strip_suffix(":latest") == Some(r)))
+            .filter(|r| {
+                image
+                    .names
+                    .iter()
+                    .any(|n| n == r || n.strip_suffix(":latest") == Some(r))
+            })
             .map(str::to_string)
             .or_else(|| image.names.first().cloned());
         LocalImage::with_digest(manifest, image.manifest_digest, store.blobs_dir(), name)
@@ -101,10 +121,15 @@ pub(super) fn read_verified(path: &Path, digest: &Digest) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn open_layout(dir: &Path, tag: Option<&str>, platform: &Platform, extracted: Option<TmpDir>) -> Result<LocalImage> {
+fn open_layout(
+    dir: &Path,
+    tag: Option<&str>,
+    platform: &Platform,
+    extracted: Option<TmpDir>,
+) -> Result<LocalImage> {
     let index_path = dir.join("index.json");
-    let index_bytes =
-        fs::read(&index_path).map_err(|e| Error::io("failed to read OCI layout index", &index_path, e))?;
+    let index_bytes = fs::read(&index_path)
+        .map_err(|e| Error::io("failed to read OCI layout index", &index_path, e))?;
     let index = ManifestDoc::parse(&index_bytes, &index_path.display().to_string())?;
     let what = match tag {
         Some(t) => format!("{}:{t}", dir.display()),
@@ -114,10 +139,10 @@ fn open_layout(dir: &Path, tag: Option<&str>, platform: &Platform, extracted: Op
         d.annotations.get(REF_NAME).map(String::as_str)
     }
     let entry = match tag {
-        Some(tag) => index
-            .manifests
-            .iter()
-            .find(|d| named(d) == Some(tag) || d.annotations.get(CONTAINERD_NAME).map(String::as_str) == Some(tag)),
+        Some(tag) => index.manifests.iter().find(|d| {
+            named(d) == Some(tag)
+                || d.annotations.get(CONTAINERD_NAME).map(String::as_str) == Some(tag)
+        }),
         None if index.manifests.len() == 1 => index.manifests.first(),
         None => None,
     };
@@ -125,12 +150,20 @@ fn open_layout(dir: &Path, tag: Option<&str>, platform: &Platform, extracted: Op
         let names: Vec<&str> = index.manifests.iter().filter_map(named).collect();
         let message = match tag {
             Some(_) => format!("no image with that tag (tags: {})", names.join(", ")),
-            None => format!("{} images in the layout: name one (tags: {})", index.manifests.len(), names.join(", ")),
+            None => format!(
+                "{} images in the layout: name one (tags: {})",
+                index.manifests.len(),
+                names.join(", ")
+            ),
         };
         return Err(Error::Distribution { what, message });
     };
     let blobs_dir = dir.join("blobs/sha256");
-    let name = entry.annotations.get(CONTAINERD_NAME).or_else(|| entry.annotations.get(REF_NAME)).cloned();
+    let name = entry
+        .annotations
+        .get(CONTAINERD_NAME)
+        .or_else(|| entry.annotations.get(REF_NAME))
+        .cloned();
     let mut descriptor = entry;
     let mut bytes = read_verified(&blobs_dir.join(descriptor.digest.hex()), &descriptor.digest)?;
     let mut media_type = media::sniff(&bytes).unwrap_or_else(|| descriptor.media_type.clone());
@@ -142,7 +175,10 @@ fn open_layout(dir: &Path, tag: Option<&str>, platform: &Platform, extracted: Op
     }
     let doc = ManifestDoc::parse(&bytes, &what)?;
     if doc.config.is_none() {
-        return Err(Error::Distribution { what, message: format!("{media_type} is not an image manifest") });
+        return Err(Error::Distribution {
+            what,
+            message: format!("{media_type} is not an image manifest"),
+        });
     }
     Ok(LocalImage {
         manifest: bytes,
@@ -160,17 +196,30 @@ fn open_layout(dir: &Path, tag: Option<&str>, platform: &Platform, extracted: Op
 fn extract_archive(file: &Path, dir: &Path) -> Result<()> {
     let input = File::open(file).map_err(|e| Error::io("failed to open archive", file, e))?;
     let mut archive = tar::Archive::new(io::BufReader::new(input));
-    let bad = |message: String| Error::Distribution { what: file.display().to_string(), message };
-    let entries = archive.entries().map_err(|e| Error::io("failed to read archive", file, e))?;
+    let bad = |message: String| Error::Distribution {
+        what: file.display().to_string(),
+        message,
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::io("failed to read archive", file, e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| Error::io("failed to read archive", file, e))?;
-        let path = entry.path().map_err(|e| Error::io("failed to read archive", file, e))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(|e| Error::io("failed to read archive", file, e))?
+            .into_owned();
         let mut target = dir.to_path_buf();
         for component in path.components() {
             match component {
                 Component::Normal(part) => target.push(part),
                 Component::CurDir => {}
-                _ => return Err(bad(format!("entry {:?} escapes the archive", path.display().to_string()))),
+                _ => {
+                    return Err(bad(format!(
+                        "entry {:?} escapes the archive",
+                        path.display().to_string()
+                    )));
+                }
             }
         }
         let kind = entry.header().entry_type();
@@ -180,8 +229,10 @@ fn extract_archive(file: &Path, dir: &Path) -> Result<()> {
             if let Some(parent) = target.parent() {
                 fs::create_dir_all(parent).map_err(|e| Error::io("failed to create", parent, e))?;
             }
-            let mut out = File::create_new(&target).map_err(|e| Error::io("failed to create", &target, e))?;
-            io::copy(&mut entry, &mut out).map_err(|e| Error::io("failed to extract", &target, e))?;
+            let mut out =
+                File::create_new(&target).map_err(|e| Error::io("failed to create", &target, e))?;
+            io::copy(&mut entry, &mut out)
+                .map_err(|e| Error::io("failed to extract", &target, e))?;
         }
         // Links, devices and the like have no place in an OCI archive: skipped.
     }
@@ -235,7 +286,9 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
         };
         if let Err(err) = copy() {
             let _ = fs::remove_file(&tmp);
-            return Err(blob_error(err, |e| Error::io("failed to copy blob", &src, e)));
+            return Err(blob_error(err, |e| {
+                Error::io("failed to copy blob", &src, e)
+            }));
         }
         fs::rename(&tmp, &dest).map_err(|e| Error::io("failed to rename into place", &dest, e))?;
     }
@@ -264,7 +317,12 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
         });
     };
     manifests.retain(|m| match tag {
-        Some(tag) => m.get("annotations").and_then(|a| a.get(REF_NAME)).and_then(|v| v.as_str()) != Some(tag),
+        Some(tag) => {
+            m.get("annotations")
+                .and_then(|a| a.get(REF_NAME))
+                .and_then(|v| v.as_str())
+                != Some(tag)
+        }
         None => m.get("digest") != entry.get("digest"),
     });
     manifests.push(entry);
@@ -275,5 +333,8 @@ pub fn write_oci_dir(image: &LocalImage, dir: &Path, tag: Option<&str>) -> Resul
 
 /// `bytes` as the new content of `path`, atomically.
 fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    replace_file(path, 0o666, |file| file.write_all(bytes).map_err(|e| Error::io("failed to write", path, e)))
+    replace_file(path, 0o666, |file| {
+        file.write_all(bytes)
+            .map_err(|e| Error::io("failed to write", path, e))
+    })
 }

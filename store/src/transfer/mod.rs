@@ -43,7 +43,11 @@ pub enum Location {
 
 /// The reason for an `oci:` or `oci-archive:` location without its path.
 fn what_reason(what: &str) -> &'static str {
-    if what == "dir" { "oci: needs a directory, as oci:DIR[:TAG]" } else { "oci-archive: needs a file, as oci-archive:FILE[:TAG]" }
+    if what == "dir" {
+        "oci: needs a directory, as oci:DIR[:TAG]"
+    } else {
+        "oci-archive: needs a file, as oci-archive:FILE[:TAG]"
+    }
 }
 
 impl Location {
@@ -52,13 +56,17 @@ impl Location {
     pub fn parse(text: &str) -> Result<Location> {
         let split = |rest: &str| -> (PathBuf, Option<String>) {
             match rest.rsplit_once(':') {
-                Some((path, tag)) if !tag.contains('/') && !path.is_empty() => {
-                    (PathBuf::from(path), Some(tag.to_string()).filter(|t| !t.is_empty()))
-                }
+                Some((path, tag)) if !tag.contains('/') && !path.is_empty() => (
+                    PathBuf::from(path),
+                    Some(tag.to_string()).filter(|t| !t.is_empty()),
+                ),
                 _ => (PathBuf::from(rest), None),
             }
         };
-        let empty = |what: &str| Error::InvalidReference { reference: text.to_string(), reason: what_reason(what) };
+        let empty = |what: &str| Error::InvalidReference {
+            reference: text.to_string(),
+            reason: what_reason(what),
+        };
         if let Some(rest) = text.strip_prefix("oci:") {
             let (dir, tag) = split(rest);
             if dir.as_os_str().is_empty() {
@@ -79,19 +87,22 @@ impl Location {
 
     /// Whether `text` names a transport rather than an image in the store.
     pub fn is_transport(text: &str) -> bool {
-        text.starts_with("oci:") || text.starts_with("oci-archive:") || text.starts_with("docker://")
+        text.starts_with("oci:")
+            || text.starts_with("oci-archive:")
+            || text.starts_with("docker://")
     }
 }
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let tagged = |f: &mut fmt::Formatter<'_>, kind: &str, path: &PathBuf, tag: &Option<String>| {
-            write!(f, "{kind}:{}", path.display())?;
-            if let Some(tag) = tag {
-                write!(f, ":{tag}")?;
-            }
-            Ok(())
-        };
+        let tagged =
+            |f: &mut fmt::Formatter<'_>, kind: &str, path: &PathBuf, tag: &Option<String>| {
+                write!(f, "{kind}:{}", path.display())?;
+                if let Some(tag) = tag {
+                    write!(f, ":{tag}")?;
+                }
+                Ok(())
+            };
         match self {
             Location::Registry(r) => write!(f, "{r}"),
             Location::OciDir { dir, tag } => tagged(f, "oci", dir, tag),
@@ -113,12 +124,16 @@ impl Platform {
     pub fn parse(text: &str) -> Result<Platform> {
         let parts: Vec<&str> = text.split('/').collect();
         match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => {
-                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: None })
-            }
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() => {
-                Ok(Platform { os: os.to_string(), architecture: arch.to_string(), variant: Some(variant.to_string()) })
-            }
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: None,
+            }),
+            [os, arch, variant] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.to_string(),
+                architecture: arch.to_string(),
+                variant: Some(variant.to_string()),
+            }),
             _ => Err(Error::Distribution {
                 what: format!("platform {text:?}"),
                 message: "expected OS/ARCH[/VARIANT], e.g. linux/amd64".into(),
@@ -135,7 +150,11 @@ impl Platform {
 
 impl Default for Platform {
     fn default() -> Self {
-        Platform { os: "linux".into(), architecture: "amd64".into(), variant: None }
+        Platform {
+            os: "linux".into(),
+            architecture: "amd64".into(),
+            variant: None,
+        }
     }
 }
 
@@ -176,8 +195,10 @@ pub struct ManifestDoc {
 
 impl ManifestDoc {
     pub fn parse(bytes: &[u8], what: &str) -> Result<ManifestDoc> {
-        serde_json::from_slice(bytes)
-            .map_err(|e| Error::Distribution { what: what.to_string(), message: format!("invalid manifest: {e}") })
+        serde_json::from_slice(bytes).map_err(|e| Error::Distribution {
+            what: what.to_string(),
+            message: format!("invalid manifest: {e}"),
+        })
     }
 
     /// Config first, then layers: every blob the image needs.
@@ -209,7 +230,10 @@ impl ManifestDoc {
 
 /// Picks the manifest for `platform` from an index.
 pub fn select_platform(index: &ManifestDoc, platform: &Platform, what: &str) -> Result<Descriptor> {
-    let found = index.manifests.iter().find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)));
+    let found = index
+        .manifests
+        .iter()
+        .find(|d| d.platform.as_ref().is_some_and(|p| platform.matches(p)));
     if let Some(d) = found {
         return Ok(d.clone());
     }
@@ -217,11 +241,18 @@ pub fn select_platform(index: &ManifestDoc, platform: &Platform, what: &str) -> 
     if index.manifests.len() == 1 && index.manifests[0].platform.is_none() {
         return Ok(index.manifests[0].clone());
     }
-    let available: Vec<String> =
-        index.manifests.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.to_string()).collect();
+    let available: Vec<String> = index
+        .manifests
+        .iter()
+        .filter_map(|d| d.platform.as_ref())
+        .map(|p| p.to_string())
+        .collect();
     Err(Error::Distribution {
         what: what.to_string(),
-        message: format!("no manifest for platform {platform} (available: {})", available.join(", ")),
+        message: format!(
+            "no manifest for platform {platform} (available: {})",
+            available.join(", ")
+        ),
     })
 }
 
@@ -278,7 +309,11 @@ pub fn pull(store: &Store, source: &str, opts: &TransferOptions<'_>) -> Result<I
 /// The image a Buildfile's `FROM` names: from the store if it is there (as written, or by
 /// its full registry name, `busybox` = `docker.io/library/busybox:latest`), else pulled.
 /// The builder's pull-on-FROM hook.
-pub fn resolve_or_pull(store: &Store, reference: &str, opts: &TransferOptions<'_>) -> Result<Image> {
+pub fn resolve_or_pull(
+    store: &Store,
+    reference: &str,
+    opts: &TransferOptions<'_>,
+) -> Result<Image> {
     match store.resolve(reference) {
         Ok(image) => return Ok(image),
         Err(Error::ImageNotFound(_)) => {}
@@ -300,7 +335,12 @@ pub fn resolve_or_pull(store: &Store, reference: &str, opts: &TransferOptions<'_
 /// Pushes `image` (a store reference, or `oci:`/`oci-archive:` source) to `dest`
 /// (registry reference, `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`); `dest` defaults to the
 /// image's own name. Returns the digest of the manifest pushed.
-pub fn push(store: &Store, image: &str, dest: Option<&str>, opts: &TransferOptions<'_>) -> Result<Digest> {
+pub fn push(
+    store: &Store,
+    image: &str,
+    dest: Option<&str>,
+    opts: &TransferOptions<'_>,
+) -> Result<Digest> {
     let source = if Location::is_transport(image) {
         LocalImage::open(store, &Location::parse(image)?, &opts.platform)?
     } else {
@@ -324,7 +364,8 @@ pub fn push(store: &Store, image: &str, dest: Option<&str>, opts: &TransferOptio
         Location::Registry(reference) => push_to_registry(store, &source, &reference, opts),
         Location::OciDir { dir, tag } => write_oci_dir(&source, &dir, tag.as_deref()),
         Location::OciArchive { file, tag } => {
-            let name = tag.unwrap_or_else(|| source.name.clone().unwrap_or_else(|| "latest".into()));
+            let name =
+                tag.unwrap_or_else(|| source.name.clone().unwrap_or_else(|| "latest".into()));
             crate::archive::write_archive(&[(&source, vec![name])], &file, false)?;
             Ok(source.manifest_digest)
         }
@@ -339,14 +380,28 @@ mod tests {
     fn parses_transports() {
         assert_eq!(
             Location::parse("oci:/tmp/lay:bench").unwrap(),
-            Location::OciDir { dir: "/tmp/lay".into(), tag: Some("bench".into()) }
+            Location::OciDir {
+                dir: "/tmp/lay".into(),
+                tag: Some("bench".into())
+            }
         );
-        assert_eq!(Location::parse("oci:/tmp/lay").unwrap(), Location::OciDir { dir: "/tmp/lay".into(), tag: None });
+        assert_eq!(
+            Location::parse("oci:/tmp/lay").unwrap(),
+            Location::OciDir {
+                dir: "/tmp/lay".into(),
+                tag: None
+            }
+        );
         assert_eq!(
             Location::parse("oci-archive:img.tar:v1").unwrap(),
-            Location::OciArchive { file: "img.tar".into(), tag: Some("v1".into()) }
+            Location::OciArchive {
+                file: "img.tar".into(),
+                tag: Some("v1".into())
+            }
         );
-        let Location::Registry(r) = Location::parse("docker://127.0.0.1:5000/a:b").unwrap() else { panic!() };
+        let Location::Registry(r) = Location::parse("docker://127.0.0.1:5000/a:b").unwrap() else {
+            panic!()
+        };
         assert_eq!(r.to_string(), "127.0.0.1:5000/a:b");
         assert!(Location::is_transport("oci:x") && !Location::is_transport("app:1"));
         assert!(Location::parse("oci:").is_err() && Location::parse("oci-archive:").is_err());
@@ -371,11 +426,24 @@ mod tests {
             layers: vec![],
             manifests: vec![d("arm64", Some("v8")), d("amd64", None)],
         };
-        assert_eq!(select_platform(&index, &Platform::default(), "x").unwrap().digest, Digest::of(b"amd64"));
+        assert_eq!(
+            select_platform(&index, &Platform::default(), "x")
+                .unwrap()
+                .digest,
+            Digest::of(b"amd64")
+        );
         let arm = Platform::parse("linux/arm64").unwrap();
-        assert_eq!(select_platform(&index, &arm, "x").unwrap().digest, Digest::of(b"arm64"));
-        let err = select_platform(&index, &Platform::parse("linux/s390x").unwrap(), "x").unwrap_err().to_string();
-        assert!(err.contains("linux/s390x") && err.contains("linux/arm64/v8"), "{err}");
+        assert_eq!(
+            select_platform(&index, &arm, "x").unwrap().digest,
+            Digest::of(b"arm64")
+        );
+        let err = select_platform(&index, &Platform::parse("linux/s390x").unwrap(), "x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("linux/s390x") && err.contains("linux/arm64/v8"),
+            "{err}"
+        );
         assert!(Platform::parse("linux").is_err());
     }
 }

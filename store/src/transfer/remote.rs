@@ -28,8 +28,14 @@ impl BlobSources {
     pub fn load(store: &Store) -> BlobSources {
         let path = store.root().join("sources.json");
         // A missing or damaged hint file only costs mounts: start empty.
-        let map = std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        BlobSources { path, map: Mutex::new(map) }
+        let map = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        BlobSources {
+            path,
+            map: Mutex::new(map),
+        }
     }
 
     /// Repositories of `registry` other than `except` that hold `digest`.
@@ -45,10 +51,17 @@ impl BlobSources {
             .collect()
     }
 
-    pub fn record(&self, digests: impl IntoIterator<Item = Digest>, registry: &str, repository: &str) {
+    pub fn record(
+        &self,
+        digests: impl IntoIterator<Item = Digest>,
+        registry: &str,
+        repository: &str,
+    ) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         for digest in digests {
-            map.entry(digest).or_default().insert(format!("{registry}/{repository}"));
+            map.entry(digest)
+                .or_default()
+                .insert(format!("{registry}/{repository}"));
         }
     }
 
@@ -72,7 +85,10 @@ fn parallel<T: Sync>(items: &[T], jobs: usize, f: impl Fn(&T) -> Result<()> + Sy
                     let Some(item) = items.get(i) else { break };
                     if let Err(e) = f(item) {
                         failed.store(true, Ordering::Relaxed);
-                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        first_error
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert(e);
                     }
                 }
             });
@@ -98,7 +114,10 @@ pub fn push_to_registry(
     {
         return Err(Error::Distribution {
             what: reference.to_string(),
-            message: format!("the image's manifest is {}, not the digest named", image.manifest_digest),
+            message: format!(
+                "the image's manifest is {}, not the digest named",
+                image.manifest_digest
+            ),
         });
     }
     let sources = BlobSources::load(store);
@@ -127,7 +146,9 @@ pub fn push_to_registry(
             }
         }
         let path = image.blob_path(digest);
-        let size = std::fs::metadata(&path).map_err(|e| Error::io("failed to read blob", &path, e))?.len();
+        let size = std::fs::metadata(&path)
+            .map_err(|e| Error::io("failed to read blob", &path, e))?
+            .len();
         opts.progress.begin(digest, size, "push");
         let advance = |n: u64| opts.progress.advance(digest, n);
         client.upload_blob(repo, digest, size, BlobSource::File(&path), Some(&advance))?;
@@ -141,7 +162,11 @@ pub fn push_to_registry(
 }
 
 /// Pulls `reference` into the store.
-pub(crate) fn pull_from_registry(store: &Store, reference: &Reference, opts: &TransferOptions<'_>) -> Result<Image> {
+pub(crate) fn pull_from_registry(
+    store: &Store,
+    reference: &Reference,
+    opts: &TransferOptions<'_>,
+) -> Result<Image> {
     let client = Client::new(reference.api_host(), opts.client.clone())?;
     let repo = reference.repository.as_str();
     let what = reference.to_string();

@@ -21,7 +21,11 @@ pub struct Registry {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Registry {
@@ -46,20 +50,39 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let p = |name: &str| dir.path().join(name);
         run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=strata test CA"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=strata test CA",
+            ])
             .arg("-keyout")
             .arg(p("ca.key"))
             .arg("-out")
             .arg(p("ca.pem")));
         run(Command::new("openssl")
-            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", &format!("/CN={ip}")])
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={ip}"),
+            ])
             .arg("-keyout")
             .arg(p("key.pem"))
             .arg("-out")
             .arg(p("leaf.csr")));
         std::fs::write(
             p("ext.cnf"),
-            format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+            format!(
+                "subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+            ),
         )
         .unwrap();
         run(Command::new("openssl")
@@ -74,7 +97,11 @@ impl Registry {
             .arg(p("ext.cnf"))
             .arg("-out")
             .arg(p("cert.pem")));
-        let tls = format!("  tls:\n    certificate: {}\n    key: {}\n", p("cert.pem").display(), p("key.pem").display());
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            p("cert.pem").display(),
+            p("key.pem").display()
+        );
         let ca = p("ca.pem");
         let registry = Registry::serve(dir, ip, &tls, "");
         (registry, ca)
@@ -91,8 +118,14 @@ impl Registry {
             let out = Command::new("htpasswd")
                 .args(["-Bbn", name, password])
                 .output()
-                .unwrap_or_else(|e| panic!("htpasswd failed ({e}): run `apt-get install -y apache2-utils`"));
-            assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+                .unwrap_or_else(|e| {
+                    panic!("htpasswd failed ({e}): run `apt-get install -y apache2-utils`")
+                });
+            assert!(
+                out.status.success(),
+                "htpasswd: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
             auth = format!(
                 "auth:\n  htpasswd:\n    realm: strata-test\n    path: {}\n",
@@ -103,12 +136,30 @@ impl Registry {
         if tls {
             let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
             run(Command::new("openssl")
-                .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-                .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=localhost",
+                ])
+                .args([
+                    "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout",
+                ])
                 .arg(&key)
                 .arg("-out")
                 .arg(&cert));
-            tls_config = format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+            tls_config = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
         }
         Registry::serve(dir, "127.0.0.1", &tls_config, &auth)
     }
@@ -130,10 +181,18 @@ impl Registry {
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn docker-registry");
-        let registry = Registry { child, host: format!("{ip}:{port}"), dir };
+        let registry = Registry {
+            child,
+            host: format!("{ip}:{port}"),
+            dir,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&registry.host).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start: {}", registry.log());
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start: {}",
+                registry.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         registry
@@ -173,22 +232,35 @@ impl Proxy {
 
     /// A proxy that cuts the first blob download after `after` bytes of its response.
     pub fn start_cutting_download(upstream: &str, after: usize) -> Proxy {
-        let faults = Faults { cut_download_after: AtomicUsize::new(after), ..Faults::default() };
+        let faults = Faults {
+            cut_download_after: AtomicUsize::new(after),
+            ..Faults::default()
+        };
         Proxy::start_inner(upstream, None, None, Arc::new(faults))
     }
 
     /// A proxy that answers the first `fail_first` requests with 503 and, with
     /// `refuse_patch`, every PATCH with 416 (a registry without chunked uploads).
     pub fn start_faulty(upstream: &str, fail_first: usize, refuse_patch: bool) -> Proxy {
-        let faults = Faults { fail_first: AtomicUsize::new(fail_first), refuse_patch, ..Faults::default() };
+        let faults = Faults {
+            fail_first: AtomicUsize::new(fail_first),
+            refuse_patch,
+            ..Faults::default()
+        };
         Proxy::start_inner(upstream, None, None, Arc::new(faults))
     }
 
     /// A proxy that demands bearer tokens (distribution token auth) from its own `/token`
     /// endpoint, which hands them out for `user:password` with the scopes asked for.
-    pub fn start_with_tokens(upstream: &str, user: &str, password: &str) -> (Proxy, Arc<TokenGate>) {
-        let credentials =
-            strata_store::registry::Credentials { username: user.to_string(), password: password.to_string() };
+    pub fn start_with_tokens(
+        upstream: &str,
+        user: &str,
+        password: &str,
+    ) -> (Proxy, Arc<TokenGate>) {
+        let credentials = strata_store::registry::Credentials {
+            username: user.to_string(),
+            password: password.to_string(),
+        };
         let basic = credentials.basic_header();
         let gate = Arc::new(TokenGate {
             basic,
@@ -196,7 +268,15 @@ impl Proxy {
             issued: Mutex::new(Vec::new()),
             token_requests: Mutex::new(Vec::new()),
         });
-        (Proxy::start_inner(upstream, None, Some(gate.clone()), Arc::new(Faults::default())), gate)
+        (
+            Proxy::start_inner(
+                upstream,
+                None,
+                Some(gate.clone()),
+                Arc::new(Faults::default()),
+            ),
+            gate,
+        )
     }
 
     fn start_inner(
@@ -220,10 +300,23 @@ impl Proxy {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let (seen, upstream, dropped, gate) = (seen2.clone(), upstream.clone(), dropped.clone(), gate.clone());
+                let (seen, upstream, dropped, gate) = (
+                    seen2.clone(),
+                    upstream.clone(),
+                    dropped.clone(),
+                    gate.clone(),
+                );
                 let faults = faults.clone();
                 std::thread::spawn(move || {
-                    let _ = forward(conn, &upstream, &seen, &dropped, drop_after, gate.as_deref(), &faults);
+                    let _ = forward(
+                        conn,
+                        &upstream,
+                        &seen,
+                        &dropped,
+                        drop_after,
+                        gate.as_deref(),
+                        &faults,
+                    );
                 });
             }
         });
@@ -287,15 +380,28 @@ fn forward(
     let mut parts = first.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
-    seen.lock().unwrap().push(Seen { method: method.clone(), path: path.clone() });
-    let fail = faults.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    seen.lock().unwrap().push(Seen {
+        method: method.clone(),
+        path: path.clone(),
+    });
+    let fail = faults
+        .fail_first
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
     let refuse = faults.refuse_patch && method == "PATCH";
     if fail || refuse {
         // Drain the body first so the client reads our answer instead of a broken pipe.
         std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
-        let status = if fail { "503 Service Unavailable" } else { "416 Range Not Satisfiable" };
+        let status = if fail {
+            "503 Service Unavailable"
+        } else {
+            "416 Range Not Satisfiable"
+        };
         let mut client = client;
-        write!(client, "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+        write!(
+            client,
+            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
@@ -387,18 +493,31 @@ impl TokenGate {
             let query = percent_decode(query.trim_start_matches('?'));
             self.token_requests.lock().unwrap().push(query.clone());
             if authorization != self.basic {
-                return Some(reply("401 Unauthorized", "", r#"{"details":"bad credentials"}"#));
+                return Some(reply(
+                    "401 Unauthorized",
+                    "",
+                    r#"{"details":"bad credentials"}"#,
+                ));
             }
-            let scopes: Vec<String> =
-                query.split('&').filter_map(|kv| kv.strip_prefix("scope=")).map(String::from).collect();
+            let scopes: Vec<String> = query
+                .split('&')
+                .filter_map(|kv| kv.strip_prefix("scope="))
+                .map(String::from)
+                .collect();
             let mut issued = self.issued.lock().unwrap();
             let token = format!("token{}", issued.len());
             issued.push((token.clone(), scopes));
             return Some(reply("200 OK", "", &format!(r#"{{"token":"{token}"}}"#)));
         }
         let rest = path.strip_prefix("/v2/").unwrap_or("");
-        let repo = ["/blobs/", "/manifests/"].iter().find_map(|m| rest.split_once(m).map(|(r, _)| r.to_string()));
-        let action = if matches!(method, "GET" | "HEAD") { "pull" } else { "push" };
+        let repo = ["/blobs/", "/manifests/"]
+            .iter()
+            .find_map(|m| rest.split_once(m).map(|(r, _)| r.to_string()));
+        let action = if matches!(method, "GET" | "HEAD") {
+            "pull"
+        } else {
+            "push"
+        };
         let granted = authorization.strip_prefix("Bearer ").is_some_and(|token| {
             let issued = self.issued.lock().unwrap();
             issued.iter().any(|(t, scopes)| {
@@ -415,12 +534,18 @@ impl TokenGate {
         if granted {
             return None;
         }
-        let scope = repo.map(|r| format!(r#",scope="repository:{r}:{action}""#)).unwrap_or_default();
+        let scope = repo
+            .map(|r| format!(r#",scope="repository:{r}:{action}""#))
+            .unwrap_or_default();
         let challenge = format!(
             "WWW-Authenticate: Bearer realm=\"http://{}/token\",service=\"strata-test\"{scope}\r\n",
             self.host.get().map_or("", String::as_str)
         );
-        Some(reply("401 Unauthorized", &challenge, r#"{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}"#))
+        Some(reply(
+            "401 Unauthorized",
+            &challenge,
+            r#"{"errors":[{"code":"UNAUTHORIZED","message":"token needed"}]}"#,
+        ))
     }
 }
 
@@ -453,7 +578,11 @@ impl WrongBytesServer {
                 let (status, kind, payload) = if path == "/v2/" {
                     ("200 OK", "application/json", b"{}".to_vec())
                 } else if path.contains("/manifests/") {
-                    ("200 OK", "application/vnd.oci.image.manifest.v1+json", manifest.clone())
+                    (
+                        "200 OK",
+                        "application/vnd.oci.image.manifest.v1+json",
+                        manifest.clone(),
+                    )
                 } else if path.contains("/blobs/") {
                     ("200 OK", "application/octet-stream", body.clone())
                 } else {

@@ -14,20 +14,40 @@ use super::harness::{Proxy, Registry, WrongBytesServer, run};
 use super::{noise, options};
 
 fn opts() -> TransferOptions<'static> {
-    TransferOptions { client: options(), ..TransferOptions::default() }
+    TransferOptions {
+        client: options(),
+        ..TransferOptions::default()
+    }
 }
 
 /// A store holding one image `name` of two layers built from real directories.
-fn store_with_image(root: &Path, name: &str, compression: Compression, seed: u64) -> (Store, Image) {
+fn store_with_image(
+    root: &Path,
+    name: &str,
+    compression: Compression,
+    seed: u64,
+) -> (Store, Image) {
     let store = Store::open(root).unwrap();
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     for i in 0..2u64 {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
-        std::fs::write(dir.path().join(format!("etc/file{i}")), format!("layer {i} seed {seed}\n")).unwrap();
-        std::fs::write(dir.path().join(format!("blob{i}.bin")), noise(200_000, seed * 10 + i)).unwrap();
-        let opts = WriteOptions { compression, source_date_epoch: Some(0), level: None };
+        std::fs::write(
+            dir.path().join(format!("etc/file{i}")),
+            format!("layer {i} seed {seed}\n"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(format!("blob{i}.bin")),
+            noise(200_000, seed * 10 + i),
+        )
+        .unwrap();
+        let opts = WriteOptions {
+            compression,
+            source_date_epoch: Some(0),
+            level: None,
+        };
         let layer = store.create_layer(dir.path(), &opts).unwrap();
         diff_ids.push(layer.diff_id.to_string());
         layers.push(layer.descriptor);
@@ -38,12 +58,18 @@ fn store_with_image(root: &Path, name: &str, compression: Compression, seed: u64
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .unwrap();
-    let image = store.put_image(&config, &layers, &[name.to_string()]).unwrap();
+    let image = store
+        .put_image(&config, &layers, &[name.to_string()])
+        .unwrap();
     (store, image)
 }
 
 fn count(proxy: &Proxy, method: &str, needle: &str) -> usize {
-    proxy.requests().iter().filter(|r| r.method == method && r.path.contains(needle)).count()
+    proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == method && r.path.contains(needle))
+        .count()
 }
 
 #[test]
@@ -55,7 +81,11 @@ fn push_is_read_by_skopeo_and_a_re_push_uploads_no_blob() {
     let dest = format!("{}/team/app:v1", proxy.host);
     let digest = transfer::push(&store, "app:v1", Some(&dest), &opts()).unwrap();
     assert_eq!(digest, image.manifest_digest);
-    assert!(count(&proxy, "PUT", "/blobs/uploads/") >= 3, "config + 2 layers uploaded: {:?}", proxy.requests());
+    assert!(
+        count(&proxy, "PUT", "/blobs/uploads/") >= 3,
+        "config + 2 layers uploaded: {:?}",
+        proxy.requests()
+    );
 
     let out = run(Command::new("skopeo").args([
         "inspect",
@@ -69,15 +99,26 @@ fn push_is_read_by_skopeo_and_a_re_push_uploads_no_blob() {
     proxy.clear();
     transfer::push(&store, "app:v1", Some(&dest), &opts()).unwrap();
     let seen = proxy.requests();
-    assert_eq!(seen.len(), 1, "one HEAD of the manifest, no blob request: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        1,
+        "one HEAD of the manifest, no blob request: {seen:?}"
+    );
     assert_eq!(count(&proxy, "HEAD", "/manifests/v1"), 1);
 
     // Under a new tag the blobs are checked (HEAD) but none is uploaded.
     proxy.clear();
-    transfer::push(&store, "app:v1", Some(&format!("{}/team/app:v2", proxy.host)), &opts()).unwrap();
+    transfer::push(
+        &store,
+        "app:v1",
+        Some(&format!("{}/team/app:v2", proxy.host)),
+        &opts(),
+    )
+    .unwrap();
     let seen = proxy.requests();
     assert!(
-        seen.iter().all(|r| r.method == "HEAD" || (r.method == "PUT" && r.path.contains("/manifests/"))),
+        seen.iter()
+            .all(|r| r.method == "HEAD" || (r.method == "PUT" && r.path.contains("/manifests/"))),
         "{seen:?}"
     );
     assert_eq!(count(&proxy, "HEAD", "/blobs/"), 3);
@@ -89,7 +130,13 @@ fn pull_of_a_docker_schema2_image_pushed_by_skopeo_into_a_fresh_store() {
     let root = tempfile::tempdir().unwrap();
     let (store, image) = store_with_image(root.path(), "src:1", Compression::Gzip, 2);
     let layout = tempfile::tempdir().unwrap();
-    transfer::push(&store, "src:1", Some(&format!("oci:{}:src", layout.path().display())), &opts()).unwrap();
+    transfer::push(
+        &store,
+        "src:1",
+        Some(&format!("oci:{}:src", layout.path().display())),
+        &opts(),
+    )
+    .unwrap();
     run(Command::new("skopeo").args([
         "copy",
         "--quiet",
@@ -107,16 +154,27 @@ fn pull_of_a_docker_schema2_image_pushed_by_skopeo_into_a_fresh_store() {
     assert_eq!(pulled.names, vec![reference.clone()]);
     assert_eq!(pulled.id, image.id, "the config travels unchanged");
     let manifest = fresh.read_blob(&pulled.manifest_digest).unwrap();
-    assert_eq!(media::sniff(&manifest).as_deref(), Some(media::DOCKER_MANIFEST));
+    assert_eq!(
+        media::sniff(&manifest).as_deref(),
+        Some(media::DOCKER_MANIFEST)
+    );
     // An image made over it (as a build does) is plain OCI: docker's layer types become
     // OCI's for the same bytes.
     let docker: oci::ImageManifest = serde_json::from_slice(&manifest).unwrap();
-    assert_eq!(docker.layers()[0].media_type().to_string(), media::DOCKER_LAYER_GZIP);
-    let derived = fresh.put_image(&pulled.config, docker.layers(), &["derived:1".into()]).unwrap();
+    assert_eq!(
+        docker.layers()[0].media_type().to_string(),
+        media::DOCKER_LAYER_GZIP
+    );
+    let derived = fresh
+        .put_image(&pulled.config, docker.layers(), &["derived:1".into()])
+        .unwrap();
     let derived: oci::ImageManifest =
         serde_json::from_slice(&fresh.read_blob(&derived.manifest_digest).unwrap()).unwrap();
     assert!(
-        derived.layers().iter().all(|l| *l.media_type() == oci::MediaType::ImageLayerGzip),
+        derived
+            .layers()
+            .iter()
+            .all(|l| *l.media_type() == oci::MediaType::ImageLayerGzip),
         "{:?}",
         derived.layers()
     );
@@ -126,7 +184,10 @@ fn pull_of_a_docker_schema2_image_pushed_by_skopeo_into_a_fresh_store() {
     // A second pull downloads nothing.
     let blobs_before = std::fs::read_dir(fresh.blobs_dir()).unwrap().count();
     transfer::pull(&fresh, &reference, &opts()).unwrap();
-    assert_eq!(std::fs::read_dir(fresh.blobs_dir()).unwrap().count(), blobs_before);
+    assert_eq!(
+        std::fs::read_dir(fresh.blobs_dir()).unwrap().count(),
+        blobs_before
+    );
 }
 
 #[test]
@@ -138,28 +199,61 @@ fn pull_picks_the_platform_from_an_index() {
         let (_, image) = store_with_image(root.path(), "arm:1", Compression::Zstd, 4);
         (0, image)
     };
-    transfer::push(&store, "amd:1", Some(&format!("{}/multi:amd", registry.host)), &opts()).unwrap();
-    transfer::push(&store, "arm:1", Some(&format!("{}/multi:arm", registry.host)), &opts()).unwrap();
+    transfer::push(
+        &store,
+        "amd:1",
+        Some(&format!("{}/multi:amd", registry.host)),
+        &opts(),
+    )
+    .unwrap();
+    transfer::push(
+        &store,
+        "arm:1",
+        Some(&format!("{}/multi:arm", registry.host)),
+        &opts(),
+    )
+    .unwrap();
     let entry = |image: &Image, arch: &str| {
         let size = store.read_blob(&image.manifest_digest).unwrap().len();
         serde_json::json!({"mediaType": media::OCI_MANIFEST, "digest": image.manifest_digest.to_string(), "size": size,
                            "platform": {"os": "linux", "architecture": arch}})
     };
-    let index = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX,
-        "manifests": [entry(&arm, "arm64"), entry(&amd, "amd64")]}))
+    let index = serde_json::to_vec(
+        &serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_INDEX,
+        "manifests": [entry(&arm, "arm64"), entry(&amd, "amd64")]}),
+    )
     .unwrap();
     let client = Client::new(&registry.host, options()).unwrap();
-    client.put_manifest("multi", "latest", &index, media::OCI_INDEX).unwrap();
+    client
+        .put_manifest("multi", "latest", &index, media::OCI_INDEX)
+        .unwrap();
 
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = Store::open(fresh_dir.path()).unwrap();
     let reference = format!("{}/multi:latest", registry.host);
-    assert_eq!(transfer::pull(&fresh, &reference, &opts()).unwrap().id, amd.id);
-    let arm_opts = TransferOptions { platform: transfer::Platform::parse("linux/arm64").unwrap(), ..opts() };
-    assert_eq!(transfer::pull(&fresh, &reference, &arm_opts).unwrap().id, arm.id);
-    let s390 = TransferOptions { platform: transfer::Platform::parse("linux/s390x").unwrap(), ..opts() };
-    let err = transfer::pull(&fresh, &reference, &s390).unwrap_err().to_string();
-    assert!(err.contains("linux/s390x") && err.contains("linux/arm64"), "{err}");
+    assert_eq!(
+        transfer::pull(&fresh, &reference, &opts()).unwrap().id,
+        amd.id
+    );
+    let arm_opts = TransferOptions {
+        platform: transfer::Platform::parse("linux/arm64").unwrap(),
+        ..opts()
+    };
+    assert_eq!(
+        transfer::pull(&fresh, &reference, &arm_opts).unwrap().id,
+        arm.id
+    );
+    let s390 = TransferOptions {
+        platform: transfer::Platform::parse("linux/s390x").unwrap(),
+        ..opts()
+    };
+    let err = transfer::pull(&fresh, &reference, &s390)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("linux/s390x") && err.contains("linux/arm64"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -168,9 +262,21 @@ fn push_to_a_second_repository_mounts_instead_of_uploading() {
     let proxy = Proxy::start(&registry.host, None);
     let root = tempfile::tempdir().unwrap();
     let (store, _) = store_with_image(root.path(), "app:1", Compression::Zstd, 5);
-    transfer::push(&store, "app:1", Some(&format!("{}/first:1", proxy.host)), &opts()).unwrap();
+    transfer::push(
+        &store,
+        "app:1",
+        Some(&format!("{}/first:1", proxy.host)),
+        &opts(),
+    )
+    .unwrap();
     proxy.clear();
-    transfer::push(&store, "app:1", Some(&format!("{}/second:1", proxy.host)), &opts()).unwrap();
+    transfer::push(
+        &store,
+        "app:1",
+        Some(&format!("{}/second:1", proxy.host)),
+        &opts(),
+    )
+    .unwrap();
     assert_eq!(count(&proxy, "POST", "mount="), 3, "{:?}", proxy.requests());
     assert_eq!(count(&proxy, "PUT", "/blobs/"), 0, "{:?}", proxy.requests());
     assert_eq!(count(&proxy, "PATCH", "/blobs/"), 0);
@@ -178,7 +284,8 @@ fn push_to_a_second_repository_mounts_instead_of_uploading() {
 
 #[test]
 fn wrong_bytes_fail_the_pull_and_store_nothing() {
-    let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let config =
+        br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
     let config_digest = Digest::of(config);
     let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": media::OCI_MANIFEST,
         "config": {"mediaType": media::OCI_CONFIG, "digest": config_digest.to_string(), "size": config.len()},
@@ -187,11 +294,24 @@ fn wrong_bytes_fail_the_pull_and_store_nothing() {
     let server = WrongBytesServer::start(manifest, b"not the config".to_vec());
     let root = tempfile::tempdir().unwrap();
     let store = Store::open(root.path()).unwrap();
-    let err = transfer::pull(&store, &format!("{}/evil:1", server.host), &opts()).unwrap_err().to_string();
-    assert!(err.contains(&config_digest.to_string()) && err.contains("corrupt"), "{err}");
+    let err = transfer::pull(&store, &format!("{}/evil:1", server.host), &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&config_digest.to_string()) && err.contains("corrupt"),
+        "{err}"
+    );
     assert!(!store.has_blob(&config_digest));
-    assert_eq!(std::fs::read_dir(store.blobs_dir()).unwrap().count(), 0, "no blob stored");
-    assert_eq!(std::fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no staging left behind");
+    assert_eq!(
+        std::fs::read_dir(store.blobs_dir()).unwrap().count(),
+        0,
+        "no blob stored"
+    );
+    assert_eq!(
+        std::fs::read_dir(store.tmp_dir()).unwrap().count(),
+        0,
+        "no staging left behind"
+    );
     assert!(store.images().unwrap().is_empty());
 }
 
@@ -202,12 +322,31 @@ fn oci_layout_and_archive_transports_round_trip_through_skopeo() {
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("layout");
     let archive = out.path().join("app.tar");
-    transfer::push(&store, "app:2", Some(&format!("oci:{}:v2", layout.display())), &opts()).unwrap();
-    transfer::push(&store, "app:2", Some(&format!("oci-archive:{}:v2", archive.display())), &opts()).unwrap();
-    for source in [format!("oci:{}:v2", layout.display()), format!("oci-archive:{}", archive.display())] {
+    transfer::push(
+        &store,
+        "app:2",
+        Some(&format!("oci:{}:v2", layout.display())),
+        &opts(),
+    )
+    .unwrap();
+    transfer::push(
+        &store,
+        "app:2",
+        Some(&format!("oci-archive:{}:v2", archive.display())),
+        &opts(),
+    )
+    .unwrap();
+    for source in [
+        format!("oci:{}:v2", layout.display()),
+        format!("oci-archive:{}", archive.display()),
+    ] {
         let inspected: serde_json::Value =
             serde_json::from_str(&run(Command::new("skopeo").args(["inspect", &source]))).unwrap();
-        assert_eq!(inspected["Digest"], image.manifest_digest.to_string(), "{source}");
+        assert_eq!(
+            inspected["Digest"],
+            image.manifest_digest.to_string(),
+            "{source}"
+        );
         let fresh_dir = tempfile::tempdir().unwrap();
         let fresh = Store::open(fresh_dir.path()).unwrap();
         let pulled = transfer::pull(&fresh, &source, &opts()).unwrap();
@@ -237,7 +376,10 @@ fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
     let fresh = Store::open(fresh_dir.path()).unwrap();
     let loaded = strata_store::archive::load(&fresh, &file).unwrap();
     assert_eq!(loaded.len(), 1);
-    assert_eq!((loaded[0].id, loaded[0].manifest_digest), (image.id, image.manifest_digest));
+    assert_eq!(
+        (loaded[0].id, loaded[0].manifest_digest),
+        (image.id, image.manifest_digest)
+    );
     assert_eq!(fresh.resolve("saved:1").unwrap().id, image.id);
 
     // The classic docker-archive layout (`<hex>.tar` layers, `<config>.json`) as skopeo
@@ -253,8 +395,18 @@ fn save_and_load_round_trip_and_skopeo_reads_the_archive() {
     let other = Store::open(other_dir.path()).unwrap();
     let loaded = strata_store::archive::load(&other, &classic).unwrap();
     assert_eq!(loaded[0].id, image.id);
-    assert_eq!(loaded[0].names, vec!["docker.io/classic/app:1".to_string()], "RepoTags as skopeo wrote them");
-    assert!(other.layer_dirs(&loaded[0]).unwrap().iter().any(|d| d.join("etc/file1").exists()));
+    assert_eq!(
+        loaded[0].names,
+        vec!["docker.io/classic/app:1".to_string()],
+        "RepoTags as skopeo wrote them"
+    );
+    assert!(
+        other
+            .layer_dirs(&loaded[0])
+            .unwrap()
+            .iter()
+            .any(|d| d.join("etc/file1").exists())
+    );
 }
 
 #[test]
@@ -268,33 +420,80 @@ fn build_cache_exports_and_imports_through_a_layout_and_a_registry() {
     };
     let hit = Digest::of(b"step with a layer");
     let meta = Digest::of(b"step without a layer");
-    store.cache_put(&hit, &CacheEntry { layer: Some(layer.clone()), data: serde_json::json!({"n": 1}) }).unwrap();
-    store.cache_put(&meta, &CacheEntry { layer: None, data: serde_json::json!({"env": "X=1"}) }).unwrap();
+    store
+        .cache_put(
+            &hit,
+            &CacheEntry {
+                layer: Some(layer.clone()),
+                data: serde_json::json!({"n": 1}),
+            },
+        )
+        .unwrap();
+    store
+        .cache_put(
+            &meta,
+            &CacheEntry {
+                layer: None,
+                data: serde_json::json!({"env": "X=1"}),
+            },
+        )
+        .unwrap();
     let layout = tempfile::tempdir().unwrap();
     let specs = [
         format!("type=local,dest={},mode=max", layout.path().display()),
-        format!("type=registry,ref={}/cache/app:buildcache,mode=max", registry.host),
+        format!(
+            "type=registry,ref={}/cache/app:buildcache,mode=max",
+            registry.host
+        ),
     ];
     for spec in &specs {
         let spec = CacheSpec::parse(spec).unwrap();
-        assert_eq!(strata_store::transfer::cache::export(&store, &spec, &[hit, meta], &[], &options()).unwrap(), 2);
+        assert_eq!(
+            strata_store::transfer::cache::export(&store, &spec, &[hit, meta], &[], &options())
+                .unwrap(),
+            2
+        );
         let fresh_dir = tempfile::tempdir().unwrap();
         let fresh = Store::open(fresh_dir.path()).unwrap();
         let import = CacheImport::open(&fresh, &spec, &options()).unwrap();
         assert_eq!(import.len(), 2);
         let layer_digest: Digest = layer.descriptor.digest().to_string().parse().unwrap();
-        assert!(!fresh.has_blob(&layer_digest), "layers are fetched on a hit only");
+        assert!(
+            !fresh.has_blob(&layer_digest),
+            "layers are fetched on a hit only"
+        );
         let entry = import.get(&fresh, &hit).unwrap().unwrap();
         assert_eq!(entry.layer, Some(layer.clone()));
         assert!(fresh.has_blob(&layer_digest));
-        assert_eq!(fresh.cache_get(&hit).unwrap().unwrap().data, serde_json::json!({"n": 1}));
-        assert!(import.get(&fresh, &Digest::of(b"unknown")).unwrap().is_none());
+        assert_eq!(
+            fresh.cache_get(&hit).unwrap().unwrap().data,
+            serde_json::json!({"n": 1})
+        );
+        assert!(
+            import
+                .get(&fresh, &Digest::of(b"unknown"))
+                .unwrap()
+                .is_none()
+        );
         // mode=min with no final keys exports nothing but still writes a valid cache.
     }
     // A cache that does not exist yet is empty, not an error (the first CI run).
     let empty = tempfile::tempdir().unwrap();
-    let spec = CacheSpec::parse(&format!("type=local,src={}", empty.path().join("none").display())).unwrap();
-    assert!(CacheImport::open(&store, &spec, &options()).unwrap().is_empty());
-    let spec = CacheSpec::parse(&format!("type=registry,ref={}/cache/none:x", registry.host)).unwrap();
-    assert!(CacheImport::open(&store, &spec, &options()).unwrap().is_empty());
+    let spec = CacheSpec::parse(&format!(
+        "type=local,src={}",
+        empty.path().join("none").display()
+    ))
+    .unwrap();
+    assert!(
+        CacheImport::open(&store, &spec, &options())
+            .unwrap()
+            .is_empty()
+    );
+    let spec =
+        CacheSpec::parse(&format!("type=registry,ref={}/cache/none:x", registry.host)).unwrap();
+    assert!(
+        CacheImport::open(&store, &spec, &options())
+            .unwrap()
+            .is_empty()
+    );
 }

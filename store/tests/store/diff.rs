@@ -52,7 +52,10 @@ fn opaque_dir_deletes_what_its_lowers_held() {
     fs::write(u.join("etc/motd"), "only this\n").unwrap();
 
     let changes = upper_changes(u, &[lower.path().to_path_buf()]).unwrap();
-    assert_eq!(listed(&changes), ["C /etc", "D /etc/hostname", "C /etc/motd"]);
+    assert_eq!(
+        listed(&changes),
+        ["C /etc", "D /etc/hostname", "C /etc/motd"]
+    );
 }
 
 #[test]
@@ -79,7 +82,11 @@ fn image_changes_compare_merged_trees() {
     make_tree(base.path());
     let top = scratch();
     fs::create_dir(top.path().join("etc")).unwrap();
-    fs::write(top.path().join("etc/motd"), "new motd, longer than before\n").unwrap();
+    fs::write(
+        top.path().join("etc/motd"),
+        "new motd, longer than before\n",
+    )
+    .unwrap();
     whiteout(&top.path().join("etc/hostname"));
     fs::create_dir_all(top.path().join("opt/app")).unwrap();
     fs::write(top.path().join("opt/app/run"), "run").unwrap();
@@ -92,7 +99,16 @@ fn image_changes_compare_merged_trees() {
     let changes = image_changes(&store, &a, &b).unwrap();
     assert_eq!(
         listed(&changes),
-        ["C /etc", "D /etc/hostname", "C /etc/motd", "A /opt", "A /opt/app", "A /opt/app/run", "C /var", "D /var/lib"]
+        [
+            "C /etc",
+            "D /etc/hostname",
+            "C /etc/motd",
+            "A /opt",
+            "A /opt/app",
+            "A /opt/app/run",
+            "C /var",
+            "D /var/lib"
+        ]
     );
     assert!(image_changes(&store, &a, &a).unwrap().is_empty());
 }
@@ -112,14 +128,28 @@ fn kernel_overlay_upper_lists_like_docker() {
     let lower = scratch();
     make_tree(lower.path());
     let area = scratch();
-    let (upper, work, merged) = (area.path().join("upper"), area.path().join("work"), area.path().join("merged"));
+    let (upper, work, merged) = (
+        area.path().join("upper"),
+        area.path().join("work"),
+        area.path().join("merged"),
+    );
     for dir in [&upper, &work, &merged] {
         fs::create_dir(dir).unwrap();
     }
-    let options =
-        format!("lowerdir={},upperdir={},workdir={}", lower.path().display(), upper.display(), work.display());
-    nix::mount::mount(Some("overlay"), &merged, Some("overlay"), nix::mount::MsFlags::empty(), Some(options.as_str()))
-        .expect("mount overlayfs (tests run as root; fix: modprobe overlay)");
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.path().display(),
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        &merged,
+        Some("overlay"),
+        nix::mount::MsFlags::empty(),
+        Some(options.as_str()),
+    )
+    .expect("mount overlayfs (tests run as root; fix: modprobe overlay)");
     let guard = Mounted(merged.clone());
 
     fs::write(merged.join("etc/motd"), "edited\n").unwrap();

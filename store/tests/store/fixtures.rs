@@ -10,13 +10,19 @@ use strata_store::{Image, LayerBlob, Store, oci};
 
 /// A fresh store in a temp dir (on disk, so xattrs work), kept alive with the dir.
 pub fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::Builder::new().prefix("strata-store-test-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("strata-store-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     let store = Store::open(&dir.path().join("root")).unwrap();
     (dir, store)
 }
 
 pub fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("strata-tree-").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+    tempfile::Builder::new()
+        .prefix("strata-tree-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap()
 }
 
 /// A little rootfs: dirs, files with modes, a symlink.
@@ -34,14 +40,23 @@ pub fn make_tree(root: &Path) {
 
 /// Fixed options so layers are reproducible.
 pub fn opts() -> WriteOptions {
-    WriteOptions { compression: Compression::Zstd, source_date_epoch: Some(1_700_000_000), level: None }
+    WriteOptions {
+        compression: Compression::Zstd,
+        source_date_epoch: Some(1_700_000_000),
+        level: None,
+    }
 }
 
 /// A config over `layers` (bottom first), fixed dates so digests are stable.
 pub fn config_for(layers: &[&LayerBlob]) -> oci::ImageConfiguration {
     let rootfs = oci::RootFsBuilder::default()
         .typ("layers".to_string())
-        .diff_ids(layers.iter().map(|l| l.diff_id.to_string()).collect::<Vec<_>>())
+        .diff_ids(
+            layers
+                .iter()
+                .map(|l| l.diff_id.to_string())
+                .collect::<Vec<_>>(),
+        )
         .build()
         .unwrap();
     let history: Vec<oci::History> = layers
@@ -66,10 +81,15 @@ pub fn config_for(layers: &[&LayerBlob]) -> oci::ImageConfiguration {
 
 /// An image of the given layer dirs (bottom first) named `name`.
 pub fn image_of(store: &Store, dirs: &[&Path], name: &str) -> Image {
-    let layers: Vec<LayerBlob> = dirs.iter().map(|d| store.create_layer(d, &opts()).unwrap()).collect();
+    let layers: Vec<LayerBlob> = dirs
+        .iter()
+        .map(|d| store.create_layer(d, &opts()).unwrap())
+        .collect();
     let refs: Vec<&LayerBlob> = layers.iter().collect();
     let descriptors: Vec<oci::Descriptor> = layers.iter().map(|l| l.descriptor.clone()).collect();
-    store.put_image(&config_for(&refs), &descriptors, &[name.to_string()]).unwrap()
+    store
+        .put_image(&config_for(&refs), &descriptors, &[name.to_string()])
+        .unwrap()
 }
 
 /// `tar -c` of `dir` into `out` (gzip when `gzip`), as a user would make a rootfs tarball.
@@ -101,6 +121,11 @@ pub fn whiteout(path: &Path) {
 
 /// Marks a directory opaque the overlayfs way.
 pub fn opaque(path: &Path) {
-    rustix::fs::lsetxattr(path, "trusted.overlay.opaque", b"y", rustix::fs::XattrFlags::empty())
-        .expect("set trusted.overlay.opaque (tests run as root)");
+    rustix::fs::lsetxattr(
+        path,
+        "trusted.overlay.opaque",
+        b"y",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("set trusted.overlay.opaque (tests run as root)");
 }

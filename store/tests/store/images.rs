@@ -20,8 +20,12 @@ fn same_tree_into_two_fresh_stores_gives_identical_manifest_digests() {
 
     // import with SOURCE_DATE_EPOCH is reproducible too
     let tar = tarball(tree.path(), &tree.path().with_extension("tar"), false);
-    let one = a.import(fs::File::open(&tar).unwrap(), &["imp".into()], &opts()).unwrap();
-    let two = b.import(fs::File::open(&tar).unwrap(), &["imp".into()], &opts()).unwrap();
+    let one = a
+        .import(fs::File::open(&tar).unwrap(), &["imp".into()], &opts())
+        .unwrap();
+    let two = b
+        .import(fs::File::open(&tar).unwrap(), &["imp".into()], &opts())
+        .unwrap();
     assert_eq!(one.manifest_digest, two.manifest_digest);
     fs::remove_file(tar).unwrap();
 }
@@ -33,10 +37,17 @@ fn index_entries_carry_the_ref_name_annotation() {
     let (_dir, store) = store();
     let image = image_of(&store, &[tree.path()], "busybox");
     assert_eq!(image.names, vec!["busybox:latest".to_string()]);
-    let index: serde_json::Value = serde_json::from_slice(&fs::read(store.index_path()).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(store.index_path()).unwrap()).unwrap();
     assert_eq!(index["schemaVersion"], 2);
-    assert_eq!(index["manifests"][0]["annotations"][REF_NAME], "busybox:latest");
-    assert_eq!(index["manifests"][0]["digest"], image.manifest_digest.to_string());
+    assert_eq!(
+        index["manifests"][0]["annotations"][REF_NAME],
+        "busybox:latest"
+    );
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        image.manifest_digest.to_string()
+    );
 }
 
 #[test]
@@ -48,14 +59,26 @@ fn resolve_by_name_short_id_and_digest_then_tag_and_untag() {
     assert_eq!(store.resolve("app:v1").unwrap().id, image.id);
     assert_eq!(store.resolve(&image.id.short()).unwrap().id, image.id);
     assert_eq!(store.resolve(&image.id.to_string()).unwrap().id, image.id);
-    assert_eq!(store.resolve(&image.manifest_digest.to_string()).unwrap().id, image.id);
+    assert_eq!(
+        store
+            .resolve(&image.manifest_digest.to_string())
+            .unwrap()
+            .id,
+        image.id
+    );
     assert!(matches!(store.resolve("app"), Err(Error::ImageNotFound(_))));
 
     store.tag(&image, "app").unwrap();
-    assert_eq!(store.resolve("app:latest").unwrap().names, vec!["app:latest".to_string(), "app:v1".to_string()]);
+    assert_eq!(
+        store.resolve("app:latest").unwrap().names,
+        vec!["app:latest".to_string(), "app:v1".to_string()]
+    );
     assert_eq!(store.images().unwrap().len(), 1);
     store.untag("app:v1").unwrap();
-    assert_eq!(store.resolve("app").unwrap().names, vec!["app:latest".to_string()]);
+    assert_eq!(
+        store.resolve("app").unwrap().names,
+        vec!["app:latest".to_string()]
+    );
     store.remove_image("app").unwrap();
     assert!(store.images().unwrap().is_empty());
 }
@@ -67,7 +90,9 @@ fn unnamed_images_stay_listed_until_removed() {
     let (_dir, store) = store();
     let layer = store.create_layer(tree.path(), &opts()).unwrap();
     let config = super::fixtures::config_for(&[&layer]);
-    let image = store.put_image(&config, std::slice::from_ref(&layer.descriptor), &[]).unwrap();
+    let image = store
+        .put_image(&config, std::slice::from_ref(&layer.descriptor), &[])
+        .unwrap();
     assert!(image.names.is_empty());
     assert_eq!(store.images().unwrap().len(), 1);
     store.tag(&image, "named").unwrap();
@@ -88,12 +113,24 @@ fn unpacked_layers_come_back_top_first_and_identical() {
     let image = image_of(&store, &[base.path(), top.path()], "two:layers");
     let dirs = store.layer_dirs(&image).unwrap();
     assert_eq!(dirs.len(), 2);
-    assert_eq!(fs::read_to_string(dirs[0].join("etc/motd")).unwrap(), "changed\n");
-    assert_eq!(fs::read(dirs[1].join("var/lib/app/data")).unwrap(), vec![7u8; 100_000]);
-    assert_eq!(fs::read_link(dirs[1].join("bin/alias")).unwrap().to_str(), Some("tool"));
+    assert_eq!(
+        fs::read_to_string(dirs[0].join("etc/motd")).unwrap(),
+        "changed\n"
+    );
+    assert_eq!(
+        fs::read(dirs[1].join("var/lib/app/data")).unwrap(),
+        vec![7u8; 100_000]
+    );
+    assert_eq!(
+        fs::read_link(dirs[1].join("bin/alias")).unwrap().to_str(),
+        Some("tool")
+    );
     // a second call reuses the same dirs
     assert_eq!(store.layer_dirs(&image).unwrap(), dirs);
-    assert!(fs::read_dir(store.tmp_dir()).unwrap().next().is_none(), "tmp/ left behind");
+    assert!(
+        fs::read_dir(store.tmp_dir()).unwrap().next().is_none(),
+        "tmp/ left behind"
+    );
 }
 
 #[test]
@@ -112,7 +149,10 @@ fn concurrent_unpacks_of_one_layer_both_succeed() {
         .collect();
     let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert!(results.windows(2).all(|w| w[0] == w[1]));
-    assert_eq!(fs::read_to_string(results[0][0].join("etc/hostname")).unwrap(), "strata\n");
+    assert_eq!(
+        fs::read_to_string(results[0][0].join("etc/hostname")).unwrap(),
+        "strata\n"
+    );
     assert!(store.fsck().unwrap().is_empty());
 }
 
@@ -129,13 +169,27 @@ fn concurrent_imports_of_one_tarball_both_succeed() {
             let (root, tar) = (root.clone(), tar.clone());
             std::thread::spawn(move || {
                 let store = Store::open(&root).unwrap();
-                store.import(fs::File::open(&tar).unwrap(), &[name.to_string()], &Default::default()).unwrap()
+                store
+                    .import(
+                        fs::File::open(&tar).unwrap(),
+                        &[name.to_string()],
+                        &Default::default(),
+                    )
+                    .unwrap()
             })
         })
         .collect();
     let images: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     assert_eq!(images[0].manifest.layers(), images[1].manifest.layers());
-    assert_eq!(store.images().unwrap().iter().flat_map(|i| i.names.clone()).count(), 2);
+    assert_eq!(
+        store
+            .images()
+            .unwrap()
+            .iter()
+            .flat_map(|i| i.names.clone())
+            .count(),
+        2
+    );
     assert_eq!(store.fsck().unwrap(), vec![]);
     fs::remove_file(tar).unwrap();
 }
@@ -147,7 +201,11 @@ fn flipped_byte_is_reported_by_fsck_and_refused_on_read() {
     let (_dir, store) = store();
     let image = image_of(&store, &[tree.path()], "victim");
     assert_eq!(store.fsck().unwrap(), vec![]);
-    let layer: strata_store::Digest = image.manifest.layers()[0].digest().to_string().parse().unwrap();
+    let layer: strata_store::Digest = image.manifest.layers()[0]
+        .digest()
+        .to_string()
+        .parse()
+        .unwrap();
     let path = store.blob_path(&layer);
     let mut bytes = fs::read(&path).unwrap();
     let middle = bytes.len() / 2;
@@ -155,10 +213,24 @@ fn flipped_byte_is_reported_by_fsck_and_refused_on_read() {
     fs::write(&path, &bytes).unwrap();
 
     let problems = store.fsck().unwrap();
-    assert!(problems.iter().any(|p| p.subject == layer.to_string() && p.message.contains("corrupt")), "{problems:?}");
-    assert!(matches!(store.read_blob(&layer), Err(Error::DigestMismatch { .. })));
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.subject == layer.to_string() && p.message.contains("corrupt")),
+        "{problems:?}"
+    );
+    assert!(matches!(
+        store.read_blob(&layer),
+        Err(Error::DigestMismatch { .. })
+    ));
     let mut sink = Vec::new();
-    assert!(store.open_blob(&layer).unwrap().read_to_end(&mut sink).is_err());
+    assert!(
+        store
+            .open_blob(&layer)
+            .unwrap()
+            .read_to_end(&mut sink)
+            .is_err()
+    );
     // and unpacking refuses it, leaving no layer dir behind
     assert!(store.layer_dirs(&image).is_err());
     assert!(fs::read_dir(store.layers_dir()).unwrap().next().is_none());
@@ -174,7 +246,11 @@ fn put_image_refuses_missing_layer_blobs() {
     fs::remove_file(store.blob_path(&digest)).unwrap();
     let config = super::fixtures::config_for(&[&layer]);
     assert!(matches!(
-        store.put_image(&config, std::slice::from_ref(&layer.descriptor), &["x".into()]),
+        store.put_image(
+            &config,
+            std::slice::from_ref(&layer.descriptor),
+            &["x".into()]
+        ),
         Err(Error::BlobNotFound(_))
     ));
 }

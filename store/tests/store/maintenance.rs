@@ -37,7 +37,10 @@ fn gc_keeps_what_a_container_still_uses() {
     let image = image_of(&store, &[tree.path()], "base");
     let dirs = store.layer_dirs(&image).unwrap();
     let container = store.create_container(Some(&image), Some("web")).unwrap();
-    assert!(matches!(store.remove_image("base"), Err(Error::ImageInUse { .. })));
+    assert!(matches!(
+        store.remove_image("base"),
+        Err(Error::ImageInUse { .. })
+    ));
     store.tag(&image, "other").unwrap();
     store.remove_image("base").unwrap();
     store.remove_image("other").unwrap_err();
@@ -58,8 +61,18 @@ fn fsck_reports_a_dangling_reference_and_a_stray_layer_dir() {
     fs::remove_file(store.blob_path(&image.id)).unwrap();
     fs::create_dir(store.layers_dir().join(Digest::of(b"nothing").hex())).unwrap();
     let problems = store.fsck().unwrap();
-    assert!(problems.iter().any(|p| p.message.contains(&format!("missing blob {}", image.id))), "{problems:?}");
-    assert!(problems.iter().any(|p| p.message.contains("not a diff_id of any image config")), "{problems:?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains(&format!("missing blob {}", image.id))),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.message.contains("not a diff_id of any image config")),
+        "{problems:?}"
+    );
 }
 
 #[test]
@@ -74,7 +87,10 @@ fn containers_are_created_listed_found_and_removed() {
     assert_eq!(first.state.status, Status::Created);
     assert_eq!(first.state.image_id, Some(image.id));
     assert!(!second.state.name.is_empty());
-    assert!(matches!(store.create_container(None, Some("first")), Err(Error::ContainerNameInUse(_))));
+    assert!(matches!(
+        store.create_container(None, Some("first")),
+        Err(Error::ContainerNameInUse(_))
+    ));
 
     assert_eq!(store.containers().unwrap().len(), 2);
     assert_eq!(store.container("first").unwrap().id, first.id);
@@ -87,7 +103,10 @@ fn containers_are_created_listed_found_and_removed() {
     assert_eq!(store.container("first").unwrap().state.exit_code, Some(3));
 
     store.remove_container(&running).unwrap();
-    assert!(matches!(store.container("first"), Err(Error::ContainerNotFound(_))));
+    assert!(matches!(
+        store.container("first"),
+        Err(Error::ContainerNotFound(_))
+    ));
     assert_eq!(store.containers().unwrap().len(), 1);
     assert_eq!(store.fsck().unwrap(), vec![]);
 }
@@ -96,7 +115,10 @@ fn containers_are_created_listed_found_and_removed() {
 fn cache_entries_survive_reopening_the_store() {
     let (dir, store) = store();
     let key = Digest::of(b"step");
-    let entry = CacheEntry { layer: None, data: serde_json::json!({"cmd": ["sh"]}) };
+    let entry = CacheEntry {
+        layer: None,
+        data: serde_json::json!({"cmd": ["sh"]}),
+    };
     store.cache_put(&key, &entry).unwrap();
     drop(store);
     let store = strata_store::Store::open(&dir.path().join("root")).unwrap();
@@ -111,7 +133,10 @@ fn a_damaged_image_can_still_be_removed_by_name() {
     let (_dir, store) = store();
     let image = image_of(&store, &[tree.path()], "broken");
     fs::write(store.blob_path(&image.id), b"{}").unwrap();
-    assert!(matches!(store.resolve("broken"), Err(Error::DigestMismatch { .. })));
+    assert!(matches!(
+        store.resolve("broken"),
+        Err(Error::DigestMismatch { .. })
+    ));
     assert!(!store.fsck().unwrap().is_empty());
     store.remove_image("broken").unwrap();
     store.gc().unwrap();
@@ -124,11 +149,22 @@ fn a_damaged_container_is_skipped_by_lists_reported_by_fsck_and_stops_gc() {
     let good = store.create_container(None, Some("good")).unwrap();
     let bad = store.create_container(None, Some("bad")).unwrap();
     fs::write(bad.dir.join("state.json"), b"{ truncated").unwrap();
-    let listed: Vec<String> = store.containers().unwrap().into_iter().map(|c| c.id).collect();
+    let listed: Vec<String> = store
+        .containers()
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
     assert_eq!(listed, vec![good.id.clone()]);
     let problems = store.fsck().unwrap();
-    assert!(problems.iter().any(|p| p.subject.contains(&bad.id)), "{problems:?}");
-    assert!(store.gc().is_err(), "gc must not guess which image a damaged container uses");
+    assert!(
+        problems.iter().any(|p| p.subject.contains(&bad.id)),
+        "{problems:?}"
+    );
+    assert!(
+        store.gc().is_err(),
+        "gc must not guess which image a damaged container uses"
+    );
 }
 
 /// Unmounts on drop, so a failing assertion never leaves a mount behind.
@@ -145,10 +181,19 @@ fn a_mounted_container_is_not_removed() {
     let (_dir, store) = store();
     let container = store.create_container(None, Some("busy")).unwrap();
     let rootfs = container.rootfs_dir();
-    nix::mount::mount(Some("tmpfs"), &rootfs, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
-        .expect("mount a tmpfs (tests run as root)");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &rootfs,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .expect("mount a tmpfs (tests run as root)");
     let guard = Unmount(rootfs.clone());
-    assert!(matches!(store.remove_container(&container), Err(Error::ContainerMounted { .. })));
+    assert!(matches!(
+        store.remove_container(&container),
+        Err(Error::ContainerMounted { .. })
+    ));
     assert!(container.dir.join("state.json").is_file());
     drop(guard);
     store.remove_container(&container).unwrap();

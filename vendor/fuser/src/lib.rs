@@ -39,8 +39,6 @@ pub use crate::ll::TimeOrNow;
 pub use crate::ll::flags::copy_file_range_flags::CopyFileRangeFlags;
 pub use crate::ll::flags::fopen_flags::FopenFlags;
 pub use crate::ll::flags::init_flags::InitFlags;
-pub use crate::uring::KeepCallerCpu;
-pub use crate::uring::blocking;
 pub use crate::ll::flags::ioctl_flags::IoctlFlags;
 pub use crate::ll::flags::poll_flags::PollFlags;
 pub use crate::ll::flags::write_flags::WriteFlags;
@@ -81,6 +79,8 @@ use crate::session::MAX_WRITE_SIZE;
 pub use crate::session::Session;
 pub use crate::session::SessionACL;
 pub use crate::session::SessionUnmounter;
+pub use crate::uring::KeepCallerCpu;
+pub use crate::uring::blocking;
 
 mod access_flags;
 mod bsd_file_flags;

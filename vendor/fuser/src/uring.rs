@@ -181,9 +181,9 @@ impl Rings {
                             Ok(())
                         }
                         // It ended before registering (and said why): no thread was added.
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(
-                            io::Error::other(format!("{name} ended before registering")),
-                        ),
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                            Err(io::Error::other(format!("{name} ended before registering")))
+                        }
                     }
                 })
             },

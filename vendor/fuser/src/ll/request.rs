@@ -2072,12 +2072,9 @@ impl fmt::Display for Operation<'_> {
                 x.mode(),
                 x.flags()
             ),
-            Operation::TmpFile(x) => write!(
-                f,
-                "TMPFILE mode {:#05o}, flags {:#x}",
-                x.mode(),
-                x.flags()
-            ),
+            Operation::TmpFile(x) => {
+                write!(f, "TMPFILE mode {:#05o}, flags {:#x}", x.mode(), x.flags())
+            }
             Operation::Interrupt(x) => write!(f, "INTERRUPT unique {:?}", x.unique()),
             Operation::BMap(x) => write!(f, "BMAP blocksize {}, ids {}", x.block_size(), x.block()),
             Operation::Destroy(_) => write!(f, "DESTROY"),
