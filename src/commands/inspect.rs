@@ -22,7 +22,8 @@ pub fn run(globals: &Globals, args: InspectArgs) -> anyhow::Result<ExitCode> {
     });
     match &template {
         Some(template) => {
-            for value in &values {
+            for value in &mut values {
+                typed_empties(value);
                 println!("{}", template.render(value)?);
             }
         }
@@ -110,19 +111,84 @@ fn image_json(store: &Store, image: &Image) -> anyhow::Result<serde_json::Value>
     // (Healthcheck, OnBuild, Shell), and inspect must show what the image really says.
     let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&image.id)?)
         .map_err(|e| anyhow::anyhow!("config blob {} is not valid json: {e}", image.id))?;
-    Ok(serde_json::json!({
+    let text = |key: &str| config.get(key).cloned().unwrap_or_else(|| "".into());
+    let mut json = serde_json::json!({
         "Id": image.id,
         "RepoTags": image.names.iter().filter(|n| !n.contains('@')).collect::<Vec<_>>(),
         "RepoDigests": image.names.iter().filter(|n| n.contains('@')).collect::<Vec<_>>(),
-        "ManifestDigest": image.manifest_digest,
+        "Parent": "",
+        "Comment": text("comment"),
         "Created": config.get("created"),
+        "DockerVersion": text("docker_version"),
+        "Author": text("author"),
+        "Config": docker_config(config.get("config")),
         "Architecture": config.get("architecture"),
         "Os": config.get("os"),
-        "Config": config.get("config"),
-        "RootFS": config.get("rootfs"),
-        "History": config.get("history"),
         "Size": image.size(),
+        "RootFS": {
+            "Type": config["rootfs"]["type"],
+            "Layers": config["rootfs"]["diff_ids"],
+        },
+        "History": config.get("history"),
+        "ManifestDigest": image.manifest_digest,
         "Manifest": serde_json::to_value(&image.manifest)?,
         "Layout": store.oci_dir(),
-    }))
+    });
+    if let Some(variant) = config.get("variant") {
+        json["Variant"] = variant.clone();
+    }
+    Ok(json)
+}
+
+/// An image's `config` in the shape docker's image inspect gives it (API 1.43's
+/// `Config`): every field, its zero value where the image has none.
+fn docker_config(config: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut out = serde_json::json!({
+        "Hostname": "",
+        "Domainname": "",
+        "User": "",
+        "AttachStdin": false,
+        "AttachStdout": false,
+        "AttachStderr": false,
+        "Tty": false,
+        "OpenStdin": false,
+        "StdinOnce": false,
+        "Env": null,
+        "Cmd": null,
+        "Image": "",
+        "Volumes": null,
+        "WorkingDir": "",
+        "Entrypoint": null,
+        "OnBuild": null,
+        "Labels": null,
+    });
+    if let Some(serde_json::Value::Object(fields)) = config {
+        for (key, value) in fields {
+            out[key] = value.clone();
+        }
+    }
+    out
+}
+
+/// docker's templates run on Go structs, where a list or map the JSON shows as null is
+/// an empty one of its type: `{{.Config.Cmd}}` prints `[]`, `{{.Config.Labels}}`
+/// `map[]`. Templates get those empties here; only `{{json}}` of one then differs from
+/// docker (`[]` or `{}` for `null`).
+fn typed_empties(value: &mut serde_json::Value) {
+    const LISTS: [&str; 5] = ["Env", "Cmd", "Entrypoint", "OnBuild", "Shell"];
+    const MAPS: [&str; 3] = ["Labels", "Volumes", "ExposedPorts"];
+    let Some(config) = value.get_mut("Config").and_then(|c| c.as_object_mut()) else {
+        return;
+    };
+    for (keys, empty) in [
+        (&LISTS[..], serde_json::json!([])),
+        (&MAPS[..], serde_json::json!({})),
+    ] {
+        for key in keys {
+            let field = config.entry(*key).or_insert(serde_json::Value::Null);
+            if field.is_null() {
+                *field = empty.clone();
+            }
+        }
+    }
 }

@@ -38,7 +38,22 @@ fn import_then_list_inspect_history_tag_and_rmi() {
     let image = inspect(&store, "busybox");
     assert_eq!(image["Id"], id.trim());
     assert_eq!(image["Os"], "linux");
-    assert_eq!(image["RootFS"]["diff_ids"].as_array().unwrap().len(), 1);
+    assert_eq!(image["RootFS"]["Type"], "layers");
+    assert_eq!(image["RootFS"]["Layers"].as_array().unwrap().len(), 1);
+    // docker's fields, zero where the image has none; null lists print as Go's empties
+    assert_eq!(image["Config"]["Cmd"], serde_json::Value::Null);
+    let line = store.ok(&[
+        "inspect",
+        "-f",
+        "{{.Config.Cmd}} {{.Config.Labels}} {{len .Config.Entrypoint}} \
+         {{.Config.User}}|{{.Config.WorkingDir}}|{{.Author}}|{{.Config.Tty}} \
+         {{range .Config.Env}}{{.}}{{end}}",
+        "busybox",
+    ]);
+    assert_eq!(
+        line.trim(),
+        "[] map[] 0 |||false PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
     assert_eq!(image["History"][0]["created_by"], "strata import");
     let history = store.ok(&["history", "busybox"]);
     assert!(history.contains("strata import"), "{history}");
