@@ -747,15 +747,15 @@ fn migrations_in_getxattrs(mnt: &Path, n: usize) -> u64 {
     })
 }
 
-/// STRATA_FUSE_KEEP_CPU=always: every reply is committed under SCHED_IDLE, so that the
-/// caller wakes on the CPU that served it.
+/// STRATA_FUSE_KEEP_CPU=always: ring threads run under SCHED_IDLE, so that the caller
+/// wakes on the CPU that served it.
 /// - A caller making request after request stays on its CPU (without it, the scheduler
 ///   moved it on most requests here: 33,575 migrations in 40,000 getxattr and isatty calls).
-/// - With a busy task pinned to every CPU, where a thread left under SCHED_IDLE would get
-///   almost no CPU, requests of every kind still go through, and afterwards every ring
-///   thread is back under SCHED_BATCH, with the watchdog there.
+/// - With a busy task pinned to every CPU, where a thread under SCHED_IDLE gets almost no
+///   CPU, requests of every kind still go through: the watchdog puts a starved ring thread
+///   back under SCHED_BATCH.
 #[test]
-fn replies_committed_under_sched_idle_keep_the_caller_and_no_ring_thread_there() {
+fn ring_threads_under_sched_idle_keep_the_caller_and_are_not_starved() {
     use std::os::fd::AsRawFd;
     let fixture = Fixture::new();
     let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "keep-cpu");
@@ -818,7 +818,10 @@ fn replies_committed_under_sched_idle_keep_the_caller_and_no_ring_thread_there()
         "no watchdog among {threads:?}"
     );
     for (name, policy) in rings {
-        assert_eq!(*policy, libc::SCHED_BATCH, "{name} in {threads:?}");
+        assert!(
+            [libc::SCHED_IDLE, libc::SCHED_BATCH].contains(policy),
+            "{name} in {threads:?}"
+        );
     }
 }
 

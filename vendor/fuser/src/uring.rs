@@ -9,8 +9,8 @@
 //! would rather put it on an idle CPU; [`keep_cpu`] keeps it where it is when it can.
 //!
 //! A queue starts with one thread (`Config::io_uring_threads`), as libfuse's io_uring
-//! queues do, and its threads run under SCHED_BATCH, which does not preempt the task that
-//! woke them. A caller's asynchronous requests (RELEASE after close(2), writeback) then wait
+//! queues do, and its threads run under SCHED_BATCH (SCHED_IDLE while [`keep_cpu`] keeps
+//! callers), which does not preempt the task that woke them. A caller's asynchronous requests (RELEASE after close(2), writeback) then wait
 //! until it blocks on its next synchronous one, and the thread serves both in one wakeup:
 //! the commit of the first fetches the second. With a second thread, or with preemption,
 //! every such pair cost two more context switches. A handler about to take long (a big
@@ -636,18 +636,14 @@ impl<FS: Filesystem> Server<FS> {
                     return Err(err);
                 }
             }
-            let (unique, idle) = self.serve_one(&mut scratch);
+            let unique = self.serve_one(&mut scratch);
+            // Submitted with the wait for the next request.
             self.commit(unique)?;
-            // Committed now, under SCHED_IDLE, rather than with the wait for the next.
-            if let (true, Some(window)) = (idle, &self.window) {
-                self.keep.idle(window, || submit_now(&mut self.ring))?;
-            }
         }
     }
 
-    /// Serves the request in the entry and leaves its reply there; returns its unique, and
-    /// whether to commit the reply under SCHED_IDLE (see [`keep_cpu`]).
-    fn serve_one(&mut self, scratch: &mut Vec<u64>) -> (u64, bool) {
+    /// Serves the request in the entry and leaves its reply there; returns its unique.
+    fn serve_one(&mut self, scratch: &mut Vec<u64>) -> u64 {
         let (unique, opcode, pid, data) = match self.entry.request(scratch) {
             Ok(request) => request,
             Err(err) => {
@@ -658,12 +654,15 @@ impl<FS: Filesystem> Server<FS> {
                     .map_or(0, |(h, _)| h.unique);
                 self.entry
                     .set_reply(unique, abi::fuse_out_header::eio(unique).as_bytes());
-                return (unique, false);
+                return unique;
             }
         };
         let opcode = abi::fuse_opcode::try_from(opcode).ok();
-        let idle = (self.window.as_ref())
-            .is_some_and(|window| self.keep.idle_commit(window, pid, self.qid, opcode));
+        if let Some(window) = &self.window {
+            // Nobody waits for a request owed no reply.
+            let waited = opcode.filter(|op| !NO_REPLY.contains(op));
+            self.keep.before_reply(window, pid, self.qid, waited);
+        }
         match self.reply.as_mut().and_then(Arc::get_mut) {
             // Only this thread holds it: no handler can still answer an old request, and
             // nothing stored for one (a reply to a request owed none) carries over.
@@ -710,7 +709,7 @@ impl<FS: Filesystem> Server<FS> {
                 .entry
                 .set_reply(unique, abi::fuse_out_header::empty(unique).as_bytes()),
         }
-        (unique, idle && owed)
+        unique
     }
 
     fn register(&mut self, iov: &[libc::iovec; 2]) -> io::Result<()> {

@@ -8,20 +8,28 @@
 //!
 //! The scheduler counts a CPU whose runnable tasks are all SCHED_IDLE as idle
 //! (`sched_idle_cpu`), and wakes the caller there, on the CPU it last ran on: the one
-//! answering it, which it preempts at once. So a thread commits under SCHED_IDLE and goes
-//! back to SCHED_BATCH as soon as it runs again. A SCHED_IDLE thread gets almost no CPU
-//! beside a busy task (about 0.3%), so a watchdog (SCHED_FIFO where it may be) puts back
-//! any thread still there within two of its looks, [`STUCK`] apart: its caller's next
-//! request may be waiting for it. A thread it had to put back shares its CPU with a busy
-//! task, where the trick does not work anyway: it commits as usual for [`BACKOFF`].
+//! answering it, which it preempts at once. So while callers are to be kept, a ring thread
+//! runs under SCHED_IDLE, and goes back to SCHED_BATCH when they no longer are. It stays
+//! there between requests rather than switching for each commit: two sched_setscheduler
+//! calls and one io_uring_enter fewer a round trip, about 1 us of 4.5.
 //!
-//! In `Auto` mode commits are made so only while callers are seen changing CPU: a request
-//! from the same caller as the one before, through another queue, scores [`MOVED`], one
-//! through the same queue takes a point off, and a score of [`ON`] turns it on for
-//! [`HOLD`]. A caller moved on every request, or on every other one (both happen), gets
-//! there in a few requests; the scheduler's occasional moves for other reasons do not. It
-//! costs two sched_setscheduler calls and one more io_uring_enter per reply, about 1 us.
+//! A SCHED_IDLE thread gets almost no CPU beside a busy task (about 0.3%), so a watchdog
+//! (SCHED_FIFO where it may be) looks at each such thread every [`STUCK`] (its state in
+//! `/proc/thread-self/stat`, its CPU time in `schedstat`), and puts back under SCHED_BATCH
+//! one that was runnable but hardly ran over two looks: its caller may be waiting for it. A thread it had to
+//! put back shares its CPU with a busy task, where the trick does not work anyway: it stays
+//! under SCHED_BATCH for [`BACKOFF`]. When callers are no longer kept, the watchdog also puts
+//! back the threads still under SCHED_IDLE (their next request would, but there may be
+//! none for a while), and then sleeps.
+//!
+//! In `Auto` mode callers are kept only while they are seen changing CPU: a request from
+//! the same caller as the one before, through another queue, scores [`MOVED`], one through
+//! the same queue takes a point off, and a score of [`ON`] turns it on for [`HOLD`]. A
+//! caller moved on every request, or on every other one (both happen), gets there in a few
+//! requests; the scheduler's occasional moves for other reasons do not.
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::Weak;
@@ -38,24 +46,23 @@ use log::warn;
 
 use crate::ll::fuse_abi as abi;
 
-/// When ring threads commit under SCHED_IDLE to keep their callers on their CPU
+/// When ring threads run under SCHED_IDLE to keep their callers on their CPU
 /// (`Config::io_uring_keep_caller_cpu`).
 #[derive(Debug, Clone, Copy, Default, Eq, PartialEq)]
 pub enum KeepCallerCpu {
     /// While callers are seen changing CPU.
     #[default]
     Auto,
-    /// For every reply a caller waits for.
+    /// Always.
     Always,
     /// Never.
     Never,
 }
 
-/// The watchdog looks this often while commits under SCHED_IDLE are made, and puts back a
-/// thread whose commit it saw under way the last time.
+/// The watchdog looks this often while a ring thread runs under SCHED_IDLE.
 const STUCK: Duration = Duration::from_millis(2);
 
-/// How long callers seen changing CPU keep commits under SCHED_IDLE on.
+/// How long callers seen changing CPU are kept on theirs.
 const HOLD: Duration = Duration::from_millis(500);
 
 /// What a request that finds its caller moved adds to the score; one that does not takes
@@ -65,7 +72,7 @@ const MOVED: u32 = 4;
 /// ...and the score that turns it on (it is kept below `2 * ON`).
 const ON: u32 = 12;
 
-/// How long a thread the watchdog had to put back commits as usual.
+/// How long a thread the watchdog had to put back stays under SCHED_BATCH.
 const BACKOFF: Duration = Duration::from_secs(1);
 
 /// Requests the kernel sends in the background: nobody waits for their reply.
@@ -77,14 +84,14 @@ const BACKGROUND: [abi::fuse_opcode; 2] = [
 /// A session's state, shared by its ring threads and the watchdog.
 pub(crate) struct KeepCpu {
     mode: KeepCallerCpu,
-    /// A watchdog runs: without one, nothing is committed under SCHED_IDLE.
+    /// A watchdog runs: without one, no thread goes under SCHED_IDLE.
     watching: AtomicBool,
     start: Instant,
     /// `tid << 16 | queue` of the last request a caller waited for...
     last: AtomicU64,
     /// ...and the score of callers moving (see [`MOVED`]).
     score: AtomicU32,
-    /// Commits go under SCHED_IDLE until then (ms since `start`).
+    /// Callers are kept until then (ms since `start`).
     until_ms: AtomicU64,
     windows: Mutex<Vec<Arc<Window>>>,
     watchdog: Mutex<Option<thread::Thread>>,
@@ -92,12 +99,34 @@ pub(crate) struct KeepCpu {
     parked: AtomicBool,
 }
 
-/// One ring thread's commits: `generation` is odd while one is made under SCHED_IDLE.
+/// One ring thread, as the watchdog sees it.
 pub(crate) struct Window {
     tid: libc::pid_t,
-    generation: AtomicU64,
-    /// Commits as usual until then (ms since the session's start): see [`BACKOFF`].
+    /// The thread runs under SCHED_IDLE. Changed, with the policy, under the lock: by the
+    /// thread, or by the watchdog.
+    idle: Mutex<bool>,
+    /// Stays under SCHED_BATCH until then (ms since the session's start): see [`BACKOFF`].
     backoff_until_ms: AtomicU64,
+    /// The thread's `/proc/thread-self/stat` and `schedstat`; None if they cannot be read,
+    /// and then the thread never goes under SCHED_IDLE, as nothing could see it starve.
+    proc: Option<(File, File)>,
+}
+
+impl Window {
+    /// Whether the thread is runnable (running or waiting for a CPU), and the CPU time it
+    /// has had (ns).
+    fn sample(&self) -> Option<(bool, u64)> {
+        let (stat, schedstat) = self.proc.as_ref()?;
+        let mut buf = [0u8; 512];
+        let n = stat.read_at(&mut buf, 0).ok()?;
+        // "tid (comm) S ...": the state follows the last ')'.
+        let end = buf[..n].iter().rposition(|&b| b == b')')?;
+        let runnable = buf.get(end + 2) == Some(&b'R');
+        let n = schedstat.read_at(&mut buf, 0).ok()?;
+        let text = std::str::from_utf8(&buf[..n]).ok()?;
+        let ran = text.split_ascii_whitespace().next()?.parse().ok()?;
+        Some((runnable, ran))
+    }
 }
 
 impl KeepCpu {
@@ -139,41 +168,95 @@ impl KeepCpu {
 
     /// The calling ring thread's window.
     pub(crate) fn register(&self) -> Arc<Window> {
+        let open = |name| File::open(format!("/proc/thread-self/{name}"));
+        let proc = match open("stat").and_then(|stat| Ok((stat, open("schedstat")?))) {
+            Ok(files) => Some(files),
+            Err(err) if self.mode != KeepCallerCpu::Never => {
+                debug!("no /proc schedstat ({err}): this ring thread stays under SCHED_BATCH");
+                None
+            }
+            Err(_) => None,
+        };
         let window = Arc::new(Window {
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
-            generation: AtomicU64::new(0),
+            idle: Mutex::new(false),
             backoff_until_ms: AtomicU64::new(0),
+            proc,
         });
         lock(&self.windows).push(window.clone());
         window
     }
 
-    /// Whether the reply to this request, from caller `pid` through queue `qid`, is to be
-    /// committed under SCHED_IDLE by the thread of `window`.
-    pub(crate) fn idle_commit(
+    /// Before the thread of `window` answers a request of caller `pid` through queue
+    /// `qid`: puts it under SCHED_IDLE if that caller is to be kept on its CPU, back under
+    /// SCHED_BATCH if not. A request nobody waits for changes nothing.
+    pub(crate) fn before_reply(
         &self,
         window: &Window,
         pid: u32,
         qid: u16,
         opcode: Option<abi::fuse_opcode>,
-    ) -> bool {
-        if !self.watching.load(Ordering::Relaxed)
-            || pid == 0
-            || opcode.is_none_or(|op| BACKGROUND.contains(&op))
-        {
-            return false;
+    ) {
+        let Some(want) = self.wants_idle(window, pid, qid, opcode) else {
+            return;
+        };
+        let mut idle = lock(&window.idle);
+        if *idle == want {
+            return;
+        }
+        if !want {
+            self.leave_idle(0, &mut idle);
+        } else if set_policy(0, libc::SCHED_IDLE) {
+            *idle = true;
+            drop(idle);
+            // The watchdog parks only after it saw no thread under SCHED_IDLE (see `watch`).
+            if self.parked.load(Ordering::SeqCst)
+                && let Some(watchdog) = &*lock(&self.watchdog)
+            {
+                watchdog.unpark();
+            }
+        }
+    }
+
+    /// Whether the thread of `window` is to answer this request under SCHED_IDLE; None if
+    /// nobody waits for the reply (the thread may stay as it is).
+    fn wants_idle(
+        &self,
+        window: &Window,
+        pid: u32,
+        qid: u16,
+        opcode: Option<abi::fuse_opcode>,
+    ) -> Option<bool> {
+        if pid == 0 || opcode.is_none_or(|op| BACKGROUND.contains(&op)) {
+            return None;
+        }
+        if !self.watching.load(Ordering::Relaxed) || window.proc.is_none() {
+            return Some(false);
         }
         let now = self.now_ms();
         let on = match self.mode {
             KeepCallerCpu::Always => true,
             _ => self.callers_move(now, pid, qid),
         };
-        on && now >= window.backoff_until_ms.load(Ordering::Relaxed)
+        Some(on && now >= window.backoff_until_ms.load(Ordering::Relaxed))
     }
 
-    /// Notes this request of caller `pid` through queue `qid`; whether commits under
-    /// SCHED_IDLE are on.
+    /// Puts thread `tid` (0: the calling one) back under SCHED_BATCH, with `idle` its
+    /// window's locked state.
+    fn leave_idle(&self, tid: libc::pid_t, idle: &mut bool) {
+        if set_policy(tid, libc::SCHED_BATCH) {
+            *idle = false;
+        } else {
+            // Allowed at the start, refused now (RLIMIT_NICE lowered since?): the thread
+            // stays under SCHED_IDLE, and no other goes there.
+            let why = std::io::Error::last_os_error();
+            warn!("a ring thread cannot leave SCHED_IDLE ({why}); callers may change CPU");
+            self.watching.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes this request of caller `pid` through queue `qid`; whether callers are kept.
     fn callers_move(&self, now: u64, pid: u32, qid: u16) -> bool {
         let key = (u64::from(pid) << 16) | u64::from(qid);
         let previous = self.last.swap(key, Ordering::Relaxed);
@@ -193,49 +276,25 @@ impl KeepCpu {
                 }
             }
         }
-        now < self.until_ms.load(Ordering::Relaxed)
+        self.keeping(now)
     }
 
-    /// Runs `commit` (the submission of a reply) under SCHED_IDLE, then goes back to
-    /// SCHED_BATCH (also should `commit` panic).
-    pub(crate) fn idle<T>(&self, window: &Window, commit: impl FnOnce() -> T) -> T {
-        /// Back to SCHED_BATCH, then the window closes.
-        struct Close<'a>(&'a KeepCpu, &'a Window);
-        impl Drop for Close<'_> {
-            fn drop(&mut self) {
-                if !set_policy(0, libc::SCHED_BATCH) {
-                    // Allowed at the start, refused now (RLIMIT_NICE lowered since?): this
-                    // thread stays under SCHED_IDLE, and no other commits go there.
-                    let why = std::io::Error::last_os_error();
-                    warn!("a ring thread cannot leave SCHED_IDLE ({why}); callers may change CPU");
-                    self.0.watching.store(false, Ordering::Relaxed);
-                }
-                self.1.generation.fetch_add(1, Ordering::Release);
-            }
-        }
-        window.generation.fetch_add(1, Ordering::SeqCst);
-        // The watchdog parks only after it saw no window open (see `watch`).
-        if self.parked.load(Ordering::SeqCst)
-            && let Some(watchdog) = &*lock(&self.watchdog)
-        {
-            watchdog.unpark();
-        }
-        let _close = Close(self, window);
-        set_policy(0, libc::SCHED_IDLE);
-        commit()
+    /// Whether callers are kept on their CPU at `now`.
+    fn keeping(&self, now: u64) -> bool {
+        self.mode == KeepCallerCpu::Always || now < self.until_ms.load(Ordering::SeqCst)
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
     }
 
-    /// Whether the watchdog has work: commits may be made under SCHED_IDLE, or one is.
+    /// Whether the watchdog has work: callers are kept, or a thread is under SCHED_IDLE.
     fn active(&self) -> bool {
-        self.mode == KeepCallerCpu::Always
-            || self.now_ms() <= self.until_ms.load(Ordering::SeqCst)
+        // A window locked by its thread may be about to go under SCHED_IDLE.
+        self.keeping(self.now_ms())
             || lock(&self.windows)
                 .iter()
-                .any(|w| w.generation.load(Ordering::SeqCst) % 2 == 1)
+                .any(|w| w.idle.try_lock().map_or(true, |idle| *idle))
     }
 }
 
@@ -248,9 +307,23 @@ impl Drop for KeepCpu {
     }
 }
 
-/// Every [`STUCK`] while it has work, puts back to SCHED_BATCH a ring thread whose commit
-/// under SCHED_IDLE it already saw under way the last time; parks when it has none. In
-/// `Always` mode it always has work.
+/// What the watchdog saw of a thread under SCHED_IDLE at its last look.
+#[derive(Clone, Copy)]
+struct Look {
+    at: Instant,
+    /// Its CPU time then (ns).
+    ran: u64,
+    /// It was runnable then, and since the look before had run a tenth of the time at most.
+    stalled: bool,
+}
+
+/// Every [`STUCK`] while it has work: puts back under SCHED_BATCH (for [`BACKOFF`]) a ring
+/// thread under SCHED_IDLE found stalled (runnable, and hardly run) at two looks in a row,
+/// and every thread under SCHED_IDLE once callers are no longer kept; parks when it has no
+/// work. In `Always` mode it always has work. A thread beside a busy task gets almost no
+/// CPU under SCHED_IDLE; one woken for a request nobody waits for (a RELEASE) waits, as
+/// under SCHED_BATCH, only as long as the caller that sent it runs on. (CPU time grows at
+/// every tick, 4 ms at most, so a running thread is not stalled over two looks.)
 fn watch(keep: &Weak<KeepCpu>) {
     // Not to be starved itself, whatever the session's thread runs under: SCHED_FIFO where
     // allowed (it runs for microseconds every few milliseconds), else SCHED_OTHER at nice 0.
@@ -261,15 +334,13 @@ fn watch(keep: &Weak<KeepCpu>) {
         // SAFETY: setpriority on this thread; a refusal changes nothing.
         unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 0) };
     }
-    let Some(start) = keep.upgrade().map(|k| k.start) else {
-        return;
-    };
-    let mut seen: Vec<u64> = Vec::new();
+    // Each window's last look, while its thread was under SCHED_IDLE.
+    let mut seen: Vec<Option<Look>> = Vec::new();
     loop {
         let Some(state) = keep.upgrade() else { return };
         if !state.active() {
-            // A ring thread reads `parked` after it opens its window, and this reads the
-            // windows after it sets `parked`: one of the two sees the other.
+            // A ring thread reads `parked` after it goes under SCHED_IDLE, and this reads
+            // the windows after it sets `parked`: one of the two sees the other.
             state.parked.store(true, Ordering::SeqCst);
             let idle = !state.active();
             drop(state);
@@ -282,23 +353,43 @@ fn watch(keep: &Weak<KeepCpu>) {
             continue;
         }
         let windows = lock(&state.windows).clone();
-        drop(state);
-        seen.resize(windows.len(), 0);
+        let keeping = state.keeping(state.now_ms());
+        seen.resize(windows.len(), None);
         for (window, seen) in windows.iter().zip(seen.iter_mut()) {
-            let generation = window.generation.load(Ordering::Acquire);
-            if generation % 2 == 1 && generation == *seen {
-                debug!(
-                    "ring thread {} stuck under SCHED_IDLE: put back",
-                    window.tid
-                );
-                set_policy(window.tid, libc::SCHED_BATCH);
-                let until = start.elapsed() + BACKOFF;
-                window
-                    .backoff_until_ms
-                    .store(until.as_millis() as u64, Ordering::Relaxed);
+            // Its thread holds the lock for a sched_setscheduler call at most: next look.
+            let Ok(mut idle) = window.idle.try_lock() else {
+                continue;
+            };
+            if !*idle {
+                *seen = None;
+                continue;
             }
-            *seen = generation;
+            let look = window.sample().map(|(runnable, ran)| {
+                let at = Instant::now();
+                let stalled = runnable
+                    && seen.is_some_and(|before| {
+                        let got = ran.saturating_sub(before.ran) as u128;
+                        got * 10 <= at.duration_since(before.at).as_nanos()
+                    });
+                Look { at, ran, stalled }
+            });
+            let starved = look.is_some_and(|l| l.stalled) && seen.is_some_and(|l| l.stalled);
+            if starved || !keeping {
+                if starved {
+                    debug!(
+                        "ring thread {} starved under SCHED_IDLE: put back",
+                        window.tid
+                    );
+                    let until = state.now_ms() + BACKOFF.as_millis() as u64;
+                    window.backoff_until_ms.store(until, Ordering::Relaxed);
+                }
+                state.leave_idle(window.tid, &mut idle);
+                *seen = None;
+            } else {
+                *seen = look;
+            }
         }
+        drop(state);
         thread::sleep(STUCK);
     }
 }
@@ -352,30 +443,34 @@ mod tests {
         let keep_w = keep.register();
         // Caller 7 moves now and then: off.
         for queue in [0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0] {
-            assert!(!keep.idle_commit(&keep_w, 7, queue, GETATTR), "caller 7");
+            assert_eq!(keep.wants_idle(&keep_w, 7, queue, GETATTR), Some(false));
         }
         // Caller 8 on every other request: on after a few.
         let mut on = Vec::new();
         for queue in [0, 0, 1, 1, 0, 0, 1, 1, 0, 0] {
-            on.push(keep.idle_commit(&keep_w, 8, queue, GETATTR));
+            on.push(keep.wants_idle(&keep_w, 8, queue, GETATTR) == Some(true));
         }
         assert_eq!(on.iter().position(|&on| on), Some(6), "caller 8: {on:?}");
-        assert!(
-            keep.idle_commit(&keep_w, 9, 1, GETATTR),
+        assert_eq!(
+            keep.wants_idle(&keep_w, 9, 1, GETATTR),
+            Some(true),
             "on for everyone for a while"
         );
         let release = Some(abi::fuse_opcode::FUSE_RELEASE);
-        assert!(
-            !keep.idle_commit(&keep_w, 9, 1, release),
+        assert_eq!(
+            keep.wants_idle(&keep_w, 9, 1, release),
+            None,
             "nobody waits for a RELEASE"
         );
-        assert!(
-            !keep.idle_commit(&keep_w, 0, 1, GETATTR),
+        assert_eq!(
+            keep.wants_idle(&keep_w, 0, 1, GETATTR),
+            None,
             "no caller (the kernel's own)"
         );
-        assert!(
-            !keep.idle_commit(&keep_w, 9, 1, None),
-            "an opcode this fuser does not know"
+        assert_eq!(
+            keep.wants_idle(&keep_w, 9, 1, None),
+            None,
+            "an opcode this fuser does not know, or one owed no reply"
         );
     }
 
@@ -384,84 +479,110 @@ mod tests {
         require_policies();
         let never = KeepCpu::new(KeepCallerCpu::Never);
         let never_w = never.register();
-        assert!(!never.idle_commit(&never_w, 8, 1, GETATTR));
-        assert!(!never.idle_commit(&never_w, 8, 0, GETATTR));
+        assert_eq!(never.wants_idle(&never_w, 8, 1, GETATTR), Some(false));
+        assert_eq!(never.wants_idle(&never_w, 8, 0, GETATTR), Some(false));
         let always = KeepCpu::new(KeepCallerCpu::Always);
         let always_w = always.register();
-        assert!(always.idle_commit(&always_w, 8, 0, GETATTR));
-        assert!(always.idle_commit(&always_w, 8, 0, GETATTR));
+        assert_eq!(always.wants_idle(&always_w, 8, 0, GETATTR), Some(true));
+        assert_eq!(always.wants_idle(&always_w, 8, 0, GETATTR), Some(true));
     }
 
-    #[test]
-    fn a_commit_runs_under_sched_idle_and_ends_under_sched_batch() {
-        require_policies();
-        let keep = KeepCpu::new(KeepCallerCpu::Auto);
-        let (during, after) = on_thread(move || {
-            let window = keep.register();
-            let during = keep.idle(&window, policy);
-            (during, policy())
-        });
-        assert_eq!(during, libc::SCHED_IDLE);
-        assert_eq!(after, libc::SCHED_BATCH);
-    }
-
-    #[test]
-    fn the_watchdog_takes_back_a_thread_left_under_sched_idle() {
-        require_policies();
-        let keep = KeepCpu::new(KeepCallerCpu::Always);
-        // A commit that takes 20 STUCKs: the watchdog must have put the thread back by then.
-        let late = on_thread(move || {
-            let window = keep.register();
-            keep.idle(&window, || {
-                thread::sleep(STUCK * 20);
-                policy()
-            })
-        });
-        assert_eq!(late, libc::SCHED_BATCH, "still SCHED_IDLE: no watchdog");
-    }
-
-    #[test]
-    fn a_thread_put_back_commits_as_usual_for_a_while() {
-        require_policies();
-        let keep = KeepCpu::new(KeepCallerCpu::Always);
-        let k = keep.clone();
-        let stuck = on_thread(move || {
-            let window = k.register();
-            k.idle(&window, || thread::sleep(STUCK * 20));
-            window
-        });
-        assert!(
-            !keep.idle_commit(&stuck, 8, 0, GETATTR),
-            "a thread the watchdog put back"
-        );
-        assert!(
-            keep.idle_commit(&keep.register(), 8, 0, GETATTR),
-            "another thread"
-        );
-    }
-
-    #[test]
-    fn the_watchdog_wakes_for_a_commit_made_after_it_parked() {
-        require_policies();
-        let keep = KeepCpu::new(KeepCallerCpu::Auto);
-        // Nothing to do: it parks.
+    /// Waits until the watchdog of `keep` parks.
+    fn parked(keep: &KeepCpu) {
         for _ in 0..500 {
             if keep.parked.load(Ordering::SeqCst) {
-                break;
+                return;
             }
             thread::sleep(Duration::from_millis(2));
         }
-        assert!(
-            keep.parked.load(Ordering::SeqCst),
-            "the watchdog did not park"
-        );
-        let late = on_thread(move || {
+        panic!("the watchdog did not park");
+    }
+
+    #[test]
+    fn a_thread_stays_under_sched_idle_while_callers_are_kept_then_goes_back() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Auto);
+        // Nothing to do: the watchdog parks, and must wake for the thread below.
+        parked(&keep);
+        let (kept, between, after, again) = on_thread(move || {
             let window = keep.register();
-            keep.idle(&window, || {
-                thread::sleep(STUCK * 20);
-                policy()
-            })
+            // A caller moving on every request turns it on.
+            for queue in [0, 1, 0, 1, 0, 1] {
+                keep.before_reply(&window, 8, queue, GETATTR);
+            }
+            let kept = policy();
+            keep.before_reply(&window, 8, 1, Some(abi::fuse_opcode::FUSE_RELEASE));
+            keep.before_reply(&window, 8, 1, GETATTR);
+            let between = policy();
+            // No more requests: once callers are no longer kept, the watchdog puts the
+            // thread back, and not for long (it did not starve).
+            thread::sleep(HOLD + STUCK * 20);
+            let after = policy();
+            for queue in [0, 1, 0, 1] {
+                keep.before_reply(&window, 8, queue, GETATTR);
+            }
+            (kept, between, after, policy())
         });
-        assert_eq!(late, libc::SCHED_BATCH, "the parked watchdog did not wake");
+        assert_eq!(kept, libc::SCHED_IDLE, "callers kept");
+        assert_eq!(between, libc::SCHED_IDLE, "between replies");
+        assert_eq!(after, libc::SCHED_BATCH, "callers no longer kept");
+        assert_eq!(again, libc::SCHED_IDLE, "kept again");
+    }
+
+    /// Pins the calling thread to `cpu`.
+    fn pin(cpu: usize) {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+                0
+            );
+        }
+    }
+
+    #[test]
+    fn the_watchdog_takes_back_a_starved_thread_for_a_while() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        // A busy task beside a thread under SCHED_IDLE on one CPU: the thread gets almost
+        // nothing until the watchdog puts it back.
+        let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
+        let done = Arc::new(AtomicBool::new(false));
+        let spin = done.clone();
+        let hog = thread::spawn(move || {
+            pin(cpu);
+            while !spin.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        });
+        let k = keep.clone();
+        let (starved, waited) = on_thread(move || {
+            pin(cpu);
+            let window = k.register();
+            k.before_reply(&window, 8, 0, GETATTR);
+            let start = Instant::now();
+            while policy() == libc::SCHED_IDLE && start.elapsed() < Duration::from_secs(5) {
+                std::hint::spin_loop();
+            }
+            (window, start.elapsed())
+        });
+        done.store(true, Ordering::Relaxed);
+        hog.join().unwrap();
+        assert!(
+            waited < Duration::from_secs(5),
+            "still SCHED_IDLE: no watchdog"
+        );
+        assert_eq!(
+            keep.wants_idle(&starved, 8, 0, GETATTR),
+            Some(false),
+            "a thread the watchdog put back"
+        );
+        assert_eq!(
+            keep.wants_idle(&keep.register(), 8, 0, GETATTR),
+            Some(true),
+            "another thread"
+        );
     }
 }
