@@ -211,6 +211,7 @@ impl KeepCpu {
             *idle = true;
             drop(idle);
             // The watchdog parks only after it saw no thread under SCHED_IDLE (see `watch`).
+            std::sync::atomic::fence(Ordering::SeqCst);
             if self.parked.load(Ordering::SeqCst)
                 && let Some(watchdog) = &*lock(&self.watchdog)
             {
@@ -342,6 +343,7 @@ fn watch(keep: &Weak<KeepCpu>) {
             // A ring thread reads `parked` after it goes under SCHED_IDLE, and this reads
             // the windows after it sets `parked`: one of the two sees the other.
             state.parked.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
             let idle = !state.active();
             drop(state);
             if idle {
