@@ -62,7 +62,8 @@ enum Term {
     /// `$` or `$name`, then fields.
     Var(String, Vec<String>),
     Literal(Value),
-    Sub(Pipeline),
+    /// `(pipeline)`, then fields: `(index .Mounts 0).Source`.
+    Sub(Pipeline, Vec<String>),
 }
 
 impl Template {
@@ -255,21 +256,22 @@ fn parse_commands<'t>(
         let mut terms = Vec::new();
         let mut name = None;
         while let Some(token) = tokens.first() {
-            if token == "|" || token == ")" {
+            if token == "|" || token.starts_with(')') {
                 break;
             }
             tokens = &tokens[1..];
             let term = match token.as_str() {
                 "(" => {
                     let (sub, rest) = parse_commands(tokens, text)?;
-                    if rest.first().map(String::as_str) != Some(")") {
+                    let Some(chain) = rest.first().and_then(|t| t.strip_prefix(')')) else {
                         bail!("{text:?}: ( without )");
-                    }
+                    };
                     tokens = &rest[1..];
-                    Term::Sub(Pipeline {
+                    let pipe = Pipeline {
                         vars: Vec::new(),
                         commands: sub,
-                    })
+                    };
+                    Term::Sub(pipe, fields(chain))
                 }
                 word => match parse_term(word) {
                     Some(term) => term,
@@ -356,9 +358,23 @@ fn lex(text: &str) -> anyhow::Result<Vec<String>> {
                 chars.next();
                 chars.next();
             }
-            '(' | ')' | '|' | ',' => {
+            '(' | '|' | ',' => {
                 tokens.push(c.to_string());
                 chars.next();
+            }
+            // `)` with the fields right after it, as one token: `).Source`.
+            ')' => {
+                chars.next();
+                let mut end = start + 1;
+                let chained = chars.peek().is_some_and(|&(_, d)| d == '.');
+                while let Some(&(i, d)) = chars.peek().filter(|_| chained) {
+                    if !(d == '.' || d == '_' || d.is_alphanumeric()) {
+                        break;
+                    }
+                    end = i + d.len_utf8();
+                    chars.next();
+                }
+                tokens.push(text[start..end].to_string());
             }
             '"' | '`' => {
                 chars.next();
@@ -545,7 +561,7 @@ fn term_value(term: &Term, dot: &Value, scope: &Scope<'_>) -> anyhow::Result<Val
             walk(Some(base), path)
         }
         Term::Literal(value) => Some(value.clone()),
-        Term::Sub(pipe) => eval(&pipe.commands, dot, scope)?,
+        Term::Sub(pipe, path) => walk(eval(&pipe.commands, dot, scope)?.as_ref(), path),
     })
 }
 
@@ -824,6 +840,28 @@ mod tests {
         assert_eq!(render(r#"{{index (split .Id ":") 1}}"#, &v), "x");
     }
 
+    #[test]
+    fn fields_of_a_parenthesized_pipeline() {
+        let v = serde_json::json!({
+            "Mounts": [{"Source": "/srv", "Mode": {"RW": true}}],
+            "Ports": {"80/tcp": [{"HostPort": "8080"}]}
+        });
+        renders(
+            &v,
+            &[
+                ("{{(index .Mounts 0).Source}}", "/srv"),
+                ("{{(index .Mounts 0).Mode.RW}}", "true"),
+                (r#"{{(index (index .Ports "80/tcp") 0).HostPort}}"#, "8080"),
+                ("{{(index .Mounts 0).Nope}}", "<no value>"),
+                // a space makes `.Source` an argument of its own, as in Go
+                (
+                    "{{print (len .Mounts) .Mounts}}",
+                    "1 [map[Mode:map[RW:true] Source:/srv]]",
+                ),
+            ],
+        );
+    }
+
     /// Each template rendered from `v` gives its expected text.
     fn renders(v: &Value, cases: &[(&str, &str)]) {
         for (template, want) in cases {
@@ -908,6 +946,8 @@ mod tests {
             "{{\"open}}",
             "{{template \"x\"}}",
             "{{.A .B}}",
+            "{{(index .X 0}}",
+            "{{index .X 0)}}",
         ];
         for template in bad {
             let err = Template::parse(template).expect_err(template);

@@ -4,10 +4,13 @@
 use std::process::ExitCode;
 
 use anyhow::bail;
+use std::path::Path;
+
 use strata_store::{Error, Image, Store};
 
 use super::Globals;
 use crate::cli::InspectArgs;
+use crate::commands::run::volumes::{self, Volume};
 use crate::template::Template;
 
 pub fn run(globals: &Globals, args: InspectArgs) -> anyhow::Result<ExitCode> {
@@ -17,7 +20,7 @@ pub fn run(globals: &Globals, args: InspectArgs) -> anyhow::Result<ExitCode> {
     let template = args.format.as_deref().map(Template::parse).transpose()?;
     let mut values = Vec::new();
     let status = crate::commands::for_each_arg(&args.targets, |target| {
-        values.push(describe(&store, target)?);
+        values.push(describe(&store, &globals.root, target)?);
         Ok(())
     });
     match &template {
@@ -36,11 +39,11 @@ pub fn run(globals: &Globals, args: InspectArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// An image, else a container.
-fn describe(store: &Store, target: &str) -> anyhow::Result<serde_json::Value> {
+fn describe(store: &Store, root: &Path, target: &str) -> anyhow::Result<serde_json::Value> {
     match store.resolve(target) {
         Ok(image) => image_json(store, &image),
         Err(Error::ImageNotFound(_)) => match store.container(target) {
-            Ok(container) => container_json(&container),
+            Ok(container) => container_json(&container, &root.join("volumes")),
             Err(Error::ContainerNotFound(_)) => bail!("no such image or container: {target}"),
             Err(e) => Err(e.into()),
         },
@@ -49,9 +52,12 @@ fn describe(store: &Store, target: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// A container in docker's shape, for the templates scripts use (`{{.State.Status}}`,
-/// `{{.State.Pid}}`, `{{.Name}}`, `{{.Config.Env}}`), with strata's own record under
-/// `Strata`.
-fn container_json(container: &strata_store::Container) -> anyhow::Result<serde_json::Value> {
+/// `{{.State.Pid}}`, `{{.Name}}`, `{{.Config.Env}}`, `{{(index .Mounts 0).Source}}`), with
+/// strata's own record under `Strata`. `named`: where named volumes live.
+fn container_json(
+    container: &strata_store::Container,
+    named: &Path,
+) -> anyhow::Result<serde_json::Value> {
     let state = &container.state;
     let raw = serde_json::to_value(state)?;
     let config = &state.config;
@@ -97,6 +103,7 @@ fn container_json(container: &strata_store::Container) -> anyhow::Result<serde_j
             "PidsLimit": config.get("pids_limit"),
             "Init": config.get("init"),
         },
+        "Mounts": mounts(container, named)?,
         "Strata": raw,
     });
     // where docker has it: `-f '{{.State.Health.Status}}'`
@@ -104,6 +111,34 @@ fn container_json(container: &strata_store::Container) -> anyhow::Result<serde_j
         json["State"]["Health"] = serde_json::to_value(health)?;
     }
     Ok(json)
+}
+
+/// The container's volumes as docker lists them in `Mounts`.
+fn mounts(
+    container: &strata_store::Container,
+    named: &Path,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let volumes: Vec<Volume> = match container.state.config.get("volumes") {
+        Some(list) => serde_json::from_value(list.clone())?,
+        None => Vec::new(),
+    };
+    let mounts = volumes.iter().enumerate().map(|(index, volume)| {
+        let source = volumes::source(&container.dir, named, index, volume);
+        let mut mount = serde_json::json!({
+            "Type": if volume.source.is_some() { "bind" } else { "volume" },
+            "Source": source,
+            "Destination": volume.target,
+            "Mode": if volume.readonly { "ro" } else { "" },
+            "RW": !volume.readonly,
+            "Propagation": if volume.source.is_some() { "rprivate" } else { "" },
+        });
+        if let Some(name) = &volume.name {
+            mount["Name"] = name.as_str().into();
+            mount["Driver"] = "local".into();
+        }
+        mount
+    });
+    Ok(mounts.collect())
 }
 
 fn image_json(store: &Store, image: &Image) -> anyhow::Result<serde_json::Value> {

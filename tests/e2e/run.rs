@@ -1434,7 +1434,23 @@ fn named_volumes_outlive_containers() {
         listed.contains("data") && listed.contains("empty") && listed.contains("etcvol"),
         "{listed}"
     );
-    store.ok(&["run", "--name", "user", "-v", "data:/d", "busybox", "true"]);
+    store.ok(&[
+        "run", "--name", "user", "-v", "data:/d", "-v", "/own", "busybox", "true",
+    ]);
+    // docker's Mounts in inspect, for `{{(index .Mounts 0).Source}}`
+    let mounts = store.ok(&[
+        "inspect",
+        "-f",
+        "{{range .Mounts}}{{.Type}} {{.Destination}} {{.RW}}|{{end}}{{(index .Mounts 0).Name}}",
+        "user",
+    ]);
+    assert_eq!(mounts, "volume /d true|volume /own true|data\n");
+    let source = store.ok(&["inspect", "-f", "{{(index .Mounts 0).Source}}", "user"]);
+    assert_eq!(
+        std::path::Path::new(source.trim()),
+        store.root().join("volumes/data"),
+        "{source}"
+    );
     let out = store.strata(&["volume", "rm", "data"]);
     assert_eq!(code(&out), 1);
     assert!(

@@ -162,33 +162,30 @@ pub fn binds(
 ) -> anyhow::Result<Vec<strata_runtime::Bind>> {
     let mut binds = Vec::with_capacity(volumes.len());
     for (index, volume) in volumes.iter().enumerate() {
-        let source = match (&volume.source, &volume.name) {
-            (Some(path), _) => path.clone(),
+        let source = source(container_dir, named, index, volume);
+        match (&volume.source, &volume.name) {
+            (Some(_), _) => {}
             (None, Some(name)) => {
-                let dir = named.join(name);
+                let dir = &source;
                 if !dir.exists() {
                     std::fs::create_dir_all(named)
                         .with_context(|| format!("failed to create {}", named.display()))?;
-                    create(&dir, rootfs, volume, root)
+                    create(dir, rootfs, volume, root)
                         .with_context(|| format!("failed to create volume {name}"))?;
-                } else if std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_none())
-                {
+                } else if std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_none()) {
                     // an empty volume (`volume create`) is filled at its first use, as docker's
-                    fill(&dir, rootfs, volume)
+                    fill(dir, rootfs, volume)
                         .with_context(|| format!("failed to fill volume {name}"))?;
                 }
-                dir
             }
             (None, None) => {
-                let dir = container_dir.join("volumes").join(index.to_string());
-                if !dir.exists() {
-                    create(&dir, rootfs, volume, root).with_context(|| {
+                if !source.exists() {
+                    create(&source, rootfs, volume, root).with_context(|| {
                         format!("failed to create the volume for {}", volume.target)
                     })?;
                 }
-                dir
             }
-        };
+        }
         binds.push(strata_runtime::Bind {
             source,
             target: PathBuf::from(&volume.target),
@@ -198,6 +195,16 @@ pub fn binds(
     // parents first: a -v below an image VOLUME goes on top of it, not under it
     binds.sort_by_key(|bind| bind.target.components().count());
     Ok(binds)
+}
+
+/// Where volume number `index` of a container lives on the host: its host path, the named
+/// volume's directory under `named`, or the container's own `volumes/N`.
+pub fn source(container_dir: &Path, named: &Path, index: usize, volume: &Volume) -> PathBuf {
+    match (&volume.source, &volume.name) {
+        (Some(path), _) => path.clone(),
+        (None, Some(name)) => named.join(name),
+        (None, None) => container_dir.join("volumes").join(index.to_string()),
+    }
 }
 
 /// Copies what the image has at the volume's target into `dir` (unless `nocopy`).
