@@ -45,8 +45,7 @@ impl BackingId {
     /// object.
     pub fn create_raw(fuse_dev: impl AsFd, fd: impl AsFd) -> std::io::Result<u32> {
         if !cfg!(target_os = "linux") {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Other,
+            return Err(std::io::Error::other(
                 "backing IDs are only supported on Linux",
             ));
         }

@@ -663,10 +663,7 @@ impl BackgroundSession {
         self.guard
             .join()
             .map_err(|_panic: Box<dyn std::any::Any + Send>| {
-                io::Error::new(
-                    io::ErrorKind::Other,
-                    "filesystem background thread panicked",
-                )
+                io::Error::other("filesystem background thread panicked")
             })?
     }
 }
