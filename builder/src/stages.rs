@@ -155,6 +155,18 @@ pub fn host_platform() -> String {
 }
 
 /// Automatic platform args (BuildKit's), available when declared.
+/// The args BuildKit defines for every build.
+const AUTOMATIC_ARGS: [&str; 8] = [
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
 fn automatic_arg(name: &str) -> Option<String> {
     let arch = host_arch();
     match name {
@@ -195,6 +207,15 @@ impl Buildfile {
     /// The meta-arg scope (ARGs before the first FROM) given the build args.
     pub fn meta_scope(&self, build_args: &BTreeMap<String, String>) -> Result<Scope> {
         let mut scope = Scope::default();
+        // The platform args are in the global scope undeclared, for `FROM
+        // --platform=$BUILDPLATFORM` (BuildKit's rule); a stage still declares them to see them.
+        for name in AUTOMATIC_ARGS {
+            let value = build_args
+                .get(name)
+                .cloned()
+                .or_else(|| automatic_arg(name));
+            scope.args.insert(name.to_string(), value);
+        }
         for (step, decl) in &self.meta_args {
             let value = self.arg_value(step, decl, build_args, &scope, &Scope::default())?;
             scope.args.insert(decl.name.clone(), value);

@@ -180,10 +180,9 @@ RUN test "$(stat -c %a /app/bin/run.sh)" = 755 \
     assert!(config["Volumes"].get("/data").is_some(), "{config}");
     assert_eq!(config["Labels"]["version"], "1.0");
     assert_eq!(config["Labels"]["with space"], "a b");
-    assert_eq!(
-        config["Labels"]["maintainer"],
-        "strata team <team@example.invalid>"
-    );
+    // MAINTAINER sets the image's author, as docker does, and no label
+    assert_eq!(image["Author"], "strata team <team@example.invalid>");
+    assert!(config["Labels"].get("maintainer").is_none(), "{config}");
     let raw = raw_config(&store, &built.id);
     let raw_config = &raw["config"];
     assert_eq!(
@@ -1075,6 +1074,43 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
     assert!(
         left.is_empty(),
         "fetched contexts left in the store: {left:?}"
+    );
+}
+
+/// A build arg an ONBUILD trigger of the base image declares is consumed there: its value
+/// reaches the trigger, and no warning says it went unused.
+#[test]
+fn onbuild_trigger_args_take_build_args() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let parent = context(
+        &store,
+        &[(
+            "Buildfile",
+            "FROM busybox\nONBUILD ARG OBARG=default\nONBUILD LABEL ob=$OBARG\n",
+        )],
+    );
+    build(&store, &parent, &["-t", "obparent"]);
+    let child = context(&store, &[("Buildfile", "FROM obparent\nRUN true\n")]);
+    let built = build(
+        &store,
+        &child,
+        &["--build-arg", "OBARG=given", "-t", "obchild"],
+    );
+    assert!(!built.stderr.contains("not consumed"), "{}", built.stderr);
+    assert_eq!(
+        inspect(&store, "obchild")["Config"]["Labels"]["ob"],
+        "given"
+    );
+    let built = build(
+        &store,
+        &child,
+        &["--build-arg", "NOBODY=x", "-t", "obchild2"],
+    );
+    assert!(
+        built.stderr.contains("build args not consumed by") && built.stderr.contains("NOBODY"),
+        "{}",
+        built.stderr
     );
 }
 

@@ -124,6 +124,8 @@ pub(crate) struct BuildCx<'a> {
     pub buildfile: &'a Buildfile,
     pub meta: Scope,
     pub context: Context,
+    /// ARGs declared by the ONBUILD triggers of base images: they consume build args too.
+    pub trigger_args: std::sync::Mutex<Vec<String>>,
 }
 
 /// Builds the image and names it with `opts.tags`.
@@ -147,6 +149,7 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         buildfile: &buildfile,
         meta,
         context,
+        trigger_args: Default::default(),
     };
 
     let mut deps: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
@@ -202,10 +205,12 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         }
         remaining.retain(|i| !ready.contains(i));
     }
+    let trigger_args = cx.trigger_args.lock().unwrap_or_else(|e| e.into_inner());
     let declared: Vec<&str> = buildfile
         .meta_args
         .iter()
         .map(|(_, decl)| decl.name.as_str())
+        .chain(trigger_args.iter().map(String::as_str))
         .chain(
             buildfile
                 .stages

@@ -185,11 +185,12 @@ pub(crate) fn build_stage(
         for trigger in std::mem::take(&mut run.state.config.on_build) {
             let ast = crate::parser::parse(&trigger, &origin)?;
             for node in &ast.nodes {
-                triggers.push(crate::instructions::instruction(
-                    node,
-                    &origin,
-                    buildfile.escape,
-                )?);
+                let step = crate::instructions::instruction(node, &origin, buildfile.escape)?;
+                if let crate::instructions::Instruction::Arg(decls) = &step.instruction {
+                    let mut args = cx.trigger_args.lock().unwrap_or_else(|e| e.into_inner());
+                    args.extend(decls.iter().map(|d| d.name.clone()));
+                }
+                triggers.push(step);
             }
         }
     }
@@ -415,8 +416,11 @@ impl StageRun<'_, '_> {
                     config.labels.insert(pair.key.clone(), pair.value.clone());
                 }
             }
+            // The image's author, as docker sets it (MAINTAINER is deprecated for a label).
             Instruction::Maintainer(name) => {
-                config.labels.insert("maintainer".into(), name.clone());
+                self.state
+                    .base
+                    .insert("author".into(), name.as_str().into());
             }
             Instruction::Expose(ports) => {
                 for port in ports {

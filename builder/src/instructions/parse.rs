@@ -622,12 +622,17 @@ fn healthcheck(cx: &Cx<'_>) -> Result<Instruction> {
             return Ok(None);
         };
         let value = flag.value.as_deref().unwrap_or("");
-        parse_duration(value).map(Some).ok_or_else(|| {
-            cx.flag_error(
+        match parse_duration(value) {
+            // 0 is the default; anything else is at least docker's minimum, a millisecond
+            Some(nanos) if nanos == 0 || nanos >= 1_000_000 => Ok(Some(nanos)),
+            Some(_) => {
+                Err(cx.flag_error(flag, format!("--{name} {value:?} cannot be less than 1ms")))
+            }
+            None => Err(cx.flag_error(
                 flag,
                 format!("invalid --{name} {value:?}: use a duration such as 30s or 1m30s"),
-            )
-        })
+            )),
+        }
     };
     let retries =
         match cx.node.flags.iter().find(|f| f.name == "retries") {
