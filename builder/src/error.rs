@@ -58,6 +58,9 @@ pub enum Error {
         pattern: String,
         message: String,
     },
+    /// A signal stopped the build (`BuildOptions::cancel`).
+    #[error("build cancelled by signal {0}")]
+    Cancelled(i32),
     #[error(transparent)]
     Store(#[from] strata_store::Error),
     #[error("{0}")]

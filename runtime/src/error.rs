@@ -38,6 +38,10 @@ pub enum Error {
     /// A cgroup controller could not be set up.
     #[error("cgroup {name}: {message}")]
     Cgroup { name: String, message: String },
+
+    /// A signal strata got killed the container (`Spec::kill_on_signal`).
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
 }
 
 impl Error {

@@ -92,6 +92,10 @@ pub struct Spec {
     /// The container dies with the process that started it (PR_SET_PDEATHSIG down the
     /// chain): a build's RUN must not outlive a killed build.
     pub die_with_parent: bool,
+    /// A SIGINT, SIGTERM, SIGHUP or SIGQUIT strata gets kills the container (SIGKILL, all
+    /// its processes) instead of being forwarded, and `run` then fails with
+    /// [`Error::Interrupted`]: a build's RUN is cancelled, as docker build's is.
+    pub kill_on_signal: bool,
     /// Set no_new_privs (docker's `--security-opt no-new-privileges`); off by default.
     pub no_new_privileges: bool,
     /// The root is read-only (`run --read-only`); mounts on it keep their own flags.
@@ -115,21 +119,23 @@ pub fn run(spec: Spec) -> Result<i32> {
 /// `run`, calling `started` once the command runs (e.g. to record its pid).
 pub fn run_observed(spec: Spec, started: impl FnOnce(&Child)) -> Result<i32> {
     // Catch before the container starts: it may be signalled as soon as it runs.
-    let forwarding =
-        signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let forwarding = signals::catch(spec.kill_on_signal)
+        .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
     let child = spawn(spec)?;
     forwarding.attach(child.pid, child.pty_master());
     started(&child);
     let code = child.wait();
-    drop(forwarding);
-    code
+    match forwarding.caught() {
+        Some(signal) => Err(Error::Interrupted(signal)),
+        None => code,
+    }
 }
 
 /// Runs one more command in a running container (`exec`) to completion, forwarding
 /// signals as `run` does; returns its exit code (126/127 when it cannot be executed).
 pub fn exec(spec: ExecSpec) -> Result<i32> {
-    let forwarding =
-        signals::catch().map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    let forwarding = signals::catch(false)
+        .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
     let group = spec.signal_group;
     let child = exec::spawn(spec)?;
     // (kill(2) of a negative pid signals that process group.)

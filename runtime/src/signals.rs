@@ -51,6 +51,10 @@ struct Entry {
     pid: Option<i32>,
     pending: Vec<libc::c_int>,
     pty_master: Option<RawFd>,
+    /// Stopping signals kill the container rather than reach it (`Spec::kill_on_signal`)...
+    kill: bool,
+    /// ...and the first such signal caught.
+    caught: Option<libc::c_int>,
 }
 
 #[derive(Default)]
@@ -80,9 +84,12 @@ pub struct Forwarding {
     id: u64,
 }
 
+/// The signals that end a container started with `kill`: strata's user wants it stopped.
+const STOPPING: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
 /// Starts catching the forwarded signals for a container about to start; `Forwarding::
-/// attach` names its process.
-pub fn catch() -> std::io::Result<Forwarding> {
+/// attach` names its process. With `kill`, the [`STOPPING`] signals SIGKILL it instead.
+pub fn catch(kill: bool) -> std::io::Result<Forwarding> {
     let mut registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
     if !registry.thread_started {
         let (read_end, write_end) =
@@ -109,6 +116,8 @@ pub fn catch() -> std::io::Result<Forwarding> {
         pid: None,
         pending: Vec::new(),
         pty_master: None,
+        kill,
+        caught: None,
     });
     Ok(Forwarding { id })
 }
@@ -128,6 +137,16 @@ impl Forwarding {
                 sys::kill_raw(pid, signal);
             }
         }
+    }
+
+    /// The stopping signal that killed the container, if one did (see [`catch`]).
+    pub fn caught(&self) -> Option<libc::c_int> {
+        let registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
+        registry
+            .entries
+            .iter()
+            .find(|entry| entry.id == self.id)
+            .and_then(|entry| entry.caught)
     }
 }
 
@@ -154,10 +173,17 @@ fn pump(read_end: OwnedFd) {
                 if let (Some(master), Some(size)) = (entry.pty_master, sys::terminal_size()) {
                     let _ = sys::set_window_size(master, &size);
                 }
-            } else if let Some(pid) = entry.pid {
-                sys::kill_raw(pid, signal);
             } else {
-                entry.pending.push(signal);
+                let signal = if entry.kill && STOPPING.contains(&signal) {
+                    entry.caught.get_or_insert(signal);
+                    libc::SIGKILL
+                } else {
+                    signal
+                };
+                match entry.pid {
+                    Some(pid) => sys::kill_raw(pid, signal),
+                    None => entry.pending.push(signal),
+                }
             }
         }
     }

@@ -8,6 +8,7 @@ use std::io::{self, IsTerminal};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -149,10 +150,19 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.images = Some(Arc::new(PullingImages {
         insecure: args.insecure,
     }));
-    let executor = UnionExecutor { driver };
+    let executor = UnionExecutor {
+        driver,
+        cancel: opts.cancel.clone(),
+    };
+    cancel_on_signals(&opts.cancel)?;
     let started = std::time::Instant::now();
     let image = match build(&store, &executor, &opts) {
         Ok(image) => image,
+        // what was mounted and made is undone by now: end as the signal would have
+        Err(strata_builder::Error::Cancelled(signal)) => {
+            eprintln!("build cancelled");
+            return Ok(ExitCode::from(128 + signal as u8));
+        }
         // A fetched context's files (its .dockerignore, say) are named by their path in
         // it, not in the store's tmp/, which is gone when the build ends.
         Err(err) if fetched.is_some() => {
@@ -183,6 +193,23 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{}", image.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGINT, SIGTERM and SIGHUP cancel the build, as ^C cancels `docker build`: a RUN under
+/// way is killed (see `UnionExecutor`), no further step starts, and the build undoes its
+/// mounts and temp dirs before strata ends. A second one ends strata at once.
+fn cancel_on_signals(cancel: &Arc<AtomicUsize>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let again = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register_conditional_default(signal, again.clone())
+            .and_then(|_| signal_hook::flag::register(signal, again.clone()))
+            .and_then(|_| {
+                signal_hook::flag::register_usize(signal, cancel.clone(), signal as usize)
+            })
+            .context("failed to install the build's signal handlers")?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,6 +325,8 @@ impl strata_builder::ImageSource for PullingImages {
 /// RUN on a union mount of the image's layers, through the runtime.
 struct UnionExecutor {
     driver: Driver,
+    /// The build's `BuildOptions::cancel`: set when a signal kills a RUN.
+    cancel: Arc<AtomicUsize>,
 }
 
 /// Undoes the extra mounts of one RUN, innermost first, on every exit path.
@@ -561,12 +590,18 @@ impl Executor for UnionExecutor {
                 stdin,
                 stdout: Some(request.output),
                 stderr: Some(stderr),
-                // a killed build takes its RUN with it
+                // a killed build takes its RUN with it, and a signal cancels it
                 die_with_parent: true,
+                kill_on_signal: true,
                 ..Default::default()
             };
-            let status = strata_runtime::run(spec)
-                .map_err(|e| builder_error("failed to start the RUN command", e));
+            let status = match strata_runtime::run(spec) {
+                Err(strata_runtime::Error::Interrupted(signal)) => {
+                    self.cancel.store(signal as usize, Ordering::SeqCst);
+                    Err(strata_builder::Error::Cancelled(signal))
+                }
+                status => status.map_err(|e| builder_error("failed to start the RUN command", e)),
+            };
             // The step's cgroup has served its purpose once the command has exited.
             if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name) {
                 tracing::warn!("failed to remove cgroup {cgroup_name}: {err}");

@@ -695,6 +695,8 @@ fn mount_and_run(
         init: config.init,
         // docker's: a container outlives a killed client (`ps` and the --rm sweep follow it)
         die_with_parent: false,
+        // docker run forwards them (sig-proxy)
+        kill_on_signal: false,
         no_new_privileges: config.no_new_privileges,
         read_only: config.read_only,
         stdin,

@@ -1257,6 +1257,58 @@ fn bind_mounts_stay_inside_the_build() {
     );
 }
 
+/// SIGINT (^C) or SIGTERM cancels a build as docker's is cancelled: the RUN under way is
+/// killed at once (its shell, PID 1 of the step, would ignore the signal), and the build
+/// undoes its mounts before strata ends with 128+N, with either driver.
+#[test]
+fn a_signal_cancels_a_build_and_its_run_at_once() {
+    use std::process::{Command, Stdio};
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    for (driver, signal) in [("fuse", libc::SIGINT), ("overlay", libc::SIGTERM)] {
+        let ctx = buildfile(
+            &store,
+            "FROM busybox\nRUN echo started; sleep 41; echo never\nRUN echo never either\n",
+        );
+        let log = store.root().join(format!("cancel-{driver}.log"));
+        let mut build = Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["build", "--progress", "plain", "--driver", driver])
+            .arg(&ctx)
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let logged = || fs::read_to_string(&log).unwrap_or_default();
+        while !logged().contains("| started") {
+            assert!(start.elapsed().as_secs() < 60, "no RUN: {}", logged());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: kill(2) on the child this test started and has not waited for.
+        assert_eq!(unsafe { libc::kill(build.id() as i32, signal) }, 0);
+        let sent = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = build.try_wait().unwrap() {
+                break status;
+            }
+            if sent.elapsed().as_secs() >= 20 {
+                build.kill().unwrap();
+                build.wait().unwrap();
+                panic!("{driver}: the build went on after the signal: {}", logged());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert_eq!(status.code(), Some(128 + signal), "{driver}: {}", logged());
+        assert!(logged().contains("build cancelled"), "{}", logged());
+        assert!(!logged().contains("never"), "{}", logged());
+        let root = store.root().to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&root), "{driver}: left mounted: {mounts}");
+    }
+}
+
 /// A build killed with SIGKILL (OOM killer, CI timeout) takes its RUN with it, also one
 /// running as a non-root USER (the id switch clears the parent-death signal), and the
 /// next gc sweeps the mounts it left without deleting through them (a cache mount's

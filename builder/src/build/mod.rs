@@ -53,6 +53,10 @@ pub struct BuildOptions {
     pub secrets: BTreeMap<String, Secret>,
     /// `--ssh ID=SOCKET`: the SSH agent sockets `RUN --mount=type=ssh,id=ID` gets.
     pub ssh: BTreeMap<String, PathBuf>,
+    /// A signal number once the build is to stop (the caller's signal handler sets it, and
+    /// an executor whose RUN a signal killed): no step starts after it, and the build
+    /// fails with [`Error::Cancelled`].
+    pub cancel: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Where a build secret's value comes from; read when a RUN needs it.
@@ -112,6 +116,15 @@ impl BuildOptions {
             cache_from: Vec::new(),
             cache_to: Vec::new(),
             images: None,
+            cancel: Arc::default(),
+        }
+    }
+
+    /// [`Error::Cancelled`] once `cancel` is set.
+    pub fn check_cancelled(&self) -> Result<()> {
+        match self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Ok(()),
+            signal => Err(Error::Cancelled(signal as i32)),
         }
     }
 }

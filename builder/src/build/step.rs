@@ -208,6 +208,7 @@ impl StageRun<'_, '_> {
 
     fn step(&mut self, step: &Step, label: &str, number: usize, total: usize) -> Result<()> {
         let cx = self.cx;
+        cx.opts.check_cancelled()?;
         let instruction =
             cx.buildfile
                 .expand_step(step, &mut self.scope, &cx.meta, &cx.opts.build_args)?;
@@ -645,6 +646,8 @@ impl StageRun<'_, '_> {
             };
             let code = cx.executor.run(request);
             let tail = collector.join().unwrap_or_default();
+            // a RUN a signal killed cancels the build
+            cx.opts.check_cancelled()?;
             let code = code.map_err(|e| {
                 Error::step(self.file(), step.pos, format!("RUN could not start: {e}"))
             })?;
