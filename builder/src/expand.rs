@@ -23,6 +23,9 @@ struct Scan<'a, 'e> {
     index: usize,
     len: usize,
     escape: char,
+    /// A heredoc's body (BuildKit's RawQuotes and RawEscapes): quotes are plain characters
+    /// and an escape stays, with the character after it taken literally.
+    raw: bool,
     env: &'e dyn Fn(&str) -> Option<String>,
     _text: &'a str,
 }
@@ -38,15 +41,35 @@ impl Lexer {
         text: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, ExpandError> {
-        let mut scan = Scan {
+        self.scan(text, env, false).process(None)
+    }
+
+    /// Expands the body of a heredoc whose delimiter is not quoted, as BuildKit does: only
+    /// variables; quotes stay as written (`'$V'` expands) and so do escapes (`\$V` stays
+    /// `\$V`).
+    pub fn heredoc(
+        &self,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, ExpandError> {
+        self.scan(text, env, true).process(None)
+    }
+
+    fn scan<'a, 'e>(
+        &self,
+        text: &'a str,
+        env: &'e dyn Fn(&str) -> Option<String>,
+        raw: bool,
+    ) -> Scan<'a, 'e> {
+        Scan {
             chars: text.char_indices().collect(),
             index: 0,
             len: text.len(),
             escape: self.escape,
+            raw,
             env,
             _text: text,
-        };
-        scan.process(None)
+        }
     }
 }
 
@@ -86,12 +109,15 @@ impl Scan<'_, '_> {
                 return Ok(out);
             }
             match c {
-                '\'' => out.push_str(&self.single_quote()?),
-                '"' => out.push_str(&self.double_quote()?),
+                '\'' if !self.raw => out.push_str(&self.single_quote()?),
+                '"' if !self.raw => out.push_str(&self.double_quote()?),
                 '$' => out.push_str(&self.dollar()?),
                 _ => {
                     self.next();
                     if c == self.escape {
+                        if self.raw {
+                            out.push(c);
+                        }
                         match self.next() {
                             Some(escaped) => out.push(escaped),
                             None => break,

@@ -508,7 +508,7 @@ impl Buildfile {
                 Source::Path(path) => Source::Path(word(path)?),
                 Source::Heredoc(doc) if doc.expand => {
                     let mut doc = doc.clone();
-                    doc.content = self.lexer_heredoc(&doc.content, scope);
+                    doc.content = self.expand_heredoc(step, &doc.content, scope)?;
                     Source::Heredoc(doc)
                 }
                 Source::Heredoc(doc) => Source::Heredoc(doc.clone()),
@@ -530,29 +530,12 @@ impl Buildfile {
         })
     }
 
-    /// Heredoc bodies expand `$V` and `${V...}` but keep quotes (they are file content).
-    fn lexer_heredoc(&self, content: &str, scope: &Scope) -> String {
-        let mut out = String::new();
-        let mut rest = content;
-        while let Some(index) = rest.find('$') {
-            out.push_str(&rest[..index]);
-            let tail = &rest[index..];
-            let end = if tail.starts_with("${") {
-                tail.find('}').map_or(1, |e| e + 1)
-            } else {
-                1 + tail[1..]
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(tail.len() - 1)
-            };
-            let piece = &tail[..end];
-            match self.lexer().word(piece, &|name| scope.lookup(name)) {
-                Ok(value) if end > 1 => out.push_str(&value),
-                _ => out.push_str(piece),
-            }
-            rest = &tail[end..];
-        }
-        out.push_str(rest);
-        out
+    /// Heredoc bodies expand `$V` and `${V...}` but keep quotes and escapes (they are file
+    /// content), as BuildKit's do.
+    fn expand_heredoc(&self, step: &Step, content: &str, scope: &Scope) -> Result<String> {
+        self.lexer()
+            .heredoc(content, &|name| scope.lookup(name))
+            .map_err(|e| Error::syntax(&self.file, step.pos, format!("heredoc: {}", e.message)))
     }
 }
 
