@@ -136,11 +136,12 @@ pub fn fetch(store: &Store, source: &Source, stdin: impl Read) -> Result<Fetched
             };
         }
         Source::Url(url) => {
-            let (download, _) = archive::fetch(store, url, None).map_err(|e| {
+            let download = archive::fetch(store, url, None).map_err(|e| {
                 let shown = redacted(url);
                 let e = e.to_string().replace(url.as_str(), &shown);
                 Error::Other(format!("build context {shown}: {e}"))
             })?;
+            let download = download.path;
             let file = fetched.root.join("download");
             fs::rename(&download, &file).map_err(|e| {
                 let _ = fs::remove_file(&download);

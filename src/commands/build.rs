@@ -39,6 +39,12 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     // A git repository, an archive URL or stdin is fetched into the store's tmp/ for the
     // length of the build.
     let (context, fetched) = match Source::parse(&args.context) {
+        Source::Dir(dir) if !dir.is_dir() => {
+            bail!(
+                "unable to prepare context: {} is not a directory",
+                dir.display()
+            )
+        }
         Source::Dir(dir) => (dir, None),
         remote => {
             let fetched = remote::fetch(&store, &remote, io::stdin().lock())?;
@@ -59,15 +65,25 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
         (Some(file), _) if fetched.is_some() && file.is_relative() => context.join(file),
         (Some(file), _) => file.clone(),
         (None, Some(file)) => file,
-        (None, None) => ["Buildfile", "Dockerfile", "Containerfile"]
-            .iter()
-            .map(|name| context.join(name))
-            .find(|path| path.is_file())
-            .unwrap_or_else(|| context.join("Buildfile")),
+        (None, None) => {
+            let names = ["Buildfile", "Dockerfile", "Containerfile"];
+            match names
+                .iter()
+                .map(|name| context.join(name))
+                .find(|p| p.is_file())
+            {
+                Some(path) => path,
+                None => bail!(
+                    "no Buildfile, Dockerfile or Containerfile in {} (name one with -f)",
+                    context.display()
+                ),
+            }
+        }
     };
     let mut build_args = BTreeMap::new();
     for pair in &args.build_arg {
         match pair.split_once('=') {
+            Some(("", _)) => bail!("--build-arg {pair:?}: the name before = is empty"),
             Some((key, value)) => build_args.insert(key.to_string(), value.to_string()),
             // `--build-arg NAME` takes the value from the environment, as docker does
             None => match std::env::var(pair) {

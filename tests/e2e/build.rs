@@ -1077,6 +1077,33 @@ fn build_contexts_from_git_urls_archive_urls_and_stdin() {
     );
 }
 
+/// Mistakes on the command line are named as such, before anything is built.
+#[test]
+fn build_command_line_mistakes_say_what_is_wrong() {
+    let store = TestStore::new();
+    let empty = context(&store, &[]);
+    let plain = context(&store, &[("Buildfile", "FROM scratch\n")]);
+    for (args, says) in [
+        (
+            vec!["build", "/nonexistent/ctx"],
+            "/nonexistent/ctx is not a directory",
+        ),
+        (
+            vec!["build", empty.to_str().unwrap()],
+            "no Buildfile, Dockerfile or Containerfile in",
+        ),
+        (
+            vec!["build", "--build-arg", "=x", plain.to_str().unwrap()],
+            "the name before = is empty",
+        ),
+    ] {
+        let out = store.strata(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
 /// A build arg an ONBUILD trigger of the base image declares is consumed there: its value
 /// reaches the trigger, and no warning says it went unused.
 #[test]

@@ -124,13 +124,20 @@ fn merge(from: &Path, tree: &Tree, upper: &Path, rel: &str) -> Result<(), String
     Ok(())
 }
 
-/// Downloads `url` into the store's tmp/; returns the file and its sha256 (hex), after
-/// checking `checksum` (`sha256:<hex>`) when given.
-pub(crate) fn fetch(
-    store: &Store,
-    url: &str,
-    checksum: Option<&str>,
-) -> Result<(PathBuf, String), String> {
+/// A file `ADD <url>` downloaded.
+pub(crate) struct Download {
+    /// In the store's tmp/, dated by the response's Last-Modified when it has one.
+    pub path: PathBuf,
+    /// sha256 of the content (hex).
+    pub hash: String,
+    /// Its name in a directory: the response's Content-Disposition filename, else the last
+    /// segment of the URL's path, else `download` (BuildKit's rule).
+    pub name: String,
+}
+
+/// Downloads `url` into the store's tmp/, after checking `checksum` (`sha256:<hex>`) when
+/// given.
+pub(crate) fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<Download, String> {
     let expected = match checksum {
         None => None,
         Some(text) => Some(
@@ -142,6 +149,17 @@ pub(crate) fn fetch(
     let mut response = ureq::get(url)
         .call()
         .map_err(|e| format!("download failed: {e}"))?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let name = header("content-disposition")
+        .and_then(|value| disposition_filename(&value))
+        .unwrap_or_else(|| url_file_name(url));
+    let modified = header("last-modified").and_then(|value| httpdate::parse_http_date(&value).ok());
     let path = store.tmp_path("add-download");
     let mut hasher = Sha256::new();
     let copied = (|| {
@@ -153,6 +171,14 @@ pub(crate) fn fetch(
                 .read(&mut buffer)
                 .map_err(|e| format!("download failed: {e}"))?;
             if read == 0 {
+                if let Some(time) = modified {
+                    let when = rustix::fs::Timestamps {
+                        last_access: timespec(time),
+                        last_modification: timespec(time),
+                    };
+                    rustix::fs::futimens(&file, &when)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                }
                 return Ok(());
             }
             hasher.update(&buffer[..read]);
@@ -174,12 +200,80 @@ pub(crate) fn fetch(
             "checksum mismatch: expected sha256:{expected}, got sha256:{actual}"
         ));
     }
-    Ok((path, actual))
+    Ok(Download {
+        path,
+        hash: actual,
+        name,
+    })
+}
+
+fn timespec(time: std::time::SystemTime) -> rustix::fs::Timespec {
+    let secs = match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => after.as_secs() as i64,
+        Err(before) => -(before.duration().as_secs() as i64),
+    };
+    rustix::fs::Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    }
+}
+
+/// The last segment of a URL's path (no query or fragment), else `download`.
+fn url_file_name(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = rest.split(['?', '#']).next().unwrap_or("");
+    let path = path.split_once('/').map_or("", |(_, path)| path);
+    match path.rsplit('/').next() {
+        Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
+        _ => "download".to_string(),
+    }
+}
+
+/// The `filename` of a Content-Disposition header (`attachment; filename="x.tgz"`), as a
+/// base name; None if it has none or names a directory.
+fn disposition_filename(value: &str) -> Option<String> {
+    let param = value.split(';').skip(1).find_map(|part| {
+        let (key, value) = part.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("filename")
+            .then(|| value.trim())
+    })?;
+    let name = param
+        .strip_prefix('"')
+        .and_then(|p| p.strip_suffix('"'))
+        .unwrap_or(param);
+    if name.ends_with('/') {
+        return None;
+    }
+    let base = name.rsplit(['/', '\\']).next()?;
+    (!base.is_empty() && base != "." && base != "..").then(|| base.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn download_names_follow_buildkit() {
+        for (url, name) in [
+            ("http://h:8/a/b.tgz", "b.tgz"),
+            ("http://h:8/a/b.tgz?x=1#f", "b.tgz"),
+            ("http://h:8/", "download"),
+            ("http://h:8", "download"),
+            ("https://h/dir/", "download"),
+        ] {
+            assert_eq!(url_file_name(url), name, "{url}");
+        }
+        for (header, name) in [
+            ("attachment; filename=\"x.tgz\"", Some("x.tgz")),
+            ("attachment; FILENAME=y.txt", Some("y.txt")),
+            ("attachment; filename=\"../../etc/z\"", Some("z")),
+            ("attachment; filename=\"dir/\"", None),
+            ("inline", None),
+        ] {
+            assert_eq!(disposition_filename(header).as_deref(), name, "{header}");
+        }
+    }
 
     #[test]
     fn detects_compressed_tars_by_content() {

@@ -87,6 +87,24 @@ pub(crate) fn resolve(
             }
             Source::Path(pattern) => pattern,
         };
+        let git = pattern.starts_with("git://")
+            || pattern.starts_with("git@")
+            || (super::is_url(pattern)
+                && pattern
+                    .split('#')
+                    .next()
+                    .is_some_and(|u| u.ends_with(".git")));
+        if git {
+            return Err(Error::syntax(
+                &file,
+                step.pos_of(pattern),
+                format!(
+                    "{} {pattern}: git sources are not supported here; clone in a RUN step, or \
+                     build from the repository as the context",
+                    if add { "ADD" } else { "COPY" }
+                ),
+            ));
+        }
         if super::is_url(pattern) {
             if !add {
                 return Err(Error::syntax(
@@ -95,22 +113,14 @@ pub(crate) fn resolve(
                     format!("COPY cannot fetch URLs ({pattern}); use ADD"),
                 ));
             }
-            let (path, hash) = archive::fetch(run.cx.store, pattern, copy.checksum.as_deref())
+            let download = archive::fetch(run.cx.store, pattern, copy.checksum.as_deref())
                 .map_err(|e| {
                     Error::step(&file, step.pos_of(pattern), format!("ADD {pattern}: {e}"))
                 })?;
-            let name = pattern
-                .trim_end_matches('/')
-                .rsplit('/')
-                .next()
-                .unwrap_or("download")
-                .split(['?', '#'])
-                .next()
-                .unwrap_or("download")
-                .to_string();
+            let (name, hash) = (download.name, download.hash);
             let item = Item {
                 rel: String::new(),
-                real: path,
+                real: download.path,
                 kind: Kind::File,
                 mode: 0o600,
                 uid: 0,

@@ -643,6 +643,11 @@ fn onbuild_triggers_run_in_the_child_and_are_dropped() {
 
 /// Serves `body` once per connection on 127.0.0.1 (a real HTTP server, minimal).
 fn serve(body: &'static [u8]) -> String {
+    serve_with("", body)
+}
+
+/// [`serve`] with more header lines (`Name: value\r\n` each).
+fn serve_with(headers: &'static str, body: &'static [u8]) -> String {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -652,7 +657,7 @@ fn serve(body: &'static [u8]) -> String {
             let mut request = [0u8; 4096];
             let _ = stream.read(&mut request);
             let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{headers}Connection: close\r\n\r\n",
                 body.len()
             );
             let _ = stream.write_all(head.as_bytes());
@@ -677,6 +682,27 @@ fn add_url_checks_its_checksum() {
     assert_eq!(fs::read(&path).unwrap(), b"downloaded bytes\n");
     assert_eq!(mode(&path), 0o600, "downloads are 0600, as Docker");
     let wrong = strata_store::Digest::of(b"other");
+    // a URL without a file name is named `download`; Last-Modified dates the file
+    let dated = serve_with("Last-Modified: Sat, 03 Feb 2001 04:05:06 GMT\r\n", b"d\n");
+    let named = serve_with(
+        "Content-Disposition: attachment; filename=\"n.txt\"\r\n",
+        b"n\n",
+    );
+    let image = fx
+        .build(&format!(
+            "FROM base\nADD {dated}/ /d/\nADD {named}/get?id=1 /n/\n"
+        ))
+        .unwrap();
+    let tree = fx.tree(&image);
+    let (path, meta) = tree.lookup("d/download").unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"d\n");
+    assert_eq!(meta.mtime(), 981173106, "Last-Modified");
+    assert_eq!(tree.read("n/n.txt").unwrap(), b"n\n", "Content-Disposition");
+    fx.fails(
+        "FROM base\nADD git://127.0.0.1:1/repo#v1 /src\n",
+        "Buildfile:2:",
+        "git sources are not supported",
+    );
     fx.fails(
         &format!("FROM base\n\nADD --checksum={wrong} {url}/x /x\n"),
         "Buildfile:3:",
