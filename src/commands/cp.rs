@@ -64,7 +64,7 @@ pub fn run(globals: &Globals, args: CpArgs) -> anyhow::Result<ExitCode> {
         )
     } else {
         let (point, guard) = mount(&store, &container)?;
-        (point.to_string_lossy().into_owned(), Some(guard))
+        (point.to_string_lossy().into_owned(), guard)
     };
     // A stopped container's volumes, which the helper binds where the container has them
     // (docker mounts them for a copy too).
@@ -181,8 +181,7 @@ pub(crate) fn export(globals: &Globals, reference: &str, out: Stdio) -> anyhow::
     let (root, _guard) = if is_running(&container) {
         (container.rootfs_dir(), None)
     } else {
-        let (point, guard) = mount(&store, &container)?;
-        (point, Some(guard))
+        mount(&store, &container)?
     };
     drop(store);
     let mut helper = cp_tar_command(&root.to_string_lossy(), reference, "pack", "/.")?;
@@ -923,11 +922,27 @@ fn split(arg: &str) -> Option<(&str, &str)> {
     (!container.is_empty() && !container.contains('/')).then_some((container, path))
 }
 
-/// Mounts a stopped container's union in the store's tmp/ (unmounted when the guard goes).
-fn mount(
-    store: &Store,
-    container: &Container,
-) -> anyhow::Result<(PathBuf, strata_unionfs::MountGuard)> {
+/// A stopped container's union mounted for one copy in the store's tmp/: unmounted, and
+/// its mount point removed, when dropped.
+struct CopyMount {
+    guard: Option<strata_unionfs::MountGuard>,
+    point: PathBuf,
+}
+
+impl Drop for CopyMount {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let _ = std::fs::remove_dir(&self.point);
+    }
+}
+
+/// A stopped container's file system: where `strata mount` has it (a second union over
+/// its upper would not see what the first caches), else its union mounted in the store's
+/// tmp/ for the copy.
+fn mount(store: &Store, container: &Container) -> anyhow::Result<(PathBuf, Option<CopyMount>)> {
+    if let Some(at) = super::mount::user_mount(container)? {
+        return Ok((at, None));
+    }
     let image_id = container
         .state
         .image_id
@@ -949,7 +964,13 @@ fn mount(
         flags: Default::default(),
         id_shift: None,
     };
-    let guard = strata_unionfs::mount(&spec, Driver::Auto)
-        .with_context(|| format!("failed to mount container {}", container.id))?;
-    Ok((point, guard))
+    let guard = strata_unionfs::mount(&spec, Driver::Auto).with_context(|| {
+        let _ = std::fs::remove_dir(&point);
+        format!("failed to mount container {}", container.id)
+    })?;
+    let mounted = CopyMount {
+        guard: Some(guard),
+        point: point.clone(),
+    };
+    Ok((point, Some(mounted)))
 }

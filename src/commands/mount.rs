@@ -154,6 +154,31 @@ fn mount_store(
     result.map(|()| ExitCode::SUCCESS)
 }
 
+/// Where `strata mount` has the container mounted now, if it has.
+pub(crate) fn user_mount(container: &strata_store::Container) -> anyhow::Result<Option<PathBuf>> {
+    match &container.state.mounted_at {
+        Some(at) if *at != container.rootfs_dir() && strata_unionfs::mount_type(at)?.is_some() => {
+            Ok(Some(at.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Fails while `strata mount` has the container mounted: two unions over one upper would
+/// each cache what the other changes under it, and the container's end would forget the
+/// user's mount (and `rm` then delete its upper under it).
+pub(crate) fn refuse_if_mounted(container: &strata_store::Container) -> anyhow::Result<()> {
+    if let Some(at) = user_mount(container)? {
+        bail!(
+            "container {} is mounted at {}; unmount it first (strata umount {})",
+            container.id,
+            at.display(),
+            at.display()
+        );
+    }
+    Ok(())
+}
+
 /// Mounts `container` (its image's layers under its upper) at `target`; `live` is set
 /// once the mount is up.
 fn mount_container(
@@ -167,16 +192,14 @@ fn mount_container(
         .state
         .image_id
         .with_context(|| format!("container {} has no image to mount", container.id))?;
-    // Two mounts over one upper would each cache what the other changes under it.
-    if let Some(at) = &container.state.mounted_at
-        && strata_unionfs::mount_type(at)?.is_some()
-    {
+    if super::run::is_running(&container) {
         bail!(
-            "container {} is already mounted at {}; unmount it first",
+            "container {} is running: its file system is at {}",
             container.id,
-            at.display()
+            container.rootfs_dir().display()
         );
     }
+    refuse_if_mounted(&container)?;
     let image = store.resolve(&image_id.to_string())?;
     let lowers = store.layer_dirs(&image)?;
     if lowers.is_empty() {

@@ -606,6 +606,7 @@ fn mount_and_run(
     echo: bool,
 ) -> anyhow::Result<i32> {
     let driver: Driver = config.driver.parse()?;
+    super::mount::refuse_if_mounted(&container)?;
     let (etc_files, init_layer) =
         etc::prepare(&container.dir, &lowers, &config.network, &config.hostname)?;
     lowers.insert(0, init_layer);

@@ -226,7 +226,7 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
     let out = store.strata(&["mount", &id, other.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("is already mounted at"), "{stderr}");
+    assert!(stderr.contains("is mounted at"), "{stderr}");
     assert_eq!(mount_type(&other), None);
     store.ok(&["umount", mnt.to_str().unwrap()]);
     // The same container under kernel overlayfs shows what the FUSE mount wrote.
@@ -250,6 +250,55 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
     )
     .unwrap();
     assert!(state["mounted_at"].is_null());
+}
+
+/// A container `strata mount` has mounted is not run again over a second union (its end
+/// would forget the user's mount, and `rm` then delete the upper under it); `cp` goes
+/// through the user's mount, so both see the same files; no `cp` leaves its mount point.
+#[test]
+fn a_mounted_container_is_not_started_and_cp_uses_its_mount() {
+    let store = TestStore::new();
+    store.import_busybox("busybox");
+    store.ok(&[
+        "run",
+        "--name",
+        "kept",
+        "busybox",
+        "sh",
+        "-c",
+        "echo data > /important",
+    ]);
+    let mnt = store.root().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let m = mnt.to_str().unwrap();
+    store.ok(&["mount", "kept", m]);
+    fs::write(mnt.join("precious"), "precious\n").unwrap();
+    for args in [
+        vec!["start", "-a", "kept"],
+        vec!["restart", "kept"],
+        vec!["rm", "kept"],
+    ] {
+        let out = store.strata(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} went through");
+        assert!(stderr.contains("mounted at"), "{args:?}: {stderr}");
+    }
+    let src = store.root().join("src.txt");
+    fs::write(&src, "via cp\n").unwrap();
+    store.ok(&["cp", src.to_str().unwrap(), "kept:/tmp/viacp"]);
+    assert_eq!(fs::read(mnt.join("tmp/viacp")).unwrap(), b"via cp\n");
+    let back = store.root().join("back.txt");
+    store.ok(&["cp", "kept:/precious", back.to_str().unwrap()]);
+    assert_eq!(fs::read(&back).unwrap(), b"precious\n");
+    store.ok(&["umount", m]);
+    store.ok(&["cp", src.to_str().unwrap(), "kept:/tmp/second"]);
+    let left: Vec<_> = fs::read_dir(store.root().join("tmp"))
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "cp left {left:?} in tmp/");
+    let out = store.ok(&["start", "-a", "kept"]);
+    assert_eq!(out, "", "{out}");
+    store.ok(&["rm", "kept"]);
 }
 
 /// A FUSE mount of `b` whose daemon is killed, as a crash leaves it.
