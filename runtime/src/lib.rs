@@ -153,6 +153,11 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     process::spawn(spec)
 }
 
+/// Whether the kernel has OOM-killed a process of cgroup `name` (its memory limit).
+pub fn oom_killed(name: &str) -> bool {
+    cgroup::oom_kills(name) > 0
+}
+
 /// Removes cgroup `name` from every hierarchy (killing what is left in it).
 pub fn remove_cgroup(name: &str) -> Result<()> {
     cgroup::remove(name)

@@ -64,9 +64,15 @@ pub struct RunConfig {
 impl RunConfig {
     /// The run options `container` was made with (`run` records them; `mount` does not).
     pub fn of(container: &Container) -> anyhow::Result<RunConfig> {
+        if container.state.config.is_null() {
+            bail!(
+                "container {} was made by mount, not run: it has no command to start",
+                container.state.name
+            );
+        }
         serde_json::from_value(container.state.config.clone()).with_context(|| {
             format!(
-                "container {} was made by mount, not run: it has no run options",
+                "container {}: its run options cannot be read",
                 container.state.name
             )
         })
@@ -664,6 +670,7 @@ fn mount_and_run(
     container.state.driver = Some(guard.driver().to_string());
     container.state.mounted_at = Some(spec.target.clone());
     container.state.exit_code = None;
+    container.state.oom_killed = false;
 
     let log = container.log_path();
     let (capture, output) = logging::Capture::start(&log, echo)
@@ -746,6 +753,7 @@ fn mount_and_run(
     container.state.status = Status::Exited;
     container.state.finished = Some(time::now_rfc3339_nanos());
     container.state.exit_code = Some(*result.as_ref().unwrap_or(&125));
+    container.state.oom_killed = strata_runtime::oom_killed(&cgroup_name(&container.id));
     // The exit status (and any OOM kill) has been read: like runc's delete, drop the
     // cgroup now instead of leaving one per exited container (`rm` removes it too). Before
     // the exit is recorded: a `start` that follows it makes a cgroup of the same name.
@@ -831,6 +839,10 @@ pub fn sweep_abandoned(store: &Store) {
                     false
                 }
             });
+        // (its cgroup too, which the runner would have removed at the exit)
+        if unmounted && let Err(err) = strata_runtime::remove_cgroup(&cgroup_name(&container.id)) {
+            eprintln!("warning: {err}");
+        }
         if unmounted && let Err(err) = store.remove_container(&container) {
             eprintln!(
                 "warning: failed to remove container {} (run --rm, left behind): {err}",

@@ -38,8 +38,16 @@ pub fn run(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
 pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result<i32> {
     let store = Store::open(&globals.root)?;
     let mut container = store.container(reference)?;
+    // as docker's: starting a running container changes nothing
+    if is_running(&container) && !attach {
+        return Ok(0);
+    }
     if is_running(&container) {
-        bail!("container {} is already running", container.state.name);
+        bail!(
+            "container {} is already running (strata logs -f {} follows it)",
+            container.state.name,
+            container.state.name
+        );
     }
     let config = RunConfig::of(&container)?;
     let image_id = container

@@ -56,6 +56,9 @@ pub struct ContainerState {
     pub command: Vec<String>,
     pub status: Status,
     pub exit_code: Option<i32>,
+    /// Its last run ended with an OOM kill (docker's `State.OOMKilled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
     /// RFC 3339, UTC.
     pub created: String,
     /// When its command last started and ended (RFC 3339, UTC), for `ps`.
@@ -226,6 +229,7 @@ impl Store {
                 command: Vec::new(),
                 status: Status::Created,
                 exit_code: None,
+                oom_killed: false,
                 created: time::now_rfc3339_nanos(),
                 started: None,
                 finished: None,

@@ -675,7 +675,8 @@ fn memory_limit_oom_kills_and_exits_137() {
     let store = store_with_busybox();
     let out = store.strata(&[
         "run",
-        "--rm",
+        "--name",
+        "oom",
         "--memory",
         "64m",
         "busybox",
@@ -683,6 +684,14 @@ fn memory_limit_oom_kills_and_exits_137() {
         "/dev/zero",
     ]);
     assert_eq!(code(&out), 137, "{}", text(&out.stderr));
+    // docker's State.OOMKilled, kept after the cgroup is gone, and reset by a new start
+    let state = "{{.State.ExitCode}} {{.State.OOMKilled}}";
+    assert_eq!(store.ok(&["inspect", "-f", state, "oom"]), "137 true\n");
+    store.ok(&[
+        "run", "--name", "fine", "--memory", "64m", "busybox", "true",
+    ]);
+    assert_eq!(store.ok(&["inspect", "-f", state, "fine"]), "0 false\n");
+    store.ok(&["rm", "oom", "fine"]);
     let out = store.strata(&[
         "run",
         "--rm",
@@ -1371,10 +1380,18 @@ fn start_runs_an_exited_container_again() {
     assert_eq!(store.ok(&["logs", "again"]), "2\n4\n6\n");
     store.ok(&["run", "-d", "--name", "busy", "busybox", "sleep", "60"]);
     wait_status(&store, "busy", "running");
+    // docker's: starting a running container changes nothing; attaching is refused
+    assert_eq!(store.ok(&["start", "busy"]), "busy\n");
     assert_eq!(
-        code(&store.strata(&["start", "busy"])),
-        1,
-        "already running"
+        store.ok(&["inspect", "-f", "{{.State.Status}}", "busy"]),
+        "running\n"
+    );
+    let out = store.strata(&["start", "-a", "busy"]);
+    assert_ne!(code(&out), 0, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("already running"),
+        "{}",
+        text(&out.stderr)
     );
     store.ok(&["rm", "-f", "busy", "again"]);
 }
