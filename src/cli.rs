@@ -524,6 +524,9 @@ pub struct ProcessArgs {
     /// Set an environment variable (K=V, or K to copy it from here)
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Read environment variables from a file: a K=V or K per line, `#` comments (before -e)
+    #[arg(long = "env-file", value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
     /// Working directory inside the container (exec: default the container's)
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<String>,

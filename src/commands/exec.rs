@@ -40,7 +40,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
     let spec = strata_runtime::ExecSpec {
         pid,
         args: command.to_vec(),
-        env: merge_env(&config.env, &args.process.env),
+        env: merge_env(&config.env, &super::run::env_args(&args.process)?),
         cwd: args.process.workdir.clone().unwrap_or(config.cwd),
         user: args.process.user.clone().unwrap_or(config.user),
         hostname: Some(config.hostname),

@@ -205,6 +205,34 @@ fn cpu_list(text: &str) -> Option<Vec<u32>> {
     Some(cpus)
 }
 
+/// The `--env-file` entries, then the `-e` ones (which win), as docker takes them: a file
+/// has `K=V` (the value as written) or `K` (copied from here) per line; blank lines and
+/// lines starting with `#` are skipped.
+pub(crate) fn env_args(process: &crate::cli::ProcessArgs) -> anyhow::Result<Vec<String>> {
+    let mut env = Vec::new();
+    for file in &process.env_file {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("failed to read --env-file {}", file.display()))?;
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim_start();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let key = line.split('=').next().unwrap_or_default();
+            if key.is_empty() || key.contains(char::is_whitespace) {
+                bail!(
+                    "{}:{}: bad variable name {key:?}",
+                    file.display(),
+                    number + 1
+                );
+            }
+            env.push(line.to_string());
+        }
+    }
+    env.extend(process.env.iter().cloned());
+    Ok(env)
+}
+
 pub(crate) fn merge_env(base: &[String], overrides: &[String]) -> Vec<String> {
     let mut env: Vec<String> = base.to_vec();
     for pair in overrides {
@@ -336,7 +364,7 @@ fn config_for(
         args: full,
         env: merge_env(
             &image_config.env().clone().unwrap_or_default(),
-            &args.process.env,
+            &env_args(&args.process)?,
         ),
         cwd: args
             .process

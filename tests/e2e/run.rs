@@ -178,6 +178,45 @@ fn env_user_workdir_from_flags_and_image() {
         "echo $GREETING; pwd; id -u",
     ]);
     assert_eq!(out, "bye\n/tmp\n1\n");
+    // --env-file: K=V as written, K copied from here, comments and blank lines skipped;
+    // -e wins over it
+    let file = store.root().join("app.env");
+    std::fs::write(
+        &file,
+        "# settings\nGREETING=from file\n\nQUOTED=\"kept\" as is\nHOME_COPY\nLAST=1\n",
+    )
+    .unwrap();
+    let env_file = file.to_str().unwrap();
+    let out = store.ok_env(
+        &[
+            "run",
+            "--rm",
+            "--env-file",
+            env_file,
+            "-e",
+            "LAST=2",
+            "configured:1",
+            "sh",
+            "-c",
+            "echo $GREETING; echo $QUOTED; echo $HOME_COPY; echo $LAST",
+        ],
+        &[("HOME_COPY", "copied")],
+    );
+    assert_eq!(out, "from file\n\"kept\" as is\ncopied\n2\n");
+    std::fs::write(&file, "BAD NAME=1\n").unwrap();
+    let out = store.strata(&[
+        "run",
+        "--rm",
+        "--env-file",
+        env_file,
+        "configured:1",
+        "true",
+    ]);
+    assert!(
+        text(&out.stderr).contains("app.env:1: bad variable name"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
