@@ -1,8 +1,9 @@
-//! `strata commit [-m MSG] [--change INSTR]... CONTAINER [NAME[:TAG]]`: a new image =
-//! the container's image layers + one layer made from its upper (whiteouts become `.wh.`
-//! entries, opaque dirs `.wh..wh..opq`), the config changed by `--change` (Dockerfile
-//! syntax), and a history entry. A container without changes (and no --change or -m)
-//! adds nothing: the result is its image itself.
+//! `strata commit [-m MSG] [--change INSTR]... CONTAINER [NAME[:TAG]]`: a new image, as
+//! docker's commit makes one: the container's image layers + one layer made from its
+//! upper (whiteouts become `.wh.` entries, opaque dirs `.wh..wh..opq`; none when nothing
+//! changed), the config the container ran with (its command, environment, working
+//! directory and user over the image's), changed by `--change` (Dockerfile syntax), and a
+//! history entry.
 
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use strata_store::{Store, oci, time};
 use crate::cli::CommitArgs;
 use crate::commands::Globals;
 use crate::commands::diff::container_changes;
+use crate::commands::run::RunConfig;
 
 /// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
 fn command_form(text: &str) -> Vec<String> {
@@ -153,14 +155,6 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     let names: Vec<String> = args.name.iter().cloned().collect();
     let changes = container_changes(&store, &container.id)?;
 
-    if changes.is_empty() && args.changes.is_empty() && args.message.is_none() {
-        for name in &names {
-            store.tag(&image, name)?;
-        }
-        println!("{}", image.id);
-        return Ok(ExitCode::SUCCESS);
-    }
-
     let mut config = image.config.clone();
     let mut layers = image.manifest.layers().clone();
     if !changes.is_empty() {
@@ -179,6 +173,17 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
             .push(blob.diff_id.to_string());
     }
     let mut runtime_config = config.config().clone().unwrap_or_default();
+    // What the container ran with (a container `mount` made has no run options)
+    if let Ok(run) = RunConfig::of(&container) {
+        let some = |list: Vec<String>| (!list.is_empty()).then_some(list);
+        runtime_config.set_env(some(run.env));
+        runtime_config.set_working_dir((!run.cwd.is_empty()).then_some(run.cwd));
+        runtime_config.set_user((!run.user.is_empty()).then_some(run.user));
+        if !run.entrypoint.is_empty() || !run.cmd.is_empty() {
+            runtime_config.set_entrypoint(some(run.entrypoint));
+            runtime_config.set_cmd(some(run.cmd));
+        }
+    }
     let mut applied = Vec::new();
     for change in &args.changes {
         applied.push(apply_change(&mut runtime_config, change)?);

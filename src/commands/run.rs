@@ -28,6 +28,12 @@ use crate::commands::Globals;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {
     pub args: Vec<String>,
+    /// The entrypoint and command `args` is made of (docker's Config.Entrypoint and Cmd,
+    /// which `commit` gives the new image); empty in records made before they were kept.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
     pub user: String,
@@ -308,7 +314,7 @@ fn config_for(
     } else {
         args.command().to_vec()
     };
-    let full: Vec<String> = entrypoint.into_iter().chain(command).collect();
+    let full: Vec<String> = entrypoint.iter().chain(&command).cloned().collect();
     if full.is_empty() {
         bail!(
             "no command specified: image {} has no entrypoint or cmd",
@@ -362,6 +368,8 @@ fn config_for(
     }
     Ok(RunConfig {
         args: full,
+        entrypoint,
+        cmd: command,
         env: merge_env(
             &image_config.env().clone().unwrap_or_default(),
             &env_args(&args.process)?,

@@ -854,11 +854,40 @@ fn commit_then_run_shows_the_change_and_the_deletion() {
             store.ok(&["diff", &name])
         );
 
-        // A container of the new image that changes nothing commits to the same image.
+        // A container that changes nothing still commits to a new image (no new layer),
+        // which takes the command, environment and working directory it ran with.
         let idle = format!("idle-{driver}");
-        store.ok(&["run", "--name", &idle, "--driver", driver, &tag, "true"]);
+        store.ok(&[
+            "run",
+            "--name",
+            &idle,
+            "--driver",
+            driver,
+            "-e",
+            "MODE=idle",
+            "-w",
+            "/tmp",
+            &tag,
+            "true",
+        ]);
         assert_eq!(store.ok(&["diff", &idle]), "");
-        assert_eq!(store.ok(&["commit", &idle, &format!("again:{driver}")]), id);
+        let again = format!("again:{driver}");
+        let new_id = store.ok(&["commit", &idle, &again]);
+        assert_ne!(new_id, id);
+        let shown = store.ok(&[
+            "inspect",
+            "-f",
+            "{{json .Config.Cmd}} {{.Config.WorkingDir}} {{len .RootFS.Layers}}",
+            &again,
+        ]);
+        let layers = store.ok(&["inspect", "-f", "{{len .RootFS.Layers}}", &tag]);
+        assert_eq!(shown, format!("[\"true\"] /tmp {layers}"));
+        let env = store.ok(&["inspect", "-f", "{{json .Config.Env}}", &again]);
+        assert!(env.contains("MODE=idle"), "{env}");
+        assert_eq!(
+            store.ok(&["run", "--rm", &again, "sh", "-c", "echo $MODE; pwd"]),
+            "idle\n/tmp\n"
+        );
     }
 }
 
