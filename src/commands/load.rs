@@ -15,14 +15,20 @@ pub fn run(globals: &Globals, args: LoadArgs) -> anyhow::Result<ExitCode> {
         Some(path) if path != Path::new("-") => strata_store::archive::load(&store, path)?,
         _ => strata_store::archive::load_from(&store, std::io::stdin().lock(), Path::new("stdin"))?,
     };
+    // docker's lines: one per name loaded, and the id of an image loaded without one (the
+    // store answers once per archive entry, with the image's names so far).
+    let mut shown = std::collections::BTreeSet::new();
     for image in images {
-        match image.names.is_empty() {
-            true => println!("Loaded image: {}", image.id),
-            false => println!(
-                "Loaded image: {} ({})",
-                image.names.join(", "),
-                image.id.short()
-            ),
+        if image.names.is_empty() {
+            if shown.insert(image.id.to_string()) {
+                println!("Loaded image ID: {}", image.id);
+            }
+            continue;
+        }
+        for name in &image.names {
+            if shown.insert(name.clone()) {
+                println!("Loaded image: {name}");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
