@@ -148,6 +148,12 @@ fn clean_target(target: &str) -> anyhow::Result<String> {
     if parts.is_empty() {
         bail!("cannot mount over /");
     }
+    // the container's own /proc and /dev are made by the runtime (runc refuses /proc too)
+    match parts[..] {
+        ["proc", ..] => bail!("cannot mount on {target}: the container's /proc is its own"),
+        ["dev"] => bail!("cannot mount over /dev: the container's devices are there"),
+        _ => {}
+    }
     Ok(format!("/{}", parts.join("/")))
 }
 
@@ -315,6 +321,9 @@ mod tests {
             (&["/nonexistent-strata:/x"][..], "/nonexistent-strata"),
             (&["./h:rel"][..], "not an absolute path"),
             (&["./h:/"][..], "cannot mount over /"),
+            (&["./h:/proc"][..], "the container's /proc is its own"),
+            (&["./h:/proc/sys/x"][..], "the container's /proc is its own"),
+            (&["./h:/dev/"][..], "cannot mount over /dev"),
             (&["./h:/x:bogus"][..], "unknown option \"bogus\""),
             (&["./h:/x", "/x"][..], "duplicate mount point /x"),
             (&["a:b:c:d"][..], "HOST-PATH:DIR"),
