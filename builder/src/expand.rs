@@ -23,8 +23,7 @@ struct Scan<'a, 'e> {
     index: usize,
     len: usize,
     escape: char,
-    /// A heredoc's body (BuildKit's RawQuotes and RawEscapes): quotes are plain characters
-    /// and an escape stays, with the character after it taken literally.
+    /// A heredoc's body (BuildKit's SkipProcessQuotes): quotes are plain characters.
     raw: bool,
     env: &'e dyn Fn(&str) -> Option<String>,
     _text: &'a str,
@@ -44,9 +43,9 @@ impl Lexer {
         self.scan(text, env, false).process(None)
     }
 
-    /// Expands the body of a heredoc whose delimiter is not quoted, as BuildKit does: only
-    /// variables; quotes stay as written (`'$V'` expands) and so do escapes (`\$V` stays
-    /// `\$V`).
+    /// Expands the body of a heredoc whose delimiter is not quoted, as BuildKit does (its
+    /// ExpandRaw): variables expand, quotes stay as written (`'$V'` expands), and the
+    /// escape makes the next character literal (`\\$V` gives `$V`).
     pub fn heredoc(
         &self,
         text: &str,
@@ -115,9 +114,6 @@ impl Scan<'_, '_> {
                 _ => {
                     self.next();
                     if c == self.escape {
-                        if self.raw {
-                            out.push(c);
-                        }
                         match self.next() {
                             Some(escaped) => out.push(escaped),
                             None => break,
@@ -310,8 +306,8 @@ impl Scan<'_, '_> {
                 return Ok((out, c));
             }
             match c {
-                '\'' => push_literal(&mut out, &self.single_quote()?),
-                '"' => push_literal(&mut out, &self.double_quote()?),
+                '\'' if !self.raw => push_literal(&mut out, &self.single_quote()?),
+                '"' if !self.raw => push_literal(&mut out, &self.double_quote()?),
                 '$' => out.push_str(&self.dollar()?),
                 _ => {
                     self.next();

@@ -154,9 +154,9 @@ pub fn host_platform() -> String {
     format!("linux/{}", host_arch())
 }
 
-/// Automatic platform args (BuildKit's), available when declared.
-/// The args BuildKit defines for every build.
-const AUTOMATIC_ARGS: [&str; 8] = [
+/// The args BuildKit defines for every build: in the global scope (FROM lines) as they
+/// are, in a stage once declared.
+pub(crate) const AUTOMATIC_ARGS: [&str; 8] = [
     "TARGETPLATFORM",
     "TARGETOS",
     "TARGETARCH",
@@ -167,6 +167,7 @@ const AUTOMATIC_ARGS: [&str; 8] = [
     "BUILDVARIANT",
 ];
 
+/// The value of automatic platform arg `name`.
 fn automatic_arg(name: &str) -> Option<String> {
     let arch = host_arch();
     match name {
@@ -530,10 +531,10 @@ impl Buildfile {
         })
     }
 
-    /// Heredoc bodies expand `$V` and `${V...}` but keep quotes and escapes (they are file
-    /// content), as BuildKit's do.
+    /// Heredoc bodies expand `$V` and `${V...}` but keep quotes (they are file content), as
+    /// BuildKit's do; their escape is always `\\`, whatever `# escape=` says.
     fn expand_heredoc(&self, step: &Step, content: &str, scope: &Scope) -> Result<String> {
-        self.lexer()
+        Lexer::new('\\')
             .heredoc(content, &|name| scope.lookup(name))
             .map_err(|e| Error::syntax(&self.file, step.pos, format!("heredoc: {}", e.message)))
     }

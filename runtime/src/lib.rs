@@ -96,6 +96,10 @@ pub struct Spec {
     /// its processes) instead of being forwarded, and `run` then fails with
     /// [`Error::Interrupted`]: a build's RUN is cancelled, as docker build's is.
     pub kill_on_signal: bool,
+    /// With `kill_on_signal`: a stopping signal the caller's own handlers caught before
+    /// `run` took the signals over (its number; 0 for none). Checked once they are taken
+    /// over: the container is then not started, and `run` fails with `Interrupted`.
+    pub cancelled: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     /// Set no_new_privs (docker's `--security-opt no-new-privileges`); off by default.
     pub no_new_privileges: bool,
     /// The root is read-only (`run --read-only`); mounts on it keep their own flags.
@@ -121,6 +125,14 @@ pub fn run_observed(spec: Spec, started: impl FnOnce(&Child)) -> Result<i32> {
     // Catch before the container starts: it may be signalled as soon as it runs.
     let forwarding = signals::catch(spec.kill_on_signal)
         .map_err(|err| Error::io("failed to install", "signal handlers", err))?;
+    if let Some(signal) = spec
+        .cancelled
+        .as_ref()
+        .map(|c| c.load(std::sync::atomic::Ordering::SeqCst))
+        && signal != 0
+    {
+        return Err(Error::Interrupted(signal as i32));
+    }
     let child = spawn(spec)?;
     forwarding.attach(child.pid, child.pty_master());
     started(&child);

@@ -636,3 +636,22 @@ fn block_devices_cannot_be_opened() {
         assert!(err.contains("Operation not permitted"), "{err}");
     }
 }
+
+/// With `kill_on_signal`, a stopping signal the caller caught before `run` took the
+/// signals over (a build's ^C while its RUN was being set up) keeps the container from
+/// starting at all.
+#[test]
+fn a_signal_caught_before_run_keeps_the_container_from_starting() {
+    let rootfs = Rootfs::new();
+    let marker = rootfs.path().join("started");
+    let mut spec = rootfs.spec(&["sh", "-c", "touch /started"]);
+    spec.kill_on_signal = true;
+    spec.cancelled = Some(std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(
+        libc::SIGINT as usize,
+    )));
+    match strata_runtime::run(spec) {
+        Err(strata_runtime::Error::Interrupted(signal)) => assert_eq!(signal, libc::SIGINT),
+        other => panic!("expected Interrupted, got {other:?}"),
+    }
+    assert!(!marker.exists(), "the container ran");
+}

@@ -166,11 +166,12 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     opts.images = Some(Arc::new(PullingImages {
         insecure: args.insecure,
     }));
+    let again = cancel_on_signals(&opts.cancel)?;
     let executor = UnionExecutor {
         driver,
         cancel: opts.cancel.clone(),
+        again,
     };
-    cancel_on_signals(&opts.cancel)?;
     let started = std::time::Instant::now();
     let image = match build(&store, &executor, &opts) {
         Ok(image) => image,
@@ -211,13 +212,14 @@ pub fn run(globals: &Globals, args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// SIGINT, SIGTERM and SIGHUP cancel the build, as ^C cancels `docker build`: a RUN under
-/// way is killed (see `UnionExecutor`), no further step starts, and the build undoes its
-/// mounts and temp dirs before strata ends. A second one ends strata at once.
-fn cancel_on_signals(cancel: &Arc<AtomicUsize>) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT cancel the build, as ^C cancels `docker build`: a
+/// RUN under way is killed (see `UnionExecutor`), no further step starts, and the build
+/// undoes its mounts and temp dirs before strata ends. A second one ends strata at once
+/// (the returned flag is set once one came).
+fn cancel_on_signals(cancel: &Arc<AtomicUsize>) -> anyhow::Result<Arc<AtomicBool>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
     let again = Arc::new(AtomicBool::new(false));
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
+    for signal in [SIGINT, SIGTERM, SIGHUP, SIGQUIT] {
         signal_hook::flag::register_conditional_default(signal, again.clone())
             .and_then(|_| signal_hook::flag::register(signal, again.clone()))
             .and_then(|_| {
@@ -225,7 +227,7 @@ fn cancel_on_signals(cancel: &Arc<AtomicUsize>) -> anyhow::Result<()> {
             })
             .context("failed to install the build's signal handlers")?;
     }
-    Ok(())
+    Ok(again)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -343,6 +345,8 @@ struct UnionExecutor {
     driver: Driver,
     /// The build's `BuildOptions::cancel`: set when a signal kills a RUN.
     cancel: Arc<AtomicUsize>,
+    /// Set with it: the next signal ends strata at once (see `cancel_on_signals`).
+    again: Arc<AtomicBool>,
 }
 
 /// Undoes the extra mounts of one RUN, innermost first, on every exit path.
@@ -445,6 +449,11 @@ const RUN_HOSTNAME: &str = "buildkitsandbox";
 
 impl Executor for UnionExecutor {
     fn run(&self, request: RunRequest<'_>) -> strata_builder::Result<i32> {
+        // a signal since the step began: nothing to mount
+        match self.cancel.load(Ordering::SeqCst) {
+            0 => {}
+            signal => return Err(strata_builder::Error::Cancelled(signal as i32)),
+        }
         let target = request.upper.with_extension("rootfs");
         fs::create_dir_all(&target)
             .map_err(|e| builder_error(&format!("failed to create {}", target.display()), e))?;
@@ -609,11 +618,13 @@ impl Executor for UnionExecutor {
                 // a killed build takes its RUN with it, and a signal cancels it
                 die_with_parent: true,
                 kill_on_signal: true,
+                cancelled: Some(self.cancel.clone()),
                 ..Default::default()
             };
             let status = match strata_runtime::run(spec) {
                 Err(strata_runtime::Error::Interrupted(signal)) => {
                     self.cancel.store(signal as usize, Ordering::SeqCst);
+                    self.again.store(true, Ordering::SeqCst);
                     Err(strata_builder::Error::Cancelled(signal))
                 }
                 status => status.map_err(|e| builder_error("failed to start the RUN command", e)),

@@ -219,6 +219,8 @@ pub(crate) fn env_args(process: &crate::cli::ProcessArgs) -> anyhow::Result<Vec<
     for file in &process.env_file {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("failed to read --env-file {}", file.display()))?;
+        // a byte order mark (Windows editors write one) is not part of the first name
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         for (number, line) in text.lines().enumerate() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
@@ -741,6 +743,7 @@ fn mount_and_run(
         die_with_parent: false,
         // docker run forwards them (sig-proxy)
         kill_on_signal: false,
+        cancelled: None,
         no_new_privileges: config.no_new_privileges,
         read_only: config.read_only,
         stdin,

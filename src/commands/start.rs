@@ -50,6 +50,8 @@ pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> any
         );
     }
     let config = RunConfig::of(&container)?;
+    // before the state is reset: a refused start leaves the last exit as it was
+    super::mount::refuse_if_mounted(&container)?;
     let image_id = container
         .state
         .image_id

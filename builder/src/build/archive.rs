@@ -130,8 +130,8 @@ pub(crate) struct Download {
     pub path: PathBuf,
     /// sha256 of the content (hex).
     pub hash: String,
-    /// Its name in a directory: the response's Content-Disposition filename, else the last
-    /// segment of the URL's path, else `download` (BuildKit's rule).
+    /// Its name in a directory: the URL path's last segment, else `__unnamed__` (the
+    /// Dockerfile frontend's rule: it never asks the response).
     pub name: String,
 }
 
@@ -156,9 +156,7 @@ pub(crate) fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
-    let name = header("content-disposition")
-        .and_then(|value| disposition_filename(&value))
-        .unwrap_or_else(|| url_file_name(url));
+    let name = url_file_name(url);
     let modified = header("last-modified").and_then(|value| httpdate::parse_http_date(&value).ok());
     let path = store.tmp_path("add-download");
     let mut hasher = Sha256::new();
@@ -218,35 +216,16 @@ fn timespec(time: std::time::SystemTime) -> rustix::fs::Timespec {
     }
 }
 
-/// The last segment of a URL's path (no query or fragment), else `download`.
+/// The last segment of a URL's path (no query or fragment; Go's `path.Base`, which
+/// skips trailing slashes), else `__unnamed__`.
 fn url_file_name(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let path = rest.split(['?', '#']).next().unwrap_or("");
     let path = path.split_once('/').map_or("", |(_, path)| path);
-    match path.rsplit('/').next() {
-        Some(name) if !name.is_empty() && name != "." && name != ".." => name.to_string(),
-        _ => "download".to_string(),
+    match path.split('/').rfind(|s| !s.is_empty()) {
+        Some(name) if name != "." && name != ".." => name.to_string(),
+        _ => "__unnamed__".to_string(),
     }
-}
-
-/// The `filename` of a Content-Disposition header (`attachment; filename="x.tgz"`), as a
-/// base name; None if it has none or names a directory.
-fn disposition_filename(value: &str) -> Option<String> {
-    let param = value.split(';').skip(1).find_map(|part| {
-        let (key, value) = part.split_once('=')?;
-        key.trim()
-            .eq_ignore_ascii_case("filename")
-            .then(|| value.trim())
-    })?;
-    let name = param
-        .strip_prefix('"')
-        .and_then(|p| p.strip_suffix('"'))
-        .unwrap_or(param);
-    if name.ends_with('/') {
-        return None;
-    }
-    let base = name.rsplit(['/', '\\']).next()?;
-    (!base.is_empty() && base != "." && base != "..").then(|| base.to_string())
 }
 
 #[cfg(test)]
@@ -254,24 +233,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn download_names_follow_buildkit() {
+    fn download_names_follow_the_dockerfile_frontend() {
         for (url, name) in [
             ("http://h:8/a/b.tgz", "b.tgz"),
             ("http://h:8/a/b.tgz?x=1#f", "b.tgz"),
-            ("http://h:8/", "download"),
-            ("http://h:8", "download"),
-            ("https://h/dir/", "download"),
+            ("https://h/dir/", "dir"),
+            ("https://codeload.example/o/r/tar.gz/refs/tags/v1", "v1"),
+            ("http://h:8/", "__unnamed__"),
+            ("http://h:8", "__unnamed__"),
         ] {
             assert_eq!(url_file_name(url), name, "{url}");
-        }
-        for (header, name) in [
-            ("attachment; filename=\"x.tgz\"", Some("x.tgz")),
-            ("attachment; FILENAME=y.txt", Some("y.txt")),
-            ("attachment; filename=\"../../etc/z\"", Some("z")),
-            ("attachment; filename=\"dir/\"", None),
-            ("inline", None),
-        ] {
-            assert_eq!(disposition_filename(header).as_deref(), name, "{header}");
         }
     }
 

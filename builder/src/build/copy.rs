@@ -87,13 +87,15 @@ pub(crate) fn resolve(
             }
             Source::Path(pattern) => pattern,
         };
-        let git = pattern.starts_with("git://")
-            || pattern.starts_with("git@")
-            || (super::is_url(pattern)
-                && pattern
-                    .split('#')
-                    .next()
-                    .is_some_and(|u| u.ends_with(".git")));
+        // (COPY takes such a name for a file of the context)
+        let git = add
+            && (pattern.starts_with("git://")
+                || pattern.starts_with("git@")
+                || (super::is_url(pattern)
+                    && pattern
+                        .split('#')
+                        .next()
+                        .is_some_and(|u| u.ends_with(".git"))));
         if git {
             return Err(Error::syntax(
                 &file,

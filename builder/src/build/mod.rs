@@ -245,6 +245,7 @@ pub fn build(store: &Store, executor: &dyn Executor, opts: &BuildOptions) -> Res
         .filter(|key| {
             !declared.contains(key)
                 && !step::PROXY_ARGS.contains(key)
+                && !crate::stages::AUTOMATIC_ARGS.contains(key)
                 && *key != "SOURCE_DATE_EPOCH"
         })
         .collect();

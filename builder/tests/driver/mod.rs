@@ -682,7 +682,8 @@ fn add_url_checks_its_checksum() {
     assert_eq!(fs::read(&path).unwrap(), b"downloaded bytes\n");
     assert_eq!(mode(&path), 0o600, "downloads are 0600, as Docker");
     let wrong = strata_store::Digest::of(b"other");
-    // a URL without a file name is named `download`; Last-Modified dates the file
+    // a URL without a file name is named `__unnamed__`, as the Dockerfile frontend names
+    // it (which never asks for Content-Disposition); Last-Modified dates the file
     let dated = serve_with("Last-Modified: Sat, 03 Feb 2001 04:05:06 GMT\r\n", b"d\n");
     let named = serve_with(
         "Content-Disposition: attachment; filename=\"n.txt\"\r\n",
@@ -694,10 +695,14 @@ fn add_url_checks_its_checksum() {
         ))
         .unwrap();
     let tree = fx.tree(&image);
-    let (path, meta) = tree.lookup("d/download").unwrap();
+    let (path, meta) = tree.lookup("d/__unnamed__").unwrap();
     assert_eq!(fs::read(&path).unwrap(), b"d\n");
     assert_eq!(meta.mtime(), 981173106, "Last-Modified");
-    assert_eq!(tree.read("n/n.txt").unwrap(), b"n\n", "Content-Disposition");
+    assert_eq!(
+        tree.read("n/get").unwrap(),
+        b"n\n",
+        "the URL's name, not the header's"
+    );
     fx.fails(
         "FROM base\nADD git://127.0.0.1:1/repo#v1 /src\n",
         "Buildfile:2:",

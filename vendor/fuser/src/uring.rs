@@ -282,6 +282,9 @@ std::thread_local! {
         const { std::cell::RefCell::new(None) };
     /// How deep in [`blocking`] sections this thread is: only the outermost counts.
     static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// The ring thread's window, for [`blocking`] (see `KeepCpu::before_long_section`).
+    static WINDOW: std::cell::RefCell<Option<(Arc<KeepCpu>, Arc<Window>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f`, which takes long (a big copy: seconds, not the milliseconds of most fsyncs).
@@ -312,6 +315,13 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     } else {
         None
     };
+    if outermost {
+        WINDOW.with(|w| {
+            if let Some((keep, window)) = &*w.borrow() {
+                keep.before_long_section(window);
+            }
+        });
+    }
     if let Some((grow, qid)) = &queue {
         grow.enter(*qid);
     }
@@ -588,10 +598,14 @@ impl<FS: Filesystem> Server<FS> {
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
             debug!("SCHED_BATCH refused: {}", io::Error::last_os_error());
         }
-        self.window = Some(self.keep.register());
+        let window = self.keep.register(self.qid);
+        self.window = Some(window.clone());
+        WINDOW.with(|w| *w.borrow_mut() = Some((self.keep.clone(), window.clone())));
         let iov = self.entry.iovecs();
         let result = self.serve_entry(&iov);
         QUEUE.with(|q| q.borrow_mut().take());
+        WINDOW.with(|w| w.borrow_mut().take());
+        self.keep.unregister(&window);
         if result.is_err() {
             // A command may still be in flight, and the kernel write into the buffers.
             std::mem::forget(self.entry);

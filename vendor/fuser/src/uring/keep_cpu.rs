@@ -102,6 +102,10 @@ pub(crate) struct KeepCpu {
 /// One ring thread, as the watchdog sees it.
 pub(crate) struct Window {
     tid: libc::pid_t,
+    /// The queue (= CPU) the thread serves.
+    qid: u16,
+    /// The caller of the last request someone waited for (its tid).
+    caller: AtomicU32,
     /// The thread runs under SCHED_IDLE. Changed, with the policy, under the lock: by the
     /// thread, or by the watchdog.
     idle: Mutex<bool>,
@@ -166,26 +170,48 @@ impl KeepCpu {
         keep
     }
 
-    /// The calling ring thread's window.
-    pub(crate) fn register(&self) -> Arc<Window> {
+    /// The window of the calling ring thread, which serves queue `qid` (see `unregister`).
+    pub(crate) fn register(&self, qid: u16) -> Arc<Window> {
         let open = |name| File::open(format!("/proc/thread-self/{name}"));
-        let proc = match open("stat").and_then(|stat| Ok((stat, open("schedstat")?))) {
-            Ok(files) => Some(files),
-            Err(err) if self.mode != KeepCallerCpu::Never => {
-                debug!("no /proc schedstat ({err}): this ring thread stays under SCHED_BATCH");
-                None
+        let proc = if self.watching.load(Ordering::SeqCst) {
+            match open("stat").and_then(|stat| Ok((stat, open("schedstat")?))) {
+                Ok(files) => Some(files),
+                Err(err) => {
+                    debug!("no /proc schedstat ({err}): this ring thread stays under SCHED_BATCH");
+                    None
+                }
             }
-            Err(_) => None,
+        } else {
+            None
         };
         let window = Arc::new(Window {
             // SAFETY: gettid has no preconditions.
             tid: unsafe { libc::gettid() },
+            qid,
+            caller: AtomicU32::new(0),
             idle: Mutex::new(false),
             backoff_until_ms: AtomicU64::new(0),
             proc,
         });
         lock(&self.windows).push(window.clone());
         window
+    }
+
+    /// The calling thread, whose `window` it is, ends: the watchdog forgets it.
+    pub(crate) fn unregister(&self, window: &Arc<Window>) {
+        lock(&self.windows).retain(|w| !Arc::ptr_eq(w, window));
+        *lock(&window.idle) = false;
+    }
+
+    /// The calling thread, whose `window` it is, is about to take long (`blocking`): back
+    /// under SCHED_BATCH, so that neither the section nor the thread it may start for its
+    /// queue (which would inherit the policy) waits behind a busy task. The next request
+    /// someone waits for puts it back under SCHED_IDLE if callers are still kept.
+    pub(crate) fn before_long_section(&self, window: &Window) {
+        let mut idle = lock(&window.idle);
+        if *idle {
+            self.leave_idle(0, &mut idle);
+        }
     }
 
     /// Before the thread of `window` answers a request of caller `pid` through queue
@@ -201,6 +227,7 @@ impl KeepCpu {
         let Some(want) = self.wants_idle(window, pid, qid, opcode) else {
             return;
         };
+        window.caller.store(pid, Ordering::Relaxed);
         let mut idle = lock(&window.idle);
         if *idle == want {
             return;
@@ -247,6 +274,9 @@ impl KeepCpu {
     /// window's locked state.
     fn leave_idle(&self, tid: libc::pid_t, idle: &mut bool) {
         if set_policy(tid, libc::SCHED_BATCH) {
+            *idle = false;
+        } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
+            // the thread is gone (its window goes with it)
             *idle = false;
         } else {
             // Allowed at the start, refused now (RLIMIT_NICE lowered since?): the thread
@@ -377,7 +407,10 @@ fn watch(keep: &Weak<KeepCpu>) {
             });
             let starved = look.is_some_and(|l| l.stalled) && seen.is_some_and(|l| l.stalled);
             if starved || !keeping {
-                if starved {
+                // Behind its own caller, which sent it a request nobody waits for (a
+                // RELEASE) and runs on: back under SCHED_BATCH, to be served at the next
+                // tick as before, but not held off the next time.
+                if starved && !caller_runs_on(window) {
                     debug!(
                         "ring thread {} starved under SCHED_IDLE: put back",
                         window.tid
@@ -394,6 +427,24 @@ fn watch(keep: &Weak<KeepCpu>) {
         drop(state);
         thread::sleep(STUCK);
     }
+}
+
+/// Whether the last caller the thread of `window` served is running or runnable on the
+/// thread's CPU (`/proc/TID/stat`: the state, and field 39, the CPU).
+fn caller_runs_on(window: &Window) -> bool {
+    let caller = window.caller.load(Ordering::Relaxed);
+    if caller == 0 {
+        return false;
+    }
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{caller}/stat")) else {
+        return false;
+    };
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = fields.split_ascii_whitespace().collect();
+    fields.first() == Some(&"R")
+        && fields.get(36).and_then(|cpu| cpu.parse().ok()) == Some(window.qid)
 }
 
 /// Sets the scheduling policy of thread `tid` (0: the calling one); false if refused.
@@ -442,7 +493,7 @@ mod tests {
     fn auto_turns_on_once_a_caller_changes_queue() {
         require_policies();
         let keep = KeepCpu::new(KeepCallerCpu::Auto);
-        let keep_w = keep.register();
+        let keep_w = keep.register(0);
         // Caller 7 moves now and then: off.
         for queue in [0, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 0] {
             assert_eq!(keep.wants_idle(&keep_w, 7, queue, GETATTR), Some(false));
@@ -480,11 +531,11 @@ mod tests {
     fn never_and_always() {
         require_policies();
         let never = KeepCpu::new(KeepCallerCpu::Never);
-        let never_w = never.register();
+        let never_w = never.register(0);
         assert_eq!(never.wants_idle(&never_w, 8, 1, GETATTR), Some(false));
         assert_eq!(never.wants_idle(&never_w, 8, 0, GETATTR), Some(false));
         let always = KeepCpu::new(KeepCallerCpu::Always);
-        let always_w = always.register();
+        let always_w = always.register(0);
         assert_eq!(always.wants_idle(&always_w, 8, 0, GETATTR), Some(true));
         assert_eq!(always.wants_idle(&always_w, 8, 0, GETATTR), Some(true));
     }
@@ -507,7 +558,7 @@ mod tests {
         // Nothing to do: the watchdog parks, and must wake for the thread below.
         parked(&keep);
         let (kept, between, after, again) = on_thread(move || {
-            let window = keep.register();
+            let window = keep.register(0);
             // A caller moving on every request turns it on.
             for queue in [0, 1, 0, 1, 0, 1] {
                 keep.before_reply(&window, 8, queue, GETATTR);
@@ -544,26 +595,29 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_watchdog_takes_back_a_starved_thread_for_a_while() {
-        require_policies();
-        let keep = KeepCpu::new(KeepCallerCpu::Always);
-        // A busy task beside a thread under SCHED_IDLE on one CPU: the thread gets almost
-        // nothing until the watchdog puts it back.
+    /// A busy task beside a thread under SCHED_IDLE on one CPU, the task being the thread's
+    /// last caller or not: the thread gets almost nothing until the watchdog puts it back.
+    /// Its window, and how long it waited.
+    fn starve(keep: &Arc<KeepCpu>, hog_is_caller: bool) -> (Arc<Window>, Duration) {
         let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
         let done = Arc::new(AtomicBool::new(false));
         let spin = done.clone();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let hog = thread::spawn(move || {
             pin(cpu);
+            // SAFETY: gettid has no preconditions.
+            tid_tx.send(unsafe { libc::gettid() } as u32).unwrap();
             while !spin.load(Ordering::Relaxed) {
                 std::hint::spin_loop();
             }
         });
+        let hog_tid = tid_rx.recv().unwrap();
+        let caller = if hog_is_caller { hog_tid } else { 999_999_999 };
         let k = keep.clone();
-        let (starved, waited) = on_thread(move || {
+        let starved = on_thread(move || {
             pin(cpu);
-            let window = k.register();
-            k.before_reply(&window, 8, 0, GETATTR);
+            let window = k.register(cpu as u16);
+            k.before_reply(&window, caller, cpu as u16, GETATTR);
             let start = Instant::now();
             while policy() == libc::SCHED_IDLE && start.elapsed() < Duration::from_secs(5) {
                 std::hint::spin_loop();
@@ -572,6 +626,14 @@ mod tests {
         });
         done.store(true, Ordering::Relaxed);
         hog.join().unwrap();
+        starved
+    }
+
+    #[test]
+    fn the_watchdog_takes_back_a_starved_thread_for_a_while() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        let (starved, waited) = starve(&keep, false);
         assert!(
             waited < Duration::from_secs(5),
             "still SCHED_IDLE: no watchdog"
@@ -582,9 +644,44 @@ mod tests {
             "a thread the watchdog put back"
         );
         assert_eq!(
-            keep.wants_idle(&keep.register(), 8, 0, GETATTR),
+            keep.wants_idle(&keep.register(0), 8, 0, GETATTR),
             Some(true),
             "another thread"
+        );
+    }
+
+    /// Behind its own caller (which sent a RELEASE and computes on) the thread is put back
+    /// as well, but not held off: the next request someone waits for keeps the caller again.
+    #[test]
+    fn a_thread_behind_its_own_caller_is_put_back_without_backoff() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        let (window, waited) = starve(&keep, true);
+        assert!(
+            waited < Duration::from_secs(5),
+            "still SCHED_IDLE: no watchdog"
+        );
+        assert_eq!(keep.wants_idle(&window, 8, 0, GETATTR), Some(true));
+    }
+
+    #[test]
+    fn a_long_section_runs_under_sched_batch_and_an_ended_thread_is_forgotten() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        let k = keep.clone();
+        let (idle, long) = on_thread(move || {
+            let window = k.register(0);
+            k.before_reply(&window, 8, 0, GETATTR);
+            let idle = policy();
+            k.before_long_section(&window);
+            let long = policy();
+            k.unregister(&window);
+            (idle, long)
+        });
+        assert_eq!((idle, long), (libc::SCHED_IDLE, libc::SCHED_BATCH));
+        assert!(
+            lock(&keep.windows).is_empty(),
+            "the ended thread's window stays"
         );
     }
 }
