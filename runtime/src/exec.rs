@@ -144,7 +144,8 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
     let mut tag = [0u8; 1];
     let next = parent_sock.read_exact(&mut tag).map(|()| tag[0]);
     let pid = pid_message(&mut parent_sock, next, "the exec process").map_err(abort)?;
-    let pty_master = terminal_then_exec(&mut parent_sock, "the exec process").map_err(abort)?;
+    let (pty_master, _) =
+        terminal_then_exec(&mut parent_sock, "the exec process").map_err(abort)?;
     let tty = match (spec.tty, pty_master) {
         (true, Some(master)) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
         (true, None) => return Err(abort("the exec process sent no terminal".into())),

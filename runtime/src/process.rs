@@ -42,6 +42,9 @@ pub struct Child {
     intermediate: Pid,
     cgroup: Option<String>,
     tty: Option<tty::Session>,
+    /// The command could not be run (not found: 127, not executable: 126), and why: the
+    /// container then exits with that code at once.
+    exec_failure: Option<(i32, String)>,
 }
 
 /// What the container process needs besides `Setup`.
@@ -96,10 +99,18 @@ pub(crate) fn pid_message(
 pub(crate) fn terminal_then_exec(
     sock: &mut UnixStream,
     who: &str,
-) -> std::result::Result<Option<OwnedFd>, String> {
+) -> std::result::Result<(Option<OwnedFd>, Option<(i32, String)>), String> {
     let mut pty_master = None;
     loop {
         match sys::recv_fd(sock.as_fd()) {
+            // the command cannot be run: its exit code, then why
+            Ok(Some((b'X', _))) => {
+                let mut rest = Vec::new();
+                let _ = sock.read_to_end(&mut rest);
+                let code = rest.first().map_or(127, |&c| i32::from(c));
+                let message = String::from_utf8_lossy(rest.get(1..).unwrap_or_default());
+                return Ok((pty_master, Some((code, message.into_owned()))));
+            }
             Ok(Some((b'T', Some(master)))) => {
                 if let Some(size) = sys::terminal_size() {
                     let _ = sys::set_window_size(master.as_raw_fd(), &size);
@@ -113,7 +124,7 @@ pub(crate) fn terminal_then_exec(
                 return Err(message);
             }
             Ok(Some((other, _))) => return Err(format!("unexpected sync message {other:?}")),
-            Ok(None) => return Ok(pty_master),
+            Ok(None) => return Ok((pty_master, None)),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(err) => return Err(format!("read from {who}: {err}")),
         }
@@ -262,7 +273,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     }
     send(&mut parent_sock, b"G");
     // Then: 'T' with the pty master attached (with a terminal), and EOF at exec or 'E'.
-    let pty_master =
+    let (pty_master, exec_failure) =
         terminal_then_exec(&mut parent_sock, "the container process").map_err(abort)?;
     let tty = match (spec.tty, pty_master) {
         (true, Some(master)) => Some(tty::Session::start(master, spec.interactive, tty_sink)?),
@@ -274,6 +285,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         intermediate,
         cgroup: cgroup.map(|c| c.name().to_string()),
         tty,
+        exec_failure,
     })
 }
 
@@ -395,6 +407,17 @@ fn container_main(mut sock: UnixStream, setup: Setup, launch: Launch) -> ! {
     if let Some(console) = prepared.console {
         hand_over_terminal(&mut sock, console.master, &console.slave);
     }
+    // A command that cannot be run is told to strata before the exit, so that a detached
+    // run fails as docker's does instead of reporting a container that started.
+    if let Some(program) = launch.args.first()
+        && let Err(failure) = container::find_program(program, &env)
+    {
+        let mut message = vec![b'X', failure.code as u8];
+        message.extend_from_slice(failure.message.as_bytes());
+        let _ = sock.write_all(&message);
+        let _ = writeln!(std::io::stderr(), "strata: {}", failure.message);
+        sys::exit_now(failure.code);
+    }
     if launch.init {
         match sys::fork() {
             Ok(ForkResult::Child) => {
@@ -458,7 +481,14 @@ impl Child {
             intermediate: waiter,
             cgroup,
             tty,
+            exec_failure: None,
         }
+    }
+
+    /// The exit code and message of a command that could not be run (not found: 127, not
+    /// executable: 126); the container exits with that code at once.
+    pub fn exec_failure(&self) -> Option<&(i32, String)> {
+        self.exec_failure.as_ref()
     }
 
     /// The intermediate process's pid (the parent of pid 1).

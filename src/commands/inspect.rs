@@ -78,7 +78,7 @@ fn container_json(
             "Dead": false,
             "Pid": state.pid.unwrap_or(0),
             "ExitCode": state.exit_code.unwrap_or(0),
-            "Error": "",
+            "Error": state.error.clone().unwrap_or_default(),
             "StartedAt": time(&state.started),
             "FinishedAt": time(&state.finished),
         },

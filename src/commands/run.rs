@@ -438,8 +438,27 @@ fn config_for(
 /// Prints the error and exits 125: strata failed before the command started.
 fn setup_failure(err: anyhow::Error) -> ExitCode {
     crate::report::print_error(&err);
-    ExitCode::from(125)
+    match err.downcast_ref::<CannotRun>() {
+        Some(cannot) => ExitCode::from(cannot.code.clamp(0, 255) as u8),
+        None => ExitCode::from(125),
+    }
 }
+
+/// A detached container whose command could not be run (not found, not executable): its
+/// exit code (127, 126) is `run -d`'s, as docker's.
+#[derive(Debug)]
+pub(crate) struct CannotRun {
+    code: i32,
+    message: String,
+}
+
+impl std::fmt::Display for CannotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CannotRun {}
 
 pub fn run(globals: &Globals, args: RunArgs) -> anyhow::Result<ExitCode> {
     let prepared = (|| -> anyhow::Result<(Container, RunConfig, Vec<PathBuf>)> {
@@ -544,7 +563,24 @@ pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyh
             .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         match state {
             Some(state) if state.status == Status::Running && state.pid.is_some() => return Ok(()),
-            Some(state) if state.status == Status::Exited => return Ok(()),
+            Some(state) if state.status == Status::Exited => {
+                return match state.error {
+                    Some(message) => {
+                        if rm
+                            && let Ok(store) = Store::open(&globals.root)
+                            && let Ok(container) = store.container(&container.id)
+                        {
+                            let _ = store.remove_container(&container);
+                        }
+                        Err(CannotRun {
+                            code: state.exit_code.unwrap_or(127),
+                            message: format!("container {}: {message}", container.id),
+                        }
+                        .into())
+                    }
+                    None => Ok(()),
+                };
+            }
             // --rm, ran and already gone (the monitor removes nothing when it fails)
             None if !container.dir.exists() => return Ok(()),
             _ => {}
@@ -709,6 +745,7 @@ fn mount_and_run(
     container.state.mounted_at = Some(spec.target.clone());
     container.state.exit_code = None;
     container.state.oom_killed = false;
+    container.state.error = None;
 
     let log = container.log_path();
     let (capture, output) = logging::Capture::start(&log, echo)
@@ -752,7 +789,13 @@ fn mount_and_run(
     };
     let mut save_error = None;
     let mut watcher = None;
+    let mut cannot_run = None;
     let result = strata_runtime::run_observed(runtime_spec, |child| {
+        // It exits at once: not recorded as running (a detached run then fails).
+        if let Some((_, message)) = child.exec_failure() {
+            cannot_run = Some(message.clone());
+            return;
+        }
         container.state.pid = Some(child.pid);
         container.state.pid_start = start_time(child.pid);
         container.state.runner = Some(std::process::id() as i32);
@@ -793,6 +836,7 @@ fn mount_and_run(
     container.state.finished = Some(time::now_rfc3339_nanos());
     container.state.exit_code = Some(*result.as_ref().unwrap_or(&125));
     container.state.oom_killed = strata_runtime::oom_killed(&cgroup_name(&container.id));
+    container.state.error = cannot_run;
     // The exit status (and any OOM kill) has been read: like runc's delete, drop the
     // cgroup now instead of leaving one per exited container (`rm` removes it too). Before
     // the exit is recorded: a `start` that follows it makes a cgroup of the same name.
@@ -803,7 +847,9 @@ fn mount_and_run(
     if let Some(err) = save_error {
         eprintln!("warning: failed to record the container's pid: {err}");
     }
-    if config.rm {
+    // A detached run whose command could not run: `run -d` reads why, then removes it.
+    let told = !echo && container.state.error.is_some();
+    if config.rm && !told {
         // `strata wait`s that came before hold WAIT_LOCK shared until they have read the
         // exit just saved; the container goes once they have (or after a while).
         if let Ok(waiters) = std::fs::File::open(container.dir.join(WAIT_LOCK)) {

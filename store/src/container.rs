@@ -59,6 +59,9 @@ pub struct ContainerState {
     /// Its last run ended with an OOM kill (docker's `State.OOMKilled`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub oom_killed: bool,
+    /// Why its last start could not run the command (docker's `State.Error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// RFC 3339, UTC.
     pub created: String,
     /// When its command last started and ended (RFC 3339, UTC), for `ps`.
@@ -230,6 +233,7 @@ impl Store {
                 status: Status::Created,
                 exit_code: None,
                 oom_killed: false,
+                error: None,
                 created: time::now_rfc3339_nanos(),
                 started: None,
                 finished: None,

@@ -107,6 +107,40 @@ fn run_failures_use_docker_exit_codes() {
     );
     let out = store.strata(&["run", "--rm", "busybox", "/etc/passwd"]);
     assert_eq!(code(&out), 126);
+    // Detached too, as docker's: no id and a success for a command that cannot run, but
+    // its exit code and why; the container shows it (State.Error), or is gone with --rm.
+    let out = store.strata(&[
+        "run",
+        "-d",
+        "--name",
+        "cannot",
+        "busybox",
+        "no-such-command",
+    ]);
+    assert_eq!(code(&out), 127, "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("executable file not found"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "");
+    let shown = store.ok(&[
+        "inspect",
+        "-f",
+        "{{.State.ExitCode}} {{.State.Error}}",
+        "cannot",
+    ]);
+    assert!(
+        shown.starts_with("127 exec: \"no-such-command\""),
+        "{shown}"
+    );
+    store.ok(&["rm", "cannot"]);
+    let before = store.ok(&["ps", "-aq"]);
+    let out = store.strata(&["run", "-d", "--rm", "busybox", "no-such-command"]);
+    assert_eq!(code(&out), 127, "{}", text(&out.stderr));
+    assert_eq!(store.ok(&["ps", "-aq"]), before, "the --rm container stays");
+    // a command that runs and exits 127 is no failure to start
+    store.ok(&["run", "-d", "--rm", "busybox", "sh", "-c", "exit 127"]);
     let out = store.strata(&["run", "--rm", "-u", "ghost", "busybox", "true"]);
     assert_eq!(code(&out), 125);
     assert!(
