@@ -35,6 +35,9 @@ use crate::{Network, Spec, cgroup, tty};
 pub const USERNS_HOST_START: u32 = 100_000;
 pub const USERNS_SIZE: u32 = 65_536;
 
+/// A command that could not be run: its exit code (127, 126) and why.
+pub type ExecFailed = (i32, String);
+
 /// A started container.
 pub struct Child {
     /// The container's pid 1, as seen from the host.
@@ -44,7 +47,7 @@ pub struct Child {
     tty: Option<tty::Session>,
     /// The command could not be run (not found: 127, not executable: 126), and why: the
     /// container then exits with that code at once.
-    exec_failure: Option<(i32, String)>,
+    exec_failure: Option<ExecFailed>,
 }
 
 /// What the container process needs besides `Setup`.
@@ -99,7 +102,7 @@ pub(crate) fn pid_message(
 pub(crate) fn terminal_then_exec(
     sock: &mut UnixStream,
     who: &str,
-) -> std::result::Result<(Option<OwnedFd>, Option<(i32, String)>), String> {
+) -> std::result::Result<(Option<OwnedFd>, Option<ExecFailed>), String> {
     let mut pty_master = None;
     loop {
         match sys::recv_fd(sock.as_fd()) {
@@ -487,7 +490,7 @@ impl Child {
 
     /// The exit code and message of a command that could not be run (not found: 127, not
     /// executable: 126); the container exits with that code at once.
-    pub fn exec_failure(&self) -> Option<&(i32, String)> {
+    pub fn exec_failure(&self) -> Option<&ExecFailed> {
         self.exec_failure.as_ref()
     }
 
