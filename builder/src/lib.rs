@@ -17,5 +17,5 @@ pub mod remote;
 pub mod stages;
 pub mod tree;
 
-pub use build::{BuildOptions, ImageSource, Secret, build};
+pub use build::{BuildOptions, ImageSource, Secret, build, check_cancelled};
 pub use error::{Error, Result};

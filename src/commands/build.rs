@@ -450,10 +450,7 @@ const RUN_HOSTNAME: &str = "buildkitsandbox";
 impl Executor for UnionExecutor {
     fn run(&self, request: RunRequest<'_>) -> strata_builder::Result<i32> {
         // a signal since the step began: nothing to mount
-        match self.cancel.load(Ordering::SeqCst) {
-            0 => {}
-            signal => return Err(strata_builder::Error::Cancelled(signal as i32)),
-        }
+        strata_builder::check_cancelled(&self.cancel)?;
         let target = request.upper.with_extension("rootfs");
         fs::create_dir_all(&target)
             .map_err(|e| builder_error(&format!("failed to create {}", target.display()), e))?;

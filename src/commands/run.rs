@@ -544,18 +544,22 @@ pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyh
         .spawn()
         .context("failed to start the container monitor")?;
     let state_path = container.dir.join("state.json");
+    // A --rm container that did not start goes once why has been read.
+    let remove_if_rm = || {
+        if rm
+            && let Ok(store) = Store::open(&globals.root)
+            && let Ok(container) = store.container(&container.id)
+        {
+            let _ = store.remove_container(&container);
+        }
+    };
     let start = Instant::now();
     loop {
         if let Ok(Some(status)) = monitor.try_wait()
             && !status.success()
         {
             let log = std::fs::read_to_string(&monitor_log).unwrap_or_default();
-            if rm
-                && let Ok(store) = Store::open(&globals.root)
-                && let Ok(container) = store.container(&container.id)
-            {
-                let _ = store.remove_container(&container);
-            }
+            remove_if_rm();
             bail!("container {} failed to start: {}", container.id, log.trim());
         }
         let state: Option<strata_store::ContainerState> = std::fs::read(&state_path)
@@ -566,12 +570,7 @@ pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyh
             Some(state) if state.status == Status::Exited => {
                 return match state.error {
                     Some(message) => {
-                        if rm
-                            && let Ok(store) = Store::open(&globals.root)
-                            && let Ok(container) = store.container(&container.id)
-                        {
-                            let _ = store.remove_container(&container);
-                        }
+                        remove_if_rm();
                         Err(CannotRun {
                             code: state.exit_code.unwrap_or(127),
                             message: format!("container {}: {message}", container.id),

@@ -149,15 +149,11 @@ pub(crate) fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<
     let mut response = ureq::get(url)
         .call()
         .map_err(|e| format!("download failed: {e}"))?;
-    let header = |name: &str| {
-        response
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let name = url_file_name(url);
-    let modified = header("last-modified").and_then(|value| httpdate::parse_http_date(&value).ok());
+    let modified = response
+        .headers()
+        .get("last-modified")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|value| httpdate::parse_http_date(value).ok());
     let path = store.tmp_path("add-download");
     let mut hasher = Sha256::new();
     let copied = (|| {
@@ -201,7 +197,7 @@ pub(crate) fn fetch(store: &Store, url: &str, checksum: Option<&str>) -> Result<
     Ok(Download {
         path,
         hash: actual,
-        name,
+        name: url_file_name(url),
     })
 }
 

@@ -122,10 +122,15 @@ impl BuildOptions {
 
     /// [`Error::Cancelled`] once `cancel` is set.
     pub fn check_cancelled(&self) -> Result<()> {
-        match self.cancel.load(std::sync::atomic::Ordering::SeqCst) {
-            0 => Ok(()),
-            signal => Err(Error::Cancelled(signal as i32)),
-        }
+        check_cancelled(&self.cancel)
+    }
+}
+
+/// [`Error::Cancelled`] once `cancel` (a [`BuildOptions::cancel`]) holds a signal number.
+pub fn check_cancelled(cancel: &std::sync::atomic::AtomicUsize) -> Result<()> {
+    match cancel.load(std::sync::atomic::Ordering::SeqCst) {
+        0 => Ok(()),
+        signal => Err(Error::Cancelled(signal as i32)),
     }
 }
 
