@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::{Read, Write};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -511,7 +511,7 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.
     let io_uring = std::env::var_os("STRATA_FUSE_URING").is_none_or(|v| v != "0");
     let fs = Fs::new(union, passthrough, io_uring, spec.id_shift);
-    let device = mount_fuse(&spec.target, spec.flags)?;
+    let device = mount_fuse(&spec.target, &spec.upper, spec.flags)?;
     Session::from_fd(fs, device, SessionACL::All, fuse_config()).map_err(|e| {
         // The kernel mount exists but nobody will serve it.
         let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
@@ -519,10 +519,13 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     })
 }
 
+/// The type of strata's FUSE mounts.
+const FUSE_TYPE: &str = "fuse.strata";
+
 /// Mounts a FUSE filesystem of type `fuse.strata` at `target` and returns the /dev/fuse
 /// descriptor that serves it. fuser's own mount passes no subtype to the kernel, so its
 /// mounts show as plain `fuse`; tools (findmnt -t, mount) tell ours apart by the type.
-fn mount_fuse(target: &Path, flags: Flags) -> Result<std::os::fd::OwnedFd> {
+fn mount_fuse(target: &Path, upper: &Path, flags: Flags) -> Result<std::os::fd::OwnedFd> {
     use std::os::fd::AsRawFd;
     let fail = |e: rustix::io::Errno| mount_error("fuse", target, e.into());
     let device = rustix::fs::open(
@@ -540,10 +543,12 @@ fn mount_fuse(target: &Path, flags: Flags) -> Result<std::os::fd::OwnedFd> {
         rustix::process::getegid().as_raw(),
     ))
     .map_err(|_| fail(rustix::io::Errno::INVAL))?;
+    // The source names the upper dir, as overlayfs's options do: `union_upper` tells whose
+    // union a mount point holds by it.
     rustix::mount::mount(
-        "strata",
+        upper,
         target,
-        "fuse.strata",
+        FUSE_TYPE,
         flags.mount_flags(),
         data.as_c_str(),
     )
@@ -781,7 +786,7 @@ fn unmount_when(target: &Path, busy: WhenBusy) -> Result<Unmounted> {
             detach().map(|()| Unmounted::Detached)
         }
         // umount(2) says EINVAL for "not a mount point", and for a locked mount
-        Err(rustix::io::Errno::INVAL) if !mount_table()?.iter().any(|(p, _)| p == target) => {
+        Err(rustix::io::Errno::INVAL) if !mount_table()?.iter().any(|m| m.point == target) => {
             Err(Error::NotMounted(target.to_path_buf()))
         }
         Err(e) => Err(fail(e)),
@@ -813,8 +818,8 @@ const SWEEP_REASK_TIMEOUT: Duration = Duration::from_millis(500);
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
     let points: Vec<PathBuf> = mount_table()?
         .into_iter()
-        .filter(|(point, fstype)| fstype.starts_with("fuse") && point.starts_with(dir))
-        .map(|(point, _)| point)
+        .filter(|m| m.fstype.starts_with("fuse") && m.point.starts_with(dir))
+        .map(|m| m.point)
         .collect();
     let first = ask_statfs(&points, SWEEP_ANSWER_TIMEOUT);
     let silent: Vec<PathBuf> = points
@@ -878,7 +883,7 @@ fn ask_statfs(points: &[PathBuf], timeout: Duration) -> Vec<Option<rustix::io::R
 pub fn detach_all_below(dir: &Path) -> Result<usize> {
     let mut points: Vec<PathBuf> = mount_table()?
         .into_iter()
-        .map(|(point, _)| point)
+        .map(|m| m.point)
         .filter(|point| point.starts_with(dir) && point != dir)
         .collect();
     points.sort_by_key(|point| std::cmp::Reverse(point.components().count()));
@@ -898,13 +903,22 @@ pub fn mount_type(target: &Path) -> Result<Option<String>> {
     Ok(mount_table()?
         .into_iter()
         .rev()
-        .find(|(point, _)| point == target)
-        .map(|(_, fstype)| fstype))
+        .find(|m| m.point == target)
+        .map(|m| m.fstype))
 }
 
-/// Every mount point of this mount namespace with its file system type, from
-/// /proc/self/mountinfo.
-fn mount_table() -> Result<Vec<(PathBuf, String)>> {
+/// One line of /proc/self/mountinfo, as far as strata reads it.
+struct MountLine {
+    point: PathBuf,
+    fstype: String,
+    /// The mount's source, unescaped: the upper dir for strata's FUSE mounts.
+    source: Vec<u8>,
+    /// The super block's options as shown, each value still escaped (`\054` for a comma).
+    options: String,
+}
+
+/// Every mount of this mount namespace, in mount order, from /proc/self/mountinfo.
+fn mount_table() -> Result<Vec<MountLine>> {
     let mountinfo = std::fs::read("/proc/self/mountinfo")
         .map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
     let mut table = Vec::new();
@@ -917,10 +931,37 @@ fn mount_table() -> Result<Vec<(PathBuf, String)>> {
         let (Some(point), Some(fstype)) = (fields.get(4), fields.get(sep + 1)) else {
             continue;
         };
-        let point = PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point)));
-        table.push((point, fstype.to_string()));
+        table.push(MountLine {
+            point: PathBuf::from(std::ffi::OsStr::from_bytes(&unescape(point))),
+            fstype: fstype.to_string(),
+            source: fields.get(sep + 2).map(|s| unescape(s)).unwrap_or_default(),
+            options: fields.get(sep + 3).unwrap_or(&"").to_string(),
+        });
     }
     Ok(table)
+}
+
+/// The upper dir of the union mounted at `target` (the topmost mount there): overlayfs
+/// shows it among its options, strata's FUSE mounts as their source. None when `target`
+/// is not a union mount. Reads only /proc, so a stopped FUSE server cannot hold it.
+pub fn union_upper(target: &Path) -> Result<Option<PathBuf>> {
+    let Some(line) = mount_table()?
+        .into_iter()
+        .rev()
+        .find(|line| line.point == target)
+    else {
+        return Ok(None);
+    };
+    let upper = match line.fstype.as_str() {
+        FUSE_TYPE => Some(line.source),
+        "overlay" => line
+            .options
+            .split(',')
+            .find_map(|option| option.strip_prefix("upperdir="))
+            .map(unescape),
+        _ => None,
+    };
+    Ok(upper.map(|bytes| PathBuf::from(std::ffi::OsString::from_vec(bytes))))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as \ooo.

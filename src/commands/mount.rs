@@ -154,14 +154,28 @@ fn mount_store(
     result.map(|()| ExitCode::SUCCESS)
 }
 
-/// Where `strata mount` has the container mounted now, if it has.
+/// Where `strata mount` has the container mounted now, if it has: the union at the
+/// recorded place must still be one over this container's upper. After a plain `umount`
+/// the record stays, and another mount there (another container's) must not pass for it.
 pub(crate) fn user_mount(container: &strata_store::Container) -> anyhow::Result<Option<PathBuf>> {
-    match &container.state.mounted_at {
-        Some(at) if *at != container.rootfs_dir() && strata_unionfs::mount_type(at)?.is_some() => {
-            Ok(Some(at.clone()))
-        }
-        _ => Ok(None),
-    }
+    let Some(at) = container
+        .state
+        .mounted_at
+        .as_ref()
+        .filter(|at| **at != container.rootfs_dir())
+    else {
+        return Ok(None);
+    };
+    let Some(upper) = strata_unionfs::union_upper(at)? else {
+        return Ok(None);
+    };
+    let ours = container.upper_dir();
+    let same = upper == ours
+        || matches!(
+            (std::fs::canonicalize(&upper), std::fs::canonicalize(&ours)),
+            (Ok(a), Ok(b)) if a == b
+        );
+    Ok(same.then(|| at.clone()))
 }
 
 /// Fails while `strata mount` has the container mounted: two unions over one upper would
@@ -201,9 +215,15 @@ fn mount_container(
     }
     refuse_if_mounted(&container)?;
     let image = store.resolve(&image_id.to_string())?;
-    let lowers = store.layer_dirs(&image)?;
+    let mut lowers = store.layer_dirs(&image)?;
     if lowers.is_empty() {
         bail!("image {image_id} has no layers to mount");
+    }
+    // A container that has run has an init layer (the mount points of its /etc files):
+    // on top, as `run` and `cp` mount it, so every view of the container is the same.
+    let init = container.dir.join("init");
+    if init.is_dir() {
+        lowers.insert(0, init);
     }
     let spec = MountSpec {
         lowers,

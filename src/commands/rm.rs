@@ -40,6 +40,19 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
                 strata_unionfs::unmount(&rootfs)
                     .with_context(|| format!("failed to unmount {}", rootfs.display()))?;
             }
+            // A place `strata mount` used, unmounted by a plain umount since, may hold
+            // another mount now: not this container's, so no reason to refuse.
+            let mut container = container;
+            if container
+                .state
+                .mounted_at
+                .as_ref()
+                .is_some_and(|at| *at != rootfs)
+                && crate::commands::mount::user_mount(&container)?.is_none()
+            {
+                container.state.mounted_at = None;
+                container.save()?;
+            }
             strata_runtime::remove_cgroup(&cgroup_name(&container.id))?;
             store.remove_container(&container)?;
             println!("{reference}");

@@ -301,6 +301,58 @@ fn a_mounted_container_is_not_started_and_cp_uses_its_mount() {
     store.ok(&["rm", "kept"]);
 }
 
+#[test]
+fn a_plain_umount_and_another_mount_there_do_not_pass_for_the_container() {
+    // `strata mount` records where it mounted a container. After a plain umount(8) the
+    // record stays; another container mounted at the same place must not be taken for it
+    // (start refused, cp writing into the other container, rm refused).
+    let store = TestStore::new();
+    store.import_busybox("busybox");
+    for name in ["first", "second"] {
+        store.ok(&["run", "--name", name, "busybox", "true"]);
+    }
+    for driver in ["fuse", "overlay"] {
+        let mnt = store.root().join(format!("mnt-{driver}"));
+        fs::create_dir(&mnt).unwrap();
+        let m = mnt.to_str().unwrap();
+        store.ok(&["mount", "--driver", driver, "first", m]);
+        // Its init layer is on top, as in `run`: the mount points of /etc's files.
+        assert!(
+            mnt.join("etc/resolv.conf").is_file(),
+            "{driver}: no init layer"
+        );
+        let status = std::process::Command::new("umount")
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        store.ok(&["mount", "--driver", driver, "second", m]);
+        let src = store.root().join("src.txt");
+        fs::write(&src, "for first\n").unwrap();
+        store.ok(&["cp", src.to_str().unwrap(), "first:/copied"]);
+        assert!(
+            !mnt.join("copied").exists(),
+            "{driver}: cp into first wrote into second's mount"
+        );
+        let out = store.ok(&["start", "-a", "first"]);
+        assert_eq!(out, "", "{driver}: {out}");
+        let back = store.root().join("back.txt");
+        store.ok(&["cp", "first:/copied", back.to_str().unwrap()]);
+        assert_eq!(fs::read(&back).unwrap(), b"for first\n");
+        // second's mount is still refused to second itself
+        let out = store.strata(&["start", "second"]);
+        assert!(
+            !out.status.success(),
+            "{driver}: second started while mounted"
+        );
+        if driver == "overlay" {
+            store.ok(&["rm", "first"]);
+        }
+        store.ok(&["umount", m]);
+    }
+    store.ok(&["rm", "second"]);
+}
+
 /// A FUSE mount of `b` whose daemon is killed, as a crash leaves it.
 fn mount_then_kill_the_daemon(store: &TestStore, b: &Branches) {
     raw_mount(store, b, "fuse");
