@@ -235,6 +235,10 @@ pub struct FsckArgs {
     /// Print the problems as JSON
     #[arg(long)]
     pub json: bool,
+    /// First mend what can be mended: remove corrupt blobs (a pull fetches them again) and
+    /// rebuild a missing index.json from the manifests found (their images unnamed)
+    #[arg(long)]
+    pub repair: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -13,7 +13,23 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
     // A `run --rm` container whose runner was killed no longer holds its image.
     crate::commands::run::sweep_abandoned(&store);
     Ok(crate::commands::for_each_arg(&args.images, |reference| {
-        let image = store.resolve(reference)?;
+        let image = match store.resolve(reference) {
+            Ok(image) => image,
+            // A name whose manifest or config is damaged or gone: the store removes the
+            // name without reading the image.
+            Err(
+                strata_store::Error::BlobNotFound(_)
+                | strata_store::Error::DigestMismatch { .. }
+                | strata_store::Error::Json { .. },
+            ) => {
+                let removal = store.remove_image_report(reference)?;
+                for name in removal.untagged {
+                    println!("Untagged: {name}");
+                }
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        };
         let by_name = refs::normalize_ref(reference).is_ok_and(|name| {
             image
                 .names

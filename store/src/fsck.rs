@@ -1,16 +1,19 @@
 //! Consistency check: re-hash every blob, follow index -> manifest -> config and layers,
 //! and check that unpacked layers, containers and cache entries make sense.
 //!
-//! Leftovers in `tmp/` and unreferenced blobs are not problems: a crash may leave them
-//! and gc sweeps them. Everything a reader could trip over is.
+//! Leftovers in `tmp/`, unreferenced blobs and unpacked layers are not problems: a crash
+//! may leave them and gc sweeps them. Everything a reader could trip over is.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File};
 
 use crate::error::{Error, Result};
+use crate::gc::remove_any;
 use crate::layout::{Store, entry_digest, list_dir};
-use crate::refs::{descriptor_digest, entry_name};
+use crate::lock::LockMode;
+use crate::refs::{self, descriptor_digest, entry_name};
+use crate::registry::media;
 use crate::{Digest, json, oci};
 
 /// One inconsistency, naming the blob or path involved.
@@ -25,6 +28,15 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.subject, self.message)
     }
+}
+
+/// What `fsck --repair` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Repair {
+    /// Corrupt blobs it removed.
+    pub removed: Vec<Digest>,
+    /// When index.json was missing: how many images the rebuilt one lists.
+    pub reindexed: Option<usize>,
 }
 
 #[derive(Default)]
@@ -52,7 +64,107 @@ impl Store {
         self.check_index(&mut found);
         self.check_layers(&mut found)?;
         self.check_containers(&mut found)?;
+        // Two names of one image reach the same damaged manifest: said once.
+        let mut seen = HashSet::new();
+        found
+            .problems
+            .retain(|p| seen.insert((p.subject.clone(), p.message.clone())));
         Ok(found.problems)
+    }
+
+    /// Mends what can be mended without guessing: removes corrupt blobs (a pull or a build
+    /// fetches or makes them again; a name whose blob goes stays, damaged, for `rmi`) and
+    /// rebuilds a missing index.json from the image manifests among the blobs, unnamed
+    /// (`strata tag ID NAME` names them again). Under the exclusive lock, as gc.
+    pub fn repair(&self) -> Result<Repair> {
+        let previous = self.lock_mode();
+        self.set_lock_mode(LockMode::Exclusive)?;
+        let repaired = self.repair_locked();
+        if previous == LockMode::Shared {
+            self.set_lock_mode(LockMode::Shared)?;
+        }
+        repaired
+    }
+
+    fn repair_locked(&self) -> Result<Repair> {
+        let mut found = Findings::default();
+        self.check_blobs(&mut found)?;
+        let mut repair = Repair::default();
+        let mut corrupt: Vec<Digest> = found.corrupt.into_iter().collect();
+        corrupt.sort();
+        for digest in corrupt {
+            let path = self.blob_path(&digest);
+            let doomed = self.tmp_path("corrupt-blob");
+            fs::rename(&path, &doomed).map_err(|e| Error::io("failed to move away", &path, e))?;
+            remove_any(&doomed)?;
+            repair.removed.push(digest);
+        }
+        if !self.index_path().exists() {
+            let entries = self.manifests_on_disk()?;
+            let index = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": media::OCI_INDEX,
+                "manifests": entries,
+            });
+            let _guard = self.refs_lock()?;
+            self.write_atomic(
+                &self.index_path(),
+                &json::to_canonical(&index, "index.json")?,
+            )?;
+            repair.reindexed = Some(entries.len());
+        }
+        Ok(repair)
+    }
+
+    /// Unnamed index entries for the image manifests among the blobs whose config is
+    /// there too, oldest first.
+    fn manifests_on_disk(&self) -> Result<Vec<oci::Descriptor>> {
+        let mut found = Vec::new();
+        for entry in list_dir(&self.blobs_dir())? {
+            let Some(digest) = entry_digest(&entry) else {
+                continue;
+            };
+            let path = entry.path();
+            let Ok(meta) = fs::metadata(&path) else {
+                continue;
+            };
+            if meta.len() > 4 << 20 {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+                continue;
+            };
+            let media_type = value.get("mediaType").and_then(|m| m.as_str());
+            let config = value.get("config");
+            let config_type = config
+                .and_then(|c| c.get("mediaType"))
+                .and_then(|m| m.as_str());
+            let config_digest = config
+                .and_then(|c| c.get("digest"))
+                .and_then(|d| d.as_str())
+                .and_then(|d| d.parse::<Digest>().ok());
+            let is_image = matches!(
+                media_type,
+                None | Some(media::OCI_MANIFEST) | Some(media::DOCKER_MANIFEST)
+            ) && matches!(
+                config_type,
+                Some(media::OCI_CONFIG) | Some(media::DOCKER_CONFIG)
+            ) && value.get("layers").is_some_and(|l| l.is_array());
+            if !is_image || !config_digest.is_some_and(|c| self.has_blob(&c)) {
+                continue;
+            }
+            let media_type = oci::MediaType::from(media_type.unwrap_or(media::OCI_MANIFEST));
+            let modified = meta.modified().ok();
+            found.push((
+                modified,
+                refs::index_entry(&digest, meta.len(), media_type, None),
+            ));
+        }
+        found.sort_by_key(|(modified, _)| *modified);
+        Ok(found.into_iter().map(|(_, entry)| entry).collect())
     }
 
     fn check_layout_file(&self, found: &mut Findings) {
@@ -237,22 +349,16 @@ impl Store {
     }
 
     fn check_layers(&self, found: &mut Findings) -> Result<()> {
-        // A build step's layer is unpacked as it is made: a build that fails later leaves
-        // layers only its cache entries name (gc drops them; the next build reuses them).
-        let cached: HashSet<Digest> = self
-            .cache_entries()?
-            .into_iter()
-            .filter_map(|(_, entry)| entry.layer.map(|l| l.diff_id))
-            .collect();
+        // An unpacked layer no config or cache entry names is garbage, as an unreferenced
+        // blob is: a build killed between unpacking a step's layer and recording it leaves
+        // one, and gc removes it.
         for entry in list_dir(&self.layers_dir())? {
             let path = entry.path();
             match entry_digest(&entry) {
                 None => found.add(path.display(), "unpacked layer name is not a diff_id"),
-                Some(diff_id) if !found.diff_ids.contains(&diff_id) && !cached.contains(&diff_id) => found.add(
-                    path.display(),
-                    format!("unpacked layer {diff_id} is not a diff_id of any image config or build cache entry"),
-                ),
-                Some(_) if !path.is_dir() => found.add(path.display(), "unpacked layer is not a directory"),
+                Some(_) if !path.is_dir() => {
+                    found.add(path.display(), "unpacked layer is not a directory")
+                }
                 Some(_) => {}
             }
         }

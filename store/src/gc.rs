@@ -13,7 +13,7 @@ use std::fs;
 use crate::error::{Error, Result};
 use crate::layout::{Store, disk_size, entry_digest, list_dir};
 use crate::lock::LockMode;
-use crate::refs::descriptor_digest;
+use crate::refs::{descriptor_digest, entry_name};
 use crate::{Digest, json, oci};
 
 /// What gc removed.
@@ -81,7 +81,18 @@ impl Store {
     pub(crate) fn reachable(&self) -> Result<Reachable> {
         let mut keep = Reachable::default();
         for entry in self.index_entries()? {
-            self.mark_descriptor(&entry, &mut keep)?;
+            self.mark_descriptor(&entry, &mut keep).map_err(|err| {
+                let label = entry_name(&entry)
+                    .map(String::from)
+                    .unwrap_or_else(|| entry.digest().to_string());
+                Error::Invalid {
+                    what: format!("image {label}"),
+                    message: format!(
+                        "{err}; gc deletes nothing while an image is damaged \
+                         (`strata rmi {label}` removes it, `strata fsck` tells more)"
+                    ),
+                }
+            })?;
         }
         let mut orphan_configs = HashSet::new();
         for container in self.containers_strict()? {
@@ -171,7 +182,7 @@ impl Store {
     }
 }
 
-fn remove_any(path: &std::path::Path) -> Result<()> {
+pub(crate) fn remove_any(path: &std::path::Path) -> Result<()> {
     let meta = fs::symlink_metadata(path).map_err(|e| Error::io("failed to stat", path, e))?;
     let removed = if meta.is_dir() {
         fs::remove_dir_all(path)

@@ -181,14 +181,29 @@ impl Store {
                 list.push(name.to_string());
             }
         }
-        order
-            .into_iter()
-            .map(|digest| {
-                let mut list = names.remove(&digest).unwrap_or_default();
-                list.sort();
-                self.load_image(&digest, list)
-            })
-            .collect()
+        let mut images = Vec::new();
+        for digest in order {
+            let mut list = names.remove(&digest).unwrap_or_default();
+            list.sort();
+            match self.load_image(&digest, list.clone()) {
+                Ok(image) => images.push(image),
+                // One damaged image must not hide the others (nor block `rmi` of them).
+                Err(
+                    err @ (Error::BlobNotFound(_)
+                    | Error::DigestMismatch { .. }
+                    | Error::Json { .. }
+                    | Error::InvalidDigest(_)),
+                ) => {
+                    let label = list.first().cloned().unwrap_or_else(|| digest.to_string());
+                    tracing::warn!(
+                        "image {label} is damaged ({err}): left out; `strata fsck` tells more, \
+                         `strata rmi {label}` removes it"
+                    );
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(images)
     }
 
     /// Finds an image by `name[:tag]`, full or short image id (`sha256:` optional), or

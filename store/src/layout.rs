@@ -103,9 +103,11 @@ impl Store {
         let index = self.index_path();
         if !index.exists() {
             // Under refs.lock: a second process must not overwrite an index the first has
-            // already created and added to.
+            // already created and added to. Only a new store gets an empty one: blobs
+            // without an index are a damaged store, and an empty index would make every
+            // image garbage to gc (`fsck --repair` lists them again).
             let _guard = self.refs_lock()?;
-            if !index.exists() {
+            if !index.exists() && list_dir(&self.blobs_dir())?.is_empty() {
                 self.write_atomic(&index, EMPTY_INDEX)?;
             }
         }

@@ -38,7 +38,7 @@ pub use cache::CacheEntry;
 pub use container::{Container, ContainerState, Status};
 pub use digest::Digest;
 pub use error::{Error, Result};
-pub use fsck::Problem;
+pub use fsck::{Problem, Repair};
 pub use gc::GcReport;
 pub use image::{Image, LayerBlob, Removal};
 pub use layout::Store;

@@ -183,7 +183,15 @@ impl Store {
     /// The entries of `oci/index.json`.
     pub fn index_entries(&self) -> Result<Vec<oci::Descriptor>> {
         let path = self.index_path();
-        let bytes = fs::read(&path).map_err(|e| Error::io("failed to read", &path, e))?;
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Invalid {
+                what: path.display().to_string(),
+                message: "missing, though the store holds blobs; `strata fsck --repair` \
+                          lists their images again (unnamed)"
+                    .into(),
+            },
+            _ => Error::io("failed to read", &path, e),
+        })?;
         let index: oci::ImageIndex = json::parse(&bytes, || path.display().to_string())?;
         Ok(index.manifests().clone())
     }

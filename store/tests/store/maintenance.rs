@@ -53,13 +53,16 @@ fn gc_keeps_what_a_container_still_uses() {
 }
 
 #[test]
-fn fsck_reports_a_dangling_reference_and_a_stray_layer_dir() {
+fn fsck_reports_a_dangling_reference_but_not_a_stray_layer_dir() {
     let tree = scratch();
     make_tree(tree.path());
     let (_dir, store) = store();
     let image = image_of(&store, &[tree.path()], "app");
     fs::remove_file(store.blob_path(&image.id)).unwrap();
-    fs::create_dir(store.layers_dir().join(Digest::of(b"nothing").hex())).unwrap();
+    // An unpacked layer nothing names is garbage a killed build leaves, as an unreferenced
+    // blob is: gc's to remove, not a problem.
+    let stray = store.layers_dir().join(Digest::of(b"nothing").hex());
+    fs::create_dir(&stray).unwrap();
     let problems = store.fsck().unwrap();
     assert!(
         problems
@@ -68,9 +71,101 @@ fn fsck_reports_a_dangling_reference_and_a_stray_layer_dir() {
         "{problems:?}"
     );
     assert!(
+        !problems
+            .iter()
+            .any(|p| p.subject.contains(&stray.display().to_string())),
+        "{problems:?}"
+    );
+    store.remove_image("app").unwrap();
+    store.gc().unwrap();
+    assert!(!stray.exists());
+    assert_eq!(store.fsck().unwrap(), vec![]);
+}
+
+#[test]
+fn a_missing_index_is_not_replaced_and_repair_lists_the_images_again() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app");
+    let blobs_dir = store.blobs_dir();
+    let blobs = || fs::read_dir(&blobs_dir).unwrap().count();
+    let before = blobs();
+    drop(store);
+    fs::remove_file(dir.path().join("root/oci/index.json")).unwrap();
+    // Opening the store again must not make an empty index: every image would be garbage.
+    let store = strata_store::Store::open(&dir.path().join("root")).unwrap();
+    let err = store.images().unwrap_err().to_string();
+    assert!(
+        err.contains("index.json") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(store.gc().is_err());
+    assert_eq!(blobs(), before, "gc deleted blobs without an index");
+    let problems = store.fsck().unwrap();
+    assert!(
+        problems.iter().any(|p| p.subject.ends_with("index.json")),
+        "{problems:?}"
+    );
+    let repair = store.repair().unwrap();
+    assert_eq!(repair.reindexed, Some(1));
+    let images = store.images().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].id, image.id);
+    assert!(images[0].names.is_empty());
+    assert_eq!(store.fsck().unwrap(), vec![]);
+    store.tag(&images[0], "app").unwrap();
+    assert_eq!(store.resolve("app").unwrap().id, image.id);
+}
+
+#[test]
+fn one_damaged_image_leaves_the_others_listed_and_removable_and_gc_names_it() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let other = scratch();
+    fs::write(other.path().join("only"), "other\n").unwrap();
+    let (_dir, store) = store();
+    let good = image_of(&store, &[tree.path()], "good");
+    let broken = image_of(&store, &[other.path()], "broken");
+    fs::remove_file(store.blob_path(&broken.manifest_digest)).unwrap();
+    let images = store.images().unwrap();
+    assert_eq!(images.len(), 1);
+    assert_eq!(images[0].id, good.id);
+    // by id too: resolving by id lists the images
+    assert_eq!(store.resolve(&good.id.hex()[..12]).unwrap().id, good.id);
+    let err = store.gc().unwrap_err().to_string();
+    assert!(err.contains("broken") && err.contains("rmi"), "{err}");
+    store.remove_image("broken").unwrap();
+    store.gc().unwrap();
+    assert_eq!(store.fsck().unwrap(), vec![]);
+    assert_eq!(store.resolve("good").unwrap().id, good.id);
+}
+
+#[test]
+fn repair_removes_a_corrupt_blob() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app");
+    let layer: Digest = image.manifest.layers()[0]
+        .digest()
+        .to_string()
+        .parse()
+        .unwrap();
+    let path = store.blob_path(&layer);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[10] ^= 0xff;
+    fs::write(&path, bytes).unwrap();
+    let repair = store.repair().unwrap();
+    assert_eq!(repair.removed, vec![layer]);
+    assert_eq!(repair.reindexed, None);
+    assert!(!path.exists());
+    // what is left is a reference to a missing blob, which a pull would fetch again
+    let problems = store.fsck().unwrap();
+    assert!(
         problems
             .iter()
-            .any(|p| p.message.contains("not a diff_id of any image config")),
+            .any(|p| p.message.contains(&format!("missing blob {layer}"))),
         "{problems:?}"
     );
 }
