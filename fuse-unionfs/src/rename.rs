@@ -185,6 +185,12 @@ impl Union {
         let Some((src, dst)) = self.rename_sides(&request)? else {
             return Ok(());
         };
+        // The inodes the kernel knows the two sides as, before a copy-up below may make a
+        // lower file's key stop naming its inode (one of several hard links).
+        let src_ino = self.table.existing_ino(src.meta.key());
+        let dst_ino = dst
+            .as_ref()
+            .and_then(|d| self.table.existing_ino(d.meta.key()));
         let (_, ppath, players) = self.dir_state(parent)?;
         let (_, npath, nplayers) = self.dir_state(newparent)?;
         let (rel, nrel) = (ppath.join(name), npath.join(newname));
@@ -248,14 +254,7 @@ impl Union {
             }
         }
         self.after_rename(
-            parent,
-            name,
-            newparent,
-            newname,
-            &src,
-            dst.as_ref(),
-            flags,
-            &moved,
+            parent, name, newparent, newname, src_ino, dst_ino, flags, &moved,
         );
         Ok(())
     }
@@ -276,8 +275,22 @@ impl Union {
                 })?;
             }
         } else if found.layer != UPPER {
-            let lower = copy_up(&self.layers, found.layer, rel)?;
-            self.moved(moved, lower.key(), self.layers.stat(UPPER, rel)?.key());
+            let key = found.meta.key();
+            let node = (found.meta.nlink > 1)
+                .then(|| self.table.existing_ino(key))
+                .flatten()
+                .and_then(|ino| self.table.get(ino));
+            if let Some(node) = node {
+                // One of several names of a lower file the kernel knows as one inode: the
+                // names it knows are linked to the copy (they stay one file), and the lower
+                // file's key stops meaning this inode, so a name not looked up yet shows the
+                // lower file under a number of its own, as a plain copy-up does.
+                self.copy_up_node(&node)?;
+            }
+            if self.layers.stat(UPPER, rel).is_err() {
+                copy_up(&self.layers, found.layer, rel)?;
+            }
+            self.moved(moved, key, self.layers.stat(UPPER, rel)?.key());
         }
         Ok(())
     }
@@ -304,16 +317,14 @@ impl Union {
         name: &OsStr,
         newparent: u64,
         newname: &OsStr,
-        src: &Found,
-        dst: Option<&Found>,
+        src_ino: Option<u64>,
+        dst_ino: Option<u64>,
         flags: RenameFlags,
         moved: &[(Key, Key)],
     ) {
         // Each copied file already answers with its old inode number (`moved`).
         let old = (parent, name.to_os_string());
         let new = (newparent, newname.to_os_string());
-        let src_ino = self.table.existing_ino(src.meta.key());
-        let dst_ino = dst.and_then(|d| self.table.existing_ino(d.meta.key()));
         let relink =
             |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
                 if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {

@@ -554,6 +554,47 @@ fn lower_hard_links_stay_one_file_after_copy_up() {
 }
 
 #[test]
+fn renaming_one_name_of_lower_hard_links_keeps_both_readable() {
+    // Each mount: the other name known to the kernel before the rename (both names stay
+    // one file, as after a write), or looked up only after it (it shows the lower file).
+    for (round, known) in [(0, false), (1, true)] {
+        let fixture = Fixture::with_lower_links();
+        let m = std::sync::Arc::new(fixture.mount(&format!("fuse{round}"), Driver::Fuse));
+        let inner = m.clone();
+        deadline(60, "rename of a lower hard link", move || {
+            let m = inner;
+            let before = fs::read(m.path("etc/conf1")).unwrap();
+            if known {
+                fs::metadata(m.path("etc/conf1.hard")).unwrap();
+            }
+            fs::metadata(m.path("etc/conf1")).unwrap();
+            fs::rename(m.path("etc/conf1"), m.path("etc/conf1.moved")).unwrap();
+            assert_eq!(
+                fs::read(m.path("etc/conf1.moved")).unwrap(),
+                before,
+                "known={known}"
+            );
+            assert_eq!(
+                fs::read(m.path("etc/conf1.hard")).unwrap(),
+                before,
+                "known={known}"
+            );
+            assert!(!m.path("etc/conf1").exists());
+            let (moved, hard) = (
+                fs::metadata(m.path("etc/conf1.moved")).unwrap(),
+                fs::metadata(m.path("etc/conf1.hard")).unwrap(),
+            );
+            if known {
+                assert_eq!((moved.ino(), moved.nlink()), (hard.ino(), 2));
+            } else {
+                assert_ne!(moved.ino(), hard.ino());
+                assert_eq!(moved.nlink(), 1);
+            }
+        });
+    }
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
