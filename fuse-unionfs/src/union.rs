@@ -607,7 +607,14 @@ impl Union {
                 upper: false,
             }));
         }
-        let fd = self.open_real(layer, &path, write)?;
+        let fd = match self.open_real(layer, &path, write) {
+            // The name was unlinked (or whited out: a 0/0 device opens as ENXIO) between
+            // the caller's lookup and this open. ESTALE has the kernel walk the path again
+            // with revalidation (LOOKUP_REVAL), so an O_CREAT open creates the file, as it
+            // would have on a file system where lookup and open are one step.
+            Err(Errno::NOENT | Errno::NXIO) => return Err(Errno::STALE),
+            fd => fd?,
+        };
         Ok(self.files.insert(OpenFile::new(fd, ino, layer == UPPER)))
     }
 
