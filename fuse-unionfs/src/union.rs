@@ -57,6 +57,9 @@ pub struct DirEntry {
 #[derive(Debug)]
 pub struct OpenFile {
     fd: OnceLock<OwnedFd>,
+    /// A lower file's copy, once the file was copied up under this handle: its reads come
+    /// from the copy, as through overlayfs (since 4.19) they do.
+    copy: OnceLock<OwnedFd>,
     lower: Option<LowerFile>,
     pub ino: u64,
     pub upper: bool,
@@ -74,6 +77,7 @@ impl OpenFile {
     pub(crate) fn new(fd: OwnedFd, ino: u64, upper: bool) -> OpenFile {
         OpenFile {
             fd: OnceLock::from(fd),
+            copy: OnceLock::new(),
             lower: None,
             ino,
             upper,
@@ -598,6 +602,7 @@ impl Union {
         {
             return Ok(self.files.insert(OpenFile {
                 fd: OnceLock::new(),
+                copy: OnceLock::new(),
                 lower: Some(LowerFile {
                     layer,
                     path,
@@ -722,9 +727,40 @@ impl Union {
         Some(file)
     }
 
+    /// The file a handle's data comes from: its own, or for a lower file copied up since
+    /// it was opened (by another handle's write), the copy. Otherwise a reader holding the
+    /// file open would read the old data, and its reads would fill the page cache that
+    /// every later open of the file shares with it.
+    fn data_fd<'a>(&self, file: &'a OpenFile) -> Res<BorrowedFd<'a>> {
+        if file.upper {
+            return self.fd(file);
+        }
+        if let Some(fd) = file.copy.get() {
+            return Ok(fd.as_fd());
+        }
+        let copied = self
+            .table
+            .get(file.ino)
+            .is_some_and(|node| node.state().layer == UPPER);
+        if !copied {
+            return self.fd(file);
+        }
+        let _shared = self.shared();
+        match self.path(file.ino) {
+            Ok(path) => {
+                let fd = self.open_real(UPPER, &path, false)?;
+                let _ = file.copy.set(fd);
+                Ok(file.copy.get().ok_or(Errno::BADF)?.as_fd())
+            }
+            // every name gone: the lower file is all there is to read
+            Err(Errno::STALE) => self.fd(file),
+            Err(err) => Err(err),
+        }
+    }
+
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
         let file = self.files.get(fh)?;
-        let fd = self.fd(&file)?;
+        let fd = self.data_fd(&file)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -968,7 +1004,7 @@ impl Union {
             _ => return Err(Errno::INVAL),
         };
         // The handle's own offset moves, but reads and writes give theirs.
-        Ok(rustix::fs::seek(self.fd(&file)?, to)? as i64)
+        Ok(rustix::fs::seek(self.data_fd(&file)?, to)? as i64)
     }
 
     /// fallocate; `drop_setid` as for [`Union::write`].

@@ -639,6 +639,36 @@ fn create_racing_unlink_of_lower_names_never_opens_a_whiteout() {
 }
 
 #[test]
+fn a_reader_opened_before_a_copy_up_reads_the_copy() {
+    // As through overlayfs since 4.19: a handle of the lower file, opened before another
+    // one's write copied the file up, reads the copy; and its reads must not leave the old
+    // data in the page cache that a later open shares.
+    with_fuse(|m| {
+        let path = m.path("etc/conf0");
+        let mut early = fs::File::open(&path).unwrap();
+        fs::write(&path, b"written after the open\n").unwrap();
+        let mut seen = String::new();
+        early.read_to_string(&mut seen).unwrap();
+        assert_eq!(seen, "written after the open\n");
+        drop(early);
+        assert_eq!(fs::read(&path).unwrap(), b"written after the open\n");
+
+        // appended: the old handle sees the whole file, not the lower file's bytes
+        let path = m.path("etc/conf1");
+        let lower = fs::read(&path).unwrap();
+        let early = fs::File::open(&path).unwrap();
+        let mut appender = fs::OpenOptions::new().append(true).open(&path).unwrap();
+        appender.write_all(b"more\n").unwrap();
+        drop(appender);
+        let mut all = lower.clone();
+        all.extend_from_slice(b"more\n");
+        let mut buf = vec![0u8; 4096];
+        let n = std::os::unix::fs::FileExt::read_at(&early, &mut buf, 0).unwrap();
+        assert_eq!(&buf[..n], &all[..]);
+    });
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
