@@ -41,6 +41,9 @@ pub(crate) struct Node {
     /// (size, nlink) of the node's lower file, as a lookup saw it: branches below the
     /// upper never change, so an open can decide how to serve the file without a stat.
     pub lower_file: OnceLock<(u64, u64)>,
+    /// A removed directory's attributes (nlink 0): a process may still be in it, and
+    /// fstat(2) of "." must answer, as on any file system.
+    pub removed_dir: OnceLock<crate::layer::Meta>,
 }
 
 impl Node {
@@ -150,6 +153,7 @@ impl Table {
                     lookups: AtomicU64::new(0),
                     copy_lock: Mutex::new(()),
                     lower_file: OnceLock::new(),
+                    removed_dir: OnceLock::new(),
                 })
             })
             .clone();
@@ -168,6 +172,7 @@ impl Table {
             lookups: AtomicU64::new(1 << 40),
             copy_lock: Mutex::new(()),
             lower_file: OnceLock::new(),
+            removed_dir: OnceLock::new(),
         });
         write(self.node_shard(ROOT)).insert(ROOT, node);
     }

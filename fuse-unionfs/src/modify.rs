@@ -18,7 +18,7 @@ use crate::copyup::{copy_up, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
 use crate::union::{
-    Caller, Entry, OpenFile, Union, Unprivileged, drop_setid, drop_setid_at, without_setid,
+    Caller, Entry, Found, OpenFile, Union, Unprivileged, drop_setid, drop_setid_at, without_setid,
 };
 
 /// A real file (device, inode).
@@ -498,8 +498,22 @@ impl Union {
         let lower = self.lower_has(&players, &rel)?;
         self.copy_up_dir(parent)?;
         self.remove_upper_dir(&rel, found.layer == UPPER, lower)?;
+        self.dir_removed(&found);
         self.unlinked(parent, name, found.meta.key(), true);
         Ok(())
+    }
+
+    /// Keeps a removed directory's attributes for its node (see `Node::removed_dir`).
+    pub(crate) fn dir_removed(&self, found: &Found) {
+        if let Some(node) = self
+            .table
+            .existing_ino(found.meta.key())
+            .and_then(|ino| self.table.get(ino))
+        {
+            let mut meta = found.meta;
+            meta.nlink = 0;
+            let _ = node.removed_dir.set(meta);
+        }
     }
 
     /// Removes a (merged-empty) directory: the upper part, which may hold whiteouts, moves

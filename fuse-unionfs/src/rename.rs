@@ -226,6 +226,7 @@ impl Union {
             if let Some(dst) = &dst {
                 if dst.meta.is_dir() {
                     self.remove_upper_dir(&nrel, dst.layer == UPPER, false)?;
+                    self.dir_removed(dst);
                 } else if dst.layer != UPPER && src.meta.is_dir() {
                     // nothing in upper to replace: the lower file is hidden by the opaque dir below
                 } else if src.meta.is_dir() {

@@ -426,6 +426,11 @@ impl Union {
             // (vfs_getattr has no file): answer from any open file of the inode.
             // An upper handle is the file itself; a lower one shows what it reads, with
             // nlink 0, as every name is gone.
+            Err(Errno::STALE) if node.removed_dir.get().is_some() => Ok(Entry {
+                ino,
+                meta: *node.removed_dir.get().ok_or(Errno::STALE)?,
+                upper: true,
+            }),
             Err(Errno::STALE) => {
                 let file = self.unlinked_open(ino, false)?;
                 let mut meta = Meta::from_stat(&rustix::fs::fstat(self.fd(&file)?)?);

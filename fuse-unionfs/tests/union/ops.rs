@@ -669,6 +669,33 @@ fn a_reader_opened_before_a_copy_up_reads_the_copy() {
 }
 
 #[test]
+fn a_removed_directory_held_open_still_answers_fstat() {
+    // A shell whose cwd was removed, or a program holding the directory open: fstat(2)
+    // answers with nlink 0, as on any file system, rather than ESTALE.
+    with_fuse(|m| {
+        for (dir, lower) in [("new-dir", false), ("var/log/d1", true)] {
+            let path = m.path(dir);
+            if !lower {
+                fs::create_dir(&path).unwrap();
+            }
+            for entry in fs::read_dir(&path).unwrap() {
+                let entry = entry.unwrap().path();
+                if entry.is_dir() {
+                    fs::remove_dir_all(&entry).unwrap();
+                } else {
+                    fs::remove_file(&entry).unwrap();
+                }
+            }
+            let held = fs::File::open(&path).unwrap();
+            fs::remove_dir(&path).unwrap();
+            let meta = held.metadata().unwrap();
+            assert!(meta.is_dir(), "{dir}");
+            assert_eq!(meta.nlink(), 0, "{dir}");
+        }
+    });
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
