@@ -54,9 +54,11 @@ impl Location {
     /// Parses `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`, `docker://REF` or a plain registry
     /// reference.
     pub fn parse(text: &str) -> Result<Location> {
+        // As skopeo reads them: the path ends at the first colon, and the rest is the
+        // reference, colons and all (a layout's names are `name:tag`, even registry paths).
         let split = |rest: &str| -> (PathBuf, Option<String>) {
-            match rest.rsplit_once(':') {
-                Some((path, tag)) if !tag.contains('/') && !path.is_empty() => (
+            match rest.split_once(':') {
+                Some((path, tag)) if !path.is_empty() => (
                     PathBuf::from(path),
                     Some(tag.to_string()).filter(|t| !t.is_empty()),
                 ),
@@ -397,6 +399,21 @@ mod tests {
             Location::OciArchive {
                 file: "img.tar".into(),
                 tag: Some("v1".into())
+            }
+        );
+        // skopeo's split: the reference may hold colons and slashes
+        assert_eq!(
+            Location::parse("oci:/store/oci:docker.io/library/app:1").unwrap(),
+            Location::OciDir {
+                dir: "/store/oci".into(),
+                tag: Some("docker.io/library/app:1".into())
+            }
+        );
+        assert_eq!(
+            Location::parse("oci-archive:a.tar:name:tag").unwrap(),
+            Location::OciArchive {
+                file: "a.tar".into(),
+                tag: Some("name:tag".into())
             }
         );
         let Location::Registry(r) = Location::parse("docker://127.0.0.1:5000/a:b").unwrap() else {
