@@ -403,3 +403,36 @@ fn a_registry_with_a_private_ca_is_verified_against_the_trusted_roots() {
     let fresh = TestStore::new();
     fresh.ok_env(&["pull", &dest], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
 }
+
+#[test]
+fn a_corrupt_local_blob_is_named_when_a_push_fails_on_it() {
+    let registry = Registry::start();
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let image: serde_json::Value =
+        serde_json::from_str(&store.ok(&["inspect", "busybox:1"])).unwrap();
+    let layer = image[0]["Manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = store
+        .root()
+        .join("oci/blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let out = store.strata(&[
+        "push",
+        "-q",
+        "busybox:1",
+        &format!("{}/e2e/corrupt:1", registry.host),
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&layer) && stderr.contains("corrupt"),
+        "the local blob is the culprit, not the registry: {stderr}"
+    );
+}

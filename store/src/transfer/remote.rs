@@ -151,7 +151,22 @@ pub fn push_to_registry(
             .len();
         opts.progress.begin(digest, size, "push");
         let advance = |n: u64| opts.progress.advance(digest, n);
-        client.upload_blob(repo, digest, size, BlobSource::File(&path), Some(&advance))?;
+        if let Err(err) =
+            client.upload_blob(repo, digest, size, BlobSource::File(&path), Some(&advance))
+        {
+            // A registry that refuses a blob (DIGEST_INVALID) may be right: the local copy
+            // may be corrupt, and that is the error to give.
+            let actual = std::fs::File::open(&path)
+                .and_then(|mut file| Digest::of_reader(&mut file))
+                .map_err(|e| Error::io("failed to read blob", &path, e))?;
+            if actual != *digest {
+                return Err(Error::DigestMismatch {
+                    expected: *digest,
+                    actual,
+                });
+            }
+            return Err(err);
+        }
         opts.progress.end(digest, "done");
         Ok(())
     })?;
