@@ -228,6 +228,10 @@ pub struct GcArgs {
     /// AGE), so that its layers can go too, as `docker builder prune`
     #[arg(long, value_name = "AGE", num_args = 0..=1, default_missing_value = "0s")]
     pub cache: Option<String>,
+    /// Also remove dangling images (no name left, no container made from them), as
+    /// `docker image prune`: a rebuilt or re-pulled tag leaves its old image so
+    #[arg(long)]
+    pub dangling: bool,
 }
 
 #[derive(Debug, clap::Args)]

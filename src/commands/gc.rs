@@ -1,4 +1,5 @@
-//! `strata gc`: frees unreferenced blobs, unpacked layers and tmp files, and says how much.
+//! `strata gc [--cache [AGE]] [--dangling]`: frees unreferenced blobs, unpacked layers and
+//! tmp files, and says how much; optionally forgets the build cache and dangling images first.
 
 use std::process::ExitCode;
 
@@ -50,12 +51,21 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
         Some(age) => store.cache_prune(parse_age(age)?)?,
         None => 0,
     };
+    let pruned = if args.dangling {
+        store.prune_dangling()?
+    } else {
+        Vec::new()
+    };
     let report = store.gc()?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["cache_entries"] = forgotten.into();
+        value["images"] = serde_json::to_value(&pruned)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
+        for id in &pruned {
+            println!("Deleted: {id}");
+        }
         println!(
             "freed {}: {} blobs, {} unpacked layers, {} tmp entries, {forgotten} cache entries",
             human_size(report.freed_bytes),

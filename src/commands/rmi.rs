@@ -22,7 +22,7 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
                 | strata_store::Error::DigestMismatch { .. }
                 | strata_store::Error::Json { .. },
             ) => {
-                let removal = store.remove_image_report(reference)?;
+                let removal = store.remove_image_report(reference, args.force)?;
                 for name in removal.untagged {
                     println!("Untagged: {name}");
                 }
@@ -43,7 +43,7 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
                 image.names.join(", ")
             );
         }
-        let removal = store.remove_image_report(reference)?;
+        let removal = store.remove_image_report(reference, args.force)?;
         for name in removal.untagged {
             println!("Untagged: {name}");
         }

@@ -2,7 +2,7 @@
 //! with oci-spec and written as canonical JSON, so the same config and layers always give
 //! the same manifest digest; plus naming, lookup and removal over `oci/index.json`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use crate::error::{Error, Result};
 use crate::layout::Store;
@@ -290,11 +290,13 @@ impl Store {
 
     /// `rmi`: a name removes that name; an id or digest removes every name of the image.
     pub fn remove_image(&self, reference: &str) -> Result<()> {
-        self.remove_image_report(reference).map(|_| ())
+        self.remove_image_report(reference, false).map(|_| ())
     }
 
     /// Like `remove_image`, and says what was untagged and whether the image is gone.
-    pub fn remove_image_report(&self, reference: &str) -> Result<Removal> {
+    /// `force`, as docker's `rmi -f`: an image a container was made from loses its names
+    /// anyway, and stays, unnamed, for the container.
+    pub fn remove_image_report(&self, reference: &str, force: bool) -> Result<Removal> {
         let image = match self.resolve(reference) {
             Ok(image) => image,
             // A name whose blobs are damaged or gone can still be removed.
@@ -332,8 +334,12 @@ impl Store {
             None => image.names.clone(),
         };
         let last = by_name.is_none() || image.names.len() <= 1;
-        if last {
-            self.check_unused_after(&image, image.names.len())?;
+        let mut used = false;
+        if last && let Err(err) = self.check_unused_after(&image, image.names.len()) {
+            if !force {
+                return Err(err);
+            }
+            used = true;
         }
         let manifest = image.manifest_digest;
         self.update_index(|entries| {
@@ -345,8 +351,46 @@ impl Store {
         })?;
         Ok(Removal {
             untagged,
-            deleted: last.then_some(image.id),
+            deleted: (last && !used).then_some(image.id),
         })
+    }
+
+    /// `gc --dangling`, docker's `image prune`: drops the unnamed images no container uses;
+    /// returns their ids. Their blobs are then garbage.
+    pub fn prune_dangling(&self) -> Result<Vec<Digest>> {
+        let before: HashSet<Digest> = self
+            .index_entries()?
+            .iter()
+            .filter(|e| entry_name(e).is_none())
+            .filter_map(|e| descriptor_digest(e).ok())
+            .collect();
+        if before.is_empty() {
+            return Ok(Vec::new());
+        }
+        // update_index puts back the images containers were made from
+        let after: HashSet<Digest> = self
+            .update_index(|entries| {
+                entries.retain(|e| entry_name(e).is_some());
+                Ok(())
+            })
+            .and_then(|()| {
+                Ok(self
+                    .index_entries()?
+                    .iter()
+                    .filter_map(|e| descriptor_digest(e).ok())
+                    .collect())
+            })?;
+        let mut pruned = Vec::new();
+        for manifest in before.difference(&after) {
+            let config = self
+                .read_blob(manifest)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<oci::ImageManifest>(&bytes).ok())
+                .and_then(|m| descriptor_digest(m.config()).ok());
+            pruned.push(config.unwrap_or(*manifest));
+        }
+        pruned.sort();
+        Ok(pruned)
     }
 
     /// Refuses when removing `removed` names would leave `image` unnamed while a container
@@ -391,6 +435,17 @@ fn set_name(
     media_type: oci::MediaType,
     name: &str,
 ) {
+    let same_name =
+        |existing: &str| existing == name || refs::familiar(existing) == refs::familiar(name);
+    // The images this name moves away from: one left without a name stays listed, unnamed
+    // (docker's dangling `<none>` image, after a rebuilt or re-pulled tag), until `rmi ID`
+    // or `gc --dangling`.
+    let left: Vec<oci::Descriptor> = entries
+        .iter()
+        .filter(|e| entry_name(e).is_some_and(same_name))
+        .filter(|e| descriptor_digest(e).ok() != Some(*digest))
+        .cloned()
+        .collect();
     entries.retain(|e| {
         let same_manifest = descriptor_digest(e).ok() == Some(*digest);
         match entry_name(e) {
@@ -400,6 +455,16 @@ fn set_name(
             None => !same_manifest,
         }
     });
+    for mut old in left {
+        let old_digest = descriptor_digest(&old).ok();
+        if !entries
+            .iter()
+            .any(|e| descriptor_digest(e).ok() == old_digest)
+        {
+            old.set_annotations(None);
+            entries.push(old);
+        }
+    }
     entries.push(refs::index_entry(digest, size, media_type, Some(name)));
 }
 

@@ -729,3 +729,28 @@ fn a_damaged_image_is_left_out_of_images_and_removed_by_rmi_and_repair_mends_the
     let ids = store.ok(&["images", "-q"]);
     assert!(id.contains(ids.trim()), "{ids}");
 }
+
+#[test]
+fn rmi_force_untags_an_image_a_container_uses_and_gc_dangling_spares_it() {
+    let store = TestStore::new();
+    store.import_busybox("app");
+    store.ok(&["run", "--name", "c", "app", "true"]);
+    let out = store.strata(&["rmi", "app"]);
+    assert!(!out.status.success(), "rmi without -f refuses");
+    let out = store.ok(&["rmi", "-f", "app"]);
+    assert!(
+        out.contains("Untagged: app") && !out.contains("Deleted"),
+        "{out}"
+    );
+    let listed = store.ok(&["images"]);
+    assert!(listed.contains("<none>"), "{listed}");
+    // a dangling image a container was made from stays through gc --dangling
+    store.ok(&["gc", "--dangling"]);
+    assert!(store.ok(&["images"]).contains("<none>"));
+    store.ok(&["start", "-a", "c"]);
+    store.ok(&["rm", "c"]);
+    let out = store.ok(&["gc", "--dangling"]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    assert!(!store.ok(&["images"]).contains("<none>"));
+    store.ok(&["fsck"]);
+}

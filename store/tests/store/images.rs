@@ -254,3 +254,34 @@ fn put_image_refuses_missing_layer_blobs() {
         Err(Error::BlobNotFound(_))
     ));
 }
+
+#[test]
+fn a_moved_name_leaves_its_old_image_dangling_until_pruned() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let other = scratch();
+    fs::write(other.path().join("f"), "v2\n").unwrap();
+    let (_dir, store) = store();
+    let v1 = image_of(&store, &[tree.path()], "app:v1");
+    // the same image named again changes nothing
+    image_of(&store, &[tree.path()], "app:v1");
+    assert_eq!(store.images().unwrap().len(), 1);
+    let v2 = image_of(&store, &[other.path()], "app:v1");
+    let images = store.images().unwrap();
+    assert_eq!(images.len(), 2, "docker keeps a rebuilt tag's image as <none>");
+    let old = images.iter().find(|i| i.id == v1.id).unwrap();
+    assert!(old.names.is_empty());
+    assert_eq!(store.resolve(&v1.id.hex()[..12]).unwrap().id, v1.id);
+    assert_eq!(store.resolve("app:v1").unwrap().id, v2.id);
+    // moving the name back leaves v2 dangling instead, and v1 named once
+    store.tag(&store.resolve(&v1.id.hex()).unwrap(), "app:v1").unwrap();
+    let images = store.images().unwrap();
+    assert_eq!(images.len(), 2);
+    assert_eq!(store.resolve("app:v1").unwrap().id, v1.id);
+    assert!(images.iter().find(|i| i.id == v2.id).unwrap().names.is_empty());
+    assert_eq!(store.prune_dangling().unwrap(), vec![v2.id]);
+    assert_eq!(store.images().unwrap().len(), 1);
+    store.gc().unwrap();
+    assert_eq!(store.fsck().unwrap(), vec![]);
+    assert!(store.resolve(&v2.id.hex()).is_err());
+}
