@@ -47,12 +47,19 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
         let created = created(image)
             .map(|t| time::ago(t, now))
             .unwrap_or_else(|| "N/A".into());
-        let names: Vec<(String, String)> = if image.names.is_empty() {
+        // A tag's row stands for its repo digest too (docker's `images`); an image known
+        // only by digest is `repo <none>`.
+        let tagged: Vec<&String> = image.names.iter().filter(|n| !n.contains('@')).collect();
+        let shown: Vec<&String> = if tagged.is_empty() {
+            image.names.iter().collect()
+        } else {
+            tagged
+        };
+        let names: Vec<(String, String)> = if shown.is_empty() {
             vec![("<none>".into(), "<none>".into())]
         } else {
-            image
-                .names
-                .iter()
+            shown
+                .into_iter()
                 .map(|n| {
                     let (repo, tag) = refs::split_name(n);
                     // an image pulled by digest is named repo@sha256:..: no tag

@@ -277,6 +277,26 @@ impl Store {
         })
     }
 
+    /// Names the manifest `manifest` `repo@digest` too (a push records where it went).
+    pub fn add_repo_digest(&self, manifest: &Digest, name: &str) -> Result<()> {
+        let name = normalize_ref(name)?;
+        let image = self.load_image(manifest, Vec::new())?;
+        let size = self
+            .blob_path(manifest)
+            .metadata()
+            .map_err(|e| Error::io("failed to stat", self.blob_path(manifest), e))?
+            .len();
+        let media_type = image
+            .manifest
+            .media_type()
+            .clone()
+            .unwrap_or(oci::MediaType::ImageManifest);
+        self.update_index(|entries| {
+            set_name(entries, manifest, size, media_type, &name);
+            Ok(())
+        })
+    }
+
     /// Removes the name `name`. An image left without names is gone (gc frees it).
     pub fn untag(&self, name: &str) -> Result<()> {
         let name = normalize_name(name)?;

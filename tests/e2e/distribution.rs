@@ -58,12 +58,20 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
         Some(pulled_id.as_str()),
         "same image id after the round trip"
     );
+    // Both stores record the repo digest, as docker does after a push and a pull by tag.
+    let by_digest = format!("{}/e2e/busybox@{digest}", registry.host);
+    for (which, s, name) in [("pusher", &store, "busybox:1"), ("puller", &fresh, &*dest)] {
+        let pinned = s.ok(&["inspect", "-f", "{{index .RepoDigests 0}}", name]);
+        assert_eq!(pinned.trim(), by_digest, "{which}");
+        // one row for the tag: its repo digest is not a row of its own
+        let rows = s.ok(&["images"]).lines().count();
+        assert_eq!(rows, 2, "{which}");
+    }
     // The pulled image runs.
     let out = fresh.strata(&["run", "--rm", &dest, "sh", "-c", "echo pulled-and-ran"]);
     assert_success(&out, &["run", "--rm", &dest]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled-and-ran\n");
     // By digest too, and a second pull is a no-op.
-    let by_digest = format!("{}/e2e/busybox@{digest}", registry.host);
     fresh.ok(&["pull", &by_digest]);
     // Pulled by digest into a store without the tag, the image is named repo@digest, as
     // docker records a repo digest: it survives gc and `run`/`rmi` find it by that name.

@@ -363,7 +363,17 @@ pub fn push(
         }
     };
     match Location::parse(&dest)? {
-        Location::Registry(reference) => push_to_registry(store, &source, &reference, opts),
+        Location::Registry(reference) => {
+            let digest = push_to_registry(store, &source, &reference, opts)?;
+            // As docker records it: the image is now also `repo@digest` (RepoDigests).
+            if !Location::is_transport(image) && digest == source.manifest_digest {
+                store.add_repo_digest(
+                    &digest,
+                    &format!("{}/{}@{digest}", reference.registry, reference.repository),
+                )?;
+            }
+            Ok(digest)
+        }
         Location::OciDir { dir, tag } => write_oci_dir(&source, &dir, tag.as_deref()),
         Location::OciArchive { file, tag } => {
             let name =

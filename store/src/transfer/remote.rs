@@ -186,6 +186,9 @@ pub(crate) fn pull_from_registry(
     let repo = reference.repository.as_str();
     let what = reference.to_string();
     let mut raw = client.fetch_manifest(repo, &reference.reference())?;
+    // What the tag names in the registry (an index, for a multi-platform image): the repo
+    // digest docker records, so `{{index .RepoDigests 0}}` pins what was pulled.
+    let repo_digest = Digest::of(&raw.bytes);
     if media::is_index(&raw.media_type) {
         let index = ManifestDoc::parse(&raw.bytes, &what)?;
         let chosen = select_platform(&index, &opts.platform, &what)?;
@@ -203,8 +206,15 @@ pub(crate) fn pull_from_registry(
     let sources = BlobSources::load(store);
     sources.record(doc.blobs().map(|b| b.digest), &reference.registry, repo);
     sources.save(store)?;
-    // Pulled by digest, the image is named `repo@sha256:..`, as docker records a repo digest.
-    let names = vec![reference.name()];
+    // Named by the tag pulled, and `repo@sha256:..` as docker records a repo digest (by
+    // digest, that is the only name).
+    let mut names = vec![reference.name()];
+    if reference.digest.is_none() {
+        names.push(format!(
+            "{}/{}@{repo_digest}",
+            reference.registry, reference.repository
+        ));
+    }
     store.put_manifest_raw(&raw.bytes, &names)
 }
 

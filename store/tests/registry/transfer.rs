@@ -151,7 +151,9 @@ fn pull_of_a_docker_schema2_image_pushed_by_skopeo_into_a_fresh_store() {
     let fresh = Store::open(fresh.path()).unwrap();
     let reference = format!("{}/from/skopeo:v2s2", registry.host);
     let pulled = transfer::pull(&fresh, &reference, &opts()).unwrap();
-    assert_eq!(pulled.names, vec![reference.clone()]);
+    // named by the tag and, as docker records it, by the repo digest
+    let repo_digest = format!("{}/from/skopeo@{}", registry.host, pulled.manifest_digest);
+    assert_eq!(pulled.names, vec![reference.clone(), repo_digest]);
     assert_eq!(pulled.id, image.id, "the config travels unchanged");
     let manifest = fresh.read_blob(&pulled.manifest_digest).unwrap();
     assert_eq!(

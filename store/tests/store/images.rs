@@ -268,17 +268,30 @@ fn a_moved_name_leaves_its_old_image_dangling_until_pruned() {
     assert_eq!(store.images().unwrap().len(), 1);
     let v2 = image_of(&store, &[other.path()], "app:v1");
     let images = store.images().unwrap();
-    assert_eq!(images.len(), 2, "docker keeps a rebuilt tag's image as <none>");
+    assert_eq!(
+        images.len(),
+        2,
+        "docker keeps a rebuilt tag's image as <none>"
+    );
     let old = images.iter().find(|i| i.id == v1.id).unwrap();
     assert!(old.names.is_empty());
     assert_eq!(store.resolve(&v1.id.hex()[..12]).unwrap().id, v1.id);
     assert_eq!(store.resolve("app:v1").unwrap().id, v2.id);
     // moving the name back leaves v2 dangling instead, and v1 named once
-    store.tag(&store.resolve(&v1.id.hex()).unwrap(), "app:v1").unwrap();
+    store
+        .tag(&store.resolve(&v1.id.hex()).unwrap(), "app:v1")
+        .unwrap();
     let images = store.images().unwrap();
     assert_eq!(images.len(), 2);
     assert_eq!(store.resolve("app:v1").unwrap().id, v1.id);
-    assert!(images.iter().find(|i| i.id == v2.id).unwrap().names.is_empty());
+    assert!(
+        images
+            .iter()
+            .find(|i| i.id == v2.id)
+            .unwrap()
+            .names
+            .is_empty()
+    );
     assert_eq!(store.prune_dangling().unwrap(), vec![v2.id]);
     assert_eq!(store.images().unwrap().len(), 1);
     store.gc().unwrap();
