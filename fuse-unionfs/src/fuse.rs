@@ -776,15 +776,19 @@ impl Filesystem for Fs {
     fn ioctl(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
+        cmd: u32,
+        in_data: &[u8],
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        // lsattr and chattr; anything else (isatty's TCGETS first) is not for files here.
+        match self.union.fileattr(ino.0, cmd, in_data) {
+            Ok(out) => reply.ioctl(0, &out),
+            Err(err) => reply.error(errno(err)),
+        }
     }
 
     fn fsync(

@@ -660,16 +660,22 @@ impl Union {
     }
 
     /// Upper files open read-write whatever the request (one backing file serves every
-    /// open of an inode under passthrough); lower files read-only.
+    /// open of an inode under passthrough); lower files read-only. An append-only upper
+    /// file (chattr +a) opens for appending: its writes land at its end whatever their
+    /// offset, as the kernel would have them.
     pub(crate) fn open_real(&self, layer: usize, path: &Path, write: bool) -> Res<OwnedFd> {
         let flags = OFlags::CLOEXEC | OFlags::NOFOLLOW;
         if layer == UPPER {
-            match rustix::fs::openat(
-                self.layers.fd(layer),
-                arg(path),
-                flags | OFlags::RDWR,
-                Mode::empty(),
-            ) {
+            let open = |extra: OFlags| {
+                rustix::fs::openat(
+                    self.layers.fd(layer),
+                    arg(path),
+                    flags | OFlags::RDWR | extra,
+                    Mode::empty(),
+                )
+            };
+            match open(OFlags::empty()) {
+                Err(Errno::PERM) if write => return open(OFlags::APPEND),
                 Err(Errno::ACCESS | Errno::PERM | Errno::ROFS | Errno::TXTBSY) if !write => {}
                 other => return other,
             }
@@ -997,7 +1003,53 @@ fn current_umask() -> u32 {
         .unwrap_or(0o022)
 }
 
+/// The inode flags ioctls (lsattr, chattr; FUSE sends them since Linux 5.13 for
+/// fileattr_get/set): `_IOR('f', 1, long)`, `_IOW('f', 2, long)` (an int is passed),
+/// `_IOR('X', 31, struct fsxattr)`, `_IOW('X', 32, struct fsxattr)`.
+pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+
 impl Union {
+    /// An inode flags ioctl on the real file: read from the topmost branch holding it,
+    /// set on the upper copy (copied up first). The kernel has checked the caller may
+    /// (owner or CAP_FOWNER; CAP_LINUX_IMMUTABLE for the immutable and append-only flags).
+    /// `input` is the flags (an int) or a `struct fsxattr`; the ioctl's answer comes back.
+    pub fn fileattr(&self, ino: u64, cmd: u32, input: &[u8]) -> Res<Vec<u8>> {
+        let size = match cmd {
+            FS_IOC_GETFLAGS | FS_IOC_SETFLAGS => 4,
+            FS_IOC_FSGETXATTR | FS_IOC_FSSETXATTR => 28,
+            _ => return Err(Errno::NOTTY),
+        };
+        let set = matches!(cmd, FS_IOC_SETFLAGS | FS_IOC_FSSETXATTR);
+        let _shared = self.shared();
+        let node = self.node(ino)?;
+        let path = if set {
+            self.copy_up_node(&node)?
+        } else {
+            self.path(ino)?
+        };
+        let layer = node.state().layer;
+        let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        if node.is_dir {
+            flags |= OFlags::DIRECTORY;
+        }
+        let fd = rustix::fs::openat(self.layers.fd(layer), arg(&path), flags, Mode::empty())?;
+        let mut buf = vec![0u8; size];
+        if set {
+            let given = arg_bytes(input, size)?;
+            buf.copy_from_slice(given);
+        }
+        // SAFETY: the buffer holds `size` bytes, what each of these four commands reads or
+        // writes (an int, or a struct fsxattr).
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) };
+        if ret < 0 {
+            return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        }
+        Ok(if set { Vec::new() } else { buf })
+    }
+
     /// lseek with SEEK_DATA or SEEK_HOLE, answered by the real file: the kernel does the
     /// other kinds itself, and without this would take a whole file for data.
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Res<i64> {
@@ -1035,4 +1087,9 @@ impl Union {
             len,
         )
     }
+}
+
+/// The first `size` bytes of an ioctl's input; EINVAL when it is shorter.
+fn arg_bytes(input: &[u8], size: usize) -> Res<&[u8]> {
+    input.get(..size).ok_or(Errno::INVAL)
 }

@@ -696,6 +696,59 @@ fn a_removed_directory_held_open_still_answers_fstat() {
 }
 
 #[test]
+fn inode_flags_are_read_and_set_as_chattr_does() {
+    use std::os::fd::AsRawFd;
+    const GETFLAGS: libc::c_ulong = 0x8008_6601;
+    const SETFLAGS: libc::c_ulong = 0x4008_6602;
+    const IMMUTABLE: libc::c_int = 0x10;
+    const APPEND: libc::c_int = 0x20;
+    fn flags(path: &Path) -> std::io::Result<libc::c_int> {
+        let file = fs::File::open(path)?;
+        let mut flags: libc::c_int = 0;
+        // SAFETY: FS_IOC_GETFLAGS writes one int.
+        match unsafe { libc::ioctl(file.as_raw_fd(), GETFLAGS, &mut flags) } {
+            0 => Ok(flags),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+    fn set_flags(path: &Path, flags: libc::c_int) -> std::io::Result<()> {
+        let file = fs::File::open(path)?;
+        // SAFETY: FS_IOC_SETFLAGS reads one int.
+        match unsafe { libc::ioctl(file.as_raw_fd(), SETFLAGS, &flags) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+    with_fuse(|m| {
+        // a lower file: read from the lower branch; set on its copy
+        let top = m.path("etc/top");
+        let before = flags(&top).unwrap();
+        set_flags(&top, before | IMMUTABLE).unwrap();
+        assert_eq!(flags(&top).unwrap() & IMMUTABLE, IMMUTABLE);
+        assert!(m.upper.join("etc/top").exists(), "set on the upper copy");
+        let err = fs::remove_file(&top).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+        set_flags(&top, before).unwrap();
+        // append-only: appends pass, truncation does not
+        let log = m.path("etc/log");
+        fs::write(&log, b"one\n").unwrap();
+        let base = flags(&log).unwrap();
+        set_flags(&log, base | APPEND).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(b"two\n")
+            .unwrap();
+        assert!(fs::write(&log, b"gone").is_err());
+        set_flags(&log, base).unwrap();
+        assert_eq!(fs::read(&log).unwrap(), b"one\ntwo\n");
+        // directories too (lsattr -d)
+        flags(&m.path("etc")).unwrap();
+    });
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
