@@ -450,10 +450,11 @@ impl Filesystem for Fs {
             InitFlags::FUSE_CACHE_SYMLINKS,
             // The kernel enforces POSIX ACLs (as overlayfs does through the real files)
             // and caches them per inode; without it every `ls -l` asks for
-            // system.posix_acl_access once per file. The umask stays the kernel's to
-            // apply (no FUSE_DONT_MASK), also below a default ACL, where overlayfs would
-            // not apply it: the one difference.
+            // system.posix_acl_access once per file.
             InitFlags::FUSE_POSIX_ACL,
+            // The umask is this server's to apply (`Union::creation_mode`): not below a
+            // directory with a default ACL, which decides the new entry's mode instead.
+            InitFlags::FUSE_DONT_MASK,
         ] {
             if caps.contains(flag) {
                 let _ = config.add_capabilities(flag);
@@ -600,10 +601,11 @@ impl Filesystem for Fs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_entry(
             self.union
                 .mknod(parent.0, name, mode, u64::from(rdev), self.caller(req)),
@@ -617,9 +619,10 @@ impl Filesystem for Fs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
+        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_entry(
             self.union.mkdir(parent.0, name, mode, self.caller(req)),
             reply,
@@ -955,10 +958,11 @@ impl Filesystem for Fs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_created(
             self.union.create(parent.0, name, mode, self.caller(req)),
             reply,
@@ -970,10 +974,11 @@ impl Filesystem for Fs {
         req: &Request,
         parent: INodeNo,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_created(self.union.tmpfile(parent.0, mode, self.caller(req)), reply);
     }
 

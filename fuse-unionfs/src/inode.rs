@@ -44,6 +44,8 @@ pub(crate) struct Node {
     /// A removed directory's attributes (nlink 0): a process may still be in it, and
     /// fstat(2) of "." must answer, as on any file system.
     pub removed_dir: OnceLock<crate::layer::Meta>,
+    /// A directory's default ACL: not looked at yet, none, or one (see `Union::default_acl`).
+    pub default_acl: std::sync::atomic::AtomicU8,
 }
 
 impl Node {
@@ -154,6 +156,7 @@ impl Table {
                     copy_lock: Mutex::new(()),
                     lower_file: OnceLock::new(),
                     removed_dir: OnceLock::new(),
+                    default_acl: std::sync::atomic::AtomicU8::new(0),
                 })
             })
             .clone();
@@ -173,6 +176,7 @@ impl Table {
             copy_lock: Mutex::new(()),
             lower_file: OnceLock::new(),
             removed_dir: OnceLock::new(),
+            default_acl: std::sync::atomic::AtomicU8::new(0),
         });
         write(self.node_shard(ROOT)).insert(ROOT, node);
     }

@@ -7,6 +7,7 @@ use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use rustix::fs::{
@@ -14,7 +15,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use crate::copyup::{copy_up, timespec};
+use crate::copyup::{copy_up, get_xattr, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
 use crate::union::{
@@ -67,6 +68,7 @@ fn ts(t: Option<SetTime>) -> Timespec {
 }
 
 /// What to create in `make`.
+#[derive(Clone, Copy)]
 enum New<'a> {
     Dir(u32),
     File(u32),
@@ -75,6 +77,83 @@ enum New<'a> {
     Link(&'a Path),
     /// A link to an open upper file that has no name (an O_TMPFILE), and its node.
     LinkFd(BorrowedFd<'a>, u64),
+}
+
+const ACL_ACCESS: &str = "system.posix_acl_access";
+const ACL_DEFAULT: &str = "system.posix_acl_default";
+/// `Node::default_acl`: not looked at yet (0), none, one.
+const ACL_NONE: u8 = 1;
+const ACL_SOME: u8 = 2;
+
+impl New<'_> {
+    /// The same entry with permission bits `mode`.
+    fn with_mode(self, mode: u32) -> Self {
+        match self {
+            New::Dir(_) => New::Dir(mode),
+            New::File(_) => New::File(mode),
+            New::Node(old, rdev) => New::Node((old & !0o7777) | (mode & 0o7777), rdev),
+            other => other,
+        }
+    }
+
+    /// Below the default ACL `acl`: this entry's mode and its access ACL (None when the
+    /// mode says it all).
+    fn inherit(&self, acl: &[u8]) -> Option<(u32, Option<Vec<u8>>)> {
+        let (New::Dir(mode) | New::File(mode) | New::Node(mode, _)) = *self else {
+            return None;
+        };
+        inherit_acl(acl, mode & 0o7777)
+    }
+}
+
+/// posix_acl_create's masking (fs/posix_acl.c `posix_acl_create_masq`) on a default ACL in
+/// its xattr form (a version word, then (tag, perm, id) entries): the mode a new entry
+/// made with `mode` gets, and its access ACL unless the mode alone says it all.
+fn inherit_acl(acl: &[u8], mode: u32) -> Option<(u32, Option<Vec<u8>>)> {
+    if acl.len() < 4 || !(acl.len() - 4).is_multiple_of(8) {
+        return None;
+    }
+    let mut out = acl.to_vec();
+    let perm_at = |out: &[u8], i: usize| u32::from(u16::from_le_bytes([out[i + 2], out[i + 3]]));
+    let put = |out: &mut Vec<u8>, i: usize, perm: u32| {
+        out[i + 2..i + 4].copy_from_slice(&((perm & 7) as u16).to_le_bytes());
+    };
+    let mut m = mode & 0o777;
+    let mut not_equiv = false;
+    let (mut group_obj, mut mask_obj) = (None, None);
+    for i in (4..out.len()).step_by(8) {
+        match u16::from_le_bytes([out[i], out[i + 1]]) {
+            // ACL_USER_OBJ
+            0x01 => {
+                let perm = perm_at(&out, i) & (m >> 6);
+                put(&mut out, i, perm);
+                m &= (perm << 6) | !0o700;
+            }
+            // ACL_USER, ACL_GROUP
+            0x02 | 0x08 => not_equiv = true,
+            0x04 => group_obj = Some(i),
+            0x10 => {
+                mask_obj = Some(i);
+                not_equiv = true;
+            }
+            // ACL_OTHER
+            0x20 => {
+                let perm = perm_at(&out, i) & m;
+                put(&mut out, i, perm);
+                m &= perm | !0o007;
+            }
+            _ => return None,
+        }
+    }
+    let at = mask_obj.or(group_obj)?;
+    let perm = perm_at(&out, at) & (m >> 3);
+    put(&mut out, at, perm);
+    m &= (perm << 3) | !0o070;
+    Some(((mode & !0o777) | m, not_equiv.then_some(out)))
+}
+
+fn set_xattr(path: &Path, name: &OsStr, value: &[u8]) -> Res<()> {
+    rustix::fs::lsetxattr(path, name, value, rustix::fs::XattrFlags::empty())
 }
 
 impl Union {
@@ -158,6 +237,32 @@ impl Union {
         Ok((node, path, layers))
     }
 
+    /// The default ACL of directory `ino`, if it has one; whether it has one is kept on
+    /// its node (a create looks, and only a setxattr through the mount changes it).
+    pub(crate) fn default_acl(&self, ino: u64) -> Option<Vec<u8>> {
+        let node = self.table.get(ino)?;
+        if !node.is_dir || node.default_acl.load(Ordering::Relaxed) == ACL_NONE {
+            return None;
+        }
+        let path = self.path(ino).ok()?;
+        let layer = node.state().layer;
+        let acl = get_xattr(&self.layers.abs(layer, &path), OsStr::new(ACL_DEFAULT)).ok();
+        let known = if acl.is_some() { ACL_SOME } else { ACL_NONE };
+        node.default_acl.store(known, Ordering::Relaxed);
+        acl
+    }
+
+    /// The mode a new entry in `parent` asked for with `mode` gets (the kernel leaves the
+    /// umask to this server, FUSE_DONT_MASK): the caller's umask applies, unless the
+    /// directory has a default ACL, which decides instead (as posix_acl_create does).
+    pub fn creation_mode(&self, parent: u64, mode: u32, umask: u32) -> u32 {
+        if self.default_acl(parent).is_some() {
+            mode
+        } else {
+            mode & !(umask & 0o777)
+        }
+    }
+
     /// Creates `name` in `parent` (copied up first). Over a whiteout the entry is built in
     /// the work dir and renamed into place; a directory made there is opaque, so the lower
     /// directory it replaces stays hidden (overlayfs.rst "whiteouts and opaque directories").
@@ -172,6 +277,12 @@ impl Union {
         if self.layers.is_aufs_marker(Path::new(name)) {
             return Err(Errno::PERM);
         }
+        // Below a default ACL the upper file system gives an entry made in place its ACL;
+        // one built in the work dir gets it from here (and the mode it implies).
+        let acl = match new {
+            New::Dir(_) | New::File(_) | New::Node(..) => self.default_acl(parent),
+            _ => None,
+        };
         let (pnode, ppath, _) = self.copy_up_dir(parent)?;
         let rel = ppath.join(name);
         // Made in place; over a whiteout, built under a fresh name in the work dir first.
@@ -182,7 +293,33 @@ impl Union {
                     return Err(Errno::EXIST);
                 }
                 let name = self.layers.tmp_name();
-                let fd = self.create_at(self.layers.work(), &name, &new)?;
+                let inherited = acl.as_deref().and_then(|acl| new.inherit(acl));
+                let built = match inherited {
+                    Some((mode, _)) => new.with_mode(mode),
+                    None => new,
+                };
+                let fd = self.create_at(self.layers.work(), &name, &built)?;
+                if let (Some(default), Some((_, access))) = (&acl, &inherited) {
+                    let at = self.layers.work_abs(&name);
+                    let set = || -> Res<()> {
+                        if let Some(access) = access {
+                            set_xattr(&at, OsStr::new(ACL_ACCESS), access)?;
+                        }
+                        if matches!(new, New::Dir(_)) {
+                            set_xattr(&at, OsStr::new(ACL_DEFAULT), default)?;
+                        }
+                        Ok(())
+                    };
+                    if let Err(err) = set() {
+                        let flags = if matches!(new, New::Dir(_)) {
+                            AtFlags::REMOVEDIR
+                        } else {
+                            AtFlags::empty()
+                        };
+                        let _ = rustix::fs::unlinkat(self.layers.work(), &name, flags);
+                        return Err(err);
+                    }
+                }
                 tmp = Some(name);
                 fd
             }
@@ -212,8 +349,9 @@ impl Union {
                     if setgid && matches!(new, New::Dir(_)) {
                         mode |= 0o2000;
                     }
-                    // chown clears set-id bits and our umask may have masked some: set exactly.
-                    if mode & (0o7000 | self.umask) != 0 || self.umask != 0 {
+                    // chown clears set-id bits and our umask may have masked some: set exactly
+                    // (unless a default ACL made the mode, which a chmod would undo).
+                    if acl.is_none() && (mode & (0o7000 | self.umask) != 0 || self.umask != 0) {
                         rustix::fs::chmodat(dir, at, Mode::from_raw_mode(mode), AtFlags::empty())?;
                     }
                 }
@@ -651,6 +789,9 @@ impl Union {
         let name = &*crate::layer::stored_xattr(name);
         let _shared = self.shared();
         let node = self.node(ino)?;
+        if name == ACL_DEFAULT {
+            node.default_acl.store(0, Ordering::Relaxed);
+        }
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
         let path = match self.copy_up_node(&node) {
             Err(Errno::STALE) => {
@@ -666,6 +807,9 @@ impl Union {
         let name = &*crate::layer::stored_xattr(name);
         let _shared = self.shared();
         let node = self.node(ino)?;
+        if name == ACL_DEFAULT {
+            node.default_acl.store(0, Ordering::Relaxed);
+        }
         let path = match self.path(ino) {
             Err(Errno::STALE) => {
                 return rustix::fs::fremovexattr(self.unlinked_file(ino, true)?, name);

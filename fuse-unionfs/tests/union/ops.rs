@@ -749,6 +749,59 @@ fn inode_flags_are_read_and_set_as_chattr_does() {
 }
 
 #[test]
+fn a_default_acl_decides_new_entries_modes_in_place_and_over_whiteouts() {
+    // u::rwx, u:1000:rwx, g::r-x, m::rwx, o::r-x: a file asked for as 0666 gets 0664 and an
+    // access ACL with mask rw- (the umask does not apply below a default ACL), a directory
+    // asked for as 0777 gets 0775 and the default ACL too; the same over a whiteout, where
+    // the entry is built in the work dir, away from the parent's default ACL.
+    let entry = |tag: u16, perm: u16, id: u32| {
+        [
+            &tag.to_le_bytes()[..],
+            &perm.to_le_bytes()[..],
+            &id.to_le_bytes()[..],
+        ]
+        .concat()
+    };
+    let acl: Vec<u8> = [
+        2u32.to_le_bytes().to_vec(),
+        entry(0x01, 7, u32::MAX),
+        entry(0x02, 7, 1000),
+        entry(0x04, 5, u32::MAX),
+        entry(0x10, 7, u32::MAX),
+        entry(0x20, 5, u32::MAX),
+    ]
+    .concat();
+    with_fuse(move |m| {
+        let dir = m.path("etc");
+        xattr::set(&dir, "system.posix_acl_default", &acl).unwrap();
+        fs::remove_file(m.path("etc/conf0")).unwrap();
+        for name in ["fresh", "conf0"] {
+            let file = dir.join(name);
+            fs::File::create(&file).unwrap();
+            assert_eq!(fs::metadata(&file).unwrap().mode() & 0o777, 0o664, "{name}");
+            let access = xattr::get(&file, "system.posix_acl_access")
+                .unwrap()
+                .unwrap();
+            // the mask entry (0x10) is now rw-
+            let mask = access[4..]
+                .chunks(8)
+                .find(|e| u16::from_le_bytes([e[0], e[1]]) == 0x10)
+                .map(|e| u16::from_le_bytes([e[2], e[3]]));
+            assert_eq!(mask, Some(6), "{name}");
+        }
+        fs::remove_dir_all(m.path("etc/sub")).ok();
+        fs::create_dir(dir.join("subdir")).unwrap();
+        let sub = fs::metadata(dir.join("subdir")).unwrap();
+        assert_eq!(sub.mode() & 0o777, 0o775);
+        assert!(
+            xattr::get(dir.join("subdir"), "system.posix_acl_default")
+                .unwrap()
+                .is_some()
+        );
+    });
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
