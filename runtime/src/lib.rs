@@ -170,6 +170,12 @@ pub fn oom_killed(name: &str) -> bool {
     cgroup::oom_kills(name) > 0
 }
 
+/// Removes the empty cgroups a killed strata left, of any store (see
+/// [`cgroup::sweep_empty`]): those older than `min_age` whose name `wanted` accepts.
+pub fn sweep_cgroups(min_age: std::time::Duration, wanted: impl Fn(&str) -> bool) -> usize {
+    cgroup::sweep_empty(min_age, wanted)
+}
+
 /// Removes cgroup `name` from every hierarchy (killing what is left in it).
 pub fn remove_cgroup(name: &str) -> Result<()> {
     cgroup::remove(name)

@@ -655,3 +655,47 @@ fn a_signal_caught_before_run_keeps_the_container_from_starting() {
     }
     assert!(!marker.exists(), "the container ran");
 }
+
+#[test]
+fn empty_cgroups_left_by_a_killed_process_are_swept_and_busy_ones_kept() {
+    let name = format!("strata-sweep-test-{}", std::process::id());
+    let dirs = |name: &str| -> Vec<PathBuf> {
+        if unified() {
+            vec![Path::new("/sys/fs/cgroup").join("strata").join(name)]
+        } else {
+            vec![cgroup_v1_dir("memory", name)]
+        }
+    };
+    strata_runtime::cgroup::Cgroup::create(&name, &Limits::default()).unwrap();
+    assert!(dirs(&name).iter().all(|d| d.is_dir()));
+    // too young: kept
+    let mine = |n: &str| n == name;
+    assert_eq!(
+        strata_runtime::sweep_cgroups(Duration::from_secs(3600), mine),
+        0
+    );
+    assert!(dirs(&name).iter().all(|d| d.is_dir()));
+    // a busy one is kept however old
+    let busy = format!("{name}-busy");
+    strata_runtime::cgroup::Cgroup::create(&busy, &Limits::default()).unwrap();
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    for dir in dirs(&busy) {
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+    }
+    let swept = strata_runtime::sweep_cgroups(Duration::ZERO, |n| n == name || n == busy);
+    assert!(swept >= 1);
+    assert!(
+        dirs(&name).iter().all(|d| !d.exists()),
+        "the empty one went"
+    );
+    assert!(
+        dirs(&busy).iter().all(|d| d.is_dir()),
+        "the busy one stayed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    strata_runtime::remove_cgroup(&busy).unwrap();
+}

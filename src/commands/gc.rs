@@ -47,6 +47,12 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     // build, and emptying tmp/ must not delete through it (a bound cache directory).
     strata_unionfs::detach_all_below(&store.root().join("tmp"))?;
     crate::commands::run::sweep_abandoned(&store);
+    // Empty cgroups a killed build step or runner left (a minute old: one made a moment ago
+    // may be about to get its process).
+    let cgroups = strata_runtime::sweep_cgroups(std::time::Duration::from_secs(60), |_| true);
+    if cgroups > 0 {
+        tracing::debug!("removed {cgroups} empty cgroups left by killed processes");
+    }
     let forgotten = match &args.cache {
         Some(age) => store.cache_prune(parse_age(age)?)?,
         None => 0,

@@ -300,6 +300,48 @@ fn mkdir(dir: &Path) -> Result<()> {
 
 /// Removes cgroup `name` from every hierarchy. Processes still inside are killed first
 /// (v2 cgroup.kill, v1 SIGKILL to each listed pid); a missing cgroup is not an error.
+/// Removes the empty cgroups below strata's parent, in every hierarchy, that are at least
+/// `min_age` old and whose name `wanted` accepts: what a SIGKILLed strata leaves (a build
+/// step's, a container's whose runner died). One with a process or a child is never
+/// touched (rmdir fails); the age spares one made a moment ago for a process about to
+/// join it. Stores share the parent, and a cgroup outlives its process only after a crash,
+/// so any store's sweep may take any of them. Returns how many directories went.
+pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
+    let mut parents: Vec<PathBuf> = match Layout::get() {
+        Layout::Unified(root) => vec![root.join("strata")],
+        Layout::V1 { mounts, .. } => mounts.iter().map(|(_, m)| m.join("strata")).collect(),
+    };
+    parents.dedup();
+    let mut removed = 0;
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            let name = entry.file_name();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
+            let empty = read(&dir, "cgroup.procs").is_some_and(|p| p.trim().is_empty());
+            if meta.is_dir()
+                && old
+                && empty
+                && wanted(&name.to_string_lossy())
+                && std::fs::remove_dir(&dir).is_ok()
+            {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 pub fn remove(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(Error::Spec(format!("bad cgroup name {name:?}")));
