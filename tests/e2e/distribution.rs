@@ -444,3 +444,34 @@ fn a_corrupt_local_blob_is_named_when_a_push_fails_on_it() {
         "the local blob is the culprit, not the registry: {stderr}"
     );
 }
+
+#[test]
+fn a_pull_fetches_again_a_local_blob_cut_short() {
+    let registry = Registry::start();
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let dest = format!("{}/e2e/cut:1", registry.host);
+    store.ok(&["push", "-q", "busybox:1", &dest]);
+    let fresh = TestStore::new();
+    fresh.ok(&["pull", "-q", &dest]);
+    let image: serde_json::Value = serde_json::from_str(&fresh.ok(&["inspect", &dest])).unwrap();
+    let layer = image[0]["Manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = fresh
+        .root()
+        .join("oci/blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    assert!(!fresh.strata(&["fsck"]).status.success());
+    fresh.ok(&["pull", "-q", &dest]);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    fresh.ok(&["fsck"]);
+}

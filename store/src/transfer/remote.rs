@@ -230,7 +230,10 @@ pub(crate) fn fetch_blobs(
         .iter()
         .copied()
         .filter(|b| {
-            let present = store.has_blob(&b.digest);
+            // A blob of the wrong size (cut short by a crash or damaged) is fetched again;
+            // the verified copy replaces it.
+            let present = std::fs::metadata(store.blob_path(&b.digest))
+                .is_ok_and(|meta| meta.is_file() && meta.len() == b.size);
             if present {
                 opts.progress.end(&b.digest, "exists");
             }
