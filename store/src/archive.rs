@@ -246,7 +246,8 @@ pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Ima
                 .get(CONTAINERD_NAME)
                 .or_else(|| entry.annotations.get(REF_NAME));
             let names: Vec<String> = name.into_iter().cloned().collect();
-            images.push(load_manifest(store, entry, &names)?);
+            let image = load_manifest(store, entry, &names).map_err(|e| missing(e, input))?;
+            images.push(as_given(image, &names));
         }
     } else if let Some(manifest) = metadata.get("manifest.json") {
         let entries: Vec<DockerEntry> = serde_json::from_slice(manifest)
@@ -275,7 +276,10 @@ pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Ima
                     refs::oci_digest(&digest),
                 ));
             }
-            images.push(store.put_image(&config, &layers, &entry.repo_tags)?);
+            let image = store
+                .put_image(&config, &layers, &entry.repo_tags)
+                .map_err(|e| missing(e, input))?;
+            images.push(as_given(image, &entry.repo_tags));
         }
     } else {
         return Err(bad(
@@ -283,6 +287,28 @@ pub fn load_from(store: &Store, file: impl Read, input: &Path) -> Result<Vec<Ima
         ));
     }
     Ok(images)
+}
+
+/// A loaded image with only the names the archive gave it (the store's other names for
+/// it were not loaded: `load` reports what it loaded).
+fn as_given(mut image: Image, given: &[String]) -> Image {
+    let given: Vec<String> = given
+        .iter()
+        .filter_map(|name| refs::normalize_ref(name).ok())
+        .collect();
+    image.names.retain(|name| given.contains(name));
+    image
+}
+
+/// A blob an archive's manifest names but neither the archive nor the store has.
+fn missing(err: Error, input: &Path) -> Error {
+    match err {
+        Error::BlobNotFound(digest) => Error::Distribution {
+            what: input.display().to_string(),
+            message: format!("blob {digest} is missing from the archive"),
+        },
+        err => err,
+    }
 }
 
 /// An entry of a docker-archive `manifest.json`.

@@ -242,6 +242,12 @@ fn save_load_round_trip_readable_by_skopeo_and_podman() {
         images.contains("busybox") && images.contains("other"),
         "{images}"
     );
+    // Loaded again into a store that also calls the image something else: the lines name
+    // what the archive gave, not the store's own names.
+    fresh.ok(&["tag", "busybox:1", "mine:1"]);
+    let again = fresh.ok(&["load", "-i", file_s]);
+    assert!(!again.contains("mine:1"), "{again}");
+    assert!(again.contains("Loaded image: busybox:1"), "{again}");
 
     // oci: and oci-archive: transports on both verbs.
     let layout = out_dir.path().join("layout");
@@ -473,5 +479,47 @@ fn a_pull_fetches_again_a_local_blob_cut_short() {
     assert!(!fresh.strata(&["fsck"]).status.success());
     fresh.ok(&["pull", "-q", &dest]);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    fresh.ok(&["fsck"]);
+}
+
+#[test]
+fn loading_an_archive_without_a_layer_names_the_archive() {
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let dir = tempfile::tempdir().unwrap();
+    let full = dir.path().join("full.tar");
+    store.ok(&["save", "busybox:1", "-o", full.to_str().unwrap()]);
+    let image: serde_json::Value =
+        serde_json::from_str(&store.ok(&["inspect", "busybox:1"])).unwrap();
+    let layer = image[0]["Manifest"]["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let cut = dir.path().join("cut.tar");
+    let status = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, tarfile\n\
+             src, dst, drop = sys.argv[1:]\n\
+             with tarfile.open(src) as i, tarfile.open(dst, 'w') as o:\n\
+             \x20   for m in i.getmembers():\n\
+             \x20       if not m.name.endswith(drop):\n\
+             \x20           o.addfile(m, i.extractfile(m) if m.isfile() else None)\n",
+            full.to_str().unwrap(),
+            cut.to_str().unwrap(),
+            &layer,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let fresh = TestStore::new();
+    let out = fresh.strata(&["load", "-i", cut.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&layer) && stderr.contains("missing from the archive"),
+        "{stderr}"
+    );
     fresh.ok(&["fsck"]);
 }
