@@ -46,6 +46,9 @@ pub(crate) struct Node {
     pub removed_dir: OnceLock<crate::layer::Meta>,
     /// A directory's default ACL: not looked at yet, none, or one (see `Union::default_acl`).
     pub default_acl: std::sync::atomic::AtomicU8,
+    /// A file this server made, with no security.capability set since: the GETXATTR the
+    /// kernel sends before a new file's first write (file_remove_privs) needs no syscall.
+    pub caps_free: std::sync::atomic::AtomicBool,
 }
 
 impl Node {
@@ -157,6 +160,7 @@ impl Table {
                     lower_file: OnceLock::new(),
                     removed_dir: OnceLock::new(),
                     default_acl: std::sync::atomic::AtomicU8::new(0),
+                    caps_free: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .clone();
@@ -177,6 +181,7 @@ impl Table {
             lower_file: OnceLock::new(),
             removed_dir: OnceLock::new(),
             default_acl: std::sync::atomic::AtomicU8::new(0),
+            caps_free: std::sync::atomic::AtomicBool::new(false),
         });
         write(self.node_shard(ROOT)).insert(ROOT, node);
     }

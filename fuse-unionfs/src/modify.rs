@@ -5,6 +5,7 @@
 
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -409,7 +410,10 @@ impl Union {
                 Vec::new()
             },
         };
-        self.table.lookup(ino, meta.is_dir(), state);
+        let node = self.table.lookup(ino, meta.is_dir(), state);
+        if matches!(new, New::File(_)) {
+            node.caps_free.store(true, Ordering::Relaxed);
+        }
         Ok((
             Entry {
                 ino,
@@ -791,6 +795,9 @@ impl Union {
         let node = self.node(ino)?;
         if name == ACL_DEFAULT {
             node.default_acl.store(0, Ordering::Relaxed);
+        }
+        if name.as_bytes().starts_with(b"security.") {
+            node.caps_free.store(false, Ordering::Relaxed);
         }
         let flags = rustix::fs::XattrFlags::from_bits(flags as u32).ok_or(Errno::INVAL)?;
         let path = match self.copy_up_node(&node) {

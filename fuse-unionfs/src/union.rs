@@ -855,6 +855,11 @@ impl Union {
         let name = &*stored_xattr(name);
         let _shared = self.shared();
         let node = self.node(ino)?;
+        if name.as_bytes() == b"security.capability"
+            && node.caps_free.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Errno::NODATA);
+        }
         let path = match self.path(ino) {
             Err(Errno::STALE) => {
                 let file = self.unlinked_file(ino, false)?;

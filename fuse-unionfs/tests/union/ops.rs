@@ -802,6 +802,33 @@ fn a_default_acl_decides_new_entries_modes_in_place_and_over_whiteouts() {
 }
 
 #[test]
+fn a_new_file_has_no_capability_until_one_is_set() {
+    // The server answers a new file's security.capability without a syscall until a
+    // security xattr is set through the mount: then the real one is read.
+    with_fuse(|m| {
+        let file = m.path("etc/new-tool");
+        fs::write(&file, b"#!/bin/sh\n").unwrap();
+        assert_eq!(xattr::get(&file, "security.capability").unwrap(), None);
+        // VFS_CAP_REVISION_2, effective; permitted CAP_NET_BIND_SERVICE (10)
+        let mut cap = Vec::new();
+        cap.extend_from_slice(&0x0200_0001u32.to_le_bytes());
+        cap.extend_from_slice(&(1u32 << 10).to_le_bytes());
+        cap.extend_from_slice(&[0u8; 12]);
+        xattr::set(&file, "security.capability", &cap).unwrap();
+        assert_eq!(
+            xattr::get(&file, "security.capability").unwrap().as_deref(),
+            Some(&cap[..])
+        );
+        // a write by the owner keeps it (root); the value still reads back
+        assert!(
+            xattr::list(&file)
+                .unwrap()
+                .any(|n| n == "security.capability")
+        );
+    });
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
