@@ -522,6 +522,12 @@ impl Filesystem for Fs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.union.forget(ino.0, nlookup);
+        // The kernel dropped the inode, and its page cache with it: nothing stale is left
+        // to drop at the next open (and the set does not grow with every file written).
+        if !self.union.is_live(ino.0) {
+            let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+            table.written.remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -772,10 +778,10 @@ impl Filesystem for Fs {
         reply.ok();
     }
 
-    /// No ioctl is served: the kernel asks for every one (it keeps no "not implemented"
-    /// for ioctl), and each shell script and each Python open(2) sends TCGETS, so the
-    /// answer is ENOTTY at once, without fuser's log line. Overlayfs would pass the inode
-    /// flag ioctls (lsattr, chattr) to the real file.
+    /// Only the inode flags ioctls are served (lsattr, chattr), on the real file, as
+    /// overlayfs passes them. The kernel asks for every ioctl (it keeps no "not
+    /// implemented" for them), and each shell script and each Python open(2) sends TCGETS:
+    /// that one is answered ENOTTY at once, before any lock or lookup.
     fn ioctl(
         &self,
         _req: &Request,

@@ -386,6 +386,11 @@ impl Union {
         self.table.forget(ino, count);
     }
 
+    /// Whether the kernel still knows inode `ino` (it has not forgotten every lookup).
+    pub fn is_live(&self, ino: u64) -> bool {
+        self.table.get(ino).is_some()
+    }
+
     pub(crate) fn attr(&self, node: &Node) -> Res<Entry> {
         let path = self.path(node.ino)?;
         let (layer, merged) = {
