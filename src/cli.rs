@@ -171,6 +171,11 @@ pub struct ImagesArgs {
     /// Print only the image ids
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// One line per image name from a Go template, as docker takes it:
+    /// `{{.Repository}}:{{.Tag}}`, `{{.ID}}`, `{{json .}}`; `json` is `{{json .}}`;
+    /// `table TEMPLATE` adds a header row
+    #[arg(long, value_name = "TEMPLATE")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -606,6 +611,11 @@ pub struct PsArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+    /// One line per container from a Go template, as docker takes it: `{{.Names}}`,
+    /// `{{.ID}}\t{{.Status}}`, `{{json .}}`; `json` is `{{json .}}`; `table TEMPLATE`
+    /// adds a header row
+    #[arg(long, value_name = "TEMPLATE")]
+    pub format: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

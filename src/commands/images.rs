@@ -7,6 +7,7 @@ use strata_store::{Image, Store, refs, time};
 
 use super::Globals;
 use crate::cli::ImagesArgs;
+use crate::commands::format::RowFormat;
 
 pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
@@ -21,6 +22,41 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             });
             !image.names.is_empty()
         });
+    }
+    let format = args
+        .format
+        .as_deref()
+        .map(RowFormat::parse)
+        .transpose()?
+        .flatten();
+    if let Some(format) = format {
+        let header = serde_json::json!({
+            "ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
+            "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE",
+        });
+        let now = time::now();
+        let mut rows = Vec::new();
+        for image in &images {
+            let digest = image
+                .names
+                .iter()
+                .find_map(|n| n.split_once('@').map(|(_, d)| d.to_string()))
+                .unwrap_or_else(|| "<none>".into());
+            let created = created(image);
+            for (repo, tag) in table_names(image) {
+                rows.push(serde_json::json!({
+                    "ID": image.id.short(),
+                    "Repository": repo,
+                    "Tag": tag,
+                    "Digest": digest,
+                    "CreatedSince": created.map(|t| time::ago(t, now)).unwrap_or_else(|| "N/A".into()),
+                    "CreatedAt": created.map(super::ps::docker_time).unwrap_or_default(),
+                    "Size": human_size(image.size()),
+                }));
+            }
+        }
+        format.print(&header, &rows)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if args.quiet {
         let mut ids: Vec<String> = images.iter().map(|image| image.id.short()).collect();
@@ -47,27 +83,7 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
         let created = created(image)
             .map(|t| time::ago(t, now))
             .unwrap_or_else(|| "N/A".into());
-        // A tag's row stands for its repo digest too (docker's `images`); an image known
-        // only by digest is `repo <none>`.
-        let tagged: Vec<&String> = image.names.iter().filter(|n| !n.contains('@')).collect();
-        let shown: Vec<&String> = if tagged.is_empty() {
-            image.names.iter().collect()
-        } else {
-            tagged
-        };
-        let names: Vec<(String, String)> = if shown.is_empty() {
-            vec![("<none>".into(), "<none>".into())]
-        } else {
-            shown
-                .into_iter()
-                .map(|n| {
-                    let (repo, tag) = refs::split_name(n);
-                    // an image pulled by digest is named repo@sha256:..: no tag
-                    (repo.to_string(), tag.unwrap_or("<none>").to_string())
-                })
-                .collect()
-        };
-        for (repo, tag) in names {
+        for (repo, tag) in table_names(image) {
             rows.push([
                 repo,
                 tag,
@@ -79,6 +95,28 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
     }
     print_table(&rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// (REPOSITORY, TAG) rows of an image: one per tag, whose row stands for its repo digest
+/// too (docker's `images`); an image known only by digest is `repo <none>`, one without
+/// a name `<none> <none>`.
+fn table_names(image: &Image) -> Vec<(String, String)> {
+    let tagged: Vec<&String> = image.names.iter().filter(|n| !n.contains('@')).collect();
+    let shown: Vec<&String> = if tagged.is_empty() {
+        image.names.iter().collect()
+    } else {
+        tagged
+    };
+    if shown.is_empty() {
+        return vec![("<none>".into(), "<none>".into())];
+    }
+    shown
+        .into_iter()
+        .map(|n| {
+            let (repo, tag) = refs::split_name(n);
+            (repo.to_string(), tag.unwrap_or("<none>").to_string())
+        })
+        .collect()
 }
 
 /// The `--json` form of one image.

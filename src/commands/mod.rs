@@ -33,6 +33,7 @@ mod cp;
 mod diff;
 mod exec;
 mod export;
+mod format;
 mod fsck;
 mod gc;
 mod history;

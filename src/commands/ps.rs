@@ -8,6 +8,7 @@ use strata_store::{Container, Status, Store, time};
 
 use crate::cli::PsArgs;
 use crate::commands::Globals;
+use crate::commands::format::RowFormat;
 use crate::commands::images::print_table;
 use crate::commands::run::is_running;
 
@@ -54,6 +55,46 @@ fn status_word(container: &Container) -> &'static str {
     }
 }
 
+/// A container as docker's `ps --format` shows it (its Go template's fields).
+fn row(c: &Container, now: i64) -> serde_json::Value {
+    let created = time::parse_rfc3339(&c.state.created);
+    let labels = c
+        .state
+        .config
+        .get("labels")
+        .and_then(serde_json::Value::as_object)
+        .map(|labels| {
+            let mut pairs: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect();
+            pairs.sort();
+            pairs.join(",")
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "ID": &c.id[..12],
+        "Image": c.state.image.clone().unwrap_or_default(),
+        "Command": format!("\"{}\"", c.state.command.join(" ")),
+        "CreatedAt": created.map(docker_time).unwrap_or_default(),
+        "RunningFor": created.map(|t| time::ago(t, now)).unwrap_or_default(),
+        "Ports": "",
+        "State": status_word(c),
+        "Status": status_text(c, now),
+        "Size": "",
+        "Names": c.state.name,
+        "Labels": labels,
+        "Mounts": "",
+        "Networks": c.state.config.get("network").and_then(serde_json::Value::as_str).unwrap_or("none"),
+    })
+}
+
+/// docker's CreatedAt: `2026-11-30 09:00:00 +0000 UTC`.
+pub(crate) fn docker_time(secs: i64) -> String {
+    let text = time::format_rfc3339(secs);
+    format!("{} {} +0000 UTC", &text[..10], &text[11..19])
+}
+
 pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     crate::commands::run::sweep_abandoned(&store);
@@ -64,6 +105,23 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     containers.sort_by(|a, b| b.state.created.cmp(&a.state.created).then(a.id.cmp(&b.id)));
     let now = time::now();
+    let format = args
+        .format
+        .as_deref()
+        .map(RowFormat::parse)
+        .transpose()?
+        .flatten();
+    if let Some(format) = format {
+        let header = serde_json::json!({
+            "ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
+            "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",
+            "State": "STATE", "Status": "STATUS", "Size": "SIZE", "Names": "NAMES",
+            "Labels": "LABELS", "Mounts": "MOUNTS", "Networks": "NETWORKS",
+        });
+        let rows: Vec<serde_json::Value> = containers.iter().map(|c| row(c, now)).collect();
+        format.print(&header, &rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.quiet {
         for c in &containers {
             println!("{}", &c.id[..12]);

@@ -754,3 +754,41 @@ fn rmi_force_untags_an_image_a_container_uses_and_gc_dangling_spares_it() {
     assert!(!store.ok(&["images"]).contains("<none>"));
     store.ok(&["fsck"]);
 }
+
+#[test]
+fn ps_and_images_take_docker_format_templates() {
+    let store = TestStore::new();
+    store.import_busybox("app:1");
+    store.ok(&["run", "--name", "fmt", "app:1", "true"]);
+    assert_eq!(
+        store.ok(&["ps", "-a", "--format", "{{.Names}}\\t{{.State}}"]),
+        "fmt\texited\n"
+    );
+    let table = store.ok(&["ps", "-a", "--format", "table {{.Names}}\\t{{.Image}}"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(
+        lines[0].starts_with("NAMES") && lines[0].contains("IMAGE"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("fmt") && lines[1].ends_with("app:1"),
+        "{table}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(store.ok(&["ps", "-a", "--format", "json"]).trim()).unwrap();
+    assert_eq!(json["Names"], "fmt");
+    let id = store.ok(&["images", "-q"]);
+    assert_eq!(
+        store.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"]),
+        format!("app:1 {}", id)
+    );
+    // a bad template fails before printing
+    assert!(
+        !store
+            .strata(&["images", "--format", "{{.Nope"])
+            .status
+            .success()
+    );
+    store.ok(&["rm", "fmt"]);
+}
