@@ -268,7 +268,7 @@ impl Fs {
             stat().is_some_and(|(size, nlink)| big(size) && nlink == 1)
         };
         let mut mode = Mode::Cached;
-        if self.passthrough.load(Ordering::Relaxed) && wanted {
+        if self.passthrough.load(Ordering::Relaxed) && wanted && !file.append_only {
             match open_backing(file) {
                 Ok(id) => {
                     mode = Mode::Passthrough {
@@ -696,7 +696,8 @@ impl Filesystem for Fs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        match self.union.open(ino.0, write) {
+        let append = flags.0 & libc::O_APPEND != 0 && flags.0 & libc::O_TRUNC == 0;
+        match self.union.open_appending(ino.0, write, append) {
             Ok((fh, file)) => {
                 let Ok(mode) =
                     self.open_mode(fh, &file, write, |f| reply.open_backing(self.union.fd(f)?))
@@ -784,7 +785,7 @@ impl Filesystem for Fs {
     /// that one is answered ENOTTY at once, before any lock or lookup.
     fn ioctl(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         _flags: IoctlFlags,
@@ -794,7 +795,19 @@ impl Filesystem for Fs {
         reply: ReplyIoctl,
     ) {
         // lsattr and chattr; anything else (isatty's TCGETS first) is not for files here.
-        match self.union.fileattr(ino.0, cmd, in_data) {
+        let set = matches!(
+            cmd,
+            crate::union::FS_IOC_SETFLAGS | crate::union::FS_IOC_FSSETXATTR
+        );
+        let root = req.uid() == 0;
+        // the owner as the caller sees it (shifted under a user namespace)
+        let owner = root
+            || (set
+                && self
+                    .union
+                    .getattr(ino.0, None)
+                    .is_ok_and(|entry| self.attr(&entry).uid == req.uid()));
+        match self.union.fileattr(ino.0, cmd, in_data, (root, owner)) {
             Ok(out) => reply.ioctl(0, &out),
             Err(err) => reply.error(errno(err)),
         }

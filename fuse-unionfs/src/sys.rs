@@ -1,7 +1,8 @@
 //! The few raw syscalls the crate needs that have no safe wrapper: fork for the mount
-//! daemon and pointing stdio at /dev/null. Every unsafe block says why it is sound.
+//! daemon, pointing stdio at /dev/null, and the inode flags ioctls. Every unsafe block
+//! says why it is sound.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Which side of a fork we are on.
 pub(crate) enum Forked {
@@ -32,6 +33,30 @@ pub(crate) fn detach_stdio() -> std::io::Result<()> {
         if unsafe { libc::dup2(null.as_raw_fd(), target) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// An ioctl whose argument is a buffer the command reads or fills: the inode flags ones
+/// (FS_IOC_GETFLAGS/SETFLAGS take an int, FS_IOC_FSGETXATTR/FSSETXATTR a struct fsxattr).
+/// The caller sizes `buf` for `cmd`.
+pub(crate) fn ioctl_buf(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> rustix::io::Result<()> {
+    let needed = match cmd {
+        crate::union::FS_IOC_GETFLAGS | crate::union::FS_IOC_SETFLAGS => 4,
+        crate::union::FS_IOC_FSGETXATTR | crate::union::FS_IOC_FSSETXATTR => 28,
+        _ => return Err(rustix::io::Errno::NOTTY),
+    };
+    if buf.len() < needed {
+        return Err(rustix::io::Errno::INVAL);
+    }
+    // SAFETY: `cmd` is one of the four commands above, and `buf` holds at least the bytes
+    // each reads or writes; `fd` is open for the whole call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) };
+    if ret < 0 {
+        return Err(
+            rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+                .unwrap_or(rustix::io::Errno::IO),
+        );
     }
     Ok(())
 }

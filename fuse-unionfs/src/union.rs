@@ -60,6 +60,9 @@ pub struct OpenFile {
     /// A lower file's copy, once the file was copied up under this handle: its reads come
     /// from the copy, as through overlayfs (since 4.19) they do.
     copy: OnceLock<OwnedFd>,
+    /// An append-only file (chattr +a) opened for appending: its descriptor has O_APPEND,
+    /// so it must not become the backing file other writers share.
+    pub append_only: bool,
     lower: Option<LowerFile>,
     pub ino: u64,
     pub upper: bool,
@@ -78,6 +81,7 @@ impl OpenFile {
         OpenFile {
             fd: OnceLock::from(fd),
             copy: OnceLock::new(),
+            append_only: false,
             lower: None,
             ino,
             upper,
@@ -595,6 +599,11 @@ impl Union {
 
     /// Opens a regular file; `write` copies it up first.
     pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
+        self.open_appending(ino, write, false)
+    }
+
+    /// An open; `append`: the caller opened with O_APPEND (see [`Union::open_real_for`]).
+    pub fn open_appending(&self, ino: u64, write: bool, append: bool) -> Res<(u64, Arc<OpenFile>)> {
         let _shared = self.shared();
         let node = self.node(ino)?;
         let path = if write {
@@ -613,6 +622,7 @@ impl Union {
             return Ok(self.files.insert(OpenFile {
                 fd: OnceLock::new(),
                 copy: OnceLock::new(),
+                append_only: false,
                 lower: Some(LowerFile {
                     layer,
                     path,
@@ -622,7 +632,7 @@ impl Union {
                 upper: false,
             }));
         }
-        let fd = match self.open_real(layer, &path, write) {
+        let fd = match self.open_real_for(layer, &path, write, append && write) {
             // The name was unlinked (or whited out: a 0/0 device opens as ENXIO) between
             // the caller's lookup and this open. ESTALE has the kernel walk the path again
             // with revalidation (LOOKUP_REVAL), so an O_CREAT open creates the file, as it
@@ -630,7 +640,12 @@ impl Union {
             Err(Errno::NOENT | Errno::NXIO) => return Err(Errno::STALE),
             fd => fd?,
         };
-        Ok(self.files.insert(OpenFile::new(fd, ino, layer == UPPER)))
+        let append_only = layer == UPPER
+            && write
+            && rustix::fs::fcntl_getfl(&fd).is_ok_and(|f| f.contains(OFlags::APPEND));
+        let mut file = OpenFile::new(fd, ino, layer == UPPER);
+        file.append_only = append_only;
+        Ok(self.files.insert(file))
     }
 
     /// An open of a file whose every name is gone: through /proc/PID/fd, of an O_TMPFILE or
@@ -665,10 +680,15 @@ impl Union {
     }
 
     /// Upper files open read-write whatever the request (one backing file serves every
-    /// open of an inode under passthrough); lower files read-only. An append-only upper
-    /// file (chattr +a) opens for appending: its writes land at its end whatever their
-    /// offset, as the kernel would have them.
+    /// open of an inode under passthrough); lower files read-only.
     pub(crate) fn open_real(&self, layer: usize, path: &Path, write: bool) -> Res<OwnedFd> {
+        self.open_real_for(layer, path, write, false)
+    }
+
+    /// [`Union::open_real`] for an opener that appends (O_APPEND): an append-only upper file
+    /// (chattr +a) opens for it, for appending (its handle is `append_only`); any other
+    /// writer of such a file gets EPERM, as from the kernel's may_open.
+    fn open_real_for(&self, layer: usize, path: &Path, write: bool, append: bool) -> Res<OwnedFd> {
         let flags = OFlags::CLOEXEC | OFlags::NOFOLLOW;
         if layer == UPPER {
             let open = |extra: OFlags| {
@@ -680,7 +700,8 @@ impl Union {
                 )
             };
             match open(OFlags::empty()) {
-                Err(Errno::PERM) if write => return open(OFlags::APPEND),
+                // chattr +a: only an opener that appends may write (as may_open has it)
+                Err(Errno::PERM) if write && append => return open(OFlags::APPEND),
                 Err(Errno::ACCESS | Errno::PERM | Errno::ROFS | Errno::TXTBSY) if !write => {}
                 other => return other,
             }
@@ -1023,41 +1044,59 @@ pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
 
 impl Union {
     /// An inode flags ioctl on the real file: read from the topmost branch holding it,
-    /// set on the upper copy (copied up first). The kernel has checked the caller may
-    /// (owner or CAP_FOWNER; CAP_LINUX_IMMUTABLE for the immutable and append-only flags).
+    /// set on the upper copy (copied up first). This server acts as root, so it checks
+    /// the caller itself, as vfs_fileattr_set does (kernels before 5.13 pass these
+    /// ioctls on unchecked): `who` is (caller is root, caller is root or the owner); only
+    /// the owner may set flags, and only root change the immutable, append-only and
+    /// data-journalling ones. Regular files and directories only.
     /// `input` is the flags (an int) or a `struct fsxattr`; the ioctl's answer comes back.
-    pub fn fileattr(&self, ino: u64, cmd: u32, input: &[u8]) -> Res<Vec<u8>> {
-        let size = match cmd {
-            FS_IOC_GETFLAGS | FS_IOC_SETFLAGS => 4,
-            FS_IOC_FSGETXATTR | FS_IOC_FSSETXATTR => 28,
+    pub fn fileattr(&self, ino: u64, cmd: u32, input: &[u8], who: (bool, bool)) -> Res<Vec<u8>> {
+        let (size, guarded) = match cmd {
+            // FS_IMMUTABLE_FL, FS_APPEND_FL, FS_JOURNAL_DATA_FL
+            FS_IOC_GETFLAGS | FS_IOC_SETFLAGS => (4, 0x10 | 0x20 | 0x4000),
+            // FS_XFLAG_IMMUTABLE, FS_XFLAG_APPEND
+            FS_IOC_FSGETXATTR | FS_IOC_FSSETXATTR => (28, 0x8 | 0x10),
             _ => return Err(Errno::NOTTY),
         };
         let set = matches!(cmd, FS_IOC_SETFLAGS | FS_IOC_FSSETXATTR);
+        let (root, owner) = who;
+        if set && !owner {
+            return Err(Errno::PERM);
+        }
         let _shared = self.shared();
         let node = self.node(ino)?;
-        let path = if set {
-            self.copy_up_node(&node)?
-        } else {
-            self.path(ino)?
-        };
+        let path = self.path(ino)?;
+        let kind = self.layers.stat(node.state().layer, &path)?.mode & libc::S_IFMT;
+        if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+            return Err(Errno::NOTTY);
+        }
+        let path = if set { self.copy_up_node(&node)? } else { path };
         let layer = node.state().layer;
         let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK;
         if node.is_dir {
             flags |= OFlags::DIRECTORY;
         }
         let fd = rustix::fs::openat(self.layers.fd(layer), arg(&path), flags, Mode::empty())?;
-        let mut buf = vec![0u8; size];
-        if set {
-            let given = arg_bytes(input, size)?;
-            buf.copy_from_slice(given);
+        let get = if set {
+            match cmd {
+                FS_IOC_SETFLAGS => FS_IOC_GETFLAGS,
+                _ => FS_IOC_FSGETXATTR,
+            }
+        } else {
+            cmd
+        };
+        let mut current = vec![0u8; size];
+        crate::sys::ioctl_buf(fd.as_fd(), get, &mut current)?;
+        if !set {
+            return Ok(current);
         }
-        // SAFETY: the buffer holds `size` bytes, what each of these four commands reads or
-        // writes (an int, or a struct fsxattr).
-        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), cmd as _, buf.as_mut_ptr()) };
-        if ret < 0 {
-            return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+        let mut wanted = arg_bytes(input, size)?.to_vec();
+        let word = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        if !root && (word(&current) ^ word(&wanted)) & guarded != 0 {
+            return Err(Errno::PERM);
         }
-        Ok(if set { Vec::new() } else { buf })
+        crate::sys::ioctl_buf(fd.as_fd(), cmd, &mut wanted)?;
+        Ok(Vec::new())
     }
 
     /// lseek with SEEK_DATA or SEEK_HOLE, answered by the real file: the kernel does the

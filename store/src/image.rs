@@ -349,11 +349,21 @@ impl Store {
                 .find(|n| **n == name || refs::familiar(n) == refs::familiar(&name))
                 .cloned()
         });
+        // The image goes when no tag is left: its repo digests (`repo@sha256:..`, recorded
+        // by pull and push) do not keep it, as in docker.
+        let last = match &by_name {
+            None => true,
+            Some(name) => !image.names.iter().any(|n| n != name && is_tag(n)),
+        };
         let untagged = match &by_name {
-            Some(name) => vec![name.clone()],
+            Some(name) if !last => vec![name.clone()],
+            Some(name) => {
+                let mut all = vec![name.clone()];
+                all.extend(image.names.iter().filter(|n| *n != name).cloned());
+                all
+            }
             None => image.names.clone(),
         };
-        let last = by_name.is_none() || image.names.len() <= 1;
         let mut used = false;
         if last && let Err(err) = self.check_unused_after(&image, image.names.len()) {
             if !force {
@@ -375,14 +385,20 @@ impl Store {
         })
     }
 
-    /// `gc --dangling`, docker's `image prune`: drops the unnamed images no container uses;
-    /// returns their ids. Their blobs are then garbage.
+    /// `gc --dangling`, docker's `image prune`: drops the images without a tag (unnamed, or
+    /// named only by repo digest) that no container uses; returns their ids. Their blobs
+    /// are then garbage.
     pub fn prune_dangling(&self) -> Result<Vec<Digest>> {
-        let before: HashSet<Digest> = self
-            .index_entries()?
+        let entries = self.index_entries()?;
+        let tagged: HashSet<Digest> = entries
             .iter()
-            .filter(|e| entry_name(e).is_none())
+            .filter(|e| entry_name(e).is_some_and(is_tag))
             .filter_map(|e| descriptor_digest(e).ok())
+            .collect();
+        let before: HashSet<Digest> = entries
+            .iter()
+            .filter_map(|e| descriptor_digest(e).ok())
+            .filter(|d| !tagged.contains(d))
             .collect();
         if before.is_empty() {
             return Ok(Vec::new());
@@ -390,7 +406,7 @@ impl Store {
         // update_index puts back the images containers were made from
         let after: HashSet<Digest> = self
             .update_index(|entries| {
-                entries.retain(|e| entry_name(e).is_some());
+                entries.retain(|e| descriptor_digest(e).is_ok_and(|d| tagged.contains(&d)));
                 Ok(())
             })
             .and_then(|()| {
@@ -433,6 +449,11 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// A tag (`repo:tag`), as opposed to a repo digest (`repo@sha256:..`).
+fn is_tag(name: &str) -> bool {
+    !name.contains('@')
 }
 
 /// The names the index `entries` give the manifest `digest`, sorted.

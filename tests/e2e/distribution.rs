@@ -523,3 +523,43 @@ fn loading_an_archive_without_a_layer_names_the_archive() {
     );
     fresh.ok(&["fsck"]);
 }
+
+#[test]
+fn repo_digests_keep_no_image_alive_once_its_tags_are_gone() {
+    let registry = Registry::start();
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let dest = format!("{}/e2e/moving:1", registry.host);
+    store.ok(&["push", "-q", "busybox:1", &dest]);
+    let puller = TestStore::new();
+    puller.ok(&["pull", "-q", &dest]);
+    // the tag moves in the registry: a new image under the same tag
+    store.ok(&[
+        "run",
+        "--name",
+        "c",
+        "busybox:1",
+        "sh",
+        "-c",
+        "echo v2 > /v2",
+    ]);
+    store.ok(&["commit", "c", "busybox:2"]);
+    store.ok(&["push", "-q", "busybox:2", &dest]);
+    puller.ok(&["pull", "-q", &dest]);
+    // the old one is dangling (its repo digest is no tag): listed, pruned by gc --dangling
+    let listed = puller.ok(&["images"]);
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let out = puller.ok(&["gc", "--dangling"]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    assert_eq!(puller.ok(&["images"]).lines().count(), 2);
+    // rmi of the last tag removes the image, repo digest and all; gc frees its blobs
+    let out = puller.ok(&["rmi", &dest]);
+    assert!(out.contains("Deleted: sha256:"), "{out}");
+    assert_eq!(puller.ok(&["images", "-q"]), "");
+    puller.ok(&["gc"]);
+    let blobs = std::fs::read_dir(puller.root().join("oci/blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(blobs, 0, "every blob is garbage once the image is gone");
+    store.ok(&["rm", "c"]);
+}

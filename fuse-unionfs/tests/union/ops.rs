@@ -741,6 +741,9 @@ fn inode_flags_are_read_and_set_as_chattr_does() {
             .write_all(b"two\n")
             .unwrap();
         assert!(fs::write(&log, b"gone").is_err());
+        // a writer that does not append may not open it (the kernel's may_open)
+        let err = fs::OpenOptions::new().write(true).open(&log).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPERM));
         set_flags(&log, base).unwrap();
         assert_eq!(fs::read(&log).unwrap(), b"one\ntwo\n");
         // directories too (lsattr -d)
