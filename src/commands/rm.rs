@@ -43,13 +43,17 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
             // A place `strata mount` used, unmounted by a plain umount since, may hold
             // another mount now: not this container's, so no reason to refuse.
             let mut container = container;
-            if container
+            if let Some(at) = container
                 .state
                 .mounted_at
-                .as_ref()
-                .is_some_and(|at| *at != rootfs)
+                .clone()
+                .filter(|at| *at != rootfs)
                 && crate::commands::mount::user_mount(&container)?.is_none()
+                && (strata_unionfs::mount_type(&at)?.is_none()
+                    || strata_unionfs::union_upper(&at)?.is_some())
             {
+                // nothing mounted there now, or another container's union: the record is
+                // stale (anything else mounted there keeps the store's refusal)
                 container.state.mounted_at = None;
                 container.save()?;
             }
