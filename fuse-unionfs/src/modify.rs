@@ -247,16 +247,25 @@ impl Union {
         }
         let path = self.path(ino).ok()?;
         let layer = node.state().layer;
-        let acl = get_xattr(&self.layers.abs(layer, &path), OsStr::new(ACL_DEFAULT)).ok();
-        let known = if acl.is_some() { ACL_SOME } else { ACL_NONE };
-        node.default_acl.store(known, Ordering::Relaxed);
-        acl
+        match get_xattr(&self.layers.abs(layer, &path), OsStr::new(ACL_DEFAULT)) {
+            Ok(acl) => {
+                node.default_acl.store(ACL_SOME, Ordering::Relaxed);
+                Some(acl)
+            }
+            // Only a clear "none" is kept: a failure (a rename moving the path) asks again.
+            Err(Errno::NODATA | Errno::NOTSUP) => {
+                node.default_acl.store(ACL_NONE, Ordering::Relaxed);
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// The mode a new entry in `parent` asked for with `mode` gets (the kernel leaves the
     /// umask to this server, FUSE_DONT_MASK): the caller's umask applies, unless the
     /// directory has a default ACL, which decides instead (as posix_acl_create does).
     pub fn creation_mode(&self, parent: u64, mode: u32, umask: u32) -> u32 {
+        let _shared = self.shared();
         if self.default_acl(parent).is_some() {
             mode
         } else {
@@ -288,6 +297,8 @@ impl Union {
         let rel = ppath.join(name);
         // Made in place; over a whiteout, built under a fresh name in the work dir first.
         let mut tmp = None;
+        // the permission bits the default ACL gives an entry built in the work dir
+        let mut inherited_mode = None;
         let fd = match self.create_at(self.upper_fd(), &rel, &new) {
             Err(Errno::EXIST) => {
                 if !self.layers.stat(UPPER, &rel)?.is_whiteout() {
@@ -296,7 +307,10 @@ impl Union {
                 let name = self.layers.tmp_name();
                 let inherited = acl.as_deref().and_then(|acl| new.inherit(acl));
                 let built = match inherited {
-                    Some((mode, _)) => new.with_mode(mode),
+                    Some((mode, _)) => {
+                        inherited_mode = Some(mode);
+                        new.with_mode(mode)
+                    }
                     None => new,
                 };
                 let fd = self.create_at(self.layers.work(), &name, &built)?;
@@ -350,10 +364,24 @@ impl Union {
                     if setgid && matches!(new, New::Dir(_)) {
                         mode |= 0o2000;
                     }
-                    // chown clears set-id bits and our umask may have masked some: set exactly
-                    // (unless a default ACL made the mode, which a chmod would undo).
-                    if acl.is_none() && (mode & (0o7000 | self.umask) != 0 || self.umask != 0) {
-                        rustix::fs::chmodat(dir, at, Mode::from_raw_mode(mode), AtFlags::empty())?;
+                    if acl.is_none() {
+                        // chown clears set-id bits and our umask may have masked some: set
+                        // exactly.
+                        if mode & (0o7000 | self.umask) != 0 || self.umask != 0 {
+                            let mode = Mode::from_raw_mode(mode);
+                            rustix::fs::chmodat(dir, at, mode, AtFlags::empty())?;
+                        }
+                    } else {
+                        // The default ACL made the permission bits (the file system, in
+                        // place; `inherit_acl`, in the work dir, where our umask may have
+                        // masked them): keep those, with the set-id bits asked for.
+                        let now = rustix::fs::statat(dir, at, AtFlags::SYMLINK_NOFOLLOW)?.st_mode;
+                        let perms = inherited_mode.unwrap_or(now) & 0o777;
+                        let want = perms | (mode & 0o7000);
+                        if want != now & 0o7777 {
+                            let want = Mode::from_raw_mode(want);
+                            rustix::fs::chmodat(dir, at, want, AtFlags::empty())?;
+                        }
                     }
                 }
             }
@@ -537,7 +565,13 @@ impl Union {
             Some(rustix::fs::Uid::from_raw(caller.uid)),
             Some(rustix::fs::Gid::from_raw(gid)),
         )?;
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode & 0o7777))?;
+        let want = if self.default_acl(parent).is_some() {
+            // the file system gave it the default ACL's permission bits: keep them
+            (rustix::fs::fstat(&fd)?.st_mode & 0o777) | (mode & 0o7000)
+        } else {
+            mode & 0o7777
+        };
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(want))?;
         let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&fd)?);
         // A new real inode: a new number (see `make`).
         let ino = self.table.renumber(meta.key());
@@ -807,7 +841,12 @@ impl Union {
             }
             path => path?,
         };
-        rustix::fs::lsetxattr(self.layers.abs(UPPER, &path), name, value, flags)
+        let set = rustix::fs::lsetxattr(self.layers.abs(UPPER, &path), name, value, flags);
+        if name == ACL_DEFAULT {
+            // again: a create may have looked between the first reset and the set
+            node.default_acl.store(0, Ordering::Relaxed);
+        }
+        set
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
@@ -830,7 +869,11 @@ impl Union {
             rustix::fs::lgetxattr(lower, name, &mut [0u8; 0][..])?;
         }
         let path = self.copy_up_node(&node)?;
-        rustix::fs::lremovexattr(self.layers.abs(UPPER, &path), name)
+        let removed = rustix::fs::lremovexattr(self.layers.abs(UPPER, &path), name);
+        if name == ACL_DEFAULT {
+            node.default_acl.store(0, Ordering::Relaxed);
+        }
+        removed
     }
 
     /// Kind of a live node (for replies that need it).

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -792,7 +792,6 @@ fn a_default_acl_decides_new_entries_modes_in_place_and_over_whiteouts() {
                 .map(|e| u16::from_le_bytes([e[2], e[3]]));
             assert_eq!(mask, Some(6), "{name}");
         }
-        fs::remove_dir_all(m.path("etc/sub")).ok();
         fs::create_dir(dir.join("subdir")).unwrap();
         let sub = fs::metadata(dir.join("subdir")).unwrap();
         assert_eq!(sub.mode() & 0o777, 0o775);
@@ -801,6 +800,27 @@ fn a_default_acl_decides_new_entries_modes_in_place_and_over_whiteouts() {
                 .unwrap()
                 .is_some()
         );
+        // a directory over a whiteout (a lower one removed), built in the work dir
+        let logs = m.path("var/log");
+        xattr::set(&logs, "system.posix_acl_default", &acl).unwrap();
+        fs::remove_dir_all(logs.join("d1")).unwrap();
+        fs::create_dir(logs.join("d1")).unwrap();
+        let d1 = fs::metadata(logs.join("d1")).unwrap();
+        assert_eq!(d1.mode() & 0o777, 0o775, "directory over a whiteout");
+        assert!(
+            xattr::get(logs.join("d1"), "system.posix_acl_default")
+                .unwrap()
+                .is_some()
+        );
+        // an O_TMPFILE gets the default ACL's bits too, not the 0666 asked for
+        let tmp = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o666)
+            .open(&dir)
+            .unwrap();
+        assert_eq!(tmp.metadata().unwrap().mode() & 0o777, 0o664, "O_TMPFILE");
     });
 }
 
