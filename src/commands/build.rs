@@ -447,6 +447,9 @@ fn open_in_root(root: &Path, rel: &str) -> nix::Result<OwnedFd> {
 /// The hostname RUN steps see (buildkit's, so scripts that check it behave the same).
 const RUN_HOSTNAME: &str = "buildkitsandbox";
 
+/// The cgroups of build steps are named by this and the step's id.
+pub(crate) const BUILD_CGROUP_PREFIX: &str = "strata-build-";
+
 impl Executor for UnionExecutor {
     fn run(&self, request: RunRequest<'_>) -> strata_builder::Result<i32> {
         // a signal since the step began: nothing to mount
@@ -594,7 +597,9 @@ impl Executor for UnionExecutor {
                 .try_clone()
                 .map_err(|e| builder_error("failed to duplicate the output pipe", e))?;
             let stdin: Option<OwnedFd> = fs::File::open("/dev/null").ok().map(OwnedFd::from);
-            let cgroup_name = format!("strata-{}", request.id);
+            // its own prefix: gc sweeps what a killed build leaves by it (containers'
+            // cgroups are `rm`'s to remove)
+            let cgroup_name = format!("{BUILD_CGROUP_PREFIX}{}", request.id);
             let spec = strata_runtime::Spec {
                 rootfs: target.clone(),
                 args: request.args.clone(),

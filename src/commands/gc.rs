@@ -47,9 +47,12 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     // build, and emptying tmp/ must not delete through it (a bound cache directory).
     strata_unionfs::detach_all_below(&store.root().join("tmp"))?;
     crate::commands::run::sweep_abandoned(&store);
-    // Empty cgroups a killed build step or runner left (a minute old: one made a moment ago
-    // may be about to get its process).
-    let cgroups = strata_runtime::sweep_cgroups(std::time::Duration::from_secs(60), |_| true);
+    // Empty cgroups a killed build left (its steps', of any store: they share the parent),
+    // ten minutes old at least: one made a moment ago may be about to get its process.
+    // Containers' cgroups are left to `rm`, which knows when their runner is done.
+    let cgroups = strata_runtime::sweep_cgroups(std::time::Duration::from_secs(600), |name| {
+        name.starts_with(super::build::BUILD_CGROUP_PREFIX)
+    });
     if cgroups > 0 {
         tracing::debug!("removed {cgroups} empty cgroups left by killed processes");
     }

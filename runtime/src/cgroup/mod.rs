@@ -298,8 +298,6 @@ fn mkdir(dir: &Path) -> Result<()> {
     }
 }
 
-/// Removes cgroup `name` from every hierarchy. Processes still inside are killed first
-/// (v2 cgroup.kill, v1 SIGKILL to each listed pid); a missing cgroup is not an error.
 /// Removes the empty cgroups below strata's parent, in every hierarchy, that are at least
 /// `min_age` old and whose name `wanted` accepts: what a SIGKILLed strata leaves (a build
 /// step's, a container's whose runner died). One with a process or a child is never
@@ -342,6 +340,8 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
     removed
 }
 
+/// Removes cgroup `name` from every hierarchy. Processes still inside are killed first
+/// (v2 cgroup.kill, v1 SIGKILL to each listed pid); a missing cgroup is not an error.
 pub fn remove(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(Error::Spec(format!("bad cgroup name {name:?}")));
