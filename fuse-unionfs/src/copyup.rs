@@ -37,6 +37,13 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
     } else {
         copy()
     };
+    // A copy-up changes nothing in the merged view: the upper parent keeps its times, as
+    // overlayfs puts them back (ovl_copy_up_one).
+    let parent = match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent_times = rustix::fs::statat(layers.fd(UPPER), parent, AtFlags::empty()).ok();
     let built = built.and_then(|()| {
         rustix::fs::renameat_with(
             layers.work(),
@@ -47,7 +54,22 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
         )
     });
     match built {
-        Ok(()) => Ok(meta),
+        Ok(()) => {
+            if let Some(st) = parent_times {
+                let times = rustix::fs::Timestamps {
+                    last_access: rustix::fs::Timespec {
+                        tv_sec: st.st_atime,
+                        tv_nsec: st.st_atime_nsec as _,
+                    },
+                    last_modification: rustix::fs::Timespec {
+                        tv_sec: st.st_mtime,
+                        tv_nsec: st.st_mtime_nsec as _,
+                    },
+                };
+                let _ = rustix::fs::utimensat(layers.fd(UPPER), parent, &times, AtFlags::empty());
+            }
+            Ok(meta)
+        }
         Err(err) => {
             remove_tmp(layers, &tmp, meta.kind());
             if err == Errno::EXIST {

@@ -852,6 +852,32 @@ fn a_new_file_has_no_capability_until_one_is_set() {
 }
 
 #[test]
+fn a_copy_up_leaves_the_parent_directory_times_alone() {
+    // Copying a file up changes nothing in the merged view: its directory (copied up
+    // first, with the lower times) keeps them, as overlayfs puts them back.
+    with_fuse(|m| {
+        let dir = m.path("var/log/d0");
+        let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+        fs::File::open(&dir)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(old).set_accessed(old))
+            .unwrap();
+        let before = fs::metadata(&dir).unwrap().mtime();
+        assert_eq!(before, 1_000_000_000);
+        fs::set_permissions(dir.join("log"), fs::Permissions::from_mode(0o600)).unwrap();
+        let upper = fs::metadata(m.upper.join("var/log/d0")).unwrap();
+        assert_eq!(upper.mtime(), before, "the upper copy of the directory");
+        // a real change still moves it
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        fs::write(dir.join("new"), b"x").unwrap();
+        assert_ne!(
+            fs::metadata(m.upper.join("var/log/d0")).unwrap().mtime(),
+            before
+        );
+    });
+}
+
+#[test]
 fn symlinks_fifos_and_devices() {
     with_fuse(|m| {
         symlink("../etc/top", m.path("bin/top-link")).unwrap();
