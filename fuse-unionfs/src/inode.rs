@@ -43,7 +43,7 @@ pub(crate) struct Node {
     pub lower_file: OnceLock<(u64, u64)>,
     /// A removed directory's attributes (nlink 0): a process may still be in it, and
     /// fstat(2) of "." must answer, as on any file system.
-    pub removed_dir: OnceLock<crate::layer::Meta>,
+    pub removed_dir: OnceLock<Box<crate::layer::Meta>>,
     /// A directory's default ACL: not looked at yet, none, or one (see `Union::default_acl`).
     pub default_acl: std::sync::atomic::AtomicU8,
     /// A file this server made, with no security.capability set since: the GETXATTR the

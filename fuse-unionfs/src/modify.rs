@@ -688,7 +688,7 @@ impl Union {
         {
             let mut meta = found.meta;
             meta.nlink = 0;
-            let _ = node.removed_dir.set(meta);
+            let _ = node.removed_dir.set(Box::new(meta));
         }
     }
 

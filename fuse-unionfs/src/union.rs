@@ -437,7 +437,7 @@ impl Union {
             // nlink 0, as every name is gone.
             Err(Errno::STALE) if node.removed_dir.get().is_some() => Ok(Entry {
                 ino,
-                meta: *node.removed_dir.get().ok_or(Errno::STALE)?,
+                meta: **node.removed_dir.get().ok_or(Errno::STALE)?,
                 upper: true,
             }),
             Err(Errno::STALE) => {

@@ -20,6 +20,9 @@ pub fn run(globals: &Globals, args: FsckArgs) -> anyhow::Result<ExitCode> {
         for digest in &repair.removed {
             println!("removed corrupt blob {digest}");
         }
+        if let Some(aside) = &repair.damaged_index {
+            println!("moved the damaged index.json to {}", aside.display());
+        }
         if let Some(count) = repair.reindexed {
             println!(
                 "rebuilt index.json: {count} image(s), unnamed (strata tag ID NAME names one again)"

@@ -65,6 +65,12 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
     } else {
         Vec::new()
     };
+    // said now: should the sweep below fail, these are gone already
+    if !args.json {
+        for id in &pruned {
+            println!("Deleted: {id}");
+        }
+    }
     let report = store.gc()?;
     if args.json {
         let mut value = serde_json::to_value(&report)?;
@@ -72,9 +78,6 @@ pub fn run(globals: &Globals, args: GcArgs) -> anyhow::Result<ExitCode> {
         value["images"] = serde_json::to_value(&pruned)?;
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        for id in &pruned {
-            println!("Deleted: {id}");
-        }
         println!(
             "freed {}: {} blobs, {} unpacked layers, {} tmp entries, {forgotten} cache entries",
             human_size(report.freed_bytes),

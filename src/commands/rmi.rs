@@ -28,6 +28,16 @@ pub fn run(globals: &Globals, args: RmiArgs) -> anyhow::Result<ExitCode> {
                 }
                 return Ok(());
             }
+            // an unnamed damaged image, by the manifest digest gc gave
+            Err(strata_store::Error::ImageNotFound(_))
+                if reference.parse::<strata_store::Digest>().is_ok() =>
+            {
+                let removal = store.remove_image_report(reference, args.force)?;
+                if let Some(digest) = removal.deleted {
+                    println!("Deleted: {digest}");
+                }
+                return Ok(());
+            }
             Err(err) => return Err(err.into()),
         };
         let by_name = refs::normalize_ref(reference).is_ok_and(|name| {

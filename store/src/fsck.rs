@@ -35,8 +35,10 @@ impl fmt::Display for Problem {
 pub struct Repair {
     /// Corrupt blobs it removed.
     pub removed: Vec<Digest>,
-    /// When index.json was missing: how many images the rebuilt one lists.
+    /// When index.json was missing (or did not parse): how many images the rebuilt one lists.
     pub reindexed: Option<usize>,
+    /// Where an index.json that did not parse was moved.
+    pub damaged_index: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -94,12 +96,24 @@ impl Store {
         corrupt.sort();
         for digest in corrupt {
             let path = self.blob_path(&digest);
+            // only a regular file whose content is wrong: anything else (a symlink a user
+            // made) may hold good data, and stays for them to look at
+            if !fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
             let doomed = self.tmp_path("corrupt-blob");
             fs::rename(&path, &doomed).map_err(|e| Error::io("failed to move away", &path, e))?;
             remove_any(&doomed)?;
             repair.removed.push(digest);
         }
-        if !self.index_path().exists() {
+        // An index that does not parse is kept beside, for whoever wants its names back.
+        let index = self.index_path();
+        if index.exists() && matches!(self.index_entries(), Err(Error::Json { .. })) {
+            let aside = index.with_file_name(format!("index.json.damaged-{}", crate::time::now()));
+            fs::rename(&index, &aside).map_err(|e| Error::io("failed to move aside", &index, e))?;
+            repair.damaged_index = Some(aside);
+        }
+        if !index.exists() {
             let entries = self.manifests_on_disk()?;
             let index = serde_json::json!({
                 "schemaVersion": 2,

@@ -340,6 +340,26 @@ impl Store {
                     Err(err)
                 };
             }
+            // A damaged image with no name (gc names it by its manifest digest): its
+            // entries go by that digest.
+            Err(err @ Error::ImageNotFound(_)) => {
+                let Ok(digest) = reference.parse::<Digest>() else {
+                    return Err(err);
+                };
+                let removed = self.update_index(|entries| {
+                    let before = entries.len();
+                    entries.retain(|e| descriptor_digest(e).ok() != Some(digest));
+                    Ok(before != entries.len())
+                })?;
+                return if removed {
+                    Ok(Removal {
+                        untagged: Vec::new(),
+                        deleted: Some(digest),
+                    })
+                } else {
+                    Err(err)
+                };
+            }
             Err(err) => return Err(err),
         };
         let by_name = normalize_ref(reference).ok().and_then(|name| {

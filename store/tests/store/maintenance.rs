@@ -294,3 +294,37 @@ fn a_mounted_container_is_not_removed() {
     store.remove_container(&container).unwrap();
     assert!(!container.dir.exists());
 }
+
+#[test]
+fn a_damaged_unnamed_image_is_removed_by_the_digest_gc_names() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let other = scratch();
+    fs::write(other.path().join("f"), "other\n").unwrap();
+    let (_dir, store) = store();
+    let old = image_of(&store, &[tree.path()], "app");
+    image_of(&store, &[other.path()], "app"); // the old image is left unnamed
+    fs::remove_file(store.blob_path(&old.id)).unwrap();
+    let err = store.gc().unwrap_err().to_string();
+    let named = old.manifest_digest.to_string();
+    assert!(err.contains(&format!("rmi {named}")), "{err}");
+    let removal = store.remove_image_report(&named, false).unwrap();
+    assert_eq!(removal.deleted, Some(old.manifest_digest));
+    store.gc().unwrap();
+    assert_eq!(store.fsck().unwrap(), vec![]);
+}
+
+#[test]
+fn repair_moves_an_unreadable_index_aside_and_lists_the_images_again() {
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app");
+    fs::write(store.index_path(), b"{ not json").unwrap();
+    assert!(store.images().is_err());
+    let repair = store.repair().unwrap();
+    let aside = repair.damaged_index.expect("moved aside");
+    assert_eq!(fs::read(&aside).unwrap(), b"{ not json");
+    assert_eq!(repair.reindexed, Some(1));
+    assert_eq!(store.images().unwrap()[0].id, image.id);
+}
