@@ -353,15 +353,30 @@ impl Union {
         if !node.is_dir {
             return Err(Errno::NOTDIR);
         }
-        let path = self.path(ino)?;
+        let path = match self.path(ino) {
+            // Removed: what is made or looked up in a deleted directory is not there (as
+            // on any file system), rather than a stale handle.
+            Err(Errno::STALE) if node.removed_dir.get().is_some() => return Err(Errno::NOENT),
+            path => path?,
+        };
         let layers = node.state().dir_layers.clone();
         Ok((node, path, layers))
     }
 
     /// Registers a found entry as a live node with one more kernel lookup.
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
-        let ino = self.table.ino_for(found.meta.key());
         let is_dir = found.meta.is_dir();
+        let mut ino = self.table.ino_for(found.meta.key());
+        // A real inode recycled while its old node lives on (a directory removed and its
+        // number given to a file made right after, before the removal forgot the number):
+        // the kernel would find its inode changed type and call it bad (EIO). A new number.
+        if self
+            .table
+            .get(ino)
+            .is_some_and(|node| node.is_dir != is_dir)
+        {
+            ino = self.table.renumber(found.meta.key());
+        }
         let state = NodeState {
             links: vec![(parent, name.to_os_string())],
             layer: found.layer,
@@ -402,6 +417,12 @@ impl Union {
             (state.layer, state.dir_layers.len() > 1)
         };
         let mut meta = self.layers.stat(layer, &path)?;
+        // The name was removed (whited out) since the node's path was taken, by a request
+        // beside this one: the whiteout's attributes are not the file's, and a device
+        // where the kernel has a file makes it call the inode bad (EIO).
+        if meta.is_whiteout() {
+            return Err(Errno::STALE);
+        }
         if merged {
             meta.nlink = 1;
         }
