@@ -12,6 +12,11 @@ pub struct RowFormat {
 }
 
 impl RowFormat {
+    /// A list's `--format` argument, parsed (None without one, or for `table` alone).
+    pub fn from_arg(arg: Option<&str>) -> anyhow::Result<Option<RowFormat>> {
+        Ok(arg.map(RowFormat::parse).transpose()?.flatten())
+    }
+
     /// None for `table` alone: the list's own table.
     pub fn parse(text: &str) -> anyhow::Result<Option<RowFormat>> {
         let (table, body) = match text.strip_prefix("table") {

@@ -23,13 +23,7 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             !image.names.is_empty()
         });
     }
-    let format = args
-        .format
-        .as_deref()
-        .map(RowFormat::parse)
-        .transpose()?
-        .flatten();
-    if let Some(format) = format {
+    if let Some(format) = RowFormat::from_arg(args.format.as_deref())? {
         let header = serde_json::json!({
             "ID": "IMAGE ID", "Repository": "REPOSITORY", "Tag": "TAG", "Digest": "DIGEST",
             "CreatedSince": "CREATED", "CreatedAt": "CREATED AT", "Size": "SIZE",

@@ -105,13 +105,7 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     containers.sort_by(|a, b| b.state.created.cmp(&a.state.created).then(a.id.cmp(&b.id)));
     let now = time::now();
-    let format = args
-        .format
-        .as_deref()
-        .map(RowFormat::parse)
-        .transpose()?
-        .flatten();
-    if let Some(format) = format {
+    if let Some(format) = RowFormat::from_arg(args.format.as_deref())? {
         let header = serde_json::json!({
             "ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND",
             "CreatedAt": "CREATED AT", "RunningFor": "CREATED", "Ports": "PORTS",

@@ -11,7 +11,6 @@ use std::fs::{self, File};
 use crate::error::{Error, Result};
 use crate::gc::remove_any;
 use crate::layout::{Store, entry_digest, list_dir};
-use crate::lock::LockMode;
 use crate::refs::{self, descriptor_digest, entry_name};
 use crate::registry::media;
 use crate::{Digest, json, oci};
@@ -79,13 +78,7 @@ impl Store {
     /// rebuilds a missing index.json from the image manifests among the blobs, unnamed
     /// (`strata tag ID NAME` names them again). Under the exclusive lock, as gc.
     pub fn repair(&self) -> Result<Repair> {
-        let previous = self.lock_mode();
-        self.set_lock_mode(LockMode::Exclusive)?;
-        let repaired = self.repair_locked();
-        if previous == LockMode::Shared {
-            self.set_lock_mode(LockMode::Shared)?;
-        }
-        repaired
+        self.exclusively(|| self.repair_locked())
     }
 
     fn repair_locked(&self) -> Result<Repair> {

@@ -12,7 +12,6 @@ use std::fs;
 
 use crate::error::{Error, Result};
 use crate::layout::{Store, disk_size, entry_digest, list_dir};
-use crate::lock::LockMode;
 use crate::refs::{descriptor_digest, entry_name};
 use crate::{Digest, json, oci};
 
@@ -35,13 +34,7 @@ pub(crate) struct Reachable {
 impl Store {
     /// Frees everything unreachable. Waits for other users of the store to finish first.
     pub fn gc(&self) -> Result<GcReport> {
-        let previous = self.lock_mode();
-        self.set_lock_mode(LockMode::Exclusive)?;
-        let report = self.gc_locked();
-        if previous == LockMode::Shared {
-            self.set_lock_mode(LockMode::Shared)?;
-        }
-        report
+        self.exclusively(|| self.gc_locked())
     }
 
     fn gc_locked(&self) -> Result<GcReport> {

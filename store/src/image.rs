@@ -261,6 +261,11 @@ impl Store {
     /// Gives `image` the name `name` (`:latest` added), moving the name if another image had it.
     pub fn tag(&self, image: &Image, name: &str) -> Result<()> {
         let name = normalize_name(name)?;
+        self.name_image(image, &name)
+    }
+
+    /// Points the normalized `name` at `image`'s manifest.
+    fn name_image(&self, image: &Image, name: &str) -> Result<()> {
         let size = self
             .blob_path(&image.manifest_digest)
             .metadata()
@@ -272,7 +277,7 @@ impl Store {
             .clone()
             .unwrap_or(oci::MediaType::ImageManifest);
         self.update_index(|entries| {
-            set_name(entries, &image.manifest_digest, size, media_type, &name);
+            set_name(entries, &image.manifest_digest, size, media_type, name);
             Ok(())
         })
     }
@@ -281,20 +286,7 @@ impl Store {
     pub fn add_repo_digest(&self, manifest: &Digest, name: &str) -> Result<()> {
         let name = normalize_ref(name)?;
         let image = self.load_image(manifest, Vec::new())?;
-        let size = self
-            .blob_path(manifest)
-            .metadata()
-            .map_err(|e| Error::io("failed to stat", self.blob_path(manifest), e))?
-            .len();
-        let media_type = image
-            .manifest
-            .media_type()
-            .clone()
-            .unwrap_or(oci::MediaType::ImageManifest);
-        self.update_index(|entries| {
-            set_name(entries, manifest, size, media_type, &name);
-            Ok(())
-        })
+        self.name_image(&image, &name)
     }
 
     /// Removes the name `name`. An image left without names is gone (gc frees it).

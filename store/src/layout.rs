@@ -157,6 +157,18 @@ impl Store {
         lock.convert(mode, &path)
     }
 
+    /// Runs `f` under the exclusive lock (waiting for other users of the store), then
+    /// goes back to a shared lock if that is what this handle held.
+    pub(crate) fn exclusively<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let previous = self.lock_mode();
+        self.set_lock_mode(LockMode::Exclusive)?;
+        let out = f();
+        if previous == LockMode::Shared {
+            self.set_lock_mode(LockMode::Shared)?;
+        }
+        out
+    }
+
     pub(crate) fn lock_mode(&self) -> LockMode {
         self.lock
             .lock()
