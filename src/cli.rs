@@ -171,6 +171,10 @@ pub struct ImagesArgs {
     /// Print only the image ids
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Accepted as docker takes it: every image is listed anyway (strata keeps no
+    /// intermediate images; dangling ones show as <none>)
+    #[arg(short = 'a', long)]
+    pub all: bool,
     /// One line per image name from a Go template, as docker takes it:
     /// `{{.Repository}}:{{.Tag}}`, `{{.ID}}`, `{{json .}}`; `json` is `{{json .}}`;
     /// `table TEMPLATE` adds a header row

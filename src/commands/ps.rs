@@ -55,8 +55,20 @@ fn status_word(container: &Container) -> &'static str {
     }
 }
 
+/// The IMAGE a container shows: the name it was run from while that name still means its
+/// image, else (the tag moved on, or went) the image's short id, as docker's `ps` does.
+fn image_shown(store: &Store, c: &Container) -> String {
+    let Some(id) = c.state.image_id else {
+        return c.state.image.clone().unwrap_or_else(|| "-".into());
+    };
+    match &c.state.image {
+        Some(name) if store.resolve(name).is_ok_and(|image| image.id == id) => name.clone(),
+        _ => id.short(),
+    }
+}
+
 /// A container as docker's `ps --format` shows it (its Go template's fields).
-fn row(c: &Container, now: i64) -> serde_json::Value {
+fn row(store: &Store, c: &Container, now: i64) -> serde_json::Value {
     let created = time::parse_rfc3339(&c.state.created);
     let labels = c
         .state
@@ -74,7 +86,7 @@ fn row(c: &Container, now: i64) -> serde_json::Value {
         .unwrap_or_default();
     serde_json::json!({
         "ID": &c.id[..12],
-        "Image": c.state.image.clone().unwrap_or_default(),
+        "Image": image_shown(store, c),
         "Command": format!("\"{}\"", c.state.command.join(" ")),
         "CreatedAt": created.map(docker_time).unwrap_or_default(),
         "RunningFor": created.map(|t| time::ago(t, now)).unwrap_or_default(),
@@ -112,7 +124,7 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
             "State": "STATE", "Status": "STATUS", "Size": "SIZE", "Names": "NAMES",
             "Labels": "LABELS", "Mounts": "MOUNTS", "Networks": "NETWORKS",
         });
-        let rows: Vec<serde_json::Value> = containers.iter().map(|c| row(c, now)).collect();
+        let rows: Vec<serde_json::Value> = containers.iter().map(|c| row(&store, c, now)).collect();
         format.print(&header, &rows)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -167,7 +179,7 @@ pub fn run(globals: &Globals, args: PsArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         rows.push([
             c.id[..12].to_string(),
-            c.state.image.clone().unwrap_or_else(|| "-".into()),
+            image_shown(&store, c),
             command,
             created,
             status_text(c, now),

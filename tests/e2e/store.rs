@@ -790,5 +790,12 @@ fn ps_and_images_take_docker_format_templates() {
             .status
             .success()
     );
+    // once its tag moves to another image, the container shows its image's id (docker)
+    store.ok(&["commit", "fmt", "app:1"]);
+    assert_eq!(
+        store.ok(&["ps", "-a", "--format", "{{.Image}}"]).trim(),
+        id.trim()
+    );
+    store.ok(&["images", "-a"]);
     store.ok(&["rm", "fmt"]);
 }
