@@ -33,6 +33,9 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
     let (Some(pid), true) = (container.state.pid, is_running(&container)) else {
         bail!("container {} is not running", container.state.name);
     };
+    if args.detach {
+        return detach(globals, args, &container.state.name);
+    }
     let config = RunConfig::of(&container)?;
     require_terminal(&args.process)?;
     // Without -i the command reads nothing, as with docker exec.
@@ -54,4 +57,39 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         signal_group: args.signal_group,
     };
     Ok(strata_runtime::exec(spec)?)
+}
+
+/// `exec -d`: the same exec, by a strata of its own in a process group of its own, with no
+/// terminal and its output dropped, as docker's detached exec; this one returns at once.
+fn detach(globals: &Globals, args: &ExecArgs, name: &str) -> anyhow::Result<i32> {
+    if args.process.tty || args.process.interactive {
+        bail!("exec -d takes neither -i nor -t: nothing would be attached to them");
+    }
+    let mut command = std::process::Command::new(
+        std::env::current_exe().context("cannot find the strata executable")?,
+    );
+    command.arg("--root").arg(&globals.root).arg("exec");
+    for env in &args.process.env {
+        command.arg("-e").arg(env);
+    }
+    for file in &args.process.env_file {
+        command.arg("--env-file").arg(file);
+    }
+    if let Some(dir) = &args.process.workdir {
+        command.arg("-w").arg(dir);
+    }
+    if let Some(user) = &args.process.user {
+        command.arg("-u").arg(user);
+    }
+    command.arg(name).args(&args.container_and_command[1..]);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // its own session: a ^C or a hangup of this terminal is not for it
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command
+        .spawn()
+        .with_context(|| format!("cannot start the detached exec in {name}"))?;
+    Ok(0)
 }

@@ -1206,6 +1206,27 @@ fn exec_runs_in_the_running_container() {
             "{name}"
         );
         store.ok(&["exec", name, "touch", "/srv/made-by-exec"]);
+        // -d returns at once; the command runs on, with the options given
+        let detached = store.ok(&[
+            "exec",
+            "-d",
+            "-e",
+            "D=3",
+            name,
+            "sh",
+            "-c",
+            "sleep 1; echo $D > /srv/detached",
+        ]);
+        assert_eq!(detached, "");
+        let start = std::time::Instant::now();
+        while text(&store.strata(&["exec", name, "cat", "/srv/detached"]).stdout) != "3\n" {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "exec -d never ran"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        store.ok(&["exec", name, "rm", "/srv/detached"]);
         assert_eq!(
             store.ok(&[
                 "exec",
