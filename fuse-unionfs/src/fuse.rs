@@ -452,7 +452,7 @@ impl Filesystem for Fs {
             // and caches them per inode; without it every `ls -l` asks for
             // system.posix_acl_access once per file.
             InitFlags::FUSE_POSIX_ACL,
-            // The umask is this server's to apply (`Union::creation_mode`): not below a
+            // The umask is this server's to apply (`Union::make`): not below a
             // directory with a default ACL, which decides the new entry's mode instead.
             InitFlags::FUSE_DONT_MASK,
         ] {
@@ -611,10 +611,15 @@ impl Filesystem for Fs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_entry(
-            self.union
-                .mknod(parent.0, name, mode, u64::from(rdev), self.caller(req)),
+            self.union.mknod(
+                parent.0,
+                name,
+                mode,
+                u64::from(rdev),
+                umask,
+                self.caller(req),
+            ),
             reply,
         );
     }
@@ -628,9 +633,9 @@ impl Filesystem for Fs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_entry(
-            self.union.mkdir(parent.0, name, mode, self.caller(req)),
+            self.union
+                .mkdir(parent.0, name, mode, umask, self.caller(req)),
             reply,
         );
     }
@@ -981,9 +986,9 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = self.union.creation_mode(parent.0, mode, umask);
         self.reply_created(
-            self.union.create(parent.0, name, mode, self.caller(req)),
+            self.union
+                .create(parent.0, name, mode, umask, self.caller(req)),
             reply,
         );
     }
@@ -997,8 +1002,10 @@ impl Filesystem for Fs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let mode = self.union.creation_mode(parent.0, mode, umask);
-        self.reply_created(self.union.tmpfile(parent.0, mode, self.caller(req)), reply);
+        self.reply_created(
+            self.union.tmpfile(parent.0, mode, umask, self.caller(req)),
+            reply,
+        );
     }
 
     fn lseek(

@@ -87,6 +87,16 @@ const ACL_NONE: u8 = 1;
 const ACL_SOME: u8 = 2;
 
 impl New<'_> {
+    /// The same entry with the permission bits `umask` clears cleared.
+    fn masked(self, umask: u32) -> Self {
+        match self {
+            New::Dir(mode) | New::File(mode) | New::Node(mode, _) => {
+                self.with_mode(mode & 0o7777 & !(umask & 0o777))
+            }
+            other => other,
+        }
+    }
+
     /// The same entry with permission bits `mode`.
     fn with_mode(self, mode: u32) -> Self {
         match self {
@@ -261,26 +271,19 @@ impl Union {
         }
     }
 
-    /// The mode a new entry in `parent` asked for with `mode` gets (the kernel leaves the
-    /// umask to this server, FUSE_DONT_MASK): the caller's umask applies, unless the
-    /// directory has a default ACL, which decides instead (as posix_acl_create does).
-    pub fn creation_mode(&self, parent: u64, mode: u32, umask: u32) -> u32 {
-        let _shared = self.shared();
-        if self.default_acl(parent).is_some() {
-            mode
-        } else {
-            mode & !(umask & 0o777)
-        }
-    }
-
     /// Creates `name` in `parent` (copied up first). Over a whiteout the entry is built in
     /// the work dir and renamed into place; a directory made there is opaque, so the lower
     /// directory it replaces stays hidden (overlayfs.rst "whiteouts and opaque directories").
+    ///
+    /// `umask` is the caller's: the kernel leaves it to this server (FUSE_DONT_MASK), which
+    /// applies it unless the directory has a default ACL, which decides the mode instead
+    /// (as posix_acl_create does).
     fn make(
         &self,
         parent: u64,
         name: &OsStr,
         new: New<'_>,
+        umask: u32,
         caller: Caller,
     ) -> Res<(Entry, Option<OwnedFd>)> {
         // An AUFS marker's name would hide an entry, and itself (AUFS refuses them too).
@@ -292,6 +295,10 @@ impl Union {
         let acl = match new {
             New::Dir(_) | New::File(_) | New::Node(..) => self.default_acl(parent),
             _ => None,
+        };
+        let new = match acl {
+            Some(_) => new,
+            None => new.masked(umask),
         };
         let (pnode, ppath, _) = self.copy_up_dir(parent)?;
         let rel = ppath.join(name);
@@ -495,9 +502,16 @@ impl Union {
         }
     }
 
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, caller: Caller) -> Res<Entry> {
+    pub fn mkdir(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Res<Entry> {
         let _shared = self.shared();
-        Ok(self.make(parent, name, New::Dir(mode), caller)?.0)
+        Ok(self.make(parent, name, New::Dir(mode), umask, caller)?.0)
     }
 
     pub fn mknod(
@@ -506,6 +520,7 @@ impl Union {
         name: &OsStr,
         mode: u32,
         rdev: u64,
+        umask: u32,
         caller: Caller,
     ) -> Res<Entry> {
         // A character device 0/0 is a whiteout: overlayfs refuses to make one too.
@@ -518,12 +533,12 @@ impl Union {
         } else {
             New::Node(mode, rdev)
         };
-        Ok(self.make(parent, name, new, caller)?.0)
+        Ok(self.make(parent, name, new, umask, caller)?.0)
     }
 
     pub fn symlink(&self, parent: u64, name: &OsStr, target: &Path, caller: Caller) -> Res<Entry> {
         let _shared = self.shared();
-        Ok(self.make(parent, name, New::Symlink(target), caller)?.0)
+        Ok(self.make(parent, name, New::Symlink(target), 0, caller)?.0)
     }
 
     /// create + open: the new file is in the upper branch, open read-write.
@@ -532,10 +547,11 @@ impl Union {
         parent: u64,
         name: &OsStr,
         mode: u32,
+        umask: u32,
         caller: Caller,
     ) -> Res<(Entry, u64, Arc<OpenFile>)> {
         let _shared = self.shared();
-        let (entry, fd) = self.make(parent, name, New::File(mode), caller)?;
+        let (entry, fd) = self.make(parent, name, New::File(mode), umask, caller)?;
         let fd = fd.ok_or(Errno::IO)?;
         let (fh, file) = self.files.insert(OpenFile::new(fd, entry.ino, true));
         Ok((entry, fh, file))
@@ -547,9 +563,13 @@ impl Union {
         &self,
         parent: u64,
         mode: u32,
+        umask: u32,
         caller: Caller,
     ) -> Res<(Entry, u64, Arc<OpenFile>)> {
         let _shared = self.shared();
+        // the umask as `make` applies it
+        let acl = self.default_acl(parent).is_some();
+        let mode = if acl { mode } else { mode & !(umask & 0o777) };
         let (_, ppath, _) = self.copy_up_dir(parent)?;
         let fd = rustix::fs::openat(
             self.upper_fd(),
@@ -565,7 +585,7 @@ impl Union {
             Some(rustix::fs::Uid::from_raw(caller.uid)),
             Some(rustix::fs::Gid::from_raw(gid)),
         )?;
-        let want = if self.default_acl(parent).is_some() {
+        let want = if acl {
             // the file system gave it the default ACL's permission bits: keep them
             (rustix::fs::fstat(&fd)?.st_mode & 0o777) | (mode & 0o7000)
         } else {
@@ -605,9 +625,9 @@ impl Union {
             Err(Errno::STALE) => {
                 let file = self.unlinked_open(ino, true)?;
                 let fd = self.fd(&file)?;
-                self.make(newparent, newname, New::LinkFd(fd, node.ino), caller)?
+                self.make(newparent, newname, New::LinkFd(fd, node.ino), 0, caller)?
             }
-            source => self.make(newparent, newname, New::Link(&source?), caller)?,
+            source => self.make(newparent, newname, New::Link(&source?), 0, caller)?,
         };
         // `make` registered the new name on the node the upper inode maps to: the same one.
         entry.ino = node.ino;
@@ -940,7 +960,7 @@ mod tests {
         // reader starts; the first goes on from where it was, in its own snapshot.
         let resume = first.offset(1);
         union
-            .create(ROOT, OsStr::new("made-between"), 0o100644, ME)
+            .create(ROOT, OsStr::new("made-between"), 0o100644, 0, ME)
             .unwrap();
         let second = union.dir_entries(ROOT, 0).unwrap();
         assert_eq!(second.entries.len(), first.entries.len() + 1);
@@ -997,7 +1017,7 @@ mod tests {
             Errno::NOENT
         );
         let (entry, _, _) = union
-            .create(ROOT, OsStr::new("file"), 0o100644, ME)
+            .create(ROOT, OsStr::new("file"), 0o100644, 0, ME)
             .unwrap();
         assert!(entry.upper);
         assert_eq!(fs::read(&upper).unwrap(), b"");
@@ -1016,7 +1036,7 @@ mod tests {
             union.unlink(d.ino, OsStr::new(name)).unwrap();
         }
         union.rmdir(ROOT, OsStr::new("d")).unwrap();
-        let again = union.mkdir(ROOT, OsStr::new("d"), 0o40755, ME).unwrap();
+        let again = union.mkdir(ROOT, OsStr::new("d"), 0o40755, 0, ME).unwrap();
         assert_eq!(names(&union, again.ino), [".", ".."]);
         assert!(union.layers.is_opaque(UPPER, Path::new("d")));
         assert!(dir.path().join("upper/d").is_dir());
@@ -1033,14 +1053,14 @@ mod tests {
             let st = rustix::fs::fstat(union.fd(file).unwrap()).unwrap();
             crate::layer::Meta::from_stat(&st).key()
         };
-        let (unnamed, fh, file) = union.tmpfile(ROOT, 0o100600, ME).unwrap();
+        let (unnamed, fh, file) = union.tmpfile(ROOT, 0o100600, 0, ME).unwrap();
         let unnamed_key = key(&file);
         assert_eq!(union.table.existing_ino(unnamed_key), Some(unnamed.ino));
         drop(file);
         union.release(fh);
         assert_eq!(union.table.existing_ino(unnamed_key), None);
 
-        let (named, fh, file) = union.tmpfile(ROOT, 0o100600, ME).unwrap();
+        let (named, fh, file) = union.tmpfile(ROOT, 0o100600, 0, ME).unwrap();
         // Opened again (through /proc/PID/fd), and that handle gone before the link.
         let (again, _) = union.open(named.ino, false).unwrap();
         union.release(again);
