@@ -318,19 +318,11 @@ impl Store {
                 let Ok(name) = normalize_ref(reference) else {
                     return Err(err);
                 };
-                let removed = self.update_index(|entries| {
-                    let before = entries.len();
-                    entries.retain(|e| entry_name(e) != Some(name.as_str()));
-                    Ok(before != entries.len())
-                })?;
-                return if removed {
-                    Ok(Removal {
-                        untagged: vec![name],
-                        deleted: None,
-                    })
-                } else {
-                    Err(err)
+                let removal = Removal {
+                    untagged: vec![name.clone()],
+                    deleted: None,
                 };
+                return self.drop_entries(|e| entry_name(e) == Some(name.as_str()), removal, err);
             }
             // A damaged image with no name (gc names it by its manifest digest): its
             // entries go by that digest.
@@ -338,19 +330,15 @@ impl Store {
                 let Ok(digest) = reference.parse::<Digest>() else {
                     return Err(err);
                 };
-                let removed = self.update_index(|entries| {
-                    let before = entries.len();
-                    entries.retain(|e| descriptor_digest(e).ok() != Some(digest));
-                    Ok(before != entries.len())
-                })?;
-                return if removed {
-                    Ok(Removal {
-                        untagged: Vec::new(),
-                        deleted: Some(digest),
-                    })
-                } else {
-                    Err(err)
+                let removal = Removal {
+                    untagged: Vec::new(),
+                    deleted: Some(digest),
                 };
+                return self.drop_entries(
+                    |e| descriptor_digest(e).ok() == Some(digest),
+                    removal,
+                    err,
+                );
             }
             Err(err) => return Err(err),
         };
@@ -395,6 +383,22 @@ impl Store {
             untagged,
             deleted: (last && !used).then_some(image.id),
         })
+    }
+
+    /// Drops the index entries `doomed` picks, for an image that cannot be read: `removal`
+    /// if there were any, else `err` (why it could not be found).
+    fn drop_entries(
+        &self,
+        doomed: impl Fn(&oci::Descriptor) -> bool,
+        removal: Removal,
+        err: Error,
+    ) -> Result<Removal> {
+        let removed = self.update_index(|entries| {
+            let before = entries.len();
+            entries.retain(|e| !doomed(e));
+            Ok(before != entries.len())
+        })?;
+        if removed { Ok(removal) } else { Err(err) }
     }
 
     /// `gc --dangling`, docker's `image prune`: drops the images without a tag (unnamed, or
