@@ -171,6 +171,9 @@ pub struct ImagesArgs {
     /// Print only the image ids
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Show whole image ids (`sha256:` and all 64 digits)
+    #[arg(long)]
+    pub no_trunc: bool,
     /// Accepted as docker takes it: every image is listed anyway (strata keeps no
     /// intermediate images; dangling ones show as <none>)
     #[arg(short = 'a', long)]
@@ -203,9 +206,15 @@ pub struct HistoryArgs {
     /// Print JSON instead of a table
     #[arg(long)]
     pub json: bool,
-    /// Do not shorten CREATED BY
+    /// Do not shorten the image id and CREATED BY
     #[arg(long)]
     pub no_trunc: bool,
+    /// Print only the image ids (`<missing>` for the steps below the image)
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Sizes and dates for people (`--human=false`: bytes and RFC 3339 times)
+    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub human: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,5 +1,6 @@
 //! `strata history IMAGE`: the config's history, newest first, with each layer's size
-//! (IMAGE CREATED CREATED BY SIZE COMMENT, like `docker history`).
+//! (IMAGE CREATED CREATED BY SIZE COMMENT, like `docker history`; `-q`, `--no-trunc`,
+//! `--human=false`, `--json`).
 
 use std::process::ExitCode;
 
@@ -23,14 +24,33 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         };
         rows.push((entry, size));
     }
+    let top = super::images::shown_id(&image, args.no_trunc);
+    // newest first; only the top row is an image here (docker shows <missing> below it)
+    let ids = (0..rows.len()).map(|i| {
+        if i == 0 {
+            top.clone()
+        } else {
+            "<missing>".into()
+        }
+    });
+    if args.quiet {
+        for id in ids {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
+        // whole ids, as in the other JSON lists
+        let full = (0..rows.len()).map(|i| (i == 0).then(|| image.id.to_string()));
         let list: Vec<serde_json::Value> = rows
             .iter()
             .rev()
-            .map(|(entry, size)| {
+            .zip(full)
+            .map(|((entry, size), id)| {
                 serde_json::json!({
-                    "Created": entry.created(), "CreatedBy": entry.created_by(), "Comment": entry.comment(),
-                    "EmptyLayer": entry.empty_layer().unwrap_or(false), "Size": size,
+                    "Id": id.unwrap_or_else(|| "<missing>".into()), "Created": entry.created(), "CreatedBy": entry.created_by(),
+                    "Comment": entry.comment(), "EmptyLayer": entry.empty_layer().unwrap_or(false),
+                    "Size": size,
                 })
             })
             .collect();
@@ -45,18 +65,15 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
         "SIZE".into(),
         "COMMENT".into(),
     ]];
-    for (i, (entry, size)) in rows.iter().rev().enumerate() {
-        let id = if i == 0 {
-            image.id.short()
+    for ((entry, size), id) in rows.iter().rev().zip(ids) {
+        let created = entry.created().clone().unwrap_or_default();
+        let created = if args.human {
+            time::parse_rfc3339(&created)
+                .map(|t| time::ago(t, now))
+                .unwrap_or_default()
         } else {
-            "<missing>".into()
+            created
         };
-        let created = entry
-            .created()
-            .as_deref()
-            .and_then(time::parse_rfc3339)
-            .map(|t| time::ago(t, now))
-            .unwrap_or_default();
         let mut created_by = entry
             .created_by()
             .clone()
@@ -69,7 +86,11 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
             id,
             created,
             created_by,
-            human_size(*size),
+            if args.human {
+                human_size(*size)
+            } else {
+                size.to_string()
+            },
             entry.comment().clone().unwrap_or_default(),
         ]);
     }

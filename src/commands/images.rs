@@ -39,7 +39,7 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             let created = created(image);
             for (repo, tag) in table_names(image) {
                 rows.push(serde_json::json!({
-                    "ID": image.id.short(),
+                    "ID": shown_id(image, args.no_trunc),
                     "Repository": repo,
                     "Tag": tag,
                     "Digest": digest,
@@ -53,7 +53,10 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if args.quiet {
-        let mut ids: Vec<String> = images.iter().map(|image| image.id.short()).collect();
+        let mut ids: Vec<String> = images
+            .iter()
+            .map(|image| shown_id(image, args.no_trunc))
+            .collect();
         ids.dedup();
         for id in ids {
             println!("{id}");
@@ -81,7 +84,7 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
             rows.push([
                 repo,
                 tag,
-                image.id.short(),
+                shown_id(image, args.no_trunc),
                 created.clone(),
                 human_size(image.size()),
             ]);
@@ -89,6 +92,15 @@ pub fn run(globals: &Globals, args: ImagesArgs) -> anyhow::Result<ExitCode> {
     }
     print_table(&rows);
     Ok(ExitCode::SUCCESS)
+}
+
+/// An image's id as the lists show it: 12 digits, or whole under `--no-trunc`.
+pub fn shown_id(image: &Image, no_trunc: bool) -> String {
+    if no_trunc {
+        image.id.to_string()
+    } else {
+        image.id.short()
+    }
 }
 
 /// (REPOSITORY, TAG) rows of an image: one per tag, whose row stands for its repo digest

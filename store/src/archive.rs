@@ -164,19 +164,14 @@ pub fn save_into(store: &Store, references: &[String], file: &mut File, name: &P
 fn save_images(store: &Store, references: &[String]) -> Result<Vec<(LocalImage, Vec<String>)>> {
     let mut images = Vec::new();
     for reference in references {
-        let image = store.resolve(reference)?;
+        let (image, name) = store.resolve_named(reference)?;
         let local = LocalImage::from_store_image(store, &image, Some(reference))?;
-        // Name it as asked when a name was given, else by all its names.
-        // (a docker archive's RepoTags are tags: a name@digest is left out)
-        let names = match refs::normalize_name(reference) {
-            Ok(name) if image.names.contains(&name) => vec![name],
-            _ => image
-                .names
-                .iter()
-                .filter(|name| !name.contains('@'))
-                .cloned()
-                .collect(),
-        };
+        // Named as asked; saved by id or digest it gets no name, as `docker save ID` writes
+        // no RepoTags. (A docker archive's RepoTags are tags: a name@digest is left out.)
+        let names = name
+            .filter(|name| !name.contains('@'))
+            .into_iter()
+            .collect();
         images.push((local, names));
     }
     Ok(images)

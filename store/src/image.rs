@@ -209,6 +209,12 @@ impl Store {
     /// Finds an image by `name[:tag]`, full or short image id (`sha256:` optional), or
     /// `sha256:` manifest digest.
     pub fn resolve(&self, reference: &str) -> Result<Image> {
+        self.resolve_named(reference).map(|(image, _)| image)
+    }
+
+    /// [`resolve`](Self::resolve), and the image's name that `reference` gave (as stored;
+    /// `busybox` finds `docker.io/library/busybox:latest`); none when it was an id or digest.
+    pub fn resolve_named(&self, reference: &str) -> Result<(Image, Option<String>)> {
         let not_found = || Error::ImageNotFound(reference.to_string());
         if let Ok(name) = normalize_ref(reference) {
             let entries = self.index_entries()?;
@@ -224,7 +230,8 @@ impl Store {
             };
             if let Some(entry) = exact.or_else(familiar) {
                 let digest = descriptor_digest(entry)?;
-                return self.load_image(&digest, names_of(&entries, &digest));
+                let image = self.load_image(&digest, names_of(&entries, &digest))?;
+                return Ok((image, entry_name(entry).map(str::to_string)));
             }
         }
         // `repo@sha256:D` of an image the store has under another name: the digest decides.
@@ -241,7 +248,7 @@ impl Store {
         }
         let images = self.images()?;
         if let Some(image) = images.iter().find(|i| i.manifest_digest.hex() == hex) {
-            return Ok(image.clone());
+            return Ok((image.clone(), None));
         }
         let mut hits: Vec<&Image> = images
             .iter()
@@ -250,7 +257,7 @@ impl Store {
         hits.dedup_by_key(|i| i.id);
         match hits.len() {
             0 => Err(not_found()),
-            1 => Ok(hits[0].clone()),
+            1 => Ok((hits[0].clone(), None)),
             count => Err(Error::AmbiguousImage {
                 reference: reference.to_string(),
                 count,

@@ -166,6 +166,41 @@ fn login_logout_against_a_basic_auth_registry() {
 }
 
 #[test]
+fn save_by_id_writes_no_name() {
+    // `docker save ID` writes no RepoTags: loaded elsewhere the image stays unnamed.
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let id = store.ok(&["images", "-q", "--no-trunc", "busybox:1"]);
+    let id = id.trim();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let out_dir = tempfile::tempdir().unwrap();
+    let file = out_dir.path().join("byid.tar");
+    let file_s = file.to_str().unwrap();
+    store.ok(&["save", "-o", file_s, &id[7..19]]);
+    let out = Command::new("tar")
+        .args(["-xOf", file_s, "manifest.json"])
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!([]), "{manifest}");
+    let out = Command::new("tar")
+        .args(["-xOf", file_s, "index.json"])
+        .output()
+        .unwrap();
+    let index = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!index.contains("busybox"), "{index}");
+
+    let fresh = TestStore::new();
+    let loaded = fresh.ok(&["load", "-i", file_s]);
+    assert_eq!(loaded.trim(), format!("Loaded image ID: {id}"));
+    // saved by name, it keeps that name only
+    store.ok(&["tag", "busybox:1", "other:2"]);
+    store.ok(&["save", "-o", file_s, "other:2"]);
+    let loaded = TestStore::new().ok(&["load", "-i", file_s]);
+    assert_eq!(loaded.trim(), "Loaded image: other:2");
+}
+
+#[test]
 fn save_load_round_trip_readable_by_skopeo_and_podman() {
     let store = TestStore::new();
     store.import_busybox("busybox:1");

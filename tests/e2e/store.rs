@@ -57,6 +57,38 @@ fn import_then_list_inspect_history_tag_and_rmi() {
     assert_eq!(image["History"][0]["created_by"], "strata import");
     let history = store.ok(&["history", "busybox"]);
     assert!(history.contains("strata import"), "{history}");
+    // docker's flags: ids only, whole ids, bytes and RFC 3339 times, and the id in JSON
+    let full = id.trim();
+    assert_eq!(store.ok(&["history", "-q", "busybox"]).trim(), &full[7..19]);
+    assert_eq!(
+        store.ok(&["history", "-q", "--no-trunc", "busybox"]).trim(),
+        full
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&store.ok(&["history", "--json", "busybox"])).unwrap();
+    assert_eq!(listed[0]["Id"], full, "{listed}");
+    let size = listed[0]["Size"].as_u64().unwrap();
+    let created = listed[0]["Created"].as_str().unwrap();
+    assert!(size > 1000, "{listed}");
+    let raw = store.ok(&["history", "--human=false", "busybox"]);
+    let row: Vec<&str> = raw
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..2], [&full[7..19], created], "{raw}");
+    assert!(row.contains(&size.to_string().as_str()), "{raw}");
+    assert_eq!(
+        store.ok(&["images", "-q", "--no-trunc", "busybox"]).trim(),
+        full
+    );
+    assert!(
+        store
+            .ok(&["images", "--no-trunc", "busybox"])
+            .contains(full),
+        "images --no-trunc shows the whole id"
+    );
 
     store.ok(&["tag", "busybox", "tools:1.0"]);
     assert_eq!(inspect(&store, "tools:1.0")["Id"], id.trim());
