@@ -227,9 +227,11 @@ pub(crate) fn rename_durable(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Replaces `path`, a file outside the store (credentials, an OCI layout's files, an
-/// archive), atomically: `fill` writes a hidden tmp file beside it, created with `mode`,
-/// which is fsynced and renamed over `path`, and the directory is fsynced. On error the
-/// tmp file is removed and `path` is left as it was.
+/// archive), atomically: `fill` writes a new file beside it, created with `mode`, which is
+/// fsynced and renamed over `path`, and the directory is fsynced. On error `path` is left
+/// as it was. The new file has no name until it is complete (O_TMPFILE), so a process
+/// killed meanwhile leaves nothing behind; where the file system has no O_TMPFILE it is a
+/// hidden tmp file, removed on error.
 pub(crate) fn replace_file(
     path: &Path,
     mode: u32,
@@ -241,17 +243,41 @@ pub(crate) fn replace_file(
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let unnamed = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(mode),
+    );
+    let (mut file, named) = match unnamed {
+        Ok(fd) => (File::from(fd), false),
+        Err(_) => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&tmp)
+                .map_err(|e| Error::io("failed to create", &tmp, e))?;
+            (file, true)
+        }
+    };
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| Error::io("failed to create", &tmp, e))?;
         fill(&mut file)?;
         file.sync_all()
-            .map_err(|e| Error::io("failed to fsync", &tmp, e))?;
+            .map_err(|e| Error::io("failed to fsync", path, e))?;
+        if !named {
+            // a name for a moment, for rename(2) to move over `path`
+            let _ = fs::remove_file(&tmp);
+            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+            rustix::fs::linkat(
+                rustix::fs::CWD,
+                proc_path.as_str(),
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::AtFlags::SYMLINK_FOLLOW,
+            )
+            .map_err(|e| Error::io("failed to link", &tmp, e.into()))?;
+        }
         rename_durable(&tmp, path)
     })();
     if result.is_err() {
@@ -308,6 +334,45 @@ pub(crate) fn disk_size(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replace_file_names_the_file_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.tar");
+        fs::write(&path, b"old").unwrap();
+        let names = || {
+            let mut names: Vec<_> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        // While it is written (when a kill would stop it) the directory shows only the old
+        // file: nothing is left behind.
+        replace_file(&path, 0o640, |file| {
+            file.write_all(b"new").unwrap();
+            assert_eq!(names(), ["out.tar"]);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(names(), ["out.tar"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode & !0o640, 0, "{mode:o}");
+        // a failed fill keeps the old file
+        let failed = replace_file(&path, 0o640, |file| {
+            file.write_all(b"partial").unwrap();
+            Err(Error::Invalid {
+                what: "test".into(),
+                message: "stop".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(names(), ["out.tar"]);
+    }
 
     #[test]
     fn open_creates_an_oci_layout() {
