@@ -25,7 +25,14 @@ pub fn container_changes(store: &Store, reference: &str) -> anyhow::Result<Vec<C
 pub fn run(globals: &Globals, args: DiffArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
     let changes = match args.args.as_slice() {
-        [container] => container_changes(&store, container)?,
+        [container] => match container_changes(&store, container) {
+            Err(_) if store.container(container).is_err() && store.resolve(container).is_ok() => {
+                anyhow::bail!(
+                    "{container} is an image, not a container: `strata diff IMAGE IMAGE` compares two images"
+                )
+            }
+            result => result?,
+        },
         [a, b] => diff::image_changes(&store, &store.resolve(a)?, &store.resolve(b)?)?,
         _ => anyhow::bail!("usage: strata diff CONTAINER | strata diff IMAGE IMAGE"),
     };

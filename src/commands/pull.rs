@@ -27,12 +27,8 @@ pub fn run(globals: &Globals, args: PullArgs) -> anyhow::Result<ExitCode> {
     };
     let image = transfer::pull(&store, &args.reference, &opts)?;
     if !args.quiet {
-        let name = image
-            .names
-            .first()
-            .cloned()
-            .unwrap_or_else(|| image.manifest_digest.to_string());
-        eprintln!("pulled {name}");
+        // what was asked for (the image may have other names already)
+        eprintln!("pulled {}", args.reference);
     }
     println!("{}", image.id);
     Ok(ExitCode::SUCCESS)

@@ -71,8 +71,12 @@ fn push_then_pull_into_a_fresh_store_gives_the_same_image() {
     let out = fresh.strata(&["run", "--rm", &dest, "sh", "-c", "echo pulled-and-ran"]);
     assert_success(&out, &["run", "--rm", &dest]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "pulled-and-ran\n");
-    // By digest too, and a second pull is a no-op.
-    fresh.ok(&["pull", &by_digest]);
+    // By digest too, and a second pull is a no-op. It says what was pulled: the digest
+    // asked for, not the tag the store already has for the image.
+    let out = fresh.strata(&["pull", &by_digest]);
+    assert_success(&out, &["pull", &by_digest]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains(&format!("pulled {by_digest}")), "{said}");
     // Pulled by digest into a store without the tag, the image is named repo@digest, as
     // docker records a repo digest: it survives gc and `run`/`rmi` find it by that name.
     let pinned = TestStore::new();

@@ -89,6 +89,13 @@ fn import_then_list_inspect_history_tag_and_rmi() {
             .contains(full),
         "images --no-trunc shows the whole id"
     );
+    // `diff` of one name wants a container; an image gets told how images are compared
+    let out = store.strata(&["diff", "busybox"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("is an image, not a container"),
+        "{said}"
+    );
 
     store.ok(&["tag", "busybox", "tools:1.0"]);
     assert_eq!(inspect(&store, "tools:1.0")["Id"], id.trim());
