@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use nix::sys::signal::{SigAction, Signal};
 
@@ -44,6 +44,12 @@ pub(crate) fn restore_defaults() {
 
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 
+/// How many [`STOPPING`] signals were caught, and the last one. The handler records them
+/// itself, so [`Forwarding::caught`] sees a signal the pump thread has not read yet (a
+/// container that ends by itself just after it would otherwise take it along).
+static STOPS: AtomicU64 = AtomicU64::new(0);
+static LAST_STOP: AtomicI32 = AtomicI32::new(0);
+
 struct Entry {
     id: u64,
     /// None until the container has started; signals that arrive before are kept in
@@ -55,6 +61,8 @@ struct Entry {
     kill: bool,
     /// ...and the first such signal caught.
     caught: Option<libc::c_int>,
+    /// [`STOPS`] when the entry was made.
+    stops_before: u64,
 }
 
 #[derive(Default)]
@@ -73,6 +81,10 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
 });
 
 extern "C" fn on_signal(signal: libc::c_int) {
+    if STOPPING.contains(&signal) {
+        LAST_STOP.store(signal, Ordering::Relaxed);
+        STOPS.fetch_add(1, Ordering::Release);
+    }
     let fd = PIPE_WRITE.load(Ordering::Relaxed);
     if fd >= 0 {
         sys::write_raw(fd, &[signal as u8]);
@@ -118,6 +130,7 @@ pub fn catch(kill: bool) -> std::io::Result<Forwarding> {
         pty_master: None,
         kill,
         caught: None,
+        stops_before: STOPS.load(Ordering::Acquire),
     });
     Ok(Forwarding { id })
 }
@@ -139,14 +152,16 @@ impl Forwarding {
         }
     }
 
-    /// The stopping signal that killed the container, if one did (see [`catch`]).
+    /// The stopping signal that killed the container, or that came while it ran, if one
+    /// did (see [`catch`]).
     pub fn caught(&self) -> Option<libc::c_int> {
         let registry = REGISTRY.lock().unwrap_or_else(|poison| poison.into_inner());
-        registry
-            .entries
-            .iter()
-            .find(|entry| entry.id == self.id)
-            .and_then(|entry| entry.caught)
+        let entry = registry.entries.iter().find(|entry| entry.id == self.id)?;
+        entry.caught.or_else(|| {
+            // caught by the handler, not yet read by the pump
+            (entry.kill && STOPS.load(Ordering::Acquire) > entry.stops_before)
+                .then(|| LAST_STOP.load(Ordering::Relaxed))
+        })
     }
 }
 
@@ -186,5 +201,26 @@ fn pump(read_end: OwnedFd) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopping_signal_counts_before_the_pump_reads_it() {
+        let forwarding = catch(true).unwrap();
+        let other = catch(false).unwrap();
+        assert_eq!(forwarding.caught(), None);
+        // As the handler runs when SIGTERM arrives; the pump thread may not have read the
+        // byte when the container's end asks.
+        on_signal(libc::SIGTERM);
+        assert_eq!(forwarding.caught(), Some(libc::SIGTERM));
+        // a container started without `kill` forwards it rather than stopping on it
+        assert_eq!(other.caught(), None);
+        // a container started afterwards did not see it
+        let later = catch(true).unwrap();
+        assert_eq!(later.caught(), None);
     }
 }
