@@ -927,6 +927,8 @@ fn split(arg: &str) -> Option<(&str, &str)> {
 struct CopyMount {
     guard: Option<strata_unionfs::MountGuard>,
     point: PathBuf,
+    /// Until the union is gone (after `guard`): a `start` meanwhile waits.
+    _lock: super::mount::MountLock,
 }
 
 impl Drop for CopyMount {
@@ -942,6 +944,17 @@ impl Drop for CopyMount {
 fn mount(store: &Store, container: &Container) -> anyhow::Result<(PathBuf, Option<CopyMount>)> {
     if let Some(at) = super::mount::user_mount(container)? {
         return Ok((at, None));
+    }
+    let (lock, container) = super::mount::MountLock::take(container)?;
+    let container = &container;
+    if let Some(at) = super::mount::user_mount(container)? {
+        return Ok((at, None));
+    }
+    if is_running(container) || strata_store::container::is_mount_point(&container.rootfs_dir()) {
+        anyhow::bail!(
+            "container {} started meanwhile; copy again",
+            container.state.name
+        );
     }
     let image_id = container
         .state
@@ -971,6 +984,7 @@ fn mount(store: &Store, container: &Container) -> anyhow::Result<(PathBuf, Optio
     let mounted = CopyMount {
         guard: Some(guard),
         point: point.clone(),
+        _lock: lock,
     };
     Ok((point, Some(mounted)))
 }

@@ -183,6 +183,47 @@ pub(crate) fn user_mount(container: &strata_store::Container) -> anyhow::Result<
     Ok(same.then(|| at.clone()))
 }
 
+/// Held while a container's upper gets a union (`strata mount`, `start`, `run`): from the
+/// check that nobody else has mounted it until that mount shows (recorded, or the rootfs a
+/// mount point), so two of them cannot both pass the check. A POSIX record lock on
+/// `mount.lock` in the container's directory: per process, so the FUSE daemon `strata
+/// mount` forks does not take it along, and it goes when the process does.
+pub(crate) struct MountLock {
+    _file: std::fs::File,
+}
+
+impl MountLock {
+    /// Waits for the lock; gives the container as its state now says.
+    pub(crate) fn take(
+        container: &strata_store::Container,
+    ) -> anyhow::Result<(MountLock, strata_store::Container)> {
+        let path = container.dir.join("mount.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("failed to open {}", path.display()))?;
+        let lock = libc::flock {
+            l_type: libc::F_WRLCK as libc::c_short,
+            l_whence: libc::SEEK_SET as libc::c_short,
+            l_start: 0,
+            l_len: 0,
+            l_pid: 0,
+        };
+        loop {
+            match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETLKW(&lock)) {
+                Ok(_) => break,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(err) => {
+                    return Err(err).with_context(|| format!("failed to lock {}", path.display()));
+                }
+            }
+        }
+        Ok((MountLock { _file: file }, container.reread()?))
+    }
+}
+
 /// Fails while `strata mount` has the container mounted: two unions over one upper would
 /// each cache what the other changes under it, and the container's end would forget the
 /// user's mount (and `rm` then delete its upper under it).
@@ -211,14 +252,18 @@ fn mount_container(
         .state
         .image_id
         .with_context(|| format!("container {} has no image to mount", container.id))?;
-    if super::run::is_running(&container) {
+    let (lock, current) = MountLock::take(&container)?;
+    // (a `start` that has mounted the rootfs but not yet recorded the container running)
+    if super::run::is_running(&current)
+        || strata_store::container::is_mount_point(&current.rootfs_dir())
+    {
         bail!(
             "container {} is running: its file system is at {}",
             container.id,
             container.rootfs_dir().display()
         );
     }
-    refuse_if_mounted(&container)?;
+    refuse_if_mounted(&current)?;
     let image = store.resolve(&image_id.to_string())?;
     let mut lowers = store.layer_dirs(&image)?;
     if lowers.is_empty() {
@@ -247,6 +292,9 @@ fn mount_container(
         container.state.mounted_at =
             Some(std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()));
         container.save()?;
+        // recorded: a `start` that was waiting now sees it (a foreground server keeps
+        // running from here, without holding it)
+        drop(lock);
         println!("{}", container.id);
         Ok(())
     })

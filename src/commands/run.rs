@@ -685,7 +685,14 @@ fn mount_and_run(
     echo: bool,
 ) -> anyhow::Result<i32> {
     let driver: Driver = config.driver.parse()?;
-    super::mount::refuse_if_mounted(&container)?;
+    // Held until the container is recorded running (or fails to start): a `strata mount`
+    // or another `start` of it waits, then sees it running.
+    let (mount_lock, current) = super::mount::MountLock::take(&container)?;
+    if is_running(&current) {
+        bail!("container {} is already running", container.state.name);
+    }
+    super::mount::refuse_if_mounted(&current)?;
+    let mut mount_lock = Some(mount_lock);
     let (etc_files, init_layer) =
         etc::prepare(&container.dir, &lowers, &config.network, &config.hostname)?;
     lowers.insert(0, init_layer);
@@ -801,7 +808,9 @@ fn mount_and_run(
         container.state.status = Status::Running;
         container.state.started = Some(time::now_rfc3339_nanos());
         container.state.finished = None;
-        if let Err(err) = container.save() {
+        let saved = container.save();
+        mount_lock.take();
+        if let Err(err) = saved {
             save_error = Some(err);
         } else if let Some(check) = &config.healthcheck {
             // (Probes exec into the container, which needs its recorded pid.)

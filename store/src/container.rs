@@ -135,6 +135,11 @@ impl Container {
         }
     }
 
+    /// The container as its `state.json` says now (another process may have changed it).
+    pub fn reread(&self) -> Result<Container> {
+        Container::load(&self.dir)
+    }
+
     fn load(dir: &Path) -> Result<Container> {
         let path = dir.join("state.json");
         let bytes =

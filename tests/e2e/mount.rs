@@ -301,6 +301,74 @@ fn a_mounted_container_is_not_started_and_cp_uses_its_mount() {
     store.ok(&["rm", "kept"]);
 }
 
+/// A POSIX write lock on `path`, as strata takes a container's `mount.lock`; `wait`: block
+/// for it, else give up at once (false when someone else holds it).
+fn posix_lock(file: &fs::File, wait: bool) -> bool {
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        l_pid: 0,
+    };
+    let arg = if wait {
+        nix::fcntl::FcntlArg::F_SETLKW(&lock)
+    } else {
+        nix::fcntl::FcntlArg::F_SETLK(&lock)
+    };
+    nix::fcntl::fcntl(file, arg).is_ok()
+}
+
+#[test]
+fn mounting_a_container_waits_for_its_mount_lock_and_the_daemon_keeps_none() {
+    within("mount lock", || {
+        let store = TestStore::new();
+        store.import_busybox("busybox");
+        store.ok(&["run", "--name", "locked", "busybox", "true"]);
+        let id = store.ok(&["inspect", "-f", "{{.Id}}", "locked"]);
+        let lock_path = store
+            .root()
+            .join("containers")
+            .join(id.trim())
+            .join("mount.lock");
+        let mnt = store.root().join("mnt");
+        fs::create_dir(&mnt).unwrap();
+        // Someone (a `start` between its check and its mount) holds the lock: `strata mount`
+        // waits rather than mounting a second union over the upper.
+        let held = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .unwrap();
+        assert!(posix_lock(&held, true));
+        let mut mount = std::process::Command::new(crate::common::strata_bin())
+            .arg("--root")
+            .arg(store.root())
+            .args(["mount", "locked"])
+            .arg(&mnt)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(mount.try_wait().unwrap().is_none(), "mount did not wait");
+        assert_eq!(mount_type(&mnt), None);
+        drop(held);
+        assert!(mount.wait().unwrap().success());
+        assert!(mount_type(&mnt).is_some());
+        // The daemon serving the mount (forked from `strata mount`) holds no lock: the
+        // next `start` would wait for it forever.
+        let probe = fs::OpenOptions::new().write(true).open(&lock_path).unwrap();
+        assert!(posix_lock(&probe, false), "the mount daemon kept the lock");
+        drop(probe);
+        let out = store.strata(&["start", "-a", "locked"]);
+        assert!(!out.status.success());
+        store.ok(&["umount", mnt.to_str().unwrap()]);
+        assert_eq!(store.ok(&["start", "-a", "locked"]), "");
+        store.ok(&["rm", "locked"]);
+    });
+}
+
 #[test]
 fn a_plain_umount_and_another_mount_there_do_not_pass_for_the_container() {
     // `strata mount` records where it mounted a container. After a plain umount(8) the
