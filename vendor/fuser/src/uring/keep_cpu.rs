@@ -15,7 +15,7 @@
 //!
 //! A SCHED_IDLE thread gets almost no CPU beside a busy task (about 0.3%), so a watchdog
 //! (SCHED_FIFO where it may be) looks at each such thread every [`STUCK`] (its state in
-//! `/proc/thread-self/stat`, its CPU time in `schedstat`), and puts back under SCHED_BATCH
+//! `/proc/thread-self/stat`, its CPU time from its CPU clock), and puts back under SCHED_BATCH
 //! one that was runnable but hardly ran over two looks: its caller may be waiting for it. A thread it had to
 //! put back shares its CPU with a busy task, where the trick does not work anyway: it stays
 //! under SCHED_BATCH for [`BACKOFF`]. When callers are no longer kept, the watchdog also puts
@@ -111,24 +111,33 @@ pub(crate) struct Window {
     idle: Mutex<bool>,
     /// Stays under SCHED_BATCH until then (ms since the session's start): see [`BACKOFF`].
     backoff_until_ms: AtomicU64,
-    /// The thread's `/proc/thread-self/stat` and `schedstat`; None if they cannot be read,
+    /// The thread's `/proc/thread-self/stat` and CPU clock; None if they cannot be read,
     /// and then the thread never goes under SCHED_IDLE, as nothing could see it starve.
-    proc: Option<(File, File)>,
+    /// (The clock is exact also while the thread runs; schedstat's figure moves only at
+    /// ticks and switches, so a thread running alone on a kernel with 10 ms ticks looked
+    /// stalled.)
+    proc: Option<(File, libc::clockid_t)>,
 }
 
 impl Window {
     /// Whether the thread is runnable (running or waiting for a CPU), and the CPU time it
     /// has had (ns).
     fn sample(&self) -> Option<(bool, u64)> {
-        let (stat, schedstat) = self.proc.as_ref()?;
+        let (stat, clock) = self.proc.as_ref()?;
         let mut buf = [0u8; 512];
         let n = stat.read_at(&mut buf, 0).ok()?;
         // "tid (comm) S ...": the state follows the last ')'.
         let end = buf[..n].iter().rposition(|&b| b == b')')?;
         let runnable = buf.get(end + 2) == Some(&b'R');
-        let n = schedstat.read_at(&mut buf, 0).ok()?;
-        let text = std::str::from_utf8(&buf[..n]).ok()?;
-        let ran = text.split_ascii_whitespace().next()?.parse().ok()?;
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid clock id of a thread of this process, and a timespec to fill.
+        if unsafe { libc::clock_gettime(*clock, &mut time) } != 0 {
+            return None;
+        }
+        let ran = time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64;
         Some((runnable, ran))
     }
 }
@@ -172,12 +181,18 @@ impl KeepCpu {
 
     /// The window of the calling ring thread, which serves queue `qid` (see `unregister`).
     pub(crate) fn register(&self, qid: u16) -> Arc<Window> {
-        let open = |name| File::open(format!("/proc/thread-self/{name}"));
         let proc = if self.watching.load(Ordering::SeqCst) {
-            match open("stat").and_then(|stat| Ok((stat, open("schedstat")?))) {
-                Ok(files) => Some(files),
+            let mut clock: libc::clockid_t = 0;
+            // SAFETY: this thread's handle, and a clock id to fill.
+            let clocked = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+            match File::open("/proc/thread-self/stat") {
+                Ok(stat) if clocked == 0 => Some((stat, clock)),
+                Ok(_) => {
+                    debug!("no CPU clock for this thread: it stays under SCHED_BATCH");
+                    None
+                }
                 Err(err) => {
-                    debug!("no /proc schedstat ({err}): this ring thread stays under SCHED_BATCH");
+                    debug!("no /proc stat ({err}): this ring thread stays under SCHED_BATCH");
                     None
                 }
             }
@@ -353,8 +368,8 @@ struct Look {
 /// and every thread under SCHED_IDLE once callers are no longer kept; parks when it has no
 /// work. In `Always` mode it always has work. A thread beside a busy task gets almost no
 /// CPU under SCHED_IDLE; one woken for a request nobody waits for (a RELEASE) waits, as
-/// under SCHED_BATCH, only as long as the caller that sent it runs on. (CPU time grows at
-/// every tick, 4 ms at most, so a running thread is not stalled over two looks.)
+/// under SCHED_BATCH, only as long as the caller that sent it runs on. (CPU time comes
+/// from the thread's CPU clock, exact at each look: a running thread is never stalled.)
 fn watch(keep: &Weak<KeepCpu>) {
     // Not to be starved itself, whatever the session's thread runs under: SCHED_FIFO where
     // allowed (it runs for microseconds every few milliseconds), else SCHED_OTHER at nice 0.
@@ -627,6 +642,47 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         hog.join().unwrap();
         starved
+    }
+
+    #[test]
+    fn a_running_thread_shows_its_cpu_time_between_ticks() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        let done = Arc::new(AtomicBool::new(false));
+        let spins = Arc::new(AtomicU64::new(0));
+        let (spin, count) = (done.clone(), spins.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let k = keep.clone();
+        let spinner = thread::spawn(move || {
+            tx.send(k.register(0)).unwrap();
+            while !spin.load(Ordering::Relaxed) {
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let window = rx.recv().unwrap();
+        // Looks 200 us apart, well within one tick (4 ms at HZ=250, 10 ms at HZ=100): when
+        // the thread ran in between, its time grew (the watchdog must not take it for
+        // stalled). Other tests' threads may keep it off its CPU for some pairs.
+        let (mut ran, mut grew) = (0, 0);
+        let start = Instant::now();
+        while ran < 10 && start.elapsed() < Duration::from_secs(5) {
+            let (_, before) = window.sample().unwrap();
+            let counted = spins.load(Ordering::Relaxed);
+            thread::sleep(Duration::from_micros(200));
+            let moved = spins.load(Ordering::Relaxed) > counted;
+            let (_, after) = window.sample().unwrap();
+            if moved {
+                ran += 1;
+                grew += usize::from(after > before);
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert!(ran >= 10, "the spinning thread hardly ran");
+        assert_eq!(
+            grew, ran,
+            "CPU time grew between only {grew} of {ran} pairs of looks"
+        );
     }
 
     #[test]
