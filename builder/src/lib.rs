@@ -6,6 +6,7 @@
 
 pub mod build;
 pub mod cache;
+pub mod chmod;
 pub mod context;
 pub mod error;
 pub mod executor;

@@ -517,6 +517,44 @@ fn build_add_extracts_archives_by_content() {
 }
 
 #[test]
+fn copy_chmod_takes_symbolic_modes() {
+    // Dockerfile 1.14: chmod(1)'s symbolic modes, applied to each entry's own mode.
+    use std::os::unix::fs::PermissionsExt;
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            ("tool.sh", "echo tool\n"),
+            ("tree/a.txt", "a\n"),
+            ("tree/sub/b.txt", "b\n"),
+            (
+                "Buildfile",
+                "FROM busybox\n\
+                 COPY --chmod=u+x,go=u-w tool.sh /t/tool.sh\n\
+                 COPY --chmod=a=rX tree /tree/\n\
+                 COPY --chmod=g+w <<EOF /h.txt\nhi\nEOF\n\
+                 RUN stat -c '%n %a' /t/tool.sh /tree/a.txt /tree/sub /tree/sub/b.txt /h.txt > /modes\n\
+                 CMD [\"cat\", \"/modes\"]\n",
+            ),
+        ],
+    );
+    let mode = |path: &str, mode: u32| {
+        fs::set_permissions(ctx.join(path), fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode("tool.sh", 0o640);
+    mode("tree/a.txt", 0o600);
+    mode("tree/sub/b.txt", 0o700);
+    mode("tree/sub", 0o700);
+    build(&store, &ctx, &["-t", "modes:1"]);
+    let out = store.ok(&["run", "--rm", "modes:1"]);
+    assert_eq!(
+        out,
+        "/t/tool.sh 755\n/tree/a.txt 444\n/tree/sub 555\n/tree/sub/b.txt 555\n/h.txt 664\n"
+    );
+}
+
+#[test]
 fn build_errors_name_their_location() {
     let store = TestStore::new();
     store.import_busybox("busybox:latest");
@@ -524,6 +562,10 @@ fn build_errors_name_their_location() {
         (
             "FROM busybox\nRUNN echo typo\n",
             "Buildfile:2:1: unknown instruction \"RUNN\"",
+        ),
+        (
+            "FROM busybox\nCOPY --chmod=u+q a b\n",
+            "Buildfile:2:6: invalid --chmod \"u+q\": \"u+q\": unknown permission 'q'",
         ),
         (
             "FROM busybox\nCOPY --chmod=755 --frm=x a b\n",

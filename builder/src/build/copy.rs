@@ -3,7 +3,7 @@
 //! bytes; no mtimes), and write them straight into the step's upper dir with Docker's
 //! rules: a directory source copies its content, several sources need a `/`-terminated
 //! destination, a relative destination is under WORKDIR, new files are owned by 0:0 unless
-//! `--chown` (sources from another stage keep their owners), `--chmod` sets every mode,
+//! `--chown` (sources from another stage keep their owners), `--chmod` sets every mode (octal) or changes it (symbolic, as chmod(1)),
 //! parent directories that exist in the image keep their metadata in the upper.
 
 use std::collections::HashMap;
@@ -16,6 +16,7 @@ use rayon::prelude::*;
 
 use super::archive;
 use super::step::StageRun;
+use crate::chmod::Chmod;
 use crate::context::{self, Kind, glob, hash_file, kind_of, matches_or_parent};
 use crate::error::{Error, Result};
 use crate::instructions::{Copy, Source, Step};
@@ -435,15 +436,17 @@ pub(crate) fn execute(
             None => None,
         };
     let chmod = match &copy.chmod {
-        Some(mode) => Some(u32::from_str_radix(mode, 8).map_err(|_| {
+        Some(mode) => Some(Chmod::parse(mode).map_err(|why| {
             Error::step(
                 &file,
                 step.pos_of(mode),
-                format!("invalid --chmod {mode:?}"),
+                format!("invalid --chmod {mode:?}: {why}"),
             )
         })?),
         None => None,
     };
+    // an entry's mode: its own, changed by --chmod
+    let mode_of = |mode: u32, is_dir: bool| chmod.as_ref().map_or(mode, |c| c.apply(mode, is_dir));
     let workdir = if run.state.config.working_dir.is_empty() {
         "/".to_string()
     } else {
@@ -487,7 +490,7 @@ pub(crate) fn execute(
                 replace(&path)?;
                 fs::write(&path, &doc.content)
                     .map_err(|e| Error::io("failed to write", &path, e))?;
-                set_meta(&path, chmod.unwrap_or(0o644), owner.unwrap_or((0, 0)))?;
+                set_meta(&path, mode_of(0o644, false), owner.unwrap_or((0, 0)))?;
             }
             Resolved::Path {
                 name,
@@ -528,7 +531,7 @@ pub(crate) fn execute(
                     } else {
                         (item.uid, item.gid)
                     });
-                    (chmod.unwrap_or(item.mode), item_owner)
+                    (mode_of(item.mode, item.kind == Kind::Dir), item_owner)
                 };
                 let wanted = |item: &&Item| !(root.kind == Kind::Dir && item.rel.is_empty());
                 // Directories first, in path order (parents before children): each lands

@@ -501,11 +501,12 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
     let dest = words[words.len() - 1].clone();
     if let Some(flag) = cx.node.flags.iter().find(|f| f.name == "chmod") {
         let value = flag.value.as_deref().unwrap_or("");
-        if !value.contains('$') && u32::from_str_radix(value, 8).map_or(true, |mode| mode > 0o7777)
+        if !value.contains('$')
+            && let Err(why) = crate::chmod::Chmod::parse(value)
         {
             return Err(cx.flag_error(
                 flag,
-                format!("invalid --chmod {value:?}: use an octal mode such as 755"),
+                format!("invalid --chmod {value:?}: {why}; use an octal mode such as 755 or a symbolic one such as u+x"),
             ));
         }
     }
