@@ -78,11 +78,7 @@ impl Chmod {
 
 impl Clause {
     fn parse(text: &str) -> Result<Clause, String> {
-        let bad = |why: &str| {
-            Err(format!(
-                "{text:?}: {why} (chmod(1) syntax: [ugoa]*[-+=][rwxXst]* or [-+=][ugo], comma-separated)"
-            ))
-        };
+        let bad = |why: &str| Err(why.to_string());
         let mut chars = text.chars().peekable();
         let mut who = 0;
         while let Some(&c) = chars.peek() {
@@ -139,7 +135,7 @@ impl Clause {
             actions.push(Action { op, what });
         }
         if actions.is_empty() {
-            return bad("no +, - or =");
+            return bad(&format!("no +, - or = in {text:?}"));
         }
         Ok(Clause { who, actions })
     }

@@ -522,6 +522,7 @@ impl Buildfile {
             chown: option(&copy.chown)?,
             chmod: option(&copy.chmod)?,
             link: copy.link,
+            parents: copy.parents,
             excludes: copy
                 .excludes
                 .iter()

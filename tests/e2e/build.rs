@@ -555,6 +555,63 @@ fn copy_chmod_takes_symbolic_modes() {
 }
 
 #[test]
+fn copy_parents_keeps_the_source_paths() {
+    // The monorepo case (Dockerfile 1.7-labs `COPY --parents`): every package.json at
+    // its own path, a `/./` pivot, a directory, and a stage as the source.
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            ("packages/a/package.json", "a\n"),
+            ("packages/b/package.json", "b\n"),
+            ("packages/b/src/index.js", "skip\n"),
+            ("apps/web/package.json", "web\n"),
+            ("src/lib/util/x.js", "x\n"),
+            ("conf/app/settings.ini", "s\n"),
+            (
+                "Buildfile",
+                "FROM busybox AS stage\n\
+                 RUN mkdir -p /out/deep && echo made > /out/deep/made.txt\n\
+                 FROM busybox\n\
+                 COPY --parents packages/*/package.json apps/*/package.json /app/\n\
+                 COPY --parents src/./lib/util/*.js /pivot\n\
+                 COPY --parents conf /etc/\n\
+                 COPY --parents --from=stage /out/deep/made.txt /staged/\n\
+                 RUN cd / && find app pivot etc/conf staged -type f | sort > /files\n\
+                 CMD [\"cat\", \"/files\"]\n",
+            ),
+        ],
+    );
+    let first = build(&store, &ctx, &["-t", "parents:1"]);
+    let out = store.ok(&["run", "--rm", "parents:1"]);
+    assert_eq!(
+        out,
+        "app/apps/web/package.json\napp/packages/a/package.json\napp/packages/b/package.json\n\
+         etc/conf/app/settings.ini\npivot/lib/util/x.js\nstaged/out/deep/made.txt\n"
+    );
+    // Moving a matched file to another directory changes where it lands: not cached.
+    fs::rename(ctx.join("packages/b"), ctx.join("packages/c")).unwrap();
+    let second = build(&store, &ctx, &["-t", "parents:2"]);
+    assert_ne!(first.id, second.id);
+    let out = store.ok(&["run", "--rm", "parents:2"]);
+    assert!(out.contains("app/packages/c/package.json"), "{out}");
+    // ADD has no --parents
+    let bad = context(
+        &store,
+        &[
+            ("a", "a"),
+            ("Buildfile", "FROM busybox\nADD --parents a /d/\n"),
+        ],
+    );
+    let stderr = build_fails(&store, &bad, &[]);
+    assert!(
+        stderr.contains("unknown flag --parents for ADD"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn build_errors_name_their_location() {
     let store = TestStore::new();
     store.import_busybox("busybox:latest");
@@ -565,7 +622,7 @@ fn build_errors_name_their_location() {
         ),
         (
             "FROM busybox\nCOPY --chmod=u+q a b\n",
-            "Buildfile:2:6: invalid --chmod \"u+q\": \"u+q\": unknown permission 'q'",
+            "Buildfile:2:6: invalid --chmod \"u+q\": unknown permission 'q'",
         ),
         (
             "FROM busybox\nCOPY --chmod=755 --frm=x a b\n",

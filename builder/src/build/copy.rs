@@ -46,6 +46,8 @@ pub(crate) enum Resolved {
         items: Vec<Item>,
         from_context: bool,
         archive: bool,
+        /// Under `COPY --parents`: the path the match keeps below the destination.
+        parents: Option<String>,
     },
     Heredoc(Heredoc),
 }
@@ -136,6 +138,7 @@ pub(crate) fn resolve(
                 items: vec![item],
                 from_context: false,
                 archive: false,
+                parents: None,
             });
             continue;
         }
@@ -147,6 +150,21 @@ pub(crate) fn resolve(
             ));
         }
         let clean = context::clean(pattern);
+        // --parents keeps each match's path below the destination: all of it, or what
+        // follows a `/./` pivot (`COPY --parents src/./app/*.js /d/` gives /d/app/x.js).
+        let pivot = pattern
+            .find("/./")
+            .map(|at| context::clean(&pattern[..at]))
+            .unwrap_or_default();
+        let kept = |rel: &str| {
+            copy.parents.then(|| {
+                match rel.strip_prefix(pivot.as_str()) {
+                    Some(rest) if !pivot.is_empty() => rest.trim_start_matches('/'),
+                    _ => rel,
+                }
+                .to_string()
+            })
+        };
         let matches = match &tree {
             None => context_matches(run, &clean)?,
             Some(tree) => tree_matches(tree, &clean)?,
@@ -191,6 +209,7 @@ pub(crate) fn resolve(
                 items,
                 from_context: tree.is_none(),
                 archive,
+                parents: kept(&rel),
             });
         }
     }
@@ -367,9 +386,15 @@ pub(crate) fn key_text(resolved: &[Resolved]) -> String {
                 name,
                 items,
                 archive,
+                parents,
                 ..
             } => {
-                text.push_str(&format!("source {name} archive={archive}\n"));
+                text.push_str(&format!("source {name} archive={archive}"));
+                // (where --parents puts it; nothing otherwise, so keys stay as they were)
+                if let Some(kept) = parents {
+                    text.push_str(&format!(" parents={kept}"));
+                }
+                text.push('\n');
                 for item in items {
                     text.push_str(&format!(
                         "{}\0{:?}\0{:o}\0{}\0{}\0{}\0{}\n",
@@ -467,6 +492,7 @@ pub(crate) fn execute(
         || copy.dest == "."
         || dest.is_empty()
         || dest_exists_as_dir;
+    let dir_dest = dir_dest || copy.parents;
     if count > 1 && !dir_dest {
         return Err(Error::step(
             &file,
@@ -497,6 +523,7 @@ pub(crate) fn execute(
                 items,
                 from_context,
                 archive: is_archive,
+                parents,
             } => {
                 let root = &items[0];
                 if *is_archive {
@@ -515,7 +542,18 @@ pub(crate) fn execute(
                     )?;
                     continue;
                 }
-                let base = if root.kind == Kind::Dir {
+                let base = if let Some(kept) = parents {
+                    // the match at its path below the destination, parents made as for
+                    // any destination
+                    let base = join(&dest, kept);
+                    let parent = if root.kind == Kind::Dir {
+                        base.as_str()
+                    } else {
+                        base.rsplit_once('/').map_or("", |(parent, _)| parent)
+                    };
+                    make_dirs(&tree, upper, parent, owner)?;
+                    base
+                } else if root.kind == Kind::Dir {
                     make_dirs(&tree, upper, &dest, owner)?;
                     dest.clone()
                 } else if dir_dest {

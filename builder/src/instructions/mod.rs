@@ -200,6 +200,11 @@ pub struct Copy {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chmod: Option<String>,
     pub link: bool,
+    /// `COPY --parents`: each source keeps its path (after a `/./` pivot, if any) under
+    /// the destination directory. (Left out of the cache key when unset, as before it
+    /// existed.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parents: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

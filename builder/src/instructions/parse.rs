@@ -469,6 +469,7 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
             ("chown", true),
             ("chmod", true),
             ("link", false),
+            ("parents", false),
             ("exclude", true),
         ])?;
     }
@@ -506,7 +507,9 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
         {
             return Err(cx.flag_error(
                 flag,
-                format!("invalid --chmod {value:?}: {why}; use an octal mode such as 755 or a symbolic one such as u+x"),
+                format!(
+                    "invalid --chmod {value:?}: {why}; use an octal mode such as 755 or a symbolic one such as u+x,go-w"
+                ),
             ));
         }
     }
@@ -517,6 +520,7 @@ fn copy(cx: &Cx<'_>) -> Result<Instruction> {
         chown: cx.flag("chown"),
         chmod: cx.flag("chmod"),
         link: cx.bool_flag("link")?,
+        parents: !add && cx.bool_flag("parents")?,
         excludes: cx
             .flags("exclude")
             .iter()
