@@ -266,17 +266,27 @@ pub(crate) fn replace_file(
         file.sync_all()
             .map_err(|e| Error::io("failed to fsync", path, e))?;
         if !named {
-            // a name for a moment, for rename(2) to move over `path`
+            // A name for a moment, for rename(2) to move over `path`: by the descriptor
+            // itself (AT_EMPTY_PATH: root, or any user since Linux 6.10), else through /proc.
             let _ = fs::remove_file(&tmp);
-            let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
-            rustix::fs::linkat(
-                rustix::fs::CWD,
-                proc_path.as_str(),
+            let by_fd = rustix::fs::linkat(
+                &file,
+                "",
                 rustix::fs::CWD,
                 &tmp,
-                rustix::fs::AtFlags::SYMLINK_FOLLOW,
-            )
-            .map_err(|e| Error::io("failed to link", &tmp, e.into()))?;
+                rustix::fs::AtFlags::EMPTY_PATH,
+            );
+            if by_fd.is_err() {
+                let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&file));
+                rustix::fs::linkat(
+                    rustix::fs::CWD,
+                    proc_path.as_str(),
+                    rustix::fs::CWD,
+                    &tmp,
+                    rustix::fs::AtFlags::SYMLINK_FOLLOW,
+                )
+                .map_err(|e| Error::io("failed to link", &tmp, e.into()))?;
+            }
         }
         rename_durable(&tmp, path)
     })();
