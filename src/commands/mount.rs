@@ -253,8 +253,11 @@ fn mount_container(
         .image_id
         .with_context(|| format!("container {} has no image to mount", container.id))?;
     let (lock, current) = MountLock::take(&container)?;
+    // as it is now (an exit recorded while this waited stays recorded)
+    container = current;
+    let current = &container;
     // (a `start` that has mounted the rootfs but not yet recorded the container running)
-    if super::run::is_running(&current)
+    if super::run::is_running(current)
         || strata_store::container::is_mount_point(&current.rootfs_dir())
     {
         bail!(
@@ -263,7 +266,7 @@ fn mount_container(
             container.rootfs_dir().display()
         );
     }
-    refuse_if_mounted(&current)?;
+    refuse_if_mounted(current)?;
     let image = store.resolve(&image_id.to_string())?;
     let mut lowers = store.layer_dirs(&image)?;
     if lowers.is_empty() {

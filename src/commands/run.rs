@@ -558,6 +558,13 @@ pub(crate) fn detach(globals: &Globals, container: &Container, rm: bool) -> anyh
         if let Ok(Some(status)) = monitor.try_wait()
             && !status.success()
         {
+            // Another `start` of the container got it running first: so it runs, which is
+            // what was asked (docker's start of a running container succeeds too).
+            if let Ok(now) = container.reread()
+                && is_running(&now)
+            {
+                return Ok(());
+            }
             let log = std::fs::read_to_string(&monitor_log).unwrap_or_default();
             remove_if_rm();
             bail!("container {} failed to start: {}", container.id, log.trim());
@@ -835,6 +842,11 @@ fn mount_and_run(
             log.display()
         );
     }
+    // The union goes and the exit is recorded under the lock: a `start` or `mount` that
+    // comes meanwhile waits, then finds the container exited and its rootfs free (it
+    // would otherwise take the dying union for a killed run's, or have its own record
+    // overwritten by this one).
+    let _end_lock = super::mount::MountLock::take(&container).map(|(lock, _)| lock);
     drop(guard);
     container.state.pid = None;
     container.state.pid_start = None;

@@ -57,11 +57,28 @@ pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> any
         .image_id
         .with_context(|| format!("container {} has no image", container.id))?;
     let lowers = store.layer_dirs(&store.resolve(&image_id.to_string())?)?;
+    // The check and the reset under the container's mount lock, with its state as it is
+    // now: a `start` that got there first may have it running by now, and a reset would
+    // hide that from the union's next check.
+    let (lock, current) = super::mount::MountLock::take(&container)?;
+    container = current;
+    if is_running(&container) {
+        if !attach {
+            return Ok(0);
+        }
+        bail!(
+            "container {} is already running (strata logs -f {} follows it)",
+            container.state.name,
+            container.state.name
+        );
+    }
+    super::mount::refuse_if_mounted(&container)?;
     // A fresh state to start from: `detach` waits for this one to become running.
     container.state.status = Status::Created;
     container.state.exit_code = None;
     container.state.pid = None;
     container.save()?;
+    drop(lock);
     drop(store);
     if !attach {
         detach(globals, &container, false)?;

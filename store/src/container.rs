@@ -125,14 +125,22 @@ impl Container {
             what: format!("container {} state", self.id),
             source,
         })?;
-        let tmp = self.dir.join(".state.json.tmp");
-        write_file(&tmp, &bytes, !self.volatile)?;
-        if self.volatile {
-            fs::rename(&tmp, self.state_path())
-                .map_err(|e| Error::io("failed to rename into place", self.state_path(), e))
-        } else {
-            rename_durable(&tmp, &self.state_path())
+        // one tmp file per process: two saving at once must not rename each other's away
+        let tmp = self
+            .dir
+            .join(format!(".state.json.tmp-{}", std::process::id()));
+        let saved = write_file(&tmp, &bytes, !self.volatile).and_then(|()| {
+            if self.volatile {
+                fs::rename(&tmp, self.state_path())
+                    .map_err(|e| Error::io("failed to rename into place", self.state_path(), e))
+            } else {
+                rename_durable(&tmp, &self.state_path())
+            }
+        });
+        if saved.is_err() {
+            let _ = fs::remove_file(&tmp);
         }
+        saved
     }
 
     /// The container as its `state.json` says now (another process may have changed it).
@@ -459,7 +467,12 @@ mod tests {
         assert!(container.dir.join(VOLATILE_MARKER).is_file());
         container.state.status = Status::Running;
         container.save().unwrap();
-        assert!(!container.dir.join(".state.json.tmp").exists());
+        let left: Vec<_> = fs::read_dir(&container.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name.to_string_lossy().starts_with(".state.json.tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
         let found = store.container("quick").unwrap();
         assert!(found.is_volatile());
         assert_eq!(found.state.status, Status::Running);

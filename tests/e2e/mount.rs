@@ -369,6 +369,70 @@ fn mounting_a_container_waits_for_its_mount_lock_and_the_daemon_keeps_none() {
     });
 }
 
+/// Processes whose command line is exactly `words`.
+fn processes(words: &str) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.trim_end() == words {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn two_starts_at_once_run_the_container_once() {
+    within("two starts", || {
+        let store = TestStore::new();
+        store.import_busybox("busybox");
+        store.ok(&["run", "-d", "--name", "twice", "busybox", "sleep", "2.345"]);
+        let id = store.ok(&["inspect", "-f", "{{.Id}}", "twice"]);
+        let rootfs = store
+            .root()
+            .join("containers")
+            .join(id.trim())
+            .join("rootfs");
+        for gap in [0, 40, 90] {
+            store.ok(&["wait", "twice"]);
+            let start = || {
+                std::process::Command::new(crate::common::strata_bin())
+                    .arg("--root")
+                    .arg(store.root())
+                    .args(["start", "twice"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let first = start();
+            std::thread::sleep(Duration::from_millis(gap));
+            let second = start();
+            // as docker's: starting a running container succeeds and changes nothing
+            for child in [first, second] {
+                let out = child.wait_with_output().unwrap();
+                let said = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "gap {gap} ms: {said}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(processes("sleep 2.345").len(), 1, "gap {gap} ms: run twice");
+            let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+            let unions = info
+                .lines()
+                .filter(|line| line.split(' ').nth(4) == rootfs.to_str())
+                .count();
+            assert_eq!(unions, 1, "gap {gap} ms: {unions} unions on the rootfs");
+        }
+        store.ok(&["wait", "twice"]);
+        store.ok(&["rm", "twice"]);
+    });
+}
+
 #[test]
 fn a_plain_umount_and_another_mount_there_do_not_pass_for_the_container() {
     // `strata mount` records where it mounted a container. After a plain umount(8) the
