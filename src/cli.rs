@@ -213,7 +213,8 @@ pub struct HistoryArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Sizes and dates for people (`--human=false`: bytes and RFC 3339 times)
-    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub human: bool,
 }
 

@@ -1,12 +1,15 @@
 //! `COPY --chmod` / `ADD --chmod` modes: octal (`755`), which replaces each copied
-//! entry's mode, or symbolic as chmod(1) takes it (`+x`, `u=rwX,go=rX`, `g=u`), applied
-//! to each entry's own mode, as Dockerfile 1.14 accepts them. A clause without `ugoa`
-//! means `a` with no umask: the result does not depend on the builder's umask.
+//! entry's mode, or symbolic (`+x`, `u=rwX,go=rX`, `g=u`, accepted since Dockerfile
+//! 1.14), applied to each entry's own mode as GNU chmod(1) applies them. A clause without
+//! `ugoa` means `a` with no umask: the result does not depend on the builder's umask.
+//!
+//! BuildKit applies them with a BSD-style library (dchapes/mode) that differs in places:
+//! its `X` ignores that an entry is a directory (`a=rX` leaves directories unsearchable,
+//! 0444), and it treats `t` and set-ID bits on directories differently. strata keeps
+//! chmod(1)'s meaning, which is what the modes say to anyone who has used chmod.
 //!
 //! Hand-written: the crates that parse these (`file-mode`) are unmaintained and apply the
 //! process umask; the grammar is a few lines.
-
-use std::fmt;
 
 /// A parsed `--chmod` value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,15 +172,6 @@ impl Clause {
             };
         }
         mode
-    }
-}
-
-impl fmt::Display for Chmod {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Chmod::Octal(mode) => write!(f, "{mode:o}"),
-            Chmod::Symbolic(_) => f.write_str("symbolic mode"),
-        }
     }
 }
 

@@ -60,7 +60,7 @@ pub fn run(globals: &Globals, args: HistoryArgs) -> anyhow::Result<ExitCode> {
     let now = time::now();
     let mut table = vec![[
         "IMAGE".to_string(),
-        "CREATED".into(),
+        if args.human { "CREATED" } else { "CREATED AT" }.into(),
         "CREATED BY".into(),
         "SIZE".into(),
         "COMMENT".into(),

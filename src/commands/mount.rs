@@ -211,6 +211,16 @@ impl MountLock {
             l_len: 0,
             l_pid: 0,
         };
+        let busy = matches!(
+            nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETLK(&lock)),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EACCES)
+        );
+        if busy {
+            eprintln!(
+                "waiting for another strata process (mount, start or cp) with container {}...",
+                container.state.name
+            );
+        }
         loop {
             match nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETLKW(&lock)) {
                 Ok(_) => break,

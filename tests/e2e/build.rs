@@ -576,20 +576,31 @@ fn copy_parents_keeps_the_source_paths() {
                  FROM busybox\n\
                  COPY --parents packages/*/package.json apps/*/package.json /app/\n\
                  COPY --parents src/./lib/util/*.js /pivot\n\
+                 COPY --parents s*/./lib/*/x.js /globpivot/\n\
                  COPY --parents conf /etc/\n\
                  COPY --parents --from=stage /out/deep/made.txt /staged/\n\
-                 RUN cd / && find app pivot etc/conf staged -type f | sort > /files\n\
+                 RUN stat -c %a /etc/conf > /conf-mode\n\
+                 RUN cd / && find app pivot globpivot etc/conf staged -type f | sort > /files\n\
                  CMD [\"cat\", \"/files\"]\n",
             ),
         ],
     );
+    fs::set_permissions(
+        ctx.join("conf"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
     let first = build(&store, &ctx, &["-t", "parents:1"]);
     let out = store.ok(&["run", "--rm", "parents:1"]);
     assert_eq!(
         out,
         "app/apps/web/package.json\napp/packages/a/package.json\napp/packages/b/package.json\n\
-         etc/conf/app/settings.ini\npivot/lib/util/x.js\nstaged/out/deep/made.txt\n"
+         etc/conf/app/settings.ini\nglobpivot/lib/util/x.js\npivot/lib/util/x.js\n\
+         staged/out/deep/made.txt\n"
     );
+    // the matched directory keeps its own mode
+    let out = store.ok(&["run", "--rm", "parents:1", "cat", "/conf-mode"]);
+    assert_eq!(out, "750\n");
     // Moving a matched file to another directory changes where it lands: not cached.
     fs::rename(ctx.join("packages/b"), ctx.join("packages/c")).unwrap();
     let second = build(&store, &ctx, &["-t", "parents:2"]);

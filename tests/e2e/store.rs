@@ -70,7 +70,15 @@ fn import_then_list_inspect_history_tag_and_rmi() {
     let size = listed[0]["Size"].as_u64().unwrap();
     let created = listed[0]["Created"].as_str().unwrap();
     assert!(size > 1000, "{listed}");
+    assert_eq!(
+        store.ok(&["history", "-H", "busybox"]),
+        store.ok(&["history", "busybox"])
+    );
     let raw = store.ok(&["history", "--human=false", "busybox"]);
+    assert!(
+        raw.starts_with("IMAGE") && raw.contains("CREATED AT"),
+        "{raw}"
+    );
     let row: Vec<&str> = raw
         .lines()
         .nth(1)

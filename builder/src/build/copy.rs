@@ -152,18 +152,16 @@ pub(crate) fn resolve(
         let clean = context::clean(pattern);
         // --parents keeps each match's path below the destination: all of it, or what
         // follows a `/./` pivot (`COPY --parents src/./app/*.js /d/` gives /d/app/x.js).
-        let pivot = pattern
-            .find("/./")
-            .map(|at| context::clean(&pattern[..at]))
-            .unwrap_or_default();
+        // (the pivot's components, which may be globs: as many go from each match)
+        let pivot = pattern.find("/./").map_or(0, |at| {
+            context::clean(&pattern[..at])
+                .split('/')
+                .filter(|part| !part.is_empty())
+                .count()
+        });
         let kept = |rel: &str| {
-            copy.parents.then(|| {
-                match rel.strip_prefix(pivot.as_str()) {
-                    Some(rest) if !pivot.is_empty() => rest.trim_start_matches('/'),
-                    _ => rel,
-                }
-                .to_string()
-            })
+            copy.parents
+                .then(|| rel.split('/').skip(pivot).collect::<Vec<_>>().join("/"))
         };
         let matches = match &tree {
             None => context_matches(run, &clean)?,
@@ -543,15 +541,16 @@ pub(crate) fn execute(
                     continue;
                 }
                 let base = if let Some(kept) = parents {
-                    // the match at its path below the destination, parents made as for
-                    // any destination
+                    // the match at its path below the destination (a directory with its
+                    // own metadata, as its files), the parents on the way made as for any
+                    // destination
                     let base = join(&dest, kept);
-                    let parent = if root.kind == Kind::Dir {
-                        base.as_str()
-                    } else {
-                        base.rsplit_once('/').map_or("", |(parent, _)| parent)
-                    };
-                    make_dirs(&tree, upper, parent, owner)?;
+                    make_dirs(
+                        &tree,
+                        upper,
+                        base.rsplit_once('/').map_or("", |(parent, _)| parent),
+                        owner,
+                    )?;
                     base
                 } else if root.kind == Kind::Dir {
                     make_dirs(&tree, upper, &dest, owner)?;
@@ -571,7 +570,11 @@ pub(crate) fn execute(
                     });
                     (mode_of(item.mode, item.kind == Kind::Dir), item_owner)
                 };
-                let wanted = |item: &&Item| !(root.kind == Kind::Dir && item.rel.is_empty());
+                // (a directory's content goes to the destination; under --parents the
+                // directory itself too)
+                let wanted = |item: &&Item| {
+                    !(root.kind == Kind::Dir && item.rel.is_empty() && parents.is_none())
+                };
                 // Directories first, in path order (parents before children): each lands
                 // where the image's symlinks lead (`COPY rootfs/ /` onto /lib -> usr/lib
                 // writes into usr/lib). Then every other entry in parallel, below them.
