@@ -848,6 +848,14 @@ fn mount_and_run(
     // overwritten by this one).
     let _end_lock = super::mount::MountLock::take(&container).map(|(lock, _)| lock);
     drop(guard);
+    // The exit goes onto the state as it is now: what others recorded while the command
+    // ran (its health checks) stays. (Unless the running state was never saved: then
+    // this process holds the only whole copy.)
+    if save_error.is_none()
+        && let Ok(now) = container.reread()
+    {
+        container.state = now.state;
+    }
     container.state.pid = None;
     container.state.pid_start = None;
     container.state.runner = None;
