@@ -109,7 +109,13 @@ pub(crate) fn mount(
     match how {
         How::Detached(driver) => {
             let used = strata_unionfs::mount_detached(spec, driver).with_context(context)?;
-            mounted(used)
+            // Not recorded, it would be a union nobody knows of (and the next mount of the
+            // container would stack a second one over the upper): it goes.
+            mounted(used).inspect_err(|_| {
+                if let Err(err) = strata_unionfs::unmount(&spec.target) {
+                    eprintln!("warning: {err}");
+                }
+            })
         }
         How::Foreground => strata_unionfs::serve_foreground(spec, || {
             mounted(Driver::Fuse).map_err(|e| format!("{e:#}"))
