@@ -535,6 +535,34 @@ fn copy_from_stage_keeps_owners_and_excludes() {
 }
 
 #[test]
+fn copy_exclude_leaves_out_whole_matches() {
+    // docker's documented example: `COPY --exclude=*.txt hom* /mydir/` copies home.log,
+    // not home.txt; and a match whose parent is excluded goes too.
+    let fx = fixture();
+    fx.write("home.txt", "t");
+    fx.write("home.log", "l");
+    fx.write("packages/a/package.json", "a");
+    fx.write("packages/b/package.json", "b");
+    let image = fx
+        .build(
+            "FROM base\nCOPY --exclude=*.txt hom* /mydir/\n\
+             COPY --parents --exclude=packages/b packages/*/package.json /app/\n",
+        )
+        .unwrap();
+    let tree = fx.tree(&image);
+    assert!(tree.lookup("mydir/home.log").is_some());
+    assert!(
+        tree.lookup("mydir/home.txt").is_none(),
+        "excluded match copied"
+    );
+    assert!(tree.lookup("app/packages/a/package.json").is_some());
+    assert!(
+        tree.lookup("app/packages/b").is_none(),
+        "match below an excluded directory copied"
+    );
+}
+
+#[test]
 fn copy_heredoc_expands_unless_quoted() {
     let fx = fixture();
     let image = fx.build("FROM base\nARG WHO=world\nCOPY <<EOF /hello\nhello $WHO\nEOF\nCOPY <<'EOF' /raw\nhello $WHO\nEOF\n").unwrap();

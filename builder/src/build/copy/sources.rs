@@ -183,6 +183,11 @@ pub(crate) fn resolve(
             ));
         }
         for (rel, mut items) in matches {
+            // a match --exclude names goes whole (`COPY --exclude=*.txt hom* /d/` leaves
+            // home.txt out), as do the entries below a match that it names
+            if excludes.iter().any(|g| matches_or_parent(g, &rel)) {
+                continue;
+            }
             items.retain(|item| {
                 item.rel.is_empty()
                     || !excludes.iter().any(|g| {
