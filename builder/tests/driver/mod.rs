@@ -563,6 +563,27 @@ fn copy_exclude_leaves_out_whole_matches() {
 }
 
 #[test]
+fn copy_from_a_stage_takes_globs_in_any_component() {
+    let fx = fixture();
+    fx.write("tree/a/lib/f.so", "f");
+    fx.write("tree/b/lib/g.so", "g");
+    fx.write("tree/c/other.txt", "o");
+    let image = fx
+        .build(
+            "FROM base AS one\nCOPY tree /out/\n\
+             FROM base\nCOPY --from=one /out/*/lib/*.so /libs/\n\
+             COPY --parents --from=one /out/*/lib/*.so /p/\n",
+        )
+        .unwrap();
+    let tree = fx.tree(&image);
+    assert_eq!(tree.read("libs/f.so").unwrap(), b"f");
+    assert_eq!(tree.read("libs/g.so").unwrap(), b"g");
+    assert_eq!(tree.read("p/out/a/lib/f.so").unwrap(), b"f");
+    assert_eq!(tree.read("p/out/b/lib/g.so").unwrap(), b"g");
+    assert!(tree.lookup("p/out/c").is_none());
+}
+
+#[test]
 fn copy_heredoc_expands_unless_quoted() {
     let fx = fixture();
     let image = fx.build("FROM base\nARG WHO=world\nCOPY <<EOF /hello\nhello $WHO\nEOF\nCOPY <<'EOF' /raw\nhello $WHO\nEOF\n").unwrap();

@@ -285,18 +285,43 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Result<Vec<(String, V
 /// Matches in another stage or image (globs in the last path component).
 fn tree_matches(tree: &Tree, clean: &str) -> Result<Vec<(String, Vec<Item>)>> {
     let (parent, last) = clean.rsplit_once('/').unwrap_or(("", clean));
-    let parent = tree.resolve(parent)?;
-    let roots: Vec<String> = if has_glob(last) {
-        match glob(last) {
-            Ok(matcher) => tree
-                .read_dir(&parent)
-                .keys()
-                .filter(|name| matcher.is_match(name.as_str()))
-                .map(|name| join(&parent, name))
-                .collect(),
-            Err(_) => Vec::new(),
+    let roots: Vec<String> = if has_glob(clean) {
+        // component by component: a glob may stand anywhere (`/out/*/lib/*.so`)
+        let mut found = vec![String::new()];
+        for part in clean.split('/').filter(|part| !part.is_empty()) {
+            let mut next = Vec::new();
+            for dir in &found {
+                let dir = tree.resolve(dir)?;
+                if has_glob(part) {
+                    let Ok(matcher) = glob(part) else {
+                        return Ok(Vec::new());
+                    };
+                    next.extend(
+                        tree.read_dir(&dir)
+                            .keys()
+                            .filter(|name| matcher.is_match(name.as_str()))
+                            .map(|name| join(&dir, name)),
+                    );
+                } else if tree.lookup(&join(&dir, part)).is_some() {
+                    next.push(join(&dir, part));
+                }
+            }
+            next.sort();
+            next.dedup();
+            found = next;
+        }
+        // a final name without a glob is followed if it is a symlink, as below
+        if has_glob(last) {
+            found
+        } else {
+            let mut resolved = Vec::with_capacity(found.len());
+            for path in &found {
+                resolved.push(tree.resolve(path)?);
+            }
+            resolved
         }
     } else {
+        let parent = tree.resolve(parent)?;
         let full = join(&parent, last);
         // a final symlink is followed, as Docker does for COPY --from sources
         let resolved = if full.is_empty() {
