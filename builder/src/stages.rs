@@ -520,7 +520,8 @@ impl Buildfile {
             dest: word(&copy.dest)?,
             from: option(&copy.from)?,
             chown: option(&copy.chown)?,
-            chmod: option(&copy.chmod)?,
+            // expanded to nothing (`--chmod=$MODE`, MODE unset): no --chmod, as BuildKit
+            chmod: option(&copy.chmod)?.filter(|mode| !mode.is_empty()),
             link: copy.link,
             parents: copy.parents,
             excludes: copy

@@ -162,17 +162,22 @@ pub fn save_into(store: &Store, references: &[String], file: &mut File, name: &P
 
 /// The images `save` writes, each with the names it gets in the archive.
 fn save_images(store: &Store, references: &[String]) -> Result<Vec<(LocalImage, Vec<String>)>> {
-    let mut images = Vec::new();
+    let mut images: Vec<(LocalImage, Vec<String>)> = Vec::new();
     for reference in references {
         let (image, name) = store.resolve_named(reference)?;
-        let local = LocalImage::from_store_image(store, &image, Some(reference))?;
         // Named as asked; saved by id or digest it gets no name, as `docker save ID` writes
         // no RepoTags. (A docker archive's RepoTags are tags: a name@digest is left out.)
-        let names = name
-            .filter(|name| !name.contains('@'))
-            .into_iter()
-            .collect();
-        images.push((local, names));
+        let name = name.filter(|name| !name.contains('@'));
+        // one entry per image, with every name it was asked by, as docker's
+        if let Some((_, names)) = images
+            .iter_mut()
+            .find(|(local, _)| local.manifest_digest == image.manifest_digest)
+        {
+            names.extend(name.filter(|name| !names.contains(name)));
+            continue;
+        }
+        let local = LocalImage::from_store_image(store, &image, Some(reference))?;
+        images.push((local, name.into_iter().collect()));
     }
     Ok(images)
 }

@@ -243,6 +243,14 @@ pub(crate) fn replace_file(
         .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    // before anything is written (rename(2) would refuse it only at the end)
+    if path.is_dir() {
+        return Err(Error::io(
+            "cannot write a file over",
+            path,
+            std::io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
     let unnamed = rustix::fs::open(
         dir,
         rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
@@ -257,7 +265,8 @@ pub(crate) fn replace_file(
                 .truncate(true)
                 .mode(mode)
                 .open(&tmp)
-                .map_err(|e| Error::io("failed to create", &tmp, e))?;
+                // (named by the file asked for: the tmp file's name means nothing to anyone)
+                .map_err(|e| Error::io("failed to create", path, e))?;
             (file, true)
         }
     };

@@ -202,6 +202,44 @@ fn save_by_id_writes_no_name() {
     store.ok(&["save", "-o", file_s, "other:2"]);
     let loaded = TestStore::new().ok(&["load", "-i", file_s]);
     assert_eq!(loaded.trim(), "Loaded image: other:2");
+    // asked for twice (by id and by names): one entry, with every name asked for
+    store.ok(&[
+        "save",
+        "-o",
+        file_s,
+        &id[7..19],
+        "other:2",
+        "busybox:1",
+        "other:2",
+    ]);
+    let out = Command::new("tar")
+        .args(["-xOf", file_s, "manifest.json"])
+        .output()
+        .unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        manifest,
+        serde_json::json!([{
+            "Config": manifest[0]["Config"], "Layers": manifest[0]["Layers"],
+            "RepoTags": ["other:2", "busybox:1"]
+        }]),
+    );
+    // a directory or a missing directory is refused before anything is written, by its name
+    let out = store.strata(&["save", "-o", out_dir.path().to_str().unwrap(), "other:2"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("Is a directory"),
+        "{said}"
+    );
+    let missing = out_dir.path().join("nowhere/x.tar");
+    let out = store.strata(&["save", "-o", missing.to_str().unwrap(), "other:2"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && said.contains(missing.to_str().unwrap())
+            && !said.contains("x.tar.tmp"),
+        "{said}"
+    );
 }
 
 #[test]

@@ -584,6 +584,22 @@ fn copy_from_a_stage_takes_globs_in_any_component() {
 }
 
 #[test]
+fn copy_chmod_from_an_unset_arg_changes_nothing() {
+    // `--chmod=$MODE` with MODE unset is no --chmod, as BuildKit takes it
+    let fx = fixture();
+    fx.write("tool", "t");
+    fs::set_permissions(fx.context.join("tool"), fs::Permissions::from_mode(0o640)).unwrap();
+    let image = fx
+        .build("FROM base\nARG MODE\nCOPY --chmod=$MODE tool /tool\n")
+        .unwrap();
+    let (path, _) = fx.tree(&image).lookup("tool").unwrap();
+    assert_eq!(
+        fs::metadata(path).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+}
+
+#[test]
 fn copy_heredoc_expands_unless_quoted() {
     let fx = fixture();
     let image = fx.build("FROM base\nARG WHO=world\nCOPY <<EOF /hello\nhello $WHO\nEOF\nCOPY <<'EOF' /raw\nhello $WHO\nEOF\n").unwrap();
