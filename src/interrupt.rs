@@ -19,6 +19,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 /// The paths to remove if a signal comes now. Held while a copy is moved into place.
 static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Union mounts of this process (served by its own threads) to detach if a signal comes:
+/// they would stay as dead mounts (ENOTCONN) once it ends.
+static MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 /// A signal came: strata is about to end by it.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -64,6 +68,35 @@ impl Drop for Removed {
     }
 }
 
+/// Keeps a mount point on the list to detach (and remove, once empty) until dropped.
+pub struct Unmounted {
+    path: PathBuf,
+}
+
+/// Lists `path`, where this process is about to mount a union it serves itself, to be
+/// detached and removed if SIGINT, SIGTERM or SIGHUP ends strata before the returned guard
+/// is dropped (after the union is unmounted).
+pub fn unmounted_on_signal(path: &Path) -> Unmounted {
+    handle_signals();
+    mounts().push(path.to_path_buf());
+    Unmounted {
+        path: path.to_path_buf(),
+    }
+}
+
+impl Drop for Unmounted {
+    fn drop(&mut self) {
+        let mut mounts = mounts();
+        if let Some(at) = mounts.iter().position(|p| *p == self.path) {
+            mounts.remove(at);
+        }
+    }
+}
+
+fn mounts() -> MutexGuard<'static, Vec<PathBuf>> {
+    MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// When a signal is ending strata, waits for that (its temp paths are being removed): the
 /// error the main thread met meanwhile is a consequence, not news.
 pub fn wait_if_interrupted() {
@@ -103,6 +136,11 @@ fn handle_signals() {
 
 fn end_by(signal: i32) -> ! {
     INTERRUPTED.store(true, Ordering::SeqCst);
+    for point in mounts().drain(..) {
+        // (not mounted yet, or already gone: nothing to detach)
+        let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
+        let _ = std::fs::remove_dir(&point);
+    }
     let mut pending = pending();
     for path in pending.drain(..) {
         if let Err(err) = remove(&path) {

@@ -929,6 +929,8 @@ struct CopyMount {
     point: PathBuf,
     /// Until the union is gone (after `guard`): a `start` meanwhile waits.
     _lock: super::mount::MountLock,
+    /// Detached if a signal ends strata first (the union is served by this process).
+    _on_signal: crate::interrupt::Unmounted,
 }
 
 impl Drop for CopyMount {
@@ -968,6 +970,7 @@ fn mount(store: &Store, container: &Container) -> anyhow::Result<(PathBuf, Optio
     let point = store.tmp_path("cp");
     std::fs::create_dir_all(&point)
         .with_context(|| format!("failed to create {}", point.display()))?;
+    let on_signal = crate::interrupt::unmounted_on_signal(&point);
     let spec = MountSpec {
         lowers,
         upper: container.upper_dir(),
@@ -985,6 +988,7 @@ fn mount(store: &Store, container: &Container) -> anyhow::Result<(PathBuf, Optio
         guard: Some(guard),
         point: point.clone(),
         _lock: lock,
+        _on_signal: on_signal,
     };
     Ok((point, Some(mounted)))
 }

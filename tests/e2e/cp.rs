@@ -680,6 +680,20 @@ fn an_interrupted_export_or_copy_leaves_no_temp_files() {
             !out.exists() && !host.join("data").exists(),
             "{args:?}: nothing arrived"
         );
+        // The union the copy read through (served by strata itself) went with it: no
+        // dead mount (ENOTCONN) is left in the store's tmp/.
+        let tmp = store.root().join("tmp").to_string_lossy().into_owned();
+        let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|line| {
+                line.split(' ')
+                    .nth(4)
+                    .is_some_and(|at| at.starts_with(&tmp))
+            })
+            .map(str::to_string)
+            .collect();
+        assert!(left.is_empty(), "{args:?}: {left:?}");
     }
 
     // A ^C as a terminal sends it, to the whole process group: the helper (which ignores
