@@ -36,22 +36,26 @@ fn mount_type(target: &Path) -> Option<String> {
 
 /// The PIDs of processes whose command line mentions `needle` (the FUSE daemon).
 fn daemons(needle: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("strata")
+    command_lines()
+        .filter(|(pid, cmdline)| {
+            cmdline.contains("strata")
                 && cmdline.contains(needle)
-                && pid != std::process::id() as i32
-            {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+                && *pid != std::process::id() as i32
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Every process's pid and command line (words joined by spaces).
+fn command_lines() -> impl Iterator<Item = (i32, String)> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = fs::read(entry.path().join("cmdline")).ok()?;
+            Some((pid, String::from_utf8_lossy(&cmdline).replace('\0', " ")))
+        })
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
@@ -371,19 +375,10 @@ fn mounting_a_container_waits_for_its_mount_lock_and_the_daemon_keeps_none() {
 
 /// Processes whose command line is exactly `words`.
 fn processes(words: &str) -> Vec<i32> {
-    let mut pids = Vec::new();
-    for entry in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.trim_end() == words {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+    command_lines()
+        .filter(|(_, cmdline)| cmdline.trim_end() == words)
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 #[test]
