@@ -210,7 +210,7 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub no_trunc: bool,
     /// Print only the image ids (`<missing>` for the steps below the image)
-    #[arg(short = 'q', long)]
+    #[arg(short = 'q', long, conflicts_with = "json")]
     pub quiet: bool,
     /// Sizes and dates for people (`--human=false`: bytes and RFC 3339 times)
     #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set,
