@@ -340,7 +340,10 @@ fn a_context_symlink_named_by_copy_is_followed() {
     std::os::unix::fs::symlink("./src", fx.context.join("dirlink")).unwrap();
     std::os::unix::fs::symlink("/src/inner", fx.context.join("abslink")).unwrap();
     let image = fx
-        .build("FROM base\nCOPY goodlink /goodlink\nCOPY dirlink /d/\nCOPY abslink /srv/\n")
+        .build(
+            "FROM base\nCOPY goodlink /goodlink\nCOPY dirlink /d/\nCOPY abslink /srv/\n\
+             COPY dirlink/a.txt dirlink/inner /through/\n",
+        )
         .unwrap();
     let tree = fx.tree(&image);
     let (real, meta) = tree.lookup("goodlink").unwrap();
@@ -364,6 +367,12 @@ fn a_context_symlink_named_by_copy_is_followed() {
         b"a",
         "an absolute link starts at the context root"
     );
+    // a path through a linked directory of the context, as BuildKit resolves it; a last
+    // name that is a link is followed, named after the link
+    assert_eq!(tree.read("through/a.txt").unwrap(), b"a");
+    let (real, meta) = tree.lookup("through/inner").unwrap();
+    assert!(meta.is_file());
+    assert_eq!(fs::read(real).unwrap(), b"a");
 
     std::os::unix::fs::symlink("/etc/passwd", fx.context.join("leak")).unwrap();
     fx.fails(

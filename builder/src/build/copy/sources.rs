@@ -232,7 +232,15 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Result<Vec<(String, V
     } else if ctx.entries.contains_key(clean) {
         vec![clean.to_string()]
     } else {
-        Vec::new()
+        // through a symlinked directory of the context (`linkdir/x.js`, linkdir -> src/app),
+        // as BuildKit resolves it; the last name is followed below, if it is a link
+        let (parent, last) = clean.rsplit_once('/').unwrap_or(("", clean));
+        match ctx.resolve(parent) {
+            Some(parent) if ctx.entries.contains_key(&join(&parent, last)) => {
+                vec![join(&parent, last)]
+            }
+            _ => Vec::new(),
+        }
     };
     let mut matches = Vec::with_capacity(roots.len());
     for root in roots {
