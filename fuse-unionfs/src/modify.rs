@@ -80,6 +80,18 @@ enum New<'a> {
     LinkFd(BorrowedFd<'a>, u64),
 }
 
+impl New<'_> {
+    /// Removes `name` in `dir`, the entry made for this, after a later step failed.
+    fn unmake(&self, dir: BorrowedFd<'_>, name: impl rustix::path::Arg) {
+        let flags = if matches!(self, New::Dir(_)) {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        let _ = rustix::fs::unlinkat(dir, name, flags);
+    }
+}
+
 const ACL_ACCESS: &str = "system.posix_acl_access";
 const ACL_DEFAULT: &str = "system.posix_acl_default";
 /// `Node::default_acl`: not looked at yet (0), none, one.
@@ -333,12 +345,7 @@ impl Union {
                         Ok(())
                     };
                     if let Err(err) = set() {
-                        let flags = if matches!(new, New::Dir(_)) {
-                            AtFlags::REMOVEDIR
-                        } else {
-                            AtFlags::empty()
-                        };
-                        let _ = rustix::fs::unlinkat(self.layers.work(), &name, flags);
+                        new.unmake(self.layers.work(), &name);
                         return Err(err);
                     }
                 }
@@ -410,12 +417,7 @@ impl Union {
             Ok(())
         };
         if let Err(err) = finish() {
-            let flags = if matches!(new, New::Dir(_)) {
-                AtFlags::REMOVEDIR
-            } else {
-                AtFlags::empty()
-            };
-            let _ = rustix::fs::unlinkat(dir, at, flags);
+            new.unmake(dir, at);
             return Err(err);
         }
         // A new file's descriptor saves a walk of its path.
