@@ -61,10 +61,14 @@ impl Removed {
 
 impl Drop for Removed {
     fn drop(&mut self) {
-        let mut pending = pending();
-        if let Some(at) = pending.iter().position(|p| *p == self.path) {
-            pending.remove(at);
-        }
+        take_off(&mut pending(), &self.path);
+    }
+}
+
+/// Takes `path` off a list (once: a path may be listed by two guards).
+fn take_off(list: &mut Vec<PathBuf>, path: &Path) {
+    if let Some(at) = list.iter().position(|p| p == path) {
+        list.remove(at);
     }
 }
 
@@ -86,10 +90,7 @@ pub fn unmounted_on_signal(path: &Path) -> Unmounted {
 
 impl Drop for Unmounted {
     fn drop(&mut self) {
-        let mut mounts = mounts();
-        if let Some(at) = mounts.iter().position(|p| *p == self.path) {
-            mounts.remove(at);
-        }
+        take_off(&mut mounts(), &self.path);
     }
 }
 

@@ -34,20 +34,28 @@ pub fn run(globals: &Globals, args: StartArgs) -> anyhow::Result<ExitCode> {
     ))
 }
 
-/// Starts one container; attached, returns the command's exit code.
-pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result<i32> {
-    let store = Store::open(&globals.root)?;
-    let mut container = store.container(reference)?;
-    // as docker's: starting a running container changes nothing
-    if is_running(&container) && !attach {
-        return Ok(0);
+/// A running container: detached, its start is done and changes nothing, as docker's
+/// (`Some(0)`); attached, an error. None when it is not running.
+fn if_running(container: &strata_store::Container, attach: bool) -> anyhow::Result<Option<i32>> {
+    if !is_running(container) {
+        return Ok(None);
     }
-    if is_running(&container) {
+    if attach {
         bail!(
             "container {} is already running (strata logs -f {} follows it)",
             container.state.name,
             container.state.name
         );
+    }
+    Ok(Some(0))
+}
+
+/// Starts one container; attached, returns the command's exit code.
+pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> anyhow::Result<i32> {
+    let store = Store::open(&globals.root)?;
+    let mut container = store.container(reference)?;
+    if let Some(done) = if_running(&container, attach)? {
+        return Ok(done);
     }
     let config = RunConfig::of(&container)?;
     // before the state is reset: a refused start leaves the last exit as it was
@@ -62,15 +70,8 @@ pub(crate) fn start_one(globals: &Globals, reference: &str, attach: bool) -> any
     // hide that from the union's next check.
     let (lock, current) = super::mount::MountLock::take(&container)?;
     container = current;
-    if is_running(&container) {
-        if !attach {
-            return Ok(0);
-        }
-        bail!(
-            "container {} is already running (strata logs -f {} follows it)",
-            container.state.name,
-            container.state.name
-        );
+    if let Some(done) = if_running(&container, attach)? {
+        return Ok(done);
     }
     super::mount::refuse_if_mounted(&container)?;
     // A fresh state to start from: `detach` waits for this one to become running.
