@@ -555,6 +555,39 @@ fn copy_chmod_takes_symbolic_modes() {
 }
 
 #[test]
+fn copy_chmod_sets_the_directory_it_makes_for_a_directory() {
+    // BuildKit since moby/buildkit#4945: `COPY --chmod=750 dir /dir` makes /dir 750. A
+    // directory that was there keeps its mode, and the parents made on the way stay 0755
+    // (Docker 28.1 gave them the --chmod mode, leaving them without x: moby/moby#49851).
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            ("bla/in.txt", "in\n"),
+            ("f.txt", "f\n"),
+            (
+                "Buildfile",
+                "FROM busybox\n\
+                 COPY --chmod=750 bla /bla\n\
+                 COPY --chmod=a=rX bla /deep/sym/\n\
+                 COPY --chmod=640 bla /tmp\n\
+                 COPY --chmod=640 f.txt /new/dir/f.txt\n\
+                 RUN stat -c '%n %a' /bla /bla/in.txt /deep /deep/sym /tmp /new/dir /new/dir/f.txt > /modes\n\
+                 CMD [\"cat\", \"/modes\"]\n",
+            ),
+        ],
+    );
+    build(&store, &ctx, &["-t", "dirmodes:1"]);
+    let out = store.ok(&["run", "--rm", "dirmodes:1"]);
+    assert_eq!(
+        out,
+        "/bla 750\n/bla/in.txt 750\n/deep 755\n/deep/sym 555\n/tmp 1777\n/new/dir 755\n\
+         /new/dir/f.txt 640\n"
+    );
+}
+
+#[test]
 fn copy_parents_keeps_the_source_paths() {
     // The monorepo case (Dockerfile 1.7-labs `COPY --parents`): every package.json at
     // its own path, a `/./` pivot, a directory, and a stage as the source.

@@ -176,7 +176,16 @@ pub(crate) fn execute(
                     )?;
                     base
                 } else if root.kind == Kind::Dir {
+                    let new = tree.lookup(&dest).is_none();
                     make_dirs(&tree, upper, &dest, owner)?;
+                    // The directory this COPY makes for a copied directory's content takes
+                    // --chmod, as the entries inside do (BuildKit since moby/buildkit#4945).
+                    // The parents it makes on the way stay 0755: Docker 28.1 gave them the
+                    // --chmod mode too, which left them without x (moby/moby#49851).
+                    if let Some(chmod) = chmod.as_ref().filter(|_| new && !dest.is_empty()) {
+                        let mode = chmod.apply(0o755, true);
+                        set_meta(&upper.join(&dest), mode, owner.unwrap_or((0, 0)))?;
+                    }
                     dest.clone()
                 } else if dir_dest {
                     make_dirs(&tree, upper, &dest, owner)?;
