@@ -160,6 +160,15 @@ fn compression(name: &str) -> Result<Compression, String> {
     }
 }
 
+/// A boolean as docker's flags take it (Go's strconv.ParseBool).
+fn go_bool(value: &str) -> Result<bool, String> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        other => Err(format!("invalid boolean {other:?}: use true or false")),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ImagesArgs {
     /// Only images of this repository (and tag, when given)
@@ -214,7 +223,8 @@ pub struct HistoryArgs {
     pub quiet: bool,
     /// Sizes and dates for people (`--human=false`: bytes and RFC 3339 times)
     #[arg(short = 'H', long, default_value_t = true, action = clap::ArgAction::Set,
-          num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+          num_args = 0..=1, default_missing_value = "true", require_equals = true,
+          value_parser = go_bool, value_name = "BOOL")]
     pub human: bool,
 }
 

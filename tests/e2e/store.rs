@@ -75,6 +75,19 @@ fn import_then_list_inspect_history_tag_and_rmi() {
         store.ok(&["history", "busybox"])
     );
     let raw = store.ok(&["history", "--human=false", "busybox"]);
+    // Go's boolean spellings, as docker takes them
+    assert_eq!(store.ok(&["history", "--human=0", "busybox"]), raw);
+    assert_eq!(store.ok(&["history", "--human=F", "busybox"]), raw);
+    assert_eq!(
+        store.ok(&["history", "--human=TRUE", "busybox"]),
+        store.ok(&["history", "busybox"])
+    );
+    let out = store.strata(&["history", "--human=maybe", "busybox"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("invalid boolean \"maybe\""),
+        "{said}"
+    );
     assert!(
         raw.starts_with("IMAGE") && raw.contains("CREATED AT"),
         "{raw}"
