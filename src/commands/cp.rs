@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
@@ -169,6 +170,23 @@ fn cp_tar_command(root: &str, container: &str, mode: &str, path: &str) -> anyhow
     command
         .args(["cp-tar", "--container", container, root, mode, path])
         .stdin(Stdio::null());
+    if mode == "pack" {
+        // A packer has nothing to clean up: it dies with strata. Else a signal that ends
+        // strata would leave it writing a tar nobody reads (into `export -o`'s removed temp
+        // file, say). Unpackers see their pipe close instead, and remove what they staged.
+        let parent = rustix::process::getpid();
+        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+        unsafe {
+            command.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+                // strata may have ended before the line above
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
     Ok(command)
 }
 

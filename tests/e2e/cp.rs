@@ -668,8 +668,26 @@ fn an_interrupted_export_or_copy_leaves_no_temp_files() {
             );
             std::thread::sleep(std::time::Duration::from_millis(10));
         };
-        let _ = kill(Pid::from_raw(helper as i32), Signal::SIGKILL);
-        let _ = kill(Pid::from_raw(helper as i32), Signal::SIGCONT);
+        // The helper (stopped, so still mid-copy) dies with strata: it would go on writing
+        // a tar nobody reads.
+        let start = std::time::Instant::now();
+        let gone = loop {
+            let state = std::fs::read_to_string(format!("/proc/{helper}/stat"));
+            // gone, or a zombie its new parent has yet to reap
+            if state.map_or(true, |s| {
+                s.rsplit(") ").next().is_some_and(|s| s.starts_with('Z'))
+            }) {
+                break true;
+            }
+            if start.elapsed() > std::time::Duration::from_secs(10) {
+                break false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        if !gone {
+            let _ = kill(Pid::from_raw(helper as i32), Signal::SIGKILL);
+        }
+        assert!(gone, "{args:?}: its cp-tar helper outlived strata");
         assert_eq!(
             std::os::unix::process::ExitStatusExt::signal(&status),
             Some(libc::SIGINT),
