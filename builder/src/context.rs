@@ -328,21 +328,24 @@ impl Context {
         Ok(())
     }
 
-    /// The entries at or below `rel` (clean; "" = everything), in path order.
+    /// The entries at or below `rel` (clean; "" = everything), parents before children.
     pub fn subtree<'a>(
         &'a self,
         rel: &'a str,
     ) -> impl Iterator<Item = (&'a String, &'a Entry)> + 'a {
+        // `rel` itself, then the keys starting with `rel/`: not one range from `rel` on,
+        // since siblings such as `rel.py` or `rel-x` sort between (b'.' < b'/').
         let prefix = if rel.is_empty() {
             String::new()
         } else {
             format!("{rel}/")
         };
-        self.entries
-            .range(rel.to_string()..)
-            .take_while(move |(key, _)| {
-                key.as_str() == rel || key.starts_with(&prefix) || rel.is_empty()
-            })
+        let own = self.entries.get_key_value(rel).filter(|_| !rel.is_empty());
+        own.into_iter().chain(
+            self.entries
+                .range(prefix.clone()..)
+                .take_while(move |(key, _)| key.starts_with(&prefix)),
+        )
     }
 
     /// Content hashes of every regular file among `paths`, computed in parallel.
@@ -462,6 +465,25 @@ mod tests {
         assert!(ignore.excluded("abs"));
         assert!(ignore.excluded("docs/other.md"));
         assert!(!ignore.excluded("docs/README.md"));
+    }
+
+    #[test]
+    fn a_subtree_is_not_cut_short_by_a_sibling_that_sorts_inside_it() {
+        // "app.py" and "app-x" sort between "app" and "app/main.py" (b'.', b'-' < b'/')
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["app/sub", "app-x"] {
+            fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        for f in ["app/main.py", "app/sub/z", "app.py", "app-x/y", "apq"] {
+            fs::write(dir.path().join(f), f).unwrap();
+        }
+        let context = Context::scan(dir.path(), Ignore::default()).unwrap();
+        let keys = |rel| -> Vec<&str> { context.subtree(rel).map(|(k, _)| k.as_str()).collect() };
+        assert_eq!(keys("app"), ["app", "app/main.py", "app/sub", "app/sub/z"]);
+        assert_eq!(keys("app/sub"), ["app/sub", "app/sub/z"]);
+        assert_eq!(keys("app.py"), ["app.py"]);
+        assert_eq!(keys("").len(), 9, "{:?}", keys(""));
+        assert!(keys("nope").is_empty());
     }
 
     #[test]

@@ -555,6 +555,36 @@ fn copy_chmod_takes_symbolic_modes() {
 }
 
 #[test]
+fn copy_of_a_directory_beside_a_file_named_like_it_copies_its_content() {
+    // "app.py" and "own-x" sort between "app" and "app/main.py": the copy once stopped there
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            ("app/main.py", "main\n"),
+            ("app.py", "sibling\n"),
+            ("nest/own/deep/x", "x\n"),
+            ("nest/own-x", "y\n"),
+            ("nest/own.md", "z\n"),
+            (
+                "Buildfile",
+                "FROM busybox\n\
+                 COPY app /app\n\
+                 COPY nest/own* /w/\n\
+                 RUN cd / && find app w | sort > /files\n\
+                 CMD [\"cat\", \"/files\"]\n",
+            ),
+        ],
+    );
+    build(&store, &ctx, &["-t", "siblings:1"]);
+    assert_eq!(
+        store.ok(&["run", "--rm", "siblings:1"]),
+        "app\napp/main.py\nw\nw/deep\nw/deep/x\nw/own-x\nw/own.md\n"
+    );
+}
+
+#[test]
 fn copy_chmod_sets_the_directory_it_makes_for_a_directory() {
     // BuildKit since moby/buildkit#4945: `COPY --chmod=750 dir /dir` makes /dir 750. A
     // directory that was there keeps its mode, and the parents made on the way stay 0755
