@@ -169,6 +169,9 @@ pub struct Context {
     pub ignore: Ignore,
     /// Clean relative path ("a/b") -> entry; "" is the root.
     pub entries: BTreeMap<String, Entry>,
+    /// Entries the ignore file keeps whose names are not UTF-8 (shown lossily), left out of
+    /// `entries`: an error only for the steps that would copy them.
+    odd_names: Vec<String>,
 }
 
 impl Context {
@@ -183,7 +186,9 @@ impl Context {
             )));
         }
         let mut entries = BTreeMap::new();
+        let mut odd_names = Vec::new();
         entries.insert(String::new(), entry_of(root, &meta)?);
+        // With no `!` rule, nothing below an excluded directory can come back.
         let prune = !ignore.has_exceptions();
         let mut stack = vec![(root.to_path_buf(), String::new())];
         while let Some((dir, rel)) = stack.pop() {
@@ -191,22 +196,23 @@ impl Context {
             for item in listing {
                 let item = item.map_err(|e| Error::io("failed to list", &dir, e))?;
                 let name = item.file_name();
-                let Some(name) = name.to_str() else {
-                    return Err(Error::Other(format!(
-                        "{}: file name is not UTF-8",
-                        item.path().display()
-                    )));
-                };
+                let lossy = name.to_string_lossy();
                 let child_rel = if rel.is_empty() {
-                    name.to_string()
+                    lossy.to_string()
                 } else {
-                    format!("{rel}/{name}")
+                    format!("{rel}/{lossy}")
                 };
+                let excluded = ignore.excluded(&child_rel);
+                if name.to_str().is_none() {
+                    if !excluded {
+                        odd_names.push(child_rel);
+                    }
+                    continue;
+                }
                 let path = item.path();
                 let meta = fs::symlink_metadata(&path)
                     .map_err(|e| Error::io("failed to stat", &path, e))?;
-                let excluded = ignore.excluded(&child_rel);
-                if meta.is_dir() {
+                if meta.is_dir() && !(excluded && prune) {
                     stack.push((path.clone(), child_rel.clone()));
                 }
                 if !excluded {
@@ -240,7 +246,21 @@ impl Context {
             root: root.to_path_buf(),
             ignore,
             entries,
+            odd_names,
         })
+    }
+
+    /// Fails if a path `takes` (see [`at_or_below`]) has a name that is not UTF-8: such a
+    /// file cannot be copied, and is not left out without a word.
+    pub fn check_names(&self, takes: impl Fn(&str) -> bool) -> Result<()> {
+        match self.odd_names.iter().find(|odd| takes(odd)) {
+            Some(odd) => Err(Error::Other(format!(
+                "{}: file name is not UTF-8 (the build context takes UTF-8 names; \
+                 .dockerignore can leave it out)",
+                self.root.join(odd).display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Where `rel` (clean) leads with its symlinks followed inside the context: an absolute
@@ -259,6 +279,7 @@ impl Context {
     /// What a bind mount of `rel` sees, as text for a cache key: the key line of every
     /// entry at or below it.
     pub fn subtree_key(&self, rel: &str) -> Result<String> {
+        self.check_names(|odd| at_or_below(rel, odd))?;
         let mut text = String::new();
         for (key, entry) in self.subtree(rel) {
             text.push_str(&entry.key_line(key, &self.root.join(key))?);
@@ -361,6 +382,14 @@ impl Context {
             }
         })
     }
+}
+
+/// Whether the clean relative `path` is `rel` or below it ("" = the root: everything).
+pub fn at_or_below(rel: &str, path: &str) -> bool {
+    rel.is_empty()
+        || path
+            .strip_prefix(rel)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl Entry {

@@ -585,6 +585,45 @@ fn copy_of_a_directory_beside_a_file_named_like_it_copies_its_content() {
 }
 
 #[test]
+fn a_name_that_is_not_utf8_fails_only_the_copy_that_takes_it() {
+    // A Latin-1 file name in the context: docker takes any bytes, strata's context UTF-8
+    // names only. The build fails only where a COPY would take that file, and says which.
+    use std::os::unix::ffi::OsStrExt;
+    let store = TestStore::new();
+    store.import_busybox("busybox:latest");
+    let ctx = context(
+        &store,
+        &[
+            ("ok/a.txt", "a\n"),
+            (
+                "Buildfile",
+                "FROM busybox\nCOPY ok /ok\nRUN cat /ok/a.txt\n",
+            ),
+        ],
+    );
+    let odd = ctx.join("c").join(std::ffi::OsStr::from_bytes(b"lat\xe9"));
+    fs::create_dir_all(odd.parent().unwrap()).unwrap();
+    fs::write(&odd, "old\n").unwrap();
+    build(&store, &ctx, &[]);
+    for (copy, what) in [
+        ("COPY . /all", "."),
+        ("COPY c /c", "c"),
+        ("COPY c/lat* /l/", "a glob"),
+    ] {
+        fs::write(ctx.join("Buildfile"), format!("FROM busybox\n{copy}\n")).unwrap();
+        let said = build_fails(&store, &ctx, &[]);
+        assert!(
+            said.contains("c/lat\u{FFFD}: file name is not UTF-8"),
+            "{what}: {said}"
+        );
+    }
+    // left out by .dockerignore: not in the context at all
+    fs::write(ctx.join(".dockerignore"), "c/lat*\n").unwrap();
+    fs::write(ctx.join("Buildfile"), "FROM busybox\nCOPY . /all\n").unwrap();
+    build(&store, &ctx, &[]);
+}
+
+#[test]
 fn copy_chmod_sets_the_directory_it_makes_for_a_directory() {
     // BuildKit since moby/buildkit#4945: `COPY --chmod=750 dir /dir` makes /dir 750. A
     // directory that was there keeps its mode, and the parents made on the way stay 0755

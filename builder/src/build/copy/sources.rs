@@ -221,12 +221,14 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Result<Vec<(String, V
     let ctx = &run.cx.context;
     let roots: Vec<String> = if has_glob(clean) {
         match glob(clean) {
-            Ok(matcher) => ctx
-                .entries
-                .keys()
-                .filter(|k| !k.is_empty() && matcher.is_match(k.as_str()))
-                .cloned()
-                .collect(),
+            Ok(matcher) => {
+                ctx.check_names(|odd| matcher.is_match(odd))?;
+                ctx.entries
+                    .keys()
+                    .filter(|k| !k.is_empty() && matcher.is_match(k.as_str()))
+                    .cloned()
+                    .collect()
+            }
             Err(_) => Vec::new(),
         }
     } else if ctx.entries.contains_key(clean) {
@@ -260,6 +262,7 @@ fn context_matches(run: &StageRun<'_, '_>, clean: &str) -> Result<Vec<(String, V
             },
             None => root.clone(),
         };
+        ctx.check_names(|odd| context::at_or_below(&source, odd))?;
         let items = ctx
             .subtree(&source)
             .map(|(key, entry)| {
