@@ -650,6 +650,10 @@ pub struct RmArgs {
     /// Kill a running container first
     #[arg(short = 'f', long)]
     pub force: bool,
+    /// Remove the container's anonymous volumes: always done, as they live in its
+    /// directory (named volumes stay). Taken for docker's scripts.
+    #[arg(short = 'v', long)]
+    pub volumes: bool,
     #[arg(required = true)]
     pub containers: Vec<String>,
 }

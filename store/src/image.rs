@@ -386,9 +386,12 @@ impl Store {
             }
             Ok(())
         })?;
+        // The same config under another manifest (a gzip push pulled back) is the same
+        // image to docker: it is not deleted while that is here.
+        let deleted = last && !used && !self.images()?.iter().any(|other| other.id == image.id);
         Ok(Removal {
             untagged,
-            deleted: (last && !used).then_some(image.id),
+            deleted: deleted.then_some(image.id),
         })
     }
 

@@ -1598,7 +1598,9 @@ fn named_volumes_outlive_containers() {
         "{}",
         text(&out.stderr)
     );
-    store.ok(&["rm", "user"]);
+    // docker's `rm -v` (anonymous volumes go with the container anyway); named ones stay
+    store.ok(&["rm", "-v", "user"]);
+    assert!(store.ok(&["volume", "ls"]).contains("data"));
     store.ok(&["volume", "rm", "data", "empty", "etcvol"]);
     assert_eq!(store.ok(&["volume", "ls", "--json"]).trim(), "[]");
 }

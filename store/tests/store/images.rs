@@ -298,3 +298,29 @@ fn a_moved_name_leaves_its_old_image_dangling_until_pruned() {
     assert_eq!(store.fsck().unwrap(), vec![]);
     assert!(store.resolve(&v2.id.hex()).is_err());
 }
+
+#[test]
+fn rmi_of_one_of_two_manifests_of_an_image_does_not_call_it_deleted() {
+    // A gzip push pulled back: the same config (image id) under a second manifest. Docker
+    // deletes the image only when no name of it is left, whatever manifest holds it.
+    let tree = scratch();
+    make_tree(tree.path());
+    let (_dir, store) = store();
+    let image = image_of(&store, &[tree.path()], "app:v1");
+    let mut manifest = serde_json::to_value(&image.manifest).unwrap();
+    manifest["annotations"] = serde_json::json!({"pulled": "gzip"});
+    let other = store
+        .put_manifest_raw(
+            &serde_json::to_vec(&manifest).unwrap(),
+            &["app:gz".to_string()],
+        )
+        .unwrap();
+    assert_eq!(other.id, image.id);
+    assert_ne!(other.manifest_digest, image.manifest_digest);
+    let removal = store.remove_image_report("app:gz", false).unwrap();
+    assert_eq!(removal.untagged, ["app:gz"]);
+    assert_eq!(removal.deleted, None, "the image is still here as app:v1");
+    assert_eq!(store.resolve("app:v1").unwrap().id, image.id);
+    let removal = store.remove_image_report("app:v1", false).unwrap();
+    assert_eq!(removal.deleted, Some(image.id));
+}
