@@ -109,6 +109,9 @@ pub(crate) struct Window {
     /// The thread runs under SCHED_IDLE. Changed, with the policy, under the lock: by the
     /// thread, or by the watchdog.
     idle: Mutex<bool>,
+    /// The watchdog put the thread back under SCHED_BATCH while the thread held `idle`
+    /// (preempted there, under SCHED_IDLE): `idle` is to be cleared at the next lock.
+    kicked: AtomicBool,
     /// Stays under SCHED_BATCH until then (ms since the session's start): see [`BACKOFF`].
     backoff_until_ms: AtomicU64,
     /// The thread's `/proc/thread-self/stat` and CPU clock; None if they cannot be read,
@@ -120,6 +123,30 @@ pub(crate) struct Window {
 }
 
 impl Window {
+    /// `idle`, locked, with a kick of the watchdog taken into account.
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, bool> {
+        let mut idle = lock(&self.idle);
+        self.settle(&mut idle);
+        idle
+    }
+
+    fn settle(&self, idle: &mut bool) {
+        if self.kicked.swap(false, Ordering::SeqCst) {
+            *idle = false;
+        }
+    }
+
+    /// Puts the thread, found starved under SCHED_IDLE while it holds `idle` (preempted in
+    /// the few instructions it spends there), back under SCHED_BATCH without the lock.
+    fn kick(&self) {
+        // SAFETY: sched_getscheduler has no preconditions.
+        if unsafe { libc::sched_getscheduler(self.tid) } == libc::SCHED_IDLE
+            && set_policy(self.tid, libc::SCHED_BATCH)
+        {
+            self.kicked.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Whether the thread is runnable (running or waiting for a CPU), and the CPU time it
     /// has had (ns).
     fn sample(&self) -> Option<(bool, u64)> {
@@ -205,6 +232,7 @@ impl KeepCpu {
             qid,
             caller: AtomicU32::new(0),
             idle: Mutex::new(false),
+            kicked: AtomicBool::new(false),
             backoff_until_ms: AtomicU64::new(0),
             proc,
         });
@@ -215,7 +243,7 @@ impl KeepCpu {
     /// The calling thread, whose `window` it is, ends: the watchdog forgets it.
     pub(crate) fn unregister(&self, window: &Arc<Window>) {
         lock(&self.windows).retain(|w| !Arc::ptr_eq(w, window));
-        *lock(&window.idle) = false;
+        *window.lock_idle() = false;
     }
 
     /// The calling thread, whose `window` it is, is about to take long (`blocking`): back
@@ -223,7 +251,7 @@ impl KeepCpu {
     /// queue (which would inherit the policy) waits behind a busy task. The next request
     /// someone waits for puts it back under SCHED_IDLE if callers are still kept.
     pub(crate) fn before_long_section(&self, window: &Window) {
-        let mut idle = lock(&window.idle);
+        let mut idle = window.lock_idle();
         if *idle {
             self.leave_idle(0, &mut idle);
         }
@@ -243,7 +271,7 @@ impl KeepCpu {
             return;
         };
         window.caller.store(pid, Ordering::Relaxed);
-        let mut idle = lock(&window.idle);
+        let mut idle = window.lock_idle();
         if *idle == want {
             return;
         }
@@ -403,13 +431,16 @@ fn watch(keep: &Weak<KeepCpu>) {
         let keeping = state.keeping(state.now_ms());
         seen.resize(windows.len(), None);
         for (window, seen) in windows.iter().zip(seen.iter_mut()) {
-            // Its thread holds the lock for a sched_setscheduler call at most: next look.
-            let Ok(mut idle) = window.idle.try_lock() else {
-                continue;
-            };
-            if !*idle {
-                *seen = None;
-                continue;
+            // Its thread holds the lock for a few instructions or a sched_setscheduler
+            // call. Preempted there under SCHED_IDLE, it starves with the lock: it is
+            // looked at all the same, and kicked back without the lock.
+            let mut idle = window.idle.try_lock().ok();
+            if let Some(idle) = idle.as_deref_mut() {
+                window.settle(idle);
+                if !*idle {
+                    *seen = None;
+                    continue;
+                }
             }
             let look = window.sample().map(|(runnable, ran)| {
                 let at = Instant::now();
@@ -421,7 +452,7 @@ fn watch(keep: &Weak<KeepCpu>) {
                 Look { at, ran, stalled }
             });
             let starved = look.is_some_and(|l| l.stalled) && seen.is_some_and(|l| l.stalled);
-            if starved || !keeping {
+            if starved || (!keeping && idle.is_some()) {
                 // Behind its own caller, which sent it a request nobody waits for (a
                 // RELEASE) and runs on: back under SCHED_BATCH, to be served at the next
                 // tick as before, but not held off the next time.
@@ -433,7 +464,10 @@ fn watch(keep: &Weak<KeepCpu>) {
                     let until = state.now_ms() + BACKOFF.as_millis() as u64;
                     window.backoff_until_ms.store(until, Ordering::Relaxed);
                 }
-                state.leave_idle(window.tid, &mut idle);
+                match idle.as_deref_mut() {
+                    Some(idle) => state.leave_idle(window.tid, idle),
+                    None => window.kick(),
+                }
                 *seen = None;
             } else {
                 *seen = look;
@@ -611,9 +645,10 @@ mod tests {
     }
 
     /// A busy task beside a thread under SCHED_IDLE on one CPU, the task being the thread's
-    /// last caller or not: the thread gets almost nothing until the watchdog puts it back.
-    /// Its window, and how long it waited.
-    fn starve(keep: &Arc<KeepCpu>, hog_is_caller: bool) -> (Arc<Window>, Duration) {
+    /// last caller or not, the thread holding its window's lock meanwhile (preempted there)
+    /// or not: the thread gets almost nothing until the watchdog puts it back. Its window,
+    /// and how long it waited.
+    fn starve(keep: &Arc<KeepCpu>, hog_is_caller: bool, holding: bool) -> (Arc<Window>, Duration) {
         let cpu = std::thread::available_parallelism().map_or(0, |n| n.get() - 1);
         let done = Arc::new(AtomicBool::new(false));
         let spin = done.clone();
@@ -633,10 +668,12 @@ mod tests {
             pin(cpu);
             let window = k.register(cpu as u16);
             k.before_reply(&window, caller, cpu as u16, GETATTR);
+            let held = holding.then(|| lock(&window.idle));
             let start = Instant::now();
             while policy() == libc::SCHED_IDLE && start.elapsed() < Duration::from_secs(5) {
                 std::hint::spin_loop();
             }
+            drop(held);
             (window, start.elapsed())
         });
         done.store(true, Ordering::Relaxed);
@@ -689,7 +726,7 @@ mod tests {
     fn the_watchdog_takes_back_a_starved_thread_for_a_while() {
         require_policies();
         let keep = KeepCpu::new(KeepCallerCpu::Always);
-        let (starved, waited) = starve(&keep, false);
+        let (starved, waited) = starve(&keep, false, false);
         assert!(
             waited < Duration::from_secs(5),
             "still SCHED_IDLE: no watchdog"
@@ -706,13 +743,27 @@ mod tests {
         );
     }
 
+    /// Preempted under SCHED_IDLE while it holds its window's lock (which the watchdog then
+    /// cannot take), a starved thread is put back all the same; it notes so at its next lock.
+    #[test]
+    fn a_thread_starved_while_it_holds_its_window_is_put_back() {
+        require_policies();
+        let keep = KeepCpu::new(KeepCallerCpu::Always);
+        let (window, waited) = starve(&keep, false, true);
+        assert!(
+            waited < Duration::from_secs(5),
+            "still SCHED_IDLE: the watchdog did not see it"
+        );
+        assert!(!*window.lock_idle(), "its window still says SCHED_IDLE");
+    }
+
     /// Behind its own caller (which sent a RELEASE and computes on) the thread is put back
     /// as well, but not held off: the next request someone waits for keeps the caller again.
     #[test]
     fn a_thread_behind_its_own_caller_is_put_back_without_backoff() {
         require_policies();
         let keep = KeepCpu::new(KeepCallerCpu::Always);
-        let (window, waited) = starve(&keep, true);
+        let (window, waited) = starve(&keep, true, false);
         assert!(
             waited < Duration::from_secs(5),
             "still SCHED_IDLE: no watchdog"
