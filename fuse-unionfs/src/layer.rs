@@ -11,6 +11,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -224,13 +225,32 @@ impl Layers {
         }
         let work_path = work.join(WORK_SUBDIR);
         // Leftovers of a crash are only ever half-made copies: start from an empty dir.
-        if work_path.exists() {
+        if work_path.symlink_metadata().is_ok() {
             std::fs::remove_dir_all(&work_path)
                 .map_err(|e| Error::io("clean work dir", &work_path, e))?;
         }
-        std::fs::create_dir_all(&work_path)
+        // This server's alone (as the kernel's work/work is): a copy is made there by name,
+        // and anyone else who could swap it would choose what lands in the upper dir, with
+        // the owner and set-id bits of the file copied up. Made afresh, and refused if
+        // something else took the name meanwhile.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(work)
+            .map_err(|e| Error::io("create work dir", work, e))?;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&work_path)
             .map_err(|e| Error::io("create work dir", &work_path, e))?;
-        let work = open_dir(&work_path)?;
+        let work = rustix::fs::open(
+            &work_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io("open directory", &work_path, e))?;
+        // (whatever the umask)
+        rustix::fs::fchmod(&work, Mode::from_raw_mode(0o700))
+            .map_err(|e| Error::io("create work dir", &work_path, e))?;
         let aufs_upper = aufs && !is_empty_dir(&fds[UPPER], upper)?;
         Ok(Layers {
             fds,

@@ -201,6 +201,14 @@ fn copy_up_preserves_data_metadata_and_xattrs() {
                 .is_none(),
             "no leftovers in the work dir"
         );
+        // The copies are made there: nobody else may swap them (QA 17: a user who could
+        // put their own file at a copy's name got it in the upper dir, set-uid root).
+        let scratch = fs::symlink_metadata(m.work.join("strata")).unwrap();
+        assert_eq!(
+            (scratch.mode() & 0o7777, scratch.uid()),
+            (0o700, rustix::process::geteuid().as_raw()),
+            "the work dir's scratch dir"
+        );
     });
 }
 
