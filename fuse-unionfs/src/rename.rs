@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, RenameFlags};
 use rustix::io::Errno;
 
-use crate::copyup::{copy_up, copy_up_with};
+use crate::copyup::{copy_up, copy_up_with, io_errno};
 use crate::inode::ROOT;
 use crate::layer::{Res, UPPER};
 use crate::modify::{Key, Moved};
@@ -221,6 +221,7 @@ impl Union {
                 if moved_dir_is_opaque(found, into) {
                     self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
                 }
+                self.drop_whiteouts_of_moved(path, found)?;
             }
         } else {
             if let Some(dst) = &dst {
@@ -245,6 +246,7 @@ impl Union {
             if moved_dir_is_opaque(&src, &nplayers) {
                 self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
             }
+            self.drop_whiteouts_of_moved(&nrel, &src)?;
             if let Some(dst) = &dst {
                 self.unlinked(
                     newparent,
@@ -292,6 +294,33 @@ impl Union {
                 copy_up(&self.layers, found.layer, rel)?;
             }
             self.moved(moved, key, self.layers.stat(UPPER, rel)?.key());
+        }
+        Ok(())
+    }
+
+    /// After a directory with lower parts (`found`) moved to `rel`: removes the whiteouts
+    /// below it, left by removals before the move. Nothing of a lower branch shows there
+    /// (it is opaque), and kernel overlayfs never has whiteouts in such a directory: it
+    /// would list them as entries it cannot stat, and not remove the directory.
+    fn drop_whiteouts_of_moved(&self, rel: &Path, found: &Found) -> Res<()> {
+        if !found.meta.is_dir() || found.dir_layers.iter().all(|&l| l == UPPER) {
+            return Ok(());
+        }
+        let mut stack = vec![self.layers.abs(UPPER, rel)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(|e| io_errno(&e))? {
+                let entry = entry.map_err(|e| io_errno(&e))?;
+                let kind = entry.file_type().map_err(|e| io_errno(&e))?;
+                if kind.is_dir() {
+                    stack.push(entry.path());
+                } else if std::os::unix::fs::FileTypeExt::is_char_device(&kind)
+                    && std::os::unix::fs::MetadataExt::rdev(
+                        &entry.metadata().map_err(|e| io_errno(&e))?,
+                    ) == 0
+                {
+                    std::fs::remove_file(entry.path()).map_err(|e| io_errno(&e))?;
+                }
+            }
         }
         Ok(())
     }

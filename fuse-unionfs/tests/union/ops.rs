@@ -439,6 +439,44 @@ fn rename_of_lower_directory_succeeds() {
 }
 
 #[test]
+fn a_renamed_directory_keeps_no_whiteouts_and_kernel_overlayfs_reads_it() {
+    // Nothing below a moved directory shows from a lower branch (it is opaque): whiteouts
+    // of names removed before the move are dropped, as kernel overlayfs would never write
+    // them there; it lists them as entries it cannot stat, and rm -rf fails (QA 17).
+    let fixture = Fixture::new();
+    let fuse = fixture.mount("fuse", Driver::Fuse);
+    fs::remove_file(fuse.path("usr/lib/lib3.so")).unwrap();
+    fs::remove_file(fuse.path("usr/share/doc/readme")).unwrap();
+    assert!(is_whiteout(&fuse.upper.join("usr/lib/lib3.so")));
+    fs::rename(fuse.path("usr"), fuse.path("usr2")).unwrap();
+    let lib = names(&fuse.path("usr2/lib"));
+    assert!(
+        !lib.contains(&"lib3.so".to_string()) && !lib.is_empty(),
+        "{lib:?}"
+    );
+    assert!(names(&fuse.path("usr2/share/doc")).is_empty());
+    let mut stack = vec![fuse.upper.join("usr2")];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            assert!(!is_whiteout(&path), "{} is a whiteout", path.display());
+            if path.symlink_metadata().unwrap().is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    let (upper, work) = (fuse.upper.clone(), fuse.work.clone());
+    drop(fuse);
+    let kernel_mnt = upper.with_file_name("kernel-mnt");
+    fs::create_dir_all(&kernel_mnt).unwrap();
+    let kernel = fixture.mount_at(&upper, &work, &kernel_mnt, Driver::Overlay);
+    assert_eq!(names(&kernel.path("usr2/lib")), lib);
+    assert!(names(&kernel.path("usr2/share/doc")).is_empty());
+    fs::remove_dir_all(kernel.path("usr2")).unwrap();
+    assert!(!kernel.path("usr2").exists());
+}
+
+#[test]
 fn directory_rename_copies_up_beside_other_requests() {
     // The tree copy of a big lower directory takes a while; requests elsewhere (here a
     // create, which always reaches the server) must not wait for it.
