@@ -379,8 +379,7 @@ impl Fs {
     }
 
     /// Fills a READDIR or READDIRPLUS reply from `offset` with `add`, which adds one entry
-    /// (given the offset of the next) and says whether the reply is full. A listing read to
-    /// its end is dropped; one cut short stays for the next request.
+    /// (given the offset of the next) and says whether the reply is full.
     fn fill_dir(
         &self,
         ino: u64,
@@ -388,11 +387,8 @@ impl Fs {
         mut add: impl FnMut(&DirEntry, u64) -> bool,
     ) -> Result<(), Errno> {
         let listing = self.union.dir_entries(ino, offset).map_err(errno)?;
-        let full = (listing.start..listing.entries.len())
+        let _full = (listing.start..listing.entries.len())
             .any(|i| add(&listing.entries[i], listing.offset(i)));
-        if !full {
-            self.union.dir_entries_done(&listing);
-        }
         Ok(())
     }
 

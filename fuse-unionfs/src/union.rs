@@ -98,10 +98,13 @@ impl OpenFile {
 }
 
 /// Listings being read. The kernel reads a directory in chunks (one READDIR per page of
-/// entries), and each chunk must come from the same snapshot. There are no directory
-/// handles (OPENDIR is refused, see `fuse.rs`), so the snapshot travels in the offsets
-/// instead, and readers of one directory at the same time each keep their own. A
-/// snapshot is made at offset 0 and dropped after its last chunk.
+/// entries), and each chunk must come from the same snapshot: an entry that stays must be
+/// listed once, whatever is made or removed meanwhile. There are no directory handles
+/// (OPENDIR is refused, see `fuse.rs`), so the snapshot travels in the offsets instead,
+/// and readers of one directory at the same time each keep their own. A snapshot is made
+/// at offset 0 and kept after its last chunk too: the kernel, which caches the chunks,
+/// asks again from where its reader is when the directory changed meanwhile (a program
+/// that makes `x.bak` beside each `x` it reads). The oldest go first.
 ///
 /// Offsets stay below 2^31, as 32-bit programs need (their readdir fails with EOVERFLOW
 /// on a bigger d_off): `SNAPSHOT | id << INDEX_BITS | index + 1` for listings of fewer
@@ -112,8 +115,38 @@ struct Listings {
     next: AtomicU64,
 }
 
-/// Listing snapshots by id, each with the directory it lists.
-type Snapshots = HashMap<u64, (u64, Arc<Vec<DirEntry>>)>;
+/// Listing snapshots by id, each with the directory it lists; their ids oldest first, and
+/// how many entries they hold.
+#[derive(Default)]
+struct Snapshots {
+    by_id: HashMap<u64, (u64, Arc<Vec<DirEntry>>)>,
+    order: std::collections::VecDeque<u64>,
+    entries: usize,
+}
+
+impl Snapshots {
+    fn insert(&mut self, id: u64, ino: u64, entries: Arc<Vec<DirEntry>>) {
+        while self.order.len() >= MAX_LISTINGS
+            || (!self.order.is_empty() && self.entries + entries.len() > MAX_LISTED)
+        {
+            self.remove_oldest();
+        }
+        self.entries += entries.len();
+        self.order.push_back(id);
+        if let Some((_, old)) = self.by_id.insert(id, (ino, entries)) {
+            // (not reached: an id comes back after IDS listings, well after it went)
+            self.entries -= old.len();
+        }
+    }
+
+    fn remove_oldest(&mut self) {
+        if let Some(id) = self.order.pop_front()
+            && let Some((_, old)) = self.by_id.remove(&id)
+        {
+            self.entries -= old.len();
+        }
+    }
+}
 
 const SNAPSHOT: u64 = 1 << 30;
 const INDEX_BITS: u32 = 19;
@@ -140,9 +173,10 @@ impl Listing {
     }
 }
 
-/// Readers that stop half-way (a program closing a directory early) leave a snapshot
-/// behind; past this many the lot is dropped and later chunks are listed afresh.
-const MAX_LISTINGS: usize = 256;
+/// Snapshots kept, and entries in them at most (some 50 MiB); a reader that comes back to
+/// a snapshot gone since gets its later chunks listed afresh.
+pub(crate) const MAX_LISTINGS: usize = 256;
+const MAX_LISTED: usize = 1 << 20;
 
 /// Topmost real file of a name plus the branches merged for a directory.
 pub(crate) struct Found {
@@ -548,7 +582,7 @@ impl Union {
         };
         let start = start as usize;
         if let Some(id) = id
-            && let Some((of, entries)) = self.listings().get(&id)
+            && let Some((of, entries)) = self.listings().by_id.get(&id)
             && *of == ino
         {
             return Ok(Listing {
@@ -566,23 +600,12 @@ impl Union {
             });
         }
         let id = self.listings.next.fetch_add(1, Ordering::Relaxed) % IDS;
-        let mut by_id = self.listings();
-        if by_id.len() >= MAX_LISTINGS {
-            by_id.clear();
-        }
-        by_id.insert(id, (ino, entries.clone()));
+        self.listings().insert(id, ino, entries.clone());
         Ok(Listing {
             entries,
             id: Some(id),
             start,
         })
-    }
-
-    /// The reader of `listing` got its last chunk.
-    pub fn dir_entries_done(&self, listing: &Listing) {
-        if let Some(id) = listing.id {
-            self.listings().remove(&id);
-        }
     }
 
     fn listings(&self) -> std::sync::MutexGuard<'_, Snapshots> {

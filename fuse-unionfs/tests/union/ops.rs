@@ -97,6 +97,78 @@ fn readdir_merges_without_duplicates_or_whiteouts() {
     });
 }
 
+/// Names from one getdents64 call of `size` bytes on `fd`; empty at the end.
+fn getdents(fd: &fs::File, size: usize) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    let mut buf = vec![0u8; size];
+    // SAFETY: a buffer of `size` bytes for the kernel to fill.
+    let n = unsafe { libc::syscall(libc::SYS_getdents64, fd.as_raw_fd(), buf.as_mut_ptr(), size) };
+    assert!(n >= 0, "getdents64: {}", std::io::Error::last_os_error());
+    let (mut names, mut at) = (Vec::new(), 0);
+    while at < n as usize {
+        let len = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+        let name = &buf[at + 19..at + len];
+        let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+        names.push(String::from_utf8_lossy(name).into_owned());
+        at += len;
+    }
+    names
+}
+
+#[test]
+fn a_listing_returns_each_entry_that_stays_once_while_the_directory_changes() {
+    // POSIX: entries made or removed during a listing may or may not show; every other
+    // one shows exactly once. The kernel asks again from where its reader is once the
+    // directory changed (QA 17: `x.bak` made beside each `x` read came back as new `x`s).
+    with_fuse(|m| {
+        for (dir, big) in [("made", false), ("removed", true)] {
+            fs::create_dir(m.path(dir)).unwrap();
+            for i in 0..if big { 1000 } else { 100 } {
+                fs::write(m.path(&format!("{dir}/f{i}")), b"").unwrap();
+            }
+        }
+        let mut seen = std::collections::HashMap::new();
+        for entry in fs::read_dir(m.path("made")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if !name.ends_with(".bak") {
+                fs::write(m.path(&format!("made/{name}.bak")), b"").unwrap();
+                *seen.entry(name).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(seen.len(), 100);
+        assert!(seen.values().all(|&n| n == 1), "{seen:?}");
+        // small reads; entries not returned yet go meanwhile
+        let dir = fs::File::open(m.path("removed")).unwrap();
+        let mut got = getdents(&dir, 1024);
+        let listed: std::collections::HashSet<String> = got.iter().cloned().collect();
+        let gone: Vec<String> = (0..1000)
+            .map(|i| format!("f{i}"))
+            .filter(|n| !listed.contains(n))
+            .take(100)
+            .collect();
+        for name in &gone {
+            fs::remove_file(m.path(&format!("removed/{name}"))).unwrap();
+        }
+        loop {
+            let more = getdents(&dir, 1024);
+            if more.is_empty() {
+                break;
+            }
+            got.extend(more);
+        }
+        let mut counts = std::collections::HashMap::new();
+        for name in &got {
+            *counts.entry(name.as_str()).or_insert(0) += 1;
+        }
+        for i in 0..1000 {
+            let name = format!("f{i}");
+            if !gone.contains(&name) {
+                assert_eq!(counts.get(name.as_str()), Some(&1), "{name}");
+            }
+        }
+    });
+}
+
 #[test]
 fn big_directories_list_whole_while_read_by_several_at_once() {
     // Thousands of names take many READDIR chunks; each reader must get every name once
