@@ -25,6 +25,11 @@ use crate::error::{Error, Result};
 pub(crate) const UPPER: usize = 0;
 /// The xattr kernel overlayfs uses for opaque directories (Documentation/filesystems/overlayfs.rst).
 pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// overlayfs since Linux 6.7 (overlayfs.rst, "whiteouts and opaque directories"): a lower
+/// branch may hold a whiteout as a zero-size file with this xattr, in a directory whose
+/// opaque xattr is "x" (it may hold such whiteouts, and is not opaque). That is what the
+/// kernel writes when its upper branch is itself on overlayfs, and what composefs uses.
+const WHITEOUT_XATTR: &str = "trusted.overlay.whiteout";
 /// Private overlay xattrs, hidden from users of the mount...
 pub(crate) const PRIVATE_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 /// ...except the escaped ones: a client's `trusted.overlay.X` is stored as
@@ -294,9 +299,41 @@ impl Layers {
         PathBuf::from(format!("tmp-{}-{n}", std::process::id()))
     }
 
+    /// An entry's metadata; a whiteout in xattr form comes as one of the 0/0 form.
     pub(crate) fn stat(&self, layer: usize, rel: &Path) -> Res<Meta> {
-        rustix::fs::statat(self.fd(layer), arg(rel), AtFlags::SYMLINK_NOFOLLOW)
-            .map(|st| Meta::from_stat(&st))
+        let mut meta = rustix::fs::statat(self.fd(layer), arg(rel), AtFlags::SYMLINK_NOFOLLOW)
+            .map(|st| Meta::from_stat(&st))?;
+        if layer != UPPER
+            && meta.size == 0
+            && meta.kind() == Kind::File
+            && self.is_xattr_whiteout(layer, rel)
+        {
+            meta.mode = u32::from(libc::S_IFCHR);
+            meta.rdev = 0;
+        }
+        Ok(meta)
+    }
+
+    /// Whether the zero-size file `rel` of a lower branch is a whiteout in xattr form.
+    fn is_xattr_whiteout(&self, layer: usize, rel: &Path) -> bool {
+        let path = self.abs(layer, rel);
+        let mut buf = [0u8; 4];
+        rustix::fs::lgetxattr(&path, WHITEOUT_XATTR, &mut buf[..0]).is_ok()
+            && path
+                .parent()
+                .is_some_and(|dir| self.may_hold_xattr_whiteouts_at(dir))
+    }
+
+    /// Whether the directory at `path` (absolute) may hold whiteouts in xattr form.
+    fn may_hold_xattr_whiteouts_at(&self, path: &Path) -> bool {
+        let mut buf = [0u8; 4];
+        matches!(rustix::fs::lgetxattr(path, OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'x')
+    }
+
+    /// Whether directory `rel` of `layer` may hold whiteouts in xattr form, whose listing
+    /// then needs a look at each zero-size file.
+    pub(crate) fn may_hold_xattr_whiteouts(&self, layer: usize, rel: &Path) -> bool {
+        layer != UPPER && self.may_hold_xattr_whiteouts_at(&self.abs(layer, rel))
     }
 
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {

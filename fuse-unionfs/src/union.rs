@@ -534,6 +534,7 @@ impl Union {
                 Err(err) => return Err(err),
             };
             let dev = Meta::from_stat(&rustix::fs::fstat(&fd)?).dev;
+            let xattr_whiteouts = self.layers.may_hold_xattr_whiteouts(layer, rel);
             let mut dir = rustix::fs::Dir::new(fd)?;
             // Names an AUFS marker hides, from the branches below this one only.
             let mut hidden = Vec::new();
@@ -555,7 +556,9 @@ impl Union {
                 }
                 let mut kind = Kind::from_file_type(entry.file_type());
                 let mut ino = entry.ino();
-                if matches!(kind, None | Some(Kind::CharDevice)) {
+                if matches!(kind, None | Some(Kind::CharDevice))
+                    || (xattr_whiteouts && kind == Some(Kind::File))
+                {
                     let meta = self.layers.stat(layer, &rel.join(&name))?;
                     if meta.is_whiteout() {
                         seen.insert(name);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use strata_unionfs::Driver;
 
-use crate::common::{Fixture, Mounted, deadline};
+use crate::common::{Fixture, Mounted, deadline, set_xattr};
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
@@ -2262,5 +2262,58 @@ fn many_layers_mount_with_either_driver() {
             fs::write(mnt.join("new"), b"w").unwrap();
         });
         assert_eq!(fs::read(mounted.upper.join("new")).unwrap(), b"w");
+    }
+}
+
+/// Whiteouts in xattr form (overlayfs since 6.7: a zero-size file with
+/// trusted.overlay.whiteout in a directory whose opaque xattr is "x", as the kernel writes
+/// them on a nested overlay and composefs does) hide what is below, with either driver.
+#[test]
+fn xattr_whiteouts_in_a_lower_layer_hide_as_whiteouts_do() {
+    fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("xwh-")
+        .tempdir_in("/var/tmp/strata-unionfs-tests")
+        .unwrap();
+    let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
+    for layer in [&top, &bottom] {
+        fs::create_dir_all(layer.join("d")).unwrap();
+    }
+    fs::write(bottom.join("d/deleted"), b"old\n").unwrap();
+    fs::write(bottom.join("d/kept"), b"keep\n").unwrap();
+    fs::write(bottom.join("d/empty-kept"), b"").unwrap();
+    set_xattr(&top.join("d"), "trusted.overlay.opaque", b"x");
+    fs::write(top.join("d/deleted"), b"").unwrap();
+    set_xattr(&top.join("d/deleted"), "trusted.overlay.whiteout", b"y");
+    // an empty file of its own in that directory is a file, not a whiteout
+    fs::write(top.join("d/empty"), b"").unwrap();
+    let fixture = Fixture {
+        dir,
+        lowers: vec![top, bottom],
+    };
+    for (name, driver) in [("kernel", Driver::Overlay), ("fuse", Driver::Fuse)] {
+        let m = fixture.mount(name, driver);
+        assert_eq!(
+            names(&m.path("d")),
+            ["empty", "empty-kept", "kept"],
+            "{name}"
+        );
+        assert_eq!(
+            fs::symlink_metadata(m.path("d/deleted"))
+                .unwrap_err()
+                .raw_os_error(),
+            Some(libc::ENOENT),
+            "{name}"
+        );
+        // made again over it, then removed: gone again
+        fs::write(m.path("d/deleted"), b"new\n").unwrap();
+        assert_eq!(fs::read(m.path("d/deleted")).unwrap(), b"new\n");
+        fs::remove_file(m.path("d/deleted")).unwrap();
+        assert!(!m.path("d/deleted").exists(), "{name}");
+        assert_eq!(
+            names(&m.path("d")),
+            ["empty", "empty-kept", "kept"],
+            "{name}"
+        );
     }
 }
