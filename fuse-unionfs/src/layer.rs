@@ -308,7 +308,7 @@ impl Layers {
             && meta.kind() == Kind::File
             && self.is_xattr_whiteout(layer, rel)
         {
-            meta.mode = u32::from(libc::S_IFCHR);
+            meta.mode = libc::S_IFCHR;
             meta.rdev = 0;
         }
         Ok(meta)
