@@ -387,8 +387,11 @@ impl Fs {
         mut add: impl FnMut(&DirEntry, u64) -> bool,
     ) -> Result<(), Errno> {
         let listing = self.union.dir_entries(ino, offset).map_err(errno)?;
-        let _full = (listing.start..listing.entries.len())
+        let full = (listing.start..listing.entries.len())
             .any(|i| add(&listing.entries[i], listing.offset(i)));
+        if !full {
+            self.union.dir_entries_done(&listing);
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! reads. Changes (create, remove, rename, copy-up) are in `modify`. Every public method
 //! answers one request and returns an errno on failure; `fuse.rs` only translates.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasherDefault, DefaultHasher};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -102,9 +102,9 @@ impl OpenFile {
 /// listed once, whatever is made or removed meanwhile. There are no directory handles
 /// (OPENDIR is refused, see `fuse.rs`), so the snapshot travels in the offsets instead,
 /// and readers of one directory at the same time each keep their own. A snapshot is made
-/// at offset 0 and kept after its last chunk too: the kernel, which caches the chunks,
-/// asks again from where its reader is when the directory changed meanwhile (a program
-/// that makes `x.bak` beside each `x` it reads). The oldest go first.
+/// at offset 0. One read to its end is kept a while too: the kernel, which caches the
+/// chunks, asks again from where its reader is when the directory changed meanwhile (a
+/// program that makes `x.bak` beside each `x` it reads).
 ///
 /// Offsets stay below 2^31, as 32-bit programs need (their readdir fails with EOVERFLOW
 /// on a bigger d_off): `SNAPSHOT | id << INDEX_BITS | index + 1` for listings of fewer
@@ -115,35 +115,104 @@ struct Listings {
     next: AtomicU64,
 }
 
-/// Listing snapshots by id, each with the directory it lists; their ids oldest first, and
-/// how many entries they hold.
+/// Listing snapshots by id. Those still being read are kept before those read to their
+/// end, and each kind loses its least recently read first: a walker deep in a tree (which
+/// lists each subdirectory whole between two chunks of its parent, as Rust's
+/// `remove_dir_all` does) keeps the parent's.
 #[derive(Default)]
 struct Snapshots {
-    by_id: HashMap<u64, (u64, Arc<Vec<DirEntry>>)>,
-    order: std::collections::VecDeque<u64>,
-    entries: usize,
+    by_id: HashMap<u64, Snapshot>,
+    /// Ids being read, and read to their end, least recently read first.
+    reading: VecDeque<u64>,
+    done: VecDeque<u64>,
+    /// What all of them hold, about (see [`Snapshot::bytes`]).
+    bytes: usize,
 }
 
-impl Snapshots {
-    fn insert(&mut self, id: u64, ino: u64, entries: Arc<Vec<DirEntry>>) {
-        while self.order.len() >= MAX_LISTINGS
-            || (!self.order.is_empty() && self.entries + entries.len() > MAX_LISTED)
-        {
-            self.remove_oldest();
+struct Snapshot {
+    ino: u64,
+    entries: Arc<Vec<DirEntry>>,
+    bytes: usize,
+}
+
+impl Snapshot {
+    fn new(ino: u64, entries: Arc<Vec<DirEntry>>) -> Snapshot {
+        let bytes = entries
+            .iter()
+            .map(|e| size_of::<DirEntry>() + e.name.len())
+            .sum();
+        Snapshot {
+            ino,
+            entries,
+            bytes,
         }
-        self.entries += entries.len();
-        self.order.push_back(id);
-        if let Some((_, old)) = self.by_id.insert(id, (ino, entries)) {
-            // (not reached: an id comes back after IDS listings, well after it went)
-            self.entries -= old.len();
+    }
+}
+
+/// Snapshots being read at most (a reader that stops half-way leaves one), read to their
+/// end, and what they may hold (a reader back to a snapshot gone since gets its later
+/// chunks listed afresh). Fewer than [`IDS`], so that an id is never in use twice.
+const MAX_READING: usize = 1024;
+pub(crate) const MAX_DONE: usize = 64;
+const MAX_BYTES: usize = 64 << 20;
+
+impl Snapshots {
+    /// Keeps `snapshot` as being read, under an id no other has, which it returns.
+    fn insert(&mut self, next: &AtomicU64, snapshot: Snapshot) -> u64 {
+        while self.reading.len() >= MAX_READING
+            || (!self.by_id.is_empty() && self.bytes + snapshot.bytes > MAX_BYTES)
+        {
+            self.evict();
+        }
+        let id = loop {
+            let id = next.fetch_add(1, Ordering::Relaxed) % IDS;
+            if !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        self.bytes += snapshot.bytes;
+        self.by_id.insert(id, snapshot);
+        self.reading.push_back(id);
+        id
+    }
+
+    /// The entries of snapshot `id` if it lists `ino`, now the most recently read.
+    fn get(&mut self, id: u64, ino: u64) -> Option<Arc<Vec<DirEntry>>> {
+        let snapshot = self.by_id.get(&id).filter(|s| s.ino == ino)?;
+        let entries = snapshot.entries.clone();
+        for list in [&mut self.reading, &mut self.done] {
+            if let Some(at) = list.iter().position(|&i| i == id) {
+                list.remove(at);
+                list.push_back(id);
+                break;
+            }
+        }
+        Some(entries)
+    }
+
+    /// Snapshot `id` was read to its end.
+    fn finish(&mut self, id: u64) {
+        if let Some(at) = self.reading.iter().position(|&i| i == id) {
+            self.reading.remove(at);
+            if self.done.len() >= MAX_DONE
+                && let Some(old) = self.done.pop_front()
+            {
+                self.drop_snapshot(old);
+            }
+            self.done.push_back(id);
         }
     }
 
-    fn remove_oldest(&mut self) {
-        if let Some(id) = self.order.pop_front()
-            && let Some((_, old)) = self.by_id.remove(&id)
-        {
-            self.entries -= old.len();
+    /// Drops the least recently read snapshot, one read to its end first.
+    fn evict(&mut self) {
+        if let Some(id) = self.done.pop_front().or_else(|| self.reading.pop_front()) {
+            self.drop_snapshot(id);
+        }
+    }
+
+    fn drop_snapshot(&mut self, id: u64) {
+        if let Some(snapshot) = self.by_id.remove(&id) {
+            self.bytes -= snapshot.bytes;
         }
     }
 }
@@ -172,11 +241,6 @@ impl Listing {
         }
     }
 }
-
-/// Snapshots kept, and entries in them at most (some 50 MiB); a reader that comes back to
-/// a snapshot gone since gets its later chunks listed afresh.
-pub(crate) const MAX_LISTINGS: usize = 256;
-const MAX_LISTED: usize = 1 << 20;
 
 /// Topmost real file of a name plus the branches merged for a directory.
 pub(crate) struct Found {
@@ -585,11 +649,10 @@ impl Union {
         };
         let start = start as usize;
         if let Some(id) = id
-            && let Some((of, entries)) = self.listings().by_id.get(&id)
-            && *of == ino
+            && let Some(entries) = self.listings().get(id, ino)
         {
             return Ok(Listing {
-                entries: entries.clone(),
+                entries,
                 id: Some(id),
                 start,
             });
@@ -602,13 +665,21 @@ impl Union {
                 start,
             });
         }
-        let id = self.listings.next.fetch_add(1, Ordering::Relaxed) % IDS;
-        self.listings().insert(id, ino, entries.clone());
+        let id = self
+            .listings()
+            .insert(&self.listings.next, Snapshot::new(ino, entries.clone()));
         Ok(Listing {
             entries,
             id: Some(id),
             start,
         })
+    }
+
+    /// The reader of `listing` got its last chunk.
+    pub fn dir_entries_done(&self, listing: &Listing) {
+        if let Some(id) = listing.id {
+            self.listings().finish(id);
+        }
     }
 
     fn listings(&self) -> std::sync::MutexGuard<'_, Snapshots> {

@@ -137,9 +137,21 @@ fn a_listing_returns_each_entry_that_stays_once_while_the_directory_changes() {
         }
         assert_eq!(seen.len(), 100);
         assert!(seen.values().all(|&n| n == 1), "{seen:?}");
-        // small reads; entries not returned yet go meanwhile
+        // small reads; entries not returned yet go meanwhile, and many other directories
+        // are listed whole between two chunks (a walker deep in a tree)
+        for i in 0..300 {
+            fs::create_dir_all(m.path(&format!("others/d{i}"))).unwrap();
+        }
         let dir = fs::File::open(m.path("removed")).unwrap();
         let mut got = getdents(&dir, 1024);
+        for i in 0..300 {
+            assert_eq!(
+                fs::read_dir(m.path(&format!("others/d{i}")))
+                    .unwrap()
+                    .count(),
+                0
+            );
+        }
         let listed: std::collections::HashSet<String> = got.iter().cloned().collect();
         let gone: Vec<String> = (0..1000)
             .map(|i| format!("f{i}"))
@@ -166,6 +178,12 @@ fn a_listing_returns_each_entry_that_stays_once_while_the_directory_changes() {
                 assert_eq!(counts.get(name.as_str()), Some(&1), "{name}");
             }
         }
+        // Rust's remove_dir_all reads a directory lazily and empties each subdirectory
+        // between two of its chunks (review 17: ENOTEMPTY once 256 listings came between)
+        for i in 0..600 {
+            fs::create_dir_all(m.path(&format!("wide/d{i}/x"))).unwrap();
+        }
+        fs::remove_dir_all(m.path("wide")).unwrap();
     });
 }
 
