@@ -9,7 +9,7 @@
 //! its whiteouts that way where it cannot make device nodes.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -183,6 +183,7 @@ pub(crate) struct Layers {
     fds: Vec<OwnedFd>,
     roots: Vec<PathBuf>,
     work: OwnedFd,
+    /// The work dir as a path, through its descriptor (see `open`).
     work_path: PathBuf,
     tmp_counter: AtomicU64,
     /// Branches may hold AUFS markers (see the module doc): read them, and refuse to make
@@ -253,9 +254,22 @@ impl Layers {
             Mode::empty(),
         )
         .map_err(|e| Error::io("open directory", &work_path, e))?;
+        // A directory another user put there between the two steps is not ours.
+        let made =
+            rustix::fs::fstat(&work).map_err(|e| Error::io("open directory", &work_path, e))?;
+        if made.st_uid != rustix::process::geteuid().as_raw() {
+            return Err(Error::io(
+                "create work dir",
+                &work_path,
+                std::io::Error::other("made by another user meanwhile"),
+            ));
+        }
         // (whatever the umask)
         rustix::fs::fchmod(&work, Mode::from_raw_mode(0o700))
             .map_err(|e| Error::io("create work dir", &work_path, e))?;
+        // What is done there by path (xattrs, ACLs, removal) goes through the directory
+        // opened here, whatever is renamed or linked at its name later.
+        let work_path = PathBuf::from(format!("/proc/self/fd/{}", work.as_raw_fd()));
         let aufs_upper = aufs && !is_empty_dir(&fds[UPPER], upper)?;
         Ok(Layers {
             fds,

@@ -2335,3 +2335,24 @@ fn xattr_whiteouts_in_a_lower_layer_hide_as_whiteouts_do() {
         );
     }
 }
+
+/// The scratch dir in the work dir is reached through the descriptor opened at mount
+/// time: whoever renames it and puts a link to a directory of theirs at its name later
+/// gets none of what copy-up does there (review 17: the copy's xattrs went to their files,
+/// and the upper copy came without them).
+#[test]
+fn copy_up_goes_through_the_scratch_dir_it_made_whatever_takes_its_name() {
+    let fixture = Fixture::new();
+    let m = fixture.mount("fuse", Driver::Fuse);
+    let evil = m.work.with_file_name("evil");
+    fs::create_dir_all(&evil).unwrap();
+    fs::rename(m.work.join("strata"), m.work.join("moved")).unwrap();
+    symlink(&evil, m.work.join("strata")).unwrap();
+    // a directory with an xattr, copied up by a chmod
+    fs::set_permissions(m.path("etc"), fs::Permissions::from_mode(0o750)).unwrap();
+    assert_eq!(
+        xattr(&m.upper.join("etc"), "user.dir").as_deref(),
+        Some(&b"top etc"[..])
+    );
+    assert!(fs::read_dir(&evil).unwrap().next().is_none());
+}
