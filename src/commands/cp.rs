@@ -234,10 +234,19 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
                 unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
         }
     }
+    let parent = nix::unistd::getppid();
     if !args.bind.is_empty() {
         bind_volumes(Path::new(&args.container_root), &args.bind)?;
     }
     enter(&args.container_root)?;
+    if args.mode == "pack" {
+        // Entering a user namespace changed this process's ids, which clears the death
+        // signal strata set for a packer (see `cp_tar_command`): set again.
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        if nix::unistd::getppid() != parent {
+            bail!("strata ended");
+        }
+    }
     let inside = args.path.as_str();
     let named = format!("{}:{inside}", args.container);
     let path = Path::new(inside);
