@@ -65,7 +65,11 @@ type Shard<K, V> = RwLock<HashMap<K, V, BuildHasherDefault<DefaultHasher>>>;
 
 pub(crate) struct Table {
     nodes: Vec<Shard<u64, Arc<Node>>>,
-    inos: Vec<Shard<(u64, u64), u64>>,
+    /// Real file -> its number and the branch it was first seen in.
+    inos: Vec<Shard<(u64, u64), (u64, usize)>>,
+    /// Real files reached through another branch too (hard links between branches): the
+    /// numbers of those other names, by branch.
+    others: RwLock<HashMap<((u64, u64), usize), u64>>,
     next: AtomicU64,
 }
 
@@ -82,6 +86,7 @@ impl Table {
         Table {
             nodes: (0..SHARDS).map(|_| RwLock::default()).collect(),
             inos: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            others: RwLock::default(),
             next: AtomicU64::new(ROOT + 1),
         }
     }
@@ -90,36 +95,50 @@ impl Table {
         &self.nodes[(ino as usize) % SHARDS]
     }
 
-    fn key_shard(&self, key: (u64, u64)) -> &Shard<(u64, u64), u64> {
+    fn key_shard(&self, key: (u64, u64)) -> &Shard<(u64, u64), (u64, usize)> {
         let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
         &self.inos[(hash as usize) % SHARDS]
     }
 
-    /// The inode number of a real file, allocated on first sight.
-    pub(crate) fn ino_for(&self, key: (u64, u64)) -> u64 {
+    /// The inode number of a real file reached through branch `layer`, allocated on first
+    /// sight. A file reached through two branches (a hard link between them, or between a
+    /// lower branch and upper) is two entries, each with its branch and number, as kernel
+    /// overlayfs without an index has it: a name's number leads to its own branch's name.
+    pub(crate) fn ino_for(&self, key: (u64, u64), layer: usize) -> u64 {
         let shard = self.key_shard(key);
-        if let Some(&ino) = read(shard).get(&key) {
+        let seen = read(shard).get(&key).copied();
+        let (ino, home) = match seen {
+            Some(seen) => seen,
+            None => *write(shard)
+                .entry(key)
+                .or_insert_with(|| (self.next.fetch_add(1, Ordering::Relaxed), layer)),
+        };
+        if home == layer {
             return ino;
         }
-        *write(shard)
-            .entry(key)
+        if let Some(&ino) = read(&self.others).get(&(key, layer)) {
+            return ino;
+        }
+        *write(&self.others)
+            .entry((key, layer))
             .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Gives `key` a number never used before (see `Union::supersede`).
-    pub(crate) fn renumber(&self, key: (u64, u64)) -> u64 {
+    /// Gives `key`, seen in branch `layer`, a number never used before (see
+    /// `Union::supersede`).
+    pub(crate) fn renumber(&self, key: (u64, u64), layer: usize) -> u64 {
         let ino = self.next.fetch_add(1, Ordering::Relaxed);
-        write(self.key_shard(key)).insert(key, ino);
+        write(self.key_shard(key)).insert(key, (ino, layer));
         ino
     }
 
     pub(crate) fn existing_ino(&self, key: (u64, u64)) -> Option<u64> {
-        read(self.key_shard(key)).get(&key).copied()
+        read(self.key_shard(key)).get(&key).map(|&(ino, _)| ino)
     }
 
-    /// Makes `key` (a copied-up file) answer with `ino`.
-    pub(crate) fn alias(&self, key: (u64, u64), ino: u64) {
-        write(self.key_shard(key)).insert(key, ino);
+    /// Makes `key`, seen in branch `layer` (a copied-up file: upper), answer with `ino`.
+    pub(crate) fn alias(&self, key: (u64, u64), ino: u64, layer: usize) {
+        write(self.key_shard(key)).insert(key, (ino, layer));
     }
 
     /// Forgets a real file that no longer exists, so a recycled inode gets a fresh number.
@@ -246,13 +265,18 @@ mod tests {
     #[test]
     fn inode_numbers_are_stable_and_shared_by_aliases() {
         let table = Table::new();
-        let a = table.ino_for((1, 10));
-        assert_eq!(table.ino_for((1, 10)), a);
-        table.alias((1, 99), a);
-        assert_eq!(table.ino_for((1, 99)), a);
-        assert_ne!(table.ino_for((1, 11)), a);
+        let a = table.ino_for((1, 10), 1);
+        assert_eq!(table.ino_for((1, 10), 1), a);
+        table.alias((1, 99), a, 0);
+        assert_eq!(table.ino_for((1, 99), 0), a);
+        assert_ne!(table.ino_for((1, 11), 1), a);
+        // the same real file through another branch: a number of its own, kept
+        let b = table.ino_for((1, 10), 2);
+        assert_ne!(b, a);
+        assert_eq!(table.ino_for((1, 10), 2), b);
+        assert_eq!(table.ino_for((1, 10), 1), a);
         table.unalias((1, 10));
-        assert_ne!(table.ino_for((1, 10)), a);
+        assert_ne!(table.ino_for((1, 10), 1), a);
     }
 
     #[test]

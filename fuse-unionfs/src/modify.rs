@@ -207,7 +207,7 @@ impl Union {
         }
         let lower = copy_up(&self.layers, layer, &path)?;
         let upper = self.layers.stat(UPPER, &path)?;
-        self.table.alias(upper.key(), node.ino);
+        self.table.alias(upper.key(), node.ino, UPPER);
         if !node.is_dir && lower.nlink > 1 {
             self.link_up_aliases(node, &path, lower.key());
         }
@@ -432,11 +432,11 @@ impl Union {
         // which an open handle may still hold.
         let ino = match new {
             New::LinkFd(_, ino) => {
-                self.table.alias(meta.key(), ino);
+                self.table.alias(meta.key(), ino, UPPER);
                 ino
             }
-            New::Link(_) => self.table.ino_for(meta.key()),
-            _ => self.table.renumber(meta.key()),
+            New::Link(_) => self.table.ino_for(meta.key(), UPPER),
+            _ => self.table.renumber(meta.key(), UPPER),
         };
         let state = NodeState {
             links: vec![(pnode.ino, name.to_os_string())],
@@ -596,7 +596,7 @@ impl Union {
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(want))?;
         let meta = crate::layer::Meta::from_stat(&rustix::fs::fstat(&fd)?);
         // A new real inode: a new number (see `make`).
-        let ino = self.table.renumber(meta.key());
+        let ino = self.table.renumber(meta.key(), UPPER);
         let state = NodeState {
             links: Vec::new(),
             layer: UPPER,

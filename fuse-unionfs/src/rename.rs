@@ -49,7 +49,7 @@ impl Union {
             let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
             self.moved(moved, lower.key(), self.layers.stat(UPPER, rel)?.key());
         }
-        for (name, _, _) in self.list(dir_layers, rel)? {
+        for (name, ..) in self.list(dir_layers, rel)? {
             let child = rel.join(&name);
             let found = match self.resolve(dir_layers, &child) {
                 Ok(found) => found,
@@ -85,7 +85,7 @@ impl Union {
     /// Records a copied file; the copy answers with the inode number the kernel knows.
     fn moved(&self, moved: &mut Moved, lower: Key, upper: Key) {
         if let Some(ino) = self.table.existing_ino(lower) {
-            self.table.alias(upper, ino);
+            self.table.alias(upper, ino, UPPER);
         }
         moved.push((lower, upper));
     }

@@ -298,8 +298,9 @@ impl<T> Handles<T> {
     }
 }
 
-/// A merged listing entry: name, kind and the real file (device, inode) it shows.
-pub(crate) type Listed = (OsString, Kind, (u64, u64));
+/// A merged listing entry: name, kind, the real file (device, inode) it shows and the
+/// branch it is in.
+pub(crate) type Listed = (OsString, Kind, (u64, u64), usize);
 
 /// One mounted union: branches, inode table, open handles.
 pub struct Union {
@@ -325,7 +326,7 @@ impl Union {
         let mut dir_layers = Vec::new();
         for layer in 0..layers.count() {
             if let Ok(meta) = layers.stat(layer, Path::new("")) {
-                table.alias(meta.key(), ROOT);
+                table.alias(meta.key(), ROOT, layer);
                 dir_layers.push(layer);
                 if layers.is_opaque(layer, Path::new("")) {
                     break;
@@ -464,7 +465,7 @@ impl Union {
     /// Registers a found entry as a live node with one more kernel lookup.
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
         let is_dir = found.meta.is_dir();
-        let mut ino = self.table.ino_for(found.meta.key());
+        let mut ino = self.table.ino_for(found.meta.key(), found.layer);
         // A real inode recycled while its old node lives on (a directory removed and its
         // number given to a file made right after, before the removal forgot the number):
         // the kernel would find its inode changed type and call it bad (EIO). A new number.
@@ -473,7 +474,7 @@ impl Union {
             .get(ino)
             .is_some_and(|node| node.is_dir != is_dir)
         {
-            ino = self.table.renumber(found.meta.key());
+            ino = self.table.renumber(found.meta.key(), found.layer);
         }
         let state = NodeState {
             links: vec![(parent, name.to_os_string())],
@@ -632,7 +633,7 @@ impl Union {
                     ino = meta.ino;
                 }
                 seen.insert(name.clone());
-                out.push((name, kind.unwrap_or(Kind::File), (dev, ino)));
+                out.push((name, kind.unwrap_or(Kind::File), (dev, ino), layer));
             }
             seen.extend(hidden);
         }
@@ -705,10 +706,10 @@ impl Union {
                 kind: Kind::Dir,
             },
         ];
-        for (name, kind, key) in self.list(&layers, &path)? {
+        for (name, kind, key, layer) in self.list(&layers, &path)? {
             entries.push(DirEntry {
                 name,
-                ino: self.table.ino_for(key),
+                ino: self.table.ino_for(key, layer),
                 kind,
             });
         }
@@ -844,7 +845,7 @@ impl Union {
         }
         let key = self.layers.stat(UPPER, &path)?.key();
         if self.table.existing_ino(key) == Some(ino) {
-            let new = self.table.renumber(key);
+            let new = self.table.renumber(key, UPPER);
             tracing::debug!(
                 "{}: copied up under readers, inode {ino} is now {new}",
                 path.display()
