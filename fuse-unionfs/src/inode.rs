@@ -63,13 +63,16 @@ impl Node {
 
 type Shard<K, V> = RwLock<HashMap<K, V, BuildHasherDefault<DefaultHasher>>>;
 
+/// A real file: (device, inode).
+type Key = (u64, u64);
+
 pub(crate) struct Table {
     nodes: Vec<Shard<u64, Arc<Node>>>,
     /// Real file -> its number and the branch it was first seen in.
     inos: Vec<Shard<(u64, u64), (u64, usize)>>,
     /// Real files reached through another branch too (hard links between branches): the
     /// numbers of those other names, by branch.
-    others: RwLock<HashMap<((u64, u64), usize), u64>>,
+    others: RwLock<HashMap<(Key, usize), u64>>,
     next: AtomicU64,
 }
 
