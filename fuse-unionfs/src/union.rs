@@ -125,8 +125,9 @@ struct Snapshots {
     /// Ids being read, and read to their end, least recently read first.
     reading: VecDeque<u64>,
     done: VecDeque<u64>,
-    /// What all of them hold, about (see [`Snapshot::bytes`]).
+    /// What all of them hold, about (see [`Snapshot::bytes`]), and those read whole.
     bytes: usize,
+    done_bytes: usize,
 }
 
 struct Snapshot {
@@ -150,11 +151,13 @@ impl Snapshot {
 }
 
 /// Snapshots being read at most (a reader that stops half-way leaves one), read to their
-/// end, and what they may hold (a reader back to a snapshot gone since gets its later
-/// chunks listed afresh). Fewer than [`IDS`], so that an id is never in use twice.
+/// end, and what they may hold, all and those read whole (a reader back to a snapshot gone
+/// since gets its later chunks listed afresh). Fewer than [`IDS`], so that an id is never
+/// in use twice.
 const MAX_READING: usize = 1024;
-pub(crate) const MAX_DONE: usize = 64;
-const MAX_BYTES: usize = 64 << 20;
+const MAX_DONE: usize = 64;
+const MAX_BYTES: usize = 32 << 20;
+const MAX_DONE_BYTES: usize = 4 << 20;
 
 impl Snapshots {
     /// Keeps `snapshot` as being read, under an id no other has, which it returns.
@@ -192,27 +195,35 @@ impl Snapshots {
 
     /// Snapshot `id` was read to its end.
     fn finish(&mut self, id: u64) {
-        if let Some(at) = self.reading.iter().position(|&i| i == id) {
-            self.reading.remove(at);
-            if self.done.len() >= MAX_DONE
-                && let Some(old) = self.done.pop_front()
-            {
-                self.drop_snapshot(old);
-            }
-            self.done.push_back(id);
+        let Some(at) = self.reading.iter().position(|&i| i == id) else {
+            return;
+        };
+        self.reading.remove(at);
+        self.done.push_back(id);
+        self.done_bytes += self.by_id.get(&id).map_or(0, |s| s.bytes);
+        while self.done.len() > MAX_DONE || self.done_bytes > MAX_DONE_BYTES {
+            let Some(old) = self.done.pop_front() else {
+                break;
+            };
+            self.drop_snapshot(old, true);
         }
     }
 
     /// Drops the least recently read snapshot, one read to its end first.
     fn evict(&mut self) {
-        if let Some(id) = self.done.pop_front().or_else(|| self.reading.pop_front()) {
-            self.drop_snapshot(id);
+        if let Some(id) = self.done.pop_front() {
+            self.drop_snapshot(id, true);
+        } else if let Some(id) = self.reading.pop_front() {
+            self.drop_snapshot(id, false);
         }
     }
 
-    fn drop_snapshot(&mut self, id: u64) {
+    fn drop_snapshot(&mut self, id: u64, done: bool) {
         if let Some(snapshot) = self.by_id.remove(&id) {
             self.bytes -= snapshot.bytes;
+            if done {
+                self.done_bytes -= snapshot.bytes;
+            }
         }
     }
 }
