@@ -467,6 +467,23 @@ fn connection_id(target: &Path) -> Option<u32> {
         .map(|st| rustix::fs::minor(st.st_dev))
 }
 
+/// The server holds a descriptor for each file open for writing through the mount, for
+/// every process that uses it: up to the hard limit, not the soft one (1024 where shells
+/// and services start), past which they would all get EMFILE.
+fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("cannot raise the open file limit: {err}");
+        }
+    }
+}
+
 fn fuse_config() -> Config {
     let mut config = Config::default();
     // Containers run as any user: everyone may use the mount, the kernel checks modes.
@@ -500,6 +517,7 @@ fn fuse_config() -> Config {
 
 /// Mounts and completes the FUSE handshake: when this returns the mount is live.
 fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
+    raise_open_file_limit();
     let union = Arc::new(Union::new(
         &spec.upper,
         &spec.lowers,

@@ -105,8 +105,24 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
         b"changed\n"
     );
 
-    // In the foreground (-f): SIGTERM unmounts and ends the server cleanly.
-    let mut child = server()
+    // In the foreground (-f): SIGTERM unmounts and ends the server cleanly. Started with
+    // a soft limit of 64 open files, it raises it to the hard one: it holds a descriptor
+    // for each file open for writing by anyone through the mount.
+    let mut limited = server();
+    // SAFETY: setrlimit is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut limited, || {
+            let limit = libc::rlimit {
+                rlim_cur: 64,
+                rlim_max: 4096,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = limited
         .args(["-f", "-o", &options])
         .arg(&mnt)
         .stderr(Stdio::piped())
@@ -115,6 +131,14 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     common::wait_until("the foreground server mounts", || {
         mount_type(&mnt).is_some()
     });
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3..5], ["4096", "4096"], "{limits}");
     assert_eq!(std::fs::read(mnt.join("etc/conf0")).unwrap(), b"changed\n");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
