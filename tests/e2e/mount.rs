@@ -249,6 +249,28 @@ fn mount_image_makes_a_container_that_moves_between_drivers() {
         assert!(inner.join("bin/busybox").is_file());
     });
     store.ok(&["umount", mnt.to_str().unwrap()]);
+    // Anything else at a directory is left alone (QA 17b: a tmpfs, a disk, /proc).
+    let tmpfs = store.root().join("not-a-union");
+    fs::create_dir(&tmpfs).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&tmpfs)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    let out = store.strata(&["umount", tmpfs.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let still = mount_type(&tmpfs);
+    let _ = std::process::Command::new("umount").arg(&tmpfs).status();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("a tmpfs mount, not a union"), "{stderr}");
+    assert_eq!(still.as_deref(), Some("tmpfs"));
+    let out = store.strata(&["umount", tmpfs.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing is mounted there"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let state: serde_json::Value = serde_json::from_slice(
         &fs::read(store.root().join("containers").join(&id).join("state.json")).unwrap(),
     )
