@@ -165,7 +165,7 @@ fn pushes_monolithic_and_chunked_blobs_that_skopeo_reads_back() {
 
     let mut back = Vec::new();
     let size = client
-        .fetch_blob("team/app", &layer_digest, &mut back, true, None)
+        .fetch_blob("team/app", &layer_digest, None, &mut back, true, None)
         .unwrap();
     assert_eq!(
         (size, back.as_slice()),
@@ -243,7 +243,7 @@ fn dropped_connection_mid_upload_is_retried_from_the_start() {
     );
     let mut back = Vec::new();
     client
-        .fetch_blob("retry", &digest, &mut back, true, None)
+        .fetch_blob("retry", &digest, None, &mut back, true, None)
         .unwrap();
     assert_eq!(back, bytes);
 }
@@ -259,7 +259,7 @@ fn wrong_bytes_from_the_registry_give_a_digest_error() {
     let client = client(&server.host, options());
     let mut out = Vec::new();
     let err = client
-        .fetch_blob("x", &digest, &mut out, true, None)
+        .fetch_blob("x", &digest, None, &mut out, true, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -271,6 +271,18 @@ fn wrong_bytes_from_the_registry_give_a_digest_error() {
         .unwrap_err()
         .to_string();
     assert!(err.contains(&digest.to_string()), "{err}");
+    // More than the descriptor's size: refused as soon as it is, nothing past it written
+    // (QA 17b: a registry answering a 103-byte layer with 1.5 GiB filled the store's tmp/).
+    let mut out = Vec::new();
+    let err = client
+        .fetch_blob("x", &digest, Some(4), &mut out, true, None)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("more than the 4 bytes") && err.contains(&digest.to_string()),
+        "{err}"
+    );
+    assert!(out.len() <= 4, "{} bytes written", out.len());
 }
 
 #[test]
@@ -438,7 +450,7 @@ fn a_download_cut_mid_blob_resumes_and_verifies() {
     let cutting = Proxy::start_cutting_download(&registry.host, 300_000);
     let mut back = Vec::new();
     client(&cutting.host, options())
-        .fetch_blob("resume", &digest, &mut back, true, None)
+        .fetch_blob("resume", &digest, None, &mut back, true, None)
         .unwrap();
     assert_eq!(back, bytes);
     let gets = cutting

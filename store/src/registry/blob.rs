@@ -44,11 +44,14 @@ impl Client {
 
     /// Streams a blob into `out`, verifying it against `digest` when `verify` is set (pass
     /// false only when `out` verifies itself, as the store's blob writer does). A dropped
-    /// connection resumes where it stopped with a `Range` request. Returns the size.
+    /// connection resumes where it stopped with a `Range` request. A body longer than
+    /// `size` (the descriptor's) is refused as soon as it is: a registry that sends more
+    /// would fill the disk before the digest could say so. Returns the size.
     pub fn fetch_blob(
         &self,
         repository: &str,
         digest: &Digest,
+        size: Option<u64>,
         out: &mut dyn Write,
         verify: bool,
         progress: Option<&(dyn Fn(u64) + Sync)>,
@@ -90,6 +93,16 @@ impl Client {
                             skip -= s as u64;
                             chunk = &chunk[s..];
                         }
+                        if let Some(size) = size
+                            && written + chunk.len() as u64 > size
+                        {
+                            return Err(Error::Registry {
+                                url,
+                                message: format!(
+                                    "GET blob: more than the {size} bytes of {digest} its descriptor gives"
+                                ),
+                            });
+                        }
                         out.write_all(chunk).map_err(|e| {
                             Error::io("failed to write blob", digest.to_string(), e)
                         })?;
@@ -130,9 +143,14 @@ impl Client {
     }
 
     /// Reads a small blob (a config) into memory, verified.
-    pub fn fetch_blob_bytes(&self, repository: &str, digest: &Digest) -> Result<Vec<u8>> {
+    pub fn fetch_blob_bytes(
+        &self,
+        repository: &str,
+        digest: &Digest,
+        size: u64,
+    ) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
-        self.fetch_blob(repository, digest, &mut bytes, true, None)?;
+        self.fetch_blob(repository, digest, Some(size), &mut bytes, true, None)?;
         Ok(bytes)
     }
 

@@ -200,7 +200,7 @@ impl CacheImport {
                     tag: Some(CACHE_TAG.into()),
                 };
                 let image = LocalImage::open(store, &location, &Platform::default())?;
-                let config = config_of(&image.doc.config, |d| {
+                let config = config_of(&image.doc.config, |d, _| {
                     let path = image.blob_path(d);
                     let bytes =
                         std::fs::read(&path).map_err(|e| Error::io("failed to read", &path, e))?;
@@ -220,7 +220,9 @@ impl CacheImport {
                 if exists.is_some() {
                     let raw = client_.fetch_manifest(&repository, &reference.reference())?;
                     let doc = super::ManifestDoc::parse(&raw.bytes, &reference.to_string())?;
-                    entries = config_of(&doc.config, |d| client_.fetch_blob_bytes(&repository, d))?;
+                    entries = config_of(&doc.config, |d, size| {
+                        client_.fetch_blob_bytes(&repository, d, size)
+                    })?;
                 }
                 Ok(CacheImport {
                     entries,
@@ -278,7 +280,7 @@ impl CacheImport {
 
 fn config_of(
     config: &Option<Descriptor>,
-    read: impl FnOnce(&Digest) -> Result<Vec<u8>>,
+    read: impl FnOnce(&Digest, u64) -> Result<Vec<u8>>,
 ) -> Result<BTreeMap<Digest, CacheEntry>> {
     let Some(config) = config else {
         return Ok(BTreeMap::new());
@@ -292,7 +294,7 @@ fn config_of(
             ),
         });
     }
-    let bytes = read(&config.digest)?;
+    let bytes = read(&config.digest, config.size)?;
     let parsed: CacheConfig = json::parse(&bytes, || format!("cache config {}", config.digest))?;
     Ok(parsed
         .entries

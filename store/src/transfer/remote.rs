@@ -247,7 +247,14 @@ pub(crate) fn fetch_blobs(
         let mut writer = store.blob_writer()?;
         let advance = |n: u64| opts.progress.advance(digest, n);
         // The blob writer hashes what it stores; commit refuses a mismatch and keeps nothing.
-        let size = client.fetch_blob(repo, digest, &mut writer, false, Some(&advance))?;
+        let size = client.fetch_blob(
+            repo,
+            digest,
+            Some(blob.size),
+            &mut writer,
+            false,
+            Some(&advance),
+        )?;
         writer.commit(Some(digest))?;
         if size != blob.size {
             tracing::warn!(%digest, expected = blob.size, actual = size, "blob size differs from its descriptor");
