@@ -387,6 +387,31 @@ fn bearer_token_flow_fetches_tokens_with_the_scopes_needed() {
     );
     // Tokens are reused: far fewer token requests than registry requests.
     assert!(requests.len() <= 4, "{requests:?}");
+
+    // A token the registry no longer takes (expired, revoked) is replaced (QA 17b: a pull
+    // longer than the token's life failed with 401).
+    gate.revoke();
+    assert_eq!(
+        client.fetch_manifest("locked/app", "1").unwrap().digest,
+        manifest_digest
+    );
+    // One given `expires_in` is replaced before it runs out, without a 401 first.
+    *gate.lifetime.lock().unwrap() = Some(1);
+    gate.revoke();
+    client.fetch_manifest("locked/app", "1").unwrap();
+    let before = proxy.requests().len();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    client.fetch_manifest("locked/app", "1").unwrap();
+    let asked = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.path.starts_with("/v2/locked/app/manifests/"))
+        .count();
+    assert_eq!(
+        asked,
+        1,
+        "no refused try: {:?}",
+        &proxy.requests()[before..]
+    );
 }
 
 #[test]

@@ -94,7 +94,15 @@ struct AuthState {
     basic: bool,
     bearer: Option<Challenge>,
     token: Option<String>,
+    /// When the token is to be replaced: a little before it expires (`expires_in`).
+    renew_at: Option<std::time::Instant>,
     scopes: BTreeSet<String>,
+}
+
+/// A bearer token and when to fetch another.
+struct Token {
+    value: String,
+    renew_at: std::time::Instant,
 }
 
 /// A client for one registry host.
@@ -370,12 +378,17 @@ impl Client {
             let missing = scopes
                 .iter()
                 .any(|s| !s.is_empty() && !state.scopes.contains(s));
-            if state.token.is_none() || missing {
+            let expired = state
+                .renew_at
+                .is_some_and(|at| std::time::Instant::now() >= at);
+            if state.token.is_none() || missing || expired {
                 state
                     .scopes
                     .extend(scopes.iter().filter(|s| !s.is_empty()).cloned());
                 let all: Vec<String> = state.scopes.iter().cloned().collect();
-                state.token = Some(self.fetch_token(&challenge, &all)?);
+                let token = self.fetch_token(&challenge, &all)?;
+                state.token = Some(token.value);
+                state.renew_at = Some(token.renew_at);
             }
             return Ok(state.token.as_ref().map(|t| format!("Bearer {t}")));
         }
@@ -426,15 +439,19 @@ impl Client {
                 if state.bearer.as_ref() == Some(&challenge)
                     && current.is_some()
                     && wanted == state.scopes
+                    && current.as_deref() != sent
                 {
-                    // Another thread got a token meanwhile: use it. The same token refused
-                    // twice for the same scopes would loop: give up then.
-                    return Ok(current.as_deref() != sent);
+                    // Another thread got a token meanwhile: use it.
+                    return Ok(true);
                 }
+                // A new challenge or scope, or the token refused: expired or revoked before
+                // its time (`send` asks twice at most, so a registry that refuses every
+                // token does not loop).
                 let all: Vec<String> = wanted.iter().cloned().collect();
                 let token = self.fetch_token(&challenge, &all)?;
                 state.bearer = Some(challenge);
-                state.token = Some(token);
+                state.token = Some(token.value);
+                state.renew_at = Some(token.renew_at);
                 state.scopes = wanted;
                 Ok(true)
             }
@@ -442,7 +459,7 @@ impl Client {
         }
     }
 
-    fn fetch_token(&self, challenge: &Challenge, scopes: &[String]) -> Result<String> {
+    fn fetch_token(&self, challenge: &Challenge, scopes: &[String]) -> Result<Token> {
         let realm = challenge
             .params
             .get("realm")
@@ -474,6 +491,7 @@ impl Client {
         }
         let mut last = None;
         for attempt in 0..=self.options.retries {
+            let asked = std::time::Instant::now();
             match self.send_once(&request, None) {
                 Ok(mut response) if response.status().is_success() => {
                     let body = response
@@ -491,10 +509,20 @@ impl Client {
                         .get("token")
                         .or_else(|| body.get("access_token"))
                         .and_then(|t| t.as_str());
-                    return token.map(str::to_string).ok_or_else(|| Error::Registry {
+                    let value = token.map(str::to_string).ok_or_else(|| Error::Registry {
                         url: realm.clone(),
                         message: "token response has no token".into(),
-                    });
+                    })?;
+                    // Valid for `expires_in` seconds, 60 when not given (token.md); renewed
+                    // a tenth of that (10 s at most) before, from when it was asked for.
+                    let lifetime = body
+                        .get("expires_in")
+                        .and_then(serde_json::Value::as_u64)
+                        .filter(|&s| s > 0)
+                        .unwrap_or(60);
+                    let lifetime = Duration::from_secs(lifetime);
+                    let renew_at = asked + lifetime - (lifetime / 10).min(Duration::from_secs(10));
+                    return Ok(Token { value, renew_at });
                 }
                 Ok(response) if !response.status().is_server_error() => {
                     return Err(error_from(realm, "token request", response));

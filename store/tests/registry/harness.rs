@@ -267,6 +267,7 @@ impl Proxy {
             host: Default::default(),
             issued: Mutex::new(Vec::new()),
             token_requests: Mutex::new(Vec::new()),
+            lifetime: Mutex::new(None),
         });
         (
             Proxy::start_inner(
@@ -459,6 +460,15 @@ pub struct TokenGate {
     issued: Mutex<Vec<(String, Vec<String>)>>,
     /// Query strings of the token requests, decoded.
     pub token_requests: Mutex<Vec<String>>,
+    /// `expires_in` of the tokens handed out, if set.
+    pub lifetime: Mutex<Option<u64>>,
+}
+
+impl TokenGate {
+    /// Refuses every token handed out so far, as a registry does once they expire.
+    pub fn revoke(&self) {
+        self.issued.lock().unwrap().clear();
+    }
 }
 
 fn percent_decode(text: &str) -> String {
@@ -507,7 +517,17 @@ impl TokenGate {
             let mut issued = self.issued.lock().unwrap();
             let token = format!("token{}", issued.len());
             issued.push((token.clone(), scopes));
-            return Some(reply("200 OK", "", &format!(r#"{{"token":"{token}"}}"#)));
+            let expires = self
+                .lifetime
+                .lock()
+                .unwrap()
+                .map(|s| format!(r#","expires_in":{s}"#))
+                .unwrap_or_default();
+            return Some(reply(
+                "200 OK",
+                "",
+                &format!(r#"{{"token":"{token}"{expires}}}"#),
+            ));
         }
         let rest = path.strip_prefix("/v2/").unwrap_or("");
         let repo = ["/blobs/", "/manifests/"]
