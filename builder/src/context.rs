@@ -307,8 +307,8 @@ impl Context {
             let dir = self.root.join(&rel);
             for item in fs::read_dir(&dir).map_err(|e| Error::io("failed to list", &dir, e))? {
                 let item = item.map_err(|e| Error::io("failed to list", &dir, e))?;
-                let name = item.file_name();
-                let name = name.to_string_lossy();
+                let real_name = item.file_name();
+                let name = real_name.to_string_lossy();
                 let child = if rel.is_empty() {
                     name.to_string()
                 } else {
@@ -321,7 +321,8 @@ impl Context {
                     }
                     Some(_) => {}
                     None => {
-                        let path = mask.join(&child);
+                        // (by its own name: one that is not UTF-8 is keyed lossily)
+                        let path = mask.join(&rel).join(&real_name);
                         let mut made = PathBuf::from(mask);
                         for part in Path::new(&rel).components() {
                             made.push(part);

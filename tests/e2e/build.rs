@@ -617,10 +617,16 @@ fn a_name_that_is_not_utf8_fails_only_the_copy_that_takes_it() {
             "{what}: {said}"
         );
     }
-    // left out by .dockerignore: not in the context at all
+    // left out by .dockerignore: not in the context at all, nor in a bind mount of it
     fs::write(ctx.join(".dockerignore"), "c/lat*\n").unwrap();
-    fs::write(ctx.join("Buildfile"), "FROM busybox\nCOPY . /all\n").unwrap();
-    build(&store, &ctx, &[]);
+    fs::write(
+        ctx.join("Buildfile"),
+        "FROM busybox\nCOPY . /all\n\
+         RUN --mount=type=bind,target=/ctx ls -A /ctx/c > /seen\nCMD [\"cat\", \"/seen\"]\n",
+    )
+    .unwrap();
+    build(&store, &ctx, &["-t", "odd:1"]);
+    assert_eq!(store.ok(&["run", "--rm", "odd:1"]), "");
 }
 
 #[test]
