@@ -208,6 +208,8 @@ impl Union {
             rustix::fs::syncfs(self.upper_fd())?;
         }
         moved.extend(copied);
+        // Moved directories with lower parts, to rid of whiteouts once renamed.
+        let mut to_clean = Vec::new();
         if flags.contains(RenameFlags::EXCHANGE) {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             rustix::fs::renameat_with(
@@ -221,7 +223,9 @@ impl Union {
                 if moved_dir_is_opaque(found, into) {
                     self.layers.set_opaque_at(&self.layers.abs(UPPER, path))?;
                 }
-                self.drop_whiteouts_of_moved(path, found)?;
+                if moved_with_lower_parts(found) {
+                    to_clean.push(path.clone());
+                }
             }
         } else {
             if let Some(dst) = &dst {
@@ -246,7 +250,9 @@ impl Union {
             if moved_dir_is_opaque(&src, &nplayers) {
                 self.layers.set_opaque_at(&self.layers.abs(UPPER, &nrel))?;
             }
-            self.drop_whiteouts_of_moved(&nrel, &src)?;
+            if moved_with_lower_parts(&src) {
+                to_clean.push(nrel.clone());
+            }
             if let Some(dst) = &dst {
                 self.unlinked(
                     newparent,
@@ -259,6 +265,12 @@ impl Union {
         self.after_rename(
             parent, name, newparent, newname, src_ino, dst_ino, flags, &moved,
         );
+        for path in to_clean {
+            // The rename is done and seen right: what is left only bothers kernel overlayfs.
+            if let Err(err) = self.drop_whiteouts_below(&path) {
+                tracing::warn!("{}: whiteouts left below it: {err}", path.display());
+            }
+        }
         Ok(())
     }
 
@@ -298,14 +310,12 @@ impl Union {
         Ok(())
     }
 
-    /// After a directory with lower parts (`found`) moved to `rel`: removes the whiteouts
-    /// below it, left by removals before the move. Nothing of a lower branch shows there
-    /// (it is opaque), and kernel overlayfs never has whiteouts in such a directory: it
-    /// would list them as entries it cannot stat, and not remove the directory.
-    fn drop_whiteouts_of_moved(&self, rel: &Path, found: &Found) -> Res<()> {
-        if !found.meta.is_dir() || found.dir_layers.iter().all(|&l| l == UPPER) {
-            return Ok(());
-        }
+    /// After a directory with lower parts moved to `rel`: removes the whiteouts below it,
+    /// left by removals before the move. Nothing of a lower branch shows there (it is
+    /// opaque), and kernel overlayfs never has whiteouts in such a directory: it would list
+    /// them as entries it cannot stat, and not remove the directory. (Still under the
+    /// rename's exclusion: a whiteout removed here cannot be a file someone just made.)
+    fn drop_whiteouts_below(&self, rel: &Path) -> Res<()> {
         let mut stack = vec![self.layers.abs(UPPER, rel)];
         while let Some(dir) = stack.pop() {
             for entry in std::fs::read_dir(&dir).map_err(|e| io_errno(&e))? {
@@ -431,4 +441,9 @@ impl Union {
 fn moved_dir_is_opaque(found: &Found, into: &[usize]) -> bool {
     let lower = |layers: &[usize]| layers.iter().any(|&l| l != UPPER);
     found.meta.is_dir() && (lower(&found.dir_layers) || lower(into))
+}
+
+/// Whether a renamed entry is a directory copied up whole (see [`Union::drop_whiteouts_below`]).
+fn moved_with_lower_parts(found: &Found) -> bool {
+    found.meta.is_dir() && found.dir_layers.iter().any(|&l| l != UPPER)
 }
