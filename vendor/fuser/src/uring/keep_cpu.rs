@@ -132,19 +132,23 @@ impl Window {
 
     fn settle(&self, idle: &mut bool) {
         if self.kicked.swap(false, Ordering::SeqCst) {
-            *idle = false;
+            // as the thread is now: a kick may have come just before it went idle again
+            // SAFETY: sched_getscheduler has no preconditions.
+            *idle = unsafe { libc::sched_getscheduler(self.tid) } == libc::SCHED_IDLE;
         }
     }
 
     /// Puts the thread, found starved under SCHED_IDLE while it holds `idle` (preempted in
     /// the few instructions it spends there), back under SCHED_BATCH without the lock.
-    fn kick(&self) {
+    /// Whether it did.
+    fn kick(&self) -> bool {
         // SAFETY: sched_getscheduler has no preconditions.
-        if unsafe { libc::sched_getscheduler(self.tid) } == libc::SCHED_IDLE
-            && set_policy(self.tid, libc::SCHED_BATCH)
-        {
+        let kicked = unsafe { libc::sched_getscheduler(self.tid) } == libc::SCHED_IDLE
+            && set_policy(self.tid, libc::SCHED_BATCH);
+        if kicked {
             self.kicked.store(true, Ordering::SeqCst);
         }
+        kicked
     }
 
     /// Whether the thread is runnable (running or waiting for a CPU), and the CPU time it
@@ -456,7 +460,10 @@ fn watch(keep: &Weak<KeepCpu>) {
                 // Behind its own caller, which sent it a request nobody waits for (a
                 // RELEASE) and runs on: back under SCHED_BATCH, to be served at the next
                 // tick as before, but not held off the next time.
-                if starved && !caller_runs_on(window) {
+                // (one found starved with its lock held may have been under SCHED_BATCH)
+                let back_off =
+                    starved && (idle.is_some() || window.kick()) && !caller_runs_on(window);
+                if back_off {
                     debug!(
                         "ring thread {} starved under SCHED_IDLE: put back",
                         window.tid
@@ -464,9 +471,8 @@ fn watch(keep: &Weak<KeepCpu>) {
                     let until = state.now_ms() + BACKOFF.as_millis() as u64;
                     window.backoff_until_ms.store(until, Ordering::Relaxed);
                 }
-                match idle.as_deref_mut() {
-                    Some(idle) => state.leave_idle(window.tid, idle),
-                    None => window.kick(),
+                if let Some(idle) = idle.as_deref_mut() {
+                    state.leave_idle(window.tid, idle);
                 }
                 *seen = None;
             } else {
