@@ -379,6 +379,14 @@ impl Store {
             used = true;
         }
         let manifest = image.manifest_digest;
+        // The same config under another manifest (a gzip push pulled back) is the same
+        // image to docker: it is not deleted while that is here.
+        let elsewhere = last
+            && !used
+            && self
+                .images()?
+                .iter()
+                .any(|other| other.id == image.id && other.manifest_digest != manifest);
         self.update_index(|entries| {
             match &by_name {
                 Some(name) if !last => entries.retain(|e| entry_name(e) != Some(name.as_str())),
@@ -386,9 +394,7 @@ impl Store {
             }
             Ok(())
         })?;
-        // The same config under another manifest (a gzip push pulled back) is the same
-        // image to docker: it is not deleted while that is here.
-        let deleted = last && !used && !self.images()?.iter().any(|other| other.id == image.id);
+        let deleted = last && !used && !elsewhere;
         Ok(Removal {
             untagged,
             deleted: deleted.then_some(image.id),
