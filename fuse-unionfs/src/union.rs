@@ -111,7 +111,7 @@ impl OpenFile {
 /// than 2^19 entries, else the plain `index + 1`, listed afresh for each chunk.
 #[derive(Default)]
 struct Listings {
-    by_id: Mutex<Snapshots>,
+    snapshots: Mutex<Snapshots>,
     next: AtomicU64,
 }
 
@@ -696,7 +696,7 @@ impl Union {
 
     fn listings(&self) -> std::sync::MutexGuard<'_, Snapshots> {
         self.listings
-            .by_id
+            .snapshots
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
