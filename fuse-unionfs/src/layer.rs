@@ -216,6 +216,29 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
     .map_err(|e| Error::io("open directory", path, e))
 }
 
+/// Copies are renamed from the work dir into upper: the two must be one mount, as
+/// overlayfs demands too (two bind mounts of one file system answer EXDEV to rename).
+pub(crate) fn check_same_mount(upper: &Path, work: &Path) -> Result<()> {
+    let mount_of = |path: &Path| {
+        rustix::fs::statx(
+            rustix::fs::CWD,
+            path,
+            AtFlags::empty(),
+            rustix::fs::StatxFlags::MNT_ID,
+        )
+        .map(|st| st.stx_mnt_id)
+        .map_err(|e| Error::io("stat", path, e))
+    };
+    if mount_of(upper)? != mount_of(work)? {
+        return Err(Error::Spec(format!(
+            "upperdir {} and workdir {} must be on the same mount",
+            upper.display(),
+            work.display()
+        )));
+    }
+    Ok(())
+}
+
 impl Layers {
     pub(crate) fn open(
         upper: &Path,
@@ -267,6 +290,7 @@ impl Layers {
         // (whatever the umask)
         rustix::fs::fchmod(&work, Mode::from_raw_mode(0o700))
             .map_err(|e| Error::io("create work dir", &work_path, e))?;
+
         // What is done there by path (xattrs, ACLs, removal) goes through the directory
         // opened here, whatever is renamed or linked at its name later.
         let work_path = PathBuf::from(format!("/proc/self/fd/{}", work.as_raw_fd()));

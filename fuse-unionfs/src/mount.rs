@@ -518,6 +518,9 @@ fn fuse_config() -> Config {
 /// Mounts and completes the FUSE handshake: when this returns the mount is live.
 fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     raise_open_file_limit();
+    if !spec.flags.read_only {
+        crate::layer::check_same_mount(&spec.upper, &spec.work)?;
+    }
     let union = Arc::new(Union::new(
         &spec.upper,
         &spec.lowers,

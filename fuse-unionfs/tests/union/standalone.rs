@@ -207,6 +207,35 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
     let missing = fixture.dir.path().join("no-such-lower");
     let bad_lower = options.replacen(&lowers[0], missing.to_str().unwrap(), 1);
     fails(&["-o", &bad_lower], 1, missing.to_str().unwrap());
+    // a work dir on another mount (a bind mount of the same file system): every copy-up
+    // would fail with EXDEV, so it is refused, as overlayfs refuses it (QA 17c)
+    let bound = fixture.dir.path().join("work-bind");
+    std::fs::create_dir_all(&bound).unwrap();
+    let status = Command::new("mount")
+        .arg("--bind")
+        .arg(&work)
+        .arg(&bound)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let elsewhere = options.replacen(
+        &format!("workdir={}", work.display()),
+        &format!("workdir={}", bound.display()),
+        1,
+    );
+    let said = server()
+        .args(["-o", &elsewhere])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    let _ = Command::new("umount").arg(&bound).status();
+    assert_eq!(said.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&said.stderr).contains("must be on the same mount"),
+        "{}",
+        String::from_utf8_lossy(&said.stderr)
+    );
+    assert_eq!(mount_type(&mnt), None);
 }
 
 /// podman with strata-unionfs as its overlay `mount_program`, as it runs fuse-overlayfs:
