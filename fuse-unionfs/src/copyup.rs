@@ -104,11 +104,10 @@ fn build(
     match meta.kind() {
         Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
         Kind::File => {
-            let src = rustix::fs::openat(
+            let src = crate::layer::open_lower(
                 layers.fd(src_layer),
-                arg(rel),
+                rel,
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
             )?;
             let dst = rustix::fs::openat(
                 work,

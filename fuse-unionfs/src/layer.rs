@@ -216,6 +216,17 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
     .map_err(|e| Error::io("open directory", path, e))
 }
 
+/// Opens `path` below `dir` in a lower branch, for reading, without touching its atime:
+/// kernel overlayfs reads its lower layers through noatime mounts, and an image's layers
+/// are no one's to change. (O_NOATIME is refused on a file this server does not own
+/// without CAP_FOWNER: then opened as usual.)
+pub(crate) fn open_lower(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Res<OwnedFd> {
+    match rustix::fs::openat(dir, arg(path), flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, arg(path), flags, Mode::empty()),
+        opened => opened,
+    }
+}
+
 /// Copies are renamed from the work dir into upper: the two must be one mount, as
 /// overlayfs demands too (two bind mounts of one file system answer EXDEV to rename).
 pub(crate) fn check_same_mount(upper: &Path, work: &Path) -> Result<()> {

@@ -20,7 +20,9 @@ use xattr::FileExt;
 use crate::copyup::{get_xattr, io_errno, list_xattrs};
 use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
-use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, shown_xattr, stored_xattr};
+use crate::layer::{
+    Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, open_lower, shown_xattr, stored_xattr,
+};
 
 /// The credentials of the process making a request (new entries belong to it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -599,12 +601,13 @@ impl Union {
         let mut seen: HashSet<OsString> = HashSet::new();
         let mut out = Vec::new();
         for &layer in dir_layers {
-            let fd = match rustix::fs::openat(
-                self.layers.fd(layer),
-                arg(rel),
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) {
+            let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+            let opened = if layer == UPPER {
+                rustix::fs::openat(self.layers.fd(layer), arg(rel), flags, Mode::empty())
+            } else {
+                open_lower(self.layers.fd(layer), rel, flags)
+            };
+            let fd = match opened {
                 Ok(fd) => fd,
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
                 Err(err) => return Err(err),
@@ -836,12 +839,15 @@ impl Union {
                 other => return other,
             }
         }
-        rustix::fs::openat(
-            self.layers.fd(layer),
-            arg(path),
-            flags | OFlags::RDONLY,
-            Mode::empty(),
-        )
+        if layer == UPPER {
+            return rustix::fs::openat(
+                self.layers.fd(layer),
+                arg(path),
+                flags | OFlags::RDONLY,
+                Mode::empty(),
+            );
+        }
+        open_lower(self.layers.fd(layer), path, flags | OFlags::RDONLY)
     }
 
     /// Gives the copied-up file of `ino` a new inode number, leaving `ino` to the open

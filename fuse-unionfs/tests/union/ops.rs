@@ -2418,3 +2418,26 @@ fn a_file_linked_between_branches_reads_and_copies_up_under_each_name() {
         "{said}"
     );
 }
+
+/// Reads through the union leave the lower branches' atimes alone, as kernel overlayfs
+/// (which reads them through noatime mounts) does: an image's layers are no one's to
+/// change (QA 17c).
+#[test]
+fn reading_through_the_union_leaves_lower_atimes_alone() {
+    let fixture = Fixture::new();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400);
+    let times = fs::FileTimes::new().set_accessed(old);
+    // relatime would update an atime this old on a read
+    let lower_file = fixture.lowers[0].join("etc/top");
+    let lower_dir = fixture.lowers[0].join("etc");
+    for path in [&lower_file, &lower_dir] {
+        fs::File::open(path).unwrap().set_times(times).unwrap();
+    }
+    let before = |path: &Path| fs::metadata(path).unwrap().atime();
+    let (file_atime, dir_atime) = (before(&lower_file), before(&lower_dir));
+    let m = fixture.mount("fuse", Driver::Fuse);
+    assert_eq!(fs::read(m.path("etc/top")).unwrap(), b"top\n");
+    assert!(!names(&m.path("etc")).is_empty());
+    assert_eq!(before(&lower_file), file_atime, "the lower file's atime");
+    assert_eq!(before(&lower_dir), dir_atime, "the lower directory's atime");
+}
