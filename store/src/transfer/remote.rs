@@ -139,10 +139,20 @@ pub fn push_to_registry(
             opts.progress.end(digest, "exists");
             return Ok(());
         }
-        for from in sources.repositories(digest, &reference.registry, repo) {
-            if client.mount_blob(repo, digest, &from)? {
-                opts.progress.end(digest, &format!("mounted from {from}"));
-                return Ok(());
+        // A mount from another repository saves the upload; it is optional to the registry,
+        // which may refuse or fail it. Three tries at most, as docker makes, then upload.
+        for from in sources
+            .repositories(digest, &reference.registry, repo)
+            .into_iter()
+            .take(3)
+        {
+            match client.mount_blob(repo, digest, &from) {
+                Ok(true) => {
+                    opts.progress.end(digest, &format!("mounted from {from}"));
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(err) => tracing::debug!(%digest, %from, "blob mount failed, uploading: {err}"),
             }
         }
         let path = image.blob_path(digest);
