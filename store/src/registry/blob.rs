@@ -164,6 +164,8 @@ impl Client {
         let url = self.url(&path);
         let mut request = Request::new("POST", url.clone(), push_scope(repository));
         request.scopes.push(pull_scope(from));
+        // Optional to the registry: a failure falls back to an upload, without retries.
+        request.replayable = false;
         let response = self.send(&request)?;
         match response.status() {
             StatusCode::CREATED => Ok(true),

@@ -250,6 +250,15 @@ impl Proxy {
         Proxy::start_inner(upstream, None, None, Arc::new(faults))
     }
 
+    /// A proxy that answers every cross-repository blob mount with 500.
+    pub fn start_failing_mounts(upstream: &str) -> Proxy {
+        let faults = Faults {
+            fail_mounts: true,
+            ..Faults::default()
+        };
+        Proxy::start_inner(upstream, None, None, Arc::new(faults))
+    }
+
     /// A proxy that demands bearer tokens (distribution token auth) from its own `/token`
     /// endpoint, which hands them out for `user:password` with the scopes asked for.
     pub fn start_with_tokens(
@@ -390,10 +399,13 @@ fn forward(
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
         .is_ok();
     let refuse = faults.refuse_patch && method == "PATCH";
+    let fail = fail || (faults.fail_mounts && method == "POST" && path.contains("mount="));
     if fail || refuse {
         // Drain the body first so the client reads our answer instead of a broken pipe.
         std::io::copy(&mut (&mut reader).take(length), &mut std::io::sink())?;
-        let status = if fail {
+        let status = if fail && faults.fail_mounts {
+            "500 Internal Server Error"
+        } else if fail {
             "503 Service Unavailable"
         } else {
             "416 Range Not Satisfiable"
@@ -448,6 +460,8 @@ fn forward(
 pub struct Faults {
     fail_first: AtomicUsize,
     refuse_patch: bool,
+    /// Answer every cross-repository blob mount with 500.
+    fail_mounts: bool,
     /// Cut the first blob download after this many response bytes (0: never).
     cut_download_after: AtomicUsize,
 }

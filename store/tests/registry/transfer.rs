@@ -282,6 +282,32 @@ fn push_to_a_second_repository_mounts_instead_of_uploading() {
     assert_eq!(count(&proxy, "POST", "mount="), 3, "{:?}", proxy.requests());
     assert_eq!(count(&proxy, "PUT", "/blobs/"), 0, "{:?}", proxy.requests());
     assert_eq!(count(&proxy, "PATCH", "/blobs/"), 0);
+    // A registry whose mounts fail (optional to it): the blobs are uploaded, after three
+    // tries at most each (QA 17b: one 500 aborted the push)
+    let failing = Proxy::start_failing_mounts(&registry.host);
+    for repository in ["third", "fourth", "fifth", "sixth"] {
+        transfer::push(
+            &store,
+            "app:1",
+            Some(&format!("{}/{repository}:1", failing.host)),
+            &opts(),
+        )
+        .unwrap();
+    }
+    failing.clear();
+    transfer::push(
+        &store,
+        "app:1",
+        Some(&format!("{}/seventh:1", failing.host)),
+        &opts(),
+    )
+    .unwrap();
+    assert_eq!(
+        count(&failing, "POST", "mount="),
+        9,
+        "{:?}",
+        failing.requests()
+    );
 }
 
 #[test]
