@@ -5,7 +5,7 @@
 //! execve with docker's 126/127 conventions.
 
 use std::ffi::CString;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -94,6 +94,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
             create_cwd: true,
             no_new_privileges: spec.no_new_privileges,
             die_with_parent: spec.die_with_parent,
+            console: console.as_ref().map(|c| c.slave.as_fd()),
         },
     )?;
     Ok(Prepared { env, console })
@@ -115,6 +116,8 @@ pub struct Identity<'a> {
     /// Set the parent-death signal again after the id switch, which clears it
     /// (commit_creds): a build's RUN as a non-root USER must die with the build too.
     pub die_with_parent: bool,
+    /// `run`'s terminal, not yet on the standard descriptors (`exec`'s is).
+    pub console: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// Resolves the user in the container's /etc/passwd and /etc/group, completes the
@@ -161,6 +164,10 @@ pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
     }
     sys.clear_ambient_caps()
         .map_err(|err| format!("clear ambient capabilities: {err}"))?;
+    if id.tty && exec_user.uid != 0 {
+        sys.give_terminal(id.console, exec_user.uid, exec_user.gid)
+            .map_err(|err| format!("give the terminal to {}: {err}", exec_user.uid))?;
+    }
     sys.setgroups(&exec_user.groups)
         .map_err(|err| format!("setgroups {:?}: {err}", exec_user.groups))?;
     sys.setresgid(exec_user.gid)
@@ -399,6 +406,9 @@ mod tests {
         assert!(position(&calls, "pivot_root . .") < open);
         assert_eq!(calls[open + 2], "mount /dev/pts/0 /dev/console - MS_BIND -");
         assert!(open < position(&calls, "setresuid 1000"));
+        // the user (not root) can open its own terminal again, as under runc (QA 17b)
+        let given = position(&calls, "give_terminal 1000:1000");
+        assert!(open < given && given < position(&calls, "setresuid 1000"));
     }
 
     #[test]

@@ -268,6 +268,7 @@ fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: S
         create_cwd: false,
         no_new_privileges: identity.no_new_privileges,
         die_with_parent: false,
+        console: None,
     };
     let env = match container::identity(&Linux, &id) {
         Ok(env) => env,

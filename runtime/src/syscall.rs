@@ -2,7 +2,7 @@
 //! sequence run inside the new namespaces can be unit-tested without root: `Linux` makes
 //! the calls, `Recorder` (tests) writes them down and answers file reads from a map.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
@@ -42,6 +42,11 @@ pub trait Syscall {
     fn sethostname(&self, name: &str) -> nix::Result<()>;
     fn loopback_up(&self) -> nix::Result<()>;
     fn setgroups(&self, groups: &[u32]) -> nix::Result<()>;
+    /// Gives the terminal `console` (else the one on the standard descriptors, if any) to
+    /// `uid`:`gid`, as runc's fixStdioPermissions does: the user reopens it (`$(tty)`,
+    /// tmux, pinentry).
+    fn give_terminal(&self, console: Option<BorrowedFd<'_>>, uid: u32, gid: u32)
+    -> nix::Result<()>;
     fn setresgid(&self, gid: u32) -> nix::Result<()>;
     fn setresuid(&self, uid: u32) -> nix::Result<()>;
     fn drop_bounding_cap(&self, cap: u32) -> nix::Result<()>;
@@ -166,6 +171,29 @@ impl Syscall for Linux {
     fn setresuid(&self, uid: u32) -> nix::Result<()> {
         let uid = nix::unistd::Uid::from_raw(uid);
         nix::unistd::setresuid(uid, uid, uid)
+    }
+
+    fn give_terminal(
+        &self,
+        console: Option<BorrowedFd<'_>>,
+        uid: u32,
+        gid: u32,
+    ) -> nix::Result<()> {
+        let (uid, gid) = (
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+        if let Some(console) = console {
+            return nix::unistd::fchown(console, uid, gid);
+        }
+        for fd in 0..3 {
+            // SAFETY: the standard descriptors stay open for the length of this call.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            if nix::unistd::isatty(fd).unwrap_or(false) {
+                nix::unistd::fchown(fd, uid, gid)?;
+            }
+        }
+        Ok(())
     }
 
     fn drop_bounding_cap(&self, cap: u32) -> nix::Result<()> {
@@ -348,6 +376,16 @@ impl Syscall for Recorder {
 
     fn setresuid(&self, uid: u32) -> nix::Result<()> {
         self.log(format!("setresuid {uid}"));
+        Ok(())
+    }
+
+    fn give_terminal(
+        &self,
+        _console: Option<BorrowedFd<'_>>,
+        uid: u32,
+        gid: u32,
+    ) -> nix::Result<()> {
+        self.log(format!("give_terminal {uid}:{gid}"));
         Ok(())
     }
 
