@@ -15,12 +15,26 @@ use strata_store::{CacheEntry, Digest, Image, Store};
 
 use super::transfer::client_options;
 
-/// One `--cache-from`.
-pub struct CacheFrom(CacheImport);
+/// One `--cache-from`, as given.
+pub struct CacheFrom {
+    import: CacheImport,
+    text: String,
+}
 
 impl CacheSource for CacheFrom {
+    /// An entry whose layer cannot be had (missing from the cache, corrupt, gone from the
+    /// registry) is a miss: the step runs, and a `--cache-to` of the same place mends it.
     fn fetch(&self, store: &Store, key: &Digest) -> strata_store::Result<Option<CacheEntry>> {
-        self.0.get(store, key)
+        match self.import.get(store, key) {
+            Err(err) => {
+                eprintln!(
+                    "warning: --cache-from {}: {err}; running the step instead",
+                    self.text
+                );
+                Ok(None)
+            }
+            found => found,
+        }
     }
 }
 
@@ -97,7 +111,10 @@ pub fn sources(
             eprintln!("note: --cache-from {text}: no cache there yet");
         }
         tracing::info!(entries = import.len(), "cache import from {text}");
-        out.push(Arc::new(CacheFrom(import)));
+        out.push(Arc::new(CacheFrom {
+            import,
+            text: text.clone(),
+        }));
     }
     Ok(out)
 }

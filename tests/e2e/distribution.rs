@@ -433,6 +433,38 @@ fn ci_cache_round_trip(registry: &Registry, to: &str, from: &str) {
     let missing = format!("type=local,src={}/none", context.path().display());
     let (_, log) = build(&third, &["--cache-from", &missing]);
     assert!(log.contains("no cache there yet"), "{log}");
+
+    // A cache whose layers are gone (a partial CI restore): each entry that needs one is a
+    // miss, said so, and the step runs (QA 17b: the build failed, and a job writing the
+    // cache back never mended it).
+    if let Some(dir) = from.strip_prefix("type=local,src=") {
+        let blobs = std::path::Path::new(dir).join("blobs/sha256");
+        let read = |digest: &str| -> serde_json::Value {
+            let hex = digest.trim_start_matches("sha256:");
+            serde_json::from_slice(&std::fs::read(blobs.join(hex)).unwrap()).unwrap()
+        };
+        let index: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(std::path::Path::new(dir).join("index.json")).unwrap(),
+        )
+        .unwrap();
+        let manifest = read(index["manifests"][0]["digest"].as_str().unwrap());
+        for layer in manifest["layers"].as_array().unwrap() {
+            let hex = layer["digest"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("sha256:");
+            let _ = std::fs::remove_file(blobs.join(hex));
+        }
+        let fourth = TestStore::new();
+        fourth.ok(&["pull", "-q", &base]);
+        let (_, log) = build(&fourth, &["--cache-from", from]);
+        assert!(
+            log.contains(&format!("warning: --cache-from {from}:"))
+                && log.contains("running the step instead")
+                && log.contains("| step-one-ran"),
+            "{log}"
+        );
+    }
 }
 
 #[test]
