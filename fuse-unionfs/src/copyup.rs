@@ -104,8 +104,8 @@ fn build(
     match meta.kind() {
         Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
         Kind::File => {
-            let src = crate::layer::open_lower(
-                layers.fd(src_layer),
+            let src = layers.open_to_read(
+                src_layer,
                 rel,
                 OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             )?;

@@ -216,14 +216,13 @@ fn open_dir(path: &Path) -> Result<OwnedFd> {
     .map_err(|e| Error::io("open directory", path, e))
 }
 
-/// Opens `path` below `dir` in a lower branch, for reading, without touching its atime:
-/// kernel overlayfs reads its lower layers through noatime mounts, and an image's layers
-/// are no one's to change. (O_NOATIME is refused on a file this server does not own
-/// without CAP_FOWNER: then opened as usual.)
-pub(crate) fn open_lower(dir: BorrowedFd<'_>, path: &Path, flags: OFlags) -> Res<OwnedFd> {
-    match rustix::fs::openat(dir, arg(path), flags | OFlags::NOATIME, Mode::empty()) {
-        Err(Errno::PERM) => rustix::fs::openat(dir, arg(path), flags, Mode::empty()),
-        opened => opened,
+/// The one-byte value of a directory's opaque xattr, as `read` (a getxattr) gives it: "y"
+/// for opaque, "x" for one that may hold whiteouts in xattr form and is not opaque.
+fn opaque_mark(read: impl FnOnce(&mut [u8]) -> rustix::io::Result<usize>) -> Option<u8> {
+    let mut buf = [0u8; 4];
+    match read(&mut buf) {
+        Ok(1) => Some(buf[0]),
+        _ => None,
     }
 }
 
@@ -325,6 +324,21 @@ impl Layers {
         self.fds[layer].as_fd()
     }
 
+    /// Opens `rel` in `layer` with `flags` (for reading); in a lower branch without
+    /// touching its atime: kernel overlayfs reads its lower layers through noatime mounts,
+    /// and an image's layers are no one's to change. (O_NOATIME is refused on a file this
+    /// server does not own without CAP_FOWNER: then opened as usual.)
+    pub(crate) fn open_to_read(&self, layer: usize, rel: &Path, flags: OFlags) -> Res<OwnedFd> {
+        let open = |flags| rustix::fs::openat(self.fd(layer), arg(rel), flags, Mode::empty());
+        if layer == UPPER {
+            return open(flags);
+        }
+        match open(flags | OFlags::NOATIME) {
+            Err(Errno::PERM) => open(flags),
+            opened => opened,
+        }
+    }
+
     pub(crate) fn work(&self) -> BorrowedFd<'_> {
         self.work.as_fd()
     }
@@ -375,19 +389,19 @@ impl Layers {
 
     /// Whether the directory at `path` (absolute) may hold whiteouts in xattr form.
     fn may_hold_xattr_whiteouts_at(&self, path: &Path) -> bool {
-        let mut buf = [0u8; 4];
-        matches!(rustix::fs::lgetxattr(path, OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'x')
+        opaque_mark(|buf| rustix::fs::lgetxattr(path, OPAQUE_XATTR, buf)) == Some(b'x')
     }
 
-    /// Whether directory `rel` of `layer` may hold whiteouts in xattr form, whose listing
+    /// Whether directory `dir` of `layer` may hold whiteouts in xattr form, whose listing
     /// then needs a look at each zero-size file.
-    pub(crate) fn may_hold_xattr_whiteouts(&self, layer: usize, rel: &Path) -> bool {
-        layer != UPPER && self.may_hold_xattr_whiteouts_at(&self.abs(layer, rel))
+    pub(crate) fn may_hold_xattr_whiteouts(&self, layer: usize, dir: BorrowedFd<'_>) -> bool {
+        layer != UPPER
+            && opaque_mark(|buf| rustix::fs::fgetxattr(dir, OPAQUE_XATTR, buf)) == Some(b'x')
     }
 
     pub(crate) fn is_opaque(&self, layer: usize, rel: &Path) -> bool {
-        let mut buf = [0u8; 4];
-        matches!(rustix::fs::lgetxattr(self.abs(layer, rel), OPAQUE_XATTR, &mut buf[..]), Ok(1) if buf[0] == b'y')
+        let path = self.abs(layer, rel);
+        opaque_mark(|buf| rustix::fs::lgetxattr(&path, OPAQUE_XATTR, buf)) == Some(b'y')
             || (self.markers_in(layer) && self.stat(layer, &rel.join(AUFS_OPAQUE)).is_ok())
     }
 

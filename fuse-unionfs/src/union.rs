@@ -20,9 +20,7 @@ use xattr::FileExt;
 use crate::copyup::{get_xattr, io_errno, list_xattrs};
 use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
-use crate::layer::{
-    Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, open_lower, shown_xattr, stored_xattr,
-};
+use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, shown_xattr, stored_xattr};
 
 /// The credentials of the process making a request (new entries belong to it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -602,18 +600,13 @@ impl Union {
         let mut out = Vec::new();
         for &layer in dir_layers {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-            let opened = if layer == UPPER {
-                rustix::fs::openat(self.layers.fd(layer), arg(rel), flags, Mode::empty())
-            } else {
-                open_lower(self.layers.fd(layer), rel, flags)
-            };
-            let fd = match opened {
+            let fd = match self.layers.open_to_read(layer, rel, flags) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT | Errno::NOTDIR) => continue,
                 Err(err) => return Err(err),
             };
             let dev = Meta::from_stat(&rustix::fs::fstat(&fd)?).dev;
-            let xattr_whiteouts = self.layers.may_hold_xattr_whiteouts(layer, rel);
+            let xattr_whiteouts = self.layers.may_hold_xattr_whiteouts(layer, fd.as_fd());
             let mut dir = rustix::fs::Dir::new(fd)?;
             // Names an AUFS marker hides, from the branches below this one only.
             let mut hidden = Vec::new();
@@ -839,15 +832,8 @@ impl Union {
                 other => return other,
             }
         }
-        if layer == UPPER {
-            return rustix::fs::openat(
-                self.layers.fd(layer),
-                arg(path),
-                flags | OFlags::RDONLY,
-                Mode::empty(),
-            );
-        }
-        open_lower(self.layers.fd(layer), path, flags | OFlags::RDONLY)
+        self.layers
+            .open_to_read(layer, path, flags | OFlags::RDONLY)
     }
 
     /// Gives the copied-up file of `ino` a new inode number, leaving `ino` to the open
