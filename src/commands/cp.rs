@@ -175,19 +175,22 @@ fn cp_tar_command(root: &str, container: &str, mode: &str, path: &str) -> anyhow
         // strata would leave it writing a tar nobody reads (into `export -o`'s removed temp
         // file, say). Unpackers see their pipe close instead, and remove what they staged.
         let parent = rustix::process::getpid();
-        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated.
+        // SAFETY: die_with is async-signal-safe: two syscalls, nothing allocated.
         unsafe {
-            command.pre_exec(move || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                // strata may have ended before the line above
-                if rustix::process::getppid() != Some(parent) {
-                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-                }
-                Ok(())
-            });
+            command.pre_exec(move || die_with(parent));
         }
     }
     Ok(command)
+}
+
+/// Has SIGKILL end this process when `parent` does; ESRCH if it already has.
+fn die_with(parent: rustix::process::Pid) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // (it may have ended before the line above)
+    if rustix::process::getppid() != Some(parent) {
+        return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
 }
 
 /// `strata export CONTAINER`: the container's file system (its union: not its volumes nor
@@ -234,7 +237,7 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
                 unsafe { nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn) };
         }
     }
-    let parent = nix::unistd::getppid();
+    let parent = rustix::process::getppid();
     if !args.bind.is_empty() {
         bind_volumes(Path::new(&args.container_root), &args.bind)?;
     }
@@ -242,9 +245,8 @@ pub fn cp_tar(args: crate::cli::CpTarArgs) -> anyhow::Result<ExitCode> {
     if args.mode == "pack" {
         // Entering a user namespace changed this process's ids, which clears the death
         // signal strata set for a packer (see `cp_tar_command`): set again.
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-        if nix::unistd::getppid() != parent {
-            bail!("strata ended");
+        if let Some(parent) = parent {
+            die_with(parent).context("strata ended")?;
         }
     }
     let inside = args.path.as_str();
