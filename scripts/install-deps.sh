@@ -5,6 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential pkg-config       # crates that build C (zstd-sys)
+  libseccomp-dev                   # the runtime's seccomp filter (libseccomp crate)
   fuse3 attr                       # /dev/fuse users, getfattr/setfattr for debugging
   busybox-static                   # the offline base image (scripts/busybox-rootfs.sh)
   zstd xz-utils bzip2 gzip tar     # archive formats ADD and import accept

@@ -30,6 +30,8 @@ pub struct Setup {
     pub last_cap: u32,
     /// `--security-opt no-new-privileges`: setuid binaries no longer elevate.
     pub no_new_privileges: bool,
+    /// The compiled seccomp filter (`seccomp::default_program`); None: unconfined.
+    pub seccomp: Option<Vec<u8>>,
     /// The process dies with its parent (a build's RUN).
     pub die_with_parent: bool,
 }
@@ -93,6 +95,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
             last_cap: spec.last_cap,
             create_cwd: true,
             no_new_privileges: spec.no_new_privileges,
+            seccomp: spec.seccomp.as_deref(),
             die_with_parent: spec.die_with_parent,
             console: console.as_ref().map(|c| c.slave.as_fd()),
         },
@@ -113,6 +116,8 @@ pub struct Identity<'a> {
     pub create_cwd: bool,
     /// Off by default, as docker's: a setuid `sudo` or `ping` must work for a non-root USER.
     pub no_new_privileges: bool,
+    /// The seccomp filter to load; None: unconfined.
+    pub seccomp: Option<&'a [u8]>,
     /// Set the parent-death signal again after the id switch, which clears it
     /// (commit_creds): a build's RUN as a non-root USER must die with the build too.
     pub die_with_parent: bool,
@@ -121,8 +126,9 @@ pub struct Identity<'a> {
 }
 
 /// Resolves the user in the container's /etc/passwd and /etc/group, completes the
-/// environment (PATH, HOSTNAME, HOME, TERM), then drops the bounding set, switches ids,
-/// sets capabilities, enters the working directory and sets no_new_privs. Returns the
+/// environment (PATH, HOSTNAME, HOME, TERM), then loads the seccomp filter, drops the
+/// bounding set, switches ids, sets capabilities, enters the working directory and sets
+/// no_new_privs. Returns the
 /// environment to exec with.
 pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
     let passwd = sys.read_file(Path::new("/etc/passwd")).unwrap_or_default();
@@ -155,6 +161,13 @@ pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
             .map_err(|err| format!("create working directory {cwd}: {err}"))?;
     }
 
+    // The filter is loaded while the process still holds CAP_SYS_ADMIN, which lets it
+    // go without no_new_privs (runc does the same when no_new_privs is off); nothing
+    // after this calls what it refuses.
+    if let Some(program) = id.seccomp {
+        sys.seccomp(program)
+            .map_err(|err| format!("load the seccomp filter: {err}"))?;
+    }
     let keep = caps::default_mask();
     for cap in 0..=id.last_cap {
         if keep & (1u64 << cap) == 0 {
@@ -302,6 +315,7 @@ mod tests {
             tty: false,
             last_cap: 40,
             no_new_privileges: true,
+            seccomp: Some(vec![0; 16]),
             die_with_parent: false,
         }
     }
@@ -332,6 +346,21 @@ mod tests {
     }
 
     #[test]
+    fn unconfined_loads_no_filter() {
+        let recorder = recorder();
+        let spec = Setup {
+            seccomp: None,
+            ..setup_spec(false)
+        };
+        setup(&recorder, &spec).unwrap();
+        let calls = recorder.calls();
+        assert!(
+            !calls.iter().any(|c| c.starts_with("seccomp")),
+            "{calls:#?}"
+        );
+    }
+
+    #[test]
     fn setup_follows_runc_order() {
         let recorder = recorder();
         let env = setup(&recorder, &setup_spec(false)).unwrap().env;
@@ -357,6 +386,8 @@ mod tests {
             "sethostname box",
             "loopback_up",
             "mkdir /work",
+            // loaded while CAP_SYS_ADMIN is still held (no no_new_privs needed)
+            "seccomp 2 instructions",
             "drop_bounding_cap 2",
             "clear_ambient_caps",
             "setgroups [1000, 2000]",

@@ -45,8 +45,9 @@ pub struct ExecSpec {
     pub cgroup_name: String,
     pub tty: bool,
     pub interactive: bool,
-    /// As the container was started (`exec` does not change it).
+    /// As the container was started (`exec` does not change them).
     pub no_new_privileges: bool,
+    pub seccomp_unconfined: bool,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -119,6 +120,7 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
         no_new_privileges: spec.no_new_privileges,
+        seccomp: crate::seccomp::compiled(spec.seccomp_unconfined)?,
     };
     let joiner = match sys::fork().map_err(|err| Error::sys("fork", err))? {
         ForkResult::Child => {
@@ -164,6 +166,7 @@ struct Who {
     tty: bool,
     last_cap: u32,
     no_new_privileges: bool,
+    seccomp: Option<Vec<u8>>,
 }
 type Stdio = (Option<OwnedFd>, Option<OwnedFd>, Option<OwnedFd>);
 
@@ -267,6 +270,7 @@ fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: S
         last_cap: identity.last_cap,
         create_cwd: false,
         no_new_privileges: identity.no_new_privileges,
+        seccomp: identity.seccomp.as_deref(),
         die_with_parent: false,
         console: None,
     };

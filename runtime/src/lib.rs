@@ -14,6 +14,7 @@ mod exec;
 mod init;
 mod process;
 mod rootfs;
+mod seccomp;
 mod signals;
 mod sys;
 mod syscall;
@@ -102,6 +103,9 @@ pub struct Spec {
     pub cancelled: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     /// Set no_new_privs (docker's `--security-opt no-new-privileges`); off by default.
     pub no_new_privileges: bool,
+    /// No seccomp filter (docker's `--security-opt seccomp=unconfined`); the default
+    /// filter (`seccomp.rs`) otherwise.
+    pub seccomp_unconfined: bool,
     /// The root is read-only (`run --read-only`); mounts on it keep their own flags.
     pub read_only: bool,
     /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`

@@ -195,6 +195,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     };
     let rootfs = std::fs::canonicalize(&spec.rootfs)
         .map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
+    let seccomp = crate::seccomp::compiled(spec.seccomp_unconfined)?;
     let setup = Setup {
         rootfs: Rootfs {
             root: rootfs,
@@ -220,6 +221,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
         no_new_privileges: spec.no_new_privileges,
+        seccomp,
         die_with_parent: spec.die_with_parent,
     };
     // With a terminal, the container's stdio is the pty and `stdout` receives what the

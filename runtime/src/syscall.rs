@@ -53,6 +53,8 @@ pub trait Syscall {
     fn capset(&self, effective: u64, permitted: u64, inheritable: u64) -> nix::Result<()>;
     fn clear_ambient_caps(&self) -> nix::Result<()>;
     fn set_no_new_privs(&self) -> nix::Result<()>;
+    /// Loads a compiled seccomp filter (`seccomp::default_program`) on this process.
+    fn seccomp(&self, program: &[u8]) -> nix::Result<()>;
     /// SIGKILL when the parent dies (set again after an id change, which clears it).
     fn set_parent_death_kill(&self) -> nix::Result<()>;
     /// Opens a pty pair on the container's own devpts: (master, slave, slave path).
@@ -214,6 +216,10 @@ impl Syscall for Linux {
 
     fn set_no_new_privs(&self) -> nix::Result<()> {
         nix::sys::prctl::set_no_new_privs()
+    }
+
+    fn seccomp(&self, program: &[u8]) -> nix::Result<()> {
+        crate::seccomp::load(program)
     }
 
     fn open_pty(&self) -> nix::Result<(OwnedFd, OwnedFd, PathBuf)> {
@@ -413,6 +419,11 @@ impl Syscall for Recorder {
 
     fn set_no_new_privs(&self) -> nix::Result<()> {
         self.log("set_no_new_privs".into());
+        Ok(())
+    }
+
+    fn seccomp(&self, program: &[u8]) -> nix::Result<()> {
+        self.log(format!("seccomp {} instructions", program.len() / 8));
         Ok(())
     }
 

@@ -51,6 +51,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         tty: args.process.tty,
         interactive: args.process.interactive,
         no_new_privileges: config.no_new_privileges,
+        seccomp_unconfined: config.seccomp_unconfined,
         stdin,
         stdout: None,
         stderr: None,

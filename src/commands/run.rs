@@ -59,6 +59,9 @@ pub struct RunConfig {
     /// `--security-opt no-new-privileges` (off by default, as docker's).
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// `--security-opt seccomp=unconfined`: no seccomp filter.
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
     /// `--read-only`.
     #[serde(default)]
     pub read_only: bool,
@@ -351,15 +354,23 @@ fn config_for(
     let image_volumes = image_config.volumes().clone().unwrap_or_default();
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
     let mut no_new_privileges = false;
+    let mut seccomp_unconfined = false;
     for option in &args.security_opt {
-        // docker writes both `no-new-privileges` and `no-new-privileges:true`
-        no_new_privileges = match option.replace('=', ":").as_str() {
-            "no-new-privileges" | "no-new-privileges:true" => true,
-            "no-new-privileges:false" => false,
-            other => bail!(
-                "unsupported --security-opt {other:?}: strata knows no-new-privileges[:true|false]"
+        // docker writes both `no-new-privileges` and `no-new-privileges:true`, and
+        // `seccomp=unconfined` or `seccomp:unconfined`
+        match option.replace('=', ":").as_str() {
+            "no-new-privileges" | "no-new-privileges:true" => no_new_privileges = true,
+            "no-new-privileges:false" => no_new_privileges = false,
+            "seccomp:unconfined" => seccomp_unconfined = true,
+            other if other.starts_with("seccomp:") => bail!(
+                "unsupported --security-opt {other:?}: strata has its default seccomp filter \
+                 and seccomp=unconfined, no profile files"
             ),
-        };
+            other => bail!(
+                "unsupported --security-opt {other:?}: strata knows \
+                 no-new-privileges[:true|false] and seccomp=unconfined"
+            ),
+        }
     }
     let stop_signal = args
         .stop_signal
@@ -429,6 +440,7 @@ fn config_for(
         volumes,
         stop_signal,
         no_new_privileges,
+        seccomp_unconfined,
         read_only: args.read_only,
         healthcheck: health::resolve(image_check, args)?
             .map(|check| health::Check { shell, ..check }),
@@ -795,6 +807,7 @@ fn mount_and_run(
         kill_on_signal: false,
         cancelled: None,
         no_new_privileges: config.no_new_privileges,
+        seccomp_unconfined: config.seccomp_unconfined,
         read_only: config.read_only,
         stdin,
         stdout: Some(output.stdout),

@@ -1363,6 +1363,58 @@ fn no_new_privileges_only_when_asked() {
     assert_eq!(code(&out), 125);
 }
 
+/// Every container process runs under the default seccomp filter, as docker's: container
+/// root cannot make a user namespace (where it would hold every capability again). `exec`
+/// takes the container's setting; `--security-opt seccomp=unconfined` goes without.
+#[test]
+fn seccomp_filter_by_default_unless_unconfined() {
+    let store = store_with_busybox();
+    let probe = "grep Seccomp: /proc/self/status | tr -d '\\t '; \
+                 unshare -U true 2>&1 && echo made-a-user-namespace; exit 0";
+    for extra in [None, Some("--userns=private")] {
+        let mut args = vec!["run", "--rm"];
+        args.extend(extra);
+        args.extend(["busybox", "sh", "-c", probe]);
+        let out = store.ok(&args);
+        assert!(out.starts_with("Seccomp:2\n"), "{extra:?}: {out}");
+        assert!(out.contains("Operation not permitted"), "{extra:?}: {out}");
+        assert!(!out.contains("made-a-user-namespace"), "{extra:?}: {out}");
+    }
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        "seccomp=unconfined",
+        "busybox",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    assert_eq!(out, "Seccomp:0\nmade-a-user-namespace\n");
+    for (name, opt) in [
+        ("filtered", None),
+        ("unconfined", Some("seccomp:unconfined")),
+    ] {
+        let mut args = vec!["run", "-d", "--name", name];
+        if let Some(opt) = opt {
+            args.extend(["--security-opt", opt]);
+        }
+        args.extend(["busybox", "sleep", "60"]);
+        store.ok(&args);
+        wait_status(&store, name, "running");
+    }
+    let seccomp = "grep Seccomp: /proc/self/status | tr -d '\\t '";
+    assert_eq!(
+        store.ok(&["exec", "filtered", "sh", "-c", seccomp]),
+        "Seccomp:2\n"
+    );
+    assert_eq!(
+        store.ok(&["exec", "unconfined", "sh", "-c", seccomp]),
+        "Seccomp:0\n"
+    );
+    store.ok(&["rm", "-f", "filtered", "unconfined"]);
+}
+
 /// A container sees its own limits, read-only, where the JVM, Go and Node look for them
 /// (/sys/fs/cgroup), and its cgroup as the root of its cgroup namespace, as with docker.
 #[test]

@@ -1,0 +1,291 @@
+//! The default seccomp filter: the system calls docker's default profile (moby
+//! `profiles/seccomp/default.json`) refuses a container that holds docker's default
+//! capabilities, refused here too, with EPERM. `run --security-opt seccomp=unconfined`
+//! goes without.
+//!
+//! Docker's profile allows a list and refuses the rest; this one refuses a list and
+//! allows the rest, so a system call newer than the list is allowed (docker's answers
+//! EPERM to it). What matters is the same: no new user namespace (where the container's
+//! root would get every capability back and reach mount, netfilter, BPF...), no kernel
+//! keyring, BPF, perf, userfaultfd, io_uring, module or kexec calls, no mount API, no
+//! clock setting, no setns. Nor does it narrow personality(2) to docker's five values
+//! (libseccomp cannot say "none of these" of one argument in a rule); the personalities
+//! left (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC) weaken only the calling process.
+//!
+//! The filter is compiled by libseccomp (the library runc, crun and podman use) in the
+//! parent, for every ABI an x86-64 process can call the kernel through (x86-64, i386 and
+//! x32, whose numbers differ); the container process only loads the finished program
+//! (`Syscall::seccomp`), as its last step before dropping its capabilities.
+
+use std::io::{Read, Seek};
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+
+/// Refused outright (EPERM), unknown names skipped: each needs a capability the
+/// container does not have (docker's profile allows them only with it), is obsolete, or
+/// opens kernel surface a container has no need of.
+const REFUSED: &[&str] = &[
+    // accounting, clocks, keyrings, modules, reboot, swap, quotas, kexec
+    "acct",
+    "add_key",
+    "keyctl",
+    "request_key",
+    "clock_adjtime",
+    "clock_settime",
+    "clock_settime64",
+    "settimeofday",
+    "stime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "init_module",
+    "get_kernel_syms",
+    "query_module",
+    "kexec_file_load",
+    "kexec_load",
+    "reboot",
+    "swapon",
+    "swapoff",
+    "quotactl",
+    "quotactl_fd",
+    // mounts and namespaces (clone and unshare: only their namespace flags, below)
+    "mount",
+    "umount",
+    "umount2",
+    "mount_setattr",
+    "move_mount",
+    "open_tree",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "pivot_root",
+    "setns",
+    // kernel surfaces: BPF, perf, fault handling, io_uring, fanotify, handles
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "fanotify_init",
+    "lookup_dcookie",
+    "name_to_handle_at",
+    "open_by_handle_at",
+    // memory policy (CAP_SYS_NICE in docker's profile), raw I/O ports
+    "get_mempolicy",
+    "mbind",
+    "set_mempolicy",
+    "move_pages",
+    "ioperm",
+    "iopl",
+    // obsolete
+    "nfsservctl",
+    "sysfs",
+    "_sysctl",
+    "uselib",
+    "ustat",
+    "vm86",
+    "vm86old",
+    "syslog",
+    "vhangup",
+];
+
+/// The namespace flags clone(2) and unshare(2) may not carry (CLONE_NEWNS, NEWCGROUP,
+/// NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET; unshare also NEWTIME, which in clone's
+/// flags is a bit of the exit signal).
+const NAMESPACES: &[u64] = &[
+    0x0002_0000,
+    0x0200_0000,
+    0x0400_0000,
+    0x0800_0000,
+    0x1000_0000,
+    0x2000_0000,
+    0x4000_0000,
+];
+const CLONE_NEWTIME: u64 = 0x80;
+
+/// The default filter as a BPF program (`struct sock_filter` array), ready for
+/// seccomp(2).
+pub fn default_program() -> Result<Vec<u8>, String> {
+    let fail =
+        |what: &str, err: libseccomp::error::SeccompError| format!("seccomp filter: {what}: {err}");
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(|e| fail("init", e))?;
+    // Loaded while the process still holds CAP_SYS_ADMIN: no_new_privs stays the
+    // user's choice (off by default, as docker's), so setuid binaries keep working.
+    ctx.set_ctl_nnp(false)
+        .map_err(|e| fail("no_new_privs", e))?;
+    if cfg!(target_arch = "x86_64") {
+        for arch in [ScmpArch::X86, ScmpArch::X32] {
+            ctx.add_arch(arch).map_err(|e| fail("add an ABI", e))?;
+        }
+    }
+    let eperm = ScmpAction::Errno(libc::EPERM);
+    for name in REFUSED {
+        // a name this libseccomp does not know on any ABI cannot be called by it either
+        let Ok(call) = ScmpSyscall::from_name(name) else {
+            continue;
+        };
+        ctx.add_rule(eperm, call).map_err(|e| fail(name, e))?;
+    }
+    let has = |flag: u64| ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag);
+    for (name, extra) in [("clone", None), ("unshare", Some(CLONE_NEWTIME))] {
+        let call = ScmpSyscall::from_name(name).map_err(|e| fail(name, e))?;
+        for &flag in NAMESPACES.iter().chain(extra.as_ref()) {
+            ctx.add_rule_conditional(eperm, call, &[has(flag)])
+                .map_err(|e| fail(name, e))?;
+        }
+    }
+    // clone3 passes its flags in memory a filter cannot read: ENOSYS, so that glibc falls
+    // back to clone, whose flags it can (docker does the same).
+    let clone3 = ScmpSyscall::from_name("clone3").map_err(|e| fail("clone3", e))?;
+    ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), clone3)
+        .map_err(|e| fail("clone3", e))?;
+
+    let memfd = rustix::fs::memfd_create("strata-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| format!("seccomp filter: memfd_create: {e}"))?;
+    ctx.export_bpf(&memfd).map_err(|e| fail("export", e))?;
+    let mut file = std::fs::File::from(memfd);
+    let mut program = Vec::new();
+    file.rewind()
+        .and_then(|()| file.read_to_end(&mut program))
+        .map_err(|e| format!("seccomp filter: read the program back: {e}"))?;
+    if program.is_empty() || program.len() % 8 != 0 {
+        return Err(format!(
+            "seccomp filter: libseccomp wrote {} bytes, not a BPF program",
+            program.len()
+        ));
+    }
+    Ok(program)
+}
+
+/// The compiled default filter, or None when unconfined. Compiled by the parent, before
+/// any fork: the container process only loads it.
+pub(crate) fn compiled(unconfined: bool) -> crate::Result<Option<Vec<u8>>> {
+    if unconfined {
+        return Ok(None);
+    }
+    default_program().map(Some).map_err(crate::Error::Setup)
+}
+
+/// Loads `program` (from [`default_program`]) on the calling thread: SECCOMP_SET_MODE_FILTER
+/// with no flags. Needs CAP_SYS_ADMIN in the current user namespace or no_new_privs.
+pub fn load(program: &[u8]) -> nix::Result<()> {
+    let len = u16::try_from(program.len() / 8).map_err(|_| nix::errno::Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr().cast::<libc::sock_filter>().cast_mut(),
+    };
+    // SAFETY: `prog` points at `len` whole sock_filter entries that outlive the call; the
+    // kernel copies them.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &raw const prog,
+        )
+    };
+    nix::errno::Errno::result(rc).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `probe` in a forked child under the default filter; its exit code comes back.
+    fn under_filter(probe: fn() -> i32) -> i32 {
+        let program = default_program().expect("compile");
+        // SAFETY: the child only makes system calls and exits.
+        match unsafe { nix::unistd::fork() }.expect("fork") {
+            nix::unistd::ForkResult::Child => {
+                let code = match load(&program) {
+                    Ok(()) => probe(),
+                    Err(_) => 99,
+                };
+                unsafe { libc::_exit(code) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                match nix::sys::wait::waitpid(child, None).expect("wait") {
+                    nix::sys::wait::WaitStatus::Exited(_, code) => code,
+                    other => panic!("probe ended {other:?}"),
+                }
+            }
+        }
+    }
+
+    fn errno_of(rc: libc::c_long) -> i32 {
+        if rc == -1 {
+            nix::errno::Errno::last_raw()
+        } else {
+            0
+        }
+    }
+
+    #[test]
+    fn the_program_is_whole_instructions() {
+        let program = default_program().unwrap();
+        assert_eq!(program.len() % 8, 0);
+        // the refused list, the namespace flags and three ABIs: well over a hundred
+        assert!(
+            program.len() / 8 > 100,
+            "{} instructions",
+            program.len() / 8
+        );
+    }
+
+    /// Needs root (CAP_SYS_ADMIN loads a filter without no_new_privs), as every runtime test.
+    #[test]
+    fn refuses_new_user_namespaces_keyrings_and_mounts_and_allows_the_rest() {
+        assert_eq!(nix::unistd::geteuid().as_raw(), 0, "run the tests as root");
+        // a new user namespace: EPERM, by unshare and by clone
+        assert_eq!(
+            under_filter(|| errno_of(unsafe {
+                libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)
+            }) as i32),
+            libc::EPERM
+        );
+        assert_eq!(
+            under_filter(|| errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    libc::CLONE_NEWUSER | libc::SIGCHLD,
+                    0,
+                    0,
+                    0,
+                    0,
+                )
+            })),
+            libc::EPERM
+        );
+        // unshare without namespace flags is harmless and allowed
+        assert_eq!(
+            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_FS) })),
+            0
+        );
+        assert_eq!(
+            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0) })),
+            libc::EPERM
+        );
+        assert_eq!(
+            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) })),
+            libc::ENOSYS
+        );
+        // a plain fork (clone with SIGCHLD) still works
+        assert_eq!(
+            under_filter(|| match unsafe { nix::unistd::fork() } {
+                Ok(nix::unistd::ForkResult::Child) => unsafe { libc::_exit(7) },
+                Ok(nix::unistd::ForkResult::Parent { child }) => {
+                    match nix::sys::wait::waitpid(child, None) {
+                        Ok(nix::sys::wait::WaitStatus::Exited(_, 7)) => 0,
+                        _ => 1,
+                    }
+                }
+                Err(_) => 2,
+            }),
+            0
+        );
+    }
+}
