@@ -837,9 +837,10 @@ const SWEEP_REASK_TIMEOUT: Duration = Duration::from_millis(500);
 /// sent after is told ENOTCONN at once. A thread with no answer stays blocked until the
 /// server answers or this process exits (the wait is killable).
 pub fn sweep_stale(dir: &Path) -> Result<usize> {
+    let dir = as_in_mount_table(dir);
     let points: Vec<PathBuf> = mount_table()?
         .into_iter()
-        .filter(|m| m.fstype.starts_with("fuse") && m.point.starts_with(dir))
+        .filter(|m| m.fstype.starts_with("fuse") && m.point.starts_with(&dir))
         .map(|m| m.point)
         .collect();
     let first = ask_statfs(&points, SWEEP_ANSWER_TIMEOUT);
@@ -866,6 +867,21 @@ pub fn sweep_stale(dir: &Path) -> Result<usize> {
         }
     }
     Ok(swept)
+}
+
+/// `dir` as the mount table names it: absolute, without symlinks. A dead FUSE mount
+/// cannot be resolved itself (ENOTCONN): then its parent is, and its name kept.
+fn as_in_mount_table(dir: &Path) -> PathBuf {
+    if let Ok(real) = std::fs::canonicalize(dir) {
+        return real;
+    }
+    let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    match (absolute.parent(), absolute.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|parent| parent.join(name))
+            .unwrap_or(absolute),
+        _ => absolute,
+    }
 }
 
 /// statfs of each of `points`, all asked at once, each from its own thread: the answers

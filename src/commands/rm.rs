@@ -36,6 +36,10 @@ pub fn run(globals: &Globals, args: RmArgs) -> anyhow::Result<ExitCode> {
             // A FUSE mount whose server died with a crashed strata answers ENOTCONN to
             // everything, and would make the container impossible to remove: detach it first.
             strata_unionfs::sweep_stale(&rootfs)?;
+            // likewise where `strata mount` put it, if its daemon died there
+            if let Some(at) = &container.state.mounted_at {
+                strata_unionfs::sweep_stale(at)?;
+            }
             if strata_store::container::is_mount_point(&rootfs) {
                 strata_unionfs::unmount(&rootfs)
                     .with_context(|| format!("failed to unmount {}", rootfs.display()))?;

@@ -532,6 +532,48 @@ fn crashed_daemon_mount_is_swept_on_next_mount() {
     store.ok(&["umount", b.mnt.to_str().unwrap()]);
 }
 
+/// `strata mount IMAGE DIR` with DIR relative, its daemon killed: the next `strata mount`
+/// there sweeps the dead mount (the mount table names it by its absolute path), and so
+/// does `rm` of the container, which had refused while the record named a mount.
+#[test]
+fn crashed_daemon_mount_at_a_relative_dir_is_swept_by_mount_and_rm() {
+    let store = crate::run::store_with_busybox();
+    let root = store.root().to_path_buf();
+    let dir = root.join("crash-rel-dir");
+    fs::create_dir_all(&dir).unwrap();
+    let kill_the_daemon = || {
+        let pids = daemons("crash-rel-dir");
+        assert_eq!(pids.len(), 1, "{pids:?}");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pids[0]),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // (a stat may come from the kernel's cache; a listing asks the server)
+        let mnt = dir.clone();
+        wait_until(
+            "the dead mount answers ENOTCONN",
+            move || matches!(fs::read_dir(&mnt), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN)),
+        );
+    };
+    let mount = |args: &[&str]| {
+        let out = store.strata_in(args, Some(&root));
+        crate::common::assert_success(&out, args);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = mount(&["mount", "--driver", "fuse", "busybox", "crash-rel-dir"]);
+    kill_the_daemon();
+    let second = mount(&["mount", "--driver", "fuse", "busybox", "crash-rel-dir"]);
+    assert!(dir.join("bin/busybox").is_file(), "the new mount serves");
+    kill_the_daemon();
+    // the first container's record names no live mount: it goes; the second's mount is
+    // dead, and `rm` detaches it rather than refusing
+    store.ok(&["rm", &first]);
+    store.ok(&["rm", &second]);
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mountinfo.contains("crash-rel-dir"), "{mountinfo}");
+}
+
 #[test]
 fn crashed_daemon_mount_is_swept_by_gc() {
     let store = TestStore::new();
