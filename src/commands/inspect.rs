@@ -61,7 +61,15 @@ fn container_json(
     let state = &container.state;
     let raw = serde_json::to_value(state)?;
     let config = &state.config;
-    let status = raw["status"].clone();
+    // A record left saying running by a run that could not save the exit (a full disk)
+    // or was killed: its process is gone, as `ps` says.
+    let gone = state.status == strata_store::container::Status::Running
+        && !crate::commands::run::is_running(container);
+    let status = if gone {
+        serde_json::json!("exited")
+    } else {
+        raw["status"].clone()
+    };
     // docker's zero time for a container not started or not ended
     let time = |t: &Option<String>| t.clone().unwrap_or_else(|| "0001-01-01T00:00:00Z".into());
     let mut json = serde_json::json!({
@@ -76,7 +84,7 @@ fn container_json(
             "Restarting": false,
             "OOMKilled": state.oom_killed,
             "Dead": false,
-            "Pid": state.pid.unwrap_or(0),
+            "Pid": if gone { 0 } else { state.pid.unwrap_or(0) },
             "ExitCode": state.exit_code.unwrap_or(0),
             "Error": state.error.clone().unwrap_or_default(),
             "StartedAt": time(&state.started),

@@ -884,7 +884,12 @@ fn mount_and_run(
     if let Err(err) = strata_runtime::remove_cgroup(&cgroup_name(&container.id)) {
         eprintln!("warning: {err}");
     }
-    container.save()?;
+    // The command ran and ended: its status is the answer (as docker's), even when its
+    // exit cannot be recorded (a full disk). The record then still says running; `ps` and
+    // `inspect` see that its process is gone.
+    if let Err(err) = container.save() {
+        eprintln!("warning: the container's exit could not be recorded: {err}");
+    }
     if let Some(err) = save_error {
         eprintln!("warning: failed to record the container's pid: {err}");
     }

@@ -1363,6 +1363,37 @@ fn no_new_privileges_only_when_asked() {
     assert_eq!(code(&out), 125);
 }
 
+/// A full disk when the container exits: `run` answers the command's own status, with a
+/// warning that its exit could not be recorded, and `inspect` and `ps` see the process
+/// gone (the record still says running).
+#[test]
+fn a_full_disk_at_exit_keeps_the_commands_status() {
+    let store = crate::common::TestStore::new();
+    nix::mount::mount(
+        Some("tmpfs"),
+        store.root(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=48m"),
+    )
+    .unwrap();
+    store.import_busybox("busybox");
+    let fill = "dd if=/dev/zero of=/fill bs=1M count=100 2>/dev/null; echo done";
+    let out = store.strata(&["run", "--name", "full", "busybox", "sh", "-c", fill]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+    assert!(stderr.contains("could not be recorded"), "{stderr}");
+    let state = "{{.State.Status}} {{.State.Running}} {{.State.Pid}}";
+    assert_eq!(
+        store.ok(&["inspect", "-f", state, "full"]),
+        "exited false 0\n"
+    );
+    assert!(store.ok(&["ps", "-a"]).contains("Exited (unknown)"));
+    store.ok(&["rm", "full"]);
+    store.ok(&["fsck"]);
+}
+
 /// Every container process runs under the default seccomp filter, as docker's: container
 /// root cannot make a user namespace (where it would hold every capability again). `exec`
 /// takes the container's setting; `--security-opt seccomp=unconfined` goes without.
