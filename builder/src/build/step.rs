@@ -28,6 +28,11 @@ use crate::progress::{Outcome, StepInfo};
 use crate::stages::{Base, Scope};
 use crate::tree::Tree;
 
+/// Part of every COPY and ADD cache key: bumped when what a COPY makes of the same sources
+/// changes, so that entries an older strata wrote miss instead of giving the old result
+/// (2: `--chmod` also applies to the directory a COPY of a directory makes).
+const COPY_SEMANTICS: &[u8] = b"2";
+
 /// Build args every RUN sees without declaring them (Docker's predefined ARGs).
 pub(crate) const PROXY_ARGS: &[&str] = &[
     "HTTP_PROXY",
@@ -251,6 +256,7 @@ impl StageRun<'_, '_> {
                     .map_err(|err| at_step(err, &cx.buildfile.file, step))?;
                 let text = copy::key_text(&sources);
                 key = key
+                    .part("copy-semantics", COPY_SEMANTICS)
                     .part("sources", text.as_bytes())
                     .part("workdir", self.state.config.working_dir.as_bytes());
                 if copy.chown.is_some() {
