@@ -731,10 +731,16 @@ pub fn serve_daemon(spec: &MountSpec) -> Result<()> {
     }
 }
 
+/// How long open files (or another mount namespace's copy of the mount) keep being
+/// served after SIGINT or SIGTERM unmounted it, before the server ends anyway.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// For `strata mount --foreground`: serves the FUSE mount in this process until it is
 /// unmounted, like `fuse-overlayfs -f`. SIGINT and SIGTERM unmount it (lazily, so open
-/// files keep working until closed) and end the serving. `mounted` runs once the mount
-/// is live; its error unmounts and is returned.
+/// files keep working until closed) and end the serving; what still uses the mount
+/// [`STOP_GRACE`] later (or at a second signal) gets ENOTCONN, as from a libfuse server
+/// told to stop. `mounted` runs once the mount is live; its error unmounts and is
+/// returned.
 pub fn serve_foreground(
     spec: &MountSpec,
     mounted: impl FnOnce() -> std::result::Result<(), String>,
@@ -762,6 +768,26 @@ pub fn serve_foreground(
         if let Ok(signal) = signals.wait() {
             tracing::info!("{signal}: unmounting {}", target.display());
             let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
+            // The serving ends when the kernel lets go of the mount: now, unless files
+            // are open in it or another mount namespace holds a copy of it.
+            let grace = libc::timespec {
+                tv_sec: STOP_GRACE.as_secs() as libc::time_t,
+                tv_nsec: 0,
+            };
+            // SAFETY: `signals` is a valid set, blocked in this thread; the info pointer
+            // may be null.
+            let again =
+                unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &grace) };
+            tracing::warn!(
+                "{}: still in use {}; ending it (its users get ENOTCONN)",
+                target.display(),
+                if again > 0 {
+                    "at a second signal"
+                } else {
+                    "after the grace period"
+                }
+            );
+            std::process::exit(0);
         }
     });
     session
