@@ -461,9 +461,17 @@ pub struct RunArgs {
     /// Mount the container's root read-only (its volumes, /dev, /proc and /etc files stay as they are)
     #[arg(long)]
     pub read_only: bool,
-    /// Security options; `no-new-privileges` keeps setuid binaries from elevating
+    /// Security options: `no-new-privileges` keeps setuid binaries from elevating;
+    /// `seccomp=unconfined` runs without the default seccomp filter
     #[arg(long = "security-opt", value_name = "OPT")]
     pub security_opt: Vec<String>,
+    /// Give root in the container a capability beyond docker's default set (NET_ADMIN,
+    /// SYS_TIME...; ALL for every one); the seccomp filter lets through what it unlocks
+    #[arg(long = "cap-add", value_name = "CAP", value_delimiter = ',')]
+    pub cap_add: Vec<String>,
+    /// Take a capability from docker's default set (ALL for every one)
+    #[arg(long = "cap-drop", value_name = "CAP", value_delimiter = ',')]
+    pub cap_drop: Vec<String>,
     /// The image, then the command and its arguments (default: the image's entrypoint and
     /// cmd). Options end at the image, as with docker: what follows goes to the container.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_names = ["IMAGE", "COMMAND"])]

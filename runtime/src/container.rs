@@ -12,7 +12,7 @@ use nix::mount::MsFlags;
 
 use crate::rootfs::{self, Rootfs};
 use crate::syscall::Syscall;
-use crate::{caps, user};
+use crate::user;
 
 /// The default PATH docker gives a container whose image sets none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -28,6 +28,9 @@ pub struct Setup {
     pub env: Vec<String>,
     pub tty: bool,
     pub last_cap: u32,
+    /// The capabilities root keeps (bounding, permitted, effective sets): docker's default
+    /// set, tweaked by `--cap-add` / `--cap-drop` (`caps::tweak`).
+    pub caps: u64,
     /// `--security-opt no-new-privileges`: setuid binaries no longer elevate.
     pub no_new_privileges: bool,
     /// The compiled seccomp filter (`seccomp::default_program`); None: unconfined.
@@ -93,6 +96,7 @@ pub fn setup(sys: &dyn Syscall, spec: &Setup) -> Result<Prepared, String> {
             hostname: spec.hostname.as_deref(),
             tty: spec.tty,
             last_cap: spec.last_cap,
+            caps: spec.caps,
             create_cwd: true,
             no_new_privileges: spec.no_new_privileges,
             seccomp: spec.seccomp.as_deref(),
@@ -112,6 +116,8 @@ pub struct Identity<'a> {
     pub hostname: Option<&'a str>,
     pub tty: bool,
     pub last_cap: u32,
+    /// The capabilities root keeps (see `Setup::caps`).
+    pub caps: u64,
     /// `run` makes a missing working directory; `exec` reports it.
     pub create_cwd: bool,
     /// Off by default, as docker's: a setuid `sudo` or `ping` must work for a non-root USER.
@@ -168,7 +174,7 @@ pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
         sys.seccomp(program)
             .map_err(|err| format!("load the seccomp filter: {err}"))?;
     }
-    let keep = caps::default_mask();
+    let keep = id.caps;
     for cap in 0..=id.last_cap {
         if keep & (1u64 << cap) == 0 {
             sys.drop_bounding_cap(cap)
@@ -295,6 +301,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::caps;
     use crate::syscall::{Kind, Recorder};
 
     fn setup_spec(userns: bool) -> Setup {
@@ -314,6 +321,7 @@ mod tests {
             env: vec!["A=1".into()],
             tty: false,
             last_cap: 40,
+            caps: caps::default_mask(),
             no_new_privileges: true,
             seccomp: Some(vec![0; 16]),
             die_with_parent: false,

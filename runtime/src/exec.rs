@@ -48,6 +48,8 @@ pub struct ExecSpec {
     /// As the container was started (`exec` does not change them).
     pub no_new_privileges: bool,
     pub seccomp_unconfined: bool,
+    /// None: docker's default set.
+    pub capabilities: Option<u64>,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -112,6 +114,7 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
     let stdio = (spec.stdin, stdout, spec.stderr);
     let (mut parent_sock, child_sock) =
         UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
+    let caps = spec.capabilities.unwrap_or_else(crate::caps::default_mask);
     let identity = Who {
         user: spec.user,
         cwd: spec.cwd,
@@ -119,8 +122,9 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
         hostname: spec.hostname,
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
+        caps,
         no_new_privileges: spec.no_new_privileges,
-        seccomp: crate::seccomp::compiled(spec.seccomp_unconfined)?,
+        seccomp: crate::seccomp::compiled(spec.seccomp_unconfined, caps)?,
     };
     let joiner = match sys::fork().map_err(|err| Error::sys("fork", err))? {
         ForkResult::Child => {
@@ -165,6 +169,7 @@ struct Who {
     hostname: Option<String>,
     tty: bool,
     last_cap: u32,
+    caps: u64,
     no_new_privileges: bool,
     seccomp: Option<Vec<u8>>,
 }
@@ -268,6 +273,7 @@ fn process_main(mut sock: UnixStream, identity: Who, args: Vec<String>, stdio: S
         hostname: identity.hostname.as_deref(),
         tty: identity.tty,
         last_cap: identity.last_cap,
+        caps: identity.caps,
         create_cwd: false,
         no_new_privileges: identity.no_new_privileges,
         seccomp: identity.seccomp.as_deref(),

@@ -6,7 +6,7 @@
 //! view (rootfs.rs), takes its identity (container.rs: user.rs, caps.rs) and execs. `run`
 //! adds signal forwarding (signals.rs) and waits. Only sys.rs contains `unsafe`.
 
-mod caps;
+pub mod caps;
 pub mod cgroup;
 mod container;
 mod error;
@@ -103,6 +103,8 @@ pub struct Spec {
     pub cancelled: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     /// Set no_new_privs (docker's `--security-opt no-new-privileges`); off by default.
     pub no_new_privileges: bool,
+    /// The capabilities container root keeps (`caps::tweak`); None: docker's default set.
+    pub capabilities: Option<u64>,
     /// No seccomp filter (docker's `--security-opt seccomp=unconfined`); the default
     /// filter (`seccomp.rs`) otherwise.
     pub seccomp_unconfined: bool,

@@ -195,7 +195,8 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     };
     let rootfs = std::fs::canonicalize(&spec.rootfs)
         .map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
-    let seccomp = crate::seccomp::compiled(spec.seccomp_unconfined)?;
+    let caps = spec.capabilities.unwrap_or_else(crate::caps::default_mask);
+    let seccomp = crate::seccomp::compiled(spec.seccomp_unconfined, caps)?;
     let setup = Setup {
         rootfs: Rootfs {
             root: rootfs,
@@ -220,6 +221,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         env: spec.env.clone(),
         tty: spec.tty,
         last_cap: crate::caps::last_cap(),
+        caps,
         no_new_privileges: spec.no_new_privileges,
         seccomp,
         die_with_parent: spec.die_with_parent,

@@ -23,74 +23,74 @@ use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
 
-/// Refused outright (EPERM), unknown names skipped: each needs a capability the
-/// container does not have (docker's profile allows them only with it), is obsolete, or
-/// opens kernel surface a container has no need of.
-const REFUSED: &[&str] = &[
-    // accounting, clocks, keyrings, modules, reboot, swap, quotas, kexec
-    "acct",
-    "add_key",
-    "keyctl",
-    "request_key",
-    "clock_adjtime",
-    "clock_settime",
-    "clock_settime64",
-    "settimeofday",
-    "stime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "init_module",
-    "get_kernel_syms",
-    "query_module",
-    "kexec_file_load",
-    "kexec_load",
-    "reboot",
-    "swapon",
-    "swapoff",
-    "quotactl",
-    "quotactl_fd",
+/// Refused (EPERM) unless the container holds one of the capabilities given: what docker's
+/// profile allows only with such a capability, what is obsolete, and kernel surfaces a
+/// container has no need of. A name this libseccomp does not know is skipped.
+const REFUSED: &[(&str, &[u32])] = &[
+    // accounting, clocks, modules, reboot, kexec, swap, quotas
+    ("acct", &[SYS_PACCT]),
+    ("clock_adjtime", &[SYS_TIME]),
+    ("clock_settime", &[SYS_TIME]),
+    ("clock_settime64", &[SYS_TIME]),
+    ("settimeofday", &[SYS_TIME]),
+    ("stime", &[SYS_TIME]),
+    ("create_module", &[SYS_MODULE]),
+    ("delete_module", &[SYS_MODULE]),
+    ("finit_module", &[SYS_MODULE]),
+    ("init_module", &[SYS_MODULE]),
+    ("get_kernel_syms", &[SYS_MODULE]),
+    ("query_module", &[SYS_MODULE]),
+    ("kexec_file_load", &[SYS_BOOT]),
+    ("kexec_load", &[SYS_BOOT]),
+    ("reboot", &[SYS_BOOT]),
+    ("swapon", &[SYS_ADMIN]),
+    ("swapoff", &[SYS_ADMIN]),
+    ("quotactl", &[SYS_ADMIN]),
+    ("quotactl_fd", &[SYS_ADMIN]),
     // mounts and namespaces (clone and unshare: only their namespace flags, below)
-    "mount",
-    "umount",
-    "umount2",
-    "mount_setattr",
-    "move_mount",
-    "open_tree",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "pivot_root",
-    "setns",
-    // kernel surfaces: BPF, perf, fault handling, io_uring, fanotify, handles
-    "bpf",
-    "perf_event_open",
-    "userfaultfd",
-    "io_uring_setup",
-    "io_uring_enter",
-    "io_uring_register",
-    "fanotify_init",
-    "lookup_dcookie",
-    "name_to_handle_at",
-    "open_by_handle_at",
-    // memory policy (CAP_SYS_NICE in docker's profile), raw I/O ports
-    "get_mempolicy",
-    "mbind",
-    "set_mempolicy",
-    "move_pages",
-    "ioperm",
-    "iopl",
+    ("mount", &[SYS_ADMIN]),
+    ("umount", &[SYS_ADMIN]),
+    ("umount2", &[SYS_ADMIN]),
+    ("mount_setattr", &[SYS_ADMIN]),
+    ("move_mount", &[SYS_ADMIN]),
+    ("open_tree", &[SYS_ADMIN]),
+    ("fsconfig", &[SYS_ADMIN]),
+    ("fsmount", &[SYS_ADMIN]),
+    ("fsopen", &[SYS_ADMIN]),
+    ("fspick", &[SYS_ADMIN]),
+    ("pivot_root", &[SYS_ADMIN]),
+    ("setns", &[SYS_ADMIN]),
+    // kernel surfaces: BPF, perf, fault handling, fanotify, handles, keyrings, io_uring
+    ("bpf", &[SYS_ADMIN, BPF]),
+    ("perf_event_open", &[SYS_ADMIN, PERFMON]),
+    ("userfaultfd", &[SYS_PTRACE]),
+    ("fanotify_init", &[SYS_ADMIN]),
+    ("lookup_dcookie", &[SYS_ADMIN]),
+    ("name_to_handle_at", &[DAC_READ_SEARCH]),
+    ("open_by_handle_at", &[DAC_READ_SEARCH]),
+    ("add_key", &[]),
+    ("keyctl", &[]),
+    ("request_key", &[]),
+    ("io_uring_setup", &[]),
+    ("io_uring_enter", &[]),
+    ("io_uring_register", &[]),
+    // memory policy, raw I/O ports, the kernel log, terminals
+    ("get_mempolicy", &[SYS_NICE]),
+    ("mbind", &[SYS_NICE]),
+    ("set_mempolicy", &[SYS_NICE]),
+    ("move_pages", &[SYS_NICE]),
+    ("ioperm", &[SYS_RAWIO]),
+    ("iopl", &[SYS_RAWIO]),
+    ("syslog", &[SYSLOG]),
+    ("vhangup", &[SYS_TTY_CONFIG]),
     // obsolete
-    "nfsservctl",
-    "sysfs",
-    "_sysctl",
-    "uselib",
-    "ustat",
-    "vm86",
-    "vm86old",
-    "syslog",
-    "vhangup",
+    ("nfsservctl", &[]),
+    ("sysfs", &[]),
+    ("_sysctl", &[]),
+    ("uselib", &[]),
+    ("ustat", &[]),
+    ("vm86", &[]),
+    ("vm86old", &[]),
 ];
 
 /// The namespace flags clone(2) and unshare(2) may not carry (CLONE_NEWNS, NEWCGROUP,
@@ -107,9 +107,24 @@ const NAMESPACES: &[u64] = &[
 ];
 const CLONE_NEWTIME: u64 = 0x80;
 
-/// The default filter as a BPF program (`struct sock_filter` array), ready for
-/// seccomp(2).
-pub fn default_program() -> Result<Vec<u8>, String> {
+const DAC_READ_SEARCH: u32 = 2;
+const SYS_MODULE: u32 = 16;
+const SYS_RAWIO: u32 = 17;
+const SYS_PTRACE: u32 = 19;
+const SYS_PACCT: u32 = 20;
+const SYS_ADMIN: u32 = 21;
+const SYS_BOOT: u32 = 22;
+const SYS_NICE: u32 = 23;
+const SYS_TIME: u32 = 25;
+const SYS_TTY_CONFIG: u32 = 26;
+const SYSLOG: u32 = 34;
+const PERFMON: u32 = 38;
+const BPF: u32 = 39;
+
+/// The default filter for a container holding capabilities `caps` (a mask) as a BPF
+/// program (`struct sock_filter` array), ready for seccomp(2).
+pub fn default_program(caps: u64) -> Result<Vec<u8>, String> {
+    let holds = |unlocking: &[u32]| unlocking.iter().any(|&cap| caps & (1 << cap) != 0);
     let fail =
         |what: &str, err: libseccomp::error::SeccompError| format!("seccomp filter: {what}: {err}");
     let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(|e| fail("init", e))?;
@@ -123,7 +138,10 @@ pub fn default_program() -> Result<Vec<u8>, String> {
         }
     }
     let eperm = ScmpAction::Errno(libc::EPERM);
-    for name in REFUSED {
+    for &(name, unlocking) in REFUSED {
+        if holds(unlocking) {
+            continue;
+        }
         // a name this libseccomp does not know on any ABI cannot be called by it either
         let Ok(call) = ScmpSyscall::from_name(name) else {
             continue;
@@ -131,9 +149,15 @@ pub fn default_program() -> Result<Vec<u8>, String> {
         ctx.add_rule(eperm, call).map_err(|e| fail(name, e))?;
     }
     let has = |flag: u64| ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(flag), flag);
+    let namespaces = if holds(&[SYS_ADMIN]) {
+        &[][..]
+    } else {
+        NAMESPACES
+    };
     for (name, extra) in [("clone", None), ("unshare", Some(CLONE_NEWTIME))] {
         let call = ScmpSyscall::from_name(name).map_err(|e| fail(name, e))?;
-        for &flag in NAMESPACES.iter().chain(extra.as_ref()) {
+        let extra = extra.filter(|_| !namespaces.is_empty());
+        for &flag in namespaces.iter().chain(extra.as_ref()) {
             ctx.add_rule_conditional(eperm, call, &[has(flag)])
                 .map_err(|e| fail(name, e))?;
         }
@@ -163,11 +187,11 @@ pub fn default_program() -> Result<Vec<u8>, String> {
 
 /// The compiled default filter, or None when unconfined. Compiled by the parent, before
 /// any fork: the container process only loads it.
-pub(crate) fn compiled(unconfined: bool) -> crate::Result<Option<Vec<u8>>> {
+pub(crate) fn compiled(unconfined: bool, caps: u64) -> crate::Result<Option<Vec<u8>>> {
     if unconfined {
         return Ok(None);
     }
-    default_program().map(Some).map_err(crate::Error::Setup)
+    default_program(caps).map(Some).map_err(crate::Error::Setup)
 }
 
 /// Loads `program` (from [`default_program`]) on the calling thread: SECCOMP_SET_MODE_FILTER
@@ -197,7 +221,11 @@ mod tests {
 
     /// Runs `probe` in a forked child under the default filter; its exit code comes back.
     fn under_filter(probe: fn() -> i32) -> i32 {
-        let program = default_program().expect("compile");
+        under_filter_with(crate::caps::default_mask(), probe)
+    }
+
+    fn under_filter_with(caps: u64, probe: fn() -> i32) -> i32 {
+        let program = default_program(caps).expect("compile");
         // SAFETY: the child only makes system calls and exits.
         match unsafe { nix::unistd::fork() }.expect("fork") {
             nix::unistd::ForkResult::Child => {
@@ -226,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_program_is_whole_instructions() {
-        let program = default_program().unwrap();
+        let program = default_program(crate::caps::default_mask()).unwrap();
         assert_eq!(program.len() % 8, 0);
         // the refused list, the namespace flags and three ABIs: well over a hundred
         assert!(
@@ -272,6 +300,20 @@ mod tests {
         assert_eq!(
             under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_clone3, 0, 0) })),
             libc::ENOSYS
+        );
+        // with CAP_SYS_ADMIN (`--cap-add SYS_ADMIN`), as under docker's profile
+        let admin = crate::caps::default_mask() | 1 << SYS_ADMIN;
+        assert_eq!(
+            under_filter_with(admin, || errno_of(unsafe {
+                libc::syscall(libc::SYS_unshare, libc::CLONE_NEWUSER)
+            })),
+            0
+        );
+        assert_eq!(
+            under_filter_with(admin, || errno_of(unsafe {
+                libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)
+            })),
+            libc::EPERM
         );
         // a plain fork (clone with SIGCHLD) still works
         assert_eq!(

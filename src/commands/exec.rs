@@ -40,6 +40,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
     require_terminal(&args.process)?;
     // Without -i the command reads nothing, as with docker exec.
     let stdin = stdin_for(args.process.interactive)?;
+    let capabilities = config.capabilities()?;
     let spec = strata_runtime::ExecSpec {
         pid,
         args: command.to_vec(),
@@ -52,6 +53,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         interactive: args.process.interactive,
         no_new_privileges: config.no_new_privileges,
         seccomp_unconfined: config.seccomp_unconfined,
+        capabilities: Some(capabilities),
         stdin,
         stdout: None,
         stderr: None,

@@ -62,6 +62,11 @@ pub struct RunConfig {
     /// `--security-opt seccomp=unconfined`: no seccomp filter.
     #[serde(default)]
     pub seccomp_unconfined: bool,
+    /// `--cap-add` and `--cap-drop`, as given (`capabilities` applies them).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
     /// `--read-only`.
     #[serde(default)]
     pub read_only: bool,
@@ -71,6 +76,17 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The capabilities container root keeps: docker's default set with `--cap-add` and
+    /// `--cap-drop` applied as docker applies them.
+    pub fn capabilities(&self) -> anyhow::Result<u64> {
+        strata_runtime::caps::tweak(
+            &self.cap_add,
+            &self.cap_drop,
+            strata_runtime::caps::last_cap(),
+        )
+        .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))
+    }
+
     /// The run options `container` was made with (`run` records them; `mount` does not).
     pub fn of(container: &Container) -> anyhow::Result<RunConfig> {
         if container.state.config.is_null() {
@@ -379,6 +395,8 @@ fn config_for(
     if let Some(signal) = &stop_signal {
         crate::commands::kill::parse_signal(signal).context("bad stop signal")?;
     }
+    strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, 63)
+        .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))?;
     Ok(RunConfig {
         args: full,
         entrypoint,
@@ -441,6 +459,8 @@ fn config_for(
         stop_signal,
         no_new_privileges,
         seccomp_unconfined,
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
         read_only: args.read_only,
         healthcheck: health::resolve(image_check, args)?
             .map(|check| health::Check { shell, ..check }),
@@ -808,6 +828,7 @@ fn mount_and_run(
         cancelled: None,
         no_new_privileges: config.no_new_privileges,
         seccomp_unconfined: config.seccomp_unconfined,
+        capabilities: Some(config.capabilities()?),
         read_only: config.read_only,
         stdin,
         stdout: Some(output.stdout),

@@ -1363,6 +1363,63 @@ fn no_new_privileges_only_when_asked() {
     assert_eq!(code(&out), 125);
 }
 
+/// `--cap-add` and `--cap-drop` tweak docker's default set as docker does (ALL included),
+/// `exec` takes the container's set, and the seccomp filter lets through what an added
+/// capability unlocks (a user namespace with SYS_ADMIN).
+#[test]
+fn cap_add_and_cap_drop_as_docker() {
+    let store = store_with_busybox();
+    let caps = "grep CapEff: /proc/self/status | tr -d '\\t '";
+    let run = |extra: &[&str], script: &str| {
+        let mut args = vec!["run", "--rm"];
+        args.extend(extra);
+        args.extend(["busybox", "sh", "-c", script]);
+        store.ok(&args)
+    };
+    assert_eq!(run(&[], caps), "CapEff:00000000a80425fb\n");
+    assert_eq!(
+        run(&["--cap-add", "NET_ADMIN"], caps),
+        "CapEff:00000000a80435fb\n"
+    );
+    let chown = "chown 1 /tmp 2>&1; exit 0";
+    assert!(run(&[], chown).is_empty());
+    let out = run(&["--cap-drop", "chown"], chown);
+    assert!(out.contains("Operation not permitted"), "{out}");
+    assert_eq!(
+        run(
+            &["--cap-drop", "ALL", "--cap-add", "CAP_NET_BIND_SERVICE"],
+            caps
+        ),
+        "CapEff:0000000000000400\n"
+    );
+    let userns = "unshare -U true 2>&1 && echo made-a-user-namespace; exit 0";
+    assert!(run(&[], userns).contains("Operation not permitted"));
+    assert_eq!(
+        run(&["--cap-add", "SYS_ADMIN"], userns),
+        "made-a-user-namespace\n"
+    );
+    let out = store.strata(&["run", "--rm", "--cap-add", "SYS_WIZARD", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("SYS_WIZARD"));
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "admin",
+        "--cap-add",
+        "NET_ADMIN,SYS_TIME",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    wait_status(&store, "admin", "running");
+    assert_eq!(
+        store.ok(&["exec", "admin", "sh", "-c", caps]),
+        "CapEff:00000000aa0435fb\n"
+    );
+    store.ok(&["rm", "-f", "admin"]);
+}
+
 /// A full disk when the container exits: `run` answers the command's own status, with a
 /// warning that its exit could not be recorded, and `inspect` and `ps` see the process
 /// gone (the record still says running).
