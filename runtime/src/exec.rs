@@ -48,6 +48,7 @@ pub struct ExecSpec {
     /// As the container was started (`exec` does not change them).
     pub no_new_privileges: bool,
     pub seccomp_unconfined: bool,
+    pub seccomp_profile: Option<String>,
     /// None: docker's default set.
     pub capabilities: Option<u64>,
     pub stdin: Option<OwnedFd>,
@@ -124,7 +125,11 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
         last_cap: crate::caps::last_cap(),
         caps,
         no_new_privileges: spec.no_new_privileges,
-        seccomp: crate::seccomp::compiled(spec.seccomp_unconfined, caps)?,
+        seccomp: crate::seccomp::compiled(
+            spec.seccomp_unconfined,
+            spec.seccomp_profile.as_deref(),
+            caps,
+        )?,
     };
     let joiner = match sys::fork().map_err(|err| Error::sys("fork", err))? {
         ForkResult::Child => {

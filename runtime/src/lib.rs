@@ -28,6 +28,7 @@ pub use error::{Error, Result};
 pub use exec::ExecSpec;
 pub use process::{Child, USERNS_HOST_START, USERNS_SIZE};
 pub use rootfs::Bind;
+pub use seccomp::profile_program as seccomp_program;
 
 /// The host path of container path `inside` of the root `root`, with symlinks followed as
 /// the container sees them (never outside `root`); the missing tail is kept as given.
@@ -108,6 +109,9 @@ pub struct Spec {
     /// No seccomp filter (docker's `--security-opt seccomp=unconfined`); the default
     /// filter (`seccomp.rs`) otherwise.
     pub seccomp_unconfined: bool,
+    /// A docker seccomp profile (JSON) instead of the default filter
+    /// (`--security-opt seccomp=FILE`).
+    pub seccomp_profile: Option<String>,
     /// The root is read-only (`run --read-only`); mounts on it keep their own flags.
     pub read_only: bool,
     /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`

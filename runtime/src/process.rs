@@ -196,7 +196,11 @@ pub fn spawn(spec: Spec) -> Result<Child> {
     let rootfs = std::fs::canonicalize(&spec.rootfs)
         .map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
     let caps = spec.capabilities.unwrap_or_else(crate::caps::default_mask);
-    let seccomp = crate::seccomp::compiled(spec.seccomp_unconfined, caps)?;
+    let seccomp = crate::seccomp::compiled(
+        spec.seccomp_unconfined,
+        spec.seccomp_profile.as_deref(),
+        caps,
+    )?;
     let setup = Setup {
         rootfs: Rootfs {
             root: rootfs,

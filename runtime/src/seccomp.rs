@@ -19,6 +19,8 @@
 
 use std::io::{Read, Seek};
 
+mod profile;
+
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
@@ -168,9 +170,15 @@ pub fn default_program(caps: u64) -> Result<Vec<u8>, String> {
     ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), clone3)
         .map_err(|e| fail("clone3", e))?;
 
+    export(&ctx)
+}
+
+/// The filter as a BPF program, through a memfd (libseccomp 2.5 writes to descriptors).
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<u8>, String> {
     let memfd = rustix::fs::memfd_create("strata-seccomp", rustix::fs::MemfdFlags::CLOEXEC)
         .map_err(|e| format!("seccomp filter: memfd_create: {e}"))?;
-    ctx.export_bpf(&memfd).map_err(|e| fail("export", e))?;
+    ctx.export_bpf(&memfd)
+        .map_err(|e| format!("seccomp filter: export: {e}"))?;
     let mut file = std::fs::File::from(memfd);
     let mut program = Vec::new();
     file.rewind()
@@ -185,13 +193,29 @@ pub fn default_program(caps: u64) -> Result<Vec<u8>, String> {
     Ok(program)
 }
 
-/// The compiled default filter, or None when unconfined. Compiled by the parent, before
+/// A docker seccomp profile (`--security-opt seccomp=FILE`'s JSON) compiled for a
+/// container holding capabilities `caps`.
+pub fn profile_program(json: &str, caps: u64) -> Result<Vec<u8>, String> {
+    let ctx = profile::build(json, &profile::Host::this(caps))?;
+    export(&ctx)
+}
+
+/// The compiled filter (the profile given, else the default one), or None when unconfined. Compiled by the parent, before
 /// any fork: the container process only loads it.
-pub(crate) fn compiled(unconfined: bool, caps: u64) -> crate::Result<Option<Vec<u8>>> {
+pub(crate) fn compiled(
+    unconfined: bool,
+    profile: Option<&str>,
+    caps: u64,
+) -> crate::Result<Option<Vec<u8>>> {
     if unconfined {
         return Ok(None);
     }
-    default_program(caps).map(Some).map_err(crate::Error::Setup)
+    match profile {
+        Some(json) => profile_program(json, caps),
+        None => default_program(caps),
+    }
+    .map(Some)
+    .map_err(crate::Error::Setup)
 }
 
 /// Loads `program` (from [`default_program`]) on the calling thread: SECCOMP_SET_MODE_FILTER
@@ -225,7 +249,11 @@ mod tests {
     }
 
     fn under_filter_with(caps: u64, probe: fn() -> i32) -> i32 {
-        let program = default_program(caps).expect("compile");
+        under_program(default_program(caps).expect("compile"), probe)
+    }
+
+    /// Runs `probe` in a forked child under `program`; its exit code comes back.
+    pub(super) fn under_program(program: Vec<u8>, probe: fn() -> i32) -> i32 {
         // SAFETY: the child only makes system calls and exits.
         match unsafe { nix::unistd::fork() }.expect("fork") {
             nix::unistd::ForkResult::Child => {
@@ -244,7 +272,7 @@ mod tests {
         }
     }
 
-    fn errno_of(rc: libc::c_long) -> i32 {
+    pub(super) fn errno_of(rc: libc::c_long) -> i32 {
         if rc == -1 {
             nix::errno::Errno::last_raw()
         } else {

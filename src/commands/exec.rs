@@ -53,6 +53,7 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         interactive: args.process.interactive,
         no_new_privileges: config.no_new_privileges,
         seccomp_unconfined: config.seccomp_unconfined,
+        seccomp_profile: config.seccomp_profile.clone(),
         capabilities: Some(capabilities),
         stdin,
         stdout: None,

@@ -62,6 +62,10 @@ pub struct RunConfig {
     /// `--security-opt seccomp=unconfined`: no seccomp filter.
     #[serde(default)]
     pub seccomp_unconfined: bool,
+    /// `--security-opt seccomp=FILE`: the profile's JSON, kept as it was at `run` (as
+    /// docker keeps it), so `start` and `exec` do not depend on the file.
+    #[serde(default)]
+    pub seccomp_profile: Option<String>,
     /// `--cap-add` and `--cap-drop`, as given (`capabilities` applies them).
     #[serde(default)]
     pub cap_add: Vec<String>,
@@ -371,20 +375,26 @@ fn config_for(
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
     let mut no_new_privileges = false;
     let mut seccomp_unconfined = false;
+    let mut seccomp_profile = None;
     for option in &args.security_opt {
         // docker writes both `no-new-privileges` and `no-new-privileges:true`, and
         // `seccomp=unconfined` or `seccomp:unconfined`
-        match option.replace('=', ":").as_str() {
-            "no-new-privileges" | "no-new-privileges:true" => no_new_privileges = true,
-            "no-new-privileges:false" => no_new_privileges = false,
-            "seccomp:unconfined" => seccomp_unconfined = true,
-            other if other.starts_with("seccomp:") => bail!(
-                "unsupported --security-opt {other:?}: strata has its default seccomp filter \
-                 and seccomp=unconfined, no profile files"
-            ),
-            other => bail!(
-                "unsupported --security-opt {other:?}: strata knows \
-                 no-new-privileges[:true|false] and seccomp=unconfined"
+        let (key, value) = option
+            .split_once(['=', ':'])
+            .unwrap_or((option.as_str(), ""));
+        match (key, value) {
+            ("no-new-privileges", "" | "true") => no_new_privileges = true,
+            ("no-new-privileges", "false") => no_new_privileges = false,
+            ("seccomp", "unconfined") => seccomp_unconfined = true,
+            ("seccomp", "") => bail!("--security-opt seccomp= needs unconfined or a profile file"),
+            ("seccomp", file) => {
+                let json = std::fs::read_to_string(file)
+                    .with_context(|| format!("failed to read the seccomp profile {file}"))?;
+                seccomp_profile = Some(json);
+            }
+            _ => bail!(
+                "unsupported --security-opt {option:?}: strata knows \
+                 no-new-privileges[:true|false] and seccomp=unconfined|PROFILE.json"
             ),
         }
     }
@@ -395,8 +405,13 @@ fn config_for(
     if let Some(signal) = &stop_signal {
         crate::commands::kill::parse_signal(signal).context("bad stop signal")?;
     }
-    strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, 63)
+    let caps = strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, 63)
         .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))?;
+    // a profile that does not compile fails the run here, naming the file
+    if let (Some(json), Some(file)) = (&seccomp_profile, seccomp_file(&args.security_opt)) {
+        strata_runtime::seccomp_program(json, caps)
+            .map_err(|err| anyhow::anyhow!("seccomp profile {file}: {err}"))?;
+    }
     Ok(RunConfig {
         args: full,
         entrypoint,
@@ -459,12 +474,23 @@ fn config_for(
         stop_signal,
         no_new_privileges,
         seccomp_unconfined,
+        seccomp_profile,
         cap_add: args.cap_add.clone(),
         cap_drop: args.cap_drop.clone(),
         read_only: args.read_only,
         healthcheck: health::resolve(image_check, args)?
             .map(|check| health::Check { shell, ..check }),
     })
+}
+
+/// The profile file a `--security-opt seccomp=FILE` names (the last one).
+fn seccomp_file(options: &[String]) -> Option<&str> {
+    options
+        .iter()
+        .filter_map(|o| o.split_once(['=', ':']))
+        .filter(|(key, value)| *key == "seccomp" && *value != "unconfined")
+        .map(|(_, file)| file)
+        .next_back()
 }
 
 /// Prints the error and exits 125: strata failed before the command started.
@@ -828,6 +854,7 @@ fn mount_and_run(
         cancelled: None,
         no_new_privileges: config.no_new_privileges,
         seccomp_unconfined: config.seccomp_unconfined,
+        seccomp_profile: config.seccomp_profile.clone(),
         capabilities: Some(config.capabilities()?),
         read_only: config.read_only,
         stdin,

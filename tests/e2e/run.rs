@@ -1363,6 +1363,61 @@ fn no_new_privileges_only_when_asked() {
     assert_eq!(code(&out), 125);
 }
 
+/// `--security-opt seccomp=FILE` runs under a docker profile instead of the default
+/// filter; the container keeps the profile (`exec` and `start` do not read the file again),
+/// and a profile that does not compile fails the run, naming the file.
+#[test]
+fn a_docker_seccomp_profile_replaces_the_default_filter() {
+    let store = store_with_busybox();
+    let profile = store.root().join("no-mkdir.json");
+    std::fs::write(
+        &profile,
+        r#"{"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO",
+                          "errnoRet": 13}]}"#,
+    )
+    .unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let probe = "mkdir /made 2>&1; unshare -U true 2>&1 && echo made-a-user-namespace; exit 0";
+    let out = store.ok(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "busybox",
+        "sh",
+        "-c",
+        probe,
+    ]);
+    // the profile refuses mkdir, and is all there is: user namespaces are not refused
+    assert!(out.contains("Permission denied"), "{out}");
+    assert!(out.contains("made-a-user-namespace"), "{out}");
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "profiled",
+        "--security-opt",
+        &opt,
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    wait_status(&store, "profiled", "running");
+    std::fs::remove_file(&profile).unwrap();
+    let out = store.ok(&["exec", "profiled", "sh", "-c", "mkdir /made 2>&1; exit 0"]);
+    assert!(out.contains("Permission denied"), "{out}");
+    store.ok(&["rm", "-f", "profiled"]);
+    std::fs::write(&profile, r#"{"defaultAction": "SCMP_ACT_SOMETIMES"}"#).unwrap();
+    let out = store.strata(&["run", "--rm", "--security-opt", &opt, "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no-mkdir.json") && stderr.contains("SCMP_ACT_SOMETIMES"),
+        "{stderr}"
+    );
+}
+
 /// `--cap-add` and `--cap-drop` tweak docker's default set as docker does (ALL included),
 /// `exec` takes the container's set, and the seccomp filter lets through what an added
 /// capability unlocks (a user namespace with SYS_ADMIN).
