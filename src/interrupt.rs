@@ -1,7 +1,8 @@
 //! Temp files and staging directories that strata removes when a signal ends it (^C, `kill`,
 //! a closed terminal). `tempfile` removes them when they are dropped, which a signal's
 //! default action never reaches: without this, an interrupted `export -o` or `cp` to the host
-//! left a `.strata-*` entry beside its destination.
+//! left a `.strata-*` entry beside its destination, and an interrupted `pull` its partial
+//! blobs in the store's `tmp/`.
 //!
 //! A thread takes the signals. It waits for a copy being moved into place to finish
 //! ([`Removed::settle`]), removes what is still pending (again while the main thread, not yet
@@ -22,6 +23,10 @@ static PENDING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 /// Union mounts of this process (served by its own threads) to detach if a signal comes:
 /// they would stay as dead mounts (ENOTCONN) once it ends.
 static MOUNTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Stores' `tmp/` directories whose files this process staged (partial downloads) are to
+/// be removed if a signal comes.
+static STAGING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// A signal came: strata is about to end by it.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -70,6 +75,34 @@ fn take_off(list: &mut Vec<PathBuf>, path: &Path) {
     if let Some(at) = list.iter().position(|p| p == path) {
         list.remove(at);
     }
+}
+
+/// Keeps a store's `tmp/` on the list to clear of this process's files until dropped.
+pub struct Staged {
+    dir: PathBuf,
+}
+
+/// Lists `tmp_dir`, a store's `tmp/`: if SIGINT, SIGTERM or SIGHUP ends strata before the
+/// returned guard is dropped, the files this process staged there (a pull's partial blobs)
+/// are removed, and strata ends as the signal would have. Files only: what it stages as
+/// directories (mount points, layers being renamed into place) is not for this thread to
+/// take away under the main one; `gc` does.
+pub fn staged_files_removed_on_signal(tmp_dir: &Path) -> Staged {
+    handle_signals();
+    staging().push(tmp_dir.to_path_buf());
+    Staged {
+        dir: tmp_dir.to_path_buf(),
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        take_off(&mut staging(), &self.dir);
+    }
+}
+
+fn staging() -> MutexGuard<'static, Vec<PathBuf>> {
+    STAGING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Keeps a mount point on the list to detach (and remove, once empty) until dropped.
@@ -147,6 +180,13 @@ fn end_by(signal: i32) -> ! {
         if let Err(err) = remove(&path) {
             eprintln!("strata: failed to remove {}: {err}", path.display());
         }
+    }
+    // Held to the end, so no guard is dropped (and no directory forgotten) meanwhile. The
+    // main thread may still be writing: a file it stages after this is the next open's to
+    // sweep (its pid will be gone).
+    let staging = staging();
+    for dir in staging.iter() {
+        strata_store::tmp::remove_files_of(dir, std::process::id());
     }
     let _ = signal_hook::low_level::emulate_default_handler(signal);
     std::process::exit(128 + signal);

@@ -1,6 +1,8 @@
 //! `strata login REGISTRY -u USER (-p PASS | --password-stdin)`: checks the credentials
-//! against the registry, then stores them in `$REGISTRY_AUTH_FILE` or
-//! `~/.docker/config.json` (atomically, mode 0600).
+//! against the registry, then stores them where lookups read them: through the credential
+//! helper the credentials file names for the registry (`credHelpers`, `credsStore`), else
+//! in that file (`$REGISTRY_AUTH_FILE`, `$DOCKER_CONFIG/config.json` or
+//! `~/.docker/config.json`; atomically, mode 0600).
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -46,8 +48,7 @@ pub fn run(_globals: &Globals, args: LoginArgs) -> anyhow::Result<ExitCode> {
     Client::new(&api_host, options)?
         .ping()
         .with_context(|| format!("login to {registry} failed"))?;
-    let file = auth::auth_file();
-    auth::store_in(&file, &registry, &credentials)?;
-    eprintln!("Login Succeeded (credentials in {})", file.display());
+    let stored = auth::Config::from_env().store(&registry, &credentials)?;
+    eprintln!("Login Succeeded (credentials in {stored})");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,5 @@
-//! `strata logout REGISTRY`: removes the stored credentials for REGISTRY.
+//! `strata logout REGISTRY`: removes the stored credentials for REGISTRY, from its
+//! credential helper (`erase`) and from the credentials file.
 
 use std::process::ExitCode;
 
@@ -11,11 +12,11 @@ use crate::cli::LogoutArgs;
 
 pub fn run(_globals: &Globals, args: LogoutArgs) -> anyhow::Result<ExitCode> {
     let registry = registry_host(&args.registry);
-    let file = auth::auth_file();
-    if !auth::remove_in(&file, &registry)? {
+    let config = auth::Config::from_env();
+    if !config.erase(&registry)? {
         bail!(
             "not logged in to {registry} (no credentials in {})",
-            file.display()
+            config.file.display()
         );
     }
     eprintln!("Removed login credentials for {registry}");

@@ -1,6 +1,6 @@
 //! `strata pull REF`: a registry image (or `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`)
 //! into the store, for `--platform` (default linux/amd64) when REF is an index. Prints
-//! the image id.
+//! the image id. A signal ending it removes the blobs it was downloading.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,8 @@ use crate::cli::PullArgs;
 
 pub fn run(globals: &Globals, args: PullArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&globals.root)?;
+    // ^C or a CI job's SIGTERM takes the partial blobs with it (QA 17b #11).
+    let _staged = crate::interrupt::staged_files_removed_on_signal(&store.tmp_dir());
     let reporter = Reporter::new(args.quiet);
     let platform = match &args.platform {
         Some(p) => Platform::parse(p)?,

@@ -49,6 +49,9 @@ impl Store {
     pub fn blob_writer(&self) -> Result<BlobWriter> {
         let tmp = self.tmp_path("blob");
         let file = File::create_new(&tmp).map_err(|e| Error::io("failed to create", &tmp, e))?;
+        // Locked while it is written, so no sweep of `tmp/` takes it for a dead process's
+        // leftover (`tmp.rs`). A file system without flock only loses that extra check.
+        let _ = file.try_lock();
         Ok(BlobWriter {
             inner: Some(HashingWriter::new(BufWriter::with_capacity(1 << 20, file))),
             tmp,
@@ -105,9 +108,10 @@ impl BlobWriter {
         }
         file.sync_all()
             .map_err(|e| Error::io("failed to fsync", &self.tmp, e))?;
-        drop(file);
+        // Renamed while still open, so still locked: never unlocked under its tmp name.
         let dest = self.blobs.join(digest.hex());
         rename_durable(&self.tmp, &dest)?;
+        drop(file);
         Ok((digest, size))
     }
 }

@@ -68,8 +68,23 @@ pub enum Error {
     },
     #[error("registry {url}: {message}")]
     Registry { url: String, message: String },
+    /// Data a registry sent that is not what was asked for (the store is not at fault).
+    #[error("registry {url} sent content that hashes to {actual}, not {expected}{detail}")]
+    RegistryDigestMismatch {
+        url: String,
+        expected: Digest,
+        actual: Digest,
+        /// More about it, from ` (`: the size sent, where the expected digest came from.
+        detail: String,
+    },
     #[error("credentials {path}: {message}")]
     Credentials { path: PathBuf, message: String },
+    #[error("credential helper {program} (for registry {registry}): {message}")]
+    CredentialHelper {
+        program: String,
+        registry: String,
+        message: String,
+    },
     #[error("{what}: {message}")]
     Distribution { what: String, message: String },
 }

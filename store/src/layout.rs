@@ -12,7 +12,8 @@
 //!   layers/<diffid-hex>/ one unpacked layer in overlay on-disk form, renamed into place whole
 //!   containers/<id>/     state.json, upper/, work/, rootfs/
 //!   cache/<key-hex>.json build cache entries
-//!   tmp/                 staging for atomic writes; emptied by gc
+//!   tmp/                 staging for atomic writes, named <kind>-<pid>-<n>-<nanos>; emptied
+//!                        by gc, and of the files of processes now gone at each open (tmp.rs)
 //!   lock                 flock: shared while a Store is open, exclusive for gc
 //!   refs.lock            flock held while index.json or container names change
 //! ```
@@ -82,6 +83,7 @@ impl Store {
             lock: Mutex::new(lock),
         };
         store.init_layout()?;
+        store.sweep_tmp();
         Ok(store)
     }
 

@@ -6,7 +6,7 @@
 //!   layers/<diffid-hex>/ one unpacked layer in overlay on-disk form, written once, never modified
 //!   containers/<id>/     state.json, upper/, work/, rootfs/
 //!   cache/               build cache index
-//!   tmp/                 staging for atomic writes; swept by gc
+//!   tmp/                 staging for atomic writes; swept by gc, and of dead processes' files at open
 //!   lock                 flock: shared for normal work, exclusive for gc
 //!   refs.lock            flock held while index.json or container names change
 //!   sources.json         registry repositories known to hold each blob (hints for cross-repo mounts)
@@ -30,6 +30,7 @@ pub mod lock;
 pub mod refs;
 pub mod registry;
 pub mod time;
+pub mod tmp;
 pub mod transfer;
 pub mod unpacked;
 

@@ -12,7 +12,7 @@ use crate::common::{TestStore, assert_success, require_tool, run_with_timeout, s
 #[path = "../../store/tests/registry/harness.rs"]
 mod harness;
 
-use harness::Registry;
+use harness::{Proxy, Registry};
 
 fn skopeo(args: &[&str]) -> serde_json::Value {
     require_tool("skopeo", "apt-get install -y skopeo");
@@ -167,6 +167,265 @@ fn login_logout_against_a_basic_auth_registry() {
         !strata_with_auth(&store, &auth_file, &args).status.success(),
         "second logout reports nothing to do"
     );
+}
+
+/// A docker config directory, a `bin/` with the test credential helper
+/// (`docker-credential-files`, keeping credentials in `helper/`), and a HOME of its own: strata
+/// runs with DOCKER_CONFIG, HOME and PATH pointing there (each run its own environment; the
+/// test binary's is not touched).
+struct DockerConfig {
+    dir: tempfile::TempDir,
+}
+
+impl DockerConfig {
+    fn new(config_json: &str) -> DockerConfig {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        for sub in ["docker", "bin", "helper", "home"] {
+            std::fs::create_dir(dir.path().join(sub)).unwrap();
+        }
+        std::fs::write(dir.path().join("docker/config.json"), config_json).unwrap();
+        let helper = dir.path().join("bin/docker-credential-files");
+        let script = include_str!("../../store/tests/registry/credential-helper.sh")
+            .replace("@DIR@", &dir.path().join("helper").display().to_string());
+        std::fs::write(&helper, script).unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        DockerConfig { dir }
+    }
+
+    fn path(&self, sub: &str) -> std::path::PathBuf {
+        self.dir.path().join(sub)
+    }
+
+    fn config(&self) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(self.path("docker/config.json")).unwrap()).unwrap()
+    }
+
+    fn strata(&self, store: &TestStore, args: &[&str]) -> Output {
+        let path = format!(
+            "{}:{}",
+            self.path("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let mut cmd = Command::new(strata_bin());
+        cmd.arg("--root")
+            .arg(store.root())
+            .args(args)
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env("DOCKER_CONFIG", self.path("docker"))
+            .env("HOME", self.path("home"))
+            .env("PATH", path);
+        run_with_timeout(cmd, Duration::from_secs(120))
+    }
+}
+
+#[test]
+fn docker_config_dir_and_its_credential_helper_serve_login_push_pull_and_logout() {
+    let registry = Registry::start_with_auth(Some(("ci", "s3cret")));
+    let store = TestStore::new();
+    store.import_busybox("busybox:1");
+    let dest = format!("{}/private/busybox:1", registry.host);
+    let docker = DockerConfig::new(r#"{"credsStore":"files"}"#);
+
+    // The helper has nothing yet: anonymous, refused.
+    let out = docker.strata(&store, &["push", "-q", "busybox:1", &dest]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("401"), "{err}");
+
+    let args = ["login", &registry.host, "-u", "ci", "-p", "s3cret"];
+    let out = docker.strata(&store, &args);
+    assert_success(&out, &args);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("docker-credential-files"), "{said}");
+    // Kept by the helper; the config file has docker's empty entry and no secret.
+    let kept = std::fs::read_to_string(docker.path("helper").join(registry.host.replace(':', "_")))
+        .unwrap();
+    assert!(
+        kept.contains("s3cret") && kept.contains("\"Username\":\"ci\""),
+        "{kept}"
+    );
+    let config = docker.config();
+    assert_eq!(
+        config["auths"][&registry.host],
+        serde_json::json!({}),
+        "{config}"
+    );
+    assert!(
+        !docker.path("home/.docker").exists(),
+        "nothing written under HOME"
+    );
+
+    let args = ["push", "-q", "busybox:1", &dest];
+    assert_success(&docker.strata(&store, &args), &args);
+    let fresh = TestStore::new();
+    let args = ["pull", "-q", &dest];
+    assert_success(&docker.strata(&fresh, &args), &args);
+
+    let args = ["logout", &registry.host];
+    assert_success(&docker.strata(&store, &args), &args);
+    let calls = std::fs::read_to_string(docker.path("helper/calls")).unwrap();
+    assert!(
+        calls.contains(&format!("store {}\n", registry.host))
+            && calls.contains(&format!("get {}\n", registry.host))
+            && calls.contains(&format!("erase {}\n", registry.host)),
+        "{calls}"
+    );
+    let again = TestStore::new();
+    let out = docker.strata(&again, &["pull", "-q", &dest]);
+    assert!(!out.status.success(), "logged out: anonymous again");
+
+    // credHelpers names a helper for this registry that is not installed: a clear error
+    // naming it and the registry, for a pull and for a login (which stores nothing).
+    let docker = DockerConfig::new(&format!(
+        r#"{{"credHelpers":{{"{}":"absent"}},"credsStore":"files"}}"#,
+        registry.host
+    ));
+    let out = docker.strata(&again, &["pull", "-q", &dest]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("docker-credential-absent")
+            && err.contains(&registry.host)
+            && err.contains("not installed"),
+        "{err}"
+    );
+    let out = docker.strata(
+        &store,
+        &["login", &registry.host, "-u", "ci", "-p", "s3cret"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        docker.config()["auths"].is_null(),
+        "nothing stored: {}",
+        docker.config()
+    );
+
+    // DOCKER_CONFIG without helpers: the plain file there, not ~/.docker (QA 17b #10).
+    let docker = DockerConfig::new("{}");
+    let args = ["login", &registry.host, "-u", "ci", "-p", "s3cret"];
+    let out = docker.strata(&store, &args);
+    assert_success(&out, &args);
+    assert!(docker.config()["auths"][&registry.host]["auth"].is_string());
+    assert!(!docker.path("home/.docker").exists());
+    let args = ["pull", "-q", &dest];
+    assert_success(&docker.strata(&TestStore::new(), &args), &args);
+}
+
+/// The entries of a store's tmp/, with their sizes.
+fn tmp_entries(store: &TestStore) -> Vec<(String, u64)> {
+    std::fs::read_dir(store.root().join("tmp"))
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| {
+                    let size = e.metadata().map_or(0, |m| m.len());
+                    (e.file_name().to_string_lossy().into_owned(), size)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `strata pull -q REFERENCE` into `store` and returns it once a blob download is
+/// under way (a partial blob of 64 KiB or more in tmp/).
+fn pull_under_way(store: &TestStore, reference: &str) -> std::process::Child {
+    let mut child = Command::new(strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args(["pull", "-q", reference])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start strata pull");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !tmp_entries(store).iter().any(|(_, size)| *size >= 64 << 10) {
+        if std::time::Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("no download under way in {}", store.root().display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// Waits (30 s at most, then kills it by its PID) for `child` to end.
+fn wait_for(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("strata pull did not end after its signal");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_interrupted_pull_leaves_no_partial_blob_and_a_killed_ones_are_swept() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+
+    // An image with an incompressible 8 MiB layer: a pull through the slow proxy
+    // (~1.3 MB/s) takes seconds.
+    let registry = Registry::start();
+    let store = TestStore::new();
+    let content = tempfile::tempdir().unwrap();
+    let mut noise = Vec::new();
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .take(8 << 20)
+        .read_to_end(&mut noise)
+        .unwrap();
+    std::fs::write(content.path().join("noise.bin"), noise).unwrap();
+    let tar = content.path().join("layer.tar");
+    harness::run(
+        Command::new("tar")
+            .arg("-C")
+            .arg(content.path())
+            .arg("-cf")
+            .arg(&tar)
+            .arg("noise.bin"),
+    );
+    store.ok(&["import", tar.to_str().unwrap(), "big:1"]);
+    let dest = format!("{}/e2e/big:1", registry.host);
+    store.ok(&["push", "-q", "big:1", &dest]);
+    let proxy = Proxy::start_slow(&registry.host);
+    let slow = format!("{}/e2e/big:1", proxy.host);
+
+    let fresh = TestStore::new();
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        let mut child = pull_under_way(&fresh, &slow);
+        kill(Pid::from_raw(child.id() as i32), signal).unwrap();
+        let status = wait_for(&mut child);
+        assert!(
+            status.signal() == Some(signal as i32) || status.code() == Some(128 + signal as i32),
+            "{signal}: {status}"
+        );
+        assert_eq!(tmp_entries(&fresh), [], "{signal} left partial blobs");
+        assert_eq!(fresh.ok(&["images", "-q"]), "");
+    }
+
+    // kill -9 cannot be caught: the partial blob stays, until the next command opens the
+    // store and sees its process gone.
+    let mut child = pull_under_way(&fresh, &slow);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let left = tmp_entries(&fresh);
+    assert!(!left.is_empty(), "a SIGKILLed pull leaves its partial blob");
+    fresh.ok(&["images", "-q"]);
+    assert_eq!(tmp_entries(&fresh), [], "swept by the next open");
+
+    let id = fresh.ok(&["pull", "-q", &dest]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(tmp_entries(&fresh), []);
 }
 
 #[test]

@@ -31,9 +31,14 @@ pub enum BlobSource<'a> {
 }
 
 impl Client {
+    /// Where a blob of `repository` is fetched from.
+    pub(crate) fn blob_url(&self, repository: &str, digest: &Digest) -> String {
+        self.url(&format!("/v2/{repository}/blobs/{digest}"))
+    }
+
     /// The size of a blob if `repository` has it.
     pub fn blob_exists(&self, repository: &str, digest: &Digest) -> Result<Option<u64>> {
-        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
+        let url = self.blob_url(repository, digest);
         let response = self.send(&Request::new("HEAD", url.clone(), pull_scope(repository)))?;
         match response.status() {
             s if s.is_success() => Ok(Some(content_length(&response).unwrap_or(0))),
@@ -56,7 +61,7 @@ impl Client {
         verify: bool,
         progress: Option<&(dyn Fn(u64) + Sync)>,
     ) -> Result<u64> {
-        let url = self.url(&format!("/v2/{repository}/blobs/{digest}"));
+        let url = self.blob_url(repository, digest);
         // Hash here only when the writer does not verify by itself (the store's does).
         let mut out = if verify {
             Sink::Hashing(HashingWriter::new(out))
@@ -133,10 +138,7 @@ impl Client {
         if let Sink::Hashing(hashing) = out {
             let (_, actual, _) = hashing.finish();
             if actual != *digest {
-                return Err(Error::DigestMismatch {
-                    expected: *digest,
-                    actual,
-                });
+                return Err(wrong_blob(url, *digest, actual, written, size));
             }
         }
         Ok(written)
@@ -324,6 +326,27 @@ fn fail(url: &str, what: &str, response: ureq::http::Response<ureq::Body>) -> Up
         UploadError::Transient(e)
     } else {
         UploadError::Fatal(e)
+    }
+}
+
+/// The error for a blob body that does not hash to the digest asked for: the registry's
+/// fault, named by its URL, with the size sent when the descriptor gives another.
+pub(crate) fn wrong_blob(
+    url: String,
+    expected: Digest,
+    actual: Digest,
+    sent: u64,
+    size: Option<u64>,
+) -> Error {
+    let detail = match size {
+        Some(size) if size != sent => format!(" ({sent} bytes; the manifest gives {size})"),
+        _ => String::new(),
+    };
+    Error::RegistryDigestMismatch {
+        url,
+        expected,
+        actual,
+        detail,
     }
 }
 

@@ -79,19 +79,28 @@ impl Client {
                 message: format!("reading manifest failed: {e}"),
             })?;
         let digest = Digest::of(&bytes);
+        // By digest, that digest; by tag, the one the registry announced for it.
         let expected = match reference.parse::<Digest>() {
-            Ok(d) => Some(d),
+            Ok(d) => Some((d, "")),
             Err(_) => announced
                 .as_deref()
                 .filter(|d| d.starts_with("sha256:"))
-                .and_then(|d| d.parse().ok()),
+                .and_then(|d| d.parse().ok())
+                .map(|d| {
+                    (
+                        d,
+                        " (the digest its Docker-Content-Digest header announced)",
+                    )
+                }),
         };
-        if let Some(expected) = expected
+        if let Some((expected, detail)) = expected
             && expected != digest
         {
-            return Err(Error::DigestMismatch {
+            return Err(Error::RegistryDigestMismatch {
+                url,
                 expected,
                 actual: digest,
+                detail: detail.to_string(),
             });
         }
         let media_type = media::sniff(&bytes)

@@ -15,7 +15,7 @@ use crate::Digest;
 use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::layout::Store;
-use crate::registry::{BlobSource, Client, Reference, media};
+use crate::registry::{self, BlobSource, Client, Reference, media};
 
 /// Which repositories (`registry/repo`) are known to hold a blob: every repository we pushed
 /// it to or pulled it from. A hint for cross-repository mounts, kept in `<root>/sources.json`.
@@ -257,6 +257,7 @@ pub(crate) fn fetch_blobs(
         let mut writer = store.blob_writer()?;
         let advance = |n: u64| opts.progress.advance(digest, n);
         // The blob writer hashes what it stores; commit refuses a mismatch and keeps nothing.
+        // A mismatch is then the registry's doing, not the store's: named by its URL.
         let size = client.fetch_blob(
             repo,
             digest,
@@ -265,7 +266,16 @@ pub(crate) fn fetch_blobs(
             false,
             Some(&advance),
         )?;
-        writer.commit(Some(digest))?;
+        writer.commit(Some(digest)).map_err(|err| match err {
+            Error::DigestMismatch { expected, actual } => registry::wrong_blob(
+                client.blob_url(repo, digest),
+                expected,
+                actual,
+                size,
+                Some(blob.size),
+            ),
+            err => err,
+        })?;
         if size != blob.size {
             tracing::warn!(%digest, expected = blob.size, actual = size, "blob size differs from its descriptor");
         }

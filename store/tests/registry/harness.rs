@@ -1,7 +1,7 @@
 //! Test fixtures for the registry tests: a real Debian `docker-registry` (optionally behind
 //! htpasswd basic auth) on a free 127.0.0.1 port, started and killed by PID; an HTTP proxy
-//! in front of it that counts requests and can drop an upload mid-body; and a tiny fake
-//! registry that serves wrong bytes.
+//! in front of it that counts requests and can drop an upload mid-body, corrupt or trickle
+//! downloads and lie about manifest digests; and a tiny fake registry that serves wrong bytes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -250,6 +250,29 @@ impl Proxy {
         Proxy::start_inner(upstream, None, None, Arc::new(faults))
     }
 
+    /// A proxy that lies about content: it flips the first byte of every blob body it
+    /// forwards (`corrupt_blobs`), or announces a wrong `Docker-Content-Digest` for every
+    /// manifest (`lie_about_manifests`).
+    pub fn start_lying(upstream: &str, corrupt_blobs: bool, lie_about_manifests: bool) -> Proxy {
+        let faults = Faults {
+            corrupt_blobs,
+            lie_about_manifests,
+            ..Faults::default()
+        };
+        Proxy::start_inner(upstream, None, None, Arc::new(faults))
+    }
+
+    /// A proxy that trickles blob bodies: 64 KiB every 50 ms (about 1.3 MB/s), as a slow
+    /// registry does, so a pull can be interrupted half way.
+    #[allow(dead_code)] // the e2e tests use it
+    pub fn start_slow(upstream: &str) -> Proxy {
+        let faults = Faults {
+            slow_blobs: true,
+            ..Faults::default()
+        };
+        Proxy::start_inner(upstream, None, None, Arc::new(faults))
+    }
+
     /// A proxy that answers every cross-repository blob mount with 500.
     pub fn start_failing_mounts(upstream: &str) -> Proxy {
         let faults = Faults {
@@ -440,7 +463,49 @@ fn forward(
     }
     std::io::copy(&mut (&mut reader).take(length), &mut up)?;
     let mut client = client;
-    let cut = if method == "GET" && path.contains("/blobs/") {
+    let blob_get = method == "GET" && path.contains("/blobs/");
+    let manifest_get = method == "GET" && path.contains("/manifests/");
+    if (blob_get && (faults.corrupt_blobs || faults.slow_blobs))
+        || (manifest_get && faults.lie_about_manifests)
+    {
+        // The whole response (the upstream closes it: `Connection: close`), then its head
+        // and body, changed, to the client.
+        let mut response = Vec::new();
+        up.read_to_end(&mut response)?;
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(response.len(), |at| at + 4);
+        let (head, body) = response.split_at_mut(split);
+        let mut head = String::from_utf8_lossy(head).into_owned();
+        let ok = head.starts_with("HTTP/1.1 200");
+        if ok && manifest_get {
+            let lie = format!("Docker-Content-Digest: sha256:{}\r\n", "0".repeat(64));
+            head = head
+                .lines()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("docker-content-digest:"))
+                .map(|l| format!("{l}\r\n"))
+                .collect::<String>()
+                .trim_end()
+                .to_string();
+            head = format!("{head}\r\n{lie}\r\n");
+        }
+        if ok && blob_get && faults.corrupt_blobs && !body.is_empty() {
+            body[0] ^= 0xff;
+        }
+        client.write_all(head.as_bytes())?;
+        if faults.slow_blobs && blob_get {
+            for chunk in body.chunks(64 << 10) {
+                client.write_all(chunk)?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            client.write_all(body)?;
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        return Ok(());
+    }
+    let cut = if blob_get {
         faults.cut_download_after.swap(0, Ordering::SeqCst)
     } else {
         0
@@ -464,6 +529,12 @@ pub struct Faults {
     fail_mounts: bool,
     /// Cut the first blob download after this many response bytes (0: never).
     cut_download_after: AtomicUsize,
+    /// Flip the first byte of every blob body.
+    corrupt_blobs: bool,
+    /// Announce sha256:000.. as every manifest's Docker-Content-Digest.
+    lie_about_manifests: bool,
+    /// Trickle blob bodies.
+    slow_blobs: bool,
 }
 
 /// Token issuer and checker for `Proxy::start_with_tokens`.

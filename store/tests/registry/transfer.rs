@@ -326,7 +326,10 @@ fn wrong_bytes_fail_the_pull_and_store_nothing() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(&config_digest.to_string()) && err.contains("corrupt"),
+        err.contains(&format!(
+            "registry http://{}/v2/evil/blobs/{config_digest} sent content that hashes to",
+            server.host
+        )),
         "{err}"
     );
     assert!(!store.has_blob(&config_digest));
@@ -341,6 +344,55 @@ fn wrong_bytes_fail_the_pull_and_store_nothing() {
         "no staging left behind"
     );
     assert!(store.images().unwrap().is_empty());
+}
+
+#[test]
+fn a_registry_sending_wrong_bytes_is_named_by_url_and_the_store_is_not_blamed() {
+    let registry = Registry::start();
+    let root = tempfile::tempdir().unwrap();
+    let (store, image) = store_with_image(root.path(), "lies:1", Compression::Zstd, 17);
+    let reference = format!("{}/lies/app:1", registry.host);
+    transfer::push(&store, "lies:1", Some(&reference), &opts()).unwrap();
+    let check_nothing_kept = |fresh: &Store| {
+        assert_eq!(std::fs::read_dir(fresh.tmp_dir()).unwrap().count(), 0);
+        assert!(fresh.images().unwrap().is_empty());
+        assert_eq!(
+            std::fs::read_dir(fresh.blobs_dir()).unwrap().count(),
+            0,
+            "no blob of {} kept",
+            image.manifest_digest
+        );
+    };
+
+    // Every blob body with one byte flipped.
+    let proxy = Proxy::start_lying(&registry.host, true, false);
+    let fresh_root = tempfile::tempdir().unwrap();
+    let fresh = Store::open(fresh_root.path()).unwrap();
+    let err = transfer::pull(&fresh, &format!("{}/lies/app:1", proxy.host), &opts())
+        .unwrap_err()
+        .to_string();
+    let prefix = format!("registry http://{}/v2/lies/app/blobs/sha256:", proxy.host);
+    assert!(
+        err.starts_with(&prefix) && err.contains(" sent content that hashes to sha256:"),
+        "{err}"
+    );
+    assert!(!err.contains("corrupt"), "{err}");
+    check_nothing_kept(&fresh);
+
+    // A tag whose manifest comes with another Docker-Content-Digest.
+    let proxy = Proxy::start_lying(&registry.host, false, true);
+    let err = transfer::pull(&fresh, &format!("{}/lies/app:1", proxy.host), &opts())
+        .unwrap_err()
+        .to_string();
+    let manifest_url = format!("http://{}/v2/lies/app/manifests/1", proxy.host);
+    assert!(
+        err.starts_with(&format!(
+            "registry {manifest_url} sent content that hashes to sha256:"
+        )) && err.contains(&format!("not sha256:{}", "0".repeat(64)))
+            && err.contains("Docker-Content-Digest"),
+        "{err}"
+    );
+    check_nothing_kept(&fresh);
 }
 
 #[test]
