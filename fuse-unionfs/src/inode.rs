@@ -2,6 +2,12 @@
 //! mount. A number is handed out per real file (device, inode) the first time it is seen and
 //! never reused; a copy-up registers the new upper file under the same number, so a file
 //! keeps its st_ino when it moves up, and hard links (one real inode) share one number.
+//! The number is the real inode's, with the index of its device among the branches' in the
+//! bits above ([`INO_BITS`]), so that it is also the same across mounts, as kernel
+//! overlayfs's (xino) are; one already handed out to another real file in this mount (an
+//! inode ext4 reused, a second branch's name of one file) is counted from [`COUNTED`]. A
+//! copied-up file shows its upper file's number after a remount (overlayfs keeps the
+//! lower's through an origin xattr).
 //! One exception: a big file copied up while readers hold the lower file through FUSE
 //! passthrough gets a new number (`renumber`; `fuse.rs` says why), as the readers keep
 //! the old file.
@@ -17,6 +23,12 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard}
 
 pub(crate) const ROOT: u64 = 1;
 const SHARDS: usize = 64;
+/// A real inode number below 2^56 is kept whole; the device's index goes above it.
+const INO_BITS: u32 = 56;
+/// Devices with an index of their own (the rest get counted numbers).
+const MAX_DEVICES: usize = 16;
+/// Numbers not derived from a real file count from here, above every derived one.
+const COUNTED: u64 = 1 << 60;
 
 /// Where a live node's entry is, guarded by the node's lock.
 #[derive(Debug, Clone)]
@@ -73,6 +85,10 @@ pub(crate) struct Table {
     /// Real files reached through another branch too (hard links between branches): the
     /// numbers of those other names, by branch.
     others: RwLock<HashMap<(Key, usize), u64>>,
+    /// Every number handed out in this mount: none goes to two real files.
+    used: Vec<Shard<u64, ()>>,
+    /// Devices by index: the branches' (upper first) from the start, others as seen.
+    devices: RwLock<Vec<u64>>,
     next: AtomicU64,
 }
 
@@ -85,12 +101,68 @@ fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 impl Table {
-    pub(crate) fn new() -> Table {
-        Table {
+    /// A table for branches on `devices` (upper first, then the lowers top down).
+    pub(crate) fn new(devices: &[u64]) -> Table {
+        let mut indexed = Vec::new();
+        for &dev in devices {
+            if !indexed.contains(&dev) {
+                indexed.push(dev);
+            }
+        }
+        indexed.truncate(MAX_DEVICES);
+        let table = Table {
             nodes: (0..SHARDS).map(|_| RwLock::default()).collect(),
             inos: (0..SHARDS).map(|_| RwLock::default()).collect(),
             others: RwLock::default(),
-            next: AtomicU64::new(ROOT + 1),
+            used: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            devices: RwLock::new(indexed),
+            next: AtomicU64::new(COUNTED),
+        };
+        table.claim(ROOT);
+        table
+    }
+
+    /// Takes `ino` for a real file; false when another has it.
+    fn claim(&self, ino: u64) -> bool {
+        let shard = &self.used[(ino as usize) % SHARDS];
+        write(shard).insert(ino, ()).is_none()
+    }
+
+    /// The number derived from a real file: its inode number, its device's index above.
+    fn derived(&self, (dev, ino): Key) -> Option<u64> {
+        if ino <= ROOT || ino >= 1 << INO_BITS {
+            return None;
+        }
+        let known = read(&self.devices).iter().position(|&d| d == dev);
+        let index = match known {
+            Some(index) => index,
+            None => {
+                let mut devices = write(&self.devices);
+                match devices.iter().position(|&d| d == dev) {
+                    Some(index) => index,
+                    None if devices.len() < MAX_DEVICES => {
+                        devices.push(dev);
+                        devices.len() - 1
+                    }
+                    None => return None,
+                }
+            }
+        };
+        Some((index as u64) << INO_BITS | ino)
+    }
+
+    /// A number for `key` no real file had in this mount: the derived one if it is free.
+    fn fresh(&self, key: Key) -> u64 {
+        if let Some(ino) = self.derived(key)
+            && self.claim(ino)
+        {
+            return ino;
+        }
+        loop {
+            let ino = self.next.fetch_add(1, Ordering::Relaxed);
+            if self.claim(ino) {
+                return ino;
+            }
         }
     }
 
@@ -114,7 +186,7 @@ impl Table {
             Some(seen) => seen,
             None => *write(shard)
                 .entry(key)
-                .or_insert_with(|| (self.next.fetch_add(1, Ordering::Relaxed), layer)),
+                .or_insert_with(|| (self.fresh(key), layer)),
         };
         if home == layer {
             return ino;
@@ -124,13 +196,13 @@ impl Table {
         }
         *write(&self.others)
             .entry((key, layer))
-            .or_insert_with(|| self.next.fetch_add(1, Ordering::Relaxed))
+            .or_insert_with(|| self.fresh(key))
     }
 
     /// Gives `key`, seen in branch `layer`, a number never used before (see
     /// `Union::supersede`).
     pub(crate) fn renumber(&self, key: (u64, u64), layer: usize) -> u64 {
-        let ino = self.next.fetch_add(1, Ordering::Relaxed);
+        let ino = self.fresh(key);
         write(self.key_shard(key)).insert(key, (ino, layer));
         ino
     }
@@ -267,7 +339,7 @@ mod tests {
 
     #[test]
     fn inode_numbers_are_stable_and_shared_by_aliases() {
-        let table = Table::new();
+        let table = Table::new(&[1]);
         let a = table.ino_for((1, 10), 1);
         assert_eq!(table.ino_for((1, 10), 1), a);
         table.alias((1, 99), a, 0);
@@ -282,9 +354,30 @@ mod tests {
         assert_ne!(table.ino_for((1, 10), 1), a);
     }
 
+    /// Numbers are the real inode's, with the device's index above; one a real file had
+    /// already is counted instead.
+    #[test]
+    fn numbers_come_from_real_inodes_once() {
+        let table = Table::new(&[7, 9, 7]);
+        assert_eq!(table.ino_for((7, 100), 1), 100);
+        assert_eq!(table.ino_for((9, 100), 2), 1 << INO_BITS | 100);
+        // a device not among the branches' gets the next index
+        assert_eq!(table.ino_for((3, 5), 1), 2 << INO_BITS | 5);
+        // a new real file (renumber) keeps its own number when it is free...
+        assert_eq!(table.renumber((7, 555), 0), 555);
+        // ...and a recycled inode, or a second number of one file, is counted
+        assert!(table.renumber((7, 100), 0) >= COUNTED);
+        table.unalias((7, 555));
+        assert!(table.ino_for((7, 555), 0) >= COUNTED);
+        assert!(table.ino_for((7, 100), 2) >= COUNTED);
+        // inode 1 is the root's number; numbers too big for the bits are counted
+        assert!(table.ino_for((7, 1), 1) >= COUNTED);
+        assert!(table.ino_for((7, 1 << INO_BITS), 1) >= COUNTED);
+    }
+
     #[test]
     fn forget_drops_node_after_last_lookup() {
-        let table = Table::new();
+        let table = Table::new(&[1]);
         let node = table.lookup(5, false, state());
         table.lookup(
             5,

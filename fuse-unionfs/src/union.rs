@@ -333,7 +333,11 @@ impl Union {
     /// [`MountSpec`](crate::MountSpec).
     pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path, aufs_markers: bool) -> Result<Union> {
         let layers = Layers::open(upper, lowers, work, aufs_markers)?;
-        let table = Table::new();
+        let devices: Vec<u64> = (0..layers.count())
+            .filter_map(|layer| layers.stat(layer, Path::new("")).ok())
+            .map(|meta| meta.key().0)
+            .collect();
+        let table = Table::new(&devices);
         let mut dir_layers = Vec::new();
         for layer in 0..layers.count() {
             if let Ok(meta) = layers.stat(layer, Path::new("")) {

@@ -71,6 +71,64 @@ fn lookup_stops_at_whiteouts_and_opaque_dirs() {
     });
 }
 
+/// Every entry's st_ino below `root`, walked in name order or its reverse (the order of
+/// first lookups decides nothing).
+fn inode_numbers(root: &Path, reverse: bool) -> std::collections::BTreeMap<PathBuf, u64> {
+    let mut found = std::collections::BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        if reverse {
+            entries.reverse();
+        }
+        for path in entries {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path.clone());
+            }
+            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), meta.ino());
+        }
+    }
+    found
+}
+
+/// Inode numbers are the same after a remount, whatever the order of the first lookups,
+/// for lower files and for files made in the upper branch, as kernel overlayfs's are; a
+/// lower file shows the number overlayfs shows for it (all branches on one file system).
+#[test]
+fn inode_numbers_are_the_same_across_remounts() {
+    let fixture = Fixture::new();
+    let mut first = fixture.mount("ino", Driver::Fuse);
+    fs::write(first.path("made-here"), b"new\n").unwrap();
+    fs::create_dir(first.path("made-dir")).unwrap();
+    let before = deadline(60, "listing", {
+        let mnt = first.mnt.clone();
+        move || inode_numbers(&mnt, false)
+    });
+    let (upper, work, mnt) = (first.upper.clone(), first.work.clone(), first.mnt.clone());
+    first.unmount();
+    let second = fixture.mount_at(&upper, &work, &mnt, Driver::Fuse);
+    let after = deadline(60, "listing", {
+        let mnt = second.mnt.clone();
+        move || inode_numbers(&mnt, true)
+    });
+    assert_eq!(before, after);
+    let kernel = fixture.mount("ino-kernel", Driver::Overlay);
+    let overlay = inode_numbers(&kernel.mnt, false);
+    let lower_files: Vec<&PathBuf> = overlay
+        .keys()
+        .filter(|rel| fs::symlink_metadata(kernel.mnt.join(rel)).is_ok_and(|m| !m.is_dir()))
+        .collect();
+    assert!(lower_files.len() > 10, "{overlay:?}");
+    for rel in lower_files {
+        assert_eq!(after.get(rel), overlay.get(rel), "{}", rel.display());
+    }
+}
+
 #[test]
 fn readdir_merges_without_duplicates_or_whiteouts() {
     with_fuse(|m| {
