@@ -7,20 +7,25 @@
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::caps;
+
+/// A list or object that may be `null` (Go writes nil slices so): empty.
+fn nullable<'de, D: Deserializer<'de>, T: Default + Deserialize<'de>>(d: D) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Profile {
     default_action: String,
     default_errno_ret: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     architectures: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     arch_map: Vec<ArchMap>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     syscalls: Vec<Rule>,
 }
 
@@ -28,33 +33,33 @@ struct Profile {
 #[serde(rename_all = "camelCase")]
 struct ArchMap {
     architecture: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     sub_architectures: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Rule {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     names: Vec<String>,
     /// The older form: one name.
     name: Option<String>,
     action: String,
     errno_ret: Option<i32>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     args: Vec<Arg>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     includes: Filter,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     excludes: Filter,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Filter {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     caps: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     arches: Vec<String>,
     min_kernel: Option<String>,
 }
@@ -64,7 +69,7 @@ struct Filter {
 struct Arg {
     index: u32,
     value: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     value_two: u64,
     op: String,
 }
@@ -359,6 +364,33 @@ mod tests {
             })),
             13
         );
+    }
+
+    /// Go writes nil lists as null; podman's own profile (containers-common, installed with
+    /// podman) has them, and `includes`/`excludes` by capability and kernel.
+    #[test]
+    fn podmans_profile_compiles() {
+        let path = "/usr/share/containers/seccomp.json";
+        let json = std::fs::read_to_string(path).unwrap_or_else(|e| {
+            panic!(
+                "{path}: {e} (fix: apt-get install golang-github-containers-common, or scripts/install-deps.sh)"
+            )
+        });
+        let program = program(&json, crate::caps::default_mask());
+        assert!(program.len() / 8 > 100);
+        let nulls = r#"{"defaultAction": "SCMP_ACT_ALLOW", "architectures": null, "archMap": null,
+            "syscalls": [{"names": ["getppid"], "action": "SCMP_ACT_ERRNO", "args": null,
+                          "includes": {"caps": null}, "excludes": {}}]}"#;
+        assert_eq!(
+            under_program(program_of(nulls), || errno_of(unsafe {
+                libc::syscall(libc::SYS_getppid)
+            })),
+            libc::EPERM
+        );
+    }
+
+    fn program_of(json: &str) -> Vec<u8> {
+        program(json, crate::caps::default_mask())
     }
 
     #[test]
