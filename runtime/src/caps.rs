@@ -96,9 +96,9 @@ pub fn number(name: &str) -> Result<u32, String> {
 /// The set a container gets from docker's `--cap-add` and `--cap-drop` (moby's
 /// TweakCapabilities): `--cap-add ALL` is every capability but the dropped ones; else
 /// `--cap-drop ALL` leaves only the added ones; else the default set less the dropped,
-/// plus the added. Capabilities above `last_cap` (unknown to the running kernel) are left
-/// out.
-pub fn tweak(add: &[String], drop: &[String], last_cap: u32) -> Result<u64, String> {
+/// plus the added. Only capabilities in `held` (strata's own bounding set, [`held`]) can
+/// be given: ALL means those, as podman's does; one named that is not held is an error.
+pub fn tweak(add: &[String], drop: &[String], held: u64) -> Result<u64, String> {
     let all = |list: &[String]| list.iter().any(|c| c.eq_ignore_ascii_case("ALL"));
     let to_mask = |list: &[String]| -> Result<u64, String> {
         list.iter()
@@ -107,19 +107,36 @@ pub fn tweak(add: &[String], drop: &[String], last_cap: u32) -> Result<u64, Stri
             .try_fold(0, |mask, bit| bit.map(|bit| mask | bit))
     };
     let (added, dropped) = (to_mask(add)?, to_mask(drop)?);
-    let known = if last_cap >= 63 {
-        u64::MAX
-    } else {
-        (1u64 << (last_cap + 1)) - 1
-    };
+    if let Some(missing) = (0..64).find(|&n| added & !held & (1u64 << n) != 0) {
+        let name = NAMES.get(missing).copied().unwrap_or("?");
+        return Err(format!(
+            "CAP_{name} is not in strata's own bounding set: no container can be given it"
+        ));
+    }
     let mask = if all(add) {
-        known & !dropped
+        held & !dropped
     } else if all(drop) {
         added
     } else {
         (default_mask() & !dropped) | added
     };
-    Ok(mask & known)
+    Ok(mask & held)
+}
+
+/// The capabilities this process can hand on: its bounding set (CapBnd in
+/// /proc/self/status), else every one the kernel knows.
+pub fn held() -> u64 {
+    let known = match last_cap() {
+        n if n >= 63 => u64::MAX,
+        n => (1u64 << (n + 1)) - 1,
+    };
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("CapBnd:"))?;
+            u64::from_str_radix(line.trim_start_matches("CapBnd:").trim(), 16).ok()
+        })
+        .map_or(known, |bounding| bounding & known)
 }
 
 /// The default set as a 64-bit mask.
@@ -157,28 +174,29 @@ mod tests {
     #[test]
     fn add_and_drop_as_docker_tweaks_them() {
         let none: Vec<String> = Vec::new();
-        assert_eq!(tweak(&none, &none, 40), Ok(default_mask()));
+        let all = (1u64 << 41) - 1;
+        assert_eq!(tweak(&none, &none, all), Ok(default_mask()));
         let admin = 1 << 12;
         assert_eq!(
-            tweak(&names(&["NET_ADMIN"]), &names(&["chown"]), 40),
+            tweak(&names(&["NET_ADMIN"]), &names(&["chown"]), all),
             Ok((default_mask() | admin) & !1)
         );
         // drop ALL: only what is added
         assert_eq!(
-            tweak(&names(&["NET_BIND_SERVICE"]), &names(&["ALL"]), 40),
+            tweak(&names(&["NET_BIND_SERVICE"]), &names(&["ALL"]), all),
             Ok(1 << NET_BIND_SERVICE)
         );
-        // add ALL: everything the kernel knows, less what is dropped
+        // add ALL: everything held, less what is dropped
         assert_eq!(
-            tweak(&names(&["all"]), &names(&["SYS_ADMIN"]), 40),
-            Ok(((1u64 << 41) - 1) & !(1 << 21))
+            tweak(&names(&["all"]), &names(&["SYS_ADMIN"]), all),
+            Ok(all & !(1 << 21))
         );
-        // a capability the kernel does not know is left out
-        assert_eq!(
-            tweak(&names(&["CHECKPOINT_RESTORE"]), &none, 39),
-            Ok(default_mask())
-        );
-        assert!(tweak(&names(&["NOPE"]), &none, 40).is_err());
+        let no_resource = all & !(1 << 24);
+        assert_eq!(tweak(&names(&["ALL"]), &none, no_resource), Ok(no_resource));
+        // one named that is not held: an error naming it
+        let err = tweak(&names(&["SYS_RESOURCE"]), &none, no_resource).unwrap_err();
+        assert!(err.contains("CAP_SYS_RESOURCE"), "{err}");
+        assert!(tweak(&names(&["NOPE"]), &none, all).is_err());
     }
 
     #[test]

@@ -167,6 +167,11 @@ pub fn identity(sys: &dyn Syscall, id: &Identity<'_>) -> Result<Env, String> {
             .map_err(|err| format!("create working directory {cwd}: {err}"))?;
     }
 
+    // A session keyring of its own, as runc gives each container: the one strata was
+    // started with (a login session's Kerberos or ecryptfs keys) is not the container's.
+    // Before the filter, which refuses keyctl.
+    sys.join_session_keyring()
+        .map_err(|err| format!("join a new session keyring: {err}"))?;
     // The filter is loaded while the process still holds CAP_SYS_ADMIN, which lets it
     // go without no_new_privs (runc does the same when no_new_privs is off); nothing
     // after this calls what it refuses.
@@ -394,6 +399,7 @@ mod tests {
             "sethostname box",
             "loopback_up",
             "mkdir /work",
+            "join_session_keyring",
             // loaded while CAP_SYS_ADMIN is still held (no no_new_privs needed)
             "seccomp 2 instructions",
             "drop_bounding_cap 2",

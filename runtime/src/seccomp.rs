@@ -30,8 +30,9 @@ use libseccomp::{
 /// container has no need of. A name this libseccomp does not know is skipped.
 const REFUSED: &[(&str, &[u32])] = &[
     // accounting, clocks, modules, reboot, kexec, swap, quotas
+    // (clock_adjtime stays: glibc's adjtimex and ntp_gettime read the clock through it, and
+    // the kernel checks CAP_SYS_TIME for a change)
     ("acct", &[SYS_PACCT]),
-    ("clock_adjtime", &[SYS_TIME]),
     ("clock_settime", &[SYS_TIME]),
     ("clock_settime64", &[SYS_TIME]),
     ("settimeofday", &[SYS_TIME]),
@@ -65,10 +66,12 @@ const REFUSED: &[(&str, &[u32])] = &[
     // kernel surfaces: BPF, perf, fault handling, fanotify, handles, keyrings, io_uring
     ("bpf", &[SYS_ADMIN, BPF]),
     ("perf_event_open", &[SYS_ADMIN, PERFMON]),
-    ("userfaultfd", &[SYS_PTRACE]),
+    ("userfaultfd", &[]),
+    ("kcmp", &[SYS_PTRACE]),
+    ("process_madvise", &[SYS_PTRACE]),
+    ("pidfd_getfd", &[SYS_PTRACE]),
     ("fanotify_init", &[SYS_ADMIN]),
     ("lookup_dcookie", &[SYS_ADMIN]),
-    ("name_to_handle_at", &[DAC_READ_SEARCH]),
     ("open_by_handle_at", &[DAC_READ_SEARCH]),
     ("add_key", &[]),
     ("keyctl", &[]),
@@ -81,6 +84,7 @@ const REFUSED: &[(&str, &[u32])] = &[
     ("mbind", &[SYS_NICE]),
     ("set_mempolicy", &[SYS_NICE]),
     ("move_pages", &[SYS_NICE]),
+    ("migrate_pages", &[SYS_NICE]),
     ("ioperm", &[SYS_RAWIO]),
     ("iopl", &[SYS_RAWIO]),
     ("syslog", &[SYSLOG]),
@@ -165,10 +169,17 @@ pub fn default_program(caps: u64) -> Result<Vec<u8>, String> {
         }
     }
     // clone3 passes its flags in memory a filter cannot read: ENOSYS, so that glibc falls
-    // back to clone, whose flags it can (docker does the same).
-    let clone3 = ScmpSyscall::from_name("clone3").map_err(|e| fail("clone3", e))?;
-    ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), clone3)
-        .map_err(|e| fail("clone3", e))?;
+    // back to clone, whose flags it can (docker does the same, unless CAP_SYS_ADMIN).
+    if !holds(&[SYS_ADMIN]) {
+        let clone3 = ScmpSyscall::from_name("clone3").map_err(|e| fail("clone3", e))?;
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), clone3)
+            .map_err(|e| fail("clone3", e))?;
+    }
+    // vsock sockets reach the hypervisor's side (docker refuses the family too)
+    let socket = ScmpSyscall::from_name("socket").map_err(|e| fail("socket", e))?;
+    let vsock = ScmpArgCompare::new(0, ScmpCompareOp::Equal, libc::AF_VSOCK as u64);
+    ctx.add_rule_conditional(eperm, socket, &[vsock])
+        .map_err(|e| fail("socket", e))?;
 
     export(&ctx)
 }
@@ -340,6 +351,27 @@ mod tests {
         assert_eq!(
             under_filter_with(admin, || errno_of(unsafe {
                 libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0)
+            })),
+            libc::EPERM
+        );
+        // reading the clock's state (glibc's adjtimex and ntp_gettime) is not refused
+        assert_eq!(
+            under_filter(|| {
+                let mut timex: libc::timex = unsafe { std::mem::zeroed() };
+                let rc = unsafe {
+                    libc::syscall(
+                        libc::SYS_clock_adjtime,
+                        libc::CLOCK_REALTIME,
+                        &raw mut timex,
+                    )
+                };
+                if rc >= 0 { 0 } else { errno_of(rc) }
+            }),
+            0
+        );
+        assert_eq!(
+            under_filter(|| errno_of(unsafe {
+                libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0)
             })),
             libc::EPERM
         );

@@ -55,6 +55,8 @@ pub trait Syscall {
     fn set_no_new_privs(&self) -> nix::Result<()>;
     /// Loads a compiled seccomp filter (`seccomp::default_program`) on this process.
     fn seccomp(&self, program: &[u8]) -> nix::Result<()>;
+    /// Joins a new, anonymous session keyring (a kernel without keyrings is no error).
+    fn join_session_keyring(&self) -> nix::Result<()>;
     /// SIGKILL when the parent dies (set again after an id change, which clears it).
     fn set_parent_death_kill(&self) -> nix::Result<()>;
     /// Opens a pty pair on the container's own devpts: (master, slave, slave path).
@@ -220,6 +222,22 @@ impl Syscall for Linux {
 
     fn seccomp(&self, program: &[u8]) -> nix::Result<()> {
         crate::seccomp::load(program)
+    }
+
+    fn join_session_keyring(&self) -> nix::Result<()> {
+        const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+        // SAFETY: a null name asks for a new anonymous keyring; no memory is passed.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            )
+        };
+        match nix::errno::Errno::result(rc) {
+            Err(nix::errno::Errno::ENOSYS) => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     fn open_pty(&self) -> nix::Result<(OwnedFd, OwnedFd, PathBuf)> {
@@ -424,6 +442,11 @@ impl Syscall for Recorder {
 
     fn seccomp(&self, program: &[u8]) -> nix::Result<()> {
         self.log(format!("seccomp {} instructions", program.len() / 8));
+        Ok(())
+    }
+
+    fn join_session_keyring(&self) -> nix::Result<()> {
+        self.log("join_session_keyring".into());
         Ok(())
     }
 

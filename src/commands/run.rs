@@ -83,12 +83,8 @@ impl RunConfig {
     /// The capabilities container root keeps: docker's default set with `--cap-add` and
     /// `--cap-drop` applied as docker applies them.
     pub fn capabilities(&self) -> anyhow::Result<u64> {
-        strata_runtime::caps::tweak(
-            &self.cap_add,
-            &self.cap_drop,
-            strata_runtime::caps::last_cap(),
-        )
-        .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))
+        strata_runtime::caps::tweak(&self.cap_add, &self.cap_drop, strata_runtime::caps::held())
+            .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))
     }
 
     /// The run options `container` was made with (`run` records them; `mount` does not).
@@ -405,8 +401,9 @@ fn config_for(
     if let Some(signal) = &stop_signal {
         crate::commands::kill::parse_signal(signal).context("bad stop signal")?;
     }
-    let caps = strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, 63)
-        .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))?;
+    let caps =
+        strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, strata_runtime::caps::held())
+            .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))?;
     // a profile that does not compile fails the run here, naming the file
     if let (Some(json), Some(file)) = (&seccomp_profile, seccomp_file(&args.security_opt)) {
         strata_runtime::seccomp_program(json, caps)

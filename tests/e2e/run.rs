@@ -1418,6 +1418,76 @@ fn a_docker_seccomp_profile_replaces_the_default_filter() {
     );
 }
 
+/// A container gets a session keyring of its own, as under runc: a key in the session
+/// keyring strata was started with (a login session's) is not the container's, even with
+/// a filter that lets keyctl through. The probe is a static C program (busybox has no
+/// keyctl), built here with the system's cc.
+#[test]
+fn a_container_has_a_session_keyring_of_its_own() {
+    let store = store_with_busybox();
+    let dir = store.root().join("keyring");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("find.c"),
+        r#"#include <stdio.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    long id = syscall(SYS_keyctl, 10, -3, "user", "strata-e2e-secret", 0); /* SEARCH */
+    char value[32] = {0};
+    if (id < 0) { puts("no key"); return 0; }
+    syscall(SYS_keyctl, 11, id, value, sizeof value - 1); /* READ */
+    printf("found %s\n", value);
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let built = std::process::Command::new("cc")
+        .args(["-static", "-o"])
+        .arg(dir.join("find"))
+        .arg(dir.join("find.c"))
+        .output()
+        .expect("run cc (fix: apt-get install build-essential)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let bind = format!("{}:/find:ro", dir.join("find").display());
+    let seen_inside = std::thread::spawn(move || {
+        // This thread's own session keyring, with a key in it; strata inherits both.
+        // SAFETY: keyctl and add_key with valid C strings and sizes.
+        unsafe {
+            let ring = libc::syscall(libc::SYS_keyctl, 1, c"strata-e2e-session".as_ptr());
+            assert!(ring > 0, "keyctl join: {}", std::io::Error::last_os_error());
+            let key = libc::syscall(
+                libc::SYS_add_key,
+                c"user".as_ptr(),
+                c"strata-e2e-secret".as_ptr(),
+                b"s3cret".as_ptr(),
+                6usize,
+                -3i32,
+            );
+            assert!(key > 0, "add_key: {}", std::io::Error::last_os_error());
+        }
+        let args = [
+            "run",
+            "--rm",
+            "--security-opt",
+            "seccomp=unconfined",
+            "-v",
+            &bind,
+        ];
+        let mut args = args.to_vec();
+        args.extend(["busybox", "/find"]);
+        store.ok(&args)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(seen_inside, "no key\n");
+}
+
 /// `--cap-add` and `--cap-drop` tweak docker's default set as docker does (ALL included),
 /// `exec` takes the container's set, and the seccomp filter lets through what an added
 /// capability unlocks (a user namespace with SYS_ADMIN).
@@ -1446,6 +1516,18 @@ fn cap_add_and_cap_drop_as_docker() {
             caps
         ),
         "CapEff:0000000000000400\n"
+    );
+    // ALL is every capability strata itself holds (its bounding set)
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(
+        run(&["--cap-add", "ALL"], caps),
+        format!("CapEff:{bounding}\n")
     );
     let userns = "unshare -U true 2>&1 && echo made-a-user-namespace; exit 0";
     assert!(run(&[], userns).contains("Operation not permitted"));
