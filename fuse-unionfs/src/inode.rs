@@ -85,7 +85,9 @@ pub(crate) struct Table {
     /// Real files reached through another branch too (hard links between branches): the
     /// numbers of those other names, by branch.
     others: RwLock<HashMap<(Key, usize), u64>>,
-    /// Every number handed out in this mount: none goes to two real files.
+    /// The derived numbers in use: mapped from a real file, or held by the kernel (a live
+    /// node). One goes back when neither is left, so a deleted file's number is not given
+    /// to the file that reuses its inode while the kernel may still hold the old one.
     used: Vec<Shard<u64, ()>>,
     /// Devices by index: the branches' (upper first) from the start, others as seen.
     devices: RwLock<Vec<u64>>,
@@ -110,22 +112,36 @@ impl Table {
             }
         }
         indexed.truncate(MAX_DEVICES);
-        let table = Table {
+        Table {
             nodes: (0..SHARDS).map(|_| RwLock::default()).collect(),
             inos: (0..SHARDS).map(|_| RwLock::default()).collect(),
             others: RwLock::default(),
             used: (0..SHARDS).map(|_| RwLock::default()).collect(),
             devices: RwLock::new(indexed),
             next: AtomicU64::new(COUNTED),
-        };
-        table.claim(ROOT);
-        table
+        }
     }
 
-    /// Takes `ino` for a real file; false when another has it.
+    /// Takes derived number `ino` for a real file; false when it is in use.
     fn claim(&self, ino: u64) -> bool {
         let shard = &self.used[(ino as usize) % SHARDS];
         write(shard).insert(ino, ()).is_none()
+    }
+
+    /// Gives derived number `ino` back (counted numbers are never handed out twice).
+    fn release(&self, ino: u64) {
+        if ino < COUNTED {
+            write(&self.used[(ino as usize) % SHARDS]).remove(&ino);
+        }
+    }
+
+    /// The real file whose derived number `ino` is.
+    fn derived_from(&self, ino: u64) -> Option<Key> {
+        if ino >= COUNTED || ino <= ROOT {
+            return None;
+        }
+        let dev = *read(&self.devices).get((ino >> INO_BITS) as usize)?;
+        Some((dev, ino & ((1 << INO_BITS) - 1)))
     }
 
     /// The number derived from a real file: its inode number, its device's index above.
@@ -151,19 +167,15 @@ impl Table {
         Some((index as u64) << INO_BITS | ino)
     }
 
-    /// A number for `key` no real file had in this mount: the derived one if it is free.
+    /// A number for `key` no other real file has in this mount and the kernel does not
+    /// hold: the derived one if it is free, else a counted one.
     fn fresh(&self, key: Key) -> u64 {
         if let Some(ino) = self.derived(key)
             && self.claim(ino)
         {
             return ino;
         }
-        loop {
-            let ino = self.next.fetch_add(1, Ordering::Relaxed);
-            if self.claim(ino) {
-                return ino;
-            }
-        }
+        self.next.fetch_add(1, Ordering::Relaxed)
     }
 
     fn node_shard(&self, ino: u64) -> &Shard<u64, Arc<Node>> {
@@ -218,7 +230,15 @@ impl Table {
 
     /// Forgets a real file that no longer exists, so a recycled inode gets a fresh number.
     pub(crate) fn unalias(&self, key: (u64, u64)) {
-        write(self.key_shard(key)).remove(&key);
+        let removed = write(self.key_shard(key)).remove(&key);
+        // Its own number goes back once the kernel holds no inode by it (else `forget`
+        // gives it back). A copy-up's alias carries another file's number: that stays.
+        if let Some((ino, _)) = removed
+            && self.derived(key) == Some(ino)
+            && self.get(ino).is_none()
+        {
+            self.release(ino);
+        }
     }
 
     pub(crate) fn get(&self, ino: u64) -> Option<Arc<Node>> {
@@ -293,6 +313,14 @@ impl Table {
             );
             if before <= count {
                 shard.remove(&ino);
+                drop(shard);
+                // The kernel let go of it: a derived number no real file maps to any more
+                // (the file was deleted) goes back.
+                if let Some(key) = self.derived_from(ino)
+                    && read(self.key_shard(key)).get(&key).map(|&(n, _)| n) != Some(ino)
+                {
+                    self.release(ino);
+                }
             }
         }
     }
@@ -350,6 +378,8 @@ mod tests {
         assert_ne!(b, a);
         assert_eq!(table.ino_for((1, 10), 2), b);
         assert_eq!(table.ino_for((1, 10), 1), a);
+        // gone while the kernel holds its inode: the next file on that inode gets another
+        table.lookup(a, false, state());
         table.unalias((1, 10));
         assert_ne!(table.ino_for((1, 10), 1), a);
     }
@@ -367,12 +397,33 @@ mod tests {
         assert_eq!(table.renumber((7, 555), 0), 555);
         // ...and a recycled inode, or a second number of one file, is counted
         assert!(table.renumber((7, 100), 0) >= COUNTED);
-        table.unalias((7, 555));
-        assert!(table.ino_for((7, 555), 0) >= COUNTED);
         assert!(table.ino_for((7, 100), 2) >= COUNTED);
         // inode 1 is the root's number; numbers too big for the bits are counted
         assert!(table.ino_for((7, 1), 1) >= COUNTED);
         assert!(table.ino_for((7, 1 << INO_BITS), 1) >= COUNTED);
+    }
+
+    /// A deleted file's number is not given to the next file on its inode while the kernel
+    /// holds the old one, and goes back once it does not (the set of numbers in use does
+    /// not grow with every file made and deleted).
+    #[test]
+    fn a_deleted_files_number_comes_back_once_forgotten() {
+        let table = Table::new(&[7]);
+        let gone = table.renumber((7, 300), 0);
+        assert_eq!(gone, 300);
+        table.lookup(gone, false, state());
+        table.unalias((7, 300));
+        // the kernel still holds inode 300: ext4's reuse of the inode gets a counted number
+        let reused = table.renumber((7, 300), 0);
+        assert!(reused >= COUNTED);
+        table.unalias((7, 300));
+        table.forget(gone, 1);
+        assert_eq!(table.renumber((7, 300), 0), 300);
+        // made and deleted, never looked up by the kernel: back at once
+        table.unalias((7, 300));
+        assert_eq!(table.renumber((7, 300), 0), 300);
+        let used: usize = table.used.iter().map(|s| read(s).len()).sum();
+        assert_eq!(used, 1);
     }
 
     #[test]

@@ -177,7 +177,12 @@ pub fn default_program(caps: u64) -> Result<Vec<u8>, String> {
     }
     // vsock sockets reach the hypervisor's side (docker refuses the family too)
     let socket = ScmpSyscall::from_name("socket").map_err(|e| fail("socket", e))?;
-    let vsock = ScmpArgCompare::new(0, ScmpCompareOp::Equal, libc::AF_VSOCK as u64);
+    // (the kernel reads the family as an int: the upper half of the register is not its)
+    let vsock = ScmpArgCompare::new(
+        0,
+        ScmpCompareOp::MaskedEqual(0xffff_ffff),
+        libc::AF_VSOCK as u64,
+    );
     ctx.add_rule_conditional(eperm, socket, &[vsock])
         .map_err(|e| fail("socket", e))?;
 
@@ -372,6 +377,18 @@ mod tests {
         assert_eq!(
             under_filter(|| errno_of(unsafe {
                 libc::syscall(libc::SYS_socket, libc::AF_VSOCK, libc::SOCK_STREAM, 0)
+            })),
+            libc::EPERM
+        );
+        // the family is an int: garbage above it does not get around the rule
+        assert_eq!(
+            under_filter(|| errno_of(unsafe {
+                libc::syscall(
+                    libc::SYS_socket,
+                    0x1_0000_0000u64 | libc::AF_VSOCK as u64,
+                    libc::SOCK_STREAM,
+                    0,
+                )
             })),
             libc::EPERM
         );

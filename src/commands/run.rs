@@ -381,12 +381,17 @@ fn config_for(
         match (key, value) {
             ("no-new-privileges", "" | "true") => no_new_privileges = true,
             ("no-new-privileges", "false") => no_new_privileges = false,
-            ("seccomp", "unconfined") => seccomp_unconfined = true,
+            // the last one given wins, as docker's
+            ("seccomp", "unconfined") => {
+                seccomp_unconfined = true;
+                seccomp_profile = None;
+            }
             ("seccomp", "") => bail!("--security-opt seccomp= needs unconfined or a profile file"),
             ("seccomp", file) => {
                 let json = std::fs::read_to_string(file)
                     .with_context(|| format!("failed to read the seccomp profile {file}"))?;
                 seccomp_profile = Some(json);
+                seccomp_unconfined = false;
             }
             _ => bail!(
                 "unsupported --security-opt {option:?}: strata knows \

@@ -220,6 +220,19 @@ pub(super) fn build(json: &str, host: &Host) -> Result<ScmpFilterContext, String
                 .map_err(|e| format!("architecture {arch:?}: {e}"))?;
         }
     }
+    // A profile older than clone3 refuses it with its default errno: glibc falls back to
+    // clone only on ENOSYS (runc answers ENOSYS to every call newer than the profile).
+    let names_clone3 = profile
+        .syscalls
+        .iter()
+        .any(|r| r.names.iter().chain(r.name.as_ref()).any(|n| n == "clone3"));
+    if !names_clone3
+        && matches!(default, ScmpAction::Errno(e) if e != libc::ENOSYS)
+        && let Ok(clone3) = ScmpSyscall::from_name("clone3")
+    {
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), clone3)
+            .map_err(|e| format!("rule for clone3: {e}"))?;
+    }
     for rule in &profile.syscalls {
         if !rule.includes.met_by(host)? || rule.excludes.hit_by(host)? {
             continue;
@@ -350,6 +363,13 @@ mod tests {
                 libc::syscall(libc::SYS_getppid)
             })),
             38
+        );
+        // clone3, which the profile does not name: ENOSYS, for glibc's fallback to clone
+        assert_eq!(
+            under_program(program(json, defaults), || errno_of(unsafe {
+                libc::syscall(libc::SYS_clone3, 0, 0)
+            })),
+            libc::ENOSYS
         );
         // two conditions on one argument: either value passes
         assert_eq!(
