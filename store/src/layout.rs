@@ -12,8 +12,9 @@
 //!   layers/<diffid-hex>/ one unpacked layer in overlay on-disk form, renamed into place whole
 //!   containers/<id>/     state.json, upper/, work/, rootfs/
 //!   cache/<key-hex>.json build cache entries
-//!   tmp/                 staging for atomic writes, named <kind>-<pid>-<n>-<nanos>; emptied
-//!                        by gc, and of the files of processes now gone at each open (tmp.rs)
+//!   tmp/                 staging for atomic writes, named <kind>-<pid>.<pidns>-<n>-<nanos>;
+//!                        emptied by gc, and of the files of processes now gone at each open
+//!                        (tmp.rs)
 //!   lock                 flock: shared while a Store is open, exclusive for gc
 //!   refs.lock            flock held while index.json or container names change
 //! ```
@@ -192,8 +193,12 @@ impl Store {
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.tmp_dir()
-            .join(format!("{kind}-{}-{n}-{nanos:08x}", std::process::id()))
+        // the pid, and the pid namespace it means something in (tmp.rs)
+        let pid = std::process::id();
+        self.tmp_dir().join(match crate::tmp::pid_namespace() {
+            Some(ns) => format!("{kind}-{pid}.{ns}-{n}-{nanos:08x}"),
+            None => format!("{kind}-{pid}-{n}-{nanos:08x}"),
+        })
     }
 
     /// Creates a fresh empty directory in `tmp/` (for unpacking or building a container).

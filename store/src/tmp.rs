@@ -1,7 +1,8 @@
 //! What processes leave in `tmp/`, and taking it away again.
 //!
-//! Staged entries are named `<kind>-<pid>-<n>-<nanos>` ([`Store::tmp_path`]): the pid of
-//! the process that staged them. A process a signal ends removes its own files
+//! Staged entries are named `<kind>-<pid>.<pidns>-<n>-<nanos>` ([`Store::tmp_path`]): the
+//! pid of the process that staged them and its pid namespace (the inode of
+//! /proc/self/ns/pid). A process a signal ends removes its own files
 //! ([`remove_files_of`], called by the binary's signal thread); one killed outright
 //! (`kill -9`, a crash, a power cut) cannot, so every open of the store sweeps the regular
 //! files whose process is gone ([`Store::sweep_tmp`]), as `gc` sweeps all of `tmp/` under
@@ -9,9 +10,10 @@
 //!
 //! - a file is left alone while its pid names a live process: ours, another strata's, or
 //!   a stranger that reused the pid (that file then waits for a later sweep or `gc`);
-//! - a file a writer holds an `flock` on is left alone whatever its pid says: a blob being
-//!   downloaded is locked until it is renamed into place, which also covers a writer in
-//!   another pid namespace, whose pid means nothing here;
+//! - a file staged in another pid namespace (a strata in a container sharing the store),
+//!   or named without one, is left alone: its pid means nothing here;
+//! - a file a writer holds an `flock` on is left alone whatever its pid says (a blob being
+//!   downloaded is locked until it is renamed into place);
 //! - directories (and anything else but regular files) are left to `gc`: they may be mount
 //!   points or layers about to be renamed.
 //!
@@ -27,16 +29,29 @@ use nix::unistd::Pid;
 
 use crate::layout::Store;
 
-/// The pid in a staged entry's name, `<kind>-<pid>-<n>-<nanos>` (`kind` may hold `-`).
+/// This process's pid namespace: the inode number of /proc/self/ns/pid.
+pub fn pid_namespace() -> Option<u64> {
+    static NS: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+    })
+}
+
+/// The pid in a staged entry's name, `<kind>-<pid>.<pidns>-<n>-<nanos>` (`kind` may hold
+/// `-`), when it was staged in this pid namespace.
 pub(crate) fn owner(name: &str) -> Option<u32> {
     let mut parts = name.rsplitn(4, '-');
     let nanos = parts.next()?;
     let n = parts.next()?;
-    let pid = parts.next()?;
+    let (pid, ns) = parts.next()?.split_once('.')?;
     let _kind = parts.next().filter(|kind| !kind.is_empty())?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let hex = nanos.len() >= 8 && nanos.bytes().all(|b| b.is_ascii_hexdigit());
-    if !(hex && digits(n) && digits(pid)) {
+    if !(hex && digits(n) && digits(pid) && digits(ns)) {
+        return None;
+    }
+    if ns.parse::<u64>().ok() != pid_namespace() {
         return None;
     }
     pid.parse().ok().filter(|&pid| pid > 0)
@@ -108,18 +123,26 @@ mod tests {
 
     use super::*;
 
+    fn ns() -> u64 {
+        pid_namespace().expect("/proc/self/ns/pid")
+    }
+
     #[test]
-    fn owner_reads_the_pid_of_staged_names_only() {
-        assert_eq!(owner("blob-26218-4-136b7712"), Some(26218));
-        assert_eq!(owner("gc-layer-77-0-0000abcd"), Some(77));
+    fn owner_reads_the_pid_of_names_staged_in_this_pid_namespace_only() {
+        let ns = ns();
+        assert_eq!(owner(&format!("blob-26218.{ns}-4-136b7712")), Some(26218));
+        assert_eq!(owner(&format!("gc-layer-77.{ns}-0-0000abcd")), Some(77));
         for name in [
-            "blob",
-            "blob-1-2",
-            "-1-2-0000abcd",
-            "x-y-2-0000abcd",
-            "x-1-2-xyz",
+            "blob".to_string(),
+            "blob-1-2".to_string(),
+            format!("-1.{ns}-2-0000abcd"),
+            format!("x-y.{ns}-2-0000abcd"),
+            format!("x-1.{ns}-2-xyz"),
+            // staged in another pid namespace, or by a strata that did not say
+            format!("blob-26218.{}-4-136b7712", ns + 1),
+            "blob-26218-4-136b7712".to_string(),
         ] {
-            assert_eq!(owner(name), None, "{name}");
+            assert_eq!(owner(&name), None, "{name}");
         }
     }
 
@@ -143,14 +166,18 @@ mod tests {
             .spawn()
             .expect("run sleep");
         let live = sleeper.id();
-        let name = |kind: &str, pid: u32| tmp.join(format!("{kind}-{pid}-0-0000abcd"));
+        let ns = ns();
+        let name = |kind: &str, pid: u32| tmp.join(format!("{kind}-{pid}.{ns}-0-0000abcd"));
         fs::write(name("blob", dead), b"partial").unwrap();
         fs::write(name("write", dead), b"partial").unwrap();
         fs::write(name("blob", live), b"in progress").unwrap();
         fs::write(name("blob", std::process::id()), b"ours").unwrap();
         fs::write(tmp.join("not-a-staged-name"), b"?").unwrap();
+        // a dead pid of another pid namespace (a strata in a container): not ours to judge
+        let elsewhere = format!("write-{dead}.{}-0-0000abcd", ns + 1);
+        fs::write(tmp.join(&elsewhere), b"in progress").unwrap();
         fs::create_dir(name("build-upper", dead)).unwrap();
-        // A dead pid but a held lock: a writer in another pid namespace.
+        // A dead pid but a held lock: left alone.
         let held_path = name("held", dead);
         let held = File::create(&held_path).unwrap();
         held.lock().unwrap();
@@ -162,10 +189,11 @@ mod tests {
             .collect();
         left.sort();
         let mut expected = vec![
-            format!("blob-{live}-0-0000abcd"),
-            format!("blob-{}-0-0000abcd", std::process::id()),
-            format!("build-upper-{dead}-0-0000abcd"),
-            format!("held-{dead}-0-0000abcd"),
+            format!("blob-{live}.{ns}-0-0000abcd"),
+            format!("blob-{}.{ns}-0-0000abcd", std::process::id()),
+            format!("build-upper-{dead}.{ns}-0-0000abcd"),
+            format!("held-{dead}.{ns}-0-0000abcd"),
+            elsewhere,
             "not-a-staged-name".to_string(),
         ];
         expected.sort();
