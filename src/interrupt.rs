@@ -176,6 +176,15 @@ fn end_by(signal: i32) -> ! {
         let _ = std::fs::remove_dir(&point);
     }
     let mut pending = pending();
+    for path in pending.iter() {
+        if let Err(err) = remove(path) {
+            eprintln!("strata: failed to remove {}: {err}", path.display());
+        }
+    }
+    // The main thread may have checked a path inside just before it went, and then made
+    // the directories down to it again (the tar crate's create_dir_all): by now it has met
+    // the path's absence and stopped, so what it made meanwhile goes for good.
+    std::thread::sleep(Duration::from_millis(50));
     for path in pending.drain(..) {
         if let Err(err) = remove(&path) {
             eprintln!("strata: failed to remove {}: {err}", path.display());
