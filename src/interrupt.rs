@@ -77,9 +77,31 @@ fn take_off(list: &mut Vec<PathBuf>, path: &Path) {
     }
 }
 
-/// Keeps a store's `tmp/` on the list to clear of this process's files until dropped.
-pub struct Staged {
-    dir: PathBuf,
+/// Keeps a path on one of the lists ([`MOUNTS`], [`STAGING`]) until dropped.
+pub struct Listed {
+    list: &'static Mutex<Vec<PathBuf>>,
+    path: PathBuf,
+}
+
+impl Listed {
+    fn on(list: &'static Mutex<Vec<PathBuf>>, path: &Path) -> Listed {
+        handle_signals();
+        lock(list).push(path.to_path_buf());
+        Listed {
+            list,
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        take_off(&mut lock(self.list), &self.path);
+    }
+}
+
+fn lock(list: &'static Mutex<Vec<PathBuf>>) -> MutexGuard<'static, Vec<PathBuf>> {
+    list.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Lists `tmp_dir`, a store's `tmp/`: if SIGINT, SIGTERM or SIGHUP ends strata before the
@@ -87,48 +109,15 @@ pub struct Staged {
 /// are removed, and strata ends as the signal would have. Files only: what it stages as
 /// directories (mount points, layers being renamed into place) is not for this thread to
 /// take away under the main one; `gc` does.
-pub fn staged_files_removed_on_signal(tmp_dir: &Path) -> Staged {
-    handle_signals();
-    staging().push(tmp_dir.to_path_buf());
-    Staged {
-        dir: tmp_dir.to_path_buf(),
-    }
-}
-
-impl Drop for Staged {
-    fn drop(&mut self) {
-        take_off(&mut staging(), &self.dir);
-    }
-}
-
-fn staging() -> MutexGuard<'static, Vec<PathBuf>> {
-    STAGING.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Keeps a mount point on the list to detach (and remove, once empty) until dropped.
-pub struct Unmounted {
-    path: PathBuf,
+pub fn staged_files_removed_on_signal(tmp_dir: &Path) -> Listed {
+    Listed::on(&STAGING, tmp_dir)
 }
 
 /// Lists `path`, where this process is about to mount a union it serves itself, to be
 /// detached and removed if SIGINT, SIGTERM or SIGHUP ends strata before the returned guard
 /// is dropped (after the union is unmounted).
-pub fn unmounted_on_signal(path: &Path) -> Unmounted {
-    handle_signals();
-    mounts().push(path.to_path_buf());
-    Unmounted {
-        path: path.to_path_buf(),
-    }
-}
-
-impl Drop for Unmounted {
-    fn drop(&mut self) {
-        take_off(&mut mounts(), &self.path);
-    }
-}
-
-fn mounts() -> MutexGuard<'static, Vec<PathBuf>> {
-    MOUNTS.lock().unwrap_or_else(|e| e.into_inner())
+pub fn unmounted_on_signal(path: &Path) -> Listed {
+    Listed::on(&MOUNTS, path)
 }
 
 /// When a signal is ending strata, waits for that (its temp paths are being removed): the
@@ -140,7 +129,7 @@ pub fn wait_if_interrupted() {
 }
 
 fn pending() -> MutexGuard<'static, Vec<PathBuf>> {
-    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&PENDING)
 }
 
 /// From the first guard on, the signals go to a thread that removes what is pending and
@@ -170,7 +159,7 @@ fn handle_signals() {
 
 fn end_by(signal: i32) -> ! {
     INTERRUPTED.store(true, Ordering::SeqCst);
-    for point in mounts().drain(..) {
+    for point in lock(&MOUNTS).drain(..) {
         // (not mounted yet, or already gone: nothing to detach)
         let _ = rustix::mount::unmount(&point, rustix::mount::UnmountFlags::DETACH);
         let _ = std::fs::remove_dir(&point);
@@ -193,7 +182,7 @@ fn end_by(signal: i32) -> ! {
     // Held to the end, so no guard is dropped (and no directory forgotten) meanwhile. The
     // main thread may still be writing: a file it stages after this is the next open's to
     // sweep (its pid will be gone).
-    let staging = staging();
+    let staging = lock(&STAGING);
     for dir in staging.iter() {
         strata_store::tmp::remove_files_of(dir, std::process::id());
     }

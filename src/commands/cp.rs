@@ -959,7 +959,7 @@ struct CopyMount {
     /// Until the union is gone (after `guard`): a `start` meanwhile waits.
     _lock: super::mount::MountLock,
     /// Detached if a signal ends strata first (the union is served by this process).
-    _on_signal: crate::interrupt::Unmounted,
+    _on_signal: crate::interrupt::Listed,
 }
 
 impl Drop for CopyMount {

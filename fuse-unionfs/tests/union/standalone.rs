@@ -122,15 +122,7 @@ fn the_standalone_server_stands_in_for_fuse_overlayfs() {
             Ok(())
         });
     }
-    let mut child = limited
-        .args(["-f", "-o", &options])
-        .arg(&mnt)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::wait_until("the foreground server mounts", || {
-        mount_type(&mnt).is_some()
-    });
+    let mut child = serve_in_foreground(limited, &options, &mnt);
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files: Vec<&str> = limits
         .lines()
@@ -351,15 +343,7 @@ fn sigterm_ends_the_foreground_server_though_the_mount_is_in_use() {
     let fixture = Fixture::new();
     let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "stop");
     let options = branch_options(&fixture, &upper, &work);
-    let mut child = server()
-        .args(["-f", "-o", &options])
-        .arg(&mnt)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::wait_until("the foreground server mounts", || {
-        mount_type(&mnt).is_some()
-    });
+    let mut child = serve_in_foreground(server(), &options, &mnt);
     std::fs::write(mnt.join("held"), b"held open\n").unwrap();
     let mut held = std::fs::File::open(mnt.join("held")).unwrap();
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -392,6 +376,18 @@ fn sigterm_ends_the_foreground_server_though_the_mount_is_in_use() {
         ),
         "{err}"
     );
+}
+
+/// Runs `server` with `-f -o options mnt` and returns once the mount is there.
+fn serve_in_foreground(mut server: Command, options: &str, mnt: &Path) -> std::process::Child {
+    let child = server
+        .args(["-f", "-o", options])
+        .arg(mnt)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until("the foreground server mounts", || mount_type(mnt).is_some());
+    child
 }
 
 /// Fresh `upper`, `work` and `mnt` dirs in `name` below the fixture, and a [`Cleanup`] of
