@@ -12,7 +12,7 @@
 //!   layers/<diffid-hex>/ one unpacked layer in overlay on-disk form, renamed into place whole
 //!   containers/<id>/     state.json, upper/, work/, rootfs/
 //!   cache/<key-hex>.json build cache entries
-//!   tmp/                 staging for atomic writes, named <kind>-<pid>.<pidns>-<n>-<nanos>;
+//!   tmp/                 staging for atomic writes, named <kind>-<pid>_<pidns>-<n>-<nanos>;
 //!                        emptied by gc, and of the files of processes now gone at each open
 //!                        (tmp.rs)
 //!   lock                 flock: shared while a Store is open, exclusive for gc
@@ -196,7 +196,7 @@ impl Store {
         // the pid, and the pid namespace it means something in (tmp.rs)
         let pid = std::process::id();
         self.tmp_dir().join(match crate::tmp::pid_namespace() {
-            Some(ns) => format!("{kind}-{pid}.{ns}-{n}-{nanos:08x}"),
+            Some(ns) => format!("{kind}-{pid}_{ns}-{n}-{nanos:08x}"),
             None => format!("{kind}-{pid}-{n}-{nanos:08x}"),
         })
     }

@@ -1,6 +1,6 @@
 //! What processes leave in `tmp/`, and taking it away again.
 //!
-//! Staged entries are named `<kind>-<pid>.<pidns>-<n>-<nanos>` ([`Store::tmp_path`]): the
+//! Staged entries are named `<kind>-<pid>_<pidns>-<n>-<nanos>` ([`Store::tmp_path`]): the
 //! pid of the process that staged them and its pid namespace (the inode of
 //! /proc/self/ns/pid). A process a signal ends removes its own files
 //! ([`remove_files_of`], called by the binary's signal thread); one killed outright
@@ -38,13 +38,13 @@ pub fn pid_namespace() -> Option<u64> {
     })
 }
 
-/// The pid in a staged entry's name, `<kind>-<pid>.<pidns>-<n>-<nanos>` (`kind` may hold
+/// The pid in a staged entry's name, `<kind>-<pid>_<pidns>-<n>-<nanos>` (`kind` may hold
 /// `-`), when it was staged in this pid namespace.
 pub(crate) fn owner(name: &str) -> Option<u32> {
     let mut parts = name.rsplitn(4, '-');
     let nanos = parts.next()?;
     let n = parts.next()?;
-    let (pid, ns) = parts.next()?.split_once('.')?;
+    let (pid, ns) = parts.next()?.split_once('_')?;
     let _kind = parts.next().filter(|kind| !kind.is_empty())?;
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let hex = nanos.len() >= 8 && nanos.bytes().all(|b| b.is_ascii_hexdigit());
@@ -130,20 +130,35 @@ mod tests {
     #[test]
     fn owner_reads_the_pid_of_names_staged_in_this_pid_namespace_only() {
         let ns = ns();
-        assert_eq!(owner(&format!("blob-26218.{ns}-4-136b7712")), Some(26218));
-        assert_eq!(owner(&format!("gc-layer-77.{ns}-0-0000abcd")), Some(77));
+        assert_eq!(owner(&format!("blob-26218_{ns}-4-136b7712")), Some(26218));
+        assert_eq!(owner(&format!("gc-layer-77_{ns}-0-0000abcd")), Some(77));
         for name in [
             "blob".to_string(),
             "blob-1-2".to_string(),
-            format!("-1.{ns}-2-0000abcd"),
-            format!("x-y.{ns}-2-0000abcd"),
-            format!("x-1.{ns}-2-xyz"),
+            format!("-1_{ns}-2-0000abcd"),
+            format!("x-y_{ns}-2-0000abcd"),
+            format!("x-1_{ns}-2-xyz"),
             // staged in another pid namespace, or by a strata that did not say
-            format!("blob-26218.{}-4-136b7712", ns + 1),
+            format!("blob-26218_{}-4-136b7712", ns + 1),
             "blob-26218-4-136b7712".to_string(),
         ] {
             assert_eq!(owner(&name), None, "{name}");
         }
+    }
+
+    /// Callers derive names from a staged one with `with_extension` (a build's `.etc` and
+    /// `.rootfs` beside its upper): a staged name has no dot of its own.
+    #[test]
+    fn staged_names_have_no_extension() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (a, b) = (store.tmp_path("build-upper"), store.tmp_path("build-upper"));
+        assert_eq!(a.extension(), None, "{}", a.display());
+        assert_ne!(a.with_extension("etc"), b.with_extension("etc"));
+        assert_eq!(
+            owner(a.file_name().unwrap().to_str().unwrap()),
+            Some(std::process::id())
+        );
     }
 
     /// The pid of a process that has ended (and been reaped).
@@ -167,14 +182,14 @@ mod tests {
             .expect("run sleep");
         let live = sleeper.id();
         let ns = ns();
-        let name = |kind: &str, pid: u32| tmp.join(format!("{kind}-{pid}.{ns}-0-0000abcd"));
+        let name = |kind: &str, pid: u32| tmp.join(format!("{kind}-{pid}_{ns}-0-0000abcd"));
         fs::write(name("blob", dead), b"partial").unwrap();
         fs::write(name("write", dead), b"partial").unwrap();
         fs::write(name("blob", live), b"in progress").unwrap();
         fs::write(name("blob", std::process::id()), b"ours").unwrap();
         fs::write(tmp.join("not-a-staged-name"), b"?").unwrap();
         // a dead pid of another pid namespace (a strata in a container): not ours to judge
-        let elsewhere = format!("write-{dead}.{}-0-0000abcd", ns + 1);
+        let elsewhere = format!("write-{dead}_{}-0-0000abcd", ns + 1);
         fs::write(tmp.join(&elsewhere), b"in progress").unwrap();
         fs::create_dir(name("build-upper", dead)).unwrap();
         // A dead pid but a held lock: left alone.
@@ -189,10 +204,10 @@ mod tests {
             .collect();
         left.sort();
         let mut expected = vec![
-            format!("blob-{live}.{ns}-0-0000abcd"),
-            format!("blob-{}.{ns}-0-0000abcd", std::process::id()),
-            format!("build-upper-{dead}.{ns}-0-0000abcd"),
-            format!("held-{dead}.{ns}-0-0000abcd"),
+            format!("blob-{live}_{ns}-0-0000abcd"),
+            format!("blob-{}_{ns}-0-0000abcd", std::process::id()),
+            format!("build-upper-{dead}_{ns}-0-0000abcd"),
+            format!("held-{dead}_{ns}-0-0000abcd"),
             elsewhere,
             "not-a-staged-name".to_string(),
         ];
