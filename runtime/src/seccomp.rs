@@ -332,6 +332,11 @@ mod tests {
             })),
             libc::EPERM
         );
+        // mount (the kernel would say EFAULT to these arguments)
+        assert_eq!(
+            under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_mount, 0, 0, 0, 0, 0) })),
+            libc::EPERM
+        );
         // unshare without namespace flags is harmless and allowed
         assert_eq!(
             under_filter(|| errno_of(unsafe { libc::syscall(libc::SYS_unshare, libc::CLONE_FS) })),

@@ -309,6 +309,8 @@ mod tests {
                 {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
                  "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"},
                           {"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]},
+                {"names": ["getpriority"], "action": "SCMP_ACT_ERRNO", "errnoRet": 77,
+                 "args": [{"index": 0, "value": 255, "valueTwo": 2, "op": "SCMP_CMP_MASKED_EQ"}]},
                 {"names": ["no_such_call"], "action": "SCMP_ACT_ALLOW"}
             ]
         }"#;
@@ -370,6 +372,20 @@ mod tests {
                 libc::syscall(libc::SYS_clone3, 0, 0)
             })),
             libc::ENOSYS
+        );
+        // MASKED_EQ: `value` is the mask, `valueTwo` what the masked argument must equal
+        // (0x1ff does not match: the default action, as getpriority is not allowed)
+        assert_eq!(
+            under_program(program(json, defaults), || errno_of(unsafe {
+                libc::syscall(libc::SYS_getpriority, 0x102, 0)
+            })),
+            77
+        );
+        assert_eq!(
+            under_program(program(json, defaults), || errno_of(unsafe {
+                libc::syscall(libc::SYS_getpriority, 0x1ff, 0)
+            })),
+            13
         );
         // two conditions on one argument: either value passes
         assert_eq!(
