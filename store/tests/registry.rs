@@ -339,6 +339,83 @@ fn basic_auth_registry_needs_and_takes_credentials() {
     );
 }
 
+/// Credentials holding an identity token (`<token>`, as a credential helper or `docker
+/// login` to ACR leaves them) get their bearer tokens by the OAuth2 refresh-token grant, a
+/// POST of the token form, as docker gets them; a token server without that endpoint gets
+/// the GET with basic auth.
+#[test]
+fn identity_tokens_are_exchanged_by_the_oauth2_refresh_grant() {
+    let registry = Registry::start();
+    let (proxy, gate) = Proxy::start_with_tokens(&registry.host, "bob", "builder");
+    *gate.refresh_token.lock().unwrap() = Some("refresh-xyz".into());
+    let dir = tempfile::tempdir().unwrap();
+    let (bytes, diff_id) = layer(&[("t", b"oauth")]);
+    let path = dir.path().join("l");
+    std::fs::write(&path, &bytes).unwrap();
+    let identity = Credentials {
+        username: Credentials::IDENTITY_TOKEN_USER.into(),
+        password: "refresh-xyz".into(),
+    };
+    let client = client(
+        &proxy.host,
+        ClientOptions {
+            credentials: Some(identity),
+            ..options()
+        },
+    );
+    let (manifest_digest, _) = push_image(&client, "acr/app", "1", &path, diff_id);
+    assert_eq!(
+        client.fetch_manifest("acr/app", "1").unwrap().digest,
+        manifest_digest
+    );
+    let requests = gate.token_requests.lock().unwrap().clone();
+    assert!(
+        requests.iter().all(|q| q.starts_with("POST ")
+            && q.contains("grant_type=refresh_token")
+            && q.contains("service=strata-test")),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|q| q.contains("scope=repository:acr/app:pull,push")),
+        "{requests:?}"
+    );
+    // A wrong refresh token is refused, with the registry's words.
+    let wrong = client_with(&proxy.host, Credentials::IDENTITY_TOKEN_USER, "stale");
+    let err = wrong
+        .fetch_manifest("acr/app", "1")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("401"), "{err}");
+    // A token server without the OAuth2 endpoint (404) gets the GET with basic auth.
+    let (plain, plain_gate) = Proxy::start_with_tokens(
+        &registry.host,
+        Credentials::IDENTITY_TOKEN_USER,
+        "refresh-xyz",
+    );
+    let fallback = client_with(&plain.host, Credentials::IDENTITY_TOKEN_USER, "refresh-xyz");
+    assert_eq!(
+        fallback.fetch_manifest("acr/app", "1").unwrap().digest,
+        manifest_digest
+    );
+    let asked = plain_gate.token_requests.lock().unwrap().clone();
+    assert!(asked.iter().all(|q| !q.starts_with("POST ")), "{asked:?}");
+}
+
+fn client_with(host: &str, user: &str, password: &str) -> Client {
+    client(
+        host,
+        ClientOptions {
+            credentials: Some(Credentials {
+                username: user.into(),
+                password: password.into(),
+            }),
+            ..options()
+        },
+    )
+}
+
 #[test]
 fn bearer_token_flow_fetches_tokens_with_the_scopes_needed() {
     let registry = Registry::start();

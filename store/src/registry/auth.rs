@@ -40,6 +40,15 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// The user name docker's credentials carry an identity token under: the password is
+    /// then an OAuth2 refresh token, not a password.
+    pub const IDENTITY_TOKEN_USER: &'static str = "<token>";
+
+    /// The identity token, if these credentials are one.
+    pub fn identity_token(&self) -> Option<&str> {
+        (self.username == Self::IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
+
     /// The value of an `Authorization: Basic ..` header.
     pub fn basic_header(&self) -> String {
         format!(
@@ -299,7 +308,7 @@ fn lookup_auths(
         if let Some(token) = field("identitytoken") {
             // An identity token is sent as the password of the `<token>` user (docker's convention).
             return Ok(Some(Credentials {
-                username: "<token>".to_string(),
+                username: Credentials::IDENTITY_TOKEN_USER.to_string(),
                 password: token,
             }));
         }
@@ -567,7 +576,7 @@ mod tests {
         assert_eq!(config.lookup("h:1").unwrap(), Some(creds));
         // An identity token travels as the `<token>` user.
         let token = Credentials {
-            username: "<token>".into(),
+            username: Credentials::IDENTITY_TOKEN_USER.into(),
             password: "refresh-me".into(),
         };
         config.store("docker.io", &token).unwrap();

@@ -482,6 +482,38 @@ impl Client {
         for scope in scopes {
             push("scope", scope);
         }
+        // An identity token is an OAuth2 refresh token: it goes in a POST of the token form
+        // (distribution docs/spec/auth/oauth.md), as docker sends it. A token server that
+        // has no such endpoint (404, 405) gets the GET with basic auth instead, as docker
+        // falls back.
+        let identity = self
+            .credentials
+            .as_ref()
+            .and_then(Credentials::identity_token);
+        if let Some(refresh_token) = identity {
+            let mut form = format!(
+                "grant_type=refresh_token&client_id=strata&refresh_token={}",
+                percent_encode(refresh_token)
+            );
+            if let Some(service) = challenge.params.get("service") {
+                form.push_str(&format!("&service={}", percent_encode(service)));
+            }
+            if !scopes.is_empty() {
+                form.push_str(&format!("&scope={}", percent_encode(&scopes.join(" "))));
+            }
+            let mut request = Request::new("POST", realm.clone(), String::new());
+            request.scopes.clear();
+            request.headers.push((
+                "content-type",
+                "application/x-www-form-urlencoded".to_string(),
+            ));
+            request.body = Payload::Bytes(form.as_bytes());
+            match self.token_from(realm, &request) {
+                Err(TokenError::NoEndpoint) => {}
+                Err(TokenError::Failed(err)) => return Err(err),
+                Ok(token) => return Ok(token),
+            }
+        }
         let mut request = Request::new("GET", url.clone(), String::new());
         request.scopes.clear();
         if let Some(credentials) = &self.credentials {
@@ -489,10 +521,25 @@ impl Client {
                 .headers
                 .push(("authorization", credentials.basic_header()));
         }
+        self.token_from(realm, &request).map_err(|err| match err {
+            TokenError::Failed(err) => err,
+            TokenError::NoEndpoint => Error::Registry {
+                url: realm.clone(),
+                message: "the token endpoint is not there (404)".into(),
+            },
+        })
+    }
+
+    /// Sends a token request (`request`, to `realm`) with retries, and reads the token.
+    fn token_from(
+        &self,
+        realm: &str,
+        request: &Request<'_>,
+    ) -> std::result::Result<Token, TokenError> {
         let mut last = None;
         for attempt in 0..=self.options.retries {
             let asked = std::time::Instant::now();
-            match self.send_once(&request, None) {
+            match self.send_once(request, None) {
                 Ok(mut response) if response.status().is_success() => {
                     let body = response
                         .body_mut()
@@ -502,7 +549,7 @@ impl Client {
                         .unwrap_or_default();
                     let body: serde_json::Value =
                         serde_json::from_slice(&body).map_err(|e| Error::Registry {
-                            url: realm.clone(),
+                            url: realm.to_string(),
                             message: format!("token response is not JSON: {e}"),
                         })?;
                     let token = body
@@ -510,7 +557,7 @@ impl Client {
                         .or_else(|| body.get("access_token"))
                         .and_then(|t| t.as_str());
                     let value = token.map(str::to_string).ok_or_else(|| Error::Registry {
-                        url: realm.clone(),
+                        url: realm.to_string(),
                         message: "token response has no token".into(),
                     })?;
                     // Valid for `expires_in` seconds, 60 when not given (token.md); renewed
@@ -524,8 +571,18 @@ impl Client {
                     let renew_at = asked + lifetime - (lifetime / 10).min(Duration::from_secs(10));
                     return Ok(Token { value, renew_at });
                 }
+                Ok(response)
+                    if request.method == "POST"
+                        && matches!(response.status().as_u16(), 404 | 405) =>
+                {
+                    return Err(TokenError::NoEndpoint);
+                }
                 Ok(response) if !response.status().is_server_error() => {
-                    return Err(error_from(realm, "token request", response));
+                    return Err(TokenError::Failed(error_from(
+                        realm,
+                        "token request",
+                        response,
+                    )));
                 }
                 Ok(response) => last = Some(format!("status {}", response.status())),
                 Err(e) => last = Some(e.to_string()),
@@ -534,10 +591,23 @@ impl Client {
                 std::thread::sleep(self.backoff(attempt + 1));
             }
         }
-        Err(Error::Registry {
-            url: realm.clone(),
+        Err(TokenError::Failed(Error::Registry {
+            url: realm.to_string(),
             message: format!("token request failed: {}", last.unwrap_or_default()),
-        })
+        }))
+    }
+}
+
+/// Why a token request gave no token.
+enum TokenError {
+    /// The OAuth2 POST endpoint is not there (the server only hands tokens out by GET).
+    NoEndpoint,
+    Failed(Error),
+}
+
+impl From<Error> for TokenError {
+    fn from(err: Error) -> TokenError {
+        TokenError::Failed(err)
     }
 }
 

@@ -300,6 +300,7 @@ impl Proxy {
             issued: Mutex::new(Vec::new()),
             token_requests: Mutex::new(Vec::new()),
             lifetime: Mutex::new(None),
+            refresh_token: Mutex::new(None),
         });
         (
             Proxy::start_inner(
@@ -441,8 +442,13 @@ fn forward(
         let _ = client.shutdown(Shutdown::Both);
         return Ok(());
     }
+    // a token form (the OAuth2 refresh-token grant) is the gate's to read
+    let mut form = String::new();
+    if gate.is_some() && method == "POST" && path.starts_with("/token") {
+        (&mut reader).take(length).read_to_string(&mut form)?;
+    }
     if let Some(gate) = gate
-        && let Some(response) = gate.check(&method, &path, &authorization)
+        && let Some(response) = gate.check(&method, &path, &authorization, &form)
     {
         let mut client = client;
         client.write_all(response.as_bytes())?;
@@ -547,6 +553,8 @@ pub struct TokenGate {
     pub token_requests: Mutex<Vec<String>>,
     /// `expires_in` of the tokens handed out, if set.
     pub lifetime: Mutex<Option<u64>>,
+    /// The OAuth2 refresh token its POST endpoint takes; None: no such endpoint (404).
+    pub refresh_token: Mutex<Option<String>>,
 }
 
 impl TokenGate {
@@ -577,13 +585,45 @@ fn percent_decode(text: &str) -> String {
 
 impl TokenGate {
     /// `None` lets the request through to the registry; `Some(response)` answers it here.
-    fn check(&self, method: &str, path: &str, authorization: &str) -> Option<String> {
+    fn check(&self, method: &str, path: &str, authorization: &str, form: &str) -> Option<String> {
         let reply = |status: &str, extra: &str, body: &str| {
             format!(
                 "HTTP/1.1 {status}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             )
         };
+        if method == "POST" && path.starts_with("/token") {
+            let Some(wanted) = self.refresh_token.lock().unwrap().clone() else {
+                return Some(reply("404 Not Found", "", "{}"));
+            };
+            let form = percent_decode(&form.replace('+', " "));
+            self.token_requests
+                .lock()
+                .unwrap()
+                .push(format!("POST {form}"));
+            let field = |name: &str| {
+                form.split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                    .unwrap_or("")
+                    .to_string()
+            };
+            if field("grant_type") != "refresh_token" || field("refresh_token") != wanted {
+                return Some(reply(
+                    "401 Unauthorized",
+                    "",
+                    r#"{"details":"bad refresh token"}"#,
+                ));
+            }
+            let scopes: Vec<String> = field("scope").split(' ').map(String::from).collect();
+            let mut issued = self.issued.lock().unwrap();
+            let token = format!("token{}", issued.len());
+            issued.push((token.clone(), scopes));
+            return Some(reply(
+                "200 OK",
+                "",
+                &format!(r#"{{"access_token":"{token}","expires_in":300}}"#),
+            ));
+        }
         if let Some(query) = path.strip_prefix("/token") {
             let query = percent_decode(query.trim_start_matches('?'));
             self.token_requests.lock().unwrap().push(query.clone());
