@@ -333,19 +333,17 @@ impl Union {
     /// [`MountSpec`](crate::MountSpec).
     pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path, aufs_markers: bool) -> Result<Union> {
         let layers = Layers::open(upper, lowers, work, aufs_markers)?;
-        let devices: Vec<u64> = (0..layers.count())
-            .filter_map(|layer| layers.stat(layer, Path::new("")).ok())
-            .map(|meta| meta.key().0)
+        let roots: Vec<(usize, (u64, u64))> = (0..layers.count())
+            .filter_map(|layer| Some((layer, layers.stat(layer, Path::new("")).ok()?.key())))
             .collect();
+        let devices: Vec<u64> = roots.iter().map(|&(_, (dev, _))| dev).collect();
         let table = Table::new(&devices);
         let mut dir_layers = Vec::new();
-        for layer in 0..layers.count() {
-            if let Ok(meta) = layers.stat(layer, Path::new("")) {
-                table.alias(meta.key(), ROOT, layer);
-                dir_layers.push(layer);
-                if layers.is_opaque(layer, Path::new("")) {
-                    break;
-                }
+        for &(layer, key) in &roots {
+            table.alias(key, ROOT, layer);
+            dir_layers.push(layer);
+            if layers.is_opaque(layer, Path::new("")) {
+                break;
             }
         }
         table.insert_root(NodeState {

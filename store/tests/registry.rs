@@ -352,17 +352,7 @@ fn identity_tokens_are_exchanged_by_the_oauth2_refresh_grant() {
     let (bytes, diff_id) = layer(&[("t", b"oauth")]);
     let path = dir.path().join("l");
     std::fs::write(&path, &bytes).unwrap();
-    let identity = Credentials {
-        username: Credentials::IDENTITY_TOKEN_USER.into(),
-        password: "refresh-xyz".into(),
-    };
-    let client = client(
-        &proxy.host,
-        ClientOptions {
-            credentials: Some(identity),
-            ..options()
-        },
-    );
+    let client = client_with(&proxy.host, Credentials::IDENTITY_TOKEN_USER, "refresh-xyz");
     let (manifest_digest, _) = push_image(&client, "acr/app", "1", &path, diff_id);
     assert_eq!(
         client.fetch_manifest("acr/app", "1").unwrap().digest,
@@ -435,17 +425,7 @@ fn bearer_token_flow_fetches_tokens_with_the_scopes_needed() {
         "an anonymous token request is refused: {err}"
     );
 
-    let bob = Credentials {
-        username: "bob".into(),
-        password: "builder".into(),
-    };
-    let client = client(
-        &proxy.host,
-        ClientOptions {
-            credentials: Some(bob),
-            ..options()
-        },
-    );
+    let client = client_with(&proxy.host, "bob", "builder");
     let (manifest_digest, layer_digest) = push_image(&client, "locked/app", "1", &path, diff_id);
     assert_eq!(
         client.fetch_manifest("locked/app", "1").unwrap().digest,

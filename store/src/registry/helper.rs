@@ -79,6 +79,15 @@ impl<'a> Helper<'a> {
         &self.program
     }
 
+    /// The error for a call that did not succeed, with the helper's own words.
+    fn failed(&self, action: &str, outcome: &Outcome) -> Error {
+        self.error(format!(
+            "{action} failed ({}): {}",
+            outcome.status,
+            outcome.said()
+        ))
+    }
+
     fn error(&self, message: String) -> Error {
         Error::CredentialHelper {
             program: self.program.clone(),
@@ -94,11 +103,7 @@ impl<'a> Helper<'a> {
             return Ok(None);
         }
         if !outcome.status.success() {
-            return Err(self.error(format!(
-                "get failed ({}): {}",
-                outcome.status,
-                outcome.said()
-            )));
+            return Err(self.failed("get", &outcome));
         }
         let reply: serde_json::Value = serde_json::from_str(&outcome.stdout)
             .map_err(|e| self.error(format!("get did not answer JSON: {e}")))?;
@@ -125,11 +130,7 @@ impl<'a> Helper<'a> {
         });
         let outcome = self.run("store", input.to_string().as_bytes())?;
         if !outcome.status.success() {
-            return Err(self.error(format!(
-                "store failed ({}): {}",
-                outcome.status,
-                outcome.said()
-            )));
+            return Err(self.failed("store", &outcome));
         }
         Ok(())
     }
@@ -141,11 +142,7 @@ impl<'a> Helper<'a> {
             return Ok(false);
         }
         if !outcome.status.success() {
-            return Err(self.error(format!(
-                "erase failed ({}): {}",
-                outcome.status,
-                outcome.said()
-            )));
+            return Err(self.failed("erase", &outcome));
         }
         Ok(true)
     }
