@@ -371,7 +371,8 @@ fn config_for(
     let volumes = volumes::parse(&args.volume, &image_volumes, &cwd)?;
     let mut no_new_privileges = false;
     let mut seccomp_unconfined = false;
-    let mut seccomp_profile = None;
+    // (the file it came from, for errors; its JSON)
+    let mut seccomp_profile: Option<(&str, String)> = None;
     for option in &args.security_opt {
         // docker writes both `no-new-privileges` and `no-new-privileges:true`, and
         // `seccomp=unconfined` or `seccomp:unconfined`
@@ -390,7 +391,7 @@ fn config_for(
             ("seccomp", file) => {
                 let json = std::fs::read_to_string(file)
                     .with_context(|| format!("failed to read the seccomp profile {file}"))?;
-                seccomp_profile = Some(json);
+                seccomp_profile = Some((file, json));
                 seccomp_unconfined = false;
             }
             _ => bail!(
@@ -410,7 +411,7 @@ fn config_for(
         strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, strata_runtime::caps::held())
             .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))?;
     // a profile that does not compile fails the run here, naming the file
-    if let (Some(json), Some(file)) = (&seccomp_profile, seccomp_file(&args.security_opt)) {
+    if let Some((file, json)) = &seccomp_profile {
         strata_runtime::seccomp_program(json, caps)
             .map_err(|err| anyhow::anyhow!("seccomp profile {file}: {err}"))?;
     }
@@ -476,23 +477,13 @@ fn config_for(
         stop_signal,
         no_new_privileges,
         seccomp_unconfined,
-        seccomp_profile,
+        seccomp_profile: seccomp_profile.map(|(_, json)| json),
         cap_add: args.cap_add.clone(),
         cap_drop: args.cap_drop.clone(),
         read_only: args.read_only,
         healthcheck: health::resolve(image_check, args)?
             .map(|check| health::Check { shell, ..check }),
     })
-}
-
-/// The profile file a `--security-opt seccomp=FILE` names (the last one).
-fn seccomp_file(options: &[String]) -> Option<&str> {
-    options
-        .iter()
-        .filter_map(|o| o.split_once(['=', ':']))
-        .filter(|(key, value)| *key == "seccomp" && *value != "unconfined")
-        .map(|(_, file)| file)
-        .next_back()
 }
 
 /// Prints the error and exits 125: strata failed before the command started.
