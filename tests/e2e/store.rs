@@ -636,14 +636,18 @@ fn output_to_a_closed_pipe_ends_quietly() {
     let store = TestStore::new();
     store.import_busybox("busybox");
     // `strata inspect busybox | head -c 0`: the reader is gone before anything is written.
-    let mut cmd = Command::new(strata_bin());
-    cmd.arg("--root")
+    // It is closed before strata starts: closed after, a busy machine could let strata
+    // write into the pipe's buffer first (CI once saw it exit 0).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(strata_bin())
+        .arg("--root")
         .arg(store.root())
-        .args(["inspect", "busybox"]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+        .args(["inspect", "busybox"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "as a SIGPIPE death: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
