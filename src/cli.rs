@@ -472,6 +472,10 @@ pub struct RunArgs {
     /// Take a capability from docker's default set (ALL for every one)
     #[arg(long = "cap-drop", value_name = "CAP", value_delimiter = ',')]
     pub cap_drop: Vec<String>,
+    /// Give the container what docker's --privileged gives: every capability, no seccomp
+    /// filter, /proc and /sys unmasked and writable, and the host's devices
+    #[arg(long)]
+    pub privileged: bool,
     /// The image, then the command and its arguments (default: the image's entrypoint and
     /// cmd). Options end at the image, as with docker: what follows goes to the container.
     #[arg(required = true, num_args = 1.., trailing_var_arg = true, value_names = ["IMAGE", "COMMAND"])]
@@ -585,6 +589,9 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub process: ProcessArgs,
     /// Run the command in the background and return at once (its output is not kept)
+    /// Give the command every capability (docker exec --privileged)
+    #[arg(long)]
+    pub privileged: bool,
     #[arg(short = 'd', long)]
     pub detach: bool,
     /// Forward signals to the command's process group, not the command alone (health

@@ -318,6 +318,8 @@ mod tests {
                 binds: Vec::new(),
                 cgroups: Vec::new(),
                 read_only: false,
+                privileged: false,
+                host_devices: Vec::new(),
             },
             hostname: Some("box".into()),
             loopback: true,

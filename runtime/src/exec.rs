@@ -51,6 +51,9 @@ pub struct ExecSpec {
     pub seccomp_profile: Option<String>,
     /// None: docker's default set.
     pub capabilities: Option<u64>,
+    /// `exec --privileged`: every capability strata holds, whatever `capabilities` says
+    /// (the seccomp filter is the container's, compiled for them).
+    pub privileged: bool,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
@@ -115,7 +118,11 @@ pub fn spawn(spec: ExecSpec) -> Result<Child> {
     let stdio = (spec.stdin, stdout, spec.stderr);
     let (mut parent_sock, child_sock) =
         UnixStream::pair().map_err(|err| Error::io("failed to create", "sync socket", err))?;
-    let caps = spec.capabilities.unwrap_or_else(crate::caps::default_mask);
+    let caps = if spec.privileged {
+        crate::caps::held()
+    } else {
+        spec.capabilities.unwrap_or_else(crate::caps::default_mask)
+    };
     let identity = Who {
         user: spec.user,
         cwd: spec.cwd,

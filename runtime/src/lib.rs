@@ -60,6 +60,8 @@ pub struct Limits {
     pub cpuset_cpus: Option<String>,
     /// Block I/O weight 10-1000 (dropped with a warning when the kernel has no weights).
     pub blkio_weight: Option<u16>,
+    /// Every device may be opened (`run --privileged`); else docker's default devices only.
+    pub all_devices: bool,
 }
 
 /// One container to run.
@@ -114,6 +116,10 @@ pub struct Spec {
     pub seccomp_profile: Option<String>,
     /// The root is read-only (`run --read-only`); mounts on it keep their own flags.
     pub read_only: bool,
+    /// docker's `--privileged`: every capability strata holds (`capabilities` aside), no
+    /// seccomp filter, nothing masked or read-only in /proc, sysfs and the cgroup view
+    /// writable, the host's devices in /dev, and all of them allowed by the devices cgroup.
+    pub privileged: bool,
     /// None = inherit strata's. With `tty` the container's stdio is its pty: `stdout`
     /// then receives what the pty prints (strata's stdout when None) and `stdin`/`stderr`
     /// are unused (input comes from strata's stdin with `interactive`).

@@ -22,6 +22,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
+use crate::Limits;
 use crate::container::{self, Setup};
 use crate::error::{Error, Result};
 use crate::init;
@@ -188,19 +189,28 @@ pub fn spawn(spec: Spec) -> Result<Child> {
             spec.rootfs.display()
         )));
     }
+    let limits = Limits {
+        all_devices: spec.privileged,
+        ..spec.limits.clone()
+    };
     let cgroup = if spec.cgroup_name.is_empty() {
         None
     } else {
-        Some(cgroup::Cgroup::create(&spec.cgroup_name, &spec.limits)?)
+        Some(cgroup::Cgroup::create(&spec.cgroup_name, &limits)?)
     };
     let rootfs = std::fs::canonicalize(&spec.rootfs)
         .map_err(|err| Error::io("failed to resolve", &spec.rootfs, err))?;
-    let caps = spec.capabilities.unwrap_or_else(crate::caps::default_mask);
-    let seccomp = crate::seccomp::compiled(
-        spec.seccomp_unconfined,
-        spec.seccomp_profile.as_deref(),
-        caps,
-    )?;
+    let (caps, seccomp) = if spec.privileged {
+        (crate::caps::held(), None)
+    } else {
+        let caps = spec.capabilities.unwrap_or_else(crate::caps::default_mask);
+        let seccomp = crate::seccomp::compiled(
+            spec.seccomp_unconfined,
+            spec.seccomp_profile.as_deref(),
+            caps,
+        )?;
+        (caps, seccomp)
+    };
     let setup = Setup {
         rootfs: Rootfs {
             root: rootfs,
@@ -215,7 +225,13 @@ pub fn spawn(spec: Spec) -> Result<Child> {
             cgroups: if spec.cgroup_name.is_empty() {
                 Vec::new()
             } else {
-                cgroup::view(&spec.limits)
+                cgroup::view(&limits)
+            },
+            privileged: spec.privileged,
+            host_devices: if spec.privileged {
+                crate::rootfs::host_devices()
+            } else {
+                Vec::new()
             },
         },
         hostname: spec.hostname.clone(),

@@ -29,6 +29,12 @@ pub struct Rootfs {
     /// `run --read-only`: the root is remounted read-only once everything is mounted on it
     /// (its /dev, /proc, volumes and /etc files keep their own flags).
     pub read_only: bool,
+    /// `run --privileged`: nothing masked or read-only in /proc, /sys and the cgroup view
+    /// writable, and `host_devices` in /dev.
+    pub privileged: bool,
+    /// The host's devices a privileged container gets (`host_devices`), bound from the
+    /// host's /dev.
+    pub host_devices: Vec<PathBuf>,
 }
 
 /// A host path bound onto a container path, as `docker run -v SRC:DST[:ro]` binds it.
@@ -113,6 +119,47 @@ pub const READONLY_PATHS: [&str; 5] = [
 /// Device nodes bound from the host's /dev.
 pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
+/// Trees of the host's /dev a privileged container does not get: its own /dev has them
+/// (pts, shm, fd) or they are not devices of the host (mqueue, container managers'), as
+/// runc leaves them out.
+const NOT_HOST_DEVICES: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
+
+/// The host's device nodes (character and block, relative to /dev) that `run
+/// --privileged` gives the container, as docker gives them (runc's `HostDevices`): /dev
+/// walked without [`NOT_HOST_DEVICES`], the console, and the nodes the container's /dev
+/// has of its own (its ptmx, [`DEVICES`]). Symlinks are not followed.
+pub fn host_devices() -> Vec<PathBuf> {
+    fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let name = entry.file_name();
+            let path = rel.join(&name);
+            if kind.is_dir() {
+                if !NOT_HOST_DEVICES.iter().any(|skip| name == *skip) {
+                    walk(&entry.path(), &path, out);
+                }
+            } else if (kind.is_char_device() || kind.is_block_device())
+                && !(rel.as_os_str().is_empty()
+                    && (name == "console"
+                        || name == "ptmx"
+                        || DEVICES.iter().any(|own| name == *own)))
+            {
+                out.push(path);
+            }
+        }
+    }
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    walk(Path::new("/dev"), Path::new(""), &mut out);
+    out.sort();
+    out
+}
+
 type Step = Result<(), String>;
 
 fn sys_err(what: String) -> impl FnOnce(nix::Error) -> String {
@@ -184,7 +231,12 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
 
     let sys_dir = root.join("sys");
     mkdir(sys, &sys_dir)?;
-    let ro = nosuid_noexec_nodev | MsFlags::MS_RDONLY;
+    // A privileged container may write sysfs, as docker's.
+    let ro = if spec.privileged {
+        nosuid_noexec_nodev
+    } else {
+        nosuid_noexec_nodev | MsFlags::MS_RDONLY
+    };
     // A fresh sysfs, also with the host's network (root may mount it there): a bind of
     // the host's /sys would bring its submounts (tracefs, debugfs, bpf...) writable.
     let fresh = if !spec.userns {
@@ -237,7 +289,9 @@ pub fn prepare(sys: &dyn Syscall, spec: &Rootfs) -> Step {
     sys.chdir(Path::new("/"))
         .map_err(sys_err("chdir /".into()))?;
 
-    mask(sys)?;
+    if !spec.privileged {
+        mask(sys)?;
+    }
     if spec.read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(
@@ -261,7 +315,10 @@ fn cgroup_view(sys: &dyn Syscall, spec: &Rootfs) {
         return;
     }
     let base = spec.root.join("sys/fs/cgroup");
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if !spec.privileged {
+        flags |= MsFlags::MS_RDONLY;
+    }
     if let [only] = spec.cgroups.as_slice()
         && only.dir.is_empty()
     {
@@ -407,6 +464,17 @@ fn dev(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         sys.touch(&target)
             .map_err(io_err(format!("create {}", target.display())))?;
         let host = Path::new("/dev").join(name);
+        mount(sys, Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+    }
+    for device in &spec.host_devices {
+        let target = dev.join(device);
+        if let Some(parent) = target.parent() {
+            sys.mkdir_all(parent)
+                .map_err(io_err(format!("create {}", parent.display())))?;
+        }
+        sys.touch(&target)
+            .map_err(io_err(format!("create {}", target.display())))?;
+        let host = Path::new("/dev").join(device);
         mount(sys, Some(&host), &target, None, MsFlags::MS_BIND, None)?;
     }
     let pts = dev.join("pts");
@@ -560,6 +628,8 @@ mod tests {
             ],
             cgroups: Vec::new(),
             read_only: false,
+            privileged: false,
+            host_devices: Vec::new(),
         };
         bind_volumes(&sys, &spec).unwrap();
         assert_eq!(
@@ -590,6 +660,24 @@ mod tests {
 }
 
 #[cfg(test)]
+mod host_device_tests {
+    use super::*;
+
+    /// What a privileged container gets of the host's /dev: its device nodes, not the ones
+    /// the container's /dev has of its own, nor the pts tree or symlinks.
+    #[test]
+    fn host_devices_are_the_nodes_the_container_lacks() {
+        assert!(Path::new("/dev/fuse").exists(), "needs /dev/fuse: modprobe fuse");
+        let devices = host_devices();
+        assert!(devices.contains(&PathBuf::from("fuse")), "{devices:?}");
+        for own in ["null", "tty", "ptmx", "console", "stdin", "fd", "core"] {
+            assert!(!devices.contains(&PathBuf::from(own)), "{own}: {devices:?}");
+        }
+        assert!(devices.iter().all(|d| !d.starts_with("pts")), "{devices:?}");
+    }
+}
+
+#[cfg(test)]
 mod cgroup_view_tests {
     use super::*;
     use crate::cgroup::ViewMount;
@@ -603,6 +691,8 @@ mod cgroup_view_tests {
             binds: Vec::new(),
             cgroups,
             read_only: false,
+            privileged: false,
+            host_devices: Vec::new(),
         }
     }
 

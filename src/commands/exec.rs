@@ -52,9 +52,11 @@ fn start(globals: &Globals, args: &ExecArgs) -> anyhow::Result<i32> {
         tty: args.process.tty,
         interactive: args.process.interactive,
         no_new_privileges: config.no_new_privileges,
-        seccomp_unconfined: config.seccomp_unconfined,
+        // a privileged container's processes run without a filter, as it does
+        seccomp_unconfined: config.seccomp_unconfined || config.privileged,
         seccomp_profile: config.seccomp_profile.clone(),
         capabilities: Some(capabilities),
+        privileged: args.privileged,
         stdin,
         stdout: None,
         stderr: None,
@@ -84,6 +86,9 @@ fn detach(globals: &Globals, args: &ExecArgs, name: &str) -> anyhow::Result<i32>
     }
     if let Some(user) = &args.process.user {
         command.arg("-u").arg(user);
+    }
+    if args.privileged {
+        command.arg("--privileged");
     }
     command.arg(name).args(&args.container_and_command[1..]);
     command

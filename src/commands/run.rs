@@ -71,6 +71,9 @@ pub struct RunConfig {
     pub cap_add: Vec<String>,
     #[serde(default)]
     pub cap_drop: Vec<String>,
+    /// `--privileged` (see `strata_runtime::Spec::privileged`).
+    #[serde(default)]
+    pub privileged: bool,
     /// `--read-only`.
     #[serde(default)]
     pub read_only: bool,
@@ -81,8 +84,12 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// The capabilities container root keeps: docker's default set with `--cap-add` and
-    /// `--cap-drop` applied as docker applies them.
+    /// `--cap-drop` applied as docker applies them; every one strata holds with
+    /// `--privileged`, which docker lets override them.
     pub fn capabilities(&self) -> anyhow::Result<u64> {
+        if self.privileged {
+            return Ok(strata_runtime::caps::held());
+        }
         strata_runtime::caps::tweak(&self.cap_add, &self.cap_drop, strata_runtime::caps::held())
             .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))
     }
@@ -410,8 +417,9 @@ fn config_for(
     let caps =
         strata_runtime::caps::tweak(&args.cap_add, &args.cap_drop, strata_runtime::caps::held())
             .map_err(|err| anyhow::anyhow!("--cap-add/--cap-drop: {err}"))?;
-    // a profile that does not compile fails the run here, naming the file
-    if let Some((file, json)) = &seccomp_profile {
+    // a profile that does not compile fails the run here, naming the file (a privileged
+    // container runs without one, as docker's)
+    if let Some((file, json)) = seccomp_profile.as_ref().filter(|_| !args.privileged) {
         strata_runtime::seccomp_program(json, caps)
             .map_err(|err| anyhow::anyhow!("seccomp profile {file}: {err}"))?;
     }
@@ -480,6 +488,7 @@ fn config_for(
         seccomp_profile: seccomp_profile.map(|(_, json)| json),
         cap_add: args.cap_add.clone(),
         cap_drop: args.cap_drop.clone(),
+        privileged: args.privileged,
         read_only: args.read_only,
         healthcheck: health::resolve(image_check, args)?
             .map(|check| health::Check { shell, ..check }),
@@ -835,6 +844,7 @@ fn mount_and_run(
             pids: config.pids_limit,
             cpuset_cpus: config.cpuset_cpus.clone(),
             blkio_weight: config.blkio_weight,
+            all_devices: false,
         },
         cgroup_name: cgroup_name(&container.id),
         tty: config.tty,
@@ -849,6 +859,7 @@ fn mount_and_run(
         seccomp_unconfined: config.seccomp_unconfined,
         seccomp_profile: config.seccomp_profile.clone(),
         capabilities: Some(config.capabilities()?),
+        privileged: config.privileged,
         read_only: config.read_only,
         stdin,
         stdout: Some(output.stdout),

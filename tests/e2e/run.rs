@@ -1557,6 +1557,87 @@ fn cap_add_and_cap_drop_as_docker() {
     store.ok(&["rm", "-f", "admin"]);
 }
 
+/// `--privileged` gives what docker's gives: every capability strata holds, no seccomp
+/// filter (a mount works), /proc unmasked, sysfs and the cgroup view writable, and the
+/// host's devices in /dev, which the devices cgroup lets it open. `exec` in it takes the
+/// same; `exec --privileged` gives a process of a plain container every capability.
+#[test]
+fn privileged_as_docker() {
+    let store = store_with_busybox();
+    let probe = "grep -E '^(CapEff|Seccomp):' /proc/self/status | tr -d '\\t '; \
+                 mount -t tmpfs t /tmp 2>/dev/null && echo mounted; \
+                 grep -q '^sysfs /sys sysfs rw' /proc/mounts && echo sysfs-rw; \
+                 [ -c /proc/timer_list ] && echo timer-list-masked; \
+                 grep -q ' /proc/sys proc ro' /proc/mounts && echo proc-sys-ro; \
+                 [ -c /dev/fuse ] && (exec 3<>/dev/fuse) 2>/dev/null && echo fuse-opened; \
+                 d=/sys/fs/cgroup/memory/probe; [ -e /sys/fs/cgroup/memory.max ] && d=/sys/fs/cgroup/probe; \
+                 mkdir $d 2>/dev/null && rmdir $d && echo cgroup-rw; true";
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for host in ["/dev/fuse", "/proc/timer_list"] {
+        assert!(
+            std::path::Path::new(host).exists(),
+            "the probe needs the host's {host} (modprobe fuse; a kernel with CONFIG_TIMER_LIST)"
+        );
+    }
+    let privileged =
+        format!("CapEff:{bounding}\nSeccomp:0\nmounted\nsysfs-rw\nfuse-opened\ncgroup-rw\n");
+    let plain = "CapEff:00000000a80425fb\nSeccomp:2\ntimer-list-masked\nproc-sys-ro\n";
+    assert_eq!(
+        store.ok(&["run", "--rm", "--privileged", "busybox", "sh", "-c", probe]),
+        privileged
+    );
+    // --privileged overrides --cap-drop and a seccomp profile, as docker's
+    assert_eq!(
+        store.ok(&[
+            "run",
+            "--rm",
+            "--privileged",
+            "--cap-drop",
+            "ALL",
+            "busybox",
+            "sh",
+            "-c",
+            probe
+        ]),
+        privileged
+    );
+    assert_eq!(
+        store.ok(&["run", "--rm", "busybox", "sh", "-c", probe]),
+        plain
+    );
+    for (name, extra) in [("priv", Some("--privileged")), ("plain", None)] {
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend(extra);
+        args.extend(["busybox", "sleep", "60"]);
+        store.ok(&args);
+        wait_status(&store, name, "running");
+    }
+    assert_eq!(store.ok(&["exec", "priv", "sh", "-c", probe]), privileged);
+    assert_eq!(
+        store.ok(&[
+            "inspect",
+            "-f",
+            "{{.HostConfig.Privileged}}",
+            "priv",
+            "plain"
+        ]),
+        "true\nfalse\n"
+    );
+    assert_eq!(store.ok(&["exec", "plain", "sh", "-c", probe]), plain);
+    let caps = "grep CapEff: /proc/self/status | tr -d '\\t '";
+    assert_eq!(
+        store.ok(&["exec", "--privileged", "plain", "sh", "-c", caps]),
+        format!("CapEff:{bounding}\n")
+    );
+    store.ok(&["rm", "-f", "priv", "plain"]);
+}
+
 /// A full disk when the container exits: `run` answers the command's own status, with a
 /// warning that its exit could not be recorded, and `inspect` and `ps` see the process
 /// gone (the record still says running).

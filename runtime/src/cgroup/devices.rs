@@ -39,9 +39,14 @@ impl Controller for Devices {
         true
     }
 
-    fn apply(&self, dir: &Path, _limits: &Limits, unified: bool) -> Result<()> {
+    fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()> {
         if unified {
             return Ok(());
+        }
+        // A privileged container opens any device (a new cgroup allows all: say so anyway,
+        // as the parent's rules are inherited).
+        if limits.all_devices {
+            return write(dir, "devices.allow", "a");
         }
         write(dir, "devices.deny", "a")?;
         for rule in ALLOWED {
