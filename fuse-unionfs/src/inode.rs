@@ -6,8 +6,10 @@
 //! bits above ([`INO_BITS`]), so that it is also the same across mounts, as kernel
 //! overlayfs's (xino) are; one already handed out to another real file in this mount (an
 //! inode ext4 reused, a second branch's name of one file) is counted from [`COUNTED`]. A
-//! copied-up file shows its upper file's number after a remount (overlayfs keeps the
-//! lower's through an origin xattr).
+//! directory merged from upper and lower branches takes its topmost lower directory's
+//! number (`Found::numbered`), as overlayfs's does, so a copied-up directory keeps its
+//! number across remounts; a copied-up file shows its upper file's number after a remount
+//! (overlayfs keeps the lower's through an origin xattr).
 //! One exception: a big file copied up while readers hold the lower file through FUSE
 //! passthrough gets a new number (`renumber`; `fuse.rs` says why), as the readers keep
 //! the old file.

@@ -258,6 +258,18 @@ pub(crate) struct Found {
     pub meta: Meta,
     pub layer: usize,
     pub dir_layers: Vec<usize>,
+    /// A directory merged from the upper branch and lower ones: the topmost lower
+    /// directory's (device, inode), whose number it takes.
+    pub numbered_by: Option<((u64, u64), usize)>,
+}
+
+impl Found {
+    /// The real file whose number the entry shows, and its branch: a merged directory
+    /// shows its topmost lower directory's, as kernel overlayfs does (OVL_CONST_INO), so
+    /// that the number is the one it had before its copy-up, in this mount and the next.
+    pub(crate) fn numbered(&self) -> ((u64, u64), usize) {
+        self.numbered_by.unwrap_or((self.meta.key(), self.layer))
+    }
 }
 
 /// A table of open handles, sharded so opens and reads on different files do not contend.
@@ -309,9 +321,10 @@ impl<T> Handles<T> {
     }
 }
 
-/// A merged listing entry: name, kind, the real file (device, inode) it shows and the
-/// branch it is in.
-pub(crate) type Listed = (OsString, Kind, (u64, u64), usize);
+/// A merged listing entry: name, kind, the real file (device, inode) it shows, the branch
+/// it is in, and whether it is an upper directory a lower branch has a directory of the
+/// same name for (merged, unless opaque or whited out between: see `resolve`).
+pub(crate) type Listed = (OsString, Kind, (u64, u64), usize, bool);
 
 /// One mounted union: branches, inode table, open handles.
 pub struct Union {
@@ -405,6 +418,7 @@ impl Union {
     pub(crate) fn resolve(&self, parent_layers: &[usize], rel: &Path) -> Res<Found> {
         let mut top: Option<(Meta, usize)> = None;
         let mut dirs = Vec::new();
+        let mut numbered_by = None;
         if self.layers.is_aufs_marker(rel) {
             return Err(Errno::NOENT);
         }
@@ -424,6 +438,9 @@ impl Union {
             if !meta.is_dir() {
                 break;
             }
+            if dirs.len() == 1 && dirs[0] == UPPER {
+                numbered_by = Some((meta.key(), layer));
+            }
             dirs.push(layer);
             if self.layers.is_opaque(layer, rel) || self.layers.aufs_whiteout(layer, rel) {
                 break;
@@ -438,6 +455,7 @@ impl Union {
             meta,
             layer,
             dir_layers: dirs,
+            numbered_by,
         })
     }
 
@@ -478,7 +496,8 @@ impl Union {
     /// Registers a found entry as a live node with one more kernel lookup.
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
         let is_dir = found.meta.is_dir();
-        let mut ino = self.table.ino_for(found.meta.key(), found.layer);
+        let (key, layer) = found.numbered();
+        let mut ino = self.table.ino_for(key, layer);
         // A real inode recycled while its old node lives on (a directory removed and its
         // number given to a file made right after, before the removal forgot the number):
         // the kernel would find its inode changed type and call it bad (EIO). A new number.
@@ -487,7 +506,12 @@ impl Union {
             .get(ino)
             .is_some_and(|node| node.is_dir != is_dir)
         {
-            ino = self.table.renumber(found.meta.key(), found.layer);
+            ino = self.table.renumber(key, layer);
+        }
+        // A merged directory's upper copy answers with that number too, as after a copy-up
+        // in this mount: operations find the node by the file they reach (its upper copy).
+        if found.numbered_by.is_some() && self.table.existing_ino(found.meta.key()) != Some(ino) {
+            self.table.alias(found.meta.key(), ino, UPPER);
         }
         let state = NodeState {
             links: vec![(parent, name.to_os_string())],
@@ -599,7 +623,9 @@ impl Union {
     /// whiteouts hide and are not shown, nothing below an opaque directory.
     pub(crate) fn list(&self, dir_layers: &[usize], rel: &Path) -> Res<Vec<Listed>> {
         let mut seen: HashSet<OsString> = HashSet::new();
-        let mut out = Vec::new();
+        let mut out: Vec<Listed> = Vec::new();
+        // Upper directories by name (their index in `out`), until a lower one is found.
+        let mut upper_dirs: HashMap<OsString, usize> = HashMap::new();
         for &layer in dir_layers {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
             let fd = match self.layers.open_to_read(layer, rel, flags) {
@@ -626,6 +652,15 @@ impl Union {
                 }
                 let name = OsStr::from_bytes(bytes).to_os_string();
                 if seen.contains(&name) {
+                    if !upper_dirs.is_empty()
+                        && matches!(
+                            entry.file_type(),
+                            rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown
+                        )
+                        && let Some(at) = upper_dirs.remove(&name)
+                    {
+                        out[at].4 = true;
+                    }
                     continue;
                 }
                 let mut kind = Kind::from_file_type(entry.file_type());
@@ -642,7 +677,11 @@ impl Union {
                     ino = meta.ino;
                 }
                 seen.insert(name.clone());
-                out.push((name, kind.unwrap_or(Kind::File), (dev, ino), layer));
+                let kind = kind.unwrap_or(Kind::File);
+                if layer == UPPER && kind == Kind::Dir && dir_layers.len() > 1 {
+                    upper_dirs.insert(name.clone(), out.len());
+                }
+                out.push((name, kind, (dev, ino), layer, false));
             }
             seen.extend(hidden);
         }
@@ -715,7 +754,11 @@ impl Union {
                 kind: Kind::Dir,
             },
         ];
-        for (name, kind, key, layer) in self.list(&layers, &path)? {
+        for (name, kind, mut key, mut layer, merged) in self.list(&layers, &path)? {
+            // A merged directory's number is its lower directory's, as its stat says.
+            if merged && let Ok(found) = self.resolve(&layers, &path.join(&name)) {
+                (key, layer) = found.numbered();
+            }
             entries.push(DirEntry {
                 name,
                 ino: self.table.ino_for(key, layer),

@@ -667,7 +667,10 @@ mod host_device_tests {
     /// the container's /dev has of its own, nor the pts tree or symlinks.
     #[test]
     fn host_devices_are_the_nodes_the_container_lacks() {
-        assert!(Path::new("/dev/fuse").exists(), "needs /dev/fuse: modprobe fuse");
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "needs /dev/fuse: modprobe fuse"
+        );
         let devices = host_devices();
         assert!(devices.contains(&PathBuf::from("fuse")), "{devices:?}");
         for own in ["null", "tty", "ptmx", "console", "stdin", "fd", "core"] {

@@ -97,14 +97,19 @@ fn inode_numbers(root: &Path, reverse: bool) -> std::collections::BTreeMap<PathB
 }
 
 /// Inode numbers are the same after a remount, whatever the order of the first lookups,
-/// for lower files and for files made in the upper branch, as kernel overlayfs's are; a
-/// lower file shows the number overlayfs shows for it (all branches on one file system).
+/// for lower files, for files made in the upper branch and for directories copied up (a
+/// merged directory shows its lower directory's number), as kernel overlayfs's are; a
+/// lower file or directory shows the number overlayfs shows for it (all branches on one
+/// file system), and readdir gives each entry the number stat gives it.
 #[test]
 fn inode_numbers_are_the_same_across_remounts() {
     let fixture = Fixture::new();
     let mut first = fixture.mount("ino", Driver::Fuse);
     fs::write(first.path("made-here"), b"new\n").unwrap();
     fs::create_dir(first.path("made-dir")).unwrap();
+    // copies etc and usr/lib up, merged with their lower directories
+    fs::write(first.path("etc/made-in-a-lower-dir"), b"new\n").unwrap();
+    fs::create_dir(first.path("usr/lib/made-dir")).unwrap();
     let before = deadline(60, "listing", {
         let mnt = first.mnt.clone();
         move || inode_numbers(&mnt, false)
@@ -117,16 +122,36 @@ fn inode_numbers_are_the_same_across_remounts() {
         move || inode_numbers(&mnt, true)
     });
     assert_eq!(before, after);
+    for dir in ["", "etc", "usr", "usr/lib"] {
+        for (name, d_ino) in dir_inos(&second.path(dir)) {
+            let rel = Path::new(dir).join(&name);
+            assert_eq!(Some(&d_ino), after.get(&rel), "d_ino of {}", rel.display());
+        }
+    }
     let kernel = fixture.mount("ino-kernel", Driver::Overlay);
     let overlay = inode_numbers(&kernel.mnt, false);
-    let lower_files: Vec<&PathBuf> = overlay
-        .keys()
-        .filter(|rel| fs::symlink_metadata(kernel.mnt.join(rel)).is_ok_and(|m| !m.is_dir()))
-        .collect();
-    assert!(lower_files.len() > 10, "{overlay:?}");
-    for rel in lower_files {
-        assert_eq!(after.get(rel), overlay.get(rel), "{}", rel.display());
+    assert!(overlay.len() > 10, "{overlay:?}");
+    for rel in ["etc", "usr/lib"] {
+        assert!(overlay.contains_key(Path::new(rel)), "{rel}: {overlay:?}");
     }
+    for (rel, ino) in &overlay {
+        assert_eq!(after.get(rel), Some(ino), "{}", rel.display());
+    }
+}
+
+/// Each entry's d_ino in a raw listing of `dir`, without "." and "..".
+fn dir_inos(dir: &Path) -> Vec<(String, u64)> {
+    let dir = fs::File::open(dir).unwrap();
+    let mut raw = rustix::fs::Dir::read_from(&dir).unwrap();
+    let mut out = Vec::new();
+    while let Some(entry) = raw.read() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name != "." && name != ".." {
+            out.push((name, entry.ino()));
+        }
+    }
+    out
 }
 
 #[test]
