@@ -55,6 +55,9 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
     });
     match built {
         Ok(()) => {
+            if meta.kind() != Kind::Dir {
+                crate::origin::mark_impure(layers, rel.parent().unwrap_or(Path::new("")));
+            }
             if let Some(st) = parent_times {
                 let times = rustix::fs::Timestamps {
                     last_access: rustix::fs::Timespec {
@@ -132,6 +135,9 @@ fn build(
         &layers.work_abs(tmp),
         meta.kind(),
     )?;
+    if meta.kind() != Kind::Dir {
+        crate::origin::record(layers, src_layer, rel, &layers.work_abs(tmp));
+    }
     set_owner_mode_times(work, tmp, meta)
 }
 

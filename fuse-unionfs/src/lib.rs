@@ -5,7 +5,7 @@
 //! under one driver mounts with the other.
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
-//! `rename` (the filesystem logic, no FUSE types), `copyup`, `fuse` (fuser callbacks), `idshift` (owners seen from a user namespace),
+//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins), `fuse` (fuser callbacks), `idshift` (owners seen from a user namespace),
 //! `mount` (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
 
 mod copyup;
@@ -16,6 +16,7 @@ mod inode;
 mod layer;
 mod modify;
 mod mount;
+mod origin;
 mod rename;
 mod sys;
 mod union;

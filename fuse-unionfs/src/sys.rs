@@ -1,6 +1,6 @@
 //! The few raw syscalls the crate needs that have no safe wrapper: fork for the mount
-//! daemon, pointing stdio at /dev/null, and the inode flags ioctls. Every unsafe block
-//! says why it is sound.
+//! daemon, pointing stdio at /dev/null, the inode flags ioctls, and file handles (copy-up
+//! origins). Every unsafe block says why it is sound.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
@@ -59,4 +59,86 @@ pub(crate) fn ioctl_buf(fd: BorrowedFd<'_>, cmd: u32, buf: &mut [u8]) -> rustix:
         );
     }
     Ok(())
+}
+
+/// The longest file handle the kernel hands out (MAX_HANDLE_SZ).
+const MAX_HANDLE: usize = 128;
+
+/// A `struct file_handle` with room for the longest handle, u32-aligned as the kernel
+/// wants it.
+#[repr(C)]
+struct HandleBuf {
+    bytes: u32,
+    kind: i32,
+    handle: [u8; MAX_HANDLE],
+}
+
+fn last_errno() -> rustix::io::Errno {
+    rustix::io::Errno::from_io_error(&std::io::Error::last_os_error())
+        .unwrap_or(rustix::io::Errno::IO)
+}
+
+/// name_to_handle_at(2) of `rel` under `dir`, not following a symlink: the handle's type
+/// and bytes.
+pub(crate) fn file_handle(
+    dir: BorrowedFd<'_>,
+    rel: &std::path::Path,
+) -> rustix::io::Result<(i32, Vec<u8>)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(crate::layer::arg(rel).as_os_str().as_bytes())
+        .map_err(|_| rustix::io::Errno::INVAL)?;
+    let mut buf = HandleBuf {
+        bytes: MAX_HANDLE as u32,
+        kind: 0,
+        handle: [0; MAX_HANDLE],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a file_handle whose `handle_bytes` says how much room follows it;
+    // the path is NUL-terminated; `dir` is open for the whole call.
+    let ret = unsafe {
+        libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            (&mut buf as *mut HandleBuf).cast(),
+            &mut mount_id,
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(last_errno());
+    }
+    let len = (buf.bytes as usize).min(MAX_HANDLE);
+    Ok((buf.kind, buf.handle[..len].to_vec()))
+}
+
+/// open_by_handle_at(2) with O_PATH, on the file system of `mount_fd` (CAP_DAC_READ_SEARCH).
+pub(crate) fn open_by_handle(
+    mount_fd: BorrowedFd<'_>,
+    kind: i32,
+    handle: &[u8],
+) -> rustix::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    if handle.len() > MAX_HANDLE {
+        return Err(rustix::io::Errno::INVAL);
+    }
+    let mut buf = HandleBuf {
+        bytes: handle.len() as u32,
+        kind,
+        handle: [0; MAX_HANDLE],
+    };
+    buf.handle[..handle.len()].copy_from_slice(handle);
+    // SAFETY: `buf` is a valid file_handle of `handle.len()` bytes; `mount_fd` is open for
+    // the whole call; the descriptor returned is ours alone.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut buf as *mut HandleBuf).cast(),
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

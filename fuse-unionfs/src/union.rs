@@ -258,15 +258,17 @@ pub(crate) struct Found {
     pub meta: Meta,
     pub layer: usize,
     pub dir_layers: Vec<usize>,
-    /// A directory merged from the upper branch and lower ones: the topmost lower
-    /// directory's (device, inode), whose number it takes.
+    /// The real file whose number the entry shows, if not its own: for a directory merged
+    /// from the upper branch and lower ones, the topmost lower directory; for a copied-up
+    /// file, the lower file it came from (`Union::lookup`).
     pub numbered_by: Option<((u64, u64), usize)>,
 }
 
 impl Found {
     /// The real file whose number the entry shows, and its branch: a merged directory
-    /// shows its topmost lower directory's, as kernel overlayfs does (OVL_CONST_INO), so
-    /// that the number is the one it had before its copy-up, in this mount and the next.
+    /// shows its topmost lower directory's and a copied-up file its origin's, as kernel
+    /// overlayfs does (OVL_CONST_INO), so that the number is the one it had before its
+    /// copy-up, in this mount and the next.
     pub(crate) fn numbered(&self) -> ((u64, u64), usize) {
         self.numbered_by.unwrap_or((self.meta.key(), self.layer))
     }
@@ -339,6 +341,9 @@ pub struct Union {
     pub(crate) umask: u32,
     /// Who this process makes new entries as (its effective ids).
     pub(crate) maker: Caller,
+    /// Copy-up origins are decoded (see `origin.rs`) until the kernel says this process
+    /// may not (EPERM, without CAP_DAC_READ_SEARCH).
+    origins: std::sync::atomic::AtomicBool,
 }
 
 impl Union {
@@ -376,7 +381,23 @@ impl Union {
                 uid: rustix::process::geteuid().as_raw(),
                 gid: rustix::process::getegid().as_raw(),
             },
+            origins: std::sync::atomic::AtomicBool::new(true),
         })
+    }
+
+    /// For an upper non-directory copied up from a lower file: that file and its branch,
+    /// whose number it shows (see `origin.rs`).
+    fn origin(&self, rel: &Path) -> Option<((u64, u64), usize)> {
+        if !self.origins.load(Ordering::Relaxed) {
+            return None;
+        }
+        match crate::origin::lower_of(&self.layers, rel) {
+            Ok(found) => found.map(|(meta, layer)| (meta.key(), layer)),
+            Err(_) => {
+                self.origins.store(false, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     pub(crate) fn shared(&self) -> RwLockReadGuard<'_, ()> {
@@ -493,11 +514,21 @@ impl Union {
         Ok((node, path, layers))
     }
 
+    /// The inode number of a found entry (see `Found::numbered`); an upper file this mount
+    /// has numbered already (a copy-up, an earlier lookup) keeps that number.
+    fn number(&self, found: &Found) -> u64 {
+        let (key, layer) = found.numbered();
+        found
+            .numbered_by
+            .and_then(|_| self.table.existing_ino(found.meta.key()))
+            .unwrap_or_else(|| self.table.ino_for(key, layer))
+    }
+
     /// Registers a found entry as a live node with one more kernel lookup.
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
         let is_dir = found.meta.is_dir();
         let (key, layer) = found.numbered();
-        let mut ino = self.table.ino_for(key, layer);
+        let mut ino = self.number(&found);
         // A real inode recycled while its old node lives on (a directory removed and its
         // number given to a file made right after, before the removal forgot the number):
         // the kernel would find its inode changed type and call it bad (EIO). A new number.
@@ -508,8 +539,8 @@ impl Union {
         {
             ino = self.table.renumber(key, layer);
         }
-        // A merged directory's upper copy answers with that number too, as after a copy-up
-        // in this mount: operations find the node by the file they reach (its upper copy).
+        // The upper file answers with that number too, as after a copy-up in this mount:
+        // operations find the node by the file they reach (the upper one).
         if found.numbered_by.is_some() && self.table.existing_ino(found.meta.key()) != Some(ino) {
             self.table.alias(found.meta.key(), ino, UPPER);
         }
@@ -533,7 +564,11 @@ impl Union {
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Res<Entry> {
         let _shared = self.shared();
         let (_, path, layers) = self.dir_state(parent)?;
-        let found = self.resolve(&layers, &path.join(name))?;
+        let rel = path.join(name);
+        let mut found = self.resolve(&layers, &rel)?;
+        if found.layer == UPPER && !found.meta.is_dir() {
+            found.numbered_by = self.origin(&rel);
+        }
         Ok(self.enter(parent, name, found))
     }
 
@@ -754,16 +789,29 @@ impl Union {
                 kind: Kind::Dir,
             },
         ];
-        for (name, kind, mut key, mut layer, merged) in self.list(&layers, &path)? {
-            // A merged directory's number is its lower directory's, as its stat says.
-            if merged && let Ok(found) = self.resolve(&layers, &path.join(&name)) {
-                (key, layer) = found.numbered();
-            }
-            entries.push(DirEntry {
-                name,
-                ino: self.table.ino_for(key, layer),
-                kind,
-            });
+        // An upper directory holding copied-up files: their numbers are their origins'.
+        let impure =
+            layers.first() == Some(&UPPER) && crate::origin::is_impure(&self.layers, &path);
+        for (name, kind, key, layer, merged) in self.list(&layers, &path)? {
+            // A merged directory's number is its lower directory's, a copied-up file's its
+            // origin's, as their stat says.
+            let numbered_by = if merged {
+                self.resolve(&layers, &path.join(&name))
+                    .ok()
+                    .and_then(|found| found.numbered_by)
+            } else if impure && layer == UPPER && kind != Kind::Dir {
+                self.origin(&path.join(&name))
+            } else {
+                None
+            };
+            let ino = match numbered_by {
+                Some((origin, origin_layer)) => self
+                    .table
+                    .existing_ino(key)
+                    .unwrap_or_else(|| self.table.ino_for(origin, origin_layer)),
+                None => self.table.ino_for(key, layer),
+            };
+            entries.push(DirEntry { name, ino, kind });
         }
         Ok(entries)
     }

@@ -16,7 +16,7 @@ mod standalone;
 
 use std::path::PathBuf;
 
-use common::{Fixture, assert_same, deadline, link_groups, snapshot};
+use common::{Fixture, assert_same, deadline, inode_numbers, link_groups, snapshot};
 use random::{Gen, Op, apply, copy_then_remove, entries};
 use strata_unionfs::Driver;
 
@@ -220,13 +220,16 @@ fn differential_with_directory_renames() {
     );
 }
 
-/// A container's upper made under one driver mounts with the other and shows the same tree.
+/// A container's upper made under one driver mounts with the other and shows the same
+/// tree; the overlay-made one with the numbers overlayfs gave its entries (copy-up origins
+/// included).
 #[test]
 fn container_moves_between_drivers() {
     let seed = diff_seed() + 2;
     let (fixture, mut fuse, mut kernel, _) = differential(seed, 400, false);
     let fuse_view = snapshot(&fuse.mnt, false);
     let kernel_view = snapshot(&kernel.mnt, false);
+    let kernel_inos = inode_numbers(&kernel.mnt, false);
     fuse.unmount();
     kernel.unmount();
     // Swap: the FUSE-made upper under kernel overlayfs, the kernel-made one under FUSE.
@@ -246,6 +249,11 @@ fn container_moves_between_drivers() {
         "overlay-made upper under fuse",
         &kernel_view,
         &snapshot(&kernel_under_fuse.mnt, false),
+    );
+    assert_eq!(
+        kernel_inos,
+        inode_numbers(&kernel_under_fuse.mnt, true),
+        "overlay-made upper under fuse: inode numbers"
     );
 }
 

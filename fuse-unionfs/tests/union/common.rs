@@ -337,6 +337,31 @@ fn xattrs(path: &Path, upper: bool) -> (BTreeMap<String, Vec<u8>>, bool) {
     (out, opaque)
 }
 
+/// Every entry's st_ino below `root`, walked in name order or its reverse (the order of
+/// first lookups decides nothing).
+pub fn inode_numbers(root: &Path, reverse: bool) -> BTreeMap<PathBuf, u64> {
+    let mut found = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        entries.sort();
+        if reverse {
+            entries.reverse();
+        }
+        for path in entries {
+            let meta = fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                dirs.push(path.clone());
+            }
+            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), meta.ino());
+        }
+    }
+    found
+}
+
 /// Snapshot of a tree: every entry below `root` (not `root` itself) by relative path.
 /// `upper`: the tree is an upper dir (whiteouts and opaque markers are data there).
 pub fn snapshot(root: &Path, upper: bool) -> BTreeMap<PathBuf, Desc> {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use strata_unionfs::Driver;
 
-use crate::common::{Fixture, Mounted, deadline, set_xattr};
+use crate::common::{Fixture, Mounted, deadline, inode_numbers, set_xattr};
 
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
@@ -71,36 +71,12 @@ fn lookup_stops_at_whiteouts_and_opaque_dirs() {
     });
 }
 
-/// Every entry's st_ino below `root`, walked in name order or its reverse (the order of
-/// first lookups decides nothing).
-fn inode_numbers(root: &Path, reverse: bool) -> std::collections::BTreeMap<PathBuf, u64> {
-    let mut found = std::collections::BTreeMap::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        entries.sort();
-        if reverse {
-            entries.reverse();
-        }
-        for path in entries {
-            let meta = fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                dirs.push(path.clone());
-            }
-            found.insert(path.strip_prefix(root).unwrap().to_path_buf(), meta.ino());
-        }
-    }
-    found
-}
-
 /// Inode numbers are the same after a remount, whatever the order of the first lookups,
-/// for lower files, for files made in the upper branch and for directories copied up (a
-/// merged directory shows its lower directory's number), as kernel overlayfs's are; a
-/// lower file or directory shows the number overlayfs shows for it (all branches on one
-/// file system), and readdir gives each entry the number stat gives it.
+/// for lower files, for files made in the upper branch, for directories copied up (a
+/// merged directory shows its lower directory's number) and for files copied up (their
+/// origin's), as kernel overlayfs's are; a lower file or directory shows the number
+/// overlayfs shows for it (all branches on one file system), and readdir gives each entry
+/// the number stat gives it. Overlayfs reads the origins strata records.
 #[test]
 fn inode_numbers_are_the_same_across_remounts() {
     let fixture = Fixture::new();
@@ -110,6 +86,21 @@ fn inode_numbers_are_the_same_across_remounts() {
     // copies etc and usr/lib up, merged with their lower directories
     fs::write(first.path("etc/made-in-a-lower-dir"), b"new\n").unwrap();
     fs::create_dir(first.path("usr/lib/made-dir")).unwrap();
+    // copies files up: data, metadata only, a symlink's owner
+    let lower_inos = inode_numbers(&first.mnt, false);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(first.path("etc/conf1"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    fs::set_permissions(
+        first.path("usr/lib/lib0.so"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::lchown(first.path("bin/tool-link"), Some(7), None).unwrap();
+    let copied = ["etc/conf1", "usr/lib/lib0.so", "bin/tool-link"];
     let before = deadline(60, "listing", {
         let mnt = first.mnt.clone();
         move || inode_numbers(&mnt, false)
@@ -122,7 +113,14 @@ fn inode_numbers_are_the_same_across_remounts() {
         move || inode_numbers(&mnt, true)
     });
     assert_eq!(before, after);
-    for dir in ["", "etc", "usr", "usr/lib"] {
+    for rel in copied {
+        assert_eq!(
+            before.get(Path::new(rel)),
+            lower_inos.get(Path::new(rel)),
+            "{rel}"
+        );
+    }
+    for dir in ["", "etc", "usr", "usr/lib", "bin"] {
         for (name, d_ino) in dir_inos(&second.path(dir)) {
             let rel = Path::new(dir).join(&name);
             assert_eq!(Some(&d_ino), after.get(&rel), "d_ino of {}", rel.display());
@@ -136,6 +134,19 @@ fn inode_numbers_are_the_same_across_remounts() {
     }
     for (rel, ino) in &overlay {
         assert_eq!(after.get(rel), Some(ino), "{}", rel.display());
+    }
+    // overlayfs over the upper strata made reads its origins: the same numbers
+    drop(kernel);
+    let mut second = second;
+    second.unmount();
+    let under_kernel = fixture.mount_at(&upper, &work, &mnt, Driver::Overlay);
+    for rel in copied {
+        let meta = fs::symlink_metadata(under_kernel.path(rel)).unwrap();
+        assert_eq!(
+            Some(&meta.ino()),
+            after.get(Path::new(rel)),
+            "{rel} under overlayfs"
+        );
     }
 }
 
