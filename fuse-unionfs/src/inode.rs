@@ -7,9 +7,8 @@
 //! overlayfs's (xino) are; one already handed out to another real file in this mount (an
 //! inode ext4 reused, a second branch's name of one file) is counted from [`COUNTED`]. A
 //! directory merged from upper and lower branches takes its topmost lower directory's
-//! number (`Found::numbered`), as overlayfs's does, so a copied-up directory keeps its
-//! number across remounts; a copied-up file shows its upper file's number after a remount
-//! (overlayfs keeps the lower's through an origin xattr).
+//! number, and a copied-up file its origin's (`Found::numbered`, `origin.rs`), as
+//! overlayfs's do, so both keep their numbers across remounts.
 //! One exception: a big file copied up while readers hold the lower file through FUSE
 //! passthrough gets a new number (`renumber`; `fuse.rs` says why), as the readers keep
 //! the old file.
