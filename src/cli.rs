@@ -589,11 +589,11 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub process: ProcessArgs,
     /// Run the command in the background and return at once (its output is not kept)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Give the command every capability (docker exec --privileged)
     #[arg(long)]
     pub privileged: bool,
-    #[arg(short = 'd', long)]
-    pub detach: bool,
     /// Forward signals to the command's process group, not the command alone (health
     /// probes: a timeout ends what the test started too)
     #[arg(long, hide = true)]

@@ -60,8 +60,10 @@ pub struct Limits {
     pub cpuset_cpus: Option<String>,
     /// Block I/O weight 10-1000 (dropped with a warning when the kernel has no weights).
     pub blkio_weight: Option<u16>,
-    /// Every device may be opened (`run --privileged`); else docker's default devices only.
-    pub all_devices: bool,
+    /// `run --privileged`: every device may be opened (else docker's default devices
+    /// only), and the container is placed in (and sees) every hierarchy strata knows, limits
+    /// or not, so that it can run containers with limits of its own.
+    pub privileged: bool,
 }
 
 /// One container to run.

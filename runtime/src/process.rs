@@ -190,7 +190,7 @@ pub fn spawn(spec: Spec) -> Result<Child> {
         )));
     }
     let limits = Limits {
-        all_devices: spec.privileged,
+        privileged: spec.privileged,
         ..spec.limits.clone()
     };
     let cgroup = if spec.cgroup_name.is_empty() {

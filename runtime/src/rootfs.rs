@@ -129,12 +129,19 @@ const NOT_HOST_DEVICES: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd
 /// walked without [`NOT_HOST_DEVICES`], the console, and the nodes the container's /dev
 /// has of its own (its ptmx, [`DEVICES`]). Symlinks are not followed.
 pub fn host_devices() -> Vec<PathBuf> {
+    devices_below(Path::new("/dev"))
+}
+
+/// The device nodes below `dev` that [`host_devices`] gives, relative to it.
+fn devices_below(dev: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
         for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else {
+            // lstat, not the entry's type: a node bound over a file (this /dev in a
+            // container of ours) shows as the node
+            let Ok(kind) = std::fs::symlink_metadata(entry.path()).map(|m| m.file_type()) else {
                 continue;
             };
             let name = entry.file_name();
@@ -155,7 +162,7 @@ pub fn host_devices() -> Vec<PathBuf> {
     }
     use std::os::unix::fs::FileTypeExt;
     let mut out = Vec::new();
-    walk(Path::new("/dev"), Path::new(""), &mut out);
+    walk(dev, Path::new(""), &mut out);
     out.sort();
     out
 }
@@ -677,6 +684,29 @@ mod host_device_tests {
             assert!(!devices.contains(&PathBuf::from(own)), "{own}: {devices:?}");
         }
         assert!(devices.iter().all(|d| !d.starts_with("pts")), "{devices:?}");
+    }
+
+    /// A /dev whose nodes are bound over files (a container's, for a container inside it)
+    /// lists them too.
+    #[test]
+    fn nodes_bound_over_files_count() {
+        let dev = std::env::temp_dir().join(format!("strata-devtest-{}", std::process::id()));
+        std::fs::create_dir_all(dev.join("net")).unwrap();
+        let bound = dev.join("net/fuse");
+        std::fs::write(&bound, b"").unwrap();
+        std::fs::write(dev.join("plain"), b"").unwrap();
+        nix::mount::mount(
+            Some("/dev/fuse"),
+            &bound,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind /dev/fuse (needs root and /dev/fuse)");
+        let found = devices_below(&dev);
+        let _ = nix::mount::umount(&bound);
+        let _ = std::fs::remove_dir_all(&dev);
+        assert_eq!(found, [PathBuf::from("net/fuse")]);
     }
 }
 

@@ -358,6 +358,11 @@ fn config_for(
         Some("private") => true,
         Some(other) => bail!("unknown --userns {other:?}: use private or host"),
     };
+    // as docker refuses it: root of a user namespace holds no privilege over the host's
+    // devices, sysfs or cgroups
+    if userns && args.privileged {
+        bail!("--privileged cannot be combined with --userns private");
+    }
     args.driver.parse::<Driver>()?;
     if !args.detach {
         require_terminal(&args.process)?;
@@ -844,7 +849,7 @@ fn mount_and_run(
             pids: config.pids_limit,
             cpuset_cpus: config.cpuset_cpus.clone(),
             blkio_weight: config.blkio_weight,
-            all_devices: false,
+            privileged: false,
         },
         cgroup_name: cgroup_name(&container.id),
         tty: config.tty,

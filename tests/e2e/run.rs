@@ -1571,7 +1571,8 @@ fn privileged_as_docker() {
                  grep -q ' /proc/sys proc ro' /proc/mounts && echo proc-sys-ro; \
                  [ -c /dev/fuse ] && (exec 3<>/dev/fuse) 2>/dev/null && echo fuse-opened; \
                  d=/sys/fs/cgroup/memory/probe; [ -e /sys/fs/cgroup/memory.max ] && d=/sys/fs/cgroup/probe; \
-                 mkdir $d 2>/dev/null && rmdir $d && echo cgroup-rw; true";
+                 mkdir $d 2>/dev/null && rmdir $d && echo cgroup-rw; \
+                 [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && echo cpu-hierarchy; true";
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     let bounding = status
         .lines()
@@ -1585,8 +1586,16 @@ fn privileged_as_docker() {
             "the probe needs the host's {host} (modprobe fuse; a kernel with CONFIG_TIMER_LIST)"
         );
     }
-    let privileged =
-        format!("CapEff:{bounding}\nSeccomp:0\nmounted\nsysfs-rw\nfuse-opened\ncgroup-rw\n");
+    // cgroup v1: every hierarchy is there (a nested container may take limits), as with
+    // docker, where a plain container without limits sees only its memory one
+    let v1_cpu = if std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() {
+        "cpu-hierarchy\n"
+    } else {
+        ""
+    };
+    let privileged = format!(
+        "CapEff:{bounding}\nSeccomp:0\nmounted\nsysfs-rw\nfuse-opened\ncgroup-rw\n{v1_cpu}"
+    );
     let plain = "CapEff:00000000a80425fb\nSeccomp:2\ntimer-list-masked\nproc-sys-ro\n";
     assert_eq!(
         store.ok(&["run", "--rm", "--privileged", "busybox", "sh", "-c", probe]),
@@ -1636,6 +1645,76 @@ fn privileged_as_docker() {
         format!("CapEff:{bounding}\n")
     );
     store.ok(&["rm", "-f", "priv", "plain"]);
+    let out = store.strata(&["run", "--privileged", "--userns=private", "busybox", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--userns"));
+}
+
+/// The cgroups a privileged container makes below its own (a runtime or systemd inside
+/// does) go with it: when it exits, and at `rm -f` of a running one.
+#[test]
+fn a_privileged_containers_own_cgroups_go_with_it() {
+    let store = store_with_busybox();
+    let nest = "for d in /sys/fs/cgroup/memory /sys/fs/cgroup; do \
+                  [ -e $d/cgroup.procs ] && mkdir -p $d/child/grandchild && break; \
+                done; echo made";
+    let running = format!("{nest}; sleep 60");
+    store.ok(&[
+        "run",
+        "--name",
+        "exited",
+        "--privileged",
+        "busybox",
+        "sh",
+        "-c",
+        nest,
+    ]);
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "running",
+        "--privileged",
+        "busybox",
+        "sh",
+        "-c",
+        &running,
+    ]);
+    wait_status(&store, "running", "running");
+    let mut ids = Vec::new();
+    for name in ["exited", "running"] {
+        let id = store.ok(&["inspect", "-f", "{{.Id}}", name]);
+        ids.push(format!("strata-{}", id.trim()));
+    }
+    // the running one has made its children by now
+    let start = Instant::now();
+    while cgroup_dirs_named(&format!("{}/child", ids[1])).is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no child cgroup made"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    store.ok(&["rm", "exited"]);
+    store.ok(&["rm", "-f", "running"]);
+    for id in &ids {
+        assert_eq!(cgroup_dirs_named(id), Vec::<std::path::PathBuf>::new());
+    }
+}
+
+/// Directories `rel` (a cgroup name, or name/child) below strata's parent cgroup, in
+/// every hierarchy.
+fn cgroup_dirs_named(rel: &str) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut parents = vec![root.join("strata")];
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        parents.push(entry.path().join("strata"));
+    }
+    parents
+        .into_iter()
+        .map(|parent| parent.join(rel))
+        .filter(|dir| dir.is_dir())
+        .collect()
 }
 
 /// A full disk when the container exits: `run` answers the command's own status, with a

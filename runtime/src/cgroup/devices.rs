@@ -45,7 +45,7 @@ impl Controller for Devices {
         }
         // A privileged container opens any device (a new cgroup allows all: say so anyway,
         // as the parent's rules are inherited).
-        if limits.all_devices {
+        if limits.privileged {
             return write(dir, "devices.allow", "a");
         }
         write(dir, "devices.deny", "a")?;

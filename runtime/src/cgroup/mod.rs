@@ -134,7 +134,7 @@ pub fn view(limits: &Limits) -> Vec<ViewMount> {
                 let joined = controller == "memory"
                     || CONTROLLERS
                         .iter()
-                        .any(|c| c.name() == controller && c.wanted(limits));
+                        .any(|c| c.name() == controller && (limits.privileged || c.wanted(limits)));
                 let Some(dir) = point.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
@@ -212,7 +212,7 @@ impl Cgroup {
             Layout::Unified(_) => layout.dirs(name),
             Layout::V1 { .. } => CONTROLLERS
                 .iter()
-                .filter(|c| c.name() == "memory" || c.wanted(limits))
+                .filter(|c| c.name() == "memory" || limits.privileged || c.wanted(limits))
                 .filter_map(|c| layout.controller_dir(c.name(), name))
                 .collect(),
         };
@@ -340,36 +340,61 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
     removed
 }
 
-/// Removes cgroup `name` from every hierarchy. Processes still inside are killed first
-/// (v2 cgroup.kill, v1 SIGKILL to each listed pid); a missing cgroup is not an error.
+/// Removes cgroup `name` from every hierarchy, with the cgroups the container made below
+/// it (a privileged one may: a container runtime or systemd inside), deepest first.
+/// Processes still inside are killed first (v2 cgroup.kill, v1 SIGKILL to each listed
+/// pid); a missing cgroup is not an error.
 pub fn remove(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(Error::Spec(format!("bad cgroup name {name:?}")));
     }
-    for dir in Layout::get().dirs(name) {
-        let mut attempt = 0;
-        loop {
-            match std::fs::remove_dir(&dir) {
-                Ok(()) => break,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
-                Err(err) if attempt < 50 => {
-                    let _ = err;
-                    if attempt == 0 {
-                        let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-                        for pid in read(&dir, "cgroup.procs").unwrap_or_default().lines() {
-                            if let Ok(pid) = pid.trim().parse::<i32>() {
-                                crate::sys::kill_raw(pid, libc::SIGKILL);
-                            }
-                        }
-                    }
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(err) => return Err(Error::io("failed to remove cgroup", dir, err)),
-            }
+    for top in Layout::get().dirs(name) {
+        for dir in subtree(&top).into_iter().rev() {
+            remove_one(&dir)?;
         }
     }
     Ok(())
+}
+
+/// `top` and every cgroup below it, parents before children (no symlinks in cgroupfs).
+fn subtree(top: &Path) -> Vec<PathBuf> {
+    let mut out = vec![top.to_path_buf()];
+    let mut next = 0;
+    while next < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[next]) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(entry.path());
+                }
+            }
+        }
+        next += 1;
+    }
+    out
+}
+
+/// Removes one cgroup directory, killing what is still in it.
+fn remove_one(dir: &Path) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(_) if attempt < 50 => {
+                if attempt == 0 {
+                    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+                    for pid in read(dir, "cgroup.procs").unwrap_or_default().lines() {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            crate::sys::kill_raw(pid, libc::SIGKILL);
+                        }
+                    }
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(err) => return Err(Error::io("failed to remove cgroup", dir, err)),
+        }
+    }
 }
 
 #[cfg(test)]
