@@ -44,7 +44,12 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
         _ => Path::new("."),
     };
     let parent_times = rustix::fs::statat(layers.fd(UPPER), parent, AtFlags::empty()).ok();
-    let built = built.and_then(|()| {
+    let built = built.and_then(|origin| {
+        // (before the copy shows, as overlayfs marks it: a crash between leaves no origin
+        // in an unmarked directory)
+        if origin {
+            crate::origin::mark_impure(layers, rel.parent().unwrap_or(Path::new("")));
+        }
         rustix::fs::renameat_with(
             layers.work(),
             &tmp,
@@ -55,9 +60,6 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
     });
     match built {
         Ok(()) => {
-            if meta.kind() != Kind::Dir {
-                crate::origin::mark_impure(layers, rel.parent().unwrap_or(Path::new("")));
-            }
             if let Some(st) = parent_times {
                 let times = rustix::fs::Timestamps {
                     last_access: rustix::fs::Timespec {
@@ -93,7 +95,7 @@ fn remove_tmp(layers: &Layers, tmp: &Path, kind: Kind) {
     let _ = rustix::fs::unlinkat(layers.work(), tmp, flags);
 }
 
-/// Builds the copy of `rel` at `tmp` in the work dir.
+/// Builds the copy of `rel` at `tmp` in the work dir; whether it has an origin.
 fn build(
     layers: &Layers,
     src_layer: usize,
@@ -101,7 +103,7 @@ fn build(
     meta: &Meta,
     tmp: &Path,
     sync: bool,
-) -> Res<()> {
+) -> Res<bool> {
     let work = layers.work();
     let perm = Mode::from_raw_mode(meta.mode & 0o7777);
     match meta.kind() {
@@ -135,10 +137,9 @@ fn build(
         &layers.work_abs(tmp),
         meta.kind(),
     )?;
-    if meta.kind() != Kind::Dir {
-        crate::origin::record(layers, src_layer, rel, &layers.work_abs(tmp));
-    }
-    set_owner_mode_times(work, tmp, meta)
+    let origin = crate::origin::record(layers, src_layer, rel, &layers.work_abs(tmp));
+    set_owner_mode_times(work, tmp, meta)?;
+    Ok(origin)
 }
 
 /// Owner, then mode (chown clears set-id bits), then times, as the source had them.

@@ -62,6 +62,9 @@ pub(crate) struct Node {
     /// A file this server made, with no security.capability set since: the GETXATTR the
     /// kernel sends before a new file's first write (file_remove_privs) needs no syscall.
     pub caps_free: std::sync::atomic::AtomicBool,
+    /// A directory whose upper copy holds entries with an origin (`origin.rs`): not looked
+    /// at yet, no, yes. A copy-up in this mount needs no mark read: its number is known.
+    pub impure: std::sync::atomic::AtomicU8,
 }
 
 impl Node {
@@ -90,6 +93,10 @@ pub(crate) struct Table {
     /// node). One goes back when neither is left, so a deleted file's number is not given
     /// to the file that reuses its inode while the kernel may still hold the old one.
     used: Vec<Shard<u64, ()>>,
+    /// Numbers an upper file took through its copy-up origin (its lower file's), by the
+    /// upper file: no other file may have one (two upper copies naming one origin; the
+    /// lower file visible at another path, moved since its copy-up).
+    lent: RwLock<HashMap<u64, Key>>,
     /// Devices by index: the branches' (upper first) from the start, others as seen.
     devices: RwLock<Vec<u64>>,
     next: AtomicU64,
@@ -118,6 +125,7 @@ impl Table {
             inos: (0..SHARDS).map(|_| RwLock::default()).collect(),
             others: RwLock::default(),
             used: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            lent: RwLock::default(),
             devices: RwLock::new(indexed),
             next: AtomicU64::new(COUNTED),
         }
@@ -229,9 +237,35 @@ impl Table {
         write(self.key_shard(key)).insert(key, (ino, layer));
     }
 
+    /// Lends number `ino` (a lower file's) to upper file `upper`, copied up from it: false
+    /// if another upper file has it, or the kernel holds an inode by it (the lower file,
+    /// visible at another path).
+    pub(crate) fn lend(&self, ino: u64, upper: Key) -> bool {
+        let mut lent = write(&self.lent);
+        match lent.get(&ino) {
+            Some(&owner) => owner == upper,
+            None if self.get(ino).is_some() => false,
+            None => {
+                lent.insert(ino, upper);
+                true
+            }
+        }
+    }
+
+    /// The upper file number `ino` is lent to, if any.
+    pub(crate) fn lent_to(&self, ino: u64) -> Option<Key> {
+        read(&self.lent).get(&ino).copied()
+    }
+
     /// Forgets a real file that no longer exists, so a recycled inode gets a fresh number.
     pub(crate) fn unalias(&self, key: (u64, u64)) {
         let removed = write(self.key_shard(key)).remove(&key);
+        if let Some((ino, _)) = removed {
+            let mut lent = write(&self.lent);
+            if lent.get(&ino) == Some(&key) {
+                lent.remove(&ino);
+            }
+        }
         // Its own number goes back once the kernel holds no inode by it (else `forget`
         // gives it back). A copy-up's alias carries another file's number: that stays.
         if let Some((ino, _)) = removed
@@ -276,6 +310,7 @@ impl Table {
                     removed_dir: OnceLock::new(),
                     default_acl: std::sync::atomic::AtomicU8::new(0),
                     caps_free: std::sync::atomic::AtomicBool::new(false),
+                    impure: std::sync::atomic::AtomicU8::new(0),
                 })
             })
             .clone();
@@ -297,6 +332,7 @@ impl Table {
             removed_dir: OnceLock::new(),
             default_acl: std::sync::atomic::AtomicU8::new(0),
             caps_free: std::sync::atomic::AtomicBool::new(false),
+            impure: std::sync::atomic::AtomicU8::new(0),
         });
         write(self.node_shard(ROOT)).insert(ROOT, node);
     }

@@ -192,6 +192,9 @@ pub(crate) struct Layers {
     /// The upper held something when the union opened it, so it may hold markers. An empty
     /// one never does (markers are never made through the union): its lookups skip them.
     aufs_upper: bool,
+    /// Each branch's file system: its device and its uuid (None where the kernel does not
+    /// say, FS_IOC_GETFSUUID), for copy-up origins (`origin.rs`).
+    fs: Vec<(u64, Option<[u8; 16]>)>,
 }
 
 fn is_empty_dir(fd: &OwnedFd, path: &Path) -> Result<bool> {
@@ -305,7 +308,15 @@ impl Layers {
         // opened here, whatever is renamed or linked at its name later.
         let work_path = PathBuf::from(format!("/proc/self/fd/{}", work.as_raw_fd()));
         let aufs_upper = aufs && !is_empty_dir(&fds[UPPER], upper)?;
+        let fs = fds
+            .iter()
+            .map(|fd| {
+                let dev = rustix::fs::fstat(fd).map_or(0, |st| st.st_dev);
+                (dev, crate::sys::fs_uuid(fd.as_fd()))
+            })
+            .collect();
         Ok(Layers {
+            fs,
             fds,
             roots,
             work,
@@ -314,6 +325,11 @@ impl Layers {
             aufs,
             aufs_upper,
         })
+    }
+
+    /// Branch `layer`'s file system: (device, uuid).
+    pub(crate) fn fs(&self, layer: usize) -> (u64, Option<[u8; 16]>) {
+        self.fs[layer]
     }
 
     pub(crate) fn count(&self) -> usize {

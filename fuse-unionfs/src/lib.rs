@@ -5,8 +5,9 @@
 //! under one driver mounts with the other.
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
-//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins), `fuse` (fuser callbacks), `idshift` (owners seen from a user namespace),
-//! `mount` (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
+//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins),
+//! `fuse` (fuser callbacks), `idshift` (owners seen from a user namespace), `mount`
+//! (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
 
 mod copyup;
 mod error;

@@ -208,6 +208,10 @@ impl Union {
         let lower = copy_up(&self.layers, layer, &path)?;
         let upper = self.layers.stat(UPPER, &path)?;
         self.table.alias(upper.key(), node.ino, UPPER);
+        if !node.is_dir {
+            // its number is its origin's, as a later mount will find it (`Union::number_of`)
+            self.table.lend(node.ino, upper.key());
+        }
         if !node.is_dir && lower.nlink > 1 {
             self.link_up_aliases(node, &path, lower.key());
         }
@@ -629,7 +633,12 @@ impl Union {
                 let fd = self.fd(&file)?;
                 self.make(newparent, newname, New::LinkFd(fd, node.ino), 0, caller)?
             }
-            source => self.make(newparent, newname, New::Link(&source?), 0, caller)?,
+            source => {
+                let source = source?;
+                let (_, to, _) = self.copy_up_dir(newparent)?;
+                crate::origin::carry(&self.layers, &source, &to);
+                self.make(newparent, newname, New::Link(&source), 0, caller)?
+            }
         };
         // `make` registered the new name on the node the upper inode maps to: the same one.
         entry.ino = node.ino;

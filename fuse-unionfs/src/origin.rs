@@ -6,16 +6,16 @@
 //! overlayfs read each other's origins: a container's copied-up files show the same
 //! numbers under either driver.
 //!
-//! The handle is written with a null uuid, as overlayfs writes it here; an overlayfs
-//! mounted with `uuid=on` ignores such a handle (its file keeps the upper number), which
-//! harms nothing. Decoding a handle takes CAP_DAC_READ_SEARCH, as overlayfs's does.
+//! The handle carries the lower file system's uuid (null where the kernel gives none), as
+//! overlayfs writes it; one is decoded only on a branch whose file system has that uuid.
+//! Decoding takes CAP_DAC_READ_SEARCH, as overlayfs's does.
 
 use std::path::Path;
 
 use rustix::io::Errno;
 
 use crate::copyup::get_xattr;
-use crate::layer::{Layers, Meta, Res, UPPER};
+use crate::layer::{Kind, Layers, Meta, Res, UPPER};
 
 pub(crate) const ORIGIN_XATTR: &str = "trusted.overlay.origin";
 pub(crate) const IMPURE_XATTR: &str = "trusted.overlay.impure";
@@ -34,49 +34,75 @@ const CPU_ENDIAN: u8 = if cfg!(target_endian = "big") {
     0
 };
 
-/// The origin xattr's value for a lower file's handle.
-pub(crate) fn encode(kind: i32, handle: &[u8]) -> Option<Vec<u8>> {
+/// The origin xattr's value for a handle of a lower file on a file system with `uuid`.
+pub(crate) fn encode(kind: i32, handle: &[u8], uuid: [u8; 16]) -> Option<Vec<u8>> {
     let len = HEADER + handle.len();
     let kind = u8::try_from(kind).ok()?;
     let mut value = vec![VERSION, MAGIC, u8::try_from(len).ok()?, CPU_ENDIAN, kind];
-    value.extend_from_slice(&[0; 16]);
+    value.extend_from_slice(&uuid);
     value.extend_from_slice(handle);
     Some(value)
 }
 
-/// The handle (type, bytes) in an origin xattr, if it is a lower file's that overlayfs
-/// would decode on this machine.
-pub(crate) fn decode(value: &[u8]) -> Option<(i32, &[u8])> {
+/// A lower file's handle in an origin xattr, as overlayfs would decode it on this machine.
+pub(crate) struct Handle<'a> {
+    pub kind: i32,
+    pub bytes: &'a [u8],
+    pub uuid: [u8; 16],
+}
+
+/// The handle in an origin xattr, if it is a lower file's that overlayfs would decode.
+pub(crate) fn decode(value: &[u8]) -> Option<Handle<'_>> {
     if value.len() < HEADER || value[0] != VERSION || value[1] != MAGIC {
         return None;
     }
     let (len, flags) = (value[2] as usize, value[3]);
     let known = FLAG_BIG_ENDIAN | FLAG_ANY_ENDIAN | FLAG_PATH_UPPER;
-    if len < HEADER || len > value.len() || flags & !known != 0 || flags & FLAG_PATH_UPPER != 0 {
+    if len <= HEADER || len > value.len() || flags & !known != 0 || flags & FLAG_PATH_UPPER != 0 {
         return None;
     }
     if flags & FLAG_ANY_ENDIAN == 0 && flags & FLAG_BIG_ENDIAN != CPU_ENDIAN {
         return None;
     }
-    Some((i32::from(value[4]), &value[HEADER..len]))
+    Some(Handle {
+        kind: i32::from(value[4]),
+        bytes: &value[HEADER..len],
+        uuid: value[5..HEADER].try_into().ok()?,
+    })
 }
 
-/// Records on `copy` (a copy-up being built) that it comes from `rel` in branch `layer`.
-/// Best effort: a file system without file handles gets no origin, as with overlayfs.
-pub(crate) fn record(layers: &Layers, layer: usize, rel: &Path, copy: &Path) {
-    let Ok((kind, handle)) = crate::sys::file_handle(layers.fd(layer), rel) else {
-        return;
-    };
-    if let Some(value) = encode(kind, &handle) {
-        let _ = rustix::fs::lsetxattr(copy, ORIGIN_XATTR, &value, rustix::fs::XattrFlags::empty());
+/// Records on `copy` (a copy-up being built) that it comes from `rel` in branch `layer`;
+/// whether it did. Best effort: a file system without file handles gives no origin, as
+/// with overlayfs.
+pub(crate) fn record(layers: &Layers, layer: usize, rel: &Path, copy: &Path) -> bool {
+    let recorded = crate::sys::file_handle(layers.fd(layer), rel).and_then(|(kind, handle)| {
+        let uuid = layers.fs(layer).1.unwrap_or_default();
+        let value = encode(kind, &handle, uuid).ok_or(Errno::OVERFLOW)?;
+        rustix::fs::lsetxattr(copy, ORIGIN_XATTR, &value, rustix::fs::XattrFlags::empty())
+    });
+    if let Err(err) = &recorded {
+        tracing::debug!("{}: no copy-up origin recorded: {err}", rel.display());
     }
+    recorded.is_ok()
 }
 
 /// Marks upper directory `dir` as holding entries with an origin (once).
 pub(crate) fn mark_impure(layers: &Layers, dir: &Path) {
     let path = layers.abs(UPPER, dir);
-    if get_xattr(&path, IMPURE_XATTR.as_ref()).is_err() {
-        let _ = rustix::fs::lsetxattr(&path, IMPURE_XATTR, b"y", rustix::fs::XattrFlags::empty());
+    if !is_impure(layers, dir)
+        && let Err(err) =
+            rustix::fs::lsetxattr(&path, IMPURE_XATTR, b"y", rustix::fs::XattrFlags::empty())
+    {
+        tracing::debug!("{}: not marked impure: {err}", path.display());
+    }
+}
+
+/// Before upper non-directory `rel` gets a name in upper directory `to` (a rename or a
+/// link): `to` is marked impure if `rel` has an origin, so that a later mount reads it
+/// there too (as overlayfs's rename does).
+pub(crate) fn carry(layers: &Layers, rel: &Path, to: &Path) {
+    if get_xattr(&layers.abs(UPPER, rel), ORIGIN_XATTR.as_ref()).is_ok() {
+        mark_impure(layers, to);
     }
 }
 
@@ -85,31 +111,33 @@ pub(crate) fn is_impure(layers: &Layers, dir: &Path) -> bool {
     get_xattr(&layers.abs(UPPER, dir), IMPURE_XATTR.as_ref()).is_ok()
 }
 
-/// The lower file upper non-directory `rel` was copied up from, if its origin names one
-/// that a lower branch's file system still has and that has no other name (a lower file
-/// with several names may have been copied up to several files: overlayfs then keeps the
-/// upper numbers too). EPERM: this process may not decode handles.
-pub(crate) fn lower_of(layers: &Layers, rel: &Path) -> Res<Option<(Meta, usize)>> {
-    let value = match get_xattr(&layers.abs(UPPER, rel), ORIGIN_XATTR.as_ref()) {
-        Ok(value) => value,
-        Err(_) => return Ok(None),
-    };
-    let Some((kind, handle)) = decode(&value) else {
+/// The lower file upper entry `rel` (of kind `kind`) was copied up from, and a branch on
+/// its file system, if its origin names a file of that kind with no other name that a
+/// branch's file system (of the origin's uuid) still has. A lower file with several names
+/// may have been copied up to several files: overlayfs then keeps the upper numbers too.
+/// EPERM: this process may not decode handles.
+pub(crate) fn lower_of(layers: &Layers, rel: &Path, kind: Kind) -> Res<Option<(Meta, usize)>> {
+    let Ok(value) = get_xattr(&layers.abs(UPPER, rel), ORIGIN_XATTR.as_ref()) else {
         return Ok(None);
     };
+    let Some(handle) = decode(&value) else {
+        return Ok(None);
+    };
+    let mut tried = Vec::new();
     for layer in 1..layers.count() {
-        match crate::sys::open_by_handle(layers.fd(layer), kind, handle) {
+        let (dev, uuid) = layers.fs(layer);
+        if tried.contains(&dev) || uuid.unwrap_or_default() != handle.uuid {
+            continue;
+        }
+        tried.push(dev);
+        match crate::sys::open_by_handle(layers.fd(layer), handle.kind, handle.bytes) {
             Ok(fd) => {
-                let meta = Meta::from_stat(&rustix::fs::fstat(&fd)?);
-                if meta.nlink != 1 || meta.is_dir() {
+                let Ok(st) = rustix::fs::fstat(&fd) else {
                     return Ok(None);
-                }
-                // Its branch: the one with it at the same path (a copy-up in place), else
-                // the first on its file system.
-                let home = (layer..layers.count())
-                    .find(|&l| layers.stat(l, rel).is_ok_and(|m| m.key() == meta.key()))
-                    .unwrap_or(layer);
-                return Ok(Some((meta, home)));
+                };
+                let meta = Meta::from_stat(&st);
+                let usable = meta.nlink == 1 && meta.kind() == kind && meta.dev == dev;
+                return Ok(usable.then_some((meta, layer)));
             }
             Err(Errno::PERM) => return Err(Errno::PERM),
             Err(_) => continue,
@@ -129,23 +157,34 @@ mod tests {
             0x00, 0xfb, 0x1d, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xeb,
             0x69, 0x2a, 0x00, 0xd5, 0xdc, 0xc1, 0x92,
         ];
-        let (kind, handle) = decode(&written).unwrap();
-        assert_eq!(kind, 1);
-        assert_eq!(handle, &written[21..]);
-        assert_eq!(encode(kind, handle).unwrap(), written);
+        let handle = decode(&written).unwrap();
+        assert_eq!(handle.kind, 1);
+        assert_eq!(handle.bytes, &written[21..]);
+        assert_eq!(handle.uuid, [0; 16]);
+        assert_eq!(encode(1, handle.bytes, handle.uuid).unwrap(), written);
+        let mut uuid = [0; 16];
+        uuid[0] = 0x42;
+        assert_eq!(
+            decode(&encode(1, &[1, 2], uuid).unwrap()).unwrap().uuid,
+            uuid
+        );
         // an index's upper handle, another endianness, a bad magic, a short value
         let mut upper = written;
         upper[3] = FLAG_PATH_UPPER;
-        assert_eq!(decode(&upper), None);
+        assert!(decode(&upper).is_none());
         let mut other = written;
         other[3] = FLAG_BIG_ENDIAN ^ CPU_ENDIAN;
-        assert_eq!(decode(&other), None);
+        assert!(decode(&other).is_none());
         let mut bad = written;
         bad[1] = 0xfa;
-        assert_eq!(decode(&bad), None);
-        assert_eq!(decode(&written[..20]), None);
+        assert!(decode(&bad).is_none());
+        assert!(decode(&written[..20]).is_none());
+        // no handle at all
+        let mut empty = written;
+        empty[2] = 21;
+        assert!(decode(&empty).is_none());
         let mut long = written;
         long[2] = 0x1e;
-        assert_eq!(decode(&long), None);
+        assert!(decode(&long).is_none());
     }
 }

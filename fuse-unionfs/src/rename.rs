@@ -21,7 +21,7 @@ use crate::copyup::{copy_up, copy_up_with, io_errno};
 use crate::inode::ROOT;
 use crate::layer::{Res, UPPER};
 use crate::modify::{Key, Moved};
-use crate::union::{Found, Union};
+use crate::union::{Found, Listed, Union};
 
 /// The names and flags of one rename request.
 #[derive(Clone, Copy)]
@@ -49,7 +49,7 @@ impl Union {
             let lower = copy_up_with(&self.layers, found_layer, rel, false)?;
             self.moved(moved, lower.key(), self.layers.stat(UPPER, rel)?.key());
         }
-        for (name, ..) in self.list(dir_layers, rel)? {
+        for Listed { name, .. } in self.list(dir_layers, rel)? {
             let child = rel.join(&name);
             let found = match self.resolve(dir_layers, &child) {
                 Ok(found) => found,
@@ -208,6 +208,19 @@ impl Union {
             rustix::fs::syncfs(self.upper_fd())?;
         }
         moved.extend(copied);
+        // A file with an origin taking a name in another directory marks it (`origin.rs`).
+        if ppath != npath {
+            if !src.meta.is_dir() {
+                crate::origin::carry(&self.layers, &rel, &npath);
+            }
+            if let Some(dst) = dst
+                .as_ref()
+                .filter(|_| flags.contains(RenameFlags::EXCHANGE))
+                && !dst.meta.is_dir()
+            {
+                crate::origin::carry(&self.layers, &nrel, &ppath);
+            }
+        }
         // Moved directories with lower parts, to rid of whiteouts once renamed.
         let mut to_clean = Vec::new();
         if flags.contains(RenameFlags::EXCHANGE) {

@@ -142,3 +142,28 @@ pub(crate) fn open_by_handle(
     // SAFETY: open_by_handle_at returned a new descriptor that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
+
+/// The uuid of the file system `fd` is on (FS_IOC_GETFSUUID, Linux 6.5+), as overlayfs
+/// compares it with an origin's; None where the kernel does not say.
+pub(crate) fn fs_uuid(fd: BorrowedFd<'_>) -> Option<[u8; 16]> {
+    /// struct fsuuid2 { __u8 len; __u8 uuid[16]; }
+    #[repr(C)]
+    struct FsUuid {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    /// _IOR(0x15, 0, struct fsuuid2)
+    const FS_IOC_GETFSUUID: u32 = 0x8011_1500;
+    let mut out = FsUuid {
+        len: 0,
+        uuid: [0; 16],
+    };
+    // SAFETY: FS_IOC_GETFSUUID fills a struct fsuuid2, which `out` is (17 bytes, byte
+    // aligned); `fd` is open for the whole call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID as _, &mut out) };
+    (ret == 0 && out.len as usize <= 16).then(|| {
+        let mut uuid = [0; 16];
+        uuid[..out.len as usize].copy_from_slice(&out.uuid[..out.len as usize]);
+        uuid
+    })
+}

@@ -323,10 +323,18 @@ impl<T> Handles<T> {
     }
 }
 
-/// A merged listing entry: name, kind, the real file (device, inode) it shows, the branch
-/// it is in, and whether it is an upper directory a lower branch has a directory of the
-/// same name for (merged, unless opaque or whited out between: see `resolve`).
-pub(crate) type Listed = (OsString, Kind, (u64, u64), usize, bool);
+/// A merged listing entry.
+pub(crate) struct Listed {
+    pub name: OsString,
+    pub kind: Kind,
+    /// The real file it shows: (device, inode).
+    pub key: (u64, u64),
+    /// The branch that file is in.
+    pub layer: usize,
+    /// An upper directory a lower branch has a directory of the same name for: merged,
+    /// unless opaque or whited out between (see `resolve`).
+    pub merged: bool,
+}
 
 /// One mounted union: branches, inode table, open handles.
 pub struct Union {
@@ -387,16 +395,33 @@ impl Union {
 
     /// For an upper non-directory copied up from a lower file: that file and its branch,
     /// whose number it shows (see `origin.rs`).
-    fn origin(&self, rel: &Path) -> Option<((u64, u64), usize)> {
+    fn origin(&self, rel: &Path, kind: Kind) -> Option<((u64, u64), usize)> {
         if !self.origins.load(Ordering::Relaxed) {
             return None;
         }
-        match crate::origin::lower_of(&self.layers, rel) {
+        match crate::origin::lower_of(&self.layers, rel, kind) {
             Ok(found) => found.map(|(meta, layer)| (meta.key(), layer)),
             Err(_) => {
+                tracing::debug!("copy-up origins not decoded: no CAP_DAC_READ_SEARCH");
                 self.origins.store(false, Ordering::Relaxed);
                 None
             }
+        }
+    }
+
+    /// Whether directory `dir` (at `path`, merged from `layers`) has an upper copy marked
+    /// as holding entries with an origin; asked once per node.
+    fn impure(&self, dir: &Node, path: &Path, layers: &[usize]) -> bool {
+        match dir.impure.load(Ordering::Relaxed) {
+            0 => {
+                let impure = layers.first() == Some(&UPPER)
+                    && self.origins.load(Ordering::Relaxed)
+                    && crate::origin::is_impure(&self.layers, path);
+                dir.impure
+                    .store(if impure { 2 } else { 1 }, Ordering::Relaxed);
+                impure
+            }
+            known => known == 2,
         }
     }
 
@@ -517,11 +542,51 @@ impl Union {
     /// The inode number of a found entry (see `Found::numbered`); an upper file this mount
     /// has numbered already (a copy-up, an earlier lookup) keeps that number.
     fn number(&self, found: &Found) -> u64 {
-        let (key, layer) = found.numbered();
-        found
-            .numbered_by
-            .and_then(|_| self.table.existing_ino(found.meta.key()))
-            .unwrap_or_else(|| self.table.ino_for(key, layer))
+        self.number_of(
+            found.meta.key(),
+            found.layer,
+            found.meta.is_dir(),
+            found.numbered_by,
+        )
+    }
+
+    /// The number of real file `own` (in branch `layer`), numbered by `numbered_by` if
+    /// given (see `Found::numbered`). A copied-up file takes its origin's number only if no
+    /// other file has it; the upper file then answers with it (aliased), as after a copy-up
+    /// in this mount, so that operations find the node by the file they reach.
+    fn number_of(
+        &self,
+        own: (u64, u64),
+        layer: usize,
+        is_dir: bool,
+        numbered_by: Option<((u64, u64), usize)>,
+    ) -> u64 {
+        let Some((by, by_layer)) = numbered_by else {
+            return self.own_number(own, layer);
+        };
+        if let Some(ino) = self.table.existing_ino(own) {
+            return ino;
+        }
+        let ino = self
+            .table
+            .existing_ino(by)
+            .unwrap_or_else(|| self.table.ino_for(by, by_layer));
+        if !is_dir && !self.table.lend(ino, own) {
+            return self.own_number(own, layer);
+        }
+        self.table.alias(own, ino, layer);
+        ino
+    }
+
+    /// The number of real file `key` reached in branch `layer` as itself: its own, unless
+    /// an upper copy of it took that one through its origin (the lower file is visible at
+    /// another path than the one it was copied up from): then a new one.
+    fn own_number(&self, key: (u64, u64), layer: usize) -> u64 {
+        let ino = self.table.ino_for(key, layer);
+        match self.table.lent_to(ino) {
+            Some(upper) if upper != key => self.table.renumber(key, layer),
+            _ => ino,
+        }
     }
 
     /// Registers a found entry as a live node with one more kernel lookup.
@@ -538,11 +603,6 @@ impl Union {
             .is_some_and(|node| node.is_dir != is_dir)
         {
             ino = self.table.renumber(key, layer);
-        }
-        // The upper file answers with that number too, as after a copy-up in this mount:
-        // operations find the node by the file they reach (the upper one).
-        if found.numbered_by.is_some() && self.table.existing_ino(found.meta.key()) != Some(ino) {
-            self.table.alias(found.meta.key(), ino, UPPER);
         }
         let state = NodeState {
             links: vec![(parent, name.to_os_string())],
@@ -563,11 +623,16 @@ impl Union {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Res<Entry> {
         let _shared = self.shared();
-        let (_, path, layers) = self.dir_state(parent)?;
+        let (dir, path, layers) = self.dir_state(parent)?;
         let rel = path.join(name);
         let mut found = self.resolve(&layers, &rel)?;
-        if found.layer == UPPER && !found.meta.is_dir() {
-            found.numbered_by = self.origin(&rel);
+        // (an upper file this mount numbered already keeps that number: no origin to read)
+        if found.layer == UPPER
+            && !found.meta.is_dir()
+            && self.table.existing_ino(found.meta.key()).is_none()
+            && self.impure(&dir, &path, &layers)
+        {
+            found.numbered_by = self.origin(&rel, found.meta.kind());
         }
         Ok(self.enter(parent, name, found))
     }
@@ -694,7 +759,7 @@ impl Union {
                         )
                         && let Some(at) = upper_dirs.remove(&name)
                     {
-                        out[at].4 = true;
+                        out[at].merged = true;
                     }
                     continue;
                 }
@@ -716,7 +781,13 @@ impl Union {
                 if layer == UPPER && kind == Kind::Dir && dir_layers.len() > 1 {
                     upper_dirs.insert(name.clone(), out.len());
                 }
-                out.push((name, kind, (dev, ino), layer, false));
+                out.push(Listed {
+                    name,
+                    kind,
+                    key: (dev, ino),
+                    layer,
+                    merged: false,
+                });
             }
             seen.extend(hidden);
         }
@@ -790,27 +861,31 @@ impl Union {
             },
         ];
         // An upper directory holding copied-up files: their numbers are their origins'.
-        let impure =
-            layers.first() == Some(&UPPER) && crate::origin::is_impure(&self.layers, &path);
-        for (name, kind, key, layer, merged) in self.list(&layers, &path)? {
+        let impure = self.impure(&node, &path, &layers);
+        for Listed {
+            name,
+            kind,
+            key,
+            layer,
+            merged,
+        } in self.list(&layers, &path)?
+        {
             // A merged directory's number is its lower directory's, a copied-up file's its
             // origin's, as their stat says.
             let numbered_by = if merged {
                 self.resolve(&layers, &path.join(&name))
                     .ok()
                     .and_then(|found| found.numbered_by)
-            } else if impure && layer == UPPER && kind != Kind::Dir {
-                self.origin(&path.join(&name))
+            } else if impure
+                && layer == UPPER
+                && kind != Kind::Dir
+                && self.table.existing_ino(key).is_none()
+            {
+                self.origin(&path.join(&name), kind)
             } else {
                 None
             };
-            let ino = match numbered_by {
-                Some((origin, origin_layer)) => self
-                    .table
-                    .existing_ino(key)
-                    .unwrap_or_else(|| self.table.ino_for(origin, origin_layer)),
-                None => self.table.ino_for(key, layer),
-            };
+            let ino = self.number_of(key, layer, kind == Kind::Dir, numbered_by);
             entries.push(DirEntry { name, ino, kind });
         }
         Ok(entries)

@@ -100,31 +100,52 @@ fn inode_numbers_are_the_same_across_remounts() {
     )
     .unwrap();
     std::os::unix::fs::lchown(first.path("bin/tool-link"), Some(7), None).unwrap();
-    let copied = ["etc/conf1", "usr/lib/lib0.so", "bin/tool-link"];
+    // a copy-up moved to another directory, and one linked into another directory
+    fs::rename(first.path("etc/conf2"), first.path("var/log/conf2-moved")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(first.path("etc/conf4"))
+        .unwrap()
+        .write_all(b"more\n")
+        .unwrap();
+    fs::hard_link(first.path("etc/conf4"), first.path("srv/conf4-link")).unwrap();
+    // (copied-up path, the lower path it came from)
+    let copied = [
+        ("etc/conf1", "etc/conf1"),
+        ("usr/lib/lib0.so", "usr/lib/lib0.so"),
+        ("bin/tool-link", "bin/tool-link"),
+        ("var/log/conf2-moved", "etc/conf2"),
+        ("etc/conf4", "etc/conf4"),
+        ("srv/conf4-link", "etc/conf4"),
+    ];
     let before = deadline(60, "listing", {
         let mnt = first.mnt.clone();
         move || inode_numbers(&mnt, false)
     });
+    for (rel, from) in copied {
+        assert_eq!(before[Path::new(rel)], lower_inos[Path::new(from)], "{rel}");
+    }
     let (upper, work, mnt) = (first.upper.clone(), first.work.clone(), first.mnt.clone());
     first.unmount();
-    let second = fixture.mount_at(&upper, &work, &mnt, Driver::Fuse);
+    let mut second = fixture.mount_at(&upper, &work, &mnt, Driver::Fuse);
+    // readdir first, before a lookup numbers any entry
+    // (the directories a copy-up was moved or linked into first: they hold no copy-up of
+    // their own)
+    let listed: Vec<(PathBuf, u64)> = ["srv", "var/log", "", "etc", "usr", "usr/lib", "bin"]
+        .iter()
+        .flat_map(|dir| {
+            dir_inos(&second.path(dir))
+                .into_iter()
+                .map(move |(name, ino)| (Path::new(dir).join(name), ino))
+        })
+        .collect();
     let after = deadline(60, "listing", {
         let mnt = second.mnt.clone();
         move || inode_numbers(&mnt, true)
     });
     assert_eq!(before, after);
-    for rel in copied {
-        assert_eq!(
-            before.get(Path::new(rel)),
-            lower_inos.get(Path::new(rel)),
-            "{rel}"
-        );
-    }
-    for dir in ["", "etc", "usr", "usr/lib", "bin"] {
-        for (name, d_ino) in dir_inos(&second.path(dir)) {
-            let rel = Path::new(dir).join(&name);
-            assert_eq!(Some(&d_ino), after.get(&rel), "d_ino of {}", rel.display());
-        }
+    for (rel, d_ino) in listed {
+        assert_eq!(Some(&d_ino), after.get(&rel), "d_ino of {}", rel.display());
     }
     let kernel = fixture.mount("ino-kernel", Driver::Overlay);
     let overlay = inode_numbers(&kernel.mnt, false);
@@ -133,20 +154,88 @@ fn inode_numbers_are_the_same_across_remounts() {
         assert!(overlay.contains_key(Path::new(rel)), "{rel}: {overlay:?}");
     }
     for (rel, ino) in &overlay {
+        if rel == Path::new("etc/conf2") {
+            continue; // moved away in the first mount
+        }
         assert_eq!(after.get(rel), Some(ino), "{}", rel.display());
     }
-    // overlayfs over the upper strata made reads its origins: the same numbers
+    // overlayfs over the upper strata made reads its origins: the same numbers (but for the
+    // linked pair: overlayfs splits a hard link it did not copy up itself)
     drop(kernel);
-    let mut second = second;
     second.unmount();
     let under_kernel = fixture.mount_at(&upper, &work, &mnt, Driver::Overlay);
-    for rel in copied {
+    for (rel, _) in &copied[..4] {
         let meta = fs::symlink_metadata(under_kernel.path(rel)).unwrap();
         assert_eq!(
             Some(&meta.ino()),
             after.get(Path::new(rel)),
             "{rel} under overlayfs"
         );
+    }
+}
+
+/// An origin gives a number only while no other file has it: copies of a copied-up file
+/// made with its xattrs (`cp -a` in the upper dir) and the lower file itself, moved since
+/// its copy-up (visible at another path), each keep a number of their own and their own
+/// data, in either order of lookups, and readdir agrees.
+#[test]
+fn origins_never_give_two_files_one_number() {
+    let fixture = Fixture::new();
+    let mut first = fixture.mount("dup", Driver::Fuse);
+    fs::OpenOptions::new()
+        .append(true)
+        .open(first.path("etc/conf5"))
+        .unwrap()
+        .write_all(b"edited\n")
+        .unwrap();
+    let (upper, work, mnt) = (first.upper.clone(), first.work.clone(), first.mnt.clone());
+    first.unmount();
+    for (copy, extra) in [("conf5.bak", "bak\n"), ("conf5.bak2", "bak2\n")] {
+        let to = upper.join("etc").join(copy);
+        let status = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(upper.join("etc/conf5"))
+            .arg(&to)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&to)
+            .unwrap()
+            .write_all(extra.as_bytes())
+            .unwrap();
+    }
+    let bottom = &fixture.lowers[2];
+    fs::rename(bottom.join("etc/conf5"), bottom.join("srv/conf5-moved")).unwrap();
+    let expected = [
+        ("etc/conf5", "bottom conf 5\nedited\n"),
+        ("etc/conf5.bak", "bottom conf 5\nedited\nbak\n"),
+        ("etc/conf5.bak2", "bottom conf 5\nedited\nbak2\n"),
+        ("srv/conf5-moved", "bottom conf 5\n"),
+    ];
+    for reverse in [false, true] {
+        let mut m = fixture.mount_at(&upper, &work, &mnt, Driver::Fuse);
+        let mut order = expected.to_vec();
+        if reverse {
+            order.reverse();
+        }
+        let mut numbers = std::collections::HashMap::new();
+        for (rel, content) in order {
+            let ino = fs::symlink_metadata(m.path(rel)).unwrap().ino();
+            assert_eq!(fs::read_to_string(m.path(rel)).unwrap(), content, "{rel}");
+            if let Some(other) = numbers.insert(ino, rel) {
+                panic!("{rel} and {other} share inode number {ino}");
+            }
+        }
+        for dir in ["etc", "srv"] {
+            for (name, d_ino) in dir_inos(&m.path(dir)) {
+                let rel = format!("{dir}/{name}");
+                let ino = fs::symlink_metadata(m.path(&rel)).unwrap().ino();
+                assert_eq!(d_ino, ino, "d_ino of {rel}");
+            }
+        }
+        m.unmount();
     }
 }
 
