@@ -51,8 +51,8 @@ pub struct ExecSpec {
     pub seccomp_profile: Option<String>,
     /// None: docker's default set.
     pub capabilities: Option<u64>,
-    /// `exec --privileged`: every capability strata holds, whatever `capabilities` says
-    /// (the seccomp filter is the container's, compiled for them).
+    /// `exec --privileged`: every capability strata holds, whatever `capabilities` says;
+    /// the seccomp filter (the container's choice of one) is compiled for them.
     pub privileged: bool,
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,

@@ -32,9 +32,8 @@ pub struct Rootfs {
     /// `run --privileged`: nothing masked or read-only in /proc, /sys and the cgroup view
     /// writable, and `host_devices` in /dev.
     pub privileged: bool,
-    /// The host's devices a privileged container gets (`host_devices`), bound from the
-    /// host's /dev.
-    pub host_devices: Vec<PathBuf>,
+    /// The host's devices a privileged container gets (`host_devices`), made in its /dev.
+    pub host_devices: Vec<HostDevice>,
 }
 
 /// A host path bound onto a container path, as `docker run -v SRC:DST[:ro]` binds it.
@@ -124,31 +123,52 @@ pub const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tt
 /// runc leaves them out.
 const NOT_HOST_DEVICES: [&str; 7] = ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
 
-/// The host's device nodes (character and block, relative to /dev) that `run
-/// --privileged` gives the container, as docker gives them (runc's `HostDevices`): /dev
-/// walked without [`NOT_HOST_DEVICES`], the console, and the nodes the container's /dev
-/// has of its own (its ptmx, [`DEVICES`]). Symlinks are not followed.
-pub fn host_devices() -> Vec<PathBuf> {
+/// A host device node, as a privileged container gets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    /// Relative to /dev ("sda", "net/tun").
+    pub path: PathBuf,
+    /// Type and permission bits (st_mode).
+    pub mode: u32,
+    pub rdev: u64,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The host's device nodes (character and block) that `run --privileged` gives the
+/// container, as docker gives them (runc's `HostDevices`): /dev walked without
+/// [`NOT_HOST_DEVICES`], the console, the nodes the container's /dev has of its own (its
+/// ptmx, [`DEVICES`]) and other file systems mounted below it. Symlinks are not followed.
+/// The container's /dev gets nodes of the same numbers (mknod, as runc makes them): no
+/// mount per device, and one removed from the host meanwhile costs nothing.
+pub fn host_devices() -> Vec<HostDevice> {
     devices_below(Path::new("/dev"))
 }
 
-/// The device nodes below `dev` that [`host_devices`] gives, relative to it.
-fn devices_below(dev: &Path) -> Vec<PathBuf> {
-    fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
+/// The device nodes below `dev` that [`host_devices`] gives, paths relative to it.
+fn devices_below(dev: &Path) -> Vec<HostDevice> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(top) = std::fs::metadata(dev) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut pending = vec![PathBuf::new()];
+    while let Some(rel) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(dev.join(&rel)) else {
+            continue;
         };
         for entry in entries.flatten() {
-            // lstat, not the entry's type: a node bound over a file (this /dev in a
-            // container of ours) shows as the node
-            let Ok(kind) = std::fs::symlink_metadata(entry.path()).map(|m| m.file_type()) else {
+            // lstat, not the entry's type: a node bound over a file (the /dev of a container
+            // of ours) shows as the node
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
                 continue;
             };
             let name = entry.file_name();
             let path = rel.join(&name);
+            let kind = meta.file_type();
             if kind.is_dir() {
-                if !NOT_HOST_DEVICES.iter().any(|skip| name == *skip) {
-                    walk(&entry.path(), &path, out);
+                if meta.dev() == top.dev() && !NOT_HOST_DEVICES.iter().any(|skip| name == *skip) {
+                    pending.push(path);
                 }
             } else if (kind.is_char_device() || kind.is_block_device())
                 && !(rel.as_os_str().is_empty()
@@ -156,14 +176,17 @@ fn devices_below(dev: &Path) -> Vec<PathBuf> {
                         || name == "ptmx"
                         || DEVICES.iter().any(|own| name == *own)))
             {
-                out.push(path);
+                out.push(HostDevice {
+                    path,
+                    mode: meta.mode(),
+                    rdev: meta.rdev(),
+                    uid: meta.uid(),
+                    gid: meta.gid(),
+                });
             }
         }
     }
-    use std::os::unix::fs::FileTypeExt;
-    let mut out = Vec::new();
-    walk(dev, Path::new(""), &mut out);
-    out.sort();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
     out
 }
 
@@ -474,15 +497,13 @@ fn dev(sys: &dyn Syscall, spec: &Rootfs) -> Step {
         mount(sys, Some(&host), &target, None, MsFlags::MS_BIND, None)?;
     }
     for device in &spec.host_devices {
-        let target = dev.join(device);
+        let target = dev.join(&device.path);
         if let Some(parent) = target.parent() {
             sys.mkdir_all(parent)
                 .map_err(io_err(format!("create {}", parent.display())))?;
         }
-        sys.touch(&target)
-            .map_err(io_err(format!("create {}", target.display())))?;
-        let host = Path::new("/dev").join(device);
-        mount(sys, Some(&host), &target, None, MsFlags::MS_BIND, None)?;
+        sys.device(&target, device)
+            .map_err(io_err(format!("mknod {}", target.display())))?;
     }
     let pts = dev.join("pts");
     mkdir(sys, &pts)?;
@@ -678,7 +699,7 @@ mod host_device_tests {
             Path::new("/dev/fuse").exists(),
             "needs /dev/fuse: modprobe fuse"
         );
-        let devices = host_devices();
+        let devices: Vec<PathBuf> = host_devices().into_iter().map(|d| d.path).collect();
         assert!(devices.contains(&PathBuf::from("fuse")), "{devices:?}");
         for own in ["null", "tty", "ptmx", "console", "stdin", "fd", "core"] {
             assert!(!devices.contains(&PathBuf::from(own)), "{own}: {devices:?}");
@@ -686,15 +707,29 @@ mod host_device_tests {
         assert!(devices.iter().all(|d| !d.starts_with("pts")), "{devices:?}");
     }
 
+    /// Unmounts and removes a test's scratch /dev.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0.join("net/fuse"), nix::mount::MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     /// A /dev whose nodes are bound over files (a container's, for a container inside it)
-    /// lists them too.
+    /// lists them too, with the host node's numbers.
     #[test]
     fn nodes_bound_over_files_count() {
-        let dev = std::env::temp_dir().join(format!("strata-devtest-{}", std::process::id()));
-        std::fs::create_dir_all(dev.join("net")).unwrap();
-        let bound = dev.join("net/fuse");
+        use std::os::unix::fs::MetadataExt;
+        let dev = Scratch(PathBuf::from(format!(
+            "/var/tmp/strata-devtest-{}",
+            std::process::id()
+        )));
+        std::fs::create_dir_all(dev.0.join("net")).unwrap();
+        let bound = dev.0.join("net/fuse");
         std::fs::write(&bound, b"").unwrap();
-        std::fs::write(dev.join("plain"), b"").unwrap();
+        std::fs::write(dev.0.join("plain"), b"").unwrap();
         nix::mount::mount(
             Some("/dev/fuse"),
             &bound,
@@ -703,10 +738,11 @@ mod host_device_tests {
             None::<&str>,
         )
         .expect("bind /dev/fuse (needs root and /dev/fuse)");
-        let found = devices_below(&dev);
-        let _ = nix::mount::umount(&bound);
-        let _ = std::fs::remove_dir_all(&dev);
-        assert_eq!(found, [PathBuf::from("net/fuse")]);
+        let found = devices_below(&dev.0);
+        let host = std::fs::metadata("/dev/fuse").unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].path, PathBuf::from("net/fuse"));
+        assert_eq!((found[0].rdev, found[0].mode), (host.rdev(), host.mode()));
     }
 }
 

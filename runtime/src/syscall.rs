@@ -32,6 +32,8 @@ pub trait Syscall {
     /// Creates an empty regular file (a bind-mount target) if nothing is there.
     fn touch(&self, path: &Path) -> std::io::Result<()>;
     fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()>;
+    /// Makes device node `path` as the host has `device` (type, number, mode, owner).
+    fn device(&self, path: &Path, device: &crate::rootfs::HostDevice) -> std::io::Result<()>;
     fn kind(&self, path: &Path) -> Option<Kind>;
     /// The target of `path` when it is a symlink.
     fn read_link(&self, path: &Path) -> Option<PathBuf>;
@@ -115,6 +117,22 @@ impl Syscall for Linux {
             Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
             other => other,
         }
+    }
+
+    fn device(&self, path: &Path, device: &crate::rootfs::HostDevice) -> std::io::Result<()> {
+        use nix::sys::stat::{Mode, SFlag};
+        let kind = SFlag::from_bits_truncate(device.mode & libc::S_IFMT);
+        let perm = Mode::from_bits_truncate(device.mode & 0o7777);
+        nix::sys::stat::mknod(path, kind, perm, device.rdev)?;
+        std::os::unix::fs::chown(path, Some(device.uid), Some(device.gid))?;
+        // (whatever this process's umask took off)
+        nix::sys::stat::fchmodat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            perm,
+            nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+        )?;
+        Ok(())
     }
 
     fn kind(&self, path: &Path) -> Option<Kind> {
@@ -350,6 +368,18 @@ impl Syscall for Recorder {
 
     fn symlink(&self, target: &str, link: &Path) -> std::io::Result<()> {
         self.log(format!("symlink {target} {}", link.display()));
+        Ok(())
+    }
+
+    fn device(&self, path: &Path, device: &crate::rootfs::HostDevice) -> std::io::Result<()> {
+        self.log(format!(
+            "mknod {} {:o} {} {}:{}",
+            path.display(),
+            device.mode,
+            device.rdev,
+            device.uid,
+            device.gid
+        ));
         Ok(())
     }
 

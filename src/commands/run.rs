@@ -849,7 +849,8 @@ fn mount_and_run(
             pids: config.pids_limit,
             cpuset_cpus: config.cpuset_cpus.clone(),
             blkio_weight: config.blkio_weight,
-            privileged: false,
+            // (`privileged` comes from the spec's)
+            ..Default::default()
         },
         cgroup_name: cgroup_name(&container.id),
         tty: config.tty,

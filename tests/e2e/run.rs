@@ -1658,7 +1658,8 @@ fn a_privileged_containers_own_cgroups_go_with_it() {
     let nest = "for d in /sys/fs/cgroup/memory /sys/fs/cgroup; do \
                   [ -e $d/cgroup.procs ] && mkdir -p $d/child/grandchild && break; \
                 done; echo made";
-    let running = format!("{nest}; sleep 60");
+    // the running one's process is in the grandchild by the time it is removed
+    let running = format!("{nest}; echo $$ > $d/child/grandchild/cgroup.procs; sleep 60");
     store.ok(&[
         "run",
         "--name",

@@ -43,10 +43,13 @@ impl Controller for Devices {
         if unified {
             return Ok(());
         }
-        // A privileged container opens any device (a new cgroup allows all: say so anyway,
-        // as the parent's rules are inherited).
+        // A privileged container opens any device: "a" where the parent allows all. A
+        // parent that does not (strata inside a restricted container) keeps its rules.
         if limits.privileged {
-            return write(dir, "devices.allow", "a");
+            if let Err(err) = write(dir, "devices.allow", "a") {
+                tracing::warn!("a privileged container keeps its parent's device rules: {err}");
+            }
+            return Ok(());
         }
         write(dir, "devices.deny", "a")?;
         for rule in ALLOWED {

@@ -300,9 +300,9 @@ fn mkdir(dir: &Path) -> Result<()> {
 
 /// Removes the empty cgroups below strata's parent, in every hierarchy, that are at least
 /// `min_age` old and whose name `wanted` accepts: what a SIGKILLed strata leaves (a build
-/// step's, a container's whose runner died). One with a process or a child is never
-/// touched (rmdir fails); the age spares one made a moment ago for a process about to
-/// join it. Stores share the parent, and a cgroup outlives its process only after a crash,
+/// step's, a container's whose runner died), with the cgroups made below them. One with a
+/// process anywhere below it is never touched; the age spares one made a moment ago for a
+/// process about to join it. Stores share the parent, and a cgroup outlives its process only after a crash,
 /// so any store's sweep may take any of them. Returns how many directories went.
 pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
     let mut parents: Vec<PathBuf> = match Layout::get() {
@@ -326,13 +326,15 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
                 .ok()
                 .and_then(|m| m.elapsed().ok())
                 .is_some_and(|age| age >= min_age);
-            let empty = read(&dir, "cgroup.procs").is_some_and(|p| p.trim().is_empty());
-            if meta.is_dir()
-                && old
-                && empty
-                && wanted(&name.to_string_lossy())
-                && std::fs::remove_dir(&dir).is_ok()
-            {
+            if !meta.is_dir() || !old || !wanted(&name.to_string_lossy()) {
+                continue;
+            }
+            // with the cgroups a container made below it, if none holds a process
+            let tree = subtree(&dir);
+            let empty = tree
+                .iter()
+                .all(|d| read(d, "cgroup.procs").is_some_and(|p| p.trim().is_empty()));
+            if empty && tree.iter().rev().all(|d| std::fs::remove_dir(d).is_ok()) {
                 removed += 1;
             }
         }
@@ -341,22 +343,53 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
 }
 
 /// Removes cgroup `name` from every hierarchy, with the cgroups the container made below
-/// it (a privileged one may: a container runtime or systemd inside), deepest first.
-/// Processes still inside are killed first (v2 cgroup.kill, v1 SIGKILL to each listed
-/// pid); a missing cgroup is not an error.
+/// it (a privileged one may: a container runtime or systemd inside). What still runs in
+/// any of them is killed first (v2 cgroup.kill on the top, v1 SIGKILL to each listed
+/// pid); then they go deepest first, walked again while one is busy (a child made
+/// meanwhile). A missing cgroup is not an error.
 pub fn remove(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(Error::Spec(format!("bad cgroup name {name:?}")));
     }
     for top in Layout::get().dirs(name) {
-        for dir in subtree(&top).into_iter().rev() {
-            remove_one(&dir)?;
-        }
+        remove_tree(&top)?;
     }
     Ok(())
 }
 
-/// `top` and every cgroup below it, parents before children (no symlinks in cgroupfs).
+fn remove_tree(top: &Path) -> Result<()> {
+    let _ = std::fs::write(top.join("cgroup.kill"), "1");
+    let mut attempt = 0;
+    loop {
+        let dirs = subtree(top);
+        for dir in &dirs {
+            for pid in read(dir, "cgroup.procs").unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    crate::sys::kill_raw(pid, libc::SIGKILL);
+                }
+            }
+        }
+        let mut busy = None;
+        for dir in dirs.iter().rev() {
+            match std::fs::remove_dir(dir) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    busy.get_or_insert((dir.clone(), err));
+                }
+                _ => {}
+            }
+        }
+        match busy {
+            None => return Ok(()),
+            Some(_) if attempt < 50 => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some((dir, err)) => return Err(Error::io("failed to remove cgroup", dir, err)),
+        }
+    }
+}
+
+/// `top` and every cgroup below it, parents before children (cgroupfs has no symlinks).
 fn subtree(top: &Path) -> Vec<PathBuf> {
     let mut out = vec![top.to_path_buf()];
     let mut next = 0;
@@ -371,30 +404,6 @@ fn subtree(top: &Path) -> Vec<PathBuf> {
         next += 1;
     }
     out
-}
-
-/// Removes one cgroup directory, killing what is still in it.
-fn remove_one(dir: &Path) -> Result<()> {
-    let mut attempt = 0;
-    loop {
-        match std::fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(_) if attempt < 50 => {
-                if attempt == 0 {
-                    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-                    for pid in read(dir, "cgroup.procs").unwrap_or_default().lines() {
-                        if let Ok(pid) = pid.trim().parse::<i32>() {
-                            crate::sys::kill_raw(pid, libc::SIGKILL);
-                        }
-                    }
-                }
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(err) => return Err(Error::io("failed to remove cgroup", dir, err)),
-        }
-    }
 }
 
 #[cfg(test)]
