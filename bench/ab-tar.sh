@@ -1,5 +1,6 @@
 #!/bin/bash
-# bench/ab-tar.sh A B: warm `tar cf - MNT | wc -c` alternating between two mounts of the
+# bench/ab-tar.sh A B: warm (COLD=1: cold, caches dropped before each pass)
+# `tar cf - MNT | wc -c` alternating between two mounts of the
 # layers ../shared/bench/unionfs.sh leaves in $LAYERS (default
 # /var/tmp/bench-unionfs/layers). A and B: a strata-unionfs binary (or any program taking
 # fuse-overlayfs's command line), or "kernel" for overlayfs. REPS rounds (default 5);
@@ -19,6 +20,7 @@ for i in 0 1; do
 done
 for _ in $(seq "${REPS:-5}"); do
   for i in 0 1; do
+    if [ "${COLD:-0}" = 1 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; sleep 1; fi
     t0=$(date +%s.%N); tar cf - -C "$W/m$i" . | wc -c > /dev/null; t1=$(date +%s.%N)
     echo "$i $(echo "$t1 - $t0" | bc)"
   done
