@@ -1488,6 +1488,18 @@ int main(void) {
     assert_eq!(seen_inside, "no key\n");
 }
 
+/// This process's capability bounding set, as /proc/self/status prints it (what strata
+/// holds, so what `--cap-add ALL` and `--privileged` give).
+fn bounding_set() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 /// `--cap-add` and `--cap-drop` tweak docker's default set as docker does (ALL included),
 /// `exec` takes the container's set, and the seccomp filter lets through what an added
 /// capability unlocks (a user namespace with SYS_ADMIN).
@@ -1518,13 +1530,7 @@ fn cap_add_and_cap_drop_as_docker() {
         "CapEff:0000000000000400\n"
     );
     // ALL is every capability strata itself holds (its bounding set)
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let bounding = bounding_set();
     assert_eq!(
         run(&["--cap-add", "ALL"], caps),
         format!("CapEff:{bounding}\n")
@@ -1573,13 +1579,7 @@ fn privileged_as_docker() {
                  d=/sys/fs/cgroup/memory/probe; [ -e /sys/fs/cgroup/memory.max ] && d=/sys/fs/cgroup/probe; \
                  mkdir $d 2>/dev/null && rmdir $d && echo cgroup-rw; \
                  [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ] && echo cpu-hierarchy; true";
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .unwrap()
-        .trim()
-        .to_string();
+    let bounding = bounding_set();
     for host in ["/dev/fuse", "/proc/timer_list"] {
         assert!(
             std::path::Path::new(host).exists(),

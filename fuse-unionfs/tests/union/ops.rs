@@ -11,6 +11,16 @@ use strata_unionfs::Driver;
 
 use crate::common::{Fixture, Mounted, deadline, inode_numbers, set_xattr};
 
+/// Appends `data` to the file at `path` (a copy-up through the mount).
+fn append(path: impl AsRef<Path>, data: &[u8]) {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(data)
+        .unwrap();
+}
+
 fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 4096];
     rustix::fs::lgetxattr(path, name, &mut buf[..])
@@ -88,12 +98,7 @@ fn inode_numbers_are_the_same_across_remounts() {
     fs::create_dir(first.path("usr/lib/made-dir")).unwrap();
     // copies files up: data, metadata only, a symlink's owner
     let lower_inos = inode_numbers(&first.mnt, false);
-    fs::OpenOptions::new()
-        .append(true)
-        .open(first.path("etc/conf1"))
-        .unwrap()
-        .write_all(b"more\n")
-        .unwrap();
+    append(first.path("etc/conf1"), b"more\n");
     fs::set_permissions(
         first.path("usr/lib/lib0.so"),
         fs::Permissions::from_mode(0o600),
@@ -102,12 +107,7 @@ fn inode_numbers_are_the_same_across_remounts() {
     std::os::unix::fs::lchown(first.path("bin/tool-link"), Some(7), None).unwrap();
     // a copy-up moved to another directory, and one linked into another directory
     fs::rename(first.path("etc/conf2"), first.path("var/log/conf2-moved")).unwrap();
-    fs::OpenOptions::new()
-        .append(true)
-        .open(first.path("etc/conf4"))
-        .unwrap()
-        .write_all(b"more\n")
-        .unwrap();
+    append(first.path("etc/conf4"), b"more\n");
     fs::hard_link(first.path("etc/conf4"), first.path("srv/conf4-link")).unwrap();
     // (copied-up path, the lower path it came from)
     let copied = [
@@ -182,12 +182,7 @@ fn inode_numbers_are_the_same_across_remounts() {
 fn origins_never_give_two_files_one_number() {
     let fixture = Fixture::new();
     let mut first = fixture.mount("dup", Driver::Fuse);
-    fs::OpenOptions::new()
-        .append(true)
-        .open(first.path("etc/conf5"))
-        .unwrap()
-        .write_all(b"edited\n")
-        .unwrap();
+    append(first.path("etc/conf5"), b"edited\n");
     let (upper, work, mnt) = (first.upper.clone(), first.work.clone(), first.mnt.clone());
     first.unmount();
     for (copy, extra) in [("conf5.bak", "bak\n"), ("conf5.bak2", "bak2\n")] {
@@ -199,12 +194,7 @@ fn origins_never_give_two_files_one_number() {
             .status()
             .unwrap();
         assert!(status.success());
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&to)
-            .unwrap()
-            .write_all(extra.as_bytes())
-            .unwrap();
+        append(&to, extra.as_bytes());
     }
     let bottom = &fixture.lowers[2];
     fs::rename(bottom.join("etc/conf5"), bottom.join("srv/conf5-moved")).unwrap();
@@ -412,12 +402,7 @@ fn big_directories_list_whole_while_read_by_several_at_once() {
 fn copy_up_preserves_data_metadata_and_xattrs() {
     with_fuse(|m| {
         let before = fs::symlink_metadata(m.path("home/user/.profile")).unwrap();
-        fs::OpenOptions::new()
-            .append(true)
-            .open(m.path("home/user/.profile"))
-            .unwrap()
-            .write_all(b"export B=2\n")
-            .unwrap();
+        append(m.path("home/user/.profile"), b"export B=2\n");
         let upper = m.upper.join("home/user/.profile");
         assert_eq!(fs::read(&upper).unwrap(), b"export A=1\nexport B=2\n");
         let meta = fs::symlink_metadata(&upper).unwrap();
@@ -447,12 +432,7 @@ fn copy_up_preserves_data_metadata_and_xattrs() {
             Some(&b"top etc"[..])
         );
         // a big file: data intact, set-uid bit kept
-        fs::OpenOptions::new()
-            .append(true)
-            .open(m.path("bin/tool"))
-            .unwrap()
-            .write_all(b"#\n")
-            .unwrap();
+        append(m.path("bin/tool"), b"#\n");
         assert_eq!(
             fs::read(m.path("bin/tool")).unwrap(),
             b"#!/bin/sh\necho tool\n#\n"
@@ -1053,12 +1033,7 @@ fn inode_flags_are_read_and_set_as_chattr_does() {
         fs::write(&log, b"one\n").unwrap();
         let base = flags(&log).unwrap();
         set_flags(&log, base | APPEND).unwrap();
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap()
-            .write_all(b"two\n")
-            .unwrap();
+        append(&log, b"two\n");
         assert!(fs::write(&log, b"gone").is_err());
         // a writer that does not append may not open it (the kernel's may_open)
         let err = fs::OpenOptions::new().write(true).open(&log).unwrap_err();
@@ -1765,12 +1740,7 @@ fn set_id_bits_are_dropped_by_unprivileged_writes_as_overlayfs_drops_them() {
         for name in ["w/m", "w/n"] {
             std::os::unix::fs::chown(m.path(name), None, None).unwrap();
         }
-        fs::OpenOptions::new()
-            .append(true)
-            .open(m.path("w/e"))
-            .unwrap()
-            .write_all(b"by root\n")
-            .unwrap();
+        append(m.path("w/e"), b"by root\n");
         for made in ["made", "made-dir"] {
             let meta = fs::metadata(m.upper.join("w").join(made)).unwrap();
             assert_eq!(
@@ -2005,12 +1975,7 @@ fn concurrent_readers_and_writers() {
                 for i in 0..150 {
                     let dir = mnt.join(format!("var/log/d{}", t));
                     fs::write(dir.join(format!("w{i}")), format!("{t}-{i}")).unwrap();
-                    fs::OpenOptions::new()
-                        .append(true)
-                        .open(dir.join("log"))
-                        .unwrap()
-                        .write_all(b"+")
-                        .unwrap();
+                    append(dir.join("log"), b"+");
                     if i % 10 == 0 {
                         fs::rename(dir.join(format!("w{i}")), dir.join(format!("r{i}"))).unwrap();
                     }
@@ -2576,12 +2541,7 @@ fn a_file_linked_between_branches_reads_and_copies_up_under_each_name() {
         assert_eq!(fs::read_to_string(m.path(name)).unwrap(), content, "{name}");
     }
     // a change under one name copies that name up; the other keeps the lower file
-    fs::OpenOptions::new()
-        .append(true)
-        .open(m.path("x1"))
-        .unwrap()
-        .write_all(b"more\n")
-        .unwrap();
+    append(m.path("x1"), b"more\n");
     fs::set_permissions(m.path("x2"), fs::Permissions::from_mode(0o600)).unwrap();
     assert_eq!(fs::read_to_string(m.path("x1")).unwrap(), "cross\nmore\n");
     assert_eq!(fs::read_to_string(m.path("x2")).unwrap(), "cross\n");
