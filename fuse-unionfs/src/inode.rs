@@ -7,7 +7,7 @@
 //! overlayfs's (xino) are; one already handed out to another real file in this mount (an
 //! inode ext4 reused, a second branch's name of one file) is counted from [`COUNTED`]. A
 //! directory merged from upper and lower branches takes its topmost lower directory's
-//! number, and a copied-up file its origin's (`Found::numbered`, `origin.rs`), as
+//! number, and a copied-up file its origin's (`Found::numbered_by`, `origin.rs`), as
 //! overlayfs's do, so both keep their numbers across remounts.
 //! One exception: a big file copied up while readers hold the lower file through FUSE
 //! passthrough gets a new number (`renumber`; `fuse.rs` says why), as the readers keep

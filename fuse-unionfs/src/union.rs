@@ -258,20 +258,12 @@ pub(crate) struct Found {
     pub meta: Meta,
     pub layer: usize,
     pub dir_layers: Vec<usize>,
-    /// The real file whose number the entry shows, if not its own: for a directory merged
-    /// from the upper branch and lower ones, the topmost lower directory; for a copied-up
-    /// file, the lower file it came from (`Union::lookup`).
-    pub numbered_by: Option<((u64, u64), usize)>,
-}
-
-impl Found {
-    /// The real file whose number the entry shows, and its branch: a merged directory
-    /// shows its topmost lower directory's and a copied-up file its origin's, as kernel
+    /// The real file whose number the entry shows, and its branch, if not its own: for a
+    /// directory merged from the upper branch and lower ones, the topmost lower directory;
+    /// for a copied-up file, the lower file it came from (`Union::lookup`). As kernel
     /// overlayfs does (OVL_CONST_INO), so that the number is the one it had before its
     /// copy-up, in this mount and the next.
-    pub(crate) fn numbered(&self) -> ((u64, u64), usize) {
-        self.numbered_by.unwrap_or((self.meta.key(), self.layer))
-    }
+    pub numbered_by: Option<((u64, u64), usize)>,
 }
 
 /// A table of open handles, sharded so opens and reads on different files do not contend.
@@ -539,7 +531,7 @@ impl Union {
         Ok((node, path, layers))
     }
 
-    /// The inode number of a found entry (see `Found::numbered`); an upper file this mount
+    /// The inode number of a found entry (see `Found::numbered_by`); an upper file this mount
     /// has numbered already (a copy-up, an earlier lookup) keeps that number.
     fn number(&self, found: &Found) -> u64 {
         self.number_of(
@@ -551,7 +543,7 @@ impl Union {
     }
 
     /// The number of real file `own` (in branch `layer`), numbered by `numbered_by` if
-    /// given (see `Found::numbered`). A copied-up file takes its origin's number only if no
+    /// given (see `Found::numbered_by`). A copied-up file takes its origin's number only if no
     /// other file has it; the upper file then answers with it (aliased), as after a copy-up
     /// in this mount, so that operations find the node by the file they reach.
     fn number_of(
@@ -592,7 +584,6 @@ impl Union {
     /// Registers a found entry as a live node with one more kernel lookup.
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
         let is_dir = found.meta.is_dir();
-        let (key, layer) = found.numbered();
         let mut ino = self.number(&found);
         // A real inode recycled while its old node lives on (a directory removed and its
         // number given to a file made right after, before the removal forgot the number):
@@ -602,7 +593,7 @@ impl Union {
             .get(ino)
             .is_some_and(|node| node.is_dir != is_dir)
         {
-            ino = self.table.renumber(key, layer);
+            ino = self.table.renumber(found.meta.key(), found.layer);
         }
         let state = NodeState {
             links: vec![(parent, name.to_os_string())],

@@ -302,8 +302,9 @@ fn mkdir(dir: &Path) -> Result<()> {
 /// `min_age` old and whose name `wanted` accepts: what a SIGKILLed strata leaves (a build
 /// step's, a container's whose runner died), with the cgroups made below them. One with a
 /// process anywhere below it is never touched; the age spares one made a moment ago for a
-/// process about to join it. Stores share the parent, and a cgroup outlives its process only after a crash,
-/// so any store's sweep may take any of them. Returns how many directories went.
+/// process about to join it. Stores share the parent, and a cgroup outlives its process
+/// only after a crash, so any store's sweep may take any of them. Returns how many
+/// directories went.
 pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
     let mut parents: Vec<PathBuf> = match Layout::get() {
         Layout::Unified(root) => vec![root.join("strata")],
