@@ -8,11 +8,14 @@
 //! (FOPEN_PASSTHROUGH_MASK, fs/fuse/iomode.c).
 //!
 //! The kernel allows one backing file per inode while any of its files is open. A big
-//! lower file read through passthrough and then copied up (a write-open, a truncate)
-//! cannot switch its backing file to the copy while readers hold it, so the copy gets a
-//! new inode number and the open that needs it fails with ESTALE; the kernel then looks
-//! the name up again (do_filp_open retries with LOOKUP_REVAL), finds the new number and
-//! opens that. Readers keep the lower file, as they would under kernel overlayfs.
+//! lower file read through passthrough and then copied up cannot switch its backing file
+//! to the copy while readers hold it. While the copy's data is still the lower file's (a
+//! chmod, chown, touch or xattr copied it up: a running program's binary, say), new
+//! readers share the lower backing file and the inode keeps its number. Once the copy's
+//! data is to change (a write-open, a truncate), the copy gets a new inode number and the
+//! open that needs it fails with ESTALE; the kernel then looks the name up again
+//! (do_filp_open retries with LOOKUP_REVAL), finds the new number and opens that. Earlier
+//! readers keep the lower file, as they would under kernel overlayfs.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -123,6 +126,8 @@ struct Opened {
     count: usize,
     /// Of those, the handles open for writing.
     writers: usize,
+    /// The file's data may differ from a lower backing file's (see the module doc).
+    diverged: bool,
 }
 
 #[derive(Default)]
@@ -240,7 +245,14 @@ impl Fs {
         if let Some(opened) = table.by_ino.get_mut(&file.ino) {
             let reply = match &opened.mode {
                 Mode::Passthrough { upper, .. } if *upper == file.upper => Reply::Passthrough,
-                Mode::Passthrough { .. } => return Err(Stale),
+                // The copy of the lower backing file, with the same data: read that.
+                Mode::Passthrough { upper: false, .. } if !writer && !opened.diverged => {
+                    Reply::Passthrough
+                }
+                Mode::Passthrough { .. } => {
+                    opened.diverged = true;
+                    return Err(Stale);
+                }
                 Mode::Cached => Reply::Cached { keep_cache: true },
             };
             opened.count += 1;
@@ -303,6 +315,7 @@ impl Fs {
                 mode,
                 count: 1,
                 writers,
+                diverged: false,
             },
         );
         table.handles.insert(fh, (file.ino, writer));
@@ -355,6 +368,14 @@ impl Fs {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// The inode's data is about to change without a handle (a truncate by path).
+    fn diverge(&self, ino: u64) {
+        let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(opened) = table.by_ino.get_mut(&ino) {
+            opened.diverged = true;
         }
     }
 
@@ -587,6 +608,9 @@ impl Filesystem for Fs {
             drop_setid,
             owner_only: chown_nothing,
         };
+        if size.is_some() {
+            self.diverge(ino.0);
+        }
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
             Err(err) => reply.error(errno(err)),

@@ -2181,6 +2181,79 @@ fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
     drop(fixture);
 }
 
+#[test]
+fn a_running_binary_keeps_its_inode_number_when_chmod_copies_it_up() {
+    // Executing the big lower binary makes the lower file the inode's passthrough backing
+    // file. A chmod copies it up with the same data, so later opens (another exec) share
+    // that backing file and the number stays; only a change of the data renumbers the copy.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fixture = Fixture::new();
+    fs::copy("/bin/busybox", fixture.lowers[0].join("busybox"))
+        .expect("/bin/busybox: apt-get install -y busybox-static");
+    assert!(
+        fs::metadata(fixture.lowers[0].join("busybox"))
+            .unwrap()
+            .len()
+            >= 1 << 20
+    );
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(120, "chmod of a running lower binary", move || {
+        let bin = m.path("busybox");
+        let number = fs::metadata(&bin).unwrap().ino();
+        let mut running = std::process::Command::new(&bin)
+            .args(["sleep", "30"])
+            .spawn()
+            .unwrap();
+        // Wait until the exec has opened it (its /proc/PID/exe names the binary).
+        let exe = format!("/proc/{}/exe", running.id());
+        while fs::read_link(&exe).ok().as_deref() != Some(bin.as_path()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o700)).unwrap();
+        let upper = fs::metadata(m.upper.join("busybox")).expect("chmod copied it up");
+        assert_eq!(upper.mode() & 0o7777, 0o700);
+        let out = std::process::Command::new(&bin)
+            .args(["echo", "again"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.stdout, b"again\n",
+            "the copy runs while the lower file does"
+        );
+        let seen = fs::metadata(&bin).unwrap();
+        assert_eq!(seen.mode() & 0o7777, 0o700);
+        assert_eq!(
+            seen.ino(),
+            number,
+            "chmod of a running binary kept its number"
+        );
+        assert_eq!(
+            fs::File::open(&bin).unwrap().metadata().unwrap().ino(),
+            number
+        );
+
+        // A write-open (once nothing executes it) changes the data while a reader still
+        // holds the lower file: the copy gets a number of its own, and the reader keeps the
+        // lower data.
+        let reader = fs::File::open(&bin).unwrap();
+        running.kill().unwrap();
+        running.wait().unwrap();
+        let mut writer = fs::OpenOptions::new().append(true).open(&bin).unwrap();
+        writer.write_all(b"tail").unwrap();
+        drop(writer);
+        let grown = fs::metadata(&bin).unwrap();
+        assert_eq!(grown.len(), upper.len() + 4);
+        assert_ne!(grown.ino(), number);
+        let mut end = [0u8; 4];
+        std::os::unix::fs::FileExt::read_exact_at(&reader, &mut end, upper.len() - 4).unwrap();
+        let original = fs::read("/bin/busybox").unwrap();
+        assert_eq!(end[..], original[original.len() - 4..]);
+    });
+    drop(mounted);
+    drop(fixture);
+}
+
 /// For a user namespace mapping container ids 0.. to host ids 100000..: the kernel sees
 /// every owner 100000 higher, while the upper dir keeps the image's own ids, for new
 /// entries, chown and POSIX ACLs alike; lower entries an ACL grants to container uid
