@@ -657,6 +657,41 @@ fn a_signal_caught_before_run_keeps_the_container_from_starting() {
 }
 
 #[test]
+fn a_cgroup_tree_deeper_than_path_max_goes_with_its_process() {
+    // A privileged container may nest cgroups past PATH_MAX as the host names them; they are
+    // walked and removed through directory descriptors, their processes killed first.
+    use rustix::fs::{Mode, OFlags};
+    let name = cgroup_name("deep");
+    let top = if unified() {
+        Path::new("/sys/fs/cgroup").join("strata").join(&name)
+    } else {
+        cgroup_v1_dir("pids", &name)
+    };
+    std::fs::create_dir_all(&top).unwrap();
+    let long = "n".repeat(200);
+    let mut dir = rustix::fs::open(&top, OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..25 {
+        rustix::fs::mkdirat(&dir, long.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        dir = rustix::fs::openat(&dir, long.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    assert!(top.as_os_str().len() + 25 * 201 > libc::PATH_MAX as usize);
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let procs = rustix::fs::openat(&dir, "cgroup.procs", OFlags::WRONLY, Mode::empty()).unwrap();
+    rustix::io::write(&procs, child.id().to_string().as_bytes()).unwrap();
+    drop((procs, dir));
+    strata_runtime::remove_cgroup(&name).expect("the deep tree is removed");
+    assert!(!top.exists(), "{} is gone", top.display());
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+}
+
+#[test]
 fn empty_cgroups_left_by_a_killed_process_are_swept_and_busy_ones_kept() {
     let name = format!("strata-sweep-test-{}", std::process::id());
     let dirs = |name: &str| -> Vec<PathBuf> {

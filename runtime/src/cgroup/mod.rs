@@ -11,9 +11,15 @@ mod devices;
 mod memory;
 mod pids;
 
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use crate::Limits;
 use crate::error::{Error, Result};
@@ -331,11 +337,23 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
                 continue;
             }
             // with the cgroups a container made below it, if none holds a process
-            let tree = subtree(&dir);
-            let empty = tree
-                .iter()
-                .all(|d| read(d, "cgroup.procs").is_some_and(|p| p.trim().is_empty()));
-            if empty && tree.iter().rev().all(|d| std::fs::remove_dir(d).is_ok()) {
+            let mut empty = true;
+            let walked = walk_tree(
+                &dir,
+                |cgroup| {
+                    empty &= read_at(cgroup, "cgroup.procs").is_some_and(|p| p.trim().is_empty())
+                },
+                |_, _| Ok(()),
+            );
+            if walked.is_err() || !empty {
+                continue;
+            }
+            let below = walk_tree(
+                &dir,
+                |_| {},
+                |parent, name| rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR),
+            );
+            if below.is_ok() && std::fs::remove_dir(&dir).is_ok() {
                 removed += 1;
             }
         }
@@ -360,51 +378,129 @@ pub fn remove(name: &str) -> Result<()> {
 
 fn remove_tree(top: &Path) -> Result<()> {
     let _ = std::fs::write(top.join("cgroup.kill"), "1");
+    let kill = |cgroup: BorrowedFd<'_>| {
+        for pid in read_at(cgroup, "cgroup.procs").unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                crate::sys::kill_raw(pid, libc::SIGKILL);
+            }
+        }
+    };
+    let remove_child = |parent: BorrowedFd<'_>, name: &CStr| match rustix::fs::unlinkat(
+        parent,
+        name,
+        AtFlags::REMOVEDIR,
+    ) {
+        Err(Errno::NOENT) => Ok(()),
+        other => other,
+    };
     let mut attempt = 0;
     loop {
-        let dirs = subtree(top);
-        for dir in &dirs {
-            for pid in read(dir, "cgroup.procs").unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    crate::sys::kill_raw(pid, libc::SIGKILL);
-                }
-            }
+        let (dir, err) = match walk_tree(top, kill, remove_child) {
+            Err(TreeError::Walk(Errno::NOENT)) => return Ok(()),
+            Err(TreeError::Walk(err)) => (top.to_path_buf(), err),
+            Err(TreeError::Leave(below, err)) => (top.join(below), err),
+            Ok(()) => match rustix::fs::unlinkat(rustix::fs::CWD, top, AtFlags::REMOVEDIR) {
+                Ok(()) | Err(Errno::NOENT) => return Ok(()),
+                Err(err) => (top.to_path_buf(), err),
+            },
+        };
+        if attempt == 50 {
+            return Err(Error::io("failed to remove cgroup", dir, err.into()));
         }
-        let mut busy = None;
-        for dir in dirs.iter().rev() {
-            match std::fs::remove_dir(dir) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    busy.get_or_insert((dir.clone(), err));
-                }
-                _ => {}
-            }
-        }
-        match busy {
-            None => return Ok(()),
-            Some(_) if attempt < 50 => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Some((dir, err)) => return Err(Error::io("failed to remove cgroup", dir, err)),
-        }
+        attempt += 1;
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// `top` and every cgroup below it, parents before children (cgroupfs has no symlinks).
-fn subtree(top: &Path) -> Vec<PathBuf> {
-    let mut out = vec![top.to_path_buf()];
-    let mut next = 0;
-    while next < out.len() {
-        if let Ok(entries) = std::fs::read_dir(&out[next]) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    out.push(entry.path());
-                }
+/// Where [`walk_tree`] stopped: opening `top` failed, or `leave` failed for the cgroup at
+/// this path below `top`.
+enum TreeError {
+    Walk(rustix::io::Errno),
+    Leave(PathBuf, rustix::io::Errno),
+}
+
+/// Walks the cgroups below `top` through directory descriptors, never by path, so a tree
+/// deeper than PATH_MAX (a privileged container may make one) is walked as well:
+/// `visit` sees `top` and each cgroup below it before its children, `leave` each cgroup
+/// below `top` (given its parent and its name) after its children. A cgroup gone meanwhile
+/// is passed over; the first error of `leave` ends the walk (cgroupfs has no symlinks).
+fn walk_tree(
+    top: &Path,
+    mut visit: impl FnMut(BorrowedFd<'_>),
+    mut leave: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<()>,
+) -> std::result::Result<(), TreeError> {
+    struct Level {
+        dir: OwnedFd,
+        children: Vec<CString>,
+        next: usize,
+    }
+    let open_dir = |at: BorrowedFd<'_>, name: &CStr| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let children = |dir: &OwnedFd| -> Vec<CString> {
+        let Ok(mut entries) = rustix::fs::Dir::read_from(dir) else {
+            return Vec::new();
+        };
+        let mut names = Vec::new();
+        while let Some(Ok(entry)) = entries.next() {
+            let name = entry.file_name();
+            let dir = matches!(entry.file_type(), FileType::Directory | FileType::Unknown);
+            if dir && name != c"." && name != c".." {
+                names.push(name.to_owned());
             }
         }
-        next += 1;
+        names
+    };
+    let top = rustix::fs::open(
+        top,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(TreeError::Walk)?;
+    visit(top.as_fd());
+    let mut stack = vec![Level {
+        children: children(&top),
+        dir: top,
+        next: 0,
+    }];
+    while let Some(level) = stack.last_mut() {
+        if let Some(name) = level.children.get(level.next).cloned() {
+            level.next += 1;
+            if let Ok(dir) = open_dir(level.dir.as_fd(), &name) {
+                visit(dir.as_fd());
+                stack.push(Level {
+                    children: children(&dir),
+                    dir,
+                    next: 0,
+                });
+            }
+            continue;
+        }
+        stack.pop();
+        let Some(parent) = stack.last() else {
+            break;
+        };
+        let name = &parent.children[parent.next - 1];
+        if let Err(err) = leave(parent.dir.as_fd(), name) {
+            let below: PathBuf = stack
+                .iter()
+                .map(|level| OsStr::from_bytes(level.children[level.next - 1].to_bytes()))
+                .collect();
+            return Err(TreeError::Leave(below, err));
+        }
     }
-    out
+    Ok(())
+}
+
+/// A file of the cgroup open as `dir`.
+fn read_at(dir: BorrowedFd<'_>, file: &str) -> Option<String> {
+    let fd = rustix::fs::openat(dir, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    std::io::read_to_string(std::fs::File::from(fd)).ok()
 }
 
 #[cfg(test)]
