@@ -1620,6 +1620,33 @@ fn privileged_as_docker() {
         store.ok(&["run", "--rm", "busybox", "sh", "-c", probe]),
         plain
     );
+    // every v1 hierarchy of the host, named ones (systemd's) and those strata sets no
+    // limit in (cpuacct, freezer) too, each at the container's own cgroup
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let hierarchies: Vec<&str> = mountinfo
+        .lines()
+        .filter(|line| line.contains(" - cgroup "))
+        .filter_map(|line| line.split(' ').nth(4)?.rsplit('/').next())
+        .collect();
+    let mut seen = String::new();
+    for hierarchy in &hierarchies {
+        seen += &format!("[ -e /sys/fs/cgroup/{hierarchy}/cgroup.procs ] && echo {hierarchy}; ");
+    }
+    assert_eq!(
+        store.ok(&[
+            "run",
+            "--rm",
+            "--privileged",
+            "busybox",
+            "sh",
+            "-c",
+            &format!("{seen}true")
+        ]),
+        hierarchies
+            .iter()
+            .map(|h| format!("{h}\n"))
+            .collect::<String>()
+    );
     for (name, extra) in [("priv", Some("--privileged")), ("plain", None)] {
         let mut args = vec!["run", "-d", "--name", name];
         args.extend(extra);

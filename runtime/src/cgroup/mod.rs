@@ -29,8 +29,9 @@ use crate::error::{Error, Result};
 pub enum Layout {
     /// cgroup2 only: one hierarchy.
     Unified(PathBuf),
-    /// v1 controllers, each at its mount point; `unified` is the v2 mount of a hybrid setup
-    /// (it holds no controllers we can use, so limits go to v1).
+    /// v1 hierarchies: each controller (or `name=NAME` of a named hierarchy, systemd's) at
+    /// its mount point; `unified` is the v2 mount of a hybrid setup (it holds no
+    /// controllers we can use, so limits go to v1).
     V1 {
         mounts: Vec<(String, PathBuf)>,
         unified: Option<PathBuf>,
@@ -64,13 +65,10 @@ impl Layout {
             match fstype {
                 Some("cgroup2") => unified = unified.or(Some(PathBuf::from(mount_point))),
                 Some("cgroup") => {
+                    // the super options: rw or ro, then the controllers or name=NAME, then
+                    // flags such as xattr, clone_children or release_agent=PATH
                     for option in options.split(',') {
-                        if CONTROLLERS
-                            .iter()
-                            .any(|controller| controller.name() == option)
-                            || option == "cpuacct"
-                            || option == "freezer"
-                        {
+                        if V1_CONTROLLERS.contains(&option) || option.starts_with("name=") {
                             mounts.push((option.to_string(), PathBuf::from(mount_point)));
                         }
                     }
@@ -138,18 +136,24 @@ pub fn view(limits: &Limits) -> Vec<ViewMount> {
             let mut out: Vec<ViewMount> = Vec::new();
             for (controller, point) in mounts {
                 let joined = controller == "memory"
+                    || limits.privileged
                     || CONTROLLERS
                         .iter()
-                        .any(|c| c.name() == controller && (limits.privileged || c.wanted(limits)));
+                        .any(|c| c.name() == controller && c.wanted(limits));
                 let Some(dir) = point.file_name().and_then(|n| n.to_str()) else {
                     continue;
                 };
                 if joined && !out.iter().any(|m| m.dir == dir) {
-                    // a co-mounted hierarchy is named by its controllers: "cpu,cpuacct"
+                    // what the host mounted there: "cpu,cpuacct", "name=systemd"
+                    let options: Vec<&str> = mounts
+                        .iter()
+                        .filter(|(_, other)| other == point)
+                        .map(|(option, _)| option.as_str())
+                        .collect();
                     out.push(ViewMount {
                         dir: dir.to_string(),
                         fstype: "cgroup",
-                        options: dir.to_string(),
+                        options: options.join(","),
                     });
                 }
             }
@@ -167,6 +171,23 @@ pub trait Controller: Sync {
     /// Writes the limits into `dir` (the v1 controller dir or the v2 cgroup dir).
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()>;
 }
+
+/// The v1 controllers a hierarchy may carry (the kernel's cgroup_subsys names).
+const V1_CONTROLLERS: [&str; 13] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+];
 
 static CONTROLLERS: [&dyn Controller; 6] = [
     &memory::Memory,
@@ -213,9 +234,12 @@ impl Cgroup {
             }
         }
         // v1: join memory (OOM accounting) and the hierarchies that carry a limit; every
-        // mkdir/rmdir in cgroupfs costs, and an unlimited controller adds nothing.
+        // mkdir/rmdir in cgroupfs costs, and an unlimited controller adds nothing. A
+        // privileged container joins every hierarchy, as under docker: a runtime or systemd
+        // inside finds its own cgroup in each.
         let mut dirs: Vec<PathBuf> = match layout {
             Layout::Unified(_) => layout.dirs(name),
+            Layout::V1 { .. } if limits.privileged => layout.dirs(name),
             Layout::V1 { .. } => CONTROLLERS
                 .iter()
                 .filter(|c| c.name() == "memory" || limits.privileged || c.wanted(limits))
@@ -523,7 +547,7 @@ mod tests {
         };
         assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["cpu", "memory", "pids"]);
+        assert_eq!(names, ["cpu", "memory", "pids", "name=systemd"]);
     }
 
     #[test]
