@@ -905,7 +905,7 @@ impl Filesystem for Fs {
                     Generation(0),
                 );
             }
-            let Ok(entry) = self.union.lookup(ino.0, &dirent.name) else {
+            let Ok(entry) = self.union.lookup_listed(ino.0, &dirent.name, dirent.layer) else {
                 return false;
             };
             let full = reply.add(

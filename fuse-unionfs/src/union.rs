@@ -45,6 +45,8 @@ pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
     pub kind: Kind,
+    /// The topmost branch the listing found it in (see [`Union::lookup_listed`]).
+    pub layer: usize,
 }
 
 /// An open regular file: the real file in its branch (upper: read-write; lower: read-only).
@@ -454,13 +456,32 @@ impl Union {
 
     /// Resolves `rel` through `parent_layers` (the parent's merged branches), top-down.
     pub(crate) fn resolve(&self, parent_layers: &[usize], rel: &Path) -> Res<Found> {
+        self.resolve_below(parent_layers, rel, None)
+    }
+
+    /// [`resolve`](Self::resolve), passing over the lower branches above `listed_in` (see
+    /// [`lookup_listed`](Self::lookup_listed)); the upper is always looked at, as it may
+    /// have changed since the listing. A branch the parent no longer merges (it was made
+    /// opaque meanwhile) passes over nothing.
+    fn resolve_below(
+        &self,
+        parent_layers: &[usize],
+        rel: &Path,
+        listed_in: Option<usize>,
+    ) -> Res<Found> {
         let mut top: Option<(Meta, usize)> = None;
         let mut dirs = Vec::new();
         let mut numbered_by = None;
         if self.layers.is_aufs_marker(rel) {
             return Err(Errno::NOENT);
         }
-        for &layer in parent_layers {
+        let first = listed_in
+            .and_then(|listed| parent_layers.iter().position(|&layer| layer == listed))
+            .unwrap_or(0);
+        for (at, &layer) in parent_layers.iter().enumerate() {
+            if at < first && layer != UPPER {
+                continue;
+            }
             let meta = match self.layers.stat(layer, rel) {
                 Ok(meta) => meta,
                 Err(Errno::NOENT | Errno::NOTDIR) if self.layers.aufs_whiteout(layer, rel) => break,
@@ -613,10 +634,22 @@ impl Union {
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Res<Entry> {
+        self.lookup_below(parent, name, None)
+    }
+
+    /// A lookup of an entry of `parent`'s listing, which found it first in branch `layer`:
+    /// the lower branches above that one are passed over (they never change, and the
+    /// listing saw no such name there, nor a whiteout of it). On a cold READDIRPLUS of a
+    /// directory merged from several branches this saves most of the stat(2) calls.
+    pub fn lookup_listed(&self, parent: u64, name: &OsStr, layer: usize) -> Res<Entry> {
+        self.lookup_below(parent, name, Some(layer))
+    }
+
+    fn lookup_below(&self, parent: u64, name: &OsStr, listed_in: Option<usize>) -> Res<Entry> {
         let _shared = self.shared();
         let (dir, path, layers) = self.dir_state(parent)?;
         let rel = path.join(name);
-        let mut found = self.resolve(&layers, &rel)?;
+        let mut found = self.resolve_below(&layers, &rel, listed_in)?;
         // (an upper file this mount numbered already keeps that number: no origin to read)
         if found.layer == UPPER
             && !found.meta.is_dir()
@@ -844,11 +877,13 @@ impl Union {
                 name: ".".into(),
                 ino,
                 kind: Kind::Dir,
+                layer: UPPER,
             },
             DirEntry {
                 name: "..".into(),
                 ino: parent,
                 kind: Kind::Dir,
+                layer: UPPER,
             },
         ];
         // An upper directory holding copied-up files: their numbers are their origins'.
@@ -877,7 +912,12 @@ impl Union {
                 None
             };
             let ino = self.number_of(key, layer, kind == Kind::Dir, numbered_by);
-            entries.push(DirEntry { name, ino, kind });
+            entries.push(DirEntry {
+                name,
+                ino,
+                kind,
+                layer,
+            });
         }
         Ok(entries)
     }
