@@ -668,7 +668,8 @@ impl Union {
         if found.meta.is_dir() {
             return Err(Errno::ISDIR);
         }
-        let lower = self.lower_has(&players, &rel)?;
+        // (found below the upper: a lower branch has it)
+        let lower = found.layer != UPPER || self.lower_has(&players, &rel)?;
         self.copy_up_dir(parent)?;
         if found.layer == UPPER {
             if lower {
@@ -702,7 +703,7 @@ impl Union {
         if !self.list(&found.dir_layers, &rel)?.is_empty() {
             return Err(Errno::NOTEMPTY);
         }
-        let lower = self.lower_has(&players, &rel)?;
+        let lower = found.layer != UPPER || self.lower_has(&players, &rel)?;
         self.copy_up_dir(parent)?;
         self.remove_upper_dir(&rel, found.layer == UPPER, lower)?;
         self.dir_removed(&found);
