@@ -198,3 +198,8 @@ pub fn sweep_cgroups(min_age: std::time::Duration, wanted: impl Fn(&str) -> bool
 pub fn remove_cgroup(name: &str) -> Result<()> {
     cgroup::remove(name)
 }
+
+/// Thaws what is frozen in cgroup `name`'s tree (v1 freezer), after a SIGKILL to it.
+pub fn thaw_cgroup(name: &str) {
+    cgroup::thaw(name)
+}

@@ -55,6 +55,12 @@ pub fn signal(container: &Container, signal: i32) -> anyhow::Result<()> {
             )
         });
     }
+    if signal == libc::SIGKILL {
+        // The init's death kills every process of the container, but a frozen one (a
+        // privileged container may freeze cgroups of its own) dies only once thawed, as
+        // docker thaws a paused container it kills.
+        strata_runtime::thaw_cgroup(&crate::commands::run::cgroup_name(&container.id));
+    }
     Ok(())
 }
 

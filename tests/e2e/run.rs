@@ -1730,6 +1730,64 @@ fn a_privileged_containers_own_cgroups_go_with_it() {
     }
 }
 
+/// A privileged container that froze a cgroup of its own (a nested runtime's pause) stops
+/// and goes with `rm -f` at once: its frozen processes are thawed to take the SIGKILL, as
+/// docker thaws a paused container it kills (QA 22: EBUSY, and the container stayed up).
+#[test]
+fn a_privileged_container_that_froze_a_cgroup_is_removed() {
+    let store = store_with_busybox();
+    // v1: the freezer hierarchy; v2: cgroup.freeze (which lets SIGKILL through anyway)
+    let freeze = "if [ -e /sys/fs/cgroup/freezer/freezer.state ]; then \
+                    d=/sys/fs/cgroup/freezer/paused; mkdir $d; state=freezer.state; frozen=FROZEN; \
+                  else \
+                    d=/sys/fs/cgroup/paused; mkdir $d; state=cgroup.freeze; frozen=1; \
+                  fi; \
+                  sleep 1000 & echo $! > $d/cgroup.procs; echo $frozen > $d/$state; sleep 1000";
+    for (name, stop) in [("frozen-rm", None), ("frozen-stop", Some("stop"))] {
+        store.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--privileged",
+            "busybox",
+            "sh",
+            "-c",
+            freeze,
+        ]);
+        wait_status(&store, name, "running");
+        let id = format!(
+            "strata-{}",
+            store.ok(&["inspect", "-f", "{{.Id}}", name]).trim()
+        );
+        let start = Instant::now();
+        while !cgroup_dirs_named(&format!("{id}/paused"))
+            .iter()
+            .any(|dir| {
+                std::fs::read_to_string(dir.join("freezer.state"))
+                    .is_ok_and(|s| s.trim() == "FROZEN")
+                    || std::fs::read_to_string(dir.join("cgroup.freeze"))
+                        .is_ok_and(|s| s.trim() == "1")
+            })
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "nothing was frozen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(stop) = stop {
+            store.ok(&[stop, "-t", "1", name]);
+            assert_eq!(
+                store.ok(&["inspect", "-f", "{{.State.Status}}", name]),
+                "exited\n"
+            );
+        }
+        store.ok(&["rm", "-f", name]);
+        assert_eq!(cgroup_dirs_named(&id), Vec::<std::path::PathBuf>::new());
+    }
+}
+
 /// Directories `rel` (a cgroup name, or name/child) below strata's parent cgroup, in
 /// every hierarchy.
 fn cgroup_dirs_named(rel: &str) -> Vec<std::path::PathBuf> {

@@ -388,8 +388,8 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
 /// Removes cgroup `name` from every hierarchy, with the cgroups the container made below
 /// it (a privileged one may: a container runtime or systemd inside). What still runs in
 /// any of them is killed first (v2 cgroup.kill on the top, v1 SIGKILL to each listed
-/// pid); then they go deepest first, walked again while one is busy (a child made
-/// meanwhile). A missing cgroup is not an error.
+/// pid, and v1 freezer cgroups thawed); then they go deepest first, walked again while
+/// one is busy (a child made meanwhile). A missing cgroup is not an error.
 pub fn remove(name: &str) -> Result<()> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
         return Err(Error::Spec(format!("bad cgroup name {name:?}")));
@@ -408,6 +408,7 @@ fn remove_tree(top: &Path) -> Result<()> {
                 crate::sys::kill_raw(pid, libc::SIGKILL);
             }
         }
+        thaw_at(cgroup);
     };
     let remove_child = |parent: BorrowedFd<'_>, name: &CStr| match rustix::fs::unlinkat(
         parent,
@@ -433,6 +434,25 @@ fn remove_tree(top: &Path) -> Result<()> {
         }
         attempt += 1;
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Thaws cgroup `name`'s v1 freezer cgroups, so that a SIGKILL sent to its processes
+/// lands (see [`thaw_at`]).
+pub fn thaw(name: &str) {
+    if let Some(dir) = Layout::get().controller_dir("freezer", name) {
+        let _ = walk_tree(&dir, thaw_at, |_, _| Ok(()));
+    }
+}
+
+/// A v1 freezer cgroup frozen inside a privileged container (a nested runtime's pause, or
+/// one that froze itself) holds its tasks, SIGKILL pending, until thawed. Each cgroup of a
+/// tree is thawed: a parent's thaw does not reach a child that froze itself (runc kills
+/// and then thaws the same way). v2's freezer lets SIGKILL through.
+fn thaw_at(cgroup: BorrowedFd<'_>) {
+    let flags = OFlags::WRONLY | OFlags::CLOEXEC;
+    if let Ok(state) = rustix::fs::openat(cgroup, "freezer.state", flags, Mode::empty()) {
+        let _ = rustix::io::write(&state, b"THAWED");
     }
 }
 
