@@ -9,13 +9,15 @@
 //!
 //! The kernel allows one backing file per inode while any of its files is open. A big
 //! lower file read through passthrough and then copied up cannot switch its backing file
-//! to the copy while readers hold it. While the copy's data is still the lower file's (a
-//! chmod, chown, touch or xattr copied it up: a running program's binary, say), new
-//! readers share the lower backing file and the inode keeps its number. Once the copy's
-//! data is to change (a write-open, a truncate), the copy gets a new inode number and the
-//! open that needs it fails with ESTALE; the kernel then looks the name up again
-//! (do_filp_open retries with LOOKUP_REVAL), finds the new number and opens that. Earlier
-//! readers keep the lower file, as they would under kernel overlayfs.
+//! to the copy while readers hold it. The open that needs the copy then gives it a new
+//! inode number and fails with ESTALE; the kernel looks the name up again (do_filp_open
+//! retries with LOOKUP_REVAL), finds the new number and opens that. The readers keep the
+//! lower file: a known difference from overlayfs, whose readers follow the copy-up.
+//!
+//! One open is spared that: an exec of a binary whose copy still has the lower file's data
+//! (a chmod, chown, touch or xattr change copied it up while it ran) shares the lower
+//! backing file, and the inode keeps its number. While an exec holds the inode, the kernel
+//! refuses to write or truncate it (ETXTBSY), so the copy cannot change under the sharer.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -126,7 +128,7 @@ struct Opened {
     count: usize,
     /// Of those, the handles open for writing.
     writers: usize,
-    /// The file's data may differ from a lower backing file's (see the module doc).
+    /// The copy's data may differ from the lower backing file's (see the module doc).
     diverged: bool,
 }
 
@@ -148,6 +150,18 @@ enum Reply {
 /// An open that finds the inode's backing file to be a lower file copied up since: see
 /// the module doc.
 struct Stale;
+
+/// What an open is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    /// execve(2): the kernel's __FMODE_EXEC in the open flags.
+    Exec,
+    Write,
+}
+
+/// __FMODE_EXEC, which the kernel leaves in the flags of an exec's FUSE_OPEN.
+const FMODE_EXEC: i32 = 0o40;
 
 /// The fuser filesystem over one [`Union`].
 pub(crate) struct Fs {
@@ -238,15 +252,18 @@ impl Fs {
         &self,
         fh: u64,
         file: &OpenFile,
-        writer: bool,
+        access: Access,
         open_backing: impl FnOnce(&OpenFile) -> io::Result<BackingId>,
     ) -> Result<Reply, Stale> {
+        let writer = access == Access::Write;
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(opened) = table.by_ino.get_mut(&file.ino) {
             let reply = match &opened.mode {
                 Mode::Passthrough { upper, .. } if *upper == file.upper => Reply::Passthrough,
-                // The copy of the lower backing file, with the same data: read that.
-                Mode::Passthrough { upper: false, .. } if !writer && !opened.diverged => {
+                // an exec of the copy, whose data is the lower backing file's
+                Mode::Passthrough { upper: false, .. }
+                    if access == Access::Exec && !opened.diverged =>
+                {
                     Reply::Passthrough
                 }
                 Mode::Passthrough { .. } => {
@@ -333,8 +350,9 @@ impl Fs {
             Err(err) => return reply.error(errno(err)),
         };
         let (ttl, attr) = (ttl(&entry), self.attr(&entry));
-        let Ok(mode) = self.open_mode(fh, &file, true, |f| reply.open_backing(self.union.fd(f)?))
-        else {
+        let Ok(mode) = self.open_mode(fh, &file, Access::Write, |f| {
+            reply.open_backing(self.union.fd(f)?)
+        }) else {
             let err = self.refuse_stale(fh, file.ino);
             // The kernel never sees the entry, so no FORGET comes for the lookup it took.
             self.union.forget(entry.ino, 1);
@@ -371,7 +389,7 @@ impl Fs {
         }
     }
 
-    /// The inode's data is about to change without a handle (a truncate by path).
+    /// The inode's data changed by a SETATTR (a truncate: by path, ftruncate, O_TRUNC).
     fn diverge(&self, ino: u64) {
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(opened) = table.by_ino.get_mut(&ino) {
@@ -608,11 +626,13 @@ impl Filesystem for Fs {
             drop_setid,
             owner_only: chown_nothing,
         };
-        if size.is_some() {
-            self.diverge(ino.0);
-        }
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
-            Ok(entry) => reply.attr(&ttl(&entry), &self.attr(&entry)),
+            Ok(entry) => {
+                if size.is_some() {
+                    self.diverge(ino.0);
+                }
+                reply.attr(&ttl(&entry), &self.attr(&entry))
+            }
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -725,10 +745,17 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let append = flags.0 & libc::O_APPEND != 0 && flags.0 & libc::O_TRUNC == 0;
+        let access = if write {
+            Access::Write
+        } else if flags.0 & FMODE_EXEC != 0 {
+            Access::Exec
+        } else {
+            Access::Read
+        };
         match self.union.open_appending(ino.0, write, append) {
             Ok((fh, file)) => {
                 let Ok(mode) =
-                    self.open_mode(fh, &file, write, |f| reply.open_backing(self.union.fd(f)?))
+                    self.open_mode(fh, &file, access, |f| reply.open_backing(self.union.fd(f)?))
                 else {
                     return reply.error(self.refuse_stale(fh, file.ino));
                 };
