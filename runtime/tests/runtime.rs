@@ -692,6 +692,38 @@ fn a_cgroup_tree_deeper_than_path_max_goes_with_its_process() {
 }
 
 #[test]
+fn a_wide_cgroup_tree_goes_with_every_process_in_it() {
+    // Every process of the tree is killed before any cgroup is removed: a removal that
+    // stopped at the first cgroup still busy never reached the processes further on.
+    let name = cgroup_name("wide");
+    let top = if unified() {
+        Path::new("/sys/fs/cgroup").join("strata").join(&name)
+    } else {
+        cgroup_v1_dir("pids", &name)
+    };
+    let mut children = Vec::new();
+    for i in 0..120 {
+        let dir = top.join(format!("c{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
+        children.push(child);
+    }
+    strata_runtime::remove_cgroup(&name).expect("the wide tree is removed");
+    assert!(!top.exists(), "{} is gone", top.display());
+    for mut child in children {
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL)
+        );
+    }
+}
+
+#[test]
 fn empty_cgroups_left_by_a_killed_process_are_swept_and_busy_ones_kept() {
     let name = format!("strata-sweep-test-{}", std::process::id());
     let dirs = |name: &str| -> Vec<PathBuf> {

@@ -10,15 +10,15 @@ mod cpuset;
 mod devices;
 mod memory;
 mod pids;
+mod tree;
 
-use std::ffi::{CStr, CString, OsStr};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::CStr;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::Limits;
@@ -50,13 +50,15 @@ impl Layout {
 
     /// Parses /proc/self/mountinfo: `... mountpoint ... - fstype source superoptions`.
     pub fn parse(mountinfo: &str) -> Layout {
-        let mut mounts = Vec::new();
+        // (whole hierarchy?, mount point, controllers or name=NAME) of each v1 mount
+        let mut v1: Vec<(bool, &str, Vec<&str>)> = Vec::new();
         let mut unified = None;
         for line in mountinfo.lines() {
             let Some((left, right)) = line.split_once(" - ") else {
                 continue;
             };
-            let Some(mount_point) = left.split(' ').nth(4) else {
+            let mut left = left.split(' ').skip(3);
+            let (Some(root), Some(mount_point)) = (left.next(), left.next()) else {
                 continue;
             };
             let mut right = right.split(' ');
@@ -65,19 +67,40 @@ impl Layout {
             match fstype {
                 Some("cgroup2") => unified = unified.or(Some(PathBuf::from(mount_point))),
                 Some("cgroup") => {
-                    // the super options: rw or ro, then the controllers or name=NAME, then
-                    // flags such as xattr, clone_children or release_agent=PATH
-                    for option in options.split(',') {
-                        if V1_CONTROLLERS.contains(&option) || option.starts_with("name=") {
-                            mounts.push((option.to_string(), PathBuf::from(mount_point)));
-                        }
+                    // the super options: rw or ro, the controllers or name=NAME, and flags
+                    // such as xattr, clone_children or release_agent=PATH
+                    let hierarchy: Vec<&str> = options
+                        .split(',')
+                        .filter(|option| {
+                            option.starts_with("name=")
+                                || !(option.contains('=') || V1_FLAGS.contains(option))
+                        })
+                        .collect();
+                    if !hierarchy.is_empty() {
+                        v1.push((root == "/", mount_point, hierarchy));
                     }
                 }
                 _ => {}
             }
         }
-        match (mounts.is_empty(), unified) {
-            (true, Some(root)) => Layout::Unified(root),
+        // A hierarchy mounted twice is used where it is mounted whole (not a subtree bound
+        // elsewhere), else at its first mount point.
+        v1.sort_by_key(|(whole, _, _)| !whole);
+        let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+        for (_, mount_point, hierarchy) in v1 {
+            if !mounts.iter().any(|(option, _)| option == hierarchy[0]) {
+                for option in hierarchy {
+                    mounts.push((option.to_string(), PathBuf::from(mount_point)));
+                }
+            }
+        }
+        // A named hierarchy (name=systemd, which a cgroup2 host may mount for an old
+        // systemd in a container) carries no controller: it does not make a layout v1.
+        let controllers = mounts
+            .iter()
+            .any(|(option, _)| !option.starts_with("name="));
+        match (controllers, unified) {
+            (false, Some(root)) => Layout::Unified(root),
             (_, unified) => Layout::V1 { mounts, unified },
         }
     }
@@ -172,21 +195,18 @@ pub trait Controller: Sync {
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()>;
 }
 
-/// The v1 controllers a hierarchy may carry (the kernel's cgroup_subsys names).
-const V1_CONTROLLERS: [&str; 13] = [
-    "cpu",
-    "cpuacct",
-    "cpuset",
-    "memory",
-    "devices",
-    "freezer",
-    "net_cls",
-    "net_prio",
-    "blkio",
-    "perf_event",
-    "hugetlb",
-    "pids",
-    "rdma",
+/// The options of a v1 cgroup mount that are not controllers (the kernel's
+/// cgroup1_parse_param), besides NAME=VALUE ones; any other option names a controller.
+const V1_FLAGS: [&str; 9] = [
+    "rw",
+    "ro",
+    "none",
+    "all",
+    "noprefix",
+    "clone_children",
+    "cpuset_v2_mode",
+    "xattr",
+    "favordynmods",
 ];
 
 static CONTROLLERS: [&dyn Controller; 6] = [
@@ -242,7 +262,7 @@ impl Cgroup {
             Layout::V1 { .. } if limits.privileged => layout.dirs(name),
             Layout::V1 { .. } => CONTROLLERS
                 .iter()
-                .filter(|c| c.name() == "memory" || limits.privileged || c.wanted(limits))
+                .filter(|c| c.name() == "memory" || c.wanted(limits))
                 .filter_map(|c| layout.controller_dir(c.name(), name))
                 .collect(),
         };
@@ -362,17 +382,18 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
             }
             // with the cgroups a container made below it, if none holds a process
             let mut empty = true;
-            let walked = walk_tree(
+            let walked = tree::walk(
                 &dir,
                 |cgroup| {
-                    empty &= read_at(cgroup, "cgroup.procs").is_some_and(|p| p.trim().is_empty())
+                    empty &=
+                        tree::read_at(cgroup, "cgroup.procs").is_some_and(|p| p.trim().is_empty())
                 },
                 |_, _| Ok(()),
             );
             if walked.is_err() || !empty {
                 continue;
             }
-            let below = walk_tree(
+            let below = tree::walk(
                 &dir,
                 |_| {},
                 |parent, name| rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR),
@@ -403,7 +424,10 @@ pub fn remove(name: &str) -> Result<()> {
 fn remove_tree(top: &Path) -> Result<()> {
     let _ = std::fs::write(top.join("cgroup.kill"), "1");
     let kill = |cgroup: BorrowedFd<'_>| {
-        for pid in read_at(cgroup, "cgroup.procs").unwrap_or_default().lines() {
+        for pid in tree::read_at(cgroup, "cgroup.procs")
+            .unwrap_or_default()
+            .lines()
+        {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 crate::sys::kill_raw(pid, libc::SIGKILL);
             }
@@ -420,10 +444,13 @@ fn remove_tree(top: &Path) -> Result<()> {
     };
     let mut attempt = 0;
     loop {
-        let (dir, err) = match walk_tree(top, kill, remove_child) {
-            Err(TreeError::Walk(Errno::NOENT)) => return Ok(()),
-            Err(TreeError::Walk(err)) => (top.to_path_buf(), err),
-            Err(TreeError::Leave(below, err)) => (top.join(below), err),
+        // every process of the tree first, then the cgroups deepest first
+        let walked = tree::walk(top, kill, |_, _| Ok(()))
+            .and_then(|()| tree::walk(top, |_| {}, remove_child));
+        let (dir, err) = match walked {
+            Err(tree::TreeError::Walk(Errno::NOENT)) => return Ok(()),
+            Err(tree::TreeError::Walk(err)) => (top.to_path_buf(), err),
+            Err(tree::TreeError::Leave(below, err)) => (top.join(below), err),
             Ok(()) => match rustix::fs::unlinkat(rustix::fs::CWD, top, AtFlags::REMOVEDIR) {
                 Ok(()) | Err(Errno::NOENT) => return Ok(()),
                 Err(err) => (top.to_path_buf(), err),
@@ -441,7 +468,7 @@ fn remove_tree(top: &Path) -> Result<()> {
 /// lands (see [`thaw_at`]).
 pub fn thaw(name: &str) {
     if let Some(dir) = Layout::get().controller_dir("freezer", name) {
-        let _ = walk_tree(&dir, thaw_at, |_, _| Ok(()));
+        let _ = tree::walk(&dir, thaw_at, |_, _| Ok(()));
     }
 }
 
@@ -454,97 +481,6 @@ fn thaw_at(cgroup: BorrowedFd<'_>) {
     if let Ok(state) = rustix::fs::openat(cgroup, "freezer.state", flags, Mode::empty()) {
         let _ = rustix::io::write(&state, b"THAWED");
     }
-}
-
-/// Where [`walk_tree`] stopped: opening `top` failed, or `leave` failed for the cgroup at
-/// this path below `top`.
-enum TreeError {
-    Walk(rustix::io::Errno),
-    Leave(PathBuf, rustix::io::Errno),
-}
-
-/// Walks the cgroups below `top` through directory descriptors, never by path, so a tree
-/// deeper than PATH_MAX (a privileged container may make one) is walked as well:
-/// `visit` sees `top` and each cgroup below it before its children, `leave` each cgroup
-/// below `top` (given its parent and its name) after its children. A cgroup gone meanwhile
-/// is passed over; the first error of `leave` ends the walk (cgroupfs has no symlinks).
-fn walk_tree(
-    top: &Path,
-    mut visit: impl FnMut(BorrowedFd<'_>),
-    mut leave: impl FnMut(BorrowedFd<'_>, &CStr) -> rustix::io::Result<()>,
-) -> std::result::Result<(), TreeError> {
-    struct Level {
-        dir: OwnedFd,
-        children: Vec<CString>,
-        next: usize,
-    }
-    let open_dir = |at: BorrowedFd<'_>, name: &CStr| {
-        rustix::fs::openat(
-            at,
-            name,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-    };
-    let children = |dir: &OwnedFd| -> Vec<CString> {
-        let Ok(mut entries) = rustix::fs::Dir::read_from(dir) else {
-            return Vec::new();
-        };
-        let mut names = Vec::new();
-        while let Some(Ok(entry)) = entries.next() {
-            let name = entry.file_name();
-            let dir = matches!(entry.file_type(), FileType::Directory | FileType::Unknown);
-            if dir && name != c"." && name != c".." {
-                names.push(name.to_owned());
-            }
-        }
-        names
-    };
-    let top = rustix::fs::open(
-        top,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(TreeError::Walk)?;
-    visit(top.as_fd());
-    let mut stack = vec![Level {
-        children: children(&top),
-        dir: top,
-        next: 0,
-    }];
-    while let Some(level) = stack.last_mut() {
-        if let Some(name) = level.children.get(level.next).cloned() {
-            level.next += 1;
-            if let Ok(dir) = open_dir(level.dir.as_fd(), &name) {
-                visit(dir.as_fd());
-                stack.push(Level {
-                    children: children(&dir),
-                    dir,
-                    next: 0,
-                });
-            }
-            continue;
-        }
-        stack.pop();
-        let Some(parent) = stack.last() else {
-            break;
-        };
-        let name = &parent.children[parent.next - 1];
-        if let Err(err) = leave(parent.dir.as_fd(), name) {
-            let below: PathBuf = stack
-                .iter()
-                .map(|level| OsStr::from_bytes(level.children[level.next - 1].to_bytes()))
-                .collect();
-            return Err(TreeError::Leave(below, err));
-        }
-    }
-    Ok(())
-}
-
-/// A file of the cgroup open as `dir`.
-fn read_at(dir: BorrowedFd<'_>, file: &str) -> Option<String> {
-    let fd = rustix::fs::openat(dir, file, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).ok()?;
-    std::io::read_to_string(std::fs::File::from(fd)).ok()
 }
 
 #[cfg(test)]
@@ -568,6 +504,42 @@ mod tests {
         assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["cpu", "memory", "pids", "name=systemd"]);
+    }
+
+    #[test]
+    fn a_named_hierarchy_does_not_make_a_cgroup2_host_v1() {
+        let text = "\
+25 20 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate
+26 25 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+";
+        assert!(matches!(Layout::parse(text), Layout::Unified(_)));
+    }
+
+    #[test]
+    fn every_controller_counts_and_mount_flags_do_not() {
+        let text = "\
+31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,xattr,release_agent=/x,cpu,cpuacct
+32 30 0:28 / /sys/fs/cgroup/misc rw - cgroup cgroup rw,misc
+33 30 0:29 / /sys/fs/cgroup/net_cls,net_prio rw - cgroup cgroup rw,clone_children,net_cls,net_prio
+";
+        let Layout::V1 { mounts, .. } = Layout::parse(text) else {
+            panic!("expected v1")
+        };
+        let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["cpu", "cpuacct", "misc", "net_cls", "net_prio"]);
+    }
+
+    #[test]
+    fn a_hierarchy_mounted_twice_is_used_where_it_is_whole() {
+        let text = "\
+40 30 0:32 /strata/c1 /var/lib/c1/sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+41 30 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+42 30 0:32 / /mnt/memory rw - cgroup cgroup rw,memory
+";
+        assert_eq!(
+            Layout::parse(text).dirs("c"),
+            [PathBuf::from("/sys/fs/cgroup/memory/strata/c")]
+        );
     }
 
     #[test]
