@@ -1655,6 +1655,22 @@ fn privileged_as_docker() {
         wait_status(&store, name, "running");
     }
     assert_eq!(store.ok(&["exec", "priv", "sh", "-c", probe]), privileged);
+    // and its processes are in its own cgroup in each of those, as the host sees them
+    let id = store.ok(&["inspect", "-f", "{{.Id}}", "priv"]);
+    let joined: Vec<std::path::PathBuf> = cgroup_dirs_named(&format!("strata-{}", id.trim()))
+        .into_iter()
+        .filter(|dir| {
+            std::fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| !p.is_empty())
+        })
+        .collect();
+    for hierarchy in &hierarchies {
+        assert!(
+            joined
+                .iter()
+                .any(|dir| dir.starts_with(format!("/sys/fs/cgroup/{hierarchy}/"))),
+            "not in the {hierarchy} hierarchy: {joined:?}"
+        );
+    }
     assert_eq!(
         store.ok(&[
             "inspect",
