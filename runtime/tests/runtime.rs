@@ -662,11 +662,7 @@ fn a_cgroup_tree_deeper_than_path_max_goes_with_its_process() {
     // walked and removed through directory descriptors, their processes killed first.
     use rustix::fs::{Mode, OFlags};
     let name = cgroup_name("deep");
-    let top = if unified() {
-        Path::new("/sys/fs/cgroup").join("strata").join(&name)
-    } else {
-        cgroup_v1_dir("pids", &name)
-    };
+    let top = pids_cgroup_dir(&name);
     std::fs::create_dir_all(&top).unwrap();
     let long = "n".repeat(200);
     let mut dir = rustix::fs::open(&top, OFlags::DIRECTORY, Mode::empty()).unwrap();
@@ -675,7 +671,7 @@ fn a_cgroup_tree_deeper_than_path_max_goes_with_its_process() {
         dir = rustix::fs::openat(&dir, long.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
     }
     assert!(top.as_os_str().len() + 25 * 201 > libc::PATH_MAX as usize);
-    let mut child = std::process::Command::new("sleep")
+    let child = std::process::Command::new("sleep")
         .arg("60")
         .spawn()
         .unwrap();
@@ -684,11 +680,7 @@ fn a_cgroup_tree_deeper_than_path_max_goes_with_its_process() {
     drop((procs, dir));
     strata_runtime::remove_cgroup(&name).expect("the deep tree is removed");
     assert!(!top.exists(), "{} is gone", top.display());
-    let status = child.wait().unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
-    );
+    assert_killed(child);
 }
 
 #[test]
@@ -696,11 +688,7 @@ fn a_wide_cgroup_tree_goes_with_every_process_in_it() {
     // Every process of the tree is killed before any cgroup is removed: a removal that
     // stopped at the first cgroup still busy never reached the processes further on.
     let name = cgroup_name("wide");
-    let top = if unified() {
-        Path::new("/sys/fs/cgroup").join("strata").join(&name)
-    } else {
-        cgroup_v1_dir("pids", &name)
-    };
+    let top = pids_cgroup_dir(&name);
     let mut children = Vec::new();
     for i in 0..120 {
         let dir = top.join(format!("c{i}"));
@@ -714,13 +702,26 @@ fn a_wide_cgroup_tree_goes_with_every_process_in_it() {
     }
     strata_runtime::remove_cgroup(&name).expect("the wide tree is removed");
     assert!(!top.exists(), "{} is gone", top.display());
-    for mut child in children {
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(libc::SIGKILL)
-        );
+    for child in children {
+        assert_killed(child);
     }
+}
+
+/// Cgroup `name` in the pids hierarchy (v1) or the unified one.
+fn pids_cgroup_dir(name: &str) -> PathBuf {
+    if unified() {
+        Path::new("/sys/fs/cgroup").join("strata").join(name)
+    } else {
+        cgroup_v1_dir("pids", name)
+    }
+}
+
+fn assert_killed(mut child: std::process::Child) {
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
 }
 
 #[test]
