@@ -14,10 +14,13 @@
 //! retries with LOOKUP_REVAL), finds the new number and opens that. The readers keep the
 //! lower file: a known difference from overlayfs, whose readers follow the copy-up.
 //!
-//! One open is spared that: an exec of a binary whose copy still has the lower file's data
-//! (a chmod, chown, touch or xattr change copied it up while it ran) shares the lower
-//! backing file, and the inode keeps its number. While an exec holds the inode, the kernel
-//! refuses to write or truncate it (ETXTBSY), so the copy cannot change under the sharer.
+//! Two kinds of open are spared that, while the copy still has the lower file's data (a
+//! chmod, chown, touch or xattr change copied it up) and share the lower backing file:
+//! - an exec, so that a binary copied up while it runs keeps its number. While an exec of
+//!   a program holds the inode, the kernel refuses to write or truncate it (ETXTBSY);
+//! - any read-only open once the copy has its new number. Such an open comes by an old
+//!   name or descriptor (re-executing /proc/PID/exe, reopening /dev/fd/N), which the
+//!   kernel cannot look up again, and gets the lower file the old inode stands for.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -130,6 +133,9 @@ struct Opened {
     writers: usize,
     /// The copy's data may differ from the lower backing file's (see the module doc).
     diverged: bool,
+    /// The copy has a new number: what opens this inode comes by an old name or
+    /// descriptor (/proc/PID/exe, /dev/fd/N), and gets the lower file it stands for.
+    superseded: bool,
 }
 
 #[derive(Default)]
@@ -260,16 +266,16 @@ impl Fs {
         if let Some(opened) = table.by_ino.get_mut(&file.ino) {
             let reply = match &opened.mode {
                 Mode::Passthrough { upper, .. } if *upper == file.upper => Reply::Passthrough,
-                // an exec of the copy, whose data is the lower backing file's
+                // the copy, whose data is the lower backing file's: an exec, or any reader
+                // once the name has a new number (see the module doc)
                 Mode::Passthrough { upper: false, .. }
-                    if access == Access::Exec && !opened.diverged =>
+                    if !writer
+                        && !opened.diverged
+                        && (access == Access::Exec || opened.superseded) =>
                 {
                     Reply::Passthrough
                 }
-                Mode::Passthrough { .. } => {
-                    opened.diverged = true;
-                    return Err(Stale);
-                }
+                Mode::Passthrough { .. } => return Err(Stale),
                 Mode::Cached => Reply::Cached { keep_cache: true },
             };
             opened.count += 1;
@@ -333,6 +339,7 @@ impl Fs {
                 count: 1,
                 writers,
                 diverged: false,
+                superseded: false,
             },
         );
         table.handles.insert(fh, (file.ino, writer));
@@ -439,7 +446,13 @@ impl Fs {
     fn refuse_stale(&self, fh: u64, ino: u64) -> Errno {
         self.union.release(fh);
         match self.union.supersede(ino) {
-            Ok(()) => Errno::ESTALE,
+            Ok(()) => {
+                let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(opened) = table.by_ino.get_mut(&ino) {
+                    opened.superseded = true;
+                }
+                Errno::ESTALE
+            }
             Err(err) => errno(err),
         }
     }

@@ -2188,6 +2188,7 @@ fn a_running_binary_keeps_its_inode_number_when_chmod_copies_it_up() {
     // (the kernel refuses to change a running binary) and the number stays. Other opens of
     // the copy take a number of their own, and see every later change of its data.
     use std::os::unix::fs::FileExt;
+    use std::os::unix::process::CommandExt;
     struct Running(std::process::Child);
     impl Drop for Running {
         fn drop(&mut self) {
@@ -2235,7 +2236,17 @@ fn a_running_binary_keeps_its_inode_number_when_chmod_copies_it_up() {
             number,
             "chmod of a running binary kept its number"
         );
+        // A plain read of the copy gives it a number of its own; the running binary stays
+        // readable and executable through /proc/PID/exe (runc and Go programs re-execute
+        // themselves so), which the kernel cannot look up again.
         assert_eq!(fs::read(&bin).unwrap(), original);
+        assert_eq!(fs::read(&exe).unwrap(), original, "reading {exe}");
+        let out = std::process::Command::new(&exe)
+            .arg0("busybox")
+            .args(["echo", "again"])
+            .output()
+            .unwrap();
+        assert_eq!(out.stdout, b"again\n", "executing {exe}");
         drop(running);
 
         // A reader that opens the copy sees later changes of its data: a write, and a

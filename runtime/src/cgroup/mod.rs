@@ -68,12 +68,11 @@ impl Layout {
                 Some("cgroup2") => unified = unified.or(Some(PathBuf::from(mount_point))),
                 Some("cgroup") => {
                     // the super options: rw or ro, the controllers or name=NAME, and flags
-                    // such as xattr, clone_children or release_agent=PATH
+                    // such as xattr, seclabel or release_agent=PATH
                     let hierarchy: Vec<&str> = options
                         .split(',')
                         .filter(|option| {
-                            option.starts_with("name=")
-                                || !(option.contains('=') || V1_FLAGS.contains(option))
+                            option.starts_with("name=") || V1_CONTROLLERS.contains(option)
                         })
                         .collect();
                     if !hierarchy.is_empty() {
@@ -195,18 +194,24 @@ pub trait Controller: Sync {
     fn apply(&self, dir: &Path, limits: &Limits, unified: bool) -> Result<()>;
 }
 
-/// The options of a v1 cgroup mount that are not controllers (the kernel's
-/// cgroup1_parse_param), besides NAME=VALUE ones; any other option names a controller.
-const V1_FLAGS: [&str; 9] = [
-    "rw",
-    "ro",
-    "none",
-    "all",
-    "noprefix",
-    "clone_children",
-    "cpuset_v2_mode",
-    "xattr",
-    "favordynmods",
+/// The v1 controllers a hierarchy may carry (the kernel's cgroup_subsys names). Other mount
+/// options are flags: rw, xattr, clone_children, and seclabel on SELinux hosts, for one.
+const V1_CONTROLLERS: [&str; 15] = [
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "net_prio",
+    "blkio",
+    "perf_event",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+    "debug",
 ];
 
 static CONTROLLERS: [&dyn Controller; 6] = [
@@ -510,7 +515,7 @@ mod tests {
     fn a_named_hierarchy_does_not_make_a_cgroup2_host_v1() {
         let text = "\
 25 20 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate
-26 25 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
+26 25 0:27 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,seclabel,name=systemd
 ";
         assert!(matches!(Layout::parse(text), Layout::Unified(_)));
     }
@@ -518,7 +523,8 @@ mod tests {
     #[test]
     fn every_controller_counts_and_mount_flags_do_not() {
         let text = "\
-31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,xattr,release_agent=/x,cpu,cpuacct
+30 29 0:26 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,seclabel,xattr,release_agent=/x,name=systemd
+31 30 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,seclabel,cpu,cpuacct
 32 30 0:28 / /sys/fs/cgroup/misc rw - cgroup cgroup rw,misc
 33 30 0:29 / /sys/fs/cgroup/net_cls,net_prio rw - cgroup cgroup rw,clone_children,net_cls,net_prio
 ";
@@ -526,7 +532,17 @@ mod tests {
             panic!("expected v1")
         };
         let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["cpu", "cpuacct", "misc", "net_cls", "net_prio"]);
+        assert_eq!(
+            names,
+            [
+                "name=systemd",
+                "cpu",
+                "cpuacct",
+                "misc",
+                "net_cls",
+                "net_prio"
+            ]
+        );
     }
 
     #[test]
