@@ -16,8 +16,9 @@
 //!
 //! Two kinds of open are spared that, while the copy still has the lower file's data (a
 //! chmod, chown, touch or xattr change copied it up) and share the lower backing file:
-//! - an exec, so that a binary copied up while it runs keeps its number. While an exec of
-//!   a program holds the inode, the kernel refuses to write or truncate it (ETXTBSY);
+//! - an exec, so that a binary copied up while it runs keeps its number. While a program
+//!   runs, the kernel refuses to write or truncate its binary (ETXTBSY); a script's exec
+//!   open is closed once its interpreter runs, which reads it through a plain open;
 //! - any read-only open once the copy has its new number. Such an open comes by an old
 //!   name or descriptor (re-executing /proc/PID/exe, reopening /dev/fd/N), which the
 //!   kernel cannot look up again, and gets the lower file the old inode stands for.
