@@ -671,16 +671,19 @@ fn a_cgroup_tree_deeper_than_path_max_goes_with_its_process() {
         dir = rustix::fs::openat(&dir, long.as_str(), OFlags::DIRECTORY, Mode::empty()).unwrap();
     }
     assert!(top.as_os_str().len() + 25 * 201 > libc::PATH_MAX as usize);
-    let child = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .unwrap();
+    let mut left = Leftovers::new(&name);
+    left.children.push(
+        std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap(),
+    );
     let procs = rustix::fs::openat(&dir, "cgroup.procs", OFlags::WRONLY, Mode::empty()).unwrap();
-    rustix::io::write(&procs, child.id().to_string().as_bytes()).unwrap();
+    rustix::io::write(&procs, left.children[0].id().to_string().as_bytes()).unwrap();
     drop((procs, dir));
     strata_runtime::remove_cgroup(&name).expect("the deep tree is removed");
     assert!(!top.exists(), "{} is gone", top.display());
-    assert_killed(child);
+    left.assert_killed();
 }
 
 #[test]
@@ -689,7 +692,7 @@ fn a_wide_cgroup_tree_goes_with_every_process_in_it() {
     // stopped at the first cgroup still busy never reached the processes further on.
     let name = cgroup_name("wide");
     let top = pids_cgroup_dir(&name);
-    let mut children = Vec::new();
+    let mut left = Leftovers::new(&name);
     for i in 0..120 {
         let dir = top.join(format!("c{i}"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -698,13 +701,11 @@ fn a_wide_cgroup_tree_goes_with_every_process_in_it() {
             .spawn()
             .unwrap();
         std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).unwrap();
-        children.push(child);
+        left.children.push(child);
     }
     strata_runtime::remove_cgroup(&name).expect("the wide tree is removed");
     assert!(!top.exists(), "{} is gone", top.display());
-    for child in children {
-        assert_killed(child);
-    }
+    left.assert_killed();
 }
 
 /// Cgroup `name` in the pids hierarchy (v1) or the unified one.
@@ -716,12 +717,41 @@ fn pids_cgroup_dir(name: &str) -> PathBuf {
     }
 }
 
-fn assert_killed(mut child: std::process::Child) {
-    let status = child.wait().unwrap();
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(libc::SIGKILL)
-    );
+/// A test's processes and cgroup tree: killed and removed when dropped, so that a failed
+/// test leaves neither.
+struct Leftovers {
+    name: String,
+    children: Vec<std::process::Child>,
+}
+
+impl Leftovers {
+    fn new(name: &str) -> Leftovers {
+        Leftovers {
+            name: name.to_string(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Every process ended by SIGKILL.
+    fn assert_killed(&mut self) {
+        while let Some(mut child) = self.children.pop() {
+            let status = child.wait().unwrap();
+            assert_eq!(
+                std::os::unix::process::ExitStatusExt::signal(&status),
+                Some(libc::SIGKILL)
+            );
+        }
+    }
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = strata_runtime::remove_cgroup(&self.name);
+    }
 }
 
 #[test]
