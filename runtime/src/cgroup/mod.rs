@@ -398,11 +398,7 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
             if walked.is_err() || !empty {
                 continue;
             }
-            let below = tree::walk(
-                &dir,
-                |_| {},
-                |parent, name| rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR),
-            );
+            let below = tree::walk(&dir, |_| {}, remove_child);
             if below.is_ok() && std::fs::remove_dir(&dir).is_ok() {
                 removed += 1;
             }
@@ -439,14 +435,6 @@ fn remove_tree(top: &Path) -> Result<()> {
         }
         thaw_at(cgroup);
     };
-    let remove_child = |parent: BorrowedFd<'_>, name: &CStr| match rustix::fs::unlinkat(
-        parent,
-        name,
-        AtFlags::REMOVEDIR,
-    ) {
-        Err(Errno::NOENT) => Ok(()),
-        other => other,
-    };
     let mut attempt = 0;
     loop {
         // every process of the tree first, then the cgroups deepest first
@@ -466,6 +454,14 @@ fn remove_tree(top: &Path) -> Result<()> {
         }
         attempt += 1;
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Removes cgroup `name` below `parent`; one gone already is no error.
+fn remove_child(parent: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<()> {
+    match rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR) {
+        Err(Errno::NOENT) => Ok(()),
+        other => other,
     }
 }
 
