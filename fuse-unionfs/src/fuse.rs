@@ -11,8 +11,10 @@
 //! lower file read through passthrough and then copied up cannot switch its backing file
 //! to the copy while readers hold it. The open that needs the copy then gives it a new
 //! inode number and fails with ESTALE; the kernel looks the name up again (do_filp_open
-//! retries with LOOKUP_REVAL), finds the new number and opens that. The readers keep the
-//! lower file: a known difference from overlayfs, whose readers follow the copy-up.
+//! retries with LOOKUP_REVAL), finds the new number and opens that. A truncate by path,
+//! which opens nothing, gives the copy its number itself and has the kernel forget the
+//! name (`Invalidator`). The readers keep the lower file: a known difference from
+//! overlayfs, whose readers follow the copy-up.
 //!
 //! Two kinds of open are spared that, while the copy still has the lower file's data (a
 //! chmod, chown, touch or xattr change copied it up) and share the lower backing file:
@@ -24,18 +26,19 @@
 //!   kernel cannot look up again, and gets the lower file the old inode stands for.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    InitFlags, IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    InitFlags, IoctlFlags, KernelConfig, LockOwner, Notifier, OpenAccMode, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyIoctl, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use crate::idshift::IdShift;
@@ -183,6 +186,61 @@ pub(crate) struct Fs {
     /// Owners as a user namespace sees them (see [`IdShift`]).
     shift: Option<IdShift>,
     opens: Mutex<OpenTable>,
+    invalidator: Arc<Invalidator>,
+}
+
+/// How long a request waits for the kernel to forget names (see [`Invalidator`]).
+const INVALIDATE_WAIT: Duration = Duration::from_millis(200);
+
+/// A name and the directory it is in.
+type Name = (u64, OsString);
+
+/// Names to forget, and where to say when they are.
+type Job = (Vec<Name>, mpsc::SyncSender<()>);
+
+/// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY) from a thread of its own.
+/// The kernel takes the name's directory lock for that, which the caller of the request
+/// being answered may hold, or wait for while holding a lock that request waits on (an
+/// unlink of a file being truncated): so a request waits for it only [`INVALIDATE_WAIT`].
+#[derive(Default)]
+pub(crate) struct Invalidator {
+    jobs: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl Invalidator {
+    /// Starts the thread, once the session (whose device it writes to) exists. It ends
+    /// with the [`Fs`], which holds the last handle.
+    pub(crate) fn start(&self, notifier: Notifier) -> io::Result<()> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("strata-inval".into())
+            .spawn(move || {
+                for (names, done) in queue {
+                    for (parent, name) in names {
+                        if let Err(err) = notifier.inval_entry(INodeNo(parent), &name) {
+                            // ENOENT: the kernel holds no such entry
+                            tracing::debug!("forget {name:?} in {parent}: {err}");
+                        }
+                    }
+                    let _ = done.send(());
+                }
+            })?;
+        let _ = self.jobs.set(jobs);
+        Ok(())
+    }
+
+    /// Has the kernel forget `names`, waiting up to [`INVALIDATE_WAIT`].
+    fn forget(&self, names: Vec<Name>) {
+        let Some(jobs) = self.jobs.get() else {
+            return;
+        };
+        let (done, wait) = mpsc::sync_channel(1);
+        let sent = jobs.send((names, done));
+        // a blocking section: requests from this CPU go on meanwhile
+        if sent.is_ok() && fuser::blocking(|| wait.recv_timeout(INVALIDATE_WAIT)).is_err() {
+            tracing::debug!("the kernel took over {INVALIDATE_WAIT:?} to forget names");
+        }
+    }
 }
 
 impl Fs {
@@ -191,6 +249,7 @@ impl Fs {
         passthrough: bool,
         io_uring: bool,
         shift: Option<IdShift>,
+        invalidator: Arc<Invalidator>,
     ) -> Fs {
         Fs {
             union,
@@ -200,6 +259,7 @@ impl Fs {
             io_uring,
             shift,
             opens: Mutex::default(),
+            invalidator,
         }
     }
 
@@ -398,10 +458,21 @@ impl Fs {
     }
 
     /// The inode's data changed by a SETATTR (a truncate: by path, ftruncate, O_TRUNC).
-    fn diverge(&self, ino: u64) {
-        let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(opened) = table.by_ino.get_mut(&ino) {
+    /// When its handles read the lower file through passthrough (only a truncate by path
+    /// gets here then: the others need a writer, which has the copy), the copy gets its
+    /// new number now rather than at the next open, and the kernel forgets the names, so
+    /// that a stat of the path shows the new number at once.
+    fn truncated(&self, ino: u64) {
+        let lower_backed = {
+            let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(opened) = table.by_ino.get_mut(&ino) else {
+                return;
+            };
             opened.diverged = true;
+            matches!(opened.mode, Mode::Passthrough { upper: false, .. }) && !opened.superseded
+        };
+        if lower_backed && self.supersede(ino).is_ok() {
+            self.invalidator.forget(self.union.names(ino));
         }
     }
 
@@ -446,16 +517,21 @@ impl Fs {
     /// file gets a new inode number and the kernel, told ESTALE, looks the name up again.
     fn refuse_stale(&self, fh: u64, ino: u64) -> Errno {
         self.union.release(fh);
-        match self.union.supersede(ino) {
-            Ok(()) => {
-                let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(opened) = table.by_ino.get_mut(&ino) {
-                    opened.superseded = true;
-                }
-                Errno::ESTALE
-            }
+        match self.supersede(ino) {
+            Ok(()) => Errno::ESTALE,
             Err(err) => errno(err),
         }
+    }
+
+    /// Gives the copy of `ino` a new number (`Union::supersede`), leaving `ino` to the
+    /// handles that read the lower file.
+    fn supersede(&self, ino: u64) -> rustix::io::Result<()> {
+        self.union.supersede(ino)?;
+        let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(opened) = table.by_ino.get_mut(&ino) {
+            opened.superseded = true;
+        }
+        Ok(())
     }
 
     /// Sends an open reply in the chosen mode.
@@ -643,7 +719,7 @@ impl Filesystem for Fs {
         match self.union.setattr(ino.0, &set, fh.map(|f| f.0)) {
             Ok(entry) => {
                 if size.is_some() {
-                    self.diverge(ino.0);
+                    self.truncated(ino.0);
                 }
                 reply.attr(&ttl(&entry), &self.attr(&entry))
             }

@@ -16,7 +16,7 @@ use fuser::{BackgroundSession, Config, KeepCallerCpu, Session, SessionACL};
 use rustix::mount::UnmountFlags;
 
 use crate::error::{Error, Result};
-use crate::fuse::Fs;
+use crate::fuse::{Fs, Invalidator};
 use crate::idshift::IdShift;
 use crate::sys::{self, Forked};
 use crate::union::Union;
@@ -531,13 +531,26 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
     // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.
     let io_uring = std::env::var_os("STRATA_FUSE_URING").is_none_or(|v| v != "0");
-    let fs = Fs::new(union, passthrough, io_uring, spec.id_shift);
+    let invalidator = Arc::new(Invalidator::default());
+    let fs = Fs::new(
+        union,
+        passthrough,
+        io_uring,
+        spec.id_shift,
+        invalidator.clone(),
+    );
     let device = mount_fuse(&spec.target, &spec.upper, spec.flags)?;
-    Session::from_fd(fs, device, SessionACL::All, fuse_config()).map_err(|e| {
-        // The kernel mount exists but nobody will serve it.
-        let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
-        mount_error("fuse", &spec.target, e)
-    })
+    let session = Session::from_fd(fs, device, SessionACL::All, fuse_config())
+        .and_then(|session| {
+            invalidator.start(session.notifier())?;
+            Ok(session)
+        })
+        .map_err(|e| {
+            // The kernel mount exists but nobody will serve it.
+            let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
+            mount_error("fuse", &spec.target, e)
+        })?;
+    Ok(session)
 }
 
 /// The type of strata's FUSE mounts.

@@ -431,6 +431,13 @@ impl Union {
         self.table.get(ino).ok_or(Errno::STALE)
     }
 
+    /// The names of a node: (directory, name) pairs.
+    pub(crate) fn names(&self, ino: u64) -> Vec<(u64, OsString)> {
+        self.table
+            .get(ino)
+            .map_or_else(Vec::new, |node| node.state().links.clone())
+    }
+
     /// The path of a live node relative to the branch roots ("" for the root).
     pub(crate) fn path(&self, ino: u64) -> Res<PathBuf> {
         let mut names: Vec<OsString> = Vec::new();

@@ -2171,11 +2171,70 @@ fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
             0,
             "truncate(2)"
         );
+        // The copy has its new number at once (QA 22 1.2: it had it only from the next
+        // open, so a stat of the path showed the reader's number with the copy's size).
+        let stat = fs::metadata(m.path("big2.bin")).unwrap();
+        assert_eq!(stat.len(), 8192);
+        assert_ne!(
+            stat.ino(),
+            reader.metadata().unwrap().ino(),
+            "a stat right after the truncate shows the copy's new number"
+        );
         let fresh = fs::File::open(m.path("big2.bin")).expect("open after the truncate");
         assert_eq!(fresh.metadata().unwrap().len(), 8192);
+        assert_eq!(fresh.metadata().unwrap().ino(), stat.ino());
         assert_eq!(&read_at(&fresh, 4096), b"cccc");
         assert_eq!(&read_at(&reader, (2 << 20) - 4), b"cccc");
         assert_eq!(fs::metadata(m.upper.join("big2.bin")).unwrap().len(), 8192);
+    });
+    drop(mounted);
+    drop(fixture);
+}
+
+#[test]
+fn a_truncate_racing_an_unlink_of_a_file_read_through_passthrough_ends() {
+    // A truncate by path of a big lower file that a reader holds has the kernel forget the
+    // name, which takes the directory's lock. An unlink of the same file holds that lock
+    // while it waits for the file's, which the truncate holds until its SETATTR is
+    // answered: the answer must not wait for the kernel to forget.
+    // The unlink mostly comes first: it took about 75 rounds to catch the other order.
+    const FILES: usize = 400;
+    let fixture = Fixture::new();
+    for i in 0..FILES {
+        // sparse: big enough for passthrough, no data to write
+        let file = fs::File::create(fixture.lowers[0].join(format!("r{i}"))).unwrap();
+        file.set_len(1 << 20).unwrap();
+    }
+    let mounted = std::sync::Arc::new(fixture.mount("fuse", Driver::Fuse));
+    let m = mounted.clone();
+    deadline(120, "truncates racing unlinks", move || {
+        for i in 0..FILES {
+            let path = m.path(&format!("r{i}"));
+            let reader = fs::File::open(&path).unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let (p, b) = (path.clone(), barrier.clone());
+            let truncate = std::thread::spawn(move || {
+                let c = std::ffi::CString::new(p.into_os_string().into_encoded_bytes()).unwrap();
+                b.wait();
+                // SAFETY: a valid NUL-terminated path; truncate(2) keeps no pointer.
+                match unsafe { libc::truncate(c.as_ptr(), 10) } {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+            barrier.wait();
+            let unlinked = fs::remove_file(&path);
+            let truncated = truncate.join().unwrap();
+            unlinked.unwrap();
+            // the truncate may come after the unlink
+            if let Err(err) = truncated {
+                assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "truncate: {err}");
+            }
+            assert!(!path.exists());
+            let mut data = Vec::new();
+            (&reader).read_to_end(&mut data).unwrap();
+            assert_eq!(data.len(), 1 << 20, "the reader keeps the lower file");
+        }
     });
     drop(mounted);
     drop(fixture);
