@@ -14,7 +14,9 @@
 //! retries with LOOKUP_REVAL), finds the new number and opens that. A truncate by path,
 //! which opens nothing, gives the copy its number itself and has the kernel forget the
 //! name (`Invalidator`). The readers keep the lower file: a known difference from
-//! overlayfs, whose readers follow the copy-up.
+//! overlayfs, whose readers follow the copy-up. Their inode still stands for the file in
+//! all else: its attributes and xattrs are the copy's, and a change through either number
+//! has the kernel drop what it cached of the other's (`Fs::changed`).
 //!
 //! Two kinds of open are spared that, while the copy still has the lower file's data (a
 //! chmod, chown, touch or xattr change copied it up) and share the lower backing file:
@@ -149,6 +151,9 @@ struct OpenTable {
     handles: HashMap<u64, (u64, bool)>,
     /// Inodes written through passthrough since their page cache was last dropped.
     written: HashSet<u64>,
+    /// Superseded inodes with open handles, and the copy's number: the two stand for one
+    /// file, whose attributes a change through either changes.
+    successors: HashMap<u64, u64>,
 }
 
 /// What an open reply says.
@@ -204,7 +209,7 @@ type Job = (Vec<Name>, mpsc::SyncSender<()>);
 /// unlink of a file being truncated): so a request waits for it only [`INVALIDATE_WAIT`].
 #[derive(Default)]
 pub(crate) struct Invalidator {
-    jobs: OnceLock<mpsc::Sender<Job>>,
+    jobs: OnceLock<(mpsc::Sender<Job>, Notifier)>,
 }
 
 impl Invalidator {
@@ -212,6 +217,7 @@ impl Invalidator {
     /// with the [`Fs`], which holds the last handle.
     pub(crate) fn start(&self, notifier: Notifier) -> io::Result<()> {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let sender = notifier.clone();
         std::thread::Builder::new()
             .name("strata-inval".into())
             .spawn(move || {
@@ -225,13 +231,13 @@ impl Invalidator {
                     let _ = done.send(());
                 }
             })?;
-        let _ = self.jobs.set(jobs);
+        let _ = self.jobs.set((jobs, sender));
         Ok(())
     }
 
     /// Has the kernel forget `names`, waiting up to [`INVALIDATE_WAIT`].
     fn forget(&self, names: Vec<Name>) {
-        let Some(jobs) = self.jobs.get() else {
+        let Some((jobs, _)) = self.jobs.get() else {
             return;
         };
         let (done, wait) = mpsc::sync_channel(1);
@@ -239,6 +245,20 @@ impl Invalidator {
         // a blocking section: requests from this CPU go on meanwhile
         if sent.is_ok() && fuser::blocking(|| wait.recv_timeout(INVALIDATE_WAIT)).is_err() {
             tracing::debug!("the kernel took over {INVALIDATE_WAIT:?} to forget names");
+        }
+    }
+
+    /// Has the kernel drop what it holds of the attributes and ACLs of `inos`. It takes no
+    /// lock for that that a caller may hold: this is sent from the request's thread.
+    fn refresh(&self, inos: &[u64]) {
+        let Some((_, notifier)) = self.jobs.get() else {
+            return;
+        };
+        for &ino in inos {
+            if let Err(err) = notifier.inval_inode(INodeNo(ino), -1, 0) {
+                // ENOENT: the kernel holds no such inode
+                tracing::debug!("refresh inode {ino}: {err}");
+            }
         }
     }
 }
@@ -486,11 +506,14 @@ impl Fs {
         };
         opened.count -= 1;
         opened.writers -= usize::from(writer);
-        if opened.count == 0
-            && let Some(Opened {
-                mode: Mode::Passthrough { upper: true, .. },
-                ..
-            }) = table.by_ino.remove(&ino)
+        if opened.count > 0 {
+            return;
+        }
+        table.successors.remove(&ino);
+        if let Some(Opened {
+            mode: Mode::Passthrough { upper: true, .. },
+            ..
+        }) = table.by_ino.remove(&ino)
         {
             table.written.insert(ino);
         }
@@ -526,12 +549,34 @@ impl Fs {
     /// Gives the copy of `ino` a new number (`Union::supersede`), leaving `ino` to the
     /// handles that read the lower file.
     fn supersede(&self, ino: u64) -> rustix::io::Result<()> {
-        self.union.supersede(ino)?;
+        let copy = self.union.supersede(ino)?;
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(opened) = table.by_ino.get_mut(&ino) {
             opened.superseded = true;
+            if let Some(copy) = copy {
+                table.successors.insert(ino, copy);
+            }
         }
         Ok(())
+    }
+
+    /// After a change of the attributes or xattrs of `ino`: a superseded inode and its
+    /// copy's are one file, of which the kernel must not keep the other's old attributes.
+    fn changed(&self, ino: u64) {
+        let aliases: Vec<u64> = {
+            let table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+            if table.successors.is_empty() {
+                return;
+            }
+            let successor = table.successors.get(&ino).copied();
+            let superseded = table
+                .successors
+                .iter()
+                .filter(|&(_, &copy)| copy == ino)
+                .map(|(&old, _)| old);
+            successor.into_iter().chain(superseded).collect()
+        };
+        self.invalidator.refresh(&aliases);
     }
 
     /// Sends an open reply in the chosen mode.
@@ -721,6 +766,7 @@ impl Filesystem for Fs {
                 if size.is_some() {
                     self.truncated(ino.0);
                 }
+                self.changed(ino.0);
                 reply.attr(&ttl(&entry), &self.attr(&entry))
             }
             Err(err) => reply.error(errno(err)),
@@ -1090,7 +1136,10 @@ impl Filesystem for Fs {
             None => std::borrow::Cow::Borrowed(value),
         };
         match self.union.setxattr(ino.0, name, &value, flags) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.changed(ino.0);
+                reply.ok()
+            }
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -1111,7 +1160,10 @@ impl Filesystem for Fs {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         match self.union.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.changed(ino.0);
+                reply.ok()
+            }
             Err(err) => reply.error(errno(err)),
         }
     }

@@ -1045,7 +1045,8 @@ impl Union {
     /// Gives the copied-up file of `ino` a new inode number, leaving `ino` to the open
     /// files that still read the lower file (`fuse.rs` says why). The old node keeps its
     /// names, so requests on those open files (fstat, fchmod) reach the copy.
-    pub fn supersede(&self, ino: u64) -> Res<()> {
+    /// Returns the copy's number, if it has one other than `ino`.
+    pub fn supersede(&self, ino: u64) -> Res<Option<u64>> {
         let _shared = self.shared();
         let path = self.path(ino)?;
         let node = self.node(ino)?;
@@ -1060,7 +1061,10 @@ impl Union {
                 path.display()
             );
         }
-        Ok(())
+        Ok(self
+            .table
+            .existing_ino(key)
+            .filter(|&current| current != ino))
     }
 
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {

@@ -2157,6 +2157,15 @@ fn write_open_succeeds_while_a_big_lower_file_is_open_for_reading() {
         assert_eq!(&read_at(&reader, (2 << 20) - 4), b"aaaa");
         assert_eq!(&fs::read(m.upper.join("big.bin")).unwrap()[..4], b"bbbb");
         assert_eq!(fs::metadata(m.path("big.bin")).unwrap().len(), 2 << 20);
+        // The two numbers stand for one file: a change of its attributes through either is
+        // seen through the other (the kernel kept the other's for a day).
+        let mode = |meta: fs::Metadata| meta.permissions().mode() & 0o7777;
+        reader
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .unwrap();
+        assert_eq!(mode(fs::metadata(m.path("big.bin")).unwrap()), 0o600);
+        fs::set_permissions(m.path("big.bin"), fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(mode(reader.metadata().unwrap()), 0o640);
         drop(reader);
         drop(fresh);
 
