@@ -1621,12 +1621,13 @@ fn privileged_as_docker() {
         plain
     );
     // every v1 hierarchy of the host, named ones (systemd's) and those strata sets no
-    // limit in (cpuacct, freezer) too, each at the container's own cgroup
+    // limit in (cpuacct, freezer) too, and a hybrid host's v2 one (runc joins it), each at
+    // the container's own cgroup
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let hierarchies: Vec<&str> = mountinfo
         .lines()
-        .filter(|line| line.contains(" - cgroup "))
-        .filter_map(|line| line.split(' ').nth(4)?.rsplit('/').next())
+        .filter(|line| line.contains(" - cgroup ") || line.contains(" - cgroup2 "))
+        .filter_map(|line| line.split(' ').nth(4)?.strip_prefix("/sys/fs/cgroup/"))
         .collect();
     let mut seen = String::new();
     for hierarchy in &hierarchies {

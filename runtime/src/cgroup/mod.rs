@@ -109,18 +109,39 @@ impl Layout {
     }
 
     /// The directories of cgroup `name`, one per hierarchy we use (deduplicated: cpu and
-    /// cpuacct are often co-mounted).
+    /// cpuacct are often co-mounted), the v2 one of a hybrid setup last.
     fn dirs(&self, name: &str) -> Vec<PathBuf> {
         match self {
             Layout::Unified(root) => vec![root.join("strata").join(name)],
-            Layout::V1 { mounts, .. } => {
-                let mut dirs: Vec<PathBuf> = mounts
-                    .iter()
-                    .map(|(_, mount)| mount.join("strata").join(name))
-                    .collect();
-                dirs.dedup();
+            Layout::V1 { .. } => {
+                let mut dirs = self.v1_dirs(name);
+                dirs.extend(self.hybrid_dir(name));
                 dirs
             }
+        }
+    }
+
+    /// The directories of cgroup `name` in the v1 hierarchies.
+    fn v1_dirs(&self, name: &str) -> Vec<PathBuf> {
+        let Layout::V1 { mounts, .. } = self else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<PathBuf> = mounts
+            .iter()
+            .map(|(_, mount)| mount.join("strata").join(name))
+            .collect();
+        dirs.dedup();
+        dirs
+    }
+
+    /// The v2 cgroup `name` of a hybrid setup.
+    fn hybrid_dir(&self, name: &str) -> Option<PathBuf> {
+        match self {
+            Layout::V1 {
+                unified: Some(root),
+                ..
+            } => Some(root.join("strata").join(name)),
+            _ => None,
         }
     }
 
@@ -154,7 +175,7 @@ pub fn view(limits: &Limits) -> Vec<ViewMount> {
             fstype: "cgroup2",
             options: String::new(),
         }],
-        Layout::V1 { mounts, .. } => {
+        Layout::V1 { mounts, unified } => {
             let mut out: Vec<ViewMount> = Vec::new();
             for (controller, point) in mounts {
                 let joined = controller == "memory"
@@ -178,6 +199,16 @@ pub fn view(limits: &Limits) -> Vec<ViewMount> {
                         options: options.join(","),
                     });
                 }
+            }
+            // the v2 hierarchy beside them, holding no controller (runc joins it too)
+            if let Some(dir) = limits.privileged.then_some(unified.as_deref()).flatten()
+                && let Some(dir) = dir.file_name().and_then(|n| n.to_str())
+            {
+                out.push(ViewMount {
+                    dir: dir.to_string(),
+                    fstype: "cgroup2",
+                    options: String::new(),
+                });
             }
             out
         }
@@ -264,7 +295,7 @@ impl Cgroup {
         // inside finds its own cgroup in each.
         let mut dirs: Vec<PathBuf> = match layout {
             Layout::Unified(_) => layout.dirs(name),
-            Layout::V1 { .. } if limits.privileged => layout.dirs(name),
+            Layout::V1 { .. } if limits.privileged => layout.v1_dirs(name),
             Layout::V1 { .. } => CONTROLLERS
                 .iter()
                 .filter(|c| c.name() == "memory" || c.wanted(limits))
@@ -279,6 +310,14 @@ impl Cgroup {
             }
             mkdir(dir)?;
             cpuset::inherit(dir, unified)?;
+        }
+        // A hybrid setup's v2 hierarchy carries no controller: the container is placed in
+        // it as runc places one (systemd inside looks there), where the host lets us.
+        if let Some(dir) = layout.hybrid_dir(name)
+            && dir.parent().is_none_or(|parent| mkdir(parent).is_ok())
+            && mkdir(&dir).is_ok()
+        {
+            dirs.push(dir);
         }
         for controller in CONTROLLERS {
             if !controller.wanted(limits) {
@@ -363,7 +402,12 @@ fn mkdir(dir: &Path) -> Result<()> {
 pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
     let mut parents: Vec<PathBuf> = match Layout::get() {
         Layout::Unified(root) => vec![root.join("strata")],
-        Layout::V1 { mounts, .. } => mounts.iter().map(|(_, m)| m.join("strata")).collect(),
+        Layout::V1 { mounts, unified } => mounts
+            .iter()
+            .map(|(_, m)| m)
+            .chain(unified)
+            .map(|m| m.join("strata"))
+            .collect(),
     };
     parents.dedup();
     let mut removed = 0;
@@ -505,6 +549,17 @@ mod tests {
         assert_eq!(unified, Some(PathBuf::from("/sys/fs/cgroup/unified")));
         let names: Vec<&str> = mounts.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["cpu", "memory", "pids", "name=systemd"]);
+    }
+
+    #[test]
+    fn a_hybrid_layouts_v2_hierarchy_is_one_of_a_cgroups_dirs() {
+        let layout = Layout::parse(HYBRID);
+        let dirs = layout.dirs("c");
+        assert_eq!(
+            dirs.last(),
+            Some(&PathBuf::from("/sys/fs/cgroup/unified/strata/c"))
+        );
+        assert_eq!(layout.v1_dirs("c").len() + 1, dirs.len());
     }
 
     #[test]
