@@ -15,8 +15,9 @@
 //! which opens nothing, gives the copy its number itself and has the kernel forget the
 //! name (`Invalidator`). The readers keep the lower file: a known difference from
 //! overlayfs, whose readers follow the copy-up. Their inode still stands for the file in
-//! all else: its attributes and xattrs are the copy's, and a change through either number
-//! has the kernel drop what it cached of the other's (`Fs::changed`).
+//! all else: it has the copy's names, attributes and xattrs (`Union::tied`), and a chmod,
+//! chown, touch, xattr change, link, unlink or rename through either number has the kernel
+//! drop what it cached of the other's attributes (`Fs::changed`).
 //!
 //! Two kinds of open are spared that, while the copy still has the lower file's data (a
 //! chmod, chown, touch or xattr change copied it up) and share the lower backing file:
@@ -151,9 +152,6 @@ struct OpenTable {
     handles: HashMap<u64, (u64, bool)>,
     /// Inodes written through passthrough since their page cache was last dropped.
     written: HashSet<u64>,
-    /// Superseded inodes with open handles, and the copy's number: the two stand for one
-    /// file, whose attributes a change through either changes.
-    successors: HashMap<u64, u64>,
 }
 
 /// What an open reply says.
@@ -203,10 +201,11 @@ type Name = (u64, OsString);
 /// Names to forget, and where to say when they are.
 type Job = (Vec<Name>, mpsc::SyncSender<()>);
 
-/// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY) from a thread of its own.
-/// The kernel takes the name's directory lock for that, which the caller of the request
-/// being answered may hold, or wait for while holding a lock that request waits on (an
-/// unlink of a file being truncated): so a request waits for it only [`INVALIDATE_WAIT`].
+/// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY) from a thread of its own,
+/// and to drop inodes' attributes (FUSE_NOTIFY_INVAL_INODE). For a name the kernel takes
+/// its directory's lock, which an unlink, rename or link in that directory may hold while
+/// it waits for the lock of the file whose request is being answered (a truncate's): so
+/// a request waits for that only [`INVALIDATE_WAIT`].
 #[derive(Default)]
 pub(crate) struct Invalidator {
     jobs: OnceLock<(mpsc::Sender<Job>, Notifier)>,
@@ -223,8 +222,8 @@ impl Invalidator {
             .spawn(move || {
                 for (names, done) in queue {
                     for (parent, name) in names {
+                        // (a name the kernel does not hold is no error)
                         if let Err(err) = notifier.inval_entry(INodeNo(parent), &name) {
-                            // ENOENT: the kernel holds no such entry
                             tracing::debug!("forget {name:?} in {parent}: {err}");
                         }
                     }
@@ -241,9 +240,16 @@ impl Invalidator {
             return;
         };
         let (done, wait) = mpsc::sync_channel(1);
-        let sent = jobs.send((names, done));
-        // a blocking section: requests from this CPU go on meanwhile
-        if sent.is_ok() && fuser::blocking(|| wait.recv_timeout(INVALIDATE_WAIT)).is_err() {
+        if jobs.send((names, done)).is_err() {
+            return;
+        }
+        // It takes microseconds unless the lock is held: only then is the rest of the wait
+        // a blocking section, so that requests from this CPU go on meanwhile (a section
+        // leaves the queue a thread more).
+        let quick = Duration::from_millis(2);
+        if wait.recv_timeout(quick).is_err()
+            && fuser::blocking(|| wait.recv_timeout(INVALIDATE_WAIT - quick)).is_err()
+        {
             tracing::debug!("the kernel took over {INVALIDATE_WAIT:?} to forget names");
         }
     }
@@ -255,8 +261,8 @@ impl Invalidator {
             return;
         };
         for &ino in inos {
+            // (an inode the kernel does not hold is no error)
             if let Err(err) = notifier.inval_inode(INodeNo(ino), -1, 0) {
-                // ENOENT: the kernel holds no such inode
                 tracing::debug!("refresh inode {ino}: {err}");
             }
         }
@@ -509,7 +515,6 @@ impl Fs {
         if opened.count > 0 {
             return;
         }
-        table.successors.remove(&ino);
         if let Some(Opened {
             mode: Mode::Passthrough { upper: true, .. },
             ..
@@ -550,33 +555,25 @@ impl Fs {
     /// handles that read the lower file.
     fn supersede(&self, ino: u64) -> rustix::io::Result<()> {
         let copy = self.union.supersede(ino)?;
-        let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(opened) = table.by_ino.get_mut(&ino) {
-            opened.superseded = true;
-            if let Some(copy) = copy {
-                table.successors.insert(ino, copy);
+        {
+            let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(opened) = table.by_ino.get_mut(&ino) {
+                opened.superseded = true;
             }
         }
+        // A change through `ino` that came before the tie may have missed the copy's.
+        self.invalidator.refresh(copy.as_slice());
         Ok(())
     }
 
     /// After a change of the attributes or xattrs of `ino`: a superseded inode and its
-    /// copy's are one file, of which the kernel must not keep the other's old attributes.
+    /// copy's are one file (`Union::tied`), of which the kernel must not keep the other's
+    /// old attributes.
     fn changed(&self, ino: u64) {
-        let aliases: Vec<u64> = {
-            let table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-            if table.successors.is_empty() {
-                return;
-            }
-            let successor = table.successors.get(&ino).copied();
-            let superseded = table
-                .successors
-                .iter()
-                .filter(|&(_, &copy)| copy == ino)
-                .map(|(&old, _)| old);
-            successor.into_iter().chain(superseded).collect()
-        };
-        self.invalidator.refresh(&aliases);
+        let tied = self.union.tied(ino);
+        if !tied.is_empty() {
+            self.invalidator.refresh(&tied);
+        }
     }
 
     /// Sends an open reply in the chosen mode.
@@ -820,8 +817,13 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        // a superseded number tied to the file sees its link count change too
+        let tied = self.union.superseded_at(parent.0, name);
         match self.union.unlink(parent.0, name) {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.invalidator.refresh(&tied);
+                reply.ok()
+            }
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -858,11 +860,16 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let mut tied = self.union.superseded_at(parent.0, name);
+        tied.extend(self.union.superseded_at(newparent.0, newname));
         match self
             .union
             .rename(parent.0, name, newparent.0, newname, flags.bits())
         {
-            Ok(()) => reply.ok(),
+            Ok(()) => {
+                self.invalidator.refresh(&tied);
+                reply.ok()
+            }
             Err(err) => reply.error(errno(err)),
         }
     }
@@ -875,7 +882,11 @@ impl Filesystem for Fs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.reply_entry(self.union.link(ino.0, newparent.0, newname), reply);
+        let linked = self.union.link(ino.0, newparent.0, newname);
+        if linked.is_ok() {
+            self.changed(ino.0);
+        }
+        self.reply_entry(linked, reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {

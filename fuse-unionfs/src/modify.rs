@@ -640,7 +640,13 @@ impl Union {
                 self.make(newparent, newname, New::Link(&source), 0, caller)?
             }
         };
-        // `make` registered the new name on the node the upper inode maps to: the same one.
+        // `make` registered the new name on the node the upper inode maps to: the same one
+        // (or the copy's number, with which the numbers it superseded get the name).
+        for old in self.with_superseded(entry.ino).iter().skip(1) {
+            old.state_mut()
+                .links
+                .push((newparent, newname.to_os_string()));
+        }
         entry.ino = node.ino;
         Ok(entry)
     }
@@ -648,12 +654,15 @@ impl Union {
     /// Drops the (parent, name) link of whatever live node had it; forgets the real file's
     /// number if no name of it is left, so a recycled inode gets a new one.
     pub(crate) fn unlinked(&self, parent: u64, name: &OsStr, key: (u64, u64), last: bool) {
-        if let Some(ino) = self.table.existing_ino(key)
-            && let Some(node) = self.table.get(ino)
-        {
-            node.state_mut()
-                .links
-                .retain(|(p, n)| !(*p == parent && n == name));
+        if let Some(ino) = self.table.existing_ino(key) {
+            for node in self.with_superseded(ino) {
+                node.state_mut()
+                    .links
+                    .retain(|(p, n)| !(*p == parent && n == name));
+            }
+            if last {
+                self.untie_copy(ino);
+            }
         }
         if last {
             self.table.unalias(key);

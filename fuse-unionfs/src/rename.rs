@@ -380,7 +380,7 @@ impl Union {
         let new = (newparent, newname.to_os_string());
         let relink =
             |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
-                if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
+                for node in ino.map(|ino| self.with_superseded(ino)).unwrap_or_default() {
                     let mut state = node.state_mut();
                     for link in state.links.iter_mut() {
                         if link == from {

@@ -346,6 +346,88 @@ pub struct Union {
     /// Copy-up origins are decoded (see `origin.rs`) until the kernel says this process
     /// may not (EPERM, without CAP_DAC_READ_SEARCH).
     origins: std::sync::atomic::AtomicBool,
+    ties: Ties,
+}
+
+/// Inodes superseded by a copy-up under passthrough readers (`Union::supersede`), tied to
+/// the number their copy took. The two stand for one file: a name the copy gains or loses
+/// the superseded node does too (its requests reach the file by name, and must not reach
+/// another file that takes the name later), and a change of attributes through either
+/// leaves the kernel's cache of the other stale (`fuse.rs` has it dropped).
+#[derive(Default)]
+struct Ties {
+    /// Whether any tie exists: every unlink and rename looks.
+    any: std::sync::atomic::AtomicBool,
+    maps: Mutex<TieMaps>,
+}
+
+#[derive(Default)]
+struct TieMaps {
+    /// copy's number -> the superseded numbers
+    by_copy: HashMap<u64, Vec<u64>>,
+    /// superseded number -> the copy's number
+    by_old: HashMap<u64, u64>,
+}
+
+impl Ties {
+    fn maps(&self) -> Option<std::sync::MutexGuard<'_, TieMaps>> {
+        self.any
+            .load(Ordering::Acquire)
+            .then(|| self.maps.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn tie(&self, old: u64, copy: u64) {
+        let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        if maps.by_old.insert(old, copy).is_none() {
+            maps.by_copy.entry(copy).or_default().push(old);
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Unties `old` (the kernel forgot it), or every number tied to `copy` (its last name
+    /// went).
+    fn untie(&self, old: Option<u64>, copy: Option<u64>) {
+        let Some(mut maps) = self.maps() else {
+            return;
+        };
+        if let Some(old) = old
+            && let Some(copy) = maps.by_old.remove(&old)
+            && let Some(olds) = maps.by_copy.get_mut(&copy)
+        {
+            olds.retain(|&o| o != old);
+            if olds.is_empty() {
+                maps.by_copy.remove(&copy);
+            }
+        }
+        if let Some(copy) = copy
+            && let Some(olds) = maps.by_copy.remove(&copy)
+        {
+            for old in olds {
+                maps.by_old.remove(&old);
+            }
+        }
+        if maps.by_old.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
+
+    /// The numbers tied to `ino`, either way.
+    fn tied(&self, ino: u64) -> Vec<u64> {
+        let Some(maps) = self.maps() else {
+            return Vec::new();
+        };
+        let copy = maps.by_old.get(&ino).copied();
+        let olds = maps.by_copy.get(&ino).into_iter().flatten().copied();
+        copy.into_iter().chain(olds).collect()
+    }
+
+    /// The superseded numbers tied to `copy`.
+    fn superseded(&self, copy: u64) -> Vec<u64> {
+        let Some(maps) = self.maps() else {
+            return Vec::new();
+        };
+        maps.by_copy.get(&copy).cloned().unwrap_or_default()
+    }
 }
 
 impl Union {
@@ -384,6 +466,7 @@ impl Union {
                 gid: rustix::process::getegid().as_raw(),
             },
             origins: std::sync::atomic::AtomicBool::new(true),
+            ties: Ties::default(),
         })
     }
 
@@ -670,6 +753,51 @@ impl Union {
 
     pub fn forget(&self, ino: u64, count: u64) {
         self.table.forget(ino, count);
+        if self.ties.any.load(Ordering::Relaxed) && self.table.get(ino).is_none() {
+            self.ties.untie(Some(ino), None);
+        }
+    }
+
+    /// The numbers tied to `ino` (see `Ties`): its copy's, or those it superseded.
+    pub(crate) fn tied(&self, ino: u64) -> Vec<u64> {
+        self.ties.tied(ino)
+    }
+
+    /// The live node of `ino` and those of the numbers its copy-up superseded: what a name
+    /// change of `ino` changes.
+    pub(crate) fn with_superseded(&self, ino: u64) -> Vec<Arc<Node>> {
+        let mut nodes: Vec<Arc<Node>> = self.table.get(ino).into_iter().collect();
+        nodes.extend(
+            self.ties
+                .superseded(ino)
+                .into_iter()
+                .filter_map(|old| self.table.get(old)),
+        );
+        nodes
+    }
+
+    /// The superseded numbers tied to the file named `name` in `parent`: none, at no
+    /// cost, while no tie exists.
+    pub(crate) fn superseded_at(&self, parent: u64, name: &OsStr) -> Vec<u64> {
+        if !self.ties.any.load(Ordering::Relaxed) {
+            return Vec::new();
+        }
+        let _shared = self.shared();
+        let Ok((_, ppath, players)) = self.dir_state(parent) else {
+            return Vec::new();
+        };
+        let Ok(found) = self.resolve(&players, &ppath.join(name)) else {
+            return Vec::new();
+        };
+        self.table
+            .existing_ino(found.meta.key())
+            .map(|copy| self.ties.superseded(copy))
+            .unwrap_or_default()
+    }
+
+    /// The last name of the file numbered `copy` went: nothing is tied to it any more.
+    pub(crate) fn untie_copy(&self, copy: u64) {
+        self.ties.untie(None, Some(copy));
     }
 
     /// Whether the kernel still knows inode `ino` (it has not forgotten every lookup).
@@ -1043,8 +1171,9 @@ impl Union {
     }
 
     /// Gives the copied-up file of `ino` a new inode number, leaving `ino` to the open
-    /// files that still read the lower file (`fuse.rs` says why). The old node keeps its
-    /// names, so requests on those open files (fstat, fchmod) reach the copy.
+    /// files that still read the lower file (`fuse.rs` says why). The old node keeps the
+    /// copy's names, tied to it (`Ties`), so requests on those open files (fstat, fchmod)
+    /// reach the copy.
     /// Returns the copy's number, if it has one other than `ino`.
     pub fn supersede(&self, ino: u64) -> Res<Option<u64>> {
         let _shared = self.shared();
@@ -1061,10 +1190,14 @@ impl Union {
                 path.display()
             );
         }
-        Ok(self
+        let copy = self
             .table
             .existing_ino(key)
-            .filter(|&current| current != ino))
+            .filter(|&current| current != ino);
+        if let Some(copy) = copy {
+            self.ties.tie(ino, copy);
+        }
+        Ok(copy)
     }
 
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
