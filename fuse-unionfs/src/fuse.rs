@@ -15,9 +15,10 @@
 //! which opens nothing, gives the copy its number itself and has the kernel forget the
 //! name (`Invalidator`). The readers keep the lower file: a known difference from
 //! overlayfs, whose readers follow the copy-up. Their inode still stands for the file in
-//! all else: it has the copy's names, attributes and xattrs (`Union::tied`), and a chmod,
-//! chown, touch, xattr change, link, unlink or rename through either number has the kernel
-//! drop what it cached of the other's attributes (`Fs::changed`).
+//! all else: it has the copy's names (`Union::with_superseded`), attributes and xattrs,
+//! and a chmod, chown, touch, xattr change, link, unlink or rename through either number
+//! has the kernel drop what it cached of the other's attributes (`Fs::changed`, and the
+//! unlink, rename and link handlers).
 //!
 //! Two kinds of open are spared that, while the copy still has the lower file's data (a
 //! chmod, chown, touch or xattr change copied it up) and share the lower backing file:
@@ -202,10 +203,11 @@ type Name = (u64, OsString);
 type Job = (Vec<Name>, mpsc::SyncSender<()>);
 
 /// Tells the kernel to forget names (FUSE_NOTIFY_INVAL_ENTRY) from a thread of its own,
-/// and to drop inodes' attributes (FUSE_NOTIFY_INVAL_INODE). For a name the kernel takes
-/// its directory's lock, which an unlink, rename or link in that directory may hold while
-/// it waits for the lock of the file whose request is being answered (a truncate's): so
-/// a request waits for that only [`INVALIDATE_WAIT`].
+/// and to drop inodes' attributes (FUSE_NOTIFY_INVAL_INODE) from the request's thread,
+/// which takes no lock a caller may hold. For a name the kernel takes its directory's
+/// lock, which an unlink, rename or link in that directory may hold while it waits for
+/// the lock of the file whose request is being answered (a truncate's): so a request
+/// waits for that only [`INVALIDATE_WAIT`].
 #[derive(Default)]
 pub(crate) struct Invalidator {
     jobs: OnceLock<(mpsc::Sender<Job>, Notifier)>,
@@ -254,8 +256,7 @@ impl Invalidator {
         }
     }
 
-    /// Has the kernel drop what it holds of the attributes and ACLs of `inos`. It takes no
-    /// lock for that that a caller may hold: this is sent from the request's thread.
+    /// Has the kernel drop what it holds of the attributes and ACLs of `inos`.
     fn refresh(&self, inos: &[u64]) {
         let Some((_, notifier)) = self.jobs.get() else {
             return;

@@ -27,7 +27,8 @@ pub use idshift::IdShift;
 pub use layer::{Kind, Meta};
 pub use modify::{SetAttr, SetTime};
 pub use mount::{
-    Driver, Flags, MountGuard, MountSpec, detach_all_below, fuse_available, mount, mount_detached,
-    mount_served, mount_type, serve_daemon, serve_foreground, sweep_stale, union_upper, unmount,
+    Driver, Flags, MountGuard, MountSpec, abort_connection, detach_all_below, fuse_available,
+    mount, mount_detached, mount_served, mount_type, serve_daemon, serve_foreground, sweep_stale,
+    union_upper, unmount,
 };
 pub use union::{Caller, DirEntry, Entry, Listing, Union, Unprivileged};

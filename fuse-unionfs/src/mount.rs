@@ -255,7 +255,7 @@ impl MountGuard {
                     target.display()
                 );
                 if let Some(id) = connection {
-                    let _ = std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), "1");
+                    abort_connection(id);
                 }
                 let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
                 let _ = done_rx.recv_timeout(Duration::from_secs(5));
@@ -458,6 +458,26 @@ fn mount_error(driver: &'static str, target: &Path, source: std::io::Error) -> E
         driver,
         target: target.to_path_buf(),
         source,
+    }
+}
+
+/// Aborts FUSE connection `id`: every request waiting on its server fails with ENOTCONN.
+/// The FUSE control file system, where that is done, is mounted first if it is not (it
+/// is often not, outside systemd).
+pub fn abort_connection(id: u32) {
+    let connections = Path::new("/sys/fs/fuse/connections");
+    let control = connections.join(id.to_string());
+    if !control.exists() {
+        let _ = rustix::mount::mount(
+            "fusectl",
+            connections,
+            "fusectl",
+            rustix::mount::MountFlags::empty(),
+            None,
+        );
+    }
+    if let Err(err) = std::fs::write(control.join("abort"), "1") {
+        tracing::warn!("abort FUSE connection {id}: {err}");
     }
 }
 

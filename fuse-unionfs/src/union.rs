@@ -356,7 +356,8 @@ pub struct Union {
 /// leaves the kernel's cache of the other stale (`fuse.rs` has it dropped).
 #[derive(Default)]
 struct Ties {
-    /// Whether any tie exists: every unlink and rename looks.
+    /// Whether any tie exists (or one is being made): unlink, rename and link look, and
+    /// while one does, each resolves its names once more (`Union::superseded_at`).
     any: std::sync::atomic::AtomicBool,
     maps: Mutex<TieMaps>,
 }
@@ -376,12 +377,21 @@ impl Ties {
             .then(|| self.maps.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    fn tie(&self, old: u64, copy: u64) {
+    /// Ties `old` to the number `renumber` gives its copy (None: no other). The maps are
+    /// held, and seen to hold a tie, meanwhile.
+    fn tie_with(&self, old: u64, renumber: impl FnOnce() -> Option<u64>) -> Res<Option<u64>> {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
-        if maps.by_old.insert(old, copy).is_none() {
+        self.any.store(true, Ordering::Release);
+        let copy = renumber();
+        if let Some(copy) = copy
+            && maps.by_old.insert(old, copy).is_none()
+        {
             maps.by_copy.entry(copy).or_default().push(old);
         }
-        self.any.store(true, Ordering::Release);
+        if maps.by_old.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+        Ok(copy)
     }
 
     /// Unties `old` (the kernel forgot it), or every number tied to `copy` (its last name
@@ -1183,21 +1193,20 @@ impl Union {
             return Err(Errno::IO);
         }
         let key = self.layers.stat(UPPER, &path)?.key();
-        if self.table.existing_ino(key) == Some(ino) {
-            let new = self.table.renumber(key, UPPER);
-            tracing::debug!(
-                "{}: copied up under readers, inode {ino} is now {new}",
-                path.display()
-            );
-        }
-        let copy = self
-            .table
-            .existing_ino(key)
-            .filter(|&current| current != ino);
-        if let Some(copy) = copy {
-            self.ties.tie(ino, copy);
-        }
-        Ok(copy)
+        // Tied before an unlink or rename of the name can see the copy's number: the
+        // open that needs the copy holds no lock of the kernel's that would keep them out.
+        self.ties.tie_with(ino, || {
+            if self.table.existing_ino(key) == Some(ino) {
+                let new = self.table.renumber(key, UPPER);
+                tracing::debug!(
+                    "{}: copied up under readers, inode {ino} is now {new}",
+                    path.display()
+                );
+            }
+            self.table
+                .existing_ino(key)
+                .filter(|&current| current != ino)
+        })
     }
 
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
@@ -1224,6 +1233,7 @@ impl Union {
             let key = Meta::from_stat(&st).key();
             if self.table.existing_ino(key) == Some(file.ino) {
                 self.table.unalias(key);
+                self.untie_copy(file.ino);
             }
         }
         Some(file)

@@ -29,7 +29,12 @@ pub fn require_root_and_fuse() {
     );
 }
 
-/// Runs `f` on another thread and fails the test if it takes longer than `secs`.
+/// The FUSE connections of the mounts this process made, by mount point.
+static CONNECTIONS: std::sync::Mutex<Vec<(PathBuf, u32)>> = std::sync::Mutex::new(Vec::new());
+
+/// Runs `f` on another thread and fails the test if it takes longer than `secs`. Then the
+/// FUSE connections of this process's mounts are aborted: threads stuck in the kernel on a
+/// hung server would otherwise keep the test process from ever exiting.
 pub fn deadline<T: Send + 'static>(
     secs: u64,
     what: &str,
@@ -42,7 +47,20 @@ pub fn deadline<T: Send + 'static>(
     match rx.recv_timeout(Duration::from_secs(secs)) {
         Ok(Ok(value)) => value,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
-        Err(_) => panic!("{what} did not finish within {secs} s (hung mount?)"),
+        Err(_) => {
+            let mounted = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            for (mnt, id) in CONNECTIONS.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                let dev = format!(" 0:{id} ");
+                let point = format!(" {} ", mnt.display());
+                if mounted
+                    .lines()
+                    .any(|line| line.contains(&dev) && line.contains(&point))
+                {
+                    strata_unionfs::abort_connection(*id);
+                }
+            }
+            panic!("{what} did not finish within {secs} s (hung mount?)")
+        }
     }
 }
 
@@ -269,6 +287,13 @@ impl Fixture {
                 Driver::Fuse
             }
         );
+        if guard.driver() == Driver::Fuse
+            && let Ok(meta) = fs::metadata(mnt)
+        {
+            let id = rustix::fs::minor(meta.dev());
+            let mut connections = CONNECTIONS.lock().unwrap_or_else(|e| e.into_inner());
+            connections.push((mnt.into(), id));
+        }
         Mounted {
             guard: Some(guard),
             mnt: mnt.into(),
