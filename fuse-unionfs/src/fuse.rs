@@ -567,9 +567,9 @@ impl Fs {
         Ok(())
     }
 
-    /// After a change of the attributes or xattrs of `ino`: a superseded inode and its
-    /// copy's are one file (`Union::tied`), of which the kernel must not keep the other's
-    /// old attributes.
+    /// After a change of the attributes, xattrs or link count of `ino`: a superseded inode
+    /// and its copy's are one file (`Union::tied`), of which the kernel must not keep the
+    /// other's old attributes.
     fn changed(&self, ino: u64) {
         let tied = self.union.tied(ino);
         if !tied.is_empty() {

@@ -379,7 +379,7 @@ impl Ties {
 
     /// Ties `old` to the number `renumber` gives its copy (None: no other). The maps are
     /// held, and seen to hold a tie, meanwhile.
-    fn tie_with(&self, old: u64, renumber: impl FnOnce() -> Option<u64>) -> Res<Option<u64>> {
+    fn tie_with(&self, old: u64, renumber: impl FnOnce() -> Option<u64>) -> Option<u64> {
         let mut maps = self.maps.lock().unwrap_or_else(|e| e.into_inner());
         self.any.store(true, Ordering::Release);
         let copy = renumber();
@@ -391,7 +391,7 @@ impl Ties {
         if maps.by_old.is_empty() {
             self.any.store(false, Ordering::Release);
         }
-        Ok(copy)
+        copy
     }
 
     /// Unties `old` (the kernel forgot it), or every number tied to `copy` (its last name
@@ -1195,7 +1195,7 @@ impl Union {
         let key = self.layers.stat(UPPER, &path)?.key();
         // Tied before an unlink or rename of the name can see the copy's number: the
         // open that needs the copy holds no lock of the kernel's that would keep them out.
-        self.ties.tie_with(ino, || {
+        Ok(self.ties.tie_with(ino, || {
             if self.table.existing_ino(key) == Some(ino) {
                 let new = self.table.renumber(key, UPPER);
                 tracing::debug!(
@@ -1206,7 +1206,7 @@ impl Union {
             self.table
                 .existing_ino(key)
                 .filter(|&current| current != ino)
-        })
+        }))
     }
 
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
