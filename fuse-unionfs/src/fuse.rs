@@ -15,7 +15,7 @@
 //! which opens nothing, gives the copy its number itself and has the kernel forget the
 //! name (`Invalidator`). The readers keep the lower file: a known difference from
 //! overlayfs, whose readers follow the copy-up. Their inode still stands for the file in
-//! all else: it has the copy's names (`Union::with_superseded`), attributes and xattrs,
+//! all else: it has the copy's names (`Union::superseded_nodes`), attributes and xattrs,
 //! and a chmod, chown, touch, xattr change, link, unlink or rename through either number
 //! has the kernel drop what it cached of the other's attributes (`Fs::changed`, and the
 //! unlink, rename and link handlers).
@@ -571,10 +571,7 @@ impl Fs {
     /// and its copy's are one file (`Union::tied`), of which the kernel must not keep the
     /// other's old attributes.
     fn changed(&self, ino: u64) {
-        let tied = self.union.tied(ino);
-        if !tied.is_empty() {
-            self.invalidator.refresh(&tied);
-        }
+        self.invalidator.refresh(&self.union.tied(ino));
     }
 
     /// Sends an open reply in the chosen mode.
@@ -818,11 +815,10 @@ impl Filesystem for Fs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        // a superseded number tied to the file sees its link count change too
-        let tied = self.union.superseded_at(parent.0, name);
         match self.union.unlink(parent.0, name) {
-            Ok(()) => {
-                self.invalidator.refresh(&tied);
+            // a superseded number tied to the file sees its link count change too
+            Ok(superseded) => {
+                self.invalidator.refresh(&superseded);
                 reply.ok()
             }
             Err(err) => reply.error(errno(err)),
@@ -861,14 +857,12 @@ impl Filesystem for Fs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let mut tied = self.union.superseded_at(parent.0, name);
-        tied.extend(self.union.superseded_at(newparent.0, newname));
         match self
             .union
             .rename(parent.0, name, newparent.0, newname, flags.bits())
         {
-            Ok(()) => {
-                self.invalidator.refresh(&tied);
+            Ok(superseded) => {
+                self.invalidator.refresh(&superseded);
                 reply.ok()
             }
             Err(err) => reply.error(errno(err)),

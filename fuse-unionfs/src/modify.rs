@@ -642,7 +642,7 @@ impl Union {
         };
         // `make` registered the new name on the node the upper inode maps to: the same one
         // (or the copy's number, with which the numbers it superseded get the name).
-        for old in self.with_superseded(entry.ino).iter().skip(1) {
+        for old in self.superseded_nodes(entry.ino) {
             old.state_mut()
                 .links
                 .push((newparent, newname.to_os_string()));
@@ -651,11 +651,20 @@ impl Union {
         Ok(entry)
     }
 
-    /// Drops the (parent, name) link of whatever live node had it; forgets the real file's
-    /// number if no name of it is left, so a recycled inode gets a new one.
-    pub(crate) fn unlinked(&self, parent: u64, name: &OsStr, key: (u64, u64), last: bool) {
+    /// Drops the (parent, name) link of whatever live node had it, and of the nodes its
+    /// copy-up superseded, whose numbers it returns (their link count changed); forgets the
+    /// real file's number if no name of it is left, so a recycled inode gets a new one.
+    pub(crate) fn unlinked(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        key: (u64, u64),
+        last: bool,
+    ) -> Vec<u64> {
+        let mut superseded = Vec::new();
         if let Some(ino) = self.table.existing_ino(key) {
-            for node in self.with_superseded(ino) {
+            let others = self.superseded_nodes(ino);
+            for node in self.table.get(ino).iter().chain(&others) {
                 node.state_mut()
                     .links
                     .retain(|(p, n)| !(*p == parent && n == name));
@@ -663,13 +672,17 @@ impl Union {
             if last {
                 self.untie_copy(ino);
             }
+            superseded = others.iter().map(|node| node.ino).collect();
         }
         if last {
             self.table.unalias(key);
         }
+        superseded
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Res<()> {
+    /// Returns the numbers a copy-up of the file superseded (`Union::supersede`), whose
+    /// link count changed with it.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Res<Vec<u64>> {
         let _shared = self.shared();
         let (_, ppath, players) = self.dir_state(parent)?;
         let rel = ppath.join(name);
@@ -697,8 +710,7 @@ impl Union {
         } else {
             self.layers.whiteout(self.upper_fd(), &rel)?;
         }
-        self.unlinked(parent, name, found.meta.key(), found.meta.nlink <= 1);
-        Ok(())
+        Ok(self.unlinked(parent, name, found.meta.key(), found.meta.nlink <= 1))
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Res<()> {

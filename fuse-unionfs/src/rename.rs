@@ -164,7 +164,7 @@ impl Union {
         newparent: u64,
         newname: &OsStr,
         flags: u32,
-    ) -> Res<()> {
+    ) -> Res<Vec<u64>> {
         let flags = RenameFlags::from_bits(flags).ok_or(Errno::INVAL)?;
         if flags.contains(RenameFlags::WHITEOUT) {
             return Err(Errno::INVAL);
@@ -183,7 +183,7 @@ impl Union {
         self.copy_up_before_rename(&request, &mut copied)?;
         let _exclusive = self.exclusive();
         let Some((src, dst)) = self.rename_sides(&request)? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
         // The inodes the kernel knows the two sides as, before a copy-up below may make a
         // lower file's key stop naming its inode (one of several hard links).
@@ -223,6 +223,8 @@ impl Union {
         }
         // Moved directories with lower parts, to rid of whiteouts once renamed.
         let mut to_clean = Vec::new();
+        // numbers superseded by a copy-up of either side (see `after_rename`)
+        let mut superseded = Vec::new();
         if flags.contains(RenameFlags::EXCHANGE) {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             rustix::fs::renameat_with(
@@ -267,7 +269,7 @@ impl Union {
                 to_clean.push(nrel.clone());
             }
             if let Some(dst) = &dst {
-                self.unlinked(
+                superseded = self.unlinked(
                     newparent,
                     newname,
                     dst.meta.key(),
@@ -275,16 +277,16 @@ impl Union {
                 );
             }
         }
-        self.after_rename(
+        superseded.extend(self.after_rename(
             parent, name, newparent, newname, src_ino, dst_ino, flags, &moved,
-        );
+        ));
         for path in to_clean {
             // The rename is done and seen right: what is left only bothers kernel overlayfs.
             if let Err(err) = self.drop_whiteouts_below(&path) {
                 tracing::warn!("{}: whiteouts left below it: {err}", path.display());
             }
         }
-        Ok(())
+        Ok(superseded)
     }
 
     /// Brings a rename source (or exchange target) wholly into the upper branch.
@@ -374,13 +376,21 @@ impl Union {
         dst_ino: Option<u64>,
         flags: RenameFlags,
         moved: &[(Key, Key)],
-    ) {
+    ) -> Vec<u64> {
         // Each copied file already answers with its old inode number (`moved`).
         let old = (parent, name.to_os_string());
         let new = (newparent, newname.to_os_string());
-        let relink =
+        // the renamed inodes, and the numbers their copy-up superseded, which are renamed
+        // with them and returned
+        let mut superseded = Vec::new();
+        let mut relink =
             |ino: Option<u64>, from: &(u64, std::ffi::OsString), to: &(u64, std::ffi::OsString)| {
-                for node in ino.map(|ino| self.with_superseded(ino)).unwrap_or_default() {
+                let Some(ino) = ino else {
+                    return;
+                };
+                let others = self.superseded_nodes(ino);
+                superseded.extend(others.iter().map(|node| node.ino));
+                for node in self.table.get(ino).iter().chain(&others) {
                     let mut state = node.state_mut();
                     for link in state.links.iter_mut() {
                         if link == from {
@@ -424,6 +434,7 @@ impl Union {
                 }
             }
         }
+        superseded
     }
 
     fn below(&self, ino: u64, roots: &[u64]) -> bool {

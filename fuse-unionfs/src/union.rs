@@ -356,8 +356,8 @@ pub struct Union {
 /// leaves the kernel's cache of the other stale (`fuse.rs` has it dropped).
 #[derive(Default)]
 struct Ties {
-    /// Whether any tie exists (or one is being made): unlink, rename and link look, and
-    /// while one does, each resolves its names once more (`Union::superseded_at`).
+    /// Whether any tie exists (or one is being made): unlink, rename, link and attribute
+    /// changes look.
     any: std::sync::atomic::AtomicBool,
     maps: Mutex<TieMaps>,
 }
@@ -773,36 +773,14 @@ impl Union {
         self.ties.tied(ino)
     }
 
-    /// The live node of `ino` and those of the numbers its copy-up superseded: what a name
-    /// change of `ino` changes.
-    pub(crate) fn with_superseded(&self, ino: u64) -> Vec<Arc<Node>> {
-        let mut nodes: Vec<Arc<Node>> = self.table.get(ino).into_iter().collect();
-        nodes.extend(
-            self.ties
-                .superseded(ino)
-                .into_iter()
-                .filter_map(|old| self.table.get(old)),
-        );
-        nodes
-    }
-
-    /// The superseded numbers tied to the file named `name` in `parent`: none, at no
-    /// cost, while no tie exists.
-    pub(crate) fn superseded_at(&self, parent: u64, name: &OsStr) -> Vec<u64> {
-        if !self.ties.any.load(Ordering::Relaxed) {
-            return Vec::new();
-        }
-        let _shared = self.shared();
-        let Ok((_, ppath, players)) = self.dir_state(parent) else {
-            return Vec::new();
-        };
-        let Ok(found) = self.resolve(&players, &ppath.join(name)) else {
-            return Vec::new();
-        };
-        self.table
-            .existing_ino(found.meta.key())
-            .map(|copy| self.ties.superseded(copy))
-            .unwrap_or_default()
+    /// The live nodes of the numbers the copy-up of `copy` superseded (see `Ties`): a name
+    /// `copy` gains or loses, they do too.
+    pub(crate) fn superseded_nodes(&self, copy: u64) -> Vec<Arc<Node>> {
+        self.ties
+            .superseded(copy)
+            .into_iter()
+            .filter_map(|old| self.table.get(old))
+            .collect()
     }
 
     /// The last name of the file numbered `copy` went: nothing is tied to it any more.
