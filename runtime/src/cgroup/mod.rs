@@ -201,7 +201,7 @@ pub fn view(limits: &Limits) -> Vec<ViewMount> {
                 }
             }
             // the v2 hierarchy beside them, holding no controller (runc joins it too)
-            if let Some(dir) = limits.privileged.then_some(unified.as_deref()).flatten()
+            if let Some(dir) = unified.as_deref().filter(|_| limits.privileged)
                 && let Some(dir) = dir.file_name().and_then(|n| n.to_str())
             {
                 out.push(ViewMount {
