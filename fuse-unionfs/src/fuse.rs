@@ -921,10 +921,9 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.union.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(err) => reply.error(errno(err)),
-        }
+        reply.fill(size as usize, |buf| {
+            self.union.read(fh.0, offset, buf).map_err(errno)
+        });
     }
 
     fn write(

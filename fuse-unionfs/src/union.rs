@@ -1248,10 +1248,10 @@ impl Union {
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Res<Vec<u8>> {
+    /// Reads from `offset` into `buf` until it is full or the file ends; returns how much.
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Res<usize> {
         let file = self.files.get(fh)?;
         let fd = self.data_fd(&file)?;
-        let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
             match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
@@ -1261,8 +1261,7 @@ impl Union {
                 Err(err) => return Err(err),
             }
         }
-        buf.truncate(done);
-        Ok(buf)
+        Ok(done)
     }
 
     /// A write; `drop_setid`, a caller that may not keep the file's set-ID bits, clears

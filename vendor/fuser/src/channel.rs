@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsFd;
 use std::os::fd::BorrowedFd;
@@ -6,6 +7,8 @@ use std::sync::Arc;
 use nix::errno::Errno;
 
 use crate::dev_fuse::DevFuse;
+use crate::ll::RequestId;
+use crate::ll::reply::fill_reply;
 use crate::passthrough::BackingId;
 use crate::uring::RingReply;
 
@@ -117,6 +120,30 @@ impl ChannelSender {
         // https://github.com/libfuse/libfuse/blob/6278995cca991978abd25ebb2c20ebd3fc9e8a13/lib/fuse_lowlevel.c#L267
         debug_assert_eq!(bufs.iter().map(|b| b.len()).sum::<usize>(), rc);
         Ok(())
+    }
+
+    /// Sends the reply to `unique` that `fill` lays out (see [`fill_reply`]): in place in
+    /// the ring's reply buffer, or in a buffer of this thread's for /dev/fuse.
+    pub(crate) fn send_filled(
+        &self,
+        unique: RequestId,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, crate::Errno>,
+    ) -> io::Result<()> {
+        if let Some(ring) = &self.ring {
+            if ring.answers(unique.0) {
+                ring.fill(|buf| fill_reply(buf, unique, max, fill));
+                return Ok(());
+            }
+        }
+        thread_local! {
+            static REPLY: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        REPLY.with_borrow_mut(|buf| {
+            fill_reply(buf, unique, max, fill);
+            nix::sys::uio::writev(&self.dev, &[io::IoSlice::new(buf)])?;
+            Ok(())
+        })
     }
 
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {

@@ -59,6 +59,24 @@ impl ReplySender {
         }
     }
 
+    /// Send the reply `fill` writes in place (see [`ChannelSender::send_filled`]).
+    pub(crate) fn send_filled(
+        &self,
+        unique: ll::RequestId,
+        max: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, Errno>,
+    ) -> std::io::Result<()> {
+        match self {
+            ReplySender::Channel(sender) => sender.send_filled(unique, max, fill),
+            #[cfg(test)]
+            _ => {
+                let mut buf = Vec::new();
+                ll::reply::fill_reply(&mut buf, unique, max, fill);
+                self.send(&[IoSlice::new(&buf)])
+            }
+        }
+    }
+
     /// Open a backing file
     pub(crate) fn open_backing(&self, fd: BorrowedFd<'_>) -> std::io::Result<BackingId> {
         match self {
@@ -207,6 +225,16 @@ impl ReplyData {
     /// Reply to a request with the given data
     pub fn data(self, data: &[u8]) {
         self.reply.send_ll(&ll::ResponseSlice(data));
+    }
+
+    /// Reply with the data `fill` writes straight into the reply's buffer, at most `max`
+    /// bytes, returning how many it wrote (a read into the reply without a buffer of its
+    /// own); or with the error `fill` returns.
+    pub fn fill(mut self, max: usize, fill: impl FnOnce(&mut [u8]) -> Result<usize, Errno>) {
+        let sender = self.reply.sender.take().expect("reply sent once");
+        if let Err(err) = sender.send_filled(self.reply.unique, max, fill) {
+            error!("Failed to send FUSE reply: {err}");
+        }
     }
 
     /// Reply to a request with the given error code
@@ -949,6 +977,36 @@ mod test {
         });
         let reply: ReplyData = Reply::new(ll::RequestId(0xdeadbeef), sender);
         reply.data(&[0xde, 0xad, 0xbe, 0xef]);
+    }
+
+    #[test]
+    fn reply_data_filled() {
+        // Asked for up to 8 bytes, `fill` writes 4: the header says 16 + 4.
+        let sender = ReplySender::Assert(AssertSender {
+            expected: vec![
+                0x14, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xef, 0xbe, 0xad, 0xde, 0x00, 0x00,
+                0x00, 0x00, 0xde, 0xad, 0xbe, 0xef,
+            ],
+        });
+        let reply: ReplyData = Reply::new(ll::RequestId(0xdeadbeef), sender);
+        reply.fill(8, |buf| {
+            assert_eq!(buf.len(), 8);
+            buf[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+            Ok(4)
+        });
+    }
+
+    #[test]
+    fn reply_data_filled_error() {
+        // ENOENT (2): the header alone, with -2.
+        let sender = ReplySender::Assert(AssertSender {
+            expected: vec![
+                0x10, 0x00, 0x00, 0x00, 0xfe, 0xff, 0xff, 0xff, 0xef, 0xbe, 0xad, 0xde, 0x00, 0x00,
+                0x00, 0x00,
+            ],
+        });
+        let reply: ReplyData = Reply::new(ll::RequestId(0xdeadbeef), sender);
+        reply.fill(8, |_| Err(Errno::ENOENT));
     }
 
     #[test]

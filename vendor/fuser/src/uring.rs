@@ -409,6 +409,22 @@ impl RingReply {
         for buf in bufs {
             slot.bytes.extend_from_slice(buf);
         }
+        self.ready(slot);
+    }
+
+    /// Whether `unique` is the request this reply answers.
+    pub(crate) fn answers(&self, unique: u64) -> bool {
+        self.unique.load(Ordering::Relaxed) == unique
+    }
+
+    /// Stores the reply `fill` lays out in place (see [`crate::ll::reply::fill_reply`]).
+    pub(crate) fn fill(&self, fill: impl FnOnce(&mut Vec<u8>)) {
+        let mut slot = self.lock();
+        fill(&mut slot.bytes);
+        self.ready(slot);
+    }
+
+    fn ready(&self, mut slot: std::sync::MutexGuard<'_, Slot>) {
         slot.ready = true;
         let waiting = slot.waiting;
         drop(slot);

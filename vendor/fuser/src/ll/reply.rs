@@ -49,6 +49,32 @@ pub(crate) trait Response {
     }
 }
 
+/// Lays a whole reply out in `buf`, which keeps its allocation from reply to reply: the
+/// out-header, then the data `fill` writes (at most `max` bytes) straight into `buf`, so
+/// that a read needs no buffer of its own; or the header alone, with the error `fill`
+/// returns.
+pub(crate) fn fill_reply(
+    buf: &mut Vec<u8>,
+    unique: RequestId,
+    max: usize,
+    fill: impl FnOnce(&mut [u8]) -> Result<usize, Errno>,
+) {
+    let head = size_of::<abi::fuse_out_header>();
+    buf.clear();
+    buf.resize(head + max, 0);
+    let (error, len) = match fill(&mut buf[head..]) {
+        Ok(len) => (0, len.min(max)),
+        Err(err) => (-err.code(), 0),
+    };
+    buf.truncate(head + len);
+    let header = abi::fuse_out_header {
+        len: (head + len).try_into().expect("Too much data"),
+        error,
+        unique: unique.0,
+    };
+    buf[..head].copy_from_slice(header.as_bytes());
+}
+
 pub(crate) struct ResponseSlice<'a>(pub(crate) &'a [u8]);
 
 impl Response for ResponseSlice<'_> {
