@@ -229,10 +229,14 @@ impl ReplyData {
 
     /// Reply with the data `fill` writes straight into the reply's buffer, at most `max`
     /// bytes, returning how many it wrote (a read into the reply without a buffer of its
-    /// own); or with the error `fill` returns.
+    /// own); or with the error `fill` returns. Should `fill` panic, the request is
+    /// answered EIO as for any reply dropped unsent.
     pub fn fill(mut self, max: usize, fill: impl FnOnce(&mut [u8]) -> Result<usize, Errno>) {
-        let sender = self.reply.sender.take().expect("reply sent once");
-        if let Err(err) = sender.send_filled(self.reply.unique, max, fill) {
+        let sender = self.reply.sender.as_ref().expect("reply sent once");
+        let sent = sender.send_filled(self.reply.unique, max, fill);
+        // Sent (or failed to send): the drop must not answer again.
+        self.reply.sender = None;
+        if let Err(err) = sent {
             error!("Failed to send FUSE reply: {err}");
         }
     }
@@ -994,6 +998,19 @@ mod test {
             buf[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
             Ok(4)
         });
+    }
+
+    #[test]
+    fn reply_data_filled_panic_answers_eio() {
+        // The EIO of a reply dropped unsent (as `reply_raw` checks its bytes), not silence:
+        // the ring thread would wait for this reply for ever.
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let reply: ReplyData = Reply::new(ll::RequestId(0xdeadbeef), ReplySender::Sync(tx));
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reply.fill(8, |_| panic!("a handler's bug"));
+        }));
+        assert!(panicked.is_err());
+        assert!(rx.try_recv().is_ok(), "no reply sent");
     }
 
     #[test]
