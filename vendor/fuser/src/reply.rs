@@ -230,7 +230,9 @@ impl ReplyData {
     /// Reply with the data `fill` writes straight into the reply's buffer, at most `max`
     /// bytes, returning how many it wrote (a read into the reply without a buffer of its
     /// own); or with the error `fill` returns. Should `fill` panic, the request is
-    /// answered EIO as for any reply dropped unsent.
+    /// answered EIO as for any reply dropped unsent. `fill` runs while the reply buffer
+    /// is held (the ring's reply slot, or the thread's own buffer): it must not reply to
+    /// another request.
     pub fn fill(mut self, max: usize, fill: impl FnOnce(&mut [u8]) -> Result<usize, Errno>) {
         let sender = self.reply.sender.as_ref().expect("reply sent once");
         let sent = sender.send_filled(self.reply.unique, max, fill);
