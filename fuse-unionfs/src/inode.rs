@@ -260,6 +260,24 @@ impl Table {
     /// Forgets a real file that no longer exists, so a recycled inode gets a fresh number.
     pub(crate) fn unalias(&self, key: (u64, u64)) {
         let removed = write(self.key_shard(key)).remove(&key);
+        self.unaliased(key, removed);
+    }
+
+    /// [`unalias`](Self::unalias) for a file removed a moment ago that had number `ino`: only
+    /// while `key` still answers with it. Another request may have made a file or directory
+    /// on the real inode, recycled since the removal, and given that key a number of its own.
+    pub(crate) fn unalias_number(&self, key: (u64, u64), ino: u64) {
+        let removed = {
+            let mut shard = write(self.key_shard(key));
+            match shard.get(&key) {
+                Some(&(mapped, _)) if mapped == ino => shard.remove(&key),
+                _ => None,
+            }
+        };
+        self.unaliased(key, removed);
+    }
+
+    fn unaliased(&self, key: (u64, u64), removed: Option<(u64, usize)>) {
         if let Some((ino, _)) = removed {
             let mut lent = write(&self.lent);
             if lent.get(&ino) == Some(&key) {
@@ -461,6 +479,22 @@ mod tests {
         assert_eq!(table.renumber((7, 300), 0), 300);
         let used: usize = table.used.iter().map(|s| read(s).len()).sum();
         assert_eq!(used, 1);
+    }
+
+    /// A removed file's key is given up only while it still answers with the file's
+    /// number: not once a new entry on the recycled inode has its own.
+    #[test]
+    fn unalias_number_leaves_a_recycled_inodes_new_number() {
+        let table = Table::new(&[7]);
+        let file = table.renumber((7, 300), 0);
+        table.lookup(file, false, state());
+        // the file is removed, and a directory made at once on its inode
+        let dir = table.renumber((7, 300), 0);
+        assert_ne!(dir, file);
+        table.unalias_number((7, 300), file);
+        assert_eq!(table.existing_ino((7, 300)), Some(dir));
+        table.unalias_number((7, 300), dir);
+        assert_eq!(table.existing_ino((7, 300)), None);
     }
 
     #[test]

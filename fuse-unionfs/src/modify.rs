@@ -651,18 +651,22 @@ impl Union {
         Ok(entry)
     }
 
-    /// Drops the (parent, name) link of whatever live node had it, and of the nodes its
-    /// copy-up superseded, whose numbers it returns (their link count changed); forgets the
-    /// real file's number if no name of it is left, so a recycled inode gets a new one.
+    /// Drops the (parent, name) link of node `ino`, the number the real file `key` had
+    /// before its removal, and of the nodes its copy-up superseded, whose numbers it returns
+    /// (their link count changed); forgets the real file's number if no name of it is left,
+    /// so a recycled inode gets a new one. The number must be taken before the removal: after
+    /// it, a request beside this one may already have made a file or directory on the
+    /// recycled inode, and the key then answers with that one's number.
     pub(crate) fn unlinked(
         &self,
         parent: u64,
         name: &OsStr,
         key: (u64, u64),
+        ino: Option<u64>,
         last: bool,
     ) -> Vec<u64> {
         let mut superseded = Vec::new();
-        if let Some(ino) = self.table.existing_ino(key) {
+        if let Some(ino) = ino {
             let others = self.superseded_nodes(ino);
             for node in self.table.get(ino).iter().chain(&others) {
                 node.state_mut()
@@ -674,8 +678,8 @@ impl Union {
             }
             superseded = others.iter().map(|node| node.ino).collect();
         }
-        if last {
-            self.table.unalias(key);
+        if last && let Some(ino) = ino {
+            self.table.unalias_number(key, ino);
         }
         superseded
     }
@@ -690,6 +694,7 @@ impl Union {
         if found.meta.is_dir() {
             return Err(Errno::ISDIR);
         }
+        let ino = self.table.existing_ino(found.meta.key());
         // (found below the upper: a lower branch has it)
         let lower = found.layer != UPPER || self.lower_has(&players, &rel)?;
         self.copy_up_dir(parent)?;
@@ -710,7 +715,7 @@ impl Union {
         } else {
             self.layers.whiteout(self.upper_fd(), &rel)?;
         }
-        Ok(self.unlinked(parent, name, found.meta.key(), found.meta.nlink <= 1))
+        Ok(self.unlinked(parent, name, found.meta.key(), ino, found.meta.nlink <= 1))
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Res<()> {
@@ -725,20 +730,18 @@ impl Union {
             return Err(Errno::NOTEMPTY);
         }
         let lower = found.layer != UPPER || self.lower_has(&players, &rel)?;
+        let ino = self.table.existing_ino(found.meta.key());
         self.copy_up_dir(parent)?;
         self.remove_upper_dir(&rel, found.layer == UPPER, lower)?;
-        self.dir_removed(&found);
-        self.unlinked(parent, name, found.meta.key(), true);
+        self.dir_removed(&found, ino);
+        self.unlinked(parent, name, found.meta.key(), ino, true);
         Ok(())
     }
 
-    /// Keeps a removed directory's attributes for its node (see `Node::removed_dir`).
-    pub(crate) fn dir_removed(&self, found: &Found) {
-        if let Some(node) = self
-            .table
-            .existing_ino(found.meta.key())
-            .and_then(|ino| self.table.get(ino))
-        {
+    /// Keeps a removed directory's attributes for its node `ino` (see `Node::removed_dir`),
+    /// the number it had before the removal (see [`unlinked`](Self::unlinked)).
+    pub(crate) fn dir_removed(&self, found: &Found, ino: Option<u64>) {
+        if let Some(node) = ino.and_then(|ino| self.table.get(ino)) {
             let mut meta = found.meta;
             meta.nlink = 0;
             let _ = node.removed_dir.set(Box::new(meta));

@@ -246,7 +246,7 @@ impl Union {
             if let Some(dst) = &dst {
                 if dst.meta.is_dir() {
                     self.remove_upper_dir(&nrel, dst.layer == UPPER, false)?;
-                    self.dir_removed(dst);
+                    self.dir_removed(dst, dst_ino);
                 } else if dst.layer != UPPER && src.meta.is_dir() {
                     // nothing in upper to replace: the lower file is hidden by the opaque dir below
                 } else if src.meta.is_dir() {
@@ -273,6 +273,7 @@ impl Union {
                     newparent,
                     newname,
                     dst.meta.key(),
+                    dst_ino,
                     dst.meta.is_dir() || dst.meta.nlink <= 1,
                 );
             }

@@ -1177,40 +1177,50 @@ fn reads_and_rmdirs_racing_removals_never_see_a_whiteout_as_the_file() {
     // whiteout (a device where the kernel has a file or directory: it calls the inode bad,
     // and every later use gives EIO).
     with_fuse(|m| {
-        let files: Vec<PathBuf> = (0..4).map(|i| m.path(&format!("etc/conf{i}"))).collect();
-        let dirs: Vec<PathBuf> = (0..4).map(|i| m.path(&format!("var/log/d{i}"))).collect();
-        for dir in &dirs {
-            for entry in fs::read_dir(dir).unwrap() {
-                fs::remove_file(entry.unwrap().path()).unwrap();
-            }
-        }
-        let errors = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
-        std::thread::scope(|scope| {
-            for t in 0..8 {
-                let (files, dirs, errors) = (&files, &dirs, &errors);
-                scope.spawn(move || {
-                    for k in 0..1500 {
-                        let (file, dir) = (&files[k % 4], &dirs[k % 4]);
-                        let result = match (k + t) % 6 {
-                            0 => fs::remove_file(file),
-                            1 => fs::write(file, b"y"),
-                            2 => fs::read(file).map(drop),
-                            3 => fs::remove_dir(dir),
-                            4 => fs::create_dir(dir),
-                            _ => fs::metadata(dir).map(drop),
-                        };
-                        if let Err(e) = result
-                            && e.raw_os_error() == Some(libc::EIO)
-                        {
-                            *errors.lock().unwrap().entry(e.to_string()).or_default() += 1;
-                        }
-                    }
-                });
-            }
-        });
-        let errors = errors.into_inner().unwrap();
+        let errors = churn_files_and_dirs(&|rel| m.path(rel));
         assert!(errors.is_empty(), "{errors:?}");
     });
+}
+
+/// Eight threads unlink, write and read `etc/conf0..3` and remove, make and stat
+/// `var/log/d0..3` (emptied first) of a mount of the fixture, through `path`; returns the
+/// EIO errors they met, by message. The real inodes of removed files and directories are
+/// recycled at once for new ones, by requests served beside each other.
+pub(crate) fn churn_files_and_dirs(
+    path: &(dyn Fn(&str) -> PathBuf + Sync),
+) -> std::collections::BTreeMap<String, usize> {
+    let files: Vec<PathBuf> = (0..4).map(|i| path(&format!("etc/conf{i}"))).collect();
+    let dirs: Vec<PathBuf> = (0..4).map(|i| path(&format!("var/log/d{i}"))).collect();
+    for dir in &dirs {
+        for entry in fs::read_dir(dir).unwrap() {
+            fs::remove_file(entry.unwrap().path()).unwrap();
+        }
+    }
+    let errors = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
+    std::thread::scope(|scope| {
+        for t in 0..8 {
+            let (files, dirs, errors) = (&files, &dirs, &errors);
+            scope.spawn(move || {
+                for k in 0..1500 {
+                    let (file, dir) = (&files[k % 4], &dirs[k % 4]);
+                    let result = match (k + t) % 6 {
+                        0 => fs::remove_file(file),
+                        1 => fs::write(file, b"y"),
+                        2 => fs::read(file).map(drop),
+                        3 => fs::remove_dir(dir),
+                        4 => fs::create_dir(dir),
+                        _ => fs::metadata(dir).map(drop),
+                    };
+                    if let Err(e) = result
+                        && e.raw_os_error() == Some(libc::EIO)
+                    {
+                        *errors.lock().unwrap().entry(e.to_string()).or_default() += 1;
+                    }
+                }
+            });
+        }
+    });
+    errors.into_inner().unwrap()
 }
 
 #[test]
