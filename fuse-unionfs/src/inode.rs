@@ -266,7 +266,8 @@ impl Table {
     /// [`unalias`](Self::unalias) for a file removed a moment ago that had number `ino`: only
     /// while `key` still answers with it. Another request may have made a file or directory
     /// on the real inode, recycled since the removal, and given that key a number of its own.
-    pub(crate) fn unalias_number(&self, key: (u64, u64), ino: u64) {
+    /// Says whether it did.
+    pub(crate) fn unalias_number(&self, key: (u64, u64), ino: u64) -> bool {
         let removed = {
             let mut shard = write(self.key_shard(key));
             match shard.get(&key) {
@@ -274,7 +275,9 @@ impl Table {
                 _ => None,
             }
         };
+        let done = removed.is_some();
         self.unaliased(key, removed);
+        done
     }
 
     fn unaliased(&self, key: (u64, u64), removed: Option<(u64, usize)>) {
@@ -491,9 +494,9 @@ mod tests {
         // the file is removed, and a directory made at once on its inode
         let dir = table.renumber((7, 300), 0);
         assert_ne!(dir, file);
-        table.unalias_number((7, 300), file);
+        assert!(!table.unalias_number((7, 300), file));
         assert_eq!(table.existing_ino((7, 300)), Some(dir));
-        table.unalias_number((7, 300), dir);
+        assert!(table.unalias_number((7, 300), dir));
         assert_eq!(table.existing_ino((7, 300)), None);
     }
 

@@ -665,23 +665,20 @@ impl Union {
         ino: Option<u64>,
         last: bool,
     ) -> Vec<u64> {
-        let mut superseded = Vec::new();
-        if let Some(ino) = ino {
-            let others = self.superseded_nodes(ino);
-            for node in self.table.get(ino).iter().chain(&others) {
-                node.state_mut()
-                    .links
-                    .retain(|(p, n)| !(*p == parent && n == name));
-            }
-            if last {
-                self.untie_copy(ino);
-            }
-            superseded = others.iter().map(|node| node.ino).collect();
+        let Some(ino) = ino else {
+            return Vec::new();
+        };
+        let others = self.superseded_nodes(ino);
+        for node in self.table.get(ino).iter().chain(&others) {
+            node.state_mut()
+                .links
+                .retain(|(p, n)| !(*p == parent && n == name));
         }
-        if last && let Some(ino) = ino {
+        if last {
+            self.untie_copy(ino);
             self.table.unalias_number(key, ino);
         }
-        superseded
+        others.iter().map(|node| node.ino).collect()
     }
 
     /// Returns the numbers a copy-up of the file superseded (`Union::supersede`), whose

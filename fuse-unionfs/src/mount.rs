@@ -560,7 +560,7 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
         invalidator.clone(),
     );
     let device = mount_fuse(&spec.target, &spec.upper, spec.flags)?;
-    let session = Session::from_fd(fs, device, SessionACL::All, fuse_config())
+    Session::from_fd(fs, device, SessionACL::All, fuse_config())
         .and_then(|session| {
             invalidator.start(session.notifier())?;
             Ok(session)
@@ -569,8 +569,7 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
             // The kernel mount exists but nobody will serve it.
             let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
             mount_error("fuse", &spec.target, e)
-        })?;
-    Ok(session)
+        })
 }
 
 /// The type of strata's FUSE mounts.

@@ -1209,8 +1209,7 @@ impl Union {
             && st.st_nlink == 0
         {
             let key = Meta::from_stat(&st).key();
-            if self.table.existing_ino(key) == Some(file.ino) {
-                self.table.unalias(key);
+            if self.table.unalias_number(key, file.ino) {
                 self.untie_copy(file.ino);
             }
         }

@@ -514,6 +514,19 @@ fn branch_options(fixture: &Fixture, upper: &Path, work: &Path) -> String {
     )
 }
 
+/// Starts the server on the fixture's branches, with a fresh upper and work dir named
+/// `name` and environment `env`; returns the mount point and the upper dir.
+fn start_on_branches(
+    fixture: &Fixture,
+    name: &str,
+    env: &[(&str, &str)],
+) -> (PathBuf, PathBuf, Cleanup) {
+    let (upper, work, mnt, cleanup) = branch_dirs(fixture, name);
+    let options = branch_options(fixture, &upper, &work);
+    start_with(env, &["-o", &options], &mnt);
+    (mnt, upper, cleanup)
+}
+
 /// The owner of every entry below `root`, by path.
 fn owners(root: &Path) -> std::collections::BTreeMap<PathBuf, (u32, u32)> {
     let mut out = std::collections::BTreeMap::new();
@@ -698,9 +711,7 @@ fn entries_made_over_whiteouts_in_a_setgid_directory_take_its_group() {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o2775)).unwrap();
     }
     let kernel = fixture.mount("kernel", Driver::Overlay);
-    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "standalone");
-    let options = branch_options(&fixture, &upper, &work);
-    start(&["-o", &options], &mnt);
+    let (mnt, upper, _cleanup) = start_on_branches(&fixture, "standalone", &[]);
     let run = |mnt: &Path, upper: &Path| {
         std::fs::remove_dir(mnt.join("shared/d")).unwrap();
         std::fs::create_dir(mnt.join("shared/d")).unwrap();
@@ -732,9 +743,8 @@ fn entries_made_over_whiteouts_in_a_setgid_directory_take_its_group() {
 fn seeks_under_the_writeback_cache_see_data_not_written_back_yet() {
     use std::io::Write;
     let fixture = Fixture::new();
-    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "writeback");
-    let options = branch_options(&fixture, &upper, &work);
-    start_with(&[("STRATA_FUSE_PASSTHROUGH", "0")], &["-o", &options], &mnt);
+    let (mnt, _, _cleanup) =
+        start_on_branches(&fixture, "writeback", &[("STRATA_FUSE_PASSTHROUGH", "0")]);
     let m = mnt.clone();
     let seeks = deadline(60, "seeks in a file just written", move || {
         let mut file = std::fs::File::create(m.join("written")).unwrap();
@@ -759,9 +769,7 @@ fn seeks_under_the_writeback_cache_see_data_not_written_back_yet() {
 #[test]
 fn files_and_dirs_churned_over_dev_fuse_never_give_eio() {
     let fixture = Fixture::new();
-    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "dev-fuse");
-    let options = branch_options(&fixture, &upper, &work);
-    start_with(&[("STRATA_FUSE_URING", "0")], &["-o", &options], &mnt);
+    let (mnt, _, _cleanup) = start_on_branches(&fixture, "dev-fuse", &[("STRATA_FUSE_URING", "0")]);
     let m = mnt.clone();
     let errors = deadline(120, "file and directory churn over /dev/fuse", move || {
         crate::ops::churn_files_and_dirs(&|rel| m.join(rel))
@@ -883,13 +891,8 @@ fn migrations_in_getxattrs(mnt: &Path, n: usize) -> u64 {
 fn ring_threads_under_sched_idle_keep_the_caller_and_are_not_starved() {
     use std::os::fd::AsRawFd;
     let fixture = Fixture::new();
-    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "keep-cpu");
-    let options = branch_options(&fixture, &upper, &work);
-    start_with(
-        &[("STRATA_FUSE_KEEP_CPU", "always")],
-        &["-o", &options],
-        &mnt,
-    );
+    let (mnt, _, _cleanup) =
+        start_on_branches(&fixture, "keep-cpu", &[("STRATA_FUSE_KEEP_CPU", "always")]);
     let pid = server_pid(&mnt);
     let moved = migrations_in_getxattrs(&mnt, 5000);
     let busy = BusyCpus::start();
@@ -958,9 +961,7 @@ fn ring_threads_under_sched_idle_keep_the_caller_and_are_not_starved() {
 #[test]
 fn by_default_a_caller_that_moves_is_kept_on_its_cpu() {
     let fixture = Fixture::new();
-    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "keep-auto");
-    let options = branch_options(&fixture, &upper, &work);
-    start(&["-o", &options], &mnt);
+    let (mnt, _, _cleanup) = start_on_branches(&fixture, "keep-auto", &[]);
     let moved = migrations_in_getxattrs(&mnt, 5000);
     umount(&mnt);
     assert!(
