@@ -503,26 +503,24 @@ impl Fs {
         }
     }
 
-    fn release_mode(&self, fh: u64) {
+    fn release_mode(&self, fh: u64) -> Option<Opened> {
         let mut table = self.opens.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((ino, writer)) = table.handles.remove(&fh) else {
-            return;
-        };
-        let Some(opened) = table.by_ino.get_mut(&ino) else {
-            return;
-        };
+        let (ino, writer) = table.handles.remove(&fh)?;
+        let opened = table.by_ino.get_mut(&ino)?;
         opened.count -= 1;
         opened.writers -= usize::from(writer);
         if opened.count > 0 {
-            return;
+            return None;
         }
+        let gone = table.by_ino.remove(&ino);
         if let Some(Opened {
             mode: Mode::Passthrough { upper: true, .. },
             ..
-        }) = table.by_ino.remove(&ino)
+        }) = gone
         {
             table.written.insert(ino);
         }
+        gone
     }
 
     /// Fills a READDIR or READDIRPLUS reply from `offset` with `add`, which adds one entry
@@ -970,8 +968,10 @@ impl Filesystem for Fs {
         reply: ReplyEmpty,
     ) {
         let _ = ino;
-        self.release_mode(fh.0);
-        self.union.release(fh.0);
+        // (the inode's BackingId, if this was its last handle, and the descriptor are
+        // closed after the reply, and outside the table's lock)
+        let _last = self.release_mode(fh.0);
+        let _file = self.union.release(fh.0);
         reply.ok();
     }
 
