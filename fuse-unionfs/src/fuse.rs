@@ -48,6 +48,7 @@ use fuser::{
 use crate::idshift::IdShift;
 use crate::layer::{Kind, Meta};
 use crate::modify::{SetAttr, SetTime};
+use crate::plus::PlusUse;
 use crate::union::{Caller, DirEntry, Entry, OpenFile, Union, Unprivileged};
 
 /// Entries change only through this mount (the branches must not be modified behind its
@@ -191,6 +192,8 @@ pub(crate) struct Fs {
     shift: Option<IdShift>,
     opens: Mutex<OpenTable>,
     invalidator: Arc<Invalidator>,
+    /// Which callers' READDIRPLUS listings carry attributes.
+    plus: PlusUse,
 }
 
 /// How long a request waits for the kernel to forget names (see [`Invalidator`]).
@@ -287,6 +290,7 @@ impl Fs {
             shift,
             opens: Mutex::default(),
             invalidator,
+            plus: PlusUse::default(),
         }
     }
 
@@ -671,8 +675,13 @@ impl Filesystem for Fs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.union.lookup(parent.0, name) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = self.union.lookup(parent.0, name);
+        if let Ok(entry) = &found {
+            self.plus
+                .looked_up(req.pid(), parent.0, entry.meta.is_dir());
+        }
+        match found {
             Err(rustix::io::Errno::NOENT) => {
                 // Node id 0: a cached negative entry; the kernel reads no attributes.
                 let negative = attr(&Entry {
@@ -1049,12 +1058,14 @@ impl Filesystem for Fs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        // (see the `plus` module)
+        let with_attrs = self.plus.with_attrs(req.pid(), ino.0);
         let filled = self.fill_dir(ino.0, offset, |dirent, next| {
             if dirent.name == "." || dirent.name == ".." {
                 // The kernel takes no lookup for these (fuse_direntplus_link): attrs unused.
@@ -1072,6 +1083,10 @@ impl Filesystem for Fs {
                     &attr,
                     Generation(0),
                 );
+            }
+            if !with_attrs {
+                let kind = file_type(dirent.kind);
+                return reply.add_name(INodeNo(dirent.ino), next, kind, &dirent.name);
             }
             let Ok(entry) = self.union.lookup_listed(ino.0, &dirent.name, dirent.layer) else {
                 return false;

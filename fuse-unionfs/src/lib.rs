@@ -6,7 +6,7 @@
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
 //! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins),
-//! `fuse` (fuser callbacks), `idshift` (owners seen from a user namespace), `mount`
+//! `fuse` (fuser callbacks), `plus` (which listings carry attributes), `idshift` (owners seen from a user namespace), `mount`
 //! (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
 
 mod copyup;
@@ -18,6 +18,7 @@ mod layer;
 mod modify;
 mod mount;
 mod origin;
+mod plus;
 mod rename;
 mod sys;
 mod union;

@@ -229,6 +229,58 @@ fn origins_never_give_two_files_one_number() {
     }
 }
 
+/// A caller that walks names without stat'ing them gets READDIRPLUS listings by name only
+/// (src/plus.rs): the names, types and numbers they give are those that stat gives after.
+/// Then, stat'ing each entry after each listing, it gets listings with attributes: again
+/// the same.
+#[test]
+fn listings_by_name_only_or_with_attributes_agree_with_stat() {
+    use std::os::unix::fs::{DirEntryExt, FileTypeExt};
+    fn kind(t: fs::FileType) -> char {
+        match () {
+            _ if t.is_dir() => 'd',
+            _ if t.is_symlink() => 'l',
+            _ if t.is_file() => 'f',
+            _ if t.is_fifo() => 'p',
+            _ if t.is_char_device() => 'c',
+            _ => '?',
+        }
+    }
+    let fixture = Fixture::new();
+    let m = fixture.mount("fuse", Driver::Fuse);
+    let mnt = m.mnt.clone();
+    deadline(60, "walks", move || {
+        for stat_as_it_goes in [false, true] {
+            let (mut dirs, mut listed) = (vec![mnt.clone()], Vec::new());
+            while let Some(dir) = dirs.pop() {
+                for entry in fs::read_dir(&dir).unwrap() {
+                    let entry = entry.unwrap();
+                    // (d_type: read_dir stats nothing)
+                    let seen = (kind(entry.file_type().unwrap()), entry.ino());
+                    if seen.0 == 'd' {
+                        dirs.push(entry.path());
+                    }
+                    if stat_as_it_goes {
+                        let meta = fs::symlink_metadata(entry.path()).unwrap();
+                        assert_eq!(seen, (kind(meta.file_type()), meta.ino()), "{entry:?}");
+                    }
+                    listed.push((entry.path(), seen));
+                }
+            }
+            assert!(listed.len() > 20, "{listed:?}");
+            for (path, seen) in listed {
+                let meta = fs::symlink_metadata(&path).unwrap();
+                assert_eq!(
+                    seen,
+                    (kind(meta.file_type()), meta.ino()),
+                    "{}",
+                    path.display()
+                );
+            }
+        }
+    });
+}
+
 /// Each entry's d_ino in a raw listing of `dir`, without "." and "..".
 fn dir_inos(dir: &Path) -> Vec<(String, u64)> {
     let dir = fs::File::open(dir).unwrap();

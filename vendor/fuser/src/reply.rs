@@ -815,6 +815,24 @@ impl ReplyDirectoryPlus {
         ))
     }
 
+    /// Adds a name without its lookup (node id 0): the kernel lists it as READDIR would and
+    /// looks it up later if it is used, so the filesystem need not find its attributes now.
+    /// Returns true if the buffer is full.
+    pub fn add_name<T: AsRef<OsStr>>(
+        &mut self,
+        ino: INodeNo,
+        offset: u64,
+        kind: FileType,
+        name: T,
+    ) -> bool {
+        self.buf.push_name(&ll::reply::DirEntry::new(
+            ino,
+            DirEntOffset(offset),
+            kind,
+            name.as_ref(),
+        ))
+    }
+
     /// Reply to a request with the filled directory buffer
     pub fn ok(self) {
         let response: ll::ResponseData = self.buf.into();

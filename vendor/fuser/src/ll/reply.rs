@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::time::SystemTime;
 
 use smallvec::SmallVec;
+use zerocopy::FromZeros;
 use zerocopy::Immutable;
 use zerocopy::IntoBytes;
 
@@ -561,6 +562,24 @@ impl DirEntPlusList {
         };
         self.0.push([header.as_bytes(), name])
     }
+
+    /// Adds a name without its lookup: node id 0, which the kernel takes as "no entry or
+    /// attributes for this one" (fuse_direntplus_link) and lists the name only, as READDIR
+    /// would. Returns true if the buffer is full.
+    #[must_use]
+    pub(crate) fn push_name(&mut self, x: &DirEntry<impl AsRef<Path>>) -> bool {
+        let name = x.name.as_ref().as_os_str().as_bytes();
+        let header = abi::fuse_direntplus {
+            entry_out: abi::fuse_entry_out::new_zeroed(),
+            dirent: abi::fuse_dirent {
+                ino: x.ino.into(),
+                off: x.offset.0,
+                namelen: name.len().try_into().expect("Name too long"),
+                typ: mode_from_kind_and_perm(x.kind, 0) >> 12,
+            },
+        };
+        self.0.push([header.as_bytes(), name])
+    }
 }
 
 #[cfg(test)]
@@ -943,5 +962,29 @@ mod test {
             r.with_iovec(RequestId(0xdeadbeef), ioslice_to_vec),
             expected
         );
+    }
+
+    #[test]
+    fn reply_directory_plus_name_only() {
+        let mut buf = DirEntPlusList::new(4096);
+        assert!(!buf.push_name(&DirEntry::new(
+            INodeNo(0xaabb),
+            DirEntOffset(7),
+            FileType::Symlink,
+            "hello"
+        )));
+        let r: ResponseData = buf.into();
+        let bytes = r.with_iovec(RequestId(1), ioslice_to_vec);
+        let entry = &bytes[size_of::<abi::fuse_out_header>()..];
+        let header = size_of::<abi::fuse_entry_out>();
+        // node id 0 and nothing else in the lookup part...
+        assert!(entry[..header].iter().all(|&b| b == 0));
+        // ...then the dirent: ino, off, namelen, type (DT_LNK), the name padded to 8
+        let dirent = &entry[header..];
+        assert_eq!(dirent[..8], 0xaabb_u64.to_le_bytes());
+        assert_eq!(dirent[8..16], 7_u64.to_le_bytes());
+        assert_eq!(dirent[16..20], 5_u32.to_le_bytes());
+        assert_eq!(dirent[20..24], 10_u32.to_le_bytes());
+        assert_eq!(&dirent[24..], b"hello\0\0\0");
     }
 }
