@@ -22,7 +22,7 @@ const BIG_COPY: u64 = 16 << 20;
 /// Copies `rel` from `src_layer` into the upper branch; its parent must already be there.
 /// Returns Ok if the upper entry exists afterwards (also when a racing copy-up won).
 pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta> {
-    copy_up_with(layers, src_layer, rel, true)
+    copy_up_with(layers, src_layer, rel, !layers.volatile)
 }
 
 /// `sync: false` leaves the data unsynced, for a caller that copies many files and
@@ -120,7 +120,8 @@ fn build(
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o600),
             )?;
-            copy_data(src.as_fd(), dst.as_fd(), meta.size)?;
+            // (a volatile union's copy stays in the page cache: direct writes wait for the disk)
+            copy_data(src.as_fd(), dst.as_fd(), meta.size, !layers.volatile)?;
             // Kernel overlayfs syncs the copy before it becomes visible (ovl_copy_up_file).
             if sync {
                 rustix::fs::fsync(&dst)?;
@@ -185,7 +186,7 @@ pub(crate) fn timespec(t: std::time::SystemTime) -> Timespec {
 /// Data: a reflink when the filesystem shares extents, else each data extent by an
 /// in-kernel copy, else by a loop; holes stay holes. A big file is written around the
 /// page cache (see [`copy_direct`]).
-fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
+fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64, direct: bool) -> Res<()> {
     if size == 0 || rustix::fs::ioctl_ficlone(dst, src).is_ok() {
         return Ok(());
     }
@@ -195,7 +196,7 @@ fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> Res<()> {
         by_range: true,
         ranged: 0,
     };
-    let buffered = match (size >= BIG_COPY).then(|| copy_direct(src, dst, size)) {
+    let buffered = match (direct && size >= BIG_COPY).then(|| copy_direct(src, dst, size)) {
         // What direct I/O left: the unaligned ends of extents.
         Some(Ok(rest)) => rest,
         // No direct I/O here (or not at these offsets): the usual copy, from the start.
@@ -559,7 +560,7 @@ mod tests {
         let dst_dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let dst_path = dst_dir.path().join("copy");
         let dst = std::fs::File::create_new(&dst_path).unwrap();
-        copy_data(file.as_fd(), dst.as_fd(), 16 << 20).unwrap();
+        copy_data(file.as_fd(), dst.as_fd(), 16 << 20, true).unwrap();
         assert_eq!(std::fs::read(&dst_path).unwrap(), want);
         let allocated = std::fs::metadata(&dst_path).unwrap().blocks() * 512;
         assert!(allocated <= 1 << 20, "{allocated} bytes allocated");
@@ -624,7 +625,7 @@ mod tests {
                 "this test needs /var/tmp on a disk file system with direct I/O and without \
                  reflinks (ext4)"
             );
-            copy_data(file.as_fd(), dst.as_fd(), want.len() as u64).unwrap();
+            copy_data(file.as_fd(), dst.as_fd(), want.len() as u64, true).unwrap();
             let cached = cached_bytes(&dst_path);
             assert_eq!(
                 rustix::fs::fcntl_getfl(&dst).unwrap() & OFlags::DIRECT,
@@ -691,7 +692,7 @@ mod tests {
             Err(Errno::INVAL),
             "ramfs took O_DIRECT: this test tests nothing"
         );
-        copy_data(file.as_fd(), dst.as_fd(), want.len() as u64).unwrap();
+        copy_data(file.as_fd(), dst.as_fd(), want.len() as u64, true).unwrap();
         assert!(
             std::fs::read(&dst_path).unwrap() == want,
             "the copy differs"
@@ -722,7 +723,7 @@ mod tests {
             dio_align(dst.as_fd()).is_some(),
             "no direct I/O on ext4: this test tests nothing"
         );
-        let copied = copy_data(file.as_fd(), dst.as_fd(), want.len() as u64);
+        let copied = copy_data(file.as_fd(), dst.as_fd(), want.len() as u64, true);
         assert_eq!(copied, Err(Errno::NOSPC));
         assert_eq!(
             rustix::fs::fcntl_getfl(&dst).unwrap() & OFlags::DIRECT,

@@ -1,7 +1,8 @@
 //! The fuser 0.18 callbacks: each translates one request into a call on [`Union`] and
 //! sends one reply. Kernel caching is decided here: long TTLs (everything changes only
 //! through this mount), negative entries, FOPEN_KEEP_CACHE and FOPEN_NOFLUSH, cached
-//! directory listings without OPENDIR round trips, readdirplus, and FUSE passthrough for
+//! directory listings without OPENDIR round trips, readdirplus (with attributes for callers
+//! that stat what they list, see `plus`), and FUSE passthrough for
 //! writers and big files (one BackingId per inode, shared by all its opens) with writeback
 //! caching as the fallback when the kernel refuses passthrough (the two exclude each other,
 //! fs/fuse/inode.c process_init_reply). A passthrough open carries no other FOPEN flags

@@ -195,6 +195,8 @@ pub(crate) struct Layers {
     /// Each branch's file system: its device and its uuid (None where the kernel does not
     /// say, FS_IOC_GETFSUUID), for copy-up origins (`origin.rs`).
     fs: Vec<(u64, Option<[u8; 16]>)>,
+    /// Mounted `volatile` (see `Flags::volatile`): nothing is synced.
+    pub(crate) volatile: bool,
 }
 
 fn is_empty_dir(fd: &OwnedFd, path: &Path) -> Result<bool> {
@@ -324,6 +326,7 @@ impl Layers {
             tmp_counter: AtomicU64::new(0),
             aufs,
             aufs_upper,
+            volatile: false,
         })
     }
 

@@ -48,6 +48,11 @@ pub struct Flags {
     pub nodev: bool,
     pub nosuid: bool,
     pub noexec: bool,
+    /// overlayfs's `volatile`, for an upper thrown away after a crash (a build step's):
+    /// copy-ups are not synced before they show, and fsync(2) and syncfs(2) return at once.
+    /// The work dir keeps overlayfs's marker (`work/incompat/volatile`), and neither driver
+    /// mounts it again until someone who knows the union was unmounted cleanly removes it.
+    pub volatile: bool,
 }
 
 impl Flags {
@@ -129,10 +134,14 @@ impl MountSpec {
             }
             Ok(path)
         };
+        let work = abs(&self.work)?;
+        if !self.flags.read_only {
+            refuse_volatile_mark(&work)?;
+        }
         Ok(MountSpec {
             lowers: self.lowers.iter().map(|p| abs(p)).collect::<Result<_>>()?,
             upper: abs(&self.upper)?,
-            work: abs(&self.work)?,
+            work,
             target: abs(&self.target)?,
             id_shift: self.id_shift,
             aufs_markers: self.aufs_markers,
@@ -541,12 +550,15 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
     if !spec.flags.read_only {
         crate::layer::check_same_mount(&spec.upper, &spec.work)?;
     }
-    let union = Arc::new(Union::new(
-        &spec.upper,
-        &spec.lowers,
-        &spec.work,
-        spec.aufs_markers,
-    )?);
+    if spec.flags.volatile && !spec.flags.read_only {
+        // (overlayfs makes its own)
+        let mark = spec.work.join(VOLATILE_MARK);
+        std::fs::create_dir_all(&mark).map_err(|e| Error::io("create", &mark, e))?;
+    }
+    let union = Arc::new(
+        Union::new(&spec.upper, &spec.lowers, &spec.work, spec.aufs_markers)?
+            .with_volatile(spec.flags.volatile),
+    );
     // STRATA_FUSE_PASSTHROUGH=0 turns passthrough off (to compare, or to work around a kernel).
     let passthrough = std::env::var_os("STRATA_FUSE_PASSTHROUGH").is_none_or(|v| v != "0");
     // STRATA_FUSE_URING=0 keeps requests on /dev/fuse reads even where io_uring is offered.
@@ -570,6 +582,22 @@ fn fuse_session(spec: &MountSpec) -> Result<Session<Fs>> {
             let _ = rustix::mount::unmount(&spec.target, UnmountFlags::DETACH);
             mount_error("fuse", &spec.target, e)
         })
+}
+
+/// Where overlayfs marks a work dir mounted `volatile` (fs/overlayfs/super.c).
+const VOLATILE_MARK: &str = "work/incompat/volatile";
+
+/// The mark of a work dir a `volatile` mount used: neither driver mounts it again (the
+/// kernel refuses it too) until someone who knows the union was unmounted cleanly removes it.
+fn refuse_volatile_mark(work: &Path) -> Result<()> {
+    let mark = work.join(VOLATILE_MARK);
+    if mark.exists() {
+        return Err(Error::Spec(format!(
+            "{} exists: this union was mounted volatile, and after a crash its upper may hold files that never reached the disk; remove that directory (rm -r) only if it was unmounted cleanly",
+            mark.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The type of strata's FUSE mounts.
@@ -632,10 +660,11 @@ fn mount_overlay(spec: &MountSpec) -> Result<()> {
     }
     let lowers: Vec<String> = spec.lowers.iter().map(|p| escape(p)).collect();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},{OVERLAY_OPTIONS}",
+        "lowerdir={},upperdir={},workdir={},{OVERLAY_OPTIONS}{}",
         lowers.join(":"),
         escape(&spec.upper),
-        escape(&spec.work)
+        escape(&spec.work),
+        if spec.flags.volatile { ",volatile" } else { "" }
     );
     let fail = |e: rustix::io::Errno| mount_error("overlay", &spec.target, e.into());
     // mount(2) copies one page of options: many layers (about 40 store paths) do not fit,
@@ -680,6 +709,9 @@ fn mount_overlay_by_layer(spec: &MountSpec) -> rustix::io::Result<()> {
     for option in OVERLAY_OPTIONS.split(',') {
         let (key, value) = option.split_once('=').unwrap_or((option, ""));
         fsconfig_set_string(&fs, key, value)?;
+    }
+    if spec.flags.volatile {
+        rustix::mount::fsconfig_set_flag(&fs, "volatile")?;
     }
     fsconfig_create(&fs)?;
     let mut attrs = MountAttrFlags::empty();

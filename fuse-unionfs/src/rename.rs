@@ -151,7 +151,7 @@ impl Union {
                 self.materialize(&path.join(name), &found, moved)?;
             }
         }
-        if moved.len() > before {
+        if moved.len() > before && !self.layers.volatile {
             rustix::fs::syncfs(self.upper_fd())?;
         }
         Ok(())
@@ -203,7 +203,7 @@ impl Union {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             self.materialize(&nrel, dst, &mut moved)?;
         }
-        if !moved.is_empty() {
+        if !moved.is_empty() && !self.layers.volatile {
             // The tree copy skipped per-file fsync: one syncfs before the rename shows it.
             rustix::fs::syncfs(self.upper_fd())?;
         }

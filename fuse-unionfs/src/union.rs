@@ -443,6 +443,12 @@ impl Ties {
 impl Union {
     /// Opens the branches; `lowers` are top first. `aufs_markers`: see
     /// [`MountSpec`](crate::MountSpec).
+    /// A `volatile` union syncs nothing (see `Flags::volatile`).
+    pub fn with_volatile(mut self, volatile: bool) -> Union {
+        self.layers.volatile = volatile;
+        self
+    }
+
     pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path, aufs_markers: bool) -> Result<Union> {
         let layers = Layers::open(upper, lowers, work, aufs_markers)?;
         let roots: Vec<(usize, (u64, u64))> = (0..layers.count())
@@ -1294,7 +1300,7 @@ impl Union {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
-        if file.lower_size_nlink().is_some() {
+        if file.lower_size_nlink().is_some() || self.layers.volatile {
             // A lower file, read only and not even opened yet: nothing to write out.
             return Ok(());
         }
@@ -1307,6 +1313,9 @@ impl Union {
     }
 
     pub fn fsyncdir(&self, ino: u64) -> Res<()> {
+        if self.layers.volatile {
+            return Ok(());
+        }
         let _shared = self.shared();
         let node = self.node(ino)?;
         if node.state().layer != UPPER {

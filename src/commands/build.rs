@@ -472,7 +472,12 @@ impl Executor for UnionExecutor {
             work: request.work.to_path_buf(),
             target: target.clone(),
             aufs_markers: false,
-            flags: Default::default(),
+            // A step's upper is fresh, and after a crash the build starts it over: nothing
+            // in it needs syncing (dpkg's fsyncs and copy-ups cost nothing then).
+            flags: strata_unionfs::Flags {
+                volatile: true,
+                ..Default::default()
+            },
             id_shift: None,
         };
         let guard = strata_unionfs::mount(&spec, self.driver)
@@ -536,7 +541,10 @@ impl Executor for UnionExecutor {
                                     work,
                                     target: point.clone(),
                                     aufs_markers: false,
-                                    flags: Default::default(),
+                                    flags: strata_unionfs::Flags {
+                                        volatile: true,
+                                        ..Default::default()
+                                    },
                                     id_shift: None,
                                 };
                                 let union =

@@ -30,8 +30,9 @@ const USAGE: &str =
 
 /// Options that change nothing here, accepted because mount helpers pass them: generic
 /// ones for what is fixed here, fuse-overlayfs's tuning and SELinux labels, and kernel
-/// overlayfs features this server does its own way or needs not (`volatile` skips
-/// syncs, which this server keeps). `ro`, `nodev`, `nosuid`, `noexec` are honoured.
+/// overlayfs features this server does its own way or needs not (fuse-overlayfs's
+/// `fsync=0`: syncs are kept). `ro`, `nodev`, `nosuid`, `noexec` and `volatile` (nothing
+/// synced, and overlayfs's mark left in the work dir: see `Flags::volatile`) are honoured.
 const IGNORED: &[&str] = &[
     "atime",
     "noatime",
@@ -48,7 +49,6 @@ const IGNORED: &[&str] = &[
     "threaded",
     "fast_ino",
     "static_nlink",
-    "volatile",
     "index",
     "redirect_dir",
     "metacopy",
@@ -204,6 +204,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<Option<Args>, String> {
             b"suid" => flags.nosuid = false,
             b"noexec" => flags.noexec = true,
             b"exec" => flags.noexec = false,
+            b"volatile" => flags.volatile = true,
             key if IGNORED.iter().any(|k| k.as_bytes() == key) => {}
             key => {
                 return Err(format!("unknown option {}", String::from_utf8_lossy(key)));
@@ -325,6 +326,14 @@ mod tests {
                 ..Flags::default()
             }
         );
+    }
+
+    #[test]
+    fn volatile_is_honoured() {
+        let args = parsed(&["-o", "lowerdir=/l,upperdir=/u,workdir=/w,volatile", "/m"])
+            .unwrap()
+            .unwrap();
+        assert!(args.flags.volatile);
     }
 
     #[test]

@@ -2881,3 +2881,67 @@ fn reading_through_the_union_leaves_lower_atimes_alone() {
     assert_eq!(before(&lower_file), file_atime, "the lower file's atime");
     assert_eq!(before(&lower_dir), dir_atime, "the lower directory's atime");
 }
+
+/// A volatile union (a build step's: see `Flags::volatile`) copies up and syncs as any
+/// other does, as far as its callers can tell, and leaves overlayfs's mark in its work dir:
+/// then neither driver mounts that union again until the mark is removed.
+#[test]
+fn a_volatile_union_is_not_mounted_again_until_its_mark_is_removed() {
+    for driver in [Driver::Fuse, Driver::Overlay] {
+        let fixture = Fixture::new();
+        let base = fixture.dir.path().join("volatile");
+        let spec = strata_unionfs::MountSpec {
+            lowers: fixture.lowers.clone(),
+            upper: base.join("upper"),
+            work: base.join("work"),
+            target: base.join("mnt"),
+            aufs_markers: false,
+            flags: strata_unionfs::Flags {
+                volatile: true,
+                ..Default::default()
+            },
+            id_shift: None,
+        };
+        for dir in [&spec.upper, &spec.work, &spec.target] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        let mount = |spec: &strata_unionfs::MountSpec, driver| {
+            let spec = spec.clone();
+            deadline(30, "mount", move || strata_unionfs::mount(&spec, driver))
+        };
+        let guard = mount(&spec, driver).expect("a volatile mount");
+        let conf = spec.target.join("etc/conf1");
+        let before = fs::read(&conf).unwrap();
+        let mut file = fs::OpenOptions::new().append(true).open(&conf).unwrap();
+        file.write_all(b"appended\n").unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        assert_eq!(
+            fs::read(&conf).unwrap(),
+            [&before[..], b"appended\n"].concat()
+        );
+        deadline(30, "unmount", move || guard.unmount()).unwrap();
+
+        let mark = spec.work.join("work/incompat/volatile");
+        assert!(mark.is_dir(), "{driver}: no {}", mark.display());
+        let plain = strata_unionfs::MountSpec {
+            flags: Default::default(),
+            ..spec.clone()
+        };
+        for again in [Driver::Fuse, Driver::Overlay] {
+            let refused = mount(&plain, again).expect_err("a marked union mounted again");
+            assert!(
+                refused.to_string().contains("mounted volatile"),
+                "{driver} then {again}: {refused}"
+            );
+        }
+        fs::remove_dir_all(&mark).unwrap();
+        let guard = mount(&plain, driver).expect("mounted once the mark is gone");
+        assert_eq!(
+            fs::read(spec.target.join("etc/conf1")).unwrap(),
+            [&before[..], b"appended\n"].concat(),
+            "{driver}: the copy-up after a clean unmount"
+        );
+        deadline(30, "unmount", move || guard.unmount()).unwrap();
+    }
+}
