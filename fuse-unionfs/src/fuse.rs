@@ -676,11 +676,10 @@ impl Filesystem for Fs {
         Ok(())
     }
 
-    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let found = self.union.lookup(parent.0, name);
         if let Ok(entry) = &found {
-            self.plus
-                .looked_up(req.pid(), parent.0, entry.meta.is_dir());
+            self.plus.looked_up(parent.0, entry.meta.is_dir());
         }
         match found {
             Err(rustix::io::Errno::NOENT) => {

@@ -6,8 +6,9 @@
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
 //! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins),
-//! `fuse` (fuser callbacks), `plus` (which listings carry attributes), `idshift` (owners seen from a user namespace), `mount`
-//! (drivers, guard, daemon, sweeping), `sys` (the only unsafe code).
+//! `fuse` (fuser callbacks), `plus` (which listings carry attributes), `idshift` (owners
+//! seen from a user namespace), `mount` (drivers, guard, daemon, sweeping), `sys` (the only
+//! unsafe code).
 
 mod copyup;
 mod error;

@@ -8,77 +8,106 @@
 //! start of every directory, whoever asks, so the server decides, per caller: an entry sent
 //! with node id 0 is listed by name only, as READDIR lists it (fuse_direntplus_link).
 //!
-//! A caller gets names only until it looks up a non-directory it was listed that way (a
-//! walker looks up the directories it enters either way), and attributes from then on,
-//! except that every [`PROBE`]th listing it gets is names only again, to see whether it
-//! still uses them. Callers are told apart by thread id, in a fixed table of [`SLOTS`]
-//! (two callers that share a slot share one guess: only speed depends on it), so a LOOKUP
-//! takes no lock.
+//! A caller starts with attributes; its [`FIRST_PROBE`]th listing, and every [`PROBE`]th
+//! after, is by name only, to see whether it uses them. It keeps getting names only until
+//! someone looks up a non-directory in a directory it was listed that way (a walker looks
+//! up the directories it enters either way): the lister itself, or another process it feeds
+//! (`find | xargs stat`). The kernel keeps a listing (strata refuses OPENDIR: listings are
+//! cached) for whoever lists the directory next, so the choice matters beyond its caller:
+//! the probes leave about one directory in [`PROBE`] of a stat'ing walk to LOOKUPs.
+//!
+//! Callers are told apart by thread id, in a fixed table of [`SLOTS`] slots, and listings by
+//! name only by directory, in another: two that share a slot share one guess (as do the
+//! callers the server's pid namespace does not see, all pid 0), and the two atomics of an
+//! entry may come from different writers. Only speed depends on the guess; a LOOKUP takes
+//! no lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
-/// Callers tracked at once (by thread id modulo this).
+/// Callers tracked at once (by thread id modulo this), and directories listed by name only.
 const SLOTS: usize = 256;
 
-/// A caller that uses attributes gets names only in one listing out of this many.
+/// A caller that uses attributes gets names only in one listing out of this many...
 const PROBE: u32 = 32;
 
+/// ...and first in this one.
+const FIRST_PROBE: u32 = 2;
+
 #[derive(Default)]
-struct Slot {
+struct Caller {
     /// The thread id this slot last served.
-    caller: AtomicU32,
-    /// The directory the caller was last listed by name only (0: none since it used one).
-    listed: AtomicU64,
-    /// The caller looked up a non-directory it had been listed by name only.
+    tid: AtomicU32,
+    /// Someone looked up a non-directory the caller was last listed by name only.
     uses_attrs: AtomicBool,
     /// Listings with attributes since the last one by name only.
     since_probe: AtomicU32,
 }
 
+/// A directory listed by name only, and to whom.
+#[derive(Default)]
+struct Listed {
+    dir: AtomicU64,
+    tid: AtomicU32,
+}
+
+/// Which callers' READDIRPLUS listings carry attributes (see the module doc).
 pub(crate) struct PlusUse {
-    slots: Box<[Slot]>,
+    callers: Box<[Caller]>,
+    listed: Box<[Listed]>,
 }
 
 impl Default for PlusUse {
     fn default() -> PlusUse {
         PlusUse {
-            slots: (0..SLOTS).map(|_| Slot::default()).collect(),
+            callers: (0..SLOTS).map(|_| Caller::default()).collect(),
+            listed: (0..SLOTS).map(|_| Listed::default()).collect(),
         }
     }
 }
 
 impl PlusUse {
-    fn slot(&self, caller: u32) -> &Slot {
-        &self.slots[caller as usize % SLOTS]
+    fn caller(&self, tid: u32) -> &Caller {
+        &self.callers[tid as usize % SLOTS]
     }
 
-    /// Whether the READDIRPLUS of `caller` in directory `dir` gets attributes.
-    pub(crate) fn with_attrs(&self, caller: u32, dir: u64) -> bool {
-        let slot = self.slot(caller);
-        if slot.caller.swap(caller, Ordering::Relaxed) != caller {
-            // a new caller in this slot: nothing known of it
-            slot.uses_attrs.store(false, Ordering::Relaxed);
+    fn listed(&self, dir: u64) -> &Listed {
+        &self.listed[(dir % SLOTS as u64) as usize]
+    }
+
+    /// Whether the READDIRPLUS of thread `tid` in directory `dir` gets attributes.
+    pub(crate) fn with_attrs(&self, tid: u32, dir: u64) -> bool {
+        let caller = self.caller(tid);
+        if caller.tid.swap(tid, Ordering::Relaxed) != tid {
+            // a new caller in this slot
+            caller.uses_attrs.store(true, Ordering::Relaxed);
+            caller
+                .since_probe
+                .store(PROBE - FIRST_PROBE, Ordering::Relaxed);
         }
-        if slot.uses_attrs.load(Ordering::Relaxed)
-            && slot.since_probe.fetch_add(1, Ordering::Relaxed) + 1 < PROBE
+        if caller.uses_attrs.load(Ordering::Relaxed)
+            && caller.since_probe.fetch_add(1, Ordering::Relaxed) + 1 < PROBE
         {
             return true;
         }
-        slot.since_probe.store(0, Ordering::Relaxed);
-        slot.uses_attrs.store(false, Ordering::Relaxed);
-        slot.listed.store(dir, Ordering::Relaxed);
+        caller.since_probe.store(0, Ordering::Relaxed);
+        caller.uses_attrs.store(false, Ordering::Relaxed);
+        let listed = self.listed(dir);
+        listed.dir.store(dir, Ordering::Relaxed);
+        listed.tid.store(tid, Ordering::Relaxed);
         false
     }
 
-    /// `caller` looked up a name in directory `parent` (a directory, or not).
-    pub(crate) fn looked_up(&self, caller: u32, parent: u64, is_dir: bool) {
-        let slot = self.slot(caller);
-        if !is_dir
-            && slot.listed.load(Ordering::Relaxed) == parent
-            && slot.caller.load(Ordering::Relaxed) == caller
-        {
-            slot.listed.store(0, Ordering::Relaxed);
-            slot.uses_attrs.store(true, Ordering::Relaxed);
+    /// Someone looked up a name in directory `parent` (a directory, or not).
+    pub(crate) fn looked_up(&self, parent: u64, is_dir: bool) {
+        let listed = self.listed(parent);
+        if is_dir || listed.dir.load(Ordering::Relaxed) != parent {
+            return;
+        }
+        listed.dir.store(0, Ordering::Relaxed);
+        let tid = listed.tid.load(Ordering::Relaxed);
+        let caller = self.caller(tid);
+        if caller.tid.load(Ordering::Relaxed) == tid {
+            caller.uses_attrs.store(true, Ordering::Relaxed);
         }
     }
 }
@@ -87,47 +116,64 @@ impl PlusUse {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_walker_of_names_gets_names_only() {
-        let plus = PlusUse::default();
-        for dir in 2..100 {
-            assert!(!plus.with_attrs(7, dir), "listing {dir}");
-            // it enters subdirectories: lookups of directories
-            plus.looked_up(7, dir, true);
-        }
+    /// The listings (of directories 100, 101, ...) by name only among `count`; `stat`
+    /// says whether a caller looks up a file in each directory after its listing.
+    fn names_only(plus: &PlusUse, tid: u32, count: u64, stat: bool) -> Vec<u64> {
+        (100..100 + count)
+            .filter(|&dir| {
+                let names = !plus.with_attrs(tid, dir);
+                plus.looked_up(dir, true); // it enters subdirectories
+                if stat {
+                    plus.looked_up(dir, false);
+                }
+                names
+            })
+            .collect()
     }
 
     #[test]
-    fn a_caller_that_stats_what_it_lists_gets_attributes_and_is_probed_now_and_then() {
+    fn a_walker_of_names_gets_names_only_from_its_first_probe() {
         let plus = PlusUse::default();
-        assert!(!plus.with_attrs(7, 2));
-        plus.looked_up(7, 2, false);
-        let mut names_only = Vec::new();
-        for dir in 3..3 + 3 * u64::from(PROBE) {
-            if !plus.with_attrs(7, dir) {
-                names_only.push(dir);
-                plus.looked_up(7, dir, false);
-            }
-        }
-        assert_eq!(names_only.len(), 3, "probes: {names_only:?}");
-        // once it no longer uses them, a probe takes them away
-        let probed = (0..PROBE as u64)
-            .map(|i| 1000 + i)
-            .find(|&dir| !plus.with_attrs(7, dir))
-            .expect("a probe within PROBE listings");
-        assert!(!plus.with_attrs(7, probed + 1));
+        let got = names_only(&plus, 7, 100, false);
+        assert_eq!(got.len(), 99, "{got:?}");
+        assert_eq!(got[0], 100 + u64::from(FIRST_PROBE) - 1);
     }
 
     #[test]
-    fn a_lookup_elsewhere_or_by_another_caller_does_not_count() {
+    fn a_caller_that_stats_what_it_lists_gets_attributes_but_in_probes() {
         let plus = PlusUse::default();
-        assert!(!plus.with_attrs(7, 2));
-        plus.looked_up(7, 3, false); // another directory
-        plus.looked_up(8, 2, false); // another caller
-        assert!(!plus.with_attrs(7, 4));
-        // a caller taking over a slot starts from nothing
-        plus.looked_up(7, 4, false);
-        assert!(!plus.with_attrs(7 + SLOTS as u32, 5));
-        assert!(!plus.with_attrs(7 + SLOTS as u32, 6));
+        let got = names_only(&plus, 7, 3 * u64::from(PROBE), true);
+        assert_eq!(got.len(), 3, "probes: {got:?}");
+        // once it no longer uses them, the next probe takes them away for good
+        let got = names_only(&plus, 7, 2 * u64::from(PROBE), false);
+        let first = got[0];
+        assert_eq!(got, (first..100 + 2 * u64::from(PROBE)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_lookup_by_another_caller_counts_for_the_lister() {
+        let plus = PlusUse::default();
+        names_only(&plus, 7, 10, false);
+        assert!(!plus.with_attrs(7, 500));
+        // `find | xargs stat`: the stat is another process
+        plus.looked_up(500, false);
+        assert!(plus.with_attrs(7, 501));
+    }
+
+    #[test]
+    fn a_lookup_elsewhere_or_after_the_slot_changed_hands_does_not_count() {
+        let plus = PlusUse::default();
+        names_only(&plus, 7, 10, false);
+        assert!(!plus.with_attrs(7, 500));
+        plus.looked_up(501, false); // another directory
+        plus.looked_up(500, true); // a directory
+        assert!(!plus.with_attrs(7, 502));
+        // the slot's next thread starts afresh, and a lookup in what 7 was listed is not
+        // its own
+        let other = 7 + SLOTS as u32;
+        assert!(plus.with_attrs(other, 600));
+        assert!(!plus.with_attrs(other, 601)); // its first probe
+        plus.looked_up(502, false);
+        assert!(!plus.with_attrs(other, 602));
     }
 }

@@ -708,20 +708,22 @@ impl Union {
         }
     }
 
+    /// `ino` for real file `key` in branch `layer`, unless a live node has that number with
+    /// the other type: a real inode recycled while its old node lives on (a directory
+    /// removed and its number given to a file made right after, before the removal forgot
+    /// the number). The kernel would find its inode changed type and call it bad (EIO): a
+    /// new number. Lookups and listings apply it alike, so d_ino and st_ino agree.
+    fn unless_retyped(&self, ino: u64, key: (u64, u64), layer: usize, is_dir: bool) -> u64 {
+        match self.table.get(ino) {
+            Some(node) if node.is_dir != is_dir => self.table.renumber(key, layer),
+            _ => ino,
+        }
+    }
+
     /// Registers a found entry as a live node with one more kernel lookup.
     pub(crate) fn enter(&self, parent: u64, name: &OsStr, found: Found) -> Entry {
         let is_dir = found.meta.is_dir();
-        let mut ino = self.number(&found);
-        // A real inode recycled while its old node lives on (a directory removed and its
-        // number given to a file made right after, before the removal forgot the number):
-        // the kernel would find its inode changed type and call it bad (EIO). A new number.
-        if self
-            .table
-            .get(ino)
-            .is_some_and(|node| node.is_dir != is_dir)
-        {
-            ino = self.table.renumber(found.meta.key(), found.layer);
-        }
+        let ino = self.unless_retyped(self.number(&found), found.meta.key(), found.layer, is_dir);
         let state = NodeState {
             links: vec![(parent, name.to_os_string())],
             layer: found.layer,
@@ -1040,7 +1042,9 @@ impl Union {
             } else {
                 None
             };
-            let ino = self.number_of(key, layer, kind == Kind::Dir, numbered_by);
+            let is_dir = kind == Kind::Dir;
+            let ino = self.number_of(key, layer, is_dir, numbered_by);
+            let ino = self.unless_retyped(ino, key, layer, is_dir);
             entries.push(DirEntry {
                 name,
                 ino,

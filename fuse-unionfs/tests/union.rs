@@ -295,10 +295,12 @@ fn a_busy_mount_is_reported_then_detached_by_its_guard() {
 }
 
 /// The tests that need FUSE over io_uring's ring threads (a queue per CPU): they check
-/// how those threads share a CPU, which /dev/fuse's threads do not do.
-const RING_ONLY: [&str; 2] = [
+/// how those threads share a CPU and keep their callers on it, which /dev/fuse's threads
+/// do not do.
+const RING_ONLY: [&str; 3] = [
     "a_big_copy_up_does_not_hold_up_requests_from_the_same_cpu",
     "ring_threads_under_sched_idle_keep_the_caller_and_are_not_starved",
+    "by_default_a_caller_that_moves_is_kept_on_its_cpu",
 ];
 
 /// Every other test of this suite again, with requests read from /dev/fuse
@@ -306,9 +308,12 @@ const RING_ONLY: [&str; 2] = [
 /// over io_uring off unless `enable_uring` is set, and kernels before 6.14 lack it, so that
 /// is how most machines serve strata: several threads reading one device, where requests
 /// race otherwise than through per-CPU rings (the EIO fixed in 9cfd6c8 showed only there).
-/// One test at a time in the child, beside this binary's own.
+/// One test at a time in the child, beside this binary's own but for those that time the
+/// scheduler (`common::alone`); every mount it makes asserts that it is not on a ring.
 #[test]
 fn every_test_passes_over_dev_fuse_too() {
+    use std::os::unix::process::CommandExt;
+    let _alone = common::alone();
     let exe = std::env::current_exe().expect("this test binary's path");
     let mut child = std::process::Command::new(&exe);
     child.env("STRATA_FUSE_URING", "0").args([
@@ -320,10 +325,14 @@ fn every_test_passes_over_dev_fuse_too() {
     for name in RING_ONLY {
         child.args(["--skip", name]);
     }
-    // (its output in files: a pipe it filled would stop it)
-    let logs = tempfile::tempdir().unwrap();
+    // (its output in files: a pipe it filled would stop it; its fixtures in a dir of its own)
+    let logs = tempfile::tempdir_in("/var/tmp").unwrap();
+    let fixtures = logs.path().join("fixtures");
+    child.env("STRATA_UNIONFS_TEST_DIR", &fixtures);
     let (out_path, err_path) = (logs.path().join("stdout"), logs.path().join("stderr"));
+    // (a group of its own: a timeout ends it and the servers its standalone tests started)
     let mut run = child
+        .process_group(0)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
@@ -334,8 +343,11 @@ fn every_test_passes_over_dev_fuse_too() {
             break Some(status);
         }
         if std::time::Instant::now() > limit {
-            let _ = run.kill();
+            let group = nix::unistd::Pid::from_raw(-(run.id() as i32));
+            let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
             let _ = run.wait();
+            // its FUSE mounts, served by the process killed
+            let _ = strata_unionfs::detach_all_below(&fixtures);
             break None;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));

@@ -7,10 +7,30 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Mutex, MutexGuard, mpsc};
 use std::time::Duration;
 
 use strata_unionfs::{Driver, IdShift, MountGuard, MountSpec};
+
+/// Where tests make their directories (created): not /tmp, which may be tmpfs, where
+/// trusted xattrs and RENAME_WHITEOUT differ. STRATA_UNIONFS_TEST_DIR moves it (the run
+/// over /dev/fuse keeps its fixtures apart).
+pub fn test_base() -> PathBuf {
+    let base = std::env::var_os("STRATA_UNIONFS_TEST_DIR").map_or_else(
+        || PathBuf::from("/var/tmp/strata-unionfs-tests"),
+        PathBuf::from,
+    );
+    fs::create_dir_all(&base).unwrap();
+    base
+}
+
+/// Held by the tests that count CPU migrations or time the scheduler, and by the run of
+/// the whole suite over /dev/fuse (`every_test_passes_over_dev_fuse_too`), whose load
+/// would move their callers.
+pub fn alone() -> MutexGuard<'static, ()> {
+    static SCHEDULER: Mutex<()> = Mutex::new(());
+    SCHEDULER.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Fails with the fix when a prerequisite is missing (tests never skip).
 pub fn require_root_and_fuse() {
@@ -140,11 +160,9 @@ impl Fixture {
 
     fn build(with_lower_links: bool) -> Fixture {
         require_root_and_fuse();
-        // Not /tmp: it may be tmpfs, where trusted xattrs and RENAME_WHITEOUT differ.
-        fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
         let dir = tempfile::Builder::new()
             .prefix("union-")
-            .tempdir_in("/var/tmp/strata-unionfs-tests")
+            .tempdir_in(test_base())
             .unwrap();
         let l = |n: usize| dir.path().join(format!("lower{n}"));
         let (top, mid, bottom) = (l(0), l(1), l(2));
@@ -287,6 +305,11 @@ impl Fixture {
                 Driver::Fuse
             }
         );
+        if guard.driver() == Driver::Fuse
+            && std::env::var_os("STRATA_FUSE_URING").is_some_and(|v| v == "0")
+        {
+            assert!(!guard.io_uring(), "STRATA_FUSE_URING=0, yet on a ring");
+        }
         if guard.driver() == Driver::Fuse
             && let Ok(meta) = fs::metadata(mnt)
         {

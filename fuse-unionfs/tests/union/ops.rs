@@ -230,9 +230,10 @@ fn origins_never_give_two_files_one_number() {
 }
 
 /// A caller that walks names without stat'ing them gets READDIRPLUS listings by name only
-/// (src/plus.rs): the names, types and numbers they give are those that stat gives after.
-/// Then, stat'ing each entry after each listing, it gets listings with attributes: again
-/// the same.
+/// after its first (src/plus.rs): the names, types and numbers they give are those that
+/// stat gives after. One that stats each entry after each listing gets them with
+/// attributes: again the same. Each walk on a mount of its own (the kernel keeps a
+/// listing for the next caller), from a thread of its own (a new caller).
 #[test]
 fn listings_by_name_only_or_with_attributes_agree_with_stat() {
     use std::os::unix::fs::{DirEntryExt, FileTypeExt};
@@ -247,10 +248,10 @@ fn listings_by_name_only_or_with_attributes_agree_with_stat() {
         }
     }
     let fixture = Fixture::new();
-    let m = fixture.mount("fuse", Driver::Fuse);
-    let mnt = m.mnt.clone();
-    deadline(60, "walks", move || {
-        for stat_as_it_goes in [false, true] {
+    for stat_as_it_goes in [false, true] {
+        let m = fixture.mount(&format!("walk-{stat_as_it_goes}"), Driver::Fuse);
+        let mnt = m.mnt.clone();
+        deadline(60, "a walk", move || {
             let (mut dirs, mut listed) = (vec![mnt.clone()], Vec::new());
             while let Some(dir) = dirs.pop() {
                 for entry in fs::read_dir(&dir).unwrap() {
@@ -277,8 +278,8 @@ fn listings_by_name_only_or_with_attributes_agree_with_stat() {
                     path.display()
                 );
             }
-        }
-    });
+        });
+    }
 }
 
 /// Each entry's d_ino in a raw listing of `dir`, without "." and "..".
@@ -2081,6 +2082,7 @@ fn concurrent_readers_and_writers() {
 /// other callers are not held behind the copy.
 #[test]
 fn a_big_copy_up_does_not_hold_up_requests_from_the_same_cpu() {
+    let _alone = crate::common::alone();
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::{Duration, Instant};
 
@@ -2690,10 +2692,9 @@ fn aufs_markers_in_lower_branches_are_honoured() {
 /// cuts; the overlay driver then adds the lowers one by one, and both drivers show all.
 #[test]
 fn many_layers_mount_with_either_driver() {
-    fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
     let dir = tempfile::Builder::new()
         .prefix("many-")
-        .tempdir_in("/var/tmp/strata-unionfs-tests")
+        .tempdir_in(crate::common::test_base())
         .unwrap();
     let lowers: Vec<_> = (0..80)
         .map(|n| {
@@ -2733,10 +2734,9 @@ fn many_layers_mount_with_either_driver() {
 /// them on a nested overlay and composefs does) hide what is below, with either driver.
 #[test]
 fn xattr_whiteouts_in_a_lower_layer_hide_as_whiteouts_do() {
-    fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
     let dir = tempfile::Builder::new()
         .prefix("xwh-")
-        .tempdir_in("/var/tmp/strata-unionfs-tests")
+        .tempdir_in(crate::common::test_base())
         .unwrap();
     let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
     for layer in [&top, &bottom] {
@@ -2808,10 +2808,9 @@ fn copy_up_goes_through_the_scratch_dir_it_made_whatever_takes_its_name() {
 /// looked up, then neither opened (QA 17c: ENOENT and ESTALE, tar failed).
 #[test]
 fn a_file_linked_between_branches_reads_and_copies_up_under_each_name() {
-    fs::create_dir_all("/var/tmp/strata-unionfs-tests").unwrap();
     let dir = tempfile::Builder::new()
         .prefix("xlink-")
-        .tempdir_in("/var/tmp/strata-unionfs-tests")
+        .tempdir_in(crate::common::test_base())
         .unwrap();
     let (top, bottom) = (dir.path().join("top"), dir.path().join("bottom"));
     for layer in [&top, &bottom] {

@@ -889,6 +889,7 @@ fn migrations_in_getxattrs(mnt: &Path, n: usize) -> u64 {
 ///   back under SCHED_BATCH.
 #[test]
 fn ring_threads_under_sched_idle_keep_the_caller_and_are_not_starved() {
+    let _alone = crate::common::alone();
     use std::os::fd::AsRawFd;
     let fixture = Fixture::new();
     let (mnt, _, _cleanup) =
@@ -960,6 +961,7 @@ fn ring_threads_under_sched_idle_keep_the_caller_and_are_not_starved() {
 /// mode only some of the time.
 #[test]
 fn by_default_a_caller_that_moves_is_kept_on_its_cpu() {
+    let _alone = crate::common::alone();
     let fixture = Fixture::new();
     let (mnt, _, _cleanup) = start_on_branches(&fixture, "keep-auto", &[]);
     let moved = migrations_in_getxattrs(&mnt, 5000);
