@@ -243,6 +243,25 @@ impl Fixture {
         }
     }
 
+    /// A spec of the lowers with a fresh upper, work dir and mount point under `name`: no
+    /// flags, no shifted owners.
+    pub fn fresh_spec(&self, name: &str) -> MountSpec {
+        let base = self.dir.path().join(name);
+        let spec = MountSpec {
+            lowers: self.lowers.clone(),
+            upper: base.join("upper"),
+            work: base.join("work"),
+            target: base.join("mnt"),
+            aufs_markers: false,
+            flags: Default::default(),
+            id_shift: None,
+        };
+        for dir in [&spec.upper, &spec.work, &spec.target] {
+            fs::create_dir_all(dir).unwrap();
+        }
+        spec
+    }
+
     /// Mounts the lowers with a fresh upper named `name`.
     pub fn mount(&self, name: &str, driver: Driver) -> Mounted {
         self.mount_shifted(name, driver, None)
@@ -265,12 +284,15 @@ impl Fixture {
         shift: Option<IdShift>,
         aufs_markers: bool,
     ) -> Mounted {
-        let base = self.dir.path().join(name);
-        let (upper, work, mnt) = (base.join("upper"), base.join("work"), base.join("mnt"));
-        for d in [&upper, &work, &mnt] {
-            fs::create_dir_all(d).unwrap();
-        }
-        self.mount_with(&upper, &work, &mnt, driver, shift, aufs_markers)
+        let spec = self.fresh_spec(name);
+        self.mount_with(
+            &spec.upper,
+            &spec.work,
+            &spec.target,
+            driver,
+            shift,
+            aufs_markers,
+        )
     }
 
     pub fn mount_at(&self, upper: &Path, work: &Path, mnt: &Path, driver: Driver) -> Mounted {

@@ -2493,19 +2493,10 @@ fn owners_are_shifted_for_a_user_namespace() {
         size: 65_536,
     };
     let (fixture, _) = fixture_with_acl_file();
-    let base = fixture.dir.path().join("refused");
     let spec = strata_unionfs::MountSpec {
-        lowers: fixture.lowers.clone(),
-        upper: base.join("upper"),
-        work: base.join("work"),
-        target: base.join("mnt"),
-        aufs_markers: false,
-        flags: Default::default(),
         id_shift: Some(shift),
+        ..fixture.fresh_spec("refused")
     };
-    for dir in [&spec.upper, &spec.work, &spec.target] {
-        fs::create_dir_all(dir).unwrap();
-    }
     let refused = strata_unionfs::mount(&spec, Driver::Overlay).expect_err("overlay cannot shift");
     assert!(refused.to_string().contains("fuse driver"), "{refused}");
 
@@ -2888,22 +2879,13 @@ fn reading_through_the_union_leaves_lower_atimes_alone() {
 fn a_volatile_union_is_not_mounted_again_until_its_mark_is_removed() {
     for driver in [Driver::Fuse, Driver::Overlay] {
         let fixture = Fixture::new();
-        let base = fixture.dir.path().join("volatile");
         let spec = strata_unionfs::MountSpec {
-            lowers: fixture.lowers.clone(),
-            upper: base.join("upper"),
-            work: base.join("work"),
-            target: base.join("mnt"),
-            aufs_markers: false,
             flags: strata_unionfs::Flags {
                 volatile: true,
                 ..Default::default()
             },
-            id_shift: None,
+            ..fixture.fresh_spec("volatile")
         };
-        for dir in [&spec.upper, &spec.work, &spec.target] {
-            fs::create_dir_all(dir).unwrap();
-        }
         let mount = |spec: &strata_unionfs::MountSpec, driver| {
             let spec = spec.clone();
             deadline(30, "mount", move || strata_unionfs::mount(&spec, driver))
