@@ -151,10 +151,19 @@ impl Union {
                 self.materialize(&path.join(name), &found, moved)?;
             }
         }
-        if moved.len() > before && !self.layers.volatile {
-            rustix::fs::syncfs(self.upper_fd())?;
+        if moved.len() > before {
+            self.sync_tree_copy()?;
         }
         Ok(())
+    }
+
+    /// A tree copy skipped per-file fsync: one syncfs before a rename shows it (none in a
+    /// volatile union).
+    fn sync_tree_copy(&self) -> Res<()> {
+        if self.layers.volatile {
+            return Ok(());
+        }
+        rustix::fs::syncfs(self.upper_fd())
     }
 
     pub fn rename(
@@ -203,9 +212,8 @@ impl Union {
             let dst = dst.as_ref().ok_or(Errno::NOENT)?;
             self.materialize(&nrel, dst, &mut moved)?;
         }
-        if !moved.is_empty() && !self.layers.volatile {
-            // The tree copy skipped per-file fsync: one syncfs before the rename shows it.
-            rustix::fs::syncfs(self.upper_fd())?;
+        if !moved.is_empty() {
+            self.sync_tree_copy()?;
         }
         moved.extend(copied);
         // A file with an origin taking a name in another directory marks it (`origin.rs`).

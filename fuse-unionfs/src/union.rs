@@ -441,14 +441,14 @@ impl Ties {
 }
 
 impl Union {
-    /// Opens the branches; `lowers` are top first. `aufs_markers`: see
-    /// [`MountSpec`](crate::MountSpec).
     /// A `volatile` union syncs nothing (see `Flags::volatile`).
     pub fn with_volatile(mut self, volatile: bool) -> Union {
         self.layers.volatile = volatile;
         self
     }
 
+    /// Opens the branches; `lowers` are top first. `aufs_markers`: see
+    /// [`MountSpec`](crate::MountSpec).
     pub fn new(upper: &Path, lowers: &[PathBuf], work: &Path, aufs_markers: bool) -> Result<Union> {
         let layers = Layers::open(upper, lowers, work, aufs_markers)?;
         let roots: Vec<(usize, (u64, u64))> = (0..layers.count())
@@ -1305,7 +1305,8 @@ impl Union {
     pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
         let file = self.files.get(fh)?;
         if file.lower_size_nlink().is_some() || self.layers.volatile {
-            // A lower file, read only and not even opened yet: nothing to write out.
+            // A lower file, read only and not even opened yet: nothing to write out (and a
+            // volatile union writes nothing out).
             return Ok(());
         }
         let fd = self.fd(&file)?;
