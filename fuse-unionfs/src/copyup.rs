@@ -3,7 +3,10 @@
 //! FICLONE, else direct I/O for a big file, else copy_file_range of each data extent, holes
 //! kept, else read/write; then xattrs, owner, mode, times, fsync) and renamed into place,
 //! so the upper dir never shows a half-made file (overlayfs.rst "Non-directories": copy up
-//! is atomic through the workdir).
+//! is atomic through the workdir). A big file opened or changed in place may show before
+//! its copy is synced, or for an opener that only appends before its data is copied
+//! ([`copy_up_deferred`]): a job finishes it, and a durable record lets the next mount
+//! undo it if a crash comes first (`pending.rs`).
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -14,6 +17,7 @@ use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags, RenameFlags, Timespec, T
 use rustix::io::Errno;
 
 use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, is_private_xattr};
+use crate::pending::{Later, Pending, Work};
 
 /// Copies of files this big (about 15 ms and up here) run as `fuser::blocking` sections,
 /// and their data goes around the page cache ([`copy_direct`]).
@@ -37,12 +41,183 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
     } else {
         copy()
     };
+    place(layers, rel, &tmp, meta.kind(), built)?;
+    Ok(meta)
+}
+
+/// A big file's copy-up whose sync (and for an append-only opener, `fill`, its data) is
+/// left to a job (`pending.rs`); None where that cannot be (the caller copies as
+/// [`copy_up`] does). Returns the lower file's metadata and the job's work, None if a
+/// racing copy-up won.
+pub(crate) fn copy_up_deferred(
+    layers: &Layers,
+    pending: &Pending,
+    src_layer: usize,
+    rel: &Path,
+    later: Later,
+) -> Res<Option<(Meta, Option<Work>)>> {
+    let meta = layers.stat(src_layer, rel)?;
+    let sync = !layers.volatile;
+    let fill = later == Later::Fill;
+    // (a volatile copy has no sync to leave; only its data may wait)
+    let defer = later != Later::No
+        && meta.kind() == Kind::File
+        // (a file with several names is linked up with them: names its record would lack)
+        && meta.nlink == 1
+        && meta.size >= BIG_COPY
+        && (fill || sync)
+        && (pending.records() || !sync);
+    if !defer {
+        return Ok(None);
+    }
+    let src_path = layers.abs(src_layer, rel);
+    // The job's writes would clear set-id bits and file capabilities (file_remove_privs).
+    let fill = fill
+        && meta.mode & 0o6000 == 0
+        && !list_xattrs(&src_path)?
+            .iter()
+            .any(|name| name == "security.capability");
+    let tmp = layers.tmp_name();
+    let built = fuser::blocking(|| {
+        let src = layers.open_to_read(
+            src_layer,
+            rel,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        )?;
+        let dst = rustix::fs::openat(
+            layers.work(),
+            &tmp,
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let later = if fill {
+            reserve_then_copy_tail(src.as_fd(), dst.as_fd(), meta.size)?
+        } else {
+            copy_data(src.as_fd(), dst.as_fd(), meta.size, false)?;
+            Vec::new()
+        };
+        copy_xattrs(&src_path, &layers.work_abs(&tmp), Kind::File)?;
+        let origin = crate::origin::record(layers, src_layer, rel, &layers.work_abs(&tmp));
+        set_owner_mode_times(layers.work(), &tmp, &meta)?;
+        Ok((src, dst, later, origin))
+    });
+    let (src, dst, later, origin) = match built {
+        Ok(built) => built,
+        Err(err) => {
+            remove_tmp(layers, &tmp, Kind::File);
+            return Err(err);
+        }
+    };
+    let parent = rustix::fs::openat(
+        layers.fd(UPPER),
+        parent_of(rel),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    );
+    let name = rel.file_name().ok_or(Errno::INVAL);
+    // Durable before the copy shows: a crash then finds it, and removes the copy.
+    let record = if sync {
+        let recorded = parent.as_ref().map_err(|e| *e).and_then(|parent| {
+            let ino = rustix::fs::fstat(&dst)?.st_ino;
+            pending.record(parent.as_fd(), name?, ino)
+        });
+        match recorded {
+            Ok(record) => Some(record),
+            Err(err) => {
+                remove_tmp(layers, &tmp, Kind::File);
+                return Err(err);
+            }
+        }
+    } else {
+        None
+    };
+    match place(layers, rel, &tmp, Kind::File, Ok(origin)) {
+        Ok(()) => {}
+        Err(err) => {
+            if let Some(record) = &record {
+                pending.drop_record(record);
+            }
+            return Err(err);
+        }
+    }
+    // A racing copy-up won: this copy is gone, the winner's stays.
+    let ours = rustix::fs::statat(layers.fd(UPPER), rel, AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| rustix::fs::fstat(&dst).is_ok_and(|own| own.st_ino == st.st_ino));
+    if !ours {
+        if let Some(record) = &record {
+            pending.drop_record(record);
+        }
+        return Ok(Some((meta, None)));
+    }
+    Ok(Some((
+        meta,
+        Some(Work {
+            src,
+            dst,
+            fill: later,
+            sync,
+            parent: parent.ok(),
+            record,
+            path: rel.to_path_buf(),
+        }),
+    )))
+}
+
+/// For an append-only opener: reserves the blocks of each data extent (a full disk fails
+/// the open, not the job), sets the size, and copies the last partial page now (a write
+/// there may read it first); returns the ranges left to copy.
+fn reserve_then_copy_tail(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+) -> Res<Vec<(u64, u64)>> {
+    let extents: Vec<(u64, u64)> = DataExtents::new(src, size).collect();
+    for &(start, end) in &extents {
+        match rustix::fs::fallocate(dst, FallocateFlags::empty(), start, end - start) {
+            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    rustix::fs::ftruncate(dst, size)?;
+    let tail = size / 4096 * 4096;
+    let mut copier = Copier {
+        src,
+        dst,
+        by_range: true,
+        ranged: 0,
+    };
+    let mut later = Vec::new();
+    for (start, end) in extents {
+        if start < tail {
+            later.push((start, end.min(tail)));
+        }
+        if end > tail {
+            copier.copy(start.max(tail), end)?;
+        }
+    }
+    Ok(later)
+}
+
+/// Copies `ranges` of `src` into `dst` at the same offsets (a job's fill, `pending.rs`).
+pub(crate) fn fill(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ranges: &[(u64, u64)]) -> Res<()> {
+    let mut copier = Copier {
+        src,
+        dst,
+        by_range: true,
+        ranged: 0,
+    };
+    for &(start, end) in ranges {
+        copier.copy(start, end)?;
+    }
+    Ok(())
+}
+
+/// Renames the copy built at `tmp` (`built`: whether it has an origin) to `rel` in the
+/// upper dir; Ok also when a racing copy-up won (EEXIST). A failed copy is removed.
+fn place(layers: &Layers, rel: &Path, tmp: &Path, kind: Kind, built: Res<bool>) -> Res<()> {
     // A copy-up changes nothing in the merged view: the upper parent keeps its times, as
     // overlayfs puts them back (ovl_copy_up_one).
-    let parent = match rel.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent_of(rel);
     let parent_times = rustix::fs::statat(layers.fd(UPPER), parent, AtFlags::empty()).ok();
     let built = built.and_then(|origin| {
         // (before the copy shows, as overlayfs marks it: a crash between leaves no origin
@@ -52,7 +227,7 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
         }
         rustix::fs::renameat_with(
             layers.work(),
-            &tmp,
+            tmp,
             layers.fd(UPPER),
             rel,
             RenameFlags::NOREPLACE,
@@ -73,16 +248,23 @@ pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: 
                 };
                 let _ = rustix::fs::utimensat(layers.fd(UPPER), parent, &times, AtFlags::empty());
             }
-            Ok(meta)
+            Ok(())
         }
         Err(err) => {
-            remove_tmp(layers, &tmp, meta.kind());
+            remove_tmp(layers, tmp, kind);
             if err == Errno::EXIST {
-                Ok(meta)
+                Ok(())
             } else {
                 Err(err)
             }
         }
+    }
+}
+
+fn parent_of(rel: &Path) -> &Path {
+    match rel.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }
 
@@ -335,7 +517,7 @@ fn dio_align(fd: BorrowedFd<'_>) -> Option<u64> {
 /// A thread starts with its creator's CPU mask, and a ring thread's is its one CPU: gives
 /// the calling thread the main thread's mask (which no ring thread's pinning touches), so
 /// that the copy's helper threads spread over the CPUs.
-fn unpin() {
+pub(crate) fn unpin() {
     use nix::sched::{sched_getaffinity, sched_setaffinity};
     use nix::unistd::Pid;
     if let Ok(cpus) = sched_getaffinity(Pid::this()) {

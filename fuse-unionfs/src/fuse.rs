@@ -612,6 +612,11 @@ impl Fs {
 }
 
 impl Filesystem for Fs {
+    /// The server ends: copy-ups still being finished finish first (`pending.rs`).
+    fn destroy(&mut self) {
+        self.union.settle_all();
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
         for flag in [
@@ -894,6 +899,7 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let append = flags.0 & libc::O_APPEND != 0 && flags.0 & libc::O_TRUNC == 0;
+        let reads = flags.acc_mode() != OpenAccMode::O_WRONLY;
         let access = if write {
             Access::Write
         } else if flags.0 & FMODE_EXEC != 0 {
@@ -901,7 +907,7 @@ impl Filesystem for Fs {
         } else {
             Access::Read
         };
-        match self.union.open_appending(ino.0, write, append) {
+        match self.union.open_appending(ino.0, write, append, reads) {
             Ok((fh, file)) => {
                 let Ok(mode) =
                     self.open_mode(fh, &file, access, |f| reply.open_backing(self.union.fd(f)?))

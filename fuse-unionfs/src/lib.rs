@@ -5,7 +5,7 @@
 //! under one driver mounts with the other.
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
-//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins),
+//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins), `pending` (copy-ups finished in the background),
 //! `fuse` (fuser callbacks), `plus` (which listings carry attributes), `idshift` (owners
 //! seen from a user namespace), `mount` (drivers, guard, daemon, sweeping), `sys` (the only
 //! unsafe code).
@@ -19,6 +19,7 @@ mod layer;
 mod modify;
 mod mount;
 mod origin;
+mod pending;
 mod plus;
 mod rename;
 mod sys;
@@ -33,4 +34,5 @@ pub use mount::{
     mount, mount_detached, mount_served, mount_type, serve_daemon, serve_foreground, sweep_stale,
     union_upper, unmount,
 };
+pub use pending::finish_copy_ups;
 pub use union::{Caller, DirEntry, Entry, Listing, Union, Unprivileged};

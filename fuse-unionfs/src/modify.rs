@@ -16,9 +16,10 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use crate::copyup::{copy_up, get_xattr, timespec};
+use crate::copyup::{copy_up, copy_up_deferred, get_xattr, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
+use crate::pending::{Later, Need};
 use crate::union::{
     Caller, Entry, Found, OpenFile, Union, Unprivileged, drop_setid, drop_setid_at, without_setid,
 };
@@ -182,6 +183,12 @@ fn set_xattr(path: &Path, name: &OsStr, value: &[u8]) -> Res<()> {
 impl Union {
     /// Makes a live node's entry exist in the upper branch, parents first; returns its path.
     pub(crate) fn copy_up_node(&self, node: &Arc<Node>) -> Res<PathBuf> {
+        self.copy_up_node_for(node, Later::No)
+    }
+
+    /// [`Union::copy_up_node`], leaving what `later` allows to a job (`pending.rs`): only
+    /// for a caller that gives the copy no other name.
+    pub(crate) fn copy_up_node_for(&self, node: &Arc<Node>, later: Later) -> Res<PathBuf> {
         let path = self.path(node.ino)?;
         if node.state().layer == UPPER {
             return Ok(path);
@@ -205,7 +212,15 @@ impl Union {
         if layer == UPPER {
             return Ok(path);
         }
-        let lower = copy_up(&self.layers, layer, &path)?;
+        let lower = match copy_up_deferred(&self.layers, &self.pending, layer, &path, later)? {
+            Some((lower, work)) => {
+                if let Some(work) = work {
+                    self.pending.start(node.ino, work);
+                }
+                lower
+            }
+            None => copy_up(&self.layers, layer, &path)?,
+        };
         let upper = self.layers.stat(UPPER, &path)?;
         self.table.alias(upper.key(), node.ino, UPPER);
         if !node.is_dir {
@@ -619,6 +634,8 @@ impl Union {
     /// A hard link: the source is copied up, then linked in the upper branch, so both names
     /// show one inode number and the real link count.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<Entry> {
+        // (a crash must not leave a name that the copy-up's record does not know)
+        self.settle(ino, Need::Durable)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if node.is_dir {
@@ -777,6 +794,7 @@ impl Union {
 
     /// setattr: any change copies up first (chmod, chown, truncate, utimens).
     pub fn setattr(&self, ino: u64, set: &SetAttr, fh: Option<u64>) -> Res<Entry> {
+        self.settle(ino, Need::Data)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if set.owner_only
@@ -799,7 +817,7 @@ impl Union {
         let open = fh
             .and_then(|fh| self.files.get(fh).ok())
             .filter(|f| f.upper);
-        let (open, path) = match self.copy_up_node(&node) {
+        let (open, path) = match self.copy_up_node_for(&node, Later::Sync) {
             // Every name is gone: the file is changed through an open upper file of it.
             // Only ftruncate(2) names its handle; fchmod, fchown and futimens do not.
             Err(Errno::STALE) => {
@@ -878,6 +896,7 @@ impl Union {
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
         let name = &*crate::layer::stored_xattr(name);
+        self.settle(ino, Need::Data)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if name == ACL_DEFAULT {
@@ -904,6 +923,7 @@ impl Union {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
         let name = &*crate::layer::stored_xattr(name);
+        self.settle(ino, Need::Data)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if name == ACL_DEFAULT {

@@ -137,6 +137,8 @@ impl MountSpec {
         let work = abs(&self.work)?;
         if !self.flags.read_only {
             refuse_volatile_mark(&work)?;
+            // (copy-ups a crash left unfinished: before either driver shows the upper)
+            crate::pending::recover(&abs(&self.upper)?, &work)?;
         }
         Ok(MountSpec {
             lowers: self.lowers.iter().map(|p| abs(p)).collect::<Result<_>>()?,

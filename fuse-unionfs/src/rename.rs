@@ -188,6 +188,9 @@ impl Union {
             newname,
             flags,
         };
+        // A copy-up still being finished may be the entry moved, or inside a directory
+        // whose tree is copied (`pending.rs`).
+        self.settle_all();
         let mut copied = Vec::new();
         self.copy_up_before_rename(&request, &mut copied)?;
         let _exclusive = self.exclusive();

@@ -21,6 +21,7 @@ use crate::copyup::{get_xattr, io_errno, list_xattrs};
 use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
 use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, shown_xattr, stored_xattr};
+use crate::pending::{Later, Need, Pending};
 
 /// The credentials of the process making a request (new entries belong to it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -347,6 +348,8 @@ pub struct Union {
     /// may not (EPERM, without CAP_DAC_READ_SEARCH).
     origins: std::sync::atomic::AtomicBool,
     ties: Ties,
+    /// Copy-ups still being finished in the background (`pending.rs`).
+    pub(crate) pending: Pending,
 }
 
 /// Inodes superseded by a copy-up under passthrough readers (`Union::supersede`), tied to
@@ -470,6 +473,7 @@ impl Union {
             dir_layers,
         });
         let umask = current_umask();
+        let pending = Pending::new(layers.fd(UPPER), work);
         Ok(Union {
             layers,
             table,
@@ -483,6 +487,7 @@ impl Union {
             },
             origins: std::sync::atomic::AtomicBool::new(true),
             ties: Ties::default(),
+            pending,
         })
     }
 
@@ -1057,15 +1062,34 @@ impl Union {
 
     /// Opens a regular file; `write` copies it up first.
     pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
-        self.open_appending(ino, write, false)
+        self.open_appending(ino, write, false, true)
     }
 
-    /// An open; `append`: the caller opened with O_APPEND (see [`Union::open_real_for`]).
-    pub fn open_appending(&self, ino: u64, write: bool, append: bool) -> Res<(u64, Arc<OpenFile>)> {
+    /// An open; `append`: the caller opened with O_APPEND (see [`Union::open_real_for`]);
+    /// `reads`: it may read (an opener that only appends may get a copy whose data is still
+    /// coming, `pending.rs`).
+    pub fn open_appending(
+        &self,
+        ino: u64,
+        write: bool,
+        append: bool,
+        reads: bool,
+    ) -> Res<(u64, Arc<OpenFile>)> {
+        let appends_only = write && append && !reads;
+        if !appends_only {
+            self.settle(ino, Need::Data)?;
+        }
         let _shared = self.shared();
         let node = self.node(ino)?;
         let path = if write {
-            self.copy_up_node(&node)
+            self.copy_up_node_for(
+                &node,
+                if appends_only {
+                    Later::Fill
+                } else {
+                    Later::Sync
+                },
+            )
         } else {
             self.path(ino)
         };
@@ -1197,6 +1221,26 @@ impl Union {
         }))
     }
 
+    /// Waits for the job finishing the copy-up of `ino` (or of a number tied to it), if
+    /// one is running (`pending.rs`): for requests that read the copy's data or change it
+    /// other than by appending (`Need::Data`), sync it or give it another name
+    /// (`Need::Durable`).
+    pub(crate) fn settle(&self, ino: u64, need: Need) -> Res<()> {
+        if !self.pending.any() {
+            return Ok(());
+        }
+        self.pending.settle(ino, need)?;
+        for tied in self.ties.tied(ino) {
+            self.pending.settle(tied, need)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every copy-up job to be done (see [`Union::settle`]).
+    pub fn settle_all(&self) {
+        self.pending.settle_all(Need::Durable);
+    }
+
     pub fn file(&self, fh: u64) -> Res<Arc<OpenFile>> {
         self.files.get(fh)
     }
@@ -1260,6 +1304,7 @@ impl Union {
     /// Reads from `offset` into `buf` until it is full or the file ends; returns how much.
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Res<usize> {
         let file = self.files.get(fh)?;
+        self.settle(file.ino, Need::Data)?;
         let fd = self.data_fd(&file)?;
         let mut done = 0;
         while done < buf.len() {
@@ -1287,6 +1332,7 @@ impl Union {
         if !file.upper {
             return Err(Errno::BADF);
         }
+        self.settle(file.ino, Need::Data)?;
         let fd = self.fd(&file)?;
         if let Some(caller) = &drop_setid {
             self::drop_setid(fd, caller)?;
@@ -1309,6 +1355,8 @@ impl Union {
             // volatile union writes nothing out).
             return Ok(());
         }
+        // (its copy-up's job syncs the data and removes the record that would undo it)
+        self.settle(file.ino, Need::Durable)?;
         let fd = self.fd(&file)?;
         if datasync {
             rustix::fs::fdatasync(fd)
@@ -1528,6 +1576,10 @@ impl Union {
         if set && !owner {
             return Err(Errno::PERM);
         }
+        if set {
+            // (an immutable or append-only flag would stop the copy-up's job)
+            self.settle(ino, Need::Data)?;
+        }
         let _shared = self.shared();
         let node = self.node(ino)?;
         let path = self.path(ino)?;
@@ -1569,6 +1621,7 @@ impl Union {
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Res<i64> {
         let file = self.files.get(fh)?;
         let offset = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
+        self.settle(file.ino, Need::Data)?;
         let to = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset),
@@ -1591,6 +1644,7 @@ impl Union {
         if !file.upper {
             return Err(Errno::BADF);
         }
+        self.settle(file.ino, Need::Data)?;
         if let Some(caller) = &drop_setid {
             self::drop_setid(self.fd(&file)?, caller)?;
         }

@@ -18,6 +18,12 @@ pub fn container_changes(store: &Store, reference: &str) -> anyhow::Result<Vec<C
         Some(id) => store.layer_dirs(&store.resolve(&id.to_string())?)?,
         None => Vec::new(),
     };
+    // A copy-up the union's server is still finishing would show with holes.
+    strata_unionfs::finish_copy_ups(
+        &container.upper_dir(),
+        &container.work_dir(),
+        std::time::Duration::from_secs(600),
+    )?;
     diff::upper_changes(&container.upper_dir(), &lowers)
         .with_context(|| format!("failed to diff container {}", container.state.name))
 }

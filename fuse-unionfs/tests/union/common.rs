@@ -531,3 +531,31 @@ pub fn assert_same(what: &str, a: &BTreeMap<PathBuf, Desc>, b: &BTreeMap<PathBuf
             .join("\n")
     );
 }
+
+/// `len` bytes in which no two 8-byte words are alike (a big file whose every page the
+/// test can tell apart).
+pub fn patterned(len: usize) -> Vec<u8> {
+    (0..len as u64 / 8)
+        .flat_map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_le_bytes())
+        .collect()
+}
+
+/// The names the unfinished copy-up records in `work` stand for (fuse-unionfs
+/// src/pending.rs: a `name` line holds the name in hex).
+pub fn copy_up_records(work: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(work.join("strata-copyups")) else {
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let text = fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        for hex in text.lines().filter_map(|l| l.strip_prefix("name ")) {
+            let bytes: Vec<u8> = (0..hex.len() / 2)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+                .collect();
+            names.push(String::from_utf8_lossy(&bytes).into_owned());
+        }
+    }
+    names.sort();
+    names
+}

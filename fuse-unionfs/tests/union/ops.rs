@@ -1020,6 +1020,123 @@ fn a_reader_opened_before_a_copy_up_reads_the_copy() {
     });
 }
 
+/// A big lower file opened only to append is copied up in the background (src/pending.rs):
+/// the open returns before the copy's data is there. Whatever reads, changes, syncs,
+/// renames or links the copy next waits for that, and sees the whole file.
+#[test]
+fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
+    let fixture = Fixture::new();
+    let data = std::sync::Arc::new(crate::common::patterned(96 << 20));
+    let names = [
+        "read.log",
+        "sync.log",
+        "moved.log",
+        "linked.log",
+        "cut.log",
+        "setuid",
+    ];
+    for name in names {
+        fs::write(fixture.lowers[1].join(name), &*data).unwrap();
+    }
+    let setuid = fixture.lowers[1].join("setuid");
+    fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4755)).unwrap();
+    let mut mounted = fixture.mount("fuse", Driver::Fuse);
+    let m = std::sync::Arc::new((mounted.mnt.clone(), mounted.work.clone()));
+    let whole = {
+        let data = data.clone();
+        move |tail: &str| [&data[..], tail.as_bytes()].concat()
+    };
+    let check = whole.clone();
+    deadline(300, "appends to big lower files", move || {
+        let (mnt, work) = &*m;
+        let read = mnt.join("read.log");
+        append(&read, b"one\n");
+        assert!(
+            fs::read(&read).unwrap() == check("one\n"),
+            "read.log reads whole"
+        );
+        append(&read, b"two\n");
+        assert!(
+            fs::read(&read).unwrap() == check("one\ntwo\n"),
+            "read.log, appended twice"
+        );
+
+        // an fsync returns once the copy is on the disk: its record is gone
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(mnt.join("sync.log"))
+            .unwrap();
+        file.write_all(b"s").unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        let records = crate::common::copy_up_records(work);
+        assert!(
+            !records.contains(&"sync.log".to_string()),
+            "after fsync: {records:?}"
+        );
+
+        // a rename waits for every copy to be on the disk
+        append(mnt.join("moved.log"), b"m");
+        fs::rename(mnt.join("moved.log"), mnt.join("moved2.log")).unwrap();
+        assert_eq!(crate::common::copy_up_records(work), Vec::<String>::new());
+        assert!(
+            fs::read(mnt.join("moved2.log")).unwrap() == check("m"),
+            "moved2.log"
+        );
+
+        append(mnt.join("linked.log"), b"l");
+        fs::hard_link(mnt.join("linked.log"), mnt.join("linked2.log")).unwrap();
+        let (a, b) = (
+            fs::metadata(mnt.join("linked.log")).unwrap(),
+            fs::metadata(mnt.join("linked2.log")).unwrap(),
+        );
+        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2), "one file, two names");
+        assert!(
+            fs::read(mnt.join("linked2.log")).unwrap() == check("l"),
+            "linked2.log"
+        );
+
+        // a truncate while the copy is being filled cuts the whole file, not a part
+        let cut = mnt.join("cut.log");
+        let mut appender = fs::OpenOptions::new().append(true).open(&cut).unwrap();
+        appender.write_all(b"c").unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&cut)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        appender.write_all(b"d").unwrap();
+        drop(appender);
+        assert_eq!(fs::read(&cut).unwrap(), [&check("")[..10], b"d"].concat());
+
+        // set-id bits would not survive the background writes: that copy is filled first
+        append(mnt.join("setuid"), b"u");
+        let meta = fs::metadata(mnt.join("setuid")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o4755, "setuid's mode");
+    });
+    mounted.unmount();
+    let upper = &mounted.upper;
+    for (name, tail) in [
+        ("read.log", "one\ntwo\n"),
+        ("sync.log", "s"),
+        ("moved2.log", "m"),
+    ] {
+        assert!(
+            fs::read(upper.join(name)).unwrap() == whole(tail),
+            "upper {name}"
+        );
+    }
+    assert!(
+        fs::read(upper.join("setuid")).unwrap() == whole("u"),
+        "upper setuid"
+    );
+    assert_eq!(
+        crate::common::copy_up_records(&mounted.work),
+        Vec::<String>::new()
+    );
+}
+
 #[test]
 fn a_removed_directory_held_open_still_answers_fstat() {
     // A shell whose cwd was removed, or a program holding the directory open: fstat(2)

@@ -625,6 +625,78 @@ fn the_sweep_passes_over_a_stopped_server_and_detaches_a_dead_ones_mount() {
     assert_eq!(mount_type(&stopped_mnt), None, "SIGTERM unmounts");
 }
 
+/// A server killed while a big copy-up is being finished (src/pending.rs) leaves the
+/// copy's record; the next mount, by either driver (overlayfs here), removes that copy
+/// before the union shows, so the lower file shows whole rather than a copy with holes.
+#[test]
+fn a_copy_up_a_crash_left_unfinished_is_undone_at_the_next_mount() {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    let fixture = Fixture::new();
+    let data = common::patterned(256 << 20);
+    std::fs::write(fixture.lowers[1].join("big.log"), &data).unwrap();
+    let (upper, work, mnt, _cleanup) = branch_dirs(&fixture, "crash");
+    let options = branch_options(&fixture, &upper, &work);
+    let mut child = server()
+        .args(["-f", "-o", &options])
+        .arg(&mnt)
+        .spawn()
+        .unwrap();
+    common::wait_until("the server mounts", || mount_type(&mnt).is_some());
+    let pid = Pid::from_raw(child.id() as i32);
+    let appending = mnt.join("big.log");
+    deadline(60, "an append to a big lower file", move || {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&appending)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"tail").unwrap();
+    });
+    // Stopped at once: the job cannot remove the record now.
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let records = common::copy_up_records(&work);
+    assert_eq!(
+        records,
+        ["big.log"],
+        "no record of the copy just after the append: its job (fill, then fsync of 256 MiB) \
+         cannot have finished"
+    );
+    kill(pid, Signal::SIGKILL).unwrap();
+    child.wait().unwrap();
+    rustix::mount::unmount(&mnt, rustix::mount::UnmountFlags::DETACH).unwrap();
+    assert!(
+        upper.join("big.log").exists(),
+        "the copy is in the upper dir"
+    );
+
+    let spec = strata_unionfs::MountSpec {
+        lowers: fixture.lowers.clone(),
+        upper: upper.clone(),
+        work: work.clone(),
+        target: mnt.clone(),
+        aufs_markers: false,
+        flags: Default::default(),
+        id_shift: None,
+    };
+    let guard = deadline(30, "mount", move || {
+        strata_unionfs::mount(&spec, Driver::Overlay)
+    })
+    .expect("the union mounts again");
+    assert!(
+        !upper.join("big.log").exists(),
+        "the unfinished copy stayed"
+    );
+    assert_eq!(common::copy_up_records(&work), Vec::<String>::new());
+    let shown = std::fs::read(mnt.join("big.log")).unwrap();
+    assert!(
+        shown == data,
+        "the lower file does not show whole ({} bytes)",
+        shown.len()
+    );
+    guard.unmount().unwrap();
+}
+
 /// A served mount's server that does not end after the unmount is killed once the wait
 /// for it runs out (through a pidfd taken before it could be reaped, so never another
 /// process that got its pid), and the unmount returns. The server here is a shell that

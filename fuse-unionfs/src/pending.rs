@@ -1,0 +1,627 @@
+//! Big copy-ups that finish after the request that needed them.
+//!
+//! Kernel overlayfs syncs a copy before it shows (ovl_copy_up_file): appending one byte to
+//! a 1 GiB lower file waits for 1 GiB to reach the disk (over 2 s here). fuse-overlayfs
+//! does not sync, and a crash can leave its half-written copy shadowing the lower file.
+//! Here a big file's copy shows unsynced and a job in the background syncs it; for an
+//! append-only opener (`O_WRONLY|O_APPEND`), which cannot read the file, the copy shows at
+//! its full size before its data is there, and the job fills it in while the appends land
+//! past its end.
+//!
+//! What keeps a crash from showing a half-made copy: before the copy shows, a record
+//! naming it (the file handle of its upper parent, its name, its inode number) is made
+//! durable in the work dir, and the job removes it once the copy and its name are on the
+//! disk. [`recover`] runs before either driver mounts the union again and removes each copy
+//! a record still names, so the lower file shows again, as if that copy-up had not
+//! happened (what was written to the copy without an fsync is lost, as it may be on any
+//! file system). An fsync of the copy waits for its job, so what a caller synced stays.
+//!
+//! Until its job is done, a request that would read the copy's data, change it other than
+//! by appending, sync it, give it another name or move it waits for the job
+//! ([`Pending::settle`]); a file with set-id bits or file capabilities is filled before it
+//! shows (the job's writes would clear them). A union whose file handles cannot be decoded
+//! (no CAP_DAC_READ_SEARCH) copies as before, synced before the copy shows.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::layer::Res;
+
+/// The records' directory, inside the work dir beside this server's scratch dir (which a
+/// mount empties; this one [`recover`] reads first).
+pub(crate) const RECORDS_DIR: &str = "strata-copyups";
+const RECORD_MAGIC: &str = "strata unfinished copy-up v1";
+
+/// The durable record of a copy that may not be on the disk yet.
+#[derive(Debug, PartialEq, Eq)]
+struct Record {
+    /// File handle (type, bytes) of the copy's upper parent directory.
+    parent: (i32, Vec<u8>),
+    name: OsString,
+    /// The copy's inode number: whatever has the name later is left alone.
+    ino: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+impl Record {
+    fn encode(&self) -> String {
+        format!(
+            "{RECORD_MAGIC}\nparent {} {}\nname {}\nino {}\nend\n",
+            self.parent.0,
+            hex(&self.parent.1),
+            hex(self.name.as_bytes()),
+            self.ino
+        )
+    }
+
+    /// None for anything else, a torn record among them: a record is synced before its
+    /// copy shows, so a torn one stood for no copy.
+    fn decode(text: &str) -> Option<Record> {
+        let mut lines = text.lines();
+        if lines.next()? != RECORD_MAGIC {
+            return None;
+        }
+        let (mut parent, mut name, mut ino, mut end) = (None, None, None, false);
+        for line in lines {
+            if end {
+                return None;
+            }
+            if line == "end" {
+                end = true;
+                continue;
+            }
+            match line.split_once(' ')? {
+                ("parent", rest) => {
+                    let (kind, bytes) = rest.split_once(' ')?;
+                    parent = Some((kind.parse().ok()?, unhex(bytes)?));
+                }
+                ("name", rest) => name = Some(OsString::from_vec(unhex(rest)?)),
+                ("ino", rest) => ino = Some(rest.parse().ok()?),
+                _ => return None,
+            }
+        }
+        if !end || !text.ends_with('\n') {
+            return None;
+        }
+        let name = name.filter(|n| !n.is_empty() && !n.as_bytes().contains(&b'/'))?;
+        Some(Record {
+            parent: parent?,
+            name,
+            ino: ino?,
+        })
+    }
+}
+
+fn io_error(what: &'static str, path: &Path, err: Errno) -> Error {
+    Error::io(what, path, std::io::Error::from(err))
+}
+
+/// Undoes the copy-ups a crash left unfinished in the union of `upper` and `work` (see the
+/// module doc): each copy a record names is removed, then the record. Returns how many
+/// copies were removed. Without CAP_DAC_READ_SEARCH the records cannot be read: an error
+/// says so, and mounting waits for someone who can.
+pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
+    let dir_path = work.join(RECORDS_DIR);
+    let dir = match rustix::fs::open(
+        &dir_path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(dir) => dir,
+        Err(Errno::NOENT) => return Ok(0),
+        Err(err) => return Err(io_error("open directory", &dir_path, err)),
+    };
+    // A server of this union holds a shared lock for as long as it runs (its copies are
+    // its own business); the lock goes with the process, so after a crash this gets it.
+    match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(Errno::WOULDBLOCK) => {
+            tracing::debug!(
+                "{}: the union is mounted; nothing to recover",
+                dir_path.display()
+            );
+            return Ok(0);
+        }
+        Err(err) => return Err(io_error("lock", &dir_path, err)),
+    }
+    let upper_fd = rustix::fs::open(
+        upper,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_error("open directory", upper, e))?;
+    let entries = std::fs::read_dir(&dir_path).map_err(|e| Error::io("list", &dir_path, e))?;
+    let mut undone = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", &dir_path, e))?;
+        let path = entry.path();
+        let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        if let Some(record) = Record::decode(&String::from_utf8_lossy(&text)) {
+            match undo(upper_fd.as_fd(), &record) {
+                Ok(Some(copy)) => {
+                    tracing::warn!(
+                        "{}: a copy-up was not on the disk when the union last went down; \
+                         removed it, so the lower file shows again",
+                        copy.display()
+                    );
+                    undone += 1;
+                }
+                Ok(None) => {}
+                Err(Errno::PERM) => {
+                    return Err(Error::Spec(format!(
+                        "{} records copy-ups a crash left unfinished; undoing them needs \
+                         CAP_DAC_READ_SEARCH (open_by_handle_at): mount this union once as root",
+                        path.display()
+                    )));
+                }
+                Err(err) => return Err(io_error("undo the copy-up recorded in", &path, err)),
+            }
+        }
+        rustix::fs::unlinkat(&dir, entry.file_name(), AtFlags::empty())
+            .map_err(|e| io_error("remove", &path, e))?;
+    }
+    rustix::fs::fsync(&dir).map_err(|e| io_error("sync", &dir_path, e))?;
+    Ok(undone)
+}
+
+/// Makes the upper dir of the union of `upper` and `work` safe to read from outside the
+/// union (a commit of a running container): while a server runs it, waits up to `timeout`
+/// for its copy-ups to be finished; after a crash, undoes the unfinished ones ([`recover`]).
+pub fn finish_copy_ups(upper: &Path, work: &Path, timeout: std::time::Duration) -> Result<()> {
+    let dir = work.join(RECORDS_DIR);
+    let started = std::time::Instant::now();
+    loop {
+        let waiting = match std::fs::read_dir(&dir) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+            Err(err) => return Err(Error::io("list", &dir, err)),
+        };
+        if !waiting {
+            return Ok(());
+        }
+        // (a running server's lock keeps `recover` off its records)
+        recover(upper, work)?;
+        if started.elapsed() > timeout {
+            return Err(Error::Spec(format!(
+                "{}: copy-ups still being finished after {timeout:?}",
+                upper.display()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Removes the copy `record` names if it still has that name; its path if it did.
+fn undo(upper: BorrowedFd<'_>, record: &Record) -> Res<Option<PathBuf>> {
+    let parent = match crate::sys::open_by_handle(upper, record.parent.0, &record.parent.1) {
+        Ok(parent) => parent,
+        // the directory is gone, and the copy with it
+        Err(Errno::STALE | Errno::NOENT) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    // (an O_PATH descriptor: opened again to be written in)
+    let parent = rustix::fs::openat(
+        &parent,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    match rustix::fs::statat(&parent, &record.name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_ino == record.ino => {}
+        Ok(_) | Err(Errno::NOENT) => return Ok(None),
+        Err(err) => return Err(err),
+    }
+    rustix::fs::unlinkat(&parent, &record.name, AtFlags::empty())?;
+    rustix::fs::fsync(&parent)?;
+    let dir = rustix::fs::readlinkat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&parent)),
+        Vec::new(),
+    )
+    .map(|p| PathBuf::from(OsString::from_vec(p.into_bytes())))
+    .unwrap_or_default();
+    Ok(Some(dir.join(&record.name)))
+}
+
+/// What a job has left to do for one copy.
+pub(crate) struct Work {
+    /// The lower file, and the copy (open read-write: it may have been renamed since).
+    pub src: OwnedFd,
+    pub dst: OwnedFd,
+    /// Byte ranges of the lower file's data still to copy (an append-only opener's).
+    pub fill: Vec<(u64, u64)>,
+    /// Sync the copy and its parent dir (off in a volatile union).
+    pub sync: bool,
+    /// The copy's upper parent dir, to sync once the copy is renamed into it.
+    pub parent: Option<OwnedFd>,
+    /// The record's name in the records dir, removed once all is on the disk.
+    pub record: Option<OsString>,
+    /// For messages.
+    pub path: PathBuf,
+}
+
+/// What of a copy-up may be left to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Later {
+    /// Nothing: the copy is whole and synced before it shows.
+    No,
+    /// Its sync.
+    Sync,
+    /// Its data too (an opener that only appends).
+    Fill,
+}
+
+/// What a request needs of a copy whose job is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Need {
+    /// Its data (a read, a change): the fill done.
+    Data,
+    /// Its durability (an fsync, a new name for it): the job done, its record gone.
+    Durable,
+}
+
+/// How far one copy's job has got.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Filling,
+    /// Filled; syncing.
+    Filled,
+    Done,
+    Failed,
+}
+
+struct Job {
+    phase: Mutex<Phase>,
+    cond: Condvar,
+}
+
+impl Job {
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self, need: Need) -> Res<()> {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match (*phase, need) {
+                (Phase::Failed, _) => return Err(Errno::IO),
+                (Phase::Done, _) | (Phase::Filled, Need::Data) => return Ok(()),
+                _ => phase = self.cond.wait(phase).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+}
+
+struct Jobs {
+    /// By the FUSE inode number of the copy.
+    by_ino: Mutex<HashMap<u64, Arc<Job>>>,
+    /// How many are in the map: zero is the common case, checked without the lock.
+    count: AtomicUsize,
+    records: Option<OwnedFd>,
+    next_record: AtomicU64,
+}
+
+/// The copy-ups of one union still being finished (see the module doc).
+pub(crate) struct Pending {
+    jobs: Arc<Jobs>,
+}
+
+impl Pending {
+    /// Records go in `work`'s records dir; `upper`'s file handles must decode (else no
+    /// records, and [`Pending::records`] says so).
+    pub(crate) fn new(upper: BorrowedFd<'_>, work: &Path) -> Pending {
+        let handles = crate::sys::file_handle(upper, Path::new(""))
+            .and_then(|(kind, handle)| crate::sys::open_by_handle(upper, kind, &handle))
+            .is_ok();
+        let records = handles
+            .then(|| {
+                let path = work.join(RECORDS_DIR);
+                match rustix::fs::mkdirat(rustix::fs::CWD, &path, Mode::from_raw_mode(0o700)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(err) => {
+                        tracing::debug!("{}: {err}; copy-ups sync first", path.display());
+                        return None;
+                    }
+                }
+                let dir = rustix::fs::open(
+                    &path,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()?;
+                // (see `recover`)
+                rustix::fs::flock(&dir, FlockOperation::NonBlockingLockShared).ok()?;
+                Some(dir)
+            })
+            .flatten();
+        Pending {
+            jobs: Arc::new(Jobs {
+                by_ino: Mutex::new(HashMap::new()),
+                count: AtomicUsize::new(0),
+                records,
+                next_record: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Whether copies may show before they are synced (records can be kept).
+    pub(crate) fn records(&self) -> bool {
+        self.jobs.records.is_some()
+    }
+
+    /// Makes the record of a copy about to show as `name` in the upper dir `parent` (see
+    /// the module doc), durable; returns its name, for [`Work::record`].
+    pub(crate) fn record(&self, parent: BorrowedFd<'_>, name: &OsStr, ino: u64) -> Res<OsString> {
+        let dir = self.jobs.records.as_ref().ok_or(Errno::NOTSUP)?;
+        let record = Record {
+            parent: crate::sys::file_handle(parent, Path::new(""))?,
+            name: name.to_os_string(),
+            ino,
+        };
+        let n = self.jobs.next_record.fetch_add(1, Ordering::Relaxed);
+        let file_name = OsString::from(format!("{}-{n}", std::process::id()));
+        let file = rustix::fs::openat(
+            dir,
+            &file_name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )?;
+        let written = write_all(file.as_fd(), record.encode().as_bytes())
+            .and_then(|()| rustix::fs::fsync(&file))
+            .and_then(|()| rustix::fs::fsync(dir));
+        if let Err(err) = written {
+            let _ = rustix::fs::unlinkat(dir, &file_name, AtFlags::empty());
+            return Err(err);
+        }
+        Ok(file_name)
+    }
+
+    /// Forgets a record whose copy never showed.
+    pub(crate) fn drop_record(&self, name: &OsStr) {
+        if let Some(dir) = &self.jobs.records {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+        }
+    }
+
+    /// Starts the job finishing the copy of inode `ino`, in a thread of its own.
+    pub(crate) fn start(&self, ino: u64, work: Work) {
+        let job = Arc::new(Job {
+            phase: Mutex::new(Phase::Filling),
+            cond: Condvar::new(),
+        });
+        {
+            let mut map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(ino, job.clone());
+            self.jobs.count.store(map.len(), Ordering::Release);
+        }
+        let jobs = self.jobs.clone();
+        // (shared, so that this thread can run the job if no thread can be made for it)
+        let slot = Arc::new(Mutex::new(Some(work)));
+        let taken = slot.clone();
+        let run = move || {
+            let Some(work) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return;
+            };
+            crate::copyup::unpin();
+            let records = jobs.records.as_ref().map(|d| d.as_fd());
+            let result = finish(&work, records, || job.set(Phase::Filled));
+            let mut map = jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => {
+                    job.set(Phase::Done);
+                    if map.get(&ino).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                        map.remove(&ino);
+                    }
+                }
+                Err(err) => {
+                    // The job stays, so that the copy's readers keep failing, and so does
+                    // the record: the next mount removes the copy.
+                    tracing::error!(
+                        "{}: finishing its copy-up failed: {err}; its reads fail until the \
+                         union is mounted again, which removes the copy",
+                        work.path.display()
+                    );
+                    job.set(Phase::Failed);
+                }
+            }
+            jobs.count.store(map.len(), Ordering::Release);
+        };
+        let spawned = std::thread::Builder::new()
+            .name("strata-copyup-job".into())
+            .spawn(run.clone());
+        if let Err(err) = spawned {
+            tracing::warn!("no thread to finish a copy-up ({err}): finishing it now");
+            run();
+        }
+        drop(slot);
+    }
+
+    /// Whether any job is running (or failed).
+    pub(crate) fn any(&self) -> bool {
+        self.jobs.count.load(Ordering::Acquire) != 0
+    }
+
+    /// Waits until the job of inode `ino`, if it has one, has done what `need` asks; EIO if
+    /// the job failed.
+    pub(crate) fn settle(&self, ino: u64, need: Need) -> Res<()> {
+        if self.jobs.count.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        let job = self
+            .jobs
+            .by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .cloned();
+        match job {
+            Some(job) => fuser::blocking(|| job.wait(need)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until every job has done what `need` asks (a failed one does not hold this up).
+    pub(crate) fn settle_all(&self, need: Need) {
+        if self.jobs.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let jobs: Vec<Arc<Job>> = self
+            .jobs
+            .by_ino
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        fuser::blocking(|| {
+            for job in jobs {
+                let _ = job.wait(need);
+            }
+        });
+    }
+}
+
+impl Drop for Pending {
+    /// A server that ends (unmounted) finishes its copies first.
+    fn drop(&mut self) {
+        self.settle_all(Need::Durable);
+    }
+}
+
+fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Res<()> {
+    while !buf.is_empty() {
+        match rustix::io::write(fd, buf) {
+            Ok(0) => return Err(Errno::IO),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::INTR) => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}
+
+/// The job: the data still to copy (then `filled`), the syncs, then the record goes.
+fn finish(work: &Work, records: Option<BorrowedFd<'_>>, filled: impl FnOnce()) -> Res<()> {
+    crate::copyup::fill(work.src.as_fd(), work.dst.as_fd(), &work.fill)?;
+    filled();
+    if work.sync {
+        rustix::fs::fsync(&work.dst)?;
+        if let Some(parent) = &work.parent {
+            rustix::fs::fsync(parent)?;
+        }
+    }
+    if let (Some(dir), Some(name)) = (records, &work.record) {
+        rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+        rustix::fs::fsync(dir)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_record_reads_back_and_a_torn_one_is_none() {
+        let record = Record {
+            parent: (1, vec![0, 1, 0xfe, 0xff]),
+            name: OsString::from_vec(b"odd name\n\xff".to_vec()),
+            ino: 1234,
+        };
+        let text = record.encode();
+        assert_eq!(Record::decode(&text), Some(record));
+        for cut in 0..text.len() - 1 {
+            assert_eq!(Record::decode(&text[..cut]), None, "cut at {cut}: {text:?}");
+        }
+        assert_eq!(Record::decode(&text.replace("name ", "name 2f")), None);
+    }
+
+    /// A record names a copy: `recover` removes it if it still has its name, and leaves
+    /// another file that took the name.
+    #[test]
+    fn recovery_removes_the_copy_a_record_names_and_nothing_else() {
+        let root = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (upper, work) = (root.path().join("upper"), root.path().join("work"));
+        std::fs::create_dir_all(upper.join("d/e")).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let upper_fd = rustix::fs::open(&upper, OFlags::RDONLY, Mode::empty()).unwrap();
+        let pending = Pending::new(upper_fd.as_fd(), &work);
+        assert!(
+            pending.records(),
+            "no file handles on /var/tmp (as root: sudo cargo test)"
+        );
+        let dir = |rel: &str| rustix::fs::open(upper.join(rel), OFlags::RDONLY, Mode::empty());
+        let ino = |rel: &str| std::fs::metadata(upper.join(rel)).unwrap().ino();
+        std::fs::write(upper.join("d/e/copy"), b"half").unwrap();
+        std::fs::write(upper.join("d/replaced"), b"old").unwrap();
+        pending
+            .record(
+                dir("d/e").unwrap().as_fd(),
+                OsStr::new("copy"),
+                ino("d/e/copy"),
+            )
+            .unwrap();
+        pending
+            .record(
+                dir("d").unwrap().as_fd(),
+                OsStr::new("replaced"),
+                ino("d/replaced"),
+            )
+            .unwrap();
+        // another file takes the second name
+        std::fs::write(upper.join("d/new"), b"new").unwrap();
+        std::fs::rename(upper.join("d/new"), upper.join("d/replaced")).unwrap();
+        // a record of a directory removed since
+        std::fs::create_dir(upper.join("gone")).unwrap();
+        pending
+            .record(dir("gone").unwrap().as_fd(), OsStr::new("x"), 1)
+            .unwrap();
+        std::fs::remove_dir(upper.join("gone")).unwrap();
+        // the parent moved since: the handle still finds it
+        std::fs::rename(upper.join("d/e"), upper.join("d/f")).unwrap();
+        drop(pending);
+
+        assert_eq!(recover(&upper, &work).unwrap(), 1);
+        assert!(!upper.join("d/f/copy").exists(), "the recorded copy stayed");
+        assert_eq!(std::fs::read(upper.join("d/replaced")).unwrap(), b"new");
+        let left = std::fs::read_dir(work.join(RECORDS_DIR)).unwrap().count();
+        assert_eq!(left, 0, "records left");
+        // a finished job's record is gone: nothing to undo
+        let pending = Pending::new(upper_fd.as_fd(), &work);
+        std::fs::write(upper.join("d/f/copy"), b"whole").unwrap();
+        let name = pending
+            .record(
+                dir("d/f").unwrap().as_fd(),
+                OsStr::new("copy"),
+                ino("d/f/copy"),
+            )
+            .unwrap();
+        pending.drop_record(&name);
+        assert_eq!(recover(&upper, &work).unwrap(), 0);
+        assert_eq!(std::fs::read(upper.join("d/f/copy")).unwrap(), b"whole");
+    }
+}
