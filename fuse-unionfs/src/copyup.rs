@@ -101,7 +101,7 @@ pub(crate) fn copy_up_deferred(
         set_owner_mode_times(layers.work(), &tmp, &meta)?;
         Ok((src, dst, later, origin))
     });
-    let (src, dst, later, origin) = match built {
+    let (src, dst, mut later, origin) = match built {
         Ok(built) => built,
         Err(err) => {
             remove_tmp(layers, &tmp, Kind::File);
@@ -118,19 +118,39 @@ pub(crate) fn copy_up_deferred(
     // Durable before the copy shows: a crash then finds it, and removes the copy.
     let record = if sync {
         let recorded = parent.as_ref().map_err(|e| *e).and_then(|parent| {
-            let ino = rustix::fs::fstat(&dst)?.st_ino;
-            pending.record(parent.as_fd(), name?, ino)
+            let copy = crate::sys::file_handle(layers.work(), &tmp)?;
+            pending.record(parent.as_fd(), name?, copy)
         });
         match recorded {
             Ok(record) => Some(record),
             Err(err) => {
-                remove_tmp(layers, &tmp, Kind::File);
-                return Err(err);
+                // No record (a full disk, an error): the copy is finished before it shows.
+                tracing::warn!(
+                    "{}: no record of its copy-up ({err}); copying it whole",
+                    rel.display()
+                );
+                let finished = fuser::blocking(|| {
+                    self::fill(src.as_fd(), dst.as_fd(), &later)?;
+                    rustix::fs::fsync(&dst)
+                });
+                if let Err(err) = finished {
+                    remove_tmp(layers, &tmp, Kind::File);
+                    return Err(err);
+                }
+                later.clear();
+                None
             }
         }
     } else {
         None
     };
+    let shown = (!later.is_empty()).then(|| {
+        let times = Timestamps {
+            last_access: timespec(meta.atime),
+            last_modification: timespec(meta.mtime),
+        };
+        (meta.size, times)
+    });
     match place(layers, rel, &tmp, Kind::File, Ok(origin)) {
         Ok(()) => {}
         Err(err) => {
@@ -149,6 +169,10 @@ pub(crate) fn copy_up_deferred(
         }
         return Ok(Some((meta, None)));
     }
+    if sync && record.is_none() {
+        // (finished before it showed)
+        return Ok(Some((meta, None)));
+    }
     Ok(Some((
         meta,
         Some(Work {
@@ -158,6 +182,7 @@ pub(crate) fn copy_up_deferred(
             sync,
             parent: parent.ok(),
             record,
+            shown,
             path: rel.to_path_buf(),
         }),
     )))
@@ -165,7 +190,8 @@ pub(crate) fn copy_up_deferred(
 
 /// For an append-only opener: reserves the blocks of each data extent (a full disk fails
 /// the open, not the job), sets the size, and copies the last partial page now (a write
-/// there may read it first); returns the ranges left to copy.
+/// there may read it first); returns the ranges left to copy. Where blocks cannot be
+/// reserved (no fallocate), everything is copied now.
 fn reserve_then_copy_tail(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
@@ -174,7 +200,11 @@ fn reserve_then_copy_tail(
     let extents: Vec<(u64, u64)> = DataExtents::new(src, size).collect();
     for &(start, end) in &extents {
         match rustix::fs::fallocate(dst, FallocateFlags::empty(), start, end - start) {
-            Ok(()) | Err(Errno::OPNOTSUPP) => {}
+            Ok(()) => {}
+            Err(Errno::OPNOTSUPP) => {
+                copy_data(src, dst, size, false)?;
+                return Ok(Vec::new());
+            }
             Err(err) => return Err(err),
         }
     }

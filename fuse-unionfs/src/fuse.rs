@@ -49,6 +49,7 @@ use fuser::{
 use crate::idshift::IdShift;
 use crate::layer::{Kind, Meta};
 use crate::modify::{SetAttr, SetTime};
+use crate::pending::Later;
 use crate::plus::PlusUse;
 use crate::union::{Caller, DirEntry, Entry, OpenFile, Union, Unprivileged};
 
@@ -899,7 +900,16 @@ impl Filesystem for Fs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let append = flags.0 & libc::O_APPEND != 0 && flags.0 & libc::O_TRUNC == 0;
-        let reads = flags.acc_mode() != OpenAccMode::O_WRONLY;
+        // What of a copy-up may finish in the background (`pending.rs`): its data, for an
+        // opener that only appends; nothing for one that syncs each write itself (that
+        // goes through passthrough, and no fsync would come to wait for the copy's job).
+        let later = if flags.0 & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+            Later::No
+        } else if flags.acc_mode() == OpenAccMode::O_WRONLY && append {
+            Later::Fill
+        } else {
+            Later::Sync
+        };
         let access = if write {
             Access::Write
         } else if flags.0 & FMODE_EXEC != 0 {
@@ -907,7 +917,7 @@ impl Filesystem for Fs {
         } else {
             Access::Read
         };
-        match self.union.open_appending(ino.0, write, append, reads) {
+        match self.union.open_appending(ino.0, write, append, later) {
             Ok((fh, file)) => {
                 let Ok(mode) =
                     self.open_mode(fh, &file, access, |f| reply.open_backing(self.union.fd(f)?))

@@ -188,10 +188,19 @@ impl Union {
 
     /// [`Union::copy_up_node`], leaving what `later` allows to a job (`pending.rs`): only
     /// for a caller that gives the copy no other name.
+    ///
+    /// A node found copied up already may have a job still filling its copy (another
+    /// request's copy-up, just now): a caller that reads or changes the copy waits for it.
     pub(crate) fn copy_up_node_for(&self, node: &Arc<Node>, later: Later) -> Res<PathBuf> {
         let path = self.path(node.ino)?;
+        let copied = |path| {
+            if later != Later::Fill {
+                self.settle(node.ino, Need::Data)?;
+            }
+            Ok(path)
+        };
         if node.state().layer == UPPER {
-            return Ok(path);
+            return copied(path);
         }
         let parent = node
             .state()
@@ -210,7 +219,8 @@ impl Union {
         };
         let layer = node.state().layer;
         if layer == UPPER {
-            return Ok(path);
+            drop(_copying);
+            return copied(path);
         }
         let lower = match copy_up_deferred(&self.layers, &self.pending, layer, &path, later)? {
             Some((lower, work)) => {
@@ -634,8 +644,6 @@ impl Union {
     /// A hard link: the source is copied up, then linked in the upper branch, so both names
     /// show one inode number and the real link count.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> Res<Entry> {
-        // (a crash must not leave a name that the copy-up's record does not know)
-        self.settle(ino, Need::Durable)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if node.is_dir {
@@ -652,6 +660,9 @@ impl Union {
             }
             source => {
                 let source = source?;
+                // (a crash must not leave a name that the copy-up's record does not know;
+                // no job starts for a node already copied up)
+                self.settle(ino, Need::Durable)?;
                 let (_, to, _) = self.copy_up_dir(newparent)?;
                 crate::origin::carry(&self.layers, &source, &to);
                 self.make(newparent, newname, New::Link(&source), 0, caller)?

@@ -23,6 +23,9 @@ use crate::union::Union;
 
 /// How long a guard waits for a clean unmount before aborting the FUSE connection.
 const UNMOUNT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much longer it waits for a server still finishing big copy-ups (`pending.rs`):
+/// killed then, it would leave them to be undone at the next mount.
+const COPY_UP_GRACE: Duration = Duration::from_secs(600);
 
 /// What to mount: lower dirs (top first), the writable upper, its work dir, the mount point.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,9 +140,10 @@ impl MountSpec {
         let work = abs(&self.work)?;
         if !self.flags.read_only {
             refuse_volatile_mark(&work)?;
-            // (copy-ups a crash left unfinished: before either driver shows the upper)
-            crate::pending::recover(&abs(&self.upper)?, &work)?;
         }
+        // Copy-ups a crash left unfinished (or that a server unmounted a moment ago is
+        // still finishing): before either driver shows the upper.
+        crate::pending::recover(&abs(&self.upper)?, &work, COPY_UP_GRACE)?;
         Ok(MountSpec {
             lowers: self.lowers.iter().map(|p| abs(p)).collect::<Result<_>>()?,
             upper: abs(&self.upper)?,
@@ -159,6 +163,9 @@ pub struct MountGuard {
     fuse: Option<FuseMount>,
     /// The process serving a FUSE mount of [`mount_served`].
     server: Option<std::process::Child>,
+    /// The union's work dir, where a FUSE server keeps the records of copy-ups it is still
+    /// finishing.
+    work: PathBuf,
 }
 
 struct FuseMount {
@@ -205,7 +212,7 @@ impl MountGuard {
         if let Some(server) = self.server.take() {
             return match unmount_when(&target, busy) {
                 Ok(Unmounted::Gone) => {
-                    end_server(server, &target);
+                    end_server(server, &target, &self.work);
                     Ok(())
                 }
                 // Its users still reach it through open files: the server serves them
@@ -249,7 +256,7 @@ impl MountGuard {
                 let _ = done_tx.send(Err((err, session)));
             }
         });
-        match done_rx.recv_timeout(UNMOUNT_TIMEOUT) {
+        match wait_for_end(&done_rx, &self.work) {
             Ok(Ok(())) => Ok(()),
             Ok(Err((err, session))) => {
                 // Still mounted and served: keep it, for a later try or the drop.
@@ -314,6 +321,7 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
                 driver: Driver::Overlay,
                 fuse: None,
                 server: None,
+                work: spec.work,
             })
         }
         _ => {
@@ -332,6 +340,7 @@ pub fn mount(spec: &MountSpec, driver: Driver) -> Result<MountGuard> {
                     connection,
                 }),
                 server: None,
+                work: spec.work,
             })
         }
     }
@@ -409,6 +418,7 @@ pub fn mount_served(
             driver: Driver::Fuse,
             fuse: None,
             server: Some(child),
+            work: spec.work,
         }),
         answer => {
             let _ = child.kill();
@@ -431,9 +441,28 @@ pub fn mount_served(
     }
 }
 
+/// Waits for what `ending` says, for [`UNMOUNT_TIMEOUT`], and while the server still
+/// finishes copy-ups (records are left in `work`), up to [`COPY_UP_GRACE`] more.
+fn wait_for_end<T>(
+    ending: &mpsc::Receiver<T>,
+    work: &Path,
+) -> std::result::Result<T, mpsc::RecvTimeoutError> {
+    let started = std::time::Instant::now();
+    loop {
+        match ending.recv_timeout(UNMOUNT_TIMEOUT) {
+            Err(mpsc::RecvTimeoutError::Timeout)
+                if crate::pending::in_flight(work) && started.elapsed() < COPY_UP_GRACE =>
+            {
+                tracing::info!("waiting for the FUSE server to finish its copy-ups");
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Waits for the server of a mount just unmounted to end; kills one that does not within
-/// [`UNMOUNT_TIMEOUT`].
-fn end_server(mut server: std::process::Child, target: &Path) {
+/// [`UNMOUNT_TIMEOUT`] (see [`wait_for_end`]).
+fn end_server(mut server: std::process::Child, target: &Path, work: &Path) {
     // Taken before the waiter may reap it: the descriptor keeps naming the server, where
     // its pid could name another process once reaped.
     let pid = server.id();
@@ -445,7 +474,7 @@ fn end_server(mut server: std::process::Child, target: &Path) {
         let _ = server.wait();
         let _ = done.send(());
     });
-    if ended.recv_timeout(UNMOUNT_TIMEOUT).is_err() {
+    if wait_for_end(&ended, work).is_err() {
         tracing::warn!(
             "the FUSE server of {} did not end after the unmount; killing it",
             target.display()
@@ -829,21 +858,32 @@ pub fn serve_foreground(
             message,
         });
     }
-    let target = spec.target.clone();
+    let (target, work) = (spec.target.clone(), spec.work.clone());
     std::thread::spawn(move || {
         if let Ok(signal) = signals.wait() {
             tracing::info!("{signal}: unmounting {}", target.display());
             let _ = rustix::mount::unmount(&target, UnmountFlags::DETACH);
             // The serving ends when the kernel lets go of the mount: now, unless files
-            // are open in it or another mount namespace holds a copy of it.
+            // are open in it or another mount namespace holds a copy of it. Copy-ups
+            // still being finished get longer (`wait_for_end`), unless a second signal
+            // comes.
             let grace = libc::timespec {
                 tv_sec: STOP_GRACE.as_secs() as libc::time_t,
                 tv_nsec: 0,
             };
-            // SAFETY: `signals` is a valid set, blocked in this thread; the info pointer
-            // may be null.
-            let again =
-                unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &grace) };
+            let started = std::time::Instant::now();
+            let again = loop {
+                // SAFETY: `signals` is a valid set, blocked in this thread; the info
+                // pointer may be null.
+                let again =
+                    unsafe { libc::sigtimedwait(signals.as_ref(), std::ptr::null_mut(), &grace) };
+                if again > 0
+                    || !crate::pending::in_flight(&work)
+                    || started.elapsed() > COPY_UP_GRACE
+                {
+                    break again;
+                }
+            };
             tracing::warn!(
                 "{}: still in use {}; ending it (its users get ENOTCONN)",
                 target.display(),

@@ -47,8 +47,9 @@ struct Record {
     /// File handle (type, bytes) of the copy's upper parent directory.
     parent: (i32, Vec<u8>),
     name: OsString,
-    /// The copy's inode number: whatever has the name later is left alone.
-    ino: u64,
+    /// File handle of the copy itself (its generation too): whatever has the name later,
+    /// or an inode reused since, is left alone.
+    copy: (i32, Vec<u8>),
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -68,11 +69,12 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 impl Record {
     fn encode(&self) -> String {
         format!(
-            "{RECORD_MAGIC}\nparent {} {}\nname {}\nino {}\nend\n",
+            "{RECORD_MAGIC}\nparent {} {}\nname {}\ncopy {} {}\nend\n",
             self.parent.0,
             hex(&self.parent.1),
             hex(self.name.as_bytes()),
-            self.ino
+            self.copy.0,
+            hex(&self.copy.1),
         )
     }
 
@@ -83,7 +85,7 @@ impl Record {
         if lines.next()? != RECORD_MAGIC {
             return None;
         }
-        let (mut parent, mut name, mut ino, mut end) = (None, None, None, false);
+        let (mut parent, mut name, mut copy, mut end) = (None, None, None, false);
         for line in lines {
             if end {
                 return None;
@@ -92,13 +94,14 @@ impl Record {
                 end = true;
                 continue;
             }
+            let handle = |rest: &str| {
+                let (kind, bytes) = rest.split_once(' ')?;
+                Some((kind.parse().ok()?, unhex(bytes)?))
+            };
             match line.split_once(' ')? {
-                ("parent", rest) => {
-                    let (kind, bytes) = rest.split_once(' ')?;
-                    parent = Some((kind.parse().ok()?, unhex(bytes)?));
-                }
+                ("parent", rest) => parent = Some(handle(rest)?),
                 ("name", rest) => name = Some(OsString::from_vec(unhex(rest)?)),
-                ("ino", rest) => ino = Some(rest.parse().ok()?),
+                ("copy", rest) => copy = Some(handle(rest)?),
                 _ => return None,
             }
         }
@@ -109,7 +112,7 @@ impl Record {
         Some(Record {
             parent: parent?,
             name,
-            ino: ino?,
+            copy: copy?,
         })
     }
 }
@@ -118,11 +121,17 @@ fn io_error(what: &'static str, path: &Path, err: Errno) -> Error {
     Error::io(what, path, std::io::Error::from(err))
 }
 
+/// Records of jobs that failed are renamed with this prefix: no job is finishing them, and
+/// only a recovery undoes their copies.
+const FAILED: &str = "failed-";
+
 /// Undoes the copy-ups a crash left unfinished in the union of `upper` and `work` (see the
 /// module doc): each copy a record names is removed, then the record. Returns how many
-/// copies were removed. Without CAP_DAC_READ_SEARCH the records cannot be read: an error
-/// says so, and mounting waits for someone who can.
-pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
+/// copies were removed. A server of the union holds a shared lock on the records for as
+/// long as it runs; while it is still finishing copy-ups (a server unmounted a moment ago),
+/// this waits for them, up to `timeout`. Without CAP_DAC_READ_SEARCH the records cannot be
+/// read: an error says so, and mounting waits for someone who can.
+pub(crate) fn recover(upper: &Path, work: &Path, timeout: std::time::Duration) -> Result<usize> {
     let dir_path = work.join(RECORDS_DIR);
     let dir = match rustix::fs::open(
         &dir_path,
@@ -133,18 +142,23 @@ pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
         Err(Errno::NOENT) => return Ok(0),
         Err(err) => return Err(io_error("open directory", &dir_path, err)),
     };
-    // A server of this union holds a shared lock for as long as it runs (its copies are
-    // its own business); the lock goes with the process, so after a crash this gets it.
-    match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(Errno::WOULDBLOCK) => {
-            tracing::debug!(
-                "{}: the union is mounted; nothing to recover",
-                dir_path.display()
-            );
-            return Ok(0);
+    let started = std::time::Instant::now();
+    loop {
+        match rustix::fs::flock(&dir, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => break,
+            // A server runs: whatever it has not finished is its own business.
+            Err(Errno::WOULDBLOCK) if !in_flight(work) => return Ok(0),
+            Err(Errno::WOULDBLOCK) if started.elapsed() < timeout => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(Errno::WOULDBLOCK) => {
+                return Err(Error::Spec(format!(
+                    "{}: the union's FUSE server is still finishing copy-ups after {timeout:?}",
+                    upper.display()
+                )));
+            }
+            Err(err) => return Err(io_error("lock", &dir_path, err)),
         }
-        Err(err) => return Err(io_error("lock", &dir_path, err)),
     }
     let upper_fd = rustix::fs::open(
         upper,
@@ -152,6 +166,7 @@ pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
         Mode::empty(),
     )
     .map_err(|e| io_error("open directory", upper, e))?;
+    let upper_path = std::fs::canonicalize(upper).map_err(|e| Error::io("resolve", upper, e))?;
     let entries = std::fs::read_dir(&dir_path).map_err(|e| Error::io("list", &dir_path, e))?;
     let mut undone = 0;
     for entry in entries {
@@ -159,11 +174,12 @@ pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
         let path = entry.path();
         let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
         if let Some(record) = Record::decode(&String::from_utf8_lossy(&text)) {
-            match undo(upper_fd.as_fd(), &record) {
+            match undo(upper_fd.as_fd(), &upper_path, &record) {
                 Ok(Some(copy)) => {
                     tracing::warn!(
-                        "{}: a copy-up was not on the disk when the union last went down; \
-                         removed it, so the lower file shows again",
+                        "{}: its copy-up was not finished when the union last went down; \
+                         removed the copy (and what was written to it), so the lower file \
+                         shows again",
                         copy.display()
                     );
                     undone += 1;
@@ -171,7 +187,7 @@ pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
                 Ok(None) => {}
                 Err(Errno::PERM) => {
                     return Err(Error::Spec(format!(
-                        "{} records copy-ups a crash left unfinished; undoing them needs \
+                        "{} records copy-ups left unfinished; undoing them needs \
                          CAP_DAC_READ_SEARCH (open_by_handle_at): mount this union once as root",
                         path.display()
                     )));
@@ -188,39 +204,52 @@ pub(crate) fn recover(upper: &Path, work: &Path) -> Result<usize> {
 
 /// Makes the upper dir of the union of `upper` and `work` safe to read from outside the
 /// union (a commit of a running container): while a server runs it, waits up to `timeout`
-/// for its copy-ups to be finished; after a crash, undoes the unfinished ones ([`recover`]).
+/// for its copy-ups to be finished; after a crash, undoes the unfinished ones. A copy whose
+/// job failed in a running server is an error: only the next mount undoes it.
 pub fn finish_copy_ups(upper: &Path, work: &Path, timeout: std::time::Duration) -> Result<()> {
+    recover(upper, work, timeout)?;
     let dir = work.join(RECORDS_DIR);
-    let started = std::time::Instant::now();
-    loop {
-        let waiting = match std::fs::read_dir(&dir) {
-            Ok(mut entries) => entries.next().is_some(),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
-            Err(err) => return Err(Error::io("list", &dir, err)),
-        };
-        if !waiting {
-            return Ok(());
-        }
-        // (a running server's lock keeps `recover` off its records)
-        recover(upper, work)?;
-        if started.elapsed() > timeout {
-            return Err(Error::Spec(format!(
-                "{}: copy-ups still being finished after {timeout:?}",
-                upper.display()
-            )));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let failed = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().as_bytes().starts_with(FAILED.as_bytes()))
+        })
+        .unwrap_or(false);
+    if failed {
+        return Err(Error::Spec(format!(
+            "{}: a copy-up failed in the union's running FUSE server (its log says which); \
+             unmount the union, and the next mount removes that copy",
+            upper.display()
+        )));
     }
+    Ok(())
 }
 
-/// Removes the copy `record` names if it still has that name; its path if it did.
-fn undo(upper: BorrowedFd<'_>, record: &Record) -> Res<Option<PathBuf>> {
-    let parent = match crate::sys::open_by_handle(upper, record.parent.0, &record.parent.1) {
-        Ok(parent) => parent,
-        // the directory is gone, and the copy with it
-        Err(Errno::STALE | Errno::NOENT) => return Ok(None),
-        Err(err) => return Err(err),
+/// Whether the union with work dir `work` has copy-ups a server is still finishing (or a
+/// crash left unfinished).
+pub(crate) fn in_flight(work: &Path) -> bool {
+    std::fs::read_dir(work.join(RECORDS_DIR)).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| !e.file_name().as_bytes().starts_with(FAILED.as_bytes()))
+    })
+}
+
+/// Removes the copy `record` names if it still has that name in a directory below
+/// `upper_path`; its path if it did.
+fn undo(upper: BorrowedFd<'_>, upper_path: &Path, record: &Record) -> Res<Option<PathBuf>> {
+    let open =
+        |(kind, handle): &(i32, Vec<u8>)| match crate::sys::open_by_handle(upper, *kind, handle) {
+            Ok(fd) => Ok(Some(fd)),
+            // gone (the copy, or its directory and the copy with it)
+            Err(Errno::STALE | Errno::NOENT) => Ok(None),
+            Err(err) => Err(err),
+        };
+    let (Some(copy), Some(parent)) = (open(&record.copy)?, open(&record.parent)?) else {
+        return Ok(None);
     };
+    let copy = rustix::fs::fstat(&copy)?;
     // (an O_PATH descriptor: opened again to be written in)
     let parent = rustix::fs::openat(
         &parent,
@@ -229,19 +258,22 @@ fn undo(upper: BorrowedFd<'_>, record: &Record) -> Res<Option<PathBuf>> {
         Mode::empty(),
     )?;
     match rustix::fs::statat(&parent, &record.name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if st.st_ino == record.ino => {}
+        Ok(st) if (st.st_dev, st.st_ino) == (copy.st_dev, copy.st_ino) => {}
         Ok(_) | Err(Errno::NOENT) => return Ok(None),
         Err(err) => return Err(err),
     }
-    rustix::fs::unlinkat(&parent, &record.name, AtFlags::empty())?;
-    rustix::fs::fsync(&parent)?;
+    // (a handle names any directory of the file system: only the upper dir's are ours)
     let dir = rustix::fs::readlinkat(
         rustix::fs::CWD,
         format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&parent)),
         Vec::new(),
     )
-    .map(|p| PathBuf::from(OsString::from_vec(p.into_bytes())))
-    .unwrap_or_default();
+    .map(|p| PathBuf::from(OsString::from_vec(p.into_bytes())))?;
+    if !dir.starts_with(upper_path) {
+        return Ok(None);
+    }
+    rustix::fs::unlinkat(&parent, &record.name, AtFlags::empty())?;
+    rustix::fs::fsync(&parent)?;
     Ok(Some(dir.join(&record.name)))
 }
 
@@ -258,6 +290,9 @@ pub(crate) struct Work {
     pub parent: Option<OwnedFd>,
     /// The record's name in the records dir, removed once all is on the disk.
     pub record: Option<OsString>,
+    /// The copy's size and times when it showed: the fill's writes change its times, which
+    /// are put back if nothing was appended.
+    pub shown: Option<(u64, rustix::fs::Timestamps)>,
     /// For messages.
     pub path: PathBuf,
 }
@@ -324,6 +359,25 @@ struct Jobs {
     next_record: AtomicU64,
 }
 
+/// Ends a job when dropped: its phase set (Failed unless told otherwise) and, once done,
+/// its entries gone from the map (a failed job keeps them, so that its readers fail).
+struct Ending<'a> {
+    jobs: &'a Jobs,
+    job: &'a Arc<Job>,
+    phase: Phase,
+}
+
+impl Drop for Ending<'_> {
+    fn drop(&mut self) {
+        let mut map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        self.job.set(self.phase);
+        if matches!(self.phase, Phase::Done) {
+            map.retain(|_, job| !Arc::ptr_eq(job, self.job));
+        }
+        self.jobs.count.store(map.len(), Ordering::Release);
+    }
+}
+
 /// The copy-ups of one union still being finished (see the module doc).
 pub(crate) struct Pending {
     jobs: Arc<Jobs>,
@@ -339,22 +393,32 @@ impl Pending {
         let records = handles
             .then(|| {
                 let path = work.join(RECORDS_DIR);
-                match rustix::fs::mkdirat(rustix::fs::CWD, &path, Mode::from_raw_mode(0o700)) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(err) => {
-                        tracing::debug!("{}: {err}; copy-ups sync first", path.display());
-                        return None;
-                    }
-                }
-                let dir = rustix::fs::open(
-                    &path,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .ok()?;
-                // (see `recover`)
-                rustix::fs::flock(&dir, FlockOperation::NonBlockingLockShared).ok()?;
-                Some(dir)
+                let made = match rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => rustix::fs::open(work, OFlags::RDONLY, Mode::empty())
+                        .and_then(|work| rustix::fs::fsync(&work)),
+                    Err(Errno::EXIST) => Ok(()),
+                    Err(err) => Err(err),
+                };
+                let dir = made.and_then(|()| {
+                    rustix::fs::open(
+                        &path,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                });
+                // Held for as long as this server runs (see `recover`, which holds the
+                // exclusive lock only while it undoes copies).
+                let locked = dir.and_then(|dir| {
+                    rustix::fs::flock(&dir, FlockOperation::LockShared).map(|()| dir)
+                });
+                locked
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            "{}: {err}; big copy-ups are synced before they show",
+                            path.display()
+                        );
+                    })
+                    .ok()
             })
             .flatten();
         Pending {
@@ -372,14 +436,19 @@ impl Pending {
         self.jobs.records.is_some()
     }
 
-    /// Makes the record of a copy about to show as `name` in the upper dir `parent` (see
-    /// the module doc), durable; returns its name, for [`Work::record`].
-    pub(crate) fn record(&self, parent: BorrowedFd<'_>, name: &OsStr, ino: u64) -> Res<OsString> {
+    /// Makes the record of `copy` (a file handle), about to show as `name` in the upper dir
+    /// `parent` (see the module doc), durable; returns its name, for [`Work::record`].
+    pub(crate) fn record(
+        &self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        copy: (i32, Vec<u8>),
+    ) -> Res<OsString> {
         let dir = self.jobs.records.as_ref().ok_or(Errno::NOTSUP)?;
         let record = Record {
             parent: crate::sys::file_handle(parent, Path::new(""))?,
             name: name.to_os_string(),
-            ino,
+            copy,
         };
         let n = self.jobs.next_record.fetch_add(1, Ordering::Relaxed);
         let file_name = OsString::from(format!("{}-{n}", std::process::id()));
@@ -393,16 +462,17 @@ impl Pending {
             .and_then(|()| rustix::fs::fsync(&file))
             .and_then(|()| rustix::fs::fsync(dir));
         if let Err(err) = written {
-            let _ = rustix::fs::unlinkat(dir, &file_name, AtFlags::empty());
+            self.drop_record(&file_name);
             return Err(err);
         }
         Ok(file_name)
     }
 
-    /// Forgets a record whose copy never showed.
+    /// Forgets a record whose copy never showed (or showed whole and synced).
     pub(crate) fn drop_record(&self, name: &OsStr) {
         if let Some(dir) = &self.jobs.records {
-            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty())
+                .and_then(|()| rustix::fs::fsync(dir));
         }
     }
 
@@ -425,33 +495,38 @@ impl Pending {
             let Some(work) = taken.lock().unwrap_or_else(|e| e.into_inner()).take() else {
                 return;
             };
-            crate::copyup::unpin();
+            // Whatever happens (a panic too), the job ends and its waiters go on.
+            let mut ending = Ending {
+                jobs: &jobs,
+                job: &job,
+                phase: Phase::Failed,
+            };
             let records = jobs.records.as_ref().map(|d| d.as_fd());
-            let result = finish(&work, records, || job.set(Phase::Filled));
-            let mut map = jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-            match result {
-                Ok(()) => {
-                    job.set(Phase::Done);
-                    if map.get(&ino).is_some_and(|j| Arc::ptr_eq(j, &job)) {
-                        map.remove(&ino);
-                    }
-                }
+            match finish(&work, records, || job.set(Phase::Filled)) {
+                Ok(()) => ending.phase = Phase::Done,
                 Err(err) => {
-                    // The job stays, so that the copy's readers keep failing, and so does
-                    // the record: the next mount removes the copy.
+                    // The record stays, marked failed: the next mount removes the copy.
                     tracing::error!(
-                        "{}: finishing its copy-up failed: {err}; its reads fail until the \
-                         union is mounted again, which removes the copy",
+                        "{}: finishing its copy-up failed: {err}. Reads of it fail; what is \
+                         written to it is lost when the union is next mounted, which removes \
+                         the copy so that the lower file shows again",
                         work.path.display()
                     );
-                    job.set(Phase::Failed);
+                    if let (Some(dir), Some(name)) = (records, &work.record) {
+                        let mut failed = OsString::from(FAILED);
+                        failed.push(name);
+                        let _ = rustix::fs::renameat(dir, name, dir, &failed);
+                    }
                 }
             }
-            jobs.count.store(map.len(), Ordering::Release);
         };
+        let job_thread = run.clone();
         let spawned = std::thread::Builder::new()
             .name("strata-copyup-job".into())
-            .spawn(run.clone());
+            .spawn(move || {
+                crate::copyup::unpin();
+                job_thread();
+            });
         if let Err(err) = spawned {
             tracing::warn!("no thread to finish a copy-up ({err}): finishing it now");
             run();
@@ -459,9 +534,14 @@ impl Pending {
         drop(slot);
     }
 
-    /// Whether any job is running (or failed).
-    pub(crate) fn any(&self) -> bool {
-        self.jobs.count.load(Ordering::Acquire) != 0
+    /// Files the job of inode `old`, if it has one, under `new` too (the copy took a new
+    /// number, `Union::supersede`).
+    pub(crate) fn alias(&self, old: u64, new: u64) {
+        let mut map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(job) = map.get(&old).cloned() {
+            map.insert(new, job);
+            self.jobs.count.store(map.len(), Ordering::Release);
+        }
     }
 
     /// Waits until the job of inode `ino`, if it has one, has done what `need` asks; EIO if
@@ -526,6 +606,11 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Res<()> {
 /// The job: the data still to copy (then `filled`), the syncs, then the record goes.
 fn finish(work: &Work, records: Option<BorrowedFd<'_>>, filled: impl FnOnce()) -> Res<()> {
     crate::copyup::fill(work.src.as_fd(), work.dst.as_fd(), &work.fill)?;
+    if let Some((size, times)) = &work.shown
+        && rustix::fs::fstat(&work.dst)?.st_size as u64 == *size
+    {
+        rustix::fs::futimens(&work.dst, times)?;
+    }
     filled();
     if work.sync {
         rustix::fs::fsync(&work.dst)?;
@@ -543,14 +628,14 @@ fn finish(work: &Work, records: Option<BorrowedFd<'_>>, filled: impl FnOnce()) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
 
     #[test]
     fn a_record_reads_back_and_a_torn_one_is_none() {
         let record = Record {
             parent: (1, vec![0, 1, 0xfe, 0xff]),
             name: OsString::from_vec(b"odd name\n\xff".to_vec()),
-            ino: 1234,
+            copy: (2, vec![9, 8, 7]),
         };
         let text = record.encode();
         assert_eq!(Record::decode(&text), Some(record));
@@ -575,21 +660,21 @@ mod tests {
             "no file handles on /var/tmp (as root: sudo cargo test)"
         );
         let dir = |rel: &str| rustix::fs::open(upper.join(rel), OFlags::RDONLY, Mode::empty());
-        let ino = |rel: &str| std::fs::metadata(upper.join(rel)).unwrap().ino();
+        let handle = |rel: &str| crate::sys::file_handle(upper_fd.as_fd(), Path::new(rel)).unwrap();
         std::fs::write(upper.join("d/e/copy"), b"half").unwrap();
         std::fs::write(upper.join("d/replaced"), b"old").unwrap();
         pending
             .record(
                 dir("d/e").unwrap().as_fd(),
                 OsStr::new("copy"),
-                ino("d/e/copy"),
+                handle("d/e/copy"),
             )
             .unwrap();
         pending
             .record(
                 dir("d").unwrap().as_fd(),
                 OsStr::new("replaced"),
-                ino("d/replaced"),
+                handle("d/replaced"),
             )
             .unwrap();
         // another file takes the second name
@@ -598,14 +683,18 @@ mod tests {
         // a record of a directory removed since
         std::fs::create_dir(upper.join("gone")).unwrap();
         pending
-            .record(dir("gone").unwrap().as_fd(), OsStr::new("x"), 1)
+            .record(
+                dir("gone").unwrap().as_fd(),
+                OsStr::new("x"),
+                handle("d/replaced"),
+            )
             .unwrap();
         std::fs::remove_dir(upper.join("gone")).unwrap();
         // the parent moved since: the handle still finds it
         std::fs::rename(upper.join("d/e"), upper.join("d/f")).unwrap();
         drop(pending);
 
-        assert_eq!(recover(&upper, &work).unwrap(), 1);
+        assert_eq!(recover(&upper, &work, Duration::ZERO).unwrap(), 1);
         assert!(!upper.join("d/f/copy").exists(), "the recorded copy stayed");
         assert_eq!(std::fs::read(upper.join("d/replaced")).unwrap(), b"new");
         let left = std::fs::read_dir(work.join(RECORDS_DIR)).unwrap().count();
@@ -617,11 +706,23 @@ mod tests {
             .record(
                 dir("d/f").unwrap().as_fd(),
                 OsStr::new("copy"),
-                ino("d/f/copy"),
+                handle("d/f/copy"),
             )
             .unwrap();
         pending.drop_record(&name);
-        assert_eq!(recover(&upper, &work).unwrap(), 0);
+        assert_eq!(recover(&upper, &work, Duration::ZERO).unwrap(), 0);
+        // a running server's records are its own: recovery waits for them, then gives up
+        let name = pending
+            .record(
+                dir("d/f").unwrap().as_fd(),
+                OsStr::new("copy"),
+                handle("d/f/copy"),
+            )
+            .unwrap();
+        let err = recover(&upper, &work, Duration::from_millis(200)).unwrap_err();
+        assert!(err.to_string().contains("still finishing"), "{err}");
+        assert_eq!(std::fs::read(upper.join("d/f/copy")).unwrap(), b"whole");
+        pending.drop_record(&name);
         assert_eq!(std::fs::read(upper.join("d/f/copy")).unwrap(), b"whole");
     }
 }

@@ -194,6 +194,8 @@ impl Union {
         let mut copied = Vec::new();
         self.copy_up_before_rename(&request, &mut copied)?;
         let _exclusive = self.exclusive();
+        // (one that started since: none can start while this lock is held)
+        self.settle_all();
         let Some((src, dst)) = self.rename_sides(&request)? else {
             return Ok(Vec::new());
         };

@@ -1062,34 +1062,23 @@ impl Union {
 
     /// Opens a regular file; `write` copies it up first.
     pub fn open(&self, ino: u64, write: bool) -> Res<(u64, Arc<OpenFile>)> {
-        self.open_appending(ino, write, false, true)
+        self.open_appending(ino, write, false, Later::Sync)
     }
 
     /// An open; `append`: the caller opened with O_APPEND (see [`Union::open_real_for`]);
-    /// `reads`: it may read (an opener that only appends may get a copy whose data is still
-    /// coming, `pending.rs`).
-    pub fn open_appending(
+    /// `later`: what of a copy-up it allows to finish in the background (`pending.rs`: an
+    /// opener that only appends may get a copy whose data is still coming).
+    pub(crate) fn open_appending(
         &self,
         ino: u64,
         write: bool,
         append: bool,
-        reads: bool,
+        later: Later,
     ) -> Res<(u64, Arc<OpenFile>)> {
-        let appends_only = write && append && !reads;
-        if !appends_only {
-            self.settle(ino, Need::Data)?;
-        }
         let _shared = self.shared();
         let node = self.node(ino)?;
         let path = if write {
-            self.copy_up_node_for(
-                &node,
-                if appends_only {
-                    Later::Fill
-                } else {
-                    Later::Sync
-                },
-            )
+            self.copy_up_node_for(&node, later)
         } else {
             self.path(ino)
         };
@@ -1098,6 +1087,10 @@ impl Union {
             path => path?,
         };
         let layer = node.state().layer;
+        if !write && layer == UPPER {
+            // (a copy that shows may be being filled; once it shows, no job starts for it)
+            self.settle(ino, Need::Data)?;
+        }
         if layer != UPPER
             && let Some(&size_nlink) = node.lower_file.get()
         {
@@ -1215,25 +1208,23 @@ impl Union {
                     path.display()
                 );
             }
-            self.table
+            let new = self
+                .table
                 .existing_ino(key)
-                .filter(|&current| current != ino)
+                .filter(|&current| current != ino);
+            if let Some(new) = new {
+                // (requests on the new number wait for the copy's job too)
+                self.pending.alias(ino, new);
+            }
+            new
         }))
     }
 
-    /// Waits for the job finishing the copy-up of `ino` (or of a number tied to it), if
-    /// one is running (`pending.rs`): for requests that read the copy's data or change it
+    /// Waits for the job finishing the copy-up of `ino`, if one is running (`pending.rs`): for requests that read the copy's data or change it
     /// other than by appending (`Need::Data`), sync it or give it another name
     /// (`Need::Durable`).
     pub(crate) fn settle(&self, ino: u64, need: Need) -> Res<()> {
-        if !self.pending.any() {
-            return Ok(());
-        }
-        self.pending.settle(ino, need)?;
-        for tied in self.ties.tied(ino) {
-            self.pending.settle(tied, need)?;
-        }
-        Ok(())
+        self.pending.settle(ino, need)
     }
 
     /// Waits for every copy-up job to be done (see [`Union::settle`]).
@@ -1304,8 +1295,9 @@ impl Union {
     /// Reads from `offset` into `buf` until it is full or the file ends; returns how much.
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> Res<usize> {
         let file = self.files.get(fh)?;
-        self.settle(file.ino, Need::Data)?;
         let fd = self.data_fd(&file)?;
+        // (after `data_fd`: a copy it switched to may be being filled)
+        self.settle(file.ino, Need::Data)?;
         let mut done = 0;
         while done < buf.len() {
             match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
@@ -1621,14 +1613,15 @@ impl Union {
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Res<i64> {
         let file = self.files.get(fh)?;
         let offset = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
-        self.settle(file.ino, Need::Data)?;
         let to = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset),
             _ => return Err(Errno::INVAL),
         };
+        let fd = self.data_fd(&file)?;
+        self.settle(file.ino, Need::Data)?;
         // The handle's own offset moves, but reads and writes give theirs.
-        Ok(rustix::fs::seek(self.data_fd(&file)?, to)? as i64)
+        Ok(rustix::fs::seek(fd, to)? as i64)
     }
 
     /// fallocate; `drop_setid` as for [`Union::write`].

@@ -1029,6 +1029,7 @@ fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
     let data = std::sync::Arc::new(crate::common::patterned(96 << 20));
     let names = [
         "read.log",
+        "race.log",
         "sync.log",
         "moved.log",
         "linked.log",
@@ -1041,14 +1042,20 @@ fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
     let setuid = fixture.lowers[1].join("setuid");
     fs::set_permissions(&setuid, fs::Permissions::from_mode(0o4755)).unwrap();
     let mut mounted = fixture.mount("fuse", Driver::Fuse);
-    let m = std::sync::Arc::new((mounted.mnt.clone(), mounted.work.clone()));
+    let m = std::sync::Arc::new((
+        mounted.mnt.clone(),
+        mounted.work.clone(),
+        mounted.upper.clone(),
+    ));
     let whole = {
         let data = data.clone();
         move |tail: &str| [&data[..], tail.as_bytes()].concat()
     };
     let check = whole.clone();
+    let data_ = data.clone();
     deadline(300, "appends to big lower files", move || {
-        let (mnt, work) = &*m;
+        let data = data_;
+        let (mnt, work, upper) = &*m;
         let read = mnt.join("read.log");
         append(&read, b"one\n");
         assert!(
@@ -1059,6 +1066,34 @@ fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
         assert!(
             fs::read(&read).unwrap() == check("one\ntwo\n"),
             "read.log, appended twice"
+        );
+
+        // a reader that opens as soon as the copy shows (its fill takes a while longer)
+        // reads it whole
+        let race = mnt.join("race.log");
+        let appender = {
+            let race = race.clone();
+            std::thread::spawn(move || append(&race, b"r"))
+        };
+        while !upper.join("race.log").exists() {
+            std::hint::spin_loop();
+        }
+        // (the fill of 96 MiB takes a few milliseconds more, from the start: the end first)
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        let reader = fs::File::open(&race).unwrap();
+        let mut end = vec![0u8; 1 << 20];
+        let at = data.len() - end.len();
+        std::os::unix::fs::FileExt::read_exact_at(&reader, &mut end, at as u64).unwrap();
+        assert!(
+            end == data[at..],
+            "race.log's last MiB, read as its copy showed"
+        );
+        let read = fs::read(&race).unwrap();
+        appender.join().unwrap();
+        assert!(
+            read == check("") || read == check("r"),
+            "race.log read as its copy showed: {} bytes, not the file's",
+            read.len()
         );
 
         // an fsync returns once the copy is on the disk: its record is gone

@@ -697,6 +697,56 @@ fn a_copy_up_a_crash_left_unfinished_is_undone_at_the_next_mount() {
     guard.unmount().unwrap();
 }
 
+/// A disk too small for a big copy-up: the append-only open that would have its copy
+/// filled in the background fails with ENOSPC (the blocks are reserved before the copy
+/// shows), and leaves neither a copy nor a record; the lower file still shows whole.
+#[test]
+fn a_background_copy_up_that_cannot_fit_fails_the_open_with_enospc() {
+    let fixture = Fixture::new();
+    let data = common::patterned(48 << 20);
+    std::fs::write(fixture.lowers[1].join("big.log"), &data).unwrap();
+    let base = fixture.dir.path().join("full");
+    let _cleanup = Cleanup(base.clone());
+    let (image, disk) = (base.join("disk.ext4"), base.join("disk"));
+    std::fs::create_dir_all(&disk).unwrap();
+    std::fs::File::create_new(&image)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&image)
+        .status()
+        .expect("mkfs.ext4 runs: apt-get install e2fsprogs");
+    assert!(mkfs.success(), "mkfs.ext4 {}", image.display());
+    let mounted = Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount -o loop {}", image.display());
+    let (upper, work, mnt) = (disk.join("upper"), disk.join("work"), base.join("mnt"));
+    for d in [&upper, &work, &mnt] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let m = std::sync::Arc::new(fixture.mount_at(&upper, &work, &mnt, Driver::Fuse));
+    let inner = m.clone();
+    let opened = deadline(60, "an append-only open on a full disk", move || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(inner.path("big.log"))
+            .map(drop)
+            .map_err(|e| e.raw_os_error())
+    });
+    assert_eq!(opened, Err(Some(libc::ENOSPC)));
+    assert!(!upper.join("big.log").exists(), "a copy was left");
+    assert_eq!(common::copy_up_records(&work), Vec::<String>::new());
+    let shown = std::fs::read(m.path("big.log")).unwrap();
+    assert!(shown == data, "the lower file does not show whole");
+    drop(m);
+}
+
 /// A served mount's server that does not end after the unmount is killed once the wait
 /// for it runs out (through a pidfd taken before it could be reaped, so never another
 /// process that got its pid), and the unmount returns. The server here is a shell that
