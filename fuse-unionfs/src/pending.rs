@@ -525,6 +525,9 @@ impl Pending {
             .name("strata-copyup-job".into())
             .spawn(move || {
                 crate::copyup::unpin();
+                // The job's writes (the sync of a big file) must not hold up the disk for
+                // the requests it left to go on: theirs go first.
+                let _ = crate::sys::idle_io();
                 job_thread();
             });
         if let Err(err) = spawned {

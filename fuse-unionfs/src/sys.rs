@@ -167,3 +167,25 @@ pub(crate) fn fs_uuid(fd: BorrowedFd<'_>) -> Option<[u8; 16]> {
         uuid
     })
 }
+
+/// Puts the calling thread's I/O in the idle class (ioprio_set(2)): its requests go to the
+/// disk after everyone else's (where the I/O scheduler has classes: mq-deadline, bfq).
+pub(crate) fn idle_io() -> rustix::io::Result<()> {
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+    const IOPRIO_CLASS_SHIFT: u32 = 13;
+    // SAFETY: ioprio_set takes three integers and touches no memory of ours; who = 0 is
+    // the calling thread.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0 as libc::c_long,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if ret < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
