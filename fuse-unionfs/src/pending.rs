@@ -157,6 +157,8 @@ pub(crate) fn recover(upper: &Path, work: &Path, timeout: std::time::Duration) -
                     upper.display()
                 )));
             }
+            // (a file system without locks: no server could keep records on it)
+            Err(_) if !in_flight(work) => return Ok(0),
             Err(err) => return Err(io_error("lock", &dir_path, err)),
         }
     }
@@ -357,6 +359,10 @@ struct Jobs {
     count: AtomicUsize,
     records: Option<OwnedFd>,
     next_record: AtomicU64,
+    /// The work dir, synced before the first record (so the records dir's own entry is on
+    /// the disk), not at every mount.
+    work: PathBuf,
+    work_synced: std::sync::atomic::AtomicBool,
 }
 
 /// Ends a job when dropped: its phase set (Failed unless told otherwise) and, once done,
@@ -394,9 +400,7 @@ impl Pending {
             .then(|| {
                 let path = work.join(RECORDS_DIR);
                 let made = match rustix::fs::mkdir(&path, Mode::from_raw_mode(0o700)) {
-                    Ok(()) => rustix::fs::open(work, OFlags::RDONLY, Mode::empty())
-                        .and_then(|work| rustix::fs::fsync(&work)),
-                    Err(Errno::EXIST) => Ok(()),
+                    Ok(()) | Err(Errno::EXIST) => Ok(()),
                     Err(err) => Err(err),
                 };
                 let dir = made.and_then(|()| {
@@ -427,6 +431,8 @@ impl Pending {
                 count: AtomicUsize::new(0),
                 records,
                 next_record: AtomicU64::new(0),
+                work: work.to_path_buf(),
+                work_synced: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -445,6 +451,11 @@ impl Pending {
         copy: (i32, Vec<u8>),
     ) -> Res<OsString> {
         let dir = self.jobs.records.as_ref().ok_or(Errno::NOTSUP)?;
+        if !self.jobs.work_synced.load(Ordering::Acquire) {
+            let work = rustix::fs::open(&self.jobs.work, OFlags::RDONLY, Mode::empty())?;
+            rustix::fs::fsync(&work)?;
+            self.jobs.work_synced.store(true, Ordering::Release);
+        }
         let record = Record {
             parent: crate::sys::file_handle(parent, Path::new(""))?,
             name: name.to_os_string(),
