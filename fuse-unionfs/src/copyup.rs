@@ -9,7 +9,7 @@
 //! undo it if a crash comes first (`pending.rs`).
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -79,17 +79,7 @@ pub(crate) fn copy_up_deferred(
             .any(|name| name == "security.capability");
     let tmp = layers.tmp_name();
     let built = fuser::blocking(|| {
-        let src = layers.open_to_read(
-            src_layer,
-            rel,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        )?;
-        let dst = rustix::fs::openat(
-            layers.work(),
-            &tmp,
-            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )?;
+        let (src, dst) = open_both(layers, src_layer, rel, &tmp, OFlags::RDWR)?;
         let later = if fill {
             reserve_then_copy_tail(src.as_fd(), dst.as_fd(), meta.size)?
         } else {
@@ -321,17 +311,7 @@ fn build(
     match meta.kind() {
         Kind::Dir => rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))?,
         Kind::File => {
-            let src = layers.open_to_read(
-                src_layer,
-                rel,
-                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            )?;
-            let dst = rustix::fs::openat(
-                work,
-                tmp,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
-            )?;
+            let (src, dst) = open_both(layers, src_layer, rel, tmp, OFlags::WRONLY)?;
             // (a volatile union's copy stays in the page cache: direct writes wait for the disk)
             copy_data(src.as_fd(), dst.as_fd(), meta.size, !layers.volatile)?;
             // Kernel overlayfs syncs the copy before it becomes visible (ovl_copy_up_file).
@@ -353,6 +333,29 @@ fn build(
     let origin = crate::origin::record(layers, src_layer, rel, &layers.work_abs(tmp));
     set_owner_mode_times(work, tmp, meta)?;
     Ok(origin)
+}
+
+/// The lower file `rel` of `src_layer`, read-only, and a new file `tmp` in the work dir
+/// (only its owner may open it yet), opened with `access`.
+fn open_both(
+    layers: &Layers,
+    src_layer: usize,
+    rel: &Path,
+    tmp: &Path,
+    access: OFlags,
+) -> Res<(OwnedFd, OwnedFd)> {
+    let src = layers.open_to_read(
+        src_layer,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+    )?;
+    let dst = rustix::fs::openat(
+        layers.work(),
+        tmp,
+        access | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok((src, dst))
 }
 
 /// Owner, then mode (chown clears set-id bits), then times, as the source had them.

@@ -675,34 +675,23 @@ mod tests {
         );
         let dir = |rel: &str| rustix::fs::open(upper.join(rel), OFlags::RDONLY, Mode::empty());
         let handle = |rel: &str| crate::sys::file_handle(upper_fd.as_fd(), Path::new(rel)).unwrap();
+        // records `name` in `parent` as the file now at `file`
+        let record = |pending: &Pending, parent: &str, name: &str, file: &str| {
+            let parent = dir(parent).unwrap();
+            pending
+                .record(parent.as_fd(), OsStr::new(name), handle(file))
+                .unwrap()
+        };
         std::fs::write(upper.join("d/e/copy"), b"half").unwrap();
         std::fs::write(upper.join("d/replaced"), b"old").unwrap();
-        pending
-            .record(
-                dir("d/e").unwrap().as_fd(),
-                OsStr::new("copy"),
-                handle("d/e/copy"),
-            )
-            .unwrap();
-        pending
-            .record(
-                dir("d").unwrap().as_fd(),
-                OsStr::new("replaced"),
-                handle("d/replaced"),
-            )
-            .unwrap();
+        record(&pending, "d/e", "copy", "d/e/copy");
+        record(&pending, "d", "replaced", "d/replaced");
         // another file takes the second name
         std::fs::write(upper.join("d/new"), b"new").unwrap();
         std::fs::rename(upper.join("d/new"), upper.join("d/replaced")).unwrap();
         // a record of a directory removed since
         std::fs::create_dir(upper.join("gone")).unwrap();
-        pending
-            .record(
-                dir("gone").unwrap().as_fd(),
-                OsStr::new("x"),
-                handle("d/replaced"),
-            )
-            .unwrap();
+        record(&pending, "gone", "x", "d/replaced");
         std::fs::remove_dir(upper.join("gone")).unwrap();
         // the parent moved since: the handle still finds it
         std::fs::rename(upper.join("d/e"), upper.join("d/f")).unwrap();
@@ -716,23 +705,11 @@ mod tests {
         // a finished job's record is gone: nothing to undo
         let pending = Pending::new(upper_fd.as_fd(), &work);
         std::fs::write(upper.join("d/f/copy"), b"whole").unwrap();
-        let name = pending
-            .record(
-                dir("d/f").unwrap().as_fd(),
-                OsStr::new("copy"),
-                handle("d/f/copy"),
-            )
-            .unwrap();
+        let name = record(&pending, "d/f", "copy", "d/f/copy");
         pending.drop_record(&name);
         assert_eq!(recover(&upper, &work, Duration::ZERO).unwrap(), 0);
         // a running server's records are its own: recovery waits for them, then gives up
-        let name = pending
-            .record(
-                dir("d/f").unwrap().as_fd(),
-                OsStr::new("copy"),
-                handle("d/f/copy"),
-            )
-            .unwrap();
+        let name = record(&pending, "d/f", "copy", "d/f/copy");
         let err = recover(&upper, &work, Duration::from_millis(200)).unwrap_err();
         assert!(err.to_string().contains("still finishing"), "{err}");
         assert_eq!(std::fs::read(upper.join("d/f/copy")).unwrap(), b"whole");
