@@ -552,7 +552,14 @@ impl Pending {
     /// number, `Union::supersede`).
     pub(crate) fn alias(&self, old: u64, new: u64) {
         let mut map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(job) = map.get(&old).cloned() {
+        // (a job done meanwhile has left the map, and would never leave it again)
+        let running = map.get(&old).filter(|job| {
+            !matches!(
+                *job.phase.lock().unwrap_or_else(|e| e.into_inner()),
+                Phase::Done
+            )
+        });
+        if let Some(job) = running.cloned() {
             map.insert(new, job);
             self.jobs.count.store(map.len(), Ordering::Release);
         }
