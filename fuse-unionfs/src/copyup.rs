@@ -5,7 +5,7 @@
 //! so the upper dir never shows a half-made file (overlayfs.rst "Non-directories": copy up
 //! is atomic through the workdir). A big file opened or changed in place may show before
 //! its copy is synced, or for an opener that only appends before its data is copied
-//! ([`copy_up_deferred`]): a job finishes it, and a durable record lets the next mount
+//! ([`copy_up_later`]): a job finishes it, and a durable record lets the next mount
 //! undo it if a crash comes first (`pending.rs`).
 
 use std::ffi::OsString;
@@ -33,29 +33,34 @@ pub(crate) fn copy_up(layers: &Layers, src_layer: usize, rel: &Path) -> Res<Meta
 /// syncs the filesystem once before making them visible (a directory rename).
 pub(crate) fn copy_up_with(layers: &Layers, src_layer: usize, rel: &Path, sync: bool) -> Res<Meta> {
     let meta = layers.stat(src_layer, rel)?;
+    copy_up_of(layers, src_layer, rel, &meta, sync)?;
+    Ok(meta)
+}
+
+/// [`copy_up_with`] of an entry whose lower `meta` the caller has.
+fn copy_up_of(layers: &Layers, src_layer: usize, rel: &Path, meta: &Meta, sync: bool) -> Res<()> {
     let tmp = layers.tmp_name();
-    let copy = || build(layers, src_layer, rel, &meta, &tmp, sync);
+    let copy = || build(layers, src_layer, rel, meta, &tmp, sync);
     // A big copy takes long enough to hold up the requests queued behind it.
     let built = if meta.kind() == Kind::File && meta.size >= BIG_COPY {
         fuser::blocking(copy)
     } else {
         copy()
     };
-    place(layers, rel, &tmp, meta.kind(), built)?;
-    Ok(meta)
+    place(layers, rel, &tmp, meta.kind(), built)
 }
 
-/// A big file's copy-up whose sync (and for an append-only opener, `fill`, its data) is
-/// left to a job (`pending.rs`); None where that cannot be (the caller copies as
-/// [`copy_up`] does). Returns the lower file's metadata and the job's work, None if a
-/// racing copy-up won.
-pub(crate) fn copy_up_deferred(
+/// [`copy_up`], leaving what `later` allows of a big file's copy (its sync, and for an
+/// append-only opener, `fill`, its data) to a job (`pending.rs`). Returns the lower
+/// file's metadata and the job's work: None where the copy was made whole (most copies),
+/// or a racing copy-up won.
+pub(crate) fn copy_up_later(
     layers: &Layers,
     pending: &Pending,
     src_layer: usize,
     rel: &Path,
     later: Later,
-) -> Res<Option<(Meta, Option<Work>)>> {
+) -> Res<(Meta, Option<Work>)> {
     let meta = layers.stat(src_layer, rel)?;
     let sync = !layers.volatile;
     let fill = later == Later::Fill;
@@ -68,15 +73,14 @@ pub(crate) fn copy_up_deferred(
         && (fill || sync)
         && (pending.records() || !sync);
     if !defer {
-        return Ok(None);
+        copy_up_of(layers, src_layer, rel, &meta, sync)?;
+        return Ok((meta, None));
     }
     let src_path = layers.abs(src_layer, rel);
+    let xattrs = list_xattrs(&src_path)?;
     // The job's writes would clear set-id bits and file capabilities (file_remove_privs).
-    let fill = fill
-        && meta.mode & 0o6000 == 0
-        && !list_xattrs(&src_path)?
-            .iter()
-            .any(|name| name == "security.capability");
+    let fill =
+        fill && meta.mode & 0o6000 == 0 && !xattrs.iter().any(|name| name == "security.capability");
     let tmp = layers.tmp_name();
     let built = fuser::blocking(|| {
         let (src, dst) = open_both(layers, src_layer, rel, &tmp, OFlags::RDWR)?;
@@ -86,7 +90,7 @@ pub(crate) fn copy_up_deferred(
             copy_data(src.as_fd(), dst.as_fd(), meta.size, false)?;
             Vec::new()
         };
-        copy_xattrs(&src_path, &layers.work_abs(&tmp), Kind::File)?;
+        copy_listed_xattrs(&src_path, &layers.work_abs(&tmp), Kind::File, &xattrs)?;
         let origin = crate::origin::record(layers, src_layer, rel, &layers.work_abs(&tmp));
         set_owner_mode_times(layers.work(), &tmp, &meta)?;
         Ok((src, dst, later, origin))
@@ -157,13 +161,13 @@ pub(crate) fn copy_up_deferred(
         if let Some(record) = &record {
             pending.drop_record(record);
         }
-        return Ok(Some((meta, None)));
+        return Ok((meta, None));
     }
     if sync && record.is_none() {
         // (finished before it showed)
-        return Ok(Some((meta, None)));
+        return Ok((meta, None));
     }
-    Ok(Some((
+    Ok((
         meta,
         Some(Work {
             src,
@@ -175,7 +179,7 @@ pub(crate) fn copy_up_deferred(
             shown,
             path: rel.to_path_buf(),
         }),
-    )))
+    ))
 }
 
 /// For an append-only opener: reserves the blocks of each data extent (a full disk fails
@@ -713,11 +717,16 @@ pub(crate) fn io_errno(err: &std::io::Error) -> Errno {
 
 /// All xattrs but overlay's private ones. user.* cannot live on symlinks (xattr(7)).
 pub(crate) fn copy_xattrs(src: &Path, dst: &Path, kind: Kind) -> Res<()> {
-    for name in list_xattrs(src)? {
-        if is_private_xattr(&name) {
+    copy_listed_xattrs(src, dst, kind, &list_xattrs(src)?)
+}
+
+/// [`copy_xattrs`] of the xattrs `names` (as listed).
+fn copy_listed_xattrs(src: &Path, dst: &Path, kind: Kind, names: &[OsString]) -> Res<()> {
+    for name in names {
+        if is_private_xattr(name) {
             continue;
         }
-        let value = match get_xattr(src, &name) {
+        let value = match get_xattr(src, name) {
             Ok(v) => v,
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),

@@ -396,8 +396,13 @@ impl Fs {
             // which a new inode number for one name would split: those stay cached.
             stat().is_some_and(|(size, nlink)| big(size) && nlink == 1)
         };
+        // A copy still being finished (`pending.rs`) is served here, and stays so while a
+        // handle opened meanwhile is open: a write passed through could land where the job
+        // has yet to fill, or be synced (RWF_DSYNC) while the record that undoes the copy
+        // after a crash remains.
+        let finishing = file.upper && self.union.pending.running(file.ino);
         let mut mode = Mode::Cached;
-        if self.passthrough.load(Ordering::Relaxed) && wanted && !file.append_only {
+        if self.passthrough.load(Ordering::Relaxed) && wanted && !file.append_only && !finishing {
             match open_backing(file) {
                 Ok(id) => {
                     mode = Mode::Passthrough {

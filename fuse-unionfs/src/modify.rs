@@ -16,7 +16,7 @@ use rustix::fs::{
 };
 use rustix::io::Errno;
 
-use crate::copyup::{copy_up, copy_up_deferred, get_xattr, timespec};
+use crate::copyup::{copy_up_later, get_xattr, timespec};
 use crate::inode::{Node, NodeState};
 use crate::layer::{Kind, Res, UPPER, arg};
 use crate::pending::{Later, Need};
@@ -195,7 +195,7 @@ impl Union {
         let path = self.path(node.ino)?;
         let copied = |path| {
             if later != Later::Fill {
-                self.settle(node.ino, Need::Data)?;
+                self.pending.settle(node.ino, Need::Data)?;
             }
             Ok(path)
         };
@@ -222,15 +222,10 @@ impl Union {
             drop(_copying);
             return copied(path);
         }
-        let lower = match copy_up_deferred(&self.layers, &self.pending, layer, &path, later)? {
-            Some((lower, work)) => {
-                if let Some(work) = work {
-                    self.pending.start(node.ino, work);
-                }
-                lower
-            }
-            None => copy_up(&self.layers, layer, &path)?,
-        };
+        let (lower, work) = copy_up_later(&self.layers, &self.pending, layer, &path, later)?;
+        if let Some(work) = work {
+            self.pending.start(node.ino, work);
+        }
         let upper = self.layers.stat(UPPER, &path)?;
         self.table.alias(upper.key(), node.ino, UPPER);
         if !node.is_dir {
@@ -662,7 +657,7 @@ impl Union {
                 let source = source?;
                 // (a crash must not leave a name that the copy-up's record does not know;
                 // no job starts for a node already copied up)
-                self.settle(ino, Need::Durable)?;
+                self.pending.settle(ino, Need::Durable)?;
                 let (_, to, _) = self.copy_up_dir(newparent)?;
                 crate::origin::carry(&self.layers, &source, &to);
                 self.make(newparent, newname, New::Link(&source), 0, caller)?
@@ -805,7 +800,7 @@ impl Union {
 
     /// setattr: any change copies up first (chmod, chown, truncate, utimens).
     pub fn setattr(&self, ino: u64, set: &SetAttr, fh: Option<u64>) -> Res<Entry> {
-        self.settle(ino, Need::Data)?;
+        self.pending.settle(ino, Need::Data)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if set.owner_only
@@ -907,7 +902,7 @@ impl Union {
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Res<()> {
         let name = &*crate::layer::stored_xattr(name);
-        self.settle(ino, Need::Data)?;
+        self.pending.settle(ino, Need::Data)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if name == ACL_DEFAULT {
@@ -934,7 +929,7 @@ impl Union {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Res<()> {
         let name = &*crate::layer::stored_xattr(name);
-        self.settle(ino, Need::Data)?;
+        self.pending.settle(ino, Need::Data)?;
         let _shared = self.shared();
         let node = self.node(ino)?;
         if name == ACL_DEFAULT {

@@ -19,7 +19,11 @@
 //! Until its job is done, a request that would read the copy's data, change it other than
 //! by appending, sync it, give it another name or move it waits for the job
 //! ([`Pending::settle`]); a file with set-id bits or file capabilities is filled before it
-//! shows (the job's writes would clear them). A union whose file handles cannot be decoded
+//! shows (the job's writes would clear them). Its opens meanwhile are not passed through
+//! (`Fs::open_mode`): each write comes to this server, which holds one that starts below
+//! the end of the fill until the fill is done ([`Pending::settle_write`]: an appender may
+//! stop appending), and the FSYNC the kernel sends after a write synced by itself
+//! (O_DSYNC, RWF_DSYNC) waits for the job. A union whose file handles cannot be decoded
 //! (no CAP_DAC_READ_SEARCH) copies as before, synced before the copy shows.
 
 use std::collections::HashMap;
@@ -332,12 +336,21 @@ enum Phase {
 struct Job {
     phase: Mutex<Phase>,
     cond: Condvar,
+    /// The end of the ranges it fills (0: none): a write from there on needs not wait.
+    fill_end: u64,
 }
 
 impl Job {
     fn set(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
         self.cond.notify_all();
+    }
+
+    fn failed(&self) -> bool {
+        matches!(
+            *self.phase.lock().unwrap_or_else(|e| e.into_inner()),
+            Phase::Failed
+        )
     }
 
     fn wait(&self, need: Need) -> Res<()> {
@@ -492,6 +505,7 @@ impl Pending {
         let job = Arc::new(Job {
             phase: Mutex::new(Phase::Filling),
             cond: Condvar::new(),
+            fill_end: work.fill.last().map_or(0, |&(_, end)| end),
         });
         {
             let mut map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
@@ -565,22 +579,39 @@ impl Pending {
         }
     }
 
+    fn job(&self, ino: u64) -> Option<Arc<Job>> {
+        if self.jobs.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&ino).cloned()
+    }
+
+    /// Whether inode `ino` has a job not done yet: its opens are served here, not passed
+    /// through to the copy, so that each write comes here first (`settle_write`, and the
+    /// FSYNC the kernel sends after an O_DSYNC or RWF_DSYNC write).
+    pub(crate) fn running(&self, ino: u64) -> bool {
+        self.job(ino).is_some()
+    }
+
     /// Waits until the job of inode `ino`, if it has one, has done what `need` asks; EIO if
     /// the job failed.
     pub(crate) fn settle(&self, ino: u64, need: Need) -> Res<()> {
-        if self.jobs.count.load(Ordering::Acquire) == 0 {
-            return Ok(());
-        }
-        let job = self
-            .jobs
-            .by_ino
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .cloned();
-        match job {
+        match self.job(ino) {
             Some(job) => fuser::blocking(|| job.wait(need)),
             None => Ok(()),
+        }
+    }
+
+    /// [`Pending::settle`] for a write at `offset`: only one that starts where the job has
+    /// still to fill waits for it (an append goes on at once; one that stopped appending,
+    /// by `fcntl(F_SETFL)` or RWF_NOAPPEND, and writes below the end waits, or the fill
+    /// would overwrite it).
+    pub(crate) fn settle_write(&self, ino: u64, offset: u64) -> Res<()> {
+        match self.job(ino) {
+            Some(job) if offset < job.fill_end => fuser::blocking(|| job.wait(Need::Data)),
+            Some(job) if job.failed() => Err(Errno::IO),
+            _ => Ok(()),
         }
     }
 

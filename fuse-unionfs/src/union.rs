@@ -1089,7 +1089,7 @@ impl Union {
         let layer = node.state().layer;
         if !write && layer == UPPER {
             // (a copy that shows may be being filled; once it shows, no job starts for it)
-            self.settle(ino, Need::Data)?;
+            self.pending.settle(ino, Need::Data)?;
         }
         if layer != UPPER
             && let Some(&size_nlink) = node.lower_file.get()
@@ -1220,14 +1220,7 @@ impl Union {
         }))
     }
 
-    /// Waits for the job finishing the copy-up of `ino`, if one is running (`pending.rs`): for requests that read the copy's data or change it
-    /// other than by appending (`Need::Data`), sync it or give it another name
-    /// (`Need::Durable`).
-    pub(crate) fn settle(&self, ino: u64, need: Need) -> Res<()> {
-        self.pending.settle(ino, need)
-    }
-
-    /// Waits for every copy-up job to be done (see [`Union::settle`]).
+    /// Waits for every copy-up job to be done (see `Pending::settle`).
     pub fn settle_all(&self) {
         self.pending.settle_all(Need::Durable);
     }
@@ -1297,7 +1290,7 @@ impl Union {
         let file = self.files.get(fh)?;
         let fd = self.data_fd(&file)?;
         // (after `data_fd`: a copy it switched to may be being filled)
-        self.settle(file.ino, Need::Data)?;
+        self.pending.settle(file.ino, Need::Data)?;
         let mut done = 0;
         while done < buf.len() {
             match rustix::io::pread(fd, &mut buf[done..], offset + done as u64) {
@@ -1324,7 +1317,7 @@ impl Union {
         if !file.upper {
             return Err(Errno::BADF);
         }
-        self.settle(file.ino, Need::Data)?;
+        self.pending.settle_write(file.ino, offset)?;
         let fd = self.fd(&file)?;
         if let Some(caller) = &drop_setid {
             self::drop_setid(fd, caller)?;
@@ -1348,7 +1341,7 @@ impl Union {
             return Ok(());
         }
         // (its copy-up's job syncs the data and removes the record that would undo it)
-        self.settle(file.ino, Need::Durable)?;
+        self.pending.settle(file.ino, Need::Durable)?;
         let fd = self.fd(&file)?;
         if datasync {
             rustix::fs::fdatasync(fd)
@@ -1570,7 +1563,7 @@ impl Union {
         }
         if set {
             // (an immutable or append-only flag would stop the copy-up's job)
-            self.settle(ino, Need::Data)?;
+            self.pending.settle(ino, Need::Data)?;
         }
         let _shared = self.shared();
         let node = self.node(ino)?;
@@ -1619,7 +1612,7 @@ impl Union {
             _ => return Err(Errno::INVAL),
         };
         let fd = self.data_fd(&file)?;
-        self.settle(file.ino, Need::Data)?;
+        self.pending.settle(file.ino, Need::Data)?;
         // The handle's own offset moves, but reads and writes give theirs.
         Ok(rustix::fs::seek(fd, to)? as i64)
     }
@@ -1637,7 +1630,7 @@ impl Union {
         if !file.upper {
             return Err(Errno::BADF);
         }
-        self.settle(file.ino, Need::Data)?;
+        self.pending.settle(file.ino, Need::Data)?;
         if let Some(caller) = &drop_setid {
             self::drop_setid(self.fd(&file)?, caller)?;
         }

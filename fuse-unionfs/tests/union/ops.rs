@@ -1035,6 +1035,9 @@ fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
         "linked.log",
         "cut.log",
         "setuid",
+        "unappend.log",
+        "dsync.log",
+        "rdwr.db",
     ];
     for name in names {
         fs::write(fixture.lowers[1].join(name), &*data).unwrap();
@@ -1144,6 +1147,42 @@ fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
         appender.write_all(b"d").unwrap();
         drop(appender);
         assert_eq!(fs::read(&cut).unwrap(), [&check("")[..10], b"d"].concat());
+
+        // an appender that stops appending (F_SETFL) and writes where the fill has yet to
+        // come (it comes last just before the end) keeps what it wrote
+        let unappend = mnt.join("unappend.log");
+        let file = fs::OpenOptions::new().append(true).open(&unappend).unwrap();
+        rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty()).unwrap();
+        let at = data.len() as u64 - 3;
+        std::os::unix::fs::FileExt::write_all_at(&file, b"XYZ!", at).unwrap();
+        drop(file);
+        assert!(
+            fs::read(&unappend).unwrap() == [&data[..data.len() - 3], b"XYZ!"].concat(),
+            "unappend.log: the write below its end was overwritten by the fill"
+        );
+
+        // a write synced by itself (RWF_DSYNC) is on the disk with its copy: no record left
+        // to undo it, for an appender and for a writer that opened read-write
+        for (name, flags) in [("dsync.log", "a"), ("rdwr.db", "rw")] {
+            let file = fs::OpenOptions::new()
+                .append(flags == "a")
+                .read(flags == "rw")
+                .write(flags == "rw")
+                .open(mnt.join(name))
+                .unwrap();
+            rustix::io::pwritev2(
+                &file,
+                &[std::io::IoSlice::new(b"D")],
+                0,
+                rustix::io::ReadWriteFlags::DSYNC,
+            )
+            .unwrap();
+            let records = crate::common::copy_up_records(work);
+            assert!(
+                !records.contains(&name.to_string()),
+                "{name} after a RWF_DSYNC write: {records:?}"
+            );
+        }
 
         // set-id bits would not survive the background writes: that copy is filled first
         append(mnt.join("setuid"), b"u");
