@@ -579,8 +579,13 @@ impl Pending {
         }
     }
 
+    /// Whether no job is running (or failed): nothing to wait for.
+    pub(crate) fn idle(&self) -> bool {
+        self.jobs.count.load(Ordering::Acquire) == 0
+    }
+
     fn job(&self, ino: u64) -> Option<Arc<Job>> {
-        if self.jobs.count.load(Ordering::Acquire) == 0 {
+        if self.idle() {
             return None;
         }
         let map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());

@@ -21,6 +21,7 @@ use crate::copyup::{copy_up, copy_up_with, io_errno};
 use crate::inode::ROOT;
 use crate::layer::{Res, UPPER};
 use crate::modify::{Key, Moved};
+use crate::pending::Need;
 use crate::union::{Found, Listed, Union};
 
 /// The names and flags of one rename request.
@@ -93,6 +94,28 @@ impl Union {
     /// What a rename moves: the source and the entry it replaces or swaps with, after
     /// the checks rename(2) makes before changing anything. None: both names are one
     /// file already (hard links), nothing to do.
+    /// Waits for the copy-ups still being finished (`pending.rs`) of what a rename moves:
+    /// their records name them by their names. A directory may hold any of them.
+    fn settle_moved(&self, request: &Request<'_>) -> Res<()> {
+        if self.pending.idle() {
+            return Ok(());
+        }
+        let Some((src, dst)) = self.rename_sides(request)? else {
+            return Ok(());
+        };
+        let exchanged = dst.filter(|_| request.flags.contains(RenameFlags::EXCHANGE));
+        for moved in std::iter::once(src).chain(exchanged) {
+            if moved.meta.is_dir() {
+                self.settle_all();
+                return Ok(());
+            }
+            if let Some(ino) = self.table.existing_ino(moved.meta.key()) {
+                self.pending.settle(ino, Need::Durable)?;
+            }
+        }
+        Ok(())
+    }
+
     fn rename_sides(&self, request: &Request<'_>) -> Res<Option<(Found, Option<Found>)>> {
         let Request {
             parent,
@@ -188,14 +211,12 @@ impl Union {
             newname,
             flags,
         };
-        // A copy-up still being finished may be the entry moved, or inside a directory
-        // whose tree is copied (`pending.rs`).
-        self.settle_all();
+        self.settle_moved(&request)?;
         let mut copied = Vec::new();
         self.copy_up_before_rename(&request, &mut copied)?;
         let _exclusive = self.exclusive();
         // (one that started since: none can start while this lock is held)
-        self.settle_all();
+        self.settle_moved(&request)?;
         let Some((src, dst)) = self.rename_sides(&request)? else {
             return Ok(Vec::new());
         };
