@@ -34,7 +34,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
+use rustix::fs::{
+    AtFlags, FlockOperation, Mode, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
+};
 use rustix::io::Errno;
 
 use crate::error::{Error, Result};
@@ -663,10 +665,25 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Res<()> {
 /// The job: the data still to copy (then `filled`), the syncs, then the record goes.
 fn finish(work: &Work, records: Option<BorrowedFd<'_>>, filled: impl FnOnce()) -> Res<()> {
     crate::copyup::fill(work.src.as_fd(), work.dst.as_fd(), &work.fill)?;
+    let size_now = || rustix::fs::fstat(&work.dst).map(|st| st.st_size as u64);
     if let Some((size, times)) = &work.shown
-        && rustix::fs::fstat(&work.dst)?.st_size as u64 == *size
+        && size_now()? == *size
     {
         rustix::fs::futimens(&work.dst, times)?;
+        // (an append between the check and the restore had its mtime undone: now, again)
+        if size_now()? != *size {
+            let now = Timestamps {
+                last_access: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_OMIT,
+                },
+                last_modification: Timespec {
+                    tv_sec: 0,
+                    tv_nsec: UTIME_NOW,
+                },
+            };
+            rustix::fs::futimens(&work.dst, &now)?;
+        }
     }
     filled();
     if work.sync {
