@@ -737,6 +737,16 @@ pub struct CommitArgs {
     /// Apply a Dockerfile instruction: CMD, ENTRYPOINT, ENV, WORKDIR, USER, LABEL, EXPOSE, STOPSIGNAL
     #[arg(short = 'c', long = "change")]
     pub changes: Vec<String>,
+    /// Pause a running container while its layer is made (--pause=false: do not)
+    #[arg(
+        short = 'p',
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub pause: bool,
     pub container: String,
     /// NAME[:TAG] for the new image
     pub name: Option<String>,

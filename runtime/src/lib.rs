@@ -199,6 +199,12 @@ pub fn remove_cgroup(name: &str) -> Result<()> {
     cgroup::remove(name)
 }
 
+/// Freezes the processes of cgroup `name` until the returned guard drops (docker's pause,
+/// for a consistent `commit`); fails after `timeout`.
+pub fn freeze_cgroup(name: &str, timeout: std::time::Duration) -> Result<cgroup::Frozen> {
+    cgroup::freeze(name, timeout)
+}
+
 /// Thaws what is frozen in cgroup `name`'s tree (v1 freezer), after a SIGKILL to it.
 pub fn thaw_cgroup(name: &str) {
     cgroup::thaw(name)

@@ -3,7 +3,8 @@
 //! upper (whiteouts become `.wh.` entries, opaque dirs `.wh..wh..opq`; none when nothing
 //! changed), the config the container ran with (its command, environment, working
 //! directory and user over the image's), changed by `--change` (Dockerfile syntax), and a
-//! history entry.
+//! history entry. A running container is paused (its cgroup frozen) while its layer is
+//! made, unless `--pause=false`.
 
 use std::process::ExitCode;
 
@@ -15,6 +16,10 @@ use crate::cli::CommitArgs;
 use crate::commands::Globals;
 use crate::commands::diff::container_changes;
 use crate::commands::run::RunConfig;
+
+/// How long a running container's processes get to freeze (one in the middle of a long
+/// system call freezes once it returns).
+const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
 fn command_form(text: &str) -> Vec<String> {
@@ -153,6 +158,22 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&image_id.to_string())?;
     // The store adds `:latest` to a name without a tag (and refuses a bad name).
     let names: Vec<String> = args.name.iter().cloned().collect();
+    // A running container is paused while its layer is made, as docker's commit pauses
+    // it: what its processes write meanwhile would tear the layer (half a file, or a big
+    // copy-up begun after `container_changes` waited for those under way).
+    let paused = if args.pause && crate::commands::run::is_running(&container) {
+        let name = crate::commands::run::cgroup_name(&container.id);
+        Some(
+            strata_runtime::freeze_cgroup(&name, PAUSE_TIMEOUT).with_context(|| {
+                format!(
+                    "failed to pause container {} (--pause=false commits it running)",
+                    container.state.name
+                )
+            })?,
+        )
+    } else {
+        None
+    };
     let changes = container_changes(&store, &container.id)?;
 
     let mut config = image.config.clone();
@@ -161,9 +182,15 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
         let blob = store
             .create_layer(&container.upper_dir(), &WriteOptions::default())
             .with_context(|| {
+                let running = paused.is_none() && crate::commands::run::is_running(&container);
                 format!(
-                    "failed to make a layer from {}",
-                    container.upper_dir().display()
+                    "failed to make a layer from {}{}",
+                    container.upper_dir().display(),
+                    if running {
+                        " (the container ran on meanwhile: without --pause=false it is paused)"
+                    } else {
+                        ""
+                    }
                 )
             })?;
         layers.push(blob.descriptor.clone());
@@ -172,6 +199,7 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
             .diff_ids_mut()
             .push(blob.diff_id.to_string());
     }
+    drop(paused);
     let mut runtime_config = config.config().clone().unwrap_or_default();
     // What the container ran with (a container `mount` made has no run options)
     if let Ok(run) = RunConfig::of(&container) {

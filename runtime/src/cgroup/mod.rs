@@ -383,6 +383,92 @@ pub fn oom_kills(name: &str) -> u64 {
     memory::oom_kill_count(&read(&dir, file).unwrap_or_default())
 }
 
+/// The freezer of a cgroup: v2's (part of every v2 cgroup) or v1's controller.
+#[derive(Debug, Clone, Copy)]
+enum Freezer {
+    V2,
+    V1,
+}
+
+impl Freezer {
+    /// The control file, and what freezes and thaws.
+    fn control(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Freezer::V2 => ("cgroup.freeze", "1", "0"),
+            Freezer::V1 => ("freezer.state", "FROZEN", "THAWED"),
+        }
+    }
+
+    /// Are all processes of the cgroup at `dir` frozen?
+    fn frozen(self, dir: &Path) -> bool {
+        match self {
+            Freezer::V2 => read(dir, "cgroup.events")
+                .is_some_and(|events| events.lines().any(|line| line == "frozen 1")),
+            Freezer::V1 => read(dir, "freezer.state").is_some_and(|state| state.trim() == "FROZEN"),
+        }
+    }
+}
+
+/// A cgroup whose processes are frozen; dropping it thaws them.
+#[derive(Debug)]
+pub struct Frozen {
+    dir: PathBuf,
+    freezer: Freezer,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let (file, _, thaw) = self.freezer.control();
+        if let Err(err) = write(&self.dir, file, thaw) {
+            tracing::error!("{err}: the container stays frozen");
+        }
+    }
+}
+
+/// Freezes the processes of cgroup `name` (docker's pause) and returns once all are
+/// frozen, or fails after `timeout` (thawing them again): with the v2 freezer where the
+/// container has a v2 cgroup (a unified or hybrid layout), else with the v1 freezer.
+pub fn freeze(name: &str, timeout: Duration) -> Result<Frozen> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
+    }
+    let layout = Layout::get();
+    let v2 = match layout {
+        Layout::Unified(root) => Some(root.join("strata").join(name)),
+        Layout::V1 { .. } => layout.hybrid_dir(name),
+    };
+    let v1 = || layout.controller_dir("freezer", name);
+    let (dir, freezer) = match v2.filter(|dir| dir.join("cgroup.freeze").exists()) {
+        Some(dir) => (dir, Freezer::V2),
+        None => match v1().filter(|dir| dir.is_dir()) {
+            Some(dir) => (dir, Freezer::V1),
+            None => {
+                return Err(Error::Cgroup {
+                    name: name.to_string(),
+                    message: "no freezer: neither a v2 cgroup nor a v1 freezer cgroup".into(),
+                });
+            }
+        },
+    };
+    let (file, freeze, _) = freezer.control();
+    write(&dir, file, freeze)?;
+    let frozen = Frozen { dir, freezer };
+    let deadline = std::time::Instant::now() + timeout;
+    while !freezer.frozen(&frozen.dir) {
+        if std::time::Instant::now() > deadline {
+            return Err(Error::Cgroup {
+                name: name.to_string(),
+                message: format!(
+                    "its processes did not freeze within {} s (one may be stuck in the kernel)",
+                    timeout.as_secs()
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(frozen)
+}
+
 fn mkdir(dir: &Path) -> Result<()> {
     match std::fs::create_dir(dir) {
         Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => {
