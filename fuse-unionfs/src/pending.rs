@@ -20,10 +20,10 @@
 //! by appending, sync it, give it another name or move it waits for the job
 //! ([`Pending::settle`]); a file with set-id bits or file capabilities is filled before it
 //! shows (the job's writes would clear them). Its opens meanwhile are not passed through
-//! (`Fs::open_mode`): each write comes to this server, which holds one that starts below
-//! the end of the fill until the fill is done ([`Pending::settle_write`]: an appender may
-//! stop appending), and the FSYNC the kernel sends after a write synced by itself
-//! (O_DSYNC, RWF_DSYNC) waits for the job. A union whose file handles cannot be decoded
+//! (`Fs::open_mode`): each write comes to this server, which holds one below the size the
+//! copy showed at until the fill is done ([`Pending::settle_write`]: an appender may stop
+//! appending), and the FSYNC the kernel sends after a write synced by itself (O_DSYNC,
+//! RWF_DSYNC) waits for the job. A union whose file handles cannot be decoded
 //! (no CAP_DAC_READ_SEARCH) copies as before, synced before the copy shows.
 
 use std::collections::HashMap;
@@ -338,8 +338,9 @@ enum Phase {
 struct Job {
     phase: Mutex<Phase>,
     cond: Condvar,
-    /// The end of the ranges it fills (0: none): a write from there on needs not wait.
-    fill_end: u64,
+    /// The size the copy showed at when its data is left to fill (0: none): a write from
+    /// there on (an append) need not wait for the job.
+    filled_below: u64,
 }
 
 impl Job {
@@ -507,7 +508,7 @@ impl Pending {
         let job = Arc::new(Job {
             phase: Mutex::new(Phase::Filling),
             cond: Condvar::new(),
-            fill_end: work.fill.last().map_or(0, |&(_, end)| end),
+            filled_below: work.shown.as_ref().map_or(0, |(size, _)| *size),
         });
         {
             let mut map = self.jobs.by_ino.lock().unwrap_or_else(|e| e.into_inner());
@@ -610,13 +611,13 @@ impl Pending {
         }
     }
 
-    /// [`Pending::settle`] for a write at `offset`: only one that starts where the job has
-    /// still to fill waits for it (an append goes on at once; one that stopped appending,
-    /// by `fcntl(F_SETFL)` or RWF_NOAPPEND, and writes below the end waits, or the fill
-    /// would overwrite it).
+    /// [`Pending::settle`] for a write at `offset`: an append (from the size the copy
+    /// showed at) goes on at once; a write below that waits for the fill, which would
+    /// overwrite it, and for the copy's times to be put back, which would undo its mtime
+    /// (an appender that stopped appending, by `fcntl(F_SETFL)` or RWF_NOAPPEND).
     pub(crate) fn settle_write(&self, ino: u64, offset: u64) -> Res<()> {
         match self.job(ino) {
-            Some(job) if offset < job.fill_end => fuser::blocking(|| job.wait(Need::Data)),
+            Some(job) if offset < job.filled_below => fuser::blocking(|| job.wait(Need::Data)),
             Some(job) if job.failed() => Err(Errno::IO),
             _ => Ok(()),
         }

@@ -91,9 +91,6 @@ impl Union {
         moved.push((lower, upper));
     }
 
-    /// What a rename moves: the source and the entry it replaces or swaps with, after
-    /// the checks rename(2) makes before changing anything. None: both names are one
-    /// file already (hard links), nothing to do.
     /// Waits for the copy-ups still being finished (`pending.rs`) of what a rename moves:
     /// their records name them by their names. A directory may hold any of them.
     fn settle_moved(&self, request: &Request<'_>) -> Res<()> {
@@ -116,6 +113,9 @@ impl Union {
         Ok(())
     }
 
+    /// What a rename moves: the source and the entry it replaces or swaps with, after
+    /// the checks rename(2) makes before changing anything. None: both names are one
+    /// file already (hard links), nothing to do.
     fn rename_sides(&self, request: &Request<'_>) -> Res<Option<(Found, Option<Found>)>> {
         let Request {
             parent,
