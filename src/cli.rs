@@ -744,7 +744,10 @@ pub struct CommitArgs {
         default_value_t = true,
         num_args = 0..=1,
         default_missing_value = "true",
-        action = clap::ArgAction::Set
+        require_equals = true,
+        action = clap::ArgAction::Set,
+        value_parser = go_bool,
+        value_name = "BOOL"
     )]
     pub pause: bool,
     pub container: String,

@@ -205,7 +205,8 @@ pub fn freeze_cgroup(name: &str, timeout: std::time::Duration) -> Result<cgroup:
     cgroup::freeze(name, timeout)
 }
 
-/// Thaws what is frozen in cgroup `name`'s tree (v1 freezer), after a SIGKILL to it.
+/// Thaws what is frozen in cgroup `name`'s tree (v1 freezer) and the cgroup itself (v2),
+/// after a SIGKILL to it.
 pub fn thaw_cgroup(name: &str) {
     cgroup::thaw(name)
 }

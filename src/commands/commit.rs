@@ -8,9 +8,12 @@
 
 use std::process::ExitCode;
 
+use std::os::unix::fs::MetadataExt;
+
 use anyhow::{Context, bail};
+use nix::sys::signal::{SigSet, Signal};
 use strata_store::layer::WriteOptions;
-use strata_store::{Store, oci, time};
+use strata_store::{Container, Store, oci, time};
 
 use crate::cli::CommitArgs;
 use crate::commands::Globals;
@@ -20,6 +23,95 @@ use crate::commands::run::RunConfig;
 /// How long a running container's processes get to freeze (one in the middle of a long
 /// system call freezes once it returns).
 const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A running container paused for a commit: its cgroup frozen, one commit of it at a time,
+/// and the signals that would end this command held until the container is thawed (it
+/// would stay frozen).
+struct Pause {
+    frozen: Option<strata_runtime::cgroup::Frozen>,
+    signals: SigSet,
+    /// `commit.lock` in the container's dir, held while it is paused.
+    _lock: std::fs::File,
+}
+
+impl Pause {
+    /// Pauses `container`; None if it ended meanwhile.
+    fn of(container: &Container) -> anyhow::Result<Option<Pause>> {
+        let path = container.dir.join("commit.lock");
+        let lock = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("failed to open {}", path.display()))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .with_context(|| format!("failed to lock {}", path.display()))?;
+        // Copy-ups the union is finishing finish first, while the container runs.
+        strata_unionfs::finish_copy_ups(
+            &container.upper_dir(),
+            &container.work_dir(),
+            std::time::Duration::from_secs(600),
+        )?;
+        let mut signals = SigSet::empty();
+        for signal in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            signals.add(signal);
+        }
+        signals.thread_block().context("failed to block signals")?;
+        let mut pause = Pause {
+            frozen: None,
+            signals,
+            _lock: lock,
+        };
+        let name = crate::commands::run::cgroup_name(&container.id);
+        match strata_runtime::freeze_cgroup(&name, PAUSE_TIMEOUT) {
+            Ok(frozen) => pause.frozen = Some(frozen),
+            // (its cgroup goes when it ends: nothing runs to pause)
+            Err(_) if !crate::commands::run::is_running(container) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        }
+        sync_union(container);
+        Ok(Some(pause))
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        // thawed, then a signal held meanwhile lands
+        drop(self.frozen.take());
+        let _ = self.signals.thread_unblock();
+    }
+}
+
+/// Has the kernel hand what the container wrote and it still holds (a FUSE union's
+/// writeback cache, pages of shared writable mmaps) to the union's upper dir, which the
+/// commit reads: syncfs(2) of the container's mounted root, if mounted here.
+fn sync_union(container: &Container) {
+    let rootfs = container.rootfs_dir();
+    let mounted = match (
+        std::fs::metadata(&rootfs),
+        std::fs::metadata(&container.dir),
+    ) {
+        (Ok(root), Ok(dir)) => root.dev() != dir.dev(),
+        _ => false,
+    };
+    if !mounted {
+        return;
+    }
+    let synced = rustix::fs::open(
+        &rootfs,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .and_then(|root| rustix::fs::syncfs(&root));
+    if let Err(err) = synced {
+        tracing::warn!("syncfs {}: {err}", rootfs.display());
+    }
+}
 
 /// CMD/ENTRYPOINT arguments: a JSON array, or shell form run by /bin/sh -c.
 fn command_form(text: &str) -> Vec<String> {
@@ -162,15 +254,12 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     // it: what its processes write meanwhile would tear the layer (half a file, or a big
     // copy-up begun after `container_changes` waited for those under way).
     let paused = if args.pause && crate::commands::run::is_running(&container) {
-        let name = crate::commands::run::cgroup_name(&container.id);
-        Some(
-            strata_runtime::freeze_cgroup(&name, PAUSE_TIMEOUT).with_context(|| {
-                format!(
-                    "failed to pause container {} (--pause=false commits it running)",
-                    container.state.name
-                )
-            })?,
-        )
+        Pause::of(&container).with_context(|| {
+            format!(
+                "failed to pause container {} (--pause=false commits it running)",
+                container.state.name
+            )
+        })?
     } else {
         None
     };
@@ -187,7 +276,7 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
                     "failed to make a layer from {}{}",
                     container.upper_dir().display(),
                     if running {
-                        " (the container ran on meanwhile: without --pause=false it is paused)"
+                        " (the container was running and not paused: --pause=false)"
                     } else {
                         ""
                     }

@@ -145,6 +145,14 @@ impl Layout {
         }
     }
 
+    /// The v2 cgroup `name`: of the unified hierarchy, or a hybrid setup's.
+    fn v2_dir(&self, name: &str) -> Option<PathBuf> {
+        match self {
+            Layout::Unified(root) => Some(root.join("strata").join(name)),
+            Layout::V1 { .. } => self.hybrid_dir(name),
+        }
+    }
+
     fn controller_dir(&self, controller: &str, name: &str) -> Option<PathBuf> {
         match self {
             Layout::Unified(root) => Some(root.join("strata").join(name)),
@@ -261,6 +269,14 @@ pub struct Cgroup {
     dirs: Vec<PathBuf>,
 }
 
+/// A container's cgroup name: one path component of ours.
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') {
+        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
+    }
+    Ok(())
+}
+
 pub(crate) fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
     let path = dir.join(file);
     std::fs::write(&path, value).map_err(|source| Error::io("failed to write", path, source))
@@ -273,9 +289,7 @@ fn read(dir: &Path, file: &str) -> Option<String> {
 impl Cgroup {
     /// Creates (or reuses) cgroup `name` and applies `limits`.
     pub fn create(name: &str, limits: &Limits) -> Result<Cgroup> {
-        if name.is_empty() || name.contains('/') || name.starts_with('.') {
-            return Err(Error::Spec(format!("bad cgroup name {name:?}")));
-        }
+        check_name(name)?;
         let layout = Layout::get();
         let unified = layout.is_unified();
         if let Layout::Unified(root) = layout {
@@ -296,11 +310,19 @@ impl Cgroup {
         let mut dirs: Vec<PathBuf> = match layout {
             Layout::Unified(_) => layout.dirs(name),
             Layout::V1 { .. } if limits.privileged => layout.v1_dirs(name),
-            Layout::V1 { .. } => CONTROLLERS
-                .iter()
-                .filter(|c| c.name() == "memory" || c.wanted(limits))
-                .filter_map(|c| layout.controller_dir(c.name(), name))
-                .collect(),
+            Layout::V1 { unified, .. } => {
+                let mut dirs: Vec<PathBuf> = CONTROLLERS
+                    .iter()
+                    .filter(|c| c.name() == "memory" || c.wanted(limits))
+                    .filter_map(|c| layout.controller_dir(c.name(), name))
+                    .collect();
+                // and the freezer, which pauses it (`freeze`): v1's where no v2 hierarchy
+                // is beside (whose cgroup, joined below, has a freezer of its own)
+                if unified.is_none() {
+                    dirs.extend(layout.controller_dir("freezer", name));
+                }
+                dirs
+            }
         };
         dirs.dedup();
         for dir in &dirs {
@@ -358,9 +380,7 @@ impl Cgroup {
 /// Moves `pid` into the existing cgroup `name` in every hierarchy that has it (`exec`
 /// joins the container's).
 pub fn join(name: &str, pid: i32) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
-    }
+    check_name(name)?;
     for dir in Layout::get().dirs(name) {
         if dir.is_dir() {
             write(&dir, "cgroup.procs", &pid.to_string())?;
@@ -429,16 +449,13 @@ impl Drop for Frozen {
 /// frozen, or fails after `timeout` (thawing them again): with the v2 freezer where the
 /// container has a v2 cgroup (a unified or hybrid layout), else with the v1 freezer.
 pub fn freeze(name: &str, timeout: Duration) -> Result<Frozen> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
-    }
+    check_name(name)?;
     let layout = Layout::get();
-    let v2 = match layout {
-        Layout::Unified(root) => Some(root.join("strata").join(name)),
-        Layout::V1 { .. } => layout.hybrid_dir(name),
-    };
     let v1 = || layout.controller_dir("freezer", name);
-    let (dir, freezer) = match v2.filter(|dir| dir.join("cgroup.freeze").exists()) {
+    let (dir, freezer) = match layout
+        .v2_dir(name)
+        .filter(|dir| dir.join("cgroup.freeze").exists())
+    {
         Some(dir) => (dir, Freezer::V2),
         None => match v1().filter(|dir| dir.is_dir()) {
             Some(dir) => (dir, Freezer::V1),
@@ -543,9 +560,7 @@ pub fn sweep_empty(min_age: Duration, wanted: impl Fn(&str) -> bool) -> usize {
 /// pid, and v1 freezer cgroups thawed); then they go deepest first, walked again while
 /// one is busy (a child made meanwhile). A missing cgroup is not an error.
 pub fn remove(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Error::Spec(format!("bad cgroup name {name:?}")));
-    }
+    check_name(name)?;
     for top in Layout::get().dirs(name) {
         remove_tree(&top)?;
     }
@@ -596,10 +611,15 @@ fn remove_child(parent: BorrowedFd<'_>, name: &CStr) -> rustix::io::Result<()> {
 }
 
 /// Thaws cgroup `name`'s v1 freezer cgroups, so that a SIGKILL sent to its processes
-/// lands (see [`thaw_at`]).
+/// lands (see [`thaw_at`]), and its v2 cgroup (a pause `freeze` left).
 pub fn thaw(name: &str) {
-    if let Some(dir) = Layout::get().controller_dir("freezer", name) {
+    let layout = Layout::get();
+    if let Some(dir) = layout.controller_dir("freezer", name) {
         let _ = tree::walk(&dir, thaw_at, |_, _| Ok(()));
+    }
+    // (a commit killed while it paused the container left its v2 cgroup frozen)
+    if let Some(dir) = layout.v2_dir(name) {
+        let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
     }
 }
 
