@@ -176,7 +176,7 @@ pub(crate) fn recover(upper: &Path, work: &Path, timeout: std::time::Duration) -
     .map_err(|e| io_error("open directory", upper, e))?;
     let upper_path = std::fs::canonicalize(upper).map_err(|e| Error::io("resolve", upper, e))?;
     let entries = std::fs::read_dir(&dir_path).map_err(|e| Error::io("list", &dir_path, e))?;
-    let mut undone = 0;
+    let (mut undone, mut removed) = (0, false);
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", &dir_path, e))?;
         let path = entry.path();
@@ -205,8 +205,12 @@ pub(crate) fn recover(upper: &Path, work: &Path, timeout: std::time::Duration) -
         }
         rustix::fs::unlinkat(&dir, entry.file_name(), AtFlags::empty())
             .map_err(|e| io_error("remove", &path, e))?;
+        removed = true;
     }
-    rustix::fs::fsync(&dir).map_err(|e| io_error("sync", &dir_path, e))?;
+    // (no record, nothing to make durable: a mount does not wait for a journal commit)
+    if removed {
+        rustix::fs::fsync(&dir).map_err(|e| io_error("sync", &dir_path, e))?;
+    }
     Ok(undone)
 }
 

@@ -467,6 +467,11 @@ pub fn freeze(name: &str, timeout: Duration) -> Result<Frozen> {
             }
         },
     };
+    freeze_at(name, dir, freezer, timeout)
+}
+
+/// Freezes the cgroup at `dir` (cgroup `name`) with `freezer`: see `freeze`.
+fn freeze_at(name: &str, dir: PathBuf, freezer: Freezer, timeout: Duration) -> Result<Frozen> {
     let (file, freeze, _) = freezer.control();
     write(&dir, file, freeze)?;
     let frozen = Frozen { dir, freezer };
@@ -724,6 +729,83 @@ mod tests {
             layout.dirs("c1"),
             [PathBuf::from("/sys/fs/cgroup/strata/c1")]
         );
+    }
+
+    /// CPU time (user + system, in clock ticks) of process `pid`.
+    fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    }
+
+    /// A busy process in a cgroup of its own at `dir`; killed and its cgroup removed on drop.
+    struct Busy {
+        child: std::process::Child,
+        dir: PathBuf,
+    }
+
+    impl Busy {
+        fn start(dir: PathBuf) -> Busy {
+            mkdir(dir.parent().unwrap()).unwrap();
+            mkdir(&dir).unwrap();
+            let child = std::process::Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .spawn()
+                .unwrap();
+            let busy = Busy { child, dir };
+            write(&busy.dir, "cgroup.procs", &busy.child.id().to_string()).unwrap();
+            busy
+        }
+
+        /// The CPU time it takes in `span`.
+        fn runs_for(&self, span: Duration) -> u64 {
+            let before = cpu_ticks(self.child.id());
+            std::thread::sleep(span);
+            cpu_ticks(self.child.id()) - before
+        }
+    }
+
+    impl Drop for Busy {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+
+    /// Each freezer this host has (v1's controller, a v2 hierarchy) stops every process of
+    /// the cgroup until the `Frozen` goes. (Root, and a mounted cgroupfs: as the runtime.)
+    #[test]
+    fn each_freezer_stops_a_busy_process_until_the_frozen_guard_goes() {
+        let name = format!("strata-unit-freeze-{}", std::process::id());
+        let layout = Layout::get();
+        let mut freezers = Vec::new();
+        if let Layout::V1 { .. } = layout
+            && let Some(dir) = layout.controller_dir("freezer", &name)
+        {
+            freezers.push((dir, Freezer::V1));
+        }
+        freezers.extend(layout.v2_dir(&name).map(|dir| (dir, Freezer::V2)));
+        assert!(
+            !freezers.is_empty(),
+            "no cgroup freezer here: mount -t cgroup2 none /sys/fs/cgroup/unified \
+             (or mount -t cgroup -o freezer none /sys/fs/cgroup/freezer)"
+        );
+        let span = Duration::from_millis(300);
+        for (dir, freezer) in freezers {
+            let busy = Busy::start(dir.clone());
+            assert!(
+                busy.runs_for(span) > 0,
+                "{freezer:?}: the busy loop does not run"
+            );
+            let frozen = freeze_at(&name, dir, freezer, Duration::from_secs(10)).unwrap();
+            assert_eq!(busy.runs_for(span), 0, "{freezer:?}: it ran while frozen");
+            drop(frozen);
+            assert!(
+                busy.runs_for(span) > 0,
+                "{freezer:?}: it stayed frozen after the thaw"
+            );
+        }
     }
 
     #[test]
