@@ -599,9 +599,10 @@ impl Pending {
         map.get(&ino).cloned()
     }
 
-    /// Whether inode `ino` has a job not done yet: its opens are served here, not passed
-    /// through to the copy, so that each write comes here first (`settle_write`, and the
-    /// FSYNC the kernel sends after an O_DSYNC or RWF_DSYNC write).
+    /// Whether inode `ino` has a job not done yet, or one that failed (kept until the next
+    /// mount, which removes the copy): its opens are served here, not passed through to the
+    /// copy, so that each write comes here first (`settle_write`, and the FSYNC the kernel
+    /// sends after an O_DSYNC or RWF_DSYNC write) and a failed copy's reads and writes fail.
     pub(crate) fn running(&self, ino: u64) -> bool {
         self.job(ino).is_some()
     }

@@ -199,8 +199,8 @@ pub fn remove_cgroup(name: &str) -> Result<()> {
     cgroup::remove(name)
 }
 
-/// Freezes the processes of cgroup `name` until the returned guard drops (docker's pause,
-/// for a consistent `commit`); fails after `timeout`.
+/// Freezes the processes of cgroup `name` until the returned guard is thawed or dropped
+/// (docker's pause, for a consistent `commit`); fails after `timeout`.
 pub fn freeze_cgroup(name: &str, timeout: std::time::Duration) -> Result<cgroup::Frozen> {
     cgroup::freeze(name, timeout)
 }

@@ -29,7 +29,8 @@ const PAUSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// would stay frozen).
 struct Pause {
     frozen: Option<strata_runtime::cgroup::Frozen>,
-    signals: SigSet,
+    /// The signal mask to put back.
+    mask: SigSet,
     /// `commit.lock` in the container's dir, held while it is paused.
     _lock: std::fs::File,
 }
@@ -46,25 +47,29 @@ impl Pause {
             .with_context(|| format!("failed to open {}", path.display()))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .with_context(|| format!("failed to lock {}", path.display()))?;
-        // Copy-ups the union is finishing finish first, while the container runs.
-        strata_unionfs::finish_copy_ups(
-            &container.upper_dir(),
-            &container.work_dir(),
-            std::time::Duration::from_secs(600),
-        )?;
+        // Held: what ends this command or stops it (^Z would keep the container frozen
+        // until `fg`). SIGKILL cannot be: `strata kill`, `stop` and `rm -f` thaw.
         let mut signals = SigSet::empty();
         for signal in [
             Signal::SIGINT,
             Signal::SIGTERM,
             Signal::SIGHUP,
             Signal::SIGQUIT,
+            Signal::SIGTSTP,
+            Signal::SIGTTIN,
+            Signal::SIGTTOU,
+            Signal::SIGUSR1,
+            Signal::SIGUSR2,
+            Signal::SIGALRM,
         ] {
             signals.add(signal);
         }
-        signals.thread_block().context("failed to block signals")?;
+        let mask = signals
+            .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+            .context("failed to block signals")?;
         let mut pause = Pause {
             frozen: None,
-            signals,
+            mask,
             _lock: lock,
         };
         let name = crate::commands::run::cgroup_name(&container.id);
@@ -79,17 +84,29 @@ impl Pause {
     }
 }
 
+impl Pause {
+    /// Thaws the container; an error says it stays frozen.
+    fn resume(mut self) -> anyhow::Result<()> {
+        match self.frozen.take() {
+            Some(frozen) => frozen.thaw().context(
+                "failed to thaw the container: it stays paused (`strata stop` or `strata kill` ends it)",
+            ),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Drop for Pause {
     fn drop(&mut self) {
         // thawed, then a signal held meanwhile lands
         drop(self.frozen.take());
-        let _ = self.signals.thread_unblock();
+        let _ = self.mask.thread_set_mask();
     }
 }
 
 /// Has the kernel hand what the container wrote and it still holds (a FUSE union's
 /// writeback cache, pages of shared writable mmaps) to the union's upper dir, which the
-/// commit reads: syncfs(2) of the container's mounted root, if mounted here.
+/// commit reads: syncfs(2) of the container's mounted root, if mounted here by FUSE.
 fn sync_union(container: &Container) {
     let rootfs = container.rootfs_dir();
     let mounted = match (
@@ -99,7 +116,10 @@ fn sync_union(container: &Container) {
         (Ok(root), Ok(dir)) => root.dev() != dir.dev(),
         _ => false,
     };
-    if !mounted {
+    // (kernel overlayfs writes to the upper's own cache, which the commit reads: its
+    // syncfs would flush the whole file system under the upper, with the container frozen)
+    const OVERLAYFS_MAGIC: rustix::fs::FsWord = 0x794c_7630;
+    if !mounted || rustix::fs::statfs(&rootfs).is_ok_and(|fs| fs.f_type == OVERLAYFS_MAGIC) {
         return;
     }
     let synced = rustix::fs::open(
@@ -250,10 +270,21 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&image_id.to_string())?;
     // The store adds `:latest` to a name without a tag (and refuses a bad name).
     let names: Vec<String> = args.name.iter().cloned().collect();
+    // A bad --change fails before the container is paused.
+    let mut probe = image.config.config().clone().unwrap_or_default();
+    for change in &args.changes {
+        apply_change(&mut probe, change)?;
+    }
     // A running container is paused while its layer is made, as docker's commit pauses
     // it: what its processes write meanwhile would tear the layer (half a file, or a big
     // copy-up begun after `container_changes` waited for those under way).
     let paused = if args.pause && crate::commands::run::is_running(&container) {
+        // Copy-ups the union is finishing finish first, while the container runs.
+        strata_unionfs::finish_copy_ups(
+            &container.upper_dir(),
+            &container.work_dir(),
+            std::time::Duration::from_secs(600),
+        )?;
         Pause::of(&container).with_context(|| {
             format!(
                 "failed to pause container {} (--pause=false commits it running)",
@@ -288,7 +319,9 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
             .diff_ids_mut()
             .push(blob.diff_id.to_string());
     }
-    drop(paused);
+    if let Some(paused) = paused {
+        paused.resume()?;
+    }
     let mut runtime_config = config.config().clone().unwrap_or_default();
     // What the container ran with (a container `mount` made has no run options)
     if let Ok(run) = RunConfig::of(&container) {

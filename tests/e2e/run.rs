@@ -842,51 +842,75 @@ fn diff_lists_adds_changes_and_deletes_on_both_drivers() {
 #[test]
 fn commit_pauses_a_running_container_and_resumes_it() {
     let store = store_with_busybox();
-    store.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "counter",
-        "busybox",
-        "sh",
-        "-c",
-        "dd if=/dev/urandom of=/m bs=1M count=20 2>/dev/null; i=0; \
-         while :; do i=$((i+1)); echo $i > /a.t; mv /a.t /a; echo $i > /z.t; mv /z.t /z; done",
-    ]);
-    let count = |file: &str| {
-        let out = store.ok(&["exec", "counter", "cat", file]);
-        out.trim().parse::<u64>().unwrap()
-    };
-    let started = Instant::now();
-    while store
-        .strata(&["exec", "counter", "test", "-e", "/z"])
-        .status
-        .code()
-        != Some(0)
-    {
-        assert!(started.elapsed() < Duration::from_secs(60), "no /z");
-        std::thread::sleep(Duration::from_millis(50));
+    for driver in DRIVERS {
+        let name = format!("counter-{driver}");
+        let tag = format!("counted:{driver}");
+        store.ok(&[
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--driver",
+            driver,
+            "busybox",
+            "sh",
+            "-c",
+            "dd if=/dev/urandom of=/m bs=1M count=20 2>/dev/null; i=0; \
+             while :; do i=$((i+1)); echo $i > /a.t; mv /a.t /a; echo $i > /z.t; mv /z.t /z; done",
+        ]);
+        let count = |file: &str| {
+            let out = store.ok(&["exec", &name, "cat", file]);
+            out.trim().parse::<u64>().unwrap()
+        };
+        // thawed: it counts on
+        let counts_on = |after_what: &str| {
+            let before = count("/z");
+            std::thread::sleep(Duration::from_millis(300));
+            let after = count("/z");
+            assert!(
+                after > before,
+                "{driver}: the container stopped counting after {after_what}: {before} then {after}"
+            );
+        };
+        let started = Instant::now();
+        while store
+            .strata(&["exec", &name, "test", "-e", "/z"])
+            .status
+            .code()
+            != Some(0)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{driver}: no /z"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        store.ok(&["commit", &name, &tag]);
+        let out = store.ok(&["run", "--rm", &tag, "cat", "/a", "/z"]);
+        let values: Vec<u64> = out.lines().map(|line| line.parse().unwrap()).collect();
+        let [a, z] = values[..] else {
+            panic!("{driver}: /a and /z in the layer: {out:?}")
+        };
+        assert!(
+            z <= a && a <= z + 1,
+            "{driver}: the layer is not one moment of the container: a={a} z={z}"
+        );
+        counts_on("the commit");
+        // A bad --change fails the commit before anything is paused.
+        let out = store.strata(&["commit", "--change", "RUN true", &name, &tag]);
+        assert!(
+            !out.status.success(),
+            "{driver}: a commit with --change RUN"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unsupported instruction RUN"),
+            "{driver}: {err}"
+        );
+        counts_on("a failed commit");
+        assert_eq!(container_status(&store, &name)["State"], "running");
+        store.ok(&["rm", "-f", &name]);
     }
-    store.ok(&["commit", "counter", "counted"]);
-    let out = store.ok(&["run", "--rm", "counted", "cat", "/a", "/z"]);
-    let values: Vec<u64> = out.lines().map(|line| line.parse().unwrap()).collect();
-    let [a, z] = values[..] else {
-        panic!("/a and /z in the layer: {out:?}")
-    };
-    assert!(
-        z <= a && a <= z + 1,
-        "the layer is not one moment of the container: a={a} z={z}"
-    );
-    // thawed: it counts on
-    let before = count("/z");
-    std::thread::sleep(Duration::from_millis(300));
-    let after = count("/z");
-    assert!(
-        after > before,
-        "the container stopped counting after the commit: {before} then {after}"
-    );
-    assert_eq!(container_status(&store, "counter")["State"], "running");
-    store.ok(&["rm", "-f", "counter"]);
 }
 
 #[test]

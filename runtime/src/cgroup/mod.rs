@@ -310,19 +310,11 @@ impl Cgroup {
         let mut dirs: Vec<PathBuf> = match layout {
             Layout::Unified(_) => layout.dirs(name),
             Layout::V1 { .. } if limits.privileged => layout.v1_dirs(name),
-            Layout::V1 { unified, .. } => {
-                let mut dirs: Vec<PathBuf> = CONTROLLERS
-                    .iter()
-                    .filter(|c| c.name() == "memory" || c.wanted(limits))
-                    .filter_map(|c| layout.controller_dir(c.name(), name))
-                    .collect();
-                // and the freezer, which pauses it (`freeze`): v1's where no v2 hierarchy
-                // is beside (whose cgroup, joined below, has a freezer of its own)
-                if unified.is_none() {
-                    dirs.extend(layout.controller_dir("freezer", name));
-                }
-                dirs
-            }
+            Layout::V1 { .. } => CONTROLLERS
+                .iter()
+                .filter(|c| c.name() == "memory" || c.wanted(limits))
+                .filter_map(|c| layout.controller_dir(c.name(), name))
+                .collect(),
         };
         dirs.dedup();
         for dir in &dirs {
@@ -335,10 +327,25 @@ impl Cgroup {
         }
         // A hybrid setup's v2 hierarchy carries no controller: the container is placed in
         // it as runc places one (systemd inside looks there), where the host lets us.
+        let mut v2_freezer = false;
         if let Some(dir) = layout.hybrid_dir(name)
             && dir.parent().is_none_or(|parent| mkdir(parent).is_ok())
             && mkdir(&dir).is_ok()
         {
+            v2_freezer = dir.join("cgroup.freeze").exists();
+            dirs.push(dir);
+        }
+        // The freezer, which pauses it (`freeze`): a v2 cgroup's own (Linux 5.2 and
+        // later), else v1's controller.
+        if let Layout::V1 { .. } = layout
+            && !limits.privileged
+            && !v2_freezer
+            && let Some(dir) = layout.controller_dir("freezer", name)
+        {
+            if let Some(parent) = dir.parent() {
+                mkdir(parent)?;
+            }
+            mkdir(&dir)?;
             dirs.push(dir);
         }
         for controller in CONTROLLERS {
@@ -429,15 +436,28 @@ impl Freezer {
     }
 }
 
-/// A cgroup whose processes are frozen; dropping it thaws them.
+/// A cgroup whose processes are frozen; `thaw` or dropping it thaws them.
 #[derive(Debug)]
 pub struct Frozen {
     dir: PathBuf,
     freezer: Freezer,
+    thawed: bool,
+}
+
+impl Frozen {
+    /// Thaws the cgroup; an error says it stays frozen.
+    pub fn thaw(mut self) -> Result<()> {
+        self.thawed = true;
+        let (file, _, thaw) = self.freezer.control();
+        write(&self.dir, file, thaw)
+    }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
+        if self.thawed {
+            return;
+        }
         let (file, _, thaw) = self.freezer.control();
         if let Err(err) = write(&self.dir, file, thaw) {
             tracing::error!("{err}: the container stays frozen");
@@ -474,7 +494,11 @@ pub fn freeze(name: &str, timeout: Duration) -> Result<Frozen> {
 fn freeze_at(name: &str, dir: PathBuf, freezer: Freezer, timeout: Duration) -> Result<Frozen> {
     let (file, freeze, _) = freezer.control();
     write(&dir, file, freeze)?;
-    let frozen = Frozen { dir, freezer };
+    let frozen = Frozen {
+        dir,
+        freezer,
+        thawed: false,
+    };
     let deadline = std::time::Instant::now() + timeout;
     while !freezer.frozen(&frozen.dir) {
         if std::time::Instant::now() > deadline {
@@ -767,16 +791,19 @@ mod tests {
 
     impl Drop for Busy {
         fn drop(&mut self) {
+            // (thawed first: a frozen v1 task does not die)
+            let _ = write(&self.dir, "freezer.state", "THAWED");
+            let _ = write(&self.dir, "cgroup.freeze", "0");
             let _ = self.child.kill();
             let _ = self.child.wait();
             let _ = std::fs::remove_dir(&self.dir);
         }
     }
 
-    /// Each freezer this host has (v1's controller, a v2 hierarchy) stops every process of
-    /// the cgroup until the `Frozen` goes. (Root, and a mounted cgroupfs: as the runtime.)
+    /// Each freezer this host has (v1's controller, a v2 hierarchy's) stops every process of
+    /// the cgroup until `Frozen::thaw`. (Root, and a mounted cgroupfs: as the runtime.)
     #[test]
-    fn each_freezer_stops_a_busy_process_until_the_frozen_guard_goes() {
+    fn each_freezer_stops_a_busy_process_until_it_is_thawed() {
         let name = format!("strata-unit-freeze-{}", std::process::id());
         let layout = Layout::get();
         let mut freezers = Vec::new();
@@ -785,7 +812,14 @@ mod tests {
         {
             freezers.push((dir, Freezer::V1));
         }
-        freezers.extend(layout.v2_dir(&name).map(|dir| (dir, Freezer::V2)));
+        // (a v2 cgroup has a freezer from Linux 5.2 on)
+        if let Some(dir) = layout.v2_dir(&name)
+            && let Some(parent) = dir.parent()
+            && mkdir(parent).is_ok()
+            && parent.join("cgroup.freeze").exists()
+        {
+            freezers.push((dir, Freezer::V2));
+        }
         assert!(
             !freezers.is_empty(),
             "no cgroup freezer here: mount -t cgroup2 none /sys/fs/cgroup/unified \
@@ -800,7 +834,7 @@ mod tests {
             );
             let frozen = freeze_at(&name, dir, freezer, Duration::from_secs(10)).unwrap();
             assert_eq!(busy.runs_for(span), 0, "{freezer:?}: it ran while frozen");
-            drop(frozen);
+            frozen.thaw().unwrap();
             assert!(
                 busy.runs_for(span) > 0,
                 "{freezer:?}: it stayed frozen after the thaw"
