@@ -23,12 +23,8 @@
 //! (`Fs::open_mode`): each write comes to this server, which holds one below the size the
 //! copy showed at until the fill is done ([`Pending::settle_write`]: an appender may stop
 //! appending), and the FSYNC the kernel sends after a write synced by itself (O_DSYNC,
-//! RWF_DSYNC) waits for the job. Opens not passed through use the kernel's writeback cache
-//! for the copy: there the first append to a file whose size is not page-aligned reads its
-//! last page first, and writeback writes from the page's start, so both wait for the fill
-//! (nothing is lost; the append just gains nothing from the background). A union whose
-//! file handles cannot be decoded (no CAP_DAC_READ_SEARCH) copies as before, synced before
-//! the copy shows.
+//! RWF_DSYNC) waits for the job. A union whose file handles cannot be decoded
+//! (no CAP_DAC_READ_SEARCH) copies as before, synced before the copy shows.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
