@@ -82,9 +82,7 @@ impl Pause {
         sync_union(container);
         Ok(Some(pause))
     }
-}
 
-impl Pause {
     /// Thaws the container; an error says it stays frozen.
     fn resume(mut self) -> anyhow::Result<()> {
         match self.frozen.take() {
@@ -270,10 +268,22 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     let image = store.resolve(&image_id.to_string())?;
     // The store adds `:latest` to a name without a tag (and refuses a bad name).
     let names: Vec<String> = args.name.iter().cloned().collect();
-    // A bad --change fails before the container is paused.
-    let mut probe = image.config.config().clone().unwrap_or_default();
+    // The config it runs with, made before any pause: a bad --change fails first.
+    let mut runtime_config = image.config.config().clone().unwrap_or_default();
+    // What the container ran with (a container `mount` made has no run options)
+    if let Ok(run) = RunConfig::of(&container) {
+        let some = |list: Vec<String>| (!list.is_empty()).then_some(list);
+        runtime_config.set_env(some(run.env));
+        runtime_config.set_working_dir((!run.cwd.is_empty()).then_some(run.cwd));
+        runtime_config.set_user((!run.user.is_empty()).then_some(run.user));
+        if !run.entrypoint.is_empty() || !run.cmd.is_empty() {
+            runtime_config.set_entrypoint(some(run.entrypoint));
+            runtime_config.set_cmd(some(run.cmd));
+        }
+    }
+    let mut applied = Vec::new();
     for change in &args.changes {
-        apply_change(&mut probe, change)?;
+        applied.push(apply_change(&mut runtime_config, change)?);
     }
     // A running container is paused while its layer is made, as docker's commit pauses
     // it: what its processes write meanwhile would tear the layer (half a file, or a big
@@ -321,22 +331,6 @@ pub fn run(globals: &Globals, args: CommitArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(paused) = paused {
         paused.resume()?;
-    }
-    let mut runtime_config = config.config().clone().unwrap_or_default();
-    // What the container ran with (a container `mount` made has no run options)
-    if let Ok(run) = RunConfig::of(&container) {
-        let some = |list: Vec<String>| (!list.is_empty()).then_some(list);
-        runtime_config.set_env(some(run.env));
-        runtime_config.set_working_dir((!run.cwd.is_empty()).then_some(run.cwd));
-        runtime_config.set_user((!run.user.is_empty()).then_some(run.user));
-        if !run.entrypoint.is_empty() || !run.cmd.is_empty() {
-            runtime_config.set_entrypoint(some(run.entrypoint));
-            runtime_config.set_cmd(some(run.cmd));
-        }
-    }
-    let mut applied = Vec::new();
-    for change in &args.changes {
-        applied.push(apply_change(&mut runtime_config, change)?);
     }
     config.set_config(Some(runtime_config));
 

@@ -448,6 +448,10 @@ impl Frozen {
     /// Thaws the cgroup; an error says it stays frozen.
     pub fn thaw(mut self) -> Result<()> {
         self.thawed = true;
+        self.write_thaw()
+    }
+
+    fn write_thaw(&self) -> Result<()> {
         let (file, _, thaw) = self.freezer.control();
         write(&self.dir, file, thaw)
     }
@@ -455,11 +459,9 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if self.thawed {
-            return;
-        }
-        let (file, _, thaw) = self.freezer.control();
-        if let Err(err) = write(&self.dir, file, thaw) {
+        if !self.thawed
+            && let Err(err) = self.write_thaw()
+        {
             tracing::error!("{err}: the container stays frozen");
         }
     }
