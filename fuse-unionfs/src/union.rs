@@ -22,6 +22,7 @@ use crate::error::Result;
 use crate::inode::{Node, NodeState, ROOT, Table};
 use crate::layer::{Kind, Layers, Meta, Res, UPPER, arg, aufs_marker, shown_xattr, stored_xattr};
 use crate::pending::{Later, Need, Pending};
+use crate::prefetch::Prefetch;
 
 /// The credentials of the process making a request (new entries belong to it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -350,6 +351,8 @@ pub struct Union {
     ties: Ties,
     /// Copy-ups still being finished in the background (`pending.rs`).
     pub(crate) pending: Pending,
+    /// Reads a scanned lower directory's small files ahead (`prefetch.rs`).
+    prefetch: Prefetch,
 }
 
 /// Inodes superseded by a copy-up under passthrough readers (`Union::supersede`), tied to
@@ -488,6 +491,7 @@ impl Union {
             origins: std::sync::atomic::AtomicBool::new(true),
             ties: Ties::default(),
             pending,
+            prefetch: Prefetch::new(),
         })
     }
 
@@ -1087,6 +1091,9 @@ impl Union {
             path => path?,
         };
         let layer = node.state().layer;
+        if !write && layer != UPPER {
+            self.prefetch.opened(&self.layers, layer, &path);
+        }
         if !write && layer == UPPER {
             // (a copy that shows may be being filled; once it shows, no job starts for it)
             self.pending.settle(ino, Need::Data)?;

@@ -3117,3 +3117,89 @@ fn a_volatile_union_is_not_mounted_again_until_its_mark_is_removed() {
         deadline(30, "unmount", move || guard.unmount()).unwrap();
     }
 }
+
+/// Pages of `path` in the page cache (cachestat(2), Linux 6.5+: it reads nothing in, as a
+/// probing read would start the kernel's read-ahead).
+fn cached_pages(path: &Path) -> u64 {
+    const SYS_CACHESTAT: libc::c_long = 451;
+    let file = fs::File::open(path).unwrap();
+    let range = [0u64; 2]; // offset 0, length 0: the whole file
+    let mut stat = [0u64; 5]; // nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted
+    use std::os::fd::AsRawFd;
+    // SAFETY: both pointers are to live arrays of the sizes the kernel reads and writes.
+    let r = unsafe {
+        libc::syscall(
+            SYS_CACHESTAT,
+            file.as_raw_fd(),
+            range.as_ptr(),
+            stat.as_mut_ptr(),
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "cachestat {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    stat[0]
+}
+
+#[test]
+fn a_scan_of_a_lower_directory_reads_its_small_files_ahead() {
+    // Two files of one lower directory opened in a row (a scan: tar, cp -r) have the server
+    // advise the kernel to read that directory's other small files at once; one open does
+    // not, and a big file is left to its own read-ahead.
+    let fixture = Fixture::new();
+    let bottom = fixture.lowers[2].clone();
+    let mut files = Vec::new();
+    for dir in ["scan", "single"] {
+        fs::create_dir(bottom.join(dir)).unwrap();
+        for i in 0..8 {
+            let path = bottom.join(format!("{dir}/f{i}"));
+            fs::write(&path, crate::common::patterned(8192 + i)).unwrap();
+            files.push(path);
+        }
+    }
+    let big = bottom.join("scan/big");
+    fs::write(&big, crate::common::patterned(1 << 20)).unwrap();
+    files.push(big.clone());
+    for path in &files {
+        // written back, then dropped from the page cache (these files only)
+        let file = fs::File::open(path).unwrap();
+        file.sync_all().unwrap();
+        rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        assert_eq!(cached_pages(path), 0, "{} still cached", path.display());
+    }
+    let m = std::sync::Arc::new(fixture.mount("prefetch", Driver::Fuse));
+    let inner = m.clone();
+    deadline(60, "a scan of a lower directory", move || {
+        let read = |rel: &str| fs::read(inner.path(rel)).unwrap();
+        assert_eq!(read("single/f0"), crate::common::patterned(8192));
+        assert_eq!(read("scan/f0"), crate::common::patterned(8192));
+        assert_eq!(read("scan/f1"), crate::common::patterned(8193));
+        crate::common::wait_until("the rest of scan/ read ahead", || {
+            (2..8).all(|i| cached_pages(&bottom.join(format!("scan/f{i}"))) > 0)
+        });
+        // (the thread takes its jobs in order: one for single/ would have come first)
+        for i in 1..8 {
+            let path = bottom.join(format!("single/f{i}"));
+            assert_eq!(cached_pages(&path), 0, "{} read ahead", path.display());
+        }
+        assert_eq!(
+            cached_pages(&bottom.join("scan/big")),
+            0,
+            "the big file read ahead"
+        );
+        // what was read ahead is what the mount shows
+        for i in 2..8 {
+            assert_eq!(
+                read(&format!("scan/f{i}")),
+                crate::common::patterned(8192 + i)
+            );
+        }
+    });
+    drop(m);
+    drop(fixture);
+}
