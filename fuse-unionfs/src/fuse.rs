@@ -933,6 +933,9 @@ impl Filesystem for Fs {
                     Some(id) => reply.opened_passthrough(FileHandle(fh), flags, id),
                     None => reply.opened(FileHandle(fh), flags),
                 });
+                if access == Access::Read {
+                    self.union.opened_to_read(&file);
+                }
             }
             Err(err) => reply.error(errno(err)),
         }

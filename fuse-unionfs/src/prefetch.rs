@@ -2,7 +2,7 @@
 //! files one after another (tar, cp -r, a build's COPY, a language runtime loading its
 //! modules) waits, cold, for one disk read per file: the kernel's read-ahead works within a
 //! file, not across files. When a second file of one lower directory is opened for reading
-//! right after another, the small files of that directory are read ahead together
+//! (not to run it) right after another, the small files of that directory are read ahead together
 //! (posix_fadvise WILLNEED, from a thread of this module's) in listing order, which is the
 //! order a scan takes them. The device then serves them side by side, and the scan's reads
 //! find them in the page cache. Here, reading the 20,000 small files of the benchmark's
@@ -35,9 +35,7 @@ const QUEUED: usize = 16;
 
 pub(crate) struct Prefetch {
     enabled: bool,
-    /// The directory of the last read-open (a hash of its branch and path) and how many
-    /// opens in a row were in it.
-    run: Mutex<(u64, u32)>,
+    run: Mutex<Run>,
     /// Started at the first job; None if the thread could not be made.
     jobs: OnceLock<Option<SyncSender<OwnedFd>>>,
 }
@@ -46,7 +44,7 @@ impl Prefetch {
     pub(crate) fn new() -> Prefetch {
         Prefetch {
             enabled: std::env::var_os("STRATA_PREFETCH").is_none_or(|v| v != "0"),
-            run: Mutex::new((0, 0)),
+            run: Mutex::new(Run::default()),
             jobs: OnceLock::new(),
         }
     }
@@ -57,18 +55,31 @@ impl Prefetch {
             return;
         }
         let dir = rel.parent().unwrap_or(Path::new(""));
-        let mut hasher = std::hash::DefaultHasher::new();
-        (layer, dir).hash(&mut hasher);
-        let key = hasher.finish();
+        let hash = |what: &dyn Fn(&mut std::hash::DefaultHasher)| {
+            let mut hasher = std::hash::DefaultHasher::new();
+            what(&mut hasher);
+            hasher.finish()
+        };
+        let key = hash(&|h| (layer, dir).hash(h));
+        let file = hash(&|h| rel.file_name().hash(h));
         {
             let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
-            if run.0 != key {
-                *run = (key, 1);
+            if run.dir != key {
+                *run = Run {
+                    dir: key,
+                    file,
+                    files: 1,
+                };
                 return;
             }
-            run.1 = run.1.saturating_add(1);
-            // the second open in a row: a scan
-            if run.1 != 2 {
+            // (the same file again is no scan)
+            if run.file == file {
+                return;
+            }
+            run.file = file;
+            run.files = run.files.saturating_add(1);
+            // the second file in a row: a scan
+            if run.files != 2 {
                 return;
             }
         }
@@ -81,6 +92,16 @@ impl Prefetch {
             let _ = jobs.try_send(fd);
         }
     }
+}
+
+/// The last read-opens: all in one directory.
+#[derive(Default)]
+struct Run {
+    /// Hashes of the directory (with its branch) and of the last file's name.
+    dir: u64,
+    file: u64,
+    /// How many files in a row were opened in it.
+    files: u32,
 }
 
 fn spawn() -> Option<SyncSender<OwnedFd>> {

@@ -1091,9 +1091,6 @@ impl Union {
             path => path?,
         };
         let layer = node.state().layer;
-        if !write && layer != UPPER {
-            self.prefetch.opened(&self.layers, layer, &path);
-        }
         if !write && layer == UPPER {
             // (a copy that shows may be being filled; once it shows, no job starts for it)
             self.pending.settle(ino, Need::Data)?;
@@ -1128,6 +1125,14 @@ impl Union {
         let mut file = OpenFile::new(fd, ino, layer == UPPER);
         file.append_only = append_only;
         Ok(self.files.insert(file))
+    }
+
+    /// A lower file was opened to read (not to run): perhaps one of a scan of its directory,
+    /// which `prefetch.rs` then reads ahead.
+    pub(crate) fn opened_to_read(&self, file: &OpenFile) {
+        if let Some(lower) = &file.lower {
+            self.prefetch.opened(&self.layers, lower.layer, &lower.path);
+        }
     }
 
     /// An open of a file whose every name is gone: through /proc/PID/fd, of an O_TMPFILE or

@@ -3149,18 +3149,22 @@ fn cached_pages(path: &Path) -> u64 {
 #[test]
 fn a_scan_of_a_lower_directory_reads_its_small_files_ahead() {
     // Two files of one lower directory opened in a row (a scan: tar, cp -r) have the server
-    // advise the kernel to read that directory's other small files at once; one open does
-    // not, and a big file is left to its own read-ahead.
+    // advise the kernel to read that directory's other small files at once; one file
+    // opened again and again does not, nor do programs run from one directory, and a big
+    // file is left to its own read-ahead.
     let fixture = Fixture::new();
     let bottom = fixture.lowers[2].clone();
     let mut files = Vec::new();
-    for dir in ["scan", "single"] {
+    for dir in ["scan", "single", "progs"] {
         fs::create_dir(bottom.join(dir)).unwrap();
         for i in 0..8 {
             let path = bottom.join(format!("{dir}/f{i}"));
             fs::write(&path, crate::common::patterned(8192 + i)).unwrap();
             files.push(path);
         }
+    }
+    for name in ["true1", "true2"] {
+        fs::copy("/bin/true", bottom.join("progs").join(name)).unwrap();
     }
     let big = bottom.join("scan/big");
     fs::write(&big, crate::common::patterned(1 << 20)).unwrap();
@@ -3176,15 +3180,26 @@ fn a_scan_of_a_lower_directory_reads_its_small_files_ahead() {
     let inner = m.clone();
     deadline(60, "a scan of a lower directory", move || {
         let read = |rel: &str| fs::read(inner.path(rel)).unwrap();
-        assert_eq!(read("single/f0"), crate::common::patterned(8192));
+        for _ in 0..3 {
+            assert_eq!(read("single/f0"), crate::common::patterned(8192));
+        }
+        for name in ["true1", "true2"] {
+            let status = std::process::Command::new(inner.path("progs").join(name))
+                .status()
+                .unwrap();
+            assert!(status.success(), "progs/{name}: {status}");
+        }
         assert_eq!(read("scan/f0"), crate::common::patterned(8192));
         assert_eq!(read("scan/f1"), crate::common::patterned(8193));
         crate::common::wait_until("the rest of scan/ read ahead", || {
             (2..8).all(|i| cached_pages(&bottom.join(format!("scan/f{i}"))) > 0)
         });
         // (the thread takes its jobs in order: one for single/ would have come first)
-        for i in 1..8 {
-            let path = bottom.join(format!("single/f{i}"));
+        for i in (1..8)
+            .map(|i| format!("single/f{i}"))
+            .chain((0..8).map(|i| format!("progs/f{i}")))
+        {
+            let path = bottom.join(i);
             assert_eq!(cached_pages(&path), 0, "{} read ahead", path.display());
         }
         assert_eq!(
