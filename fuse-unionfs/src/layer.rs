@@ -178,6 +178,18 @@ pub(crate) fn arg(rel: &Path) -> &Path {
     }
 }
 
+/// Opens `rel` below `dir`, a lower branch's directory, with `flags` (for reading) and
+/// O_NOATIME where this server may (see [`Layers::open_to_read`]).
+pub(crate) fn open_lower_at<P>(dir: BorrowedFd<'_>, rel: P, flags: OFlags) -> Res<OwnedFd>
+where
+    P: rustix::path::Arg + Copy,
+{
+    match rustix::fs::openat(dir, rel, flags | OFlags::NOATIME, Mode::empty()) {
+        Err(Errno::PERM) => rustix::fs::openat(dir, rel, flags, Mode::empty()),
+        opened => opened,
+    }
+}
+
 /// The open branches of one union.
 pub(crate) struct Layers {
     fds: Vec<OwnedFd>,
@@ -348,14 +360,10 @@ impl Layers {
     /// and an image's layers are no one's to change. (O_NOATIME is refused on a file this
     /// server does not own without CAP_FOWNER: then opened as usual.)
     pub(crate) fn open_to_read(&self, layer: usize, rel: &Path, flags: OFlags) -> Res<OwnedFd> {
-        let open = |flags| rustix::fs::openat(self.fd(layer), arg(rel), flags, Mode::empty());
         if layer == UPPER {
-            return open(flags);
+            return rustix::fs::openat(self.fd(layer), arg(rel), flags, Mode::empty());
         }
-        match open(flags | OFlags::NOATIME) {
-            Err(Errno::PERM) => open(flags),
-            opened => opened,
-        }
+        open_lower_at(self.fd(layer), arg(rel), flags)
     }
 
     pub(crate) fn work(&self) -> BorrowedFd<'_> {

@@ -5,7 +5,8 @@
 //! under one driver mounts with the other.
 //!
 //! Layout: `layer` (branches, on-disk form), `inode` (inode table), `union`, `modify` and
-//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins), `pending` (copy-ups finished in the background), `prefetch` (directory read-ahead),
+//! `rename` (the filesystem logic, no FUSE types), `copyup`, `origin` (copy-up origins),
+//! `pending` (copy-ups finished in the background), `prefetch` (directory read-ahead),
 //! `fuse` (fuser callbacks), `plus` (which listings carry attributes), `idshift` (owners
 //! seen from a user namespace), `mount` (drivers, guard, daemon, sweeping), `sys` (the only
 //! unsafe code).

@@ -1,10 +1,9 @@
 //! Directory read-ahead for scans of lower branches. A program that reads a directory's
-//! files one after another (tar, cp -r, a build's COPY, a language runtime loading its
-//! modules) waits, cold, for one disk read per file: the kernel's read-ahead works within a
-//! file, not across files. When a second file of one lower directory is opened for reading
-//! (not to run it) right after another, the small files of that directory are read ahead together
-//! (posix_fadvise WILLNEED, from a thread of this module's) in listing order, which is the
-//! order a scan takes them. The device then serves them side by side, and the scan's reads
+//! files one after another (tar, cp -r) waits, cold, for one disk read per file: the
+//! kernel's read-ahead works within a file, not across files. When a second file of one
+//! lower directory is opened for reading (not to run it) right after another, the small
+//! files of that directory are read ahead together (posix_fadvise WILLNEED, from a thread
+//! of this module's) in listing order, which is the order a scan takes them. The device then serves them side by side, and the scan's reads
 //! find them in the page cache. Here, reading the 20,000 small files of the benchmark's
 //! bottom layer in directory order, straight from ext4, took 3.8-4.7 s cold, and 1.1-1.3 s
 //! with each directory's files advised first.
@@ -15,17 +14,16 @@
 //! when the thread is behind. Upper files, which may change, are left alone.
 //! `STRATA_PREFETCH=0` turns it off (to compare).
 
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::num::NonZeroU64;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::mpsc::{SyncSender, sync_channel};
 use std::sync::{Mutex, OnceLock};
 
-use rustix::fs::{Advice, AtFlags, FileType, Mode, OFlags};
-use rustix::io::Errno;
+use rustix::fs::{Advice, AtFlags, FileType, OFlags};
 
-use crate::layer::{Layers, arg};
+use crate::layer::{Layers, arg, open_lower_at};
 
 const MAX_FILE: u64 = 256 << 10;
 const MAX_FILES: usize = 256;
@@ -55,13 +53,8 @@ impl Prefetch {
             return;
         }
         let dir = rel.parent().unwrap_or(Path::new(""));
-        let hash = |what: &dyn Fn(&mut std::hash::DefaultHasher)| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            what(&mut hasher);
-            hasher.finish()
-        };
-        let key = hash(&|h| (layer, dir).hash(h));
-        let file = hash(&|h| rel.file_name().hash(h));
+        let key = hash_of((layer, dir));
+        let file = hash_of(rel.file_name());
         {
             let mut run = self.run.lock().unwrap_or_else(|e| e.into_inner());
             if run.dir != key {
@@ -92,6 +85,10 @@ impl Prefetch {
             let _ = jobs.try_send(fd);
         }
     }
+}
+
+fn hash_of(value: impl Hash) -> u64 {
+    std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default().hash_one(value)
 }
 
 /// The last read-opens: all in one directory.
@@ -143,11 +140,9 @@ fn read_ahead(dir: OwnedFd) {
         }
         // (NONBLOCK: should the entry have become a fifo meanwhile, the open must not wait)
         let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(&dir, name, flags | OFlags::NOATIME, Mode::empty()) {
-            Err(Errno::PERM) => rustix::fs::openat(&dir, name, flags, Mode::empty()),
-            opened => opened,
+        let Ok(fd) = open_lower_at(dir.as_fd(), name, flags) else {
+            continue;
         };
-        let Ok(fd) = fd else { continue };
         let Ok(st) = rustix::fs::fstat(&fd) else {
             continue;
         };
