@@ -14,8 +14,9 @@ pub use nix::unistd::ForkResult;
 /// fork(2) through glibc, so its atfork handlers keep malloc usable in the child even when
 /// the parent runs FUSE server threads (a raw clone(2) would skip them).
 pub fn fork() -> nix::Result<ForkResult> {
-    // SAFETY: the child only runs the container setup path, which ends in execve or _exit;
-    // glibc's fork resets the malloc locks, so allocation in the child is sound.
+    // SAFETY: the child only runs the container setup path, which ends in execve or _exit,
+    // or a freezer's thaw guard (syscalls, then _exit); glibc's fork resets the malloc
+    // locks, so allocation in the child is sound.
     unsafe { nix::unistd::fork() }
 }
 

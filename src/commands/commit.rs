@@ -48,7 +48,8 @@ impl Pause {
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .with_context(|| format!("failed to lock {}", path.display()))?;
         // Held: what ends this command or stops it (^Z would keep the container frozen
-        // until `fg`). SIGKILL cannot be: `strata kill`, `stop` and `rm -f` thaw.
+        // until `fg`). SIGKILL cannot be: the freezer's thaw guard then thaws, holding the
+        // lock above (inherited) until it has.
         let mut signals = SigSet::empty();
         for signal in [
             Signal::SIGINT,

@@ -913,6 +913,107 @@ fn commit_pauses_a_running_container_and_resumes_it() {
     }
 }
 
+/// Is the host cgroup of container `id` frozen? Read where `strata commit` freezes it: the
+/// v2 freezer where the container has a v2 cgroup with one, else the v1 freezer. None
+/// while it has no such cgroup.
+fn frozen(id: &str) -> Option<bool> {
+    let name = format!("strata/strata-{id}");
+    for v2 in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
+        let dir = std::path::Path::new(v2).join(&name);
+        if dir.join("cgroup.freeze").exists() {
+            let events = std::fs::read_to_string(dir.join("cgroup.events")).ok()?;
+            return Some(events.lines().any(|line| line == "frozen 1"));
+        }
+    }
+    let state = std::path::Path::new("/sys/fs/cgroup/freezer")
+        .join(&name)
+        .join("freezer.state");
+    let state = std::fs::read_to_string(state).ok()?;
+    Some(state.trim() == "FROZEN")
+}
+
+/// SIGKILL is the one signal a commit cannot hold off while it has the container paused:
+/// its thaw guard (a child that outlives it) thaws the container at once, and the next
+/// commit is not kept waiting for the dead one's lock. The container has a 400 MiB upper
+/// file, so that its layer takes long enough for the pause to be seen and the commit
+/// killed in the middle.
+#[test]
+fn a_commit_killed_while_the_container_is_paused_leaves_it_running() {
+    let store = store_with_busybox();
+    store.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "big",
+        "busybox",
+        "sh",
+        "-c",
+        "dd if=/dev/urandom of=/m bs=1M count=400 2>/dev/null; i=0; \
+         while :; do i=$((i+1)); echo $i > /c.t; mv /c.t /c; done",
+    ]);
+    let count = || {
+        let out = store.ok(&["exec", "big", "cat", "/c"]);
+        out.trim().parse::<u64>().unwrap()
+    };
+    let started = Instant::now();
+    while store
+        .strata(&["exec", "big", "test", "-e", "/c"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(started.elapsed() < Duration::from_secs(120), "no /c");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let id = container_status(&store, "big")["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(frozen(&id), Some(false), "the container's freezer, before");
+    let mut commit = Command::new(strata_bin())
+        .arg("--root")
+        .arg(store.root())
+        .args(["commit", "big", "killed:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while frozen(&id) != Some(true) {
+        assert!(
+            commit.try_wait().unwrap().is_none(),
+            "the commit ended before the container was seen paused"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the commit never paused the container"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    commit.kill().unwrap();
+    commit.wait().unwrap();
+    let killed = Instant::now();
+    while frozen(&id) != Some(false) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the container stays paused after its commit was killed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = count();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = count();
+    assert!(
+        after > before,
+        "the container stopped counting: {before} then {after}"
+    );
+    assert_eq!(container_status(&store, "big")["State"], "running");
+    // (the killed commit made no image)
+    assert!(!store.ok(&["images"]).contains("killed"));
+    store.ok(&["commit", "big", "after:1"]);
+    store.ok(&["rm", "-f", "big"]);
+}
+
 #[test]
 fn commit_then_run_shows_the_change_and_the_deletion() {
     let store = store_with_busybox();

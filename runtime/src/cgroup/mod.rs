@@ -436,19 +436,25 @@ impl Freezer {
     }
 }
 
-/// A cgroup whose processes are frozen; `thaw` or dropping it thaws them.
+/// A cgroup whose processes are frozen; `thaw` or dropping it thaws them, and so does its
+/// [`ThawGuard`] if this process dies first.
 #[derive(Debug)]
 pub struct Frozen {
     dir: PathBuf,
     freezer: Freezer,
     thawed: bool,
+    guard: Option<ThawGuard>,
 }
 
 impl Frozen {
     /// Thaws the cgroup; an error says it stays frozen.
     pub fn thaw(mut self) -> Result<()> {
         self.thawed = true;
-        self.write_thaw()
+        let thawed = self.write_thaw();
+        if let Some(guard) = self.guard.take() {
+            guard.dismiss();
+        }
+        thawed
     }
 
     fn write_thaw(&self) -> Result<()> {
@@ -464,6 +470,67 @@ impl Drop for Frozen {
         {
             tracing::error!("{err}: the container stays frozen");
         }
+        if let Some(guard) = self.guard.take() {
+            guard.dismiss();
+        }
+    }
+}
+
+/// A child process that thaws a frozen cgroup if the process that froze it dies without
+/// thawing it (a SIGKILLed `strata commit` would otherwise leave its container paused for
+/// good). It waits on a pipe whose write end only the freezer holds: a byte there dismisses
+/// it; the end of the pipe with no byte (its holder gone, however it died) makes it write
+/// the thaw itself. It runs in a session of its own with the freezer's signal mask, so what
+/// ends the freezer's process group or its terminal session does not end it too, and it
+/// keeps what the freezer held open (a lock on the container, say) until it is done.
+#[derive(Debug)]
+struct ThawGuard {
+    pid: nix::unistd::Pid,
+    tell: std::io::PipeWriter,
+}
+
+impl ThawGuard {
+    /// Starts the guard of the freezer control `file` in `dir`, which thaws with `thaw`.
+    fn start(dir: &Path, file: &str, thaw: &'static str) -> Result<ThawGuard> {
+        let path = dir.join(file);
+        let control = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|source| Error::io("failed to open", &path, source))?;
+        let (wait, tell) = std::io::pipe()
+            .map_err(|source| Error::io("failed to create a pipe for", &path, source))?;
+        match crate::sys::fork().map_err(|source| Error::Sys {
+            op: "fork (thaw guard)".into(),
+            source,
+        })? {
+            crate::sys::ForkResult::Child => {
+                // Only syscalls from here on: the parent may have other threads.
+                drop(tell);
+                let _ = rustix::process::setsid();
+                let mut byte = [0u8];
+                let dismissed = loop {
+                    match rustix::io::read(&wait, &mut byte) {
+                        Err(Errno::INTR) => continue,
+                        Ok(n) => break n > 0,
+                        Err(_) => break false,
+                    }
+                };
+                if !dismissed {
+                    let _ = rustix::io::write(&control, thaw.as_bytes());
+                }
+                crate::sys::exit_now(0)
+            }
+            crate::sys::ForkResult::Parent { child } => Ok(ThawGuard { pid: child, tell }),
+        }
+    }
+
+    /// The freezer thawed the cgroup itself: the guard ends without touching it.
+    fn dismiss(self) {
+        use std::io::Write;
+        let ThawGuard { pid, mut tell } = self;
+        let _ = tell.write_all(b"t");
+        drop(tell);
+        let _ = nix::sys::wait::waitpid(pid, None);
     }
 }
 
@@ -494,13 +561,15 @@ pub fn freeze(name: &str, timeout: Duration) -> Result<Frozen> {
 
 /// Freezes the cgroup at `dir` (cgroup `name`) with `freezer`: see `freeze`.
 fn freeze_at(name: &str, dir: PathBuf, freezer: Freezer, timeout: Duration) -> Result<Frozen> {
-    let (file, freeze, _) = freezer.control();
-    write(&dir, file, freeze)?;
+    let (file, freeze, thaw) = freezer.control();
+    let guard = ThawGuard::start(&dir, file, thaw)?;
     let frozen = Frozen {
         dir,
         freezer,
         thawed: false,
+        guard: Some(guard),
     };
+    write(&frozen.dir, file, freeze)?;
     let deadline = std::time::Instant::now() + timeout;
     while !freezer.frozen(&frozen.dir) {
         if std::time::Instant::now() > deadline {
@@ -648,7 +717,7 @@ pub fn thaw(name: &str) {
     if let Some(dir) = layout.controller_dir("freezer", name) {
         let _ = tree::walk(&dir, thaw_at, |_, _| Ok(()));
     }
-    // (a commit killed while it paused the container left its v2 cgroup frozen)
+    // (a commit whose thaw guard was killed with it left its v2 cgroup frozen)
     if let Some(dir) = layout.v2_dir(name) {
         let _ = std::fs::write(dir.join("cgroup.freeze"), "0");
     }
