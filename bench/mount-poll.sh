@@ -5,6 +5,7 @@
 # fuse-overlayfs from a forked subshell, and a custom server through `bash -c "exec CMD"`,
 # a cold bash that loads its locale first. This times, after a cache drop each time:
 #   fo      fuse-overlayfs -f ... &             (as unionfs.sh starts it)
+#   fo-bash bash -c "exec fuse-overlayfs -f ..." &   (as a custom one would be)
 #   bash    bash -c "exec strata-unionfs -f ..." &   (as unionfs.sh starts a custom one)
 #   direct  strata-unionfs -f ... &             (as fuse-overlayfs is started)
 # and prints each one's milliseconds. STRATA_BIN: where strata-unionfs is (target/release);
@@ -15,7 +16,7 @@ B=${STRATA_BIN:-$(cd "$(dirname "$0")/.." && pwd)/target/release}/strata-unionfs
 W=$(mktemp -d /var/tmp/mount-poll.XXXXXX)
 now_us() { local t=$EPOCHREALTIME; echo "${t/./}"; }
 for _ in $(seq "${1:-5}"); do
-  for kind in fo bash direct; do
+  for kind in fo fo-bash bash direct; do
     rm -rf "$W/r" && mkdir -p "$W/r/u" "$W/r/w" "$W/r/m"
     M=$W/r/m
     o="lowerdir=$L/l3:$L/l2:$L/l1,upperdir=$W/r/u,workdir=$W/r/w"
@@ -24,6 +25,7 @@ for _ in $(seq "${1:-5}"); do
     t0=$(now_us)
     case $kind in
       fo) fuse-overlayfs -f -o "$o" "$M" > /dev/null 2>&1 & ;;
+      fo-bash) bash -c "exec fuse-overlayfs -f -o $o $M" > /dev/null 2>&1 & ;;
       bash) bash -c "exec $B -f -o $o $M" > /dev/null 2>&1 & ;;
       direct) "$B" -f -o "$o" "$M" > /dev/null 2>&1 & ;;
     esac
