@@ -437,7 +437,7 @@ impl Freezer {
 }
 
 /// A cgroup whose processes are frozen; `thaw` or dropping it thaws them, and so does its
-/// [`ThawGuard`] if this process dies first.
+/// thaw guard (`ThawGuard`) if this process dies first.
 #[derive(Debug)]
 pub struct Frozen {
     dir: PathBuf,
