@@ -447,14 +447,11 @@ pub struct Frozen {
 }
 
 impl Frozen {
-    /// Thaws the cgroup; an error says it stays frozen.
+    /// Thaws the cgroup (the drop that follows dismisses the guard); an error says it stays
+    /// frozen.
     pub fn thaw(mut self) -> Result<()> {
         self.thawed = true;
-        let thawed = self.write_thaw();
-        if let Some(guard) = self.guard.take() {
-            guard.dismiss();
-        }
-        thawed
+        self.write_thaw()
     }
 
     fn write_thaw(&self) -> Result<()> {
