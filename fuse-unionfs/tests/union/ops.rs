@@ -1571,7 +1571,7 @@ fn o_tmpfile_makes_an_unnamed_file_that_link_can_name() {
             rustix::fs::openat(
                 CWD,
                 m.path("etc"),
-                OFlags::TMPFILE | OFlags::RDWR | flags,
+                OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC | flags,
                 Mode::from_raw_mode(0o640),
             )
             .unwrap()

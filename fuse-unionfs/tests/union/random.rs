@@ -303,7 +303,9 @@ pub fn apply(root: &Path, op: &Op) -> Result<(), i32> {
             let fd = rustix::fs::openat(
                 rustix::fs::CWD,
                 &dir,
-                rustix::fs::OFlags::TMPFILE | rustix::fs::OFlags::RDWR,
+                rustix::fs::OFlags::TMPFILE
+                    | rustix::fs::OFlags::RDWR
+                    | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::from_raw_mode(0o640),
             )
             .map_err(rustix_errno)?;
