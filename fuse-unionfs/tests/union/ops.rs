@@ -636,6 +636,9 @@ fn unlink_and_rmdir_of_lower_entries_write_whiteouts() {
         assert!(is_whiteout(&whiteout));
         let meta = fs::symlink_metadata(&whiteout).unwrap();
         assert_eq!((meta.uid(), meta.gid()), (0, 0));
+        // Each is a link of one whiteout, as the kernel's are (layer.rs, `whiteout`).
+        let other = fs::symlink_metadata(m.upper.join("etc/conf4")).unwrap();
+        assert_eq!(meta.ino(), other.ino());
     });
 }
 
