@@ -586,8 +586,6 @@ pub(crate) fn shown_xattr(stored: &OsStr) -> Option<std::borrow::Cow<'_, OsStr>>
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
-
     use super::*;
 
     #[test]
@@ -602,11 +600,10 @@ mod tests {
         let upper = layers.fd(UPPER);
         let made = |name: &str| {
             layers.whiteout(upper, Path::new(name)).unwrap();
-            let meta = std::fs::symlink_metadata(p("upper").join(name)).unwrap();
-            assert!(
-                Meta::from_stat(&rustix::fs::lstat(&p("upper").join(name)).unwrap()).is_whiteout()
-            );
-            (meta.ino(), meta.nlink())
+            let stat = rustix::fs::lstat(p("upper").join(name)).unwrap();
+            let meta = Meta::from_stat(&stat);
+            assert!(meta.is_whiteout());
+            (meta.ino, meta.nlink)
         };
         let (first, _) = made("a");
         let (second, nlink) = made("b");
@@ -619,7 +616,7 @@ mod tests {
         let shared = p("work").join(WORK_SUBDIR).join(shared_whiteout_name(1));
         let full =
             (0..70_000).any(
-                |i| match rustix::fs::link(&shared, &p("fill").join(i.to_string())) {
+                |i| match rustix::fs::link(&shared, p("fill").join(i.to_string())) {
                     Ok(()) => false,
                     Err(Errno::MLINK) => true,
                     Err(e) => panic!("link {}: {e}", shared.display()),
