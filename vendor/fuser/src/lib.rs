@@ -30,6 +30,7 @@ use serde::Deserialize;
 use serde::Serialize;
 
 pub use crate::access_flags::AccessFlags;
+pub use crate::activity::idle_for;
 pub use crate::bsd_file_flags::BsdFileFlags;
 use crate::forget_one::ForgetOne;
 pub use crate::ll::Errno;
@@ -83,6 +84,7 @@ pub use crate::uring::KeepCallerCpu;
 pub use crate::uring::blocking;
 
 mod access_flags;
+mod activity;
 mod bsd_file_flags;
 mod channel;
 mod dev_fuse;

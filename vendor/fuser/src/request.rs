@@ -56,6 +56,7 @@ impl<'a> RequestWithSender<'a> {
     /// This calls the appropriate filesystem operation method for the
     /// request and sends back the returned reply to the kernel
     pub(crate) fn dispatch<FS: Filesystem>(&self, se: &SessionEventLoop<FS>) {
+        let _serving = crate::activity::Serving::begin();
         debug!("{} thread={}", self.request, se.thread_name);
         match self.dispatch_req(se) {
             Ok(Some(resp)) => self.reply::<ReplyRaw>().send_ll(&resp),
