@@ -124,7 +124,7 @@ pub(crate) fn copy_up_later(
                     rel.display()
                 );
                 let finished = fuser::blocking(|| {
-                    self::fill(src.as_fd(), dst.as_fd(), &later)?;
+                    self::fill(src.as_fd(), dst.as_fd(), &later, || {})?;
                     rustix::fs::fsync(&dst)
                 });
                 if let Err(err) = finished {
@@ -222,18 +222,72 @@ fn reserve_then_copy_tail(
     Ok(later)
 }
 
-/// Copies `ranges` of `src` into `dst` at the same offsets (a job's fill, `pending.rs`).
-pub(crate) fn fill(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, ranges: &[(u64, u64)]) -> Res<()> {
+/// A job's work goes a chunk at a time (see [`fill`]).
+const JOB_CHUNK: u64 = 8 << 20;
+
+/// Copies `ranges` of `src` into `dst` at the same offsets (a job's fill, `pending.rs`), a
+/// chunk at a time, calling `give_way` before each. Each chunk's pages are sent to the disk
+/// once copied ([`WriteBehind`]), so the job's writes are spread over its copy rather than
+/// left to one fsync of the whole file, which would take the disk for a second or more per
+/// GiB from the requests the job runs beside.
+pub(crate) fn fill(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    ranges: &[(u64, u64)],
+    give_way: impl Fn(),
+) -> Res<()> {
     let mut copier = Copier {
         src,
         dst,
         by_range: true,
         ranged: 0,
     };
+    let mut behind = WriteBehind::new(dst);
     for &(start, end) in ranges {
-        copier.copy(start, end)?;
+        for (from, to) in chunks(start, end) {
+            give_way();
+            copier.copy(from, to)?;
+            behind.copied(from, to);
+        }
     }
     Ok(())
+}
+
+/// Sends the first `size` bytes of `dst`'s pages to the disk as [`fill`] does, for a job
+/// that has only a copy's sync to do.
+pub(crate) fn write_out(dst: BorrowedFd<'_>, size: u64, give_way: impl Fn()) {
+    let mut behind = WriteBehind::new(dst);
+    for (from, to) in chunks(0, size) {
+        give_way();
+        behind.copied(from, to);
+    }
+}
+
+/// [start, end) in pieces of [`JOB_CHUNK`].
+fn chunks(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
+    (start..end)
+        .step_by(JOB_CHUNK as usize)
+        .map(move |from| (from, (from + JOB_CHUNK).min(end)))
+}
+
+/// Writes a file out behind a copy: each chunk is sent to the disk once copied, and the one
+/// before it is waited for, so at most two chunks' writes are on their way at a time.
+struct WriteBehind<'a> {
+    fd: BorrowedFd<'a>,
+    previous: Option<(u64, u64)>,
+}
+
+impl<'a> WriteBehind<'a> {
+    fn new(fd: BorrowedFd<'a>) -> Self {
+        WriteBehind { fd, previous: None }
+    }
+
+    fn copied(&mut self, from: u64, to: u64) {
+        crate::sys::write_out(self.fd, from, to - from, false);
+        if let Some((from, to)) = self.previous.replace((from, to)) {
+            crate::sys::write_out(self.fd, from, to - from, true);
+        }
+    }
 }
 
 /// Renames the copy built at `tmp` (`built`: whether it has an origin) to `rel` in the

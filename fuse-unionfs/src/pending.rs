@@ -33,6 +33,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use rustix::fs::{
     AtFlags, FlockOperation, Mode, OFlags, Timespec, Timestamps, UTIME_NOW, UTIME_OMIT,
@@ -342,6 +343,11 @@ enum Phase {
 struct Job {
     phase: Mutex<Phase>,
     cond: Condvar,
+    /// Requests waiting for it: the job then does not give way ([`give_way`]).
+    waiters: AtomicUsize,
+    /// The copy's path in the upper branch. It holds while the job runs: a request that
+    /// would give the copy or a directory above it a new name waits for the job first.
+    path: PathBuf,
     /// The size the copy showed at when its data is left to fill (0: none): a write from
     /// there on (an append) need not wait for the job.
     filled_below: u64,
@@ -362,15 +368,59 @@ impl Job {
 
     fn wait(&self, need: Need) -> Res<()> {
         let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waiting = None;
         loop {
             match (*phase, need) {
                 (Phase::Failed, _) => return Err(Errno::IO),
                 (Phase::Done, _) | (Phase::Filled, Need::Data) => return Ok(()),
-                _ => phase = self.cond.wait(phase).unwrap_or_else(|e| e.into_inner()),
+                _ => {
+                    waiting.get_or_insert_with(|| Waiting::new(&self.waiters));
+                    phase = self.cond.wait(phase).unwrap_or_else(|e| e.into_inner());
+                }
             }
         }
     }
 }
+
+/// Counts a waiter for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A job gives way to the union's callers before each chunk of its work (`copyup::fill`):
+/// while this process serves a request, or served one less than [`QUIET`] ago, it waits,
+/// for at most [`GIVE_WAY_MAX`] a chunk, so that under load that never pauses it still
+/// moves on (8 MiB a second). Its reads and writes would otherwise fill the disk's queue,
+/// and each cold read of a request would wait behind them: an `rm -rf` of a lower tree of
+/// 1,061 entries took 0.25-0.42 s here while a 1 GiB copy-up's job ran, 0.14 s alone. And
+/// what it writes while a request runs, that request's syncfs or fsync has the disk flush
+/// too (a virtual disk's flush waits for the host to write it all). It does not give way
+/// while a request waits for it (a read of the copy, an fsync, an unmount).
+fn give_way(job: &Job) {
+    let until = Instant::now() + GIVE_WAY_MAX;
+    while job.waiters.load(Ordering::Relaxed) == 0
+        && fuser::idle_for() < QUIET
+        && Instant::now() < until
+    {
+        std::thread::sleep(QUIET);
+    }
+}
+
+const QUIET: Duration = Duration::from_millis(2);
+const GIVE_WAY_MAX: Duration = Duration::from_secs(1);
+
+impl Job {}
 
 struct Jobs {
     /// By the FUSE inode number of the copy.
@@ -512,6 +562,8 @@ impl Pending {
         let job = Arc::new(Job {
             phase: Mutex::new(Phase::Filling),
             cond: Condvar::new(),
+            waiters: AtomicUsize::new(0),
+            path: work.path.clone(),
             filled_below: work.shown.as_ref().map_or(0, |(size, _)| *size),
         });
         {
@@ -534,7 +586,7 @@ impl Pending {
                 phase: Phase::Failed,
             };
             let records = jobs.records.as_ref().map(|d| d.as_fd());
-            match finish(&work, records, || job.set(Phase::Filled)) {
+            match finish(&work, records, || job.set(Phase::Filled), || give_way(&job)) {
                 Ok(()) => ending.phase = Phase::Done,
                 Err(err) => {
                     // The record stays, marked failed: the next mount removes the copy.
@@ -559,7 +611,9 @@ impl Pending {
                 crate::copyup::unpin();
                 // The job's writes (the sync of a big file) must not hold up the disk for
                 // the requests it left to go on: theirs go first.
-                let _ = crate::sys::idle_io();
+                if std::env::var_os("XX_NO_IDLE").is_none() {
+                    let _ = crate::sys::idle_io();
+                }
                 job_thread();
             });
         if let Err(err) = spawned {
@@ -630,7 +684,13 @@ impl Pending {
 
     /// Waits until every job has done what `need` asks (a failed one does not hold this up).
     pub(crate) fn settle_all(&self, need: Need) {
-        if self.jobs.count.load(Ordering::Acquire) == 0 {
+        self.settle_under(Path::new(""), need);
+    }
+
+    /// [`Pending::settle_all`] for the copies at or below `dir` (relative to the upper
+    /// branch): those a rename of `dir` moves.
+    pub(crate) fn settle_under(&self, dir: &Path, need: Need) {
+        if self.idle() {
             return;
         }
         let jobs: Vec<Arc<Job>> = self
@@ -639,6 +699,7 @@ impl Pending {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .filter(|job| job.path.starts_with(dir))
             .cloned()
             .collect();
         fuser::blocking(|| {
@@ -669,8 +730,18 @@ fn write_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> Res<()> {
 }
 
 /// The job: the data still to copy (then `filled`), the syncs, then the record goes.
-fn finish(work: &Work, records: Option<BorrowedFd<'_>>, filled: impl FnOnce()) -> Res<()> {
-    crate::copyup::fill(work.src.as_fd(), work.dst.as_fd(), &work.fill)?;
+fn finish(
+    work: &Work,
+    records: Option<BorrowedFd<'_>>,
+    filled: impl FnOnce(),
+    give_way: impl Fn(),
+) -> Res<()> {
+    if work.fill.is_empty() && work.sync {
+        // (a copy made whole before it showed: its pages are all dirty)
+        let size = rustix::fs::fstat(&work.dst)?.st_size as u64;
+        crate::copyup::write_out(work.dst.as_fd(), size, &give_way);
+    }
+    crate::copyup::fill(work.src.as_fd(), work.dst.as_fd(), &work.fill, &give_way)?;
     let size_now = || rustix::fs::fstat(&work.dst).map(|st| st.st_size as u64);
     if let Some((size, times)) = &work.shown
         && size_now()? == *size

@@ -92,7 +92,7 @@ impl Union {
     }
 
     /// Waits for the copy-ups still being finished (`pending.rs`) of what a rename moves:
-    /// their records name them by their names. A directory may hold any of them.
+    /// their records name them by their names. A directory may hold some of them.
     fn settle_moved(&self, request: &Request<'_>) -> Res<()> {
         if self.pending.idle() {
             return Ok(());
@@ -100,11 +100,17 @@ impl Union {
         let Some((src, dst)) = self.rename_sides(request)? else {
             return Ok(());
         };
+        let path = |parent, name| -> Res<PathBuf> { Ok(self.dir_state(parent)?.1.join(name)) };
         let exchanged = dst.filter(|_| request.flags.contains(RenameFlags::EXCHANGE));
-        for moved in std::iter::once(src).chain(exchanged) {
+        let sides = [
+            (request.parent, request.name),
+            (request.newparent, request.newname),
+        ];
+        for (moved, (parent, name)) in std::iter::once(src).chain(exchanged).zip(sides) {
             if moved.meta.is_dir() {
-                self.settle_all();
-                return Ok(());
+                self.pending
+                    .settle_under(&path(parent, name)?, Need::Durable);
+                continue;
             }
             if let Some(ino) = self.table.existing_ino(moved.meta.key()) {
                 self.pending.settle(ino, Need::Durable)?;

@@ -189,3 +189,23 @@ pub(crate) fn idle_io() -> rustix::io::Result<()> {
     }
     Ok(())
 }
+
+/// sync_file_range(2) of `len` bytes of `fd` from `offset`: with `wait`, writes them out
+/// and waits until they are written (pages already on their way too); without, starts
+/// writing them. Their metadata is left to an fsync, and errors to it too.
+pub(crate) fn write_out(fd: BorrowedFd<'_>, offset: u64, len: u64, wait: bool) {
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range takes a descriptor, open for the whole call, and integers.
+    unsafe {
+        libc::sync_file_range(fd.as_raw_fd(), offset, len, flags);
+    }
+}

@@ -1027,6 +1027,61 @@ fn a_reader_opened_before_a_copy_up_reads_the_copy() {
 /// the open returns before the copy's data is there. Whatever reads, changes, syncs,
 /// renames or links the copy next waits for that, and sees the whole file.
 #[test]
+fn a_copy_ups_job_gives_way_to_requests_and_a_rename_waits_only_for_jobs_it_moves() {
+    // A big lower file opened to append shows at once, and a job fills its copy in the
+    // background (pending.rs). While the union serves requests without a pause, the job
+    // gives way: 8 MiB a second at most. A rename of another directory does not wait for
+    // it; a rename of the directory holding it does, and has it finish at full speed.
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fixture = Fixture::new();
+    let data = crate::common::patterned(256 << 20);
+    fs::create_dir(fixture.lowers[1].join("logs")).unwrap();
+    fs::write(fixture.lowers[1].join("logs/big.log"), &data).unwrap();
+    let mounted = fixture.mount("fuse", Driver::Fuse);
+    let (mnt, work) = (mounted.mnt.clone(), mounted.work.clone());
+    deadline(120, "a job giving way to requests", move || {
+        let busy = AtomicBool::new(true);
+        fs::create_dir(mnt.join("busy")).unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // (each a CREATE and an UNLINK the server answers: no pause of 2 ms)
+                let path = mnt.join("busy/file");
+                while busy.load(Ordering::Relaxed) {
+                    fs::write(&path, b"x").unwrap();
+                    fs::remove_file(&path).unwrap();
+                }
+            });
+            // (stops the requests when the checks end, as they pass or fail)
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&busy);
+            append(mnt.join("logs/big.log"), b"tail\n");
+            assert_eq!(crate::common::copy_up_records(&work), ["big.log"]);
+            fs::rename(mnt.join("var/log/d0"), mnt.join("var/log/d0.moved")).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            assert_eq!(
+                crate::common::copy_up_records(&work),
+                ["big.log"],
+                "256 MiB filled in 2 s of steady requests: the job did not give way"
+            );
+            fs::rename(mnt.join("logs"), mnt.join("logs.moved")).unwrap();
+            assert!(
+                crate::common::copy_up_records(&work).is_empty(),
+                "a rename of the directory returned before the copy in it was done"
+            );
+        });
+        let read = fs::read(mnt.join("logs.moved/big.log")).unwrap();
+        assert!(read.len() == data.len() + 5 && read[..data.len()] == data[..]);
+        assert_eq!(&read[data.len()..], b"tail\n");
+    });
+    drop(mounted);
+}
+
+#[test]
 fn appends_to_a_big_lower_file_keep_its_data_whatever_comes_next() {
     let fixture = Fixture::new();
     let data = std::sync::Arc::new(crate::common::patterned(96 << 20));
