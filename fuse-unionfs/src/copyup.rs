@@ -124,7 +124,7 @@ pub(crate) fn copy_up_later(
                     rel.display()
                 );
                 let finished = fuser::blocking(|| {
-                    self::fill(src.as_fd(), dst.as_fd(), &later, || {})?;
+                    self::fill(src.as_fd(), dst.as_fd(), &later, true, || {})?;
                     rustix::fs::fsync(&dst)
                 });
                 if let Err(err) = finished {
@@ -226,14 +226,16 @@ fn reserve_then_copy_tail(
 const JOB_CHUNK: u64 = 8 << 20;
 
 /// Copies `ranges` of `src` into `dst` at the same offsets (a job's fill, `pending.rs`), a
-/// chunk at a time, calling `give_way` before each. Each chunk's pages are sent to the disk
-/// once copied ([`WriteBehind`]), so the job's writes are spread over its copy rather than
-/// left to one fsync of the whole file, which would take the disk for a second or more per
-/// GiB from the requests the job runs beside.
+/// chunk at a time, calling `give_way` before each. With `sync` (the copy is to be synced:
+/// not in a volatile union), each chunk's pages are sent to the disk once copied
+/// ([`WriteBehind`]), so the job's writes are spread over its copy rather than left to one
+/// fsync of the whole file, which would take the disk for a second or more per GiB from the
+/// requests the job runs beside.
 pub(crate) fn fill(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     ranges: &[(u64, u64)],
+    sync: bool,
     give_way: impl Fn(),
 ) -> Res<()> {
     let mut copier = Copier {
@@ -242,12 +244,14 @@ pub(crate) fn fill(
         by_range: true,
         ranged: 0,
     };
-    let mut behind = WriteBehind::new(dst);
+    let mut behind = sync.then(|| WriteBehind::new(dst));
     for &(start, end) in ranges {
         for (from, to) in chunks(start, end) {
             give_way();
             copier.copy(from, to)?;
-            behind.copied(from, to);
+            if let Some(behind) = &mut behind {
+                behind.copied(from, to);
+            }
         }
     }
     Ok(())

@@ -25,6 +25,10 @@
 //! appending), and the FSYNC the kernel sends after a write synced by itself (O_DSYNC,
 //! RWF_DSYNC) waits for the job. A union whose file handles cannot be decoded
 //! (no CAP_DAC_READ_SEARCH) copies as before, synced before the copy shows.
+//!
+//! A job works a chunk at a time and gives way to the union's requests ([`give_way`]),
+//! writing each chunk out as it goes (`copyup::fill`); a request that waits for it has it
+//! go on at full speed.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -741,7 +745,13 @@ fn finish(
         let size = rustix::fs::fstat(&work.dst)?.st_size as u64;
         crate::copyup::write_out(work.dst.as_fd(), size, &give_way);
     }
-    crate::copyup::fill(work.src.as_fd(), work.dst.as_fd(), &work.fill, &give_way)?;
+    crate::copyup::fill(
+        work.src.as_fd(),
+        work.dst.as_fd(),
+        &work.fill,
+        work.sync,
+        &give_way,
+    )?;
     let size_now = || rustix::fs::fstat(&work.dst).map(|st| st.st_size as u64);
     if let Some((size, times)) = &work.shown
         && size_now()? == *size
