@@ -424,8 +424,6 @@ fn give_way(job: &Job) {
 const QUIET: Duration = Duration::from_millis(2);
 const GIVE_WAY_MAX: Duration = Duration::from_secs(1);
 
-impl Job {}
-
 struct Jobs {
     /// By the FUSE inode number of the copy.
     by_ino: Mutex<HashMap<u64, Arc<Job>>>,
@@ -615,9 +613,7 @@ impl Pending {
                 crate::copyup::unpin();
                 // The job's writes (the sync of a big file) must not hold up the disk for
                 // the requests it left to go on: theirs go first.
-                if std::env::var_os("XX_NO_IDLE").is_none() {
-                    let _ = crate::sys::idle_io();
-                }
+                let _ = crate::sys::idle_io();
                 job_thread();
             });
         if let Err(err) = spawned {
