@@ -287,9 +287,9 @@ impl<'a> WriteBehind<'a> {
     }
 
     fn copied(&mut self, from: u64, to: u64) {
-        crate::sys::write_out(self.fd, from, to - from, false);
+        crate::sys::sync_file_range(self.fd, from, to - from, false);
         if let Some((from, to)) = self.previous.replace((from, to)) {
-            crate::sys::write_out(self.fd, from, to - from, true);
+            crate::sys::sync_file_range(self.fd, from, to - from, true);
         }
     }
 }

@@ -193,7 +193,7 @@ pub(crate) fn idle_io() -> rustix::io::Result<()> {
 /// sync_file_range(2) of `len` bytes of `fd` from `offset`: with `wait`, writes them out
 /// and waits until they are written (pages already on their way too); without, starts
 /// writing them. Their metadata is left to an fsync, and errors to it too.
-pub(crate) fn write_out(fd: BorrowedFd<'_>, offset: u64, len: u64, wait: bool) {
+pub(crate) fn sync_file_range(fd: BorrowedFd<'_>, offset: u64, len: u64, wait: bool) {
     let flags = if wait {
         libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE
